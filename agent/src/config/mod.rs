@@ -1,0 +1,423 @@
+//! Configuration: one YAML file whose schema is the future `LogCollection` CRD spec.
+//!
+//! Parsed in two steps, as ripgrep does with its flags: [`raw`] is what serde reads
+//! (unknown fields rejected, so a typo names the field and its line), then
+//! [`Config::from_raw`] validates it into typed values (compiled globs and regexes,
+//! sizes, durations) with errors that name the field path.
+
+pub mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::bytes::Regex;
+
+/// The embedded default: this node's pod logs and host logs into the local store.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: field `{field}`: {message}")]
+    Invalid {
+        file: String,
+        field: String,
+        message: String,
+    },
+    #[error("{file}: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+}
+
+/// How the bytes of a source are framed into records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One record per `\n`-terminated line (`\r\n` is stripped too).
+    Raw,
+    /// CRI log format: `<RFC3339Nano> <stdout|stderr> <P|F> <message>`.
+    Cri,
+    /// docker json-file: `{"log":"...","stream":"stdout","time":"..."}`.
+    Docker,
+}
+
+#[derive(Clone, Debug)]
+pub struct MultilineConfig {
+    /// A line matching this starts a new record; other lines continue the current one.
+    pub start: Regex,
+    /// A record with no new line for this long is emitted as is.
+    pub flush_timeout: Duration,
+    /// A record is emitted when it reaches this many lines (bounds memory).
+    pub max_lines: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum ParserConfig {
+    /// Keep the body as is.
+    None,
+    /// The body is a JSON object; its top-level members become fields.
+    Json,
+    /// Named captures of the regex become fields.
+    Regex(Regex),
+    /// Split on `delimiter` (CSV quoting rules when `quote` is set) into `columns`.
+    Delimiter {
+        delimiter: u8,
+        quote: Option<u8>,
+        columns: Vec<Arc<str>>,
+    },
+    /// nginx `combined` access log.
+    Nginx,
+    /// Apache combined access log.
+    Apache,
+}
+
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub name: Arc<str>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub format: Format,
+    pub max_line_bytes: usize,
+    pub multiline: Option<MultilineConfig>,
+    pub parser: ParserConfig,
+    /// Name of the entry of `sinks` this source's packages go to.
+    pub sink: Arc<str>,
+}
+
+#[derive(Clone, Debug)]
+pub enum SinkConfig {
+    /// The embedded local store.
+    Store {
+        path: PathBuf,
+        segment_bytes: u64,
+        max_bytes: u64,
+        max_age: Option<Duration>,
+    },
+    /// Newline-delimited JSON appended to a file.
+    File { path: PathBuf },
+    /// Newline-delimited JSON on standard output.
+    Stdout,
+    /// Discards packages after acknowledging them (benchmarks, dry runs).
+    Null,
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Store { .. } => "store",
+            SinkConfig::File { .. } => "file",
+            SinkConfig::Stdout => "stdout",
+            SinkConfig::Null => "blackhole",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BatchConfig {
+    /// A package is sealed at this many body bytes...
+    pub max_bytes: usize,
+    /// ...or this many records...
+    pub max_lines: usize,
+    /// ...or when its oldest record has waited this long.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Checkpoints live here, and the default store below it.
+    pub data_dir: PathBuf,
+    /// Prometheus `/metrics` listen address; `None` disables the endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often acknowledged offsets are made durable (bounds duplicates after a crash).
+    pub checkpoint_interval: Duration,
+    /// Periodic full rescan of the include globs: the safety net under inotify.
+    pub rescan_interval: Duration,
+    /// How long a rotated or deleted file stays open after its last byte was read.
+    pub rotate_wait: Duration,
+    /// Read through io_uring when the kernel allows it (else plain `pread`).
+    pub io_uring: bool,
+    pub batch: BatchConfig,
+    pub sources: Vec<SourceConfig>,
+    pub sinks: BTreeMap<Arc<str>, SinkConfig>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        Config::parse(DEFAULT_CONFIG_YAML, "<embedded default>")
+            .expect("the embedded default config is valid (tested)")
+    }
+
+    /// Parses and validates YAML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        Config::from_raw(raw, file)
+    }
+
+    pub fn from_raw(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            field,
+            message,
+        };
+        let duration = |field: &str, text: &str| -> Result<Duration, ConfigError> {
+            humantime::parse_duration(text)
+                .map_err(|e| invalid(field.to_string(), format!("{text:?}: {e}")))
+        };
+        let size = |field: &str, text: &str| -> Result<u64, ConfigError> {
+            parse_size(text).map_err(|e| invalid(field.to_string(), e))
+        };
+
+        let data_dir = PathBuf::from(&raw.data_dir);
+        let metrics_listen = match raw.metrics.listen.as_deref() {
+            None | Some("") => None,
+            Some(addr) => Some(
+                addr.parse::<SocketAddr>()
+                    .map_err(|e| invalid("metrics.listen".into(), format!("{addr:?}: {e}")))?,
+            ),
+        };
+
+        let mut sinks = BTreeMap::new();
+        for (name, s) in &raw.sinks {
+            let field = |f: &str| format!("sinks.{name}.{f}");
+            let sink = match s {
+                raw::RawSink::Store {
+                    path,
+                    segment_size,
+                    max_size,
+                    max_age,
+                } => SinkConfig::Store {
+                    path: path
+                        .as_ref()
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| data_dir.join("store")),
+                    segment_bytes: size(&field("segment_size"), segment_size)?,
+                    max_bytes: size(&field("max_size"), max_size)?,
+                    max_age: match max_age {
+                        Some(a) => Some(duration(&field("max_age"), a)?),
+                        None => None,
+                    },
+                },
+                raw::RawSink::File { path } => SinkConfig::File {
+                    path: PathBuf::from(path),
+                },
+                raw::RawSink::Stdout {} => SinkConfig::Stdout,
+                raw::RawSink::Blackhole {} => SinkConfig::Null,
+            };
+            sinks.insert(Arc::<str>::from(name.as_str()), sink);
+        }
+
+        let mut sources = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in raw.sources.iter().enumerate() {
+            let field = |f: &str| format!("sources[{i}].{f}");
+            if !names.insert(s.name.clone()) {
+                return Err(invalid(
+                    field("name"),
+                    format!("duplicate source name {:?}", s.name),
+                ));
+            }
+            if s.include.is_empty() {
+                return Err(invalid(
+                    field("include"),
+                    "at least one glob is required".into(),
+                ));
+            }
+            for (j, g) in s.include.iter().chain(&s.exclude).enumerate() {
+                let list = if j < s.include.len() {
+                    format!("include[{j}]")
+                } else {
+                    format!("exclude[{}]", j - s.include.len())
+                };
+                globset::Glob::new(g).map_err(|e| invalid(field(&list), e.to_string()))?;
+                if j < s.include.len() && !g.starts_with('/') {
+                    return Err(invalid(
+                        field(&list),
+                        format!("{g:?}: include globs must be absolute paths"),
+                    ));
+                }
+            }
+            let format = match s.format {
+                raw::RawFormat::Raw => Format::Raw,
+                raw::RawFormat::Cri => Format::Cri,
+                raw::RawFormat::Docker => Format::Docker,
+            };
+            let max_line_bytes = size(&field("max_line_size"), &s.max_line_size)?;
+            if max_line_bytes < 64 || max_line_bytes > 1 << 30 {
+                return Err(invalid(
+                    field("max_line_size"),
+                    "must be between 64B and 1GiB".into(),
+                ));
+            }
+            let multiline = match &s.multiline {
+                None => None,
+                Some(m) => Some(MultilineConfig {
+                    start: Regex::new(&m.start)
+                        .map_err(|e| invalid(field("multiline.start"), e.to_string()))?,
+                    flush_timeout: duration(&field("multiline.flush_timeout"), &m.flush_timeout)?,
+                    max_lines: if m.max_lines == 0 {
+                        return Err(invalid(
+                            field("multiline.max_lines"),
+                            "must be at least 1".into(),
+                        ));
+                    } else {
+                        m.max_lines
+                    },
+                }),
+            };
+            let parser = match &s.parser {
+                None => ParserConfig::None,
+                Some(raw::RawParser::Json {}) => ParserConfig::Json,
+                Some(raw::RawParser::Nginx {}) => ParserConfig::Nginx,
+                Some(raw::RawParser::Apache {}) => ParserConfig::Apache,
+                Some(raw::RawParser::Regex { pattern }) => {
+                    let re = Regex::new(pattern)
+                        .map_err(|e| invalid(field("parser.pattern"), e.to_string()))?;
+                    if re.capture_names().flatten().next().is_none() {
+                        return Err(invalid(
+                            field("parser.pattern"),
+                            "needs at least one named capture `(?P<name>...)`".into(),
+                        ));
+                    }
+                    ParserConfig::Regex(re)
+                }
+                Some(raw::RawParser::Delimiter {
+                    delimiter,
+                    quote,
+                    columns,
+                }) => {
+                    let single_byte = |f: &str, s: &str| -> Result<u8, ConfigError> {
+                        match s.as_bytes() {
+                            [b] => Ok(*b),
+                            _ => Err(invalid(field(f), format!("{s:?} must be exactly one byte"))),
+                        }
+                    };
+                    if columns.is_empty() {
+                        return Err(invalid(
+                            field("parser.columns"),
+                            "at least one column name is required".into(),
+                        ));
+                    }
+                    ParserConfig::Delimiter {
+                        delimiter: single_byte("parser.delimiter", delimiter)?,
+                        quote: match quote {
+                            Some(q) => Some(single_byte("parser.quote", q)?),
+                            None => None,
+                        },
+                        columns: columns.iter().map(|c| Arc::from(c.as_str())).collect(),
+                    }
+                }
+            };
+            let sink: Arc<str> = Arc::from(s.sink.as_str());
+            if !sinks.contains_key(&sink) {
+                return Err(invalid(
+                    field("sink"),
+                    format!(
+                        "no sink named {:?} (defined: {})",
+                        s.sink,
+                        sinks
+                            .keys()
+                            .map(|k| k.as_ref())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            sources.push(SourceConfig {
+                name: Arc::from(s.name.as_str()),
+                include: s.include.clone(),
+                exclude: s.exclude.clone(),
+                format,
+                max_line_bytes: max_line_bytes as usize,
+                multiline,
+                parser,
+                sink,
+            });
+        }
+
+        let batch = BatchConfig {
+            max_bytes: size("batch.max_size", &raw.batch.max_size)? as usize,
+            max_lines: raw.batch.max_lines,
+            timeout: duration("batch.timeout", &raw.batch.timeout)?,
+        };
+        if batch.max_lines == 0 {
+            return Err(invalid(
+                "batch.max_lines".into(),
+                "must be at least 1".into(),
+            ));
+        }
+
+        Ok(Config {
+            data_dir,
+            metrics_listen,
+            checkpoint_interval: duration("checkpoint.interval", &raw.checkpoint.interval)?,
+            rescan_interval: duration("files.rescan_interval", &raw.files.rescan_interval)?,
+            rotate_wait: duration("files.rotate_wait", &raw.files.rotate_wait)?,
+            io_uring: raw.files.io_uring,
+            batch,
+            sources,
+            sinks,
+        })
+    }
+}
+
+/// Parses `1024`, `64KiB`, `1MiB`, `10GB` (powers of 1024 for `Ki`/`Mi`/`Gi` and of
+/// 1000 for `K`/`M`/`G`), `B` optional.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 512KiB or 10MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" => 1000,
+        "Ki" | "KiB" => 1 << 10,
+        "M" | "MB" => 1000 * 1000,
+        "Mi" | "MiB" => 1 << 20,
+        "G" | "GB" => 1000 * 1000 * 1000,
+        "Gi" | "GiB" => 1 << 30,
+        "T" | "TB" => 1000 * 1000 * 1000 * 1000,
+        "Ti" | "TiB" => 1 << 40,
+        u => {
+            return Err(format!(
+                "{text:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Raw => "raw",
+            Format::Cri => "cri",
+            Format::Docker => "docker",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Metrics: names and the Prometheus endpoint. (stub: being implemented)

@@ -1,0 +1,1 @@
+//! Parsing. (stub: being implemented)

@@ -1,0 +1,1 @@
+//! Routing. (stub: being implemented)

@@ -1,0 +1,37 @@
+//! Sinks: where packages go, and the acknowledgement that advances checkpoints.
+//!
+//! A sink is driven by one [`worker`] thread. `write` hands it a package; `flush`
+//! makes everything written so far durable (fsync, broker acknowledgement). Only after
+//! a successful `flush` does the worker acknowledge the packages to the checkpointer:
+//! a checkpoint is never durable ahead of the data it points past.
+
+pub mod file;
+pub mod null;
+pub mod stdout;
+pub mod store;
+pub mod worker;
+
+use crate::batch::Batch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying (disk full, broker unavailable): the package is kept and retried.
+    #[error("transient sink error: {0}")]
+    Transient(String),
+    /// The package can never be accepted; it is dropped and counted with a reason.
+    #[error("sink rejected package: {0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A destination for packages. Implementations do blocking I/O: they run on their
+/// own thread (see [`worker`]), never inside an async task.
+pub trait Sink: Send {
+    /// Bounded label value for metrics (`store`, `file`, `stdout`, `null`).
+    fn kind(&self) -> &'static str;
+    /// Accept one package. It need not be durable until `flush` returns.
+    fn write(&mut self, batch: &Batch) -> Result<(), SinkError>;
+    /// Make every package written so far durable.
+    fn flush(&mut self) -> Result<(), SinkError>;
+}
