@@ -1,12 +1,36 @@
 //! Checkpoints: per-source acknowledged offsets, durable across crashes.
 //!
-//! (stub: being implemented — API is the contract other stages code against)
+//! The [`Registry`] is shared by the file source (which registers, closes and forgets
+//! files), the pipeline (which records each package it sends with [`Registry::sent`])
+//! and the sink workers (which acknowledge packages with [`Registry::acked`] only after
+//! the sink made them durable). A source's checkpoint offset advances to a package's
+//! `end_offset` only when that package *and every earlier package of the source* are
+//! acknowledged, so acknowledgements may arrive in any order.
+//!
+//! [`Registry::persist`] writes the whole table atomically (tmp file, fsync, rename,
+//! fsync of the directory) in a versioned `rkyv` archive behind a magic and a CRC.
+//! At start-up a complete tmp file is preferred (the crash hit between its fsync and
+//! the rename, so it is the newest), then the main file.
+//!
+//! Duplicates after a crash are bounded: what was acknowledged after the last
+//! `persist` is read and shipped again, i.e. at most one checkpoint interval of data.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::source::SourceId;
 use crate::source::file::FileIdentity;
+
+const MAGIC: &[u8; 4] = b"LTCK";
+const FILE_NAME: &str = "checkpoints.rkyv";
+const TMP_NAME: &str = "checkpoints.rkyv.tmp";
 
 /// What the checkpoint remembers about a file source.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,40 +40,426 @@ pub struct FileCheckpoint {
     pub path: PathBuf,
     /// Every record starting before this offset has been acknowledged by the sink.
     pub offset: u64,
+    /// The last package acknowledged in order; numbering resumes after it.
+    pub last_package_id: u64,
     /// The source was drained and closed (rotated away); resume only if it grows.
     pub closed: bool,
 }
 
-/// Shared between the file source (which registers and forgets files), the pipeline
-/// (which records sent packages) and sink workers (which acknowledge them).
-pub struct Registry {}
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint file {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
 
-impl Registry {
-    /// The checkpoint of the file at `dev`/`inode`, if one was loaded or is live.
-    pub fn lookup(&self, dev: u64, inode: u64) -> Option<FileCheckpoint> {
-        let _ = (dev, inode);
-        unimplemented!()
-    }
-    /// A file source starts at `offset` (its resume point, or 0 for a new file).
-    pub fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64) {
-        let _ = (source, identity, path, offset);
-        unimplemented!()
-    }
-    /// The fingerprint of a live source grew (it covers more leading bytes now).
-    pub fn update_identity(&self, source: SourceId, identity: FileIdentity) {
-        let _ = (source, identity);
-        unimplemented!()
-    }
-    /// The source was drained and closed but its file still exists.
-    pub fn mark_closed(&self, source: SourceId) {
-        let _ = source;
-        unimplemented!()
-    }
-    /// The file is gone (or truncated to a new generation): drop its entry.
-    pub fn forget(&self, source: SourceId) {
-        let _ = source;
-        unimplemented!()
-    }
+/// The on-disk format. Versioned so a newer agent can read an older file.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+enum CheckpointFile {
+    V1 { entries: Vec<EntryV1> },
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+struct EntryV1 {
+    source_id: u64,
+    dev: u64,
+    inode: u64,
+    fingerprint_len: u32,
+    fingerprint: u32,
+    path: Vec<u8>,
+    offset: u64,
+    last_package_id: u64,
+    closed: u32,
+}
+
+/// A package sent to a sink and not yet folded into the checkpoint offset.
+#[derive(Debug)]
+struct InFlight {
+    package_id: u64,
+    end_offset: u64,
+    acked: bool,
+}
+
+#[derive(Debug)]
+struct Live {
+    checkpoint: FileCheckpoint,
+    in_flight: VecDeque<InFlight>,
+    /// The file is gone: drop the entry once nothing is in flight.
+    forgotten: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Entries read at start-up that no source has claimed yet, by (dev, inode).
+    loaded: HashMap<(u64, u64), FileCheckpoint>,
+    live: HashMap<SourceId, Live>,
+}
+
+/// Shared between the file source, the pipeline and sink workers.
+pub struct Registry {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    last_persist: Mutex<Option<Instant>>,
 }
 
 pub type SharedRegistry = Arc<Registry>;
+
+impl Registry {
+    /// Opens (creating `dir` if needed) and loads the checkpoint table.
+    pub fn open(dir: &Path) -> Result<Registry, CheckpointError> {
+        std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let entries = match load(dir) {
+            Ok(entries) => entries,
+            // A corrupt table must not stop collection. Starting over re-reads files
+            // (duplicates) instead of skipping them (loss); keep the bad file for a post-mortem.
+            Err(e @ CheckpointError::Corrupt { .. }) => {
+                let aside = dir.join(format!("{FILE_NAME}.corrupt"));
+                let _ = std::fs::rename(dir.join(FILE_NAME), &aside);
+                metrics::counter!("logtap_checkpoint_errors_total").increment(1);
+                tracing::error!(error = %e, moved_to = %aside.display(),
+                    "checkpoint table unreadable; files will be read again from their start");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let mut loaded = HashMap::new();
+        for entry in entries {
+            loaded.insert((entry.identity.dev, entry.identity.inode), entry);
+        }
+        tracing::info!(dir = %dir.display(), entries = loaded.len(), "checkpoints loaded");
+        Ok(Registry {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                loaded,
+                live: HashMap::new(),
+            }),
+            last_persist: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding the lock leaves consistent data (every
+        // mutation is a single insert/update), so keep going rather than cascade.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The checkpoint of the file at `dev`/`inode`, if one was loaded or is live.
+    pub fn lookup(&self, dev: u64, inode: u64) -> Option<FileCheckpoint> {
+        let inner = self.lock();
+        if let Some(c) = inner.loaded.get(&(dev, inode)) {
+            return Some(c.clone());
+        }
+        inner
+            .live
+            .values()
+            .find(|l| {
+                !l.forgotten
+                    && l.checkpoint.identity.dev == dev
+                    && l.checkpoint.identity.inode == inode
+            })
+            .map(|l| l.checkpoint.clone())
+    }
+
+    /// Entries loaded at start-up that no source claimed yet.
+    pub fn unclaimed(&self) -> Vec<FileCheckpoint> {
+        self.lock().loaded.values().cloned().collect()
+    }
+
+    /// A file source starts at `offset` (its resume point, or 0 for a new file).
+    /// Claims a loaded entry of the same dev/inode, whatever its fingerprint said:
+    /// the caller decided whether it resumes it or replaces it (inode reuse).
+    pub fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64) {
+        let mut inner = self.lock();
+        let previous = inner.loaded.remove(&(identity.dev, identity.inode));
+        let last_package_id = match (&previous, inner.live.get(&source)) {
+            (_, Some(live)) => live.checkpoint.last_package_id,
+            (Some(p), None) if p.source_id == source => p.last_package_id,
+            _ => 0,
+        };
+        // Another live source with this dev/inode is a file that vanished and whose
+        // inode was reused: it is gone.
+        for live in inner.live.values_mut() {
+            let id = &live.checkpoint.identity;
+            if live.checkpoint.source_id != source
+                && id.dev == identity.dev
+                && id.inode == identity.inode
+            {
+                live.forgotten = true;
+            }
+        }
+        let live = inner.live.entry(source).or_insert_with(|| Live {
+            checkpoint: FileCheckpoint {
+                source_id: source,
+                identity,
+                path: path.clone(),
+                offset,
+                last_package_id,
+                closed: false,
+            },
+            in_flight: VecDeque::new(),
+            forgotten: false,
+        });
+        live.checkpoint.identity = identity;
+        live.checkpoint.path = path;
+        live.checkpoint.closed = false;
+        live.forgotten = false;
+        if live.in_flight.is_empty() {
+            live.checkpoint.offset = offset;
+        }
+        inner.gc();
+    }
+
+    /// The fingerprint of a live source grew (it covers more leading bytes now).
+    pub fn update_identity(&self, source: SourceId, identity: FileIdentity) {
+        if let Some(live) = self.lock().live.get_mut(&source) {
+            live.checkpoint.identity = identity;
+        }
+    }
+
+    /// The source was drained and closed but its file still exists.
+    pub fn mark_closed(&self, source: SourceId) {
+        if let Some(live) = self.lock().live.get_mut(&source) {
+            live.checkpoint.closed = true;
+        }
+    }
+
+    /// The file is gone (or truncated to a new generation): drop its entry once every
+    /// package in flight is acknowledged.
+    pub fn forget(&self, source: SourceId) {
+        let mut inner = self.lock();
+        if let Some(live) = inner.live.get_mut(&source) {
+            live.forgotten = true;
+        }
+        inner.gc();
+    }
+
+    /// Drops loaded entries that no source claimed: their files no longer exist or no
+    /// longer match any include glob (called after the first full scan).
+    pub fn drop_unclaimed(&self) -> usize {
+        let mut inner = self.lock();
+        let n = inner.loaded.len();
+        inner.loaded.clear();
+        n
+    }
+
+    /// The package id to use for the next package of `source`.
+    pub fn next_package_id(&self, source: SourceId) -> u64 {
+        let inner = self.lock();
+        match inner.live.get(&source) {
+            Some(l) => {
+                l.in_flight
+                    .back()
+                    .map(|f| f.package_id)
+                    .unwrap_or(l.checkpoint.last_package_id)
+                    + 1
+            }
+            None => 1,
+        }
+    }
+
+    /// The pipeline handed package `package_id` (ending at `end_offset`) to a sink.
+    pub fn sent(&self, source: SourceId, package_id: u64, end_offset: u64) {
+        if let Some(live) = self.lock().live.get_mut(&source) {
+            live.in_flight.push_back(InFlight {
+                package_id,
+                end_offset,
+                acked: false,
+            });
+        }
+    }
+
+    /// The sink made package `package_id` of `source` durable.
+    pub fn acked(&self, source: SourceId, package_id: u64) {
+        let mut inner = self.lock();
+        let Some(live) = inner.live.get_mut(&source) else {
+            return;
+        };
+        if let Some(f) = live
+            .in_flight
+            .iter_mut()
+            .find(|f| f.package_id == package_id)
+        {
+            f.acked = true;
+        }
+        while live.in_flight.front().is_some_and(|f| f.acked) {
+            let f = live.in_flight.pop_front().expect("front exists");
+            live.checkpoint.offset = f.end_offset;
+            live.checkpoint.last_package_id = f.package_id;
+        }
+        if live.forgotten && live.in_flight.is_empty() {
+            inner.gc();
+        }
+    }
+
+    /// The acknowledged offset of a live source (tests, diagnostics).
+    pub fn acked_offset(&self, source: SourceId) -> Option<u64> {
+        self.lock().live.get(&source).map(|l| l.checkpoint.offset)
+    }
+
+    /// Packages sent and not yet acknowledged, over all sources.
+    pub fn in_flight(&self) -> usize {
+        self.lock().live.values().map(|l| l.in_flight.len()).sum()
+    }
+
+    /// Every entry that would be persisted now.
+    pub fn snapshot(&self) -> Vec<FileCheckpoint> {
+        let inner = self.lock();
+        inner
+            .loaded
+            .values()
+            .cloned()
+            .chain(
+                inner
+                    .live
+                    .values()
+                    .filter(|l| !l.forgotten)
+                    .map(|l| l.checkpoint.clone()),
+            )
+            .collect()
+    }
+
+    /// Writes the table durably: tmp file, fsync, rename over the old one, fsync dir.
+    pub fn persist(&self) -> Result<(), CheckpointError> {
+        let entries = self.snapshot();
+        let started = Instant::now();
+        let result = write_atomically(&self.dir, &entries);
+        match &result {
+            Ok(()) => {
+                *self.last_persist.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
+                metrics::counter!("logtap_checkpoint_writes_total").increment(1);
+                metrics::gauge!("logtap_checkpoint_entries").set(entries.len() as f64);
+                metrics::histogram!("logtap_checkpoint_write_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                metrics::counter!("logtap_checkpoint_errors_total").increment(1);
+                tracing::error!(error = %e, "checkpoint write failed; offsets stay where they were");
+            }
+        }
+        result
+    }
+
+    /// Seconds since the last successful `persist` (None before the first one).
+    pub fn age(&self) -> Option<f64> {
+        self.last_persist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed().as_secs_f64())
+    }
+}
+
+impl Inner {
+    fn gc(&mut self) {
+        self.live
+            .retain(|_, l| !(l.forgotten && l.in_flight.is_empty()));
+    }
+}
+
+fn write_atomically(dir: &Path, entries: &[FileCheckpoint]) -> Result<(), CheckpointError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Io { path, source }
+    };
+    let file = CheckpointFile::V1 {
+        entries: entries
+            .iter()
+            .map(|c| EntryV1 {
+                source_id: c.source_id.0,
+                dev: c.identity.dev,
+                inode: c.identity.inode,
+                fingerprint_len: c.identity.fingerprint_len,
+                fingerprint: c.identity.fingerprint,
+                path: c.path.as_os_str().as_bytes().to_vec(),
+                offset: c.offset,
+                last_package_id: c.last_package_id,
+                closed: c.closed as u32,
+            })
+            .collect(),
+    };
+    let body =
+        rkyv::to_bytes::<rkyv::rancor::Error>(&file).map_err(|e| CheckpointError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: format!("serialize: {e}"),
+        })?;
+    let tmp = dir.join(TMP_NAME);
+    let dst = dir.join(FILE_NAME);
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(MAGIC).map_err(io(&tmp))?;
+    f.write_all(&crc32fast::hash(&body).to_le_bytes())
+        .map_err(io(&tmp))?;
+    f.write_all(&body).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
+}
+
+/// Reads the table: a complete tmp file first (newest), else the main file.
+fn load(dir: &Path) -> Result<Vec<FileCheckpoint>, CheckpointError> {
+    let tmp = dir.join(TMP_NAME);
+    if tmp.exists() {
+        match read_file(&tmp) {
+            Ok(entries) => {
+                tracing::info!("recovered checkpoints from a complete tmp file");
+                return Ok(entries);
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring incomplete checkpoint tmp file"),
+        }
+    }
+    let main = dir.join(FILE_NAME);
+    match std::fs::metadata(&main) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        _ => read_file(&main),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<FileCheckpoint>, CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(corrupt("bad magic".into()));
+    }
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let body = &bytes[8..];
+    if crc32fast::hash(body) != crc {
+        return Err(corrupt("CRC mismatch".into()));
+    }
+    // rkyv needs the archive aligned; a Vec<u8> from fs::read is not guaranteed to be.
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
+    aligned.extend_from_slice(body);
+    let file = rkyv::from_bytes::<CheckpointFile, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| corrupt(format!("archive: {e}")))?;
+    let CheckpointFile::V1 { entries } = file;
+    Ok(entries
+        .into_iter()
+        .map(|e| FileCheckpoint {
+            source_id: SourceId(e.source_id),
+            identity: FileIdentity {
+                dev: e.dev,
+                inode: e.inode,
+                fingerprint_len: e.fingerprint_len,
+                fingerprint: e.fingerprint,
+            },
+            path: PathBuf::from(std::ffi::OsString::from_vec(e.path)),
+            offset: e.offset,
+            last_package_id: e.last_package_id,
+            closed: e.closed != 0,
+        })
+        .collect())
+}

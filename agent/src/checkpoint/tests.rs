@@ -1,0 +1,116 @@
+use super::*;
+
+fn identity(inode: u64) -> FileIdentity {
+    FileIdentity {
+        dev: 1,
+        inode,
+        fingerprint_len: 10,
+        fingerprint: 0xdead,
+    }
+}
+
+#[test]
+fn offset_advances_only_over_contiguous_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let s = SourceId(7);
+    reg.register(s, identity(1), "/a.log".into(), 0);
+    for (id, end) in [(1, 100), (2, 200), (3, 300)] {
+        assert_eq!(reg.next_package_id(s), id);
+        reg.sent(s, id, end);
+    }
+    reg.acked(s, 2);
+    assert_eq!(reg.acked_offset(s), Some(0), "package 1 not acked yet");
+    reg.acked(s, 1);
+    assert_eq!(reg.acked_offset(s), Some(200));
+    reg.acked(s, 3);
+    assert_eq!(reg.acked_offset(s), Some(300));
+    assert_eq!(reg.in_flight(), 0);
+}
+
+#[test]
+fn persist_and_reload_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SourceId(42);
+    {
+        let reg = Registry::open(dir.path()).unwrap();
+        reg.register(s, identity(5), "/var/log/x.log".into(), 0);
+        reg.sent(s, 1, 1234);
+        reg.acked(s, 1);
+        reg.sent(s, 2, 9999); // never acked: must not be persisted
+        reg.mark_closed(s);
+        reg.persist().unwrap();
+        assert!(reg.age().unwrap() < 5.0);
+    }
+    let reg = Registry::open(dir.path()).unwrap();
+    let c = reg.lookup(1, 5).unwrap();
+    assert_eq!(c.source_id, s);
+    assert_eq!(c.offset, 1234);
+    assert_eq!(c.last_package_id, 1);
+    assert!(c.closed);
+    assert_eq!(c.path, PathBuf::from("/var/log/x.log"));
+    assert_eq!(c.identity, identity(5));
+    // Resuming continues package numbering after the last acknowledged package.
+    reg.register(s, c.identity, c.path.clone(), c.offset);
+    assert_eq!(reg.next_package_id(s), 2);
+    assert!(reg.unclaimed().is_empty());
+}
+
+#[test]
+fn forgotten_source_stays_until_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let s = SourceId(1);
+    reg.register(s, identity(1), "/a".into(), 0);
+    reg.sent(s, 1, 10);
+    reg.forget(s);
+    assert_eq!(reg.acked_offset(s), Some(0));
+    reg.acked(s, 1);
+    assert_eq!(reg.acked_offset(s), None);
+    assert!(reg.snapshot().is_empty());
+}
+
+#[test]
+fn corrupt_file_is_moved_aside_and_collection_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(FILE_NAME), b"LTCK\0\0\0\0garbage").unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    assert!(reg.snapshot().is_empty());
+    assert!(dir.path().join(format!("{FILE_NAME}.corrupt")).exists());
+}
+
+#[test]
+fn torn_tmp_file_is_ignored_and_complete_tmp_file_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SourceId(3);
+    {
+        let reg = Registry::open(dir.path()).unwrap();
+        reg.register(s, identity(9), "/b".into(), 77);
+        reg.persist().unwrap();
+    }
+    // A crash in the middle of writing the tmp file.
+    std::fs::write(dir.path().join(TMP_NAME), b"LTC").unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    assert_eq!(reg.lookup(1, 9).unwrap().offset, 77);
+    // A crash after the tmp file's fsync, before the rename: the tmp file is newer.
+    reg.register(s, identity(9), "/b".into(), 77);
+    reg.sent(s, 1, 88);
+    reg.acked(s, 1);
+    reg.persist().unwrap();
+    std::fs::copy(dir.path().join(FILE_NAME), dir.path().join(TMP_NAME)).unwrap();
+    {
+        let reg2 = Registry::open(dir.path()).unwrap();
+        assert_eq!(reg2.lookup(1, 9).unwrap().offset, 88);
+    }
+}
+
+#[test]
+fn reused_inode_retires_the_old_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    reg.register(SourceId(1), identity(4), "/a".into(), 50);
+    reg.register(SourceId(2), identity(4), "/a".into(), 0);
+    let snap = reg.snapshot();
+    assert_eq!(snap.len(), 1);
+    assert_eq!(snap[0].source_id, SourceId(2));
+}
