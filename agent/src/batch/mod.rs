@@ -53,3 +53,165 @@ impl Batch {
         &self.fields[start..end]
     }
 }
+
+/// Accumulates the records of one source into packages.
+///
+/// The pipeline pushes every record a chunk produced, then asks [`BatchBuilder::seal_if`]
+/// whether a limit was reached. Sealing only between chunks keeps `end_offset` exact:
+/// after a whole chunk was framed, the framer's resume offset is precisely where a
+/// restart must begin, whatever order CRI partials completed in.
+pub struct BatchBuilder {
+    source: Arc<SourceInfo>,
+    next_package_id: u64,
+    lines: Vec<Line>,
+    fields: Vec<Field>,
+    body_bytes: usize,
+    opened_at: Option<std::time::Instant>,
+    limits: crate::config::BatchConfig,
+}
+
+impl BatchBuilder {
+    pub fn new(
+        source: Arc<SourceInfo>,
+        first_package_id: u64,
+        limits: crate::config::BatchConfig,
+    ) -> Self {
+        BatchBuilder {
+            source,
+            next_package_id: first_package_id,
+            lines: Vec::new(),
+            fields: Vec::new(),
+            body_bytes: 0,
+            opened_at: None,
+            limits,
+        }
+    }
+
+    pub fn source(&self) -> &Arc<SourceInfo> {
+        &self.source
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Index the next pushed line will have (what parsers tag their fields with).
+    pub fn next_index(&self) -> u32 {
+        self.lines.len() as u32
+    }
+
+    /// Where parsers append the fields of the line about to be pushed.
+    pub fn fields_mut(&mut self) -> &mut Vec<Field> {
+        &mut self.fields
+    }
+
+    pub fn push(&mut self, line: Line, now: std::time::Instant) {
+        if self.opened_at.is_none() {
+            self.opened_at = Some(now);
+            // Sized for the typical package, so pushes don't regrow the vector.
+            self.lines.reserve(self.limits.max_lines.min(16 * 1024));
+        }
+        self.body_bytes += line.body.len();
+        self.lines.push(line);
+    }
+
+    /// Whether a size limit is reached or the oldest record waited `timeout`.
+    pub fn is_due(&self, now: std::time::Instant) -> bool {
+        !self.lines.is_empty()
+            && (self.body_bytes >= self.limits.max_bytes
+                || self.lines.len() >= self.limits.max_lines
+                || self
+                    .opened_at
+                    .is_some_and(|t| now.duration_since(t) >= self.limits.timeout))
+    }
+
+    /// Seals the current records into a package ending at `end_offset` (None if empty).
+    pub fn seal(&mut self, end_offset: u64) -> Option<Batch> {
+        if self.lines.is_empty() {
+            return None;
+        }
+        let batch = Batch {
+            source: self.source.clone(),
+            package_id: self.next_package_id,
+            lines: std::mem::take(&mut self.lines),
+            fields: std::mem::take(&mut self.fields),
+            end_offset,
+        };
+        self.next_package_id += 1;
+        self.body_bytes = 0;
+        self.opened_at = None;
+        Some(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{LineFlags, Stream};
+    use crate::source::{SourceId, SourceKind};
+    use std::time::{Duration, Instant};
+
+    fn builder(max_lines: usize) -> BatchBuilder {
+        let info = Arc::new(SourceInfo {
+            id: SourceId(1),
+            kind: SourceKind::File,
+            path: "/x".into(),
+            config_name: Arc::from("t"),
+        });
+        let limits = crate::config::BatchConfig {
+            max_bytes: 1 << 20,
+            max_lines,
+            timeout: Duration::from_millis(50),
+        };
+        BatchBuilder::new(info, 5, limits)
+    }
+
+    fn line(offset: u64) -> Line {
+        Line {
+            offset,
+            timestamp_ns: 0,
+            stream: Stream::None,
+            flags: LineFlags::empty(),
+            body: Bytes::from_static(b"hello"),
+        }
+    }
+
+    #[test]
+    fn packages_are_numbered_and_sealed_by_count_and_age() {
+        let mut b = builder(2);
+        let t0 = Instant::now();
+        assert!(b.seal(0).is_none());
+        b.push(line(0), t0);
+        assert!(!b.is_due(t0));
+        assert!(b.is_due(t0 + Duration::from_millis(60)));
+        b.push(line(6), t0);
+        assert!(b.is_due(t0));
+        let p = b.seal(12).unwrap();
+        assert_eq!((p.package_id, p.end_offset, p.lines.len()), (5, 12, 2));
+        assert_eq!(p.body_bytes(), 10);
+        b.push(line(12), t0);
+        assert_eq!(b.seal(18).unwrap().package_id, 6);
+    }
+
+    #[test]
+    fn fields_of_returns_each_lines_fields() {
+        let mut b = builder(10);
+        let now = Instant::now();
+        for i in 0..3u32 {
+            let idx = b.next_index();
+            assert_eq!(idx, i);
+            if i != 1 {
+                b.fields_mut().push(Field {
+                    line: idx,
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from(format!("v{i}")),
+                });
+            }
+            b.push(line(i as u64 * 6), now);
+        }
+        let p = b.seal(18).unwrap();
+        assert_eq!(p.fields_of(0)[0].value, Bytes::from("v0"));
+        assert!(p.fields_of(1).is_empty());
+        assert_eq!(p.fields_of(2)[0].value, Bytes::from("v2"));
+    }
+}

@@ -1,1 +1,119 @@
-//! Metrics: names and the Prometheus endpoint. (stub: being implemented)
+//! Metrics: the Prometheus `/metrics` endpoint and the catalogue of what logtap reports.
+//!
+//! Stages record through the `metrics` facade macros; this module installs the
+//! Prometheus recorder and describes every metric once, so `/metrics` carries help
+//! text. Names follow one rule: `logtap_` prefix, counters end in `_total`, label
+//! values come from small fixed sets (source kind, parser, sink kind, reason) — never a
+//! path or an id, which would make series unbounded.
+
+use std::net::SocketAddr;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+/// Installs the Prometheus recorder, serving `/metrics` on `listen`.
+///
+/// Outside a tokio runtime the exporter runs on its own background thread, which keeps
+/// scraping independent of the pipeline's threads.
+pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .install()
+        .map_err(|e| anyhow::anyhow!("metrics endpoint on {listen}: {e}"))?;
+    describe();
+    tracing::info!(%listen, "serving Prometheus metrics on /metrics");
+    Ok(())
+}
+
+/// Help text of every metric, in one place.
+pub fn describe() {
+    describe_counter!(
+        "logtap_lines_read_total",
+        Unit::Count,
+        "Records framed from sources, by source_kind"
+    );
+    describe_counter!(
+        "logtap_bytes_read_total",
+        Unit::Bytes,
+        "Bytes read from sources, by source_kind"
+    );
+    describe_counter!(
+        "logtap_parse_failures_total",
+        Unit::Count,
+        "Records the configured parser could not parse (kept raw, flagged), by parser"
+    );
+    describe_counter!(
+        "logtap_lines_truncated_total",
+        Unit::Count,
+        "Records longer than max_line_size, shipped truncated and flagged"
+    );
+    describe_counter!(
+        "logtap_lines_malformed_total",
+        Unit::Count,
+        "CRI/docker lines that did not decode (shipped raw, flagged), by source_kind"
+    );
+    describe_counter!(
+        "logtap_lines_invalid_utf8_total",
+        Unit::Count,
+        "Records that are not valid UTF-8 (kept as bytes, flagged)"
+    );
+    describe_counter!(
+        "logtap_dropped_lines_total",
+        Unit::Count,
+        "Records dropped, by reason"
+    );
+    describe_gauge!(
+        "logtap_open_files",
+        Unit::Count,
+        "Files held open by the file source"
+    );
+    describe_gauge!(
+        "logtap_read_lag_bytes",
+        Unit::Bytes,
+        "Bytes behind EOF, summed over open files"
+    );
+    describe_gauge!(
+        "logtap_read_backend",
+        "1 for the read backend in use (io_uring or pread), by backend"
+    );
+    describe_gauge!(
+        "logtap_checkpoint_age_seconds",
+        Unit::Seconds,
+        "Seconds since acknowledged offsets were last made durable"
+    );
+    describe_counter!(
+        "logtap_checkpoint_writes_total",
+        Unit::Count,
+        "Checkpoint table writes"
+    );
+    describe_counter!(
+        "logtap_checkpoint_errors_total",
+        Unit::Count,
+        "Checkpoint write or load failures"
+    );
+    describe_histogram!(
+        "logtap_checkpoint_write_seconds",
+        Unit::Seconds,
+        "Duration of a checkpoint write (with fsync)"
+    );
+    describe_counter!(
+        "logtap_sink_packages_total",
+        Unit::Count,
+        "Packages acknowledged by a sink, by sink"
+    );
+    describe_counter!(
+        "logtap_sink_lines_total",
+        Unit::Count,
+        "Records acknowledged by a sink, by sink"
+    );
+    describe_counter!(
+        "logtap_sink_errors_total",
+        Unit::Count,
+        "Sink write or flush failures, by sink and kind (transient, rejected)"
+    );
+    describe_gauge!(
+        "logtap_packages_in_flight",
+        Unit::Count,
+        "Packages sent to sinks and not yet acknowledged"
+    );
+}
