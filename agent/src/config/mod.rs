@@ -262,7 +262,7 @@ impl Config {
                 raw::RawFormat::Docker => Format::Docker,
             };
             let max_line_bytes = size(&field("max_line_size"), &s.max_line_size)?;
-            if max_line_bytes < 64 || max_line_bytes > 1 << 30 {
+            if !(64..=1 << 30).contains(&max_line_bytes) {
                 return Err(invalid(
                     field("max_line_size"),
                     "must be between 64B and 1GiB".into(),
