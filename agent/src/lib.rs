@@ -19,6 +19,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod demo;
 pub mod frame;
 pub mod metrics;
 pub mod parse;

@@ -1,1 +1,144 @@
-fn main() {}
+//! `logtap`: the agent daemon and its command line. This file only wires the library's
+//! stages together; see `lib.rs` for the data flow.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+use logtap::config::Config;
+use logtap::pipeline::{self, RunOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "logtap", version, about = "Kubernetes node log collector")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Collect logs into the configured sinks (default: this node's pod and host logs
+    /// into the local store).
+    Run {
+        /// Config file (YAML). Without it, the embedded default is used.
+        #[arg(long, short, env = "LOGTAP_CONFIG")]
+        config: Option<PathBuf>,
+        /// Overrides `data_dir` (checkpoints, default store location).
+        #[arg(long, env = "LOGTAP_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Overrides `metrics.listen`; `off` disables the endpoint.
+        #[arg(long)]
+        metrics_listen: Option<String>,
+        /// Also create `<data_dir>/demo` with sample pod and application logs, and collect it.
+        #[arg(long)]
+        demo: bool,
+        /// Read every matched file to its end once, ship, checkpoint, and exit.
+        #[arg(long)]
+        oneshot: bool,
+    },
+    /// Search the local store: keywords, fields, time range, context lines.
+    Query(logtap::sink::store::query::QueryArgs),
+    /// Validate a config file; errors name the field and the line.
+    CheckConfig {
+        file: PathBuf,
+    },
+    /// Print the embedded default config.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGTAP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("logtap: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            config,
+            data_dir,
+            metrics_listen,
+            demo,
+            oneshot,
+        } => {
+            let (text, name) = match &config {
+                Some(path) => (
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                    path.display().to_string(),
+                ),
+                None => (
+                    logtap::config::DEFAULT_CONFIG_YAML.to_string(),
+                    "<embedded default>".to_string(),
+                ),
+            };
+            let mut raw = Config::parse_raw(&text, &name)?;
+            if let Some(dir) = data_dir {
+                raw.data_dir = dir.display().to_string();
+            }
+            let mut config = Config::from_raw(raw, &name)?;
+            match metrics_listen.as_deref() {
+                None => {}
+                Some("off") => config.metrics_listen = None,
+                Some(addr) => config.metrics_listen = Some(addr.parse()?),
+            }
+            if demo {
+                logtap::demo::install(&mut config)?;
+            }
+            if let Some(listen) = config.metrics_listen {
+                logtap::metrics::install(listen)?;
+            }
+            let shutdown = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, shutdown.clone())?;
+            }
+            let summary = pipeline::run(config, RunOptions { oneshot }, shutdown)?;
+            tracing::info!(
+                lines = summary.lines,
+                bytes = summary.bytes,
+                packages = summary.packages,
+                backend = summary.read_backend,
+                "logtap stopped"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Query(args) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            logtap::sink::store::query::run_query(&args, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} sources, {} sinks)",
+                    file.display(),
+                    c.sources.len(),
+                    c.sinks.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::DefaultConfig => {
+            print!("{}", logtap::config::DEFAULT_CONFIG_YAML);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

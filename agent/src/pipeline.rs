@@ -1,1 +1,319 @@
-//! Wiring of the stages. (stub: being implemented)
+//! Wiring of the stages: source thread → frame → parse → batch → route → sink workers
+//! → acknowledgements → checkpoint thread.
+//!
+//! Threads: the file source runs on the calling thread and does framing, parsing and
+//! batching inline ([`Pipeline`] is its [`SourceEvents`]); each sink has a worker
+//! thread behind a bounded queue; one thread persists checkpoints. Nothing here is
+//! async: every stage does blocking I/O or pure CPU work, and the thread split keeps
+//! a slow sink from doing anything but slowing the readers down (backpressure).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+
+use crate::batch::BatchBuilder;
+use crate::checkpoint::{Registry, SharedRegistry};
+use crate::config::Config;
+use crate::frame::{Framer, Line, LineFlags};
+use crate::parse::Parser;
+use crate::route::Router;
+use crate::sink::worker::SinkWorker;
+use crate::source::file::{EndReason, FileIdentity, FileSource, FileSourceOptions, SourceEvents};
+use crate::source::{SourceId, SourceInfo};
+
+/// Packages a sink's queue holds before the readers block.
+const SINK_QUEUE_PACKAGES: usize = 64;
+/// Upper bound on how long written packages wait for their flush (and acknowledgement).
+const SINK_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Read every matched file to EOF once, ship everything, checkpoint, and return.
+    pub oneshot: bool,
+}
+
+/// What a run did, for the CLI's closing line and for tests.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    pub lines: u64,
+    pub bytes: u64,
+    pub packages: u64,
+    pub read_backend: &'static str,
+}
+
+/// Runs the agent until `shutdown` is set (or, in one-shot mode, until every file was
+/// read and everything read was acknowledged and checkpointed).
+pub fn run(config: Config, options: RunOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<RunSummary> {
+    let registry: SharedRegistry = Arc::new(
+        Registry::open(&config.data_dir.join("checkpoints")).context("opening checkpoints")?,
+    );
+
+    let mut queues = BTreeMap::new();
+    let mut workers = Vec::new();
+    for (name, sink_config) in &config.sinks {
+        let sink = crate::sink::open(sink_config).with_context(|| format!("opening sink {name:?}"))?;
+        let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE_PACKAGES);
+        let worker = SinkWorker {
+            sink,
+            queue: rx,
+            registry: registry.clone(),
+            flush_interval: SINK_FLUSH_INTERVAL.min(config.checkpoint_interval),
+            shutdown: shutdown.clone(),
+        };
+        workers.push(worker.spawn(name)?);
+        queues.insert(name.clone(), tx);
+    }
+
+    let checkpointer = spawn_checkpointer(registry.clone(), config.checkpoint_interval, shutdown.clone())?;
+
+    let mut source = FileSource::new(
+        &config.sources,
+        FileSourceOptions {
+            rescan_interval: config.rescan_interval,
+            rotate_wait: config.rotate_wait,
+            io_uring: config.io_uring,
+            read_buffer_bytes: 256 * 1024,
+            oneshot: options.oneshot,
+        },
+        registry.clone(),
+    )?;
+    let mut pipeline = Pipeline::new(&config, Router::new(&config.sources, &queues), registry.clone());
+    drop(queues);
+
+    let result = source.run(&mut pipeline, &shutdown);
+    let summary = RunSummary {
+        lines: pipeline.lines,
+        bytes: pipeline.bytes,
+        packages: pipeline.packages,
+        read_backend: source.backend(),
+    };
+    // Seal what is pending (without inventing line ends: an incomplete last line stays
+    // unacknowledged and is read again next start), then let the workers drain.
+    pipeline.seal_all();
+    drop(pipeline);
+    for w in workers {
+        if w.join().is_err() {
+            tracing::error!("a sink worker panicked");
+        }
+    }
+    shutdown.store(true, Ordering::SeqCst);
+    let _ = checkpointer.join();
+    registry.persist().context("final checkpoint")?;
+    result?;
+    Ok(summary)
+}
+
+fn spawn_checkpointer(
+    registry: SharedRegistry,
+    interval: Duration,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || {
+            let mut next = Instant::now() + interval;
+            while !shutdown.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50).min(interval));
+                if Instant::now() < next {
+                    continue;
+                }
+                next = Instant::now() + interval;
+                // Errors are logged and counted inside; the next interval retries.
+                let _ = registry.persist();
+                metrics::gauge!("logtap_packages_in_flight").set(registry.in_flight() as f64);
+                if let Some(age) = registry.age() {
+                    metrics::gauge!("logtap_checkpoint_age_seconds").set(age);
+                }
+            }
+        })
+}
+
+/// Per-source state of the processing stages.
+struct Slot {
+    config: usize,
+    framer: Framer,
+    builder: BatchBuilder,
+}
+
+/// Frame → parse → batch → route, run on the source thread.
+pub struct Pipeline {
+    config: Arc<Config>,
+    parsers: Vec<Parser>,
+    router: Router,
+    registry: SharedRegistry,
+    slots: HashMap<SourceId, Slot>,
+    /// Reused between chunks: framed records on their way into a package.
+    scratch: Vec<Line>,
+    /// Reused by `tick`: the sources to visit.
+    tick_ids: Vec<SourceId>,
+    lines: u64,
+    bytes: u64,
+    packages: u64,
+}
+
+impl Pipeline {
+    pub fn new(config: &Config, router: Router, registry: SharedRegistry) -> Pipeline {
+        Pipeline {
+            parsers: config.sources.iter().map(|s| Parser::new(&s.parser)).collect(),
+            config: Arc::new(config.clone()),
+            router,
+            registry,
+            slots: HashMap::new(),
+            scratch: Vec::new(),
+            tick_ids: Vec::new(),
+            lines: 0,
+            bytes: 0,
+            packages: 0,
+        }
+    }
+
+    /// Parses the records in `scratch` into the slot's package and ships it if due.
+    fn absorb(&mut self, source: SourceId, now: Instant) {
+        let Some(slot) = self.slots.get_mut(&source) else {
+            self.scratch.clear();
+            return;
+        };
+        let parser = &self.parsers[slot.config];
+        let kind = slot.builder.source().kind.as_str();
+        let (mut truncated, mut malformed, mut invalid_utf8, mut parse_failed) = (0u64, 0u64, 0u64, 0u64);
+        let n = self.scratch.len() as u64;
+        for mut line in self.scratch.drain(..) {
+            let index = slot.builder.next_index();
+            parser.apply(&mut line, index, slot.builder.fields_mut());
+            if line.flags != LineFlags::empty() {
+                let f = line.flags;
+                truncated += f.contains(LineFlags::TRUNCATED) as u64;
+                malformed += f.contains(LineFlags::MALFORMED) as u64;
+                invalid_utf8 += f.contains(LineFlags::INVALID_UTF8) as u64;
+                parse_failed += f.contains(LineFlags::PARSE_FAILED) as u64;
+            }
+            slot.builder.push(line, now);
+        }
+        self.lines += n;
+        if n > 0 {
+            metrics::counter!("logtap_lines_read_total", "source_kind" => kind).increment(n);
+        }
+        if truncated > 0 {
+            metrics::counter!("logtap_lines_truncated_total", "source_kind" => kind).increment(truncated);
+        }
+        if malformed > 0 {
+            metrics::counter!("logtap_lines_malformed_total", "source_kind" => kind).increment(malformed);
+        }
+        if invalid_utf8 > 0 {
+            metrics::counter!("logtap_lines_invalid_utf8_total", "source_kind" => kind).increment(invalid_utf8);
+        }
+        if parse_failed > 0 {
+            metrics::counter!("logtap_parse_failures_total", "parser" => parser.kind()).increment(parse_failed);
+        }
+        if slot.builder.is_due(now) {
+            self.ship(source);
+        }
+    }
+
+    /// Seals the slot's package at the framer's resume offset and hands it to its sink.
+    fn ship(&mut self, source: SourceId) {
+        let Some(slot) = self.slots.get_mut(&source) else {
+            return;
+        };
+        let end_offset = slot.framer.resume_offset();
+        let Some(batch) = slot.builder.seal(end_offset) else {
+            return;
+        };
+        self.registry.sent(source, batch.package_id, end_offset);
+        self.packages += 1;
+        if !self.router.send(slot.config, batch) {
+            // Only at shutdown; the package stays unacknowledged and is re-read next start.
+            tracing::warn!(%source, "sink queue closed; package not shipped");
+        }
+    }
+
+    /// Ships every pending package (shutdown).
+    pub fn seal_all(&mut self) {
+        let ids: Vec<SourceId> = self.slots.keys().copied().collect();
+        for id in ids {
+            self.ship(id);
+        }
+    }
+}
+
+impl SourceEvents for Pipeline {
+    fn opened(
+        &mut self,
+        info: Arc<SourceInfo>,
+        config: usize,
+        _identity: FileIdentity,
+        start_offset: u64,
+        predecessor: Option<SourceId>,
+    ) {
+        let source_config = &self.config.sources[config];
+        let mut framer = Framer::new(
+            source_config.format,
+            source_config.max_line_bytes,
+            source_config.multiline.clone(),
+            start_offset,
+        );
+        // A CRI partial line cut by rotation continues in the successor file.
+        if let Some(carry) = predecessor
+            .and_then(|p| self.slots.get_mut(&p))
+            .and_then(|old| old.framer.take_carry())
+        {
+            framer.accept_carry(carry);
+        }
+        let builder = BatchBuilder::new(
+            info.clone(),
+            self.registry.next_package_id(info.id),
+            self.config.batch.clone(),
+        );
+        tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, "source opened");
+        self.slots.insert(info.id, Slot { config, framer, builder });
+    }
+
+    fn data(&mut self, source: SourceId, _offset: u64, chunk: Bytes) {
+        let Some(slot) = self.slots.get_mut(&source) else {
+            return;
+        };
+        self.bytes += chunk.len() as u64;
+        let now = Instant::now();
+        slot.framer.push(chunk, wall_clock_ns(), now, &mut self.scratch);
+        self.absorb(source, now);
+    }
+
+    fn ended(&mut self, source: SourceId, reason: EndReason) {
+        let now = Instant::now();
+        if let Some(slot) = self.slots.get_mut(&source) {
+            if reason != EndReason::Shutdown {
+                // The file is done: its unterminated last line is a record now.
+                slot.framer.finish(&mut self.scratch);
+            }
+            self.absorb(source, now);
+            self.ship(source);
+        }
+        self.slots.remove(&source);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        // Each source separately: `scratch` must only ever hold one source's records.
+        let mut ids = std::mem::take(&mut self.tick_ids);
+        ids.extend(self.slots.keys().copied());
+        for &id in &ids {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.framer.flush_expired(now, &mut self.scratch);
+            }
+            // Ships the package if its timeout passed, even when nothing new came.
+            self.absorb(id, now);
+        }
+        ids.clear();
+        self.tick_ids = ids;
+    }
+}
+
+fn wall_clock_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,1 +1,45 @@
-fn main() {}
+//! Developer tasks: `cargo xtask <task>`.
+//!
+//! - `ci`: formatting, lints and the whole test suite, exactly as CI runs them.
+//! - `bench [ARGS]`: the throughput harness in release mode (see `bench/`); arguments
+//!   are passed on, e.g. `cargo xtask bench --size-mb 512`.
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let task = args.next();
+    let rest: Vec<String> = args.collect();
+    let steps: Vec<Vec<&str>> = match task.as_deref() {
+        Some("ci") => vec![
+            vec!["fmt", "--all", "--check"],
+            vec!["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            vec!["test", "--workspace", "--release"],
+        ],
+        Some("bench") => {
+            let mut run = vec!["run", "--release", "-p", "logtap-bench", "--"];
+            run.extend(rest.iter().map(String::as_str));
+            vec![vec!["build", "--release", "-p", "logtap"], run]
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <ci | bench [ARGS]>");
+            return ExitCode::from(2);
+        }
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for step in steps {
+        eprintln!("xtask: cargo {}", step.join(" "));
+        match Command::new(&cargo).args(&step).status() {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                eprintln!("xtask: `cargo {}` failed ({s})", step.join(" "));
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("xtask: cannot run cargo: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

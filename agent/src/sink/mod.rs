@@ -35,3 +35,29 @@ pub trait Sink: Send {
     /// Make every package written so far durable.
     fn flush(&mut self) -> Result<(), SinkError>;
 }
+
+/// Opens the sink a config entry describes.
+pub fn open(config: &crate::config::SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
+    use crate::config::SinkConfig;
+    Ok(match config {
+        SinkConfig::Store {
+            path,
+            segment_bytes,
+            max_bytes,
+            max_age,
+        } => Box::new(
+            store::Store::open(
+                path,
+                store::StoreOptions {
+                    segment_bytes: *segment_bytes,
+                    max_bytes: *max_bytes,
+                    max_age: *max_age,
+                },
+            )
+            .map_err(|e| SinkError::Transient(e.to_string()))?,
+        ),
+        SinkConfig::File { path } => Box::new(file::FileSink::open(path)?),
+        SinkConfig::Stdout => Box::new(stdout::StdoutSink::new()),
+        SinkConfig::Null => Box::new(null::NullSink),
+    })
+}
