@@ -33,6 +33,9 @@ mod tests {
     #[test]
     fn header_has_no_implicit_padding() {
         // 3 × u64 + 4 × u32: any padding would change the size and break the kernel side.
-        assert_eq!(core::mem::size_of::<super::StreamRecordHeader>(), 3 * 8 + 4 * 4);
+        assert_eq!(
+            core::mem::size_of::<super::StreamRecordHeader>(),
+            3 * 8 + 4 * 4
+        );
     }
 }

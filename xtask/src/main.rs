@@ -13,7 +13,14 @@ fn main() -> ExitCode {
     let steps: Vec<Vec<&str>> = match task.as_deref() {
         Some("ci") => vec![
             vec!["fmt", "--all", "--check"],
-            vec!["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            vec![
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
             vec!["test", "--workspace", "--release"],
         ],
         Some("bench") => {
