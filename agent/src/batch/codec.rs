@@ -1,1 +1,668 @@
-//! (stub: being implemented)
+//! The wire and storage form of a package: a compact payload, lz4-compressed.
+//!
+//! # Payload format (version 1)
+//!
+//! ```text
+//! payload := version:u8 (=1) line_count:varint line*
+//! line    := offset_delta:varint       first line: absolute offset; then the difference
+//!                                      to the previous line's offset (wrapping u64)
+//!            timestamp_delta:zigzag    difference to the previous line's timestamp
+//!                                      (first line: to 0), wrapping i64, zigzag-encoded
+//!            stream:u8                 `Stream as u8` (0, 1 or 2)
+//!            flags:varint              `LineFlags.0` (at most u16::MAX)
+//!            body_len:varint body
+//!            field_count:varint (key_len:varint key value_len:varint value)*
+//! varint  := unsigned LEB128, at most 10 bytes
+//! ```
+//!
+//! Offsets of a package increase, so deltas are small; they wrap rather than fail so
+//! that any sequence of lines round-trips. Nothing may follow the last line.
+//!
+//! # Compressed block
+//!
+//! `uncompressed_len:u32 (little endian) lz4_block`, as lz4_flex's
+//! `compress_prepend_size` writes it.
+//!
+//! # Errors
+//!
+//! Decoding trusts nothing: truncated or corrupt input is a [`CodecError`], never a
+//! panic, and claimed lengths are checked against the bytes actually present before
+//! anything is allocated for them.
+//!
+//! # Performance
+//!
+//! [`encode_payload`] reserves the worst-case size once and then only appends: no
+//! allocation per line. [`compress`] reuses a per-thread lz4 hash table (lz4_flex's
+//! plain `compress_into` allocates one per call). [`decode_payload`] returns bodies,
+//! keys and values as slices of the payload `Bytes`.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+use lz4_flex::block::{CompressTable, compress_into_with_table, get_maximum_output_size};
+
+use super::Batch;
+use crate::frame::{LineFlags, Stream};
+
+/// The payload version this module writes and reads.
+pub const PAYLOAD_VERSION: u8 = 1;
+
+/// Longest LEB128 encoding of a u64.
+const MAX_VARINT_LEN: usize = 10;
+
+/// lz4 cannot expand data by more than this factor (a match encodes at most 255 bytes
+/// per length byte); a block claiming more is corrupt, and the check keeps a forged size
+/// from making decompression allocate gigabytes.
+const MAX_LZ4_RATIO: usize = 255;
+
+/// One decoded line with its fields, owning (slices of) the payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp_ns: i64,
+    pub stream: Stream,
+    pub flags: LineFlags,
+    pub body: Bytes,
+    pub fields: Vec<(Bytes, Bytes)>,
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum CodecError {
+    #[error("payload is empty")]
+    Empty,
+    #[error("unsupported payload version {0} (this build reads {PAYLOAD_VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("payload truncated while reading {0}")]
+    Truncated(&'static str),
+    #[error("varint longer than 10 bytes or over u64::MAX while reading {0}")]
+    VarintOverflow(&'static str),
+    #[error("invalid stream byte {0}")]
+    InvalidStream(u8),
+    #[error("line flags {0:#x} do not fit in 16 bits")]
+    InvalidFlags(u64),
+    #[error("{0} bytes after the last line")]
+    TrailingBytes(usize),
+    #[error("compressed block is shorter than its 4-byte size prefix")]
+    MissingSize,
+    #[error("compressed block of {compressed} bytes claims {claimed} uncompressed bytes")]
+    ImplausibleSize { claimed: usize, compressed: usize },
+    #[error("lz4 block is corrupt: {0}")]
+    Decompress(#[from] lz4_flex::block::DecompressError),
+    #[error("lz4 block decompressed to {actual} bytes, its prefix says {claimed}")]
+    SizeMismatch { claimed: usize, actual: usize },
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+/// Encodes lines and fields into `out` (the uncompressed payload; `out` is cleared
+/// first). Fields must be grouped by line in line order, as [`Batch::fields`] says; a
+/// field whose `line` is out of order or out of range is not encoded.
+pub fn encode_payload(batch: &Batch, out: &mut Vec<u8>) {
+    out.clear();
+    // Worst case per line: offset, timestamp, body length and field count varints, the
+    // stream byte and a 3-byte flags varint; per field: two length varints.
+    let per_line = 4 * MAX_VARINT_LEN + 1 + 3;
+    let field_bytes: usize = batch
+        .fields
+        .iter()
+        .map(|f| f.key.len() + f.value.len() + 2 * MAX_VARINT_LEN)
+        .sum();
+    out.reserve(
+        1 + MAX_VARINT_LEN + batch.body_bytes() + batch.lines.len() * per_line + field_bytes,
+    );
+
+    out.push(PAYLOAD_VERSION);
+    put_varint(out, batch.lines.len() as u64);
+    let mut previous_offset = 0u64;
+    let mut previous_timestamp = 0i64;
+    let mut fields = batch.fields.as_slice();
+    for (index, line) in batch.lines.iter().enumerate() {
+        put_varint(out, line.offset.wrapping_sub(previous_offset));
+        put_varint(
+            out,
+            zigzag(line.timestamp_ns.wrapping_sub(previous_timestamp)),
+        );
+        previous_offset = line.offset;
+        previous_timestamp = line.timestamp_ns;
+        out.push(line.stream as u8);
+        put_varint(out, u64::from(line.flags.0));
+        put_varint(out, line.body.len() as u64);
+        out.extend_from_slice(&line.body);
+
+        let index = index as u32;
+        debug_assert!(
+            fields.first().is_none_or(|f| f.line >= index),
+            "fields out of line order"
+        );
+        let skip = fields.iter().take_while(|f| f.line < index).count();
+        fields = &fields[skip..];
+        let count = fields.iter().take_while(|f| f.line == index).count();
+        put_varint(out, count as u64);
+        for field in &fields[..count] {
+            put_varint(out, field.key.len() as u64);
+            out.extend_from_slice(&field.key);
+            put_varint(out, field.value.len() as u64);
+            out.extend_from_slice(&field.value);
+        }
+        fields = &fields[count..];
+    }
+}
+
+thread_local! {
+    static COMPRESS_TABLE: RefCell<CompressTable> = RefCell::new(CompressTable::default());
+}
+
+/// lz4 block compression of a payload, its uncompressed size prepended (u32 little
+/// endian). `out` is cleared first; when it already has the capacity, nothing is
+/// allocated.
+///
+/// Payloads are bounded by `batch.max_size` (far below 4 GiB); a larger one would not
+/// fit the size prefix and is a bug in the caller.
+pub fn compress(payload: &[u8], out: &mut Vec<u8>) {
+    assert!(
+        u32::try_from(payload.len()).is_ok(),
+        "payload of {} bytes exceeds the 4 GiB block limit",
+        payload.len()
+    );
+    out.clear();
+    out.resize(4 + get_maximum_output_size(payload.len()), 0);
+    out[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let written = COMPRESS_TABLE.with(|table| {
+        let mut table = table.borrow_mut();
+        compress_into_with_table(payload, &mut out[4..], &mut table)
+    });
+    // The output was sized with lz4_flex's own worst-case bound, so it cannot overflow.
+    let written = written.expect("lz4 output buffer sized by get_maximum_output_size");
+    out.truncate(4 + written);
+}
+
+/// Decompresses a block written by [`compress`] into `out` (cleared first).
+pub fn decompress(compressed: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    out.clear();
+    let (size, block) = compressed
+        .split_first_chunk::<4>()
+        .ok_or(CodecError::MissingSize)?;
+    let claimed = u32::from_le_bytes(*size) as usize;
+    if claimed > block.len().saturating_mul(MAX_LZ4_RATIO) {
+        return Err(CodecError::ImplausibleSize {
+            claimed,
+            compressed: compressed.len(),
+        });
+    }
+    out.resize(claimed, 0);
+    let actual = lz4_flex::block::decompress_into(block, out).inspect_err(|_| out.clear())?;
+    if actual != claimed {
+        out.clear();
+        return Err(CodecError::SizeMismatch { claimed, actual });
+    }
+    Ok(())
+}
+
+/// Decodes a payload into owned records; bodies, keys and values are slices of
+/// `payload`.
+pub fn decode_payload(payload: &Bytes) -> Result<Vec<Record>, CodecError> {
+    let mut reader = Reader { payload, pos: 0 };
+    let version = reader.byte("version").map_err(|_| CodecError::Empty)?;
+    if version != PAYLOAD_VERSION {
+        return Err(CodecError::UnsupportedVersion(version));
+    }
+    let count = reader.varint("line count")?;
+    // Each line takes at least 6 bytes: never reserve more than the input can hold.
+    let mut records = Vec::with_capacity(bounded(count, reader.remaining() / 6));
+    let mut offset = 0u64;
+    let mut timestamp_ns = 0i64;
+    for _ in 0..count {
+        offset = offset.wrapping_add(reader.varint("offset")?);
+        timestamp_ns = timestamp_ns.wrapping_add(unzigzag(reader.varint("timestamp")?));
+        let stream = match reader.byte("stream")? {
+            0 => Stream::None,
+            1 => Stream::Stdout,
+            2 => Stream::Stderr,
+            other => return Err(CodecError::InvalidStream(other)),
+        };
+        let flags = reader.varint("flags")?;
+        let flags = LineFlags(u16::try_from(flags).map_err(|_| CodecError::InvalidFlags(flags))?);
+        let body = reader.bytes("body")?;
+        let field_count = reader.varint("field count")?;
+        let mut fields = Vec::with_capacity(bounded(field_count, reader.remaining() / 2));
+        for _ in 0..field_count {
+            let key = reader.bytes("field key")?;
+            let value = reader.bytes("field value")?;
+            fields.push((key, value));
+        }
+        records.push(Record {
+            offset,
+            timestamp_ns,
+            stream,
+            flags,
+            body,
+            fields,
+        });
+    }
+    match reader.remaining() {
+        0 => Ok(records),
+        n => Err(CodecError::TrailingBytes(n)),
+    }
+}
+
+fn bounded(claimed: u64, limit: usize) -> usize {
+    usize::try_from(claimed).map_or(limit, |c| c.min(limit))
+}
+
+struct Reader<'a> {
+    payload: &'a Bytes,
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn remaining(&self) -> usize {
+        self.payload.len() - self.pos
+    }
+
+    fn byte(&mut self, what: &'static str) -> Result<u8, CodecError> {
+        let b = *self
+            .payload
+            .get(self.pos)
+            .ok_or(CodecError::Truncated(what))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self, what: &'static str) -> Result<u64, CodecError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte(what)?;
+            // The tenth byte carries only the top bit of a u64.
+            if shift == 63 && b > 1 {
+                return Err(CodecError::VarintOverflow(what));
+            }
+            value |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(CodecError::VarintOverflow(what))
+    }
+
+    /// A length-prefixed byte string, as a slice of the payload.
+    fn bytes(&mut self, what: &'static str) -> Result<Bytes, CodecError> {
+        let len = self.varint(what)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= self.remaining())
+            .ok_or(CodecError::Truncated(what))?;
+        let slice = self.payload.slice(self.pos..self.pos + len);
+        self.pos += len;
+        Ok(slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::batch::Field;
+    use crate::frame::Line;
+    use crate::source::{SourceId, SourceInfo, SourceKind};
+
+    fn batch(lines: Vec<Line>, fields: Vec<Field>) -> Batch {
+        Batch {
+            source: Arc::new(SourceInfo {
+                id: SourceId(1),
+                kind: SourceKind::File,
+                path: PathBuf::from("/var/log/test.log"),
+                config_name: Arc::from("test"),
+            }),
+            package_id: 0,
+            end_offset: lines
+                .last()
+                .map_or(0, |l| l.offset + l.body.len() as u64 + 1),
+            lines,
+            fields,
+        }
+    }
+
+    fn line(offset: u64, timestamp_ns: i64, body: &'static [u8]) -> Line {
+        Line {
+            offset,
+            timestamp_ns,
+            stream: Stream::Stdout,
+            flags: LineFlags::empty(),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    fn field(line: u32, key: &'static [u8], value: &'static [u8]) -> Field {
+        Field {
+            line,
+            key: Bytes::from_static(key),
+            value: Bytes::from_static(value),
+        }
+    }
+
+    /// What decoding `batch` must give back.
+    fn expected(batch: &Batch) -> Vec<Record> {
+        (0..batch.lines.len())
+            .map(|i| {
+                let l = &batch.lines[i];
+                Record {
+                    offset: l.offset,
+                    timestamp_ns: l.timestamp_ns,
+                    stream: l.stream,
+                    flags: l.flags,
+                    body: l.body.clone(),
+                    fields: batch
+                        .fields_of(i)
+                        .iter()
+                        .map(|f| (f.key.clone(), f.value.clone()))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    fn round_trip(batch: &Batch) -> Vec<Record> {
+        let mut payload = Vec::new();
+        encode_payload(batch, &mut payload);
+        let mut compressed = Vec::new();
+        compress(&payload, &mut compressed);
+        let mut decompressed = Vec::new();
+        decompress(&compressed, &mut decompressed).unwrap();
+        assert_eq!(decompressed, payload);
+        decode_payload(&Bytes::from(decompressed)).unwrap()
+    }
+
+    #[test]
+    fn varints_round_trip_at_the_edges() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert!(out.len() <= MAX_VARINT_LEN);
+            let bytes = Bytes::from(out);
+            let mut reader = Reader {
+                payload: &bytes,
+                pos: 0,
+            };
+            assert_eq!(reader.varint("test").unwrap(), v);
+            assert_eq!(reader.remaining(), 0);
+        }
+        for v in [0, 1, -1, i64::MIN, i64::MAX] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+        assert_eq!(zigzag(-1), 1);
+    }
+
+    #[test]
+    fn empty_batch() {
+        let b = batch(vec![], vec![]);
+        let mut payload = Vec::new();
+        encode_payload(&b, &mut payload);
+        assert_eq!(payload, [PAYLOAD_VERSION, 0]);
+        assert!(round_trip(&b).is_empty());
+    }
+
+    #[test]
+    fn lines_and_fields_round_trip() {
+        let mut third = line(5000, 1_700_000_000_000_000_000, b"\xff not utf8");
+        third.stream = Stream::Stderr;
+        third.flags = LineFlags::INVALID_UTF8 | LineFlags::PARSE_FAILED;
+        let b = batch(
+            vec![
+                line(100, 1_700_000_000_000_000_500, b"{\"a\":1,\"b\":\"x\"}"),
+                line(117, 1_700_000_000_000_000_400, b""),
+                third,
+            ],
+            vec![
+                field(0, b"a", b"1"),
+                field(0, b"b", b"x"),
+                field(2, b"", b""),
+            ],
+        );
+        assert_eq!(round_trip(&b), expected(&b));
+    }
+
+    #[test]
+    fn decoded_bodies_are_slices_of_the_payload() {
+        let b = batch(
+            vec![line(0, 0, b"first body"), line(11, 1, b"second")],
+            vec![field(1, b"key", b"value")],
+        );
+        let mut payload = Vec::new();
+        encode_payload(&b, &mut payload);
+        let payload = Bytes::from(payload);
+        let range = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
+        for r in decode_payload(&payload).unwrap() {
+            assert!(range.contains(&(r.body.as_ptr() as usize)));
+            for (k, v) in &r.fields {
+                assert!(range.contains(&(k.as_ptr() as usize)));
+                assert!(range.contains(&(v.as_ptr() as usize)));
+            }
+        }
+    }
+
+    #[test]
+    fn encode_reserves_once_and_reuses_the_buffer() {
+        let lines: Vec<Line> = (0..1000)
+            .map(|i| line(i * 101, i as i64, &[b'x'; 100]))
+            .collect();
+        let b = batch(lines, vec![]);
+        let mut payload = Vec::new();
+        encode_payload(&b, &mut payload);
+        let capacity = payload.capacity();
+        let first = payload.clone();
+        encode_payload(&b, &mut payload);
+        assert_eq!(payload, first);
+        assert_eq!(payload.capacity(), capacity);
+    }
+
+    #[test]
+    fn corrupt_payloads_are_errors() {
+        let b = batch(
+            vec![line(10, 5, b"hello"), line(20, 6, b"world")],
+            vec![field(1, b"k", b"v")],
+        );
+        let mut payload = Vec::new();
+        encode_payload(&b, &mut payload);
+
+        assert!(matches!(
+            decode_payload(&Bytes::new()),
+            Err(CodecError::Empty)
+        ));
+        let mut bad = payload.clone();
+        bad[0] = 9;
+        assert!(matches!(
+            decode_payload(&Bytes::from(bad)),
+            Err(CodecError::UnsupportedVersion(9))
+        ));
+        for cut in 1..payload.len() {
+            let truncated = Bytes::copy_from_slice(&payload[..cut]);
+            assert!(decode_payload(&truncated).is_err(), "cut at {cut}");
+        }
+        let mut trailing = payload.clone();
+        trailing.push(0);
+        assert!(matches!(
+            decode_payload(&Bytes::from(trailing)),
+            Err(CodecError::TrailingBytes(1))
+        ));
+        // Stream byte of the first line: version, count, offset, timestamp, stream.
+        let mut bad_stream = payload.clone();
+        bad_stream[4] = 3;
+        assert!(matches!(
+            decode_payload(&Bytes::from(bad_stream)),
+            Err(CodecError::InvalidStream(3))
+        ));
+        let overlong = Bytes::from_static(&[
+            1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+        ]);
+        assert!(matches!(
+            decode_payload(&overlong),
+            Err(CodecError::VarintOverflow(_))
+        ));
+        // A huge claimed line count must not be reserved up front.
+        let huge = Bytes::from_static(&[
+            1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ]);
+        assert!(matches!(
+            decode_payload(&huge),
+            Err(CodecError::Truncated(_))
+        ));
+    }
+
+    #[test]
+    fn corrupt_compressed_blocks_are_errors() {
+        let mut out = Vec::new();
+        assert!(matches!(
+            decompress(b"", &mut out),
+            Err(CodecError::MissingSize)
+        ));
+        assert!(matches!(
+            decompress(b"\x01\x00", &mut out),
+            Err(CodecError::MissingSize)
+        ));
+        // A forged size must be rejected before it is allocated.
+        assert!(matches!(
+            decompress(b"\xff\xff\xff\xff\x00", &mut out),
+            Err(CodecError::ImplausibleSize { .. })
+        ));
+
+        let payload: Vec<u8> = b"a line of text that repeats, ".repeat(50);
+        let mut compressed = Vec::new();
+        compress(&payload, &mut compressed);
+        for cut in 0..compressed.len() {
+            assert!(
+                decompress(&compressed[..cut], &mut out).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // A wrong size prefix, either way.
+        let mut bigger = compressed.clone();
+        bigger[..4].copy_from_slice(&(payload.len() as u32 + 1).to_le_bytes());
+        assert!(decompress(&bigger, &mut out).is_err());
+        let mut smaller = compressed.clone();
+        smaller[..4].copy_from_slice(&(payload.len() as u32 - 1).to_le_bytes());
+        assert!(decompress(&smaller, &mut out).is_err());
+        decompress(&compressed, &mut out).unwrap();
+        assert_eq!(out, payload);
+    }
+
+    #[test]
+    fn large_payload_upgrades_the_compress_table() {
+        let small = b"small payload ".repeat(10);
+        let large: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        for payload in [&small, &large, &small] {
+            let mut compressed = Vec::new();
+            compress(payload, &mut compressed);
+            let mut out = Vec::new();
+            decompress(&compressed, &mut out).unwrap();
+            assert_eq!(&out, payload);
+        }
+    }
+
+    /// A line and the `(key, value)` pairs of its fields.
+    type LineWithFields = (Line, Vec<(Vec<u8>, Vec<u8>)>);
+
+    fn arbitrary_line() -> impl Strategy<Value = LineWithFields> {
+        (
+            any::<u64>(),
+            any::<i64>(),
+            0u8..3,
+            any::<u16>(),
+            prop::collection::vec(any::<u8>(), 0..200),
+            prop::collection::vec(
+                (
+                    prop::collection::vec(any::<u8>(), 0..10),
+                    prop::collection::vec(any::<u8>(), 0..30),
+                ),
+                0..4,
+            ),
+        )
+            .prop_map(|(offset, timestamp_ns, stream, flags, body, fields)| {
+                let line = Line {
+                    offset,
+                    timestamp_ns,
+                    stream: Stream::from_u8(stream),
+                    flags: LineFlags(flags),
+                    body: Bytes::from(body),
+                };
+                (line, fields)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_batches_round_trip(lines in prop::collection::vec(arbitrary_line(), 0..20)) {
+            let mut fields = Vec::new();
+            let mut batch_lines = Vec::new();
+            for (i, (line, line_fields)) in lines.into_iter().enumerate() {
+                batch_lines.push(line);
+                for (key, value) in line_fields {
+                    fields.push(Field { line: i as u32, key: Bytes::from(key), value: Bytes::from(value) });
+                }
+            }
+            let b = batch(batch_lines, fields);
+            prop_assert_eq!(round_trip(&b), expected(&b));
+        }
+
+        #[test]
+        fn random_payloads_never_panic(mut bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Some(first) = bytes.first_mut() {
+                *first = PAYLOAD_VERSION;
+            }
+            let _ = decode_payload(&Bytes::from(bytes));
+        }
+
+        #[test]
+        fn random_blocks_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let mut out = Vec::new();
+            if decompress(&bytes, &mut out).is_ok() {
+                prop_assert_eq!(out.len() as u32, u32::from_le_bytes(bytes[..4].try_into().unwrap()));
+            }
+        }
+
+        #[test]
+        fn mutated_blocks_never_panic(
+            payload in prop::collection::vec(any::<u8>(), 0..300),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let mut compressed = Vec::new();
+            compress(&payload, &mut compressed);
+            for (at, byte) in flips {
+                let i = at.index(compressed.len());
+                compressed[i] = byte;
+            }
+            let mut out = Vec::new();
+            if decompress(&compressed, &mut out).is_ok() {
+                let _ = decode_payload(&Bytes::from(out));
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use regex::bytes::Regex;
+
+use super::Parser;
+use crate::batch::Field;
+use crate::config::ParserConfig;
+use crate::frame::{Line, LineFlags, Stream};
+
+fn line(body: &[u8]) -> Line {
+    Line {
+        offset: 0,
+        timestamp_ns: 0,
+        stream: Stream::Stdout,
+        flags: LineFlags::empty(),
+        body: Bytes::copy_from_slice(body),
+    }
+}
+
+fn all_configs() -> Vec<ParserConfig> {
+    vec![
+        ParserConfig::None,
+        ParserConfig::Json,
+        ParserConfig::Regex(Regex::new(r"^(?P<level>\w+) (?P<msg>.*)$").unwrap()),
+        ParserConfig::Delimiter {
+            delimiter: b',',
+            quote: Some(b'"'),
+            columns: vec![Arc::from("a"), Arc::from("b"), Arc::from("c")],
+        },
+        ParserConfig::Delimiter {
+            delimiter: b'\t',
+            quote: None,
+            columns: vec![Arc::from("a"), Arc::from("b")],
+        },
+        ParserConfig::Nginx,
+        ParserConfig::Apache,
+    ]
+}
+
+fn kinds(parser: &Parser, body: &[u8]) -> (bool, LineFlags, Vec<Field>) {
+    let mut l = line(body);
+    // Fields of earlier lines must survive a later failure.
+    let earlier = Field {
+        line: 0,
+        key: Bytes::from_static(b"k"),
+        value: Bytes::from_static(b"v"),
+    };
+    let mut fields = vec![earlier.clone()];
+    let ok = parser.apply(&mut l, 1, &mut fields);
+    assert_eq!(fields[0], earlier);
+    assert_eq!(&l.body[..], body, "the body is never changed");
+    fields.remove(0);
+    (ok, l.flags, fields)
+}
+
+#[test]
+fn kind_labels() {
+    let labels: Vec<_> = all_configs()
+        .iter()
+        .map(|c| Parser::new(c).kind())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "none",
+            "json",
+            "regex",
+            "delimiter",
+            "delimiter",
+            "nginx",
+            "apache"
+        ]
+    );
+}
+
+#[test]
+fn good_lines_parse_with_line_index() {
+    let cases: [(ParserConfig, &[u8], usize); 5] = [
+        (ParserConfig::Json, br#"{"level":"info","msg":"ok"}"#, 2),
+        (
+            ParserConfig::Regex(Regex::new(r"^(?P<level>\w+) (?P<msg>.*)$").unwrap()),
+            b"info all good",
+            2,
+        ),
+        (
+            ParserConfig::Delimiter {
+                delimiter: b',',
+                quote: None,
+                columns: vec![Arc::from("a"), Arc::from("b")],
+            },
+            b"1,2",
+            2,
+        ),
+        (
+            ParserConfig::Nginx,
+            br#"1.2.3.4 - - [t] "GET / HTTP/1.1" 200 1 "-" "curl/8""#,
+            10,
+        ),
+        (
+            ParserConfig::Apache,
+            br#"1.2.3.4 - - [t] "GET / HTTP/1.1" 200 1 "-" "curl/8""#,
+            11,
+        ),
+    ];
+    for (config, body, count) in cases {
+        let parser = Parser::new(&config);
+        let (ok, flags, fields) = kinds(&parser, body);
+        assert!(ok, "{}", parser.kind());
+        assert_eq!(flags, LineFlags::empty());
+        assert_eq!(fields.len(), count, "{}", parser.kind());
+        assert!(fields.iter().all(|f| f.line == 1));
+    }
+}
+
+#[test]
+fn none_only_validates_utf8() {
+    let parser = Parser::new(&ParserConfig::None);
+    assert_eq!(
+        kinds(&parser, b"anything at all"),
+        (true, LineFlags::empty(), vec![])
+    );
+    assert_eq!(kinds(&parser, b""), (true, LineFlags::empty(), vec![]));
+    assert_eq!(
+        kinds(&parser, b"bad \xff byte"),
+        (true, LineFlags::INVALID_UTF8, vec![])
+    );
+}
+
+#[test]
+fn garbage_fails_without_fields_for_every_parser() {
+    for config in all_configs().iter().skip(1) {
+        let parser = Parser::new(config);
+        for body in [&b""[..], b"\x00\x01\x02", b"{\"unterminated"] {
+            let (ok, flags, fields) = kinds(&parser, body);
+            // The tab-delimited parser accepts any non-empty line: that is its contract.
+            if parser.kind() == "delimiter" && !body.is_empty() {
+                continue;
+            }
+            assert!(!ok, "{} accepted {body:?}", parser.kind());
+            assert!(flags.contains(LineFlags::PARSE_FAILED));
+            assert!(!flags.contains(LineFlags::INVALID_UTF8));
+            assert!(fields.is_empty());
+        }
+    }
+}
+
+#[test]
+fn invalid_utf8_is_flagged_and_kept_as_bytes() {
+    let json = Parser::new(&ParserConfig::Json);
+    let (ok, flags, fields) = kinds(&json, b"{\"msg\":\"\xc3\x28\"}");
+    assert!(!ok);
+    assert_eq!(flags, LineFlags::INVALID_UTF8 | LineFlags::PARSE_FAILED);
+    assert!(fields.is_empty());
+
+    // Byte-oriented parsers still read the line; the flag tells consumers it is not text.
+    let nginx = Parser::new(&ParserConfig::Nginx);
+    let body = b"1.2.3.4 - - [t] \"GET /\xff HTTP/1.1\" 200 1 \"-\" \"\xfe\"";
+    let (ok, flags, fields) = kinds(&nginx, body);
+    assert!(ok);
+    assert_eq!(flags, LineFlags::INVALID_UTF8);
+    assert_eq!(&fields[4].value[..], b"/\xff");
+}
+
+#[test]
+fn existing_flags_are_kept() {
+    let parser = Parser::new(&ParserConfig::Json);
+    let mut l = line(b"not json");
+    l.flags = LineFlags::TRUNCATED;
+    assert!(!parser.apply(&mut l, 0, &mut Vec::new()));
+    assert_eq!(l.flags, LineFlags::TRUNCATED | LineFlags::PARSE_FAILED);
+}
+
+#[test]
+fn ten_megabyte_line() {
+    let mut body = b"{\"msg\":\"".to_vec();
+    body.resize(10 << 20, b'x');
+    body.extend_from_slice(b"\"}");
+    let parser = Parser::new(&ParserConfig::Json);
+    let (ok, _, fields) = kinds(&parser, &body);
+    assert!(ok);
+    assert_eq!(fields[0].value.len(), (10 << 20) - 8);
+    // Cut mid-string, as a TRUNCATED line is: a failure, not a panic.
+    let (ok, flags, _) = kinds(&parser, &body[..5 << 20]);
+    assert!(!ok);
+    assert!(flags.contains(LineFlags::PARSE_FAILED));
+}
+
+/// Bytes that look like the formats, so the property tests reach deep into the scanners.
+fn near_miss_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let pieces = prop::sample::select(vec![
+        &b"{"[..],
+        b"}",
+        b"[",
+        b"]",
+        b"\"",
+        b"\\",
+        b"\\\"",
+        b":",
+        b",",
+        b" ",
+        b"\t",
+        b"-",
+        b"200",
+        b"12",
+        b"GET / HTTP/1.1",
+        b"\"a\"",
+        b"null",
+        b"1.5e3",
+        b"\\u00e9",
+        b"\\ud800",
+        b"\xff",
+        b"\xc3",
+        b"\x00",
+    ]);
+    prop::collection::vec(pieces, 0..40).prop_map(|p| p.concat())
+}
+
+fn check_never_panics(body: &[u8]) -> Result<(), TestCaseError> {
+    for config in all_configs() {
+        let parser = Parser::new(&config);
+        let mut l = line(body);
+        let mut fields = Vec::new();
+        let ok = parser.apply(&mut l, 5, &mut fields);
+        prop_assert_eq!(ok, !l.flags.contains(LineFlags::PARSE_FAILED));
+        prop_assert_eq!(
+            std::str::from_utf8(body).is_err(),
+            l.flags.contains(LineFlags::INVALID_UTF8)
+        );
+        if !ok {
+            prop_assert!(fields.is_empty());
+        }
+        prop_assert!(fields.iter().all(|f| f.line == 5));
+        prop_assert_eq!(&l.body[..], body);
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn apply_never_panics_on_arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..300)) {
+        check_never_panics(&body)?;
+    }
+
+    #[test]
+    fn apply_never_panics_on_near_misses(body in near_miss_bytes()) {
+        check_never_panics(&body)?;
+    }
+
+    #[test]
+    fn json_string_members_round_trip(
+        members in prop::collection::vec((".{0,8}", ".{0,12}"), 0..6)
+    ) {
+        let mut body = String::from("{");
+        for (i, (k, v)) in members.iter().enumerate() {
+            if i > 0 {
+                body.push_str(" , ");
+            }
+            body.push_str(&serde_json::to_string(k).unwrap());
+            body.push(':');
+            body.push_str(&serde_json::to_string(v).unwrap());
+        }
+        body.push('}');
+        let parser = Parser::new(&ParserConfig::Json);
+        let (ok, flags, fields) = kinds(&parser, body.as_bytes());
+        prop_assert!(ok);
+        prop_assert_eq!(flags, LineFlags::empty());
+        let got: Vec<(Vec<u8>, Vec<u8>)> =
+            fields.iter().map(|f| (f.key.to_vec(), f.value.to_vec())).collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = members
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn json_nested_values_are_compact_and_equivalent(value in json_value()) {
+        let pretty = serde_json::to_string_pretty(&serde_json::json!({ "v": value })).unwrap();
+        let parser = Parser::new(&ParserConfig::Json);
+        let (ok, _, fields) = kinds(&parser, pretty.as_bytes());
+        prop_assert!(ok);
+        let text = std::str::from_utf8(&fields[0].value).unwrap();
+        if let serde_json::Value::String(s) = &value {
+            prop_assert_eq!(text, s.as_str());
+        } else {
+            let reparsed: serde_json::Value = serde_json::from_str(text).unwrap();
+            prop_assert_eq!(&reparsed, &value);
+            if value.is_object() || value.is_array() {
+                prop_assert_eq!(text, serde_json::to_string(&value).unwrap());
+            }
+        }
+    }
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        "[ a-z\"\\\\\n]{0,6}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map("[ a-z\"]{0,4}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
