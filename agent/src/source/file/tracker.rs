@@ -889,7 +889,7 @@ impl FileSource {
         size: u64,
         predecessor: Option<SourceId>,
         events: &mut dyn SourceEvents,
-    ) {
+    ) -> usize {
         let (config_name, kind) = self.configs[config].clone();
         let info = Arc::new(SourceInfo {
             id,
@@ -936,6 +936,7 @@ impl FileSource {
         }
         self.enqueue(slot);
         self.update_open_files_gauge();
+        slot
     }
 
     /// The file shrank below the read offset (copytruncate), or its leading bytes
@@ -982,37 +983,31 @@ impl FileSource {
         };
         let id = SourceId::new_unique(identity.dev, identity.inode);
         let path = t.info.path.clone();
-        if t.state == State::Detached {
-            // Truncated after being rotated away: it has no path of its own any more,
-            // but it is still tracked and read until quiet.
-            self.start(
-                &path,
-                t.config,
-                file,
-                identity,
-                id,
-                0,
-                0,
-                meta.len(),
-                None,
-                events,
-            );
-            let slot = self.by_inode[&(identity.dev, identity.inode)];
-            self.by_path.remove(&path);
+        let was_detached = t.state == State::Detached;
+        let owner_of_path = self.by_path.get(&path).copied();
+        let slot = self.start(
+            &path,
+            t.config,
+            file,
+            identity,
+            id,
+            0,
+            0,
+            meta.len(),
+            None,
+            events,
+        );
+        if was_detached {
+            // Truncated after being rotated away: it keeps no path (another file may
+            // own it now) and is read until quiet, like any detached file.
+            match owner_of_path {
+                Some(owner) => self.by_path.insert(path, owner),
+                None => self.by_path.remove(&path),
+            };
+            if let Some(real) = self.files[slot].as_mut().and_then(|t| t.real_path.take()) {
+                self.by_real_path.remove(&real);
+            }
             self.detach_in_place(slot);
-        } else {
-            self.start(
-                &path,
-                t.config,
-                file,
-                identity,
-                id,
-                0,
-                0,
-                meta.len(),
-                None,
-                events,
-            );
         }
     }
 
@@ -1151,13 +1146,12 @@ impl FileSource {
                 t.size = m.len();
                 if t.identity.fingerprint_len < super::FINGERPRINT_BYTES {
                     // Keeps the fingerprint growing with small files (and catches a
-                    // rewrite of their first bytes).
+                    // rewrite of their first bytes). Marked queued so `refresh` does
+                    // not queue it again: this round reads it already.
+                    t.queued = true;
                     self.refresh(slot, events, false);
-                    if let Some(t) = self.files[slot].as_mut()
-                        && t.queued
-                    {
+                    if let Some(t) = self.files[slot].as_mut() {
                         t.queued = false;
-                        self.ready.retain(|&s| s != slot);
                     }
                 }
             }
