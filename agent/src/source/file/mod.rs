@@ -67,3 +67,16 @@ pub trait SourceEvents {
     /// Called at least every 100 ms, for time-based flushes.
     fn tick(&mut self, now: Instant);
 }
+
+mod discover;
+mod identity;
+mod read;
+mod resume;
+mod tracker;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+pub use resume::ResumeStore;
+pub use tracker::{FileSource, FileSourceOptions};

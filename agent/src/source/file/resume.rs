@@ -1,0 +1,38 @@
+//! The file source's view of the checkpoint registry.
+//!
+//! The tracker talks to [`ResumeStore`] instead of [`Registry`] directly so its state
+//! machine can be tested against an in-memory map, without the durable store.
+
+use std::path::PathBuf;
+
+use super::FileIdentity;
+use crate::checkpoint::{FileCheckpoint, Registry};
+use crate::source::SourceId;
+
+/// The calls the file source makes on the checkpoint registry (see
+/// [`Registry`] for their meaning).
+pub trait ResumeStore: Send + Sync {
+    fn lookup(&self, dev: u64, inode: u64) -> Option<FileCheckpoint>;
+    fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64);
+    fn update_identity(&self, source: SourceId, identity: FileIdentity);
+    fn mark_closed(&self, source: SourceId);
+    fn forget(&self, source: SourceId);
+}
+
+impl ResumeStore for Registry {
+    fn lookup(&self, dev: u64, inode: u64) -> Option<FileCheckpoint> {
+        Registry::lookup(self, dev, inode)
+    }
+    fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64) {
+        Registry::register(self, source, identity, path, offset)
+    }
+    fn update_identity(&self, source: SourceId, identity: FileIdentity) {
+        Registry::update_identity(self, source, identity)
+    }
+    fn mark_closed(&self, source: SourceId) {
+        Registry::mark_closed(self, source)
+    }
+    fn forget(&self, source: SourceId) {
+        Registry::forget(self, source)
+    }
+}

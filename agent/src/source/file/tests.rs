@@ -1,0 +1,791 @@
+//! End-to-end tests of the file source: real files in temp dirs, real renames,
+//! truncations and unlinks, a recording [`SourceEvents`] that reassembles the bytes of
+//! every source and checks their offsets, and an in-memory [`ResumeStore`].
+//!
+//! To act on files "between two reads" deterministically, a test parks the source
+//! thread inside `tick` (see [`Harness::pause`]): the loop is stopped while the test
+//! appends, copies, truncates or unlinks.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::checkpoint::FileCheckpoint;
+use crate::config::{Format, ParserConfig, SourceConfig};
+use crate::source::SourceId;
+
+#[derive(Default)]
+struct MemStore {
+    entries: Mutex<HashMap<SourceId, FileCheckpoint>>,
+    forgotten: Mutex<Vec<SourceId>>,
+}
+
+impl ResumeStore for MemStore {
+    fn lookup(&self, dev: u64, inode: u64) -> Option<FileCheckpoint> {
+        let entries = self.entries.lock().unwrap();
+        entries
+            .values()
+            .find(|c| c.identity.dev == dev && c.identity.inode == inode)
+            .cloned()
+    }
+    fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64) {
+        self.entries.lock().unwrap().insert(
+            source,
+            FileCheckpoint {
+                source_id: source,
+                identity,
+                path,
+                offset,
+                closed: false,
+            },
+        );
+    }
+    fn update_identity(&self, source: SourceId, identity: FileIdentity) {
+        if let Some(c) = self.entries.lock().unwrap().get_mut(&source) {
+            c.identity = identity;
+        }
+    }
+    fn mark_closed(&self, source: SourceId) {
+        if let Some(c) = self.entries.lock().unwrap().get_mut(&source) {
+            c.closed = true;
+        }
+    }
+    fn forget(&self, source: SourceId) {
+        self.entries.lock().unwrap().remove(&source);
+        self.forgotten.lock().unwrap().push(source);
+    }
+}
+
+#[derive(Debug)]
+struct Rec {
+    path: PathBuf,
+    config: usize,
+    start: u64,
+    bytes: Vec<u8>,
+    predecessor: Option<SourceId>,
+    /// Bytes the predecessor had received when this source opened.
+    predecessor_bytes_at_open: Option<usize>,
+    ended: Option<EndReason>,
+    opens: usize,
+}
+
+#[derive(Default)]
+struct Recorded {
+    sources: HashMap<SourceId, Rec>,
+    order: Vec<SourceId>,
+    /// Protocol violations: non-contiguous data, data after end, unknown source.
+    errors: Vec<String>,
+    ticks: usize,
+    parked: bool,
+    pause: bool,
+}
+
+impl Recorded {
+    fn at(&self, path: &Path) -> Vec<(SourceId, &Rec)> {
+        self.order
+            .iter()
+            .filter_map(|id| self.sources.get(id).map(|r| (*id, r)))
+            .filter(|(_, r)| r.path == path)
+            .collect()
+    }
+    fn only(&self, path: &Path) -> Option<(SourceId, &Rec)> {
+        let all = self.at(path);
+        (all.len() == 1).then(|| all[0])
+    }
+}
+
+struct Shared {
+    rec: Mutex<Recorded>,
+    resumed: Condvar,
+}
+
+struct Recorder(Arc<Shared>);
+
+impl SourceEvents for Recorder {
+    fn opened(
+        &mut self,
+        info: Arc<SourceInfo>,
+        config: usize,
+        identity: FileIdentity,
+        start_offset: u64,
+        predecessor: Option<SourceId>,
+    ) {
+        let _ = identity;
+        let mut r = self.0.rec.lock().unwrap();
+        let predecessor_bytes_at_open =
+            predecessor.and_then(|p| r.sources.get(&p).map(|s| s.bytes.len()));
+        if let Some(existing) = r.sources.get_mut(&info.id) {
+            // A closed source reopened because it grew: it continues where it stopped.
+            if existing.start + existing.bytes.len() as u64 != start_offset {
+                let msg = format!("{} reopened at {start_offset}", info.id);
+                r.errors.push(msg);
+            } else {
+                existing.ended = None;
+                existing.opens += 1;
+            }
+            return;
+        }
+        r.order.push(info.id);
+        r.sources.insert(
+            info.id,
+            Rec {
+                path: info.path.clone(),
+                config,
+                start: start_offset,
+                bytes: Vec::new(),
+                predecessor,
+                predecessor_bytes_at_open,
+                ended: None,
+                opens: 1,
+            },
+        );
+    }
+    fn data(&mut self, source: SourceId, offset: u64, chunk: Bytes) {
+        let mut r = self.0.rec.lock().unwrap();
+        let error = match r.sources.get_mut(&source) {
+            None => Some(format!("data for unknown {source}")),
+            Some(s) if s.ended.is_some() => Some(format!("data after end for {source}")),
+            Some(s) if s.start + s.bytes.len() as u64 != offset => Some(format!(
+                "{source}: chunk at {offset}, expected {}",
+                s.start + s.bytes.len() as u64
+            )),
+            Some(s) => {
+                s.bytes.extend_from_slice(&chunk);
+                None
+            }
+        };
+        r.errors.extend(error);
+    }
+    fn ended(&mut self, source: SourceId, reason: EndReason) {
+        let mut r = self.0.rec.lock().unwrap();
+        match r.sources.get_mut(&source) {
+            Some(s) if s.ended.is_none() => s.ended = Some(reason),
+            _ => r.errors.push(format!("bad end of {source}")),
+        }
+    }
+    fn tick(&mut self, _now: Instant) {
+        let mut r = self.0.rec.lock().unwrap();
+        r.ticks += 1;
+        while r.pause {
+            r.parked = true;
+            r = self.0.resumed.wait(r).unwrap();
+        }
+        r.parked = false;
+    }
+}
+
+fn config(name: &str, include: &[String], format: Format) -> SourceConfig {
+    SourceConfig {
+        name: Arc::from(name),
+        include: include.to_vec(),
+        exclude: vec!["*.gz".into()],
+        format,
+        max_line_bytes: 1 << 20,
+        multiline: None,
+        parser: ParserConfig::None,
+        sink: Arc::from("null"),
+    }
+}
+
+fn options(io_uring: bool) -> FileSourceOptions {
+    FileSourceOptions {
+        rescan_interval: Duration::from_secs(60),
+        rotate_wait: Duration::from_millis(150),
+        io_uring,
+        read_buffer_bytes: 4096,
+        oneshot: false,
+    }
+}
+
+struct Harness {
+    shared: Arc<Shared>,
+    shutdown: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<&'static str>>>,
+    store: Arc<MemStore>,
+}
+
+impl Harness {
+    fn start(
+        sources: Vec<SourceConfig>,
+        options: FileSourceOptions,
+        store: Arc<MemStore>,
+    ) -> Harness {
+        let shared = Arc::new(Shared {
+            rec: Mutex::new(Recorded::default()),
+            resumed: Condvar::new(),
+        });
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (sh, stop, st) = (shared.clone(), shutdown.clone(), store.clone());
+        let thread = std::thread::spawn(move || {
+            let mut source = FileSource::with_store(&sources, options, st)?;
+            source.run(&mut Recorder(sh), &stop)?;
+            Ok(source.backend())
+        });
+        Harness {
+            shared,
+            shutdown,
+            thread: Some(thread),
+            store,
+        }
+    }
+
+    fn wait(&self, what: &str, cond: impl Fn(&Recorded) -> bool) {
+        let deadline = Instant::now() + Duration::from_millis(2500);
+        loop {
+            {
+                let r = self.shared.rec.lock().unwrap();
+                assert!(r.errors.is_empty(), "protocol errors: {:?}", r.errors);
+                if cond(&r) {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let summary: Vec<_> = r
+                        .order
+                        .iter()
+                        .map(|id| {
+                            let s = &r.sources[id];
+                            (
+                                id,
+                                s.path.clone(),
+                                s.start,
+                                s.bytes.len(),
+                                s.ended,
+                                s.predecessor,
+                            )
+                        })
+                        .collect();
+                    panic!("timed out waiting for {what}; sources: {summary:#?}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Parks the source thread in its next `tick`: nothing is read until `resume`.
+    fn pause(&self) {
+        self.shared.rec.lock().unwrap().pause = true;
+        self.wait("source thread parked", |r| r.parked);
+    }
+
+    fn resume(&self) {
+        self.shared.rec.lock().unwrap().pause = false;
+        self.shared.resumed.notify_all();
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Recorded) -> T) -> T {
+        f(&self.shared.rec.lock().unwrap())
+    }
+
+    /// Stops the source; returns the backend it used.
+    fn stop(mut self) -> &'static str {
+        self.resume();
+        self.shutdown.store(true, Ordering::Relaxed);
+        let backend = self.thread.take().unwrap().join().unwrap().unwrap();
+        let r = self.shared.rec.lock().unwrap();
+        assert!(r.errors.is_empty(), "protocol errors: {:?}", r.errors);
+        backend
+    }
+}
+
+fn glob(dir: &Path, pattern: &str) -> Vec<String> {
+    vec![format!("{}/{pattern}", dir.display())]
+}
+
+fn append(path: &Path, data: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    f.write_all(data).unwrap();
+}
+
+fn appended_bytes_arrive_exactly(io_uring: bool) -> &'static str {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"first line\n");
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+        options(io_uring),
+        Arc::new(MemStore::default()),
+    );
+    h.wait("first line", |r| {
+        r.only(&path)
+            .is_some_and(|(_, s)| s.bytes == b"first line\n")
+    });
+    // More than read_buffer_bytes in one go, then a partial line, then its end.
+    let mut expected = b"first line\n".to_vec();
+    let big: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for piece in [&big[..], b"partial", b" end\n"] {
+        append(&path, piece);
+        expected.extend_from_slice(piece);
+        h.wait("appended bytes", |r| {
+            r.only(&path).is_some_and(|(_, s)| s.bytes == expected)
+        });
+    }
+    h.with(|r| {
+        let (_, s) = r.only(&path).unwrap();
+        assert_eq!(s.start, 0);
+        assert_eq!(s.config, 0);
+        assert_eq!(s.predecessor, None);
+    });
+    h.wait("ticks while idle", |r| r.ticks >= 2);
+    h.stop()
+}
+
+#[test]
+fn appended_bytes_arrive_exactly_with_pread() {
+    assert_eq!(appended_bytes_arrive_exactly(false), "pread");
+}
+
+#[test]
+fn appended_bytes_arrive_exactly_with_io_uring() {
+    let backend = appended_bytes_arrive_exactly(true);
+    // Under a seccomp policy that forbids io_uring, the fallback is what is tested.
+    let expected = if io_uring::IoUring::new(4).is_ok() {
+        "io_uring"
+    } else {
+        "pread"
+    };
+    assert_eq!(backend, expected);
+}
+
+#[test]
+fn rename_rotation_while_appending_loses_and_duplicates_nothing() {
+    for io_uring in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        let rotated = dir.path().join("app.log.1");
+        append(&path, b"");
+        let h = Harness::start(
+            vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+            options(io_uring),
+            Arc::new(MemStore::default()),
+        );
+        h.wait("opened", |r| r.only(&path).is_some());
+        let mut writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        for i in 0..2000 {
+            if i == 1000 {
+                std::fs::rename(&path, &rotated).unwrap();
+                // The writer still holds the old file for a few lines, as real ones do.
+                for j in 0..50 {
+                    writeln!(writer, "late line {j} to the rotated file").unwrap();
+                }
+                writer = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&path)
+                    .unwrap();
+            }
+            writeln!(writer, "line {i} of the log with some padding text").unwrap();
+        }
+        drop(writer);
+        let old_content = std::fs::read(&rotated).unwrap();
+        let new_content = std::fs::read(&path).unwrap();
+        h.wait("both generations read, old one ended", |r| {
+            let all = r.at(&path);
+            all.len() == 2
+                && all[0].1.bytes == old_content
+                && all[0].1.ended == Some(EndReason::Rotated)
+                && all[1].1.bytes == new_content
+        });
+        h.with(|r| {
+            let all = r.at(&path);
+            let (old_id, _) = all[0];
+            let new = all[1].1;
+            assert_eq!(new.predecessor, Some(old_id));
+            assert_eq!(new.start, 0);
+            assert_eq!(
+                new.predecessor_bytes_at_open,
+                Some(old_content.len()),
+                "predecessor drained first"
+            );
+        });
+        let old_id = h.with(|r| r.at(&path)[0].0);
+        assert!(h.store.entries.lock().unwrap()[&old_id].closed);
+        h.stop();
+    }
+}
+
+#[test]
+fn copytruncate_recovers_bytes_from_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    let copy = dir.path().join("app.log.1");
+    append(&path, b"one\ntwo\n");
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+        options(true),
+        Arc::new(MemStore::default()),
+    );
+    h.wait("first lines", |r| {
+        r.only(&path).is_some_and(|(_, s)| s.bytes == b"one\ntwo\n")
+    });
+    h.pause();
+    // Written after our last read, copied, then truncated away before we look again.
+    append(&path, b"three\nfour\n");
+    std::fs::copy(&path, &copy).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&path, b"new\n");
+    h.resume();
+    h.wait("old source ended, new one read", |r| {
+        let all = r.at(&path);
+        all.len() == 2 && all[1].1.bytes == b"new\n" && all[0].1.ended.is_some()
+    });
+    h.with(|r| {
+        let all = r.at(&path);
+        assert_eq!(all[0].1.bytes, b"one\ntwo\nthree\nfour\n");
+        assert_eq!(all[0].1.ended, Some(EndReason::Truncated));
+        assert_eq!(all[1].1.start, 0);
+        assert_eq!(all[1].1.predecessor, None);
+    });
+    let old = h.with(|r| r.at(&path)[0].0);
+    assert!(h.store.forgotten.lock().unwrap().contains(&old));
+    h.stop();
+}
+
+#[test]
+fn truncation_without_a_copy_starts_a_new_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    append(&path, b"0123456789\n");
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+        options(false),
+        Arc::new(MemStore::default()),
+    );
+    h.wait("read", |r| {
+        r.only(&path).is_some_and(|(_, s)| s.bytes.len() == 11)
+    });
+    std::fs::write(&path, b"x\n").unwrap();
+    h.wait("new source", |r| {
+        let all = r.at(&path);
+        all.len() == 2 && all[1].1.bytes == b"x\n" && all[0].1.ended == Some(EndReason::Truncated)
+    });
+    h.stop();
+}
+
+#[test]
+fn deleted_file_is_drained_then_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gone.log");
+    append(&path, b"before\n");
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+        options(true),
+        Arc::new(MemStore::default()),
+    );
+    h.wait("first", |r| {
+        r.only(&path).is_some_and(|(_, s)| s.bytes == b"before\n")
+    });
+    h.pause();
+    append(&path, b"written just before the unlink\n");
+    std::fs::remove_file(&path).unwrap();
+    h.resume();
+    h.wait("drained and ended", |r| {
+        r.only(&path)
+            .is_some_and(|(_, s)| s.ended == Some(EndReason::Deleted))
+    });
+    h.with(|r| {
+        let (_, s) = r.only(&path).unwrap();
+        assert_eq!(s.bytes, b"before\nwritten just before the unlink\n");
+    });
+    let id = h.with(|r| r.only(&path).unwrap().0);
+    assert!(!h.store.entries.lock().unwrap().contains_key(&id));
+    h.stop();
+}
+
+fn checkpoint_for(path: &Path, offset: u64, fingerprint_of: &[u8]) -> FileCheckpoint {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    FileCheckpoint {
+        source_id: SourceId(42),
+        identity: FileIdentity {
+            dev: m.dev(),
+            inode: m.ino(),
+            fingerprint_len: fingerprint_of.len() as u32,
+            fingerprint: crc32fast::hash(fingerprint_of),
+        },
+        path: path.to_path_buf(),
+        offset,
+        closed: false,
+    }
+}
+
+fn start_with_checkpoint(dir: &Path, cp: FileCheckpoint) -> Harness {
+    let store = Arc::new(MemStore::default());
+    store.entries.lock().unwrap().insert(cp.source_id, cp);
+    Harness::start(
+        vec![config("a", &glob(dir, "*.log"), Format::Cri)],
+        options(false),
+        store,
+    )
+}
+
+#[test]
+fn resumes_from_a_matching_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"aaaa\nbbbb\n");
+    let h = start_with_checkpoint(dir.path(), checkpoint_for(&path, 5, b"aaaa\n"));
+    h.wait("resumed", |r| {
+        r.only(&path).is_some_and(|(_, s)| s.bytes == b"bbbb\n")
+    });
+    h.with(|r| {
+        let (id, s) = r.only(&path).unwrap();
+        assert_eq!((id, s.start), (SourceId(42), 5));
+    });
+    // The fingerprint grows with the file and the registry hears of it.
+    append(&path, b"cccc\n");
+    h.wait("more", |r| {
+        r.only(&path)
+            .is_some_and(|(_, s)| s.bytes == b"bbbb\ncccc\n")
+    });
+    assert_eq!(
+        h.store.entries.lock().unwrap()[&SourceId(42)]
+            .identity
+            .fingerprint_len,
+        15
+    );
+    h.stop();
+}
+
+#[test]
+fn reused_inode_is_read_as_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"a brand new file\n");
+    let h = start_with_checkpoint(dir.path(), checkpoint_for(&path, 5, b"older"));
+    h.wait("read from 0", |r| {
+        r.only(&path)
+            .is_some_and(|(_, s)| s.bytes == b"a brand new file\n")
+    });
+    h.with(|r| {
+        let (id, s) = r.only(&path).unwrap();
+        assert_ne!(id, SourceId(42));
+        assert_eq!(s.start, 0);
+    });
+    assert!(h.store.forgotten.lock().unwrap().contains(&SourceId(42)));
+    h.stop();
+}
+
+#[test]
+fn checkpoint_past_eof_reads_from_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"short\n");
+    let h = start_with_checkpoint(dir.path(), checkpoint_for(&path, 100, b"short\n"));
+    h.wait("read from 0", |r| {
+        r.only(&path).is_some_and(|(_, s)| s.bytes == b"short\n")
+    });
+    h.with(|r| assert_ne!(r.only(&path).unwrap().0, SourceId(42)));
+    h.stop();
+}
+
+#[test]
+fn closed_checkpoint_is_not_reopened_until_it_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"done\n");
+    let mut cp = checkpoint_for(&path, 5, b"done\n");
+    cp.closed = true;
+    let mut opts = options(false);
+    opts.rescan_interval = Duration::from_millis(50);
+    let store = Arc::new(MemStore::default());
+    store.entries.lock().unwrap().insert(cp.source_id, cp);
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+        opts,
+        store,
+    );
+    h.wait("a few rescans", |r| r.ticks >= 3);
+    h.with(|r| assert!(r.at(&path).is_empty(), "closed and unchanged: not reopened"));
+    append(&path, b"more\n");
+    h.wait("reopened", |r| {
+        r.only(&path).is_some_and(|(_, s)| s.bytes == b"more\n")
+    });
+    h.with(|r| assert_eq!(r.only(&path).unwrap().0, SourceId(42)));
+    h.stop();
+}
+
+#[test]
+fn a_thousand_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..1000)
+        .map(|i| dir.path().join(format!("sub{}/f{i}.log", i % 10)))
+        .collect();
+    for (i, p) in paths.iter().enumerate() {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        append(p, format!("file {i} first\n").as_bytes());
+    }
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "**/*.log"), Format::Raw)],
+        options(true),
+        Arc::new(MemStore::default()),
+    );
+    h.wait("every file read", |r| {
+        r.sources.len() == 1000 && r.sources.values().all(|s| s.bytes.ends_with(b"first\n"))
+    });
+    for p in &paths {
+        append(p, b"second\n");
+    }
+    h.wait("every append read", |r| {
+        r.sources.len() == 1000
+            && r.sources
+                .values()
+                .all(|s| s.bytes.ends_with(b"first\nsecond\n"))
+    });
+    h.stop();
+}
+
+#[test]
+fn oneshot_reads_to_eof_and_ends_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        append(
+            &dir.path().join(format!("{i}.log")),
+            format!("file {i}\n").as_bytes(),
+        );
+    }
+    append(&dir.path().join("skip.log.gz"), b"excluded\n");
+    let mut opts = options(true);
+    opts.oneshot = true;
+    let shared = Arc::new(Shared {
+        rec: Mutex::new(Recorded::default()),
+        resumed: Condvar::new(),
+    });
+    let store: Arc<dyn ResumeStore> = Arc::new(MemStore::default());
+    let mut source = FileSource::with_store(
+        &[config("a", &glob(dir.path(), "*.log*"), Format::Raw)],
+        opts,
+        store,
+    )
+    .unwrap();
+    source
+        .run(&mut Recorder(shared.clone()), &AtomicBool::new(false))
+        .unwrap();
+    let r = shared.rec.lock().unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.sources.len(), 5);
+    for s in r.sources.values() {
+        assert_eq!(s.ended, Some(EndReason::Eof));
+        assert_eq!(s.bytes, std::fs::read(&s.path).unwrap());
+    }
+}
+
+#[test]
+fn directories_dangling_links_and_errors_do_not_stop_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.log");
+    let becomes_dir = dir.path().join("flip.log");
+    std::fs::create_dir(dir.path().join("already_a_dir.log")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("missing"), dir.path().join("dangling.log"))
+        .unwrap();
+    append(&good, b"ok\n");
+    append(&becomes_dir, b"file for now\n");
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+        options(true),
+        Arc::new(MemStore::default()),
+    );
+    h.wait("both files", |r| {
+        r.only(&good).is_some_and(|(_, s)| s.bytes == b"ok\n")
+            && r.only(&becomes_dir)
+                .is_some_and(|(_, s)| s.bytes == b"file for now\n")
+    });
+    std::fs::remove_file(&becomes_dir).unwrap();
+    std::fs::create_dir(&becomes_dir).unwrap();
+    append(&good, b"still read\n");
+    h.wait("flip ended, good still read", |r| {
+        r.only(&becomes_dir)
+            .is_some_and(|(_, s)| s.ended == Some(EndReason::Deleted))
+            && r.only(&good)
+                .is_some_and(|(_, s)| s.bytes == b"ok\nstill read\n")
+    });
+    h.with(|r| assert_eq!(r.sources.len(), 2));
+    h.stop();
+}
+
+/// Tests run as root, where `chmod 000` denies nothing; the classification that the
+/// open path uses for EACCES/EPERM (and the other bounded reasons) is checked here.
+#[test]
+fn open_errors_map_to_bounded_reasons() {
+    use tracker::error_reason;
+    let reason = |errno| error_reason(&std::io::Error::from_raw_os_error(errno));
+    assert_eq!(reason(libc::EACCES), "permission_denied");
+    assert_eq!(reason(libc::EPERM), "permission_denied");
+    assert_eq!(reason(libc::ENOENT), "vanished");
+    assert_eq!(reason(libc::EISDIR), "is_directory");
+    assert_eq!(reason(libc::EMFILE), "too_many_open_files");
+    assert_eq!(reason(libc::EIO), "io_error");
+    assert_eq!(reason(libc::EINVAL), "other");
+}
+
+#[test]
+fn first_matching_config_wins_and_symlinks_are_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("pods");
+    std::fs::create_dir(&real).unwrap();
+    let links = dir.path().join("containers");
+    std::fs::create_dir(&links).unwrap();
+    append(&real.join("0.log"), b"cri\n");
+    std::os::unix::fs::symlink(real.join("0.log"), links.join("c.log")).unwrap();
+    let h = Harness::start(
+        vec![
+            config("links", &glob(&links, "*.log"), Format::Cri),
+            config("all", &glob(dir.path(), "**/*.log"), Format::Raw),
+        ],
+        options(false),
+        Arc::new(MemStore::default()),
+    );
+    h.wait("read once", |r| {
+        r.sources.len() == 1 && r.sources.values().all(|s| s.bytes == b"cri\n")
+    });
+    append(&real.join("0.log"), b"more\n");
+    h.wait("growth seen through the link", |r| {
+        r.sources.values().all(|s| s.bytes == b"cri\nmore\n")
+    });
+    h.with(|r| {
+        assert_eq!(r.sources.len(), 1, "one file, read once");
+        let s = r.sources.values().next().unwrap();
+        // Walk order decides which path is seen first; the config is the first that
+        // matches that path.
+        let expected = if s.path.starts_with(&links) { 0 } else { 1 };
+        assert_eq!(s.config, expected);
+    });
+    h.stop();
+}
+
+#[test]
+fn new_subdirectories_are_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "**/*.log"), Format::Raw)],
+        options(true),
+        Arc::new(MemStore::default()),
+    );
+    h.wait("running", |r| r.ticks >= 1);
+    let pod = dir.path().join("ns_pod_uid/container");
+    std::fs::create_dir_all(&pod).unwrap();
+    append(&pod.join("0.log"), b"hello from a new pod\n");
+    h.wait("new pod file", |r| {
+        r.only(&pod.join("0.log"))
+            .is_some_and(|(_, s)| s.bytes == b"hello from a new pod\n")
+    });
+    h.stop();
+}

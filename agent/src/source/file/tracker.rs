@@ -1,0 +1,1199 @@
+//! The tracker: the file source's state machine and its loop.
+//!
+//! It owns the set of tracked files and decides, from `stat`/`fstat` (inotify events
+//! and rescans only say *where* to look), when a file is new, resumed, grown,
+//! rotated away, deleted or truncated. Discovery ([`super::discover`]), identity
+//! ([`super::identity`]), reads ([`super::read`]) and change notification
+//! ([`super::watch`]) live in their own modules; this one only sequences them.
+//!
+//! # Lifecycle of a tracked file
+//!
+//! - *attached*: it is the file at its discovery path; read whenever it grows.
+//! - *detached*: its path now names another file or nothing (rename rotation or
+//!   deletion). It is still read through its open fd until EOF, and ended once it has
+//!   not grown for `rotate_wait`: `Deleted` (and forgotten) if its link count is 0,
+//!   else `Rotated` (and marked closed). A new file at the path is opened only after
+//!   the detached one was read to its EOF, with it as `predecessor`.
+//! - *truncated* (copytruncate): the source ends and the same fd continues as a new
+//!   source from offset 0.
+//!
+//! # Performance
+//!
+//! Files with unread bytes wait in a FIFO; each round gives every waiting file at most
+//! [`CHUNKS_PER_ROUND`] reads, issued as one batch per step (one io_uring submission
+//! for up to 64 files), so a busy file cannot starve the others. Idle files cost
+//! nothing between inotify events; a rescan costs one `stat`/`fstat` per file.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::discover::{Found, Matcher};
+use super::identity;
+use super::read::{ReadCompletion, ReadRequest, Reader};
+use super::resume::ResumeStore;
+use super::watch::{Change, Watcher};
+use super::{EndReason, FileIdentity, SourceEvents};
+use crate::config::{Format, SourceConfig};
+use crate::source::{SourceId, SourceInfo, SourceKind};
+
+/// Reads a waiting file gets per round before the next file's turn.
+const CHUNKS_PER_ROUND: u32 = 4;
+/// Longest wait for inotify: `tick` must come at least every 100 ms.
+const TICK: Duration = Duration::from_millis(100);
+/// How often files without inotify coverage are polled.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often rotated-away and deleted files are `fstat`ed while they drain.
+const DETACHED_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// A file without new data for this long may have its fd closed under fd pressure.
+const IDLE_FOR_CLOSE: Duration = Duration::from_secs(30);
+/// Bound on the paths remembered for once-per-path warnings.
+const MAX_WARNED_PATHS: usize = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct FileSourceOptions {
+    /// Full rescan of the globs and `stat` of every tracked file.
+    pub rescan_interval: Duration,
+    /// A rotated or deleted file is ended after this long without growth.
+    pub rotate_wait: Duration,
+    /// Try io_uring first (else `pread`).
+    pub io_uring: bool,
+    /// Largest single read (and chunk handed to the pipeline).
+    pub read_buffer_bytes: usize,
+    /// Read every matched file to EOF once, then end every source with `Eof`.
+    pub oneshot: bool,
+}
+
+impl Default for FileSourceOptions {
+    fn default() -> Self {
+        FileSourceOptions {
+            rescan_interval: Duration::from_secs(10),
+            rotate_wait: Duration::from_secs(5),
+            io_uring: true,
+            read_buffer_bytes: 256 * 1024,
+            oneshot: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Attached,
+    Detached,
+}
+
+struct Tracked {
+    info: Arc<SourceInfo>,
+    config: usize,
+    /// `None` when closed under fd pressure; reopened by path when it grows.
+    file: Option<File>,
+    identity: FileIdentity,
+    /// Next byte to read.
+    offset: u64,
+    /// Size at the last `fstat`.
+    size: u64,
+    state: State,
+    /// Last time bytes were read or the size grew.
+    last_growth: Instant,
+    /// Queued in `ready`.
+    queued: bool,
+    chunks_this_round: u32,
+    /// The path inotify reports changes under, when the discovery path is a symlink.
+    real_path: Option<PathBuf>,
+}
+
+/// A source that was drained and ended while its file still existed.
+struct Closed {
+    source: SourceId,
+    identity: FileIdentity,
+    /// Where the bytes stopped: reopened from here if the file grows.
+    offset: u64,
+    /// Where the file was when it was closed, to notice when it is gone.
+    path: Option<PathBuf>,
+}
+
+type InodeKey = (u64, u64);
+
+/// Reads every file matched by the `sources[]` configs; see the module docs of
+/// [`super`] for what it guarantees.
+pub struct FileSource {
+    configs: Vec<(Arc<str>, SourceKind)>,
+    matcher: Matcher,
+    options: FileSourceOptions,
+    store: Arc<dyn ResumeStore>,
+    reader: Reader,
+    watcher: Watcher,
+    files: Vec<Option<Tracked>>,
+    free_slots: Vec<usize>,
+    by_inode: HashMap<InodeKey, usize>,
+    /// The attached file at each discovery path.
+    by_path: HashMap<PathBuf, usize>,
+    /// Real paths of files discovered through symlinks.
+    by_real_path: HashMap<PathBuf, usize>,
+    /// The last detached file of a path, until it ends: the next file there follows it.
+    predecessor_at: HashMap<PathBuf, usize>,
+    /// Paths whose new file waits for its predecessor to be read to EOF.
+    deferred: HashSet<PathBuf>,
+    closed: HashMap<InodeKey, Closed>,
+    ready: VecDeque<usize>,
+    /// Tracked files in `State::Detached`: they are polled, having no path to watch.
+    detached: usize,
+    last_detached_poll: Instant,
+    warned: HashSet<PathBuf>,
+    last_rescan: Instant,
+    last_poll: Instant,
+    last_tick: Instant,
+    requests: Vec<ReadRequest>,
+    completions: Vec<ReadCompletion>,
+}
+
+fn source_kind(format: Format) -> SourceKind {
+    match format {
+        Format::Cri | Format::Docker => SourceKind::CriFile,
+        Format::Raw => SourceKind::File,
+    }
+}
+
+/// Bounded `reason` label of `logtap_file_open_errors_total`.
+pub(crate) fn error_reason(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) => "vanished",
+        Some(libc::EACCES) | Some(libc::EPERM) => "permission_denied",
+        Some(libc::EISDIR) => "is_directory",
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "too_many_open_files",
+        Some(libc::EIO) => "io_error",
+        _ => "other",
+    }
+}
+
+/// Raises the soft fd limit to the hard one: every active file keeps its fd open.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(from = old, to = lim.rlim_max, "raised RLIMIT_NOFILE");
+            }
+        }
+    }
+}
+
+/// Where an open file is now (it may have been renamed since it was opened).
+fn current_path(file: &File) -> Option<PathBuf> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    if link.to_string_lossy().ends_with(" (deleted)") {
+        None
+    } else {
+        Some(link)
+    }
+}
+
+impl FileSource {
+    pub fn new(
+        sources: &[SourceConfig],
+        options: FileSourceOptions,
+        registry: Arc<crate::checkpoint::Registry>,
+    ) -> anyhow::Result<FileSource> {
+        FileSource::with_store(sources, options, registry)
+    }
+
+    /// Like [`FileSource::new`], against any [`ResumeStore`].
+    pub fn with_store(
+        sources: &[SourceConfig],
+        options: FileSourceOptions,
+        store: Arc<dyn ResumeStore>,
+    ) -> anyhow::Result<FileSource> {
+        anyhow::ensure!(
+            options.read_buffer_bytes > 0 && options.read_buffer_bytes <= u32::MAX as usize,
+            "read_buffer_bytes must be between 1 and 4GiB"
+        );
+        let now = Instant::now();
+        Ok(FileSource {
+            configs: sources
+                .iter()
+                .map(|s| (s.name.clone(), source_kind(s.format)))
+                .collect(),
+            matcher: Matcher::new(sources)?,
+            reader: Reader::new(options.io_uring),
+            options,
+            store,
+            watcher: Watcher::new(),
+            files: Vec::new(),
+            free_slots: Vec::new(),
+            by_inode: HashMap::new(),
+            by_path: HashMap::new(),
+            by_real_path: HashMap::new(),
+            predecessor_at: HashMap::new(),
+            deferred: HashSet::new(),
+            closed: HashMap::new(),
+            ready: VecDeque::new(),
+            detached: 0,
+            last_detached_poll: now,
+            warned: HashSet::new(),
+            last_rescan: now,
+            last_poll: now,
+            last_tick: now,
+            requests: Vec::new(),
+            completions: Vec::new(),
+        })
+    }
+
+    /// "io_uring" or "pread".
+    pub fn backend(&self) -> &'static str {
+        self.reader.name()
+    }
+
+    pub fn run(
+        &mut self,
+        events: &mut dyn SourceEvents,
+        shutdown: &AtomicBool,
+    ) -> anyhow::Result<()> {
+        raise_nofile_limit();
+        self.rescan(events);
+        let mut changes = Vec::new();
+        loop {
+            if shutdown.load(Ordering::Relaxed) {
+                self.end_all(events, EndReason::Shutdown);
+                return Ok(());
+            }
+            self.maybe_tick(events);
+            let now = Instant::now();
+            if !self.options.oneshot {
+                if now.duration_since(self.last_rescan) >= self.options.rescan_interval {
+                    self.rescan(events);
+                }
+                if now.duration_since(self.last_poll) >= POLL_INTERVAL {
+                    self.last_poll = now;
+                    self.poll(events);
+                }
+                self.open_deferred(events);
+            }
+            let waiting = self.detached > 0 || !self.deferred.is_empty();
+            if waiting && self.last_detached_poll.elapsed() >= DETACHED_POLL_INTERVAL {
+                self.last_detached_poll = Instant::now();
+                self.poll_detached(events);
+            }
+            if !self.ready.is_empty() {
+                self.read_round(events);
+                self.watcher.wait(Duration::ZERO, &mut changes);
+            } else if self.options.oneshot {
+                self.end_all(events, EndReason::Eof);
+                return Ok(());
+            } else {
+                let until_rescan = self
+                    .options
+                    .rescan_interval
+                    .saturating_sub(self.last_rescan.elapsed());
+                let mut wait = TICK.min(until_rescan);
+                if waiting {
+                    wait = wait.min(DETACHED_POLL_INTERVAL);
+                }
+                self.watcher.wait(wait, &mut changes);
+            }
+            for change in changes.drain(..) {
+                self.apply(change, events);
+            }
+        }
+    }
+
+    fn maybe_tick(&mut self, events: &mut dyn SourceEvents) {
+        let now = Instant::now();
+        if now.duration_since(self.last_tick) >= TICK {
+            self.last_tick = now;
+            events.tick(now);
+        }
+    }
+
+    fn tracked(&self) -> impl Iterator<Item = (usize, &Tracked)> {
+        self.files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
+    }
+
+    fn apply(&mut self, change: Change, events: &mut dyn SourceEvents) {
+        match change {
+            Change::Modified(path) => {
+                let slot = self
+                    .by_path
+                    .get(&path)
+                    .or_else(|| self.by_real_path.get(&path))
+                    .copied();
+                match slot {
+                    Some(slot) if self.files[slot].as_ref().is_some_and(|t| t.file.is_some()) => {
+                        self.enqueue(slot)
+                    }
+                    _ => self.check_path(&path, events),
+                }
+            }
+            Change::Renamed(path) => {
+                self.check_path(&path, events);
+                // A rename of a tracked file's real path (behind a symlink).
+                if let Some(&slot) = self.by_real_path.get(&path) {
+                    self.enqueue(slot);
+                }
+            }
+            Change::DirCreated(dir) => {
+                let (mut found, mut dirs) = (Vec::new(), Vec::new());
+                self.matcher.scan_dir(&dir, &mut found, &mut dirs);
+                for d in &dirs {
+                    self.watcher.watch_dir(d);
+                }
+                for Found { path, .. } in found {
+                    self.check_path(&path, events);
+                }
+            }
+            Change::Overflow => {
+                tracing::warn!("inotify queue overflowed; rescanning");
+                self.rescan(events);
+            }
+        }
+    }
+
+    fn enqueue(&mut self, slot: usize) {
+        if let Some(t) = self.files[slot].as_mut()
+            && !t.queued
+        {
+            t.queued = true;
+            self.ready.push_back(slot);
+        }
+    }
+
+    fn warn_once(&mut self, path: &Path, reason: &'static str, e: &dyn std::fmt::Display) {
+        metrics::counter!("logtap_file_open_errors_total", "reason" => reason).increment(1);
+        if self.warned.len() >= MAX_WARNED_PATHS {
+            self.warned.clear();
+        }
+        if self.warned.insert(path.to_path_buf()) {
+            tracing::warn!(path = %path.display(), reason, error = %e, "cannot read file");
+        }
+    }
+
+    /// Full discovery plus a `stat` pass over everything tracked.
+    fn rescan(&mut self, events: &mut dyn SourceEvents) {
+        self.last_rescan = Instant::now();
+        let (mut found, mut dirs) = (Vec::new(), Vec::new());
+        self.matcher.scan(&mut found, &mut dirs);
+        for d in &dirs {
+            self.watcher.watch_dir(d);
+        }
+        let mut paths: HashSet<PathBuf> = found.into_iter().map(|f| f.path).collect();
+        paths.extend(self.by_path.keys().cloned());
+        paths.extend(self.deferred.iter().cloned());
+        for path in paths {
+            self.check_path(&path, events);
+        }
+        // Safety net under inotify: fstat every open file, and catch a copytruncate
+        // that was followed by enough writes to hide the shrink from `fstat`.
+        let slots: Vec<usize> = self.tracked().map(|(i, _)| i).collect();
+        for slot in slots {
+            self.refresh(slot, events, true);
+        }
+        self.closed.retain(|_, c| {
+            let present = c.path.as_ref().is_some_and(|p| {
+                std::fs::metadata(p)
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (c.identity.dev, c.identity.inode))
+            });
+            if !present && c.path.is_some() {
+                self.store.forget(c.source);
+            }
+            present || c.path.is_none()
+        });
+        let lag: u64 = self
+            .tracked()
+            .map(|(_, t)| t.size.saturating_sub(t.offset))
+            .sum();
+        metrics::gauge!("logtap_read_lag_bytes").set(lag as f64);
+        self.update_open_files_gauge();
+    }
+
+    fn update_open_files_gauge(&self) {
+        let open = self.tracked().filter(|(_, t)| t.file.is_some()).count();
+        metrics::gauge!("logtap_open_files").set(open as f64);
+    }
+
+    /// Files inotify does not cover: everything when watches failed, plus files whose
+    /// fd was closed under fd pressure.
+    fn poll(&mut self, events: &mut dyn SourceEvents) {
+        let degraded = self.watcher.degraded();
+        let slots: Vec<(usize, bool, PathBuf)> = self
+            .tracked()
+            .filter(|(_, t)| t.state == State::Attached && (degraded || t.file.is_none()))
+            .map(|(i, t)| (i, t.file.is_none(), t.info.path.clone()))
+            .collect();
+        for (slot, fd_closed, path) in slots {
+            if fd_closed {
+                self.check_path(&path, events);
+            } else {
+                self.refresh(slot, events, false);
+            }
+        }
+        if degraded {
+            self.rescan_new_files(events);
+        }
+    }
+
+    /// Without inotify, new files are only found by walking: do it on every poll when
+    /// degraded, but only for paths not tracked yet.
+    fn rescan_new_files(&mut self, events: &mut dyn SourceEvents) {
+        let (mut found, mut dirs) = (Vec::new(), Vec::new());
+        self.matcher.scan(&mut found, &mut dirs);
+        for f in found {
+            if !self.by_path.contains_key(&f.path) {
+                self.check_path(&f.path, events);
+            }
+        }
+    }
+
+    /// Detached files and paths waiting for them: fstat, read, end when quiet.
+    fn poll_detached(&mut self, events: &mut dyn SourceEvents) {
+        let slots: Vec<usize> = self
+            .tracked()
+            .filter(|(_, t)| t.state == State::Detached)
+            .map(|(i, _)| i)
+            .collect();
+        for slot in slots {
+            self.refresh(slot, events, false);
+            let Some(t) = self.files[slot].as_ref() else {
+                continue;
+            };
+            if !t.queued
+                && t.offset >= t.size
+                && t.last_growth.elapsed() >= self.options.rotate_wait
+            {
+                self.end_detached(slot, events);
+            }
+        }
+        self.open_deferred(events);
+    }
+
+    /// `fstat`s a tracked file: queues it if it grew, handles a shrink (copytruncate),
+    /// grows its fingerprint. With `verify_prefix`, also re-reads the fingerprinted
+    /// prefix to catch a truncation hidden by regrowth.
+    fn refresh(&mut self, slot: usize, events: &mut dyn SourceEvents, verify_prefix: bool) {
+        let Some(t) = self.files[slot].as_mut() else {
+            return;
+        };
+        let Some(file) = t.file.as_ref() else {
+            return;
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                let path = t.info.path.clone();
+                self.warn_once(&path, error_reason(&e), &e);
+                return;
+            }
+        };
+        let size = meta.len();
+        if size > t.size {
+            t.last_growth = Instant::now();
+        }
+        t.size = size;
+        let mut truncated = size < t.offset;
+        if !truncated && t.identity.fingerprint_len < super::FINGERPRINT_BYTES {
+            match identity::grow(file, size, &t.identity) {
+                Ok(Some(grown)) if grown != t.identity => {
+                    t.identity = grown;
+                    self.store.update_identity(t.info.id, grown);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => truncated = true,
+                Err(e) => tracing::debug!(error = %e, "fingerprint read failed"),
+            }
+        } else if !truncated && verify_prefix && t.offset > 0 {
+            truncated = matches!(identity::prefix_matches(file, &t.identity), Ok(false));
+        }
+        if truncated {
+            self.truncated(slot, events);
+        } else if size > t.offset {
+            self.enqueue(slot);
+        }
+    }
+
+    /// Looks at one path again: new file, same file grown, another file now there
+    /// (rotation), nothing there (rename or deletion), or a directory.
+    fn check_path(&mut self, path: &Path, events: &mut dyn SourceEvents) {
+        let owner = self.by_path.get(path).copied();
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(slot) = owner {
+                    self.detach(slot);
+                }
+                self.deferred.remove(path);
+                if e.kind() != io::ErrorKind::NotFound && self.matcher.config_for(path).is_some() {
+                    self.warn_once(path, error_reason(&e), &e);
+                }
+                return;
+            }
+        };
+        let key = (meta.dev(), meta.ino());
+        if let Some(slot) = owner {
+            let t = self.files[slot]
+                .as_ref()
+                .expect("by_path points at live slots");
+            if (t.identity.dev, t.identity.inode) == key {
+                if t.file.is_none() {
+                    self.reopen(slot, events);
+                } else {
+                    self.enqueue(slot);
+                }
+                return;
+            }
+            // The path names another file (or a directory) now: ours was rotated away.
+            self.detach(slot);
+        }
+        if meta.is_dir() {
+            self.deferred.remove(path);
+            if owner.is_some() || self.matcher.config_for(path).is_some() {
+                let e = io::Error::from_raw_os_error(libc::EISDIR);
+                self.warn_once(path, "is_directory", &e);
+            }
+            return;
+        }
+        if !meta.is_file() {
+            return;
+        }
+        if let Some(&slot) = self.by_inode.get(&key) {
+            // Already read under another name (a renamed file, or a second symlink).
+            self.enqueue(slot);
+            return;
+        }
+        let Some(config) = self.matcher.config_for(path) else {
+            return;
+        };
+        if let Some(c) = self.closed.get(&key)
+            && meta.len() <= c.offset
+        {
+            return;
+        }
+        if let Some(&pred) = self.predecessor_at.get(path)
+            && !self.drained(pred)
+        {
+            self.deferred.insert(path.to_path_buf());
+            self.enqueue(pred);
+            return;
+        }
+        self.deferred.remove(path);
+        let predecessor = self
+            .predecessor_at
+            .remove(path)
+            .and_then(|slot| self.files[slot].as_ref().map(|t| t.info.id));
+        self.open(path, config, predecessor, events);
+    }
+
+    /// Read to the size of a fresh `fstat`, with no read pending.
+    fn drained(&mut self, slot: usize) -> bool {
+        let Some(t) = self.files[slot].as_mut() else {
+            return true;
+        };
+        let Some(file) = t.file.as_ref() else {
+            return true;
+        };
+        if let Ok(m) = file.metadata() {
+            t.size = m.len();
+        }
+        !t.queued && t.offset >= t.size
+    }
+
+    fn open_deferred(&mut self, events: &mut dyn SourceEvents) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let paths: Vec<PathBuf> = self.deferred.iter().cloned().collect();
+        for path in paths {
+            self.check_path(&path, events);
+        }
+    }
+
+    fn detach(&mut self, slot: usize) {
+        let Some(t) = self.files[slot].as_mut() else {
+            return;
+        };
+        if t.state == State::Detached {
+            return;
+        }
+        t.state = State::Detached;
+        self.detached += 1;
+        t.last_growth = Instant::now();
+        let path = t.info.path.clone();
+        if let Some(real) = t.real_path.take() {
+            self.by_real_path.remove(&real);
+        }
+        if self.by_path.get(&path) == Some(&slot) {
+            self.by_path.remove(&path);
+        }
+        self.predecessor_at.insert(path, slot);
+        self.enqueue(slot);
+    }
+
+    fn end_detached(&mut self, slot: usize, events: &mut dyn SourceEvents) {
+        let Some(t) = self.remove(slot) else {
+            return;
+        };
+        let deleted = match t.file.as_ref().map(File::metadata) {
+            Some(Ok(m)) => m.nlink() == 0,
+            _ => false,
+        };
+        if deleted {
+            events.ended(t.info.id, EndReason::Deleted);
+            self.store.forget(t.info.id);
+        } else {
+            events.ended(t.info.id, EndReason::Rotated);
+            self.store.mark_closed(t.info.id);
+            self.closed.insert(
+                (t.identity.dev, t.identity.inode),
+                Closed {
+                    source: t.info.id,
+                    identity: t.identity,
+                    offset: t.offset,
+                    path: t.file.as_ref().and_then(current_path),
+                },
+            );
+        }
+        self.update_open_files_gauge();
+    }
+
+    fn remove(&mut self, slot: usize) -> Option<Tracked> {
+        let t = self.files.get_mut(slot)?.take()?;
+        self.free_slots.push(slot);
+        if t.state == State::Detached {
+            self.detached -= 1;
+        }
+        let key = (t.identity.dev, t.identity.inode);
+        if self.by_inode.get(&key) == Some(&slot) {
+            self.by_inode.remove(&key);
+        }
+        if self.by_path.get(&t.info.path) == Some(&slot) {
+            self.by_path.remove(&t.info.path);
+        }
+        if let Some(real) = &t.real_path
+            && self.by_real_path.get(real) == Some(&slot)
+        {
+            self.by_real_path.remove(real);
+        }
+        if self.predecessor_at.get(&t.info.path) == Some(&slot) {
+            self.predecessor_at.remove(&t.info.path);
+        }
+        self.ready.retain(|&s| s != slot);
+        Some(t)
+    }
+
+    fn end_all(&mut self, events: &mut dyn SourceEvents, reason: EndReason) {
+        for slot in 0..self.files.len() {
+            if let Some(t) = self.remove(slot) {
+                events.ended(t.info.id, reason);
+            }
+        }
+        self.update_open_files_gauge();
+    }
+
+    /// Opens `path`, closing idle files once if the process ran out of fds.
+    fn open_file(&mut self, path: &Path) -> io::Result<File> {
+        match File::open(path) {
+            Err(e) if error_reason(&e) == "too_many_open_files" && self.close_idle() > 0 => {
+                File::open(path)
+            }
+            other => other,
+        }
+    }
+
+    /// Closes the fds of the idlest eighth of the attached, caught-up files.
+    fn close_idle(&mut self) -> usize {
+        let mut idle: Vec<(Instant, usize)> = self
+            .tracked()
+            .filter(|(_, t)| {
+                t.state == State::Attached
+                    && t.file.is_some()
+                    && !t.queued
+                    && t.offset >= t.size
+                    && t.last_growth.elapsed() >= IDLE_FOR_CLOSE
+            })
+            .map(|(i, t)| (t.last_growth, i))
+            .collect();
+        idle.sort_unstable();
+        let n = (idle.len() / 8).max(idle.len().min(1));
+        for &(_, slot) in &idle[..n] {
+            if let Some(t) = self.files[slot].as_mut() {
+                t.file = None;
+            }
+        }
+        if n > 0 {
+            tracing::info!(closed = n, "out of file descriptors: closed idle files");
+        }
+        n
+    }
+
+    /// Reopens a file whose fd was closed under fd pressure, if it is still the same.
+    fn reopen(&mut self, slot: usize, events: &mut dyn SourceEvents) {
+        let path = match self.files[slot].as_ref() {
+            Some(t) => t.info.path.clone(),
+            None => return,
+        };
+        let file = match self.open_file(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn_once(&path, error_reason(&e), &e);
+                return;
+            }
+        };
+        let Some(t) = self.files[slot].as_mut() else {
+            return;
+        };
+        match file.metadata() {
+            Ok(m) if (m.dev(), m.ino()) == (t.identity.dev, t.identity.inode) => {
+                t.file = Some(file);
+                self.refresh(slot, events, true);
+            }
+            _ => {}
+        }
+    }
+
+    /// Opens a newly discovered file: resumed from its checkpoint when the checkpoint
+    /// is for this very file, else a new source from offset 0.
+    fn open(
+        &mut self,
+        path: &Path,
+        config: usize,
+        predecessor: Option<SourceId>,
+        events: &mut dyn SourceEvents,
+    ) {
+        let file = match self.open_file(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn_once(path, error_reason(&e), &e);
+                return;
+            }
+        };
+        let meta = match file.metadata() {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => {
+                let e = io::Error::from_raw_os_error(libc::EISDIR);
+                self.warn_once(path, "is_directory", &e);
+                return;
+            }
+            Err(e) => {
+                self.warn_once(path, error_reason(&e), &e);
+                return;
+            }
+        };
+        let key = (meta.dev(), meta.ino());
+        if let Some(&slot) = self.by_inode.get(&key) {
+            self.enqueue(slot);
+            return;
+        }
+        let identity = match identity::identify(&file, &meta) {
+            Ok(id) => id,
+            Err(e) => {
+                self.warn_once(path, error_reason(&e), &e);
+                return;
+            }
+        };
+        let size = meta.len();
+        let same_file =
+            |expected: &FileIdentity| matches!(identity::prefix_matches(&file, expected), Ok(true));
+        let checkpoint = self.store.lookup(key.0, key.1);
+        let (source, offset) = if let Some(c) = self.closed.remove(&key) {
+            // Closed by us in this run: continue where reading stopped, not at the
+            // acknowledged offset, or bytes already handed over would come again.
+            if same_file(&c.identity) && c.offset <= size {
+                (Some(c.source), c.offset)
+            } else {
+                metrics::counter!("logtap_file_inode_reuse_total").increment(1);
+                self.store.forget(c.source);
+                (None, 0)
+            }
+        } else if let Some(cp) = &checkpoint {
+            let same = same_file(&cp.identity);
+            if same && cp.offset <= size {
+                if cp.closed && cp.offset == size {
+                    // Closed in an earlier run and not grown since: leave it closed.
+                    self.closed.insert(
+                        key,
+                        Closed {
+                            source: cp.source_id,
+                            identity: cp.identity,
+                            offset: cp.offset,
+                            path: Some(path.to_path_buf()),
+                        },
+                    );
+                    return;
+                }
+                (Some(cp.source_id), cp.offset)
+            } else {
+                if same {
+                    tracing::info!(path = %path.display(), "file shrank below its checkpoint; reading it as a new source");
+                    metrics::counter!("logtap_file_truncations_total").increment(1);
+                } else {
+                    tracing::info!(path = %path.display(), "inode reused by a different file; reading it as a new source");
+                    metrics::counter!("logtap_file_inode_reuse_total").increment(1);
+                }
+                self.store.forget(cp.source_id);
+                (None, 0)
+            }
+        } else {
+            (None, 0)
+        };
+        let resumed = source.is_some();
+        let id = source.unwrap_or_else(|| SourceId::new_unique(key.0, key.1));
+        // Register at the acknowledged offset when the registry has one for this
+        // source: it must never claim bytes the sink has not acknowledged.
+        let register_at = checkpoint
+            .filter(|cp| cp.source_id == id)
+            .map_or(offset, |cp| cp.offset.min(offset));
+        if !resumed {
+            metrics::counter!("logtap_files_discovered_total").increment(1);
+        }
+        self.start(
+            path,
+            config,
+            file,
+            identity,
+            id,
+            offset,
+            register_at,
+            size,
+            predecessor,
+            events,
+        );
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per way a source starts"
+    )]
+    fn start(
+        &mut self,
+        path: &Path,
+        config: usize,
+        file: File,
+        identity: FileIdentity,
+        id: SourceId,
+        offset: u64,
+        register_at: u64,
+        size: u64,
+        predecessor: Option<SourceId>,
+        events: &mut dyn SourceEvents,
+    ) -> usize {
+        let (config_name, kind) = self.configs[config].clone();
+        let info = Arc::new(SourceInfo {
+            id,
+            kind,
+            path: path.to_path_buf(),
+            config_name,
+        });
+        self.store
+            .register(id, identity, path.to_path_buf(), register_at);
+        events.opened(info.clone(), config, identity, offset, predecessor);
+        let real_path = std::fs::canonicalize(path).ok().filter(|r| r != path);
+        if let Some(real) = &real_path
+            && let Some(dir) = real.parent()
+        {
+            self.watcher.watch_dir(dir);
+        }
+        let tracked = Tracked {
+            info,
+            config,
+            file: Some(file),
+            identity,
+            offset,
+            size,
+            state: State::Attached,
+            last_growth: Instant::now(),
+            queued: false,
+            chunks_this_round: 0,
+            real_path: real_path.clone(),
+        };
+        let slot = match self.free_slots.pop() {
+            Some(s) => {
+                self.files[s] = Some(tracked);
+                s
+            }
+            None => {
+                self.files.push(Some(tracked));
+                self.files.len() - 1
+            }
+        };
+        self.by_inode.insert((identity.dev, identity.inode), slot);
+        self.by_path.insert(path.to_path_buf(), slot);
+        if let Some(real) = real_path {
+            self.by_real_path.insert(real, slot);
+        }
+        self.enqueue(slot);
+        self.update_open_files_gauge();
+        slot
+    }
+
+    /// The file shrank below the read offset (copytruncate), or its leading bytes
+    /// changed. Bytes written between our last read and the copy are recovered from
+    /// the copy when it can be found; then the source ends and the file continues as
+    /// a new source.
+    fn truncated(&mut self, slot: usize, events: &mut dyn SourceEvents) {
+        let Some(mut t) = self.remove(slot) else {
+            return;
+        };
+        metrics::counter!("logtap_file_truncations_total").increment(1);
+        tracing::info!(path = %t.info.path.display(), offset = t.offset, "file truncated; starting a new source");
+        if let Some((copy, copy_path, copy_meta)) = self.find_copy(&t) {
+            self.read_copy(&mut t, &copy, copy_meta.len(), events);
+            // The copy holds nothing new: don't read it again if a glob matches it.
+            self.closed.insert(
+                (copy_meta.dev(), copy_meta.ino()),
+                Closed {
+                    source: t.info.id,
+                    identity: t.identity,
+                    offset: copy_meta.len(),
+                    path: Some(copy_path),
+                },
+            );
+        }
+        events.ended(t.info.id, EndReason::Truncated);
+        self.store.forget(t.info.id);
+        let Some(file) = t.file.take() else {
+            return;
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn_once(&t.info.path, error_reason(&e), &e);
+                return;
+            }
+        };
+        let identity = match identity::identify(&file, &meta) {
+            Ok(id) => id,
+            Err(e) => {
+                self.warn_once(&t.info.path, error_reason(&e), &e);
+                return;
+            }
+        };
+        let id = SourceId::new_unique(identity.dev, identity.inode);
+        let path = t.info.path.clone();
+        let was_detached = t.state == State::Detached;
+        let owner_of_path = self.by_path.get(&path).copied();
+        let slot = self.start(
+            &path,
+            t.config,
+            file,
+            identity,
+            id,
+            0,
+            0,
+            meta.len(),
+            None,
+            events,
+        );
+        if was_detached {
+            // Truncated after being rotated away: it keeps no path (another file may
+            // own it now) and is read until quiet, like any detached file.
+            match owner_of_path {
+                Some(owner) => self.by_path.insert(path, owner),
+                None => self.by_path.remove(&path),
+            };
+            if let Some(real) = self.files[slot].as_mut().and_then(|t| t.real_path.take()) {
+                self.by_real_path.remove(&real);
+            }
+            self.detach_in_place(slot);
+        }
+    }
+
+    fn detach_in_place(&mut self, slot: usize) {
+        if let Some(t) = self.files[slot].as_mut()
+            && t.state != State::Detached
+        {
+            t.state = State::Detached;
+            self.detached += 1;
+        }
+    }
+
+    /// A file in the same directory with the truncated file's fingerprint and at least
+    /// its read offset: the copy logrotate made before truncating.
+    fn find_copy(&self, t: &Tracked) -> Option<(File, PathBuf, std::fs::Metadata)> {
+        if t.identity.fingerprint_len == 0 {
+            return None;
+        }
+        let dir = t.info.path.parent()?;
+        for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if !meta.is_file()
+                || meta.len() < t.offset
+                || (meta.dev(), meta.ino()) == (t.identity.dev, t.identity.inode)
+            {
+                continue;
+            }
+            let Ok(file) = File::open(entry.path()) else {
+                continue;
+            };
+            if matches!(identity::prefix_matches(&file, &t.identity), Ok(true)) {
+                return Some((file, entry.path(), meta));
+            }
+        }
+        None
+    }
+
+    fn read_copy(&mut self, t: &mut Tracked, copy: &File, end: u64, events: &mut dyn SourceEvents) {
+        let kind = t.info.kind.as_str();
+        while t.offset < end {
+            let len = ((end - t.offset) as usize).min(self.options.read_buffer_bytes);
+            let mut buf = BytesMut::zeroed(len);
+            match copy.read_at(&mut buf, t.offset) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    metrics::counter!("logtap_bytes_read_total", "source_kind" => kind)
+                        .increment(n as u64);
+                    events.data(t.info.id, t.offset, buf.freeze());
+                    t.offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the copy of a truncated file failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One round: every queued file gets up to [`CHUNKS_PER_ROUND`] reads, one read
+    /// per file per batch.
+    fn read_round(&mut self, events: &mut dyn SourceEvents) {
+        let mut active: Vec<usize> = self.ready.drain(..).collect();
+        for &slot in &active {
+            if let Some(t) = self.files[slot].as_mut() {
+                t.queued = false;
+                t.chunks_this_round = 0;
+            }
+        }
+        // Fresh sizes first; this also catches truncation before reading past it.
+        for &slot in &active {
+            self.refresh_size(slot, events);
+        }
+        let mut next = Vec::new();
+        while !active.is_empty() {
+            self.requests.clear();
+            for &slot in &active {
+                let Some(t) = self.files[slot].as_mut() else {
+                    continue;
+                };
+                let Some(file) = t.file.as_ref() else {
+                    continue;
+                };
+                if t.offset >= t.size {
+                    continue;
+                }
+                if t.chunks_this_round >= CHUNKS_PER_ROUND {
+                    // Its turn is over: back of the queue.
+                    if !t.queued {
+                        t.queued = true;
+                        self.ready.push_back(slot);
+                    }
+                    continue;
+                }
+                let len = ((t.size - t.offset) as usize).min(self.options.read_buffer_bytes);
+                self.requests.push(ReadRequest {
+                    slot,
+                    fd: file.as_raw_fd(),
+                    offset: t.offset,
+                    len,
+                });
+            }
+            if self.requests.is_empty() {
+                break;
+            }
+            self.completions.clear();
+            self.reader
+                .read_batch(&self.requests, &mut self.completions);
+            next.clear();
+            let completions = std::mem::take(&mut self.completions);
+            for c in &completions {
+                self.complete(c, events, &mut next);
+            }
+            self.completions = completions;
+            std::mem::swap(&mut active, &mut next);
+            self.maybe_tick(events);
+        }
+    }
+
+    fn refresh_size(&mut self, slot: usize, events: &mut dyn SourceEvents) {
+        let Some(t) = self.files[slot].as_mut() else {
+            return;
+        };
+        let Some(file) = t.file.as_ref() else {
+            return;
+        };
+        match file.metadata() {
+            Ok(m) if m.len() < t.offset => self.truncated(slot, events),
+            Ok(m) => {
+                if m.len() > t.size {
+                    t.last_growth = Instant::now();
+                }
+                t.size = m.len();
+                if t.identity.fingerprint_len < super::FINGERPRINT_BYTES {
+                    // Keeps the fingerprint growing with small files (and catches a
+                    // rewrite of their first bytes). Marked queued so `refresh` does
+                    // not queue it again: this round reads it already.
+                    t.queued = true;
+                    self.refresh(slot, events, false);
+                    if let Some(t) = self.files[slot].as_mut() {
+                        t.queued = false;
+                    }
+                }
+            }
+            Err(e) => {
+                let path = t.info.path.clone();
+                self.warn_once(&path, error_reason(&e), &e);
+            }
+        }
+    }
+
+    fn complete(
+        &mut self,
+        c: &ReadCompletion,
+        events: &mut dyn SourceEvents,
+        next: &mut Vec<usize>,
+    ) {
+        let Some(t) = self.files[c.slot].as_mut() else {
+            return;
+        };
+        debug_assert_eq!(c.offset, t.offset, "one read in flight per file");
+        match &c.result {
+            Ok(chunk) if chunk.is_empty() => {
+                // EOF before the fstat size: it shrank; the next fstat decides.
+                t.size = t.offset;
+            }
+            Ok(chunk) => {
+                let n = chunk.len() as u64;
+                metrics::counter!("logtap_bytes_read_total", "source_kind" => t.info.kind.as_str())
+                    .increment(n);
+                t.offset += n;
+                t.chunks_this_round += 1;
+                t.last_growth = Instant::now();
+                events.data(t.info.id, c.offset, chunk.clone());
+                next.push(c.slot);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => next.push(c.slot),
+            Err(e) => {
+                let path = t.info.path.clone();
+                // Retried on the next event or rescan.
+                t.size = t.offset;
+                self.warn_once(&path, error_reason(e), e);
+            }
+        }
+    }
+}

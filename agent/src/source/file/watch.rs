@@ -1,0 +1,163 @@
+//! inotify on directories: tells the tracker which paths changed.
+//!
+//! Directories are watched, not files: one watch covers every file of a directory
+//! (files come and go with rotation), and it reports creates and renames that a
+//! per-file watch cannot. Events are hints only — the tracker always re-checks with
+//! `stat`/`fstat` — so a lost event (queue overflow, watch limit) costs latency, never
+//! data: overflow triggers a rescan, and without watches the tracker polls.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// The content of the file at this path changed.
+    Modified(PathBuf),
+    /// A name appeared, vanished or was renamed in a watched directory, or its
+    /// attributes changed: the path must be looked at again.
+    Renamed(PathBuf),
+    /// A directory appeared inside a watched one.
+    DirCreated(PathBuf),
+    /// Events were lost: everything must be looked at again.
+    Overflow,
+}
+
+pub(crate) struct Watcher {
+    inotify: Option<Inotify>,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    watched: HashSet<PathBuf>,
+    buf: Vec<u8>,
+    /// Some directory has no watch: the tracker must poll.
+    degraded: bool,
+}
+
+impl Watcher {
+    pub fn new() -> Watcher {
+        let inotify = match Inotify::init() {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify unavailable, polling files");
+                metrics::counter!("logtap_inotify_watch_failures_total").increment(1);
+                None
+            }
+        };
+        Watcher {
+            degraded: inotify.is_none(),
+            inotify,
+            dirs: HashMap::new(),
+            watched: HashSet::new(),
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    /// Whether some directory could not be watched (the tracker then polls).
+    pub fn degraded(&self) -> bool {
+        self.degraded
+    }
+
+    pub fn watch_dir(&mut self, dir: &Path) {
+        let Some(inotify) = &self.inotify else {
+            return;
+        };
+        if self.watched.contains(dir) {
+            return;
+        }
+        let mask = WatchMask::CREATE
+            | WatchMask::MODIFY
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO
+            | WatchMask::DELETE
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::ATTRIB
+            | WatchMask::ONLYDIR;
+        match inotify.watches().add(dir, mask) {
+            Ok(wd) => {
+                self.dirs.insert(wd, dir.to_path_buf());
+                self.watched.insert(dir.to_path_buf());
+            }
+            // The directory went away between the walk and now: nothing to watch.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                if !self.degraded {
+                    tracing::warn!(
+                        error = %e, dir = %dir.display(),
+                        "cannot add inotify watch (fs.inotify.max_user_watches?); \
+                         relying on rescan and polling"
+                    );
+                }
+                self.degraded = true;
+                metrics::counter!("logtap_inotify_watch_failures_total").increment(1);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for events and appends what changed to `out`.
+    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<Change>) {
+        let Some(inotify) = &mut self.inotify else {
+            std::thread::sleep(timeout);
+            return;
+        };
+        let mut pfd = libc::pollfd {
+            fd: inotify.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, as the length says.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready <= 0 {
+            return;
+        }
+        loop {
+            let events = match inotify.read_events(&mut self.buf) {
+                Ok(events) => events,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading inotify events failed; rescanning");
+                    out.push(Change::Overflow);
+                    return;
+                }
+            };
+            for event in events {
+                if event.mask.contains(EventMask::Q_OVERFLOW) {
+                    out.push(Change::Overflow);
+                    continue;
+                }
+                if event.mask.contains(EventMask::IGNORED) {
+                    // The directory was removed (or unmounted): its watch is gone.
+                    if let Some(dir) = self.dirs.remove(&event.wd) {
+                        self.watched.remove(&dir);
+                    }
+                    continue;
+                }
+                let (Some(dir), Some(name)) = (self.dirs.get(&event.wd), event.name) else {
+                    continue;
+                };
+                let path = dir.join(name);
+                if event.mask.contains(EventMask::ISDIR) {
+                    if event
+                        .mask
+                        .intersects(EventMask::CREATE | EventMask::MOVED_TO)
+                    {
+                        out.push(Change::DirCreated(path));
+                    } else {
+                        // A directory where a tracked file was expected, or one going away.
+                        out.push(Change::Renamed(path));
+                    }
+                } else if event
+                    .mask
+                    .intersects(EventMask::MODIFY | EventMask::CLOSE_WRITE)
+                {
+                    out.push(Change::Modified(path));
+                } else {
+                    out.push(Change::Renamed(path));
+                }
+            }
+        }
+    }
+}
