@@ -8,6 +8,13 @@
 //!
 //! Hits are printed in store order (the order packages were acknowledged, which is
 //! source order within a source), oldest first; `--tail` keeps the last `--limit`.
+//! `-i` folds ASCII case only.
+//!
+//! # Performance
+//!
+//! A query without `--tail` stops at its limit; `--tail` and `--stats` read every
+//! block that the index cannot rule out (by source glob and time range), so narrow them
+//! with `--since`/`--source` on large stores.
 //!
 //! # Duplicates
 //!
