@@ -1,1 +1,449 @@
-//! (stub: being implemented)
+//! The local store: the embedded default sink, and what `logtap query` reads.
+//!
+//! ```text
+//! <dir>/sources.ndjson               source_id -> path, kind, config name (append-only)
+//! <dir>/segments/<first_seq:020>.seg blocks, one per package (see [`segment`])
+//! ```
+//!
+//! Packages are appended as lz4 blocks to the newest ("active") segment; a segment is
+//! sealed when the next block would take it past `segment_bytes`. Retention deletes
+//! whole sealed segments, oldest first. The block index ([`index`]) lives in memory and
+//! is rebuilt from block headers on open.
+//!
+//! # Durability
+//!
+//! `write` only appends (page cache); `flush` fsyncs the source table and the active
+//! segment, and the segments directory when a segment was created, so the sink worker
+//! can group-commit many packages per fsync. A sealed segment is fsynced when it is
+//! sealed. After a crash the active segment may end in a torn block: `open` verifies
+//! its payload checksums and truncates everything from the first bad block on (none of
+//! it was acknowledged, since acknowledgement follows an fsync of the whole prefix).
+//!
+//! # Duplicates
+//!
+//! After a crash the pipeline re-sends packages past the last durable checkpoint, so a
+//! store holds each record at least once. The store counts re-sent packages
+//! (`logtap_store_replayed_packages_total`); queries deduplicate by `(source_id, offset)`.
+
+pub mod b64;
+pub mod index;
+pub mod query;
+pub mod render;
+pub mod segment;
+pub mod sources;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::batch::{Batch, codec};
+use crate::sink::{Sink, SinkError};
+use crate::source::SourceId;
+
+use index::SegmentIndex;
+use segment::{BlockHeader, BlockMeta, ScanMode};
+use sources::SourceLog;
+
+/// Sizing and retention of a store (from `config::SinkConfig::Store`).
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// A segment is sealed when the next block would take it past this size.
+    pub segment_bytes: u64,
+    /// Oldest sealed segments are deleted while the store is larger than this.
+    pub max_bytes: u64,
+    /// Sealed segments whose newest record is older than this are deleted.
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// Two writers would interleave blocks and truncate each other's tails.
+    #[error("store {path} is in use by another process")]
+    Locked { path: PathBuf },
+}
+
+/// Counters since `open`, for tests and `logtap` diagnostics (the same events are
+/// also exported as metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub torn_blocks: u64,
+    pub replayed_packages: u64,
+    pub retention_deleted_segments: u64,
+    pub retention_deleted_bytes: u64,
+}
+
+/// The embedded store sink. See the module docs.
+pub struct Store {
+    /// Holds the writer lock for as long as the store is open.
+    _lock: File,
+    dir: PathBuf,
+    segments_dir: PathBuf,
+    options: StoreOptions,
+    /// Oldest first; the last one is the active segment (when there is any).
+    segments: Vec<SegmentIndex>,
+    /// Append handle on the last segment of `segments`.
+    active: Option<File>,
+    total_bytes: u64,
+    sources: SourceLog,
+    /// Highest end offset stored per source: a package starting below it is a replay.
+    stored_end: HashMap<SourceId, u64>,
+    payload_buf: Vec<u8>,
+    compressed_buf: Vec<u8>,
+    block_buf: Vec<u8>,
+    active_dirty: bool,
+    dir_dirty: bool,
+    stats: StoreStats,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Takes the exclusive writer lock of a store (`<dir>/lock`, `flock`). Readers do
+/// not lock; the kernel drops the lock when the process dies, even by kill -9.
+fn lock_store(dir: &Path) -> Result<File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        return Err(if err.kind() == io::ErrorKind::WouldBlock {
+            StoreError::Locked {
+                path: dir.to_path_buf(),
+            }
+        } else {
+            StoreError::Io { path, source: err }
+        });
+    }
+    Ok(file)
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+impl Store {
+    /// Opens (creating) the store in `dir`, repairing a torn tail left by a crash.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        let segments_dir = dir.join("segments");
+        std::fs::create_dir_all(&segments_dir).map_err(io_err(&segments_dir))?;
+        sync_dir(dir).map_err(io_err(dir))?;
+        let lock = lock_store(dir)?;
+        let sources = SourceLog::open(dir).map_err(io_err(dir))?;
+        let listed = segment::list_segments(&segments_dir).map_err(io_err(&segments_dir))?;
+
+        let mut stats = StoreStats::default();
+        let mut segments = Vec::with_capacity(listed.len());
+        let mut active = None;
+        let count = listed.len();
+        for (i, (first_seq, path)) in listed.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            let file = OpenOptions::new()
+                .read(true)
+                .append(is_last)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let len = file.metadata().map_err(io_err(&path))?.len();
+            let mode = if is_last {
+                ScanMode::VerifyPayloads
+            } else {
+                ScanMode::HeadersOnly
+            };
+            let scan = segment::scan_segment(&file, len, mode).map_err(io_err(&path))?;
+            let mut kept_len = len;
+            if scan.skipped_regions > 0 {
+                tracing::warn!(segment = %path.display(), regions = scan.skipped_regions,
+                    "store: sealed segment has damaged block headers; skipped");
+            }
+            if let Some(problem) = scan.tail {
+                if is_last {
+                    tracing::warn!(segment = %path.display(), ?problem,
+                        truncated_bytes = len - scan.valid_len,
+                        "store: truncating a torn block at the end of the active segment");
+                    file.set_len(scan.valid_len).map_err(io_err(&path))?;
+                    file.sync_all().map_err(io_err(&path))?;
+                    kept_len = scan.valid_len;
+                    stats.torn_blocks += 1;
+                    metrics::counter!("logtap_store_torn_blocks_total").increment(1);
+                } else {
+                    tracing::warn!(segment = %path.display(), ?problem,
+                        ignored_bytes = len - scan.valid_len,
+                        "store: damaged tail of a sealed segment ignored");
+                }
+            }
+            segments.push(SegmentIndex {
+                first_seq,
+                path,
+                blocks: scan.blocks,
+                len: kept_len,
+            });
+            if is_last {
+                active = Some(file);
+            }
+        }
+
+        let mut stored_end: HashMap<SourceId, u64> = HashMap::new();
+        for b in segments.iter().flat_map(|s| &s.blocks) {
+            let end = stored_end.entry(SourceId(b.header.source_id)).or_default();
+            *end = (*end).max(b.header.end_offset);
+        }
+        let total_bytes = segments.iter().map(|s| s.len).sum();
+        let mut store = Store {
+            _lock: lock,
+            dir: dir.to_path_buf(),
+            segments_dir,
+            options,
+            segments,
+            active,
+            total_bytes,
+            sources,
+            stored_end,
+            payload_buf: Vec::new(),
+            compressed_buf: Vec::new(),
+            block_buf: Vec::new(),
+            active_dirty: false,
+            dir_dirty: false,
+            stats,
+        };
+        store.enforce_retention(SystemTime::now());
+        store.publish_gauges();
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Bytes of all segment files.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The index, oldest segment first.
+    pub fn segments(&self) -> &[SegmentIndex] {
+        &self.segments
+    }
+
+    /// What a source id in the store stands for.
+    pub fn source(&self, id: SourceId) -> Option<&std::sync::Arc<crate::source::SourceInfo>> {
+        self.sources.get(id)
+    }
+
+    fn publish_gauges(&self) {
+        metrics::gauge!("logtap_store_bytes").set(self.total_bytes as f64);
+        metrics::gauge!("logtap_store_segments").set(self.segments.len() as f64);
+    }
+
+    /// Encodes `batch` into `block_buf` (header + compressed payload).
+    fn encode_block(&mut self, batch: &Batch) -> Result<BlockHeader, SinkError> {
+        self.payload_buf.clear();
+        codec::encode_payload(batch, &mut self.payload_buf);
+        self.compressed_buf.clear();
+        codec::compress(&self.payload_buf, &mut self.compressed_buf);
+        let too_big = |what: &str, n: usize| {
+            SinkError::Rejected(format!(
+                "package {what} of {n} bytes exceeds the 4 GiB block limit"
+            ))
+        };
+        let compressed_len = u32::try_from(self.compressed_buf.len())
+            .map_err(|_| too_big("compressed", self.compressed_buf.len()))?;
+        let uncompressed_len = u32::try_from(self.payload_buf.len())
+            .map_err(|_| too_big("payload", self.payload_buf.len()))?;
+        let line_count = u32::try_from(batch.lines.len())
+            .map_err(|_| SinkError::Rejected("package has over 4 billion lines".into()))?;
+        let (min_ts, max_ts) = batch
+            .lines
+            .iter()
+            .fold(None, |acc: Option<(i64, i64)>, l| {
+                Some(acc.map_or((l.timestamp_ns, l.timestamp_ns), |(lo, hi)| {
+                    (lo.min(l.timestamp_ns), hi.max(l.timestamp_ns))
+                }))
+            })
+            .unwrap_or((0, 0));
+        let header = BlockHeader {
+            compressed_len,
+            uncompressed_len,
+            line_count,
+            source_id: batch.source.id.0,
+            package_id: batch.package_id,
+            first_offset: batch.lines.first().map_or(batch.end_offset, |l| l.offset),
+            end_offset: batch.end_offset,
+            min_ts,
+            max_ts,
+            payload_crc: crc32fast::hash(&self.compressed_buf),
+        };
+        self.block_buf.clear();
+        self.block_buf.extend_from_slice(&header.encode());
+        self.block_buf.extend_from_slice(&self.compressed_buf);
+        Ok(header)
+    }
+
+    /// Seals the active segment (if it holds anything) and starts a new one.
+    fn roll(&mut self) -> io::Result<()> {
+        let next_seq = match self.segments.last() {
+            Some(last) if last.blocks.is_empty() => return Ok(()),
+            Some(last) => last.first_seq + last.blocks.len() as u64,
+            None => 0,
+        };
+        if let Some(old) = self.active.take() {
+            // Sealed segments are never fsynced again; flush only covers the active one.
+            if self.active_dirty {
+                old.sync_data()?;
+                self.active_dirty = false;
+            }
+        }
+        let path = self.segments_dir.join(segment::segment_file_name(next_seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&path)?;
+        self.segments.push(SegmentIndex {
+            first_seq: next_seq,
+            path,
+            blocks: Vec::new(),
+            len: 0,
+        });
+        self.active = Some(file);
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    fn append_block(&mut self, header: BlockHeader) -> io::Result<()> {
+        let block_len = self.block_buf.len() as u64;
+        let needs_roll = match self.segments.last() {
+            None => true,
+            Some(s) => s.len > 0 && s.len + block_len > self.options.segment_bytes,
+        };
+        if needs_roll || self.active.is_none() {
+            self.roll()?;
+        }
+        let (Some(file), Some(seg)) = (self.active.as_mut(), self.segments.last_mut()) else {
+            return Err(io::Error::other("store has no active segment"));
+        };
+        if let Err(e) = file.write_all(&self.block_buf) {
+            // Cut a partial block away so later blocks do not land after garbage.
+            if let Err(e2) = file.set_len(seg.len) {
+                tracing::error!(error = %e2, segment = %seg.path.display(),
+                    "store: could not remove a partially written block");
+            }
+            return Err(e);
+        }
+        seg.blocks.push(BlockMeta {
+            position: seg.len,
+            header,
+        });
+        seg.len += block_len;
+        self.total_bytes += block_len;
+        self.active_dirty = true;
+        Ok(())
+    }
+
+    /// Deletes sealed segments, oldest first, while the store is over `max_bytes` or
+    /// the oldest one's newest record is older than `max_age`.
+    fn enforce_retention(&mut self, now: SystemTime) {
+        let now_ns = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let cutoff = self
+            .options
+            .max_age
+            .map(|age| now_ns.saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX)));
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            let too_big = self.total_bytes > self.options.max_bytes;
+            // A sealed segment without records holds nothing worth keeping.
+            let too_old = cutoff.is_some_and(|c| oldest.max_ts().is_none_or(|ts| ts < c));
+            if !too_big && !too_old {
+                break;
+            }
+            match std::fs::remove_file(&oldest.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(segment = %oldest.path.display(), error = %e,
+                        "store: retention could not delete a segment");
+                    break;
+                }
+            }
+            let removed = self.segments.remove(0);
+            self.total_bytes -= removed.len;
+            self.dir_dirty = true;
+            self.stats.retention_deleted_segments += 1;
+            self.stats.retention_deleted_bytes += removed.len;
+            metrics::counter!("logtap_store_retention_deleted_bytes_total").increment(removed.len);
+            tracing::debug!(segment = %removed.path.display(), bytes = removed.len,
+                reason = if too_big { "size" } else { "age" }, "store: retention deleted a segment");
+        }
+    }
+}
+
+impl Sink for Store {
+    fn kind(&self) -> &'static str {
+        "store"
+    }
+
+    fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        self.sources.ensure(&batch.source)?;
+        let header = self.encode_block(batch)?;
+        self.append_block(header)?;
+
+        let end = self.stored_end.entry(batch.source.id).or_insert(0);
+        if header.line_count > 0 && header.first_offset < *end {
+            self.stats.replayed_packages += 1;
+            metrics::counter!("logtap_store_replayed_packages_total").increment(1);
+        }
+        *end = (*end).max(header.end_offset);
+
+        self.enforce_retention(SystemTime::now());
+        self.publish_gauges();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.sources.sync()?;
+        if self.active_dirty
+            && let Some(f) = &self.active
+        {
+            f.sync_data()?;
+            self.active_dirty = false;
+        }
+        if self.dir_dirty {
+            sync_dir(&self.segments_dir)?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    pub(crate) fn enforce_retention_at(&mut self, now: SystemTime) {
+        self.enforce_retention(now);
+    }
+}

@@ -1,0 +1,336 @@
+//! How records look outside the agent: the NDJSON shape shared by the file and stdout
+//! sinks and `logtap query --json`, and the grep-like text form of `logtap query`.
+//!
+//! Bytes are never lossily replaced. JSON carries a body that is not valid UTF-8 as
+//! `body_base64` (and such paths / fields likewise); text shows invalid bytes and
+//! terminal control characters as `\xNN`.
+//!
+//! # Performance
+//!
+//! Everything appends to a caller-owned `Vec<u8>` that the sinks reuse, so rendering a
+//! record allocates nothing.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::frame::{LineFlags, Stream};
+use crate::source::SourceId;
+
+use super::b64;
+
+/// One record with the coordinates output needs.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordView<'a> {
+    pub source_id: SourceId,
+    /// `None` when the source is unknown (its table entry lost).
+    pub path: Option<&'a Path>,
+    pub package_id: u64,
+    pub offset: u64,
+    pub timestamp_ns: i64,
+    pub stream: Stream,
+    pub flags: LineFlags,
+    pub body: &'a [u8],
+}
+
+/// Appends `ts_ns` as RFC 3339 UTC with nanoseconds (`2024-05-01T12:00:00.000000001Z`).
+/// Any `i64` is accepted (years 1677..2262), including times before 1970.
+pub fn write_rfc3339(out: &mut Vec<u8>, ts_ns: i64) {
+    let secs = ts_ns.div_euclid(1_000_000_000);
+    let nanos = ts_ns.rem_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil-from-days (proleptic Gregorian), as in Howard Hinnant's date algorithms.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    );
+}
+
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends `"name":"<utf8>"`, or `"name_base64":"<base64>"` when `value` is not UTF-8.
+fn write_bytes_member(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(s) => {
+            write_json_str(out, name);
+            out.push(b':');
+            write_json_str(out, s);
+        }
+        Err(_) => {
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"_base64\":\"");
+            b64::encode_into(value, out);
+            out.push(b'"');
+        }
+    }
+}
+
+/// Appends one NDJSON line (with its `\n`) for a record:
+///
+/// ```text
+/// {"ts":"…Z","timestamp_ns":…,"source_id":"<16 hex>","path":"…","package_id":…,
+///  "offset":…,"stream":"stdout","flags":["truncated"],"body":"…","fields":{"k":"v"}}
+/// ```
+///
+/// `stream` is left out for plain files, `path` for unknown sources. A body, path or
+/// field that is not UTF-8 goes to `body_base64` / `path_base64` / `fields_base64`
+/// (there both key and value are base64). `context` marks records that `logtap query
+/// --context` prints around a hit.
+pub fn write_json_record<'f>(
+    out: &mut Vec<u8>,
+    rec: &RecordView<'_>,
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
+    context: bool,
+) {
+    out.extend_from_slice(b"{\"ts\":\"");
+    write_rfc3339(out, rec.timestamp_ns);
+    let _ = write!(
+        out,
+        "\",\"timestamp_ns\":{},\"source_id\":\"{:016x}\",",
+        rec.timestamp_ns, rec.source_id.0
+    );
+    if let Some(path) = rec.path {
+        write_bytes_member(out, "path", path.as_os_str().as_bytes());
+        out.push(b',');
+    }
+    let _ = write!(
+        out,
+        "\"package_id\":{},\"offset\":{},",
+        rec.package_id, rec.offset
+    );
+    if rec.stream != Stream::None {
+        let _ = write!(out, "\"stream\":\"{}\",", rec.stream.as_str());
+    }
+    out.extend_from_slice(b"\"flags\":[");
+    for (i, name) in rec.flags.names().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(out, name);
+    }
+    out.extend_from_slice(b"],");
+    write_bytes_member(out, "body", rec.body);
+
+    let is_text =
+        |(k, v): &(&[u8], &[u8])| std::str::from_utf8(k).is_ok() && std::str::from_utf8(v).is_ok();
+    out.extend_from_slice(b",\"fields\":{");
+    for (i, (k, v)) in fields.clone().filter(is_text).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_bytes_member(out, std::str::from_utf8(k).unwrap_or_default(), v);
+    }
+    out.push(b'}');
+    let mut binary = fields.filter(|f| !is_text(f)).peekable();
+    if binary.peek().is_some() {
+        out.extend_from_slice(b",\"fields_base64\":{");
+        for (i, (k, v)) in binary.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            b64::encode_into(k, out);
+            out.extend_from_slice(b"\":\"");
+            b64::encode_into(v, out);
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+    if context {
+        out.extend_from_slice(b",\"context\":true");
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// Appends `bytes` for a terminal: valid UTF-8 as is, except control characters other
+/// than `\t` and `\n` (which could drive the terminal); those and invalid bytes as
+/// `\xNN`.
+pub fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    for chunk in bytes.utf8_chunks() {
+        let valid = chunk.valid().as_bytes();
+        let mut start = 0;
+        for (i, &b) in valid.iter().enumerate() {
+            if (b < 0x20 && b != b'\t' && b != b'\n') || b == 0x7f {
+                out.extend_from_slice(&valid[start..i]);
+                let _ = write!(out, "\\x{b:02x}");
+                start = i + 1;
+            }
+        }
+        out.extend_from_slice(&valid[start..]);
+        for &b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+}
+
+/// Appends the text form of a record: `<ts> <path>:<offset> [stream] body\n`. Context
+/// records use `-` instead of `:` after the path, as `grep -C` does.
+pub fn write_text_record(out: &mut Vec<u8>, rec: &RecordView<'_>, context: bool) {
+    write_rfc3339(out, rec.timestamp_ns);
+    out.push(b' ');
+    match rec.path {
+        Some(p) => write_escaped(out, p.as_os_str().as_bytes()),
+        None => {
+            let _ = write!(out, "<source {:016x}>", rec.source_id.0);
+        }
+    }
+    let _ = write!(out, "{}{} ", if context { '-' } else { ':' }, rec.offset);
+    if rec.stream != Stream::None {
+        let _ = write!(out, "[{}] ", rec.stream.as_str());
+    }
+    write_escaped(out, rec.body);
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(ns: i64) -> String {
+        let mut v = Vec::new();
+        write_rfc3339(&mut v, ns);
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn rfc3339_known_values() {
+        assert_eq!(ts(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            ts(1_714_564_800_000_000_001),
+            "2024-05-01T12:00:00.000000001Z"
+        );
+        assert_eq!(
+            ts(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+        assert_eq!(ts(-1), "1969-12-31T23:59:59.999999999Z");
+        assert_eq!(ts(i64::MIN), "1677-09-21T00:12:43.145224192Z");
+        assert_eq!(ts(i64::MAX), "2262-04-11T23:47:16.854775807Z");
+        // Agrees with humantime's parser where both apply.
+        let parsed = humantime::parse_rfc3339(&ts(1_714_564_800_123_456_789)).unwrap();
+        assert_eq!(
+            parsed
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+            1_714_564_800_123_456_789
+        );
+    }
+
+    fn view(body: &[u8]) -> RecordView<'_> {
+        RecordView {
+            source_id: SourceId(0xab),
+            path: Some(Path::new("/var/log/a.log")),
+            package_id: 3,
+            offset: 42,
+            timestamp_ns: 0,
+            stream: Stream::Stderr,
+            flags: LineFlags::TRUNCATED | LineFlags::INVALID_UTF8,
+            body,
+        }
+    }
+
+    #[test]
+    fn json_is_valid_and_keeps_bytes() {
+        let fields: Vec<(&[u8], &[u8])> = vec![
+            (b"level", b"info"),
+            (b"q\"uote", b"a\\b\n\x01"),
+            (b"bin", b"\xff\x00"),
+        ];
+        let mut out = Vec::new();
+        write_json_record(
+            &mut out,
+            &view(b"ok \xc3\x28 bad"),
+            fields.iter().copied(),
+            true,
+        );
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["body_base64"], b64::encode(b"ok \xc3\x28 bad"));
+        assert!(v.get("body").is_none());
+        assert_eq!(v["source_id"], "00000000000000ab");
+        assert_eq!(v["offset"], 42);
+        assert_eq!(v["stream"], "stderr");
+        assert_eq!(v["flags"], serde_json::json!(["truncated", "invalid_utf8"]));
+        assert_eq!(v["fields"]["level"], "info");
+        assert_eq!(v["fields"]["q\"uote"], "a\\b\n\u{1}");
+        assert_eq!(
+            v["fields_base64"][b64::encode(b"bin")],
+            b64::encode(b"\xff\x00")
+        );
+        assert_eq!(v["context"], true);
+
+        out.clear();
+        write_json_record(
+            &mut out,
+            &view("héllo \"x\"".as_bytes()),
+            std::iter::empty(),
+            false,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["body"], "héllo \"x\"");
+        assert!(v.get("context").is_none());
+        assert!(v.get("fields_base64").is_none());
+    }
+
+    #[test]
+    fn text_escapes_invalid_bytes_and_controls() {
+        let mut out = Vec::new();
+        write_text_record(
+            &mut out,
+            &view(b"caf\xc3\xa9 \xff\xfe \x1b[31m\ttab\\"),
+            false,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000000Z /var/log/a.log:42 [stderr] café \\xff\\xfe \\x1b[31m\ttab\\\n"
+        );
+        let mut out = Vec::new();
+        let mut rec = view(b"x");
+        rec.stream = Stream::None;
+        rec.path = None;
+        write_text_record(&mut out, &rec, true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000000Z <source 00000000000000ab>-42 x\n"
+        );
+    }
+}

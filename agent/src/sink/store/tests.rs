@@ -1,0 +1,776 @@
+//! Store and query tests on real files in temporary directories.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+
+use super::query::{QueryArgs, run_query};
+use super::segment::HEADER_LEN;
+use super::*;
+use crate::batch::Field;
+use crate::frame::{Line, LineFlags, Stream};
+use crate::source::{SourceInfo, SourceKind};
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: QueryArgs,
+}
+
+fn query(dir: &Path, extra: &[&str]) -> String {
+    let mut argv = vec!["logtap-query", "--store", dir.to_str().unwrap()];
+    argv.extend_from_slice(extra);
+    let cli = Cli::try_parse_from(argv).unwrap();
+    let mut out = Vec::new();
+    run_query(&cli.args, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn query_json(dir: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    query(dir, &args)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn bodies(results: &[serde_json::Value]) -> Vec<String> {
+    results
+        .iter()
+        .map(|v| v["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn source(id: u64, path: &str) -> Arc<SourceInfo> {
+    Arc::new(SourceInfo {
+        id: SourceId(id),
+        kind: SourceKind::File,
+        path: path.into(),
+        config_name: Arc::from("test"),
+    })
+}
+
+/// Base timestamp of test records: a fixed recent-looking instant.
+const T0: i64 = 1_714_564_800_000_000_000;
+
+/// Record `i` of a source sits at offset `i * 10` with body `"<prefix> <i>"`.
+fn batch(
+    src: &Arc<SourceInfo>,
+    package_id: u64,
+    records: std::ops::Range<u64>,
+    prefix: &str,
+) -> Batch {
+    let lines = records
+        .clone()
+        .map(|i| Line {
+            offset: i * 10,
+            timestamp_ns: T0 + i as i64 * 1_000_000_000,
+            stream: Stream::Stdout,
+            flags: LineFlags::empty(),
+            body: Bytes::from(format!("{prefix} {i}")),
+        })
+        .collect();
+    Batch {
+        source: src.clone(),
+        package_id,
+        lines,
+        fields: Vec::new(),
+        end_offset: records.end * 10,
+    }
+}
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        segment_bytes: 64 << 20,
+        max_bytes: 1 << 40,
+        max_age: None,
+    }
+}
+
+fn write_all(store: &mut Store, batches: &[Batch]) {
+    for b in batches {
+        store.write(b).unwrap();
+    }
+    store.flush().unwrap();
+}
+
+#[test]
+fn packages_round_trip_through_reopen_with_fields_and_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/var/log/a.log");
+    let b = source(2, "/var/log/pods/ns_web_1/web/0.log");
+    let mut with_fields = batch(&b, 0, 0..3, "req");
+    with_fields.lines[1].stream = Stream::Stderr;
+    with_fields.lines[1].flags = LineFlags::TRUNCATED;
+    with_fields.fields = vec![
+        Field {
+            line: 0,
+            key: Bytes::from_static(b"level"),
+            value: Bytes::from_static(b"info"),
+        },
+        Field {
+            line: 1,
+            key: Bytes::from_static(b"level"),
+            value: Bytes::from_static(b"error"),
+        },
+        Field {
+            line: 1,
+            key: Bytes::from_static(b"code"),
+            value: Bytes::from_static(b"500"),
+        },
+    ];
+    {
+        let mut store = Store::open(dir.path(), options()).unwrap();
+        write_all(
+            &mut store,
+            &[
+                batch(&a, 0, 0..2, "alpha"),
+                with_fields,
+                batch(&a, 1, 2..4, "alpha"),
+            ],
+        );
+    }
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.stats(), &StoreStats::default());
+    assert_eq!(store.segment_count(), 1);
+    assert_eq!(store.segments()[0].blocks.len(), 3);
+    assert_eq!(
+        store.source(SourceId(2)).unwrap().path,
+        Path::new("/var/log/pods/ns_web_1/web/0.log")
+    );
+    drop(store);
+
+    let all = query_json(dir.path(), &[]);
+    assert_eq!(
+        bodies(&all),
+        [
+            "alpha 0", "alpha 1", "req 0", "req 1", "req 2", "alpha 2", "alpha 3"
+        ]
+    );
+    let req1 = &all[3];
+    assert_eq!(req1["path"], "/var/log/pods/ns_web_1/web/0.log");
+    assert_eq!(req1["source_id"], "0000000000000002");
+    assert_eq!(req1["offset"], 10);
+    assert_eq!(req1["package_id"], 0);
+    assert_eq!(req1["stream"], "stderr");
+    assert_eq!(req1["flags"], serde_json::json!(["truncated"]));
+    assert_eq!(
+        req1["fields"],
+        serde_json::json!({"level": "error", "code": "500"})
+    );
+    assert_eq!(req1["timestamp_ns"], T0 + 1_000_000_000);
+    assert_eq!(all[6]["package_id"], 1);
+
+    let text = query(dir.path(), &["req 1"]);
+    assert_eq!(
+        text,
+        "2024-05-01T12:00:01.000000000Z /var/log/pods/ns_web_1/web/0.log:10 [stderr] req 1\n"
+    );
+}
+
+#[test]
+fn keyword_field_time_source_limit_and_tail_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/var/log/a.log");
+    let b = source(2, "/var/log/pods/ns_web_1/web/0.log");
+    let mut mixed = batch(&b, 0, 0..4, "GET /index");
+    mixed.lines[2].body = Bytes::from_static(b"POST /Login failed");
+    mixed.fields = vec![
+        Field {
+            line: 2,
+            key: Bytes::from_static(b"status"),
+            value: Bytes::from_static(b"401"),
+        },
+        Field {
+            line: 3,
+            key: Bytes::from_static(b"status"),
+            value: Bytes::from_static(b"4011"),
+        },
+    ];
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    write_all(&mut store, &[batch(&a, 0, 0..10, "tick"), mixed]);
+
+    // All keywords must occur; case-sensitive unless -i.
+    assert_eq!(
+        bodies(&query_json(dir.path(), &["POST", "failed"])),
+        ["POST /Login failed"]
+    );
+    assert!(query_json(dir.path(), &["POST", "missing"]).is_empty());
+    assert!(query_json(dir.path(), &["login"]).is_empty());
+    assert_eq!(
+        bodies(&query_json(dir.path(), &["-i", "login", "FAILED"])),
+        ["POST /Login failed"]
+    );
+    // Exact field value.
+    assert_eq!(
+        bodies(&query_json(dir.path(), &["--field", "status=401"])),
+        ["POST /Login failed"]
+    );
+    assert!(query_json(dir.path(), &["--field", "status=40"]).is_empty());
+    // Time range, both bounds inclusive (record i is at T0 + i s).
+    let at = |secs: i64| {
+        let mut v = Vec::new();
+        render::write_rfc3339(&mut v, T0 + secs * 1_000_000_000);
+        String::from_utf8(v).unwrap()
+    };
+    let (since, until) = (at(3), at(5));
+    assert_eq!(
+        bodies(&query_json(
+            dir.path(),
+            &["tick", "--since", &since, "--until", &until]
+        )),
+        ["tick 3", "tick 4", "tick 5"]
+    );
+    // Relative: everything is older than one minute ago, nothing newer.
+    assert_eq!(query_json(dir.path(), &["--until", "1m"]).len(), 14);
+    assert!(query_json(dir.path(), &["--since", "1m"]).is_empty());
+    // Source glob.
+    assert_eq!(
+        query_json(dir.path(), &["--source", "/var/log/pods/**"]).len(),
+        4
+    );
+    assert_eq!(
+        query_json(dir.path(), &["--source", "/var/log/*.log"]).len(),
+        10
+    );
+    // Limit: oldest first, or the last N with --tail.
+    assert_eq!(
+        bodies(&query_json(dir.path(), &["tick", "--limit", "2"])),
+        ["tick 0", "tick 1"]
+    );
+    assert_eq!(
+        bodies(&query_json(dir.path(), &["tick", "--limit", "2", "--tail"])),
+        ["tick 8", "tick 9"]
+    );
+}
+
+#[test]
+fn replays_are_counted_stored_and_deduplicated_by_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    {
+        let mut store = Store::open(dir.path(), options()).unwrap();
+        write_all(
+            &mut store,
+            &[batch(&a, 0, 0..3, "x"), batch(&a, 1, 3..6, "x")],
+        );
+        assert_eq!(store.stats().replayed_packages, 0);
+    }
+    // After a crash the pipeline resends from its checkpoint at offset 30, with
+    // different package boundaries.
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    write_all(
+        &mut store,
+        &[batch(&a, 1, 3..5, "x"), batch(&a, 2, 5..8, "x")],
+    );
+    assert_eq!(store.stats().replayed_packages, 2);
+
+    let deduped = query_json(dir.path(), &[]);
+    assert_eq!(
+        bodies(&deduped),
+        (0..8).map(|i| format!("x {i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(query_json(dir.path(), &["--raw"]).len(), 11);
+
+    let stats = query_json(dir.path(), &["--stats"]);
+    assert_eq!(stats[0]["blocks"], 4);
+    assert_eq!(stats[0]["records"], 11);
+    assert_eq!(stats[0]["unique"], 8);
+    assert_eq!(stats[0]["duplicates"], 3);
+    assert_eq!(stats[0]["sources"][0]["path"], "/a");
+    assert_eq!(stats[0]["sources"][0]["records"], 8);
+    let text = query(dir.path(), &["--stats"]);
+    assert!(text.contains("duplicates:     3"), "{text}");
+}
+
+#[test]
+fn context_spans_blocks_ignores_copies_and_other_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let b = source(2, "/b");
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    write_all(
+        &mut store,
+        &[
+            batch(&a, 0, 0..3, "a"),
+            batch(&b, 0, 0..5, "b"),
+            batch(&a, 1, 3..6, "a"),
+            batch(&a, 1, 3..6, "a"), // a replayed copy
+            batch(&b, 1, 5..9, "b"),
+            batch(&a, 2, 6..9, "a"),
+            batch(&a, 3, 9..20, "a"),
+        ],
+    );
+    let found = query(dir.path(), &["a 4", "-C", "2"]);
+    let expected: Vec<String> = [(2, '-'), (3, '-'), (4, ':'), (5, '-'), (6, '-')]
+        .iter()
+        .map(|&(i, sep)| {
+            let mut ts = Vec::new();
+            render::write_rfc3339(&mut ts, T0 + i * 1_000_000_000);
+            format!(
+                "{} /a{sep}{} [stdout] a {i}\n",
+                String::from_utf8(ts).unwrap(),
+                i * 10
+            )
+        })
+        .collect();
+    assert_eq!(found, expected.concat());
+
+    // Two hits far apart: two groups separated by `--`; hits near each other merge.
+    let offsets = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| {
+                if l == "--" {
+                    return "--".to_owned();
+                }
+                l.split(' ').nth(1).unwrap().to_owned()
+            })
+            .collect()
+    };
+    let json = query_json(dir.path(), &["a 1", "-C", "1", "--source", "/a"]);
+    // "a 1" also matches a 10..a 19: groups 0..20 and 90..190.
+    assert_eq!(json.len(), 14);
+    let text = query(dir.path(), &["a 1", "-C", "1", "--source", "/a"]);
+    assert_eq!(
+        offsets(&text),
+        [
+            "/a-0", "/a:10", "/a-20", "--", "/a-90", "/a:100", "/a:110", "/a:120", "/a:130",
+            "/a:140", "/a:150", "/a:160", "/a:170", "/a:180", "/a:190"
+        ]
+    );
+    let json_context: Vec<bool> = json.iter().map(|v| v.get("context").is_some()).collect();
+    assert_eq!(json_context.iter().filter(|&&c| c).count(), 3);
+    // At the start of a source there is less context before.
+    let mut adj = query(dir.path(), &["a 0", "-C", "1"]);
+    adj.push_str(&query(dir.path(), &["a 3", "-C", "1"]));
+    assert_eq!(offsets(&adj), ["/a:0", "/a-10", "/a-20", "/a:30", "/a-40"]);
+}
+
+#[test]
+fn context_groups_that_touch_are_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let mut p = batch(&a, 0, 0..12, "plain");
+    for i in [2usize, 5, 10] {
+        p.lines[i].body = Bytes::from(format!("HIT {i}"));
+    }
+    write_all(&mut store, &[p]);
+    let text = query(dir.path(), &["HIT", "-C", "1"]);
+    let marks: Vec<&str> = text
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap_or(l))
+        .collect();
+    // 2 (1..3) and 5 (4..6) touch: merged; 10 (9..11) does not.
+    assert_eq!(
+        marks,
+        [
+            "/a-10", "/a:20", "/a-30", "/a-40", "/a:50", "/a-60", "--", "/a-90", "/a:100", "/a-110"
+        ]
+    );
+}
+
+#[test]
+fn torn_tail_is_truncated_counted_and_earlier_blocks_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    {
+        let mut store = Store::open(dir.path(), options()).unwrap();
+        write_all(
+            &mut store,
+            &[
+                batch(&a, 0, 0..3, "x"),
+                batch(&a, 1, 3..6, "x"),
+                batch(&a, 2, 6..9, "x"),
+            ],
+        );
+    }
+    let seg = dir
+        .path()
+        .join("segments")
+        .join(segment::segment_file_name(0));
+    let len = std::fs::metadata(&seg).unwrap().len();
+    // Cut the last block in the middle of its payload, then add garbage.
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 5).unwrap();
+    f.write_all_at(b"\x00garbage\xff\xff", len - 5).unwrap();
+    drop(f);
+    // A reader tolerates it before the writer repairs it.
+    assert_eq!(query_json(dir.path(), &[]).len(), 6);
+
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.stats().torn_blocks, 1);
+    assert_eq!(store.segments()[0].blocks.len(), 2);
+    let kept = store.total_bytes();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), kept);
+    // The resent package lands right after the intact blocks.
+    write_all(&mut store, &[batch(&a, 2, 6..9, "x")]);
+    drop(store);
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.stats().torn_blocks, 0);
+    assert_eq!(store.segments()[0].blocks.len(), 3);
+    assert_eq!(query_json(dir.path(), &[]).len(), 9);
+
+    // Garbage alone (a header's worth of zeros, then a partial header) after intact blocks.
+    drop(store);
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[0u8; HEADER_LEN + 3]).unwrap();
+    drop(f);
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.stats().torn_blocks, 1);
+    assert_eq!(store.segments()[0].blocks.len(), 3);
+}
+
+#[test]
+fn damaged_blocks_in_sealed_segments_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    // Room for three blocks per segment.
+    let probe = tempfile::tempdir().unwrap();
+    let block = {
+        let mut s = Store::open(probe.path(), options()).unwrap();
+        write_all(&mut s, &[batch(&a, 0, 0..3, "x")]);
+        s.total_bytes()
+    };
+    // Bodies grow by a few bytes with the record number: allow for it, but not for a
+    // fourth block.
+    let opts = StoreOptions {
+        segment_bytes: block * 3 + block / 2,
+        ..options()
+    };
+    let mut store = Store::open(dir.path(), opts.clone()).unwrap();
+    let batches: Vec<Batch> = (0..9)
+        .map(|p| batch(&a, p, p * 3..p * 3 + 3, "x"))
+        .collect();
+    write_all(&mut store, &batches);
+    assert_eq!(store.segment_count(), 3);
+    let first = store.segments()[0].path.clone();
+    let second = store.segments()[1].path.clone();
+    let first_blocks = store.segments()[0].blocks.clone();
+    let second_blocks = store.segments()[1].blocks.clone();
+    drop(store);
+
+    // Flip a payload byte of the middle block of segment 0 and a header byte of the
+    // middle block of segment 1.
+    let f = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&first)
+        .unwrap();
+    f.write_all_at(b"\xaa", first_blocks[1].position + HEADER_LEN as u64 + 2)
+        .unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&second)
+        .unwrap();
+    f.write_all_at(b"\xaa\xbb", second_blocks[1].position + 30)
+        .unwrap();
+
+    let results = query_json(dir.path(), &[]);
+    let offsets: Vec<u64> = results
+        .iter()
+        .map(|v| v["offset"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (0..27)
+        .filter(|i| !(3..6).contains(i) && !(12..15).contains(i))
+        .map(|i| i * 10)
+        .collect();
+    assert_eq!(offsets, expected);
+    let stats = query_json(dir.path(), &["--stats"]);
+    assert_eq!(stats[0]["damaged_blocks"], 1);
+    assert_eq!(stats[0]["blocks"], 7);
+
+    // The writer opens it too: sealed segments are not repaired, only indexed.
+    let store = Store::open(dir.path(), opts).unwrap();
+    assert_eq!(store.stats().torn_blocks, 0);
+    assert_eq!(store.segments()[1].blocks.len(), 2);
+}
+
+#[test]
+fn segments_roll_and_retention_deletes_oldest_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let opts = StoreOptions {
+        segment_bytes: 1,
+        max_bytes: u64::MAX,
+        max_age: None,
+    };
+    let mut store = Store::open(dir.path(), opts.clone()).unwrap();
+    // segment_bytes 1: every block gets its own segment.
+    write_all(
+        &mut store,
+        &[batch(&a, 0, 0..3, "x"), batch(&a, 1, 3..6, "x")],
+    );
+    let one = store.segments()[0].len;
+    drop(store);
+
+    // Later bodies are a few bytes longer ("x 10" vs "x 1"): three fit, four do not.
+    let opts = StoreOptions {
+        max_bytes: one * 3 + one / 2,
+        ..opts
+    };
+    let mut store = Store::open(dir.path(), opts.clone()).unwrap();
+    for p in 2..10 {
+        write_all(&mut store, &[batch(&a, p, p * 3..p * 3 + 3, "x")]);
+        assert!(
+            store.total_bytes() <= one * 3 + one / 2,
+            "{}",
+            store.total_bytes()
+        );
+    }
+    assert_eq!(store.segment_count(), 3);
+    assert_eq!(store.stats().retention_deleted_segments, 7);
+    assert!(store.stats().retention_deleted_bytes >= 7 * one);
+    let on_disk = segment::list_segments(&dir.path().join("segments")).unwrap();
+    let names: Vec<u64> = on_disk.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(names, [7, 8, 9]);
+    let offsets: Vec<u64> = query_json(dir.path(), &[])
+        .iter()
+        .map(|v| v["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (21..30).map(|i| i * 10).collect::<Vec<_>>());
+
+    // The active segment is never deleted, even alone over the limit.
+    drop(store);
+    let opts = StoreOptions {
+        max_bytes: 0,
+        ..opts
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    assert_eq!(store.segment_count(), 1);
+    assert_eq!(store.segments()[0].first_seq, 9);
+}
+
+#[test]
+fn retention_deletes_sealed_segments_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let opts = StoreOptions {
+        segment_bytes: 1,
+        max_bytes: u64::MAX,
+        max_age: Some(Duration::from_secs(3600)),
+    };
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let aged = |p: u64, age_secs: i64| {
+        let mut b = batch(&a, p, p * 3..p * 3 + 3, "x");
+        for l in &mut b.lines {
+            l.timestamp_ns = now_ns - age_secs * 1_000_000_000;
+        }
+        b
+    };
+    let mut store = Store::open(dir.path(), opts).unwrap();
+    // Retention runs on every write; the 2-hour-old segment goes once it is sealed.
+    write_all(&mut store, &[aged(0, 7200), aged(1, 7200)]);
+    assert_eq!(
+        store.segment_count(),
+        1,
+        "the active segment stays however old"
+    );
+    write_all(&mut store, &[aged(2, 60), aged(3, 60)]);
+    assert_eq!(store.segment_count(), 2);
+    assert_eq!(store.stats().retention_deleted_segments, 2);
+    // Later, the 1-minute-old segment ages out too (the active one stays).
+    store.enforce_retention_at(SystemTime::now() + Duration::from_secs(3600));
+    assert_eq!(store.segment_count(), 1);
+    assert_eq!(store.stats().retention_deleted_segments, 3);
+}
+
+#[test]
+fn invalid_utf8_round_trips_and_displays_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let mut b = batch(&a, 0, 0..1, "x");
+    let raw: &[u8] = b"caf\xc3\xa9 \xff\xfe\x00 end";
+    b.lines[0].body = Bytes::from_static(raw);
+    b.lines[0].flags = LineFlags::INVALID_UTF8;
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    write_all(&mut store, &[b]);
+
+    let json = query_json(dir.path(), &["end"]);
+    assert!(json[0].get("body").is_none());
+    assert_eq!(
+        b64::decode(json[0]["body_base64"].as_str().unwrap()).unwrap(),
+        raw
+    );
+    assert_eq!(json[0]["flags"], serde_json::json!(["invalid_utf8"]));
+    let text = query(dir.path(), &["end"]);
+    assert!(
+        text.ends_with(" /a:0 [stdout] café \\xff\\xfe\\x00 end\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn ten_megabyte_body_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    // Poorly compressible bytes, so the block really is ~10 MB.
+    let mut body = Vec::with_capacity(10 << 20);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while body.len() < 10 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    body.extend_from_slice(b"NEEDLE");
+    let mut b = batch(&a, 0, 0..2, "x");
+    b.lines[1].body = Bytes::from(body.clone());
+    b.end_offset = 10 + body.len() as u64 + 1;
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    write_all(&mut store, &[b]);
+    assert!(store.total_bytes() > 10 << 20);
+    drop(store);
+    let json = query_json(dir.path(), &["NEEDLE"]);
+    assert_eq!(json.len(), 1);
+    assert_eq!(
+        b64::decode(json[0]["body_base64"].as_str().unwrap()).unwrap(),
+        body
+    );
+}
+
+#[test]
+fn package_of_ten_thousand_lines_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let mut b = batch(&a, 0, 0..10_000, "line");
+    b.fields = (0..10_000u32)
+        .filter(|i| i % 1000 == 0)
+        .map(|i| Field {
+            line: i,
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(i.to_string()),
+        })
+        .collect();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    write_all(&mut store, &[b]);
+    assert_eq!(store.segments()[0].blocks[0].header.line_count, 10_000);
+    drop(store);
+    let all = query_json(dir.path(), &["--limit", "0"]);
+    assert_eq!(all.len(), 10_000);
+    for (i, v) in all.iter().enumerate() {
+        assert_eq!(v["offset"], i as u64 * 10);
+        assert_eq!(v["body"], format!("line {i}"));
+    }
+    assert_eq!(all[3000]["fields"]["k"], "3000");
+    assert_eq!(
+        bodies(&query_json(dir.path(), &["--field", "k=9000"])),
+        ["line 9000"]
+    );
+}
+
+#[test]
+fn reader_runs_while_writer_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let opts = StoreOptions {
+        segment_bytes: 4096,
+        ..options()
+    };
+    let path = dir.path().to_path_buf();
+    let writer = std::thread::spawn(move || {
+        let mut store = Store::open(&path, opts).unwrap();
+        for p in 0..300u64 {
+            store.write(&batch(&a, p, p * 5..p * 5 + 5, "w")).unwrap();
+            if p % 10 == 0 {
+                store.flush().unwrap();
+            }
+        }
+        store.flush().unwrap();
+    });
+    let mut last = 0u64;
+    let mut rounds = 0;
+    loop {
+        let done = writer.is_finished();
+        let stats = query_json(dir.path(), &["--stats"]);
+        let records = stats[0]["records"].as_u64().unwrap();
+        assert_eq!(stats[0]["duplicates"], 0);
+        assert_eq!(records % 5, 0, "whole packages only");
+        assert!(records >= last, "records went from {last} to {records}");
+        last = records;
+        rounds += 1;
+        if done {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(last, 1500);
+    assert!(rounds >= 1);
+    let tail = query_json(dir.path(), &["--tail", "--limit", "1"]);
+    assert_eq!(tail[0]["body"], "w 1499");
+}
+
+#[test]
+fn write_does_not_sync_and_flush_makes_state_consistent() {
+    // Group commit: writes only mark the segment dirty; flush clears it.
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    store.write(&batch(&a, 0, 0..1, "x")).unwrap();
+    store.write(&batch(&a, 1, 1..2, "x")).unwrap();
+    assert!(store.active_dirty && store.dir_dirty);
+    store.flush().unwrap();
+    assert!(!store.active_dirty && !store.dir_dirty);
+    // Empty packages are stored (they carry the end offset) but not replays.
+    let mut empty = batch(&a, 2, 2..2, "x");
+    empty.end_offset = 25;
+    store.write(&empty).unwrap();
+    store.write(&batch(&a, 3, 3..4, "x")).unwrap();
+    assert_eq!(store.stats().replayed_packages, 0);
+    assert_eq!(store.segments()[0].blocks[2].header.first_offset, 25);
+}
+
+#[test]
+fn second_writer_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path(), options()).unwrap();
+    assert!(matches!(
+        Store::open(dir.path(), options()),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(first);
+    Store::open(dir.path(), options()).unwrap();
+}
+
+#[test]
+fn missing_store_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli =
+        Cli::try_parse_from(["q", "--store", dir.path().join("nope").to_str().unwrap()]).unwrap();
+    let err = run_query(&cli.args, &mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("no store"), "{err}");
+    assert!(Cli::try_parse_from(["q", "--since", "yesterday-ish"]).is_err());
+    assert!(Cli::try_parse_from(["q", "--field", "novalue"]).is_err());
+}
+
+#[test]
+fn appending_after_unflushed_garbage_keeps_blocks_parseable() {
+    // Bytes after the last block (a crash mid-write) must not end up between blocks.
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    write_all(&mut store, &[batch(&a, 0, 0..3, "x")]);
+    let seg = store.segments()[0].path.clone();
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(b"junk").unwrap();
+    drop(f);
+    drop(store);
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    write_all(&mut store, &[batch(&a, 1, 3..6, "x")]);
+    let file = std::fs::File::open(&seg).unwrap();
+    let len = file.metadata().unwrap().len();
+    let scan = segment::scan_segment(&file, len, segment::ScanMode::VerifyPayloads).unwrap();
+    assert_eq!(scan.blocks.len(), 2);
+    assert_eq!(scan.tail, None);
+}
