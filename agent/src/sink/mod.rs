@@ -58,6 +58,6 @@ pub fn open(config: &crate::config::SinkConfig) -> Result<Box<dyn Sink>, SinkErr
         ),
         SinkConfig::File { path } => Box::new(file::FileSink::open(path)?),
         SinkConfig::Stdout => Box::new(stdout::StdoutSink::new()),
-        SinkConfig::Null => Box::new(null::NullSink),
+        SinkConfig::Null => Box::new(null::NullSink::new()),
     })
 }
