@@ -1,9 +1,21 @@
 //! Framing: turning chunks of bytes into lines.
 //!
 //! Lines are spans (`bytes::Bytes`) into the chunks the reader produced: splitting
-//! never allocates per line. Stages here: line splitting with `memchr`
-//! ([`lines`]), CRI and docker json-file decoding with partial-line reassembly
-//! ([`cri`], [`docker`]), and multiline grouping ([`multiline`]).
+//! never allocates per line. Stages here, wired per source by [`Framer`]: line
+//! splitting with `memchr` (`lines`), CRI and docker json-file decoding (`cri`,
+//! `docker`, timestamps in `time`) with partial-line reassembly (`partial`), and
+//! multiline grouping (`multiline`).
+
+mod cri;
+mod docker;
+mod framer;
+mod lines;
+mod multiline;
+mod partial;
+mod time;
+
+pub use framer::{Carry, Framer};
+pub use time::parse_rfc3339_ns;
 
 use bytes::Bytes;
 
@@ -102,3 +114,6 @@ pub struct Line {
     /// The message, without terminator and without the CRI/docker envelope.
     pub body: Bytes,
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,390 @@
+//! The per-source framer: chunks in, records out, and the offset a restart resumes at.
+//!
+//! Stages, per physical line: split ([`LineSplitter`]) → decode CRI/docker and
+//! reassemble split messages ([`Reassembler`], per stream) → group multiline records
+//! ([`Multiline`], per stream) → `out`. A CRI/docker line that does not decode is
+//! emitted as is, flagged MALFORMED, bypassing reassembly and grouping so it disturbs
+//! neither.
+//!
+//! # Resume offset
+//!
+//! [`Framer::resume_offset`] is the start of the oldest record not emitted yet (an
+//! unterminated line, an incomplete CRI/docker message, an open multiline record), or
+//! the end of the data. Re-framing from there with a fresh framer yields the records
+//! not emitted yet. Records are emitted when complete, so when streams interleave
+//! (stdout partial open while stderr lines complete) records come out of offset order
+//! and a restart may re-emit a record already emitted after the resume offset, or a
+//! tail fragment of one (at-least-once: duplicates, never loss). Checkpoints must use
+//! `resume_offset`, not the offset of the last record.
+//!
+//! # Performance
+//!
+//! The format and whether multiline is configured are dispatched once per chunk; the
+//! per-line loop of each combination is monomorphized. No clock reads and no
+//! allocation per line: single-fragment records are slices of the chunk.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::cri::{CRI_ENVELOPE_SLACK, parse_cri};
+use super::docker::{DOCKER_ENVELOPE_SLACK, DOCKER_MIN_PHYSICAL_LINE, parse_docker};
+use super::lines::{LineSplitter, PhysicalLine};
+use super::multiline::{Group, Multiline, groups_into_lines};
+use super::partial::{Pending, Reassembler, Slots};
+use super::{Line, LineFlags, Stream};
+use crate::config::{Format, MultilineConfig};
+
+pub struct Framer {
+    format: Format,
+    max_line_bytes: usize,
+    splitter: LineSplitter,
+    reassembler: Reassembler,
+    multiline: Option<Multiline>,
+    /// Records completed by `accept_carry` (which has no `out`), emitted by the next
+    /// call that has one.
+    backlog: Vec<Line>,
+    /// Of the latest push: used for what `finish` emits.
+    last_read_time_ns: i64,
+    last_now: Instant,
+}
+
+/// State handed from a rotated file's framer to its successor's, so a message split
+/// across the rotation stays one record.
+#[derive(Debug)]
+pub struct Carry {
+    partials: Slots<Pending>,
+    groups: Slots<Group>,
+    first_offset: u64,
+}
+
+impl Carry {
+    /// Offset, in the predecessor source, of the oldest byte carried. The successor
+    /// emits the carried record under its own coordinates (its offset is where the
+    /// successor framer started), so until then these bytes are held only in memory.
+    pub fn first_offset(&self) -> u64 {
+        self.first_offset
+    }
+}
+
+impl Framer {
+    /// `start_offset`: source offset of the first byte that will be pushed.
+    pub fn new(
+        format: Format,
+        max_line_bytes: usize,
+        multiline: Option<MultilineConfig>,
+        start_offset: u64,
+    ) -> Framer {
+        let max_line_bytes = max_line_bytes.max(1);
+        let physical_cap = match format {
+            Format::Raw => max_line_bytes,
+            Format::Cri => max_line_bytes.saturating_add(CRI_ENVELOPE_SLACK),
+            Format::Docker => max_line_bytes
+                .max(DOCKER_MIN_PHYSICAL_LINE)
+                .saturating_add(DOCKER_ENVELOPE_SLACK),
+        };
+        Framer {
+            format,
+            max_line_bytes,
+            splitter: LineSplitter::new(physical_cap, start_offset),
+            reassembler: Reassembler::new(max_line_bytes),
+            multiline: multiline.map(|m| Multiline::new(m, max_line_bytes)),
+            backlog: Vec::new(),
+            last_read_time_ns: 0,
+            last_now: Instant::now(),
+        }
+    }
+
+    /// Feeds the next chunk (contiguous with the previous one). Complete records are
+    /// appended to `out`. `read_time_ns` (ns since the Unix epoch) is the timestamp of
+    /// raw and malformed lines; `now` dates lines for the multiline timeout.
+    pub fn push(&mut self, chunk: Bytes, read_time_ns: i64, now: Instant, out: &mut Vec<Line>) {
+        if !self.backlog.is_empty() {
+            out.append(&mut self.backlog);
+        }
+        self.last_read_time_ns = read_time_ns;
+        self.last_now = now;
+        out.reserve(chunk.len() / 128 + 1);
+        let Framer {
+            format,
+            max_line_bytes,
+            splitter,
+            reassembler,
+            multiline,
+            ..
+        } = self;
+        let decode = Decode {
+            format: *format,
+            max: *max_line_bytes,
+            read_time_ns,
+        };
+        match multiline {
+            None => decode.chunk(splitter, reassembler, &mut Direct(out), chunk),
+            Some(ml) => decode.chunk(splitter, reassembler, &mut Grouped { ml, now, out }, chunk),
+        }
+    }
+
+    /// Emits multiline records whose last line is older than the flush timeout.
+    pub fn flush_expired(&mut self, now: Instant, out: &mut Vec<Line>) {
+        out.append(&mut self.backlog);
+        if let Some(ml) = &mut self.multiline {
+            ml.flush_expired(now, out);
+        }
+    }
+
+    /// The source ended: emits every pending record. An unterminated last line and a
+    /// message whose closing fragment never came are flagged UNTERMINATED.
+    pub fn finish(&mut self, out: &mut Vec<Line>) {
+        out.append(&mut self.backlog);
+        let Framer {
+            format,
+            max_line_bytes,
+            splitter,
+            reassembler,
+            multiline,
+            last_read_time_ns,
+            last_now,
+            ..
+        } = self;
+        let decode = Decode {
+            format: *format,
+            max: *max_line_bytes,
+            read_time_ns: *last_read_time_ns,
+        };
+        let tail = splitter.take_unterminated();
+        match multiline {
+            None => decode.finish(tail, reassembler, &mut Direct(out)),
+            Some(ml) => {
+                let now = *last_now;
+                decode.finish(tail, reassembler, &mut Grouped { ml, now, out });
+                ml.flush_all(out);
+            }
+        }
+    }
+
+    /// Bytes held for an unterminated line (memory-bound tests).
+    #[cfg(test)]
+    pub(crate) fn buffered_line_bytes(&self) -> usize {
+        self.splitter.buffered()
+    }
+
+    /// The offset a restart must re-read from: the first source byte not part of an
+    /// emitted record (the start of the oldest pending record, or the end of the data).
+    pub fn resume_offset(&self) -> u64 {
+        let mut offset = self.splitter.pending_start();
+        if let Some(o) = self.reassembler.oldest_offset() {
+            offset = offset.min(o);
+        }
+        if let Some(o) = self.multiline.as_ref().and_then(Multiline::oldest_offset) {
+            offset = offset.min(o);
+        }
+        if let Some(o) = self.backlog.iter().map(|l| l.offset).min() {
+            offset = offset.min(o);
+        }
+        offset
+    }
+
+    /// For rotation: takes the incomplete CRI/docker messages and open multiline
+    /// records out of this framer, for the successor file's framer to continue. Call
+    /// after the last push of this file; a following [`finish`](Self::finish) still
+    /// emits its unterminated last line, if any. The taken records no longer hold
+    /// back [`resume_offset`](Self::resume_offset).
+    pub fn take_carry(&mut self) -> Option<Carry> {
+        let partials = self.reassembler.take_all();
+        let groups = match &mut self.multiline {
+            Some(ml) => ml.take_all(),
+            None => Default::default(),
+        };
+        let first_offset = partials
+            .iter()
+            .flatten()
+            .map(|p| p.offset)
+            .chain(groups.iter().flatten().map(|g| g.first.offset))
+            .min()?;
+        Some(Carry {
+            partials,
+            groups,
+            first_offset,
+        })
+    }
+
+    /// Continues the predecessor's incomplete records; call before the first push.
+    /// Carried records take this framer's current position as their offset: that is
+    /// where their bytes in this source begin.
+    pub fn accept_carry(&mut self, carry: Carry) {
+        let at = self.splitter.pending_start();
+        self.reassembler.accept(carry.partials, at);
+        if self.format == Format::Raw {
+            // Nothing would ever complete them here.
+            let backlog = &mut self.backlog;
+            self.reassembler.drain(|line| backlog.push(line));
+        }
+        match &mut self.multiline {
+            Some(ml) => self.backlog.extend(ml.accept(carry.groups, at)),
+            None => self.backlog.extend(groups_into_lines(carry.groups, at)),
+        }
+    }
+}
+
+/// Where decoded records go: straight out, or through multiline grouping.
+trait Emit {
+    fn record(&mut self, line: Line);
+    /// MALFORMED lines bypass grouping.
+    fn malformed(&mut self, line: Line);
+}
+
+struct Direct<'a>(&'a mut Vec<Line>);
+
+impl Emit for Direct<'_> {
+    #[inline(always)]
+    fn record(&mut self, line: Line) {
+        self.0.push(line);
+    }
+    #[inline]
+    fn malformed(&mut self, line: Line) {
+        self.0.push(line);
+    }
+}
+
+struct Grouped<'a> {
+    ml: &'a mut Multiline,
+    now: Instant,
+    out: &'a mut Vec<Line>,
+}
+
+impl Emit for Grouped<'_> {
+    #[inline]
+    fn record(&mut self, line: Line) {
+        self.ml.push(line, self.now, self.out);
+    }
+    #[inline]
+    fn malformed(&mut self, line: Line) {
+        self.out.push(line);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Decode {
+    format: Format,
+    max: usize,
+    read_time_ns: i64,
+}
+
+impl Decode {
+    #[inline]
+    fn chunk<E: Emit>(
+        self,
+        splitter: &mut LineSplitter,
+        reasm: &mut Reassembler,
+        emit: &mut E,
+        chunk: Bytes,
+    ) {
+        let none = LineFlags::empty();
+        match self.format {
+            Format::Raw => splitter.split(chunk, |pl| self.raw(pl, none, emit)),
+            Format::Cri => splitter.split(chunk, |pl| self.cri(pl, none, reasm, emit)),
+            Format::Docker => splitter.split(chunk, |pl| self.docker(pl, none, reasm, emit)),
+        }
+    }
+
+    fn finish<E: Emit>(self, tail: Option<PhysicalLine>, reasm: &mut Reassembler, emit: &mut E) {
+        if let Some(pl) = tail {
+            let unterminated = LineFlags::UNTERMINATED;
+            match self.format {
+                Format::Raw => self.raw(pl, unterminated, emit),
+                Format::Cri => self.cri(pl, unterminated, reasm, emit),
+                Format::Docker => self.docker(pl, unterminated, reasm, emit),
+            }
+        }
+        reasm.drain(|line| emit.record(line));
+    }
+
+    #[inline(always)]
+    fn raw<E: Emit>(self, pl: PhysicalLine, extra: LineFlags, emit: &mut E) {
+        emit.record(Line {
+            offset: pl.offset,
+            timestamp_ns: self.read_time_ns,
+            stream: Stream::None,
+            flags: physical_flags(&pl) | extra,
+            body: pl.body,
+        });
+    }
+
+    #[inline]
+    fn cri<E: Emit>(
+        self,
+        pl: PhysicalLine,
+        extra: LineFlags,
+        reasm: &mut Reassembler,
+        emit: &mut E,
+    ) {
+        match parse_cri(&pl.body) {
+            Some(h) => {
+                let message = pl.body.slice(h.message_start..);
+                let flags = physical_flags(&pl) | extra;
+                if let Some(line) = reasm.fragment(
+                    h.stream,
+                    pl.offset,
+                    h.timestamp_ns,
+                    flags,
+                    message,
+                    !h.partial,
+                ) {
+                    emit.record(line);
+                }
+            }
+            None => emit.malformed(self.malformed(pl, extra)),
+        }
+    }
+
+    #[inline]
+    fn docker<E: Emit>(
+        self,
+        pl: PhysicalLine,
+        extra: LineFlags,
+        reasm: &mut Reassembler,
+        emit: &mut E,
+    ) {
+        match parse_docker(&pl.body) {
+            Some(d) => {
+                let flags = physical_flags(&pl) | extra;
+                if let Some(line) = reasm.fragment(
+                    d.stream,
+                    pl.offset,
+                    d.timestamp_ns,
+                    flags,
+                    d.message,
+                    !d.partial,
+                ) {
+                    emit.record(line);
+                }
+            }
+            None => emit.malformed(self.malformed(pl, extra)),
+        }
+    }
+
+    /// The whole physical line, kept raw (bounded by `max_line_bytes`).
+    fn malformed(self, mut pl: PhysicalLine, extra: LineFlags) -> Line {
+        let mut flags = physical_flags(&pl) | extra | LineFlags::MALFORMED;
+        if pl.body.len() > self.max {
+            pl.body.truncate(self.max);
+            flags.insert(LineFlags::TRUNCATED);
+        }
+        Line {
+            offset: pl.offset,
+            timestamp_ns: self.read_time_ns,
+            stream: Stream::None,
+            flags,
+            body: pl.body,
+        }
+    }
+}
+
+#[inline(always)]
+fn physical_flags(pl: &PhysicalLine) -> LineFlags {
+    if pl.truncated {
+        LineFlags::TRUNCATED
+    } else {
+        LineFlags::empty()
+    }
+}

@@ -1,0 +1,306 @@
+//! Physical line splitting: `\n`-terminated spans of contiguous chunks.
+//!
+//! A line wholly inside a chunk is a `Bytes::slice` of it (a refcount, no copy). Only a
+//! line straddling chunks is copied, once, into the carry-over buffer. `\n` and a `\r`
+//! just before it are stripped.
+//!
+//! # Memory
+//!
+//! The carry-over buffer never holds more than `cap + 1` bytes (the `+ 1` leaves room
+//! for a `\r` that may turn out to precede the `\n`): the rest of an over-long line is
+//! skipped as it arrives and the line is reported with `truncated` set once its `\n`
+//! is seen. A 10 MB line costs `cap` bytes, not 10 MB.
+//!
+//! # Performance
+//!
+//! The hot loop is `memchr_iter` plus, per line, one `\r` test, one length test and a
+//! slice; the per-line callback is a generic closure so each format gets its own
+//! monomorphized loop with no dispatch inside.
+
+use bytes::{Bytes, BytesMut};
+
+/// One physical line of the source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PhysicalLine {
+    /// Source offset of the line's first byte.
+    pub offset: u64,
+    /// The line without terminator, at most `cap` bytes.
+    pub body: Bytes,
+    /// The line was longer than `cap`; `body` holds its first `cap` bytes.
+    pub truncated: bool,
+}
+
+pub(crate) struct LineSplitter {
+    cap: usize,
+    /// Source offset the next pushed chunk starts at (= end of data so far).
+    next_offset: u64,
+    /// Source offset of the first byte of the line not yet terminated; equals
+    /// `next_offset` when the data so far ends with `\n`.
+    line_start: u64,
+    /// The first `cap + 1` bytes of that unterminated line.
+    partial: BytesMut,
+    /// Bytes of the unterminated line were dropped past `cap + 1`.
+    overflow: bool,
+}
+
+impl LineSplitter {
+    pub fn new(cap: usize, start_offset: u64) -> LineSplitter {
+        LineSplitter {
+            cap,
+            next_offset: start_offset,
+            line_start: start_offset,
+            partial: BytesMut::new(),
+            overflow: false,
+        }
+    }
+
+    /// Offset of the first byte not part of a complete line handed out so far.
+    #[inline]
+    pub fn pending_start(&self) -> u64 {
+        self.line_start
+    }
+
+    /// Bytes held for the unterminated line (for memory-bound tests).
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Splits `chunk` (contiguous with the previous one) and hands every line it
+    /// completes to `emit`, in order.
+    #[inline]
+    pub fn split(&mut self, chunk: Bytes, mut emit: impl FnMut(PhysicalLine)) {
+        let base = self.next_offset;
+        self.next_offset += chunk.len() as u64;
+        let bytes: &[u8] = &chunk;
+        let mut line_begin = 0usize;
+
+        if self.line_start < base {
+            // A line began in an earlier chunk: finish it first.
+            match memchr::memchr(b'\n', bytes) {
+                None => {
+                    self.buffer(bytes);
+                    return;
+                }
+                Some(nl) => {
+                    self.buffer(&bytes[..nl]);
+                    emit(self.take_joined());
+                    line_begin = nl + 1;
+                }
+            }
+        }
+
+        let cap = self.cap;
+        let scan_from = line_begin;
+        for rel in memchr::memchr_iter(b'\n', &bytes[scan_from..]) {
+            let nl = scan_from + rel;
+            let mut end = nl;
+            if end > line_begin && bytes[end - 1] == b'\r' {
+                end -= 1;
+            }
+            let truncated = end - line_begin > cap;
+            if truncated {
+                end = line_begin + cap;
+            }
+            emit(PhysicalLine {
+                offset: base + line_begin as u64,
+                body: chunk.slice(line_begin..end),
+                truncated,
+            });
+            line_begin = nl + 1;
+        }
+
+        self.line_start = base + line_begin as u64;
+        if line_begin < bytes.len() {
+            self.buffer(&bytes[line_begin..]);
+        }
+    }
+
+    /// The unterminated last line, if any (the source ended). Its bytes are kept as
+    /// they are: a trailing `\r` is content when no `\n` follows.
+    pub fn take_unterminated(&mut self) -> Option<PhysicalLine> {
+        if self.line_start == self.next_offset {
+            return None;
+        }
+        let mut body = self.partial.split().freeze();
+        let truncated = std::mem::take(&mut self.overflow) || body.len() > self.cap;
+        body.truncate(self.cap);
+        let line = PhysicalLine {
+            offset: self.line_start,
+            body,
+            truncated,
+        };
+        self.line_start = self.next_offset;
+        Some(line)
+    }
+
+    /// Appends to the carry-over buffer, dropping what exceeds `cap + 1` bytes.
+    fn buffer(&mut self, bytes: &[u8]) {
+        let room = (self.cap + 1).saturating_sub(self.partial.len());
+        if bytes.len() > room {
+            self.partial.extend_from_slice(&bytes[..room]);
+            self.overflow = true;
+        } else {
+            self.partial.extend_from_slice(bytes);
+        }
+    }
+
+    /// The straddling line, now that its `\n` was found (the `\n` itself is not in
+    /// the buffer).
+    fn take_joined(&mut self) -> PhysicalLine {
+        let mut body = self.partial.split().freeze();
+        let overflow = std::mem::take(&mut self.overflow);
+        // With overflow the line is longer than cap whatever its last byte is.
+        if !overflow && body.last() == Some(&b'\r') {
+            body.truncate(body.len() - 1);
+        }
+        let truncated = overflow || body.len() > self.cap;
+        body.truncate(self.cap);
+        PhysicalLine {
+            offset: self.line_start,
+            body,
+            truncated,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_all(cap: usize, chunks: &[&[u8]]) -> (Vec<PhysicalLine>, LineSplitter) {
+        let mut s = LineSplitter::new(cap, 1000);
+        let mut out = Vec::new();
+        for c in chunks {
+            s.split(Bytes::copy_from_slice(c), |l| out.push(l));
+        }
+        (out, s)
+    }
+
+    fn line(offset: u64, body: &[u8], truncated: bool) -> PhysicalLine {
+        PhysicalLine {
+            offset,
+            body: Bytes::copy_from_slice(body),
+            truncated,
+        }
+    }
+
+    #[test]
+    fn splits_lines_with_offsets_and_strips_crlf() {
+        let (out, s) = split_all(64, &[b"a\r\nbb\n\ncc\r\r\nd"]);
+        assert_eq!(
+            out,
+            vec![
+                line(1000, b"a", false),
+                line(1003, b"bb", false),
+                line(1006, b"", false),
+                line(1007, b"cc\r", false),
+            ]
+        );
+        assert_eq!(s.pending_start(), 1012);
+        assert_eq!(s.buffered(), 1);
+    }
+
+    #[test]
+    fn lone_cr_is_content() {
+        let (out, _) = split_all(64, &[b"\r\n\r\r\na\rb\n"]);
+        assert_eq!(
+            out,
+            vec![
+                line(1000, b"", false),
+                line(1002, b"\r", false),
+                line(1005, b"a\rb", false)
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_inside_a_chunk_are_slices_of_it() {
+        let chunk = Bytes::from_static(b"first\nsecond\n");
+        let mut s = LineSplitter::new(64, 0);
+        let mut out = Vec::new();
+        s.split(chunk.clone(), |l| out.push(l));
+        let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
+        for l in &out {
+            assert!(range.contains(&(l.body.as_ptr() as usize)), "copied: {l:?}");
+        }
+    }
+
+    #[test]
+    fn straddling_lines_are_joined_including_split_crlf() {
+        let (out, s) = split_all(64, &[b"ab", b"c", b"d\r", b"\nef", b"\r\n", b"g"]);
+        assert_eq!(
+            out,
+            vec![line(1000, b"abcd", false), line(1006, b"ef", false)]
+        );
+        assert_eq!(s.pending_start(), 1010);
+    }
+
+    #[test]
+    fn truncates_long_lines_in_chunk_and_across_chunks_alike() {
+        let input = b"0123456789\n01234567\r\n012345678\r\n0123456789\r\nxy\n";
+        let (whole, _) = split_all(8, &[input]);
+        assert_eq!(
+            whole,
+            vec![
+                line(1000, b"01234567", true),
+                line(1011, b"01234567", false),
+                line(1021, b"01234567", true),
+                line(1032, b"01234567", true),
+                line(1044, b"xy", false),
+            ]
+        );
+        for size in 1..input.len() {
+            let chunks: Vec<&[u8]> = input.chunks(size).collect();
+            let (split, s) = split_all(8, &chunks);
+            assert_eq!(split, whole, "chunk size {size}");
+            assert!(s.buffered() <= 9);
+        }
+    }
+
+    #[test]
+    fn ten_megabyte_line_holds_at_most_cap_bytes() {
+        let cap = 1024;
+        let mut s = LineSplitter::new(cap, 0);
+        let mut out = Vec::new();
+        let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+        for _ in 0..160 {
+            s.split(piece.clone(), |l| out.push(l));
+            assert!(s.buffered() <= cap + 1);
+            assert!(s.partial.capacity() <= 4 * cap, "{}", s.partial.capacity());
+        }
+        assert!(out.is_empty());
+        assert_eq!(s.pending_start(), 0);
+        s.split(Bytes::from_static(b"tail\nnext\n"), |l| out.push(l));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].body.len(), cap);
+        assert!(out[0].truncated);
+        assert_eq!(out[1], line(160 * 64 * 1024 + 5, b"next", false));
+    }
+
+    #[test]
+    fn unterminated_tail() {
+        let (_, mut s) = split_all(4, &[b"ok\nabc\r"]);
+        assert_eq!(s.take_unterminated(), Some(line(1003, b"abc\r", false)));
+        assert_eq!(s.take_unterminated(), None);
+        assert_eq!(s.pending_start(), 1007);
+
+        let (_, mut s) = split_all(4, &[b"abcdefg"]);
+        assert_eq!(s.take_unterminated(), Some(line(1000, b"abcd", true)));
+
+        let (_, mut s) = split_all(4, &[b"x\n"]);
+        assert_eq!(s.take_unterminated(), None);
+    }
+
+    #[test]
+    fn binary_and_nul_bytes_pass_through() {
+        let (out, _) = split_all(64, &[b"\0\xff\xfe\n\x80abc\0\n"]);
+        assert_eq!(
+            out,
+            vec![
+                line(1000, b"\0\xff\xfe", false),
+                line(1004, b"\x80abc\0", false)
+            ]
+        );
+    }
+}

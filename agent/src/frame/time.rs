@@ -1,0 +1,233 @@
+//! A strict, allocation-free RFC 3339 timestamp parser for CRI and docker lines.
+//!
+//! Runtimes write `2026-11-21T10:45:31.210111144Z` (or with a `+02:00` offset) on every
+//! line, so this runs once per record: it works on bytes, does no allocation and uses
+//! plain days-from-civil arithmetic instead of a date crate.
+//!
+//! Accepted: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, `T`/`Z` in either case, any
+//! number of fraction digits (digits past the ninth are ignored: nanosecond precision).
+//! Seconds may be `60` (a leap second counts as the first second of the next minute).
+//! Anything else, and instants outside the `i64` nanosecond range (years 1677..2262),
+//! is rejected with `None`.
+
+/// Nanoseconds since the Unix epoch, or `None` if `s` is not a valid RFC 3339 timestamp.
+pub fn parse_rfc3339_ns(s: &[u8]) -> Option<i64> {
+    // The shortest valid form is `YYYY-MM-DDTHH:MM:SSZ`.
+    if s.len() < 20 {
+        return None;
+    }
+    let year = digits(&s[0..4])?;
+    let month = digits(&s[5..7])?;
+    let day = digits(&s[8..10])?;
+    let hour = digits(&s[11..13])?;
+    let minute = digits(&s[14..16])?;
+    let second = digits(&s[17..19])?;
+    if s[4] != b'-'
+        || s[7] != b'-'
+        || !matches!(s[10], b'T' | b't')
+        || s[13] != b':'
+        || s[16] != b':'
+    {
+        return None;
+    }
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+
+    let mut i = 19;
+    let mut nanos: i64 = 0;
+    if s[i] == b'.' {
+        i += 1;
+        let frac_start = i;
+        while i < s.len() && s[i].is_ascii_digit() {
+            if i - frac_start < 9 {
+                nanos = nanos * 10 + i64::from(s[i] - b'0');
+            }
+            i += 1;
+        }
+        let n = i - frac_start;
+        if n == 0 {
+            return None;
+        }
+        for _ in n..9 {
+            nanos *= 10;
+        }
+    }
+
+    let offset_secs: i64 = match s.get(i)? {
+        b'Z' | b'z' if i + 1 == s.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == s.len() && s[i + 3] == b':' => {
+            let oh = digits(&s[i + 1..i + 3])?;
+            let om = digits(&s[i + 4..i + 6])?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = oh * 3600 + om * 60;
+            if *sign == b'-' { -off } else { off }
+        }
+        _ => return None,
+    };
+
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// The value of a run of ASCII digits (callers pass 2 or 4 of them).
+#[inline]
+fn digits(s: &[u8]) -> Option<i64> {
+    let mut v = 0i64;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i64::from(b - b'0');
+    }
+    Some(v)
+}
+
+fn is_leap(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm:
+/// shift the year to start in March so the leap day is the last day of the year).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Option<i64> {
+        parse_rfc3339_ns(s.as_bytes())
+    }
+
+    #[test]
+    fn epoch_and_known_instants() {
+        assert_eq!(p("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(p("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
+        // Values cross-checked with Python's datetime.
+        assert_eq!(
+            p("2026-11-21T10:45:31.210111144Z"),
+            Some(1_795_257_931_210_111_144)
+        );
+        assert_eq!(p("2000-02-29T00:00:00Z"), Some(951_782_400_000_000_000));
+        assert_eq!(p("1969-12-31T23:59:59Z"), Some(-1_000_000_000));
+        assert_eq!(p("2262-04-11T23:47:16.854775807Z"), Some(i64::MAX));
+    }
+
+    #[test]
+    fn offsets_shift_to_utc() {
+        let utc = p("2026-11-21T08:45:31.25Z").unwrap();
+        assert_eq!(p("2026-11-21T10:45:31.25+02:00"), Some(utc));
+        assert_eq!(p("2026-11-21T03:15:31.25-05:30"), Some(utc));
+        assert_eq!(p("2026-11-21t08:45:31.25z"), Some(utc));
+        assert_eq!(p("2026-11-21T08:45:31.25+00:00"), Some(utc));
+    }
+
+    #[test]
+    fn fraction_precision() {
+        let base = p("2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(p("2026-01-01T00:00:00.1Z"), Some(base + 100_000_000));
+        assert_eq!(p("2026-01-01T00:00:00.000000001Z"), Some(base + 1));
+        assert_eq!(
+            p("2026-01-01T00:00:00.123456789Z"),
+            Some(base + 123_456_789)
+        );
+        // Sub-nanosecond digits are ignored, not rounded.
+        assert_eq!(
+            p("2026-01-01T00:00:00.1234567899Z"),
+            Some(base + 123_456_789)
+        );
+    }
+
+    #[test]
+    fn leap_second_and_leap_days() {
+        assert_eq!(
+            p("2016-12-31T23:59:60Z"),
+            p("2017-01-01T00:00:00Z"),
+            "a leap second is the first second of the next minute"
+        );
+        assert!(p("2024-02-29T00:00:00Z").is_some());
+        assert!(p("2023-02-29T00:00:00Z").is_none());
+        assert!(p("1900-02-29T00:00:00Z").is_none());
+        assert!(p("2026-04-31T00:00:00Z").is_none());
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "",
+            "2026-11-21",
+            "2026-11-21T10:45:31",
+            "2026-11-21T10:45:31.Z",
+            "2026-11-21 10:45:31Z",
+            "2026-11-21T10:45:31ZZ",
+            "2026-11-21T10:45:31+0200",
+            "2026-11-21T10:45:31+02:00x",
+            "2026-11-21T10:45:31+24:00",
+            "2026-13-21T10:45:31Z",
+            "2026-00-21T10:45:31Z",
+            "2026-11-00T10:45:31Z",
+            "2026-11-21T24:00:00Z",
+            "2026-11-21T10:60:00Z",
+            "2026-11-21T10:45:61Z",
+            "2026/11/21T10:45:31Z",
+            "20x6-11-21T10:45:31Z",
+            "+026-11-21T10:45:31Z",
+            "2026-11-21T10:45:31.12a4Z",
+            "9999-12-31T23:59:59Z",
+            "1600-01-01T00:00:00Z",
+            "\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}",
+        ] {
+            assert_eq!(p(bad), None, "{bad:?} must be rejected");
+        }
+        assert_eq!(parse_rfc3339_ns(b"2026-11-21T10:45:31.5\xffZ"), None);
+    }
+
+    #[test]
+    fn days_from_civil_matches_day_by_day_count() {
+        // Walk day by day from 1970 back and forward; every step is exactly one day.
+        let mut expected = 0i64;
+        for year in 1970..2100 {
+            for month in 1..=12 {
+                for day in 1..=days_in_month(year, month) {
+                    assert_eq!(days_from_civil(year, month, day), expected);
+                    expected += 1;
+                }
+            }
+        }
+        let mut expected = -1i64;
+        for year in (1800..1970).rev() {
+            for month in (1..=12).rev() {
+                for day in (1..=days_in_month(year, month)).rev() {
+                    assert_eq!(days_from_civil(year, month, day), expected);
+                    expected -= 1;
+                }
+            }
+        }
+    }
+}
