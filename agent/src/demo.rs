@@ -38,8 +38,20 @@ pub fn install(config: &mut Config) -> anyhow::Result<()> {
         sink: sink.clone(),
     };
     let demo = [
-        source("demo-nginx", format!("{d}/pods/*/nginx/*.log"), Format::Cri, ParserConfig::Nginx, None),
-        source("demo-pods", format!("{d}/pods/**/*.log"), Format::Cri, ParserConfig::Json, None),
+        source(
+            "demo-nginx",
+            format!("{d}/pods/*/nginx/*.log"),
+            Format::Cri,
+            ParserConfig::Nginx,
+            None,
+        ),
+        source(
+            "demo-pods",
+            format!("{d}/pods/**/*.log"),
+            Format::Cri,
+            ParserConfig::Json,
+            None,
+        ),
         source(
             "demo-java",
             format!("{d}/app/*.log"),
@@ -58,8 +70,15 @@ pub fn install(config: &mut Config) -> anyhow::Result<()> {
 }
 
 fn write_logs(dir: &Path) -> std::io::Result<()> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let ts = |i: u64| rfc3339(now.as_secs().saturating_sub(600) + i, (i * 7919) % 1_000_000_000);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let ts = |i: u64| {
+        rfc3339(
+            now.as_secs().saturating_sub(600) + i,
+            (i * 7919) % 1_000_000_000,
+        )
+    };
     let _ = std::fs::remove_dir_all(dir);
 
     let mut nginx = String::new();
@@ -79,8 +98,15 @@ fn write_logs(dir: &Path) -> std::io::Result<()> {
     }
     // A line longer than the runtime's 16 KiB limit arrives as P records, then F.
     let _ = writeln!(nginx, "{} stderr P {}", ts(300), "x".repeat(16384));
-    let _ = writeln!(nginx, "{} stderr F [warn] upstream response buffered", ts(300));
-    write(&dir.join(format!("pods/demo_web-5f7c9_{NGINX_UID}/nginx/0.log")), &nginx)?;
+    let _ = writeln!(
+        nginx,
+        "{} stderr F [warn] upstream response buffered",
+        ts(300)
+    );
+    write(
+        &dir.join(format!("pods/demo_web-5f7c9_{NGINX_UID}/nginx/0.log")),
+        &nginx,
+    )?;
 
     let mut checkout = String::new();
     for i in 0..200u64 {
@@ -97,14 +123,27 @@ fn write_logs(dir: &Path) -> std::io::Result<()> {
             (i * 13) % 400
         );
     }
-    write(&dir.join(format!("pods/demo_checkout-7b8d_{CHECKOUT_UID}/app/0.log")), &checkout)?;
+    write(
+        &dir.join(format!("pods/demo_checkout-7b8d_{CHECKOUT_UID}/app/0.log")),
+        &checkout,
+    )?;
 
     let mut java = String::new();
     for i in 0..50u64 {
         let t = rfc3339(now.as_secs().saturating_sub(300) + i, 0);
-        let _ = writeln!(java, "{} INFO  PaymentService - charge ok order={}", &t[..19], 2000 + i);
+        let _ = writeln!(
+            java,
+            "{} INFO  PaymentService - charge ok order={}",
+            &t[..19],
+            2000 + i
+        );
         if i % 10 == 9 {
-            let _ = writeln!(java, "{} ERROR PaymentService - charge failed order={}", &t[..19], 2000 + i);
+            let _ = writeln!(
+                java,
+                "{} ERROR PaymentService - charge failed order={}",
+                &t[..19],
+                2000 + i
+            );
             java.push_str(
                 "java.lang.IllegalStateException: gateway timeout\n\
                  \tat com.shop.pay.Gateway.charge(Gateway.java:88)\n\
@@ -155,7 +194,13 @@ mod tests {
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(super::rfc3339(1_795_258_531, 210_111_144), "2026-11-21T10:55:31.210111144Z");
-        assert_eq!(super::rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(
+            super::rfc3339(1_795_258_531, 210_111_144),
+            "2026-11-21T10:55:31.210111144Z"
+        );
+        assert_eq!(
+            super::rfc3339(951_782_400, 5),
+            "2000-02-29T00:00:00.000000005Z"
+        );
     }
 }

@@ -41,9 +41,7 @@ enum Command {
     /// Search the local store: keywords, fields, time range, context lines.
     Query(logtap::sink::store::query::QueryArgs),
     /// Validate a config file; errors name the field and the line.
-    CheckConfig {
-        file: PathBuf,
-    },
+    CheckConfig { file: PathBuf },
     /// Print the embedded default config.
     DefaultConfig,
 }

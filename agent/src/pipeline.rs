@@ -47,7 +47,11 @@ pub struct RunSummary {
 
 /// Runs the agent until `shutdown` is set (or, in one-shot mode, until every file was
 /// read and everything read was acknowledged and checkpointed).
-pub fn run(config: Config, options: RunOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<RunSummary> {
+pub fn run(
+    config: Config,
+    options: RunOptions,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<RunSummary> {
     let registry: SharedRegistry = Arc::new(
         Registry::open(&config.data_dir.join("checkpoints")).context("opening checkpoints")?,
     );
@@ -55,7 +59,8 @@ pub fn run(config: Config, options: RunOptions, shutdown: Arc<AtomicBool>) -> an
     let mut queues = BTreeMap::new();
     let mut workers = Vec::new();
     for (name, sink_config) in &config.sinks {
-        let sink = crate::sink::open(sink_config).with_context(|| format!("opening sink {name:?}"))?;
+        let sink =
+            crate::sink::open(sink_config).with_context(|| format!("opening sink {name:?}"))?;
         let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE_PACKAGES);
         let worker = SinkWorker {
             sink,
@@ -68,7 +73,11 @@ pub fn run(config: Config, options: RunOptions, shutdown: Arc<AtomicBool>) -> an
         queues.insert(name.clone(), tx);
     }
 
-    let checkpointer = spawn_checkpointer(registry.clone(), config.checkpoint_interval, shutdown.clone())?;
+    let checkpointer = spawn_checkpointer(
+        registry.clone(),
+        config.checkpoint_interval,
+        shutdown.clone(),
+    )?;
 
     let mut source = FileSource::new(
         &config.sources,
@@ -81,7 +90,11 @@ pub fn run(config: Config, options: RunOptions, shutdown: Arc<AtomicBool>) -> an
         },
         registry.clone(),
     )?;
-    let mut pipeline = Pipeline::new(&config, Router::new(&config.sources, &queues), registry.clone());
+    let mut pipeline = Pipeline::new(
+        &config,
+        Router::new(&config.sources, &queues),
+        registry.clone(),
+    );
     drop(queues);
 
     let result = source.run(&mut pipeline, &shutdown);
@@ -158,7 +171,11 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(config: &Config, router: Router, registry: SharedRegistry) -> Pipeline {
         Pipeline {
-            parsers: config.sources.iter().map(|s| Parser::new(&s.parser)).collect(),
+            parsers: config
+                .sources
+                .iter()
+                .map(|s| Parser::new(&s.parser))
+                .collect(),
             config: Arc::new(config.clone()),
             router,
             registry,
@@ -179,7 +196,8 @@ impl Pipeline {
         };
         let parser = &self.parsers[slot.config];
         let kind = slot.builder.source().kind.as_str();
-        let (mut truncated, mut malformed, mut invalid_utf8, mut parse_failed) = (0u64, 0u64, 0u64, 0u64);
+        let (mut truncated, mut malformed, mut invalid_utf8, mut parse_failed) =
+            (0u64, 0u64, 0u64, 0u64);
         let n = self.scratch.len() as u64;
         for mut line in self.scratch.drain(..) {
             let index = slot.builder.next_index();
@@ -198,16 +216,20 @@ impl Pipeline {
             metrics::counter!("logtap_lines_read_total", "source_kind" => kind).increment(n);
         }
         if truncated > 0 {
-            metrics::counter!("logtap_lines_truncated_total", "source_kind" => kind).increment(truncated);
+            metrics::counter!("logtap_lines_truncated_total", "source_kind" => kind)
+                .increment(truncated);
         }
         if malformed > 0 {
-            metrics::counter!("logtap_lines_malformed_total", "source_kind" => kind).increment(malformed);
+            metrics::counter!("logtap_lines_malformed_total", "source_kind" => kind)
+                .increment(malformed);
         }
         if invalid_utf8 > 0 {
-            metrics::counter!("logtap_lines_invalid_utf8_total", "source_kind" => kind).increment(invalid_utf8);
+            metrics::counter!("logtap_lines_invalid_utf8_total", "source_kind" => kind)
+                .increment(invalid_utf8);
         }
         if parse_failed > 0 {
-            metrics::counter!("logtap_parse_failures_total", "parser" => parser.kind()).increment(parse_failed);
+            metrics::counter!("logtap_parse_failures_total", "parser" => parser.kind())
+                .increment(parse_failed);
         }
         if slot.builder.is_due(now) {
             self.ship(source);
@@ -269,7 +291,14 @@ impl SourceEvents for Pipeline {
             self.config.batch.clone(),
         );
         tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, "source opened");
-        self.slots.insert(info.id, Slot { config, framer, builder });
+        self.slots.insert(
+            info.id,
+            Slot {
+                config,
+                framer,
+                builder,
+            },
+        );
     }
 
     fn data(&mut self, source: SourceId, _offset: u64, chunk: Bytes) {
@@ -278,7 +307,8 @@ impl SourceEvents for Pipeline {
         };
         self.bytes += chunk.len() as u64;
         let now = Instant::now();
-        slot.framer.push(chunk, wall_clock_ns(), now, &mut self.scratch);
+        slot.framer
+            .push(chunk, wall_clock_ns(), now, &mut self.scratch);
         self.absorb(source, now);
     }
 

@@ -166,11 +166,16 @@ impl Config {
 
     /// Parses and validates YAML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+        Config::from_raw(Config::parse_raw(text, file)?, file)
+    }
+
+    /// First step only: YAML into the raw schema, so callers can override fields (such
+    /// as `data_dir` from the command line) before validation derives paths from them.
+    pub fn parse_raw(text: &str, file: &str) -> Result<raw::RawConfig, ConfigError> {
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
             file: file.to_string(),
             message: e.to_string(),
-        })?;
-        Config::from_raw(raw, file)
+        })
     }
 
     pub fn from_raw(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
