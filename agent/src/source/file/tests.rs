@@ -43,6 +43,7 @@ impl ResumeStore for MemStore {
                 identity,
                 path,
                 offset,
+                last_package_id: 0,
                 closed: false,
             },
         );
@@ -523,6 +524,7 @@ fn checkpoint_for(path: &Path, offset: u64, fingerprint_of: &[u8]) -> FileCheckp
         },
         path: path.to_path_buf(),
         offset,
+        last_package_id: 0,
         closed: false,
     }
 }
