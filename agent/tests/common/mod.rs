@@ -1,0 +1,321 @@
+//! Harness for end-to-end tests: the real `logtap` binary, real files, real signals.
+//!
+//! Each test gets its own temporary directory holding the watched logs, the agent's
+//! data dir (checkpoints, store) and its config. The store is read back through the
+//! real `logtap query --json` command, so the tests cover the query path too.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+pub fn logtap_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_logtap"))
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `done` every 50 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub metrics_port: u16,
+}
+
+impl Agent {
+    /// Writes `config_yaml` (which must not set `data_dir` or `metrics`) into
+    /// `data_dir/agent.yaml` and starts `logtap run` on it, following files.
+    pub fn start(data_dir: &Path, config_yaml: &str) -> Agent {
+        Agent::start_with(data_dir, config_yaml, &[], |_| {})
+    }
+
+    /// Like `start`, with extra `run` arguments and a hook to adjust the command.
+    pub fn start_with(
+        data_dir: &Path,
+        config_yaml: &str,
+        extra_args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Agent {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let metrics_port = free_port();
+        let config = data_dir.join("agent.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir: {}\nmetrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\n{config_yaml}",
+                data_dir.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(logtap_bin());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(extra_args)
+            .env("LOGTAP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        adjust(&mut cmd);
+        let child = cmd.spawn().expect("spawn logtap");
+        Agent {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            config,
+            metrics_port,
+        }
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to flush or checkpoint.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (up to 30 s) for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.success();
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("agent did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// The `/metrics` text, once the endpoint answers (waits up to 10 s).
+    pub fn metrics(&self) -> String {
+        let mut text = None;
+        wait_for(Duration::from_secs(10), "the /metrics endpoint", || {
+            text = http_get(self.metrics_port, "/metrics");
+            text.is_some()
+        });
+        text.unwrap()
+    }
+
+    /// The agent's own log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let (head, rest) = body.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| rest.to_string())
+}
+
+/// The value of a metric series (sum over series whose label set contains every
+/// `labels` pair), or 0 when absent.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric_name, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (metric_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Every record in the store, duplicates included (`query --json --raw --limit 0`).
+pub fn store_records(store: &Path) -> Vec<Value> {
+    let out = Command::new(logtap_bin())
+        .args(["query", "--json", "--raw", "--limit", "0", "--store"])
+        .arg(store)
+        .output()
+        .expect("run logtap query");
+    assert!(
+        out.status.success(),
+        "logtap query failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("query --json prints JSON lines"))
+        .collect()
+}
+
+/// The body of a record as bytes (`body`, or `body_base64` for invalid UTF-8).
+pub fn body_bytes(record: &Value) -> Vec<u8> {
+    if let Some(b) = record.get("body").and_then(Value::as_str) {
+        return b.as_bytes().to_vec();
+    }
+    let b64 = record["body_base64"].as_str().expect("body or body_base64");
+    base64_decode(b64)
+}
+
+pub fn flags(record: &Value) -> Vec<String> {
+    record["flags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .expect("base64 alphabet") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// Sequence numbers found in record bodies of the form `... seq=<n> ...`.
+pub fn seq_of(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let rest = &text[text.find("seq=")? + 4..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Appends `seq=<n>` lines to a file at roughly `lines_per_sec`, in small bursts, and
+/// calls `between(n)` after every burst (where tests rotate or truncate). Returns the
+/// number of lines written.
+pub fn write_lines_at_rate(
+    path: &Path,
+    total: u64,
+    lines_per_sec: u64,
+    mut between: impl FnMut(u64, &Path),
+) -> u64 {
+    let burst = (lines_per_sec / 1000).max(1);
+    let start = Instant::now();
+    let mut file = open_append(path);
+    let mut n = 0;
+    let mut buf = Vec::with_capacity(burst as usize * 64);
+    while n < total {
+        buf.clear();
+        for _ in 0..burst.min(total - n) {
+            writeln!(
+                buf,
+                "line seq={n} payload-{:08x}",
+                n.wrapping_mul(2654435761)
+            )
+            .unwrap();
+            n += 1;
+        }
+        file.write_all(&buf).unwrap();
+        let before = std::fs::metadata(path).map(|m| (m.len(), inode(&m))).ok();
+        between(n, path);
+        // The hook may have rotated the file away: reopen by path, like a writer
+        // that follows its log file (logrotate `create` + SIGHUP, or copytruncate).
+        let after = std::fs::metadata(path).map(|m| (m.len(), inode(&m))).ok();
+        if before.map(|b| b.1) != after.map(|a| a.1) {
+            file = open_append(path);
+        }
+        let due = start + Duration::from_secs_f64(n as f64 / lines_per_sec as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    n
+}
+
+fn inode(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.ino()
+}
+
+fn open_append(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
