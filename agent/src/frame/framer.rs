@@ -104,7 +104,8 @@ impl Framer {
         }
         self.last_read_time_ns = read_time_ns;
         self.last_now = now;
-        out.reserve(chunk.len() / 128 + 1);
+        // A guess (lines of ~128 bytes) bounded so one huge chunk cannot reserve much.
+        out.reserve((chunk.len() / 128 + 1).min(8192));
         let Framer {
             format,
             max_line_bytes,

@@ -3,8 +3,8 @@
 //! dumps). Runs after CRI/docker decoding, per stream.
 //!
 //! A record is emitted when the next start line of its stream arrives, when it reaches
-//! `max_lines`, when its last line is older than `flush_timeout` ([`Multiline::
-//! flush_expired`]) or when the source ends. A non-matching line with no open record
+//! `max_lines`, when its last line is older than `flush_timeout`
+//! ([`Multiline::flush_expired`]) or when the source ends. A non-matching line with no open record
 //! (before the first start line, or after a record was cut by `max_lines` or the
 //! timeout) is a record of its own: the grouping depends only on the open record, so
 //! re-reading from [`super::Framer::resume_offset`] groups lines exactly as before.
