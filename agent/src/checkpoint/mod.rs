@@ -18,7 +18,7 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -167,11 +167,6 @@ impl Registry {
             .map(|l| l.checkpoint.clone())
     }
 
-    /// Entries loaded at start-up that no source claimed yet.
-    pub fn unclaimed(&self) -> Vec<FileCheckpoint> {
-        self.lock().loaded.values().cloned().collect()
-    }
-
     /// A file source starts at `offset` (its resume point, or 0 for a new file).
     /// Claims a loaded entry of the same dev/inode, whatever its fingerprint said:
     /// the caller decided whether it resumes it or replaces it (inode reuse).
@@ -237,16 +232,19 @@ impl Registry {
         if let Some(live) = inner.live.get_mut(&source) {
             live.forgotten = true;
         }
+        // A closed file from an earlier run is known only as a loaded entry.
+        inner.loaded.retain(|_, c| c.source_id != source);
         inner.gc();
     }
 
-    /// Drops loaded entries that no source claimed: their files no longer exist or no
-    /// longer match any include glob (called after the first full scan).
-    pub fn drop_unclaimed(&self) -> usize {
+    /// Drops entries loaded at start-up whose file the first full scan did not find
+    /// (deleted while the agent was down, or no longer matched by any include glob):
+    /// without this, checkpoints of vanished files would be carried forever.
+    pub fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>) -> usize {
         let mut inner = self.lock();
-        let n = inner.loaded.len();
-        inner.loaded.clear();
-        n
+        let before = inner.loaded.len();
+        inner.loaded.retain(|key, _| found.contains(key));
+        before - inner.loaded.len()
     }
 
     /// The package id to use for the next package of `source`.

@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::HashSet;
 
 fn identity(inode: u64) -> FileIdentity {
     FileIdentity {
@@ -53,7 +54,7 @@ fn persist_and_reload_round_trip() {
     // Resuming continues package numbering after the last acknowledged package.
     reg.register(s, c.identity, c.path.clone(), c.offset);
     assert_eq!(reg.next_package_id(s), 2);
-    assert!(reg.unclaimed().is_empty());
+    assert_eq!(reg.snapshot().len(), 1, "claimed, not duplicated");
 }
 
 #[test]
@@ -113,4 +114,24 @@ fn reused_inode_retires_the_old_source() {
     let snap = reg.snapshot();
     assert_eq!(snap.len(), 1);
     assert_eq!(snap[0].source_id, SourceId(2));
+}
+
+#[test]
+fn entries_of_files_gone_while_down_are_dropped_after_the_first_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let reg = Registry::open(dir.path()).unwrap();
+        reg.register(SourceId(1), identity(1), "/kept".into(), 10);
+        reg.register(SourceId(2), identity(2), "/gone".into(), 20);
+        reg.persist().unwrap();
+    }
+    let reg = Registry::open(dir.path()).unwrap();
+    let found: HashSet<(u64, u64)> = [(1, 1)].into_iter().collect();
+    assert_eq!(reg.retain_unclaimed(&found), 1);
+    let snap = reg.snapshot();
+    assert_eq!(snap.len(), 1);
+    assert_eq!(snap[0].source_id, SourceId(1));
+    // A closed file from the earlier run that vanishes later is forgotten too.
+    reg.forget(SourceId(1));
+    assert!(reg.snapshot().is_empty());
 }

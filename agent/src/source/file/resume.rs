@@ -3,6 +3,7 @@
 //! The tracker talks to [`ResumeStore`] instead of [`Registry`] directly so its state
 //! machine can be tested against an in-memory map, without the durable store.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use super::FileIdentity;
@@ -17,6 +18,8 @@ pub trait ResumeStore: Send + Sync {
     fn update_identity(&self, source: SourceId, identity: FileIdentity);
     fn mark_closed(&self, source: SourceId);
     fn forget(&self, source: SourceId);
+    /// After the first full scan: drop start-up entries whose file was not `found`.
+    fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>);
 }
 
 impl ResumeStore for Registry {
@@ -34,5 +37,11 @@ impl ResumeStore for Registry {
     }
     fn forget(&self, source: SourceId) {
         Registry::forget(self, source)
+    }
+    fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>) {
+        let dropped = Registry::retain_unclaimed(self, found);
+        if dropped > 0 {
+            tracing::info!(dropped, "dropped checkpoints of files that are gone");
+        }
     }
 }

@@ -62,6 +62,12 @@ impl ResumeStore for MemStore {
         self.entries.lock().unwrap().remove(&source);
         self.forgotten.lock().unwrap().push(source);
     }
+    fn retain_unclaimed(&self, found: &std::collections::HashSet<(u64, u64)>) {
+        self.entries
+            .lock()
+            .unwrap()
+            .retain(|_, c| found.contains(&(c.identity.dev, c.identity.inode)));
+    }
 }
 
 #[derive(Debug)]

@@ -264,6 +264,13 @@ impl FileSource {
     ) -> anyhow::Result<()> {
         raise_nofile_limit();
         self.rescan(events);
+        let found: HashSet<InodeKey> = self
+            .by_inode
+            .keys()
+            .chain(self.closed.keys())
+            .copied()
+            .collect();
+        self.store.retain_unclaimed(&found);
         let mut changes = Vec::new();
         loop {
             if shutdown.load(Ordering::Relaxed) {
