@@ -30,7 +30,11 @@ pub struct Field {
 pub struct Batch {
     pub source: Arc<SourceInfo>,
     pub package_id: u64,
-    /// Records in source order (offsets strictly increasing).
+    /// Records in the order they completed: source order, except that a record
+    /// reassembled from CRI/docker partials (or grouped by multiline) of one stream
+    /// comes where it completed, after records of the other stream that completed
+    /// meanwhile. Every record of a later package starts at or after this package's
+    /// `end_offset`.
     pub lines: Vec<Line>,
     /// Parsed fields, grouped by line in line order (column-like, not per-line maps).
     pub fields: Vec<Field>,
