@@ -111,6 +111,61 @@ pub fn describe() {
         Unit::Count,
         "Sink write or flush failures, by sink and kind (transient, rejected)"
     );
+    describe_counter!(
+        "logtap_files_discovered_total",
+        Unit::Count,
+        "Files matched by an include glob and opened"
+    );
+    describe_counter!(
+        "logtap_file_open_errors_total",
+        Unit::Count,
+        "Files that could not be opened or read, by reason"
+    );
+    describe_counter!(
+        "logtap_file_truncations_total",
+        Unit::Count,
+        "Files truncated in place (copytruncate); each continues as a new source"
+    );
+    describe_counter!(
+        "logtap_file_inode_reuse_total",
+        Unit::Count,
+        "Files whose inode matched a checkpoint but whose first bytes did not (read from the start)"
+    );
+    describe_counter!(
+        "logtap_inotify_watch_failures_total",
+        Unit::Count,
+        "Directories that could not be watched (limit reached); covered by polling"
+    );
+    describe_gauge!(
+        "logtap_checkpoint_entries",
+        Unit::Count,
+        "Sources in the checkpoint table"
+    );
+    describe_gauge!(
+        "logtap_store_bytes",
+        Unit::Bytes,
+        "Bytes in the local store's segments"
+    );
+    describe_gauge!(
+        "logtap_store_segments",
+        Unit::Count,
+        "Segments in the local store"
+    );
+    describe_counter!(
+        "logtap_store_retention_deleted_bytes_total",
+        Unit::Bytes,
+        "Bytes deleted from the local store by retention (size or age)"
+    );
+    describe_counter!(
+        "logtap_store_torn_blocks_total",
+        Unit::Count,
+        "Torn or corrupt blocks found (and cut off or skipped) in the local store"
+    );
+    describe_counter!(
+        "logtap_store_replayed_packages_total",
+        Unit::Count,
+        "Packages the local store received again after a restart (at-least-once duplicates)"
+    );
     describe_gauge!(
         "logtap_packages_in_flight",
         Unit::Count,
