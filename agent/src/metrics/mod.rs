@@ -62,6 +62,11 @@ pub fn describe() {
         Unit::Count,
         "Records dropped, by reason"
     );
+    describe_counter!(
+        "logtap_dropped_bytes_total",
+        Unit::Bytes,
+        "Source bytes lost before they could be read, by reason (truncated_unread)"
+    );
     describe_gauge!(
         "logtap_open_files",
         Unit::Count,

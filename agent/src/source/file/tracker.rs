@@ -510,7 +510,6 @@ impl FileSource {
         if size > t.size {
             t.last_growth = Instant::now();
         }
-        t.size = size;
         let mut truncated = size < t.offset;
         if !truncated && t.identity.fingerprint_len < super::FINGERPRINT_BYTES {
             match identity::grow(file, size, &t.identity) {
@@ -526,8 +525,12 @@ impl FileSource {
             truncated = matches!(identity::prefix_matches(file, &t.identity), Ok(false));
         }
         if truncated {
+            // `t.size` keeps the last size seen before the shrink: what was lost.
             self.truncated(slot, events);
-        } else if size > t.offset {
+            return;
+        }
+        t.size = size;
+        if size > t.offset {
             self.enqueue(slot);
         }
     }
@@ -968,6 +971,15 @@ impl FileSource {
                     path: Some(copy_path),
                 },
             );
+        }
+        // Bytes the file was known to hold past what was read, with no copy to read
+        // them from: gone with the truncation. Loss must be visible.
+        let lost = t.size.saturating_sub(t.offset);
+        if lost > 0 {
+            metrics::counter!("logtap_dropped_bytes_total", "reason" => "truncated_unread")
+                .increment(lost);
+            tracing::warn!(path = %t.info.path.display(), lost,
+                "file truncated before its last bytes were read, and no copy was found");
         }
         events.ended(t.info.id, EndReason::Truncated);
         self.store.forget(t.info.id);
