@@ -1022,6 +1022,10 @@ impl FileSource {
 
     /// A file in the same directory with the truncated file's fingerprint and at least
     /// its read offset: the copy logrotate made before truncating.
+    ///
+    /// A file this tracker follows as a source of its own is never taken for the copy:
+    /// its bytes are shipped under its own source already, and a sibling log that only
+    /// starts like this one (same header lines) would otherwise lend its bytes to it.
     fn find_copy(&self, t: &Tracked) -> Option<(File, PathBuf, std::fs::Metadata)> {
         if t.identity.fingerprint_len == 0 {
             return None;
@@ -1031,9 +1035,11 @@ impl FileSource {
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
+            let key = (meta.dev(), meta.ino());
             if !meta.is_file()
                 || meta.len() < t.offset
-                || (meta.dev(), meta.ino()) == (t.identity.dev, t.identity.inode)
+                || key == (t.identity.dev, t.identity.inode)
+                || self.by_inode.contains_key(&key)
             {
                 continue;
             }
