@@ -315,6 +315,7 @@ impl FileSource {
         if now.duration_since(self.last_tick) >= TICK {
             self.last_tick = now;
             events.tick(now);
+            self.update_lag_gauge();
         }
     }
 
@@ -413,12 +414,19 @@ impl FileSource {
             }
             present || c.path.is_none()
         });
+        self.update_lag_gauge();
+        self.update_open_files_gauge();
+    }
+
+    /// Bytes known to be behind (last `fstat` size minus read offset). Updated every
+    /// tick, not only at rescans: a lag that was read away must not linger on
+    /// `/metrics` for a whole `rescan_interval`. One pass over the tracked files.
+    fn update_lag_gauge(&self) {
         let lag: u64 = self
             .tracked()
             .map(|(_, t)| t.size.saturating_sub(t.offset))
             .sum();
         metrics::gauge!("logtap_read_lag_bytes").set(lag as f64);
-        self.update_open_files_gauge();
     }
 
     fn update_open_files_gauge(&self) {
