@@ -1,7 +1,8 @@
 //! The file sink: every record as one NDJSON object appended to a file.
 //!
 //! The object shape is [`render::write_json_record`], the same as `logtap query
-//! --json`. `flush` flushes the buffer and fsyncs, so an acknowledged package is on disk.
+//! --json`. `flush` flushes the buffer and fsyncs, so an acknowledged package is on disk
+//! (a FIFO, pipe or terminal is flushed without fsync, which they do not support).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -16,6 +17,9 @@ const BUFFER_BYTES: usize = 256 * 1024;
 pub struct FileSink {
     path: PathBuf,
     writer: BufWriter<File>,
+    /// Only a regular file can be fsynced: `fdatasync` fails with EINVAL on a FIFO,
+    /// pipe or terminal (`/dev/stdout`), where a written byte is as durable as it gets.
+    sync: bool,
     /// Rendering scratch, reused for every record.
     line: Vec<u8>,
 }
@@ -24,8 +28,10 @@ impl FileSink {
     /// Opens `path` for appending, creating it (not its directory).
     pub fn open(path: &Path) -> std::io::Result<FileSink> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let sync = file.metadata()?.file_type().is_file();
         Ok(FileSink {
             path: path.to_path_buf(),
+            sync,
             writer: BufWriter::with_capacity(BUFFER_BYTES, file),
             line: Vec::new(),
         })
@@ -77,7 +83,9 @@ impl Sink for FileSink {
 
     fn flush(&mut self) -> Result<(), SinkError> {
         self.writer.flush()?;
-        self.writer.get_ref().sync_data()?;
+        if self.sync {
+            self.writer.get_ref().sync_data()?;
+        }
         Ok(())
     }
 }
@@ -159,5 +167,23 @@ pub(crate) mod tests {
         );
         assert_eq!(objects[1]["fields"]["level"], "error");
         assert_eq!(objects[2], objects[0]);
+    }
+
+    #[test]
+    fn flushes_into_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.fifo");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path in our temporary directory.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = std::thread::spawn({
+            let path = path.clone();
+            move || std::fs::read_to_string(path).unwrap()
+        });
+        let mut sink = FileSink::open(&path).unwrap();
+        sink.write(&sample_batch()).unwrap();
+        sink.flush().expect("a FIFO is flushed without fsync");
+        drop(sink);
+        assert_eq!(reader.join().unwrap().lines().count(), 2);
     }
 }

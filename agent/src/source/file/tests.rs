@@ -467,6 +467,44 @@ fn copytruncate_recovers_bytes_from_the_copy() {
 }
 
 #[test]
+fn truncation_takes_no_bytes_from_a_followed_sibling_with_the_same_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let header = b"same header in both files\n".repeat(12);
+    append(&a, &header);
+    append(&b, &header);
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+        options(true),
+        Arc::new(MemStore::default()),
+    );
+    h.wait("both read", |r| {
+        [&a, &b]
+            .iter()
+            .all(|p| r.only(p).is_some_and(|(_, s)| s.bytes == header))
+    });
+    h.pause();
+    append(&b, b"only in b\n");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&a, b"new a\n");
+    h.resume();
+    h.wait("a truncated, b grown", |r| {
+        let all = r.at(&a);
+        all.len() == 2
+            && all[1].1.bytes == b"new a\n"
+            && r.only(&b)
+                .is_some_and(|(_, s)| s.bytes.ends_with(b"only in b\n"))
+    });
+    h.with(|r| assert_eq!(r.at(&a)[0].1.bytes, header, "b is not a's copy"));
+    h.stop();
+}
+
+#[test]
 fn truncation_without_a_copy_starts_a_new_source() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.log");

@@ -322,6 +322,7 @@ impl FileSource {
         if now.duration_since(self.last_tick) >= TICK {
             self.last_tick = now;
             events.tick(now);
+            self.update_lag_gauge();
         }
     }
 
@@ -420,12 +421,19 @@ impl FileSource {
             }
             present || c.path.is_none()
         });
+        self.update_lag_gauge();
+        self.update_open_files_gauge();
+    }
+
+    /// Bytes known to be behind (last `fstat` size minus read offset). Updated every
+    /// tick, not only at rescans: a lag that was read away must not linger on
+    /// `/metrics` for a whole `rescan_interval`. One pass over the tracked files.
+    fn update_lag_gauge(&self) {
         let lag: u64 = self
             .tracked()
             .map(|(_, t)| t.size.saturating_sub(t.offset))
             .sum();
         metrics::gauge!("logtap_read_lag_bytes").set(lag as f64);
-        self.update_open_files_gauge();
     }
 
     fn update_open_files_gauge(&self) {
@@ -1041,6 +1049,10 @@ impl FileSource {
 
     /// A file in the same directory with the truncated file's fingerprint and at least
     /// its read offset: the copy logrotate made before truncating.
+    ///
+    /// A file this tracker follows as a source of its own is never taken for the copy:
+    /// its bytes are shipped under its own source already, and a sibling log that only
+    /// starts like this one (same header lines) would otherwise lend its bytes to it.
     fn find_copy(&self, t: &Tracked) -> Option<(File, PathBuf, std::fs::Metadata)> {
         if t.identity.fingerprint_len == 0 {
             return None;
@@ -1050,9 +1062,11 @@ impl FileSource {
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
+            let key = (meta.dev(), meta.ino());
             if !meta.is_file()
                 || meta.len() < t.offset
-                || (meta.dev(), meta.ino()) == (t.identity.dev, t.identity.inode)
+                || key == (t.identity.dev, t.identity.inode)
+                || self.by_inode.contains_key(&key)
             {
                 continue;
             }
