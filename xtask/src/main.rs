@@ -21,7 +21,7 @@ fn main() -> ExitCode {
                 "-D",
                 "warnings",
             ],
-            vec!["test", "--workspace", "--release"],
+            vec!["test", "--workspace"],
         ],
         Some("bench") => {
             let mut run = vec!["run", "--release", "-p", "logtap-bench", "--"];
