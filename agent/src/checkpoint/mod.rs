@@ -22,6 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -104,6 +105,8 @@ pub struct Registry {
     dir: PathBuf,
     inner: Mutex<Inner>,
     last_persist: Mutex<Option<Instant>>,
+    /// Acknowledgements that advanced a checkpoint offset (see [`Registry::progress`]).
+    progress: AtomicU64,
 }
 
 pub type SharedRegistry = Arc<Registry>;
@@ -141,6 +144,7 @@ impl Registry {
                 live: HashMap::new(),
             }),
             last_persist: Mutex::new(None),
+            progress: AtomicU64::new(0),
         })
     }
 
@@ -288,10 +292,15 @@ impl Registry {
         {
             f.acked = true;
         }
+        let mut advanced = false;
         while live.in_flight.front().is_some_and(|f| f.acked) {
             let f = live.in_flight.pop_front().expect("front exists");
             live.checkpoint.offset = f.end_offset;
             live.checkpoint.last_package_id = f.package_id;
+            advanced = true;
+        }
+        if advanced {
+            self.progress.fetch_add(1, Ordering::Relaxed);
         }
         if live.forgotten && live.in_flight.is_empty() {
             inner.gc();
@@ -301,6 +310,12 @@ impl Registry {
     /// The acknowledged offset of a live source (tests, diagnostics).
     pub fn acked_offset(&self, source: SourceId) -> Option<u64> {
         self.lock().live.get(&source).map(|l| l.checkpoint.offset)
+    }
+
+    /// How many acknowledgements advanced a checkpoint offset since the registry was
+    /// opened: a persister compares it to tell whether anything new needs persisting.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
     /// Packages sent and not yet acknowledged, over all sources.

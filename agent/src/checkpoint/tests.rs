@@ -114,3 +114,19 @@ fn reused_inode_retires_the_old_source() {
     assert_eq!(snap.len(), 1);
     assert_eq!(snap[0].source_id, SourceId(2));
 }
+
+#[test]
+fn progress_counts_only_acks_that_advance_an_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let s = SourceId(5);
+    reg.register(s, identity(2), "/p".into(), 0);
+    reg.sent(s, 1, 10);
+    reg.sent(s, 2, 20);
+    reg.acked(s, 2);
+    assert_eq!(reg.progress(), 0, "package 1 still holds the offset back");
+    reg.acked(s, 1);
+    assert_eq!(reg.progress(), 1);
+    reg.acked(SourceId(99), 1);
+    assert_eq!(reg.progress(), 1, "an unknown source changes nothing");
+}
