@@ -64,9 +64,22 @@ fn rename_rotation_under_load_loses_nothing() {
         &census.malformed[..census.malformed.len().min(5)]
     );
     let missing = census.missing(written);
-    assert!(missing.is_empty(), "{} seqs missing, first {:?}", missing.len(), &missing[..missing.len().min(10)]);
-    assert_eq!(census.counts.len() as u64, written, "no seq that was never written");
-    assert_eq!(census.duplicates(), 0, "a run without crashes ships each line once");
+    assert!(
+        missing.is_empty(),
+        "{} seqs missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(
+        census.counts.len() as u64,
+        written,
+        "no seq that was never written"
+    );
+    assert_eq!(
+        census.duplicates(),
+        0,
+        "a run without crashes ships each line once"
+    );
     assert_offsets_increase(&records);
     for r in &records {
         assert_eq!(
@@ -75,8 +88,15 @@ fn rename_rotation_under_load_loses_nothing() {
             "records keep their discovery path"
         );
     }
-    let sources: BTreeSet<&str> = records.iter().filter_map(|r| r["source_id"].as_str()).collect();
-    assert_eq!(sources.len(), rotations + 1, "one source per file generation");
+    let sources: BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r["source_id"].as_str())
+        .collect();
+    assert_eq!(
+        sources.len(),
+        rotations + 1,
+        "one source per file generation"
+    );
 }
 
 /// `cp app.log app.log.<k> && truncate -s 0 app.log` from another thread (as logrotate
@@ -122,7 +142,11 @@ fn copytruncate_under_load_loses_only_the_copy_window() {
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         (written, rotator.join().unwrap())
     });
-    assert!(copies.len() >= 3, "only {} copytruncates happened", copies.len());
+    assert!(
+        copies.len() >= 3,
+        "only {} copytruncates happened",
+        copies.len()
+    );
 
     // What survived on disk: whole lines of the copies and of the final file. A copy
     // may end inside a line the writer was writing; that torn tail is not a line.
@@ -180,7 +204,11 @@ fn copytruncate_under_load_loses_only_the_copy_window() {
             "only torn tails may differ from a written line: {r}"
         );
     }
-    assert_eq!(census.duplicates(), 0, "no line shipped twice without a crash");
+    assert_eq!(
+        census.duplicates(),
+        0,
+        "no line shipped twice without a crash"
+    );
     assert_offsets_increase(&records);
 }
 

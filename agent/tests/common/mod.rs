@@ -364,7 +364,10 @@ pub fn store_unique(store: &Path) -> u64 {
 /// The body that [`write_lines_at_rate`] writes for `seq` (without the newline), to
 /// tell a whole line from a torn one.
 pub fn rate_line(seq: u64) -> String {
-    format!("line seq={seq} payload-{:08x}", seq.wrapping_mul(2654435761))
+    format!(
+        "line seq={seq} payload-{:08x}",
+        seq.wrapping_mul(2654435761)
+    )
 }
 
 /// How often each `seq=` occurs in the store's records (duplicates included), and the
@@ -397,7 +400,9 @@ impl SeqCensus {
 
     /// Seqs in `0..total` that are absent.
     pub fn missing(&self, total: u64) -> Vec<u64> {
-        (0..total).filter(|s| !self.counts.contains_key(s)).collect()
+        (0..total)
+            .filter(|s| !self.counts.contains_key(s))
+            .collect()
     }
 }
 
