@@ -163,3 +163,69 @@ fn kill9_at_random_moments_loses_nothing_and_bounds_duplicates() {
         "stats: {stats}"
     );
 }
+
+/// A crash right after a new file's first lines reached the store, before the next
+/// checkpoint write: the restart re-ships them (at-least-once) and must do so under
+/// the same source id, or the store cannot tell the copies apart from new lines —
+/// `logtap query` would show them twice and `--stats` would not count them.
+#[test]
+fn kill9_after_a_new_files_first_package_keeps_its_source_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let data = dir.path().join("data");
+    let config = format!(
+        "sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: local\n\
+         sinks:\n  local: {{type: store}}\n",
+        logs.display()
+    );
+    let mut agent = Agent::start(&data, &config);
+    let store = agent.store_dir();
+    agent.metrics(); // up and scanning
+    let file = logs.join("new.log");
+    let lines = 1000;
+    write_lines_at_rate(&file, lines, 1_000_000, |_, _| {});
+    // Kill as soon as the lines are visible in the store: they are written there
+    // before they are flushed, acknowledged and checkpointed.
+    wait_for(Duration::from_secs(10), "the lines in the store", || {
+        store.exists() && store_unique(&store) >= lines
+    });
+    agent.kill9();
+
+    let mut agent = Agent::start(&data, &config);
+    wait_for(
+        Duration::from_secs(10),
+        "the restarted agent's checkpoint",
+        || metric(&agent.metrics(), "logtap_checkpoint_writes_total", &[]) >= 1.0,
+    );
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+
+    let records = store_records(&store);
+    let ids: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r["source_id"].as_str())
+        .collect();
+    let shown = store_records_deduplicated(&store);
+    let census = SeqCensus::of(&shown);
+    println!(
+        "{} records stored, {} shown by query, source ids {ids:?}",
+        records.len(),
+        shown.len()
+    );
+    assert_eq!(
+        census.missing(lines),
+        Vec::<u64>::new(),
+        "every line stored"
+    );
+    assert_eq!(
+        ids.len(),
+        1,
+        "one file, one source id across the crash; query shows {} duplicates",
+        census.duplicates()
+    );
+    assert_eq!(
+        census.duplicates(),
+        0,
+        "query deduplicates the re-shipped lines"
+    );
+}

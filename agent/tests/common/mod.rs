@@ -423,3 +423,23 @@ pub fn assert_offsets_increase(records: &[Value]) {
         last.insert(source, offset);
     }
 }
+
+/// The records `logtap query` shows by default: deduplicated by
+/// `(source_id, offset)` (`query --json --limit 0`).
+pub fn store_records_deduplicated(store: &Path) -> Vec<Value> {
+    let out = Command::new(logtap_bin())
+        .args(["query", "--json", "--limit", "0", "--store"])
+        .arg(store)
+        .output()
+        .expect("run logtap query");
+    assert!(
+        out.status.success(),
+        "logtap query failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("query --json prints JSON lines"))
+        .collect()
+}
