@@ -139,7 +139,10 @@ fn ensure_durable_persists_a_new_source_id_once() {
     reg.register(s, identity(3), "/n".into(), 0);
     reg.ensure_durable(s).unwrap();
     assert_eq!(
-        Registry::open(dir.path()).unwrap().lookup(1, 3).map(|c| c.source_id),
+        Registry::open(dir.path())
+            .unwrap()
+            .lookup(1, 3)
+            .map(|c| c.source_id),
         Some(s),
         "the id is on disk before any package of the source is shipped"
     );
@@ -153,5 +156,8 @@ fn ensure_durable_persists_a_new_source_id_once() {
     std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
     reg.register(s, identity(3), "/n".into(), 0);
     reg.ensure_durable(s).unwrap();
-    assert!(!dir.path().join(FILE_NAME).exists(), "resumed: already durable");
+    assert!(
+        !dir.path().join(FILE_NAME).exists(),
+        "resumed: already durable"
+    );
 }
