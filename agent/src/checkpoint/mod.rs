@@ -14,6 +14,9 @@
 //!
 //! Duplicates after a crash are bounded: what was acknowledged after the last
 //! `persist` is read and shipped again, i.e. at most one checkpoint interval of data.
+//! They are shipped again under the same [`SourceId`], so the store recognises them
+//! as copies: a new source's id is made durable ([`Registry::ensure_durable`]) before
+//! its first package reaches a sink.
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +25,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -90,6 +94,9 @@ struct Live {
     in_flight: VecDeque<InFlight>,
     /// The file is gone: drop the entry once nothing is in flight.
     forgotten: bool,
+    /// A new source whose id no `persist` has written yet (see
+    /// [`Registry::ensure_durable`]).
+    id_unpersisted: bool,
 }
 
 #[derive(Default)]
@@ -104,6 +111,11 @@ pub struct Registry {
     dir: PathBuf,
     inner: Mutex<Inner>,
     last_persist: Mutex<Option<Instant>>,
+    /// Serialises `persist`: concurrent writers would share the tmp file, and an older
+    /// snapshot must not overwrite a newer one.
+    persisting: Mutex<()>,
+    /// Acknowledgements that advanced a checkpoint offset (see [`Registry::progress`]).
+    progress: AtomicU64,
 }
 
 pub type SharedRegistry = Arc<Registry>;
@@ -141,6 +153,8 @@ impl Registry {
                 live: HashMap::new(),
             }),
             last_persist: Mutex::new(None),
+            persisting: Mutex::new(()),
+            progress: AtomicU64::new(0),
         })
     }
 
@@ -173,6 +187,7 @@ impl Registry {
     pub fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64) {
         let mut inner = self.lock();
         let previous = inner.loaded.remove(&(identity.dev, identity.inode));
+        let resumed = previous.as_ref().is_some_and(|p| p.source_id == source);
         let last_package_id = match (&previous, inner.live.get(&source)) {
             (_, Some(live)) => live.checkpoint.last_package_id,
             (Some(p), None) if p.source_id == source => p.last_package_id,
@@ -200,6 +215,7 @@ impl Registry {
             },
             in_flight: VecDeque::new(),
             forgotten: false,
+            id_unpersisted: !resumed,
         });
         live.checkpoint.identity = identity;
         live.checkpoint.path = path;
@@ -286,10 +302,15 @@ impl Registry {
         {
             f.acked = true;
         }
+        let mut advanced = false;
         while live.in_flight.front().is_some_and(|f| f.acked) {
             let f = live.in_flight.pop_front().expect("front exists");
             live.checkpoint.offset = f.end_offset;
             live.checkpoint.last_package_id = f.package_id;
+            advanced = true;
+        }
+        if advanced {
+            self.progress.fetch_add(1, Ordering::Relaxed);
         }
         if live.forgotten && live.in_flight.is_empty() {
             inner.gc();
@@ -299,6 +320,12 @@ impl Registry {
     /// The acknowledged offset of a live source (tests, diagnostics).
     pub fn acked_offset(&self, source: SourceId) -> Option<u64> {
         self.lock().live.get(&source).map(|l| l.checkpoint.offset)
+    }
+
+    /// How many acknowledgements advanced a checkpoint offset since the registry was
+    /// opened: a persister compares it to tell whether anything new needs persisting.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
     /// Packages sent and not yet acknowledged, over all sources.
@@ -325,11 +352,19 @@ impl Registry {
 
     /// Writes the table durably: tmp file, fsync, rename over the old one, fsync dir.
     pub fn persist(&self) -> Result<(), CheckpointError> {
+        let _persisting = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
         let entries = self.snapshot();
         let started = Instant::now();
         let result = write_atomically(&self.dir, &entries);
         match &result {
             Ok(()) => {
+                let mut inner = self.lock();
+                for e in &entries {
+                    if let Some(live) = inner.live.get_mut(&e.source_id) {
+                        live.id_unpersisted = false;
+                    }
+                }
+                drop(inner);
                 *self.last_persist.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
                 metrics::counter!("logtap_checkpoint_writes_total").increment(1);
                 metrics::gauge!("logtap_checkpoint_entries").set(entries.len() as f64);
@@ -342,6 +377,24 @@ impl Registry {
             }
         }
         result
+    }
+
+    /// Persists the table if `source` is new and no `persist` has written its id yet.
+    /// Called before a package of `source` is handed to a sink: a crash after the sink
+    /// stored it must find the source under this id again, so the re-shipped copy
+    /// carries the same `(source_id, offset)` and is recognised as one. Costs one
+    /// `persist` per wave of new sources (it covers every source registered so far);
+    /// tried once per source, so a failing disk is not hammered (the periodic
+    /// checkpoint retries).
+    pub fn ensure_durable(&self, source: SourceId) -> Result<(), CheckpointError> {
+        let needed = match self.lock().live.get_mut(&source) {
+            Some(live) if live.id_unpersisted && !live.forgotten => {
+                live.id_unpersisted = false;
+                true
+            }
+            _ => false,
+        };
+        if needed { self.persist() } else { Ok(()) }
     }
 
     /// Seconds since the last successful `persist` (None before the first one).

@@ -135,3 +135,50 @@ fn entries_of_files_gone_while_down_are_dropped_after_the_first_scan() {
     reg.forget(SourceId(1));
     assert!(reg.snapshot().is_empty());
 }
+
+#[test]
+fn progress_counts_only_acks_that_advance_an_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let s = SourceId(5);
+    reg.register(s, identity(2), "/p".into(), 0);
+    reg.sent(s, 1, 10);
+    reg.sent(s, 2, 20);
+    reg.acked(s, 2);
+    assert_eq!(reg.progress(), 0, "package 1 still holds the offset back");
+    reg.acked(s, 1);
+    assert_eq!(reg.progress(), 1);
+    reg.acked(SourceId(99), 1);
+    assert_eq!(reg.progress(), 1, "an unknown source changes nothing");
+}
+
+#[test]
+fn ensure_durable_persists_a_new_source_id_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let s = SourceId(11);
+    reg.register(s, identity(3), "/n".into(), 0);
+    reg.ensure_durable(s).unwrap();
+    assert_eq!(
+        Registry::open(dir.path())
+            .unwrap()
+            .lookup(1, 3)
+            .map(|c| c.source_id),
+        Some(s),
+        "the id is on disk before any package of the source is shipped"
+    );
+    std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+    reg.ensure_durable(s).unwrap();
+    assert!(!dir.path().join(FILE_NAME).exists(), "persisted only once");
+
+    // A source resumed from the table on disk needs no write.
+    reg.persist().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+    reg.register(s, identity(3), "/n".into(), 0);
+    reg.ensure_durable(s).unwrap();
+    assert!(
+        !dir.path().join(FILE_NAME).exists(),
+        "resumed: already durable"
+    );
+}

@@ -90,6 +90,9 @@ impl SinkWorker {
     /// Writes one package, retrying transient errors. Returns whether it should be
     /// acknowledged at the next flush (written, or rejected for good and counted).
     fn write(&mut self, batch: &Batch) -> bool {
+        // A failure is logged and counted inside; shipping anyway keeps at-least-once
+        // (only recognising copies after a crash would suffer).
+        let _ = self.registry.ensure_durable(batch.source.id);
         let kind = self.sink.kind();
         let mut backoff = BACKOFF_START;
         loop {

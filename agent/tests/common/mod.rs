@@ -319,3 +319,127 @@ fn open_append(path: &Path) -> std::fs::File {
         .open(path)
         .unwrap()
 }
+
+/// Like [`wait_for`], polling every `poll` (for checks that are expensive themselves,
+/// such as a query over a large store).
+pub fn wait_for_every(
+    timeout: Duration,
+    poll: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// The store's own totals (`query --stats --json`): `records`, `unique`,
+/// `duplicates`, and per-source counts under `sources`.
+pub fn store_stats(store: &Path) -> Value {
+    let out = Command::new(logtap_bin())
+        .args(["query", "--stats", "--json", "--store"])
+        .arg(store)
+        .output()
+        .expect("run logtap query --stats");
+    assert!(
+        out.status.success(),
+        "logtap query --stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("query --stats --json prints one JSON object")
+}
+
+/// `unique` of [`store_stats`], or 0 before the store exists.
+pub fn store_unique(store: &Path) -> u64 {
+    if !store.exists() {
+        return 0;
+    }
+    store_stats(store)["unique"].as_u64().unwrap_or(0)
+}
+
+/// The body that [`write_lines_at_rate`] writes for `seq` (without the newline), to
+/// tell a whole line from a torn one.
+pub fn rate_line(seq: u64) -> String {
+    format!(
+        "line seq={seq} payload-{:08x}",
+        seq.wrapping_mul(2654435761)
+    )
+}
+
+/// How often each `seq=` occurs in the store's records (duplicates included), and the
+/// records whose body is not a whole line written by [`write_lines_at_rate`].
+pub struct SeqCensus {
+    pub counts: std::collections::BTreeMap<u64, u32>,
+    pub malformed: Vec<Value>,
+}
+
+impl SeqCensus {
+    pub fn of(records: &[Value]) -> SeqCensus {
+        let mut counts = std::collections::BTreeMap::new();
+        let mut malformed = Vec::new();
+        for r in records {
+            let body = body_bytes(r);
+            match seq_of(&body) {
+                Some(seq) if body == rate_line(seq).as_bytes() => {
+                    *counts.entry(seq).or_insert(0) += 1
+                }
+                _ => malformed.push(r.clone()),
+            }
+        }
+        SeqCensus { counts, malformed }
+    }
+
+    /// Copies beyond the first, over every seq.
+    pub fn duplicates(&self) -> u64 {
+        self.counts.values().map(|&c| u64::from(c) - 1).sum()
+    }
+
+    /// Seqs in `0..total` that are absent.
+    pub fn missing(&self, total: u64) -> Vec<u64> {
+        (0..total)
+            .filter(|s| !self.counts.contains_key(s))
+            .collect()
+    }
+}
+
+/// Per source, the offsets of its records in store order; panics (naming the source)
+/// unless they strictly increase.
+pub fn assert_offsets_increase(records: &[Value]) {
+    let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for r in records {
+        let source = r["source_id"].as_str().expect("source_id").to_string();
+        let offset = r["offset"].as_u64().expect("offset");
+        if let Some(&prev) = last.get(&source) {
+            assert!(
+                offset > prev,
+                "offsets of source {source} ({}) go from {prev} to {offset}",
+                r["path"]
+            );
+        }
+        last.insert(source, offset);
+    }
+}
+
+/// The records `logtap query` shows by default: deduplicated by
+/// `(source_id, offset)` (`query --json --limit 0`).
+pub fn store_records_deduplicated(store: &Path) -> Vec<Value> {
+    let out = Command::new(logtap_bin())
+        .args(["query", "--json", "--limit", "0", "--store"])
+        .arg(store)
+        .output()
+        .expect("run logtap query");
+    assert!(
+        out.status.success(),
+        "logtap query failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("query --json prints JSON lines"))
+        .collect()
+}

@@ -1,0 +1,255 @@
+//! Rotation under load, with the real binary: rename + create (logrotate `create`),
+//! copytruncate, and a CRI partial line cut by a rename rotation.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const RATE: u64 = 50_000;
+
+fn config(logs: &Path, format: &str) -> String {
+    // rotate_wait is short so rotated files are also ended (and closed) during the run.
+    format!(
+        "files: {{rotate_wait: 1s}}\n\
+         sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    format: {format}\n    sink: local\n\
+         sinks:\n  local: {{type: store}}\n",
+        logs.display()
+    )
+}
+
+/// `app.log` is renamed to `app.log.<n>` every 30,000 lines and the writer reopens
+/// `app.log`. The glob matches only `*.log`, so the rotated files are drained through
+/// the descriptor the agent already holds, not rediscovered.
+#[test]
+fn rename_rotation_under_load_loses_nothing() {
+    const TOTAL: u64 = 150_000;
+    const EVERY: u64 = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut agent = Agent::start(&dir.path().join("data"), &config(&logs, "raw"));
+    let store = agent.store_dir();
+
+    let mut rotations = 0;
+    let started = Instant::now();
+    let written = write_lines_at_rate(&logs.join("app.log"), TOTAL, RATE, |n, path| {
+        if n % EVERY == 0 && n < TOTAL {
+            rotations += 1;
+            std::fs::rename(path, logs.join(format!("app.log.{rotations}"))).unwrap();
+        }
+    });
+    println!(
+        "wrote {written} lines with {rotations} rotations in {:?}",
+        started.elapsed()
+    );
+    wait_for_every(
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        "every line in the store",
+        || store_unique(&store) >= written,
+    );
+    println!("all lines stored after {:?}", started.elapsed());
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+
+    let records = store_records(&store);
+    let census = SeqCensus::of(&records);
+    assert!(
+        census.malformed.is_empty(),
+        "records that are not whole written lines: {:?}",
+        &census.malformed[..census.malformed.len().min(5)]
+    );
+    let missing = census.missing(written);
+    assert!(
+        missing.is_empty(),
+        "{} seqs missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(
+        census.counts.len() as u64,
+        written,
+        "no seq that was never written"
+    );
+    assert_eq!(
+        census.duplicates(),
+        0,
+        "a run without crashes ships each line once"
+    );
+    assert_offsets_increase(&records);
+    for r in &records {
+        assert_eq!(
+            r["path"].as_str(),
+            Some(logs.join("app.log").to_str().unwrap()),
+            "records keep their discovery path"
+        );
+    }
+    let sources: BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r["source_id"].as_str())
+        .collect();
+    assert_eq!(
+        sources.len(),
+        rotations + 1,
+        "one source per file generation"
+    );
+}
+
+/// `cp app.log app.log.<k> && truncate -s 0 app.log` from another thread (as logrotate
+/// `copytruncate` does, concurrently with the writer) while 50,000 lines/s are
+/// appended. Lines written between the copy and the truncate are lost by
+/// copytruncate itself; everything in the copies or the final file must be stored.
+#[test]
+fn copytruncate_under_load_loses_only_the_copy_window() {
+    const TOTAL: u64 = 150_000;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let file = logs.join("app.log");
+    let mut agent = Agent::start(&dir.path().join("data"), &config(&logs, "raw"));
+    let store = agent.store_dir();
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (written, copies) = std::thread::scope(|s| {
+        let rotator = s.spawn(|| {
+            let mut copies: Vec<PathBuf> = Vec::new();
+            while copies.len() < 4 && !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(600));
+                if !file.exists() {
+                    continue;
+                }
+                let copy = logs.join(format!("app.log.{}", copies.len() + 1));
+                std::fs::copy(&file, &copy).unwrap();
+                // A copy takes about a millisecond here, less than the writer's
+                // bursts; a slower disk (or a compressing copy) leaves a wider window.
+                // Widen it, so the window is never empty.
+                std::thread::sleep(Duration::from_millis(5));
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&file)
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
+                copies.push(copy);
+            }
+            copies
+        });
+        let written = write_lines_at_rate(&file, TOTAL, RATE, |_, _| {});
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (written, rotator.join().unwrap())
+    });
+    assert!(
+        copies.len() >= 3,
+        "only {} copytruncates happened",
+        copies.len()
+    );
+
+    // What survived on disk: whole lines of the copies and of the final file. A copy
+    // may end inside a line the writer was writing; that torn tail is not a line.
+    let mut on_disk = BTreeSet::new();
+    for path in copies.iter().chain([&file]) {
+        let text = std::fs::read(path).unwrap();
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            let Some(line) = line.strip_suffix(b"\n") else {
+                continue;
+            };
+            if let Some(seq) = seq_of(line)
+                && line == rate_line(seq).as_bytes()
+            {
+                on_disk.insert(seq);
+            }
+        }
+    }
+    let window = written - on_disk.len() as u64;
+    println!(
+        "wrote {written} lines, {} copytruncates, {window} lines lost in the copy→truncate window",
+        copies.len()
+    );
+
+    wait_for_every(
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        "every line on disk in the store",
+        || store_unique(&store) >= on_disk.len() as u64,
+    );
+    // The file's last lines may still be on their way.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+
+    let records = store_records(&store);
+    let census = SeqCensus::of(&records);
+    let stored: BTreeSet<u64> = census.counts.keys().copied().collect();
+    let lost: Vec<u64> = on_disk.difference(&stored).copied().collect();
+    assert!(
+        lost.is_empty(),
+        "{} lines on disk but not in the store, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let invented: Vec<u64> = stored.iter().copied().filter(|&s| s >= written).collect();
+    assert!(invented.is_empty(), "seqs never written: {invented:?}");
+    let rescued = stored.difference(&on_disk).count();
+    println!(
+        "{rescued} of the {window} window lines were read before the truncate; {} torn records",
+        census.malformed.len()
+    );
+    // A copy that ends inside a line holds a torn tail the agent may ship, flagged.
+    for r in &census.malformed {
+        assert!(
+            flags(r).iter().any(|f| f == "unterminated"),
+            "only torn tails may differ from a written line: {r}"
+        );
+    }
+    assert_eq!(
+        census.duplicates(),
+        0,
+        "no line shipped twice without a crash"
+    );
+    assert_offsets_increase(&records);
+}
+
+/// A CRI `P` line at the end of a file renamed away continues with the `F` line in the
+/// new file at the same path: one record.
+#[test]
+fn cri_partial_line_straddles_rename_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let file = logs.join("0.log");
+    let mut agent = Agent::start(&dir.path().join("data"), &config(&logs, "cri"));
+    let store = agent.store_dir();
+
+    let first = b"2026-11-21T10:00:00.000000001Z stdout P part1\n";
+    std::fs::write(&file, first).unwrap();
+    wait_for(Duration::from_secs(10), "the P line read", || {
+        metric(&agent.metrics(), "logtap_bytes_read_total", &[]) >= first.len() as f64
+    });
+    std::fs::rename(&file, logs.join("0.log.20261121-1")).unwrap();
+    let mut f = std::fs::File::create(&file).unwrap();
+    f.write_all(b"2026-11-21T10:00:00.000000002Z stdout F part2\n")
+        .unwrap();
+    drop(f);
+
+    wait_for(Duration::from_secs(10), "a record in the store", || {
+        store_unique(&store) >= 1
+    });
+    // Past rotate_wait, so the rotated file was ended too: nothing more may appear.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let records = store_records(&store);
+    let bodies: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&body_bytes(r)).into_owned())
+        .collect();
+    assert_eq!(bodies, ["part1part2"], "records: {records:?}");
+    assert!(
+        flags(&records[0]).iter().any(|f| f == "reassembled"),
+        "flags: {:?}",
+        flags(&records[0])
+    );
+    assert_eq!(records[0]["path"].as_str(), file.to_str());
+}
