@@ -162,31 +162,11 @@ fn write(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
-/// `secs`/`nanos` since the epoch as RFC 3339 UTC with nanoseconds.
+/// `secs`/`nanos` since the epoch as RFC 3339 UTC with nanoseconds, as runtimes write it.
 fn rfc3339(secs: u64, nanos: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil conversion (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    (y, m, d)
+    let mut out = Vec::with_capacity(30);
+    crate::sink::store::render::write_rfc3339(&mut out, (secs * 1_000_000_000 + nanos) as i64);
+    String::from_utf8(out).expect("RFC 3339 text is ASCII")
 }
 
 #[cfg(test)]

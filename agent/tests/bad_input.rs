@@ -45,14 +45,7 @@ impl Scene {
 
     /// `*.log` raw, `*.cri` CRI, `*.json` raw with the JSON parser; all into the store.
     fn config(&self, extra: &str) -> String {
-        let logs = self.logs.display();
-        format!(
-            "{extra}sources:\n\
-             \x20 - name: raw\n    include: [\"{logs}/*.log\"]\n    sink: local\n\
-             \x20 - name: cri\n    include: [\"{logs}/*.cri\"]\n    format: cri\n    sink: local\n\
-             \x20 - name: json\n    include: [\"{logs}/*.json\"]\n    parser: {{type: json}}\n    sink: local\n\
-             sinks:\n  local: {{type: store}}\n"
-        )
+        three_format_config(&self.logs, extra)
     }
 
     fn start(&self) -> Agent {

@@ -39,14 +39,7 @@ impl Input {
     }
 
     fn config(&self, extra: &str) -> String {
-        let logs = self.raw.parent().unwrap().display();
-        format!(
-            "{extra}sources:\n\
-             \x20 - name: raw\n    include: [\"{logs}/*.log\"]\n    sink: local\n\
-             \x20 - name: cri\n    include: [\"{logs}/*.cri\"]\n    format: cri\n    sink: local\n\
-             \x20 - name: json\n    include: [\"{logs}/*.json\"]\n    parser: {{type: json}}\n    sink: local\n\
-             sinks:\n  local: {{type: store}}\n"
-        )
+        three_format_config(self.raw.parent().unwrap(), extra)
     }
 
     /// Writes lines `range` of every file (half before the agent starts, half while it
@@ -75,14 +68,6 @@ impl Input {
     fn size(path: &Path) -> f64 {
         std::fs::metadata(path).unwrap().len() as f64
     }
-}
-
-fn open_append(path: &Path) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap()
 }
 
 /// Runs an agent over the input until every line is acknowledged and checkpointed;

@@ -200,9 +200,15 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Every record in the store, duplicates included (`query --json --raw --limit 0`).
 pub fn store_records(store: &Path) -> Vec<Value> {
+    query_json(store, &["--raw"])
+}
+
+/// Runs `logtap query --json --limit 0 --store STORE ARGS...` and parses its lines.
+pub fn query_json(store: &Path, args: &[&str]) -> Vec<Value> {
     let out = Command::new(logtap_bin())
-        .args(["query", "--json", "--raw", "--limit", "0", "--store"])
+        .args(["query", "--json", "--limit", "0", "--store"])
         .arg(store)
+        .args(args)
         .output()
         .expect("run logtap query");
     assert!(
@@ -312,7 +318,7 @@ fn inode(m: &std::fs::Metadata) -> u64 {
     m.ino()
 }
 
-fn open_append(path: &Path) -> std::fs::File {
+pub fn open_append(path: &Path) -> std::fs::File {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -427,19 +433,18 @@ pub fn assert_offsets_increase(records: &[Value]) {
 /// The records `logtap query` shows by default: deduplicated by
 /// `(source_id, offset)` (`query --json --limit 0`).
 pub fn store_records_deduplicated(store: &Path) -> Vec<Value> {
-    let out = Command::new(logtap_bin())
-        .args(["query", "--json", "--limit", "0", "--store"])
-        .arg(store)
-        .output()
-        .expect("run logtap query");
-    assert!(
-        out.status.success(),
-        "logtap query failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).expect("query --json prints JSON lines"))
-        .collect()
+    query_json(store, &[])
+}
+
+/// A config with three sources over `logs`, all into the store: `*.log` raw, `*.cri`
+/// CRI, `*.json` raw with the JSON parser. `extra` goes first (top-level settings).
+pub fn three_format_config(logs: &Path, extra: &str) -> String {
+    let logs = logs.display();
+    format!(
+        "{extra}sources:\n\
+         \x20 - name: raw\n    include: [\"{logs}/*.log\"]\n    sink: local\n\
+         \x20 - name: cri\n    include: [\"{logs}/*.cri\"]\n    format: cri\n    sink: local\n\
+         \x20 - name: json\n    include: [\"{logs}/*.json\"]\n    parser: {{type: json}}\n    sink: local\n\
+         sinks:\n  local: {{type: store}}\n"
+    )
 }
