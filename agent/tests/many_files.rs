@@ -1,5 +1,6 @@
-//! A thousand files at once, in twenty directories: every line arrives once, under the
-//! path of the file it was written to, and appends to all of them are followed.
+//! Many files at once (a thousand in twenty directories; ten thousand in a hundred):
+//! every line arrives once, under the path of the file it was written to, and appends
+//! to all of them are followed.
 
 mod common;
 
@@ -9,11 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-const DIRS: usize = 20;
-const FILES_PER_DIR: usize = 50;
-const FIRST_LINES: u64 = 100;
-const APPENDED_LINES: u64 = 10;
 
 fn write_lines(path: &Path, tag: &str, seqs: std::ops::Range<u64>) {
     let mut f = std::fs::OpenOptions::new()
@@ -30,19 +26,28 @@ fn write_lines(path: &Path, tag: &str, seqs: std::ops::Range<u64>) {
 
 #[test]
 fn a_thousand_files_at_once() {
+    many_files(20, 50, 100, 10);
+}
+
+#[test]
+fn ten_thousand_watched_files() {
+    many_files(100, 100, 4, 2);
+}
+
+fn many_files(dirs: usize, files_per_dir: usize, first_lines: u64, appended_lines: u64) {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     let mut files: Vec<(PathBuf, String)> = Vec::new();
-    for d in 0..DIRS {
+    for d in 0..dirs {
         let sub = logs.join(format!("d{d:02}"));
         std::fs::create_dir_all(&sub).unwrap();
-        for f in 0..FILES_PER_DIR {
+        for f in 0..files_per_dir {
             let tag = format!("d{d:02}/f{f:03}");
             files.push((sub.join(format!("f{f:03}.log")), tag));
         }
     }
     for (path, tag) in &files {
-        write_lines(path, tag, 0..FIRST_LINES);
+        write_lines(path, tag, 0..first_lines);
     }
     let config = format!(
         "sources:\n  - name: app\n    include: [\"{}/**/*.log\"]\n    sink: local\n\
@@ -55,13 +60,13 @@ fn a_thousand_files_at_once() {
 
     // Half the appends race the agent's start-up discovery and first reads, half
     // come once everything was read and the files are only followed.
-    let racing = FIRST_LINES + APPENDED_LINES / 2;
+    let racing = first_lines + appended_lines / 2;
     for (path, tag) in &files {
-        write_lines(path, tag, FIRST_LINES..racing);
+        write_lines(path, tag, first_lines..racing);
     }
     let first = files.len() as u64 * racing;
     wait_for_every(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         Duration::from_millis(300),
         "the first lines of every file",
         || store_unique(&store) >= first,
@@ -70,12 +75,12 @@ fn a_thousand_files_at_once() {
     let open = metric(&agent.metrics(), "logtap_open_files", &[]);
     assert!(open >= files.len() as f64, "logtap_open_files = {open}");
 
-    let total = files.len() as u64 * (FIRST_LINES + APPENDED_LINES);
+    let total = files.len() as u64 * (first_lines + appended_lines);
     for (path, tag) in &files {
-        write_lines(path, tag, racing..FIRST_LINES + APPENDED_LINES);
+        write_lines(path, tag, racing..first_lines + appended_lines);
     }
     wait_for_every(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         Duration::from_millis(300),
         "the appended lines of every file",
         || store_unique(&store) >= total,
@@ -107,7 +112,7 @@ fn a_thousand_files_at_once() {
         *seen.entry((tag.to_string(), seq)).or_default() += 1;
     }
     for (_, tag) in &files {
-        for seq in 0..FIRST_LINES + APPENDED_LINES {
+        for seq in 0..first_lines + appended_lines {
             assert_eq!(
                 seen.get(&(tag.clone(), seq)).copied(),
                 Some(1),
