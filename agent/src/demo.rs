@@ -14,11 +14,14 @@ use crate::config::{Config, Format, MultilineConfig, ParserConfig, SourceConfig}
 const NGINX_UID: &str = "0b5a3c1e-7d2f-4e43-9f1a-2b8c6d4e5f70";
 const CHECKOUT_UID: &str = "6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
 
-/// Writes the demo logs under `<data_dir>/demo` (replacing earlier ones) and adds
+/// Writes the demo logs under `<data_dir>/demo` (once: a second run finds them
+/// already collected by their checkpoints instead of shipping fresh copies) and adds
 /// sources for them, ahead of the configured ones, into the config's first sink.
 pub fn install(config: &mut Config) -> anyhow::Result<()> {
     let dir = config.data_dir.join("demo");
-    write_logs(&dir).with_context(|| format!("writing demo logs under {}", dir.display()))?;
+    if !dir.exists() {
+        write_logs(&dir).with_context(|| format!("writing demo logs under {}", dir.display()))?;
+    }
     let sink = config
         .sinks
         .keys()
@@ -79,7 +82,6 @@ fn write_logs(dir: &Path) -> std::io::Result<()> {
             (i * 7919) % 1_000_000_000,
         )
     };
-    let _ = std::fs::remove_dir_all(dir);
 
     let mut nginx = String::new();
     for i in 0..300u64 {
