@@ -161,17 +161,24 @@ pub struct Utf8Checked {
     /// Length of the chunk's longest valid UTF-8 prefix (a chunk may start or end in
     /// the middle of a character).
     valid_len: usize,
+    /// The whole chunk is ASCII (the common case): every position is a boundary.
+    ascii: bool,
 }
 
 impl Utf8Checked {
     pub fn new(chunk: &Bytes) -> Utf8Checked {
-        let valid_len = match std::str::from_utf8(chunk) {
-            Ok(_) => chunk.len(),
-            Err(e) => e.valid_up_to(),
+        let ascii = chunk.is_ascii();
+        let valid_len = match ascii {
+            true => chunk.len(),
+            false => match std::str::from_utf8(chunk) {
+                Ok(_) => chunk.len(),
+                Err(e) => e.valid_up_to(),
+            },
         };
         Utf8Checked {
             chunk: chunk.clone(),
             valid_len,
+            ascii,
         }
     }
 
@@ -186,7 +193,7 @@ impl Utf8Checked {
         let Some(end) = start.checked_add(body.len()) else {
             return false;
         };
-        end <= self.valid_len && self.is_boundary(start) && self.is_boundary(end)
+        end <= self.valid_len && (self.ascii || (self.is_boundary(start) && self.is_boundary(end)))
     }
 
     /// For `i <= valid_len`: no character of the valid prefix straddles `i`.

@@ -213,6 +213,13 @@ fn chunk_check_vouches_only_for_whole_characters_of_the_valid_prefix() {
     assert!(!checked.vouches_for(b"ab"));
     assert!(!checked.vouches_for(&Bytes::copy_from_slice(&chunk[..2])));
 
+    // An ASCII chunk vouches for any slice of itself, and still only for slices.
+    let ascii = Bytes::from_static(b"plain line\nanother\n");
+    let checked = Utf8Checked::new(&ascii);
+    assert!(checked.vouches_for(&ascii.slice(0..10)));
+    assert!(checked.vouches_for(&ascii.slice(3..18)));
+    assert!(!checked.vouches_for(b"plain line"));
+
     // A chunk that starts inside a character vouches for nothing.
     let cut = Bytes::from_static(b"\xa9abc\n");
     let checked = Utf8Checked::new(&cut);

@@ -29,8 +29,9 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
 
 /// One read: `len` bytes of `fd` at `offset`. `slot` is the caller's file handle.
 #[derive(Clone, Copy, Debug)]
@@ -59,22 +60,23 @@ pub(crate) const POOL_IDLE_BUFFERS: usize = 16;
 
 /// Large read buffers, returned by the last drop of their chunk (on any thread) and
 /// taken by the next large read. See `# Buffer reuse`.
-#[derive(Clone)]
+///
+/// A stack, not a queue: the buffer returned last is the one most likely still in
+/// the CPU caches. One lock per read of hundreds of KiB costs nothing measurable.
+#[derive(Clone, Default)]
 pub(crate) struct BufferPool {
-    idle: Sender<Vec<u8>>,
-    reuse: Receiver<Vec<u8>>,
+    idle: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl BufferPool {
     pub fn new() -> BufferPool {
-        let (idle, reuse) = crossbeam_channel::bounded(POOL_IDLE_BUFFERS);
-        BufferPool { idle, reuse }
+        BufferPool::default()
     }
 
     /// An empty buffer with room for at least `len` bytes.
     fn take(&self, len: usize) -> Vec<u8> {
         if len >= POOLED_MIN_BYTES
-            && let Ok(mut buf) = self.reuse.try_recv()
+            && let Some(mut buf) = lock(&self.idle).pop()
         {
             // A buffer far larger than the read would pin its slack downstream; one
             // too small cannot serve. Either is freed, the next one may fit.
@@ -92,7 +94,7 @@ impl BufferPool {
         if buf.capacity() >= POOLED_MIN_BYTES {
             Bytes::from_owner(PooledBuffer {
                 buf,
-                home: self.idle.clone(),
+                home: Arc::clone(&self.idle),
             })
         } else {
             Bytes::from(buf)
@@ -102,14 +104,19 @@ impl BufferPool {
     /// Buffers waiting for reuse (tests).
     #[cfg(test)]
     fn idle(&self) -> usize {
-        self.reuse.len()
+        lock(&self.idle).len()
     }
+}
+
+/// The pool's lock; a panic elsewhere while holding it leaves a valid list behind.
+fn lock(idle: &Mutex<Vec<Vec<u8>>>) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+    idle.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The owner of a pooled chunk's memory.
 struct PooledBuffer {
     buf: Vec<u8>,
-    home: Sender<Vec<u8>>,
+    home: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl AsRef<[u8]> for PooledBuffer {
@@ -120,8 +127,11 @@ impl AsRef<[u8]> for PooledBuffer {
 
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
-        // A full pool (or a reader gone) frees the buffer instead.
-        let _ = self.home.try_send(std::mem::take(&mut self.buf));
+        let mut idle = lock(&self.home);
+        // A full pool frees the buffer instead.
+        if idle.len() < POOL_IDLE_BUFFERS {
+            idle.push(std::mem::take(&mut self.buf));
+        }
     }
 }
 
