@@ -19,7 +19,7 @@ use crate::batch::BatchBuilder;
 use crate::checkpoint::{Registry, SharedRegistry};
 use crate::config::Config;
 use crate::frame::{Framer, Line, LineFlags};
-use crate::parse::Parser;
+use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
 use crate::sink::worker::SinkWorker;
 use crate::source::file::{EndReason, FileIdentity, FileSource, FileSourceOptions, SourceEvents};
@@ -170,6 +170,8 @@ pub struct Pipeline {
     slots: HashMap<SourceId, Slot>,
     /// Reused between chunks: framed records on their way into a package.
     scratch: Vec<Line>,
+    /// The UTF-8 check of the chunk whose records are in `scratch`, if it was done.
+    chunk_utf8: Option<Utf8Checked>,
     /// Reused by `tick`: the sources to visit.
     tick_ids: Vec<SourceId>,
     lines: u64,
@@ -190,6 +192,7 @@ impl Pipeline {
             registry,
             slots: HashMap::new(),
             scratch: Vec::new(),
+            chunk_utf8: None,
             tick_ids: Vec::new(),
             lines: 0,
             bytes: 0,
@@ -210,7 +213,11 @@ impl Pipeline {
         let n = self.scratch.len() as u64;
         for mut line in self.scratch.drain(..) {
             let index = slot.builder.next_index();
-            parser.apply(&mut line, index, slot.builder.fields_mut());
+            let known_utf8 = self
+                .chunk_utf8
+                .as_ref()
+                .is_some_and(|c| c.vouches_for(&line.body));
+            parser.apply_with(&mut line, index, slot.builder.fields_mut(), known_utf8);
             if line.flags != LineFlags::empty() {
                 let f = line.flags;
                 truncated += f.contains(LineFlags::TRUNCATED) as u64;
@@ -316,9 +323,14 @@ impl SourceEvents for Pipeline {
         };
         self.bytes += chunk.len() as u64;
         let now = Instant::now();
+        // One UTF-8 check for the chunk instead of one per line (see `parse`).
+        if self.parsers[slot.config].uses_known_utf8() {
+            self.chunk_utf8 = Some(Utf8Checked::new(&chunk));
+        }
         slot.framer
             .push(chunk, wall_clock_ns(), now, &mut self.scratch);
         self.absorb(source, now);
+        self.chunk_utf8 = None;
     }
 
     fn ended(&mut self, source: SourceId, reason: EndReason) {

@@ -2,7 +2,8 @@
 //!
 //! - `ci`: formatting, lints and the whole test suite, exactly as CI runs them.
 //! - `bench [ARGS]`: the throughput harness in release mode (see `bench/`); arguments
-//!   are passed on, e.g. `cargo xtask bench --size-mb 512`.
+//!   are passed on, e.g. `cargo xtask bench --size-mb 512` (a leading `--` is
+//!   accepted too).
 
 use std::process::{Command, ExitCode};
 
@@ -25,7 +26,13 @@ fn main() -> ExitCode {
         ],
         Some("bench") => {
             let mut run = vec!["run", "--release", "-p", "logtap-bench", "--"];
-            run.extend(rest.iter().map(String::as_str));
+            // `cargo xtask bench -- --size-mb 512` passes the `--` on: drop it, or the
+            // harness would take every option after it for a positional argument.
+            let args = match rest.first().map(String::as_str) {
+                Some("--") => &rest[1..],
+                _ => &rest[..],
+            };
+            run.extend(args.iter().map(String::as_str));
             vec![vec!["build", "--release", "-p", "logtap"], run]
         }
         _ => {

@@ -72,6 +72,10 @@ pub struct BatchBuilder {
     body_bytes: usize,
     opened_at: Option<std::time::Instant>,
     limits: crate::config::BatchConfig,
+    /// Lines of the last sealed package. Packages are sealed between chunks, so they
+    /// overshoot `max_lines` by up to a chunk's lines; sizing the next one from the
+    /// last saves regrowing (copying) a vector of thousands of lines per package.
+    last_len: usize,
 }
 
 impl BatchBuilder {
@@ -88,6 +92,7 @@ impl BatchBuilder {
             body_bytes: 0,
             opened_at: None,
             limits,
+            last_len: 0,
         }
     }
 
@@ -113,7 +118,8 @@ impl BatchBuilder {
         if self.opened_at.is_none() {
             self.opened_at = Some(now);
             // Sized for the typical package, so pushes don't regrow the vector.
-            self.lines.reserve(self.limits.max_lines.min(16 * 1024));
+            let typical = self.limits.max_lines.max(self.last_len + self.last_len / 8);
+            self.lines.reserve(typical.min(16 * 1024));
         }
         self.body_bytes += line.body.len();
         self.lines.push(line);
@@ -142,6 +148,7 @@ impl BatchBuilder {
             end_offset,
         };
         self.next_package_id += 1;
+        self.last_len = batch.lines.len();
         self.body_bytes = 0;
         self.opened_at = None;
         Some(batch)
@@ -195,6 +202,24 @@ mod tests {
         assert_eq!(p.body_bytes(), 10);
         b.push(line(12), t0);
         assert_eq!(b.seal(18).unwrap().package_id, 6);
+    }
+
+    #[test]
+    fn packages_overshooting_max_lines_size_the_next_one() {
+        let mut b = builder(100);
+        let now = Instant::now();
+        // Sealing happens between chunks, so a package may hold more than max_lines.
+        for i in 0..130 {
+            b.push(line(i * 6), now);
+        }
+        assert_eq!(b.seal(130 * 6).unwrap().lines.len(), 130);
+        b.push(line(130 * 6), now);
+        let reserved = b.lines.capacity();
+        assert!(reserved >= 130, "{reserved}");
+        for i in 1..130 {
+            b.push(line((130 + i) * 6), now);
+        }
+        assert_eq!(b.lines.capacity(), reserved, "no regrowth");
     }
 
     #[test]

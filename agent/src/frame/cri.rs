@@ -11,7 +11,7 @@
 //! at the third field, instead of losing its first word.
 
 use super::Stream;
-use super::time::parse_rfc3339_ns;
+use super::time::Rfc3339Cache;
 
 /// The envelope of one CRI line; the message is `line[message_start..]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,10 +26,11 @@ pub(crate) struct CriHeader {
 /// (a nanosecond timestamp with offset, the stream and the tag take 46 bytes).
 pub(crate) const CRI_ENVELOPE_SLACK: usize = 128;
 
-/// Parses the envelope; `None` for anything that is not a CRI line.
-pub(crate) fn parse_cri(line: &[u8]) -> Option<CriHeader> {
+/// Parses the envelope; `None` for anything that is not a CRI line. `timestamps` is
+/// the source's cache of the last timestamp minute.
+pub(crate) fn parse_cri(line: &[u8], timestamps: &mut Rfc3339Cache) -> Option<CriHeader> {
     let ts_end = memchr::memchr(b' ', line)?;
-    let timestamp_ns = parse_rfc3339_ns(&line[..ts_end])?;
+    let timestamp_ns = timestamps.parse(&line[..ts_end])?;
     let rest = &line[ts_end + 1..];
     let (stream, after_stream) = if rest.starts_with(b"stdout") {
         (Stream::Stdout, 6)
@@ -72,7 +73,7 @@ mod tests {
     const TS_NS: i64 = 1_795_257_931_210_111_144;
 
     fn parse(line: &str) -> Option<(i64, Stream, bool, &str)> {
-        let h = parse_cri(line.as_bytes())?;
+        let h = parse_cri(line.as_bytes(), &mut Rfc3339Cache::default())?;
         Some((
             h.timestamp_ns,
             h.stream,
@@ -151,14 +152,17 @@ mod tests {
         ] {
             assert_eq!(parse(&bad), None, "{bad:?}");
         }
-        assert_eq!(parse_cri(b"\xff\xfe\0 stdout F x"), None);
+        assert_eq!(
+            parse_cri(b"\xff\xfe\0 stdout F x", &mut Rfc3339Cache::default()),
+            None
+        );
     }
 
     #[test]
     fn message_bytes_are_untouched() {
         let mut line = format!("{TS} stdout F ").into_bytes();
         line.extend_from_slice(b"\0\xff\xc3(");
-        let h = parse_cri(&line).unwrap();
+        let h = parse_cri(&line, &mut Rfc3339Cache::default()).unwrap();
         assert_eq!(&line[h.message_start..], b"\0\xff\xc3(");
     }
 }

@@ -32,6 +32,7 @@ use super::docker::{DOCKER_ENVELOPE_SLACK, DOCKER_MIN_PHYSICAL_LINE, parse_docke
 use super::lines::{LineSplitter, PhysicalLine};
 use super::multiline::{Group, Multiline, groups_into_lines};
 use super::partial::{Pending, Reassembler, Slots};
+use super::time::Rfc3339Cache;
 use super::{Line, LineFlags, Stream};
 use crate::config::{Format, MultilineConfig};
 
@@ -41,6 +42,7 @@ pub struct Framer {
     splitter: LineSplitter,
     reassembler: Reassembler,
     multiline: Option<Multiline>,
+    timestamps: Rfc3339Cache,
     /// Records completed by `accept_carry` (which has no `out`), emitted by the next
     /// call that has one.
     backlog: Vec<Line>,
@@ -89,6 +91,7 @@ impl Framer {
             splitter: LineSplitter::new(physical_cap, start_offset),
             reassembler: Reassembler::new(max_line_bytes),
             multiline: multiline.map(|m| Multiline::new(m, max_line_bytes)),
+            timestamps: Rfc3339Cache::default(),
             backlog: Vec::new(),
             last_read_time_ns: 0,
             last_now: Instant::now(),
@@ -112,12 +115,14 @@ impl Framer {
             splitter,
             reassembler,
             multiline,
+            timestamps,
             ..
         } = self;
-        let decode = Decode {
+        let mut decode = Decode {
             format: *format,
             max: *max_line_bytes,
             read_time_ns,
+            timestamps,
         };
         match multiline {
             None => decode.chunk(splitter, reassembler, &mut Direct(out), chunk),
@@ -145,12 +150,14 @@ impl Framer {
             multiline,
             last_read_time_ns,
             last_now,
+            timestamps,
             ..
         } = self;
-        let decode = Decode {
+        let mut decode = Decode {
             format: *format,
             max: *max_line_bytes,
             read_time_ns: *last_read_time_ns,
+            timestamps,
         };
         let tail = splitter.take_unterminated();
         match multiline {
@@ -264,17 +271,17 @@ impl Emit for Grouped<'_> {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Decode {
+struct Decode<'a> {
     format: Format,
     max: usize,
     read_time_ns: i64,
+    timestamps: &'a mut Rfc3339Cache,
 }
 
-impl Decode {
+impl Decode<'_> {
     #[inline]
     fn chunk<E: Emit>(
-        self,
+        &mut self,
         splitter: &mut LineSplitter,
         reasm: &mut Reassembler,
         emit: &mut E,
@@ -288,7 +295,12 @@ impl Decode {
         }
     }
 
-    fn finish<E: Emit>(self, tail: Option<PhysicalLine>, reasm: &mut Reassembler, emit: &mut E) {
+    fn finish<E: Emit>(
+        &mut self,
+        tail: Option<PhysicalLine>,
+        reasm: &mut Reassembler,
+        emit: &mut E,
+    ) {
         if let Some(pl) = tail {
             let unterminated = LineFlags::UNTERMINATED;
             match self.format {
@@ -301,7 +313,7 @@ impl Decode {
     }
 
     #[inline(always)]
-    fn raw<E: Emit>(self, pl: PhysicalLine, extra: LineFlags, emit: &mut E) {
+    fn raw<E: Emit>(&self, pl: PhysicalLine, extra: LineFlags, emit: &mut E) {
         emit.record(Line {
             offset: pl.offset,
             timestamp_ns: self.read_time_ns,
@@ -313,13 +325,13 @@ impl Decode {
 
     #[inline]
     fn cri<E: Emit>(
-        self,
+        &mut self,
         pl: PhysicalLine,
         extra: LineFlags,
         reasm: &mut Reassembler,
         emit: &mut E,
     ) {
-        match parse_cri(&pl.body) {
+        match parse_cri(&pl.body, self.timestamps) {
             Some(h) => {
                 let message = pl.body.slice(h.message_start..);
                 let flags = physical_flags(&pl) | extra;
@@ -340,7 +352,7 @@ impl Decode {
 
     #[inline]
     fn docker<E: Emit>(
-        self,
+        &self,
         pl: PhysicalLine,
         extra: LineFlags,
         reasm: &mut Reassembler,
@@ -365,7 +377,7 @@ impl Decode {
     }
 
     /// The whole physical line, kept raw (bounded by `max_line_bytes`).
-    fn malformed(self, mut pl: PhysicalLine, extra: LineFlags) -> Line {
+    fn malformed(&self, mut pl: PhysicalLine, extra: LineFlags) -> Line {
         let mut flags = physical_flags(&pl) | extra | LineFlags::MALFORMED;
         if pl.body.len() > self.max {
             pl.body.truncate(self.max);

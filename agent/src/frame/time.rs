@@ -9,6 +9,12 @@
 //! Seconds may be `60` (a leap second counts as the first second of the next minute).
 //! Anything else, and instants outside the `i64` nanosecond range (years 1677..2262),
 //! is rejected with `None`.
+//!
+//! # Performance
+//!
+//! Consecutive records of one container nearly always share their minute, so framers
+//! use [`Rfc3339Cache`]: the date and hour:minute part (validation and the
+//! days-from-civil arithmetic) is converted once per minute, not once per record.
 
 /// Nanoseconds since the Unix epoch, or `None` if `s` is not a valid RFC 3339 timestamp.
 pub fn parse_rfc3339_ns(s: &[u8]) -> Option<i64> {
@@ -16,18 +22,58 @@ pub fn parse_rfc3339_ns(s: &[u8]) -> Option<i64> {
     if s.len() < 20 {
         return None;
     }
+    combine(minute_secs(minute_prefix(s))?, s)
+}
+
+/// Length of the `YYYY-MM-DDTHH:MM` prefix: everything that names the minute.
+const MINUTE_PREFIX_LEN: usize = 16;
+
+fn minute_prefix(s: &[u8]) -> &[u8; MINUTE_PREFIX_LEN] {
+    s[..MINUTE_PREFIX_LEN]
+        .try_into()
+        .expect("callers check the length")
+}
+
+/// [`parse_rfc3339_ns`] for a stream of timestamps that mostly share their minute (one
+/// container's log lines): remembers the last `YYYY-MM-DDTHH:MM` prefix it validated
+/// and converted, so a record of the same minute only parses seconds, fraction and
+/// offset.
+///
+/// Accepts and rejects exactly what [`parse_rfc3339_ns`] does, with the same values:
+/// the prefix's validity and value depend on its 16 bytes alone, and only a byte-equal
+/// prefix is a hit.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Rfc3339Cache {
+    /// The last valid prefix and its seconds since the epoch (offset not applied).
+    last: Option<([u8; MINUTE_PREFIX_LEN], i64)>,
+}
+
+impl Rfc3339Cache {
+    pub fn parse(&mut self, s: &[u8]) -> Option<i64> {
+        if s.len() < 20 {
+            return None;
+        }
+        let prefix = minute_prefix(s);
+        let minute = match &self.last {
+            Some((cached, secs)) if cached == prefix => *secs,
+            _ => {
+                let secs = minute_secs(prefix)?;
+                self.last = Some((*prefix, secs));
+                secs
+            }
+        };
+        combine(minute, s)
+    }
+}
+
+/// Seconds since the epoch (UTC offset not applied) of a valid `YYYY-MM-DDTHH:MM`.
+fn minute_secs(s: &[u8; MINUTE_PREFIX_LEN]) -> Option<i64> {
     let year = digits(&s[0..4])?;
     let month = digits(&s[5..7])?;
     let day = digits(&s[8..10])?;
     let hour = digits(&s[11..13])?;
     let minute = digits(&s[14..16])?;
-    let second = digits(&s[17..19])?;
-    if s[4] != b'-'
-        || s[7] != b'-'
-        || !matches!(s[10], b'T' | b't')
-        || s[13] != b':'
-        || s[16] != b':'
-    {
+    if s[4] != b'-' || s[7] != b'-' || !matches!(s[10], b'T' | b't') || s[13] != b':' {
         return None;
     }
     if !(1..=12).contains(&month)
@@ -35,8 +81,18 @@ pub fn parse_rfc3339_ns(s: &[u8]) -> Option<i64> {
         || day > days_in_month(year, month)
         || hour > 23
         || minute > 59
-        || second > 60
     {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60)
+}
+
+/// The instant of `s` (at least 20 bytes) given its validated minute prefix: parses
+/// and validates `:SS[.fraction](Z|±HH:MM)` from byte 16 on.
+#[inline]
+fn combine(minute_secs: i64, s: &[u8]) -> Option<i64> {
+    let second = digits(&s[17..19])?;
+    if s[16] != b':' || second > 60 {
         return None;
     }
 
@@ -74,8 +130,7 @@ pub fn parse_rfc3339_ns(s: &[u8]) -> Option<i64> {
         _ => return None,
     };
 
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    let secs = minute_secs + second - offset_secs;
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
@@ -121,8 +176,23 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 mod tests {
     use super::*;
 
+    use proptest::prelude::*;
+
+    /// Parses `s` without cache, and with a cache whose last prefix is `s`'s own (a
+    /// hit) or another one (a miss): all three must agree.
     fn p(s: &str) -> Option<i64> {
-        parse_rfc3339_ns(s.as_bytes())
+        let uncached = parse_rfc3339_ns(s.as_bytes());
+        let mut cold = Rfc3339Cache::default();
+        cold.parse(b"2001-02-03T04:05:06Z").unwrap();
+        assert_eq!(cold.parse(s.as_bytes()), uncached, "miss: {s:?}");
+        let mut warm = Rfc3339Cache::default();
+        if s.len() >= 20 {
+            // Any valid instant of the same minute primes the cache with this prefix.
+            let same_minute = format!("{}:00Z", &s[..MINUTE_PREFIX_LEN]);
+            warm.parse(same_minute.as_bytes());
+        }
+        assert_eq!(warm.parse(s.as_bytes()), uncached, "hit: {s:?}");
+        uncached
     }
 
     #[test]
@@ -206,6 +276,101 @@ mod tests {
             assert_eq!(p(bad), None, "{bad:?} must be rejected");
         }
         assert_eq!(parse_rfc3339_ns(b"2026-11-21T10:45:31.5\xffZ"), None);
+    }
+
+    #[test]
+    fn cache_hit_still_validates_the_rest() {
+        let mut cache = Rfc3339Cache::default();
+        let first = cache.parse(b"2026-11-21T10:45:31.5Z").unwrap();
+        assert_eq!(
+            cache.parse(b"2026-11-21T10:45:32.5Z"),
+            Some(first + 1_000_000_000)
+        );
+        for bad in [
+            &b"2026-11-21T10:45:61Z"[..],
+            b"2026-11-21T10:45x31Z",
+            b"2026-11-21T10:45:31.Z",
+            b"2026-11-21T10:45:31",
+            b"2026-11-21T10:45:31+24:00",
+            b"2026-11-21T10:45:3\xffZ",
+        ] {
+            assert_eq!(cache.parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        // An invalid prefix is never cached: the same bytes are rejected again.
+        assert_eq!(cache.parse(b"2026-02-30T10:45:31Z"), None);
+        assert_eq!(cache.parse(b"2026-02-30T10:45:32Z"), None);
+        assert_eq!(
+            cache.parse(b"2026-11-21T12:45:31.5+02:00"),
+            Some(first),
+            "same prefix bytes, other offset"
+        );
+    }
+
+    /// Timestamps close to valid ones: valid parts, some replaced by edge values or
+    /// garbage, so both the accept and the reject paths are exercised.
+    fn near_timestamp() -> impl Strategy<Value = Vec<u8>> {
+        let field = |valid: std::ops::RangeInclusive<u32>, width: usize| {
+            prop_oneof![
+                8 => valid.prop_map(move |v| format!("{v:0width$}")),
+                1 => (0u32..100).prop_map(move |v| format!("{v:0width$}")),
+                1 => "[0-9a-z:+ -]{0,3}",
+            ]
+        };
+        let fraction = prop_oneof![Just(String::new()), "\\.[0-9]{0,12}", "\\.[0-9x]{1,3}"];
+        let suffix = prop_oneof![
+            4 => Just("Z".to_string()),
+            1 => Just("z".to_string()),
+            2 => (0u32..26, 0u32..62, any::<bool>()).prop_map(|(h, m, neg)| {
+                format!("{}{h:02}:{m:02}", if neg { '-' } else { '+' })
+            }),
+            1 => "[Z+:0-9]{0,7}",
+        ];
+        (
+            field(1600..=2300, 4),
+            field(1..=12, 2),
+            field(1..=31, 2),
+            prop_oneof![Just('T'), Just('t'), Just(' ')],
+            field(0..=23, 2),
+            field(0..=59, 2),
+            field(0..=60, 2),
+            fraction,
+            suffix,
+        )
+            .prop_map(|(y, mo, d, t, h, mi, s, frac, suffix)| {
+                format!("{y}-{mo}-{d}{t}{h}:{mi}:{s}{frac}{suffix}").into_bytes()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn cached_parse_equals_uncached(stamps in prop::collection::vec(near_timestamp(), 1..40)) {
+            // One cache over the whole sequence, as a framer uses it; repeating each
+            // stamp with another second makes hits frequent.
+            let mut cache = Rfc3339Cache::default();
+            for stamp in &stamps {
+                prop_assert_eq!(cache.parse(stamp), parse_rfc3339_ns(stamp));
+                if stamp.len() >= 20 {
+                    let mut next = stamp.clone();
+                    next[18] = b'0' + (next[18].wrapping_add(1) % 10);
+                    prop_assert_eq!(cache.parse(&next), parse_rfc3339_ns(&next));
+                }
+            }
+        }
+
+        #[test]
+        fn cached_parse_equals_uncached_on_arbitrary_bytes(
+            stamps in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..20)
+        ) {
+            let mut cache = Rfc3339Cache::default();
+            cache.parse(b"2026-11-21T10:45:31Z");
+            for stamp in &stamps {
+                // Same prefix as the cached one, arbitrary rest.
+                let mut hit = b"2026-11-21T10:45".to_vec();
+                hit.extend_from_slice(stamp);
+                prop_assert_eq!(cache.parse(&hit), parse_rfc3339_ns(&hit));
+                prop_assert_eq!(cache.parse(stamp), parse_rfc3339_ns(stamp));
+            }
+        }
     }
 
     #[test]

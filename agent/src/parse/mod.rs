@@ -21,6 +21,12 @@
 //!
 //! # Performance
 //!
+//! The UTF-8 check of every body is the one cost every source pays. A caller that has
+//! the read chunk the lines were sliced from can check the chunk once
+//! ([`Utf8Checked`]) and pass [`Parser::apply_with`] the verdict for lines that are
+//! slices of it; everything else (copied, reassembled or truncated mid-character
+//! lines) is still checked on its own, so the flag is the same either way.
+//!
 //! Field keys are `Bytes` built once per parser (or `from_static`), so cloning one is a
 //! reference count at most. Values are slices of the body whenever the text appears in
 //! it verbatim; a copy is made only when the value must be decoded (a JSON string with
@@ -82,18 +88,39 @@ impl Parser {
     /// parse failure sets [`LineFlags::PARSE_FAILED`], pushes no field, leaves the body
     /// raw and returns `false`. [`ParserConfig::None`] only validates UTF-8.
     pub fn apply(&self, line: &mut Line, index: u32, fields: &mut Vec<Field>) -> bool {
+        self.apply_with(line, index, fields, false)
+    }
+
+    /// [`apply`](Self::apply) for a body already known to be valid UTF-8 when
+    /// `known_utf8` (from [`Utf8Checked::vouches_for`]); `false` means "not known",
+    /// and the body is checked here.
+    pub fn apply_with(
+        &self,
+        line: &mut Line,
+        index: u32,
+        fields: &mut Vec<Field>,
+        known_utf8: bool,
+    ) -> bool {
         let body = &line.body;
-        let text = std::str::from_utf8(body).ok();
         let start = fields.len();
+        // JSON text is UTF-8 by definition (RFC 8259 §8.1): invalid bytes cannot parse.
+        // That parser needs the `&str` anyway, so its bodies are always checked here.
+        let json_text = match self.kind {
+            Kind::Json => std::str::from_utf8(body).ok(),
+            _ => None,
+        };
+        let valid_utf8 = match self.kind {
+            Kind::Json => json_text.is_some(),
+            _ => known_utf8 || std::str::from_utf8(body).is_ok(),
+        };
         let parsed = match &self.kind {
             Kind::None => true,
-            // JSON text is UTF-8 by definition (RFC 8259 §8.1): invalid bytes cannot parse.
-            Kind::Json => text.is_some_and(|text| json::parse(body, text, index, fields)),
+            Kind::Json => json_text.is_some_and(|text| json::parse(body, text, index, fields)),
             Kind::Regex(parser) => parser.parse(body, index, fields),
             Kind::Delimiter(parser) => parser.parse(body, index, fields),
             Kind::Access(preset) => preset.parse(body, index, fields),
         };
-        if text.is_none() {
+        if !valid_utf8 {
             line.flags.insert(LineFlags::INVALID_UTF8);
         }
         if !parsed {
@@ -102,6 +129,12 @@ impl Parser {
             line.flags.insert(LineFlags::PARSE_FAILED);
         }
         parsed
+    }
+
+    /// Whether [`apply_with`](Self::apply_with) makes use of a chunk-level UTF-8
+    /// check (the JSON parser validates each body itself).
+    pub fn uses_known_utf8(&self) -> bool {
+        !matches!(self.kind, Kind::Json)
     }
 
     /// Bounded label value for metrics: "none", "json", "regex", "delimiter", "nginx",
@@ -115,6 +148,58 @@ impl Parser {
             Kind::Access(access_log::Preset::Nginx) => "nginx",
             Kind::Access(access_log::Preset::Apache) => "apache",
         }
+    }
+}
+
+/// A read chunk whose UTF-8 validity was checked once, vouching for the lines that
+/// are slices of it.
+#[derive(Debug)]
+pub struct Utf8Checked {
+    /// Held so its address range cannot be reused by another allocation while lines
+    /// are compared against it.
+    chunk: Bytes,
+    /// Length of the chunk's longest valid UTF-8 prefix (a chunk may start or end in
+    /// the middle of a character).
+    valid_len: usize,
+    /// The whole chunk is ASCII (the common case): every position is a boundary.
+    ascii: bool,
+}
+
+impl Utf8Checked {
+    pub fn new(chunk: &Bytes) -> Utf8Checked {
+        let ascii = chunk.is_ascii();
+        let valid_len = match ascii {
+            true => chunk.len(),
+            false => match std::str::from_utf8(chunk) {
+                Ok(_) => chunk.len(),
+                Err(e) => e.valid_up_to(),
+            },
+        };
+        Utf8Checked {
+            chunk: chunk.clone(),
+            valid_len,
+            ascii,
+        }
+    }
+
+    /// Whether `body` is known to be valid UTF-8: it lies inside the chunk's valid
+    /// prefix and starts and ends on character boundaries (a slice of valid UTF-8 cut
+    /// there is valid UTF-8). `false` means "unknown", not "invalid".
+    pub fn vouches_for(&self, body: &[u8]) -> bool {
+        let base = self.chunk.as_ptr() as usize;
+        let Some(start) = (body.as_ptr() as usize).checked_sub(base) else {
+            return false;
+        };
+        let Some(end) = start.checked_add(body.len()) else {
+            return false;
+        };
+        end <= self.valid_len && (self.ascii || (self.is_boundary(start) && self.is_boundary(end)))
+    }
+
+    /// For `i <= valid_len`: no character of the valid prefix straddles `i`.
+    fn is_boundary(&self, i: usize) -> bool {
+        // UTF-8 continuation bytes are 0b10xx_xxxx, i.e. -64..0 as i8.
+        i == self.valid_len || (self.chunk[i] as i8) >= -0x40
     }
 }
 

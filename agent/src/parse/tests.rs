@@ -4,7 +4,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use regex::bytes::Regex;
 
-use super::Parser;
+use super::{Parser, Utf8Checked};
 use crate::batch::Field;
 use crate::config::ParserConfig;
 use crate::frame::{Line, LineFlags, Stream};
@@ -187,6 +187,69 @@ fn ten_megabyte_line() {
     assert!(flags.contains(LineFlags::PARSE_FAILED));
 }
 
+#[test]
+fn chunk_check_vouches_only_for_whole_characters_of_the_valid_prefix() {
+    // "é" is c3 a9, "€" is e2 82 ac; the chunk ends in the middle of a "€".
+    let chunk = Bytes::from_static(b"ab\xc3\xa9cd\n\xe2\x82\xacx\n\xe2\x82");
+    let checked = Utf8Checked::new(&chunk);
+    for (range, vouched) in [
+        (0..2, true),    // "ab"
+        (0..6, true),    // "abécd"
+        (2..4, true),    // "é"
+        (3..6, false),   // starts inside "é"
+        (0..3, false),   // ends inside "é"
+        (7..11, true),   // "€x"
+        (7..13, false),  // runs into the cut character
+        (12..14, false), // the cut character
+        (4..4, true),    // empty, at a boundary
+    ] {
+        assert_eq!(
+            checked.vouches_for(&chunk.slice(range.clone())),
+            vouched,
+            "{range:?}"
+        );
+    }
+    // Equal bytes elsewhere (a copy) are not vouched for: only slices of the chunk are.
+    assert!(!checked.vouches_for(b"ab"));
+    assert!(!checked.vouches_for(&Bytes::copy_from_slice(&chunk[..2])));
+
+    // An ASCII chunk vouches for any slice of itself, and still only for slices.
+    let ascii = Bytes::from_static(b"plain line\nanother\n");
+    let checked = Utf8Checked::new(&ascii);
+    assert!(checked.vouches_for(&ascii.slice(0..10)));
+    assert!(checked.vouches_for(&ascii.slice(3..18)));
+    assert!(!checked.vouches_for(b"plain line"));
+
+    // A chunk that starts inside a character vouches for nothing.
+    let cut = Bytes::from_static(b"\xa9abc\n");
+    let checked = Utf8Checked::new(&cut);
+    assert!(!checked.vouches_for(&cut.slice(1..4)));
+}
+
+#[test]
+fn apply_with_a_chunk_check_flags_like_apply() {
+    let chunk = Bytes::from_static(b"ok line\nbad \xff line\ncaf\xc3\xa9\n");
+    let checked = Utf8Checked::new(&chunk);
+    for config in all_configs() {
+        let parser = Parser::new(&config);
+        for range in [0..7, 8..17, 18..23, 18..22] {
+            let mut with = Line {
+                body: chunk.slice(range.clone()),
+                ..line(b"")
+            };
+            let mut without = with.clone();
+            let known = parser.uses_known_utf8() && checked.vouches_for(&with.body);
+            let ok_with = parser.apply_with(&mut with, 0, &mut Vec::new(), known);
+            let ok_without = parser.apply(&mut without, 0, &mut Vec::new());
+            assert_eq!(
+                (ok_with, with.flags),
+                (ok_without, without.flags),
+                "{range:?}"
+            );
+        }
+    }
+}
+
 /// Bytes that look like the formats, so the property tests reach deep into the scanners.
 fn near_miss_bytes() -> impl Strategy<Value = Vec<u8>> {
     let pieces = prop::sample::select(vec![
@@ -238,6 +301,27 @@ fn check_never_panics(body: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
+    #[test]
+    fn chunk_check_never_vouches_for_invalid_utf8(
+        chunk in near_miss_bytes(),
+        cuts in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 1..20),
+    ) {
+        let mut chunk = chunk;
+        chunk.extend_from_slice("é€😀".as_bytes());
+        let chunk = Bytes::from(chunk);
+        let checked = Utf8Checked::new(&chunk);
+        for (a, b) in cuts {
+            let (a, b) = (a.index(chunk.len() + 1), b.index(chunk.len() + 1));
+            let slice = chunk.slice(a.min(b)..a.max(b));
+            if checked.vouches_for(&slice) {
+                prop_assert!(std::str::from_utf8(&slice).is_ok(), "{:?}", slice);
+            }
+        }
+        if std::str::from_utf8(&chunk).is_ok() {
+            prop_assert!(checked.vouches_for(&chunk));
+        }
+    }
+
     #[test]
     fn apply_never_panics_on_arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..300)) {
         check_never_panics(&body)?;

@@ -46,7 +46,7 @@ use crate::sink::{Sink, SinkError};
 use crate::source::SourceId;
 
 use index::SegmentIndex;
-use segment::{BlockHeader, BlockMeta, ScanMode};
+use segment::{BlockHeader, BlockMeta, HEADER_LEN, ScanMode};
 use sources::SourceLog;
 
 /// Sizing and retention of a store (from `config::SinkConfig::Store`).
@@ -95,8 +95,11 @@ pub struct Store {
     /// Highest end offset stored per source: a package starting below it is a replay.
     stored_end: HashMap<SourceId, u64>,
     payload_buf: Vec<u8>,
-    compressed_buf: Vec<u8>,
+    /// The block being written is `block_buf[..block_len]`: header, then the compressed
+    /// payload compressed in place behind it. The buffer is never shrunk, so it is
+    /// zeroed once, not per block (see `codec::compress_at`).
     block_buf: Vec<u8>,
+    block_len: usize,
     active_dirty: bool,
     dir_dirty: bool,
     stats: StoreStats,
@@ -216,8 +219,8 @@ impl Store {
             sources,
             stored_end,
             payload_buf: Vec::new(),
-            compressed_buf: Vec::new(),
             block_buf: Vec::new(),
+            block_len: 0,
             active_dirty: false,
             dir_dirty: false,
             stats,
@@ -259,21 +262,20 @@ impl Store {
         metrics::gauge!("logtap_store_segments").set(self.segments.len() as f64);
     }
 
-    /// Encodes `batch` into `block_buf` (header + compressed payload).
+    /// Encodes `batch` into `block_buf[..block_len]` (header + compressed payload).
     fn encode_block(&mut self, batch: &Batch) -> Result<BlockHeader, SinkError> {
-        self.payload_buf.clear();
         codec::encode_payload(batch, &mut self.payload_buf);
-        self.compressed_buf.clear();
-        codec::compress(&self.payload_buf, &mut self.compressed_buf);
         let too_big = |what: &str, n: usize| {
             SinkError::Rejected(format!(
                 "package {what} of {n} bytes exceeds the 4 GiB block limit"
             ))
         };
-        let compressed_len = u32::try_from(self.compressed_buf.len())
-            .map_err(|_| too_big("compressed", self.compressed_buf.len()))?;
         let uncompressed_len = u32::try_from(self.payload_buf.len())
             .map_err(|_| too_big("payload", self.payload_buf.len()))?;
+        let compressed = codec::compress_at(&self.payload_buf, &mut self.block_buf, HEADER_LEN);
+        let compressed_len =
+            u32::try_from(compressed).map_err(|_| too_big("compressed", compressed))?;
+        let block_len = HEADER_LEN + compressed;
         let line_count = u32::try_from(batch.lines.len())
             .map_err(|_| SinkError::Rejected("package has over 4 billion lines".into()))?;
         let (min_ts, max_ts) = batch
@@ -295,11 +297,10 @@ impl Store {
             end_offset: batch.end_offset,
             min_ts,
             max_ts,
-            payload_crc: crc32fast::hash(&self.compressed_buf),
+            payload_crc: crc32fast::hash(&self.block_buf[HEADER_LEN..block_len]),
         };
-        self.block_buf.clear();
-        self.block_buf.extend_from_slice(&header.encode());
-        self.block_buf.extend_from_slice(&self.compressed_buf);
+        self.block_buf[..HEADER_LEN].copy_from_slice(&header.encode());
+        self.block_len = block_len;
         Ok(header)
     }
 
@@ -335,7 +336,7 @@ impl Store {
     }
 
     fn append_block(&mut self, header: BlockHeader) -> io::Result<()> {
-        let block_len = self.block_buf.len() as u64;
+        let block_len = self.block_len as u64;
         let needs_roll = match self.segments.last() {
             None => true,
             Some(s) => s.len > 0 && s.len + block_len > self.options.segment_bytes,
@@ -346,7 +347,7 @@ impl Store {
         let (Some(file), Some(seg)) = (self.active.as_mut(), self.segments.last_mut()) else {
             return Err(io::Error::other("store has no active segment"));
         };
-        if let Err(e) = file.write_all(&self.block_buf) {
+        if let Err(e) = file.write_all(&self.block_buf[..self.block_len]) {
             // Cut a partial block away so later blocks do not land after garbage.
             if let Err(e2) = file.set_len(seg.len) {
                 tracing::error!(error = %e2, segment = %seg.path.display(),
