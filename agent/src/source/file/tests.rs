@@ -835,3 +835,46 @@ fn new_subdirectories_are_picked_up() {
     });
     h.stop();
 }
+
+/// A small file (fingerprint under 256 bytes) rewritten in place with more than a
+/// round's worth of new bytes: the rewrite is caught while the round refreshes sizes,
+/// and the new source must be read exactly once from 0, never twice in one batch.
+#[test]
+fn small_file_rewritten_in_place_with_a_long_body_is_read_once() {
+    for io_uring in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        append(&path, b"aaaa\n");
+        let h = Harness::start(
+            vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+            options(io_uring),
+            Arc::new(MemStore::default()),
+        );
+        h.wait("first", |r| {
+            r.only(&path).is_some_and(|(_, s)| s.bytes == b"aaaa\n")
+        });
+        h.pause();
+        // More than CHUNKS_PER_ROUND reads of 4096 bytes.
+        let body: Vec<u8> = (0..40_000u32).map(|i| b'b' + (i % 20) as u8).collect();
+        std::fs::write(&path, &body).unwrap();
+        h.resume();
+        // A writer keeps appending while the new source is read.
+        let mut expected = body.clone();
+        for i in 0..20 {
+            let more = format!("more {i}\n");
+            append(&path, more.as_bytes());
+            expected.extend_from_slice(more.as_bytes());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        h.wait("rewritten file read from 0", |r| {
+            let all = r.at(&path);
+            all.len() == 2 && all[1].1.bytes == expected
+        });
+        h.with(|r| {
+            let all = r.at(&path);
+            assert_eq!(all[0].1.ended, Some(EndReason::Truncated));
+            assert_eq!(all[1].1.start, 0);
+        });
+        h.stop();
+    }
+}

@@ -500,18 +500,34 @@ impl FileSource {
     /// grows its fingerprint. With `verify_prefix`, also re-reads the fingerprinted
     /// prefix to catch a truncation hidden by regrowth.
     fn refresh(&mut self, slot: usize, events: &mut dyn SourceEvents, verify_prefix: bool) {
-        let Some(t) = self.files[slot].as_mut() else {
+        let Some(size) = self.fresh_size(slot, events, verify_prefix) else {
             return;
         };
-        let Some(file) = t.file.as_ref() else {
-            return;
-        };
+        if let Some(t) = self.files[slot].as_mut()
+            && size > t.offset
+        {
+            self.enqueue(slot);
+        }
+    }
+
+    /// `fstat`s a tracked file and records its size, or ends its source when it was
+    /// truncated (shrank below the read offset, or its fingerprinted prefix changed).
+    /// Never touches the read queue: a truncation replaces the file's slot with a new
+    /// source, and the caller must not treat that slot as the one it knew.
+    fn fresh_size(
+        &mut self,
+        slot: usize,
+        events: &mut dyn SourceEvents,
+        verify_prefix: bool,
+    ) -> Option<u64> {
+        let t = self.files[slot].as_mut()?;
+        let file = t.file.as_ref()?;
         let meta = match file.metadata() {
             Ok(m) => m,
             Err(e) => {
                 let path = t.info.path.clone();
                 self.warn_once(&path, error_reason(&e), &e);
-                return;
+                return None;
             }
         };
         let size = meta.len();
@@ -520,6 +536,8 @@ impl FileSource {
         }
         let mut truncated = size < t.offset;
         if !truncated && t.identity.fingerprint_len < super::FINGERPRINT_BYTES {
+            // Keeps the fingerprint growing with small files (and catches a rewrite
+            // of their first bytes).
             match identity::grow(file, size, &t.identity) {
                 Ok(Some(grown)) if grown != t.identity => {
                     t.identity = grown;
@@ -535,12 +553,10 @@ impl FileSource {
         if truncated {
             // `t.size` keeps the last size seen before the shrink: what was lost.
             self.truncated(slot, events);
-            return;
+            return None;
         }
         t.size = size;
-        if size > t.offset {
-            self.enqueue(slot);
-        }
+        Some(size)
     }
 
     /// Looks at one path again: new file, same file grown, another file now there
@@ -1115,7 +1131,7 @@ impl FileSource {
         }
         // Fresh sizes first; this also catches truncation before reading past it.
         for &slot in &active {
-            self.refresh_size(slot, events);
+            self.fresh_size(slot, events, false);
         }
         let mut next = Vec::new();
         while !active.is_empty() {
@@ -1160,38 +1176,6 @@ impl FileSource {
             self.completions = completions;
             std::mem::swap(&mut active, &mut next);
             self.maybe_tick(events);
-        }
-    }
-
-    fn refresh_size(&mut self, slot: usize, events: &mut dyn SourceEvents) {
-        let Some(t) = self.files[slot].as_mut() else {
-            return;
-        };
-        let Some(file) = t.file.as_ref() else {
-            return;
-        };
-        match file.metadata() {
-            Ok(m) if m.len() < t.offset => self.truncated(slot, events),
-            Ok(m) => {
-                if m.len() > t.size {
-                    t.last_growth = Instant::now();
-                }
-                t.size = m.len();
-                if t.identity.fingerprint_len < super::FINGERPRINT_BYTES {
-                    // Keeps the fingerprint growing with small files (and catches a
-                    // rewrite of their first bytes). Marked queued so `refresh` does
-                    // not queue it again: this round reads it already.
-                    t.queued = true;
-                    self.refresh(slot, events, false);
-                    if let Some(t) = self.files[slot].as_mut() {
-                        t.queued = false;
-                    }
-                }
-            }
-            Err(e) => {
-                let path = t.info.path.clone();
-                self.warn_once(&path, error_reason(&e), &e);
-            }
         }
     }
 
