@@ -92,6 +92,9 @@ struct Recorded {
     ticks: usize,
     parked: bool,
     pause: bool,
+    /// `data` calls allowed before the source thread parks in `data` (a reader held up
+    /// by backpressure); `None`: no limit.
+    data_budget: Option<usize>,
 }
 
 impl Recorded {
@@ -156,6 +159,14 @@ impl SourceEvents for Recorder {
     }
     fn data(&mut self, source: SourceId, offset: u64, chunk: Bytes) {
         let mut r = self.0.rec.lock().unwrap();
+        while r.data_budget == Some(0) {
+            r.parked = true;
+            r = self.0.resumed.wait(r).unwrap();
+        }
+        r.parked = false;
+        if let Some(budget) = &mut r.data_budget {
+            *budget -= 1;
+        }
         let error = match r.sources.get_mut(&source) {
             None => Some(format!("data for unknown {source}")),
             Some(s) if s.ended.is_some() => Some(format!("data after end for {source}")),
@@ -286,12 +297,20 @@ impl Harness {
         self.shared.resumed.notify_all();
     }
 
+    /// Lets `n` more chunks through, then parks the source thread in `data` (as a
+    /// blocked sink would); `None` lifts the limit.
+    fn allow_data(&self, n: Option<usize>) {
+        self.shared.rec.lock().unwrap().data_budget = n;
+        self.shared.resumed.notify_all();
+    }
+
     fn with<T>(&self, f: impl FnOnce(&Recorded) -> T) -> T {
         f(&self.shared.rec.lock().unwrap())
     }
 
     /// Stops the source; returns the backend it used.
     fn stop(mut self) -> &'static str {
+        self.allow_data(None);
         self.resume();
         self.shutdown.store(true, Ordering::Relaxed);
         let backend = self.thread.take().unwrap().join().unwrap().unwrap();
@@ -832,6 +851,97 @@ fn new_subdirectories_are_picked_up() {
     h.wait("new pod file", |r| {
         r.only(&pod.join("0.log"))
             .is_some_and(|(_, s)| s.bytes == b"hello from a new pod\n")
+    });
+    h.stop();
+}
+
+/// A small file (fingerprint under 256 bytes) rewritten in place with more than a
+/// round's worth of new bytes: the rewrite is caught while the round refreshes sizes,
+/// and the new source must be read exactly once from 0, never twice in one batch.
+#[test]
+fn small_file_rewritten_in_place_with_a_long_body_is_read_once() {
+    for io_uring in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        append(&path, b"aaaa\n");
+        let h = Harness::start(
+            vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+            options(io_uring),
+            Arc::new(MemStore::default()),
+        );
+        h.wait("first", |r| {
+            r.only(&path).is_some_and(|(_, s)| s.bytes == b"aaaa\n")
+        });
+        h.pause();
+        // More than CHUNKS_PER_ROUND reads of 4096 bytes.
+        let body: Vec<u8> = (0..40_000u32).map(|i| b'b' + (i % 20) as u8).collect();
+        std::fs::write(&path, &body).unwrap();
+        h.resume();
+        // A writer keeps appending while the new source is read.
+        let mut expected = body.clone();
+        for i in 0..20 {
+            let more = format!("more {i}\n");
+            append(&path, more.as_bytes());
+            expected.extend_from_slice(more.as_bytes());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        h.wait("rewritten file read from 0", |r| {
+            let all = r.at(&path);
+            all.len() == 2 && all[1].1.bytes == expected
+        });
+        h.with(|r| {
+            let all = r.at(&path);
+            assert_eq!(all[0].1.ended, Some(EndReason::Truncated));
+            assert_eq!(all[1].1.start, 0);
+        });
+        h.stop();
+    }
+}
+
+/// A file rotated away while it still waits for its predecessor to be drained (a
+/// reader held up by a slow sink, rotations coming fast): it was only known by its
+/// path, so once renamed to a name the globs do not match, it was never read.
+#[test]
+fn file_rotated_twice_before_its_predecessor_is_drained_is_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    append(&path, b"a first\n");
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+        options(false),
+        Arc::new(MemStore::default()),
+    );
+    h.wait("first", |r| {
+        r.only(&path).is_some_and(|(_, s)| s.bytes == b"a first\n")
+    });
+    // A backlog of many chunks in the first generation; the reader is held up.
+    h.allow_data(Some(0));
+    let backlog: Vec<u8> = (0..400_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    append(&path, &backlog);
+    h.wait("reader held up", |r| r.parked);
+    std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+    append(&path, b"b only line\n");
+    // Two rounds of reads: the second generation is seen (and must wait for the
+    // first to be drained), then the reader is held up again.
+    h.allow_data(Some(8));
+    h.wait("reader held up again", |r| {
+        r.parked && r.data_budget == Some(0)
+    });
+    std::fs::rename(&path, dir.path().join("app.log.2")).unwrap();
+    append(&path, b"c only line\n");
+    h.allow_data(None);
+    h.wait("three generations read", |r| {
+        let all = r.at(&path);
+        all.len() == 3 && all[2].1.bytes == b"c only line\n"
+    });
+    h.with(|r| {
+        let all = r.at(&path);
+        let mut first = b"a first\n".to_vec();
+        first.extend_from_slice(&backlog);
+        assert_eq!(all[0].1.bytes, first);
+        assert_eq!(all[1].1.bytes, b"b only line\n");
+        assert_eq!(all[1].1.predecessor, Some(all[0].0));
+        assert_eq!(all[2].1.predecessor, Some(all[1].0));
     });
     h.stop();
 }

@@ -12,8 +12,10 @@
 //! - *detached*: its path now names another file or nothing (rename rotation or
 //!   deletion). It is still read through its open fd until EOF, and ended once it has
 //!   not grown for `rotate_wait`: `Deleted` (and forgotten) if its link count is 0,
-//!   else `Rotated` (and marked closed). A new file at the path is opened only after
-//!   the detached one was read to its EOF, with it as `predecessor`.
+//!   else `Rotated` (and marked closed). A new file at the path is started only after
+//!   the detached one was read to its EOF, with it as `predecessor`; until then it is
+//!   held open (*waiting*), so it is read even if it is rotated away or deleted
+//!   before its turn.
 //! - *truncated* (copytruncate): the source ends and the same fd continues as a new
 //!   source from offset 0.
 //!
@@ -110,6 +112,15 @@ struct Tracked {
     real_path: Option<PathBuf>,
 }
 
+/// A file found at a path whose previous file is not drained yet. It is opened at
+/// once, not remembered by path: a slow reader may see it rotated away (to a name no
+/// glob matches) or deleted before its turn, and it must still be read.
+struct Waiting {
+    file: File,
+    key: InodeKey,
+    config: usize,
+}
+
 /// A source that was drained and ended while its file still existed.
 struct Closed {
     source: SourceId,
@@ -140,8 +151,9 @@ pub struct FileSource {
     by_real_path: HashMap<PathBuf, usize>,
     /// The last detached file of a path, until it ends: the next file there follows it.
     predecessor_at: HashMap<PathBuf, usize>,
-    /// Paths whose new file waits for its predecessor to be read to EOF.
-    deferred: HashSet<PathBuf>,
+    /// Files that appeared at a path while its previous file was still being drained,
+    /// oldest first; each starts once the one before it was read to EOF.
+    deferred: HashMap<PathBuf, VecDeque<Waiting>>,
     closed: HashMap<InodeKey, Closed>,
     ready: VecDeque<usize>,
     /// Tracked files in `State::Detached`: they are polled, having no path to watch.
@@ -238,7 +250,7 @@ impl FileSource {
             by_path: HashMap::new(),
             by_real_path: HashMap::new(),
             predecessor_at: HashMap::new(),
-            deferred: HashSet::new(),
+            deferred: HashMap::new(),
             closed: HashMap::new(),
             ready: VecDeque::new(),
             detached: 0,
@@ -401,7 +413,7 @@ impl FileSource {
         }
         let mut paths: HashSet<PathBuf> = found.into_iter().map(|f| f.path).collect();
         paths.extend(self.by_path.keys().cloned());
-        paths.extend(self.deferred.iter().cloned());
+        paths.extend(self.deferred.keys().cloned());
         for path in paths {
             self.check_path(&path, events);
         }
@@ -500,18 +512,34 @@ impl FileSource {
     /// grows its fingerprint. With `verify_prefix`, also re-reads the fingerprinted
     /// prefix to catch a truncation hidden by regrowth.
     fn refresh(&mut self, slot: usize, events: &mut dyn SourceEvents, verify_prefix: bool) {
-        let Some(t) = self.files[slot].as_mut() else {
+        let Some(size) = self.fresh_size(slot, events, verify_prefix) else {
             return;
         };
-        let Some(file) = t.file.as_ref() else {
-            return;
-        };
+        if let Some(t) = self.files[slot].as_mut()
+            && size > t.offset
+        {
+            self.enqueue(slot);
+        }
+    }
+
+    /// `fstat`s a tracked file and records its size, or ends its source when it was
+    /// truncated (shrank below the read offset, or its fingerprinted prefix changed).
+    /// Never touches the read queue: a truncation replaces the file's slot with a new
+    /// source, and the caller must not treat that slot as the one it knew.
+    fn fresh_size(
+        &mut self,
+        slot: usize,
+        events: &mut dyn SourceEvents,
+        verify_prefix: bool,
+    ) -> Option<u64> {
+        let t = self.files[slot].as_mut()?;
+        let file = t.file.as_ref()?;
         let meta = match file.metadata() {
             Ok(m) => m,
             Err(e) => {
                 let path = t.info.path.clone();
                 self.warn_once(&path, error_reason(&e), &e);
-                return;
+                return None;
             }
         };
         let size = meta.len();
@@ -520,6 +548,8 @@ impl FileSource {
         }
         let mut truncated = size < t.offset;
         if !truncated && t.identity.fingerprint_len < super::FINGERPRINT_BYTES {
+            // Keeps the fingerprint growing with small files (and catches a rewrite
+            // of their first bytes).
             match identity::grow(file, size, &t.identity) {
                 Ok(Some(grown)) if grown != t.identity => {
                     t.identity = grown;
@@ -535,12 +565,10 @@ impl FileSource {
         if truncated {
             // `t.size` keeps the last size seen before the shrink: what was lost.
             self.truncated(slot, events);
-            return;
+            return None;
         }
         t.size = size;
-        if size > t.offset {
-            self.enqueue(slot);
-        }
+        Some(size)
     }
 
     /// Looks at one path again: new file, same file grown, another file now there
@@ -553,7 +581,6 @@ impl FileSource {
                 if let Some(slot) = owner {
                     self.detach(slot);
                 }
-                self.deferred.remove(path);
                 if e.kind() != io::ErrorKind::NotFound && self.matcher.config_for(path).is_some() {
                     self.warn_once(path, error_reason(&e), &e);
                 }
@@ -577,7 +604,6 @@ impl FileSource {
             self.detach(slot);
         }
         if meta.is_dir() {
-            self.deferred.remove(path);
             if owner.is_some() || self.matcher.config_for(path).is_some() {
                 let e = io::Error::from_raw_os_error(libc::EISDIR);
                 self.warn_once(path, "is_directory", &e);
@@ -592,6 +618,10 @@ impl FileSource {
             self.enqueue(slot);
             return;
         }
+        if self.is_waiting(key) {
+            // Waits for its turn at the path it was found at (now renamed).
+            return;
+        }
         let Some(config) = self.matcher.config_for(path) else {
             return;
         };
@@ -600,19 +630,92 @@ impl FileSource {
         {
             return;
         }
-        if let Some(&pred) = self.predecessor_at.get(path)
-            && !self.drained(pred)
-        {
-            self.deferred.insert(path.to_path_buf());
-            self.enqueue(pred);
+        if self.deferred.contains_key(path) || !self.predecessor_drained(path) {
+            self.wait_for_turn(path, key, config);
             return;
         }
-        self.deferred.remove(path);
-        let predecessor = self
-            .predecessor_at
-            .remove(path)
-            .and_then(|slot| self.files[slot].as_ref().map(|t| t.info.id));
+        let predecessor = self.take_predecessor(path);
         self.open(path, config, predecessor, events);
+    }
+
+    /// Whether the last detached file of `path` (if any) was read to EOF; if not, it
+    /// is queued for reading.
+    fn predecessor_drained(&mut self, path: &Path) -> bool {
+        let Some(&pred) = self.predecessor_at.get(path) else {
+            return true;
+        };
+        if self.drained(pred) {
+            return true;
+        }
+        self.enqueue(pred);
+        false
+    }
+
+    fn take_predecessor(&mut self, path: &Path) -> Option<SourceId> {
+        self.predecessor_at
+            .remove(path)
+            .and_then(|slot| self.files[slot].as_ref().map(|t| t.info.id))
+    }
+
+    fn is_waiting(&self, key: InodeKey) -> bool {
+        self.deferred.values().flatten().any(|w| w.key == key)
+    }
+
+    /// Holds the file now at `path` open until the files before it there are drained.
+    fn wait_for_turn(&mut self, path: &Path, key: InodeKey, config: usize) {
+        if self.is_waiting(key) {
+            return;
+        }
+        let file = match self.open_file(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn_once(path, error_reason(&e), &e);
+                return;
+            }
+        };
+        // The path may have changed hands since its `stat`: hold what was opened.
+        let key = match file.metadata() {
+            Ok(m) if m.is_file() => (m.dev(), m.ino()),
+            _ => return,
+        };
+        if self.by_inode.contains_key(&key) || self.is_waiting(key) {
+            return;
+        }
+        self.deferred
+            .entry(path.to_path_buf())
+            .or_default()
+            .push_back(Waiting { file, key, config });
+    }
+
+    /// Starts the waiting files of `path` whose predecessor was drained, oldest first.
+    /// One that left the path while it waited is detached at once, and the next waits
+    /// for it in turn.
+    fn start_waiting(&mut self, path: &Path, events: &mut dyn SourceEvents) {
+        while self.predecessor_drained(path) {
+            let Some(queue) = self.deferred.get_mut(path) else {
+                return;
+            };
+            let Some(waiting) = queue.pop_front() else {
+                self.deferred.remove(path);
+                return;
+            };
+            if queue.is_empty() {
+                self.deferred.remove(path);
+            }
+            let predecessor = self.take_predecessor(path);
+            let Some(slot) = self.open_at(path, waiting.file, waiting.config, predecessor, events)
+            else {
+                continue;
+            };
+            let still_there =
+                std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == waiting.key);
+            if still_there {
+                // Anything left waiting was at this path before it: nothing sane to
+                // follow; they start after it is rotated away.
+                return;
+            }
+            self.detach(slot);
+        }
     }
 
     /// Read to the size of a fresh `fstat`, with no read pending.
@@ -633,8 +736,10 @@ impl FileSource {
         if self.deferred.is_empty() {
             return;
         }
-        let paths: Vec<PathBuf> = self.deferred.iter().cloned().collect();
+        let paths: Vec<PathBuf> = self.deferred.keys().cloned().collect();
         for path in paths {
+            self.start_waiting(&path, events);
+            // The file at the path now, if it is not one of those waiting.
             self.check_path(&path, events);
         }
     }
@@ -798,28 +903,41 @@ impl FileSource {
                 return;
             }
         };
+        self.open_at(path, file, config, predecessor, events);
+    }
+
+    /// Starts the source of `file`, found at `path`; returns its slot, or `None` when
+    /// it is tracked already, stays closed, or cannot be read.
+    fn open_at(
+        &mut self,
+        path: &Path,
+        file: File,
+        config: usize,
+        predecessor: Option<SourceId>,
+        events: &mut dyn SourceEvents,
+    ) -> Option<usize> {
         let meta = match file.metadata() {
             Ok(m) if m.is_file() => m,
             Ok(_) => {
                 let e = io::Error::from_raw_os_error(libc::EISDIR);
                 self.warn_once(path, "is_directory", &e);
-                return;
+                return None;
             }
             Err(e) => {
                 self.warn_once(path, error_reason(&e), &e);
-                return;
+                return None;
             }
         };
         let key = (meta.dev(), meta.ino());
         if let Some(&slot) = self.by_inode.get(&key) {
             self.enqueue(slot);
-            return;
+            return None;
         }
         let identity = match identity::identify(&file, &meta) {
             Ok(id) => id,
             Err(e) => {
                 self.warn_once(path, error_reason(&e), &e);
-                return;
+                return None;
             }
         };
         let size = meta.len();
@@ -850,7 +968,7 @@ impl FileSource {
                             path: Some(path.to_path_buf()),
                         },
                     );
-                    return;
+                    return None;
                 }
                 (Some(cp.source_id), cp.offset)
             } else {
@@ -877,7 +995,7 @@ impl FileSource {
         if !resumed {
             metrics::counter!("logtap_files_discovered_total").increment(1);
         }
-        self.start(
+        Some(self.start(
             path,
             config,
             file,
@@ -888,7 +1006,7 @@ impl FileSource {
             size,
             predecessor,
             events,
-        );
+        ))
     }
 
     #[expect(
@@ -1115,7 +1233,7 @@ impl FileSource {
         }
         // Fresh sizes first; this also catches truncation before reading past it.
         for &slot in &active {
-            self.refresh_size(slot, events);
+            self.fresh_size(slot, events, false);
         }
         let mut next = Vec::new();
         while !active.is_empty() {
@@ -1160,38 +1278,6 @@ impl FileSource {
             self.completions = completions;
             std::mem::swap(&mut active, &mut next);
             self.maybe_tick(events);
-        }
-    }
-
-    fn refresh_size(&mut self, slot: usize, events: &mut dyn SourceEvents) {
-        let Some(t) = self.files[slot].as_mut() else {
-            return;
-        };
-        let Some(file) = t.file.as_ref() else {
-            return;
-        };
-        match file.metadata() {
-            Ok(m) if m.len() < t.offset => self.truncated(slot, events),
-            Ok(m) => {
-                if m.len() > t.size {
-                    t.last_growth = Instant::now();
-                }
-                t.size = m.len();
-                if t.identity.fingerprint_len < super::FINGERPRINT_BYTES {
-                    // Keeps the fingerprint growing with small files (and catches a
-                    // rewrite of their first bytes). Marked queued so `refresh` does
-                    // not queue it again: this round reads it already.
-                    t.queued = true;
-                    self.refresh(slot, events, false);
-                    if let Some(t) = self.files[slot].as_mut() {
-                        t.queued = false;
-                    }
-                }
-            }
-            Err(e) => {
-                let path = t.info.path.clone();
-                self.warn_once(&path, error_reason(&e), &e);
-            }
         }
     }
 
