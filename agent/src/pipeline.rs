@@ -176,6 +176,8 @@ pub struct Pipeline {
     chunk_utf8: Option<Utf8Checked>,
     /// Reused by `tick`: the sources to visit.
     tick_ids: Vec<SourceId>,
+    /// Total time spent blocked handing packages to full sink queues (see `unstalled`).
+    stalled: Duration,
     lines: u64,
     bytes: u64,
     packages: u64,
@@ -196,6 +198,7 @@ impl Pipeline {
             scratch: Vec::new(),
             chunk_utf8: None,
             tick_ids: Vec::new(),
+            stalled: Duration::ZERO,
             lines: 0,
             bytes: 0,
             packages: 0,
@@ -265,7 +268,10 @@ impl Pipeline {
         };
         self.registry.sent(source, batch.package_id, end_offset);
         self.packages += 1;
-        if !self.router.send(slot.config, batch) {
+        let sending = Instant::now();
+        let sent = self.router.send(slot.config, batch);
+        self.stalled += sending.elapsed();
+        if !sent {
             // Only at shutdown; the package stays unacknowledged and is re-read next start.
             tracing::warn!(%source, "sink queue closed; package not shipped");
         }
@@ -325,12 +331,13 @@ impl SourceEvents for Pipeline {
         };
         self.bytes += chunk.len() as u64;
         let now = Instant::now();
+        let framer_now = unstalled(now, self.stalled);
         // One UTF-8 check for the chunk instead of one per line (see `parse`).
         if self.parsers[slot.config].uses_known_utf8() {
             self.chunk_utf8 = Some(Utf8Checked::new(&chunk));
         }
         slot.framer
-            .push(chunk, wall_clock_ns(), now, &mut self.scratch);
+            .push(chunk, wall_clock_ns(), framer_now, &mut self.scratch);
         self.absorb(source, now);
         self.chunk_utf8 = None;
     }
@@ -352,9 +359,10 @@ impl SourceEvents for Pipeline {
         // Each source separately: `scratch` must only ever hold one source's records.
         let mut ids = std::mem::take(&mut self.tick_ids);
         ids.extend(self.slots.keys().copied());
+        let framer_now = unstalled(now, self.stalled);
         for &id in &ids {
             if let Some(slot) = self.slots.get_mut(&id) {
-                slot.framer.flush_expired(now, &mut self.scratch);
+                slot.framer.flush_expired(framer_now, &mut self.scratch);
             }
             // Ships the package if its timeout passed, even when nothing new came.
             self.absorb(id, now);
@@ -362,6 +370,14 @@ impl SourceEvents for Pipeline {
         ids.clear();
         self.tick_ids = ids;
     }
+}
+
+/// The framers' clock: real time minus the time the source thread spent blocked on
+/// full sink queues. A multiline record's `flush_timeout` means "no new line came",
+/// and while the thread is blocked no line *can* come, however many wait in the file:
+/// counting that time would cut stack traces in two exactly when a sink is slow.
+fn unstalled(now: Instant, stalled: Duration) -> Instant {
+    now.checked_sub(stalled).unwrap_or(now)
 }
 
 fn wall_clock_ns() -> i64 {
@@ -412,5 +428,66 @@ mod tests {
         }
         shutdown.store(true, Ordering::SeqCst);
         checkpointer.join().unwrap();
+    }
+
+    /// A slow sink must not cut a multiline record in two: the time the source thread
+    /// spends blocked on a full queue is not "time without a new line".
+    #[test]
+    fn multiline_record_survives_a_stall_longer_than_its_flush_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            "sources:\n  - name: app\n    include: [\"/x/*.log\"]\n    multiline: {start: '^S', flush_timeout: 100ms}\n    sink: out\n\
+             batch: {max_lines: 1}\nsinks:\n  out: {type: blackhole}\n",
+            "test",
+        )
+        .unwrap();
+        let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+        // A rendezvous queue whose consumer first stalls for 300 ms: the first
+        // package's send blocks three flush timeouts long.
+        let (tx, rx) = crossbeam_channel::bounded::<crate::batch::Batch>(0);
+        let consumer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            rx.iter()
+                .flat_map(|b| b.lines.into_iter().map(|l| l.body))
+                .collect::<Vec<_>>()
+        });
+        let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
+        let mut pipeline = Pipeline::new(
+            &config,
+            Router::new(&config.sources, &queues),
+            registry.clone(),
+        );
+        drop(queues);
+        let source = SourceId(1);
+        let identity = FileIdentity {
+            dev: 1,
+            inode: 1,
+            fingerprint_len: 0,
+            fingerprint: 0,
+        };
+        registry.register(source, identity, "/x/a.log".into(), 0);
+        let info = Arc::new(SourceInfo {
+            id: source,
+            kind: crate::source::SourceKind::File,
+            path: "/x/a.log".into(),
+            config_name: Arc::from("app"),
+        });
+        pipeline.opened(info, 0, identity, 0, None);
+        let first = Bytes::from_static(b"S one\nS two\n  two-a\n");
+        let first_len = first.len() as u64;
+        pipeline.data(source, 0, first); // ships "S one": blocks ~300 ms
+        pipeline.tick(Instant::now());
+        pipeline.data(source, first_len, Bytes::from_static(b"  two-b\nS three\n"));
+        pipeline.ended(source, EndReason::Eof);
+        drop(pipeline);
+        let bodies = consumer.join().unwrap();
+        assert_eq!(
+            bodies,
+            vec![
+                Bytes::from_static(b"S one"),
+                Bytes::from_static(b"S two\n  two-a\n  two-b"),
+                Bytes::from_static(b"S three"),
+            ]
+        );
     }
 }
