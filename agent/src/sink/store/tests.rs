@@ -774,3 +774,101 @@ fn appending_after_unflushed_garbage_keeps_blocks_parseable() {
     assert_eq!(scan.blocks.len(), 2);
     assert_eq!(scan.tail, None);
 }
+
+/// A CRI package as the framer builds it when a stderr record made of `P` fragments
+/// completes after stdout records that started later: `(offset, stream, body)` in
+/// completion order.
+fn cri_batch(
+    src: &Arc<SourceInfo>,
+    package_id: u64,
+    records: &[(u64, Stream, &str)],
+    end_offset: u64,
+) -> Batch {
+    Batch {
+        source: src.clone(),
+        package_id,
+        lines: records
+            .iter()
+            .map(|&(offset, stream, body)| Line {
+                offset,
+                timestamp_ns: T0 + offset as i64,
+                stream,
+                flags: LineFlags::empty(),
+                body: Bytes::from(body.to_owned()),
+            })
+            .collect(),
+        fields: Vec::new(),
+        end_offset,
+    }
+}
+
+/// The packages of one CRI file while a stderr record (started at 50 by a `P`
+/// fragment) is pending: package 1 ends at 50 although it holds the stdout record at
+/// 100; package 2 holds the stderr record at 50 *after* the stdout record at 150.
+fn interleaved_cri_packages(src: &Arc<SourceInfo>) -> Vec<Batch> {
+    use Stream::{Stderr, Stdout};
+    vec![
+        cri_batch(
+            src,
+            1,
+            &[(0, Stdout, "out 0"), (100, Stdout, "out 100")],
+            50,
+        ),
+        cri_batch(
+            src,
+            2,
+            &[(150, Stdout, "out 150"), (50, Stderr, "err 50")],
+            200,
+        ),
+        cri_batch(src, 3, &[(200, Stdout, "out 200")], 250),
+    ]
+}
+
+#[test]
+fn dedupe_handles_records_out_of_offset_order_within_a_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(1, "/var/log/pods/ns_p_1/c/0.log");
+    let packages = interleaved_cri_packages(&src);
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    // Stored, then the agent was killed before the checkpoint moved past 0: every
+    // package is shipped again (same ids, same records).
+    write_all(&mut store, &packages);
+    write_all(&mut store, &packages);
+    // Killed again with only the first package checkpointed (offset 50).
+    write_all(&mut store, &packages[1..]);
+    drop(store);
+
+    let mut got = bodies(&query_json(dir.path(), &[]));
+    got.sort();
+    assert_eq!(
+        got,
+        ["err 50", "out 0", "out 100", "out 150", "out 200"],
+        "each (source, offset) once"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&query(dir.path(), &["--stats", "--json"])).unwrap();
+    assert_eq!(stats["unique"], 5, "{stats}");
+    assert_eq!(stats["duplicates"], 8, "{stats}");
+}
+
+#[test]
+fn context_follows_offsets_when_records_are_out_of_order_in_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(1, "/var/log/pods/ns_p_1/c/0.log");
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    write_all(&mut store, &interleaved_cri_packages(&src));
+    drop(store);
+
+    // Source order around the stderr record at 50: 0 | 50 | 100, 150, 200.
+    let out = query_json(dir.path(), &["-C", "1", "err"]);
+    let offsets: Vec<u64> = out.iter().map(|v| v["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [0, 50, 100], "{out:?}");
+    // Around the stdout record at 100 (in a package ending at 50): 50 | 100 | 150.
+    let out = query_json(dir.path(), &["-C", "1", "out 100"]);
+    let offsets: Vec<u64> = out.iter().map(|v| v["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [50, 100, 150], "{out:?}");
+    // Around 150 (first record of a package that also holds 50): 100 | 150 | 200.
+    let out = query_json(dir.path(), &["-C", "1", "out 150"]);
+    let offsets: Vec<u64> = out.iter().map(|v| v["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [100, 150, 200], "{out:?}");
+}
