@@ -323,13 +323,16 @@ impl Store {
             Some(last) => last.first_seq + last.blocks.len() as u64,
             None => 0,
         };
-        if let Some(old) = self.active.take() {
-            // Sealed segments are never fsynced again; flush only covers the active one.
-            if self.active_dirty {
-                old.sync_data()?;
-                self.active_dirty = false;
-            }
+        // Sealed segments are never fsynced again; flush only covers the active one.
+        // So the handle is let go only once the sync succeeded: on failure the segment
+        // stays active and dirty, and no later flush can succeed without syncing it.
+        if self.active_dirty
+            && let Some(old) = &self.active
+        {
+            old.sync_data()?;
         }
+        self.active_dirty = false;
+        self.active = None;
         let path = self.segments_dir.join(segment::segment_file_name(next_seq));
         let file = OpenOptions::new()
             .read(true)
