@@ -188,6 +188,18 @@ impl Config {
             humantime::parse_duration(text)
                 .map_err(|e| invalid(field.to_string(), format!("{text:?}: {e}")))
         };
+        // An interval of 0 turns a periodic loop into a busy one (fsync storms, endless
+        // rescans); where 0 means "at once" (rotate_wait, batch.timeout) it is allowed.
+        let interval = |field: &str, text: &str| -> Result<Duration, ConfigError> {
+            let d = duration(field, text)?;
+            if d.is_zero() {
+                return Err(invalid(
+                    field.to_string(),
+                    format!("{text:?}: must be greater than zero"),
+                ));
+            }
+            Ok(d)
+        };
         let size = |field: &str, text: &str| -> Result<u64, ConfigError> {
             parse_size(text).map_err(|e| invalid(field.to_string(), e))
         };
@@ -228,6 +240,24 @@ impl Config {
                 raw::RawSink::Stdout {} => SinkConfig::Stdout,
                 raw::RawSink::Blackhole {} => SinkConfig::Null,
             };
+            // Two stores on one directory cannot both take its writer lock, and two file
+            // sinks on one file would interleave lines: say so now, not at start-up.
+            let target = match &sink {
+                SinkConfig::Store { path, .. } | SinkConfig::File { path } => Some(path),
+                SinkConfig::Stdout | SinkConfig::Null => None,
+            };
+            if let Some(path) = target {
+                let same = |p: &PathBuf| p.components().eq(path.components());
+                if let Some((other, _)) = sinks.iter().find(|(_, s)| match s {
+                    SinkConfig::Store { path, .. } | SinkConfig::File { path } => same(path),
+                    SinkConfig::Stdout | SinkConfig::Null => false,
+                }) {
+                    return Err(invalid(
+                        field("path"),
+                        format!("{} is also the path of sink {other:?}", path.display()),
+                    ));
+                }
+            }
             sinks.insert(Arc::<str>::from(name.as_str()), sink);
         }
 
@@ -374,8 +404,8 @@ impl Config {
         Ok(Config {
             data_dir,
             metrics_listen,
-            checkpoint_interval: duration("checkpoint.interval", &raw.checkpoint.interval)?,
-            rescan_interval: duration("files.rescan_interval", &raw.files.rescan_interval)?,
+            checkpoint_interval: interval("checkpoint.interval", &raw.checkpoint.interval)?,
+            rescan_interval: interval("files.rescan_interval", &raw.files.rescan_interval)?,
             rotate_wait: duration("files.rotate_wait", &raw.files.rotate_wait)?,
             io_uring: raw.files.io_uring,
             batch,

@@ -73,3 +73,34 @@ fn shipped_example_configs_are_valid() {
     }
     assert!(n >= 2, "examples found in {}", dir.display());
 }
+
+#[test]
+fn zero_intervals_are_rejected() {
+    // 0s would spin: the checkpoint thread fsyncing the table in a loop, the source
+    // rescanning every directory on every turn.
+    for (yaml, field) in [
+        ("checkpoint: {interval: 0s}\n", "checkpoint.interval"),
+        ("files: {rescan_interval: 0s}\n", "files.rescan_interval"),
+    ] {
+        let yaml = format!("{yaml}sinks:\n  local: {{type: blackhole}}\n");
+        let err = Config::parse(&yaml, "t.yaml").unwrap_err().to_string();
+        assert!(err.contains(field), "{err}");
+        assert!(err.contains("greater than zero"), "{err}");
+    }
+    let yaml = "checkpoint: {interval: 10ms}\nfiles: {rescan_interval: 1s, rotate_wait: 0s}\nbatch: {timeout: 0s}\nsinks:\n  local: {type: blackhole}\n";
+    Config::parse(yaml, "t.yaml").unwrap();
+}
+
+#[test]
+fn two_sinks_writing_the_same_place_are_rejected() {
+    // Two stores on one directory: the second cannot take the writer lock and the
+    // agent would only fail at start; two file sinks would interleave their lines.
+    let yaml = "data_dir: /d\nsinks:\n  a: {type: store}\n  b: {type: store, path: /d/store/}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("sinks.b.path"), "{err}");
+    let yaml = "sinks:\n  a: {type: file, path: /out/x.ndjson}\n  b: {type: file, path: /out/./x.ndjson}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("sinks.b.path"), "{err}");
+    let yaml = "sinks:\n  a: {type: store, path: /s1}\n  b: {type: store, path: /s2}\n  c: {type: file, path: /s1.ndjson}\n";
+    Config::parse(yaml, "t.yaml").unwrap();
+}

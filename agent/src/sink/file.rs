@@ -1,22 +1,33 @@
 //! The file sink: every record as one NDJSON object appended to a file.
 //!
 //! The object shape is [`render::write_json_record`], the same as `logtap query
-//! --json`. `flush` flushes the buffer and fsyncs, so an acknowledged package is on disk
-//! (a FIFO, pipe or terminal is flushed without fsync, which they do not support).
+//! --json`. `flush` writes the buffer out and fsyncs, so an acknowledged package is on
+//! disk (a FIFO, pipe or terminal is flushed without fsync, which they do not support).
+//!
+//! # Whole lines
+//!
+//! The file only ever receives bytes of whole rendered lines, in order: a write cut
+//! short (disk full) keeps the unwritten rest buffered and writes it first next time,
+//! so a failed and retried package never lands after half a line. A torn last line
+//! left by a crash (never acknowledged: `flush` completes lines before fsyncing) is cut
+//! away when the file is opened, so the next line does not join it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::batch::Batch;
 use crate::sink::store::render::{self, RecordView};
 use crate::sink::{Sink, SinkError};
 
+/// Rendered bytes held before `write` starts writing them out.
 const BUFFER_BYTES: usize = 256 * 1024;
 
 pub struct FileSink {
     path: PathBuf,
-    writer: BufWriter<File>,
+    file: File,
+    /// Rendered whole lines not yet written to `file`.
+    pending: Vec<u8>,
     /// Only a regular file can be fsynced: `fdatasync` fails with EINVAL on a FIFO,
     /// pipe or terminal (`/dev/stdout`), where a written byte is as durable as it gets.
     sync: bool,
@@ -29,10 +40,16 @@ impl FileSink {
     pub fn open(path: &Path) -> std::io::Result<FileSink> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let sync = file.metadata()?.file_type().is_file();
+        if sync {
+            // A separate read handle: opening a FIFO for reading too would not wait
+            // for its reader (and what we write could be lost).
+            cut_torn_tail(&mut File::open(path)?, &file, path)?;
+        }
         Ok(FileSink {
             path: path.to_path_buf(),
+            file,
+            pending: Vec::with_capacity(BUFFER_BYTES),
             sync,
-            writer: BufWriter::with_capacity(BUFFER_BYTES, file),
             line: Vec::new(),
         })
     }
@@ -40,6 +57,55 @@ impl FileSink {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Writes `pending` out. On error the written part is dropped from it and the rest
+    /// kept, so the next attempt continues exactly where the file stopped.
+    fn drain(&mut self) -> std::io::Result<()> {
+        let mut written = 0;
+        let result = loop {
+            if written == self.pending.len() {
+                break Ok(());
+            }
+            match self.file.write(&self.pending[written..]) {
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.pending.drain(..written);
+        result
+    }
+}
+
+/// Truncates `file` after its last newline: bytes past it are a line a crash cut short.
+fn cut_torn_tail(reader: &mut File, file: &File, path: &Path) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Scan back in blocks: records can be megabytes long.
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        reader.seek(SeekFrom::Start(start))?;
+        reader.read_exact(chunk)?;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                tracing::warn!(path = %path.display(), bytes = len - keep,
+                    "file sink: cutting a torn last line left by a crash");
+                file.set_len(keep)?;
+            }
+            return Ok(());
+        }
+        end = start;
+    }
+    tracing::warn!(path = %path.display(), bytes = len,
+        "file sink: cutting a torn last line left by a crash");
+    file.set_len(0)
 }
 
 /// Renders every record of `batch` as NDJSON, calling `sink` once per record.
@@ -76,15 +142,22 @@ impl Sink for FileSink {
     }
 
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        let writer = &mut self.writer;
-        render_batch(batch, &mut self.line, |l| writer.write_all(l))?;
+        // Fails before taking the package, so a retry does not render it twice.
+        if self.pending.len() >= BUFFER_BYTES {
+            self.drain()?;
+        }
+        let pending = &mut self.pending;
+        render_batch(batch, &mut self.line, |l| {
+            pending.extend_from_slice(l);
+            Ok(())
+        })?;
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.writer.flush()?;
+        self.drain()?;
         if self.sync {
-            self.writer.get_ref().sync_data()?;
+            self.file.sync_data()?;
         }
         Ok(())
     }
@@ -185,5 +258,92 @@ pub(crate) mod tests {
         sink.flush().expect("a FIFO is flushed without fsync");
         drop(sink);
         assert_eq!(reader.join().unwrap().lines().count(), 2);
+    }
+}
+
+#[cfg(test)]
+mod disk_full_tests {
+    use super::*;
+    use crate::frame::{Line, LineFlags, Stream};
+
+    /// A record larger than the write buffer, hitting a full disk: retried the way
+    /// the sink worker does (write until accepted, then flush until durable), it
+    /// must not leave a torn NDJSON line in the file.
+    #[test]
+    fn disk_full_on_a_large_record_leaves_whole_lines() {
+        let Some(fs) = crate::sink::test_fs::SmallFs::mount("1m") else {
+            return;
+        };
+        let path = fs.path().join("out.ndjson");
+        let mut sink = FileSink::open(&path).unwrap();
+        sink.write(&tests::sample_batch()).unwrap();
+        sink.flush().unwrap();
+
+        let mut big = tests::sample_batch();
+        big.lines.truncate(1);
+        big.fields.clear();
+        big.lines[0] = Line {
+            offset: 40,
+            timestamp_ns: 3_000,
+            stream: Stream::Stdout,
+            flags: LineFlags::empty(),
+            body: bytes::Bytes::from(vec![b'a'; 600 * 1024]),
+        };
+        let filler = fs.fill_leaving(64 * 1024);
+        let mut filler = Some(filler);
+        let mut make_room = || {
+            if let Some(f) = filler.take() {
+                std::fs::remove_file(f).unwrap();
+            }
+        };
+        let mut failures = 0;
+        while sink.write(&big).is_err() {
+            failures += 1;
+            make_room();
+        }
+        while sink.flush().is_err() {
+            failures += 1;
+            make_room();
+        }
+        assert!(failures > 0, "the disk was full");
+        sink.write(&tests::sample_batch()).unwrap();
+        sink.flush().unwrap();
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut big_seen = 0;
+        for (i, line) in text.lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("line {i} is not JSON ({e}): {:.80}", line));
+            big_seen += (v["offset"] == 40) as usize;
+        }
+        assert!(big_seen >= 1);
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn torn_last_line_from_a_crash_is_cut_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        let mut sink = FileSink::open(&path).unwrap();
+        sink.write(&tests::sample_batch()).unwrap();
+        sink.flush().unwrap();
+        drop(sink);
+        // Killed while writing out a record longer than the scan block.
+        let mut torn = b"{\"ts\":\"1970".to_vec();
+        torn.resize(200 * 1024, b'x');
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&torn)
+            .unwrap();
+        let mut sink = FileSink::open(&path).unwrap();
+        sink.write(&tests::sample_batch()).unwrap();
+        sink.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 4);
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
     }
 }

@@ -9,6 +9,8 @@ pub mod file;
 pub mod null;
 pub mod stdout;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_fs;
 pub mod worker;
 
 use crate::batch::Batch;

@@ -278,6 +278,17 @@ impl Store {
         let block_len = HEADER_LEN + compressed;
         let line_count = u32::try_from(batch.lines.len())
             .map_err(|_| SinkError::Rejected("package has over 4 billion lines".into()))?;
+        // Not the first and last record: CRI records are not in offset order (see
+        // `segment`'s docs), and queries need true bounds for dedupe and context.
+        let (min_offset, max_offset) = batch.lines.iter().fold((u64::MAX, 0), |(lo, hi), l| {
+            (lo.min(l.offset), hi.max(l.offset))
+        });
+        let (first_offset, offset_span) = if batch.lines.is_empty() {
+            (batch.end_offset, 0)
+        } else {
+            let span = u32::try_from(max_offset - min_offset).unwrap_or(u32::MAX);
+            (min_offset, span)
+        };
         let (min_ts, max_ts) = batch
             .lines
             .iter()
@@ -291,9 +302,10 @@ impl Store {
             compressed_len,
             uncompressed_len,
             line_count,
+            offset_span,
             source_id: batch.source.id.0,
             package_id: batch.package_id,
-            first_offset: batch.lines.first().map_or(batch.end_offset, |l| l.offset),
+            first_offset,
             end_offset: batch.end_offset,
             min_ts,
             max_ts,
@@ -311,13 +323,16 @@ impl Store {
             Some(last) => last.first_seq + last.blocks.len() as u64,
             None => 0,
         };
-        if let Some(old) = self.active.take() {
-            // Sealed segments are never fsynced again; flush only covers the active one.
-            if self.active_dirty {
-                old.sync_data()?;
-                self.active_dirty = false;
-            }
+        // Sealed segments are never fsynced again; flush only covers the active one.
+        // So the handle is let go only once the sync succeeded: on failure the segment
+        // stays active and dirty, and no later flush can succeed without syncing it.
+        if self.active_dirty
+            && let Some(old) = &self.active
+        {
+            old.sync_data()?;
         }
+        self.active_dirty = false;
+        self.active = None;
         let path = self.segments_dir.join(segment::segment_file_name(next_seq));
         let file = OpenOptions::new()
             .read(true)

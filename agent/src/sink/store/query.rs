@@ -20,9 +20,12 @@
 //!
 //! A package re-sent after a crash is stored twice. Unless `--raw`, a record is shown
 //! once per `(source_id, offset)`: blocks are scanned in store order and each source
-//! keeps the offset ranges `[first, end)` of the blocks already read; a record inside
-//! one of them is a copy (the range of a package holds all of its source's records
-//! there). That costs a few intervals per source, not a set of every record seen.
+//! keeps the offset ranges `[lowest, end)` of the blocks already read; a record inside
+//! one of them is a copy (every record of a later package starts at or after a
+//! package's end offset, so the range holds only records read already). A CRI package
+//! can also hold records starting at or past its end offset (completed while a `P`
+//! partial that started earlier was pending): those are kept as single offsets. That
+//! costs a few intervals per source, not a set of every record seen.
 //!
 //! # Context
 //!
@@ -156,6 +159,18 @@ impl Covered {
     fn contains(&self, offset: u64) -> bool {
         let i = self.0.partition_point(|&(start, _)| start <= offset);
         i > 0 && offset < self.0[i - 1].1
+    }
+
+    /// Marks the records of a block ending at `end_offset` as read (see the module
+    /// docs: the lowest record offset, not the first, starts the range).
+    fn insert_block(&mut self, records: &[Record], end_offset: u64) {
+        let Some(lowest) = records.iter().map(|r| r.offset).min() else {
+            return;
+        };
+        self.insert(lowest, end_offset);
+        for r in records.iter().filter(|r| r.offset >= end_offset) {
+            self.insert(r.offset, r.offset + 1);
+        }
     }
 
     fn insert(&mut self, start: u64, end: u64) {
@@ -417,7 +432,7 @@ impl<'a> Engine<'a> {
                     break 'blocks;
                 }
             }
-            seen.insert(h.first_offset, h.end_offset);
+            seen.insert_block(&records, h.end_offset);
         }
         if self.args.context == 0 {
             let mut buf = Vec::new();
@@ -481,13 +496,18 @@ impl<'a> Engine<'a> {
             .into_iter()
             .filter(|&b| self.meta(b).header.first_offset < offset)
             .collect();
-        // Nearest first: once the n nearest records are known, no block ending at or
-        // below the farthest of them can contribute.
-        blocks.sort_by_key(|&b| std::cmp::Reverse(self.meta(b).header.end_offset));
+        // Nearest first: once the n nearest records are known, no block whose records
+        // all start below the farthest of them can contribute.
+        blocks.sort_by_key(|&b| std::cmp::Reverse(self.meta(b).header.max_offset_bound()));
         let mut found: BTreeMap<u64, (u64, Record)> = BTreeMap::new();
         for b in blocks {
             let h = self.meta(b).header;
-            if found.len() >= n && found.keys().next().is_some_and(|&lo| h.end_offset <= lo) {
+            if found.len() >= n
+                && found
+                    .keys()
+                    .next()
+                    .is_some_and(|&lo| h.max_offset_bound() < lo)
+            {
                 break;
             }
             let Some(records) = self.load(b) else {
@@ -510,7 +530,7 @@ impl<'a> Engine<'a> {
         let mut blocks: Vec<BlockRef> = self
             .blocks_of(source_id)
             .into_iter()
-            .filter(|&b| self.meta(b).header.end_offset > offset)
+            .filter(|&b| self.meta(b).header.max_offset_bound() > offset)
             .collect();
         blocks.sort_by_key(|&b| self.meta(b).header.first_offset);
         let mut found: BTreeMap<u64, (u64, Record)> = BTreeMap::new();
@@ -661,7 +681,7 @@ impl<'a> Engine<'a> {
                     counts.unique += 1;
                 }
             }
-            seen.insert(h.first_offset, h.end_offset);
+            seen.insert_block(&block, h.end_offset);
         }
         let damaged = self.bad_blocks.len() as u64;
         let mut buf = Vec::new();

@@ -12,10 +12,10 @@
 //!      8    4 compressed payload length
 //!     12    4 uncompressed payload length
 //!     16    4 line count
-//!     20    4 reserved (0)
+//!     20    4 offset span: highest record offset − lowest (u32::MAX: unknown, maybe more)
 //!     24    8 source_id
 //!     32    8 package_id
-//!     40    8 first offset (offset of the first record; end offset when empty)
+//!     40    8 lowest record offset (end offset when empty)
 //!     48    8 end offset (Batch::end_offset)
 //!     56    8 min timestamp (ns)
 //!     64    8 max timestamp (ns)
@@ -23,6 +23,13 @@
 //!     76    4 CRC32 of bytes 0..76 (so it covers the payload CRC too)
 //!     80    . compressed payload (codec::compress of codec::encode_payload)
 //! ```
+//!
+//! Records of a CRI package are not always in offset order (see `Batch::lines`): a
+//! record reassembled from `P` fragments comes after records that started later, and
+//! records may start at or past the package's end offset (a partial was pending when
+//! it was sealed). So the header bounds record offsets by their lowest and highest
+//! ([`BlockHeader::max_offset_bound`]), not by the first record and the end offset.
+//! Blocks written before the span existed have 0 there and a first, not lowest, offset.
 //!
 //! All integers are little-endian. The header has its own CRC so that an index can be
 //! rebuilt from headers alone (seeking over payloads) and so that a scan that meets a
@@ -49,8 +56,11 @@ pub struct BlockHeader {
     pub compressed_len: u32,
     pub uncompressed_len: u32,
     pub line_count: u32,
+    /// Highest record offset minus `first_offset`, `u32::MAX` when it does not fit.
+    pub offset_span: u32,
     pub source_id: u64,
     pub package_id: u64,
+    /// The lowest record offset (`end_offset` when the block holds no record).
     pub first_offset: u64,
     pub end_offset: u64,
     pub min_ts: i64,
@@ -77,6 +87,7 @@ impl BlockHeader {
         h[8..12].copy_from_slice(&self.compressed_len.to_le_bytes());
         h[12..16].copy_from_slice(&self.uncompressed_len.to_le_bytes());
         h[16..20].copy_from_slice(&self.line_count.to_le_bytes());
+        h[20..24].copy_from_slice(&self.offset_span.to_le_bytes());
         h[24..32].copy_from_slice(&self.source_id.to_le_bytes());
         h[32..40].copy_from_slice(&self.package_id.to_le_bytes());
         h[40..48].copy_from_slice(&self.first_offset.to_le_bytes());
@@ -104,6 +115,7 @@ impl BlockHeader {
             compressed_len: le_u32(h, 8),
             uncompressed_len: le_u32(h, 12),
             line_count: le_u32(h, 16),
+            offset_span: le_u32(h, 20),
             source_id: le_u64(h, 24),
             package_id: le_u64(h, 32),
             first_offset: le_u64(h, 40),
@@ -112,6 +124,18 @@ impl BlockHeader {
             max_ts: le_u64(h, 64) as i64,
             payload_crc: le_u32(h, 72),
         })
+    }
+
+    /// No record of the block starts after this offset. Covers blocks written before
+    /// `offset_span` existed (0 there), whose records all started below `end_offset`.
+    pub fn max_offset_bound(&self) -> u64 {
+        if self.offset_span == u32::MAX {
+            return u64::MAX;
+        }
+        (self
+            .first_offset
+            .saturating_add(u64::from(self.offset_span)))
+        .max(self.end_offset.saturating_sub(1))
     }
 
     /// Bytes the whole block occupies in the segment.

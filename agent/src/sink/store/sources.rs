@@ -114,6 +114,8 @@ pub fn load(store_dir: &Path) -> io::Result<LoadedSources> {
 pub struct SourceLog {
     file: File,
     known: HashMap<SourceId, Arc<SourceInfo>>,
+    /// Length of the complete lines: where a failed append is cut back to.
+    len: u64,
     /// Appended to since the last `sync`.
     dirty: bool,
 }
@@ -138,6 +140,7 @@ impl SourceLog {
         Ok(SourceLog {
             file,
             known: loaded.sources,
+            len: loaded.complete_len,
             dirty: false,
         })
     }
@@ -150,7 +153,17 @@ impl SourceLog {
             return Ok(());
         }
         // One write call per line: a concurrent reader sees whole lines or a torn tail.
-        self.file.write_all(&to_line(info))?;
+        let line = to_line(info);
+        if let Err(e) = self.file.write_all(&line) {
+            // A short write (disk full) must not stay: the retry would append the
+            // whole line to its torn start, and the joined line would be unreadable,
+            // losing the source's path for every reader.
+            if let Err(e2) = self.file.set_len(self.len) {
+                tracing::error!(error = %e2, "store: could not cut a torn source-table line");
+            }
+            return Err(e);
+        }
+        self.len += line.len() as u64;
         self.known.insert(info.id, Arc::new(info.clone()));
         self.dirty = true;
         Ok(())

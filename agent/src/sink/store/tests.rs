@@ -774,3 +774,158 @@ fn appending_after_unflushed_garbage_keeps_blocks_parseable() {
     assert_eq!(scan.blocks.len(), 2);
     assert_eq!(scan.tail, None);
 }
+
+/// A CRI package as the framer builds it when a stderr record made of `P` fragments
+/// completes after stdout records that started later: `(offset, stream, body)` in
+/// completion order.
+fn cri_batch(
+    src: &Arc<SourceInfo>,
+    package_id: u64,
+    records: &[(u64, Stream, &str)],
+    end_offset: u64,
+) -> Batch {
+    Batch {
+        source: src.clone(),
+        package_id,
+        lines: records
+            .iter()
+            .map(|&(offset, stream, body)| Line {
+                offset,
+                timestamp_ns: T0 + offset as i64,
+                stream,
+                flags: LineFlags::empty(),
+                body: Bytes::from(body.to_owned()),
+            })
+            .collect(),
+        fields: Vec::new(),
+        end_offset,
+    }
+}
+
+/// The packages of one CRI file while a stderr record (started at 50 by a `P`
+/// fragment) is pending: package 1 ends at 50 although it holds the stdout record at
+/// 100; package 2 holds the stderr record at 50 *after* the stdout record at 150.
+fn interleaved_cri_packages(src: &Arc<SourceInfo>) -> Vec<Batch> {
+    use Stream::{Stderr, Stdout};
+    vec![
+        cri_batch(
+            src,
+            1,
+            &[(0, Stdout, "out 0"), (100, Stdout, "out 100")],
+            50,
+        ),
+        cri_batch(
+            src,
+            2,
+            &[(150, Stdout, "out 150"), (50, Stderr, "err 50")],
+            200,
+        ),
+        cri_batch(src, 3, &[(200, Stdout, "out 200")], 250),
+    ]
+}
+
+#[test]
+fn dedupe_handles_records_out_of_offset_order_within_a_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(1, "/var/log/pods/ns_p_1/c/0.log");
+    let packages = interleaved_cri_packages(&src);
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    // Stored, then the agent was killed before the checkpoint moved past 0: every
+    // package is shipped again (same ids, same records).
+    write_all(&mut store, &packages);
+    write_all(&mut store, &packages);
+    // Killed again with only the first package checkpointed (offset 50).
+    write_all(&mut store, &packages[1..]);
+    drop(store);
+
+    let mut got = bodies(&query_json(dir.path(), &[]));
+    got.sort();
+    assert_eq!(
+        got,
+        ["err 50", "out 0", "out 100", "out 150", "out 200"],
+        "each (source, offset) once"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&query(dir.path(), &["--stats", "--json"])).unwrap();
+    assert_eq!(stats["unique"], 5, "{stats}");
+    assert_eq!(stats["duplicates"], 8, "{stats}");
+}
+
+#[test]
+fn context_follows_offsets_when_records_are_out_of_order_in_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(1, "/var/log/pods/ns_p_1/c/0.log");
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    write_all(&mut store, &interleaved_cri_packages(&src));
+    drop(store);
+
+    // Source order around the stderr record at 50: 0 | 50 | 100, 150, 200.
+    let out = query_json(dir.path(), &["-C", "1", "err"]);
+    let offsets: Vec<u64> = out.iter().map(|v| v["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [0, 50, 100], "{out:?}");
+    // Around the stdout record at 100 (in a package ending at 50): 50 | 100 | 150.
+    let out = query_json(dir.path(), &["-C", "1", "out 100"]);
+    let offsets: Vec<u64> = out.iter().map(|v| v["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [50, 100, 150], "{out:?}");
+    // Around 150 (first record of a package that also holds 50): 100 | 150 | 200.
+    let out = query_json(dir.path(), &["-C", "1", "out 150"]);
+    let offsets: Vec<u64> = out.iter().map(|v| v["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [100, 150, 200], "{out:?}");
+}
+
+#[test]
+fn disk_full_mid_write_leaves_store_readable_and_writable() {
+    let Some(fs) = crate::sink::test_fs::SmallFs::mount("256k") else {
+        return;
+    };
+    let store_dir = fs.path().join("store");
+    let mut store = Store::open(&store_dir, options()).unwrap();
+    // A path longer than a page: its source-table line is torn by the full disk.
+    let long = format!("/var/log/pods/{}/app.log", "p".repeat(6000));
+    let src = source(1, &long);
+    let filler = fs.fill_leaving(4096);
+    let first = batch(&src, 1, 0..3, "first");
+    assert!(store.write(&first).is_err(), "the disk is full");
+    std::fs::remove_file(&filler).unwrap();
+    // The worker retries the same package once space is back.
+    write_all(&mut store, &[first]);
+
+    // Full again, now in the middle of a block (incompressible body of 20 KiB).
+    let filler = fs.fill_leaving(4096);
+    let mut big = batch(&src, 2, 3..4, "big");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..20_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    big.lines[0].body = Bytes::from(noise.clone());
+    assert!(store.write(&big).is_err(), "the disk is full");
+    std::fs::remove_file(&filler).unwrap();
+    write_all(&mut store, &[big, batch(&src, 3, 4..6, "after")]);
+    drop(store);
+
+    let store = Store::open(&store_dir, options()).unwrap();
+    assert_eq!(store.stats().torn_blocks, 0);
+    drop(store);
+    let out = query_json(&store_dir, &["--limit", "0"]);
+    assert_eq!(out.len(), 6, "{out:?}");
+    for v in &out {
+        assert!(
+            v["path"] == long.as_str(),
+            "source table entry lost: {}",
+            v["offset"]
+        );
+    }
+    assert_eq!(v_body_b64(&out[3]), noise);
+}
+
+fn v_body_b64(v: &serde_json::Value) -> Vec<u8> {
+    match v.get("body") {
+        Some(s) => s.as_str().unwrap().as_bytes().to_vec(),
+        None => b64::decode(v["body_base64"].as_str().unwrap()).unwrap(),
+    }
+}
