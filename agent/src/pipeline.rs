@@ -71,7 +71,7 @@ pub fn run(
             flush_interval: SINK_FLUSH_INTERVAL.min(config.checkpoint_interval),
             shutdown: shutdown.clone(),
         };
-        workers.push(worker.spawn(name)?);
+        workers.push((name.clone(), worker.spawn(name)?));
         queues.insert(name.clone(), tx);
     }
 
@@ -110,15 +110,23 @@ pub fn run(
     // unacknowledged and is read again next start), then let the workers drain.
     pipeline.seal_all();
     drop(pipeline);
-    for w in workers {
-        if w.join().is_err() {
-            tracing::error!("a sink worker panicked");
+    let mut sink_failure = None;
+    for (name, w) in workers {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => sink_failure = Some(anyhow::anyhow!("sink {name:?}: {e}")),
+            Err(_) => sink_failure = Some(anyhow::anyhow!("sink {name:?}: worker panicked")),
         }
     }
     shutdown.store(true, Ordering::SeqCst);
     let _ = checkpointer.join();
+    // Only acknowledged offsets are in the registry, so this is safe after a sink
+    // failure too: what the sink could not make durable is read again next start.
     registry.persist().context("final checkpoint")?;
     result?;
+    if let Some(e) = sink_failure {
+        return Err(e);
+    }
     Ok(summary)
 }
 

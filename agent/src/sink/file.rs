@@ -157,7 +157,7 @@ impl Sink for FileSink {
     fn flush(&mut self) -> Result<(), SinkError> {
         self.drain()?;
         if self.sync {
-            self.file.sync_data()?;
+            self.file.sync_data().map_err(super::fsync_failed)?;
         }
         Ok(())
     }

@@ -23,6 +23,11 @@ pub enum SinkError {
     /// The package can never be accepted; it is dropped and counted with a reason.
     #[error("sink rejected package: {0}")]
     Rejected(String),
+    /// Data written since the last successful flush may be gone and retrying cannot
+    /// tell (a failed fsync: Linux may drop the dirty pages and report success on the
+    /// next call). The agent stops without acknowledging it; a restart re-reads it.
+    #[error("sink lost durability: {0}")]
+    Fatal(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -34,8 +39,14 @@ pub trait Sink: Send {
     fn kind(&self) -> &'static str;
     /// Accept one package. It need not be durable until `flush` returns.
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError>;
-    /// Make every package written so far durable.
+    /// Make every package written so far durable. A failure whose retry could
+    /// falsely succeed (fsync) must be reported as [`SinkError::Fatal`].
     fn flush(&mut self) -> Result<(), SinkError>;
+}
+
+/// Maps an fsync failure to [`SinkError::Fatal`]: see there why it is never retried.
+pub fn fsync_failed(e: std::io::Error) -> SinkError {
+    SinkError::Fatal(format!("fsync: {e}"))
 }
 
 /// Opens the sink a config entry describes.

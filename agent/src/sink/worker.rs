@@ -45,21 +45,23 @@ struct Written {
 }
 
 impl SinkWorker {
-    pub fn spawn(self, name: &str) -> std::io::Result<JoinHandle<()>> {
+    pub fn spawn(self, name: &str) -> std::io::Result<JoinHandle<Result<(), SinkError>>> {
         std::thread::Builder::new()
             .name(format!("sink-{name}"))
             .spawn(move || self.run())
     }
 
-    /// Runs until the queue is closed and drained.
-    pub fn run(mut self) {
+    /// Runs until the queue is closed and drained, or until the sink reports a
+    /// [`SinkError::Fatal`]: then it sets `shutdown` (the agent stops, acknowledging
+    /// nothing more; a restart re-reads from the checkpoints) and returns the error.
+    pub fn run(mut self) -> Result<(), SinkError> {
         let kind = self.sink.kind();
         let mut written: Vec<Written> = Vec::new();
         let mut next_flush = Instant::now() + self.flush_interval;
         loop {
             match self.queue.recv_deadline(next_flush) {
                 Ok(batch) => {
-                    if self.write(&batch) {
+                    if self.write(&batch)? {
                         written.push(Written {
                             source: batch.source.id,
                             package_id: batch.package_id,
@@ -70,18 +72,18 @@ impl SinkWorker {
                         continue;
                     }
                     if written.len() >= MAX_UNFLUSHED {
-                        self.flush(&mut written);
+                        self.flush(&mut written)?;
                         next_flush = Instant::now() + self.flush_interval;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    self.flush(&mut written);
+                    self.flush(&mut written)?;
                     next_flush = Instant::now() + self.flush_interval;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.flush(&mut written);
+                    self.flush(&mut written)?;
                     tracing::debug!(sink = kind, "sink queue closed; worker done");
-                    return;
+                    return Ok(());
                 }
             }
         }
@@ -89,7 +91,7 @@ impl SinkWorker {
 
     /// Writes one package, retrying transient errors. Returns whether it should be
     /// acknowledged at the next flush (written, or rejected for good and counted).
-    fn write(&mut self, batch: &Batch) -> bool {
+    fn write(&mut self, batch: &Batch) -> Result<bool, SinkError> {
         // A failure is logged and counted inside; shipping anyway keeps at-least-once
         // (only recognising copies after a crash would suffer).
         let _ = self.registry.ensure_durable(batch.source.id);
@@ -97,7 +99,8 @@ impl SinkWorker {
         let mut backoff = BACKOFF_START;
         loop {
             match self.sink.write(batch) {
-                Ok(()) => return true,
+                Ok(()) => return Ok(true),
+                Err(SinkError::Fatal(reason)) => return Err(self.fatal(reason)),
                 Err(SinkError::Rejected(reason)) => {
                     metrics::counter!("logtap_sink_errors_total", "sink" => kind, "kind" => "rejected")
                         .increment(1);
@@ -105,14 +108,14 @@ impl SinkWorker {
                         .increment(batch.lines.len() as u64);
                     tracing::error!(sink = kind, source = %batch.source.id, package = batch.package_id,
                         %reason, "sink rejected package; dropped");
-                    return true;
+                    return Ok(true);
                 }
                 Err(e) => {
                     metrics::counter!("logtap_sink_errors_total", "sink" => kind, "kind" => "transient")
                         .increment(1);
                     if self.shutdown.load(Ordering::Relaxed) {
                         tracing::warn!(sink = kind, error = %e, "giving up at shutdown; package will be re-read");
-                        return false;
+                        return Ok(false);
                     }
                     tracing::warn!(sink = kind, error = %e, retry_in = ?backoff, "sink write failed");
                     std::thread::sleep(backoff);
@@ -122,22 +125,27 @@ impl SinkWorker {
         }
     }
 
-    fn flush(&mut self, written: &mut Vec<Written>) {
+    fn flush(&mut self, written: &mut Vec<Written>) -> Result<(), SinkError> {
         if written.is_empty() {
-            return;
+            return Ok(());
         }
         let kind = self.sink.kind();
         let mut backoff = BACKOFF_START;
         loop {
             match self.sink.flush() {
                 Ok(()) => break,
+                Err(SinkError::Fatal(reason)) => {
+                    // Never acknowledged: read again after the restart.
+                    written.clear();
+                    return Err(self.fatal(reason));
+                }
                 Err(e) => {
                     metrics::counter!("logtap_sink_errors_total", "sink" => kind, "kind" => "flush")
                         .increment(1);
                     if self.shutdown.load(Ordering::Relaxed) {
                         tracing::warn!(sink = kind, error = %e, "flush failed at shutdown; packages will be re-read");
                         written.clear();
-                        return;
+                        return Ok(());
                     }
                     tracing::warn!(sink = kind, error = %e, retry_in = ?backoff, "sink flush failed");
                     std::thread::sleep(backoff);
@@ -152,6 +160,18 @@ impl SinkWorker {
         for w in written.drain(..) {
             self.registry.acked(w.source, w.package_id);
         }
+        Ok(())
+    }
+
+    /// Stops the agent after a fatal sink error; returns the error for the caller.
+    fn fatal(&mut self, reason: String) -> SinkError {
+        let kind = self.sink.kind();
+        metrics::counter!("logtap_sink_errors_total", "sink" => kind, "kind" => "fatal")
+            .increment(1);
+        tracing::error!(sink = kind, %reason,
+            "sink can no longer guarantee durability; stopping so a restart re-reads from the checkpoints");
+        self.shutdown.store(true, Ordering::SeqCst);
+        SinkError::Fatal(reason)
     }
 }
 
@@ -250,11 +270,76 @@ mod tests {
             tx.send(batch).unwrap();
         }
         drop(tx);
-        handle.join().unwrap();
+        handle.join().unwrap().unwrap();
         assert_eq!(*durable.lock().unwrap(), vec![1, 2, 4]);
         // Package 3 was rejected: counted as dropped and acknowledged, so the source's
         // checkpoint is not stuck behind it.
         assert_eq!(registry.acked_offset(source), Some(50));
         assert_eq!(registry.in_flight(), 0);
+    }
+
+    /// A sink whose fsync failed once: Linux may have dropped the dirty pages and a
+    /// second fsync would report success.
+    struct LostFsync;
+
+    impl Sink for LostFsync {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn write(&mut self, _batch: &Batch) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), SinkError> {
+            Err(crate::sink::fsync_failed(
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ))
+        }
+    }
+
+    #[test]
+    fn failed_fsync_stops_the_agent_without_acknowledging() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::open(dir.path()).unwrap());
+        let source = SourceId(3);
+        let identity = FileIdentity {
+            dev: 1,
+            inode: 3,
+            fingerprint_len: 0,
+            fingerprint: 0,
+        };
+        registry.register(source, identity, "/y".into(), 0);
+        let info = Arc::new(SourceInfo {
+            id: source,
+            kind: SourceKind::File,
+            path: "/y".into(),
+            config_name: Arc::from("t"),
+        });
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let worker = SinkWorker {
+            sink: Box::new(LostFsync),
+            queue: rx,
+            registry: registry.clone(),
+            flush_interval: Duration::from_millis(20),
+            shutdown: shutdown.clone(),
+        };
+        let handle = worker.spawn("test").unwrap();
+        registry.sent(source, 1, 10);
+        tx.send(Batch {
+            source: info,
+            package_id: 1,
+            lines: Vec::new(),
+            fields: Vec::new(),
+            end_offset: 10,
+        })
+        .unwrap();
+        let result = handle.join().unwrap();
+        assert!(matches!(result, Err(SinkError::Fatal(_))), "{result:?}");
+        assert!(shutdown.load(Ordering::SeqCst), "the agent is told to stop");
+        assert_eq!(
+            registry.acked_offset(source),
+            Some(0),
+            "nothing acknowledged"
+        );
     }
 }

@@ -102,6 +102,9 @@ pub struct Store {
     block_len: usize,
     active_dirty: bool,
     dir_dirty: bool,
+    /// Set when an fsync failed: what it covered may be gone, and a later fsync
+    /// could report success regardless, so every later flush fails (fatal).
+    durability_lost: Option<String>,
     stats: StoreStats,
 }
 
@@ -223,6 +226,7 @@ impl Store {
             block_len: 0,
             active_dirty: false,
             dir_dirty: false,
+            durability_lost: None,
             stats,
         };
         store.enforce_retention(SystemTime::now());
@@ -328,8 +332,10 @@ impl Store {
         // stays active and dirty, and no later flush can succeed without syncing it.
         if self.active_dirty
             && let Some(old) = &self.active
+            && let Err(e) = old.sync_data()
         {
-            old.sync_data()?;
+            self.durability_lost = Some(format!("fsync of a sealed segment: {e}"));
+            return Err(e);
         }
         self.active_dirty = false;
         self.active = None;
@@ -442,15 +448,26 @@ impl Sink for Store {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.sources.sync()?;
-        if self.active_dirty
+        if let Some(reason) = &self.durability_lost {
+            return Err(SinkError::Fatal(reason.clone()));
+        }
+        let mut synced = self.sources.sync();
+        if synced.is_ok()
+            && self.active_dirty
             && let Some(f) = &self.active
         {
-            f.sync_data()?;
-            self.active_dirty = false;
+            synced = f.sync_data();
         }
+        if let Err(e) = synced {
+            self.durability_lost = Some(format!("fsync: {e}"));
+            return Err(super::fsync_failed(e));
+        }
+        self.active_dirty = false;
         if self.dir_dirty {
-            sync_dir(&self.segments_dir)?;
+            if let Err(e) = sync_dir(&self.segments_dir) {
+                self.durability_lost = Some(format!("fsync of the segments directory: {e}"));
+                return Err(super::fsync_failed(e));
+            }
             self.dir_dirty = false;
         }
         Ok(())
