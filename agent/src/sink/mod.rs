@@ -42,6 +42,11 @@ pub trait Sink: Send {
     /// Make every package written so far durable. A failure whose retry could
     /// falsely succeed (fsync) must be reported as [`SinkError::Fatal`].
     fn flush(&mut self) -> Result<(), SinkError>;
+    /// Housekeeping when no package came for a flush interval (retention on a quiet
+    /// node). Nothing to do by default.
+    fn idle(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Maps an fsync failure to [`SinkError::Fatal`]: see there why it is never retried.

@@ -78,6 +78,13 @@ impl SinkWorker {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.flush(&mut written)?;
+                    match self.sink.idle() {
+                        Ok(()) => {}
+                        Err(SinkError::Fatal(reason)) => return Err(self.fatal(reason)),
+                        Err(e) => {
+                            tracing::warn!(sink = kind, error = %e, "sink housekeeping failed")
+                        }
+                    }
                     next_flush = Instant::now() + self.flush_interval;
                 }
                 Err(RecvTimeoutError::Disconnected) => {

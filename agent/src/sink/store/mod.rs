@@ -105,6 +105,8 @@ pub struct Store {
     /// Set when an fsync failed: what it covered may be gone, and a later fsync
     /// could report success regardless, so every later flush fails (fatal).
     durability_lost: Option<String>,
+    /// When `idle` last ran retention.
+    last_idle_retention: Option<SystemTime>,
     stats: StoreStats,
 }
 
@@ -227,6 +229,7 @@ impl Store {
             active_dirty: false,
             dir_dirty: false,
             durability_lost: None,
+            last_idle_retention: None,
             stats,
         };
         store.enforce_retention(SystemTime::now());
@@ -388,6 +391,26 @@ impl Store {
 
     /// Deletes sealed segments, oldest first, while the store is over `max_bytes` or
     /// the oldest one's newest record is older than `max_age`.
+    /// Seals the active segment when all its records are older than `max_age`.
+    fn expire_active(&mut self, now: SystemTime) -> io::Result<()> {
+        let Some(max_age) = self.options.max_age else {
+            return Ok(());
+        };
+        let cutoff = now
+            .checked_sub(max_age)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let expired = self
+            .segments
+            .last()
+            .and_then(|s| s.max_ts())
+            .is_some_and(|ts| ts < cutoff);
+        if expired {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
     fn enforce_retention(&mut self, now: SystemTime) {
         let now_ns = now
             .duration_since(UNIX_EPOCH)
@@ -447,6 +470,24 @@ impl Sink for Store {
         Ok(())
     }
 
+    /// Age retention on a quiet node: an active segment whose every record is past
+    /// `max_age` is sealed, so retention can delete it (checked at most every
+    /// [`IDLE_RETENTION_EVERY`]).
+    fn idle(&mut self) -> Result<(), SinkError> {
+        let now = SystemTime::now();
+        if self
+            .last_idle_retention
+            .is_some_and(|t| now.duration_since(t).unwrap_or_default() < IDLE_RETENTION_EVERY)
+        {
+            return Ok(());
+        }
+        self.last_idle_retention = Some(now);
+        self.expire_active(now)?;
+        self.enforce_retention(now);
+        self.publish_gauges();
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), SinkError> {
         if let Some(reason) = &self.durability_lost {
             return Err(SinkError::Fatal(reason.clone()));
@@ -473,6 +514,9 @@ impl Sink for Store {
         Ok(())
     }
 }
+
+/// How often an idle store re-checks age retention.
+const IDLE_RETENTION_EVERY: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 impl Store {

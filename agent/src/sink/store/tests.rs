@@ -587,6 +587,43 @@ fn retention_deletes_sealed_segments_by_age() {
 }
 
 #[test]
+fn idle_store_expires_an_old_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let opts = StoreOptions {
+        segment_bytes: 1 << 20,
+        max_bytes: u64::MAX,
+        max_age: Some(Duration::from_secs(3600)),
+    };
+    let two_hours_ago = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+        - 7200 * 1_000_000_000;
+    let mut b = batch(&a, 0, 0..3, "x");
+    for l in &mut b.lines {
+        l.timestamp_ns = two_hours_ago;
+    }
+    let mut store = Store::open(dir.path(), opts).unwrap();
+    write_all(&mut store, &[b]);
+    assert_eq!(
+        store.stats().retention_deleted_segments,
+        0,
+        "only segment, active"
+    );
+    // A quiet node: no more writes, only the worker's idle housekeeping.
+    store.idle().unwrap();
+    assert_eq!(store.stats().retention_deleted_segments, 1);
+    assert!(
+        query_json(dir.path(), &[]).is_empty(),
+        "expired records are gone"
+    );
+    // The store stays writable after sealing its active segment.
+    write_all(&mut store, &[batch(&a, 1, 3..6, "fresh")]);
+    assert_eq!(query_json(dir.path(), &[]).len(), 3);
+}
+
+#[test]
 fn invalid_utf8_round_trips_and_displays_escaped() {
     let dir = tempfile::tempdir().unwrap();
     let a = source(1, "/a");
