@@ -92,7 +92,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match metrics_listen.as_deref() {
                 None => {}
                 Some("off") => config.metrics_listen = None,
-                Some(addr) => config.metrics_listen = Some(addr.parse()?),
+                Some(addr) => {
+                    config.metrics_listen = Some(addr.parse().map_err(|e| {
+                        anyhow::anyhow!(
+                            "--metrics-listen {addr:?}: {e} (expected HOST:PORT or off)"
+                        )
+                    })?)
+                }
             }
             if demo {
                 logtap::demo::install(&mut config)?;
