@@ -4,13 +4,19 @@
 //! - `bench [ARGS]`: the throughput harness in release mode (see `bench/`); arguments
 //!   are passed on, e.g. `cargo xtask bench --size-mb 512` (a leading `--` is
 //!   accepted too).
+//! - `gen-crd`: writes `deploy/crd.yaml` from the `LogCollection` Rust type (a test in
+//!   `agent/tests/deploy_manifests.rs` fails when the file and the type disagree).
 
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let task = args.next();
     let rest: Vec<String> = args.collect();
+    if task.as_deref() == Some("gen-crd") {
+        return gen_crd();
+    }
     let steps: Vec<Vec<&str>> = match task.as_deref() {
         Some("ci") => vec![
             vec!["fmt", "--all", "--check"],
@@ -36,7 +42,7 @@ fn main() -> ExitCode {
             vec![vec!["build", "--release", "-p", "logtap"], run]
         }
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [ARGS]>");
+            eprintln!("usage: cargo xtask <ci | bench [ARGS] | gen-crd>");
             return ExitCode::from(2);
         }
     };
@@ -56,4 +62,18 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn gen_crd() -> ExitCode {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd.yaml");
+    match std::fs::write(&path, logtap::config::crd::crd_yaml()) {
+        Ok(()) => {
+            eprintln!("xtask: wrote {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xtask: cannot write {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! [`Config::from_raw`] validates it into typed values (compiled globs and regexes,
 //! sizes, durations) with errors that name the field path.
 
+pub mod crd;
 pub mod raw;
 
 use std::collections::BTreeMap;
@@ -179,67 +180,20 @@ impl Config {
     }
 
     pub fn from_raw(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Invalid {
-            file: file.to_string(),
-            field,
-            message,
-        };
-        let duration = |field: &str, text: &str| -> Result<Duration, ConfigError> {
-            humantime::parse_duration(text)
-                .map_err(|e| invalid(field.to_string(), format!("{text:?}: {e}")))
-        };
-        // An interval of 0 turns a periodic loop into a busy one (fsync storms, endless
-        // rescans); where 0 means "at once" (rotate_wait, batch.timeout) it is allowed.
-        let interval = |field: &str, text: &str| -> Result<Duration, ConfigError> {
-            let d = duration(field, text)?;
-            if d.is_zero() {
-                return Err(invalid(
-                    field.to_string(),
-                    format!("{text:?}: must be greater than zero"),
-                ));
-            }
-            Ok(d)
-        };
-        let size = |field: &str, text: &str| -> Result<u64, ConfigError> {
-            parse_size(text).map_err(|e| invalid(field.to_string(), e))
-        };
-
+        let v = Validator::new(file);
         let data_dir = PathBuf::from(&raw.data_dir);
         let metrics_listen = match raw.metrics.listen.as_deref() {
             None | Some("") => None,
             Some(addr) => Some(
                 addr.parse::<SocketAddr>()
-                    .map_err(|e| invalid("metrics.listen".into(), format!("{addr:?}: {e}")))?,
+                    .map_err(|e| v.invalid("metrics.listen", format!("{addr:?}: {e}")))?,
             ),
         };
 
         let mut sinks = BTreeMap::new();
         for (name, s) in &raw.sinks {
-            let field = |f: &str| format!("sinks.{name}.{f}");
-            let sink = match s {
-                raw::RawSink::Store {
-                    path,
-                    segment_size,
-                    max_size,
-                    max_age,
-                } => SinkConfig::Store {
-                    path: path
-                        .as_ref()
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| data_dir.join("store")),
-                    segment_bytes: size(&field("segment_size"), segment_size)?,
-                    max_bytes: size(&field("max_size"), max_size)?,
-                    max_age: match max_age {
-                        Some(a) => Some(duration(&field("max_age"), a)?),
-                        None => None,
-                    },
-                },
-                raw::RawSink::File { path } => SinkConfig::File {
-                    path: PathBuf::from(path),
-                },
-                raw::RawSink::Stdout {} => SinkConfig::Stdout,
-                raw::RawSink::Blackhole {} => SinkConfig::Null,
-            };
+            let prefix = format!("sinks.{name}");
+            let sink = v.sink(&prefix, s, &data_dir)?;
             // Two stores on one directory cannot both take its writer lock, and two file
             // sinks on one file would interleave lines: say so now, not at start-up.
             let target = match &sink {
@@ -252,8 +206,8 @@ impl Config {
                     SinkConfig::Store { path, .. } | SinkConfig::File { path } => same(path),
                     SinkConfig::Stdout | SinkConfig::Null => false,
                 }) {
-                    return Err(invalid(
-                        field("path"),
+                    return Err(v.invalid(
+                        &format!("{prefix}.path"),
                         format!("{} is also the path of sink {other:?}", path.display()),
                     ));
                 }
@@ -264,108 +218,22 @@ impl Config {
         let mut sources = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, s) in raw.sources.iter().enumerate() {
-            let field = |f: &str| format!("sources[{i}].{f}");
+            let prefix = format!("sources[{i}]");
+            let field = |f: &str| format!("{prefix}.{f}");
             if !names.insert(s.name.clone()) {
-                return Err(invalid(
-                    field("name"),
+                return Err(v.invalid(
+                    &field("name"),
                     format!("duplicate source name {:?}", s.name),
                 ));
             }
-            if s.include.is_empty() {
-                return Err(invalid(
-                    field("include"),
-                    "at least one glob is required".into(),
-                ));
-            }
-            for (j, g) in s.include.iter().chain(&s.exclude).enumerate() {
-                let list = if j < s.include.len() {
-                    format!("include[{j}]")
-                } else {
-                    format!("exclude[{}]", j - s.include.len())
-                };
-                globset::Glob::new(g).map_err(|e| invalid(field(&list), e.to_string()))?;
-                if j < s.include.len() && !g.starts_with('/') {
-                    return Err(invalid(
-                        field(&list),
-                        format!("{g:?}: include globs must be absolute paths"),
-                    ));
-                }
-            }
-            let format = match s.format {
-                raw::RawFormat::Raw => Format::Raw,
-                raw::RawFormat::Cri => Format::Cri,
-                raw::RawFormat::Docker => Format::Docker,
-            };
-            let max_line_bytes = size(&field("max_line_size"), &s.max_line_size)?;
-            if !(64..=1 << 30).contains(&max_line_bytes) {
-                return Err(invalid(
-                    field("max_line_size"),
-                    "must be between 64B and 1GiB".into(),
-                ));
-            }
-            let multiline = match &s.multiline {
-                None => None,
-                Some(m) => Some(MultilineConfig {
-                    start: Regex::new(&m.start)
-                        .map_err(|e| invalid(field("multiline.start"), e.to_string()))?,
-                    flush_timeout: duration(&field("multiline.flush_timeout"), &m.flush_timeout)?,
-                    max_lines: if m.max_lines == 0 {
-                        return Err(invalid(
-                            field("multiline.max_lines"),
-                            "must be at least 1".into(),
-                        ));
-                    } else {
-                        m.max_lines
-                    },
-                }),
-            };
-            let parser = match &s.parser {
-                None => ParserConfig::None,
-                Some(raw::RawParser::Json {}) => ParserConfig::Json,
-                Some(raw::RawParser::Nginx {}) => ParserConfig::Nginx,
-                Some(raw::RawParser::Apache {}) => ParserConfig::Apache,
-                Some(raw::RawParser::Regex { pattern }) => {
-                    let re = Regex::new(pattern)
-                        .map_err(|e| invalid(field("parser.pattern"), e.to_string()))?;
-                    if re.capture_names().flatten().next().is_none() {
-                        return Err(invalid(
-                            field("parser.pattern"),
-                            "needs at least one named capture `(?P<name>...)`".into(),
-                        ));
-                    }
-                    ParserConfig::Regex(re)
-                }
-                Some(raw::RawParser::Delimiter {
-                    delimiter,
-                    quote,
-                    columns,
-                }) => {
-                    let single_byte = |f: &str, s: &str| -> Result<u8, ConfigError> {
-                        match s.as_bytes() {
-                            [b] => Ok(*b),
-                            _ => Err(invalid(field(f), format!("{s:?} must be exactly one byte"))),
-                        }
-                    };
-                    if columns.is_empty() {
-                        return Err(invalid(
-                            field("parser.columns"),
-                            "at least one column name is required".into(),
-                        ));
-                    }
-                    ParserConfig::Delimiter {
-                        delimiter: single_byte("parser.delimiter", delimiter)?,
-                        quote: match quote {
-                            Some(q) => Some(single_byte("parser.quote", q)?),
-                            None => None,
-                        },
-                        columns: columns.iter().map(|c| Arc::from(c.as_str())).collect(),
-                    }
-                }
-            };
+            v.include_exclude(&prefix, &s.include, &s.exclude)?;
+            let max_line_bytes = v.max_line_size(&prefix, &s.max_line_size)?;
+            let multiline = v.multiline(&prefix, s.multiline.as_ref())?;
+            let parser = v.parser(&prefix, s.parser.as_ref())?;
             let sink: Arc<str> = Arc::from(s.sink.as_str());
             if !sinks.contains_key(&sink) {
-                return Err(invalid(
-                    field("sink"),
+                return Err(v.invalid(
+                    &field("sink"),
                     format!(
                         "no sink named {:?} (defined: {})",
                         s.sink,
@@ -381,8 +249,8 @@ impl Config {
                 name: Arc::from(s.name.as_str()),
                 include: s.include.clone(),
                 exclude: s.exclude.clone(),
-                format,
-                max_line_bytes: max_line_bytes as usize,
+                format: s.format.into(),
+                max_line_bytes,
                 multiline,
                 parser,
                 sink,
@@ -390,27 +258,229 @@ impl Config {
         }
 
         let batch = BatchConfig {
-            max_bytes: size("batch.max_size", &raw.batch.max_size)? as usize,
+            max_bytes: v.size("batch.max_size", &raw.batch.max_size)? as usize,
             max_lines: raw.batch.max_lines,
-            timeout: duration("batch.timeout", &raw.batch.timeout)?,
+            timeout: v.duration("batch.timeout", &raw.batch.timeout)?,
         };
         if batch.max_lines == 0 {
-            return Err(invalid(
-                "batch.max_lines".into(),
-                "must be at least 1".into(),
-            ));
+            return Err(v.invalid("batch.max_lines", "must be at least 1".into()));
         }
 
         Ok(Config {
             data_dir,
             metrics_listen,
-            checkpoint_interval: interval("checkpoint.interval", &raw.checkpoint.interval)?,
-            rescan_interval: interval("files.rescan_interval", &raw.files.rescan_interval)?,
-            rotate_wait: duration("files.rotate_wait", &raw.files.rotate_wait)?,
+            checkpoint_interval: v.interval("checkpoint.interval", &raw.checkpoint.interval)?,
+            rescan_interval: v.interval("files.rescan_interval", &raw.files.rescan_interval)?,
+            rotate_wait: v.duration("files.rotate_wait", &raw.files.rotate_wait)?,
             io_uring: raw.files.io_uring,
             batch,
             sources,
             sinks,
+        })
+    }
+}
+
+impl From<raw::RawFormat> for Format {
+    fn from(f: raw::RawFormat) -> Format {
+        match f {
+            raw::RawFormat::Raw => Format::Raw,
+            raw::RawFormat::Cri => Format::Cri,
+            raw::RawFormat::Docker => Format::Docker,
+        }
+    }
+}
+
+/// The checks shared by the config file and the `LogCollection` spec ([`crd`]), so both
+/// accept exactly the same values and name the failing field the same way. `prefix` is
+/// the path of the enclosing object (`sources[0]`, `spec.sources[0]`).
+pub(crate) struct Validator {
+    file: String,
+}
+
+impl Validator {
+    pub(crate) fn new(file: &str) -> Validator {
+        Validator {
+            file: file.to_string(),
+        }
+    }
+
+    pub(crate) fn invalid(&self, field: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            field: field.to_string(),
+            message,
+        }
+    }
+
+    pub(crate) fn duration(&self, field: &str, text: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(text).map_err(|e| self.invalid(field, format!("{text:?}: {e}")))
+    }
+
+    /// An interval of 0 turns a periodic loop into a busy one (fsync storms, endless
+    /// rescans); where 0 means "at once" (rotate_wait, batch.timeout) [`Self::duration`]
+    /// allows it.
+    pub(crate) fn interval(&self, field: &str, text: &str) -> Result<Duration, ConfigError> {
+        let d = self.duration(field, text)?;
+        if d.is_zero() {
+            return Err(self.invalid(field, format!("{text:?}: must be greater than zero")));
+        }
+        Ok(d)
+    }
+
+    pub(crate) fn size(&self, field: &str, text: &str) -> Result<u64, ConfigError> {
+        parse_size(text).map_err(|e| self.invalid(field, e))
+    }
+
+    pub(crate) fn regex(&self, field: &str, pattern: &str) -> Result<Regex, ConfigError> {
+        Regex::new(pattern).map_err(|e| self.invalid(field, e.to_string()))
+    }
+
+    /// Globs compile; include globs are absolute (at least one is required).
+    pub(crate) fn include_exclude(
+        &self,
+        prefix: &str,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<(), ConfigError> {
+        if include.is_empty() {
+            return Err(self.invalid(
+                &format!("{prefix}.include"),
+                "at least one glob is required".into(),
+            ));
+        }
+        for (j, g) in include.iter().enumerate() {
+            let field = format!("{prefix}.include[{j}]");
+            self.absolute_glob(&field, g)?;
+        }
+        for (j, g) in exclude.iter().enumerate() {
+            globset::Glob::new(g)
+                .map_err(|e| self.invalid(&format!("{prefix}.exclude[{j}]"), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn absolute_glob(&self, field: &str, glob: &str) -> Result<(), ConfigError> {
+        globset::Glob::new(glob).map_err(|e| self.invalid(field, e.to_string()))?;
+        if !glob.starts_with('/') {
+            return Err(self.invalid(
+                field,
+                format!("{glob:?}: include globs must be absolute paths"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn max_line_size(&self, prefix: &str, text: &str) -> Result<usize, ConfigError> {
+        let field = format!("{prefix}.max_line_size");
+        let bytes = self.size(&field, text)?;
+        if !(64..=1 << 30).contains(&bytes) {
+            return Err(self.invalid(&field, "must be between 64B and 1GiB".into()));
+        }
+        Ok(bytes as usize)
+    }
+
+    pub(crate) fn multiline(
+        &self,
+        prefix: &str,
+        m: Option<&raw::RawMultiline>,
+    ) -> Result<Option<MultilineConfig>, ConfigError> {
+        let Some(m) = m else { return Ok(None) };
+        let field = |f: &str| format!("{prefix}.multiline.{f}");
+        let start = self.regex(&field("start"), &m.start)?;
+        let flush_timeout = self.duration(&field("flush_timeout"), &m.flush_timeout)?;
+        if m.max_lines == 0 {
+            return Err(self.invalid(&field("max_lines"), "must be at least 1".into()));
+        }
+        Ok(Some(MultilineConfig {
+            start,
+            flush_timeout,
+            max_lines: m.max_lines,
+        }))
+    }
+
+    pub(crate) fn parser(
+        &self,
+        prefix: &str,
+        p: Option<&raw::RawParser>,
+    ) -> Result<ParserConfig, ConfigError> {
+        let field = |f: &str| format!("{prefix}.parser.{f}");
+        Ok(match p {
+            None => ParserConfig::None,
+            Some(raw::RawParser::Json {}) => ParserConfig::Json,
+            Some(raw::RawParser::Nginx {}) => ParserConfig::Nginx,
+            Some(raw::RawParser::Apache {}) => ParserConfig::Apache,
+            Some(raw::RawParser::Regex { pattern }) => {
+                let re = self.regex(&field("pattern"), pattern)?;
+                if re.capture_names().flatten().next().is_none() {
+                    return Err(self.invalid(
+                        &field("pattern"),
+                        "needs at least one named capture `(?P<name>...)`".into(),
+                    ));
+                }
+                ParserConfig::Regex(re)
+            }
+            Some(raw::RawParser::Delimiter {
+                delimiter,
+                quote,
+                columns,
+            }) => {
+                let single_byte = |f: &str, s: &str| -> Result<u8, ConfigError> {
+                    match s.as_bytes() {
+                        [b] => Ok(*b),
+                        _ => {
+                            Err(self.invalid(&field(f), format!("{s:?} must be exactly one byte")))
+                        }
+                    }
+                };
+                if columns.is_empty() {
+                    return Err(self.invalid(
+                        &field("columns"),
+                        "at least one column name is required".into(),
+                    ));
+                }
+                ParserConfig::Delimiter {
+                    delimiter: single_byte("delimiter", delimiter)?,
+                    quote: match quote {
+                        Some(q) => Some(single_byte("quote", q)?),
+                        None => None,
+                    },
+                    columns: columns.iter().map(|c| Arc::from(c.as_str())).collect(),
+                }
+            }
+        })
+    }
+
+    /// `data_dir` places a store that names no path.
+    pub(crate) fn sink(
+        &self,
+        prefix: &str,
+        s: &raw::RawSink,
+        data_dir: &Path,
+    ) -> Result<SinkConfig, ConfigError> {
+        let field = |f: &str| format!("{prefix}.{f}");
+        Ok(match s {
+            raw::RawSink::Store {
+                path,
+                segment_size,
+                max_size,
+                max_age,
+            } => SinkConfig::Store {
+                path: path
+                    .as_ref()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| data_dir.join("store")),
+                segment_bytes: self.size(&field("segment_size"), segment_size)?,
+                max_bytes: self.size(&field("max_size"), max_size)?,
+                max_age: match max_age {
+                    Some(a) => Some(self.duration(&field("max_age"), a)?),
+                    None => None,
+                },
+            },
+            raw::RawSink::File { path } => SinkConfig::File {
+                path: PathBuf::from(path),
+            },
+            raw::RawSink::Stdout {} => SinkConfig::Stdout,
+            raw::RawSink::Blackhole {} => SinkConfig::Null,
         })
     }
 }

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default = "default_data_dir")]
@@ -24,7 +25,7 @@ pub struct RawConfig {
     pub sinks: BTreeMap<String, RawSink>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     /// `host:port` of the Prometheus endpoint; empty disables it.
@@ -40,7 +41,7 @@ impl Default for RawMetrics {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCheckpoint {
     #[serde(default = "default_checkpoint_interval")]
@@ -55,7 +56,7 @@ impl Default for RawCheckpoint {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFiles {
     #[serde(default = "default_rescan_interval")]
@@ -76,7 +77,7 @@ impl Default for RawFiles {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBatch {
     #[serde(default = "default_batch_max_size")]
@@ -97,7 +98,7 @@ impl Default for RawBatch {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RawFormat {
     #[default]
@@ -106,7 +107,7 @@ pub enum RawFormat {
     Docker,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     pub name: String,
@@ -125,7 +126,7 @@ pub struct RawSource {
     pub sink: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMultiline {
     pub start: String,
@@ -135,8 +136,9 @@ pub struct RawMultiline {
     pub max_lines: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[schemars(transform = merge_tagged_variants)]
 pub enum RawParser {
     Json {},
     Regex {
@@ -153,12 +155,14 @@ pub enum RawParser {
     Apache {},
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[schemars(transform = merge_tagged_variants)]
 pub enum RawSink {
     Store {
-        /// Defaults to `<data_dir>/store`.
-        #[serde(default)]
+        // Defaults to `<data_dir>/store`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(schema_with = "sink_path_schema")]
         path: Option<String>,
         #[serde(default = "default_segment_size")]
         segment_size: String,
@@ -168,11 +172,82 @@ pub enum RawSink {
         max_age: Option<String>,
     },
     File {
+        #[schemars(schema_with = "sink_path_schema")]
         path: String,
     },
     Stdout {},
     /// Discards packages after acknowledging them (benchmarks, dry runs).
     Blackhole {},
+}
+
+/// Rewrites the `oneOf` schema of an internally tagged enum (`{type: store, ...}`) into
+/// one object: a Kubernetes structural schema allows no per-variant properties, and
+/// kube's rewriter refuses variants whose `type` tags differ. The merged object lists
+/// every variant's fields and the tag's values as an enum; which fields each kind takes
+/// and requires is left to serde (unknown fields for the kind are still rejected when
+/// the agent reads the object).
+pub(crate) fn merge_tagged_variants(schema: &mut schemars::Schema) {
+    use serde_json::{Map, Value};
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Array(variants)) = obj.remove("oneOf") else {
+        return;
+    };
+    let mut tags = Vec::new();
+    let mut properties = Map::new();
+    let mut kinds = Vec::new();
+    for variant in variants {
+        let Value::Object(mut variant) = variant else {
+            continue;
+        };
+        let Some(Value::Object(props)) = variant.remove("properties") else {
+            continue;
+        };
+        for (name, prop) in props {
+            if name == "type" {
+                let tag = prop.get("const").cloned().or_else(|| {
+                    prop.get("enum")
+                        .and_then(|e| e.as_array())
+                        .and_then(|e| e.first().cloned())
+                });
+                if let Some(tag) = tag {
+                    if let (Some(t), Some(Value::String(d))) =
+                        (tag.as_str(), variant.get("description"))
+                    {
+                        let d = d.split_whitespace().collect::<Vec<_>>().join(" ");
+                        kinds.push(format!("`{t}`: {}", d.trim_end_matches('.')));
+                    }
+                    tags.push(tag);
+                }
+            } else {
+                properties.entry(name).or_insert(prop);
+            }
+        }
+    }
+    let mut tag_schema = Map::new();
+    tag_schema.insert("type".into(), "string".into());
+    tag_schema.insert("enum".into(), Value::Array(tags));
+    if !kinds.is_empty() {
+        tag_schema.insert(
+            "description".into(),
+            format!("{}.", kinds.join(". ")).into(),
+        );
+    }
+    properties.insert("type".into(), Value::Object(tag_schema));
+    obj.insert("type".into(), "object".into());
+    obj.insert("properties".into(), Value::Object(properties));
+    obj.insert("required".into(), Value::Array(vec!["type".into()]));
+}
+
+/// One schema for the `path` of every sink kind: a Kubernetes structural schema merges
+/// the variants of a tagged enum into one object, whose properties must agree. Serde
+/// still tells the kinds apart (required for `file`, defaulted for `store`).
+fn sink_path_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "store: its directory (default <data_dir>/store); file: the file (required)"
+    })
 }
 
 fn default_data_dir() -> String {

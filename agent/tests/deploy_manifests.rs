@@ -1,0 +1,577 @@
+//! Offline validation of `deploy/`: every manifest parses as its Kubernetes type with no
+//! field the type does not know (a typo would be silently dropped by the API server's
+//! pruning or by kubectl's client), the objects refer to each other consistently, the
+//! node config in the ConfigMap is a valid logtap config, the CRD is the one the Rust
+//! type generates, and the dashboard queries only metrics the agent exports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResourceExt;
+use logtap::config::Config;
+use logtap::config::crd::{LogCollection, crd_yaml};
+use serde::de::DeserializeOwned;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn read(name: &str) -> String {
+    let path = deploy_dir().join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The YAML documents of a file, as JSON values (comments and empty documents dropped).
+fn documents(name: &str) -> Vec<serde_json::Value> {
+    let text = read(name);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            let v: serde_yaml::Value =
+                serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+            serde_json::to_value(v).unwrap()
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Parses `doc` as `T` and checks that nothing was lost on the way: k8s-openapi's
+/// types ignore unknown fields, so a misspelt or misplaced field would vanish here.
+fn typed<T: DeserializeOwned + serde::Serialize>(name: &str, doc: &serde_json::Value) -> T {
+    let t: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let back = serde_json::to_value(&t).unwrap();
+    let mut lost = Vec::new();
+    differences(doc, &back, String::new(), &mut lost);
+    assert!(
+        lost.is_empty(),
+        "{name}: fields the Kubernetes type does not know (or of the wrong type): {lost:?}"
+    );
+    t
+}
+
+/// JSON paths where `got` differs from `want`.
+fn differences(
+    want: &serde_json::Value,
+    got: &serde_json::Value,
+    at: String,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => {
+            for (k, wv) in w {
+                match g.get(k) {
+                    Some(gv) => differences(wv, gv, format!("{at}.{k}"), out),
+                    None => out.push(format!("{at}.{k}")),
+                }
+            }
+            out.extend(
+                g.keys()
+                    .filter(|k| !w.contains_key(*k))
+                    .map(|k| format!("{at}.{k} (added)")),
+            );
+        }
+        (Value::Array(w), Value::Array(g)) if w.len() == g.len() => {
+            for (i, (wv, gv)) in w.iter().zip(g).enumerate() {
+                differences(wv, gv, format!("{at}[{i}]"), out);
+            }
+        }
+        _ if want != got => out.push(at),
+        _ => {}
+    }
+}
+
+fn kind(doc: &serde_json::Value) -> &str {
+    doc["kind"].as_str().unwrap_or_default()
+}
+
+struct Manifests {
+    namespace: Namespace,
+    service_account: ServiceAccount,
+    cluster_role: ClusterRole,
+    binding: ClusterRoleBinding,
+    config_map: ConfigMap,
+    service: Service,
+    daemon_set: DaemonSet,
+}
+
+fn manifests() -> Manifests {
+    let one = |name: &str| {
+        let mut docs = documents(name);
+        assert_eq!(docs.len(), 1, "{name}: one object per file");
+        docs.remove(0)
+    };
+    let rbac = documents("rbac.yaml");
+    let find = |k: &str| {
+        let found: Vec<_> = rbac.iter().filter(|d| kind(d) == k).collect();
+        assert_eq!(found.len(), 1, "rbac.yaml: one {k}");
+        found[0].clone()
+    };
+    assert_eq!(
+        rbac.len(),
+        3,
+        "rbac.yaml: ServiceAccount, ClusterRole, ClusterRoleBinding"
+    );
+    Manifests {
+        namespace: typed("namespace.yaml", &one("namespace.yaml")),
+        service_account: typed("rbac.yaml", &find("ServiceAccount")),
+        cluster_role: typed("rbac.yaml", &find("ClusterRole")),
+        binding: typed("rbac.yaml", &find("ClusterRoleBinding")),
+        config_map: typed("configmap.yaml", &one("configmap.yaml")),
+        service: typed("service.yaml", &one("service.yaml")),
+        daemon_set: typed("daemonset.yaml", &one("daemonset.yaml")),
+    }
+}
+
+fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.name.as_deref().expect("metadata.name")
+}
+
+#[test]
+fn crd_yaml_is_the_generated_one() {
+    assert!(
+        read("crd.yaml") == crd_yaml(),
+        "deploy/crd.yaml is stale: run `cargo xtask gen-crd`"
+    );
+    let docs = documents("crd.yaml");
+    let crd: CustomResourceDefinition = typed("crd.yaml", &docs[0]);
+    assert_eq!(crd, LogCollection::crd());
+    assert_eq!(crd.spec.group, "logtap.dev");
+    assert_eq!(crd.spec.names.plural, "logcollections");
+}
+
+#[test]
+fn namespaced_objects_live_in_the_namespace() {
+    let m = manifests();
+    let ns = name_of(&m.namespace.metadata);
+    for (what, meta) in [
+        ("ServiceAccount", &m.service_account.metadata),
+        ("ConfigMap", &m.config_map.metadata),
+        ("Service", &m.service.metadata),
+        ("DaemonSet", &m.daemon_set.metadata),
+    ] {
+        assert_eq!(meta.namespace.as_deref(), Some(ns), "{what}");
+    }
+}
+
+#[test]
+fn rbac_binds_the_agent_to_what_it_needs() {
+    let m = manifests();
+    assert_eq!(m.binding.role_ref.kind, "ClusterRole");
+    assert_eq!(m.binding.role_ref.name, name_of(&m.cluster_role.metadata));
+    let subjects = m.binding.subjects.as_deref().unwrap_or_default();
+    assert!(subjects.iter().any(|s| s.kind == "ServiceAccount"
+        && s.name == name_of(&m.service_account.metadata)
+        && s.namespace == m.service_account.metadata.namespace));
+
+    let rules = m.cluster_role.rules.as_deref().unwrap_or_default();
+    let allows = |group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            let has = |list: &Option<Vec<String>>, x: &str| {
+                list.as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|v| v == x || v == "*")
+            };
+            has(&r.api_groups, group)
+                && has(&r.resources, resource)
+                && r.verbs.iter().any(|v| v == verb || v == "*")
+        })
+    };
+    let crd = LogCollection::crd();
+    let group = crd.spec.group.as_str();
+    let plural = crd.spec.names.plural.as_str();
+    for verb in ["get", "list", "watch"] {
+        assert!(allows("", "pods", verb), "pods {verb}");
+        assert!(allows("", "namespaces", verb), "namespaces {verb}");
+        assert!(allows(group, plural, verb), "{plural} {verb}");
+    }
+    for verb in ["update", "patch"] {
+        assert!(
+            allows(group, &format!("{plural}/status"), verb),
+            "status {verb}"
+        );
+    }
+    // Least privilege: the agent never writes specs or pods.
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(!allows(group, plural, verb), "{plural} {verb}");
+        assert!(!allows("", "pods", verb), "pods {verb}");
+    }
+}
+
+#[test]
+fn daemonset_is_consistent_with_its_config_and_rbac() {
+    let m = manifests();
+    let ds = &m.daemon_set;
+    let spec = &ds.spec;
+    let pod_meta = spec.template.metadata.as_ref().unwrap();
+    let pod = spec.template.spec.as_ref().unwrap();
+
+    // The selector selects the template; the Service selects the pods.
+    let pod_labels = pod_meta.labels.clone().unwrap_or_default();
+    for (k, v) in spec.selector.match_labels.as_ref().unwrap() {
+        assert_eq!(pod_labels.get(k), Some(v), "selector label {k}");
+    }
+    let svc = m.service.spec.as_ref().unwrap();
+    for (k, v) in svc.selector.as_ref().unwrap() {
+        assert_eq!(pod_labels.get(k), Some(v), "Service selector label {k}");
+    }
+
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some(name_of(&m.service_account.metadata))
+    );
+    assert_eq!(pod.host_pid, Some(true));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let tolerations = pod.tolerations.as_deref().unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
+        "tolerates every taint"
+    );
+    let update = spec.update_strategy.as_ref().unwrap();
+    assert_eq!(update.type_.as_deref(), Some("RollingUpdate"));
+    assert_eq!(
+        update.rolling_update.as_ref().unwrap().max_unavailable,
+        Some(IntOrString::String("10%".into()))
+    );
+
+    assert_eq!(pod.containers.len(), 1);
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true)
+    );
+    let env: BTreeMap<_, _> = c
+        .env
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    let node_name = env["NODE_NAME"].value_from.as_ref().unwrap();
+    assert_eq!(
+        node_name.field_ref.as_ref().unwrap().field_path,
+        "spec.nodeName"
+    );
+    let resources = c.resources.as_ref().unwrap();
+    assert!(
+        resources
+            .requests
+            .as_ref()
+            .is_some_and(|r| r.contains_key("memory"))
+    );
+    assert!(
+        resources
+            .limits
+            .as_ref()
+            .is_some_and(|r| r.contains_key("memory"))
+    );
+
+    // Every mount names a volume, mount paths are unique.
+    let volumes: BTreeMap<_, _> = pod
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| (v.name.as_str(), v))
+        .collect();
+    let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+    let mut paths = BTreeSet::new();
+    for vm in mounts {
+        assert!(
+            volumes.contains_key(vm.name.as_str()),
+            "mount {} has no volume",
+            vm.name
+        );
+        assert!(
+            paths.insert(vm.mount_path.as_str()),
+            "{} mounted twice",
+            vm.mount_path
+        );
+    }
+    let host_path_of = |mount_path: &str| {
+        let vm = mounts.iter().find(|m| m.mount_path == mount_path)?;
+        Some(volumes[vm.name.as_str()].host_path.as_ref()?.path.clone())
+    };
+    // What the issue asks the agent to see of the node.
+    assert_eq!(host_path_of("/var/log").as_deref(), Some("/var/log"));
+    assert_eq!(host_path_of("/sys/fs/bpf").as_deref(), Some("/sys/fs/bpf"));
+    assert!(
+        host_path_of("/sys/kernel/tracing").is_some()
+            || host_path_of("/sys/kernel/debug").is_some()
+    );
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.mount_path.ends_with("containerd.sock"))
+    );
+    let root = mounts
+        .iter()
+        .find(|m| host_path_of(&m.mount_path).as_deref() == Some("/"));
+    assert_eq!(
+        root.and_then(|m| m.read_only),
+        Some(true),
+        "host root read-only"
+    );
+
+    // `--config PATH` is a key of the mounted ConfigMap, and it is a valid config.
+    let args = c.args.as_deref().unwrap_or_default();
+    assert_eq!(args.first().map(String::as_str), Some("run"));
+    let at = args.iter().position(|a| a == "--config").expect("--config");
+    let config_path = Path::new(&args[at + 1]);
+    let mount = mounts
+        .iter()
+        .find(|m| config_path.starts_with(&m.mount_path))
+        .expect("the config file is on a mount");
+    let cm_ref = volumes[mount.name.as_str()]
+        .config_map
+        .as_ref()
+        .expect("the config mount is a ConfigMap");
+    assert_eq!(cm_ref.name, name_of(&m.config_map.metadata));
+    let key = config_path
+        .strip_prefix(&mount.mount_path)
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let data = m.config_map.data.as_ref().unwrap();
+    let text = data
+        .get(key)
+        .unwrap_or_else(|| panic!("ConfigMap has no key {key:?}"));
+    let config = Config::parse(text, "configmap.yaml").unwrap_or_else(|e| panic!("{e}"));
+
+    // data_dir (checkpoints, store) is on a writable hostPath, so it survives restarts.
+    let data_mount = mounts
+        .iter()
+        .find(|m| config.data_dir.starts_with(&m.mount_path))
+        .expect("data_dir is mounted");
+    assert!(volumes[data_mount.name.as_str()].host_path.is_some());
+    assert_ne!(data_mount.read_only, Some(true));
+    // Every include glob's fixed prefix is on a mount.
+    for s in &config.sources {
+        for glob in &s.include {
+            let fixed: PathBuf = Path::new(glob)
+                .components()
+                .take_while(|c| {
+                    !c.as_os_str()
+                        .to_string_lossy()
+                        .contains(['*', '?', '[', '{'])
+                })
+                .collect();
+            assert!(
+                mounts.iter().any(|m| fixed.starts_with(&m.mount_path)),
+                "{glob} is not under any mount"
+            );
+        }
+    }
+
+    // The probes, the scrape annotation and the Service hit the metrics listener, which
+    // must listen beyond loopback for the kubelet and Prometheus to reach it.
+    let listen: SocketAddr = config.metrics_listen.expect("metrics enabled");
+    assert!(
+        listen.ip().is_unspecified(),
+        "metrics.listen {listen} is not reachable from outside the pod"
+    );
+    let ports = c.ports.as_deref().unwrap_or_default();
+    let resolve = |p: &IntOrString| match p {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(name) => {
+            ports
+                .iter()
+                .find(|cp| cp.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("no container port named {name}"))
+                .container_port
+        }
+    };
+    for (what, probe) in [
+        ("liveness", &c.liveness_probe),
+        ("readiness", &c.readiness_probe),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{what} probe"));
+        assert_eq!(
+            resolve(&get.port),
+            i32::from(listen.port()),
+            "{what} probe port"
+        );
+        assert_eq!(get.path.as_deref(), Some("/metrics"));
+    }
+    let annotations = pod_meta.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get("prometheus.io/scrape").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        annotations.get("prometheus.io/port"),
+        Some(&listen.port().to_string())
+    );
+    for sp in svc.ports.as_deref().unwrap_or_default() {
+        assert_eq!(
+            resolve(sp.target_port.as_ref().unwrap()),
+            i32::from(listen.port())
+        );
+    }
+}
+
+#[test]
+fn servicemonitor_scrapes_the_service() {
+    let m = manifests();
+    let docs = documents("with-servicemonitor/servicemonitor.yaml");
+    assert_eq!(docs.len(), 1);
+    let sm = &docs[0];
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["kind"], "ServiceMonitor");
+    assert!(sm["metadata"]["name"].is_string());
+    assert_eq!(
+        sm["metadata"]["namespace"].as_str(),
+        m.service.metadata.namespace.as_deref()
+    );
+    let service_labels = m.service.metadata.labels.clone().unwrap_or_default();
+    let match_labels = sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    assert!(!match_labels.is_empty());
+    for (k, v) in match_labels {
+        assert_eq!(
+            service_labels.get(k).map(String::as_str),
+            v.as_str(),
+            "label {k}"
+        );
+    }
+    let port_names: Vec<_> = m
+        .service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.name.clone())
+        .collect();
+    let endpoints = sm["spec"]["endpoints"].as_array().expect("endpoints");
+    assert!(!endpoints.is_empty());
+    for e in endpoints {
+        let port = e["port"].as_str().expect("endpoint port name");
+        assert!(
+            port_names.iter().any(|p| p == port),
+            "no Service port {port}"
+        );
+    }
+}
+
+/// Metric names described in the agent's catalogue (`metrics::describe`).
+fn metric_catalogue() -> BTreeSet<String> {
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics/mod.rs"))
+            .unwrap();
+    let re =
+        regex::Regex::new(r#"describe_(?:counter|gauge|histogram)!\(\s*"(logtap_[a-z0-9_]+)""#)
+            .unwrap();
+    re.captures_iter(&source)
+        .map(|c| c[1].to_string())
+        .collect()
+}
+
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let catalogue = metric_catalogue();
+    assert!(catalogue.len() > 20, "catalogue parsed: {catalogue:?}");
+    let dash: serde_json::Value = serde_json::from_str(&read("grafana-dashboard.json")).unwrap();
+    assert!(dash["uid"].is_string() && dash["title"].is_string());
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut queried = BTreeSet::new();
+    let metric = regex::Regex::new(r"logtap_[a-z0-9_]+").unwrap();
+    for p in panels {
+        let targets = p["targets"].as_array().expect("every panel has targets");
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            for m in metric.find_iter(expr) {
+                let name = m.as_str();
+                // Histograms are exported as summaries (`_sum`, `_count`) or buckets.
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| catalogue.contains(*b)))
+                    .unwrap_or(name);
+                assert!(
+                    catalogue.contains(base),
+                    "dashboard queries unknown metric {name}"
+                );
+                queried.insert(base.to_string());
+            }
+        }
+    }
+    for wanted in [
+        "logtap_lines_read_total",
+        "logtap_bytes_read_total",
+        "logtap_read_lag_bytes",
+        "logtap_checkpoint_age_seconds",
+        "logtap_sink_errors_total",
+        "logtap_dropped_lines_total",
+        "logtap_open_files",
+        "logtap_store_bytes",
+    ] {
+        assert!(queried.contains(wanted), "dashboard lacks {wanted}");
+    }
+}
+
+fn kustomization(dir: &str) -> serde_json::Value {
+    let docs = documents(&format!("{dir}kustomization.yaml"));
+    assert_eq!(docs[0]["kind"], "Kustomization");
+    docs[0].clone()
+}
+
+fn strings(v: &serde_json::Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let k = kustomization("");
+    let listed = strings(&k["resources"]);
+    let on_disk: BTreeSet<String> = std::fs::read_dir(deploy_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, on_disk, "deploy/kustomization.yaml resources");
+    let generated: BTreeSet<String> = k["configMapGenerator"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| strings(&g["files"]))
+        .collect();
+    assert!(generated.contains("grafana-dashboard.json"));
+    for f in &generated {
+        assert!(deploy_dir().join(f).is_file(), "{f}");
+    }
+
+    let k = kustomization("with-servicemonitor/");
+    let listed = strings(&k["resources"]);
+    assert!(listed.contains(".."), "the overlay builds on the base");
+    for r in listed.iter().filter(|r| *r != "..") {
+        assert!(
+            deploy_dir().join("with-servicemonitor").join(r).is_file(),
+            "{r}"
+        );
+    }
+    assert!(listed.contains("servicemonitor.yaml"));
+}
