@@ -20,6 +20,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod frame;
 pub mod metrics;
 pub mod parse;
