@@ -407,3 +407,192 @@ impl Resource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, EphemeralContainer, PodSpec, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    const UID: &str = "00000000-0000-0000-0000-000000000001";
+    const HASH: &str = "3f4a9b8c7d6e5f4a3b2c1d0e9f8a7b6c";
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn status(name: &str, image: &str, id: Option<&str>, restarts: i32) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            image: image.into(),
+            container_id: id.map(str::to_owned),
+            restart_count: restarts,
+            ..ContainerStatus::default()
+        }
+    }
+
+    fn pod(uid: &str, namespace: &str, annotations: &[(&str, &str)]) -> Pod {
+        let container = |name: &str, image: Option<&str>| Container {
+            name: name.into(),
+            image: image.map(str::to_owned),
+            ..Container::default()
+        };
+        let mut app = status("app", "docker.io/shop/app:2", Some("cri-o://abc"), 2);
+        app.last_state = Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                container_id: Some("cri-o://prev".into()),
+                ..ContainerStateTerminated::default()
+            }),
+            ..ContainerState::default()
+        });
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some("web".into()),
+                uid: Some(uid.into()),
+                annotations: Some(map(annotations)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("node-a".into()),
+                init_containers: Some(vec![container("migrate", Some("shop/migrate:1"))]),
+                containers: vec![
+                    container("app", Some("shop/app:2")),
+                    container("proxy", None),
+                ],
+                ephemeral_containers: Some(vec![EphemeralContainer {
+                    name: "debug".into(),
+                    image: Some("busybox".into()),
+                    ..EphemeralContainer::default()
+                }]),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                init_container_statuses: Some(vec![status(
+                    "migrate",
+                    "shop/migrate:1",
+                    Some("containerd://mig"),
+                    0,
+                )]),
+                container_statuses: Some(vec![app, status("proxy", "envoy:1.30", Some(""), 0)]),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn pod_meta_from_the_api_object() {
+        let ns_labels = Arc::new(map(&[("env", "prod")]));
+        let pod = pod(UID, "shop", &[("team", "a"), ("other", "b")]);
+        let meta = PodMeta::from_pod(&pod, &["team".into(), "absent".into()], ns_labels).unwrap();
+        assert_eq!(meta.annotations, map(&[("team", "a")]));
+        assert_eq!(
+            meta.namespace_labels.get("env").map(String::as_str),
+            Some("prod")
+        );
+        let summary: Vec<_> = meta
+            .containers
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.image.as_str(),
+                    c.container_id.as_deref(),
+                    c.restart_count,
+                    c.last_container_id.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("migrate", "shop/migrate:1", Some("mig"), 0, None),
+                ("app", "shop/app:2", Some("abc"), 2, Some("prev")),
+                // No image in the spec: the status names it. An empty id is no id.
+                ("proxy", "envoy:1.30", None, 0, None),
+                // Not started yet: no status at all.
+                ("debug", "busybox", None, 0, None),
+            ]
+        );
+        assert_eq!(meta.mirror_of, None);
+    }
+
+    #[test]
+    fn a_pod_without_uid_is_ignored() {
+        let mut pod = pod(UID, "shop", &[]);
+        pod.metadata.uid = None;
+        assert!(PodMeta::from_pod(&pod, &[], Arc::default()).is_none());
+        let cache = PodCache::new(Vec::new(), Duration::from_secs(1));
+        cache.apply_pod(&pod);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn static_pods_are_found_by_their_config_hash() {
+        let cache = PodCache::new(Vec::new(), Duration::from_secs(1));
+        cache.apply_pod(&pod(UID, "kube-system", &[(MIRROR_ANNOTATION, HASH)]));
+        assert_eq!(cache.get(HASH).unwrap().uid, UID);
+        assert_eq!(cache.get(UID).unwrap().mirror_of.as_deref(), Some(HASH));
+
+        let now = Instant::now();
+        cache.delete_pod(UID, now);
+        cache.purge_deleted(now + Duration::from_secs(2));
+        assert!(cache.get(HASH).is_none() && cache.get(UID).is_none());
+    }
+
+    #[test]
+    fn deleted_and_unlisted_pods_last_their_grace_period() {
+        let grace = Duration::from_secs(60);
+        let cache = PodCache::new(Vec::new(), grace);
+        let other = "00000000-0000-0000-0000-000000000002";
+        cache.apply_pod(&pod(UID, "shop", &[]));
+        cache.apply_pod(&pod(other, "shop", &[]));
+        let t0 = Instant::now();
+        cache.retain_listed_pods(&HashSet::from([other.to_owned()]), t0);
+        cache.purge_deleted(t0 + grace / 2);
+        assert!(cache.get(UID).is_some(), "within the grace period");
+        cache.purge_deleted(t0 + grace);
+        assert!(cache.get(UID).is_none());
+        assert!(cache.get(other).is_some());
+
+        // Deleted, then applied again (a re-list raced the deletion): alive again.
+        cache.delete_pod(other, t0);
+        cache.apply_pod(&pod(other, "shop", &[]));
+        cache.purge_deleted(t0 + grace * 2);
+        assert!(cache.get(other).is_some());
+    }
+
+    #[test]
+    fn namespace_labels_reach_pods_whichever_comes_first() {
+        let cache = PodCache::new(Vec::new(), Duration::from_secs(1));
+        let env = |cache: &PodCache| cache.get(UID)?.namespace_labels.get("env").cloned();
+        cache.apply_pod(&pod(UID, "shop", &[]));
+        assert_eq!(env(&cache), None);
+        cache.apply_namespace("shop", map(&[("env", "prod")]));
+        assert_eq!(env(&cache).as_deref(), Some("prod"));
+        cache.apply_namespace("other", map(&[("env", "dev")]));
+        assert_eq!(env(&cache).as_deref(), Some("prod"));
+        // A pod (re)applied after its namespace takes the current labels.
+        cache.apply_namespace("shop", map(&[("env", "staging")]));
+        cache.apply_pod(&pod(UID, "shop", &[]));
+        assert_eq!(env(&cache).as_deref(), Some("staging"));
+    }
+
+    #[test]
+    fn api_up_needs_both_watches() {
+        let cache = PodCache::new(Vec::new(), Duration::from_secs(1));
+        assert!(!cache.api_up());
+        cache.set_up(Resource::Pods, true);
+        assert!(!cache.api_up());
+        cache.set_up(Resource::Namespaces, true);
+        assert!(cache.api_up());
+        cache.set_up(Resource::Pods, false);
+        assert!(!cache.api_up());
+    }
+}

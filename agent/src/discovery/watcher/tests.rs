@@ -294,3 +294,19 @@ fn wait_for_is_bounded() {
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(1));
 }
+
+#[test]
+fn backoff_doubles_with_jitter_up_to_its_max_and_resets() {
+    let ms = Duration::from_millis;
+    let mut backoff = Backoff::new(ms(100), ms(400));
+    let windows = [100, 200, 400, 400, 400];
+    for window in windows {
+        let delay = backoff.next_delay();
+        assert!(
+            delay >= ms(window / 2) && delay <= ms(window),
+            "{delay:?} for {window}"
+        );
+    }
+    backoff.reset();
+    assert!(backoff.next_delay() <= ms(100));
+}
