@@ -94,6 +94,7 @@ impl FakeApi {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 
+    /// List requests (pages) of pods served.
     pub fn pod_lists(&self) -> usize {
         self.world.lock().unwrap().pod_lists
     }
@@ -236,6 +237,10 @@ struct Request {
     resource_version: u64,
     /// From `fieldSelector=spec.nodeName=<node>`, the only selector the fake knows.
     node: Option<String>,
+    /// Page size of a list, and where the page starts (the fake's continue token is
+    /// the offset).
+    limit: Option<usize>,
+    offset: usize,
 }
 
 fn parse_request(head: &str) -> Option<Request> {
@@ -256,6 +261,8 @@ fn parse_request(head: &str) -> Option<Request> {
         watch: false,
         resource_version: 0,
         node: None,
+        limit: None,
+        offset: 0,
     };
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -263,6 +270,8 @@ fn parse_request(head: &str) -> Option<Request> {
         match key {
             "watch" => request.watch = value == "true" || value == "1",
             "resourceVersion" => request.resource_version = value.parse().unwrap_or(0),
+            "limit" => request.limit = value.parse().ok(),
+            "continue" => request.offset = value.parse().unwrap_or(0),
             "fieldSelector" => {
                 request.node = value.strip_prefix("spec.nodeName=").map(str::to_owned)
             }
@@ -334,7 +343,7 @@ async fn respond(stream: &mut TcpStream, status: &str, body: &Value) -> std::io:
 
 fn list(request: &Request, world: &Mutex<World>) -> Value {
     let mut world = world.lock().unwrap();
-    let (kind, items): (&str, Vec<Value>) = match request.kind {
+    let (kind, mut items): (&str, Vec<Value>) = match request.kind {
         Kind::Pods => {
             world.pod_lists += 1;
             let items = world
@@ -354,10 +363,18 @@ fn list(request: &Request, world: &Mutex<World>) -> Value {
             ("NamespaceList", items)
         }
     };
+    let mut metadata = json!({"resourceVersion": world.rv.to_string()});
+    items.drain(..request.offset.min(items.len()));
+    if let Some(limit) = request.limit
+        && items.len() > limit
+    {
+        items.truncate(limit);
+        metadata["continue"] = json!((request.offset + limit).to_string());
+    }
     json!({
         "kind": kind,
         "apiVersion": "v1",
-        "metadata": {"resourceVersion": world.rv.to_string()},
+        "metadata": metadata,
         "items": items,
     })
 }

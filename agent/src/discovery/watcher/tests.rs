@@ -150,6 +150,19 @@ fn initial_list_fills_the_cache_with_this_nodes_pods() {
 }
 
 #[test]
+fn a_large_list_is_read_in_pages() {
+    let api = seeded_api();
+    for i in 0..1100 {
+        let uid = format!("00000000-0000-0000-0001-{i:012}");
+        api.put_pod_silently(pod("shop", &format!("p{i}"), &uid, NODE, &[]));
+    }
+    let (cache, _watcher) = start(&api);
+    eventually("all 1101 pods", || cache.len() == 1101 && cache.api_up());
+    assert_eq!(api.pod_lists(), 3, "pages of 500");
+    assert!(cache.get("00000000-0000-0000-0001-000000001099").is_some());
+}
+
+#[test]
 fn watch_events_add_modify_and_delete() {
     let api = seeded_api();
     let (cache, _watcher) = start(&api);
