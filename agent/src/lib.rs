@@ -20,6 +20,8 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod discovery;
+pub mod enrich;
 pub mod frame;
 pub mod metrics;
 pub mod parse;

@@ -176,4 +176,19 @@ pub fn describe() {
         Unit::Count,
         "Packages sent to sinks and not yet acknowledged"
     );
+    describe_counter!(
+        "logtap_kube_watch_errors_total",
+        Unit::Count,
+        "Failed Kubernetes API list/watch requests and broken watch streams, by resource"
+    );
+    describe_gauge!(
+        "logtap_kube_pods_cached",
+        Unit::Count,
+        "Pods of this node in the metadata cache, deleted ones in their grace period included"
+    );
+    describe_gauge!(
+        "logtap_kube_api_up",
+        Unit::Count,
+        "1 while the pod and namespace watches of the Kubernetes API are healthy, else 0"
+    );
 }

@@ -1,0 +1,440 @@
+//! A fake Kubernetes API server for tests: just enough HTTP/1.1 to serve list and watch
+//! of pods and namespaces the way the real one does.
+//!
+//! - `GET /api/v1/pods?fieldSelector=spec.nodeName%3D<node>&...` answers a `PodList`
+//!   with `metadata.resourceVersion`; `...&watch=true&resourceVersion=N` a chunked
+//!   stream of newline-delimited `{"type":"ADDED|MODIFIED|DELETED","object":{...}}`.
+//! - [`FakeApi::expire`] compacts history: open watches get a `410 Gone` `ERROR` event
+//!   and end, as do later watches from an older resource version.
+//! - [`FakeApi::stop`] / [`FakeApi::start`] take the server away (dropping every open
+//!   connection) and bring it back on the same port with the same objects.
+//! - `*_silently` changes objects without a watch event, as if they happened during a
+//!   window the client can only learn about by re-listing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Pods,
+    Namespaces,
+}
+
+struct Logged {
+    rv: u64,
+    kind: Kind,
+    event: &'static str,
+    object: Value,
+    node: Option<String>,
+}
+
+#[derive(Default)]
+struct World {
+    rv: u64,
+    /// By `namespace/name`.
+    pods: BTreeMap<String, Pod>,
+    namespaces: BTreeMap<String, Namespace>,
+    history: Vec<Logged>,
+    /// Watches from a resource version older than this get `410 Gone`.
+    compacted: u64,
+    pod_lists: usize,
+}
+
+pub struct FakeApi {
+    addr: SocketAddr,
+    world: Arc<Mutex<World>>,
+    /// Bumped on every change, waking the open watches.
+    changes: watch::Sender<u64>,
+    /// `true` while serving; `false` closes the listener and every connection.
+    serving: watch::Sender<bool>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl FakeApi {
+    pub fn start_new() -> FakeApi {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let api = FakeApi {
+            addr: listener.local_addr().unwrap(),
+            world: Arc::default(),
+            changes: watch::channel(0).0,
+            serving: watch::channel(false).0,
+            runtime,
+        };
+        api.serve(listener);
+        api
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Brings a stopped server back on the same port.
+    pub fn start(&self) {
+        let listener = self.runtime.block_on(TcpListener::bind(self.addr)).unwrap();
+        self.serve(listener);
+    }
+
+    /// Closes the listener and drops every open connection.
+    pub fn stop(&self) {
+        self.serving.send_replace(false);
+        // Let the accept loop and connections see it before the caller goes on.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    /// List requests (pages) of pods served.
+    pub fn pod_lists(&self) -> usize {
+        self.world.lock().unwrap().pod_lists
+    }
+
+    pub fn put_pod(&self, pod: Pod) {
+        self.change(|w| {
+            let key = pod_key(&pod);
+            let event = if w.pods.contains_key(&key) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            let pod = w.stamp_pod(pod);
+            w.log(Kind::Pods, event, &pod, pod_node(&pod));
+            w.pods.insert(key, pod);
+        });
+    }
+
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        self.change(|w| {
+            let pod = w.pods.remove(&format!("{namespace}/{name}")).unwrap();
+            let pod = w.stamp_pod(pod);
+            w.log(Kind::Pods, "DELETED", &pod, pod_node(&pod));
+        });
+    }
+
+    pub fn put_pod_silently(&self, pod: Pod) {
+        self.change(|w| {
+            let pod = w.stamp_pod(pod);
+            w.pods.insert(pod_key(&pod), pod);
+        });
+    }
+
+    pub fn delete_pod_silently(&self, namespace: &str, name: &str) {
+        self.change(|w| {
+            w.pods.remove(&format!("{namespace}/{name}")).unwrap();
+        });
+    }
+
+    pub fn put_namespace(&self, ns: Namespace) {
+        self.change(|w| {
+            let name = ns.metadata.name.clone().unwrap();
+            let event = if w.namespaces.contains_key(&name) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            w.rv += 1;
+            let mut ns = ns;
+            ns.metadata.resource_version = Some(w.rv.to_string());
+            w.log(Kind::Namespaces, event, &ns, None);
+            w.namespaces.insert(name, ns);
+        });
+    }
+
+    /// Compacts history: every open watch and every watch from an older resource
+    /// version gets `410 Gone`.
+    pub fn expire(&self) {
+        self.change(|w| {
+            w.rv += 1;
+            w.compacted = w.rv;
+        });
+    }
+
+    fn change(&self, f: impl FnOnce(&mut World)) {
+        let rv = {
+            let mut world = self.world.lock().unwrap();
+            f(&mut world);
+            world.rv
+        };
+        self.changes.send_replace(rv);
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        self.serving.send_replace(true);
+        let mut serving = self.serving.subscribe();
+        let connections = self.serving.clone();
+        let world = self.world.clone();
+        let changes = self.changes.clone();
+        self.runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = serving.wait_for(|s| !*s) => return,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { return };
+                        let connection = handle(stream, world.clone(), changes.subscribe());
+                        let mut serving = connections.subscribe();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = serving.wait_for(|s| !*s) => {}
+                                _ = connection => {}
+                            }
+                        });
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl World {
+    fn stamp_pod(&mut self, mut pod: Pod) -> Pod {
+        self.rv += 1;
+        pod.metadata.resource_version = Some(self.rv.to_string());
+        pod
+    }
+
+    fn log(
+        &mut self,
+        kind: Kind,
+        event: &'static str,
+        object: &impl Serialize,
+        node: Option<String>,
+    ) {
+        self.history.push(Logged {
+            rv: self.rv,
+            kind,
+            event,
+            object: serde_json::to_value(object).unwrap(),
+            node,
+        });
+    }
+}
+
+fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn pod_node(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref()?.node_name.clone()
+}
+
+struct Request {
+    kind: Kind,
+    watch: bool,
+    resource_version: u64,
+    /// From `fieldSelector=spec.nodeName=<node>`, the only selector the fake knows.
+    node: Option<String>,
+    /// Page size of a list, and where the page starts (the fake's continue token is
+    /// the offset).
+    limit: Option<usize>,
+    offset: usize,
+}
+
+fn parse_request(head: &str) -> Option<Request> {
+    let target = head
+        .lines()
+        .next()?
+        .strip_prefix("GET ")?
+        .split(' ')
+        .next()?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let kind = match path {
+        "/api/v1/pods" => Kind::Pods,
+        "/api/v1/namespaces" => Kind::Namespaces,
+        _ => return None,
+    };
+    let mut request = Request {
+        kind,
+        watch: false,
+        resource_version: 0,
+        node: None,
+        limit: None,
+        offset: 0,
+    };
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key {
+            "watch" => request.watch = value == "true" || value == "1",
+            "resourceVersion" => request.resource_version = value.parse().unwrap_or(0),
+            "limit" => request.limit = value.parse().ok(),
+            "continue" => request.offset = value.parse().unwrap_or(0),
+            "fieldSelector" => {
+                request.node = value.strip_prefix("spec.nodeName=").map(str::to_owned)
+            }
+            _ => {}
+        }
+    }
+    Some(request)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+async fn handle(mut stream: TcpStream, world: Arc<Mutex<World>>, changes: watch::Receiver<u64>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let Some(request) = parse_request(&head) else {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                          "reason": "NotFound", "code": 404, "message": "not found"});
+        let _ = respond(&mut stream, "404 Not Found", &body).await;
+        return;
+    };
+    if request.watch {
+        let _ = stream_watch(&mut stream, &request, &world, changes).await;
+    } else {
+        let body = list(&request, &world);
+        let _ = respond(&mut stream, "200 OK", &body).await;
+    }
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, body: &Value) -> std::io::Result<()> {
+    let body = serde_json::to_vec(body).unwrap();
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&body).await?;
+    stream.shutdown().await
+}
+
+fn list(request: &Request, world: &Mutex<World>) -> Value {
+    let mut world = world.lock().unwrap();
+    let (kind, mut items): (&str, Vec<Value>) = match request.kind {
+        Kind::Pods => {
+            world.pod_lists += 1;
+            let items = world
+                .pods
+                .values()
+                .filter(|p| request.node.is_none() || pod_node(p) == request.node)
+                .map(|p| serde_json::to_value(p).unwrap())
+                .collect();
+            ("PodList", items)
+        }
+        Kind::Namespaces => {
+            let items = world
+                .namespaces
+                .values()
+                .map(|n| serde_json::to_value(n).unwrap())
+                .collect();
+            ("NamespaceList", items)
+        }
+    };
+    let mut metadata = json!({"resourceVersion": world.rv.to_string()});
+    items.drain(..request.offset.min(items.len()));
+    if let Some(limit) = request.limit
+        && items.len() > limit
+    {
+        items.truncate(limit);
+        metadata["continue"] = json!((request.offset + limit).to_string());
+    }
+    json!({
+        "kind": kind,
+        "apiVersion": "v1",
+        "metadata": metadata,
+        "items": items,
+    })
+}
+
+async fn stream_watch(
+    stream: &mut TcpStream,
+    request: &Request,
+    world: &Mutex<World>,
+    mut changes: watch::Receiver<u64>,
+) -> std::io::Result<()> {
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+    let mut from = request.resource_version;
+    loop {
+        changes.borrow_and_update();
+        let (events, expired) = {
+            let world = world.lock().unwrap();
+            if from < world.compacted {
+                (Vec::new(), true)
+            } else {
+                let events: Vec<(u64, Value)> = world
+                    .history
+                    .iter()
+                    .filter(|e| e.rv > from && e.kind == request.kind)
+                    .filter(|e| request.node.is_none() || e.node == request.node)
+                    .map(|e| (e.rv, json!({"type": e.event, "object": e.object})))
+                    .collect();
+                (events, false)
+            }
+        };
+        if expired {
+            let gone = json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {from}"),
+                "reason": "Expired", "code": 410}});
+            write_chunk(stream, &gone).await?;
+            stream.write_all(b"0\r\n\r\n").await?;
+            return stream.shutdown().await;
+        }
+        for (rv, event) in events {
+            write_chunk(stream, &event).await?;
+            from = rv;
+        }
+        if changes.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+async fn write_chunk(stream: &mut TcpStream, value: &Value) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(value).unwrap();
+    line.push(b'\n');
+    stream
+        .write_all(format!("{:x}\r\n", line.len()).as_bytes())
+        .await?;
+    stream.write_all(&line).await?;
+    stream.write_all(b"\r\n").await?;
+    stream.flush().await
+}
