@@ -466,20 +466,9 @@ mod tests {
             registry.clone(),
         );
         drop(queues);
-        let source = SourceId(1);
-        let identity = FileIdentity {
-            dev: 1,
-            inode: 1,
-            fingerprint_len: 0,
-            fingerprint: 0,
-        };
-        registry.register(source, identity, "/x/a.log".into(), 0);
-        let info = Arc::new(SourceInfo {
-            id: source,
-            kind: crate::source::SourceKind::File,
-            path: "/x/a.log".into(),
-            config_name: Arc::from("app"),
-        });
+        let info = crate::source::registered_test_source(&registry, 1, "/x/a.log");
+        let source = info.id;
+        let identity = registry.lookup(1, 1).expect("registered").identity;
         pipeline.opened(info, 0, identity, 0, None);
         let first = Bytes::from_static(b"S one\nS two\n  two-a\n");
         let first_len = first.len() as u64;

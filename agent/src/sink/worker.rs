@@ -187,8 +187,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::Registry;
     use crate::frame::{Line, LineFlags, Stream};
-    use crate::source::file::FileIdentity;
-    use crate::source::{SourceInfo, SourceKind};
+    use crate::source::registered_test_source;
     use bytes::Bytes;
     use std::sync::Mutex;
 
@@ -230,20 +229,8 @@ mod tests {
     fn acks_follow_durability_and_survive_transient_errors() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Arc::new(Registry::open(dir.path()).unwrap());
-        let source = SourceId(9);
-        let identity = FileIdentity {
-            dev: 1,
-            inode: 2,
-            fingerprint_len: 0,
-            fingerprint: 0,
-        };
-        registry.register(source, identity, "/x".into(), 0);
-        let info = Arc::new(SourceInfo {
-            id: source,
-            kind: SourceKind::File,
-            path: "/x".into(),
-            config_name: Arc::from("t"),
-        });
+        let info = registered_test_source(&registry, 9, "/x");
+        let source = info.id;
         let (tx, rx) = crossbeam_channel::bounded(4);
         let durable = Arc::new(Mutex::new(Vec::new()));
         let worker = SinkWorker {
@@ -307,20 +294,8 @@ mod tests {
     fn failed_fsync_stops_the_agent_without_acknowledging() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Arc::new(Registry::open(dir.path()).unwrap());
-        let source = SourceId(3);
-        let identity = FileIdentity {
-            dev: 1,
-            inode: 3,
-            fingerprint_len: 0,
-            fingerprint: 0,
-        };
-        registry.register(source, identity, "/y".into(), 0);
-        let info = Arc::new(SourceInfo {
-            id: source,
-            kind: SourceKind::File,
-            path: "/y".into(),
-            config_name: Arc::from("t"),
-        });
+        let info = registered_test_source(&registry, 3, "/y");
+        let source = info.id;
         let (tx, rx) = crossbeam_channel::bounded(4);
         let shutdown = Arc::new(AtomicBool::new(false));
         let worker = SinkWorker {
