@@ -286,23 +286,45 @@ impl Row {
     /// The target and whether it was met, as text.
     fn target(&self) -> String {
         self.target.map_or("—".into(), |t| {
-            let met = mb_per_s(self.bytes, self.agent.cpu) >= f64::from(t);
+            let met = self.per_core() >= f64::from(t);
             format!("≥ {t} {}", if met { "(met)" } else { "(**missed**)" })
         })
+    }
+
+    /// logtap's MB/s per core: input bytes ÷ the agent's CPU seconds.
+    fn per_core(&self) -> f64 {
+        mb_per_s(self.bytes, self.agent.cpu)
+    }
+
+    fn wall(&self) -> f64 {
+        mb_per_s(self.bytes, self.agent.wall)
+    }
+
+    fn cpu_s_per_gb(&self) -> f64 {
+        self.agent.cpu.as_secs_f64() / (self.bytes as f64 / 1e9)
+    }
+
+    fn rss_mib(&self) -> u64 {
+        self.agent.max_rss_kib / 1024
+    }
+
+    /// The baseline's MB/s per core over the same input.
+    fn base_per_core(&self) -> f64 {
+        mb_per_s(self.bytes, self.base.cpu)
     }
 
     fn text(&self) -> String {
         format!(
             "{}: {:.0} MB/s per core (target {}), {:.0} MB/s wall, {:.2} CPU s/GB, {} MiB peak RSS, input ÷ store {}; wc -l {:.0} MB/s per core; ratio {:.2}",
             self.name,
-            mb_per_s(self.bytes, self.agent.cpu),
+            self.per_core(),
             self.target(),
-            mb_per_s(self.bytes, self.agent.wall),
-            self.agent.cpu.as_secs_f64() / (self.bytes as f64 / 1e9),
-            self.agent.max_rss_kib / 1024,
+            self.wall(),
+            self.cpu_s_per_gb(),
+            self.rss_mib(),
             self.shrink(),
-            mb_per_s(self.bytes, self.base.cpu),
-            mb_per_s(self.bytes, self.agent.cpu) / mb_per_s(self.bytes, self.base.cpu),
+            self.base_per_core(),
+            self.per_core() / self.base_per_core(),
         )
     }
 }
@@ -319,14 +341,14 @@ fn markdown(rows: &[Row], size_mb: u64, runs: usize) -> String {
             s,
             "| {} | {:.0} | {} | {:.0} | {:.2} | {} | {} | {:.0} | {:.2} |",
             r.name,
-            mb_per_s(r.bytes, r.agent.cpu),
+            r.per_core(),
             r.target(),
-            mb_per_s(r.bytes, r.agent.wall),
-            r.agent.cpu.as_secs_f64() / (r.bytes as f64 / 1e9),
-            r.agent.max_rss_kib / 1024,
+            r.wall(),
+            r.cpu_s_per_gb(),
+            r.rss_mib(),
             r.shrink(),
-            mb_per_s(r.bytes, r.base.cpu),
-            mb_per_s(r.bytes, r.agent.cpu) / mb_per_s(r.bytes, r.base.cpu),
+            r.base_per_core(),
+            r.per_core() / r.base_per_core(),
         );
     }
     s
