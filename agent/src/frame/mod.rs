@@ -6,13 +6,13 @@
 //! `docker`, timestamps in `time`) with partial-line reassembly (`partial`), and
 //! multiline grouping (`multiline`).
 
-mod cri;
+pub(crate) mod cri;
 mod docker;
 mod framer;
 mod lines;
 mod multiline;
 mod partial;
-mod time;
+pub(crate) mod time;
 
 pub use framer::{Carry, Framer};
 pub use time::parse_rfc3339_ns;

@@ -1,0 +1,6 @@
+//! Capture: container stdout/stderr taken from the kernel by the eBPF probes, put
+//! back into ordered streams, repaired from the runtime's CRI log where the kernel
+//! could not deliver, and fed into the pipeline like any other source.
+
+mod cri_log;
+mod stream;

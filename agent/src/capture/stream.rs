@@ -1,0 +1,333 @@
+//! One container stream put back in offset order.
+//!
+//! The kernel numbers every captured byte with its offset in the container stream
+//! (stdout or stderr, counted from the container's first write), so userspace can
+//! tell reordering from loss: records of two threads writing the same stream may
+//! leave the ring buffer out of order, while a record that never arrives (ring full,
+//! a write larger than the per-syscall budget) leaves a hole that stays.
+//!
+//! [`StreamAssembler`] hands on bytes only contiguously, in offset order: what comes
+//! past a hole waits (bounded by `max_pending`) until the hole is filled — by the late
+//! record, or by the repair path reading the container's CRI log — or given up.
+//! Overlapping and duplicate bytes (a repair racing a late record) are trimmed, so
+//! every stream offset is handed on exactly once.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// A run of stream bytes at `offset`, contiguous with the previous run handed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub offset: u64,
+    pub bytes: Bytes,
+    /// When the bytes were written (ns since the Unix epoch), as far as known.
+    pub time_ns: i64,
+}
+
+#[derive(Debug)]
+pub(crate) struct StreamAssembler {
+    /// The next stream offset to hand on; everything before it was handed on or
+    /// given up.
+    next: u64,
+    /// Bytes past a hole, keyed by offset, with their write time.
+    pending: BTreeMap<u64, (Bytes, i64)>,
+    pending_bytes: usize,
+    max_pending: usize,
+    /// Since when the hole at `next` has been waiting.
+    hole_since: Option<Instant>,
+    /// The highest stream offset known to exist (end of the furthest byte seen).
+    frontier: u64,
+}
+
+impl StreamAssembler {
+    pub fn new(start: u64, max_pending: usize) -> StreamAssembler {
+        StreamAssembler {
+            next: start,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            max_pending,
+            hole_since: None,
+            frontier: start,
+        }
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.next
+    }
+
+    /// End of the furthest byte seen so far (≥ `next_offset`).
+    pub fn frontier(&self) -> u64 {
+        self.frontier
+    }
+
+    /// The missing range before the first waiting bytes, if any: `[next, end)`.
+    pub fn hole(&self) -> Option<(u64, u64)> {
+        self.pending
+            .keys()
+            .next()
+            .map(|&first| (self.next, first))
+            .filter(|(start, end)| start < end)
+    }
+
+    /// How long the current hole has been waiting.
+    pub fn hole_age(&self, now: Instant) -> Option<Duration> {
+        self.hole_since.map(|t| now.saturating_duration_since(t))
+    }
+
+    /// Whether more bytes wait behind the hole than the bound allows: the caller
+    /// should repair now, or drop them with [`StreamAssembler::drop_pending`].
+    pub fn over_budget(&self) -> bool {
+        self.pending_bytes > self.max_pending
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Accepts the stream bytes at `offset..offset + bytes.len()`; appends to `out`
+    /// every run that became contiguous.
+    pub fn push(
+        &mut self,
+        offset: u64,
+        bytes: Bytes,
+        time_ns: i64,
+        now: Instant,
+        out: &mut Vec<Run>,
+    ) {
+        let end = offset.saturating_add(bytes.len() as u64);
+        if bytes.is_empty() || end <= self.next {
+            return;
+        }
+        self.frontier = self.frontier.max(end);
+        if offset > self.next {
+            self.wait(offset, bytes, time_ns, now);
+            return;
+        }
+        let bytes = bytes.slice((self.next - offset) as usize..);
+        self.emit(bytes, time_ns, out);
+        self.release(out);
+        self.hole_since = match self.hole() {
+            Some(_) => self.hole_since.or(Some(now)),
+            None => None,
+        };
+    }
+
+    /// Gives up the bytes before `offset` (a hole that cannot be repaired); returns
+    /// how many stream bytes were skipped without ever being handed on.
+    pub fn skip_to(&mut self, offset: u64, now: Instant, out: &mut Vec<Run>) -> u64 {
+        if offset <= self.next {
+            return 0;
+        }
+        let mut skipped = 0;
+        // Waiting bytes inside the skipped range were seen: only the rest is lost.
+        let mut seen = 0u64;
+        for (&o, (b, _)) in self.pending.range(..offset) {
+            let end = (o + b.len() as u64).min(offset);
+            seen += end.saturating_sub(o.max(self.next));
+        }
+        skipped += (offset - self.next).saturating_sub(seen);
+        // Keep the part of waiting bytes at or after `offset`, drop the rest.
+        let before: Vec<u64> = self.pending.range(..offset).map(|(&o, _)| o).collect();
+        for o in before {
+            let (b, t) = self.pending.remove(&o).expect("key from range");
+            self.pending_bytes -= b.len();
+            let end = o + b.len() as u64;
+            if end > offset {
+                let tail = b.slice((offset - o) as usize..);
+                self.pending_bytes += tail.len();
+                self.pending.insert(offset, (tail, t));
+            }
+        }
+        self.next = offset;
+        self.frontier = self.frontier.max(offset);
+        self.release(out);
+        self.hole_since = self.hole().map(|_| now);
+        skipped
+    }
+
+    /// Drops every waiting byte (the repair path will read them again from the
+    /// runtime's log); returns how many were dropped.
+    pub fn drop_pending(&mut self) -> usize {
+        let dropped = self.pending_bytes;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        dropped
+    }
+
+    fn wait(&mut self, offset: u64, bytes: Bytes, time_ns: i64, now: Instant) {
+        if self.hole_since.is_none() {
+            self.hole_since = Some(now);
+        }
+        match self.pending.get(&offset) {
+            Some((existing, _)) if existing.len() >= bytes.len() => {}
+            _ => {
+                self.pending_bytes += bytes.len();
+                if let Some((old, _)) = self.pending.insert(offset, (bytes, time_ns)) {
+                    self.pending_bytes -= old.len();
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, bytes: Bytes, time_ns: i64, out: &mut Vec<Run>) {
+        if bytes.is_empty() {
+            return;
+        }
+        let offset = self.next;
+        self.next += bytes.len() as u64;
+        out.push(Run {
+            offset,
+            bytes,
+            time_ns,
+        });
+    }
+
+    /// Hands on waiting bytes that became contiguous.
+    fn release(&mut self, out: &mut Vec<Run>) {
+        while let Some(entry) = self.pending.first_entry() {
+            let offset = *entry.key();
+            if offset > self.next {
+                break;
+            }
+            let (bytes, time_ns) = entry.remove();
+            self.pending_bytes -= bytes.len();
+            let end = offset + bytes.len() as u64;
+            if end > self.next {
+                let tail = bytes.slice((self.next - offset) as usize..);
+                self.emit(tail, time_ns, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn collect(out: &[Run]) -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut expect = None;
+        for r in out {
+            if let Some(e) = expect {
+                assert_eq!(r.offset, e, "runs must be contiguous");
+            }
+            expect = Some(r.offset + r.bytes.len() as u64);
+            v.extend_from_slice(&r.bytes);
+        }
+        v
+    }
+
+    #[test]
+    fn in_order_bytes_pass_straight_through() {
+        let mut a = StreamAssembler::new(0, 1 << 20);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        a.push(0, Bytes::from_static(b"ab"), 1, now, &mut out);
+        a.push(2, Bytes::from_static(b"cd\n"), 2, now, &mut out);
+        assert_eq!(collect(&out), b"abcd\n");
+        assert_eq!(a.next_offset(), 5);
+        assert!(a.hole().is_none());
+    }
+
+    #[test]
+    fn reordered_records_wait_for_the_hole_then_flow() {
+        let mut a = StreamAssembler::new(0, 1 << 20);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        a.push(3, Bytes::from_static(b"def"), 0, now, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(a.hole(), Some((0, 3)));
+        assert_eq!(a.hole_age(now), Some(Duration::ZERO));
+        a.push(0, Bytes::from_static(b"abc"), 0, now, &mut out);
+        assert_eq!(collect(&out), b"abcdef");
+        assert!(a.hole().is_none());
+        assert_eq!(a.hole_age(now), None);
+    }
+
+    #[test]
+    fn duplicates_and_overlaps_are_handed_on_once() {
+        let mut a = StreamAssembler::new(0, 1 << 20);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        a.push(0, Bytes::from_static(b"abcd"), 0, now, &mut out);
+        a.push(2, Bytes::from_static(b"cdef"), 0, now, &mut out);
+        a.push(0, Bytes::from_static(b"ab"), 0, now, &mut out);
+        a.push(8, Bytes::from_static(b"ij"), 0, now, &mut out);
+        a.push(6, Bytes::from_static(b"ghij"), 0, now, &mut out);
+        assert_eq!(collect(&out), b"abcdefghij");
+    }
+
+    #[test]
+    fn skipping_an_unrepairable_hole_counts_only_unseen_bytes() {
+        let mut a = StreamAssembler::new(10, 1 << 20);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        a.push(15, Bytes::from_static(b"xyz"), 0, now, &mut out);
+        a.push(25, Bytes::from_static(b"tail"), 0, now, &mut out);
+        // Holes: [10,15) and [18,25). Skip to 20: lost 5 + 2 bytes, "xyz" was seen
+        // but lies before the skip point, so it is dropped too.
+        let skipped = a.skip_to(20, now, &mut out);
+        assert_eq!(skipped, 7);
+        assert!(out.is_empty());
+        assert_eq!(a.hole(), Some((20, 25)));
+        a.push(20, Bytes::from_static(b"12345"), 0, now, &mut out);
+        assert_eq!(collect(&out), b"12345tail");
+    }
+
+    #[test]
+    fn pending_bytes_are_bounded_and_can_be_dropped() {
+        let mut a = StreamAssembler::new(0, 4);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        a.push(10, Bytes::from_static(b"abc"), 0, now, &mut out);
+        assert!(!a.over_budget());
+        a.push(13, Bytes::from_static(b"de"), 0, now, &mut out);
+        assert!(a.over_budget());
+        assert_eq!(a.drop_pending(), 5);
+        assert_eq!(a.pending_bytes(), 0);
+        assert_eq!(a.frontier(), 15);
+        assert!(a.hole().is_none());
+    }
+
+    proptest! {
+        /// Any order, any overlap, any duplication of records: the output is the
+        /// stream, each byte once, in order.
+        #[test]
+        fn any_arrival_order_reassembles_the_stream(
+            stream in proptest::collection::vec(any::<u8>(), 1..400),
+            cuts in proptest::collection::vec((0usize..400, 1usize..60), 1..60),
+            seed in any::<u64>(),
+        ) {
+            let n = stream.len();
+            let mut records: Vec<(u64, Bytes)> = cuts
+                .iter()
+                .map(|&(start, len)| {
+                    let start = start % n;
+                    let end = (start + len).min(n);
+                    (start as u64, Bytes::copy_from_slice(&stream[start..end]))
+                })
+                .collect();
+            // Make sure every byte is covered at least once.
+            records.push((0, Bytes::copy_from_slice(&stream)));
+            let mut state = seed | 1;
+            for i in (1..records.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                records.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let mut a = StreamAssembler::new(0, usize::MAX);
+            let mut out = Vec::new();
+            let now = Instant::now();
+            for (o, b) in records {
+                a.push(o, b, 0, now, &mut out);
+            }
+            prop_assert_eq!(collect(&out), stream);
+            prop_assert!(a.hole().is_none());
+            prop_assert_eq!(a.pending_bytes(), 0);
+        }
+    }
+}
