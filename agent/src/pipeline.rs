@@ -17,8 +17,8 @@ use bytes::Bytes;
 
 use crate::batch::BatchBuilder;
 use crate::checkpoint::{Registry, SharedRegistry};
-use crate::config::Config;
-use crate::frame::{Framer, Line, LineFlags};
+use crate::config::{Config, Format};
+use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
 use crate::sink::worker::SinkWorker;
@@ -89,6 +89,7 @@ pub fn run(
             io_uring: config.io_uring,
             read_buffer_bytes: 256 * 1024,
             oneshot: options.oneshot,
+            claims: None,
         },
         registry.clone(),
     )?;
@@ -169,6 +170,8 @@ struct Slot {
     config: usize,
     framer: Framer,
     builder: BatchBuilder,
+    /// For a captured container stream: the stream its raw-framed lines belong to.
+    stream: Option<Stream>,
 }
 
 /// Frame → parse → batch → route, run on the source thread.
@@ -225,6 +228,9 @@ impl Pipeline {
             (0u64, 0u64, 0u64, 0u64);
         let n = self.scratch.len() as u64;
         for mut line in self.scratch.drain(..) {
+            if let Some(stream) = slot.stream {
+                line.stream = stream;
+            }
             let index = slot.builder.next_index();
             let known_utf8 = self
                 .chunk_utf8
@@ -285,6 +291,85 @@ impl Pipeline {
         }
     }
 
+    /// A captured container stream starts at `start_offset`. Its bytes are the
+    /// stream itself (no CRI envelope), so they are framed as raw lines and tagged with
+    /// `stream`; the parser, multiline and sink of `config` apply.
+    pub fn opened_stream(
+        &mut self,
+        info: Arc<SourceInfo>,
+        config: usize,
+        start_offset: u64,
+        stream: Stream,
+    ) {
+        let source_config = &self.config.sources[config];
+        let framer = Framer::new(
+            Format::Raw,
+            source_config.max_line_bytes,
+            source_config.multiline.clone(),
+            start_offset,
+        );
+        let builder = BatchBuilder::new(
+            info.clone(),
+            self.registry.next_package_id(info.id),
+            self.config.batch.clone(),
+        );
+        tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, "stream opened");
+        self.slots.insert(
+            info.id,
+            Slot {
+                config,
+                framer,
+                builder,
+                stream: Some(stream),
+            },
+        );
+    }
+
+    /// Name of the `sources[]` entry `config`.
+    pub fn source_config_name(&self, config: usize) -> Arc<str> {
+        self.config.sources[config].name.clone()
+    }
+
+    /// Like [`SourceEvents::data`], with the time the bytes were written (ns since the
+    /// Unix epoch) as the timestamp of the lines they complete.
+    pub fn data_at(&mut self, source: SourceId, chunk: Bytes, written_ns: i64) {
+        let Some(slot) = self.slots.get_mut(&source) else {
+            return;
+        };
+        self.bytes += chunk.len() as u64;
+        let now = Instant::now();
+        let framer_now = unstalled(now, self.stalled);
+        // One UTF-8 check for the chunk instead of one per line (see `parse`).
+        if self.parsers[slot.config].uses_known_utf8() {
+            self.chunk_utf8 = Some(Utf8Checked::new(&chunk));
+        }
+        slot.framer
+            .push(chunk, written_ns, framer_now, &mut self.scratch);
+        self.absorb(source, now);
+        self.chunk_utf8 = None;
+    }
+
+    /// The bytes of `source` before `offset` are lost for good (counted by the
+    /// caller): what is buffered becomes records as it is, and framing restarts at
+    /// `offset`, so no line is glued across the hole.
+    pub fn skip_to(&mut self, source: SourceId, offset: u64) {
+        let Some(slot) = self.slots.get_mut(&source) else {
+            return;
+        };
+        slot.framer.finish(&mut self.scratch);
+        self.absorb(source, Instant::now());
+        let Some(slot) = self.slots.get_mut(&source) else {
+            return;
+        };
+        let source_config = &self.config.sources[slot.config];
+        slot.framer = Framer::new(
+            Format::Raw,
+            source_config.max_line_bytes,
+            source_config.multiline.clone(),
+            offset,
+        );
+    }
+
     /// Ships every pending package (shutdown).
     pub fn seal_all(&mut self) {
         let ids: Vec<SourceId> = self.slots.keys().copied().collect();
@@ -329,25 +414,13 @@ impl SourceEvents for Pipeline {
                 config,
                 framer,
                 builder,
+                stream: None,
             },
         );
     }
 
     fn data(&mut self, source: SourceId, _offset: u64, chunk: Bytes) {
-        let Some(slot) = self.slots.get_mut(&source) else {
-            return;
-        };
-        self.bytes += chunk.len() as u64;
-        let now = Instant::now();
-        let framer_now = unstalled(now, self.stalled);
-        // One UTF-8 check for the chunk instead of one per line (see `parse`).
-        if self.parsers[slot.config].uses_known_utf8() {
-            self.chunk_utf8 = Some(Utf8Checked::new(&chunk));
-        }
-        slot.framer
-            .push(chunk, wall_clock_ns(), framer_now, &mut self.scratch);
-        self.absorb(source, now);
-        self.chunk_utf8 = None;
+        self.data_at(source, chunk, wall_clock_ns());
     }
 
     fn ended(&mut self, source: SourceId, reason: EndReason) {
@@ -388,7 +461,7 @@ fn unstalled(now: Instant, stalled: Duration) -> Instant {
     now.checked_sub(stalled).unwrap_or(now)
 }
 
-fn wall_clock_ns() -> i64 {
+pub(crate) fn wall_clock_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)

@@ -232,9 +232,10 @@ impl CriStreamReader {
             Some(cur) => match family.iter().position(|(_, ino)| *ino == cur.inode) {
                 Some(i) => family.get(i + 1),
                 // Ours is gone from the directory: the first one named after it.
-                None => family
-                    .iter()
-                    .find(|(name, _)| family_order(name, &self.live_name()) > family_order(&cur.name, &self.live_name())),
+                None => family.iter().find(|(name, _)| {
+                    family_order(name, &self.live_name())
+                        > family_order(&cur.name, &self.live_name())
+                }),
             },
         };
         let Some((name, inode)) = next.cloned() else {
@@ -350,7 +351,13 @@ mod tests {
         let mut out = Vec::new();
         let reached = r.read(0, u64::MAX, &mut out).unwrap();
         assert_eq!(text(&out), "one\ntwo\n\n");
-        assert_eq!(reached, Reached { offset: 9, at_live_end: true });
+        assert_eq!(
+            reached,
+            Reached {
+                offset: 9,
+                at_live_end: true
+            }
+        );
         let mut err = CriStreamReader::new(log, Stream::Stderr);
         let mut out = Vec::new();
         err.read(0, u64::MAX, &mut out).unwrap();
@@ -361,7 +368,10 @@ mod tests {
     fn a_range_is_cut_exactly_and_the_rest_read_later() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("0.log");
-        write(&log, &[cri("stdout", "F", "abcdef"), cri("stdout", "F", "ghij")]);
+        write(
+            &log,
+            &[cri("stdout", "F", "abcdef"), cri("stdout", "F", "ghij")],
+        );
         let mut r = CriStreamReader::new(log, Stream::Stdout);
         let mut out = Vec::new();
         let reached = r.read(2, 5, &mut out).unwrap();
@@ -384,10 +394,19 @@ mod tests {
         assert_eq!(r.read(0, 3, &mut out).unwrap().offset, 3);
         // The kubelet rotates: rename, and the runtime reopens a new live file.
         std::fs::rename(&log, dir.path().join("0.log.20261121-104531")).unwrap();
-        write(&dir.path().join("0.log.20261121-104531"), &[cri("stdout", "P", "sec")]);
-        write(&log, &[cri("stdout", "F", "ond"), cri("stdout", "F", "third")]);
+        write(
+            &dir.path().join("0.log.20261121-104531"),
+            &[cri("stdout", "P", "sec")],
+        );
+        write(
+            &log,
+            &[cri("stdout", "F", "ond"), cri("stdout", "F", "third")],
+        );
         // Compressed and temporary rotations are not part of the readable family.
-        write(&dir.path().join("0.log.20261120-000000.gz"), &[cri("stdout", "F", "zzz")]);
+        write(
+            &dir.path().join("0.log.20261120-000000.gz"),
+            &[cri("stdout", "F", "zzz")],
+        );
         let reached = r.read(3, u64::MAX, &mut out).unwrap();
         assert_eq!(text(&out), "first\nsecond\nthird\n");
         assert!(reached.at_live_end);
@@ -436,6 +455,12 @@ mod tests {
         let mut out = Vec::new();
         let reached = r.read(0, 10, &mut out).unwrap();
         assert!(out.is_empty());
-        assert_eq!(reached, Reached { offset: 0, at_live_end: true });
+        assert_eq!(
+            reached,
+            Reached {
+                offset: 0,
+                at_live_end: true
+            }
+        );
     }
 }

@@ -86,6 +86,14 @@ impl StreamAssembler {
         self.pending_bytes
     }
 
+    /// The caller handed on `len` bytes at `next_offset` itself (the in-order fast
+    /// path: nothing waits, so nothing can be released).
+    pub fn advance_in_order(&mut self, len: u64) {
+        debug_assert!(self.pending.is_empty());
+        self.next += len;
+        self.frontier = self.frontier.max(self.next);
+    }
+
     /// Accepts the stream bytes at `offset..offset + bytes.len()`; appends to `out`
     /// every run that became contiguous.
     pub fn push(

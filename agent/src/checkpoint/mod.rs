@@ -256,11 +256,25 @@ impl Registry {
     /// Drops entries loaded at start-up whose file the first full scan did not find
     /// (deleted while the agent was down, or no longer matched by any include glob):
     /// without this, checkpoints of vanished files would be carried forever.
+    /// Captured streams are not files: capture keeps or drops those itself.
     pub fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>) -> usize {
         let mut inner = self.lock();
         let before = inner.loaded.len();
-        inner.loaded.retain(|key, _| found.contains(key));
+        inner
+            .loaded
+            .retain(|key, _| key.0 == crate::source::CAPTURE_DEV || found.contains(key));
         before - inner.loaded.len()
+    }
+
+    /// Entries loaded at start-up (not claimed by a live source yet) with this `dev`.
+    pub fn loaded_with_dev(&self, dev: u64) -> Vec<FileCheckpoint> {
+        let inner = self.lock();
+        inner
+            .loaded
+            .iter()
+            .filter(|(key, _)| key.0 == dev)
+            .map(|(_, c)| c.clone())
+            .collect()
     }
 
     /// The package id to use for the next package of `source`.

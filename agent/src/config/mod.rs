@@ -146,6 +146,21 @@ pub struct Config {
     pub batch: BatchConfig,
     pub sources: Vec<SourceConfig>,
     pub sinks: BTreeMap<Arc<str>, SinkConfig>,
+    /// eBPF capture of container streams; `None` when disabled.
+    pub capture: Option<CaptureConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// Index in `sources` of the CRI source whose containers capture takes over.
+    pub source: usize,
+    pub cgroup_prefix: String,
+    pub ring_bytes: u32,
+    pub max_records_per_write: u32,
+    pub reorder_grace: Duration,
+    pub repair_wait: Duration,
+    pub claim_wait: Duration,
+    pub max_pending: usize,
 }
 
 impl Config {
@@ -266,7 +281,10 @@ impl Config {
             return Err(v.invalid("batch.max_lines", "must be at least 1".into()));
         }
 
+        let capture = v.capture(&raw.capture, &sources)?;
+
         Ok(Config {
+            capture,
             data_dir,
             metrics_listen,
             checkpoint_interval: v.interval("checkpoint.interval", &raw.checkpoint.interval)?,
@@ -325,6 +343,69 @@ impl Validator {
             return Err(self.invalid(field, format!("{text:?}: must be greater than zero")));
         }
         Ok(d)
+    }
+
+    fn capture(
+        &self,
+        raw: &raw::RawCapture,
+        sources: &[SourceConfig],
+    ) -> Result<Option<CaptureConfig>, ConfigError> {
+        if !raw.enabled {
+            return Ok(None);
+        }
+        let source = sources
+            .iter()
+            .position(|s| *s.name == *raw.source)
+            .ok_or_else(|| {
+                self.invalid(
+                    "capture.source",
+                    format!("no source named {:?}", raw.source),
+                )
+            })?;
+        if sources[source].format != Format::Cri {
+            return Err(self.invalid(
+                "capture.source",
+                format!(
+                    "source {:?} must have format cri: its CRI logs are the repair path",
+                    raw.source
+                ),
+            ));
+        }
+        if !raw.cgroup_prefix.starts_with('/') {
+            return Err(self.invalid(
+                "capture.cgroup_prefix",
+                format!(
+                    "{:?}: must start with '/' (a path below the cgroup v2 root)",
+                    raw.cgroup_prefix
+                ),
+            ));
+        }
+        let ring = self.size("capture.ring_size", &raw.ring_size)?;
+        if !ring.is_power_of_two() || !(4096..=1 << 30).contains(&ring) {
+            return Err(self.invalid(
+                "capture.ring_size",
+                format!(
+                    "{:?}: must be a power of two from 4KiB to 1GiB",
+                    raw.ring_size
+                ),
+            ));
+        }
+        if !(1..=16).contains(&raw.max_records_per_write) {
+            return Err(self.invalid(
+                "capture.max_records_per_write",
+                format!("{}: must be from 1 to 16", raw.max_records_per_write),
+            ));
+        }
+        Ok(Some(CaptureConfig {
+            source,
+            cgroup_prefix: raw.cgroup_prefix.clone(),
+            ring_bytes: ring as u32,
+            max_records_per_write: raw.max_records_per_write,
+            reorder_grace: self.duration("capture.reorder_grace", &raw.reorder_grace)?,
+            repair_wait: self.interval("capture.repair_wait", &raw.repair_wait)?,
+            claim_wait: self.duration("capture.claim_wait", &raw.claim_wait)?,
+            max_pending: self.size("capture.max_pending", &raw.max_pending)? as usize,
+        }))
     }
 
     pub(crate) fn size(&self, field: &str, text: &str) -> Result<u64, ConfigError> {

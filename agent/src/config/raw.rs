@@ -23,6 +23,60 @@ pub struct RawConfig {
     pub sources: Vec<RawSource>,
     #[serde(default)]
     pub sinks: BTreeMap<String, RawSink>,
+    /// eBPF capture of container stdout/stderr (see docs/capture.md).
+    #[serde(default)]
+    pub capture: RawCapture,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapture {
+    /// Capture container stdout/stderr with the eBPF probes.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The `sources[]` entry (format `cri`) whose containers capture takes over: its
+    /// parser, multiline and sink apply to captured streams, and its CRI log files
+    /// become the repair path instead of being shipped a second time.
+    #[serde(default = "default_capture_source")]
+    pub source: String,
+    /// cgroup v2 path prefix under which new cgroups are containers to capture.
+    #[serde(default = "default_cgroup_prefix")]
+    pub cgroup_prefix: String,
+    /// Kernel ring buffer size (a power of two).
+    #[serde(default = "default_ring_size")]
+    pub ring_size: String,
+    /// 4 KiB records one write may fill; more is repaired from the CRI log.
+    #[serde(default = "default_records_per_write")]
+    pub max_records_per_write: u32,
+    /// How long bytes may arrive out of order before a hole is repaired.
+    #[serde(default = "default_reorder_grace")]
+    pub reorder_grace: String,
+    /// How long a hole waits for the CRI log to hold its bytes before it is given up.
+    #[serde(default = "default_repair_wait")]
+    pub repair_wait: String,
+    /// How long the file source holds back a new CRI log file that capture may claim.
+    #[serde(default = "default_claim_wait")]
+    pub claim_wait: String,
+    /// Bytes per stream that may wait behind a hole before they are dropped and read
+    /// from the CRI log instead.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: String,
+}
+
+impl Default for RawCapture {
+    fn default() -> Self {
+        RawCapture {
+            enabled: false,
+            source: default_capture_source(),
+            cgroup_prefix: default_cgroup_prefix(),
+            ring_size: default_ring_size(),
+            max_records_per_write: default_records_per_write(),
+            reorder_grace: default_reorder_grace(),
+            repair_wait: default_repair_wait(),
+            claim_wait: default_claim_wait(),
+            max_pending: default_max_pending(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -250,6 +304,30 @@ fn sink_path_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+fn default_capture_source() -> String {
+    "pods".into()
+}
+fn default_cgroup_prefix() -> String {
+    "/kubepods".into()
+}
+fn default_ring_size() -> String {
+    "16MiB".into()
+}
+fn default_records_per_write() -> u32 {
+    16
+}
+fn default_reorder_grace() -> String {
+    "200ms".into()
+}
+fn default_repair_wait() -> String {
+    "10s".into()
+}
+fn default_claim_wait() -> String {
+    "5s".into()
+}
+fn default_max_pending() -> String {
+    "4MiB".into()
+}
 fn default_data_dir() -> String {
     "/var/lib/logtap".into()
 }

@@ -45,6 +45,10 @@ impl SourceId {
     }
 }
 
+/// `dev` of the checkpoint identity of captured container streams: no block device
+/// has it, so they never collide with files (see `capture`).
+pub const CAPTURE_DEV: u64 = u64::MAX;
+
 /// Kind of a source; a bounded label value for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SourceKind {
@@ -52,6 +56,8 @@ pub enum SourceKind {
     File,
     /// A container's CRI log file under `/var/log/pods`.
     CriFile,
+    /// A container's stdout or stderr stream, captured by the eBPF probes.
+    Capture,
 }
 
 impl SourceKind {
@@ -59,6 +65,7 @@ impl SourceKind {
         match self {
             SourceKind::File => "file",
             SourceKind::CriFile => "cri_file",
+            SourceKind::Capture => "capture",
         }
     }
 }

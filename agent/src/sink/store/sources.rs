@@ -55,6 +55,7 @@ fn from_line(line: &[u8]) -> Option<SourceInfo> {
     let kind = match parsed.kind.as_str() {
         "file" => SourceKind::File,
         "cri_file" => SourceKind::CriFile,
+        "capture" => SourceKind::Capture,
         _ => return None,
     };
     let path = match (parsed.path, parsed.path_base64) {

@@ -219,6 +219,7 @@ fn options(io_uring: bool) -> FileSourceOptions {
         io_uring,
         read_buffer_bytes: 4096,
         oneshot: false,
+        claims: None,
     }
 }
 

@@ -34,9 +34,11 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
+
+use crate::capture::{Claim, Claims};
 
 use super::discover::{Found, Matcher};
 use super::identity;
@@ -72,6 +74,8 @@ pub struct FileSourceOptions {
     pub read_buffer_bytes: usize,
     /// Read every matched file to EOF once, then end every source with `Eof`.
     pub oneshot: bool,
+    /// CRI logs of containers that capture ships are not read (see [`Claims`]).
+    pub claims: Option<Arc<Claims>>,
 }
 
 impl Default for FileSourceOptions {
@@ -82,6 +86,7 @@ impl Default for FileSourceOptions {
             io_uring: true,
             read_buffer_bytes: 256 * 1024,
             oneshot: false,
+            claims: None,
         }
     }
 }
@@ -165,6 +170,8 @@ pub struct FileSource {
     last_tick: Instant,
     requests: Vec<ReadRequest>,
     completions: Vec<ReadCompletion>,
+    /// Files that capture may still claim: asked again every tick.
+    undecided: HashSet<PathBuf>,
 }
 
 fn source_kind(format: Format) -> SourceKind {
@@ -261,6 +268,7 @@ impl FileSource {
             last_tick: now,
             requests: Vec::new(),
             completions: Vec::new(),
+            undecided: HashSet::new(),
         })
     }
 
@@ -335,6 +343,18 @@ impl FileSource {
             self.last_tick = now;
             events.tick(now);
             self.update_lag_gauge();
+            self.recheck_undecided(events);
+        }
+    }
+
+    fn recheck_undecided(&mut self, events: &mut dyn SourceEvents) {
+        if self.undecided.is_empty() {
+            return;
+        }
+        // `check_path` puts back what is still undecided; vanished files drop out.
+        let paths: Vec<PathBuf> = self.undecided.drain().collect();
+        for path in paths {
+            self.check_path(&path, events);
         }
     }
 
@@ -629,6 +649,18 @@ impl FileSource {
             && meta.len() <= c.offset
         {
             return;
+        }
+        if let Some(claims) = &self.options.claims
+            && claims.applies_to(config)
+        {
+            match claims.decide(path, meta.created().ok(), SystemTime::now()) {
+                Claim::Ship => {}
+                Claim::Skip => return,
+                Claim::Undecided => {
+                    self.undecided.insert(path.to_path_buf());
+                    return;
+                }
+            }
         }
         if self.deferred.contains_key(path) || !self.predecessor_drained(path) {
             self.wait_for_turn(path, key, config);

@@ -1,0 +1,680 @@
+//! The capture stage: probe events in, ordered container streams into the pipeline.
+//!
+//! Runs on its own thread with its own [`Pipeline`] (framers and package builders of
+//! the captured streams), sharing the sink queues and the checkpoint registry with
+//! the file source's pipeline.
+//!
+//! # Streams
+//!
+//! A container run is captured from its first write: the kernel binds its stdout and
+//! stderr at the first exec in its cgroup and numbers their bytes from 0 (the stream
+//! offset), the same numbering its CRI log gives them. Each stream is one source
+//! (`<log path>#stdout`); its checkpoint is a stream offset.
+//!
+//! # Gaps
+//!
+//! A hole in the offsets that outlives `reorder_grace`, or more bytes waiting behind
+//! a hole than `max_pending`, is repaired from the CRI log ([`CriStreamReader`]). A
+//! hole the log does not fill within `repair_wait` is given up and counted. When the
+//! container's cgroup goes away, its streams are compared against the log until the
+//! log stops growing, which also catches holes at the very end of a stream.
+//!
+//! # Restart
+//!
+//! Probe state does not outlive the agent, so a stream checkpointed by an earlier run
+//! continues from its CRI log, at its checkpointed stream offset, until the container
+//! run ends: bytes written while the agent was down are read, none twice.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::Claims;
+use super::cri_log::CriStreamReader;
+use super::event::ProbeEvent;
+use super::stream::{Run, StreamAssembler};
+use crate::checkpoint::SharedRegistry;
+use crate::config::CaptureConfig;
+use crate::frame::Stream;
+use crate::pipeline::Pipeline;
+use crate::source::file::{EndReason, FileIdentity, SourceEvents};
+use crate::source::{CAPTURE_DEV, SourceId, SourceInfo, SourceKind};
+
+/// How often streams are checked for holes, endings and log growth.
+const TICK: Duration = Duration::from_millis(50);
+/// A stream whose container is gone ends once its log stopped growing this long.
+const END_SETTLE: Duration = Duration::from_millis(300);
+/// A staged chunk is handed on at this size even within one batch of events.
+const STAGE_BYTES: usize = 256 * 1024;
+
+/// Where probe events come from: the loaded probes, or a script in tests.
+pub trait EventFeed: Send {
+    /// Waits up to `timeout`, then hands every available event to `on_event`.
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut dyn FnMut(ProbeEvent<'_>),
+    ) -> io::Result<usize>;
+    /// The cgroup is gone and handled: the kernel may forget it and its streams.
+    fn forget(&mut self, cgroup_id: u64);
+}
+
+/// What capture needs to know about the container behind a cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedContainer {
+    pub id: String,
+    /// The run's live CRI log (`/var/log/pods/<ns>_<pod>_<uid>/<container>/<n>.log`):
+    /// the repair path.
+    pub log_path: Option<PathBuf>,
+}
+
+/// Container lookups (the container registry, or a table in tests).
+pub trait ContainerResolver: Send {
+    /// The container whose cgroup is at `cgroup_path` (below the cgroup v2 root).
+    fn resolve(&mut self, cgroup_path: &[u8]) -> Option<CapturedContainer>;
+    /// Whether the run writing `log_path` still runs; `None` when unknown.
+    fn is_running(&mut self, log_path: &Path) -> Option<bool>;
+}
+
+struct StreamEntry {
+    stream: Stream,
+    cgroup: Option<u64>,
+    assembler: StreamAssembler,
+    log_path: Option<PathBuf>,
+    reader: Option<CriStreamReader>,
+    /// Bytes that arrived in order, not handed on yet: one chunk per burst.
+    staged: BytesMut,
+    staged_time_ns: i64,
+    /// Read the CRI log up to its end on every tick: set for streams resumed from a
+    /// checkpoint (forever) and for streams that dropped waiting bytes (until
+    /// `next_offset` passes the value).
+    follow_until: Option<u64>,
+    /// When the container's cgroup went away.
+    removed_at: Option<Instant>,
+    /// The log's reach and when it last changed, to tell when it stopped growing.
+    log_reach: (u64, Instant),
+    hole_counted: Option<u64>,
+    /// Malformed CRI lines already counted in the metric.
+    malformed_counted: u64,
+}
+
+pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
+    options: CaptureConfig,
+    feed: F,
+    resolver: R,
+    pipeline: Pipeline,
+    registry: SharedRegistry,
+    claims: Arc<Claims>,
+    /// Paths of the cgroups seen created, by id.
+    cgroups: HashMap<u64, Vec<u8>>,
+    bound: HashMap<(u64, Stream), SourceId>,
+    streams: HashMap<SourceId, StreamEntry>,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, to date records by their kernel time.
+    realtime_offset_ns: i64,
+    runs: Vec<Run>,
+    last_tick: Instant,
+}
+
+impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
+    pub fn new(
+        options: CaptureConfig,
+        feed: F,
+        resolver: R,
+        pipeline: Pipeline,
+        registry: SharedRegistry,
+        claims: Arc<Claims>,
+    ) -> CaptureStage<F, R> {
+        let mut stage = CaptureStage {
+            options,
+            feed,
+            resolver,
+            pipeline,
+            registry,
+            claims,
+            cgroups: HashMap::new(),
+            bound: HashMap::new(),
+            streams: HashMap::new(),
+            realtime_offset_ns: realtime_offset_ns(),
+            runs: Vec::new(),
+            last_tick: Instant::now(),
+        };
+        stage.resume_checkpointed();
+        stage
+    }
+
+    /// Runs until `shutdown` is set; then hands on what it has and returns the
+    /// pipeline so the caller can seal it.
+    pub fn run(mut self, shutdown: &AtomicBool) -> io::Result<Pipeline> {
+        while !shutdown.load(Ordering::Relaxed) {
+            self.poll_once(TICK)?;
+        }
+        let ids: Vec<SourceId> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.hand_on_staged(id);
+        }
+        Ok(self.pipeline)
+    }
+
+    /// One round: events for up to `timeout`, then the periodic checks when due.
+    pub fn poll_once(&mut self, timeout: Duration) -> io::Result<()> {
+        // Events borrow the ring buffer: copy them out (data into one arena, so a
+        // record costs no allocation of its own), then handle them.
+        let mut events: Vec<OwnedEvent> = Vec::new();
+        let mut data: Vec<(u64, Stream, u64, Bytes, u64)> = Vec::new();
+        let mut arena = BytesMut::new();
+        self.feed.poll(timeout, &mut |event| match event {
+            ProbeEvent::Data {
+                cgroup_id,
+                stream,
+                offset,
+                bytes,
+                ktime_ns,
+                ..
+            } => {
+                arena.extend_from_slice(bytes);
+                data.push((cgroup_id, stream, offset, arena.split().freeze(), ktime_ns));
+            }
+            other => events.extend(OwnedEvent::from(other)),
+        })?;
+        let now = Instant::now();
+        // Lifecycle events and data keep their relative order only per kind; a stream
+        // is bound before its first byte is written, and removed after its last, so
+        // bindings go first and removals last.
+        for e in events
+            .iter()
+            .filter(|e| !matches!(e, OwnedEvent::Removed { .. }))
+        {
+            self.lifecycle(e);
+        }
+        for (cgroup_id, stream, offset, bytes, ktime_ns) in data {
+            self.data(cgroup_id, stream, offset, bytes, ktime_ns, now);
+        }
+        for e in events
+            .iter()
+            .filter(|e| matches!(e, OwnedEvent::Removed { .. }))
+        {
+            self.lifecycle(e);
+        }
+        let ids: Vec<SourceId> = self.streams.keys().copied().collect();
+        for id in &ids {
+            self.hand_on_staged(*id);
+        }
+        if now.duration_since(self.last_tick) >= TICK {
+            self.last_tick = now;
+            for id in ids {
+                self.check_stream(id, now);
+            }
+            self.pipeline.tick(now);
+            metrics::gauge!("logtap_capture_streams").set(self.streams.len() as f64);
+            metrics::gauge!("logtap_capture_watched_containers").set(self.cgroups.len() as f64);
+        }
+        Ok(())
+    }
+
+    fn lifecycle(&mut self, event: &OwnedEvent) {
+        match event {
+            OwnedEvent::Created { cgroup_id, path } => {
+                self.cgroups.insert(*cgroup_id, path.clone());
+            }
+            OwnedEvent::Bound { cgroup_id, stream } => self.bind(*cgroup_id, *stream),
+            OwnedEvent::Removed { cgroup_id } => {
+                let now = Instant::now();
+                for stream in [Stream::Stdout, Stream::Stderr] {
+                    if let Some(id) = self.bound.remove(&(*cgroup_id, stream))
+                        && let Some(entry) = self.streams.get_mut(&id)
+                    {
+                        entry.removed_at = Some(now);
+                        entry.log_reach.1 = now;
+                    }
+                }
+                self.cgroups.remove(cgroup_id);
+                self.feed.forget(*cgroup_id);
+            }
+        }
+    }
+
+    /// The kernel bound a stream of a new container: it becomes a source.
+    fn bind(&mut self, cgroup_id: u64, stream: Stream) {
+        if self.bound.contains_key(&(cgroup_id, stream)) {
+            return;
+        }
+        let cgroup_path = self.cgroups.get(&cgroup_id).cloned().unwrap_or_default();
+        let container = self.resolver.resolve(&cgroup_path);
+        let log_path = container.as_ref().and_then(|c| c.log_path.clone());
+        let path = stream_path(log_path.as_deref(), &cgroup_path, stream);
+        let identity = stream_identity(&path);
+        let id = SourceId::new_unique(CAPTURE_DEV, identity.inode);
+        self.registry.register(id, identity, path.clone(), 0);
+        if let Some(log) = &log_path {
+            self.claims.claim(log);
+        } else {
+            tracing::warn!(
+                cgroup = %String::from_utf8_lossy(&cgroup_path),
+                "captured container has no known CRI log: its holes cannot be repaired"
+            );
+        }
+        tracing::debug!(source = %id, path = %path.display(), "capturing stream");
+        let info = Arc::new(SourceInfo {
+            id,
+            kind: SourceKind::Capture,
+            path,
+            config_name: self.pipeline_config_name(),
+        });
+        self.pipeline
+            .opened_stream(info, self.options.source, 0, stream);
+        self.bound.insert((cgroup_id, stream), id);
+        self.streams.insert(
+            id,
+            StreamEntry::new(stream, Some(cgroup_id), log_path, 0, &self.options),
+        );
+    }
+
+    fn pipeline_config_name(&self) -> Arc<str> {
+        self.pipeline.source_config_name(self.options.source)
+    }
+
+    fn data(
+        &mut self,
+        cgroup_id: u64,
+        stream: Stream,
+        offset: u64,
+        bytes: Bytes,
+        ktime_ns: u64,
+        now: Instant,
+    ) {
+        let Some(&id) = self.bound.get(&(cgroup_id, stream)) else {
+            metrics::counter!("logtap_capture_unbound_records_total").increment(1);
+            return;
+        };
+        let len = bytes.len() as u64;
+        metrics::counter!("logtap_capture_records_total").increment(1);
+        metrics::counter!("logtap_capture_bytes_total").increment(len);
+        let written_ns = ktime_ns as i64 + self.realtime_offset_ns;
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let a = &mut entry.assembler;
+        if offset == a.next_offset() && a.pending_bytes() == 0 {
+            // The common case: in order. Staged, so a burst is one chunk.
+            if entry.staged.is_empty() {
+                entry.staged_time_ns = written_ns;
+            }
+            entry.staged.extend_from_slice(&bytes);
+            a.advance_in_order(len);
+            if entry.staged.len() >= STAGE_BYTES {
+                self.hand_on_staged(id);
+            }
+            return;
+        }
+        self.hand_on_staged(id);
+        let entry = self.streams.get_mut(&id).expect("present above");
+        entry
+            .assembler
+            .push(offset, bytes, written_ns, now, &mut self.runs);
+        self.hand_on_runs(id);
+    }
+
+    fn hand_on_staged(&mut self, id: SourceId) {
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if entry.staged.is_empty() {
+            return;
+        }
+        let chunk = entry.staged.split().freeze();
+        let time = entry.staged_time_ns;
+        self.pipeline.data_at(id, chunk, time);
+    }
+
+    fn hand_on_runs(&mut self, id: SourceId) {
+        for run in self.runs.drain(..) {
+            self.pipeline.data_at(id, run.bytes, run.time_ns);
+        }
+    }
+
+    /// Holes, spills, endings: the periodic part of a stream's life.
+    fn check_stream(&mut self, id: SourceId, now: Instant) {
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let grace = self.options.reorder_grace;
+        let repair_wait = self.options.repair_wait;
+        if let Some((start, end)) = entry.assembler.hole() {
+            let age = entry.assembler.hole_age(now).unwrap_or_default();
+            if entry.hole_counted != Some(start) && age >= grace {
+                entry.hole_counted = Some(start);
+                metrics::counter!("logtap_capture_gaps_total").increment(1);
+            }
+            if age >= grace || entry.assembler.over_budget() {
+                self.repair(id, start, end, now);
+            }
+        }
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if entry.assembler.over_budget() {
+            // Too much waits behind a hole the log does not fill yet: let the log be
+            // the stream until it caught up with what the kernel sent.
+            let dropped = entry.assembler.drop_pending();
+            entry.follow_until = Some(entry.assembler.frontier());
+            metrics::counter!("logtap_capture_spilled_bytes_total").increment(dropped as u64);
+        }
+        if let Some((_, end)) = entry.assembler.hole()
+            && entry.assembler.hole_age(now).unwrap_or_default() >= repair_wait
+        {
+            self.give_up(id, end, now);
+        }
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let following = entry
+            .follow_until
+            .is_some_and(|until| entry.assembler.next_offset() < until);
+        if following || entry.removed_at.is_some() {
+            let from = entry.assembler.next_offset();
+            self.repair(id, from, u64::MAX, now);
+        }
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if let Some(until) = entry.follow_until
+            && until != u64::MAX
+            && entry.assembler.next_offset() >= until
+        {
+            entry.follow_until = None;
+        }
+        if self.ended(id, now) {
+            self.end(id);
+        }
+    }
+
+    /// Reads `[from, to)` of the stream from its CRI log into the assembler.
+    fn repair(&mut self, id: SourceId, from: u64, to: u64, now: Instant) {
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let Some(log_path) = entry.log_path.clone() else {
+            return;
+        };
+        let reader = entry
+            .reader
+            .get_or_insert_with(|| CriStreamReader::new(log_path, entry.stream));
+        let mut runs = Vec::new();
+        match reader.read(from, to, &mut runs) {
+            Ok(reached) => {
+                if reached.offset != entry.log_reach.0 {
+                    entry.log_reach = (reached.offset, now);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(source = %id, path = %reader.log_path().display(), error = %e, "reading the CRI log to repair a capture hole");
+                return;
+            }
+        }
+        let malformed = reader.malformed_lines();
+        if malformed > entry.malformed_counted {
+            metrics::counter!("logtap_capture_cri_malformed_lines_total")
+                .increment(malformed - entry.malformed_counted);
+            entry.malformed_counted = malformed;
+        }
+        let mut repaired = 0u64;
+        for run in runs {
+            let before = entry.assembler.next_offset();
+            let run_end = run.offset + run.bytes.len() as u64;
+            entry
+                .assembler
+                .push(run.offset, run.bytes, run.time_ns, now, &mut self.runs);
+            let after = entry.assembler.next_offset();
+            repaired += run_end.min(after).saturating_sub(run.offset.max(before));
+        }
+        if repaired > 0 {
+            metrics::counter!("logtap_capture_repaired_bytes_total").increment(repaired);
+        }
+        self.hand_on_runs(id);
+    }
+
+    /// The bytes before `offset` cannot be had: count them and move on.
+    fn give_up(&mut self, id: SourceId, offset: u64, now: Instant) {
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let lost = entry.assembler.skip_to(offset, now, &mut self.runs);
+        tracing::warn!(source = %id, lost_bytes = lost, offset, "capture hole not in the CRI log: given up");
+        metrics::counter!("logtap_capture_unrepairable_bytes_total").increment(lost);
+        self.pipeline.skip_to(id, offset);
+        self.hand_on_runs(id);
+    }
+
+    /// Whether a stream whose container is gone has everything: the log holds no
+    /// more than was handed on, and stopped growing.
+    fn ended(&mut self, id: SourceId, now: Instant) -> bool {
+        let Some(entry) = self.streams.get(&id) else {
+            return false;
+        };
+        let gone = match entry.removed_at {
+            Some(t) => now.duration_since(t) >= self.options.repair_wait,
+            None => {
+                if entry.cgroup.is_some() {
+                    return false;
+                }
+                // Resumed from a checkpoint: ends when its run is known to be over
+                // (or its log is gone) and the log is read to its end.
+                let Some(log) = entry.log_path.clone() else {
+                    return true;
+                };
+                if !log.exists() {
+                    true
+                } else if self.resolver.is_running(&log) == Some(false) {
+                    let entry = &self.streams[&id];
+                    return entry.assembler.hole().is_none()
+                        && now.duration_since(entry.log_reach.1) >= END_SETTLE;
+                } else {
+                    false
+                }
+            }
+        };
+        let entry = &self.streams[&id];
+        gone || (entry.removed_at.is_some()
+            && entry.assembler.hole().is_none()
+            && entry.assembler.pending_bytes() == 0
+            && now.duration_since(entry.log_reach.1) >= END_SETTLE
+            && (entry.log_path.is_none() || entry.log_reach.0 >= entry.assembler.next_offset()))
+    }
+
+    fn end(&mut self, id: SourceId) {
+        let now = Instant::now();
+        if let Some(entry) = self.streams.get(&id)
+            && let Some((_, end)) = entry.assembler.hole()
+        {
+            self.give_up(id, end, now);
+        }
+        self.hand_on_staged(id);
+        let Some(entry) = self.streams.remove(&id) else {
+            return;
+        };
+        self.pipeline.ended(id, EndReason::Deleted);
+        // The entry stays (closed), so the next start knows this run's log was
+        // shipped by capture and keeps the file source away from it.
+        self.registry.mark_closed(id);
+        tracing::debug!(source = %id, offset = entry.assembler.next_offset(), "stream ended");
+    }
+
+    /// Streams checkpointed by an earlier run: claim their logs and, for runs not
+    /// finished, follow their CRI logs from the checkpointed offset.
+    fn resume_checkpointed(&mut self) {
+        for checkpoint in self.registry.loaded_with_dev(CAPTURE_DEV) {
+            let Some((log_path, stream)) = parse_stream_path(&checkpoint.path) else {
+                continue;
+            };
+            if !log_path.exists() {
+                self.registry.forget(checkpoint.source_id);
+                continue;
+            }
+            self.claims.claim(&log_path);
+            if checkpoint.closed {
+                // Shipped to its end by an earlier run; the entry stays loaded.
+                continue;
+            }
+            let id = checkpoint.source_id;
+            self.registry.register(
+                id,
+                checkpoint.identity,
+                checkpoint.path.clone(),
+                checkpoint.offset,
+            );
+            let info = Arc::new(SourceInfo {
+                id,
+                kind: SourceKind::Capture,
+                path: checkpoint.path.clone(),
+                config_name: self.pipeline_config_name(),
+            });
+            self.pipeline
+                .opened_stream(info, self.options.source, checkpoint.offset, stream);
+            let mut entry = StreamEntry::new(
+                stream,
+                None,
+                Some(log_path),
+                checkpoint.offset,
+                &self.options,
+            );
+            entry.follow_until = Some(u64::MAX);
+            tracing::info!(source = %id, offset = checkpoint.offset, "resuming a captured stream from its CRI log");
+            self.streams.insert(id, entry);
+        }
+    }
+}
+
+impl StreamEntry {
+    fn new(
+        stream: Stream,
+        cgroup: Option<u64>,
+        log_path: Option<PathBuf>,
+        start: u64,
+        options: &CaptureConfig,
+    ) -> StreamEntry {
+        StreamEntry {
+            stream,
+            cgroup,
+            assembler: StreamAssembler::new(start, options.max_pending),
+            log_path,
+            reader: None,
+            staged: BytesMut::new(),
+            staged_time_ns: 0,
+            follow_until: None,
+            removed_at: None,
+            log_reach: (0, Instant::now()),
+            hole_counted: None,
+            malformed_counted: 0,
+        }
+    }
+}
+
+/// A probe event that outlives the ring buffer borrow.
+enum OwnedEvent {
+    Created { cgroup_id: u64, path: Vec<u8> },
+    Bound { cgroup_id: u64, stream: Stream },
+    Removed { cgroup_id: u64 },
+}
+
+impl OwnedEvent {
+    /// `None` for events the stage does not act on.
+    fn from(event: ProbeEvent<'_>) -> Option<OwnedEvent> {
+        match event {
+            ProbeEvent::CgroupCreated { cgroup_id, path } => Some(OwnedEvent::Created {
+                cgroup_id,
+                path: path.to_vec(),
+            }),
+            ProbeEvent::StreamBound {
+                cgroup_id, stream, ..
+            } => Some(OwnedEvent::Bound { cgroup_id, stream }),
+            ProbeEvent::CgroupRemoved { cgroup_id, .. } => Some(OwnedEvent::Removed { cgroup_id }),
+            ProbeEvent::Exec {
+                cgroup_id, tgid, ..
+            } => {
+                tracing::trace!(cgroup_id, tgid, "exec in a captured container");
+                None
+            }
+            ProbeEvent::Exit {
+                cgroup_id, tgid, ..
+            } => {
+                tracing::trace!(cgroup_id, tgid, "exit in a captured container");
+                None
+            }
+            // Data is copied out where it is polled.
+            ProbeEvent::Data { .. } => None,
+        }
+    }
+}
+
+/// `<log path>#stdout`, or `cgroup:<path>#stdout` when the log is unknown.
+fn stream_path(log_path: Option<&Path>, cgroup_path: &[u8], stream: Stream) -> PathBuf {
+    let mut bytes = match log_path {
+        Some(p) => p.as_os_str().as_bytes().to_vec(),
+        None => [b"cgroup:".as_slice(), cgroup_path].concat(),
+    };
+    bytes.push(b'#');
+    bytes.extend_from_slice(stream_name(stream).as_bytes());
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes))
+}
+
+fn parse_stream_path(path: &Path) -> Option<(PathBuf, Stream)> {
+    let bytes = path.as_os_str().as_bytes();
+    let hash = bytes.iter().rposition(|&b| b == b'#')?;
+    let stream = match &bytes[hash + 1..] {
+        b"stdout" => Stream::Stdout,
+        b"stderr" => Stream::Stderr,
+        _ => return None,
+    };
+    let log = &bytes[..hash];
+    if log.starts_with(b"cgroup:") {
+        return None;
+    }
+    Some((PathBuf::from(std::ffi::OsStr::from_bytes(log)), stream))
+}
+
+fn stream_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stderr => "stderr",
+        _ => "stdout",
+    }
+}
+
+/// The checkpoint identity of a captured stream: stable for its path, distinct from
+/// every file's.
+fn stream_identity(path: &Path) -> FileIdentity {
+    let bytes = path.as_os_str().as_bytes();
+    let half = bytes.len() / 2;
+    let inode =
+        (u64::from(crc32fast::hash(bytes)) << 32) | u64::from(crc32fast::hash(&bytes[half..]));
+    FileIdentity {
+        dev: CAPTURE_DEV,
+        inode,
+        fingerprint_len: 0,
+        fingerprint: 0,
+    }
+}
+
+#[cfg(test)]
+#[path = "stage_tests.rs"]
+mod tests;
+
+fn realtime_offset_ns() -> i64 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+    };
+    let mono = read(libc::CLOCK_MONOTONIC);
+    let real = read(libc::CLOCK_REALTIME);
+    real - mono
+}

@@ -1,0 +1,339 @@
+//! The capture stage against scripted probe events, real CRI log files and a real
+//! pipeline: ordering, repair of holes in the middle and at the end of a stream,
+//! holes that cannot be repaired, and resuming a stream from its log after a restart.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+
+use crossbeam_channel::Receiver;
+
+use super::*;
+use crate::batch::Batch;
+use crate::checkpoint::Registry;
+use crate::config::Config;
+use crate::route::Router;
+
+const TS: &str = "2026-11-21T10:45:31.210111144Z";
+
+/// Probe events owned by the script, lent out as `ProbeEvent`s on poll.
+enum Scripted {
+    Created(u64, &'static str),
+    Bound(u64, Stream),
+    Data(u64, Stream, u64, &'static [u8]),
+    Removed(u64),
+}
+
+#[derive(Default)]
+struct ScriptFeed {
+    rounds: VecDeque<Vec<Scripted>>,
+    forgotten: Vec<u64>,
+}
+
+impl EventFeed for ScriptFeed {
+    fn poll(
+        &mut self,
+        _timeout: Duration,
+        on_event: &mut dyn FnMut(ProbeEvent<'_>),
+    ) -> io::Result<usize> {
+        let Some(round) = self.rounds.pop_front() else {
+            std::thread::sleep(Duration::from_millis(5));
+            return Ok(0);
+        };
+        let n = round.len();
+        for e in &round {
+            on_event(match *e {
+                Scripted::Created(cgroup_id, path) => ProbeEvent::CgroupCreated {
+                    cgroup_id,
+                    path: path.as_bytes(),
+                },
+                Scripted::Bound(cgroup_id, stream) => ProbeEvent::StreamBound {
+                    cgroup_id,
+                    stream,
+                    inode: 1,
+                },
+                Scripted::Data(cgroup_id, stream, offset, bytes) => ProbeEvent::Data {
+                    cgroup_id,
+                    stream,
+                    offset,
+                    bytes,
+                    ktime_ns: 1,
+                    tgid: 1,
+                },
+                Scripted::Removed(cgroup_id) => ProbeEvent::CgroupRemoved {
+                    cgroup_id,
+                    path: b"",
+                },
+            });
+        }
+        Ok(n)
+    }
+
+    fn forget(&mut self, cgroup_id: u64) {
+        self.forgotten.push(cgroup_id);
+    }
+}
+
+struct TableResolver {
+    log_path: Option<PathBuf>,
+    running: Option<bool>,
+}
+
+impl ContainerResolver for TableResolver {
+    fn resolve(&mut self, cgroup_path: &[u8]) -> Option<CapturedContainer> {
+        Some(CapturedContainer {
+            id: String::from_utf8_lossy(cgroup_path)
+                .rsplit('/')
+                .next()?
+                .to_string(),
+            log_path: self.log_path.clone(),
+        })
+    }
+
+    fn is_running(&mut self, _log_path: &Path) -> Option<bool> {
+        self.running
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    log: PathBuf,
+    config: Config,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let log = dir.path().join("pods/ns_web_uid/app/0.log");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let config = Config::parse(
+            &format!(
+                "data_dir: {}\nsources:\n  - name: pods\n    include: [\"{}/pods/**/*.log\"]\n    format: cri\n    sink: out\n\
+                 batch: {{max_lines: 1}}\nsinks:\n  out: {{type: blackhole}}\n\
+                 capture: {{enabled: true, reorder_grace: 0s, repair_wait: 300ms}}\n",
+                data_dir.display(),
+                dir.path().display()
+            ),
+            "test",
+        )
+        .unwrap();
+        Fixture {
+            _dir: dir,
+            data_dir,
+            log,
+            config,
+        }
+    }
+
+    fn append_cri(&self, stream: &str, lines: &[&str]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        for l in lines {
+            writeln!(f, "{TS} {stream} F {l}").unwrap();
+        }
+    }
+
+    fn registry(&self) -> SharedRegistry {
+        Arc::new(Registry::open(&self.data_dir.join("checkpoints")).unwrap())
+    }
+
+    fn stage(
+        &self,
+        feed: ScriptFeed,
+        resolver: TableResolver,
+        registry: SharedRegistry,
+    ) -> (
+        CaptureStage<ScriptFeed, TableResolver>,
+        Receiver<Batch>,
+        Arc<Claims>,
+    ) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
+        let pipeline = Pipeline::new(
+            &self.config,
+            Router::new(&self.config.sources, &queues),
+            registry.clone(),
+        );
+        let options = self.config.capture.clone().unwrap();
+        let claims = Arc::new(Claims::new(options.source, options.claim_wait));
+        let stage = CaptureStage::new(options, feed, resolver, pipeline, registry, claims.clone());
+        (stage, rx, claims)
+    }
+}
+
+/// Polls until `rx` delivered `n` lines (or 3 s passed); returns (stream, offset, body).
+fn lines(
+    stage: &mut CaptureStage<ScriptFeed, TableResolver>,
+    rx: &Receiver<Batch>,
+    n: usize,
+) -> Vec<(Stream, u64, String)> {
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < n && start.elapsed() < Duration::from_secs(3) {
+        stage.poll_once(Duration::from_millis(5)).unwrap();
+        for batch in rx.try_iter() {
+            for l in batch.lines {
+                got.push((
+                    l.stream,
+                    l.offset,
+                    String::from_utf8_lossy(&l.body).into_owned(),
+                ));
+            }
+        }
+    }
+    got
+}
+
+fn bodies(lines: &[(Stream, u64, String)]) -> Vec<&str> {
+    lines.iter().map(|(_, _, b)| b.as_str()).collect()
+}
+
+#[test]
+fn a_hole_in_the_middle_is_repaired_from_the_cri_log() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["line1", "line2", "line3"]);
+    fx.append_cri("stderr", &["oops"]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(7, "/kubepods/podu/c1"),
+                Scripted::Bound(7, Stream::Stdout),
+                Scripted::Bound(7, Stream::Stderr),
+            ],
+            vec![
+                Scripted::Data(7, Stream::Stdout, 0, b"line1\n"),
+                // line2 (offsets 6..12) never arrives: the ring was full.
+                Scripted::Data(7, Stream::Stdout, 12, b"line3\n"),
+                Scripted::Data(7, Stream::Stderr, 0, b"oops\n"),
+            ],
+        ]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(true),
+    };
+    let (mut stage, rx, claims) = fx.stage(feed, resolver, fx.registry());
+    let got = lines(&mut stage, &rx, 4);
+    let stdout: Vec<_> = got
+        .iter()
+        .filter(|l| l.0 == Stream::Stdout)
+        .cloned()
+        .collect();
+    assert_eq!(bodies(&stdout), ["line1", "line2", "line3"]);
+    assert_eq!(
+        stdout.iter().map(|l| l.1).collect::<Vec<_>>(),
+        [0, 6, 12],
+        "lines keep their stream offsets"
+    );
+    let stderr: Vec<_> = got
+        .iter()
+        .filter(|l| l.0 == Stream::Stderr)
+        .cloned()
+        .collect();
+    assert_eq!(bodies(&stderr), ["oops"]);
+    assert_eq!(
+        claims.decide(&fx.log, None, std::time::SystemTime::now()),
+        crate::capture::Claim::Skip,
+        "the file source must not ship this container's log a second time"
+    );
+}
+
+#[test]
+fn a_hole_at_the_end_is_found_when_the_container_goes_away() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["first", "lost at the end"]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(3, "/kubepods/podu/c3"),
+                Scripted::Bound(3, Stream::Stdout),
+                Scripted::Data(3, Stream::Stdout, 0, b"first\n"),
+            ],
+            vec![Scripted::Removed(3)],
+        ]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(false),
+    };
+    let registry = fx.registry();
+    let (mut stage, rx, _) = fx.stage(feed, resolver, registry.clone());
+    let got = lines(&mut stage, &rx, 2);
+    assert_eq!(bodies(&got), ["first", "lost at the end"]);
+    // The stream ends once the log stopped growing; its checkpoint stays, closed.
+    let start = Instant::now();
+    while !stage.streams.is_empty() && start.elapsed() < Duration::from_secs(3) {
+        stage.poll_once(Duration::from_millis(5)).unwrap();
+    }
+    assert!(
+        stage.streams.is_empty(),
+        "the stream of a removed cgroup ends"
+    );
+    assert_eq!(stage.feed.forgotten, [3]);
+}
+
+#[test]
+fn a_hole_the_log_cannot_fill_is_given_up_without_gluing_lines() {
+    let fx = Fixture::new();
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([vec![
+            Scripted::Created(9, "/kubepods/podu/c9"),
+            Scripted::Bound(9, Stream::Stdout),
+            Scripted::Data(9, Stream::Stdout, 0, b"before the hole "),
+            Scripted::Data(9, Stream::Stdout, 40, b"after\n"),
+        ]]),
+        ..Default::default()
+    };
+    // No CRI log known: nothing can repair the hole.
+    let resolver = TableResolver {
+        log_path: None,
+        running: Some(true),
+    };
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    let got = lines(&mut stage, &rx, 2);
+    assert_eq!(bodies(&got), ["before the hole ", "after"]);
+    assert_eq!(got[1].1, 40);
+}
+
+#[test]
+fn a_stream_checkpointed_by_an_earlier_run_continues_from_its_log() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["shipped before", "written while down"]);
+    // An earlier run shipped the first line (6 + 8 = 15 bytes) and checkpointed it.
+    {
+        let registry = fx.registry();
+        let path = stream_path(Some(&fx.log), b"", Stream::Stdout);
+        let identity = stream_identity(&path);
+        let id = SourceId::new_unique(CAPTURE_DEV, identity.inode);
+        registry.register(id, identity, path, 0);
+        registry.sent(id, 1, 15);
+        registry.acked(id, 1);
+        registry.persist().unwrap();
+    }
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(true),
+    };
+    let registry = fx.registry();
+    let (mut stage, rx, claims) = fx.stage(ScriptFeed::default(), resolver, registry.clone());
+    assert!(claims.is_claimed(&fx.log));
+    let got = lines(&mut stage, &rx, 1);
+    assert_eq!(bodies(&got), ["written while down"]);
+    assert_eq!(got[0].1, 15);
+    fx.append_cri("stdout", &["and after"]);
+    let got = lines(&mut stage, &rx, 1);
+    assert_eq!(bodies(&got), ["and after"]);
+    // The run ends: the stream is read to the end of its log and closed.
+    stage.resolver.running = Some(false);
+    let start = Instant::now();
+    while !stage.streams.is_empty() && start.elapsed() < Duration::from_secs(3) {
+        stage.poll_once(Duration::from_millis(5)).unwrap();
+    }
+    assert!(stage.streams.is_empty());
+}
