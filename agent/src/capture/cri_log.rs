@@ -3,8 +3,8 @@
 //!
 //! The runtime writes every byte of a container's stdout/stderr into its CRI log as
 //! `<timestamp> <stream> <P|F> <content>` lines: a `P` line carries content only, an
-//! `F` line content plus the newline that ended it. So stream offset = content bytes
-//! + one newline per `F` line, counted per stream from the log's first line — the
+//! `F` line content plus the newline that ended it. So a stream offset counts content
+//! bytes plus one newline per `F` line, per stream from the log's first line: the
 //! same numbering the kernel gives captured bytes, which is what makes a hole in the
 //! captured stream repairable byte for byte.
 //!
@@ -282,7 +282,7 @@ impl CriStreamReader {
                 files.push((name, meta.ino()));
             }
         }
-        files.sort_by(|a, b| family_order(&a.0, &live).cmp(&family_order(&b.0, &live)));
+        files.sort_by_key(|f| family_order(&f.0, &live));
         Ok(files)
     }
 }

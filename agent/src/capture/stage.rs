@@ -672,7 +672,7 @@ fn realtime_offset_ns() -> i64 {
         };
         // SAFETY: `ts` is a valid, writable timespec.
         unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
     };
     let mono = read(libc::CLOCK_MONOTONIC);
     let real = read(libc::CLOCK_REALTIME);
