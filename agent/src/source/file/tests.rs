@@ -946,3 +946,54 @@ fn file_rotated_twice_before_its_predecessor_is_drained_is_still_read() {
     });
     h.stop();
 }
+
+/// Capture ships the containers it claims: their CRI logs (and rotations) are never
+/// read here; a log born after capture started and not claimed is read once
+/// `claim_wait` passed, from its first byte; older logs are read at once.
+#[test]
+fn claimed_cri_logs_are_left_to_capture_and_unclaimed_ones_are_read_after_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.log");
+    append(&old, b"before capture\n");
+    // Birth times are compared with the moment the claims were made.
+    std::thread::sleep(Duration::from_millis(20));
+    let claims = Arc::new(crate::capture::Claims::new(0, Duration::from_millis(400)));
+    let claimed = dir.path().join("claimed.log");
+    claims.claim(&claimed);
+    let mut opts = options(false);
+    opts.claims = Some(claims.clone());
+    let h = Harness::start(
+        vec![config("pods", &glob(dir.path(), "*.log*"), Format::Cri)],
+        opts,
+        Arc::new(MemStore::default()),
+    );
+    h.wait("the pre-capture log read", |r| {
+        r.only(&old)
+            .is_some_and(|(_, s)| s.bytes == b"before capture\n")
+    });
+    append(&claimed, b"captured elsewhere\n");
+    let unclaimed = dir.path().join("new.log");
+    append(&unclaimed, b"first line\n");
+    let started = Instant::now();
+    h.wait("the unclaimed new log read after the wait", |r| {
+        r.only(&unclaimed)
+            .is_some_and(|(_, s)| s.bytes == b"first line\n")
+    });
+    let waited = started.elapsed();
+    // Birth times exist on the file systems tests run on (ext4, tmpfs, overlayfs).
+    assert!(
+        waited >= Duration::from_millis(300),
+        "read after {waited:?}: the claim wait was not honoured"
+    );
+    std::fs::rename(&claimed, dir.path().join("claimed.log.20261121")).unwrap();
+    append(&claimed, b"reopened\n");
+    std::thread::sleep(Duration::from_millis(600));
+    h.with(|r| {
+        assert!(r.at(&claimed).is_empty(), "a claimed log was read");
+        assert!(
+            r.at(&dir.path().join("claimed.log.20261121")).is_empty(),
+            "a rotation of a claimed log was read"
+        );
+    });
+    h.stop();
+}
