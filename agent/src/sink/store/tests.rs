@@ -82,6 +82,7 @@ fn batch(
         package_id,
         lines,
         fields: Vec::new(),
+        source_fields: Default::default(),
         end_offset: records.end * 10,
     }
 }
@@ -835,6 +836,7 @@ fn cri_batch(
             })
             .collect(),
         fields: Vec::new(),
+        source_fields: Default::default(),
         end_offset,
     }
 }
