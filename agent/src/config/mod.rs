@@ -134,7 +134,8 @@ pub struct BatchConfig {
 pub struct KubernetesConfig {
     /// Watch the API and attach pod metadata (and the node name) to every line.
     pub enabled: bool,
-    /// `None`: in-cluster service account, else kubeconfig.
+    /// `None`: inferred as kube does (a kubeconfig if there is one, else the
+    /// in-cluster service account).
     pub api_url: Option<String>,
     pub node_name: String,
     /// Bound on holding a new container source's first package for its pod metadata.

@@ -35,7 +35,8 @@ pub struct RawKubernetes {
     /// when `api_url` is given.
     #[serde(default)]
     pub enabled: Option<bool>,
-    /// The API server's URL; default: the in-cluster service account (or kubeconfig).
+    /// An API server reached without credentials (`kubectl proxy`, tests); default: a
+    /// kubeconfig if there is one, else the in-cluster service account.
     #[serde(default)]
     pub api_url: Option<String>,
     /// This node's name; default: `NODE_NAME` from the environment, else the hostname.

@@ -30,7 +30,7 @@ impl Kubernetes {
             Ok(watcher) => {
                 tracing::info!(
                     node = %config.node_name,
-                    api = config.api_url.as_deref().unwrap_or("in-cluster"),
+                    api = config.api_url.as_deref().unwrap_or("inferred (kubeconfig or in-cluster)"),
                     "watching this node's pods for metadata"
                 );
                 Some(watcher)
