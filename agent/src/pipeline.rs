@@ -18,6 +18,8 @@ use bytes::Bytes;
 use crate::batch::BatchBuilder;
 use crate::checkpoint::{Registry, SharedRegistry};
 use crate::config::{Config, Format};
+use crate::discovery::PodLogRef;
+use crate::enrich::{Enricher, Kubernetes, SourceEnrichment};
 use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
@@ -99,6 +101,7 @@ pub fn run(
         registry.clone(),
     );
     drop(queues);
+    let kubernetes = start_kubernetes(&config, &options, &mut pipeline);
 
     let result = source.run(&mut pipeline, &shutdown);
     let summary = RunSummary {
@@ -111,6 +114,9 @@ pub fn run(
     // unacknowledged and is read again next start), then let the workers drain.
     pipeline.seal_all();
     drop(pipeline);
+    if let Some(kubernetes) = kubernetes {
+        kubernetes.stop();
+    }
     let mut sink_failure = None;
     for (name, w) in workers {
         match w.join() {
@@ -129,6 +135,26 @@ pub fn run(
         return Err(e);
     }
     Ok(summary)
+}
+
+/// Starts the pod watcher when the `kubernetes` section enables it and lets the
+/// pipeline enrich with its cache.
+fn start_kubernetes(
+    config: &Config,
+    options: &RunOptions,
+    pipeline: &mut Pipeline,
+) -> Option<Kubernetes> {
+    if !config.kubernetes.enabled {
+        return None;
+    }
+    let kubernetes = Kubernetes::start(&config.kubernetes);
+    // A one-shot run reads and ends every file at once, before a held package could
+    // see its pod: it waits for the first answer of the API instead (bounded too).
+    if options.oneshot && !kubernetes.wait_until_up(config.kubernetes.metadata_wait) {
+        tracing::warn!("Kubernetes API not answering: one-shot run ships path fields only");
+    }
+    pipeline.set_enricher(kubernetes.enricher().clone());
+    Some(kubernetes)
 }
 
 fn spawn_checkpointer(
@@ -172,6 +198,8 @@ struct Slot {
     builder: BatchBuilder,
     /// For a captured container stream: the stream its raw-framed lines belong to.
     stream: Option<Stream>,
+    /// The source's fields (pod metadata) when enrichment is on.
+    enrichment: Option<SourceEnrichment>,
 }
 
 /// Frame → parse → batch → route, run on the source thread.
@@ -189,6 +217,8 @@ pub struct Pipeline {
     tick_ids: Vec<SourceId>,
     /// Total time spent blocked handing packages to full sink queues (see `unstalled`).
     stalled: Duration,
+    /// Names sources by their pod (the `kubernetes` section); `None`: no source fields.
+    enricher: Option<Arc<Enricher>>,
     lines: u64,
     bytes: u64,
     packages: u64,
@@ -210,6 +240,7 @@ impl Pipeline {
             chunk_utf8: None,
             tick_ids: Vec::new(),
             stalled: Duration::ZERO,
+            enricher: None,
             lines: 0,
             bytes: 0,
             packages: 0,
@@ -266,7 +297,7 @@ impl Pipeline {
             metrics::counter!("logtap_parse_failures_total", "parser" => parser.kind())
                 .increment(parse_failed);
         }
-        if slot.builder.is_due(now) {
+        if slot.builder.is_due(now) && !held_for_metadata(slot, self.enricher.as_deref(), now) {
             self.ship(source);
         }
     }
@@ -276,6 +307,7 @@ impl Pipeline {
         let Some(slot) = self.slots.get_mut(&source) else {
             return;
         };
+        attach_source_fields(slot, self.enricher.as_deref());
         let end_offset = slot.framer.resume_offset();
         let Some(batch) = slot.builder.seal(end_offset) else {
             return;
@@ -300,6 +332,7 @@ impl Pipeline {
         config: usize,
         start_offset: u64,
         stream: Stream,
+        container: Option<(PodLogRef, Option<String>)>,
     ) {
         let source_config = &self.config.sources[config];
         let framer = Framer::new(
@@ -308,11 +341,20 @@ impl Pipeline {
             source_config.multiline.clone(),
             start_offset,
         );
-        let builder = BatchBuilder::new(
+        let mut builder = BatchBuilder::new(
             info.clone(),
             self.registry.next_package_id(info.id),
             self.config.batch.clone(),
         );
+        // The stream's name is not a log path: its container comes from the caller.
+        let enrichment = match (&self.enricher, container) {
+            (Some(enricher), Some((log, container_id))) => {
+                let e = enricher.track_container(log, container_id, Instant::now());
+                builder.set_source_fields(e.fields().clone());
+                Some(e)
+            }
+            _ => None,
+        };
         tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, "stream opened");
         self.slots.insert(
             info.id,
@@ -321,6 +363,7 @@ impl Pipeline {
                 framer,
                 builder,
                 stream: Some(stream),
+                enrichment,
             },
         );
     }
@@ -370,6 +413,38 @@ impl Pipeline {
         );
     }
 
+    /// Enriches every source opened from now on with `enricher`'s fields.
+    pub fn set_enricher(&mut self, enricher: Arc<Enricher>) {
+        self.enricher = Some(enricher);
+    }
+
+    /// The enrichment of a source opening now, its current fields set on `builder`.
+    fn start_enrichment(
+        &self,
+        info: &SourceInfo,
+        builder: &mut BatchBuilder,
+    ) -> Option<SourceEnrichment> {
+        let enrichment = self
+            .enricher
+            .as_ref()?
+            .track_path(&info.path, Instant::now());
+        builder.set_source_fields(enrichment.fields().clone());
+        Some(enrichment)
+    }
+
+    /// Publishes how many sources hold a package for their pod's metadata.
+    fn publish_held(&self) {
+        if self.enricher.is_some() {
+            let held = self
+                .slots
+                .values()
+                .filter(|s| !s.builder.is_empty())
+                .filter(|s| s.enrichment.as_ref().is_some_and(|e| e.is_holding()))
+                .count();
+            metrics::gauge!("logtap_enrich_held_packages").set(held as f64);
+        }
+    }
+
     /// Ships every pending package (shutdown).
     pub fn seal_all(&mut self) {
         let ids: Vec<SourceId> = self.slots.keys().copied().collect();
@@ -402,11 +477,12 @@ impl SourceEvents for Pipeline {
         {
             framer.accept_carry(carry);
         }
-        let builder = BatchBuilder::new(
+        let mut builder = BatchBuilder::new(
             info.clone(),
             self.registry.next_package_id(info.id),
             self.config.batch.clone(),
         );
+        let enrichment = self.start_enrichment(&info, &mut builder);
         tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, "source opened");
         self.slots.insert(
             info.id,
@@ -415,6 +491,7 @@ impl SourceEvents for Pipeline {
                 framer,
                 builder,
                 stream: None,
+                enrichment,
             },
         );
     }
@@ -450,6 +527,30 @@ impl SourceEvents for Pipeline {
         }
         ids.clear();
         self.tick_ids = ids;
+        self.publish_held();
+    }
+}
+
+/// Whether the slot's due package waits for its pod's metadata (see
+/// [`SourceEnrichment`]); a full package never waits.
+fn held_for_metadata(slot: &mut Slot, enricher: Option<&Enricher>, now: Instant) -> bool {
+    match (slot.enrichment.as_mut(), enricher) {
+        (Some(enrichment), Some(enricher)) if enrichment.is_holding() => {
+            !slot.builder.is_full() && enrichment.poll(enricher, now)
+        }
+        _ => false,
+    }
+}
+
+/// Brings the fields of the package about to be sealed up to date, ending any hold:
+/// it ships now, with what is known.
+fn attach_source_fields(slot: &mut Slot, enricher: Option<&Enricher>) {
+    if slot.builder.is_empty() {
+        return;
+    }
+    if let (Some(enrichment), Some(enricher)) = (slot.enrichment.as_mut(), enricher) {
+        enrichment.release(enricher);
+        slot.builder.set_source_fields(enrichment.fields().clone());
     }
 }
 
@@ -559,5 +660,79 @@ mod tests {
                 Bytes::from_static(b"S three"),
             ]
         );
+    }
+
+    /// A new container's package waits (without blocking the reader) until its pod is
+    /// known, then ships with every field; a host file's ships at once with the node.
+    #[test]
+    fn container_package_waits_for_its_pod_and_host_package_does_not() {
+        use crate::discovery::PodCache;
+        use k8s_openapi::api::core::v1::Pod;
+
+        const UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            "sources:\n  - name: all\n    include: [\"/x/**\"]\n    sink: out\n\
+             batch: {timeout: 0s}\nsinks:\n  out: {type: blackhole}\n",
+            "test",
+        )
+        .unwrap();
+        let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+        let (tx, rx) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
+        let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
+        let mut pipeline = Pipeline::new(
+            &config,
+            Router::new(&config.sources, &queues),
+            registry.clone(),
+        );
+        drop(queues);
+        let cache = PodCache::new(Vec::new(), Duration::from_secs(60));
+        pipeline.set_enricher(Arc::new(Enricher::new(
+            cache.clone(),
+            "node-a",
+            Duration::from_secs(30),
+        )));
+
+        let pod_path = format!("/var/log/pods/shop_cart_{UID}/app/0.log");
+        let container = crate::source::registered_test_source(&registry, 1, &pod_path);
+        let host = crate::source::registered_test_source(&registry, 2, "/x/syslog");
+        for info in [container.clone(), host.clone()] {
+            let identity = registry.lookup(1, info.id.0).expect("registered").identity;
+            pipeline.opened(info, 0, identity, 0, None);
+        }
+        pipeline.data(container.id, 0, Bytes::from_static(b"one\n"));
+        pipeline.data(host.id, 0, Bytes::from_static(b"boot\n"));
+        pipeline.tick(Instant::now());
+        let host_batch = rx.try_recv().expect("the host package ships at once");
+        assert_eq!(host_batch.source.id, host.id);
+        assert_eq!(
+            *host_batch.source_fields,
+            vec![(
+                Bytes::from_static(b"k8s.node"),
+                Bytes::from_static(b"node-a")
+            )]
+        );
+        assert!(rx.try_recv().is_err(), "the container's package is held");
+
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "shop", "name": "cart", "uid": UID,
+                         "labels": {"app": "cart"}},
+            "spec": {"containers": [{"name": "app", "image": "shop/cart:2"}]},
+        }))
+        .unwrap();
+        cache.apply_pod(&pod);
+        pipeline.tick(Instant::now());
+        let batch = rx.try_recv().expect("shipped once the pod is known");
+        assert_eq!(batch.source.id, container.id);
+        assert_eq!(batch.lines.len(), 1);
+        let get = |key: &str| {
+            batch
+                .source_fields
+                .iter()
+                .find(|(k, _)| k[..] == *key.as_bytes())
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("container.image").as_deref(), Some(&b"shop/cart:2"[..]));
+        assert_eq!(get("k8s.pod.label.app").as_deref(), Some(&b"cart"[..]));
     }
 }

@@ -1,9 +1,14 @@
 //! The wire and storage form of a package: a compact payload, lz4-compressed.
 //!
-//! # Payload format (version 2, columnar)
+//! # Payload format (version 3, columnar)
 //!
 //! ```text
-//! payload := version:u8 (=2) line_count:varint
+//! payload := version:u8 (=3)
+//!            source_field_count:varint
+//!            (key_len:varint key value_len:varint value) × source_field_count
+//!                                                  `Batch::source_fields`: fields of
+//!                                                  every line, stored once
+//!            line_count:varint
 //!            offset_delta:varint     × line_count  first line: absolute offset; then the
 //!                                                  difference to the previous line's
 //!                                                  offset (wrapping u64)
@@ -18,6 +23,9 @@
 //!            (key_len:varint key value_len:varint value) × Σ field_count, in line order
 //! varint  := unsigned LEB128, at most 10 bytes
 //! ```
+//!
+//! Version 2 (still read, no longer written) is version 3 without the source fields:
+//! `version:u8 (=2) line_count:varint …` as above.
 //!
 //! Offsets of a package increase, so deltas are small; they wrap rather than fail so
 //! that any sequence of lines round-trips. Nothing may follow the last field.
@@ -59,7 +67,9 @@ use super::{Batch, Field};
 use crate::frame::{LineFlags, Stream};
 
 /// The payload version this module writes.
-pub const PAYLOAD_VERSION: u8 = 2;
+pub const PAYLOAD_VERSION: u8 = 3;
+/// Columns without source fields; still decoded.
+const PAYLOAD_VERSION_2: u8 = 2;
 /// The interleaved layout of the first stores; still decoded.
 const PAYLOAD_VERSION_1: u8 = 1;
 
@@ -82,11 +92,19 @@ pub struct Record {
     pub fields: Vec<(Bytes, Bytes)>,
 }
 
+/// A decoded package: its source fields and its records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Package {
+    /// Fields of every record (`Batch::source_fields`); empty before version 3.
+    pub source_fields: Vec<(Bytes, Bytes)>,
+    pub records: Vec<Record>,
+}
+
 #[derive(thiserror::Error, Debug)]
 pub enum CodecError {
     #[error("payload is empty")]
     Empty,
-    #[error("unsupported payload version {0} (this build reads 1 and {PAYLOAD_VERSION})")]
+    #[error("unsupported payload version {0} (this build reads 1 to {PAYLOAD_VERSION})")]
     UnsupportedVersion(u8),
     #[error("payload truncated while reading {0}")]
     Truncated(&'static str),
@@ -136,13 +154,25 @@ pub fn encode_payload(batch: &Batch, out: &mut Vec<u8>) {
         .fields
         .iter()
         .map(|f| f.key.len() + f.value.len() + 2 * MAX_VARINT_LEN)
-        .sum();
+        .sum::<usize>()
+        + batch
+            .source_fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2 * MAX_VARINT_LEN)
+            .sum::<usize>();
     out.reserve(
-        1 + MAX_VARINT_LEN + batch.body_bytes() + batch.lines.len() * per_line + field_bytes,
+        1 + 2 * MAX_VARINT_LEN + batch.body_bytes() + batch.lines.len() * per_line + field_bytes,
     );
 
     let lines = &batch.lines;
     out.push(PAYLOAD_VERSION);
+    put_varint(out, batch.source_fields.len() as u64);
+    for (key, value) in batch.source_fields.iter() {
+        put_varint(out, key.len() as u64);
+        out.extend_from_slice(key);
+        put_varint(out, value.len() as u64);
+        out.extend_from_slice(value);
+    }
     put_varint(out, lines.len() as u64);
     let mut previous_offset = 0u64;
     for line in lines {
@@ -270,18 +300,44 @@ pub fn decompress(compressed: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError
     Ok(())
 }
 
-/// Decodes a payload (version 1 or 2) into owned records; bodies, keys and values are
-/// slices of `payload`.
+/// Decodes a payload (version 1 to 3) into its records, dropping the source fields
+/// (see [`decode_package`]); bodies, keys and values are slices of `payload`.
 pub fn decode_payload(payload: &Bytes) -> Result<Vec<Record>, CodecError> {
+    decode_package(payload).map(|p| p.records)
+}
+
+/// Decodes a payload (version 1 to 3) into its source fields and records; bodies, keys
+/// and values are slices of `payload`.
+pub fn decode_package(payload: &Bytes) -> Result<Package, CodecError> {
     let mut reader = Reader { payload, pos: 0 };
     let version = reader.byte("version").map_err(|_| CodecError::Empty)?;
-    let records = match version {
-        PAYLOAD_VERSION => decode_columns(&mut reader)?,
-        PAYLOAD_VERSION_1 => decode_interleaved(&mut reader)?,
+    let package = match version {
+        PAYLOAD_VERSION => {
+            let count = reader.varint("source field count")?;
+            // Each field takes at least 2 bytes.
+            let mut source_fields = Vec::with_capacity(bounded(count, reader.remaining() / 2));
+            for _ in 0..count {
+                let key = reader.bytes("source field key")?;
+                let value = reader.bytes("source field value")?;
+                source_fields.push((key, value));
+            }
+            Package {
+                source_fields,
+                records: decode_columns(&mut reader)?,
+            }
+        }
+        PAYLOAD_VERSION_2 => Package {
+            source_fields: Vec::new(),
+            records: decode_columns(&mut reader)?,
+        },
+        PAYLOAD_VERSION_1 => Package {
+            source_fields: Vec::new(),
+            records: decode_interleaved(&mut reader)?,
+        },
         other => return Err(CodecError::UnsupportedVersion(other)),
     };
     match reader.remaining() {
-        0 => Ok(records),
+        0 => Ok(package),
         n => Err(CodecError::TrailingBytes(n)),
     }
 }
@@ -301,7 +357,7 @@ fn flags_of(flags: u64) -> Result<LineFlags, CodecError> {
     ))
 }
 
-/// Version 2: one column after the other (see the module docs).
+/// Versions 2 and 3: one column after the other (see the module docs).
 fn decode_columns(reader: &mut Reader<'_>) -> Result<Vec<Record>, CodecError> {
     let count = reader.varint("line count")?;
     // Each line takes at least 6 column bytes: never reserve more than the input holds.
@@ -468,7 +524,31 @@ mod tests {
                 .map_or(0, |l| l.offset + l.body.len() as u64 + 1),
             lines,
             fields,
+            source_fields: Arc::default(),
         }
+    }
+
+    fn with_source_fields(mut b: Batch, pairs: &[(&'static str, &'static str)]) -> Batch {
+        b.source_fields = Arc::new(
+            pairs
+                .iter()
+                .map(|&(k, v)| {
+                    (
+                        Bytes::from_static(k.as_bytes()),
+                        Bytes::from_static(v.as_bytes()),
+                    )
+                })
+                .collect(),
+        );
+        b
+    }
+
+    /// A version 2 payload of `batch`: version 3 without its (empty) source fields.
+    fn encode_payload_v2(batch: &Batch, out: &mut Vec<u8>) {
+        assert!(batch.source_fields.is_empty());
+        encode_payload(batch, out);
+        assert_eq!(out[..2], [PAYLOAD_VERSION, 0]);
+        out.splice(..2, [PAYLOAD_VERSION_2]);
     }
 
     fn line(offset: u64, timestamp_ns: i64, body: &'static [u8]) -> Line {
@@ -587,7 +667,7 @@ mod tests {
         let b = batch(vec![], vec![]);
         let mut payload = Vec::new();
         encode_payload(&b, &mut payload);
-        assert_eq!(payload, [PAYLOAD_VERSION, 0]);
+        assert_eq!(payload, [PAYLOAD_VERSION, 0, 0]);
         assert!(round_trip(&b).is_empty());
     }
 
@@ -612,16 +692,78 @@ mod tests {
     }
 
     #[test]
-    fn decoded_bodies_are_slices_of_the_payload() {
+    fn source_fields_round_trip_once_per_package() {
+        let mut b = with_source_fields(
+            batch(
+                vec![line(0, 0, b"one"), line(4, 1, b"two")],
+                vec![field(1, b"level", b"info")],
+            ),
+            &[
+                ("k8s.pod", "web-1"),
+                ("k8s.pod.label.app", "demo"),
+                ("", ""),
+            ],
+        );
+        Arc::make_mut(&mut b.source_fields)
+            .push((Bytes::from_static(b"bin"), Bytes::from_static(b"\xff\x00")));
+        let mut payload = Vec::new();
+        encode_payload(&b, &mut payload);
+        assert_eq!(
+            memchr::memmem::find_iter(&payload, b"web-1").count(),
+            1,
+            "stored once, not per line"
+        );
+        let package = decode_package(&Bytes::from(payload.clone())).unwrap();
+        assert_eq!(package.source_fields, *b.source_fields);
+        assert_eq!(package.records, expected(&b));
+        // Readers of records only (older callers) still get the records.
+        assert_eq!(
+            decode_payload(&Bytes::from(payload.clone())).unwrap(),
+            expected(&b)
+        );
+        for cut in 1..payload.len() {
+            let truncated = Bytes::copy_from_slice(&payload[..cut]);
+            assert!(decode_package(&truncated).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn version_2_payloads_still_decode_without_source_fields() {
         let b = batch(
-            vec![line(0, 0, b"first body"), line(11, 1, b"second")],
-            vec![field(1, b"key", b"value")],
+            vec![line(10, 5, b"hello "), line(20, 6, b"world")],
+            vec![field(0, b"k", b"v")],
+        );
+        let mut payload = Vec::new();
+        encode_payload_v2(&b, &mut payload);
+        // The exact bytes version 2 wrote.
+        assert_eq!(
+            payload,
+            b"\x02\x02\x0a\x0a\x0a\x02\x01\x01\x00\x00\x06\x05\x01\x00hello world\x01k\x01v"
+        );
+        let package = decode_package(&Bytes::from(payload)).unwrap();
+        assert!(package.source_fields.is_empty());
+        assert_eq!(package.records, expected(&b));
+    }
+
+    #[test]
+    fn decoded_bodies_are_slices_of_the_payload() {
+        let b = with_source_fields(
+            batch(
+                vec![line(0, 0, b"first body"), line(11, 1, b"second")],
+                vec![field(1, b"key", b"value")],
+            ),
+            &[("k8s.pod", "web-1")],
         );
         let mut payload = Vec::new();
         encode_payload(&b, &mut payload);
         let payload = Bytes::from(payload);
         let range = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
-        for r in decode_payload(&payload).unwrap() {
+        let package = decode_package(&payload).unwrap();
+        for (k, v) in &package.source_fields {
+            assert!(range.contains(&(k.as_ptr() as usize)));
+            assert!(range.contains(&(v.as_ptr() as usize)));
+        }
+        for r in package.records {
             assert!(range.contains(&(r.body.as_ptr() as usize)));
             for (k, v) in &r.fields {
                 assert!(range.contains(&(k.as_ptr() as usize)));
@@ -647,9 +789,12 @@ mod tests {
 
     #[test]
     fn corrupt_payloads_are_errors() {
-        let b = batch(
-            vec![line(10, 5, b"hello"), line(20, 6, b"world")],
-            vec![field(1, b"k", b"v")],
+        let b = with_source_fields(
+            batch(
+                vec![line(10, 5, b"hello"), line(20, 6, b"world")],
+                vec![field(1, b"k", b"v")],
+            ),
+            &[("s", "t")],
         );
         let mut payload = Vec::new();
         encode_payload(&b, &mut payload);
@@ -674,9 +819,10 @@ mod tests {
             decode_payload(&Bytes::from(trailing)),
             Err(CodecError::TrailingBytes(1))
         ));
-        // Stream byte of the first line: version, count, two offsets, two timestamps.
+        // Stream byte of the first line: version, the source field (count, 1s, 1t), line
+        // count, two offsets, two timestamps.
         let mut bad_stream = payload.clone();
-        bad_stream[6] = 3;
+        bad_stream[11] = 3;
         assert!(matches!(
             decode_payload(&Bytes::from(bad_stream)),
             Err(CodecError::InvalidStream(3))
@@ -731,7 +877,7 @@ mod tests {
         encode_payload(&b, &mut payload);
         assert_eq!(
             payload,
-            b"\x02\x02\x0a\x0a\x0a\x02\x01\x01\x00\x00\x06\x05\x01\x00hello world\x01k\x01v"
+            b"\x03\x00\x02\x0a\x0a\x0a\x02\x01\x01\x00\x00\x06\x05\x01\x00hello world\x01k\x01v"
         );
     }
 
@@ -837,7 +983,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_batches_round_trip(lines in prop::collection::vec(arbitrary_line(), 0..20)) {
+        fn arbitrary_batches_round_trip(
+            lines in prop::collection::vec(arbitrary_line(), 0..20),
+            source_fields in prop::collection::vec(
+                (prop::collection::vec(any::<u8>(), 0..10), prop::collection::vec(any::<u8>(), 0..30)),
+                0..4,
+            ),
+        ) {
             let mut fields = Vec::new();
             let mut batch_lines = Vec::new();
             for (i, (line, line_fields)) in lines.into_iter().enumerate() {
@@ -847,10 +999,22 @@ mod tests {
                 }
             }
             let b = batch(batch_lines, fields);
-            prop_assert_eq!(round_trip(&b), expected(&b));
             let mut v1 = Vec::new();
             encode_payload_v1(&b, &mut v1);
             prop_assert_eq!(decode_payload(&Bytes::from(v1)).unwrap(), expected(&b));
+            let mut v2 = Vec::new();
+            encode_payload_v2(&b, &mut v2);
+            prop_assert_eq!(decode_payload(&Bytes::from(v2)).unwrap(), expected(&b));
+
+            let mut b = b;
+            b.source_fields = Arc::new(
+                source_fields.into_iter().map(|(k, v)| (Bytes::from(k), Bytes::from(v))).collect(),
+            );
+            prop_assert_eq!(round_trip(&b), expected(&b));
+            let mut v3 = Vec::new();
+            encode_payload(&b, &mut v3);
+            let package = decode_package(&Bytes::from(v3)).unwrap();
+            prop_assert_eq!(&package.source_fields, &*b.source_fields);
         }
 
         #[test]
@@ -873,7 +1037,7 @@ mod tests {
         #[test]
         fn random_payloads_never_panic(
             mut bytes in prop::collection::vec(any::<u8>(), 0..200),
-            version in prop::sample::select(vec![PAYLOAD_VERSION_1, PAYLOAD_VERSION]),
+            version in prop::sample::select(vec![PAYLOAD_VERSION_1, PAYLOAD_VERSION_2, PAYLOAD_VERSION]),
         ) {
             if let Some(first) = bytes.first_mut() {
                 *first = version;

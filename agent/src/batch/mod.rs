@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::enrich::SourceFields;
 use crate::frame::Line;
 use crate::source::SourceInfo;
 
@@ -38,6 +39,10 @@ pub struct Batch {
     pub lines: Vec<Line>,
     /// Parsed fields, grouped by line in line order (column-like, not per-line maps).
     pub fields: Vec<Field>,
+    /// Fields of every line of the package: what the source is (pod, namespace,
+    /// container, labels…, see [`crate::enrich`]). Shared by the packages of a source
+    /// until its metadata changes; empty when nothing is known or enrichment is off.
+    pub source_fields: Arc<SourceFields>,
     /// Where reading must resume once this package and all earlier ones of the same
     /// source are acknowledged: the offset just past the last record in it.
     pub end_offset: u64,
@@ -71,6 +76,7 @@ pub struct BatchBuilder {
     fields: Vec<Field>,
     body_bytes: usize,
     opened_at: Option<std::time::Instant>,
+    source_fields: Arc<SourceFields>,
     limits: crate::config::BatchConfig,
     /// Lines of the last sealed package. Packages are sealed between chunks, so they
     /// overshoot `max_lines` by up to a chunk's lines; sizing the next one from the
@@ -91,6 +97,7 @@ impl BatchBuilder {
             fields: Vec::new(),
             body_bytes: 0,
             opened_at: None,
+            source_fields: Arc::default(),
             limits,
             last_len: 0,
         }
@@ -102,6 +109,11 @@ impl BatchBuilder {
 
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
+    }
+
+    /// The source fields the packages sealed from now on carry.
+    pub fn set_source_fields(&mut self, fields: Arc<SourceFields>) {
+        self.source_fields = fields;
     }
 
     /// Index the next pushed line will have (what parsers tag their fields with).
@@ -128,11 +140,16 @@ impl BatchBuilder {
     /// Whether a size limit is reached or the oldest record waited `timeout`.
     pub fn is_due(&self, now: std::time::Instant) -> bool {
         !self.lines.is_empty()
-            && (self.body_bytes >= self.limits.max_bytes
-                || self.lines.len() >= self.limits.max_lines
+            && (self.is_full()
                 || self
                     .opened_at
                     .is_some_and(|t| now.duration_since(t) >= self.limits.timeout))
+    }
+
+    /// Whether a size limit (bytes or records) is reached: a package that must not
+    /// wait any longer, whatever else would hold it.
+    pub fn is_full(&self) -> bool {
+        self.body_bytes >= self.limits.max_bytes || self.lines.len() >= self.limits.max_lines
     }
 
     /// Seals the current records into a package ending at `end_offset` (None if empty).
@@ -145,6 +162,7 @@ impl BatchBuilder {
             package_id: self.next_package_id,
             lines: std::mem::take(&mut self.lines),
             fields: std::mem::take(&mut self.fields),
+            source_fields: self.source_fields.clone(),
             end_offset,
         };
         self.next_package_id += 1;

@@ -41,6 +41,7 @@ use super::event::ProbeEvent;
 use super::stream::{Run, StreamAssembler};
 use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
+use crate::discovery::PodLogRef;
 use crate::frame::Stream;
 use crate::pipeline::Pipeline;
 use crate::source::file::{EndReason, FileIdentity, SourceEvents};
@@ -266,8 +267,12 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             path,
             config_name: self.pipeline_config_name(),
         });
+        let pod = log_path
+            .as_deref()
+            .and_then(PodLogRef::from_path)
+            .map(|log| (log, container.as_ref().map(|c| c.id.clone())));
         self.pipeline
-            .opened_stream(info, self.options.source, 0, stream);
+            .opened_stream(info, self.options.source, 0, stream, pod);
         self.bound.insert((cgroup_id, stream), id);
         self.streams.insert(
             id,
@@ -534,8 +539,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 path: checkpoint.path.clone(),
                 config_name: self.pipeline_config_name(),
             });
+            let pod = PodLogRef::from_path(&log_path).map(|log| (log, None));
             self.pipeline
-                .opened_stream(info, self.options.source, checkpoint.offset, stream);
+                .opened_stream(info, self.options.source, checkpoint.offset, stream, pod);
             let mut entry = StreamEntry::new(
                 stream,
                 None,

@@ -129,6 +129,25 @@ pub struct BatchConfig {
     pub timeout: Duration,
 }
 
+/// Pod metadata from the Kubernetes API (the `kubernetes:` section).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// Watch the API and attach pod metadata (and the node name) to every line.
+    pub enabled: bool,
+    /// `None`: inferred as kube does (a kubeconfig if there is one, else the
+    /// in-cluster service account).
+    pub api_url: Option<String>,
+    pub node_name: String,
+    /// Bound on holding a new container source's first package for its pod metadata.
+    pub metadata_wait: Duration,
+    /// Annotation keys copied onto lines.
+    pub annotations: Vec<String>,
+}
+
+/// The longest `kubernetes.metadata_wait` accepted: a held source pins a package of
+/// memory, and its lines' latency grows by the wait.
+const MAX_METADATA_WAIT: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Checkpoints live here, and the default store below it.
@@ -148,6 +167,7 @@ pub struct Config {
     pub sinks: BTreeMap<Arc<str>, SinkConfig>,
     /// eBPF capture of container streams; `None` when disabled.
     pub capture: Option<CaptureConfig>,
+    pub kubernetes: KubernetesConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -194,7 +214,18 @@ impl Config {
         })
     }
 
+    /// Second step: validation. Defaults that depend on where the agent runs (the
+    /// `kubernetes` section's) are read from the process environment.
     pub fn from_raw(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
+        Config::from_raw_in(raw, file, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_raw`] with `env` in place of the process environment.
+    pub fn from_raw_in(
+        raw: raw::RawConfig,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let v = Validator::new(file);
         let data_dir = PathBuf::from(&raw.data_dir);
         let metrics_listen = match raw.metrics.listen.as_deref() {
@@ -294,6 +325,7 @@ impl Config {
             batch,
             sources,
             sinks,
+            kubernetes: v.kubernetes(&raw.kubernetes, env)?,
         })
     }
 }
@@ -531,6 +563,68 @@ impl Validator {
         })
     }
 
+    pub(crate) fn kubernetes(
+        &self,
+        k: &raw::RawKubernetes,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<KubernetesConfig, ConfigError> {
+        let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        if let Some(url) = &k.api_url {
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                return Err(self.invalid(
+                    "kubernetes.api_url",
+                    format!("{url:?}: expected http(s)://HOST[:PORT]"),
+                ));
+            }
+        }
+        let in_cluster = non_empty(env("KUBERNETES_SERVICE_HOST")).is_some();
+        let enabled = k.enabled.unwrap_or(in_cluster || k.api_url.is_some());
+        let node_name = match &k.node_name {
+            Some(name) if name.trim().is_empty() => {
+                return Err(self.invalid("kubernetes.node_name", "must not be empty".into()));
+            }
+            Some(name) => name.clone(),
+            None => non_empty(env("NODE_NAME"))
+                .or_else(hostname)
+                .unwrap_or_default(),
+        };
+        if enabled && node_name.is_empty() {
+            return Err(self.invalid(
+                "kubernetes.node_name",
+                "not set, and neither NODE_NAME nor the hostname names this node".into(),
+            ));
+        }
+        let metadata_wait = self.duration("kubernetes.metadata_wait", &k.metadata_wait)?;
+        if metadata_wait > MAX_METADATA_WAIT {
+            return Err(self.invalid(
+                "kubernetes.metadata_wait",
+                format!(
+                    "{:?}: at most {}",
+                    k.metadata_wait,
+                    humantime::format_duration(MAX_METADATA_WAIT)
+                ),
+            ));
+        }
+        for (i, key) in k.annotations.iter().enumerate() {
+            if key.is_empty() {
+                return Err(self.invalid(
+                    &format!("kubernetes.annotations[{i}]"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        Ok(KubernetesConfig {
+            enabled,
+            api_url: k.api_url.clone(),
+            node_name,
+            metadata_wait,
+            annotations: k.annotations.clone(),
+        })
+    }
+
     /// `data_dir` places a store that names no path.
     pub(crate) fn sink(
         &self,
@@ -564,6 +658,21 @@ impl Validator {
             raw::RawSink::Blackhole {} => SinkConfig::Null,
         })
     }
+}
+
+/// This machine's hostname, if it has one.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    std::str::from_utf8(&buf[..len])
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
 }
 
 /// Parses `1024`, `64KiB`, `1MiB`, `10GB` (powers of 1024 for `Ki`/`Mi`/`Gi` and of

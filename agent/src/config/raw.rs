@@ -26,6 +26,8 @@ pub struct RawConfig {
     /// eBPF capture of container stdout/stderr (see docs/capture.md).
     #[serde(default)]
     pub capture: RawCapture,
+    #[serde(default)]
+    pub kubernetes: RawKubernetes,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -75,6 +77,41 @@ impl Default for RawCapture {
             repair_wait: default_repair_wait(),
             claim_wait: default_claim_wait(),
             max_pending: default_max_pending(),
+        }
+    }
+}
+
+/// Pod metadata from the Kubernetes API.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    /// Default: on when running in a cluster (`KUBERNETES_SERVICE_HOST` is set) or
+    /// when `api_url` is given.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// An API server reached without credentials (`kubectl proxy`, tests); default: a
+    /// kubeconfig if there is one, else the in-cluster service account.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// This node's name; default: `NODE_NAME` from the environment, else the hostname.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// How long a new container's first package waits for its pod's metadata.
+    #[serde(default = "default_metadata_wait")]
+    pub metadata_wait: String,
+    /// Pod annotations copied onto every line (`k8s.pod.annotation.<key>`).
+    #[serde(default)]
+    pub annotations: Vec<String>,
+}
+
+impl Default for RawKubernetes {
+    fn default() -> Self {
+        RawKubernetes {
+            enabled: None,
+            api_url: None,
+            node_name: None,
+            metadata_wait: default_metadata_wait(),
+            annotations: Vec::new(),
         }
     }
 }
@@ -369,6 +406,9 @@ fn default_multiline_max_lines() -> usize {
 }
 fn default_delimiter() -> String {
     ",".into()
+}
+fn default_metadata_wait() -> String {
+    "2s".into()
 }
 fn default_segment_size() -> String {
     "64MiB".into()

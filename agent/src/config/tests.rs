@@ -104,3 +104,88 @@ fn two_sinks_writing_the_same_place_are_rejected() {
     let yaml = "sinks:\n  a: {type: store, path: /s1}\n  b: {type: store, path: /s2}\n  c: {type: file, path: /s1.ndjson}\n";
     Config::parse(yaml, "t.yaml").unwrap();
 }
+
+fn kubernetes(yaml: &str, env: &[(&str, &str)]) -> Result<KubernetesConfig, ConfigError> {
+    let yaml = format!("sinks:\n  local: {{type: blackhole}}\n{yaml}");
+    let raw = Config::parse_raw(&yaml, "t.yaml")?;
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    Config::from_raw_in(raw, "t.yaml", &lookup).map(|c| c.kubernetes)
+}
+
+#[test]
+fn kubernetes_defaults_follow_the_environment() {
+    let outside = kubernetes("", &[]).unwrap();
+    assert!(!outside.enabled);
+    assert_eq!(outside.metadata_wait, Duration::from_secs(2));
+    assert!(outside.annotations.is_empty());
+    assert!(!outside.node_name.is_empty(), "the hostname");
+
+    let inside = kubernetes(
+        "",
+        &[
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("NODE_NAME", "node-a"),
+        ],
+    )
+    .unwrap();
+    assert!(inside.enabled);
+    assert_eq!(inside.node_name, "node-a");
+    assert_eq!(inside.api_url, None);
+
+    let explicit = kubernetes(
+        "kubernetes:\n  api_url: http://127.0.0.1:6443\n  node_name: n1\n  metadata_wait: 500ms\n  annotations: [team]\n",
+        &[("NODE_NAME", "ignored")],
+    )
+    .unwrap();
+    assert_eq!(
+        explicit,
+        KubernetesConfig {
+            enabled: true,
+            api_url: Some("http://127.0.0.1:6443".into()),
+            node_name: "n1".into(),
+            metadata_wait: Duration::from_millis(500),
+            annotations: vec!["team".into()],
+        }
+    );
+    let off = kubernetes(
+        "kubernetes: {enabled: false}\n",
+        &[("KUBERNETES_SERVICE_HOST", "10.0.0.1")],
+    )
+    .unwrap();
+    assert!(!off.enabled);
+}
+
+#[test]
+fn kubernetes_errors_name_the_field() {
+    let err = kubernetes("kubernetes:\n  enabeld: true\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `enabeld`"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+    for (yaml, field) in [
+        (
+            "kubernetes: {api_url: 'localhost:6443'}\n",
+            "kubernetes.api_url",
+        ),
+        (
+            "kubernetes: {metadata_wait: soon}\n",
+            "kubernetes.metadata_wait",
+        ),
+        (
+            "kubernetes: {metadata_wait: 10m}\n",
+            "kubernetes.metadata_wait",
+        ),
+        ("kubernetes: {node_name: ''}\n", "kubernetes.node_name"),
+        (
+            "kubernetes: {annotations: ['']}\n",
+            "kubernetes.annotations[0]",
+        ),
+    ] {
+        let err = kubernetes(yaml, &[]).unwrap_err().to_string();
+        assert!(err.contains(field), "{yaml}: {err}");
+    }
+}

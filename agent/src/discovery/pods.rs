@@ -14,7 +14,7 @@
 //! file), not per line. Writers are the watcher's events: a few per pod lifecycle.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -179,6 +179,9 @@ struct Shared {
     /// Bumped (and waiters woken) whenever a pod is added or changed.
     generation: Mutex<u64>,
     changed: Condvar,
+    /// The same count as `generation`, readable without a lock: what per-source
+    /// refreshes compare to learn, with one load, that nothing changed.
+    generation_seen: AtomicU64,
     pods_up: AtomicBool,
     namespaces_up: AtomicBool,
     annotation_keys: Vec<String>,
@@ -200,6 +203,7 @@ impl PodCache {
                 state: RwLock::new(State::default()),
                 generation: Mutex::new(0),
                 changed: Condvar::new(),
+                generation_seen: AtomicU64::new(0),
                 pods_up: AtomicBool::new(false),
                 namespaces_up: AtomicBool::new(false),
                 annotation_keys,
@@ -242,6 +246,13 @@ impl PodCache {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// A count bumped whenever a pod is added or changed (including by its namespace's
+    /// labels). Equal values mean [`get`](Self::get) would answer as before, so a
+    /// reader can refresh what it derived from the cache only when this moved.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation_seen.load(Ordering::Acquire)
     }
 
     /// Whether both watches (pods and namespaces) are currently healthy. `false` until
@@ -370,7 +381,12 @@ impl PodCache {
     fn changed(&self, state: std::sync::RwLockWriteGuard<'_, State>) {
         metrics::gauge!("logtap_kube_pods_cached").set(state.pods.len() as f64);
         drop(state);
-        *self.lock_generation() += 1;
+        let mut generation = self.lock_generation();
+        *generation += 1;
+        self.shared
+            .generation_seen
+            .store(*generation, Ordering::Release);
+        drop(generation);
         self.shared.changed.notify_all();
     }
 

@@ -9,6 +9,17 @@
 //! (image, container id, labels, annotations) is added when the pod is in the
 //! [`PodCache`](crate::discovery::PodCache). An unreachable API server thus degrades
 //! lines to the path's fields instead of holding them.
+//!
+//! [`Enricher`] and [`SourceEnrichment`] apply this per source: the pipeline tracks
+//! one `SourceEnrichment` per source and attaches its current fields to each package
+//! ([`Batch::source_fields`](crate::batch::Batch::source_fields)). [`Kubernetes`]
+//! runs the pod watcher that keeps the cache current.
+
+mod enricher;
+mod kubernetes;
+
+pub use enricher::{Enricher, FieldsState, SourceEnrichment};
+pub use kubernetes::Kubernetes;
 
 use bytes::Bytes;
 

@@ -191,4 +191,14 @@ pub fn describe() {
         Unit::Count,
         "1 while the pod and namespace watches of the Kubernetes API are healthy, else 0"
     );
+    describe_counter!(
+        "logtap_enrich_metadata_missing_total",
+        Unit::Count,
+        "Container sources whose first package shipped without pod metadata (log path fields only), by reason (pod_unknown, api_unavailable)"
+    );
+    describe_gauge!(
+        "logtap_enrich_held_packages",
+        Unit::Count,
+        "Container sources whose package is held waiting for pod metadata (bounded by kubernetes.metadata_wait)"
+    );
 }

@@ -125,6 +125,7 @@ pub(crate) fn render_batch(
             stream: l.stream,
             flags: l.flags,
             body: &l.body,
+            source_fields: &batch.source_fields,
         };
         let fields = batch
             .fields_of(i)
@@ -202,11 +203,19 @@ pub(crate) mod tests {
             key: Bytes::from_static(b"level"),
             value: Bytes::from_static(b"error"),
         }];
+        let source_fields = Arc::new(vec![
+            (Bytes::from_static(b"k8s.pod"), Bytes::from_static(b"pod")),
+            (
+                Bytes::from_static(b"k8s.namespace"),
+                Bytes::from_static(b"ns"),
+            ),
+        ]);
         Batch {
             source,
             package_id: 3,
             lines,
             fields,
+            source_fields,
             end_offset: 40,
         }
     }
@@ -239,6 +248,12 @@ pub(crate) mod tests {
             b"bad \xff byte"
         );
         assert_eq!(objects[1]["fields"]["level"], "error");
+        for object in &objects {
+            assert_eq!(
+                object["resource"],
+                serde_json::json!({"k8s.pod": "pod", "k8s.namespace": "ns"})
+            );
+        }
         assert_eq!(objects[2], objects[0]);
     }
 

@@ -258,6 +258,7 @@ mod tests {
                     body: Bytes::from_static(b"x"),
                 }],
                 fields: Vec::new(),
+                source_fields: Default::default(),
                 end_offset: package_id * 10 + 10,
             };
             registry.sent(source, package_id, batch.end_offset);
@@ -312,6 +313,7 @@ mod tests {
             package_id: 1,
             lines: Vec::new(),
             fields: Vec::new(),
+            source_fields: Default::default(),
             end_offset: 10,
         })
         .unwrap();

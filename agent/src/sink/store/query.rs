@@ -63,7 +63,8 @@ pub struct QueryArgs {
     /// Match keywords ignoring ASCII case.
     #[arg(short = 'i', long)]
     pub ignore_case: bool,
-    /// `key=value`: a parsed field must equal the value exactly (repeatable, all must match).
+    /// `key=value`: a parsed field or a source field (`k8s.pod`, `k8s.pod.label.app`, …)
+    /// must equal the value exactly (repeatable, all must match).
     #[arg(long = "field", value_name = "KEY=VALUE", value_parser = parse_field)]
     pub fields: Vec<FieldMatch>,
     /// Glob on the source path (repeatable, any may match), e.g. `/var/log/pods/default_*/**`.
@@ -192,11 +193,24 @@ impl Covered {
 /// A block by position in the reader's index: (segment, block within it).
 type BlockRef = (usize, usize);
 
+/// The source fields of one package, shared by its records.
+type SourceFields = Rc<Vec<(Bytes, Bytes)>>;
+
+/// A decoded block.
+struct Block {
+    source_fields: SourceFields,
+    records: Vec<Record>,
+}
+
 struct Hit {
     source_id: SourceId,
     package_id: u64,
+    source_fields: SourceFields,
     record: Record,
 }
+
+/// A record shown as context: its package id, its package's source fields, itself.
+type Neighbour = (u64, SourceFields, Record);
 
 /// Filters compiled from the arguments.
 struct Filter {
@@ -263,8 +277,9 @@ impl Filter {
         }
     }
 
-    /// `lowered` is scratch space for case-insensitive matching.
-    fn matches(&self, r: &Record, lowered: &mut Vec<u8>) -> bool {
+    /// `lowered` is scratch space for case-insensitive matching. A `--field` matches
+    /// the record's parsed fields or its package's source fields.
+    fn matches(&self, r: &Record, source_fields: &[(Bytes, Bytes)], lowered: &mut Vec<u8>) -> bool {
         if r.timestamp_ns < self.since || r.timestamp_ns > self.until {
             return false;
         }
@@ -279,9 +294,10 @@ impl Filter {
             return false;
         }
         self.fields.iter().all(|want| {
-            r.fields
-                .iter()
-                .any(|(k, v)| k[..] == *want.key.as_bytes() && v[..] == *want.value.as_bytes())
+            let is_wanted = |(k, v): &(Bytes, Bytes)| {
+                k[..] == *want.key.as_bytes() && v[..] == *want.value.as_bytes()
+            };
+            r.fields.iter().any(is_wanted) || source_fields.iter().any(is_wanted)
         })
     }
 }
@@ -300,6 +316,16 @@ fn owned_record(r: &Record) -> Record {
     }
 }
 
+fn owned_source_fields(fields: &[(Bytes, Bytes)]) -> SourceFields {
+    // As `owned_record`: a hit must not pin its whole decompressed block.
+    Rc::new(
+        fields
+            .iter()
+            .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
+            .collect(),
+    )
+}
+
 const BLOCK_CACHE_ENTRIES: usize = 32;
 
 struct Engine<'a> {
@@ -308,7 +334,7 @@ struct Engine<'a> {
     segments: Vec<OpenSegment>,
     sources: HashMap<SourceId, Arc<SourceInfo>>,
     compressed: Vec<u8>,
-    cache: HashMap<BlockRef, Rc<Vec<Record>>>,
+    cache: HashMap<BlockRef, Rc<Block>>,
     /// Blocks that failed to read (warned about once).
     bad_blocks: HashSet<BlockRef>,
     /// Per source, its non-empty blocks: built on first use by `--context`.
@@ -344,8 +370,8 @@ impl<'a> Engine<'a> {
         &self.segments[b.0].index.blocks[b.1]
     }
 
-    /// Decoded records of a block, or `None` (with one warning) if it is damaged.
-    fn load(&mut self, b: BlockRef) -> Option<Rc<Vec<Record>>> {
+    /// A decoded block, or `None` (with one warning) if it is damaged.
+    fn load(&mut self, b: BlockRef) -> Option<Rc<Block>> {
         if let Some(r) = self.cache.get(&b) {
             return Some(r.clone());
         }
@@ -355,13 +381,16 @@ impl<'a> Engine<'a> {
         let seg = &self.segments[b.0];
         let meta = seg.index.blocks[b.1];
         match segment::read_block(&seg.file, &meta, &mut self.compressed) {
-            Ok(records) => {
+            Ok(package) => {
                 if self.cache.len() >= BLOCK_CACHE_ENTRIES {
                     self.cache.clear();
                 }
-                let records = Rc::new(records);
-                self.cache.insert(b, records.clone());
-                Some(records)
+                let block = Rc::new(Block {
+                    source_fields: Rc::new(package.source_fields),
+                    records: package.records,
+                });
+                self.cache.insert(b, block.clone());
+                Some(block)
             }
             Err(e) => {
                 let being_written =
@@ -407,22 +436,27 @@ impl<'a> Engine<'a> {
         let mut covered: HashMap<SourceId, Covered> = HashMap::new();
         let mut lowered = Vec::new();
         'blocks: for b in self.candidates() {
-            let Some(records) = self.load(b) else {
+            let Some(block) = self.load(b) else {
                 continue;
             };
             let h = self.meta(b).header;
             let source_id = SourceId(h.source_id);
             let seen = covered.entry(source_id).or_default();
-            for r in records.iter() {
+            let mut hit_fields: Option<SourceFields> = None;
+            for r in block.records.iter() {
                 if !self.args.raw && seen.contains(r.offset) {
                     continue;
                 }
-                if !self.filter.matches(r, &mut lowered) {
+                if !self.filter.matches(r, &block.source_fields, &mut lowered) {
                     continue;
                 }
+                let source_fields = hit_fields
+                    .get_or_insert_with(|| owned_source_fields(&block.source_fields))
+                    .clone();
                 hits.push_back(Hit {
                     source_id,
                     package_id: h.package_id,
+                    source_fields,
                     record: owned_record(r),
                 });
                 if hits.len() > limit {
@@ -432,13 +466,20 @@ impl<'a> Engine<'a> {
                     break 'blocks;
                 }
             }
-            seen.insert_block(&records, h.end_offset);
+            seen.insert_block(&block.records, h.end_offset);
         }
         if self.args.context == 0 {
             let mut buf = Vec::new();
             for hit in &hits {
                 buf.clear();
-                self.render(&mut buf, hit.source_id, hit.package_id, &hit.record, false);
+                self.render(
+                    &mut buf,
+                    hit.source_id,
+                    hit.package_id,
+                    &hit.source_fields,
+                    &hit.record,
+                    false,
+                );
                 out.write_all(&buf)?;
             }
             return out.flush();
@@ -451,6 +492,7 @@ impl<'a> Engine<'a> {
         buf: &mut Vec<u8>,
         source_id: SourceId,
         package_id: u64,
+        source_fields: &[(Bytes, Bytes)],
         r: &Record,
         context: bool,
     ) {
@@ -463,6 +505,7 @@ impl<'a> Engine<'a> {
             stream: r.stream,
             flags: r.flags,
             body: &r.body,
+            source_fields,
         };
         if self.args.json {
             let fields = r.fields.iter().map(|(k, v)| (&k[..], &v[..]));
@@ -490,7 +533,7 @@ impl<'a> Engine<'a> {
 
     /// Up to `n` records of `source_id` just before `offset`, ascending, each offset
     /// once, with the package id of the block it was read from.
-    fn records_before(&mut self, source_id: SourceId, offset: u64, n: usize) -> Vec<(u64, Record)> {
+    fn records_before(&mut self, source_id: SourceId, offset: u64, n: usize) -> Vec<Neighbour> {
         let mut blocks: Vec<BlockRef> = self
             .blocks_of(source_id)
             .into_iter()
@@ -499,7 +542,7 @@ impl<'a> Engine<'a> {
         // Nearest first: once the n nearest records are known, no block whose records
         // all start below the farthest of them can contribute.
         blocks.sort_by_key(|&b| std::cmp::Reverse(self.meta(b).header.max_offset_bound()));
-        let mut found: BTreeMap<u64, (u64, Record)> = BTreeMap::new();
+        let mut found: BTreeMap<u64, Neighbour> = BTreeMap::new();
         for b in blocks {
             let h = self.meta(b).header;
             if found.len() >= n
@@ -510,13 +553,13 @@ impl<'a> Engine<'a> {
             {
                 break;
             }
-            let Some(records) = self.load(b) else {
+            let Some(block) = self.load(b) else {
                 continue;
             };
-            for r in records.iter().filter(|r| r.offset < offset) {
+            for r in block.records.iter().filter(|r| r.offset < offset) {
                 found
                     .entry(r.offset)
-                    .or_insert_with(|| (h.package_id, r.clone()));
+                    .or_insert_with(|| (h.package_id, block.source_fields.clone(), r.clone()));
             }
             while found.len() > n {
                 found.pop_first();
@@ -526,14 +569,14 @@ impl<'a> Engine<'a> {
     }
 
     /// Up to `n` records of `source_id` just after `offset`, ascending.
-    fn records_after(&mut self, source_id: SourceId, offset: u64, n: usize) -> Vec<(u64, Record)> {
+    fn records_after(&mut self, source_id: SourceId, offset: u64, n: usize) -> Vec<Neighbour> {
         let mut blocks: Vec<BlockRef> = self
             .blocks_of(source_id)
             .into_iter()
             .filter(|&b| self.meta(b).header.max_offset_bound() > offset)
             .collect();
         blocks.sort_by_key(|&b| self.meta(b).header.first_offset);
-        let mut found: BTreeMap<u64, (u64, Record)> = BTreeMap::new();
+        let mut found: BTreeMap<u64, Neighbour> = BTreeMap::new();
         for b in blocks {
             let h = self.meta(b).header;
             if found.len() >= n
@@ -544,13 +587,13 @@ impl<'a> Engine<'a> {
             {
                 break;
             }
-            let Some(records) = self.load(b) else {
+            let Some(block) = self.load(b) else {
                 continue;
             };
-            for r in records.iter().filter(|r| r.offset > offset) {
+            for r in block.records.iter().filter(|r| r.offset > offset) {
                 found
                     .entry(r.offset)
-                    .or_insert_with(|| (h.package_id, r.clone()));
+                    .or_insert_with(|| (h.package_id, block.source_fields.clone(), r.clone()));
             }
             while found.len() > n {
                 found.pop_last();
@@ -582,9 +625,9 @@ impl<'a> Engine<'a> {
                 // Already printed (as context of an earlier hit, marked as a hit): only
                 // the part of its after-context past the run is new.
                 let mut after = self.records_after(s, o, n);
-                after.retain(|(_, r)| r.offset > last);
+                after.retain(|(_, _, r)| r.offset > last);
                 self.print_group(&mut buf, s, &[], &hit, &after, &hit_keys, true);
-                if let Some((_, r)) = after.last() {
+                if let Some((_, _, r)) = after.last() {
                     run = Some((s, first, r.offset));
                 }
                 out.write_all(&buf)?;
@@ -596,12 +639,12 @@ impl<'a> Engine<'a> {
             let touches = match run {
                 Some((rs, first, last)) if rs == s => before
                     .iter()
-                    .any(|(_, r)| (first..=last).contains(&r.offset)),
+                    .any(|(_, _, r)| (first..=last).contains(&r.offset)),
                 _ => false,
             };
             let first = if touches {
                 let (_, first, last) = run.unwrap_or((s, 0, 0));
-                before.retain(|(_, r)| r.offset > last);
+                before.retain(|(_, _, r)| r.offset > last);
                 first
             } else {
                 if before.len() > n {
@@ -610,10 +653,10 @@ impl<'a> Engine<'a> {
                 if run.is_some() && !self.args.json {
                     buf.extend_from_slice(b"--\n");
                 }
-                before.first().map_or(o, |(_, r)| r.offset)
+                before.first().map_or(o, |(_, _, r)| r.offset)
             };
             self.print_group(&mut buf, s, &before, &hit, &after, &hit_keys, false);
-            let last = after.last().map_or(o, |(_, r)| r.offset);
+            let last = after.last().map_or(o, |(_, _, r)| r.offset);
             run = Some((s, first, last));
             out.write_all(&buf)?;
         }
@@ -628,24 +671,24 @@ impl<'a> Engine<'a> {
         &self,
         buf: &mut Vec<u8>,
         s: SourceId,
-        before: &[(u64, Record)],
+        before: &[Neighbour],
         hit: &Hit,
-        after: &[(u64, Record)],
+        after: &[Neighbour],
         hit_keys: &HashSet<(SourceId, u64)>,
         hit_already_printed: bool,
     ) {
-        let emit = |buf: &mut Vec<u8>, package_id: u64, r: &Record| {
+        let emit = |buf: &mut Vec<u8>, package_id: u64, fields: &[(Bytes, Bytes)], r: &Record| {
             let is_hit = hit_keys.contains(&(s, r.offset));
-            self.render(buf, s, package_id, r, !is_hit);
+            self.render(buf, s, package_id, fields, r, !is_hit);
         };
-        for (p, r) in before {
-            emit(buf, *p, r);
+        for (p, f, r) in before {
+            emit(buf, *p, f, r);
         }
         if !hit_already_printed {
-            emit(buf, hit.package_id, &hit.record);
+            emit(buf, hit.package_id, &hit.source_fields, &hit.record);
         }
-        for (p, r) in after {
-            emit(buf, *p, r);
+        for (p, f, r) in after {
+            emit(buf, *p, f, r);
         }
     }
 
@@ -669,8 +712,8 @@ impl<'a> Engine<'a> {
             let source_id = SourceId(h.source_id);
             let seen = covered.entry(source_id).or_default();
             let counts = per_source.entry(source_id).or_default();
-            for r in block.iter() {
-                if !self.filter.matches(r, &mut lowered) {
+            for r in block.records.iter() {
+                if !self.filter.matches(r, &block.source_fields, &mut lowered) {
                     continue;
                 }
                 records += 1;
@@ -681,7 +724,7 @@ impl<'a> Engine<'a> {
                     counts.unique += 1;
                 }
             }
-            seen.insert_block(&block, h.end_offset);
+            seen.insert_block(&block.records, h.end_offset);
         }
         let damaged = self.bad_blocks.len() as u64;
         let mut buf = Vec::new();

@@ -14,6 +14,9 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use bytes::Bytes;
+
+use crate::enrich;
 use crate::frame::{LineFlags, Stream};
 use crate::source::SourceId;
 
@@ -31,6 +34,8 @@ pub struct RecordView<'a> {
     pub stream: Stream,
     pub flags: LineFlags,
     pub body: &'a [u8],
+    /// The package's source fields (`Batch::source_fields`): pod, namespace, labels….
+    pub source_fields: &'a [(Bytes, Bytes)],
 }
 
 /// Appends `ts_ns` as RFC 3339 UTC with nanoseconds (`2024-05-01T12:00:00.000000001Z`).
@@ -107,12 +112,14 @@ fn write_bytes_member(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 ///
 /// ```text
 /// {"ts":"…Z","timestamp_ns":…,"source_id":"<16 hex>","path":"…","package_id":…,
-///  "offset":…,"stream":"stdout","flags":["truncated"],"body":"…","fields":{"k":"v"}}
+///  "offset":…,"stream":"stdout","flags":["truncated"],"body":"…","fields":{"k":"v"},
+///  "resource":{"k8s.pod":"web-1","k8s.namespace":"shop",…}}
 /// ```
 ///
-/// `stream` is left out for plain files, `path` for unknown sources. A body, path or
-/// field that is not UTF-8 goes to `body_base64` / `path_base64` / `fields_base64`
-/// (there both key and value are base64). `context` marks records that `logtap query
+/// `stream` is left out for plain files, `path` for unknown sources, `resource` (the
+/// source fields: pod, namespace, container, labels…) when the source has none. A
+/// body, path or field that is not UTF-8 goes to `body_base64` / `path_base64` /
+/// `fields_base64` / `resource_base64` (there both key and value are base64). `context` marks records that `logtap query
 /// --context` prints around a hit.
 pub fn write_json_record<'f>(
     out: &mut Vec<u8>,
@@ -149,9 +156,30 @@ pub fn write_json_record<'f>(
     out.extend_from_slice(b"],");
     write_bytes_member(out, "body", rec.body);
 
+    out.push(b',');
+    write_field_object(out, "fields", fields);
+    if !rec.source_fields.is_empty() {
+        out.push(b',');
+        let source = rec.source_fields.iter().map(|(k, v)| (&k[..], &v[..]));
+        write_field_object(out, "resource", source);
+    }
+    if context {
+        out.extend_from_slice(b",\"context\":true");
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// Appends `"name":{"k":"v",…}` for the pairs that are UTF-8, then
+/// `,"name_base64":{"<b64 k>":"<b64 v>",…}` for those that are not (when any).
+fn write_field_object<'f>(
+    out: &mut Vec<u8>,
+    name: &str,
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
+) {
     let is_text =
         |(k, v): &(&[u8], &[u8])| std::str::from_utf8(k).is_ok() && std::str::from_utf8(v).is_ok();
-    out.extend_from_slice(b",\"fields\":{");
+    write_json_str(out, name);
+    out.extend_from_slice(b":{");
     for (i, (k, v)) in fields.clone().filter(is_text).enumerate() {
         if i > 0 {
             out.push(b',');
@@ -161,7 +189,9 @@ pub fn write_json_record<'f>(
     out.push(b'}');
     let mut binary = fields.filter(|f| !is_text(f)).peekable();
     if binary.peek().is_some() {
-        out.extend_from_slice(b",\"fields_base64\":{");
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"_base64\":{");
         for (i, (k, v)) in binary.enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -174,10 +204,6 @@ pub fn write_json_record<'f>(
         }
         out.push(b'}');
     }
-    if context {
-        out.extend_from_slice(b",\"context\":true");
-    }
-    out.extend_from_slice(b"}\n");
 }
 
 /// Appends `bytes` for a terminal: valid UTF-8 as is, except control characters other
@@ -201,8 +227,10 @@ pub fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// Appends the text form of a record: `<ts> <path>:<offset> [stream] body\n`. Context
-/// records use `-` instead of `:` after the path, as `grep -C` does.
+/// Appends the text form of a record: `<ts> <path>:<offset> [stream] body\n`, with
+/// `<namespace>/<pod>/<container> ` before the body when the source fields name a pod
+/// (the other source fields are in the JSON form only). Context records use `-`
+/// instead of `:` after the path, as `grep -C` does.
 pub fn write_text_record(out: &mut Vec<u8>, rec: &RecordView<'_>, context: bool) {
     write_rfc3339(out, rec.timestamp_ns);
     out.push(b' ');
@@ -215,6 +243,28 @@ pub fn write_text_record(out: &mut Vec<u8>, rec: &RecordView<'_>, context: bool)
     let _ = write!(out, "{}{} ", if context { '-' } else { ':' }, rec.offset);
     if rec.stream != Stream::None {
         let _ = write!(out, "[{}] ", rec.stream.as_str());
+    }
+    let source_field = |key: &str| {
+        rec.source_fields
+            .iter()
+            .find(|(k, _)| k[..] == *key.as_bytes())
+            .map(|(_, v)| &v[..])
+    };
+    if let Some(pod) = source_field(enrich::POD) {
+        for (i, part) in [
+            source_field(enrich::NAMESPACE),
+            Some(pod),
+            source_field(enrich::CONTAINER),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                out.push(b'/');
+            }
+            write_escaped(out, part.unwrap_or(b"?"));
+        }
+        out.push(b' ');
     }
     write_escaped(out, rec.body);
     out.push(b'\n');
@@ -265,6 +315,7 @@ mod tests {
             stream: Stream::Stderr,
             flags: LineFlags::TRUNCATED | LineFlags::INVALID_UTF8,
             body,
+            source_fields: &[],
         }
     }
 
@@ -331,6 +382,57 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "1970-01-01T00:00:00.000000000Z <source 00000000000000ab>-42 x\n"
+        );
+    }
+
+    fn pairs(list: &[(&'static str, &'static [u8])]) -> Vec<(Bytes, Bytes)> {
+        list.iter()
+            .map(|&(k, v)| (Bytes::from_static(k.as_bytes()), Bytes::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn source_fields_are_the_resource_object() {
+        let source = pairs(&[
+            ("k8s.pod", b"web-1"),
+            ("k8s.namespace", b"shop"),
+            ("k8s.container", b"app"),
+            ("k8s.pod.label.app", b"demo"),
+            ("odd", b"\xff"),
+        ]);
+        let mut rec = view(b"hello");
+        rec.source_fields = &source;
+        let mut out = Vec::new();
+        write_json_record(&mut out, &rec, std::iter::empty(), false);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["resource"]["k8s.pod"], "web-1");
+        assert_eq!(v["resource"]["k8s.pod.label.app"], "demo");
+        assert_eq!(
+            v["resource_base64"][b64::encode(b"odd")],
+            b64::encode(b"\xff")
+        );
+        assert_eq!(v["fields"], serde_json::json!({}));
+
+        // Without source fields, no `resource` member.
+        out.clear();
+        write_json_record(&mut out, &view(b"x"), std::iter::empty(), false);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(v.get("resource").is_none());
+
+        out.clear();
+        write_text_record(&mut out, &rec, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000000Z /var/log/a.log:42 [stderr] shop/web-1/app hello\n"
+        );
+        // A host source (node only) looks as before.
+        let host = pairs(&[("k8s.node", b"node-a")]);
+        rec.source_fields = &host;
+        let mut out = Vec::new();
+        write_text_record(&mut out, &rec, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000000Z /var/log/a.log:42 [stderr] hello\n"
         );
     }
 }

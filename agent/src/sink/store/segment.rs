@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::batch::codec::{self, Record};
+use crate::batch::codec::{self, Package};
 
 pub const MAGIC: [u8; 4] = *b"LTBK";
 pub const FORMAT_VERSION: u16 = 1;
@@ -324,7 +324,7 @@ pub fn read_block(
     file: &File,
     meta: &BlockMeta,
     compressed: &mut Vec<u8>,
-) -> Result<Vec<Record>, BlockError> {
+) -> Result<Package, BlockError> {
     let h = &meta.header;
     compressed.resize(h.compressed_len as usize, 0);
     file.read_exact_at(compressed, meta.position + HEADER_LEN as u64)?;
@@ -339,5 +339,5 @@ pub fn read_block(
             actual: payload.len(),
         });
     }
-    Ok(codec::decode_payload(&Bytes::from(payload))?)
+    Ok(codec::decode_package(&Bytes::from(payload))?)
 }

@@ -82,6 +82,7 @@ fn batch(
         package_id,
         lines,
         fields: Vec::new(),
+        source_fields: Default::default(),
         end_offset: records.end * 10,
     }
 }
@@ -835,6 +836,7 @@ fn cri_batch(
             })
             .collect(),
         fields: Vec::new(),
+        source_fields: Default::default(),
         end_offset,
     }
 }
@@ -965,4 +967,72 @@ fn v_body_b64(v: &serde_json::Value) -> Vec<u8> {
         Some(s) => s.as_str().unwrap().as_bytes().to_vec(),
         None => b64::decode(v["body_base64"].as_str().unwrap()).unwrap(),
     }
+}
+
+/// Source fields are stored with each package: `--field` filters on them as on parsed
+/// fields, JSON shows them under `resource` (also in context), text names the pod, and
+/// a later package of the same source may carry more of them.
+#[test]
+fn source_fields_are_stored_per_package_shown_and_filtered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let pod = source(1, "/var/log/pods/shop_web-1_uid/app/0.log");
+    let other = source(2, "/var/log/syslog");
+    let fields = |pairs: &[(&'static str, &'static str)]| {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|&(k, v)| {
+                    (
+                        Bytes::from_static(k.as_bytes()),
+                        Bytes::from_static(v.as_bytes()),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let path_only = fields(&[
+        ("k8s.pod", "web-1"),
+        ("k8s.namespace", "shop"),
+        ("k8s.container", "app"),
+    ]);
+    let full = fields(&[
+        ("k8s.pod", "web-1"),
+        ("k8s.namespace", "shop"),
+        ("k8s.container", "app"),
+        ("k8s.pod.label.app", "demo"),
+    ]);
+    let mut first = batch(&pod, 0, 0..2, "web");
+    first.source_fields = path_only;
+    let mut second = batch(&pod, 1, 2..4, "web");
+    second.source_fields = full;
+    let mut host = batch(&other, 0, 0..2, "host");
+    host.source_fields = fields(&[("k8s.node", "node-a")]);
+    write_all(&mut store, &[first, host, second]);
+
+    let pod_lines = query_json(dir.path(), &["--field", "k8s.pod=web-1"]);
+    assert_eq!(bodies(&pod_lines), ["web 0", "web 1", "web 2", "web 3"]);
+    assert_eq!(pod_lines[0]["resource"]["k8s.namespace"], "shop");
+    assert!(pod_lines[0]["resource"].get("k8s.pod.label.app").is_none());
+    assert_eq!(pod_lines[3]["resource"]["k8s.pod.label.app"], "demo");
+
+    let labelled = query_json(dir.path(), &["--field", "k8s.pod.label.app=demo"]);
+    assert_eq!(bodies(&labelled), ["web 2", "web 3"]);
+    let host_lines = query_json(dir.path(), &["--field", "k8s.node=node-a"]);
+    assert_eq!(bodies(&host_lines), ["host 0", "host 1"]);
+    assert!(query_json(dir.path(), &["--field", "k8s.pod=web-2"]).is_empty());
+
+    let with_context = query_json(
+        dir.path(),
+        &["--field", "k8s.pod.label.app=demo", "-C", "1", "-n", "1"],
+    );
+    assert_eq!(bodies(&with_context), ["web 1", "web 2", "web 3"]);
+    assert_eq!(with_context[0]["context"], true);
+    assert_eq!(with_context[0]["resource"]["k8s.pod"], "web-1");
+
+    let text = query(dir.path(), &["--field", "k8s.pod=web-1", "-n", "1"]);
+    assert!(
+        text.ends_with(":0 [stdout] shop/web-1/app web 0\n"),
+        "{text}"
+    );
 }
