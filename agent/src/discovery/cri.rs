@@ -491,7 +491,7 @@ impl CriClient {
 }
 
 /// `unix:///x.sock` or `/x.sock` → `/x.sock`.
-fn socket_path(endpoint: &str) -> Result<PathBuf, CriError> {
+pub(crate) fn socket_path(endpoint: &str) -> Result<PathBuf, CriError> {
     let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
     if !path.starts_with('/') {
         return Err(CriError::Endpoint(endpoint.to_owned()));
