@@ -191,4 +191,19 @@ pub fn describe() {
         Unit::Count,
         "1 while the pod and namespace watches of the Kubernetes API are healthy, else 0"
     );
+    describe_gauge!(
+        "logtap_cri_up",
+        Unit::Count,
+        "1 while the container runtime's CRI socket answers, else 0 (metadata then comes from /var/log/pods paths)"
+    );
+    describe_counter!(
+        "logtap_cri_requests_total",
+        Unit::Count,
+        "CRI calls to the container runtime, by result (ok, not_found, unreachable, error)"
+    );
+    describe_gauge!(
+        "logtap_registry_containers",
+        Unit::Count,
+        "Containers in the container registry (from CRI, or from the pod log directory scan while CRI is down)"
+    );
 }
