@@ -231,3 +231,45 @@ fn unreachable_socket_degrades_to_the_pod_log_scan() {
     );
     handle.stop();
 }
+
+#[test]
+fn registry_recovers_when_the_runtime_comes_back() {
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pod = harness.run_pod(PodSpec::new("recovery"));
+    let handle = pod.start_container(ContainerSpec::shell("app", "sleep 600"));
+
+    // The client's socket path exists only once "the runtime is up": a symlink to the
+    // harness's socket, created after the first failures.
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("containerd.sock");
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        let cri = CriClient::connect(
+            &format!("unix://{}", link.display()),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let registry = ContainerRegistry::new(Some(cri), PathBuf::from(PODS_DIR));
+        assert!(registry.rescan().unwrap_err().is_unreachable());
+        assert_eq!(registry.refresh(handle.id()), None);
+        assert!(!registry.cri_up());
+
+        let socket = harness.endpoint().strip_prefix("unix://").unwrap();
+        std::os::unix::fs::symlink(socket, &link).unwrap();
+        assert!(registry.rescan().unwrap() >= 1);
+        assert!(registry.cri_up());
+        let info = registry.get(handle.id()).expect("listed once CRI answers");
+        assert_eq!(info.name, "app");
+        assert_eq!(info.state, ContainerState::Running);
+    });
+    let text = metrics.render();
+    assert!(text.contains("logtap_cri_up 1"), "{text}");
+    assert!(
+        text.contains(r#"logtap_cri_requests_total{result="ok"}"#),
+        "{text}"
+    );
+    handle.stop();
+}

@@ -17,7 +17,8 @@
 //!
 //! Calls may come from several threads at once: the first to enter `block_on` drives
 //! the runtime's I/O, the others hook into it (tokio's documented behaviour for a
-//! current-thread runtime). No lock is held across a call.
+//! current-thread runtime). No lock is held across a call. Being blocking, the client
+//! must not be called from inside an async task (tokio refuses a nested `block_on`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -74,9 +75,10 @@ impl CriError {
         match self {
             CriError::Timeout { .. } => true,
             CriError::Status { code, .. } => {
+                // Not `Unknown`: containerd answers most of its own failures with it.
                 matches!(
                     code,
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
                 )
             }
             CriError::Endpoint(_) | CriError::Runtime(_) => false,

@@ -18,6 +18,8 @@
 //! compiler with a static libc. Without them the tests fail, unless
 //! `LOGTAP_SKIP_CRI_TESTS=1` is set: then [`CriHarness::start`] returns `None` and the
 //! test returns early.
+//! `LOGTAP_KEEP_CRI_WORK=1` keeps the work directory (containerd's log, config,
+//! images) after the run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -106,10 +108,29 @@ impl CriHarness {
             pods: Mutex::new(Vec::new()),
             uids: Mutex::new(Vec::new()),
         };
-        harness.wait_until("containerd answers CRI Version", || {
-            harness.client.version().is_ok()
+        // A failed start must not leave containerd running: no atexit hook exists yet.
+        let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            harness.load_images(&socket, &[&pause, &busybox])
+        }));
+        if let Err(panic) = ready {
+            harness.shutdown();
+            std::panic::resume_unwind(panic);
+        }
+        eprintln!(
+            "CRI harness: containerd up with images in {:?} ({})",
+            started.elapsed(),
+            harness.work.display()
+        );
+        harness
+    }
+
+    /// Waits for CRI to answer, imports the image archives and waits until CRI sees
+    /// them.
+    fn load_images(&self, socket: &Path, tars: &[&PathBuf]) {
+        self.wait_until("containerd answers CRI Version", || {
+            self.client.version().is_ok()
         });
-        for tar in [&pause, &busybox] {
+        for tar in tars {
             let out = Command::new("ctr")
                 .args([
                     "-a",
@@ -131,16 +152,10 @@ impl CriHarness {
         }
         // CRI learns of imported images from containerd's events, a moment later.
         for image in [PAUSE_IMAGE, BUSYBOX_IMAGE] {
-            harness.wait_until(&format!("CRI sees {image}"), || {
-                harness.client.image_present(image).unwrap_or(false)
+            self.wait_until(&format!("CRI sees {image}"), || {
+                self.client.image_present(image).unwrap_or(false)
             });
         }
-        eprintln!(
-            "CRI harness: containerd up with images in {:?} ({})",
-            started.elapsed(),
-            harness.work.display()
-        );
-        harness
     }
 
     fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
@@ -262,7 +277,7 @@ impl CriHarness {
             remove_pod_cgroups(uid);
             let _ = std::fs::remove_dir_all(log_dir);
         }
-        if std::env::var_os("LOGTAP_KEEP_CRI_WORK").is_none() {
+        if std::env::var("LOGTAP_KEEP_CRI_WORK").as_deref() != Ok("1") {
             let _ = std::fs::remove_dir_all(&self.work);
         }
     }
