@@ -130,6 +130,10 @@ fn registry_reports_a_real_container_and_follows_its_life() {
     let rotated = log_path.with_file_name("0.log.1");
     std::fs::rename(&log_path, &rotated).unwrap();
     handle.reopen_log();
+    assert_eq!(
+        registry.by_log_path(&rotated).map(|i| i.id),
+        Some(id.clone())
+    );
     wait_for(
         Duration::from_secs(10),
         "lines in the reopened 0.log",
@@ -271,5 +275,32 @@ fn registry_recovers_when_the_runtime_comes_back() {
         text.contains(r#"logtap_cri_requests_total{result="ok"}"#),
         "{text}"
     );
+    handle.stop();
+}
+
+#[test]
+fn container_seen_while_created_is_asked_again_once_started() {
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pod = harness.run_pod(PodSpec::new("starting"));
+    let handle = pod.create_container(ContainerSpec::shell("app", "sleep 600"));
+    let registry = registry(harness);
+    let created = registry.refresh(handle.id()).expect("known once created");
+    assert_eq!(created.state, ContainerState::Created);
+    assert_eq!(created.pid, None);
+    let cgroup_path = created
+        .cgroup_path
+        .clone()
+        .expect("the spec is already made");
+    assert!(cgroup_path.ends_with(handle.id()), "{cgroup_path}");
+
+    handle.start();
+    // The lookup an eBPF event makes: the cgroup now exists, the entry says Created.
+    let cgroup = cgroup_v2_path(handle.pid().unwrap());
+    let running = registry.by_cgroup_path(cgroup.as_bytes()).unwrap();
+    assert_eq!(running.state, ContainerState::Running);
+    assert_eq!(running.pid, handle.pid());
+    assert_eq!(registry.get(handle.id()), Some(running));
     handle.stop();
 }

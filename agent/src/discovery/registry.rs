@@ -213,9 +213,15 @@ impl ContainerRegistry {
     /// the OCI spec's `cgroupsPath`): from memory, else asked of CRI. While CRI is
     /// down, a cgroup under `pod<uid>` of a pod with a single container in the pod log
     /// directory gives that container, with the id from the path.
+    ///
+    /// A container recorded while it was still `Created` (its cgroup appears while
+    /// the runtime starts it, before it has a pid) is asked about again.
     pub fn by_cgroup_path(&self, path: &[u8]) -> Option<ContainerInfo> {
         let id = container_id_from_cgroup_path(path)?;
         if let Some(info) = self.get(id) {
+            if info.state == ContainerState::Created {
+                return Some(self.refresh(id).unwrap_or(info));
+            }
             return Some(info);
         }
         if self.recently_not_found(id) {
@@ -249,15 +255,17 @@ impl ContainerRegistry {
         })
     }
 
-    /// The container writing this CRI log file: from CRI when known, else from the
-    /// path alone (namespace, pod, UID, container name and restart).
+    /// The container writing this CRI log file (or that wrote it, for a rotated
+    /// `<n>.log.<suffix>`): from CRI when known, else from the path alone (namespace,
+    /// pod, UID, container name and restart).
     pub fn by_log_path(&self, path: &Path) -> Option<ContainerInfo> {
         {
             let state = self.read();
-            if let Some(info) = state
-                .by_log_path
-                .get(path)
-                .and_then(|id| state.by_id.get(id))
+            let live = unrotated(path);
+            if let Some(info) = [Some(path), live.as_deref()]
+                .into_iter()
+                .flatten()
+                .find_map(|p| state.by_id.get(state.by_log_path.get(p)?))
             {
                 return Some(info.info.clone());
             }
@@ -433,6 +441,13 @@ fn remove(state: &mut State, id: &str) {
     {
         state.by_log_path.remove(&path);
     }
+}
+
+/// `.../0.log.20240101-120000` (or `.gz`) → `.../0.log`; `None` when not rotated.
+fn unrotated(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let (live, _suffix) = name.split_once(".log.")?;
+    Some(path.with_file_name(format!("{live}.log")))
 }
 
 /// What a CRI log path alone says about its container.

@@ -351,6 +351,13 @@ impl PodHandle {
 
     /// Creates and starts a container (restart attempt 0) in this pod.
     pub fn start_container(&self, spec: ContainerSpec) -> ContainerHandle {
+        let handle = self.create_container(spec);
+        handle.start();
+        handle
+    }
+
+    /// Creates a container (restart attempt 0) without starting it.
+    pub fn create_container(&self, spec: ContainerSpec) -> ContainerHandle {
         let mut labels: std::collections::HashMap<String, String> =
             spec.labels.clone().into_iter().collect();
         labels.extend(kube_pod_labels(&self.spec));
@@ -384,13 +391,11 @@ impl PodHandle {
             }),
             ..Default::default()
         };
-        let client = &self.harness.client;
-        let id = client
+        let id = self
+            .harness
+            .client
             .create_container(&self.sandbox_id, config, self.config.clone())
             .unwrap_or_else(|e| panic!("CreateContainer {}: {e}", spec.name));
-        client
-            .start_container(&id)
-            .unwrap_or_else(|e| panic!("StartContainer {}: {e}", spec.name));
         ContainerHandle {
             harness: self.harness,
             id,
@@ -434,6 +439,14 @@ impl ContainerHandle {
     /// `/var/log/pods/<ns>_<pod>_<uid>/<name>/0.log`.
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+
+    /// StartContainer, for a container made with [`PodHandle::create_container`].
+    pub fn start(&self) {
+        self.harness
+            .client
+            .start_container(&self.id)
+            .unwrap_or_else(|e| panic!("StartContainer {}: {e}", self.id));
     }
 
     /// What the runtime says about the container now.

@@ -192,3 +192,17 @@ fn rescanner_stops_on_shutdown() {
     thread.join().unwrap();
     assert!(stopping.elapsed() < Duration::from_secs(1));
 }
+
+#[test]
+fn rotated_file_names_map_to_the_live_one() {
+    assert_eq!(
+        unrotated(Path::new("/p/ns_pod_uid/c/0.log.20240101-120000.gz")),
+        Some(PathBuf::from("/p/ns_pod_uid/c/0.log"))
+    );
+    assert_eq!(
+        unrotated(Path::new("/p/ns_pod_uid/c/3.log.1")),
+        Some(PathBuf::from("/p/ns_pod_uid/c/3.log"))
+    );
+    assert_eq!(unrotated(Path::new("/p/ns_pod_uid/c/0.log")), None);
+    assert_eq!(unrotated(Path::new("/")), None);
+}
