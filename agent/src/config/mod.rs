@@ -148,6 +148,19 @@ pub struct KubernetesConfig {
 /// memory, and its lines' latency grows by the wait.
 const MAX_METADATA_WAIT: Duration = Duration::from_secs(60);
 
+/// Where the container runtime is asked about containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CriConfig {
+    /// `false`: container metadata comes from the pod log directory's paths only.
+    pub enabled: bool,
+    /// `unix:///run/containerd/containerd.sock` (or a bare absolute socket path).
+    pub endpoint: String,
+    /// Bound of every CRI call.
+    pub timeout: Duration,
+    /// Full container list from CRI: the safety net under the event-driven refreshes.
+    pub rescan_interval: Duration,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Checkpoints live here, and the default store below it.
@@ -163,6 +176,7 @@ pub struct Config {
     /// Read through io_uring when the kernel allows it (else plain `pread`).
     pub io_uring: bool,
     pub batch: BatchConfig,
+    pub cri: CriConfig,
     pub sources: Vec<SourceConfig>,
     pub sinks: BTreeMap<Arc<str>, SinkConfig>,
     /// eBPF capture of container streams; `None` when disabled.
@@ -313,6 +327,7 @@ impl Config {
         }
 
         let capture = v.capture(&raw.capture, &sources)?;
+        let cri = v.cri(&raw.cri)?;
 
         Ok(Config {
             capture,
@@ -323,6 +338,7 @@ impl Config {
             rotate_wait: v.duration("files.rotate_wait", &raw.files.rotate_wait)?,
             io_uring: raw.files.io_uring,
             batch,
+            cri,
             sources,
             sinks,
             kubernetes: v.kubernetes(&raw.kubernetes, env)?,
@@ -622,6 +638,18 @@ impl Validator {
             node_name,
             metadata_wait,
             annotations: k.annotations.clone(),
+        })
+    }
+
+    pub(crate) fn cri(&self, c: &raw::RawCri) -> Result<CriConfig, ConfigError> {
+        crate::discovery::cri::socket_path(&c.endpoint)
+            .map_err(|e| self.invalid("cri.endpoint", e.to_string()))?;
+        let timeout = self.interval("cri.timeout", &c.timeout)?;
+        Ok(CriConfig {
+            enabled: c.enabled,
+            endpoint: c.endpoint.clone(),
+            timeout,
+            rescan_interval: self.interval("cri.rescan_interval", &c.rescan_interval)?,
         })
     }
 

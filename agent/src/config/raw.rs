@@ -20,6 +20,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub batch: RawBatch,
     #[serde(default)]
+    pub cri: RawCri,
+    #[serde(default)]
     pub sources: Vec<RawSource>,
     #[serde(default)]
     pub sinks: BTreeMap<String, RawSink>,
@@ -185,6 +187,31 @@ impl Default for RawBatch {
             max_size: default_batch_max_size(),
             max_lines: default_batch_max_lines(),
             timeout: default_batch_timeout(),
+        }
+    }
+}
+
+/// The container runtime's CRI socket (container ids, env, labels, cgroups).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCri {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_cri_endpoint")]
+    pub endpoint: String,
+    #[serde(default = "default_cri_timeout")]
+    pub timeout: String,
+    #[serde(default = "default_cri_rescan_interval")]
+    pub rescan_interval: String,
+}
+
+impl Default for RawCri {
+    fn default() -> Self {
+        RawCri {
+            enabled: true,
+            endpoint: default_cri_endpoint(),
+            timeout: default_cri_timeout(),
+            rescan_interval: default_cri_rescan_interval(),
         }
     }
 }
@@ -379,6 +406,15 @@ fn default_rescan_interval() -> String {
 }
 fn default_rotate_wait() -> String {
     "5s".into()
+}
+fn default_cri_endpoint() -> String {
+    crate::discovery::cri::DEFAULT_ENDPOINT.into()
+}
+fn default_cri_timeout() -> String {
+    "2s".into()
+}
+fn default_cri_rescan_interval() -> String {
+    "30s".into()
 }
 fn default_true() -> bool {
     true

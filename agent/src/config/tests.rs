@@ -189,3 +189,39 @@ fn kubernetes_errors_name_the_field() {
         assert!(err.contains(field), "{yaml}: {err}");
     }
 }
+
+#[test]
+fn cri_section_defaults_and_overrides() {
+    let c = Config::embedded_default();
+    assert_eq!(
+        c.cri,
+        CriConfig {
+            enabled: true,
+            endpoint: "unix:///run/containerd/containerd.sock".into(),
+            timeout: Duration::from_secs(2),
+            rescan_interval: Duration::from_secs(30),
+        }
+    );
+    let yaml = "cri:\n  enabled: false\n  endpoint: /run/crio/crio.sock\n  timeout: 500ms\n  rescan_interval: 1m\nsinks:\n  local: {type: blackhole}\n";
+    let c = Config::parse(yaml, "t.yaml").unwrap();
+    assert!(!c.cri.enabled);
+    assert_eq!(c.cri.endpoint, "/run/crio/crio.sock");
+    assert_eq!(c.cri.timeout, Duration::from_millis(500));
+    assert_eq!(c.cri.rescan_interval, Duration::from_secs(60));
+}
+
+#[test]
+fn cri_section_errors_name_the_field() {
+    let yaml = "sinks:\n  local: {type: blackhole}\ncri:\n  endpont: unix:///x.sock\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("unknown field `endpont`"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+    for (yaml, field) in [
+        ("cri: {endpoint: \"tcp://10.0.0.1:1234\"}\n", "cri.endpoint"),
+        ("cri: {timeout: 0s}\n", "cri.timeout"),
+        ("cri: {rescan_interval: often}\n", "cri.rescan_interval"),
+    ] {
+        let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+        assert!(err.contains(field), "{yaml}: {err}");
+    }
+}

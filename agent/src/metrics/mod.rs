@@ -201,4 +201,19 @@ pub fn describe() {
         Unit::Count,
         "Container sources whose package is held waiting for pod metadata (bounded by kubernetes.metadata_wait)"
     );
+    describe_gauge!(
+        "logtap_cri_up",
+        Unit::Count,
+        "1 while the container runtime's CRI socket answers, else 0 (metadata then comes from /var/log/pods paths)"
+    );
+    describe_counter!(
+        "logtap_cri_requests_total",
+        Unit::Count,
+        "CRI calls to the container runtime, by result (ok, not_found, unreachable, error)"
+    );
+    describe_gauge!(
+        "logtap_registry_containers",
+        Unit::Count,
+        "Containers in the container registry (from CRI, or from the pod log directory scan while CRI is down)"
+    );
 }
