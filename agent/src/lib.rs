@@ -17,6 +17,7 @@
 //! package_id)`. Checkpoints, deduplication and context queries all use those coordinates.
 
 pub mod batch;
+pub mod capture;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
