@@ -4,8 +4,13 @@
 //! - `bench [ARGS]`: the throughput harness in release mode (see `bench/`); arguments
 //!   are passed on, e.g. `cargo xtask bench --size-mb 512` (a leading `--` is
 //!   accepted too).
+//! - `build-ebpf`: builds the eBPF probes (`agent-ebpf/probes`) for `bpfel-unknown-none`
+//!   into `target/bpf/logtap-probes.bpf.o`, which the agent's build script embeds.
+//!   Installs what is missing first (rust-src, bpf-linker) or says exactly what is.
 //! - `gen-crd`: writes `deploy/crd.yaml` from the `LogCollection` Rust type (a test in
 //!   `agent/tests/deploy_manifests.rs` fails when the file and the type disagree).
+
+mod build_ebpf;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -16,6 +21,18 @@ fn main() -> ExitCode {
     let rest: Vec<String> = args.collect();
     if task.as_deref() == Some("gen-crd") {
         return gen_crd();
+    }
+    if task.as_deref() == Some("build-ebpf") {
+        return match build_ebpf::run() {
+            Ok(obj) => {
+                eprintln!("xtask: eBPF object at {}", obj.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xtask: build-ebpf failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let steps: Vec<Vec<&str>> = match task.as_deref() {
         Some("ci") => vec![
@@ -42,7 +59,7 @@ fn main() -> ExitCode {
             vec![vec!["build", "--release", "-p", "logtap"], run]
         }
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [ARGS] | gen-crd>");
+            eprintln!("usage: cargo xtask <ci | build-ebpf | bench [ARGS] | gen-crd>");
             return ExitCode::from(2);
         }
     };

@@ -1,13 +1,39 @@
-//! Capture: container stdout/stderr taken from the kernel by the eBPF probes, put
-//! back into ordered streams, repaired from the runtime's CRI log where the kernel
-//! could not deliver, and fed into the pipeline like any other source.
+//! Capture: container stdout/stderr taken from the kernel by the eBPF probes, put back
+//! into ordered streams, repaired from the runtime's CRI log where the kernel could not
+//! deliver, and fed into the pipeline like any other source. See `docs/capture.md`.
+//!
+//! - [`probe`]: the kernel side's userspace half. The probes (`agent-ebpf/probes`, built
+//!   by `cargo xtask build-ebpf` and embedded by `build.rs`) copy exactly the bytes the
+//!   kernel accepted on each watched container's stdout/stderr pipe, each record tagged
+//!   with its byte offset in that stream, so that userspace sees every gap.
+//!   [`Probes::load`] loads and attaches them, [`Probes::watch_existing`] watches
+//!   cgroups that existed before the agent, [`Probes::poll`] reads the ring buffer
+//!   ([`ProbeEvent`]).
+//! - `tracefs`, `btf`: the load-time facts the probes need from the running kernel
+//!   (tracepoint field offsets; struct member offsets).
+//! - `stream`: a container stream put back in offset order, holes found.
+//! - `cri_log`: the repair path, a stream read back from its CRI log by offset.
+//! - `stage`: probe events into the pipeline, holes repaired, streams ended.
+//! - `claims`: which CRI logs capture ships, so the file source leaves them alone.
+//!
+//! # Metrics
+//!
+//! From the kernel's per-CPU counters, copied on [`Probes::poll`] at most every 100 ms:
+//! `logtap_capture_probe_load_seconds`, `logtap_capture_kernel_records_total`,
+//! `logtap_capture_kernel_bytes_total`, `logtap_capture_ring_dropped_records_total` and
+//! `logtap_capture_ring_dropped_bytes_total` (by `reason`: `ring_full`, `too_large`,
+//! `fault`), `logtap_capture_lost_events_total`. From the stage: records, bytes, gaps,
+//! repaired, unrepairable and spilled bytes, streams and watched containers
+//! (`docs/operations.md`).
 
+mod btf;
 mod claims;
 mod cri_log;
-mod event;
+pub mod probe;
 mod stage;
 mod stream;
+mod tracefs;
 
 pub use claims::{Claim, Claims};
-pub use event::ProbeEvent;
+pub use probe::{DropReason, KernelStats, ProbeError, ProbeEvent, ProbeOptions, Probes};
 pub use stage::{CaptureStage, CapturedContainer, ContainerResolver, EventFeed};

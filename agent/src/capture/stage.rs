@@ -37,7 +37,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::Claims;
 use super::cri_log::CriStreamReader;
-use super::event::ProbeEvent;
+use super::probe::ProbeEvent;
 use super::stream::{Run, StreamAssembler};
 use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;

@@ -182,6 +182,36 @@ pub fn describe() {
         "Failed Kubernetes API list/watch requests and broken watch streams, by resource"
     );
     describe_gauge!(
+        "logtap_capture_probe_load_seconds",
+        Unit::Seconds,
+        "Time to load, verify and attach the eBPF capture probes"
+    );
+    describe_counter!(
+        "logtap_capture_kernel_records_total",
+        Unit::Count,
+        "Data records the eBPF probes sent (container stdout/stderr, at most 4 KiB each)"
+    );
+    describe_counter!(
+        "logtap_capture_kernel_bytes_total",
+        Unit::Bytes,
+        "Container stdout/stderr bytes the eBPF probes sent"
+    );
+    describe_counter!(
+        "logtap_capture_ring_dropped_records_total",
+        Unit::Count,
+        "eBPF data records not sent, by reason (ring_full, too_large, fault); their bytes are stream gaps"
+    );
+    describe_counter!(
+        "logtap_capture_ring_dropped_bytes_total",
+        Unit::Bytes,
+        "Container stream bytes the eBPF probes could not send, by reason (ring_full, too_large, fault)"
+    );
+    describe_counter!(
+        "logtap_capture_lost_events_total",
+        Unit::Count,
+        "eBPF lifecycle records (stream bound, cgroup created/removed, exec, exit) lost to a full ring"
+    );
+    describe_gauge!(
         "logtap_kube_pods_cached",
         Unit::Count,
         "Pods of this node in the metadata cache, deleted ones in their grace period included"

@@ -1,0 +1,315 @@
+//! The contract between logtap's eBPF probes (`agent-ebpf/probes`) and the agent's loader
+//! (`agent/src/capture`): `#[repr(C)]` types with fixed-width fields and explicit padding,
+//! the names of maps and globals (≤ 15 bytes: the kernel truncates map names), indices of
+//! the per-CPU counters, and record kinds. Both sides compile this one file, so a field
+//! added on one side cannot be forgotten on the other.
+//!
+//! # Records in the ring buffer
+//!
+//! Every record starts with a `u32` kind (`KIND_*`):
+//! - [`KIND_DATA`]: a [`DataHeader`] followed by `len` payload bytes, the stream bytes at
+//!   `offset..offset + len` of the stream `(cgroup_id, stream)`.
+//! - every other kind: one [`LifecycleRecord`].
+#![no_std]
+
+/// Ring buffer carrying data and lifecycle records.
+pub const RING_MAP: &str = "LOGTAP_RING";
+/// `u64` cgroup id → [`WatchedCgroup`]: the cgroups whose writes are looked at.
+pub const WATCHED_MAP: &str = "LOGTAP_WATCHED";
+/// [`StreamKey`] (the pipe's inode) → [`StreamState`]: the registered container streams.
+pub const STREAMS_MAP: &str = "LOGTAP_STREAMS";
+/// `u64` pid_tgid → [`Stash`]: a write syscall between its enter and its exit.
+pub const STASH_MAP: &str = "LOGTAP_STASH";
+/// Per-CPU array with one [`Stats`] slot.
+pub const STATS_MAP: &str = "LOGTAP_STATS";
+/// The read-only global holding the [`ProbeConfig`] (patched at load time).
+pub const CONFIG_GLOBAL: &str = "LOGTAP_CONFIG";
+
+/// Entries of [`WATCHED_MAP`]: more than the containers a node runs, pod cgroups included.
+pub const MAX_WATCHED: u32 = 16384;
+/// Entries of [`STREAMS_MAP`]: two per watched cgroup.
+pub const MAX_STREAMS: u32 = 2 * MAX_WATCHED;
+/// Entries of [`STASH_MAP`]: threads blocked in a captured write at the same time.
+pub const MAX_STASHED: u32 = 16384;
+
+/// Payload bytes of one data record at most.
+pub const RECORD_PAYLOAD: usize = 4096;
+/// Upper bound of [`ProbeConfig::max_records`]: 16 × 4 KiB = 64 KiB per syscall.
+pub const MAX_RECORDS_LIMIT: u32 = 16;
+/// iovecs of one writev walked at most; bytes in further iovecs are a `too_large` gap.
+pub const MAX_IOVECS: u32 = 16;
+/// Bytes of a cgroup path or exec filename carried by a lifecycle record.
+pub const PATH_CAPACITY: usize = 256;
+/// Bytes of [`ProbeConfig::cgroup_prefix`].
+pub const PREFIX_CAPACITY: usize = 128;
+
+pub const KIND_DATA: u32 = 1;
+pub const KIND_STREAM_BOUND: u32 = 2;
+pub const KIND_CGROUP_CREATED: u32 = 3;
+pub const KIND_CGROUP_REMOVED: u32 = 4;
+pub const KIND_EXEC: u32 = 5;
+pub const KIND_EXIT: u32 = 6;
+
+/// `Stash::kind` of a write(2).
+pub const SYSCALL_WRITE: u32 = 1;
+/// `Stash::kind` of a writev(2).
+pub const SYSCALL_WRITEV: u32 = 2;
+
+// Indices into [`Stats`].
+/// write/writev syscalls on a registered stream (stashed at enter).
+pub const STAT_SYSCALLS: usize = 0;
+/// Data records submitted.
+pub const STAT_RECORDS: usize = 1;
+/// Payload bytes submitted.
+pub const STAT_BYTES: usize = 2;
+/// Data records not sent, by reason: `STAT_DROPPED_RECORDS + DROP_*`.
+pub const STAT_DROPPED_RECORDS: usize = 3;
+/// Stream bytes not sent (the offset advanced past them), by reason.
+pub const STAT_DROPPED_BYTES: usize = 6;
+/// Lifecycle records (bound, created, removed, exec, exit) lost to a full ring.
+pub const STAT_LOST_EVENTS: usize = 9;
+pub const NUM_STATS: usize = 10;
+
+/// The ring buffer had no room.
+pub const DROP_RING_FULL: usize = 0;
+/// Beyond `max_records` × 4 KiB or [`MAX_IOVECS`] of one syscall.
+pub const DROP_TOO_LARGE: usize = 1;
+/// Reading the writer's memory failed (page not resident, bad pointer).
+pub const DROP_FAULT: usize = 2;
+pub const NUM_DROP_REASONS: usize = 3;
+
+// The per-reason counter ranges must not overlap each other or run past the array.
+const _: () = assert!(STAT_DROPPED_BYTES == STAT_DROPPED_RECORDS + NUM_DROP_REASONS);
+const _: () = assert!(STAT_LOST_EVENTS == STAT_DROPPED_BYTES + NUM_DROP_REASONS);
+const _: () = assert!(STAT_LOST_EVENTS < NUM_STATS);
+
+/// Per-CPU counters, summed by userspace. One array, so a probe does one map lookup.
+pub type Stats = [u64; NUM_STATS];
+
+/// Value of [`WATCHED_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchedCgroup {
+    /// 1 once the streams of the cgroup were bound (at its first exec, or by userspace).
+    pub bound: u32,
+    pub _pad: u32,
+}
+
+/// Identity of a container stream: the inode of the pipe at fd 1 or 2 of the container's
+/// first process. `dev` is the kernel's internal `dev_t` (`MAJOR << 20 | MINOR`) of the
+/// inode's super block, not the `st_dev` encoding of stat(2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    pub ino: u64,
+    pub dev: u64,
+}
+
+/// Value of [`STREAMS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamState {
+    pub cgroup_id: u64,
+    /// Bytes accepted by the kernel on this stream so far, advanced with an atomic
+    /// fetch-add at each syscall exit: the stream offset of the next byte.
+    pub offset: u64,
+    /// 1 = stdout, 2 = stderr (as `logtap::frame::Stream`).
+    pub stream: u32,
+    pub _pad: u32,
+}
+
+/// What `sys_enter_write(v)` leaves for `sys_exit_write(v)` of the same thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stash {
+    pub key: StreamKey,
+    /// write: the user buffer; writev: the user `iovec` array.
+    pub buf: u64,
+    /// writev: iovec count (write: unused).
+    pub vlen: u64,
+    /// writev, at exit: accepted bytes walked so far. Kept in the map value rather than a
+    /// register on purpose: the verifier does not track map memory, so the states of
+    /// the iovec loop stay few enough to prune.
+    pub walked: u64,
+    /// writev, at exit: bytes of the current iovec walked so far (see `walked`).
+    pub iov_walked: u64,
+    /// `SYSCALL_WRITE` or `SYSCALL_WRITEV`.
+    pub kind: u32,
+    /// writev, at exit: records left in the syscall's budget (see `walked`).
+    pub budget: u32,
+    /// writev, at exit: the current iovec (see `walked`).
+    pub iov_index: u32,
+    pub _pad: u32,
+}
+
+/// Header of a [`KIND_DATA`] record; `len` payload bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataHeader {
+    pub kind: u32,
+    /// 1 = stdout, 2 = stderr.
+    pub stream: u32,
+    pub cgroup_id: u64,
+    /// Stream offset of the first payload byte.
+    pub offset: u64,
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub len: u32,
+}
+
+/// Every record kind other than data. Fields a kind does not use are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LifecycleRecord {
+    pub kind: u32,
+    /// `KIND_STREAM_BOUND`: 1 = stdout, 2 = stderr.
+    pub stream: u32,
+    pub cgroup_id: u64,
+    pub ktime_ns: u64,
+    /// `KIND_EXEC`, `KIND_EXIT`: the process.
+    pub tgid: u32,
+    /// `KIND_EXIT`: 1 when the last thread of the process exited.
+    pub group_dead: u32,
+    /// `KIND_STREAM_BOUND`: the stream's pipe inode.
+    pub key: StreamKey,
+    /// Bytes of `path` in use.
+    pub path_len: u32,
+    pub _pad: u32,
+    /// `KIND_CGROUP_*`: the cgroup path below the cgroup2 root; `KIND_EXEC`: the file.
+    pub path: [u8; PATH_CAPACITY],
+}
+
+/// Byte offsets of tracepoint fields, from `events/<category>/<name>/format`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    pub write_fd: u32,
+    pub write_buf: u32,
+    pub writev_fd: u32,
+    pub writev_vec: u32,
+    pub writev_vlen: u32,
+    pub exit_write_ret: u32,
+    pub exit_writev_ret: u32,
+    pub mkdir_root: u32,
+    pub mkdir_id: u32,
+    pub mkdir_path: u32,
+    pub rmdir_root: u32,
+    pub rmdir_id: u32,
+    pub rmdir_path: u32,
+    pub exec_filename: u32,
+    pub exit_group_dead: u32,
+    pub _pad: u32,
+}
+
+/// Byte offsets of kernel struct members, from `/sys/kernel/btf/vmlinux`, for the walk
+/// `task_struct → files → fdt → fd[n] → f_inode → (i_ino, i_mode, i_sb → s_dev)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_inode: u32,
+    pub inode_mode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub _pad: u32,
+}
+
+/// Everything the probes learn at load time, in one read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeConfig {
+    pub tp: TracepointOffsets,
+    pub kernel: KernelOffsets,
+    /// Data records per syscall, 1..=[`MAX_RECORDS_LIMIT`].
+    pub max_records: u32,
+    /// Bytes of `cgroup_prefix` in use. A new cgroup is watched when its path is
+    /// `cgroup_prefix` followed by `/` (no trailing `/` in the prefix; empty = all).
+    pub prefix_len: u32,
+    pub cgroup_prefix: [u8; PREFIX_CAPACITY],
+}
+
+impl ProbeConfig {
+    /// Probes that see nothing: the value compiled into the object, replaced at load.
+    pub const INERT: ProbeConfig = ProbeConfig {
+        tp: TracepointOffsets {
+            write_fd: 0,
+            write_buf: 0,
+            writev_fd: 0,
+            writev_vec: 0,
+            writev_vlen: 0,
+            exit_write_ret: 0,
+            exit_writev_ret: 0,
+            mkdir_root: 0,
+            mkdir_id: 0,
+            mkdir_path: 0,
+            rmdir_root: 0,
+            rmdir_id: 0,
+            rmdir_path: 0,
+            exec_filename: 0,
+            exit_group_dead: 0,
+            _pad: 0,
+        },
+        kernel: KernelOffsets {
+            task_files: 0,
+            files_fdt: 0,
+            fdtable_max_fds: 0,
+            fdtable_fd: 0,
+            file_inode: 0,
+            inode_mode: 0,
+            inode_ino: 0,
+            inode_sb: 0,
+            sb_dev: 0,
+            _pad: 0,
+        },
+        max_records: 1,
+        prefix_len: 0,
+        cgroup_prefix: [0; PREFIX_CAPACITY],
+    };
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are #[repr(C)], made of integers and integer arrays, with
+    // explicit padding fields: every bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for super::WatchedCgroup {}
+    unsafe impl aya::Pod for super::StreamKey {}
+    unsafe impl aya::Pod for super::StreamState {}
+    unsafe impl aya::Pod for super::Stash {}
+    unsafe impl aya::Pod for super::DataHeader {}
+    unsafe impl aya::Pod for super::LifecycleRecord {}
+    unsafe impl aya::Pod for super::ProbeConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn records_have_no_implicit_padding() {
+        // Any implicit padding would change these sums and leave bytes undefined.
+        assert_eq!(size_of::<WatchedCgroup>(), 8);
+        assert_eq!(size_of::<StreamKey>(), 16);
+        assert_eq!(size_of::<StreamState>(), 8 + 8 + 4 + 4);
+        assert_eq!(size_of::<Stash>(), 16 + 8 + 8 + 8 + 8 + 4 + 4 + 4 + 4);
+        assert_eq!(size_of::<DataHeader>(), 4 + 4 + 8 + 8 + 8 + 4 + 4);
+        assert_eq!(
+            size_of::<LifecycleRecord>(),
+            4 + 4 + 8 + 8 + 4 + 4 + 16 + 4 + 4 + PATH_CAPACITY
+        );
+        assert_eq!(size_of::<TracepointOffsets>(), 16 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 10 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 64 + 40 + 8 + PREFIX_CAPACITY);
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel() {
+        for name in [RING_MAP, WATCHED_MAP, STREAMS_MAP, STASH_MAP, STATS_MAP] {
+            assert!(name.len() <= 15, "{name}");
+        }
+    }
+}

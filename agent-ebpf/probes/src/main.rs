@@ -1,0 +1,699 @@
+//! logtap's eBPF programs: exact capture of container stdout/stderr, and container
+//! lifecycle. See `docs/capture.md` for the design; `logtap-ebpf-common` for the contract.
+//!
+//! - `cgroup_mkdir`: a new cgroup v2 directory under the configured prefix is watched from
+//!   its creation (before any process runs in it); `cgroup_rmdir` forgets it.
+//! - `sched_process_exec`: the first exec in a watched cgroup binds its streams: the pipes
+//!   at fd 1 and fd 2 of that process (the container's real stdout/stderr) are registered
+//!   by inode. Every exec and exit in a watched cgroup is reported.
+//! - `sys_enter_write(v)`: fd 1/2 of a watched cgroup whose file is a registered stream:
+//!   stash the buffer until the syscall returns.
+//! - `sys_exit_write(v)`: the kernel accepted `ret` bytes: reserve them in the stream with
+//!   an atomic fetch-add on its offset, then copy exactly those bytes into records of at
+//!   most 4 KiB. Whatever cannot be copied is counted by reason; the offset still moved,
+//!   so userspace sees the gap.
+//!
+//! # Verifier
+//!
+//! Every loop is bounded by a constant and its trip count is computed before it starts
+//! (a running budget inside the loop defeats state pruning). Sizes passed to helpers go
+//! through [`clamp`], because LLVM drops bounds it believes redundant.
+#![no_std]
+#![no_main]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+
+use core::{
+    ffi::c_void,
+    ptr::{addr_of_mut, read_volatile},
+};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns,
+            bpf_probe_read_kernel_str, bpf_probe_read_user as probe_read_user_raw,
+        },
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use aya_log_ebpf::{debug, info};
+use logtap_ebpf_common::{
+    DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, KIND_CGROUP_CREATED,
+    KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord,
+    MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STASHED, MAX_STREAMS, MAX_WATCHED, PATH_CAPACITY,
+    PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD, STAT_BYTES, STAT_DROPPED_BYTES,
+    STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, SYSCALL_WRITE,
+    SYSCALL_WRITEV, Stash, Stats, StreamKey, StreamState, WatchedCgroup,
+};
+
+/// Patched by the loader (`EbpfLoader::override_global`); lives in `.rodata`, which the
+/// kernel freezes, so the verifier treats every field as a known constant.
+#[unsafe(no_mangle)]
+static LOGTAP_CONFIG: ProbeConfig = ProbeConfig::INERT;
+
+/// Reads one field of [`LOGTAP_CONFIG`]. Volatile, or LLVM folds the compiled-in value.
+macro_rules! config {
+    ($($field:tt)+) => {
+        read_config(&raw const LOGTAP_CONFIG.$($field)+)
+    };
+}
+
+#[inline(always)]
+fn read_config<T: Copy>(field: *const T) -> T {
+    // SAFETY: a field of a static, always initialised.
+    unsafe { read_volatile(field) }
+}
+
+#[map]
+static LOGTAP_RING: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+#[map]
+static LOGTAP_WATCHED: HashMap<u64, WatchedCgroup> = HashMap::with_max_entries(MAX_WATCHED, 0);
+
+#[map]
+static LOGTAP_STREAMS: HashMap<StreamKey, StreamState> = HashMap::with_max_entries(MAX_STREAMS, 0);
+
+#[map]
+static LOGTAP_STASH: HashMap<u64, Stash> = HashMap::with_max_entries(MAX_STASHED, 0);
+
+#[map]
+static LOGTAP_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+
+const S_IFMT: u16 = 0o170000;
+const S_IFIFO: u16 = 0o010000;
+
+#[inline(always)]
+fn stats() -> Option<&'static mut Stats> {
+    // SAFETY: a per-CPU slot, and a program is not preempted by itself on one CPU.
+    LOGTAP_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// `n` bounded to `[0, N]` by a compare on the very register the helper receives.
+#[inline(always)]
+fn clamp<const N: usize>(n: u64) -> u64 {
+    let mut n = n;
+    // SAFETY: a compare and a move on one register.
+    unsafe {
+        core::arch::asm!(
+            "if {n} <= {max} goto +1",
+            "{n} = {max}",
+            n = inout(reg) n,
+            max = const N,
+            options(pure, nomem, nostack),
+        );
+    }
+    n
+}
+
+/// `*counter += n`, atomically, returning the previous value (BPF_ATOMIC | BPF_FETCH,
+/// kernel 5.12+). core's `AtomicU64::fetch_add` does not exist for the BPF target.
+///
+/// # Safety
+/// `counter` must point into a map value.
+#[inline(always)]
+unsafe fn fetch_add(counter: *mut u64, n: u64) -> u64 {
+    let mut v = n;
+    // SAFETY: per the caller.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            p = in(reg) counter,
+            v = inout(reg) v,
+            options(nostack),
+        );
+    }
+    v
+}
+
+#[inline(always)]
+fn drop_bytes(st: &mut Stats, reason: usize, records: u64, bytes: u64) {
+    st[STAT_DROPPED_RECORDS + reason] += records;
+    st[STAT_DROPPED_BYTES + reason] += bytes;
+}
+
+/// The file at `fd` of the current task: its stream key and its `i_mode`.
+#[inline(always)]
+fn fd_file(fd: u64) -> Result<(StreamKey, u16), i32> {
+    let k = config!(kernel);
+    // SAFETY: bpf_probe_read_kernel checks every address; a bad offset reads garbage or
+    // fails, it cannot fault.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let files: *const u8 = bpf_probe_read_kernel(task.add(k.task_files as usize).cast())?;
+        let fdt: *const u8 = bpf_probe_read_kernel(files.add(k.files_fdt as usize).cast())?;
+        let max_fds: u32 = bpf_probe_read_kernel(fdt.add(k.fdtable_max_fds as usize).cast())?;
+        if fd >= max_fds as u64 {
+            return Err(-1);
+        }
+        let fds: *const *const u8 = bpf_probe_read_kernel(fdt.add(k.fdtable_fd as usize).cast())?;
+        let file: *const u8 = bpf_probe_read_kernel(fds.add(fd as usize))?;
+        if file.is_null() {
+            return Err(-1);
+        }
+        let inode: *const u8 = bpf_probe_read_kernel(file.add(k.file_inode as usize).cast())?;
+        let mode: u16 = bpf_probe_read_kernel(inode.add(k.inode_mode as usize).cast())?;
+        let ino: u64 = bpf_probe_read_kernel(inode.add(k.inode_ino as usize).cast())?;
+        let sb: *const u8 = bpf_probe_read_kernel(inode.add(k.inode_sb as usize).cast())?;
+        let dev: u32 = bpf_probe_read_kernel(sb.add(k.sb_dev as usize).cast())?;
+        Ok((
+            StreamKey {
+                ino,
+                dev: dev as u64,
+            },
+            mode,
+        ))
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_enter(
+        &ctx,
+        SYSCALL_WRITE,
+        config!(tp.write_fd),
+        config!(tp.write_buf),
+        0,
+    );
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_enter(
+        &ctx,
+        SYSCALL_WRITEV,
+        config!(tp.writev_fd),
+        config!(tp.writev_vec),
+        config!(tp.writev_vlen),
+    );
+    0
+}
+
+#[inline(always)]
+fn try_sys_enter(
+    ctx: &TracePointContext,
+    kind: u32,
+    fd_off: u32,
+    buf_off: u32,
+    vlen_off: u32,
+) -> Result<(), i32> {
+    // SAFETY: offsets come from the tracepoint's format file; read_at probe-reads.
+    let fd: u64 = unsafe { ctx.read_at(fd_off as usize)? };
+    if fd != 1 && fd != 2 {
+        return Ok(());
+    }
+    // SAFETY: no arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if LOGTAP_WATCHED.get_ptr(&cgroup_id).is_none() {
+        return Ok(());
+    }
+    let (key, _) = fd_file(fd)?;
+    if LOGTAP_STREAMS.get_ptr(&key).is_none() {
+        // Not the container's stdout/stderr: e.g. `head` in `head | cat`.
+        return Ok(());
+    }
+    let buf: u64 = unsafe { ctx.read_at(buf_off as usize)? };
+    let vlen: u64 = if kind == SYSCALL_WRITEV {
+        unsafe { ctx.read_at(vlen_off as usize)? }
+    } else {
+        0
+    };
+    let stash = Stash {
+        key,
+        buf,
+        vlen,
+        walked: 0,
+        iov_walked: 0,
+        kind,
+        budget: 0,
+        iov_index: 0,
+        _pad: 0,
+    };
+    LOGTAP_STASH.insert(&bpf_get_current_pid_tgid(), &stash, 0)?;
+    if let Some(st) = stats() {
+        st[STAT_SYSCALLS] += 1;
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit::<false>(&ctx, config!(tp.exit_write_ret));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit::<true>(&ctx, config!(tp.exit_writev_ret));
+    0
+}
+
+#[inline(always)]
+fn try_sys_exit<const WRITEV: bool>(ctx: &TracePointContext, ret_off: u32) -> Result<(), i32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(stash) = LOGTAP_STASH.get_ptr_mut(&pid_tgid) else {
+        return Ok(());
+    };
+    let result = copy_accepted::<WRITEV>(ctx, ret_off, pid_tgid, stash);
+    let _ = LOGTAP_STASH.remove(&pid_tgid);
+    result
+}
+
+#[inline(always)]
+fn copy_accepted<const WRITEV: bool>(
+    ctx: &TracePointContext,
+    ret_off: u32,
+    pid_tgid: u64,
+    stash: *mut Stash,
+) -> Result<(), i32> {
+    let ret: i64 = unsafe { ctx.read_at(ret_off as usize)? };
+    if ret <= 0 {
+        return Ok(());
+    }
+    let accepted = ret as u64;
+    // SAFETY: a map value, valid until this program deletes it.
+    let key = unsafe { (*stash).key };
+    let Some(state) = LOGTAP_STREAMS.get_ptr_mut(&key) else {
+        // Forgotten between enter and exit.
+        return Ok(());
+    };
+    // SAFETY: a map value stays valid for the program's run; the offset is only ever
+    // changed atomically (here and by concurrent writers on other CPUs).
+    let (offset, cgroup_id, stream) = unsafe {
+        (
+            fetch_add(addr_of_mut!((*state).offset), accepted),
+            (*state).cgroup_id,
+            (*state).stream,
+        )
+    };
+    let Some(st) = stats() else {
+        return Ok(());
+    };
+    let hdr = DataHeader {
+        kind: KIND_DATA,
+        stream,
+        cgroup_id,
+        offset,
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        tgid: (pid_tgid >> 32) as u32,
+        len: 0,
+    };
+    // Each exit program carries only its own copy loop: the verifier walks every path.
+    if WRITEV {
+        copy_iovecs(st, &hdr, stash, accepted);
+    } else {
+        let buf = unsafe { (*stash).buf };
+        copy_buffer(st, &hdr, buf, 0, accepted, record_budget());
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn record_budget() -> u64 {
+    let m = config!(max_records) as u64;
+    if m == 0 {
+        1
+    } else if m > MAX_RECORDS_LIMIT as u64 {
+        MAX_RECORDS_LIMIT as u64
+    } else {
+        m
+    }
+}
+
+/// Copies `len` bytes at user address `src` — stream bytes `hdr.offset + at ..` — into
+/// at most `budget` records; the rest is a `too_large` gap. Returns the records used.
+#[inline(always)]
+fn copy_buffer(st: &mut Stats, hdr: &DataHeader, src: u64, at: u64, len: u64, budget: u64) -> u64 {
+    let chunk = RECORD_PAYLOAD as u64;
+    let needed = len.div_ceil(chunk);
+    let records = if needed > budget { budget } else { needed };
+    for i in 0..MAX_RECORDS_LIMIT as u64 {
+        if i >= records {
+            break;
+        }
+        let off = i * chunk;
+        let offset = hdr.offset + at + off;
+        if i + 1 < records {
+            emit::<RECORD_PAYLOAD>(st, hdr, src + off, offset, chunk);
+        } else {
+            emit_sized(st, hdr, src + off, offset, len - off);
+        }
+    }
+    let covered = records * chunk;
+    if len > covered {
+        drop_bytes(st, DROP_TOO_LARGE, needed - records, len - covered);
+    }
+    records
+}
+
+/// writev: one record per step, walking the iovecs until the `accepted` bytes are
+/// covered or the record budget is spent.
+///
+/// One flat loop whose whole state lives in the stash, i.e. in map memory, which the
+/// verifier does not track: every path of a step reaches the next step's head in the
+/// same verifier state, so it prunes them (nested iovec × record loops with the state in
+/// registers exceeded the 1M instruction limit).
+#[inline(always)]
+fn copy_iovecs(st: &mut Stats, hdr: &DataHeader, stash: *mut Stash, accepted: u64) {
+    // SAFETY (all derefs of `stash`): this thread's map value for the whole program run.
+    let (vec, vlen) = unsafe {
+        (*stash).walked = 0;
+        (*stash).iov_walked = 0;
+        (*stash).iov_index = 0;
+        (*stash).budget = record_budget() as u32;
+        ((*stash).buf, (*stash).vlen)
+    };
+    // Each step emits a record or moves to the next iovec.
+    for _ in 0..(MAX_RECORDS_LIMIT + MAX_IOVECS) {
+        let (done, in_iov, index, budget) = unsafe {
+            (
+                read_volatile(&(*stash).walked),
+                read_volatile(&(*stash).iov_walked),
+                read_volatile(&(*stash).iov_index) as u64,
+                read_volatile(&(*stash).budget),
+            )
+        };
+        if done >= accepted || budget == 0 || index >= vlen || index >= MAX_IOVECS as u64 {
+            break;
+        }
+        // struct iovec { void *iov_base; size_t iov_len; }
+        let Ok(iov) = (unsafe { bpf_probe_read_user((vec + index * 16) as *const [u64; 2]) })
+        else {
+            let rest = accepted - done;
+            drop_bytes(st, DROP_FAULT, rest.div_ceil(RECORD_PAYLOAD as u64), rest);
+            unsafe { (*stash).walked = accepted };
+            return;
+        };
+        if in_iov >= iov[1] {
+            unsafe {
+                (*stash).iov_index = index as u32 + 1;
+                (*stash).iov_walked = 0;
+            }
+            continue;
+        }
+        let mut n = iov[1] - in_iov;
+        if n > accepted - done {
+            n = accepted - done;
+        }
+        if n > RECORD_PAYLOAD as u64 {
+            n = RECORD_PAYLOAD as u64;
+        }
+        emit_sized(st, hdr, iov[0] + in_iov, hdr.offset + done, n);
+        unsafe {
+            (*stash).walked = done + n;
+            (*stash).iov_walked = in_iov + n;
+            (*stash).budget = budget - 1;
+        }
+    }
+    let done = unsafe { read_volatile(&(*stash).walked) };
+    if accepted > done {
+        // Over the record budget, or more iovecs than MAX_IOVECS.
+        let rest = accepted - done;
+        drop_bytes(
+            st,
+            DROP_TOO_LARGE,
+            rest.div_ceil(RECORD_PAYLOAD as u64),
+            rest,
+        );
+    }
+}
+
+/// Record layout of a size class: header + `N` payload bytes (`len` of them valid).
+#[repr(C)]
+struct Record<const N: usize> {
+    hdr: DataHeader,
+    data: [u8; N],
+}
+
+/// Picks the smallest size class for `n` (≤ 4 KiB) bytes: `bpf_ringbuf_reserve` needs a
+/// constant size, and small lines should not cost 4 KiB of ring each.
+#[inline(always)]
+fn emit_sized(st: &mut Stats, hdr: &DataHeader, src: u64, offset: u64, n: u64) {
+    if n <= 128 {
+        emit::<128>(st, hdr, src, offset, n)
+    } else if n <= 512 {
+        emit::<512>(st, hdr, src, offset, n)
+    } else {
+        emit::<RECORD_PAYLOAD>(st, hdr, src, offset, n)
+    }
+}
+
+/// One data record of `n` (≤ N) bytes copied from user address `src`.
+#[inline(always)]
+fn emit<const N: usize>(st: &mut Stats, hdr: &DataHeader, src: u64, offset: u64, n: u64) {
+    let Some(mut entry) = LOGTAP_RING.reserve::<Record<N>>(0) else {
+        drop_bytes(st, DROP_RING_FULL, 1, n);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    let n = clamp::<N>(n);
+    // SAFETY: `n` ≤ N bytes into the reserved record; the source is probe-read.
+    let ret = unsafe {
+        probe_read_user_raw(
+            addr_of_mut!((*rec).data).cast::<c_void>(),
+            n as u32,
+            src as *const c_void,
+        )
+    };
+    if ret != 0 {
+        entry.discard(0);
+        drop_bytes(st, DROP_FAULT, 1, n);
+        return;
+    }
+    let mut h = *hdr;
+    h.offset = offset;
+    h.len = n as u32;
+    // SAFETY: within the reserved record.
+    unsafe { addr_of_mut!((*rec).hdr).write(h) };
+    entry.submit(0);
+    st[STAT_RECORDS] += 1;
+    st[STAT_BYTES] += n;
+}
+
+/// Reserves a lifecycle record with every field but `path` set; `None` (counted) when the
+/// ring is full.
+#[inline(always)]
+fn lifecycle(
+    kind: u32,
+    cgroup_id: u64,
+) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<LifecycleRecord>> {
+    let Some(mut entry) = LOGTAP_RING.reserve::<LifecycleRecord>(0) else {
+        if let Some(st) = stats() {
+            st[STAT_LOST_EVENTS] += 1;
+        }
+        return None;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: field writes within the reserved record.
+    unsafe {
+        addr_of_mut!((*rec).kind).write(kind);
+        addr_of_mut!((*rec).stream).write(0);
+        addr_of_mut!((*rec).cgroup_id).write(cgroup_id);
+        addr_of_mut!((*rec).ktime_ns).write(bpf_ktime_get_ns());
+        addr_of_mut!((*rec).tgid).write((bpf_get_current_pid_tgid() >> 32) as u32);
+        addr_of_mut!((*rec).group_dead).write(0);
+        addr_of_mut!((*rec).key).write(StreamKey::default());
+        addr_of_mut!((*rec).path_len).write(0);
+        addr_of_mut!((*rec)._pad).write(0);
+    }
+    Some(entry)
+}
+
+/// Copies the `__data_loc char[]` string at tracepoint field `loc_off` into the record.
+#[inline(always)]
+fn fill_path(ctx: &TracePointContext, loc_off: u32, rec: *mut LifecycleRecord) {
+    // __data_loc: low 16 bits = offset of the string from the start of the record.
+    let loc: u32 = unsafe { ctx.read_at(loc_off as usize) }.unwrap_or(0);
+    let src = unsafe { ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize) };
+    // SAFETY: at most PATH_CAPACITY bytes into the record's path; the source is probe-read.
+    let n = unsafe {
+        bpf_probe_read_kernel_str(
+            addr_of_mut!((*rec).path).cast::<c_void>(),
+            PATH_CAPACITY as u32,
+            src.cast::<c_void>(),
+        )
+    };
+    // The helper counts the NUL it wrote.
+    let len = if n > 0 { n as u32 - 1 } else { 0 };
+    unsafe { addr_of_mut!((*rec).path_len).write(len) };
+}
+
+#[tracepoint]
+pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    let _ = try_cgroup_mkdir(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_cgroup_mkdir(ctx: &TracePointContext) -> Result<(), i32> {
+    // Hierarchy 0 is the cgroup v2 hierarchy; the others are v1 controllers.
+    let root: i32 = unsafe { ctx.read_at(config!(tp.mkdir_root) as usize)? };
+    if root != 0 {
+        return Ok(());
+    }
+    let cgroup_id: u64 = unsafe { ctx.read_at(config!(tp.mkdir_id) as usize)? };
+    if !under_prefix(ctx, config!(tp.mkdir_path)) {
+        return Ok(());
+    }
+    let watched = WatchedCgroup { bound: 0, _pad: 0 };
+    LOGTAP_WATCHED.insert(&cgroup_id, &watched, BPF_NOEXIST as u64)?;
+    if let Some(mut entry) = lifecycle(KIND_CGROUP_CREATED, cgroup_id) {
+        fill_path(ctx, config!(tp.mkdir_path), entry.as_mut_ptr());
+        entry.submit(0);
+    }
+    debug!(ctx, "watching new cgroup {}", cgroup_id);
+    Ok(())
+}
+
+/// Whether the `__data_loc` path at `loc_off` is strictly below the configured prefix.
+#[inline(always)]
+fn under_prefix(ctx: &TracePointContext, loc_off: u32) -> bool {
+    let mut path = [0u8; PREFIX_CAPACITY + 2];
+    let loc: u32 = match unsafe { ctx.read_at(loc_off as usize) } {
+        Ok(loc) => loc,
+        Err(_) => return false,
+    };
+    let src = unsafe { ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize) };
+    // SAFETY: bounded by the buffer's length; the source is probe-read.
+    let n = unsafe {
+        bpf_probe_read_kernel_str(
+            path.as_mut_ptr().cast::<c_void>(),
+            path.len() as u32,
+            src.cast::<c_void>(),
+        )
+    };
+    if n <= 0 {
+        return false;
+    }
+    let prefix_len = clamp::<PREFIX_CAPACITY>(config!(prefix_len) as u64) as usize;
+    for i in 0..PREFIX_CAPACITY {
+        if i >= prefix_len {
+            break;
+        }
+        if path[i] != config!(cgroup_prefix[i]) {
+            return false;
+        }
+    }
+    // A component boundary: "/kubepods" does not match "/kubepods-other".
+    path.get(prefix_len) == Some(&b'/')
+}
+
+#[tracepoint]
+pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+    let _ = try_cgroup_rmdir(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_cgroup_rmdir(ctx: &TracePointContext) -> Result<(), i32> {
+    let root: i32 = unsafe { ctx.read_at(config!(tp.rmdir_root) as usize)? };
+    if root != 0 {
+        return Ok(());
+    }
+    let cgroup_id: u64 = unsafe { ctx.read_at(config!(tp.rmdir_id) as usize)? };
+    if LOGTAP_WATCHED.remove(&cgroup_id).is_err() {
+        return Ok(());
+    }
+    // The streams stay until userspace forgets the cgroup: their last records may still
+    // be in flight, and the kernel cannot walk a map before 5.13.
+    if let Some(mut entry) = lifecycle(KIND_CGROUP_REMOVED, cgroup_id) {
+        fill_path(ctx, config!(tp.rmdir_path), entry.as_mut_ptr());
+        entry.submit(0);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_process_exec(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i32> {
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(watched) = LOGTAP_WATCHED.get_ptr_mut(&cgroup_id) else {
+        return Ok(());
+    };
+    if let Some(mut entry) = lifecycle(KIND_EXEC, cgroup_id) {
+        fill_path(ctx, config!(tp.exec_filename), entry.as_mut_ptr());
+        entry.submit(0);
+    }
+    // SAFETY: a map value; a racing exec binding too is harmless (BPF_NOEXIST below).
+    unsafe {
+        if (*watched).bound != 0 {
+            return Ok(());
+        }
+        (*watched).bound = 1;
+    }
+    // The container's first process: its fd 1 and fd 2 are the runtime's pipes.
+    bind_stream(ctx, cgroup_id, 1);
+    bind_stream(ctx, cgroup_id, 2);
+    Ok(())
+}
+
+#[inline(always)]
+fn bind_stream(ctx: &TracePointContext, cgroup_id: u64, fd: u64) {
+    let Ok((key, mode)) = fd_file(fd) else {
+        return;
+    };
+    // Only pipes: a terminal or /dev/null is not a container log stream (and /dev/null
+    // would be shared by every container).
+    if mode & S_IFMT != S_IFIFO {
+        return;
+    }
+    let state = StreamState {
+        cgroup_id,
+        offset: 0,
+        stream: fd as u32,
+        _pad: 0,
+    };
+    // NOEXIST: fd 2 may be the same pipe as fd 1 (2>&1); it stays stdout.
+    if LOGTAP_STREAMS
+        .insert(&key, &state, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        return;
+    }
+    if let Some(mut entry) = lifecycle(KIND_STREAM_BOUND, cgroup_id) {
+        let rec = entry.as_mut_ptr();
+        unsafe {
+            addr_of_mut!((*rec).stream).write(fd as u32);
+            addr_of_mut!((*rec).key).write(key);
+        }
+        entry.submit(0);
+    }
+    info!(
+        ctx,
+        "cgroup {} stream {} bound to pipe inode {}", cgroup_id, fd, key.ino
+    );
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if LOGTAP_WATCHED.get_ptr(&cgroup_id).is_none() {
+        return 0;
+    }
+    let group_dead: u8 = unsafe { ctx.read_at(config!(tp.exit_group_dead) as usize) }.unwrap_or(0);
+    if let Some(mut entry) = lifecycle(KIND_EXIT, cgroup_id) {
+        unsafe { addr_of_mut!((*entry.as_mut_ptr()).group_dead).write(group_dead as u32) };
+        entry.submit(0);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,37 @@
+//! Embeds the eBPF probes' object, built by `cargo xtask build-ebpf` (a separate step:
+//! it needs bpf-linker and a `-Z build-std` build for another target, which `cargo
+//! build` of the agent must not require). Without the object the agent still builds;
+//! `Probes::load` then says how to get it.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(logtap_ebpf_obj)");
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=LOGTAP_EBPF_OBJ");
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+    let (object, watch) = match std::env::var_os("LOGTAP_EBPF_OBJ") {
+        Some(path) => (PathBuf::from(&path), PathBuf::from(path)),
+        None => {
+            // A directory holding only the object: watching it notices the object's
+            // arrival without scanning the whole target directory.
+            let dir = manifest_dir.join("../target/bpf");
+            let _ = std::fs::create_dir_all(&dir);
+            (dir.join("logtap-probes.bpf.o"), dir)
+        }
+    };
+    let watched = if object.exists() { &object } else { &watch };
+    println!("cargo::rerun-if-changed={}", watched.display());
+    let embedded = out_dir.join("logtap-probes.bpf.o");
+    match std::fs::copy(&object, &embedded) {
+        Ok(_) => println!("cargo::rustc-cfg=logtap_ebpf_obj"),
+        Err(e) => {
+            let _ = std::fs::remove_file(&embedded);
+            println!(
+                "cargo::warning=eBPF object missing: run `cargo xtask build-ebpf` ({}: {e}); the agent builds without eBPF capture",
+                object.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,705 @@
+//! The loader of the eBPF probes: load, attach, feed the watched cgroups, read the ring.
+//!
+//! # Threads
+//!
+//! Blocking: [`Probes::poll`] waits in `epoll_wait(2)` on the ring buffer's fd and on
+//! aya-log's fd, then hands every available record to a callback that borrows it in place
+//! (no copy, no allocation per record). One thread owns a `Probes`.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use aya_log::EbpfLogger;
+use logtap_ebpf_common::{
+    CONFIG_GLOBAL, DataHeader, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC,
+    KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT, NUM_DROP_REASONS, NUM_STATS,
+    PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RING_MAP, STAT_BYTES, STAT_DROPPED_BYTES,
+    STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, STATS_MAP, STREAMS_MAP,
+    StreamKey, StreamState, WATCHED_MAP, WatchedCgroup,
+};
+
+use super::{btf, tracefs};
+use crate::frame::Stream;
+
+/// The probes' object, built by `cargo xtask build-ebpf` and embedded by `build.rs`.
+#[cfg(logtap_ebpf_obj)]
+static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
+    env!("OUT_DIR"),
+    "/logtap-probes.bpf.o"
+)));
+#[cfg(not(logtap_ebpf_obj))]
+static OBJECT: Option<&[u8]> = None;
+
+/// Programs and the tracepoints they attach to, exits before enters: a stash is only
+/// ever left by an enter whose exit probe is already there.
+const PROGRAMS: [(&str, &str, &str); 8] = [
+    ("cgroup_mkdir", "cgroup", "cgroup_mkdir"),
+    ("cgroup_rmdir", "cgroup", "cgroup_rmdir"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sys_exit_write", "syscalls", "sys_exit_write"),
+    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
+    ("sys_enter_write", "syscalls", "sys_enter_write"),
+    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
+];
+
+const BPF_NOEXIST: u64 = 1;
+const EPOLL_RING: u64 = 0;
+const EPOLL_LOG: u64 = 1;
+/// Kernel counters are copied into metrics at most this often.
+const STATS_INTERVAL: Duration = Duration::from_millis(100);
+
+pub struct ProbeOptions {
+    /// Ring buffer size in bytes (power of two, ≥ page size). Default 16 MiB.
+    pub ring_bytes: u32,
+    /// cgroup v2 path prefix (relative to the cgroup2 root, starting with '/') under which
+    /// new cgroups are watched from creation, e.g. "/kubepods".
+    pub cgroup_prefix: String,
+    /// Records per write syscall (1..=16); bytes beyond records × 4 KiB are a counted gap.
+    pub max_records_per_write: u32,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            ring_bytes: 16 << 20,
+            cgroup_prefix: "/kubepods".to_owned(),
+            max_records_per_write: MAX_RECORDS_LIMIT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("eBPF object missing: run `cargo xtask build-ebpf`, then rebuild the agent")]
+    ObjectMissing,
+    #[error("invalid probe options: {0}")]
+    Options(String),
+    #[error("tracefs: {0}")]
+    Tracefs(String),
+    #[error("kernel BTF: {0}")]
+    Btf(String),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> ProbeError {
+    move |source| ProbeError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// Why stream bytes were not captured (the stream offset still advanced past them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The ring buffer had no room (userspace too slow, or the ring too small).
+    RingFull,
+    /// Beyond `max_records_per_write` × 4 KiB, or beyond 16 iovecs, of one syscall.
+    TooLarge,
+    /// The writer's buffer could not be read (not resident, bad pointer).
+    Fault,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; NUM_DROP_REASONS] = [
+        DropReason::RingFull,
+        DropReason::TooLarge,
+        DropReason::Fault,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::RingFull => "ring_full",
+            DropReason::TooLarge => "too_large",
+            DropReason::Fault => "fault",
+        }
+    }
+}
+
+/// Sums of the per-CPU kernel counters since the probes were loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Data records sent.
+    pub records: u64,
+    /// Payload bytes sent.
+    pub bytes: u64,
+    /// Indexed by `DropReason as usize`.
+    pub dropped_records: [u64; 3],
+    /// Indexed by `DropReason as usize`.
+    pub dropped_bytes: [u64; 3],
+    /// write/writev syscalls on registered streams.
+    pub syscalls: u64,
+    /// Lifecycle records (stream bound, cgroup created/removed, exec, exit) lost to a full
+    /// ring. The periodic rescan is what recovers from those.
+    pub lost_events: u64,
+}
+
+/// One record from the kernel, borrowed from the ring buffer.
+#[derive(Debug)]
+pub enum ProbeEvent<'a> {
+    /// `bytes` are the stream bytes at `offset..offset+bytes.len()` of (cgroup_id, stream).
+    Data {
+        cgroup_id: u64,
+        stream: Stream,
+        offset: u64,
+        bytes: &'a [u8],
+        ktime_ns: u64,
+        tgid: u32,
+    },
+    StreamBound {
+        cgroup_id: u64,
+        stream: Stream,
+        inode: u64,
+    },
+    CgroupCreated {
+        cgroup_id: u64,
+        path: &'a [u8],
+    },
+    CgroupRemoved {
+        cgroup_id: u64,
+        path: &'a [u8],
+    },
+    Exec {
+        cgroup_id: u64,
+        tgid: u32,
+        filename: &'a [u8],
+    },
+    Exit {
+        cgroup_id: u64,
+        tgid: u32,
+        group_dead: bool,
+    },
+}
+
+/// The loaded and attached probes. Dropping it detaches them.
+pub struct Probes {
+    ring: RingBuf<MapData>,
+    watched: HashMap<MapData, u64, WatchedCgroup>,
+    streams: HashMap<MapData, StreamKey, StreamState>,
+    stats: PerCpuArray<MapData, [u64; NUM_STATS]>,
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    epoll: OwnedFd,
+    stats_exported: Option<Instant>,
+    // Last: the programs stay attached as long as the maps above are in use.
+    _ebpf: Ebpf,
+}
+
+impl Probes {
+    /// Loads the probes and attaches them; sets `logtap_capture_probe_load_seconds`.
+    pub fn load(options: &ProbeOptions) -> Result<Probes, ProbeError> {
+        let started = Instant::now();
+        let object = OBJECT.ok_or(ProbeError::ObjectMissing)?;
+        let config = probe_config(options)?;
+        raise_memlock_limit();
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(RING_MAP, options.ring_bytes)
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .load(object)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF diagnostics will not be forwarded");
+                None
+            }
+        };
+        for (name, category, tracepoint) in PROGRAMS {
+            let program_error = |source| ProbeError::Program {
+                name,
+                source: Box::new(source),
+            };
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::Options(format!("the object has no program {name}")))?
+                .try_into()
+                .map_err(program_error)?;
+            program.load().map_err(program_error)?;
+            program
+                .attach(category, tracepoint)
+                .map_err(program_error)?;
+        }
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| ProbeError::Options(format!("the object has no map {name}")))
+        };
+        let ring = RingBuf::try_from(take(RING_MAP)?).map_err(map_error(RING_MAP))?;
+        let watched = HashMap::try_from(take(WATCHED_MAP)?).map_err(map_error(WATCHED_MAP))?;
+        let streams = HashMap::try_from(take(STREAMS_MAP)?).map_err(map_error(STREAMS_MAP))?;
+        let stats = PerCpuArray::try_from(take(STATS_MAP)?).map_err(map_error(STATS_MAP))?;
+
+        let epoll = epoll_create()?;
+        epoll_add(&epoll, ring.as_raw_fd(), EPOLL_RING)?;
+        if let Some(logger) = &logger {
+            epoll_add(&epoll, logger.as_fd().as_raw_fd(), EPOLL_LOG)?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        metrics::gauge!("logtap_capture_probe_load_seconds").set(seconds);
+        tracing::info!(
+            seconds,
+            prefix = %options.cgroup_prefix,
+            ring_bytes = options.ring_bytes,
+            "eBPF capture probes attached"
+        );
+        Ok(Probes {
+            ring,
+            watched,
+            streams,
+            stats,
+            logger,
+            epoll,
+            stats_exported: None,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Watch an existing cgroup (found by a scan at start-up) and bind its streams from
+    /// the pipe inodes of /proc/<pid>/fd/1 and /fd/2 (pid = the container's first process).
+    ///
+    /// A stream that is not a pipe (a terminal, /dev/null) is not bound: only pipes are
+    /// container log streams. A stream already bound keeps its offset.
+    pub fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> Result<(), ProbeError> {
+        for fd in [1u32, 2] {
+            let path = format!("/proc/{pid}/fd/{fd}");
+            let meta = std::fs::metadata(&path).map_err(|source| ProbeError::Io {
+                context: format!("stat {path}"),
+                source,
+            })?;
+            if !meta.file_type().is_fifo() {
+                tracing::debug!(cgroup_id, pid, fd, "not a pipe: stream not bound");
+                continue;
+            }
+            let key = StreamKey {
+                ino: meta.ino(),
+                dev: kernel_dev(meta.dev()),
+            };
+            let state = StreamState {
+                cgroup_id,
+                offset: 0,
+                stream: fd,
+                _pad: 0,
+            };
+            match self.streams.insert(key, state, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(map_error(STREAMS_MAP)(e)),
+            }
+        }
+        let watched = WatchedCgroup { bound: 1, _pad: 0 };
+        self.watched
+            .insert(cgroup_id, watched, 0)
+            .map_err(map_error(WATCHED_MAP))
+    }
+
+    /// Forget a cgroup and its streams (after CgroupRemoved was handled).
+    pub fn forget(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        match self.watched.remove(&cgroup_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(map_error(WATCHED_MAP)(e)),
+        }
+        let mut keys = Vec::with_capacity(2);
+        for entry in self.streams.iter() {
+            let (key, state) = entry.map_err(map_error(STREAMS_MAP))?;
+            if state.cgroup_id == cgroup_id {
+                keys.push(key);
+            }
+        }
+        for key in keys {
+            match self.streams.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_error(STREAMS_MAP)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for records, then hands every available one to `on_event`.
+    /// Returns how many records were handed over.
+    pub fn poll(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut dyn FnMut(ProbeEvent<'_>),
+    ) -> io::Result<usize> {
+        let mut handed = self.drain(on_event);
+        if handed == 0 {
+            let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+            let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: a valid epoll fd and an array of the given length.
+            let n =
+                unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, millis) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            handed = self.drain(on_event);
+        }
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
+        self.export_stats();
+        Ok(handed)
+    }
+
+    fn drain(&mut self, on_event: &mut dyn FnMut(ProbeEvent<'_>)) -> usize {
+        let mut handed = 0;
+        while let Some(item) = self.ring.next() {
+            match parse(&item) {
+                Some(event) => {
+                    on_event(event);
+                    handed += 1;
+                }
+                None => tracing::warn!(len = item.len(), "malformed eBPF record skipped"),
+            }
+        }
+        handed
+    }
+
+    fn export_stats(&mut self) {
+        if self
+            .stats_exported
+            .is_some_and(|t| t.elapsed() < STATS_INTERVAL)
+        {
+            return;
+        }
+        self.stats_exported = Some(Instant::now());
+        let Ok(stats) = self.kernel_stats() else {
+            return;
+        };
+        metrics::counter!("logtap_capture_kernel_records_total").absolute(stats.records);
+        metrics::counter!("logtap_capture_kernel_bytes_total").absolute(stats.bytes);
+        metrics::counter!("logtap_capture_lost_events_total").absolute(stats.lost_events);
+        for reason in DropReason::ALL {
+            let i = reason as usize;
+            metrics::counter!("logtap_capture_ring_dropped_records_total", "reason" => reason.as_str())
+                .absolute(stats.dropped_records[i]);
+            metrics::counter!("logtap_capture_ring_dropped_bytes_total", "reason" => reason.as_str())
+                .absolute(stats.dropped_bytes[i]);
+        }
+    }
+
+    /// Sums of the per-CPU kernel counters.
+    pub fn kernel_stats(&self) -> Result<KernelStats, ProbeError> {
+        let per_cpu = self.stats.get(&0, 0).map_err(map_error(STATS_MAP))?;
+        let mut sum = [0u64; NUM_STATS];
+        for cpu in per_cpu.iter() {
+            for (s, v) in sum.iter_mut().zip(cpu) {
+                *s += v;
+            }
+        }
+        let reasons = |base: usize| std::array::from_fn(|i| sum[base + i]);
+        Ok(KernelStats {
+            records: sum[STAT_RECORDS],
+            bytes: sum[STAT_BYTES],
+            dropped_records: reasons(STAT_DROPPED_RECORDS),
+            dropped_bytes: reasons(STAT_DROPPED_BYTES),
+            syscalls: sum[STAT_SYSCALLS],
+            lost_events: sum[STAT_LOST_EVENTS],
+        })
+    }
+
+    /// The mount point of the cgroup v2 hierarchy (a cgroup's id is the inode of its
+    /// directory below it). First `cgroup2` entry of `/proc/self/mountinfo`.
+    pub fn cgroup2_root() -> io::Result<PathBuf> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        cgroup2_mount(&mountinfo).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "no cgroup2 file system is mounted")
+        })
+    }
+}
+
+fn probe_config(options: &ProbeOptions) -> Result<ProbeConfig, ProbeError> {
+    if !options.ring_bytes.is_power_of_two() || (options.ring_bytes as usize) < page_size() {
+        return Err(ProbeError::Options(format!(
+            "ring_bytes {} must be a power of two of at least the page size",
+            options.ring_bytes
+        )));
+    }
+    if !(1..=MAX_RECORDS_LIMIT).contains(&options.max_records_per_write) {
+        return Err(ProbeError::Options(format!(
+            "max_records_per_write {} must be in 1..={MAX_RECORDS_LIMIT}",
+            options.max_records_per_write
+        )));
+    }
+    let prefix = options.cgroup_prefix.trim_end_matches('/');
+    if !options.cgroup_prefix.starts_with('/') || prefix.len() > PREFIX_CAPACITY {
+        return Err(ProbeError::Options(format!(
+            "cgroup_prefix {:?} must start with '/' and be at most {PREFIX_CAPACITY} bytes",
+            options.cgroup_prefix
+        )));
+    }
+    let root = tracefs::tracefs_root().map_err(ProbeError::Tracefs)?;
+    let tp = tracefs::tracepoint_offsets(&root).map_err(ProbeError::Tracefs)?;
+    let kernel = btf::Btf::from_file(btf::VMLINUX_BTF)
+        .and_then(|b| b.kernel_offsets())
+        .map_err(ProbeError::Btf)?;
+    let mut config = ProbeConfig {
+        tp,
+        kernel,
+        max_records: options.max_records_per_write,
+        prefix_len: prefix.len() as u32,
+        ..ProbeConfig::INERT
+    };
+    config.cgroup_prefix[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    Ok(config)
+}
+
+fn page_size() -> usize {
+    // SAFETY: no arguments beyond the constant.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Raising it needs
+/// CAP_SYS_RESOURCE; newer kernels do not need it, so a failure is only logged.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            error = %io::Error::last_os_error(),
+            "RLIMIT_MEMLOCK not raised (only kernels before 5.11 need it)"
+        );
+    }
+}
+
+/// stat(2)'s `st_dev` as the kernel's internal `dev_t` (`MAJOR << 20 | MINOR`), which is
+/// what the probes read from `super_block.s_dev`.
+fn kernel_dev(st_dev: u64) -> u64 {
+    let (major, minor) = (libc::major(st_dev) as u64, libc::minor(st_dev) as u64);
+    (major << 20) | minor
+}
+
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // <id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> ...
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace()
+            .nth(4)
+            .map(|p| PathBuf::from(unescape_mountinfo(p)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = bytes
+                .get(i + 1..i + 4)
+                .and_then(|o| std::str::from_utf8(o).ok())
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; T is a #[repr(C)] integer-only contract type (any bits valid).
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one ring record, `None` when it is too short for its kind or of no kind known.
+fn parse(item: &[u8]) -> Option<ProbeEvent<'_>> {
+    let kind: u32 = read(item)?;
+    if kind == KIND_DATA {
+        let h: DataHeader = read(item)?;
+        let start = size_of::<DataHeader>();
+        let bytes = item.get(start..start + h.len as usize)?;
+        return Some(ProbeEvent::Data {
+            cgroup_id: h.cgroup_id,
+            stream: Stream::from_u8(h.stream as u8),
+            offset: h.offset,
+            bytes,
+            ktime_ns: h.ktime_ns,
+            tgid: h.tgid,
+        });
+    }
+    let r: LifecycleRecord = read(item)?;
+    let start = std::mem::offset_of!(LifecycleRecord, path);
+    let path = item.get(start..start + (r.path_len as usize).min(PATH_CAPACITY))?;
+    Some(match kind {
+        KIND_STREAM_BOUND => ProbeEvent::StreamBound {
+            cgroup_id: r.cgroup_id,
+            stream: Stream::from_u8(r.stream as u8),
+            inode: r.key.ino,
+        },
+        KIND_CGROUP_CREATED => ProbeEvent::CgroupCreated {
+            cgroup_id: r.cgroup_id,
+            path,
+        },
+        KIND_CGROUP_REMOVED => ProbeEvent::CgroupRemoved {
+            cgroup_id: r.cgroup_id,
+            path,
+        },
+        KIND_EXEC => ProbeEvent::Exec {
+            cgroup_id: r.cgroup_id,
+            tgid: r.tgid,
+            filename: path,
+        },
+        KIND_EXIT => ProbeEvent::Exit {
+            cgroup_id: r.cgroup_id,
+            tgid: r.tgid,
+            group_dead: r.group_dead != 0,
+        },
+        _ => return None,
+    })
+}
+
+fn epoll_create() -> Result<OwnedFd, ProbeError> {
+    // SAFETY: plain syscall; the fd is owned right away.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(ProbeError::Io {
+            context: "epoll_create1".to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn epoll_add(epoll: &OwnedFd, fd: i32, token: u64) -> Result<(), ProbeError> {
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: valid fds and event struct.
+    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } != 0 {
+        return Err(ProbeError::Io {
+            context: "epoll_ctl".to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup2_mount_is_found_in_hybrid_mountinfo() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 30 0:35 / /sys/fs/cgroup/uni\\040fied rw,relatime - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mount(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/uni fied"))
+        );
+        assert_eq!(cgroup2_mount("garbage\n - \n"), None);
+    }
+
+    #[test]
+    fn kernel_dev_matches_the_kernels_encoding() {
+        // st_dev of an anonymous device (major 0, minor 14): the kernel's MKDEV(0, 14).
+        assert_eq!(kernel_dev(libc::makedev(0, 14)), 14);
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        assert_eq!(kernel_dev(libc::makedev(259, 300)), (259 << 20) | 300);
+    }
+
+    #[test]
+    fn records_decode_and_short_ones_are_refused() {
+        let h = DataHeader {
+            kind: KIND_DATA,
+            stream: 2,
+            cgroup_id: 7,
+            offset: 100,
+            ktime_ns: 1,
+            tgid: 42,
+            len: 3,
+        };
+        let mut rec = vec![0u8; size_of::<DataHeader>() + 8];
+        // SAFETY: the buffer is large enough.
+        unsafe { std::ptr::write_unaligned(rec.as_mut_ptr().cast(), h) };
+        rec[size_of::<DataHeader>()..][..3].copy_from_slice(b"abc");
+        match parse(&rec) {
+            Some(ProbeEvent::Data {
+                cgroup_id: 7,
+                stream: Stream::Stderr,
+                offset: 100,
+                bytes: b"abc",
+                tgid: 42,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&rec[..size_of::<DataHeader>() + 2]).is_none());
+        assert!(parse(&rec[..3]).is_none());
+        let mut unknown = vec![0u8; size_of::<LifecycleRecord>()];
+        unknown[0] = 99;
+        assert!(parse(&unknown).is_none());
+    }
+
+    #[test]
+    fn options_are_checked_before_anything_is_loaded() {
+        let bad = [
+            ProbeOptions {
+                ring_bytes: 3 << 20,
+                ..ProbeOptions::default()
+            },
+            ProbeOptions {
+                max_records_per_write: 17,
+                ..ProbeOptions::default()
+            },
+            ProbeOptions {
+                cgroup_prefix: "kubepods".to_owned(),
+                ..ProbeOptions::default()
+            },
+        ];
+        for options in bad {
+            assert!(matches!(
+                probe_config(&options),
+                Err(ProbeError::Options(_))
+            ));
+        }
+    }
+}

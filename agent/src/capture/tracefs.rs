@@ -1,0 +1,130 @@
+//! Tracepoint field offsets, read from tracefs at load time.
+//!
+//! The layout of a tracepoint's record (`events/<category>/<name>/format`) changes
+//! between kernels; reading it here keeps the probes free of hard-coded offsets.
+
+use std::path::{Path, PathBuf};
+
+use logtap_ebpf_common::TracepointOffsets;
+
+const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// The tracefs directory holding `events/`, mounting tracefs at `/sys/kernel/tracing`
+/// when neither usual place has it (needs CAP_SYS_ADMIN, which loading probes needs too).
+pub fn tracefs_root() -> Result<PathBuf, String> {
+    if let Some(found) = CANDIDATES
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("events").is_dir())
+    {
+        return Ok(found.to_path_buf());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "no tracefs with events/ in {CANDIDATES:?}, and mounting tracefs on /sys/kernel/tracing failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    tracing::info!("mounted tracefs on /sys/kernel/tracing");
+    Ok(PathBuf::from(CANDIDATES[0]))
+}
+
+/// Byte offset of `field` in a tracepoint `format` file's text.
+pub fn field_offset(format: &str, field: &str) -> Option<u32> {
+    // "\tfield:const char * buf;\toffset:24;\tsize:8;\tsigned:0;"
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';');
+        let decl = parts.next()?.trim().strip_prefix("field:")?;
+        let name = decl.rsplit([' ', '*']).next()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        parts
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix("offset:"))?
+            .parse()
+            .ok()
+    })
+}
+
+/// Reads the offsets of every field the probes use.
+pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, String> {
+    let offset = |category: &str, name: &str, field: &str| -> Result<u32, String> {
+        let path = root.join("events").join(category).join(name).join("format");
+        let format =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        field_offset(&format, field).ok_or_else(|| format!("{}: no field {field}", path.display()))
+    };
+    Ok(TracepointOffsets {
+        write_fd: offset("syscalls", "sys_enter_write", "fd")?,
+        write_buf: offset("syscalls", "sys_enter_write", "buf")?,
+        writev_fd: offset("syscalls", "sys_enter_writev", "fd")?,
+        writev_vec: offset("syscalls", "sys_enter_writev", "vec")?,
+        writev_vlen: offset("syscalls", "sys_enter_writev", "vlen")?,
+        exit_write_ret: offset("syscalls", "sys_exit_write", "ret")?,
+        exit_writev_ret: offset("syscalls", "sys_exit_writev", "ret")?,
+        mkdir_root: offset("cgroup", "cgroup_mkdir", "root")?,
+        mkdir_id: offset("cgroup", "cgroup_mkdir", "id")?,
+        mkdir_path: offset("cgroup", "cgroup_mkdir", "path")?,
+        rmdir_root: offset("cgroup", "cgroup_rmdir", "root")?,
+        rmdir_id: offset("cgroup", "cgroup_rmdir", "id")?,
+        rmdir_path: offset("cgroup", "cgroup_rmdir", "path")?,
+        exec_filename: offset("sched", "sched_process_exec", "filename")?,
+        exit_group_dead: offset("sched", "sched_process_exit", "group_dead")?,
+        _pad: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRITE: &str = "name: sys_enter_write
+ID: 840
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:unsigned int fd;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:const char * buf;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:size_t count;\toffset:32;\tsize:8;\tsigned:0;
+\tfield:char comm[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__data_loc char[] path;\toffset:56;\tsize:4;\tsigned:0;
+
+print fmt: \"fd: 0x%08lx\", ((unsigned long)(REC->fd))
+";
+
+    #[test]
+    fn offsets_of_plain_pointer_array_and_data_loc_fields() {
+        assert_eq!(field_offset(WRITE, "fd"), Some(16));
+        assert_eq!(field_offset(WRITE, "buf"), Some(24));
+        assert_eq!(field_offset(WRITE, "count"), Some(32));
+        assert_eq!(field_offset(WRITE, "comm"), Some(40));
+        assert_eq!(field_offset(WRITE, "path"), Some(56));
+        assert_eq!(field_offset(WRITE, "vlen"), None);
+        assert_eq!(field_offset("garbage\n;;;\nfield:", "fd"), None);
+    }
+
+    #[test]
+    fn the_running_kernel_has_every_field_the_probes_read() {
+        if std::env::var("LOGTAP_SKIP_EBPF_TESTS").as_deref() == Ok("1") {
+            eprintln!("LOGTAP_SKIP_EBPF_TESTS=1: not reading the running kernel's facts");
+            return;
+        }
+        let root = tracefs_root().unwrap();
+        let tp = tracepoint_offsets(&root).unwrap();
+        assert_eq!((tp.write_fd, tp.write_buf), (16, 24), "{tp:?}");
+        assert!(tp.mkdir_path > tp.mkdir_id, "{tp:?}");
+    }
+}

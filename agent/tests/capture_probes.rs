@@ -1,0 +1,608 @@
+//! The eBPF probes on the real kernel, with real processes in real cgroup v2 directories.
+//!
+//! Each test creates its own parent cgroup (below the cgroup this test runs in) and uses
+//! it as the probes' `cgroup_prefix`; each "container" is a child cgroup that the workload
+//! joins between fork and exec, exactly as runc does. The bytes captured for each
+//! (cgroup, stream), assembled by offset, are compared byte for byte with what the test
+//! read from the workload's pipes.
+//!
+//! Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) and fails without it, unless
+//! `LOGTAP_SKIP_EBPF_TESTS=1` is set. Needs the eBPF object (`cargo xtask build-ebpf`).
+//!
+//! A custom harness (`harness = false`): the binary is also the workload (`--workload
+//! ...`: writev, interleaved streams, huge writes), and the tests run one at a time (they
+//! share the kernel and two CPU cores; a tiny-ring test must not see another's load).
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use logtap::capture::{DropReason, ProbeEvent, ProbeOptions, Probes};
+use logtap::frame::Stream;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--workload") {
+        workload(&args[2..]);
+        return;
+    }
+    let tests: [(&str, fn()); 10] = [
+        ("small_lines_one_write_each", small_lines_one_write_each),
+        ("writes_of_64_kib", writes_of_64_kib),
+        ("writev_with_several_iovecs", writev_with_several_iovecs),
+        (
+            "stdout_and_stderr_interleaved",
+            stdout_and_stderr_interleaved,
+        ),
+        (
+            "pipeline_inside_the_container_is_captured_once",
+            pipeline_inside_the_container_is_captured_once,
+        ),
+        (
+            "pod_of_200_ms_is_captured_in_full",
+            pod_of_200_ms_is_captured_in_full,
+        ),
+        (
+            "existing_container_is_watched_from_its_pid",
+            existing_container_is_watched_from_its_pid,
+        ),
+        (
+            "tiny_ring_overflow_is_an_exact_gap",
+            tiny_ring_overflow_is_an_exact_gap,
+        ),
+        (
+            "write_over_64_kib_is_an_exact_too_large_gap",
+            write_over_64_kib_is_an_exact_too_large_gap,
+        ),
+        ("forget_stops_capture", forget_stops_capture),
+    ];
+    let filter: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let selected: Vec<_> = tests
+        .iter()
+        .filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if std::env::var("LOGTAP_SKIP_EBPF_TESTS").as_deref() == Ok("1") {
+        println!(
+            "LOGTAP_SKIP_EBPF_TESTS=1: the {} eBPF capture tests are skipped",
+            selected.len()
+        );
+        println!(
+            "\ntest result: ok. 0 passed; 0 failed; {} ignored",
+            selected.len()
+        );
+        return;
+    }
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "the eBPF capture tests need root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN); \
+             set LOGTAP_SKIP_EBPF_TESTS=1 to skip them"
+        );
+        println!("\ntest result: FAILED. 0 passed; {} failed", selected.len());
+        std::process::exit(101);
+    }
+    let (mut passed, mut failed) = (0, Vec::new());
+    for (name, test) in selected {
+        let started = Instant::now();
+        match std::panic::catch_unwind(test) {
+            Ok(()) => {
+                passed += 1;
+                println!(
+                    "test {name} ... ok ({:.2} s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(_) => {
+                failed.push(*name);
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    let status = if failed.is_empty() { "ok" } else { "FAILED" };
+    println!(
+        "\ntest result: {status}. {passed} passed; {} failed",
+        failed.len()
+    );
+    if !failed.is_empty() {
+        println!("failures: {failed:?}");
+        std::process::exit(101);
+    }
+}
+
+fn line(i: u64) -> Vec<u8> {
+    format!("line {i:08} the quick brown fox\n").into_bytes()
+}
+
+fn write_all(fd: i32, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        // SAFETY: a valid buffer.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        assert!(n > 0, "write: {}", std::io::Error::last_os_error());
+        buf = &buf[n as usize..];
+    }
+}
+
+/// The programs the "containers" run, each with its own write pattern.
+fn workload(args: &[String]) {
+    let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
+    match args[0].as_str() {
+        // One write(2) per line.
+        "lines" => (0..n).for_each(|i| write_all(1, &line(i))),
+        "interleaved" => (0..n).for_each(|i| write_all(1 + (i % 2) as i32, &line(i))),
+        // `n` writes of `size` bytes each, every byte telling where it is.
+        "big" => {
+            let size: usize = args[2].parse().unwrap();
+            for w in 0..n as usize {
+                let buf: Vec<u8> = (0..size).map(|i| ((w * 7 + i * 13) % 251) as u8).collect();
+                write_all(1, &buf);
+            }
+        }
+        // `n` writev(2) with 4 iovecs: a line, a line, a 6000-byte blob, a line.
+        "writev" => {
+            let blob: Vec<u8> = (0..6000).map(|i| b'a' + (i % 26) as u8).collect();
+            for i in 0..n {
+                let (a, b, c) = (line(3 * i), line(3 * i + 1), line(3 * i + 2));
+                let iov = [&a[..], &b[..], &blob[..], &c[..]].map(|s| libc::iovec {
+                    iov_base: s.as_ptr() as *mut _,
+                    iov_len: s.len(),
+                });
+                let total: usize = iov.iter().map(|v| v.iov_len).sum();
+                // SAFETY: valid iovecs.
+                let r = unsafe { libc::writev(1, iov.as_ptr(), iov.len() as i32) };
+                assert_eq!(r as usize, total, "short writev");
+            }
+        }
+        other => panic!("unknown workload {other}"),
+    }
+}
+
+/// One test's cgroup parent, used as the probes' prefix, and its "containers".
+struct Scene {
+    parent: PathBuf,
+    prefix: String,
+    children: Vec<PathBuf>,
+}
+
+impl Scene {
+    fn new(name: &str) -> Scene {
+        let root = Probes::cgroup2_root().expect("a cgroup2 mount");
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let own = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("this process in the cgroup v2 hierarchy")
+            .trim_end_matches('/')
+            .to_owned();
+        let prefix = format!("{own}/logtap-test-{}-{name}", std::process::id());
+        let parent = root.join(prefix.trim_start_matches('/'));
+        let _ = std::fs::remove_dir(&parent);
+        std::fs::create_dir(&parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
+        Scene {
+            parent,
+            prefix,
+            children: Vec::new(),
+        }
+    }
+
+    fn options(&self) -> ProbeOptions {
+        ProbeOptions {
+            cgroup_prefix: self.prefix.clone(),
+            ..ProbeOptions::default()
+        }
+    }
+
+    /// A container's cgroup; returns its directory and id.
+    fn container(&mut self, name: &str) -> (PathBuf, u64) {
+        let dir = self.parent.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        self.children.push(dir.clone());
+        let id = std::fs::metadata(&dir).unwrap().ino();
+        (dir, id)
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        for child in self.children.iter().rev() {
+            let _ = std::fs::remove_dir(child);
+        }
+        let _ = std::fs::remove_dir(&self.parent);
+    }
+}
+
+/// Spawns `cmd` in the cgroup `dir` (joined before execve, as runc does), stdout and
+/// stderr piped, read by threads.
+fn spawn_in(dir: &Path, mut cmd: Command) -> Running {
+    let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).unwrap();
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).unwrap();
+        v
+    });
+    Running { child, out, err }
+}
+
+fn self_workload(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg("--workload").args(args);
+    cmd
+}
+
+fn shell(script: &str) -> Command {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(script);
+    cmd
+}
+
+struct Running {
+    child: Child,
+    out: std::thread::JoinHandle<Vec<u8>>,
+    err: std::thread::JoinHandle<Vec<u8>>,
+}
+
+/// What the probes reported about one cgroup.
+#[derive(Default, Debug)]
+struct Captured {
+    /// By stream (1, 2): offset → bytes.
+    data: [BTreeMap<u64, Vec<u8>>; 3],
+    bound: Vec<(Stream, u64)>,
+    created: Vec<Vec<u8>>,
+    removed: Vec<Vec<u8>>,
+    execs: Vec<(u32, Vec<u8>)>,
+    exits: Vec<(u32, bool)>,
+}
+
+impl Captured {
+    fn take(&mut self, cgroup: u64, event: ProbeEvent<'_>) {
+        match event {
+            ProbeEvent::Data {
+                cgroup_id,
+                stream,
+                offset,
+                bytes,
+                ..
+            } if cgroup_id == cgroup => {
+                let previous = self.data[stream as usize].insert(offset, bytes.to_vec());
+                assert!(
+                    previous.is_none(),
+                    "offset {offset} of {stream:?} captured twice"
+                );
+            }
+            ProbeEvent::StreamBound {
+                cgroup_id,
+                stream,
+                inode,
+            } if cgroup_id == cgroup => self.bound.push((stream, inode)),
+            ProbeEvent::CgroupCreated { cgroup_id, path } if cgroup_id == cgroup => {
+                self.created.push(path.to_vec())
+            }
+            ProbeEvent::CgroupRemoved { cgroup_id, path } if cgroup_id == cgroup => {
+                self.removed.push(path.to_vec())
+            }
+            ProbeEvent::Exec {
+                cgroup_id,
+                tgid,
+                filename,
+            } if cgroup_id == cgroup => self.execs.push((tgid, filename.to_vec())),
+            ProbeEvent::Exit {
+                cgroup_id,
+                tgid,
+                group_dead,
+            } if cgroup_id == cgroup => self.exits.push((tgid, group_dead)),
+            _ => {}
+        }
+    }
+
+    /// The stream assembled by offset, and its gaps as (offset, length).
+    fn stream(&self, stream: Stream) -> (Vec<u8>, Vec<(u64, u64)>) {
+        let (mut bytes, mut gaps) = (Vec::new(), Vec::new());
+        for (&offset, chunk) in &self.data[stream as usize] {
+            let at = bytes.len() as u64;
+            assert!(
+                offset >= at,
+                "overlapping records at {offset} (assembled up to {at})"
+            );
+            if offset > at {
+                gaps.push((at, offset - at));
+                bytes.resize(offset as usize, 0);
+            }
+            bytes.extend_from_slice(chunk);
+        }
+        (bytes, gaps)
+    }
+}
+
+/// Polls while `running` runs (unless `poll_while_running` is false: the ring then fills
+/// up), then drains the ring.
+fn capture(
+    probes: &mut Probes,
+    cgroup: u64,
+    mut running: Running,
+    poll_while_running: bool,
+) -> (Captured, Vec<u8>, Vec<u8>) {
+    let mut captured = Captured::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if running.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workload still running after 60 s"
+        );
+        if poll_while_running {
+            probes
+                .poll(Duration::from_millis(20), &mut |e| captured.take(cgroup, e))
+                .unwrap();
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let status = running.child.wait().unwrap();
+    assert!(status.success(), "workload failed: {status}");
+    // Every record of the workload was committed before it exited.
+    while probes
+        .poll(Duration::from_millis(20), &mut |e| captured.take(cgroup, e))
+        .unwrap()
+        > 0
+    {}
+    let out = running.out.join().unwrap();
+    let err = running.err.join().unwrap();
+    (captured, out, err)
+}
+
+fn assert_identical(captured: &Captured, stream: Stream, truth: &[u8]) {
+    let (bytes, gaps) = captured.stream(stream);
+    assert!(gaps.is_empty(), "{stream:?} has gaps {gaps:?}");
+    assert_eq!(
+        bytes.len(),
+        truth.len(),
+        "{stream:?}: captured vs written bytes"
+    );
+    if let Some(at) = bytes.iter().zip(truth).position(|(a, b)| a != b) {
+        panic!("{stream:?} differs first at byte {at}");
+    }
+}
+
+fn assert_no_drops(probes: &Probes) {
+    let stats = probes.kernel_stats().unwrap();
+    assert_eq!(stats.dropped_bytes, [0; 3], "{stats:?}");
+    assert_eq!(stats.lost_events, 0, "{stats:?}");
+}
+
+/// Runs `cmd` in a new container of a new scene with default options; checks both streams
+/// byte for byte and that nothing was dropped.
+fn run_exact(name: &str, cmd: Command) -> Captured {
+    let mut scene = Scene::new(name);
+    let mut probes = Probes::load(&scene.options()).unwrap();
+    let (dir, id) = scene.container("c");
+    let (captured, out, err) = capture(&mut probes, id, spawn_in(&dir, cmd), true);
+    assert_identical(&captured, Stream::Stdout, &out);
+    assert_identical(&captured, Stream::Stderr, &err);
+    assert_no_drops(&probes);
+    captured
+}
+
+fn small_lines_one_write_each() {
+    let captured = run_exact("lines", self_workload(&["lines", "100000"]));
+    assert_eq!(captured.data[1].len(), 100_000, "one record per write");
+}
+
+fn writes_of_64_kib() {
+    let captured = run_exact("big", self_workload(&["big", "200", "65536"]));
+    assert_eq!(
+        captured.data[1].len(),
+        200 * 16,
+        "16 records of 4 KiB per write"
+    );
+}
+
+fn writev_with_several_iovecs() {
+    let captured = run_exact("writev", self_workload(&["writev", "3000"]));
+    // a, b, the blob in 2 records, c.
+    assert_eq!(captured.data[1].len(), 3000 * 5);
+}
+
+fn stdout_and_stderr_interleaved() {
+    let captured = run_exact("interleaved", self_workload(&["interleaved", "20000"]));
+    assert_eq!(captured.data[1].len(), 10_000);
+    assert_eq!(captured.data[2].len(), 10_000);
+}
+
+fn pipeline_inside_the_container_is_captured_once() {
+    let captured = run_exact(
+        "pipeline",
+        shell("seq 1 1000 | head -n 500 | cat; echo done >&2"),
+    );
+    let (stdout, _) = captured.stream(Stream::Stdout);
+    let expected: String = (1..=500).map(|i| format!("{i}\n")).collect();
+    assert_eq!(stdout, expected.as_bytes());
+}
+
+fn pod_of_200_ms_is_captured_in_full() {
+    let mut scene = Scene::new("pod");
+    let mut probes = Probes::load(&scene.options()).unwrap();
+    // No userspace action between the cgroup's creation and the pod's first write: the
+    // kernel watches the cgroup from mkdir and binds its streams at the first exec.
+    let (dir, id) = scene.container("pod");
+    let running = spawn_in(
+        &dir,
+        shell("echo one; sleep 0.1; echo two >&2; sleep 0.1; echo three"),
+    );
+    let (captured, out, err) = capture(&mut probes, id, running, true);
+    assert_eq!(out, b"one\nthree\n");
+    assert_eq!(err, b"two\n");
+    assert_identical(&captured, Stream::Stdout, &out);
+    assert_identical(&captured, Stream::Stderr, &err);
+    let expected_path = format!("{}/pod", scene.prefix);
+    assert_eq!(captured.created, vec![expected_path.as_bytes().to_vec()]);
+    let mut bound: Vec<Stream> = captured.bound.iter().map(|b| b.0).collect();
+    bound.sort_by_key(|s| *s as u8);
+    assert_eq!(bound, [Stream::Stdout, Stream::Stderr]);
+    assert!(
+        captured.execs.iter().any(|(_, f)| f == b"/bin/sh"),
+        "{:?}",
+        captured.execs
+    );
+    assert!(
+        captured.exits.iter().any(|&(_, dead)| dead),
+        "{:?}",
+        captured.exits
+    );
+    assert_no_drops(&probes);
+
+    // rmdir: reported once, with the same path.
+    std::fs::remove_dir(&dir).unwrap();
+    scene.children.clear();
+    let mut removed = Captured::default();
+    probes
+        .poll(Duration::from_millis(200), &mut |e| removed.take(id, e))
+        .unwrap();
+    assert_eq!(removed.removed, vec![expected_path.into_bytes()]);
+    probes.forget(id).unwrap();
+}
+
+fn existing_container_is_watched_from_its_pid() {
+    let mut scene = Scene::new("existing");
+    // The container exists before the probes: only a scan at start-up can find it.
+    let (dir, id) = scene.container("old");
+    let mut cmd = shell("read go; echo hello; echo world >&2; echo again");
+    cmd.stdin(Stdio::piped());
+    let mut running = spawn_in(&dir, cmd);
+    let mut probes = Probes::load(&scene.options()).unwrap();
+    probes.watch_existing(id, running.child.id()).unwrap();
+    running
+        .child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let (captured, out, err) = capture(&mut probes, id, running, true);
+    assert_eq!(out, b"hello\nagain\n");
+    assert_identical(&captured, Stream::Stdout, &out);
+    assert_identical(&captured, Stream::Stderr, &err);
+}
+
+fn tiny_ring_overflow_is_an_exact_gap() {
+    let mut scene = Scene::new("tiny");
+    let options = ProbeOptions {
+        ring_bytes: 4 * 4096,
+        ..scene.options()
+    };
+    let mut probes = Probes::load(&options).unwrap();
+    let (dir, id) = scene.container("c");
+    // Nobody reads the ring while the workload runs: most records cannot be reserved.
+    let running = spawn_in(&dir, self_workload(&["lines", "5000"]));
+    let (captured, out, _) = capture(&mut probes, id, running, false);
+    let (bytes, gaps) = captured.stream(Stream::Stdout);
+    let missing: u64 = gaps.iter().map(|g| g.1).sum::<u64>() + (out.len() - bytes.len()) as u64;
+    let stats = probes.kernel_stats().unwrap();
+    assert!(missing > 0, "the ring never overflowed: {stats:?}");
+    assert_eq!(
+        stats.dropped_bytes[DropReason::RingFull as usize],
+        missing,
+        "{stats:?}"
+    );
+    assert_eq!(stats.dropped_bytes[DropReason::TooLarge as usize], 0);
+    // What was captured sits exactly at its offsets.
+    for (&offset, chunk) in &captured.data[1] {
+        assert_eq!(
+            &out[offset as usize..][..chunk.len()],
+            &chunk[..],
+            "at {offset}"
+        );
+    }
+}
+
+fn write_over_64_kib_is_an_exact_too_large_gap() {
+    let mut scene = Scene::new("huge");
+    let mut probes = Probes::load(&scene.options()).unwrap();
+    let (dir, id) = scene.container("c");
+    let size = 200 * 1024;
+    let running = spawn_in(&dir, self_workload(&["big", "3", &size.to_string()]));
+    let (captured, out, _) = capture(&mut probes, id, running, true);
+    let (bytes, gaps) = captured.stream(Stream::Stdout);
+    let per_write = (size - 65536) as u64;
+    // The third write's gap runs to the end of the stream: no record follows it.
+    assert_eq!(bytes.len() as u64, 2 * size as u64 + 65536);
+    assert_eq!(gaps, [(65536, per_write), (size as u64 + 65536, per_write)]);
+    let stats = probes.kernel_stats().unwrap();
+    assert_eq!(
+        stats.dropped_bytes[DropReason::TooLarge as usize],
+        3 * per_write,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.dropped_records[DropReason::TooLarge as usize],
+        3 * (50 - 16)
+    );
+    assert_eq!(stats.dropped_bytes[DropReason::RingFull as usize], 0);
+    for (&offset, chunk) in &captured.data[1] {
+        assert_eq!(
+            &out[offset as usize..][..chunk.len()],
+            &chunk[..],
+            "at {offset}"
+        );
+    }
+}
+
+fn forget_stops_capture() {
+    let mut scene = Scene::new("forget");
+    let mut probes = Probes::load(&scene.options()).unwrap();
+    let (dir, id) = scene.container("c");
+    let mut cmd = shell("echo before; read go; echo after");
+    cmd.stdin(Stdio::piped());
+    let mut running = spawn_in(&dir, cmd);
+    let mut stdin = running.child.stdin.take().unwrap();
+    let mut first = Captured::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.data[1].is_empty() {
+        assert!(Instant::now() < deadline, "nothing captured before forget");
+        probes
+            .poll(Duration::from_millis(20), &mut |e| first.take(id, e))
+            .unwrap();
+    }
+    probes.forget(id).unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    let (after, out, _) = capture(&mut probes, id, running, true);
+    assert_eq!(out, b"before\nafter\n");
+    assert_identical(&first, Stream::Stdout, b"before\n");
+    assert!(after.data[1].is_empty(), "{:?}", after.data[1]);
+}
