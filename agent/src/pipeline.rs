@@ -92,6 +92,8 @@ pub fn run(
             read_buffer_bytes: 256 * 1024,
             oneshot: options.oneshot,
             claims: None,
+            facts: None,
+            facts_wait: config.collections.facts_wait,
         },
         registry.clone(),
     )?;
@@ -209,6 +211,9 @@ pub struct Pipeline {
     router: Router,
     registry: SharedRegistry,
     slots: HashMap<SourceId, Slot>,
+    /// The further readers of a file several configs read: the file's source id →
+    /// the ids its other configs ship under (see [`branch_id`]).
+    branches: HashMap<SourceId, Vec<SourceId>>,
     /// Reused between chunks: framed records on their way into a package.
     scratch: Vec<Line>,
     /// The UTF-8 check of the chunk whose records are in `scratch`, if it was done.
@@ -236,6 +241,7 @@ impl Pipeline {
             router,
             registry,
             slots: HashMap::new(),
+            branches: HashMap::new(),
             scratch: Vec::new(),
             chunk_utf8: None,
             tick_ids: Vec::new(),
@@ -254,6 +260,7 @@ impl Pipeline {
             return;
         };
         let parser = &self.parsers[slot.config];
+        let only_stream = self.config.sources[slot.config].stream;
         let kind = slot.builder.source().kind.as_str();
         let (mut truncated, mut malformed, mut invalid_utf8, mut parse_failed) =
             (0u64, 0u64, 0u64, 0u64);
@@ -261,6 +268,9 @@ impl Pipeline {
         for mut line in self.scratch.drain(..) {
             if let Some(stream) = slot.stream {
                 line.stream = stream;
+            }
+            if only_stream.is_some_and(|s| s != line.stream) {
+                continue;
             }
             let index = slot.builder.next_index();
             let known_utf8 = self
@@ -376,6 +386,16 @@ impl Pipeline {
     /// Like [`SourceEvents::data`], with the time the bytes were written (ns since the
     /// Unix epoch) as the timestamp of the lines they complete.
     pub fn data_at(&mut self, source: SourceId, chunk: Bytes, written_ns: i64) {
+        if let Some(branches) = self.branches.get(&source) {
+            // Each reader frames the same bytes its own way; the clone is a refcount.
+            for branch in branches.clone() {
+                self.data_slot(branch, chunk.clone(), written_ns);
+            }
+        }
+        self.data_slot(source, chunk, written_ns);
+    }
+
+    fn data_slot(&mut self, source: SourceId, chunk: Bytes, written_ns: i64) {
         let Some(slot) = self.slots.get_mut(&source) else {
             return;
         };
@@ -445,6 +465,23 @@ impl Pipeline {
         }
     }
 
+    /// Before a rebuild (live apply): emits every complete record still held, open
+    /// multiline records included, and ships every package. An unterminated last
+    /// line stays unshipped (it is read again after the rebuild). Afterwards every
+    /// reader of a file stands at the same resume offset, so resuming the file from
+    /// its checkpoint neither skips nor repeats lines for any of its configs.
+    pub fn quiesce(&mut self) {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let ids: Vec<SourceId> = self.slots.keys().copied().collect();
+        for id in ids {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.framer.flush_expired(far, &mut self.scratch);
+            }
+            self.absorb(id, Instant::now());
+        }
+        self.seal_all();
+    }
+
     /// Ships every pending package (shutdown).
     pub fn seal_all(&mut self) {
         let ids: Vec<SourceId> = self.slots.keys().copied().collect();
@@ -459,7 +496,71 @@ impl SourceEvents for Pipeline {
         &mut self,
         info: Arc<SourceInfo>,
         config: usize,
+        identity: FileIdentity,
+        start_offset: u64,
+        predecessor: Option<SourceId>,
+    ) {
+        self.opened_for(info, &[config], identity, start_offset, predecessor);
+    }
+
+    fn opened_for(
+        &mut self,
+        info: Arc<SourceInfo>,
+        configs: &[usize],
         _identity: FileIdentity,
+        start_offset: u64,
+        predecessor: Option<SourceId>,
+    ) {
+        let mut branches = Vec::with_capacity(configs.len().saturating_sub(1));
+        for (i, &config) in configs.iter().enumerate() {
+            let name = &self.config.sources[config].name;
+            // The primary ships under the file's id; each other config under an id
+            // derived from it and its name, stable across restarts and rebuilds.
+            let (info, predecessor) = if i == 0 {
+                (info.clone(), predecessor)
+            } else {
+                let id = branch_id(info.id, name);
+                self.registry.register_branch(info.id, id);
+                branches.push(id);
+                let branch = SourceInfo {
+                    id,
+                    config_name: name.clone(),
+                    ..SourceInfo::clone(&info)
+                };
+                (Arc::new(branch), predecessor.map(|p| branch_id(p, name)))
+            };
+            self.open_slot(info, config, start_offset, predecessor);
+        }
+        if branches.is_empty() {
+            self.branches.remove(&info.id);
+        } else {
+            self.branches.insert(info.id, branches);
+        }
+    }
+
+    fn data(&mut self, source: SourceId, _offset: u64, chunk: Bytes) {
+        self.data_at(source, chunk, wall_clock_ns());
+    }
+
+    fn ended(&mut self, source: SourceId, reason: EndReason) {
+        for branch in self.branches.remove(&source).unwrap_or_default() {
+            self.end_slot(branch, reason);
+            self.registry.end_branch(branch);
+        }
+        self.end_slot(source, reason);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.tick_slots(now);
+    }
+}
+
+impl Pipeline {
+    /// Starts the processing state of one reader of a file.
+    fn open_slot(
+        &mut self,
+        info: Arc<SourceInfo>,
+        config: usize,
         start_offset: u64,
         predecessor: Option<SourceId>,
     ) {
@@ -483,7 +584,7 @@ impl SourceEvents for Pipeline {
             self.config.batch.clone(),
         );
         let enrichment = self.start_enrichment(&info, &mut builder);
-        tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, "source opened");
+        tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, config = %source_config.name, "source opened");
         self.slots.insert(
             info.id,
             Slot {
@@ -496,11 +597,7 @@ impl SourceEvents for Pipeline {
         );
     }
 
-    fn data(&mut self, source: SourceId, _offset: u64, chunk: Bytes) {
-        self.data_at(source, chunk, wall_clock_ns());
-    }
-
-    fn ended(&mut self, source: SourceId, reason: EndReason) {
+    fn end_slot(&mut self, source: SourceId, reason: EndReason) {
         let now = Instant::now();
         if let Some(slot) = self.slots.get_mut(&source) {
             if reason != EndReason::Shutdown {
@@ -513,7 +610,7 @@ impl SourceEvents for Pipeline {
         self.slots.remove(&source);
     }
 
-    fn tick(&mut self, now: Instant) {
+    fn tick_slots(&mut self, now: Instant) {
         // Each source separately: `scratch` must only ever hold one source's records.
         let mut ids = std::mem::take(&mut self.tick_ids);
         ids.extend(self.slots.keys().copied());
@@ -529,6 +626,24 @@ impl SourceEvents for Pipeline {
         self.tick_ids = ids;
         self.publish_held();
     }
+}
+
+/// The id config `name` ships a file's lines under when it is not the file's primary
+/// config: a fixed hash (FNV-1a, not the per-process `RandomState`) of the file's id
+/// and the config name, so a restart or a rebuild ships under the same id again.
+pub fn branch_id(file: SourceId, name: &str) -> SourceId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in file
+        .0
+        .to_le_bytes()
+        .iter()
+        .chain(b"\0")
+        .chain(name.as_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    SourceId(h)
 }
 
 /// Whether the slot's due package waits for its pod's metadata (see
@@ -734,5 +849,83 @@ mod tests {
         };
         assert_eq!(get("container.image").as_deref(), Some(&b"shop/cart:2"[..]));
         assert_eq!(get("k8s.pod.label.app").as_deref(), Some(&b"cart"[..]));
+    }
+
+    /// One file, two configs with different framing and sinks: each sink gets every
+    /// record exactly once under its own source id, and the file's checkpoint only
+    /// moves past what both sinks acknowledged.
+    #[test]
+    fn a_file_read_by_two_configs_ships_to_both_and_checkpoints_the_slower() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            "sources:\n  - name: plain\n    include: [\"/x/*.log\"]\n    sink: a\n  \
+             - name: grouped\n    include: [\"/x/*.log\"]\n    multiline: {start: '^S'}\n    sink: b\n\
+             batch: {timeout: 0s}\nsinks:\n  a: {type: blackhole}\n  b: {type: blackhole}\n",
+            "test",
+        )
+        .unwrap();
+        let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+        let (tx_a, rx_a) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
+        let (tx_b, rx_b) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
+        let queues = BTreeMap::from([(Arc::<str>::from("a"), tx_a), (Arc::<str>::from("b"), tx_b)]);
+        let mut pipeline = Pipeline::new(
+            &config,
+            Router::new(&config.sources, &queues),
+            registry.clone(),
+        );
+        drop(queues);
+        let info = crate::source::registered_test_source(&registry, 1, "/x/a.log");
+        let file = info.id;
+        let identity = registry.lookup(1, 1).expect("registered").identity;
+        pipeline.opened_for(info, &[0, 1], identity, 0, None);
+        let data = b"S one\n  more\nS two\n";
+        pipeline.data(file, 0, Bytes::from_static(data));
+        pipeline.tick(Instant::now());
+        let drain = |rx: &crossbeam_channel::Receiver<crate::batch::Batch>| {
+            rx.try_iter().collect::<Vec<_>>()
+        };
+        let a = drain(&rx_a);
+        let b = drain(&rx_b);
+        let bodies = |batches: &[crate::batch::Batch]| {
+            batches
+                .iter()
+                .flat_map(|b| b.lines.iter().map(|l| l.body.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bodies(&a), [&b"S one"[..], b"  more", b"S two"]);
+        assert_eq!(bodies(&b), [&b"S one\n  more"[..]], "S two is still open");
+        assert_eq!(
+            a[0].source.id, file,
+            "the primary ships under the file's id"
+        );
+        let branch = branch_id(file, "grouped");
+        assert_eq!(b[0].source.id, branch);
+        assert_eq!(&*b[0].source.config_name, "grouped");
+        for batch in &a {
+            registry.acked(batch.source.id, batch.package_id);
+        }
+        assert_eq!(
+            registry.lookup(1, 1).unwrap().offset,
+            0,
+            "a restart now re-reads for the branch, which acknowledged nothing"
+        );
+        for batch in &b {
+            registry.acked(batch.source.id, batch.package_id);
+        }
+        assert_eq!(
+            registry.lookup(1, 1).unwrap().offset,
+            13,
+            "both past `S one`"
+        );
+        // A rebuild quiesces: the open record ships, and both readers stand at the end.
+        pipeline.quiesce();
+        let b2 = drain(&rx_b);
+        assert_eq!(bodies(&b2), [&b"S two"[..]]);
+        for batch in &b2 {
+            registry.acked(batch.source.id, batch.package_id);
+        }
+        assert_eq!(registry.lookup(1, 1).unwrap().offset, data.len() as u64);
+        pipeline.ended(file, EndReason::Shutdown);
+        assert_eq!(registry.in_flight(), 0);
     }
 }
