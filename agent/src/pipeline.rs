@@ -23,8 +23,11 @@ use crate::enrich::{Enricher, Kubernetes, SourceEnrichment};
 use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
+use crate::route::select::{ContainerFactsSource, NodeFacts};
 use crate::sink::worker::SinkWorker;
-use crate::source::file::{EndReason, FileIdentity, FileSource, FileSourceOptions, SourceEvents};
+use crate::source::file::{
+    EndReason, FileIdentity, FileSource, FileSourceOptions, SourceEvents, StopMode,
+};
 use crate::source::{SourceId, SourceInfo};
 
 /// Packages a sink's queue holds before the readers block. Each package pins the read
@@ -51,6 +54,14 @@ pub struct RunSummary {
 
 /// Runs the agent until `shutdown` is set (or, in one-shot mode, until every file was
 /// read and everything read was acknowledged and checkpointed).
+///
+/// With `LogCollection` objects (see [`crate::collections`]), a changed object
+/// applies in-process: the file source and the pipeline stop (reading out what is
+/// ready, shipping every complete record), every package in flight is acknowledged
+/// and the checkpoints are persisted, then both are rebuilt from the new effective
+/// config and resume from the checkpoints. The registry, the checkpointer, the sink
+/// workers of unchanged sinks, the Kubernetes watchers and the metrics endpoint live
+/// on across rebuilds.
 pub fn run(
     config: Config,
     options: RunOptions,
@@ -59,74 +70,114 @@ pub fn run(
     let registry: SharedRegistry = Arc::new(
         Registry::open(&config.data_dir.join("checkpoints")).context("opening checkpoints")?,
     );
-
-    let mut queues = BTreeMap::new();
-    let mut workers = Vec::new();
-    for (name, sink_config) in &config.sinks {
-        let sink =
-            crate::sink::open(sink_config).with_context(|| format!("opening sink {name:?}"))?;
-        let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE_PACKAGES);
-        let worker = SinkWorker {
-            sink,
-            queue: rx,
-            registry: registry.clone(),
-            flush_interval: SINK_FLUSH_INTERVAL.min(config.checkpoint_interval),
-            shutdown: shutdown.clone(),
-        };
-        workers.push((name.clone(), worker.spawn(name)?));
-        queues.insert(name.clone(), tx);
-    }
-
     let checkpointer = spawn_checkpointer(
         registry.clone(),
         config.checkpoint_interval,
         shutdown.clone(),
     )?;
-
-    let mut source = FileSource::new(
-        &config.sources,
-        FileSourceOptions {
-            rescan_interval: config.rescan_interval,
-            rotate_wait: config.rotate_wait,
-            io_uring: config.io_uring,
-            read_buffer_bytes: 256 * 1024,
-            oneshot: options.oneshot,
-            claims: None,
-            facts: None,
-            facts_wait: config.collections.facts_wait,
-        },
-        registry.clone(),
-    )?;
-    let mut pipeline = Pipeline::new(
-        &config,
-        Router::new(&config.sources, &queues),
-        registry.clone(),
-    );
-    drop(queues);
-    let kubernetes = start_kubernetes(&config, &options, &mut pipeline);
-
-    let result = source.run(&mut pipeline, &shutdown);
-    let summary = RunSummary {
-        lines: pipeline.lines,
-        bytes: pipeline.bytes,
-        packages: pipeline.packages,
-        read_backend: source.backend(),
+    let kubernetes = start_kubernetes(&config, &options);
+    let collections = (config.collections.enabled && !options.oneshot).then(|| {
+        let c = crate::collections::Collections::start(&config);
+        c.wait_listed(Duration::from_secs(2));
+        c
+    });
+    let facts: Arc<dyn ContainerFactsSource> = Arc::new(NodeFacts {
+        runtime: None,
+        pods: kubernetes.as_ref().map(|k| k.enricher().cache().clone()),
+    });
+    let mut sinks = Sinks::default();
+    let mut summary = RunSummary::default();
+    let mut effective = match &collections {
+        Some(c) => c.effective(&config),
+        None => config.clone(),
     };
-    // Seal what is pending (without inventing line ends: an incomplete last line stays
-    // unacknowledged and is read again next start), then let the workers drain.
-    pipeline.seal_all();
-    drop(pipeline);
+    let result = loop {
+        let seen = collections.as_ref().map(|c| c.generation());
+        if let Err(e) = sinks.reconcile(&effective, &registry, &shutdown) {
+            break Err(e);
+        }
+        let mut source = match FileSource::new(
+            &effective.sources,
+            FileSourceOptions {
+                rescan_interval: effective.rescan_interval,
+                rotate_wait: effective.rotate_wait,
+                io_uring: effective.io_uring,
+                read_buffer_bytes: 256 * 1024,
+                oneshot: options.oneshot,
+                claims: None,
+                facts: Some(facts.clone()),
+                facts_wait: effective.collections.facts_wait,
+            },
+            registry.clone(),
+        ) {
+            Ok(s) => s,
+            Err(e) => break Err(e),
+        };
+        let mut pipeline = Pipeline::new(
+            &effective,
+            Router::new(&effective.sources, &sinks.queues),
+            registry.clone(),
+        );
+        if let Some(k) = &kubernetes {
+            pipeline.set_enricher(k.enricher().clone());
+        }
+        if let Some(c) = &collections {
+            pipeline.set_match_board(c.board());
+        }
+        // Capture (when wired here) is built from `effective` beside the file source,
+        // and stopped and quiesced with it below: its config indexes follow
+        // `effective.sources`.
+        let stop = || {
+            if shutdown.load(Ordering::Relaxed) {
+                Some(StopMode::Shutdown)
+            } else if collections.as_ref().map(|c| c.generation()) != seen {
+                Some(StopMode::Drain)
+            } else {
+                None
+            }
+        };
+        let result = source.run_until(&mut pipeline, &stop);
+        summary.lines += pipeline.lines;
+        summary.bytes += pipeline.bytes;
+        summary.packages += pipeline.packages;
+        summary.read_backend = source.backend();
+        let Some(c) = collections.as_ref().filter(|_| result.is_ok()) else {
+            // Seal what is pending (without inventing line ends: an incomplete last
+            // line stays unacknowledged and is read again next start).
+            pipeline.seal_all();
+            break result;
+        };
+        if shutdown.load(Ordering::Relaxed) {
+            pipeline.seal_all();
+            break result;
+        }
+        pipeline.quiesce();
+        drop(pipeline);
+        drop(source);
+        let outcome = if wait_for_acks(&registry, &shutdown, APPLY_ACK_WAIT) {
+            "applied"
+        } else {
+            tracing::warn!("packages still unacknowledged at a config change; they are read again");
+            "applied_unacked"
+        };
+        if let Err(e) = registry.persist() {
+            tracing::error!(error = %e, "checkpoint before a config change failed");
+        }
+        effective = c.effective(&config);
+        metrics::counter!("logtap_collection_applies_total", "result" => outcome).increment(1);
+        tracing::info!(
+            sources = effective.sources.len(),
+            sinks = effective.sinks.len(),
+            "collections applied"
+        );
+    };
+    if let Some(c) = collections {
+        c.stop();
+    }
     if let Some(kubernetes) = kubernetes {
         kubernetes.stop();
     }
-    let mut sink_failure = None;
-    for (name, w) in workers {
-        match w.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => sink_failure = Some(anyhow::anyhow!("sink {name:?}: {e}")),
-            Err(_) => sink_failure = Some(anyhow::anyhow!("sink {name:?}: worker panicked")),
-        }
-    }
+    let sink_failure = sinks.close_all();
     shutdown.store(true, Ordering::SeqCst);
     let _ = checkpointer.join();
     // Only acknowledged offsets are in the registry, so this is safe after a sink
@@ -139,13 +190,104 @@ pub fn run(
     Ok(summary)
 }
 
-/// Starts the pod watcher when the `kubernetes` section enables it and lets the
-/// pipeline enrich with its cache.
-fn start_kubernetes(
-    config: &Config,
-    options: &RunOptions,
-    pipeline: &mut Pipeline,
-) -> Option<Kubernetes> {
+/// How long a config change waits for the packages in flight to be acknowledged
+/// before rebuilding anyway (they are then read again: duplicates, not loss).
+const APPLY_ACK_WAIT: Duration = Duration::from_secs(10);
+
+fn wait_for_acks(registry: &Registry, shutdown: &AtomicBool, max: Duration) -> bool {
+    let deadline = Instant::now() + max;
+    while registry.in_flight() > 0 {
+        if Instant::now() >= deadline || shutdown.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// The sink workers of the effective config, kept across rebuilds while their
+/// config is unchanged.
+#[derive(Default)]
+struct Sinks {
+    queues: BTreeMap<Arc<str>, crossbeam_channel::Sender<crate::batch::Batch>>,
+    running: BTreeMap<Arc<str>, RunningSink>,
+    failure: Option<anyhow::Error>,
+}
+
+struct RunningSink {
+    config: crate::config::SinkConfig,
+    worker: std::thread::JoinHandle<Result<(), crate::sink::SinkError>>,
+}
+
+impl Sinks {
+    /// Stops the workers of sinks gone or changed (their queues drain first) and
+    /// starts those of new ones.
+    fn reconcile(
+        &mut self,
+        config: &Config,
+        registry: &SharedRegistry,
+        shutdown: &Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
+        let stale: Vec<Arc<str>> = self
+            .running
+            .iter()
+            .filter(|(name, r)| config.sinks.get(*name) != Some(&r.config))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            self.queues.remove(&name);
+            if let Some(r) = self.running.remove(&name) {
+                self.join(&name, r);
+            }
+        }
+        for (name, sink_config) in &config.sinks {
+            if self.running.contains_key(name) {
+                continue;
+            }
+            let sink =
+                crate::sink::open(sink_config).with_context(|| format!("opening sink {name:?}"))?;
+            let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE_PACKAGES);
+            let worker = SinkWorker {
+                sink,
+                queue: rx,
+                registry: registry.clone(),
+                flush_interval: SINK_FLUSH_INTERVAL.min(config.checkpoint_interval),
+                shutdown: shutdown.clone(),
+            };
+            let worker = worker.spawn(name)?;
+            self.running.insert(
+                name.clone(),
+                RunningSink {
+                    config: sink_config.clone(),
+                    worker,
+                },
+            );
+            self.queues.insert(name.clone(), tx);
+        }
+        Ok(())
+    }
+
+    fn join(&mut self, name: &str, r: RunningSink) {
+        match r.worker.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failure = Some(anyhow::anyhow!("sink {name:?}: {e}")),
+            Err(_) => self.failure = Some(anyhow::anyhow!("sink {name:?}: worker panicked")),
+        }
+    }
+
+    /// Closes every queue and waits for the workers to drain; the last failure.
+    fn close_all(mut self) -> Option<anyhow::Error> {
+        self.queues.clear();
+        let running = std::mem::take(&mut self.running);
+        for (name, r) in running {
+            self.join(&name, r);
+        }
+        self.failure
+    }
+}
+
+/// Starts the pod watcher when the `kubernetes` section enables it.
+fn start_kubernetes(config: &Config, options: &RunOptions) -> Option<Kubernetes> {
     if !config.kubernetes.enabled {
         return None;
     }
@@ -155,7 +297,6 @@ fn start_kubernetes(
     if options.oneshot && !kubernetes.wait_until_up(config.kubernetes.metadata_wait) {
         tracing::warn!("Kubernetes API not answering: one-shot run ships path fields only");
     }
-    pipeline.set_enricher(kubernetes.enricher().clone());
     Some(kubernetes)
 }
 
@@ -224,6 +365,8 @@ pub struct Pipeline {
     stalled: Duration,
     /// Names sources by their pod (the `kubernetes` section); `None`: no source fields.
     enricher: Option<Arc<Enricher>>,
+    /// Which containers each config reads, for `LogCollection` statuses.
+    board: Option<Arc<crate::collections::MatchBoard>>,
     lines: u64,
     bytes: u64,
     packages: u64,
@@ -247,6 +390,7 @@ impl Pipeline {
             tick_ids: Vec::new(),
             stalled: Duration::ZERO,
             enricher: None,
+            board: None,
             lines: 0,
             bytes: 0,
             packages: 0,
@@ -433,6 +577,11 @@ impl Pipeline {
         );
     }
 
+    /// Reports the containers each config reads to `board` from now on.
+    pub fn set_match_board(&mut self, board: Arc<crate::collections::MatchBoard>) {
+        self.board = Some(board);
+    }
+
     /// Enriches every source opened from now on with `enricher`'s fields.
     pub fn set_enricher(&mut self, enricher: Arc<Enricher>) {
         self.enricher = Some(enricher);
@@ -584,6 +733,9 @@ impl Pipeline {
             self.config.batch.clone(),
         );
         let enrichment = self.start_enrichment(&info, &mut builder);
+        if let Some(board) = &self.board {
+            board.update(&source_config.name, &info.path, 1);
+        }
         tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, config = %source_config.name, "source opened");
         self.slots.insert(
             info.id,
@@ -600,6 +752,10 @@ impl Pipeline {
     fn end_slot(&mut self, source: SourceId, reason: EndReason) {
         let now = Instant::now();
         if let Some(slot) = self.slots.get_mut(&source) {
+            if let Some(board) = &self.board {
+                let info = slot.builder.source();
+                board.update(&self.config.sources[slot.config].name, &info.path, -1);
+            }
             if reason != EndReason::Shutdown {
                 // The file is done: its unterminated last line is a record now.
                 slot.framer.finish(&mut self.scratch);

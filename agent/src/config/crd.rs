@@ -408,7 +408,7 @@ impl LogCollectionSpec {
         self.validate_as("LogCollection", data_dir)
     }
 
-    fn validate_as(
+    pub(crate) fn validate_as(
         &self,
         object: &str,
         data_dir: &Path,

@@ -92,4 +92,4 @@ mod watch;
 mod tests;
 
 pub use resume::ResumeStore;
-pub use tracker::{FileSource, FileSourceOptions};
+pub use tracker::{FileSource, FileSourceOptions, StopMode};

@@ -63,6 +63,18 @@ const IDLE_FOR_CLOSE: Duration = Duration::from_secs(30);
 /// Bound on the paths remembered for once-per-path warnings.
 const MAX_WARNED_PATHS: usize = 10_000;
 
+/// How [`FileSource::run_until`] stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// At once: unread bytes are read after the restart, from the checkpoints.
+    Shutdown,
+    /// After reading what is ready (a rebuild follows in the same process).
+    Drain,
+}
+
+/// Bound on [`StopMode::Drain`]: a rebuild must not wait for a large backlog.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub struct FileSourceOptions {
     /// Full rescan of the globs and `stat` of every tracked file.
@@ -297,6 +309,22 @@ impl FileSource {
         events: &mut dyn SourceEvents,
         shutdown: &AtomicBool,
     ) -> anyhow::Result<()> {
+        self.run_until(events, &|| {
+            shutdown
+                .load(Ordering::Relaxed)
+                .then_some(StopMode::Shutdown)
+        })
+    }
+
+    /// Like [`run`](Self::run), until `stop` says how to stop. [`StopMode::Drain`]
+    /// first reads every file with unread bytes to its current end (bounded by
+    /// [`DRAIN_LIMIT`]): a file rotated away that a rebuilt source would not find
+    /// again under its new name is read out now.
+    pub fn run_until(
+        &mut self,
+        events: &mut dyn SourceEvents,
+        stop: &dyn Fn() -> Option<StopMode>,
+    ) -> anyhow::Result<()> {
         raise_nofile_limit();
         self.rescan(events);
         let found: HashSet<InodeKey> = self
@@ -308,7 +336,14 @@ impl FileSource {
         self.store.retain_unclaimed(&found);
         let mut changes = Vec::new();
         loop {
-            if shutdown.load(Ordering::Relaxed) {
+            if let Some(mode) = stop() {
+                if mode == StopMode::Drain {
+                    let deadline = Instant::now() + DRAIN_LIMIT;
+                    self.poll_detached(events);
+                    while !self.ready.is_empty() && Instant::now() < deadline {
+                        self.read_round(events);
+                    }
+                }
                 self.end_all(events, EndReason::Shutdown);
                 return Ok(());
             }
