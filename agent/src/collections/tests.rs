@@ -86,7 +86,11 @@ fn match_board_counts_distinct_containers() {
     assert_eq!(board.containers(std::slice::from_ref(&a)), 1);
     assert_eq!(board.containers(&[a.clone(), b.clone()]), 2);
     board.update(&a, Path::new(&p0), -1);
-    assert_eq!(board.containers(std::slice::from_ref(&a)), 1, "1.log is still open");
+    assert_eq!(
+        board.containers(std::slice::from_ref(&a)),
+        1,
+        "1.log is still open"
+    );
     board.update(&a, Path::new(&p1), -1);
     assert_eq!(board.containers(&[a]), 0);
 }
@@ -98,4 +102,16 @@ fn rfc3339_of_known_instants() {
         rfc3339(UNIX_EPOCH + Duration::from_secs(1_709_251_199)),
         "2024-02-29T23:59:59Z"
     );
+}
+
+#[test]
+fn shipped_example_collection_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples/collections/checkout-json.yaml");
+    let object: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(object["kind"], "LogCollection");
+    let (names, warnings) = merge(&mut file_config(), "shop/checkout-json", &object["spec"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names.len(), 1);
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
