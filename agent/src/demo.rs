@@ -39,6 +39,8 @@ pub fn install(config: &mut Config) -> anyhow::Result<()> {
         multiline,
         parser,
         sink: sink.clone(),
+        selector: None,
+        stream: None,
     };
     let demo = [
         source(

@@ -19,6 +19,7 @@
 pub mod batch;
 pub mod capture;
 pub mod checkpoint;
+pub mod collections;
 pub mod config;
 pub mod demo;
 pub mod discovery;

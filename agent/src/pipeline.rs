@@ -23,8 +23,11 @@ use crate::enrich::{Enricher, Kubernetes, SourceEnrichment};
 use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
+use crate::route::select::{ContainerFactsSource, NodeFacts};
 use crate::sink::worker::SinkWorker;
-use crate::source::file::{EndReason, FileIdentity, FileSource, FileSourceOptions, SourceEvents};
+use crate::source::file::{
+    EndReason, FileIdentity, FileSource, FileSourceOptions, SourceEvents, StopMode,
+};
 use crate::source::{SourceId, SourceInfo};
 
 /// Packages a sink's queue holds before the readers block. Each package pins the read
@@ -51,6 +54,14 @@ pub struct RunSummary {
 
 /// Runs the agent until `shutdown` is set (or, in one-shot mode, until every file was
 /// read and everything read was acknowledged and checkpointed).
+///
+/// With `LogCollection` objects (see [`crate::collections`]), a changed object
+/// applies in-process: the file source and the pipeline stop (reading out what is
+/// ready, shipping every complete record), every package in flight is acknowledged
+/// and the checkpoints are persisted, then both are rebuilt from the new effective
+/// config and resume from the checkpoints. The registry, the checkpointer, the sink
+/// workers of unchanged sinks, the Kubernetes watchers and the metrics endpoint live
+/// on across rebuilds.
 pub fn run(
     config: Config,
     options: RunOptions,
@@ -59,72 +70,114 @@ pub fn run(
     let registry: SharedRegistry = Arc::new(
         Registry::open(&config.data_dir.join("checkpoints")).context("opening checkpoints")?,
     );
-
-    let mut queues = BTreeMap::new();
-    let mut workers = Vec::new();
-    for (name, sink_config) in &config.sinks {
-        let sink =
-            crate::sink::open(sink_config).with_context(|| format!("opening sink {name:?}"))?;
-        let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE_PACKAGES);
-        let worker = SinkWorker {
-            sink,
-            queue: rx,
-            registry: registry.clone(),
-            flush_interval: SINK_FLUSH_INTERVAL.min(config.checkpoint_interval),
-            shutdown: shutdown.clone(),
-        };
-        workers.push((name.clone(), worker.spawn(name)?));
-        queues.insert(name.clone(), tx);
-    }
-
     let checkpointer = spawn_checkpointer(
         registry.clone(),
         config.checkpoint_interval,
         shutdown.clone(),
     )?;
-
-    let mut source = FileSource::new(
-        &config.sources,
-        FileSourceOptions {
-            rescan_interval: config.rescan_interval,
-            rotate_wait: config.rotate_wait,
-            io_uring: config.io_uring,
-            read_buffer_bytes: 256 * 1024,
-            oneshot: options.oneshot,
-            claims: None,
-        },
-        registry.clone(),
-    )?;
-    let mut pipeline = Pipeline::new(
-        &config,
-        Router::new(&config.sources, &queues),
-        registry.clone(),
-    );
-    drop(queues);
-    let kubernetes = start_kubernetes(&config, &options, &mut pipeline);
-
-    let result = source.run(&mut pipeline, &shutdown);
-    let summary = RunSummary {
-        lines: pipeline.lines,
-        bytes: pipeline.bytes,
-        packages: pipeline.packages,
-        read_backend: source.backend(),
+    let kubernetes = start_kubernetes(&config, &options);
+    let collections = (config.collections.enabled && !options.oneshot).then(|| {
+        let c = crate::collections::Collections::start(&config);
+        c.wait_listed(Duration::from_secs(2));
+        c
+    });
+    let facts: Arc<dyn ContainerFactsSource> = Arc::new(NodeFacts {
+        runtime: None,
+        pods: kubernetes.as_ref().map(|k| k.enricher().cache().clone()),
+    });
+    let mut sinks = Sinks::default();
+    let mut summary = RunSummary::default();
+    let mut effective = match &collections {
+        Some(c) => c.effective(&config),
+        None => config.clone(),
     };
-    // Seal what is pending (without inventing line ends: an incomplete last line stays
-    // unacknowledged and is read again next start), then let the workers drain.
-    pipeline.seal_all();
-    drop(pipeline);
+    let result = loop {
+        let seen = collections.as_ref().map(|c| c.generation());
+        if let Err(e) = sinks.reconcile(&effective, &registry, &shutdown) {
+            break Err(e);
+        }
+        let mut source = match FileSource::new(
+            &effective.sources,
+            FileSourceOptions {
+                rescan_interval: effective.rescan_interval,
+                rotate_wait: effective.rotate_wait,
+                io_uring: effective.io_uring,
+                read_buffer_bytes: 256 * 1024,
+                oneshot: options.oneshot,
+                claims: None,
+                facts: Some(facts.clone()),
+                facts_wait: effective.collections.facts_wait,
+            },
+            registry.clone(),
+        ) {
+            Ok(s) => s,
+            Err(e) => break Err(e),
+        };
+        let mut pipeline = Pipeline::new(
+            &effective,
+            Router::new(&effective.sources, &sinks.queues),
+            registry.clone(),
+        );
+        if let Some(k) = &kubernetes {
+            pipeline.set_enricher(k.enricher().clone());
+        }
+        if let Some(c) = &collections {
+            pipeline.set_match_board(c.board());
+        }
+        // Capture (when wired here) is built from `effective` beside the file source,
+        // and stopped and quiesced with it below: its config indexes follow
+        // `effective.sources`.
+        let stop = || {
+            if shutdown.load(Ordering::Relaxed) {
+                Some(StopMode::Shutdown)
+            } else if collections.as_ref().map(|c| c.generation()) != seen {
+                Some(StopMode::Drain)
+            } else {
+                None
+            }
+        };
+        let result = source.run_until(&mut pipeline, &stop);
+        summary.lines += pipeline.lines;
+        summary.bytes += pipeline.bytes;
+        summary.packages += pipeline.packages;
+        summary.read_backend = source.backend();
+        let Some(c) = collections.as_ref().filter(|_| result.is_ok()) else {
+            // Seal what is pending (without inventing line ends: an incomplete last
+            // line stays unacknowledged and is read again next start).
+            pipeline.seal_all();
+            break result;
+        };
+        if shutdown.load(Ordering::Relaxed) {
+            pipeline.seal_all();
+            break result;
+        }
+        pipeline.quiesce();
+        drop(pipeline);
+        drop(source);
+        let outcome = if wait_for_acks(&registry, &shutdown, APPLY_ACK_WAIT) {
+            "applied"
+        } else {
+            tracing::warn!("packages still unacknowledged at a config change; they are read again");
+            "applied_unacked"
+        };
+        if let Err(e) = registry.persist() {
+            tracing::error!(error = %e, "checkpoint before a config change failed");
+        }
+        effective = c.effective(&config);
+        metrics::counter!("logtap_collection_applies_total", "result" => outcome).increment(1);
+        tracing::info!(
+            sources = effective.sources.len(),
+            sinks = effective.sinks.len(),
+            "collections applied"
+        );
+    };
+    if let Some(c) = collections {
+        c.stop();
+    }
     if let Some(kubernetes) = kubernetes {
         kubernetes.stop();
     }
-    let mut sink_failure = None;
-    for (name, w) in workers {
-        match w.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => sink_failure = Some(anyhow::anyhow!("sink {name:?}: {e}")),
-            Err(_) => sink_failure = Some(anyhow::anyhow!("sink {name:?}: worker panicked")),
-        }
-    }
+    let sink_failure = sinks.close_all();
     shutdown.store(true, Ordering::SeqCst);
     let _ = checkpointer.join();
     // Only acknowledged offsets are in the registry, so this is safe after a sink
@@ -137,13 +190,104 @@ pub fn run(
     Ok(summary)
 }
 
-/// Starts the pod watcher when the `kubernetes` section enables it and lets the
-/// pipeline enrich with its cache.
-fn start_kubernetes(
-    config: &Config,
-    options: &RunOptions,
-    pipeline: &mut Pipeline,
-) -> Option<Kubernetes> {
+/// How long a config change waits for the packages in flight to be acknowledged
+/// before rebuilding anyway (they are then read again: duplicates, not loss).
+const APPLY_ACK_WAIT: Duration = Duration::from_secs(10);
+
+fn wait_for_acks(registry: &Registry, shutdown: &AtomicBool, max: Duration) -> bool {
+    let deadline = Instant::now() + max;
+    while registry.in_flight() > 0 {
+        if Instant::now() >= deadline || shutdown.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// The sink workers of the effective config, kept across rebuilds while their
+/// config is unchanged.
+#[derive(Default)]
+struct Sinks {
+    queues: BTreeMap<Arc<str>, crossbeam_channel::Sender<crate::batch::Batch>>,
+    running: BTreeMap<Arc<str>, RunningSink>,
+    failure: Option<anyhow::Error>,
+}
+
+struct RunningSink {
+    config: crate::config::SinkConfig,
+    worker: std::thread::JoinHandle<Result<(), crate::sink::SinkError>>,
+}
+
+impl Sinks {
+    /// Stops the workers of sinks gone or changed (their queues drain first) and
+    /// starts those of new ones.
+    fn reconcile(
+        &mut self,
+        config: &Config,
+        registry: &SharedRegistry,
+        shutdown: &Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
+        let stale: Vec<Arc<str>> = self
+            .running
+            .iter()
+            .filter(|(name, r)| config.sinks.get(*name) != Some(&r.config))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            self.queues.remove(&name);
+            if let Some(r) = self.running.remove(&name) {
+                self.join(&name, r);
+            }
+        }
+        for (name, sink_config) in &config.sinks {
+            if self.running.contains_key(name) {
+                continue;
+            }
+            let sink =
+                crate::sink::open(sink_config).with_context(|| format!("opening sink {name:?}"))?;
+            let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE_PACKAGES);
+            let worker = SinkWorker {
+                sink,
+                queue: rx,
+                registry: registry.clone(),
+                flush_interval: SINK_FLUSH_INTERVAL.min(config.checkpoint_interval),
+                shutdown: shutdown.clone(),
+            };
+            let worker = worker.spawn(name)?;
+            self.running.insert(
+                name.clone(),
+                RunningSink {
+                    config: sink_config.clone(),
+                    worker,
+                },
+            );
+            self.queues.insert(name.clone(), tx);
+        }
+        Ok(())
+    }
+
+    fn join(&mut self, name: &str, r: RunningSink) {
+        match r.worker.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failure = Some(anyhow::anyhow!("sink {name:?}: {e}")),
+            Err(_) => self.failure = Some(anyhow::anyhow!("sink {name:?}: worker panicked")),
+        }
+    }
+
+    /// Closes every queue and waits for the workers to drain; the last failure.
+    fn close_all(mut self) -> Option<anyhow::Error> {
+        self.queues.clear();
+        let running = std::mem::take(&mut self.running);
+        for (name, r) in running {
+            self.join(&name, r);
+        }
+        self.failure
+    }
+}
+
+/// Starts the pod watcher when the `kubernetes` section enables it.
+fn start_kubernetes(config: &Config, options: &RunOptions) -> Option<Kubernetes> {
     if !config.kubernetes.enabled {
         return None;
     }
@@ -153,7 +297,6 @@ fn start_kubernetes(
     if options.oneshot && !kubernetes.wait_until_up(config.kubernetes.metadata_wait) {
         tracing::warn!("Kubernetes API not answering: one-shot run ships path fields only");
     }
-    pipeline.set_enricher(kubernetes.enricher().clone());
     Some(kubernetes)
 }
 
@@ -209,6 +352,9 @@ pub struct Pipeline {
     router: Router,
     registry: SharedRegistry,
     slots: HashMap<SourceId, Slot>,
+    /// The further readers of a file several configs read: the file's source id →
+    /// the ids its other configs ship under (see [`branch_id`]).
+    branches: HashMap<SourceId, Vec<SourceId>>,
     /// Reused between chunks: framed records on their way into a package.
     scratch: Vec<Line>,
     /// The UTF-8 check of the chunk whose records are in `scratch`, if it was done.
@@ -219,6 +365,8 @@ pub struct Pipeline {
     stalled: Duration,
     /// Names sources by their pod (the `kubernetes` section); `None`: no source fields.
     enricher: Option<Arc<Enricher>>,
+    /// Which containers each config reads, for `LogCollection` statuses.
+    board: Option<Arc<crate::collections::MatchBoard>>,
     lines: u64,
     bytes: u64,
     packages: u64,
@@ -236,11 +384,13 @@ impl Pipeline {
             router,
             registry,
             slots: HashMap::new(),
+            branches: HashMap::new(),
             scratch: Vec::new(),
             chunk_utf8: None,
             tick_ids: Vec::new(),
             stalled: Duration::ZERO,
             enricher: None,
+            board: None,
             lines: 0,
             bytes: 0,
             packages: 0,
@@ -254,6 +404,7 @@ impl Pipeline {
             return;
         };
         let parser = &self.parsers[slot.config];
+        let only_stream = self.config.sources[slot.config].stream;
         let kind = slot.builder.source().kind.as_str();
         let (mut truncated, mut malformed, mut invalid_utf8, mut parse_failed) =
             (0u64, 0u64, 0u64, 0u64);
@@ -261,6 +412,9 @@ impl Pipeline {
         for mut line in self.scratch.drain(..) {
             if let Some(stream) = slot.stream {
                 line.stream = stream;
+            }
+            if only_stream.is_some_and(|s| s != line.stream) {
+                continue;
             }
             let index = slot.builder.next_index();
             let known_utf8 = self
@@ -376,6 +530,16 @@ impl Pipeline {
     /// Like [`SourceEvents::data`], with the time the bytes were written (ns since the
     /// Unix epoch) as the timestamp of the lines they complete.
     pub fn data_at(&mut self, source: SourceId, chunk: Bytes, written_ns: i64) {
+        if let Some(branches) = self.branches.get(&source) {
+            // Each reader frames the same bytes its own way; the clone is a refcount.
+            for branch in branches.clone() {
+                self.data_slot(branch, chunk.clone(), written_ns);
+            }
+        }
+        self.data_slot(source, chunk, written_ns);
+    }
+
+    fn data_slot(&mut self, source: SourceId, chunk: Bytes, written_ns: i64) {
         let Some(slot) = self.slots.get_mut(&source) else {
             return;
         };
@@ -413,6 +577,11 @@ impl Pipeline {
         );
     }
 
+    /// Reports the containers each config reads to `board` from now on.
+    pub fn set_match_board(&mut self, board: Arc<crate::collections::MatchBoard>) {
+        self.board = Some(board);
+    }
+
     /// Enriches every source opened from now on with `enricher`'s fields.
     pub fn set_enricher(&mut self, enricher: Arc<Enricher>) {
         self.enricher = Some(enricher);
@@ -445,6 +614,23 @@ impl Pipeline {
         }
     }
 
+    /// Before a rebuild (live apply): emits every complete record still held, open
+    /// multiline records included, and ships every package. An unterminated last
+    /// line stays unshipped (it is read again after the rebuild). Afterwards every
+    /// reader of a file stands at the same resume offset, so resuming the file from
+    /// its checkpoint neither skips nor repeats lines for any of its configs.
+    pub fn quiesce(&mut self) {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let ids: Vec<SourceId> = self.slots.keys().copied().collect();
+        for id in ids {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.framer.flush_expired(far, &mut self.scratch);
+            }
+            self.absorb(id, Instant::now());
+        }
+        self.seal_all();
+    }
+
     /// Ships every pending package (shutdown).
     pub fn seal_all(&mut self) {
         let ids: Vec<SourceId> = self.slots.keys().copied().collect();
@@ -459,7 +645,71 @@ impl SourceEvents for Pipeline {
         &mut self,
         info: Arc<SourceInfo>,
         config: usize,
+        identity: FileIdentity,
+        start_offset: u64,
+        predecessor: Option<SourceId>,
+    ) {
+        self.opened_for(info, &[config], identity, start_offset, predecessor);
+    }
+
+    fn opened_for(
+        &mut self,
+        info: Arc<SourceInfo>,
+        configs: &[usize],
         _identity: FileIdentity,
+        start_offset: u64,
+        predecessor: Option<SourceId>,
+    ) {
+        let mut branches = Vec::with_capacity(configs.len().saturating_sub(1));
+        for (i, &config) in configs.iter().enumerate() {
+            let name = &self.config.sources[config].name;
+            // The primary ships under the file's id; each other config under an id
+            // derived from it and its name, stable across restarts and rebuilds.
+            let (info, predecessor) = if i == 0 {
+                (info.clone(), predecessor)
+            } else {
+                let id = branch_id(info.id, name);
+                self.registry.register_branch(info.id, id);
+                branches.push(id);
+                let branch = SourceInfo {
+                    id,
+                    config_name: name.clone(),
+                    ..SourceInfo::clone(&info)
+                };
+                (Arc::new(branch), predecessor.map(|p| branch_id(p, name)))
+            };
+            self.open_slot(info, config, start_offset, predecessor);
+        }
+        if branches.is_empty() {
+            self.branches.remove(&info.id);
+        } else {
+            self.branches.insert(info.id, branches);
+        }
+    }
+
+    fn data(&mut self, source: SourceId, _offset: u64, chunk: Bytes) {
+        self.data_at(source, chunk, wall_clock_ns());
+    }
+
+    fn ended(&mut self, source: SourceId, reason: EndReason) {
+        for branch in self.branches.remove(&source).unwrap_or_default() {
+            self.end_slot(branch, reason);
+            self.registry.end_branch(branch);
+        }
+        self.end_slot(source, reason);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.tick_slots(now);
+    }
+}
+
+impl Pipeline {
+    /// Starts the processing state of one reader of a file.
+    fn open_slot(
+        &mut self,
+        info: Arc<SourceInfo>,
+        config: usize,
         start_offset: u64,
         predecessor: Option<SourceId>,
     ) {
@@ -483,7 +733,10 @@ impl SourceEvents for Pipeline {
             self.config.batch.clone(),
         );
         let enrichment = self.start_enrichment(&info, &mut builder);
-        tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, "source opened");
+        if let Some(board) = &self.board {
+            board.update(&source_config.name, &info.path, 1);
+        }
+        tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, config = %source_config.name, "source opened");
         self.slots.insert(
             info.id,
             Slot {
@@ -496,13 +749,13 @@ impl SourceEvents for Pipeline {
         );
     }
 
-    fn data(&mut self, source: SourceId, _offset: u64, chunk: Bytes) {
-        self.data_at(source, chunk, wall_clock_ns());
-    }
-
-    fn ended(&mut self, source: SourceId, reason: EndReason) {
+    fn end_slot(&mut self, source: SourceId, reason: EndReason) {
         let now = Instant::now();
         if let Some(slot) = self.slots.get_mut(&source) {
+            if let Some(board) = &self.board {
+                let info = slot.builder.source();
+                board.update(&self.config.sources[slot.config].name, &info.path, -1);
+            }
             if reason != EndReason::Shutdown {
                 // The file is done: its unterminated last line is a record now.
                 slot.framer.finish(&mut self.scratch);
@@ -513,7 +766,7 @@ impl SourceEvents for Pipeline {
         self.slots.remove(&source);
     }
 
-    fn tick(&mut self, now: Instant) {
+    fn tick_slots(&mut self, now: Instant) {
         // Each source separately: `scratch` must only ever hold one source's records.
         let mut ids = std::mem::take(&mut self.tick_ids);
         ids.extend(self.slots.keys().copied());
@@ -529,6 +782,24 @@ impl SourceEvents for Pipeline {
         self.tick_ids = ids;
         self.publish_held();
     }
+}
+
+/// The id config `name` ships a file's lines under when it is not the file's primary
+/// config: a fixed hash (FNV-1a, not the per-process `RandomState`) of the file's id
+/// and the config name, so a restart or a rebuild ships under the same id again.
+pub fn branch_id(file: SourceId, name: &str) -> SourceId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in file
+        .0
+        .to_le_bytes()
+        .iter()
+        .chain(b"\0")
+        .chain(name.as_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    SourceId(h)
 }
 
 /// Whether the slot's due package waits for its pod's metadata (see
@@ -734,5 +1005,83 @@ mod tests {
         };
         assert_eq!(get("container.image").as_deref(), Some(&b"shop/cart:2"[..]));
         assert_eq!(get("k8s.pod.label.app").as_deref(), Some(&b"cart"[..]));
+    }
+
+    /// One file, two configs with different framing and sinks: each sink gets every
+    /// record exactly once under its own source id, and the file's checkpoint only
+    /// moves past what both sinks acknowledged.
+    #[test]
+    fn a_file_read_by_two_configs_ships_to_both_and_checkpoints_the_slower() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            "sources:\n  - name: plain\n    include: [\"/x/*.log\"]\n    sink: a\n  \
+             - name: grouped\n    include: [\"/x/*.log\"]\n    multiline: {start: '^S'}\n    sink: b\n\
+             batch: {timeout: 0s}\nsinks:\n  a: {type: blackhole}\n  b: {type: blackhole}\n",
+            "test",
+        )
+        .unwrap();
+        let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+        let (tx_a, rx_a) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
+        let (tx_b, rx_b) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
+        let queues = BTreeMap::from([(Arc::<str>::from("a"), tx_a), (Arc::<str>::from("b"), tx_b)]);
+        let mut pipeline = Pipeline::new(
+            &config,
+            Router::new(&config.sources, &queues),
+            registry.clone(),
+        );
+        drop(queues);
+        let info = crate::source::registered_test_source(&registry, 1, "/x/a.log");
+        let file = info.id;
+        let identity = registry.lookup(1, 1).expect("registered").identity;
+        pipeline.opened_for(info, &[0, 1], identity, 0, None);
+        let data = b"S one\n  more\nS two\n";
+        pipeline.data(file, 0, Bytes::from_static(data));
+        pipeline.tick(Instant::now());
+        let drain = |rx: &crossbeam_channel::Receiver<crate::batch::Batch>| {
+            rx.try_iter().collect::<Vec<_>>()
+        };
+        let a = drain(&rx_a);
+        let b = drain(&rx_b);
+        let bodies = |batches: &[crate::batch::Batch]| {
+            batches
+                .iter()
+                .flat_map(|b| b.lines.iter().map(|l| l.body.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bodies(&a), [&b"S one"[..], b"  more", b"S two"]);
+        assert_eq!(bodies(&b), [&b"S one\n  more"[..]], "S two is still open");
+        assert_eq!(
+            a[0].source.id, file,
+            "the primary ships under the file's id"
+        );
+        let branch = branch_id(file, "grouped");
+        assert_eq!(b[0].source.id, branch);
+        assert_eq!(&*b[0].source.config_name, "grouped");
+        for batch in &a {
+            registry.acked(batch.source.id, batch.package_id);
+        }
+        assert_eq!(
+            registry.lookup(1, 1).unwrap().offset,
+            0,
+            "a restart now re-reads for the branch, which acknowledged nothing"
+        );
+        for batch in &b {
+            registry.acked(batch.source.id, batch.package_id);
+        }
+        assert_eq!(
+            registry.lookup(1, 1).unwrap().offset,
+            13,
+            "both past `S one`"
+        );
+        // A rebuild quiesces: the open record ships, and both readers stand at the end.
+        pipeline.quiesce();
+        let b2 = drain(&rx_b);
+        assert_eq!(bodies(&b2), [&b"S two"[..]]);
+        for batch in &b2 {
+            registry.acked(batch.source.id, batch.package_id);
+        }
+        assert_eq!(registry.lookup(1, 1).unwrap().offset, data.len() as u64);
+        pipeline.ended(file, EndReason::Shutdown);
+        assert_eq!(registry.in_flight(), 0);
     }
 }

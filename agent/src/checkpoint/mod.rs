@@ -99,11 +99,27 @@ struct Live {
     id_unpersisted: bool,
 }
 
+/// A second reader of a live source's bytes: another config reading the same file,
+/// shipping under its own id. Not persisted: it holds its parent's persisted offset
+/// back to its own acknowledged offset instead, so a restart resumes the file where
+/// the slowest of its readers stopped (see [`Registry::register_branch`]).
+#[derive(Debug)]
+struct Branch {
+    parent: SourceId,
+    in_flight: VecDeque<InFlight>,
+    /// Every record of this reader starting before this offset is acknowledged.
+    offset: u64,
+    last_package_id: u64,
+    /// Its reader is gone: drop it once nothing is in flight.
+    ended: bool,
+}
+
 #[derive(Default)]
 struct Inner {
     /// Entries read at start-up that no source has claimed yet, by (dev, inode).
     loaded: HashMap<(u64, u64), FileCheckpoint>,
     live: HashMap<SourceId, Live>,
+    branches: HashMap<SourceId, Branch>,
 }
 
 /// Shared between the file source, the pipeline and sink workers.
@@ -151,6 +167,7 @@ impl Registry {
             inner: Mutex::new(Inner {
                 loaded,
                 live: HashMap::new(),
+                branches: HashMap::new(),
             }),
             last_persist: Mutex::new(None),
             persisting: Mutex::new(()),
@@ -178,7 +195,39 @@ impl Registry {
                     && l.checkpoint.identity.dev == dev
                     && l.checkpoint.identity.inode == inode
             })
-            .map(|l| l.checkpoint.clone())
+            .map(|l| inner.effective(l))
+    }
+
+    /// Another reader (a config besides the primary) of the live source `parent`
+    /// starts at the parent's acknowledged offset, shipping as `branch`. Until it ends
+    /// ([`Registry::end_branch`]) and its packages are acknowledged, the parent's
+    /// checkpoint offset is at most the branch's acknowledged offset: no reader loses
+    /// a line to a restart, and the readers that were ahead ship again what they had
+    /// shipped past it (duplicates bounded by the sink queues and batch timeouts).
+    pub fn register_branch(&self, parent: SourceId, branch: SourceId) {
+        let mut inner = self.lock();
+        let offset = inner.live.get(&parent).map_or(0, |l| l.checkpoint.offset);
+        let b = inner.branches.entry(branch).or_insert_with(|| Branch {
+            parent,
+            in_flight: VecDeque::new(),
+            offset,
+            last_package_id: 0,
+            ended: false,
+        });
+        b.parent = parent;
+        b.ended = false;
+        if b.in_flight.is_empty() {
+            b.offset = offset;
+        }
+    }
+
+    /// The reader of `branch` is gone; its entry goes once nothing is in flight.
+    pub fn end_branch(&self, branch: SourceId) {
+        let mut inner = self.lock();
+        if let Some(b) = inner.branches.get_mut(&branch) {
+            b.ended = true;
+        }
+        inner.gc();
     }
 
     /// A file source starts at `offset` (its resume point, or 0 for a new file).
@@ -280,6 +329,13 @@ impl Registry {
     /// The package id to use for the next package of `source`.
     pub fn next_package_id(&self, source: SourceId) -> u64 {
         let inner = self.lock();
+        if let Some(b) = inner.branches.get(&source) {
+            return b
+                .in_flight
+                .back()
+                .map_or(b.last_package_id, |f| f.package_id)
+                + 1;
+        }
         match inner.live.get(&source) {
             Some(l) => {
                 l.in_flight
@@ -294,7 +350,16 @@ impl Registry {
 
     /// The pipeline handed package `package_id` (ending at `end_offset`) to a sink.
     pub fn sent(&self, source: SourceId, package_id: u64, end_offset: u64) {
-        if let Some(live) = self.lock().live.get_mut(&source) {
+        let mut inner = self.lock();
+        if let Some(b) = inner.branches.get_mut(&source) {
+            b.in_flight.push_back(InFlight {
+                package_id,
+                end_offset,
+                acked: false,
+            });
+            return;
+        }
+        if let Some(live) = inner.live.get_mut(&source) {
             live.in_flight.push_back(InFlight {
                 package_id,
                 end_offset,
@@ -306,6 +371,25 @@ impl Registry {
     /// The sink made package `package_id` of `source` durable.
     pub fn acked(&self, source: SourceId, package_id: u64) {
         let mut inner = self.lock();
+        if let Some(b) = inner.branches.get_mut(&source) {
+            if let Some(f) = b.in_flight.iter_mut().find(|f| f.package_id == package_id) {
+                f.acked = true;
+            }
+            let mut advanced = false;
+            while b.in_flight.front().is_some_and(|f| f.acked) {
+                let f = b.in_flight.pop_front().expect("front exists");
+                b.offset = f.end_offset;
+                b.last_package_id = f.package_id;
+                advanced = true;
+            }
+            if advanced {
+                self.progress.fetch_add(1, Ordering::Relaxed);
+            }
+            if b.ended && b.in_flight.is_empty() {
+                inner.gc();
+            }
+            return;
+        }
         let Some(live) = inner.live.get_mut(&source) else {
             return;
         };
@@ -333,7 +417,11 @@ impl Registry {
 
     /// The acknowledged offset of a live source (tests, diagnostics).
     pub fn acked_offset(&self, source: SourceId) -> Option<u64> {
-        self.lock().live.get(&source).map(|l| l.checkpoint.offset)
+        let inner = self.lock();
+        if let Some(b) = inner.branches.get(&source) {
+            return Some(b.offset);
+        }
+        inner.live.get(&source).map(|l| inner.effective(l).offset)
     }
 
     /// How many acknowledgements advanced a checkpoint offset since the registry was
@@ -344,7 +432,17 @@ impl Registry {
 
     /// Packages sent and not yet acknowledged, over all sources.
     pub fn in_flight(&self) -> usize {
-        self.lock().live.values().map(|l| l.in_flight.len()).sum()
+        let inner = self.lock();
+        inner
+            .live
+            .values()
+            .map(|l| l.in_flight.len())
+            .sum::<usize>()
+            + inner
+                .branches
+                .values()
+                .map(|b| b.in_flight.len())
+                .sum::<usize>()
     }
 
     /// Every entry that would be persisted now.
@@ -359,7 +457,7 @@ impl Registry {
                     .live
                     .values()
                     .filter(|l| !l.forgotten)
-                    .map(|l| l.checkpoint.clone()),
+                    .map(|l| inner.effective(l)),
             )
             .collect()
     }
@@ -401,13 +499,17 @@ impl Registry {
     /// tried once per source, so a failing disk is not hammered (the periodic
     /// checkpoint retries).
     pub fn ensure_durable(&self, source: SourceId) -> Result<(), CheckpointError> {
-        let needed = match self.lock().live.get_mut(&source) {
+        let mut inner = self.lock();
+        // A branch's id is derived from its parent's: durable with it.
+        let source = inner.branches.get(&source).map_or(source, |b| b.parent);
+        let needed = match inner.live.get_mut(&source) {
             Some(live) if live.id_unpersisted && !live.forgotten => {
                 live.id_unpersisted = false;
                 true
             }
             _ => false,
         };
+        drop(inner);
         if needed { self.persist() } else { Ok(()) }
     }
 
@@ -424,6 +526,18 @@ impl Inner {
     fn gc(&mut self) {
         self.live
             .retain(|_, l| !(l.forgotten && l.in_flight.is_empty()));
+        self.branches
+            .retain(|_, b| !(b.ended && b.in_flight.is_empty()));
+    }
+
+    /// A live entry as it is persisted: its offset held back by its branches'.
+    fn effective(&self, live: &Live) -> FileCheckpoint {
+        let mut checkpoint = live.checkpoint.clone();
+        let id = checkpoint.source_id;
+        for b in self.branches.values().filter(|b| b.parent == id) {
+            checkpoint.offset = checkpoint.offset.min(b.offset);
+        }
+        checkpoint
     }
 }
 

@@ -182,3 +182,41 @@ fn ensure_durable_persists_a_new_source_id_once() {
         "resumed: already durable"
     );
 }
+
+/// A file read by two configs: the persisted offset is the slower reader's, and a
+/// branch that ended and was acknowledged no longer holds it back.
+#[test]
+fn branch_holds_its_parent_back_until_it_catches_up_or_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let (file, branch) = (SourceId(7), SourceId(8));
+    reg.register(file, identity(1), "/a.log".into(), 100);
+    reg.register_branch(file, branch);
+    assert_eq!(
+        reg.acked_offset(branch),
+        Some(100),
+        "starts at the parent's"
+    );
+    assert_eq!(reg.next_package_id(branch), 1);
+    reg.sent(file, reg.next_package_id(file), 300);
+    reg.sent(branch, 1, 200);
+    reg.sent(branch, 2, 300);
+    assert_eq!(reg.in_flight(), 3);
+    reg.acked(file, 1);
+    let offset = |reg: &Registry| reg.lookup(1, 1).unwrap().offset;
+    assert_eq!(offset(&reg), 100, "the branch acknowledged nothing yet");
+    reg.acked(branch, 1);
+    assert_eq!(offset(&reg), 200);
+    assert_eq!(
+        reg.snapshot()[0].offset,
+        200,
+        "persisted as the slower reader's"
+    );
+    reg.ensure_durable(branch).unwrap();
+    reg.end_branch(branch);
+    assert_eq!(offset(&reg), 200, "ended, but package 2 is still in flight");
+    reg.acked(branch, 2);
+    assert_eq!(offset(&reg), 300);
+    assert_eq!(reg.acked_offset(branch), None, "gone once drained");
+    assert_eq!(reg.in_flight(), 0);
+}

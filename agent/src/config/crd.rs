@@ -327,11 +327,16 @@ impl CompiledSelector {
 impl Selector {
     /// Compiles the regexes; errors name the field (`spec.selector.pod_name`).
     pub fn compile(&self) -> Result<CompiledSelector, ConfigError> {
-        self.compile_with(&Validator::new("LogCollection"))
+        self.compile_at(&Validator::new("LogCollection"), "spec.selector")
     }
 
-    fn compile_with(&self, v: &Validator) -> Result<CompiledSelector, ConfigError> {
-        let p = "spec.selector";
+    /// Compiles with errors naming fields below `p` (`sources[0].selector` in the
+    /// config file, `spec.selector` in a `LogCollection`).
+    pub(crate) fn compile_at(
+        &self,
+        v: &Validator,
+        p: &str,
+    ) -> Result<CompiledSelector, ConfigError> {
         let list = |name: &str, values: &[String]| -> Result<Vec<ValueMatcher>, ConfigError> {
             values
                 .iter()
@@ -403,13 +408,13 @@ impl LogCollectionSpec {
         self.validate_as("LogCollection", data_dir)
     }
 
-    fn validate_as(
+    pub(crate) fn validate_as(
         &self,
         object: &str,
         data_dir: &Path,
     ) -> Result<ValidatedCollection, ConfigError> {
         let v = Validator::new(object);
-        let selector = self.selector.compile_with(&v)?;
+        let selector = self.selector.compile_at(&v, "spec.selector")?;
         if self.sources.is_empty() {
             return Err(v.invalid("spec.sources", "at least one source is required".into()));
         }

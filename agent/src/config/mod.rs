@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use regex::bytes::Regex;
 
+use crd::CompiledSelector;
+
 /// The embedded default: this node's pod logs and host logs into the local store.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yaml");
 
@@ -89,9 +91,50 @@ pub struct SourceConfig {
     pub parser: ParserConfig,
     /// Name of the entry of `sinks` this source's packages go to.
     pub sink: Arc<str>,
+    /// Only the CRI logs of containers this selects (see `route::select`).
+    pub selector: Option<Arc<CompiledSelector>>,
+    /// Only lines of this stream (a `container_stdout` input with `stream` set).
+    pub stream: Option<crate::frame::Stream>,
 }
 
-#[derive(Clone, Debug)]
+impl SourceConfig {
+    /// A source reading `include` (absolute globs) with the defaults of the config
+    /// file: raw format, 1 MiB lines, no multiline, no parser, no selector.
+    pub fn new(name: &str, include: Vec<String>, sink: &str) -> SourceConfig {
+        SourceConfig {
+            name: Arc::from(name),
+            include,
+            exclude: Vec::new(),
+            format: Format::Raw,
+            max_line_bytes: 1 << 20,
+            multiline: None,
+            parser: ParserConfig::None,
+            sink: Arc::from(sink),
+            selector: None,
+            stream: None,
+        }
+    }
+}
+
+/// Selector sources and `LogCollection` objects (the `collections:` section).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectionsConfig {
+    /// Watch `LogCollection` objects (needs the `kubernetes` section enabled).
+    pub enabled: bool,
+    /// The kubelet's pod log directory.
+    pub pod_logs: PathBuf,
+    /// Bound on waiting for a new container log's facts before selectors decide.
+    pub facts_wait: Duration,
+}
+
+impl CollectionsConfig {
+    /// The glob of every CRI log file below `pod_logs`.
+    pub fn pod_log_glob(&self) -> String {
+        format!("{}/*/*/*.log", self.pod_logs.display())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub enum SinkConfig {
     /// The embedded local store.
     Store {
@@ -182,6 +225,7 @@ pub struct Config {
     /// eBPF capture of container streams; `None` when disabled.
     pub capture: Option<CaptureConfig>,
     pub kubernetes: KubernetesConfig,
+    pub collections: CollectionsConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -275,6 +319,8 @@ impl Config {
             sinks.insert(Arc::<str>::from(name.as_str()), sink);
         }
 
+        let kubernetes = v.kubernetes(&raw.kubernetes, env)?;
+        let collections = v.collections(&raw.collections, &kubernetes)?;
         let mut sources = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, s) in raw.sources.iter().enumerate() {
@@ -286,7 +332,26 @@ impl Config {
                     format!("duplicate source name {:?}", s.name),
                 ));
             }
-            v.include_exclude(&prefix, &s.include, &s.exclude)?;
+            let selector = match &s.selector {
+                Some(sel) => Some(Arc::new(sel.compile_at(&v, &field("selector"))?)),
+                None => None,
+            };
+            let include = match (&selector, s.include.is_empty()) {
+                (Some(_), true) => vec![collections.pod_log_glob()],
+                _ => s.include.clone(),
+            };
+            v.include_exclude(&prefix, &include, &s.exclude)?;
+            let format = match (s.format, &selector) {
+                (Some(raw::RawFormat::Raw), Some(_)) => {
+                    return Err(v.invalid(
+                        &field("format"),
+                        "a source with a selector reads container logs: cri or docker".into(),
+                    ));
+                }
+                (Some(f), _) => f.into(),
+                (None, Some(_)) => Format::Cri,
+                (None, None) => Format::Raw,
+            };
             let max_line_bytes = v.max_line_size(&prefix, &s.max_line_size)?;
             let multiline = v.multiline(&prefix, s.multiline.as_ref())?;
             let parser = v.parser(&prefix, s.parser.as_ref())?;
@@ -307,13 +372,15 @@ impl Config {
             }
             sources.push(SourceConfig {
                 name: Arc::from(s.name.as_str()),
-                include: s.include.clone(),
+                include,
                 exclude: s.exclude.clone(),
-                format: s.format.into(),
+                format,
                 max_line_bytes,
                 multiline,
                 parser,
                 sink,
+                selector,
+                stream: None,
             });
         }
 
@@ -341,7 +408,8 @@ impl Config {
             cri,
             sources,
             sinks,
-            kubernetes: v.kubernetes(&raw.kubernetes, env)?,
+            kubernetes,
+            collections,
         })
     }
 }
@@ -650,6 +718,31 @@ impl Validator {
             endpoint: c.endpoint.clone(),
             timeout,
             rescan_interval: self.interval("cri.rescan_interval", &c.rescan_interval)?,
+        })
+    }
+
+    pub(crate) fn collections(
+        &self,
+        c: &raw::RawCollections,
+        kubernetes: &KubernetesConfig,
+    ) -> Result<CollectionsConfig, ConfigError> {
+        if !c.pod_logs.starts_with('/') {
+            return Err(self.invalid(
+                "collections.pod_logs",
+                format!("{:?}: must be an absolute path", c.pod_logs),
+            ));
+        }
+        let enabled = c.enabled.unwrap_or(kubernetes.enabled);
+        if enabled && !kubernetes.enabled {
+            return Err(self.invalid(
+                "collections.enabled",
+                "LogCollection objects come from the API: enable the kubernetes section".into(),
+            ));
+        }
+        Ok(CollectionsConfig {
+            enabled,
+            pod_logs: PathBuf::from(c.pod_logs.trim_end_matches('/')),
+            facts_wait: self.duration("collections.facts_wait", &c.facts_wait)?,
         })
     }
 

@@ -30,6 +30,37 @@ pub struct RawConfig {
     pub capture: RawCapture,
     #[serde(default)]
     pub kubernetes: RawKubernetes,
+    /// `LogCollection` objects and selector sources (see docs/configuration.md).
+    #[serde(default)]
+    pub collections: RawCollections,
+}
+
+/// Container selection: where CRI logs live, and `LogCollection` objects.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCollections {
+    /// Watch `LogCollection` objects and collect what they select. Default: on when
+    /// the `kubernetes` section is enabled.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The kubelet's pod log directory (`<ns>_<pod>_<uid>/<container>/<n>.log` below
+    /// it): what selector sources and `container_stdout` inputs read.
+    #[serde(default = "default_pod_logs")]
+    pub pod_logs: String,
+    /// How long a new container log waits for its container's facts (runtime or pod
+    /// metadata) before selectors decide on what its path tells.
+    #[serde(default = "default_facts_wait")]
+    pub facts_wait: String,
+}
+
+impl Default for RawCollections {
+    fn default() -> Self {
+        RawCollections {
+            enabled: None,
+            pod_logs: default_pod_logs(),
+            facts_wait: default_facts_wait(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -229,11 +260,19 @@ pub enum RawFormat {
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     pub name: String,
+    /// Absolute globs; required unless `selector` is set (then it defaults to every
+    /// CRI log under `collections.pod_logs`).
+    #[serde(default)]
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Default: `cri` with a `selector`, else `raw`.
     #[serde(default)]
-    pub format: RawFormat,
+    pub format: Option<RawFormat>,
+    /// Only containers this selects (the `LogCollection` selector): the source reads
+    /// CRI log files only, and each container's facts decide.
+    #[serde(default)]
+    pub selector: Option<super::crd::Selector>,
     #[serde(default = "default_max_line_size")]
     pub max_line_size: String,
     #[serde(default)]
@@ -442,6 +481,12 @@ fn default_multiline_max_lines() -> usize {
 }
 fn default_delimiter() -> String {
     ",".into()
+}
+fn default_pod_logs() -> String {
+    "/var/log/pods".into()
+}
+fn default_facts_wait() -> String {
+    "5s".into()
 }
 fn default_metadata_wait() -> String {
     "2s".into()

@@ -225,3 +225,34 @@ fn cri_section_errors_name_the_field() {
         assert!(err.contains(field), "{yaml}: {err}");
     }
 }
+
+#[test]
+fn selector_source_defaults_to_cri_logs_of_the_pod_log_dir() {
+    let yaml = "collections: {pod_logs: /host/pods/}\nsources:\n  - name: json\n    selector: {include_env: {LOG_FORMAT: json}}\nsinks:\n  local: {type: blackhole}\n";
+    let c = Config::parse(yaml, "t.yaml").unwrap();
+    let s = &c.sources[0];
+    assert_eq!(s.include, vec!["/host/pods/*/*/*.log".to_string()]);
+    assert_eq!(s.format, Format::Cri);
+    assert_eq!(s.selector.as_ref().unwrap().include_env.len(), 1);
+    assert!(
+        !c.collections.enabled,
+        "no kubernetes section: no LogCollection watch"
+    );
+}
+
+#[test]
+fn selector_errors_name_the_field_and_unknown_fields_the_line() {
+    let yaml = "sources:\n  - name: a\n    selector: {pod_name: '(unclosed'}\nsinks:\n  local: {type: blackhole}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("sources[0].selector.pod_name"), "{err}");
+    let yaml = "sources:\n  - name: a\n    selector:\n      include_envs: {A: b}\nsinks:\n  local: {type: blackhole}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("unknown field `include_envs`"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+    let yaml = "sources:\n  - name: a\n    format: raw\n    selector: {}\nsinks:\n  local: {type: blackhole}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("sources[0].format"), "{err}");
+    let yaml = "sources:\n  - name: a\nsinks:\n  local: {type: blackhole}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("sources[0].include"), "{err}");
+}

@@ -279,6 +279,7 @@ impl PodCache {
         let flag = match resource {
             Resource::Pods => &self.shared.pods_up,
             Resource::Namespaces => &self.shared.namespaces_up,
+            Resource::LogCollections => return,
         };
         flag.store(up, Ordering::Relaxed);
         metrics::gauge!("logtap_kube_api_up").set(if self.api_up() { 1.0 } else { 0.0 });
@@ -413,6 +414,8 @@ impl PodCache {
 pub enum Resource {
     Pods,
     Namespaces,
+    /// `LogCollection` objects (see `collections`); not part of the cache's health.
+    LogCollections,
 }
 
 impl Resource {
@@ -420,6 +423,7 @@ impl Resource {
         match self {
             Resource::Pods => "pods",
             Resource::Namespaces => "namespaces",
+            Resource::LogCollections => "logcollections",
         }
     }
 }

@@ -109,7 +109,7 @@ impl Drop for PodWatcher {
     }
 }
 
-async fn client(config: &WatcherConfig) -> anyhow::Result<Client> {
+pub(crate) async fn client(config: &WatcherConfig) -> anyhow::Result<Client> {
     let kube_config = match &config.api_url {
         Some(url) => kube::Config::new(
             url.parse()
@@ -138,7 +138,10 @@ async fn run(
             Some(format!("spec.nodeName={}", config.node_name)),
             backoff(),
             Resource::Pods,
-            cache.clone(),
+            {
+                let cache = cache.clone();
+                move |up| cache.set_up(Resource::Pods, up)
+            },
             move |event| match event {
                 Event::Init => listed = Some(HashSet::new()),
                 Event::InitApply(pod) => {
@@ -170,7 +173,10 @@ async fn run(
             None,
             backoff(),
             Resource::Namespaces,
-            cache.clone(),
+            {
+                let cache = cache.clone();
+                move |up| cache.set_up(Resource::Namespaces, up)
+            },
             move |event| match event {
                 Event::Init => listed = Some(HashSet::new()),
                 Event::InitApply(ns) => {
@@ -219,12 +225,12 @@ fn labels(ns: &Namespace) -> BTreeMap<String, String> {
 /// Written by hand rather than with kube's watcher because health needs to know when
 /// a watch was *established*: a healthy watch of an idle resource delivers no event
 /// for minutes, and only the answer to the watch request says the API is back.
-async fn list_watch<K>(
+pub(crate) async fn list_watch<K>(
     api: Api<K>,
     field_selector: Option<String>,
     mut backoff: Backoff,
     resource: Resource,
-    cache: PodCache,
+    set_up: impl Fn(bool),
     mut on_event: impl FnMut(Event<K>),
 ) where
     K: KubeResource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -243,7 +249,7 @@ async fn list_watch<K>(
         let mut resource_version = loop {
             match api.list(&page).await {
                 Ok(list) => {
-                    health.answered(resource, &cache);
+                    health.answered(resource, &set_up);
                     for object in list.items {
                         on_event(Event::InitApply(object));
                     }
@@ -253,7 +259,7 @@ async fn list_watch<K>(
                     }
                 }
                 Err(error) => {
-                    health.failed(resource, &cache, &error, false);
+                    health.failed(resource, &set_up, &error, false);
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue 'relist;
                 }
@@ -266,7 +272,7 @@ async fn list_watch<K>(
                 Ok(stream) => stream,
                 Err(error) => {
                     let gone = matches!(&error, kube::Error::Api(s) if s.code == 410);
-                    health.failed(resource, &cache, &error, gone);
+                    health.failed(resource, &set_up, &error, gone);
                     if gone {
                         continue 'relist;
                     }
@@ -274,7 +280,7 @@ async fn list_watch<K>(
                     continue;
                 }
             };
-            health.answered(resource, &cache);
+            health.answered(resource, &set_up);
             backoff.reset();
             let mut stream = pin!(stream);
             loop {
@@ -314,7 +320,7 @@ async fn list_watch<K>(
                     }
                     WatchEvent::Error(status) => {
                         let gone = status.code == 410;
-                        health.failed(resource, &cache, &status, gone);
+                        health.failed(resource, &set_up, &status, gone);
                         if gone {
                             continue 'relist;
                         }
@@ -334,7 +340,7 @@ const WATCH_IDLE_LIMIT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64
 /// Exponential backoff with jitter: each delay is drawn from the upper half of a
 /// window that doubles up to `max`, so thousands of agents that lost the API server
 /// at the same moment do not all come back at the same moment.
-struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     window: Duration,
@@ -343,7 +349,7 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
         Backoff {
             initial,
             max: max.max(initial),
@@ -375,7 +381,7 @@ enum Health {
 }
 
 impl Health {
-    fn answered(&mut self, resource: Resource, cache: &PodCache) {
+    fn answered(&mut self, resource: Resource, set_up: &dyn Fn(bool)) {
         if *self == Health::Up {
             return;
         }
@@ -386,7 +392,7 @@ impl Health {
             );
         }
         *self = Health::Up;
-        cache.set_up(resource, true);
+        set_up(true);
     }
 
     /// An error of a request: an outage, unless it is `410 Gone` (history compacted
@@ -394,7 +400,7 @@ impl Health {
     fn failed(
         &mut self,
         resource: Resource,
-        cache: &PodCache,
+        set_up: &dyn Fn(bool),
         error: &dyn std::fmt::Display,
         gone: bool,
     ) {
@@ -415,7 +421,7 @@ impl Health {
              retrying with backoff"
         );
         *self = Health::Down;
-        cache.set_up(resource, false);
+        set_up(false);
     }
 
     /// A watch stream that broke after it was established.

@@ -246,4 +246,29 @@ pub fn describe() {
         Unit::Count,
         "Containers in the container registry (from CRI, or from the pod log directory scan while CRI is down)"
     );
+    describe_gauge!(
+        "logtap_collections",
+        Unit::Count,
+        "LogCollection objects by state (ready: applied, invalid: rejected with a status naming the field)"
+    );
+    describe_counter!(
+        "logtap_collection_applies_total",
+        Unit::Count,
+        "In-process rebuilds applying changed LogCollection objects, by result (applied, applied_unacked)"
+    );
+    describe_gauge!(
+        "logtap_collections_api_up",
+        Unit::Count,
+        "1 while the LogCollection watch of the Kubernetes API is healthy, else 0 (the last known objects stay applied)"
+    );
+    describe_counter!(
+        "logtap_collection_status_writes_total",
+        Unit::Count,
+        "LogCollection status PATCHes, by result (ok, error)"
+    );
+    describe_counter!(
+        "logtap_selector_decisions_total",
+        Unit::Count,
+        "Container logs held back for their container's facts, by outcome (known, path_only: decided on the log path after collections.facts_wait)"
+    );
 }

@@ -6,16 +6,21 @@
 //! the whole file system. A symlink to a file is matched like a file (the
 //! `/var/log/containers/*.log` links of Kubernetes).
 //!
-//! A file matching several configs belongs to the first one, in config order: each
-//! file is read once, and the order of `sources[]` is the precedence.
+//! A file is read once, whatever the number of configs selecting it: [`Matcher::select`]
+//! names every config that includes it (and whose selector, if any, selects its
+//! container), in config order; the first is its primary (see
+//! `docs/architecture.md`, "Several configs, one file").
 
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::config::SourceConfig;
+use crate::config::crd::CompiledSelector;
+use crate::route::select::Facts;
 
 /// A directory under which a glob can match, and how deep below it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +36,16 @@ struct Compiled {
     exclude_path: GlobSet,
     exclude_name: GlobSet,
     roots: Vec<Root>,
+    selector: Option<Arc<CompiledSelector>>,
+}
+
+/// Which configs read a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Selection {
+    /// Every config that reads it, in config order (empty: none does).
+    Configs(Vec<usize>),
+    /// A config with a selector includes it, and its container is not known yet.
+    Undecided,
 }
 
 /// A regular file (or symlink to one) matched by a config.
@@ -43,6 +58,15 @@ pub(crate) struct Found {
 /// The compiled include/exclude globs of every source config.
 pub(crate) struct Matcher {
     configs: Vec<Compiled>,
+}
+
+impl Compiled {
+    fn globs_match(&self, path: &Path) -> bool {
+        let name = path.file_name().map(Path::new);
+        self.include.is_match(path)
+            && !self.exclude_path.is_match(path)
+            && !name.is_some_and(|n| self.exclude_name.is_match(n))
+    }
 }
 
 fn is_glob_meta(s: &str) -> bool {
@@ -117,19 +141,43 @@ impl Matcher {
                 exclude_name: build(&name_ex)
                     .with_context(|| format!("source {:?}: exclude", s.name))?,
                 roots,
+                selector: s.selector.clone(),
             });
         }
         Ok(Matcher { configs })
     }
 
-    /// The first config that includes and does not exclude `path`.
+    /// The first config whose globs include and do not exclude `path` (selectors
+    /// are not asked: this says whether the path is a candidate at all).
     pub fn config_for(&self, path: &Path) -> Option<usize> {
-        let name = path.file_name().map(Path::new);
-        self.configs.iter().position(|c| {
-            c.include.is_match(path)
-                && !c.exclude_path.is_match(path)
-                && !name.is_some_and(|n| c.exclude_name.is_match(n))
-        })
+        self.configs.iter().position(|c| c.globs_match(path))
+    }
+
+    /// Every config that reads `path`: its globs match and its selector, if it has
+    /// one, selects the container. `facts` is called at most once, and only when a
+    /// config with a selector includes the path.
+    pub(crate) fn select(&self, path: &Path, facts: &mut dyn FnMut() -> Facts) -> Selection {
+        let mut known: Option<Facts> = None;
+        let mut configs = Vec::new();
+        for (i, c) in self.configs.iter().enumerate() {
+            if !c.globs_match(path) {
+                continue;
+            }
+            let Some(selector) = &c.selector else {
+                configs.push(i);
+                continue;
+            };
+            match known.get_or_insert_with(&mut *facts) {
+                Facts::Known(f) => {
+                    if selector.matches(f) {
+                        configs.push(i);
+                    }
+                }
+                Facts::Pending => return Selection::Undecided,
+                Facts::NotContainer => {}
+            }
+        }
+        Selection::Configs(configs)
     }
 
     /// Walks every root. Matched files go to `found` (each path once); directories

@@ -59,6 +59,19 @@ pub trait SourceEvents {
         start_offset: u64,
         predecessor: Option<SourceId>,
     );
+    /// Like [`opened`](Self::opened), for a file that several configs read: `configs`
+    /// (in config order, never empty) each get every byte of it, with their own
+    /// framing, parser and sink. The default serves the first only.
+    fn opened_for(
+        &mut self,
+        info: Arc<SourceInfo>,
+        configs: &[usize],
+        identity: FileIdentity,
+        start_offset: u64,
+        predecessor: Option<SourceId>,
+    ) {
+        self.opened(info, configs[0], identity, start_offset, predecessor);
+    }
     /// `chunk` holds the bytes of the source at `offset..offset + chunk.len()`; chunks
     /// of one source are contiguous. May block (backpressure).
     fn data(&mut self, source: SourceId, offset: u64, chunk: Bytes);
@@ -79,4 +92,4 @@ mod watch;
 mod tests;
 
 pub use resume::ResumeStore;
-pub use tracker::{FileSource, FileSourceOptions};
+pub use tracker::{FileSource, FileSourceOptions, StopMode};

@@ -74,6 +74,8 @@ impl ResumeStore for MemStore {
 struct Rec {
     path: PathBuf,
     config: usize,
+    /// Every config reading it (`opened_for`), primary first.
+    configs: Vec<usize>,
     start: u64,
     bytes: Vec<u8>,
     predecessor: Option<SourceId>,
@@ -148,6 +150,7 @@ impl SourceEvents for Recorder {
             Rec {
                 path: info.path.clone(),
                 config,
+                configs: vec![config],
                 start: start_offset,
                 bytes: Vec::new(),
                 predecessor,
@@ -156,6 +159,20 @@ impl SourceEvents for Recorder {
                 opens: 1,
             },
         );
+    }
+    fn opened_for(
+        &mut self,
+        info: Arc<SourceInfo>,
+        configs: &[usize],
+        identity: FileIdentity,
+        start_offset: u64,
+        predecessor: Option<SourceId>,
+    ) {
+        let id = info.id;
+        self.opened(info, configs[0], identity, start_offset, predecessor);
+        if let Some(rec) = self.0.rec.lock().unwrap().sources.get_mut(&id) {
+            rec.configs = configs.to_vec();
+        }
     }
     fn data(&mut self, source: SourceId, offset: u64, chunk: Bytes) {
         let mut r = self.0.rec.lock().unwrap();
@@ -209,6 +226,8 @@ fn config(name: &str, include: &[String], format: Format) -> SourceConfig {
         multiline: None,
         parser: ParserConfig::None,
         sink: Arc::from("null"),
+        selector: None,
+        stream: None,
     }
 }
 
@@ -220,6 +239,7 @@ fn options(io_uring: bool) -> FileSourceOptions {
         read_buffer_bytes: 4096,
         oneshot: false,
         claims: None,
+        ..FileSourceOptions::default()
     }
 }
 
@@ -995,5 +1015,102 @@ fn claimed_cri_logs_are_left_to_capture_and_unclaimed_ones_are_read_after_the_wa
             "a rotation of a claimed log was read"
         );
     });
+    h.stop();
+}
+
+/// Container facts by log path, settable while the source runs.
+#[derive(Default)]
+struct FactsMap(Mutex<HashMap<PathBuf, crate::config::crd::ContainerFacts>>);
+
+impl crate::route::select::ContainerFactsSource for FactsMap {
+    fn facts(&self, path: &Path) -> crate::route::select::Facts {
+        use crate::route::select::Facts;
+        match self.0.lock().unwrap().get(path) {
+            Some(f) => Facts::Known(f.clone()),
+            None if crate::discovery::PodLogRef::from_path(path).is_some() => Facts::Pending,
+            None => Facts::NotContainer,
+        }
+    }
+}
+
+fn selected(name: &str, dir: &Path, selector: &str) -> SourceConfig {
+    let selector: crate::config::crd::Selector = serde_yaml::from_str(selector).unwrap();
+    SourceConfig {
+        selector: Some(Arc::new(selector.compile().unwrap())),
+        ..config(name, &glob(dir, "*/*/*.log"), Format::Cri)
+    }
+}
+
+/// Selector sources: a container goes to every config that selects it, an excluded
+/// one to none, an unknown one waits for its facts (bounded), then is decided on
+/// what its path tells.
+#[test]
+fn selectors_route_each_container_to_every_config_selecting_it() {
+    const UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    let dir = tempfile::tempdir().unwrap();
+    let log = |pod: &str| {
+        let d = dir.path().join(format!("shop_{pod}_{UID}/app"));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("0.log");
+        append(
+            &p,
+            format!("2024-01-01T00:00:00Z stdout F {pod}\n").as_bytes(),
+        );
+        p
+    };
+    let facts = Arc::new(FactsMap::default());
+    let known = |path: &Path, env: &[(&str, &str)], labels: &[(&str, &str)]| {
+        let mut f = crate::route::select::path_facts(path).unwrap();
+        f.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        f.pod_labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        facts.0.lock().unwrap().insert(path.to_path_buf(), f);
+    };
+    let cart = log("cart");
+    known(&cart, &[("LOG_FORMAT", "json")], &[]);
+    let noisy = log("noisy");
+    known(&noisy, &[("LOG_FORMAT", "json")], &[("team", "noisy")]);
+    let late = log("late");
+    let never = log("never");
+    let h = Harness::start(
+        vec![
+            selected(
+                "json",
+                dir.path(),
+                "{include_env: {LOG_FORMAT: json}, exclude_labels: {team: noisy}}",
+            ),
+            selected("all", dir.path(), "{exclude_labels: {team: noisy}}"),
+        ],
+        FileSourceOptions {
+            facts: Some(facts.clone()),
+            facts_wait: Duration::from_millis(300),
+            ..options(false)
+        },
+        Arc::new(MemStore::default()),
+    );
+    h.wait("cart read by both configs", |r| {
+        r.only(&cart)
+            .is_some_and(|(_, s)| s.configs == [0, 1] && !s.bytes.is_empty())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    h.with(|r| {
+        assert!(r.only(&late).is_none(), "its container is not known yet");
+        assert!(r.only(&never).is_none(), "its container is not known yet");
+    });
+    known(&late, &[("LOG_FORMAT", "text")], &[]);
+    h.wait("late read once known", |r| {
+        r.only(&late).is_some_and(|(_, s)| s.configs == [1])
+    });
+    // Never known: decided on the path after facts_wait, where no env matches.
+    h.wait("never decided on its path", |r| {
+        r.only(&never).is_some_and(|(_, s)| s.configs == [1])
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    h.with(|r| assert!(r.only(&noisy).is_none(), "excluded by every config"));
     h.stop();
 }

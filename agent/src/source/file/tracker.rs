@@ -40,13 +40,14 @@ use bytes::BytesMut;
 
 use crate::capture::{Claim, Claims};
 
-use super::discover::{Found, Matcher};
+use super::discover::{Found, Matcher, Selection};
 use super::identity;
 use super::read::{ReadCompletion, ReadRequest, Reader};
 use super::resume::ResumeStore;
 use super::watch::{Change, Watcher};
 use super::{EndReason, FileIdentity, SourceEvents};
 use crate::config::{Format, SourceConfig};
+use crate::route::select::{ContainerFactsSource, Facts, path_facts};
 use crate::source::{SourceId, SourceInfo, SourceKind};
 
 /// Reads a waiting file gets per round before the next file's turn.
@@ -62,6 +63,18 @@ const IDLE_FOR_CLOSE: Duration = Duration::from_secs(30);
 /// Bound on the paths remembered for once-per-path warnings.
 const MAX_WARNED_PATHS: usize = 10_000;
 
+/// How [`FileSource::run_until`] stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// At once: unread bytes are read after the restart, from the checkpoints.
+    Shutdown,
+    /// After reading what is ready (a rebuild follows in the same process).
+    Drain,
+}
+
+/// Bound on [`StopMode::Drain`]: a rebuild must not wait for a large backlog.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub struct FileSourceOptions {
     /// Full rescan of the globs and `stat` of every tracked file.
@@ -76,6 +89,11 @@ pub struct FileSourceOptions {
     pub oneshot: bool,
     /// CRI logs of containers that capture ships are not read (see [`Claims`]).
     pub claims: Option<Arc<Claims>>,
+    /// Container facts for sources with a selector; `None`: decided on the path alone.
+    pub facts: Option<Arc<dyn ContainerFactsSource>>,
+    /// How long a file whose container is not known yet is held back before the
+    /// selectors decide on what its path tells.
+    pub facts_wait: Duration,
 }
 
 impl Default for FileSourceOptions {
@@ -87,6 +105,8 @@ impl Default for FileSourceOptions {
             read_buffer_bytes: 256 * 1024,
             oneshot: false,
             claims: None,
+            facts: None,
+            facts_wait: Duration::from_secs(5),
         }
     }
 }
@@ -97,9 +117,13 @@ enum State {
     Detached,
 }
 
+/// The configs reading a file, in config order; the first is its primary (whose
+/// name its `SourceInfo` carries and whose checkpoint entry it resumes).
+type Configs = Arc<[usize]>;
+
 struct Tracked {
     info: Arc<SourceInfo>,
-    config: usize,
+    configs: Configs,
     /// `None` when closed under fd pressure; reopened by path when it grows.
     file: Option<File>,
     identity: FileIdentity,
@@ -123,7 +147,7 @@ struct Tracked {
 struct Waiting {
     file: File,
     key: InodeKey,
-    config: usize,
+    configs: Configs,
 }
 
 /// A source that was drained and ended while its file still existed.
@@ -172,6 +196,8 @@ pub struct FileSource {
     completions: Vec<ReadCompletion>,
     /// Files that capture may still claim: asked again every tick.
     undecided: HashSet<PathBuf>,
+    /// Files held back until their container's facts are known, since when.
+    awaiting_facts: HashMap<PathBuf, Instant>,
 }
 
 fn source_kind(format: Format) -> SourceKind {
@@ -269,6 +295,7 @@ impl FileSource {
             requests: Vec::new(),
             completions: Vec::new(),
             undecided: HashSet::new(),
+            awaiting_facts: HashMap::new(),
         })
     }
 
@@ -282,6 +309,22 @@ impl FileSource {
         events: &mut dyn SourceEvents,
         shutdown: &AtomicBool,
     ) -> anyhow::Result<()> {
+        self.run_until(events, &|| {
+            shutdown
+                .load(Ordering::Relaxed)
+                .then_some(StopMode::Shutdown)
+        })
+    }
+
+    /// Like [`run`](Self::run), until `stop` says how to stop. [`StopMode::Drain`]
+    /// first reads every file with unread bytes to its current end (bounded by
+    /// [`DRAIN_LIMIT`]): a file rotated away that a rebuilt source would not find
+    /// again under its new name is read out now.
+    pub fn run_until(
+        &mut self,
+        events: &mut dyn SourceEvents,
+        stop: &dyn Fn() -> Option<StopMode>,
+    ) -> anyhow::Result<()> {
         raise_nofile_limit();
         self.rescan(events);
         let found: HashSet<InodeKey> = self
@@ -293,7 +336,14 @@ impl FileSource {
         self.store.retain_unclaimed(&found);
         let mut changes = Vec::new();
         loop {
-            if shutdown.load(Ordering::Relaxed) {
+            if let Some(mode) = stop() {
+                if mode == StopMode::Drain {
+                    let deadline = Instant::now() + DRAIN_LIMIT;
+                    self.poll_detached(events);
+                    while !self.ready.is_empty() && Instant::now() < deadline {
+                        self.read_round(events);
+                    }
+                }
                 self.end_all(events, EndReason::Shutdown);
                 return Ok(());
             }
@@ -344,6 +394,65 @@ impl FileSource {
             events.tick(now);
             self.update_lag_gauge();
             self.recheck_undecided(events);
+            self.recheck_awaiting_facts(events);
+        }
+    }
+
+    fn recheck_awaiting_facts(&mut self, events: &mut dyn SourceEvents) {
+        if self.awaiting_facts.is_empty() {
+            return;
+        }
+        let paths: Vec<PathBuf> = self.awaiting_facts.keys().cloned().collect();
+        for path in paths {
+            if std::fs::symlink_metadata(&path).is_err() {
+                self.awaiting_facts.remove(&path);
+                continue;
+            }
+            self.check_path(&path, events);
+        }
+    }
+
+    /// The configs reading `path`, or `None` when none does or its container's facts
+    /// are awaited (then it is asked again every tick, up to `facts_wait`).
+    fn select(&mut self, path: &Path) -> Option<Configs> {
+        let now = Instant::now();
+        let since = self.awaiting_facts.get(path).copied();
+        let expired = since.is_some_and(|t| now.duration_since(t) >= self.options.facts_wait);
+        let source = self.options.facts.clone();
+        let mut decided_on_path = false;
+        let mut lookup = || match &source {
+            Some(source) => match source.facts(path) {
+                Facts::Pending if expired => {
+                    decided_on_path = true;
+                    path_facts(path).map_or(Facts::NotContainer, Facts::Known)
+                }
+                facts => facts,
+            },
+            None => path_facts(path).map_or(Facts::NotContainer, Facts::Known),
+        };
+        let selection = self.matcher.select(path, &mut lookup);
+        match selection {
+            Selection::Undecided => {
+                self.awaiting_facts.entry(path.to_path_buf()).or_insert(now);
+                None
+            }
+            Selection::Configs(configs) => {
+                if since.is_some() {
+                    self.awaiting_facts.remove(path);
+                    let outcome = if decided_on_path {
+                        "path_only"
+                    } else {
+                        "known"
+                    };
+                    metrics::counter!("logtap_selector_decisions_total", "outcome" => outcome)
+                        .increment(1);
+                    if decided_on_path {
+                        tracing::warn!(path = %path.display(), wait = ?self.options.facts_wait,
+                            "container not known in time: selectors decided on its path alone");
+                    }
+                }
+                (!configs.is_empty()).then(|| configs.into())
+            }
         }
     }
 
@@ -642,9 +751,10 @@ impl FileSource {
             // Waits for its turn at the path it was found at (now renamed).
             return;
         }
-        let Some(config) = self.matcher.config_for(path) else {
+        let Some(configs) = self.select(path) else {
             return;
         };
+        let config = configs[0];
         if let Some(c) = self.closed.get(&key)
             && meta.len() <= c.offset
         {
@@ -663,11 +773,11 @@ impl FileSource {
             }
         }
         if self.deferred.contains_key(path) || !self.predecessor_drained(path) {
-            self.wait_for_turn(path, key, config);
+            self.wait_for_turn(path, key, configs);
             return;
         }
         let predecessor = self.take_predecessor(path);
-        self.open(path, config, predecessor, events);
+        self.open(path, configs, predecessor, events);
     }
 
     /// Whether the last detached file of `path` (if any) was read to EOF; if not, it
@@ -694,7 +804,7 @@ impl FileSource {
     }
 
     /// Holds the file now at `path` open until the files before it there are drained.
-    fn wait_for_turn(&mut self, path: &Path, key: InodeKey, config: usize) {
+    fn wait_for_turn(&mut self, path: &Path, key: InodeKey, configs: Configs) {
         if self.is_waiting(key) {
             return;
         }
@@ -716,7 +826,7 @@ impl FileSource {
         self.deferred
             .entry(path.to_path_buf())
             .or_default()
-            .push_back(Waiting { file, key, config });
+            .push_back(Waiting { file, key, configs });
     }
 
     /// Starts the waiting files of `path` whose predecessor was drained, oldest first.
@@ -735,7 +845,7 @@ impl FileSource {
                 self.deferred.remove(path);
             }
             let predecessor = self.take_predecessor(path);
-            let Some(slot) = self.open_at(path, waiting.file, waiting.config, predecessor, events)
+            let Some(slot) = self.open_at(path, waiting.file, waiting.configs, predecessor, events)
             else {
                 continue;
             };
@@ -924,7 +1034,7 @@ impl FileSource {
     fn open(
         &mut self,
         path: &Path,
-        config: usize,
+        configs: Configs,
         predecessor: Option<SourceId>,
         events: &mut dyn SourceEvents,
     ) {
@@ -935,7 +1045,7 @@ impl FileSource {
                 return;
             }
         };
-        self.open_at(path, file, config, predecessor, events);
+        self.open_at(path, file, configs, predecessor, events);
     }
 
     /// Starts the source of `file`, found at `path`; returns its slot, or `None` when
@@ -944,7 +1054,7 @@ impl FileSource {
         &mut self,
         path: &Path,
         file: File,
-        config: usize,
+        configs: Configs,
         predecessor: Option<SourceId>,
         events: &mut dyn SourceEvents,
     ) -> Option<usize> {
@@ -1029,7 +1139,7 @@ impl FileSource {
         }
         Some(self.start(
             path,
-            config,
+            configs,
             file,
             identity,
             id,
@@ -1048,7 +1158,7 @@ impl FileSource {
     fn start(
         &mut self,
         path: &Path,
-        config: usize,
+        configs: Configs,
         file: File,
         identity: FileIdentity,
         id: SourceId,
@@ -1058,7 +1168,7 @@ impl FileSource {
         predecessor: Option<SourceId>,
         events: &mut dyn SourceEvents,
     ) -> usize {
-        let (config_name, kind) = self.configs[config].clone();
+        let (config_name, kind) = self.configs[configs[0]].clone();
         let info = Arc::new(SourceInfo {
             id,
             kind,
@@ -1067,7 +1177,7 @@ impl FileSource {
         });
         self.store
             .register(id, identity, path.to_path_buf(), register_at);
-        events.opened(info.clone(), config, identity, offset, predecessor);
+        events.opened_for(info.clone(), &configs, identity, offset, predecessor);
         let real_path = std::fs::canonicalize(path).ok().filter(|r| r != path);
         if let Some(real) = &real_path
             && let Some(dir) = real.parent()
@@ -1076,7 +1186,7 @@ impl FileSource {
         }
         let tracked = Tracked {
             info,
-            config,
+            configs,
             file: Some(file),
             identity,
             offset,
@@ -1164,7 +1274,7 @@ impl FileSource {
         let owner_of_path = self.by_path.get(&path).copied();
         let slot = self.start(
             &path,
-            t.config,
+            t.configs.clone(),
             file,
             identity,
             id,

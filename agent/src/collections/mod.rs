@@ -1,0 +1,561 @@
+//! Live `LogCollection` objects: watched from the API, translated into source configs
+//! and a sink, merged with the config file into the effective config, and reported
+//! back in each object's `status`.
+//!
+//! - The watcher thread (its own current-thread tokio runtime, as the pod watcher)
+//!   lists and watches `logtap.dev` `LogCollection` objects of every namespace, as
+//!   untyped JSON: an object with an unknown field must still arrive, to be reported
+//!   `Invalid` naming the field, not fail the whole list.
+//! - [`Collections::effective`] validates every object and merges the valid ones into
+//!   the file config: source `<ns>/<name>/<source>`, sink `<ns>/<name>`, appended after
+//!   the file's own, so the file config's indexes and precedence never move.
+//! - [`Collections::generation`] moves when a spec changes (not when only a status
+//!   does): the pipeline then quiesces and rebuilds (see `pipeline::run`).
+//! - Every second the watcher thread compares each object's status as it should be
+//!   (validity, matched containers from the [`MatchBoard`]) with what it last wrote,
+//!   and PATCHes the `status` subresource when they differ.
+//!
+//! # Failures
+//!
+//! An unreachable API server keeps the last known objects applied (nothing is
+//! stopped because the API is away), sets `logtap_collections_api_up` to 0, and the
+//! watch retries with the pod watcher's backoff.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::watcher::Event;
+use kube::{Api, Client};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::config::crd::{
+    CollectionCondition, LogCollection, LogCollectionSpec, LogCollectionStatus, SourceInput,
+    StreamSelection,
+};
+use crate::config::{Config, ConfigError, SinkConfig, SourceConfig};
+use crate::discovery::watcher::{Backoff, WatcherConfig, client, list_watch};
+use crate::discovery::{PodLogRef, Resource};
+use crate::frame::Stream;
+
+/// How often statuses are compared with what was last written.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Which containers each source config reads now: written by the pipeline as it
+/// opens and ends files, read for each collection's `matched_containers`.
+#[derive(Default)]
+pub struct MatchBoard {
+    /// Source config name → container (`<pod uid>/<container>`) → open files.
+    by_source: Mutex<HashMap<Arc<str>, HashMap<String, usize>>>,
+}
+
+impl MatchBoard {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, HashMap<String, usize>>> {
+        self.by_source.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A file of config `source` opened (`delta` 1) or ended (-1).
+    pub fn update(&self, source: &Arc<str>, path: &Path, delta: isize) {
+        let Some(log) = PodLogRef::from_path(path) else {
+            return;
+        };
+        let key = format!("{}/{}", log.pod_uid, log.container);
+        let mut board = self.lock();
+        let containers = board.entry(source.clone()).or_default();
+        let count = containers.entry(key.clone()).or_default();
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            containers.remove(&key);
+        }
+    }
+
+    /// Distinct containers read by any of `sources`.
+    pub fn containers(&self, sources: &[Arc<str>]) -> usize {
+        let board = self.lock();
+        let mut all = HashSet::new();
+        for s in sources {
+            if let Some(c) = board.get(s) {
+                all.extend(c.keys().cloned());
+            }
+        }
+        all.len()
+    }
+}
+
+/// One `LogCollection` as last seen, and what became of it.
+struct Object {
+    generation: Option<i64>,
+    spec: Value,
+    outcome: Outcome,
+    /// The status last written (or found on the object).
+    reported: Option<LogCollectionStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome {
+    /// Not merged into an effective config yet.
+    Pending,
+    Applied {
+        sources: Vec<Arc<str>>,
+        warnings: Vec<String>,
+    },
+    Invalid(String),
+}
+
+#[derive(Default)]
+struct State {
+    /// By `<namespace>/<name>`.
+    objects: BTreeMap<String, Object>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    generation: AtomicU64,
+    listed: AtomicBool,
+    board: Arc<MatchBoard>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The running collections watcher; stop (or drop) it to end its thread.
+pub struct Collections {
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Collections {
+    /// Starts watching `LogCollection` objects. Never fails: without a client the
+    /// error is logged and only the config file applies.
+    pub fn start(config: &Config) -> Collections {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            generation: AtomicU64::new(0),
+            listed: AtomicBool::new(false),
+            board: Arc::new(MatchBoard::default()),
+        });
+        metrics::gauge!("logtap_collections_api_up").set(0.0);
+        let watcher = WatcherConfig::new(
+            config.kubernetes.node_name.clone(),
+            config.kubernetes.api_url.clone(),
+        );
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let thread = spawn(watcher, shared.clone(), shutdown_rx)
+            .map_err(|e| {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "LogCollection objects are not watched"
+                );
+            })
+            .ok();
+        Collections {
+            shared,
+            shutdown: Some(shutdown),
+            thread,
+        }
+    }
+
+    /// Moves whenever the set of specs changes.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    pub fn board(&self) -> Arc<MatchBoard> {
+        self.shared.board.clone()
+    }
+
+    /// Waits up to `max` for the first list, so the first effective config already
+    /// holds the existing objects (instead of a rebuild right after start).
+    pub fn wait_listed(&self, max: Duration) {
+        let deadline = std::time::Instant::now() + max;
+        while self.thread.is_some()
+            && !self.shared.listed.load(Ordering::Acquire)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The config file plus every valid collection. Records each object's outcome
+    /// for its status.
+    pub fn effective(&self, file: &Config) -> Config {
+        let mut state = self.shared.lock();
+        let mut config = file.clone();
+        let (mut ready, mut invalid) = (0u64, 0u64);
+        for (key, object) in state.objects.iter_mut() {
+            object.outcome = match merge(&mut config, key, &object.spec) {
+                Ok((sources, warnings)) => {
+                    ready += 1;
+                    Outcome::Applied { sources, warnings }
+                }
+                Err(e) => {
+                    invalid += 1;
+                    tracing::warn!(collection = %key, error = %e, "LogCollection not applied");
+                    Outcome::Invalid(e.to_string())
+                }
+            };
+        }
+        metrics::gauge!("logtap_collections", "state" => "ready").set(ready as f64);
+        metrics::gauge!("logtap_collections", "state" => "invalid").set(invalid as f64);
+        config
+    }
+
+    /// Ends the watch and waits for its thread.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the LogCollection watcher thread panicked");
+        }
+    }
+}
+
+impl Drop for Collections {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// Validates the collection `key` (`<ns>/<name>`) and appends its sources and sink
+/// to `config`; the names of its sources, and warnings for what it asks that this
+/// agent does not collect.
+fn merge(
+    config: &mut Config,
+    key: &str,
+    spec: &Value,
+) -> Result<(Vec<Arc<str>>, Vec<String>), ConfigError> {
+    let object = format!("LogCollection {key}");
+    let spec = LogCollectionSpec::from_json(spec, &object)?;
+    let valid = spec.validate_as(&object, &config.data_dir)?;
+    let invalid = |field: &str, message: String| ConfigError::Invalid {
+        file: object.clone(),
+        field: field.to_string(),
+        message,
+    };
+    let sink_name: Arc<str> = Arc::from(key);
+    if config.sinks.contains_key(&sink_name) {
+        return Err(invalid(
+            "metadata.name",
+            format!("sink {key:?} exists already"),
+        ));
+    }
+    if let SinkConfig::Store { path, .. } | SinkConfig::File { path } = &valid.sink {
+        let clash = config.sinks.iter().find(|(_, s)| match s {
+            SinkConfig::Store { path: p, .. } | SinkConfig::File { path: p } => p == path,
+            _ => false,
+        });
+        if let Some((other, _)) = clash {
+            return Err(invalid(
+                "spec.sink.path",
+                format!("{} is also the path of sink {other:?}", path.display()),
+            ));
+        }
+    }
+    let selector = Arc::new(valid.selector);
+    let mut sources = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, s) in valid.sources.into_iter().enumerate() {
+        let name: Arc<str> = Arc::from(format!("{key}/{}", s.name));
+        let mut source = SourceConfig {
+            format: s.format,
+            max_line_bytes: s.max_line_bytes,
+            multiline: s.multiline,
+            parser: s.parser,
+            ..SourceConfig::new(&name, Vec::new(), key)
+        };
+        match s.input {
+            SourceInput::ContainerStdout { stream } => {
+                source.include = vec![config.collections.pod_log_glob()];
+                source.selector = Some(selector.clone());
+                source.stream = match stream {
+                    StreamSelection::All => None,
+                    StreamSelection::Stdout => Some(Stream::Stdout),
+                    StreamSelection::Stderr => Some(Stream::Stderr),
+                };
+            }
+            SourceInput::HostFile { include, exclude } => {
+                source.include = include;
+                source.exclude = exclude;
+            }
+            SourceInput::ContainerFile { .. } => {
+                warnings.push(format!(
+                    "spec.sources[{i}].input: container_file is not collected by this agent version"
+                ));
+                continue;
+            }
+        }
+        if config.sources.iter().any(|s| s.name == name) {
+            return Err(invalid(
+                &format!("spec.sources[{i}].name"),
+                format!("source {name:?} exists already"),
+            ));
+        }
+        sources.push(source);
+    }
+    let names: Vec<Arc<str>> = sources.iter().map(|s| s.name.clone()).collect();
+    config.sources.extend(sources);
+    config.sinks.insert(sink_name, valid.sink);
+    Ok((names, warnings))
+}
+
+fn spawn(
+    watcher: WatcherConfig,
+    shared: Arc<Shared>,
+    shutdown: oneshot::Receiver<()>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime for the LogCollection watcher")?;
+    let client = runtime.block_on(client(&watcher))?;
+    std::thread::Builder::new()
+        .name("logtap-collections".into())
+        .spawn(move || runtime.block_on(run(watcher, client, shared, shutdown)))
+        .context("spawning the LogCollection watcher thread")
+}
+
+fn resource() -> ApiResource {
+    ApiResource::erase::<LogCollection>(&())
+}
+
+async fn run(
+    watcher: WatcherConfig,
+    client: Client,
+    shared: Arc<Shared>,
+    shutdown: oneshot::Receiver<()>,
+) {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource());
+    let watch = {
+        let shared = shared.clone();
+        let mut listed: Option<HashSet<String>> = None;
+        list_watch(
+            api,
+            None,
+            Backoff::new(watcher.initial_backoff, watcher.max_backoff),
+            Resource::LogCollections,
+            |up| metrics::gauge!("logtap_collections_api_up").set(if up { 1.0 } else { 0.0 }),
+            move |event| match event {
+                Event::Init => listed = Some(HashSet::new()),
+                Event::InitApply(o) => {
+                    if let Some(key) = apply(&shared, &o)
+                        && let Some(listed) = listed.as_mut()
+                    {
+                        listed.insert(key);
+                    }
+                }
+                Event::InitDone => {
+                    if let Some(listed) = listed.take() {
+                        let mut state = shared.lock();
+                        let before = state.objects.len();
+                        state.objects.retain(|k, _| listed.contains(k));
+                        if state.objects.len() != before {
+                            shared.generation.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                    shared.listed.store(true, Ordering::Release);
+                }
+                Event::Apply(o) => {
+                    apply(&shared, &o);
+                }
+                Event::Delete(o) => {
+                    let key = key_of(&o);
+                    if shared.lock().objects.remove(&key).is_some() {
+                        tracing::info!(collection = %key, "LogCollection deleted");
+                        shared.generation.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            },
+        )
+    };
+    let statuses = async {
+        let mut tick = tokio::time::interval(STATUS_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            report(&client, &shared).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = async { tokio::join!(watch, statuses) } => {}
+    }
+}
+
+fn key_of(o: &DynamicObject) -> String {
+    format!(
+        "{}/{}",
+        o.metadata.namespace.as_deref().unwrap_or_default(),
+        o.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Records an added or modified object; a changed spec moves the generation (a status
+/// written by an agent comes back as a modification too, and must not).
+fn apply(shared: &Shared, o: &DynamicObject) -> Option<String> {
+    let key = key_of(o);
+    let spec = o.data.get("spec").cloned().unwrap_or(Value::Null);
+    let reported = o
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value::<LogCollectionStatus>(s.clone()).ok());
+    let mut state = shared.lock();
+    match state.objects.get_mut(&key) {
+        Some(existing) if existing.spec == spec => {
+            existing.generation = o.metadata.generation;
+            return Some(key);
+        }
+        Some(existing) => {
+            existing.spec = spec;
+            existing.generation = o.metadata.generation;
+            existing.outcome = Outcome::Pending;
+        }
+        None => {
+            state.objects.insert(
+                key.clone(),
+                Object {
+                    generation: o.metadata.generation,
+                    spec,
+                    outcome: Outcome::Pending,
+                    reported,
+                },
+            );
+        }
+    }
+    tracing::info!(collection = %key, "LogCollection changed; applying");
+    shared.generation.fetch_add(1, Ordering::AcqRel);
+    Some(key)
+}
+
+/// The status an object should have now; `None` while its outcome is pending.
+fn desired(object: &Object, board: &MatchBoard, now: &str) -> Option<LogCollectionStatus> {
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| CollectionCondition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: Some(now.into()),
+    };
+    Some(match &object.outcome {
+        Outcome::Pending => return None,
+        Outcome::Invalid(message) => LogCollectionStatus {
+            matched_containers: 0,
+            errors: vec![message.clone()],
+            observed_generation: object.generation,
+            conditions: vec![
+                condition("Valid", false, "InvalidSpec", message.clone()),
+                condition("Ready", false, "Invalid", message.clone()),
+            ],
+        },
+        Outcome::Applied { sources, warnings } => {
+            let matched = board.containers(sources) as u32;
+            LogCollectionStatus {
+                matched_containers: matched,
+                errors: warnings.clone(),
+                observed_generation: object.generation,
+                conditions: vec![
+                    condition("Valid", true, "Valid", String::new()),
+                    condition(
+                        "Ready",
+                        true,
+                        "Collecting",
+                        format!("{matched} containers matched on this node"),
+                    ),
+                ],
+            }
+        }
+    })
+}
+
+/// Two statuses that differ only in transition times say the same.
+fn same(a: &LogCollectionStatus, b: &LogCollectionStatus) -> bool {
+    let strip = |s: &LogCollectionStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = None;
+        }
+        s
+    };
+    strip(a) == strip(b)
+}
+
+async fn report(client: &Client, shared: &Shared) {
+    let now = rfc3339(SystemTime::now());
+    let due: Vec<(String, LogCollectionStatus)> = {
+        let state = shared.lock();
+        state
+            .objects
+            .iter()
+            .filter_map(|(key, o)| {
+                let want = desired(o, &shared.board, &now)?;
+                let changed = o.reported.as_ref().is_none_or(|r| !same(r, &want));
+                changed.then(|| (key.clone(), want))
+            })
+            .collect()
+    };
+    for (key, status) in due {
+        let Some((namespace, name)) = key.split_once('/') else {
+            continue;
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource());
+        let patch = serde_json::json!({ "status": status });
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                metrics::counter!("logtap_collection_status_writes_total", "result" => "ok")
+                    .increment(1);
+                if let Some(o) = shared.lock().objects.get_mut(&key) {
+                    o.reported = Some(status);
+                }
+            }
+            Err(e) => {
+                metrics::counter!("logtap_collection_status_writes_total", "result" => "error")
+                    .increment(1);
+                tracing::debug!(collection = %key, error = %e, "status update failed; retrying");
+            }
+        }
+    }
+}
+
+/// `2024-05-01T12:00:00Z`.
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+use super::*;
+
+fn file_config() -> Config {
+    Config::parse(
+        "data_dir: /var/lib/logtap\nsources:\n  - name: host\n    include: [/var/log/*.log]\nsinks:\n  local: {type: store}\n",
+        "t.yaml",
+    )
+    .unwrap()
+}
+
+fn spec(yaml: &str) -> Value {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+#[test]
+fn a_valid_collection_becomes_prefixed_sources_and_its_sink() {
+    let mut config = file_config();
+    let (names, warnings) = merge(
+        &mut config,
+        "shop/json",
+        &spec(
+            "selector: {include_env: {LOG_FORMAT: json}}\nsources:\n  - {name: out, input: {type: container_stdout, stream: stderr}, parser: {type: json}}\n  - {name: app, input: {type: container_file, path: /var/log/app.log}}\nsink: {type: store, path: /var/lib/logtap/shop}\n",
+        ),
+    )
+    .unwrap();
+    assert_eq!(names, vec![Arc::<str>::from("shop/json/out")]);
+    assert_eq!(
+        warnings.len(),
+        1,
+        "container_file is reported, not collected"
+    );
+    assert!(
+        warnings[0].contains("spec.sources[1].input"),
+        "{warnings:?}"
+    );
+    let s = &config.sources[1];
+    assert_eq!(
+        &*config.sources[0].name, "host",
+        "the file's sources come first"
+    );
+    assert_eq!(s.include, vec!["/var/log/pods/*/*/*.log".to_string()]);
+    assert_eq!(&*s.sink, "shop/json");
+    assert_eq!(s.stream, Some(Stream::Stderr));
+    assert!(s.selector.is_some());
+    assert!(config.sinks.contains_key("shop/json"));
+}
+
+#[test]
+fn invalid_collections_name_the_field() {
+    let err = |yaml: &str| {
+        merge(&mut file_config(), "shop/bad", &spec(yaml))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(
+        "selector: {pod_name: '(x'}\nsources: [{name: out, input: {type: container_stdout}}]\nsink: {type: store, path: /var/lib/logtap/x}\n",
+    );
+    assert!(e.contains("spec.selector.pod_name"), "{e}");
+    let e = err(
+        "sources: [{name: out, input: {type: container_stdout}, parser: {type: regex, pattern: '(?P<a>['}}]\nsink: {type: store, path: /var/lib/logtap/x}\n",
+    );
+    assert!(e.contains("spec.sources[0].parser.pattern"), "{e}");
+    let e = err(
+        "sources: [{name: out, input: {type: container_stdout}, colour: red}]\nsink: {type: store, path: /var/lib/logtap/x}\n",
+    );
+    assert!(e.contains("spec.sources[0]") && e.contains("colour"), "{e}");
+    let e = err("sources: [{name: out, input: {type: container_stdout}}]\nsink: {type: store}\n");
+    assert!(
+        e.contains("spec.sink.path"),
+        "the file config's store path: {e}"
+    );
+}
+
+#[test]
+fn match_board_counts_distinct_containers() {
+    const UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    let board = MatchBoard::default();
+    let (a, b): (Arc<str>, Arc<str>) = (Arc::from("c/a"), Arc::from("c/b"));
+    let p0 = format!("/var/log/pods/ns_p_{UID}/app/0.log");
+    let p1 = format!("/var/log/pods/ns_p_{UID}/app/1.log");
+    let side = format!("/var/log/pods/ns_p_{UID}/side/0.log");
+    board.update(&a, Path::new(&p0), 1);
+    board.update(&a, Path::new(&p1), 1);
+    board.update(&b, Path::new(&side), 1);
+    board.update(&b, Path::new("/var/log/syslog"), 1);
+    assert_eq!(board.containers(std::slice::from_ref(&a)), 1);
+    assert_eq!(board.containers(&[a.clone(), b.clone()]), 2);
+    board.update(&a, Path::new(&p0), -1);
+    assert_eq!(
+        board.containers(std::slice::from_ref(&a)),
+        1,
+        "1.log is still open"
+    );
+    board.update(&a, Path::new(&p1), -1);
+    assert_eq!(board.containers(&[a]), 0);
+}
+
+#[test]
+fn rfc3339_of_known_instants() {
+    assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    assert_eq!(
+        rfc3339(UNIX_EPOCH + Duration::from_secs(1_709_251_199)),
+        "2024-02-29T23:59:59Z"
+    );
+}
+
+#[test]
+fn shipped_example_collection_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples/collections/checkout-json.yaml");
+    let object: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(object["kind"], "LogCollection");
+    let (names, warnings) = merge(&mut file_config(), "shop/checkout-json", &object["spec"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names.len(), 1);
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
