@@ -16,14 +16,16 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use crate::batch::BatchBuilder;
+use crate::capture::CaptureThread;
 use crate::checkpoint::{Registry, SharedRegistry};
 use crate::config::{Config, Format};
 use crate::discovery::PodLogRef;
+use crate::discovery::{ContainerRegistry, CriClient};
 use crate::enrich::{Enricher, Kubernetes, SourceEnrichment};
 use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
-use crate::route::select::{ContainerFactsSource, NodeFacts};
+use crate::route::select::{ContainerFactsSource, NodeFacts, RuntimeFacts};
 use crate::sink::worker::SinkWorker;
 use crate::source::file::{
     EndReason, FileIdentity, FileSource, FileSourceOptions, SourceEvents, StopMode,
@@ -76,13 +78,18 @@ pub fn run(
         shutdown.clone(),
     )?;
     let kubernetes = start_kubernetes(&config, &options);
+    let containers = start_container_registry(&config, &options, &shutdown);
+    let mut capture: Option<CaptureThread> = None;
+    let mut capture_tried = false;
     let collections = (config.collections.enabled && !options.oneshot).then(|| {
         let c = crate::collections::Collections::start(&config);
         c.wait_listed(Duration::from_secs(2));
         c
     });
     let facts: Arc<dyn ContainerFactsSource> = Arc::new(NodeFacts {
-        runtime: None,
+        runtime: containers
+            .as_ref()
+            .map(|(r, _)| Arc::new(r.clone()) as Arc<dyn RuntimeFacts>),
         pods: kubernetes.as_ref().map(|k| k.enricher().cache().clone()),
     });
     let mut sinks = Sinks::default();
@@ -96,6 +103,33 @@ pub fn run(
         if let Err(e) = sinks.reconcile(&effective, &registry, &shutdown) {
             break Err(e);
         }
+        // Capture runs across config changes: the containers it ships are those of the
+        // file config's capture source, whose index `effective` keeps.
+        if !capture_tried
+            && !options.oneshot
+            && let Some(capture_config) = &config.capture
+        {
+            capture_tried = true;
+            let mut pipeline = Pipeline::new(
+                &effective,
+                Router::new(&effective.sources, &sinks.queues),
+                registry.clone(),
+            );
+            if let Some(k) = &kubernetes {
+                pipeline.set_enricher(k.enricher().clone());
+            }
+            let resolver = match &containers {
+                Some((r, _)) => r.clone(),
+                None => ContainerRegistry::new(None, config.collections.pod_logs.clone()),
+            };
+            capture = CaptureThread::start(
+                capture_config,
+                pipeline,
+                registry.clone(),
+                resolver,
+                shutdown.clone(),
+            );
+        }
         let mut source = match FileSource::new(
             &effective.sources,
             FileSourceOptions {
@@ -104,7 +138,7 @@ pub fn run(
                 io_uring: effective.io_uring,
                 read_buffer_bytes: 256 * 1024,
                 oneshot: options.oneshot,
-                claims: None,
+                claims: capture.as_ref().map(|c| c.claims.clone()),
                 facts: Some(facts.clone()),
                 facts_wait: effective.collections.facts_wait,
             },
@@ -124,9 +158,6 @@ pub fn run(
         if let Some(c) = &collections {
             pipeline.set_match_board(c.board());
         }
-        // Capture (when wired here) is built from `effective` beside the file source,
-        // and stopped and quiesced with it below: its config indexes follow
-        // `effective.sources`.
         let stop = || {
             if shutdown.load(Ordering::Relaxed) {
                 Some(StopMode::Shutdown)
@@ -171,6 +202,15 @@ pub fn run(
             "collections applied"
         );
     };
+    // The capture stage holds sink queues too: it seals its packages before the
+    // sinks close.
+    shutdown.store(true, Ordering::SeqCst);
+    if let Some(c) = capture {
+        c.join();
+    }
+    if let Some((_, Some(rescanner))) = containers {
+        let _ = rescanner.join();
+    }
     if let Some(c) = collections {
         c.stop();
     }
@@ -284,6 +324,37 @@ impl Sinks {
         }
         self.failure
     }
+}
+
+/// The container registry (CRI, with the pod log directory as fallback) and its
+/// rescanner, when the `cri` section enables it.
+fn start_container_registry(
+    config: &Config,
+    options: &RunOptions,
+    shutdown: &Arc<AtomicBool>,
+) -> Option<(ContainerRegistry, Option<std::thread::JoinHandle<()>>)> {
+    if !config.cri.enabled {
+        return None;
+    }
+    let client = match CriClient::connect(&config.cri.endpoint, config.cri.timeout) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(endpoint = %config.cri.endpoint, error = %e, "CRI runtime unusable: container facts come from the pod log directory");
+            None
+        }
+    };
+    let registry = ContainerRegistry::new(client, config.collections.pod_logs.clone());
+    // Failures degrade to the directory scan inside; they are logged and counted there.
+    let _ = registry.rescan();
+    let rescanner = if options.oneshot {
+        None
+    } else {
+        registry
+            .spawn_rescanner(config.cri.rescan_interval, shutdown.clone())
+            .map_err(|e| tracing::error!(error = %e, "starting the CRI rescanner"))
+            .ok()
+    };
+    Some((registry, rescanner))
 }
 
 /// Starts the pod watcher when the `kubernetes` section enables it.

@@ -112,6 +112,20 @@ impl ContainerFactsSource for NodeFacts {
     }
 }
 
+/// The runtime's view: what CRI reported for the container writing `path`. CRI keeps
+/// no user labels on Kubernetes containers (the kubelet sets only its own), so pod
+/// labels are what label selectors see.
+impl RuntimeFacts for crate::discovery::ContainerRegistry {
+    fn by_log_path(&self, path: &Path) -> Option<RuntimeContainer> {
+        let c = crate::discovery::ContainerRegistry::by_log_path(self, path)?;
+        Some(RuntimeContainer {
+            pod_labels: c.labels,
+            container_labels: BTreeMap::new(),
+            env: c.env,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,111 @@
+//! Starting capture in the agent: the probes loaded, the stage on its own thread.
+//!
+//! Capture is an accelerator over the CRI logs, never a single point of failure: when
+//! the probes cannot load (no BTF, no privileges, an object built without eBPF), the
+//! agent says so in its log and in `logtap_capture_up`, and the file source reads every
+//! container's CRI log as it would without capture.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::probe::{ProbeEvent, ProbeOptions, Probes};
+use super::{CaptureStage, CapturedContainer, Claims, ContainerResolver, EventFeed};
+use crate::checkpoint::SharedRegistry;
+use crate::config::CaptureConfig;
+use crate::discovery::{ContainerRegistry, ContainerState};
+use crate::pipeline::Pipeline;
+
+impl EventFeed for Probes {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut dyn FnMut(ProbeEvent<'_>),
+    ) -> std::io::Result<usize> {
+        Probes::poll(self, timeout, on_event)
+    }
+
+    fn forget(&mut self, cgroup_id: u64) {
+        if let Err(e) = Probes::forget(self, cgroup_id) {
+            tracing::warn!(cgroup_id, error = %e, "forgetting a removed cgroup in the kernel");
+        }
+    }
+}
+
+/// Containers as the runtime (CRI) knows them.
+impl ContainerResolver for ContainerRegistry {
+    fn resolve(&mut self, cgroup_path: &[u8]) -> Option<CapturedContainer> {
+        let c = self.by_cgroup_path(cgroup_path)?;
+        Some(CapturedContainer {
+            id: c.id,
+            log_path: c.log_path,
+        })
+    }
+
+    fn is_running(&mut self, log_path: &Path) -> Option<bool> {
+        self.by_log_path(log_path)
+            .map(|c| c.state == ContainerState::Running || c.state == ContainerState::Created)
+    }
+}
+
+/// The capture thread and the claims its streams make.
+pub struct CaptureThread {
+    pub claims: Arc<Claims>,
+    thread: JoinHandle<()>,
+}
+
+impl CaptureThread {
+    /// Loads the probes and starts the stage; `None` (logged, `logtap_capture_up` 0)
+    /// when the probes cannot load. `pipeline` is the stage's own; it is sealed when
+    /// `shutdown` is set.
+    pub fn start(
+        options: &CaptureConfig,
+        pipeline: Pipeline,
+        registry: SharedRegistry,
+        containers: ContainerRegistry,
+        shutdown: Arc<AtomicBool>,
+    ) -> Option<CaptureThread> {
+        let probes = match Probes::load(&ProbeOptions {
+            ring_bytes: options.ring_bytes,
+            cgroup_prefix: options.cgroup_prefix.clone(),
+            max_records_per_write: options.max_records_per_write,
+        }) {
+            Ok(p) => p,
+            Err(e) => {
+                metrics::gauge!("logtap_capture_up").set(0.0);
+                tracing::error!(error = %e, "eBPF capture unavailable: container logs are read from their CRI log files");
+                return None;
+            }
+        };
+        metrics::gauge!("logtap_capture_up").set(1.0);
+        tracing::info!(prefix = %options.cgroup_prefix, "eBPF capture running");
+        let claims = Arc::new(Claims::new(options.source, options.claim_wait));
+        let stage = CaptureStage::new(
+            options.clone(),
+            probes,
+            containers,
+            pipeline,
+            registry,
+            claims.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("logtap-capture".into())
+            .spawn(move || match stage.run(&shutdown) {
+                Ok(mut pipeline) => pipeline.seal_all(),
+                Err(e) => {
+                    metrics::gauge!("logtap_capture_up").set(0.0);
+                    tracing::error!(error = %e, "eBPF capture stopped: reading its ring buffer failed");
+                }
+            })
+            .map_err(|e| tracing::error!(error = %e, "starting the capture thread"))
+            .ok()?;
+        Some(CaptureThread { claims, thread })
+    }
+
+    /// Waits for the stage to hand on and seal what it has (after `shutdown` was set).
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
