@@ -53,6 +53,8 @@ const TICK: Duration = Duration::from_millis(50);
 const END_SETTLE: Duration = Duration::from_millis(300);
 /// A staged chunk is handed on at this size even within one batch of events.
 const STAGE_BYTES: usize = 256 * 1024;
+/// Captured bytes after a hole compared with the CRI log before the hole is repaired.
+const REPAIR_CHECK_BYTES: usize = 64;
 
 /// Where probe events come from: the loaded probes, or a script in tests.
 pub trait EventFeed: Send {
@@ -89,6 +91,8 @@ struct StreamEntry {
     assembler: StreamAssembler,
     log_path: Option<PathBuf>,
     reader: Option<CriStreamReader>,
+    /// Read from the log, not used yet (the reader cannot go back).
+    read_ahead: Vec<Run>,
     /// Bytes that arrived in order, not handed on yet: one chunk per burst.
     staged: BytesMut,
     staged_time_ns: i64,
@@ -407,11 +411,23 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         let Some(log_path) = entry.log_path.clone() else {
             return;
         };
+        // The log must be numbered like the kernel numbers the stream: it is not when
+        // the container also wrote by a path the probes do not see (splice, sendfile,
+        // io_uring…). The captured bytes right after the hole must then read the same
+        // in the log, or the repair would put wrong bytes in.
+        let check = entry.assembler.waiting_at(to, REPAIR_CHECK_BYTES);
+        let read_to = check.as_ref().map_or(to, |c| to + c.len() as u64);
+        // The reader only moves forward: what it read but could not be used yet waits
+        // in `read_ahead`.
+        let mut runs = std::mem::take(&mut entry.read_ahead);
+        let read_from = runs
+            .last()
+            .map_or(from, |r| r.offset + r.bytes.len() as u64)
+            .max(from);
         let reader = entry
             .reader
             .get_or_insert_with(|| CriStreamReader::new(log_path, entry.stream));
-        let mut runs = Vec::new();
-        match reader.read(from, to, &mut runs) {
+        match reader.read(read_from, read_to, &mut runs) {
             Ok(reached) => {
                 if reached.offset != entry.log_reach.0 {
                     entry.log_reach = (reached.offset, now);
@@ -419,6 +435,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             }
             Err(e) => {
                 tracing::warn!(source = %id, path = %reader.log_path().display(), error = %e, "reading the CRI log to repair a capture hole");
+                entry.read_ahead = runs;
                 return;
             }
         }
@@ -428,6 +445,30 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 .increment(malformed - entry.malformed_counted);
             entry.malformed_counted = malformed;
         }
+        if let Some(check) = check {
+            let mut logged = Vec::with_capacity(check.len());
+            for run in &runs {
+                let end = run.offset + run.bytes.len() as u64;
+                if end > to {
+                    let skip = to.saturating_sub(run.offset) as usize;
+                    logged.extend_from_slice(&run.bytes[skip..]);
+                }
+            }
+            if logged.len() < check.len() {
+                // The log has not caught up with the hole's end yet: next tick.
+                entry.read_ahead = runs;
+                return;
+            }
+            if logged[..check.len()] != check[..] {
+                tracing::warn!(source = %id, offset = to, "the CRI log does not line up with the captured stream (output by a path the probes do not trace?): hole not repaired");
+                metrics::counter!("logtap_capture_repair_mismatches_total").increment(1);
+                self.give_up(id, to, now);
+                return;
+            }
+        }
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
         let mut repaired = 0u64;
         for run in runs {
             let before = entry.assembler.next_offset();
@@ -570,6 +611,7 @@ impl StreamEntry {
             assembler: StreamAssembler::new(start, options.max_pending),
             log_path,
             reader: None,
+            read_ahead: Vec::new(),
             staged: BytesMut::new(),
             staged_time_ns: 0,
             follow_until: None,

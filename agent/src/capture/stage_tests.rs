@@ -244,6 +244,34 @@ fn a_hole_in_the_middle_is_repaired_from_the_cri_log() {
 }
 
 #[test]
+fn a_log_that_does_not_line_up_with_the_stream_is_not_used_to_repair() {
+    let fx = Fixture::new();
+    // The container also wrote "EXTRA" by a path the probes do not trace: the log's
+    // numbering is 6 bytes ahead of the kernel's from there on.
+    fx.append_cri("stdout", &["line1", "EXTRA", "line2", "line3"]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([vec![
+            Scripted::Created(5, "/kubepods/podu/c5"),
+            Scripted::Bound(5, Stream::Stdout),
+            Scripted::Data(5, Stream::Stdout, 0, b"line1\n"),
+            Scripted::Data(5, Stream::Stdout, 12, b"line3\n"),
+        ]]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(true),
+    };
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    let got = lines(&mut stage, &rx, 2);
+    assert_eq!(
+        bodies(&got),
+        ["line1", "line3"],
+        "the hole is given up, not filled with the log's misaligned bytes"
+    );
+}
+
+#[test]
 fn a_hole_at_the_end_is_found_when_the_container_goes_away() {
     let fx = Fixture::new();
     fx.append_cri("stdout", &["first", "lost at the end"]);

@@ -71,6 +71,13 @@ impl StreamAssembler {
             .filter(|(start, end)| start < end)
     }
 
+    /// Up to `max` of the bytes waiting at `offset` (the end of a hole), to check a
+    /// repair against.
+    pub fn waiting_at(&self, offset: u64, max: usize) -> Option<Bytes> {
+        let (&first, (bytes, _)) = self.pending.first_key_value()?;
+        (first == offset).then(|| bytes.slice(..bytes.len().min(max)))
+    }
+
     /// How long the current hole has been waiting.
     pub fn hole_age(&self, now: Instant) -> Option<Duration> {
         self.hole_since.map(|t| now.saturating_duration_since(t))

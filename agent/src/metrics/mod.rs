@@ -206,6 +206,66 @@ pub fn describe() {
         Unit::Bytes,
         "Container stream bytes the eBPF probes could not send, by reason (ring_full, too_large, fault)"
     );
+    describe_gauge!(
+        "logtap_capture_up",
+        Unit::Count,
+        "1 while eBPF capture runs, 0 when the probes could not load (container logs then come from their CRI files)"
+    );
+    describe_counter!(
+        "logtap_capture_records_total",
+        Unit::Count,
+        "Captured records the capture stage received for bound container streams"
+    );
+    describe_counter!(
+        "logtap_capture_bytes_total",
+        Unit::Bytes,
+        "Captured stream bytes the capture stage received"
+    );
+    describe_counter!(
+        "logtap_capture_unbound_records_total",
+        Unit::Count,
+        "Captured records of a stream the stage did not know (its binding event was lost)"
+    );
+    describe_counter!(
+        "logtap_capture_gaps_total",
+        Unit::Count,
+        "Holes in captured streams that outlived capture.reorder_grace (then repaired from the CRI log or given up)"
+    );
+    describe_counter!(
+        "logtap_capture_repaired_bytes_total",
+        Unit::Bytes,
+        "Stream bytes read back from CRI logs into captured streams (holes, spills, the end of a stream, a restart)"
+    );
+    describe_counter!(
+        "logtap_capture_unrepairable_bytes_total",
+        Unit::Bytes,
+        "Stream bytes lost for good: holes the CRI log did not fill within capture.repair_wait"
+    );
+    describe_counter!(
+        "logtap_capture_spilled_bytes_total",
+        Unit::Bytes,
+        "Captured bytes dropped from a stream's reorder buffer (over capture.max_pending) and read from the CRI log instead"
+    );
+    describe_counter!(
+        "logtap_capture_repair_mismatches_total",
+        Unit::Count,
+        "Holes not repaired because the CRI log did not line up with the captured stream (output by untraced syscalls)"
+    );
+    describe_counter!(
+        "logtap_capture_cri_malformed_lines_total",
+        Unit::Count,
+        "Lines of CRI logs skipped by the repair reader because they were not CRI lines"
+    );
+    describe_gauge!(
+        "logtap_capture_streams",
+        Unit::Count,
+        "Captured container streams (stdout and stderr count apart) being shipped"
+    );
+    describe_gauge!(
+        "logtap_capture_watched_containers",
+        Unit::Count,
+        "cgroups below capture.cgroup_prefix the stage knows of"
+    );
     describe_counter!(
         "logtap_capture_lost_events_total",
         Unit::Count,
