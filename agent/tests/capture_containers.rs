@@ -329,3 +329,66 @@ fn a_tiny_ring_overflows_and_the_holes_are_repaired_from_the_cri_log() {
         0.0
     );
 }
+
+/// The agent killed (-9) while a container writes, and started again: what the
+/// container wrote meanwhile comes from its CRI log at the stream's checkpoint, so the
+/// stream is complete; only what was shipped after the last checkpoint comes twice.
+#[test]
+fn an_agent_killed_mid_stream_resumes_from_the_cri_log_and_loses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_config(
+        "/var/log/pods/default_restart-*/**/*.log",
+        harness.endpoint(),
+        "16MiB",
+    );
+    let mut agent = start_agent(dir.path(), &config);
+    let pod = harness.run_pod(PodSpec::new("restart-ticker"));
+    let ticker = run(
+        &pod,
+        "ticker",
+        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+    );
+    let log = ticker.log_path().to_path_buf();
+    let shipped = |agent: &Agent| -> Vec<u32> {
+        let store = agent.store_dir();
+        if !store.exists() {
+            return Vec::new();
+        }
+        let path = format!("{}#stdout", log.display());
+        query_json(&store, &["--raw"])
+            .iter()
+            .filter(|r| r["path"] == path.as_str())
+            .filter_map(|r| r["body"].as_str()?.strip_prefix("tick ")?.parse().ok())
+            .collect()
+    };
+    wait_for(Duration::from_secs(20), "some ticks captured", || {
+        shipped(&agent).len() > 300
+    });
+    agent.kill9();
+    std::thread::sleep(Duration::from_millis(700));
+    let agent = Agent::start(dir.path(), &config);
+    ticker.wait_exit(Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "every tick in the store", || {
+        let seen: HashSet<u32> = shipped(&agent).into_iter().collect();
+        (1..=3000).all(|i| seen.contains(&i))
+    });
+    let all = shipped(&agent);
+    let duplicates = all.len() - 3000;
+    eprintln!("restart: 3000 ticks, {duplicates} shipped twice");
+    assert!(
+        duplicates < 1500,
+        "{duplicates} duplicates: more than the checkpoint interval explains"
+    );
+    let metrics = agent.metrics();
+    assert!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]) > 0.0,
+        "the restarted agent read the stream from the CRI log\n{metrics}"
+    );
+}
