@@ -388,7 +388,7 @@ fn start_container_registry(
 
 /// How often the runtime is asked for new and stopped containers while some source
 /// reads files inside containers.
-const CONTAINER_POLL_INTERVAL: Duration = Duration::from_secs(1);
+const CONTAINER_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Keeps the registry's running containers current within
 /// [`CONTAINER_POLL_INTERVAL`] while `wanted` (some source has `container_paths`):

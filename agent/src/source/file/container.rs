@@ -9,7 +9,7 @@
 //! `/proc/<pid>/root/…`, for as long as its process runs. For every running
 //! container a source's selector selects, each glob's literal directory
 //! (`/var/log/app`) becomes a walk root `/proc/<pid>/root/var/log/app`. The list is
-//! taken again every [`super::tracker`] refresh (about once a second) from the
+//! taken again every half second (the tracker's refresh) from the
 //! container registry, so containers that start are picked up and those that stop
 //! are dropped without touching other sources.
 //!

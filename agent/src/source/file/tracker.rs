@@ -64,7 +64,7 @@ const IDLE_FOR_CLOSE: Duration = Duration::from_secs(30);
 /// Bound on the paths remembered for once-per-path warnings.
 const MAX_WARNED_PATHS: usize = 10_000;
 /// How often the running containers of `container_paths` sources are resolved again.
-const CONTAINER_REFRESH: Duration = Duration::from_secs(1);
+const CONTAINER_REFRESH: Duration = Duration::from_millis(500);
 
 /// How [`FileSource::run_until`] stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
