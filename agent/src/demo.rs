@@ -41,6 +41,7 @@ pub fn install(config: &mut Config) -> anyhow::Result<()> {
         sink: sink.clone(),
         selector: None,
         stream: None,
+        container_paths: Vec::new(),
     };
     let demo = [
         source(

@@ -8,6 +8,7 @@
 //! a slow sink from doing anything but slowing the readers down (backpressure).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +28,7 @@ use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
 use crate::route::select::{ContainerFactsSource, NodeFacts, RuntimeFacts};
 use crate::sink::worker::SinkWorker;
+use crate::source::file::container::{self, ContainerList, ContainerView, RegistryContainers};
 use crate::source::file::{
     EndReason, FileIdentity, FileSource, FileSourceOptions, SourceEvents, StopMode,
 };
@@ -92,6 +94,19 @@ pub fn run(
             .map(|(r, _)| Arc::new(r.clone()) as Arc<dyn RuntimeFacts>),
         pods: kubernetes.as_ref().map(|k| k.enricher().cache().clone()),
     });
+    let container_list = containers.as_ref().map(|(r, _)| {
+        Arc::new(RegistryContainers {
+            registry: r.clone(),
+            pods: kubernetes.as_ref().map(|k| k.enricher().cache().clone()),
+        }) as Arc<dyn ContainerList>
+    });
+    let container_files_wanted = Arc::new(AtomicBool::new(false));
+    let container_poller = match (&containers, options.oneshot) {
+        (Some((r, _)), false) => {
+            start_container_poller(r.clone(), container_files_wanted.clone(), shutdown.clone())
+        }
+        _ => None,
+    };
     let mut sinks = Sinks::default();
     let mut summary = RunSummary::default();
     let mut effective = match &collections {
@@ -130,6 +145,13 @@ pub fn run(
                 shutdown.clone(),
             );
         }
+        container_files_wanted.store(
+            effective
+                .sources
+                .iter()
+                .any(|s| !s.container_paths.is_empty()),
+            Ordering::Relaxed,
+        );
         let mut source = match FileSource::new(
             &effective.sources,
             FileSourceOptions {
@@ -140,6 +162,7 @@ pub fn run(
                 oneshot: options.oneshot,
                 claims: capture.as_ref().map(|c| c.claims.clone()),
                 facts: Some(facts.clone()),
+                containers: container_list.clone(),
                 facts_wait: effective.collections.facts_wait,
             },
             registry.clone(),
@@ -157,6 +180,9 @@ pub fn run(
         }
         if let Some(c) = &collections {
             pipeline.set_match_board(c.board());
+        }
+        if let Some(list) = &container_list {
+            pipeline.set_containers(list.clone());
         }
         let stop = || {
             if shutdown.load(Ordering::Relaxed) {
@@ -210,6 +236,9 @@ pub fn run(
     }
     if let Some((_, Some(rescanner))) = containers {
         let _ = rescanner.join();
+    }
+    if let Some(poller) = container_poller {
+        let _ = poller.join();
     }
     if let Some(c) = collections {
         c.stop();
@@ -357,6 +386,37 @@ fn start_container_registry(
     Some((registry, rescanner))
 }
 
+/// How often the runtime is asked for new and stopped containers while some source
+/// reads files inside containers.
+const CONTAINER_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Keeps the registry's running containers current within
+/// [`CONTAINER_POLL_INTERVAL`] while `wanted` (some source has `container_paths`):
+/// the full rescan is too slow to catch a container's files while it runs.
+fn start_container_poller(
+    registry: ContainerRegistry,
+    wanted: Arc<AtomicBool>,
+    shutdown: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("logtap-cri-poll".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !shutdown.load(Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    next = Instant::now() + CONTAINER_POLL_INTERVAL;
+                    if wanted.load(Ordering::Relaxed) {
+                        // Failures are counted and logged by the registry.
+                        let _ = registry.refresh_changed();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .map_err(|e| tracing::error!(error = %e, "starting the container poller"))
+        .ok()
+}
+
 /// Starts the pod watcher when the `kubernetes` section enables it.
 fn start_kubernetes(config: &Config, options: &RunOptions) -> Option<Kubernetes> {
     if !config.kubernetes.enabled {
@@ -414,6 +474,8 @@ struct Slot {
     stream: Option<Stream>,
     /// The source's fields (pod metadata) when enrichment is on.
     enrichment: Option<SourceEnrichment>,
+    /// The container of a file read inside it (`container_paths`), as it opened.
+    container: Option<PodLogRef>,
 }
 
 /// Frame → parse → batch → route, run on the source thread.
@@ -438,6 +500,8 @@ pub struct Pipeline {
     enricher: Option<Arc<Enricher>>,
     /// Which containers each config reads, for `LogCollection` statuses.
     board: Option<Arc<crate::collections::MatchBoard>>,
+    /// The node's containers, naming those whose files are read inside them.
+    containers: Option<Arc<dyn ContainerList>>,
     lines: u64,
     bytes: u64,
     packages: u64,
@@ -462,6 +526,7 @@ impl Pipeline {
             stalled: Duration::ZERO,
             enricher: None,
             board: None,
+            containers: None,
             lines: 0,
             bytes: 0,
             packages: 0,
@@ -589,6 +654,7 @@ impl Pipeline {
                 builder,
                 stream: Some(stream),
                 enrichment,
+                container: None,
             },
         );
     }
@@ -668,6 +734,33 @@ impl Pipeline {
             .enricher
             .as_ref()?
             .track_path(&info.path, Instant::now());
+        builder.set_source_fields(enrichment.fields().clone());
+        Some(enrichment)
+    }
+
+    /// Names the container of every file read inside a container from now on.
+    pub fn set_containers(&mut self, containers: Arc<dyn ContainerList>) {
+        self.containers = Some(containers);
+    }
+
+    /// The container whose file `path` (a logical `container://…` path) is.
+    fn container_file_owner(&self, path: &Path) -> Option<ContainerView> {
+        container::parse_logical(path)?;
+        container::container_of(&self.containers.as_ref()?.containers(), path)
+    }
+
+    /// The enrichment of a file inside container `c`: the container's fields, as
+    /// its CRI log would carry them.
+    fn start_container_file_enrichment(
+        &self,
+        c: &ContainerView,
+        builder: &mut BatchBuilder,
+    ) -> Option<SourceEnrichment> {
+        let id = (!c.id.is_empty()).then(|| c.id.clone());
+        let enrichment = self
+            .enricher
+            .as_ref()?
+            .track_container(c.pod.clone(), id, Instant::now());
         builder.set_source_fields(enrichment.fields().clone());
         Some(enrichment)
     }
@@ -803,9 +896,16 @@ impl Pipeline {
             self.registry.next_package_id(info.id),
             self.config.batch.clone(),
         );
-        let enrichment = self.start_enrichment(&info, &mut builder);
+        let container = self.container_file_owner(&info.path);
+        let enrichment = match &container {
+            Some(c) => self.start_container_file_enrichment(c, &mut builder),
+            None => self.start_enrichment(&info, &mut builder),
+        };
         if let Some(board) = &self.board {
-            board.update(&source_config.name, &info.path, 1);
+            match &container {
+                Some(c) => board.update_container(&source_config.name, &c.pod, 1),
+                None => board.update(&source_config.name, &info.path, 1),
+            }
         }
         tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, config = %source_config.name, "source opened");
         self.slots.insert(
@@ -816,6 +916,7 @@ impl Pipeline {
                 builder,
                 stream: None,
                 enrichment,
+                container: container.map(|c| c.pod),
             },
         );
     }
@@ -824,8 +925,11 @@ impl Pipeline {
         let now = Instant::now();
         if let Some(slot) = self.slots.get_mut(&source) {
             if let Some(board) = &self.board {
-                let info = slot.builder.source();
-                board.update(&self.config.sources[slot.config].name, &info.path, -1);
+                let name = &self.config.sources[slot.config].name;
+                match &slot.container {
+                    Some(log) => board.update_container(name, log, -1),
+                    None => board.update(name, &slot.builder.source().path, -1),
+                }
             }
             if reason != EndReason::Shutdown {
                 // The file is done: its unterminated last line is a record now.

@@ -62,9 +62,13 @@ impl MatchBoard {
 
     /// A file of config `source` opened (`delta` 1) or ended (-1).
     pub fn update(&self, source: &Arc<str>, path: &Path, delta: isize) {
-        let Some(log) = PodLogRef::from_path(path) else {
-            return;
-        };
+        if let Some(log) = PodLogRef::from_path(path) {
+            self.update_container(source, &log, delta);
+        }
+    }
+
+    /// A source of config `source` reading container `log` opened (1) or ended (-1).
+    pub fn update_container(&self, source: &Arc<str>, log: &PodLogRef, delta: isize) {
         let key = format!("{}/{}", log.pod_uid, log.container);
         let mut board = self.lock();
         let containers = board.entry(source.clone()).or_default();
@@ -270,7 +274,7 @@ fn merge(
     }
     let selector = Arc::new(valid.selector);
     let mut sources = Vec::new();
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     for (i, s) in valid.sources.into_iter().enumerate() {
         let name: Arc<str> = Arc::from(format!("{key}/{}", s.name));
         let mut source = SourceConfig {
@@ -294,11 +298,9 @@ fn merge(
                 source.include = include;
                 source.exclude = exclude;
             }
-            SourceInput::ContainerFile { .. } => {
-                warnings.push(format!(
-                    "spec.sources[{i}].input: container_file is not collected by this agent version"
-                ));
-                continue;
+            SourceInput::ContainerFile { path } => {
+                source.container_paths = vec![path];
+                source.selector = Some(selector.clone());
             }
         }
         if config.sources.iter().any(|s| s.name == name) {

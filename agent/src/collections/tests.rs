@@ -23,16 +23,11 @@ fn a_valid_collection_becomes_prefixed_sources_and_its_sink() {
         ),
     )
     .unwrap();
-    assert_eq!(names, vec![Arc::<str>::from("shop/json/out")]);
     assert_eq!(
-        warnings.len(),
-        1,
-        "container_file is reported, not collected"
+        names,
+        vec![Arc::<str>::from("shop/json/out"), "shop/json/app".into()]
     );
-    assert!(
-        warnings[0].contains("spec.sources[1].input"),
-        "{warnings:?}"
-    );
+    assert!(warnings.is_empty(), "{warnings:?}");
     let s = &config.sources[1];
     assert_eq!(
         &*config.sources[0].name, "host",
@@ -42,6 +37,14 @@ fn a_valid_collection_becomes_prefixed_sources_and_its_sink() {
     assert_eq!(&*s.sink, "shop/json");
     assert_eq!(s.stream, Some(Stream::Stderr));
     assert!(s.selector.is_some());
+    let files = &config.sources[2];
+    assert_eq!(files.container_paths, vec!["/var/log/app.log".to_string()]);
+    assert!(files.include.is_empty());
+    assert_eq!(files.format, crate::config::Format::Raw);
+    assert!(
+        files.selector.is_some(),
+        "the collection's selector picks the containers"
+    );
     assert!(config.sinks.contains_key("shop/json"));
 }
 

@@ -442,7 +442,7 @@ impl LogCollectionSpec {
             match &s.input {
                 SourceInput::ContainerStdout { .. } => {}
                 SourceInput::ContainerFile { path } => {
-                    v.absolute_glob(&format!("{prefix}.input.path"), path)?;
+                    v.container_glob(&format!("{prefix}.input.path"), path)?;
                 }
                 SourceInput::HostFile { include, exclude } => {
                     v.include_exclude(&format!("{prefix}.input"), include, exclude)?;

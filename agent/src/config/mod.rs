@@ -95,6 +95,10 @@ pub struct SourceConfig {
     pub selector: Option<Arc<CompiledSelector>>,
     /// Only lines of this stream (a `container_stdout` input with `stream` set).
     pub stream: Option<crate::frame::Stream>,
+    /// Globs of files inside the selected containers (see
+    /// [`crate::source::file::container`]); when set, `include` is empty and
+    /// `selector` says which containers (every container when `None`).
+    pub container_paths: Vec<String>,
 }
 
 impl SourceConfig {
@@ -112,6 +116,7 @@ impl SourceConfig {
             sink: Arc::from(sink),
             selector: None,
             stream: None,
+            container_paths: Vec::new(),
         }
     }
 }
@@ -336,12 +341,20 @@ impl Config {
                 Some(sel) => Some(Arc::new(sel.compile_at(&v, &field("selector"))?)),
                 None => None,
             };
+            let container_files = !s.container_paths.is_empty();
             let include = match (&selector, s.include.is_empty()) {
+                _ if container_files => Vec::new(),
                 (Some(_), true) => vec![collections.pod_log_glob()],
                 _ => s.include.clone(),
             };
-            v.include_exclude(&prefix, &include, &s.exclude)?;
+            if container_files {
+                v.container_paths(&prefix, &s.container_paths, &s.include, &s.exclude)?;
+            } else {
+                v.include_exclude(&prefix, &include, &s.exclude)?;
+            }
             let format = match (s.format, &selector) {
+                (Some(f), _) if container_files => f.into(),
+                (None, _) if container_files => Format::Raw,
                 (Some(raw::RawFormat::Raw), Some(_)) => {
                     return Err(v.invalid(
                         &field("format"),
@@ -381,6 +394,7 @@ impl Config {
                 sink,
                 selector,
                 stream: None,
+                container_paths: s.container_paths.clone(),
             });
         }
 
@@ -552,6 +566,44 @@ impl Validator {
         for (j, g) in exclude.iter().enumerate() {
             globset::Glob::new(g)
                 .map_err(|e| self.invalid(&format!("{prefix}.exclude[{j}]"), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// `container_paths`: absolute globs inside the container, no `..` (a glob must
+    /// not climb out of the container's root), and not combined with `include`.
+    pub(crate) fn container_paths(
+        &self,
+        prefix: &str,
+        paths: &[String],
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<(), ConfigError> {
+        if !include.is_empty() {
+            return Err(self.invalid(
+                &format!("{prefix}.include"),
+                "a source reads either host files (include) or container files (container_paths)"
+                    .into(),
+            ));
+        }
+        for (j, g) in paths.iter().enumerate() {
+            self.container_glob(&format!("{prefix}.container_paths[{j}]"), g)?;
+        }
+        for (j, g) in exclude.iter().enumerate() {
+            globset::Glob::new(g)
+                .map_err(|e| self.invalid(&format!("{prefix}.exclude[{j}]"), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// An absolute glob of files inside a container, without `..` components.
+    pub(crate) fn container_glob(&self, field: &str, glob: &str) -> Result<(), ConfigError> {
+        self.absolute_glob(field, glob)?;
+        if glob.split('/').any(|c| c == "..") {
+            return Err(self.invalid(
+                field,
+                format!("{glob:?}: `..` is not allowed in a path inside a container"),
+            ));
         }
         Ok(())
     }

@@ -273,6 +273,11 @@ pub struct RawSource {
     /// CRI log files only, and each container's facts decide.
     #[serde(default)]
     pub selector: Option<super::crd::Selector>,
+    /// Files inside each selected container (absolute globs in the container's file
+    /// system, e.g. `/var/log/app/*.log`), read through `/proc/<pid>/root` while the
+    /// container runs. Replaces `include`; without a `selector`, every container.
+    #[serde(default)]
+    pub container_paths: Vec<String>,
     #[serde(default = "default_max_line_size")]
     pub max_line_size: String,
     #[serde(default)]

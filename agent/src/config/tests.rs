@@ -256,3 +256,28 @@ fn selector_errors_name_the_field_and_unknown_fields_the_line() {
     let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
     assert!(err.contains("sources[0].include"), "{err}");
 }
+
+#[test]
+fn container_paths_read_files_inside_the_selected_containers() {
+    let yaml = "sources:\n  - name: app\n    selector: {pod_name: '^cart'}\n    container_paths: [/var/log/app/*.log]\nsinks:\n  local: {type: blackhole}\n";
+    let c = Config::parse(yaml, "t.yaml").unwrap();
+    let s = &c.sources[0];
+    assert_eq!(s.container_paths, vec!["/var/log/app/*.log".to_string()]);
+    assert!(s.include.is_empty(), "no node files");
+    assert_eq!(s.format, Format::Raw, "an application's own file is raw");
+    assert!(s.selector.is_some());
+
+    let bad = |yaml: &str| Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    let e = bad(
+        "sources:\n  - name: a\n    container_paths: [var/log/*.log]\nsinks:\n  local: {type: blackhole}\n",
+    );
+    assert!(e.contains("sources[0].container_paths[0]"), "{e}");
+    let e = bad(
+        "sources:\n  - name: a\n    container_paths: [/var/log/../../etc/*]\nsinks:\n  local: {type: blackhole}\n",
+    );
+    assert!(e.contains("`..`"), "{e}");
+    let e = bad(
+        "sources:\n  - name: a\n    include: [/var/log/*.log]\n    container_paths: [/x/*.log]\nsinks:\n  local: {type: blackhole}\n",
+    );
+    assert!(e.contains("sources[0].include"), "{e}");
+}

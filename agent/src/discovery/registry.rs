@@ -204,6 +204,42 @@ impl ContainerRegistry {
         }
     }
 
+    /// Asks CRI for the containers' ids and states only, and refreshes the
+    /// containers that are new or whose state changed (started, stopped): how
+    /// sources that follow running containers (`container_paths`) learn of them
+    /// within a second instead of at the next full [`rescan`](Self::rescan).
+    /// Returns how many were refreshed. Does nothing while CRI is down or disabled.
+    pub fn refresh_changed(&self) -> Result<usize, CriError> {
+        let Some(cri) = &self.shared.cri else {
+            return Ok(0);
+        };
+        if !self.should_try_cri() {
+            return Ok(0);
+        }
+        let listed = match cri.list_container_states() {
+            Ok(listed) => listed,
+            Err(e) => {
+                if e.is_unreachable() {
+                    self.mark_down(&e);
+                }
+                return Err(e);
+            }
+        };
+        self.mark_up();
+        let changed: Vec<String> = {
+            let state = self.read();
+            listed
+                .into_iter()
+                .filter(|(id, s)| state.by_id.get(id).is_none_or(|e| e.info.state != *s))
+                .map(|(id, _)| id)
+                .collect()
+        };
+        for id in &changed {
+            self.refresh(id);
+        }
+        Ok(changed.len())
+    }
+
     /// The container with this full id, if known.
     pub fn get(&self, id: &str) -> Option<ContainerInfo> {
         self.read().by_id.get(id).map(|e| e.info.clone())

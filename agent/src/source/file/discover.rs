@@ -11,7 +11,7 @@
 //! container), in config order; the first is its primary (see
 //! `docs/architecture.md`, "Several configs, one file").
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,6 +21,8 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use crate::config::SourceConfig;
 use crate::config::crd::CompiledSelector;
 use crate::route::select::Facts;
+
+use super::container::{self, ContainerView};
 
 /// A directory under which a glob can match, and how deep below it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +39,43 @@ struct Compiled {
     exclude_name: GlobSet,
     roots: Vec<Root>,
     selector: Option<Arc<CompiledSelector>>,
+    /// A `container_paths` config: `include` and the excludes match paths inside
+    /// the container, and `container_roots` are directories inside it.
+    container: bool,
+    container_roots: Vec<Root>,
+}
+
+/// A running container some `container_paths` config reads, as resolved by
+/// [`Matcher::resolve_containers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ContainerRoot {
+    pub pid: u32,
+    /// `/proc/<pid>/root`.
+    pub root: PathBuf,
+    /// `container://<namespace>/<pod>/<container>`.
+    pub logical: String,
+    /// The configs that read this container, in config order.
+    pub configs: Vec<usize>,
+    /// Directories to walk: the glob's directory resolved inside the container.
+    pub dirs: Vec<ContainerDir>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ContainerDir {
+    /// Below `/proc/<pid>/root`, symlinks resolved inside the container.
+    pub on_node: PathBuf,
+    /// The directory as the glob names it (what the glob and the logical path see).
+    pub inner: PathBuf,
+    pub max_depth: usize,
+}
+
+/// What [`Matcher::set_containers`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ContainersChanged {
+    /// Containers new (or read by other configs now): their directories must be walked.
+    pub added: Vec<u32>,
+    /// Containers no longer read: their `/proc/<pid>/root`.
+    pub removed: Vec<PathBuf>,
 }
 
 /// Which configs read a file.
@@ -58,6 +97,10 @@ pub(crate) struct Found {
 /// The compiled include/exclude globs of every source config.
 pub(crate) struct Matcher {
     configs: Vec<Compiled>,
+    /// Running containers read by `container_paths` configs, by pid.
+    containers: HashMap<u32, ContainerRoot>,
+    /// Logical roots of every container known (running or not).
+    known: HashSet<String>,
 }
 
 impl Compiled {
@@ -123,17 +166,30 @@ impl Matcher {
     pub fn new(sources: &[SourceConfig]) -> anyhow::Result<Matcher> {
         let mut configs = Vec::with_capacity(sources.len());
         for s in sources {
-            let include: Vec<&String> = s.include.iter().collect();
+            let container = !s.container_paths.is_empty();
+            let globs = if container {
+                &s.container_paths
+            } else {
+                &s.include
+            };
+            let include: Vec<&String> = globs.iter().collect();
             let (path_ex, name_ex): (Vec<&String>, Vec<&String>) =
                 s.exclude.iter().partition(|g| g.contains('/'));
             let mut roots: Vec<Root> = Vec::new();
-            for g in &s.include {
+            for g in globs {
                 let root = root_of(g);
                 if !roots.contains(&root) {
                     roots.push(root);
                 }
             }
+            let (roots, container_roots) = if container {
+                (Vec::new(), roots)
+            } else {
+                (roots, Vec::new())
+            };
             configs.push(Compiled {
+                container,
+                container_roots,
                 include: build(&include)
                     .with_context(|| format!("source {:?}: include", s.name))?,
                 exclude_path: build(&path_ex)
@@ -144,13 +200,183 @@ impl Matcher {
                 selector: s.selector.clone(),
             });
         }
-        Ok(Matcher { configs })
+        Ok(Matcher {
+            configs,
+            containers: HashMap::new(),
+            known: HashSet::new(),
+        })
+    }
+
+    /// Whether some config reads files inside containers.
+    pub fn has_container_configs(&self) -> bool {
+        self.configs.iter().any(|c| c.container)
+    }
+
+    /// The running container whose root `path` is below, and `path` as the globs
+    /// inside the container see it.
+    fn container_of(&self, path: &Path) -> Option<(&ContainerRoot, PathBuf)> {
+        let (pid, below) = container::split_proc_root(path)?;
+        let c = self.containers.get(&pid)?;
+        let inner = c
+            .dirs
+            .iter()
+            .filter_map(|d| Some((d, path.strip_prefix(&d.on_node).ok()?)))
+            .max_by_key(|(d, _)| d.on_node.as_os_str().len())
+            .map(|(d, rest)| d.inner.join(rest))
+            .unwrap_or_else(|| Path::new("/").join(below));
+        Some((c, inner))
+    }
+
+    /// Whether config `i` (with `c`) includes `path`.
+    fn includes(&self, i: usize, c: &Compiled, path: &Path) -> bool {
+        if !c.container {
+            return c.globs_match(path);
+        }
+        self.container_of(path)
+            .is_some_and(|(root, inner)| root.configs.contains(&i) && c.globs_match(&inner))
     }
 
     /// The first config whose globs include and do not exclude `path` (selectors
     /// are not asked: this says whether the path is a candidate at all).
     pub fn config_for(&self, path: &Path) -> Option<usize> {
-        self.configs.iter().position(|c| c.globs_match(path))
+        self.configs
+            .iter()
+            .enumerate()
+            .position(|(i, c)| self.includes(i, c, path))
+    }
+
+    /// What records and checkpoints call a file found at `path`: its logical path
+    /// (`container://…`) when it is inside a container, else `None` (its path).
+    pub fn logical_path(&self, path: &Path) -> Option<PathBuf> {
+        let (root, inner) = self.container_of(path)?;
+        Some(container::logical_path(&root.logical, &inner))
+    }
+
+    /// Running containers whose files some config reads.
+    pub fn container_count(&self) -> usize {
+        self.containers.len()
+    }
+
+    /// Opens a file found at `path` for reading: inside the container's root for a
+    /// container's file (see [`container::open_in_root`]), else plainly.
+    pub fn open(&self, path: &Path) -> std::io::Result<std::fs::File> {
+        match container::split_proc_root(path) {
+            Some((pid, below)) => {
+                container::open_in_root(&container::proc_root(pid), &Path::new("/").join(below))
+            }
+            None => std::fs::File::open(path),
+        }
+    }
+
+    /// Whether a container with this logical root (`container://ns/pod/name`) is
+    /// known to the runtime, running or not.
+    pub fn container_known(&self, logical_root: &str) -> bool {
+        self.known.contains(logical_root)
+    }
+
+    /// The roots of every running container that a `container_paths` config's
+    /// selector selects (every container when it has none).
+    pub fn resolve_containers(&self, list: &[ContainerView]) -> Vec<ContainerRoot> {
+        let mut out = Vec::new();
+        for view in list {
+            let Some(pid) = view.pid else { continue };
+            let configs: Vec<usize> = self
+                .configs
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| {
+                    c.container && c.selector.as_ref().is_none_or(|s| s.matches(&view.facts))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if configs.is_empty() {
+                continue;
+            }
+            let root = container::proc_root(pid);
+            let mut dirs: Vec<ContainerDir> = Vec::new();
+            for &i in &configs {
+                for r in &self.configs[i].container_roots {
+                    // A root that cannot be resolved now (the process just ended) is
+                    // left out; the next refresh drops the container anyway.
+                    let Ok(resolved) = container::resolve_in_root(&root, &r.dir) else {
+                        continue;
+                    };
+                    let dir = ContainerDir {
+                        on_node: container::join_root(&root, &resolved),
+                        inner: r.dir.clone(),
+                        max_depth: r.max_depth,
+                    };
+                    if !dirs.contains(&dir) {
+                        dirs.push(dir);
+                    }
+                }
+            }
+            out.push(ContainerRoot {
+                pid,
+                root,
+                logical: view.logical_root(),
+                configs,
+                dirs,
+            });
+        }
+        out
+    }
+
+    /// Replaces the running containers read (and the set of containers known).
+    pub fn set_containers(
+        &mut self,
+        roots: Vec<ContainerRoot>,
+        known: HashSet<String>,
+    ) -> ContainersChanged {
+        let mut changed = ContainersChanged::default();
+        let mut next = HashMap::with_capacity(roots.len());
+        for root in roots {
+            if self.containers.get(&root.pid) != Some(&root) {
+                changed.added.push(root.pid);
+            }
+            next.insert(root.pid, root);
+        }
+        for (pid, old) in &self.containers {
+            if next.get(pid).is_none_or(|new| new.logical != old.logical) {
+                changed.removed.push(old.root.clone());
+            }
+        }
+        changed.added.sort_unstable();
+        self.containers = next;
+        self.known = known;
+        changed
+    }
+
+    /// Walks the directories of the running container `pid` (see [`Self::scan`]).
+    pub fn scan_container(&self, pid: u32, found: &mut Vec<Found>, dirs: &mut Vec<PathBuf>) {
+        let Some(c) = self.containers.get(&pid) else {
+            return;
+        };
+        let mut seen = HashSet::new();
+        let mut seen_dirs = HashSet::new();
+        for d in &c.dirs {
+            self.walk(
+                &d.on_node,
+                d.max_depth,
+                &mut seen,
+                &mut seen_dirs,
+                found,
+                dirs,
+            );
+        }
+    }
+
+    /// Every walk root: the configs' own and the running containers'.
+    fn all_roots(&self) -> impl Iterator<Item = (&Path, usize)> {
+        let own = self
+            .configs
+            .iter()
+            .flat_map(|c| c.roots.iter().map(|r| (r.dir.as_path(), r.max_depth)));
+        let containers = self
+            .containers
+            .values()
+            .flat_map(|c| c.dirs.iter().map(|d| (d.on_node.as_path(), d.max_depth)));
+        own.chain(containers)
     }
 
     /// Every config that reads `path`: its globs match and its selector, if it has
@@ -160,7 +386,13 @@ impl Matcher {
         let mut known: Option<Facts> = None;
         let mut configs = Vec::new();
         for (i, c) in self.configs.iter().enumerate() {
-            if !c.globs_match(path) {
+            if !self.includes(i, c, path) {
+                continue;
+            }
+            // A container's configs were chosen by their selectors when it was
+            // resolved (see `resolve_containers`).
+            if c.container {
+                configs.push(i);
                 continue;
             }
             let Some(selector) = &c.selector else {
@@ -185,17 +417,8 @@ impl Matcher {
     pub fn scan(&self, found: &mut Vec<Found>, dirs: &mut Vec<PathBuf>) {
         let mut seen = HashSet::new();
         let mut seen_dirs = HashSet::new();
-        for c in &self.configs {
-            for root in &c.roots {
-                self.walk(
-                    &root.dir,
-                    root.max_depth,
-                    &mut seen,
-                    &mut seen_dirs,
-                    found,
-                    dirs,
-                );
-            }
+        for (dir, max_depth) in self.all_roots() {
+            self.walk(dir, max_depth, &mut seen, &mut seen_dirs, found, dirs);
         }
     }
 
@@ -204,19 +427,17 @@ impl Matcher {
     pub fn scan_dir(&self, dir: &Path, found: &mut Vec<Found>, dirs: &mut Vec<PathBuf>) {
         let mut seen = HashSet::new();
         let mut seen_dirs = HashSet::new();
-        for c in &self.configs {
-            for root in &c.roots {
-                let Ok(rel) = dir.strip_prefix(&root.dir) else {
-                    continue;
-                };
-                let depth = rel
-                    .components()
-                    .filter(|c| matches!(c, Component::Normal(_)))
-                    .count();
-                if depth < root.max_depth {
-                    let left = root.max_depth.saturating_sub(depth);
-                    self.walk(dir, left, &mut seen, &mut seen_dirs, found, dirs);
-                }
+        for (root, max_depth) in self.all_roots() {
+            let Ok(rel) = dir.strip_prefix(root) else {
+                continue;
+            };
+            let depth = rel
+                .components()
+                .filter(|c| matches!(c, Component::Normal(_)))
+                .count();
+            if depth < max_depth {
+                let left = max_depth.saturating_sub(depth);
+                self.walk(dir, left, &mut seen, &mut seen_dirs, found, dirs);
             }
         }
     }

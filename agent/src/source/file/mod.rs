@@ -81,6 +81,7 @@ pub trait SourceEvents {
     fn tick(&mut self, now: Instant);
 }
 
+pub mod container;
 mod discover;
 mod identity;
 mod read;

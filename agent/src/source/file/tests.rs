@@ -228,6 +228,7 @@ fn config(name: &str, include: &[String], format: Format) -> SourceConfig {
         sink: Arc::from("null"),
         selector: None,
         stream: None,
+        container_paths: Vec::new(),
     }
 }
 
@@ -1113,4 +1114,126 @@ fn selectors_route_each_container_to_every_config_selecting_it() {
     std::thread::sleep(Duration::from_millis(150));
     h.with(|r| assert!(r.only(&noisy).is_none(), "excluded by every config"));
     h.stop();
+}
+
+/// The containers a test says run: a child process stands for each container (its
+/// `/proc/<pid>/root` is this process's root, so paths inside it are plain paths).
+#[derive(Default)]
+struct FakeContainers(Mutex<Vec<container::ContainerView>>);
+
+impl container::ContainerList for FakeContainers {
+    fn containers(&self) -> Vec<container::ContainerView> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn container_view(pod: &str, name: &str, pid: u32) -> container::ContainerView {
+    let log = crate::discovery::PodLogRef {
+        namespace: "shop".into(),
+        pod: pod.into(),
+        pod_uid: format!("uid-{pod}"),
+        container: name.into(),
+        restart: 0,
+    };
+    container::ContainerView {
+        id: format!("id-{pod}-{pid}"),
+        pid: Some(pid),
+        facts: crate::config::crd::ContainerFacts {
+            namespace: log.namespace.clone(),
+            pod_name: log.pod.clone(),
+            container_name: log.container.clone(),
+            ..Default::default()
+        },
+        pod: log,
+    }
+}
+
+fn sleeper() -> std::process::Child {
+    std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep")
+}
+
+/// `container_paths`: only containers the selector selects are read, a container
+/// that starts is picked up, one that stops is drained and ended, and its restart
+/// (another pid, the same file) resumes the same source where it stopped, under the
+/// same logical path.
+#[test]
+fn container_files_follow_their_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"one\n");
+    let logical = PathBuf::from(format!("container://shop/cart/app{}", path.display()));
+    let other_logical = PathBuf::from(format!("container://shop/db/app{}", path.display()));
+    let selector: crate::config::crd::Selector =
+        serde_yaml::from_str("{pod_name: '^cart$'}").unwrap();
+    let source = SourceConfig {
+        container_paths: glob(dir.path(), "*.log"),
+        selector: Some(Arc::new(selector.compile().unwrap())),
+        ..config("files", &[], Format::Raw)
+    };
+    let mut db = sleeper();
+    let list = Arc::new(FakeContainers::default());
+    list.0
+        .lock()
+        .unwrap()
+        .push(container_view("db", "app", db.id()));
+    let h = Harness::start(
+        vec![source],
+        FileSourceOptions {
+            containers: Some(list.clone()),
+            ..options(false)
+        },
+        Arc::new(MemStore::default()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    h.with(|r| assert!(r.order.is_empty(), "db is not selected: {:?}", r.order));
+
+    let mut cart = sleeper();
+    list.0
+        .lock()
+        .unwrap()
+        .push(container_view("cart", "app", cart.id()));
+    h.wait("cart's file read under its logical path", |r| {
+        r.only(&logical).is_some_and(|(_, s)| s.bytes == b"one\n")
+    });
+    let id = h.with(|r| r.only(&logical).unwrap().0);
+    append(&path, b"two\n");
+    h.wait("appended bytes", |r| {
+        r.only(&logical)
+            .is_some_and(|(_, s)| s.bytes == b"one\ntwo\n")
+    });
+
+    // The container stops: its process is gone, then the runtime says so.
+    cart.kill().unwrap();
+    cart.wait().unwrap();
+    list.0.lock().unwrap().retain(|c| c.pod.pod != "cart");
+    h.wait("cart's file ended once drained", |r| {
+        r.only(&logical)
+            .is_some_and(|(_, s)| s.ended == Some(EndReason::Rotated))
+    });
+    // Known but stopped (CRI lists exited containers): its file waits for it.
+    let mut stopped = container_view("cart", "app", 0);
+    stopped.pid = None;
+    list.0.lock().unwrap().push(stopped);
+    append(&path, b"three\n");
+
+    // Restarted: another pid, the same file in the same volume.
+    let mut restarted = sleeper();
+    list.0
+        .lock()
+        .unwrap()
+        .push(container_view("cart", "app", restarted.id()));
+    h.wait("the restart resumes the same source", |r| {
+        r.only(&logical).is_some_and(|(sid, s)| {
+            sid == id && s.ended.is_none() && s.opens == 2 && s.bytes == b"one\ntwo\nthree\n"
+        })
+    });
+    h.with(|r| assert!(r.at(&other_logical).is_empty()));
+    h.stop();
+    for child in [&mut db, &mut restarted] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

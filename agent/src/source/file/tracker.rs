@@ -40,6 +40,7 @@ use bytes::BytesMut;
 
 use crate::capture::{Claim, Claims};
 
+use super::container::{self, ContainerList};
 use super::discover::{Found, Matcher, Selection};
 use super::identity;
 use super::read::{ReadCompletion, ReadRequest, Reader};
@@ -62,6 +63,8 @@ const DETACHED_POLL_INTERVAL: Duration = Duration::from_millis(20);
 const IDLE_FOR_CLOSE: Duration = Duration::from_secs(30);
 /// Bound on the paths remembered for once-per-path warnings.
 const MAX_WARNED_PATHS: usize = 10_000;
+/// How often the running containers of `container_paths` sources are resolved again.
+const CONTAINER_REFRESH: Duration = Duration::from_millis(500);
 
 /// How [`FileSource::run_until`] stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +94,9 @@ pub struct FileSourceOptions {
     pub claims: Option<Arc<Claims>>,
     /// Container facts for sources with a selector; `None`: decided on the path alone.
     pub facts: Option<Arc<dyn ContainerFactsSource>>,
+    /// The node's containers, for `container_paths` sources; `None`: those read
+    /// nothing.
+    pub containers: Option<Arc<dyn ContainerList>>,
     /// How long a file whose container is not known yet is held back before the
     /// selectors decide on what its path tells.
     pub facts_wait: Duration,
@@ -106,6 +112,7 @@ impl Default for FileSourceOptions {
             oneshot: false,
             claims: None,
             facts: None,
+            containers: None,
             facts_wait: Duration::from_secs(5),
         }
     }
@@ -123,6 +130,9 @@ type Configs = Arc<[usize]>;
 
 struct Tracked {
     info: Arc<SourceInfo>,
+    /// Where the file was found and is looked at again: `info.path`, except for a
+    /// file inside a container (`/proc/<pid>/root/…` here, its logical path there).
+    path: PathBuf,
     configs: Configs,
     /// `None` when closed under fd pressure; reopened by path when it grows.
     file: Option<File>,
@@ -158,6 +168,16 @@ struct Closed {
     offset: u64,
     /// Where the file was when it was closed, to notice when it is gone.
     path: Option<PathBuf>,
+    /// For a file inside a container: the container's logical root. The entry is
+    /// kept while such a container is known (its restart finds the file again at
+    /// another `/proc/<pid>/root`), not only while `path` shows the file.
+    container: Option<String>,
+}
+
+/// The logical root (`container://ns/pod/name`) of a container file's logical path.
+fn container_of_logical(path: &Path) -> Option<String> {
+    let (namespace, pod, name, _) = container::parse_logical(path)?;
+    Some(format!("{}{namespace}/{pod}/{name}", container::SCHEME))
 }
 
 type InodeKey = (u64, u64);
@@ -198,6 +218,8 @@ pub struct FileSource {
     undecided: HashSet<PathBuf>,
     /// Files held back until their container's facts are known, since when.
     awaiting_facts: HashMap<PathBuf, Instant>,
+    /// Last resolution of the containers of `container_paths` sources.
+    last_container_refresh: Option<Instant>,
 }
 
 fn source_kind(format: Format) -> SourceKind {
@@ -296,6 +318,7 @@ impl FileSource {
             completions: Vec::new(),
             undecided: HashSet::new(),
             awaiting_facts: HashMap::new(),
+            last_container_refresh: None,
         })
     }
 
@@ -326,6 +349,8 @@ impl FileSource {
         stop: &dyn Fn() -> Option<StopMode>,
     ) -> anyhow::Result<()> {
         raise_nofile_limit();
+        // Before the first scan: checkpoints of files it does not find are dropped.
+        self.refresh_containers(events);
         self.rescan(events);
         let found: HashSet<InodeKey> = self
             .by_inode
@@ -395,6 +420,56 @@ impl FileSource {
             self.update_lag_gauge();
             self.recheck_undecided(events);
             self.recheck_awaiting_facts(events);
+            if !self.options.oneshot
+                && self
+                    .last_container_refresh
+                    .is_none_or(|t| now.duration_since(t) >= CONTAINER_REFRESH)
+            {
+                self.refresh_containers(events);
+            }
+        }
+    }
+
+    /// Resolves the running containers of `container_paths` sources again: walks
+    /// those that are new, and looks again at the files of those that are gone
+    /// (their process ended: the files are detached and read to their end through
+    /// their fds).
+    fn refresh_containers(&mut self, events: &mut dyn SourceEvents) {
+        self.last_container_refresh = Some(Instant::now());
+        if !self.matcher.has_container_configs() {
+            return;
+        }
+        let list = match &self.options.containers {
+            Some(c) => c.containers(),
+            None => Vec::new(),
+        };
+        let roots = self.matcher.resolve_containers(&list);
+        let changed = self
+            .matcher
+            .set_containers(roots, container::known_roots(&list));
+        metrics::gauge!("logtap_container_file_containers")
+            .set(self.matcher.container_count() as f64);
+        for root in &changed.removed {
+            self.watcher.unwatch_under(root);
+            let paths: Vec<PathBuf> = self
+                .by_path
+                .keys()
+                .filter(|p| p.starts_with(root))
+                .cloned()
+                .collect();
+            for path in paths {
+                self.check_path(&path, events);
+            }
+        }
+        for pid in changed.added {
+            let (mut found, mut dirs) = (Vec::new(), Vec::new());
+            self.matcher.scan_container(pid, &mut found, &mut dirs);
+            for d in &dirs {
+                self.watcher.watch_dir(d);
+            }
+            for Found { path, .. } in found {
+                self.check_path(&path, events);
+            }
         }
     }
 
@@ -552,11 +627,15 @@ impl FileSource {
         for slot in slots {
             self.refresh(slot, events, true);
         }
+        let matcher = &self.matcher;
         self.closed.retain(|_, c| {
             let present = c.path.as_ref().is_some_and(|p| {
                 std::fs::metadata(p)
                     .is_ok_and(|m| (m.dev(), m.ino()) == (c.identity.dev, c.identity.inode))
-            });
+            }) || c
+                .container
+                .as_deref()
+                .is_some_and(|r| matcher.container_known(r));
             if !present && c.path.is_some() {
                 self.store.forget(c.source);
             }
@@ -589,7 +668,7 @@ impl FileSource {
         let slots: Vec<(usize, bool, PathBuf)> = self
             .tracked()
             .filter(|(_, t)| t.state == State::Attached && (degraded || t.file.is_none()))
-            .map(|(i, t)| (i, t.file.is_none(), t.info.path.clone()))
+            .map(|(i, t)| (i, t.file.is_none(), t.path.clone()))
             .collect();
         for (slot, fd_closed, path) in slots {
             if fd_closed {
@@ -666,7 +745,7 @@ impl FileSource {
         let meta = match file.metadata() {
             Ok(m) => m,
             Err(e) => {
-                let path = t.info.path.clone();
+                let path = t.path.clone();
                 self.warn_once(&path, error_reason(&e), &e);
                 return None;
             }
@@ -896,7 +975,7 @@ impl FileSource {
         t.state = State::Detached;
         self.detached += 1;
         t.last_growth = Instant::now();
-        let path = t.info.path.clone();
+        let path = t.path.clone();
         if let Some(real) = t.real_path.take() {
             self.by_real_path.remove(&real);
         }
@@ -927,7 +1006,13 @@ impl FileSource {
                     source: t.info.id,
                     identity: t.identity,
                     offset: t.offset,
-                    path: t.file.as_ref().and_then(current_path),
+                    // A container's file from out here: the fd's path may name
+                    // nothing (or a node file) once the container's mounts are gone.
+                    path: match container_of_logical(&t.info.path) {
+                        Some(_) => Some(t.path.clone()),
+                        None => t.file.as_ref().and_then(current_path),
+                    },
+                    container: container_of_logical(&t.info.path),
                 },
             );
         }
@@ -944,16 +1029,16 @@ impl FileSource {
         if self.by_inode.get(&key) == Some(&slot) {
             self.by_inode.remove(&key);
         }
-        if self.by_path.get(&t.info.path) == Some(&slot) {
-            self.by_path.remove(&t.info.path);
+        if self.by_path.get(&t.path) == Some(&slot) {
+            self.by_path.remove(&t.path);
         }
         if let Some(real) = &t.real_path
             && self.by_real_path.get(real) == Some(&slot)
         {
             self.by_real_path.remove(real);
         }
-        if self.predecessor_at.get(&t.info.path) == Some(&slot) {
-            self.predecessor_at.remove(&t.info.path);
+        if self.predecessor_at.get(&t.path) == Some(&slot) {
+            self.predecessor_at.remove(&t.path);
         }
         self.ready.retain(|&s| s != slot);
         Some(t)
@@ -970,9 +1055,9 @@ impl FileSource {
 
     /// Opens `path`, closing idle files once if the process ran out of fds.
     fn open_file(&mut self, path: &Path) -> io::Result<File> {
-        match File::open(path) {
+        match self.matcher.open(path) {
             Err(e) if error_reason(&e) == "too_many_open_files" && self.close_idle() > 0 => {
-                File::open(path)
+                self.matcher.open(path)
             }
             other => other,
         }
@@ -1007,7 +1092,7 @@ impl FileSource {
     /// Reopens a file whose fd was closed under fd pressure, if it is still the same.
     fn reopen(&mut self, slot: usize, events: &mut dyn SourceEvents) {
         let path = match self.files[slot].as_ref() {
-            Some(t) => t.info.path.clone(),
+            Some(t) => t.path.clone(),
             None => return,
         };
         let file = match self.open_file(&path) {
@@ -1108,6 +1193,11 @@ impl FileSource {
                             identity: cp.identity,
                             offset: cp.offset,
                             path: Some(path.to_path_buf()),
+                            container: self
+                                .matcher
+                                .logical_path(path)
+                                .as_deref()
+                                .and_then(container_of_logical),
                         },
                     );
                     return None;
@@ -1169,16 +1259,21 @@ impl FileSource {
         events: &mut dyn SourceEvents,
     ) -> usize {
         let (config_name, kind) = self.configs[configs[0]].clone();
+        let logical = self.matcher.logical_path(path);
         let info = Arc::new(SourceInfo {
             id,
             kind,
-            path: path.to_path_buf(),
+            path: logical.clone().unwrap_or_else(|| path.to_path_buf()),
             config_name,
         });
         self.store
-            .register(id, identity, path.to_path_buf(), register_at);
+            .register(id, identity, info.path.clone(), register_at);
         events.opened_for(info.clone(), &configs, identity, offset, predecessor);
-        let real_path = std::fs::canonicalize(path).ok().filter(|r| r != path);
+        // A container's file is never followed to a node path: its symlinks resolve
+        // against the agent's root from out here (see `container`).
+        let real_path = std::fs::canonicalize(path)
+            .ok()
+            .filter(|r| r != path && logical.is_none());
         if let Some(real) = &real_path
             && let Some(dir) = real.parent()
         {
@@ -1186,6 +1281,7 @@ impl FileSource {
         }
         let tracked = Tracked {
             info,
+            path: path.to_path_buf(),
             configs,
             file: Some(file),
             identity,
@@ -1226,7 +1322,7 @@ impl FileSource {
             return;
         };
         metrics::counter!("logtap_file_truncations_total").increment(1);
-        tracing::info!(path = %t.info.path.display(), offset = t.offset, "file truncated; starting a new source");
+        tracing::info!(path = %t.path.display(), offset = t.offset, "file truncated; starting a new source");
         if let Some((copy, copy_path, copy_meta)) = self.find_copy(&t) {
             self.read_copy(&mut t, &copy, copy_meta.len(), events);
             // The copy holds nothing new: don't read it again if a glob matches it.
@@ -1236,6 +1332,7 @@ impl FileSource {
                     source: t.info.id,
                     identity: t.identity,
                     offset: copy_meta.len(),
+                    container: container_of_logical(&t.info.path),
                     path: Some(copy_path),
                 },
             );
@@ -1246,7 +1343,7 @@ impl FileSource {
         if lost > 0 {
             metrics::counter!("logtap_dropped_bytes_total", "reason" => "truncated_unread")
                 .increment(lost);
-            tracing::warn!(path = %t.info.path.display(), lost,
+            tracing::warn!(path = %t.path.display(), lost,
                 "file truncated before its last bytes were read, and no copy was found");
         }
         events.ended(t.info.id, EndReason::Truncated);
@@ -1257,19 +1354,19 @@ impl FileSource {
         let meta = match file.metadata() {
             Ok(m) => m,
             Err(e) => {
-                self.warn_once(&t.info.path, error_reason(&e), &e);
+                self.warn_once(&t.path, error_reason(&e), &e);
                 return;
             }
         };
         let identity = match identity::identify(&file, &meta) {
             Ok(id) => id,
             Err(e) => {
-                self.warn_once(&t.info.path, error_reason(&e), &e);
+                self.warn_once(&t.path, error_reason(&e), &e);
                 return;
             }
         };
         let id = SourceId::new_unique(identity.dev, identity.inode);
-        let path = t.info.path.clone();
+        let path = t.path.clone();
         let was_detached = t.state == State::Detached;
         let owner_of_path = self.by_path.get(&path).copied();
         let slot = self.start(
@@ -1317,7 +1414,7 @@ impl FileSource {
         if t.identity.fingerprint_len == 0 {
             return None;
         }
-        let dir = t.info.path.parent()?;
+        let dir = t.path.parent()?;
         for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
             let Ok(meta) = entry.metadata() else {
                 continue;
@@ -1330,7 +1427,7 @@ impl FileSource {
             {
                 continue;
             }
-            let Ok(file) = File::open(entry.path()) else {
+            let Ok(file) = self.matcher.open(&entry.path()) else {
                 continue;
             };
             if matches!(identity::prefix_matches(&file, &t.identity), Ok(true)) {
@@ -1450,7 +1547,7 @@ impl FileSource {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => next.push(c.slot),
             Err(e) => {
-                let path = t.info.path.clone();
+                let path = t.path.clone();
                 // Retried on the next event or rescan.
                 t.size = t.offset;
                 self.warn_once(&path, error_reason(e), e);

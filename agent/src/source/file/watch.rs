@@ -95,6 +95,27 @@ impl Watcher {
         }
     }
 
+    /// Drops the watches of `root` and every directory below it (a stopped
+    /// container's: a volume's directories outlive it, and its pid may be reused).
+    pub fn unwatch_under(&mut self, root: &Path) {
+        let Some(inotify) = &self.inotify else {
+            return;
+        };
+        let gone: Vec<WatchDescriptor> = self
+            .dirs
+            .iter()
+            .filter(|(_, dir)| dir.starts_with(root))
+            .map(|(wd, _)| wd.clone())
+            .collect();
+        for wd in gone {
+            if let Some(dir) = self.dirs.remove(&wd) {
+                self.watched.remove(&dir);
+            }
+            // Fails when the kernel dropped it already (the directory is gone).
+            let _ = inotify.watches().remove(wd);
+        }
+    }
+
     /// Waits up to `timeout` for events and appends what changed to `out`.
     pub fn wait(&mut self, timeout: Duration, out: &mut Vec<Change>) {
         let Some(inotify) = &mut self.inotify else {
