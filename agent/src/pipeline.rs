@@ -92,12 +92,12 @@ pub fn run(
         runtime: containers
             .as_ref()
             .map(|(r, _)| Arc::new(r.clone()) as Arc<dyn RuntimeFacts>),
-        pods: kubernetes.as_ref().map(|k| k.enricher().cache().clone()),
+        pods: kubernetes.as_ref().map(|k| k.cache().clone()),
     });
     let container_list = containers.as_ref().map(|(r, _)| {
         Arc::new(RegistryContainers {
             registry: r.clone(),
-            pods: kubernetes.as_ref().map(|k| k.enricher().cache().clone()),
+            pods: kubernetes.as_ref().map(|k| k.cache().clone()),
         }) as Arc<dyn ContainerList>
     });
     let container_files_wanted = Arc::new(AtomicBool::new(false));
@@ -107,6 +107,7 @@ pub fn run(
         }
         _ => None,
     };
+    let enricher = enricher_of(&config, kubernetes.as_ref(), containers.as_ref());
     let mut sinks = Sinks::default();
     let mut summary = RunSummary::default();
     let mut effective = match &collections {
@@ -130,8 +131,8 @@ pub fn run(
                 Router::new(&effective.sources, &sinks.queues),
                 registry.clone(),
             );
-            if let Some(k) = &kubernetes {
-                pipeline.set_enricher(k.enricher().clone());
+            if let Some(e) = &enricher {
+                pipeline.set_enricher(e.clone());
             }
             let resolver = match &containers {
                 Some((r, _)) => r.clone(),
@@ -175,8 +176,8 @@ pub fn run(
             Router::new(&effective.sources, &sinks.queues),
             registry.clone(),
         );
-        if let Some(k) = &kubernetes {
-            pipeline.set_enricher(k.enricher().clone());
+        if let Some(e) = &enricher {
+            pipeline.set_enricher(e.clone());
         }
         if let Some(c) = &collections {
             pipeline.set_match_board(c.board());
@@ -417,6 +418,25 @@ fn start_container_poller(
         .ok()
 }
 
+/// The enricher of a run: from the API's pod cache and/or the container registry,
+/// whichever is enabled (`None` when neither is: lines carry no source fields).
+fn enricher_of(
+    config: &Config,
+    kubernetes: Option<&Kubernetes>,
+    containers: Option<&(ContainerRegistry, Option<std::thread::JoinHandle<()>>)>,
+) -> Option<Arc<Enricher>> {
+    if kubernetes.is_none() && containers.is_none() {
+        return None;
+    }
+    Some(Arc::new(Enricher::from_sources(
+        kubernetes.map(|k| k.cache().clone()),
+        containers.map(|(r, _)| r.clone()),
+        config.kubernetes.annotations.clone(),
+        config.kubernetes.node_name.clone(),
+        config.kubernetes.metadata_wait,
+    )))
+}
+
 /// Starts the pod watcher when the `kubernetes` section enables it.
 fn start_kubernetes(config: &Config, options: &RunOptions) -> Option<Kubernetes> {
     if !config.kubernetes.enabled {
@@ -496,7 +516,8 @@ pub struct Pipeline {
     tick_ids: Vec<SourceId>,
     /// Total time spent blocked handing packages to full sink queues (see `unstalled`).
     stalled: Duration,
-    /// Names sources by their pod (the `kubernetes` section); `None`: no source fields.
+    /// Names sources by their pod and container (the `kubernetes` and `cri`
+    /// sections); `None`: no source fields.
     enricher: Option<Arc<Enricher>>,
     /// Which containers each config reads, for `LogCollection` statuses.
     board: Option<Arc<crate::collections::MatchBoard>>,

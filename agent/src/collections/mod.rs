@@ -516,7 +516,7 @@ async fn report(client: &Client, shared: &Shared) {
             continue;
         };
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource());
-        let patch = serde_json::json!({ "status": status });
+        let patch = serde_json::json!({ "status": status_patch(&status) });
         match api
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -535,6 +535,19 @@ async fn report(client: &Client, shared: &Shared) {
             }
         }
     }
+}
+
+/// The status as a JSON merge patch. A merge patch keeps every member it does not
+/// name, and the status type leaves empty members out: a list of errors that became
+/// empty must be removed by name (`null`), or the old errors stay on the object.
+fn status_patch(status: &LogCollectionStatus) -> Value {
+    let mut patch = serde_json::to_value(status).unwrap_or(Value::Null);
+    if let Some(members) = patch.as_object_mut() {
+        for key in ["errors", "observed_generation", "conditions"] {
+            members.entry(key).or_insert(Value::Null);
+        }
+    }
+    patch
 }
 
 /// `2024-05-01T12:00:00Z`.

@@ -118,3 +118,18 @@ fn shipped_example_collection_is_valid() {
     assert_eq!(names.len(), 1);
     assert!(warnings.is_empty(), "{warnings:?}");
 }
+
+#[test]
+fn a_status_patch_removes_what_the_status_no_longer_has() {
+    let cleared = LogCollectionStatus {
+        matched_containers: 1,
+        ..LogCollectionStatus::default()
+    };
+    let patch = status_patch(&cleared);
+    assert_eq!(patch["errors"], Value::Null);
+    assert!(
+        patch.as_object().unwrap().contains_key("errors"),
+        "named, so a merge patch removes the old errors: {patch}"
+    );
+    assert_eq!(patch["matched_containers"], 1);
+}

@@ -15,8 +15,8 @@
 //!
 //! # Status
 //!
-//! The agent does not watch `LogCollection` objects yet: these are the types, the
-//! validation and the container matching the watcher will use.
+//! These are the types, the validation and the container matching that
+//! [`crate::collections`] applies to the objects it watches.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path};

@@ -45,6 +45,7 @@ const KUBE_LABEL_PREFIX: &str = "io.kubernetes.";
 const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
 const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 
 /// Verbose status answers carry the OCI spec; allow more than tonic's 4 MiB default.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -272,8 +273,34 @@ impl CriClient {
     /// One `ContainerStatus` per container and one `PodSandboxStatus` per pod. A
     /// container removed between the list and its status is left out.
     pub fn list_containers(&self) -> Result<Vec<ContainerInfo>, CriError> {
+        self.list_filtered(None)
+    }
+
+    /// The containers (every restart the runtime still has) of one container of one
+    /// pod, selected by the kubelet's labels: what a new CRI log file needs, without
+    /// a status call per container of the node.
+    pub fn containers_of(
+        &self,
+        pod_uid: &str,
+        container: &str,
+    ) -> Result<Vec<ContainerInfo>, CriError> {
+        let filter = proto::ContainerFilter {
+            label_selector: [
+                (LABEL_POD_UID.to_owned(), pod_uid.to_owned()),
+                (LABEL_CONTAINER_NAME.to_owned(), container.to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        self.list_filtered(Some(filter))
+    }
+
+    fn list_filtered(
+        &self,
+        filter: Option<proto::ContainerFilter>,
+    ) -> Result<Vec<ContainerInfo>, CriError> {
         let list = self.call("ListContainers", |mut s| async move {
-            s.list_containers(proto::ListContainersRequest { filter: None })
+            s.list_containers(proto::ListContainersRequest { filter })
                 .await
         })?;
         let mut sandboxes = HashMap::new();

@@ -6,7 +6,10 @@
 //!   [`ContainerRegistry::spawn_rescanner`]): the safety net that catches what the
 //!   event-driven path missed and forgets containers the runtime removed;
 //! - [`ContainerRegistry::refresh`] for one new container, as soon as a lifecycle event
-//!   (an eBPF `cgroup_mkdir`, a new log file) names it;
+//!   (an eBPF `cgroup_mkdir`) names it;
+//! - [`ContainerRegistry::known_by_log_path`] for a new CRI log file the runtime has
+//!   not reported yet: the file's pod and container are asked of CRI (by the kubelet's
+//!   labels) on the rescanner thread, never on the caller's;
 //! - while CRI is unreachable, a scan of the pod log directory (`/var/log/pods`), which
 //!   gives namespace, pod, pod UID and container name from the paths, but no id, env
 //!   or labels.
@@ -14,6 +17,7 @@
 //! # Failures
 //!
 //! An unreachable runtime never blocks a reader for long: lookups answer from memory;
+//! log-path lookups of unknown files are queued for the rescanner thread;
 //! [`refresh`](ContainerRegistry::refresh) calls CRI (bounded by the client's timeout)
 //! only while the runtime is up, and at most once per [`RETRY_WHILE_DOWN`] while it is
 //! down. The outage shows as `logtap_cri_up` 0 and a warning at most once per
@@ -27,8 +31,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,6 +52,10 @@ pub const DEFAULT_REMOVAL_GRACE: Duration = Duration::from_secs(60);
 const NOT_FOUND_TTL: Duration = Duration::from_secs(5);
 /// Bound of the not-found memory (ids of non-Kubernetes cgroups).
 const NOT_FOUND_MAX: usize = 4096;
+/// A log path asked about is not queued again for this long (callers poll it).
+const ASKED_TTL: Duration = Duration::from_secs(1);
+/// Bound of the log-path lookup queue and of its memory of recent questions.
+const WANTED_MAX: usize = 4096;
 
 struct Entry {
     info: ContainerInfo,
@@ -73,6 +81,17 @@ struct Shared {
     cri_up: AtomicBool,
     /// Last CRI attempt that failed, and last outage warning.
     down: Mutex<DownState>,
+    /// Log paths waiting for a CRI lookup on the rescanner thread.
+    wanted: Mutex<Wanted>,
+    wake: Condvar,
+    /// Moves whenever what CRI reports about a container changes.
+    generation: AtomicU64,
+}
+
+#[derive(Default)]
+struct Wanted {
+    queue: Vec<PathBuf>,
+    asked: HashMap<PathBuf, Instant>,
 }
 
 #[derive(Default)]
@@ -110,6 +129,9 @@ impl ContainerRegistry {
                 state: RwLock::new(State::default()),
                 cri_up: AtomicBool::new(false),
                 down: Mutex::new(DownState::default()),
+                wanted: Mutex::new(Wanted::default()),
+                wake: Condvar::new(),
+                generation: AtomicU64::new(0),
             }),
         }
     }
@@ -117,6 +139,17 @@ impl ContainerRegistry {
     /// Whether the last CRI call succeeded.
     pub fn cri_up(&self) -> bool {
         self.shared.cri_up.load(Ordering::Relaxed)
+    }
+
+    /// Whether a runtime is configured at all (else only the pod log directory).
+    pub fn has_cri(&self) -> bool {
+        self.shared.cri.is_some()
+    }
+
+    /// Moves whenever a container's runtime facts were added or changed: callers that
+    /// keep facts per source look again only then (one atomic load otherwise).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// Lists every container from CRI and replaces what the registry holds; containers
@@ -143,8 +176,9 @@ impl ContainerRegistry {
         let now = Instant::now();
         let mut state = self.write();
         let seen: HashSet<String> = listed.iter().map(|c| c.id.clone()).collect();
+        let mut changed = false;
         for info in listed {
-            insert(&mut state, info);
+            changed |= insert(&mut state, info);
         }
         let grace = self.shared.removal_grace;
         let mut gone = Vec::new();
@@ -163,6 +197,9 @@ impl ContainerRegistry {
         state.scanned.clear();
         state.not_found.clear();
         self.publish_len(&state);
+        if changed {
+            self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(count)
     }
 
@@ -180,7 +217,9 @@ impl ContainerRegistry {
                 self.mark_up();
                 let mut state = self.write();
                 state.not_found.remove(id);
-                insert(&mut state, info.clone());
+                if insert(&mut state, info.clone()) {
+                    self.shared.generation.fetch_add(1, Ordering::AcqRel);
+                }
                 self.publish_len(&state);
                 Some(info)
             }
@@ -312,6 +351,124 @@ impl ContainerRegistry {
         PodLogRef::from_path(path).map(|pod| info_from_log_path(path, pod))
     }
 
+    /// The container writing this CRI log file (or that wrote it, when rotated) as the
+    /// runtime reported it; `None` while the runtime has not (then, with a runtime
+    /// configured, the file's pod and container are queued for a CRI lookup on the
+    /// rescanner thread: ask again later, [`generation`](Self::generation) moves when
+    /// it is answered). Never calls CRI itself.
+    pub fn known_by_log_path(&self, path: &Path) -> Option<ContainerInfo> {
+        let log = PodLogRef::from_path(path)?;
+        {
+            let state = self.read();
+            let live = unrotated(path);
+            let exact = [Some(path), live.as_deref()]
+                .into_iter()
+                .flatten()
+                .find_map(|p| state.by_id.get(state.by_log_path.get(p)?));
+            // The kubelet's names, for a log directory mounted elsewhere (`/host/...`).
+            let named = || {
+                state.by_id.values().find(|e| {
+                    e.info.pod.as_ref().is_some_and(|p| {
+                        p.pod_uid == log.pod_uid
+                            && p.container == log.container
+                            && p.restart == log.restart
+                    })
+                })
+            };
+            if let Some(entry) = exact.or_else(named) {
+                return Some(entry.info.clone());
+            }
+        }
+        if self.shared.cri.is_some() {
+            self.want(path);
+        }
+        None
+    }
+
+    fn want(&self, path: &Path) {
+        let mut wanted = self.lock_wanted();
+        let now = Instant::now();
+        if wanted
+            .asked
+            .get(path)
+            .is_some_and(|at| now.duration_since(*at) < ASKED_TTL)
+        {
+            return;
+        }
+        if wanted.asked.len() >= WANTED_MAX {
+            wanted
+                .asked
+                .retain(|_, at| now.duration_since(*at) < ASKED_TTL);
+        }
+        if wanted.queue.len() >= WANTED_MAX || wanted.asked.len() >= WANTED_MAX {
+            // The periodic rescan still finds it.
+            return;
+        }
+        wanted.asked.insert(path.to_path_buf(), now);
+        wanted.queue.push(path.to_path_buf());
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits up to `max` for queued log-path lookups and answers them from CRI.
+    fn serve_wanted(&self, max: Duration) {
+        let queue = {
+            let wanted = self.lock_wanted();
+            let (mut wanted, _) = self
+                .shared
+                .wake
+                .wait_timeout_while(wanted, max, |w| w.queue.is_empty())
+                .unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut wanted.queue)
+        };
+        for path in queue {
+            self.lookup_log_path(&path);
+        }
+    }
+
+    /// Asks CRI for the containers of the pod and container `path` belongs to.
+    fn lookup_log_path(&self, path: &Path) {
+        let (Some(cri), Some(log)) = (&self.shared.cri, PodLogRef::from_path(path)) else {
+            return;
+        };
+        if !self.should_try_cri() {
+            return;
+        }
+        match cri.containers_of(&log.pod_uid, &log.container) {
+            Ok(found) => {
+                self.mark_up();
+                let mut state = self.write();
+                let mut changed = false;
+                for info in found {
+                    state.not_found.remove(&info.id);
+                    changed |= insert(&mut state, info);
+                }
+                self.publish_len(&state);
+                if changed {
+                    self.shared.generation.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            Err(e) if e.is_unreachable() => self.mark_down(&e),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "CRI lookup of a log file")
+            }
+        }
+    }
+
+    /// Records `info` as if CRI had reported it (tests of what reads the registry).
+    #[cfg(test)]
+    pub(crate) fn record(&self, info: ContainerInfo) {
+        let mut state = self.write();
+        if insert(&mut state, info) {
+            self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Log paths queued for a CRI lookup (tests).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> Vec<PathBuf> {
+        self.lock_wanted().queue.clone()
+    }
+
     /// Every container known: from CRI, or from the last pod log directory scan.
     pub fn containers(&self) -> Vec<ContainerInfo> {
         let state = self.read();
@@ -342,14 +499,15 @@ impl ContainerRegistry {
         std::thread::Builder::new()
             .name("logtap-cri".into())
             .spawn(move || {
-                // Short naps so a shutdown is seen quickly whatever the interval.
+                // Short naps so a shutdown is seen quickly whatever the interval; log
+                // paths asked about meanwhile are answered at once.
                 let nap = interval.min(Duration::from_millis(200));
                 while !shutdown.load(Ordering::Relaxed) {
                     // Failures are already counted, logged and degraded in `rescan`.
                     let _ = registry.rescan();
                     let next = Instant::now() + interval;
                     while Instant::now() < next && !shutdown.load(Ordering::Relaxed) {
-                        std::thread::sleep(nap);
+                        registry.serve_wanted(nap);
                     }
                 }
             })
@@ -455,12 +613,18 @@ impl ContainerRegistry {
     fn lock_down(&self) -> std::sync::MutexGuard<'_, DownState> {
         self.shared.down.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn lock_wanted(&self) -> std::sync::MutexGuard<'_, Wanted> {
+        self.shared.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-fn insert(state: &mut State, info: ContainerInfo) {
+/// Records `info`; whether it is new or differs from what was recorded.
+fn insert(state: &mut State, info: ContainerInfo) -> bool {
     if let Some(path) = &info.log_path {
         state.by_log_path.insert(path.clone(), info.id.clone());
     }
+    let changed = state.by_id.get(&info.id).is_none_or(|e| e.info != info);
     state.by_id.insert(
         info.id.clone(),
         Entry {
@@ -468,6 +632,7 @@ fn insert(state: &mut State, info: ContainerInfo) {
             missing_since: None,
         },
     );
+    changed
 }
 
 fn remove(state: &mut State, id: &str) {

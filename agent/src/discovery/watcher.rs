@@ -433,6 +433,10 @@ impl Health {
 }
 
 #[cfg(test)]
+#[allow(
+    dead_code,
+    reason = "the fake serves the end-to-end tests' LogCollection objects too"
+)]
 mod fake_api;
 #[cfg(test)]
 mod tests;

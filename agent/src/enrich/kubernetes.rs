@@ -1,10 +1,8 @@
-//! The running Kubernetes side of enrichment: the pod watcher feeding the cache, and
-//! the [`Enricher`] reading it.
+//! The running Kubernetes side of enrichment: the pod watcher feeding the cache the
+//! [`Enricher`](super::Enricher) reads.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Enricher;
 use crate::config::KubernetesConfig;
 use crate::discovery::{PodCache, PodWatcher, WatcherConfig};
 
@@ -12,10 +10,10 @@ use crate::discovery::{PodCache, PodWatcher, WatcherConfig};
 /// often read after the API reported the deletion.
 const DELETED_POD_GRACE: Duration = Duration::from_secs(300);
 
-/// The pod watcher and the enricher of a run; stopping (or dropping) it ends the watch.
+/// The pod watcher and the cache it feeds; stopping (or dropping) it ends the watch.
 pub struct Kubernetes {
     watcher: Option<PodWatcher>,
-    enricher: Arc<Enricher>,
+    cache: PodCache,
 }
 
 impl Kubernetes {
@@ -43,18 +41,12 @@ impl Kubernetes {
                 None
             }
         };
-        Kubernetes {
-            watcher,
-            enricher: Arc::new(Enricher::new(
-                cache,
-                config.node_name.clone(),
-                config.metadata_wait,
-            )),
-        }
+        Kubernetes { watcher, cache }
     }
 
-    pub fn enricher(&self) -> &Arc<Enricher> {
-        &self.enricher
+    /// This node's pods as last seen from the API.
+    pub fn cache(&self) -> &PodCache {
+        &self.cache
     }
 
     /// Waits up to `max` for the first answer of the API (for one-shot runs, which
@@ -62,8 +54,7 @@ impl Kubernetes {
     /// the API answered.
     pub fn wait_until_up(&self, max: Duration) -> bool {
         let deadline = Instant::now() + max;
-        let cache = self.enricher.cache();
-        while !cache.api_up() {
+        while !self.cache.api_up() {
             if self.watcher.is_none() || Instant::now() >= deadline {
                 return false;
             }

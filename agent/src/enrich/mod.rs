@@ -5,10 +5,19 @@
 //! arrives later — and attached per package, which keeps batching free of per-line
 //! work.
 //!
-//! What the log path says ([`PodLogRef`]) is always there; what only the API knows
-//! (image, container id, labels, annotations) is added when the pod is in the
-//! [`PodCache`](crate::discovery::PodCache). An unreachable API server thus degrades
-//! lines to the path's fields instead of holding them.
+//! Three places know a container, and the fields take from each what it knows best:
+//! - the log path ([`PodLogRef`]): namespace, pod, pod UID, container; always there;
+//! - the container runtime (CRI, the [`ContainerRegistry`](crate::discovery::ContainerRegistry)):
+//!   the id of the very run that writes the file, the image, the pod's labels and
+//!   annotations as the sandbox carries them;
+//! - the Kubernetes API (the [`PodCache`](crate::discovery::PodCache)): the pod's
+//!   current labels and annotations, the spec's image, the namespace's labels. Where
+//!   both know a value, the API's wins (the sandbox's labels are a copy made when the
+//!   pod started); the runtime's container id wins (it names this file's run, the
+//!   API only the current and previous ones).
+//!
+//! Either of the two is enough to enrich; an unreachable API server or runtime socket
+//! degrades lines to what the other one and the path say instead of holding them.
 //!
 //! [`Enricher`] and [`SourceEnrichment`] apply this per source: the pipeline tracks
 //! one `SourceEnrichment` per source and attaches its current fields to each package
@@ -21,9 +30,11 @@ mod kubernetes;
 pub use enricher::{Enricher, FieldsState, SourceEnrichment};
 pub use kubernetes::Kubernetes;
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
-use crate::discovery::{PodLogRef, PodMeta};
+use crate::discovery::{ContainerInfo, PodLogRef, PodMeta};
 
 pub const POD: &str = "k8s.pod";
 pub const NAMESPACE: &str = "k8s.namespace";
@@ -47,10 +58,24 @@ pub type SourceFields = Vec<(Bytes, Bytes)>;
 /// container id is only set when the metadata names the run that wrote this file
 /// (the current or the previous restart), never a guess.
 pub fn container_fields(log: &PodLogRef, pod: Option<&PodMeta>, node: &str) -> SourceFields {
+    container_fields_from(log, None, pod, node, &[])
+}
+
+/// The fields of a container log source from everything known about it: the path,
+/// the runtime's report of the container (`runtime`), the pod's metadata from the API
+/// (`pod`). `annotation_keys` chooses which of the runtime's pod annotations are
+/// copied (the API's are chosen by the [`PodCache`](crate::discovery::PodCache)).
+pub fn container_fields_from(
+    log: &PodLogRef,
+    runtime: Option<&ContainerInfo>,
+    pod: Option<&PodMeta>,
+    node: &str,
+    annotation_keys: &[String],
+) -> SourceFields {
     let mut fields = SourceFields::with_capacity(
         7 + pod.map_or(0, |p| {
             p.labels.len() + p.annotations.len() + p.namespace_labels.len()
-        }),
+        }) + runtime.map_or(0, |r| r.labels.len() + annotation_keys.len()),
     );
     let mut push = |key: &'static str, value: &str| {
         fields.push((Bytes::from_static(key.as_bytes()), copy(value)));
@@ -60,24 +85,44 @@ pub fn container_fields(log: &PodLogRef, pod: Option<&PodMeta>, node: &str) -> S
     push(CONTAINER, &log.container);
     push(POD_UID, pod.map_or(&log.pod_uid, |p| &p.uid));
     push(NODE, node);
-    let Some(pod) = pod else {
-        return fields;
-    };
-    if let Some(container) = pod.container(&log.container) {
-        if let Some(id) = container.id_for_restart(log.restart) {
-            push(CONTAINER_ID, id);
-        }
-        if !container.image.is_empty() {
-            push(CONTAINER_IMAGE, &container.image);
-        }
+    let api_container = pod.and_then(|p| p.container(&log.container));
+    let id = runtime
+        .map(|r| r.id.as_str())
+        .filter(|id| !id.is_empty())
+        .or_else(|| api_container.and_then(|c| c.id_for_restart(log.restart)));
+    if let Some(id) = id {
+        push(CONTAINER_ID, id);
     }
+    let image = api_container
+        .map(|c| c.image.as_str())
+        .filter(|i| !i.is_empty())
+        .or_else(|| runtime.map(|r| r.image.as_str()).filter(|i| !i.is_empty()));
+    if let Some(image) = image {
+        push(CONTAINER_IMAGE, image);
+    }
+    let (labels, annotations): (Vec<_>, Vec<_>) = match (pod, runtime) {
+        (Some(pod), _) => (
+            pod.labels.iter().collect(),
+            pod.annotations.iter().collect(),
+        ),
+        (None, Some(r)) => (
+            r.labels.iter().collect(),
+            r.annotations
+                .iter()
+                .filter(|(k, _)| annotation_keys.contains(k))
+                .collect(),
+        ),
+        (None, None) => return fields,
+    };
+    let empty = BTreeMap::new();
+    let namespace_labels = pod.map_or(&empty, |p| &*p.namespace_labels);
     let prefixed = [
-        (POD_LABEL_PREFIX, &pod.labels),
-        (POD_ANNOTATION_PREFIX, &pod.annotations),
-        (NAMESPACE_LABEL_PREFIX, &*pod.namespace_labels),
+        (POD_LABEL_PREFIX, labels),
+        (POD_ANNOTATION_PREFIX, annotations),
+        (NAMESPACE_LABEL_PREFIX, namespace_labels.iter().collect()),
     ];
-    for (prefix, map) in prefixed {
-        for (k, v) in map {
+    for (prefix, pairs) in prefixed {
+        for (k, v) in pairs {
             let key = [prefix.as_bytes(), k.as_bytes()].concat();
             fields.push((Bytes::from(key), copy(v)));
         }

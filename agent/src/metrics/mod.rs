@@ -284,12 +284,12 @@ pub fn describe() {
     describe_counter!(
         "logtap_enrich_metadata_missing_total",
         Unit::Count,
-        "Container sources whose first package shipped without pod metadata (log path fields only), by reason (pod_unknown, api_unavailable)"
+        "Container sources whose first package shipped without container metadata (log path fields only), by reason (pod_unknown, container_unknown, api_unavailable, cri_unavailable)"
     );
     describe_gauge!(
         "logtap_enrich_held_packages",
         Unit::Count,
-        "Container sources whose package is held waiting for pod metadata (bounded by kubernetes.metadata_wait)"
+        "Container sources whose package is held waiting for their metadata from the API or the runtime (bounded by kubernetes.metadata_wait)"
     );
     describe_gauge!(
         "logtap_cri_up",

@@ -115,9 +115,19 @@ impl ContainerFactsSource for NodeFacts {
 /// The runtime's view: what CRI reported for the container writing `path`. CRI keeps
 /// no user labels on Kubernetes containers (the kubelet sets only its own), so pod
 /// labels are what label selectors see.
+///
+/// A file the runtime has not reported yet is pending (the registry asks CRI about it
+/// meanwhile), not a container without environment: deciding on an empty
+/// environment would route a new container's lines by its `exclude_env` wrongly for
+/// good. Only while CRI is down (or not configured) does the path decide at once:
+/// waiting could not learn more.
 impl RuntimeFacts for crate::discovery::ContainerRegistry {
     fn by_log_path(&self, path: &Path) -> Option<RuntimeContainer> {
-        let c = crate::discovery::ContainerRegistry::by_log_path(self, path)?;
+        let c = match self.known_by_log_path(path) {
+            Some(c) => c,
+            None if self.has_cri() && self.cri_up() => return None,
+            None => crate::discovery::ContainerRegistry::by_log_path(self, path)?,
+        };
         Some(RuntimeContainer {
             pod_labels: c.labels,
             container_labels: BTreeMap::new(),

@@ -206,3 +206,61 @@ fn rotated_file_names_map_to_the_live_one() {
     assert_eq!(unrotated(Path::new("/p/ns_pod_uid/c/0.log")), None);
     assert_eq!(unrotated(Path::new("/")), None);
 }
+
+fn reported(id: &str, log_path: &Path) -> ContainerInfo {
+    let pod = PodLogRef::from_path(log_path).unwrap();
+    ContainerInfo {
+        id: id.into(),
+        image: "shop/cart:2".into(),
+        state: ContainerState::Running,
+        ..info_from_log_path(log_path, pod)
+    }
+}
+
+#[test]
+fn known_by_log_path_answers_only_what_the_runtime_reported_and_queues_the_rest() {
+    let pods = pods_dir();
+    let registry = ContainerRegistry::new(Some(unreachable_cri(pods.path())), pods.path().into());
+    let live = pods.path().join(format!("default_web_{UID_A}/nginx/1.log"));
+    assert!(
+        registry.by_log_path(&live).is_some(),
+        "the path alone names it"
+    );
+    assert_eq!(registry.known_by_log_path(&live), None, "CRI did not");
+    assert_eq!(registry.queued(), vec![live.clone()], "asked of CRI");
+    registry.known_by_log_path(&live);
+    assert_eq!(registry.queued().len(), 1, "asked once, not per poll");
+
+    let before = registry.generation();
+    registry.record(reported(CID, &live));
+    assert!(registry.generation() > before);
+    assert_eq!(registry.known_by_log_path(&live).unwrap().id, CID);
+    let rotated = live.with_file_name("1.log.20240101-000000");
+    assert_eq!(registry.known_by_log_path(&rotated).unwrap().id, CID);
+    // The same directory under another mount: the kubelet's names still match.
+    let mounted = Path::new("/host/var/log/pods")
+        .join(format!("default_web_{UID_A}"))
+        .join("nginx/1.log");
+    assert_eq!(registry.known_by_log_path(&mounted).unwrap().id, CID);
+    // Another restart is another run.
+    let older = live.with_file_name("0.log");
+    assert_eq!(registry.known_by_log_path(&older), None);
+
+    let unchanged = registry.generation();
+    registry.record(reported(CID, &live));
+    assert_eq!(
+        registry.generation(),
+        unchanged,
+        "the same report changes nothing"
+    );
+}
+
+#[test]
+fn without_a_runtime_nothing_is_queued() {
+    let pods = pods_dir();
+    let registry = ContainerRegistry::new(None, pods.path().into());
+    registry.rescan().unwrap();
+    let live = pods.path().join(format!("default_web_{UID_A}/nginx/1.log"));
+    assert_eq!(registry.known_by_log_path(&live), None);
+    assert!(registry.queued().is_empty());
+}

@@ -1,5 +1,6 @@
 //! A fake Kubernetes API server for tests: just enough HTTP/1.1 to serve list and watch
-//! of pods and namespaces the way the real one does.
+//! of pods, namespaces and `logtap.dev` `LogCollection` objects the way the real one
+//! does, and the `status` subresource of the latter.
 //!
 //! - `GET /api/v1/pods?fieldSelector=spec.nodeName%3D<node>&...` answers a `PodList`
 //!   with `metadata.resourceVersion`; `...&watch=true&resourceVersion=N` a chunked
@@ -10,6 +11,11 @@
 //!   connection) and bring it back on the same port with the same objects.
 //! - `*_silently` changes objects without a watch event, as if they happened during a
 //!   window the client can only learn about by re-listing.
+//! - `LogCollection` objects are untyped JSON (an invalid spec must be servable):
+//!   [`FakeApi::put_collection`] bumps `metadata.generation` when the spec changes, and
+//!   `PATCH …/logcollections/<name>/status` applies a JSON merge patch (RFC 7386) to the
+//!   status, as the API server does, without moving the generation; both are watch
+//!   events.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,7 +32,11 @@ use tokio::sync::watch;
 enum Kind {
     Pods,
     Namespaces,
+    Collections,
 }
+
+const COLLECTIONS_PATH: &str = "/apis/logtap.dev/v1alpha1/logcollections";
+const COLLECTIONS_IN: &str = "/apis/logtap.dev/v1alpha1/namespaces/";
 
 struct Logged {
     rv: u64,
@@ -42,6 +52,10 @@ struct World {
     /// By `namespace/name`.
     pods: BTreeMap<String, Pod>,
     namespaces: BTreeMap<String, Namespace>,
+    /// `LogCollection` objects by `namespace/name`.
+    collections: BTreeMap<String, Value>,
+    /// Status patches received.
+    status_patches: usize,
     history: Vec<Logged>,
     /// Watches from a resource version older than this get `410 Gone`.
     compacted: u64,
@@ -150,6 +164,69 @@ impl FakeApi {
         });
     }
 
+    /// Creates or replaces the `LogCollection` `namespace/name` with `spec` (any JSON:
+    /// the agent must report what is wrong with it). A new spec bumps the generation;
+    /// the status is kept.
+    pub fn put_collection(&self, namespace: &str, name: &str, spec: Value) {
+        self.change(|w| {
+            let key = format!("{namespace}/{name}");
+            w.rv += 1;
+            let rv = w.rv;
+            let (event, object) = match w.collections.get_mut(&key) {
+                Some(o) => {
+                    if o["spec"] != spec {
+                        let generation = o["metadata"]["generation"].as_i64().unwrap_or(1);
+                        o["metadata"]["generation"] = json!(generation + 1);
+                        o["spec"] = spec;
+                    }
+                    o["metadata"]["resourceVersion"] = json!(rv.to_string());
+                    ("MODIFIED", o.clone())
+                }
+                None => {
+                    let o = json!({
+                        "apiVersion": "logtap.dev/v1alpha1",
+                        "kind": "LogCollection",
+                        "metadata": {
+                            "namespace": namespace, "name": name, "generation": 1,
+                            "uid": format!("uid-{namespace}-{name}"),
+                            "resourceVersion": rv.to_string(),
+                        },
+                        "spec": spec,
+                    });
+                    w.collections.insert(key, o.clone());
+                    ("ADDED", o)
+                }
+            };
+            w.log(Kind::Collections, event, &object, None);
+        });
+    }
+
+    pub fn delete_collection(&self, namespace: &str, name: &str) {
+        self.change(|w| {
+            let mut o = w
+                .collections
+                .remove(&format!("{namespace}/{name}"))
+                .unwrap();
+            w.rv += 1;
+            o["metadata"]["resourceVersion"] = json!(w.rv.to_string());
+            w.log(Kind::Collections, "DELETED", &o, None);
+        });
+    }
+
+    /// The object `namespace/name` as a GET would return it (status included).
+    pub fn collection(&self, namespace: &str, name: &str) -> Option<Value> {
+        let world = self.world.lock().unwrap();
+        world
+            .collections
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+
+    /// How many status patches were received.
+    pub fn status_patches(&self) -> usize {
+        self.world.lock().unwrap().status_patches
+    }
+
     /// Compacts history: every open watch and every watch from an older resource
     /// version gets `410 Gone`.
     pub fn expire(&self) {
@@ -254,6 +331,7 @@ fn parse_request(head: &str) -> Option<Request> {
     let kind = match path {
         "/api/v1/pods" => Kind::Pods,
         "/api/v1/namespaces" => Kind::Namespaces,
+        COLLECTIONS_PATH => Kind::Collections,
         _ => return None,
     };
     let mut request = Request {
@@ -314,7 +392,28 @@ async fn handle(mut stream: TcpStream, world: Arc<Mutex<World>>, changes: watch:
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut body = head.split_off(end);
     let head = String::from_utf8_lossy(&head);
+    if head.starts_with("PATCH ") {
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        while body.len() < length {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+            }
+        }
+        let (status, answer) = patch_status(&head, &body, &world);
+        let _ = respond(&mut stream, status, &answer).await;
+        return;
+    }
     let Some(request) = parse_request(&head) else {
         let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                           "reason": "NotFound", "code": 404, "message": "not found"});
@@ -326,6 +425,78 @@ async fn handle(mut stream: TcpStream, world: Arc<Mutex<World>>, changes: watch:
     } else {
         let body = list(&request, &world);
         let _ = respond(&mut stream, "200 OK", &body).await;
+    }
+}
+
+/// `PATCH /apis/logtap.dev/v1alpha1/namespaces/<ns>/logcollections/<name>/status`
+/// with a merge patch: the object afterwards, or a `Status` error.
+fn patch_status(head: &str, body: &[u8], world: &Mutex<World>) -> (&'static str, Value) {
+    let not_found = || {
+        (
+            "404 Not Found",
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "NotFound", "code": 404, "message": "not found"}),
+        )
+    };
+    let target = head
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("PATCH "))
+        .and_then(|t| t.split(' ').next())
+        .unwrap_or("");
+    let path = target.split('?').next().unwrap_or("");
+    let Some((namespace, rest)) = path
+        .strip_prefix(COLLECTIONS_IN)
+        .and_then(|r| r.split_once("/logcollections/"))
+    else {
+        return not_found();
+    };
+    let Some(name) = rest.strip_suffix("/status") else {
+        return not_found();
+    };
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return (
+            "400 Bad Request",
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "BadRequest", "code": 400, "message": "not JSON"}),
+        );
+    };
+    let mut world = world.lock().unwrap();
+    let key = format!("{namespace}/{name}");
+    if !world.collections.contains_key(&key) {
+        return not_found();
+    }
+    world.rv += 1;
+    world.status_patches += 1;
+    let rv = world.rv;
+    let object = world.collections.get_mut(&key).unwrap();
+    // The status subresource only ever changes the status.
+    if let Some(status) = patch.get("status") {
+        merge_patch(&mut object["status"], status);
+    }
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let object = object.clone();
+    world.log(Kind::Collections, "MODIFIED", &object, None);
+    drop(world);
+    ("200 OK", object)
+}
+
+/// RFC 7386: objects merge member by member, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let object = target.as_object_mut().unwrap();
+    for (k, v) in members {
+        if v.is_null() {
+            object.remove(k);
+        } else {
+            merge_patch(object.entry(k.clone()).or_insert(Value::Null), v);
+        }
     }
 }
 
@@ -362,6 +533,10 @@ fn list(request: &Request, world: &Mutex<World>) -> Value {
                 .collect();
             ("NamespaceList", items)
         }
+        Kind::Collections => (
+            "LogCollectionList",
+            world.collections.values().cloned().collect(),
+        ),
     };
     let mut metadata = json!({"resourceVersion": world.rv.to_string()});
     items.drain(..request.offset.min(items.len()));
@@ -371,9 +546,13 @@ fn list(request: &Request, world: &Mutex<World>) -> Value {
         items.truncate(limit);
         metadata["continue"] = json!((request.offset + limit).to_string());
     }
+    let api_version = match request.kind {
+        Kind::Collections => "logtap.dev/v1alpha1",
+        Kind::Pods | Kind::Namespaces => "v1",
+    };
     json!({
         "kind": kind,
-        "apiVersion": "v1",
+        "apiVersion": api_version,
         "metadata": metadata,
         "items": items,
     })
