@@ -53,6 +53,8 @@ const TICK: Duration = Duration::from_millis(50);
 const END_SETTLE: Duration = Duration::from_millis(300);
 /// A staged chunk is handed on at this size even within one batch of events.
 const STAGE_BYTES: usize = 256 * 1024;
+/// How often ended streams are checked for their CRI log's removal.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// Captured bytes after a hole compared with the CRI log before the hole is repaired.
 const REPAIR_CHECK_BYTES: usize = 64;
 
@@ -124,6 +126,10 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     realtime_offset_ns: i64,
     runs: Vec<Run>,
     last_tick: Instant,
+    /// Streams shipped to their end whose CRI log still exists: their claims and
+    /// closed checkpoints stay until the kubelet removes the log.
+    ended: Vec<(SourceId, PathBuf)>,
+    last_prune: Instant,
 }
 
 impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
@@ -148,6 +154,8 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             realtime_offset_ns: realtime_offset_ns(),
             runs: Vec::new(),
             last_tick: Instant::now(),
+            ended: Vec::new(),
+            last_prune: Instant::now(),
         };
         stage.resume_checkpointed();
         stage
@@ -216,6 +224,10 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 self.check_stream(id, now);
             }
             self.pipeline.tick(now);
+            if now.duration_since(self.last_prune) >= PRUNE_INTERVAL {
+                self.last_prune = now;
+                self.prune_ended();
+            }
             metrics::gauge!("logtap_capture_streams").set(self.streams.len() as f64);
             metrics::gauge!("logtap_capture_watched_containers").set(self.cgroups.len() as f64);
         }
@@ -548,7 +560,32 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         // The entry stays (closed), so the next start knows this run's log was
         // shipped by capture and keeps the file source away from it.
         self.registry.mark_closed(id);
+        if let Some(log) = entry.log_path {
+            self.ended.push((id, log));
+        }
         tracing::debug!(source = %id, offset = entry.assembler.next_offset(), "stream ended");
+    }
+
+    /// Forgets ended streams whose CRI log is gone (the pod was removed): without
+    /// this, a node running many short-lived containers would grow its checkpoint
+    /// table and claims without bound.
+    fn prune_ended(&mut self) {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ended)
+            .into_iter()
+            .partition(|(_, log)| !log.exists());
+        self.ended = kept;
+        for (id, log) in gone {
+            self.registry.forget(id);
+            // Both streams of a run share the log: release once neither remains.
+            if !self.ended.iter().any(|(_, l)| *l == log)
+                && !self
+                    .streams
+                    .values()
+                    .any(|e| e.log_path.as_deref() == Some(&log))
+            {
+                self.claims.release(&log);
+            }
+        }
     }
 
     /// Streams checkpointed by an earlier run: claim their logs and, for runs not
@@ -564,7 +601,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             }
             self.claims.claim(&log_path);
             if checkpoint.closed {
-                // Shipped to its end by an earlier run; the entry stays loaded.
+                // Shipped to its end by an earlier run; the entry stays loaded until
+                // the log goes.
+                self.ended.push((checkpoint.source_id, log_path));
                 continue;
             }
             let id = checkpoint.source_id;
