@@ -28,9 +28,12 @@
 //!   the last of them reaching the sink (so it includes the stream's end: the cgroup's
 //!   removal, the final look at the CRI log, the last package);
 //! - capture CPU: this process's `getrusage` (all threads: stage, pipeline, sink
-//!   worker with its CRC) over the same span; the writer's and the shim's CPU are
-//!   theirs (child processes), not counted here. The kernel-side cost of the probes is
-//!   paid inside the writer's syscalls, so it shows in the writer's times;
+//!   worker with its CRC) from the writer's start until every byte reached the sink,
+//!   and again until the stream ended (after the cgroup is gone the stage reads the
+//!   CRI log to its end once, which catches holes at the very end of a stream). The
+//!   writer's and the shim's CPU are theirs (child processes), not counted here. The
+//!   kernel-side cost of the probes is paid inside the writer's syscalls, so it shows
+//!   in the writer's times;
 //! - peak RSS of this process over the scenario (`VmHWM`, reset before each run);
 //! - the kernel's counters ([`KernelStats`]) and the stage's metrics (gaps, repaired,
 //!   spilled, unrepairable bytes), read from an in-process Prometheus recorder.
@@ -689,6 +692,10 @@ struct CaptureRun {
     wall: Duration,
     /// From the writer's end to the last byte at the sink.
     tail: Duration,
+    /// This process's CPU until every byte reached the sink.
+    streaming_cpu: Duration,
+    /// ... until the stream ended: after the cgroup is gone, the stage reads the CRI
+    /// log to its end once to catch holes at the very end of the stream.
     cpu: Duration,
     peak_rss_kib: u64,
     kernel: KernelStats,
@@ -800,7 +807,11 @@ fn run_with_capture(
     let writer_end = writer.started + writer.usage.wall;
     // The stream ends once its cgroup is gone and the CRI log has nothing more.
     let deadline = Instant::now() + END_WAIT;
+    let mut streaming_cpu = None;
     let ended = loop {
+        if streaming_cpu.is_none() && verify.lock().expect("not poisoned").done_at.is_some() {
+            streaming_cpu = Some(self_cpu() - cpu_before);
+        }
         let streams = registry.snapshot();
         if !streams.is_empty() && streams.iter().all(|s| s.closed) {
             break true;
@@ -820,6 +831,7 @@ fn run_with_capture(
         .map_err(|_| anyhow::anyhow!("the sink worker panicked"))?
         .context("the sink worker")?;
     let cpu = self_cpu() - cpu_before;
+    let streaming_cpu = streaming_cpu.unwrap_or(cpu);
     let peak_rss_kib = peak_rss_kib();
     let stage_counters = StageCounters::read(metrics).since(counters_before);
     let _ = std::fs::remove_file(&log);
@@ -836,6 +848,7 @@ fn run_with_capture(
         writer: writer.usage,
         wall: last.saturating_duration_since(writer.started),
         tail: last.saturating_duration_since(writer_end),
+        streaming_cpu,
         cpu,
         peak_rss_kib,
         kernel,
@@ -873,6 +886,10 @@ impl Row {
     }
 
     fn cpu_s_per_gb(&self) -> f64 {
+        self.capture.streaming_cpu.as_secs_f64() / (self.bytes as f64 / 1e9)
+    }
+
+    fn end_cpu_s_per_gb(&self) -> f64 {
         self.capture.cpu.as_secs_f64() / (self.bytes as f64 / 1e9)
     }
 
@@ -889,7 +906,7 @@ impl Row {
         let k = &self.capture.kernel;
         let s = &self.capture.stage;
         format!(
-            "{}: writer {:.2} s → {:.2} s with capture (×{:.3}; CPU ×{:.3}); capture {:.0} MB/s, done {:.0} ms after the writer, {:.2} CPU s/GB, {} MiB peak RSS; \
+            "{}: writer {:.2} s → {:.2} s with capture (×{:.3}; CPU ×{:.3}); capture {:.0} MB/s, done {:.0} ms after the writer, {:.2} CPU s/GB ({:.2} with the stream's end), {} MiB peak RSS; \
              kernel {} records, ring drops {} B, other drops {} B; gaps {:.0}, repaired {:.0} B, spilled {:.0} B, unrepairable {:.0} B; loss {} B{}{}",
             self.name,
             self.base.wall.as_secs_f64(),
@@ -899,6 +916,7 @@ impl Row {
             self.capture_mb_s(),
             self.capture.tail.as_secs_f64() * 1e3,
             self.cpu_s_per_gb(),
+            self.end_cpu_s_per_gb(),
             self.capture.peak_rss_kib / 1024,
             k.records,
             self.ring_dropped(),
@@ -934,13 +952,13 @@ fn markdown(rows: &[Row], runs: usize) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| scenario (best of {runs}) | MB written | writer s, no capture | writer s, capture | writer slowdown (wall) | writer CPU ratio | capture MB/s | capture done after writer, ms | capture CPU s per GB | capture peak RSS MiB |"
+        "| scenario (best of {runs}) | MB written | writer s, no capture | writer s, capture | writer slowdown (wall) | writer CPU ratio | capture MB/s | capture done after writer, ms | capture CPU s per GB | … with the stream's end | capture peak RSS MiB |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.3} | {:.0} | {:.0} | {:.2} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.3} | {:.0} | {:.0} | {:.2} | {:.2} | {} |",
             r.name,
             r.bytes as f64 / 1e6,
             r.base.wall.as_secs_f64(),
@@ -950,6 +968,7 @@ fn markdown(rows: &[Row], runs: usize) -> String {
             r.capture_mb_s(),
             r.capture.tail.as_secs_f64() * 1e3,
             r.cpu_s_per_gb(),
+            r.end_cpu_s_per_gb(),
             r.capture.peak_rss_kib / 1024,
         );
     }
