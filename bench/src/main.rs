@@ -26,7 +26,12 @@
 //! data) is never counted. Usage: `cargo xtask bench [--size-mb N] [--runs N]
 //! [--markdown FILE] [--only NAME]`. With `--markdown`, the results (machine, command
 //! and table) replace the part of FILE between `<!-- bench:begin -->` and
-//! `<!-- bench:end -->`, or make up the whole file when it has no such markers.
+//! `<!-- bench:end -->`, or are appended with the markers when it has none.
+//!
+//! `cargo xtask bench capture` is the eBPF capture benchmark instead ([`capture`]; needs
+//! root): writer slowdown, capture throughput and loss after repair.
+
+mod capture;
 
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write};
@@ -35,10 +40,33 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(about = "logtap throughput harness")]
+#[command(
+    about = "logtap throughput harness",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    files: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// The eBPF capture benchmark (needs root): writer slowdown, capture MB/s, loss.
+    Capture(capture::CaptureArgs),
+    /// The capture benchmark's writer (run by `capture`).
+    #[command(hide = true)]
+    CaptureWriter(capture::WriterArgs),
+    /// The capture benchmark's CRI log writer (run by `capture`).
+    #[command(hide = true)]
+    CaptureShim(capture::ShimArgs),
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Size of each generated input file, in MiB.
     #[arg(long, default_value_t = 512)]
@@ -139,7 +167,14 @@ fn scenarios() -> Vec<Scenario> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match &cli.mode {
+        Some(Mode::Capture(args)) => return capture::run(args),
+        Some(Mode::CaptureWriter(args)) => return capture::writer(args),
+        Some(Mode::CaptureShim(args)) => return capture::shim(args),
+        None => {}
+    }
+    let args = cli.files;
     let logtap = match &args.logtap {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -211,7 +246,7 @@ fn main() -> anyhow::Result<()> {
     println!("{table}");
     if let Some(path) = &args.markdown {
         let results = format!("{}\n{table}", machine_and_command(args.size_mb, args.runs));
-        write_results(path, &results)?;
+        write_results(path, &results, BEGIN_MARKER, END_MARKER)?;
     }
     Ok(())
 }
@@ -219,21 +254,29 @@ fn main() -> anyhow::Result<()> {
 const BEGIN_MARKER: &str = "<!-- bench:begin -->";
 const END_MARKER: &str = "<!-- bench:end -->";
 
-/// Replaces the results between the markers of `path` (keeping the prose around
-/// them), or writes the results alone when the file has no markers.
-fn write_results(path: &Path, results: &str) -> anyhow::Result<()> {
+/// Replaces the results between the markers `begin` and `end` of `path` (keeping the
+/// prose around them), or appends them with the markers when the file has none.
+fn write_results(path: &Path, results: &str, begin: &str, end: &str) -> anyhow::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let new = match (old.find(BEGIN_MARKER), old.find(END_MARKER)) {
-        (Some(begin), Some(end)) if begin < end => {
-            format!("{}{BEGIN_MARKER}\n{results}{}", &old[..begin], &old[end..])
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{begin}\n{results}{}", &old[..b], &old[e..])
         }
-        _ => results.to_owned(),
+        _ if old.is_empty() => results.to_owned(),
+        _ => format!("{old}\n{begin}\n{results}{end}\n"),
     };
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Where and how the numbers were taken, for the results file.
 fn machine_and_command(size_mb: u64, runs: usize) -> String {
+    machine(&format!(
+        "cargo xtask bench --size-mb {size_mb} --runs {runs} --markdown docs/benchmarks.md"
+    ))
+}
+
+/// The date, the machine and `command`, as markdown list items.
+fn machine(command: &str) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -249,7 +292,7 @@ fn machine_and_command(size_mb: u64, runs: usize) -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     format!(
-        "- date: {date}\n- machine: {cores} cores, {cpu}, Linux {}\n- command: `cargo xtask bench --size-mb {size_mb} --runs {runs} --markdown docs/benchmarks.md`\n",
+        "- date: {date}\n- machine: {cores} cores, {cpu}, Linux {}\n- command: `{command}`\n",
         kernel.trim()
     )
 }
@@ -408,7 +451,12 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
 fn run_measured(cmd: &mut Command) -> anyhow::Result<Usage> {
     let start = Instant::now();
     let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    let pid = child.id() as libc::pid_t;
+    wait_measured(child.id() as libc::pid_t, start, &format!("{cmd:?}"))
+}
+
+/// Waits for the child `pid` (started at `start`) and returns its usage; an error
+/// unless it exited with status 0.
+fn wait_measured(pid: libc::pid_t, start: Instant, what: &str) -> anyhow::Result<Usage> {
     let mut status = 0;
     // SAFETY: rusage is plain old data written by the kernel; zeroed is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -419,7 +467,7 @@ fn run_measured(cmd: &mut Command) -> anyhow::Result<Usage> {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("{cmd:?} failed (status {status:#x})");
+        bail!("{what} failed (status {status:#x})");
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     Ok(Usage {

@@ -3,7 +3,8 @@
 //! - `ci`: formatting, lints and the whole test suite, exactly as CI runs them.
 //! - `bench [ARGS]`: the throughput harness in release mode (see `bench/`); arguments
 //!   are passed on, e.g. `cargo xtask bench --size-mb 512` (a leading `--` is
-//!   accepted too).
+//!   accepted too). `cargo xtask bench capture` is the eBPF capture benchmark (root),
+//!   which runs capture in process and so needs no `logtap` binary.
 //! - `build-ebpf`: builds the eBPF probes (`agent-ebpf/probes`) for `bpfel-unknown-none`
 //!   into `target/bpf/logtap-probes.bpf.o`, which the agent's build script embeds.
 //!   Installs what is missing first (rust-src, bpf-linker) or says exactly what is.
@@ -56,7 +57,11 @@ fn main() -> ExitCode {
                 _ => &rest[..],
             };
             run.extend(args.iter().map(String::as_str));
-            vec![vec!["build", "--release", "-p", "logtap"], run]
+            if args.first().map(String::as_str) == Some("capture") {
+                vec![run]
+            } else {
+                vec![vec!["build", "--release", "-p", "logtap"], run]
+            }
         }
         _ => {
             eprintln!("usage: cargo xtask <ci | build-ebpf | bench [ARGS] | gen-crd>");
