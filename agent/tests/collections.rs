@@ -83,6 +83,8 @@ impl Node {
     }
 
     /// A file config: host logs into the `local` store, no runtime, the API at `url`.
+    /// The objects live in `shop`, made the admin namespace so they may choose their
+    /// store paths (tenancy limits are unit-tested in `collections::tests`).
     fn config(&self, url: &str) -> String {
         format!(
             "sources:\n  - name: host\n    include: [\"{host}/*.log\"]\n    sink: local\n\
@@ -91,7 +93,7 @@ impl Node {
              batch: {{timeout: 100ms}}\n\
              cri: {{enabled: false}}\n\
              kubernetes: {{api_url: \"{url}\", node_name: {NODE}, metadata_wait: 1s}}\n\
-             collections: {{pod_logs: \"{pods}\", facts_wait: 2s}}\n",
+             collections: {{pod_logs: \"{pods}\", facts_wait: 2s, admin_namespace: shop}}\n",
             host = self.host_dir().display(),
             pods = self.pods_dir().display(),
         )

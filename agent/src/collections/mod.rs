@@ -39,6 +39,7 @@ use crate::config::crd::{
     CollectionCondition, LogCollection, LogCollectionSpec, LogCollectionStatus, SourceInput,
     StreamSelection,
 };
+use crate::config::raw::RawSink;
 use crate::config::{Config, ConfigError, SinkConfig, SourceConfig};
 use crate::discovery::watcher::{Backoff, WatcherConfig, client, list_watch};
 use crate::discovery::{PodLogRef, Resource};
@@ -240,19 +241,80 @@ impl Drop for Collections {
 /// Validates the collection `key` (`<ns>/<name>`) and appends its sources and sink
 /// to `config`; the names of its sources, and warnings for what it asks that this
 /// agent does not collect.
+/// What a `LogCollection` outside the admin namespace may do: the agent runs as root
+/// on every node, so a namespace's users must not reach through it. Such an object
+/// selects only its own namespace's containers (an explicit other namespace is an
+/// error, none means its own), reads no node files, and ships only to sinks that
+/// write no path of its choosing (a store gets its own directory,
+/// `<data_dir>/collections/<namespace>/<name>`).
+fn confine_to_namespace(
+    spec: &mut LogCollectionSpec,
+    namespace: &str,
+    name: &str,
+    admin: &str,
+    data_dir: &Path,
+) -> Result<(), (String, String)> {
+    let outside = |what: &str| format!("{what}: only LogCollections in namespace {admin:?} may");
+    let namespaces = &mut spec.selector.namespaces;
+    if let Some(other) = namespaces.include.iter().find(|n| n.as_str() != namespace) {
+        return Err((
+            "spec.selector.namespaces.include".into(),
+            format!(
+                "{other:?} is not this object's namespace ({namespace:?}); {}",
+                outside("select other namespaces")
+            ),
+        ));
+    }
+    namespaces.include = vec![namespace.to_string()];
+    for (i, source) in spec.sources.iter().enumerate() {
+        if matches!(source.input, SourceInput::HostFile { .. }) {
+            return Err((
+                format!("spec.sources[{i}].input"),
+                outside("read files of the node (host_file)"),
+            ));
+        }
+    }
+    match &mut spec.sink {
+        RawSink::File { .. } => Err(("spec.sink.type".into(), outside("write to a file sink"))),
+        RawSink::Store { path: Some(_), .. } => Err((
+            "spec.sink.path".into(),
+            outside("choose a store path (leave it out: the object gets its own store)"),
+        )),
+        RawSink::Store { path, .. } => {
+            *path = Some(format!(
+                "{}/{namespace}/{name}",
+                data_dir.join("collections").display()
+            ));
+            Ok(())
+        }
+        RawSink::Stdout {} | RawSink::Blackhole {} => Ok(()),
+    }
+}
+
 fn merge(
     config: &mut Config,
     key: &str,
     spec: &Value,
 ) -> Result<(Vec<Arc<str>>, Vec<String>), ConfigError> {
     let object = format!("LogCollection {key}");
-    let spec = LogCollectionSpec::from_json(spec, &object)?;
-    let valid = spec.validate_as(&object, &config.data_dir)?;
+    let mut spec = LogCollectionSpec::from_json(spec, &object)?;
     let invalid = |field: &str, message: String| ConfigError::Invalid {
         file: object.clone(),
         field: field.to_string(),
         message,
     };
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    if namespace != config.collections.admin_namespace {
+        confine_to_namespace(
+            &mut spec,
+            namespace,
+            name,
+            &config.collections.admin_namespace,
+            &config.data_dir,
+        )
+        .map_err(|(field, message)| invalid(&field, message))?;
+    }
+    let valid = spec.validate_as(&object, &config.data_dir)?;
     let sink_name: Arc<str> = Arc::from(key);
     if config.sinks.contains_key(&sink_name) {
         return Err(invalid(

@@ -2,7 +2,7 @@ use super::*;
 
 fn file_config() -> Config {
     Config::parse(
-        "data_dir: /var/lib/logtap\nsources:\n  - name: host\n    include: [/var/log/*.log]\nsinks:\n  local: {type: store}\n",
+        "data_dir: /var/lib/logtap\ncollections: {admin_namespace: shop}\nsources:\n  - name: host\n    include: [/var/log/*.log]\nsinks:\n  local: {type: store}\n",
         "t.yaml",
     )
     .unwrap()
@@ -75,6 +75,62 @@ fn invalid_collections_name_the_field() {
 }
 
 #[test]
+fn a_collection_outside_the_admin_namespace_stays_in_its_namespace() {
+    let err = |yaml: &str| {
+        merge(&mut file_config(), "team-a/logs", &spec(yaml))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(
+        "selector: {namespaces: {include: [team-b]}}\nsources: [{name: out, input: {type: container_stdout}}]\nsink: {type: store}\n",
+    );
+    assert!(
+        e.contains("spec.selector.namespaces.include") && e.contains("team-b"),
+        "{e}"
+    );
+    let e = err(
+        "sources: [{name: node, input: {type: host_file, include: [/etc/*]}}]\nsink: {type: store}\n",
+    );
+    assert!(
+        e.contains("spec.sources[0].input") && e.contains("host_file"),
+        "{e}"
+    );
+    let e = err(
+        "sources: [{name: out, input: {type: container_stdout}}]\nsink: {type: file, path: /etc/cron.d/x}\n",
+    );
+    assert!(e.contains("spec.sink.type"), "{e}");
+    let e = err(
+        "sources: [{name: out, input: {type: container_stdout}}]\nsink: {type: store, path: /root/x}\n",
+    );
+    assert!(e.contains("spec.sink.path"), "{e}");
+
+    // What it may do: its own containers, into a store of its own.
+    let mut config = file_config();
+    merge(
+        &mut config,
+        "team-a/logs",
+        &spec("sources: [{name: out, input: {type: container_stdout}}]\nsink: {type: store}\n"),
+    )
+    .unwrap();
+    let selector = config.sources[1].selector.as_ref().unwrap();
+    let facts = |namespace: &str| crate::config::crd::ContainerFacts {
+        namespace: namespace.into(),
+        ..Default::default()
+    };
+    assert!(selector.matches(&facts("team-a")));
+    assert!(
+        !selector.matches(&facts("team-b")),
+        "another namespace's container"
+    );
+    match &config.sinks[&Arc::<str>::from("team-a/logs")] {
+        SinkConfig::Store { path, .. } => {
+            assert_eq!(path, Path::new("/var/lib/logtap/collections/team-a/logs"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn match_board_counts_distinct_containers() {
     const UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
     let board = MatchBoard::default();
@@ -113,8 +169,14 @@ fn shipped_example_collection_is_valid() {
         .join("../deploy/examples/collections/checkout-json.yaml");
     let object: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(object["kind"], "LogCollection");
-    let (names, warnings) = merge(&mut file_config(), "shop/checkout-json", &object["spec"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    // As a tenant's object: the default admin namespace is logtap-system.
+    let mut config = Config::parse(
+        "data_dir: /var/lib/logtap\nsources:\n  - name: host\n    include: [/var/log/*.log]\nsinks:\n  local: {type: store}\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let (names, warnings) =
+        merge(&mut config, "shop/checkout-json", &object["spec"]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(names.len(), 1);
     assert!(warnings.is_empty(), "{warnings:?}");
 }

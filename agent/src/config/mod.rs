@@ -130,6 +130,9 @@ pub struct CollectionsConfig {
     pub pod_logs: PathBuf,
     /// Bound on waiting for a new container log's facts before selectors decide.
     pub facts_wait: Duration,
+    /// `LogCollection` objects of this namespace may select any container, read node
+    /// files and write files by path; those of other namespaces may not.
+    pub admin_namespace: String,
 }
 
 impl CollectionsConfig {
@@ -795,6 +798,7 @@ impl Validator {
             enabled,
             pod_logs: PathBuf::from(c.pod_logs.trim_end_matches('/')),
             facts_wait: self.duration("collections.facts_wait", &c.facts_wait)?,
+            admin_namespace: c.admin_namespace.clone(),
         })
     }
 

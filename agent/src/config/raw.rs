@@ -51,6 +51,11 @@ pub struct RawCollections {
     /// metadata) before selectors decide on what its path tells.
     #[serde(default = "default_facts_wait")]
     pub facts_wait: String,
+    /// The namespace whose `LogCollection` objects are trusted with the whole node:
+    /// objects elsewhere select only their own namespace's containers, read no node
+    /// files and write no file by path.
+    #[serde(default = "default_admin_namespace")]
+    pub admin_namespace: String,
 }
 
 impl Default for RawCollections {
@@ -59,6 +64,7 @@ impl Default for RawCollections {
             enabled: None,
             pod_logs: default_pod_logs(),
             facts_wait: default_facts_wait(),
+            admin_namespace: default_admin_namespace(),
         }
     }
 }
@@ -412,6 +418,9 @@ fn sink_path_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+fn default_admin_namespace() -> String {
+    "logtap-system".into()
+}
 fn default_capture_source() -> String {
     "pods".into()
 }
