@@ -449,6 +449,26 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             rate,
             ring_bytes: small,
         },
+        Scenario {
+            name: format!(
+                "4 KiB writes at {} MB/s for {} s, 16 MiB ring",
+                args.rate_mb, args.rate_seconds
+            ),
+            pattern: Pattern::Blocks,
+            bytes: rated,
+            rate,
+            ring_bytes: 16 << 20,
+        },
+        Scenario {
+            name: format!(
+                "4 KiB writes at {} MB/s for {} s, {} KiB ring",
+                args.rate_mb, args.rate_seconds, args.small_ring_kib
+            ),
+            pattern: Pattern::Blocks,
+            bytes: rated,
+            rate,
+            ring_bytes: small,
+        },
     ]
 }
 
