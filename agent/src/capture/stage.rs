@@ -53,6 +53,11 @@ const TICK: Duration = Duration::from_millis(50);
 const END_SETTLE: Duration = Duration::from_millis(300);
 /// A staged chunk is handed on at this size even within one batch of events.
 const STAGE_BYTES: usize = 256 * 1024;
+/// Stream bytes one stream reads back from its CRI log per tick: a hole of hundreds
+/// of megabytes (a long ring overflow) is repaired in steps, with memory bounded. Only
+/// the step that reaches the hole's end can be checked against the captured bytes
+/// after it.
+const REPAIR_READ_BYTES: u64 = 8 << 20;
 /// How often ended streams are checked for their CRI log's removal.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// Captured bytes after a hole compared with the CRI log before the hole is repaired.
@@ -373,7 +378,12 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 metrics::counter!("logtap_capture_gaps_total").increment(1);
             }
             if age >= grace || entry.assembler.over_budget() {
-                self.repair(id, start, end, now);
+                self.repair(
+                    id,
+                    start,
+                    end.min(start.saturating_add(REPAIR_READ_BYTES)),
+                    now,
+                );
             }
         }
         let Some(entry) = self.streams.get_mut(&id) else {
@@ -399,7 +409,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             .is_some_and(|until| entry.assembler.next_offset() < until);
         if following || entry.removed_at.is_some() {
             let from = entry.assembler.next_offset();
-            self.repair(id, from, u64::MAX, now);
+            self.repair(id, from, from.saturating_add(REPAIR_READ_BYTES), now);
         }
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
