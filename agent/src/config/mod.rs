@@ -6,6 +6,7 @@
 //! sizes, durations) with errors that name the field path.
 
 pub mod crd;
+pub mod network;
 pub mod raw;
 
 use std::collections::BTreeMap;
@@ -157,15 +158,33 @@ pub enum SinkConfig {
     Stdout,
     /// Discards packages after acknowledging them (benchmarks, dry runs).
     Null,
+    /// Kafka, behind a durable spool.
+    Kafka(Box<network::KafkaConfig>),
+    /// OTLP/HTTP logs, behind a durable spool.
+    Otlp(Box<network::OtlpConfig>),
 }
 
 impl SinkConfig {
+    /// The file or directory this sink owns alone, and the field that names it: two
+    /// stores (or spools) on one directory cannot both take its writer lock, and two
+    /// file sinks on one file would interleave lines.
+    pub fn exclusive_path(&self) -> Option<(&Path, &'static str)> {
+        match self {
+            SinkConfig::Store { path, .. } | SinkConfig::File { path } => Some((path, "path")),
+            SinkConfig::Kafka(k) => Some((&k.forward.spool.path, "spool.path")),
+            SinkConfig::Otlp(o) => Some((&o.forward.spool.path, "spool.path")),
+            SinkConfig::Stdout | SinkConfig::Null => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::Store { .. } => "store",
             SinkConfig::File { .. } => "file",
             SinkConfig::Stdout => "stdout",
             SinkConfig::Null => "blackhole",
+            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Otlp(_) => "otlp",
         }
     }
 }
@@ -308,18 +327,14 @@ impl Config {
             let sink = v.sink(&prefix, s, &data_dir)?;
             // Two stores on one directory cannot both take its writer lock, and two file
             // sinks on one file would interleave lines: say so now, not at start-up.
-            let target = match &sink {
-                SinkConfig::Store { path, .. } | SinkConfig::File { path } => Some(path),
-                SinkConfig::Stdout | SinkConfig::Null => None,
-            };
-            if let Some(path) = target {
-                let same = |p: &PathBuf| p.components().eq(path.components());
-                if let Some((other, _)) = sinks.iter().find(|(_, s)| match s {
-                    SinkConfig::Store { path, .. } | SinkConfig::File { path } => same(path),
-                    SinkConfig::Stdout | SinkConfig::Null => false,
-                }) {
+            if let Some((path, field)) = sink.exclusive_path() {
+                let same = |p: &Path| p.components().eq(path.components());
+                if let Some((other, _)) = sinks
+                    .iter()
+                    .find(|(_, s): &(&Arc<str>, &SinkConfig)| s.exclusive_path().is_some_and(|(p, _)| same(p)))
+                {
                     return Err(v.invalid(
-                        &format!("{prefix}.path"),
+                        &format!("{prefix}.{field}"),
                         format!("{} is also the path of sink {other:?}", path.display()),
                     ));
                 }

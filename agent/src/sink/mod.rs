@@ -5,6 +5,7 @@
 //! a successful `flush` does the worker acknowledge the packages to the checkpointer:
 //! a checkpoint is never durable ahead of the data it points past.
 
+pub mod destination;
 pub mod file;
 pub mod null;
 pub mod stdout;

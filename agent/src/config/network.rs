@@ -1,0 +1,132 @@
+//! Validated settings of the network sinks (`type: kafka`, `type: otlp`) and of the
+//! spool every network sink writes to first. The YAML side is in [`super::raw`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What a full spool does to new packages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// New packages wait (the sink's queue fills and the readers stop, as with a
+    /// slow local sink); what the kubelet deletes unread meanwhile is counted there.
+    Block,
+    /// The oldest unforwarded packages are deleted to make room, counted as
+    /// `logtap_dropped_lines_total{reason="spool_full"}`.
+    DropOldest,
+}
+
+/// The on-disk spool of one network sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// Directory of the spool; default `<data_dir>/spool/<sink name>`.
+    pub path: PathBuf,
+    /// Bytes of spool segments kept at most (forwarded or not).
+    pub max_bytes: u64,
+    /// A spool segment is sealed (and can be deleted once forwarded) at this size.
+    pub segment_bytes: u64,
+    pub when_full: WhenFull,
+}
+
+/// Settings every network sink has besides its protocol's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardConfig {
+    pub spool: SpoolConfig,
+    /// Records the destination refused for good are appended here as NDJSON (the
+    /// `file` sink's shape plus `reject_reason`); `None`: counted only.
+    pub dead_letter: Option<PathBuf>,
+    /// A window (one destination request / one Kafka produce round) holds at most
+    /// this many body bytes...
+    pub max_window_bytes: u64,
+    /// ...and at most this many packages.
+    pub max_window_packages: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaCompression {
+    None,
+    Lz4,
+    Zstd,
+    Gzip,
+    Snappy,
+}
+
+impl KafkaCompression {
+    /// The librdkafka `compression.codec` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaCompression::None => "none",
+            KafkaCompression::Lz4 => "lz4",
+            KafkaCompression::Zstd => "zstd",
+            KafkaCompression::Gzip => "gzip",
+            KafkaCompression::Snappy => "snappy",
+        }
+    }
+}
+
+/// One part of a topic template: `logs-{k8s.namespace}` is
+/// `[Literal("logs-"), Field("k8s.namespace")]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    /// A source field (`k8s.namespace`, `k8s.pod.label.app`, …) or one of the
+    /// source's own: `source.kind`, `source.config`.
+    Field(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaSasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub username: String,
+    /// Read from a file (a mounted Secret), never written into the config itself.
+    pub password_file: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub brokers: Vec<String>,
+    /// The topic, possibly templated over source fields. A field a source lacks
+    /// renders as `unknown`.
+    pub topic: Vec<TemplatePart>,
+    /// The source field whose value keys messages; `None`: the source id (one source
+    /// stays in one partition, in order).
+    pub key: Option<String>,
+    pub compression: KafkaCompression,
+    /// `acks`: `all` (default), `1` or `0` is refused (no acknowledgement to wait for).
+    pub acks: String,
+    pub idempotent: bool,
+    pub tls: Option<KafkaTls>,
+    pub sasl: Option<KafkaSasl>,
+    /// librdkafka properties passed through as they are (they win over the above).
+    pub properties: BTreeMap<String, String>,
+    /// How long librdkafka tries to deliver a message before reporting it failed
+    /// (`message.timeout.ms`); the forwarder then sends the window again.
+    pub message_timeout: Duration,
+    pub forward: ForwardConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpCompression {
+    None,
+    Gzip,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// `http://host:4318`; logs are posted to `<endpoint>/v1/logs`.
+    pub endpoint: String,
+    pub compression: OtlpCompression,
+    /// Extra request headers (e.g. `authorization`).
+    pub headers: BTreeMap<String, String>,
+    /// Bound on one request, connect to answer.
+    pub timeout: Duration,
+    pub forward: ForwardConfig,
+}
