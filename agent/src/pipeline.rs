@@ -315,7 +315,7 @@ impl Sinks {
                 continue;
             }
             let sink =
-                crate::sink::open(sink_config).with_context(|| format!("opening sink {name:?}"))?;
+                crate::sink::open(name, sink_config).with_context(|| format!("opening sink {name:?}"))?;
             let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE_PACKAGES);
             let worker = SinkWorker {
                 sink,
