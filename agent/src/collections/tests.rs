@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::SinkConfig;
 use std::time::UNIX_EPOCH;
 
 fn file_config() -> Config {

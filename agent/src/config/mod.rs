@@ -329,10 +329,9 @@ impl Config {
             // sinks on one file would interleave lines: say so now, not at start-up.
             if let Some((path, field)) = sink.exclusive_path() {
                 let same = |p: &Path| p.components().eq(path.components());
-                if let Some((other, _)) = sinks
-                    .iter()
-                    .find(|(_, s): &(&Arc<str>, &SinkConfig)| s.exclusive_path().is_some_and(|(p, _)| same(p)))
-                {
+                if let Some((other, _)) = sinks.iter().find(|(_, s): &(&Arc<str>, &SinkConfig)| {
+                    s.exclusive_path().is_some_and(|(p, _)| same(p))
+                }) {
                     return Err(v.invalid(
                         &format!("{prefix}.{field}"),
                         format!("{} is also the path of sink {other:?}", path.display()),
@@ -863,7 +862,11 @@ impl Validator {
         let field = |f: &str| format!("{prefix}.{f}");
         // `sinks.<name>` → the spool directory `<data_dir>/spool/<name>`.
         let name = prefix.rsplit_once("sinks.").map_or(prefix, |(_, n)| n);
-        let name = if name == "spec.sink" { "collection" } else { name };
+        let name = if name == "spec.sink" {
+            "collection"
+        } else {
+            name
+        };
         let max_bytes = self.size(&field("spool.max_size"), &raw.spool.max_size)?;
         // A spool is deleted a segment at a time: four segments keep the bound tight.
         let segment_bytes = (max_bytes / 4).clamp(64 * 1024, 64 * 1024 * 1024);
@@ -889,10 +892,11 @@ impl Validator {
         };
         Ok(network::ForwardConfig {
             spool: network::SpoolConfig {
-                path: raw.spool.path.as_ref().map_or_else(
-                    || data_dir.join("spool").join(name),
-                    PathBuf::from,
-                ),
+                path: raw
+                    .spool
+                    .path
+                    .as_ref()
+                    .map_or_else(|| data_dir.join("spool").join(name), PathBuf::from),
                 max_bytes,
                 segment_bytes,
                 when_full,
@@ -919,7 +923,9 @@ impl Validator {
             return Err(self.invalid(&field("brokers"), "at least one host:port".into()));
         }
         for (i, b) in k.brokers.iter().enumerate() {
-            if b.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            if b.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
                 return Err(self.invalid(
                     &format!("{prefix}.brokers[{i}]"),
                     format!("{b:?}: expected host:port"),
@@ -963,7 +969,10 @@ impl Validator {
                 if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&s.mechanism.as_str()) {
                     return Err(self.invalid(
                         &field("sasl.mechanism"),
-                        format!("{:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", s.mechanism),
+                        format!(
+                            "{:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                            s.mechanism
+                        ),
                     ));
                 }
                 Some(KafkaSasl {
@@ -1012,11 +1021,16 @@ impl Validator {
         let field = |f: &str| format!("{prefix}.{f}");
         let endpoint = o.endpoint.trim_end_matches('/');
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-            || endpoint.split_once("://").is_none_or(|(_, rest)| rest.is_empty())
+            || endpoint
+                .split_once("://")
+                .is_none_or(|(_, rest)| rest.is_empty())
         {
             return Err(self.invalid(
                 &field("endpoint"),
-                format!("{:?}: expected http://host:port or https://host:port", o.endpoint),
+                format!(
+                    "{:?}: expected http://host:port or https://host:port",
+                    o.endpoint
+                ),
             ));
         }
         let compression = match o.compression.as_deref().unwrap_or("gzip") {

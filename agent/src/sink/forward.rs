@@ -176,7 +176,11 @@ impl DeadLetter {
             self.line.truncate(self.line.len() - 2);
             out.extend_from_slice(&self.line);
             out.extend_from_slice(b",\"reject_reason\":\"");
-            out.extend(reason.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'_'));
+            out.extend(
+                reason
+                    .bytes()
+                    .filter(|b| b.is_ascii_alphanumeric() || *b == b'_'),
+            );
             out.extend_from_slice(b"\"}\n");
         }
         self.file.write_all(&out)?;
@@ -258,7 +262,8 @@ impl Forwarder {
             // Uncompressed payload size: close enough to body bytes for a bound.
             let size = u64::from(b.header.uncompressed_len);
             if !window.is_empty()
-                && (window.len() >= self.max_window_packages || bytes + size > self.max_window_bytes)
+                && (window.len() >= self.max_window_packages
+                    || bytes + size > self.max_window_bytes)
             {
                 break;
             }
@@ -321,19 +326,23 @@ impl Forwarder {
         let bytes: u64 = window.iter().map(SpooledPackage::body_bytes).sum();
         let mut backoff = BACKOFF_START;
         loop {
-            metrics::counter!("logtap_forward_records_total", "sink" => sink.clone()).increment(records);
-            metrics::counter!("logtap_forward_bytes_total", "sink" => sink.clone()).increment(bytes);
+            metrics::counter!("logtap_forward_records_total", "sink" => sink.clone())
+                .increment(records);
+            metrics::counter!("logtap_forward_bytes_total", "sink" => sink.clone())
+                .increment(bytes);
             let started = Instant::now();
             let result = self.destination.send(window);
             metrics::histogram!("logtap_forward_request_seconds", "sink" => sink.clone())
                 .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(delivered) => {
-                    metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone()).set(1.0);
+                    metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone())
+                        .set(1.0);
                     return Ok(delivered);
                 }
                 Err(e) => {
-                    metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone()).set(0.0);
+                    metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone())
+                        .set(0.0);
                     self.shared.lock().stats.retries += 1;
                     metrics::counter!("logtap_forward_retries_total", "sink" => sink.clone(), "reason" => e.reason)
                         .increment(1);
@@ -360,7 +369,9 @@ impl Forwarder {
                 return Ok(());
             }
             let limit = state.stop_at.map_or(until, |t| t.min(until));
-            state = self.shared.wait(state, limit.saturating_duration_since(now));
+            state = self
+                .shared
+                .wait(state, limit.saturating_duration_since(now));
         }
     }
 

@@ -298,7 +298,11 @@ impl Spool {
             // start again below it and must not be taken for forwarded ones.
             tracing::warn!(sink = %spool.name, cursor = cursor.forwarded_below, end,
                 "spool: cursor points past the spool's end; resetting it");
-            let reset = CursorFile { version: 1, forwarded_below: end, sent_below: end };
+            let reset = CursorFile {
+                version: 1,
+                forwarded_below: end,
+                sent_below: end,
+            };
             write_cursor(&spool.config.path, &reset, true)?;
         }
         {
@@ -464,13 +468,17 @@ impl Sink for Spool {
         self.make_room()?;
         self.store.write(batch)?;
         let (first_seq, path, meta, n) = {
-            let seg = self
-                .store
-                .segments()
-                .last()
-                .ok_or_else(|| SinkError::Transient("spool has no segment after a write".into()))?;
+            let seg =
+                self.store.segments().last().ok_or_else(|| {
+                    SinkError::Transient("spool has no segment after a write".into())
+                })?;
             let meta = *seg.blocks.last().expect("a block was just appended");
-            (seg.first_seq, seg.path.clone(), meta, seg.blocks.len() as u64)
+            (
+                seg.first_seq,
+                seg.path.clone(),
+                meta,
+                seg.blocks.len() as u64,
+            )
         };
         let file = self.reader(first_seq, &path)?;
         self.unflushed.push(SpooledBlock {
