@@ -74,6 +74,8 @@ pub enum StoreError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub torn_blocks: u64,
+    /// Damaged blocks found in the middle of segments and skipped (the rest kept).
+    pub damaged_blocks: u64,
     pub replayed_packages: u64,
     pub retention_deleted_segments: u64,
     pub retention_deleted_bytes: u64,
@@ -178,9 +180,13 @@ impl Store {
             };
             let scan = segment::scan_segment(&file, len, mode).map_err(io_err(&path))?;
             let mut kept_len = len;
-            if scan.skipped_regions > 0 {
-                tracing::warn!(segment = %path.display(), regions = scan.skipped_regions,
-                    "store: sealed segment has damaged block headers; skipped");
+            let damaged = (scan.skipped_regions + scan.damaged_payloads) as u64;
+            if damaged > 0 {
+                tracing::warn!(segment = %path.display(), unreadable_headers = scan.skipped_regions,
+                    damaged_payloads = scan.damaged_payloads,
+                    "store: damaged blocks in the middle of a segment; skipped, the rest kept");
+                stats.damaged_blocks += damaged;
+                metrics::counter!("logtap_store_torn_blocks_total").increment(damaged);
             }
             if let Some(problem) = scan.tail {
                 if is_last {

@@ -429,6 +429,74 @@ fn torn_tail_is_truncated_counted_and_earlier_blocks_kept() {
     assert_eq!(store.segments()[0].blocks.len(), 3);
 }
 
+/// Issue 9: a bad block in the middle of the active segment (a bit flip on disk,
+/// not a torn write) held acknowledged data after it; opening cut it all away.
+#[test]
+fn damaged_block_in_the_middle_of_the_active_segment_keeps_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = source(1, "/a");
+    let blocks = {
+        let mut store = Store::open(dir.path(), options()).unwrap();
+        write_all(
+            &mut store,
+            &(0..5)
+                .map(|p| batch(&a, p, p * 3..p * 3 + 3, "x"))
+                .collect::<Vec<_>>(),
+        );
+        store.segments()[0].blocks.clone()
+    };
+    let seg = dir
+        .path()
+        .join("segments")
+        .join(segment::segment_file_name(0));
+    let len = std::fs::metadata(&seg).unwrap().len();
+    // A payload byte of block 1 and a header byte of block 3.
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(b"\xaa", blocks[1].position + HEADER_LEN as u64 + 2)
+        .unwrap();
+    f.write_all_at(b"\xaa\xbb", blocks[3].position + 30)
+        .unwrap();
+    drop(f);
+
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        len,
+        "nothing cut away"
+    );
+    assert_eq!(store.stats().torn_blocks, 0);
+    assert_eq!(store.stats().damaged_blocks, 2);
+    // Block 1 (its header is intact) stays indexed so positions do not shift; its
+    // payload fails its CRC when read. Block 3's header is gone.
+    let positions: Vec<u64> = store.segments()[0]
+        .blocks
+        .iter()
+        .map(|b| b.position)
+        .collect();
+    assert_eq!(
+        positions,
+        vec![
+            blocks[0].position,
+            blocks[1].position,
+            blocks[2].position,
+            blocks[4].position
+        ]
+    );
+    let offsets: Vec<u64> = query_json(dir.path(), &[])
+        .iter()
+        .map(|v| v["offset"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (0..15)
+        .filter(|i| !(3..6).contains(i) && !(9..12).contains(i))
+        .map(|i| i * 10)
+        .collect();
+    assert_eq!(offsets, expected);
+    // New blocks go after the intact tail.
+    write_all(&mut store, &[batch(&a, 5, 15..18, "x")]);
+    drop(store);
+    assert_eq!(query_json(dir.path(), &[]).len(), expected.len() + 3);
+}
+
 #[test]
 fn damaged_blocks_in_sealed_segments_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
