@@ -280,9 +280,11 @@ fn restart_after_a_rotation_while_stopped_collects_the_rotated_backlog() {
     let mut agent = Agent::start(&data, &first);
     // The first write records the new source's id (at offset 0), the second its
     // first acknowledged progress.
-    wait_for(Duration::from_secs(20), "the first progress checkpoint", || {
-        metric(&agent.metrics(), "logtap_checkpoint_writes_total", &[]) >= 2.0
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the first progress checkpoint",
+        || metric(&agent.metrics(), "logtap_checkpoint_writes_total", &[]) >= 2.0,
+    );
     agent.kill9();
 
     std::fs::rename(&app, logs.join("app.log.1")).unwrap();

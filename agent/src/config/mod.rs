@@ -243,6 +243,9 @@ pub struct Config {
     pub rescan_interval: Duration,
     /// How long a rotated or deleted file stays open after its last byte was read.
     pub rotate_wait: Duration,
+    /// An incomplete CRI/docker message is shipped (unterminated) after this long
+    /// without its next fragment.
+    pub partial_timeout: Duration,
     /// Read through io_uring when the kernel allows it (else plain `pread`).
     pub io_uring: bool,
     pub batch: BatchConfig,
@@ -434,6 +437,7 @@ impl Config {
             checkpoint_interval: v.interval("checkpoint.interval", &raw.checkpoint.interval)?,
             rescan_interval: v.interval("files.rescan_interval", &raw.files.rescan_interval)?,
             rotate_wait: v.duration("files.rotate_wait", &raw.files.rotate_wait)?,
+            partial_timeout: v.interval("files.partial_timeout", &raw.files.partial_timeout)?,
             io_uring: raw.files.io_uring,
             batch,
             cri,

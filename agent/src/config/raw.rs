@@ -193,6 +193,10 @@ pub struct RawFiles {
     pub rescan_interval: String,
     #[serde(default = "default_rotate_wait")]
     pub rotate_wait: String,
+    /// A CRI/docker message whose closing fragment did not come for this long is
+    /// shipped, flagged unterminated (its container stopped mid-line).
+    #[serde(default = "default_partial_timeout")]
+    pub partial_timeout: String,
     #[serde(default = "default_true")]
     pub io_uring: bool,
 }
@@ -202,6 +206,7 @@ impl Default for RawFiles {
         RawFiles {
             rescan_interval: default_rescan_interval(),
             rotate_wait: default_rotate_wait(),
+            partial_timeout: default_partial_timeout(),
             io_uring: true,
         }
     }
@@ -596,6 +601,9 @@ fn default_checkpoint_interval() -> String {
 }
 fn default_rescan_interval() -> String {
     "10s".into()
+}
+fn default_partial_timeout() -> String {
+    "5s".into()
 }
 fn default_rotate_wait() -> String {
     "5s".into()
