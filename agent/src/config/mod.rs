@@ -143,6 +143,26 @@ impl CollectionsConfig {
     }
 }
 
+/// Free space the store keeps on its file system (`min_free` in the config).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MinFree {
+    Off,
+    Bytes(u64),
+    /// Percent of the file system's size.
+    Percent(f64),
+}
+
+impl MinFree {
+    /// Bytes to keep free on a file system of `total` bytes.
+    pub fn threshold(self, total: u64) -> u64 {
+        match self {
+            MinFree::Off => 0,
+            MinFree::Bytes(b) => b,
+            MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum SinkConfig {
     /// The embedded local store.
@@ -151,6 +171,7 @@ pub enum SinkConfig {
         segment_bytes: u64,
         max_bytes: u64,
         max_age: Option<Duration>,
+        min_free: MinFree,
     },
     /// Newline-delimited JSON appended to a file.
     File { path: PathBuf },
@@ -559,6 +580,27 @@ impl Validator {
         }))
     }
 
+    /// `10%` of the file system, or a size (`1GiB`); `0` turns it off.
+    pub(crate) fn min_free(&self, field: &str, text: &str) -> Result<MinFree, ConfigError> {
+        if let Some(p) = text.trim().strip_suffix('%') {
+            return match p.trim().parse::<f64>() {
+                Ok(p) if (0.0..=90.0).contains(&p) => Ok(if p == 0.0 {
+                    MinFree::Off
+                } else {
+                    MinFree::Percent(p)
+                }),
+                _ => Err(self.invalid(
+                    field,
+                    format!("{text:?}: expected a percentage from 0% to 90%"),
+                )),
+            };
+        }
+        Ok(match self.size(field, text)? {
+            0 => MinFree::Off,
+            b => MinFree::Bytes(b),
+        })
+    }
+
     pub(crate) fn size(&self, field: &str, text: &str) -> Result<u64, ConfigError> {
         parse_size(text).map_err(|e| self.invalid(field, e))
     }
@@ -834,7 +876,9 @@ impl Validator {
                 segment_size,
                 max_size,
                 max_age,
+                min_free,
             } => SinkConfig::Store {
+                min_free: self.min_free(&field("min_free"), min_free)?,
                 path: path
                     .as_ref()
                     .map(PathBuf::from)

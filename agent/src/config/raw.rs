@@ -343,6 +343,9 @@ pub enum RawSink {
         max_size: String,
         #[serde(default)]
         max_age: Option<String>,
+        /// Free space kept on the store's disk: oldest segments go first (`10%`, `2GiB`, `0` off).
+        #[serde(default = "default_min_free")]
+        min_free: String,
     },
     File {
         #[schemars(schema_with = "sink_path_schema")]
@@ -652,6 +655,9 @@ fn default_metadata_wait() -> String {
 }
 fn default_segment_size() -> String {
     "64MiB".into()
+}
+fn default_min_free() -> String {
+    "10%".into()
 }
 fn default_store_max_size() -> String {
     "10GiB".into()

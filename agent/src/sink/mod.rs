@@ -66,6 +66,7 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
             segment_bytes,
             max_bytes,
             max_age,
+            min_free,
         } => Box::new(
             store::Store::open(
                 path,
@@ -73,6 +74,7 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
                     segment_bytes: *segment_bytes,
                     max_bytes: *max_bytes,
                     max_age: *max_age,
+                    min_free: *min_free,
                 },
             )
             .map_err(|e| SinkError::Transient(e.to_string()))?,
