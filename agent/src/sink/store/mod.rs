@@ -131,6 +131,9 @@ pub struct Store {
     stats: StoreStats,
     /// Whether the `logtap_store_*` gauges are this store's (see `without_gauges`).
     gauges: bool,
+    /// `stored_end` and the source table are pruned of sources the store no longer
+    /// holds once they reach this many entries (see `prune_sources`).
+    prune_at: usize,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -259,6 +262,7 @@ impl Store {
             last_idle_retention: None,
             stats,
             gauges: true,
+            prune_at: PRUNE_SLACK,
         };
         store.enforce_retention(SystemTime::now());
         store.publish_gauges();
@@ -483,10 +487,37 @@ impl Store {
             tracing::debug!(segment = %removed.path.display(), bytes = removed.len,
                 reason = if too_big { "size" } else { "age" }, "store: retention deleted a segment");
         }
+        self.prune_sources();
     }
 }
 
 impl Store {
+    /// After retention: forgets the sources none of the remaining blocks belongs to,
+    /// in `stored_end` and in the source table, once there are [`PRUNE_SLACK`] more
+    /// of them than held ones. With container churn both would otherwise gain an
+    /// entry per container ever seen. A source that writes again is recorded again.
+    fn prune_sources(&mut self) {
+        if self.stored_end.len().max(self.sources.len()) < self.prune_at {
+            return;
+        }
+        let held: std::collections::HashSet<SourceId> = self
+            .segments
+            .iter()
+            .flat_map(|s| s.blocks.iter().map(|b| SourceId(b.header.source_id)))
+            .collect();
+        let before = self.sources.len();
+        self.stored_end.retain(|id, _| held.contains(id));
+        if let Err(e) = self.sources.compact(&self.dir, |id| held.contains(&id)) {
+            tracing::warn!(error = %e, "store: could not compact the source table");
+        }
+        self.prune_at = 2 * held.len() + PRUNE_SLACK;
+        tracing::debug!(
+            before,
+            after = self.sources.len(),
+            "store: pruned the source table"
+        );
+    }
+
     /// Deletes sealed segments, oldest first, while the file system has less free
     /// space than `min_free`. Never the active segment: when that alone is too big
     /// for the disk, writes fail (retried, the readers wait) until space returns.
@@ -538,6 +569,7 @@ impl Store {
         let removed = self.segments.remove(0);
         self.total_bytes -= removed.len;
         self.dir_dirty = true;
+        self.prune_sources();
         self.publish_gauges();
         Ok(Some(removed))
     }
@@ -618,11 +650,19 @@ impl Sink for Store {
     }
 }
 
+/// Sources beyond those the store holds that `stored_end` and the source table may
+/// keep before they are pruned: pruning is O(blocks), so not after every deletion.
+const PRUNE_SLACK: usize = 1024;
+
 /// How often an idle store re-checks age retention.
 const IDLE_RETENTION_EVERY: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 impl Store {
+    pub(crate) fn stored_end_len(&self) -> usize {
+        self.stored_end.len()
+    }
+
     pub(crate) fn enforce_retention_at(&mut self, now: SystemTime) {
         self.enforce_retention(now);
     }

@@ -1152,3 +1152,58 @@ fn retention_keeps_min_free_space_on_the_disk() {
     let free = super::free_space(&store_dir).unwrap().0;
     assert!(free >= (1 << 20) - (256 << 10), "free {free}");
 }
+
+/// Issue 9: with container churn the source table and the replay index gained an
+/// entry per source ever seen, forever. Retention prunes them with the segments.
+#[test]
+fn retention_prunes_the_source_table_of_sources_it_no_longer_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = tempfile::tempdir().unwrap();
+    let one = {
+        let mut s = Store::open(probe.path(), options()).unwrap();
+        write_all(&mut s, &[batch(&source(1, "/p/1.log"), 0, 0..3, "x")]);
+        s.total_bytes()
+    };
+    let opts = StoreOptions {
+        segment_bytes: 1,
+        max_bytes: one * 20,
+        ..options()
+    };
+    let mut store = Store::open(dir.path(), opts.clone()).unwrap();
+    for id in 1..=1500u64 {
+        let src = source(id, &format!("/var/log/pods/churn-{id}/0.log"));
+        write_all(&mut store, &[batch(&src, 0, 0..3, "x")]);
+    }
+    let held: std::collections::HashSet<u64> = store
+        .segments()
+        .iter()
+        .flat_map(|s| s.blocks.iter().map(|b| b.header.source_id))
+        .collect();
+    assert!(held.len() <= 25, "{}", held.len());
+    assert!(
+        store.stored_end_len() <= 2 * held.len() + 1024,
+        "{}",
+        store.stored_end_len()
+    );
+    drop(store);
+    let table = std::fs::read_to_string(dir.path().join(sources::SOURCES_FILE)).unwrap();
+    assert!(
+        table.lines().count() <= 2 * held.len() + 1024,
+        "{} lines",
+        table.lines().count()
+    );
+    // Every source the store still holds is named, after a reopen too.
+    let store = Store::open(dir.path(), opts).unwrap();
+    for id in &held {
+        assert!(
+            store.source(SourceId(*id)).is_some(),
+            "source {id:x} lost its name"
+        );
+    }
+    let records = query_json(dir.path(), &[]);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["path"].as_str().is_some_and(|p| p.contains("churn-")))
+    );
+}
