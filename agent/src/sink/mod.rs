@@ -9,6 +9,7 @@ pub mod destination;
 pub mod file;
 pub mod forward;
 pub mod null;
+pub mod otlp;
 pub mod spool;
 pub mod stdout;
 pub mod store;
@@ -89,5 +90,7 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
 }
 
 fn not_built(name: &str, kind: &str) -> SinkError {
-    SinkError::Rejected(format!("sink {name:?}: the {kind} destination is not in this build yet"))
+    SinkError::Rejected(format!(
+        "sink {name:?}: the {kind} destination is not in this build yet"
+    ))
 }
