@@ -9,6 +9,7 @@ pub mod destination;
 pub mod file;
 pub mod forward;
 pub mod null;
+pub mod otlp;
 pub mod spool;
 pub mod stdout;
 pub mod store;
