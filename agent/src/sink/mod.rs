@@ -7,6 +7,7 @@
 
 pub mod destination;
 pub mod file;
+pub mod kafka;
 pub mod null;
 pub mod stdout;
 pub mod store;
