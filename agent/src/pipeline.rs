@@ -314,8 +314,8 @@ impl Sinks {
             if self.running.contains_key(name) {
                 continue;
             }
-            let sink =
-                crate::sink::open(sink_config).with_context(|| format!("opening sink {name:?}"))?;
+            let sink = crate::sink::open(name, sink_config)
+                .with_context(|| format!("opening sink {name:?}"))?;
             let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE_PACKAGES);
             let worker = SinkWorker {
                 sink,

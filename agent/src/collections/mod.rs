@@ -40,7 +40,7 @@ use crate::config::crd::{
     StreamSelection,
 };
 use crate::config::raw::RawSink;
-use crate::config::{Config, ConfigError, SinkConfig, SourceConfig};
+use crate::config::{Config, ConfigError, SourceConfig};
 use crate::discovery::watcher::{Backoff, WatcherConfig, client, list_watch};
 use crate::discovery::{PodLogRef, Resource};
 use crate::frame::Stream;
@@ -288,7 +288,48 @@ fn confine_to_namespace(
             Ok(())
         }
         RawSink::Stdout {} | RawSink::Blackhole {} => Ok(()),
+        RawSink::Kafka(k) => {
+            // Every path and client property would let a tenant make the agent (root)
+            // read a node file and send it to a broker of the tenant's choosing.
+            let chosen = [
+                ("spool.path", k.spool.path.is_some()),
+                ("dead_letter", k.dead_letter.is_some()),
+                ("tls", k.tls.is_some()),
+                ("sasl", k.sasl.is_some()),
+                ("properties", !k.properties.is_empty()),
+            ];
+            if let Some((field, _)) = chosen.iter().find(|(_, set)| *set) {
+                return Err((
+                    format!("spec.sink.{field}"),
+                    outside(&format!("set {field} of a kafka sink")),
+                ));
+            }
+            k.spool.path = Some(tenant_spool(data_dir, namespace, name));
+            Ok(())
+        }
+        RawSink::Otlp(o) => {
+            let chosen = [
+                ("spool.path", o.spool.path.is_some()),
+                ("dead_letter", o.dead_letter.is_some()),
+            ];
+            if let Some((field, _)) = chosen.iter().find(|(_, set)| *set) {
+                return Err((
+                    format!("spec.sink.{field}"),
+                    outside(&format!("set {field} of an otlp sink")),
+                ));
+            }
+            o.spool.path = Some(tenant_spool(data_dir, namespace, name));
+            Ok(())
+        }
     }
+}
+
+/// The spool directory of a tenant's network sink: inside its own collection directory.
+fn tenant_spool(data_dir: &Path, namespace: &str, name: &str) -> String {
+    format!(
+        "{}/{namespace}/{name}/spool",
+        data_dir.join("collections").display()
+    )
 }
 
 fn merge(
@@ -314,6 +355,18 @@ fn merge(
         )
         .map_err(|(field, message)| invalid(&field, message))?;
     }
+    // A network sink's spool defaults to a directory of the object's own, not to the
+    // one shared name `validate_as` would give every collection.
+    let spool_path = match &mut spec.sink {
+        RawSink::Kafka(k) => Some(&mut k.spool.path),
+        RawSink::Otlp(o) => Some(&mut o.spool.path),
+        _ => None,
+    };
+    if let Some(path) = spool_path
+        && path.is_none()
+    {
+        *path = Some(tenant_spool(&config.data_dir, namespace, name));
+    }
     let valid = spec.validate_as(&object, &config.data_dir)?;
     let sink_name: Arc<str> = Arc::from(key);
     if config.sinks.contains_key(&sink_name) {
@@ -322,14 +375,14 @@ fn merge(
             format!("sink {key:?} exists already"),
         ));
     }
-    if let SinkConfig::Store { path, .. } | SinkConfig::File { path } = &valid.sink {
-        let clash = config.sinks.iter().find(|(_, s)| match s {
-            SinkConfig::Store { path: p, .. } | SinkConfig::File { path: p } => p == path,
-            _ => false,
-        });
+    if let Some((path, field)) = valid.sink.exclusive_path() {
+        let clash = config
+            .sinks
+            .iter()
+            .find(|(_, s)| s.exclusive_path().is_some_and(|(p, _)| p == path));
         if let Some((other, _)) = clash {
             return Err(invalid(
-                "spec.sink.path",
+                &format!("spec.sink.{field}"),
                 format!("{} is also the path of sink {other:?}", path.display()),
             ));
         }

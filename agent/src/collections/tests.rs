@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::SinkConfig;
 use std::time::UNIX_EPOCH;
 
 fn file_config() -> Config {
@@ -195,4 +196,63 @@ fn a_status_patch_removes_what_the_status_no_longer_has() {
         "named, so a merge patch removes the old errors: {patch}"
     );
     assert_eq!(patch["matched_containers"], 1);
+}
+
+#[test]
+fn a_tenant_may_ship_to_the_network_but_chooses_no_node_path_or_client_property() {
+    let err = |sink: &str| {
+        let yaml =
+            format!("sources: [{{name: out, input: {{type: container_stdout}}}}]\nsink: {sink}\n");
+        merge(&mut file_config(), "team-a/logs", &spec(&yaml))
+            .unwrap_err()
+            .to_string()
+    };
+    let kafka = "{type: kafka, brokers: [\"k:9092\"], topic: t";
+    for (extra, field) in [
+        (", spool: {path: /etc}", "spec.sink.spool.path"),
+        (", dead_letter: /etc/passwd", "spec.sink.dead_letter"),
+        (", tls: {ca_file: /etc/shadow}", "spec.sink.tls"),
+        (
+            ", sasl: {mechanism: PLAIN, username: u, password_file: /etc/shadow}",
+            "spec.sink.sasl",
+        ),
+        (
+            ", properties: {plugin.library.paths: /tmp/x.so}",
+            "spec.sink.properties",
+        ),
+    ] {
+        let e = err(&format!("{kafka}{extra}}}"));
+        assert!(e.contains(field), "{extra}: {e}");
+    }
+    let e = err("{type: otlp, endpoint: \"http://c:4318\", dead_letter: /etc/x}");
+    assert!(e.contains("spec.sink.dead_letter"), "{e}");
+
+    // Allowed: its spool goes into its own collection directory.
+    for (key, sink) in [
+        ("team-a/k", format!("{kafka}}}")),
+        (
+            "team-a/o",
+            "{type: otlp, endpoint: \"http://c:4318\"}".to_string(),
+        ),
+        // The admin namespace too gets a spool per object by default.
+        (
+            "shop/o",
+            "{type: otlp, endpoint: \"http://c:4318\"}".to_string(),
+        ),
+    ] {
+        let mut config = file_config();
+        let yaml =
+            format!("sources: [{{name: out, input: {{type: container_stdout}}}}]\nsink: {sink}\n");
+        merge(&mut config, key, &spec(&yaml)).unwrap();
+        let path = config.sinks[&Arc::<str>::from(key)]
+            .exclusive_path()
+            .unwrap()
+            .0
+            .to_path_buf();
+        assert_eq!(
+            path,
+            Path::new(&format!("/var/lib/logtap/collections/{key}/spool")),
+            "{key}"
+        );
+    }
 }

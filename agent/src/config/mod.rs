@@ -329,10 +329,9 @@ impl Config {
             // sinks on one file would interleave lines: say so now, not at start-up.
             if let Some((path, field)) = sink.exclusive_path() {
                 let same = |p: &Path| p.components().eq(path.components());
-                if let Some((other, _)) = sinks
-                    .iter()
-                    .find(|(_, s): &(&Arc<str>, &SinkConfig)| s.exclusive_path().is_some_and(|(p, _)| same(p)))
-                {
+                if let Some((other, _)) = sinks.iter().find(|(_, s): &(&Arc<str>, &SinkConfig)| {
+                    s.exclusive_path().is_some_and(|(p, _)| same(p))
+                }) {
                     return Err(v.invalid(
                         &format!("{prefix}.{field}"),
                         format!("{} is also the path of sink {other:?}", path.display()),
@@ -848,8 +847,259 @@ impl Validator {
             },
             raw::RawSink::Stdout {} => SinkConfig::Stdout,
             raw::RawSink::Blackhole {} => SinkConfig::Null,
+            raw::RawSink::Kafka(k) => SinkConfig::Kafka(Box::new(self.kafka(prefix, k, data_dir)?)),
+            raw::RawSink::Otlp(o) => SinkConfig::Otlp(Box::new(self.otlp(prefix, o, data_dir)?)),
         })
     }
+
+    fn forward(
+        &self,
+        prefix: &str,
+        raw: ForwardFields<'_>,
+        data_dir: &Path,
+    ) -> Result<network::ForwardConfig, ConfigError> {
+        use network::WhenFull;
+        let field = |f: &str| format!("{prefix}.{f}");
+        // `sinks.<name>` → the spool directory `<data_dir>/spool/<name>`.
+        let name = prefix.rsplit_once("sinks.").map_or(prefix, |(_, n)| n);
+        let name = if name == "spec.sink" {
+            "collection"
+        } else {
+            name
+        };
+        let max_bytes = self.size(&field("spool.max_size"), &raw.spool.max_size)?;
+        // A spool is deleted a segment at a time: four segments keep the bound tight.
+        let segment_bytes = (max_bytes / 4).clamp(64 * 1024, 64 * 1024 * 1024);
+        if max_bytes < 4 * 64 * 1024 {
+            return Err(self.invalid(
+                &field("spool.max_size"),
+                format!("{}: at least 256KiB", raw.spool.max_size),
+            ));
+        }
+        let when_full = match raw.spool.when_full.as_str() {
+            "block" => WhenFull::Block,
+            "drop_oldest" => WhenFull::DropOldest,
+            other => {
+                return Err(self.invalid(
+                    &field("spool.when_full"),
+                    format!("{other:?}: expected block or drop_oldest"),
+                ));
+            }
+        };
+        let max_window_bytes = match raw.max_request_size {
+            Some(t) => self.size(&field("max_request_size"), t)?,
+            None => 4 * 1024 * 1024,
+        };
+        Ok(network::ForwardConfig {
+            spool: network::SpoolConfig {
+                path: raw
+                    .spool
+                    .path
+                    .as_ref()
+                    .map_or_else(|| data_dir.join("spool").join(name), PathBuf::from),
+                max_bytes,
+                segment_bytes,
+                when_full,
+            },
+            dead_letter: raw.dead_letter.map(PathBuf::from),
+            max_window_bytes: max_window_bytes.max(1),
+            max_window_packages: 256,
+            drain_timeout: match raw.drain_timeout {
+                Some(t) => self.duration(&field("drain_timeout"), t)?,
+                None => Duration::from_secs(5),
+            },
+        })
+    }
+
+    fn kafka(
+        &self,
+        prefix: &str,
+        k: &raw::RawKafka,
+        data_dir: &Path,
+    ) -> Result<network::KafkaConfig, ConfigError> {
+        use network::{KafkaCompression, KafkaSasl, KafkaTls};
+        let field = |f: &str| format!("{prefix}.{f}");
+        if k.brokers.is_empty() {
+            return Err(self.invalid(&field("brokers"), "at least one host:port".into()));
+        }
+        for (i, b) in k.brokers.iter().enumerate() {
+            if b.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(self.invalid(
+                    &format!("{prefix}.brokers[{i}]"),
+                    format!("{b:?}: expected host:port"),
+                ));
+            }
+        }
+        let topic = parse_template(&k.topic).map_err(|e| self.invalid(&field("topic"), e))?;
+        let compression = match k.compression.as_deref().unwrap_or("lz4") {
+            "none" => KafkaCompression::None,
+            "lz4" => KafkaCompression::Lz4,
+            "zstd" => KafkaCompression::Zstd,
+            "gzip" => KafkaCompression::Gzip,
+            "snappy" => KafkaCompression::Snappy,
+            other => {
+                return Err(self.invalid(
+                    &field("compression"),
+                    format!("{other:?}: expected none, lz4, zstd, gzip or snappy"),
+                ));
+            }
+        };
+        let acks = match k.acks.as_str() {
+            "all" | "-1" => "all".to_string(),
+            "1" => "1".to_string(),
+            other => {
+                return Err(self.invalid(
+                    &field("acks"),
+                    format!(
+                        "{other:?}: expected all or 1 (0 would leave no acknowledgement to advance the spool on)"
+                    ),
+                ));
+            }
+        };
+        if k.idempotent && acks != "all" {
+            return Err(self.invalid(
+                &field("acks"),
+                "the idempotent producer needs acks: all (or set idempotent: false)".into(),
+            ));
+        }
+        let sasl = match &k.sasl {
+            Some(s) => {
+                if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&s.mechanism.as_str()) {
+                    return Err(self.invalid(
+                        &field("sasl.mechanism"),
+                        format!(
+                            "{:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                            s.mechanism
+                        ),
+                    ));
+                }
+                Some(KafkaSasl {
+                    mechanism: s.mechanism.clone(),
+                    username: s.username.clone(),
+                    password_file: PathBuf::from(&s.password_file),
+                })
+            }
+            None => None,
+        };
+        Ok(network::KafkaConfig {
+            brokers: k.brokers.clone(),
+            topic,
+            key: k.key.clone(),
+            compression,
+            acks,
+            idempotent: k.idempotent,
+            tls: k.tls.as_ref().map(|t| KafkaTls {
+                ca_file: t.ca_file.as_ref().map(PathBuf::from),
+                cert_file: t.cert_file.as_ref().map(PathBuf::from),
+                key_file: t.key_file.as_ref().map(PathBuf::from),
+            }),
+            sasl,
+            properties: k.properties.clone(),
+            message_timeout: self.duration(&field("message_timeout"), &k.message_timeout)?,
+            forward: self.forward(
+                prefix,
+                ForwardFields {
+                    spool: &k.spool,
+                    dead_letter: k.dead_letter.as_deref(),
+                    max_request_size: k.max_request_size.as_deref(),
+                    drain_timeout: k.drain_timeout.as_deref(),
+                },
+                data_dir,
+            )?,
+        })
+    }
+
+    fn otlp(
+        &self,
+        prefix: &str,
+        o: &raw::RawOtlp,
+        data_dir: &Path,
+    ) -> Result<network::OtlpConfig, ConfigError> {
+        use network::OtlpCompression;
+        let field = |f: &str| format!("{prefix}.{f}");
+        let endpoint = o.endpoint.trim_end_matches('/');
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+            || endpoint
+                .split_once("://")
+                .is_none_or(|(_, rest)| rest.is_empty())
+        {
+            return Err(self.invalid(
+                &field("endpoint"),
+                format!(
+                    "{:?}: expected http://host:port or https://host:port",
+                    o.endpoint
+                ),
+            ));
+        }
+        let compression = match o.compression.as_deref().unwrap_or("gzip") {
+            "none" => OtlpCompression::None,
+            "gzip" => OtlpCompression::Gzip,
+            other => {
+                return Err(self.invalid(
+                    &field("compression"),
+                    format!("{other:?}: expected none or gzip"),
+                ));
+            }
+        };
+        Ok(network::OtlpConfig {
+            endpoint: endpoint.to_string(),
+            compression,
+            headers: o.headers.clone(),
+            timeout: self.duration(&field("timeout"), &o.timeout)?,
+            forward: self.forward(
+                prefix,
+                ForwardFields {
+                    spool: &o.spool,
+                    dead_letter: o.dead_letter.as_deref(),
+                    max_request_size: o.max_request_size.as_deref(),
+                    drain_timeout: o.drain_timeout.as_deref(),
+                },
+                data_dir,
+            )?,
+        })
+    }
+}
+
+/// The fields `type: kafka` and `type: otlp` share.
+struct ForwardFields<'a> {
+    spool: &'a raw::RawSpool,
+    dead_letter: Option<&'a str>,
+    max_request_size: Option<&'a str>,
+    drain_timeout: Option<&'a str>,
+}
+
+/// Parses a topic template: literal text with `{field}` placeholders.
+pub fn parse_template(text: &str) -> Result<Vec<network::TemplatePart>, String> {
+    use network::TemplatePart;
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(TemplatePart::Literal(rest[..open].to_string()));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("{text:?}: `{{` without a closing `}}`"))?;
+        let name = after[..close].trim();
+        if name.is_empty() || name.contains('{') {
+            return Err(format!("{text:?}: empty or nested field name"));
+        }
+        parts.push(TemplatePart::Field(name.to_string()));
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("{text:?}: `}}` without an opening `{{`"));
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Literal(rest.to_string()));
+    }
+    if parts.is_empty() {
+        return Err("the topic is empty".into());
+    }
+    Ok(parts)
 }
 
 /// This machine's hostname, if it has one.

@@ -40,6 +40,9 @@ pub struct ForwardConfig {
     pub max_window_bytes: u64,
     /// ...and at most this many packages.
     pub max_window_packages: usize,
+    /// How long a closing sink keeps forwarding its spool before it stops (the rest
+    /// is forwarded after the restart).
+    pub drain_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -346,6 +346,146 @@ pub enum RawSink {
     Stdout {},
     /// Discards packages after acknowledging them (benchmarks, dry runs).
     Blackhole {},
+    /// Kafka (librdkafka), behind a durable spool on the node.
+    Kafka(Box<RawKafka>),
+    /// OTLP/HTTP logs (`<endpoint>/v1/logs`), behind a durable spool on the node.
+    Otlp(Box<RawOtlp>),
+}
+
+/// `type: kafka` (see docs/configuration.md).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// The topic: a name, or a template over source fields (`logs-{k8s.namespace}`).
+    pub topic: String,
+    /// The source field whose value keys messages (default: the source id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// kafka: none | lz4 | zstd | gzip | snappy (default lz4); otlp: none | gzip (default gzip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// `all` (default) or `1`.
+    #[serde(default = "default_acks")]
+    pub acks: String,
+    /// The idempotent producer (default on): no duplicates from the client's own retries.
+    #[serde(default = "default_true")]
+    pub idempotent: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawKafkaTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<RawKafkaSasl>,
+    /// librdkafka client properties passed through as they are.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// How long the client tries to deliver a message before the window is retried.
+    #[serde(default = "default_message_timeout")]
+    pub message_timeout: String,
+    #[serde(default)]
+    pub spool: RawSpool,
+    /// Records the destination refuses for good are appended here (NDJSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+    /// Body bytes of one request / produce round at most (default 4MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_size: Option<String>,
+    /// How long a stopping agent keeps forwarding its spool (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaTls {
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaSasl {
+    /// PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512.
+    pub mechanism: String,
+    pub username: String,
+    /// A file holding the password (a mounted Secret).
+    pub password_file: String,
+}
+
+/// `type: otlp` (see docs/configuration.md).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// `http://host:4318`: logs are posted to `<endpoint>/v1/logs`.
+    pub endpoint: String,
+    /// kafka: none | lz4 | zstd | gzip | snappy (default lz4); otlp: none | gzip (default gzip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// Extra request headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Bound on one request.
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: String,
+    #[serde(default)]
+    pub spool: RawSpool,
+    /// Records the destination refuses for good are appended here (NDJSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+    /// Body bytes of one request / produce round at most (default 4MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_size: Option<String>,
+    /// How long a stopping agent keeps forwarding its spool (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<String>,
+}
+
+/// The durable spool of a network sink.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// Default `<data_dir>/spool/<sink name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Bytes the spool may hold (default 1GiB).
+    #[serde(default = "default_spool_max_size")]
+    pub max_size: String,
+    /// block (default: reading waits) | drop_oldest (counted).
+    #[serde(default = "default_when_full")]
+    pub when_full: String,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        RawSpool {
+            path: None,
+            max_size: default_spool_max_size(),
+            when_full: default_when_full(),
+        }
+    }
+}
+
+fn default_acks() -> String {
+    "all".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_message_timeout() -> String {
+    "30s".into()
+}
+fn default_otlp_timeout() -> String {
+    "10s".into()
+}
+fn default_spool_max_size() -> String {
+    "1GiB".into()
+}
+fn default_when_full() -> String {
+    "block".into()
 }
 
 /// Rewrites the `oneOf` schema of an internally tagged enum (`{type: store, ...}`) into
@@ -468,9 +608,6 @@ fn default_cri_timeout() -> String {
 }
 fn default_cri_rescan_interval() -> String {
     "30s".into()
-}
-fn default_true() -> bool {
-    true
 }
 fn default_batch_max_size() -> String {
     "1MiB".into()

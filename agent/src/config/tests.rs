@@ -281,3 +281,111 @@ fn container_paths_read_files_inside_the_selected_containers() {
     );
     assert!(e.contains("sources[0].include"), "{e}");
 }
+
+#[test]
+fn network_sinks_parse_with_their_defaults() {
+    let yaml = "data_dir: /d\nsinks:\n  hub:\n    type: kafka\n    brokers: [\"127.0.0.1:9092\"]\n    topic: \"logs-{k8s.namespace}\"\n  otel:\n    type: otlp\n    endpoint: http://collector:4318/\n    headers: {authorization: Bearer x}\n    spool: {max_size: 10MiB, when_full: drop_oldest}\n    dead_letter: /d/otel-rejected.ndjson\n";
+    let c = Config::parse(yaml, "t.yaml").unwrap();
+    let SinkConfig::Kafka(k) = &c.sinks["hub"] else {
+        panic!("{:?}", c.sinks["hub"]);
+    };
+    use network::{KafkaCompression, OtlpCompression, TemplatePart, WhenFull};
+    assert_eq!(
+        k.topic,
+        vec![
+            TemplatePart::Literal("logs-".into()),
+            TemplatePart::Field("k8s.namespace".into())
+        ]
+    );
+    assert_eq!(k.compression, KafkaCompression::Lz4);
+    assert_eq!(k.acks, "all");
+    assert!(k.idempotent);
+    assert_eq!(k.key, None);
+    assert_eq!(k.forward.spool.path, PathBuf::from("/d/spool/hub"));
+    assert_eq!(k.forward.spool.max_bytes, 1 << 30);
+    assert_eq!(k.forward.spool.when_full, WhenFull::Block);
+    assert_eq!(k.forward.dead_letter, None);
+    let SinkConfig::Otlp(o) = &c.sinks["otel"] else {
+        panic!("{:?}", c.sinks["otel"]);
+    };
+    assert_eq!(o.endpoint, "http://collector:4318");
+    assert_eq!(o.compression, OtlpCompression::Gzip);
+    assert_eq!(o.headers["authorization"], "Bearer x");
+    assert_eq!(o.forward.spool.max_bytes, 10 << 20);
+    assert_eq!(o.forward.spool.when_full, WhenFull::DropOldest);
+    assert_eq!(o.forward.spool.path, PathBuf::from("/d/spool/otel"));
+}
+
+#[test]
+fn network_sink_errors_name_the_field() {
+    let cases = [
+        (
+            "type: kafka\n    brokers: []\n    topic: t",
+            "sinks.s.brokers",
+        ),
+        (
+            "type: kafka\n    brokers: [\"nohost\"]\n    topic: t",
+            "sinks.s.brokers[0]",
+        ),
+        (
+            "type: kafka\n    brokers: [\"h:1\"]\n    topic: \"a-{b\"",
+            "sinks.s.topic",
+        ),
+        (
+            "type: kafka\n    brokers: [\"h:1\"]\n    topic: t\n    compression: brotli",
+            "sinks.s.compression",
+        ),
+        (
+            "type: kafka\n    brokers: [\"h:1\"]\n    topic: t\n    acks: \"0\"",
+            "sinks.s.acks",
+        ),
+        (
+            "type: kafka\n    brokers: [\"h:1\"]\n    topic: t\n    spool: {when_full: panic}",
+            "sinks.s.spool.when_full",
+        ),
+        (
+            "type: kafka\n    brokers: [\"h:1\"]\n    topic: t\n    spool: {max_size: 1KiB}",
+            "sinks.s.spool.max_size",
+        ),
+        ("type: kafka\n    brokers: [\"h:1\"]\n    topci: t", "topci"),
+        (
+            "type: otlp\n    endpoint: collector:4318",
+            "sinks.s.endpoint",
+        ),
+        (
+            "type: otlp\n    endpoint: http://c:4318\n    compression: zstd",
+            "sinks.s.compression",
+        ),
+        (
+            "type: otlp\n    endpoint: http://c:4318\n    spool: {pth: /x}",
+            "pth",
+        ),
+    ];
+    for (sink, field) in cases {
+        let yaml = format!("sinks:\n  s:\n    {sink}\n");
+        let err = Config::parse(&yaml, "t.yaml").unwrap_err().to_string();
+        assert!(err.contains(field), "{sink}: {err}");
+    }
+}
+
+#[test]
+fn two_spools_on_one_directory_are_rejected() {
+    let yaml = "data_dir: /d\nsinks:\n  a: {type: otlp, endpoint: \"http://c:1\"}\n  b: {type: otlp, endpoint: \"http://c:2\", spool: {path: /d/spool/a}}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("sinks.b.spool.path"), "{err}");
+}
+
+#[test]
+fn topic_templates() {
+    assert!(parse_template("").is_err());
+    assert!(parse_template("a}").is_err());
+    assert!(parse_template("{}").is_err());
+    assert_eq!(
+        parse_template("{k8s.namespace}.{k8s.pod.label.app}").unwrap(),
+        vec![
+            network::TemplatePart::Field("k8s.namespace".into()),
+            network::TemplatePart::Literal(".".into()),
+            network::TemplatePart::Field("k8s.pod.label.app".into()),
+        ]
+    );
+}

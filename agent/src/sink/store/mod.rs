@@ -108,6 +108,8 @@ pub struct Store {
     /// When `idle` last ran retention.
     last_idle_retention: Option<SystemTime>,
     stats: StoreStats,
+    /// Whether the `logtap_store_*` gauges are this store's (see `without_gauges`).
+    gauges: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -231,6 +233,7 @@ impl Store {
             durability_lost: None,
             last_idle_retention: None,
             stats,
+            gauges: true,
         };
         store.enforce_retention(SystemTime::now());
         store.publish_gauges();
@@ -264,7 +267,17 @@ impl Store {
         self.sources.get(id)
     }
 
+    /// Stops this store from setting the `logtap_store_*` gauges: a spool is a store
+    /// too, and has gauges of its own.
+    pub fn without_gauges(mut self) -> Store {
+        self.gauges = false;
+        self
+    }
+
     fn publish_gauges(&self) {
+        if !self.gauges {
+            return;
+        }
         metrics::gauge!("logtap_store_bytes").set(self.total_bytes as f64);
         metrics::gauge!("logtap_store_segments").set(self.segments.len() as f64);
     }
@@ -445,6 +458,26 @@ impl Store {
             tracing::debug!(segment = %removed.path.display(), bytes = removed.len,
                 reason = if too_big { "size" } else { "age" }, "store: retention deleted a segment");
         }
+    }
+}
+
+impl Store {
+    /// Deletes the oldest segment unless it is the active one (for owners with their
+    /// own retention: the spool). Returns what was deleted.
+    pub fn delete_oldest_sealed(&mut self) -> io::Result<Option<SegmentIndex>> {
+        if self.segments.len() < 2 {
+            return Ok(None);
+        }
+        match std::fs::remove_file(&self.segments[0].path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let removed = self.segments.remove(0);
+        self.total_bytes -= removed.len;
+        self.dir_dirty = true;
+        self.publish_gauges();
+        Ok(Some(removed))
     }
 }
 

@@ -1,0 +1,477 @@
+//! The forwarder: the thread that moves a network sink's spool to its destination.
+//!
+//! It takes a window of durable blocks from the spool (at most
+//! `max_window_packages` packages and `max_window_bytes` body bytes), decodes them,
+//! hands them to the [`Destination`] and, once the destination acknowledged or refused
+//! every record, moves the spool cursor past them (fsynced) — only then may the spool
+//! delete them. A window that fails is sent again, the same window, after a capped
+//! exponential backoff (at least what the destination asked for with `Retry-After`),
+//! for as long as it takes: an outage fills the spool, not memory, and reading goes on.
+//!
+//! Records refused for good are counted by reason
+//! (`logtap_forward_rejected_records_total`, and `logtap_dropped_lines_total{reason=
+//! "sink_rejected"}`) and appended to the dead-letter file when one is configured.
+//!
+//! # Shutdown
+//!
+//! When the sink closes (agent stop, config change) the forwarder keeps draining the
+//! spool until it is empty or `drain_timeout` passed, then stops: what remains is in
+//! the spool and forwarded after the restart.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::destination::{Delivered, Destination, Rejected, SendError, SpooledPackage};
+use super::spool::{self, CursorFile, Shared, Spool, SpooledBlock};
+use super::store::render::{self, RecordView};
+use super::{Sink, SinkError};
+use crate::batch::Batch;
+use crate::config::network::ForwardConfig;
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A `Retry-After` longer than this is capped (a misbehaving peer cannot park us).
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+/// How often an idle forwarder wakes to refresh its age gauge.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// A network sink: the spool the pipeline writes into, and the forwarder thread that
+/// empties it. Dropping it closes the spool and joins the forwarder.
+pub struct NetworkSink {
+    spool: Spool,
+    shared: Arc<Shared>,
+    drain_timeout: Duration,
+    kind: &'static str,
+    forwarder: Option<JoinHandle<()>>,
+}
+
+impl NetworkSink {
+    /// Opens the spool of sink `name` and starts forwarding it to `destination`.
+    pub fn start(
+        name: &str,
+        config: &ForwardConfig,
+        destination: Box<dyn Destination>,
+    ) -> Result<NetworkSink, SinkError> {
+        let name: Arc<str> = Arc::from(name);
+        let (spool, shared) = Spool::open(name.clone(), config.spool.clone())?;
+        let kind = destination.kind();
+        let dead_letter = match &config.dead_letter {
+            Some(path) => Some(DeadLetter::open(path)?),
+            None => None,
+        };
+        let forwarder = Forwarder {
+            name: name.clone(),
+            dir: config.spool.path.clone(),
+            shared: shared.clone(),
+            destination,
+            dead_letter,
+            max_window_bytes: config.max_window_bytes,
+            max_window_packages: config.max_window_packages.max(1),
+            scratch: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("forward-{name}"))
+            .spawn(move || forwarder.run())?;
+        Ok(NetworkSink {
+            spool,
+            shared,
+            drain_timeout: config.drain_timeout,
+            kind,
+            forwarder: Some(handle),
+        })
+    }
+}
+
+impl NetworkSink {
+    /// The spool's counters so far.
+    pub fn stats(&self) -> spool::SpoolStats {
+        self.shared.lock().stats
+    }
+
+    /// Blocks durable in the spool and not yet acknowledged by the destination.
+    pub fn unforwarded(&self) -> usize {
+        let state = self.shared.lock();
+        state.pending.len() + state.in_flight.len()
+    }
+
+    /// The shared state, for tests that watch the forwarder.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Sink for NetworkSink {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        self.spool.write(batch)
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.spool.flush()
+    }
+    fn idle(&mut self) -> Result<(), SinkError> {
+        self.spool.idle()
+    }
+}
+
+impl Drop for NetworkSink {
+    fn drop(&mut self) {
+        self.spool.close(Instant::now() + self.drain_timeout);
+        if let Some(h) = self.forwarder.take()
+            && h.join().is_err()
+        {
+            tracing::error!(sink = self.kind, "forwarder thread panicked");
+        }
+    }
+}
+
+/// Records refused for good, as NDJSON (the file sink's shape plus `reject_reason`).
+struct DeadLetter {
+    path: PathBuf,
+    file: File,
+    line: Vec<u8>,
+}
+
+impl DeadLetter {
+    fn open(path: &Path) -> Result<DeadLetter, SinkError> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(DeadLetter {
+            path: path.to_path_buf(),
+            file,
+            line: Vec::new(),
+        })
+    }
+
+    fn write(
+        &mut self,
+        package: &SpooledPackage,
+        records: &[usize],
+        reason: &str,
+    ) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        for &i in records {
+            let Some(r) = package.package.records.get(i) else {
+                continue;
+            };
+            self.line.clear();
+            let view = RecordView {
+                source_id: package.source.id,
+                path: Some(&package.source.path),
+                package_id: package.package_id,
+                offset: r.offset,
+                timestamp_ns: r.timestamp_ns,
+                stream: r.stream,
+                flags: r.flags,
+                body: &r.body,
+                source_fields: &package.package.source_fields,
+            };
+            let fields = r.fields.iter().map(|(k, v)| (&k[..], &v[..]));
+            render::write_json_record(&mut self.line, &view, fields, false);
+            // `…}\n` → `…,"reject_reason":"<reason>"}\n`; reasons are plain labels.
+            self.line.truncate(self.line.len() - 2);
+            out.extend_from_slice(&self.line);
+            out.extend_from_slice(b",\"reject_reason\":\"");
+            out.extend(
+                reason
+                    .bytes()
+                    .filter(|b| b.is_ascii_alphanumeric() || *b == b'_'),
+            );
+            out.extend_from_slice(b"\"}\n");
+        }
+        self.file.write_all(&out)?;
+        self.file.sync_data()
+    }
+}
+
+struct Forwarder {
+    name: Arc<str>,
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    destination: Box<dyn Destination>,
+    dead_letter: Option<DeadLetter>,
+    max_window_bytes: u64,
+    max_window_packages: usize,
+    /// Compressed-block scratch for reading, reused.
+    scratch: Vec<u8>,
+}
+
+/// Why the forwarder stops sending a window.
+enum Stop {
+    /// The spool closed and the drain deadline passed.
+    Closing,
+}
+
+impl Forwarder {
+    fn run(mut self) {
+        let sink = self.name.to_string();
+        metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone()).set(1.0);
+        loop {
+            let Some(blocks) = self.take_window() else {
+                break;
+            };
+            let window = self.decode(&blocks);
+            let outcome = if window.is_empty() {
+                Ok(Delivered::default())
+            } else {
+                self.mark_sent(&blocks);
+                self.send_until_acknowledged(&window)
+            };
+            match outcome {
+                Ok(delivered) => {
+                    self.account(&window, &delivered);
+                    self.acknowledge(&blocks);
+                }
+                Err(Stop::Closing) => {
+                    // Put the window back: it stays in the spool for the next start.
+                    let mut state = self.shared.lock();
+                    for b in blocks.into_iter().rev() {
+                        state.in_flight.pop_back();
+                        state.pending.push_front(b);
+                    }
+                    break;
+                }
+            }
+        }
+        tracing::debug!(sink = %self.name, "forwarder stopped");
+    }
+
+    /// Waits for blocks and moves a window of them to `in_flight`. `None`: stop.
+    fn take_window(&mut self) -> Option<Vec<SpooledBlock>> {
+        let mut state = self.shared.lock();
+        loop {
+            self.publish_age(state.in_flight.front().or(state.pending.front()));
+            if !state.pending.is_empty() {
+                break;
+            }
+            if state.stop_at.is_some() {
+                return None;
+            }
+            state = self.shared.wait(state, IDLE_WAKE);
+        }
+        if state.stop_at.is_some_and(|t| Instant::now() >= t) {
+            return None;
+        }
+        let mut window = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(b) = state.pending.front() {
+            // Uncompressed payload size: close enough to body bytes for a bound.
+            let size = u64::from(b.header.uncompressed_len);
+            if !window.is_empty()
+                && (window.len() >= self.max_window_packages
+                    || bytes + size > self.max_window_bytes)
+            {
+                break;
+            }
+            bytes += size;
+            let b = state.pending.pop_front().expect("front exists");
+            state.in_flight.push_back(b.clone());
+            window.push(b);
+        }
+        Some(window)
+    }
+
+    /// Reads and decodes the blocks. A block that fails its CRC or does not decode is
+    /// damage on the node's disk: counted (`spool_corrupt`) and skipped.
+    fn decode(&mut self, blocks: &[SpooledBlock]) -> Vec<SpooledPackage> {
+        let mut out = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            match super::store::segment::read_block(&b.file, &b.meta(), &mut self.scratch) {
+                Ok(package) => out.push(SpooledPackage {
+                    seq: b.seq,
+                    source: b.source.clone(),
+                    package_id: b.header.package_id,
+                    package,
+                }),
+                Err(e) => {
+                    self.shared.lock().stats.corrupt_lines += u64::from(b.header.line_count);
+                    metrics::counter!("logtap_dropped_lines_total", "reason" => "spool_corrupt")
+                        .increment(u64::from(b.header.line_count));
+                    tracing::error!(sink = %self.name, seq = b.seq, error = %e,
+                        lines = b.header.line_count, "spool: damaged block skipped");
+                }
+            }
+        }
+        out
+    }
+
+    /// Records (without fsync) that the window is about to go out, and counts a
+    /// window re-sent after a restart as a replay.
+    fn mark_sent(&mut self, blocks: &[SpooledBlock]) {
+        let (first, last) = (blocks[0].seq, blocks[blocks.len() - 1].seq);
+        let replay_below = self.shared.lock().replay_below;
+        if first < replay_below {
+            let replayed = blocks.iter().filter(|b| b.seq < replay_below).count();
+            self.shared.lock().stats.replayed_packages += replayed as u64;
+            metrics::counter!("logtap_forward_replayed_packages_total", "sink" => self.name.to_string())
+                .increment(replayed as u64);
+        }
+        let cursor = CursorFile {
+            version: 1,
+            forwarded_below: first,
+            sent_below: (last + 1).max(replay_below),
+        };
+        if let Err(e) = spool::write_cursor(&self.dir, &cursor, false) {
+            tracing::warn!(sink = %self.name, error = %e, "spool: could not record a send");
+        }
+    }
+
+    fn send_until_acknowledged(&mut self, window: &[SpooledPackage]) -> Result<Delivered, Stop> {
+        let sink = self.name.to_string();
+        let records: u64 = window.iter().map(|p| p.package.records.len() as u64).sum();
+        let bytes: u64 = window.iter().map(SpooledPackage::body_bytes).sum();
+        let mut backoff = BACKOFF_START;
+        loop {
+            metrics::counter!("logtap_forward_records_total", "sink" => sink.clone())
+                .increment(records);
+            metrics::counter!("logtap_forward_bytes_total", "sink" => sink.clone())
+                .increment(bytes);
+            let started = Instant::now();
+            let result = self.destination.send(window);
+            metrics::histogram!("logtap_forward_request_seconds", "sink" => sink.clone())
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(delivered) => {
+                    metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone())
+                        .set(1.0);
+                    return Ok(delivered);
+                }
+                Err(e) => {
+                    metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone())
+                        .set(0.0);
+                    self.shared.lock().stats.retries += 1;
+                    metrics::counter!("logtap_forward_retries_total", "sink" => sink.clone(), "reason" => e.reason)
+                        .increment(1);
+                    let wait = retry_wait(&e, backoff);
+                    tracing::warn!(sink = %self.name, destination = self.destination.kind(),
+                        error = %e, retry_in = ?wait, "forwarding failed; the window stays in the spool");
+                    self.sleep_unless_closing(wait)?;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Sleeps `wait`, returning early with `Closing` once the drain deadline passed.
+    fn sleep_unless_closing(&self, wait: Duration) -> Result<(), Stop> {
+        let until = Instant::now() + wait;
+        let mut state = self.shared.lock();
+        loop {
+            let now = Instant::now();
+            if state.stop_at.is_some_and(|t| now >= t) {
+                return Err(Stop::Closing);
+            }
+            if now >= until {
+                return Ok(());
+            }
+            let limit = state.stop_at.map_or(until, |t| t.min(until));
+            state = self
+                .shared
+                .wait(state, limit.saturating_duration_since(now));
+        }
+    }
+
+    /// Counts what was delivered and refused, and writes refused records to the dead
+    /// letter file.
+    fn account(&mut self, window: &[SpooledPackage], delivered: &Delivered) {
+        let sink = self.name.to_string();
+        let mut rejected_total = delivered.rejected_unidentified;
+        if delivered.rejected_unidentified > 0 {
+            metrics::counter!("logtap_forward_rejected_records_total", "sink" => sink.clone(), "reason" => "partial_success")
+                .increment(delivered.rejected_unidentified);
+            tracing::error!(sink = %self.name, records = delivered.rejected_unidentified,
+                "destination refused records (partial success); dropped");
+        }
+        for r in &delivered.rejected {
+            let Some(package) = window.get(r.package) else {
+                continue;
+            };
+            let all: Vec<usize>;
+            let records: &[usize] = match &r.records {
+                Some(list) => list,
+                None => {
+                    all = (0..package.package.records.len()).collect();
+                    &all
+                }
+            };
+            rejected_total += records.len() as u64;
+            metrics::counter!("logtap_forward_rejected_records_total", "sink" => sink.clone(), "reason" => r.reason)
+                .increment(records.len() as u64);
+            tracing::error!(sink = %self.name, source = %package.source.id, package = package.package_id,
+                records = records.len(), reason = r.reason, detail = %r.detail,
+                dead_letter = self.dead_letter.as_ref().map(|d| d.path.display().to_string()),
+                "destination refused records for good");
+            self.dead_letter_write(package, records, r);
+        }
+        if rejected_total > 0 {
+            self.shared.lock().stats.rejected_lines += rejected_total;
+            metrics::counter!("logtap_dropped_lines_total", "reason" => "sink_rejected")
+                .increment(rejected_total);
+        }
+        let records: u64 = window.iter().map(|p| p.package.records.len() as u64).sum();
+        metrics::counter!("logtap_forward_acked_records_total", "sink" => sink)
+            .increment(records.saturating_sub(rejected_total));
+    }
+
+    fn dead_letter_write(&mut self, package: &SpooledPackage, records: &[usize], r: &Rejected) {
+        let Some(dl) = &mut self.dead_letter else {
+            return;
+        };
+        if let Err(e) = dl.write(package, records, r.reason) {
+            metrics::counter!("logtap_forward_dead_letter_errors_total", "sink" => self.name.to_string())
+                .increment(1);
+            tracing::error!(sink = %self.name, path = %dl.path.display(), error = %e,
+                "could not write refused records to the dead-letter file");
+        }
+    }
+
+    /// Moves the cursor past the window, durably, and wakes a writer waiting for room.
+    fn acknowledge(&mut self, blocks: &[SpooledBlock]) {
+        let cursor = {
+            let mut state = self.shared.lock();
+            for _ in blocks {
+                state.in_flight.pop_front();
+            }
+            debug_assert_eq!(state.check(), Ok(()));
+            CursorFile {
+                version: 1,
+                forwarded_below: state.cursor(),
+                sent_below: state.cursor().max(state.replay_below),
+            }
+        };
+        if let Err(e) = spool::write_cursor(&self.dir, &cursor, true) {
+            // Not fatal: the cursor only moves back, so the worst case is a re-send.
+            metrics::counter!("logtap_spool_cursor_errors_total", "sink" => self.name.to_string())
+                .increment(1);
+            tracing::warn!(sink = %self.name, error = %e, "spool: could not persist the cursor");
+        }
+        self.shared.notify();
+    }
+
+    fn publish_age(&self, oldest: Option<&SpooledBlock>) {
+        let age = oldest.map_or(0.0, |b| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            (now.saturating_sub(b.header.min_ts)).max(0) as f64 / 1e9
+        });
+        metrics::gauge!("logtap_spool_oldest_unforwarded_seconds", "sink" => self.name.to_string())
+            .set(age);
+    }
+}
+
+/// How long to wait before sending a failed window again: the backoff, or what the
+/// destination asked for if that is longer (capped).
+fn retry_wait(e: &SendError, backoff: Duration) -> Duration {
+    match e.retry_after {
+        Some(after) => after.min(RETRY_AFTER_MAX).max(backoff.min(BACKOFF_START)),
+        None => backoff,
+    }
+}
+
+#[cfg(test)]
+mod tests;

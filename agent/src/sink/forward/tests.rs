@@ -1,0 +1,395 @@
+//! The spool and the forwarder against a scripted destination: delivery, outages,
+//! restarts, full spools, refusals and damage, each with exact counts.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::batch::Batch;
+use crate::config::network::{ForwardConfig, SpoolConfig, WhenFull};
+use crate::frame::{Line, LineFlags, Stream};
+use crate::source::{SourceId, SourceInfo, SourceKind};
+
+/// What the scripted destination does and what it received.
+#[derive(Default)]
+struct Script {
+    /// While false every send fails with `unavailable`.
+    up: bool,
+    /// Package ids refused for good as a whole (`bad_request`).
+    refuse: BTreeSet<u64>,
+    /// Acknowledged records: (source id, package id, offset).
+    delivered: Vec<(u64, u64, u64)>,
+    /// Every send attempt's first seq, in order.
+    attempts: Vec<u64>,
+}
+
+#[derive(Clone)]
+struct Scripted(Arc<Mutex<Script>>);
+
+impl Destination for Scripted {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+    fn send(&mut self, window: &[SpooledPackage]) -> Result<Delivered, SendError> {
+        let mut s = self.0.lock().unwrap();
+        s.attempts.push(window[0].seq);
+        if !s.up {
+            return Err(SendError {
+                reason: "unavailable",
+                detail: "scripted outage".into(),
+                retry_after: Some(Duration::from_millis(5)),
+            });
+        }
+        let mut delivered = Delivered::default();
+        for (i, p) in window.iter().enumerate() {
+            if s.refuse.contains(&p.package_id) {
+                delivered.rejected.push(Rejected {
+                    package: i,
+                    records: None,
+                    reason: "bad_request",
+                    detail: "scripted refusal".into(),
+                });
+                continue;
+            }
+            for r in &p.package.records {
+                s.delivered.push((p.source.id.0, p.package_id, r.offset));
+            }
+        }
+        Ok(delivered)
+    }
+}
+
+fn source(id: u64) -> Arc<SourceInfo> {
+    Arc::new(SourceInfo {
+        id: SourceId(id),
+        kind: SourceKind::File,
+        path: format!("/var/log/app-{id}.log").into(),
+        config_name: Arc::from("test"),
+    })
+}
+
+/// Package `package_id` of `source`: `lines` records of 100 bytes at offsets
+/// `package_id * 1000 + i`.
+fn batch(source: &Arc<SourceInfo>, package_id: u64, lines: usize) -> Batch {
+    let base = package_id * 1000;
+    Batch {
+        source: source.clone(),
+        package_id,
+        lines: (0..lines)
+            .map(|i| Line {
+                offset: base + i as u64,
+                timestamp_ns: 1_700_000_000_000_000_000,
+                stream: Stream::None,
+                flags: LineFlags::empty(),
+                body: Bytes::from(format!("{package_id:06}-{i:04}-{}", noise(base + i as u64))),
+            })
+            .collect(),
+        fields: Vec::new(),
+        source_fields: Default::default(),
+        end_offset: base + lines as u64,
+    }
+}
+
+/// 88 characters lz4 cannot shrink much, so spool sizes are real.
+fn noise(seed: u64) -> String {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..11)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{:08x}", x as u32)
+        })
+        .collect()
+}
+
+fn config(dir: &std::path::Path, max_bytes: u64, when_full: WhenFull) -> ForwardConfig {
+    ForwardConfig {
+        spool: SpoolConfig {
+            path: dir.join("spool"),
+            max_bytes,
+            segment_bytes: (max_bytes / 4).max(4096),
+            when_full,
+        },
+        dead_letter: Some(dir.join("dead.ndjson")),
+        max_window_bytes: 64 * 1024,
+        max_window_packages: 8,
+        drain_timeout: Duration::from_millis(200),
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn expected(
+    source: u64,
+    packages: std::ops::RangeInclusive<u64>,
+    lines: usize,
+) -> Vec<(u64, u64, u64)> {
+    packages
+        .flat_map(|p| (0..lines as u64).map(move |i| (source, p, p * 1000 + i)))
+        .collect()
+}
+
+#[test]
+fn delivers_every_record_once_and_resumes_from_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script {
+        up: true,
+        ..Script::default()
+    }));
+    let src = source(7);
+    let config = config(dir.path(), 64 << 20, WhenFull::Block);
+    {
+        let mut sink =
+            NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+        for p in 1..=40 {
+            sink.write(&batch(&src, p, 10)).unwrap();
+            if p % 7 == 0 {
+                sink.flush().unwrap();
+            }
+        }
+        sink.flush().unwrap();
+        wait_until("delivery", || sink.unforwarded() == 0);
+        assert_eq!(sink.stats(), spool::SpoolStats::default());
+    }
+    assert_eq!(script.lock().unwrap().delivered, expected(7, 1..=40, 10));
+    let cursor = spool::read_cursor(&config.spool.path);
+    assert_eq!(cursor.forwarded_below, 40);
+
+    // A restart finds nothing to forward, then forwards only what is new.
+    let sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    assert_eq!(sink.unforwarded(), 0);
+    let mut sink = sink;
+    sink.write(&batch(&src, 41, 3)).unwrap();
+    sink.flush().unwrap();
+    wait_until("delivery after restart", || sink.unforwarded() == 0);
+    drop(sink);
+    let s = script.lock().unwrap();
+    assert_eq!(s.delivered.len(), 403);
+    assert_eq!(&s.delivered[400..], &expected(7, 41..=41, 3)[..]);
+}
+
+#[test]
+fn an_outage_does_not_stop_writing_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    let src = source(1);
+    let config = config(dir.path(), 64 << 20, WhenFull::Block);
+    let mut sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    for p in 1..=30 {
+        // Every write and flush succeeds at once: the spool takes it, not the network.
+        sink.write(&batch(&src, p, 20)).unwrap();
+        sink.flush().unwrap();
+    }
+    wait_until("retries", || script.lock().unwrap().attempts.len() >= 3);
+    assert_eq!(sink.unforwarded(), 30);
+    assert!(script.lock().unwrap().delivered.is_empty());
+    script.lock().unwrap().up = true;
+    wait_until("delivery", || sink.unforwarded() == 0);
+    assert!(sink.stats().retries >= 3, "{:?}", sink.stats());
+    drop(sink);
+    assert_eq!(script.lock().unwrap().delivered, expected(1, 1..=30, 20));
+}
+
+#[test]
+fn a_restart_during_an_outage_forwards_the_spool_and_counts_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    let src = source(2);
+    let config = config(dir.path(), 64 << 20, WhenFull::Block);
+    {
+        let mut sink =
+            NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+        for p in 1..=12 {
+            sink.write(&batch(&src, p, 5)).unwrap();
+        }
+        sink.flush().unwrap();
+        wait_until("a failed attempt", || {
+            !script.lock().unwrap().attempts.is_empty()
+        });
+        // Dropped while the destination is down: the drain gives up after 200 ms.
+    }
+    let cursor = spool::read_cursor(&config.spool.path);
+    assert_eq!(cursor.forwarded_below, 0);
+    assert_eq!(
+        cursor.sent_below, 8,
+        "the first window (8 packages) went out"
+    );
+
+    script.lock().unwrap().up = true;
+    let sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    wait_until("delivery", || sink.unforwarded() == 0);
+    assert_eq!(sink.stats().replayed_packages, 8);
+    drop(sink);
+    assert_eq!(script.lock().unwrap().delivered, expected(2, 1..=12, 5));
+}
+
+#[test]
+fn a_full_spool_blocks_writes_until_the_destination_drains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    let src = source(3);
+    let config = config(dir.path(), 256 * 1024, WhenFull::Block);
+    let mut sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    let mut written = 0u64;
+    let full = loop {
+        written += 1;
+        match sink.write(&batch(&src, written, 50)) {
+            Ok(()) => sink.flush().unwrap(),
+            Err(e) => break e,
+        }
+        assert!(written < 10_000, "the spool never filled");
+    };
+    assert!(
+        matches!(full, SinkError::Transient(ref m) if m.contains("full")),
+        "{full}"
+    );
+    let accepted = written - 1;
+    script.lock().unwrap().up = true;
+    // The same package is retried, as the sink worker does, and now fits.
+    wait_until("room", || sink.write(&batch(&src, written, 50)).is_ok());
+    sink.flush().unwrap();
+    wait_until("delivery", || sink.unforwarded() == 0);
+    assert_eq!(sink.stats().dropped_lines, 0);
+    drop(sink);
+    assert_eq!(
+        script.lock().unwrap().delivered,
+        expected(3, 1..=accepted + 1, 50)
+    );
+}
+
+#[test]
+fn drop_oldest_deletes_unforwarded_packages_and_counts_them_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    let src = source(4);
+    let config = config(dir.path(), 256 * 1024, WhenFull::DropOldest);
+    let mut sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    let total = 400u64;
+    for p in 1..=total {
+        sink.write(&batch(&src, p, 50)).unwrap();
+        sink.flush().unwrap();
+    }
+    let stats = sink.stats();
+    assert!(stats.dropped_packages > 0, "{stats:?}");
+    assert_eq!(stats.dropped_lines, stats.dropped_packages * 50);
+    script.lock().unwrap().up = true;
+    wait_until("delivery", || sink.unforwarded() == 0);
+    let stats = sink.stats();
+    drop(sink);
+    let delivered = script.lock().unwrap().delivered.clone();
+    // Every package is either delivered whole or counted as dropped, never both.
+    let packages: BTreeSet<u64> = delivered.iter().map(|d| d.1).collect();
+    assert_eq!(delivered.len() as u64, packages.len() as u64 * 50);
+    assert_eq!(packages.len() as u64 + stats.dropped_packages, total);
+    assert!(packages.contains(&total), "the newest package survives");
+}
+
+#[test]
+fn refused_packages_are_counted_and_dead_lettered_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script {
+        up: true,
+        refuse: [3, 5].into(),
+        ..Script::default()
+    }));
+    let src = source(5);
+    let config = config(dir.path(), 64 << 20, WhenFull::Block);
+    let mut sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    for p in 1..=6 {
+        sink.write(&batch(&src, p, 4)).unwrap();
+    }
+    sink.flush().unwrap();
+    wait_until("delivery", || sink.unforwarded() == 0);
+    assert_eq!(sink.stats().rejected_lines, 8);
+    drop(sink);
+    let s = script.lock().unwrap();
+    let delivered: BTreeSet<u64> = s.delivered.iter().map(|d| d.1).collect();
+    assert_eq!(delivered, [1, 2, 4, 6].into());
+    assert_eq!(s.attempts.len(), 1, "a refusal is never retried");
+    let dead = std::fs::read_to_string(dir.path().join("dead.ndjson")).unwrap();
+    let lines: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 8);
+    assert!(lines.iter().all(|l| l["reject_reason"] == "bad_request"));
+    assert_eq!(lines[0]["package_id"], 3);
+    assert_eq!(lines[4]["package_id"], 5);
+    assert_eq!(lines[0]["offset"], 3000);
+}
+
+#[test]
+fn a_damaged_block_is_skipped_and_counted_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    let src = source(6);
+    let mut config = config(dir.path(), 64 << 20, WhenFull::Block);
+    // One block per segment: the damaged one is sealed (the active segment's torn
+    // tail is the store's business).
+    config.spool.segment_bytes = 1;
+    {
+        let mut sink =
+            NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+        for p in 1..=3 {
+            sink.write(&batch(&src, p, 10)).unwrap();
+        }
+        sink.flush().unwrap();
+    }
+    let mut segments: Vec<_> = std::fs::read_dir(config.spool.path.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    assert_eq!(segments.len(), 3);
+    let mut bytes = std::fs::read(&segments[1]).unwrap();
+    bytes[80 + 5] ^= 0xff;
+    std::fs::write(&segments[1], &bytes).unwrap();
+
+    script.lock().unwrap().up = true;
+    let sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    wait_until("delivery", || sink.unforwarded() == 0);
+    assert_eq!(sink.stats().corrupt_lines, 10);
+    drop(sink);
+    let delivered: BTreeSet<u64> = script
+        .lock()
+        .unwrap()
+        .delivered
+        .iter()
+        .map(|d| d.1)
+        .collect();
+    assert_eq!(delivered, [1, 3].into());
+}
+
+#[test]
+fn forwarded_segments_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script {
+        up: true,
+        ..Script::default()
+    }));
+    let src = source(8);
+    let config = config(dir.path(), 1 << 20, WhenFull::Block);
+    let mut sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    for p in 1..=200 {
+        sink.write(&batch(&src, p, 50)).unwrap();
+        sink.flush().unwrap();
+    }
+    wait_until("delivery", || sink.unforwarded() == 0);
+    sink.idle().unwrap();
+    let segments = std::fs::read_dir(config.spool.path.join("segments"))
+        .unwrap()
+        .count();
+    assert_eq!(segments, 1, "only the active segment is left");
+    drop(sink);
+    assert_eq!(script.lock().unwrap().delivered.len(), 200 * 50);
+}
