@@ -81,9 +81,15 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
         SinkConfig::File { path } => Box::new(file::FileSink::open(path)?),
         SinkConfig::Stdout => Box::new(stdout::StdoutSink::new()),
         SinkConfig::Null => Box::new(null::NullSink::new()),
-        // Replaced by `forward::NetworkSink::start(name, &k.forward, destination)` when
-        // the kafka destination lands.
-        SinkConfig::Kafka(_) => return Err(not_built(name, "kafka")),
+        SinkConfig::Kafka(k) => {
+            let destination = kafka::KafkaDestination::new(k)
+                .map_err(|e| SinkError::Rejected(format!("sink {name:?}: {e}")))?;
+            Box::new(forward::NetworkSink::start(
+                name,
+                &k.forward,
+                Box::new(destination),
+            )?)
+        }
         // Replaced likewise when the otlp destination lands.
         SinkConfig::Otlp(_) => return Err(not_built(name, "otlp")),
     })

@@ -104,8 +104,8 @@ impl Broker {
             bin,
             dir: tempfile::tempdir().unwrap(),
             child: None,
-            broker_port: super::free_port(),
-            port: super::free_port(),
+            broker_port: crate::common::free_port(),
+            port: crate::common::free_port(),
             relay: None,
             topics: Vec::new(),
         };
