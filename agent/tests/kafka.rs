@@ -78,7 +78,10 @@ fn package(
         Bytes::from(format!("pod{}", source.id.0)),
     )];
     if let Some(ns) = namespace {
-        source_fields.push((Bytes::from_static(b"k8s.namespace"), Bytes::from(ns.to_owned())));
+        source_fields.push((
+            Bytes::from_static(b"k8s.namespace"),
+            Bytes::from(ns.to_owned()),
+        ));
     }
     let records = (0..n)
         .map(|i| Record {
@@ -91,7 +94,7 @@ fn package(
                 source.id.0,
                 "x".repeat(60)
             )),
-            fields: if i % 2 == 0 {
+            fields: if i.is_multiple_of(2) {
                 vec![(Bytes::from_static(b"level"), Bytes::from_static(b"info"))]
             } else {
                 Vec::new()
@@ -119,40 +122,59 @@ fn assert_exactly(window: &[SpooledPackage], msgs: &[Msg]) {
     let mut sorted: Vec<&Msg> = msgs.iter().collect();
     sorted.sort_by_key(|m| (m.topic.clone(), m.partition, m.offset));
     for m in sorted {
-        let source_id = m.header("logtap.source_id").expect("source_id header").to_owned();
+        let source_id = m
+            .header("logtap.source_id")
+            .expect("source_id header")
+            .to_owned();
         let offset: u64 = m.header("logtap.offset").unwrap().parse().unwrap();
         let package_id: u64 = m.header("logtap.package_id").unwrap().parse().unwrap();
         let json = m.json();
         assert_eq!(json["source_id"], source_id.as_str());
         assert_eq!(json["offset"], offset);
         assert_eq!(json["package_id"], package_id);
-        assert_eq!(m.key.as_deref(), Some(source_id.as_bytes()), "key is the source id");
+        assert_eq!(
+            m.key.as_deref(),
+            Some(source_id.as_bytes()),
+            "key is the source id"
+        );
         assert_eq!(offset / 1_000_000, package_id);
         let body = json["body"].as_str().unwrap();
         let id = u64::from_str_radix(&source_id, 16).unwrap();
-        assert!(body.starts_with(&format!("src={id} pkg={package_id} i=")), "{body}");
+        assert!(
+            body.starts_with(&format!("src={id} pkg={package_id} i=")),
+            "{body}"
+        );
         assert_eq!(json["resource"]["k8s.pod"], format!("pod{id}"));
         let i = (offset % 1_000_000) / 100;
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             assert_eq!(json["fields"]["level"], "info");
         }
         let p = *partition_of.entry(source_id.clone()).or_insert(m.partition);
         assert_eq!(p, m.partition, "source {source_id} stays in one partition");
         if let Some(&(_, _, prev)) = last_offset.get(&source_id) {
-            assert!(offset > prev, "source {source_id}: offset {offset} after {prev}");
+            assert!(
+                offset > prev,
+                "source {source_id}: offset {offset} after {prev}"
+            );
         }
         last_offset.insert(source_id.clone(), (m.partition, m.offset, offset));
         *seen.entry((source_id, offset)).or_default() += 1;
     }
     let dups: Vec<_> = seen.iter().filter(|&(_, &n)| n > 1).collect();
-    assert!(dups.is_empty(), "duplicates: {:?}", &dups[..dups.len().min(5)]);
+    assert!(
+        dups.is_empty(),
+        "duplicates: {:?}",
+        &dups[..dups.len().min(5)]
+    );
     assert_eq!(seen.len(), expected, "every record once");
     assert_eq!(msgs.len(), expected);
 }
 
 #[test]
 fn a_window_arrives_once_in_order_with_headers_key_and_body() {
-    let Some(mut broker) = Broker::start() else { return };
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
     broker.create_topic("logs", 3);
     let mut dest = KafkaDestination::new(&config(&broker, fixed("logs"))).unwrap();
     assert_eq!(dest.kind(), "kafka");
@@ -182,7 +204,9 @@ fn a_window_arrives_once_in_order_with_headers_key_and_body() {
 
 #[test]
 fn a_topic_template_routes_namespaces_to_their_topics() {
-    let Some(mut broker) = Broker::start() else { return };
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
     for t in ["logs-shop", "logs-billing", "logs-unknown"] {
         broker.create_topic(t, 2);
     }
@@ -210,7 +234,9 @@ fn a_topic_template_routes_namespaces_to_their_topics() {
 
 #[test]
 fn compressed_with_every_codec() {
-    let Some(mut broker) = Broker::start() else { return };
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
     for (i, codec) in [
         KafkaCompression::Lz4,
         KafkaCompression::Zstd,
@@ -227,7 +253,10 @@ fn compressed_with_every_codec() {
         cfg.compression = codec;
         let mut dest = KafkaDestination::new(&cfg).unwrap();
         let s = source(100 + i as u64);
-        let window = vec![package(1, &s, Some("ns"), 0, 300), package(2, &s, Some("ns"), 1, 300)];
+        let window = vec![
+            package(1, &s, Some("ns"), 0, 300),
+            package(2, &s, Some("ns"), 1, 300),
+        ];
         dest.send(&window).expect("send");
         let msgs = broker.consume(&topic, 600, CONSUME);
         assert_exactly(&window, &msgs);
@@ -236,7 +265,9 @@ fn compressed_with_every_codec() {
 
 #[test]
 fn a_stopped_broker_fails_the_window_in_time_and_the_retry_delivers_it() {
-    let Some(mut broker) = Broker::start() else { return };
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
     broker.create_topic("logs", 2);
     let mut cfg = config(&broker, fixed("logs"));
     cfg.message_timeout = Duration::from_secs(3);
@@ -247,13 +278,22 @@ fn a_stopped_broker_fails_the_window_in_time_and_the_retry_delivers_it() {
     assert_exactly(&first, &broker.consume("logs", 500, CONSUME));
 
     broker.kill();
-    let second = vec![package(2, &s, Some("ns"), 1, 500), package(3, &s, Some("ns"), 2, 500)];
+    let second = vec![
+        package(2, &s, Some("ns"), 1, 500),
+        package(3, &s, Some("ns"), 2, 500),
+    ];
     let t = Instant::now();
     let err = dest.send(&second).expect_err("the broker is down");
     let took = t.elapsed();
     eprintln!("send with the broker down: {err} after {took:?}");
-    assert!(took < Duration::from_secs(3) + Duration::from_secs(5), "{took:?}");
-    assert!(took >= Duration::from_secs(2), "librdkafka tried until its timeout: {took:?}");
+    assert!(
+        took < Duration::from_secs(3) + Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "librdkafka tried until its timeout: {took:?}"
+    );
 
     // Back (empty: memory storage), the same window again: everything, once.
     broker.restart();
@@ -268,7 +308,9 @@ fn a_stopped_broker_fails_the_window_in_time_and_the_retry_delivers_it() {
 /// does not create topics), so its records time out while the others are delivered.
 #[test]
 fn a_retry_skips_what_the_failed_attempt_delivered() {
-    let Some(mut broker) = Broker::start() else { return };
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
     broker.create_topic("t-a", 2);
     let template = vec![
         TemplatePart::Literal("t-".into()),
@@ -291,7 +333,11 @@ fn a_retry_skips_what_the_failed_attempt_delivered() {
     broker.create_topic("t-b", 2);
     let delivered = dest.send(&window).expect("retry");
     assert!(delivered.rejected.is_empty());
-    assert_eq!(dest.last_skipped(), 600, "t-a's records were delivered by the first attempt");
+    assert_eq!(
+        dest.last_skipped(),
+        600,
+        "t-a's records were delivered by the first attempt"
+    );
     let on_a = broker.consume("t-a", 600, CONSUME);
     assert_exactly(&[window[0].clone(), window[2].clone()], &on_a);
     let on_b = broker.consume("t-b", 400, CONSUME);
@@ -307,18 +353,27 @@ fn a_retry_skips_what_the_failed_attempt_delivered() {
 /// package and window is delivered.
 #[test]
 fn a_record_too_large_is_rejected_alone() {
-    let Some(mut broker) = Broker::start() else { return };
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
     broker.create_topic("logs", 1);
     let mut cfg = config(&broker, fixed("logs"));
-    cfg.properties.insert("message.max.bytes".into(), "4000".into());
+    cfg.properties
+        .insert("message.max.bytes".into(), "4000".into());
     let mut dest = KafkaDestination::new(&cfg).unwrap();
     let s = source(5);
-    let mut window = vec![package(1, &s, Some("ns"), 0, 10), package(2, &s, Some("ns"), 1, 10)];
+    let mut window = vec![
+        package(1, &s, Some("ns"), 0, 10),
+        package(2, &s, Some("ns"), 1, 10),
+    ];
     window[1].package.records[3].body = Bytes::from(vec![b'y'; 10_000]);
     let delivered = dest.send(&window).expect("send");
     assert_eq!(delivered.rejected.len(), 1, "{delivered:?}");
     let r = &delivered.rejected[0];
-    assert_eq!((r.package, r.records.as_deref(), r.reason), (1, Some(&[3][..]), "too_large"));
+    assert_eq!(
+        (r.package, r.records.as_deref(), r.reason),
+        (1, Some(&[3][..]), "too_large")
+    );
     let msgs = broker.consume("logs", 19, CONSUME);
     assert_eq!(msgs.len(), 19);
     assert!(msgs.iter().all(|m| m.value.len() < 4000));
@@ -330,11 +385,12 @@ fn a_record_too_large_is_rejected_alone() {
 /// lost in the cut, bounded by what was in flight.
 #[test]
 fn a_network_cut_mid_window_loses_nothing() {
-    let Some(mut broker) = Broker::start() else { return };
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
     broker.create_topic("logs", 3);
     let mut cfg = config(&broker, fixed("logs"));
     cfg.message_timeout = Duration::from_secs(3);
-    cfg.idempotent = std::env::var_os("IDEM0").is_none();
     let mut dest = KafkaDestination::new(&cfg).unwrap();
     let sources: Vec<_> = (1..=3).map(|i| source(0x500 + i)).collect();
     let mut window = Vec::new();
@@ -352,7 +408,12 @@ fn a_network_cut_mid_window_loses_nothing() {
             loop {
                 let t = Instant::now();
                 let r = dest.send(&window);
-                eprintln!("attempt: {:?} after {:?}, skipped {}", r.as_ref().err().map(|e| e.to_string()), t.elapsed(), dest.last_skipped());
+                eprintln!(
+                    "attempt: {:?} after {:?}, skipped {}",
+                    r.as_ref().err().map(|e| e.to_string()),
+                    t.elapsed(),
+                    dest.last_skipped()
+                );
                 attempts.push((r.is_ok(), dest.last_skipped()));
                 if r.is_ok() {
                     return attempts;
@@ -389,9 +450,22 @@ fn a_network_cut_mid_window_loses_nothing() {
         *count.entry(key).or_default() += 1;
     }
     let dups = msgs.len() - count.len();
-    eprintln!("{} messages, {} distinct records, {dups} duplicates", msgs.len(), count.len());
+    eprintln!(
+        "{} messages, {} distinct records, {dups} duplicates",
+        msgs.len(),
+        count.len()
+    );
     assert_eq!(count.len(), total, "every record arrived");
-    assert!(attempts.len() >= 2, "the cut failed an attempt: {attempts:?}");
-    assert!(attempts.last().unwrap().1 > 0, "the retry skipped what was delivered");
-    assert!(dups <= total / 10, "duplicates bounded by what was in flight: {dups}");
+    assert!(
+        attempts.len() >= 2,
+        "the cut failed an attempt: {attempts:?}"
+    );
+    assert!(
+        attempts.last().unwrap().1 > 0,
+        "the retry skipped what was delivered"
+    );
+    assert!(
+        dups <= total / 10,
+        "duplicates bounded by what was in flight: {dups}"
+    );
 }

@@ -244,8 +244,18 @@ impl KafkaDestination {
     fn produce_window(&mut self, window: &[SpooledPackage]) {
         let base = self.reports().base;
         for (p, sp) in window.iter().enumerate() {
-            render_topic(&self.topic, &sp.source, &sp.package.source_fields, &mut self.topic_buf);
-            render_key(self.key.as_deref(), &sp.source, &sp.package.source_fields, &mut self.key_buf);
+            render_topic(
+                &self.topic,
+                &sp.source,
+                &sp.package.source_fields,
+                &mut self.topic_buf,
+            );
+            render_key(
+                self.key.as_deref(),
+                &sp.source,
+                &sp.package.source_fields,
+                &mut self.key_buf,
+            );
             self.source_id_buf.clear();
             let _ = write!(self.source_id_buf, "{:016x}", sp.source.id.0);
             self.package_id_buf.clear();
@@ -398,7 +408,12 @@ impl Destination for KafkaDestination {
         let mut skipped = 0;
         {
             let base = self.next_opaque;
-            let mut guard = self.producer.context().reports.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self
+                .producer
+                .context()
+                .reports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let r = &mut *guard;
             r.base = base;
             r.outcomes.clear();
@@ -482,7 +497,11 @@ fn settle(
         for (reason, code, records) in refused {
             rejected.push(Rejected {
                 package: p,
-                records: if records.len() == n { None } else { Some(records) },
+                records: if records.len() == n {
+                    None
+                } else {
+                    Some(records)
+                },
                 reason,
                 detail: code.to_string(),
             });
@@ -552,12 +571,8 @@ fn client_config(config: &KafkaConfig) -> Result<ClientConfig, String> {
         }
     }
     if let Some(sasl) = &config.sasl {
-        let password = std::fs::read_to_string(&sasl.password_file).map_err(|e| {
-            format!(
-                "sasl.password_file {}: {e}",
-                sasl.password_file.display()
-            )
-        })?;
+        let password = std::fs::read_to_string(&sasl.password_file)
+            .map_err(|e| format!("sasl.password_file {}: {e}", sasl.password_file.display()))?;
         c.set("sasl.mechanisms", &sasl.mechanism)
             .set("sasl.username", &sasl.username)
             .set("sasl.password", password.trim_end_matches(['\r', '\n']));
@@ -635,5 +650,222 @@ fn render_key(
         out.extend_from_slice(v);
     } else {
         let _ = std::io::Write::write_fmt(out, format_args!("{:016x}", source.id.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::batch::codec::{Package, Record};
+    use crate::frame::{LineFlags, Stream};
+    use crate::source::{SourceId, SourceKind};
+
+    fn source() -> SourceInfo {
+        SourceInfo {
+            id: SourceId(0xab),
+            kind: SourceKind::CriFile,
+            path: "/var/log/pods/ns_pod_uid/app/0.log".into(),
+            config_name: Arc::from("pods"),
+        }
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<(Bytes, Bytes)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (Bytes::from(k.to_string()), Bytes::from(v.to_string())))
+            .collect()
+    }
+
+    fn topic(template: &[TemplatePart], f: &[(&str, &str)]) -> String {
+        let mut out = String::new();
+        render_topic(template, &source(), &fields(f), &mut out);
+        out
+    }
+
+    fn lit(s: &str) -> TemplatePart {
+        TemplatePart::Literal(s.into())
+    }
+
+    fn field(s: &str) -> TemplatePart {
+        TemplatePart::Field(s.into())
+    }
+
+    #[test]
+    fn topic_templates_render_fields_and_the_source_s_own() {
+        let t = [lit("logs-"), field("k8s.namespace")];
+        assert_eq!(topic(&t, &[("k8s.namespace", "shop")]), "logs-shop");
+        assert_eq!(topic(&t, &[]), "logs-unknown");
+        assert_eq!(topic(&t, &[("k8s.namespace", "")]), "logs-unknown");
+        let t = [field("source.kind"), lit("."), field("source.config")];
+        assert_eq!(topic(&t, &[]), "cri_file.pods");
+        // A source field of that name wins over the source's own.
+        assert_eq!(topic(&t, &[("source.kind", "x")]), "x.pods");
+    }
+
+    #[test]
+    fn topics_are_sanitized_to_kafka_s_alphabet_and_length() {
+        let t = [lit("logs-"), field("app")];
+        assert_eq!(topic(&t, &[("app", "a/b c:ü")]), "logs-a_b_c___");
+        let long = "x".repeat(400);
+        assert_eq!(topic(&t, &[("app", &long)]).len(), MAX_TOPIC_LEN);
+        assert_eq!(topic(&[field("app")], &[("app", ".")]), "_");
+        assert_eq!(topic(&[field("app")], &[("app", "..")]), "__");
+        assert_eq!(topic(&[], &[]), "unknown");
+    }
+
+    #[test]
+    fn the_key_is_the_named_field_or_the_source_id() {
+        let f = fields(&[("k8s.pod", "web-1")]);
+        let mut key = Vec::new();
+        render_key(None, &source(), &f, &mut key);
+        assert_eq!(key, b"00000000000000ab");
+        render_key(Some("k8s.pod"), &source(), &f, &mut key);
+        assert_eq!(key, b"web-1");
+        render_key(Some("k8s.container"), &source(), &f, &mut key);
+        assert_eq!(key, b"00000000000000ab", "a missing field keys by source");
+        render_key(Some("source.config"), &source(), &f, &mut key);
+        assert_eq!(key, b"pods");
+    }
+
+    #[test]
+    fn errors_are_permanent_only_for_what_a_retry_cannot_fix() {
+        use RDKafkaErrorCode as E;
+        assert_eq!(
+            classify(E::MessageSizeTooLarge),
+            Class::Permanent("too_large")
+        );
+        assert_eq!(classify(E::InvalidTopic), Class::Permanent("invalid_topic"));
+        assert_eq!(
+            classify(E::InvalidRecord),
+            Class::Permanent("invalid_record")
+        );
+        assert_eq!(classify(E::MessageTimedOut), Class::Retriable("timeout"));
+        assert_eq!(classify(E::PurgeQueue), Class::Retriable("timeout"));
+        assert_eq!(
+            classify(E::UnknownTopicOrPartition),
+            Class::Retriable("unknown_topic")
+        );
+        assert_eq!(
+            classify(E::TopicAuthorizationFailed),
+            Class::Retriable("unauthorized")
+        );
+        assert_eq!(classify(E::AllBrokersDown), Class::Retriable("unavailable"));
+        assert_eq!(
+            classify(E::ProducerFenced),
+            Class::Retriable("broker_error")
+        );
+    }
+
+    fn spooled(seq: u64, n: usize) -> SpooledPackage {
+        SpooledPackage {
+            seq,
+            source: Arc::new(source()),
+            package_id: seq,
+            package: Package {
+                source_fields: Vec::new(),
+                records: (0..n)
+                    .map(|i| Record {
+                        offset: i as u64,
+                        timestamp_ns: 0,
+                        stream: Stream::Stdout,
+                        flags: LineFlags::empty(),
+                        body: Bytes::from_static(b"x"),
+                        fields: Vec::new(),
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn settle_groups_refusals_by_package_and_fails_on_any_retriable_error() {
+        use Outcome::{Delivered as D, Failed as F, Skipped as S};
+        let window = [spooled(1, 3), spooled(2, 2)];
+        let starts = [0, 3];
+        let too_large = F(RDKafkaErrorCode::MessageSizeTooLarge);
+        let ok = settle(&window, &starts, &[D, too_large, S, too_large, too_large]).unwrap();
+        assert_eq!(ok.rejected.len(), 2);
+        assert_eq!(
+            (
+                ok.rejected[0].package,
+                ok.rejected[0].records.clone(),
+                ok.rejected[0].reason
+            ),
+            (0, Some(vec![1]), "too_large")
+        );
+        assert_eq!(
+            (ok.rejected[1].package, ok.rejected[1].records.clone()),
+            (1, None)
+        );
+        let timeout = F(RDKafkaErrorCode::MessageTimedOut);
+        let err = settle(&window, &starts, &[D, too_large, timeout, D, timeout]).unwrap_err();
+        assert_eq!(err.reason, "timeout");
+        assert!(err.detail.starts_with("2 of 5 records"), "{}", err.detail);
+    }
+
+    #[test]
+    fn settings_map_to_librdkafka_properties_and_passthrough_wins() {
+        use crate::config::network::*;
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("pw");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let mut config = KafkaConfig {
+            brokers: vec!["a:9092".into(), "b:9092".into()],
+            topic: vec![lit("t")],
+            key: None,
+            compression: KafkaCompression::Zstd,
+            acks: "all".into(),
+            idempotent: false,
+            tls: Some(KafkaTls {
+                ca_file: Some("/ca.pem".into()),
+                cert_file: None,
+                key_file: None,
+            }),
+            sasl: Some(KafkaSasl {
+                mechanism: "SCRAM-SHA-512".into(),
+                username: "u".into(),
+                password_file: password,
+            }),
+            properties: [("linger.ms".to_string(), "50".to_string())].into(),
+            message_timeout: Duration::from_secs(30),
+            forward: ForwardConfig {
+                spool: SpoolConfig {
+                    path: "/x".into(),
+                    max_bytes: 1,
+                    segment_bytes: 1,
+                    when_full: WhenFull::Block,
+                },
+                dead_letter: None,
+                max_window_bytes: 1,
+                max_window_packages: 1,
+                drain_timeout: Duration::from_secs(1),
+            },
+        };
+        let c = client_config(&config).unwrap();
+        assert_eq!(c.get("bootstrap.servers"), Some("a:9092,b:9092"));
+        assert_eq!(c.get("compression.codec"), Some("zstd"));
+        assert_eq!(c.get("enable.idempotence"), Some("false"));
+        assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("1"));
+        assert_eq!(c.get("message.timeout.ms"), Some("30000"));
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("ssl.ca.location"), Some("/ca.pem"));
+        assert_eq!(c.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("sasl.password"), Some("s3cret"));
+        assert_eq!(c.get("linger.ms"), Some("50"));
+        config.idempotent = true;
+        config.sasl.as_mut().unwrap().password_file = dir.path().join("missing");
+        assert!(
+            client_config(&config)
+                .unwrap_err()
+                .contains("password_file")
+        );
+        config.sasl = None;
+        let c = client_config(&config).unwrap();
+        assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("5"));
+        assert_eq!(c.get("security.protocol"), Some("ssl"));
     }
 }

@@ -96,5 +96,7 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
 }
 
 fn not_built(name: &str, kind: &str) -> SinkError {
-    SinkError::Rejected(format!("sink {name:?}: the {kind} destination is not in this build yet"))
+    SinkError::Rejected(format!(
+        "sink {name:?}: the {kind} destination is not in this build yet"
+    ))
 }
