@@ -302,10 +302,10 @@ impl Forwarder {
     /// Records (without fsync) that the window is about to go out, and counts a
     /// window re-sent after a restart as a replay.
     fn mark_sent(&mut self, blocks: &[SpooledBlock]) {
-        let (first, last) = (blocks[0].seq, blocks[blocks.len() - 1].seq);
+        let (first, end) = (blocks[0].at, blocks[blocks.len() - 1].end());
         let replay_below = self.shared.lock().replay_below;
         if first < replay_below {
-            let replayed = blocks.iter().filter(|b| b.seq < replay_below).count();
+            let replayed = blocks.iter().filter(|b| b.at < replay_below).count();
             self.shared.lock().stats.replayed_packages += replayed as u64;
             metrics::counter!("logtap_forward_replayed_packages_total", "sink" => self.name.to_string())
                 .increment(replayed as u64);
@@ -313,7 +313,7 @@ impl Forwarder {
         let cursor = CursorFile {
             version: 1,
             forwarded_below: first,
-            sent_below: (last + 1).max(replay_below),
+            sent_below: end.max(replay_below),
         };
         if let Err(e) = spool::write_cursor(&self.dir, &cursor, false) {
             tracing::warn!(sink = %self.name, error = %e, "spool: could not record a send");

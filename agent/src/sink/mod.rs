@@ -10,6 +10,7 @@ pub mod file;
 pub mod forward;
 pub mod kafka;
 pub mod null;
+pub mod otlp;
 pub mod spool;
 pub mod stdout;
 pub mod store;
@@ -67,6 +68,7 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
             segment_bytes,
             max_bytes,
             max_age,
+            min_free,
         } => Box::new(
             store::Store::open(
                 path,
@@ -74,6 +76,7 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
                     segment_bytes: *segment_bytes,
                     max_bytes: *max_bytes,
                     max_age: *max_age,
+                    min_free: *min_free,
                 },
             )
             .map_err(|e| SinkError::Transient(e.to_string()))?,

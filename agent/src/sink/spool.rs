@@ -9,9 +9,10 @@
 //!
 //! A spool *is* a local [`Store`] (same segments, CRCs, torn-tail repair, source
 //! table) with its own retention: the node keeps one durable format, and a network
-//! sink is a cursor over it. Every block has a spool-wide sequence number (its
-//! segment's first sequence number plus its index in the segment), and the cursor is
-//! one such number.
+//! sink is a cursor over it. A block's place in the spool is a [`SpoolPos`]: its
+//! segment (the segment file's first sequence number) and its byte position in it.
+//! Positions, unlike block counts, do not shift when a damaged block is skipped, so a
+//! cursor saved before the damage still means the same block after it.
 //!
 //! # The two halves
 //!
@@ -25,8 +26,9 @@
 //!
 //! # Invariants (of [`State`], checked in the tests)
 //!
-//! 1. `in_flight` and `pending` hold increasing sequence numbers, every one of
-//!    `in_flight` below every one of `pending`: the forwarder takes from the front.
+//! 1. `in_flight` and `pending` hold increasing positions, every one of `in_flight`
+//!    below every one of `pending` and all below `published_end`: the forwarder takes
+//!    from the front.
 //! 2. Every block below [`State::cursor`] was acknowledged, refused for good (counted)
 //!    or dropped by `when_full: drop_oldest` (counted); the blocks at or above it that
 //!    are still on disk are in `in_flight` or `pending`, or not yet flushed.
@@ -35,8 +37,8 @@
 //!
 //! # The cursor file
 //!
-//! `{"version":1,"forwarded_below":N,"sent_below":M}`, replaced atomically (tmp +
-//! rename). `forwarded_below` is the cursor, written with an fsync after every
+//! `{"version":1,"forwarded_below":P,"sent_below":Q}` (positions as
+//! `{"segment":S,"position":B}`), replaced atomically (tmp + rename). `forwarded_below` is the cursor, written with an fsync after every
 //! acknowledged window: at start, forwarding resumes there. `sent_below` is written
 //! (without fsync: it must only survive the process, not the machine) before a window
 //! goes out; blocks in `[forwarded_below, sent_below)` at start may already be at the
@@ -63,22 +65,51 @@ const CURSOR_FILE: &str = "cursor";
 /// to free space before reporting a transient error (the sink worker retries).
 const FULL_WAIT: Duration = Duration::from_millis(500);
 
+/// Where a block is: its segment's first sequence number, then its byte position.
+/// Ordered as the blocks are written.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct SpoolPos {
+    pub segment: u64,
+    pub position: u64,
+}
+
 /// One durable block the forwarder may send.
 #[derive(Clone, Debug)]
 pub struct SpooledBlock {
+    pub at: SpoolPos,
+    /// Increases by one per block in this process (what a destination sees as
+    /// `SpooledPackage::seq`); not persisted.
     pub seq: u64,
     /// The segment, open for reading: a segment deleted by `drop_oldest` while the
     /// block is in flight stays readable.
     pub file: Arc<File>,
-    pub position: u64,
     pub header: BlockHeader,
     pub source: Arc<SourceInfo>,
 }
 
 impl SpooledBlock {
+    /// The position just past this block.
+    pub fn end(&self) -> SpoolPos {
+        SpoolPos {
+            segment: self.at.segment,
+            position: self.at.position + self.header.block_len(),
+        }
+    }
+
     pub fn meta(&self) -> crate::sink::store::segment::BlockMeta {
         crate::sink::store::segment::BlockMeta {
-            position: self.position,
+            position: self.at.position,
             header: self.header,
         }
     }
@@ -91,11 +122,11 @@ pub struct State {
     pub in_flight: VecDeque<SpooledBlock>,
     /// Durable blocks waiting to be taken.
     pub pending: VecDeque<SpooledBlock>,
-    /// Sequence number after the last published (durable) block.
-    pub published_end: u64,
+    /// Just past the last published (durable) block.
+    pub published_end: SpoolPos,
     /// Blocks in `[forwarded_below, sent_below)` of the previous run that were sent
     /// before it ended: their next send is a replay.
-    pub replay_below: u64,
+    pub replay_below: SpoolPos,
     /// Set when the spool closes: the forwarder drains until this deadline, then stops.
     pub stop_at: Option<Instant>,
     /// Bytes of the segment files (what `max_size` bounds).
@@ -122,27 +153,33 @@ pub struct SpoolStats {
 
 impl State {
     /// Every block below this is done (see invariant 2).
-    pub fn cursor(&self) -> u64 {
+    pub fn cursor(&self) -> SpoolPos {
         self.in_flight
             .front()
             .or(self.pending.front())
-            .map_or(self.published_end, |b| b.seq)
+            .map_or(self.published_end, |b| b.at)
     }
 
     /// Checks invariant 1; for tests and debug assertions.
     pub fn check(&self) -> Result<(), String> {
-        let seqs: Vec<u64> = self
+        let blocks: Vec<(SpoolPos, u64)> = self
             .in_flight
             .iter()
             .chain(&self.pending)
-            .map(|b| b.seq)
+            .map(|b| (b.at, b.seq))
             .collect();
-        if seqs.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(format!("sequence numbers out of order: {seqs:?}"));
+        if blocks
+            .windows(2)
+            .any(|w| w[0].0 >= w[1].0 || w[0].1 >= w[1].1)
+        {
+            return Err(format!("blocks out of order: {blocks:?}"));
         }
-        if seqs.last().is_some_and(|&s| s >= self.published_end) {
+        if blocks
+            .last()
+            .is_some_and(|&(at, _)| at >= self.published_end)
+        {
             return Err(format!(
-                "a block at or past published_end {}: {seqs:?}",
+                "a block at or past published_end {:?}: {blocks:?}",
                 self.published_end
             ));
         }
@@ -183,8 +220,8 @@ impl Shared {
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CursorFile {
     pub version: u32,
-    pub forwarded_below: u64,
-    pub sent_below: u64,
+    pub forwarded_below: SpoolPos,
+    pub sent_below: SpoolPos,
 }
 
 /// Reads `<dir>/cursor`; a missing file is a new spool. A corrupt one is reported and
@@ -192,8 +229,8 @@ pub struct CursorFile {
 pub fn read_cursor(dir: &Path) -> CursorFile {
     let fresh = CursorFile {
         version: 1,
-        forwarded_below: 0,
-        sent_below: 0,
+        forwarded_below: SpoolPos::default(),
+        sent_below: SpoolPos::default(),
     };
     let path = dir.join(CURSOR_FILE);
     match std::fs::read(&path) {
@@ -245,6 +282,8 @@ pub struct Spool {
     readers: HashMap<u64, Arc<File>>,
     /// Blocks written since the last flush: published once the flush succeeded.
     unflushed: Vec<SpooledBlock>,
+    /// The next block's `SpooledBlock::seq`.
+    next_seq: u64,
 }
 
 impl Spool {
@@ -258,6 +297,9 @@ impl Spool {
                 // The spool deletes by its own rules (cursor, max_size, when_full).
                 max_bytes: u64::MAX,
                 max_age: None,
+                // Deleting unforwarded data for space is `when_full`'s decision;
+                // a full disk makes writes fail and the readers wait.
+                min_free: crate::sink::store::MinFree::Off,
             },
         )
         .map_err(|e| SinkError::Transient(e.to_string()))?
@@ -271,32 +313,39 @@ impl Spool {
             shared: shared.clone(),
             readers: HashMap::new(),
             unflushed: Vec::new(),
+            next_seq: 0,
         };
         let mut pending = VecDeque::new();
-        let mut end = 0;
+        let mut end = SpoolPos::default();
         for seg in spool.store.segments().to_vec() {
             let file = spool.reader(seg.first_seq, &seg.path)?;
-            for (i, meta) in seg.blocks.iter().enumerate() {
-                let seq = seg.first_seq + i as u64;
-                end = seq + 1;
-                if seq < cursor.forwarded_below {
+            end = SpoolPos {
+                segment: seg.first_seq,
+                position: seg.len,
+            };
+            for meta in &seg.blocks {
+                let at = SpoolPos {
+                    segment: seg.first_seq,
+                    position: meta.position,
+                };
+                if at < cursor.forwarded_below {
                     continue;
                 }
                 let source = spool.source_of(SourceId(meta.header.source_id));
                 pending.push_back(SpooledBlock {
-                    seq,
+                    at,
+                    seq: spool.next_seq,
                     file: file.clone(),
-                    position: meta.position,
                     header: meta.header,
                     source,
                 });
+                spool.next_seq += 1;
             }
-            end = end.max(seg.first_seq + seg.blocks.len() as u64);
         }
         if cursor.forwarded_below > end {
             // The segments are gone (deleted by hand?) but the cursor is not: new blocks
             // start again below it and must not be taken for forwarded ones.
-            tracing::warn!(sink = %spool.name, cursor = cursor.forwarded_below, end,
+            tracing::warn!(sink = %spool.name, cursor = ?cursor.forwarded_below, ?end,
                 "spool: cursor points past the spool's end; resetting it");
             let reset = CursorFile {
                 version: 1,
@@ -312,7 +361,7 @@ impl Spool {
             state.replay_below = cursor.sent_below;
             state.spool_bytes = spool.store.total_bytes();
             tracing::info!(sink = %spool.name, pending = state.pending.len(),
-                cursor = cursor.forwarded_below, "spool opened");
+                cursor = ?cursor.forwarded_below, "spool opened");
         }
         spool.reclaim();
         spool.publish_gauges();
@@ -353,8 +402,9 @@ impl Spool {
             if segments.len() < 2 {
                 break;
             }
-            let oldest = &segments[0];
-            if oldest.first_seq + oldest.blocks.len() as u64 > cursor {
+            // Sealed: the next segment starts after it, and the cursor is past that
+            // start only if every block of this one is below it.
+            if cursor.segment < segments[1].first_seq {
                 break;
             }
             if !self.delete_oldest() {
@@ -388,11 +438,15 @@ impl Spool {
         if self.store.segments().len() < 2 {
             return false;
         }
-        let end = oldest.first_seq + oldest.blocks.len() as u64;
+        let segment = oldest.first_seq;
         let (mut lines, mut packages) = (0u64, 0u64);
         {
             let mut state = self.shared.lock();
-            while state.pending.front().is_some_and(|b| b.seq < end) {
+            while state
+                .pending
+                .front()
+                .is_some_and(|b| b.at.segment <= segment)
+            {
                 let b = state.pending.pop_front().expect("front exists");
                 lines += u64::from(b.header.line_count);
                 packages += 1;
@@ -467,27 +521,26 @@ impl Sink for Spool {
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         self.make_room()?;
         self.store.write(batch)?;
-        let (first_seq, path, meta, n) = {
+        let (first_seq, path, meta) = {
             let seg =
                 self.store.segments().last().ok_or_else(|| {
                     SinkError::Transient("spool has no segment after a write".into())
                 })?;
             let meta = *seg.blocks.last().expect("a block was just appended");
-            (
-                seg.first_seq,
-                seg.path.clone(),
-                meta,
-                seg.blocks.len() as u64,
-            )
+            (seg.first_seq, seg.path.clone(), meta)
         };
         let file = self.reader(first_seq, &path)?;
         self.unflushed.push(SpooledBlock {
-            seq: first_seq + n - 1,
+            at: SpoolPos {
+                segment: first_seq,
+                position: meta.position,
+            },
+            seq: self.next_seq,
             file,
-            position: meta.position,
             header: meta.header,
             source: batch.source.clone(),
         });
+        self.next_seq += 1;
         Ok(())
     }
 
@@ -496,7 +549,7 @@ impl Sink for Spool {
         if !self.unflushed.is_empty() {
             let mut state = self.shared.lock();
             for b in self.unflushed.drain(..) {
-                state.published_end = b.seq + 1;
+                state.published_end = b.end();
                 state.pending.push_back(b);
             }
             debug_assert_eq!(state.check(), Ok(()));

@@ -224,8 +224,12 @@ pub struct ScanOutcome {
     pub valid_len: u64,
     /// Set when the scan did not end exactly at the end of the file.
     pub tail: Option<TailProblem>,
-    /// Damaged regions skipped in the middle (HeadersOnly mode).
+    /// Damaged regions skipped in the middle: unreadable headers (both modes).
     pub skipped_regions: usize,
+    /// Blocks with a valid header and a payload failing its CRC, followed by intact
+    /// blocks (VerifyPayloads mode): kept in `blocks`, so positions and counts do not
+    /// shift, and reported when read.
+    pub damaged_payloads: usize,
 }
 
 /// Reads the block headers of one segment file of `len` bytes.
@@ -240,6 +244,7 @@ pub fn scan_segment(file: &File, len: u64, mode: ScanMode) -> io::Result<ScanOut
             break;
         }
         file.read_exact_at(&mut header, pos)?;
+        let verify = mode == ScanMode::VerifyPayloads;
         let parsed = match BlockHeader::decode(&header) {
             Ok(h) if pos + h.block_len() <= len => h,
             Ok(_) => {
@@ -247,9 +252,8 @@ pub fn scan_segment(file: &File, len: u64, mode: ScanMode) -> io::Result<ScanOut
                 break;
             }
             Err(e) => {
-                if mode == ScanMode::HeadersOnly
-                    && let Some(next) = resync(file, pos + 1, len)?
-                {
+                // Damage in the middle, not a torn tail, if an intact block follows.
+                if let Some(next) = resync(file, pos + 1, len, verify, &mut payload)? {
                     out.skipped_regions += 1;
                     pos = next;
                     continue;
@@ -258,13 +262,14 @@ pub fn scan_segment(file: &File, len: u64, mode: ScanMode) -> io::Result<ScanOut
                 break;
             }
         };
-        if mode == ScanMode::VerifyPayloads {
-            payload.resize(parsed.compressed_len as usize, 0);
-            file.read_exact_at(&mut payload, pos + HEADER_LEN as u64)?;
-            if crc32fast::hash(&payload) != parsed.payload_crc {
+        if verify && !payload_intact(file, pos, &parsed, &mut payload)? {
+            let next = pos + parsed.block_len();
+            if resync(file, next, len, true, &mut payload)?.is_none() {
                 out.tail = Some(TailProblem::PayloadChecksum);
                 break;
             }
+            // An intact block follows right after: a bit flip, not a torn write.
+            out.damaged_payloads += 1;
         }
         out.blocks.push(BlockMeta {
             position: pos,
@@ -276,8 +281,28 @@ pub fn scan_segment(file: &File, len: u64, mode: ScanMode) -> io::Result<ScanOut
     Ok(out)
 }
 
-/// Position of the next valid, complete block header at or after `from`, if any.
-fn resync(file: &File, from: u64, len: u64) -> io::Result<Option<u64>> {
+/// Whether the payload of the block at `pos` matches its CRC.
+fn payload_intact(
+    file: &File,
+    pos: u64,
+    header: &BlockHeader,
+    scratch: &mut Vec<u8>,
+) -> io::Result<bool> {
+    scratch.resize(header.compressed_len as usize, 0);
+    file.read_exact_at(scratch, pos + HEADER_LEN as u64)?;
+    Ok(crc32fast::hash(scratch) == header.payload_crc)
+}
+
+/// Position of the next valid, complete block at or after `from`, if any; with
+/// `verify_payload`, one whose payload matches its CRC too (what tells damage in the
+/// middle of the active segment from a torn tail, which holds no intact block).
+fn resync(
+    file: &File,
+    from: u64,
+    len: u64,
+    verify_payload: bool,
+    scratch: &mut Vec<u8>,
+) -> io::Result<Option<u64>> {
     const CHUNK: usize = 1 << 20;
     let mut buf = vec![0u8; CHUNK];
     let mut header = [0u8; HEADER_LEN];
@@ -293,6 +318,7 @@ fn resync(file: &File, from: u64, len: u64) -> io::Result<Option<u64>> {
             file.read_exact_at(&mut header, at)?;
             if let Ok(h) = BlockHeader::decode(&header)
                 && at + h.block_len() <= len
+                && (!verify_payload || payload_intact(file, at, &h, scratch)?)
             {
                 return Ok(Some(at));
             }
