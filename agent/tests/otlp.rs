@@ -664,3 +664,205 @@ fn fluent_bit_accepts_our_requests() {
         );
     }
 }
+
+/// The real agent with an otlp sink, against our receiver answering 503 with
+/// `Retry-After`, then 429, then a partial success, then 400 for one request: each is
+/// counted by reason in `/metrics`, the 400's records are dead-lettered and never sent
+/// again, and everything else arrives.
+#[test]
+fn agent_ships_through_the_fault_sequence() {
+    let receiver = OtlpReceiver::start();
+    receiver.script([
+        Reply::retry_after(503, "1"),
+        Reply::status(429),
+        Reply::Partial {
+            rejected: 2,
+            message: "2 records refused".into(),
+        },
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let file = logs.join("app.log");
+    let dead_letter = dir.path().join("rejected.ndjson");
+    let write = |from: u64, to: u64| {
+        let text: String = (from..to).map(|i| format!("otlp line seq={i}\n")).collect();
+        let mut f = common::open_append(&file);
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    };
+    write(0, 100);
+    let config = format!(
+        "sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: otel\n\
+         sinks:\n  otel:\n    type: otlp\n    endpoint: {}\n    timeout: 5s\n\
+         \x20   dead_letter: {}\n",
+        logs.display(),
+        receiver.endpoint(),
+        dead_letter.display()
+    );
+    let agent = common::Agent::start(&dir.path().join("data"), &config);
+    let ok = |r: &otlp_receiver::Received| (200..300).contains(&r.status);
+
+    // 503, 429, then the same window accepted with a partial success.
+    let received = receiver.wait_for(WAIT, "the partial success", |r| {
+        r.iter().any(|r| r.partial_rejected > 0)
+    });
+    assert_eq!(
+        received.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![503, 429, 200],
+        "{}",
+        agent.log()
+    );
+    assert!(
+        received[1].at.duration_since(received[0].at) >= Duration::from_millis(900),
+        "Retry-After: 1 honoured"
+    );
+    let first: Vec<Vec<u8>> = received[2]
+        .records()
+        .iter()
+        .map(|(_, l)| body_bytes(l))
+        .collect();
+    assert_eq!(
+        received[0]
+            .records()
+            .iter()
+            .map(|(_, l)| body_bytes(l))
+            .collect::<Vec<_>>(),
+        first,
+        "the same window is sent again"
+    );
+
+    // The next request is refused with 400.
+    receiver.script([Reply::Status {
+        code: 400,
+        retry_after: None,
+        body: "bad payload".into(),
+    }]);
+    write(100, 200);
+    let received = receiver.wait_for(WAIT, "the 400", |r| r.iter().any(|r| r.status == 400));
+    let refused = received.iter().find(|r| r.status == 400).unwrap();
+    let refused_bodies: Vec<Vec<u8>> = refused
+        .records()
+        .iter()
+        .map(|(_, l)| body_bytes(l))
+        .collect();
+    assert!(!refused_bodies.is_empty());
+
+    // Then everything else is delivered.
+    write(200, 300);
+    let all: Vec<Vec<u8>> = (0..300)
+        .map(|i| format!("otlp line seq={i}").into_bytes())
+        .collect();
+    let received = receiver.wait_for(WAIT, "every line delivered or refused", |r| {
+        let mut seen: Vec<Vec<u8>> = r
+            .iter()
+            .filter(|r| ok(r) || r.status == 400)
+            .flat_map(|r| {
+                r.records()
+                    .into_iter()
+                    .map(|(_, l)| body_bytes(l))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen.len() == all.len()
+    });
+    // The 400's records were never sent again; the rest arrived exactly once, in order.
+    let delivered: Vec<Vec<u8>> = received
+        .iter()
+        .filter(|r| ok(r))
+        .flat_map(|r| {
+            r.records()
+                .into_iter()
+                .map(|(_, l)| body_bytes(l))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let expected: Vec<Vec<u8>> = all
+        .iter()
+        .filter(|b| !refused_bodies.contains(b))
+        .cloned()
+        .collect();
+    assert_eq!(delivered, expected);
+    assert_eq!(received.iter().filter(|r| r.status == 400).count(), 1);
+    // The attributes of a file source.
+    let (resource, record) = received[2].records()[0];
+    assert_eq!(
+        str_attr(resource, "log.file.path"),
+        Some(file.to_str().unwrap())
+    );
+    assert_eq!(str_attr(resource, "logtap.source.kind"), Some("file"));
+    assert_eq!(str_attr(resource, "logtap.source.config"), Some("app"));
+    assert_eq!(int_attr(&record.attributes, "logtap.offset"), Some(0));
+    assert_eq!(
+        received[2].header("content-encoding"),
+        Some("gzip"),
+        "gzip by default"
+    );
+
+    // Counted by reason.
+    let refused_count = refused_bodies.len() as f64;
+    let mut text = String::new();
+    common::wait_for(WAIT, "the forwarder's counters", || {
+        text = agent.metrics();
+        common::metric(
+            &text,
+            "logtap_forward_acked_records_total",
+            &[("sink", "otel")],
+        ) + common::metric(
+            &text,
+            "logtap_forward_rejected_records_total",
+            &[("sink", "otel")],
+        ) >= 300.0
+    });
+    let m = |name: &str, labels: &[(&str, &str)]| common::metric(&text, name, labels);
+    assert_eq!(
+        m(
+            "logtap_forward_retries_total",
+            &[("sink", "otel"), ("reason", "unavailable")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        m(
+            "logtap_forward_retries_total",
+            &[("sink", "otel"), ("reason", "throttled")]
+        ),
+        1.0
+    );
+    assert_eq!(m("logtap_forward_retries_total", &[("sink", "otel")]), 2.0);
+    assert_eq!(
+        m(
+            "logtap_forward_rejected_records_total",
+            &[("sink", "otel"), ("reason", "partial_success")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m(
+            "logtap_forward_rejected_records_total",
+            &[("sink", "otel"), ("reason", "bad_request")]
+        ),
+        refused_count
+    );
+    assert_eq!(
+        m("logtap_forward_acked_records_total", &[("sink", "otel")]),
+        300.0 - 2.0 - refused_count
+    );
+    assert_eq!(
+        m("logtap_dropped_lines_total", &[("reason", "sink_rejected")]),
+        2.0 + refused_count
+    );
+    // The 400's records are in the dead-letter file, with their reason.
+    let dead: Vec<common::Value> = std::fs::read_to_string(&dead_letter)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), refused_bodies.len());
+    for (d, body) in dead.iter().zip(&refused_bodies) {
+        assert_eq!(d["reject_reason"], "bad_request", "{d}");
+        assert_eq!(common::body_bytes(d), *body);
+    }
+}

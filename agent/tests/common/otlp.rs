@@ -80,6 +80,8 @@ pub struct Received {
     pub status: u16,
     /// Records refused by a partial-success answer.
     pub partial_rejected: i64,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -261,6 +263,7 @@ async fn answer(
     state: &Mutex<State>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let at = Instant::now();
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let headers: Vec<(String, String)> = request
@@ -302,6 +305,7 @@ async fn answer(
         request: decoded,
         status: 0,
         partial_rejected: 0,
+        at,
     };
 
     let reply = {

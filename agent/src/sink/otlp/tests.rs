@@ -102,6 +102,11 @@ const POD_FIELDS: [(&str, &str); 9] = [
 fn build(window: &[SpooledPackage], parts: &[Part]) -> ExportLogsServiceRequest {
     let mut builder = RequestBuilder::default();
     builder.encode(window, parts, 42);
+    assert_eq!(
+        builder.encoded,
+        builder.request().encode_to_vec(),
+        "the same bytes as prost's own encoding"
+    );
     let decoded = ExportLogsServiceRequest::decode(&builder.encoded[..]).unwrap();
     assert_eq!(&decoded, builder.request(), "encoding round-trips");
     decoded
