@@ -543,15 +543,25 @@ struct FluentBit {
 }
 
 impl FluentBit {
+    /// `$LOGTAP_FLUENT_BIT`, else the project's peer next to the repository
+    /// (`../shared/peers/fluent-bit`), else the workplace's `/work/shared`.
     fn binary() -> PathBuf {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/fluent-bit");
+        let candidates: Vec<PathBuf> = std::env::var_os("LOGTAP_FLUENT_BIT")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain([
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/fluent-bit"),
+                PathBuf::from("/work/shared/peers/fluent-bit"),
+            ])
+            .collect();
+        let found = candidates.iter().find(|p| p.is_file());
         assert!(
-            path.is_file(),
-            "the Fluent Bit peer is missing at {} (the project's shared/peers/fluent-bit, see \
-             shared/peers/README.md): this test needs it as a real OTLP receiver",
-            path.display()
+            found.is_some(),
+            "the Fluent Bit peer is missing (looked at {candidates:?}; the project's \
+             shared/peers/fluent-bit, see shared/peers/README.md, or set LOGTAP_FLUENT_BIT): \
+             this test needs it as a real OTLP receiver"
         );
-        path
+        found.unwrap().clone()
     }
 
     fn start(relay: &OtlpReceiver) -> FluentBit {
