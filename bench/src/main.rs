@@ -32,6 +32,7 @@
 //! root): writer slowdown, capture throughput and loss after repair.
 
 mod capture;
+mod network;
 
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write};
@@ -58,6 +59,9 @@ struct Cli {
 enum Mode {
     /// The eBPF capture benchmark (needs root): writer slowdown, capture MB/s, loss.
     Capture(capture::CaptureArgs),
+    /// Network sinks (Kafka, OTLP) against the local store, on the same CRI input,
+    /// verified delivered: MB/s per core, CPU s per GB, peak RSS.
+    Network(network::NetworkArgs),
     /// The capture benchmark's writer (run by `capture`).
     #[command(hide = true)]
     CaptureWriter(capture::WriterArgs),
@@ -172,6 +176,7 @@ fn main() -> anyhow::Result<()> {
         Some(Mode::Capture(args)) => return capture::run(args),
         Some(Mode::CaptureWriter(args)) => return capture::writer(args),
         Some(Mode::CaptureShim(args)) => return capture::shim(args),
+        Some(Mode::Network(args)) => return network::run(args),
         None => {}
     }
     let args = cli.files;
@@ -451,30 +456,71 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
 fn run_measured(cmd: &mut Command) -> anyhow::Result<Usage> {
     let start = Instant::now();
     let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    wait_measured(child.id() as libc::pid_t, start, &format!("{cmd:?}"))
+    wait_measured(child.id() as libc::pid_t, start, None, &format!("{cmd:?}"))
 }
 
 /// Waits for the child `pid` (started at `start`) and returns its usage; an error
-/// unless it exited with status 0.
-fn wait_measured(pid: libc::pid_t, start: Instant, what: &str) -> anyhow::Result<Usage> {
-    let mut status = 0;
-    // SAFETY: rusage is plain old data written by the kernel; zeroed is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child, status and ru are valid for writes.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    let wall = start.elapsed();
-    if r != pid {
-        bail!("wait4: {}", std::io::Error::last_os_error());
+/// unless it exited with status 0. With a `deadline`, a child still running that long
+/// after `start` is killed (and that is an error).
+fn wait_measured(
+    pid: libc::pid_t,
+    start: Instant,
+    deadline: Option<Duration>,
+    what: &str,
+) -> anyhow::Result<Usage> {
+    let (usage, status) = wait_usage(pid, start, deadline)?;
+    if let Some(d) = deadline
+        && usage.wall >= d
+    {
+        bail!("{what} still ran after {d:?}: killed");
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("{what} failed (status {status:#x})");
     }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Ok(Usage {
-        wall,
-        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-        max_rss_kib: ru.ru_maxrss as u64,
-    })
+    Ok(usage)
+}
+
+/// Waits for the child `pid` (started at `start`; killed `deadline` after it) and
+/// returns its usage and wait status, however it ended.
+fn wait_usage(
+    pid: libc::pid_t,
+    start: Instant,
+    deadline: Option<Duration>,
+) -> anyhow::Result<(Usage, libc::c_int)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data written by the kernel; zeroed is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let flags = if deadline.is_some() { libc::WNOHANG } else { 0 };
+    let mut killed = false;
+    loop {
+        // SAFETY: pid is our child, status and ru are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+        if r == pid {
+            break;
+        }
+        if r != 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        if !killed && deadline.is_some_and(|d| start.elapsed() >= d) {
+            // SAFETY: pid is our child and not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let wall = start.elapsed();
+    Ok((
+        Usage {
+            wall,
+            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+            max_rss_kib: ru.ru_maxrss as u64,
+        },
+        status,
+    ))
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000)
 }
 
 /// A small, fast deterministic generator (xorshift): varied but reproducible input.
