@@ -651,7 +651,8 @@ impl Pipeline {
             source_config.max_line_bytes,
             source_config.multiline.clone(),
             start_offset,
-        );
+        )
+        .with_partial_timeout(self.config.partial_timeout);
         let mut builder = BatchBuilder::new(
             info.clone(),
             self.registry.next_package_id(info.id),
@@ -732,7 +733,8 @@ impl Pipeline {
             source_config.max_line_bytes,
             source_config.multiline.clone(),
             offset,
-        );
+        )
+        .with_partial_timeout(self.config.partial_timeout);
     }
 
     /// Reports the containers each config reads to `board` from now on.
@@ -904,7 +906,8 @@ impl Pipeline {
             source_config.max_line_bytes,
             source_config.multiline.clone(),
             start_offset,
-        );
+        )
+        .with_partial_timeout(self.config.partial_timeout);
         // A CRI partial line cut by rotation continues in the successor file.
         if let Some(carry) = predecessor
             .and_then(|p| self.slots.get_mut(&p))
@@ -969,7 +972,7 @@ impl Pipeline {
         let framer_now = unstalled(now, self.stalled);
         for &id in &ids {
             if let Some(slot) = self.slots.get_mut(&id) {
-                slot.framer.flush_expired(framer_now, &mut self.scratch);
+                slot.framer.flush_idle(framer_now, &mut self.scratch);
             }
             // Ships the package if its timeout passed, even when nothing new came.
             self.absorb(id, now);

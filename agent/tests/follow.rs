@@ -51,3 +51,47 @@ fn appended_lines_reach_the_store_and_restart_resumes() {
     let dups: usize = seen.values().map(|c| c - 1).sum();
     assert_eq!(dups, 0, "a clean restart re-ships nothing");
 }
+
+/// Issue 9: a container printed a last line without a newline and exited; containerd
+/// wrote it as a CRI `P` record that no `F` follows. The agent ships it once
+/// `files.partial_timeout` passed, flagged unterminated, and a restart does not ship
+/// it again.
+#[test]
+fn a_dying_containers_last_partial_line_is_shipped_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let file = logs.join("0.log");
+    std::fs::write(
+        &file,
+        "2026-12-06T10:00:00.000000001Z stdout F first line\n\
+         2026-12-06T10:00:00.000000002Z stdout P goodbye, no newline\n",
+    )
+    .unwrap();
+    let config = format!(
+        "files: {{partial_timeout: 300ms}}\n\
+         sources:\n  - name: pods\n    include: [\"{}/*.log\"]\n    format: cri\n    sink: local\n\
+         sinks:\n  local: {{type: store}}\n",
+        logs.display()
+    );
+    let data = dir.path().join("data");
+    let mut agent = Agent::start(&data, &config);
+    let store = agent.store_dir();
+    wait_for(Duration::from_secs(20), "both records", || {
+        store.exists() && store_records(&store).len() >= 2
+    });
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let records = store_records(&store);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[1]["body"], "goodbye, no newline");
+    assert_eq!(flags(&records[1]), vec!["unterminated".to_string()]);
+
+    // The checkpoint is past it: a restart ships nothing again.
+    let mut agent = Agent::start(&data, &config);
+    wait_for(Duration::from_secs(10), "the restarted agent", || {
+        metric(&agent.metrics(), "logtap_files_discovered_total", &[]) >= 0.0
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    assert_eq!(store_records(&store).len(), 2);
+}

@@ -253,3 +253,90 @@ fn cri_partial_line_straddles_rename_rotation() {
     );
     assert_eq!(records[0]["path"].as_str(), file.to_str());
 }
+
+/// Issue 9: the agent is killed with a backlog, the file is renamed to a name the
+/// glob does not match (as the kubelet's `0.log.<timestamp>`) and a new file begins;
+/// the restarted agent finds the renamed file by its identity and collects the rest of
+/// it, from its checkpoint, before the new file.
+#[test]
+fn restart_after_a_rotation_while_stopped_collects_the_rotated_backlog() {
+    const TOTAL: u64 = 200_000;
+    const NEW: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let data = dir.path().join("data");
+    let app = logs.join("app.log");
+    write_lines_at_rate(&app, TOTAL, 10_000_000, |_, _| {});
+
+    // First run: ships into a blackhole and persists its first acknowledged progress
+    // only (a 1 h interval), then dies: the checkpoint is far behind the file's end.
+    let first = format!(
+        "checkpoint: {{interval: 1h}}\n\
+         sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: discard\n\
+         sinks:\n  discard: {{type: blackhole}}\n",
+        logs.display()
+    );
+    let mut agent = Agent::start(&data, &first);
+    // The first write records the new source's id (at offset 0), the second its
+    // first acknowledged progress.
+    wait_for(
+        Duration::from_secs(20),
+        "the first progress checkpoint",
+        || metric(&agent.metrics(), "logtap_checkpoint_writes_total", &[]) >= 2.0,
+    );
+    agent.kill9();
+
+    std::fs::rename(&app, logs.join("app.log.1")).unwrap();
+    let mut f = open_append(&app);
+    for seq in TOTAL..TOTAL + NEW {
+        writeln!(f, "{}", rate_line(seq)).unwrap();
+    }
+    drop(f);
+
+    // Second run, into the store.
+    let second = format!(
+        "sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: local\n\
+         sinks:\n  local: {{type: store}}\n",
+        logs.display()
+    );
+    let mut agent = Agent::start(&data, &second);
+    let store = agent.store_dir();
+    wait_for(Duration::from_secs(30), "the new file's lines", || {
+        let records = if store.exists() {
+            store_records_deduplicated(&store)
+        } else {
+            Vec::new()
+        };
+        let census = SeqCensus::of(&records);
+        (TOTAL..TOTAL + NEW).all(|s| census.counts.contains_key(&s))
+    });
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let census = SeqCensus::of(&store_records_deduplicated(&store));
+    let first_seq = *census.counts.keys().next().unwrap();
+    println!("the restart resumed the rotated file at seq {first_seq}");
+    assert!(first_seq > 0, "the first run's checkpoint was used");
+    assert!(
+        first_seq < TOTAL,
+        "the rotated file's backlog was collected (the log says: {})",
+        agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("checkpoint"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let missing: Vec<u64> = (first_seq..TOTAL + NEW)
+        .filter(|s| !census.counts.contains_key(s))
+        .collect();
+    assert_eq!(
+        missing,
+        Vec::<u64>::new(),
+        "every line after the checkpoint"
+    );
+    assert!(
+        census.malformed.is_empty(),
+        "{:?}",
+        census.malformed.first()
+    );
+}

@@ -315,6 +315,11 @@ impl Registry {
         before - inner.loaded.len()
     }
 
+    /// Entries loaded at start-up and not claimed by a live source yet.
+    pub fn loaded(&self) -> Vec<FileCheckpoint> {
+        self.lock().loaded.values().cloned().collect()
+    }
+
     /// Entries loaded at start-up (not claimed by a live source yet) with this `dev`.
     pub fn loaded_with_dev(&self, dev: u64) -> Vec<FileCheckpoint> {
         let inner = self.lock();

@@ -143,6 +143,26 @@ impl CollectionsConfig {
     }
 }
 
+/// Free space the store keeps on its file system (`min_free` in the config).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MinFree {
+    Off,
+    Bytes(u64),
+    /// Percent of the file system's size.
+    Percent(f64),
+}
+
+impl MinFree {
+    /// Bytes to keep free on a file system of `total` bytes.
+    pub fn threshold(self, total: u64) -> u64 {
+        match self {
+            MinFree::Off => 0,
+            MinFree::Bytes(b) => b,
+            MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum SinkConfig {
     /// The embedded local store.
@@ -151,6 +171,7 @@ pub enum SinkConfig {
         segment_bytes: u64,
         max_bytes: u64,
         max_age: Option<Duration>,
+        min_free: MinFree,
     },
     /// Newline-delimited JSON appended to a file.
     File { path: PathBuf },
@@ -243,6 +264,9 @@ pub struct Config {
     pub rescan_interval: Duration,
     /// How long a rotated or deleted file stays open after its last byte was read.
     pub rotate_wait: Duration,
+    /// An incomplete CRI/docker message is shipped (unterminated) after this long
+    /// without its next fragment.
+    pub partial_timeout: Duration,
     /// Read through io_uring when the kernel allows it (else plain `pread`).
     pub io_uring: bool,
     pub batch: BatchConfig,
@@ -434,6 +458,7 @@ impl Config {
             checkpoint_interval: v.interval("checkpoint.interval", &raw.checkpoint.interval)?,
             rescan_interval: v.interval("files.rescan_interval", &raw.files.rescan_interval)?,
             rotate_wait: v.duration("files.rotate_wait", &raw.files.rotate_wait)?,
+            partial_timeout: v.interval("files.partial_timeout", &raw.files.partial_timeout)?,
             io_uring: raw.files.io_uring,
             batch,
             cri,
@@ -553,6 +578,27 @@ impl Validator {
             claim_wait: self.duration("capture.claim_wait", &raw.claim_wait)?,
             max_pending: self.size("capture.max_pending", &raw.max_pending)? as usize,
         }))
+    }
+
+    /// `10%` of the file system, or a size (`1GiB`); `0` turns it off.
+    pub(crate) fn min_free(&self, field: &str, text: &str) -> Result<MinFree, ConfigError> {
+        if let Some(p) = text.trim().strip_suffix('%') {
+            return match p.trim().parse::<f64>() {
+                Ok(p) if (0.0..=90.0).contains(&p) => Ok(if p == 0.0 {
+                    MinFree::Off
+                } else {
+                    MinFree::Percent(p)
+                }),
+                _ => Err(self.invalid(
+                    field,
+                    format!("{text:?}: expected a percentage from 0% to 90%"),
+                )),
+            };
+        }
+        Ok(match self.size(field, text)? {
+            0 => MinFree::Off,
+            b => MinFree::Bytes(b),
+        })
     }
 
     pub(crate) fn size(&self, field: &str, text: &str) -> Result<u64, ConfigError> {
@@ -830,7 +876,9 @@ impl Validator {
                 segment_size,
                 max_size,
                 max_age,
+                min_free,
             } => SinkConfig::Store {
+                min_free: self.min_free(&field("min_free"), min_free)?,
                 path: path
                     .as_ref()
                     .map(PathBuf::from)

@@ -193,6 +193,10 @@ pub struct RawFiles {
     pub rescan_interval: String,
     #[serde(default = "default_rotate_wait")]
     pub rotate_wait: String,
+    /// A CRI/docker message whose closing fragment did not come for this long is
+    /// shipped, flagged unterminated (its container stopped mid-line).
+    #[serde(default = "default_partial_timeout")]
+    pub partial_timeout: String,
     #[serde(default = "default_true")]
     pub io_uring: bool,
 }
@@ -202,6 +206,7 @@ impl Default for RawFiles {
         RawFiles {
             rescan_interval: default_rescan_interval(),
             rotate_wait: default_rotate_wait(),
+            partial_timeout: default_partial_timeout(),
             io_uring: true,
         }
     }
@@ -338,6 +343,9 @@ pub enum RawSink {
         max_size: String,
         #[serde(default)]
         max_age: Option<String>,
+        /// Free space kept on the store's disk: oldest segments go first (`10%`, `2GiB`, `0` off).
+        #[serde(default = "default_min_free")]
+        min_free: String,
     },
     File {
         #[schemars(schema_with = "sink_path_schema")]
@@ -597,6 +605,9 @@ fn default_checkpoint_interval() -> String {
 fn default_rescan_interval() -> String {
     "10s".into()
 }
+fn default_partial_timeout() -> String {
+    "5s".into()
+}
 fn default_rotate_wait() -> String {
     "5s".into()
 }
@@ -644,6 +655,9 @@ fn default_metadata_wait() -> String {
 }
 fn default_segment_size() -> String {
     "64MiB".into()
+}
+fn default_min_free() -> String {
+    "10%".into()
 }
 fn default_store_max_size() -> String {
     "10GiB".into()

@@ -23,7 +23,7 @@
 //! per-line loop of each combination is monomorphized. No clock reads and no
 //! allocation per line: single-fragment records are slices of the chunk.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -49,6 +49,8 @@ pub struct Framer {
     /// Of the latest push: used for what `finish` emits.
     last_read_time_ns: i64,
     last_now: Instant,
+    /// See [`Framer::with_partial_timeout`]; `None`: a partial waits for its end.
+    partial_timeout: Option<Duration>,
 }
 
 /// State handed from a rotated file's framer to its successor's, so a message split
@@ -95,7 +97,15 @@ impl Framer {
             backlog: Vec::new(),
             last_read_time_ns: 0,
             last_now: Instant::now(),
+            partial_timeout: None,
         }
+    }
+
+    /// Ships an incomplete CRI/docker message, flagged UNTERMINATED, once no fragment
+    /// of it came for `timeout` (see [`flush_expired`](Self::flush_expired)).
+    pub fn with_partial_timeout(mut self, timeout: Duration) -> Framer {
+        self.partial_timeout = Some(timeout);
+        self
     }
 
     /// Feeds the next chunk (contiguous with the previous one). Complete records are
@@ -107,6 +117,7 @@ impl Framer {
         }
         self.last_read_time_ns = read_time_ns;
         self.last_now = now;
+        self.reassembler.set_now(now);
         // A guess (lines of ~128 bytes) bounded so one huge chunk cannot reserve much.
         out.reserve((chunk.len() / 128 + 1).min(8192));
         let Framer {
@@ -131,11 +142,29 @@ impl Framer {
     }
 
     /// Emits multiline records whose last line is older than the flush timeout.
+    /// Incomplete CRI/docker messages stay (see [`flush_idle`](Self::flush_idle)).
     pub fn flush_expired(&mut self, now: Instant, out: &mut Vec<Line>) {
         out.append(&mut self.backlog);
         if let Some(ml) = &mut self.multiline {
             ml.flush_expired(now, out);
         }
+    }
+
+    /// What time alone completes, on the periodic tick: incomplete messages idle for
+    /// the partial timeout (flagged UNTERMINATED), then
+    /// [`flush_expired`](Self::flush_expired).
+    pub fn flush_idle(&mut self, now: Instant, out: &mut Vec<Line>) {
+        out.append(&mut self.backlog);
+        if let Some(cutoff) = self.partial_timeout.and_then(|t| now.checked_sub(t)) {
+            match &mut self.multiline {
+                None => self.reassembler.flush_idle(cutoff, |l| out.push(l)),
+                Some(ml) => {
+                    let mut grouped = Grouped { ml, now, out };
+                    self.reassembler.flush_idle(cutoff, |l| grouped.record(l));
+                }
+            }
+        }
+        self.flush_expired(now, out);
     }
 
     /// The source ended: emits every pending record. An unterminated last line and a

@@ -7,6 +7,8 @@
 //! `max_line_bytes`; fragments past the bound are counted as consumed but dropped,
 //! and the record is flagged [`LineFlags::TRUNCATED`].
 
+use std::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 
 use super::{Line, LineFlags, Stream};
@@ -20,6 +22,9 @@ pub(crate) struct Pending {
     pub flags: LineFlags,
     pub body: BytesMut,
     pub fragments: u32,
+    /// When its last fragment came (the framer's clock): what the partial timeout
+    /// measures.
+    pub last_at: Instant,
 }
 
 impl Pending {
@@ -54,6 +59,8 @@ pub(crate) type Slots<T> = [Option<T>; 3];
 pub(crate) struct Reassembler {
     max: usize,
     pending: Slots<Pending>,
+    /// The time of the chunk being decoded (set by the framer before each chunk).
+    now: Instant,
 }
 
 impl Reassembler {
@@ -61,6 +68,30 @@ impl Reassembler {
         Reassembler {
             max: max_line_bytes,
             pending: [None, None, None],
+            now: Instant::now(),
+        }
+    }
+
+    /// Dates the fragments of the chunk about to be decoded.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// Emits, flagged UNTERMINATED, every incomplete message whose last fragment came
+    /// at or before `cutoff`: its stream stopped mid-line (a container that exited
+    /// after a last line without a newline), and no closing fragment is coming.
+    pub fn flush_idle(&mut self, cutoff: Instant, mut emit: impl FnMut(Line)) {
+        let mut idle: Vec<(Stream, Pending)> = Vec::new();
+        for (i, slot) in self.pending.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|p| p.last_at <= cutoff) {
+                let p = slot.take().expect("checked");
+                idle.push((Stream::from_u8(i as u8), p));
+            }
+        }
+        idle.sort_by_key(|(_, p)| p.offset);
+        for (stream, mut p) in idle {
+            p.flags.insert(LineFlags::UNTERMINATED);
+            emit(p.into_line(stream));
         }
     }
 
@@ -99,6 +130,7 @@ impl Reassembler {
                     flags,
                     body: BytesMut::with_capacity(message.len().min(self.max)),
                     fragments: 1,
+                    last_at: self.now,
                 };
                 pending.append(&message, self.max);
                 *slot = Some(pending);
@@ -107,6 +139,7 @@ impl Reassembler {
             Some(pending) => {
                 pending.flags.insert(flags);
                 pending.fragments += 1;
+                pending.last_at = self.now;
                 pending.append(&message, self.max);
                 if last {
                     slot.take().map(|p| p.into_line(stream))

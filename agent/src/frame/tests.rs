@@ -880,3 +880,69 @@ proptest! {
         prop_assert!(out.len() <= lines);
     }
 }
+
+/// Issue 9: a container that printed a last line without a newline and exited leaves
+/// a CRI `P` record that no `F` will ever close. Once no fragment came for the
+/// partial timeout it is shipped, flagged unterminated, and the resume offset moves
+/// past it; a late `F` is then a record of its own.
+#[test]
+fn a_partial_with_no_closing_fragment_is_flushed_after_the_timeout() {
+    let mut f =
+        Framer::new(Format::Cri, 1024, None, 0).with_partial_timeout(Duration::from_secs(2));
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let first = cri("stdout", "F", "before");
+    let partial = cri("stdout", "P", "last words");
+    let input = format!("{first}{partial}");
+    f.push(Bytes::from(input.clone()), READ_NS, t0, &mut out);
+    assert_eq!(bodies(&out), vec![&b"before"[..]]);
+    assert_eq!(f.resume_offset(), first.len() as u64);
+
+    f.flush_idle(t0 + Duration::from_millis(1900), &mut out);
+    assert_eq!(out.len(), 1, "not yet");
+    f.flush_idle(t0 + Duration::from_millis(2100), &mut out);
+    assert_eq!(bodies(&out), vec![&b"before"[..], &b"last words"[..]]);
+    assert!(out[1].flags.contains(LineFlags::UNTERMINATED));
+    assert_eq!(out[1].offset, first.len() as u64);
+    assert_eq!(
+        f.resume_offset(),
+        input.len() as u64,
+        "the partial is shipped"
+    );
+
+    let late = cri("stdout", "F", " after all");
+    f.push(
+        Bytes::from(late),
+        READ_NS,
+        t0 + Duration::from_secs(3),
+        &mut out,
+    );
+    assert_eq!(bodies(&out)[2], &b" after all"[..]);
+}
+
+/// Without a timeout (the default of a bare framer) a partial waits for its `F`.
+#[test]
+fn a_partial_waits_for_its_closing_fragment_within_the_timeout() {
+    let mut f =
+        Framer::new(Format::Cri, 1024, None, 0).with_partial_timeout(Duration::from_secs(2));
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    f.push(Bytes::from(cri("stdout", "P", "a ")), READ_NS, t0, &mut out);
+    f.push(
+        Bytes::from(cri("stdout", "P", "b ")),
+        READ_NS,
+        t0 + Duration::from_millis(1500),
+        &mut out,
+    );
+    // 3 s after the first fragment, 1.5 s after the last: not idle long enough.
+    f.flush_idle(t0 + Duration::from_millis(3000), &mut out);
+    assert!(out.is_empty());
+    f.push(
+        Bytes::from(cri("stdout", "F", "c")),
+        READ_NS,
+        t0 + Duration::from_millis(3100),
+        &mut out,
+    );
+    assert_eq!(bodies(&out), vec![&b"a b c"[..]]);
+    assert!(!out[0].flags.contains(LineFlags::UNTERMINATED));
+}

@@ -9,6 +9,7 @@ pub mod destination;
 pub mod file;
 pub mod forward;
 pub mod null;
+pub mod otlp;
 pub mod spool;
 pub mod stdout;
 pub mod store;
@@ -66,6 +67,7 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
             segment_bytes,
             max_bytes,
             max_age,
+            min_free,
         } => Box::new(
             store::Store::open(
                 path,
@@ -73,6 +75,7 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
                     segment_bytes: *segment_bytes,
                     max_bytes: *max_bytes,
                     max_age: *max_age,
+                    min_free: *min_free,
                 },
             )
             .map_err(|e| SinkError::Transient(e.to_string()))?,

@@ -297,6 +297,9 @@ impl Spool {
                 // The spool deletes by its own rules (cursor, max_size, when_full).
                 max_bytes: u64::MAX,
                 max_age: None,
+                // Deleting unforwarded data for space is `when_full`'s decision;
+                // a full disk makes writes fail and the readers wait.
+                min_free: crate::sink::store::MinFree::Off,
             },
         )
         .map_err(|e| SinkError::Transient(e.to_string()))?

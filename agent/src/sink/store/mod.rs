@@ -58,6 +58,25 @@ pub struct StoreOptions {
     pub max_bytes: u64,
     /// Sealed segments whose newest record is older than this are deleted.
     pub max_age: Option<Duration>,
+    /// Oldest sealed segments are deleted while the store's file system has less
+    /// free space than this, so a disk filled by others cannot stall collection.
+    pub min_free: MinFree,
+}
+
+pub use crate::config::MinFree;
+
+/// (available bytes, total bytes) of the file system holding `path`.
+pub fn free_space(path: &Path) -> io::Result<(u64, u64)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: statvfs only writes into `st`, which lives across the call; `c` is a
+    // NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let unit = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +131,9 @@ pub struct Store {
     stats: StoreStats,
     /// Whether the `logtap_store_*` gauges are this store's (see `without_gauges`).
     gauges: bool,
+    /// `stored_end` and the source table are pruned of sources the store no longer
+    /// holds once they reach this many entries (see `prune_sources`).
+    prune_at: usize,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -240,6 +262,7 @@ impl Store {
             last_idle_retention: None,
             stats,
             gauges: true,
+            prune_at: PRUNE_SLACK,
         };
         store.enforce_retention(SystemTime::now());
         store.publish_gauges();
@@ -464,10 +487,74 @@ impl Store {
             tracing::debug!(segment = %removed.path.display(), bytes = removed.len,
                 reason = if too_big { "size" } else { "age" }, "store: retention deleted a segment");
         }
+        self.prune_sources();
     }
 }
 
 impl Store {
+    /// After retention: forgets the sources none of the remaining blocks belongs to,
+    /// in `stored_end` and in the source table, once there are [`PRUNE_SLACK`] more
+    /// of them than held ones. With container churn both would otherwise gain an
+    /// entry per container ever seen. A source that writes again is recorded again.
+    fn prune_sources(&mut self) {
+        if self.stored_end.len().max(self.sources.len()) < self.prune_at {
+            return;
+        }
+        let held: std::collections::HashSet<SourceId> = self
+            .segments
+            .iter()
+            .flat_map(|s| s.blocks.iter().map(|b| SourceId(b.header.source_id)))
+            .collect();
+        let before = self.sources.len();
+        self.stored_end.retain(|id, _| held.contains(id));
+        if let Err(e) = self.sources.compact(&self.dir, |id| held.contains(&id)) {
+            tracing::warn!(error = %e, "store: could not compact the source table");
+        }
+        self.prune_at = 2 * held.len() + PRUNE_SLACK;
+        tracing::debug!(
+            before,
+            after = self.sources.len(),
+            "store: pruned the source table"
+        );
+    }
+
+    /// Deletes sealed segments, oldest first, while the file system has less free
+    /// space than `min_free`. Never the active segment: when that alone is too big
+    /// for the disk, writes fail (retried, the readers wait) until space returns.
+    fn keep_min_free(&mut self) {
+        if self.options.min_free == MinFree::Off {
+            return;
+        }
+        while self.segments.len() > 1 {
+            let (free, total) = match free_space(&self.segments_dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store: cannot read the free space of its disk");
+                    return;
+                }
+            };
+            let need = self.options.min_free.threshold(total);
+            if free >= need {
+                return;
+            }
+            match self.delete_oldest_sealed() {
+                Ok(Some(removed)) => {
+                    self.stats.retention_deleted_segments += 1;
+                    self.stats.retention_deleted_bytes += removed.len;
+                    metrics::counter!("logtap_store_retention_deleted_bytes_total")
+                        .increment(removed.len);
+                    tracing::info!(segment = %removed.path.display(), bytes = removed.len, free, need,
+                        "store: retention deleted a segment to keep min_free space on the disk");
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store: retention could not delete a segment");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Deletes the oldest segment unless it is the active one (for owners with their
     /// own retention: the spool). Returns what was deleted.
     pub fn delete_oldest_sealed(&mut self) -> io::Result<Option<SegmentIndex>> {
@@ -482,6 +569,7 @@ impl Store {
         let removed = self.segments.remove(0);
         self.total_bytes -= removed.len;
         self.dir_dirty = true;
+        self.prune_sources();
         self.publish_gauges();
         Ok(Some(removed))
     }
@@ -493,9 +581,16 @@ impl Sink for Store {
     }
 
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        self.keep_min_free();
         self.sources.ensure(&batch.source)?;
         let header = self.encode_block(batch)?;
-        self.append_block(header)?;
+        if let Err(e) = self.append_block(header) {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                // Make room for the retry (the worker sends the package again).
+                self.keep_min_free();
+            }
+            return Err(e.into());
+        }
 
         let end = self.stored_end.entry(batch.source.id).or_insert(0);
         if header.line_count > 0 && header.first_offset < *end {
@@ -523,6 +618,7 @@ impl Sink for Store {
         self.last_idle_retention = Some(now);
         self.expire_active(now)?;
         self.enforce_retention(now);
+        self.keep_min_free();
         self.publish_gauges();
         Ok(())
     }
@@ -554,11 +650,19 @@ impl Sink for Store {
     }
 }
 
+/// Sources beyond those the store holds that `stored_end` and the source table may
+/// keep before they are pruned: pruning is O(blocks), so not after every deletion.
+const PRUNE_SLACK: usize = 1024;
+
 /// How often an idle store re-checks age retention.
 const IDLE_RETENTION_EVERY: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 impl Store {
+    pub(crate) fn stored_end_len(&self) -> usize {
+        self.stored_end.len()
+    }
+
     pub(crate) fn enforce_retention_at(&mut self, now: SystemTime) {
         self.enforce_retention(now);
     }

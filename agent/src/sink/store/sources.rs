@@ -174,6 +174,39 @@ impl SourceLog {
         self.known.get(&id)
     }
 
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// Rewrites the table with only the sources `keep` says are still needed
+    /// (tmp → fsync → rename → fsync of the directory, so a reader or a crash sees
+    /// the old table or the new one, whole).
+    pub fn compact(&mut self, store_dir: &Path, keep: impl Fn(SourceId) -> bool) -> io::Result<()> {
+        self.known.retain(|id, _| keep(*id));
+        let mut lines: Vec<(&SourceId, &Arc<SourceInfo>)> = self.known.iter().collect();
+        lines.sort_unstable_by_key(|(id, _)| **id);
+        let mut out = Vec::new();
+        for (_, info) in lines {
+            out.extend_from_slice(&to_line(info));
+        }
+        let tmp = store_dir.join(format!("{SOURCES_FILE}.tmp"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(&out)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, store_dir.join(SOURCES_FILE))?;
+        File::open(store_dir)?.sync_all()?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(store_dir.join(SOURCES_FILE))?;
+        self.len = out.len() as u64;
+        self.dirty = false;
+        Ok(())
+    }
+
     pub fn sync(&mut self) -> io::Result<()> {
         if self.dirty {
             self.file.sync_data()?;

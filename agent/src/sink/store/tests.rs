@@ -92,6 +92,7 @@ fn options() -> StoreOptions {
         segment_bytes: 64 << 20,
         max_bytes: 1 << 40,
         max_age: None,
+        min_free: MinFree::Off,
     }
 }
 
@@ -571,6 +572,7 @@ fn segments_roll_and_retention_deletes_oldest_by_size() {
         segment_bytes: 1,
         max_bytes: u64::MAX,
         max_age: None,
+        min_free: MinFree::Off,
     };
     let mut store = Store::open(dir.path(), opts.clone()).unwrap();
     // segment_bytes 1: every block gets its own segment.
@@ -626,6 +628,7 @@ fn retention_deletes_sealed_segments_by_age() {
         segment_bytes: 1,
         max_bytes: u64::MAX,
         max_age: Some(Duration::from_secs(3600)),
+        min_free: MinFree::Off,
     };
     let now_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -663,6 +666,7 @@ fn idle_store_expires_an_old_active_segment() {
         segment_bytes: 1 << 20,
         max_bytes: u64::MAX,
         max_age: Some(Duration::from_secs(3600)),
+        min_free: MinFree::Off,
     };
     let two_hours_ago = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1102,5 +1106,104 @@ fn source_fields_are_stored_per_package_shown_and_filtered() {
     assert!(
         text.ends_with(":0 [stdout] shop/web-1/app web 0\n"),
         "{text}"
+    );
+}
+
+/// Issue 9: a disk that fills below `max_size` (other files grow, or `max_size` is
+/// larger than the disk) stalled the store for good: retention ran by size only.
+/// With `min_free` the oldest segments go first, and writes keep succeeding.
+#[test]
+fn retention_keeps_min_free_space_on_the_disk() {
+    let Some(fs) = crate::sink::test_fs::SmallFs::mount("4m") else {
+        return;
+    };
+    let store_dir = fs.path().join("store");
+    let opts = StoreOptions {
+        segment_bytes: 256 << 10,
+        max_bytes: 1 << 40,
+        max_age: None,
+        min_free: MinFree::Bytes(1 << 20),
+    };
+    let mut store = Store::open(&store_dir, opts).unwrap();
+    let src = source(1, "/a");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    // 12 MiB of incompressible packages through a 4 MiB disk.
+    for p in 0..192u64 {
+        let mut b = batch(&src, p, p..p + 1, "x");
+        let noise: Vec<u8> = (0..64 << 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        b.lines[0].body = Bytes::from(noise);
+        store
+            .write(&b)
+            .unwrap_or_else(|e| panic!("package {p}: {e}"));
+        store.flush().unwrap();
+    }
+    assert!(
+        store.stats().retention_deleted_bytes > 8 << 20,
+        "{:?}",
+        store.stats()
+    );
+    let free = super::free_space(&store_dir).unwrap().0;
+    assert!(free >= (1 << 20) - (256 << 10), "free {free}");
+}
+
+/// Issue 9: with container churn the source table and the replay index gained an
+/// entry per source ever seen, forever. Retention prunes them with the segments.
+#[test]
+fn retention_prunes_the_source_table_of_sources_it_no_longer_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = tempfile::tempdir().unwrap();
+    let one = {
+        let mut s = Store::open(probe.path(), options()).unwrap();
+        write_all(&mut s, &[batch(&source(1, "/p/1.log"), 0, 0..3, "x")]);
+        s.total_bytes()
+    };
+    let opts = StoreOptions {
+        segment_bytes: 1,
+        max_bytes: one * 20,
+        ..options()
+    };
+    let mut store = Store::open(dir.path(), opts.clone()).unwrap();
+    for id in 1..=1500u64 {
+        let src = source(id, &format!("/var/log/pods/churn-{id}/0.log"));
+        write_all(&mut store, &[batch(&src, 0, 0..3, "x")]);
+    }
+    let held: std::collections::HashSet<u64> = store
+        .segments()
+        .iter()
+        .flat_map(|s| s.blocks.iter().map(|b| b.header.source_id))
+        .collect();
+    assert!(held.len() <= 25, "{}", held.len());
+    assert!(
+        store.stored_end_len() <= 2 * held.len() + 1024,
+        "{}",
+        store.stored_end_len()
+    );
+    drop(store);
+    let table = std::fs::read_to_string(dir.path().join(sources::SOURCES_FILE)).unwrap();
+    assert!(
+        table.lines().count() <= 2 * held.len() + 1024,
+        "{} lines",
+        table.lines().count()
+    );
+    // Every source the store still holds is named, after a reopen too.
+    let store = Store::open(dir.path(), opts).unwrap();
+    for id in &held {
+        assert!(
+            store.source(SourceId(*id)).is_some(),
+            "source {id:x} lost its name"
+        );
+    }
+    let records = query_json(dir.path(), &[]);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["path"].as_str().is_some_and(|p| p.contains("churn-")))
     );
 }

@@ -20,6 +20,8 @@ pub trait ResumeStore: Send + Sync {
     fn forget(&self, source: SourceId);
     /// After the first full scan: drop start-up entries whose file was not `found`.
     fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>);
+    /// The entries loaded at start-up and not claimed by a source yet.
+    fn loaded(&self) -> Vec<FileCheckpoint>;
 }
 
 impl ResumeStore for Registry {
@@ -41,7 +43,15 @@ impl ResumeStore for Registry {
     fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>) {
         let dropped = Registry::retain_unclaimed(self, found);
         if dropped > 0 {
-            tracing::info!(dropped, "dropped checkpoints of files that are gone");
+            metrics::counter!("logtap_checkpoints_dropped_total", "reason" => "file_gone")
+                .increment(dropped as u64);
+            tracing::warn!(
+                dropped,
+                "dropped checkpoints of files that are gone (not at their path, not found by identity in its directory)"
+            );
         }
+    }
+    fn loaded(&self) -> Vec<FileCheckpoint> {
+        Registry::loaded(self)
     }
 }

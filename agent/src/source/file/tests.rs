@@ -62,6 +62,9 @@ impl ResumeStore for MemStore {
         self.entries.lock().unwrap().remove(&source);
         self.forgotten.lock().unwrap().push(source);
     }
+    fn loaded(&self) -> Vec<FileCheckpoint> {
+        self.entries.lock().unwrap().values().cloned().collect()
+    }
     fn retain_unclaimed(&self, found: &std::collections::HashSet<(u64, u64)>) {
         self.entries
             .lock()
@@ -649,6 +652,52 @@ fn resumes_from_a_matching_checkpoint() {
             .fingerprint_len,
         15
     );
+    h.stop();
+}
+
+/// Issue 9: the agent stopped with a backlog, the file was renamed to a name the
+/// glob does not match (`a.log.1`, like the kubelet's `0.log.<timestamp>`) and a new
+/// `a.log` began. The checkpointed file is found again by identity in its directory,
+/// read to its end from the checkpoint, and only then is the new file started.
+#[test]
+fn a_checkpointed_file_renamed_while_stopped_is_found_and_read_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"aaaa\nbbbb\n");
+    let cp = checkpoint_for(&path, 5, b"aaaa\n");
+    let rotated = dir.path().join("a.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    append(&rotated, b"dddd\n");
+    append(&path, b"cccc\n");
+    let h = start_with_checkpoint(dir.path(), cp);
+    h.wait("both files read", |r| {
+        let all = r.at(&path);
+        all.len() == 2 && all[0].1.bytes == b"bbbb\ndddd\n" && all[1].1.bytes == b"cccc\n"
+    });
+    h.with(|r| {
+        let all = r.at(&path);
+        assert_eq!((all[0].0, all[0].1.start), (SourceId(42), 5));
+        assert_eq!(all[1].1.start, 0);
+        assert_eq!(all[1].1.predecessor, Some(SourceId(42)));
+    });
+    assert!(!h.store.forgotten.lock().unwrap().contains(&SourceId(42)));
+    h.stop();
+}
+
+/// A checkpointed file that is truly gone is dropped; one whose inode now holds
+/// another file (same directory, wrong fingerprint) is not taken for it.
+#[test]
+fn a_checkpointed_file_that_is_gone_is_not_confused_with_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"aaaa\nbbbb\n");
+    let cp = checkpoint_for(&path, 5, b"zzzz\n");
+    std::fs::rename(&path, dir.path().join("other.txt")).unwrap();
+    let h = start_with_checkpoint(dir.path(), cp);
+    h.wait("the checkpoint dropped", |_| {
+        h.store.entries.lock().unwrap().is_empty()
+    });
+    h.with(|r| assert!(r.at(&path).is_empty(), "nothing read"));
     h.stop();
 }
 

@@ -349,8 +349,10 @@ impl FileSource {
         stop: &dyn Fn() -> Option<StopMode>,
     ) -> anyhow::Result<()> {
         raise_nofile_limit();
-        // Before the first scan: checkpoints of files it does not find are dropped.
+        // Before the first scan: checkpoints of files it does not find are dropped, but
+        // a checkpointed file renamed while the agent was stopped is found first.
         self.refresh_containers(events);
+        self.recover_moved(events);
         self.rescan(events);
         let found: HashSet<InodeKey> = self
             .by_inode
@@ -1114,6 +1116,54 @@ impl FileSource {
         }
     }
 
+    /// Finds checkpointed files that are no longer at their path by identity (dev +
+    /// inode + fingerprint) in that path's directory — renamed by a rotation while the
+    /// agent was stopped (`0.log.<timestamp>`, `app.log.1`) — and starts them at their
+    /// path from their checkpoint. The first scan then finds another file (or none)
+    /// there and detaches them, as if the rotation had happened while the agent ran:
+    /// they are read to their end, and the new file at the path waits for that.
+    fn recover_moved(&mut self, events: &mut dyn SourceEvents) {
+        for cp in self.store.loaded() {
+            let path = &cp.path;
+            let at_path =
+                |m: &std::fs::Metadata| (m.dev(), m.ino()) == (cp.identity.dev, cp.identity.inode);
+            if cp.closed
+                || cp.identity.dev == crate::source::CAPTURE_DEV
+                || !path.is_absolute()
+                || container::split_proc_root(path).is_some()
+                || std::fs::symlink_metadata(path).is_ok_and(|m| at_path(&m))
+            {
+                continue;
+            }
+            let Some(found) = path
+                .parent()
+                .and_then(|dir| find_by_identity(dir, &cp.identity))
+            else {
+                continue;
+            };
+            let file = match identity::open_regular_nofollow(&found) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.warn_once(&found, error_reason(&e), &e);
+                    continue;
+                }
+            };
+            let owes = file
+                .metadata()
+                .is_ok_and(|m| at_path(&m) && m.len() > cp.offset);
+            if !owes || !matches!(identity::prefix_matches(&file, &cp.identity), Ok(true)) {
+                continue;
+            }
+            let Some(configs) = self.select(path) else {
+                continue;
+            };
+            tracing::info!(path = %path.display(), now_at = %found.display(), offset = cp.offset,
+                "a checkpointed file was renamed while the agent was stopped; reading it to its end");
+            metrics::counter!("logtap_files_found_by_identity_total").increment(1);
+            self.open_at(path, file, configs, None, events);
+        }
+    }
+
     /// Opens a newly discovered file: resumed from its checkpoint when the checkpoint
     /// is for this very file, else a new source from offset 0.
     fn open(
@@ -1554,4 +1604,22 @@ impl FileSource {
             }
         }
     }
+}
+
+/// Entries of a directory looked at when searching a renamed file by identity: a
+/// bound on the work one checkpoint can cause in a hostile or huge directory.
+const MAX_IDENTITY_SEARCH: usize = 10_000;
+
+/// The regular file (not a symlink) in `dir` with `identity`'s device and inode.
+fn find_by_identity(dir: &Path, identity: &FileIdentity) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .take(MAX_IDENTITY_SEARCH)
+        .filter_map(Result::ok)
+        .find(|e| {
+            // `DirEntry::metadata` does not follow symlinks.
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == (identity.dev, identity.inode))
+        })
+        .map(|e| e.path())
 }
