@@ -208,8 +208,6 @@ enum Stop {
 
 impl Forwarder {
     fn run(mut self) {
-        let sink = self.name.to_string();
-        metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone()).set(1.0);
         loop {
             let Some(blocks) = self.take_window() else {
                 break;

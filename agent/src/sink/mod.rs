@@ -86,8 +86,14 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
         // Replaced by `forward::NetworkSink::start(name, &k.forward, destination)` when
         // the kafka destination lands.
         SinkConfig::Kafka(_) => return Err(not_built(name, "kafka")),
-        // Replaced likewise when the otlp destination lands.
-        SinkConfig::Otlp(_) => return Err(not_built(name, "otlp")),
+        SinkConfig::Otlp(o) => {
+            let destination = otlp::OtlpDestination::new(o).map_err(SinkError::Rejected)?;
+            Box::new(forward::NetworkSink::start(
+                name,
+                &o.forward,
+                Box::new(destination),
+            )?)
+        }
     })
 }
 

@@ -473,6 +473,12 @@ impl Spool {
         self.reclaim();
         let deadline = Instant::now() + FULL_WAIT;
         while self.store.total_bytes() >= self.config.max_bytes {
+            // What fills the spool must be forwardable: publish the blocks written
+            // since the last flush first, or the forwarder could never free space (and
+            // `drop_oldest` could not tell what it drops).
+            if !self.unflushed.is_empty() {
+                self.flush()?;
+            }
             match self.config.when_full {
                 WhenFull::DropOldest => {
                     if !self.drop_oldest() {

@@ -184,6 +184,11 @@ impl OtlpReceiver {
         self.state.lock().unwrap().script.extend(replies);
     }
 
+    /// Forgets the replies not used yet: success from now on (a destination back up).
+    pub fn clear_script(&self) {
+        self.state.lock().unwrap().script.clear();
+    }
+
     /// Answers 413 to requests with more than `max` records.
     pub fn max_records(&self, max: Option<usize>) {
         self.state.lock().unwrap().max_records = max;
