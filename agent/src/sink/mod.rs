@@ -8,6 +8,7 @@
 pub mod destination;
 pub mod file;
 pub mod forward;
+pub mod kafka;
 pub mod null;
 pub mod otlp;
 pub mod spool;
@@ -83,11 +84,18 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
         SinkConfig::File { path } => Box::new(file::FileSink::open(path)?),
         SinkConfig::Stdout => Box::new(stdout::StdoutSink::new()),
         SinkConfig::Null => Box::new(null::NullSink::new()),
-        // Replaced by `forward::NetworkSink::start(name, &k.forward, destination)` when
-        // the kafka destination lands.
-        SinkConfig::Kafka(_) => return Err(not_built(name, "kafka")),
+        SinkConfig::Kafka(k) => {
+            let destination = kafka::KafkaDestination::new(k)
+                .map_err(|e| SinkError::Rejected(format!("sink {name:?}: {e}")))?;
+            Box::new(forward::NetworkSink::start(
+                name,
+                &k.forward,
+                Box::new(destination),
+            )?)
+        }
         SinkConfig::Otlp(o) => {
-            let destination = otlp::OtlpDestination::new(o).map_err(SinkError::Rejected)?;
+            let destination = otlp::OtlpDestination::new(o)
+                .map_err(|e| SinkError::Rejected(format!("sink {name:?}: {e}")))?;
             Box::new(forward::NetworkSink::start(
                 name,
                 &o.forward,
@@ -95,10 +103,4 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
             )?)
         }
     })
-}
-
-fn not_built(name: &str, kind: &str) -> SinkError {
-    SinkError::Rejected(format!(
-        "sink {name:?}: the {kind} destination is not in this build yet"
-    ))
 }
