@@ -482,6 +482,12 @@ fn wait_measured(
 
 /// Waits for the child `pid` (started at `start`; killed `deadline` after it) and
 /// returns its usage and wait status, however it ended.
+///
+/// Peak RSS is the child's own `VmHWM` (`/proc/PID/status`), sampled every 10 ms while
+/// it runs: `wait4`'s `ru_maxrss` is no good for it, as the kernel carries the
+/// harness's own peak RSS over into the child at `exec` (the harness holds a Kafka
+/// consumer, an OTLP receiver, data generators). A child too short-lived to be
+/// sampled reports `ru_maxrss`, an upper bound.
 fn wait_usage(
     pid: libc::pid_t,
     start: Instant,
@@ -490,17 +496,24 @@ fn wait_usage(
     let mut status = 0;
     // SAFETY: rusage is plain old data written by the kernel; zeroed is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let flags = if deadline.is_some() { libc::WNOHANG } else { 0 };
     let mut killed = false;
+    let mut hwm_kib: Option<u64> = None;
+    let mut polls = 0u64;
     loop {
         // SAFETY: pid is our child, status and ru are valid for writes.
-        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
         if r == pid {
             break;
         }
         if r != 0 {
             bail!("wait4: {}", std::io::Error::last_os_error());
         }
+        if polls % 5 == 0
+            && let Some(kib) = vm_hwm_kib(pid)
+        {
+            hwm_kib = Some(hwm_kib.map_or(kib, |h| h.max(kib)));
+        }
+        polls += 1;
         if !killed && deadline.is_some_and(|d| start.elapsed() >= d) {
             // SAFETY: pid is our child and not yet reaped.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -513,10 +526,23 @@ fn wait_usage(
         Usage {
             wall,
             cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-            max_rss_kib: ru.ru_maxrss as u64,
+            max_rss_kib: hwm_kib.unwrap_or(ru.ru_maxrss as u64),
         },
         status,
     ))
+}
+
+/// The peak resident set of a running process, in KiB.
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn tv(t: libc::timeval) -> Duration {
