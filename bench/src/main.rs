@@ -30,6 +30,10 @@
 //!
 //! `cargo xtask bench capture` is the eBPF capture benchmark instead ([`capture`]; needs
 //! root): writer slowdown, capture throughput and loss after repair.
+//!
+//! `cargo xtask bench network` runs the CRI input into the Kafka and OTLP sinks and the
+//! local store side by side, and checks that the destinations received every record
+//! ([`network`]).
 
 mod capture;
 mod network;
@@ -508,7 +512,7 @@ fn wait_usage(
         if r != 0 {
             bail!("wait4: {}", std::io::Error::last_os_error());
         }
-        if polls % 5 == 0
+        if polls.is_multiple_of(5)
             && let Some(kib) = vm_hwm_kib(pid)
         {
             hwm_kib = Some(hwm_kib.map_or(kib, |h| h.max(kib)));
