@@ -530,7 +530,7 @@ fn run_writer(
     let writer = cmd.spawn().context("spawning the writer")?;
     // The shim sees the end of its input only when no copy of the pipe is left here.
     drop(cmd);
-    let usage = wait_measured(writer.id() as libc::pid_t, started, "the writer")?;
+    let usage = wait_measured(writer.id() as libc::pid_t, started, None, "the writer")?;
     let status = shim.wait()?;
     if !status.success() {
         bail!("the shim failed ({status})");

@@ -30,8 +30,13 @@
 //!
 //! `cargo xtask bench capture` is the eBPF capture benchmark instead ([`capture`]; needs
 //! root): writer slowdown, capture throughput and loss after repair.
+//!
+//! `cargo xtask bench network` runs the CRI input into the Kafka and OTLP sinks and the
+//! local store side by side, and checks that the destinations received every record
+//! ([`network`]).
 
 mod capture;
+mod network;
 
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write};
@@ -58,6 +63,9 @@ struct Cli {
 enum Mode {
     /// The eBPF capture benchmark (needs root): writer slowdown, capture MB/s, loss.
     Capture(capture::CaptureArgs),
+    /// Network sinks (Kafka, OTLP) against the local store, on the same CRI input,
+    /// verified delivered: MB/s per core, CPU s per GB, peak RSS.
+    Network(network::NetworkArgs),
     /// The capture benchmark's writer (run by `capture`).
     #[command(hide = true)]
     CaptureWriter(capture::WriterArgs),
@@ -172,6 +180,7 @@ fn main() -> anyhow::Result<()> {
         Some(Mode::Capture(args)) => return capture::run(args),
         Some(Mode::CaptureWriter(args)) => return capture::writer(args),
         Some(Mode::CaptureShim(args)) => return capture::shim(args),
+        Some(Mode::Network(args)) => return network::run(args),
         None => {}
     }
     let args = cli.files;
@@ -451,30 +460,97 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
 fn run_measured(cmd: &mut Command) -> anyhow::Result<Usage> {
     let start = Instant::now();
     let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    wait_measured(child.id() as libc::pid_t, start, &format!("{cmd:?}"))
+    wait_measured(child.id() as libc::pid_t, start, None, &format!("{cmd:?}"))
 }
 
 /// Waits for the child `pid` (started at `start`) and returns its usage; an error
-/// unless it exited with status 0.
-fn wait_measured(pid: libc::pid_t, start: Instant, what: &str) -> anyhow::Result<Usage> {
-    let mut status = 0;
-    // SAFETY: rusage is plain old data written by the kernel; zeroed is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child, status and ru are valid for writes.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    let wall = start.elapsed();
-    if r != pid {
-        bail!("wait4: {}", std::io::Error::last_os_error());
+/// unless it exited with status 0. With a `deadline`, a child still running that long
+/// after `start` is killed (and that is an error).
+fn wait_measured(
+    pid: libc::pid_t,
+    start: Instant,
+    deadline: Option<Duration>,
+    what: &str,
+) -> anyhow::Result<Usage> {
+    let (usage, status) = wait_usage(pid, start, deadline)?;
+    if let Some(d) = deadline
+        && usage.wall >= d
+    {
+        bail!("{what} still ran after {d:?}: killed");
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("{what} failed (status {status:#x})");
     }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Ok(Usage {
-        wall,
-        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-        max_rss_kib: ru.ru_maxrss as u64,
-    })
+    Ok(usage)
+}
+
+/// Waits for the child `pid` (started at `start`; killed `deadline` after it) and
+/// returns its usage and wait status, however it ended.
+///
+/// Peak RSS is the child's own `VmHWM` (`/proc/PID/status`), sampled every 10 ms while
+/// it runs: `wait4`'s `ru_maxrss` is no good for it, as the kernel carries the
+/// harness's own peak RSS over into the child at `exec` (the harness holds a Kafka
+/// consumer, an OTLP receiver, data generators). A child too short-lived to be
+/// sampled reports `ru_maxrss`, an upper bound.
+fn wait_usage(
+    pid: libc::pid_t,
+    start: Instant,
+    deadline: Option<Duration>,
+) -> anyhow::Result<(Usage, libc::c_int)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data written by the kernel; zeroed is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut killed = false;
+    let mut hwm_kib: Option<u64> = None;
+    let mut polls = 0u64;
+    loop {
+        // SAFETY: pid is our child, status and ru are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            break;
+        }
+        if r != 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        if polls.is_multiple_of(5)
+            && let Some(kib) = vm_hwm_kib(pid)
+        {
+            hwm_kib = Some(hwm_kib.map_or(kib, |h| h.max(kib)));
+        }
+        polls += 1;
+        if !killed && deadline.is_some_and(|d| start.elapsed() >= d) {
+            // SAFETY: pid is our child and not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let wall = start.elapsed();
+    Ok((
+        Usage {
+            wall,
+            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+            max_rss_kib: hwm_kib.unwrap_or(ru.ru_maxrss as u64),
+        },
+        status,
+    ))
+}
+
+/// The peak resident set of a running process, in KiB.
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000)
 }
 
 /// A small, fast deterministic generator (xorshift): varied but reproducible input.
