@@ -202,6 +202,11 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Every record in the store, duplicates included (`query --json --raw --limit 0`).
 pub fn store_records(store: &Path) -> Vec<Value> {
+    // Before the agent created its store there is nothing in it (a loaded machine can
+    // take a while to start the agent; waits poll this).
+    if !store.is_dir() {
+        return Vec::new();
+    }
     query_json(store, &["--raw"])
 }
 
