@@ -361,6 +361,11 @@ pub enum RawSink {
 }
 
 /// `type: kafka` (see docs/configuration.md).
+///
+/// Its last four fields (`spool` … `drain_timeout`) repeat in [`RawOtlp`] on purpose:
+/// serde cannot combine `flatten` with `deny_unknown_fields`, and a typo in a sink's
+/// settings must be an error naming the field. [`super::Validator`] reads both
+/// through one `ForwardFields`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawKafka {

@@ -21,7 +21,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::batch::codec::Package;
+use crate::batch::codec::{Package, Record};
+use crate::sink::store::render::{self, RecordView};
 use crate::source::SourceInfo;
 
 /// One package read back from the spool, decoded.
@@ -45,6 +46,24 @@ impl SpooledPackage {
             .iter()
             .map(|r| r.body.len() as u64)
             .sum()
+    }
+
+    /// Appends `record` (one of this package's) as the file sink's NDJSON line, `\n`
+    /// included: the value of a Kafka message, a dead-letter line.
+    pub fn write_json(&self, record: &Record, out: &mut Vec<u8>) {
+        let view = RecordView {
+            source_id: self.source.id,
+            path: Some(&self.source.path),
+            package_id: self.package_id,
+            offset: record.offset,
+            timestamp_ns: record.timestamp_ns,
+            stream: record.stream,
+            flags: record.flags,
+            body: &record.body,
+            source_fields: &self.package.source_fields,
+        };
+        let fields = record.fields.iter().map(|(k, v)| (&k[..], &v[..]));
+        render::write_json_record(out, &view, fields, false);
     }
 }
 

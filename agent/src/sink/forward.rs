@@ -27,7 +27,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::destination::{Delivered, Destination, Rejected, SendError, SpooledPackage};
 use super::spool::{self, CursorFile, Shared, Spool, SpooledBlock};
-use super::store::render::{self, RecordView};
 use super::{Sink, SinkError};
 use crate::batch::Batch;
 use crate::config::network::ForwardConfig;
@@ -159,19 +158,7 @@ impl DeadLetter {
                 continue;
             };
             self.line.clear();
-            let view = RecordView {
-                source_id: package.source.id,
-                path: Some(&package.source.path),
-                package_id: package.package_id,
-                offset: r.offset,
-                timestamp_ns: r.timestamp_ns,
-                stream: r.stream,
-                flags: r.flags,
-                body: &r.body,
-                source_fields: &package.package.source_fields,
-            };
-            let fields = r.fields.iter().map(|(k, v)| (&k[..], &v[..]));
-            render::write_json_record(&mut self.line, &view, fields, false);
+            package.write_json(r, &mut self.line);
             // `…}\n` → `…,"reject_reason":"<reason>"}\n`; reasons are plain labels.
             self.line.truncate(self.line.len() - 2);
             out.extend_from_slice(&self.line);

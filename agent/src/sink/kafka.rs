@@ -1,7 +1,7 @@
 //! The Kafka [`Destination`]: one message per record, through librdkafka.
 //!
 //! Each record of a window becomes one message: the value is the record as JSON, the
-//! shape of the `file` sink ([`render::write_json_record`]); the headers
+//! shape of the `file` sink ([`crate::sink::store::render::write_json_record`]); the headers
 //! `logtap.source_id` (16 hex digits, as in the JSON), `logtap.package_id` and
 //! `logtap.offset` (decimal) let a consumer deduplicate replays and find a line's
 //! neighbours; the key is the source field named by `key:` (default: the source id, so
@@ -56,7 +56,6 @@ use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
 
 use super::destination::{Delivered, Destination, Rejected, SendError, SpooledPackage};
-use super::store::render::{self, RecordView};
 use crate::config::network::{KafkaConfig, TemplatePart};
 use crate::source::SourceInfo;
 
@@ -266,19 +265,7 @@ impl KafkaDestination {
                     continue;
                 }
                 self.line.clear();
-                let view = RecordView {
-                    source_id: sp.source.id,
-                    path: Some(&sp.source.path),
-                    package_id: sp.package_id,
-                    offset: rec.offset,
-                    timestamp_ns: rec.timestamp_ns,
-                    stream: rec.stream,
-                    flags: rec.flags,
-                    body: &rec.body,
-                    source_fields: &sp.package.source_fields,
-                };
-                let fields = rec.fields.iter().map(|(k, v)| (&k[..], &v[..]));
-                render::write_json_record(&mut self.line, &view, fields, false);
+                sp.write_json(rec, &mut self.line);
                 self.offset_buf.clear();
                 let _ = write!(self.offset_buf, "{}", rec.offset);
                 let outcome = self.produce_one(base + index);
