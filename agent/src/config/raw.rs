@@ -364,7 +364,7 @@ pub enum RawSink {
 ///
 /// Its last four fields (`spool` … `drain_timeout`) repeat in [`RawOtlp`] on purpose:
 /// serde cannot combine `flatten` with `deny_unknown_fields`, and a typo in a sink's
-/// settings must be an error naming the field. [`super::Validator`] reads both
+/// settings must be an error naming the field. The validator reads both
 /// through one `ForwardFields`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
