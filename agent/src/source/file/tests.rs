@@ -1043,8 +1043,10 @@ fn claimed_cri_logs_are_left_to_capture_and_unclaimed_ones_are_read_after_the_wa
     });
     append(&claimed, b"captured elsewhere\n");
     let unclaimed = dir.path().join("new.log");
-    append(&unclaimed, b"first line\n");
+    // Before the file is born: a test thread descheduled right after the append (a
+    // loaded machine) must not shorten the measured wait.
     let started = Instant::now();
+    append(&unclaimed, b"first line\n");
     h.wait("the unclaimed new log read after the wait", |r| {
         r.only(&unclaimed)
             .is_some_and(|(_, s)| s.bytes == b"first line\n")
