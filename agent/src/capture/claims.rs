@@ -103,7 +103,10 @@ impl Claims {
             return Claim::Skip;
         }
         match born {
-            Some(born) if born >= self.started => {
+            // File times come from the kernel's coarse clock, up to a tick behind
+            // `SystemTime::now()`: a log born just after capture started can carry a
+            // time just before it. Such a log waits for a decision too.
+            Some(born) if born + COARSE_CLOCK_SLACK >= self.started => {
                 if now.duration_since(born).unwrap_or_default() < self.claim_wait {
                     Claim::Undecided
                 } else {
@@ -114,6 +117,10 @@ impl Claims {
         }
     }
 }
+
+/// How far a file's birth time may lag the moment it was really born (a few kernel
+/// ticks of the coarse clock file times are taken from).
+const COARSE_CLOCK_SLACK: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {
@@ -150,6 +157,12 @@ mod tests {
         );
         let before = claims.started - Duration::from_secs(60);
         assert_eq!(claims.decide(path, Some(before), born), Claim::Ship);
+        // Born right after the start, stamped a coarse tick before it: still new.
+        let stamped = claims.started - Duration::from_millis(4);
+        assert_eq!(
+            claims.decide(path, Some(stamped), stamped + Duration::from_secs(1)),
+            Claim::Undecided
+        );
         assert!(claims.applies_to(0));
         assert!(!claims.applies_to(1));
     }

@@ -1043,6 +1043,9 @@ fn claimed_cri_logs_are_left_to_capture_and_unclaimed_ones_are_read_after_the_wa
     });
     append(&claimed, b"captured elsewhere\n");
     let unclaimed = dir.path().join("new.log");
+    // No pause here: a file born within a tick of the claims carries a time from the
+    // kernel's coarse clock, up to a tick before them (this test used to get here in
+    // 5 ms and see the log read at once); `Claims::decide` allows for that.
     // Before the file is born: a test thread descheduled right after the append (a
     // loaded machine) must not shorten the measured wait.
     let started = Instant::now();
