@@ -469,25 +469,31 @@ impl Store {
             if !too_big && !too_old {
                 break;
             }
-            match std::fs::remove_file(&oldest.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(segment = %oldest.path.display(), error = %e,
-                        "store: retention could not delete a segment");
-                    break;
-                }
+            if !self.retire_oldest(if too_big { "size" } else { "age" }) {
+                break;
             }
-            let removed = self.segments.remove(0);
-            self.total_bytes -= removed.len;
-            self.dir_dirty = true;
-            self.stats.retention_deleted_segments += 1;
-            self.stats.retention_deleted_bytes += removed.len;
-            metrics::counter!("logtap_store_retention_deleted_bytes_total").increment(removed.len);
-            tracing::debug!(segment = %removed.path.display(), bytes = removed.len,
-                reason = if too_big { "size" } else { "age" }, "store: retention deleted a segment");
         }
-        self.prune_sources();
+    }
+
+    /// Retention's deletion of the oldest sealed segment, counted; false when there
+    /// was none to delete or it could not be deleted.
+    fn retire_oldest(&mut self, reason: &'static str) -> bool {
+        match self.delete_oldest_sealed() {
+            Ok(Some(removed)) => {
+                self.stats.retention_deleted_segments += 1;
+                self.stats.retention_deleted_bytes += removed.len;
+                metrics::counter!("logtap_store_retention_deleted_bytes_total")
+                    .increment(removed.len);
+                tracing::debug!(segment = %removed.path.display(), bytes = removed.len, reason,
+                    "store: retention deleted a segment");
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, reason, "store: retention could not delete a segment");
+                false
+            }
+        }
     }
 }
 
@@ -537,20 +543,13 @@ impl Store {
             if free >= need {
                 return;
             }
-            match self.delete_oldest_sealed() {
-                Ok(Some(removed)) => {
-                    self.stats.retention_deleted_segments += 1;
-                    self.stats.retention_deleted_bytes += removed.len;
-                    metrics::counter!("logtap_store_retention_deleted_bytes_total")
-                        .increment(removed.len);
-                    tracing::info!(segment = %removed.path.display(), bytes = removed.len, free, need,
-                        "store: retention deleted a segment to keep min_free space on the disk");
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "store: retention could not delete a segment");
-                    return;
-                }
+            tracing::info!(
+                free,
+                need,
+                "store: less free space on the disk than min_free; deleting the oldest segment"
+            );
+            if !self.retire_oldest("min_free") {
+                return;
             }
         }
     }
