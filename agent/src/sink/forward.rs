@@ -96,11 +96,6 @@ impl NetworkSink {
         let state = self.shared.lock();
         state.pending.len() + state.in_flight.len()
     }
-
-    /// The shared state, for tests that watch the forwarder.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
 }
 
 impl Sink for NetworkSink {

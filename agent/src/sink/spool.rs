@@ -129,8 +129,6 @@ pub struct State {
     pub replay_below: SpoolPos,
     /// Set when the spool closes: the forwarder drains until this deadline, then stops.
     pub stop_at: Option<Instant>,
-    /// Bytes of the segment files (what `max_size` bounds).
-    pub spool_bytes: u64,
     /// What this spool lost or repeated since it opened (also exported as metrics).
     pub stats: SpoolStats,
 }
@@ -359,17 +357,12 @@ impl Spool {
             state.pending = pending;
             state.published_end = end;
             state.replay_below = cursor.sent_below;
-            state.spool_bytes = spool.store.total_bytes();
             tracing::info!(sink = %spool.name, pending = state.pending.len(),
                 cursor = ?cursor.forwarded_below, "spool opened");
         }
         spool.reclaim();
         spool.publish_gauges();
         Ok((spool, shared))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.config.path
     }
 
     fn reader(&mut self, first_seq: u64, path: &Path) -> Result<Arc<File>, SinkError> {
@@ -507,9 +500,8 @@ impl Spool {
     }
 
     fn publish_gauges(&self) {
-        let bytes = self.store.total_bytes();
-        self.shared.lock().spool_bytes = bytes;
-        metrics::gauge!("logtap_spool_bytes", "sink" => self.name.to_string()).set(bytes as f64);
+        metrics::gauge!("logtap_spool_bytes", "sink" => self.name.to_string())
+            .set(self.store.total_bytes() as f64);
     }
 
     /// Tells the forwarder to drain until `deadline` and stop.
