@@ -708,15 +708,6 @@ struct CaptureRun {
     ended: bool,
 }
 
-fn self_cpu() -> Duration {
-    // SAFETY: rusage is plain old data written by the kernel; zeroed is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// Resets this process's peak RSS to its current RSS (Linux 4.0+).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -802,7 +793,7 @@ fn run_with_capture(
 
     let counters_before = StageCounters::read(metrics);
     reset_peak_rss();
-    let cpu_before = self_cpu();
+    let cpu_before = crate::self_cpu();
     let writer = run_writer(scene, name, &log, scenario)?;
     let writer_end = writer.started + writer.usage.wall;
     // The stream ends once its cgroup is gone and the CRI log has nothing more.
@@ -810,7 +801,7 @@ fn run_with_capture(
     let mut streaming_cpu = None;
     let ended = loop {
         if streaming_cpu.is_none() && verify.lock().expect("not poisoned").done_at.is_some() {
-            streaming_cpu = Some(self_cpu() - cpu_before);
+            streaming_cpu = Some(crate::self_cpu() - cpu_before);
         }
         let streams = registry.snapshot();
         if !streams.is_empty() && streams.iter().all(|s| s.closed) {
@@ -830,7 +821,7 @@ fn run_with_capture(
         .join()
         .map_err(|_| anyhow::anyhow!("the sink worker panicked"))?
         .context("the sink worker")?;
-    let cpu = self_cpu() - cpu_before;
+    let cpu = crate::self_cpu() - cpu_before;
     let streaming_cpu = streaming_cpu.unwrap_or(cpu);
     let peak_rss_kib = peak_rss_kib();
     let stage_counters = StageCounters::read(metrics).since(counters_before);

@@ -433,9 +433,9 @@ fn run_otlp(
     let _ = receiver.take();
     // The harness process does nothing else while the agent runs: its CPU is the
     // receiver's.
-    let before = self_cpu();
+    let before = crate::self_cpu();
     let agent = run_agent(logtap, &config)?;
-    let dest_cpu = self_cpu().saturating_sub(before);
+    let dest_cpu = crate::self_cpu().saturating_sub(before);
     let got = receiver.take();
     let _ = std::fs::remove_dir_all(&data);
     if got.records != lines || got.errors != 0 || got.empty != 0 {
@@ -452,13 +452,4 @@ fn run_otlp(
         dest_cpu: Some(dest_cpu),
         delivered: Some(got.records),
     })
-}
-
-/// CPU time (user + system) of the harness process so far.
-fn self_cpu() -> Duration {
-    // SAFETY: rusage is plain old data written by the kernel.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: ru is valid for writes.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    crate::tv(ru.ru_utime) + crate::tv(ru.ru_stime)
 }
