@@ -37,25 +37,43 @@ fn delivered(receiver: &OtlpReceiver) -> BTreeMap<u64, u32> {
     counts
 }
 
-/// The receiver is down (503) long enough for 3.5 MB of lines to fill a 256 KiB spool.
-fn outage(receiver: &OtlpReceiver) {
-    receiver.script((0..10_000).map(|_| Reply::retry_after(503, "1")));
+/// An agent shipping [`LINES`] lines, written at once, to a receiver that is down
+/// (503, long enough for them to fill a 256 KiB spool) with the sink's `spool`.
+struct Outage {
+    dir: tempfile::TempDir,
+    receiver: OtlpReceiver,
+    config: String,
+    agent: Agent,
+}
+
+impl Outage {
+    fn start(spool: &str) -> Outage {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let receiver = OtlpReceiver::start();
+        receiver.script((0..10_000).map(|_| Reply::retry_after(503, "1")));
+        let config = config(&logs, &receiver.endpoint(), spool);
+        let agent = Agent::start(&dir.path().join("data"), &config);
+        write_lines_at_rate(&logs.join("app.log"), LINES, 10_000_000, |_, _| {});
+        Outage {
+            dir,
+            receiver,
+            config,
+            agent,
+        }
+    }
 }
 
 #[test]
 fn a_full_spool_blocks_reading_until_the_destination_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let receiver = OtlpReceiver::start();
-    outage(&receiver);
-    let cfg = config(
-        &logs,
-        &receiver.endpoint(),
-        "{max_size: 256KiB, when_full: block}",
-    );
-    let mut agent = Agent::start(&dir.path().join("data"), &cfg);
-    write_lines_at_rate(&logs.join("app.log"), LINES, 10_000_000, |_, _| {});
+    // `_dir` keeps the logs and the agent's data directory for the whole test.
+    let Outage {
+        dir: _dir,
+        receiver,
+        mut agent,
+        ..
+    } = Outage::start("{max_size: 256KiB, when_full: block}");
     wait_for(WAIT, "a full spool and a failed attempt", || {
         let m = agent.metrics();
         metric(&m, "logtap_spool_full_total", &[("sink", "otel")]) >= 1.0
@@ -113,18 +131,13 @@ fn a_full_spool_blocks_reading_until_the_destination_returns() {
 
 #[test]
 fn drop_oldest_keeps_reading_and_counts_exactly_what_it_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let receiver = OtlpReceiver::start();
-    outage(&receiver);
-    let cfg = config(
-        &logs,
-        &receiver.endpoint(),
-        "{max_size: 256KiB, when_full: drop_oldest}",
-    );
-    let mut agent = Agent::start(&dir.path().join("data"), &cfg);
-    write_lines_at_rate(&logs.join("app.log"), LINES, 10_000_000, |_, _| {});
+    // `_dir` keeps the logs and the agent's data directory for the whole test.
+    let Outage {
+        dir: _dir,
+        receiver,
+        mut agent,
+        ..
+    } = Outage::start("{max_size: 256KiB, when_full: drop_oldest}");
     // Reading never waits: every line reaches the spool (or is dropped from it).
     wait_for(WAIT, "every line in the spool", || {
         let m = agent.metrics();
@@ -165,15 +178,12 @@ fn drop_oldest_keeps_reading_and_counts_exactly_what_it_dropped() {
 
 #[test]
 fn kill9_while_the_destination_is_down_loses_nothing_from_the_spool() {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let data = dir.path().join("data");
-    let receiver = OtlpReceiver::start();
-    outage(&receiver);
-    let cfg = config(&logs, &receiver.endpoint(), "{max_size: 64MiB}");
-    let mut agent = Agent::start(&data, &cfg);
-    write_lines_at_rate(&logs.join("app.log"), LINES, 10_000_000, |_, _| {});
+    let Outage {
+        dir,
+        receiver,
+        config,
+        mut agent,
+    } = Outage::start("{max_size: 64MiB}");
     wait_for(WAIT, "every line spooled and checkpointed", || {
         let m = agent.metrics();
         metric(&m, "logtap_read_lag_bytes", &[]) == 0.0
@@ -188,7 +198,7 @@ fn kill9_while_the_destination_is_down_loses_nothing_from_the_spool() {
     );
 
     receiver.clear_script();
-    let mut agent = Agent::start(&data, &cfg);
+    let mut agent = Agent::start(&dir.path().join("data"), &config);
     wait_for(WAIT, "every line delivered after the restart", || {
         delivered(&receiver).len() as u64 == LINES
     });
