@@ -1067,20 +1067,10 @@ impl Validator {
     ) -> Result<network::OtlpConfig, ConfigError> {
         use network::OtlpCompression;
         let field = |f: &str| format!("{prefix}.{f}");
+        // The destination derives its URL the same way: what passes here is what it
+        // will post to.
+        network::logs_url(&o.endpoint).map_err(|e| self.invalid(&field("endpoint"), e))?;
         let endpoint = o.endpoint.trim_end_matches('/');
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-            || endpoint
-                .split_once("://")
-                .is_none_or(|(_, rest)| rest.is_empty())
-        {
-            return Err(self.invalid(
-                &field("endpoint"),
-                format!(
-                    "{:?}: expected http://host:port or https://host:port",
-                    o.endpoint
-                ),
-            ));
-        }
         let compression = match o.compression.as_deref().unwrap_or("gzip") {
             "none" => OtlpCompression::None,
             "gzip" => OtlpCompression::Gzip,

@@ -133,3 +133,34 @@ pub struct OtlpConfig {
     pub timeout: Duration,
     pub forward: ForwardConfig,
 }
+
+/// `<endpoint>/v1/logs` of a validated `http://` or `https://` endpoint. An endpoint
+/// that already ends in `/v1/logs` (the `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` form) is
+/// used as it is. The error names the endpoint and what is wrong with it (the config's validation and the destination use it alike).
+pub fn logs_url(endpoint: &str) -> Result<String, String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("otlp endpoint {endpoint:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(format!(
+                "otlp endpoint {endpoint:?} must start with http:// or https://"
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("otlp endpoint {endpoint:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!(
+            "otlp endpoint {endpoint:?} has a query; give the base URL (logtap adds /v1/logs)"
+        ));
+    }
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/logs") {
+        Ok(base.to_owned())
+    } else {
+        Ok(format!("{base}/v1/logs"))
+    }
+}
