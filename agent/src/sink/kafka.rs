@@ -261,7 +261,9 @@ impl KafkaDestination {
             let _ = write!(self.package_id_buf, "{}", sp.package_id);
             for (r, rec) in sp.package.records.iter().enumerate() {
                 let index = self.starts[p] + r;
-                if self.reports().outcomes[index] == Outcome::Skipped {
+                // The lock only when this attempt skips anything (a retry): not per
+                // record of every window.
+                if self.last_skipped > 0 && self.reports().outcomes[index] == Outcome::Skipped {
                     continue;
                 }
                 self.line.clear();
