@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::batch::codec::{Package, Record};
-use crate::sink::store::render::{self, RecordView};
+use crate::sink::store::render::{self, PackageJson, RecordView};
 use crate::source::SourceInfo;
 
 /// One package read back from the spool, decoded.
@@ -48,10 +48,9 @@ impl SpooledPackage {
             .sum()
     }
 
-    /// Appends `record` (one of this package's) as the file sink's NDJSON line, `\n`
-    /// included: the value of a Kafka message, a dead-letter line.
-    pub fn write_json(&self, record: &Record, out: &mut Vec<u8>) {
-        let view = RecordView {
+    /// `record` (one of this package's) with the coordinates its JSON needs.
+    pub fn view<'a>(&'a self, record: &'a Record) -> RecordView<'a> {
+        RecordView {
             source_id: self.source.id,
             path: Some(&self.source.path),
             package_id: self.package_id,
@@ -61,9 +60,25 @@ impl SpooledPackage {
             flags: record.flags,
             body: &record.body,
             source_fields: &self.package.source_fields,
-        };
+        }
+    }
+
+    /// Appends `record` (one of this package's) as the file sink's NDJSON line, `\n`
+    /// included: a dead-letter line.
+    pub fn write_json(&self, record: &Record, out: &mut Vec<u8>) {
         let fields = record.fields.iter().map(|(k, v)| (&k[..], &v[..]));
-        render::write_json_record(out, &view, fields, false);
+        render::write_json_record(out, &self.view(record), fields, false);
+    }
+
+    /// Renders this package's shared JSON parts into `json`, for
+    /// [`PackageJson::write_record`] of each of its records (a Kafka message value).
+    pub fn reset_json(&self, json: &mut PackageJson) {
+        json.reset(
+            self.source.id,
+            Some(&self.source.path),
+            self.package_id,
+            &self.package.source_fields,
+        );
     }
 }
 

@@ -1,6 +1,6 @@
 //! The file sink: every record as one NDJSON object appended to a file.
 //!
-//! The object shape is [`render::write_json_record`], the same as `logtap query
+//! The object shape is [`crate::sink::store::render::write_json_record`], the same as `logtap query
 //! --json`. `flush` writes the buffer out and fsyncs, so an acknowledged package is on
 //! disk (a FIFO, pipe or terminal is flushed without fsync, which they do not support).
 //!
@@ -17,7 +17,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::batch::Batch;
-use crate::sink::store::render::{self, RecordView};
+use crate::sink::store::render::{PackageJson, RecordView};
 use crate::sink::{Sink, SinkError};
 
 /// Rendered bytes held before `write` starts writing them out.
@@ -114,6 +114,14 @@ pub(crate) fn render_batch(
     line: &mut Vec<u8>,
     mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    // The parts every line of the batch shares, rendered once.
+    let mut json = PackageJson::default();
+    json.reset(
+        batch.source.id,
+        Some(&batch.source.path),
+        batch.package_id,
+        &batch.source_fields,
+    );
     for (i, l) in batch.lines.iter().enumerate() {
         line.clear();
         let view = RecordView {
@@ -131,7 +139,7 @@ pub(crate) fn render_batch(
             .fields_of(i)
             .iter()
             .map(|f| (&f.key[..], &f.value[..]));
-        render::write_json_record(line, &view, fields, false);
+        json.write_record(line, &view, fields, false);
         sink(line)?;
     }
     Ok(())

@@ -55,30 +55,80 @@ pub fn write_rfc3339(out: &mut Vec<u8>, ts_ns: i64) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    );
+    // Digits by hand rather than through `write!`, whose formatting machinery runs per
+    // argument: every record the file and network sinks write has a timestamp.
+    let mut buf = *b"0000-00-00T00:00:00.000000000Z";
+    put_digits(&mut buf[0..4], year as u64);
+    put_digits(&mut buf[5..7], month as u64);
+    put_digits(&mut buf[8..10], day as u64);
+    put_digits(&mut buf[11..13], (sod / 3600) as u64);
+    put_digits(&mut buf[14..16], (sod / 60 % 60) as u64);
+    put_digits(&mut buf[17..19], (sod % 60) as u64);
+    put_digits(&mut buf[20..29], nanos as u64);
+    out.extend_from_slice(&buf);
 }
+
+/// Writes the low `slot.len()` decimal digits of `n` into `slot`, zero-padded.
+fn put_digits(slot: &mut [u8], mut n: u64) {
+    for d in slot.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// Appends `n` in decimal.
+fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Appends `n` in decimal, with its sign.
+fn write_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    write_u64(out, n.unsigned_abs());
+}
+
+/// Bytes a JSON string cannot hold as they are: `"`, `\\` and the controls.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    // Runs of plain bytes are copied whole; only the rare byte to escape is looked at.
+    while let Some(n) = bytes[start..].iter().position(|&b| NEEDS_ESCAPE[b as usize]) {
+        let i = start + n;
+        out.extend_from_slice(&bytes[start..i]);
+        let b = bytes[i];
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
             b'\n' => b"\\n",
             b'\r' => b"\\r",
             b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
+            _ => b"",
         };
-        out.extend_from_slice(&bytes[start..i]);
         if esc.is_empty() {
             let _ = write!(out, "\\u{:04x}", b);
         } else {
@@ -127,24 +177,91 @@ pub fn write_json_record<'f>(
     fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
     context: bool,
 ) {
+    write_json_head(out, rec.timestamp_ns);
+    write_json_package(out, rec.source_id, rec.path, rec.package_id);
+    write_json_own(out, rec, fields);
+    write_json_resource(out, rec.source_fields);
+    write_json_end(out, context);
+}
+
+/// The JSON of the records of one package ([`write_json_record`]'s shape, byte for
+/// byte), with what every record of the package shares — source id, path, package
+/// id, resource — rendered once by [`PackageJson::reset`] instead of per record: the
+/// network sinks render every record of every window.
+#[derive(Debug, Default)]
+pub struct PackageJson {
+    /// `"source_id":…,"path":…,"package_id":…,`
+    package: Vec<u8>,
+    /// `,"resource":{…}` or nothing.
+    resource: Vec<u8>,
+}
+
+impl PackageJson {
+    /// Renders the shared parts of `package_id` of the source `source_id` at `path`.
+    pub fn reset(
+        &mut self,
+        source_id: SourceId,
+        path: Option<&Path>,
+        package_id: u64,
+        source_fields: &[(Bytes, Bytes)],
+    ) {
+        self.package.clear();
+        write_json_package(&mut self.package, source_id, path, package_id);
+        self.resource.clear();
+        write_json_resource(&mut self.resource, source_fields);
+    }
+
+    /// Appends one record of the package, as [`write_json_record`] would (the shared
+    /// parts of `rec` are ignored: they are those given to [`PackageJson::reset`]).
+    pub fn write_record<'f>(
+        &self,
+        out: &mut Vec<u8>,
+        rec: &RecordView<'_>,
+        fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
+        context: bool,
+    ) {
+        write_json_head(out, rec.timestamp_ns);
+        out.extend_from_slice(&self.package);
+        write_json_own(out, rec, fields);
+        out.extend_from_slice(&self.resource);
+        write_json_end(out, context);
+    }
+}
+
+/// `{"ts":"…","timestamp_ns":…,`
+fn write_json_head(out: &mut Vec<u8>, timestamp_ns: i64) {
     out.extend_from_slice(b"{\"ts\":\"");
-    write_rfc3339(out, rec.timestamp_ns);
-    let _ = write!(
-        out,
-        "\",\"timestamp_ns\":{},\"source_id\":\"{:016x}\",",
-        rec.timestamp_ns, rec.source_id.0
-    );
-    if let Some(path) = rec.path {
+    write_rfc3339(out, timestamp_ns);
+    out.extend_from_slice(b"\",\"timestamp_ns\":");
+    write_i64(out, timestamp_ns);
+    out.push(b',');
+}
+
+/// `"source_id":"<16 hex>","path":"…","package_id":…,`
+fn write_json_package(out: &mut Vec<u8>, source_id: SourceId, path: Option<&Path>, package_id: u64) {
+    let _ = write!(out, "\"source_id\":\"{:016x}\",", source_id.0);
+    if let Some(path) = path {
         write_bytes_member(out, "path", path.as_os_str().as_bytes());
         out.push(b',');
     }
-    let _ = write!(
-        out,
-        "\"package_id\":{},\"offset\":{},",
-        rec.package_id, rec.offset
-    );
+    out.extend_from_slice(b"\"package_id\":");
+    write_u64(out, package_id);
+    out.push(b',');
+}
+
+/// `"offset":…,"stream":…,"flags":[…],"body":…,"fields":{…}`
+fn write_json_own<'f>(
+    out: &mut Vec<u8>,
+    rec: &RecordView<'_>,
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
+) {
+    out.extend_from_slice(b"\"offset\":");
+    write_u64(out, rec.offset);
+    out.push(b',');
     if rec.stream != Stream::None {
-        let _ = write!(out, "\"stream\":\"{}\",", rec.stream.as_str());
+        out.extend_from_slice(b"\"stream\":\"");
+        out.extend_from_slice(rec.stream.as_str().as_bytes());
+        out.extend_from_slice(b"\",");
     }
     out.extend_from_slice(b"\"flags\":[");
     for (i, name) in rec.flags.names().enumerate() {
@@ -155,14 +272,20 @@ pub fn write_json_record<'f>(
     }
     out.extend_from_slice(b"],");
     write_bytes_member(out, "body", rec.body);
-
     out.push(b',');
     write_field_object(out, "fields", fields);
-    if !rec.source_fields.is_empty() {
+}
+
+/// `,"resource":{…}` when the source has fields.
+fn write_json_resource(out: &mut Vec<u8>, source_fields: &[(Bytes, Bytes)]) {
+    if !source_fields.is_empty() {
         out.push(b',');
-        let source = rec.source_fields.iter().map(|(k, v)| (&k[..], &v[..]));
+        let source = source_fields.iter().map(|(k, v)| (&k[..], &v[..]));
         write_field_object(out, "resource", source);
     }
+}
+
+fn write_json_end(out: &mut Vec<u8>, context: bool) {
     if context {
         out.extend_from_slice(b",\"context\":true");
     }
@@ -316,6 +439,45 @@ mod tests {
             flags: LineFlags::TRUNCATED | LineFlags::INVALID_UTF8,
             body,
             source_fields: &[],
+        }
+    }
+
+    #[test]
+    fn package_json_renders_records_byte_for_byte_as_write_json_record() {
+        let resource = [
+            (Bytes::from_static(b"k8s.pod"), Bytes::from_static(b"web-1")),
+            (Bytes::from_static(b"bin"), Bytes::from_static(b"\xff")),
+        ];
+        let fields: Vec<(&[u8], &[u8])> = vec![(b"level", b"info"), (b"b", b"\xfe")];
+        for (path, source_fields) in [
+            (Some(Path::new("/var/log/a \"b\".log")), &resource[..]),
+            (None, &[][..]),
+        ] {
+            let mut pj = PackageJson::default();
+            pj.reset(SourceId(0xab), path, 3, source_fields);
+            for (body, stream, ts) in [
+                (&b"plain"[..], Stream::Stdout, 1_714_564_800_000_000_001),
+                (b"tab\tquote\"\x01\xff", Stream::None, -1),
+            ] {
+                for context in [false, true] {
+                    let rec = RecordView {
+                        path,
+                        source_fields,
+                        stream,
+                        timestamp_ns: ts,
+                        ..view(body)
+                    };
+                    let mut expected = Vec::new();
+                    write_json_record(&mut expected, &rec, fields.iter().copied(), context);
+                    let mut got = Vec::new();
+                    pj.write_record(&mut got, &rec, fields.iter().copied(), context);
+                    assert_eq!(
+                        String::from_utf8_lossy(&got),
+                        String::from_utf8_lossy(&expected)
+                    );
+                    serde_json::from_slice::<serde_json::Value>(&got).unwrap();
+                }
+            }
         }
     }
 
