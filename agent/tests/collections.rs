@@ -439,13 +439,19 @@ fn with_capture_on_a_collection_from_the_start_is_changed_and_deleted() {
         applies(&agent) > before
     });
 
-    // The file config shipped throughout, and the agent stops on SIGTERM.
+    // The file config shipped throughout (its store also holds the pods source's
+    // lines), and the agent stops on SIGTERM.
     let written = writer.finish();
     wait_for_every(
         Duration::from_secs(15),
         Duration::from_millis(300),
         "every host line",
-        || store_unique(&local) == written,
+        || {
+            SeqCensus::of(&store_records(&local))
+                .missing(written)
+                .is_empty()
+        },
     );
+    assert_eq!(SeqCensus::of(&store_records(&local)).duplicates(), 0);
     assert!(agent.stop(), "clean exit\n{}", agent.log());
 }
