@@ -120,15 +120,20 @@ pub fn run(
             break Err(e);
         }
         // Capture runs across config changes: the containers it ships are those of the
-        // file config's capture source, whose index `effective` keeps.
+        // file config's capture source, whose index `effective` keeps. Its pipeline is
+        // built from the file config alone, so its router holds the queues of the file
+        // config's sinks only: those are never stopped by a rebuild (a collection cannot
+        // replace one), while a collection's sink is, and its worker ends only once
+        // every sender of its queue is gone. A collection that selects a captured
+        // container reads its CRI log through the file source (`Claims`).
         if !capture_tried
             && !options.oneshot
             && let Some(capture_config) = &config.capture
         {
             capture_tried = true;
             let mut pipeline = Pipeline::new(
-                &effective,
-                Router::new(&effective.sources, &sinks.queues),
+                &config,
+                Router::new(&config.sources, &sinks.queues),
                 registry.clone(),
             );
             if let Some(e) = &enricher {

@@ -11,6 +11,9 @@
 //! unless `LOGTAP_SKIP_CRI_TESTS=1` or `LOGTAP_SKIP_EBPF_TESTS=1` is set.
 
 mod common;
+#[path = "../src/discovery/watcher/fake_api.rs"]
+#[allow(dead_code, reason = "the fake serves the watcher's unit tests too")]
+mod fake_api;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -390,5 +393,85 @@ fn an_agent_killed_mid_stream_resumes_from_the_cri_log_and_loses_nothing() {
     assert!(
         metric(&metrics, "logtap_capture_repaired_bytes_total", &[]) > 0.0,
         "the restarted agent read the stream from the CRI log\n{metrics}"
+    );
+}
+
+/// A `LogCollection` selecting a captured container gets its lines too, in its own
+/// store, as it would from the CRI log: capture ships the container for the file
+/// config's capture source only, and the file source still reads the claimed log for
+/// the collection. (The claim check once looked at the first matching config only, so
+/// the collection got nothing.)
+#[test]
+fn a_collection_selecting_a_captured_container_gets_its_lines() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lc_store = dir.path().join("lc");
+    let api = fake_api::FakeApi::start_new();
+    api.put_collection(
+        "default",
+        "web",
+        serde_json::json!({
+            "selector": {"pod_name": "^lc-web$"},
+            "sources": [{"name": "out", "input": {"type": "container_stdout"}}],
+            "sink": {"type": "store", "path": lc_store},
+        }),
+    );
+    let config = format!(
+        "{}kubernetes: {{api_url: \"{}\", node_name: node-capture, metadata_wait: 1s}}\n\
+         collections: {{facts_wait: 2s, admin_namespace: default}}\n",
+        agent_config(
+            "/var/log/pods/default_lc-*/**/*.log",
+            harness.endpoint(),
+            "16MiB"
+        ),
+        api.url()
+    );
+    let agent = start_agent(dir.path(), &config);
+    let pod = harness.run_pod(PodSpec::new("lc-web"));
+    let web = run(
+        &pod,
+        "web",
+        "i=1; while [ $i -le 500 ]; do echo \"web $i\"; i=$((i+1)); done; sleep 1",
+    );
+    web.wait_exit(Duration::from_secs(30));
+    let log = web.log_path();
+    let expected = numbered("web ", 1..=500);
+    wait_for_cri(log, "stdout", &expected);
+    // Capture ships it into the file config's store, once.
+    wait_for_stream(&agent, log, "stdout", &expected);
+    // The collection gets every line, once, read from the CRI log.
+    let collected = || -> Vec<String> {
+        if !lc_store.exists() {
+            return Vec::new();
+        }
+        store_records(&lc_store)
+            .iter()
+            .filter(|r| r["path"] == log.display().to_string().as_str())
+            .filter_map(|r| r["body"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let want: Vec<String> = expected.lines().map(str::to_owned).collect();
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        got = collected();
+        if got.len() >= want.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        got == want,
+        "the collection's store holds {} of {} lines, first {:?}\nagent log:\n{}",
+        got.len(),
+        want.len(),
+        got.first(),
+        agent.log()
     );
 }

@@ -86,14 +86,19 @@ impl Node {
     /// The objects live in `shop`, made the admin namespace so they may choose their
     /// store paths (tenancy limits are unit-tested in `collections::tests`).
     fn config(&self, url: &str) -> String {
+        self.config_with(url, "", "")
+    }
+
+    /// [`Node::config`] with more `sources[]` entries and top-level sections.
+    fn config_with(&self, url: &str, sources: &str, sections: &str) -> String {
         format!(
-            "sources:\n  - name: host\n    include: [\"{host}/*.log\"]\n    sink: local\n\
+            "sources:\n  - name: host\n    include: [\"{host}/*.log\"]\n    sink: local\n{sources}\
              sinks:\n  local: {{type: store}}\n\
              files: {{rescan_interval: 1s}}\n\
              batch: {{timeout: 100ms}}\n\
              cri: {{enabled: false}}\n\
              kubernetes: {{api_url: \"{url}\", node_name: {NODE}, metadata_wait: 1s}}\n\
-             collections: {{pod_logs: \"{pods}\", facts_wait: 2s, admin_namespace: shop}}\n",
+             collections: {{pod_logs: \"{pods}\", facts_wait: 2s, admin_namespace: shop}}\n{sections}",
             host = self.host_dir().display(),
             pods = self.pods_dir().display(),
         )
@@ -370,5 +375,83 @@ fn unreachable_api_keeps_the_file_config_working() {
     assert_eq!(census.duplicates(), 0);
     let counts: BTreeMap<_, _> = census.counts;
     assert_eq!(counts.len(), 80);
+    assert!(agent.stop(), "clean exit\n{}", agent.log());
+}
+
+/// With eBPF capture on, a collection that existed at start is changed (its sink
+/// moves) and then deleted: each change applies, the file config ships on, and
+/// SIGTERM stops the agent. The capture thread once held a queue of every sink of the
+/// effective config at start, so the rebuild waited forever for the old sink's worker
+/// (no apply, no more file collection, SIGTERM ignored).
+#[test]
+fn with_capture_on_a_collection_from_the_start_is_changed_and_deleted() {
+    if std::env::var("LOGTAP_SKIP_EBPF_TESTS").as_deref() == Ok("1") {
+        eprintln!("note: LOGTAP_SKIP_EBPF_TESTS=1: eBPF capture test skipped");
+        return;
+    }
+    let api = FakeApi::start_new();
+    api.put_pod(pod("web", UID_WEB));
+    let node = Node::new();
+    node.write_pod("web", UID_WEB, 0..5);
+    api.put_collection("shop", "pods", node.spec("pods", "web"));
+    let host_log = node.host_dir().join("host.log");
+    let writer = HostWriter::start(host_log);
+    // Capture takes the file config's CRI source; its prefix matches no cgroup, so it
+    // ships nothing itself: what is tested is that it does not block the rebuilds.
+    let config = node.config_with(
+        &api.url(),
+        &format!(
+            "  - name: pods\n    include: [\"{}/**/*.log\"]\n    format: cri\n    sink: local\n",
+            node.pods_dir().display()
+        ),
+        "capture: {enabled: true, source: pods, cgroup_prefix: /logtap-no-such-cgroup}\n",
+    );
+    let mut agent = Agent::start(&node.data_dir(), &config);
+    wait_for(Duration::from_secs(30), "probes loaded", || {
+        metric(&agent.metrics(), "logtap_capture_up", &[]) == 1.0
+    });
+    let local = agent.store_dir();
+    wait_for(
+        Duration::from_secs(10),
+        "web's lines in the collection",
+        || bodies(&node.sink("pods"), "web ").len() == 5,
+    );
+
+    // Changed: the sink moves to another store (the old sink's worker must stop).
+    let before = applies(&agent);
+    let mut moved = node.spec("pods", "web");
+    moved["sink"]["path"] = json!(node.sink("moved"));
+    api.put_collection("shop", "pods", moved);
+    wait_for(Duration::from_secs(10), "the change applied", || {
+        applies(&agent) > before
+    });
+    node.write_pod("web", UID_WEB, 5..8);
+    wait_for(
+        Duration::from_secs(10),
+        "web's new lines in the moved store",
+        || bodies(&node.sink("moved"), "web ") == lines("web", 5..8),
+    );
+
+    // Deleted.
+    let before = applies(&agent);
+    api.delete_collection("shop", "pods");
+    wait_for(Duration::from_secs(10), "the deletion applied", || {
+        applies(&agent) > before
+    });
+
+    // The file config shipped throughout (its store also holds the pods source's
+    // lines), and the agent stops on SIGTERM.
+    let written = writer.finish();
+    wait_for_every(
+        Duration::from_secs(15),
+        Duration::from_millis(300),
+        "every host line",
+        || {
+            SeqCensus::of(&store_records(&local))
+                .missing(written)
+                .is_empty()
+        },
+    );
+    assert_eq!(SeqCensus::of(&store_records(&local)).duplicates(), 0);
     assert!(agent.stop(), "clean exit\n{}", agent.log());
 }

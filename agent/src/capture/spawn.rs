@@ -82,7 +82,7 @@ impl CaptureThread {
         metrics::gauge!("logtap_capture_up").set(1.0);
         tracing::info!(prefix = %options.cgroup_prefix, "eBPF capture running");
         let claims = Arc::new(Claims::new(options.source, options.claim_wait));
-        let stage = CaptureStage::new(
+        let mut stage = CaptureStage::new(
             options.clone(),
             probes,
             containers,
@@ -90,6 +90,13 @@ impl CaptureThread {
             registry,
             claims.clone(),
         );
+        match Probes::cgroup2_root() {
+            Ok(root) => stage.set_cgroup_root(Some(root)),
+            // Removal records still end streams; only a lost one goes unnoticed.
+            Err(e) => {
+                tracing::warn!(error = %e, "no cgroup v2 mount: a container whose removal record is lost is not noticed")
+            }
+        }
         let thread = std::thread::Builder::new()
             .name("logtap-capture".into())
             .spawn(move || match stage.run(&shutdown) {

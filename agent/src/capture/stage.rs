@@ -62,6 +62,11 @@ const REPAIR_READ_BYTES: u64 = 8 << 20;
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// Captured bytes after a hole compared with the CRI log before the hole is repaired.
 const REPAIR_CHECK_BYTES: usize = 64;
+/// How often the directories of watched cgroups are looked at (see `sweep_cgroups`).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a cgroup's directory must have been gone before its removal record is
+/// taken as lost: a record still behind others in the ring has had that long to come.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// Where probe events come from: the loaded probes, or a script in tests.
 pub trait EventFeed: Send {
@@ -135,6 +140,14 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     /// closed checkpoints stay until the kubelet removes the log.
     ended: Vec<(SourceId, PathBuf)>,
     last_prune: Instant,
+    /// The cgroup v2 mount, where a cgroup whose removal record was lost is seen to be
+    /// gone; `None`: not looked at.
+    cgroup_root: Option<PathBuf>,
+    /// Cgroups whose directory was seen under `cgroup_root` (the cgroup's id as its
+    /// inode), with the time it was first found missing. Only a cgroup seen there can
+    /// be taken as gone: in another cgroup namespace the paths do not resolve at all.
+    sighted: HashMap<u64, Option<Instant>>,
+    last_sweep: Instant,
 }
 
 impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
@@ -161,9 +174,18 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             last_tick: Instant::now(),
             ended: Vec::new(),
             last_prune: Instant::now(),
+            cgroup_root: None,
+            sighted: HashMap::new(),
+            last_sweep: Instant::now(),
         };
         stage.resume_checkpointed();
         stage
+    }
+
+    /// Looks for removed cgroups under `root` (the cgroup v2 mount), for those whose
+    /// removal record was lost (see `sweep_cgroups`).
+    pub fn set_cgroup_root(&mut self, root: Option<PathBuf>) {
+        self.cgroup_root = root;
     }
 
     /// Runs until `shutdown` is set; then hands on what it has and returns the
@@ -233,6 +255,10 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 self.last_prune = now;
                 self.prune_ended();
             }
+            if now.duration_since(self.last_sweep) >= SWEEP_INTERVAL {
+                self.last_sweep = now;
+                self.sweep_cgroups(now);
+            }
             metrics::gauge!("logtap_capture_streams").set(self.streams.len() as f64);
             metrics::gauge!("logtap_capture_watched_containers").set(self.cgroups.len() as f64);
         }
@@ -242,6 +268,11 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
     fn lifecycle(&mut self, event: &OwnedEvent) {
         match event {
             OwnedEvent::Created { cgroup_id, path } => {
+                if let Some(root) = &self.cgroup_root
+                    && cgroup_present(root, path, *cgroup_id)
+                {
+                    self.sighted.insert(*cgroup_id, None);
+                }
                 self.cgroups.insert(*cgroup_id, path.clone());
             }
             OwnedEvent::Bound { cgroup_id, stream } => self.bind(*cgroup_id, *stream),
@@ -256,8 +287,43 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                     }
                 }
                 self.cgroups.remove(cgroup_id);
+                self.sighted.remove(cgroup_id);
                 self.feed.forget(*cgroup_id);
             }
+        }
+    }
+
+    /// A container whose removal record was lost (a full ring buffer) would never
+    /// end: its tail holes would stay unrepaired, its stream and its kernel map
+    /// entries would stay forever. Its cgroup's directory is gone though (the runtime
+    /// removes it when the container exits): a cgroup seen under the cgroup v2 mount
+    /// and now missing (or another cgroup at its path) for [`EXIT_GRACE`] is ended as
+    /// its removal record would have ended it, and counted.
+    fn sweep_cgroups(&mut self, now: Instant) {
+        let Some(root) = &self.cgroup_root else {
+            return;
+        };
+        let mut gone = Vec::new();
+        for (&id, path) in &self.cgroups {
+            let present = cgroup_present(root, path, id);
+            match self.sighted.get_mut(&id) {
+                Some(missing) if present => *missing = None,
+                None if present => {
+                    self.sighted.insert(id, None);
+                }
+                Some(Some(since)) if now.duration_since(*since) >= EXIT_GRACE => gone.push(id),
+                Some(missing @ None) => *missing = Some(now),
+                // Never seen: its path does not resolve from here; nothing to infer.
+                _ => {}
+            }
+        }
+        for cgroup_id in gone {
+            metrics::counter!("logtap_capture_exits_inferred_total").increment(1);
+            tracing::info!(
+                cgroup_id,
+                "a captured cgroup is gone but its removal record never came (ring buffer full?): its streams end"
+            );
+            self.lifecycle(&OwnedEvent::Removed { cgroup_id });
         }
     }
 
@@ -707,6 +773,15 @@ impl OwnedEvent {
             ProbeEvent::Data { .. } => None,
         }
     }
+}
+
+/// Whether the directory of cgroup `id` is at `path` (below the cgroup v2 mount
+/// `root`): a cgroup's id is the inode of its directory.
+fn cgroup_present(root: &Path, path: &[u8], id: u64) -> bool {
+    let relative = path.strip_prefix(b"/").unwrap_or(path);
+    let dir = root.join(std::ffi::OsStr::from_bytes(relative));
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::ino(&m) == id)
 }
 
 /// `<log path>#stdout`, or `cgroup:<path>#stdout` when the log is unknown.

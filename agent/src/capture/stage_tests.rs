@@ -365,3 +365,59 @@ fn a_stream_checkpointed_by_an_earlier_run_continues_from_its_log() {
     }
     assert!(stage.streams.is_empty());
 }
+
+/// The container's removal record was lost (a full ring buffer drops lifecycle
+/// records too; here the script simply never delivers it): once its cgroup's
+/// directory is gone, the stream ends as the record would have ended it — the tail
+/// hole read back from the CRI log, the kernel's entries forgotten.
+#[test]
+fn a_lost_removal_record_is_inferred_from_the_cgroup_directory_gone() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["first", "lost at the end"]);
+    let root = tempfile::tempdir().unwrap();
+    let cgroup = root.path().join("kubepods/podu/c4");
+    std::fs::create_dir_all(&cgroup).unwrap();
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup).unwrap());
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([vec![
+            Scripted::Created(id, "/kubepods/podu/c4"),
+            Scripted::Bound(id, Stream::Stdout),
+            Scripted::Data(id, Stream::Stdout, 0, b"first\n"),
+        ]]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(false),
+    };
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    stage.set_cgroup_root(Some(root.path().to_path_buf()));
+    assert_eq!(bodies(&lines(&mut stage, &rx, 1)), ["first"]);
+    // Still there: a sweep leaves it alone.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        stage.poll_once(Duration::from_millis(5)).unwrap();
+    }
+    assert_eq!(stage.streams.len(), 1, "a live container's stream ended");
+    std::fs::remove_dir(&cgroup).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while !stage.streams.is_empty() && start.elapsed() < Duration::from_secs(10) {
+        got.extend(lines(&mut stage, &rx, 1));
+    }
+    assert_eq!(
+        bodies(&got),
+        ["lost at the end"],
+        "the tail hole is repaired"
+    );
+    assert!(
+        stage.streams.is_empty(),
+        "the stream of a cgroup gone without its removal record never ends"
+    );
+    assert_eq!(
+        stage.feed.forgotten,
+        [id],
+        "the kernel's entries are forgotten"
+    );
+    assert!(stage.cgroups.is_empty());
+}

@@ -271,6 +271,11 @@ pub fn describe() {
         Unit::Count,
         "eBPF lifecycle records (stream bound, cgroup created/removed, exec, exit) lost to a full ring"
     );
+    describe_counter!(
+        "logtap_capture_exits_inferred_total",
+        Unit::Count,
+        "captured cgroups found gone without their removal record (lost to a full ring): their streams were ended"
+    );
     describe_gauge!(
         "logtap_kube_pods_cached",
         Unit::Count,

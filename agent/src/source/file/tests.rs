@@ -1073,6 +1073,52 @@ fn claimed_cri_logs_are_left_to_capture_and_unclaimed_ones_are_read_after_the_wa
     h.stop();
 }
 
+/// A claimed CRI log is capture's only for capture's own config: every other config
+/// that reads it (a `LogCollection`'s stdout source) still reads it from the file,
+/// rotations included, while capture's config never does. A log undecided for
+/// capture waits for all of its configs.
+#[test]
+fn a_claimed_cri_log_is_still_read_for_the_other_configs_that_select_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let claims = Arc::new(crate::capture::Claims::new(0, Duration::from_millis(400)));
+    let claimed = dir.path().join("claimed.log");
+    claims.claim(&claimed);
+    let mut opts = options(false);
+    opts.claims = Some(claims.clone());
+    let pattern = glob(dir.path(), "*.log*");
+    let h = Harness::start(
+        vec![
+            config("pods", &pattern, Format::Cri),
+            config("shop/web/out", &pattern, Format::Cri),
+        ],
+        opts,
+        Arc::new(MemStore::default()),
+    );
+    append(&claimed, b"captured, and collected\n");
+    h.wait("the claimed log read for the collection", |r| {
+        r.only(&claimed)
+            .is_some_and(|(_, s)| s.bytes == b"captured, and collected\n")
+    });
+    h.with(|r| {
+        let (_, rec) = r.only(&claimed).unwrap();
+        assert_eq!(rec.configs, [1], "only the collection reads a claimed log");
+    });
+    let rotated = dir.path().join("claimed.log.20261121");
+    std::fs::rename(&claimed, &rotated).unwrap();
+    append(&claimed, b"after the rotation\n");
+    h.wait("the new log read for the collection", |r| {
+        r.at(&claimed)
+            .iter()
+            .any(|(_, s)| s.bytes == b"after the rotation\n")
+    });
+    h.with(|r| {
+        for (_, rec) in r.at(&claimed).iter().chain(r.at(&rotated).iter()) {
+            assert_eq!(rec.configs, [1], "capture's config read a claimed log");
+        }
+    });
+    h.stop();
+}
+
 /// Container facts by log path, settable while the source runs.
 #[derive(Default)]
 struct FactsMap(Mutex<HashMap<PathBuf, crate::config::crd::ContainerFacts>>);

@@ -832,21 +832,33 @@ impl FileSource {
             // Waits for its turn at the path it was found at (now renamed).
             return;
         }
-        let Some(configs) = self.select(path) else {
+        let Some(mut configs) = self.select(path) else {
             return;
         };
-        let config = configs[0];
         if let Some(c) = self.closed.get(&key)
             && meta.len() <= c.offset
         {
             return;
         }
         if let Some(claims) = &self.options.claims
-            && claims.applies_to(config)
+            && configs.iter().any(|&c| claims.applies_to(c))
         {
             match claims.decide(path, meta.created().ok(), SystemTime::now()) {
                 Claim::Ship => {}
-                Claim::Skip => return,
+                Claim::Skip => {
+                    // Capture ships the container for its own config only: every other
+                    // config selecting the log (a `LogCollection`'s stdout source) reads
+                    // it from the file as it would without capture.
+                    let others: Configs = configs
+                        .iter()
+                        .copied()
+                        .filter(|&c| !claims.applies_to(c))
+                        .collect();
+                    if others.is_empty() {
+                        return;
+                    }
+                    configs = others;
+                }
                 Claim::Undecided => {
                     self.undecided.insert(path.to_path_buf());
                     return;
