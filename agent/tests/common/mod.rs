@@ -154,6 +154,20 @@ impl Agent {
         text.unwrap()
     }
 
+    /// `/healthz`: its status code and JSON body, once the endpoint answers (waits up
+    /// to 10 s).
+    pub fn health(&self) -> (u16, Value) {
+        let mut answer = None;
+        wait_for(Duration::from_secs(10), "the /healthz endpoint", || {
+            answer = http_get_status(self.metrics_port, "/healthz");
+            answer.is_some()
+        });
+        let (status, body) = answer.unwrap();
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/healthz answered {status} {body:?}: {e}"));
+        (status, json)
+    }
+
     /// The agent's own log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
@@ -167,6 +181,12 @@ impl Drop for Agent {
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
+    let (status, body) = http_get_status(port, path)?;
+    (status == 200).then_some(body)
+}
+
+/// The status code and body of `GET path`, or `None` when nothing answered.
+pub fn http_get_status(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -177,7 +197,8 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     let (head, rest) = body.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| rest.to_string())
+    let status = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    Some((status, rest.to_string()))
 }
 
 /// The value of a metric series (sum over series whose label set contains every
