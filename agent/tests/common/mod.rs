@@ -15,6 +15,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
@@ -168,9 +170,48 @@ impl Agent {
         (status, json)
     }
 
+    /// Holds the agent to about `percent` % of the time (SIGSTOP / SIGCONT in 100 ms
+    /// periods) until the returned guard is dropped: a backlog that lasts, without
+    /// root or cgroups.
+    pub fn throttle(&self, percent: u32) -> Throttle {
+        let pid = self.pid() as i32;
+        let run = Duration::from_millis(u64::from(percent.clamp(1, 100)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(run);
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(run));
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+        });
+        Throttle {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// The agent's own log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// See [`Agent::throttle`]; dropping it lets the agent run freely again.
+pub struct Throttle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
