@@ -74,6 +74,8 @@ pub fn run(
     let registry: SharedRegistry = Arc::new(
         Registry::open(&config.data_dir.join("checkpoints")).context("opening checkpoints")?,
     );
+    let health = crate::metrics::health::global();
+    health.set_stall_timeout(config.stall_timeout);
     let checkpointer = spawn_checkpointer(
         registry.clone(),
         config.checkpoint_interval,
@@ -114,6 +116,10 @@ pub fn run(
         Some(c) => c.effective(&config),
         None => config.clone(),
     };
+    // This thread reads the files; its loop ticks the pipeline every `TICK` whatever
+    // there is to read, so it always has work in the health registry's sense.
+    let source_beat = health.register("source");
+    source_beat.waiting(true);
     let result = loop {
         let seen = collections.as_ref().map(|c| c.generation());
         if let Err(e) = sinks.reconcile(&effective, &registry, &shutdown) {
@@ -199,6 +205,7 @@ pub fn run(
                 None
             }
         };
+        health.set_ready();
         let result = source.run_until(&mut pipeline, &stop);
         summary.lines += pipeline.lines;
         summary.bytes += pipeline.bytes;
@@ -234,6 +241,7 @@ pub fn run(
             "collections applied"
         );
     };
+    source_beat.stop();
     // The capture stage holds sink queues too: it seals its packages before the
     // sinks close.
     shutdown.store(true, Ordering::SeqCst);
@@ -407,8 +415,11 @@ fn start_container_poller(
     std::thread::Builder::new()
         .name("logtap-cri-poll".into())
         .spawn(move || {
+            let beat = crate::metrics::health::global().register("discovery-cri-poll");
+            beat.waiting(true);
             let mut next = Instant::now();
             while !shutdown.load(Ordering::Relaxed) {
+                beat.progress();
                 if Instant::now() >= next {
                     next = Instant::now() + CONTAINER_POLL_INTERVAL;
                     if wanted.load(Ordering::Relaxed) {
@@ -418,6 +429,7 @@ fn start_container_poller(
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            beat.stop();
         })
         .map_err(|e| tracing::error!(error = %e, "starting the container poller"))
         .ok()
@@ -464,6 +476,8 @@ fn spawn_checkpointer(
     std::thread::Builder::new()
         .name("checkpoint".into())
         .spawn(move || {
+            let beat = crate::metrics::health::global().register("checkpoint");
+            beat.waiting(true);
             let mut next = Instant::now() + interval;
             // The first progress of a run is persisted at once, not an interval after
             // start: an agent killed before its first interval would otherwise never
@@ -471,6 +485,7 @@ fn spawn_checkpointer(
             // since the last checkpoint on every restart instead of at most an interval.
             let mut progress_persisted = false;
             while !shutdown.load(Ordering::Relaxed) {
+                beat.progress();
                 std::thread::sleep(Duration::from_millis(50).min(interval));
                 let progress = registry.progress();
                 let first_progress = !progress_persisted && progress > 0;
@@ -487,6 +502,7 @@ fn spawn_checkpointer(
                     metrics::gauge!("logtap_checkpoint_age_seconds").set(age);
                 }
             }
+            beat.stop();
         })
 }
 
@@ -631,7 +647,8 @@ impl Pipeline {
         self.registry.sent(source, batch.package_id, end_offset);
         self.packages += 1;
         let sending = Instant::now();
-        let sent = self.router.send(slot.config, batch);
+        // A full queue is the sink's stall to report, if any, not this thread's.
+        let sent = crate::metrics::health::parked(|| self.router.send(slot.config, batch));
         self.stalled += sending.elapsed();
         if !sent {
             // Only at shutdown; the package stays unacknowledged and is re-read next start.
@@ -892,6 +909,8 @@ impl SourceEvents for Pipeline {
     }
 
     fn tick(&mut self, now: Instant) {
+        // The file source's and the capture stage's loops both tick their pipeline.
+        crate::metrics::health::progress();
         self.tick_slots(now);
     }
 }

@@ -394,9 +394,11 @@ fn daemonset_is_consistent_with_its_config_and_rbac() {
                 .container_port
         }
     };
-    for (what, probe) in [
-        ("liveness", &c.liveness_probe),
-        ("readiness", &c.readiness_probe),
+    // Liveness is the pipeline's health (a dead or stalled thread), not the listener's:
+    // `/metrics` answers 200 from its own thread however wedged the pipeline is.
+    for (what, probe, path) in [
+        ("liveness", &c.liveness_probe, "/healthz"),
+        ("readiness", &c.readiness_probe, "/readyz"),
     ] {
         let get = probe
             .as_ref()
@@ -407,7 +409,7 @@ fn daemonset_is_consistent_with_its_config_and_rbac() {
             i32::from(listen.port()),
             "{what} probe port"
         );
-        assert_eq!(get.path.as_deref(), Some("/metrics"));
+        assert_eq!(get.path.as_deref(), Some(path), "{what} probe path");
     }
     let annotations = pod_meta.annotations.clone().unwrap_or_default();
     assert_eq!(

@@ -161,6 +161,9 @@ fn catalogue_matches_what_was_ingested() {
     );
     check("logtap_sink_lines_total", &[("sink", "store")], store_lines);
     check("logtap_packages_in_flight", &[], 0.0);
+    for component in ["source", "checkpoint", "sink-local"] {
+        check("logtap_component_up", &[("component", component)], 1.0);
+    }
     assert!(present(&text, "logtap_sink_packages_total", &[("sink", "store")]) > 0.0);
     assert!(present(&text, "logtap_checkpoint_writes_total", &[]) > 0.0);
     let age = present(&text, "logtap_checkpoint_age_seconds", &[]);
@@ -202,6 +205,8 @@ fn catalogue_matches_what_was_ingested() {
         "logtap_checkpoint_writes_total",
         "logtap_sink_packages_total",
         "logtap_sink_lines_total",
+        "logtap_component_up",
+        "logtap_component_seconds_since_progress",
     ] {
         assert!(
             text.contains(&format!("# HELP {described} ")),

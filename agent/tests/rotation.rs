@@ -340,3 +340,74 @@ fn restart_after_a_rotation_while_stopped_collects_the_rotated_backlog() {
         census.malformed.first()
     );
 }
+
+/// The same as [`restart_after_a_rotation_while_stopped_collects_the_rotated_backlog`]
+/// with the first run stopped by SIGTERM (a DaemonSet rolling update) instead of
+/// kill -9, both runs into the store: every line of the rotated file and of the new
+/// one is stored, exactly once (a clean stop checkpoints exactly what was stored).
+#[test]
+fn sigterm_after_a_rotation_while_stopped_collects_the_rotated_backlog_exactly_once() {
+    // Twice the kill -9 variant's: the first run must not read it all before the stop.
+    const TOTAL: u64 = 400_000;
+    const NEW: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let data = dir.path().join("data");
+    let app = logs.join("app.log");
+    write_lines_at_rate(&app, TOTAL, 10_000_000, |_, _| {});
+    let config = format!(
+        "sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: local\n\
+         sinks:\n  local: {{type: store}}\n",
+        logs.display()
+    );
+
+    // First run, held to 2% of the time so a backlog remains, stopped cleanly soon
+    // after it started shipping.
+    let mut agent = Agent::start(&data, &config);
+    let throttle = agent.throttle(2);
+    wait_for(
+        Duration::from_secs(30),
+        "the first progress checkpoint",
+        || metric(&agent.metrics(), "logtap_checkpoint_writes_total", &[]) >= 2.0,
+    );
+    drop(throttle);
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let store = agent.store_dir();
+    let first_run = store_records(&store).len() as u64;
+    println!("the first run stored {first_run} of {TOTAL} lines");
+    assert!(first_run < TOTAL, "a backlog remained at the stop");
+
+    std::fs::rename(&app, logs.join("app.log.1")).unwrap();
+    let mut f = open_append(&app);
+    for seq in TOTAL..TOTAL + NEW {
+        writeln!(f, "{}", rate_line(seq)).unwrap();
+    }
+    drop(f);
+
+    let mut agent = Agent::start(&data, &config);
+    wait_for(Duration::from_secs(60), "the new file's lines", || {
+        let census = SeqCensus::of(&store_records(&store));
+        (TOTAL..TOTAL + NEW).all(|s| census.counts.contains_key(&s))
+    });
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let census = SeqCensus::of(&store_records(&store));
+    assert_eq!(
+        census.missing(TOTAL + NEW),
+        Vec::<u64>::new(),
+        "every line of the rotated and the new file (the log says: {})",
+        agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("checkpoint"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(census.counts.len() as u64, TOTAL + NEW);
+    assert_eq!(census.duplicates(), 0, "a clean stop re-ships nothing");
+    assert!(
+        census.malformed.is_empty(),
+        "{:?}",
+        census.malformed.first()
+    );
+}

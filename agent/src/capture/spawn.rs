@@ -99,11 +99,19 @@ impl CaptureThread {
         }
         let thread = std::thread::Builder::new()
             .name("logtap-capture".into())
-            .spawn(move || match stage.run(&shutdown) {
-                Ok(mut pipeline) => pipeline.seal_all(),
-                Err(e) => {
-                    metrics::gauge!("logtap_capture_up").set(0.0);
-                    tracing::error!(error = %e, "eBPF capture stopped: reading its ring buffer failed");
+            .spawn(move || {
+                // Its pipeline's tick records progress; a failed ring read leaves it dead.
+                let beat = crate::metrics::health::global().register("capture");
+                beat.waiting(true);
+                match stage.run(&shutdown) {
+                    Ok(mut pipeline) => {
+                        pipeline.seal_all();
+                        beat.stop();
+                    }
+                    Err(e) => {
+                        metrics::gauge!("logtap_capture_up").set(0.0);
+                        tracing::error!(error = %e, "eBPF capture stopped: reading its ring buffer failed");
+                    }
                 }
             })
             .map_err(|e| tracing::error!(error = %e, "starting the capture thread"))

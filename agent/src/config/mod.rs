@@ -260,6 +260,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// How often acknowledged offsets are made durable (bounds duplicates after a crash).
     pub checkpoint_interval: Duration,
+    /// A pipeline thread with work waiting and no progress for this long fails
+    /// `/healthz` (see [`crate::metrics::health`]).
+    pub stall_timeout: Duration,
     /// Periodic full rescan of the include globs: the safety net under inotify.
     pub rescan_interval: Duration,
     /// How long a rotated or deleted file stays open after its last byte was read.
@@ -456,6 +459,7 @@ impl Config {
             data_dir,
             metrics_listen,
             checkpoint_interval: v.interval("checkpoint.interval", &raw.checkpoint.interval)?,
+            stall_timeout: v.interval("health.stall_timeout", &raw.health.stall_timeout)?,
             rescan_interval: v.interval("files.rescan_interval", &raw.files.rescan_interval)?,
             rotate_wait: v.duration("files.rotate_wait", &raw.files.rotate_wait)?,
             partial_timeout: v.interval("files.partial_timeout", &raw.files.partial_timeout)?,

@@ -15,6 +15,9 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub checkpoint: RawCheckpoint,
+    /// What `/healthz` (the liveness probe) calls a stall.
+    #[serde(default)]
+    pub health: RawHealth,
     #[serde(default)]
     pub files: RawFiles,
     #[serde(default)]
@@ -182,6 +185,23 @@ impl Default for RawCheckpoint {
     fn default() -> Self {
         RawCheckpoint {
             interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// A pipeline thread with work waiting and no progress for this long fails
+    /// `/healthz`.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout: String,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            stall_timeout: default_stall_timeout(),
         }
     }
 }
@@ -603,6 +623,9 @@ fn default_data_dir() -> String {
 }
 fn default_metrics_listen() -> Option<String> {
     Some("127.0.0.1:9464".into())
+}
+fn default_stall_timeout() -> String {
+    humantime::format_duration(crate::metrics::health::DEFAULT_STALL_TIMEOUT).to_string()
 }
 fn default_checkpoint_interval() -> String {
     "1s".into()

@@ -502,14 +502,19 @@ impl ContainerRegistry {
                 // Short naps so a shutdown is seen quickly whatever the interval; log
                 // paths asked about meanwhile are answered at once.
                 let nap = interval.min(Duration::from_millis(200));
+                // CRI calls are bounded by `cri.timeout`: the loop always turns.
+                let beat = crate::metrics::health::global().register("discovery-cri");
+                beat.waiting(true);
                 while !shutdown.load(Ordering::Relaxed) {
                     // Failures are already counted, logged and degraded in `rescan`.
                     let _ = registry.rescan();
                     let next = Instant::now() + interval;
                     while Instant::now() < next && !shutdown.load(Ordering::Relaxed) {
+                        beat.progress();
                         registry.serve_wanted(nap);
                     }
                 }
+                beat.stop();
             })
     }
 

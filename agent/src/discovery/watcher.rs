@@ -78,7 +78,13 @@ impl PodWatcher {
         let (shutdown, shutdown_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("logtap-kube".into())
-            .spawn(move || runtime.block_on(run(config, client, cache, shutdown_rx)))
+            .spawn(move || {
+                // Never "waiting": its watches may wait on the API as long as they like
+                // (an API outage is not the agent's stall); only a panic fails health.
+                let beat = crate::metrics::health::global().register("discovery-kube");
+                runtime.block_on(run(config, client, cache, shutdown_rx));
+                beat.stop();
+            })
             .context("spawning the Kubernetes watcher thread")?;
         Ok(PodWatcher {
             shutdown: Some(shutdown),

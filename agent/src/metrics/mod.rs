@@ -1,4 +1,5 @@
-//! Metrics: the Prometheus `/metrics` endpoint and the catalogue of what logtap reports.
+//! Metrics: the metrics listener (`/metrics`, and the `/healthz` / `/readyz` probes of
+//! [`health`]) and the catalogue of what logtap reports.
 //!
 //! Stages record through the `metrics` facade macros; this module installs the
 //! Prometheus recorder and describes every metric once, so `/metrics` carries help
@@ -6,27 +7,56 @@
 //! values come from small fixed sets (source kind, parser, sink kind, reason) — never a
 //! path or an id, which would make series unbounded.
 
+pub mod health;
+mod http;
+
 use std::net::SocketAddr;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-/// Installs the Prometheus recorder, serving `/metrics` on `listen`.
-///
-/// Outside a tokio runtime the exporter runs on its own background thread, which keeps
-/// scraping independent of the pipeline's threads.
+/// Installs the Prometheus recorder and serves `/metrics`, `/healthz` and `/readyz`
+/// (of [`health::global`]) on `listen`, on threads of their own: scraping and probes
+/// stay independent of the pipeline's threads.
 pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
-    PrometheusBuilder::new()
-        .with_http_listener(listen)
-        .install()
+    let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| anyhow::anyhow!("metrics endpoint on {listen}: {e}"))?;
+    let prometheus = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
     describe();
-    tracing::info!(%listen, "serving Prometheus metrics on /metrics");
+    http::serve(listener, prometheus, health::global().clone())
+        .map_err(|e| anyhow::anyhow!("metrics endpoint on {listen}: {e}"))?;
+    tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
     Ok(())
+}
+
+/// Sets the component gauges from a health report (at every scrape, so they are
+/// current without a thread of their own).
+fn publish_health(report: &health::Report) {
+    for c in &report.components {
+        metrics::gauge!("logtap_component_up", "component" => c.name.clone()).set(if c.failing() {
+            0.0
+        } else {
+            1.0
+        });
+        metrics::gauge!("logtap_component_seconds_since_progress", "component" => c.name.clone())
+            .set(c.seconds_since_progress);
+    }
 }
 
 /// Help text of every metric, in one place.
 pub fn describe() {
+    describe_gauge!(
+        "logtap_component_up",
+        Unit::Count,
+        "1 while a pipeline thread (by component: source, sink-<name>, forward-<name>, capture, checkpoint, discovery-cri, discovery-cri-poll, discovery-kube) is alive and not stalled, 0 when it died or made no progress for health.stall_timeout with work waiting (what fails /healthz)"
+    );
+    describe_gauge!(
+        "logtap_component_seconds_since_progress",
+        Unit::Seconds,
+        "Seconds since a pipeline thread last made progress, by component (grows while it is idle too)"
+    );
     describe_counter!(
         "logtap_lines_read_total",
         Unit::Count,

@@ -30,6 +30,7 @@ use super::spool::{self, CursorFile, Shared, Spool, SpooledBlock};
 use super::{Sink, SinkError};
 use crate::batch::Batch;
 use crate::config::network::ForwardConfig;
+use crate::metrics::health;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -72,9 +73,14 @@ impl NetworkSink {
             max_window_packages: config.max_window_packages.max(1),
             scratch: Vec::new(),
         };
+        let component = format!("forward-{name}");
         let handle = std::thread::Builder::new()
             .name(format!("forward-{name}"))
-            .spawn(move || forwarder.run())?;
+            .spawn(move || {
+                let beat = health::global().register(component);
+                forwarder.run();
+                beat.stop();
+            })?;
         Ok(NetworkSink {
             spool,
             shared,
@@ -225,6 +231,8 @@ impl Forwarder {
         let mut state = self.shared.lock();
         loop {
             self.publish_age(state.in_flight.front().or(state.pending.front()));
+            health::waiting(!state.pending.is_empty());
+            health::progress();
             if !state.pending.is_empty() {
                 break;
             }
@@ -311,16 +319,19 @@ impl Forwarder {
             metrics::counter!("logtap_forward_bytes_total", "sink" => sink.clone())
                 .increment(bytes);
             let started = Instant::now();
-            let result = self.destination.send(window);
+            // However long the destination takes is its outage, not a stall of ours.
+            let result = health::parked(|| self.destination.send(window));
             metrics::histogram!("logtap_forward_request_seconds", "sink" => sink.clone())
                 .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(delivered) => {
+                    health::note(None);
                     metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone())
                         .set(1.0);
                     return Ok(delivered);
                 }
                 Err(e) => {
+                    health::note(Some("destination_down"));
                     metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone())
                         .set(0.0);
                     self.shared.lock().stats.retries += 1;
@@ -329,7 +340,7 @@ impl Forwarder {
                     let wait = retry_wait(&e, backoff);
                     tracing::warn!(sink = %self.name, destination = self.destination.kind(),
                         error = %e, retry_in = ?wait, "forwarding failed; the window stays in the spool");
-                    self.sleep_unless_closing(wait)?;
+                    health::parked(|| self.sleep_unless_closing(wait))?;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }

@@ -481,6 +481,9 @@ impl Spool {
                 WhenFull::Block => {
                     let now = Instant::now();
                     if now >= deadline {
+                        // Waiting for the destination is not a stall of the sink worker
+                        // (the forwarder answers for itself) until the next write.
+                        crate::metrics::health::park();
                         metrics::counter!("logtap_spool_full_total", "sink" => self.name.to_string())
                             .increment(1);
                         return Err(SinkError::Transient(format!(

@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::{Sink, SinkError};
 use crate::batch::Batch;
 use crate::checkpoint::SharedRegistry;
+use crate::metrics::health;
 use crate::source::SourceId;
 
 /// Packages written but not yet flushed before a flush is forced.
@@ -45,10 +46,21 @@ struct Written {
 }
 
 impl SinkWorker {
+    /// Starts the worker on a thread of its own, registered in the health registry
+    /// as `sink-<name>`: a worker that ends on an error, panics, or holds a package
+    /// without progress for `health.stall_timeout` fails `/healthz`.
     pub fn spawn(self, name: &str) -> std::io::Result<JoinHandle<Result<(), SinkError>>> {
+        let component = format!("sink-{name}");
         std::thread::Builder::new()
             .name(format!("sink-{name}"))
-            .spawn(move || self.run())
+            .spawn(move || {
+                let beat = crate::metrics::health::global().register(component);
+                let result = self.run();
+                if result.is_ok() {
+                    beat.stop();
+                }
+                result
+            })
     }
 
     /// Runs until the queue is closed and drained, or until the sink reports a
@@ -59,9 +71,15 @@ impl SinkWorker {
         let mut written: Vec<Written> = Vec::new();
         let mut next_flush = Instant::now() + self.flush_interval;
         loop {
+            // Work waits while a package is queued or written and not yet flushed; a
+            // write or flush that keeps failing (or blocks) is then a stall.
+            health::waiting(!written.is_empty() || !self.queue.is_empty());
             match self.queue.recv_deadline(next_flush) {
                 Ok(batch) => {
-                    if self.write(&batch)? {
+                    health::waiting(true);
+                    let written_ok = self.write(&batch)?;
+                    health::progress();
+                    if written_ok {
                         written.push(Written {
                             source: batch.source.id,
                             package_id: batch.package_id,
@@ -78,6 +96,7 @@ impl SinkWorker {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.flush(&mut written)?;
+                    health::progress();
                     match self.sink.idle() {
                         Ok(()) => {}
                         Err(SinkError::Fatal(reason)) => return Err(self.fatal(reason)),

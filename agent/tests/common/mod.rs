@@ -15,6 +15,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
@@ -154,9 +156,62 @@ impl Agent {
         text.unwrap()
     }
 
+    /// `/healthz`: its status code and JSON body, once the endpoint answers (waits up
+    /// to 10 s).
+    pub fn health(&self) -> (u16, Value) {
+        let mut answer = None;
+        wait_for(Duration::from_secs(10), "the /healthz endpoint", || {
+            answer = http_get_status(self.metrics_port, "/healthz");
+            answer.is_some()
+        });
+        let (status, body) = answer.unwrap();
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/healthz answered {status} {body:?}: {e}"));
+        (status, json)
+    }
+
+    /// Holds the agent to about `percent` % of the time (SIGSTOP / SIGCONT in 100 ms
+    /// periods) until the returned guard is dropped: a backlog that lasts, without
+    /// root or cgroups.
+    pub fn throttle(&self, percent: u32) -> Throttle {
+        let pid = self.pid() as i32;
+        let run = Duration::from_millis(u64::from(percent.clamp(1, 100)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(run);
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(run));
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+        });
+        Throttle {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// The agent's own log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// See [`Agent::throttle`]; dropping it lets the agent run freely again.
+pub struct Throttle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -167,6 +222,12 @@ impl Drop for Agent {
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
+    let (status, body) = http_get_status(port, path)?;
+    (status == 200).then_some(body)
+}
+
+/// The status code and body of `GET path`, or `None` when nothing answered.
+pub fn http_get_status(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -177,7 +238,8 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     let (head, rest) = body.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| rest.to_string())
+    let status = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    Some((status, rest.to_string()))
 }
 
 /// The value of a metric series (sum over series whose label set contains every
