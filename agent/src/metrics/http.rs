@@ -330,9 +330,11 @@ mod tests {
         assert!(head.contains("content-length: 6"), "{head}");
         assert_eq!(body, "");
 
-        // hyper answers what does not parse.
+        // hyper answers what does not parse, and a head over the bound.
         let (status, _, _) = exchange(port, "garbage\r\n\r\n");
         assert_eq!(status, 400);
+        let big = format!("X-Big: {}\r\n", "a".repeat(MAX_BUF));
+        assert_eq!(get(port, "GET", "/healthz", &big).0, 431);
     }
 
     #[test]
