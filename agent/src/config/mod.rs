@@ -258,6 +258,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Prometheus `/metrics` listen address; `None` disables the endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The token `/metrics` requires (`metrics.bearer_token_file`, read at validation).
+    pub metrics_bearer_token: Option<crate::metrics::BearerToken>,
     /// How often acknowledged offsets are made durable (bounds duplicates after a crash).
     pub checkpoint_interval: Duration,
     /// A pipeline thread with work waiting and no progress for this long fails
@@ -345,6 +347,13 @@ impl Config {
             Some(addr) => Some(
                 addr.parse::<SocketAddr>()
                     .map_err(|e| v.invalid("metrics.listen", format!("{addr:?}: {e}")))?,
+            ),
+        };
+        let metrics_bearer_token = match raw.metrics.bearer_token_file.as_deref() {
+            None => None,
+            Some(path) => Some(
+                crate::metrics::BearerToken::from_file(Path::new(path))
+                    .map_err(|e| v.invalid("metrics.bearer_token_file", e))?,
             ),
         };
 
@@ -458,6 +467,7 @@ impl Config {
             capture,
             data_dir,
             metrics_listen,
+            metrics_bearer_token,
             checkpoint_interval: v.interval("checkpoint.interval", &raw.checkpoint.interval)?,
             stall_timeout: v.interval("health.stall_timeout", &raw.health.stall_timeout)?,
             rescan_interval: v.interval("files.rescan_interval", &raw.files.rescan_interval)?,
