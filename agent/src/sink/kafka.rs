@@ -39,7 +39,9 @@
 //!
 //! # Performance
 //!
-//! One render buffer is reused for every record; librdkafka copies the value, key and
+//! One render buffer is reused for every record, and what the records of a package
+//! share (source id, path, package id, resource) is rendered once per package
+//! ([`PackageJson`]); librdkafka copies the value, key and
 //! headers (`RD_KAFKA_MSG_F_COPY`) and batches per partition (`linger.ms` 5,
 //! `batch.size` 1 MB). The per-message allocations left are librdkafka's own and the
 //! `rdkafka` crate's (the message, its header list, the topic name as a C string).
@@ -57,6 +59,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, Pur
 
 use super::destination::{Delivered, Destination, Rejected, SendError, SpooledPackage};
 use crate::config::network::{KafkaConfig, TemplatePart};
+use crate::sink::store::render::PackageJson;
 use crate::source::SourceInfo;
 
 /// Kafka's longest legal topic name.
@@ -194,8 +197,10 @@ pub struct KafkaDestination {
     /// gets a new producer id and starts its sequences afresh: correct on any broker,
     /// and it costs a reconnect once per failed window.
     renew: bool,
-    /// Reused buffers: the record's JSON, its topic, key and header values.
+    /// Reused buffers: the record's JSON (and its package's shared parts), its topic,
+    /// key and header values.
     line: Vec<u8>,
+    json: PackageJson,
     topic_buf: String,
     key_buf: Vec<u8>,
     source_id_buf: String,
@@ -223,6 +228,7 @@ impl KafkaDestination {
             last_skipped: 0,
             renew: false,
             line: Vec::with_capacity(4096),
+            json: PackageJson::default(),
             topic_buf: String::new(),
             key_buf: Vec::new(),
             source_id_buf: String::new(),
@@ -259,6 +265,7 @@ impl KafkaDestination {
             let _ = write!(self.source_id_buf, "{:016x}", sp.source.id.0);
             self.package_id_buf.clear();
             let _ = write!(self.package_id_buf, "{}", sp.package_id);
+            sp.reset_json(&mut self.json);
             for (r, rec) in sp.package.records.iter().enumerate() {
                 let index = self.starts[p] + r;
                 // The lock only when this attempt skips anything (a retry): not per
@@ -267,7 +274,9 @@ impl KafkaDestination {
                     continue;
                 }
                 self.line.clear();
-                sp.write_json(rec, &mut self.line);
+                let fields = rec.fields.iter().map(|(k, v)| (&k[..], &v[..]));
+                self.json
+                    .write_record(&mut self.line, &sp.view(rec), fields, false);
                 self.offset_buf.clear();
                 let _ = write!(self.offset_buf, "{}", rec.offset);
                 let outcome = self.produce_one(base + index);
