@@ -170,6 +170,17 @@ impl Agent {
         (status, json)
     }
 
+    /// Waits (up to 20 s) until `/readyz` answers 200: the sinks are open and the
+    /// file source is built, so a SIGTERM now is handled rather than fatal.
+    pub fn wait_ready(&self) {
+        wait_for(Duration::from_secs(20), "/readyz to answer 200", || {
+            matches!(
+                http_get_status(self.metrics_port, "/readyz"),
+                Some((200, _))
+            )
+        });
+    }
+
     /// Holds the agent to about `percent` % of the time (SIGSTOP / SIGCONT in 100 ms
     /// periods) until the returned guard is dropped: a backlog that lasts, without
     /// root or cgroups.
