@@ -1,9 +1,10 @@
 //! Sources: where bytes come from, and the identity every line is tagged with.
 //!
 //! A source is one byte stream with stable offsets: a file generation (a file from its
-//! creation until it is truncated), or — once eBPF capture lands — one container stream.
+//! creation until it is truncated), or one container stream captured by eBPF.
 //! `(SourceId, offset)` is the coordinate system of the whole agent.
 
+pub mod claims;
 pub mod file;
 
 use std::fmt;

@@ -1027,7 +1027,10 @@ fn claimed_cri_logs_are_left_to_capture_and_unclaimed_ones_are_read_after_the_wa
     append(&old, b"before capture\n");
     // Birth times are compared with the moment the claims were made.
     std::thread::sleep(Duration::from_millis(20));
-    let claims = Arc::new(crate::capture::Claims::new(0, Duration::from_millis(400)));
+    let claims = Arc::new(crate::source::claims::Claims::new(
+        0,
+        Duration::from_millis(400),
+    ));
     let claimed = dir.path().join("claimed.log");
     claims.claim(&claimed);
     let mut opts = options(false);
@@ -1080,7 +1083,10 @@ fn claimed_cri_logs_are_left_to_capture_and_unclaimed_ones_are_read_after_the_wa
 #[test]
 fn a_claimed_cri_log_is_still_read_for_the_other_configs_that_select_it() {
     let dir = tempfile::tempdir().unwrap();
-    let claims = Arc::new(crate::capture::Claims::new(0, Duration::from_millis(400)));
+    let claims = Arc::new(crate::source::claims::Claims::new(
+        0,
+        Duration::from_millis(400),
+    ));
     let claimed = dir.path().join("claimed.log");
     claims.claim(&claimed);
     let mut opts = options(false);

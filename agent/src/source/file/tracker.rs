@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 
-use crate::capture::{Claim, Claims};
+use crate::source::claims::{Claim, Claims};
 
 use super::container::{self, ContainerList};
 use super::discover::{Found, Matcher, Selection};
