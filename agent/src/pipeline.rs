@@ -1134,7 +1134,7 @@ mod tests {
             registry.clone(),
         );
         drop(queues);
-        let info = crate::source::registered_test_source(&registry, 1, "/x/a.log");
+        let info = crate::checkpoint::registered_test_source(&registry, 1, "/x/a.log");
         let source = info.id;
         let identity = registry.lookup(1, 1).expect("registered").identity;
         pipeline.opened(info, 0, identity, 0, None);
@@ -1188,8 +1188,8 @@ mod tests {
         )));
 
         let pod_path = format!("/var/log/pods/shop_cart_{UID}/app/0.log");
-        let container = crate::source::registered_test_source(&registry, 1, &pod_path);
-        let host = crate::source::registered_test_source(&registry, 2, "/x/syslog");
+        let container = crate::checkpoint::registered_test_source(&registry, 1, &pod_path);
+        let host = crate::checkpoint::registered_test_source(&registry, 2, "/x/syslog");
         for info in [container.clone(), host.clone()] {
             let identity = registry.lookup(1, info.id.0).expect("registered").identity;
             pipeline.opened(info, 0, identity, 0, None);
@@ -1253,7 +1253,7 @@ mod tests {
             registry.clone(),
         );
         drop(queues);
-        let info = crate::source::registered_test_source(&registry, 1, "/x/a.log");
+        let info = crate::checkpoint::registered_test_source(&registry, 1, "/x/a.log");
         let file = info.id;
         let identity = registry.lookup(1, 1).expect("registered").identity;
         pipeline.opened_for(info, &[0, 1], identity, 0, None);

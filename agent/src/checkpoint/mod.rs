@@ -647,3 +647,26 @@ fn read_file(path: &Path) -> Result<Vec<FileCheckpoint>, CheckpointError> {
         })
         .collect())
 }
+
+/// Test fixture: a plain-file source with this id and path, registered in `registry`
+/// at offset 0 (the state a source is in once the file source opened it).
+#[cfg(test)]
+pub(crate) fn registered_test_source(
+    registry: &Registry,
+    id: u64,
+    path: &str,
+) -> Arc<crate::source::SourceInfo> {
+    let identity = FileIdentity {
+        dev: 1,
+        inode: id,
+        fingerprint_len: 0,
+        fingerprint: 0,
+    };
+    registry.register(SourceId(id), identity, path.into(), 0);
+    Arc::new(crate::source::SourceInfo {
+        id: SourceId(id),
+        kind: crate::source::SourceKind::File,
+        path: path.into(),
+        config_name: Arc::from("test"),
+    })
+}

@@ -205,8 +205,8 @@ impl SinkWorker {
 mod tests {
     use super::*;
     use crate::checkpoint::Registry;
+    use crate::checkpoint::registered_test_source;
     use crate::frame::{Line, LineFlags, Stream};
-    use crate::source::registered_test_source;
     use bytes::Bytes;
     use std::sync::Mutex;
 
