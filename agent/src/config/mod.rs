@@ -286,6 +286,8 @@ pub struct Config {
 pub struct CaptureConfig {
     /// Index in `sources` of the CRI source whose containers capture takes over.
     pub source: usize,
+    /// That source's name (the `config_name` of the streams capture ships).
+    pub source_name: Arc<str>,
     pub cgroup_prefix: String,
     pub ring_bytes: u32,
     pub max_records_per_write: u32,
@@ -574,6 +576,7 @@ impl Validator {
         }
         Ok(Some(CaptureConfig {
             source,
+            source_name: sources[source].name.clone(),
             cgroup_prefix: raw.cgroup_prefix.clone(),
             ring_bytes: ring as u32,
             max_records_per_write: raw.max_records_per_write,
