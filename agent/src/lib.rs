@@ -29,5 +29,6 @@ pub mod metrics;
 pub mod parse;
 pub mod pipeline;
 pub mod route;
+pub mod select;
 pub mod sink;
 pub mod source;

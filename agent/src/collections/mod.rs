@@ -39,7 +39,7 @@ use crate::config::crd::{
     CollectionCondition, LogCollection, LogCollectionSpec, LogCollectionStatus, SourceInput,
     StreamSelection,
 };
-use crate::config::raw::RawSink;
+use crate::config::schema::RawSink;
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::discovery::watcher::{Backoff, WatcherConfig, client, list_watch};
 use crate::discovery::{PodLogRef, Resource};

@@ -22,7 +22,7 @@ use crate::collections::Collections;
 use crate::config::Config;
 use crate::discovery::{ContainerRegistry, CriClient};
 use crate::enrich::{Enricher, Kubernetes};
-use crate::route::select::{ContainerFactsSource, NodeFacts, RuntimeFacts};
+use crate::select::{ContainerFactsSource, NodeFacts, RuntimeFacts};
 use crate::source::file::container::{ContainerList, RegistryContainers};
 use crate::source::file::{FileSource, FileSourceOptions};
 

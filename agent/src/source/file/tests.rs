@@ -1120,11 +1120,11 @@ fn a_claimed_cri_log_is_still_read_for_the_other_configs_that_select_it() {
 
 /// Container facts by log path, settable while the source runs.
 #[derive(Default)]
-struct FactsMap(Mutex<HashMap<PathBuf, crate::config::crd::ContainerFacts>>);
+struct FactsMap(Mutex<HashMap<PathBuf, crate::select::ContainerFacts>>);
 
-impl crate::route::select::ContainerFactsSource for FactsMap {
-    fn facts(&self, path: &Path) -> crate::route::select::Facts {
-        use crate::route::select::Facts;
+impl crate::select::ContainerFactsSource for FactsMap {
+    fn facts(&self, path: &Path) -> crate::select::Facts {
+        use crate::select::Facts;
         match self.0.lock().unwrap().get(path) {
             Some(f) => Facts::Known(f.clone()),
             None if crate::discovery::PodLogRef::from_path(path).is_some() => Facts::Pending,
@@ -1160,7 +1160,7 @@ fn selectors_route_each_container_to_every_config_selecting_it() {
     };
     let facts = Arc::new(FactsMap::default());
     let known = |path: &Path, env: &[(&str, &str)], labels: &[(&str, &str)]| {
-        let mut f = crate::route::select::path_facts(path).unwrap();
+        let mut f = crate::select::path_facts(path).unwrap();
         f.env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1237,7 +1237,7 @@ fn container_view(pod: &str, name: &str, pid: u32) -> container::ContainerView {
     container::ContainerView {
         id: format!("id-{pod}-{pid}"),
         pid: Some(pid),
-        facts: crate::config::crd::ContainerFacts {
+        facts: crate::select::ContainerFacts {
             namespace: log.namespace.clone(),
             pod_name: log.pod.clone(),
             container_name: log.container.clone(),

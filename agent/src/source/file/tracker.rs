@@ -49,7 +49,7 @@ use super::resume::ResumeStore;
 use super::watch::{Change, Watcher};
 use crate::config::{Format, SourceConfig};
 use crate::pipeline::input::{EndReason, Input, Opening};
-use crate::route::select::{ContainerFactsSource, Facts, path_facts};
+use crate::select::{ContainerFactsSource, Facts, path_facts};
 use crate::source::{SourceId, SourceInfo, SourceKind};
 
 /// Reads a waiting file gets per round before the next file's turn.
