@@ -16,6 +16,7 @@ use super::{CaptureStage, CapturedContainer, Claims, ContainerResolver, EventFee
 use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
 use crate::discovery::{ContainerRegistry, ContainerState};
+use crate::metrics::catalogue::CAPTURE_UP;
 use crate::pipeline::Input;
 
 impl EventFeed for Probes {
@@ -74,12 +75,12 @@ impl CaptureThread {
         }) {
             Ok(p) => p,
             Err(e) => {
-                metrics::gauge!("logtap_capture_up").set(0.0);
+                metrics::gauge!(CAPTURE_UP).set(0.0);
                 tracing::error!(error = %e, "eBPF capture unavailable: container logs are read from their CRI log files");
                 return None;
             }
         };
-        metrics::gauge!("logtap_capture_up").set(1.0);
+        metrics::gauge!(CAPTURE_UP).set(1.0);
         tracing::info!(prefix = %options.cgroup_prefix, "eBPF capture running");
         let claims = Arc::new(Claims::new(options.source, options.claim_wait));
         let mut stage = CaptureStage::new(
@@ -106,7 +107,7 @@ impl CaptureThread {
                 match stage.run(&shutdown) {
                     Ok(()) => beat.stop(),
                     Err(e) => {
-                        metrics::gauge!("logtap_capture_up").set(0.0);
+                        metrics::gauge!(CAPTURE_UP).set(0.0);
                         tracing::error!(error = %e, "eBPF capture stopped: reading its ring buffer failed");
                     }
                 }

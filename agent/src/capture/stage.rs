@@ -43,6 +43,12 @@ use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
 use crate::discovery::PodLogRef;
 use crate::frame::Stream;
+use crate::metrics::catalogue::{
+    CAPTURE_BYTES_TOTAL, CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL,
+    CAPTURE_GAPS_TOTAL, CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL,
+    CAPTURE_REPAIRED_BYTES_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAMS,
+    CAPTURE_UNBOUND_RECORDS_TOTAL, CAPTURE_UNREPAIRABLE_BYTES_TOTAL, CAPTURE_WATCHED_CONTAINERS,
+};
 use crate::pipeline::input::{EndReason, Input, Opening};
 use crate::source::file::FileIdentity;
 use crate::source::{CAPTURE_DEV, SourceId, SourceInfo, SourceKind};
@@ -264,8 +270,8 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 self.last_sweep = now;
                 self.sweep_cgroups(now);
             }
-            metrics::gauge!("logtap_capture_streams").set(self.streams.len() as f64);
-            metrics::gauge!("logtap_capture_watched_containers").set(self.cgroups.len() as f64);
+            metrics::gauge!(CAPTURE_STREAMS).set(self.streams.len() as f64);
+            metrics::gauge!(CAPTURE_WATCHED_CONTAINERS).set(self.cgroups.len() as f64);
         }
         Ok(())
     }
@@ -323,7 +329,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             }
         }
         for cgroup_id in gone {
-            metrics::counter!("logtap_capture_exits_inferred_total").increment(1);
+            metrics::counter!(CAPTURE_EXITS_INFERRED_TOTAL).increment(1);
             tracing::info!(
                 cgroup_id,
                 "a captured cgroup is gone but its removal record never came (ring buffer full?): its streams end"
@@ -382,12 +388,12 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         now: Instant,
     ) {
         let Some(&id) = self.bound.get(&(cgroup_id, stream)) else {
-            metrics::counter!("logtap_capture_unbound_records_total").increment(1);
+            metrics::counter!(CAPTURE_UNBOUND_RECORDS_TOTAL).increment(1);
             return;
         };
         let len = bytes.len() as u64;
-        metrics::counter!("logtap_capture_records_total").increment(1);
-        metrics::counter!("logtap_capture_bytes_total").increment(len);
+        metrics::counter!(CAPTURE_RECORDS_TOTAL).increment(1);
+        metrics::counter!(CAPTURE_BYTES_TOTAL).increment(len);
         let written_ns = ktime_ns as i64 + self.realtime_offset_ns;
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
@@ -444,7 +450,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             let age = entry.assembler.hole_age(now).unwrap_or_default();
             if entry.hole_counted != Some(start) && age >= grace {
                 entry.hole_counted = Some(start);
-                metrics::counter!("logtap_capture_gaps_total").increment(1);
+                metrics::counter!(CAPTURE_GAPS_TOTAL).increment(1);
             }
             if age >= grace || entry.assembler.over_budget() {
                 self.repair(
@@ -463,7 +469,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             // the stream until it caught up with what the kernel sent.
             let dropped = entry.assembler.drop_pending();
             entry.follow_until = Some(entry.assembler.frontier());
-            metrics::counter!("logtap_capture_spilled_bytes_total").increment(dropped as u64);
+            metrics::counter!(CAPTURE_SPILLED_BYTES_TOTAL).increment(dropped as u64);
         }
         if let Some((_, end)) = entry.assembler.hole()
             && entry.assembler.hole_age(now).unwrap_or_default() >= repair_wait
@@ -532,7 +538,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         }
         let malformed = reader.malformed_lines();
         if malformed > entry.malformed_counted {
-            metrics::counter!("logtap_capture_cri_malformed_lines_total")
+            metrics::counter!(CAPTURE_CRI_MALFORMED_LINES_TOTAL)
                 .increment(malformed - entry.malformed_counted);
             entry.malformed_counted = malformed;
         }
@@ -552,7 +558,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             }
             if logged[..check.len()] != check[..] {
                 tracing::warn!(source = %id, offset = to, "the CRI log does not line up with the captured stream (output by a path the probes do not trace?): hole not repaired");
-                metrics::counter!("logtap_capture_repair_mismatches_total").increment(1);
+                metrics::counter!(CAPTURE_REPAIR_MISMATCHES_TOTAL).increment(1);
                 self.give_up(id, to, now);
                 return;
             }
@@ -571,7 +577,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             repaired += run_end.min(after).saturating_sub(run.offset.max(before));
         }
         if repaired > 0 {
-            metrics::counter!("logtap_capture_repaired_bytes_total").increment(repaired);
+            metrics::counter!(CAPTURE_REPAIRED_BYTES_TOTAL).increment(repaired);
         }
         self.hand_on_runs(id);
     }
@@ -583,7 +589,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         };
         let lost = entry.assembler.skip_to(offset, now, &mut self.runs);
         tracing::warn!(source = %id, lost_bytes = lost, offset, "capture hole not in the CRI log: given up");
-        metrics::counter!("logtap_capture_unrepairable_bytes_total").increment(lost);
+        metrics::counter!(CAPTURE_UNREPAIRABLE_BYTES_TOTAL).increment(lost);
         self.pipeline.gap(id, offset);
         self.hand_on_runs(id);
     }

@@ -29,6 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::metrics::catalogue::{
+    CHECKPOINT_ENTRIES, CHECKPOINT_ERRORS_TOTAL, CHECKPOINT_WRITE_SECONDS, CHECKPOINT_WRITES_TOTAL,
+};
 use crate::source::SourceId;
 use crate::source::file::FileIdentity;
 
@@ -150,7 +153,7 @@ impl Registry {
             Err(e @ CheckpointError::Corrupt { .. }) => {
                 let aside = dir.join(format!("{FILE_NAME}.corrupt"));
                 let _ = std::fs::rename(dir.join(FILE_NAME), &aside);
-                metrics::counter!("logtap_checkpoint_errors_total").increment(1);
+                metrics::counter!(CHECKPOINT_ERRORS_TOTAL).increment(1);
                 tracing::error!(error = %e, moved_to = %aside.display(),
                     "checkpoint table unreadable; files will be read again from their start");
                 Vec::new()
@@ -483,13 +486,13 @@ impl Registry {
                 }
                 drop(inner);
                 *self.last_persist.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
-                metrics::counter!("logtap_checkpoint_writes_total").increment(1);
-                metrics::gauge!("logtap_checkpoint_entries").set(entries.len() as f64);
-                metrics::histogram!("logtap_checkpoint_write_seconds")
+                metrics::counter!(CHECKPOINT_WRITES_TOTAL).increment(1);
+                metrics::gauge!(CHECKPOINT_ENTRIES).set(entries.len() as f64);
+                metrics::histogram!(CHECKPOINT_WRITE_SECONDS)
                     .record(started.elapsed().as_secs_f64());
             }
             Err(e) => {
-                metrics::counter!("logtap_checkpoint_errors_total").increment(1);
+                metrics::counter!(CHECKPOINT_ERRORS_TOTAL).increment(1);
                 tracing::error!(error = %e, "checkpoint write failed; offsets stay where they were");
             }
         }

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::SharedRegistry;
+use crate::metrics::catalogue::{CHECKPOINT_AGE_SECONDS, PACKAGES_IN_FLIGHT};
 
 /// Starts the thread; it ends once `shutdown` is set (the caller persists last).
 pub(super) fn spawn_checkpointer(
@@ -38,9 +39,9 @@ pub(super) fn spawn_checkpointer(
                 if registry.persist().is_ok() && progress > 0 {
                     progress_persisted = true;
                 }
-                metrics::gauge!("logtap_packages_in_flight").set(registry.in_flight() as f64);
+                metrics::gauge!(PACKAGES_IN_FLIGHT).set(registry.in_flight() as f64);
                 if let Some(age) = registry.age() {
-                    metrics::gauge!("logtap_checkpoint_age_seconds").set(age);
+                    metrics::gauge!(CHECKPOINT_AGE_SECONDS).set(age);
                 }
             }
             beat.stop();

@@ -21,6 +21,10 @@ use crate::config::{Config, Format};
 use crate::discovery::PodLogRef;
 use crate::enrich::{Enricher, SourceEnrichment};
 use crate::frame::{Framer, Line, LineFlags, Stream};
+use crate::metrics::catalogue::{
+    ENRICH_HELD_PACKAGES, LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL, LINES_READ_TOTAL,
+    LINES_TRUNCATED_TOTAL, PARSE_FAILURES_TOTAL,
+};
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
 use crate::source::file::container::{self, ContainerList, ContainerView};
@@ -183,22 +187,20 @@ impl Pipeline {
         }
         self.shipped.lines += n;
         if n > 0 {
-            metrics::counter!("logtap_lines_read_total", "source_kind" => kind).increment(n);
+            metrics::counter!(LINES_READ_TOTAL, "source_kind" => kind).increment(n);
         }
         if truncated > 0 {
-            metrics::counter!("logtap_lines_truncated_total", "source_kind" => kind)
-                .increment(truncated);
+            metrics::counter!(LINES_TRUNCATED_TOTAL, "source_kind" => kind).increment(truncated);
         }
         if malformed > 0 {
-            metrics::counter!("logtap_lines_malformed_total", "source_kind" => kind)
-                .increment(malformed);
+            metrics::counter!(LINES_MALFORMED_TOTAL, "source_kind" => kind).increment(malformed);
         }
         if invalid_utf8 > 0 {
-            metrics::counter!("logtap_lines_invalid_utf8_total", "source_kind" => kind)
+            metrics::counter!(LINES_INVALID_UTF8_TOTAL, "source_kind" => kind)
                 .increment(invalid_utf8);
         }
         if parse_failed > 0 {
-            metrics::counter!("logtap_parse_failures_total", "parser" => parser.kind())
+            metrics::counter!(PARSE_FAILURES_TOTAL, "parser" => parser.kind())
                 .increment(parse_failed);
         }
         if slot.builder.is_due(now) && !held_for_metadata(slot, self.enricher.as_deref(), now) {
@@ -409,7 +411,7 @@ impl Pipeline {
                 .filter(|s| !s.builder.is_empty())
                 .filter(|s| s.enrichment.as_ref().is_some_and(|e| e.is_holding()))
                 .count();
-            metrics::gauge!("logtap_enrich_held_packages").set(held as f64);
+            metrics::gauge!(ENRICH_HELD_PACKAGES).set(held as f64);
         }
     }
 }

@@ -14,6 +14,7 @@ use super::services::Services;
 use super::sinks::Sinks;
 use crate::checkpoint::Registry;
 use crate::config::Config;
+use crate::metrics::catalogue::COLLECTION_APPLIES_TOTAL;
 use crate::source::file::StopMode;
 
 /// How long a config change waits for the packages in flight to be acknowledged
@@ -133,7 +134,7 @@ fn apply(config: &Config, services: &Services) -> Config {
         tracing::error!(error = %e, "checkpoint before a config change failed");
     }
     let effective = services.effective(config);
-    metrics::counter!("logtap_collection_applies_total", "result" => outcome).increment(1);
+    metrics::counter!(COLLECTION_APPLIES_TOTAL, "result" => outcome).increment(1);
     tracing::info!(
         sources = effective.sources.len(),
         sinks = effective.sinks.len(),
