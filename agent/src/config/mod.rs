@@ -1,9 +1,11 @@
 //! Configuration: one YAML file whose schema is the future `LogCollection` CRD spec.
 //!
 //! Parsed in two steps, as ripgrep does with its flags: [`raw`] is what serde reads
-//! (unknown fields rejected, so a typo names the field and its line), then
-//! [`Config::from_raw`] validates it into typed values (compiled globs and regexes,
-//! sizes, durations) with errors that name the field path.
+//! (unknown fields rejected, so a typo names the field and its line; the types it
+//! shares with the `LogCollection` CRD of [`crd`] are in [`schema`]), then
+//! [`Config::from_raw`] (`validate`) turns it into the typed values of this module
+//! (compiled globs and regexes, sizes, durations) with errors that name the field
+//! path.
 
 pub mod crd;
 pub mod network;
