@@ -104,7 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 logtap::demo::install(&mut config)?;
             }
             if let Some(listen) = config.metrics_listen {
-                logtap::metrics::install(listen)?;
+                logtap::metrics::install(listen, config.metrics_bearer_token.clone())?;
             }
             let shutdown = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

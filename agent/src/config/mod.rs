@@ -264,6 +264,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Prometheus `/metrics` listen address; `None` disables the endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The token `/metrics` requires (`metrics.bearer_token_file`, read at validation).
+    pub metrics_bearer_token: Option<crate::metrics::BearerToken>,
     /// How often acknowledged offsets are made durable (bounds duplicates after a crash).
     pub checkpoint_interval: Duration,
     /// A pipeline thread with work waiting and no progress for this long fails

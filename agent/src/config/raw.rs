@@ -168,12 +168,17 @@ pub struct RawMetrics {
     /// `host:port` of the Prometheus endpoint; empty disables it.
     #[serde(default = "default_metrics_listen")]
     pub listen: Option<String>,
+    /// A file holding a token `/metrics` then requires as `Authorization: Bearer
+    /// <token>` (read at start; `/healthz` and `/readyz` stay open for the probes).
+    #[serde(default)]
+    pub bearer_token_file: Option<String>,
 }
 
 impl Default for RawMetrics {
     fn default() -> Self {
         RawMetrics {
             listen: default_metrics_listen(),
+            bearer_token_file: None,
         }
     }
 }

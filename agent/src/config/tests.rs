@@ -389,3 +389,44 @@ fn topic_templates() {
         ]
     );
 }
+
+#[test]
+fn metrics_bearer_token_file_is_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "t0ken\n").unwrap();
+    let yaml = |path: &std::path::Path| {
+        format!(
+            "metrics:\n  listen: 0.0.0.0:9464\n  bearer_token_file: {}\nsinks:\n  local: {{type: blackhole}}\n",
+            path.display()
+        )
+    };
+    let c = Config::parse(&yaml(&file), "t.yaml").unwrap();
+    assert!(c.metrics_bearer_token.is_some());
+    // The token never shows in the config's Debug (logs, check-config).
+    assert!(!format!("{c:?}").contains("t0ken"));
+    assert!(
+        Config::embedded_default().metrics_bearer_token.is_none(),
+        "off by default"
+    );
+
+    // A missing file, or one that holds no usable token, names the field.
+    for (content, want) in [(None, "No such file"), (Some("\n"), "empty")] {
+        let path = dir.path().join("other");
+        let _ = std::fs::remove_file(&path);
+        if let Some(content) = content {
+            std::fs::write(&path, content).unwrap();
+        }
+        let err = Config::parse(&yaml(&path), "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.bearer_token_file"), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+
+    // A typo is an unknown field, named with its line.
+    let yaml = "metrics:\n  listen: 127.0.0.1:9464\n  bearer_token_fil: /t\nsinks:\n  local: {type: blackhole}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("unknown field `bearer_token_fil`"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+}

@@ -38,6 +38,13 @@ impl Config {
                     .map_err(|e| v.invalid("metrics.listen", format!("{addr:?}: {e}")))?,
             ),
         };
+        let metrics_bearer_token = match raw.metrics.bearer_token_file.as_deref() {
+            None => None,
+            Some(path) => Some(
+                crate::metrics::BearerToken::from_file(Path::new(path))
+                    .map_err(|e| v.invalid("metrics.bearer_token_file", e))?,
+            ),
+        };
 
         let sinks = v.sinks(&raw.sinks, &data_dir)?;
         let kubernetes = v.kubernetes(&raw.kubernetes, env)?;
@@ -60,6 +67,7 @@ impl Config {
             capture,
             data_dir,
             metrics_listen,
+            metrics_bearer_token,
             checkpoint_interval: v.interval("checkpoint.interval", &raw.checkpoint.interval)?,
             stall_timeout: v.interval("health.stall_timeout", &raw.health.stall_timeout)?,
             rescan_interval: v.interval("files.rescan_interval", &raw.files.rescan_interval)?,

@@ -12,23 +12,36 @@ mod http;
 
 use std::net::SocketAddr;
 
+pub use http::BearerToken;
+
 use catalogue::{COMPONENT_SECONDS_SINCE_PROGRESS, COMPONENT_UP};
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 /// Installs the Prometheus recorder and serves `/metrics`, `/healthz` and `/readyz`
-/// (of [`health::global`]) on `listen`, on threads of their own: scraping and probes
-/// stay independent of the pipeline's threads.
-pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
+/// (of [`health::global`]) on `listen`, on a thread of its own: scraping and probes
+/// stay independent of the pipeline's threads. With `token`, `/metrics` requires it
+/// (`Authorization: Bearer`); the probes stay open.
+pub fn install(listen: SocketAddr, token: Option<BearerToken>) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| anyhow::anyhow!("metrics endpoint on {listen}: {e}"))?;
     let prometheus = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
     describe();
-    http::serve(listener, prometheus, health::global().clone())
+    let guarded = token.is_some();
+    let endpoint = http::Endpoint {
+        prometheus,
+        health: health::global().clone(),
+        token,
+    };
+    http::serve(listener, endpoint)
         .map_err(|e| anyhow::anyhow!("metrics endpoint on {listen}: {e}"))?;
-    tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
+    tracing::info!(
+        %listen,
+        metrics_bearer_token = guarded,
+        "serving /metrics, /healthz and /readyz"
+    );
     Ok(())
 }
 
