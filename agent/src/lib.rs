@@ -3,14 +3,23 @@
 //! The modules follow the data flow of `docs/architecture.md`, one module per stage:
 //!
 //! ```text
-//! source (files: discover, identify, read via io_uring or pread)
-//!   -> frame (split lines with memchr, CRI/docker decode, partial reassembly, multiline)
-//!   -> parse (json / regex / delimiter / nginx / apache)
-//!   -> route (which sink a source's lines go to)
-//!   -> batch (packages of (source_id, package_id), lz4 on the wire)
-//!   -> sink (local store | file | stdout | null) -> ack
-//!   -> checkpoint (durable, advanced only on ack)
-//! metrics observes every stage; config describes all of them; pipeline wires them.
+//! inputs, each driving pipeline::Input (opened, data, gap, ended, tick):
+//!   source   files: discover, identify, read via io_uring or pread, follow rotation
+//!   capture  container stdout/stderr from the eBPF probes, holes repaired from CRI logs
+//!     (helped by discovery: container registry over CRI, pod cache over the API;
+//!      and select: which containers a selector takes)
+//! pipeline, per source on the input's thread:
+//!   -> frame   split lines with memchr, CRI/docker decode, partial reassembly, multiline
+//!   -> parse   json / regex / delimiter / nginx / apache
+//!   -> enrich  pod, namespace, container, image, labels: per source, not per line
+//!   -> batch   packages of (source_id, package_id), lz4 on the wire
+//!   -> route   onto the sink's bounded queue (the backpressure)
+//!   -> sink    a worker per sink: store | file | stdout | null, or a network sink's
+//!              spool, forwarded to kafka | otlp -> ack
+//!   -> checkpoint  offsets advance over acknowledged packages, persisted atomically
+//! collections: LogCollection objects merged into the effective config (live rebuilds).
+//! config describes all of them (schema -> raw | crd -> validate); metrics observes
+//! them (one catalogue of names); pipeline wires them (supervisor, services, sinks).
 //! ```
 //!
 //! Every line carries `(source_id, offset)`; every package carries `(source_id,
@@ -29,5 +38,6 @@ pub mod metrics;
 pub mod parse;
 pub mod pipeline;
 pub mod route;
+pub mod select;
 pub mod sink;
 pub mod source;

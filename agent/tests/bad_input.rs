@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const MIB: usize = 1 << 20;
-const TS: &str = "2026-11-21T10:45:31.210111144Z";
 
 /// A test's directory: `logs/` holds what the agent watches, `data/` is its data dir.
 struct Scene {
@@ -90,22 +89,6 @@ fn cri_lines(messages: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*): reproducible garbage.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Binary garbage in `\n`-terminated stretches of 1 byte to 900 KiB (under the 1 MiB
 /// line limit, so each stretch is exactly one record), with runs of NUL bytes and no
 /// `\r` (which the framer strips before `\n`). Returns the stretches without their `\n`.
@@ -134,7 +117,7 @@ fn garbage(seed: u64, stretches: usize) -> Vec<Vec<u8>> {
 
 /// The records of `path`, in offset order; generations of the file (sources: a file
 /// recreated at the path) in the order they were read.
-fn records_of(records: &[Value], path: &Path) -> Vec<Value> {
+fn records_at(records: &[Value], path: &Path) -> Vec<Value> {
     let path = path.to_str().unwrap();
     let mut out: Vec<Value> = records
         .iter()
@@ -168,14 +151,14 @@ fn assert_bodies(agent: &Agent, expected: &BTreeMap<PathBuf, Vec<Vec<u8>>>) -> V
         }
         let complete = expected
             .iter()
-            .all(|(path, lines)| records_of(&records, path).len() >= lines.len());
+            .all(|(path, lines)| records_at(&records, path).len() >= lines.len());
         if complete || start.elapsed() > Duration::from_secs(20) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     for (path, lines) in expected {
-        let got = records_of(&records, path);
+        let got = records_at(&records, path);
         let bodies: Vec<Vec<u8>> = got.iter().map(body_bytes).collect();
         assert_eq!(
             bodies.len(),
@@ -217,7 +200,7 @@ fn wait_for_records(agent: &Agent, path: &Path, n: usize) {
     wait_for(
         Duration::from_secs(20),
         &format!("{n} records of {}", path.display()),
-        || store.exists() && records_of(&store_records(&store), path).len() >= n,
+        || store.exists() && records_at(&store_records(&store), path).len() >= n,
     );
 }
 
@@ -261,7 +244,7 @@ fn binary_garbage_in_raw_and_cri_files_loses_no_other_line() {
         (other.clone(), [other_before, other_after].concat()),
     ]);
     let records = assert_bodies(&agent, &expected);
-    for r in &records_of(&records, &cri)[100..100 + cri_garbage.len()] {
+    for r in &records_at(&records, &cri)[100..100 + cri_garbage.len()] {
         assert!(flags(r).contains(&"malformed".to_string()), "{r}");
     }
     let text = agent.metrics();
@@ -318,7 +301,7 @@ fn invalid_utf8_is_kept_byte_for_byte_and_flagged() {
     ]);
     let records = assert_bodies(&agent, &expected);
     for path in [&raw, &cri] {
-        for r in records_of(&records, path) {
+        for r in records_at(&records, path) {
             let body = body_bytes(&r);
             let bad = std::str::from_utf8(&body).is_err();
             assert_eq!(
@@ -392,7 +375,7 @@ fn ten_megabyte_line_is_truncated_to_max_line_size() {
     ]);
     let records = assert_bodies(&agent, &expected);
     for path in [&raw, &cri, &cri_split] {
-        let long = &records_of(&records, path)[50];
+        let long = &records_at(&records, path)[50];
         assert!(
             flags(long).contains(&"truncated".to_string()),
             "{}: {:?}",
@@ -469,7 +452,7 @@ fn malformed_cri_lines_are_shipped_raw_and_counted() {
         (other.clone(), good_lines("other", 0..20)),
     ]);
     let records = assert_bodies(&agent, &expected);
-    let cri_records = records_of(&records, &cri);
+    let cri_records = records_at(&records, &cri);
     let is_malformed = |r: &Value| flags(r).contains(&"malformed".to_string());
     for r in &cri_records[10..10 + malformed.len()] {
         assert!(is_malformed(r), "{r}");
@@ -527,7 +510,7 @@ fn malformed_json_is_kept_raw_flagged_and_counted() {
         (other.clone(), good_lines("other", 0..20)),
     ]);
     let records = assert_bodies(&agent, &expected);
-    for (i, r) in records_of(&records, &json).iter().enumerate() {
+    for (i, r) in records_at(&records, &json).iter().enumerate() {
         let failed = flags(r).contains(&"parse_failed".to_string());
         let is_bad = (10..10 + bad.len()).contains(&i);
         assert_eq!(failed, is_bad, "parse_failed exactly on the bad lines: {r}");
@@ -626,7 +609,7 @@ fn file_truncated_while_followed_goes_on_with_the_new_lines() {
 /// the order they were read.
 fn generations(agent: &Agent, path: &Path) -> Vec<Vec<Vec<u8>>> {
     let mut out: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
-    for r in records_of(&store_records(&agent.store_dir()), path) {
+    for r in records_at(&store_records(&agent.store_dir()), path) {
         let source = r["source_id"].to_string();
         if out.last().map(|(s, _)| s) != Some(&source) {
             out.push((source, Vec::new()));
@@ -748,7 +731,7 @@ fn file_replaced_by_a_directory_does_not_stop_collection() {
     // took its place is only a non-file the glob happens to match: skipped like any
     // other, not an open error.
     let inside = victim.join("inside.log");
-    assert!(records_of(&records, &inside).is_empty());
+    assert!(records_at(&records, &inside).is_empty());
     assert_survived(agent);
 }
 

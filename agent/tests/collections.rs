@@ -20,66 +20,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::node::{Node, pod};
 use common::*;
 use fake_api::FakeApi;
-use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 const NODE: &str = "node-lc";
-const TS: &str = "2026-11-21T10:45:31.210111144Z";
 const UID_WEB: &str = "00000000-0000-0000-0000-0000000000c1";
 const UID_API: &str = "00000000-0000-0000-0000-0000000000c2";
 
-fn pod(name: &str, uid: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"namespace": "shop", "name": name, "uid": uid, "labels": {"app": name}},
-        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": format!("shop/{name}:1")}]},
-    }))
-    .unwrap()
-}
-
-struct Node {
-    dir: tempfile::TempDir,
-}
-
+/// The collections tests' configs and objects on a [`Node`].
 impl Node {
-    fn new() -> Node {
-        let node = Node {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        std::fs::create_dir_all(node.host_dir()).unwrap();
-        std::fs::create_dir_all(node.pods_dir()).unwrap();
-        node
-    }
-
-    fn pods_dir(&self) -> PathBuf {
-        self.dir.path().join("pods")
-    }
-
-    fn host_dir(&self) -> PathBuf {
-        self.dir.path().join("host")
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
     /// A collection's store, inside the agent's data_dir as validation demands.
     fn sink(&self, name: &str) -> PathBuf {
         self.data_dir().join(format!("lc-{name}"))
-    }
-
-    /// Appends CRI lines `<pod> <i>` to the `app` container log of pod `name`.
-    fn write_pod(&self, name: &str, uid: &str, lines: std::ops::Range<u32>) {
-        let dir = self
-            .pods_dir()
-            .join(format!("shop_{name}_{uid}"))
-            .join("app");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut file = open_append(&dir.join("0.log"));
-        for i in lines {
-            writeln!(file, "{TS} stdout F {name} {i}").unwrap();
-        }
     }
 
     /// A file config: host logs into the `local` store, no runtime, the API at `url`.
@@ -198,11 +152,11 @@ fn applies(agent: &Agent) -> f64 {
 #[test]
 fn collections_start_change_and_stop_live_while_the_file_config_ships_on() {
     let api = FakeApi::start_new();
-    api.put_pod(pod("web", UID_WEB));
-    api.put_pod(pod("api", UID_API));
+    api.put_pod(pod(NODE, "web", UID_WEB, "web"));
+    api.put_pod(pod(NODE, "api", UID_API, "api"));
     let node = Node::new();
-    node.write_pod("web", UID_WEB, 0..5);
-    node.write_pod("api", UID_API, 0..5);
+    node.write_pod("web", UID_WEB, 0..5, "web");
+    node.write_pod("api", UID_API, 0..5, "api");
     let host_log = node.host_dir().join("host.log");
     let writer = HostWriter::start(host_log);
     let mut agent = Agent::start(&node.data_dir(), &node.config(&api.url()));
@@ -227,7 +181,7 @@ fn collections_start_change_and_stop_live_while_the_file_config_ships_on() {
     });
     assert_eq!(condition(&status, "Valid")["status"], "True", "{status}");
     assert_eq!(condition(&status, "Ready")["status"], "True", "{status}");
-    node.write_pod("web", UID_WEB, 5..8);
+    node.write_pod("web", UID_WEB, 5..8, "web");
     wait_for(Duration::from_secs(10), "web's new lines", || {
         bodies(&lc, "web ").len() == 8
     });
@@ -238,7 +192,7 @@ fn collections_start_change_and_stop_live_while_the_file_config_ships_on() {
     wait_for(Duration::from_secs(10), "the change applied", || {
         applies(&agent) > before
     });
-    node.write_pod("web", UID_WEB, 8..10);
+    node.write_pod("web", UID_WEB, 8..10, "web");
     wait_for(
         Duration::from_secs(10),
         "api's lines and web's later ones",
@@ -255,8 +209,8 @@ fn collections_start_change_and_stop_live_while_the_file_config_ships_on() {
     wait_for(Duration::from_secs(10), "the deletion applied", || {
         applies(&agent) > before
     });
-    node.write_pod("web", UID_WEB, 10..13);
-    node.write_pod("api", UID_API, 5..8);
+    node.write_pod("web", UID_WEB, 10..13, "web");
+    node.write_pod("api", UID_API, 5..8, "api");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         bodies(&lc, "web "),
@@ -291,9 +245,9 @@ fn collections_start_change_and_stop_live_while_the_file_config_ships_on() {
 #[test]
 fn invalid_collections_are_reported_naming_the_field_and_not_applied() {
     let api = FakeApi::start_new();
-    api.put_pod(pod("web", UID_WEB));
+    api.put_pod(pod(NODE, "web", UID_WEB, "web"));
     let node = Node::new();
-    node.write_pod("web", UID_WEB, 0..3);
+    node.write_pod("web", UID_WEB, 0..3, "web");
     let mut bad_regex = node.spec("regex", "web");
     bad_regex["selector"]["pod_name"] = json!("(unclosed");
     api.put_collection("shop", "regex", bad_regex);
@@ -390,9 +344,9 @@ fn with_capture_on_a_collection_from_the_start_is_changed_and_deleted() {
         return;
     }
     let api = FakeApi::start_new();
-    api.put_pod(pod("web", UID_WEB));
+    api.put_pod(pod(NODE, "web", UID_WEB, "web"));
     let node = Node::new();
-    node.write_pod("web", UID_WEB, 0..5);
+    node.write_pod("web", UID_WEB, 0..5, "web");
     api.put_collection("shop", "pods", node.spec("pods", "web"));
     let host_log = node.host_dir().join("host.log");
     let writer = HostWriter::start(host_log);
@@ -425,7 +379,7 @@ fn with_capture_on_a_collection_from_the_start_is_changed_and_deleted() {
     wait_for(Duration::from_secs(10), "the change applied", || {
         applies(&agent) > before
     });
-    node.write_pod("web", UID_WEB, 5..8);
+    node.write_pod("web", UID_WEB, 5..8, "web");
     wait_for(
         Duration::from_secs(10),
         "web's new lines in the moved store",

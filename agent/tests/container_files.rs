@@ -15,7 +15,6 @@ use common::cri::{ContainerSpec, CriHarness, PodHandle, PodSpec};
 use common::*;
 use fake_api::FakeApi;
 use k8s_openapi::api::core::v1::Pod;
-use serde_json::Value;
 
 const NODE: &str = "node-cf";
 const LINES: usize = 500;
@@ -42,24 +41,10 @@ fn api_pod(pod: &PodHandle) -> Pod {
     .unwrap()
 }
 
-fn records_of(store: &Path, prefix: &str) -> Vec<Value> {
-    if !store.exists() {
-        return Vec::new();
-    }
-    store_records(store)
-        .into_iter()
-        .filter(|r| {
-            r["body"]
-                .as_str()
-                .is_some_and(|b| b.starts_with(&format!("{prefix} ")))
-        })
-        .collect()
-}
-
 /// Every line `<prefix> 0..LINES` once, from the logical path of the container's
 /// file, with the container's fields.
 fn assert_all_lines_once(store: &Path, prefix: &str, pod: &PodHandle, id: &str) {
-    let records = records_of(store, prefix);
+    let records = records_of(store, &format!("{prefix} "));
     let mut seen: Vec<usize> = records
         .iter()
         .map(|r| {
@@ -124,7 +109,7 @@ fn files_inside_selected_containers_are_collected_with_their_fields() {
     wait_for(
         Duration::from_secs(15),
         "the first container's lines",
-        || records_of(&store, "first").len() >= LINES,
+        || records_of(&store, "first ").len() >= LINES,
     );
     assert_all_lines_once(&store, "first", &first, first_c.id());
 
@@ -133,16 +118,16 @@ fn files_inside_selected_containers_are_collected_with_their_fields() {
     wait_for(
         Duration::from_secs(15),
         "the second container's lines",
-        || records_of(&store, "second").len() >= LINES,
+        || records_of(&store, "second ").len() >= LINES,
     );
     assert_all_lines_once(&store, "second", &second, second_c.id());
 
     not_selected.wait_exit(Duration::from_secs(10));
     assert!(
-        records_of(&store, "other").is_empty(),
+        records_of(&store, "other ").is_empty(),
         "a container the selector does not select is not read"
     );
     assert!(agent.stop(), "the agent stops cleanly");
-    assert_eq!(records_of(&store, "first").len(), LINES, "no duplicates");
+    assert_eq!(records_of(&store, "first ").len(), LINES, "no duplicates");
     eprintln!("container files e2e took {:?}", started.elapsed());
 }

@@ -18,22 +18,6 @@ const KILLS: u32 = 6;
 /// Lines of one package (`batch.max_lines`, the default).
 const PACKAGE_LINES: u64 = 8192;
 
-/// xorshift64: enough randomness for kill timing, reproducible from its seed.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-}
-
 #[test]
 fn kill9_at_random_moments_loses_nothing_and_bounds_duplicates() {
     let seed = std::env::var("LOGTAP_TEST_SEED")
@@ -47,7 +31,7 @@ fn kill9_at_random_moments_loses_nothing_and_bounds_duplicates() {
                 | 1
         });
     println!("seed {seed} (rerun with LOGTAP_TEST_SEED={seed})");
-    let mut rng = XorShift(seed);
+    let mut rng = Rng(seed);
 
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");

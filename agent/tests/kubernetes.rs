@@ -9,40 +9,39 @@ mod common;
 mod fake_api;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::node::{Node, pod};
 use common::*;
 use fake_api::FakeApi;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
 const NODE: &str = "node-a";
-const TS: &str = "2026-11-21T10:45:31.210111144Z";
 const UID_WEB: &str = "00000000-0000-0000-0000-0000000000a1";
 const UID_LATE: &str = "00000000-0000-0000-0000-0000000000b2";
 /// `kubernetes.metadata_wait` of these runs.
 const WAIT: Duration = Duration::from_millis(1500);
 
-fn pod(name: &str, uid: &str, app: &str) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "metadata": {
-            "namespace": "shop", "name": name, "uid": uid,
-            "labels": {"app": app},
-            "annotations": {"team": "payments", "not-copied": "x"},
-        },
-        "spec": {
-            "nodeName": NODE,
-            "containers": [{"name": "app", "image": format!("shop/{app}:1")}],
-        },
-        "status": {
+/// [`pod`] as the API serves it: with annotations, and the container's status (its
+/// runtime id and resolved image).
+fn api_pod(name: &str, uid: &str, app: &str) -> Pod {
+    let mut pod = pod(NODE, name, uid, app);
+    pod.metadata.annotations = Some(
+        [("team", "payments"), ("not-copied", "x")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+    );
+    pod.status = Some(
+        serde_json::from_value(serde_json::json!({
             "containerStatuses": [{
                 "name": "app", "image": format!("docker.io/shop/{app}:1"),
                 "imageID": "", "ready": true, "restartCount": 0,
                 "containerID": format!("containerd://id-{name}"),
             }],
-        },
-    }))
-    .unwrap()
+        }))
+        .unwrap(),
+    );
+    pod
 }
 
 fn namespace() -> Namespace {
@@ -52,40 +51,8 @@ fn namespace() -> Namespace {
     .unwrap()
 }
 
-struct Node {
-    dir: tempfile::TempDir,
-}
-
+/// The Kubernetes tests' host file and config on a [`Node`].
 impl Node {
-    fn new() -> Node {
-        let node = Node {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        std::fs::create_dir_all(node.host_dir()).unwrap();
-        node
-    }
-
-    fn pods_dir(&self) -> PathBuf {
-        self.dir.path().join("pods")
-    }
-
-    fn host_dir(&self) -> PathBuf {
-        self.dir.path().join("host")
-    }
-
-    /// Appends CRI lines `<prefix> <i>` to the container log of pod `name`.
-    fn write_pod(&self, name: &str, uid: &str, lines: std::ops::Range<u32>, prefix: &str) {
-        let dir = self
-            .pods_dir()
-            .join(format!("shop_{name}_{uid}"))
-            .join("app");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut file = open_append(&dir.join("0.log"));
-        for i in lines {
-            writeln!(file, "{TS} stdout F {prefix} {i}").unwrap();
-        }
-    }
-
     fn write_host(&self, lines: u32) {
         let mut file = open_append(&self.host_dir().join("syslog.log"));
         for i in 0..lines {
@@ -104,21 +71,6 @@ impl Node {
             wait = WAIT.as_millis(),
         )
     }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-}
-
-/// The records whose body starts with `prefix`.
-fn records_of(store: &Path, prefix: &str) -> Vec<Value> {
-    if !store.exists() {
-        return Vec::new();
-    }
-    store_records(store)
-        .into_iter()
-        .filter(|r| r["body"].as_str().is_some_and(|b| b.starts_with(prefix)))
-        .collect()
 }
 
 fn resource<'a>(record: &'a Value, key: &str) -> Option<&'a str> {
@@ -167,7 +119,7 @@ fn assert_api_fields(record: &Value, pod: &str, app: &str) {
 fn lines_carry_their_pod_metadata_and_late_pods_catch_up() {
     let api = FakeApi::start_new();
     api.put_namespace(namespace());
-    api.put_pod(pod("web-1", UID_WEB, "demo"));
+    api.put_pod(api_pod("web-1", UID_WEB, "demo"));
     let node = Node::new();
     node.write_pod("web-1", UID_WEB, 0..5, "web");
     node.write_host(3);
@@ -219,7 +171,7 @@ fn lines_carry_their_pod_metadata_and_late_pods_catch_up() {
     assert_eq!(metric(&metrics, "logtap_kube_api_up", &[]), 1.0);
 
     // Once the API reports it, later lines carry everything.
-    api.put_pod(pod("late", UID_LATE, "batch"));
+    api.put_pod(api_pod("late", UID_LATE, "batch"));
     wait_for(Duration::from_secs(10), "the late pod in the cache", || {
         metric(&agent.metrics(), "logtap_kube_pods_cached", &[]) == 2.0
     });

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-const TS: &str = "2026-11-21T10:45:31.210111144Z";
-
 struct Input {
     dir: tempfile::TempDir,
     raw: PathBuf,

@@ -789,7 +789,7 @@ fn run_with_capture(
     let stage_stop = stop.clone();
     let stage = std::thread::Builder::new()
         .name("capture".into())
-        .spawn(move || stage.run(&stage_stop).map(|mut p| p.seal_all()))?;
+        .spawn(move || stage.run(&stage_stop))?;
 
     let counters_before = StageCounters::read(metrics);
     reset_peak_rss();

@@ -14,7 +14,8 @@
 //! - `stream`: a container stream put back in offset order, holes found.
 //! - `cri_log`: the repair path, a stream read back from its CRI log by offset.
 //! - `stage`: probe events into the pipeline, holes repaired, streams ended.
-//! - `claims`: which CRI logs capture ships, so the file source leaves them alone.
+//! - claims ([`Claims`], in `source::claims`): which CRI logs capture ships, so the
+//!   file source leaves them alone.
 //! - `spawn`: the probes loaded and the stage started on its thread, or a logged
 //!   fallback to the CRI files when they cannot load.
 //!
@@ -29,7 +30,6 @@
 //! (`docs/operations.md`).
 
 mod btf;
-mod claims;
 mod cri_log;
 pub mod probe;
 mod spawn;
@@ -37,7 +37,7 @@ mod stage;
 mod stream;
 mod tracefs;
 
-pub use claims::{Claim, Claims};
+pub use crate::source::claims::{Claim, Claims};
 pub use probe::{DropReason, KernelStats, ProbeError, ProbeEvent, ProbeOptions, Probes};
 pub use spawn::CaptureThread;
 pub use stage::{CaptureStage, CapturedContainer, ContainerResolver, EventFeed};

@@ -26,6 +26,11 @@ use logtap_ebpf_common::{
 
 use super::{btf, tracefs};
 use crate::frame::Stream;
+use crate::metrics::catalogue::{
+    CAPTURE_KERNEL_BYTES_TOTAL, CAPTURE_KERNEL_RECORDS_TOTAL, CAPTURE_LOST_EVENTS_TOTAL,
+    CAPTURE_PROBE_LOAD_SECONDS, CAPTURE_RING_DROPPED_BYTES_TOTAL,
+    CAPTURE_RING_DROPPED_RECORDS_TOTAL,
+};
 
 /// The probes' object, built by `cargo xtask build-ebpf` and embedded by `build.rs`.
 #[cfg(logtap_ebpf_obj)]
@@ -259,7 +264,7 @@ impl Probes {
             epoll_add(&epoll, logger.as_fd().as_raw_fd(), EPOLL_LOG)?;
         }
         let seconds = started.elapsed().as_secs_f64();
-        metrics::gauge!("logtap_capture_probe_load_seconds").set(seconds);
+        metrics::gauge!(CAPTURE_PROBE_LOAD_SECONDS).set(seconds);
         tracing::info!(
             seconds,
             prefix = %options.cgroup_prefix,
@@ -396,14 +401,14 @@ impl Probes {
         let Ok(stats) = self.kernel_stats() else {
             return;
         };
-        metrics::counter!("logtap_capture_kernel_records_total").absolute(stats.records);
-        metrics::counter!("logtap_capture_kernel_bytes_total").absolute(stats.bytes);
-        metrics::counter!("logtap_capture_lost_events_total").absolute(stats.lost_events);
+        metrics::counter!(CAPTURE_KERNEL_RECORDS_TOTAL).absolute(stats.records);
+        metrics::counter!(CAPTURE_KERNEL_BYTES_TOTAL).absolute(stats.bytes);
+        metrics::counter!(CAPTURE_LOST_EVENTS_TOTAL).absolute(stats.lost_events);
         for reason in DropReason::ALL {
             let i = reason as usize;
-            metrics::counter!("logtap_capture_ring_dropped_records_total", "reason" => reason.as_str())
+            metrics::counter!(CAPTURE_RING_DROPPED_RECORDS_TOTAL, "reason" => reason.as_str())
                 .absolute(stats.dropped_records[i]);
-            metrics::counter!("logtap_capture_ring_dropped_bytes_total", "reason" => reason.as_str())
+            metrics::counter!(CAPTURE_RING_DROPPED_BYTES_TOTAL, "reason" => reason.as_str())
                 .absolute(stats.dropped_bytes[i]);
         }
     }

@@ -16,7 +16,8 @@ use super::{CaptureStage, CapturedContainer, Claims, ContainerResolver, EventFee
 use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
 use crate::discovery::{ContainerRegistry, ContainerState};
-use crate::pipeline::Pipeline;
+use crate::metrics::catalogue::CAPTURE_UP;
+use crate::pipeline::Input;
 
 impl EventFeed for Probes {
     fn poll(
@@ -58,11 +59,11 @@ pub struct CaptureThread {
 
 impl CaptureThread {
     /// Loads the probes and starts the stage; `None` (logged, `logtap_capture_up` 0)
-    /// when the probes cannot load. `pipeline` is the stage's own; it is sealed when
-    /// `shutdown` is set.
+    /// when the probes cannot load. `pipeline` is the stage's own; the stage ends its
+    /// streams (and the pipeline ships their packages) when `shutdown` is set.
     pub fn start(
         options: &CaptureConfig,
-        pipeline: Pipeline,
+        pipeline: impl Input + Send + 'static,
         registry: SharedRegistry,
         containers: ContainerRegistry,
         shutdown: Arc<AtomicBool>,
@@ -74,12 +75,12 @@ impl CaptureThread {
         }) {
             Ok(p) => p,
             Err(e) => {
-                metrics::gauge!("logtap_capture_up").set(0.0);
+                metrics::gauge!(CAPTURE_UP).set(0.0);
                 tracing::error!(error = %e, "eBPF capture unavailable: container logs are read from their CRI log files");
                 return None;
             }
         };
-        metrics::gauge!("logtap_capture_up").set(1.0);
+        metrics::gauge!(CAPTURE_UP).set(1.0);
         tracing::info!(prefix = %options.cgroup_prefix, "eBPF capture running");
         let claims = Arc::new(Claims::new(options.source, options.claim_wait));
         let mut stage = CaptureStage::new(
@@ -104,12 +105,9 @@ impl CaptureThread {
                 let beat = crate::metrics::health::global().register("capture");
                 beat.waiting(true);
                 match stage.run(&shutdown) {
-                    Ok(mut pipeline) => {
-                        pipeline.seal_all();
-                        beat.stop();
-                    }
+                    Ok(()) => beat.stop(),
                     Err(e) => {
-                        metrics::gauge!("logtap_capture_up").set(0.0);
+                        metrics::gauge!(CAPTURE_UP).set(0.0);
                         tracing::error!(error = %e, "eBPF capture stopped: reading its ring buffer failed");
                     }
                 }

@@ -1,8 +1,8 @@
 //! The capture stage: probe events in, ordered container streams into the pipeline.
 //!
-//! Runs on its own thread with its own [`Pipeline`] (framers and package builders of
-//! the captured streams), sharing the sink queues and the checkpoint registry with
-//! the file source's pipeline.
+//! Runs on its own thread and drives its own pipeline through the pipeline's
+//! [`Input`] (framers and package builders of the captured streams), sharing the
+//! sink queues and the checkpoint registry with the file source's pipeline.
 //!
 //! # Streams
 //!
@@ -43,8 +43,14 @@ use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
 use crate::discovery::PodLogRef;
 use crate::frame::Stream;
-use crate::pipeline::Pipeline;
-use crate::source::file::{EndReason, FileIdentity, SourceEvents};
+use crate::metrics::catalogue::{
+    CAPTURE_BYTES_TOTAL, CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL,
+    CAPTURE_GAPS_TOTAL, CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL,
+    CAPTURE_REPAIRED_BYTES_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAMS,
+    CAPTURE_UNBOUND_RECORDS_TOTAL, CAPTURE_UNREPAIRABLE_BYTES_TOTAL, CAPTURE_WATCHED_CONTAINERS,
+};
+use crate::pipeline::input::{EndReason, Input, Opening};
+use crate::source::file::FileIdentity;
 use crate::source::{CAPTURE_DEV, SourceId, SourceInfo, SourceKind};
 
 /// How often streams are checked for holes, endings and log growth.
@@ -107,6 +113,8 @@ struct StreamEntry {
     read_ahead: Vec<Run>,
     /// Bytes that arrived in order, not handed on yet: one chunk per burst.
     staged: BytesMut,
+    /// The stream offset of `staged`'s first byte.
+    staged_offset: u64,
     staged_time_ns: i64,
     /// Read the CRI log up to its end on every tick: set for streams resumed from a
     /// checkpoint (forever) and for streams that dropped waiting bytes (until
@@ -125,7 +133,8 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     options: CaptureConfig,
     feed: F,
     resolver: R,
-    pipeline: Pipeline,
+    /// The stage's own pipeline.
+    pipeline: Box<dyn Input + Send>,
     registry: SharedRegistry,
     claims: Arc<Claims>,
     /// Paths of the cgroups seen created, by id.
@@ -155,7 +164,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         options: CaptureConfig,
         feed: F,
         resolver: R,
-        pipeline: Pipeline,
+        pipeline: impl Input + Send + 'static,
         registry: SharedRegistry,
         claims: Arc<Claims>,
     ) -> CaptureStage<F, R> {
@@ -163,7 +172,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             options,
             feed,
             resolver,
-            pipeline,
+            pipeline: Box::new(pipeline),
             registry,
             claims,
             cgroups: HashMap::new(),
@@ -188,17 +197,19 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         self.cgroup_root = root;
     }
 
-    /// Runs until `shutdown` is set; then hands on what it has and returns the
-    /// pipeline so the caller can seal it.
-    pub fn run(mut self, shutdown: &AtomicBool) -> io::Result<Pipeline> {
+    /// Runs until `shutdown` is set; then hands on what it has and ends every stream
+    /// as [`EndReason::Shutdown`], so the pipeline ships every complete record (the
+    /// rest is read again from the CRI log after a restart).
+    pub fn run(mut self, shutdown: &AtomicBool) -> io::Result<()> {
         while !shutdown.load(Ordering::Relaxed) {
             self.poll_once(TICK)?;
         }
         let ids: Vec<SourceId> = self.streams.keys().copied().collect();
         for id in ids {
             self.hand_on_staged(id);
+            self.pipeline.ended(id, EndReason::Shutdown);
         }
-        Ok(self.pipeline)
+        Ok(())
     }
 
     /// One round: events for up to `timeout`, then the periodic checks when due.
@@ -259,8 +270,8 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 self.last_sweep = now;
                 self.sweep_cgroups(now);
             }
-            metrics::gauge!("logtap_capture_streams").set(self.streams.len() as f64);
-            metrics::gauge!("logtap_capture_watched_containers").set(self.cgroups.len() as f64);
+            metrics::gauge!(CAPTURE_STREAMS).set(self.streams.len() as f64);
+            metrics::gauge!(CAPTURE_WATCHED_CONTAINERS).set(self.cgroups.len() as f64);
         }
         Ok(())
     }
@@ -318,7 +329,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             }
         }
         for cgroup_id in gone {
-            metrics::counter!("logtap_capture_exits_inferred_total").increment(1);
+            metrics::counter!(CAPTURE_EXITS_INFERRED_TOTAL).increment(1);
             tracing::info!(
                 cgroup_id,
                 "a captured cgroup is gone but its removal record never came (ring buffer full?): its streams end"
@@ -352,23 +363,19 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             id,
             kind: SourceKind::Capture,
             path,
-            config_name: self.pipeline_config_name(),
+            config_name: self.options.source_name.clone(),
         });
         let pod = log_path
             .as_deref()
             .and_then(PodLogRef::from_path)
             .map(|log| (log, container.as_ref().map(|c| c.id.clone())));
         self.pipeline
-            .opened_stream(info, self.options.source, 0, stream, pod);
+            .opened(Opening::stream(info, self.options.source, 0, stream, pod));
         self.bound.insert((cgroup_id, stream), id);
         self.streams.insert(
             id,
             StreamEntry::new(stream, Some(cgroup_id), log_path, 0, &self.options),
         );
-    }
-
-    fn pipeline_config_name(&self) -> Arc<str> {
-        self.pipeline.source_config_name(self.options.source)
     }
 
     fn data(
@@ -381,12 +388,12 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         now: Instant,
     ) {
         let Some(&id) = self.bound.get(&(cgroup_id, stream)) else {
-            metrics::counter!("logtap_capture_unbound_records_total").increment(1);
+            metrics::counter!(CAPTURE_UNBOUND_RECORDS_TOTAL).increment(1);
             return;
         };
         let len = bytes.len() as u64;
-        metrics::counter!("logtap_capture_records_total").increment(1);
-        metrics::counter!("logtap_capture_bytes_total").increment(len);
+        metrics::counter!(CAPTURE_RECORDS_TOTAL).increment(1);
+        metrics::counter!(CAPTURE_BYTES_TOTAL).increment(len);
         let written_ns = ktime_ns as i64 + self.realtime_offset_ns;
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
@@ -395,6 +402,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         if offset == a.next_offset() && a.pending_bytes() == 0 {
             // The common case: in order. Staged, so a burst is one chunk.
             if entry.staged.is_empty() {
+                entry.staged_offset = offset;
                 entry.staged_time_ns = written_ns;
             }
             entry.staged.extend_from_slice(&bytes);
@@ -420,13 +428,14 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             return;
         }
         let chunk = entry.staged.split().freeze();
-        let time = entry.staged_time_ns;
-        self.pipeline.data_at(id, chunk, time);
+        let (offset, time) = (entry.staged_offset, entry.staged_time_ns);
+        self.pipeline.data(id, offset, chunk, Some(time));
     }
 
     fn hand_on_runs(&mut self, id: SourceId) {
         for run in self.runs.drain(..) {
-            self.pipeline.data_at(id, run.bytes, run.time_ns);
+            self.pipeline
+                .data(id, run.offset, run.bytes, Some(run.time_ns));
         }
     }
 
@@ -441,7 +450,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             let age = entry.assembler.hole_age(now).unwrap_or_default();
             if entry.hole_counted != Some(start) && age >= grace {
                 entry.hole_counted = Some(start);
-                metrics::counter!("logtap_capture_gaps_total").increment(1);
+                metrics::counter!(CAPTURE_GAPS_TOTAL).increment(1);
             }
             if age >= grace || entry.assembler.over_budget() {
                 self.repair(
@@ -460,7 +469,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             // the stream until it caught up with what the kernel sent.
             let dropped = entry.assembler.drop_pending();
             entry.follow_until = Some(entry.assembler.frontier());
-            metrics::counter!("logtap_capture_spilled_bytes_total").increment(dropped as u64);
+            metrics::counter!(CAPTURE_SPILLED_BYTES_TOTAL).increment(dropped as u64);
         }
         if let Some((_, end)) = entry.assembler.hole()
             && entry.assembler.hole_age(now).unwrap_or_default() >= repair_wait
@@ -529,7 +538,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         }
         let malformed = reader.malformed_lines();
         if malformed > entry.malformed_counted {
-            metrics::counter!("logtap_capture_cri_malformed_lines_total")
+            metrics::counter!(CAPTURE_CRI_MALFORMED_LINES_TOTAL)
                 .increment(malformed - entry.malformed_counted);
             entry.malformed_counted = malformed;
         }
@@ -549,7 +558,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             }
             if logged[..check.len()] != check[..] {
                 tracing::warn!(source = %id, offset = to, "the CRI log does not line up with the captured stream (output by a path the probes do not trace?): hole not repaired");
-                metrics::counter!("logtap_capture_repair_mismatches_total").increment(1);
+                metrics::counter!(CAPTURE_REPAIR_MISMATCHES_TOTAL).increment(1);
                 self.give_up(id, to, now);
                 return;
             }
@@ -568,7 +577,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             repaired += run_end.min(after).saturating_sub(run.offset.max(before));
         }
         if repaired > 0 {
-            metrics::counter!("logtap_capture_repaired_bytes_total").increment(repaired);
+            metrics::counter!(CAPTURE_REPAIRED_BYTES_TOTAL).increment(repaired);
         }
         self.hand_on_runs(id);
     }
@@ -580,8 +589,8 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         };
         let lost = entry.assembler.skip_to(offset, now, &mut self.runs);
         tracing::warn!(source = %id, lost_bytes = lost, offset, "capture hole not in the CRI log: given up");
-        metrics::counter!("logtap_capture_unrepairable_bytes_total").increment(lost);
-        self.pipeline.skip_to(id, offset);
+        metrics::counter!(CAPTURE_UNREPAIRABLE_BYTES_TOTAL).increment(lost);
+        self.pipeline.gap(id, offset);
         self.hand_on_runs(id);
     }
 
@@ -632,7 +641,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         let Some(entry) = self.streams.remove(&id) else {
             return;
         };
-        self.pipeline.ended(id, EndReason::Deleted);
+        self.pipeline.ended(id, EndReason::Exited);
         // The entry stays (closed), so the next start knows this run's log was
         // shipped by capture and keeps the file source away from it.
         self.registry.mark_closed(id);
@@ -693,11 +702,16 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 id,
                 kind: SourceKind::Capture,
                 path: checkpoint.path.clone(),
-                config_name: self.pipeline_config_name(),
+                config_name: self.options.source_name.clone(),
             });
             let pod = PodLogRef::from_path(&log_path).map(|log| (log, None));
-            self.pipeline
-                .opened_stream(info, self.options.source, checkpoint.offset, stream, pod);
+            self.pipeline.opened(Opening::stream(
+                info,
+                self.options.source,
+                checkpoint.offset,
+                stream,
+                pod,
+            ));
             let mut entry = StreamEntry::new(
                 stream,
                 None,
@@ -728,6 +742,7 @@ impl StreamEntry {
             reader: None,
             read_ahead: Vec::new(),
             staged: BytesMut::new(),
+            staged_offset: start,
             staged_time_ns: 0,
             follow_until: None,
             removed_at: None,

@@ -11,6 +11,7 @@ use super::*;
 use crate::batch::Batch;
 use crate::checkpoint::Registry;
 use crate::config::Config;
+use crate::pipeline::Pipeline;
 use crate::route::Router;
 
 const TS: &str = "2026-11-21T10:45:31.210111144Z";

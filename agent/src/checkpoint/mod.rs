@@ -29,6 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::metrics::catalogue::{
+    CHECKPOINT_ENTRIES, CHECKPOINT_ERRORS_TOTAL, CHECKPOINT_WRITE_SECONDS, CHECKPOINT_WRITES_TOTAL,
+};
 use crate::source::SourceId;
 use crate::source::file::FileIdentity;
 
@@ -150,7 +153,7 @@ impl Registry {
             Err(e @ CheckpointError::Corrupt { .. }) => {
                 let aside = dir.join(format!("{FILE_NAME}.corrupt"));
                 let _ = std::fs::rename(dir.join(FILE_NAME), &aside);
-                metrics::counter!("logtap_checkpoint_errors_total").increment(1);
+                metrics::counter!(CHECKPOINT_ERRORS_TOTAL).increment(1);
                 tracing::error!(error = %e, moved_to = %aside.display(),
                     "checkpoint table unreadable; files will be read again from their start");
                 Vec::new()
@@ -483,13 +486,13 @@ impl Registry {
                 }
                 drop(inner);
                 *self.last_persist.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
-                metrics::counter!("logtap_checkpoint_writes_total").increment(1);
-                metrics::gauge!("logtap_checkpoint_entries").set(entries.len() as f64);
-                metrics::histogram!("logtap_checkpoint_write_seconds")
+                metrics::counter!(CHECKPOINT_WRITES_TOTAL).increment(1);
+                metrics::gauge!(CHECKPOINT_ENTRIES).set(entries.len() as f64);
+                metrics::histogram!(CHECKPOINT_WRITE_SECONDS)
                     .record(started.elapsed().as_secs_f64());
             }
             Err(e) => {
-                metrics::counter!("logtap_checkpoint_errors_total").increment(1);
+                metrics::counter!(CHECKPOINT_ERRORS_TOTAL).increment(1);
                 tracing::error!(error = %e, "checkpoint write failed; offsets stay where they were");
             }
         }
@@ -646,4 +649,27 @@ fn read_file(path: &Path) -> Result<Vec<FileCheckpoint>, CheckpointError> {
             closed: e.closed != 0,
         })
         .collect())
+}
+
+/// Test fixture: a plain-file source with this id and path, registered in `registry`
+/// at offset 0 (the state a source is in once the file source opened it).
+#[cfg(test)]
+pub(crate) fn registered_test_source(
+    registry: &Registry,
+    id: u64,
+    path: &str,
+) -> Arc<crate::source::SourceInfo> {
+    let identity = FileIdentity {
+        dev: 1,
+        inode: id,
+        fingerprint_len: 0,
+        fingerprint: 0,
+    };
+    registry.register(SourceId(id), identity, path.into(), 0);
+    Arc::new(crate::source::SourceInfo {
+        id: SourceId(id),
+        kind: crate::source::SourceKind::File,
+        path: path.into(),
+        config_name: Arc::from("test"),
+    })
 }

@@ -39,11 +39,12 @@ use crate::config::crd::{
     CollectionCondition, LogCollection, LogCollectionSpec, LogCollectionStatus, SourceInput,
     StreamSelection,
 };
-use crate::config::raw::RawSink;
+use crate::config::schema::RawSink;
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::discovery::watcher::{Backoff, WatcherConfig, client, list_watch};
 use crate::discovery::{PodLogRef, Resource};
 use crate::frame::Stream;
+use crate::metrics::catalogue::{COLLECTION_STATUS_WRITES_TOTAL, COLLECTIONS, COLLECTIONS_API_UP};
 
 /// How often statuses are compared with what was last written.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -149,7 +150,7 @@ impl Collections {
             listed: AtomicBool::new(false),
             board: Arc::new(MatchBoard::default()),
         });
-        metrics::gauge!("logtap_collections_api_up").set(0.0);
+        metrics::gauge!(COLLECTIONS_API_UP).set(0.0);
         let watcher = WatcherConfig::new(
             config.kubernetes.node_name.clone(),
             config.kubernetes.api_url.clone(),
@@ -210,8 +211,8 @@ impl Collections {
                 }
             };
         }
-        metrics::gauge!("logtap_collections", "state" => "ready").set(ready as f64);
-        metrics::gauge!("logtap_collections", "state" => "invalid").set(invalid as f64);
+        metrics::gauge!(COLLECTIONS, "state" => "ready").set(ready as f64);
+        metrics::gauge!(COLLECTIONS, "state" => "invalid").set(invalid as f64);
         config
     }
 
@@ -467,7 +468,7 @@ async fn run(
             None,
             Backoff::new(watcher.initial_backoff, watcher.max_backoff),
             Resource::LogCollections,
-            |up| metrics::gauge!("logtap_collections_api_up").set(if up { 1.0 } else { 0.0 }),
+            |up| metrics::gauge!(COLLECTIONS_API_UP).set(if up { 1.0 } else { 0.0 }),
             move |event| match event {
                 Event::Init => listed = Some(HashSet::new()),
                 Event::InitApply(o) => {
@@ -637,15 +638,13 @@ async fn report(client: &Client, shared: &Shared) {
             .await
         {
             Ok(_) => {
-                metrics::counter!("logtap_collection_status_writes_total", "result" => "ok")
-                    .increment(1);
+                metrics::counter!(COLLECTION_STATUS_WRITES_TOTAL, "result" => "ok").increment(1);
                 if let Some(o) = shared.lock().objects.get_mut(&key) {
                     o.reported = Some(status);
                 }
             }
             Err(e) => {
-                metrics::counter!("logtap_collection_status_writes_total", "result" => "error")
-                    .increment(1);
+                metrics::counter!(COLLECTION_STATUS_WRITES_TOTAL, "result" => "error").increment(1);
                 tracing::debug!(collection = %key, error = %e, "status update failed; retrying");
             }
         }

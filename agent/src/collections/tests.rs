@@ -115,7 +115,7 @@ fn a_collection_outside_the_admin_namespace_stays_in_its_namespace() {
     )
     .unwrap();
     let selector = config.sources[1].selector.as_ref().unwrap();
-    let facts = |namespace: &str| crate::config::crd::ContainerFacts {
+    let facts = |namespace: &str| crate::select::ContainerFacts {
         namespace: namespace.into(),
         ..Default::default()
     };

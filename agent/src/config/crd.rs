@@ -2,8 +2,8 @@
 //! collection selects, what it reads from them, how it frames and parses it, and the
 //! sink it ships to.
 //!
-//! The spec reuses the config file's raw types ([`super::raw`]) for parsers, multiline
-//! and sinks, and [`super::Validator`] for their checks, so a source block means the
+//! The spec shares the config file's serde types ([`super::schema`]) for parsers,
+//! multiline, sinks and the selector, and the config's validator for their checks, so a source block means the
 //! same thing in a `LogCollection` and in `logtap.yaml`, and fails with the same
 //! message. What the file config does not have yet is the container side: the
 //! [`Selector`] and the container-oriented [`SourceInput`] kinds.
@@ -15,20 +15,20 @@
 //!
 //! # Status
 //!
-//! These are the types, the validation and the container matching that
-//! [`crate::collections`] applies to the objects it watches.
+//! These are the types and the validation that [`crate::collections`] applies to
+//! the objects it watches; the container matching is [`crate::select`]'s.
 
-use std::collections::BTreeMap;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
 use kube::{CustomResource, CustomResourceExt};
-use regex::Regex;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::raw::{RawFormat, RawMultiline, RawParser, RawSink};
+pub use super::schema::{NamespaceSelector, Selector};
+use super::schema::{RawFormat, RawMultiline, RawParser, RawSink};
 use super::{ConfigError, Format, MultilineConfig, ParserConfig, SinkConfig, Validator};
+use crate::select::CompiledSelector;
 
 /// What a `LogCollection` collects and where it ships it.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, JsonSchema)]
@@ -54,48 +54,6 @@ pub struct LogCollectionSpec {
     pub sources: Vec<CollectionSource>,
     /// Where every source of this collection ships its packages.
     pub sink: RawSink,
-}
-
-/// Selects containers. Every part that is set must hold (AND); an exclusion wins over
-/// any inclusion.
-///
-/// Values of `include_*`/`exclude_*` maps and of `namespaces` lists are matched whole:
-/// an empty value matches any value (the key only has to be present), a value written
-/// `^…$` is a regex, anything else is compared exactly.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Selector {
-    #[serde(default)]
-    pub namespaces: NamespaceSelector,
-    /// Regex searched in the pod name (anchor it with `^…$` for a whole-name match).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_name: Option<String>,
-    /// Regex searched in the container name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container_name: Option<String>,
-    /// Every entry must match a pod label or a container (runtime) label.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub include_labels: BTreeMap<String, String>,
-    /// A container is excluded when any entry matches a pod or container label.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub exclude_labels: BTreeMap<String, String>,
-    /// Every entry must match an environment variable of the container.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub include_env: BTreeMap<String, String>,
-    /// A container is excluded when any entry matches one of its environment variables.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub exclude_env: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NamespaceSelector {
-    /// The namespace must match one entry; empty means every namespace.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub include: Vec<String>,
-    /// A namespace matching any entry is excluded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub exclude: Vec<String>,
 }
 
 /// One source of a collection: the config file's source block with `input` in place of
@@ -125,7 +83,7 @@ fn default_max_line_size() -> String {
 /// the same `input` later (today they name host files with `include`/`exclude`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-#[schemars(transform = super::raw::merge_tagged_variants)]
+#[schemars(transform = super::schema::merge_tagged_variants)]
 pub enum SourceInput {
     /// The container's stdout/stderr, as the runtime logs it (CRI log files).
     ContainerStdout {
@@ -215,18 +173,6 @@ pub fn crd_yaml() -> String {
     )
 }
 
-/// What the facts of one container are matched against. Built by discovery from the
-/// pod (namespace, names, labels) and the runtime (container labels, environment).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ContainerFacts {
-    pub namespace: String,
-    pub pod_name: String,
-    pub container_name: String,
-    pub pod_labels: BTreeMap<String, String>,
-    pub container_labels: BTreeMap<String, String>,
-    pub env: BTreeMap<String, String>,
-}
-
 /// A validated spec: everything compiled, ready to match containers and build sources.
 #[derive(Clone, Debug)]
 pub struct ValidatedCollection {
@@ -243,141 +189,6 @@ pub struct CollectionSourceConfig {
     pub max_line_bytes: usize,
     pub multiline: Option<MultilineConfig>,
     pub parser: ParserConfig,
-}
-
-/// A selector value: `""` any, `^…$` regex, else exact (see [`Selector`]).
-#[derive(Clone, Debug)]
-pub enum ValueMatcher {
-    Any,
-    Exact(String),
-    Regex(Regex),
-}
-
-impl ValueMatcher {
-    fn parse(v: &Validator, field: &str, text: &str) -> Result<Self, ConfigError> {
-        Ok(if text.is_empty() {
-            ValueMatcher::Any
-        } else if text.len() >= 2 && text.starts_with('^') && text.ends_with('$') {
-            ValueMatcher::Regex(Regex::new(text).map_err(|e| v.invalid(field, e.to_string()))?)
-        } else {
-            ValueMatcher::Exact(text.to_string())
-        })
-    }
-
-    pub fn matches(&self, value: &str) -> bool {
-        match self {
-            ValueMatcher::Any => true,
-            ValueMatcher::Exact(e) => e == value,
-            ValueMatcher::Regex(r) => r.is_match(value),
-        }
-    }
-}
-
-/// [`Selector`] with its regexes compiled.
-#[derive(Clone, Debug, Default)]
-pub struct CompiledSelector {
-    pub namespaces_include: Vec<ValueMatcher>,
-    pub namespaces_exclude: Vec<ValueMatcher>,
-    pub pod_name: Option<Regex>,
-    pub container_name: Option<Regex>,
-    pub include_labels: Vec<(String, ValueMatcher)>,
-    pub exclude_labels: Vec<(String, ValueMatcher)>,
-    pub include_env: Vec<(String, ValueMatcher)>,
-    pub exclude_env: Vec<(String, ValueMatcher)>,
-}
-
-impl CompiledSelector {
-    /// Whether the collection applies to this container. Exclusions are checked first
-    /// and win: a container matching any `exclude_*` entry or an excluded namespace is
-    /// never selected, whatever it includes.
-    pub fn matches(&self, c: &ContainerFacts) -> bool {
-        let label = |key: &str, m: &ValueMatcher| {
-            c.pod_labels.get(key).is_some_and(|v| m.matches(v))
-                || c.container_labels.get(key).is_some_and(|v| m.matches(v))
-        };
-        let env = |key: &str, m: &ValueMatcher| c.env.get(key).is_some_and(|v| m.matches(v));
-
-        let excluded = self
-            .namespaces_exclude
-            .iter()
-            .any(|m| m.matches(&c.namespace))
-            || self.exclude_labels.iter().any(|(k, m)| label(k, m))
-            || self.exclude_env.iter().any(|(k, m)| env(k, m));
-        if excluded {
-            return false;
-        }
-        (self.namespaces_include.is_empty()
-            || self
-                .namespaces_include
-                .iter()
-                .any(|m| m.matches(&c.namespace)))
-            && self
-                .pod_name
-                .as_ref()
-                .is_none_or(|r| r.is_match(&c.pod_name))
-            && self
-                .container_name
-                .as_ref()
-                .is_none_or(|r| r.is_match(&c.container_name))
-            && self.include_labels.iter().all(|(k, m)| label(k, m))
-            && self.include_env.iter().all(|(k, m)| env(k, m))
-    }
-}
-
-impl Selector {
-    /// Compiles the regexes; errors name the field (`spec.selector.pod_name`).
-    pub fn compile(&self) -> Result<CompiledSelector, ConfigError> {
-        self.compile_at(&Validator::new("LogCollection"), "spec.selector")
-    }
-
-    /// Compiles with errors naming fields below `p` (`sources[0].selector` in the
-    /// config file, `spec.selector` in a `LogCollection`).
-    pub(crate) fn compile_at(
-        &self,
-        v: &Validator,
-        p: &str,
-    ) -> Result<CompiledSelector, ConfigError> {
-        let list = |name: &str, values: &[String]| -> Result<Vec<ValueMatcher>, ConfigError> {
-            values
-                .iter()
-                .enumerate()
-                .map(|(i, t)| ValueMatcher::parse(v, &format!("{p}.{name}[{i}]"), t))
-                .collect()
-        };
-        let map = |name: &str,
-                   entries: &BTreeMap<String, String>|
-         -> Result<Vec<(String, ValueMatcher)>, ConfigError> {
-            entries
-                .iter()
-                .map(|(k, t)| {
-                    if k.is_empty() {
-                        return Err(v.invalid(&format!("{p}.{name}"), "empty key".into()));
-                    }
-                    Ok((
-                        k.clone(),
-                        ValueMatcher::parse(v, &format!("{p}.{name}.{k}"), t)?,
-                    ))
-                })
-                .collect()
-        };
-        let regex = |name: &str, r: &Option<String>| -> Result<Option<Regex>, ConfigError> {
-            r.as_deref()
-                .map(|r| {
-                    Regex::new(r).map_err(|e| v.invalid(&format!("{p}.{name}"), e.to_string()))
-                })
-                .transpose()
-        };
-        Ok(CompiledSelector {
-            namespaces_include: list("namespaces.include", &self.namespaces.include)?,
-            namespaces_exclude: list("namespaces.exclude", &self.namespaces.exclude)?,
-            pod_name: regex("pod_name", &self.pod_name)?,
-            container_name: regex("container_name", &self.container_name)?,
-            include_labels: map("include_labels", &self.include_labels)?,
-            exclude_labels: map("exclude_labels", &self.exclude_labels)?,
-            include_env: map("include_env", &self.include_env)?,
-            exclude_env: map("exclude_env", &self.exclude_env)?,
-        })
-    }
 }
 
 impl LogCollectionSpec {

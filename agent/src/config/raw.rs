@@ -1,10 +1,14 @@
-//! The config file as serde reads it. Every struct denies unknown fields, so a typo
-//! is an error naming the field, its path and its line (serde_yaml reports both).
+//! The config file as serde reads it (the first of the two parsing steps; the types it
+//! shares with the `LogCollection` CRD are in [`super::schema`]). Every struct denies
+//! unknown fields, so a typo is an error naming the field, its path and its line
+//! (serde_yaml reports both).
 
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use super::schema::{RawFormat, RawMultiline, RawParser, RawSink, Selector, default_true};
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -283,15 +287,6 @@ impl Default for RawCri {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RawFormat {
-    #[default]
-    Raw,
-    Cri,
-    Docker,
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
@@ -308,7 +303,7 @@ pub struct RawSource {
     /// Only containers this selects (the `LogCollection` selector): the source reads
     /// CRI log files only, and each container's facts decide.
     #[serde(default)]
-    pub selector: Option<super::crd::Selector>,
+    pub selector: Option<Selector>,
     /// Files inside each selected container (absolute globs in the container's file
     /// system, e.g. `/var/log/app/*.log`), read through `/proc/<pid>/root` while the
     /// container runs. Replaces `include`; without a `selector`, every container.
@@ -322,278 +317,6 @@ pub struct RawSource {
     pub parser: Option<RawParser>,
     #[serde(default = "default_sink_name")]
     pub sink: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawMultiline {
-    pub start: String,
-    #[serde(default = "default_multiline_timeout")]
-    pub flush_timeout: String,
-    #[serde(default = "default_multiline_max_lines")]
-    pub max_lines: usize,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-#[schemars(transform = merge_tagged_variants)]
-pub enum RawParser {
-    Json {},
-    Regex {
-        pattern: String,
-    },
-    Delimiter {
-        #[serde(default = "default_delimiter")]
-        delimiter: String,
-        #[serde(default)]
-        quote: Option<String>,
-        columns: Vec<String>,
-    },
-    Nginx {},
-    Apache {},
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-#[schemars(transform = merge_tagged_variants)]
-pub enum RawSink {
-    Store {
-        // Defaults to `<data_dir>/store`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schemars(schema_with = "sink_path_schema")]
-        path: Option<String>,
-        #[serde(default = "default_segment_size")]
-        segment_size: String,
-        #[serde(default = "default_store_max_size")]
-        max_size: String,
-        #[serde(default)]
-        max_age: Option<String>,
-        /// Free space kept on the store's disk: oldest segments go first (`10%`, `2GiB`, `0` off).
-        #[serde(default = "default_min_free")]
-        min_free: String,
-    },
-    File {
-        #[schemars(schema_with = "sink_path_schema")]
-        path: String,
-    },
-    Stdout {},
-    /// Discards packages after acknowledging them (benchmarks, dry runs).
-    Blackhole {},
-    /// Kafka (librdkafka), behind a durable spool on the node.
-    Kafka(Box<RawKafka>),
-    /// OTLP/HTTP logs (`<endpoint>/v1/logs`), behind a durable spool on the node.
-    Otlp(Box<RawOtlp>),
-}
-
-/// `type: kafka` (see docs/configuration.md).
-///
-/// Its last four fields (`spool` … `drain_timeout`) repeat in [`RawOtlp`] on purpose:
-/// serde cannot combine `flatten` with `deny_unknown_fields`, and a typo in a sink's
-/// settings must be an error naming the field. The validator reads both
-/// through one `ForwardFields`.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawKafka {
-    /// Bootstrap brokers, `host:port`.
-    pub brokers: Vec<String>,
-    /// The topic: a name, or a template over source fields (`logs-{k8s.namespace}`).
-    pub topic: String,
-    /// The source field whose value keys messages (default: the source id).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// kafka: none | lz4 | zstd | gzip | snappy (default lz4); otlp: none | gzip (default gzip).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression: Option<String>,
-    /// `all` (default) or `1`.
-    #[serde(default = "default_acks")]
-    pub acks: String,
-    /// The idempotent producer (default on): no duplicates from the client's own retries.
-    #[serde(default = "default_true")]
-    pub idempotent: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<RawKafkaTls>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sasl: Option<RawKafkaSasl>,
-    /// librdkafka client properties passed through as they are.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub properties: BTreeMap<String, String>,
-    /// How long the client tries to deliver a message before the window is retried.
-    #[serde(default = "default_message_timeout")]
-    pub message_timeout: String,
-    #[serde(default)]
-    pub spool: RawSpool,
-    /// Records the destination refuses for good are appended here (NDJSON).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter: Option<String>,
-    /// Body bytes of one request / produce round at most (default 4MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_request_size: Option<String>,
-    /// How long a stopping agent keeps forwarding its spool (default 5s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drain_timeout: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawKafkaTls {
-    #[serde(default)]
-    pub ca_file: Option<String>,
-    #[serde(default)]
-    pub cert_file: Option<String>,
-    #[serde(default)]
-    pub key_file: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawKafkaSasl {
-    /// PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512.
-    pub mechanism: String,
-    pub username: String,
-    /// A file holding the password (a mounted Secret).
-    pub password_file: String,
-}
-
-/// `type: otlp` (see docs/configuration.md).
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawOtlp {
-    /// `http://host:4318`: logs are posted to `<endpoint>/v1/logs`.
-    pub endpoint: String,
-    /// kafka: none | lz4 | zstd | gzip | snappy (default lz4); otlp: none | gzip (default gzip).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression: Option<String>,
-    /// Extra request headers.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
-    /// Bound on one request.
-    #[serde(default = "default_otlp_timeout")]
-    pub timeout: String,
-    #[serde(default)]
-    pub spool: RawSpool,
-    /// Records the destination refuses for good are appended here (NDJSON).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter: Option<String>,
-    /// Body bytes of one request / produce round at most (default 4MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_request_size: Option<String>,
-    /// How long a stopping agent keeps forwarding its spool (default 5s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drain_timeout: Option<String>,
-}
-
-/// The durable spool of a network sink.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawSpool {
-    /// Default `<data_dir>/spool/<sink name>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Bytes the spool may hold (default 1GiB).
-    #[serde(default = "default_spool_max_size")]
-    pub max_size: String,
-    /// block (default: reading waits) | drop_oldest (counted).
-    #[serde(default = "default_when_full")]
-    pub when_full: String,
-}
-
-impl Default for RawSpool {
-    fn default() -> Self {
-        RawSpool {
-            path: None,
-            max_size: default_spool_max_size(),
-            when_full: default_when_full(),
-        }
-    }
-}
-
-fn default_acks() -> String {
-    "all".into()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_message_timeout() -> String {
-    "30s".into()
-}
-fn default_otlp_timeout() -> String {
-    "10s".into()
-}
-fn default_spool_max_size() -> String {
-    "1GiB".into()
-}
-fn default_when_full() -> String {
-    "block".into()
-}
-
-/// Rewrites the `oneOf` schema of an internally tagged enum (`{type: store, ...}`) into
-/// one object: a Kubernetes structural schema allows no per-variant properties, and
-/// kube's rewriter refuses variants whose `type` tags differ. The merged object lists
-/// every variant's fields and the tag's values as an enum; which fields each kind takes
-/// and requires is left to serde (unknown fields for the kind are still rejected when
-/// the agent reads the object).
-pub(crate) fn merge_tagged_variants(schema: &mut schemars::Schema) {
-    use serde_json::{Map, Value};
-    let Some(obj) = schema.as_object_mut() else {
-        return;
-    };
-    let Some(Value::Array(variants)) = obj.remove("oneOf") else {
-        return;
-    };
-    let mut tags = Vec::new();
-    let mut properties = Map::new();
-    let mut kinds = Vec::new();
-    for variant in variants {
-        let Value::Object(mut variant) = variant else {
-            continue;
-        };
-        let Some(Value::Object(props)) = variant.remove("properties") else {
-            continue;
-        };
-        for (name, prop) in props {
-            if name == "type" {
-                let tag = prop.get("const").cloned().or_else(|| {
-                    prop.get("enum")
-                        .and_then(|e| e.as_array())
-                        .and_then(|e| e.first().cloned())
-                });
-                if let Some(tag) = tag {
-                    if let (Some(t), Some(Value::String(d))) =
-                        (tag.as_str(), variant.get("description"))
-                    {
-                        let d = d.split_whitespace().collect::<Vec<_>>().join(" ");
-                        kinds.push(format!("`{t}`: {}", d.trim_end_matches('.')));
-                    }
-                    tags.push(tag);
-                }
-            } else {
-                properties.entry(name).or_insert(prop);
-            }
-        }
-    }
-    let mut tag_schema = Map::new();
-    tag_schema.insert("type".into(), "string".into());
-    tag_schema.insert("enum".into(), Value::Array(tags));
-    if !kinds.is_empty() {
-        tag_schema.insert(
-            "description".into(),
-            format!("{}.", kinds.join(". ")).into(),
-        );
-    }
-    properties.insert("type".into(), Value::Object(tag_schema));
-    obj.insert("type".into(), "object".into());
-    obj.insert("properties".into(), Value::Object(properties));
-    obj.insert("required".into(), Value::Array(vec!["type".into()]));
-}
-
-/// One schema for the `path` of every sink kind: a Kubernetes structural schema merges
-/// the variants of a tagged enum into one object, whose properties must agree. Serde
-/// still tells the kinds apart (required for `file`, defaulted for `store`).
-fn sink_path_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "string",
-        "description": "store: its directory (default <data_dir>/store); file: the file (required)"
-    })
 }
 
 fn default_admin_namespace() -> String {
@@ -668,15 +391,6 @@ fn default_max_line_size() -> String {
 fn default_sink_name() -> String {
     "local".into()
 }
-fn default_multiline_timeout() -> String {
-    "1s".into()
-}
-fn default_multiline_max_lines() -> usize {
-    500
-}
-fn default_delimiter() -> String {
-    ",".into()
-}
 fn default_pod_logs() -> String {
     "/var/log/pods".into()
 }
@@ -685,13 +399,4 @@ fn default_facts_wait() -> String {
 }
 fn default_metadata_wait() -> String {
     "2s".into()
-}
-fn default_segment_size() -> String {
-    "64MiB".into()
-}
-fn default_min_free() -> String {
-    "10%".into()
-}
-fn default_store_max_size() -> String {
-    "10GiB".into()
 }

@@ -34,6 +34,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::PodLogRef;
 
+use crate::metrics::catalogue::CRI_REQUESTS_TOTAL;
 /// The CRI v1 messages, for callers that drive the lifecycle calls.
 pub use k8s_cri::v1 as cri_api;
 
@@ -253,7 +254,7 @@ impl CriClient {
             Err(e) if e.is_unreachable() => "unreachable",
             Err(_) => "error",
         };
-        metrics::counter!("logtap_cri_requests_total", "result" => label).increment(1);
+        metrics::counter!(CRI_REQUESTS_TOTAL, "result" => label).increment(1);
         result
     }
 

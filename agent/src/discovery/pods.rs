@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::metrics::catalogue::{KUBE_API_UP, KUBE_PODS_CACHED};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 
 /// The annotation a mirror pod carries with the kubelet's config hash of its static
@@ -282,7 +283,7 @@ impl PodCache {
             Resource::LogCollections => return,
         };
         flag.store(up, Ordering::Relaxed);
-        metrics::gauge!("logtap_kube_api_up").set(if self.api_up() { 1.0 } else { 0.0 });
+        metrics::gauge!(KUBE_API_UP).set(if self.api_up() { 1.0 } else { 0.0 });
     }
 
     /// Adds or replaces a pod (an `Apply`/`InitApply` event).
@@ -340,7 +341,7 @@ impl PodCache {
         if state.pods.len() != before {
             let State { pods, mirrors, .. } = &mut *state;
             mirrors.retain(|_, uid| pods.contains_key(uid));
-            metrics::gauge!("logtap_kube_pods_cached").set(pods.len() as f64);
+            metrics::gauge!(KUBE_PODS_CACHED).set(pods.len() as f64);
         }
     }
 
@@ -380,7 +381,7 @@ impl PodCache {
     }
 
     fn changed(&self, state: std::sync::RwLockWriteGuard<'_, State>) {
-        metrics::gauge!("logtap_kube_pods_cached").set(state.pods.len() as f64);
+        metrics::gauge!(KUBE_PODS_CACHED).set(state.pods.len() as f64);
         drop(state);
         let mut generation = self.lock_generation();
         *generation += 1;

@@ -40,6 +40,7 @@ use super::PodLogRef;
 use super::cri::{
     ContainerInfo, ContainerState, CriClient, CriError, container_id_from_cgroup_path,
 };
+use crate::metrics::catalogue::{CRI_UP, REGISTRY_CONTAINERS};
 
 /// While the runtime is down, on-demand refreshes try it at most this often.
 pub const RETRY_WHILE_DOWN: Duration = Duration::from_secs(1);
@@ -120,7 +121,7 @@ impl ContainerRegistry {
         pods_dir: PathBuf,
         removal_grace: Duration,
     ) -> ContainerRegistry {
-        metrics::gauge!("logtap_cri_up").set(0.0);
+        metrics::gauge!(CRI_UP).set(0.0);
         ContainerRegistry {
             shared: Arc::new(Shared {
                 cri,
@@ -566,7 +567,7 @@ impl ContainerRegistry {
 
     fn mark_up(&self) {
         if !self.shared.cri_up.swap(true, Ordering::Relaxed) {
-            metrics::gauge!("logtap_cri_up").set(1.0);
+            metrics::gauge!(CRI_UP).set(1.0);
             let mut down = self.lock_down();
             if down.last_warning.is_some() {
                 tracing::info!(
@@ -580,7 +581,7 @@ impl ContainerRegistry {
 
     fn mark_down(&self, error: &CriError) {
         self.shared.cri_up.store(false, Ordering::Relaxed);
-        metrics::gauge!("logtap_cri_up").set(0.0);
+        metrics::gauge!(CRI_UP).set(0.0);
         let mut down = self.lock_down();
         down.last_attempt = Some(Instant::now());
         if down
@@ -602,8 +603,7 @@ impl ContainerRegistry {
     }
 
     fn publish_len(&self, state: &State) {
-        metrics::gauge!("logtap_registry_containers")
-            .set((state.by_id.len() + state.scanned.len()) as f64);
+        metrics::gauge!(REGISTRY_CONTAINERS).set((state.by_id.len() + state.scanned.len()) as f64);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {

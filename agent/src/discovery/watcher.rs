@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use super::pods::{PodCache, Resource};
+use crate::metrics::catalogue::KUBE_WATCH_ERRORS_TOTAL;
 
 /// How to reach the API server and what to watch.
 #[derive(Clone, Debug)]
@@ -410,8 +411,7 @@ impl Health {
         error: &dyn std::fmt::Display,
         gone: bool,
     ) {
-        metrics::counter!("logtap_kube_watch_errors_total", "resource" => resource.as_str())
-            .increment(1);
+        metrics::counter!(KUBE_WATCH_ERRORS_TOTAL, "resource" => resource.as_str()).increment(1);
         if gone {
             tracing::debug!(resource = resource.as_str(), %error, "watch expired, re-listing");
             return;
@@ -432,8 +432,7 @@ impl Health {
 
     /// A watch stream that broke after it was established.
     fn broken(&self, resource: Resource, error: &dyn std::fmt::Display) {
-        metrics::counter!("logtap_kube_watch_errors_total", "resource" => resource.as_str())
-            .increment(1);
+        metrics::counter!(KUBE_WATCH_ERRORS_TOTAL, "resource" => resource.as_str()).increment(1);
         tracing::debug!(resource = resource.as_str(), %error, "watch stream broke, re-watching");
     }
 }

@@ -28,6 +28,7 @@ use bytes::Bytes;
 
 use super::{CONTAINER_ID, SourceFields, container_fields_from, host_fields};
 use crate::discovery::{ContainerInfo, ContainerRegistry, PodCache, PodLogRef, PodMeta};
+use crate::metrics::catalogue::ENRICH_METADATA_MISSING_TOTAL;
 
 /// Names the lines of this node's sources: the pod cache (API) and the container
 /// registry (CRI) — either or both —, the node name, and how long a new container's
@@ -338,7 +339,7 @@ impl SourceEnrichment {
     fn give_up(&mut self, enricher: &Enricher) {
         self.hold_until = None;
         let reason = enricher.missing_reason();
-        metrics::counter!("logtap_enrich_metadata_missing_total", "reason" => reason).increment(1);
+        metrics::counter!(ENRICH_METADATA_MISSING_TOTAL, "reason" => reason).increment(1);
         if let Target::Container { log, .. } = &self.target {
             tracing::debug!(
                 namespace = %log.namespace, pod = %log.pod, container = %log.container,

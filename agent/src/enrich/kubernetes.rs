@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::KubernetesConfig;
 use crate::discovery::{PodCache, PodWatcher, WatcherConfig};
+use crate::metrics::catalogue::KUBE_API_UP;
 
 /// How long a deleted pod's metadata stays readable: its containers' last lines are
 /// often read after the API reported the deletion.
@@ -22,7 +23,7 @@ impl Kubernetes {
     /// stays 0, and lines carry what their log paths say.
     pub fn start(config: &KubernetesConfig) -> Kubernetes {
         let cache = PodCache::new(config.annotations.clone(), DELETED_POD_GRACE);
-        metrics::gauge!("logtap_kube_api_up").set(0.0);
+        metrics::gauge!(KUBE_API_UP).set(0.0);
         let watcher_config = WatcherConfig::new(config.node_name.clone(), config.api_url.clone());
         let watcher = match PodWatcher::spawn(watcher_config, cache.clone()) {
             Ok(watcher) => {

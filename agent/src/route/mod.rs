@@ -4,8 +4,6 @@
 //! its worker thread. The queue bound is the backpressure: when a sink is slow, `send`
 //! blocks the source thread, so files are simply read later and memory stays bounded.
 
-pub mod select;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -30,6 +30,12 @@ use super::spool::{self, CursorFile, Shared, Spool, SpooledBlock};
 use super::{Sink, SinkError};
 use crate::batch::Batch;
 use crate::config::network::ForwardConfig;
+use crate::metrics::catalogue::{
+    DROPPED_LINES_TOTAL, FORWARD_ACKED_RECORDS_TOTAL, FORWARD_BYTES_TOTAL,
+    FORWARD_DEAD_LETTER_ERRORS_TOTAL, FORWARD_DESTINATION_UP, FORWARD_RECORDS_TOTAL,
+    FORWARD_REJECTED_RECORDS_TOTAL, FORWARD_REPLAYED_PACKAGES_TOTAL, FORWARD_REQUEST_SECONDS,
+    FORWARD_RETRIES_TOTAL, SPOOL_CURSOR_ERRORS_TOTAL, SPOOL_OLDEST_UNFORWARDED_SECONDS,
+};
 use crate::metrics::health;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -277,7 +283,7 @@ impl Forwarder {
                 }),
                 Err(e) => {
                     self.shared.lock().stats.corrupt_lines += u64::from(b.header.line_count);
-                    metrics::counter!("logtap_dropped_lines_total", "reason" => "spool_corrupt")
+                    metrics::counter!(DROPPED_LINES_TOTAL, "reason" => "spool_corrupt")
                         .increment(u64::from(b.header.line_count));
                     tracing::error!(sink = %self.name, seq = b.seq, error = %e,
                         lines = b.header.line_count, "spool: damaged block skipped");
@@ -295,7 +301,7 @@ impl Forwarder {
         if first < replay_below {
             let replayed = blocks.iter().filter(|b| b.at < replay_below).count();
             self.shared.lock().stats.replayed_packages += replayed as u64;
-            metrics::counter!("logtap_forward_replayed_packages_total", "sink" => self.name.to_string())
+            metrics::counter!(FORWARD_REPLAYED_PACKAGES_TOTAL, "sink" => self.name.to_string())
                 .increment(replayed as u64);
         }
         let cursor = CursorFile {
@@ -314,28 +320,24 @@ impl Forwarder {
         let bytes: u64 = window.iter().map(SpooledPackage::body_bytes).sum();
         let mut backoff = BACKOFF_START;
         loop {
-            metrics::counter!("logtap_forward_records_total", "sink" => sink.clone())
-                .increment(records);
-            metrics::counter!("logtap_forward_bytes_total", "sink" => sink.clone())
-                .increment(bytes);
+            metrics::counter!(FORWARD_RECORDS_TOTAL, "sink" => sink.clone()).increment(records);
+            metrics::counter!(FORWARD_BYTES_TOTAL, "sink" => sink.clone()).increment(bytes);
             let started = Instant::now();
             // However long the destination takes is its outage, not a stall of ours.
             let result = health::parked(|| self.destination.send(window));
-            metrics::histogram!("logtap_forward_request_seconds", "sink" => sink.clone())
+            metrics::histogram!(FORWARD_REQUEST_SECONDS, "sink" => sink.clone())
                 .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(delivered) => {
                     health::note(None);
-                    metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone())
-                        .set(1.0);
+                    metrics::gauge!(FORWARD_DESTINATION_UP, "sink" => sink.clone()).set(1.0);
                     return Ok(delivered);
                 }
                 Err(e) => {
                     health::note(Some("destination_down"));
-                    metrics::gauge!("logtap_forward_destination_up", "sink" => sink.clone())
-                        .set(0.0);
+                    metrics::gauge!(FORWARD_DESTINATION_UP, "sink" => sink.clone()).set(0.0);
                     self.shared.lock().stats.retries += 1;
-                    metrics::counter!("logtap_forward_retries_total", "sink" => sink.clone(), "reason" => e.reason)
+                    metrics::counter!(FORWARD_RETRIES_TOTAL, "sink" => sink.clone(), "reason" => e.reason)
                         .increment(1);
                     let wait = retry_wait(&e, backoff);
                     tracing::warn!(sink = %self.name, destination = self.destination.kind(),
@@ -372,7 +374,7 @@ impl Forwarder {
         let sink = self.name.to_string();
         let mut rejected_total = delivered.rejected_unidentified;
         if delivered.rejected_unidentified > 0 {
-            metrics::counter!("logtap_forward_rejected_records_total", "sink" => sink.clone(), "reason" => "partial_success")
+            metrics::counter!(FORWARD_REJECTED_RECORDS_TOTAL, "sink" => sink.clone(), "reason" => "partial_success")
                 .increment(delivered.rejected_unidentified);
             tracing::error!(sink = %self.name, records = delivered.rejected_unidentified,
                 "destination refused records (partial success); dropped");
@@ -390,7 +392,7 @@ impl Forwarder {
                 }
             };
             rejected_total += records.len() as u64;
-            metrics::counter!("logtap_forward_rejected_records_total", "sink" => sink.clone(), "reason" => r.reason)
+            metrics::counter!(FORWARD_REJECTED_RECORDS_TOTAL, "sink" => sink.clone(), "reason" => r.reason)
                 .increment(records.len() as u64);
             tracing::error!(sink = %self.name, source = %package.source.id, package = package.package_id,
                 records = records.len(), reason = r.reason, detail = %r.detail,
@@ -400,11 +402,11 @@ impl Forwarder {
         }
         if rejected_total > 0 {
             self.shared.lock().stats.rejected_lines += rejected_total;
-            metrics::counter!("logtap_dropped_lines_total", "reason" => "sink_rejected")
+            metrics::counter!(DROPPED_LINES_TOTAL, "reason" => "sink_rejected")
                 .increment(rejected_total);
         }
         let records: u64 = window.iter().map(|p| p.package.records.len() as u64).sum();
-        metrics::counter!("logtap_forward_acked_records_total", "sink" => sink)
+        metrics::counter!(FORWARD_ACKED_RECORDS_TOTAL, "sink" => sink)
             .increment(records.saturating_sub(rejected_total));
     }
 
@@ -413,7 +415,7 @@ impl Forwarder {
             return;
         };
         if let Err(e) = dl.write(package, records, r.reason) {
-            metrics::counter!("logtap_forward_dead_letter_errors_total", "sink" => self.name.to_string())
+            metrics::counter!(FORWARD_DEAD_LETTER_ERRORS_TOTAL, "sink" => self.name.to_string())
                 .increment(1);
             tracing::error!(sink = %self.name, path = %dl.path.display(), error = %e,
                 "could not write refused records to the dead-letter file");
@@ -436,7 +438,7 @@ impl Forwarder {
         };
         if let Err(e) = spool::write_cursor(&self.dir, &cursor, true) {
             // Not fatal: the cursor only moves back, so the worst case is a re-send.
-            metrics::counter!("logtap_spool_cursor_errors_total", "sink" => self.name.to_string())
+            metrics::counter!(SPOOL_CURSOR_ERRORS_TOTAL, "sink" => self.name.to_string())
                 .increment(1);
             tracing::warn!(sink = %self.name, error = %e, "spool: could not persist the cursor");
         }
@@ -450,8 +452,7 @@ impl Forwarder {
                 .map_or(0, |d| d.as_nanos() as i64);
             (now.saturating_sub(b.header.min_ts)).max(0) as f64 / 1e9
         });
-        metrics::gauge!("logtap_spool_oldest_unforwarded_seconds", "sink" => self.name.to_string())
-            .set(age);
+        metrics::gauge!(SPOOL_OLDEST_UNFORWARDED_SECONDS, "sink" => self.name.to_string()).set(age);
     }
 }
 

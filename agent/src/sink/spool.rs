@@ -54,6 +54,10 @@ use std::time::{Duration, Instant};
 
 use crate::batch::Batch;
 use crate::config::network::{SpoolConfig, WhenFull};
+use crate::metrics::catalogue::{
+    DROPPED_LINES_TOTAL, SPOOL_BYTES, SPOOL_CURSOR_CORRUPT_TOTAL, SPOOL_DROPPED_PACKAGES_TOTAL,
+    SPOOL_FULL_TOTAL,
+};
 use crate::sink::store::segment::BlockHeader;
 use crate::sink::store::{Store, StoreOptions};
 use crate::sink::{Sink, SinkError};
@@ -242,7 +246,7 @@ pub fn read_cursor(dir: &Path) -> CursorFile {
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e,
                     "spool: cursor file is corrupt; forwarding everything in the spool again");
-                metrics::counter!("logtap_spool_cursor_corrupt_total").increment(1);
+                metrics::counter!(SPOOL_CURSOR_CORRUPT_TOTAL).increment(1);
                 fresh
             }
         },
@@ -451,9 +455,8 @@ impl Spool {
             return false;
         }
         if packages > 0 {
-            metrics::counter!("logtap_dropped_lines_total", "reason" => "spool_full")
-                .increment(lines);
-            metrics::counter!("logtap_spool_dropped_packages_total", "sink" => self.name.to_string())
+            metrics::counter!(DROPPED_LINES_TOTAL, "reason" => "spool_full").increment(lines);
+            metrics::counter!(SPOOL_DROPPED_PACKAGES_TOTAL, "sink" => self.name.to_string())
                 .increment(packages);
             tracing::warn!(sink = %self.name, lines, packages,
                 "spool full (when_full: drop_oldest): dropped the oldest unforwarded packages");
@@ -484,7 +487,7 @@ impl Spool {
                         // Waiting for the destination is not a stall of the sink worker
                         // (the forwarder answers for itself) until the next write.
                         crate::metrics::health::park();
-                        metrics::counter!("logtap_spool_full_total", "sink" => self.name.to_string())
+                        metrics::counter!(SPOOL_FULL_TOTAL, "sink" => self.name.to_string())
                             .increment(1);
                         return Err(SinkError::Transient(format!(
                             "spool {} is full ({} of max_size {} bytes): waiting for the destination",
@@ -503,7 +506,7 @@ impl Spool {
     }
 
     fn publish_gauges(&self) {
-        metrics::gauge!("logtap_spool_bytes", "sink" => self.name.to_string())
+        metrics::gauge!(SPOOL_BYTES, "sink" => self.name.to_string())
             .set(self.store.total_bytes() as f64);
     }
 

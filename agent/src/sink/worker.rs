@@ -21,6 +21,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::{Sink, SinkError};
 use crate::batch::Batch;
 use crate::checkpoint::SharedRegistry;
+use crate::metrics::catalogue::{
+    DROPPED_LINES_TOTAL, SINK_ERRORS_TOTAL, SINK_LINES_TOTAL, SINK_PACKAGES_TOTAL,
+};
 use crate::metrics::health;
 use crate::source::SourceId;
 
@@ -128,16 +131,16 @@ impl SinkWorker {
                 Ok(()) => return Ok(true),
                 Err(SinkError::Fatal(reason)) => return Err(self.fatal(reason)),
                 Err(SinkError::Rejected(reason)) => {
-                    metrics::counter!("logtap_sink_errors_total", "sink" => kind, "kind" => "rejected")
+                    metrics::counter!(SINK_ERRORS_TOTAL, "sink" => kind, "kind" => "rejected")
                         .increment(1);
-                    metrics::counter!("logtap_dropped_lines_total", "reason" => "sink_rejected")
+                    metrics::counter!(DROPPED_LINES_TOTAL, "reason" => "sink_rejected")
                         .increment(batch.lines.len() as u64);
                     tracing::error!(sink = kind, source = %batch.source.id, package = batch.package_id,
                         %reason, "sink rejected package; dropped");
                     return Ok(true);
                 }
                 Err(e) => {
-                    metrics::counter!("logtap_sink_errors_total", "sink" => kind, "kind" => "transient")
+                    metrics::counter!(SINK_ERRORS_TOTAL, "sink" => kind, "kind" => "transient")
                         .increment(1);
                     if self.shutdown.load(Ordering::Relaxed) {
                         tracing::warn!(sink = kind, error = %e, "giving up at shutdown; package will be re-read");
@@ -166,7 +169,7 @@ impl SinkWorker {
                     return Err(self.fatal(reason));
                 }
                 Err(e) => {
-                    metrics::counter!("logtap_sink_errors_total", "sink" => kind, "kind" => "flush")
+                    metrics::counter!(SINK_ERRORS_TOTAL, "sink" => kind, "kind" => "flush")
                         .increment(1);
                     if self.shutdown.load(Ordering::Relaxed) {
                         tracing::warn!(sink = kind, error = %e, "flush failed at shutdown; packages will be re-read");
@@ -180,9 +183,8 @@ impl SinkWorker {
             }
         }
         let lines: usize = written.iter().map(|w| w.lines).sum();
-        metrics::counter!("logtap_sink_packages_total", "sink" => kind)
-            .increment(written.len() as u64);
-        metrics::counter!("logtap_sink_lines_total", "sink" => kind).increment(lines as u64);
+        metrics::counter!(SINK_PACKAGES_TOTAL, "sink" => kind).increment(written.len() as u64);
+        metrics::counter!(SINK_LINES_TOTAL, "sink" => kind).increment(lines as u64);
         for w in written.drain(..) {
             self.registry.acked(w.source, w.package_id);
         }
@@ -192,8 +194,7 @@ impl SinkWorker {
     /// Stops the agent after a fatal sink error; returns the error for the caller.
     fn fatal(&mut self, reason: String) -> SinkError {
         let kind = self.sink.kind();
-        metrics::counter!("logtap_sink_errors_total", "sink" => kind, "kind" => "fatal")
-            .increment(1);
+        metrics::counter!(SINK_ERRORS_TOTAL, "sink" => kind, "kind" => "fatal").increment(1);
         tracing::error!(sink = kind, %reason,
             "sink can no longer guarantee durability; stopping so a restart re-reads from the checkpoints");
         self.shutdown.store(true, Ordering::SeqCst);
@@ -205,8 +206,8 @@ impl SinkWorker {
 mod tests {
     use super::*;
     use crate::checkpoint::Registry;
+    use crate::checkpoint::registered_test_source;
     use crate::frame::{Line, LineFlags, Stream};
-    use crate::source::registered_test_source;
     use bytes::Bytes;
     use std::sync::Mutex;
 

@@ -1,9 +1,10 @@
 //! Sources: where bytes come from, and the identity every line is tagged with.
 //!
 //! A source is one byte stream with stable offsets: a file generation (a file from its
-//! creation until it is truncated), or — once eBPF capture lands — one container stream.
+//! creation until it is truncated), or one container stream captured by eBPF.
 //! `(SourceId, offset)` is the coordinate system of the whole agent.
 
+pub mod claims;
 pub mod file;
 
 use std::fmt;
@@ -80,27 +81,4 @@ pub struct SourceInfo {
     pub path: PathBuf,
     /// Name of the `sources[]` entry of the config that matched it.
     pub config_name: Arc<str>,
-}
-
-/// Test fixture: a plain-file source with this id and path, registered in `registry`
-/// at offset 0 (the state a source is in once the file source opened it).
-#[cfg(test)]
-pub(crate) fn registered_test_source(
-    registry: &crate::checkpoint::Registry,
-    id: u64,
-    path: &str,
-) -> Arc<SourceInfo> {
-    let identity = file::FileIdentity {
-        dev: 1,
-        inode: id,
-        fingerprint_len: 0,
-        fingerprint: 0,
-    };
-    registry.register(SourceId(id), identity, path.into(), 0);
-    Arc::new(SourceInfo {
-        id: SourceId(id),
-        kind: SourceKind::File,
-        path: path.into(),
-        config_name: Arc::from("test"),
-    })
 }

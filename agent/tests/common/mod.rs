@@ -10,6 +10,7 @@
 )]
 
 pub mod cri;
+pub mod node;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,6 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
+
+/// The timestamp of CRI lines the tests write.
+pub const TS: &str = "2026-11-21T10:45:31.210111144Z";
 
 pub fn logtap_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_logtap"))
@@ -527,4 +531,38 @@ pub fn three_format_config(logs: &Path, extra: &str) -> String {
          \x20 - name: json\n    include: [\"{logs}/*.json\"]\n    parser: {{type: json}}\n    sink: local\n\
          sinks:\n  local: {{type: store}}\n"
     )
+}
+
+/// The stored records whose body starts with `prefix` (none while the store does
+/// not exist yet).
+pub fn records_of(store: &Path, prefix: &str) -> Vec<Value> {
+    if !store.exists() {
+        return Vec::new();
+    }
+    store_records(store)
+        .into_iter()
+        .filter(|r| r["body"].as_str().is_some_and(|b| b.starts_with(prefix)))
+        .collect()
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*), reproducible from the seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform enough in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// In `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
 }

@@ -1,6 +1,8 @@
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
+use crate::select::ContainerFacts;
 
 const DATA_DIR: &str = "/var/lib/logtap";
 

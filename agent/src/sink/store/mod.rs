@@ -45,6 +45,10 @@ use crate::batch::{Batch, codec};
 use crate::sink::{Sink, SinkError};
 use crate::source::SourceId;
 
+use crate::metrics::catalogue::{
+    STORE_BYTES, STORE_REPLAYED_PACKAGES_TOTAL, STORE_RETENTION_DELETED_BYTES_TOTAL,
+    STORE_SEGMENTS, STORE_TORN_BLOCKS_TOTAL,
+};
 use index::SegmentIndex;
 use segment::{BlockHeader, BlockMeta, HEADER_LEN, ScanMode};
 use sources::SourceLog;
@@ -208,7 +212,7 @@ impl Store {
                     damaged_payloads = scan.damaged_payloads,
                     "store: damaged blocks in the middle of a segment; skipped, the rest kept");
                 stats.damaged_blocks += damaged;
-                metrics::counter!("logtap_store_torn_blocks_total").increment(damaged);
+                metrics::counter!(STORE_TORN_BLOCKS_TOTAL).increment(damaged);
             }
             if let Some(problem) = scan.tail {
                 if is_last {
@@ -219,7 +223,7 @@ impl Store {
                     file.sync_all().map_err(io_err(&path))?;
                     kept_len = scan.valid_len;
                     stats.torn_blocks += 1;
-                    metrics::counter!("logtap_store_torn_blocks_total").increment(1);
+                    metrics::counter!(STORE_TORN_BLOCKS_TOTAL).increment(1);
                 } else {
                     tracing::warn!(segment = %path.display(), ?problem,
                         ignored_bytes = len - scan.valid_len,
@@ -307,8 +311,8 @@ impl Store {
         if !self.gauges {
             return;
         }
-        metrics::gauge!("logtap_store_bytes").set(self.total_bytes as f64);
-        metrics::gauge!("logtap_store_segments").set(self.segments.len() as f64);
+        metrics::gauge!(STORE_BYTES).set(self.total_bytes as f64);
+        metrics::gauge!(STORE_SEGMENTS).set(self.segments.len() as f64);
     }
 
     /// Encodes `batch` into `block_buf[..block_len]` (header + compressed payload).
@@ -482,8 +486,7 @@ impl Store {
             Ok(Some(removed)) => {
                 self.stats.retention_deleted_segments += 1;
                 self.stats.retention_deleted_bytes += removed.len;
-                metrics::counter!("logtap_store_retention_deleted_bytes_total")
-                    .increment(removed.len);
+                metrics::counter!(STORE_RETENTION_DELETED_BYTES_TOTAL).increment(removed.len);
                 tracing::debug!(segment = %removed.path.display(), bytes = removed.len, reason,
                     "store: retention deleted a segment");
                 true
@@ -594,7 +597,7 @@ impl Sink for Store {
         let end = self.stored_end.entry(batch.source.id).or_insert(0);
         if header.line_count > 0 && header.first_offset < *end {
             self.stats.replayed_packages += 1;
-            metrics::counter!("logtap_store_replayed_packages_total").increment(1);
+            metrics::counter!(STORE_REPLAYED_PACKAGES_TOTAL).increment(1);
         }
         *end = (*end).max(header.end_offset);
 

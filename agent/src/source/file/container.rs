@@ -44,8 +44,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::config::crd::ContainerFacts;
 use crate::discovery::{ContainerRegistry, ContainerState, PodCache, PodLogRef};
+use crate::select::ContainerFacts;
 
 /// Scheme of the logical path of a file inside a container.
 pub const SCHEME: &str = "container://";

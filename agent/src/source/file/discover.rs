@@ -19,8 +19,8 @@ use anyhow::Context as _;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::config::SourceConfig;
-use crate::config::crd::CompiledSelector;
-use crate::route::select::Facts;
+use crate::select::CompiledSelector;
+use crate::select::Facts;
 
 use super::container::{self, ContainerView};
 

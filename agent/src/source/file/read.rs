@@ -31,6 +31,7 @@ use std::os::fd::RawFd;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::metrics::catalogue::READ_BACKEND;
 use bytes::Bytes;
 
 /// One read: `len` bytes of `fd` at `offset`. `slot` is the caller's file handle.
@@ -172,7 +173,7 @@ impl Reader {
             pool: BufferPool::new(),
         };
         tracing::info!(backend = reader.name(), "file read backend");
-        metrics::gauge!("logtap_read_backend", "backend" => reader.name()).set(1.0);
+        metrics::gauge!(READ_BACKEND, "backend" => reader.name()).set(1.0);
         reader
     }
 
@@ -196,8 +197,8 @@ impl Reader {
                     Ok(()) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "io_uring failed, switching to pread");
-                        metrics::gauge!("logtap_read_backend", "backend" => "io_uring").set(0.0);
-                        metrics::gauge!("logtap_read_backend", "backend" => "pread").set(1.0);
+                        metrics::gauge!(READ_BACKEND, "backend" => "io_uring").set(0.0);
+                        metrics::gauge!(READ_BACKEND, "backend" => "pread").set(1.0);
                         self.backend = Backend::Pread;
                         break;
                     }

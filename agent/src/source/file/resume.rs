@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use super::FileIdentity;
 use crate::checkpoint::{FileCheckpoint, Registry};
+use crate::metrics::catalogue::CHECKPOINTS_DROPPED_TOTAL;
 use crate::source::SourceId;
 
 /// The calls the file source makes on the checkpoint registry (see
@@ -43,7 +44,7 @@ impl ResumeStore for Registry {
     fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>) {
         let dropped = Registry::retain_unclaimed(self, found);
         if dropped > 0 {
-            metrics::counter!("logtap_checkpoints_dropped_total", "reason" => "file_gone")
+            metrics::counter!(CHECKPOINTS_DROPPED_TOTAL, "reason" => "file_gone")
                 .increment(dropped as u64);
             tracing::warn!(
                 dropped,

@@ -1,5 +1,5 @@
 //! End-to-end tests of the file source: real files in temp dirs, real renames,
-//! truncations and unlinks, a recording [`SourceEvents`] that reassembles the bytes of
+//! truncations and unlinks, a recording [`Input`] that reassembles the bytes of
 //! every source and checks their offsets, and an in-memory [`ResumeStore`].
 //!
 //! To act on files "between two reads" deterministically, a test parks the source
@@ -19,6 +19,7 @@ use bytes::Bytes;
 use super::*;
 use crate::checkpoint::FileCheckpoint;
 use crate::config::{Format, ParserConfig, SourceConfig};
+use crate::pipeline::{EndReason, Input, Opening};
 use crate::source::SourceId;
 
 #[derive(Default)]
@@ -77,7 +78,7 @@ impl ResumeStore for MemStore {
 struct Rec {
     path: PathBuf,
     config: usize,
-    /// Every config reading it (`opened_for`), primary first.
+    /// Every config reading it (`Opening::configs`), primary first.
     configs: Vec<usize>,
     start: u64,
     bytes: Vec<u8>,
@@ -123,27 +124,28 @@ struct Shared {
 
 struct Recorder(Arc<Shared>);
 
-impl SourceEvents for Recorder {
-    fn opened(
-        &mut self,
-        info: Arc<SourceInfo>,
-        config: usize,
-        identity: FileIdentity,
-        start_offset: u64,
-        predecessor: Option<SourceId>,
-    ) {
-        let _ = identity;
+impl Input for Recorder {
+    fn opened(&mut self, opening: Opening) {
+        let Opening {
+            info,
+            configs,
+            start_offset,
+            predecessor,
+            ..
+        } = opening;
         let mut r = self.0.rec.lock().unwrap();
         let predecessor_bytes_at_open =
             predecessor.and_then(|p| r.sources.get(&p).map(|s| s.bytes.len()));
         if let Some(existing) = r.sources.get_mut(&info.id) {
             // A closed source reopened because it grew: it continues where it stopped.
-            if existing.start + existing.bytes.len() as u64 != start_offset {
-                let msg = format!("{} reopened at {start_offset}", info.id);
-                r.errors.push(msg);
-            } else {
+            let continues = existing.start + existing.bytes.len() as u64 == start_offset;
+            existing.configs = configs;
+            if continues {
                 existing.ended = None;
                 existing.opens += 1;
+            } else {
+                let msg = format!("{} reopened at {start_offset}", info.id);
+                r.errors.push(msg);
             }
             return;
         }
@@ -152,8 +154,8 @@ impl SourceEvents for Recorder {
             info.id,
             Rec {
                 path: info.path.clone(),
-                config,
-                configs: vec![config],
+                config: configs[0],
+                configs,
                 start: start_offset,
                 bytes: Vec::new(),
                 predecessor,
@@ -163,21 +165,7 @@ impl SourceEvents for Recorder {
             },
         );
     }
-    fn opened_for(
-        &mut self,
-        info: Arc<SourceInfo>,
-        configs: &[usize],
-        identity: FileIdentity,
-        start_offset: u64,
-        predecessor: Option<SourceId>,
-    ) {
-        let id = info.id;
-        self.opened(info, configs[0], identity, start_offset, predecessor);
-        if let Some(rec) = self.0.rec.lock().unwrap().sources.get_mut(&id) {
-            rec.configs = configs.to_vec();
-        }
-    }
-    fn data(&mut self, source: SourceId, offset: u64, chunk: Bytes) {
+    fn data(&mut self, source: SourceId, offset: u64, chunk: Bytes, _written_ns: Option<i64>) {
         let mut r = self.0.rec.lock().unwrap();
         while r.data_budget == Some(0) {
             r.parked = true;
@@ -200,6 +188,11 @@ impl SourceEvents for Recorder {
             }
         };
         r.errors.extend(error);
+    }
+    fn gap(&mut self, source: SourceId, offset: u64) {
+        // Files have no holes: a gap is a protocol violation here.
+        let msg = format!("gap in {source} at {offset}");
+        self.0.rec.lock().unwrap().errors.push(msg);
     }
     fn ended(&mut self, source: SourceId, reason: EndReason) {
         let mut r = self.0.rec.lock().unwrap();
@@ -1027,7 +1020,10 @@ fn claimed_cri_logs_are_left_to_capture_and_unclaimed_ones_are_read_after_the_wa
     append(&old, b"before capture\n");
     // Birth times are compared with the moment the claims were made.
     std::thread::sleep(Duration::from_millis(20));
-    let claims = Arc::new(crate::capture::Claims::new(0, Duration::from_millis(400)));
+    let claims = Arc::new(crate::source::claims::Claims::new(
+        0,
+        Duration::from_millis(400),
+    ));
     let claimed = dir.path().join("claimed.log");
     claims.claim(&claimed);
     let mut opts = options(false);
@@ -1080,7 +1076,10 @@ fn claimed_cri_logs_are_left_to_capture_and_unclaimed_ones_are_read_after_the_wa
 #[test]
 fn a_claimed_cri_log_is_still_read_for_the_other_configs_that_select_it() {
     let dir = tempfile::tempdir().unwrap();
-    let claims = Arc::new(crate::capture::Claims::new(0, Duration::from_millis(400)));
+    let claims = Arc::new(crate::source::claims::Claims::new(
+        0,
+        Duration::from_millis(400),
+    ));
     let claimed = dir.path().join("claimed.log");
     claims.claim(&claimed);
     let mut opts = options(false);
@@ -1121,11 +1120,11 @@ fn a_claimed_cri_log_is_still_read_for_the_other_configs_that_select_it() {
 
 /// Container facts by log path, settable while the source runs.
 #[derive(Default)]
-struct FactsMap(Mutex<HashMap<PathBuf, crate::config::crd::ContainerFacts>>);
+struct FactsMap(Mutex<HashMap<PathBuf, crate::select::ContainerFacts>>);
 
-impl crate::route::select::ContainerFactsSource for FactsMap {
-    fn facts(&self, path: &Path) -> crate::route::select::Facts {
-        use crate::route::select::Facts;
+impl crate::select::ContainerFactsSource for FactsMap {
+    fn facts(&self, path: &Path) -> crate::select::Facts {
+        use crate::select::Facts;
         match self.0.lock().unwrap().get(path) {
             Some(f) => Facts::Known(f.clone()),
             None if crate::discovery::PodLogRef::from_path(path).is_some() => Facts::Pending,
@@ -1161,7 +1160,7 @@ fn selectors_route_each_container_to_every_config_selecting_it() {
     };
     let facts = Arc::new(FactsMap::default());
     let known = |path: &Path, env: &[(&str, &str)], labels: &[(&str, &str)]| {
-        let mut f = crate::route::select::path_facts(path).unwrap();
+        let mut f = crate::select::path_facts(path).unwrap();
         f.env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1238,7 +1237,7 @@ fn container_view(pod: &str, name: &str, pid: u32) -> container::ContainerView {
     container::ContainerView {
         id: format!("id-{pod}-{pid}"),
         pid: Some(pid),
-        facts: crate::config::crd::ContainerFacts {
+        facts: crate::select::ContainerFacts {
             namespace: log.namespace.clone(),
             pod_name: log.pod.clone(),
             container_name: log.container.clone(),

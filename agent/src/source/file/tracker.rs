@@ -38,17 +38,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 
-use crate::capture::{Claim, Claims};
+use crate::source::claims::{Claim, Claims};
 
+use super::FileIdentity;
 use super::container::{self, ContainerList};
 use super::discover::{Found, Matcher, Selection};
 use super::identity;
 use super::read::{ReadCompletion, ReadRequest, Reader};
 use super::resume::ResumeStore;
 use super::watch::{Change, Watcher};
-use super::{EndReason, FileIdentity, SourceEvents};
 use crate::config::{Format, SourceConfig};
-use crate::route::select::{ContainerFactsSource, Facts, path_facts};
+use crate::pipeline::input::{EndReason, Input, Opening};
+use crate::select::{ContainerFactsSource, Facts, path_facts};
 use crate::source::{SourceId, SourceInfo, SourceKind};
 
 /// Reads a waiting file gets per round before the next file's turn.
@@ -327,11 +328,7 @@ impl FileSource {
         self.reader.name()
     }
 
-    pub fn run(
-        &mut self,
-        events: &mut dyn SourceEvents,
-        shutdown: &AtomicBool,
-    ) -> anyhow::Result<()> {
+    pub fn run(&mut self, events: &mut dyn Input, shutdown: &AtomicBool) -> anyhow::Result<()> {
         self.run_until(events, &|| {
             shutdown
                 .load(Ordering::Relaxed)
@@ -345,7 +342,7 @@ impl FileSource {
     /// again under its new name is read out now.
     pub fn run_until(
         &mut self,
-        events: &mut dyn SourceEvents,
+        events: &mut dyn Input,
         stop: &dyn Fn() -> Option<StopMode>,
     ) -> anyhow::Result<()> {
         raise_nofile_limit();
@@ -414,7 +411,7 @@ impl FileSource {
         }
     }
 
-    fn maybe_tick(&mut self, events: &mut dyn SourceEvents) {
+    fn maybe_tick(&mut self, events: &mut dyn Input) {
         let now = Instant::now();
         if now.duration_since(self.last_tick) >= TICK {
             self.last_tick = now;
@@ -436,7 +433,7 @@ impl FileSource {
     /// those that are new, and looks again at the files of those that are gone
     /// (their process ended: the files are detached and read to their end through
     /// their fds).
-    fn refresh_containers(&mut self, events: &mut dyn SourceEvents) {
+    fn refresh_containers(&mut self, events: &mut dyn Input) {
         self.last_container_refresh = Some(Instant::now());
         if !self.matcher.has_container_configs() {
             return;
@@ -475,7 +472,7 @@ impl FileSource {
         }
     }
 
-    fn recheck_awaiting_facts(&mut self, events: &mut dyn SourceEvents) {
+    fn recheck_awaiting_facts(&mut self, events: &mut dyn Input) {
         if self.awaiting_facts.is_empty() {
             return;
         }
@@ -533,7 +530,7 @@ impl FileSource {
         }
     }
 
-    fn recheck_undecided(&mut self, events: &mut dyn SourceEvents) {
+    fn recheck_undecided(&mut self, events: &mut dyn Input) {
         if self.undecided.is_empty() {
             return;
         }
@@ -551,7 +548,7 @@ impl FileSource {
             .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
     }
 
-    fn apply(&mut self, change: Change, events: &mut dyn SourceEvents) {
+    fn apply(&mut self, change: Change, events: &mut dyn Input) {
         match change {
             Change::Modified(path) => {
                 let slot = self
@@ -610,7 +607,7 @@ impl FileSource {
     }
 
     /// Full discovery plus a `stat` pass over everything tracked.
-    fn rescan(&mut self, events: &mut dyn SourceEvents) {
+    fn rescan(&mut self, events: &mut dyn Input) {
         self.last_rescan = Instant::now();
         let (mut found, mut dirs) = (Vec::new(), Vec::new());
         self.matcher.scan(&mut found, &mut dirs);
@@ -665,7 +662,7 @@ impl FileSource {
 
     /// Files inotify does not cover: everything when watches failed, plus files whose
     /// fd was closed under fd pressure.
-    fn poll(&mut self, events: &mut dyn SourceEvents) {
+    fn poll(&mut self, events: &mut dyn Input) {
         let degraded = self.watcher.degraded();
         let slots: Vec<(usize, bool, PathBuf)> = self
             .tracked()
@@ -686,7 +683,7 @@ impl FileSource {
 
     /// Without inotify, new files are only found by walking: do it on every poll when
     /// degraded, but only for paths not tracked yet.
-    fn rescan_new_files(&mut self, events: &mut dyn SourceEvents) {
+    fn rescan_new_files(&mut self, events: &mut dyn Input) {
         let (mut found, mut dirs) = (Vec::new(), Vec::new());
         self.matcher.scan(&mut found, &mut dirs);
         for f in found {
@@ -697,7 +694,7 @@ impl FileSource {
     }
 
     /// Detached files and paths waiting for them: fstat, read, end when quiet.
-    fn poll_detached(&mut self, events: &mut dyn SourceEvents) {
+    fn poll_detached(&mut self, events: &mut dyn Input) {
         let slots: Vec<usize> = self
             .tracked()
             .filter(|(_, t)| t.state == State::Detached)
@@ -721,7 +718,7 @@ impl FileSource {
     /// `fstat`s a tracked file: queues it if it grew, handles a shrink (copytruncate),
     /// grows its fingerprint. With `verify_prefix`, also re-reads the fingerprinted
     /// prefix to catch a truncation hidden by regrowth.
-    fn refresh(&mut self, slot: usize, events: &mut dyn SourceEvents, verify_prefix: bool) {
+    fn refresh(&mut self, slot: usize, events: &mut dyn Input, verify_prefix: bool) {
         let Some(size) = self.fresh_size(slot, events, verify_prefix) else {
             return;
         };
@@ -739,7 +736,7 @@ impl FileSource {
     fn fresh_size(
         &mut self,
         slot: usize,
-        events: &mut dyn SourceEvents,
+        events: &mut dyn Input,
         verify_prefix: bool,
     ) -> Option<u64> {
         let t = self.files[slot].as_mut()?;
@@ -783,7 +780,7 @@ impl FileSource {
 
     /// Looks at one path again: new file, same file grown, another file now there
     /// (rotation), nothing there (rename or deletion), or a directory.
-    fn check_path(&mut self, path: &Path, events: &mut dyn SourceEvents) {
+    fn check_path(&mut self, path: &Path, events: &mut dyn Input) {
         let owner = self.by_path.get(path).copied();
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
@@ -925,7 +922,7 @@ impl FileSource {
     /// Starts the waiting files of `path` whose predecessor was drained, oldest first.
     /// One that left the path while it waited is detached at once, and the next waits
     /// for it in turn.
-    fn start_waiting(&mut self, path: &Path, events: &mut dyn SourceEvents) {
+    fn start_waiting(&mut self, path: &Path, events: &mut dyn Input) {
         while self.predecessor_drained(path) {
             let Some(queue) = self.deferred.get_mut(path) else {
                 return;
@@ -967,7 +964,7 @@ impl FileSource {
         !t.queued && t.offset >= t.size
     }
 
-    fn open_deferred(&mut self, events: &mut dyn SourceEvents) {
+    fn open_deferred(&mut self, events: &mut dyn Input) {
         if self.deferred.is_empty() {
             return;
         }
@@ -1000,7 +997,7 @@ impl FileSource {
         self.enqueue(slot);
     }
 
-    fn end_detached(&mut self, slot: usize, events: &mut dyn SourceEvents) {
+    fn end_detached(&mut self, slot: usize, events: &mut dyn Input) {
         let Some(t) = self.remove(slot) else {
             return;
         };
@@ -1058,7 +1055,7 @@ impl FileSource {
         Some(t)
     }
 
-    fn end_all(&mut self, events: &mut dyn SourceEvents, reason: EndReason) {
+    fn end_all(&mut self, events: &mut dyn Input, reason: EndReason) {
         for slot in 0..self.files.len() {
             if let Some(t) = self.remove(slot) {
                 events.ended(t.info.id, reason);
@@ -1104,7 +1101,7 @@ impl FileSource {
     }
 
     /// Reopens a file whose fd was closed under fd pressure, if it is still the same.
-    fn reopen(&mut self, slot: usize, events: &mut dyn SourceEvents) {
+    fn reopen(&mut self, slot: usize, events: &mut dyn Input) {
         let path = match self.files[slot].as_ref() {
             Some(t) => t.path.clone(),
             None => return,
@@ -1134,7 +1131,7 @@ impl FileSource {
     /// path from their checkpoint. The first scan then finds another file (or none)
     /// there and detaches them, as if the rotation had happened while the agent ran:
     /// they are read to their end, and the new file at the path waits for that.
-    fn recover_moved(&mut self, events: &mut dyn SourceEvents) {
+    fn recover_moved(&mut self, events: &mut dyn Input) {
         for cp in self.store.loaded() {
             let path = &cp.path;
             let at_path =
@@ -1183,7 +1180,7 @@ impl FileSource {
         path: &Path,
         configs: Configs,
         predecessor: Option<SourceId>,
-        events: &mut dyn SourceEvents,
+        events: &mut dyn Input,
     ) {
         let file = match self.open_file(path) {
             Ok(f) => f,
@@ -1203,7 +1200,7 @@ impl FileSource {
         file: File,
         configs: Configs,
         predecessor: Option<SourceId>,
-        events: &mut dyn SourceEvents,
+        events: &mut dyn Input,
     ) -> Option<usize> {
         let meta = match file.metadata() {
             Ok(m) if m.is_file() => m,
@@ -1318,7 +1315,7 @@ impl FileSource {
         register_at: u64,
         size: u64,
         predecessor: Option<SourceId>,
-        events: &mut dyn SourceEvents,
+        events: &mut dyn Input,
     ) -> usize {
         let (config_name, kind) = self.configs[configs[0]].clone();
         let logical = self.matcher.logical_path(path);
@@ -1330,7 +1327,7 @@ impl FileSource {
         });
         self.store
             .register(id, identity, info.path.clone(), register_at);
-        events.opened_for(info.clone(), &configs, identity, offset, predecessor);
+        events.opened(Opening::file(info.clone(), &configs, offset, predecessor));
         // A container's file is never followed to a node path: its symlinks resolve
         // against the agent's root from out here (see `container`).
         let real_path = std::fs::canonicalize(path)
@@ -1379,7 +1376,7 @@ impl FileSource {
     /// changed. Bytes written between our last read and the copy are recovered from
     /// the copy when it can be found; then the source ends and the file continues as
     /// a new source.
-    fn truncated(&mut self, slot: usize, events: &mut dyn SourceEvents) {
+    fn truncated(&mut self, slot: usize, events: &mut dyn Input) {
         let Some(mut t) = self.remove(slot) else {
             return;
         };
@@ -1499,7 +1496,7 @@ impl FileSource {
         None
     }
 
-    fn read_copy(&mut self, t: &mut Tracked, copy: &File, end: u64, events: &mut dyn SourceEvents) {
+    fn read_copy(&mut self, t: &mut Tracked, copy: &File, end: u64, events: &mut dyn Input) {
         let kind = t.info.kind.as_str();
         while t.offset < end {
             let len = ((end - t.offset) as usize).min(self.options.read_buffer_bytes);
@@ -1510,7 +1507,7 @@ impl FileSource {
                     buf.truncate(n);
                     metrics::counter!("logtap_bytes_read_total", "source_kind" => kind)
                         .increment(n as u64);
-                    events.data(t.info.id, t.offset, buf.freeze());
+                    events.data(t.info.id, t.offset, buf.freeze(), None);
                     t.offset += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1524,7 +1521,7 @@ impl FileSource {
 
     /// One round: every queued file gets up to [`CHUNKS_PER_ROUND`] reads, one read
     /// per file per batch.
-    fn read_round(&mut self, events: &mut dyn SourceEvents) {
+    fn read_round(&mut self, events: &mut dyn Input) {
         let mut active: Vec<usize> = self.ready.drain(..).collect();
         for &slot in &active {
             if let Some(t) = self.files[slot].as_mut() {
@@ -1582,12 +1579,7 @@ impl FileSource {
         }
     }
 
-    fn complete(
-        &mut self,
-        c: &ReadCompletion,
-        events: &mut dyn SourceEvents,
-        next: &mut Vec<usize>,
-    ) {
+    fn complete(&mut self, c: &ReadCompletion, events: &mut dyn Input, next: &mut Vec<usize>) {
         let Some(t) = self.files[c.slot].as_mut() else {
             return;
         };
@@ -1604,7 +1596,7 @@ impl FileSource {
                 t.offset += n;
                 t.chunks_this_round += 1;
                 t.last_growth = Instant::now();
-                events.data(t.info.id, c.offset, chunk.clone());
+                events.data(t.info.id, c.offset, chunk.clone(), None);
                 next.push(c.slot);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => next.push(c.slot),

@@ -11,6 +11,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::metrics::catalogue::INOTIFY_WATCH_FAILURES_TOTAL;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -41,7 +42,7 @@ impl Watcher {
             Ok(i) => Some(i),
             Err(e) => {
                 tracing::warn!(error = %e, "inotify unavailable, polling files");
-                metrics::counter!("logtap_inotify_watch_failures_total").increment(1);
+                metrics::counter!(INOTIFY_WATCH_FAILURES_TOTAL).increment(1);
                 None
             }
         };
@@ -90,7 +91,7 @@ impl Watcher {
                     );
                 }
                 self.degraded = true;
-                metrics::counter!("logtap_inotify_watch_failures_total").increment(1);
+                metrics::counter!(INOTIFY_WATCH_FAILURES_TOTAL).increment(1);
             }
         }
     }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::crd::ContainerFacts;
+use super::ContainerFacts;
 use crate::discovery::{PodCache, PodLogRef};
 
 /// What is known about the container of a file, for selectors.

@@ -1,5 +1,6 @@
-//! Which CRI log files capture has taken over, so the file source does not ship the
-//! same lines a second time.
+//! Claims: which CRI log files eBPF capture has taken over, so the file source does
+//! not ship the same lines a second time. Capture makes the claims; the file source
+//! asks before it opens a file of the capture source.
 //!
 //! A container captured from its first write is shipped by capture; its CRI log
 //! (`…/<container>/<restart>.log` and its rotations) is then only the repair path.

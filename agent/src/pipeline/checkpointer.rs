@@ -1,0 +1,95 @@
+//! The checkpoint thread: persists the registry's acknowledged offsets every
+//! `checkpoint.interval`, and a run's first acknowledged progress at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::SharedRegistry;
+use crate::metrics::catalogue::{CHECKPOINT_AGE_SECONDS, PACKAGES_IN_FLIGHT};
+
+/// Starts the thread; it ends once `shutdown` is set (the caller persists last).
+pub(super) fn spawn_checkpointer(
+    registry: SharedRegistry,
+    interval: Duration,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || {
+            let beat = crate::metrics::health::global().register("checkpoint");
+            beat.waiting(true);
+            let mut next = Instant::now() + interval;
+            // The first progress of a run is persisted at once, not an interval after
+            // start: an agent killed before its first interval would otherwise never
+            // advance its checkpoint, and a crash-looping one would re-ship everything
+            // since the last checkpoint on every restart instead of at most an interval.
+            let mut progress_persisted = false;
+            while !shutdown.load(Ordering::Relaxed) {
+                beat.progress();
+                std::thread::sleep(Duration::from_millis(50).min(interval));
+                let progress = registry.progress();
+                let first_progress = !progress_persisted && progress > 0;
+                if Instant::now() < next && !first_progress {
+                    continue;
+                }
+                next = Instant::now() + interval;
+                // Errors are logged and counted inside; the next interval retries.
+                if registry.persist().is_ok() && progress > 0 {
+                    progress_persisted = true;
+                }
+                metrics::gauge!(PACKAGES_IN_FLIGHT).set(registry.in_flight() as f64);
+                if let Some(age) = registry.age() {
+                    metrics::gauge!(CHECKPOINT_AGE_SECONDS).set(age);
+                }
+            }
+            beat.stop();
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Registry;
+    use crate::source::SourceId;
+    use crate::source::file::FileIdentity;
+
+    /// A run shorter than the checkpoint interval must still make its progress
+    /// durable, or a crash-looping agent re-ships the same data on every restart.
+    #[test]
+    fn first_progress_is_persisted_before_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let checkpointer =
+            spawn_checkpointer(registry.clone(), Duration::from_secs(60), shutdown.clone())
+                .unwrap();
+        let identity = FileIdentity {
+            dev: 1,
+            inode: 2,
+            fingerprint_len: 0,
+            fingerprint: 0,
+        };
+        let source = SourceId(7);
+        registry.register(source, identity, "/a.log".into(), 0);
+        std::thread::sleep(Duration::from_millis(120));
+        registry.sent(source, 1, 100);
+        registry.acked(source, 1);
+        let start = Instant::now();
+        while Registry::open(dir.path())
+            .unwrap()
+            .lookup(1, 2)
+            .map(|c| c.offset)
+            != Some(100)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "acknowledged progress not persisted within 1 s (interval 60 s)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        shutdown.store(true, Ordering::SeqCst);
+        checkpointer.join().unwrap();
+    }
+}

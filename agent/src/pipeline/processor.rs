@@ -1,0 +1,508 @@
+//! The per-source processor: frame → parse → batch → route, for every reader of
+//! every open source, on the thread of the input that drives it.
+//!
+//! [`Pipeline`] implements [`Input`]: each opened source gets a slot (framer,
+//! package builder, enrichment) per config that reads it ([`super::fanout`]); chunks
+//! become records, records become packages, and a due package is handed to its
+//! sink's queue — which blocks when the sink is slow (the backpressure).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::fanout::{Fanout, Reader};
+use super::input::{Content, EndReason, Input, Opening};
+use crate::batch::BatchBuilder;
+use crate::checkpoint::SharedRegistry;
+use crate::config::{Config, Format};
+use crate::discovery::PodLogRef;
+use crate::enrich::{Enricher, SourceEnrichment};
+use crate::frame::{Framer, Line, LineFlags, Stream};
+use crate::metrics::catalogue::{
+    ENRICH_HELD_PACKAGES, LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL, LINES_READ_TOTAL,
+    LINES_TRUNCATED_TOTAL, PARSE_FAILURES_TOTAL,
+};
+use crate::parse::{Parser, Utf8Checked};
+use crate::route::Router;
+use crate::source::file::container::{self, ContainerList, ContainerView};
+use crate::source::{SourceId, SourceInfo};
+
+/// Per-reader state of the processing stages.
+struct Slot {
+    config: usize,
+    /// How its bytes are framed (a captured stream's are raw lines).
+    format: Format,
+    framer: Framer,
+    builder: BatchBuilder,
+    /// For a captured container stream: the stream its raw-framed lines belong to.
+    stream: Option<Stream>,
+    /// The source's fields (pod metadata) when enrichment is on.
+    enrichment: Option<SourceEnrichment>,
+    /// The container of a file read inside it (`container_paths`), as it opened.
+    container: Option<PodLogRef>,
+    /// Whether it is counted on the match board (files are; captured streams not).
+    on_board: bool,
+}
+
+/// Counters of what a pipeline shipped, for the run's summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Shipped {
+    pub lines: u64,
+    pub bytes: u64,
+    pub packages: u64,
+}
+
+/// Frame → parse → batch → route, run on the input's thread.
+pub struct Pipeline {
+    config: Arc<Config>,
+    parsers: Vec<Parser>,
+    router: Router,
+    registry: SharedRegistry,
+    slots: HashMap<SourceId, Slot>,
+    /// The further readers of files several configs read.
+    fanout: Fanout,
+    /// Reused between chunks: framed records on their way into a package.
+    scratch: Vec<Line>,
+    /// The UTF-8 check of the chunk whose records are in `scratch`, if it was done.
+    chunk_utf8: Option<Utf8Checked>,
+    /// Reused by `tick`: the sources to visit.
+    tick_ids: Vec<SourceId>,
+    /// Total time spent blocked handing packages to full sink queues (see `unstalled`).
+    stalled: Duration,
+    /// Names sources by their pod and container (the `kubernetes` and `cri`
+    /// sections); `None`: no source fields.
+    enricher: Option<Arc<Enricher>>,
+    /// Which containers each config reads, for `LogCollection` statuses.
+    board: Option<Arc<crate::collections::MatchBoard>>,
+    /// The node's containers, naming those whose files are read inside them.
+    containers: Option<Arc<dyn ContainerList>>,
+    shipped: Shipped,
+}
+
+impl Pipeline {
+    pub fn new(config: &Config, router: Router, registry: SharedRegistry) -> Pipeline {
+        Pipeline {
+            parsers: config
+                .sources
+                .iter()
+                .map(|s| Parser::new(&s.parser))
+                .collect(),
+            config: Arc::new(config.clone()),
+            router,
+            registry,
+            slots: HashMap::new(),
+            fanout: Fanout::default(),
+            scratch: Vec::new(),
+            chunk_utf8: None,
+            tick_ids: Vec::new(),
+            stalled: Duration::ZERO,
+            enricher: None,
+            board: None,
+            containers: None,
+            shipped: Shipped::default(),
+        }
+    }
+
+    /// Reports the containers each config reads to `board` from now on.
+    pub fn set_match_board(&mut self, board: Arc<crate::collections::MatchBoard>) {
+        self.board = Some(board);
+    }
+
+    /// Enriches every source opened from now on with `enricher`'s fields.
+    pub fn set_enricher(&mut self, enricher: Arc<Enricher>) {
+        self.enricher = Some(enricher);
+    }
+
+    /// Names the container of every file read inside a container from now on.
+    pub fn set_containers(&mut self, containers: Arc<dyn ContainerList>) {
+        self.containers = Some(containers);
+    }
+
+    /// What this pipeline read and shipped so far.
+    pub fn shipped(&self) -> Shipped {
+        self.shipped
+    }
+
+    /// Before a rebuild (live apply): emits every complete record still held, open
+    /// multiline records included, and ships every package. An unterminated last
+    /// line stays unshipped (it is read again after the rebuild). Afterwards every
+    /// reader of a file stands at the same resume offset, so resuming the file from
+    /// its checkpoint neither skips nor repeats lines for any of its configs.
+    pub fn quiesce(&mut self) {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let ids: Vec<SourceId> = self.slots.keys().copied().collect();
+        for id in ids {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.framer.flush_expired(far, &mut self.scratch);
+            }
+            self.absorb(id, Instant::now());
+        }
+        self.seal_all();
+    }
+
+    /// Ships every pending package (shutdown).
+    pub fn seal_all(&mut self) {
+        let ids: Vec<SourceId> = self.slots.keys().copied().collect();
+        for id in ids {
+            self.ship(id);
+        }
+    }
+
+    /// Parses the records in `scratch` into the slot's package and ships it if due.
+    fn absorb(&mut self, source: SourceId, now: Instant) {
+        let Some(slot) = self.slots.get_mut(&source) else {
+            self.scratch.clear();
+            return;
+        };
+        let parser = &self.parsers[slot.config];
+        let only_stream = self.config.sources[slot.config].stream;
+        let kind = slot.builder.source().kind.as_str();
+        let (mut truncated, mut malformed, mut invalid_utf8, mut parse_failed) =
+            (0u64, 0u64, 0u64, 0u64);
+        let n = self.scratch.len() as u64;
+        for mut line in self.scratch.drain(..) {
+            if let Some(stream) = slot.stream {
+                line.stream = stream;
+            }
+            if only_stream.is_some_and(|s| s != line.stream) {
+                continue;
+            }
+            let index = slot.builder.next_index();
+            let known_utf8 = self
+                .chunk_utf8
+                .as_ref()
+                .is_some_and(|c| c.vouches_for(&line.body));
+            parser.apply_with(&mut line, index, slot.builder.fields_mut(), known_utf8);
+            if line.flags != LineFlags::empty() {
+                let f = line.flags;
+                truncated += f.contains(LineFlags::TRUNCATED) as u64;
+                malformed += f.contains(LineFlags::MALFORMED) as u64;
+                invalid_utf8 += f.contains(LineFlags::INVALID_UTF8) as u64;
+                parse_failed += f.contains(LineFlags::PARSE_FAILED) as u64;
+            }
+            slot.builder.push(line, now);
+        }
+        self.shipped.lines += n;
+        if n > 0 {
+            metrics::counter!(LINES_READ_TOTAL, "source_kind" => kind).increment(n);
+        }
+        if truncated > 0 {
+            metrics::counter!(LINES_TRUNCATED_TOTAL, "source_kind" => kind).increment(truncated);
+        }
+        if malformed > 0 {
+            metrics::counter!(LINES_MALFORMED_TOTAL, "source_kind" => kind).increment(malformed);
+        }
+        if invalid_utf8 > 0 {
+            metrics::counter!(LINES_INVALID_UTF8_TOTAL, "source_kind" => kind)
+                .increment(invalid_utf8);
+        }
+        if parse_failed > 0 {
+            metrics::counter!(PARSE_FAILURES_TOTAL, "parser" => parser.kind())
+                .increment(parse_failed);
+        }
+        if slot.builder.is_due(now) && !held_for_metadata(slot, self.enricher.as_deref(), now) {
+            self.ship(source);
+        }
+    }
+
+    /// Seals the slot's package at the framer's resume offset and hands it to its sink.
+    fn ship(&mut self, source: SourceId) {
+        let Some(slot) = self.slots.get_mut(&source) else {
+            return;
+        };
+        attach_source_fields(slot, self.enricher.as_deref());
+        let end_offset = slot.framer.resume_offset();
+        let Some(batch) = slot.builder.seal(end_offset) else {
+            return;
+        };
+        self.registry.sent(source, batch.package_id, end_offset);
+        self.shipped.packages += 1;
+        let sending = Instant::now();
+        // A full queue is the sink's stall to report, if any, not this thread's.
+        let sent = crate::metrics::health::parked(|| self.router.send(slot.config, batch));
+        self.stalled += sending.elapsed();
+        if !sent {
+            // Only at shutdown; the package stays unacknowledged and is re-read next start.
+            tracing::warn!(%source, "sink queue closed; package not shipped");
+        }
+    }
+
+    /// A framer for `format` and config `config`'s line settings, at `offset`.
+    fn framer(&self, format: Format, config: usize, offset: u64) -> Framer {
+        let source_config = &self.config.sources[config];
+        Framer::new(
+            format,
+            source_config.max_line_bytes,
+            source_config.multiline.clone(),
+            offset,
+        )
+        .with_partial_timeout(self.config.partial_timeout)
+    }
+
+    /// Starts the processing state of one reader of a source.
+    fn open_slot(&mut self, reader: Reader, start_offset: u64, content: &Content) {
+        let Reader {
+            info,
+            config,
+            predecessor,
+        } = reader;
+        let (format, stream) = match content {
+            Content::File => (self.config.sources[config].format, None),
+            Content::Stream { stream, .. } => (Format::Raw, Some(*stream)),
+        };
+        let mut framer = self.framer(format, config, start_offset);
+        // A CRI partial line cut by rotation continues in the successor file.
+        if let Some(carry) = predecessor
+            .and_then(|p| self.slots.get_mut(&p))
+            .and_then(|old| old.framer.take_carry())
+        {
+            framer.accept_carry(carry);
+        }
+        let mut builder = BatchBuilder::new(
+            info.clone(),
+            self.registry.next_package_id(info.id),
+            self.config.batch.clone(),
+        );
+        let (enrichment, container, on_board) = match content {
+            Content::File => self.start_file(&info, config),
+            Content::Stream { container, .. } => {
+                // The stream's name is not a log path: its container comes with it.
+                let enrichment = match (&self.enricher, container) {
+                    (Some(enricher), Some((log, id))) => {
+                        Some(enricher.track_container(log.clone(), id.clone(), Instant::now()))
+                    }
+                    _ => None,
+                };
+                (enrichment, None, false)
+            }
+        };
+        if let Some(e) = &enrichment {
+            builder.set_source_fields(e.fields().clone());
+        }
+        let name = &self.config.sources[config].name;
+        tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, config = %name, "source opened");
+        self.slots.insert(
+            info.id,
+            Slot {
+                config,
+                format,
+                framer,
+                builder,
+                stream,
+                enrichment,
+                container,
+                on_board,
+            },
+        );
+    }
+
+    /// The enrichment of a file opening now (from its container if it is read inside
+    /// one, else from its path), its container, and its count on the match board.
+    fn start_file(
+        &self,
+        info: &SourceInfo,
+        config: usize,
+    ) -> (Option<SourceEnrichment>, Option<PodLogRef>, bool) {
+        let container = self.container_file_owner(&info.path);
+        let now = Instant::now();
+        let enrichment = self.enricher.as_ref().map(|enricher| match &container {
+            // A file inside a container carries the container's fields, as its CRI
+            // log would.
+            Some(c) => {
+                let id = (!c.id.is_empty()).then(|| c.id.clone());
+                enricher.track_container(c.pod.clone(), id, now)
+            }
+            None => enricher.track_path(&info.path, now),
+        });
+        let name = &self.config.sources[config].name;
+        if let Some(board) = &self.board {
+            match &container {
+                Some(c) => board.update_container(name, &c.pod, 1),
+                None => board.update(name, &info.path, 1),
+            }
+        }
+        (enrichment, container.map(|c| c.pod), self.board.is_some())
+    }
+
+    /// The container whose file `path` (a logical `container://…` path) is.
+    fn container_file_owner(&self, path: &Path) -> Option<ContainerView> {
+        container::parse_logical(path)?;
+        container::container_of(&self.containers.as_ref()?.containers(), path)
+    }
+
+    fn data_slot(&mut self, source: SourceId, chunk: Bytes, written_ns: i64) {
+        let Some(slot) = self.slots.get_mut(&source) else {
+            return;
+        };
+        self.shipped.bytes += chunk.len() as u64;
+        let now = Instant::now();
+        let framer_now = unstalled(now, self.stalled);
+        // One UTF-8 check for the chunk instead of one per line (see `parse`).
+        if self.parsers[slot.config].uses_known_utf8() {
+            self.chunk_utf8 = Some(Utf8Checked::new(&chunk));
+        }
+        slot.framer
+            .push(chunk, written_ns, framer_now, &mut self.scratch);
+        self.absorb(source, now);
+        self.chunk_utf8 = None;
+    }
+
+    fn gap_slot(&mut self, source: SourceId, offset: u64) {
+        let Some(slot) = self.slots.get_mut(&source) else {
+            return;
+        };
+        slot.framer.finish(&mut self.scratch);
+        self.absorb(source, Instant::now());
+        let Some(slot) = self.slots.get(&source) else {
+            return;
+        };
+        let framer = self.framer(slot.format, slot.config, offset);
+        if let Some(slot) = self.slots.get_mut(&source) {
+            slot.framer = framer;
+        }
+    }
+
+    fn end_slot(&mut self, source: SourceId, reason: EndReason) {
+        let now = Instant::now();
+        if let Some(slot) = self.slots.get_mut(&source) {
+            if let Some(board) = self.board.as_ref().filter(|_| slot.on_board) {
+                let name = &self.config.sources[slot.config].name;
+                match &slot.container {
+                    Some(log) => board.update_container(name, log, -1),
+                    None => board.update(name, &slot.builder.source().path, -1),
+                }
+            }
+            if reason != EndReason::Shutdown {
+                // The source is done: its unterminated last line is a record now.
+                slot.framer.finish(&mut self.scratch);
+            }
+            self.absorb(source, now);
+            self.ship(source);
+        }
+        self.slots.remove(&source);
+    }
+
+    fn tick_slots(&mut self, now: Instant) {
+        // Each source separately: `scratch` must only ever hold one source's records.
+        let mut ids = std::mem::take(&mut self.tick_ids);
+        ids.extend(self.slots.keys().copied());
+        let framer_now = unstalled(now, self.stalled);
+        for &id in &ids {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.framer.flush_idle(framer_now, &mut self.scratch);
+            }
+            // Ships the package if its timeout passed, even when nothing new came.
+            self.absorb(id, now);
+        }
+        ids.clear();
+        self.tick_ids = ids;
+        self.publish_held();
+    }
+
+    /// Publishes how many sources hold a package for their pod's metadata.
+    fn publish_held(&self) {
+        if self.enricher.is_some() {
+            let held = self
+                .slots
+                .values()
+                .filter(|s| !s.builder.is_empty())
+                .filter(|s| s.enrichment.as_ref().is_some_and(|e| e.is_holding()))
+                .count();
+            metrics::gauge!(ENRICH_HELD_PACKAGES).set(held as f64);
+        }
+    }
+}
+
+impl Input for Pipeline {
+    fn opened(&mut self, opening: Opening) {
+        let Opening {
+            info,
+            configs,
+            start_offset,
+            predecessor,
+            content,
+        } = opening;
+        let config = self.config.clone();
+        let readers = self.fanout.open(
+            &info,
+            &configs,
+            predecessor,
+            |c| config.sources[c].name.clone(),
+            &self.registry,
+        );
+        for reader in readers {
+            self.open_slot(reader, start_offset, &content);
+        }
+    }
+
+    fn data(&mut self, source: SourceId, _offset: u64, chunk: Bytes, written_ns: Option<i64>) {
+        let written_ns = written_ns.unwrap_or_else(wall_clock_ns);
+        // Each reader frames the same bytes its own way; the clone is a refcount.
+        for branch in self.fanout.branches(source).to_vec() {
+            self.data_slot(branch, chunk.clone(), written_ns);
+        }
+        self.data_slot(source, chunk, written_ns);
+    }
+
+    fn gap(&mut self, source: SourceId, offset: u64) {
+        for branch in self.fanout.branches(source).to_vec() {
+            self.gap_slot(branch, offset);
+        }
+        self.gap_slot(source, offset);
+    }
+
+    fn ended(&mut self, source: SourceId, reason: EndReason) {
+        for branch in self.fanout.end(source) {
+            self.end_slot(branch, reason);
+            self.registry.end_branch(branch);
+        }
+        self.end_slot(source, reason);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        // The file source's and the capture stage's loops both tick their pipeline.
+        crate::metrics::health::progress();
+        self.tick_slots(now);
+    }
+}
+
+/// Whether the slot's due package waits for its pod's metadata (see
+/// [`SourceEnrichment`]); a full package never waits.
+fn held_for_metadata(slot: &mut Slot, enricher: Option<&Enricher>, now: Instant) -> bool {
+    match (slot.enrichment.as_mut(), enricher) {
+        (Some(enrichment), Some(enricher)) if enrichment.is_holding() => {
+            !slot.builder.is_full() && enrichment.poll(enricher, now)
+        }
+        _ => false,
+    }
+}
+
+/// Brings the fields of the package about to be sealed up to date, ending any hold:
+/// it ships now, with what is known.
+fn attach_source_fields(slot: &mut Slot, enricher: Option<&Enricher>) {
+    if slot.builder.is_empty() {
+        return;
+    }
+    if let (Some(enrichment), Some(enricher)) = (slot.enrichment.as_mut(), enricher) {
+        enrichment.release(enricher);
+        slot.builder.set_source_fields(enrichment.fields().clone());
+    }
+}
+
+/// The framers' clock: real time minus the time the source thread spent blocked on
+/// full sink queues. A multiline record's `flush_timeout` means "no new line came",
+/// and while the thread is blocked no line *can* come, however many wait in the file:
+/// counting that time would cut stack traces in two exactly when a sink is slow.
+fn unstalled(now: Instant, stalled: Duration) -> Instant {
+    now.checked_sub(stalled).unwrap_or(now)
+}
+
+fn wall_clock_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,220 @@
+//! The processor driven through [`Input`] as an input would: framing across a stall,
+//! packages held for their pod's metadata, one file read by two configs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::checkpoint::{Registry, SharedRegistry};
+use crate::config::Config;
+use crate::enrich::Enricher;
+use crate::route::Router;
+
+/// A slow sink must not cut a multiline record in two: the time the source thread
+/// spends blocked on a full queue is not "time without a new line".
+#[test]
+fn multiline_record_survives_a_stall_longer_than_its_flush_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(
+        "sources:\n  - name: app\n    include: [\"/x/*.log\"]\n    multiline: {start: '^S', flush_timeout: 100ms}\n    sink: out\n\
+         batch: {max_lines: 1}\nsinks:\n  out: {type: blackhole}\n",
+        "test",
+    )
+    .unwrap();
+    let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+    // A rendezvous queue whose consumer first stalls for 300 ms: the first
+    // package's send blocks three flush timeouts long.
+    let (tx, rx) = crossbeam_channel::bounded::<crate::batch::Batch>(0);
+    let consumer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        rx.iter()
+            .flat_map(|b| b.lines.into_iter().map(|l| l.body))
+            .collect::<Vec<_>>()
+    });
+    let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
+    let mut pipeline = Pipeline::new(
+        &config,
+        Router::new(&config.sources, &queues),
+        registry.clone(),
+    );
+    drop(queues);
+    let info = crate::checkpoint::registered_test_source(&registry, 1, "/x/a.log");
+    let source = info.id;
+    assert!(registry.lookup(1, 1).is_some(), "registered");
+    pipeline.opened(Opening::file(info, &[0], 0, None));
+    let first = Bytes::from_static(b"S one\nS two\n  two-a\n");
+    let first_len = first.len() as u64;
+    pipeline.data(source, 0, first, None); // ships "S one": blocks ~300 ms
+    pipeline.tick(Instant::now());
+    pipeline.data(
+        source,
+        first_len,
+        Bytes::from_static(b"  two-b\nS three\n"),
+        None,
+    );
+    pipeline.ended(source, EndReason::Eof);
+    drop(pipeline);
+    let bodies = consumer.join().unwrap();
+    assert_eq!(
+        bodies,
+        vec![
+            Bytes::from_static(b"S one"),
+            Bytes::from_static(b"S two\n  two-a\n  two-b"),
+            Bytes::from_static(b"S three"),
+        ]
+    );
+}
+
+/// A new container's package waits (without blocking the reader) until its pod is
+/// known, then ships with every field; a host file's ships at once with the node.
+#[test]
+fn container_package_waits_for_its_pod_and_host_package_does_not() {
+    use crate::discovery::PodCache;
+    use k8s_openapi::api::core::v1::Pod;
+
+    const UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(
+        "sources:\n  - name: all\n    include: [\"/x/**\"]\n    sink: out\n\
+         batch: {timeout: 0s}\nsinks:\n  out: {type: blackhole}\n",
+        "test",
+    )
+    .unwrap();
+    let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+    let (tx, rx) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
+    let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
+    let mut pipeline = Pipeline::new(
+        &config,
+        Router::new(&config.sources, &queues),
+        registry.clone(),
+    );
+    drop(queues);
+    let cache = PodCache::new(Vec::new(), Duration::from_secs(60));
+    pipeline.set_enricher(Arc::new(Enricher::new(
+        cache.clone(),
+        "node-a",
+        Duration::from_secs(30),
+    )));
+
+    let pod_path = format!("/var/log/pods/shop_cart_{UID}/app/0.log");
+    let container = crate::checkpoint::registered_test_source(&registry, 1, &pod_path);
+    let host = crate::checkpoint::registered_test_source(&registry, 2, "/x/syslog");
+    for info in [container.clone(), host.clone()] {
+        assert!(registry.lookup(1, info.id.0).is_some(), "registered");
+        pipeline.opened(Opening::file(info, &[0], 0, None));
+    }
+    pipeline.data(container.id, 0, Bytes::from_static(b"one\n"), None);
+    pipeline.data(host.id, 0, Bytes::from_static(b"boot\n"), None);
+    pipeline.tick(Instant::now());
+    let host_batch = rx.try_recv().expect("the host package ships at once");
+    assert_eq!(host_batch.source.id, host.id);
+    assert_eq!(
+        *host_batch.source_fields,
+        vec![(
+            Bytes::from_static(b"k8s.node"),
+            Bytes::from_static(b"node-a")
+        )]
+    );
+    assert!(rx.try_recv().is_err(), "the container's package is held");
+
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "shop", "name": "cart", "uid": UID,
+                     "labels": {"app": "cart"}},
+        "spec": {"containers": [{"name": "app", "image": "shop/cart:2"}]},
+    }))
+    .unwrap();
+    cache.apply_pod(&pod);
+    pipeline.tick(Instant::now());
+    let batch = rx.try_recv().expect("shipped once the pod is known");
+    assert_eq!(batch.source.id, container.id);
+    assert_eq!(batch.lines.len(), 1);
+    let get = |key: &str| {
+        batch
+            .source_fields
+            .iter()
+            .find(|(k, _)| k[..] == *key.as_bytes())
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(get("container.image").as_deref(), Some(&b"shop/cart:2"[..]));
+    assert_eq!(get("k8s.pod.label.app").as_deref(), Some(&b"cart"[..]));
+}
+
+/// One file, two configs with different framing and sinks: each sink gets every
+/// record exactly once under its own source id, and the file's checkpoint only
+/// moves past what both sinks acknowledged.
+#[test]
+fn a_file_read_by_two_configs_ships_to_both_and_checkpoints_the_slower() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(
+        "sources:\n  - name: plain\n    include: [\"/x/*.log\"]\n    sink: a\n  \
+         - name: grouped\n    include: [\"/x/*.log\"]\n    multiline: {start: '^S'}\n    sink: b\n\
+         batch: {timeout: 0s}\nsinks:\n  a: {type: blackhole}\n  b: {type: blackhole}\n",
+        "test",
+    )
+    .unwrap();
+    let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+    let (tx_a, rx_a) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
+    let (tx_b, rx_b) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
+    let queues = BTreeMap::from([(Arc::<str>::from("a"), tx_a), (Arc::<str>::from("b"), tx_b)]);
+    let mut pipeline = Pipeline::new(
+        &config,
+        Router::new(&config.sources, &queues),
+        registry.clone(),
+    );
+    drop(queues);
+    let info = crate::checkpoint::registered_test_source(&registry, 1, "/x/a.log");
+    let file = info.id;
+    assert!(registry.lookup(1, 1).is_some(), "registered");
+    pipeline.opened(Opening::file(info, &[0, 1], 0, None));
+    let data = b"S one\n  more\nS two\n";
+    pipeline.data(file, 0, Bytes::from_static(data), None);
+    pipeline.tick(Instant::now());
+    let drain =
+        |rx: &crossbeam_channel::Receiver<crate::batch::Batch>| rx.try_iter().collect::<Vec<_>>();
+    let a = drain(&rx_a);
+    let b = drain(&rx_b);
+    let bodies = |batches: &[crate::batch::Batch]| {
+        batches
+            .iter()
+            .flat_map(|b| b.lines.iter().map(|l| l.body.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bodies(&a), [&b"S one"[..], b"  more", b"S two"]);
+    assert_eq!(bodies(&b), [&b"S one\n  more"[..]], "S two is still open");
+    assert_eq!(
+        a[0].source.id, file,
+        "the primary ships under the file's id"
+    );
+    let branch = branch_id(file, "grouped");
+    assert_eq!(b[0].source.id, branch);
+    assert_eq!(&*b[0].source.config_name, "grouped");
+    for batch in &a {
+        registry.acked(batch.source.id, batch.package_id);
+    }
+    assert_eq!(
+        registry.lookup(1, 1).unwrap().offset,
+        0,
+        "a restart now re-reads for the branch, which acknowledged nothing"
+    );
+    for batch in &b {
+        registry.acked(batch.source.id, batch.package_id);
+    }
+    assert_eq!(
+        registry.lookup(1, 1).unwrap().offset,
+        13,
+        "both past `S one`"
+    );
+    // A rebuild quiesces: the open record ships, and both readers stand at the end.
+    pipeline.quiesce();
+    let b2 = drain(&rx_b);
+    assert_eq!(bodies(&b2), [&b"S two"[..]]);
+    for batch in &b2 {
+        registry.acked(batch.source.id, batch.package_id);
+    }
+    assert_eq!(registry.lookup(1, 1).unwrap().offset, data.len() as u64);
+    pipeline.ended(file, EndReason::Shutdown);
+    assert_eq!(registry.in_flight(), 0);
+}
