@@ -117,7 +117,10 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     // Runs of plain bytes are copied whole; only the rare byte to escape is looked at.
-    while let Some(n) = bytes[start..].iter().position(|&b| NEEDS_ESCAPE[b as usize]) {
+    while let Some(n) = bytes[start..]
+        .iter()
+        .position(|&b| NEEDS_ESCAPE[b as usize])
+    {
         let i = start + n;
         out.extend_from_slice(&bytes[start..i]);
         let b = bytes[i];
@@ -238,7 +241,12 @@ fn write_json_head(out: &mut Vec<u8>, timestamp_ns: i64) {
 }
 
 /// `"source_id":"<16 hex>","path":"…","package_id":…,`
-fn write_json_package(out: &mut Vec<u8>, source_id: SourceId, path: Option<&Path>, package_id: u64) {
+fn write_json_package(
+    out: &mut Vec<u8>,
+    source_id: SourceId,
+    path: Option<&Path>,
+    package_id: u64,
+) {
     let _ = write!(out, "\"source_id\":\"{:016x}\",", source_id.0);
     if let Some(path) = path {
         write_bytes_member(out, "path", path.as_os_str().as_bytes());

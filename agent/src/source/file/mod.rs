@@ -86,6 +86,7 @@ mod discover;
 mod identity;
 mod read;
 mod resume;
+mod table;
 mod tracker;
 mod watch;
 

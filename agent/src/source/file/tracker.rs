@@ -45,6 +45,7 @@ use super::discover::{Found, Matcher, Selection};
 use super::identity;
 use super::read::{ReadCompletion, ReadRequest, Reader};
 use super::resume::ResumeStore;
+use super::table::{Configs, FileTable, InodeKey, State, Tracked};
 use super::watch::{Change, Watcher};
 use super::{EndReason, FileIdentity, SourceEvents};
 use crate::config::{Format, SourceConfig};
@@ -118,39 +119,6 @@ impl Default for FileSourceOptions {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Attached,
-    Detached,
-}
-
-/// The configs reading a file, in config order; the first is its primary (whose
-/// name its `SourceInfo` carries and whose checkpoint entry it resumes).
-type Configs = Arc<[usize]>;
-
-struct Tracked {
-    info: Arc<SourceInfo>,
-    /// Where the file was found and is looked at again: `info.path`, except for a
-    /// file inside a container (`/proc/<pid>/root/…` here, its logical path there).
-    path: PathBuf,
-    configs: Configs,
-    /// `None` when closed under fd pressure; reopened by path when it grows.
-    file: Option<File>,
-    identity: FileIdentity,
-    /// Next byte to read.
-    offset: u64,
-    /// Size at the last `fstat`.
-    size: u64,
-    state: State,
-    /// Last time bytes were read or the size grew.
-    last_growth: Instant,
-    /// Queued in `ready`.
-    queued: bool,
-    chunks_this_round: u32,
-    /// The path inotify reports changes under, when the discovery path is a symlink.
-    real_path: Option<PathBuf>,
-}
-
 /// A file found at a path whose previous file is not drained yet. It is opened at
 /// once, not remembered by path: a slow reader may see it rotated away (to a name no
 /// glob matches) or deleted before its turn, and it must still be read.
@@ -180,8 +148,6 @@ fn container_of_logical(path: &Path) -> Option<String> {
     Some(format!("{}{namespace}/{pod}/{name}", container::SCHEME))
 }
 
-type InodeKey = (u64, u64);
-
 /// Reads every file matched by the `sources[]` configs; see the module docs of
 /// [`super`] for what it guarantees.
 pub struct FileSource {
@@ -191,22 +157,13 @@ pub struct FileSource {
     store: Arc<dyn ResumeStore>,
     reader: Reader,
     watcher: Watcher,
-    files: Vec<Option<Tracked>>,
-    free_slots: Vec<usize>,
-    by_inode: HashMap<InodeKey, usize>,
-    /// The attached file at each discovery path.
-    by_path: HashMap<PathBuf, usize>,
-    /// Real paths of files discovered through symlinks.
-    by_real_path: HashMap<PathBuf, usize>,
-    /// The last detached file of a path, until it ends: the next file there follows it.
-    predecessor_at: HashMap<PathBuf, usize>,
+    /// The tracked files and their indexes (by inode, path, real path, predecessor,
+    /// read queue).
+    table: FileTable,
     /// Files that appeared at a path while its previous file was still being drained,
     /// oldest first; each starts once the one before it was read to EOF.
     deferred: HashMap<PathBuf, VecDeque<Waiting>>,
     closed: HashMap<InodeKey, Closed>,
-    ready: VecDeque<usize>,
-    /// Tracked files in `State::Detached`: they are polled, having no path to watch.
-    detached: usize,
     last_detached_poll: Instant,
     warned: HashSet<PathBuf>,
     last_rescan: Instant,
@@ -299,16 +256,9 @@ impl FileSource {
             options,
             store,
             watcher: Watcher::new(),
-            files: Vec::new(),
-            free_slots: Vec::new(),
-            by_inode: HashMap::new(),
-            by_path: HashMap::new(),
-            by_real_path: HashMap::new(),
-            predecessor_at: HashMap::new(),
+            table: FileTable::default(),
             deferred: HashMap::new(),
             closed: HashMap::new(),
-            ready: VecDeque::new(),
-            detached: 0,
             last_detached_poll: now,
             warned: HashSet::new(),
             last_rescan: now,
@@ -355,8 +305,8 @@ impl FileSource {
         self.recover_moved(events);
         self.rescan(events);
         let found: HashSet<InodeKey> = self
-            .by_inode
-            .keys()
+            .table
+            .inodes()
             .chain(self.closed.keys())
             .copied()
             .collect();
@@ -367,7 +317,7 @@ impl FileSource {
                 if mode == StopMode::Drain {
                     let deadline = Instant::now() + DRAIN_LIMIT;
                     self.poll_detached(events);
-                    while !self.ready.is_empty() && Instant::now() < deadline {
+                    while !self.table.ready_is_empty() && Instant::now() < deadline {
                         self.read_round(events);
                     }
                 }
@@ -386,12 +336,12 @@ impl FileSource {
                 }
                 self.open_deferred(events);
             }
-            let waiting = self.detached > 0 || !self.deferred.is_empty();
+            let waiting = self.table.detached_count() > 0 || !self.deferred.is_empty();
             if waiting && self.last_detached_poll.elapsed() >= DETACHED_POLL_INTERVAL {
                 self.last_detached_poll = Instant::now();
                 self.poll_detached(events);
             }
-            if !self.ready.is_empty() {
+            if !self.table.ready_is_empty() {
                 self.read_round(events);
                 self.watcher.wait(Duration::ZERO, &mut changes);
             } else if self.options.oneshot {
@@ -411,6 +361,10 @@ impl FileSource {
             for change in changes.drain(..) {
                 self.apply(change, events);
             }
+            // Every step of the loop must leave the table consistent; the in-process
+            // tests (unit and model-based) run this after each one.
+            #[cfg(test)]
+            self.table.assert_consistent();
         }
     }
 
@@ -454,8 +408,8 @@ impl FileSource {
         for root in &changed.removed {
             self.watcher.unwatch_under(root);
             let paths: Vec<PathBuf> = self
-                .by_path
-                .keys()
+                .table
+                .paths()
                 .filter(|p| p.starts_with(root))
                 .cloned()
                 .collect();
@@ -544,24 +498,16 @@ impl FileSource {
         }
     }
 
-    fn tracked(&self) -> impl Iterator<Item = (usize, &Tracked)> {
-        self.files
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
-    }
-
     fn apply(&mut self, change: Change, events: &mut dyn SourceEvents) {
         match change {
             Change::Modified(path) => {
                 let slot = self
-                    .by_path
-                    .get(&path)
-                    .or_else(|| self.by_real_path.get(&path))
-                    .copied();
+                    .table
+                    .at_path(&path)
+                    .or_else(|| self.table.at_real_path(&path));
                 match slot {
-                    Some(slot) if self.files[slot].as_ref().is_some_and(|t| t.file.is_some()) => {
-                        self.enqueue(slot)
+                    Some(slot) if self.table.get(slot).is_some_and(|t| t.file.is_some()) => {
+                        self.table.enqueue(slot)
                     }
                     _ => self.check_path(&path, events),
                 }
@@ -569,8 +515,8 @@ impl FileSource {
             Change::Renamed(path) => {
                 self.check_path(&path, events);
                 // A rename of a tracked file's real path (behind a symlink).
-                if let Some(&slot) = self.by_real_path.get(&path) {
-                    self.enqueue(slot);
+                if let Some(slot) = self.table.at_real_path(&path) {
+                    self.table.enqueue(slot);
                 }
             }
             Change::DirCreated(dir) => {
@@ -587,15 +533,6 @@ impl FileSource {
                 tracing::warn!("inotify queue overflowed; rescanning");
                 self.rescan(events);
             }
-        }
-    }
-
-    fn enqueue(&mut self, slot: usize) {
-        if let Some(t) = self.files[slot].as_mut()
-            && !t.queued
-        {
-            t.queued = true;
-            self.ready.push_back(slot);
         }
     }
 
@@ -618,14 +555,14 @@ impl FileSource {
             self.watcher.watch_dir(d);
         }
         let mut paths: HashSet<PathBuf> = found.into_iter().map(|f| f.path).collect();
-        paths.extend(self.by_path.keys().cloned());
+        paths.extend(self.table.paths().cloned());
         paths.extend(self.deferred.keys().cloned());
         for path in paths {
             self.check_path(&path, events);
         }
         // Safety net under inotify: fstat every open file, and catch a copytruncate
         // that was followed by enough writes to hide the shrink from `fstat`.
-        let slots: Vec<usize> = self.tracked().map(|(i, _)| i).collect();
+        let slots: Vec<usize> = self.table.iter().map(|(i, _)| i).collect();
         for slot in slots {
             self.refresh(slot, events, true);
         }
@@ -652,14 +589,15 @@ impl FileSource {
     /// `/metrics` for a whole `rescan_interval`. One pass over the tracked files.
     fn update_lag_gauge(&self) {
         let lag: u64 = self
-            .tracked()
+            .table
+            .iter()
             .map(|(_, t)| t.size.saturating_sub(t.offset))
             .sum();
         metrics::gauge!("logtap_read_lag_bytes").set(lag as f64);
     }
 
     fn update_open_files_gauge(&self) {
-        let open = self.tracked().filter(|(_, t)| t.file.is_some()).count();
+        let open = self.table.iter().filter(|(_, t)| t.file.is_some()).count();
         metrics::gauge!("logtap_open_files").set(open as f64);
     }
 
@@ -668,7 +606,8 @@ impl FileSource {
     fn poll(&mut self, events: &mut dyn SourceEvents) {
         let degraded = self.watcher.degraded();
         let slots: Vec<(usize, bool, PathBuf)> = self
-            .tracked()
+            .table
+            .iter()
             .filter(|(_, t)| t.state == State::Attached && (degraded || t.file.is_none()))
             .map(|(i, t)| (i, t.file.is_none(), t.path.clone()))
             .collect();
@@ -690,7 +629,7 @@ impl FileSource {
         let (mut found, mut dirs) = (Vec::new(), Vec::new());
         self.matcher.scan(&mut found, &mut dirs);
         for f in found {
-            if !self.by_path.contains_key(&f.path) {
+            if self.table.at_path(&f.path).is_none() {
                 self.check_path(&f.path, events);
             }
         }
@@ -699,13 +638,14 @@ impl FileSource {
     /// Detached files and paths waiting for them: fstat, read, end when quiet.
     fn poll_detached(&mut self, events: &mut dyn SourceEvents) {
         let slots: Vec<usize> = self
-            .tracked()
+            .table
+            .iter()
             .filter(|(_, t)| t.state == State::Detached)
             .map(|(i, _)| i)
             .collect();
         for slot in slots {
             self.refresh(slot, events, false);
-            let Some(t) = self.files[slot].as_ref() else {
+            let Some(t) = self.table.get(slot) else {
                 continue;
             };
             if !t.queued
@@ -725,10 +665,10 @@ impl FileSource {
         let Some(size) = self.fresh_size(slot, events, verify_prefix) else {
             return;
         };
-        if let Some(t) = self.files[slot].as_mut()
+        if let Some(t) = self.table.get_mut(slot)
             && size > t.offset
         {
-            self.enqueue(slot);
+            self.table.enqueue(slot);
         }
     }
 
@@ -742,7 +682,7 @@ impl FileSource {
         events: &mut dyn SourceEvents,
         verify_prefix: bool,
     ) -> Option<u64> {
-        let t = self.files[slot].as_mut()?;
+        let t = self.table.get_mut(slot)?;
         let file = t.file.as_ref()?;
         let meta = match file.metadata() {
             Ok(m) => m,
@@ -784,7 +724,7 @@ impl FileSource {
     /// Looks at one path again: new file, same file grown, another file now there
     /// (rotation), nothing there (rename or deletion), or a directory.
     fn check_path(&mut self, path: &Path, events: &mut dyn SourceEvents) {
-        let owner = self.by_path.get(path).copied();
+        let owner = self.table.at_path(path);
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
             Err(e) => {
@@ -799,14 +739,15 @@ impl FileSource {
         };
         let key = (meta.dev(), meta.ino());
         if let Some(slot) = owner {
-            let t = self.files[slot]
-                .as_ref()
-                .expect("by_path points at live slots");
+            let t = self
+                .table
+                .get(slot)
+                .expect("by_path points at live slots (invariant 3)");
             if (t.identity.dev, t.identity.inode) == key {
                 if t.file.is_none() {
                     self.reopen(slot, events);
                 } else {
-                    self.enqueue(slot);
+                    self.table.enqueue(slot);
                 }
                 return;
             }
@@ -823,9 +764,9 @@ impl FileSource {
         if !meta.is_file() {
             return;
         }
-        if let Some(&slot) = self.by_inode.get(&key) {
+        if let Some(slot) = self.table.of_inode(key) {
             // Already read under another name (a renamed file, or a second symlink).
-            self.enqueue(slot);
+            self.table.enqueue(slot);
             return;
         }
         if self.is_waiting(key) {
@@ -876,20 +817,20 @@ impl FileSource {
     /// Whether the last detached file of `path` (if any) was read to EOF; if not, it
     /// is queued for reading.
     fn predecessor_drained(&mut self, path: &Path) -> bool {
-        let Some(&pred) = self.predecessor_at.get(path) else {
+        let Some(pred) = self.table.predecessor_at(path) else {
             return true;
         };
         if self.drained(pred) {
             return true;
         }
-        self.enqueue(pred);
+        self.table.enqueue(pred);
         false
     }
 
     fn take_predecessor(&mut self, path: &Path) -> Option<SourceId> {
-        self.predecessor_at
-            .remove(path)
-            .and_then(|slot| self.files[slot].as_ref().map(|t| t.info.id))
+        self.table
+            .take_predecessor(path)
+            .and_then(|slot| self.table.get(slot).map(|t| t.info.id))
     }
 
     fn is_waiting(&self, key: InodeKey) -> bool {
@@ -913,7 +854,7 @@ impl FileSource {
             Ok(m) if m.is_file() => (m.dev(), m.ino()),
             _ => return,
         };
-        if self.by_inode.contains_key(&key) || self.is_waiting(key) {
+        if self.table.of_inode(key).is_some() || self.is_waiting(key) {
             return;
         }
         self.deferred
@@ -955,7 +896,7 @@ impl FileSource {
 
     /// Read to the size of a fresh `fstat`, with no read pending.
     fn drained(&mut self, slot: usize) -> bool {
-        let Some(t) = self.files[slot].as_mut() else {
+        let Some(t) = self.table.get_mut(slot) else {
             return true;
         };
         let Some(file) = t.file.as_ref() else {
@@ -979,29 +920,18 @@ impl FileSource {
         }
     }
 
+    /// Its path names another file or nothing now (rotated away or deleted): it is
+    /// read to its end through its fd, and the next file at the path follows it.
     fn detach(&mut self, slot: usize) {
-        let Some(t) = self.files[slot].as_mut() else {
-            return;
-        };
-        if t.state == State::Detached {
-            return;
+        if self.table.detach(slot)
+            && let Some(t) = self.table.get_mut(slot)
+        {
+            t.last_growth = Instant::now();
         }
-        t.state = State::Detached;
-        self.detached += 1;
-        t.last_growth = Instant::now();
-        let path = t.path.clone();
-        if let Some(real) = t.real_path.take() {
-            self.by_real_path.remove(&real);
-        }
-        if self.by_path.get(&path) == Some(&slot) {
-            self.by_path.remove(&path);
-        }
-        self.predecessor_at.insert(path, slot);
-        self.enqueue(slot);
     }
 
     fn end_detached(&mut self, slot: usize, events: &mut dyn SourceEvents) {
-        let Some(t) = self.remove(slot) else {
+        let Some(t) = self.table.remove(slot) else {
             return;
         };
         let deleted = match t.file.as_ref().map(File::metadata) {
@@ -1033,34 +963,9 @@ impl FileSource {
         self.update_open_files_gauge();
     }
 
-    fn remove(&mut self, slot: usize) -> Option<Tracked> {
-        let t = self.files.get_mut(slot)?.take()?;
-        self.free_slots.push(slot);
-        if t.state == State::Detached {
-            self.detached -= 1;
-        }
-        let key = (t.identity.dev, t.identity.inode);
-        if self.by_inode.get(&key) == Some(&slot) {
-            self.by_inode.remove(&key);
-        }
-        if self.by_path.get(&t.path) == Some(&slot) {
-            self.by_path.remove(&t.path);
-        }
-        if let Some(real) = &t.real_path
-            && self.by_real_path.get(real) == Some(&slot)
-        {
-            self.by_real_path.remove(real);
-        }
-        if self.predecessor_at.get(&t.path) == Some(&slot) {
-            self.predecessor_at.remove(&t.path);
-        }
-        self.ready.retain(|&s| s != slot);
-        Some(t)
-    }
-
     fn end_all(&mut self, events: &mut dyn SourceEvents, reason: EndReason) {
-        for slot in 0..self.files.len() {
-            if let Some(t) = self.remove(slot) {
+        for slot in self.table.slot_numbers() {
+            if let Some(t) = self.table.remove(slot) {
                 events.ended(t.info.id, reason);
             }
         }
@@ -1080,7 +985,8 @@ impl FileSource {
     /// Closes the fds of the idlest eighth of the attached, caught-up files.
     fn close_idle(&mut self) -> usize {
         let mut idle: Vec<(Instant, usize)> = self
-            .tracked()
+            .table
+            .iter()
             .filter(|(_, t)| {
                 t.state == State::Attached
                     && t.file.is_some()
@@ -1093,7 +999,7 @@ impl FileSource {
         idle.sort_unstable();
         let n = (idle.len() / 8).max(idle.len().min(1));
         for &(_, slot) in &idle[..n] {
-            if let Some(t) = self.files[slot].as_mut() {
+            if let Some(t) = self.table.get_mut(slot) {
                 t.file = None;
             }
         }
@@ -1105,7 +1011,7 @@ impl FileSource {
 
     /// Reopens a file whose fd was closed under fd pressure, if it is still the same.
     fn reopen(&mut self, slot: usize, events: &mut dyn SourceEvents) {
-        let path = match self.files[slot].as_ref() {
+        let path = match self.table.get(slot) {
             Some(t) => t.path.clone(),
             None => return,
         };
@@ -1116,7 +1022,7 @@ impl FileSource {
                 return;
             }
         };
-        let Some(t) = self.files[slot].as_mut() else {
+        let Some(t) = self.table.get_mut(slot) else {
             return;
         };
         match file.metadata() {
@@ -1218,8 +1124,8 @@ impl FileSource {
             }
         };
         let key = (meta.dev(), meta.ino());
-        if let Some(&slot) = self.by_inode.get(&key) {
-            self.enqueue(slot);
+        if let Some(slot) = self.table.of_inode(key) {
+            self.table.enqueue(slot);
             return None;
         }
         let identity = match identity::identify(&file, &meta) {
@@ -1299,6 +1205,7 @@ impl FileSource {
             register_at,
             size,
             predecessor,
+            State::Attached,
             events,
         ))
     }
@@ -1318,6 +1225,7 @@ impl FileSource {
         register_at: u64,
         size: u64,
         predecessor: Option<SourceId>,
+        state: State,
         events: &mut dyn SourceEvents,
     ) -> usize {
         let (config_name, kind) = self.configs[configs[0]].clone();
@@ -1332,10 +1240,11 @@ impl FileSource {
             .register(id, identity, info.path.clone(), register_at);
         events.opened_for(info.clone(), &configs, identity, offset, predecessor);
         // A container's file is never followed to a node path: its symlinks resolve
-        // against the agent's root from out here (see `container`).
+        // against the agent's root from out here (see `container`). A detached file
+        // has no path to follow.
         let real_path = std::fs::canonicalize(path)
             .ok()
-            .filter(|r| r != path && logical.is_none());
+            .filter(|r| r != path && logical.is_none() && state == State::Attached);
         if let Some(real) = &real_path
             && let Some(dir) = real.parent()
         {
@@ -1349,28 +1258,14 @@ impl FileSource {
             identity,
             offset,
             size,
-            state: State::Attached,
+            state,
             last_growth: Instant::now(),
             queued: false,
             chunks_this_round: 0,
-            real_path: real_path.clone(),
+            real_path,
         };
-        let slot = match self.free_slots.pop() {
-            Some(s) => {
-                self.files[s] = Some(tracked);
-                s
-            }
-            None => {
-                self.files.push(Some(tracked));
-                self.files.len() - 1
-            }
-        };
-        self.by_inode.insert((identity.dev, identity.inode), slot);
-        self.by_path.insert(path.to_path_buf(), slot);
-        if let Some(real) = real_path {
-            self.by_real_path.insert(real, slot);
-        }
-        self.enqueue(slot);
+        let slot = self.table.insert(tracked);
+        self.table.enqueue(slot);
         self.update_open_files_gauge();
         slot
     }
@@ -1380,7 +1275,7 @@ impl FileSource {
     /// the copy when it can be found; then the source ends and the file continues as
     /// a new source.
     fn truncated(&mut self, slot: usize, events: &mut dyn SourceEvents) {
-        let Some(mut t) = self.remove(slot) else {
+        let Some(mut t) = self.table.remove(slot) else {
             return;
         };
         metrics::counter!("logtap_file_truncations_total").increment(1);
@@ -1428,11 +1323,11 @@ impl FileSource {
             }
         };
         let id = SourceId::new_unique(identity.dev, identity.inode);
-        let path = t.path.clone();
-        let was_detached = t.state == State::Detached;
-        let owner_of_path = self.by_path.get(&path).copied();
-        let slot = self.start(
-            &path,
+        // Truncated after being rotated away, it stays detached: it takes no path
+        // (another file may own it now) and is read until quiet, like any detached
+        // file.
+        self.start(
+            &t.path,
             t.configs.clone(),
             file,
             identity,
@@ -1441,29 +1336,9 @@ impl FileSource {
             0,
             meta.len(),
             None,
+            t.state,
             events,
         );
-        if was_detached {
-            // Truncated after being rotated away: it keeps no path (another file may
-            // own it now) and is read until quiet, like any detached file.
-            match owner_of_path {
-                Some(owner) => self.by_path.insert(path, owner),
-                None => self.by_path.remove(&path),
-            };
-            if let Some(real) = self.files[slot].as_mut().and_then(|t| t.real_path.take()) {
-                self.by_real_path.remove(&real);
-            }
-            self.detach_in_place(slot);
-        }
-    }
-
-    fn detach_in_place(&mut self, slot: usize) {
-        if let Some(t) = self.files[slot].as_mut()
-            && t.state != State::Detached
-        {
-            t.state = State::Detached;
-            self.detached += 1;
-        }
     }
 
     /// A file in the same directory with the truncated file's fingerprint and at least
@@ -1485,7 +1360,7 @@ impl FileSource {
             if !meta.is_file()
                 || meta.len() < t.offset
                 || key == (t.identity.dev, t.identity.inode)
-                || self.by_inode.contains_key(&key)
+                || self.table.of_inode(key).is_some()
             {
                 continue;
             }
@@ -1525,10 +1400,9 @@ impl FileSource {
     /// One round: every queued file gets up to [`CHUNKS_PER_ROUND`] reads, one read
     /// per file per batch.
     fn read_round(&mut self, events: &mut dyn SourceEvents) {
-        let mut active: Vec<usize> = self.ready.drain(..).collect();
+        let mut active = self.table.take_ready();
         for &slot in &active {
-            if let Some(t) = self.files[slot].as_mut() {
-                t.queued = false;
+            if let Some(t) = self.table.get_mut(slot) {
                 t.chunks_this_round = 0;
             }
         }
@@ -1540,7 +1414,7 @@ impl FileSource {
         while !active.is_empty() {
             self.requests.clear();
             for &slot in &active {
-                let Some(t) = self.files[slot].as_mut() else {
+                let Some(t) = self.table.get(slot) else {
                     continue;
                 };
                 let Some(file) = t.file.as_ref() else {
@@ -1551,10 +1425,7 @@ impl FileSource {
                 }
                 if t.chunks_this_round >= CHUNKS_PER_ROUND {
                     // Its turn is over: back of the queue.
-                    if !t.queued {
-                        t.queued = true;
-                        self.ready.push_back(slot);
-                    }
+                    self.table.enqueue(slot);
                     continue;
                 }
                 let len = ((t.size - t.offset) as usize).min(self.options.read_buffer_bytes);
@@ -1588,7 +1459,7 @@ impl FileSource {
         events: &mut dyn SourceEvents,
         next: &mut Vec<usize>,
     ) {
-        let Some(t) = self.files[c.slot].as_mut() else {
+        let Some(t) = self.table.get_mut(c.slot) else {
             return;
         };
         debug_assert_eq!(c.offset, t.offset, "one read in flight per file");
