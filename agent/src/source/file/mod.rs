@@ -81,13 +81,16 @@ pub trait SourceEvents {
     fn tick(&mut self, now: Instant);
 }
 
+mod admit;
 pub mod container;
 mod discover;
 mod identity;
 mod read;
 mod resume;
+mod rotate;
 mod table;
 mod tracker;
+mod truncate;
 mod watch;
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! invariants are written on [`FileTable`] and checked by
 //! [`FileTable::assert_consistent`], which the tests run after every step.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -274,6 +274,7 @@ impl FileTable {
     /// tracker's loop, not in production.
     #[cfg(test)]
     pub(super) fn assert_consistent(&self) {
+        use std::collections::HashSet;
         let live = |s: usize| self.get(s);
         // 1. free slots
         let free: HashSet<usize> = self.free.iter().copied().collect();
