@@ -264,6 +264,17 @@ impl Harness {
             rec: Mutex::new(Recorded::default()),
             resumed: Condvar::new(),
         });
+        Harness::start_recording(sources, options, store, shared)
+    }
+
+    /// Like [`start`](Self::start), recording into `shared`: a source started again
+    /// after [`stop_keeping`](Self::stop_keeping) continues its recording.
+    fn start_recording(
+        sources: Vec<SourceConfig>,
+        options: FileSourceOptions,
+        store: Arc<MemStore>,
+        shared: Arc<Shared>,
+    ) -> Harness {
         let shutdown = Arc::new(AtomicBool::new(false));
         let (sh, stop, st) = (shared.clone(), shutdown.clone(), store.clone());
         let thread = std::thread::spawn(move || {
@@ -282,6 +293,12 @@ impl Harness {
     fn wait(&self, what: &str, cond: impl Fn(&Recorded) -> bool) {
         let deadline = Instant::now() + Duration::from_millis(2500);
         loop {
+            // A source thread that ended early panicked (a broken table invariant,
+            // say): its message is above; waiting longer would only time out.
+            assert!(
+                !self.thread.as_ref().is_some_and(JoinHandle::is_finished),
+                "the source thread ended while waiting for {what}"
+            );
             {
                 let r = self.shared.rec.lock().unwrap();
                 assert!(r.errors.is_empty(), "protocol errors: {:?}", r.errors);
@@ -335,13 +352,36 @@ impl Harness {
 
     /// Stops the source; returns the backend it used.
     fn stop(mut self) -> &'static str {
+        self.stop_keeping().0
+    }
+
+    /// Stops the source; returns the backend it used and its recording, to start
+    /// again on (this harness is spent).
+    fn stop_keeping(&mut self) -> (&'static str, Arc<Shared>) {
         self.allow_data(None);
         self.resume();
         self.shutdown.store(true, Ordering::Relaxed);
         let backend = self.thread.take().unwrap().join().unwrap().unwrap();
         let r = self.shared.rec.lock().unwrap();
         assert!(r.errors.is_empty(), "protocol errors: {:?}", r.errors);
-        backend
+        drop(r);
+        (backend, self.shared.clone())
+    }
+}
+
+impl Drop for Harness {
+    /// A test that failed midway still stops its source thread: it would otherwise
+    /// go on polling a deleted directory while the next cases run.
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if let Ok(mut r) = self.shared.rec.lock() {
+                r.pause = false;
+                r.data_budget = None;
+            }
+            self.shared.resumed.notify_all();
+            self.shutdown.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
     }
 }
 
@@ -1337,3 +1377,5 @@ fn container_files_follow_their_containers() {
         let _ = child.wait();
     }
 }
+
+mod model;
