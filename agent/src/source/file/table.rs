@@ -70,8 +70,8 @@ impl Tracked {
 /// 1. `free` lists each empty slot exactly once, and nothing else.
 /// 2. `by_inode` maps the key of every live slot to that slot, and holds nothing else:
 ///    at most one source per device + inode.
-/// 3. `by_path[p] = s` only for a live, attached `s` whose `path` is `p`: a path has
-///    at most one attached file.
+/// 3. `by_path[p] = s` exactly when `s` is live, attached and its `path` is `p`: a
+///    path has at most one attached file, and an attached file is found by its path.
 /// 4. `by_real_path[r] = s` exactly when `s` is live, attached and its `real_path`
 ///    is `Some(r)`; a detached slot has no `real_path`.
 /// 5. `predecessor_at[p] = s` only for a live, detached `s` whose `path` is `p`: the
@@ -298,6 +298,15 @@ impl FileTable {
                 t.state == State::Attached && &t.path == p,
                 "3: by_path {p:?}"
             );
+        }
+        for (s, t) in self.iter() {
+            if t.state == State::Attached {
+                assert_eq!(
+                    self.by_path.get(&t.path),
+                    Some(&s),
+                    "3: attached {s} by path"
+                );
+            }
         }
         // 4. by_real_path
         for (r, &s) in &self.by_real_path {

@@ -76,6 +76,8 @@ impl ResumeStore for MemStore {
 #[derive(Debug)]
 struct Rec {
     path: PathBuf,
+    /// The inode the source was last opened on.
+    inode: u64,
     config: usize,
     /// Every config reading it (`opened_for`), primary first.
     configs: Vec<usize>,
@@ -132,7 +134,6 @@ impl SourceEvents for Recorder {
         start_offset: u64,
         predecessor: Option<SourceId>,
     ) {
-        let _ = identity;
         let mut r = self.0.rec.lock().unwrap();
         let predecessor_bytes_at_open =
             predecessor.and_then(|p| r.sources.get(&p).map(|s| s.bytes.len()));
@@ -144,6 +145,13 @@ impl SourceEvents for Recorder {
             } else {
                 existing.ended = None;
                 existing.opens += 1;
+                existing.inode = identity.inode;
+                // After a restart a source may resume behind a file found by
+                // identity: what it follows now is what matters.
+                if predecessor.is_some() {
+                    existing.predecessor = predecessor;
+                    existing.predecessor_bytes_at_open = predecessor_bytes_at_open;
+                }
             }
             return;
         }
@@ -152,6 +160,7 @@ impl SourceEvents for Recorder {
             info.id,
             Rec {
                 path: info.path.clone(),
+                inode: identity.inode,
                 config,
                 configs: vec![config],
                 start: start_offset,
