@@ -22,6 +22,7 @@ use super::table::{Configs, State, Tracked};
 use super::tracker::{Closed, FileSource, container_of_logical, error_reason};
 use super::{FileIdentity, SourceEvents, container};
 use crate::capture::Claim;
+use crate::checkpoint::FileCheckpoint;
 use crate::route::select::{Facts, path_facts};
 use crate::source::{SourceId, SourceInfo};
 
@@ -194,46 +195,69 @@ impl FileSource {
     /// path from their checkpoint. The first scan then finds another file (or none)
     /// there and detaches them, as if the rotation had happened while the agent ran:
     /// they are read to their end, and the new file at the path waits for that.
+    ///
+    /// Several such files of one path (one still being read at the stop, another
+    /// rotated while stopped) are read oldest first (by modification time), each
+    /// waiting for the one before it, as files rotated while the agent runs do.
     pub(super) fn recover_moved(&mut self, events: &mut dyn SourceEvents) {
+        let mut found = Vec::new();
         for cp in self.store.loaded() {
-            let path = &cp.path;
-            let at_path =
-                |m: &std::fs::Metadata| (m.dev(), m.ino()) == (cp.identity.dev, cp.identity.inode);
-            if cp.closed
-                || cp.identity.dev == crate::source::CAPTURE_DEV
-                || !path.is_absolute()
-                || container::split_proc_root(path).is_some()
-                || std::fs::symlink_metadata(path).is_ok_and(|m| at_path(&m))
-            {
-                continue;
+            if let Some((file, configs)) = self.moved_file(&cp) {
+                let modified = file.metadata().and_then(|m| m.modified()).ok();
+                found.push((modified, cp.path, file, configs));
             }
-            let Some(found) = path
-                .parent()
-                .and_then(|dir| find_by_identity(dir, &cp.identity))
-            else {
-                continue;
-            };
-            let file = match identity::open_regular_nofollow(&found) {
-                Ok(f) => f,
-                Err(e) => {
-                    self.warn_once(&found, error_reason(&e), &e);
-                    continue;
-                }
-            };
-            let owes = file
-                .metadata()
-                .is_ok_and(|m| at_path(&m) && m.len() > cp.offset);
-            if !owes || !matches!(identity::prefix_matches(&file, &cp.identity), Ok(true)) {
-                continue;
-            }
-            let Some(configs) = self.select(path) else {
-                continue;
-            };
-            tracing::info!(path = %path.display(), now_at = %found.display(), offset = cp.offset,
-                "a checkpointed file was renamed while the agent was stopped; reading it to its end");
-            metrics::counter!("logtap_files_found_by_identity_total").increment(1);
-            self.open_at(path, file, configs, None, events);
         }
+        found.sort_by_key(|(modified, ..)| *modified);
+        for (_, path, file, configs) in found {
+            match self.table.at_path(&path) {
+                None if !self.deferred.contains_key(&path) => {
+                    self.open_at(&path, file, configs, None, events);
+                }
+                owner => {
+                    // An older file of this path was found first: it is not at the
+                    // path either, and this one follows it.
+                    if let Some(owner) = owner {
+                        self.detach(owner);
+                    }
+                    self.queue_behind(&path, file, configs);
+                }
+            }
+        }
+    }
+
+    /// The file of checkpoint `cp`, opened, when it is not at its path any more but
+    /// in the same directory under another name, and still owes bytes.
+    fn moved_file(&mut self, cp: &FileCheckpoint) -> Option<(File, Configs)> {
+        let path = &cp.path;
+        let at_path =
+            |m: &std::fs::Metadata| (m.dev(), m.ino()) == (cp.identity.dev, cp.identity.inode);
+        if cp.closed
+            || cp.identity.dev == crate::source::CAPTURE_DEV
+            || !path.is_absolute()
+            || container::split_proc_root(path).is_some()
+            || std::fs::symlink_metadata(path).is_ok_and(|m| at_path(&m))
+        {
+            return None;
+        }
+        let found = find_by_identity(path.parent()?, &cp.identity)?;
+        let file = match identity::open_regular_nofollow(&found) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn_once(&found, error_reason(&e), &e);
+                return None;
+            }
+        };
+        let owes = file
+            .metadata()
+            .is_ok_and(|m| at_path(&m) && m.len() > cp.offset);
+        if !owes || !matches!(identity::prefix_matches(&file, &cp.identity), Ok(true)) {
+            return None;
+        }
+        let configs = self.select(path)?;
+        tracing::info!(path = %path.display(), now_at = %found.display(), offset = cp.offset,
+            "a checkpointed file was renamed while the agent was stopped; reading it to its end");
+        metrics::counter!("logtap_files_found_by_identity_total").increment(1);
+        Some((file, configs))
     }
 
     /// Opens a newly discovered file: resumed from its checkpoint when the checkpoint

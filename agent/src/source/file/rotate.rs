@@ -78,6 +78,23 @@ impl FileSource {
             .push_back(Waiting { file, key, configs });
     }
 
+    /// The files waiting for their turn at a path (opened, not started yet).
+    pub(super) fn waiting_keys(&self) -> impl Iterator<Item = InodeKey> + '_ {
+        self.deferred.values().flatten().map(|w| w.key)
+    }
+
+    /// Holds `file`, open already, until the files before it at `path` are drained.
+    pub(super) fn queue_behind(&mut self, path: &Path, file: File, configs: Configs) {
+        let Ok(meta) = file.metadata() else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        self.deferred
+            .entry(path.to_path_buf())
+            .or_default()
+            .push_back(Waiting { file, key, configs });
+    }
+
     /// Starts the waiting files of `path` whose predecessor was drained, oldest first.
     /// One that left the path while it waited is detached at once, and the next waits
     /// for it in turn.

@@ -733,6 +733,41 @@ fn a_checkpointed_file_renamed_while_stopped_is_found_and_read_out() {
     h.stop();
 }
 
+/// The file at the path was read before the stop too: it waits for the one found by
+/// identity, and then resumes from its own checkpoint, not from 0 under a new id
+/// (found by the model test: its checkpoint was dropped as "gone" while it waited).
+#[test]
+fn a_file_waiting_behind_one_found_by_identity_keeps_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"aaaa\n");
+    let old = checkpoint_for(&path, 5, b"aaaa\n");
+    std::fs::rename(&path, dir.path().join("a.log.1")).unwrap();
+    append(&dir.path().join("a.log.1"), b"late\n");
+    append(&path, b"bbbb\ncccc\n");
+    let mut new = checkpoint_for(&path, 5, b"bbbb\n");
+    new.source_id = SourceId(43);
+    let store = Arc::new(MemStore::default());
+    let entries = [(old.source_id, old), (new.source_id, new)];
+    store.entries.lock().unwrap().extend(entries);
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+        options(false),
+        store,
+    );
+    h.wait("both read", |r| {
+        let all = r.at(&path);
+        all.len() == 2 && all[0].1.bytes == b"late\n" && all[1].1.bytes == b"cccc\n"
+    });
+    h.with(|r| {
+        let all = r.at(&path);
+        assert_eq!((all[0].0, all[1].0), (SourceId(42), SourceId(43)));
+        assert_eq!(all[1].1.start, 5);
+        assert_eq!(all[1].1.predecessor, Some(SourceId(42)));
+    });
+    h.stop();
+}
+
 /// A checkpointed file that is truly gone is dropped; one whose inode now holds
 /// another file (same directory, wrong fingerprint) is not taken for it.
 #[test]

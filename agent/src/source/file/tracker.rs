@@ -298,11 +298,15 @@ impl FileSource {
         self.refresh_containers(events);
         self.recover_moved(events);
         self.rescan(events);
+        // Files waiting behind one found by identity are found too: their
+        // checkpoints must survive until they start, or they would start again from
+        // offset 0 under a new id (and ship again what they had shipped).
         let found: HashSet<InodeKey> = self
             .table
             .inodes()
             .chain(self.closed.keys())
             .copied()
+            .chain(self.waiting_keys())
             .collect();
         self.store.retain_unclaimed(&found);
         let mut changes = Vec::new();

@@ -316,17 +316,18 @@ impl Model {
 }
 
 impl Model {
-    /// After a stop: whether the file last rotated away at each path was still
-    /// being read (ended `Shutdown`, not `Rotated`: a closed one is not looked for).
-    fn note_ended(&mut self, r: &Recorded) {
+    /// After a stop: whether the file last rotated away at each path still has an
+    /// open checkpoint (it was being read at the stop, or was not yet found "gone"
+    /// by a restart): only then does a restart look for it by identity.
+    fn note_ended(&mut self, store: &MemStore) {
+        let entries = store.entries.lock().unwrap();
         for f in &mut self.files {
             let Some((_, _, inode)) = f.rotated else {
                 continue;
             };
-            f.rotated_open = r
-                .at(&f.path)
-                .iter()
-                .any(|(_, rec)| rec.inode == inode && rec.ended == Some(EndReason::Shutdown));
+            f.rotated_open = entries
+                .values()
+                .any(|c| c.identity.inode == inode && !c.closed);
         }
     }
 
@@ -395,9 +396,20 @@ impl Model {
                         "{path}: source {i} follows {p}, not an earlier source"
                     ));
                 };
-                if rec.predecessor_bytes_at_open != Some(pred.1.bytes.len()) {
+                // A predecessor read again after a restart (it grew while the agent
+                // was stopped) has more now than it had when this source opened.
+                let drained = match rec.predecessor_bytes_at_open {
+                    Some(n) if pred.1.opens > 1 => n <= pred.1.bytes.len(),
+                    Some(n) => n == pred.1.bytes.len(),
+                    None => false,
+                };
+                if !drained {
                     return Err(format!(
-                        "{path}: source {i} opened before its predecessor was drained"
+                        "{path}: source {i} opened before its predecessor was drained \
+                         ({:?} of {} bytes; opened {} times)",
+                        rec.predecessor_bytes_at_open,
+                        pred.1.bytes.len(),
+                        rec.opens
                     ));
                 }
             }
@@ -453,7 +465,7 @@ fn run_case(case: &Case) {
             Mode::Stopped => {
                 let (_, shared) = h.stop_keeping();
                 acknowledge_all(&shared, &store);
-                model.note_ended(&shared.rec.lock().unwrap());
+                model.note_ended(&store);
                 stopped = Some(shared);
             }
         }
