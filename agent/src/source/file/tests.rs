@@ -768,6 +768,58 @@ fn a_file_waiting_behind_one_found_by_identity_keeps_its_checkpoint() {
     h.stop();
 }
 
+/// Two checkpointed files of one path renamed while stopped (one was still being
+/// read when the agent stopped, the other was rotated after it): both are read, the
+/// older first, then the new file. (The second used to take the path from the first,
+/// which stayed attached without being indexed by its path: never detached, never
+/// ended, and not waited for.)
+#[test]
+fn two_files_of_one_path_renamed_while_stopped_are_read_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    let (older, newer) = (dir.path().join("a.log.2"), dir.path().join("a.log.1"));
+    append(&path, b"one\n");
+    let first = checkpoint_for(&path, 4, b"one\n");
+    std::fs::rename(&path, &older).unwrap();
+    append(&older, b"one late\n");
+    append(&path, b"two\n");
+    let mut second = checkpoint_for(&path, 4, b"two\n");
+    second.source_id = SourceId(43);
+    std::fs::rename(&path, &newer).unwrap();
+    append(&newer, b"two late\n");
+    append(&path, b"three\n");
+    let store = Arc::new(MemStore::default());
+    let entries = [(first.source_id, first), (second.source_id, second)];
+    store.entries.lock().unwrap().extend(entries);
+    let h = Harness::start(
+        vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+        options(false),
+        store,
+    );
+    h.wait("all three read", |r| {
+        let all = r.at(&path);
+        all.len() == 3
+            && all[0].1.bytes == b"one late\n"
+            && all[1].1.bytes == b"two late\n"
+            && all[2].1.bytes == b"three\n"
+    });
+    h.with(|r| {
+        let all = r.at(&path);
+        assert_eq!((all[0].0, all[1].0), (SourceId(42), SourceId(43)));
+        assert_eq!(all[1].1.predecessor, Some(SourceId(42)));
+        assert_eq!(all[2].1.predecessor, Some(SourceId(43)));
+        assert_eq!(
+            all[2].1.predecessor_bytes_at_open,
+            Some(b"two late\n".len())
+        );
+    });
+    h.wait("both moved files ended", |r| {
+        let all = r.at(&path);
+        all[0].1.ended == Some(EndReason::Rotated) && all[1].1.ended == Some(EndReason::Rotated)
+    });
+    h.stop();
+}
+
 /// A checkpointed file that is truly gone is dropped; one whose inode now holds
 /// another file (same directory, wrong fingerprint) is not taken for it.
 #[test]
