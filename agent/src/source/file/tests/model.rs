@@ -104,7 +104,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (file.clone(), len).prop_map(|(file, len)| Op::Append { file, len }),
         2 => (file.clone(), prop_oneof![0usize..1, 16usize..300])
             .prop_map(|(file, late)| Op::Rotate { file, late }),
-        1 => (file.clone(), 16usize..300).prop_map(|(file, len)| Op::AppendRotated { file, len }),
+        2 => (file.clone(), 16usize..300).prop_map(|(file, len)| Op::AppendRotated { file, len }),
         2 => file.clone().prop_map(|file| Op::CopyTruncate { file }),
         1 => file.clone().prop_map(|file| Op::Truncate { file }),
         1 => file.prop_map(|file| Op::Delete { file }),
