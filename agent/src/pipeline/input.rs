@@ -22,6 +22,7 @@ use bytes::Bytes;
 
 use crate::discovery::PodLogRef;
 use crate::frame::Stream;
+use crate::source::file::FileIdentity;
 use crate::source::{SourceId, SourceInfo};
 
 /// What an input tells the pipeline.
@@ -62,8 +63,9 @@ pub struct Opening {
 #[derive(Debug, Clone)]
 pub enum Content {
     /// A file, decoded as each reading config's `format` says (raw, CRI, docker). A
-    /// file's container, if any, is known from its path.
-    File,
+    /// file's container, if any, is known from its path; `identity` is the file's
+    /// device, inode and fingerprint when it was opened.
+    File { identity: FileIdentity },
     /// One output stream of a container as the container wrote it (no CRI
     /// envelope): framed as raw lines, each tagged with `stream`. Its name is not a
     /// log path, so its container (log reference, container id) comes with it.
@@ -78,6 +80,7 @@ impl Opening {
     pub fn file(
         info: Arc<SourceInfo>,
         configs: &[usize],
+        identity: FileIdentity,
         start_offset: u64,
         predecessor: Option<SourceId>,
     ) -> Opening {
@@ -86,7 +89,7 @@ impl Opening {
             configs: configs.to_vec(),
             start_offset,
             predecessor,
-            content: Content::File,
+            content: Content::File { identity },
         }
     }
 

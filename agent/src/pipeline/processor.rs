@@ -250,7 +250,7 @@ impl Pipeline {
             predecessor,
         } = reader;
         let (format, stream) = match content {
-            Content::File => (self.config.sources[config].format, None),
+            Content::File { .. } => (self.config.sources[config].format, None),
             Content::Stream { stream, .. } => (Format::Raw, Some(*stream)),
         };
         let mut framer = self.framer(format, config, start_offset);
@@ -267,7 +267,7 @@ impl Pipeline {
             self.config.batch.clone(),
         );
         let (enrichment, container, on_board) = match content {
-            Content::File => self.start_file(&info, config),
+            Content::File { .. } => self.start_file(&info, config),
             Content::Stream { container, .. } => {
                 // The stream's name is not a log path: its container comes with it.
                 let enrichment = match (&self.enricher, container) {

@@ -12,6 +12,15 @@ use crate::checkpoint::{Registry, SharedRegistry};
 use crate::config::Config;
 use crate::enrich::Enricher;
 use crate::route::Router;
+use crate::source::file::FileIdentity;
+
+/// The identity of the test files (the pipeline does not look at it).
+const IDENTITY: FileIdentity = FileIdentity {
+    dev: 1,
+    inode: 1,
+    fingerprint_len: 0,
+    fingerprint: 0,
+};
 
 /// A slow sink must not cut a multiline record in two: the time the source thread
 /// spends blocked on a full queue is not "time without a new line".
@@ -44,7 +53,7 @@ fn multiline_record_survives_a_stall_longer_than_its_flush_timeout() {
     let info = crate::checkpoint::registered_test_source(&registry, 1, "/x/a.log");
     let source = info.id;
     assert!(registry.lookup(1, 1).is_some(), "registered");
-    pipeline.opened(Opening::file(info, &[0], 0, None));
+    pipeline.opened(Opening::file(info, &[0], IDENTITY, 0, None));
     let first = Bytes::from_static(b"S one\nS two\n  two-a\n");
     let first_len = first.len() as u64;
     pipeline.data(source, 0, first, None); // ships "S one": blocks ~300 ms
@@ -104,7 +113,7 @@ fn container_package_waits_for_its_pod_and_host_package_does_not() {
     let host = crate::checkpoint::registered_test_source(&registry, 2, "/x/syslog");
     for info in [container.clone(), host.clone()] {
         assert!(registry.lookup(1, info.id.0).is_some(), "registered");
-        pipeline.opened(Opening::file(info, &[0], 0, None));
+        pipeline.opened(Opening::file(info, &[0], IDENTITY, 0, None));
     }
     pipeline.data(container.id, 0, Bytes::from_static(b"one\n"), None);
     pipeline.data(host.id, 0, Bytes::from_static(b"boot\n"), None);
@@ -168,7 +177,7 @@ fn a_file_read_by_two_configs_ships_to_both_and_checkpoints_the_slower() {
     let info = crate::checkpoint::registered_test_source(&registry, 1, "/x/a.log");
     let file = info.id;
     assert!(registry.lookup(1, 1).is_some(), "registered");
-    pipeline.opened(Opening::file(info, &[0, 1], 0, None));
+    pipeline.opened(Opening::file(info, &[0, 1], IDENTITY, 0, None));
     let data = b"S one\n  more\nS two\n";
     pipeline.data(file, 0, Bytes::from_static(data), None);
     pipeline.tick(Instant::now());

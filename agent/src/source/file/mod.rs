@@ -24,12 +24,16 @@ pub struct FileIdentity {
 /// Leading bytes hashed into a [`FileIdentity`] fingerprint.
 pub const FINGERPRINT_BYTES: u32 = 256;
 
+mod admit;
 pub mod container;
 mod discover;
 mod identity;
 mod read;
 mod resume;
+mod rotate;
+mod table;
 mod tracker;
+mod truncate;
 mod watch;
 
 #[cfg(test)]
