@@ -484,10 +484,17 @@ impl ContainerHandle {
     /// ReopenContainerLog: after the test renamed `0.log`, as the kubelet's rotation
     /// does, containerd writes on to a new `0.log`.
     pub fn reopen_log(&self) {
+        self.try_reopen_log().expect("ReopenContainerLog");
+    }
+
+    /// ReopenContainerLog, which fails once the container stopped (the kubelet then
+    /// stops rotating its log).
+    pub fn try_reopen_log(&self) -> Result<(), String> {
         self.harness
             .client
             .reopen_container_log(&self.id)
-            .expect("ReopenContainerLog");
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Stops the container at once (SIGKILL: a shell as PID 1 ignores SIGTERM).
