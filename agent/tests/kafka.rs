@@ -401,6 +401,17 @@ fn a_network_cut_mid_window_loses_nothing() {
     }
     let total = 300 * 1000;
     let window = Arc::new(window);
+    // Cut as soon as the broker has some of the window: the probe is connected before
+    // the window is sent, so its start-up does not delay the cut past the window.
+    let probe = broker.consumer();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset("logs", p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    rdkafka::consumer::Consumer::assign(&probe, &tpl).unwrap();
+    // Nothing to read yet, but the poll connects and fetches the (empty) partitions.
+    assert!(probe.poll(Duration::from_millis(500)).is_none());
     let sender = {
         let window = window.clone();
         std::thread::spawn(move || {
@@ -422,14 +433,6 @@ fn a_network_cut_mid_window_loses_nothing() {
             }
         })
     };
-    // Cut as soon as the broker has some of the window.
-    let probe = broker.consumer();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset("logs", p, rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    rdkafka::consumer::Consumer::assign(&probe, &tpl).unwrap();
     let start = Instant::now();
     while !matches!(probe.poll(Duration::from_millis(10)), Some(Ok(_))) {
         assert!(start.elapsed() < Duration::from_secs(30), "nothing arrived");
