@@ -318,9 +318,19 @@ impl Registry {
         before - inner.loaded.len()
     }
 
-    /// Entries loaded at start-up and not claimed by a live source yet.
-    pub fn loaded(&self) -> Vec<FileCheckpoint> {
-        self.lock().loaded.values().cloned().collect()
+    /// The checkpoints a file source starting now may resume: the entries loaded at
+    /// start-up and not claimed yet, and the open (not closed, not forgotten) entries
+    /// of live sources — after a config rebuild, those of the files the previous file
+    /// source was reading, among them rotated files whose backlog the bounded drain
+    /// before the rebuild left unread.
+    pub fn resumable(&self) -> Vec<FileCheckpoint> {
+        let inner = self.lock();
+        let live = inner
+            .live
+            .values()
+            .filter(|l| !l.forgotten && !l.checkpoint.closed)
+            .map(|l| inner.effective(l));
+        inner.loaded.values().cloned().chain(live).collect()
     }
 
     /// Entries loaded at start-up (not claimed by a live source yet) with this `dev`.

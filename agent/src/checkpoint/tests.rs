@@ -220,3 +220,36 @@ fn branch_holds_its_parent_back_until_it_catches_up_or_ends() {
     assert_eq!(reg.acked_offset(branch), None, "gone once drained");
     assert_eq!(reg.in_flight(), 0);
 }
+
+#[test]
+fn resumable_holds_unclaimed_loaded_entries_and_open_live_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let reg = Registry::open(dir.path()).unwrap();
+        reg.register(SourceId(1), identity(1), "/a.log".into(), 0);
+        reg.sent(SourceId(1), 1, 100);
+        reg.acked(SourceId(1), 1);
+        reg.persist().unwrap();
+    }
+    let reg = Registry::open(dir.path()).unwrap();
+    // A new live source, acknowledged up to 50, with a package in flight past it.
+    reg.register(SourceId(2), identity(2), "/b.log".into(), 0);
+    reg.sent(SourceId(2), 1, 50);
+    reg.acked(SourceId(2), 1);
+    reg.sent(SourceId(2), 2, 80);
+    // Closed and forgotten sources are not resumed by a rebuilt file source.
+    reg.register(SourceId(3), identity(3), "/c.log".into(), 0);
+    reg.mark_closed(SourceId(3));
+    reg.register(SourceId(4), identity(4), "/d.log".into(), 0);
+    reg.forget(SourceId(4));
+    let mut got: Vec<(u64, u64)> = reg
+        .resumable()
+        .iter()
+        .map(|c| (c.source_id.0, c.offset))
+        .collect();
+    got.sort();
+    assert_eq!(got, [(1, 100), (2, 50)]);
+    // Claimed by a source, the loaded entry is resumable as that live source.
+    reg.register(SourceId(1), identity(1), "/a.log".into(), 100);
+    assert_eq!(reg.resumable().len(), 2);
+}

@@ -202,7 +202,7 @@ impl FileSource {
     /// waiting for the one before it, as files rotated while the agent runs do.
     pub(super) fn recover_moved(&mut self, events: &mut dyn Input) {
         let mut found = Vec::new();
-        for cp in self.store.loaded() {
+        for cp in self.store.resumable() {
             if let Some((file, configs)) = self.moved_file(&cp) {
                 let modified = file.metadata().and_then(|m| m.modified()).ok();
                 found.push((modified, cp.path, file, configs));

@@ -21,8 +21,10 @@ pub trait ResumeStore: Send + Sync {
     fn forget(&self, source: SourceId);
     /// After the first full scan: drop start-up entries whose file was not `found`.
     fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>);
-    /// The entries loaded at start-up and not claimed by a source yet.
-    fn loaded(&self) -> Vec<FileCheckpoint>;
+    /// The checkpoints a starting file source may resume (see
+    /// [`Registry::resumable`]): loaded at start-up and not claimed yet, or those of
+    /// the files a previous file source of this process was reading.
+    fn resumable(&self) -> Vec<FileCheckpoint>;
 }
 
 impl ResumeStore for Registry {
@@ -52,7 +54,7 @@ impl ResumeStore for Registry {
             );
         }
     }
-    fn loaded(&self) -> Vec<FileCheckpoint> {
-        Registry::loaded(self)
+    fn resumable(&self) -> Vec<FileCheckpoint> {
+        Registry::resumable(self)
     }
 }

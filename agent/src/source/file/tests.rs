@@ -63,7 +63,7 @@ impl ResumeStore for MemStore {
         self.entries.lock().unwrap().remove(&source);
         self.forgotten.lock().unwrap().push(source);
     }
-    fn loaded(&self) -> Vec<FileCheckpoint> {
+    fn resumable(&self) -> Vec<FileCheckpoint> {
         self.entries.lock().unwrap().values().cloned().collect()
     }
     fn retain_unclaimed(&self, found: &std::collections::HashSet<(u64, u64)>) {
