@@ -17,7 +17,14 @@ fn main() {
             // A directory holding only the object: watching it notices the object's
             // arrival without scanning the whole target directory.
             let dir = manifest_dir.join("../target/bpf");
-            let _ = std::fs::create_dir_all(&dir);
+            if !dir.exists() && std::fs::create_dir_all(&dir).is_ok() {
+                // Cargo reruns this script when the watched directory is newer than
+                // the script's last run, so a directory made during the run would
+                // rebuild the agent on the next `cargo build` for nothing. Dated to
+                // the epoch, it looks changed only when the object arrives in it.
+                let _ = std::fs::File::open(&dir)
+                    .and_then(|d| d.set_modified(std::time::SystemTime::UNIX_EPOCH));
+            }
             (dir.join("logtap-probes.bpf.o"), dir)
         }
     };
