@@ -456,10 +456,9 @@ fn a_rebuild_while_a_rotated_file_has_a_backlog_collects_all_of_it() {
         "a backlog remained at the rebuild ({before} stored)"
     );
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while store_unique(&store) < OLD + NEW && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    poll_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        store_unique(&store) >= OLD + NEW
+    });
     let log = agent.log();
     assert!(agent.stop(), "clean exit on SIGTERM:\n{log}");
     let census = SeqCensus::of(&store_records_deduplicated(&store));

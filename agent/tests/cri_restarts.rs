@@ -131,12 +131,11 @@ fn restarts_by_kill9_and_sigterm_during_kubelet_rotation_lose_no_line() {
     );
 
     // Every line, or what is missing after a minute.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut stored = seqs(&store);
-    while (stored.len() as u64) < LINES && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
+    let mut stored = BTreeMap::new();
+    poll_until(Duration::from_secs(60), Duration::from_millis(500), || {
         stored = seqs(&store);
-    }
+        stored.len() as u64 >= LINES
+    });
     let agent_log = agent.as_ref().map(Agent::log).unwrap_or_default();
     assert!(
         agent.as_mut().unwrap().stop(),

@@ -148,19 +148,17 @@ impl World {
             .copied()
             .filter(|s| !self.may_lose.contains(s))
             .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        let mut missing = Vec::new();
+        poll_until(Duration::from_secs(60), Duration::from_millis(200), || {
             let stored = self.stored();
-            let missing: Vec<u64> = wanted
+            missing = wanted
                 .iter()
                 .copied()
                 .filter(|s| !stored.contains_key(s))
                 .collect();
-            if missing.is_empty() || std::time::Instant::now() >= deadline {
-                return missing;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            missing.is_empty()
+        });
+        missing
     }
 
     /// Before `file` is destroyed: with the agent running, wait until its lines are

@@ -412,19 +412,23 @@ pub fn open_append(path: &Path) -> std::fs::File {
 
 /// Like [`wait_for`], polling every `poll` (for checks that are expensive themselves,
 /// such as a query over a large store).
-pub fn wait_for_every(
-    timeout: Duration,
-    poll: Duration,
-    what: &str,
-    mut done: impl FnMut() -> bool,
-) {
+pub fn wait_for_every(timeout: Duration, poll: Duration, what: &str, done: impl FnMut() -> bool) {
+    if !poll_until(timeout, poll, done) {
+        panic!("timed out after {timeout:?} waiting for {what}");
+    }
+}
+
+/// Polls `done` every `poll` until it holds or `timeout` passed; returns whether it
+/// held, for tests that report what is missing themselves rather than time out.
+pub fn poll_until(timeout: Duration, poll: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !done() {
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return false;
         }
         std::thread::sleep(poll);
     }
+    true
 }
 
 /// The store's own totals (`query --stats --json`): `records`, `unique`,
