@@ -22,6 +22,25 @@ fn config(logs: &Path, format: &str) -> String {
     )
 }
 
+/// `logs/*.log` into the store, with the defaults otherwise.
+fn store_config(logs: &Path) -> String {
+    format!(
+        "sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: local\n\
+         sinks:\n  local: {{type: store}}\n",
+        logs.display()
+    )
+}
+
+/// While the agent is stopped: `app` becomes `app.1` (a name the glob does not
+/// match) and a new `app` gets the lines `seqs`.
+fn rotate_while_stopped(app: &Path, seqs: std::ops::Range<u64>) {
+    std::fs::rename(app, app.with_extension("log.1")).unwrap();
+    let mut f = open_append(app);
+    for seq in seqs {
+        writeln!(f, "{}", rate_line(seq)).unwrap();
+    }
+}
+
 /// `app.log` is renamed to `app.log.<n>` every 30,000 lines and the writer reopens
 /// `app.log`. The glob matches only `*.log`, so the rotated files are drained through
 /// the descriptor the agent already holds, not rediscovered.
@@ -287,19 +306,10 @@ fn restart_after_a_rotation_while_stopped_collects_the_rotated_backlog() {
     );
     agent.kill9();
 
-    std::fs::rename(&app, logs.join("app.log.1")).unwrap();
-    let mut f = open_append(&app);
-    for seq in TOTAL..TOTAL + NEW {
-        writeln!(f, "{}", rate_line(seq)).unwrap();
-    }
-    drop(f);
+    rotate_while_stopped(&app, TOTAL..TOTAL + NEW);
 
     // Second run, into the store.
-    let second = format!(
-        "sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: local\n\
-         sinks:\n  local: {{type: store}}\n",
-        logs.display()
-    );
+    let second = store_config(&logs);
     let mut agent = Agent::start(&data, &second);
     let store = agent.store_dir();
     wait_for(Duration::from_secs(30), "the new file's lines", || {
@@ -356,11 +366,7 @@ fn sigterm_after_a_rotation_while_stopped_collects_the_rotated_backlog_exactly_o
     let data = dir.path().join("data");
     let app = logs.join("app.log");
     write_lines_at_rate(&app, TOTAL, 10_000_000, |_, _| {});
-    let config = format!(
-        "sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: local\n\
-         sinks:\n  local: {{type: store}}\n",
-        logs.display()
-    );
+    let config = store_config(&logs);
 
     // First run, held to 2% of the time so a backlog remains, stopped cleanly soon
     // after it started shipping.
@@ -378,12 +384,7 @@ fn sigterm_after_a_rotation_while_stopped_collects_the_rotated_backlog_exactly_o
     println!("the first run stored {first_run} of {TOTAL} lines");
     assert!(first_run < TOTAL, "a backlog remained at the stop");
 
-    std::fs::rename(&app, logs.join("app.log.1")).unwrap();
-    let mut f = open_append(&app);
-    for seq in TOTAL..TOTAL + NEW {
-        writeln!(f, "{}", rate_line(seq)).unwrap();
-    }
-    drop(f);
+    rotate_while_stopped(&app, TOTAL..TOTAL + NEW);
 
     let mut agent = Agent::start(&data, &config);
     wait_for(Duration::from_secs(60), "the new file's lines", || {
