@@ -179,6 +179,8 @@ catalogue! {
         "Running containers whose files container_paths sources read";
     FILES_FOUND_BY_IDENTITY_TOTAL = "logtap_files_found_by_identity_total", Counter, Some(Unit::Count),
         "Checkpointed files rotated while the agent was stopped, found again by identity in their directory and resumed";
+    FILES_FOLLOWED_BY_RENAME_TOTAL = "logtap_files_followed_by_rename_total", Counter, Some(Unit::Count),
+        "Files renamed away from a collected path before they were opened, followed to their new name by the rename event and read";
     FORWARD_RECORDS_TOTAL = "logtap_forward_records_total", Counter, Some(Unit::Count),
         "Records sent to a network sink's destination, retries included, by sink";
     FORWARD_BYTES_TOTAL = "logtap_forward_bytes_total", Counter, Some(Unit::Bytes),

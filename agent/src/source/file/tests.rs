@@ -1150,6 +1150,52 @@ fn file_rotated_twice_before_its_predecessor_is_drained_is_still_read() {
     h.stop();
 }
 
+/// A file created and rotated away before the source looked at its path (a burst of
+/// writes and a rotation inside one inotify batch): the directory's rename event pair
+/// says where it went, and it is read there, before the file that took its path.
+#[test]
+fn a_file_renamed_away_before_it_was_opened_is_followed_by_its_rename() {
+    for io_uring in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.log");
+        let path = dir.path().join("app.log");
+        append(&other, b"watched directory\n");
+        let h = Harness::start(
+            vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+            options(io_uring),
+            Arc::new(MemStore::default()),
+        );
+        h.wait("directory watched", |r| r.only(&other).is_some());
+        h.pause();
+        append(&path, b"born and rotated\n");
+        std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+        append(&path, b"its successor\n");
+        h.resume();
+        h.wait("both generations read", |r| {
+            let all = r.at(&path);
+            all.len() == 2 && all[1].1.bytes == b"its successor\n"
+        });
+        h.with(|r| {
+            let all = r.at(&path);
+            assert_eq!(all[0].1.bytes, b"born and rotated\n");
+            assert_eq!(all[1].1.predecessor, Some(all[0].0), "read in order");
+            assert_eq!(all[1].1.predecessor_bytes_at_open, Some(17));
+        });
+        // Renamed to a name the glob matches, it is a file of its own there.
+        let fresh = dir.path().join("fresh.log");
+        h.pause();
+        append(&fresh, b"fresh\n");
+        std::fs::rename(&fresh, dir.path().join("moved.log")).unwrap();
+        h.resume();
+        h.wait("the renamed file read under its new name", |r| {
+            r.only(&dir.path().join("moved.log"))
+                .is_some_and(|(_, s)| s.bytes == b"fresh\n")
+        });
+        assert!(h.with(|r| r.at(&fresh).is_empty()));
+        h.stop();
+    }
+}
+
 /// Capture ships the containers it claims: their CRI logs (and rotations) are never
 /// read here; a log born after capture started and not claimed is read once
 /// `claim_wait` passed, from its first byte; older logs are read at once.
