@@ -135,6 +135,8 @@ pub struct Registry {
     persisting: Mutex<()>,
     /// Acknowledgements that advanced a checkpoint offset (see [`Registry::progress`]).
     progress: AtomicU64,
+    /// New sources registered (see [`Registry::registrations`]).
+    registrations: AtomicU64,
 }
 
 pub type SharedRegistry = Arc<Registry>;
@@ -175,6 +177,7 @@ impl Registry {
             last_persist: Mutex::new(None),
             persisting: Mutex::new(()),
             progress: AtomicU64::new(0),
+            registrations: AtomicU64::new(0),
         })
     }
 
@@ -255,6 +258,9 @@ impl Registry {
             {
                 live.forgotten = true;
             }
+        }
+        if !resumed && !inner.live.contains_key(&source) {
+            self.registrations.fetch_add(1, Ordering::Relaxed);
         }
         let live = inner.live.entry(source).or_insert_with(|| Live {
             checkpoint: FileCheckpoint {
@@ -446,6 +452,13 @@ impl Registry {
     /// opened: a persister compares it to tell whether anything new needs persisting.
     pub fn progress(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)
+    }
+
+    /// How many new sources were registered since the registry was opened: a
+    /// persister compares it to write a new file's identity soon after the open, so
+    /// a file renamed away while the agent is down can be found again.
+    pub fn registrations(&self) -> u64 {
+        self.registrations.load(Ordering::Relaxed)
     }
 
     /// Packages sent and not yet acknowledged, over all sources.
