@@ -51,6 +51,10 @@ pub struct FileCheckpoint {
     pub last_package_id: u64,
     /// The source was drained and closed (rotated away); resume only if it grows.
     pub closed: bool,
+    /// The file's size when the agent last looked (at least `offset`): what a file
+    /// deleted or truncated while the agent is stopped took with it is at least
+    /// `size - offset`, counted at the next start.
+    pub size: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +71,19 @@ pub enum CheckpointError {
 /// The on-disk format. Versioned so a newer agent can read an older file.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
 enum CheckpointFile {
-    V1 { entries: Vec<EntryV1> },
+    V1 {
+        entries: Vec<EntryV1>,
+    },
+    /// V1 plus each file's last seen size.
+    V2 {
+        entries: Vec<EntryV2>,
+    },
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+struct EntryV2 {
+    v1: EntryV1,
+    size: u64,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
@@ -241,7 +257,19 @@ impl Registry {
     /// the caller decided whether it resumes it or replaces it (inode reuse).
     pub fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64) {
         let mut inner = self.lock();
-        let previous = inner.loaded.remove(&(identity.dev, identity.inode));
+        // A source may continue on another inode: a file copy-truncated while the
+        // agent was stopped is read on from the copy logrotate made.
+        let previous = inner
+            .loaded
+            .remove(&(identity.dev, identity.inode))
+            .or_else(|| {
+                let key = inner
+                    .loaded
+                    .iter()
+                    .find(|(_, c)| c.source_id == source)
+                    .map(|(key, _)| *key)?;
+                inner.loaded.remove(&key)
+            });
         let resumed = previous.as_ref().is_some_and(|p| p.source_id == source);
         let last_package_id = match (&previous, inner.live.get(&source)) {
             (_, Some(live)) => live.checkpoint.last_package_id,
@@ -270,6 +298,7 @@ impl Registry {
                 offset,
                 last_package_id,
                 closed: false,
+                size: offset,
             },
             in_flight: VecDeque::new(),
             forgotten: false,
@@ -289,6 +318,13 @@ impl Registry {
     pub fn update_identity(&self, source: SourceId, identity: FileIdentity) {
         if let Some(live) = self.lock().live.get_mut(&source) {
             live.checkpoint.identity = identity;
+        }
+    }
+
+    /// The file of a live source was seen at `size` bytes.
+    pub fn observed_size(&self, source: SourceId, size: u64) {
+        if let Some(live) = self.lock().live.get_mut(&source) {
+            live.checkpoint.size = size;
         }
     }
 
@@ -315,13 +351,21 @@ impl Registry {
     /// (deleted while the agent was down, or no longer matched by any include glob):
     /// without this, checkpoints of vanished files would be carried forever.
     /// Captured streams are not files: capture keeps or drops those itself.
-    pub fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>) -> usize {
+    ///
+    /// Returns the entries dropped and the bytes they were known to still hold
+    /// unread (`size - offset` of each: lost with their file).
+    pub fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>) -> (usize, u64) {
         let mut inner = self.lock();
-        let before = inner.loaded.len();
-        inner
-            .loaded
-            .retain(|key, _| key.0 == crate::source::CAPTURE_DEV || found.contains(key));
-        before - inner.loaded.len()
+        let (mut dropped, mut owed) = (0, 0);
+        inner.loaded.retain(|key, c| {
+            let keep = key.0 == crate::source::CAPTURE_DEV || found.contains(key);
+            if !keep {
+                dropped += 1;
+                owed += c.size.saturating_sub(c.offset);
+            }
+            keep
+        });
+        (dropped, owed)
     }
 
     /// The checkpoints a file source starting now may resume: the entries loaded at
@@ -577,19 +621,22 @@ fn write_atomically(dir: &Path, entries: &[FileCheckpoint]) -> Result<(), Checkp
         let path = path.to_path_buf();
         move |source| CheckpointError::Io { path, source }
     };
-    let file = CheckpointFile::V1 {
+    let file = CheckpointFile::V2 {
         entries: entries
             .iter()
-            .map(|c| EntryV1 {
-                source_id: c.source_id.0,
-                dev: c.identity.dev,
-                inode: c.identity.inode,
-                fingerprint_len: c.identity.fingerprint_len,
-                fingerprint: c.identity.fingerprint,
-                path: c.path.as_os_str().as_bytes().to_vec(),
-                offset: c.offset,
-                last_package_id: c.last_package_id,
-                closed: c.closed as u32,
+            .map(|c| EntryV2 {
+                v1: EntryV1 {
+                    source_id: c.source_id.0,
+                    dev: c.identity.dev,
+                    inode: c.identity.inode,
+                    fingerprint_len: c.identity.fingerprint_len,
+                    fingerprint: c.identity.fingerprint,
+                    path: c.path.as_os_str().as_bytes().to_vec(),
+                    offset: c.offset,
+                    last_package_id: c.last_package_id,
+                    closed: c.closed as u32,
+                },
+                size: c.size.max(c.offset),
             })
             .collect(),
     };
@@ -655,10 +702,16 @@ fn read_file(path: &Path) -> Result<Vec<FileCheckpoint>, CheckpointError> {
     aligned.extend_from_slice(body);
     let file = rkyv::from_bytes::<CheckpointFile, rkyv::rancor::Error>(&aligned)
         .map_err(|e| corrupt(format!("archive: {e}")))?;
-    let CheckpointFile::V1 { entries } = file;
+    // A V1 table knows no sizes: nothing is counted for its files at this start.
+    let entries: Vec<(EntryV1, Option<u64>)> = match file {
+        CheckpointFile::V1 { entries } => entries.into_iter().map(|e| (e, None)).collect(),
+        CheckpointFile::V2 { entries } => {
+            entries.into_iter().map(|e| (e.v1, Some(e.size))).collect()
+        }
+    };
     Ok(entries
         .into_iter()
-        .map(|e| FileCheckpoint {
+        .map(|(e, size)| FileCheckpoint {
             source_id: SourceId(e.source_id),
             identity: FileIdentity {
                 dev: e.dev,
@@ -667,6 +720,7 @@ fn read_file(path: &Path) -> Result<Vec<FileCheckpoint>, CheckpointError> {
                 fingerprint: e.fingerprint,
             },
             path: PathBuf::from(std::ffi::OsString::from_vec(e.path)),
+            size: size.unwrap_or(e.offset).max(e.offset),
             offset: e.offset,
             last_package_id: e.last_package_id,
             closed: e.closed != 0,

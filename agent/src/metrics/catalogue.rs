@@ -64,7 +64,7 @@ catalogue! {
     DROPPED_LINES_TOTAL = "logtap_dropped_lines_total", Counter, Some(Unit::Count),
         "Records dropped, by reason";
     DROPPED_BYTES_TOTAL = "logtap_dropped_bytes_total", Counter, Some(Unit::Bytes),
-        "Source bytes lost before they could be read, by reason (truncated_unread)";
+        "Source bytes lost before they could be read, by reason (truncated_unread; deleted_while_stopped, truncated_while_stopped, replaced_while_stopped: at least this much)";
     OPEN_FILES = "logtap_open_files", Gauge, Some(Unit::Count),
         "Files held open by the file source";
     READ_LAG_BYTES = "logtap_read_lag_bytes", Gauge, Some(Unit::Bytes),

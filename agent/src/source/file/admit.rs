@@ -392,14 +392,18 @@ impl FileSource {
                 }
                 (Some(cp.source_id), cp.offset)
             } else {
-                if same {
+                let reason = if same {
                     tracing::info!(path = %path.display(), "file shrank below its checkpoint; reading it as a new source");
                     metrics::counter!("logtap_file_truncations_total").increment(1);
+                    "truncated_while_stopped"
                 } else {
                     tracing::info!(path = %path.display(), "inode reused by a different file; reading it as a new source");
                     metrics::counter!("logtap_file_inode_reuse_total").increment(1);
+                    "replaced_while_stopped"
+                };
+                if !self.resume_from_copy(path, cp, &configs, reason, events) {
+                    self.store.forget(cp.source_id);
                 }
-                self.store.forget(cp.source_id);
                 (None, 0)
             }
         } else {
@@ -458,6 +462,7 @@ impl FileSource {
         });
         self.store
             .register(id, identity, info.path.clone(), register_at);
+        self.store.observed_size(id, size);
         events.opened(Opening::file(
             info.clone(),
             &configs,

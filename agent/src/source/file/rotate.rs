@@ -191,8 +191,11 @@ impl FileSource {
         let Some(file) = t.file.as_ref() else {
             return true;
         };
-        if let Ok(m) = file.metadata() {
+        if let Ok(m) = file.metadata()
+            && m.len() != t.size
+        {
             t.size = m.len();
+            self.store.observed_size(t.info.id, t.size);
         }
         !t.queued && t.offset >= t.size
     }

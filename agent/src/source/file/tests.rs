@@ -46,8 +46,14 @@ impl ResumeStore for MemStore {
                 offset,
                 last_package_id: 0,
                 closed: false,
+                size: offset,
             },
         );
+    }
+    fn observed_size(&self, source: SourceId, size: u64) {
+        if let Some(c) = self.entries.lock().unwrap().get_mut(&source) {
+            c.size = size;
+        }
     }
     fn update_identity(&self, source: SourceId, identity: FileIdentity) {
         if let Some(c) = self.entries.lock().unwrap().get_mut(&source) {
@@ -660,6 +666,7 @@ fn checkpoint_for(path: &Path, offset: u64, fingerprint_of: &[u8]) -> FileCheckp
         offset,
         last_package_id: 0,
         closed: false,
+        size: m.len(),
     }
 }
 
@@ -727,6 +734,39 @@ fn a_checkpointed_file_renamed_while_stopped_is_found_and_read_out() {
         assert_eq!(all[1].1.predecessor, Some(SourceId(42)));
     });
     assert!(!h.store.forgotten.lock().unwrap().contains(&SourceId(42)));
+    h.stop();
+}
+
+/// logrotate's copytruncate while the agent was stopped: the file is at its path
+/// still, shorter than its checkpoint. What it held past the checkpoint is read from
+/// the copy, under the checkpoint's source (the copy continues it), and the truncated
+/// file is read from 0 as a new source.
+#[test]
+fn a_file_copy_truncated_while_stopped_is_read_on_from_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"aaaa\nbbbb\n");
+    let cp = checkpoint_for(&path, 5, b"aaaa\n");
+    append(&path, b"cccc\n");
+    std::fs::copy(&path, dir.path().join("a.log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&path, b"new\n");
+    let h = start_with_checkpoint(dir.path(), cp);
+    h.wait("the copy's unread bytes and the new generation", |r| {
+        let all = r.at(&path);
+        all.len() == 2 && all[0].1.bytes == b"bbbb\ncccc\n" && all[1].1.bytes == b"new\n"
+    });
+    h.with(|r| {
+        let all = r.at(&path);
+        assert_eq!((all[0].0, all[0].1.start), (SourceId(42), 5));
+        assert_ne!(all[1].0, SourceId(42));
+        assert_eq!(all[1].1.start, 0);
+    });
     h.stop();
 }
 

@@ -637,6 +637,9 @@ impl FileSource {
             self.truncated(slot, events);
             return None;
         }
+        if size != t.size {
+            self.store.observed_size(t.info.id, size);
+        }
         t.size = size;
         Some(size)
     }
