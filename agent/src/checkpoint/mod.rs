@@ -259,17 +259,18 @@ impl Registry {
         let mut inner = self.lock();
         // A source may continue on another inode: a file copy-truncated while the
         // agent was stopped is read on from the copy logrotate made.
-        let previous = inner
-            .loaded
-            .remove(&(identity.dev, identity.inode))
-            .or_else(|| {
-                let key = inner
+        let key = (identity.dev, identity.inode);
+        let previous = match inner.loaded.remove(&key) {
+            Some(p) if p.source_id == source => Some(p),
+            _ => {
+                let own = inner
                     .loaded
                     .iter()
                     .find(|(_, c)| c.source_id == source)
-                    .map(|(key, _)| *key)?;
-                inner.loaded.remove(&key)
-            });
+                    .map(|(key, _)| *key);
+                own.and_then(|k| inner.loaded.remove(&k))
+            }
+        };
         let resumed = previous.as_ref().is_some_and(|p| p.source_id == source);
         let last_package_id = match (&previous, inner.live.get(&source)) {
             (_, Some(live)) => live.checkpoint.last_package_id,

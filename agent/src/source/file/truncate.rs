@@ -181,6 +181,20 @@ impl FileSource {
         };
         tracing::info!(path = %path.display(), copy = %copy_path.display(), offset = cp.offset,
             "a file was truncated while the agent was stopped; reading on from its copy");
+        // The copy may have the inode of a file deleted while the agent was stopped,
+        // whose checkpoint is still loaded: that file is gone, with what it owed.
+        if let Some(stale) = self.store.lookup(meta.dev(), meta.ino())
+            && stale.source_id != cp.source_id
+        {
+            let owed = stale.size.saturating_sub(stale.offset);
+            if owed > 0 {
+                metrics::counter!(DROPPED_BYTES_TOTAL, "reason" => "deleted_while_stopped")
+                    .increment(owed);
+                tracing::warn!(path = %stale.path.display(), lost = owed,
+                    "a file deleted while the agent was stopped had unread bytes");
+            }
+            self.store.forget(stale.source_id);
+        }
         self.start(
             path,
             configs.clone(),
