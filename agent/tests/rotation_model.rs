@@ -2,8 +2,10 @@
 //! binary, against an exact oracle.
 //!
 //! A history is a sequence of [`Op`]s: appends, kubelet-style rename rotations,
-//! copytruncate, truncation, deletion of the oldest rotated file, and the agent killed
-//! (`kill -9`), stopped (SIGTERM) and started again. Only `app.log` matches the
+//! copytruncate, truncation, deletion of the oldest rotated file, a `LogCollection`
+//! change (a live rebuild of the file source, through a fake API server speaking the
+//! real list + watch protocol), and the agent killed (`kill -9`), stopped (SIGTERM)
+//! and started again. Only `app.log` matches the
 //! source's glob; rotated files (`app.log.<n>`) are read through the descriptor the
 //! agent holds, or found again by identity when the agent was stopped meanwhile.
 //!
@@ -25,14 +27,18 @@
 //! its first look at the directory): a file created and renamed away before the agent
 //! opened it is followed by its rename. No record is
 //! torn or foreign, and no line is stored more than once per `kill -9` it lived
-//! through plus one (SIGTERM acknowledges and checkpoints everything, so it
-//! duplicates nothing).
+//! through plus one per rebuild plus one (SIGTERM acknowledges and checkpoints
+//! everything, so it duplicates nothing; a rebuild re-reads what its sinks did not
+//! acknowledge in time).
 //!
 //! The case budget is fixed (`LOGTAP_MODEL_CASES`, default 12) and the generator's
 //! seed too, so CI runs the same histories every time; set `LOGTAP_MODEL_SEED` to
 //! explore others.
 
 mod common;
+#[path = "../src/discovery/watcher/fake_api.rs"]
+#[allow(dead_code, reason = "the fake serves the watcher's unit tests too")]
+mod fake_api;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -56,6 +62,9 @@ enum Op {
     Truncate,
     /// Delete the oldest rotated file, as the kubelet does after two more rotations.
     DeleteOldest,
+    /// Change the `LogCollection` (it selects no container here): the running agent
+    /// rebuilds its pipeline, draining its file source for at most 2 s.
+    Rebuild,
     Kill9,
     Term,
     Start,
@@ -68,6 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CopyTruncate),
         1 => Just(Op::Truncate),
         1 => Just(Op::DeleteOldest),
+        1 => Just(Op::Rebuild),
         1 => Just(Op::Kill9),
         1 => Just(Op::Term),
         2 => Just(Op::Start),
@@ -104,6 +114,12 @@ struct World {
     /// `kill -9`s so far: a line can be read again once per kill (its checkpoint
     /// not yet persisted), which bounds its copies.
     kills: u32,
+    /// The API server the agent watches `LogCollection`s on.
+    api: fake_api::FakeApi,
+    /// Collection changes so far (each may re-read what was not acknowledged).
+    rebuilds: u32,
+    /// Empty: the collection's pod log directory (it selects nothing).
+    pod_logs: PathBuf,
 }
 
 const CONFIG: &str = "checkpoint: {interval: 500ms}\nfiles: {rotate_wait: 1s}\n";
@@ -128,15 +144,37 @@ impl World {
             active_unknown: false,
             agent_looked: false,
             kills: 0,
+            api: fake_api::FakeApi::start_new(),
+            rebuilds: 0,
+            pod_logs: {
+                let pods = dir.join("pods");
+                std::fs::create_dir_all(&pods).unwrap();
+                pods
+            },
         }
     }
 
     fn config(&self) -> String {
         format!(
             "{CONFIG}sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: local\n\
-             sinks:\n  local: {{type: store}}\n",
-            self.logs.display()
+             sinks:\n  local: {{type: store}}\n\
+             cri: {{enabled: false}}\n\
+             kubernetes: {{api_url: \"{}\", node_name: model, metadata_wait: 1s}}\n\
+             collections: {{pod_logs: \"{}\", admin_namespace: shop}}\n",
+            self.logs.display(),
+            self.api.url(),
+            self.pod_logs.display(),
         )
+    }
+
+    /// A new version of the one `LogCollection`: it selects pods labelled with this
+    /// version, of which there are none, so only the rebuild matters.
+    fn collection_spec(&self) -> serde_json::Value {
+        serde_json::json!({
+            "selector": {"include_labels": {"version": self.rebuilds.to_string()}},
+            "sources": [{"name": "out", "input": {"type": "container_stdout"}}],
+            "sink": {"type": "store", "path": self.data.join("collection")},
+        })
     }
 
     fn store(&self) -> PathBuf {
@@ -285,6 +323,17 @@ impl World {
                 self.before_destroying(&oldest);
                 std::fs::remove_file(&oldest.path).unwrap();
             }
+            Op::Rebuild => {
+                self.rebuilds += 1;
+                let applied = self.agent.as_ref().map(applies);
+                self.api
+                    .put_collection("shop", "model", self.collection_spec());
+                if let (Some(agent), Some(before)) = (&self.agent, applied) {
+                    wait_for(Duration::from_secs(30), "the collection applied", || {
+                        applies(agent) > before
+                    });
+                }
+            }
             Op::Kill9 => {
                 if let Some(mut agent) = self.agent.take() {
                     agent.kill9();
@@ -335,7 +384,7 @@ impl World {
             missing.len(),
             ranges(&missing)
         );
-        let limit = 1 + self.kills;
+        let limit = 1 + self.kills + self.rebuilds;
         let over: Vec<(u64, u32)> = census
             .counts
             .iter()
@@ -362,6 +411,11 @@ impl World {
             self.may_lose.len()
         ))
     }
+}
+
+/// Collection changes the agent applied (its rebuilds).
+fn applies(agent: &Agent) -> f64 {
+    metric(&agent.metrics(), "logtap_collection_applies_total", &[])
 }
 
 /// Waits (up to 20 s) until the agent holds `path` open.
