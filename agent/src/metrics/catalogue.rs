@@ -63,6 +63,10 @@ catalogue! {
         "Records that are not valid UTF-8 (kept as bytes, flagged)";
     DROPPED_LINES_TOTAL = "logtap_dropped_lines_total", Counter, Some(Unit::Count),
         "Records dropped, by reason";
+    LINES_FILTERED_TOTAL = "logtap_lines_filtered_total", Counter, Some(Unit::Count),
+        "Records a keep or drop processor filtered out, by config (intended, not a loss)";
+    LINES_MASKED_TOTAL = "logtap_lines_masked_total", Counter, Some(Unit::Count),
+        "Records in which a mask processor replaced something, by config";
     DROPPED_BYTES_TOTAL = "logtap_dropped_bytes_total", Counter, Some(Unit::Bytes),
         "Source bytes lost before they could be read, by reason (truncated_unread; deleted_while_stopped, truncated_while_stopped, replaced_while_stopped: at least this much)";
     OPEN_FILES = "logtap_open_files", Gauge, Some(Unit::Count),
