@@ -39,6 +39,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod route;
 pub mod select;
+pub mod selfmon;
 pub mod sink;
 pub mod source;
 pub mod transform;

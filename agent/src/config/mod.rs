@@ -325,6 +325,17 @@ pub struct Config {
     pub capture: Option<CaptureConfig>,
     pub kubernetes: KubernetesConfig,
     pub collections: CollectionsConfig,
+    /// The agent's own logs and statistics as records; `None` when disabled.
+    pub self_monitoring: Option<SelfMonitoringConfig>,
+}
+
+/// The `self_monitoring` section (see `crate::selfmon`).
+#[derive(Clone, Debug)]
+pub struct SelfMonitoringConfig {
+    pub sink: Arc<str>,
+    /// The least severe level shipped.
+    pub level: tracing::Level,
+    pub interval: Duration,
 }
 
 #[derive(Clone, Debug)]

@@ -42,6 +42,45 @@ pub struct RawConfig {
     /// `LogCollection` objects and selector sources (see docs/configuration.md).
     #[serde(default)]
     pub collections: RawCollections,
+    /// The agent's own warnings, errors and statistics as records of the reserved
+    /// source `logtap://self`.
+    #[serde(default)]
+    pub self_monitoring: RawSelfMonitoring,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSelfMonitoring {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The sink its records go to.
+    #[serde(default = "default_sink_name")]
+    pub sink: String,
+    /// The least severe of the agent's own log events shipped: error | warn | info.
+    #[serde(default = "default_self_level")]
+    pub level: String,
+    /// How often a statistics record is shipped.
+    #[serde(default = "default_self_interval")]
+    pub interval: String,
+}
+
+impl Default for RawSelfMonitoring {
+    fn default() -> Self {
+        RawSelfMonitoring {
+            enabled: false,
+            sink: default_sink_name(),
+            level: default_self_level(),
+            interval: default_self_interval(),
+        }
+    }
+}
+
+fn default_self_level() -> String {
+    "warn".into()
+}
+
+fn default_self_interval() -> String {
+    "60s".into()
 }
 
 /// Container selection: where CRI logs live, and `LogCollection` objects.

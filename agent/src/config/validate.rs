@@ -62,6 +62,7 @@ impl Config {
 
         let capture = v.capture(&raw.capture, &sources)?;
         let cri = v.cri(&raw.cri)?;
+        let self_monitoring = v.self_monitoring(&raw.self_monitoring, &sinks)?;
 
         Ok(Config {
             capture,
@@ -80,6 +81,7 @@ impl Config {
             sinks,
             kubernetes,
             collections,
+            self_monitoring,
         })
     }
 }
@@ -495,6 +497,40 @@ impl Validator {
                 }
             }
         })
+    }
+
+    fn self_monitoring(
+        &self,
+        raw: &raw::RawSelfMonitoring,
+        sinks: &BTreeMap<Arc<str>, SinkConfig>,
+    ) -> Result<Option<SelfMonitoringConfig>, ConfigError> {
+        if !raw.enabled {
+            return Ok(None);
+        }
+        let sink: Arc<str> = Arc::from(raw.sink.as_str());
+        if !sinks.contains_key(&sink) {
+            return Err(self.invalid(
+                "self_monitoring.sink",
+                format!("no sink named {:?}", raw.sink),
+            ));
+        }
+        let level = match raw.level.as_str() {
+            "error" => tracing::Level::ERROR,
+            "warn" => tracing::Level::WARN,
+            "info" => tracing::Level::INFO,
+            other => {
+                return Err(self.invalid(
+                    "self_monitoring.level",
+                    format!("{other:?}: expected error, warn or info"),
+                ));
+            }
+        };
+        let interval = self.interval("self_monitoring.interval", &raw.interval)?;
+        Ok(Some(SelfMonitoringConfig {
+            sink,
+            level,
+            interval,
+        }))
     }
 
     /// A source's `processors`: regexes compile, filters test exactly one way, names

@@ -63,6 +63,10 @@ catalogue! {
         "Records that are not valid UTF-8 (kept as bytes, flagged)";
     DROPPED_LINES_TOTAL = "logtap_dropped_lines_total", Counter, Some(Unit::Count),
         "Records dropped, by reason";
+    CONFIG_LINES_TOTAL = "logtap_config_lines_total", Counter, Some(Unit::Count),
+        "Records read, by source config (what self-monitoring's statistics report per config)";
+    SELF_EVENTS_DROPPED_TOTAL = "logtap_self_events_dropped_total", Counter, Some(Unit::Count),
+        "The agent's own log events not shipped by self-monitoring: its queue was full";
     LINES_FILTERED_TOTAL = "logtap_lines_filtered_total", Counter, Some(Unit::Count),
         "Records a keep or drop processor filtered out, by config (intended, not a loss)";
     LINES_MASKED_TOTAL = "logtap_lines_masked_total", Counter, Some(Unit::Count),

@@ -22,8 +22,9 @@ use crate::discovery::PodLogRef;
 use crate::enrich::{Enricher, SourceEnrichment};
 use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::metrics::catalogue::{
-    ENRICH_HELD_PACKAGES, LINES_FILTERED_TOTAL, LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL,
-    LINES_MASKED_TOTAL, LINES_READ_TOTAL, LINES_TRUNCATED_TOTAL, PARSE_FAILURES_TOTAL,
+    CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, LINES_FILTERED_TOTAL, LINES_INVALID_UTF8_TOTAL,
+    LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL, LINES_TRUNCATED_TOTAL,
+    PARSE_FAILURES_TOTAL,
 };
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
@@ -222,6 +223,10 @@ impl Pipeline {
         if parse_failed > 0 {
             metrics::counter!(PARSE_FAILURES_TOTAL, "parser" => parser.kind())
                 .increment(parse_failed);
+        }
+        if n > 0 {
+            let config = self.config.sources[slot.config].name.to_string();
+            metrics::counter!(CONFIG_LINES_TOTAL, "config" => config).increment(n);
         }
         if filtered + masked > 0 {
             let config = self.config.sources[slot.config].name.to_string();

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::discovery::{ContainerRegistry, CriClient};
 use crate::enrich::{Enricher, Kubernetes};
 use crate::select::{ContainerFactsSource, NodeFacts, RuntimeFacts};
+use crate::selfmon::SelfMonitor;
 use crate::source::file::container::{ContainerList, RegistryContainers};
 use crate::source::file::{FileSource, FileSourceOptions};
 
@@ -48,6 +49,7 @@ pub(super) struct Services {
     facts: Arc<dyn ContainerFactsSource>,
     container_list: Option<Arc<dyn ContainerList>>,
     capture: Option<CaptureThread>,
+    self_monitor: Option<SelfMonitor>,
 }
 
 impl Services {
@@ -111,6 +113,7 @@ impl Services {
             facts,
             container_list,
             capture: None,
+            self_monitor: None,
         })
     }
 
@@ -140,6 +143,21 @@ impl Services {
             resolver,
             self.shutdown.clone(),
         );
+    }
+
+    /// Starts self-monitoring when `config` (the config file) enables it: its own
+    /// pipeline, routed to a sink of the file config (never stopped by a rebuild),
+    /// with statistics for the file config's sources.
+    pub fn start_self_monitoring(&mut self, config: &Config, sinks: &Sinks) {
+        let Some(selfmon) = &config.self_monitoring else {
+            return;
+        };
+        let pipeline = self.pipeline(&crate::selfmon::pipeline_config(config, selfmon), sinks);
+        let configs = config.sources.iter().map(|s| s.name.clone()).collect();
+        match SelfMonitor::start(selfmon, pipeline, configs) {
+            Ok(monitor) => self.self_monitor = Some(monitor),
+            Err(e) => tracing::error!(error = %e, "cannot start self-monitoring"),
+        }
     }
 
     /// The config in effect: the file's, with every valid `LogCollection` merged in.
@@ -187,8 +205,8 @@ impl Services {
         )
     }
 
-    /// Stops everything, in order: capture (it seals its packages while the sinks
-    /// still take them), the container pollers, the collection and Kubernetes
+    /// Stops everything, in order: capture and self-monitoring (they seal their
+    /// packages while the sinks still take them), the container pollers, the collection and Kubernetes
     /// watchers, the sinks (their queues drained), the checkpoint thread; then
     /// persists the checkpoints a last time. Returns `result` (the run's), unless the
     /// final checkpoint failed; a sink's failure when the run itself succeeded.
@@ -196,6 +214,9 @@ impl Services {
         self.shutdown.store(true, Ordering::SeqCst);
         if let Some(c) = self.capture {
             c.join();
+        }
+        if let Some(monitor) = self.self_monitor {
+            monitor.stop();
         }
         if let Some(rescanner) = self.rescanner {
             let _ = rescanner.join();

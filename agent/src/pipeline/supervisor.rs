@@ -51,6 +51,9 @@ pub fn run(
     options: RunOptions,
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<RunSummary> {
+    if let Some(selfmon) = &config.self_monitoring {
+        crate::selfmon::capture_from_now(selfmon);
+    }
     let mut services = Services::start(&config, options.oneshot, &shutdown)?;
     let mut sinks = Sinks::new(services.registry.clone(), shutdown.clone());
     let mut summary = RunSummary::default();
@@ -74,6 +77,7 @@ fn read_generations(
     let mut effective = services.effective(config);
     sinks.reconcile(&effective)?;
     services.start_capture(config, sinks);
+    services.start_self_monitoring(config, sinks);
     while read_generation(&effective, services, sinks, summary)? {
         effective = apply(config, services);
         sinks.reconcile(&effective)?;
