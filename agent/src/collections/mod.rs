@@ -21,6 +21,8 @@
 //! stopped because the API is away), sets `logtap_collections_api_up` to 0, and the
 //! watch retries with the pod watcher's backoff.
 
+pub mod env;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -106,6 +106,9 @@ pub struct SourceConfig {
     /// [`crate::source::file::container`]); when set, `include` is empty and
     /// `selector` says which containers (every container when `None`).
     pub container_paths: Vec<String>,
+    /// Fields every record of this source carries besides its container's (a
+    /// collection declared by environment: its name and `_tags`).
+    pub fields: Vec<(bytes::Bytes, bytes::Bytes)>,
 }
 
 impl SourceConfig {
@@ -124,8 +127,21 @@ impl SourceConfig {
             selector: None,
             stream: None,
             container_paths: Vec::new(),
+            fields: Vec::new(),
         }
     }
+}
+
+/// Collections declared by containers' environment (the `env_configs:` section; see
+/// [`crate::collections::env`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvConfigsConfig {
+    pub enabled: bool,
+    /// Where a declared collection that names no sink goes; `None`: the config has
+    /// no sink to default to, so such a declaration is an error.
+    pub default_sink: Option<Arc<str>>,
+    /// The sinks a declaration may name (the default sink included).
+    pub allowed_sinks: Vec<Arc<str>>,
 }
 
 /// Selector sources and `LogCollection` objects (the `collections:` section).
@@ -288,6 +304,7 @@ pub struct Config {
     pub capture: Option<CaptureConfig>,
     pub kubernetes: KubernetesConfig,
     pub collections: CollectionsConfig,
+    pub env_configs: EnvConfigsConfig,
 }
 
 #[derive(Clone, Debug)]

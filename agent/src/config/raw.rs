@@ -40,6 +40,39 @@ pub struct RawConfig {
     /// `LogCollection` objects and selector sources (see docs/configuration.md).
     #[serde(default)]
     pub collections: RawCollections,
+    /// Collections declared by containers' environment (`logtap_logs_<name>=...`).
+    #[serde(default)]
+    pub env_configs: RawEnvConfigs,
+}
+
+/// Collections containers declare in their environment (see docs/configuration.md,
+/// "Collections declared by container environment").
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvConfigs {
+    /// Collect what containers declare with `logtap_logs_<name>` variables (needs the
+    /// `cri` section: the environment comes from the runtime).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The sink of a collection that names none; default: the sink of `sources[0]`,
+    /// else the only sink.
+    #[serde(default)]
+    pub default_sink: Option<String>,
+    /// Further sinks a container may name with `logtap_logs_<name>_sink` (the default
+    /// sink always may): the environment is the container's, so it chooses only among
+    /// what the admin allows.
+    #[serde(default)]
+    pub sinks: Vec<String>,
+}
+
+impl Default for RawEnvConfigs {
+    fn default() -> Self {
+        RawEnvConfigs {
+            enabled: true,
+            default_sink: None,
+            sinks: Vec::new(),
+        }
+    }
 }
 
 /// Container selection: where CRI logs live, and `LogCollection` objects.

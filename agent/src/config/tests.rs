@@ -430,3 +430,41 @@ fn metrics_bearer_token_file_is_read_and_checked() {
     assert!(err.contains("unknown field `bearer_token_fil`"), "{err}");
     assert!(err.contains("line 3"), "{err}");
 }
+
+#[test]
+fn env_configs_default_to_on_with_the_first_sources_sink() {
+    let c = Config::embedded_default();
+    assert!(c.env_configs.enabled);
+    assert_eq!(c.env_configs.default_sink.as_deref(), Some("local"));
+    assert_eq!(c.env_configs.allowed_sinks, vec![Arc::<str>::from("local")]);
+
+    let two = "sinks:\n  a: {type: stdout}\n  b: {type: blackhole}\n";
+    let c = Config::parse(two, "t.yaml").unwrap();
+    assert_eq!(
+        c.env_configs.default_sink, None,
+        "no source and two sinks: no default to guess"
+    );
+    let c = Config::parse(
+        &format!("{two}env_configs: {{default_sink: b, sinks: [a, b]}}\n"),
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.env_configs.default_sink.as_deref(), Some("b"));
+    assert_eq!(
+        c.env_configs.allowed_sinks,
+        vec![Arc::<str>::from("b"), Arc::from("a")]
+    );
+    let off = Config::parse(&format!("{two}env_configs: {{enabled: false}}\n"), "t.yaml");
+    assert!(!off.unwrap().env_configs.enabled);
+}
+
+#[test]
+fn env_configs_name_only_existing_sinks() {
+    let yaml = "sinks:\n  a: {type: stdout}\nenv_configs: {sinks: [a, kafka]}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("env_configs.sinks[1]"), "{err}");
+    assert!(err.contains("kafka"), "{err}");
+    let yaml = "sinks:\n  a: {type: stdout}\nenv_configs: {default_sink: b}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("env_configs.default_sink"), "{err}");
+}

@@ -62,6 +62,7 @@ impl Config {
 
         let capture = v.capture(&raw.capture, &sources)?;
         let cri = v.cri(&raw.cri)?;
+        let env_configs = v.env_configs(&raw.env_configs, &sources, &sinks)?;
 
         Ok(Config {
             capture,
@@ -80,6 +81,7 @@ impl Config {
             sinks,
             kubernetes,
             collections,
+            env_configs,
         })
     }
 }
@@ -192,6 +194,7 @@ impl Validator {
                 selector,
                 stream: None,
                 container_paths: s.container_paths.clone(),
+                fields: Vec::new(),
             });
         }
 
@@ -563,6 +566,40 @@ impl Validator {
             endpoint: c.endpoint.clone(),
             timeout,
             rescan_interval: self.interval("cri.rescan_interval", &c.rescan_interval)?,
+        })
+    }
+
+    /// The `env_configs` section: every sink it names exists.
+    fn env_configs(
+        &self,
+        e: &raw::RawEnvConfigs,
+        sources: &[SourceConfig],
+        sinks: &BTreeMap<Arc<str>, SinkConfig>,
+    ) -> Result<EnvConfigsConfig, ConfigError> {
+        let known = |field: &str, name: &str| -> Result<Arc<str>, ConfigError> {
+            sinks
+                .get_key_value(name)
+                .map(|(k, _)| k.clone())
+                .ok_or_else(|| self.invalid(field, format!("no sink named {name:?}")))
+        };
+        let default_sink = match &e.default_sink {
+            Some(name) => Some(known("env_configs.default_sink", name)?),
+            None => sources.first().map(|s| s.sink.clone()).or_else(|| {
+                let mut only = sinks.keys();
+                only.next().filter(|_| only.next().is_none()).cloned()
+            }),
+        };
+        let mut allowed_sinks: Vec<Arc<str>> = default_sink.iter().cloned().collect();
+        for (i, name) in e.sinks.iter().enumerate() {
+            let sink = known(&format!("env_configs.sinks[{i}]"), name)?;
+            if !allowed_sinks.contains(&sink) {
+                allowed_sinks.push(sink);
+            }
+        }
+        Ok(EnvConfigsConfig {
+            enabled: e.enabled,
+            default_sink,
+            allowed_sinks,
         })
     }
 
