@@ -1,6 +1,7 @@
 //! Live `LogCollection` objects: watched from the API, translated into source configs
 //! and a sink, merged with the config file into the effective config, and reported
-//! back in each object's `status`.
+//! back in each object's `status`. Collections containers declare in their
+//! environment ([`env`]) are merged after them, in the same form.
 //!
 //! - The watcher thread (its own current-thread tokio runtime, as the pod watcher)
 //!   lists and watches `logtap.dev` `LogCollection` objects of every namespace, as

@@ -2,7 +2,8 @@
 //!
 //! [`run`] starts the services and the sinks once, then reads *generations*: a file
 //! source and its pipeline built from the effective config, read until shutdown or
-//! until a `LogCollection` changes. Between two generations the packages in flight
+//! until a `LogCollection` (or the set of collections containers declare in their
+//! environment) changes. Between two generations the packages in flight
 //! are acknowledged and the checkpoints persisted, so the next generation resumes
 //! exactly where this one stopped.
 
