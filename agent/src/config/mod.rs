@@ -11,6 +11,7 @@ pub mod crd;
 pub mod network;
 pub mod raw;
 pub mod schema;
+mod sidecar;
 mod validate;
 
 pub(crate) use validate::Validator;

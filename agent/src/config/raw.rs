@@ -13,6 +13,10 @@ use super::schema::{RawFormat, RawMultiline, RawParser, RawSink, Selector, defau
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// `node` (the DaemonSet: the whole node) or `sidecar` (a container in one pod,
+    /// reading a shared volume; see docs/configuration.md, "Sidecar mode").
+    #[serde(default)]
+    pub mode: RawMode,
     #[serde(default = "default_data_dir")]
     pub data_dir: String,
     #[serde(default)]
@@ -43,6 +47,15 @@ pub struct RawConfig {
     /// Collections declared by containers' environment (`logtap_logs_<name>=...`).
     #[serde(default)]
     pub env_configs: RawEnvConfigs,
+}
+
+/// Where the agent runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMode {
+    #[default]
+    Node,
+    Sidecar,
 }
 
 /// Collections containers declare in their environment (see docs/configuration.md,

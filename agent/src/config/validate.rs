@@ -25,11 +25,12 @@ impl Config {
 
     /// [`Config::from_raw`] with `env` in place of the process environment.
     pub fn from_raw_in(
-        raw: raw::RawConfig,
+        mut raw: raw::RawConfig,
         file: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let v = Validator::new(file);
+        let pod_fields = super::sidecar::apply(&v, &mut raw, env)?;
         let data_dir = PathBuf::from(&raw.data_dir);
         let metrics_listen = match raw.metrics.listen.as_deref() {
             None | Some("") => None,
@@ -49,7 +50,12 @@ impl Config {
         let sinks = v.sinks(&raw.sinks, &data_dir)?;
         let kubernetes = v.kubernetes(&raw.kubernetes, env)?;
         let collections = v.collections(&raw.collections, &kubernetes)?;
-        let sources = v.sources(&raw.sources, &sinks, &collections)?;
+        let mut sources = v.sources(&raw.sources, &sinks, &collections)?;
+        if let Some(fields) = pod_fields {
+            for s in &mut sources {
+                s.fields = fields.clone();
+            }
+        }
 
         let batch = BatchConfig {
             max_bytes: v.size("batch.max_size", &raw.batch.max_size)? as usize,
