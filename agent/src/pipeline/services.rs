@@ -165,8 +165,13 @@ impl Services {
 
     /// Moves whenever the effective config would change (a `LogCollection`, or the
     /// set of collections declared by environment); `None` when neither is followed,
-    /// so the effective config is the file's for the whole run.
+    /// so the effective config of the run's start stays. A one-shot run merges the
+    /// declarations found at its start and follows nothing: it ends when it read
+    /// everything, never to rebuild.
     pub fn config_generation(&self) -> Option<u64> {
+        if self.oneshot {
+            return None;
+        }
         let collections = self.collections.as_ref().map(|c| c.generation());
         let env = self.env_configs.as_ref().map(|e| e.generation());
         match (collections, env) {
