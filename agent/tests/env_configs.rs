@@ -174,5 +174,40 @@ fn containers_declaring_collections_in_their_environment_are_collected_tagged_an
     assert!(agent.stop(), "the agent stops cleanly");
     assert_eq!(outs().len(), LINES, "no duplicates");
     assert_eq!(file_lines().len(), LINES, "no duplicates");
+
+    // A restart finds the same declarations under the same source names: their
+    // checkpoints hold (nothing read again), and a new replica declaring the same
+    // collection joins it.
+    let mut agent = Agent::start(&data_dir, &config);
+    agent.wait_ready();
+    let mut replica = ContainerSpec::shell("app", &print("later $i", ""));
+    replica.env = env(&[
+        ("logtap_logs_app", "stdout"),
+        ("logtap_logs_app_tags", "team=shop,tier=web"),
+    ]);
+    let replica_pod = pod(harness, "env-out-2");
+    replica_pod.start_container(replica);
+    let later = || records_of(&store, "later ");
+    wait_for(Duration::from_secs(30), "the replica's lines", || {
+        later().len() >= LINES
+    });
+    assert!(agent.stop(), "the agent stops cleanly");
+    assert_once(&later(), "replica", |r| {
+        r["body"].as_str().unwrap()["later ".len()..]
+            .parse()
+            .unwrap()
+    });
+    assert!(
+        later()
+            .iter()
+            .all(|r| resource(r, "tag.team") == Some("shop")),
+        "the replica's lines are tagged as its collection"
+    );
+    assert_eq!(outs().len(), LINES, "nothing read again after the restart");
+    assert_eq!(
+        file_lines().len(),
+        LINES,
+        "nothing read again after the restart"
+    );
     eprintln!("env configs e2e took {:?}", started.elapsed());
 }

@@ -175,11 +175,9 @@ impl Declaration {
         };
         match &self.input {
             EnvInput::Stdout => {
+                // `cri` and `docker` were rejected for stdout: the runtime frames it.
                 source.include = vec![config.collections.pod_log_glob()];
-                source.format = match self.format {
-                    EnvFormat::Docker => Format::Docker,
-                    _ => Format::Cri,
-                };
+                source.format = Format::Cri;
             }
             EnvInput::Files(glob) => {
                 source.container_paths = vec![glob.clone()];
@@ -464,6 +462,7 @@ impl EnvConfigs {
             state: Mutex::new(State::default()),
             generation: AtomicU64::new(0),
         };
+        metrics::gauge!(ENV_CONFIGS).set(0.0);
         configs.refresh();
         configs
     }
