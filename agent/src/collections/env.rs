@@ -436,8 +436,6 @@ fn container_name(c: &ContainerInfo) -> String {
 
 #[derive(Default)]
 struct State {
-    /// The registry generation the declarations were last taken at.
-    seen: Option<u64>,
     /// Source name → declaration, of every container the registry knows.
     declared: BTreeMap<String, Declaration>,
     /// `(container id, variable, value)` already reported, so a bad variable is
@@ -452,6 +450,9 @@ pub struct EnvConfigs {
     registry: ContainerRegistry,
     state: Mutex<State>,
     generation: AtomicU64,
+    /// One more than the registry generation the declarations were last taken at (0:
+    /// never): the source thread asks at every loop, and mostly nothing changed.
+    seen: AtomicU64,
 }
 
 impl EnvConfigs {
@@ -461,6 +462,7 @@ impl EnvConfigs {
             registry,
             state: Mutex::new(State::default()),
             generation: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
         };
         metrics::gauge!(ENV_CONFIGS).set(0.0);
         configs.refresh();
@@ -472,7 +474,7 @@ impl EnvConfigs {
     }
 
     /// Moves whenever the set of declarations changes. Cheap unless the registry
-    /// changed since the last call (one atomic load and an uncontended lock).
+    /// changed since the last call (two atomic loads).
     pub fn generation(&self) -> u64 {
         self.refresh();
         self.generation.load(Ordering::Acquire)
@@ -480,12 +482,16 @@ impl EnvConfigs {
 
     /// Takes the declarations again if the registry changed.
     fn refresh(&self) {
-        let now = self.registry.generation();
-        let mut state = self.lock();
-        if state.seen == Some(now) {
+        let now = self.registry.generation().wrapping_add(1);
+        if self.seen.load(Ordering::Acquire) == now {
             return;
         }
-        state.seen = Some(now);
+        let mut state = self.lock();
+        // Under the lock: a concurrent caller that took this generation already
+        // leaves nothing to do.
+        if self.seen.swap(now, Ordering::AcqRel) == now {
+            return;
+        }
         let containers = self.registry.containers();
         let mut declared = BTreeMap::new();
         let mut reported = HashSet::new();
