@@ -1,5 +1,5 @@
 //! Collections declared by container environment (`logtap_logs_<name>=...`), end to
-//! end: the real agent with no source and no `LogCollection` of its own, a real
+//! end: the real agent with only a catch-all source and no `LogCollection`, a real
 //! containerd + runc (see `common/cri.rs`; needs root and `containerd runc
 //! busybox-static`, or `LOGTAP_SKIP_CRI_TESTS=1` to skip) whose containers declare
 //! what they want collected, records read back through `logtap query`.
@@ -64,9 +64,13 @@ fn containers_declaring_collections_in_their_environment_are_collected_tagged_an
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("data");
     // Two sinks; containers may name only `local` (the default). `private` is the
-    // admin's own: a container naming it is refused.
+    // admin's own: a container naming it is refused. A catch-all source of this
+    // test's namespace leaves out the containers that declare their own collections,
+    // so each line is stored once.
     let config = format!(
-        "sinks:\n  local: {{type: store}}\n  private: {{type: store, path: \"{private}\"}}\n\
+        "sources:\n  - name: pods\n    include: [\"/var/log/pods/{NAMESPACE}_*/*/*.log\"]\n    \
+         selector: {{exclude_env: {{'logtap_logs_*': ''}}}}\n    sink: local\n\
+         sinks:\n  local: {{type: store}}\n  private: {{type: store, path: \"{private}\"}}\n\
          env_configs: {{default_sink: local}}\n\
          cri: {{endpoint: \"{endpoint}\", rescan_interval: 60s}}\n\
          files: {{rescan_interval: 1s}}\n\
@@ -88,7 +92,7 @@ fn containers_declaring_collections_in_their_environment_are_collected_tagged_an
         ("logtap_logs_app_tags", "team=shop,tier=web"),
     ]);
     out_pod.start_container(app);
-    // Declares nothing: not collected (the agent has no source of its own).
+    // Declares nothing: read by the catch-all.
     out_pod.start_container(ContainerSpec::shell("plain", &print("plain $i", "")));
 
     let file_pod = pod(harness, "env-file");
@@ -112,8 +116,9 @@ fn containers_declaring_collections_in_their_environment_are_collected_tagged_an
 
     let outs = || records_of(&store, "out ");
     let file_lines = || records_of(&store, "{\"seq\":");
-    wait_for(Duration::from_secs(30), "every declared line", || {
-        outs().len() >= LINES && file_lines().len() >= LINES
+    let plain = || records_of(&store, "plain ");
+    wait_for(Duration::from_secs(30), "every line", || {
+        outs().len() >= LINES && file_lines().len() >= LINES && plain().len() >= LINES
     });
 
     assert_once(&outs(), "stdout", |r| {
@@ -165,15 +170,26 @@ fn containers_declaring_collections_in_their_environment_are_collected_tagged_an
             "the warning names the container and {variable}:\n{log}"
         );
     }
-    assert!(records_of(&store, "plain ").is_empty(), "declared nothing");
+    assert_once(&plain(), "catch-all", |r| {
+        r["body"].as_str().unwrap()["plain ".len()..]
+            .parse()
+            .unwrap()
+    });
+    assert!(
+        plain()
+            .iter()
+            .all(|r| resource(r, "logtap.collection").is_none()),
+        "a container declaring nothing is no collection's"
+    );
     assert!(
         every_record(&data_dir.join("private")).is_empty(),
         "a container cannot route to a sink it was not allowed"
     );
 
     assert!(agent.stop(), "the agent stops cleanly");
-    assert_eq!(outs().len(), LINES, "no duplicates");
+    assert_eq!(outs().len(), LINES, "no duplicates, the catch-all included");
     assert_eq!(file_lines().len(), LINES, "no duplicates");
+    assert_eq!(plain().len(), LINES, "no duplicates");
 
     // A restart finds the same declarations under the same source names: their
     // checkpoints hold (nothing read again), and a new replica declaring the same

@@ -912,6 +912,12 @@ impl Selector {
                     if k.is_empty() {
                         return Err(v.invalid(&format!("{p}.{name}"), "empty key".into()));
                     }
+                    if k.trim_end_matches('*').contains('*') || k.ends_with("**") {
+                        return Err(v.invalid(
+                            &format!("{p}.{name}.{k}"),
+                            "`*` may only end a key (a prefix: `logtap_logs_*`)".into(),
+                        ));
+                    }
                     Ok((k.clone(), value_matcher(v, &format!("{p}.{name}.{k}"), t)?))
                 })
                 .collect()
