@@ -287,55 +287,10 @@ fn declaration(
     settings: &EnvConfigsConfig,
 ) -> Result<Declaration, Invalid> {
     let var = |o: &str| format!("{base_var}_{o}");
-    let input = if base == "stdout" {
-        EnvInput::Stdout
-    } else if base.starts_with('/') {
-        if base.len() > MAX_PATH {
-            return Err((
-                base_var.into(),
-                "invalid_path",
-                format!("longer than {MAX_PATH} bytes"),
-            ));
-        }
-        // The config file's check of a path inside a container: absolute, a glob, no `..`.
-        Validator::new("environment")
-            .container_glob(base_var, base)
-            .map_err(|e| {
-                let message = match e {
-                    ConfigError::Invalid { message, .. } => message,
-                    other => other.to_string(),
-                };
-                (base_var.to_owned(), "invalid_path", message)
-            })?;
-        EnvInput::Files(base.to_owned())
-    } else {
-        return Err((
-            base_var.into(),
-            "invalid_input",
-            format!("{base:?}: expected `stdout` or an absolute path (glob) inside the container"),
-        ));
-    };
+    let input = input(base_var, base)?;
     let format = match options.get("format") {
         None => EnvFormat::Raw,
-        Some(text) => match EnvFormat::parse(text) {
-            Some(EnvFormat::Cri | EnvFormat::Docker) if input == EnvInput::Stdout => {
-                return Err((
-                    var("format"),
-                    "invalid_format",
-                    format!(
-                        "{text:?}: stdout is framed by the runtime; its lines are parsed as raw, json, nginx or apache"
-                    ),
-                ));
-            }
-            Some(f) => f,
-            None => {
-                return Err((
-                    var("format"),
-                    "invalid_format",
-                    format!("{text:?}: expected one of {}", EnvFormat::NAMES),
-                ));
-            }
-        },
+        Some(text) => format(&input, text).map_err(|m| (var("format"), "invalid_format", m))?,
     };
     let tags = match options.get("tags") {
         None => Vec::new(),
@@ -350,24 +305,7 @@ fn declaration(
                     .to_owned(),
             )
         })?,
-        Some(s) if let Some(allowed) = settings.allowed_sinks.iter().find(|a| a.as_ref() == *s) => {
-            allowed.clone()
-        }
-        Some(s) => {
-            return Err((
-                var("sink"),
-                "sink_not_allowed",
-                format!(
-                    "{s:?} is not a sink this agent lets containers name (env_configs.sinks: {})",
-                    settings
-                        .allowed_sinks
-                        .iter()
-                        .map(|a| a.as_ref())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
+        Some(s) => allowed_sink(settings, s).map_err(|m| (var("sink"), "sink_not_allowed", m))?,
     };
     let mut vars = BTreeMap::new();
     vars.insert(base_var.to_owned(), base.to_owned());
@@ -382,6 +320,64 @@ fn declaration(
         sink,
         vars,
     })
+}
+
+/// `stdout`, or an absolute glob inside the container checked as the config file's
+/// `container_paths` are (a glob, no `..`).
+fn input(base_var: &str, base: &str) -> Result<EnvInput, Invalid> {
+    if base == "stdout" {
+        return Ok(EnvInput::Stdout);
+    }
+    if !base.starts_with('/') {
+        return Err((
+            base_var.into(),
+            "invalid_input",
+            format!("{base:?}: expected `stdout` or an absolute path (glob) inside the container"),
+        ));
+    }
+    if base.len() > MAX_PATH {
+        return Err((
+            base_var.into(),
+            "invalid_path",
+            format!("longer than {MAX_PATH} bytes"),
+        ));
+    }
+    Validator::new("environment")
+        .container_glob(base_var, base)
+        .map_err(|e| {
+            let message = match e {
+                ConfigError::Invalid { message, .. } => message,
+                other => other.to_string(),
+            };
+            (base_var.to_owned(), "invalid_path", message)
+        })?;
+    Ok(EnvInput::Files(base.to_owned()))
+}
+
+fn format(input: &EnvInput, text: &str) -> Result<EnvFormat, String> {
+    match EnvFormat::parse(text) {
+        Some(EnvFormat::Cri | EnvFormat::Docker) if *input == EnvInput::Stdout => Err(format!(
+            "{text:?}: stdout is framed by the runtime; its lines are parsed as raw, json, nginx or apache"
+        )),
+        Some(f) => Ok(f),
+        None => Err(format!("{text:?}: expected one of {}", EnvFormat::NAMES)),
+    }
+}
+
+/// The sink `name` if the file config lets containers name it.
+fn allowed_sink(settings: &EnvConfigsConfig, name: &str) -> Result<Arc<str>, String> {
+    settings
+        .allowed_sinks
+        .iter()
+        .find(|a| a.as_ref() == name)
+        .cloned()
+        .ok_or_else(|| {
+            let allowed: Vec<&str> = settings.allowed_sinks.iter().map(|a| a.as_ref()).collect();
+            format!(
+                "{name:?} is not a sink this agent lets containers name (env_configs.sinks: {})",
+                allowed.join(", ")
+            )
+        })
 }
 
 fn valid_name(name: &str) -> bool {

@@ -166,7 +166,7 @@ catalogue! {
     COLLECTIONS = "logtap_collections", Gauge, Some(Unit::Count),
         "LogCollection objects by state (ready: applied, invalid: rejected with a status naming the field)";
     COLLECTION_APPLIES_TOTAL = "logtap_collection_applies_total", Counter, Some(Unit::Count),
-        "In-process rebuilds applying changed LogCollection objects, by result (applied, applied_unacked)";
+        "In-process rebuilds applying changed LogCollection objects or a changed set of environment declarations, by result (applied, applied_unacked)";
     COLLECTIONS_API_UP = "logtap_collections_api_up", Gauge, Some(Unit::Count),
         "1 while the LogCollection watch of the Kubernetes API is healthy, else 0 (the last known objects stay applied)";
     COLLECTION_STATUS_WRITES_TOTAL = "logtap_collection_status_writes_total", Counter, Some(Unit::Count),
