@@ -43,6 +43,7 @@ pub fn install(config: &mut Config) -> anyhow::Result<()> {
         stream: None,
         container_paths: Vec::new(),
         processors: Vec::new(),
+        fields: Vec::new(),
     };
     let demo = [
         source(

@@ -11,6 +11,7 @@ pub mod crd;
 pub mod network;
 pub mod raw;
 pub mod schema;
+mod sidecar;
 mod validate;
 
 pub(crate) use validate::Validator;
@@ -142,6 +143,9 @@ pub struct SourceConfig {
     pub container_paths: Vec<String>,
     /// Applied in order to every record after its parser (see [`crate::transform`]).
     pub processors: Vec<ProcessorConfig>,
+    /// Fields every record of this source carries besides its container's (a
+    /// collection declared by environment: its name and `_tags`).
+    pub fields: Vec<(bytes::Bytes, bytes::Bytes)>,
 }
 
 impl SourceConfig {
@@ -161,8 +165,21 @@ impl SourceConfig {
             stream: None,
             container_paths: Vec::new(),
             processors: Vec::new(),
+            fields: Vec::new(),
         }
     }
+}
+
+/// Collections declared by containers' environment (the `env_configs:` section; see
+/// [`crate::collections::env`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvConfigsConfig {
+    pub enabled: bool,
+    /// Where a declared collection that names no sink goes; `None`: the config has
+    /// no sink to default to, so such a declaration is an error.
+    pub default_sink: Option<Arc<str>>,
+    /// The sinks a declaration may name (the default sink included).
+    pub allowed_sinks: Vec<Arc<str>>,
 }
 
 /// Selector sources and `LogCollection` objects (the `collections:` section).
@@ -325,6 +342,7 @@ pub struct Config {
     pub capture: Option<CaptureConfig>,
     pub kubernetes: KubernetesConfig,
     pub collections: CollectionsConfig,
+    pub env_configs: EnvConfigsConfig,
     /// The agent's own logs and statistics as records; `None` when disabled.
     pub self_monitoring: Option<SelfMonitoringConfig>,
 }

@@ -15,6 +15,10 @@ use super::schema::{
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// `node` (the DaemonSet: the whole node) or `sidecar` (a container in one pod,
+    /// reading a shared volume; see docs/configuration.md, "Sidecar mode").
+    #[serde(default)]
+    pub mode: RawMode,
     #[serde(default = "default_data_dir")]
     pub data_dir: String,
     #[serde(default)]
@@ -46,6 +50,9 @@ pub struct RawConfig {
     /// source `logtap://self`.
     #[serde(default)]
     pub self_monitoring: RawSelfMonitoring,
+    /// Collections declared by containers' environment (`logtap_logs_<name>=...`).
+    #[serde(default)]
+    pub env_configs: RawEnvConfigs,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -81,6 +88,45 @@ fn default_self_level() -> String {
 
 fn default_self_interval() -> String {
     "60s".into()
+}
+
+/// Where the agent runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMode {
+    #[default]
+    Node,
+    Sidecar,
+}
+
+/// Collections containers declare in their environment (see docs/configuration.md,
+/// "Collections declared by container environment").
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvConfigs {
+    /// Collect what containers declare with `logtap_logs_<name>` variables (needs the
+    /// `cri` section: the environment comes from the runtime).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The sink of a collection that names none; default: the sink of `sources[0]`,
+    /// else the only sink.
+    #[serde(default)]
+    pub default_sink: Option<String>,
+    /// Further sinks a container may name with `logtap_logs_<name>_sink` (the default
+    /// sink always may): the environment is the container's, so it chooses only among
+    /// what the admin allows.
+    #[serde(default)]
+    pub sinks: Vec<String>,
+}
+
+impl Default for RawEnvConfigs {
+    fn default() -> Self {
+        RawEnvConfigs {
+            enabled: true,
+            default_sink: None,
+            sinks: Vec::new(),
+        }
+    }
 }
 
 /// Container selection: where CRI logs live, and `LogCollection` objects.

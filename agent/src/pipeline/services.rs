@@ -19,6 +19,7 @@ use super::sinks::Sinks;
 use crate::capture::CaptureThread;
 use crate::checkpoint::{Registry, SharedRegistry};
 use crate::collections::Collections;
+use crate::collections::env::EnvConfigs;
 use crate::config::Config;
 use crate::discovery::{ContainerRegistry, CriClient};
 use crate::enrich::{Enricher, Kubernetes};
@@ -45,6 +46,8 @@ pub(super) struct Services {
     /// Whether some source reads files inside containers (the poller runs then).
     container_files_wanted: Arc<AtomicBool>,
     pub collections: Option<Collections>,
+    /// Collections declared by containers' environment (`env_configs`).
+    env_configs: Option<EnvConfigs>,
     enricher: Option<Arc<Enricher>>,
     facts: Arc<dyn ContainerFactsSource>,
     container_list: Option<Arc<dyn ContainerList>>,
@@ -77,6 +80,10 @@ impl Services {
             c.wait_listed(Duration::from_secs(2));
             c
         });
+        let env_configs = containers
+            .as_ref()
+            .filter(|r| config.env_configs.enabled && r.has_cri())
+            .map(|r| EnvConfigs::new(config.env_configs.clone(), r.clone()));
         let pods = kubernetes.as_ref().map(|k| k.cache().clone());
         let facts: Arc<dyn ContainerFactsSource> = Arc::new(NodeFacts {
             runtime: containers
@@ -109,6 +116,7 @@ impl Services {
             container_poller,
             container_files_wanted,
             collections,
+            env_configs,
             enricher,
             facts,
             container_list,
@@ -160,11 +168,34 @@ impl Services {
         }
     }
 
-    /// The config in effect: the file's, with every valid `LogCollection` merged in.
+    /// The config in effect: the file's, with every valid `LogCollection` and every
+    /// collection containers declare by environment merged in, in that order.
     pub fn effective(&self, config: &Config) -> Config {
-        match &self.collections {
+        let mut effective = match &self.collections {
             Some(c) => c.effective(config),
             None => config.clone(),
+        };
+        if let Some(e) = &self.env_configs {
+            e.merge_into(&mut effective);
+        }
+        effective
+    }
+
+    /// Moves whenever the effective config would change (a `LogCollection`, or the
+    /// set of collections declared by environment); `None` when neither is followed,
+    /// so the effective config of the run's start stays. A one-shot run merges the
+    /// declarations found at its start and follows nothing: it ends when it read
+    /// everything, never to rebuild.
+    pub fn config_generation(&self) -> Option<u64> {
+        if self.oneshot {
+            return None;
+        }
+        let collections = self.collections.as_ref().map(|c| c.generation());
+        let env = self.env_configs.as_ref().map(|e| e.generation());
+        match (collections, env) {
+            (None, None) => None,
+            // Both only grow: their sum moves whenever either does.
+            (c, e) => Some(c.unwrap_or(0).wrapping_add(e.unwrap_or(0))),
         }
     }
 
@@ -186,7 +217,10 @@ impl Services {
     /// A file source for `config`'s sources; the container poller runs while some
     /// of them read files inside containers.
     pub fn file_source(&self, config: &Config) -> anyhow::Result<FileSource> {
-        let wanted = config.sources.iter().any(|s| !s.container_paths.is_empty());
+        // Collections declared by environment need new containers' env within the
+        // poll interval too, not at the next full rescan.
+        let wanted = self.env_configs.is_some()
+            || config.sources.iter().any(|s| !s.container_paths.is_empty());
         self.container_files_wanted.store(wanted, Ordering::Relaxed);
         FileSource::new(
             &config.sources,

@@ -245,6 +245,7 @@ fn config(name: &str, include: &[String], format: Format) -> SourceConfig {
         stream: None,
         container_paths: Vec::new(),
         processors: Vec::new(),
+        fields: Vec::new(),
     }
 }
 
