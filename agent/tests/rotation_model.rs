@@ -325,12 +325,16 @@ impl World {
             }
             Op::Rebuild => {
                 self.rebuilds += 1;
-                let applied = self.agent.as_ref().map(applies);
                 self.api
                     .put_collection("shop", "model", self.collection_spec());
-                if let (Some(agent), Some(before)) = (&self.agent, applied) {
+                if self.agent.is_some() {
+                    // Its status for this generation: the running agent took the change
+                    // (as a rebuild, or in the config it started with if it had not
+                    // listed the collections yet).
                     wait_for(Duration::from_secs(30), "the collection applied", || {
-                        applies(agent) > before
+                        self.api.collection("shop", "model").is_some_and(|o| {
+                            o["status"]["observed_generation"] == o["metadata"]["generation"]
+                        })
                     });
                 }
             }
@@ -411,11 +415,6 @@ impl World {
             self.may_lose.len()
         ))
     }
-}
-
-/// Collection changes the agent applied (its rebuilds).
-fn applies(agent: &Agent) -> f64 {
-    metric(&agent.metrics(), "logtap_collection_applies_total", &[])
 }
 
 /// Waits (up to 20 s) until the agent holds `path` open.
