@@ -9,7 +9,11 @@
 //!   of input a number was measured on,
 //! - the same for a baseline tool over the same file in the same run (`wc -l`), and the
 //!   ratio between the two — machines here are noisy, so ratios are what compare
-//!   across runs.
+//!   across runs,
+//! - Fluent Bit (the peer in `../shared/peers/fluent-bit`, or `--fluent-bit`) over the
+//!   same file in the same run, taking turns with logtap, in its nearest configuration
+//!   ([`fluentbit`]): its CPU seconds, MB/s per core, peak RSS and logtap ÷ Fluent Bit,
+//!   in a second table. It is skipped, and the tables say so, when there is no binary.
 //!
 //! # Inputs
 //!
@@ -34,9 +38,13 @@
 //! `cargo xtask bench network` runs the CRI input into the Kafka and OTLP sinks and the
 //! local store side by side, and checks that the destinations received every record
 //! ([`network`]).
+//!
+//! `cargo xtask bench lz4` compresses the store's own payloads with `lz4_flex` and the
+//! C liblz4 at several accelerations and block sizes ([`lz4`]).
 
 mod capture;
 mod fluentbit;
+mod lz4;
 mod network;
 
 use std::fmt::Write as _;
@@ -67,6 +75,9 @@ enum Mode {
     /// Network sinks (Kafka, OTLP) against the local store, on the same CRI input,
     /// verified delivered: MB/s per core, CPU s per GB, peak RSS.
     Network(network::NetworkArgs),
+    /// The store's lz4 (`lz4_flex`) against the C liblz4 and larger blocks, on the
+    /// store's own payloads: CPU s per GB, compression ratio.
+    Lz4(lz4::Lz4Args),
     /// The capture benchmark's writer (run by `capture`).
     #[command(hide = true)]
     CaptureWriter(capture::WriterArgs),
@@ -201,22 +212,11 @@ fn main() -> anyhow::Result<()> {
         Some(Mode::CaptureWriter(args)) => return capture::writer(args),
         Some(Mode::CaptureShim(args)) => return capture::shim(args),
         Some(Mode::Network(args)) => return network::run(args),
+        Some(Mode::Lz4(args)) => return lz4::run(args),
         None => {}
     }
     let args = cli.files;
-    let logtap = match &args.logtap {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("harness has no directory")?
-            .join("logtap"),
-    };
-    if !logtap.exists() {
-        bail!(
-            "{} not found: build it first (`cargo build --release -p logtap`, or use `cargo xtask bench`)",
-            logtap.display()
-        );
-    }
+    let logtap = logtap_binary(args.logtap.as_deref())?;
     // Fluent Bit runs beside logtap when it is there; without it, the tables say so.
     let fluent_bit = fluentbit::binary(args.fluent_bit.as_deref());
     if let Err(missing) = &fluent_bit {
@@ -254,6 +254,25 @@ fn main() -> anyhow::Result<()> {
         write_results(path, &results, BEGIN_MARKER, END_MARKER)?;
     }
     Ok(())
+}
+
+/// `explicit`, else `logtap` next to this harness (target/release/logtap); an error
+/// unless it exists.
+fn logtap_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let logtap = match explicit {
+        Some(p) => p.to_owned(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("harness has no directory")?
+            .join("logtap"),
+    };
+    if !logtap.exists() {
+        bail!(
+            "{} not found: build it first (`cargo build --release -p logtap`, or use `cargo xtask bench`)",
+            logtap.display()
+        );
+    }
+    Ok(logtap)
 }
 
 /// Generates the scenario's input (unless a large enough one is there), then runs `wc -l`,
