@@ -156,7 +156,9 @@ enum Input {
 }
 
 const BLACKHOLE: &str = "  out:\n    type: blackhole\n";
-const STORE: &str = "  out:\n    type: store\n    max_size: 100GiB\n";
+/// Retention off (`min_free: 0`): on a shared machine with a full disk the store would
+/// delete its oldest segments while it writes (and measure deleting).
+const STORE: &str = "  out:\n    type: store\n    max_size: 100GiB\n    min_free: 0\n";
 
 fn scenarios() -> Vec<Scenario> {
     vec![
@@ -328,7 +330,13 @@ fn run_scenario(
         best_agent = Some(pick_best(best_agent, agent));
         store_bytes = stored;
         if let Some(bin) = fluent_bit {
-            let peer = fluentbit::timed(bin, scenario.fluent_bit(), dir, &input)?;
+            let peer = fluentbit::timed(
+                bin,
+                scenario.fluent_bit(),
+                dir,
+                &input,
+                &fluentbit::Output::Null,
+            )?;
             best_peer = Some(pick_best(best_peer, peer));
         }
     }
