@@ -180,7 +180,7 @@ fn store_payloads(logtap: &Path, dir: &Path, input: &Path) -> anyhow::Result<Vec
     std::fs::write(
         &config,
         format!(
-            "data_dir: {}\nmetrics: {{listen: \"\"}}\nsources:\n  - name: bench\n    include: [\"{}\"]\n    format: cri\n    sink: out\nsinks:\n  out:\n    type: store\n    max_size: 100GiB\n    min_free: 0\n",
+            "data_dir: {}\nmetrics: {{listen: \"\"}}\nsources:\n  - name: bench\n    include: [\"{}\"]\n    format: cri\n    sink: out\nsinks:\n  out:\n    type: store\n    max_size: 100GiB\n    min_free: \"0\"\n",
             data.display(),
             input.display(),
         ),

@@ -158,7 +158,7 @@ enum Input {
 const BLACKHOLE: &str = "  out:\n    type: blackhole\n";
 /// Retention off (`min_free: 0`): on a shared machine with a full disk the store would
 /// delete its oldest segments while it writes (and measure deleting).
-const STORE: &str = "  out:\n    type: store\n    max_size: 100GiB\n    min_free: 0\n";
+const STORE: &str = "  out:\n    type: store\n    max_size: 100GiB\n    min_free: \"0\"\n";
 
 fn scenarios() -> Vec<Scenario> {
     vec![
@@ -174,6 +174,13 @@ fn scenarios() -> Vec<Scenario> {
             input: Input::Plain500,
             target: Some(1000),
             source_yaml: "    format: raw\n",
+            store: false,
+        },
+        Scenario {
+            name: "CRI → blackhole",
+            input: Input::CriTemplated,
+            target: None,
+            source_yaml: "    format: cri\n",
             store: false,
         },
         Scenario {

@@ -396,7 +396,7 @@ fn run_store(logtap: &Path, dir: &Path, input: &Path) -> anyhow::Result<Sample> 
     let (data, config) = prepare(
         dir,
         input,
-        "    type: store\n    max_size: 100GiB\n    min_free: 0\n",
+        "    type: store\n    max_size: 100GiB\n    min_free: \"0\"\n",
     )?;
     let agent = run_agent(logtap, &config)?;
     let _ = std::fs::remove_dir_all(&data);
