@@ -1318,3 +1318,56 @@ impl ContainerLogs {
         line.push('\n');
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(cpu_ms: u64, rss_mib: u64) -> Usage {
+        Usage {
+            wall: Duration::from_secs(1),
+            cpu: Duration::from_millis(cpu_ms),
+            max_rss_kib: rss_mib * 1024,
+        }
+    }
+
+    /// The side-by-side table has a row per scenario Fluent Bit ran, with the ratio of
+    /// MB/s per core (its CPU ÷ logtap's) and both peaks; a scenario without it has none.
+    #[test]
+    fn fluent_bit_table_rows_carry_the_ratio_and_skip_scenarios_it_did_not_run() {
+        let row = |name, peer: Option<Peer>| Row {
+            name,
+            target: None,
+            bytes: 1_000_000_000,
+            store_bytes: None,
+            agent: usage(500, 20),
+            base: usage(100, 1),
+            peer,
+        };
+        let rows = [
+            row(
+                "with",
+                Some(Peer {
+                    setup: fluentbit::Setup {
+                        input: Input::CriTemplated,
+                        durable: true,
+                    },
+                    usage: usage(4000, 90),
+                    records: fluentbit::Checked {
+                        expected: 10,
+                        emitted: 10,
+                    },
+                }),
+            ),
+            row("without", None),
+        ];
+        let table = markdown_fluent_bit(&rows, 256, 3, "Fluent Bit v5.1.1");
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].contains("against Fluent Bit v5.1.1"), "{table}");
+        assert_eq!(
+            lines[2],
+            "| with | tail, `multiline.parser cri`, tail `DB`, `storage.type filesystem` → null | 10 (all) | 0.50 | 4.00 | 2000 | 250 | **8.0×** | 20 | 90 |"
+        );
+    }
+}
