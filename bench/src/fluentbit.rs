@@ -389,6 +389,14 @@ mod tests {
         assert!(counted_records("{\"log_records\":x}\n").is_err());
     }
 
+    /// A missing binary is an `Err` that says where it looked (the harness prints it
+    /// and writes it in place of the table), not a panic.
+    #[test]
+    fn a_missing_binary_says_where_it_looked() {
+        let err = binary(Some(Path::new("/nonexistent/fluent-bit"))).unwrap_err();
+        assert!(err.contains("/nonexistent/fluent-bit"), "{err}");
+    }
+
     #[test]
     fn java_records_are_the_lines_starting_with_a_date() {
         let dir = tempfile::tempdir().unwrap();
