@@ -9,7 +9,11 @@
 //!   of input a number was measured on,
 //! - the same for a baseline tool over the same file in the same run (`wc -l`), and the
 //!   ratio between the two — machines here are noisy, so ratios are what compare
-//!   across runs.
+//!   across runs,
+//! - Fluent Bit (the peer in `../shared/peers/fluent-bit`, or `--fluent-bit`) over the
+//!   same file in the same run, taking turns with logtap, in its nearest configuration
+//!   ([`fluentbit`]): its CPU seconds, MB/s per core, peak RSS and logtap ÷ Fluent Bit,
+//!   in a second table. It is skipped, and the tables say so, when there is no binary.
 //!
 //! # Inputs
 //!
@@ -34,8 +38,13 @@
 //! `cargo xtask bench network` runs the CRI input into the Kafka and OTLP sinks and the
 //! local store side by side, and checks that the destinations received every record
 //! ([`network`]).
+//!
+//! `cargo xtask bench lz4` compresses the store's own payloads with `lz4_flex` and the
+//! C liblz4 at several accelerations and block sizes ([`lz4`]).
 
 mod capture;
+mod fluentbit;
+mod lz4;
 mod network;
 
 use std::fmt::Write as _;
@@ -66,6 +75,9 @@ enum Mode {
     /// Network sinks (Kafka, OTLP) against the local store, on the same CRI input,
     /// verified delivered: MB/s per core, CPU s per GB, peak RSS.
     Network(network::NetworkArgs),
+    /// The store's lz4 (`lz4_flex`) against the C liblz4 and larger blocks, on the
+    /// store's own payloads: CPU s per GB, compression ratio.
+    Lz4(lz4::Lz4Args),
     /// The capture benchmark's writer (run by `capture`).
     #[command(hide = true)]
     CaptureWriter(capture::WriterArgs),
@@ -94,6 +106,10 @@ struct Args {
     /// Only scenarios whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// The Fluent Bit binary to run beside logtap (default: $LOGTAP_FLUENT_BIT, then
+    /// ../shared/peers/fluent-bit, /work/shared/peers/fluent-bit); skipped when absent.
+    #[arg(long)]
+    fluent_bit: Option<PathBuf>,
 }
 
 /// One measured child process.
@@ -109,9 +125,24 @@ struct Scenario {
     input: Input,
     /// The design target in MB/s per core, where there is one.
     target: Option<u32>,
-    /// `sources[0]` settings and the sink, as YAML.
+    /// `sources[0]` settings, as YAML.
     source_yaml: &'static str,
-    sink_yaml: &'static str,
+    /// Into the local store (else the blackhole sink).
+    store: bool,
+}
+
+impl Scenario {
+    fn sink_yaml(&self) -> &'static str {
+        if self.store { STORE } else { BLACKHOLE }
+    }
+
+    /// Fluent Bit's nearest equivalent.
+    fn fluent_bit(&self) -> fluentbit::Setup {
+        fluentbit::Setup {
+            input: self.input,
+            durable: self.store,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -125,7 +156,9 @@ enum Input {
 }
 
 const BLACKHOLE: &str = "  out:\n    type: blackhole\n";
-const STORE: &str = "  out:\n    type: store\n    max_size: 100GiB\n";
+/// Retention off (`min_free: 0`): on a shared machine with a full disk the store would
+/// delete its oldest segments while it writes (and measure deleting).
+const STORE: &str = "  out:\n    type: store\n    max_size: 100GiB\n    min_free: \"0\"\n";
 
 fn scenarios() -> Vec<Scenario> {
     vec![
@@ -134,42 +167,49 @@ fn scenarios() -> Vec<Scenario> {
             input: Input::Plain100,
             target: Some(1000),
             source_yaml: "    format: raw\n",
-            sink_yaml: BLACKHOLE,
+            store: false,
         },
         Scenario {
             name: "plain 500 B lines → blackhole",
             input: Input::Plain500,
             target: Some(1000),
             source_yaml: "    format: raw\n",
-            sink_yaml: BLACKHOLE,
+            store: false,
+        },
+        Scenario {
+            name: "CRI → blackhole",
+            input: Input::CriTemplated,
+            target: None,
+            source_yaml: "    format: cri\n",
+            store: false,
         },
         Scenario {
             name: "CRI → local store (lz4, checkpoints)",
             input: Input::CriTemplated,
             target: Some(400),
             source_yaml: "    format: cri\n",
-            sink_yaml: STORE,
+            store: true,
         },
         Scenario {
             name: "CRI, low-redundancy words → local store",
             input: Input::CriWords,
             target: None,
             source_yaml: "    format: cri\n",
-            sink_yaml: STORE,
+            store: true,
         },
         Scenario {
             name: "JSON parse → blackhole",
             input: Input::Json,
             target: None,
             source_yaml: "    format: raw\n    parser: {type: json}\n",
-            sink_yaml: BLACKHOLE,
+            store: false,
         },
         Scenario {
             name: "Java multiline → blackhole",
             input: Input::JavaMultiline,
             target: None,
             source_yaml: "    format: raw\n    multiline: {start: '^\\d{4}-\\d{2}-\\d{2} '}\n",
-            sink_yaml: BLACKHOLE,
+            store: false,
         },
     ]
 }
@@ -181,11 +221,55 @@ fn main() -> anyhow::Result<()> {
         Some(Mode::CaptureWriter(args)) => return capture::writer(args),
         Some(Mode::CaptureShim(args)) => return capture::shim(args),
         Some(Mode::Network(args)) => return network::run(args),
+        Some(Mode::Lz4(args)) => return lz4::run(args),
         None => {}
     }
     let args = cli.files;
-    let logtap = match &args.logtap {
-        Some(p) => p.clone(),
+    let logtap = logtap_binary(args.logtap.as_deref())?;
+    // Fluent Bit runs beside logtap when it is there; without it, the tables say so.
+    let fluent_bit = fluentbit::binary(args.fluent_bit.as_deref());
+    if let Err(missing) = &fluent_bit {
+        eprintln!("{missing}: Fluent Bit is skipped");
+    }
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+
+    let mut rows = Vec::new();
+    for scenario in scenarios() {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|o| !scenario.name.contains(o))
+        {
+            continue;
+        }
+        let row = run_scenario(&scenario, &logtap, fluent_bit.as_deref().ok(), &dir, &args)?;
+        eprintln!("{}", row.text());
+        rows.push(row);
+    }
+
+    let table = markdown(&rows, args.size_mb, args.runs);
+    let peers = match &fluent_bit {
+        Ok(bin) => markdown_fluent_bit(&rows, args.size_mb, args.runs, &fluentbit_version(bin)),
+        Err(missing) => format!("Fluent Bit was not run: {missing}.\n"),
+    };
+    println!("{table}\n{peers}");
+    if let Some(path) = &args.markdown {
+        let results = format!(
+            "{}\n{table}\n{peers}",
+            machine_and_command(args.size_mb, args.runs)
+        );
+        write_results(path, &results, BEGIN_MARKER, END_MARKER)?;
+    }
+    Ok(())
+}
+
+/// `explicit`, else `logtap` next to this harness (target/release/logtap); an error
+/// unless it exists.
+fn logtap_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let logtap = match explicit {
+        Some(p) => p.to_owned(),
         None => std::env::current_exe()?
             .parent()
             .context("harness has no directory")?
@@ -197,67 +281,100 @@ fn main() -> anyhow::Result<()> {
             logtap.display()
         );
     }
-    let tmp = tempfile::tempdir()?;
-    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&dir)?;
+    Ok(logtap)
+}
+
+/// Generates the scenario's input (unless a large enough one is there), then runs `wc -l`,
+/// logtap and Fluent Bit (when there is one) over it in turn, `args.runs` times; Fluent
+/// Bit's configuration is first checked to emit every record of the input.
+fn run_scenario(
+    scenario: &Scenario,
+    logtap: &Path,
+    fluent_bit: Option<&Path>,
+    dir: &Path,
+    args: &Args,
+) -> anyhow::Result<Row> {
     let size = args.size_mb << 20;
+    let input = dir.join(format!("{:?}.log", scenario.input).to_lowercase());
+    if std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0) < size {
+        eprintln!("generating {} ({} MiB)", input.display(), args.size_mb);
+        generate(scenario.input, &input, size)?;
+    }
+    let bytes = std::fs::metadata(&input)?.len();
+    // Warm the page cache so every contender reads from memory.
+    run_measured(Command::new("cat").arg(&input).stdout(Stdio::null()))?;
 
-    let mut rows = Vec::new();
-    for scenario in scenarios() {
-        if args
-            .only
-            .as_deref()
-            .is_some_and(|o| !scenario.name.contains(o))
-        {
-            continue;
+    let records = match fluent_bit {
+        Some(bin) => {
+            let expected = fluentbit::expected_records(scenario.input, &input)?;
+            eprintln!(
+                "{}: checking that Fluent Bit emits all {expected} records",
+                scenario.name
+            );
+            Some(fluentbit::verify(
+                bin,
+                scenario.fluent_bit(),
+                dir,
+                &input,
+                expected,
+            )?)
         }
-        let input = dir.join(format!("{:?}.log", scenario.input).to_lowercase());
-        if std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0) < size {
-            eprintln!("generating {} ({} MiB)", input.display(), args.size_mb);
-            generate(scenario.input, &input, size)?;
-        }
-        let bytes = std::fs::metadata(&input)?.len();
-        // Warm the page cache so every contender reads from memory.
-        run_measured(Command::new("cat").arg(&input).stdout(Stdio::null()))?;
-
-        let mut best_agent: Option<Usage> = None;
-        let mut best_base: Option<Usage> = None;
-        let mut store_bytes = None;
-        for _ in 0..args.runs {
-            let base = run_measured(
-                Command::new("wc")
-                    .arg("-l")
-                    .arg(&input)
-                    .stdout(Stdio::null()),
+        None => None,
+    };
+    let mut best_agent: Option<Usage> = None;
+    let mut best_base: Option<Usage> = None;
+    let mut best_peer: Option<Usage> = None;
+    let mut store_bytes = None;
+    for _ in 0..args.runs {
+        let base = run_measured(
+            Command::new("wc")
+                .arg("-l")
+                .arg(&input)
+                .stdout(Stdio::null()),
+        )?;
+        best_base = Some(pick_best(best_base, base));
+        let (agent, stored) = run_agent(logtap, dir, &input, scenario)?;
+        best_agent = Some(pick_best(best_agent, agent));
+        store_bytes = stored;
+        if let Some(bin) = fluent_bit {
+            let peer = fluentbit::timed(
+                bin,
+                scenario.fluent_bit(),
+                dir,
+                &input,
+                &fluentbit::Output::Null,
             )?;
-            let (agent, stored) = run_agent(&logtap, &dir, &input, &scenario)?;
-            best_agent = Some(pick_best(best_agent, agent));
-            best_base = Some(pick_best(best_base, base));
-            store_bytes = stored;
+            best_peer = Some(pick_best(best_peer, peer));
         }
-        let (agent, base) = (
-            best_agent.expect("runs >= 1"),
-            best_base.expect("runs >= 1"),
-        );
-        let row = Row {
-            name: scenario.name,
-            target: scenario.target,
-            bytes,
-            store_bytes,
-            agent,
-            base,
-        };
-        eprintln!("{}", row.text());
-        rows.push(row);
     }
+    Ok(Row {
+        name: scenario.name,
+        target: scenario.target,
+        bytes,
+        store_bytes,
+        agent: best_agent.expect("runs >= 1"),
+        base: best_base.expect("runs >= 1"),
+        peer: best_peer.zip(records).map(|(usage, records)| Peer {
+            setup: scenario.fluent_bit(),
+            usage,
+            records,
+        }),
+    })
+}
 
-    let table = markdown(&rows, args.size_mb, args.runs);
-    println!("{table}");
-    if let Some(path) = &args.markdown {
-        let results = format!("{}\n{table}", machine_and_command(args.size_mb, args.runs));
-        write_results(path, &results, BEGIN_MARKER, END_MARKER)?;
-    }
-    Ok(())
+/// `fluent-bit --version`'s first line, or what went wrong.
+fn fluentbit_version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "Fluent Bit (version unknown)".into())
 }
 
 const BEGIN_MARKER: &str = "<!-- bench:begin -->";
@@ -321,6 +438,16 @@ struct Row {
     store_bytes: Option<u64>,
     agent: Usage,
     base: Usage,
+    /// Fluent Bit over the same input, when it ran.
+    peer: Option<Peer>,
+}
+
+/// Fluent Bit's best run of a scenario.
+struct Peer {
+    setup: fluentbit::Setup,
+    usage: Usage,
+    /// What its verification run counted.
+    records: fluentbit::Checked,
 }
 
 fn mb_per_s(bytes: u64, d: Duration) -> f64 {
@@ -365,7 +492,25 @@ impl Row {
         mb_per_s(self.bytes, self.base.cpu)
     }
 
+    /// Fluent Bit's MB/s per core over the same input.
+    fn peer_per_core(&self) -> Option<f64> {
+        self.peer
+            .as_ref()
+            .map(|p| mb_per_s(self.bytes, p.usage.cpu))
+    }
+
     fn text(&self) -> String {
+        let peer = self.peer.as_ref().map_or(String::new(), |p| {
+            format!(
+                "; Fluent Bit {:.2} CPU s, {:.0} MB/s per core, {} MiB peak RSS, {:.1} s wall, {} records; logtap ÷ Fluent Bit {:.1}×",
+                p.usage.cpu.as_secs_f64(),
+                mb_per_s(self.bytes, p.usage.cpu),
+                p.usage.max_rss_kib / 1024,
+                p.usage.wall.as_secs_f64(),
+                p.records.describe(),
+                self.per_core() / mb_per_s(self.bytes, p.usage.cpu),
+            )
+        });
         format!(
             "{}: {:.0} MB/s per core (target {}), {:.0} MB/s wall, {:.2} CPU s/GB, {} MiB peak RSS, input ÷ store {}; wc -l {:.0} MB/s per core; ratio {:.2}",
             self.name,
@@ -377,7 +522,7 @@ impl Row {
             self.shrink(),
             self.base_per_core(),
             self.per_core() / self.base_per_core(),
-        )
+        ) + &peer
     }
 }
 
@@ -406,6 +551,37 @@ fn markdown(rows: &[Row], size_mb: u64, runs: usize) -> String {
     s
 }
 
+/// The side-by-side table: logtap and Fluent Bit (`version`) over the same input, in the
+/// same run. The ratio is of MB/s per core (Fluent Bit's CPU seconds ÷ logtap's).
+fn markdown_fluent_bit(rows: &[Row], size_mb: u64, runs: usize, version: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| scenario ({size_mb} MiB input, best of {runs}), against {version} | Fluent Bit setup | records Fluent Bit emitted | logtap CPU s | Fluent Bit CPU s | logtap MB/s per core | Fluent Bit MB/s per core | **logtap ÷ Fluent Bit** | logtap peak RSS MiB | Fluent Bit peak RSS MiB |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let (Some(p), Some(peer_per_core)) = (&r.peer, r.peer_per_core()) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | **{:.1}×** | {} | {} |",
+            r.name,
+            p.setup.describe(),
+            p.records.describe(),
+            r.agent.cpu.as_secs_f64(),
+            p.usage.cpu.as_secs_f64(),
+            r.per_core(),
+            peer_per_core,
+            r.per_core() / peer_per_core,
+            r.rss_mib(),
+            p.usage.max_rss_kib / 1024,
+        );
+    }
+    s
+}
+
 /// Runs the agent over `input`; returns its usage and, for store scenarios, the size
 /// of the store it wrote.
 fn run_agent(
@@ -425,7 +601,7 @@ fn run_agent(
             data.display(),
             input.display(),
             scenario.source_yaml,
-            scenario.sink_yaml
+            scenario.sink_yaml()
         ),
     )?;
     let usage = run_measured(
@@ -1140,5 +1316,58 @@ impl ContainerLogs {
             }
         }
         line.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(cpu_ms: u64, rss_mib: u64) -> Usage {
+        Usage {
+            wall: Duration::from_secs(1),
+            cpu: Duration::from_millis(cpu_ms),
+            max_rss_kib: rss_mib * 1024,
+        }
+    }
+
+    /// The side-by-side table has a row per scenario Fluent Bit ran, with the ratio of
+    /// MB/s per core (its CPU ÷ logtap's) and both peaks; a scenario without it has none.
+    #[test]
+    fn fluent_bit_table_rows_carry_the_ratio_and_skip_scenarios_it_did_not_run() {
+        let row = |name, peer: Option<Peer>| Row {
+            name,
+            target: None,
+            bytes: 1_000_000_000,
+            store_bytes: None,
+            agent: usage(500, 20),
+            base: usage(100, 1),
+            peer,
+        };
+        let rows = [
+            row(
+                "with",
+                Some(Peer {
+                    setup: fluentbit::Setup {
+                        input: Input::CriTemplated,
+                        durable: true,
+                    },
+                    usage: usage(4000, 90),
+                    records: fluentbit::Checked {
+                        expected: 10,
+                        emitted: 10,
+                    },
+                }),
+            ),
+            row("without", None),
+        ];
+        let table = markdown_fluent_bit(&rows, 256, 3, "Fluent Bit v5.1.1");
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].contains("against Fluent Bit v5.1.1"), "{table}");
+        assert_eq!(
+            lines[2],
+            "| with | tail, `multiline.parser cri`, tail `DB`, `storage.type filesystem` → null | 10 (all) | 0.50 | 4.00 | 2000 | 250 | **8.0×** | 20 | 90 |"
+        );
     }
 }

@@ -5,6 +5,9 @@
 //!   are passed on, e.g. `cargo xtask bench --size-mb 512` (a leading `--` is
 //!   accepted too). `cargo xtask bench capture` is the eBPF capture benchmark (root),
 //!   which runs capture in process and so needs no `logtap` binary.
+//!   `bench network` (Kafka, OTLP) and `bench lz4` (the store's compressor against the
+//!   C liblz4) are the others; Fluent Bit runs beside logtap in the file scenarios
+//!   when `../shared/peers/fluent-bit` (or `--fluent-bit`) is there.
 //! - `build-ebpf`: builds the eBPF probes (`agent-ebpf/probes`) for `bpfel-unknown-none`
 //!   into `target/bpf/logtap-probes.bpf.o`, which the agent's build script embeds.
 //!   Installs what is missing first (rust-src, bpf-linker) or says exactly what is.

@@ -6,6 +6,9 @@
 //! - Kafka: a local `tansu` broker ([`kafka`]), `compression: lz4`,
 //! - OTLP/HTTP: a receiver in the harness process ([`otlp`]), gzip (the sink's
 //!   default) and uncompressed.
+//! - Fluent Bit's `kafka` output into the same kind of broker, as the peer's row: its
+//!   `tail` input with `multiline.parser cri` ([`crate::fluentbit`]), lz4, `acks` all,
+//!   idempotent; its CPU is Fluent Bit's own (skipped when there is no binary).
 //!
 //! Each is `logtap run --oneshot` with the network sink's `drain_timeout: 10m`: a
 //! oneshot agent closes its sinks at the end of the input, and the forwarder then
@@ -70,13 +73,21 @@ pub struct NetworkArgs {
     /// Only scenarios whose name contains this (the store baseline always runs).
     #[arg(long)]
     only: Option<String>,
+    /// The Fluent Bit binary for its Kafka row (default: $LOGTAP_FLUENT_BIT, then
+    /// ../shared/peers/fluent-bit, /work/shared/peers/fluent-bit); skipped when absent.
+    #[arg(long)]
+    fluent_bit: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dest {
     Store,
     Kafka,
-    Otlp { gzip: bool },
+    Otlp {
+        gzip: bool,
+    },
+    /// Fluent Bit (not logtap) into the same broker: the peer's row.
+    FluentBitKafka,
 }
 
 struct Scenario {
@@ -96,6 +107,11 @@ fn scenarios() -> Vec<Scenario> {
             name: "CRI → kafka (tansu, lz4, acks all)",
             dest: Dest::Kafka,
             target: Some(300),
+        },
+        Scenario {
+            name: "Fluent Bit: CRI → kafka (tansu; `multiline.parser cri`, kafka output lz4, acks all, idempotent)",
+            dest: Dest::FluentBitKafka,
+            target: None,
         },
         Scenario {
             name: "CRI → otlp/http (gzip)",
@@ -174,14 +190,19 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
             logtap.display()
         );
     }
+    let fluent_bit = crate::fluentbit::binary(args.fluent_bit.as_deref());
+    if let Err(missing) = &fluent_bit {
+        eprintln!("{missing}: its Kafka row is skipped");
+    }
     let selected: Vec<Scenario> = scenarios()
         .into_iter()
         .filter(|s| {
             s.dest == Dest::Store || args.only.as_deref().is_none_or(|o| s.name.contains(o))
         })
+        .filter(|s| s.dest != Dest::FluentBitKafka || fluent_bit.is_ok())
         .collect();
     let wants = |f: fn(Dest) -> bool| selected.iter().any(|s| f(s.dest));
-    let tansu = if wants(|d| d == Dest::Kafka) {
+    let tansu = if wants(|d| matches!(d, Dest::Kafka | Dest::FluentBitKafka)) {
         Some(kafka::tansu_bin(args.tansu.as_deref()).context(
             "tansu not found (--tansu, LOGTAP_TANSU, $CARGO_HOME/bin, ~/.cargo/bin, PATH): \
              `cargo install tansu --locked --features dynostore`",
@@ -231,6 +252,13 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
                     tansu.as_deref().expect("tansu"),
                     lines,
                 )?,
+                Dest::FluentBitKafka => run_fluent_bit_kafka(
+                    fluent_bit.as_deref().expect("selected only with a binary"),
+                    &dir,
+                    &input,
+                    tansu.as_deref().expect("tansu"),
+                    lines,
+                )?,
                 Dest::Otlp { gzip } => run_otlp(
                     &logtap,
                     &dir,
@@ -260,7 +288,10 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
         }
     }
 
-    let table = markdown(&rows, args.size_mb, args.runs, lines);
+    let mut table = markdown(&rows, args.size_mb, args.runs, lines);
+    if let Err(missing) = &fluent_bit {
+        table.push_str(&format!("\nFluent Bit was not run: {missing}.\n"));
+    }
     println!("{table}");
     if let Some(path) = &args.markdown {
         let results = format!(
@@ -283,7 +314,7 @@ fn markdown(rows: &[Row], size_mb: u64, runs: usize, lines: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| scenario ({size_mb} MiB CRI input, {lines} lines, best of {runs}) | logtap MB/s per core | target MB/s per core | MB/s per core, all runs | ÷ store, same run | wall MB/s | CPU s per GB | peak RSS MiB | records delivered | destination CPU s |"
+        "| scenario ({size_mb} MiB CRI input, {lines} lines, best of {runs}) | MB/s per core (logtap's, or Fluent Bit's in its row) | target MB/s per core | MB/s per core, all runs | ÷ store, same run | wall MB/s | CPU s per GB | peak RSS MiB | records delivered | destination CPU s |"
     );
     let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
@@ -362,7 +393,11 @@ fn run_agent(logtap: &Path, config: &Path) -> anyhow::Result<Usage> {
 }
 
 fn run_store(logtap: &Path, dir: &Path, input: &Path) -> anyhow::Result<Sample> {
-    let (data, config) = prepare(dir, input, "    type: store\n    max_size: 100GiB\n")?;
+    let (data, config) = prepare(
+        dir,
+        input,
+        "    type: store\n    max_size: 100GiB\n    min_free: \"0\"\n",
+    )?;
     let agent = run_agent(logtap, &config)?;
     let _ = std::fs::remove_dir_all(&data);
     Ok(Sample {
@@ -408,6 +443,46 @@ fn run_kafka(
     }
     Ok(Sample {
         agent,
+        dest_cpu: Some(dest_cpu),
+        delivered: Some(counted.messages),
+    })
+}
+
+/// Fluent Bit's `tail` (CRI) into its `kafka` output, to a fresh broker; the topic
+/// must then hold one message per input line (Fluent Bit's messages carry no offset
+/// header, so duplicates would show only as more messages than lines).
+fn run_fluent_bit_kafka(
+    fluent_bit: &Path,
+    dir: &Path,
+    input: &Path,
+    tansu: &Path,
+    lines: u64,
+) -> anyhow::Result<Sample> {
+    let broker_dir = dir.join("tansu");
+    let _ = std::fs::remove_dir_all(&broker_dir);
+    std::fs::create_dir_all(&broker_dir)?;
+    let broker = kafka::Broker::start(tansu, &broker_dir, 1)?;
+    let output = crate::fluentbit::Output::Kafka {
+        brokers: broker.bootstrap(),
+        topic: kafka::TOPIC.into(),
+    };
+    let setup = crate::fluentbit::Setup {
+        input: Input::CriTemplated,
+        durable: false,
+    };
+    let before = broker.cpu()?;
+    let peer = crate::fluentbit::timed(fluent_bit, setup, dir, input, &output)?;
+    let dest_cpu = broker.cpu()?.saturating_sub(before);
+    let counted = broker.count(lines, Duration::from_secs(1), Duration::from_secs(600))?;
+    broker.stop()?;
+    if counted.messages != lines {
+        bail!(
+            "fluent-bit → kafka: NOT DELIVERED as expected: {lines} input lines, but the topic holds {} messages",
+            counted.messages,
+        );
+    }
+    Ok(Sample {
+        agent: peer,
         dest_cpu: Some(dest_cpu),
         delivered: Some(counted.messages),
     })
