@@ -106,6 +106,10 @@ pub struct SourceConfig {
     /// [`crate::source::file::container`]); when set, `include` is empty and
     /// `selector` says which containers (every container when `None`).
     pub container_paths: Vec<String>,
+    /// Directories outside the globs' own that a symlink found by the globs may lead
+    /// into (`follow_symlinks` + `allowed_roots`); empty: links stay inside the
+    /// globs' directories (see [`crate::source::file::open`]).
+    pub allowed_roots: Vec<PathBuf>,
 }
 
 impl SourceConfig {
@@ -124,6 +128,7 @@ impl SourceConfig {
             selector: None,
             stream: None,
             container_paths: Vec::new(),
+            allowed_roots: Vec::new(),
         }
     }
 }

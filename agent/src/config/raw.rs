@@ -309,6 +309,13 @@ pub struct RawSource {
     /// container runs. Replaces `include`; without a `selector`, every container.
     #[serde(default)]
     pub container_paths: Vec<String>,
+    /// Read a symlink whose target lies outside the directories the globs can
+    /// match, if the target is below one of `allowed_roots` (default: refused).
+    #[serde(default)]
+    pub follow_symlinks: bool,
+    /// Absolute directories symlinks may lead into with `follow_symlinks`.
+    #[serde(default)]
+    pub allowed_roots: Vec<String>,
     #[serde(default = "default_max_line_size")]
     pub max_line_size: String,
     #[serde(default)]

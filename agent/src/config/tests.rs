@@ -430,3 +430,60 @@ fn metrics_bearer_token_file_is_read_and_checked() {
     assert!(err.contains("unknown field `bearer_token_fil`"), "{err}");
     assert!(err.contains("line 3"), "{err}");
 }
+
+#[test]
+fn follow_symlinks_needs_allowed_roots_and_host_files() {
+    let source = |extra: &str| {
+        format!("sources:\n  - name: a\n{extra}sinks:\n  local: {{type: blackhole}}\n")
+    };
+    let ok = Config::parse(
+        &source("    include: [/var/log/a/*.log]\n    follow_symlinks: true\n    allowed_roots: [/srv/logs]\n"),
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.sources[0].allowed_roots,
+        vec![PathBuf::from("/srv/logs")]
+    );
+    let plain = Config::parse(&source("    include: [/var/log/a/*.log]\n"), "t.yaml").unwrap();
+    assert!(
+        plain.sources[0].allowed_roots.is_empty(),
+        "links stay inside by default"
+    );
+
+    let bad = |extra: &str| {
+        Config::parse(&source(extra), "t.yaml")
+            .unwrap_err()
+            .to_string()
+    };
+    for (extra, field, says) in [
+        (
+            "    include: [/a/*.log]\n    follow_symlinks: true\n",
+            "sources[0].allowed_roots",
+            "directories",
+        ),
+        (
+            "    include: [/a/*.log]\n    allowed_roots: [/srv]\n",
+            "sources[0].allowed_roots",
+            "follow_symlinks: true",
+        ),
+        (
+            "    include: [/a/*.log]\n    follow_symlinks: true\n    allowed_roots: [srv]\n",
+            "sources[0].allowed_roots[0]",
+            "absolute",
+        ),
+        (
+            "    include: [/a/*.log]\n    follow_symlinks: true\n    allowed_roots: [/srv/../etc]\n",
+            "sources[0].allowed_roots[0]",
+            "`..`",
+        ),
+        (
+            "    container_paths: [/a/*.log]\n    follow_symlinks: true\n    allowed_roots: [/srv]\n",
+            "sources[0].follow_symlinks",
+            "inside",
+        ),
+    ] {
+        let e = bad(extra);
+        assert!(e.contains(field) && e.contains(says), "{extra}: {e}");
+    }
+}

@@ -162,6 +162,7 @@ impl Validator {
                 (None, Some(_)) => Format::Cri,
                 (None, None) => Format::Raw,
             };
+            let allowed_roots = v.symlinks(&prefix, s, container_files)?;
             let max_line_bytes = v.max_line_size(&prefix, &s.max_line_size)?;
             let multiline = v.multiline(&prefix, s.multiline.as_ref())?;
             let parser = v.parser(&prefix, s.parser.as_ref())?;
@@ -192,6 +193,7 @@ impl Validator {
                 selector,
                 stream: None,
                 container_paths: s.container_paths.clone(),
+                allowed_roots,
             });
         }
 
@@ -361,6 +363,47 @@ impl Validator {
                 .map_err(|e| self.invalid(&format!("{prefix}.exclude[{j}]"), e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// `follow_symlinks` and `allowed_roots` go together, for host files only; the
+    /// roots are absolute, without `..`. Returns the roots links may lead into.
+    pub(crate) fn symlinks(
+        &self,
+        prefix: &str,
+        s: &raw::RawSource,
+        container_files: bool,
+    ) -> Result<Vec<std::path::PathBuf>, ConfigError> {
+        let field = format!("{prefix}.allowed_roots");
+        match (s.follow_symlinks, s.allowed_roots.is_empty()) {
+            (false, true) => return Ok(Vec::new()),
+            (false, false) => {
+                return Err(self.invalid(&field, "needs follow_symlinks: true".into()));
+            }
+            (true, true) => {
+                return Err(self.invalid(
+                    &field,
+                    "follow_symlinks needs the directories links may lead into".into(),
+                ));
+            }
+            (true, false) if container_files => {
+                return Err(self.invalid(
+                    &format!("{prefix}.follow_symlinks"),
+                    "links inside a container always resolve inside it; only host files follow symlinks".into(),
+                ));
+            }
+            (true, false) => {}
+        }
+        let mut roots = Vec::new();
+        for (j, r) in s.allowed_roots.iter().enumerate() {
+            if !r.starts_with('/') || r.split('/').any(|c| c == "..") {
+                return Err(self.invalid(
+                    &format!("{field}[{j}]"),
+                    format!("{r:?}: an absolute directory without `..`"),
+                ));
+            }
+            roots.push(std::path::PathBuf::from(r));
+        }
+        Ok(roots)
     }
 
     /// `container_paths`: absolute globs inside the container, no `..` (a glob must

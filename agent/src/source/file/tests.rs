@@ -238,6 +238,7 @@ fn config(name: &str, include: &[String], format: Format) -> SourceConfig {
         selector: None,
         stream: None,
         container_paths: Vec::new(),
+        allowed_roots: Vec::new(),
     }
 }
 
