@@ -103,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if demo {
                 logtap::demo::install(&mut config)?;
             }
+            logtap::privileges::private_files(&config);
             if let Some(listen) = config.metrics_listen {
                 logtap::metrics::install(listen, config.metrics_bearer_token.clone())?;
             }

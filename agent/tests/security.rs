@@ -159,3 +159,180 @@ fn fifos_named_like_logs_are_skipped_and_never_block_the_reader() {
     assert_eq!(agent.health().0, 200, "healthy");
     assert!(agent.stop(), "clean stop");
 }
+
+const NOBODY: u32 = 65534;
+
+/// These tests need root (to run a command as `nobody`, to see capabilities dropped).
+/// Run as another user they fail, unless `LOGTAP_TEST_ALLOW_NONROOT=1` (then they
+/// print a note and check nothing), as in `bad_input.rs`.
+fn is_root(test: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("LOGTAP_TEST_ALLOW_NONROOT").as_deref() == Ok("1") {
+        eprintln!("note: not root; skipping {test} (LOGTAP_TEST_ALLOW_NONROOT=1)");
+        return false;
+    }
+    panic!("{test} must run as root; set LOGTAP_TEST_ALLOW_NONROOT=1 to skip it");
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn chown(path: &Path, uid: u32) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: chown(2) on a NUL-terminated path.
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, uid) }, 0, "chown");
+}
+
+/// The data directory (made 0755 with a 0644 file before the start), store and
+/// checkpoints end up 0700/0600; `logtap query` by a user who may not read the store
+/// says why and what to do.
+#[test]
+fn the_agent_keeps_its_files_private_and_query_says_so() {
+    if !is_root("the_agent_keeps_its_files_private_and_query_says_so") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Only the agent's own modes may stand between `nobody` and the store.
+    chmod(dir.path(), 0o755);
+    let (logs, data) = (dir.path().join("logs"), dir.path().join("data"));
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::create_dir_all(data.join("store")).unwrap();
+    chmod(&data, 0o755);
+    chmod(&data.join("store"), 0o755);
+    std::fs::write(data.join("left.txt"), "from an earlier version\n").unwrap();
+    chmod(&data.join("left.txt"), 0o644);
+    append_lines(&logs.join("a.log"), "line", 0..10);
+    let config = format!(
+        "checkpoint: {{interval: 200ms}}\nsources:\n  - name: plain\n    include: [\"{}/*.log\"]\nsinks:\n  local: {{type: store}}\n",
+        logs.display()
+    );
+    let mut agent = Agent::start(&data, &config);
+    wait_for(WAIT, "the lines stored", || {
+        count_of(&bodies(&agent.store_dir()), "line") == 10
+    });
+    assert!(agent.stop(), "clean stop");
+    assert!(
+        agent.log().contains("made private"),
+        "a warning for the tightened files:\n{}",
+        agent.log()
+    );
+    let mut seen = (0, 0);
+    for entry in walkdir::WalkDir::new(&data) {
+        let entry = entry.unwrap();
+        let (path, ft) = (entry.path(), entry.file_type());
+        if ft.is_dir() {
+            assert_eq!(mode(path), 0o700, "{}", path.display());
+            seen.0 += 1;
+        } else if ft.is_file() {
+            assert_eq!(mode(path), 0o600, "{}", path.display());
+            seen.1 += 1;
+        }
+    }
+    assert!(
+        data.join("checkpoints").is_dir() && seen.0 >= 4 && seen.1 >= 4,
+        "{seen:?}"
+    );
+
+    let query_as = |uid: u32| {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(logtap_bin())
+            .args(["query", "--store"])
+            .arg(agent.store_dir())
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap()
+    };
+    let out = query_as(NOBODY);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("permission denied reading the store at")
+            && stderr.contains("uid 65534")
+            && stderr.contains("sudo logtap query"),
+        "{stderr}"
+    );
+    let out = query_as(0);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Once running, every thread of the agent holds CAP_DAC_READ_SEARCH and
+/// CAP_SYS_PTRACE only (effective, permitted and bounding sets), with no-new-privs;
+/// and it still reads a file only its (other) owner may read.
+#[test]
+fn the_running_agent_keeps_only_the_capabilities_it_needs() {
+    if !is_root("the_running_agent_keeps_only_the_capabilities_it_needs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let private = logs.join("private.log");
+    append_lines(&private, "private", 0..5);
+    chown(&private, NOBODY);
+    chmod(&private, 0o600);
+    let config = format!(
+        "sources:\n  - name: plain\n    include: [\"{}/*.log\"]\nsinks:\n  local: {{type: store}}\n",
+        logs.display()
+    );
+    let mut agent = Agent::start(&dir.path().join("data"), &config);
+    agent.wait_ready();
+    let expected = (1u64 << 2) | (1u64 << 19);
+    let tasks = Path::new("/proc")
+        .join(agent.pid().to_string())
+        .join("task");
+    let mut threads = 0;
+    for task in std::fs::read_dir(&tasks).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let Ok(status) = std::fs::read_to_string(task.join("status")) else {
+            continue; // ended meanwhile
+        };
+        if comm.starts_with("iou-") {
+            continue; // io_uring's kernel workers: see `privileges`
+        }
+        let caps = logtap::privileges::parse_status(&status).unwrap();
+        assert_eq!(
+            (
+                caps.effective,
+                caps.permitted,
+                caps.bounding,
+                caps.no_new_privs
+            ),
+            (expected, expected, expected, true),
+            "thread {} ({})",
+            task.display(),
+            comm.trim()
+        );
+        threads += 1;
+    }
+    assert!(
+        threads > 3,
+        "the agent's threads were all looked at: {threads}"
+    );
+    append_lines(&private, "private", 5..10);
+    append_lines(&logs.join("late.log"), "late", 0..5);
+    wait_for(WAIT, "files read after the drop", || {
+        let b = bodies(&agent.store_dir());
+        count_of(&b, "private") == 10 && count_of(&b, "late") == 5
+    });
+    assert!(agent.stop(), "clean stop");
+}

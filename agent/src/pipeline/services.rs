@@ -48,6 +48,8 @@ pub(super) struct Services {
     facts: Arc<dyn ContainerFactsSource>,
     container_list: Option<Arc<dyn ContainerList>>,
     capture: Option<CaptureThread>,
+    /// The probes loaded by [`Services::load_capture`], until capture starts.
+    probes: Option<crate::capture::Probes>,
 }
 
 impl Services {
@@ -111,7 +113,18 @@ impl Services {
             facts,
             container_list,
             capture: None,
+            probes: None,
         })
+    }
+
+    /// Loads the eBPF probes when `config` (the file's) enables capture and the run
+    /// is not one-shot; whether they loaded. Capture starts later, with the sinks
+    /// ([`Self::start_capture`]); the capabilities loading needs are dropped between.
+    pub fn load_capture(&mut self, config: &Config) -> bool {
+        if let Some(capture_config) = config.capture.as_ref().filter(|_| !self.oneshot) {
+            self.probes = CaptureThread::load(capture_config);
+        }
+        self.probes.is_some()
     }
 
     /// Starts eBPF capture when `config` (the config file, not an effective config)
@@ -128,6 +141,9 @@ impl Services {
         let Some(capture_config) = config.capture.as_ref().filter(|_| !self.oneshot) else {
             return;
         };
+        let Some(probes) = self.probes.take() else {
+            return;
+        };
         let pipeline = self.pipeline(config, sinks);
         let resolver = match &self.containers {
             Some(r) => r.clone(),
@@ -135,6 +151,7 @@ impl Services {
         };
         self.capture = CaptureThread::start(
             capture_config,
+            probes,
             pipeline,
             self.registry.clone(),
             resolver,
