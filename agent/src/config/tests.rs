@@ -487,3 +487,41 @@ fn follow_symlinks_needs_allowed_roots_and_host_files() {
         assert!(e.contains(field) && e.contains(says), "{extra}: {e}");
     }
 }
+
+/// A duration `Instant + Duration` cannot represent (about 292 billion years) made
+/// the checkpointer panic at run time; every duration is bounded at validation, with
+/// an error naming the field.
+#[test]
+fn absurd_durations_are_rejected_by_validation() {
+    let far = "500000000000y";
+    assert!(
+        std::time::Instant::now()
+            .checked_add(humantime::parse_duration(far).unwrap())
+            .is_none(),
+        "{far} overflows an Instant"
+    );
+    let base = "sinks:\n  local: {type: blackhole}\n";
+    for (yaml, field) in [
+        (format!("checkpoint: {{interval: {far}}}\n{base}"), "checkpoint.interval"),
+        (format!("files: {{rescan_interval: {far}}}\n{base}"), "files.rescan_interval"),
+        (format!("files: {{rotate_wait: {far}}}\n{base}"), "files.rotate_wait"),
+        (format!("batch: {{timeout: {far}}}\n{base}"), "batch.timeout"),
+        (format!("health: {{stall_timeout: {far}}}\n{base}"), "health.stall_timeout"),
+        (
+            format!("sinks:\n  local: {{type: store, max_age: {far}}}\n"),
+            "sinks.local.max_age",
+        ),
+        // librdkafka takes at most i32::MAX milliseconds.
+        (
+            "sinks:\n  hub: {type: kafka, brokers: [\"127.0.0.1:9092\"], topic: t, message_timeout: 30d}\n"
+                .to_string(),
+            "sinks.hub.message_timeout",
+        ),
+    ] {
+        let e = Config::parse(&yaml, "t.yaml").unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains("at most"), "{yaml}: {e}");
+    }
+    // A long but sane duration stays valid; the bound itself too.
+    Config::parse(&format!("checkpoint: {{interval: 30d}}\n{base}"), "t.yaml").unwrap();
+    Config::parse(&format!("files: {{rotate_wait: 100y}}\n{base}"), "t.yaml").unwrap();
+}

@@ -16,6 +16,11 @@ use super::schema::Selector;
 use super::*;
 use crate::select::{CompiledSelector, ValueMatcher};
 
+/// The longest duration a config may give: beyond any sensible timeout, interval or
+/// retention, and far below what `Instant + Duration` can represent: 100 years of
+/// 365.25 days, as `humantime` counts `100y`.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 impl Config {
     /// Second step: validation. Defaults that depend on where the agent runs (the
     /// `kubernetes` section's) are read from the process environment.
@@ -233,8 +238,16 @@ impl Validator {
         }
     }
 
+    /// A duration of at most [`MAX_DURATION`]: deadlines are `Instant::now() + d`,
+    /// which panics beyond what an `Instant` can hold (about 292 billion years, which
+    /// `humantime` happily parses).
     pub(crate) fn duration(&self, field: &str, text: &str) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(text).map_err(|e| self.invalid(field, format!("{text:?}: {e}")))
+        let d = humantime::parse_duration(text)
+            .map_err(|e| self.invalid(field, format!("{text:?}: {e}")))?;
+        if d > MAX_DURATION {
+            return Err(self.invalid(field, format!("{text:?}: at most 100 years")));
+        }
+        Ok(d)
     }
 
     /// An interval of 0 turns a periodic loop into a busy one (fsync storms, endless
@@ -363,6 +376,19 @@ impl Validator {
                 .map_err(|e| self.invalid(&format!("{prefix}.exclude[{j}]"), e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// librdkafka's `message.timeout.ms` is an `i32` of milliseconds: a longer one
+    /// would fail only when the sink starts.
+    fn kafka_message_timeout(&self, field: &str, text: &str) -> Result<Duration, ConfigError> {
+        let d = self.duration(field, text)?;
+        if d.as_millis() > i32::MAX as u128 {
+            return Err(self.invalid(
+                field,
+                format!("{text:?}: at most 24d 20h 31m 23s (librdkafka's bound)"),
+            ));
+        }
+        Ok(d)
     }
 
     /// `follow_symlinks` and `allowed_roots` go together, for host files only; the
@@ -820,7 +846,8 @@ impl Validator {
             }),
             sasl,
             properties: k.properties.clone(),
-            message_timeout: self.duration(&field("message_timeout"), &k.message_timeout)?,
+            message_timeout: self
+                .kafka_message_timeout(&field("message_timeout"), &k.message_timeout)?,
             forward: self.forward(
                 prefix,
                 ForwardFields {
