@@ -271,6 +271,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The token `/metrics` requires (`metrics.bearer_token_file`, read at validation).
     pub metrics_bearer_token: Option<crate::metrics::BearerToken>,
+    /// HTTPS for the metrics listener (`metrics.tls`, loaded at validation).
+    pub metrics_tls: Option<crate::metrics::MetricsTls>,
     /// How often acknowledged offsets are made durable (bounds duplicates after a crash).
     pub checkpoint_interval: Duration,
     /// A pipeline thread with work waiting and no progress for this long fails

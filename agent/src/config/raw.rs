@@ -172,6 +172,10 @@ pub struct RawMetrics {
     /// <token>` (read at start; `/healthz` and `/readyz` stay open for the probes).
     #[serde(default)]
     pub bearer_token_file: Option<String>,
+    /// Serve HTTPS (and with `client_ca_file`, ask for client certificates, which
+    /// `/metrics` then requires).
+    #[serde(default)]
+    pub tls: Option<RawMetricsTls>,
 }
 
 impl Default for RawMetrics {
@@ -179,8 +183,21 @@ impl Default for RawMetrics {
         RawMetrics {
             listen: default_metrics_listen(),
             bearer_token_file: None,
+            tls: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetricsTls {
+    /// PEM certificate chain of the listener.
+    pub cert_file: String,
+    /// PEM private key of that certificate.
+    pub key_file: String,
+    /// PEM CA certificates a client certificate must be signed by (mTLS for `/metrics`).
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -525,3 +525,18 @@ fn absurd_durations_are_rejected_by_validation() {
     Config::parse(&format!("checkpoint: {{interval: 30d}}\n{base}"), "t.yaml").unwrap();
     Config::parse(&format!("files: {{rotate_wait: 100y}}\n{base}"), "t.yaml").unwrap();
 }
+
+#[test]
+fn metrics_tls_files_are_loaded_at_validation() {
+    let e = Config::parse(
+        "metrics: {listen: \"127.0.0.1:9464\", tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}\nsinks:\n  local: {type: blackhole}\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("metrics.tls.cert_file") && e.contains("/nonexistent/c.pem"),
+        "{e}"
+    );
+    assert!(Config::embedded_default().metrics_tls.is_none());
+}

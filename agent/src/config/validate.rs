@@ -50,6 +50,17 @@ impl Config {
                     .map_err(|e| v.invalid("metrics.bearer_token_file", e))?,
             ),
         };
+        let metrics_tls = match &raw.metrics.tls {
+            None => None,
+            Some(t) => Some(
+                crate::metrics::MetricsTls::load(
+                    Path::new(&t.cert_file),
+                    Path::new(&t.key_file),
+                    t.client_ca_file.as_deref().map(Path::new),
+                )
+                .map_err(|(field, e)| v.invalid(&format!("metrics.tls.{}", field.name()), e))?,
+            ),
+        };
 
         let sinks = v.sinks(&raw.sinks, &data_dir)?;
         let kubernetes = v.kubernetes(&raw.kubernetes, env)?;
@@ -73,6 +84,7 @@ impl Config {
             data_dir,
             metrics_listen,
             metrics_bearer_token,
+            metrics_tls,
             checkpoint_interval: v.interval("checkpoint.interval", &raw.checkpoint.interval)?,
             stall_timeout: v.interval("health.stall_timeout", &raw.health.stall_timeout)?,
             rescan_interval: v.interval("files.rescan_interval", &raw.files.rescan_interval)?,
