@@ -43,6 +43,7 @@ pub fn install(config: &mut Config) -> anyhow::Result<()> {
         stream: None,
         container_paths: Vec::new(),
         allowed_roots: Vec::new(),
+        processors: Vec::new(),
     };
     let demo = [
         source(

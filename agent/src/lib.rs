@@ -43,3 +43,4 @@ pub mod route;
 pub mod select;
 pub mod sink;
 pub mod source;
+pub mod transform;

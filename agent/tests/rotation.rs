@@ -412,3 +412,122 @@ fn sigterm_after_a_rotation_while_stopped_collects_the_rotated_backlog_exactly_o
         census.malformed.first()
     );
 }
+
+/// Appends the lines `seqs` to `path`; returns the bytes written.
+fn append_seqs(path: &Path, seqs: std::ops::Range<u64>) -> u64 {
+    let mut buf = Vec::new();
+    for seq in seqs {
+        writeln!(buf, "{}", rate_line(seq)).unwrap();
+    }
+    open_append(path).write_all(&buf).unwrap();
+    buf.len() as u64
+}
+
+/// Files destroyed while the agent is stopped (a rolling update during log cleanup):
+/// a file deleted with a backlog loses exactly its unread bytes, and they are counted
+/// to the byte; a file copy-truncated meanwhile loses nothing (it is read on from
+/// logrotate's copy). A clean stop checkpoints exactly what was stored, so the counts
+/// are exact.
+#[test]
+fn files_deleted_or_copy_truncated_while_stopped_lose_only_what_is_counted() {
+    const EACH: u64 = 200_000;
+    const NEW: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let data = dir.path().join("data");
+    let (gone, copied) = (logs.join("gone.log"), logs.join("copied.log"));
+    let gone_size = append_seqs(&gone, 0..EACH);
+    append_seqs(&copied, EACH..2 * EACH);
+    let config = store_config(&logs);
+
+    // First run, held to 2% of the time so both files keep a backlog, stopped cleanly.
+    let mut agent = Agent::start(&data, &config);
+    let throttle = agent.throttle(2);
+    wait_for(
+        Duration::from_secs(30),
+        "the first progress checkpoint",
+        || metric(&agent.metrics(), "logtap_checkpoint_writes_total", &[]) >= 2.0,
+    );
+    drop(throttle);
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let store = agent.store_dir();
+    let first = SeqCensus::of(&store_records(&store));
+    let gone_stored = first.counts.range(0..EACH).count() as u64;
+    let copied_stored = first.counts.range(EACH..2 * EACH).count() as u64;
+    println!("the first run stored {gone_stored} and {copied_stored} of {EACH} lines");
+    assert!(
+        gone_stored < EACH && copied_stored < EACH,
+        "backlogs remained"
+    );
+    assert_eq!(first.missing(gone_stored), Vec::<u64>::new(), "a prefix");
+
+    // While stopped: one file deleted, the other copy-truncated and written again.
+    std::fs::remove_file(&gone).unwrap();
+    std::fs::copy(&copied, logs.join("copied.log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copied)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append_seqs(&copied, 2 * EACH..2 * EACH + NEW);
+
+    let mut agent = Agent::start(&data, &config);
+    wait_for(
+        Duration::from_secs(60),
+        "the copy's backlog and the new lines",
+        || {
+            let census = SeqCensus::of(&store_records(&store));
+            (EACH..2 * EACH + NEW).all(|s| census.counts.contains_key(&s))
+        },
+    );
+    let metrics = agent.metrics();
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let unread: u64 = (gone_stored..EACH)
+        .map(|s| rate_line(s).len() as u64 + 1)
+        .sum();
+    assert_eq!(
+        unread,
+        gone_size
+            - (0..gone_stored)
+                .map(|s| rate_line(s).len() as u64 + 1)
+                .sum::<u64>()
+    );
+    let dropped = |reason| {
+        metric(
+            &metrics,
+            "logtap_dropped_bytes_total",
+            &[("reason", reason)],
+        ) as u64
+    };
+    assert_eq!(
+        dropped("deleted_while_stopped"),
+        unread,
+        "the deleted file's backlog; the log says:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        dropped("truncated_while_stopped"),
+        0,
+        "the copy held the rest"
+    );
+    assert_eq!(
+        dropped("replaced_while_stopped"),
+        0,
+        "the copy held the rest"
+    );
+    let census = SeqCensus::of(&store_records(&store));
+    let lost: Vec<u64> = census.missing(2 * EACH + NEW);
+    assert_eq!(
+        lost,
+        (gone_stored..EACH).collect::<Vec<_>>(),
+        "only the deleted backlog"
+    );
+    assert_eq!(census.duplicates(), 0, "a clean stop re-ships nothing");
+    assert!(
+        census.malformed.is_empty(),
+        "{:?}",
+        census.malformed.first()
+    );
+}

@@ -2,8 +2,10 @@
 //! binary, against an exact oracle.
 //!
 //! A history is a sequence of [`Op`]s: appends, kubelet-style rename rotations,
-//! copytruncate, truncation, deletion of the oldest rotated file, and the agent killed
-//! (`kill -9`), stopped (SIGTERM) and started again. Only `app.log` matches the
+//! copytruncate, truncation, deletion of the oldest rotated file, a `LogCollection`
+//! change (a live rebuild of the file source, through a fake API server speaking the
+//! real list + watch protocol), and the agent killed (`kill -9`), stopped (SIGTERM)
+//! and started again. Only `app.log` matches the
 //! source's glob; rotated files (`app.log.<n>`) are read through the descriptor the
 //! agent holds, or found again by identity when the agent was stopped meanwhile.
 //!
@@ -13,30 +15,34 @@
 //! - the lines of a file destroyed (truncated, copy-truncated or deleted) *while the
 //!   agent was stopped* that were not stored at that moment: the agent never saw them
 //!   whole, so they may be lost;
-//! - the lines of a file the agent's durable state may not know, moved out of the
-//!   glob's sight: a file of which no line was stored when the agent stopped may have
-//!   had no checkpoint yet (a file's identity is made durable before its first package
-//!   reaches a sink, not when it is opened), so once it is renamed away (before the
-//!   stop, or while the agent is down) the restarted agent has nothing to find it by.
+//! - the lines of a file the agent's durable state does not know, moved out of the
+//!   glob's sight: a file whose identity is not in the checkpoint table the stopped
+//!   agent left (read back here; the agent writes a new file's entry within 100 ms of
+//!   opening it), renamed away while the agent is down, leaves the restarted agent
+//!   nothing to find it by.
 //!
-//! While
-//! the agent runs, a destructive operation first waits until the file's lines are
-//! stored, and a rotation until the agent holds the file open — a file the agent
-//! could see is never allowed to lose a line. (A file renamed away before the agent
-//! opened it, microseconds after it was created, is not followed: that gap is
-//! written down in issue 9.) No record is
+//! While the agent runs, a destructive operation first waits until the file's lines
+//! are stored — a file the agent could see is never allowed to lose a line. A
+//! rotation does not wait for the agent to open the file (only, after a start, for
+//! its first look at the directory): a file created and renamed away before the agent
+//! opened it is followed by its rename. No record is
 //! torn or foreign, and no line is stored more than once per `kill -9` it lived
-//! through plus one (SIGTERM acknowledges and checkpoints everything, so it
-//! duplicates nothing).
+//! through plus one per rebuild plus one (SIGTERM acknowledges and checkpoints
+//! everything, so it duplicates nothing; a rebuild re-reads what its sinks did not
+//! acknowledge in time).
 //!
 //! The case budget is fixed (`LOGTAP_MODEL_CASES`, default 12) and the generator's
 //! seed too, so CI runs the same histories every time; set `LOGTAP_MODEL_SEED` to
 //! explore others.
 
 mod common;
+#[path = "../src/discovery/watcher/fake_api.rs"]
+#[allow(dead_code, reason = "the fake serves the watcher's unit tests too")]
+mod fake_api;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,6 +62,9 @@ enum Op {
     Truncate,
     /// Delete the oldest rotated file, as the kubelet does after two more rotations.
     DeleteOldest,
+    /// Change the `LogCollection` (it selects no container here): the running agent
+    /// rebuilds its pipeline, draining its file source for at most 2 s.
+    Rebuild,
     Kill9,
     Term,
     Start,
@@ -68,6 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CopyTruncate),
         1 => Just(Op::Truncate),
         1 => Just(Op::DeleteOldest),
+        1 => Just(Op::Rebuild),
         1 => Just(Op::Kill9),
         1 => Just(Op::Term),
         2 => Just(Op::Start),
@@ -93,12 +103,23 @@ struct World {
     /// Lines that may be missing: unstored when their file was destroyed while the
     /// agent was stopped.
     may_lose: BTreeSet<u64>,
-    /// Whether no line of the active file was stored when the agent last stopped: if
-    /// it is rotated away before the next start, its lines may be lost.
+    /// Of `may_lose`, the lines of files the checkpoint table did not know.
+    unknown_to_checkpoints: BTreeSet<u64>,
+    /// Whether the active file was not in the checkpoint table when the agent last
+    /// stopped: if it is rotated away before the next start, its lines may be lost.
     active_unknown: bool,
+    /// Whether the running agent opened a file since its start: until then it may not
+    /// watch the directory yet, and a rotation waits for it.
+    agent_looked: bool,
     /// `kill -9`s so far: a line can be read again once per kill (its checkpoint
     /// not yet persisted), which bounds its copies.
     kills: u32,
+    /// The API server the agent watches `LogCollection`s on.
+    api: fake_api::FakeApi,
+    /// Collection changes so far (each may re-read what was not acknowledged).
+    rebuilds: u32,
+    /// Empty: the collection's pod log directory (it selects nothing).
+    pod_logs: PathBuf,
 }
 
 const CONFIG: &str = "checkpoint: {interval: 500ms}\nfiles: {rotate_wait: 1s}\n";
@@ -119,17 +140,41 @@ impl World {
             agent: None,
             next_seq: 0,
             may_lose: BTreeSet::new(),
+            unknown_to_checkpoints: BTreeSet::new(),
             active_unknown: false,
+            agent_looked: false,
             kills: 0,
+            api: fake_api::FakeApi::start_new(),
+            rebuilds: 0,
+            pod_logs: {
+                let pods = dir.join("pods");
+                std::fs::create_dir_all(&pods).unwrap();
+                pods
+            },
         }
     }
 
     fn config(&self) -> String {
         format!(
             "{CONFIG}sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: local\n\
-             sinks:\n  local: {{type: store}}\n",
-            self.logs.display()
+             sinks:\n  local: {{type: store}}\n\
+             cri: {{enabled: false}}\n\
+             kubernetes: {{api_url: \"{}\", node_name: model, metadata_wait: 1s}}\n\
+             collections: {{pod_logs: \"{}\", admin_namespace: shop}}\n",
+            self.logs.display(),
+            self.api.url(),
+            self.pod_logs.display(),
         )
+    }
+
+    /// A new version of the one `LogCollection`: it selects pods labelled with this
+    /// version, of which there are none, so only the rebuild matters.
+    fn collection_spec(&self) -> serde_json::Value {
+        serde_json::json!({
+            "selector": {"include_labels": {"version": self.rebuilds.to_string()}},
+            "sources": [{"name": "out", "input": {"type": "container_stdout"}}],
+            "sink": {"type": "store", "path": self.data.join("collection")},
+        })
     }
 
     fn store(&self) -> PathBuf {
@@ -180,16 +225,28 @@ impl World {
         }
     }
 
-    /// The files the stopped agent may not know (none of their lines stored): rotated
-    /// ones are out of the glob's sight already; the active one is if it is rotated
-    /// before the next start.
+    /// The files the stopped agent's checkpoint table does not know: rotated ones are
+    /// out of the glob's sight already; the active one is if it is rotated before the
+    /// next start. (A file the table knows and that is gone is dropped, and its lines
+    /// counted in `before_destroying`.)
     fn after_stop(&mut self) {
+        let table = logtap::checkpoint::Registry::open(&self.data.join("checkpoints"))
+            .expect("the stopped agent's checkpoint table is readable");
         let stored = self.stored();
-        let unknown =
-            |f: &File| !f.seqs.is_empty() && !f.seqs.iter().any(|s| stored.contains_key(s));
+        // A file with a line stored is known: its entry is made durable before its
+        // first package reaches the store.
+        let unknown = |f: &File| {
+            let Ok(meta) = std::fs::metadata(&f.path) else {
+                return false;
+            };
+            !f.seqs.is_empty()
+                && !f.seqs.iter().any(|s| stored.contains_key(s))
+                && table.lookup(meta.dev(), meta.ino()).is_none()
+        };
         for f in &self.rotated {
             if unknown(f) {
                 self.may_lose.extend(&f.seqs);
+                self.unknown_to_checkpoints.extend(&f.seqs);
             }
         }
         self.active_unknown = unknown(&self.active);
@@ -216,14 +273,18 @@ impl World {
                 if !self.active.path.exists() {
                     return;
                 }
-                if let Some(agent) = &self.agent {
+                if let Some(agent) = &self.agent
+                    && !self.agent_looked
+                {
                     wait_open(agent, &self.active.path);
+                    self.agent_looked = true;
                 }
                 let to = self.rotated_path();
                 std::fs::rename(&self.active.path, &to).unwrap();
                 let seqs = std::mem::take(&mut self.active.seqs);
                 if self.agent.is_none() && self.active_unknown {
                     self.may_lose.extend(&seqs);
+                    self.unknown_to_checkpoints.extend(&seqs);
                 }
                 self.active_unknown = false;
                 self.rotated.push(File { path: to, seqs });
@@ -262,6 +323,17 @@ impl World {
                 self.before_destroying(&oldest);
                 std::fs::remove_file(&oldest.path).unwrap();
             }
+            Op::Rebuild => {
+                self.rebuilds += 1;
+                let applied = self.agent.as_ref().map(applies);
+                self.api
+                    .put_collection("shop", "model", self.collection_spec());
+                if let (Some(agent), Some(before)) = (&self.agent, applied) {
+                    wait_for(Duration::from_secs(30), "the collection applied", || {
+                        applies(agent) > before
+                    });
+                }
+            }
             Op::Kill9 => {
                 if let Some(mut agent) = self.agent.take() {
                     agent.kill9();
@@ -283,6 +355,7 @@ impl World {
                     self.agent = Some(Agent::start(&self.data, &self.config()));
                     // It finds `app.log` by the glob.
                     self.active_unknown = false;
+                    self.agent_looked = false;
                 }
             }
         }
@@ -311,7 +384,7 @@ impl World {
             missing.len(),
             ranges(&missing)
         );
-        let limit = 1 + self.kills;
+        let limit = 1 + self.kills + self.rebuilds;
         let over: Vec<(u64, u32)> = census
             .counts
             .iter()
@@ -324,14 +397,25 @@ impl World {
             .iter()
             .filter(|s| !census.counts.contains_key(s))
             .count();
+        let lost_unknown = self
+            .unknown_to_checkpoints
+            .iter()
+            .filter(|s| !census.counts.contains_key(s))
+            .count();
         Ok(format!(
-            "{} lines, {} stored, {} duplicates, {lost} lost of {} allowed",
+            "{} lines, {} stored, {} duplicates, {lost} lost of {} allowed \
+             ({lost_unknown} of files unknown to the checkpoint table)",
             self.next_seq,
             census.counts.len(),
             census.duplicates(),
             self.may_lose.len()
         ))
     }
+}
+
+/// Collection changes the agent applied (its rebuilds).
+fn applies(agent: &Agent) -> f64 {
+    metric(&agent.metrics(), "logtap_collection_applies_total", &[])
 }
 
 /// Waits (up to 20 s) until the agent holds `path` open.

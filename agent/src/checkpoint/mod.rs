@@ -51,6 +51,10 @@ pub struct FileCheckpoint {
     pub last_package_id: u64,
     /// The source was drained and closed (rotated away); resume only if it grows.
     pub closed: bool,
+    /// The file's size when the agent last looked (at least `offset`): what a file
+    /// deleted or truncated while the agent is stopped took with it is at least
+    /// `size - offset`, counted at the next start.
+    pub size: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +71,19 @@ pub enum CheckpointError {
 /// The on-disk format. Versioned so a newer agent can read an older file.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
 enum CheckpointFile {
-    V1 { entries: Vec<EntryV1> },
+    V1 {
+        entries: Vec<EntryV1>,
+    },
+    /// V1 plus each file's last seen size.
+    V2 {
+        entries: Vec<EntryV2>,
+    },
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+struct EntryV2 {
+    v1: EntryV1,
+    size: u64,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
@@ -135,6 +151,8 @@ pub struct Registry {
     persisting: Mutex<()>,
     /// Acknowledgements that advanced a checkpoint offset (see [`Registry::progress`]).
     progress: AtomicU64,
+    /// New sources registered (see [`Registry::registrations`]).
+    registrations: AtomicU64,
 }
 
 pub type SharedRegistry = Arc<Registry>;
@@ -175,6 +193,7 @@ impl Registry {
             last_persist: Mutex::new(None),
             persisting: Mutex::new(()),
             progress: AtomicU64::new(0),
+            registrations: AtomicU64::new(0),
         })
     }
 
@@ -238,7 +257,20 @@ impl Registry {
     /// the caller decided whether it resumes it or replaces it (inode reuse).
     pub fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64) {
         let mut inner = self.lock();
-        let previous = inner.loaded.remove(&(identity.dev, identity.inode));
+        // A source may continue on another inode: a file copy-truncated while the
+        // agent was stopped is read on from the copy logrotate made.
+        let key = (identity.dev, identity.inode);
+        let previous = match inner.loaded.remove(&key) {
+            Some(p) if p.source_id == source => Some(p),
+            _ => {
+                let own = inner
+                    .loaded
+                    .iter()
+                    .find(|(_, c)| c.source_id == source)
+                    .map(|(key, _)| *key);
+                own.and_then(|k| inner.loaded.remove(&k))
+            }
+        };
         let resumed = previous.as_ref().is_some_and(|p| p.source_id == source);
         let last_package_id = match (&previous, inner.live.get(&source)) {
             (_, Some(live)) => live.checkpoint.last_package_id,
@@ -256,6 +288,9 @@ impl Registry {
                 live.forgotten = true;
             }
         }
+        if !resumed && !inner.live.contains_key(&source) {
+            self.registrations.fetch_add(1, Ordering::Relaxed);
+        }
         let live = inner.live.entry(source).or_insert_with(|| Live {
             checkpoint: FileCheckpoint {
                 source_id: source,
@@ -264,6 +299,7 @@ impl Registry {
                 offset,
                 last_package_id,
                 closed: false,
+                size: offset,
             },
             in_flight: VecDeque::new(),
             forgotten: false,
@@ -283,6 +319,13 @@ impl Registry {
     pub fn update_identity(&self, source: SourceId, identity: FileIdentity) {
         if let Some(live) = self.lock().live.get_mut(&source) {
             live.checkpoint.identity = identity;
+        }
+    }
+
+    /// The file of a live source was seen at `size` bytes.
+    pub fn observed_size(&self, source: SourceId, size: u64) {
+        if let Some(live) = self.lock().live.get_mut(&source) {
+            live.checkpoint.size = size;
         }
     }
 
@@ -309,13 +352,21 @@ impl Registry {
     /// (deleted while the agent was down, or no longer matched by any include glob):
     /// without this, checkpoints of vanished files would be carried forever.
     /// Captured streams are not files: capture keeps or drops those itself.
-    pub fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>) -> usize {
+    ///
+    /// Returns the entries dropped and the bytes they were known to still hold
+    /// unread (`size - offset` of each: lost with their file).
+    pub fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>) -> (usize, u64) {
         let mut inner = self.lock();
-        let before = inner.loaded.len();
-        inner
-            .loaded
-            .retain(|key, _| key.0 == crate::source::CAPTURE_DEV || found.contains(key));
-        before - inner.loaded.len()
+        let (mut dropped, mut owed) = (0, 0);
+        inner.loaded.retain(|key, c| {
+            let keep = key.0 == crate::source::CAPTURE_DEV || found.contains(key);
+            if !keep {
+                dropped += 1;
+                owed += c.size.saturating_sub(c.offset);
+            }
+            keep
+        });
+        (dropped, owed)
     }
 
     /// The checkpoints a file source starting now may resume: the entries loaded at
@@ -448,6 +499,13 @@ impl Registry {
         self.progress.load(Ordering::Relaxed)
     }
 
+    /// How many new sources were registered since the registry was opened: a
+    /// persister compares it to write a new file's identity soon after the open, so
+    /// a file renamed away while the agent is down can be found again.
+    pub fn registrations(&self) -> u64 {
+        self.registrations.load(Ordering::Relaxed)
+    }
+
     /// Packages sent and not yet acknowledged, over all sources.
     pub fn in_flight(&self) -> usize {
         let inner = self.lock();
@@ -564,19 +622,22 @@ fn write_atomically(dir: &Path, entries: &[FileCheckpoint]) -> Result<(), Checkp
         let path = path.to_path_buf();
         move |source| CheckpointError::Io { path, source }
     };
-    let file = CheckpointFile::V1 {
+    let file = CheckpointFile::V2 {
         entries: entries
             .iter()
-            .map(|c| EntryV1 {
-                source_id: c.source_id.0,
-                dev: c.identity.dev,
-                inode: c.identity.inode,
-                fingerprint_len: c.identity.fingerprint_len,
-                fingerprint: c.identity.fingerprint,
-                path: c.path.as_os_str().as_bytes().to_vec(),
-                offset: c.offset,
-                last_package_id: c.last_package_id,
-                closed: c.closed as u32,
+            .map(|c| EntryV2 {
+                v1: EntryV1 {
+                    source_id: c.source_id.0,
+                    dev: c.identity.dev,
+                    inode: c.identity.inode,
+                    fingerprint_len: c.identity.fingerprint_len,
+                    fingerprint: c.identity.fingerprint,
+                    path: c.path.as_os_str().as_bytes().to_vec(),
+                    offset: c.offset,
+                    last_package_id: c.last_package_id,
+                    closed: c.closed as u32,
+                },
+                size: c.size.max(c.offset),
             })
             .collect(),
     };
@@ -642,10 +703,16 @@ fn read_file(path: &Path) -> Result<Vec<FileCheckpoint>, CheckpointError> {
     aligned.extend_from_slice(body);
     let file = rkyv::from_bytes::<CheckpointFile, rkyv::rancor::Error>(&aligned)
         .map_err(|e| corrupt(format!("archive: {e}")))?;
-    let CheckpointFile::V1 { entries } = file;
+    // A V1 table knows no sizes: nothing is counted for its files at this start.
+    let entries: Vec<(EntryV1, Option<u64>)> = match file {
+        CheckpointFile::V1 { entries } => entries.into_iter().map(|e| (e, None)).collect(),
+        CheckpointFile::V2 { entries } => {
+            entries.into_iter().map(|e| (e.v1, Some(e.size))).collect()
+        }
+    };
     Ok(entries
         .into_iter()
-        .map(|e| FileCheckpoint {
+        .map(|(e, size)| FileCheckpoint {
             source_id: SourceId(e.source_id),
             identity: FileIdentity {
                 dev: e.dev,
@@ -654,6 +721,7 @@ fn read_file(path: &Path) -> Result<Vec<FileCheckpoint>, CheckpointError> {
                 fingerprint: e.fingerprint,
             },
             path: PathBuf::from(std::ffi::OsString::from_vec(e.path)),
+            size: size.unwrap_or(e.offset).max(e.offset),
             offset: e.offset,
             last_package_id: e.last_package_id,
             closed: e.closed != 0,

@@ -123,11 +123,14 @@ fn entries_of_files_gone_while_down_are_dropped_after_the_first_scan() {
         let reg = Registry::open(dir.path()).unwrap();
         reg.register(SourceId(1), identity(1), "/kept".into(), 10);
         reg.register(SourceId(2), identity(2), "/gone".into(), 20);
+        // Its last known size survives the restart: 30 bytes were never read.
+        reg.observed_size(SourceId(2), 50);
         reg.persist().unwrap();
     }
     let reg = Registry::open(dir.path()).unwrap();
+    assert_eq!(reg.lookup(1, 2).unwrap().size, 50);
     let found: HashSet<(u64, u64)> = [(1, 1)].into_iter().collect();
-    assert_eq!(reg.retain_unclaimed(&found), 1);
+    assert_eq!(reg.retain_unclaimed(&found), (1, 30));
     let snap = reg.snapshot();
     assert_eq!(snap.len(), 1);
     assert_eq!(snap[0].source_id, SourceId(1));
@@ -252,4 +255,33 @@ fn resumable_holds_unclaimed_loaded_entries_and_open_live_sources() {
     // Claimed by a source, the loaded entry is resumable as that live source.
     reg.register(SourceId(1), identity(1), "/a.log".into(), 100);
     assert_eq!(reg.resumable().len(), 2);
+}
+
+/// A table written by an agent before sizes were kept still loads; its files' sizes
+/// are taken as their offsets, so nothing is counted as lost for them at this start.
+#[test]
+fn a_version_1_table_loads_with_sizes_at_the_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = CheckpointFile::V1 {
+        entries: vec![EntryV1 {
+            source_id: 7,
+            dev: 1,
+            inode: 3,
+            fingerprint_len: 10,
+            fingerprint: 0xdead,
+            path: b"/old".to_vec(),
+            offset: 40,
+            last_package_id: 2,
+            closed: 0,
+        }],
+    };
+    let body = rkyv::to_bytes::<rkyv::rancor::Error>(&file).unwrap();
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    std::fs::write(dir.path().join(FILE_NAME), bytes).unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let cp = reg.lookup(1, 3).unwrap();
+    assert_eq!((cp.source_id, cp.offset, cp.size), (SourceId(7), 40, 40));
+    assert_eq!(reg.retain_unclaimed(&HashSet::new()), (1, 0));
 }

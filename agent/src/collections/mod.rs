@@ -490,6 +490,7 @@ fn merge(
             max_line_bytes: s.max_line_bytes,
             multiline: s.multiline,
             parser: s.parser,
+            processors: s.processors,
             ..SourceConfig::new(&name, Vec::new(), key)
         };
         match s.input {

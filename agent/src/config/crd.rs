@@ -26,8 +26,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use super::schema::{NamespaceSelector, Selector};
-use super::schema::{RawFormat, RawMultiline, RawParser, RawSink};
-use super::{ConfigError, Format, MultilineConfig, ParserConfig, SinkConfig, Validator};
+use super::schema::{RawFormat, RawMultiline, RawParser, RawProcessor, RawSink};
+use super::{
+    ConfigError, Format, MultilineConfig, ParserConfig, ProcessorConfig, SinkConfig, Validator,
+};
 use crate::select::CompiledSelector;
 
 /// What a `LogCollection` collects and where it ships it.
@@ -73,6 +75,9 @@ pub struct CollectionSource {
     pub multiline: Option<RawMultiline>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parser: Option<RawParser>,
+    /// Record processors, in order, after the parser (as in the config file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processors: Vec<RawProcessor>,
 }
 
 fn default_max_line_size() -> String {
@@ -189,6 +194,7 @@ pub struct CollectionSourceConfig {
     pub max_line_bytes: usize,
     pub multiline: Option<MultilineConfig>,
     pub parser: ParserConfig,
+    pub processors: Vec<ProcessorConfig>,
 }
 
 impl LogCollectionSpec {
@@ -266,6 +272,7 @@ impl LogCollectionSpec {
                 max_line_bytes: v.max_line_size(&prefix, &s.max_line_size)?,
                 multiline: v.multiline(&prefix, s.multiline.as_ref())?,
                 parser: v.parser(&prefix, s.parser.as_ref())?,
+                processors: v.processors(&prefix, &s.processors)?,
             });
         }
         let sink = v.sink("spec.sink", &self.sink, data_dir)?;

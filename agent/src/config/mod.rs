@@ -87,6 +87,40 @@ pub enum ParserConfig {
     Apache,
 }
 
+/// What a filter step compares a record's body or field with.
+#[derive(Clone, Debug)]
+pub enum ValueTest {
+    Regex(Regex),
+    Equals(bytes::Bytes),
+}
+
+/// A validated step of a source's `processors` (see [`crate::transform`]). `field`
+/// names a parsed field; `None` is the record's body.
+#[derive(Clone, Debug)]
+pub enum ProcessorConfig {
+    /// `keep` (only matching records stay) or `drop` (matching records go).
+    Filter {
+        keep: bool,
+        field: Option<Arc<str>>,
+        test: ValueTest,
+    },
+    /// Every match replaced (the body and every field value when `field` is `None`).
+    Mask {
+        field: Option<Arc<str>>,
+        regex: Regex,
+        replacement: Arc<str>,
+    },
+    AddFields(Vec<(Arc<str>, Arc<str>)>),
+    /// `(old, new)` key pairs.
+    RenameFields(Vec<(Arc<str>, Arc<str>)>),
+    RemoveFields(Vec<Arc<str>>),
+    /// Named captures become fields.
+    Extract {
+        field: Option<Arc<str>>,
+        regex: Regex,
+    },
+}
+
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
     pub name: Arc<str>,
@@ -110,6 +144,8 @@ pub struct SourceConfig {
     /// into (`follow_symlinks` + `allowed_roots`); empty: links stay inside the
     /// globs' directories (see [`crate::source::file::open`]).
     pub allowed_roots: Vec<PathBuf>,
+    /// Applied in order to every record after its parser (see [`crate::transform`]).
+    pub processors: Vec<ProcessorConfig>,
 }
 
 impl SourceConfig {
@@ -129,6 +165,7 @@ impl SourceConfig {
             stream: None,
             container_paths: Vec::new(),
             allowed_roots: Vec::new(),
+            processors: Vec::new(),
         }
     }
 }

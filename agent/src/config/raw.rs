@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{RawFormat, RawMultiline, RawParser, RawSink, Selector, default_true};
+use super::schema::{
+    RawFormat, RawMultiline, RawParser, RawProcessor, RawSink, Selector, default_true,
+};
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -339,6 +341,9 @@ pub struct RawSource {
     pub multiline: Option<RawMultiline>,
     #[serde(default)]
     pub parser: Option<RawParser>,
+    /// Record processors, in order, after the parser.
+    #[serde(default)]
+    pub processors: Vec<RawProcessor>,
     #[serde(default = "default_sink_name")]
     pub sink: String,
 }

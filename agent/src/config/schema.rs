@@ -49,6 +49,57 @@ pub enum RawParser {
     Apache {},
 }
 
+/// One step of a source's `processors`, applied in order to every record after its
+/// parser and before it is packaged (see `crate::transform`). `field` names a parsed
+/// field; without it a step works on the record's body.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[schemars(transform = merge_tagged_variants)]
+pub enum RawProcessor {
+    /// Keeps only the records whose body (or `field`) matches `regex` or `equals`.
+    Keep {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        regex: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        equals: Option<String>,
+    },
+    /// Drops the records whose body (or `field`) matches `regex` or `equals`.
+    Drop {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        regex: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        equals: Option<String>,
+    },
+    /// Replaces every match of `regex` with `replacement` (default `****`; `$1`,
+    /// `$name` refer to its groups) in the body and every field value, or only in
+    /// `field`.
+    Mask {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+        regex: String,
+        // No serde default: in the CRD it would be a schema default, which the API
+        // server would add to every kind of step (and `keep` has no `replacement`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replacement: Option<String>,
+    },
+    /// Adds these fields to every record.
+    AddFields { fields: BTreeMap<String, String> },
+    /// Renames fields: `{old: new, ...}`.
+    RenameFields { fields: BTreeMap<String, String> },
+    /// Removes the fields of these names.
+    RemoveFields { names: Vec<String> },
+    /// Adds the named captures of `regex` in the body (or `field`) as fields.
+    Extract {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+        regex: String,
+    },
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 #[schemars(transform = merge_tagged_variants)]
@@ -232,7 +283,7 @@ fn default_when_full() -> String {
 /// kube's rewriter refuses variants whose `type` tags differ. The merged object lists
 /// every variant's fields and the tag's values as an enum; which fields each kind takes
 /// and requires is left to serde (unknown fields for the kind are still rejected when
-/// the agent reads the object).
+/// the agent reads the object), and so are the defaults: the merged fields have none.
 pub(crate) fn merge_tagged_variants(schema: &mut schemars::Schema) {
     use serde_json::{Map, Value};
     let Some(obj) = schema.as_object_mut() else {
@@ -268,6 +319,13 @@ pub(crate) fn merge_tagged_variants(schema: &mut schemars::Schema) {
                     tags.push(tag);
                 }
             } else {
+                // A default in the merged object would be applied by the API server to
+                // every kind (a store sink would get a Kafka `acks`, which serde then
+                // rejects as unknown); serde applies each kind's defaults itself.
+                let mut prop = prop;
+                if let Value::Object(p) = &mut prop {
+                    p.remove("default");
+                }
                 properties.entry(name).or_insert(prop);
             }
         }

@@ -183,6 +183,7 @@ impl Validator {
             let max_line_bytes = v.max_line_size(&prefix, &s.max_line_size)?;
             let multiline = v.multiline(&prefix, s.multiline.as_ref())?;
             let parser = v.parser(&prefix, s.parser.as_ref())?;
+            let processors = v.processors(&prefix, &s.processors)?;
             let sink: Arc<str> = Arc::from(s.sink.as_str());
             if !sinks.contains_key(&sink) {
                 return Err(v.invalid(
@@ -211,6 +212,7 @@ impl Validator {
                 stream: None,
                 container_paths: s.container_paths.clone(),
                 allowed_roots,
+                processors,
             });
         }
 
@@ -227,6 +229,9 @@ impl From<schema::RawFormat> for Format {
         }
     }
 }
+
+/// Most steps a source's `processors` may have: each runs on every record.
+const MAX_PROCESSORS: usize = 32;
 
 /// The checks shared by the config file and the `LogCollection` spec ([`crd`]), so both
 /// accept exactly the same values and name the failing field the same way. `prefix` is
@@ -571,6 +576,116 @@ impl Validator {
                 }
             }
         })
+    }
+
+    /// A source's `processors`: regexes compile, filters test exactly one way, names
+    /// are not empty.
+    pub(crate) fn processors(
+        &self,
+        prefix: &str,
+        raw: &[schema::RawProcessor],
+    ) -> Result<Vec<ProcessorConfig>, ConfigError> {
+        use schema::RawProcessor as P;
+        if raw.len() > MAX_PROCESSORS {
+            return Err(self.invalid(
+                &format!("{prefix}.processors"),
+                format!("at most {MAX_PROCESSORS} steps"),
+            ));
+        }
+        let mut steps = Vec::with_capacity(raw.len());
+        for (i, p) in raw.iter().enumerate() {
+            let field = |f: &str| format!("{prefix}.processors[{i}].{f}");
+            let name = |f: &str, n: &str| -> Result<Arc<str>, ConfigError> {
+                match n.is_empty() {
+                    true => Err(self.invalid(&field(f), "must not be empty".into())),
+                    false => Ok(Arc::from(n)),
+                }
+            };
+            let target = |f: &Option<String>| f.as_deref().map(|n| name("field", n)).transpose();
+            let bytes_regex = |f: &str, pattern: &str| self.regex(&field(f), pattern);
+            let names = |f: &str, map: &BTreeMap<String, String>| {
+                if map.is_empty() {
+                    return Err(self.invalid(&field(f), "at least one field is required".into()));
+                }
+                map.iter()
+                    .map(|(k, v)| Ok((name(f, k)?, Arc::from(v.as_str()))))
+                    .collect::<Result<Vec<_>, ConfigError>>()
+            };
+            steps.push(match p {
+                P::Keep {
+                    field: f,
+                    regex,
+                    equals,
+                }
+                | P::Drop {
+                    field: f,
+                    regex,
+                    equals,
+                } => {
+                    let test = match (regex, equals) {
+                        (Some(r), None) => ValueTest::Regex(bytes_regex("regex", r)?),
+                        (None, Some(e)) => ValueTest::Equals(bytes::Bytes::from(e.clone())),
+                        _ => {
+                            return Err(self.invalid(
+                                &field("regex"),
+                                "set exactly one of `regex` and `equals`".into(),
+                            ));
+                        }
+                    };
+                    ProcessorConfig::Filter {
+                        keep: matches!(p, P::Keep { .. }),
+                        field: target(f)?,
+                        test,
+                    }
+                }
+                P::Mask {
+                    field: f,
+                    regex,
+                    replacement,
+                } => ProcessorConfig::Mask {
+                    field: target(f)?,
+                    regex: bytes_regex("regex", regex)?,
+                    replacement: Arc::from(replacement.as_deref().unwrap_or("****")),
+                },
+                P::AddFields { fields } => ProcessorConfig::AddFields(names("fields", fields)?),
+                P::RenameFields { fields } => {
+                    let pairs = names("fields", fields)?;
+                    if let Some((_, to)) = pairs.iter().find(|(_, to)| to.is_empty()) {
+                        return Err(self.invalid(
+                            &field("fields"),
+                            format!("new name {to:?} must not be empty"),
+                        ));
+                    }
+                    ProcessorConfig::RenameFields(pairs)
+                }
+                P::RemoveFields { names: list } => {
+                    if list.is_empty() {
+                        return Err(
+                            self.invalid(&field("names"), "at least one name is required".into())
+                        );
+                    }
+                    ProcessorConfig::RemoveFields(
+                        list.iter()
+                            .map(|n| name("names", n))
+                            .collect::<Result<_, _>>()?,
+                    )
+                }
+                P::Extract { field: f, regex } => {
+                    let re = bytes_regex("regex", regex)?;
+                    if re.capture_names().flatten().next().is_none() {
+                        return Err(self.invalid(
+                            &field("regex"),
+                            "needs at least one named capture `(?P<name>...)`".into(),
+                        ));
+                    }
+                    ProcessorConfig::Extract {
+                        field: target(f)?,
+                        regex: re,
+                    }
+                }
+            });
+        }
+        Ok(steps)
     }
 
     pub(crate) fn kubernetes(

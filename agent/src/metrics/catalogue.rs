@@ -63,8 +63,12 @@ catalogue! {
         "Records that are not valid UTF-8 (kept as bytes, flagged)";
     DROPPED_LINES_TOTAL = "logtap_dropped_lines_total", Counter, Some(Unit::Count),
         "Records dropped, by reason";
+    LINES_FILTERED_TOTAL = "logtap_lines_filtered_total", Counter, Some(Unit::Count),
+        "Records a keep or drop processor filtered out, by config (intended, not a loss)";
+    LINES_MASKED_TOTAL = "logtap_lines_masked_total", Counter, Some(Unit::Count),
+        "Records in which a mask processor replaced something, by config";
     DROPPED_BYTES_TOTAL = "logtap_dropped_bytes_total", Counter, Some(Unit::Bytes),
-        "Source bytes lost before they could be read, by reason (truncated_unread)";
+        "Source bytes lost before they could be read, by reason (truncated_unread; deleted_while_stopped, truncated_while_stopped, replaced_while_stopped: at least this much)";
     OPEN_FILES = "logtap_open_files", Gauge, Some(Unit::Count),
         "Files held open by the file source";
     READ_LAG_BYTES = "logtap_read_lag_bytes", Gauge, Some(Unit::Bytes),
@@ -181,6 +185,8 @@ catalogue! {
         "Running containers whose files container_paths sources read";
     FILES_FOUND_BY_IDENTITY_TOTAL = "logtap_files_found_by_identity_total", Counter, Some(Unit::Count),
         "Checkpointed files rotated while the agent was stopped, found again by identity in their directory and resumed";
+    FILES_FOLLOWED_BY_RENAME_TOTAL = "logtap_files_followed_by_rename_total", Counter, Some(Unit::Count),
+        "Files renamed away from a collected path before they were opened, followed to their new name by the rename event and read";
     FORWARD_RECORDS_TOTAL = "logtap_forward_records_total", Counter, Some(Unit::Count),
         "Records sent to a network sink's destination, retries included, by sink";
     FORWARD_BYTES_TOTAL = "logtap_forward_bytes_total", Counter, Some(Unit::Bytes),

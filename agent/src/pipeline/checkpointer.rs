@@ -1,5 +1,6 @@
 //! The checkpoint thread: persists the registry's acknowledged offsets every
-//! `checkpoint.interval`, and a run's first acknowledged progress at once.
+//! `checkpoint.interval`, a run's first acknowledged progress at once, and newly
+//! opened files within [`NEW_SOURCE_DELAY`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +9,13 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::SharedRegistry;
 use crate::metrics::catalogue::{CHECKPOINT_AGE_SECONDS, PACKAGES_IN_FLIGHT};
+
+/// Longest a newly opened file waits for its entry (identity, path) to be persisted,
+/// when that is sooner than the interval. Until then a crash followed by a rotation
+/// while the agent is down loses the file: the restart has nothing to find it by.
+/// Also the shortest spacing of such early writes, so a node where files appear all
+/// the time writes its table at most this often.
+pub(super) const NEW_SOURCE_DELAY: Duration = Duration::from_millis(100);
 
 /// Starts the thread; it ends once `shutdown` is set (the caller persists last).
 pub(super) fn spawn_checkpointer(
@@ -26,16 +34,24 @@ pub(super) fn spawn_checkpointer(
             // advance its checkpoint, and a crash-looping one would re-ship everything
             // since the last checkpoint on every restart instead of at most an interval.
             let mut progress_persisted = false;
+            let mut registrations_persisted = 0;
+            let mut last_write = Instant::now();
             while !shutdown.load(Ordering::Relaxed) {
                 beat.progress();
                 std::thread::sleep(Duration::from_millis(50).min(interval));
                 let progress = registry.progress();
+                let registrations = registry.registrations();
                 let first_progress = !progress_persisted && progress > 0;
-                if Instant::now() < next && !first_progress {
+                let new_sources = registrations != registrations_persisted
+                    && last_write.elapsed() >= NEW_SOURCE_DELAY;
+                if Instant::now() < next && !first_progress && !new_sources {
                     continue;
                 }
                 next = Instant::now() + interval;
-                // Errors are logged and counted inside; the next interval retries.
+                last_write = Instant::now();
+                // Errors are logged and counted inside; the next interval retries
+                // (not the next 100 ms: a failing disk is not hammered).
+                registrations_persisted = registrations;
                 if registry.persist().is_ok() && progress > 0 {
                     progress_persisted = true;
                 }
@@ -86,6 +102,37 @@ mod tests {
             assert!(
                 start.elapsed() < Duration::from_secs(1),
                 "acknowledged progress not persisted within 1 s (interval 60 s)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        shutdown.store(true, Ordering::SeqCst);
+        checkpointer.join().unwrap();
+    }
+
+    /// A file opened moments before a crash, then rotated away while the agent was
+    /// down, can only be found again by the identity its checkpoint entry holds: the
+    /// entry must be durable soon after the open, not an interval later.
+    #[test]
+    fn a_new_source_is_persisted_before_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let checkpointer =
+            spawn_checkpointer(registry.clone(), Duration::from_secs(60), shutdown.clone())
+                .unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+        let identity = FileIdentity {
+            dev: 1,
+            inode: 3,
+            fingerprint_len: 4,
+            fingerprint: 9,
+        };
+        registry.register(SourceId(8), identity, "/b.log".into(), 0);
+        let start = Instant::now();
+        while Registry::open(dir.path()).unwrap().lookup(1, 3).is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "a new source's entry not persisted within 1 s (interval 60 s)"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -22,13 +22,14 @@ use crate::discovery::PodLogRef;
 use crate::enrich::{Enricher, SourceEnrichment};
 use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::metrics::catalogue::{
-    ENRICH_HELD_PACKAGES, LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL, LINES_READ_TOTAL,
-    LINES_TRUNCATED_TOTAL, PARSE_FAILURES_TOTAL,
+    ENRICH_HELD_PACKAGES, LINES_FILTERED_TOTAL, LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL,
+    LINES_MASKED_TOTAL, LINES_READ_TOTAL, LINES_TRUNCATED_TOTAL, PARSE_FAILURES_TOTAL,
 };
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
 use crate::source::file::container::{self, ContainerList, ContainerView};
 use crate::source::{SourceId, SourceInfo};
+use crate::transform::Transform;
 
 /// Per-reader state of the processing stages.
 struct Slot {
@@ -59,6 +60,8 @@ pub struct Shipped {
 pub struct Pipeline {
     config: Arc<Config>,
     parsers: Vec<Parser>,
+    /// Each config's `processors`, by config index like `parsers`.
+    transforms: Vec<Transform>,
     router: Router,
     registry: SharedRegistry,
     slots: HashMap<SourceId, Slot>,
@@ -89,6 +92,11 @@ impl Pipeline {
                 .sources
                 .iter()
                 .map(|s| Parser::new(&s.parser))
+                .collect(),
+            transforms: config
+                .sources
+                .iter()
+                .map(|s| Transform::new(&s.processors))
                 .collect(),
             config: Arc::new(config.clone()),
             router,
@@ -158,10 +166,12 @@ impl Pipeline {
             return;
         };
         let parser = &self.parsers[slot.config];
+        let transform = &self.transforms[slot.config];
         let only_stream = self.config.sources[slot.config].stream;
         let kind = slot.builder.source().kind.as_str();
         let (mut truncated, mut malformed, mut invalid_utf8, mut parse_failed) =
             (0u64, 0u64, 0u64, 0u64);
+        let (mut filtered, mut masked) = (0u64, 0u64);
         let n = self.scratch.len() as u64;
         for mut line in self.scratch.drain(..) {
             if let Some(stream) = slot.stream {
@@ -175,6 +185,7 @@ impl Pipeline {
                 .chunk_utf8
                 .as_ref()
                 .is_some_and(|c| c.vouches_for(&line.body));
+            let first_field = slot.builder.fields_mut().len();
             parser.apply_with(&mut line, index, slot.builder.fields_mut(), known_utf8);
             if line.flags != LineFlags::empty() {
                 let f = line.flags;
@@ -182,6 +193,15 @@ impl Pipeline {
                 malformed += f.contains(LineFlags::MALFORMED) as u64;
                 invalid_utf8 += f.contains(LineFlags::INVALID_UTF8) as u64;
                 parse_failed += f.contains(LineFlags::PARSE_FAILED) as u64;
+            }
+            if !transform.is_empty() {
+                let outcome =
+                    transform.apply(&mut line, index, slot.builder.fields_mut(), first_field);
+                masked += outcome.masked as u64;
+                if outcome.dropped {
+                    filtered += 1;
+                    continue;
+                }
             }
             slot.builder.push(line, now);
         }
@@ -202,6 +222,16 @@ impl Pipeline {
         if parse_failed > 0 {
             metrics::counter!(PARSE_FAILURES_TOTAL, "parser" => parser.kind())
                 .increment(parse_failed);
+        }
+        if filtered + masked > 0 {
+            let config = self.config.sources[slot.config].name.to_string();
+            if filtered > 0 {
+                metrics::counter!(LINES_FILTERED_TOTAL, "config" => config.clone())
+                    .increment(filtered);
+            }
+            if masked > 0 {
+                metrics::counter!(LINES_MASKED_TOTAL, "config" => config).increment(masked);
+            }
         }
         if slot.builder.is_due(now) && !held_for_metadata(slot, self.enricher.as_deref(), now) {
             self.ship(source);

@@ -28,6 +28,16 @@ use crate::select::{Facts, path_facts};
 use crate::source::claims::Claim;
 use crate::source::{SourceId, SourceInfo};
 
+/// What capture's claims leave to the file source (see [`FileSource::apply_claims`]).
+pub(super) enum Claimed {
+    /// Read by these configs.
+    Read(Configs),
+    /// Capture ships it for every config selecting it.
+    Skip,
+    /// Capture may still claim it.
+    Undecided,
+}
+
 impl FileSource {
     pub(super) fn recheck_awaiting_facts(&mut self, events: &mut dyn Input) {
         if self.awaiting_facts.is_empty() {
@@ -155,7 +165,7 @@ impl FileSource {
             // Waits for its turn at the path it was found at (now renamed).
             return;
         }
-        let Some(mut configs) = self.select(path) else {
+        let Some(configs) = self.select(path) else {
             return;
         };
         if let Some(c) = self.closed.get(&key)
@@ -163,37 +173,54 @@ impl FileSource {
         {
             return;
         }
-        if let Some(claims) = &self.options.claims
-            && configs.iter().any(|&c| claims.applies_to(c))
-        {
-            match claims.decide(path, meta.created().ok(), SystemTime::now()) {
-                Claim::Ship => {}
-                Claim::Skip => {
-                    // Capture ships the container for its own config only: every other
-                    // config selecting the log (a `LogCollection`'s stdout source) reads
-                    // it from the file as it would without capture.
-                    let others: Configs = configs
-                        .iter()
-                        .copied()
-                        .filter(|&c| !claims.applies_to(c))
-                        .collect();
-                    if others.is_empty() {
-                        return;
-                    }
-                    configs = others;
-                }
-                Claim::Undecided => {
-                    self.undecided.insert(path.to_path_buf());
-                    return;
-                }
+        let configs = match self.apply_claims(path, &meta, configs) {
+            Claimed::Read(configs) => configs,
+            Claimed::Skip => return,
+            Claimed::Undecided => {
+                self.undecided.insert(path.to_path_buf());
+                return;
             }
-        }
+        };
         if self.deferred.contains_key(path) || !self.predecessor_drained(path) {
             self.wait_for_turn(path, key, configs);
             return;
         }
         let predecessor = self.take_predecessor(path);
         self.open(path, configs, predecessor, events);
+    }
+
+    /// The configs that read the file at `path` from the file once capture took the
+    /// containers it ships: capture ships a container for its own config only, so
+    /// every other config selecting the log (a `LogCollection`'s stdout source) reads
+    /// it from the file as it would without capture.
+    pub(super) fn apply_claims(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        configs: Configs,
+    ) -> Claimed {
+        let Some(claims) = &self.options.claims else {
+            return Claimed::Read(configs);
+        };
+        if !configs.iter().any(|&c| claims.applies_to(c)) {
+            return Claimed::Read(configs);
+        }
+        match claims.decide(path, meta.created().ok(), SystemTime::now()) {
+            Claim::Ship => Claimed::Read(configs),
+            Claim::Skip => {
+                let others: Configs = configs
+                    .iter()
+                    .copied()
+                    .filter(|&c| !claims.applies_to(c))
+                    .collect();
+                if others.is_empty() {
+                    Claimed::Skip
+                } else {
+                    Claimed::Read(others)
+                }
+            }
+            Claim::Undecided => Claimed::Undecided,
+        }
     }
 
     /// Finds checkpointed files that are no longer at their path by identity (dev +
@@ -296,6 +323,20 @@ impl FileSource {
         predecessor: Option<SourceId>,
         events: &mut dyn Input,
     ) -> Option<usize> {
+        self.open_at_as(path, file, configs, predecessor, State::Attached, events)
+    }
+
+    /// Like [`open_at`](Self::open_at), starting the source in `state`: a detached
+    /// one takes no path (another file holds it).
+    pub(super) fn open_at_as(
+        &mut self,
+        path: &Path,
+        file: File,
+        configs: Configs,
+        predecessor: Option<SourceId>,
+        state: State,
+        events: &mut dyn Input,
+    ) -> Option<usize> {
         let meta = match file.metadata() {
             Ok(m) if m.is_file() => m,
             Ok(_) => {
@@ -357,14 +398,18 @@ impl FileSource {
                 }
                 (Some(cp.source_id), cp.offset)
             } else {
-                if same {
+                let reason = if same {
                     tracing::info!(path = %path.display(), "file shrank below its checkpoint; reading it as a new source");
                     metrics::counter!("logtap_file_truncations_total").increment(1);
+                    "truncated_while_stopped"
                 } else {
                     tracing::info!(path = %path.display(), "inode reused by a different file; reading it as a new source");
                     metrics::counter!("logtap_file_inode_reuse_total").increment(1);
+                    "replaced_while_stopped"
+                };
+                if !self.resume_from_copy(path, cp, &configs, reason, events) {
+                    self.store.forget(cp.source_id);
                 }
-                self.store.forget(cp.source_id);
                 (None, 0)
             }
         } else {
@@ -390,7 +435,7 @@ impl FileSource {
             register_at,
             size,
             predecessor,
-            State::Attached,
+            state,
             events,
         ))
     }
@@ -423,6 +468,7 @@ impl FileSource {
         });
         self.store
             .register(id, identity, info.path.clone(), register_at);
+        self.store.observed_size(id, size);
         events.opened(Opening::file(
             info.clone(),
             &configs,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::FileIdentity;
 use crate::checkpoint::{FileCheckpoint, Registry};
-use crate::metrics::catalogue::CHECKPOINTS_DROPPED_TOTAL;
+use crate::metrics::catalogue::{CHECKPOINTS_DROPPED_TOTAL, DROPPED_BYTES_TOTAL};
 use crate::source::SourceId;
 
 /// The calls the file source makes on the checkpoint registry (see
@@ -17,6 +17,8 @@ pub trait ResumeStore: Send + Sync {
     fn lookup(&self, dev: u64, inode: u64) -> Option<FileCheckpoint>;
     fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64);
     fn update_identity(&self, source: SourceId, identity: FileIdentity);
+    /// The file of `source` was seen at `size` bytes (what its loss would cost).
+    fn observed_size(&self, source: SourceId, size: u64);
     fn mark_closed(&self, source: SourceId);
     fn forget(&self, source: SourceId);
     /// After the first full scan: drop start-up entries whose file was not `found`.
@@ -37,6 +39,9 @@ impl ResumeStore for Registry {
     fn update_identity(&self, source: SourceId, identity: FileIdentity) {
         Registry::update_identity(self, source, identity)
     }
+    fn observed_size(&self, source: SourceId, size: u64) {
+        Registry::observed_size(self, source, size)
+    }
     fn mark_closed(&self, source: SourceId) {
         Registry::mark_closed(self, source)
     }
@@ -44,13 +49,23 @@ impl ResumeStore for Registry {
         Registry::forget(self, source)
     }
     fn retain_unclaimed(&self, found: &HashSet<(u64, u64)>) {
-        let dropped = Registry::retain_unclaimed(self, found);
+        let (dropped, owed) = Registry::retain_unclaimed(self, found);
         if dropped > 0 {
             metrics::counter!(CHECKPOINTS_DROPPED_TOTAL, "reason" => "file_gone")
                 .increment(dropped as u64);
             tracing::warn!(
                 dropped,
                 "dropped checkpoints of files that are gone (not at their path, not found by identity in its directory)"
+            );
+        }
+        if owed > 0 {
+            // At least this much: what the files grew by after the last checkpoint
+            // written before the stop is not known.
+            metrics::counter!(DROPPED_BYTES_TOTAL, "reason" => "deleted_while_stopped")
+                .increment(owed);
+            tracing::warn!(
+                lost_bytes = owed,
+                "files deleted while the agent was stopped had unread bytes"
             );
         }
     }

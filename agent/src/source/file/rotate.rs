@@ -14,8 +14,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::admit::Claimed;
+use super::identity;
 use super::table::{Configs, InodeKey, State};
 use super::tracker::{Closed, FileSource, container_of_logical, current_path, error_reason};
+use crate::metrics::catalogue::FILES_FOLLOWED_BY_RENAME_TOTAL;
 use crate::pipeline::input::{EndReason, Input};
 use crate::source::SourceId;
 
@@ -126,6 +129,60 @@ impl FileSource {
         }
     }
 
+    /// A file renamed from `from` to `to` that this source never saw (created and
+    /// rotated away between two looks at the directory): when `from` is selected and
+    /// `to` is not, it is a rotated file of `from` and is read to its end like one.
+    /// It is started at `from` and detached at once, so the file that takes `from`
+    /// next follows it; when `from` has a file started already (its events came
+    /// first), it is read as a detached file of its own, out of order but not lost.
+    pub(super) fn follow_unseen_rename(&mut self, from: &Path, to: &Path, events: &mut dyn Input) {
+        let Ok(meta) = std::fs::symlink_metadata(to) else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        if !meta.is_file()
+            || self.table.of_inode(key).is_some()
+            || self.is_waiting(key)
+            || self
+                .closed
+                .get(&key)
+                .is_some_and(|c| meta.len() <= c.offset)
+            || self.matcher.config_for(to).is_some()
+        {
+            return;
+        }
+        let Some(configs) = self.select(from) else {
+            return;
+        };
+        let configs = match self.apply_claims(from, &meta, configs.clone()) {
+            Claimed::Read(configs) => configs,
+            Claimed::Skip => return,
+            // A copy of what capture may ship too is better than a loss.
+            Claimed::Undecided => configs,
+        };
+        let file = match identity::open_regular_nofollow(to) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn_once(to, error_reason(&e), &e);
+                return;
+            }
+        };
+        metrics::counter!(FILES_FOLLOWED_BY_RENAME_TOTAL).increment(1);
+        tracing::debug!(from = %from.display(), to = %to.display(),
+            "a file renamed away before it was read; following it");
+        if self.table.at_path(from).is_some() {
+            // Its successor started already: read it on its own.
+            self.open_at_as(from, file, configs, None, State::Detached, events);
+        } else if self.deferred.contains_key(from) || !self.predecessor_drained(from) {
+            self.queue_behind(from, file, configs);
+        } else {
+            let predecessor = self.take_predecessor(from);
+            if let Some(slot) = self.open_at(from, file, configs, predecessor, events) {
+                self.detach(slot);
+            }
+        }
+    }
+
     /// Read to the size of a fresh `fstat`, with no read pending.
     pub(super) fn drained(&mut self, slot: usize) -> bool {
         let Some(t) = self.table.get_mut(slot) else {
@@ -134,8 +191,11 @@ impl FileSource {
         let Some(file) = t.file.as_ref() else {
             return true;
         };
-        if let Ok(m) = file.metadata() {
+        if let Ok(m) = file.metadata()
+            && m.len() != t.size
+        {
             t.size = m.len();
+            self.store.observed_size(t.info.id, t.size);
         }
         !t.queued && t.offset >= t.size
     }

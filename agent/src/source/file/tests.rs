@@ -46,8 +46,14 @@ impl ResumeStore for MemStore {
                 offset,
                 last_package_id: 0,
                 closed: false,
+                size: offset,
             },
         );
+    }
+    fn observed_size(&self, source: SourceId, size: u64) {
+        if let Some(c) = self.entries.lock().unwrap().get_mut(&source) {
+            c.size = size;
+        }
     }
     fn update_identity(&self, source: SourceId, identity: FileIdentity) {
         if let Some(c) = self.entries.lock().unwrap().get_mut(&source) {
@@ -239,6 +245,7 @@ fn config(name: &str, include: &[String], format: Format) -> SourceConfig {
         stream: None,
         container_paths: Vec::new(),
         allowed_roots: Vec::new(),
+        processors: Vec::new(),
     }
 }
 
@@ -661,6 +668,7 @@ fn checkpoint_for(path: &Path, offset: u64, fingerprint_of: &[u8]) -> FileCheckp
         offset,
         last_package_id: 0,
         closed: false,
+        size: m.len(),
     }
 }
 
@@ -728,6 +736,39 @@ fn a_checkpointed_file_renamed_while_stopped_is_found_and_read_out() {
         assert_eq!(all[1].1.predecessor, Some(SourceId(42)));
     });
     assert!(!h.store.forgotten.lock().unwrap().contains(&SourceId(42)));
+    h.stop();
+}
+
+/// logrotate's copytruncate while the agent was stopped: the file is at its path
+/// still, shorter than its checkpoint. What it held past the checkpoint is read from
+/// the copy, under the checkpoint's source (the copy continues it), and the truncated
+/// file is read from 0 as a new source.
+#[test]
+fn a_file_copy_truncated_while_stopped_is_read_on_from_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.log");
+    append(&path, b"aaaa\nbbbb\n");
+    let cp = checkpoint_for(&path, 5, b"aaaa\n");
+    append(&path, b"cccc\n");
+    std::fs::copy(&path, dir.path().join("a.log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&path, b"new\n");
+    let h = start_with_checkpoint(dir.path(), cp);
+    h.wait("the copy's unread bytes and the new generation", |r| {
+        let all = r.at(&path);
+        all.len() == 2 && all[0].1.bytes == b"bbbb\ncccc\n" && all[1].1.bytes == b"new\n"
+    });
+    h.with(|r| {
+        let all = r.at(&path);
+        assert_eq!((all[0].0, all[0].1.start), (SourceId(42), 5));
+        assert_ne!(all[1].0, SourceId(42));
+        assert_eq!(all[1].1.start, 0);
+    });
     h.stop();
 }
 
@@ -1149,6 +1190,52 @@ fn file_rotated_twice_before_its_predecessor_is_drained_is_still_read() {
         assert_eq!(all[2].1.predecessor, Some(all[1].0));
     });
     h.stop();
+}
+
+/// A file created and rotated away before the source looked at its path (a burst of
+/// writes and a rotation inside one inotify batch): the directory's rename event pair
+/// says where it went, and it is read there, before the file that took its path.
+#[test]
+fn a_file_renamed_away_before_it_was_opened_is_followed_by_its_rename() {
+    for io_uring in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.log");
+        let path = dir.path().join("app.log");
+        append(&other, b"watched directory\n");
+        let h = Harness::start(
+            vec![config("a", &glob(dir.path(), "*.log"), Format::Raw)],
+            options(io_uring),
+            Arc::new(MemStore::default()),
+        );
+        h.wait("directory watched", |r| r.only(&other).is_some());
+        h.pause();
+        append(&path, b"born and rotated\n");
+        std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+        append(&path, b"its successor\n");
+        h.resume();
+        h.wait("both generations read", |r| {
+            let all = r.at(&path);
+            all.len() == 2 && all[1].1.bytes == b"its successor\n"
+        });
+        h.with(|r| {
+            let all = r.at(&path);
+            assert_eq!(all[0].1.bytes, b"born and rotated\n");
+            assert_eq!(all[1].1.predecessor, Some(all[0].0), "read in order");
+            assert_eq!(all[1].1.predecessor_bytes_at_open, Some(17));
+        });
+        // Renamed to a name the glob matches, it is a file of its own there.
+        let fresh = dir.path().join("fresh.log");
+        h.pause();
+        append(&fresh, b"fresh\n");
+        std::fs::rename(&fresh, dir.path().join("moved.log")).unwrap();
+        h.resume();
+        h.wait("the renamed file read under its new name", |r| {
+            r.only(&dir.path().join("moved.log"))
+                .is_some_and(|(_, s)| s.bytes == b"fresh\n")
+        });
+        assert!(h.with(|r| r.at(&fresh).is_empty()));
+        h.stop();
+    }
 }
 
 /// Capture ships the containers it claims: their CRI logs (and rotations) are never

@@ -362,6 +362,10 @@ impl FileSource {
                 }
                 self.watcher.wait(wait, &mut changes);
             }
+            // Renames first: a file created and renamed away inside one batch is
+            // adopted at its old path before a later event there starts its successor,
+            // which then follows it.
+            changes.sort_by_key(|c| !matches!(c, Change::Moved { .. }));
             for change in changes.drain(..) {
                 self.apply(change, events);
             }
@@ -447,12 +451,11 @@ impl FileSource {
                     _ => self.check_path(&path, events),
                 }
             }
-            Change::Renamed(path) => {
-                self.check_path(&path, events);
-                // A rename of a tracked file's real path (behind a symlink).
-                if let Some(slot) = self.table.at_real_path(&path) {
-                    self.table.enqueue(slot);
-                }
+            Change::Renamed(path) => self.renamed(&path, events),
+            Change::Moved { from, to } => {
+                self.follow_unseen_rename(&from, &to, events);
+                self.renamed(&from, events);
+                self.renamed(&to, events);
             }
             Change::DirCreated(dir) => {
                 let (mut found, mut dirs) = (Vec::new(), Vec::new());
@@ -468,6 +471,15 @@ impl FileSource {
                 tracing::warn!("inotify queue overflowed; rescanning");
                 self.rescan(events);
             }
+        }
+    }
+
+    /// A name appeared, vanished or changed hands.
+    fn renamed(&mut self, path: &Path, events: &mut dyn Input) {
+        self.check_path(path, events);
+        // A rename of a tracked file's real path (behind a symlink).
+        if let Some(slot) = self.table.at_real_path(path) {
+            self.table.enqueue(slot);
         }
     }
 
@@ -643,6 +655,9 @@ impl FileSource {
             // `t.size` keeps the last size seen before the shrink: what was lost.
             self.truncated(slot, events);
             return None;
+        }
+        if size != t.size {
+            self.store.observed_size(t.info.id, size);
         }
         t.size = size;
         Some(size)

@@ -10,15 +10,22 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
 
+use super::FileIdentity;
 use super::identity;
-use super::table::Tracked;
+use super::table::{Configs, State, Tracked};
 use super::tracker::{Closed, FileSource, container_of_logical, error_reason};
+use crate::checkpoint::FileCheckpoint;
+use crate::metrics::catalogue::DROPPED_BYTES_TOTAL;
 use crate::pipeline::input::{EndReason, Input};
 use crate::source::SourceId;
+
+/// Entries of a directory looked at when searching a truncated file's copy: a bound
+/// on the work one truncation can cause in a hostile or huge directory.
+const MAX_COPY_SEARCH: usize = 10_000;
 
 impl FileSource {
     /// The file shrank below the read offset (copytruncate), or its leading bytes
@@ -49,8 +56,7 @@ impl FileSource {
         // them from: gone with the truncation. Loss must be visible.
         let lost = t.size.saturating_sub(t.offset);
         if lost > 0 {
-            metrics::counter!("logtap_dropped_bytes_total", "reason" => "truncated_unread")
-                .increment(lost);
+            metrics::counter!(DROPPED_BYTES_TOTAL, "reason" => "truncated_unread").increment(lost);
             tracing::warn!(path = %t.path.display(), lost,
                 "file truncated before its last bytes were read, and no copy was found");
         }
@@ -99,30 +105,110 @@ impl FileSource {
     /// its bytes are shipped under its own source already, and a sibling log that only
     /// starts like this one (same header lines) would otherwise lend its bytes to it.
     pub(super) fn find_copy(&self, t: &Tracked) -> Option<(File, PathBuf, std::fs::Metadata)> {
-        if t.identity.fingerprint_len == 0 {
+        self.find_copy_of(&t.path, &t.identity, t.offset)
+    }
+
+    /// The copy of the file `identity` (found at `path`) holding at least `offset`
+    /// bytes: see [`find_copy`](Self::find_copy).
+    fn find_copy_of(
+        &self,
+        path: &Path,
+        identity: &FileIdentity,
+        offset: u64,
+    ) -> Option<(File, PathBuf, std::fs::Metadata)> {
+        if identity.fingerprint_len == 0 {
             return None;
         }
-        let dir = t.path.parent()?;
-        for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+        let dir = path.parent()?;
+        for entry in std::fs::read_dir(dir)
+            .ok()?
+            .take(MAX_COPY_SEARCH)
+            .filter_map(Result::ok)
+        {
+            // `DirEntry::metadata` does not follow symlinks.
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
             let key = (meta.dev(), meta.ino());
             if !meta.is_file()
-                || meta.len() < t.offset
-                || key == (t.identity.dev, t.identity.inode)
+                || meta.len() < offset
+                || key == (identity.dev, identity.inode)
                 || self.table.of_inode(key).is_some()
             {
                 continue;
             }
-            let Ok(file) = self.matcher.open(&entry.path()) else {
+            let Ok(file) = identity::open_regular_nofollow(&entry.path()) else {
                 continue;
             };
-            if matches!(identity::prefix_matches(&file, &t.identity), Ok(true)) {
+            if matches!(identity::prefix_matches(&file, identity), Ok(true)) {
                 return Some((file, entry.path(), meta));
             }
         }
         None
+    }
+
+    /// At start, the checkpointed file `cp` is at its path but shorter than its
+    /// checkpoint, or starts with other bytes: truncated (copytruncate) or replaced
+    /// while the agent was stopped. Its source continues from the copy logrotate made,
+    /// read from the checkpoint to the copy's end as a detached file; what no copy
+    /// holds of the bytes it was known to have is counted as lost. Returns whether
+    /// the source continues (else the caller forgets it).
+    pub(super) fn resume_from_copy(
+        &mut self,
+        path: &Path,
+        cp: &FileCheckpoint,
+        configs: &Configs,
+        reason: &'static str,
+        events: &mut dyn Input,
+    ) -> bool {
+        let copy = self.find_copy_of(path, &cp.identity, cp.offset);
+        let held = copy.as_ref().map_or(cp.offset, |(_, _, m)| m.len());
+        let lost = cp.size.saturating_sub(held);
+        if lost > 0 {
+            metrics::counter!(DROPPED_BYTES_TOTAL, "reason" => reason).increment(lost);
+            tracing::warn!(path = %path.display(), lost, reason,
+                "bytes of a file truncated or replaced while the agent was stopped are lost");
+        }
+        let Some((file, copy_path, meta)) = copy else {
+            return false;
+        };
+        let identity = match identity::identify(&file, &meta) {
+            Ok(id) => id,
+            Err(e) => {
+                self.warn_once(&copy_path, error_reason(&e), &e);
+                return false;
+            }
+        };
+        tracing::info!(path = %path.display(), copy = %copy_path.display(), offset = cp.offset,
+            "a file was truncated while the agent was stopped; reading on from its copy");
+        // The copy may have the inode of a file deleted while the agent was stopped,
+        // whose checkpoint is still loaded: that file is gone, with what it owed.
+        if let Some(stale) = self.store.lookup(meta.dev(), meta.ino())
+            && stale.source_id != cp.source_id
+        {
+            let owed = stale.size.saturating_sub(stale.offset);
+            if owed > 0 {
+                metrics::counter!(DROPPED_BYTES_TOTAL, "reason" => "deleted_while_stopped")
+                    .increment(owed);
+                tracing::warn!(path = %stale.path.display(), lost = owed,
+                    "a file deleted while the agent was stopped had unread bytes");
+            }
+            self.store.forget(stale.source_id);
+        }
+        self.start(
+            path,
+            configs.clone(),
+            file,
+            identity,
+            cp.source_id,
+            cp.offset,
+            cp.offset,
+            meta.len(),
+            None,
+            State::Detached,
+            events,
+        );
+        true
     }
 
     pub(super) fn read_copy(

@@ -21,6 +21,11 @@ pub(crate) enum Change {
     /// A name appeared, vanished or was renamed in a watched directory, or its
     /// attributes changed: the path must be looked at again.
     Renamed(PathBuf),
+    /// A file was renamed from `from` to `to`, both in watched directories (the
+    /// kernel's `IN_MOVED_FROM`/`IN_MOVED_TO` pair, matched by cookie): both paths must
+    /// be looked at again, and a file the tracker never saw at `from` is followed to
+    /// `to`.
+    Moved { from: PathBuf, to: PathBuf },
     /// A directory appeared inside a watched one.
     DirCreated(PathBuf),
     /// Events were lost: everything must be looked at again.
@@ -134,10 +139,17 @@ impl Watcher {
         if ready <= 0 {
             return;
         }
+        // A rename's `IN_MOVED_FROM`, until its `IN_MOVED_TO` (the next event when
+        // both directories are watched) pairs with it by cookie.
+        let mut moved_from: Option<(u32, PathBuf)> = None;
         loop {
             let events = match inotify.read_events(&mut self.buf) {
                 Ok(events) => events,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Renamed out of the watched directories: only its old path changed.
+                    out.extend(moved_from.take().map(|(_, from)| Change::Renamed(from)));
+                    return;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading inotify events failed; rescanning");
@@ -146,6 +158,27 @@ impl Watcher {
                 }
             };
             for event in events {
+                let pairs = event.mask.contains(EventMask::MOVED_TO)
+                    && !event.mask.contains(EventMask::ISDIR)
+                    && moved_from.as_ref().is_some_and(|(c, _)| *c == event.cookie);
+                if let Some((_, from)) = moved_from.take() {
+                    if pairs && let (Some(dir), Some(name)) = (self.dirs.get(&event.wd), event.name)
+                    {
+                        out.push(Change::Moved {
+                            from,
+                            to: dir.join(name),
+                        });
+                        continue;
+                    }
+                    out.push(Change::Renamed(from));
+                }
+                if event.mask.contains(EventMask::MOVED_FROM)
+                    && !event.mask.contains(EventMask::ISDIR)
+                    && let (Some(dir), Some(name)) = (self.dirs.get(&event.wd), event.name)
+                {
+                    moved_from = Some((event.cookie, dir.join(name)));
+                    continue;
+                }
                 if event.mask.contains(EventMask::Q_OVERFLOW) {
                     out.push(Change::Overflow);
                     continue;
