@@ -493,7 +493,7 @@ impl Matcher {
                 continue;
             }
             // Anything but a directory (or a link to one): a FIFO or device named like
-            // a log is found too, to be refused and counted when it is opened.
+            // a log is found too, so admission refuses and counts it.
             let candidate =
                 !ft.is_symlink() || std::fs::metadata(entry.path()).is_ok_and(|m| !m.is_dir());
             if !candidate {
