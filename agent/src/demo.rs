@@ -44,6 +44,7 @@ pub fn install(config: &mut Config) -> anyhow::Result<()> {
         container_paths: Vec::new(),
         allowed_roots: Vec::new(),
         processors: Vec::new(),
+        fields: Vec::new(),
     };
     let demo = [
         source(

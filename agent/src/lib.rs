@@ -6,11 +6,13 @@
 //! inputs, each driving pipeline::Input (opened, data, gap, ended, tick):
 //!   source   files: discover, identify, read via io_uring or pread, follow rotation
 //!   capture  container stdout/stderr from the eBPF probes, holes repaired from CRI logs
+//!   selfmon  the agent's own log events and statistics (source `logtap://self`)
 //!     (helped by discovery: container registry over CRI, pod cache over the API;
 //!      and select: which containers a selector takes)
 //! pipeline, per source on the input's thread:
 //!   -> frame   split lines with memchr, CRI/docker decode, partial reassembly, multiline
 //!   -> parse   json / regex / delimiter / nginx / apache
+//!   -> transform  the source's processors: keep/drop, mask, extract, fields
 //!   -> enrich  pod, namespace, container, image, labels: per source, not per line
 //!   -> batch   packages of (source_id, package_id), lz4 on the wire
 //!   -> route   onto the sink's bounded queue (the backpressure)
@@ -41,6 +43,7 @@ pub mod pipeline;
 pub mod privileges;
 pub mod route;
 pub mod select;
+pub mod selfmon;
 pub mod sink;
 pub mod source;
 pub mod transform;

@@ -47,13 +47,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOGTAP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    use tracing_subscriber::prelude::*;
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGTAP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        );
+    // Self-monitoring ships `info` at most, whatever LOGTAP_LOG says, so debug
+    // events stay disabled at their call sites (free) unless LOGTAP_LOG asks for them.
+    let self_monitoring =
+        logtap::selfmon::layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(output)
+        .with(self_monitoring)
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,

@@ -661,3 +661,136 @@ fn kustomization_lists_every_manifest() {
     }
     assert!(listed.contains("servicemonitor.yaml"));
 }
+
+/// `examples/sidecar.yaml`: an unprivileged container in the application's pod (no
+/// host namespace, no hostPath, no capability, no API token), sharing an emptyDir
+/// with the application, whose ConfigMap is a valid `mode: sidecar` config once the
+/// downward API has filled in the pod's identity.
+#[test]
+fn sidecar_example_is_unprivileged_and_reads_the_shared_volume() {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let name = "examples/sidecar.yaml";
+    let docs = documents(name);
+    assert_eq!(docs.len(), 2, "{name}: a ConfigMap and a Deployment");
+    let cm: ConfigMap = typed(name, &docs[0]);
+    let deployment: Deployment = typed(name, &docs[1]);
+    let pod = deployment.spec.template.spec.as_ref().unwrap();
+    assert_ne!(pod.host_pid, Some(true));
+    assert_ne!(pod.host_network, Some(true));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let pod_security = pod.security_context.as_ref().unwrap();
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert!(pod_security.run_as_user.is_some_and(|u| u != 0));
+    let volumes: BTreeMap<_, _> = pod
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| (v.name.as_str(), v))
+        .collect();
+    for (n, v) in &volumes {
+        assert!(
+            v.empty_dir.is_some() || v.config_map.is_some(),
+            "volume {n}: only emptyDir and ConfigMap volumes (no host path)"
+        );
+    }
+
+    let sidecar = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "logtap")
+        .expect("a logtap container");
+    let security = sidecar.security_context.as_ref().unwrap();
+    assert_ne!(security.privileged, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()])
+    );
+
+    // The identity: downward-API fields resolved as the kubelet would.
+    let resolved = |path: &str| match path {
+        "metadata.name" => "cart-7d4-x2k",
+        "metadata.namespace" => "shop",
+        "metadata.uid" => "5b1f-uid",
+        "spec.nodeName" => "node-a",
+        other => panic!("{name}: unexpected fieldRef {other}"),
+    };
+    let env: BTreeMap<String, String> = sidecar
+        .env
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(from)) => {
+                    resolved(&from.field_ref.as_ref().unwrap().field_path).to_string()
+                }
+                _ => String::new(),
+            };
+            (e.name.clone(), value)
+        })
+        .collect();
+    let args = sidecar.args.as_deref().unwrap_or_default();
+    let at = args.iter().position(|a| a == "--config").expect("--config");
+    let config_path = Path::new(&args[at + 1]);
+    let mounts = sidecar.volume_mounts.as_deref().unwrap_or_default();
+    let mount = mounts
+        .iter()
+        .find(|m| config_path.starts_with(&m.mount_path))
+        .expect("the config file is on a mount");
+    assert_eq!(
+        volumes[mount.name.as_str()]
+            .config_map
+            .as_ref()
+            .map(|c| c.name.as_str()),
+        Some(name_of(&cm.metadata))
+    );
+    let key = config_path.strip_prefix(&mount.mount_path).unwrap();
+    let text = &cm.data.as_ref().unwrap()[key.to_str().unwrap()];
+    let raw = Config::parse_raw(text, name).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        Config::from_raw_in(raw, name, &|k| env.get(k).cloned()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!config.cri.enabled && !config.kubernetes.enabled && config.capture.is_none());
+    let fields: BTreeMap<String, String> = config.sources[0]
+        .fields
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(fields["k8s.pod"], "cart-7d4-x2k");
+    assert_eq!(fields["k8s.namespace"], "shop");
+    assert_eq!(fields["k8s.container"], "app");
+
+    // data_dir is the sidecar's own writable emptyDir; every include glob is on the
+    // volume the application writes.
+    let data = mounts
+        .iter()
+        .find(|m| config.data_dir.starts_with(&m.mount_path))
+        .expect("data_dir is mounted");
+    assert!(volumes[data.name.as_str()].empty_dir.is_some());
+    assert_ne!(data.read_only, Some(true));
+    let app = pod.containers.iter().find(|c| c.name == "app").unwrap();
+    for glob in config.sources.iter().flat_map(|s| &s.include) {
+        let shared = mounts
+            .iter()
+            .find(|m| glob.starts_with(&format!("{}/", m.mount_path)))
+            .unwrap_or_else(|| panic!("{glob} is not under a mount"));
+        assert!(
+            app.volume_mounts
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|m| m.name == shared.name),
+            "{glob}: volume {} is not shared with the application",
+            shared.name
+        );
+    }
+}

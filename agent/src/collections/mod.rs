@@ -1,6 +1,7 @@
 //! Live `LogCollection` objects: watched from the API, translated into source configs
 //! and a sink, merged with the config file into the effective config, and reported
-//! back in each object's `status`.
+//! back in each object's `status`. Collections containers declare in their
+//! environment ([`env`]) are merged after them, in the same form.
 //!
 //! - The watcher thread (its own current-thread tokio runtime, as the pod watcher)
 //!   lists and watches `logtap.dev` `LogCollection` objects of every namespace, as
@@ -20,6 +21,8 @@
 //! An unreachable API server keeps the last known objects applied (nothing is
 //! stopped because the API is away), sets `logtap_collections_api_up` to 0, and the
 //! watch retries with the pod watcher's backoff.
+
+pub mod env;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;

@@ -11,6 +11,7 @@ pub mod crd;
 pub mod network;
 pub mod raw;
 pub mod schema;
+mod sidecar;
 mod validate;
 
 pub(crate) use validate::Validator;
@@ -146,6 +147,9 @@ pub struct SourceConfig {
     pub allowed_roots: Vec<PathBuf>,
     /// Applied in order to every record after its parser (see [`crate::transform`]).
     pub processors: Vec<ProcessorConfig>,
+    /// Fields every record of this source carries besides its container's (a
+    /// collection declared by environment: its name and `_tags`).
+    pub fields: Vec<(bytes::Bytes, bytes::Bytes)>,
 }
 
 impl SourceConfig {
@@ -166,8 +170,21 @@ impl SourceConfig {
             container_paths: Vec::new(),
             allowed_roots: Vec::new(),
             processors: Vec::new(),
+            fields: Vec::new(),
         }
     }
+}
+
+/// Collections declared by containers' environment (the `env_configs:` section; see
+/// [`crate::collections::env`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvConfigsConfig {
+    pub enabled: bool,
+    /// Where a declared collection that names no sink goes; `None`: the config has
+    /// no sink to default to, so such a declaration is an error.
+    pub default_sink: Option<Arc<str>>,
+    /// The sinks a declaration may name (the default sink included).
+    pub allowed_sinks: Vec<Arc<str>>,
 }
 
 /// Selector sources and `LogCollection` objects (the `collections:` section).
@@ -332,6 +349,18 @@ pub struct Config {
     pub capture: Option<CaptureConfig>,
     pub kubernetes: KubernetesConfig,
     pub collections: CollectionsConfig,
+    pub env_configs: EnvConfigsConfig,
+    /// The agent's own logs and statistics as records; `None` when disabled.
+    pub self_monitoring: Option<SelfMonitoringConfig>,
+}
+
+/// The `self_monitoring` section (see `crate::selfmon`).
+#[derive(Clone, Debug)]
+pub struct SelfMonitoringConfig {
+    pub sink: Arc<str>,
+    /// The least severe level shipped.
+    pub level: tracing::Level,
+    pub interval: Duration,
 }
 
 #[derive(Clone, Debug)]

@@ -15,6 +15,10 @@ use super::schema::{
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// `node` (the DaemonSet: the whole node) or `sidecar` (a container in one pod,
+    /// reading a shared volume; see docs/configuration.md, "Sidecar mode").
+    #[serde(default)]
+    pub mode: RawMode,
     #[serde(default = "default_data_dir")]
     pub data_dir: String,
     #[serde(default)]
@@ -42,6 +46,87 @@ pub struct RawConfig {
     /// `LogCollection` objects and selector sources (see docs/configuration.md).
     #[serde(default)]
     pub collections: RawCollections,
+    /// The agent's own warnings, errors and statistics as records of the reserved
+    /// source `logtap://self`.
+    #[serde(default)]
+    pub self_monitoring: RawSelfMonitoring,
+    /// Collections declared by containers' environment (`logtap_logs_<name>=...`).
+    #[serde(default)]
+    pub env_configs: RawEnvConfigs,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSelfMonitoring {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The sink its records go to.
+    #[serde(default = "default_sink_name")]
+    pub sink: String,
+    /// The least severe of the agent's own log events shipped: error | warn | info.
+    #[serde(default = "default_self_level")]
+    pub level: String,
+    /// How often a statistics record is shipped.
+    #[serde(default = "default_self_interval")]
+    pub interval: String,
+}
+
+impl Default for RawSelfMonitoring {
+    fn default() -> Self {
+        RawSelfMonitoring {
+            enabled: false,
+            sink: default_sink_name(),
+            level: default_self_level(),
+            interval: default_self_interval(),
+        }
+    }
+}
+
+fn default_self_level() -> String {
+    "warn".into()
+}
+
+fn default_self_interval() -> String {
+    "60s".into()
+}
+
+/// Where the agent runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMode {
+    #[default]
+    Node,
+    Sidecar,
+}
+
+/// Collections containers declare in their environment (see docs/configuration.md,
+/// "Collections declared by container environment").
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvConfigs {
+    /// Collect what containers declare with `logtap_logs_<name>` variables (needs the
+    /// `cri` section: the environment comes from the runtime).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The sink of a collection that names none; default: the sink of `sources[0]`,
+    /// else the only sink.
+    #[serde(default)]
+    pub default_sink: Option<String>,
+    /// Further sinks a container may name with `logtap_logs_<name>_sink` (the default
+    /// sink always may): the environment is the container's, so it chooses only among
+    /// what the admin allows.
+    #[serde(default)]
+    pub sinks: Vec<String>,
+}
+
+impl Default for RawEnvConfigs {
+    fn default() -> Self {
+        RawEnvConfigs {
+            enabled: true,
+            default_sink: None,
+            sinks: Vec::new(),
+        }
+    }
 }
 
 /// Container selection: where CRI logs live, and `LogCollection` objects.

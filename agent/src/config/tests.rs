@@ -67,6 +67,12 @@ fn shipped_example_configs_are_valid() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.lines().any(|l| l.starts_with("apiVersion:")) {
+                // A Kubernetes manifest (the sidecar example): tests/deploy_manifests.rs
+                // checks it and the config it carries.
+                continue;
+            }
             Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
             n += 1;
         }
@@ -539,4 +545,116 @@ fn metrics_tls_files_are_loaded_at_validation() {
         "{e}"
     );
     assert!(Config::embedded_default().metrics_tls.is_none());
+}
+
+#[test]
+fn env_configs_default_to_on_with_the_first_sources_sink() {
+    let c = Config::embedded_default();
+    assert!(c.env_configs.enabled);
+    assert_eq!(c.env_configs.default_sink.as_deref(), Some("local"));
+    assert_eq!(c.env_configs.allowed_sinks, vec![Arc::<str>::from("local")]);
+
+    let two = "sinks:\n  a: {type: stdout}\n  b: {type: blackhole}\n";
+    let c = Config::parse(two, "t.yaml").unwrap();
+    assert_eq!(
+        c.env_configs.default_sink, None,
+        "no source and two sinks: no default to guess"
+    );
+    let c = Config::parse(
+        &format!("{two}env_configs: {{default_sink: b, sinks: [a, b]}}\n"),
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.env_configs.default_sink.as_deref(), Some("b"));
+    assert_eq!(
+        c.env_configs.allowed_sinks,
+        vec![Arc::<str>::from("b"), Arc::from("a")]
+    );
+    let off = Config::parse(&format!("{two}env_configs: {{enabled: false}}\n"), "t.yaml");
+    assert!(!off.unwrap().env_configs.enabled);
+}
+
+#[test]
+fn env_configs_name_only_existing_sinks() {
+    let yaml = "sinks:\n  a: {type: stdout}\nenv_configs: {sinks: [a, kafka]}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("env_configs.sinks[1]"), "{err}");
+    assert!(err.contains("kafka"), "{err}");
+    let yaml = "sinks:\n  a: {type: stdout}\nenv_configs: {default_sink: b}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(err.contains("env_configs.default_sink"), "{err}");
+}
+
+fn sidecar(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let raw = Config::parse_raw(&format!("mode: sidecar\n{yaml}"), "t.yaml")?;
+    Config::from_raw_in(raw, "t.yaml", &|k| env.get(k).cloned())
+}
+
+const SHARED: &str = "sources:\n  - name: app\n    include: [\"/shared/*.log\"]\n    sink: local\nsinks:\n  local: {type: store}\n";
+
+#[test]
+fn sidecar_mode_puts_the_pods_identity_on_every_source_and_needs_nothing_of_the_node() {
+    let c = sidecar(
+        SHARED,
+        &[
+            ("POD_NAMESPACE", "shop"),
+            ("POD_NAME", "cart-7d4"),
+            ("POD_UID", "uid-1"),
+            ("NODE_NAME", "node-a"),
+            // In a pod the API would otherwise be on by default.
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+        ],
+    )
+    .unwrap();
+    let fields: Vec<(String, String)> = c.sources[0]
+        .fields
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
+    let want = [
+        ("k8s.namespace", "shop"),
+        ("k8s.pod", "cart-7d4"),
+        ("k8s.pod_uid", "uid-1"),
+        ("k8s.node", "node-a"),
+    ];
+    assert_eq!(
+        fields,
+        want.map(|(k, v)| (k.to_string(), v.to_string())).to_vec()
+    );
+    assert!(!c.kubernetes.enabled && !c.cri.enabled && !c.collections.enabled);
+    assert!(!c.env_configs.enabled && c.capture.is_none());
+}
+
+#[test]
+fn sidecar_mode_names_what_it_cannot_do() {
+    let pod = [("POD_NAMESPACE", "shop"), ("POD_NAME", "cart")];
+    let err = |yaml: &str, env: &[(&str, &str)]| sidecar(yaml, env).unwrap_err().to_string();
+    let e = err(SHARED, &[("POD_NAME", "cart")]);
+    assert!(e.contains("POD_NAMESPACE is not set"), "{e}");
+    let e = err(&format!("{SHARED}capture: {{enabled: true}}\n"), &pod);
+    assert!(
+        e.contains("capture.enabled") && e.contains("sidecar"),
+        "{e}"
+    );
+    let e = err(
+        &format!("{SHARED}kubernetes: {{api_url: \"http://127.0.0.1:1\"}}\n"),
+        &pod,
+    );
+    assert!(e.contains("`kubernetes`"), "{e}");
+    let selector = "sources:\n  - name: s\n    selector: {}\n    sink: local\nsinks:\n  local: {type: store}\n";
+    let e = err(selector, &pod);
+    assert!(e.contains("sources[0].selector"), "{e}");
+    let e = Config::parse("mode: daemon\n", "t.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown variant `daemon`"), "{e}");
 }

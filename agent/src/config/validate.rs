@@ -30,11 +30,12 @@ impl Config {
 
     /// [`Config::from_raw`] with `env` in place of the process environment.
     pub fn from_raw_in(
-        raw: raw::RawConfig,
+        mut raw: raw::RawConfig,
         file: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let v = Validator::new(file);
+        let pod_fields = super::sidecar::apply(&v, &mut raw, env)?;
         let data_dir = PathBuf::from(&raw.data_dir);
         let metrics_listen = match raw.metrics.listen.as_deref() {
             None | Some("") => None,
@@ -65,7 +66,12 @@ impl Config {
         let sinks = v.sinks(&raw.sinks, &data_dir)?;
         let kubernetes = v.kubernetes(&raw.kubernetes, env)?;
         let collections = v.collections(&raw.collections, &kubernetes)?;
-        let sources = v.sources(&raw.sources, &sinks, &collections)?;
+        let mut sources = v.sources(&raw.sources, &sinks, &collections)?;
+        if let Some(fields) = pod_fields {
+            for s in &mut sources {
+                s.fields = fields.clone();
+            }
+        }
 
         let batch = BatchConfig {
             max_bytes: v.size("batch.max_size", &raw.batch.max_size)? as usize,
@@ -78,6 +84,8 @@ impl Config {
 
         let capture = v.capture(&raw.capture, &sources)?;
         let cri = v.cri(&raw.cri)?;
+        let self_monitoring = v.self_monitoring(&raw.self_monitoring, &sinks)?;
+        let env_configs = v.env_configs(&raw.env_configs, &sources, &sinks)?;
 
         Ok(Config {
             capture,
@@ -97,6 +105,8 @@ impl Config {
             sinks,
             kubernetes,
             collections,
+            self_monitoring,
+            env_configs,
         })
     }
 }
@@ -213,6 +223,7 @@ impl Validator {
                 container_paths: s.container_paths.clone(),
                 allowed_roots,
                 processors,
+                fields: Vec::new(),
             });
         }
 
@@ -578,6 +589,40 @@ impl Validator {
         })
     }
 
+    fn self_monitoring(
+        &self,
+        raw: &raw::RawSelfMonitoring,
+        sinks: &BTreeMap<Arc<str>, SinkConfig>,
+    ) -> Result<Option<SelfMonitoringConfig>, ConfigError> {
+        if !raw.enabled {
+            return Ok(None);
+        }
+        let sink: Arc<str> = Arc::from(raw.sink.as_str());
+        if !sinks.contains_key(&sink) {
+            return Err(self.invalid(
+                "self_monitoring.sink",
+                format!("no sink named {:?}", raw.sink),
+            ));
+        }
+        let level = match raw.level.as_str() {
+            "error" => tracing::Level::ERROR,
+            "warn" => tracing::Level::WARN,
+            "info" => tracing::Level::INFO,
+            other => {
+                return Err(self.invalid(
+                    "self_monitoring.level",
+                    format!("{other:?}: expected error, warn or info"),
+                ));
+            }
+        };
+        let interval = self.interval("self_monitoring.interval", &raw.interval)?;
+        Ok(Some(SelfMonitoringConfig {
+            sink,
+            level,
+            interval,
+        }))
+    }
+
     /// A source's `processors`: regexes compile, filters test exactly one way, names
     /// are not empty.
     pub(crate) fn processors(
@@ -759,6 +804,40 @@ impl Validator {
             endpoint: c.endpoint.clone(),
             timeout,
             rescan_interval: self.interval("cri.rescan_interval", &c.rescan_interval)?,
+        })
+    }
+
+    /// The `env_configs` section: every sink it names exists.
+    fn env_configs(
+        &self,
+        e: &raw::RawEnvConfigs,
+        sources: &[SourceConfig],
+        sinks: &BTreeMap<Arc<str>, SinkConfig>,
+    ) -> Result<EnvConfigsConfig, ConfigError> {
+        let known = |field: &str, name: &str| -> Result<Arc<str>, ConfigError> {
+            sinks
+                .get_key_value(name)
+                .map(|(k, _)| k.clone())
+                .ok_or_else(|| self.invalid(field, format!("no sink named {name:?}")))
+        };
+        let default_sink = match &e.default_sink {
+            Some(name) => Some(known("env_configs.default_sink", name)?),
+            None => sources.first().map(|s| s.sink.clone()).or_else(|| {
+                let mut only = sinks.keys();
+                only.next().filter(|_| only.next().is_none()).cloned()
+            }),
+        };
+        let mut allowed_sinks: Vec<Arc<str>> = default_sink.iter().cloned().collect();
+        for (i, name) in e.sinks.iter().enumerate() {
+            let sink = known(&format!("env_configs.sinks[{i}]"), name)?;
+            if !allowed_sinks.contains(&sink) {
+                allowed_sinks.push(sink);
+            }
+        }
+        Ok(EnvConfigsConfig {
+            enabled: e.enabled,
+            default_sink,
+            allowed_sinks,
         })
     }
 
@@ -1065,6 +1144,12 @@ impl Selector {
                 .map(|(k, t)| {
                     if k.is_empty() {
                         return Err(v.invalid(&format!("{p}.{name}"), "empty key".into()));
+                    }
+                    if k.trim_end_matches('*').contains('*') || k.ends_with("**") {
+                        return Err(v.invalid(
+                            &format!("{p}.{name}.{k}"),
+                            "`*` may only end a key (a prefix: `logtap_logs_*`)".into(),
+                        ));
                     }
                     Ok((k.clone(), value_matcher(v, &format!("{p}.{name}.{k}"), t)?))
                 })

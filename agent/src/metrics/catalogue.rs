@@ -63,6 +63,10 @@ catalogue! {
         "Records that are not valid UTF-8 (kept as bytes, flagged)";
     DROPPED_LINES_TOTAL = "logtap_dropped_lines_total", Counter, Some(Unit::Count),
         "Records dropped, by reason";
+    CONFIG_LINES_TOTAL = "logtap_config_lines_total", Counter, Some(Unit::Count),
+        "Records read, by source config (what self-monitoring's statistics report per config)";
+    SELF_EVENTS_DROPPED_TOTAL = "logtap_self_events_dropped_total", Counter, Some(Unit::Count),
+        "The agent's own log events not shipped by self-monitoring: its queue was full";
     LINES_FILTERED_TOTAL = "logtap_lines_filtered_total", Counter, Some(Unit::Count),
         "Records a keep or drop processor filtered out, by config (intended, not a loss)";
     LINES_MASKED_TOTAL = "logtap_lines_masked_total", Counter, Some(Unit::Count),
@@ -172,11 +176,15 @@ catalogue! {
     COLLECTIONS = "logtap_collections", Gauge, Some(Unit::Count),
         "LogCollection objects by state (ready: applied, invalid: rejected with a status naming the field)";
     COLLECTION_APPLIES_TOTAL = "logtap_collection_applies_total", Counter, Some(Unit::Count),
-        "In-process rebuilds applying changed LogCollection objects, by result (applied, applied_unacked)";
+        "In-process rebuilds applying changed LogCollection objects or a changed set of environment declarations, by result (applied, applied_unacked)";
     COLLECTIONS_API_UP = "logtap_collections_api_up", Gauge, Some(Unit::Count),
         "1 while the LogCollection watch of the Kubernetes API is healthy, else 0 (the last known objects stay applied)";
     COLLECTION_STATUS_WRITES_TOTAL = "logtap_collection_status_writes_total", Counter, Some(Unit::Count),
         "LogCollection status PATCHes, by result (ok, error)";
+    ENV_CONFIGS = "logtap_env_configs", Gauge, Some(Unit::Count),
+        "Distinct collections the node's containers declare by environment (logtap_logs_<name>), each read by one source";
+    ENV_CONFIG_ERRORS_TOTAL = "logtap_env_config_errors_total", Counter, Some(Unit::Count),
+        "logtap_logs_* variables not collected, once per container and value, by reason (invalid_name, invalid_input, invalid_path, invalid_format, invalid_tags, sink_not_allowed, no_default_sink, unknown_option, option_without_collection, too_many); the log names the container and the variable";
     SELECTOR_DECISIONS_TOTAL = "logtap_selector_decisions_total", Counter, Some(Unit::Count),
         "Container logs held back for their container's facts, by outcome (known, path_only: decided on the log path after collections.facts_wait)";
     CHECKPOINTS_DROPPED_TOTAL = "logtap_checkpoints_dropped_total", Counter, Some(Unit::Count),

@@ -34,6 +34,7 @@ pub fn install(
     let prometheus = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+    let _ = HANDLE.set(prometheus.clone());
     describe();
     let guarded = token.is_some();
     let scheme = match &tls {
@@ -56,6 +57,16 @@ pub fn install(
         "serving /metrics, /healthz and /readyz"
     );
     Ok(())
+}
+
+/// The recorder installed by [`install`], for [`render`].
+static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// What `/metrics` would answer now (the Prometheus text format), when the endpoint
+/// is on; read by self-monitoring's statistics.
+pub fn render() -> Option<String> {
+    HANDLE.get().map(|h| h.render())
 }
 
 /// Sets the component gauges from a health report (at every scrape, so they are

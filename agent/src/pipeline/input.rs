@@ -2,9 +2,9 @@
 //! bytes arrive at exact offsets, a hole is declared, the source ends; and the clock
 //! ticks.
 //!
-//! Two inputs call it today: the file source (`source::file`, on the source thread)
-//! and the capture stage (`capture`, on its own thread with its own pipeline). Both
-//! only know this module; what happens to the bytes (framing, parsing, packages,
+//! Three inputs call it today: the file source (`source::file`, on the source
+//! thread), the capture stage (`capture`, on its own thread with its own pipeline)
+//! and self-monitoring (`selfmon`, likewise). They only know this module; what happens to the bytes (framing, parsing, packages,
 //! sinks) is the pipeline's business ([`super::Pipeline`] implements [`Input`]).
 //!
 //! # Protocol

@@ -19,11 +19,12 @@ use crate::batch::BatchBuilder;
 use crate::checkpoint::SharedRegistry;
 use crate::config::{Config, Format};
 use crate::discovery::PodLogRef;
-use crate::enrich::{Enricher, SourceEnrichment};
+use crate::enrich::{Enricher, SourceEnrichment, SourceFields};
 use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::metrics::catalogue::{
-    ENRICH_HELD_PACKAGES, LINES_FILTERED_TOTAL, LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL,
-    LINES_MASKED_TOTAL, LINES_READ_TOTAL, LINES_TRUNCATED_TOTAL, PARSE_FAILURES_TOTAL,
+    CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, LINES_FILTERED_TOTAL, LINES_INVALID_UTF8_TOTAL,
+    LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL, LINES_TRUNCATED_TOTAL,
+    PARSE_FAILURES_TOTAL,
 };
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
@@ -223,6 +224,10 @@ impl Pipeline {
             metrics::counter!(PARSE_FAILURES_TOTAL, "parser" => parser.kind())
                 .increment(parse_failed);
         }
+        if n > 0 {
+            let config = self.config.sources[slot.config].name.to_string();
+            metrics::counter!(CONFIG_LINES_TOTAL, "config" => config).increment(n);
+        }
         if filtered + masked > 0 {
             let config = self.config.sources[slot.config].name.to_string();
             if filtered > 0 {
@@ -243,7 +248,11 @@ impl Pipeline {
         let Some(slot) = self.slots.get_mut(&source) else {
             return;
         };
-        attach_source_fields(slot, self.enricher.as_deref());
+        attach_source_fields(
+            slot,
+            self.enricher.as_deref(),
+            &self.config.sources[slot.config].fields,
+        );
         let end_offset = slot.framer.resume_offset();
         let Some(batch) = slot.builder.seal(end_offset) else {
             return;
@@ -309,8 +318,11 @@ impl Pipeline {
                 (enrichment, None, false)
             }
         };
-        if let Some(e) = &enrichment {
-            builder.set_source_fields(e.fields().clone());
+        let extra = &self.config.sources[config].fields;
+        match &enrichment {
+            Some(e) => builder.set_source_fields(with_fields(e.fields(), extra)),
+            None if !extra.is_empty() => builder.set_source_fields(Arc::new(extra.clone())),
+            None => {}
         }
         let name = &self.config.sources[config].name;
         tracing::debug!(source = %info.id, path = %info.path.display(), start_offset, config = %name, "source opened");
@@ -512,14 +524,29 @@ fn held_for_metadata(slot: &mut Slot, enricher: Option<&Enricher>, now: Instant)
 
 /// Brings the fields of the package about to be sealed up to date, ending any hold:
 /// it ships now, with what is known.
-fn attach_source_fields(slot: &mut Slot, enricher: Option<&Enricher>) {
+fn attach_source_fields(slot: &mut Slot, enricher: Option<&Enricher>, extra: &SourceFields) {
     if slot.builder.is_empty() {
         return;
     }
     if let (Some(enrichment), Some(enricher)) = (slot.enrichment.as_mut(), enricher) {
         enrichment.release(enricher);
-        slot.builder.set_source_fields(enrichment.fields().clone());
+        slot.builder
+            .set_source_fields(with_fields(enrichment.fields(), extra));
     }
+}
+
+/// The container's fields followed by the config's own (`SourceConfig::fields`). The
+/// config's keys are prefixed (`tag.`, `logtap.`) by whoever made them, so they never
+/// shadow a container field. One small copy per package, only for configs that have
+/// fields of their own.
+fn with_fields(base: &Arc<SourceFields>, extra: &SourceFields) -> Arc<SourceFields> {
+    if extra.is_empty() {
+        return base.clone();
+    }
+    let mut all = SourceFields::with_capacity(base.len() + extra.len());
+    all.extend(base.iter().cloned());
+    all.extend(extra.iter().cloned());
+    Arc::new(all)
 }
 
 /// The framers' clock: real time minus the time the source thread spent blocked on

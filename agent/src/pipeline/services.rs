@@ -19,10 +19,12 @@ use super::sinks::Sinks;
 use crate::capture::CaptureThread;
 use crate::checkpoint::{Registry, SharedRegistry};
 use crate::collections::Collections;
+use crate::collections::env::EnvConfigs;
 use crate::config::Config;
 use crate::discovery::{ContainerRegistry, CriClient};
 use crate::enrich::{Enricher, Kubernetes};
 use crate::select::{ContainerFactsSource, NodeFacts, RuntimeFacts};
+use crate::selfmon::SelfMonitor;
 use crate::source::file::container::{ContainerList, RegistryContainers};
 use crate::source::file::{FileSource, FileSourceOptions};
 
@@ -44,12 +46,15 @@ pub(super) struct Services {
     /// Whether some source reads files inside containers (the poller runs then).
     container_files_wanted: Arc<AtomicBool>,
     pub collections: Option<Collections>,
+    /// Collections declared by containers' environment (`env_configs`).
+    env_configs: Option<EnvConfigs>,
     enricher: Option<Arc<Enricher>>,
     facts: Arc<dyn ContainerFactsSource>,
     container_list: Option<Arc<dyn ContainerList>>,
     capture: Option<CaptureThread>,
     /// The probes loaded by [`Services::load_capture`], until capture starts.
     probes: Option<crate::capture::Probes>,
+    self_monitor: Option<SelfMonitor>,
 }
 
 impl Services {
@@ -77,6 +82,10 @@ impl Services {
             c.wait_listed(Duration::from_secs(2));
             c
         });
+        let env_configs = containers
+            .as_ref()
+            .filter(|r| config.env_configs.enabled && r.has_cri())
+            .map(|r| EnvConfigs::new(config.env_configs.clone(), r.clone()));
         let pods = kubernetes.as_ref().map(|k| k.cache().clone());
         let facts: Arc<dyn ContainerFactsSource> = Arc::new(NodeFacts {
             runtime: containers
@@ -109,11 +118,13 @@ impl Services {
             container_poller,
             container_files_wanted,
             collections,
+            env_configs,
             enricher,
             facts,
             container_list,
             capture: None,
             probes: None,
+            self_monitor: None,
         })
     }
 
@@ -159,11 +170,49 @@ impl Services {
         );
     }
 
-    /// The config in effect: the file's, with every valid `LogCollection` merged in.
+    /// Starts self-monitoring when `config` (the config file) enables it: its own
+    /// pipeline, routed to a sink of the file config (never stopped by a rebuild),
+    /// with statistics for the file config's sources.
+    pub fn start_self_monitoring(&mut self, config: &Config, sinks: &Sinks) {
+        let Some(selfmon) = &config.self_monitoring else {
+            return;
+        };
+        let pipeline = self.pipeline(&crate::selfmon::pipeline_config(config, selfmon), sinks);
+        let configs = config.sources.iter().map(|s| s.name.clone()).collect();
+        match SelfMonitor::start(selfmon, pipeline, configs) {
+            Ok(monitor) => self.self_monitor = Some(monitor),
+            Err(e) => tracing::error!(error = %e, "cannot start self-monitoring"),
+        }
+    }
+
+    /// The config in effect: the file's, with every valid `LogCollection` and every
+    /// collection containers declare by environment merged in, in that order.
     pub fn effective(&self, config: &Config) -> Config {
-        match &self.collections {
+        let mut effective = match &self.collections {
             Some(c) => c.effective(config),
             None => config.clone(),
+        };
+        if let Some(e) = &self.env_configs {
+            e.merge_into(&mut effective);
+        }
+        effective
+    }
+
+    /// Moves whenever the effective config would change (a `LogCollection`, or the
+    /// set of collections declared by environment); `None` when neither is followed,
+    /// so the effective config of the run's start stays. A one-shot run merges the
+    /// declarations found at its start and follows nothing: it ends when it read
+    /// everything, never to rebuild.
+    pub fn config_generation(&self) -> Option<u64> {
+        if self.oneshot {
+            return None;
+        }
+        let collections = self.collections.as_ref().map(|c| c.generation());
+        let env = self.env_configs.as_ref().map(|e| e.generation());
+        match (collections, env) {
+            (None, None) => None,
+            // Both only grow: their sum moves whenever either does.
+            (c, e) => Some(c.unwrap_or(0).wrapping_add(e.unwrap_or(0))),
         }
     }
 
@@ -185,7 +234,10 @@ impl Services {
     /// A file source for `config`'s sources; the container poller runs while some
     /// of them read files inside containers.
     pub fn file_source(&self, config: &Config) -> anyhow::Result<FileSource> {
-        let wanted = config.sources.iter().any(|s| !s.container_paths.is_empty());
+        // Collections declared by environment need new containers' env within the
+        // poll interval too, not at the next full rescan.
+        let wanted = self.env_configs.is_some()
+            || config.sources.iter().any(|s| !s.container_paths.is_empty());
         self.container_files_wanted.store(wanted, Ordering::Relaxed);
         FileSource::new(
             &config.sources,
@@ -204,8 +256,8 @@ impl Services {
         )
     }
 
-    /// Stops everything, in order: capture (it seals its packages while the sinks
-    /// still take them), the container pollers, the collection and Kubernetes
+    /// Stops everything, in order: capture and self-monitoring (they seal their
+    /// packages while the sinks still take them), the container pollers, the collection and Kubernetes
     /// watchers, the sinks (their queues drained), the checkpoint thread; then
     /// persists the checkpoints a last time. Returns `result` (the run's), unless the
     /// final checkpoint failed; a sink's failure when the run itself succeeded.
@@ -213,6 +265,9 @@ impl Services {
         self.shutdown.store(true, Ordering::SeqCst);
         if let Some(c) = self.capture {
             c.join();
+        }
+        if let Some(monitor) = self.self_monitor {
+            monitor.stop();
         }
         if let Some(rescanner) = self.rescanner {
             let _ = rescanner.join();

@@ -2,7 +2,8 @@
 //!
 //! [`run`] starts the services and the sinks once, then reads *generations*: a file
 //! source and its pipeline built from the effective config, read until shutdown or
-//! until a `LogCollection` changes. Between two generations the packages in flight
+//! until a `LogCollection` (or the set of collections containers declare in their
+//! environment) changes. Between two generations the packages in flight
 //! are acknowledged and the checkpoints persisted, so the next generation resumes
 //! exactly where this one stopped.
 
@@ -51,6 +52,9 @@ pub fn run(
     options: RunOptions,
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<RunSummary> {
+    if let Some(selfmon) = &config.self_monitoring {
+        crate::selfmon::capture_from_now(selfmon);
+    }
     let mut services = Services::start(&config, options.oneshot, &shutdown)?;
     let capture_loaded = services.load_capture(&config);
     // Before the sinks: librdkafka's threads block every signal, so they cannot be
@@ -82,33 +86,38 @@ fn read_generations(
     sinks: &mut Sinks,
     summary: &mut RunSummary,
 ) -> anyhow::Result<()> {
+    // The generation is read before the config it stamps: a change in between
+    // makes one rebuild too many, never one too few.
+    let mut seen = services.config_generation();
     let mut effective = services.effective(config);
     sinks.reconcile(&effective)?;
     services.start_capture(config, sinks);
-    while read_generation(&effective, services, sinks, summary)? {
+    services.start_self_monitoring(config, sinks);
+    while read_generation(&effective, seen, services, sinks, summary)? {
+        seen = services.config_generation();
         effective = apply(config, services);
         sinks.reconcile(&effective)?;
     }
     Ok(())
 }
 
-/// Reads one generation from `effective`; whether a changed `LogCollection` asks
-/// for the next one (the pipeline then quiesced: every complete record shipped).
+/// Reads one generation from `effective` (made at config generation `seen`); whether
+/// a changed `LogCollection` or environment declaration asks for the next one (the
+/// pipeline then quiesced: every complete record shipped).
 fn read_generation(
     effective: &Config,
+    seen: Option<u64>,
     services: &Services,
     sinks: &Sinks,
     summary: &mut RunSummary,
 ) -> anyhow::Result<bool> {
-    let collections = services.collections.as_ref();
-    let seen = collections.map(|c| c.generation());
     let shutdown = &services.shutdown;
     let mut source = services.file_source(effective)?;
     let mut pipeline = services.pipeline(effective, sinks);
     let stop = || {
         if shutdown.load(Ordering::Relaxed) {
             Some(StopMode::Shutdown)
-        } else if collections.map(|c| c.generation()) != seen {
+        } else if services.config_generation() != seen {
             Some(StopMode::Drain)
         } else {
             None
@@ -121,7 +130,7 @@ fn read_generation(
     summary.bytes += shipped.bytes;
     summary.packages += shipped.packages;
     summary.read_backend = source.backend();
-    if result.is_err() || collections.is_none() || shutdown.load(Ordering::Relaxed) {
+    if result.is_err() || seen.is_none() || shutdown.load(Ordering::Relaxed) {
         // Seal what is pending (without inventing line ends: an incomplete last
         // line stays unacknowledged and is read again next start).
         pipeline.seal_all();

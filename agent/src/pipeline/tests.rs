@@ -227,3 +227,47 @@ fn a_file_read_by_two_configs_ships_to_both_and_checkpoints_the_slower() {
     pipeline.ended(file, EndReason::Shutdown);
     assert_eq!(registry.in_flight(), 0);
 }
+
+/// A config's own fields (an environment-declared collection's name and tags) ride
+/// on every package after the container's fields, with and without an enricher.
+#[test]
+fn a_configs_own_fields_follow_the_container_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::parse(
+        "sources:\n  - name: tagged\n    include: [\"/x/*.log\"]\n    sink: out\n\
+         batch: {timeout: 0s}\nsinks:\n  out: {type: blackhole}\n",
+        "test",
+    )
+    .unwrap();
+    let tag = (Bytes::from_static(b"tag.team"), Bytes::from_static(b"shop"));
+    config.sources[0].fields = vec![tag.clone()];
+    let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+    let (tx, rx) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
+    let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
+    let router = |config: &Config| Router::new(&config.sources, &queues);
+    let mut bare = Pipeline::new(&config, router(&config), registry.clone());
+    let mut enriched = Pipeline::new(&config, router(&config), registry.clone());
+    drop(queues);
+    enriched.set_enricher(Arc::new(Enricher::new(
+        crate::discovery::PodCache::new(Vec::new(), Duration::from_secs(60)),
+        "node-a",
+        Duration::from_secs(30),
+    )));
+    let node = (
+        Bytes::from_static(b"k8s.node"),
+        Bytes::from_static(b"node-a"),
+    );
+    for (inode, pipeline, want) in [
+        (1, &mut bare, vec![tag.clone()]),
+        (2, &mut enriched, vec![node, tag.clone()]),
+    ] {
+        let info = crate::checkpoint::registered_test_source(&registry, inode, "/x/a.log");
+        let id = info.id;
+        pipeline.opened(Opening::file(info, &[0], IDENTITY, 0, None));
+        pipeline.data(id, 0, Bytes::from_static(b"one\n"), None);
+        pipeline.tick(Instant::now());
+        let batch = rx.try_recv().expect("shipped");
+        assert_eq!(*batch.source_fields, want);
+        pipeline.ended(id, EndReason::Shutdown);
+    }
+}

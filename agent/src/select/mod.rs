@@ -65,10 +65,9 @@ impl CompiledSelector {
     /// never selected, whatever it includes.
     pub fn matches(&self, c: &ContainerFacts) -> bool {
         let label = |key: &str, m: &ValueMatcher| {
-            c.pod_labels.get(key).is_some_and(|v| m.matches(v))
-                || c.container_labels.get(key).is_some_and(|v| m.matches(v))
+            lookup(&c.pod_labels, key, m) || lookup(&c.container_labels, key, m)
         };
-        let env = |key: &str, m: &ValueMatcher| c.env.get(key).is_some_and(|v| m.matches(v));
+        let env = |key: &str, m: &ValueMatcher| lookup(&c.env, key, m);
 
         let excluded = self
             .namespaces_exclude
@@ -94,5 +93,22 @@ impl CompiledSelector {
                 .is_none_or(|r| r.is_match(&c.container_name))
             && self.include_labels.iter().all(|(k, m)| label(k, m))
             && self.include_env.iter().all(|(k, m)| env(k, m))
+    }
+}
+
+/// Whether `map` has `key` with a value `m` matches; a key ending in `*` stands for
+/// every key with that prefix (`logtap_logs_*`: whatever collections a container
+/// declares in its environment). Neither label keys nor environment names can
+/// contain `*`, so the form is unambiguous. Matched per container, not per line.
+fn lookup(map: &BTreeMap<String, String>, key: &str, m: &ValueMatcher) -> bool {
+    match key.strip_suffix('*') {
+        Some(prefix) => map
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .any(|(_, v)| m.matches(v)),
+        None => map.get(key).is_some_and(|v| m.matches(v)),
     }
 }

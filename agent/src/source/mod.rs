@@ -59,6 +59,8 @@ pub enum SourceKind {
     CriFile,
     /// A container's stdout or stderr stream, captured by the eBPF probes.
     Capture,
+    /// The agent's own log events and statistics (`logtap://self`).
+    SelfMonitoring,
 }
 
 impl SourceKind {
@@ -67,6 +69,7 @@ impl SourceKind {
             SourceKind::File => "file",
             SourceKind::CriFile => "cri_file",
             SourceKind::Capture => "capture",
+            SourceKind::SelfMonitoring => "self",
         }
     }
 }

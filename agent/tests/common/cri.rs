@@ -321,6 +321,19 @@ pub struct ContainerSpec {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    /// Bind mounts, as the kubelet makes them for volumes (an `emptyDir` is a node
+    /// directory mounted into each container that names it).
+    pub mounts: Vec<Mount>,
+    /// `securityContext.runAsUser`; `None`: the image's user (root).
+    pub run_as_user: Option<i64>,
+}
+
+/// One bind mount of a node path into a container.
+#[derive(Clone, Debug)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub container: String,
+    pub readonly: bool,
 }
 
 impl ContainerSpec {
@@ -382,9 +395,20 @@ impl PodHandle {
                 .collect(),
             labels,
             log_path: format!("{}/0.log", spec.name),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|m| api::Mount {
+                    container_path: m.container.clone(),
+                    host_path: m.host.display().to_string(),
+                    readonly: m.readonly,
+                    ..Default::default()
+                })
+                .collect(),
             linux: Some(api::LinuxContainerConfig {
                 security_context: Some(api::LinuxContainerSecurityContext {
                     namespace_options: Some(node_network()),
+                    run_as_user: spec.run_as_user.map(|value| api::Int64Value { value }),
                     ..Default::default()
                 }),
                 ..Default::default()

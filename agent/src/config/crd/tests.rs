@@ -115,6 +115,28 @@ fn env_include_and_exclude() {
     assert!(!selector("include_env: {app: checkout}").matches(&f));
 }
 
+/// A key ending in `*` is a prefix: what a catch-all source uses to leave out the
+/// containers that declare their own collections (`logtap_logs_*`).
+#[test]
+fn a_key_ending_in_a_star_matches_every_key_with_its_prefix() {
+    let f = facts();
+    assert!(selector("include_env: {'LOG_*': json}").matches(&f));
+    assert!(!selector("include_env: {'LOG_*': text}").matches(&f));
+    assert!(!selector("exclude_env: {'JAVA_*': ''}").matches(&f));
+    assert!(selector("exclude_env: {'logtap_logs_*': ''}").matches(&f));
+    assert!(selector("include_labels: {'ti*': backend}").matches(&f));
+    assert!(selector("include_labels: {'io.kubernetes.*': app}").matches(&f));
+    assert!(!selector("exclude_labels: {'io.*': ''}").matches(&f));
+    for bad in [
+        "include_env: {'LOG*FORMAT': ''}",
+        "exclude_labels: {'a**': ''}",
+    ] {
+        let s: Selector = serde_yaml::from_str(bad).unwrap();
+        let e = s.compile().unwrap_err().to_string();
+        assert!(e.contains("`*` may only end a key"), "{bad}: {e}");
+    }
+}
+
 #[test]
 fn every_part_must_hold() {
     let f = facts();

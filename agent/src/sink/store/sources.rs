@@ -56,6 +56,7 @@ fn from_line(line: &[u8]) -> Option<SourceInfo> {
         "file" => SourceKind::File,
         "cri_file" => SourceKind::CriFile,
         "capture" => SourceKind::Capture,
+        "self" => SourceKind::SelfMonitoring,
         _ => return None,
     };
     let path = match (parsed.path, parsed.path_base64) {

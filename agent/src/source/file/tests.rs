@@ -246,6 +246,7 @@ fn config(name: &str, include: &[String], format: Format) -> SourceConfig {
         container_paths: Vec::new(),
         allowed_roots: Vec::new(),
         processors: Vec::new(),
+        fields: Vec::new(),
     }
 }
 
