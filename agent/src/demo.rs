@@ -42,6 +42,7 @@ pub fn install(config: &mut Config) -> anyhow::Result<()> {
         selector: None,
         stream: None,
         container_paths: Vec::new(),
+        allowed_roots: Vec::new(),
         processors: Vec::new(),
         fields: Vec::new(),
     };

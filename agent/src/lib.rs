@@ -21,7 +21,8 @@
 //!   -> checkpoint  offsets advance over acknowledged packages, persisted atomically
 //! collections: LogCollection objects merged into the effective config (live rebuilds).
 //! config describes all of them (schema -> raw | crd -> validate); metrics observes
-//! them (one catalogue of names); pipeline wires them (supervisor, services, sinks).
+//! them (one catalogue of names); pipeline wires them (supervisor, services, sinks);
+//! privileges keeps the agent's files private and drops what it need not keep.
 //! ```
 //!
 //! Every line carries `(source_id, offset)`; every package carries `(source_id,
@@ -39,6 +40,7 @@ pub mod frame;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;
+pub mod privileges;
 pub mod route;
 pub mod select;
 pub mod selfmon;

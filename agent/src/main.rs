@@ -111,8 +111,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if demo {
                 logtap::demo::install(&mut config)?;
             }
+            logtap::privileges::private_files(&config);
             if let Some(listen) = config.metrics_listen {
-                logtap::metrics::install(listen, config.metrics_bearer_token.clone())?;
+                logtap::metrics::install(
+                    listen,
+                    config.metrics_bearer_token.clone(),
+                    config.metrics_tls.clone(),
+                )?;
             }
             let shutdown = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -63,6 +63,15 @@ fn start_agent(dir: &Path, config: &str) -> Agent {
     wait_for(Duration::from_secs(30), "probes loaded", || {
         metric(&agent.metrics(), "logtap_capture_up", &[]) == 1.0
     });
+    // Capture runs on what the agent keeps once the probes are loaded: read/search
+    // and ptrace only (see `logtap::privileges`, tests/security.rs).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let caps = logtap::privileges::parse_status(&status).unwrap();
+    assert_eq!(
+        (caps.effective, caps.permitted, caps.no_new_privs),
+        ((1 << 2) | (1 << 19), (1 << 2) | (1 << 19), true),
+        "{status}"
+    );
     agent
 }
 

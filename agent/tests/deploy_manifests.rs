@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -307,7 +308,6 @@ fn daemonset_is_consistent_with_its_config_and_rbac() {
     };
     // What the issue asks the agent to see of the node.
     assert_eq!(host_path_of("/var/log").as_deref(), Some("/var/log"));
-    assert_eq!(host_path_of("/sys/fs/bpf").as_deref(), Some("/sys/fs/bpf"));
     assert!(
         host_path_of("/sys/kernel/tracing").is_some()
             || host_path_of("/sys/kernel/debug").is_some()
@@ -317,14 +317,42 @@ fn daemonset_is_consistent_with_its_config_and_rbac() {
             .iter()
             .any(|m| m.mount_path.ends_with("containerd.sock"))
     );
-    let root = mounts
-        .iter()
-        .find(|m| host_path_of(&m.mount_path).as_deref() == Some("/"));
-    assert_eq!(
-        root.and_then(|m| m.read_only),
-        Some(true),
-        "host root read-only"
-    );
+    // Only the host paths the agent uses (docs/security.md): not the host root (files
+    // inside containers go through /proc/<pid>/root) nor bpffs (nothing is pinned).
+    // Each is read-only but the data directory and the CRI socket, and none
+    // propagates mounts back to the host.
+    let used = [
+        "/var/log",
+        "/var/lib/logtap",
+        "/sys/kernel/tracing",
+        "/sys/kernel/debug",
+        "/run/containerd/containerd.sock",
+    ];
+    for vm in mounts {
+        let Some(host) = volumes[vm.name.as_str()].host_path.as_ref() else {
+            continue;
+        };
+        assert!(
+            used.contains(&host.path.as_str()),
+            "hostPath {} is not used",
+            host.path
+        );
+        let writable = ["/var/lib/logtap", "/run/containerd/containerd.sock"];
+        assert_eq!(
+            vm.read_only,
+            (!writable.contains(&host.path.as_str())).then_some(true),
+            "{} read-only",
+            host.path
+        );
+        assert_ne!(
+            vm.mount_propagation.as_deref(),
+            Some("Bidirectional"),
+            "{}",
+            vm.mount_path
+        );
+    }
+    let security = c.security_context.as_ref().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
 
     // `--config PATH` is a key of the mounted ConfigMap, and it is a valid config.
     let args = c.args.as_deref().unwrap_or_default();
@@ -473,6 +501,62 @@ fn servicemonitor_scrapes_the_service() {
             "no Service port {port}"
         );
     }
+}
+
+/// The NetworkPolicy overlay admits ingress to the agent pods on the metrics port only.
+#[test]
+fn networkpolicy_admits_only_the_metrics_port() {
+    let m = manifests();
+    let docs = documents("with-networkpolicy/networkpolicy.yaml");
+    assert_eq!(docs.len(), 1);
+    let np: NetworkPolicy = typed("with-networkpolicy/networkpolicy.yaml", &docs[0]);
+    assert_eq!(np.metadata.namespace, m.daemon_set.metadata.namespace);
+    let spec = np.spec.as_ref().unwrap();
+    let template = &m.daemon_set.spec.template;
+    let pod_labels = template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let selects = spec
+        .pod_selector
+        .as_ref()
+        .unwrap()
+        .match_labels
+        .as_ref()
+        .unwrap();
+    assert!(!selects.is_empty());
+    for (k, v) in selects {
+        assert_eq!(pod_labels.get(k), Some(v), "podSelector label {k}");
+    }
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..])
+    );
+    let container = &template.spec.as_ref().unwrap().containers[0];
+    let metrics_port = container
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .unwrap();
+    let rules = spec.ingress.as_deref().unwrap_or_default();
+    assert!(!rules.is_empty());
+    for rule in rules {
+        assert!(
+            rule.from.as_ref().is_some_and(|f| !f.is_empty()),
+            "a rule names its peers"
+        );
+        let ports = rule.ports.as_deref().unwrap_or_default();
+        assert!(!ports.is_empty(), "a rule without ports admits every port");
+        for p in ports {
+            let admits = match p.port.as_ref().unwrap() {
+                IntOrString::Int(n) => *n == metrics_port.container_port,
+                IntOrString::String(name) => metrics_port.name.as_ref() == Some(name),
+            };
+            assert!(admits, "{p:?}");
+        }
+    }
+    let k = kustomization("with-networkpolicy/");
+    let listed = strings(&k["resources"]);
+    assert!(listed.contains("..") && listed.contains("networkpolicy.yaml"));
 }
 
 /// Metric names described in the agent's catalogue (`metrics::catalogue`, which

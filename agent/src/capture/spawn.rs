@@ -58,28 +58,35 @@ pub struct CaptureThread {
 }
 
 impl CaptureThread {
-    /// Loads the probes and starts the stage; `None` (logged, `logtap_capture_up` 0)
-    /// when the probes cannot load. `pipeline` is the stage's own; the stage ends its
-    /// streams (and the pipeline ships their packages) when `shutdown` is set.
+    /// Loads the probes; `None` (logged, `logtap_capture_up` 0) when they cannot load.
+    /// Done before the agent drops its capabilities (see [`crate::privileges`]): the
+    /// running stage needs none of those loading does.
+    pub fn load(options: &CaptureConfig) -> Option<Probes> {
+        match Probes::load(&ProbeOptions {
+            ring_bytes: options.ring_bytes,
+            cgroup_prefix: options.cgroup_prefix.clone(),
+            max_records_per_write: options.max_records_per_write,
+        }) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                metrics::gauge!(CAPTURE_UP).set(0.0);
+                tracing::error!(error = %e, "eBPF capture unavailable: container logs are read from their CRI log files");
+                None
+            }
+        }
+    }
+
+    /// Starts the stage on `probes` (see [`Self::load`]). `pipeline` is the stage's
+    /// own; the stage ends its streams (and the pipeline ships their packages) when
+    /// `shutdown` is set.
     pub fn start(
         options: &CaptureConfig,
+        probes: Probes,
         pipeline: impl Input + Send + 'static,
         registry: SharedRegistry,
         containers: ContainerRegistry,
         shutdown: Arc<AtomicBool>,
     ) -> Option<CaptureThread> {
-        let probes = match Probes::load(&ProbeOptions {
-            ring_bytes: options.ring_bytes,
-            cgroup_prefix: options.cgroup_prefix.clone(),
-            max_records_per_write: options.max_records_per_write,
-        }) {
-            Ok(p) => p,
-            Err(e) => {
-                metrics::gauge!(CAPTURE_UP).set(0.0);
-                tracing::error!(error = %e, "eBPF capture unavailable: container logs are read from their CRI log files");
-                return None;
-            }
-        };
         metrics::gauge!(CAPTURE_UP).set(1.0);
         tracing::info!(prefix = %options.cgroup_prefix, "eBPF capture running");
         let claims = Arc::new(Claims::new(options.source, options.claim_wait));

@@ -43,7 +43,7 @@ use crate::config::crd::{
     StreamSelection,
 };
 use crate::config::schema::RawSink;
-use crate::config::{Config, ConfigError, SourceConfig};
+use crate::config::{Config, ConfigError, SinkConfig, SourceConfig};
 use crate::discovery::watcher::{Backoff, WatcherConfig, client, list_watch};
 use crate::discovery::{PodLogRef, Resource};
 use crate::frame::Stream;
@@ -51,6 +51,22 @@ use crate::metrics::catalogue::{COLLECTION_STATUS_WRITES_TOTAL, COLLECTIONS, COL
 
 /// How often statuses are compared with what was last written.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What one namespace's users may cost a node through `LogCollection` objects outside
+/// the admin namespace (see [`bound_tenant`]); beyond them an object is `Valid=False`,
+/// naming the field.
+pub mod tenant_caps {
+    /// A source's `max_line_size` (the buffer each of its files may hold).
+    pub const MAX_LINE_BYTES: usize = 1 << 20;
+    /// A store sink's `max_size`; also its default for such objects.
+    pub const MAX_STORE_BYTES: u64 = 2 << 30;
+    /// Text of [`MAX_STORE_BYTES`], the store default outside the admin namespace.
+    pub const MAX_STORE_SIZE: &str = "2GiB";
+    /// Segments a store may hold (`max_size / segment_size`): files and fds.
+    pub const MAX_STORE_SEGMENTS: u64 = 256;
+    /// Objects applied per namespace (in name order).
+    pub const MAX_COLLECTIONS: usize = 16;
+}
 
 /// Which containers each source config reads now: written by the pipeline as it
 /// opens and ends files, read for each collection's `matched_containers`.
@@ -291,7 +307,15 @@ fn confine_to_namespace(
             ));
             Ok(())
         }
-        RawSink::Stdout {} | RawSink::Blackhole {} => Ok(()),
+        // The agent's stdout is its own pod's log, which the agent collects: a
+        // tenant's lines would come back as the admin namespace's.
+        RawSink::Stdout {} => Err((
+            "spec.sink.type".into(),
+            outside(
+                "write to the agent's stdout (its lines would come back as the agent pod's own logs)",
+            ),
+        )),
+        RawSink::Blackhole {} => Ok(()),
         RawSink::Kafka(k) => {
             // Every path and client property would let a tenant make the agent (root)
             // read a node file and send it to a broker of the tenant's choosing.
@@ -328,6 +352,49 @@ fn confine_to_namespace(
     }
 }
 
+/// The [`tenant_caps`] of a validated object outside the admin namespace.
+fn bound_tenant(
+    valid: &crate::config::crd::ValidatedCollection,
+    admin: &str,
+) -> Result<(), (String, String)> {
+    let beyond = |what: String| format!("{what} outside namespace {admin:?}");
+    for (i, s) in valid.sources.iter().enumerate() {
+        if s.max_line_bytes > tenant_caps::MAX_LINE_BYTES {
+            return Err((
+                format!("spec.sources[{i}].max_line_size"),
+                beyond(format!(
+                    "at most {} bytes (1MiB)",
+                    tenant_caps::MAX_LINE_BYTES
+                )),
+            ));
+        }
+    }
+    if let SinkConfig::Store {
+        max_bytes,
+        segment_bytes,
+        ..
+    } = &valid.sink
+    {
+        if *max_bytes > tenant_caps::MAX_STORE_BYTES {
+            return Err((
+                "spec.sink.max_size".into(),
+                beyond(format!("at most {}", tenant_caps::MAX_STORE_SIZE)),
+            ));
+        }
+        let segments = max_bytes.div_ceil((*segment_bytes).max(1));
+        if segments > tenant_caps::MAX_STORE_SEGMENTS {
+            return Err((
+                "spec.sink.segment_size".into(),
+                beyond(format!(
+                    "max_size / segment_size is {segments} segments: at most {}",
+                    tenant_caps::MAX_STORE_SEGMENTS
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The spool directory of a tenant's network sink: inside its own collection directory.
 fn tenant_spool(data_dir: &Path, namespace: &str, name: &str) -> String {
     format!(
@@ -339,17 +406,18 @@ fn tenant_spool(data_dir: &Path, namespace: &str, name: &str) -> String {
 fn merge(
     config: &mut Config,
     key: &str,
-    spec: &Value,
+    raw_spec: &Value,
 ) -> Result<(Vec<Arc<str>>, Vec<String>), ConfigError> {
     let object = format!("LogCollection {key}");
-    let mut spec = LogCollectionSpec::from_json(spec, &object)?;
+    let mut spec = LogCollectionSpec::from_json(raw_spec, &object)?;
     let invalid = |field: &str, message: String| ConfigError::Invalid {
         file: object.clone(),
         field: field.to_string(),
         message,
     };
     let (namespace, name) = key.split_once('/').unwrap_or(("", key));
-    if namespace != config.collections.admin_namespace {
+    let tenant = namespace != config.collections.admin_namespace;
+    if tenant {
         confine_to_namespace(
             &mut spec,
             namespace,
@@ -358,6 +426,26 @@ fn merge(
             &config.data_dir,
         )
         .map_err(|(field, message)| invalid(&field, message))?;
+        let applied = config
+            .sinks
+            .keys()
+            .filter(|k| k.split_once('/').is_some_and(|(ns, _)| ns == namespace))
+            .count();
+        if applied >= tenant_caps::MAX_COLLECTIONS {
+            return Err(invalid(
+                "metadata.name",
+                format!(
+                    "namespace {namespace:?} has {applied} LogCollections applied already: at most {} outside namespace {:?}",
+                    tenant_caps::MAX_COLLECTIONS,
+                    config.collections.admin_namespace
+                ),
+            ));
+        }
+        if let RawSink::Store { max_size, .. } = &mut spec.sink
+            && raw_spec["sink"].get("max_size").is_none()
+        {
+            *max_size = tenant_caps::MAX_STORE_SIZE.into();
+        }
     }
     // A network sink's spool defaults to a directory of the object's own, not to the
     // one shared name `validate_as` would give every collection.
@@ -372,6 +460,10 @@ fn merge(
         *path = Some(tenant_spool(&config.data_dir, namespace, name));
     }
     let valid = spec.validate_as(&object, &config.data_dir)?;
+    if tenant {
+        bound_tenant(&valid, &config.collections.admin_namespace)
+            .map_err(|(field, message)| invalid(&field, message))?;
+    }
     let sink_name: Arc<str> = Arc::from(key);
     if config.sinks.contains_key(&sink_name) {
         return Err(invalid(

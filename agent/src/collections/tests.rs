@@ -256,3 +256,72 @@ fn a_tenant_may_ship_to_the_network_but_chooses_no_node_path_or_client_property(
         );
     }
 }
+
+/// What a namespace's users may cost a node is bounded (`tenant_caps`): line size,
+/// store size and segments, objects per namespace; a stdout sink is refused (the
+/// agent's stdout is its own pod's log, read back as the admin namespace's).
+#[test]
+fn a_tenant_collection_is_bounded_and_rejected_beyond_its_caps() {
+    let out = "sources: [{name: out, input: {type: container_stdout}";
+    let err = |yaml: &str| {
+        merge(&mut file_config(), "team-a/logs", &spec(yaml))
+            .unwrap_err()
+            .to_string()
+    };
+    for (yaml, field) in [
+        (
+            format!("{out}, max_line_size: 2MiB}}]\nsink: {{type: store}}\n"),
+            "spec.sources[0].max_line_size",
+        ),
+        (
+            format!("{out}}}]\nsink: {{type: store, max_size: 3GiB}}\n"),
+            "spec.sink.max_size",
+        ),
+        (
+            format!("{out}}}]\nsink: {{type: store, max_size: 2GiB, segment_size: 1MiB}}\n"),
+            "spec.sink.segment_size",
+        ),
+        (
+            format!("{out}}}]\nsink: {{type: stdout}}\n"),
+            "spec.sink.type",
+        ),
+    ] {
+        let e = err(&yaml);
+        assert!(
+            e.contains(field) && e.contains("namespace \"shop\""),
+            "{yaml}: {e}"
+        );
+    }
+
+    // Within the caps; a store without max_size gets the cap, not the node's 10GiB.
+    let mut config = file_config();
+    let ok = format!("{out}, max_line_size: 1MiB}}]\nsink: {{type: store}}\n");
+    merge(&mut config, "team-a/logs", &spec(&ok)).unwrap();
+    match &config.sinks[&Arc::<str>::from("team-a/logs")] {
+        SinkConfig::Store { max_bytes, .. } => {
+            assert_eq!(*max_bytes, tenant_caps::MAX_STORE_BYTES)
+        }
+        other => panic!("{other:?}"),
+    }
+    // The admin namespace is not bounded.
+    let big = format!(
+        "{out}, max_line_size: 8MiB}}]\nsink: {{type: store, path: /var/lib/logtap/big, max_size: 50GiB}}\n"
+    );
+    merge(&mut file_config(), "shop/big", &spec(&big)).unwrap();
+
+    // Objects per namespace, in name order: the one past the cap is refused, another
+    // namespace is not affected.
+    let mut config = file_config();
+    let plain = format!("{out}}}]\nsink: {{type: blackhole}}\n");
+    for i in 0..tenant_caps::MAX_COLLECTIONS {
+        merge(&mut config, &format!("team-a/c{i:02}"), &spec(&plain)).unwrap();
+    }
+    let e = merge(&mut config, "team-a/extra", &spec(&plain))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("metadata.name") && e.contains("at most 16"),
+        "{e}"
+    );
+    merge(&mut config, "team-b/one", &spec(&plain)).unwrap();
+}

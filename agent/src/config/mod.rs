@@ -141,6 +141,10 @@ pub struct SourceConfig {
     /// [`crate::source::file::container`]); when set, `include` is empty and
     /// `selector` says which containers (every container when `None`).
     pub container_paths: Vec<String>,
+    /// Directories outside the globs' own that a symlink found by the globs may lead
+    /// into (`follow_symlinks` + `allowed_roots`); empty: links stay inside the
+    /// globs' directories (see [`crate::source::file::open`]).
+    pub allowed_roots: Vec<PathBuf>,
     /// Applied in order to every record after its parser (see [`crate::transform`]).
     pub processors: Vec<ProcessorConfig>,
     /// Fields every record of this source carries besides its container's (a
@@ -164,6 +168,7 @@ impl SourceConfig {
             selector: None,
             stream: None,
             container_paths: Vec::new(),
+            allowed_roots: Vec::new(),
             processors: Vec::new(),
             fields: Vec::new(),
         }
@@ -320,6 +325,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The token `/metrics` requires (`metrics.bearer_token_file`, read at validation).
     pub metrics_bearer_token: Option<crate::metrics::BearerToken>,
+    /// HTTPS for the metrics listener (`metrics.tls`, loaded at validation).
+    pub metrics_tls: Option<crate::metrics::MetricsTls>,
     /// How often acknowledged offsets are made durable (bounds duplicates after a crash).
     pub checkpoint_interval: Duration,
     /// A pipeline thread with work waiting and no progress for this long fails

@@ -259,6 +259,10 @@ pub struct RawMetrics {
     /// <token>` (read at start; `/healthz` and `/readyz` stay open for the probes).
     #[serde(default)]
     pub bearer_token_file: Option<String>,
+    /// Serve HTTPS (and with `client_ca_file`, ask for client certificates, which
+    /// `/metrics` then requires).
+    #[serde(default)]
+    pub tls: Option<RawMetricsTls>,
 }
 
 impl Default for RawMetrics {
@@ -266,8 +270,21 @@ impl Default for RawMetrics {
         RawMetrics {
             listen: default_metrics_listen(),
             bearer_token_file: None,
+            tls: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetricsTls {
+    /// PEM certificate chain of the listener.
+    pub cert_file: String,
+    /// PEM private key of that certificate.
+    pub key_file: String,
+    /// PEM CA certificates a client certificate must be signed by (mTLS for `/metrics`).
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -396,6 +413,13 @@ pub struct RawSource {
     /// container runs. Replaces `include`; without a `selector`, every container.
     #[serde(default)]
     pub container_paths: Vec<String>,
+    /// Read a symlink whose target lies outside the directories the globs can
+    /// match, if the target is below one of `allowed_roots` (default: refused).
+    #[serde(default)]
+    pub follow_symlinks: bool,
+    /// Absolute directories symlinks may lead into with `follow_symlinks`.
+    #[serde(default)]
+    pub allowed_roots: Vec<String>,
     #[serde(default = "default_max_line_size")]
     pub max_line_size: String,
     #[serde(default)]

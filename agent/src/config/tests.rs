@@ -438,6 +438,116 @@ fn metrics_bearer_token_file_is_read_and_checked() {
 }
 
 #[test]
+fn follow_symlinks_needs_allowed_roots_and_host_files() {
+    let source = |extra: &str| {
+        format!("sources:\n  - name: a\n{extra}sinks:\n  local: {{type: blackhole}}\n")
+    };
+    let ok = Config::parse(
+        &source("    include: [/var/log/a/*.log]\n    follow_symlinks: true\n    allowed_roots: [/srv/logs]\n"),
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.sources[0].allowed_roots,
+        vec![PathBuf::from("/srv/logs")]
+    );
+    let plain = Config::parse(&source("    include: [/var/log/a/*.log]\n"), "t.yaml").unwrap();
+    assert!(
+        plain.sources[0].allowed_roots.is_empty(),
+        "links stay inside by default"
+    );
+
+    let bad = |extra: &str| {
+        Config::parse(&source(extra), "t.yaml")
+            .unwrap_err()
+            .to_string()
+    };
+    for (extra, field, says) in [
+        (
+            "    include: [/a/*.log]\n    follow_symlinks: true\n",
+            "sources[0].allowed_roots",
+            "directories",
+        ),
+        (
+            "    include: [/a/*.log]\n    allowed_roots: [/srv]\n",
+            "sources[0].allowed_roots",
+            "follow_symlinks: true",
+        ),
+        (
+            "    include: [/a/*.log]\n    follow_symlinks: true\n    allowed_roots: [srv]\n",
+            "sources[0].allowed_roots[0]",
+            "absolute",
+        ),
+        (
+            "    include: [/a/*.log]\n    follow_symlinks: true\n    allowed_roots: [/srv/../etc]\n",
+            "sources[0].allowed_roots[0]",
+            "`..`",
+        ),
+        (
+            "    container_paths: [/a/*.log]\n    follow_symlinks: true\n    allowed_roots: [/srv]\n",
+            "sources[0].follow_symlinks",
+            "inside",
+        ),
+    ] {
+        let e = bad(extra);
+        assert!(e.contains(field) && e.contains(says), "{extra}: {e}");
+    }
+}
+
+/// A duration `Instant + Duration` cannot represent (about 292 billion years) made
+/// the checkpointer panic at run time; every duration is bounded at validation, with
+/// an error naming the field.
+#[test]
+fn absurd_durations_are_rejected_by_validation() {
+    let far = "500000000000y";
+    assert!(
+        std::time::Instant::now()
+            .checked_add(humantime::parse_duration(far).unwrap())
+            .is_none(),
+        "{far} overflows an Instant"
+    );
+    let base = "sinks:\n  local: {type: blackhole}\n";
+    for (yaml, field) in [
+        (format!("checkpoint: {{interval: {far}}}\n{base}"), "checkpoint.interval"),
+        (format!("files: {{rescan_interval: {far}}}\n{base}"), "files.rescan_interval"),
+        (format!("files: {{rotate_wait: {far}}}\n{base}"), "files.rotate_wait"),
+        (format!("batch: {{timeout: {far}}}\n{base}"), "batch.timeout"),
+        (format!("health: {{stall_timeout: {far}}}\n{base}"), "health.stall_timeout"),
+        (
+            format!("sinks:\n  local: {{type: store, max_age: {far}}}\n"),
+            "sinks.local.max_age",
+        ),
+        // librdkafka takes at most i32::MAX milliseconds.
+        (
+            "sinks:\n  hub: {type: kafka, brokers: [\"127.0.0.1:9092\"], topic: t, message_timeout: 30d}\n"
+                .to_string(),
+            "sinks.hub.message_timeout",
+        ),
+    ] {
+        let e = Config::parse(&yaml, "t.yaml").unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains("at most"), "{yaml}: {e}");
+    }
+    // A long but sane duration stays valid; the bound itself too.
+    Config::parse(&format!("checkpoint: {{interval: 30d}}\n{base}"), "t.yaml").unwrap();
+    Config::parse(&format!("files: {{rotate_wait: 100y}}\n{base}"), "t.yaml").unwrap();
+}
+
+#[test]
+fn metrics_tls_files_are_loaded_at_validation() {
+    let e = Config::parse(
+        "metrics: {listen: \"127.0.0.1:9464\", tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}\nsinks:\n  local: {type: blackhole}\n",
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("metrics.tls.cert_file") && e.contains("/nonexistent/c.pem"),
+        "{e}"
+    );
+    assert!(Config::embedded_default().metrics_tls.is_none());
+}
+
+#[test]
 fn env_configs_default_to_on_with_the_first_sources_sink() {
     let c = Config::embedded_default();
     assert!(c.env_configs.enabled);

@@ -16,6 +16,11 @@ use super::schema::Selector;
 use super::*;
 use crate::select::{CompiledSelector, ValueMatcher};
 
+/// The longest duration a config may give: beyond any sensible timeout, interval or
+/// retention, and far below what `Instant + Duration` can represent: 100 years of
+/// 365.25 days, as `humantime` counts `100y`.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 impl Config {
     /// Second step: validation. Defaults that depend on where the agent runs (the
     /// `kubernetes` section's) are read from the process environment.
@@ -44,6 +49,17 @@ impl Config {
             Some(path) => Some(
                 crate::metrics::BearerToken::from_file(Path::new(path))
                     .map_err(|e| v.invalid("metrics.bearer_token_file", e))?,
+            ),
+        };
+        let metrics_tls = match &raw.metrics.tls {
+            None => None,
+            Some(t) => Some(
+                crate::metrics::MetricsTls::load(
+                    Path::new(&t.cert_file),
+                    Path::new(&t.key_file),
+                    t.client_ca_file.as_deref().map(Path::new),
+                )
+                .map_err(|(field, e)| v.invalid(&format!("metrics.tls.{}", field.name()), e))?,
             ),
         };
 
@@ -76,6 +92,7 @@ impl Config {
             data_dir,
             metrics_listen,
             metrics_bearer_token,
+            metrics_tls,
             checkpoint_interval: v.interval("checkpoint.interval", &raw.checkpoint.interval)?,
             stall_timeout: v.interval("health.stall_timeout", &raw.health.stall_timeout)?,
             rescan_interval: v.interval("files.rescan_interval", &raw.files.rescan_interval)?,
@@ -172,6 +189,7 @@ impl Validator {
                 (None, Some(_)) => Format::Cri,
                 (None, None) => Format::Raw,
             };
+            let allowed_roots = v.symlinks(&prefix, s, container_files)?;
             let max_line_bytes = v.max_line_size(&prefix, &s.max_line_size)?;
             let multiline = v.multiline(&prefix, s.multiline.as_ref())?;
             let parser = v.parser(&prefix, s.parser.as_ref())?;
@@ -203,6 +221,7 @@ impl Validator {
                 selector,
                 stream: None,
                 container_paths: s.container_paths.clone(),
+                allowed_roots,
                 processors,
                 fields: Vec::new(),
             });
@@ -247,8 +266,16 @@ impl Validator {
         }
     }
 
+    /// A duration of at most [`MAX_DURATION`]: deadlines are `Instant::now() + d`,
+    /// which panics beyond what an `Instant` can hold (about 292 billion years, which
+    /// `humantime` happily parses).
     pub(crate) fn duration(&self, field: &str, text: &str) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(text).map_err(|e| self.invalid(field, format!("{text:?}: {e}")))
+        let d = humantime::parse_duration(text)
+            .map_err(|e| self.invalid(field, format!("{text:?}: {e}")))?;
+        if d > MAX_DURATION {
+            return Err(self.invalid(field, format!("{text:?}: at most 100 years")));
+        }
+        Ok(d)
     }
 
     /// An interval of 0 turns a periodic loop into a busy one (fsync storms, endless
@@ -377,6 +404,60 @@ impl Validator {
                 .map_err(|e| self.invalid(&format!("{prefix}.exclude[{j}]"), e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// librdkafka's `message.timeout.ms` is an `i32` of milliseconds: a longer one
+    /// would fail only when the sink starts.
+    fn kafka_message_timeout(&self, field: &str, text: &str) -> Result<Duration, ConfigError> {
+        let d = self.duration(field, text)?;
+        if d.as_millis() > i32::MAX as u128 {
+            return Err(self.invalid(
+                field,
+                format!("{text:?}: at most 24d 20h 31m 23s (librdkafka's bound)"),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// `follow_symlinks` and `allowed_roots` go together, for host files only; the
+    /// roots are absolute, without `..`. Returns the roots links may lead into.
+    pub(crate) fn symlinks(
+        &self,
+        prefix: &str,
+        s: &raw::RawSource,
+        container_files: bool,
+    ) -> Result<Vec<std::path::PathBuf>, ConfigError> {
+        let field = format!("{prefix}.allowed_roots");
+        match (s.follow_symlinks, s.allowed_roots.is_empty()) {
+            (false, true) => return Ok(Vec::new()),
+            (false, false) => {
+                return Err(self.invalid(&field, "needs follow_symlinks: true".into()));
+            }
+            (true, true) => {
+                return Err(self.invalid(
+                    &field,
+                    "follow_symlinks needs the directories links may lead into".into(),
+                ));
+            }
+            (true, false) if container_files => {
+                return Err(self.invalid(
+                    &format!("{prefix}.follow_symlinks"),
+                    "links inside a container always resolve inside it; only host files follow symlinks".into(),
+                ));
+            }
+            (true, false) => {}
+        }
+        let mut roots = Vec::new();
+        for (j, r) in s.allowed_roots.iter().enumerate() {
+            if !r.starts_with('/') || r.split('/').any(|c| c == "..") {
+                return Err(self.invalid(
+                    &format!("{field}[{j}]"),
+                    format!("{r:?}: an absolute directory without `..`"),
+                ));
+            }
+            roots.push(std::path::PathBuf::from(r));
+        }
+        Ok(roots)
     }
 
     /// `container_paths`: absolute globs inside the container, no `..` (a glob must
@@ -971,7 +1052,8 @@ impl Validator {
             }),
             sasl,
             properties: k.properties.clone(),
-            message_timeout: self.duration(&field("message_timeout"), &k.message_timeout)?,
+            message_timeout: self
+                .kafka_message_timeout(&field("message_timeout"), &k.message_timeout)?,
             forward: self.forward(
                 prefix,
                 ForwardFields {

@@ -97,6 +97,8 @@ catalogue! {
         "Files matched by an include glob and opened";
     FILE_OPEN_ERRORS_TOTAL = "logtap_file_open_errors_total", Counter, Some(Unit::Count),
         "Files that could not be opened or read, by reason";
+    FILES_REFUSED_TOTAL = "logtap_files_refused_total", Counter, Some(Unit::Count),
+        "Files matched by a glob and refused on purpose, once per path, by reason (symlink: leads outside the source's directories; not_regular: FIFO, socket or device)";
     FILE_TRUNCATIONS_TOTAL = "logtap_file_truncations_total", Counter, Some(Unit::Count),
         "Files truncated in place (copytruncate); each continues as a new source";
     FILE_INODE_REUSE_TOTAL = "logtap_file_inode_reuse_total", Counter, Some(Unit::Count),

@@ -17,8 +17,10 @@
 //!
 //! # Authentication
 //!
-//! With a [`BearerToken`], `/metrics` answers 401 unless the request carries
-//! `Authorization: Bearer <token>`. `/healthz` and `/readyz` stay open: the kubelet's
+//! With `metrics.tls` the listener speaks HTTPS only, and with its `client_ca_file`
+//! `/metrics` answers 403 to a client without a verified certificate (see
+//! [`super::tls`]). With a [`BearerToken`], `/metrics` answers 401 unless the request
+//! carries `Authorization: Bearer <token>`. `/healthz` and `/readyz` stay open: the kubelet's
 //! HTTP probes cannot send a secret from a Kubernetes Secret, and they reveal only
 //! component names and states, never a log line or a metric value.
 
@@ -110,6 +112,8 @@ pub struct Endpoint {
     pub health: Health,
     /// `Some`: `/metrics` requires it.
     pub token: Option<BearerToken>,
+    /// `Some`: HTTPS only (see [`super::tls`]).
+    pub tls: Option<super::MetricsTls>,
 }
 
 /// Serves `listener` on a thread of its own until the process ends.
@@ -161,26 +165,64 @@ async fn run(listener: tokio::net::TcpListener, endpoint: Arc<Endpoint>) {
             }
         };
         let endpoint = endpoint.clone();
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |request| {
-                let response = respond(&endpoint, &request);
-                async move { Ok::<_, Infallible>(response) }
-            }),
-        );
+        let http = http.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!("metrics endpoint: connection: {e}"),
-                Err(_) => tracing::debug!("metrics endpoint: connection timed out"),
+            let served = async {
+                let Some(tls) = &endpoint.tls else {
+                    return serve_connection(&http, TokioIo::new(stream), &endpoint, false).await;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+                let stream = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!("metrics endpoint: TLS handshake: {e}"),
+                    Err(_) => return tracing::debug!("metrics endpoint: TLS handshake timed out"),
+                };
+                // Only a certificate the verifier accepted is kept by rustls.
+                let verified = stream.get_ref().1.peer_certificates().is_some();
+                serve_connection(&http, TokioIo::new(stream), &endpoint, verified).await
+            };
+            if tokio::time::timeout(CONNECTION_TIMEOUT, served)
+                .await
+                .is_err()
+            {
+                tracing::debug!("metrics endpoint: connection timed out");
             }
         });
     }
 }
 
+/// Serves one connection; `client_verified`: it presented a client certificate the
+/// TLS verifier accepted.
+async fn serve_connection<I>(
+    http: &http1::Builder,
+    io: I,
+    endpoint: &Arc<Endpoint>,
+    client_verified: bool,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let endpoint = endpoint.clone();
+    let connection = http.serve_connection(
+        io,
+        service_fn(move |request| {
+            let response = respond(&endpoint, &request, client_verified);
+            async move { Ok::<_, Infallible>(response) }
+        }),
+    );
+    if let Err(e) = connection.await {
+        tracing::debug!("metrics endpoint: connection: {e}");
+    }
+}
+
 /// The answer to one request (hyper leaves the body out for HEAD).
-fn respond<B>(endpoint: &Endpoint, request: &Request<B>) -> Response<Full<Bytes>> {
+fn respond<B>(
+    endpoint: &Endpoint,
+    request: &Request<B>,
+    client_verified: bool,
+) -> Response<Full<Bytes>> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         response
@@ -191,6 +233,9 @@ fn respond<B>(endpoint: &Endpoint, request: &Request<B>) -> Response<Full<Bytes>
     let health = &endpoint.health;
     match request.uri().path() {
         "/metrics" => {
+            if endpoint.tls.as_ref().is_some_and(|t| t.client_auth) && !client_verified {
+                return text(StatusCode::FORBIDDEN, "a client certificate is required\n");
+            }
             if let Some(token) = &endpoint.token
                 && !token.admits(request.headers())
             {
@@ -260,6 +305,7 @@ mod tests {
             prometheus: PrometheusBuilder::new().build_recorder().handle(),
             health,
             token: token.map(|t| BearerToken::new(t.as_bytes()).unwrap()),
+            tls: None,
         };
         serve(listener, endpoint).unwrap();
         port

@@ -9,10 +9,12 @@
 pub mod catalogue;
 pub mod health;
 mod http;
+mod tls;
 
 use std::net::SocketAddr;
 
 pub use http::BearerToken;
+pub use tls::{MetricsTls, TlsField};
 
 use catalogue::{COMPONENT_SECONDS_SINCE_PROGRESS, COMPONENT_UP};
 use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -22,7 +24,11 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 /// (of [`health::global`]) on `listen`, on a thread of its own: scraping and probes
 /// stay independent of the pipeline's threads. With `token`, `/metrics` requires it
 /// (`Authorization: Bearer`); the probes stay open.
-pub fn install(listen: SocketAddr, token: Option<BearerToken>) -> anyhow::Result<()> {
+pub fn install(
+    listen: SocketAddr,
+    token: Option<BearerToken>,
+    tls: Option<MetricsTls>,
+) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| anyhow::anyhow!("metrics endpoint on {listen}: {e}"))?;
     let prometheus = PrometheusBuilder::new()
@@ -31,16 +37,23 @@ pub fn install(listen: SocketAddr, token: Option<BearerToken>) -> anyhow::Result
     let _ = HANDLE.set(prometheus.clone());
     describe();
     let guarded = token.is_some();
+    let scheme = match &tls {
+        None => "http",
+        Some(t) if t.client_auth => "https (client certificates for /metrics)",
+        Some(_) => "https",
+    };
     let endpoint = http::Endpoint {
         prometheus,
         health: health::global().clone(),
         token,
+        tls,
     };
     http::serve(listener, endpoint)
         .map_err(|e| anyhow::anyhow!("metrics endpoint on {listen}: {e}"))?;
     tracing::info!(
         %listen,
         metrics_bearer_token = guarded,
+        scheme,
         "serving /metrics, /healthz and /readyz"
     );
     Ok(())

@@ -52,6 +52,8 @@ pub(super) struct Services {
     facts: Arc<dyn ContainerFactsSource>,
     container_list: Option<Arc<dyn ContainerList>>,
     capture: Option<CaptureThread>,
+    /// The probes loaded by [`Services::load_capture`], until capture starts.
+    probes: Option<crate::capture::Probes>,
     self_monitor: Option<SelfMonitor>,
 }
 
@@ -121,8 +123,19 @@ impl Services {
             facts,
             container_list,
             capture: None,
+            probes: None,
             self_monitor: None,
         })
+    }
+
+    /// Loads the eBPF probes when `config` (the file's) enables capture and the run
+    /// is not one-shot; whether they loaded. Capture starts later, with the sinks
+    /// ([`Self::start_capture`]); the capabilities loading needs are dropped between.
+    pub fn load_capture(&mut self, config: &Config) -> bool {
+        if let Some(capture_config) = config.capture.as_ref().filter(|_| !self.oneshot) {
+            self.probes = CaptureThread::load(capture_config);
+        }
+        self.probes.is_some()
     }
 
     /// Starts eBPF capture when `config` (the config file, not an effective config)
@@ -139,6 +152,9 @@ impl Services {
         let Some(capture_config) = config.capture.as_ref().filter(|_| !self.oneshot) else {
             return;
         };
+        let Some(probes) = self.probes.take() else {
+            return;
+        };
         let pipeline = self.pipeline(config, sinks);
         let resolver = match &self.containers {
             Some(r) => r.clone(),
@@ -146,6 +162,7 @@ impl Services {
         };
         self.capture = CaptureThread::start(
             capture_config,
+            probes,
             pipeline,
             self.registry.clone(),
             resolver,

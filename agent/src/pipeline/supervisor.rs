@@ -56,6 +56,17 @@ pub fn run(
         crate::selfmon::capture_from_now(selfmon);
     }
     let mut services = Services::start(&config, options.oneshot, &shutdown)?;
+    let capture_loaded = services.load_capture(&config);
+    // Before the sinks: librdkafka's threads block every signal, so they cannot be
+    // asked to drop later (see `privileges`).
+    let keep = crate::privileges::steady_state_capabilities(capture_loaded);
+    match crate::privileges::drop_capabilities(keep) {
+        Ok(caps) => tracing::info!(
+            effective = format_args!("{:#x}", caps.effective),
+            "capabilities dropped to what the steady state needs; no new privileges"
+        ),
+        Err(e) => tracing::error!(error = %e, "dropping capabilities"),
+    }
     let mut sinks = Sinks::new(services.registry.clone(), shutdown.clone());
     let mut summary = RunSummary::default();
     // This thread reads the files; its loop ticks the pipeline every `TICK` whatever

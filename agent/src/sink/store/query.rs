@@ -152,6 +152,20 @@ pub fn run_query(args: &QueryArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
 }
 
+/// What `logtap query` says to a user who may not read the store: it is private to
+/// the agent's user on purpose (see `crate::privileges`).
+pub fn permission_denied(store: &std::path::Path) -> String {
+    // SAFETY: geteuid(2) has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    format!(
+        "permission denied reading the store at {} (you are uid {uid}): the store holds \
+         every line the agent collected, so it is readable only by the user the agent \
+         runs as (directories 0700, files 0600). Run `logtap query` as that user: \
+         `sudo logtap query ...` on the node, or `kubectl exec` into the agent's pod",
+        store.display()
+    )
+}
+
 /// Offset ranges `[start, end)` of one source already read, merged and sorted.
 #[derive(Default)]
 struct Covered(Vec<(u64, u64)>);
@@ -344,16 +358,27 @@ struct Engine<'a> {
 impl<'a> Engine<'a> {
     fn open(args: &'a QueryArgs) -> anyhow::Result<Engine<'a>> {
         let filter = Filter::new(args)?;
-        if !args.store.is_dir() {
-            anyhow::bail!("no store at {}", args.store.display());
+        let store = args.store.as_path();
+        let denied = |e: &io::Error| e.kind() == io::ErrorKind::PermissionDenied;
+        match std::fs::metadata(store) {
+            Ok(m) if m.is_dir() => {}
+            Err(e) if denied(&e) => anyhow::bail!(permission_denied(store)),
+            _ => anyhow::bail!("no store at {}", store.display()),
         }
         // Sources first: the writer records a source before its first block, so every
         // block indexed afterwards has its source in the table.
-        let sources = sources::load(&args.store)
-            .with_context(|| format!("reading the source table of {}", args.store.display()))?
-            .sources;
-        let segments = index::open_for_reading(&args.store)
-            .with_context(|| format!("indexing {}", args.store.display()))?;
+        let sources = match sources::load(store) {
+            Err(e) if denied(&e) => anyhow::bail!(permission_denied(store)),
+            other => {
+                other
+                    .with_context(|| format!("reading the source table of {}", store.display()))?
+                    .sources
+            }
+        };
+        let segments = match index::open_for_reading(store) {
+            Err(e) if denied(&e) => anyhow::bail!(permission_denied(store)),
+            other => other.with_context(|| format!("indexing {}", store.display()))?,
+        };
         Ok(Engine {
             args,
             filter,

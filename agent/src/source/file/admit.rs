@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime};
 
 use super::discover::Selection;
 use super::identity;
+use super::open::Refused;
 use super::table::{Configs, State, Tracked};
 use super::tracker::{Closed, FileSource, container_of_logical, error_reason};
 use super::{FileIdentity, container};
@@ -148,6 +149,11 @@ impl FileSource {
             return;
         }
         if !meta.is_file() {
+            // A FIFO, socket or device with a log's name: never opened (see `open`).
+            if self.matcher.config_for(path).is_some() {
+                let refused = Refused::NotRegular;
+                self.warn_once(path, refused.reason(), &refused);
+            }
             return;
         }
         if let Some(slot) = self.table.of_inode(key) {

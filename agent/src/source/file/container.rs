@@ -37,11 +37,8 @@
 //! as deleted files are.
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::discovery::{ContainerRegistry, ContainerState, PodCache, PodLogRef};
@@ -223,67 +220,16 @@ pub fn join_root(root: &Path, inner: &Path) -> PathBuf {
     root.join(inner.strip_prefix("/").unwrap_or(inner))
 }
 
-/// `struct open_how` of openat2(2) (libc's is non-exhaustive).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
 /// Opens `inner` (absolute, inside the container) below the container's root `root`
 /// for reading: `openat2` with `RESOLVE_IN_ROOT`, so no symlink leads out of it, and
-/// `O_NONBLOCK`, so a FIFO cannot block the reader.
+/// `O_NONBLOCK`, so a FIFO cannot block the reader (see [`super::open`]).
 pub fn open_in_root(root: &Path, inner: &Path) -> io::Result<File> {
-    let root_c = CString::new(root.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: a NUL-terminated path; the fd is owned below.
-    let dir = unsafe {
-        libc::open(
-            root_c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if dir < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `dir` is a fresh fd nothing else owns.
-    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
     let relative = inner.strip_prefix("/").unwrap_or(inner);
-    let relative = if relative.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        relative
-    };
-    let path = CString::new(relative.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
-    };
-    loop {
-        // SAFETY: openat2(2) with a valid dirfd, a NUL-terminated path and an
-        // `open_how` of the size passed.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                path.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: a fresh fd nothing else owns.
-            return Ok(unsafe { File::from_raw_fd(fd as i32) });
-        }
-        let e = io::Error::last_os_error();
-        // EAGAIN: RESOLVE_IN_ROOT raced with a rename elsewhere in the tree.
-        if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
-            return Err(e);
-        }
-    }
+    super::open::open_below(
+        root,
+        relative,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 /// The container a logical path belongs to: the running one of that namespace, pod

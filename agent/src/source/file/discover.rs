@@ -23,6 +23,7 @@ use crate::select::CompiledSelector;
 use crate::select::Facts;
 
 use super::container::{self, ContainerView};
+use super::open;
 
 /// A directory under which a glob can match, and how deep below it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +44,8 @@ struct Compiled {
     /// the container, and `container_roots` are directories inside it.
     container: bool,
     container_roots: Vec<Root>,
+    /// Directories outside `roots` a symlink may lead into (`allowed_roots`).
+    allowed_roots: Vec<PathBuf>,
 }
 
 /// A running container some `container_paths` config reads, as resolved by
@@ -198,6 +201,7 @@ impl Matcher {
                     .with_context(|| format!("source {:?}: exclude", s.name))?,
                 roots,
                 selector: s.selector.clone(),
+                allowed_roots: s.allowed_roots.clone(),
             });
         }
         Ok(Matcher {
@@ -258,14 +262,39 @@ impl Matcher {
     }
 
     /// Opens a file found at `path` for reading: inside the container's root for a
-    /// container's file (see [`container::open_in_root`]), else plainly.
+    /// container's file (see [`container::open_in_root`]), else below the
+    /// directories of the configs including it (see [`open::open_host`]).
     pub fn open(&self, path: &Path) -> std::io::Result<std::fs::File> {
         match container::split_proc_root(path) {
             Some((pid, below)) => {
                 container::open_in_root(&container::proc_root(pid), &Path::new("/").join(below))
             }
-            None => std::fs::File::open(path),
+            None => open::open_host(path, &self.host_roots(path)),
         }
+    }
+
+    /// The directories a host file at `path` may be read from: the walk roots and
+    /// `allowed_roots` of every config including it. A path no config includes (the
+    /// copy logrotate left next to a truncated file) only from its own directory.
+    fn host_roots(&self, path: &Path) -> Vec<PathBuf> {
+        let mut roots: Vec<PathBuf> = Vec::new();
+        for (i, c) in self.configs.iter().enumerate() {
+            if c.container || !self.includes(i, c, path) {
+                continue;
+            }
+            let dirs = c.roots.iter().map(|r| &r.dir).chain(&c.allowed_roots);
+            for dir in dirs {
+                if !roots.contains(dir) {
+                    roots.push(dir.clone());
+                }
+            }
+        }
+        if roots.is_empty()
+            && let Some(parent) = path.parent()
+        {
+            roots.push(parent.to_path_buf());
+        }
+        roots
     }
 
     /// Whether a container with this logical root (`container://ns/pod/name`) is
@@ -463,9 +492,11 @@ impl Matcher {
                 }
                 continue;
             }
-            let is_file = ft.is_file()
-                || (ft.is_symlink() && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()));
-            if !is_file {
+            // Anything but a directory (or a link to one): a FIFO or device named like
+            // a log is found too, so admission refuses and counts it.
+            let candidate =
+                !ft.is_symlink() || std::fs::metadata(entry.path()).is_ok_and(|m| !m.is_dir());
+            if !candidate {
                 continue;
             }
             if let Some(config) = self.config_for(entry.path())

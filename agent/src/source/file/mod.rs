@@ -28,6 +28,7 @@ mod admit;
 pub mod container;
 mod discover;
 mod identity;
+pub mod open;
 mod read;
 mod resume;
 mod rotate;

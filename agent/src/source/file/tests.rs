@@ -244,6 +244,7 @@ fn config(name: &str, include: &[String], format: Format) -> SourceConfig {
         selector: None,
         stream: None,
         container_paths: Vec::new(),
+        allowed_roots: Vec::new(),
         processors: Vec::new(),
         fields: Vec::new(),
     }

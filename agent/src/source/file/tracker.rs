@@ -46,6 +46,7 @@ use super::FileIdentity;
 use super::container::{self, ContainerList};
 use super::discover::{Found, Matcher};
 use super::identity;
+use super::open::Refused;
 use super::read::{ReadCompletion, ReadRequest, Reader};
 use super::resume::ResumeStore;
 use super::rotate::Waiting;
@@ -181,8 +182,16 @@ fn source_kind(format: Format) -> SourceKind {
     }
 }
 
-/// Bounded `reason` label of `logtap_file_open_errors_total`.
+/// Reasons of `logtap_files_refused_total` (see [`super::open`]), which
+/// [`error_reason`] gives for the errors carrying a [`Refused`].
+const REFUSED_REASONS: [&str; 2] = [Refused::Symlink.reason(), Refused::NotRegular.reason()];
+
+/// Bounded `reason` label of `logtap_file_open_errors_total` (or, for a file refused
+/// on purpose, of `logtap_files_refused_total`).
 pub(crate) fn error_reason(e: &io::Error) -> &'static str {
+    if let Some(refused) = Refused::of(e) {
+        return refused.reason();
+    }
     match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) => "vanished",
         Some(libc::EACCES) | Some(libc::EPERM) => "permission_denied",
@@ -480,11 +489,21 @@ impl FileSource {
         reason: &'static str,
         e: &dyn std::fmt::Display,
     ) {
-        metrics::counter!("logtap_file_open_errors_total", "reason" => reason).increment(1);
         if self.warned.len() >= MAX_WARNED_PATHS {
             self.warned.clear();
         }
-        if self.warned.insert(path.to_path_buf()) {
+        let first = self.warned.insert(path.to_path_buf());
+        if REFUSED_REASONS.contains(&reason) {
+            // Refused on purpose, again at every rescan: counted once per path, so
+            // the counter says how many files were refused.
+            if first {
+                metrics::counter!("logtap_files_refused_total", "reason" => reason).increment(1);
+                tracing::warn!(path = %path.display(), reason, error = %e, "refusing to read file");
+            }
+            return;
+        }
+        metrics::counter!("logtap_file_open_errors_total", "reason" => reason).increment(1);
+        if first {
             tracing::warn!(path = %path.display(), reason, error = %e, "cannot read file");
         }
     }
