@@ -8,6 +8,9 @@
 //!
 //! Hits are printed in store order (the order packages were acknowledged, which is
 //! source order within a source), oldest first; `--tail` keeps the last `--limit`.
+//! `--follow` prints the last `--limit` hits, then the matches of every block stored
+//! afterwards as it appears (the store is indexed again every 250 ms; a block still
+//! being written is read on the next look), deduplicated the same way.
 //! `-i` folds ASCII case only.
 //!
 //! # Performance
@@ -94,6 +97,10 @@ pub struct QueryArgs {
     /// Do not deduplicate records stored more than once.
     #[arg(long)]
     pub raw: bool,
+    /// After the last --limit hits, keep printing matching records as the agent
+    /// stores them (like `tail -f`), until interrupted or the output is closed.
+    #[arg(short = 'f', long, conflicts_with_all = ["context", "stats"])]
+    pub follow: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +149,8 @@ pub fn run_query(args: &QueryArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut engine = Engine::open(args)?;
     let result = if args.stats {
         engine.stats(out)
+    } else if args.follow {
+        engine.search(out).and_then(|()| engine.follow(out))
     } else {
         engine.search(out)
     };
@@ -353,7 +362,12 @@ struct Engine<'a> {
     bad_blocks: HashSet<BlockRef>,
     /// Per source, its non-empty blocks: built on first use by `--context`.
     source_blocks: HashMap<SourceId, Vec<BlockRef>>,
+    /// Per source, the offsets shown already (what deduplication skips).
+    covered: HashMap<SourceId, Covered>,
 }
+
+/// How often `--follow` looks for new blocks.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl<'a> Engine<'a> {
     fn open(args: &'a QueryArgs) -> anyhow::Result<Engine<'a>> {
@@ -388,7 +402,96 @@ impl<'a> Engine<'a> {
             cache: HashMap::new(),
             bad_blocks: HashSet::new(),
             source_blocks: HashMap::new(),
+            covered: HashMap::new(),
         })
+    }
+
+    /// Indexes the store again: segments written or deleted since, new sources.
+    fn reopen(&mut self) -> io::Result<()> {
+        // Sources first, as in `open`.
+        self.sources = sources::load(&self.args.store)?.sources;
+        self.segments = index::open_for_reading(&self.args.store)?;
+        // Block references are positions in `segments`: they changed.
+        self.cache.clear();
+        self.bad_blocks.clear();
+        self.source_blocks.clear();
+        Ok(())
+    }
+
+    /// For each segment (by its first sequence number), how many of its blocks were
+    /// looked at; the newest block, if it was still being written, was not.
+    fn blocks_looked_at(&self) -> HashMap<u64, usize> {
+        let newest = self.segments.len().checked_sub(1);
+        self.segments
+            .iter()
+            .enumerate()
+            .map(|(si, seg)| {
+                let n = seg.index.blocks.len();
+                let unread = Some(si) == newest && n > 0 && self.bad_blocks.contains(&(si, n - 1));
+                (seg.index.first_seq, n - usize::from(unread))
+            })
+            .collect()
+    }
+
+    /// `--follow`: every `FOLLOW_POLL`, indexes the store again and prints the
+    /// matches of the blocks stored since it last looked, in store order; returns
+    /// only on an output error (a closed pipe ends the query cleanly).
+    fn follow(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let mut looked = self.blocks_looked_at();
+        let mut lowered = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            out.flush()?;
+            std::thread::sleep(FOLLOW_POLL);
+            self.reopen()?;
+            let mut covered = std::mem::take(&mut self.covered);
+            for si in 0..self.segments.len() {
+                let (seq, total) = (
+                    self.segments[si].index.first_seq,
+                    self.segments[si].index.blocks.len(),
+                );
+                let newest = si + 1 == self.segments.len();
+                let mut next = looked.get(&seq).copied().unwrap_or(0);
+                while next < total {
+                    let b = (si, next);
+                    let h = self.meta(b).header;
+                    if self.filter.block_may_match(self.meta(b), &self.sources) {
+                        let Some(block) = self.load(b) else {
+                            if newest && next + 1 == total {
+                                break; // still being written: again next time
+                            }
+                            next += 1;
+                            continue;
+                        };
+                        let source_id = SourceId(h.source_id);
+                        let seen = covered.entry(source_id).or_default();
+                        for r in &block.records {
+                            if (!self.args.raw && seen.contains(r.offset))
+                                || !self.filter.matches(r, &block.source_fields, &mut lowered)
+                            {
+                                continue;
+                            }
+                            buf.clear();
+                            self.render(
+                                &mut buf,
+                                source_id,
+                                h.package_id,
+                                &block.source_fields,
+                                r,
+                                false,
+                            );
+                            out.write_all(&buf)?;
+                        }
+                        seen.insert_block(&block.records, h.end_offset);
+                    }
+                    next += 1;
+                }
+                looked.insert(seq, next);
+            }
+            self.covered = covered;
+            let live: HashSet<u64> = self.segments.iter().map(|s| s.index.first_seq).collect();
+            looked.retain(|seq, _| live.contains(seq));
+        }
     }
 
     fn meta(&self, b: BlockRef) -> &BlockMeta {
@@ -457,8 +560,10 @@ impl<'a> Engine<'a> {
         } else {
             self.args.limit
         };
+        // Following shows the newest hits first, as `tail -f` does.
+        let tail = self.args.tail || self.args.follow;
         let mut hits: VecDeque<Hit> = VecDeque::new();
-        let mut covered: HashMap<SourceId, Covered> = HashMap::new();
+        let mut covered = std::mem::take(&mut self.covered);
         let mut lowered = Vec::new();
         'blocks: for b in self.candidates() {
             let Some(block) = self.load(b) else {
@@ -487,12 +592,13 @@ impl<'a> Engine<'a> {
                 if hits.len() > limit {
                     hits.pop_front();
                 }
-                if !self.args.tail && hits.len() >= limit {
+                if !tail && hits.len() >= limit {
                     break 'blocks;
                 }
             }
             seen.insert_block(&block.records, h.end_offset);
         }
+        self.covered = covered;
         if self.args.context == 0 {
             let mut buf = Vec::new();
             for hit in &hits {
