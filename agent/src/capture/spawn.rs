@@ -69,6 +69,7 @@ impl CaptureThread {
         shutdown: Arc<AtomicBool>,
     ) -> Option<CaptureThread> {
         let probes = match Probes::load(&ProbeOptions {
+            hooks: options.hooks,
             ring_bytes: options.ring_bytes,
             cgroup_prefix: options.cgroup_prefix.clone(),
             max_records_per_write: options.max_records_per_write,
