@@ -177,6 +177,40 @@ fn fd_file(fd: u64) -> Result<(StreamKey, u16), i32> {
     }
 }
 
+/// The stream key of the file at `fd` of the current task, by the shortest walk: plain
+/// loads through the BTF-typed task down to the fd array (the verifier turns them into
+/// fault-safe loads, no helper call), probe reads from there on (an element of the fd
+/// array is no longer typed for the verifier). Every helper call counts: this runs in
+/// every write of a watched container.
+#[inline(always)]
+fn fd_stream_key(fd: u64) -> Result<StreamKey, i32> {
+    let k = config!(kernel);
+    // SAFETY: BTF-typed loads are checked by the verifier against the struct layouts and
+    // cannot fault; bpf_probe_read_kernel checks every other address.
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let files: *const u8 = read_volatile(task.add(k.task_files as usize).cast());
+        let fdt: *const u8 = read_volatile(files.add(k.files_fdt as usize).cast());
+        let max_fds: u32 = read_volatile(fdt.add(k.fdtable_max_fds as usize).cast());
+        if fd >= max_fds as u64 {
+            return Err(-1);
+        }
+        let fds: *const *const u8 = read_volatile(fdt.add(k.fdtable_fd as usize).cast());
+        let file: *const u8 = bpf_probe_read_kernel(fds.add(fd as usize))?;
+        if file.is_null() {
+            return Err(-1);
+        }
+        let inode: *const u8 = bpf_probe_read_kernel(file.add(k.file_inode as usize).cast())?;
+        let ino: u64 = bpf_probe_read_kernel(inode.add(k.inode_ino as usize).cast())?;
+        let sb: *const u8 = bpf_probe_read_kernel(inode.add(k.inode_sb as usize).cast())?;
+        let dev: u32 = bpf_probe_read_kernel(sb.add(k.sb_dev as usize).cast())?;
+        Ok(StreamKey {
+            ino,
+            dev: dev as u64,
+        })
+    }
+}
+
 #[tracepoint]
 pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
     let _ = try_sys_exit::<false>(&ctx, config!(tp.exit_write_ret));
@@ -194,7 +228,8 @@ pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
 /// insert and delete per write cost more than everything else together).
 #[inline(always)]
 fn try_sys_exit<const WRITEV: bool>(ctx: &TracePointContext, ret_off: u32) -> Result<(), i32> {
-    // SAFETY: the offset comes from the tracepoint's format file; read_at probe-reads.
+    // SAFETY: the offset comes from the tracepoint's format file; read_at probe-reads
+    // (a plain load would need the offset in the instruction itself).
     let ret: i64 = unsafe { ctx.read_at(ret_off as usize)? };
     if ret <= 0 {
         return Ok(());
@@ -218,7 +253,7 @@ fn try_sys_exit<const WRITEV: bool>(ctx: &TracePointContext, ret_off: u32) -> Re
     };
     // Any fd: `exec 3>&1` or nginx's `access_log /dev/stdout` write to the stream
     // through another descriptor of the same pipe.
-    let (key, _) = fd_file(fd)?;
+    let key = fd_stream_key(fd)?;
     let Some(state) = LOGTAP_STREAMS.get_ptr_mut(&key) else {
         // Not the container's stdout/stderr: e.g. `head` in `head | cat`.
         return Ok(());
