@@ -33,13 +33,15 @@ use core::{
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    bindings::{
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
-            bpf_ktime_get_ns, bpf_task_pt_regs,
-            bpf_probe_read_kernel_str, bpf_probe_read_user as probe_read_user_raw,
+            bpf_ktime_get_ns, bpf_probe_read_kernel_str,
+            bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
         },
     },
     macros::{fexit, map, tracepoint},
@@ -48,11 +50,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, info};
 use logtap_ebpf_common::{
-    DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, INO_FILTER_SLOTS, KIND_CGROUP_CREATED,
-    KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord,
-    IovWalk, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS, MAX_WATCHED, PATH_CAPACITY,
+    DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, INO_FILTER_SLOTS, IovWalk,
+    KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND,
+    LifecycleRecord, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS, MAX_WATCHED, PATH_CAPACITY,
     PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD, STAT_BYTES, STAT_DROPPED_BYTES,
-    STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, Stats, StreamKey, StreamState, WatchedCgroup, ino_slot,
+    STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, Stats, StreamKey,
+    StreamState, WatchedCgroup, ino_slot,
 };
 
 /// Patched by the loader (`EbpfLoader::override_global`); lives in `.rodata`, which the

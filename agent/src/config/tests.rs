@@ -430,3 +430,22 @@ fn metrics_bearer_token_file_is_read_and_checked() {
     assert!(err.contains("unknown field `bearer_token_fil`"), "{err}");
     assert!(err.contains("line 3"), "{err}");
 }
+
+#[test]
+fn capture_hooks_default_to_auto_and_take_tracepoint_or_nothing_else() {
+    let yaml = |hooks: &str| {
+        format!(
+            "sources:\n  - name: pods\n    include: [\"/x/*.log\"]\n    format: cri\nsinks:\n  local: {{type: stdout}}\ncapture:\n  enabled: true\n{hooks}"
+        )
+    };
+    let hooks = |text: &str| Config::parse(&yaml(text), "t.yaml").map(|c| c.capture.unwrap().hooks);
+    assert_eq!(hooks("").unwrap(), CaptureHooks::Auto);
+    assert_eq!(hooks("  hooks: auto\n").unwrap(), CaptureHooks::Auto);
+    assert_eq!(
+        hooks("  hooks: tracepoint\n").unwrap(),
+        CaptureHooks::Tracepoint
+    );
+    let err = hooks("  hooks: kprobe\n").unwrap_err().to_string();
+    assert!(err.contains("capture.hooks"), "{err}");
+    assert!(err.contains("unknown variant `kprobe`"), "{err}");
+}
