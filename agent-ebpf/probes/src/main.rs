@@ -205,6 +205,11 @@ fn fd_stream_key(fd: u64) -> Result<StreamKey, i32> {
         }
         let inode: *const u8 = bpf_probe_read_kernel(file.add(k.file_inode as usize).cast())?;
         let ino: u64 = bpf_probe_read_kernel(inode.add(k.inode_ino as usize).cast())?;
+        // A container's writes to its files and sockets stop here.
+        match LOGTAP_INOS.get(ino_slot(ino)) {
+            Some(&mark) if mark != 0 => {}
+            _ => return Err(-1),
+        }
         let sb: *const u8 = bpf_probe_read_kernel(inode.add(k.inode_sb as usize).cast())?;
         let dev: u32 = bpf_probe_read_kernel(sb.add(k.sb_dev as usize).cast())?;
         Ok(StreamKey {
