@@ -1207,9 +1207,15 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
     };
     let dir = tmp.path();
     let stats = args.bpf_stats.then(BpfStats::enable).transpose()?;
-    let mut rows = Vec::new();
-    let mut outside_rows = Vec::new();
-    let mut seq = 0;
+    let mut bench = Bench {
+        args,
+        scene: &scene,
+        dir,
+        metrics: &metrics,
+        seq: 0,
+        rows: Vec::new(),
+        outside_rows: Vec::new(),
+    };
     for scenario in scenarios(args) {
         if args
             .only
@@ -1218,101 +1224,12 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
         {
             continue;
         }
-        let expected_crc = stream_crc(scenario.bytes);
-        let mut best_base: Option<Usage> = None;
-        let mut results: Vec<HooksResult> =
-            args.hooks.iter().map(|&h| HooksResult::new(h)).collect();
-        for _ in 0..args.runs {
-            seq += 1;
-            let name = format!("w{seq}");
-            let log = dir.join(format!("pods/bench_{name}_uid/writer/0.log"));
-            let base = run_writer(&scene, &name, &log, &scenario)?.usage;
-            let _ = std::fs::remove_file(&log);
-            eprintln!(
-                "{}: without capture, writer {:.2} s",
-                scenario.name,
-                base.wall.as_secs_f64()
-            );
-            if best_base.is_none_or(|b| base.wall < b.wall) {
-                best_base = Some(base);
-            }
-            // Every hooks variant right after the same baseline: alternating runs.
-            for result in &mut results {
-                seq += 1;
-                let name = format!("w{seq}");
-                if scenario.outside {
-                    let run = run_outside(&scene, dir, &name, &scenario, result.hooks)?;
-                    eprintln!(
-                        "{}: probes loaded ({}), writer {:.2} s",
-                        scenario.name,
-                        hooks_label(result.hooks, run.hook_mode),
-                        run.writer.wall.as_secs_f64()
-                    );
-                    if result
-                        .outside
-                        .as_ref()
-                        .is_none_or(|b| run.writer.wall < b.writer.wall)
-                    {
-                        result.outside = Some(run);
-                    }
-                    continue;
-                }
-                let run = run_with_capture(
-                    &scene,
-                    dir,
-                    &name,
-                    &scenario,
-                    expected_crc,
-                    &metrics,
-                    result.hooks,
-                )?;
-                eprintln!(
-                    "{}: with capture ({}), writer {:.2} s, loss {} B, identical {}",
-                    scenario.name,
-                    hooks_label(result.hooks, run.hook_mode),
-                    run.writer.wall.as_secs_f64(),
-                    run.loss,
-                    run.identical
-                );
-                result.add(run);
-            }
-        }
-        let base = best_base.expect("runs >= 1");
-        for result in results {
-            if let Some(run) = result.outside {
-                let row = OutsideRow {
-                    name: format!(
-                        "{}, {}",
-                        scenario.name,
-                        hooks_label(result.hooks, run.hook_mode)
-                    ),
-                    base,
-                    probes: run,
-                };
-                eprintln!("{}", row.text());
-                outside_rows.push(row);
-                continue;
-            }
-            let capture = result.best.expect("runs >= 1");
-            let row = Row {
-                name: format!(
-                    "{}, {}",
-                    scenario.name,
-                    hooks_label(result.hooks, capture.hook_mode)
-                ),
-                bytes: scenario.bytes,
-                ring_bytes: scenario.ring_bytes,
-                base,
-                capture,
-                max_loss: result.max_loss,
-                all_identical: result.all_identical,
-                all_ended: result.all_ended,
-            };
-            eprintln!("{}", row.text());
-            rows.push(row);
-        }
+        bench.scenario(&scenario)?;
     }
     drop(stats);
+    let Bench {
+        rows, outside_rows, ..
+    } = bench;
     let mut table = markdown(&rows, args.runs);
     if !outside_rows.is_empty() {
         table.push('\n');
@@ -1335,6 +1252,125 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
         bail!("a writer outside the prefix was captured (see the table)");
     }
     Ok(())
+}
+
+/// One run of the harness: where it runs, and the rows so far.
+struct Bench<'a> {
+    args: &'a CaptureArgs,
+    scene: &'a Scene,
+    dir: &'a Path,
+    metrics: &'a PrometheusHandle,
+    /// Numbers the writers' cgroups, unique over the run.
+    seq: usize,
+    rows: Vec<Row>,
+    outside_rows: Vec<OutsideRow>,
+}
+
+impl Bench<'_> {
+    /// `--runs` rounds of the scenario, each a baseline and then every kind of hooks
+    /// asked for (alternating, so that load changes hit them alike); one row per hooks.
+    fn scenario(&mut self, scenario: &Scenario) -> anyhow::Result<()> {
+        let expected_crc = stream_crc(scenario.bytes);
+        let mut best_base: Option<Usage> = None;
+        let mut results: Vec<HooksResult> = self
+            .args
+            .hooks
+            .iter()
+            .map(|&h| HooksResult::new(h))
+            .collect();
+        for _ in 0..self.args.runs {
+            self.seq += 1;
+            let name = format!("w{}", self.seq);
+            let log = self.dir.join(format!("pods/bench_{name}_uid/writer/0.log"));
+            let base = run_writer(self.scene, &name, &log, scenario)?.usage;
+            let _ = std::fs::remove_file(&log);
+            eprintln!(
+                "{}: without capture, writer {:.2} s",
+                scenario.name,
+                base.wall.as_secs_f64()
+            );
+            if best_base.is_none_or(|b| base.wall < b.wall) {
+                best_base = Some(base);
+            }
+            // Every hooks variant right after the same baseline: alternating runs.
+            for result in &mut results {
+                self.seq += 1;
+                let name = format!("w{}", self.seq);
+                if scenario.outside {
+                    let run = run_outside(self.scene, self.dir, &name, scenario, result.hooks)?;
+                    eprintln!(
+                        "{}: probes loaded ({}), writer {:.2} s (×{:.3} of this run's baseline)",
+                        scenario.name,
+                        hooks_label(result.hooks, run.hook_mode),
+                        run.writer.wall.as_secs_f64(),
+                        run.writer.wall.as_secs_f64() / base.wall.as_secs_f64().max(1e-9)
+                    );
+                    if result
+                        .outside
+                        .as_ref()
+                        .is_none_or(|b| run.writer.wall < b.writer.wall)
+                    {
+                        result.outside = Some(run);
+                    }
+                    continue;
+                }
+                let run = run_with_capture(
+                    self.scene,
+                    self.dir,
+                    &name,
+                    scenario,
+                    expected_crc,
+                    self.metrics,
+                    result.hooks,
+                )?;
+                eprintln!(
+                    "{}: with capture ({}), writer {:.2} s (×{:.3} of this run's baseline), loss {} B, identical {}",
+                    scenario.name,
+                    hooks_label(result.hooks, run.hook_mode),
+                    run.writer.wall.as_secs_f64(),
+                    run.writer.wall.as_secs_f64() / base.wall.as_secs_f64().max(1e-9),
+                    run.loss,
+                    run.identical
+                );
+                result.add(run);
+            }
+        }
+        let base = best_base.expect("runs >= 1");
+        for result in results {
+            if let Some(run) = result.outside {
+                let row = OutsideRow {
+                    name: format!(
+                        "{}, {}",
+                        scenario.name,
+                        hooks_label(result.hooks, run.hook_mode)
+                    ),
+                    base,
+                    probes: run,
+                };
+                eprintln!("{}", row.text());
+                self.outside_rows.push(row);
+                continue;
+            }
+            let capture = result.best.expect("runs >= 1");
+            let row = Row {
+                name: format!(
+                    "{}, {}",
+                    scenario.name,
+                    hooks_label(result.hooks, capture.hook_mode)
+                ),
+                bytes: scenario.bytes,
+                ring_bytes: scenario.ring_bytes,
+                base,
+                capture,
+                max_loss: result.max_loss,
+                all_identical: result.all_identical,
+                all_ended: result.all_ended,
+            };
+            eprintln!("{}", row.text());
+            self.rows.push(row);
+        }
+        Ok(())
+    }
 }
 
 /// The runs of one scenario on one kind of hooks.
