@@ -33,7 +33,7 @@ fn main() {
         workload(&args[2..]);
         return;
     }
-    let tests: [(&str, fn()); 12] = [
+    let tests: [(&str, fn()); 13] = [
         ("small_lines_one_write_each", small_lines_one_write_each),
         ("writes_of_64_kib", writes_of_64_kib),
         ("writev_with_several_iovecs", writev_with_several_iovecs),
@@ -69,6 +69,10 @@ fn main() {
         (
             "forced_tracepoints_capture_byte_for_byte",
             forced_tracepoints_capture_byte_for_byte,
+        ),
+        (
+            "a_32_bit_syscall_with_writevs_number_is_not_a_write",
+            a_32_bit_syscall_with_writevs_number_is_not_a_write,
         ),
     ];
     let filter: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
@@ -176,6 +180,33 @@ fn workload(args: &[String]) {
                 // SAFETY: valid iovecs.
                 let r = unsafe { libc::writev(1, iov.as_ptr(), iov.len() as i32) };
                 assert_eq!(r as usize, total, "short writev");
+            }
+        }
+        // `n` 32-bit getpid(2) through `int 0x80` (number 20, writev's on x86-64) with the
+        // registers of a 64-bit writev to stdout, each followed by a line.
+        "compat" => {
+            let line0 = line(0);
+            let iov = libc::iovec {
+                iov_base: line0.as_ptr() as *mut _,
+                iov_len: line0.len(),
+            };
+            for i in 0..n {
+                let pid: i64;
+                // SAFETY: getpid touches no memory; int 0x80 clobbers only eax (the
+                // result) and r8–r11 are preserved on this path, but marked anyway.
+                unsafe {
+                    std::arch::asm!(
+                        "int 0x80",
+                        inlateout("rax") 20i64 => pid,
+                        in("rdi") 1u64,
+                        in("rsi") &iov as *const libc::iovec,
+                        in("rdx") 1u64,
+                        lateout("r8") _, lateout("r9") _, lateout("r10") _, lateout("r11") _,
+                        options(nostack),
+                    );
+                }
+                assert!(pid > 0, "getpid through int 0x80: {pid}");
+                write_all(1, &line(i));
             }
         }
         other => panic!("unknown workload {other}"),
@@ -669,4 +700,18 @@ fn forced_tracepoints_capture_byte_for_byte() {
         self_workload(&["writev", "500"]),
     );
     assert_eq!(captured.data[1].len(), 500 * 5);
+}
+
+/// The raw syscall exit hook sees every syscall: an ia32 getpid (number 20, writev's on
+/// x86-64) whose registers look like a writev to stdout must not be taken for one (it
+/// would move the stream offset by the pid and copy garbage).
+fn a_32_bit_syscall_with_writevs_number_is_not_a_write() {
+    for hooks in [CaptureHooks::Auto, CaptureHooks::Tracepoint] {
+        let captured = run_exact_on("compat", hooks, self_workload(&["compat", "200"]));
+        assert_eq!(
+            captured.data[1].len(),
+            200,
+            "{hooks:?}: one record per line"
+        );
+    }
 }

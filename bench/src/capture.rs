@@ -1324,13 +1324,19 @@ impl Bench<'_> {
                     result.hooks,
                 )?;
                 eprintln!(
-                    "{}: with capture ({}), writer {:.2} s (×{:.3} of this run's baseline), loss {} B, identical {}",
+                    "{}: with capture ({}), writer {:.2} s (×{:.3} of this run's baseline), loss {} B, identical {}, ended {}; ring drops {} B, gaps {:.0}, repaired {:.0} B, spilled {:.0} B, unrepairable {:.0} B",
                     scenario.name,
                     hooks_label(result.hooks, run.hook_mode),
                     run.writer.wall.as_secs_f64(),
                     run.writer.wall.as_secs_f64() / base.wall.as_secs_f64().max(1e-9),
                     run.loss,
-                    run.identical
+                    run.identical,
+                    run.ended,
+                    run.kernel.dropped_bytes[DropReason::RingFull as usize],
+                    run.stage.gaps,
+                    run.stage.repaired,
+                    run.stage.spilled,
+                    run.stage.unrepairable,
                 );
                 result.add(run);
             }

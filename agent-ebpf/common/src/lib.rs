@@ -193,8 +193,6 @@ pub struct LifecycleRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
-    pub exit_write_ret: u32,
-    pub exit_writev_ret: u32,
     pub mkdir_root: u32,
     pub mkdir_id: u32,
     pub mkdir_path: u32,
@@ -207,7 +205,8 @@ pub struct TracepointOffsets {
 
 /// Byte offsets of kernel struct members, from `/sys/kernel/btf/vmlinux`, for the walk
 /// `task_struct → files → fdt → fd[n] → f_inode → (i_ino, i_mode, i_sb → s_dev)`, and
-/// of the first three syscall arguments in the saved user registers (`pt_regs`).
+/// of the syscall number and first three arguments in the saved user registers
+/// (`pt_regs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -223,6 +222,11 @@ pub struct KernelOffsets {
     pub regs_arg0: u32,
     pub regs_arg1: u32,
     pub regs_arg2: u32,
+    /// The syscall number (`orig_ax` on x86-64).
+    pub regs_nr: u32,
+    /// `task_struct.thread_info.status`, whose `TS_COMPAT` bit marks a 32-bit syscall
+    /// (other numbers, other registers).
+    pub task_ti_status: u32,
 }
 
 /// Everything the probes learn at load time, in one read-only global.
@@ -243,8 +247,6 @@ impl ProbeConfig {
     /// Probes that see nothing: the value compiled into the object, replaced at load.
     pub const INERT: ProbeConfig = ProbeConfig {
         tp: TracepointOffsets {
-            exit_write_ret: 0,
-            exit_writev_ret: 0,
             mkdir_root: 0,
             mkdir_id: 0,
             mkdir_path: 0,
@@ -267,6 +269,8 @@ impl ProbeConfig {
             regs_arg0: 0,
             regs_arg1: 0,
             regs_arg2: 0,
+            regs_nr: 0,
+            task_ti_status: 0,
         },
         max_records: 1,
         prefix_len: 0,
@@ -304,9 +308,9 @@ mod tests {
             size_of::<LifecycleRecord>(),
             4 + 4 + 8 + 8 + 4 + 4 + 16 + 4 + 4 + PATH_CAPACITY
         );
-        assert_eq!(size_of::<TracepointOffsets>(), 10 * 4);
-        assert_eq!(size_of::<KernelOffsets>(), 12 * 4);
-        assert_eq!(size_of::<ProbeConfig>(), 40 + 48 + 8 + PREFIX_CAPACITY);
+        assert_eq!(size_of::<TracepointOffsets>(), 8 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 14 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 32 + 56 + 8 + PREFIX_CAPACITY);
     }
 
     #[test]

@@ -12,10 +12,11 @@
 //!   into records of at most 4 KiB. Whatever cannot be copied is counted by reason; the
 //!   offset still moved, so userspace sees the gap. A write to any other file costs the
 //!   trampoline and one inlined array load ([`LOGTAP_INOS`]).
-//! - `sys_exit_write(v)`: the same through syscall tracepoints, loaded only where
-//!   trampolines are not available (they put every task of the node on the slow syscall
-//!   path): a write of a watched cgroup whose file is a registered stream is copied at
-//!   the syscall's exit, its arguments read from the task's saved registers.
+//! - `raw_sys_exit` (the `raw_syscalls:sys_exit` raw tracepoint): the same at the exit
+//!   of every syscall, loaded only where trampolines are not available (it puts every
+//!   task of the node on the slow syscall path): a write(v) of a watched cgroup whose
+//!   file is a registered stream is copied, its arguments read from the task's saved
+//!   registers.
 //!
 //! # Verifier
 //!
@@ -44,9 +45,9 @@ use aya_ebpf::{
             bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
         },
     },
-    macros::{fexit, map, tracepoint},
+    macros::{fexit, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{FExitContext, TracePointContext},
+    programs::{FExitContext, RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, info};
 use logtap_ebpf_common::{
@@ -219,46 +220,60 @@ fn fd_stream_key(fd: u64) -> Result<StreamKey, i32> {
     }
 }
 
-#[tracepoint]
-pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_exit::<false>(&ctx, config!(tp.exit_write_ret));
-    0
-}
+/// x86-64 syscall numbers of write(2) and writev(2).
+const NR_WRITE: u64 = 1;
+const NR_WRITEV: u64 = 20;
+/// `thread_info.status` bit of a task in a 32-bit syscall (x86-64).
+const TS_COMPAT: u32 = 0x0002;
 
-#[tracepoint]
-pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_exit::<true>(&ctx, config!(tp.exit_writev_ret));
-    0
-}
-
+/// `raw_syscalls:sys_exit`, every syscall of every task: a raw tracepoint, not the
+/// `syscalls:sys_exit_write` event, whose perf machinery (a trace buffer and a record
+/// per call) cost a write 3–4 times more than this program's run on a syscall that is
+/// not a write (see docs/capture.md, Cost).
+///
 /// At the syscall's exit only: its arguments are still in the task's saved user
 /// registers, so no enter probe has to stash them (an enter tracepoint and a stash
 /// insert and delete per write cost more than everything else together).
-#[inline(always)]
-fn try_sys_exit<const WRITEV: bool>(ctx: &TracePointContext, ret_off: u32) -> Result<(), i32> {
-    // SAFETY: the offset comes from the tracepoint's format file; read_at probe-reads
-    // (a plain load would need the offset in the instruction itself).
-    let ret: i64 = unsafe { ctx.read_at(ret_off as usize)? };
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let ret: i64 = ctx.arg(1);
     if ret <= 0 {
-        return Ok(());
+        return 0;
     }
+    let k = config!(kernel);
+    // SAFETY: the current task and its saved user registers, BTF-typed pointers the
+    // kernel reads fault-safely; the offsets are their members' from BTF.
+    let task = unsafe { bpf_get_current_task_btf() };
+    let regs = unsafe { bpf_task_pt_regs(task) as *const u8 };
+    let arg = |off: u32| unsafe { read_volatile(regs.add(off as usize).cast::<u64>()) };
+    let nr = arg(k.regs_nr);
+    if nr != NR_WRITE && nr != NR_WRITEV {
+        return 0;
+    }
+    // A 32-bit syscall (ia32 task, or int 0x80) numbers and passes its arguments
+    // otherwise: its 1 and 20 are exit and getpid.
+    let status: u32 =
+        unsafe { read_volatile((task as *const u8).add(k.task_ti_status as usize).cast()) };
+    if status & TS_COMPAT != 0 {
+        return 0;
+    }
+    if nr == NR_WRITE {
+        let _ = try_sys_exit::<false>(ret, arg(k.regs_arg0), arg(k.regs_arg1), 0);
+    } else if nr == NR_WRITEV {
+        let _ = try_sys_exit::<true>(ret, arg(k.regs_arg0), arg(k.regs_arg1), arg(k.regs_arg2));
+    }
+    0
+}
+
+/// A write or writev of `ret` > 0 bytes to `fd` from `buf` (writev: `vlen` iovecs).
+#[inline(always)]
+fn try_sys_exit<const WRITEV: bool>(ret: i64, fd: u64, buf: u64, vlen: u64) -> Result<(), i32> {
     // SAFETY: no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if LOGTAP_WATCHED.get_ptr(&cgroup_id).is_none() {
         return Ok(());
     }
-    let k = config!(kernel);
-    // SAFETY: the current task's saved user registers, a BTF-typed pointer the kernel
-    // reads fault-safely; the offsets are the pt_regs members from BTF.
-    let (fd, buf, vlen) = unsafe {
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const u8;
-        (
-            read_volatile(regs.add(k.regs_arg0 as usize).cast::<u64>()),
-            read_volatile(regs.add(k.regs_arg1 as usize).cast::<u64>()),
-            read_volatile(regs.add(k.regs_arg2 as usize).cast::<u64>()),
-        )
-    };
     // Any fd: `exec 3>&1` or nginx's `access_log /dev/stdout` write to the stream
     // through another descriptor of the same pipe.
     let key = fd_stream_key(fd)?;

@@ -14,9 +14,10 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const BTF_MAGIC: u16 = 0xeb9f;
 
-/// The `pt_regs` members holding a syscall's first three arguments on x86-64, the one
-/// architecture the probes are built for.
+/// The `pt_regs` members holding a syscall's first three arguments and its number on
+/// x86-64, the one architecture the probes are built for.
 const SYSCALL_ARG_REGS: [&str; 3] = ["di", "si", "dx"];
+const SYSCALL_NR_REG: &str = "orig_ax";
 
 const KIND_INT: u32 = 1;
 const KIND_ARRAY: u32 = 3;
@@ -220,6 +221,9 @@ impl Btf {
             regs_arg0: self.member_offset("pt_regs", SYSCALL_ARG_REGS[0])?,
             regs_arg1: self.member_offset("pt_regs", SYSCALL_ARG_REGS[1])?,
             regs_arg2: self.member_offset("pt_regs", SYSCALL_ARG_REGS[2])?,
+            regs_nr: self.member_offset("pt_regs", SYSCALL_NR_REG)?,
+            task_ti_status: self.member_offset("task_struct", "thread_info")?
+                + self.member_offset("thread_info", "status")?,
         })
     }
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::{FExit, TracePoint};
+use aya::programs::{FExit, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use logtap_ebpf_common::{
@@ -60,12 +60,9 @@ const TRAMPOLINE_PROGRAMS: [(&str, &str); 2] = [
     ("vfs_writev_exit", "vfs_writev"),
 ];
 
-/// The write path on syscall tracepoints: at the syscall's exit only (its arguments are
-/// still in the task's saved registers).
-const TRACEPOINT_PROGRAMS: [(&str, &str, &str); 2] = [
-    ("sys_exit_write", "syscalls", "sys_exit_write"),
-    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
-];
+/// The write path on the raw syscall exit tracepoint (program, tracepoint): at every
+/// syscall's exit (its arguments are still in the task's saved registers).
+const RAW_TRACEPOINT_PROGRAM: (&str, &str) = ("raw_sys_exit", "sys_exit");
 
 const BPF_NOEXIST: u64 = 1;
 const EPOLL_RING: u64 = 0;
@@ -141,8 +138,9 @@ pub enum HookMode {
     /// BPF trampolines (`fexit` on `vfs_write`, `vfs_writev`): a task pays only when it
     /// writes, a trampoline call and one array load unless the file is a stream.
     Fentry,
-    /// Syscall tracepoints (`sys_exit_write(v)`): every syscall of every task on the
-    /// node takes the slow path while they are attached.
+    /// The raw syscall exit tracepoint (`raw_syscalls:sys_exit`): every syscall of
+    /// every task on the node takes the slow path while it is attached, and runs a
+    /// few instructions of the program.
     Tracepoint,
 }
 
@@ -549,9 +547,14 @@ fn attach_tracepoint(
 }
 
 fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    for (name, category, tracepoint) in TRACEPOINT_PROGRAMS {
-        attach_tracepoint(ebpf, name, category, tracepoint)?;
-    }
+    let (name, tracepoint) = RAW_TRACEPOINT_PROGRAM;
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::Options(format!("the object has no program {name}")))?
+        .try_into()
+        .map_err(program_error(name))?;
+    program.load().map_err(program_error(name))?;
+    program.attach(tracepoint).map_err(program_error(name))?;
     Ok(())
 }
 

@@ -68,8 +68,6 @@ pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, String> {
         field_offset(&format, field).ok_or_else(|| format!("{}: no field {field}", path.display()))
     };
     Ok(TracepointOffsets {
-        exit_write_ret: offset("syscalls", "sys_exit_write", "ret")?,
-        exit_writev_ret: offset("syscalls", "sys_exit_writev", "ret")?,
         mkdir_root: offset("cgroup", "cgroup_mkdir", "root")?,
         mkdir_id: offset("cgroup", "cgroup_mkdir", "id")?,
         mkdir_path: offset("cgroup", "cgroup_mkdir", "path")?,
@@ -118,7 +116,7 @@ print fmt: \"fd: 0x%08lx\", ((unsigned long)(REC->fd))
         }
         let root = tracefs_root().unwrap();
         let tp = tracepoint_offsets(&root).unwrap();
-        assert_eq!((tp.exit_write_ret, tp.exit_writev_ret), (16, 16), "{tp:?}");
+        assert!(tp.exec_filename > 0 && tp.exit_group_dead > 0, "{tp:?}");
         assert!(tp.mkdir_path > tp.mkdir_id, "{tp:?}");
     }
 }

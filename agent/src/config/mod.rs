@@ -72,10 +72,10 @@ pub enum Format {
 #[serde(rename_all = "lowercase")]
 pub enum CaptureHooks {
     /// BPF trampolines (`fexit` on `vfs_write`/`vfs_writev`), which cost a task nothing
-    /// unless it writes; the syscall tracepoints where the kernel has none.
+    /// unless it writes; the raw syscall exit tracepoint where the kernel has none.
     #[default]
     Auto,
-    /// The syscall tracepoints, even where trampolines work: they put every task of the
+    /// The raw syscall exit tracepoint, even where trampolines work: it puts every task of the
     /// node on the slow syscall path. For kernels whose trampolines misbehave, and to
     /// test the fallback.
     Tracepoint,
