@@ -125,7 +125,7 @@ pub struct StreamKey {
 pub struct StreamState {
     pub cgroup_id: u64,
     /// Bytes accepted by the kernel on this stream so far, advanced with an atomic
-    /// fetch-add at each syscall exit: the stream offset of the next byte.
+    /// fetch-add when each write returns: the stream offset of the next byte.
     pub offset: u64,
     /// 1 = stdout, 2 = stderr (as `logtap::frame::Stream`).
     pub stream: u32,
