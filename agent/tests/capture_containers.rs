@@ -72,6 +72,13 @@ fn start_agent(dir: &Path, config: &str) -> Agent {
         ((1 << 2) | (1 << 19), (1 << 2) | (1 << 19), true),
         "{status}"
     );
+    // The write path runs on exactly one kind of hooks, and says which.
+    let metrics = agent.metrics();
+    let mode = |m| metric(&metrics, "logtap_capture_hook_mode", &[("mode", m)]);
+    assert_eq!(mode("fentry") + mode("tracepoint"), 1.0, "{metrics}");
+    if config.contains("hooks: tracepoint") {
+        assert_eq!(mode("tracepoint"), 1.0, "{metrics}");
+    }
     agent
 }
 
@@ -355,11 +362,12 @@ fn an_agent_killed_mid_stream_resumes_from_the_cri_log_and_loses_nothing() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
+    // On the forced fallback, which a restart must not change.
     let config = agent_config(
         "/var/log/pods/default_restart-*/**/*.log",
         harness.endpoint(),
         "16MiB",
-    );
+    ) + "  hooks: tracepoint\n";
     let mut agent = start_agent(dir.path(), &config);
     let pod = harness.run_pod(PodSpec::new("restart-ticker"));
     let ticker = run(

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use logtap::capture::{DropReason, ProbeEvent, ProbeOptions, Probes};
+use logtap::capture::{DropReason, HookMode, ProbeEvent, ProbeOptions, Probes};
+use logtap::config::CaptureHooks;
 use logtap::frame::Stream;
 
 fn main() {
@@ -32,7 +33,7 @@ fn main() {
         workload(&args[2..]);
         return;
     }
-    let tests: [(&str, fn()); 10] = [
+    let tests: [(&str, fn()); 13] = [
         ("small_lines_one_write_each", small_lines_one_write_each),
         ("writes_of_64_kib", writes_of_64_kib),
         ("writev_with_several_iovecs", writev_with_several_iovecs),
@@ -61,6 +62,18 @@ fn main() {
             write_over_64_kib_is_an_exact_too_large_gap,
         ),
         ("forget_stops_capture", forget_stops_capture),
+        (
+            "writes_through_a_copy_of_stdout_are_captured",
+            writes_through_a_copy_of_stdout_are_captured,
+        ),
+        (
+            "forced_tracepoints_capture_byte_for_byte",
+            forced_tracepoints_capture_byte_for_byte,
+        ),
+        (
+            "a_32_bit_syscall_with_writevs_number_is_not_a_write",
+            a_32_bit_syscall_with_writevs_number_is_not_a_write,
+        ),
     ];
     let filter: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
     if args.iter().any(|a| a == "--list") {
@@ -92,6 +105,11 @@ fn main() {
         );
         println!("\ntest result: FAILED. 0 passed; {} failed", selected.len());
         std::process::exit(101);
+    }
+    // Which hooks `auto` gets here (the kernel may refuse trampolines).
+    match Probes::load(&ProbeOptions::default()) {
+        Ok(probes) => println!("write hooks: {}", probes.hook_mode().as_str()),
+        Err(e) => println!("the probes do not load: {e}"),
     }
     let (mut passed, mut failed) = (0, Vec::new());
     for (name, test) in selected {
@@ -162,6 +180,33 @@ fn workload(args: &[String]) {
                 // SAFETY: valid iovecs.
                 let r = unsafe { libc::writev(1, iov.as_ptr(), iov.len() as i32) };
                 assert_eq!(r as usize, total, "short writev");
+            }
+        }
+        // `n` 32-bit getpid(2) through `int 0x80` (number 20, writev's on x86-64) with the
+        // registers of a 64-bit writev to stdout, each followed by a line.
+        "compat" => {
+            let line0 = line(0);
+            let iov = libc::iovec {
+                iov_base: line0.as_ptr() as *mut _,
+                iov_len: line0.len(),
+            };
+            for i in 0..n {
+                let pid: i64;
+                // SAFETY: getpid touches no memory; int 0x80 clobbers only eax (the
+                // result) and r8–r11 are preserved on this path, but marked anyway.
+                unsafe {
+                    std::arch::asm!(
+                        "int 0x80",
+                        inlateout("rax") 20i64 => pid,
+                        in("rdi") 1u64,
+                        in("rsi") &iov as *const libc::iovec,
+                        in("rdx") 1u64,
+                        lateout("r8") _, lateout("r9") _, lateout("r10") _, lateout("r11") _,
+                        options(nostack),
+                    );
+                }
+                assert!(pid > 0, "getpid through int 0x80: {pid}");
+                write_all(1, &line(i));
             }
         }
         other => panic!("unknown workload {other}"),
@@ -408,8 +453,26 @@ fn assert_no_drops(probes: &Probes) {
 /// Runs `cmd` in a new container of a new scene with default options; checks both streams
 /// byte for byte and that nothing was dropped.
 fn run_exact(name: &str, cmd: Command) -> Captured {
+    run_exact_on(name, CaptureHooks::Auto, cmd)
+}
+
+/// [`run_exact`] on the given hooks. `Auto` gets the trampolines where the kernel
+/// allows them, which `LOGTAP_EXPECT_HOOKS=fentry` (or `tracepoint`) makes a check.
+fn run_exact_on(name: &str, hooks: CaptureHooks, cmd: Command) -> Captured {
     let mut scene = Scene::new(name);
-    let mut probes = Probes::load(&scene.options()).unwrap();
+    let options = ProbeOptions {
+        hooks,
+        ..scene.options()
+    };
+    let mut probes = Probes::load(&options).unwrap();
+    match hooks {
+        CaptureHooks::Auto => {
+            if let Ok(expected) = std::env::var("LOGTAP_EXPECT_HOOKS") {
+                assert_eq!(probes.hook_mode().as_str(), expected);
+            }
+        }
+        CaptureHooks::Tracepoint => assert_eq!(probes.hook_mode(), HookMode::Tracepoint),
+    }
     let (dir, id) = scene.container("c");
     let (captured, out, err) = capture(&mut probes, id, spawn_in(&dir, cmd), true);
     assert_identical(&captured, Stream::Stdout, &out);
@@ -605,4 +668,50 @@ fn forget_stops_capture() {
     assert_eq!(out, b"before\nafter\n");
     assert_identical(&first, Stream::Stdout, b"before\n");
     assert!(after.data[1].is_empty(), "{:?}", after.data[1]);
+}
+
+/// The stream is the pipe, not an fd number: a write through another descriptor of the
+/// container's stdout pipe (a dup, or `/dev/stdout` opened anew as nginx does) reaches
+/// the CRI log, so it is captured too, on either hooks.
+fn writes_through_a_copy_of_stdout_are_captured() {
+    for hooks in [CaptureHooks::Auto, CaptureHooks::Tracepoint] {
+        let captured = run_exact_on(
+            "dup",
+            hooks,
+            shell("echo one; exec 3>&1; echo two >&3; echo three; echo four >/dev/stdout"),
+        );
+        let (stdout, _) = captured.stream(Stream::Stdout);
+        assert_eq!(stdout, b"one\ntwo\nthree\nfour\n", "{hooks:?}");
+    }
+}
+
+/// The fallback for kernels without trampolines, forced: the same bytes, on syscall
+/// tracepoints.
+fn forced_tracepoints_capture_byte_for_byte() {
+    let captured = run_exact_on(
+        "tracepoints",
+        CaptureHooks::Tracepoint,
+        self_workload(&["lines", "20000"]),
+    );
+    assert_eq!(captured.data[1].len(), 20_000, "one record per write");
+    let captured = run_exact_on(
+        "tracepoints-writev",
+        CaptureHooks::Tracepoint,
+        self_workload(&["writev", "500"]),
+    );
+    assert_eq!(captured.data[1].len(), 500 * 5);
+}
+
+/// The raw syscall exit hook sees every syscall: an ia32 getpid (number 20, writev's on
+/// x86-64) whose registers look like a writev to stdout must not be taken for one (it
+/// would move the stream offset by the pid and copy garbage).
+fn a_32_bit_syscall_with_writevs_number_is_not_a_write() {
+    for hooks in [CaptureHooks::Auto, CaptureHooks::Tracepoint] {
+        let captured = run_exact_on("compat", hooks, self_workload(&["compat", "200"]));
+        assert_eq!(
+            captured.data[1].len(),
+            200,
+            "{hooks:?}: one record per line"
+        );
+    }
 }

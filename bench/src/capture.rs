@@ -53,11 +53,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use logtap::batch::Batch;
 use logtap::capture::{
-    CaptureStage, CapturedContainer, Claims, ContainerResolver, DropReason, EventFeed, KernelStats,
-    ProbeEvent, ProbeOptions, Probes,
+    CaptureStage, CapturedContainer, Claims, ContainerResolver, DropReason, EventFeed, HookMode,
+    KernelStats, ProbeEvent, ProbeOptions, Probes,
 };
 use logtap::checkpoint::{Registry, SharedRegistry};
-use logtap::config::Config;
+use logtap::config::{CaptureHooks, Config};
 use logtap::frame::LineFlags;
 use logtap::pipeline::Pipeline;
 use logtap::route::Router;
@@ -104,6 +104,36 @@ pub struct CaptureArgs {
     /// Only scenarios whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// The write hooks measured, each against the same baseline in the same run:
+    /// `auto` (BPF trampolines where the kernel allows them) and/or `tracepoint`.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchHooks::Tracepoint, BenchHooks::Auto])]
+    hooks: Vec<BenchHooks>,
+    /// Also count each eBPF program's runs and run time (`kernel.bpf_stats_enabled`,
+    /// which adds two clock reads per run: not for the timing tables).
+    #[arg(long)]
+    bpf_stats: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchHooks {
+    Auto,
+    Tracepoint,
+}
+
+impl BenchHooks {
+    fn config(self) -> CaptureHooks {
+        match self {
+            BenchHooks::Auto => CaptureHooks::Auto,
+            BenchHooks::Tracepoint => CaptureHooks::Tracepoint,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            BenchHooks::Auto => "auto",
+            BenchHooks::Tracepoint => "tracepoint",
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,6 +399,8 @@ fn rfc3339_nano(t: SystemTime) -> Vec<u8> {
 struct Scene {
     parent: PathBuf,
     prefix: String,
+    /// A sibling of `parent`, outside the prefix: writers that are no container.
+    outside: PathBuf,
 }
 
 impl Scene {
@@ -384,20 +416,28 @@ impl Scene {
         let prefix = format!("{own}/logtap-bench-{}", std::process::id());
         let parent = root.join(prefix.trim_start_matches('/'));
         std::fs::create_dir(&parent).with_context(|| format!("mkdir {}", parent.display()))?;
-        Ok(Scene { parent, prefix })
+        let outside = root.join(format!("{prefix}-outside").trim_start_matches('/'));
+        std::fs::create_dir(&outside).with_context(|| format!("mkdir {}", outside.display()))?;
+        Ok(Scene {
+            parent,
+            prefix,
+            outside,
+        })
     }
 }
 
 impl Drop for Scene {
     fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.parent) {
-            for e in entries.flatten() {
-                if e.path().is_dir() {
-                    let _ = std::fs::remove_dir(e.path());
+        for dir in [&self.parent, &self.outside] {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
                 }
             }
+            let _ = std::fs::remove_dir(dir);
         }
-        let _ = std::fs::remove_dir(&self.parent);
     }
 }
 
@@ -407,6 +447,9 @@ struct Scenario {
     bytes: u64,
     rate: u64,
     ring_bytes: u32,
+    /// The writer is in a cgroup outside the prefix: what capture costs the rest of the
+    /// node (nothing is captured).
+    outside: bool,
 }
 
 fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
@@ -421,6 +464,15 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             bytes: full,
             rate: 0,
             ring_bytes: 16 << 20,
+            outside: false,
+        },
+        Scenario {
+            name: "100 B lines outside containers, full speed".into(),
+            pattern: Pattern::Lines,
+            bytes: full,
+            rate: 0,
+            ring_bytes: 16 << 20,
+            outside: true,
         },
         Scenario {
             name: "4 KiB writes, full speed".into(),
@@ -428,6 +480,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             bytes: full,
             rate: 0,
             ring_bytes: 16 << 20,
+            outside: false,
         },
         Scenario {
             name: format!(
@@ -438,6 +491,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             bytes: rated,
             rate,
             ring_bytes: 16 << 20,
+            outside: false,
         },
         Scenario {
             name: format!(
@@ -448,6 +502,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             bytes: rated,
             rate,
             ring_bytes: small,
+            outside: false,
         },
         Scenario {
             name: format!(
@@ -458,6 +513,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             bytes: rated,
             rate,
             ring_bytes: 16 << 20,
+            outside: false,
         },
         Scenario {
             name: format!(
@@ -468,6 +524,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             bytes: rated,
             rate,
             ring_bytes: small,
+            outside: false,
         },
     ]
 }
@@ -488,7 +545,11 @@ fn run_writer(
 ) -> anyhow::Result<WriterRun> {
     let exe = std::env::current_exe()?;
     std::fs::create_dir_all(log.parent().context("log path has no directory")?)?;
-    let cgroup = scene.parent.join(name);
+    let cgroup = if scenario.outside {
+        scene.outside.join(name)
+    } else {
+        scene.parent.join(name)
+    };
     std::fs::create_dir(&cgroup).with_context(|| format!("mkdir {}", cgroup.display()))?;
     let mut shim = Command::new(&exe)
         .arg("capture-shim")
@@ -544,7 +605,11 @@ fn run_writer(
 struct MeasuredProbes {
     probes: Probes,
     last: Arc<Mutex<Option<KernelStats>>>,
+    programs: Arc<Mutex<ProgramRuns>>,
 }
+
+/// Per eBPF program: name, runs, time in it (with `--bpf-stats`).
+type ProgramRuns = Vec<(String, u64, Duration)>;
 
 impl EventFeed for MeasuredProbes {
     fn poll(
@@ -565,6 +630,7 @@ impl Drop for MeasuredProbes {
         if let Ok(stats) = self.probes.kernel_stats() {
             *self.last.lock().expect("not poisoned") = Some(stats);
         }
+        *self.programs.lock().expect("not poisoned") = self.probes.program_runs();
     }
 }
 
@@ -706,6 +772,44 @@ struct CaptureRun {
     identical: bool,
     /// Whether the stream ended (was closed by the stage) before `END_WAIT`.
     ended: bool,
+    hook_mode: HookMode,
+    programs: ProgramRuns,
+}
+
+/// One run of a writer outside the prefix while the probes are loaded.
+struct OutsideRun {
+    writer: Usage,
+    hook_mode: HookMode,
+    kernel: KernelStats,
+    programs: ProgramRuns,
+}
+
+/// Runs the scenario's writer outside the probes' prefix with the probes loaded (no
+/// stage: nothing is captured, which the kernel's counters confirm).
+fn run_outside(
+    scene: &Scene,
+    dir: &Path,
+    name: &str,
+    scenario: &Scenario,
+    hooks: BenchHooks,
+) -> anyhow::Result<OutsideRun> {
+    let mut probes = Probes::load(&ProbeOptions {
+        hooks: hooks.config(),
+        ring_bytes: scenario.ring_bytes,
+        cgroup_prefix: scene.prefix.clone(),
+        ..ProbeOptions::default()
+    })
+    .context("loading the probes (built? `cargo xtask build-ebpf`)")?;
+    let log = dir.join(format!("outside/{name}.log"));
+    let writer = run_writer(scene, name, &log, scenario)?.usage;
+    let _ = std::fs::remove_file(&log);
+    probes.poll(Duration::ZERO, &mut |_| {})?;
+    Ok(OutsideRun {
+        writer,
+        hook_mode: probes.hook_mode(),
+        kernel: probes.kernel_stats()?,
+        programs: probes.program_runs(),
+    })
 }
 
 /// Resets this process's peak RSS to its current RSS (Linux 4.0+).
@@ -731,6 +835,7 @@ fn run_with_capture(
     scenario: &Scenario,
     expected_crc: u32,
     metrics: &PrometheusHandle,
+    hooks: BenchHooks,
 ) -> anyhow::Result<CaptureRun> {
     let log = dir.join(format!("pods/bench_{name}_uid/writer/0.log"));
     let data_dir = dir.join(format!("data-{name}"));
@@ -749,15 +854,19 @@ fn run_with_capture(
     .context("the capture bench's config")?;
     let options = config.capture.clone().context("capture is enabled")?;
     let probes = Probes::load(&ProbeOptions {
+        hooks: hooks.config(),
         ring_bytes: options.ring_bytes,
         cgroup_prefix: options.cgroup_prefix.clone(),
         max_records_per_write: options.max_records_per_write,
     })
     .context("loading the probes (built? `cargo xtask build-ebpf`)")?;
+    let hook_mode = probes.hook_mode();
     let kernel = Arc::new(Mutex::new(None));
+    let programs = Arc::new(Mutex::new(Vec::new()));
     let feed = MeasuredProbes {
         probes,
         last: kernel.clone(),
+        programs: programs.clone(),
     };
     let registry: SharedRegistry = Arc::new(Registry::open(&data_dir.join("checkpoints"))?);
     let verify = Arc::new(Mutex::new(Verify {
@@ -848,6 +957,8 @@ fn run_with_capture(
         loss: scenario.bytes as i64 - v.delivered as i64,
         identical,
         ended,
+        hook_mode,
+        programs: std::mem::take(&mut *programs.lock().expect("not poisoned")),
     })
 }
 
@@ -927,8 +1038,80 @@ impl Row {
             } else {
                 ", stream did not end"
             },
+        ) + &programs_text(&self.capture.programs)
+    }
+}
+
+/// `name: N runs, M ns/run` for every program that ran.
+fn programs_text(programs: &ProgramRuns) -> String {
+    let mut s = String::new();
+    for (name, runs, time) in programs.iter().filter(|p| p.1 > 0) {
+        let _ = write!(
+            s,
+            "; {name}: {runs} runs, {:.0} ns/run",
+            time.as_nanos() as f64 / *runs as f64
+        );
+    }
+    s
+}
+
+/// The hooks asked for and the hooks the kernel gave.
+fn hooks_label(asked: BenchHooks, got: HookMode) -> String {
+    match (asked, got) {
+        (BenchHooks::Auto, HookMode::Tracepoint) => "auto → tracepoint".to_owned(),
+        _ => got.as_str().to_owned(),
+    }
+}
+
+struct OutsideRow {
+    name: String,
+    base: Usage,
+    probes: OutsideRun,
+}
+
+impl OutsideRow {
+    fn slowdown(&self) -> f64 {
+        self.probes.writer.wall.as_secs_f64() / self.base.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn cpu_slowdown(&self) -> f64 {
+        self.probes.writer.cpu.as_secs_f64() / self.base.cpu.as_secs_f64().max(1e-9)
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{}: writer {:.2} s → {:.2} s with the probes loaded (×{:.3}; CPU ×{:.3}); kernel records {}{}",
+            self.name,
+            self.base.wall.as_secs_f64(),
+            self.probes.writer.wall.as_secs_f64(),
+            self.slowdown(),
+            self.cpu_slowdown(),
+            self.probes.kernel.records,
+            programs_text(&self.probes.programs),
         )
     }
+}
+
+fn outside_markdown(rows: &[OutsideRow], runs: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| scenario (best of {runs}) | writer s, no probes | writer s, probes loaded | writer slowdown (wall) | writer CPU ratio | kernel records |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.2} | {:.3} | {:.3} | {} |",
+            r.name,
+            r.base.wall.as_secs_f64(),
+            r.probes.writer.wall.as_secs_f64(),
+            r.slowdown(),
+            r.cpu_slowdown(),
+            r.probes.kernel.records,
+        );
+    }
+    s
 }
 
 fn ring_text(bytes: u32) -> String {
@@ -1023,8 +1206,16 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
         None => tempfile::tempdir()?,
     };
     let dir = tmp.path();
-    let mut rows = Vec::new();
-    let mut seq = 0;
+    let stats = args.bpf_stats.then(BpfStats::enable).transpose()?;
+    let mut bench = Bench {
+        args,
+        scene: &scene,
+        dir,
+        metrics: &metrics,
+        seq: 0,
+        rows: Vec::new(),
+        outside_rows: Vec::new(),
+    };
     for scenario in scenarios(args) {
         if args
             .only
@@ -1033,62 +1224,17 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
         {
             continue;
         }
-        let expected_crc = stream_crc(scenario.bytes);
-        let mut best_base: Option<Usage> = None;
-        let mut best: Option<CaptureRun> = None;
-        let (mut max_loss, mut all_identical, mut all_ended) = (0i64, true, true);
-        for _ in 0..args.runs {
-            seq += 1;
-            let name = format!("w{seq}");
-            let log = dir.join(format!("pods/bench_{name}_uid/writer/0.log"));
-            let base = run_writer(&scene, &name, &log, &scenario)?.usage;
-            let _ = std::fs::remove_file(&log);
-            eprintln!(
-                "{}: without capture, writer {:.2} s",
-                scenario.name,
-                base.wall.as_secs_f64()
-            );
-            seq += 1;
-            let name = format!("w{seq}");
-            let run = run_with_capture(&scene, dir, &name, &scenario, expected_crc, &metrics)?;
-            eprintln!(
-                "{}: with capture, writer {:.2} s, loss {} B, identical {}",
-                scenario.name,
-                run.writer.wall.as_secs_f64(),
-                run.loss,
-                run.identical
-            );
-            max_loss = if max_loss.abs() >= run.loss.abs() {
-                max_loss
-            } else {
-                run.loss
-            };
-            all_identical &= run.identical;
-            all_ended &= run.ended;
-            if best_base.is_none_or(|b| base.wall < b.wall) {
-                best_base = Some(base);
-            }
-            if best
-                .as_ref()
-                .is_none_or(|b| run.writer.wall < b.writer.wall)
-            {
-                best = Some(run);
-            }
-        }
-        let row = Row {
-            name: scenario.name.clone(),
-            bytes: scenario.bytes,
-            ring_bytes: scenario.ring_bytes,
-            base: best_base.expect("runs >= 1"),
-            capture: best.expect("runs >= 1"),
-            max_loss,
-            all_identical,
-            all_ended,
-        };
-        eprintln!("{}", row.text());
-        rows.push(row);
+        bench.scenario(&scenario)?;
     }
-    let table = markdown(&rows, args.runs);
+    drop(stats);
+    let Bench {
+        rows, outside_rows, ..
+    } = bench;
+    let mut table = markdown(&rows, args.runs);
+    if !outside_rows.is_empty() {
+        table.push('\n');
+        table.push_str(&outside_markdown(&outside_rows, args.runs));
+    }
     println!("{table}");
     if let Some(path) = &args.markdown {
         let results = format!("{}\n{table}", machine_and_command(args));
@@ -1102,7 +1248,192 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
     if rows.iter().any(|r| r.max_loss != 0 || !r.all_identical) {
         bail!("capture lost or changed bytes (see the table)");
     }
+    if outside_rows.iter().any(|r| r.probes.kernel.records != 0) {
+        bail!("a writer outside the prefix was captured (see the table)");
+    }
     Ok(())
+}
+
+/// One run of the harness: where it runs, and the rows so far.
+struct Bench<'a> {
+    args: &'a CaptureArgs,
+    scene: &'a Scene,
+    dir: &'a Path,
+    metrics: &'a PrometheusHandle,
+    /// Numbers the writers' cgroups, unique over the run.
+    seq: usize,
+    rows: Vec<Row>,
+    outside_rows: Vec<OutsideRow>,
+}
+
+impl Bench<'_> {
+    /// `--runs` rounds of the scenario, each a baseline and then every kind of hooks
+    /// asked for (alternating, so that load changes hit them alike); one row per hooks.
+    fn scenario(&mut self, scenario: &Scenario) -> anyhow::Result<()> {
+        let expected_crc = stream_crc(scenario.bytes);
+        let mut best_base: Option<Usage> = None;
+        let mut results: Vec<HooksResult> = self
+            .args
+            .hooks
+            .iter()
+            .map(|&h| HooksResult::new(h))
+            .collect();
+        for _ in 0..self.args.runs {
+            self.seq += 1;
+            let name = format!("w{}", self.seq);
+            let log = self.dir.join(format!("pods/bench_{name}_uid/writer/0.log"));
+            let base = run_writer(self.scene, &name, &log, scenario)?.usage;
+            let _ = std::fs::remove_file(&log);
+            eprintln!(
+                "{}: without capture, writer {:.2} s",
+                scenario.name,
+                base.wall.as_secs_f64()
+            );
+            if best_base.is_none_or(|b| base.wall < b.wall) {
+                best_base = Some(base);
+            }
+            // Every hooks variant right after the same baseline: alternating runs.
+            for result in &mut results {
+                self.seq += 1;
+                let name = format!("w{}", self.seq);
+                if scenario.outside {
+                    let run = run_outside(self.scene, self.dir, &name, scenario, result.hooks)?;
+                    eprintln!(
+                        "{}: probes loaded ({}), writer {:.2} s (×{:.3} of this run's baseline)",
+                        scenario.name,
+                        hooks_label(result.hooks, run.hook_mode),
+                        run.writer.wall.as_secs_f64(),
+                        run.writer.wall.as_secs_f64() / base.wall.as_secs_f64().max(1e-9)
+                    );
+                    if result
+                        .outside
+                        .as_ref()
+                        .is_none_or(|b| run.writer.wall < b.writer.wall)
+                    {
+                        result.outside = Some(run);
+                    }
+                    continue;
+                }
+                let run = run_with_capture(
+                    self.scene,
+                    self.dir,
+                    &name,
+                    scenario,
+                    expected_crc,
+                    self.metrics,
+                    result.hooks,
+                )?;
+                eprintln!(
+                    "{}: with capture ({}), writer {:.2} s (×{:.3} of this run's baseline), loss {} B, identical {}, ended {}; ring drops {} B, gaps {:.0}, repaired {:.0} B, spilled {:.0} B, unrepairable {:.0} B",
+                    scenario.name,
+                    hooks_label(result.hooks, run.hook_mode),
+                    run.writer.wall.as_secs_f64(),
+                    run.writer.wall.as_secs_f64() / base.wall.as_secs_f64().max(1e-9),
+                    run.loss,
+                    run.identical,
+                    run.ended,
+                    run.kernel.dropped_bytes[DropReason::RingFull as usize],
+                    run.stage.gaps,
+                    run.stage.repaired,
+                    run.stage.spilled,
+                    run.stage.unrepairable,
+                );
+                result.add(run);
+            }
+        }
+        let base = best_base.expect("runs >= 1");
+        for result in results {
+            if let Some(run) = result.outside {
+                let row = OutsideRow {
+                    name: format!(
+                        "{}, {}",
+                        scenario.name,
+                        hooks_label(result.hooks, run.hook_mode)
+                    ),
+                    base,
+                    probes: run,
+                };
+                eprintln!("{}", row.text());
+                self.outside_rows.push(row);
+                continue;
+            }
+            let capture = result.best.expect("runs >= 1");
+            let row = Row {
+                name: format!(
+                    "{}, {}",
+                    scenario.name,
+                    hooks_label(result.hooks, capture.hook_mode)
+                ),
+                bytes: scenario.bytes,
+                ring_bytes: scenario.ring_bytes,
+                base,
+                capture,
+                max_loss: result.max_loss,
+                all_identical: result.all_identical,
+                all_ended: result.all_ended,
+            };
+            eprintln!("{}", row.text());
+            self.rows.push(row);
+        }
+        Ok(())
+    }
+}
+
+/// The runs of one scenario on one kind of hooks.
+struct HooksResult {
+    hooks: BenchHooks,
+    best: Option<CaptureRun>,
+    outside: Option<OutsideRun>,
+    max_loss: i64,
+    all_identical: bool,
+    all_ended: bool,
+}
+
+impl HooksResult {
+    fn new(hooks: BenchHooks) -> HooksResult {
+        HooksResult {
+            hooks,
+            best: None,
+            outside: None,
+            max_loss: 0,
+            all_identical: true,
+            all_ended: true,
+        }
+    }
+
+    fn add(&mut self, run: CaptureRun) {
+        if self.max_loss.abs() < run.loss.abs() {
+            self.max_loss = run.loss;
+        }
+        self.all_identical &= run.identical;
+        self.all_ended &= run.ended;
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|b| run.writer.wall < b.writer.wall)
+        {
+            self.best = Some(run);
+        }
+    }
+}
+
+/// `kernel.bpf_stats_enabled` on for the run, back to what it was when dropped.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> anyhow::Result<BpfStats> {
+        let before = std::fs::read_to_string(Self::PATH).context(Self::PATH)?;
+        std::fs::write(Self::PATH, "1").context(Self::PATH)?;
+        Ok(BpfStats(before.trim().to_owned()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
 }
 
 fn machine_and_command(args: &CaptureArgs) -> String {
@@ -1113,6 +1444,8 @@ fn machine_and_command(args: &CaptureArgs) -> String {
     if let Some(o) = &args.only {
         let _ = write!(command, " --only '{o}'");
     }
+    let hooks: Vec<&str> = args.hooks.iter().map(|h| h.as_str()).collect();
+    let _ = write!(command, " --hooks {}", hooks.join(","));
     command.push_str(" --markdown docs/benchmarks.md");
     crate::machine(&command)
 }

@@ -18,10 +18,21 @@ pub const RING_MAP: &str = "LOGTAP_RING";
 pub const WATCHED_MAP: &str = "LOGTAP_WATCHED";
 /// [`StreamKey`] (the pipe's inode) → [`StreamState`]: the registered container streams.
 pub const STREAMS_MAP: &str = "LOGTAP_STREAMS";
-/// `u64` pid_tgid → [`Stash`]: a write syscall between its enter and its exit.
-pub const STASH_MAP: &str = "LOGTAP_STASH";
 /// Per-CPU array with one [`Stats`] slot.
 pub const STATS_MAP: &str = "LOGTAP_STATS";
+/// Array of [`INO_FILTER_SLOTS`] `u32`, indexed by [`ino_slot`]: nonzero when a stream
+/// whose inode falls in the slot was ever registered. The write hooks look here before
+/// the stream map, so a write to any other file costs one inlined array load.
+///
+/// Invariant: the slot of every entry of [`STREAMS_MAP`] is nonzero. Slots are set
+/// (to 1, by the kernel at bind or by the loader, always before the stream is
+/// inserted) and never cleared while the maps live, so no writer can clear another's
+/// mark; a slot of a forgotten stream only costs unrelated writes one hash lookup.
+pub const INO_FILTER_MAP: &str = "LOGTAP_INOS";
+/// Per-CPU array with one [`IovWalk`]: the writev hook's walk state (the verifier does
+/// not track map memory, see [`IovWalk::walked`]). Used by the one writev program
+/// loaded, which the kernel never runs twice at once on one CPU.
+pub const IOV_SCRATCH_MAP: &str = "LOGTAP_IOVSCR";
 /// The read-only global holding the [`ProbeConfig`] (patched at load time).
 pub const CONFIG_GLOBAL: &str = "LOGTAP_CONFIG";
 
@@ -29,8 +40,16 @@ pub const CONFIG_GLOBAL: &str = "LOGTAP_CONFIG";
 pub const MAX_WATCHED: u32 = 16384;
 /// Entries of [`STREAMS_MAP`]: two per watched cgroup.
 pub const MAX_STREAMS: u32 = 2 * MAX_WATCHED;
-/// Entries of [`STASH_MAP`]: threads blocked in a captured write at the same time.
-pub const MAX_STASHED: u32 = 16384;
+
+/// Slots of [`INO_FILTER_MAP`] (a power of two).
+pub const INO_FILTER_SLOTS: u32 = 65536;
+
+/// The slot of an inode number in [`INO_FILTER_MAP`]. Pipe inodes are numbered in
+/// sequence, so their low bits spread evenly.
+#[inline(always)]
+pub const fn ino_slot(ino: u64) -> u32 {
+    (ino & (INO_FILTER_SLOTS as u64 - 1)) as u32
+}
 
 /// Payload bytes of one data record at most.
 pub const RECORD_PAYLOAD: usize = 4096;
@@ -50,13 +69,8 @@ pub const KIND_CGROUP_REMOVED: u32 = 4;
 pub const KIND_EXEC: u32 = 5;
 pub const KIND_EXIT: u32 = 6;
 
-/// `Stash::kind` of a write(2).
-pub const SYSCALL_WRITE: u32 = 1;
-/// `Stash::kind` of a writev(2).
-pub const SYSCALL_WRITEV: u32 = 2;
-
 // Indices into [`Stats`].
-/// write/writev syscalls on a registered stream (stashed at enter).
+/// write/writev calls that put bytes into a registered stream.
 pub const STAT_SYSCALLS: usize = 0;
 /// Data records submitted.
 pub const STAT_RECORDS: usize = 1;
@@ -111,35 +125,31 @@ pub struct StreamKey {
 pub struct StreamState {
     pub cgroup_id: u64,
     /// Bytes accepted by the kernel on this stream so far, advanced with an atomic
-    /// fetch-add at each syscall exit: the stream offset of the next byte.
+    /// fetch-add when each write returns: the stream offset of the next byte.
     pub offset: u64,
     /// 1 = stdout, 2 = stderr (as `logtap::frame::Stream`).
     pub stream: u32,
     pub _pad: u32,
 }
 
-/// What `sys_enter_write(v)` leaves for `sys_exit_write(v)` of the same thread.
+/// The writev hooks' walk over the iovecs of one call.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Stash {
-    pub key: StreamKey,
-    /// write: the user buffer; writev: the user `iovec` array.
-    pub buf: u64,
-    /// writev: iovec count (write: unused).
+pub struct IovWalk {
+    /// The user `iovec` array.
+    pub vec: u64,
+    /// Its length.
     pub vlen: u64,
-    /// writev, at exit: accepted bytes walked so far. Kept in the map value rather than a
-    /// register on purpose: the verifier does not track map memory, so the states of
-    /// the iovec loop stay few enough to prune.
+    /// Accepted bytes walked so far. Kept in map memory rather than a register on
+    /// purpose: the verifier does not track map memory, so the states of the iovec
+    /// loop stay few enough to prune.
     pub walked: u64,
-    /// writev, at exit: bytes of the current iovec walked so far (see `walked`).
+    /// Bytes of the current iovec walked so far (see `walked`).
     pub iov_walked: u64,
-    /// `SYSCALL_WRITE` or `SYSCALL_WRITEV`.
-    pub kind: u32,
-    /// writev, at exit: records left in the syscall's budget (see `walked`).
+    /// Records left in the call's budget (see `walked`).
     pub budget: u32,
-    /// writev, at exit: the current iovec (see `walked`).
+    /// The current iovec (see `walked`).
     pub iov_index: u32,
-    pub _pad: u32,
 }
 
 /// Header of a [`KIND_DATA`] record; `len` payload bytes follow it.
@@ -183,13 +193,6 @@ pub struct LifecycleRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
-    pub write_fd: u32,
-    pub write_buf: u32,
-    pub writev_fd: u32,
-    pub writev_vec: u32,
-    pub writev_vlen: u32,
-    pub exit_write_ret: u32,
-    pub exit_writev_ret: u32,
     pub mkdir_root: u32,
     pub mkdir_id: u32,
     pub mkdir_path: u32,
@@ -198,11 +201,12 @@ pub struct TracepointOffsets {
     pub rmdir_path: u32,
     pub exec_filename: u32,
     pub exit_group_dead: u32,
-    pub _pad: u32,
 }
 
 /// Byte offsets of kernel struct members, from `/sys/kernel/btf/vmlinux`, for the walk
-/// `task_struct → files → fdt → fd[n] → f_inode → (i_ino, i_mode, i_sb → s_dev)`.
+/// `task_struct → files → fdt → fd[n] → f_inode → (i_ino, i_mode, i_sb → s_dev)`, and
+/// of the syscall number and first three arguments in the saved user registers
+/// (`pt_regs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -215,7 +219,14 @@ pub struct KernelOffsets {
     pub inode_ino: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
-    pub _pad: u32,
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    pub regs_arg2: u32,
+    /// The syscall number (`orig_ax` on x86-64).
+    pub regs_nr: u32,
+    /// `task_struct.thread_info.status`, whose `TS_COMPAT` bit marks a 32-bit syscall
+    /// (other numbers, other registers).
+    pub task_ti_status: u32,
 }
 
 /// Everything the probes learn at load time, in one read-only global.
@@ -236,13 +247,6 @@ impl ProbeConfig {
     /// Probes that see nothing: the value compiled into the object, replaced at load.
     pub const INERT: ProbeConfig = ProbeConfig {
         tp: TracepointOffsets {
-            write_fd: 0,
-            write_buf: 0,
-            writev_fd: 0,
-            writev_vec: 0,
-            writev_vlen: 0,
-            exit_write_ret: 0,
-            exit_writev_ret: 0,
             mkdir_root: 0,
             mkdir_id: 0,
             mkdir_path: 0,
@@ -251,7 +255,6 @@ impl ProbeConfig {
             rmdir_path: 0,
             exec_filename: 0,
             exit_group_dead: 0,
-            _pad: 0,
         },
         kernel: KernelOffsets {
             task_files: 0,
@@ -263,7 +266,11 @@ impl ProbeConfig {
             inode_ino: 0,
             inode_sb: 0,
             sb_dev: 0,
-            _pad: 0,
+            regs_arg0: 0,
+            regs_arg1: 0,
+            regs_arg2: 0,
+            regs_nr: 0,
+            task_ti_status: 0,
         },
         max_records: 1,
         prefix_len: 0,
@@ -278,7 +285,7 @@ mod user {
     unsafe impl aya::Pod for super::WatchedCgroup {}
     unsafe impl aya::Pod for super::StreamKey {}
     unsafe impl aya::Pod for super::StreamState {}
-    unsafe impl aya::Pod for super::Stash {}
+    unsafe impl aya::Pod for super::IovWalk {}
     unsafe impl aya::Pod for super::DataHeader {}
     unsafe impl aya::Pod for super::LifecycleRecord {}
     unsafe impl aya::Pod for super::ProbeConfig {}
@@ -295,20 +302,27 @@ mod tests {
         assert_eq!(size_of::<WatchedCgroup>(), 8);
         assert_eq!(size_of::<StreamKey>(), 16);
         assert_eq!(size_of::<StreamState>(), 8 + 8 + 4 + 4);
-        assert_eq!(size_of::<Stash>(), 16 + 8 + 8 + 8 + 8 + 4 + 4 + 4 + 4);
+        assert_eq!(size_of::<IovWalk>(), 8 * 4 + 4 + 4);
         assert_eq!(size_of::<DataHeader>(), 4 + 4 + 8 + 8 + 8 + 4 + 4);
         assert_eq!(
             size_of::<LifecycleRecord>(),
             4 + 4 + 8 + 8 + 4 + 4 + 16 + 4 + 4 + PATH_CAPACITY
         );
-        assert_eq!(size_of::<TracepointOffsets>(), 16 * 4);
-        assert_eq!(size_of::<KernelOffsets>(), 10 * 4);
-        assert_eq!(size_of::<ProbeConfig>(), 64 + 40 + 8 + PREFIX_CAPACITY);
+        assert_eq!(size_of::<TracepointOffsets>(), 8 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 14 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 32 + 56 + 8 + PREFIX_CAPACITY);
     }
 
     #[test]
     fn map_names_fit_the_kernel() {
-        for name in [RING_MAP, WATCHED_MAP, STREAMS_MAP, STASH_MAP, STATS_MAP] {
+        for name in [
+            RING_MAP,
+            WATCHED_MAP,
+            STREAMS_MAP,
+            STATS_MAP,
+            INO_FILTER_MAP,
+            IOV_SCRATCH_MAP,
+        ] {
             assert!(name.len() <= 15, "{name}");
         }
     }

@@ -6,12 +6,17 @@
 //! - `sched_process_exec`: the first exec in a watched cgroup binds its streams: the pipes
 //!   at fd 1 and fd 2 of that process (the container's real stdout/stderr) are registered
 //!   by inode. Every exec and exit in a watched cgroup is reported.
-//! - `sys_enter_write(v)`: fd 1/2 of a watched cgroup whose file is a registered stream:
-//!   stash the buffer until the syscall returns.
-//! - `sys_exit_write(v)`: the kernel accepted `ret` bytes: reserve them in the stream with
-//!   an atomic fetch-add on its offset, then copy exactly those bytes into records of at
-//!   most 4 KiB. Whatever cannot be copied is counted by reason; the offset still moved,
-//!   so userspace sees the gap.
+//! - `vfs_write_exit`, `vfs_writev_exit` (BPF trampolines, `fexit`): the kernel accepted
+//!   `ret` bytes into a file; when the file's inode is a registered stream, reserve them
+//!   in the stream with an atomic fetch-add on its offset, then copy exactly those bytes
+//!   into records of at most 4 KiB. Whatever cannot be copied is counted by reason; the
+//!   offset still moved, so userspace sees the gap. A write to any other file costs the
+//!   trampoline and one inlined array load ([`LOGTAP_INOS`]).
+//! - `raw_sys_exit` (the `raw_syscalls:sys_exit` raw tracepoint): the same at the exit
+//!   of every syscall, loaded only where trampolines are not available (it puts every
+//!   task of the node on the slow syscall path): a write(v) of a watched cgroup whose
+//!   file is a registered stream is copied, its arguments read from the task's saved
+//!   registers.
 //!
 //! # Verifier
 //!
@@ -29,26 +34,29 @@ use core::{
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    bindings::{
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns,
-            bpf_probe_read_kernel_str, bpf_probe_read_user as probe_read_user_raw,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
+            bpf_ktime_get_ns, bpf_probe_read_kernel_str,
+            bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
         },
     },
-    macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    macros::{fexit, map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{FExitContext, RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, info};
 use logtap_ebpf_common::{
-    DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, KIND_CGROUP_CREATED,
-    KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord,
-    MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STASHED, MAX_STREAMS, MAX_WATCHED, PATH_CAPACITY,
+    DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, INO_FILTER_SLOTS, IovWalk,
+    KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND,
+    LifecycleRecord, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS, MAX_WATCHED, PATH_CAPACITY,
     PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD, STAT_BYTES, STAT_DROPPED_BYTES,
-    STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, SYSCALL_WRITE,
-    SYSCALL_WRITEV, Stash, Stats, StreamKey, StreamState, WatchedCgroup,
+    STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, Stats, StreamKey,
+    StreamState, WatchedCgroup, ino_slot,
 };
 
 /// Patched by the loader (`EbpfLoader::override_global`); lives in `.rodata`, which the
@@ -79,10 +87,13 @@ static LOGTAP_WATCHED: HashMap<u64, WatchedCgroup> = HashMap::with_max_entries(M
 static LOGTAP_STREAMS: HashMap<StreamKey, StreamState> = HashMap::with_max_entries(MAX_STREAMS, 0);
 
 #[map]
-static LOGTAP_STASH: HashMap<u64, Stash> = HashMap::with_max_entries(MAX_STASHED, 0);
+static LOGTAP_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-static LOGTAP_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+static LOGTAP_INOS: Array<u32> = Array::with_max_entries(INO_FILTER_SLOTS, 0);
+
+#[map]
+static LOGTAP_IOVSCR: PerCpuArray<IovWalk> = PerCpuArray::with_max_entries(1, 0);
 
 const S_IFMT: u16 = 0o170000;
 const S_IFIFO: u16 = 0o010000;
@@ -170,118 +181,136 @@ fn fd_file(fd: u64) -> Result<(StreamKey, u16), i32> {
     }
 }
 
-#[tracepoint]
-pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_enter(
-        &ctx,
-        SYSCALL_WRITE,
-        config!(tp.write_fd),
-        config!(tp.write_buf),
-        0,
-    );
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_enter(
-        &ctx,
-        SYSCALL_WRITEV,
-        config!(tp.writev_fd),
-        config!(tp.writev_vec),
-        config!(tp.writev_vlen),
-    );
-    0
-}
-
+/// The stream key of the file at `fd` of the current task, by the shortest walk: plain
+/// loads through the BTF-typed task down to the fd array (the verifier turns them into
+/// fault-safe loads, no helper call), probe reads from there on (an element of the fd
+/// array is no longer typed for the verifier). Every helper call counts: this runs in
+/// every write of a watched container.
 #[inline(always)]
-fn try_sys_enter(
-    ctx: &TracePointContext,
-    kind: u32,
-    fd_off: u32,
-    buf_off: u32,
-    vlen_off: u32,
-) -> Result<(), i32> {
-    // SAFETY: offsets come from the tracepoint's format file; read_at probe-reads.
-    let fd: u64 = unsafe { ctx.read_at(fd_off as usize)? };
-    if fd != 1 && fd != 2 {
-        return Ok(());
+fn fd_stream_key(fd: u64) -> Result<StreamKey, i32> {
+    let k = config!(kernel);
+    // SAFETY: BTF-typed loads are checked by the verifier against the struct layouts and
+    // cannot fault; bpf_probe_read_kernel checks every other address.
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let files: *const u8 = read_volatile(task.add(k.task_files as usize).cast());
+        let fdt: *const u8 = read_volatile(files.add(k.files_fdt as usize).cast());
+        let max_fds: u32 = read_volatile(fdt.add(k.fdtable_max_fds as usize).cast());
+        if fd >= max_fds as u64 {
+            return Err(-1);
+        }
+        let fds: *const *const u8 = read_volatile(fdt.add(k.fdtable_fd as usize).cast());
+        let file: *const u8 = bpf_probe_read_kernel(fds.add(fd as usize))?;
+        if file.is_null() {
+            return Err(-1);
+        }
+        let inode: *const u8 = bpf_probe_read_kernel(file.add(k.file_inode as usize).cast())?;
+        let ino: u64 = bpf_probe_read_kernel(inode.add(k.inode_ino as usize).cast())?;
+        // A container's writes to its files and sockets stop here.
+        match LOGTAP_INOS.get(ino_slot(ino)) {
+            Some(&mark) if mark != 0 => {}
+            _ => return Err(-1),
+        }
+        let sb: *const u8 = bpf_probe_read_kernel(inode.add(k.inode_sb as usize).cast())?;
+        let dev: u32 = bpf_probe_read_kernel(sb.add(k.sb_dev as usize).cast())?;
+        Ok(StreamKey {
+            ino,
+            dev: dev as u64,
+        })
     }
+}
+
+/// x86-64 syscall numbers of write(2) and writev(2).
+const NR_WRITE: u64 = 1;
+const NR_WRITEV: u64 = 20;
+/// `thread_info.status` bit of a task in a 32-bit syscall (x86-64).
+const TS_COMPAT: u32 = 0x0002;
+
+/// `raw_syscalls:sys_exit`, every syscall of every task: a raw tracepoint, not the
+/// `syscalls:sys_exit_write` event, whose perf machinery (a trace buffer and a record
+/// per call) cost a write 3–4 times more than this program's run on a syscall that is
+/// not a write (see docs/capture.md, Cost).
+///
+/// At the syscall's exit only: its arguments are still in the task's saved user
+/// registers, so no enter probe has to stash them (an enter tracepoint and a stash
+/// insert and delete per write cost more than everything else together).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let ret: i64 = ctx.arg(1);
+    if ret <= 0 {
+        return 0;
+    }
+    let k = config!(kernel);
+    // SAFETY: the current task and its saved user registers, BTF-typed pointers the
+    // kernel reads fault-safely; the offsets are their members' from BTF.
+    let task = unsafe { bpf_get_current_task_btf() };
+    let regs = unsafe { bpf_task_pt_regs(task) as *const u8 };
+    let arg = |off: u32| unsafe { read_volatile(regs.add(off as usize).cast::<u64>()) };
+    let nr = arg(k.regs_nr);
+    if nr != NR_WRITE && nr != NR_WRITEV {
+        return 0;
+    }
+    // A 32-bit syscall (ia32 task, or int 0x80) numbers and passes its arguments
+    // otherwise: its 1 and 20 are exit and getpid.
+    let status: u32 =
+        unsafe { read_volatile((task as *const u8).add(k.task_ti_status as usize).cast()) };
+    if status & TS_COMPAT != 0 {
+        return 0;
+    }
+    if nr == NR_WRITE {
+        let _ = try_sys_exit::<false>(ret, arg(k.regs_arg0), arg(k.regs_arg1), 0);
+    } else if nr == NR_WRITEV {
+        let _ = try_sys_exit::<true>(ret, arg(k.regs_arg0), arg(k.regs_arg1), arg(k.regs_arg2));
+    }
+    0
+}
+
+/// A write or writev of `ret` > 0 bytes to `fd` from `buf` (writev: `vlen` iovecs).
+#[inline(always)]
+fn try_sys_exit<const WRITEV: bool>(ret: i64, fd: u64, buf: u64, vlen: u64) -> Result<(), i32> {
     // SAFETY: no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if LOGTAP_WATCHED.get_ptr(&cgroup_id).is_none() {
         return Ok(());
     }
-    let (key, _) = fd_file(fd)?;
-    if LOGTAP_STREAMS.get_ptr(&key).is_none() {
+    // Any fd: `exec 3>&1` or nginx's `access_log /dev/stdout` write to the stream
+    // through another descriptor of the same pipe.
+    let key = fd_stream_key(fd)?;
+    let Some(state) = LOGTAP_STREAMS.get_ptr_mut(&key) else {
         // Not the container's stdout/stderr: e.g. `head` in `head | cat`.
         return Ok(());
-    }
-    let buf: u64 = unsafe { ctx.read_at(buf_off as usize)? };
-    let vlen: u64 = if kind == SYSCALL_WRITEV {
-        unsafe { ctx.read_at(vlen_off as usize)? }
+    };
+    let accepted = ret as u64;
+    let Some((st, hdr)) = sequence(state, accepted, bpf_get_current_pid_tgid()) else {
+        return Ok(());
+    };
+    // Each exit program carries only its own copy loop: the verifier walks every path.
+    if WRITEV {
+        let Some(stash) = LOGTAP_IOVSCR.get_ptr_mut(0) else {
+            return Ok(());
+        };
+        // SAFETY: this CPU's scratch; a program does not run twice at once on one CPU.
+        unsafe {
+            (*stash).vec = buf;
+            (*stash).vlen = vlen;
+        }
+        copy_iovecs(st, &hdr, stash, accepted);
     } else {
-        0
-    };
-    let stash = Stash {
-        key,
-        buf,
-        vlen,
-        walked: 0,
-        iov_walked: 0,
-        kind,
-        budget: 0,
-        iov_index: 0,
-        _pad: 0,
-    };
-    LOGTAP_STASH.insert(&bpf_get_current_pid_tgid(), &stash, 0)?;
-    if let Some(st) = stats() {
-        st[STAT_SYSCALLS] += 1;
+        copy_buffer(st, &hdr, buf, 0, accepted, record_budget());
     }
     Ok(())
 }
 
-#[tracepoint]
-pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_exit::<false>(&ctx, config!(tp.exit_write_ret));
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
-    let _ = try_sys_exit::<true>(&ctx, config!(tp.exit_writev_ret));
-    0
-}
-
+/// Takes `accepted` bytes of the stream `state` (an atomic fetch-add on its offset, so
+/// writers on other CPUs get the bytes after them) and returns the header of their
+/// records.
 #[inline(always)]
-fn try_sys_exit<const WRITEV: bool>(ctx: &TracePointContext, ret_off: u32) -> Result<(), i32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(stash) = LOGTAP_STASH.get_ptr_mut(&pid_tgid) else {
-        return Ok(());
-    };
-    let result = copy_accepted::<WRITEV>(ctx, ret_off, pid_tgid, stash);
-    let _ = LOGTAP_STASH.remove(&pid_tgid);
-    result
-}
-
-#[inline(always)]
-fn copy_accepted<const WRITEV: bool>(
-    ctx: &TracePointContext,
-    ret_off: u32,
+fn sequence(
+    state: *mut StreamState,
+    accepted: u64,
     pid_tgid: u64,
-    stash: *mut Stash,
-) -> Result<(), i32> {
-    let ret: i64 = unsafe { ctx.read_at(ret_off as usize)? };
-    if ret <= 0 {
-        return Ok(());
-    }
-    let accepted = ret as u64;
-    // SAFETY: a map value, valid until this program deletes it.
-    let key = unsafe { (*stash).key };
-    let Some(state) = LOGTAP_STREAMS.get_ptr_mut(&key) else {
-        // Forgotten between enter and exit.
-        return Ok(());
-    };
+) -> Option<(&'static mut Stats, DataHeader)> {
     // SAFETY: a map value stays valid for the program's run; the offset is only ever
     // changed atomically (here and by concurrent writers on other CPUs).
     let (offset, cgroup_id, stream) = unsafe {
@@ -291,9 +320,8 @@ fn copy_accepted<const WRITEV: bool>(
             (*state).stream,
         )
     };
-    let Some(st) = stats() else {
-        return Ok(());
-    };
+    let st = stats()?;
+    st[STAT_SYSCALLS] += 1;
     let hdr = DataHeader {
         kind: KIND_DATA,
         stream,
@@ -303,13 +331,92 @@ fn copy_accepted<const WRITEV: bool>(
         tgid: (pid_tgid >> 32) as u32,
         len: 0,
     };
-    // Each exit program carries only its own copy loop: the verifier walks every path.
-    if WRITEV {
-        copy_iovecs(st, &hdr, stash, accepted);
-    } else {
-        let buf = unsafe { (*stash).buf };
-        copy_buffer(st, &hdr, buf, 0, accepted, record_budget());
+    Some((st, hdr))
+}
+
+/// The registered stream a `struct file` writes to, if any.
+///
+/// Plain loads through the trampoline's typed `struct file *` argument: the verifier
+/// knows the types from the kernel's BTF and turns them into fault-safe loads, no
+/// helper call. The offsets are `.rodata` constants, so it checks each against the
+/// struct's layout. The filter slot is looked at before anything else is read: that is
+/// all a write to an unwatched file costs.
+#[inline(always)]
+fn file_stream(file: *const u8) -> Option<*mut StreamState> {
+    let k = config!(kernel);
+    // SAFETY: BTF-typed kernel pointers; the kernel catches a fault on any of them.
+    unsafe {
+        let inode: *const u8 = read_volatile(file.add(k.file_inode as usize).cast());
+        let ino: u64 = read_volatile(inode.add(k.inode_ino as usize).cast());
+        match LOGTAP_INOS.get(ino_slot(ino)) {
+            Some(&mark) if mark != 0 => {}
+            _ => return None,
+        }
+        let sb: *const u8 = read_volatile(inode.add(k.inode_sb as usize).cast());
+        let dev: u32 = read_volatile(sb.add(k.sb_dev as usize).cast());
+        LOGTAP_STREAMS.get_ptr_mut(&StreamKey {
+            ino,
+            dev: dev as u64,
+        })
     }
+}
+
+/// `ssize_t vfs_write(struct file *, const char __user *buf, size_t, loff_t *)`: every
+/// write(2) (and pwrite(2), which a pipe refuses before this point).
+#[fexit(function = "vfs_write")]
+pub fn vfs_write_exit(ctx: FExitContext) -> u32 {
+    let _ = try_vfs_write_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_vfs_write_exit(ctx: &FExitContext) -> Result<(), i32> {
+    let ret: i64 = ctx.ret()?;
+    if ret <= 0 {
+        return Ok(());
+    }
+    let Some(state) = file_stream(ctx.arg(0)) else {
+        return Ok(());
+    };
+    let accepted = ret as u64;
+    let Some((st, hdr)) = sequence(state, accepted, bpf_get_current_pid_tgid()) else {
+        return Ok(());
+    };
+    copy_buffer(st, &hdr, ctx.arg(1), 0, accepted, record_budget());
+    Ok(())
+}
+
+/// `ssize_t vfs_writev(struct file *, const struct iovec __user *vec, unsigned long vlen,
+/// loff_t *, rwf_t)`: writev(2) (and pwritev2(2) at the current position).
+#[fexit(function = "vfs_writev")]
+pub fn vfs_writev_exit(ctx: FExitContext) -> u32 {
+    let _ = try_vfs_writev_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_vfs_writev_exit(ctx: &FExitContext) -> Result<(), i32> {
+    let ret: i64 = ctx.ret()?;
+    if ret <= 0 {
+        return Ok(());
+    }
+    let Some(state) = file_stream(ctx.arg(0)) else {
+        return Ok(());
+    };
+    let Some(stash) = LOGTAP_IOVSCR.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    let accepted = ret as u64;
+    let Some((st, hdr)) = sequence(state, accepted, bpf_get_current_pid_tgid()) else {
+        return Ok(());
+    };
+    // SAFETY: this CPU's scratch; the kernel does not run this program twice at once on
+    // one CPU.
+    unsafe {
+        (*stash).vec = ctx.arg(1);
+        (*stash).vlen = ctx.arg(2);
+    }
+    copy_iovecs(st, &hdr, stash, accepted);
     Ok(())
 }
 
@@ -354,28 +461,28 @@ fn copy_buffer(st: &mut Stats, hdr: &DataHeader, src: u64, at: u64, len: u64, bu
 /// writev: one record per step, walking the iovecs until the `accepted` bytes are
 /// covered or the record budget is spent.
 ///
-/// One flat loop whose whole state lives in the stash, i.e. in map memory, which the
+/// One flat loop whose whole state lives in an [`IovWalk`], i.e. in map memory, which the
 /// verifier does not track: every path of a step reaches the next step's head in the
 /// same verifier state, so it prunes them (nested iovec × record loops with the state in
 /// registers exceeded the 1M instruction limit).
 #[inline(always)]
-fn copy_iovecs(st: &mut Stats, hdr: &DataHeader, stash: *mut Stash, accepted: u64) {
-    // SAFETY (all derefs of `stash`): this thread's map value for the whole program run.
+fn copy_iovecs(st: &mut Stats, hdr: &DataHeader, walk: *mut IovWalk, accepted: u64) {
+    // SAFETY (all derefs of `walk`): this CPU's map value for the whole program run.
     let (vec, vlen) = unsafe {
-        (*stash).walked = 0;
-        (*stash).iov_walked = 0;
-        (*stash).iov_index = 0;
-        (*stash).budget = record_budget() as u32;
-        ((*stash).buf, (*stash).vlen)
+        (*walk).walked = 0;
+        (*walk).iov_walked = 0;
+        (*walk).iov_index = 0;
+        (*walk).budget = record_budget() as u32;
+        ((*walk).vec, (*walk).vlen)
     };
     // Each step emits a record or moves to the next iovec.
     for _ in 0..(MAX_RECORDS_LIMIT + MAX_IOVECS) {
         let (done, in_iov, index, budget) = unsafe {
             (
-                read_volatile(&(*stash).walked),
-                read_volatile(&(*stash).iov_walked),
-                read_volatile(&(*stash).iov_index) as u64,
-                read_volatile(&(*stash).budget),
+                read_volatile(&(*walk).walked),
+                read_volatile(&(*walk).iov_walked),
+                read_volatile(&(*walk).iov_index) as u64,
+                read_volatile(&(*walk).budget),
             )
         };
         if done >= accepted || budget == 0 || index >= vlen || index >= MAX_IOVECS as u64 {
@@ -386,13 +493,13 @@ fn copy_iovecs(st: &mut Stats, hdr: &DataHeader, stash: *mut Stash, accepted: u6
         else {
             let rest = accepted - done;
             drop_bytes(st, DROP_FAULT, rest.div_ceil(RECORD_PAYLOAD as u64), rest);
-            unsafe { (*stash).walked = accepted };
+            unsafe { (*walk).walked = accepted };
             return;
         };
         if in_iov >= iov[1] {
             unsafe {
-                (*stash).iov_index = index as u32 + 1;
-                (*stash).iov_walked = 0;
+                (*walk).iov_index = index as u32 + 1;
+                (*walk).iov_walked = 0;
             }
             continue;
         }
@@ -405,12 +512,12 @@ fn copy_iovecs(st: &mut Stats, hdr: &DataHeader, stash: *mut Stash, accepted: u6
         }
         emit_sized(st, hdr, iov[0] + in_iov, hdr.offset + done, n);
         unsafe {
-            (*stash).walked = done + n;
-            (*stash).iov_walked = in_iov + n;
-            (*stash).budget = budget - 1;
+            (*walk).walked = done + n;
+            (*walk).iov_walked = in_iov + n;
+            (*walk).budget = budget - 1;
         }
     }
-    let done = unsafe { read_volatile(&(*stash).walked) };
+    let done = unsafe { read_volatile(&(*walk).walked) };
     if accepted > done {
         // Over the record budget, or more iovecs than MAX_IOVECS.
         let rest = accepted - done;
@@ -670,6 +777,11 @@ fn bind_stream(ctx: &TracePointContext, cgroup_id: u64, fd: u64) {
         stream: fd as u32,
         _pad: 0,
     };
+    // Before the stream exists: the write hooks look at the filter first.
+    if let Some(mark) = LOGTAP_INOS.get_ptr_mut(ino_slot(key.ino)) {
+        // SAFETY: an array slot; every writer stores the same value.
+        unsafe { *mark = 1 };
+    }
     // NOEXIST: fd 2 may be the same pipe as fd 1 (2>&1); it stays stdout.
     if LOGTAP_STREAMS
         .insert(&key, &state, BPF_NOEXIST as u64)

@@ -14,6 +14,11 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const BTF_MAGIC: u16 = 0xeb9f;
 
+/// The `pt_regs` members holding a syscall's first three arguments and its number on
+/// x86-64, the one architecture the probes are built for.
+const SYSCALL_ARG_REGS: [&str; 3] = ["di", "si", "dx"];
+const SYSCALL_NR_REG: &str = "orig_ax";
+
 const KIND_INT: u32 = 1;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
@@ -201,6 +206,7 @@ impl Btf {
     }
 
     /// The offsets of the probes' walk from the current task to its fd's inode.
+    /// Everything the probes read from kernel structs.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, String> {
         Ok(KernelOffsets {
             task_files: self.member_offset("task_struct", "files")?,
@@ -212,7 +218,12 @@ impl Btf {
             inode_ino: self.member_offset("inode", "i_ino")?,
             inode_sb: self.member_offset("inode", "i_sb")?,
             sb_dev: self.member_offset("super_block", "s_dev")?,
-            _pad: 0,
+            regs_arg0: self.member_offset("pt_regs", SYSCALL_ARG_REGS[0])?,
+            regs_arg1: self.member_offset("pt_regs", SYSCALL_ARG_REGS[1])?,
+            regs_arg2: self.member_offset("pt_regs", SYSCALL_ARG_REGS[2])?,
+            regs_nr: self.member_offset("pt_regs", SYSCALL_NR_REG)?,
+            task_ti_status: self.member_offset("task_struct", "thread_info")?
+                + self.member_offset("thread_info", "status")?,
         })
     }
 }

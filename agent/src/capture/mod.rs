@@ -22,7 +22,8 @@
 //! # Metrics
 //!
 //! From the kernel's per-CPU counters, copied on [`Probes::poll`] at most every 100 ms:
-//! `logtap_capture_probe_load_seconds`, `logtap_capture_kernel_records_total`,
+//! `logtap_capture_probe_load_seconds`, `logtap_capture_hook_mode` (set at load),
+//! `logtap_capture_kernel_records_total`,
 //! `logtap_capture_kernel_bytes_total`, `logtap_capture_ring_dropped_records_total` and
 //! `logtap_capture_ring_dropped_bytes_total` (by `reason`: `ring_full`, `too_large`,
 //! `fault`), `logtap_capture_lost_events_total`. From the stage: records, bytes, gaps,
@@ -38,6 +39,6 @@ mod stream;
 mod tracefs;
 
 pub use crate::source::claims::{Claim, Claims};
-pub use probe::{DropReason, KernelStats, ProbeError, ProbeEvent, ProbeOptions, Probes};
+pub use probe::{DropReason, HookMode, KernelStats, ProbeError, ProbeEvent, ProbeOptions, Probes};
 pub use spawn::CaptureThread;
 pub use stage::{CaptureStage, CapturedContainer, ContainerResolver, EventFeed};

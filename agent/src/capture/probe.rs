@@ -12,23 +12,24 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
-use aya::{Ebpf, EbpfLoader};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::{FExit, RawTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use logtap_ebpf_common::{
-    CONFIG_GLOBAL, DataHeader, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC,
-    KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT, NUM_DROP_REASONS, NUM_STATS,
-    PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RING_MAP, STAT_BYTES, STAT_DROPPED_BYTES,
-    STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, STATS_MAP, STREAMS_MAP,
-    StreamKey, StreamState, WATCHED_MAP, WatchedCgroup,
+    CONFIG_GLOBAL, DataHeader, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA,
+    KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT, NUM_DROP_REASONS,
+    NUM_STATS, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RING_MAP, STAT_BYTES,
+    STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS,
+    STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup, ino_slot,
 };
 
 use super::{btf, tracefs};
+use crate::config::CaptureHooks;
 use crate::frame::Stream;
 use crate::metrics::catalogue::{
-    CAPTURE_KERNEL_BYTES_TOTAL, CAPTURE_KERNEL_RECORDS_TOTAL, CAPTURE_LOST_EVENTS_TOTAL,
-    CAPTURE_PROBE_LOAD_SECONDS, CAPTURE_RING_DROPPED_BYTES_TOTAL,
+    CAPTURE_HOOK_MODE, CAPTURE_KERNEL_BYTES_TOTAL, CAPTURE_KERNEL_RECORDS_TOTAL,
+    CAPTURE_LOST_EVENTS_TOTAL, CAPTURE_PROBE_LOAD_SECONDS, CAPTURE_RING_DROPPED_BYTES_TOTAL,
     CAPTURE_RING_DROPPED_RECORDS_TOTAL,
 };
 
@@ -41,18 +42,27 @@ static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
 #[cfg(not(logtap_ebpf_obj))]
 static OBJECT: Option<&[u8]> = None;
 
-/// Programs and the tracepoints they attach to, exits before enters: a stash is only
-/// ever left by an enter whose exit probe is already there.
-const PROGRAMS: [(&str, &str, &str); 8] = [
+/// The lifecycle programs and the tracepoints they attach to. These tracepoints fire
+/// only at cgroup creation and removal, exec and exit: they cost the rest of the node
+/// nothing.
+const LIFECYCLE_PROGRAMS: [(&str, &str, &str); 4] = [
     ("cgroup_mkdir", "cgroup", "cgroup_mkdir"),
     ("cgroup_rmdir", "cgroup", "cgroup_rmdir"),
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
-    ("sys_exit_write", "syscalls", "sys_exit_write"),
-    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
-    ("sys_enter_write", "syscalls", "sys_enter_write"),
-    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
 ];
+
+/// The write path on BPF trampolines: programs and the kernel functions whose exit they
+/// hook (both in the kernel's BTF on 5.5+; `vfs_writev` is static, so a kernel may
+/// inline it away, and then the tracepoints are used).
+const TRAMPOLINE_PROGRAMS: [(&str, &str); 2] = [
+    ("vfs_write_exit", "vfs_write"),
+    ("vfs_writev_exit", "vfs_writev"),
+];
+
+/// The write path on the raw syscall exit tracepoint (program, tracepoint): at every
+/// syscall's exit (its arguments are still in the task's saved registers).
+const RAW_TRACEPOINT_PROGRAM: (&str, &str) = ("raw_sys_exit", "sys_exit");
 
 const BPF_NOEXIST: u64 = 1;
 const EPOLL_RING: u64 = 0;
@@ -61,6 +71,8 @@ const EPOLL_LOG: u64 = 1;
 const STATS_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct ProbeOptions {
+    /// Which hooks the write path uses. Default: trampolines where the kernel has them.
+    pub hooks: CaptureHooks,
     /// Ring buffer size in bytes (power of two, ≥ page size). Default 16 MiB.
     pub ring_bytes: u32,
     /// cgroup v2 path prefix (relative to the cgroup2 root, starting with '/') under which
@@ -73,6 +85,7 @@ pub struct ProbeOptions {
 impl Default for ProbeOptions {
     fn default() -> Self {
         ProbeOptions {
+            hooks: CaptureHooks::Auto,
             ring_bytes: 16 << 20,
             cgroup_prefix: "/kubepods".to_owned(),
             max_records_per_write: MAX_RECORDS_LIMIT,
@@ -116,6 +129,29 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> ProbeError {
     move |source| ProbeError::Map {
         name,
         source: Box::new(source),
+    }
+}
+
+/// The hooks the write path runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookMode {
+    /// BPF trampolines (`fexit` on `vfs_write`, `vfs_writev`): a task pays only when it
+    /// writes, a trampoline call and one array load unless the file is a stream.
+    Fentry,
+    /// The raw syscall exit tracepoint (`raw_syscalls:sys_exit`): every syscall of
+    /// every task on the node takes the slow path while it is attached, and runs a
+    /// few instructions of the program.
+    Tracepoint,
+}
+
+impl HookMode {
+    pub const ALL: [HookMode; 2] = [HookMode::Fentry, HookMode::Tracepoint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookMode::Fentry => "fentry",
+            HookMode::Tracepoint => "tracepoint",
+        }
     }
 }
 
@@ -206,7 +242,9 @@ pub struct Probes {
     ring: RingBuf<MapData>,
     watched: HashMap<MapData, u64, WatchedCgroup>,
     streams: HashMap<MapData, StreamKey, StreamState>,
+    ino_filter: Array<MapData, u32>,
     stats: PerCpuArray<MapData, [u64; NUM_STATS]>,
+    hook_mode: HookMode,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     epoll: OwnedFd,
     stats_exported: Option<Instant>,
@@ -234,20 +272,33 @@ impl Probes {
                 None
             }
         };
-        for (name, category, tracepoint) in PROGRAMS {
-            let program_error = |source| ProbeError::Program {
-                name,
-                source: Box::new(source),
-            };
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::Options(format!("the object has no program {name}")))?
-                .try_into()
-                .map_err(program_error)?;
-            program.load().map_err(program_error)?;
-            program
-                .attach(category, tracepoint)
-                .map_err(program_error)?;
+        for (name, category, tracepoint) in LIFECYCLE_PROGRAMS {
+            attach_tracepoint(&mut ebpf, name, category, tracepoint)?;
+        }
+        let hook_mode = match options.hooks {
+            CaptureHooks::Tracepoint => {
+                attach_syscall_tracepoints(&mut ebpf)?;
+                HookMode::Tracepoint
+            }
+            CaptureHooks::Auto => match attach_trampolines(&mut ebpf) {
+                Ok(()) => HookMode::Fentry,
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "no BPF trampolines on this kernel: capture's write path uses syscall \
+                         tracepoints, which slow down every syscall of every task on the node"
+                    );
+                    attach_syscall_tracepoints(&mut ebpf)?;
+                    HookMode::Tracepoint
+                }
+            },
+        };
+        for mode in HookMode::ALL {
+            metrics::gauge!(CAPTURE_HOOK_MODE, "mode" => mode.as_str()).set(if mode == hook_mode {
+                1.0
+            } else {
+                0.0
+            });
         }
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
@@ -256,6 +307,8 @@ impl Probes {
         let ring = RingBuf::try_from(take(RING_MAP)?).map_err(map_error(RING_MAP))?;
         let watched = HashMap::try_from(take(WATCHED_MAP)?).map_err(map_error(WATCHED_MAP))?;
         let streams = HashMap::try_from(take(STREAMS_MAP)?).map_err(map_error(STREAMS_MAP))?;
+        let ino_filter =
+            Array::try_from(take(INO_FILTER_MAP)?).map_err(map_error(INO_FILTER_MAP))?;
         let stats = PerCpuArray::try_from(take(STATS_MAP)?).map_err(map_error(STATS_MAP))?;
 
         let epoll = epoll_create()?;
@@ -269,18 +322,39 @@ impl Probes {
             seconds,
             prefix = %options.cgroup_prefix,
             ring_bytes = options.ring_bytes,
+            hooks = hook_mode.as_str(),
             "eBPF capture probes attached"
         );
         Ok(Probes {
             ring,
             watched,
             streams,
+            ino_filter,
             stats,
+            hook_mode,
             logger,
             epoll,
             stats_exported: None,
             _ebpf: ebpf,
         })
+    }
+
+    /// The hooks the write path runs on.
+    pub fn hook_mode(&self) -> HookMode {
+        self.hook_mode
+    }
+
+    /// Each loaded program's runs and the time spent in it, as the kernel counts them
+    /// while `kernel.bpf_stats_enabled` is 1 (off by default: it costs two clock reads
+    /// per run). For benchmarks.
+    pub fn program_runs(&self) -> Vec<(String, u64, Duration)> {
+        self._ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((name.to_owned(), info.run_count(), info.run_time()))
+            })
+            .collect()
     }
 
     /// Watch an existing cgroup (found by a scan at start-up) and bind its streams from
@@ -309,6 +383,10 @@ impl Probes {
                 stream: fd,
                 _pad: 0,
             };
+            // Before the stream exists: the write hooks look at the filter first.
+            self.ino_filter
+                .set(ino_slot(key.ino), 1, 0)
+                .map_err(map_error(INO_FILTER_MAP))?;
             match self.streams.insert(key, state, BPF_NOEXIST) {
                 Ok(()) => {}
                 Err(MapError::SyscallError(e))
@@ -441,6 +519,78 @@ impl Probes {
             io::Error::new(io::ErrorKind::NotFound, "no cgroup2 file system is mounted")
         })
     }
+}
+
+fn program_error(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError {
+    move |source| ProbeError::Program {
+        name,
+        source: Box::new(source),
+    }
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    tracepoint: &str,
+) -> Result<(), ProbeError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::Options(format!("the object has no program {name}")))?
+        .try_into()
+        .map_err(program_error(name))?;
+    program.load().map_err(program_error(name))?;
+    program
+        .attach(category, tracepoint)
+        .map_err(program_error(name))?;
+    Ok(())
+}
+
+fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let (name, tracepoint) = RAW_TRACEPOINT_PROGRAM;
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::Options(format!("the object has no program {name}")))?
+        .try_into()
+        .map_err(program_error(name))?;
+    program.load().map_err(program_error(name))?;
+    program.attach(tracepoint).map_err(program_error(name))?;
+    Ok(())
+}
+
+/// Loads and attaches the trampoline programs, all or none: on an error, those already
+/// attached are detached again (the tracepoints then take over, and no write may be
+/// captured twice).
+fn attach_trampolines(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+    for (i, (name, function)) in TRAMPOLINE_PROGRAMS.into_iter().enumerate() {
+        if let Err(e) = attach_trampoline(ebpf, &btf, name, function) {
+            for (loaded, _) in &TRAMPOLINE_PROGRAMS[..=i] {
+                if let Some(Ok(program)) = ebpf.program_mut(loaded).map(<&mut FExit>::try_from) {
+                    // Fails only for a program that never loaded: nothing to undo.
+                    let _ = program.unload();
+                }
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn attach_trampoline(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    function: &str,
+) -> Result<(), ProbeError> {
+    let program: &mut FExit = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::Options(format!("the object has no program {name}")))?
+        .try_into()
+        .map_err(program_error(name))?;
+    program.load(function, btf).map_err(program_error(name))?;
+    program.attach().map_err(program_error(name))?;
+    Ok(())
 }
 
 fn probe_config(options: &ProbeOptions) -> Result<ProbeConfig, ProbeError> {

@@ -63,6 +63,7 @@ impl CaptureThread {
     /// running stage needs none of those loading does.
     pub fn load(options: &CaptureConfig) -> Option<Probes> {
         match Probes::load(&ProbeOptions {
+            hooks: options.hooks,
             ring_bytes: options.ring_bytes,
             cgroup_prefix: options.cgroup_prefix.clone(),
             max_records_per_write: options.max_records_per_write,

@@ -68,13 +68,6 @@ pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, String> {
         field_offset(&format, field).ok_or_else(|| format!("{}: no field {field}", path.display()))
     };
     Ok(TracepointOffsets {
-        write_fd: offset("syscalls", "sys_enter_write", "fd")?,
-        write_buf: offset("syscalls", "sys_enter_write", "buf")?,
-        writev_fd: offset("syscalls", "sys_enter_writev", "fd")?,
-        writev_vec: offset("syscalls", "sys_enter_writev", "vec")?,
-        writev_vlen: offset("syscalls", "sys_enter_writev", "vlen")?,
-        exit_write_ret: offset("syscalls", "sys_exit_write", "ret")?,
-        exit_writev_ret: offset("syscalls", "sys_exit_writev", "ret")?,
         mkdir_root: offset("cgroup", "cgroup_mkdir", "root")?,
         mkdir_id: offset("cgroup", "cgroup_mkdir", "id")?,
         mkdir_path: offset("cgroup", "cgroup_mkdir", "path")?,
@@ -83,7 +76,6 @@ pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, String> {
         rmdir_path: offset("cgroup", "cgroup_rmdir", "path")?,
         exec_filename: offset("sched", "sched_process_exec", "filename")?,
         exit_group_dead: offset("sched", "sched_process_exit", "group_dead")?,
-        _pad: 0,
     })
 }
 
@@ -124,7 +116,7 @@ print fmt: \"fd: 0x%08lx\", ((unsigned long)(REC->fd))
         }
         let root = tracefs_root().unwrap();
         let tp = tracepoint_offsets(&root).unwrap();
-        assert_eq!((tp.write_fd, tp.write_buf), (16, 24), "{tp:?}");
+        assert!(tp.exec_filename > 0 && tp.exit_group_dead > 0, "{tp:?}");
         assert!(tp.mkdir_path > tp.mkdir_id, "{tp:?}");
     }
 }

@@ -58,6 +58,30 @@ pub enum Format {
     Docker,
 }
 
+/// Which kernel hooks capture's write path uses (`capture.hooks`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureHooks {
+    /// BPF trampolines (`fexit` on `vfs_write`/`vfs_writev`), which cost a task nothing
+    /// unless it writes; the raw syscall exit tracepoint where the kernel has none.
+    #[default]
+    Auto,
+    /// The raw syscall exit tracepoint, even where trampolines work: it puts every task of the
+    /// node on the slow syscall path. For kernels whose trampolines misbehave, and to
+    /// test the fallback.
+    Tracepoint,
+}
+
 #[derive(Clone, Debug)]
 pub struct MultilineConfig {
     /// A line matching this starts a new record; other lines continue the current one.
@@ -372,6 +396,7 @@ pub struct CaptureConfig {
     pub cgroup_prefix: String,
     pub ring_bytes: u32,
     pub max_records_per_write: u32,
+    pub hooks: CaptureHooks,
     pub reorder_grace: Duration,
     pub repair_wait: Duration,
     pub claim_wait: Duration,

@@ -183,6 +183,10 @@ pub struct RawCapture {
     /// 4 KiB records one write may fill; more is repaired from the CRI log.
     #[serde(default = "default_records_per_write")]
     pub max_records_per_write: u32,
+    /// Kernel hooks of the write path: `auto` (BPF trampolines, the syscall
+    /// tracepoints where the kernel has none) or `tracepoint` (always the tracepoints).
+    #[serde(default)]
+    pub hooks: super::CaptureHooks,
     /// How long bytes may arrive out of order before a hole is repaired.
     #[serde(default = "default_reorder_grace")]
     pub reorder_grace: String,
@@ -206,6 +210,7 @@ impl Default for RawCapture {
             cgroup_prefix: default_cgroup_prefix(),
             ring_size: default_ring_size(),
             max_records_per_write: default_records_per_write(),
+            hooks: super::CaptureHooks::Auto,
             reorder_grace: default_reorder_grace(),
             repair_wait: default_repair_wait(),
             claim_wait: default_claim_wait(),

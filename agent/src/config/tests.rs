@@ -658,3 +658,22 @@ fn sidecar_mode_names_what_it_cannot_do() {
         .to_string();
     assert!(e.contains("unknown variant `daemon`"), "{e}");
 }
+
+#[test]
+fn capture_hooks_default_to_auto_and_take_tracepoint_or_nothing_else() {
+    let yaml = |hooks: &str| {
+        format!(
+            "sources:\n  - name: pods\n    include: [\"/x/*.log\"]\n    format: cri\nsinks:\n  local: {{type: stdout}}\ncapture:\n  enabled: true\n{hooks}"
+        )
+    };
+    let hooks = |text: &str| Config::parse(&yaml(text), "t.yaml").map(|c| c.capture.unwrap().hooks);
+    assert_eq!(hooks("").unwrap(), CaptureHooks::Auto);
+    assert_eq!(hooks("  hooks: auto\n").unwrap(), CaptureHooks::Auto);
+    assert_eq!(
+        hooks("  hooks: tracepoint\n").unwrap(),
+        CaptureHooks::Tracepoint
+    );
+    let err = hooks("  hooks: kprobe\n").unwrap_err().to_string();
+    assert!(err.contains("capture.hooks"), "{err}");
+    assert!(err.contains("unknown variant `kprobe`"), "{err}");
+}

@@ -346,6 +346,7 @@ impl Validator {
             cgroup_prefix: raw.cgroup_prefix.clone(),
             ring_bytes: ring as u32,
             max_records_per_write: raw.max_records_per_write,
+            hooks: raw.hooks,
             reorder_grace: self.duration("capture.reorder_grace", &raw.reorder_grace)?,
             repair_wait: self.interval("capture.repair_wait", &raw.repair_wait)?,
             claim_wait: self.duration("capture.claim_wait", &raw.claim_wait)?,

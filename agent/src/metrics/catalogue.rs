@@ -131,6 +131,8 @@ catalogue! {
         "eBPF data records not sent, by reason (ring_full, too_large, fault); their bytes are stream gaps";
     CAPTURE_RING_DROPPED_BYTES_TOTAL = "logtap_capture_ring_dropped_bytes_total", Counter, Some(Unit::Bytes),
         "Container stream bytes the eBPF probes could not send, by reason (ring_full, too_large, fault)";
+    CAPTURE_HOOK_MODE = "logtap_capture_hook_mode", Gauge, Some(Unit::Count),
+        "1 for the kernel hooks capture's write path runs on (mode: fentry = BPF trampolines; tracepoint = the raw syscall exit tracepoint, which slows every syscall on the node), 0 for the other";
     CAPTURE_UP = "logtap_capture_up", Gauge, Some(Unit::Count),
         "1 while eBPF capture runs, 0 when the probes could not load (container logs then come from their CRI files)";
     CAPTURE_RECORDS_TOTAL = "logtap_capture_records_total", Counter, Some(Unit::Count),
