@@ -46,4 +46,5 @@ pub mod select;
 pub mod selfmon;
 pub mod sink;
 pub mod source;
+pub mod top;
 pub mod transform;

@@ -40,6 +40,9 @@ enum Command {
     },
     /// Search the local store: keywords, fields, time range, context lines.
     Query(logtap::sink::store::query::QueryArgs),
+    /// A live view of a running agent from its metrics endpoint: rates, lag, errors,
+    /// spool, capture, drops, health (one plain snapshot when stdout is not a terminal).
+    Top(logtap::top::TopArgs),
     /// Validate a config file; errors name the field and the line.
     CheckConfig { file: PathBuf },
     /// Print the embedded default config.
@@ -137,6 +140,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             logtap::sink::store::query::run_query(&args, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top(args) => {
+            let stdout = std::io::stdout();
+            let terminal = std::io::IsTerminal::is_terminal(&stdout);
+            logtap::top::run(&args, terminal, &mut stdout.lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => match Config::load(&file) {

@@ -290,13 +290,15 @@ pub fn statistics(configs: &[Arc<str>], exposition: Option<&str>) -> Vec<Bytes> 
         agent.insert("metrics".into(), "off".into());
         return vec![record(agent)];
     };
-    let series: Vec<(&str, Vec<&str>, f64)> = text.lines().filter_map(parse_series).collect();
+    let series: Vec<Series> = text.lines().filter_map(parse_series).collect();
     let mut out = Vec::new();
     for config in configs {
         let of = |name: &str| {
             series
                 .iter()
-                .filter(|(n, labels, _)| *n == name && labels.contains(&config.as_ref()))
+                .filter(|(n, labels, _)| {
+                    *n == name && labels.iter().any(|(_, v)| *v == config.as_ref())
+                })
                 .map(|(_, _, v)| v)
                 .sum::<f64>()
         };
@@ -316,7 +318,7 @@ pub fn statistics(configs: &[Arc<str>], exposition: Option<&str>) -> Vec<Bytes> 
             continue;
         }
         let mut key = name.trim_start_matches("logtap_").to_string();
-        for label in labels {
+        for (_, label) in labels {
             let _ = write!(key, ".{label}");
         }
         agent.insert(key, number(*value));
@@ -334,9 +336,13 @@ fn number(v: f64) -> serde_json::Value {
     }
 }
 
-/// `name{a="x",b="y"} value` → (name, label values in order, value); `None` for
-/// comments, histograms' parts and anything else.
-fn parse_series(line: &str) -> Option<(&str, Vec<&str>, f64)> {
+/// One series of an exposition: name, `(label, value)` pairs in order, value.
+pub(crate) type Series<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+/// `name{a="x",b="y"} value` → (name, [(a, x), (b, y)], value); `None` for comments,
+/// histograms' parts and anything else. Label values are taken as they are written
+/// (logtap's come from small fixed sets without quotes, commas or escapes).
+pub(crate) fn parse_series(line: &str) -> Option<Series<'_>> {
     if line.starts_with('#') {
         return None;
     }
@@ -346,11 +352,11 @@ fn parse_series(line: &str) -> Option<(&str, Vec<&str>, f64)> {
         Some((name, rest)) => (name, rest.strip_suffix('}')?),
         None => (series, ""),
     };
-    let values = labels
+    let labels = labels
         .split(',')
-        .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.trim_matches('"')))
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
         .collect();
-    Some((name, values, value))
+    Some((name, labels, value))
 }
 
 #[cfg(test)]

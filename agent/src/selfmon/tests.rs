@@ -102,7 +102,11 @@ fn the_layer_sends_events_at_or_above_the_level_with_their_fields() {
 fn exposition_lines_parse_into_name_label_values_and_value() {
     assert_eq!(
         parse_series("logtap_sink_errors_total{sink=\"a\",kind=\"retry\"} 3"),
-        Some(("logtap_sink_errors_total", vec!["a", "retry"], 3.0))
+        Some((
+            "logtap_sink_errors_total",
+            vec![("sink", "a"), ("kind", "retry")],
+            3.0
+        ))
     );
     assert_eq!(
         parse_series("logtap_open_files 12"),
