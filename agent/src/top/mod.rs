@@ -184,7 +184,9 @@ fn scrape(agent: &ureq::Agent, url: &str, token: Option<&str>) -> Result<String,
         request = request.header("Authorization", format!("Bearer {token}"));
     }
     let mut response = request.call().map_err(|e| match e {
-        ureq::Error::Io(e) => format!("{url}: {e} (is the agent running, with metrics.listen there?)"),
+        ureq::Error::Io(e) => {
+            format!("{url}: {e} (is the agent running, with metrics.listen there?)")
+        }
         e => format!("{url}: {e}"),
     })?;
     match response.status().as_u16() {
@@ -210,7 +212,8 @@ pub fn run(args: &TopArgs, terminal: bool, out: &mut dyn Write) -> anyhow::Resul
     let token = match &args.token_file {
         None => None,
         Some(path) => {
-            let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let token = text.trim_ascii();
             crate::metrics::BearerToken::new(token)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

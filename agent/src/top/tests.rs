@@ -61,7 +61,8 @@ fn exposition_is_parsed_into_series_by_label() {
         BTreeMap::from([("capture".to_string(), 30.0), ("file".to_string(), 1500.0)])
     );
     assert_eq!(
-        now.by_pair("logtap_sink_errors_total", "sink", "kind")[&("otlp".into(), "rejected".into())],
+        now.by_pair("logtap_sink_errors_total", "sink", "kind")
+            [&("otlp".into(), "rejected".into())],
         1.0
     );
     // A series without the label is summed under "".
@@ -124,7 +125,10 @@ fn the_view_shows_every_section_with_rates_and_totals() {
     assert_eq!(line_of("file"), "file 500.0 48.8 KiB/s 1500 146.5 KiB");
     assert_eq!(line_of("capture 20.0"), "capture 20.0 0 B/s 30 0 B");
     assert!(line_of("read lag").contains("read lag 2.0 KiB"), "{text}");
-    assert!(line_of("read lag").contains("parse failures json 3"), "{text}");
+    assert!(
+        line_of("read lag").contains("parse failures json 3"),
+        "{text}"
+    );
     assert_eq!(line_of("app"), "app 400.0 1200 0 0");
     assert_eq!(line_of("nginx"), "nginx 100.0 300 7 0");
     assert_eq!(line_of("store"), "store 500.0 1490 12 0");
@@ -133,14 +137,23 @@ fn the_view_shows_every_section_with_rates_and_totals() {
         line_of("central"),
         "central DOWN 400.0 0 B/s 880 0 0 1.0 MiB 12s"
     );
-    assert!(line_of("up hooks").contains("hooks fentry streams 4"), "{text}");
+    assert!(
+        line_of("up hooks").contains("hooks fentry streams 4"),
+        "{text}"
+    );
     assert_eq!(
         line_of("ring drops"),
         "ring drops: records 0, bytes 0 lost events 0 unbound records 0"
     );
-    assert!(line_of("gaps").contains("gaps 2 repaired 4.0 KiB"), "{text}");
+    assert!(
+        line_of("gaps").contains("gaps 2 repaired 4.0 KiB"),
+        "{text}"
+    );
     assert_eq!(line_of("lines spool_full"), "lines spool_full 5");
-    assert_eq!(line_of("bytes truncated_unread"), "bytes truncated_unread 300 B");
+    assert_eq!(
+        line_of("bytes truncated_unread"),
+        "bytes truncated_unread 300 B"
+    );
     assert_eq!(line_of("sink-central"), "sink-central DOWN 95.5s");
     // Every section, in order.
     let titles: Vec<&str> = text
@@ -149,7 +162,16 @@ fn the_view_shows_every_section_with_rates_and_totals() {
         .collect();
     assert_eq!(
         titles,
-        ["HEAD", "SOURCES", "CONFIGS", "SINKS", "FORWARDING", "CAPTURE", "DROPPED", "COMPONENTS"]
+        [
+            "HEAD",
+            "SOURCES",
+            "CONFIGS",
+            "SINKS",
+            "FORWARDING",
+            "CAPTURE",
+            "DROPPED",
+            "COMPONENTS"
+        ]
     );
 }
 
