@@ -23,6 +23,7 @@
 //! config describes all of them (schema -> raw | crd -> validate); metrics observes
 //! them (one catalogue of names); pipeline wires them (supervisor, services, sinks);
 //! privileges keeps the agent's files private and drops what it need not keep.
+//! top reads a running agent's metrics back as a live view (`logtap top`).
 //! ```
 //!
 //! Every line carries `(source_id, offset)`; every package carries `(source_id,
