@@ -170,12 +170,12 @@ fn a_token_protected_endpoint_is_read_with_token_file() {
     assert_eq!(row(&shown, "sink-local")[1], "up", "{shown}");
 }
 
-/// tmux gives top a pseudo-terminal: the screen shows the live view, which redraws,
-/// and Ctrl-C ends it.
+/// tmux gives top a pseudo-terminal: the screen shows the live view, redrawn in place,
+/// then the error while the agent is gone, and Ctrl-C ends it.
 #[test]
 fn on_a_terminal_the_view_is_redrawn_until_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = agent_with_lines(dir.path());
+    let mut agent = agent_with_lines(dir.path());
     let session = format!("logtap-top-{}", std::process::id());
     let tmux = |args: &[&str]| {
         Command::new("tmux")
@@ -200,6 +200,7 @@ fn on_a_terminal_the_view_is_redrawn_until_ctrl_c() {
         "50",
         &command,
     ]);
+    let _server = TmuxServer(session.clone());
     assert!(started.status.success(), "{started:?}");
     let screen = || {
         String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
@@ -217,10 +218,31 @@ fn on_a_terminal_the_view_is_redrawn_until_ctrl_c() {
     // Redrawn in place: one view on the screen, not one after another.
     assert_eq!(shown.matches("SOURCES").count(), 1, "{shown}");
     assert_eq!(row(&shown, "file")[4], LINES.to_string(), "{shown}");
+    // The agent gone, the screen says so and top keeps trying.
+    assert!(agent.stop(), "the agent did not stop cleanly");
+    wait_for(
+        Duration::from_secs(5),
+        "the scrape error on the screen",
+        || {
+            let s = screen();
+            s.contains("is the agent running") && s.contains("retrying")
+        },
+    );
     tmux(&["send-keys", "-t", &session, "C-c"]);
     // The session ends with its only command.
     wait_for(Duration::from_secs(5), "top to quit on Ctrl-C", || {
         !tmux(&["has-session", "-t", &session]).status.success()
     });
-    tmux(&["kill-server"]);
+}
+
+/// Kills the test's own tmux server (socket `-L name`) when dropped, so a failed test
+/// leaves no `top` running.
+struct TmuxServer(String);
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
+    }
 }

@@ -215,6 +215,8 @@ pub fn run(args: &TopArgs, terminal: bool, out: &mut dyn Write) -> anyhow::Resul
             let text =
                 std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let token = text.trim_ascii();
+            // The agent's own rule for the file (trimmed, one visible word), so a file
+            // the agent accepts is one top accepts.
             crate::metrics::BearerToken::new(token)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             Some(String::from_utf8_lossy(token).into_owned())
@@ -227,24 +229,45 @@ pub fn run(args: &TopArgs, terminal: bool, out: &mut dyn Write) -> anyhow::Resul
         .build()
         .new_agent();
     let get = || scrape(&agent, &args.url, token.as_deref());
-    let heading = |secs: f64| format!("logtap top  {}  rates over {secs:.1}s", args.url);
-
     if !terminal || args.once || args.plain {
-        let before = Scrape::parse(&get().map_err(anyhow::Error::msg)?);
-        let started = Instant::now();
-        std::thread::sleep(args.interval);
-        let now = Scrape::parse(&get().map_err(anyhow::Error::msg)?);
-        let seconds = started.elapsed().as_secs_f64();
-        let rates = Rates {
-            before: &before,
-            now: &now,
-            seconds,
-        };
-        write!(out, "{}", render(&heading(seconds), &rates))?;
-        out.flush()?;
-        return Ok(());
+        snapshot(args, &get, out)
+    } else {
+        live(args, &get, out)
     }
+}
 
+fn heading(args: &TopArgs, seconds: f64) -> String {
+    format!("logtap top  {}  rates over {seconds:.1}s", args.url)
+}
+
+/// Two scrapes an interval apart, one plain view; a failed scrape is the error.
+fn snapshot(
+    args: &TopArgs,
+    get: &dyn Fn() -> Result<String, String>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let before = Scrape::parse(&get().map_err(anyhow::Error::msg)?);
+    let started = Instant::now();
+    std::thread::sleep(args.interval);
+    let now = Scrape::parse(&get().map_err(anyhow::Error::msg)?);
+    let seconds = started.elapsed().as_secs_f64();
+    let rates = Rates {
+        before: &before,
+        now: &now,
+        seconds,
+    };
+    write!(out, "{}", render(&heading(args, seconds), &rates))?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The view redrawn in place every interval until SIGINT or SIGTERM; a failed scrape
+/// is shown and retried (the agent may be restarting).
+fn live(
+    args: &TopArgs,
+    get: &dyn Fn() -> Result<String, String>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let quit = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, quit.clone())?;
@@ -255,20 +278,20 @@ pub fn run(args: &TopArgs, terminal: bool, out: &mut dyn Write) -> anyhow::Resul
     while !quit.load(Ordering::Relaxed) {
         let screen = match get() {
             Ok(text) => {
-                let now = (Scrape::parse(&text), Instant::now());
+                let (now, at) = (Scrape::parse(&text), Instant::now());
                 let screen = match &before {
-                    Some((scrape, at)) => {
-                        let seconds = now.1.duration_since(*at).as_secs_f64();
+                    Some((scrape, then)) => {
+                        let seconds = at.duration_since(*then).as_secs_f64();
                         let rates = Rates {
                             before: scrape,
-                            now: &now.0,
+                            now: &now,
                             seconds,
                         };
-                        render(&heading(seconds), &rates)
+                        render(&heading(args, seconds), &rates)
                     }
                     None => format!("logtap top  {}  first scrape taken…\n", args.url),
                 };
-                before = Some(now);
+                before = Some((now, at));
                 screen
             }
             Err(e) => {
@@ -276,8 +299,8 @@ pub fn run(args: &TopArgs, terminal: bool, out: &mut dyn Write) -> anyhow::Resul
                 format!("logtap top: {e}\nretrying every {:?}…\n", args.interval)
             }
         };
-        // Clear the screen and go home, then draw; the terminal's own scrollback is
-        // left alone so the last view stays visible after Ctrl-C.
+        // Clear the screen and go home, then draw; the last view stays on the screen
+        // after Ctrl-C.
         write!(out, "\x1b[H\x1b[2J{screen}")?;
         out.flush()?;
         let until = Instant::now() + args.interval;
