@@ -129,6 +129,8 @@ struct Scenario {
     source_yaml: &'static str,
     /// Into the local store (else the blackhole sink).
     store: bool,
+    /// Fluent Bit runs it too (it has no equivalent of every logtap setting).
+    peer: bool,
 }
 
 impl Scenario {
@@ -168,6 +170,7 @@ fn scenarios() -> Vec<Scenario> {
             target: Some(1000),
             source_yaml: "    format: raw\n",
             store: false,
+            peer: true,
         },
         Scenario {
             name: "plain 500 B lines → blackhole",
@@ -175,6 +178,7 @@ fn scenarios() -> Vec<Scenario> {
             target: Some(1000),
             source_yaml: "    format: raw\n",
             store: false,
+            peer: true,
         },
         Scenario {
             name: "CRI → blackhole",
@@ -182,6 +186,7 @@ fn scenarios() -> Vec<Scenario> {
             target: None,
             source_yaml: "    format: cri\n",
             store: false,
+            peer: true,
         },
         Scenario {
             name: "CRI → local store (lz4, checkpoints)",
@@ -189,6 +194,18 @@ fn scenarios() -> Vec<Scenario> {
             target: Some(400),
             source_yaml: "    format: cri\n",
             store: true,
+            peer: true,
+        },
+        Scenario {
+            name: "CRI → local store, two mask processors",
+            input: Input::CriTemplated,
+            target: None,
+            // The templated input's client addresses and hex request/trace ids.
+            source_yaml: "    format: cri\n    processors:\n      \
+                - {type: mask, regex: '\\b\\d{1,3}(?:\\.\\d{1,3}){3}\\b', replacement: x.x.x.x}\n      \
+                - {type: mask, regex: '\\b[0-9a-f]{16,}\\b', replacement: '<id>'}\n",
+            store: true,
+            peer: false,
         },
         Scenario {
             name: "CRI, low-redundancy words → local store",
@@ -196,6 +213,7 @@ fn scenarios() -> Vec<Scenario> {
             target: None,
             source_yaml: "    format: cri\n",
             store: true,
+            peer: true,
         },
         Scenario {
             name: "JSON parse → blackhole",
@@ -203,6 +221,7 @@ fn scenarios() -> Vec<Scenario> {
             target: None,
             source_yaml: "    format: raw\n    parser: {type: json}\n",
             store: false,
+            peer: true,
         },
         Scenario {
             name: "Java multiline → blackhole",
@@ -210,6 +229,7 @@ fn scenarios() -> Vec<Scenario> {
             target: None,
             source_yaml: "    format: raw\n    multiline: {start: '^\\d{4}-\\d{2}-\\d{2} '}\n",
             store: false,
+            peer: true,
         },
     ]
 }
@@ -244,7 +264,8 @@ fn main() -> anyhow::Result<()> {
         {
             continue;
         }
-        let row = run_scenario(&scenario, &logtap, fluent_bit.as_deref().ok(), &dir, &args)?;
+        let peer = fluent_bit.as_deref().ok().filter(|_| scenario.peer);
+        let row = run_scenario(&scenario, &logtap, peer, &dir, &args)?;
         eprintln!("{}", row.text());
         rows.push(row);
     }
