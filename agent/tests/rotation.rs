@@ -366,16 +366,7 @@ fn sigterm_after_a_rotation_while_stopped_collects_the_rotated_backlog_exactly_o
     write_lines_at_rate(&app, TOTAL, 10_000_000, |_, _| {});
     let config = store_config(&logs);
 
-    // First run, held to 2% of the time so a backlog remains, stopped cleanly soon
-    // after it started shipping.
-    let mut agent = Agent::start(&data, &config);
-    let throttle = agent.throttle(2);
-    let store = agent.store_dir();
-    wait_for(Duration::from_secs(30), "the first lines stored", || {
-        store_unique(&store) > 0
-    });
-    drop(throttle);
-    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let store = stop_soon_after_shipping_starts(&data, &config);
     let first_run = store_records(&store).len() as u64;
     println!("the first run stored {first_run} of {TOTAL} lines");
     assert!(first_run < TOTAL, "a backlog remained at the stop");
@@ -407,6 +398,21 @@ fn sigterm_after_a_rotation_while_stopped_collects_the_rotated_backlog_exactly_o
         "{:?}",
         census.malformed.first()
     );
+}
+
+/// A first run held to 2% of the time, so its files keep a backlog, stopped cleanly
+/// (SIGTERM, as a rolling update does) soon after it started shipping; returns its
+/// store.
+fn stop_soon_after_shipping_starts(data: &Path, config: &str) -> PathBuf {
+    let mut agent = Agent::start(data, config);
+    let throttle = agent.throttle(2);
+    let store = agent.store_dir();
+    wait_for(Duration::from_secs(30), "the first lines stored", || {
+        store_unique(&store) > 0
+    });
+    drop(throttle);
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    store
 }
 
 /// The offset the agent's durable checkpoint table holds for the file now at `path`
@@ -448,15 +454,7 @@ fn files_deleted_or_copy_truncated_while_stopped_lose_only_what_is_counted() {
     append_seqs(&copied, EACH..2 * EACH);
     let config = store_config(&logs);
 
-    // First run, held to 2% of the time so both files keep a backlog, stopped cleanly.
-    let mut agent = Agent::start(&data, &config);
-    let throttle = agent.throttle(2);
-    let store = agent.store_dir();
-    wait_for(Duration::from_secs(30), "the first lines stored", || {
-        store_unique(&store) > 0
-    });
-    drop(throttle);
-    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let store = stop_soon_after_shipping_starts(&data, &config);
     let first = SeqCensus::of(&store_records(&store));
     let gone_stored = first.counts.range(0..EACH).count() as u64;
     let copied_stored = first.counts.range(EACH..2 * EACH).count() as u64;
