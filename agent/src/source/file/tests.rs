@@ -1370,6 +1370,48 @@ fn selected(name: &str, dir: &Path, selector: &str) -> SourceConfig {
     }
 }
 
+/// A one-shot run with a selector source and no container facts yet (a runtime not
+/// reachable): it waits for them up to `facts_wait`, then decides on the path, and
+/// reads the log before it ends — it must not end with the log still undecided.
+#[test]
+fn a_oneshot_run_waits_for_undecided_container_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir
+        .path()
+        .join("shop_web_0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/app");
+    std::fs::create_dir_all(&d).unwrap();
+    let log = d.join("0.log");
+    append(&log, b"2024-01-01T00:00:00Z stdout F only line\n");
+    let mut opts = options(false);
+    opts.oneshot = true;
+    opts.facts = Some(Arc::new(FactsMap::default()));
+    opts.facts_wait = Duration::from_millis(300);
+    let shared = Arc::new(Shared {
+        rec: Mutex::new(Recorded::default()),
+        resumed: Condvar::new(),
+    });
+    let mut source = FileSource::with_store(
+        &[selected(
+            "pods",
+            dir.path(),
+            "{exclude_env: {'logtap_logs_*': ''}}",
+        )],
+        opts,
+        Arc::new(MemStore::default()),
+    )
+    .unwrap();
+    let started = Instant::now();
+    source
+        .run(&mut Recorder(shared.clone()), &AtomicBool::new(false))
+        .unwrap();
+    let r = shared.rec.lock().unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let (_, s) = r.only(&log).expect("the log was read");
+    assert_eq!(s.bytes, std::fs::read(&log).unwrap());
+    assert_eq!(s.ended, Some(EndReason::Eof));
+    assert!(started.elapsed() >= Duration::from_millis(300), "it waited");
+}
+
 /// Selector sources: a container goes to every config that selects it, an excluded
 /// one to none, an unknown one waits for its facts (bounded), then is decided on
 /// what its path tells.

@@ -72,6 +72,10 @@ const MAX_WARNED_PATHS: usize = 10_000;
 /// How often the running containers of `container_paths` sources are resolved again.
 const CONTAINER_REFRESH: Duration = Duration::from_millis(500);
 
+/// How long a one-shot run with nothing to read sleeps while logs wait for their
+/// container's facts.
+const ONESHOT_WAIT_STEP: Duration = Duration::from_millis(10);
+
 /// How [`FileSource::run_until`] stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopMode {
@@ -349,8 +353,13 @@ impl FileSource {
                 self.read_round(events);
                 self.watcher.wait(Duration::ZERO, &mut changes);
             } else if self.options.oneshot {
-                self.end_all(events, EndReason::Eof);
-                return Ok(());
+                if self.awaiting_facts.is_empty() && self.undecided.is_empty() {
+                    self.end_all(events, EndReason::Eof);
+                    return Ok(());
+                }
+                // Logs waiting for their container's facts (at most `facts_wait`)
+                // are decided on a later tick, then read: not ended unread.
+                std::thread::sleep(ONESHOT_WAIT_STEP);
             } else {
                 let until_rescan = self
                     .options
