@@ -257,20 +257,7 @@ impl Registry {
     /// the caller decided whether it resumes it or replaces it (inode reuse).
     pub fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64) {
         let mut inner = self.lock();
-        // A source may continue on another inode: a file copy-truncated while the
-        // agent was stopped is read on from the copy logrotate made.
-        let key = (identity.dev, identity.inode);
-        let previous = match inner.loaded.remove(&key) {
-            Some(p) if p.source_id == source => Some(p),
-            _ => {
-                let own = inner
-                    .loaded
-                    .iter()
-                    .find(|(_, c)| c.source_id == source)
-                    .map(|(key, _)| *key);
-                own.and_then(|k| inner.loaded.remove(&k))
-            }
-        };
+        let previous = inner.loaded.remove(&(identity.dev, identity.inode));
         let resumed = previous.as_ref().is_some_and(|p| p.source_id == source);
         let last_package_id = match (&previous, inner.live.get(&source)) {
             (_, Some(live)) => live.checkpoint.last_package_id,
@@ -313,6 +300,24 @@ impl Registry {
             live.checkpoint.offset = offset;
         }
         inner.gc();
+    }
+
+    /// The loaded entry of `checkpoint` continues on another file, `to`: a file
+    /// copy-truncated while the agent was stopped is read on from the copy logrotate
+    /// made, under the same source (offset and package numbering carry over when it
+    /// is registered there).
+    pub fn continue_on(&self, checkpoint: &FileCheckpoint, to: FileIdentity) {
+        let mut inner = self.lock();
+        let from = (checkpoint.identity.dev, checkpoint.identity.inode);
+        if inner
+            .loaded
+            .get(&from)
+            .is_some_and(|c| c.source_id == checkpoint.source_id)
+            && let Some(mut entry) = inner.loaded.remove(&from)
+        {
+            entry.identity = to;
+            inner.loaded.insert((to.dev, to.inode), entry);
+        }
     }
 
     /// The fingerprint of a live source grew (it covers more leading bytes now).

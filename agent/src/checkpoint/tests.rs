@@ -285,3 +285,36 @@ fn a_version_1_table_loads_with_sizes_at_the_offsets() {
     assert_eq!((cp.source_id, cp.offset, cp.size), (SourceId(7), 40, 40));
     assert_eq!(reg.retain_unclaimed(&HashSet::new()), (1, 0));
 }
+
+/// A source read on from another file (logrotate's copy of a file copy-truncated
+/// while the agent was stopped) keeps its offset and its package numbering there.
+#[test]
+fn a_loaded_source_continued_on_another_file_keeps_its_numbering() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let reg = Registry::open(dir.path()).unwrap();
+        reg.register(SourceId(5), identity(1), "/a.log".into(), 0);
+        reg.sent(SourceId(5), 1, 40);
+        reg.acked(SourceId(5), 1);
+        reg.persist().unwrap();
+    }
+    let reg = Registry::open(dir.path()).unwrap();
+    let checkpoint = reg.lookup(1, 1).unwrap();
+    reg.continue_on(&checkpoint, identity(2));
+    assert!(
+        reg.lookup(1, 1).is_none(),
+        "the truncated file is a new one"
+    );
+    reg.register(SourceId(5), identity(2), "/a.log".into(), 40);
+    assert_eq!(reg.next_package_id(SourceId(5)), 2);
+    assert_eq!(reg.acked_offset(SourceId(5)), Some(40));
+    // Another source's entry is not moved.
+    reg.continue_on(
+        &FileCheckpoint {
+            source_id: SourceId(9),
+            ..checkpoint
+        },
+        identity(3),
+    );
+    assert!(reg.lookup(1, 3).is_none());
+}

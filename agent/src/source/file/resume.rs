@@ -17,6 +17,9 @@ pub trait ResumeStore: Send + Sync {
     fn lookup(&self, dev: u64, inode: u64) -> Option<FileCheckpoint>;
     fn register(&self, source: SourceId, identity: FileIdentity, path: PathBuf, offset: u64);
     fn update_identity(&self, source: SourceId, identity: FileIdentity);
+    /// The checkpointed file's source continues on another file (see
+    /// [`Registry::continue_on`]).
+    fn continue_on(&self, checkpoint: &FileCheckpoint, to: FileIdentity);
     /// The file of `source` was seen at `size` bytes (what its loss would cost).
     fn observed_size(&self, source: SourceId, size: u64);
     fn mark_closed(&self, source: SourceId);
@@ -38,6 +41,9 @@ impl ResumeStore for Registry {
     }
     fn update_identity(&self, source: SourceId, identity: FileIdentity) {
         Registry::update_identity(self, source, identity)
+    }
+    fn continue_on(&self, checkpoint: &FileCheckpoint, to: FileIdentity) {
+        Registry::continue_on(self, checkpoint, to)
     }
     fn observed_size(&self, source: SourceId, size: u64) {
         Registry::observed_size(self, source, size)

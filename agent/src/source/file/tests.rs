@@ -50,6 +50,11 @@ impl ResumeStore for MemStore {
             },
         );
     }
+    fn continue_on(&self, checkpoint: &FileCheckpoint, to: FileIdentity) {
+        if let Some(c) = self.entries.lock().unwrap().get_mut(&checkpoint.source_id) {
+            c.identity = to;
+        }
+    }
     fn observed_size(&self, source: SourceId, size: u64) {
         if let Some(c) = self.entries.lock().unwrap().get_mut(&source) {
             c.size = size;

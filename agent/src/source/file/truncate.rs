@@ -195,6 +195,7 @@ impl FileSource {
             }
             self.store.forget(stale.source_id);
         }
+        self.store.continue_on(cp, identity);
         self.start(
             path,
             configs.clone(),
