@@ -35,10 +35,7 @@ fn store_config(logs: &Path) -> String {
 /// match) and a new `app` gets the lines `seqs`.
 fn rotate_while_stopped(app: &Path, seqs: std::ops::Range<u64>) {
     std::fs::rename(app, app.with_extension("log.1")).unwrap();
-    let mut f = open_append(app);
-    for seq in seqs {
-        writeln!(f, "{}", rate_line(seq)).unwrap();
-    }
+    append_seqs(app, seqs);
 }
 
 /// `app.log` is renamed to `app.log.<n>` every 30,000 lines and the writer reopens

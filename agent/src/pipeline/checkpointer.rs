@@ -71,16 +71,35 @@ mod tests {
     use crate::source::SourceId;
     use crate::source::file::FileIdentity;
 
+    /// A checkpointer with a 60 s interval over a fresh registry in `dir`.
+    fn start(dir: &std::path::Path) -> (SharedRegistry, Arc<AtomicBool>, JoinHandle<()>) {
+        let registry: SharedRegistry = Arc::new(Registry::open(dir).unwrap());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let checkpointer =
+            spawn_checkpointer(registry.clone(), Duration::from_secs(60), shutdown.clone())
+                .unwrap();
+        (registry, shutdown, checkpointer)
+    }
+
+    /// Waits up to 1 s (far less than the interval) until the table on disk in `dir`
+    /// satisfies `done`.
+    fn until_persisted(dir: &std::path::Path, what: &str, done: impl Fn(&Registry) -> bool) {
+        let start = Instant::now();
+        while !done(&Registry::open(dir).unwrap()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{what} not persisted within 1 s (interval 60 s)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A run shorter than the checkpoint interval must still make its progress
     /// durable, or a crash-looping agent re-ships the same data on every restart.
     #[test]
     fn first_progress_is_persisted_before_the_interval() {
         let dir = tempfile::tempdir().unwrap();
-        let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let checkpointer =
-            spawn_checkpointer(registry.clone(), Duration::from_secs(60), shutdown.clone())
-                .unwrap();
+        let (registry, shutdown, checkpointer) = start(dir.path());
         let identity = FileIdentity {
             dev: 1,
             inode: 2,
@@ -92,19 +111,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(120));
         registry.sent(source, 1, 100);
         registry.acked(source, 1);
-        let start = Instant::now();
-        while Registry::open(dir.path())
-            .unwrap()
-            .lookup(1, 2)
-            .map(|c| c.offset)
-            != Some(100)
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(1),
-                "acknowledged progress not persisted within 1 s (interval 60 s)"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        until_persisted(dir.path(), "acknowledged progress", |table| {
+            table.lookup(1, 2).map(|c| c.offset) == Some(100)
+        });
         shutdown.store(true, Ordering::SeqCst);
         checkpointer.join().unwrap();
     }
@@ -115,11 +124,7 @@ mod tests {
     #[test]
     fn a_new_source_is_persisted_before_the_interval() {
         let dir = tempfile::tempdir().unwrap();
-        let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let checkpointer =
-            spawn_checkpointer(registry.clone(), Duration::from_secs(60), shutdown.clone())
-                .unwrap();
+        let (registry, shutdown, checkpointer) = start(dir.path());
         std::thread::sleep(Duration::from_millis(120));
         let identity = FileIdentity {
             dev: 1,
@@ -128,14 +133,9 @@ mod tests {
             fingerprint: 9,
         };
         registry.register(SourceId(8), identity, "/b.log".into(), 0);
-        let start = Instant::now();
-        while Registry::open(dir.path()).unwrap().lookup(1, 3).is_none() {
-            assert!(
-                start.elapsed() < Duration::from_secs(1),
-                "a new source's entry not persisted within 1 s (interval 60 s)"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        until_persisted(dir.path(), "a new source's entry", |table| {
+            table.lookup(1, 3).is_some()
+        });
         shutdown.store(true, Ordering::SeqCst);
         checkpointer.join().unwrap();
     }

@@ -970,6 +970,20 @@ fn a_thousand_files() {
     h.stop();
 }
 
+/// Runs a one-shot source on this thread until it ends by itself; its recording.
+fn run_to_the_end(sources: &[SourceConfig], options: FileSourceOptions) -> Arc<Shared> {
+    let shared = Arc::new(Shared {
+        rec: Mutex::new(Recorded::default()),
+        resumed: Condvar::new(),
+    });
+    let mut source =
+        FileSource::with_store(sources, options, Arc::new(MemStore::default())).unwrap();
+    source
+        .run(&mut Recorder(shared.clone()), &AtomicBool::new(false))
+        .unwrap();
+    shared
+}
+
 #[test]
 fn oneshot_reads_to_eof_and_ends_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -982,20 +996,10 @@ fn oneshot_reads_to_eof_and_ends_everything() {
     append(&dir.path().join("skip.log.gz"), b"excluded\n");
     let mut opts = options(true);
     opts.oneshot = true;
-    let shared = Arc::new(Shared {
-        rec: Mutex::new(Recorded::default()),
-        resumed: Condvar::new(),
-    });
-    let store: Arc<dyn ResumeStore> = Arc::new(MemStore::default());
-    let mut source = FileSource::with_store(
+    let shared = run_to_the_end(
         &[config("a", &glob(dir.path(), "*.log*"), Format::Raw)],
         opts,
-        store,
-    )
-    .unwrap();
-    source
-        .run(&mut Recorder(shared.clone()), &AtomicBool::new(false))
-        .unwrap();
+    );
     let r = shared.rec.lock().unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.sources.len(), 5);
@@ -1391,24 +1395,15 @@ fn a_oneshot_run_waits_for_undecided_container_logs() {
     opts.oneshot = true;
     opts.facts = Some(Arc::new(FactsMap::default()));
     opts.facts_wait = Duration::from_millis(300);
-    let shared = Arc::new(Shared {
-        rec: Mutex::new(Recorded::default()),
-        resumed: Condvar::new(),
-    });
-    let mut source = FileSource::with_store(
+    let started = Instant::now();
+    let shared = run_to_the_end(
         &[selected(
             "pods",
             dir.path(),
             "{exclude_env: {'logtap_logs_*': ''}}",
         )],
         opts,
-        Arc::new(MemStore::default()),
-    )
-    .unwrap();
-    let started = Instant::now();
-    source
-        .run(&mut Recorder(shared.clone()), &AtomicBool::new(false))
-        .unwrap();
+    );
     let r = shared.rec.lock().unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     let (_, s) = r.only(&log).expect("the log was read");
