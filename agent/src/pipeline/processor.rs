@@ -224,19 +224,16 @@ impl Pipeline {
             metrics::counter!(PARSE_FAILURES_TOTAL, "parser" => parser.kind())
                 .increment(parse_failed);
         }
+        // The config's name as the label: a reference count, no copy per chunk.
+        let config = &self.config.sources[slot.config].name;
         if n > 0 {
-            let config = self.config.sources[slot.config].name.to_string();
-            metrics::counter!(CONFIG_LINES_TOTAL, "config" => config).increment(n);
+            metrics::counter!(CONFIG_LINES_TOTAL, "config" => config.clone()).increment(n);
         }
-        if filtered + masked > 0 {
-            let config = self.config.sources[slot.config].name.to_string();
-            if filtered > 0 {
-                metrics::counter!(LINES_FILTERED_TOTAL, "config" => config.clone())
-                    .increment(filtered);
-            }
-            if masked > 0 {
-                metrics::counter!(LINES_MASKED_TOTAL, "config" => config).increment(masked);
-            }
+        if filtered > 0 {
+            metrics::counter!(LINES_FILTERED_TOTAL, "config" => config.clone()).increment(filtered);
+        }
+        if masked > 0 {
+            metrics::counter!(LINES_MASKED_TOTAL, "config" => config.clone()).increment(masked);
         }
         if slot.builder.is_due(now) && !held_for_metadata(slot, self.enricher.as_deref(), now) {
             self.ship(source);
