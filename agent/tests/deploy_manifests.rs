@@ -19,6 +19,10 @@ use logtap::config::Config;
 use logtap::config::crd::{LogCollection, crd_yaml};
 use serde::de::DeserializeOwned;
 
+#[path = "../../xtask/src/oci.rs"]
+#[allow(dead_code, reason = "only the image's name is used here")]
+mod oci;
+
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
@@ -203,6 +207,18 @@ fn rbac_binds_the_agent_to_what_it_needs() {
         assert!(!allows(group, plural, verb), "{plural} {verb}");
         assert!(!allows("", "pods", verb), "pods {verb}");
     }
+}
+
+/// `cargo xtask image` tags `<repository>:<crate version>`: the DaemonSet runs that
+/// (a release bumps both; `daemonset_cri.rs` runs the image under this name).
+#[test]
+fn daemonset_names_the_image_xtask_builds() {
+    let m = manifests();
+    let pod = m.daemon_set.spec.template.spec.unwrap();
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some(format!("{}:{}", oci::AGENT_REPOSITORY, env!("CARGO_PKG_VERSION")).as_str())
+    );
 }
 
 #[test]

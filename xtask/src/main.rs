@@ -11,10 +11,14 @@
 //! - `build-ebpf`: builds the eBPF probes (`agent-ebpf/probes`) for `bpfel-unknown-none`
 //!   into `target/bpf/logtap-probes.bpf.o`, which the agent's build script embeds.
 //!   Installs what is missing first (rust-src, bpf-linker) or says exactly what is.
+//! - `image [--debug] [--out DIR]`: the agent's OCI image archive without docker
+//!   (`target/image/logtap-<version>.oci.tar`, probes embedded); see `image.rs`.
 //! - `gen-crd`: writes `deploy/crd.yaml` from the `LogCollection` Rust type (a test in
 //!   `agent/tests/deploy_manifests.rs` fails when the file and the type disagree).
 
 mod build_ebpf;
+mod image;
+mod oci;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -34,6 +38,15 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("xtask: build-ebpf failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if task.as_deref() == Some("image") {
+        return match image::run(&rest) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: image failed: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -67,7 +80,9 @@ fn main() -> ExitCode {
             }
         }
         _ => {
-            eprintln!("usage: cargo xtask <ci | build-ebpf | bench [ARGS] | gen-crd>");
+            eprintln!(
+                "usage: cargo xtask <ci | build-ebpf | bench [ARGS] | gen-crd | image [--debug]>"
+            );
             return ExitCode::from(2);
         }
     };

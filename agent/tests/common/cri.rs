@@ -29,6 +29,12 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use logtap::discovery::cri::cri_api as api;
+
+/// The OCI archive writer of `cargo xtask image`, shared so that the tests' images
+/// (and the agent's image of `daemonset_cri.rs`) are built by the same code.
+#[path = "../../../xtask/src/oci.rs"]
+#[allow(dead_code, reason = "each test binary uses a different part")]
+pub mod oci;
 use logtap::discovery::{ContainerInfo, ContainerState, CriClient};
 
 pub const SKIP_VAR: &str = "LOGTAP_SKIP_CRI_TESTS";
@@ -131,24 +137,7 @@ impl CriHarness {
             self.client.version().is_ok()
         });
         for tar in tars {
-            let out = Command::new("ctr")
-                .args([
-                    "-a",
-                    socket.to_str().unwrap(),
-                    "-n",
-                    "k8s.io",
-                    "images",
-                    "import",
-                ])
-                .arg(tar)
-                .output()
-                .expect("run ctr");
-            assert!(
-                out.status.success(),
-                "ctr images import {}: {}",
-                tar.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            import_archive(socket, tar);
         }
         // CRI learns of imported images from containerd's events, a moment later.
         for image in [PAUSE_IMAGE, BUSYBOX_IMAGE] {
@@ -156,6 +145,15 @@ impl CriHarness {
                 self.client.image_present(image).unwrap_or(false)
             });
         }
+    }
+
+    /// Imports the OCI archive of image `name` (`ctr images import`, as an
+    /// administrator would on a node) and waits until CRI sees it.
+    pub fn import_image(&self, archive: &Path, name: &str) {
+        import_archive(&self.work.join("containerd.sock"), archive);
+        self.wait_until(&format!("CRI sees {name}"), || {
+            self.client.image_present(name).unwrap_or(false)
+        });
     }
 
     fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
@@ -192,6 +190,16 @@ impl CriHarness {
     /// Runs a pod sandbox as the kubelet would (its labels and annotations, the
     /// kubelet's `io.kubernetes.pod.*` labels, its log directory).
     pub fn run_pod(&'static self, spec: PodSpec) -> PodHandle {
+        self.run_pod_with(spec, |_| {})
+    }
+
+    /// [`run_pod`](Self::run_pod), with `adjust` changing the sandbox config before
+    /// it runs (a privileged pod, the host's PID namespace, ...).
+    pub fn run_pod_with(
+        &'static self,
+        spec: PodSpec,
+        adjust: impl FnOnce(&mut api::PodSandboxConfig),
+    ) -> PodHandle {
         let log_dir =
             PathBuf::from(PODS_DIR).join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid));
         std::fs::create_dir_all(&log_dir).unwrap();
@@ -223,6 +231,8 @@ impl CriHarness {
             }),
             ..Default::default()
         };
+        let mut config = config;
+        adjust(&mut config);
         let sandbox_id = self
             .client
             .run_pod_sandbox(config.clone())
@@ -371,10 +381,6 @@ impl PodHandle {
 
     /// Creates a container (restart attempt 0) without starting it.
     pub fn create_container(&self, spec: ContainerSpec) -> ContainerHandle {
-        let mut labels: std::collections::HashMap<String, String> =
-            spec.labels.clone().into_iter().collect();
-        labels.extend(kube_pod_labels(&self.spec));
-        labels.insert("io.kubernetes.container.name".into(), spec.name.clone());
         let config = api::ContainerConfig {
             metadata: Some(api::ContainerMetadata {
                 name: spec.name.clone(),
@@ -393,8 +399,7 @@ impl PodHandle {
                     value: value.clone(),
                 })
                 .collect(),
-            labels,
-            log_path: format!("{}/0.log", spec.name),
+            labels: spec.labels.clone().into_iter().collect(),
             mounts: spec
                 .mounts
                 .iter()
@@ -415,15 +420,28 @@ impl PodHandle {
             }),
             ..Default::default()
         };
+        self.create_container_from(config)
+    }
+
+    /// Creates a container from a CRI config the test made itself (its image, mounts,
+    /// security context: what the kubelet would derive from a pod spec). The kubelet's
+    /// labels and the log path (`<name>/0.log`) are added as for the others.
+    pub fn create_container_from(&self, mut config: api::ContainerConfig) -> ContainerHandle {
+        let name = config.metadata.as_ref().expect("metadata").name.clone();
+        config.labels.extend(kube_pod_labels(&self.spec));
+        config
+            .labels
+            .insert("io.kubernetes.container.name".into(), name.clone());
+        config.log_path = format!("{name}/0.log");
         let id = self
             .harness
             .client
             .create_container(&self.sandbox_id, config, self.config.clone())
-            .unwrap_or_else(|e| panic!("CreateContainer {}: {e}", spec.name));
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
         ContainerHandle {
             harness: self.harness,
             id,
-            log_path: self.log_dir.join(&spec.name).join("0.log"),
+            log_path: self.log_dir.join(&name).join("0.log"),
         }
     }
 
@@ -528,6 +546,27 @@ impl ContainerHandle {
             .stop_container(&self.id, Duration::ZERO)
             .expect("StopContainer");
     }
+}
+
+fn import_archive(socket: &Path, archive: &Path) {
+    let out = Command::new("ctr")
+        .args([
+            "-a",
+            socket.to_str().unwrap(),
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+        ])
+        .arg(archive)
+        .output()
+        .expect("run ctr");
+    assert!(
+        out.status.success(),
+        "ctr images import {}: {}",
+        archive.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Lines of a CRI log file as `(stream, tag, message)`, timestamps checked.
@@ -680,101 +719,18 @@ fn build_pause_image(dir: &Path) -> PathBuf {
     oci_archive(dir, PAUSE_IMAGE, &rootfs, &["/pause"])
 }
 
-/// Writes `bytes` as a blob of the layout; returns its digest (hex) and size.
-fn blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
-    let tmp = layout.join("blob.tmp");
-    std::fs::write(&tmp, bytes).unwrap();
-    let digest = sha256_file(&tmp);
-    std::fs::rename(&tmp, layout.join("blobs/sha256").join(&digest)).unwrap();
-    (digest, bytes.len())
-}
-
-fn sha256_file(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-/// An OCI image layout of one layer (`rootfs`), archived for `ctr images import`.
+/// A one-layer image of `rootfs` as an OCI archive in `dir`, for `ctr images import`.
 fn oci_archive(dir: &Path, name: &str, rootfs: &Path, cmd: &[&str]) -> PathBuf {
-    use serde_json::json;
     let short = name.rsplit('/').next().unwrap().replace(':', "-");
-    let layout = dir.join(format!("layout-{short}"));
-    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    let layer = dir.join(format!("layer-{short}.tar"));
-    run(Command::new("tar")
-        .args([
-            "--numeric-owner",
-            "--owner=0",
-            "--group=0",
-            "--sort=name",
-            "--mtime=@0",
-            "-C",
-        ])
-        .arg(rootfs)
-        .arg("-cf")
-        .arg(&layer)
-        .arg("."));
-    let layer_digest = sha256_file(&layer);
-    let layer_size = std::fs::metadata(&layer).unwrap().len();
-    std::fs::rename(&layer, layout.join("blobs/sha256").join(&layer_digest)).unwrap();
-
-    let config = json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": cmd,
-            "WorkingDir": "/",
-        },
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
-    });
-    let (config_digest, config_size) = blob(&layout, config.to_string().as_bytes());
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": format!("sha256:{config_digest}"),
-            "size": config_size,
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": format!("sha256:{layer_digest}"),
-            "size": layer_size,
-        }],
-    });
-    let (manifest_digest, manifest_size) = blob(&layout, manifest.to_string().as_bytes());
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{manifest_digest}"),
-            "size": manifest_size,
-            "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {
-                "io.containerd.image.name": name,
-                "org.opencontainers.image.ref.name": name.rsplit(':').next().unwrap(),
-            },
-        }],
-    });
-    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
     let archive = dir.join(format!("{short}.tar"));
-    run(Command::new("tar")
-        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&archive)
-        .args(["oci-layout", "index.json", "blobs"]));
+    let config = oci::ImageConfig {
+        entrypoint: &[],
+        cmd,
+        env: &[],
+        labels: &[],
+    };
+    oci::write_archive(&archive, name, rootfs, &config)
+        .unwrap_or_else(|e| panic!("image {name}: {e}"));
     archive
 }
 
