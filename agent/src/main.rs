@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use logtap::config::Config;
 use logtap::pipeline::{self, RunOptions};
 
@@ -47,6 +47,18 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the embedded default config.
     DefaultConfig,
+    /// Print the shell completion script for SHELL, e.g. `logtap completions bash >
+    /// /etc/bash_completion.d/logtap`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page logtap(1); with `--dir`, write it and one page per subcommand
+    /// (logtap-run(1), ...) into DIR.
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -165,6 +177,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::DefaultConfig => {
             print!("{}", logtap::config::DEFAULT_CONFIG_YAML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            // Generated into memory first: clap_complete panics when a write fails
+            // (a closed pipe), this way the error is reported instead.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "logtap", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: None } => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
     }
