@@ -281,7 +281,6 @@ fn container_config(
                 namespace_options: Some(namespaces(host_pid)),
                 ..Default::default()
             }),
-            ..Default::default()
         }),
         ..Default::default()
     }
