@@ -23,6 +23,8 @@
 //!
 //! Needs root, containerd/runc/busybox-static, `strip` and the eBPF object; fails
 //! without them unless `LOGTAP_SKIP_CRI_TESTS=1` or `LOGTAP_SKIP_EBPF_TESTS=1` is set.
+//! `LOGTAP_IMAGE_ARCHIVE=target/image/logtap-<version>.oci.tar` runs the image `cargo
+//! xtask image` made instead (the release build) of one from the test build.
 
 mod common;
 #[path = "../src/discovery/watcher/fake_api.rs"]
@@ -326,23 +328,15 @@ fn run_daemonset_pod(harness: &'static CriHarness, node: &TestNode) -> AgentPod 
         format!("{}:{}", oci::AGENT_REPOSITORY, env!("CARGO_PKG_VERSION")),
         "deploy/daemonset.yaml must name the image `cargo xtask image` tags"
     );
-    let images = node.dir.path().join("image");
     let started = Instant::now();
-    let (archive, written) = oci::agent_image(
-        Path::new(env!("CARGO_BIN_EXE_logtap")),
-        &images,
-        env!("CARGO_PKG_VERSION"),
-    )
-    .expect("the agent's image");
+    let archive = image_archive(node);
     let built = started.elapsed();
     harness.import_image(&archive, &image);
     eprintln!(
-        "image {image} ({}, {:.0} MB): built in {built:?}, imported in {:?}",
-        written.manifest_digest,
-        written.size as f64 / 1e6,
+        "image {image} from {}: ready in {built:?}, imported in {:?}",
+        archive.display(),
         started.elapsed() - built
     );
-    std::fs::remove_dir_all(&images).unwrap();
 
     let host_pid = pod_spec.host_pid == Some(true);
     let privileged = container
@@ -375,6 +369,27 @@ fn run_daemonset_pod(harness: &'static CriHarness, node: &TestNode) -> AgentPod 
             .cloned()
             .expect("prometheus.io/path"),
     }
+}
+
+/// The archive of the agent's image: `LOGTAP_IMAGE_ARCHIVE` when set (what `cargo
+/// xtask image` made: the release image), else built here from the test build of the
+/// binary by the same code (a release build would add minutes to CI).
+fn image_archive(node: &TestNode) -> PathBuf {
+    if let Some(archive) = std::env::var_os("LOGTAP_IMAGE_ARCHIVE") {
+        return PathBuf::from(archive);
+    }
+    let (archive, written) = oci::agent_image(
+        Path::new(env!("CARGO_BIN_EXE_logtap")),
+        node.dir.path(),
+        env!("CARGO_PKG_VERSION"),
+    )
+    .expect("the agent's image");
+    eprintln!(
+        "image {} ({:.0} MB) from the test build",
+        written.manifest_digest,
+        written.size as f64 / 1e6
+    );
+    archive
 }
 
 impl AgentPod {
