@@ -52,8 +52,8 @@ fn manifest<T: serde::de::DeserializeOwned>(file: &str) -> T {
         .join("../deploy")
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let value: yaml_serde::Value =
+        yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
     serde_json::from_value(serde_json::to_value(value).unwrap())
         .unwrap_or_else(|e| panic!("{file}: {e}"))
 }
@@ -90,7 +90,7 @@ impl TestNode {
 
     /// The ConfigMap's `logtap.yaml` with this node's differences.
     fn node_config(&self, yaml: &str) -> String {
-        let mut config: serde_yaml::Value = serde_yaml::from_str(yaml).expect("logtap.yaml");
+        let mut config: yaml_serde::Value = yaml_serde::from_str(yaml).expect("logtap.yaml");
         let listen = &mut config["metrics"]["listen"];
         assert!(
             listen.as_str().is_some_and(|l| l.starts_with("0.0.0.0:")),
@@ -98,7 +98,7 @@ impl TestNode {
         );
         *listen = format!("127.0.0.1:{}", self.metrics_port).into();
         config["capture"]["cgroup_prefix"] = self.cgroup_prefix.clone().into();
-        serde_yaml::to_string(&config).unwrap()
+        yaml_serde::to_string(&config).unwrap()
     }
 
     /// What the kubelet's service links and the service-account volume give a pod.
