@@ -310,6 +310,10 @@ struct AgentPod {
     liveness: Probe,
     readiness: Probe,
     metrics_path: String,
+    /// The container's ports by name (`ports[].name` → `containerPort`).
+    ports: HashMap<String, i32>,
+    /// The port of the ConfigMap's `metrics.listen`, which this node moves.
+    config_metrics_port: i32,
 }
 
 fn run_daemonset_pod(harness: &'static CriHarness, node: &TestNode) -> AgentPod {
@@ -368,6 +372,18 @@ fn run_daemonset_pod(harness: &'static CriHarness, node: &TestNode) -> AgentPod 
             .get("prometheus.io/path")
             .cloned()
             .expect("prometheus.io/path"),
+        ports: container
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+            .collect(),
+        config_metrics_port: {
+            let config: yaml_serde::Value =
+                yaml_serde::from_str(&config_map.data.as_ref().unwrap()["logtap.yaml"]).unwrap();
+            let listen = config["metrics"]["listen"].as_str().unwrap().to_owned();
+            listen.rsplit(':').next().unwrap().parse().unwrap()
+        },
     }
 }
 
@@ -393,11 +409,21 @@ fn image_archive(node: &TestNode) -> PathBuf {
 }
 
 impl AgentPod {
-    /// GET of an HTTP probe as the kubelet does it (the named port is the metrics
-    /// port here).
+    /// GET of an HTTP probe as the kubelet does it. Its port (by name or number) must
+    /// be the one the config listens on, which is `node.metrics_port` here.
     fn probe(&self, probe: &Probe, node: &TestNode) -> Option<(u16, String)> {
         let get = probe.http_get.as_ref().expect("httpGet probe");
-        assert_eq!(get.port, IntOrString::String("metrics".into()));
+        let port = match &get.port {
+            IntOrString::Int(port) => *port,
+            IntOrString::String(name) => *self
+                .ports
+                .get(name)
+                .unwrap_or_else(|| panic!("probe port {name:?} names no container port")),
+        };
+        assert_eq!(
+            port, self.config_metrics_port,
+            "the probe's port is not the config's metrics.listen"
+        );
         http_get_status(node.metrics_port, get.path.as_deref().unwrap_or("/"))
     }
 
