@@ -207,10 +207,21 @@ fn build(root: &Path, toolchain: &str, linker_dir: &Path) -> Result<PathBuf, Str
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
     let obj = out_dir.join("logtap-probes.bpf.o");
-    let tmp = out_dir.join(".logtap-probes.bpf.o.tmp");
-    std::fs::copy(&built, &tmp).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
-    std::fs::rename(&tmp, &obj).map_err(|e| format!("cannot rename to {}: {e}", obj.display()))?;
+    publish(&built, &obj)?;
     Ok(obj)
+}
+
+/// Puts the built object at `obj` (atomically), unless `obj` holds the same bytes
+/// already: the agent's build script watches it, so rewriting it would recompile the
+/// agent on every `build-ebpf` (`.ci/run`, `cargo xtask image`) for nothing.
+fn publish(built: &Path, obj: &Path) -> Result<(), String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    if obj.exists() && read(obj)? == read(built)? {
+        return Ok(());
+    }
+    let tmp = obj.with_file_name(".logtap-probes.bpf.o.tmp");
+    std::fs::copy(built, &tmp).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
+    std::fs::rename(&tmp, obj).map_err(|e| format!("cannot rename to {}: {e}", obj.display()))
 }
 
 fn status(cmd: &mut Command) -> Result<(), String> {
@@ -232,5 +243,38 @@ fn output(cmd: &mut Command) -> Result<String, String> {
             String::from_utf8_lossy(&o.stderr).trim()
         )),
         Err(e) => Err(format!("cannot run {shown}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent's build script reruns (and the agent is compiled again, minutes in
+    /// release) whenever the object's mtime moves: an unchanged build must not move it.
+    #[test]
+    fn an_unchanged_object_is_left_as_it_is() {
+        let dir = std::env::temp_dir().join(format!("xtask-publish-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (built, obj) = (dir.join("built.o"), dir.join("logtap-probes.bpf.o"));
+        std::fs::write(&built, b"object v1").unwrap();
+        publish(&built, &obj).unwrap();
+        let epoch = std::time::SystemTime::UNIX_EPOCH;
+        std::fs::File::options()
+            .write(true)
+            .open(&obj)
+            .unwrap()
+            .set_modified(epoch)
+            .unwrap();
+        let mtime = || std::fs::metadata(&obj).unwrap().modified().unwrap();
+
+        publish(&built, &obj).unwrap();
+        assert_eq!(mtime(), epoch, "the same object was written again");
+
+        std::fs::write(&built, b"object v2").unwrap();
+        publish(&built, &obj).unwrap();
+        assert_eq!(std::fs::read(&obj).unwrap(), b"object v2");
+        assert_ne!(mtime(), epoch);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
