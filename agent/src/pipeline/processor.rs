@@ -22,9 +22,9 @@ use crate::discovery::PodLogRef;
 use crate::enrich::{Enricher, SourceEnrichment, SourceFields};
 use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::metrics::catalogue::{
-    CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, LINES_FILTERED_TOTAL, LINES_INVALID_UTF8_TOTAL,
-    LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL, LINES_TRUNCATED_TOTAL,
-    PARSE_FAILURES_TOTAL,
+    CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, INPUT_PARSE_FAILURES_TOTAL, LINES_FILTERED_TOTAL,
+    LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL,
+    LINES_TRUNCATED_TOTAL, PARSE_FAILURES_TOTAL,
 };
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
@@ -220,12 +220,16 @@ impl Pipeline {
             metrics::counter!(LINES_INVALID_UTF8_TOTAL, "source_kind" => kind)
                 .increment(invalid_utf8);
         }
+        // The config's name as the label: a reference count, no copy per chunk.
+        let config = &self.config.sources[slot.config].name;
         if parse_failed > 0 {
             metrics::counter!(PARSE_FAILURES_TOTAL, "parser" => parser.kind())
                 .increment(parse_failed);
+            if self.config.sources[slot.config].input.is_some() {
+                metrics::counter!(INPUT_PARSE_FAILURES_TOTAL, "input" => config.clone())
+                    .increment(parse_failed);
+            }
         }
-        // The config's name as the label: a reference count, no copy per chunk.
-        let config = &self.config.sources[slot.config].name;
         if n > 0 {
             metrics::counter!(CONFIG_LINES_TOTAL, "config" => config.clone()).increment(n);
         }
@@ -288,6 +292,7 @@ impl Pipeline {
         let (format, stream) = match content {
             Content::File { .. } => (self.config.sources[config].format, None),
             Content::Stream { stream, .. } => (Format::Raw, Some(*stream)),
+            Content::Messages => (Format::Message, None),
         };
         let mut framer = self.framer(format, config, start_offset);
         // A CRI partial line cut by rotation continues in the successor file.
@@ -314,6 +319,8 @@ impl Pipeline {
                 };
                 (enrichment, None, false)
             }
+            // A network input names no container.
+            Content::Messages => (None, None, false),
         };
         let extra = &self.config.sources[config].fields;
         match &enrichment {
