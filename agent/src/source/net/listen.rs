@@ -374,4 +374,20 @@ mod tests {
         assert_eq!(udp_drops(table, 5), None);
         assert_eq!(udp_drops("garbage\nmore garbage here", 5), None);
     }
+
+    #[test]
+    fn a_unix_socket_replaces_a_stale_socket_never_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let first = bind_unix(&path).unwrap();
+        drop(first);
+        // An earlier run's socket file is left behind: replaced.
+        let second = bind_unix(&path).unwrap();
+        drop(second);
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"keep me").unwrap();
+        let err = bind_unix(&file).unwrap_err().to_string();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    }
 }
