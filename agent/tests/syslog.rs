@@ -198,11 +198,7 @@ fn logger_messages_over_tcp_udp_and_a_unix_socket_arrive_once_with_their_fields(
     let tcp_path = format!("tcp://127.0.0.1:{tcp}");
     let got = wait_once(&store, &tcp_path, &tcp5424, &agent);
     for (m, r) in &got {
-        assert_eq!(
-            r["body"].as_str().unwrap().ends_with(m.as_str()),
-            true,
-            "{r}"
-        );
+        assert!(r["body"].as_str().unwrap().ends_with(m.as_str()), "{r}");
         assert_eq!(field(r, "protocol"), "rfc5424");
         assert_eq!(field(r, "facility"), "local3");
         assert_eq!(field(r, "severity"), "warning");
