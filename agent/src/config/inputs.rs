@@ -1,4 +1,4 @@
-//! Validation of the network inputs (`sources[]` entries with `type: syslog`): where
+//! Validation of the network inputs (`sources[]` entries with `type: syslog | http`): where
 //! they listen, and the file-source settings they cannot have.
 
 use std::path::PathBuf;
@@ -12,6 +12,10 @@ use super::{ConfigError, Format, Listen, NetInputConfig, NetProtocol, ParserConf
 /// says otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
+/// The largest request body an `http` input takes unless `max_body_size` says
+/// otherwise.
+pub const DEFAULT_MAX_BODY: usize = 10 << 20;
+
 impl Validator {
     /// A network input at `prefix` (its sink is checked by the caller). File settings
     /// (globs, selector, format, multiline, symlinks) are refused rather than ignored,
@@ -22,8 +26,9 @@ impl Validator {
         s: &RawSource,
     ) -> Result<SourceConfig, ConfigError> {
         let field = |f: &str| format!("{prefix}.{f}");
-        let protocol = match s.kind {
-            RawSourceType::Syslog => NetProtocol::Syslog,
+        let (protocol, parser) = match s.kind {
+            RawSourceType::Syslog => (NetProtocol::Syslog, ParserConfig::Syslog),
+            RawSourceType::Http => (NetProtocol::Http, ParserConfig::Json),
             RawSourceType::File => unreachable!("file sources are validated elsewhere"),
         };
         let file_only = [
@@ -40,7 +45,7 @@ impl Validator {
         if let Some((name, _)) = file_only.iter().find(|(_, set)| *set) {
             return Err(self.invalid(
                 &field(name),
-                "not for a network input (type: syslog): messages are framed and parsed as the protocol says".into(),
+                "not for a network input (type: syslog | http): messages are framed and parsed as the protocol says".into(),
             ));
         }
         let listen = match &s.listen {
@@ -48,9 +53,31 @@ impl Validator {
             None => {
                 return Err(self.invalid(
                     &field("listen"),
-                    "required for type: syslog (tcp://host:port, udp://host:port or unix:///path)"
+                    "required for a network input (tcp://host:port; syslog also udp://host:port or unix:///path)"
                         .into(),
                 ));
+            }
+        };
+        if protocol == NetProtocol::Http && !matches!(listen, Listen::Tcp(_)) {
+            return Err(self.invalid(
+                &field("listen"),
+                "an http input listens on tcp://host:port".into(),
+            ));
+        }
+        let max_body_bytes = match (&s.max_body_size, protocol) {
+            (None, _) => DEFAULT_MAX_BODY,
+            (Some(_), NetProtocol::Syslog) => {
+                return Err(self.invalid(&field("max_body_size"), "only for type: http".into()));
+            }
+            (Some(text), NetProtocol::Http) => {
+                let n = super::parse_size(text)
+                    .map_err(|e| self.invalid(&field("max_body_size"), e))?;
+                if n == 0 {
+                    return Err(
+                        self.invalid(&field("max_body_size"), "must be greater than zero".into())
+                    );
+                }
+                n as usize
             }
         };
         let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
@@ -60,12 +87,13 @@ impl Validator {
         Ok(SourceConfig {
             format: Format::Message,
             max_line_bytes: self.max_line_size(prefix, &s.max_line_size)?,
-            parser: ParserConfig::Syslog,
+            parser,
             processors: self.processors(prefix, &s.processors)?,
             input: Some(NetInputConfig {
                 protocol,
                 listen,
                 max_connections,
+                max_body_bytes,
             }),
             ..SourceConfig::new(&s.name, Vec::new(), &s.sink)
         })

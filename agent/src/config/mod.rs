@@ -192,6 +192,8 @@ pub struct NetInputConfig {
     pub listen: Listen,
     /// Stream connections open at once at most; more are closed at once (counted).
     pub max_connections: usize,
+    /// `http`: the largest request body taken.
+    pub max_body_bytes: usize,
 }
 
 /// The protocol of a network input.
@@ -200,6 +202,9 @@ pub enum NetProtocol {
     /// RFC 5424 / RFC 3164 messages; TCP framed by octet counting or newlines
     /// (RFC 6587), one message per UDP or Unix datagram.
     Syslog,
+    /// NDJSON over HTTP POST: each line one record (a JSON object, its members the
+    /// fields), answered once every record of the request is durable.
+    Http,
 }
 
 /// Where a network input listens (`listen:`).

@@ -207,7 +207,7 @@ impl Services {
         let pipeline = self.pipeline(config, sinks);
         self.net_inputs = Some(
             bound
-                .start(pipeline)
+                .start(pipeline, self.registry.clone())
                 .context("starting the network inputs")?,
         );
         Ok(())

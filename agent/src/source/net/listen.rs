@@ -1,5 +1,6 @@
-//! The listener threads of the network inputs: TCP (an accept thread, one thread per
-//! connection), UDP and Unix datagram sockets (one thread each). They only read,
+//! The listener threads of the network inputs: syslog over TCP (an accept thread, one
+//! thread per connection), UDP and Unix datagram sockets (one thread each); an `http`
+//! input's thread runs its server ([`super::http`]). They only read,
 //! frame and queue; every wait is bounded (100 ms) so a stop is seen promptly.
 
 use std::io::{ErrorKind, Read};
@@ -19,7 +20,7 @@ use crossbeam_channel::Sender;
 
 use super::Message;
 use super::framing::{StreamFramer, datagram};
-use crate::config::Listen;
+use crate::config::{Listen, NetProtocol};
 use crate::metrics::catalogue::{
     INPUT_CONNECTIONS, INPUT_CONNECTIONS_TOTAL, INPUT_KERNEL_DROPS_TOTAL, INPUT_REJECTED_TOTAL,
 };
@@ -42,10 +43,13 @@ pub(super) struct Spec {
     pub name: Arc<str>,
     pub max_message: usize,
     pub max_connections: usize,
+    pub protocol: NetProtocol,
+    /// `http`: the largest request body.
+    pub max_body: usize,
 }
 
 impl Spec {
-    fn rejected(&self, reason: &'static str, n: u64) {
+    pub(super) fn rejected(&self, reason: &'static str, n: u64) {
         if n > 0 {
             metrics::counter!(INPUT_REJECTED_TOTAL, "input" => self.name.clone(), "reason" => reason)
                 .increment(n);
@@ -54,7 +58,7 @@ impl Spec {
 
     fn send(&self, send: &Sender<Message>, body: Bytes) {
         // The ingest thread outlives every listener: a send fails only if it died.
-        let _ = send.send(Message {
+        let _ = send.send(Message::One {
             input: self.index,
             body,
         });
@@ -100,6 +104,14 @@ pub(super) fn start(
 ) -> std::io::Result<JoinHandle<()>> {
     let thread = std::thread::Builder::new().name(format!("input-{}", spec.name));
     match bound {
+        Bound::Tcp(listener) if spec.protocol == NetProtocol::Http => {
+            let runtime = super::http::runtime()?;
+            let listener = {
+                let _context = runtime.enter();
+                tokio::net::TcpListener::from_std(listener)?
+            };
+            thread.spawn(move || runtime.block_on(super::http::serve(listener, spec, send, stop)))
+        }
         Bound::Tcp(listener) => thread.spawn(move || accept_loop(&listener, &spec, &send, &stop)),
         Bound::Udp(socket) => thread.spawn(move || udp_loop(&socket, &spec, &send, &stop)),
         Bound::Unix(socket, path) => thread.spawn(move || {

@@ -35,6 +35,7 @@
 //! a stop ships every message read.
 
 mod framing;
+mod http;
 mod listen;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::checkpoint::SharedRegistry;
 use crate::config::{Config, Listen};
 use crate::metrics::catalogue::{INPUT_BYTES_TOTAL, INPUT_RECORDS_TOTAL};
 use crate::pipeline::{Content, EndReason, Input, Opening, Pipeline};
@@ -57,11 +59,18 @@ pub use framing::{StreamFramer, datagram};
 /// queue makes the listeners wait (see the module docs).
 pub const QUEUE_MESSAGES: usize = 4096;
 
-/// One message a listener read, for input `input` (its index in the config's
-/// sources).
-struct Message {
-    input: usize,
-    body: Bytes,
+/// What a listener hands the ingest thread.
+enum Message {
+    /// One message a listener read, for input `input` (its index in the config's
+    /// sources).
+    One { input: usize, body: Bytes },
+    /// The records of one HTTP request; `durable` is answered once every one of them
+    /// is acknowledged by the sink (dropped unanswered if the agent stops first).
+    Batch {
+        input: usize,
+        records: Vec<Bytes>,
+        durable: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// The sockets of a config's network inputs, bound and not read yet.
@@ -87,6 +96,8 @@ impl BoundInputs {
                 name: source.name.clone(),
                 max_message: source.max_line_bytes,
                 max_connections: input.max_connections,
+                protocol: input.protocol,
+                max_body: input.max_body_bytes,
             };
             sockets.push((spec, input.listen.clone(), bound));
         }
@@ -96,7 +107,7 @@ impl BoundInputs {
     /// Starts reading, shipping what arrives through `pipeline` (built from the
     /// config the sockets were bound for, so the inputs' indexes are its config
     /// indexes).
-    pub fn start(self, pipeline: Pipeline) -> std::io::Result<NetInputs> {
+    pub fn start(self, pipeline: Pipeline, registry: SharedRegistry) -> std::io::Result<NetInputs> {
         let stop = Arc::new(AtomicBool::new(false));
         let (send, received) = crossbeam_channel::bounded(QUEUE_MESSAGES);
         let mut inputs = NetInputs {
@@ -120,7 +131,7 @@ impl BoundInputs {
         inputs.ingest = Some(
             std::thread::Builder::new()
                 .name("net-ingest".into())
-                .spawn(move || ingest(pipeline, &streams, &received))?,
+                .spawn(move || ingest(pipeline, &registry, &streams, &received))?,
         );
         Ok(inputs)
     }
@@ -158,9 +169,27 @@ struct Stream {
     name: Arc<str>,
 }
 
+impl Stream {
+    fn feed(&mut self, pipeline: &mut Pipeline, body: Bytes) {
+        let len = body.len() as u64;
+        metrics::counter!(INPUT_RECORDS_TOTAL, "input" => self.name.clone()).increment(1);
+        metrics::counter!(INPUT_BYTES_TOTAL, "input" => self.name.clone()).increment(len);
+        pipeline.data(self.id, self.offset, body, None);
+        self.offset += len;
+    }
+}
+
+/// A request waiting until its records, `id`'s bytes before `end`, are durable.
+struct Waiting {
+    id: SourceId,
+    end: u64,
+    durable: tokio::sync::oneshot::Sender<()>,
+}
+
 /// The ingest thread: messages into `pipeline` until every listener is gone.
 fn ingest(
     mut pipeline: Pipeline,
+    registry: &SharedRegistry,
     inputs: &[(usize, Listen, Arc<str>)],
     received: &Receiver<Message>,
 ) {
@@ -175,6 +204,8 @@ fn ingest(
             config_name: name.clone(),
         });
         let id = info.id;
+        // Followed, not persisted: a request is answered by its acknowledgements.
+        registry.track(id);
         pipeline.opened(Opening {
             info,
             configs: vec![*i],
@@ -189,19 +220,35 @@ fn ingest(
         });
     }
     const TICK: Duration = Duration::from_millis(100);
+    // While a request waits, its acknowledgement is looked for this often.
+    const ACK_POLL: Duration = Duration::from_millis(5);
+    let mut waiting: Vec<Waiting> = Vec::new();
     let mut next_tick = Instant::now() + TICK;
     loop {
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        let mut wait = next_tick.saturating_duration_since(Instant::now());
+        if !waiting.is_empty() {
+            wait = wait.min(ACK_POLL);
+        }
         match received.recv_timeout(wait) {
-            Ok(message) => {
-                if let Some(stream) = streams.get_mut(message.input).and_then(Option::as_mut) {
-                    let len = message.body.len() as u64;
-                    metrics::counter!(INPUT_RECORDS_TOTAL, "input" => stream.name.clone())
-                        .increment(1);
-                    metrics::counter!(INPUT_BYTES_TOTAL, "input" => stream.name.clone())
-                        .increment(len);
-                    pipeline.data(stream.id, stream.offset, message.body, None);
-                    stream.offset += len;
+            Ok(Message::One { input, body }) => {
+                if let Some(stream) = streams.get_mut(input).and_then(Option::as_mut) {
+                    stream.feed(&mut pipeline, body);
+                }
+            }
+            Ok(Message::Batch {
+                input,
+                records,
+                durable,
+            }) => {
+                if let Some(stream) = streams.get_mut(input).and_then(Option::as_mut) {
+                    for body in records {
+                        stream.feed(&mut pipeline, body);
+                    }
+                    waiting.push(Waiting {
+                        id: stream.id,
+                        end: stream.offset,
+                        durable,
+                    });
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -212,11 +259,33 @@ fn ingest(
             next_tick = now + TICK;
             pipeline.tick(now);
         }
+        waiting = answer_durable(registry, waiting);
     }
     for stream in streams.into_iter().flatten() {
         pipeline.ended(stream.id, EndReason::Shutdown);
+        registry.end_branch(stream.id);
     }
     pipeline.seal_all();
+}
+
+/// Answers the requests whose records are all acknowledged; returns the others.
+fn answer_durable(registry: &SharedRegistry, waiting: Vec<Waiting>) -> Vec<Waiting> {
+    if waiting.is_empty() {
+        return waiting;
+    }
+    let mut still = Vec::with_capacity(waiting.len());
+    for w in waiting {
+        if registry
+            .acked_offset(w.id)
+            .is_some_and(|acked| acked >= w.end)
+        {
+            // The requester may have given up; nothing to do then.
+            let _ = w.durable.send(());
+        } else if !w.durable.is_closed() {
+            still.push(w);
+        }
+    }
+    still
 }
 
 /// `dev` mixed into a network input's source id: no block device has it.
