@@ -705,6 +705,13 @@ fn syslog_inputs_listen_on_tcp_udp_or_unix() {
     assert!(matches!(c.sources[0].parser, ParserConfig::Syslog));
     assert_eq!(c.sources[0].max_line_bytes, 8 << 10);
     assert!(c.sources[3].input.is_none());
+    let yaml = "sources:\n  - {name: h, type: http, listen: \"tcp://127.0.0.1:8080\"}\n\
+        sinks:\n  local: {type: blackhole}\n";
+    let c = Config::parse(yaml, "t.yaml").unwrap();
+    let input = c.sources[0].input.clone().unwrap();
+    assert_eq!(input.protocol, NetProtocol::Http);
+    assert_eq!(input.max_body_bytes, 10 << 20);
+    assert!(matches!(c.sources[0].parser, ParserConfig::Json));
 }
 
 #[test]
@@ -765,6 +772,21 @@ fn bad_syslog_inputs_name_the_field() {
             "type: sysl0g, listen: \"udp://127.0.0.1:1\"",
             "sources[0]",
             "unknown variant",
+        ),
+        (
+            "type: http, listen: \"udp://127.0.0.1:1\"",
+            "sources[0].listen",
+            "tcp://",
+        ),
+        (
+            "type: syslog, listen: \"udp://127.0.0.1:1\", max_body_size: 1MiB",
+            "sources[0].max_body_size",
+            "only for type: http",
+        ),
+        (
+            "type: http, listen: \"tcp://127.0.0.1:1\", max_body_size: lots",
+            "sources[0].max_body_size",
+            "lots",
         ),
     ];
     for (source, field, message) in cases {
