@@ -432,3 +432,55 @@ fn fluent_bit_syslog_output_over_tcp_and_udp_arrives_once_with_its_fields() {
     drop(fb);
     assert!(agent.stop(), "clean exit\n{}", agent.log());
 }
+
+/// UDP has no flow control: datagrams sent while the agent cannot read (stopped with
+/// SIGSTOP) overflow the socket's buffer. Every datagram is then either a record or
+/// one of the kernel's drops, which the input reports.
+#[test]
+fn udp_datagrams_are_either_stored_or_counted_as_kernel_drops() {
+    const SENT: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let udp = free_udp_port();
+    let config = format!(
+        "sources:\n\
+         \x20 - {{name: burst, type: syslog, listen: \"udp://127.0.0.1:{udp}\", sink: local}}\n\
+         sinks:\n  local: {{type: store}}\n\
+         batch: {{timeout: 100ms}}\n"
+    );
+    let mut agent = Agent::start(&dir.path().join("data"), &config);
+    agent.wait_ready();
+    let pid = agent.pid() as i32;
+    // SAFETY: signals to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pad = "p".repeat(1000);
+    for i in 0..SENT {
+        let m = format!("<14>1 - h burst - - - seq={i:06} {pad}");
+        sender.send_to(m.as_bytes(), ("127.0.0.1", udp)).unwrap();
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let (mut records, mut drops) = (0.0, 0.0);
+    let settled = poll_until(WAIT, Duration::from_millis(300), || {
+        let text = agent.metrics();
+        records = metric(&text, "logtap_input_records_total", &[("input", "burst")]);
+        drops = metric(
+            &text,
+            "logtap_input_kernel_drops_total",
+            &[("input", "burst")],
+        );
+        records + drops == SENT as f64
+    });
+    assert!(settled, "{records} records + {drops} drops != {SENT} sent");
+    eprintln!("udp burst: {records} records, {drops} kernel drops of {SENT}");
+    assert!(drops > 0.0, "the burst overflowed the socket buffer");
+    let path = format!("udp://127.0.0.1:{udp}");
+    let mut stored = 0;
+    assert!(poll_until(WAIT, Duration::from_millis(200), || {
+        stored = store_records(&agent.store_dir())
+            .iter()
+            .filter(|r| r["path"] == path.as_str())
+            .count();
+        stored as f64 == records
+    }));
+    assert!(agent.stop(), "clean exit\n{}", agent.log());
+}
