@@ -1,7 +1,8 @@
 //! The `http` input end to end, with the real binary and a plain HTTP/1.1 client:
 //! NDJSON posts are answered `200` only once their records are durable (the store
 //! has them when the answer comes), garbage is refused whole with `400` and counted,
-//! an oversized body gets `413`.
+//! an oversized body gets `413`; and Fluent Bit's `http` output (NDJSON) as a real
+//! client.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use common::fluent_bit::FluentBit;
 use common::*;
 
 /// POSTs `body` to `path` on 127.0.0.1:`port` (one request per connection); the
@@ -139,5 +141,55 @@ fn ndjson_posts_are_answered_once_durable_and_every_record_arrives_once() {
         of("logtap_input_connections_total", &[("input", "api")]),
         11.0
     );
+    assert!(agent.stop(), "clean exit\n{}", agent.log());
+}
+
+#[test]
+fn fluent_bit_http_output_ndjson_arrives_once_with_its_fields() {
+    const N: u64 = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "sources:\n\
+         \x20 - {{name: fb, type: http, listen: \"tcp://127.0.0.1:{port}\", sink: local}}\n\
+         sinks:\n  local: {{type: store}}\n\
+         batch: {{timeout: 100ms}}\n"
+    );
+    let mut agent = Agent::start(&dir.path().join("data"), &config);
+    agent.wait_ready();
+    let input = dir.path().join("app.log");
+    let lines: Vec<String> = (0..N).map(|i| format!("fluent seq={i:06}")).collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let fb = FluentBit::start(&format!(
+        "[INPUT]\n    Name tail\n    Path {}\n    Read_from_Head On\n    Tag app\n\
+         [OUTPUT]\n    Name http\n    Match *\n    Host 127.0.0.1\n    Port {port}\n\
+         \x20   URI /ingest\n    Format json_lines\n    Json_Date_Key false\n",
+        input.display()
+    ));
+    let store = agent.store_dir();
+    let path = format!("tcp://127.0.0.1:{port}");
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    let complete = poll_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        seen.clear();
+        for r in store_records(&store)
+            .iter()
+            .filter(|r| r["path"] == path.as_str())
+        {
+            if let Some(log) = r["fields"]["log"].as_str() {
+                *seen.entry(log.to_string()).or_default() += 1;
+            }
+        }
+        lines.iter().all(|l| seen.contains_key(l))
+    });
+    assert!(
+        complete,
+        "{} of {N} lines arrived\nfluent-bit:\n{}\nagent:\n{}",
+        seen.len(),
+        fb.log(),
+        agent.log()
+    );
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "arrived more than once: {twice:?}");
+    drop(fb);
     assert!(agent.stop(), "clean exit\n{}", agent.log());
 }

@@ -9,10 +9,10 @@ mod common;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::fluent_bit::FluentBit;
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -315,81 +315,25 @@ fn logger_messages_over_tcp_udp_and_a_unix_socket_arrive_once_with_their_fields(
     assert!(!socket.exists(), "the socket file is removed at the stop");
 }
 
-/// Fluent Bit v5 (`../shared/peers/fluent-bit`) tailing a file into two `syslog`
-/// outputs: RFC 5424 over TCP and RFC 3164 over UDP.
-struct FluentBit {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl FluentBit {
-    fn binary() -> PathBuf {
-        let candidates: Vec<PathBuf> = std::env::var_os("LOGTAP_FLUENT_BIT")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain([
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/fluent-bit"),
-                PathBuf::from("/work/shared/peers/fluent-bit"),
-            ])
-            .collect();
-        candidates
-            .iter()
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "the Fluent Bit peer is missing (looked at {candidates:?}; see \
-                     shared/peers/README.md, or set LOGTAP_FLUENT_BIT)"
-                )
-            })
-            .clone()
-    }
-
-    fn start(input: &std::path::Path, tcp: u16, udp: u16) -> FluentBit {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("fluent-bit.conf");
-        let output = |port: u16, mode: &str, format: &str| {
-            format!(
-                "[OUTPUT]\n    Name syslog\n    Match *\n    Host 127.0.0.1\n    Port {port}\n\
-                 \x20   Mode {mode}\n    Syslog_Format {format}\n    Syslog_Message_Key log\n\
-                 \x20   Syslog_Appname_Key app\n    Syslog_Hostname_Key host\n\
-                 \x20   Syslog_Severity_Key sev\n    Syslog_Facility_Key fac\n"
-            )
-        };
-        std::fs::write(
-            &conf,
-            format!(
-                "[SERVICE]\n    Flush 0.2\n    Log_Level info\n\
-                 [INPUT]\n    Name tail\n    Path {}\n    Read_from_Head On\n    Tag app\n\
-                 [FILTER]\n    Name record_modifier\n    Match *\n    Record app fbapp\n\
-                 \x20   Record host fbhost\n    Record sev 4\n    Record fac 17\n{}{}",
-                input.display(),
-                output(tcp, "tcp", "rfc5424"),
-                output(udp, "udp", "rfc3164"),
-            ),
+/// Fluent Bit tailing `input` into two `syslog` outputs: RFC 5424 over TCP and RFC
+/// 3164 over UDP, the header fields taken from keys a filter adds.
+fn fluent_bit_syslog(input: &std::path::Path, tcp: u16, udp: u16) -> FluentBit {
+    let output = |port: u16, mode: &str, format: &str| {
+        format!(
+            "[OUTPUT]\n    Name syslog\n    Match *\n    Host 127.0.0.1\n    Port {port}\n\
+             \x20   Mode {mode}\n    Syslog_Format {format}\n    Syslog_Message_Key log\n\
+             \x20   Syslog_Appname_Key app\n    Syslog_Hostname_Key host\n\
+             \x20   Syslog_Severity_Key sev\n    Syslog_Facility_Key fac\n"
         )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("fluent-bit.log")).unwrap();
-        let child = Command::new(Self::binary())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start fluent-bit");
-        FluentBit { child, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("fluent-bit.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for FluentBit {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    };
+    FluentBit::start(&format!(
+        "[INPUT]\n    Name tail\n    Path {}\n    Read_from_Head On\n    Tag app\n\
+         [FILTER]\n    Name record_modifier\n    Match *\n    Record app fbapp\n\
+         \x20   Record host fbhost\n    Record sev 4\n    Record fac 17\n{}{}",
+        input.display(),
+        output(tcp, "tcp", "rfc5424"),
+        output(udp, "udp", "rfc3164"),
+    ))
 }
 
 #[test]
@@ -409,7 +353,7 @@ fn fluent_bit_syslog_output_over_tcp_and_udp_arrives_once_with_its_fields() {
     let input = dir.path().join("app.log");
     let messages = lines("fluent", N);
     std::fs::write(&input, messages.join("\n") + "\n").unwrap();
-    let fb = FluentBit::start(&input, tcp, udp);
+    let fb = fluent_bit_syslog(&input, tcp, udp);
     let store = agent.store_dir();
     let check = |path: &str, protocol: &str| {
         let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
