@@ -1,4 +1,4 @@
-//! Validation of the network inputs (`sources[]` entries with `type: syslog | http`): where
+//! Validation of the network inputs (`sources[]` entries with `type: syslog | http | otlp`): where
 //! they listen, and the file-source settings they cannot have.
 
 use std::path::PathBuf;
@@ -29,6 +29,8 @@ impl Validator {
         let (protocol, parser) = match s.kind {
             RawSourceType::Syslog => (NetProtocol::Syslog, ParserConfig::Syslog),
             RawSourceType::Http => (NetProtocol::Http, ParserConfig::Json),
+            // The input decodes the fields; the body is kept as the sender gave it.
+            RawSourceType::Otlp => (NetProtocol::Otlp, ParserConfig::None),
             RawSourceType::File => unreachable!("file sources are validated elsewhere"),
         };
         let file_only = [
@@ -45,7 +47,7 @@ impl Validator {
         if let Some((name, _)) = file_only.iter().find(|(_, set)| *set) {
             return Err(self.invalid(
                 &field(name),
-                "not for a network input (type: syslog | http): messages are framed and parsed as the protocol says".into(),
+                "not for a network input (type: syslog | http | otlp): messages are framed and parsed as the protocol says".into(),
             ));
         }
         let listen = match &s.listen {
@@ -58,18 +60,21 @@ impl Validator {
                 ));
             }
         };
-        if protocol == NetProtocol::Http && !matches!(listen, Listen::Tcp(_)) {
+        if protocol != NetProtocol::Syslog && !matches!(listen, Listen::Tcp(_)) {
             return Err(self.invalid(
                 &field("listen"),
-                "an http input listens on tcp://host:port".into(),
+                "an http or otlp input listens on tcp://host:port".into(),
             ));
         }
         let max_body_bytes = match (&s.max_body_size, protocol) {
             (None, _) => DEFAULT_MAX_BODY,
             (Some(_), NetProtocol::Syslog) => {
-                return Err(self.invalid(&field("max_body_size"), "only for type: http".into()));
+                return Err(self.invalid(
+                    &field("max_body_size"),
+                    "only for type: http or otlp".into(),
+                ));
             }
-            (Some(text), NetProtocol::Http) => {
+            (Some(text), NetProtocol::Http | NetProtocol::Otlp) => {
                 let n = super::parse_size(text)
                     .map_err(|e| self.invalid(&field("max_body_size"), e))?;
                 if n == 0 {

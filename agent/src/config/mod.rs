@@ -192,7 +192,7 @@ pub struct NetInputConfig {
     pub listen: Listen,
     /// Stream connections open at once at most; more are closed at once (counted).
     pub max_connections: usize,
-    /// `http`: the largest request body taken.
+    /// `http`, `otlp`: the largest request body taken.
     pub max_body_bytes: usize,
 }
 
@@ -205,6 +205,9 @@ pub enum NetProtocol {
     /// NDJSON over HTTP POST: each line one record (a JSON object, its members the
     /// fields), answered once every record of the request is durable.
     Http,
+    /// OTLP/HTTP logs (`POST /v1/logs`, protobuf or JSON): each log record one record,
+    /// its body exact, its attributes fields; answered once durable.
+    Otlp,
 }
 
 /// Where a network input listens (`listen:`).

@@ -98,6 +98,7 @@ pub enum RawSourceType {
     File,
     Syslog,
     Http,
+    Otlp,
 }
 
 /// Where the agent runs.
@@ -411,7 +412,7 @@ impl Default for RawCri {
 pub struct RawSource {
     pub name: String,
     /// `file` (the default: `include` globs, `selector`, `container_paths`) or a
-    /// network input: `syslog`, `http` (NDJSON POST).
+    /// network input: `syslog`, `http` (NDJSON POST), `otlp` (OTLP/HTTP logs).
     #[serde(default, rename = "type")]
     pub kind: RawSourceType,
     /// Where a network input listens: `tcp://127.0.0.1:5514`, `udp://0.0.0.0:514`,
@@ -421,7 +422,7 @@ pub struct RawSource {
     /// Stream connections a network input keeps open at once (default 256).
     #[serde(default)]
     pub max_connections: Option<usize>,
-    /// The largest request body an `http` input takes (default 10MiB; larger: 413).
+    /// The largest request body an `http` or `otlp` input takes (default 10MiB; larger: 413).
     #[serde(default)]
     pub max_body_size: Option<String>,
     /// Absolute globs; required unless `selector` is set (then it defaults to every

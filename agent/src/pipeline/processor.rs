@@ -84,6 +84,9 @@ pub struct Pipeline {
     /// The node's containers, naming those whose files are read inside them.
     containers: Option<Arc<dyn ContainerList>>,
     shipped: Shipped,
+    /// Fields the input decoded itself for the one record of the next
+    /// [`Pipeline::message_with_fields`] (an OTLP log record's attributes).
+    provided: Vec<(Bytes, Bytes)>,
 }
 
 impl Pipeline {
@@ -112,6 +115,7 @@ impl Pipeline {
             board: None,
             containers: None,
             shipped: Shipped::default(),
+            provided: Vec::new(),
         }
     }
 
@@ -128,6 +132,30 @@ impl Pipeline {
     /// Names the container of every file read inside a container from now on.
     pub fn set_containers(&mut self, containers: Arc<dyn ContainerList>) {
         self.containers = Some(containers);
+    }
+
+    /// One record of a source opened with [`Content::Messages`] (`body`, exactly one
+    /// record with that format), carrying `fields` besides what its parser finds: an
+    /// input that decoded the record's fields itself (OTLP attributes) hands them over
+    /// this way. They come before the processors, like a parser's. `written_ns` is
+    /// the record's own time, when it has one.
+    pub fn message_with_fields(
+        &mut self,
+        source: SourceId,
+        offset: u64,
+        body: Bytes,
+        fields: Vec<(Bytes, Bytes)>,
+        written_ns: Option<i64>,
+    ) {
+        debug_assert!(
+            self.slots
+                .get(&source)
+                .is_none_or(|s| s.format == Format::Message),
+            "fields go with one record: a message source's"
+        );
+        self.provided = fields;
+        self.data(source, offset, body, written_ns);
+        self.provided.clear();
     }
 
     /// What this pipeline read and shipped so far.
@@ -188,6 +216,12 @@ impl Pipeline {
                 .is_some_and(|c| c.vouches_for(&line.body));
             let first_field = slot.builder.fields_mut().len();
             parser.apply_with(&mut line, index, slot.builder.fields_mut(), known_utf8);
+            for (key, value) in self.provided.drain(..) {
+                let line = index;
+                slot.builder
+                    .fields_mut()
+                    .push(crate::batch::Field { line, key, value });
+            }
             if line.flags != LineFlags::empty() {
                 let f = line.flags;
                 truncated += f.contains(LineFlags::TRUNCATED) as u64;

@@ -1,4 +1,8 @@
-//! The `http` input: NDJSON over `POST` (any path), each non-empty line one record.
+//! The `http` and `otlp` inputs' server. `http`: NDJSON over `POST` (any path), each
+//! non-empty line one record. `otlp`: OTLP/HTTP logs, `POST /v1/logs`, protobuf or
+//! JSON (see [`super::otlp`]); the same answers, with an `ExportLogsServiceResponse`
+//! (partial success naming the log records refused) as the `200`'s body. Either may
+//! be gzip-compressed (`Content-Encoding: gzip`).
 //!
 //! | answer | when |
 //! | --- | --- |
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -31,8 +36,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
-use super::Message;
 use super::listen::Spec;
+use super::{Message, Record, otlp};
+use crate::config::NetProtocol;
 use crate::metrics::catalogue::{INPUT_CONNECTIONS, INPUT_CONNECTIONS_TOTAL};
 
 /// How long a request waits for its records to be durable before a `503`.
@@ -107,8 +113,19 @@ async fn respond(
     send: &Sender<Message>,
 ) -> Response<Full<Bytes>> {
     if request.method() != Method::POST {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "POST NDJSON\n");
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
     }
+    let otlp = match spec.protocol {
+        NetProtocol::Otlp => match otlp_encoding(&request) {
+            Ok(encoding) => Some(encoding),
+            Err(refusal) => return refusal,
+        },
+        _ => None,
+    };
+    let gzip = request
+        .headers()
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     let body = match Limited::new(request.into_body(), spec.max_body)
         .collect()
         .await
@@ -120,24 +137,64 @@ async fn respond(
         }
         Err(_) => return text(StatusCode::BAD_REQUEST, "the body could not be read\n"),
     };
-    let records = match records(&body, spec.max_message) {
-        Ok(records) => records,
-        Err(Refused::TooLarge) => {
-            spec.rejected("too_large", 1);
-            return text(StatusCode::PAYLOAD_TOO_LARGE, "a line over max_line_size\n");
+    let body = if gzip {
+        match gunzip(&body, spec.max_body) {
+            Ok(body) => body,
+            Err(status) => {
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    spec.rejected("too_large", 1);
+                }
+                return text(status, "gzip body not readable, or over max_body_size\n");
+            }
         }
-        Err(Refused::NotJson(n)) => {
-            spec.rejected("bad_line", n);
-            return Response::builder()
-                .status(StatusCode::BAD_REQUEST)
-                .body(Full::new(Bytes::from(format!(
-                    "{n} line(s) are not JSON objects; no record of the request was taken\n"
-                ))))
-                .unwrap_or_default();
+    } else {
+        body
+    };
+    let (records, rejected) = match otlp {
+        None => match ndjson(&body, spec.max_message) {
+            Ok(records) => (records, 0),
+            Err(Refused::TooLarge) => {
+                spec.rejected("too_large", 1);
+                return text(StatusCode::PAYLOAD_TOO_LARGE, "a line over max_line_size\n");
+            }
+            Err(Refused::NotJson(n)) => {
+                spec.rejected("bad_line", n);
+                return owned(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{n} line(s) are not JSON objects; no record of the request was taken\n"
+                    ),
+                );
+            }
+        },
+        Some(encoding) => match otlp::decode(&body, encoding, spec.max_message) {
+            Ok(decoded) => (decoded.records, decoded.rejected),
+            Err(e) => {
+                spec.rejected("bad_request", 1);
+                return owned(
+                    StatusCode::BAD_REQUEST,
+                    format!("not an OTLP logs request: {e}\n"),
+                );
+            }
+        },
+    };
+    spec.rejected("too_large", rejected);
+    let accepted = || match otlp {
+        None => text(StatusCode::OK, ""),
+        Some(encoding) => {
+            let mut response = Response::new(Full::new(otlp::response(encoding, rejected)));
+            let content_type = match encoding {
+                otlp::Encoding::Protobuf => "application/x-protobuf",
+                otlp::Encoding::Json => "application/json",
+            };
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
         }
     };
     if records.is_empty() {
-        return text(StatusCode::OK, "");
+        return accepted();
     }
     let (durable, answered) = tokio::sync::oneshot::channel();
     let batch = Message::Batch {
@@ -156,7 +213,7 @@ async fn respond(
         }
     }
     match tokio::time::timeout(DURABLE_TIMEOUT, answered).await {
-        Ok(Ok(())) => text(StatusCode::OK, ""),
+        Ok(Ok(())) => accepted(),
         _ => {
             spec.rejected("not_durable", 1);
             text(
@@ -165,6 +222,52 @@ async fn respond(
             )
         }
     }
+}
+
+/// An OTLP request's encoding, or the refusal of a request that is not one.
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the response itself"
+)]
+fn otlp_encoding<B>(request: &Request<B>) -> Result<otlp::Encoding, Response<Full<Bytes>>> {
+    if request.uri().path() != "/v1/logs" {
+        return Err(text(StatusCode::NOT_FOUND, "OTLP logs go to /v1/logs\n"));
+    }
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if content_type.starts_with(b"application/x-protobuf") {
+        Ok(otlp::Encoding::Protobuf)
+    } else if content_type.starts_with(b"application/json") {
+        Ok(otlp::Encoding::Json)
+    } else {
+        Err(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/x-protobuf or application/json\n",
+        ))
+    }
+}
+
+/// A gzip body, at most `max` bytes once inflated.
+fn gunzip(body: &[u8], max: usize) -> Result<Bytes, StatusCode> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut inflate = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
+    inflate
+        .read_to_end(&mut out)
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    if out.len() > max {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    Ok(Bytes::from(out))
+}
+
+fn owned(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(message)));
+    *response.status_mut() = status;
+    response
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -176,8 +279,8 @@ enum Refused {
 }
 
 /// The non-empty lines of `body` (without `\n` or `\r\n`), each a JSON object of at
-/// most `max` bytes, as slices of it.
-fn records(body: &Bytes, max: usize) -> Result<Vec<Bytes>, Refused> {
+/// most `max` bytes, as records (slices of it).
+fn ndjson(body: &Bytes, max: usize) -> Result<Vec<Record>, Refused> {
     let mut out = Vec::new();
     let mut bad = 0u64;
     let mut start = 0;
@@ -193,7 +296,11 @@ fn records(body: &Bytes, max: usize) -> Result<Vec<Bytes>, Refused> {
         }
         if !line.iter().all(u8::is_ascii_whitespace) {
             if json_object(line) {
-                out.push(body.slice(start..line_end));
+                out.push(Record {
+                    body: body.slice(start..line_end),
+                    fields: Vec::new(),
+                    time: None,
+                });
             } else {
                 bad += 1;
             }
@@ -228,21 +335,21 @@ mod tests {
     #[test]
     fn lines_are_objects_or_the_request_is_refused() {
         let body = Bytes::from_static(b"{\"a\":1}\r\n\n  \n{\"b\":\"x\\ny\"}\n{\"c\":[1]}");
-        let got = records(&body, 100).unwrap();
-        let got: Vec<&[u8]> = got.iter().map(|b| &b[..]).collect();
+        let got = ndjson(&body, 100).unwrap();
+        let got: Vec<&[u8]> = got.iter().map(|r| &r.body[..]).collect();
         assert_eq!(
             got,
             [&b"{\"a\":1}"[..], b"{\"b\":\"x\\ny\"}", b"{\"c\":[1]}"]
         );
         let bad =
             Bytes::from_static(b"{\"a\":1}\nnot json\n[1,2]\n{\"a\":\n\"str\"\n{\"ok\":true}\n");
-        assert_eq!(records(&bad, 100), Err(Refused::NotJson(4)));
+        assert_eq!(ndjson(&bad, 100).map(|_| ()), Err(Refused::NotJson(4)));
         let long = Bytes::from(format!("{{\"a\":\"{}\"}}\n", "x".repeat(200)));
-        assert_eq!(records(&long, 100), Err(Refused::TooLarge));
-        assert_eq!(records(&Bytes::new(), 100), Ok(Vec::new()));
+        assert_eq!(ndjson(&long, 100).map(|_| ()), Err(Refused::TooLarge));
+        assert!(ndjson(&Bytes::new(), 100).unwrap().is_empty());
         let binary = Bytes::from_static(b"{\"a\":\"\xff\"}\n");
         assert_eq!(
-            records(&binary, 100),
+            ndjson(&binary, 100).map(|_| ()),
             Err(Refused::NotJson(1)),
             "JSON is UTF-8"
         );

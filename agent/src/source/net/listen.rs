@@ -104,7 +104,7 @@ pub(super) fn start(
 ) -> std::io::Result<JoinHandle<()>> {
     let thread = std::thread::Builder::new().name(format!("input-{}", spec.name));
     match bound {
-        Bound::Tcp(listener) if spec.protocol == NetProtocol::Http => {
+        Bound::Tcp(listener) if spec.protocol != NetProtocol::Syslog => {
             let runtime = super::http::runtime()?;
             let listener = {
                 let _context = runtime.enter();

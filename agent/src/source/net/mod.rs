@@ -37,6 +37,7 @@
 mod framing;
 mod http;
 mod listen;
+mod otlp;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,9 +69,18 @@ enum Message {
     /// is acknowledged by the sink (dropped unanswered if the agent stops first).
     Batch {
         input: usize,
-        records: Vec<Bytes>,
+        records: Vec<Record>,
         durable: tokio::sync::oneshot::Sender<()>,
     },
+}
+
+/// One record of a request: its body, the fields the input decoded (OTLP
+/// attributes; none for NDJSON, whose parser finds them) and when it was written.
+#[derive(Debug)]
+struct Record {
+    body: Bytes,
+    fields: Vec<(Bytes, Bytes)>,
+    time: Option<i64>,
 }
 
 /// The sockets of a config's network inputs, bound and not read yet.
@@ -170,11 +180,16 @@ struct Stream {
 }
 
 impl Stream {
-    fn feed(&mut self, pipeline: &mut Pipeline, body: Bytes) {
-        let len = body.len() as u64;
+    fn feed(&mut self, pipeline: &mut Pipeline, record: Record) {
+        let len = record.body.len() as u64;
         metrics::counter!(INPUT_RECORDS_TOTAL, "input" => self.name.clone()).increment(1);
         metrics::counter!(INPUT_BYTES_TOTAL, "input" => self.name.clone()).increment(len);
-        pipeline.data(self.id, self.offset, body, None);
+        if record.fields.is_empty() && record.time.is_none() {
+            pipeline.data(self.id, self.offset, record.body, None);
+        } else {
+            let Record { body, fields, time } = record;
+            pipeline.message_with_fields(self.id, self.offset, body, fields, time);
+        }
         self.offset += len;
     }
 }
@@ -232,7 +247,12 @@ fn ingest(
         match received.recv_timeout(wait) {
             Ok(Message::One { input, body }) => {
                 if let Some(stream) = streams.get_mut(input).and_then(Option::as_mut) {
-                    stream.feed(&mut pipeline, body);
+                    let record = Record {
+                        body,
+                        fields: Vec::new(),
+                        time: None,
+                    };
+                    stream.feed(&mut pipeline, record);
                 }
             }
             Ok(Message::Batch {
@@ -241,8 +261,8 @@ fn ingest(
                 durable,
             }) => {
                 if let Some(stream) = streams.get_mut(input).and_then(Option::as_mut) {
-                    for body in records {
-                        stream.feed(&mut pipeline, body);
+                    for record in records {
+                        stream.feed(&mut pipeline, record);
                     }
                     waiting.push(Waiting {
                         id: stream.id,
