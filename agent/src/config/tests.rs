@@ -712,6 +712,23 @@ fn syslog_inputs_listen_on_tcp_udp_or_unix() {
     assert_eq!(input.protocol, NetProtocol::Http);
     assert_eq!(input.max_body_bytes, 10 << 20);
     assert!(matches!(c.sources[0].parser, ParserConfig::Json));
+    let yaml = "sources:\n  - {name: o, type: otlp, listen: \"tcp://127.0.0.1:4318\", max_body_size: 1MiB}\n\
+        sinks:\n  local: {type: blackhole}\n";
+    let c = Config::parse(yaml, "t.yaml").unwrap();
+    let input = c.sources[0].input.clone().unwrap();
+    assert_eq!(input.protocol, NetProtocol::Otlp);
+    assert_eq!(input.max_body_bytes, 1 << 20);
+    assert!(
+        matches!(c.sources[0].parser, ParserConfig::None),
+        "the input decodes the fields"
+    );
+    let yaml = "sources:\n  - {name: o, type: otlp, listen: \"unix:///x\"}\n\
+        sinks:\n  local: {type: blackhole}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(
+        err.contains("sources[0].listen") && err.contains("tcp://"),
+        "{err}"
+    );
 }
 
 #[test]
