@@ -428,3 +428,41 @@ fn udp_datagrams_are_either_stored_or_counted_as_kernel_drops() {
     }));
     assert!(agent.stop(), "clean exit\n{}", agent.log());
 }
+
+/// The boundary is "read from the socket": a SIGTERM right after the sender's writes
+/// (the connection perhaps not even accepted yet) still ships every message the
+/// kernel had taken.
+#[test]
+fn a_sigterm_right_after_the_writes_ships_every_message_sent() {
+    const N: u64 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let tcp = free_port();
+    let config = format!(
+        "sources:\n\
+         \x20 - {{name: tcp, type: syslog, listen: \"tcp://127.0.0.1:{tcp}\", sink: local}}\n\
+         sinks:\n  local: {{type: store}}\n\
+         batch: {{timeout: 10s}}\n"
+    );
+    let mut agent = Agent::start(&dir.path().join("data"), &config);
+    agent.wait_ready();
+    let mut connections: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", tcp)).unwrap())
+        .collect();
+    for i in 0..N {
+        let m = format!("<13>1 - h app - - - seq={i:06}");
+        let c = &mut connections[(i % 4) as usize];
+        c.write_all(format!("{} {m}", m.len()).as_bytes()).unwrap();
+    }
+    // Still open: the agent, not the senders, ends the connections.
+    assert!(agent.stop(), "clean exit\n{}", agent.log());
+    let path = format!("tcp://127.0.0.1:{tcp}");
+    let mut seqs: Vec<String> = store_records(&agent.store_dir())
+        .iter()
+        .filter(|r| r["path"] == path.as_str())
+        .map(|r| r["fields"]["message"].as_str().unwrap().to_string())
+        .collect();
+    seqs.sort();
+    let expected: Vec<String> = (0..N).map(|i| format!("seq={i:06}")).collect();
+    assert_eq!(seqs, expected);
+    drop(connections);
+}

@@ -143,13 +143,17 @@ fn accept_loop(
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     let mut connections: Vec<JoinHandle<()>> = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        if !readable(listener.as_fd(), POLL) {
+    loop {
+        // At a stop, the connections still in the backlog are accepted too: their
+        // senders' writes succeeded, so what they sent is read before the end.
+        let stopping = stop.load(Ordering::Relaxed);
+        if !stopping && !readable(listener.as_fd(), POLL) {
             connections.retain(|c| !c.is_finished());
             continue;
         }
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
+            Err(_) if stopping => break,
             Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // Out of descriptors, a connection reset before accept: the next
