@@ -63,8 +63,9 @@ pub enum SourceKind {
     Capture,
     /// The agent's own log events and statistics (`logtap://self`).
     SelfMonitoring,
-    /// The messages one syslog listener received in one run of the agent (`net`).
-    Syslog,
+    /// What one network input (syslog, http, otlp listener) received in one run of
+    /// the agent (`source::net`).
+    Network,
 }
 
 impl SourceKind {
@@ -74,7 +75,7 @@ impl SourceKind {
             SourceKind::CriFile => "cri_file",
             SourceKind::Capture => "capture",
             SourceKind::SelfMonitoring => "self",
-            SourceKind::Syslog => "syslog",
+            SourceKind::Network => "network",
         }
     }
 }

@@ -214,7 +214,7 @@ fn ingest(
         let name = name.clone();
         let info = Arc::new(SourceInfo {
             id: SourceId::new_unique(NET_DEV, *i as u64),
-            kind: SourceKind::Syslog,
+            kind: SourceKind::Network,
             path: listen.to_string().into(),
             config_name: name.clone(),
         });
