@@ -141,7 +141,22 @@ fn ndjson_posts_are_answered_once_durable_and_every_record_arrives_once() {
         of("logtap_input_connections_total", &[("input", "api")]),
         11.0
     );
+    let (code, health) = agent.health();
+    assert_eq!(code, 200, "{health}");
+    assert!(
+        health["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "net-ingest"),
+        "{health}"
+    );
     assert!(agent.stop(), "clean exit\n{}", agent.log());
+    assert!(
+        !agent.log().contains("without an orderly stop"),
+        "{}",
+        agent.log()
+    );
 }
 
 #[test]

@@ -46,7 +46,7 @@ macro_rules! catalogue {
 
 catalogue! {
     COMPONENT_UP = "logtap_component_up", Gauge, Some(Unit::Count),
-        "1 while a pipeline thread (by component: source, sink-<name>, forward-<name>, capture, checkpoint, discovery-cri, discovery-cri-poll, discovery-kube) is alive and not stalled, 0 when it died or made no progress for health.stall_timeout with work waiting (what fails /healthz)";
+        "1 while a pipeline thread (by component: source, sink-<name>, forward-<name>, capture, checkpoint, discovery-cri, discovery-cri-poll, discovery-kube, net-ingest) is alive and not stalled, 0 when it died or made no progress for health.stall_timeout with work waiting (what fails /healthz)";
     COMPONENT_SECONDS_SINCE_PROGRESS = "logtap_component_seconds_since_progress", Gauge, Some(Unit::Seconds),
         "Seconds since a pipeline thread last made progress, by component (grows while it is idle too)";
     LINES_READ_TOTAL = "logtap_lines_read_total", Counter, Some(Unit::Count),

@@ -208,6 +208,8 @@ fn ingest(
     inputs: &[(usize, Listen, Arc<str>)],
     received: &Receiver<Message>,
 ) {
+    // Its pipeline ticks every 100 ms (progress); a panic here fails /healthz.
+    let beat = crate::metrics::health::global().register("net-ingest");
     let slots = inputs.iter().map(|(i, _, _)| i + 1).max().unwrap_or(0);
     let mut streams: Vec<Option<Stream>> = (0..slots).map(|_| None).collect();
     for (i, listen, name) in inputs {
@@ -286,6 +288,7 @@ fn ingest(
         registry.end_branch(stream.id);
     }
     pipeline.seal_all();
+    beat.stop();
 }
 
 /// Answers the requests whose records are all acknowledged; returns the others.
