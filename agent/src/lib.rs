@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod parse;
 pub mod pipeline;
 pub mod privileges;
+pub mod progress;
 pub mod route;
 pub mod select;
 pub mod selfmon;

@@ -31,9 +31,9 @@ fn read(name: &str) -> String {
 /// The YAML documents of a file, as JSON values (comments and empty documents dropped).
 fn documents(name: &str) -> Vec<serde_json::Value> {
     let text = read(name);
-    serde_yaml::Deserializer::from_str(&text)
+    yaml_serde::Deserializer::from_str(&text)
         .map(|doc| {
-            let v: serde_yaml::Value =
+            let v: yaml_serde::Value =
                 serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
             serde_json::to_value(v).unwrap()
         })

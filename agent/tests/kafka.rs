@@ -15,7 +15,7 @@ use bytes::Bytes;
 use kafka_fixture::{Broker, Msg};
 use logtap::batch::codec::{Package, Record};
 use logtap::config::network::{
-    ForwardConfig, KafkaCompression, KafkaConfig, SpoolConfig, TemplatePart, WhenFull,
+    ForwardConfig, KafkaCompression, KafkaConfig, MessagePer, SpoolConfig, TemplatePart, WhenFull,
 };
 use logtap::frame::{LineFlags, Stream};
 use logtap::sink::destination::{Destination, SpooledPackage};
@@ -36,6 +36,7 @@ fn config(broker: &Broker, topic: Vec<TemplatePart>) -> KafkaConfig {
         sasl: None,
         properties: BTreeMap::new(),
         message_timeout: Duration::from_secs(5),
+        message_per: MessagePer::Record,
         forward: ForwardConfig {
             spool: SpoolConfig {
                 path: PathBuf::from("/nonexistent"),
@@ -308,6 +309,15 @@ fn a_stopped_broker_fails_the_window_in_time_and_the_retry_delivers_it() {
 /// does not create topics), so its records time out while the others are delivered.
 #[test]
 fn a_retry_skips_what_the_failed_attempt_delivered() {
+    retry_skips_what_the_failed_attempt_delivered(MessagePer::Record);
+}
+
+#[test]
+fn a_retry_of_package_runs_skips_what_the_failed_attempt_delivered() {
+    retry_skips_what_the_failed_attempt_delivered(MessagePer::Package);
+}
+
+fn retry_skips_what_the_failed_attempt_delivered(message_per: MessagePer) {
     let Some(mut broker) = Broker::start() else {
         return;
     };
@@ -318,6 +328,7 @@ fn a_retry_skips_what_the_failed_attempt_delivered() {
     ];
     let mut cfg = config(&broker, template);
     cfg.message_timeout = Duration::from_secs(3);
+    cfg.message_per = message_per;
     let mut dest = KafkaDestination::new(&cfg).unwrap();
     let (a, b) = (source(0xa), source(0xb));
     let window = vec![
@@ -338,15 +349,72 @@ fn a_retry_skips_what_the_failed_attempt_delivered() {
         600,
         "t-a's records were delivered by the first attempt"
     );
-    let on_a = broker.consume("t-a", 600, CONSUME);
+    let on_a = unbatched(&broker.consume_records("t-a", 600, CONSUME));
     assert_exactly(&[window[0].clone(), window[2].clone()], &on_a);
-    let on_b = broker.consume("t-b", 400, CONSUME);
+    let on_b = unbatched(&broker.consume_records("t-b", 400, CONSUME));
     assert_exactly(&[window[1].clone(), window[3].clone()], &on_b);
 
     // The next window starts afresh.
     let next = vec![package(14, &a, Some("a"), 2, 10)];
     dest.send(&next).expect("next window");
     assert_eq!(dest.last_skipped(), 0);
+}
+
+/// Messages as one record each: runs of `message_per: package` split into their lines.
+fn unbatched(msgs: &[Msg]) -> Vec<Msg> {
+    msgs.iter()
+        .flat_map(|m| match m.header("logtap.records") {
+            Some(_) => m.split_run(),
+            None => vec![m.clone()],
+        })
+        .collect()
+}
+
+/// `message_per: package`: a package's records travel as runs of JSON lines, each run
+/// one message under the client's size limit with the headers of its first record and
+/// its record count; a record larger than the limit is refused alone, counted, and
+/// the runs around it delivered.
+#[test]
+fn package_runs_carry_every_record_once_as_json_lines() {
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
+    broker.create_topic("runs", 3);
+    let mut cfg = config(&broker, fixed("runs"));
+    cfg.message_per = MessagePer::Package;
+    cfg.properties
+        .insert("message.max.bytes".into(), "40000".into());
+    let mut dest = KafkaDestination::new(&cfg).unwrap();
+    let sources: Vec<_> = (1..=3).map(|i| source(0x2000 + i)).collect();
+    let mut window = Vec::new();
+    for pkg in 0..4 {
+        for s in &sources {
+            window.push(package(window.len() as u64 + 1, s, Some("shop"), pkg, 300));
+        }
+    }
+    window[4].package.records[5].body = Bytes::from(vec![b'y'; 60_000]);
+    let delivered = dest.send(&window).expect("send");
+    assert_eq!(delivered.rejected.len(), 1, "{delivered:?}");
+    let r = &delivered.rejected[0];
+    assert_eq!(
+        (r.package, r.records.as_deref(), r.reason),
+        (4, Some(&[5][..]), "too_large")
+    );
+
+    let total = 12 * 300 - 1;
+    let msgs = broker.consume_records("runs", total, CONSUME);
+    assert!(
+        msgs.iter().all(|m| m.value.len() <= 40_000 - 4096),
+        "runs stay under the limit"
+    );
+    assert!(
+        msgs.len() * 50 < total,
+        "{} messages for {total} records",
+        msgs.len()
+    );
+    let mut expected = window.clone();
+    expected[4].package.records.remove(5);
+    assert_exactly(&expected, &unbatched(&msgs));
 }
 
 /// A record over the producer's size limit is refused for good, alone; the rest of its

@@ -11,7 +11,7 @@ fn file_config() -> Config {
 }
 
 fn spec(yaml: &str) -> Value {
-    serde_yaml::from_str(yaml).unwrap()
+    yaml_serde::from_str(yaml).unwrap()
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn rfc3339_of_known_instants() {
 fn shipped_example_collection_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/examples/collections/checkout-json.yaml");
-    let object: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let object: Value = yaml_serde::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(object["kind"], "LogCollection");
     // As a tenant's object: the default admin namespace is logtap-system.
     let mut config = Config::parse(

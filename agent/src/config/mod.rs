@@ -484,7 +484,7 @@ impl Config {
     /// First step only: YAML into the raw schema, so callers can override fields (such
     /// as `data_dir` from the command line) before validation derives paths from them.
     pub fn parse_raw(text: &str, file: &str) -> Result<raw::RawConfig, ConfigError> {
-        serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+        yaml_serde::from_str(text).map_err(|e| ConfigError::Syntax {
             file: file.to_string(),
             message: e.to_string(),
         })

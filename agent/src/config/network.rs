@@ -67,6 +67,18 @@ impl KafkaCompression {
     }
 }
 
+/// What one Kafka message carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessagePer {
+    /// One record: the value is its JSON (the default, what consumers expect).
+    Record,
+    /// A run of consecutive records of one package: the value is their JSON lines
+    /// (NDJSON), at most `message.max.bytes` less a margin; a record too large for
+    /// that is a message of its own. Several times cheaper per record, because the
+    /// client's per-message cost is paid once per run (docs/benchmarks.md).
+    Package,
+}
+
 /// One part of a topic template: `logs-{k8s.namespace}` is
 /// `[Literal("logs-"), Field("k8s.namespace")]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +125,8 @@ pub struct KafkaConfig {
     /// How long librdkafka tries to deliver a message before reporting it failed
     /// (`message.timeout.ms`); the forwarder then sends the window again.
     pub message_timeout: Duration,
+    /// One message per record or per run of a package's records.
+    pub message_per: MessagePer,
     pub forward: ForwardConfig,
 }
 

@@ -1,7 +1,7 @@
 //! The config file as serde reads it (the first of the two parsing steps; the types it
 //! shares with the `LogCollection` CRD are in [`super::schema`]). Every struct denies
 //! unknown fields, so a typo is an error naming the field, its path and its line
-//! (serde_yaml reports both).
+//! (yaml_serde reports both).
 
 use std::collections::BTreeMap;
 

@@ -167,6 +167,10 @@ pub struct RawKafka {
     /// How long the client tries to deliver a message before the window is retried.
     #[serde(default = "default_message_timeout")]
     pub message_timeout: String,
+    /// `record` (default): one message per record; `package`: one message per run of
+    /// a package's records, their JSON lines as the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_per: Option<String>,
     #[serde(default)]
     pub spool: RawSpool,
     /// Records the destination refuses for good are appended here (NDJSON).

@@ -306,6 +306,7 @@ fn network_sinks_parse_with_their_defaults() {
     assert_eq!(k.compression, KafkaCompression::Lz4);
     assert_eq!(k.acks, "all");
     assert!(k.idempotent);
+    assert_eq!(k.message_per, network::MessagePer::Record);
     assert_eq!(k.key, None);
     assert_eq!(k.forward.spool.path, PathBuf::from("/d/spool/hub"));
     assert_eq!(k.forward.spool.max_bytes, 1 << 30);
@@ -823,5 +824,26 @@ fn bad_syslog_inputs_name_the_field() {
     assert!(
         err.contains("sources[1].listen") && err.contains("\"a\""),
         "{err}"
+    );
+}
+
+#[test]
+fn kafka_message_per_takes_record_or_package_and_names_a_typo() {
+    let sink = |v: &str| {
+        format!(
+            "sinks:\n  hub: {{type: kafka, brokers: [\"127.0.0.1:9092\"], topic: t, message_per: {v}}}\n"
+        )
+    };
+    let c = Config::parse(&sink("package"), "t.yaml").unwrap();
+    let SinkConfig::Kafka(k) = &c.sinks["hub"] else {
+        panic!("{:?}", c.sinks["hub"]);
+    };
+    assert_eq!(k.message_per, network::MessagePer::Package);
+    let e = Config::parse(&sink("packages"), "t.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sinks.hub.message_per") && e.contains("expected record or package"),
+        "{e}"
     );
 }

@@ -988,7 +988,7 @@ impl Validator {
         k: &schema::RawKafka,
         data_dir: &Path,
     ) -> Result<network::KafkaConfig, ConfigError> {
-        use network::{KafkaCompression, KafkaSasl, KafkaTls};
+        use network::{KafkaCompression, KafkaSasl, KafkaTls, MessagePer};
         let field = |f: &str| format!("{prefix}.{f}");
         if k.brokers.is_empty() {
             return Err(self.invalid(&field("brokers"), "at least one host:port".into()));
@@ -1035,6 +1035,16 @@ impl Validator {
                 "the idempotent producer needs acks: all (or set idempotent: false)".into(),
             ));
         }
+        let message_per = match k.message_per.as_deref().unwrap_or("record") {
+            "record" => MessagePer::Record,
+            "package" => MessagePer::Package,
+            other => {
+                return Err(self.invalid(
+                    &field("message_per"),
+                    format!("{other:?}: expected record or package"),
+                ));
+            }
+        };
         let sasl = match &k.sasl {
             Some(s) => {
                 if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&s.mechanism.as_str()) {
@@ -1070,6 +1080,7 @@ impl Validator {
             properties: k.properties.clone(),
             message_timeout: self
                 .kafka_message_timeout(&field("message_timeout"), &k.message_timeout)?,
+            message_per,
             forward: self.forward(
                 prefix,
                 ForwardFields {

@@ -1,4 +1,5 @@
-//! The Kafka [`Destination`]: one message per record, through librdkafka.
+//! The Kafka [`Destination`]: one message per record (or per run of a package's
+//! records), through librdkafka.
 //!
 //! Each record of a window becomes one message: the value is the record as JSON, the
 //! shape of the `file` sink ([`crate::sink::store::render::write_json_record`]); the headers
@@ -7,6 +8,13 @@
 //! neighbours; the key is the source field named by `key:` (default: the source id, so
 //! one source stays in one partition, in order); the topic is the `topic:` template
 //! rendered over the package's source fields.
+//!
+//! With `message_per: package`, consecutive records of a package share one message:
+//! the value is their JSON lines (NDJSON, each line what the record's own message
+//! would hold), cut before `message.max.bytes`; `logtap.offset` is the run's first
+//! record's and `logtap.records` counts its lines. Each outcome then settles the run's
+//! records together ([`Reports::settle_message`]), so everything below (retries,
+//! skipping what an earlier attempt delivered, refusals) works per record either way.
 //!
 //! # Acknowledgement
 //!
@@ -58,7 +66,7 @@ use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
 
 use super::destination::{Delivered, Destination, Rejected, SendError, SpooledPackage};
-use crate::config::network::{KafkaConfig, TemplatePart};
+use crate::config::network::{KafkaConfig, MessagePer, TemplatePart};
 use crate::sink::store::render::PackageJson;
 use crate::source::SourceInfo;
 
@@ -95,6 +103,10 @@ struct Reports {
     /// from an earlier attempt that was purged, and ignored.
     base: usize,
     outcomes: Vec<Outcome>,
+    /// With `message_per: package`: at the index of each message's first record, how
+    /// many records the message carries (its report settles them all). Empty with
+    /// `message_per: record`, where every message is one record.
+    run_len: Vec<u32>,
     pending: usize,
 }
 
@@ -119,11 +131,24 @@ impl ProducerContext for Context {
         if *slot != Outcome::Pending {
             return;
         }
-        *slot = match result {
+        let outcome = match result {
             Ok(_) => Outcome::Delivered,
             Err((e, _)) => Outcome::Failed(error_code(e)),
         };
-        r.pending -= 1;
+        r.settle_message(i, outcome);
+    }
+}
+
+impl Reports {
+    /// Gives the message whose first record is at `i` its outcome, for every record
+    /// it carries.
+    fn settle_message(&mut self, i: usize, outcome: Outcome) {
+        let n = self.run_len.get(i).map_or(1, |&n| n.max(1) as usize);
+        let end = (i + n).min(self.outcomes.len());
+        for slot in &mut self.outcomes[i..end] {
+            *slot = outcome;
+        }
+        self.pending -= end - i;
     }
 }
 
@@ -181,6 +206,10 @@ pub struct KafkaDestination {
     topic: Vec<TemplatePart>,
     key: Option<String>,
     message_timeout: Duration,
+    message_per: MessagePer,
+    /// With `message_per: package`, the largest value a message gets (one record
+    /// larger than that is a message of its own, and the client's limit decides).
+    max_value_bytes: usize,
     /// Opaque of the next message produced (strictly increasing over the producer's
     /// life, so reports of a purged attempt cannot land in a later one).
     next_opaque: usize,
@@ -206,6 +235,9 @@ pub struct KafkaDestination {
     source_id_buf: String,
     package_id_buf: String,
     offset_buf: String,
+    records_buf: String,
+    /// One record's JSON line, before it joins a run (`message_per: package`).
+    record_buf: Vec<u8>,
     /// Where each package of the window starts in the attempt's outcomes.
     starts: Vec<usize>,
 }
@@ -223,6 +255,8 @@ impl KafkaDestination {
             topic: config.topic.clone(),
             key: config.key.clone(),
             message_timeout: config.message_timeout,
+            message_per: config.message_per,
+            max_value_bytes: max_value_bytes(config),
             next_opaque: 0,
             delivered_before: HashMap::new(),
             last_skipped: 0,
@@ -234,6 +268,8 @@ impl KafkaDestination {
             source_id_buf: String::new(),
             package_id_buf: String::new(),
             offset_buf: String::new(),
+            records_buf: String::new(),
+            record_buf: Vec::new(),
             starts: Vec::new(),
         })
     }
@@ -266,6 +302,10 @@ impl KafkaDestination {
             self.package_id_buf.clear();
             let _ = write!(self.package_id_buf, "{}", sp.package_id);
             sp.reset_json(&mut self.json);
+            if self.message_per == MessagePer::Package {
+                self.produce_runs(sp, self.starts[p], base);
+                continue;
+            }
             for (r, rec) in sp.package.records.iter().enumerate() {
                 let index = self.starts[p] + r;
                 // The lock only when this attempt skips anything (a retry): not per
@@ -279,11 +319,9 @@ impl KafkaDestination {
                     .write_record(&mut self.line, &sp.view(rec), fields, false);
                 self.offset_buf.clear();
                 let _ = write!(self.offset_buf, "{}", rec.offset);
-                let outcome = self.produce_one(base + index);
+                let outcome = self.produce_one(base + index, false);
                 if let Err(code) = outcome {
-                    let mut reports = self.reports();
-                    reports.outcomes[index] = Outcome::Failed(code);
-                    reports.pending -= 1;
+                    self.reports().settle_message(index, Outcome::Failed(code));
                 }
                 if index % POLL_EVERY == POLL_EVERY - 1 {
                     self.producer.poll(Duration::ZERO);
@@ -292,11 +330,76 @@ impl KafkaDestination {
         }
     }
 
+    /// `message_per: package`: produces the records of `sp` not yet delivered as runs
+    /// of consecutive records, each run's JSON lines one message of at most
+    /// `max_value_bytes`. A run's `logtap.offset` is its first record's; a skipped
+    /// record (delivered by an earlier attempt) ends the run before it.
+    fn produce_runs(&mut self, sp: &SpooledPackage, start: usize, base: usize) {
+        let retrying = self.last_skipped > 0;
+        // (index of the run's first record, records in it); its lines are in `line`.
+        let mut run: Option<(usize, usize)> = None;
+        for (r, rec) in sp.package.records.iter().enumerate() {
+            let index = start + r;
+            if retrying && self.reports().outcomes[index] == Outcome::Skipped {
+                if let Some((first, n)) = run.take() {
+                    self.produce_run(sp, start, first, n, base);
+                }
+                continue;
+            }
+            self.record_buf.clear();
+            let fields = rec.fields.iter().map(|(k, v)| (&k[..], &v[..]));
+            self.json
+                .write_record(&mut self.record_buf, &sp.view(rec), fields, false);
+            self.record_buf.push(b'\n');
+            if let Some((first, n)) = run
+                && self.line.len() + self.record_buf.len() > self.max_value_bytes
+            {
+                self.produce_run(sp, start, first, n, base);
+                run = None;
+            }
+            match &mut run {
+                Some((_, n)) => *n += 1,
+                None => {
+                    self.line.clear();
+                    run = Some((index, 1));
+                }
+            }
+            self.line.extend_from_slice(&self.record_buf);
+        }
+        if let Some((first, n)) = run {
+            self.produce_run(sp, start, first, n, base);
+        }
+    }
+
+    /// Produces the run in `line`: `n` records from index `first` of the attempt (the
+    /// package's records start at `start`).
+    fn produce_run(
+        &mut self,
+        sp: &SpooledPackage,
+        start: usize,
+        first: usize,
+        n: usize,
+        base: usize,
+    ) {
+        let first_record = &sp.package.records[first - start];
+        self.offset_buf.clear();
+        let _ = write!(self.offset_buf, "{}", first_record.offset);
+        self.records_buf.clear();
+        let _ = write!(self.records_buf, "{n}");
+        self.reports().run_len[first] = n as u32;
+        if let Err(code) = self.produce_one(base + first, true) {
+            self.reports().settle_message(first, Outcome::Failed(code));
+        }
+        self.line.clear();
+        self.producer.poll(Duration::ZERO);
+    }
+
     /// Hands one message (the buffers' contents) to librdkafka, waiting while its
     /// queue is full.
-    fn produce_one(&self, opaque: usize) -> Result<(), RDKafkaErrorCode> {
+    /// With `with_count`, the message is a run and carries `logtap.records`.
+    fn produce_one(&self, opaque: usize, with_count: bool) -> Result<(), RDKafkaErrorCode> {
         loop {
-            let headers = OwnedHeaders::new_with_capacity(3)
+            let mut headers = OwnedHeaders::new_with_capacity(4)
                 .insert(Header {
                     key: "logtap.source_id",
                     value: Some(self.source_id_buf.as_str()),
@@ -309,6 +412,12 @@ impl KafkaDestination {
                     key: "logtap.offset",
                     value: Some(self.offset_buf.as_str()),
                 });
+            if with_count {
+                headers = headers.insert(Header {
+                    key: "logtap.records",
+                    value: Some(self.records_buf.as_str()),
+                });
+            }
             let record = BaseRecord::with_opaque_to(&self.topic_buf, opaque)
                 .key(&self.key_buf[..])
                 .payload(&self.line[..])
@@ -416,6 +525,10 @@ impl Destination for KafkaDestination {
             r.base = base;
             r.outcomes.clear();
             r.outcomes.resize(total, Outcome::Pending);
+            r.run_len.clear();
+            if self.message_per == MessagePer::Package {
+                r.run_len.resize(total, 1);
+            }
             for (p, sp) in window.iter().enumerate() {
                 if let Some(done) = self.delivered_before.get(&sp.seq)
                     && done.len() == sp.package.records.len()
@@ -517,6 +630,22 @@ fn settle(
         rejected,
         rejected_unidentified: 0,
     })
+}
+
+/// What the client refuses a message over: librdkafka's `message.max.bytes`, from the
+/// passthrough properties or its default.
+const CLIENT_MESSAGE_MAX: usize = 1_000_000;
+/// Room left in a run's message for its key, headers and record framing.
+const MESSAGE_MARGIN: usize = 4096;
+
+/// The largest value of a run (`message_per: package`).
+fn max_value_bytes(config: &KafkaConfig) -> usize {
+    let limit = config
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(CLIENT_MESSAGE_MAX);
+    limit.saturating_sub(MESSAGE_MARGIN).max(1)
 }
 
 fn create_producer(config: &ClientConfig) -> Result<BaseProducer<Context>, String> {
@@ -830,6 +959,7 @@ mod tests {
             }),
             properties: [("linger.ms".to_string(), "50".to_string())].into(),
             message_timeout: Duration::from_secs(30),
+            message_per: crate::config::network::MessagePer::Record,
             forward: ForwardConfig {
                 spool: SpoolConfig {
                     path: "/x".into(),

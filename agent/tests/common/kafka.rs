@@ -48,6 +48,54 @@ impl Msg {
             .map(|(_, v)| std::str::from_utf8(v).expect("header is UTF-8"))
     }
 
+    /// Records this message carries: its `logtap.records` header, else 1.
+    pub fn records(&self) -> usize {
+        self.header("logtap.records")
+            .map_or(1, |n| n.parse().expect("logtap.records is a number"))
+    }
+
+    /// A message of `message_per: package` as the messages of one record each that
+    /// `message_per: record` would have made: one per JSON line, its `logtap.offset`
+    /// the line's. Checks that the run's header names its first line's offset and
+    /// counts its lines.
+    pub fn split_run(&self) -> Vec<Msg> {
+        let lines: Vec<&[u8]> = self
+            .value
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            self.records(),
+            "logtap.records counts the lines"
+        );
+        assert_eq!(self.value.last(), Some(&b'\n'), "every line ends");
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                let json: serde_json::Value =
+                    serde_json::from_slice(line).expect("each line is JSON");
+                let offset = json["offset"].as_u64().expect("offset").to_string();
+                if i == 0 {
+                    assert_eq!(self.header("logtap.offset"), Some(offset.as_str()));
+                }
+                let mut headers: Vec<(String, Vec<u8>)> = self
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k != "logtap.offset" && k != "logtap.records")
+                    .cloned()
+                    .collect();
+                headers.push(("logtap.offset".into(), offset.into_bytes()));
+                Msg {
+                    headers,
+                    value: line.to_vec(),
+                    ..self.clone()
+                }
+            })
+            .collect()
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.value).expect("message value is JSON")
     }
@@ -234,6 +282,29 @@ impl Broker {
     /// came (panics after `timeout`), then one more second for any extra ones (which
     /// are returned too, so a test can count duplicates).
     pub fn consume(&self, topic: &str, expect: usize, timeout: Duration) -> Vec<Msg> {
+        self.consume_until(topic, &format!("{expect} messages"), timeout, |m| {
+            m.len() >= expect
+        })
+    }
+
+    /// Like [`Broker::consume`], until the messages carry `records` records: a message
+    /// of `message_per: package` counts its `logtap.records` header, any other one 1.
+    pub fn consume_records(&self, topic: &str, records: usize, timeout: Duration) -> Vec<Msg> {
+        self.consume_until(topic, &format!("{records} records"), timeout, |m| {
+            m.iter().map(Msg::records).sum::<usize>() >= records
+        })
+    }
+
+    /// Reads `topic` from the beginning of every partition until `done` says the
+    /// messages so far are enough (panics after `timeout`, naming `what` it waited
+    /// for), then one more second for any extra ones.
+    fn consume_until(
+        &self,
+        topic: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[Msg]) -> bool,
+    ) -> Vec<Msg> {
         let consumer = self.consumer();
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -250,7 +321,7 @@ impl Broker {
         let start = Instant::now();
         let mut settle: Option<Instant> = None;
         loop {
-            if out.len() >= expect && settle.is_none() {
+            if settle.is_none() && done(&out) {
                 settle = Some(Instant::now() + Duration::from_secs(1));
             }
             if settle.is_some_and(|s| Instant::now() >= s) {
@@ -258,7 +329,7 @@ impl Broker {
             }
             if settle.is_none() && start.elapsed() > timeout {
                 panic!(
-                    "topic {topic}: {} of {expect} messages after {timeout:?}",
+                    "topic {topic}: {} messages, not yet {what}, after {timeout:?}",
                     out.len()
                 );
             }

@@ -55,10 +55,12 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// What the consumer found in the topic.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counted {
-    /// Messages read, duplicates included.
+    /// Records read, duplicates included: a message each, or the lines of a
+    /// `message_per: package` run (a message with a `logtap.records` header).
     pub messages: u64,
-    /// Distinct `logtap.offset` header values (the input is one source, so one offset
-    /// per record): `messages - distinct` are duplicates.
+    /// Distinct record offsets — `logtap.offset` headers, or each run line's `offset`
+    /// (the input is one source, so one offset per record): `messages - distinct` are
+    /// duplicates.
     pub distinct: u64,
     /// Messages without a `logtap.offset` header.
     pub without_offset: u64,
@@ -188,14 +190,33 @@ impl Broker {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     last = Instant::now();
+                    let header = |name: &str| {
+                        m.headers().and_then(|h| {
+                            h.iter()
+                                .find(|h| h.key == name)
+                                .and_then(|h| h.value)
+                                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                        })
+                    };
+                    if header("logtap.records").is_some() {
+                        for line in m.payload().unwrap_or_default().split(|&b| b == b'\n') {
+                            if line.is_empty() {
+                                continue;
+                            }
+                            counted.messages += 1;
+                            let json: serde_json::Value =
+                                serde_json::from_slice(line).context("a run's line is not JSON")?;
+                            match json["offset"].as_u64() {
+                                Some(o) => {
+                                    offsets.insert(o);
+                                }
+                                None => counted.without_offset += 1,
+                            }
+                        }
+                        continue;
+                    }
                     counted.messages += 1;
-                    let offset = m.headers().and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == "logtap.offset")
-                            .and_then(|h| h.value)
-                            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-                    });
-                    match offset {
+                    match header("logtap.offset") {
                         Some(o) => {
                             offsets.insert(o);
                         }

@@ -82,7 +82,10 @@ pub struct NetworkArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dest {
     Store,
-    Kafka,
+    Kafka {
+        /// `message_per: package` instead of one message per record.
+        per_package: bool,
+    },
     Otlp {
         gzip: bool,
     },
@@ -105,7 +108,12 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "CRI → kafka (tansu, lz4, acks all)",
-            dest: Dest::Kafka,
+            dest: Dest::Kafka { per_package: false },
+            target: Some(300),
+        },
+        Scenario {
+            name: "CRI → kafka, `message_per: package` (tansu, lz4, acks all)",
+            dest: Dest::Kafka { per_package: true },
             target: Some(300),
         },
         Scenario {
@@ -202,7 +210,7 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
         .filter(|s| s.dest != Dest::FluentBitKafka || fluent_bit.is_ok())
         .collect();
     let wants = |f: fn(Dest) -> bool| selected.iter().any(|s| f(s.dest));
-    let tansu = if wants(|d| matches!(d, Dest::Kafka | Dest::FluentBitKafka)) {
+    let tansu = if wants(|d| matches!(d, Dest::Kafka { .. } | Dest::FluentBitKafka)) {
         Some(kafka::tansu_bin(args.tansu.as_deref()).context(
             "tansu not found (--tansu, LOGTAP_TANSU, $CARGO_HOME/bin, ~/.cargo/bin, PATH): \
              `cargo install tansu --locked --features dynostore`",
@@ -245,12 +253,13 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
             run_measured(Command::new("cat").arg(&input).stdout(Stdio::null()))?;
             let sample = match row.dest {
                 Dest::Store => run_store(&logtap, &dir, &input)?,
-                Dest::Kafka => run_kafka(
+                Dest::Kafka { per_package } => run_kafka(
                     &logtap,
                     &dir,
                     &input,
                     tansu.as_deref().expect("tansu"),
                     lines,
+                    per_package,
                 )?,
                 Dest::FluentBitKafka => run_fluent_bit_kafka(
                     fluent_bit.as_deref().expect("selected only with a binary"),
@@ -413,6 +422,7 @@ fn run_kafka(
     input: &Path,
     tansu: &Path,
     lines: u64,
+    per_package: bool,
 ) -> anyhow::Result<Sample> {
     let broker_dir = dir.join("tansu");
     let _ = std::fs::remove_dir_all(&broker_dir);
@@ -422,9 +432,10 @@ fn run_kafka(
         dir,
         input,
         &format!(
-            "    type: kafka\n    brokers: [\"{}\"]\n    topic: {}\n    compression: lz4\n    drain_timeout: {DRAIN_TIMEOUT}\n",
+            "    type: kafka\n    brokers: [\"{}\"]\n    topic: {}\n    compression: lz4\n    drain_timeout: {DRAIN_TIMEOUT}\n    message_per: {}\n",
             broker.bootstrap(),
-            kafka::TOPIC
+            kafka::TOPIC,
+            if per_package { "package" } else { "record" },
         ),
     )?;
     let before = broker.cpu()?;

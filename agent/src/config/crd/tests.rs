@@ -24,12 +24,12 @@ fn facts() -> ContainerFacts {
 }
 
 fn selector(yaml: &str) -> CompiledSelector {
-    let s: Selector = serde_yaml::from_str(yaml).unwrap();
+    let s: Selector = yaml_serde::from_str(yaml).unwrap();
     s.compile().unwrap()
 }
 
 fn spec(yaml: &str) -> LogCollectionSpec {
-    let value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+    let value: serde_json::Value = yaml_serde::from_str(yaml).unwrap();
     LogCollectionSpec::from_json(&value, "t").unwrap()
 }
 
@@ -131,7 +131,7 @@ fn a_key_ending_in_a_star_matches_every_key_with_its_prefix() {
         "include_env: {'LOG*FORMAT': ''}",
         "exclude_labels: {'a**': ''}",
     ] {
-        let s: Selector = serde_yaml::from_str(bad).unwrap();
+        let s: Selector = yaml_serde::from_str(bad).unwrap();
         let e = s.compile().unwrap_err().to_string();
         assert!(e.contains("`*` may only end a key"), "{bad}: {e}");
     }
@@ -264,7 +264,7 @@ fn sink_paths_are_confined_to_the_data_dir() {
 
 #[test]
 fn unknown_fields_are_rejected_with_their_path() {
-    let value: serde_json::Value = serde_yaml::from_str(
+    let value: serde_json::Value = yaml_serde::from_str(
         "sources:\n  - name: a\n    input: {type: container_file, pth: /x.log}\nsink: {type: stdout}\n",
     )
     .unwrap();
@@ -279,7 +279,7 @@ fn unknown_fields_are_rejected_with_their_path() {
     );
 
     let value: serde_json::Value =
-        serde_yaml::from_str(&format!("selector: {{pod_nam: x}}\n{MINIMAL}")).unwrap();
+        yaml_serde::from_str(&format!("selector: {{pod_nam: x}}\n{MINIMAL}")).unwrap();
     let err = LogCollectionSpec::from_json(&value, "t")
         .unwrap_err()
         .to_string();
@@ -288,13 +288,13 @@ fn unknown_fields_are_rejected_with_their_path() {
         "{err}"
     );
 
-    let value: serde_json::Value = serde_yaml::from_str(&format!("{MINIMAL}extra: 1\n")).unwrap();
+    let value: serde_json::Value = yaml_serde::from_str(&format!("{MINIMAL}extra: 1\n")).unwrap();
     let err = LogCollectionSpec::from_json(&value, "t")
         .unwrap_err()
         .to_string();
     assert!(err.contains("spec.extra: unknown field `extra`"), "{err}");
 
-    let value: serde_json::Value = serde_yaml::from_str(
+    let value: serde_json::Value = yaml_serde::from_str(
         "sources:\n  - name: a\n    input: {type: container_stdout}\n    parser: {type: regex, pattern: x, columns: [a]}\nsink: {type: stdout}\n",
     )
     .unwrap();
@@ -414,7 +414,7 @@ fn specs_defaulted_by_the_api_server_from_the_crd_still_validate() {
         "sources:\n  - name: app\n    input: {type: container_file, path: /var/log/app.log}\n\
          sink: {type: file, path: /var/lib/logtap/app.ndjson}\n",
     ] {
-        let mut value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        let mut value: serde_json::Value = yaml_serde::from_str(yaml).unwrap();
         apply_schema_defaults(schema, &mut value);
         let spec = LogCollectionSpec::from_json(&value, "t")
             .unwrap_or_else(|e| panic!("{yaml}\ndefaulted to {value}\n{e}"));

@@ -565,7 +565,16 @@ impl<'a> Engine<'a> {
         let mut hits: VecDeque<Hit> = VecDeque::new();
         let mut covered = std::mem::take(&mut self.covered);
         let mut lowered = Vec::new();
-        'blocks: for b in self.candidates() {
+        let candidates = self.candidates();
+        let mut progress = crate::progress::Progress::stderr("blocks", candidates.len() as u64);
+        let mut detail = String::new();
+        'blocks: for (scanned, b) in candidates.into_iter().enumerate() {
+            if scanned % 64 == 0 {
+                detail.clear();
+                let _ =
+                    std::fmt::Write::write_fmt(&mut detail, format_args!("{} hits", hits.len()));
+                progress.update(scanned as u64, &detail, std::time::Instant::now());
+            }
             let Some(block) = self.load(b) else {
                 continue;
             };
@@ -598,6 +607,7 @@ impl<'a> Engine<'a> {
             }
             seen.insert_block(&block.records, h.end_offset);
         }
+        progress.finish();
         self.covered = covered;
         if self.args.context == 0 {
             let mut buf = Vec::new();

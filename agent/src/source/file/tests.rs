@@ -1373,7 +1373,7 @@ impl crate::select::ContainerFactsSource for FactsMap {
 }
 
 fn selected(name: &str, dir: &Path, selector: &str) -> SourceConfig {
-    let selector: crate::config::crd::Selector = serde_yaml::from_str(selector).unwrap();
+    let selector: crate::config::crd::Selector = yaml_serde::from_str(selector).unwrap();
     SourceConfig {
         selector: Some(Arc::new(selector.compile().unwrap())),
         ..config(name, &glob(dir, "*/*/*.log"), Format::Cri)
@@ -1538,7 +1538,7 @@ fn container_files_follow_their_containers() {
     let logical = PathBuf::from(format!("container://shop/cart/app{}", path.display()));
     let other_logical = PathBuf::from(format!("container://shop/db/app{}", path.display()));
     let selector: crate::config::crd::Selector =
-        serde_yaml::from_str("{pod_name: '^cart$'}").unwrap();
+        yaml_serde::from_str("{pod_name: '^cart$'}").unwrap();
     let source = SourceConfig {
         container_paths: glob(dir.path(), "*.log"),
         selector: Some(Arc::new(selector.compile().unwrap())),
