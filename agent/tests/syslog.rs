@@ -466,3 +466,37 @@ fn a_sigterm_right_after_the_writes_ships_every_message_sent() {
     assert_eq!(seqs, expected);
     drop(connections);
 }
+
+/// A listen address that cannot be bound is the operator's to fix: the agent stops at
+/// start, naming the source and the address, instead of running without the input.
+#[test]
+fn an_address_in_use_stops_the_agent_at_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {}\nmetrics: {{listen: \"\"}}\n\
+             sources:\n  - {{name: busy, type: syslog, listen: \"tcp://127.0.0.1:{port}\"}}\n\
+             sinks:\n  local: {{type: store}}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(logtap_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("source \"busy\": cannot listen on tcp://127.0.0.1:")
+            && stderr.contains("Address already in use"),
+        "{stderr}"
+    );
+    drop(taken);
+}
