@@ -45,6 +45,7 @@ pub fn install(config: &mut Config) -> anyhow::Result<()> {
         allowed_roots: Vec::new(),
         processors: Vec::new(),
         fields: Vec::new(),
+        input: None,
     };
     let demo = [
         source(

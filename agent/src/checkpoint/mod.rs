@@ -141,6 +141,10 @@ struct Inner {
     branches: HashMap<SourceId, Branch>,
 }
 
+/// The parent of the sources [`Registry::track`] follows: an id no file source
+/// draws (ids are 64-bit hashes, and 0 is never a live entry's in practice).
+const UNPERSISTED: SourceId = SourceId(0);
+
 /// Shared between the file source, the pipeline and sink workers.
 pub struct Registry {
     dir: PathBuf,
@@ -241,6 +245,14 @@ impl Registry {
         if b.in_flight.is_empty() {
             b.offset = offset;
         }
+    }
+
+    /// A source with nothing to read again (a network input): its packages'
+    /// acknowledgements are followed ([`Registry::acked_offset`] says up to where its
+    /// records are durable) and it is never persisted. It is a branch of no live
+    /// source, so it holds no checkpoint back; end it with [`Registry::end_branch`].
+    pub fn track(&self, source: SourceId) {
+        self.register_branch(UNPERSISTED, source);
     }
 
     /// The reader of `branch` is gone; its entry goes once nothing is in flight.
@@ -489,7 +501,8 @@ impl Registry {
         }
     }
 
-    /// The acknowledged offset of a live source (tests, diagnostics).
+    /// The acknowledged offset of a live or tracked source (network inputs answer
+    /// their senders by it; tests, diagnostics).
     pub fn acked_offset(&self, source: SourceId) -> Option<u64> {
         let inner = self.lock();
         if let Some(b) = inner.branches.get(&source) {

@@ -318,3 +318,35 @@ fn a_loaded_source_continued_on_another_file_keeps_its_numbering() {
     );
     assert!(reg.lookup(1, 3).is_none());
 }
+
+#[test]
+fn a_tracked_source_follows_acks_and_is_never_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let file = SourceId(7);
+    reg.register(file, identity(1), "/a.log".into(), 0);
+    reg.sent(file, 1, 10);
+    reg.acked(file, 1);
+    let net = SourceId(99);
+    reg.track(net);
+    for (id, end) in [(1, 100), (2, 250)] {
+        assert_eq!(reg.next_package_id(net), id);
+        reg.sent(net, id, end);
+    }
+    reg.acked(net, 2);
+    assert_eq!(reg.acked_offset(net), Some(0), "package 1 not acked yet");
+    reg.acked(net, 1);
+    assert_eq!(reg.acked_offset(net), Some(250));
+    reg.persist().unwrap();
+    let entries = reg.snapshot();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].offset, 10, "a tracked source holds no file back");
+    reg.end_branch(net);
+    assert_eq!(
+        reg.acked_offset(net),
+        None,
+        "gone once ended with nothing in flight"
+    );
+    let reopened = Registry::open(dir.path()).unwrap();
+    assert_eq!(reopened.snapshot().len(), 1);
+}

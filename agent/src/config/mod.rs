@@ -8,6 +8,7 @@
 //! path.
 
 pub mod crd;
+mod inputs;
 pub mod network;
 pub mod raw;
 pub mod schema;
@@ -56,6 +57,9 @@ pub enum Format {
     Cri,
     /// docker json-file: `{"log":"...","stream":"stdout","time":"..."}`.
     Docker,
+    /// Every chunk is one record, whatever bytes it holds (a message a network input
+    /// already framed: a syslog frame may contain `\n`). Not a config file value.
+    Message,
 }
 
 /// Which kernel hooks capture's write path uses (`capture.hooks`).
@@ -110,6 +114,8 @@ pub enum ParserConfig {
     Nginx,
     /// Apache combined access log.
     Apache,
+    /// A syslog message, RFC 5424 or RFC 3164 (the parser of `type: syslog` inputs).
+    Syslog,
 }
 
 /// What a filter step compares a record's body or field with.
@@ -174,6 +180,55 @@ pub struct SourceConfig {
     /// Fields every record of this source carries besides its container's (a
     /// collection declared by environment: its name and `_tags`).
     pub fields: Vec<(bytes::Bytes, bytes::Bytes)>,
+    /// A network input (`type: syslog`) instead of files: `include` is then empty and
+    /// the file source never matches it (see [`crate::source::net`]).
+    pub input: Option<NetInputConfig>,
+}
+
+/// A network input: what it speaks, and where it listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetInputConfig {
+    pub protocol: NetProtocol,
+    pub listen: Listen,
+    /// Stream connections open at once at most; more are closed at once (counted).
+    pub max_connections: usize,
+    /// `http`, `otlp`: the largest request body taken.
+    pub max_body_bytes: usize,
+}
+
+/// The protocol of a network input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetProtocol {
+    /// RFC 5424 / RFC 3164 messages; TCP framed by octet counting or newlines
+    /// (RFC 6587), one message per UDP or Unix datagram.
+    Syslog,
+    /// NDJSON over HTTP POST: each line one record (a JSON object, its members the
+    /// fields), answered once every record of the request is durable.
+    Http,
+    /// OTLP/HTTP logs (`POST /v1/logs`, protobuf or JSON): each log record one record,
+    /// its body exact, its attributes fields; answered once durable.
+    Otlp,
+}
+
+/// Where a network input listens (`listen:`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// `tcp://host:port`
+    Tcp(std::net::SocketAddr),
+    /// `udp://host:port`
+    Udp(std::net::SocketAddr),
+    /// `unix:///path`: a datagram socket, as `/dev/log` is.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "tcp://{a}"),
+            Listen::Udp(a) => write!(f, "udp://{a}"),
+            Listen::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
 }
 
 impl SourceConfig {
@@ -195,6 +250,7 @@ impl SourceConfig {
             allowed_roots: Vec::new(),
             processors: Vec::new(),
             fields: Vec::new(),
+            input: None,
         }
     }
 }
@@ -517,6 +573,7 @@ impl fmt::Display for Format {
             Format::Raw => "raw",
             Format::Cri => "cri",
             Format::Docker => "docker",
+            Format::Message => "message",
         })
     }
 }

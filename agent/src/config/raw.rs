@@ -90,6 +90,17 @@ fn default_self_interval() -> String {
     "60s".into()
 }
 
+/// What a `sources[]` entry reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSourceType {
+    #[default]
+    File,
+    Syslog,
+    Http,
+    Otlp,
+}
+
 /// Where the agent runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -400,6 +411,20 @@ impl Default for RawCri {
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     pub name: String,
+    /// `file` (the default: `include` globs, `selector`, `container_paths`) or a
+    /// network input: `syslog`, `http` (NDJSON POST), `otlp` (OTLP/HTTP logs).
+    #[serde(default, rename = "type")]
+    pub kind: RawSourceType,
+    /// Where a network input listens: `tcp://127.0.0.1:5514`, `udp://0.0.0.0:514`,
+    /// `unix:///run/logtap/log` (a datagram socket, as `/dev/log` is).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Stream connections a network input keeps open at once (default 256).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// The largest request body an `http` or `otlp` input takes (default 10MiB; larger: 413).
+    #[serde(default)]
+    pub max_body_size: Option<String>,
     /// Absolute globs; required unless `selector` is set (then it defaults to every
     /// CRI log under `collections.pod_logs`).
     #[serde(default)]

@@ -680,6 +680,154 @@ fn capture_hooks_default_to_auto_and_take_tracepoint_or_nothing_else() {
 }
 
 #[test]
+fn syslog_inputs_listen_on_tcp_udp_or_unix() {
+    let yaml = "sources:\n\
+        \x20 - {name: t, type: syslog, listen: \"tcp://127.0.0.1:5514\", max_line_size: 8KiB}\n\
+        \x20 - {name: u, type: syslog, listen: \"udp://[::1]:5514\", max_connections: 3}\n\
+        \x20 - {name: x, type: syslog, listen: \"unix:///run/logtap/log\"}\n\
+        \x20 - {name: f, include: [\"/x/*.log\"]}\n\
+        sinks:\n  local: {type: blackhole}\n";
+    let c = Config::parse(yaml, "t.yaml").unwrap();
+    let input = |i: usize| c.sources[i].input.clone().unwrap();
+    assert_eq!(
+        input(0).listen,
+        Listen::Tcp("127.0.0.1:5514".parse().unwrap())
+    );
+    assert_eq!(input(0).max_connections, 256);
+    assert_eq!(input(1).listen, Listen::Udp("[::1]:5514".parse().unwrap()));
+    assert_eq!(input(1).max_connections, 3);
+    assert_eq!(input(2).listen, Listen::Unix("/run/logtap/log".into()));
+    assert_eq!(input(2).protocol, NetProtocol::Syslog);
+    assert!(
+        c.sources[0].include.is_empty(),
+        "the file source never matches it"
+    );
+    assert_eq!(c.sources[0].format, Format::Message);
+    assert!(matches!(c.sources[0].parser, ParserConfig::Syslog));
+    assert_eq!(c.sources[0].max_line_bytes, 8 << 10);
+    assert!(c.sources[3].input.is_none());
+    let yaml = "sources:\n  - {name: h, type: http, listen: \"tcp://127.0.0.1:8080\"}\n\
+        sinks:\n  local: {type: blackhole}\n";
+    let c = Config::parse(yaml, "t.yaml").unwrap();
+    let input = c.sources[0].input.clone().unwrap();
+    assert_eq!(input.protocol, NetProtocol::Http);
+    assert_eq!(input.max_body_bytes, 10 << 20);
+    assert!(matches!(c.sources[0].parser, ParserConfig::Json));
+    let yaml = "sources:\n  - {name: o, type: otlp, listen: \"tcp://127.0.0.1:4318\", max_body_size: 1MiB}\n\
+        sinks:\n  local: {type: blackhole}\n";
+    let c = Config::parse(yaml, "t.yaml").unwrap();
+    let input = c.sources[0].input.clone().unwrap();
+    assert_eq!(input.protocol, NetProtocol::Otlp);
+    assert_eq!(input.max_body_bytes, 1 << 20);
+    assert!(
+        matches!(c.sources[0].parser, ParserConfig::None),
+        "the input decodes the fields"
+    );
+    let yaml = "sources:\n  - {name: o, type: otlp, listen: \"unix:///x\"}\n\
+        sinks:\n  local: {type: blackhole}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(
+        err.contains("sources[0].listen") && err.contains("tcp://"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_syslog_inputs_name_the_field() {
+    let cases = [
+        ("type: syslog", "sources[0].listen", "required"),
+        (
+            "type: syslog, listen: \"127.0.0.1:514\"",
+            "sources[0].listen",
+            "tcp://",
+        ),
+        (
+            "type: syslog, listen: \"tcp://localhost:514\"",
+            "sources[0].listen",
+            "IP address",
+        ),
+        (
+            "type: syslog, listen: \"tcp://127.0.0.1\"",
+            "sources[0].listen",
+            "port",
+        ),
+        (
+            "type: syslog, listen: \"http://127.0.0.1:1\"",
+            "sources[0].listen",
+            "scheme",
+        ),
+        (
+            "type: syslog, listen: \"unix://relative\"",
+            "sources[0].listen",
+            "absolute",
+        ),
+        (
+            "type: syslog, listen: \"udp://127.0.0.1:1\", include: [\"/x\"]",
+            "sources[0].include",
+            "network input",
+        ),
+        (
+            "type: syslog, listen: \"udp://127.0.0.1:1\", parser: {type: json}",
+            "sources[0].parser",
+            "network input",
+        ),
+        (
+            "type: syslog, listen: \"udp://127.0.0.1:1\", format: cri",
+            "sources[0].format",
+            "network input",
+        ),
+        (
+            "type: syslog, listen: \"tcp://127.0.0.1:1\", max_connections: 0",
+            "sources[0].max_connections",
+            "at least 1",
+        ),
+        (
+            "type: syslog, listen: \"udp://127.0.0.1:1\", sink: nowhere",
+            "sources[0].sink",
+            "nowhere",
+        ),
+        (
+            "type: sysl0g, listen: \"udp://127.0.0.1:1\"",
+            "sources[0]",
+            "unknown variant",
+        ),
+        (
+            "type: http, listen: \"udp://127.0.0.1:1\"",
+            "sources[0].listen",
+            "tcp://",
+        ),
+        (
+            "type: syslog, listen: \"udp://127.0.0.1:1\", max_body_size: 1MiB",
+            "sources[0].max_body_size",
+            "only for type: http",
+        ),
+        (
+            "type: http, listen: \"tcp://127.0.0.1:1\", max_body_size: lots",
+            "sources[0].max_body_size",
+            "lots",
+        ),
+    ];
+    for (source, field, message) in cases {
+        let yaml =
+            format!("sources:\n  - {{name: a, {source}}}\nsinks:\n  local: {{type: blackhole}}\n");
+        let err = Config::parse(&yaml, "t.yaml").unwrap_err().to_string();
+        assert!(
+            err.contains(field) && err.contains(message),
+            "{source}: {err}"
+        );
+    }
+    let yaml = "sources:\n\
+        \x20 - {name: a, type: syslog, listen: \"udp://127.0.0.1:5514\"}\n\
+        \x20 - {name: b, type: syslog, listen: \"udp://127.0.0.1:5514\"}\n\
+        sinks:\n  local: {type: blackhole}\n";
+    let err = Config::parse(yaml, "t.yaml").unwrap_err().to_string();
+    assert!(
+        err.contains("sources[1].listen") && err.contains("\"a\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn kafka_message_per_takes_record_or_package_and_names_a_typo() {
     let sink = |v: &str| {
         format!(

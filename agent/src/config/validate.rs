@@ -161,6 +161,11 @@ impl Validator {
                     format!("duplicate source name {:?}", s.name),
                 ));
             }
+            if s.kind != raw::RawSourceType::File {
+                v.sink_exists(&field("sink"), &s.sink, sinks)?;
+                sources.push(v.net_source(&prefix, s)?);
+                continue;
+            }
             let selector = match &s.selector {
                 Some(sel) => Some(Arc::new(sel.compile_at(v, &field("selector"))?)),
                 None => None,
@@ -195,20 +200,7 @@ impl Validator {
             let parser = v.parser(&prefix, s.parser.as_ref())?;
             let processors = v.processors(&prefix, &s.processors)?;
             let sink: Arc<str> = Arc::from(s.sink.as_str());
-            if !sinks.contains_key(&sink) {
-                return Err(v.invalid(
-                    &field("sink"),
-                    format!(
-                        "no sink named {:?} (defined: {})",
-                        s.sink,
-                        sinks
-                            .keys()
-                            .map(|k| k.as_ref())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
+            v.sink_exists(&field("sink"), &s.sink, sinks)?;
             sources.push(SourceConfig {
                 name: Arc::from(s.name.as_str()),
                 include,
@@ -224,10 +216,33 @@ impl Validator {
                 allowed_roots,
                 processors,
                 fields: Vec::new(),
+                input: None,
             });
         }
-
+        v.distinct_listeners(&sources)?;
         Ok(sources)
+    }
+
+    fn sink_exists(
+        &self,
+        field: &str,
+        sink: &str,
+        sinks: &BTreeMap<Arc<str>, SinkConfig>,
+    ) -> Result<(), ConfigError> {
+        if sinks.contains_key(sink) {
+            return Ok(());
+        }
+        Err(self.invalid(
+            field,
+            format!(
+                "no sink named {sink:?} (defined: {})",
+                sinks
+                    .keys()
+                    .map(|k| k.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
     }
 }
 

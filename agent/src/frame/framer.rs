@@ -81,7 +81,7 @@ impl Framer {
     ) -> Framer {
         let max_line_bytes = max_line_bytes.max(1);
         let physical_cap = match format {
-            Format::Raw => max_line_bytes,
+            Format::Raw | Format::Message => max_line_bytes,
             Format::Cri => max_line_bytes.saturating_add(CRI_ENVELOPE_SLACK),
             Format::Docker => max_line_bytes
                 .max(DOCKER_MIN_PHYSICAL_LINE)
@@ -251,7 +251,7 @@ impl Framer {
     pub fn accept_carry(&mut self, carry: Carry) {
         let at = self.splitter.pending_start();
         self.reassembler.accept(carry.partials, at);
-        if self.format == Format::Raw {
+        if matches!(self.format, Format::Raw | Format::Message) {
             // Nothing would ever complete them here.
             let backlog = &mut self.backlog;
             self.reassembler.drain(|line| backlog.push(line));
@@ -321,6 +321,10 @@ impl Decode<'_> {
             Format::Raw => splitter.split(chunk, |pl| self.raw(pl, none, emit)),
             Format::Cri => splitter.split(chunk, |pl| self.cri(pl, none, reasm, emit)),
             Format::Docker => splitter.split(chunk, |pl| self.docker(pl, none, reasm, emit)),
+            Format::Message => {
+                let pl = splitter.whole(chunk);
+                self.raw(pl, none, emit)
+            }
         }
     }
 
@@ -333,7 +337,8 @@ impl Decode<'_> {
         if let Some(pl) = tail {
             let unterminated = LineFlags::UNTERMINATED;
             match self.format {
-                Format::Raw => self.raw(pl, unterminated, emit),
+                // A message is whole when pushed: never a tail.
+                Format::Raw | Format::Message => self.raw(pl, unterminated, emit),
                 Format::Cri => self.cri(pl, unterminated, reasm, emit),
                 Format::Docker => self.docker(pl, unterminated, reasm, emit),
             }

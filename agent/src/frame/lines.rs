@@ -116,6 +116,26 @@ impl LineSplitter {
         }
     }
 
+    /// `chunk` as one line whatever it holds (an already framed message), its first
+    /// `cap` bytes kept. Call only with no unterminated line pending (a splitter used
+    /// for messages alone never has one).
+    pub fn whole(&mut self, mut chunk: Bytes) -> PhysicalLine {
+        debug_assert_eq!(
+            self.line_start, self.next_offset,
+            "whole() after a partial line"
+        );
+        let offset = self.next_offset;
+        self.next_offset += chunk.len() as u64;
+        self.line_start = self.next_offset;
+        let truncated = chunk.len() > self.cap;
+        chunk.truncate(self.cap);
+        PhysicalLine {
+            offset,
+            body: chunk,
+            truncated,
+        }
+    }
+
     /// The unterminated last line, if any (the source ended). Its bytes are kept as
     /// they are: a trailing `\r` is content when no `\n` follows.
     pub fn take_unterminated(&mut self) -> Option<PhysicalLine> {

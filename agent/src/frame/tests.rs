@@ -946,3 +946,38 @@ fn a_partial_waits_for_its_closing_fragment_within_the_timeout() {
     assert_eq!(bodies(&out), vec![&b"a b c"[..]]);
     assert!(!out[0].flags.contains(LineFlags::UNTERMINATED));
 }
+
+#[test]
+fn a_message_is_one_record_whatever_it_holds_and_is_cut_at_the_cap() {
+    let (pushed, all) = frame(
+        Format::Message,
+        8,
+        None,
+        100,
+        &[b"two\nlines\r", b"", b"0123456789", b"\xff\xfe"],
+    );
+    assert_eq!(pushed.len(), all.len(), "nothing pending at the end");
+    assert_eq!(
+        bodies(&all),
+        [&b"two\nline"[..], b"", b"01234567", b"\xff\xfe"]
+    );
+    let offsets: Vec<u64> = all.iter().map(|l| l.offset).collect();
+    assert_eq!(offsets, [100, 110, 110, 120]);
+    let truncated: Vec<bool> = all
+        .iter()
+        .map(|l| l.flags.contains(LineFlags::TRUNCATED))
+        .collect();
+    assert_eq!(truncated, [true, false, true, false]);
+    let mut f = Framer::new(Format::Message, 8, None, 0);
+    f.push(
+        Bytes::from_static(b"abc"),
+        READ_NS,
+        Instant::now(),
+        &mut Vec::new(),
+    );
+    assert_eq!(
+        f.resume_offset(),
+        3,
+        "a shipped message is behind the resume offset"
+    );
+}

@@ -46,7 +46,7 @@ macro_rules! catalogue {
 
 catalogue! {
     COMPONENT_UP = "logtap_component_up", Gauge, Some(Unit::Count),
-        "1 while a pipeline thread (by component: source, sink-<name>, forward-<name>, capture, checkpoint, discovery-cri, discovery-cri-poll, discovery-kube) is alive and not stalled, 0 when it died or made no progress for health.stall_timeout with work waiting (what fails /healthz)";
+        "1 while a pipeline thread (by component: source, sink-<name>, forward-<name>, capture, checkpoint, discovery-cri, discovery-cri-poll, discovery-kube, net-ingest) is alive and not stalled, 0 when it died or made no progress for health.stall_timeout with work waiting (what fails /healthz)";
     COMPONENT_SECONDS_SINCE_PROGRESS = "logtap_component_seconds_since_progress", Gauge, Some(Unit::Seconds),
         "Seconds since a pipeline thread last made progress, by component (grows while it is idle too)";
     LINES_READ_TOTAL = "logtap_lines_read_total", Counter, Some(Unit::Count),
@@ -67,6 +67,20 @@ catalogue! {
         "Records read, by source config (what self-monitoring's statistics report per config)";
     SELF_EVENTS_DROPPED_TOTAL = "logtap_self_events_dropped_total", Counter, Some(Unit::Count),
         "The agent's own log events not shipped by self-monitoring: its queue was full";
+    INPUT_RECORDS_TOTAL = "logtap_input_records_total", Counter, Some(Unit::Count),
+        "Messages a network input received, by input (its source name)";
+    INPUT_BYTES_TOTAL = "logtap_input_bytes_total", Counter, Some(Unit::Bytes),
+        "Bytes of the messages a network input received (framing excluded), by input";
+    INPUT_PARSE_FAILURES_TOTAL = "logtap_input_parse_failures_total", Counter, Some(Unit::Count),
+        "Messages of a network input its protocol's parser could not read (shipped raw, flagged), by input";
+    INPUT_REJECTED_TOTAL = "logtap_input_rejected_total", Counter, Some(Unit::Count),
+        "What a network input refused or cut, by input and reason: connection_limit (a connection closed at once), too_large (a message cut to max_line_size), incomplete (a connection closed inside an octet-counted frame: the part is shipped)";
+    INPUT_CONNECTIONS_TOTAL = "logtap_input_connections_total", Counter, Some(Unit::Count),
+        "Stream connections a network input accepted, by input";
+    INPUT_CONNECTIONS = "logtap_input_connections", Gauge, Some(Unit::Count),
+        "Stream connections a network input has open, by input";
+    INPUT_KERNEL_DROPS_TOTAL = "logtap_input_kernel_drops_total", Counter, Some(Unit::Count),
+        "Datagrams the kernel dropped for a UDP input's socket (its receive buffer was full), by input, from /proc/net/udp";
     LINES_FILTERED_TOTAL = "logtap_lines_filtered_total", Counter, Some(Unit::Count),
         "Records a keep or drop processor filtered out, by config (intended, not a loss)";
     LINES_MASKED_TOTAL = "logtap_lines_masked_total", Counter, Some(Unit::Count),

@@ -10,6 +10,7 @@
 //! | `regex` | named captures that participated in the match ([`regex`]) |
 //! | `delimiter` | configured column names, CSV quoting optional ([`delimiter`]) |
 //! | `nginx` / `apache` | the combined access log fields ([`access_log`]) |
+//! | `syslog` | RFC 5424 / RFC 3164 header fields and message ([`syslog`]) |
 //!
 //! # Failure
 //!
@@ -36,6 +37,7 @@ pub mod access_log;
 pub mod delimiter;
 pub mod json;
 pub mod regex;
+pub mod syslog;
 
 use bytes::Bytes;
 
@@ -62,6 +64,7 @@ enum Kind {
     Regex(regex::RegexParser),
     Delimiter(delimiter::DelimiterParser),
     Access(access_log::Preset),
+    Syslog,
 }
 
 impl Parser {
@@ -77,6 +80,7 @@ impl Parser {
             } => Kind::Delimiter(delimiter::DelimiterParser::new(*delimiter, *quote, columns)),
             ParserConfig::Nginx => Kind::Access(access_log::Preset::Nginx),
             ParserConfig::Apache => Kind::Access(access_log::Preset::Apache),
+            ParserConfig::Syslog => Kind::Syslog,
         };
         Parser { kind }
     }
@@ -119,6 +123,7 @@ impl Parser {
             Kind::Regex(parser) => parser.parse(body, index, fields),
             Kind::Delimiter(parser) => parser.parse(body, index, fields),
             Kind::Access(preset) => preset.parse(body, index, fields),
+            Kind::Syslog => syslog::parse(body, index, fields),
         };
         if !valid_utf8 {
             line.flags.insert(LineFlags::INVALID_UTF8);
@@ -138,7 +143,7 @@ impl Parser {
     }
 
     /// Bounded label value for metrics: "none", "json", "regex", "delimiter", "nginx",
-    /// "apache".
+    /// "apache", "syslog".
     pub fn kind(&self) -> &'static str {
         match &self.kind {
             Kind::None => "none",
@@ -147,6 +152,7 @@ impl Parser {
             Kind::Delimiter(_) => "delimiter",
             Kind::Access(access_log::Preset::Nginx) => "nginx",
             Kind::Access(access_log::Preset::Apache) => "apache",
+            Kind::Syslog => "syslog",
         }
     }
 }

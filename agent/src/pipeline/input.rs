@@ -2,9 +2,10 @@
 //! bytes arrive at exact offsets, a hole is declared, the source ends; and the clock
 //! ticks.
 //!
-//! Three inputs call it today: the file source (`source::file`, on the source
-//! thread), the capture stage (`capture`, on its own thread with its own pipeline)
-//! and self-monitoring (`selfmon`, likewise). They only know this module; what happens to the bytes (framing, parsing, packages,
+//! Four inputs call it today: the file source (`source::file`, on the source
+//! thread), the capture stage (`capture`, on its own thread with its own pipeline),
+//! self-monitoring (`selfmon`, likewise) and the network inputs (`source::net`,
+//! likewise). They only know this module; what happens to the bytes (framing, parsing, packages,
 //! sinks) is the pipeline's business ([`super::Pipeline`] implements [`Input`]).
 //!
 //! # Protocol
@@ -73,6 +74,9 @@ pub enum Content {
         stream: Stream,
         container: Option<(PodLogRef, Option<String>)>,
     },
+    /// Messages a network input framed itself: each [`Input::data`] chunk is one
+    /// record, whatever bytes it holds ([`crate::config::Format::Message`]).
+    Messages,
 }
 
 impl Opening {

@@ -22,9 +22,9 @@ use crate::discovery::PodLogRef;
 use crate::enrich::{Enricher, SourceEnrichment, SourceFields};
 use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::metrics::catalogue::{
-    CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, LINES_FILTERED_TOTAL, LINES_INVALID_UTF8_TOTAL,
-    LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL, LINES_TRUNCATED_TOTAL,
-    PARSE_FAILURES_TOTAL,
+    CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, INPUT_PARSE_FAILURES_TOTAL, LINES_FILTERED_TOTAL,
+    LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL,
+    LINES_TRUNCATED_TOTAL, PARSE_FAILURES_TOTAL,
 };
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
@@ -84,6 +84,9 @@ pub struct Pipeline {
     /// The node's containers, naming those whose files are read inside them.
     containers: Option<Arc<dyn ContainerList>>,
     shipped: Shipped,
+    /// Fields the input decoded itself for the one record of the next
+    /// [`Pipeline::message_with_fields`] (an OTLP log record's attributes).
+    provided: Vec<(Bytes, Bytes)>,
 }
 
 impl Pipeline {
@@ -112,6 +115,7 @@ impl Pipeline {
             board: None,
             containers: None,
             shipped: Shipped::default(),
+            provided: Vec::new(),
         }
     }
 
@@ -128,6 +132,30 @@ impl Pipeline {
     /// Names the container of every file read inside a container from now on.
     pub fn set_containers(&mut self, containers: Arc<dyn ContainerList>) {
         self.containers = Some(containers);
+    }
+
+    /// One record of a source opened with [`Content::Messages`] (`body`, exactly one
+    /// record with that format), carrying `fields` besides what its parser finds: an
+    /// input that decoded the record's fields itself (OTLP attributes) hands them over
+    /// this way. They come before the processors, like a parser's. `written_ns` is
+    /// the record's own time, when it has one.
+    pub fn message_with_fields(
+        &mut self,
+        source: SourceId,
+        offset: u64,
+        body: Bytes,
+        fields: Vec<(Bytes, Bytes)>,
+        written_ns: Option<i64>,
+    ) {
+        debug_assert!(
+            self.slots
+                .get(&source)
+                .is_none_or(|s| s.format == Format::Message),
+            "fields go with one record: a message source's"
+        );
+        self.provided = fields;
+        self.data(source, offset, body, written_ns);
+        self.provided.clear();
     }
 
     /// What this pipeline read and shipped so far.
@@ -188,6 +216,12 @@ impl Pipeline {
                 .is_some_and(|c| c.vouches_for(&line.body));
             let first_field = slot.builder.fields_mut().len();
             parser.apply_with(&mut line, index, slot.builder.fields_mut(), known_utf8);
+            for (key, value) in self.provided.drain(..) {
+                let line = index;
+                slot.builder
+                    .fields_mut()
+                    .push(crate::batch::Field { line, key, value });
+            }
             if line.flags != LineFlags::empty() {
                 let f = line.flags;
                 truncated += f.contains(LineFlags::TRUNCATED) as u64;
@@ -220,12 +254,16 @@ impl Pipeline {
             metrics::counter!(LINES_INVALID_UTF8_TOTAL, "source_kind" => kind)
                 .increment(invalid_utf8);
         }
+        // The config's name as the label: a reference count, no copy per chunk.
+        let config = &self.config.sources[slot.config].name;
         if parse_failed > 0 {
             metrics::counter!(PARSE_FAILURES_TOTAL, "parser" => parser.kind())
                 .increment(parse_failed);
+            if self.config.sources[slot.config].input.is_some() {
+                metrics::counter!(INPUT_PARSE_FAILURES_TOTAL, "input" => config.clone())
+                    .increment(parse_failed);
+            }
         }
-        // The config's name as the label: a reference count, no copy per chunk.
-        let config = &self.config.sources[slot.config].name;
         if n > 0 {
             metrics::counter!(CONFIG_LINES_TOTAL, "config" => config.clone()).increment(n);
         }
@@ -288,6 +326,7 @@ impl Pipeline {
         let (format, stream) = match content {
             Content::File { .. } => (self.config.sources[config].format, None),
             Content::Stream { stream, .. } => (Format::Raw, Some(*stream)),
+            Content::Messages => (Format::Message, None),
         };
         let mut framer = self.framer(format, config, start_offset);
         // A CRI partial line cut by rotation continues in the successor file.
@@ -314,6 +353,8 @@ impl Pipeline {
                 };
                 (enrichment, None, false)
             }
+            // A network input names no container.
+            Content::Messages => (None, None, false),
         };
         let extra = &self.config.sources[config].fields;
         match &enrichment {

@@ -1,6 +1,7 @@
 //! The services a run starts once and stops once, in order: the checkpoint registry
 //! and its thread, the Kubernetes watchers, the container registry and its pollers,
-//! the `LogCollection` watcher, the enricher, and eBPF capture.
+//! the `LogCollection` watcher, the enricher, eBPF capture, self-monitoring and the
+//! network inputs.
 //!
 //! They outlive every rebuild of the file source and its pipeline; [`Services`]
 //! also builds those ([`Services::pipeline`], [`Services::file_source`]), so every
@@ -27,6 +28,7 @@ use crate::select::{ContainerFactsSource, NodeFacts, RuntimeFacts};
 use crate::selfmon::SelfMonitor;
 use crate::source::file::container::{ContainerList, RegistryContainers};
 use crate::source::file::{FileSource, FileSourceOptions};
+use crate::source::net::{BoundInputs, NetInputs};
 
 /// How often the runtime is asked for new and stopped containers while some source
 /// reads files inside containers.
@@ -55,6 +57,10 @@ pub(super) struct Services {
     /// The probes loaded by [`Services::load_capture`], until capture starts.
     probes: Option<crate::capture::Probes>,
     self_monitor: Option<SelfMonitor>,
+    /// The network inputs' sockets, bound at the start (a port below 1024 needs a
+    /// capability the run drops), until [`Services::start_net_inputs`].
+    net_bound: Option<BoundInputs>,
+    net_inputs: Option<NetInputs>,
 }
 
 impl Services {
@@ -66,6 +72,10 @@ impl Services {
         oneshot: bool,
         shutdown: &Arc<AtomicBool>,
     ) -> anyhow::Result<Services> {
+        let net_bound = match oneshot {
+            true => None,
+            false => BoundInputs::bind(config)?,
+        };
         let registry: SharedRegistry = Arc::new(
             Registry::open(&config.data_dir.join("checkpoints")).context("opening checkpoints")?,
         );
@@ -125,6 +135,8 @@ impl Services {
             capture: None,
             probes: None,
             self_monitor: None,
+            net_bound,
+            net_inputs: None,
         })
     }
 
@@ -183,6 +195,22 @@ impl Services {
             Ok(monitor) => self.self_monitor = Some(monitor),
             Err(e) => tracing::error!(error = %e, "cannot start self-monitoring"),
         }
+    }
+
+    /// Starts reading the network inputs bound at the start: their own pipeline,
+    /// built from `config` (the config file, whose source indexes every effective
+    /// config keeps) and routed to its sinks, which no rebuild stops.
+    pub fn start_net_inputs(&mut self, config: &Config, sinks: &Sinks) -> anyhow::Result<()> {
+        let Some(bound) = self.net_bound.take() else {
+            return Ok(());
+        };
+        let pipeline = self.pipeline(config, sinks);
+        self.net_inputs = Some(
+            bound
+                .start(pipeline, self.registry.clone())
+                .context("starting the network inputs")?,
+        );
+        Ok(())
     }
 
     /// The config in effect: the file's, with every valid `LogCollection` and every
@@ -256,13 +284,16 @@ impl Services {
         )
     }
 
-    /// Stops everything, in order: capture and self-monitoring (they seal their
+    /// Stops everything, in order: the network inputs, capture and self-monitoring (they seal their
     /// packages while the sinks still take them), the container pollers, the collection and Kubernetes
     /// watchers, the sinks (their queues drained), the checkpoint thread; then
     /// persists the checkpoints a last time. Returns `result` (the run's), unless the
     /// final checkpoint failed; a sink's failure when the run itself succeeded.
     pub fn stop(self, sinks: Sinks, result: anyhow::Result<()>) -> anyhow::Result<()> {
         self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(inputs) = self.net_inputs {
+            inputs.stop();
+        }
         if let Some(c) = self.capture {
             c.join();
         }

@@ -2,10 +2,12 @@
 //!
 //! A source is one byte stream with stable offsets: a file generation (a file from its
 //! creation until it is truncated), or one container stream captured by eBPF.
-//! `(SourceId, offset)` is the coordinate system of the whole agent.
+//! `(SourceId, offset)` is the coordinate system of the whole agent. A network input
+//! ([`net`]) is a stream too: the messages of one listener in one run, end to end.
 
 pub mod claims;
 pub mod file;
+pub mod net;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -61,6 +63,9 @@ pub enum SourceKind {
     Capture,
     /// The agent's own log events and statistics (`logtap://self`).
     SelfMonitoring,
+    /// What one network input (syslog, http, otlp listener) received in one run of
+    /// the agent (`source::net`).
+    Network,
 }
 
 impl SourceKind {
@@ -70,6 +75,7 @@ impl SourceKind {
             SourceKind::CriFile => "cri_file",
             SourceKind::Capture => "capture",
             SourceKind::SelfMonitoring => "self",
+            SourceKind::Network => "network",
         }
     }
 }

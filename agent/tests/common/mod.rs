@@ -10,6 +10,7 @@
 )]
 
 pub mod cri;
+pub mod fluent_bit;
 pub mod node;
 
 use std::io::{Read, Write};

@@ -252,6 +252,7 @@ fn config(name: &str, include: &[String], format: Format) -> SourceConfig {
         allowed_roots: Vec::new(),
         processors: Vec::new(),
         fields: Vec::new(),
+        input: None,
     }
 }
 

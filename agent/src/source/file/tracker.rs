@@ -182,7 +182,7 @@ pub struct FileSource {
 fn source_kind(format: Format) -> SourceKind {
     match format {
         Format::Cri | Format::Docker => SourceKind::CriFile,
-        Format::Raw => SourceKind::File,
+        Format::Raw | Format::Message => SourceKind::File,
     }
 }
 
