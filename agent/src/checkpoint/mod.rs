@@ -243,6 +243,15 @@ impl Registry {
         }
     }
 
+    /// Tracks the acknowledgements of `source`, a stream with no file behind it (the
+    /// Kubernetes events): an in-memory entry, like a branch whose parent is itself,
+    /// never persisted, so [`Registry::acked_offset`] tells its reader what the sinks
+    /// made durable and [`Registry::ensure_durable`] writes nothing for it. Its offsets
+    /// start at 0; [`Registry::end_branch`] ends it.
+    pub fn track_stream(&self, source: SourceId) {
+        self.register_branch(source, source);
+    }
+
     /// The reader of `branch` is gone; its entry goes once nothing is in flight.
     pub fn end_branch(&self, branch: SourceId) {
         let mut inner = self.lock();

@@ -67,6 +67,12 @@ catalogue! {
         "Records read, by source config (what self-monitoring's statistics report per config)";
     SELF_EVENTS_DROPPED_TOTAL = "logtap_self_events_dropped_total", Counter, Some(Unit::Count),
         "The agent's own log events not shipped by self-monitoring: its queue was full";
+    EVENTS_SHIPPED_TOTAL = "logtap_events_shipped_total", Counter, Some(Unit::Count),
+        "Kubernetes events shipped as records while this agent led (a handover may repeat a few)";
+    EVENTS_LEADER = "logtap_events_leader", Gauge, None,
+        "1 while this agent holds the Kubernetes events Lease and ships the events, else 0";
+    EVENTS_LEASE_TRANSITIONS_TOTAL = "logtap_events_lease_transitions_total", Counter, Some(Unit::Count),
+        "Times this agent became the Kubernetes events leader (created or took over the Lease)";
     LINES_FILTERED_TOTAL = "logtap_lines_filtered_total", Counter, Some(Unit::Count),
         "Records a keep or drop processor filtered out, by config (intended, not a loss)";
     LINES_MASKED_TOTAL = "logtap_lines_masked_total", Counter, Some(Unit::Count),

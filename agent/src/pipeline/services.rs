@@ -55,6 +55,7 @@ pub(super) struct Services {
     /// The probes loaded by [`Services::load_capture`], until capture starts.
     probes: Option<crate::capture::Probes>,
     self_monitor: Option<SelfMonitor>,
+    events: Option<crate::events::EventShipper>,
 }
 
 impl Services {
@@ -125,6 +126,7 @@ impl Services {
             capture: None,
             probes: None,
             self_monitor: None,
+            events: None,
         })
     }
 
@@ -182,6 +184,20 @@ impl Services {
         match SelfMonitor::start(selfmon, pipeline, configs) {
             Ok(monitor) => self.self_monitor = Some(monitor),
             Err(e) => tracing::error!(error = %e, "cannot start self-monitoring"),
+        }
+    }
+
+    /// Starts shipping Kubernetes events (while this agent holds the Lease) when
+    /// `config` (the config file) enables it and the run is not one-shot: its own
+    /// pipeline, routed to a sink of the file config.
+    pub fn start_events(&mut self, config: &Config, sinks: &Sinks) {
+        let Some(events) = config.kubernetes_events.as_ref().filter(|_| !self.oneshot) else {
+            return;
+        };
+        let pipeline = self.pipeline(&crate::events::pipeline_config(config, events), sinks);
+        match crate::events::EventShipper::start(events, pipeline, self.registry.clone()) {
+            Ok(shipper) => self.events = Some(shipper),
+            Err(e) => tracing::error!(error = %e, "cannot start shipping Kubernetes events"),
         }
     }
 
@@ -268,6 +284,9 @@ impl Services {
         }
         if let Some(monitor) = self.self_monitor {
             monitor.stop();
+        }
+        if let Some(events) = self.events {
+            events.stop();
         }
         if let Some(rescanner) = self.rescanner {
             let _ = rescanner.join();

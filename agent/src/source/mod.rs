@@ -61,6 +61,8 @@ pub enum SourceKind {
     Capture,
     /// The agent's own log events and statistics (`logtap://self`).
     SelfMonitoring,
+    /// Kubernetes events, shipped by the Lease holder (`k8s://events`).
+    KubernetesEvents,
 }
 
 impl SourceKind {
@@ -70,6 +72,7 @@ impl SourceKind {
             SourceKind::CriFile => "cri_file",
             SourceKind::Capture => "capture",
             SourceKind::SelfMonitoring => "self",
+            SourceKind::KubernetesEvents => "k8s_events",
         }
     }
 }

@@ -57,6 +57,7 @@ fn from_line(line: &[u8]) -> Option<SourceInfo> {
         "cri_file" => SourceKind::CriFile,
         "capture" => SourceKind::Capture,
         "self" => SourceKind::SelfMonitoring,
+        "k8s_events" => SourceKind::KubernetesEvents,
         _ => return None,
     };
     let path = match (parsed.path, parsed.path_base64) {
