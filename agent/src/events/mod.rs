@@ -361,7 +361,9 @@ impl Leader {
                     // while the Lease surely still holds.
                     if watch.is_some() && renewed.elapsed() + every * 3 / 2 >= duration {
                         tracing::warn!("events Lease not renewed in time: stepping down");
-                        watch.take().map(WatchThread::stop);
+                        if let Some(w) = watch.take() {
+                            w.stop();
+                        }
                         metrics::gauge!(EVENTS_LEADER).set(0.0);
                     }
                 }

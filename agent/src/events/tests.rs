@@ -181,3 +181,71 @@ fn a_new_term_skips_what_is_durable_and_a_relist_ships_only_changes() {
     );
     assert_eq!(relisted, ["new", "unseen"]);
 }
+
+/// Against the fake API server, which answers as the real one: `409` on a create of
+/// an existing Lease and on a replace from a stale resourceVersion.
+#[test]
+fn of_two_agents_one_leads_a_stale_write_stands_by_and_the_resume_point_travels() {
+    use crate::discovery::watcher::fake_api::FakeApi;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::PostParams;
+    use lease::{LeaseClient, Outcome, resume_of};
+
+    let fake = FakeApi::start_new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = client(&WatcherConfig::new("", Some(fake.url())))
+            .await
+            .unwrap();
+        let api: Api<Lease> = Api::namespaced(client, "logtap-system");
+        let agent = |identity: &str| LeaseClient {
+            api: api.clone(),
+            name: "logtap-events".into(),
+            identity: identity.into(),
+            duration_seconds: 3,
+        };
+        let (a, b) = (agent("a"), agent("b"));
+        let (first, second) = tokio::join!(a.attempt(None), b.attempt(None));
+        let outcomes = [first.unwrap(), second.unwrap()];
+        let leaders = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Leading { acquired: true, .. }))
+            .count();
+        assert_eq!(leaders, 1, "{outcomes:?}");
+        let (leader, other) = match outcomes[0] {
+            Outcome::Leading { .. } => (&a, &b),
+            Outcome::StandBy => (&b, &a),
+        };
+        assert_eq!(other.attempt(None).await.unwrap(), Outcome::StandBy);
+        // The leader renews with its resume point; a write from before is refused.
+        let stale = api.get("logtap-events").await.unwrap();
+        let point = Timestamp::from_second(1_800_000_042).unwrap();
+        assert_eq!(
+            leader.attempt(Some(point)).await.unwrap(),
+            Outcome::Leading {
+                acquired: false,
+                resume: None
+            }
+        );
+        let refused = api
+            .replace("logtap-events", &PostParams::default(), &stale)
+            .await;
+        assert!(
+            matches!(&refused, Err(kube::Error::Api(s)) if s.code == 409),
+            "{refused:?}"
+        );
+        let now = api.get("logtap-events").await.unwrap();
+        assert_eq!(resume_of(&now), Some(point));
+        let spec = now.spec.unwrap();
+        assert_eq!(spec.lease_transitions, Some(0));
+        assert_eq!(spec.lease_duration_seconds, Some(3));
+    });
+    let lease = fake.lease("logtap-system", "logtap-events").unwrap();
+    assert_eq!(
+        lease["metadata"]["annotations"]["logtap.dev/events-resume"],
+        "2027-01-15T08:00:42Z"
+    );
+}

@@ -72,7 +72,7 @@ catalogue! {
     EVENTS_LEADER = "logtap_events_leader", Gauge, None,
         "1 while this agent holds the Kubernetes events Lease and ships the events, else 0";
     EVENTS_LEASE_TRANSITIONS_TOTAL = "logtap_events_lease_transitions_total", Counter, Some(Unit::Count),
-        "Times this agent became the Kubernetes events leader (created or took over the Lease)";
+        "Times this agent became the Kubernetes events leader and started shipping";
     LINES_FILTERED_TOTAL = "logtap_lines_filtered_total", Counter, Some(Unit::Count),
         "Records a keep or drop processor filtered out, by config (intended, not a loss)";
     LINES_MASKED_TOTAL = "logtap_lines_masked_total", Counter, Some(Unit::Count),

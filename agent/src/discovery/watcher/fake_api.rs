@@ -19,8 +19,8 @@
 //! - Events (`events.k8s.io/v1`, untyped JSON): list and watch of all namespaces;
 //!   [`FakeApi::put_event`] creates or replaces one.
 //! - Leases (`coordination.k8s.io/v1`): `GET`, `POST` (create: `409 AlreadyExists`
-//!   when there is one) and `PUT` (replace: `409 Conflict` unless the body's
-//!   `metadata.resourceVersion` is the current one) of
+//!   when there is one) and `PUT` (replace: `409 Conflict` when the body's
+//!   `metadata.resourceVersion` is not the current one) of
 //!   `/apis/coordination.k8s.io/v1/namespaces/<ns>/leases[/<name>]`, as the API server
 //!   answers them.
 
@@ -613,7 +613,9 @@ fn lease_request(
                     status(404, "NotFound", format!("leases {name:?} not found")),
                 );
             };
-            if lease["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+            // As the API server: no resourceVersion is an unconditional update.
+            let expected = &lease["metadata"]["resourceVersion"];
+            if !(expected.is_null() || *expected == current["metadata"]["resourceVersion"]) {
                 return (
                     "409 Conflict",
                     status(
