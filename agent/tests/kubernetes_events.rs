@@ -2,7 +2,8 @@
 //! (list + watch of `events.k8s.io/v1` Events, GET/POST/PUT of a
 //! `coordination.k8s.io/v1` Lease with `409 Conflict`s as the API server answers),
 //! each with its own store. Exactly one ships; when it is killed the other takes the
-//! Lease over and resumes from the point the first one wrote into it.
+//! Lease over and resumes from the point the first one wrote into it; cut off from
+//! the API, it steps down before its Lease could expire, and leads again after.
 
 mod common;
 #[path = "../src/discovery/watcher/fake_api.rs"]
@@ -141,7 +142,19 @@ fn one_agent_ships_the_events_and_the_other_takes_over_when_it_dies() {
         "agent b to ship the new events",
         || (30..40).all(|s| shipped(&b.store_dir()).contains_key(&s)),
     );
+    // A leader that cannot reach the API stops shipping before its Lease could expire.
+    api.stop();
+    let cut = Instant::now();
+    wait_for(Duration::from_secs(10), "agent b to step down", || {
+        leader(&b) == 0.0
+    });
+    let stepped = cut.elapsed();
+    api.start();
+    wait_for(Duration::from_secs(15), "agent b to lead again", || {
+        leader(&b) == 1.0
+    });
     assert!(b.stop(), "clean exit\n{}", b.log());
+    assert!(stepped < Duration::from_secs(LEASE_SECONDS), "{stepped:?}");
 
     // Within a lease duration plus a renew interval (and the time to see it).
     assert!(
@@ -156,7 +169,10 @@ fn one_agent_ships_the_events_and_the_other_takes_over_when_it_dies() {
     let repeated = (0..40u32)
         .filter(|s| from_a.contains_key(s) && from_b.contains_key(s))
         .count();
-    eprintln!("handover: b led {took:?} after the kill; {repeated} events shipped by both");
+    eprintln!(
+        "handover: b led {took:?} after the kill, stepped down {stepped:?} after the API \
+         went away; {repeated} events shipped by both"
+    );
     for seq in 0..40u32 {
         let copies: Vec<&Value> = from_a
             .get(&seq)
