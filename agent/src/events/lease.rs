@@ -140,6 +140,38 @@ impl LeaseClient {
     }
 }
 
+impl LeaseClient {
+    /// Gives the Lease up (no holder, so the next agent to look takes it over at
+    /// once) when this agent still holds it, writing `resume` as its point; whether it
+    /// did. A `409 Conflict` means another agent wrote first: nothing to give up.
+    pub async fn release(&self, resume: Option<Timestamp>) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(false);
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        if let Some(point) = resume {
+            lease
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(RESUME_ANNOTATION.into(), point.to_string());
+        }
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// The resume point a Lease carries; an unreadable one counts as none (everything
 /// listed is shipped: duplicates, never a loss).
 pub fn resume_of(lease: &Lease) -> Option<Timestamp> {

@@ -226,8 +226,8 @@ impl EventShipper {
         })
     }
 
-    /// Stops watching, ships what is queued, ends the source and seals its packages
-    /// (before the sinks stop). The Lease is left to expire.
+    /// Stops watching, releases the Lease when this agent holds it, ships what is
+    /// queued, ends the source and seals its packages (before the sinks stop).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for thread in [self.lease_thread.take(), self.ship_thread.take()]
@@ -375,6 +375,19 @@ impl Leader {
         }
         if let Some(w) = watch {
             w.stop();
+            metrics::gauge!(EVENTS_LEADER).set(0.0);
+            // The next leader need not wait for the Lease to expire. Events still
+            // queued for the sink are past the point written: they may repeat, never
+            // be skipped.
+            let point = *self.point.lock().unwrap_or_else(|e| e.into_inner());
+            match tokio::time::timeout(every / 2, lease.release(point)).await {
+                Ok(Ok(true)) => tracing::info!("released the events Lease"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot release the events Lease: it expires")
+                }
+                Err(_) => tracing::warn!("releasing the events Lease timed out: it expires"),
+            }
         }
         metrics::gauge!(EVENTS_LEADER).set(0.0);
     }

@@ -242,6 +242,22 @@ fn of_two_agents_one_leads_a_stale_write_stands_by_and_the_resume_point_travels(
         let spec = now.spec.unwrap();
         assert_eq!(spec.lease_transitions, Some(0));
         assert_eq!(spec.lease_duration_seconds, Some(3));
+        // Given up, it is taken over at once, with the point the leader left.
+        assert!(!other.release(None).await.unwrap(), "not its Lease");
+        assert!(leader.release(None).await.unwrap());
+        assert_eq!(
+            other.attempt(None).await.unwrap(),
+            Outcome::Leading {
+                acquired: true,
+                resume: Some(point)
+            }
+        );
+        let spec = api.get("logtap-events").await.unwrap().spec.unwrap();
+        assert_eq!(spec.lease_transitions, Some(1));
+        assert_eq!(
+            spec.holder_identity.as_deref(),
+            Some(other.identity.as_str())
+        );
     });
     let lease = fake.lease("logtap-system", "logtap-events").unwrap();
     assert_eq!(
