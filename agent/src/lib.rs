@@ -7,6 +7,7 @@
 //!   source   files: discover, identify, read via io_uring or pread, follow rotation
 //!   capture  container stdout/stderr from the eBPF probes, holes repaired from CRI logs
 //!   selfmon  the agent's own log events and statistics (source `logtap://self`)
+//!   events   Kubernetes events, by the one agent holding a Lease (source `k8s://events`)
 //!     (helped by discovery: container registry over CRI, pod cache over the API;
 //!      and select: which containers a selector takes)
 //! pipeline, per source on the input's thread:
@@ -37,6 +38,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod enrich;
+pub mod events;
 pub mod frame;
 pub mod metrics;
 pub mod parse;

@@ -9,6 +9,8 @@
 
 pub mod crd;
 mod inputs;
+pub use events::KubernetesEventsConfig;
+mod events;
 pub mod network;
 pub mod raw;
 pub mod schema;
@@ -432,6 +434,8 @@ pub struct Config {
     pub env_configs: EnvConfigsConfig,
     /// The agent's own logs and statistics as records; `None` when disabled.
     pub self_monitoring: Option<SelfMonitoringConfig>,
+    /// Kubernetes events, shipped while this agent holds the Lease; `None`: off.
+    pub kubernetes_events: Option<KubernetesEventsConfig>,
 }
 
 /// The `self_monitoring` section (see `crate::selfmon`).

@@ -53,6 +53,9 @@ pub struct RawConfig {
     /// Collections declared by containers' environment (`logtap_logs_<name>=...`).
     #[serde(default)]
     pub env_configs: RawEnvConfigs,
+    /// Kubernetes events shipped by one agent per cluster (absent: off).
+    #[serde(default)]
+    pub kubernetes_events: Option<super::events::RawKubernetesEvents>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -86,6 +86,8 @@ impl Config {
         let cri = v.cri(&raw.cri)?;
         let self_monitoring = v.self_monitoring(&raw.self_monitoring, &sinks)?;
         let env_configs = v.env_configs(&raw.env_configs, &sources, &sinks)?;
+        let kubernetes_events =
+            v.kubernetes_events(raw.kubernetes_events.as_ref(), &kubernetes, &sinks, env)?;
 
         Ok(Config {
             capture,
@@ -107,6 +109,7 @@ impl Config {
             collections,
             self_monitoring,
             env_configs,
+            kubernetes_events,
         })
     }
 }

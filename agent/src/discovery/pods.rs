@@ -280,7 +280,7 @@ impl PodCache {
         let flag = match resource {
             Resource::Pods => &self.shared.pods_up,
             Resource::Namespaces => &self.shared.namespaces_up,
-            Resource::LogCollections => return,
+            Resource::LogCollections | Resource::Events => return,
         };
         flag.store(up, Ordering::Relaxed);
         metrics::gauge!(KUBE_API_UP).set(if self.api_up() { 1.0 } else { 0.0 });
@@ -417,6 +417,8 @@ pub enum Resource {
     Namespaces,
     /// `LogCollection` objects (see `collections`); not part of the cache's health.
     LogCollections,
+    /// `events.k8s.io/v1` Events (see `events`); not part of the cache's health.
+    Events,
 }
 
 impl Resource {
@@ -425,6 +427,7 @@ impl Resource {
             Resource::Pods => "pods",
             Resource::Namespaces => "namespaces",
             Resource::LogCollections => "logcollections",
+            Resource::Events => "events",
         }
     }
 }

@@ -442,6 +442,6 @@ impl Health {
     dead_code,
     reason = "the fake serves the end-to-end tests' LogCollection objects too"
 )]
-mod fake_api;
+pub(crate) mod fake_api;
 #[cfg(test)]
 mod tests;

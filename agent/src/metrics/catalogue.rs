@@ -81,6 +81,12 @@ catalogue! {
         "Stream connections a network input has open, by input";
     INPUT_KERNEL_DROPS_TOTAL = "logtap_input_kernel_drops_total", Counter, Some(Unit::Count),
         "Datagrams the kernel dropped for a UDP input's socket (its receive buffer was full), by input, from /proc/net/udp";
+    EVENTS_SHIPPED_TOTAL = "logtap_events_shipped_total", Counter, Some(Unit::Count),
+        "Kubernetes events shipped as records while this agent led (a handover may repeat a few)";
+    EVENTS_LEADER = "logtap_events_leader", Gauge, None,
+        "1 while this agent holds the Kubernetes events Lease and ships the events, else 0";
+    EVENTS_LEASE_TRANSITIONS_TOTAL = "logtap_events_lease_transitions_total", Counter, Some(Unit::Count),
+        "Times this agent became the Kubernetes events leader and started shipping";
     LINES_FILTERED_TOTAL = "logtap_lines_filtered_total", Counter, Some(Unit::Count),
         "Records a keep or drop processor filtered out, by config (intended, not a loss)";
     LINES_MASKED_TOTAL = "logtap_lines_masked_total", Counter, Some(Unit::Count),

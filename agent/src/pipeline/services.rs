@@ -61,6 +61,7 @@ pub(super) struct Services {
     /// capability the run drops), until [`Services::start_net_inputs`].
     net_bound: Option<BoundInputs>,
     net_inputs: Option<NetInputs>,
+    events: Option<crate::events::EventShipper>,
 }
 
 impl Services {
@@ -137,6 +138,7 @@ impl Services {
             self_monitor: None,
             net_bound,
             net_inputs: None,
+            events: None,
         })
     }
 
@@ -211,6 +213,20 @@ impl Services {
                 .context("starting the network inputs")?,
         );
         Ok(())
+    }
+
+    /// Starts shipping Kubernetes events (while this agent holds the Lease) when
+    /// `config` (the config file) enables it and the run is not one-shot: its own
+    /// pipeline, routed to a sink of the file config.
+    pub fn start_events(&mut self, config: &Config, sinks: &Sinks) {
+        let Some(events) = config.kubernetes_events.as_ref().filter(|_| !self.oneshot) else {
+            return;
+        };
+        let pipeline = self.pipeline(&crate::events::pipeline_config(config, events), sinks);
+        match crate::events::EventShipper::start(events, pipeline, self.registry.clone()) {
+            Ok(shipper) => self.events = Some(shipper),
+            Err(e) => tracing::error!(error = %e, "cannot start shipping Kubernetes events"),
+        }
     }
 
     /// The config in effect: the file's, with every valid `LogCollection` and every
@@ -299,6 +315,9 @@ impl Services {
         }
         if let Some(monitor) = self.self_monitor {
             monitor.stop();
+        }
+        if let Some(events) = self.events {
+            events.stop();
         }
         if let Some(rescanner) = self.rescanner {
             let _ = rescanner.join();

@@ -94,6 +94,7 @@ fn read_generations(
     services.start_capture(config, sinks);
     services.start_self_monitoring(config, sinks);
     services.start_net_inputs(config, sinks)?;
+    services.start_events(config, sinks);
     while read_generation(&effective, seen, services, sinks, summary)? {
         seen = services.config_generation();
         effective = apply(config, services);

@@ -66,6 +66,8 @@ pub enum SourceKind {
     /// What one network input (syslog, http, otlp listener) received in one run of
     /// the agent (`source::net`).
     Network,
+    /// Kubernetes events, shipped by the Lease holder (`k8s://events`).
+    KubernetesEvents,
 }
 
 impl SourceKind {
@@ -76,6 +78,7 @@ impl SourceKind {
             SourceKind::Capture => "capture",
             SourceKind::SelfMonitoring => "self",
             SourceKind::Network => "network",
+            SourceKind::KubernetesEvents => "k8s_events",
         }
     }
 }

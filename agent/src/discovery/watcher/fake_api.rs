@@ -16,6 +16,13 @@
 //!   `PATCH …/logcollections/<name>/status` applies a JSON merge patch (RFC 7386) to the
 //!   status, as the API server does, without moving the generation; both are watch
 //!   events.
+//! - Events (`events.k8s.io/v1`, untyped JSON): list and watch of all namespaces;
+//!   [`FakeApi::put_event`] creates or replaces one.
+//! - Leases (`coordination.k8s.io/v1`): `GET`, `POST` (create: `409 AlreadyExists`
+//!   when there is one) and `PUT` (replace: `409 Conflict` when the body's
+//!   `metadata.resourceVersion` is not the current one) of
+//!   `/apis/coordination.k8s.io/v1/namespaces/<ns>/leases[/<name>]`, as the API server
+//!   answers them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,7 +40,11 @@ enum Kind {
     Pods,
     Namespaces,
     Collections,
+    Events,
 }
+
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/events";
+const LEASES_IN: &str = "/apis/coordination.k8s.io/v1/namespaces/";
 
 const COLLECTIONS_PATH: &str = "/apis/logtap.dev/v1alpha1/logcollections";
 const COLLECTIONS_IN: &str = "/apis/logtap.dev/v1alpha1/namespaces/";
@@ -54,6 +65,10 @@ struct World {
     namespaces: BTreeMap<String, Namespace>,
     /// `LogCollection` objects by `namespace/name`.
     collections: BTreeMap<String, Value>,
+    /// `events.k8s.io/v1` Events by `namespace/name`.
+    events: BTreeMap<String, Value>,
+    /// `coordination.k8s.io/v1` Leases by `namespace/name`.
+    leases: BTreeMap<String, Value>,
     /// Status patches received.
     status_patches: usize,
     history: Vec<Logged>,
@@ -213,6 +228,36 @@ impl FakeApi {
         });
     }
 
+    /// Creates or replaces an `events.k8s.io/v1` Event (its `metadata.namespace` and
+    /// `metadata.name` name it); stamps its resource version.
+    pub fn put_event(&self, event: Value) {
+        self.change(|w| {
+            let key = format!(
+                "{}/{}",
+                event["metadata"]["namespace"].as_str().unwrap_or_default(),
+                event["metadata"]["name"].as_str().unwrap()
+            );
+            w.rv += 1;
+            let mut event = event;
+            event["apiVersion"] = json!("events.k8s.io/v1");
+            event["kind"] = json!("Event");
+            event["metadata"]["resourceVersion"] = json!(w.rv.to_string());
+            let kind = if w.events.contains_key(&key) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            w.log(Kind::Events, kind, &event, None);
+            w.events.insert(key, event);
+        });
+    }
+
+    /// The Lease `namespace/name` as a GET would return it.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        let world = self.world.lock().unwrap();
+        world.leases.get(&format!("{namespace}/{name}")).cloned()
+    }
+
     /// The object `namespace/name` as a GET would return it (status included).
     pub fn collection(&self, namespace: &str, name: &str) -> Option<Value> {
         let world = self.world.lock().unwrap();
@@ -332,6 +377,7 @@ fn parse_request(head: &str) -> Option<Request> {
         "/api/v1/pods" => Kind::Pods,
         "/api/v1/namespaces" => Kind::Namespaces,
         COLLECTIONS_PATH => Kind::Collections,
+        EVENTS_PATH => Kind::Events,
         _ => return None,
     };
     let mut request = Request {
@@ -395,7 +441,17 @@ async fn handle(mut stream: TcpStream, world: Arc<Mutex<World>>, changes: watch:
     let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let mut body = head.split_off(end);
     let head = String::from_utf8_lossy(&head);
-    if head.starts_with("PATCH ") {
+    let method = head.split(' ').next().unwrap_or("");
+    let target = head
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split(' ')
+        .nth(1)
+        .unwrap_or("");
+    let path = target.split('?').next().unwrap_or("").to_owned();
+    let lease = path.starts_with(LEASES_IN) && path.contains("/leases");
+    if head.starts_with("PATCH ") || matches!(method, "POST" | "PUT") || lease {
         let length = head
             .lines()
             .find_map(|l| {
@@ -410,7 +466,11 @@ async fn handle(mut stream: TcpStream, world: Arc<Mutex<World>>, changes: watch:
                 Ok(n) => body.extend_from_slice(&buf[..n]),
             }
         }
-        let (status, answer) = patch_status(&head, &body, &world);
+        let (status, answer) = if lease {
+            lease_request(method, &path, &body, &world)
+        } else {
+            patch_status(&head, &body, &world)
+        };
         let _ = respond(&mut stream, status, &answer).await;
         return;
     }
@@ -481,6 +541,107 @@ fn patch_status(head: &str, body: &[u8], world: &Mutex<World>) -> (&'static str,
     ("200 OK", object)
 }
 
+fn status(code: u16, reason: &str, message: String) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "reason": reason, "code": code, "message": message})
+}
+
+/// `GET`/`PUT` of `…/namespaces/<ns>/leases/<name>` and `POST …/namespaces/<ns>/leases`.
+fn lease_request(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    world: &Mutex<World>,
+) -> (&'static str, Value) {
+    let Some((namespace, rest)) = path
+        .strip_prefix(LEASES_IN)
+        .and_then(|r| r.split_once("/leases"))
+    else {
+        return ("404 Not Found", status(404, "NotFound", "not found".into()));
+    };
+    let name = rest.trim_start_matches('/');
+    let mut world = world.lock().unwrap();
+    let parsed = || serde_json::from_slice::<Value>(body).ok();
+    match (method, name) {
+        ("GET", name) if !name.is_empty() => {
+            match world.leases.get(&format!("{namespace}/{name}")) {
+                Some(lease) => ("200 OK", lease.clone()),
+                None => (
+                    "404 Not Found",
+                    status(404, "NotFound", format!("leases {name:?} not found")),
+                ),
+            }
+        }
+        ("POST", "") => {
+            let Some(mut lease) = parsed() else {
+                return (
+                    "400 Bad Request",
+                    status(400, "BadRequest", "not JSON".into()),
+                );
+            };
+            let name = lease["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            let key = format!("{namespace}/{name}");
+            if world.leases.contains_key(&key) {
+                return (
+                    "409 Conflict",
+                    status(
+                        409,
+                        "AlreadyExists",
+                        format!("leases {name:?} already exists"),
+                    ),
+                );
+            }
+            world.rv += 1;
+            lease["metadata"]["namespace"] = json!(namespace);
+            lease["metadata"]["resourceVersion"] = json!(world.rv.to_string());
+            lease["metadata"]["uid"] = json!(format!("uid-lease-{namespace}-{name}"));
+            world.leases.insert(key, lease.clone());
+            ("201 Created", lease)
+        }
+        ("PUT", name) if !name.is_empty() => {
+            let Some(mut lease) = parsed() else {
+                return (
+                    "400 Bad Request",
+                    status(400, "BadRequest", "not JSON".into()),
+                );
+            };
+            let key = format!("{namespace}/{name}");
+            let rv = world.rv;
+            let Some(current) = world.leases.get_mut(&key) else {
+                return (
+                    "404 Not Found",
+                    status(404, "NotFound", format!("leases {name:?} not found")),
+                );
+            };
+            // As the API server: no resourceVersion is an unconditional update.
+            let expected = &lease["metadata"]["resourceVersion"];
+            if !(expected.is_null() || *expected == current["metadata"]["resourceVersion"]) {
+                return (
+                    "409 Conflict",
+                    status(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on leases.coordination.k8s.io \
+                             {name:?}: the object has been modified; please apply your \
+                             changes to the latest version and try again"
+                        ),
+                    ),
+                );
+            }
+            lease["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+            lease["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            *current = lease.clone();
+            world.rv += 1;
+            ("200 OK", lease)
+        }
+        _ => (
+            "405 Method Not Allowed",
+            status(405, "MethodNotAllowed", format!("{method} {path}")),
+        ),
+    }
+}
+
 /// RFC 7386: objects merge member by member, `null` removes, anything else replaces.
 fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(members) = patch else {
@@ -537,6 +698,7 @@ fn list(request: &Request, world: &Mutex<World>) -> Value {
             "LogCollectionList",
             world.collections.values().cloned().collect(),
         ),
+        Kind::Events => ("EventList", world.events.values().cloned().collect()),
     };
     let mut metadata = json!({"resourceVersion": world.rv.to_string()});
     items.drain(..request.offset.min(items.len()));
@@ -548,6 +710,7 @@ fn list(request: &Request, world: &Mutex<World>) -> Value {
     }
     let api_version = match request.kind {
         Kind::Collections => "logtap.dev/v1alpha1",
+        Kind::Events => "events.k8s.io/v1",
         Kind::Pods | Kind::Namespaces => "v1",
     };
     json!({

@@ -58,6 +58,7 @@ fn from_line(line: &[u8]) -> Option<SourceInfo> {
         "capture" => SourceKind::Capture,
         "self" => SourceKind::SelfMonitoring,
         "network" => SourceKind::Network,
+        "k8s_events" => SourceKind::KubernetesEvents,
         _ => return None,
     };
     let path = match (parsed.path, parsed.path_base64) {
