@@ -72,6 +72,10 @@ impl EventFeed for ScriptFeed {
     fn forget(&mut self, cgroup_id: u64) {
         self.forgotten.push(cgroup_id);
     }
+
+    fn watch_existing(&mut self, _cgroup_id: u64, _pid: u32) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 struct TableResolver {
