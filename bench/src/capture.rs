@@ -623,6 +623,10 @@ impl EventFeed for MeasuredProbes {
     fn forget(&mut self, cgroup_id: u64) {
         EventFeed::forget(&mut self.probes, cgroup_id);
     }
+
+    fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> std::io::Result<()> {
+        EventFeed::watch_existing(&mut self.probes, cgroup_id, pid)
+    }
 }
 
 impl Drop for MeasuredProbes {
