@@ -535,6 +535,11 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         ktime_ns: u64,
         now: Instant,
     ) {
+        if !self.bound.contains_key(&(cgroup_id, stream)) && self.cgroups.contains_key(&cgroup_id) {
+            // The kernel bound it (it sends its bytes) but the binding record was lost
+            // to a full ring: bound here, from offset 0; holes are repaired from the log.
+            self.bind(cgroup_id, stream);
+        }
         let Some(&id) = self.bound.get(&(cgroup_id, stream)) else {
             metrics::counter!(CAPTURE_UNBOUND_RECORDS_TOTAL).increment(1);
             return;

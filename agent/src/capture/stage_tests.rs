@@ -585,3 +585,25 @@ fn a_running_container_repeating_itself_stays_on_its_log() {
         .unwrap();
     assert!(entry.log_only, "no exact seam: the stream stays on its log");
 }
+
+#[test]
+fn a_stream_whose_binding_record_was_lost_is_bound_by_its_first_bytes() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["line1", "line2"]);
+    // A full ring lost the binding record, and the first write's record with it.
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![Scripted::Created(8, "/kubepods/podu/c8")],
+            vec![Scripted::Data(8, Stream::Stdout, 6, b"line2\n")],
+        ]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(true),
+    };
+    let (mut stage, rx, claims) = fx.stage(feed, resolver, fx.registry());
+    let got = lines(&mut stage, &rx, 2);
+    assert_eq!(bodies(&got), ["line1", "line2"]);
+    assert!(claims.is_claimed(&fx.log));
+}
