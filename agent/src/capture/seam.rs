@@ -86,6 +86,12 @@ impl Seam {
         (from, self.lower + self.window + MATCH_BYTES as u64)
     }
 
+    /// Whether anything was captured yet: until then the log need not be read (the
+    /// seam is after `lower` whenever it comes).
+    pub(crate) fn has_captured(&self) -> bool {
+        self.first.is_some()
+    }
+
     /// Log bytes at stream offset `offset`; only the part that continues what the
     /// seam holds is kept (the caller reads the log in order).
     pub(crate) fn push_log(&mut self, offset: u64, bytes: &[u8]) {

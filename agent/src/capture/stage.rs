@@ -672,7 +672,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             return;
         };
         let (from, to) = pending.seam.log_wanted();
-        if from < to {
+        // A stream the container does not write to (often stderr) would otherwise have
+        // its log parsed once more every tick, for nothing.
+        if from < to && pending.seam.has_captured() {
             let mut runs = Vec::new();
             if let Err(e) = pending.reader.read(from, to, &mut runs) {
                 tracing::warn!(source = %id, error = %e, "reading the CRI log to find capture's seam");
