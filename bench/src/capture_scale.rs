@@ -118,27 +118,8 @@ fn run_scale(
         blocking_wait: true,
     };
     let data_dir = dir.join(format!("data-scale-{}", hooks.as_str()));
-    let config = Config::parse(
-        &format!(
-            "data_dir: {}\nmetrics: {{listen: \"\"}}\nsources:\n  - name: pods\n    include: [\"{}/pods/**/*.log\"]\n    format: cri\n    sink: out\n\
-             sinks:\n  out: {{type: blackhole}}\n\
-             capture: {{enabled: true, source: pods, cgroup_prefix: \"{}\", ring_size: \"{}MiB\"}}\n",
-            data_dir.display(),
-            dir.display(),
-            scene.prefix,
-            args.scale_ring_mib,
-        ),
-        "capture scale bench",
-    )
-    .context("the scale bench's config")?;
+    let (config, probes) = load(args, scene, dir, &data_dir, hooks)?;
     let options = config.capture.clone().context("capture is enabled")?;
-    let probes = Probes::load(&ProbeOptions {
-        hooks: hooks.config(),
-        ring_bytes: options.ring_bytes,
-        cgroup_prefix: options.cgroup_prefix.clone(),
-        max_records_per_write: options.max_records_per_write,
-    })
-    .context("loading the probes (built? `cargo xtask build-ebpf`)")?;
     let hook_mode = probes.hook_mode();
     let kernel = Arc::new(Mutex::new(None));
     let feed = MeasuredProbes {
@@ -191,37 +172,8 @@ fn run_scale(
     reset_peak_rss();
     let cpu_before = crate::self_cpu();
     let started = Instant::now();
-    let runs: Vec<anyhow::Result<WriterRun>> = std::thread::scope(|s| {
-        let handles: Vec<_> = names
-            .iter()
-            .map(|(name, log)| s.spawn(|| run_writer(scene, name, log, &scenario)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a writer thread panicked")))
-            })
-            .collect()
-    });
-    let mut writers_cpu = Duration::ZERO;
-    let mut writers_end = started;
-    for run in runs {
-        let run = run?;
-        writers_cpu += run.usage.cpu;
-        writers_end = writers_end.max(run.started + run.usage.wall);
-    }
-    let deadline = Instant::now() + END_WAIT;
-    let ended = loop {
-        let streams = registry.snapshot();
-        if streams.len() >= writers && streams.iter().all(|s| s.closed) {
-            break true;
-        }
-        if Instant::now() >= deadline {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (writers_cpu, writers_end) = run_writers(scene, &names, &scenario)?;
+    let ended = wait_ended(&registry, writers);
     let wall = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     stage
@@ -267,6 +219,85 @@ fn run_scale(
         ended,
         hook_mode,
     })
+}
+
+/// The scale run's config (a blackhole sink stands for the verifying one) and its
+/// probes, loaded and attached.
+fn load(
+    args: &CaptureArgs,
+    scene: &Scene,
+    dir: &Path,
+    data_dir: &Path,
+    hooks: BenchHooks,
+) -> anyhow::Result<(Config, Probes)> {
+    let config = Config::parse(
+        &format!(
+            "data_dir: {}\nmetrics: {{listen: \"\"}}\nsources:\n  - name: pods\n    include: [\"{}/pods/**/*.log\"]\n    format: cri\n    sink: out\n\
+             sinks:\n  out: {{type: blackhole}}\n\
+             capture: {{enabled: true, source: pods, cgroup_prefix: \"{}\", ring_size: \"{}MiB\"}}\n",
+            data_dir.display(),
+            dir.display(),
+            scene.prefix,
+            args.scale_ring_mib,
+        ),
+        "capture scale bench",
+    )
+    .context("the scale bench's config")?;
+    let options = config.capture.clone().context("capture is enabled")?;
+    let probes = Probes::load(&ProbeOptions {
+        hooks: hooks.config(),
+        ring_bytes: options.ring_bytes,
+        cgroup_prefix: options.cgroup_prefix.clone(),
+        max_records_per_write: options.max_records_per_write,
+    })
+    .context("loading the probes (built? `cargo xtask build-ebpf`)")?;
+    Ok((config, probes))
+}
+
+/// Runs every writer at once, each to its end; returns their CPU, summed, and when
+/// the last one ended.
+fn run_writers(
+    scene: &Scene,
+    names: &[(String, PathBuf)],
+    scenario: &Scenario,
+) -> anyhow::Result<(Duration, Instant)> {
+    let runs: Vec<anyhow::Result<WriterRun>> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|(name, log)| s.spawn(|| run_writer(scene, name, log, scenario)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a writer thread panicked")))
+            })
+            .collect()
+    });
+    let mut cpu = Duration::ZERO;
+    let mut end: Option<Instant> = None;
+    for run in runs {
+        let run = run?;
+        cpu += run.usage.cpu;
+        let ended = run.started + run.usage.wall;
+        end = Some(end.map_or(ended, |e| e.max(ended)));
+    }
+    Ok((cpu, end.unwrap_or_else(Instant::now)))
+}
+
+/// Whether all `streams` ended (their sources closed) within [`END_WAIT`].
+fn wait_ended(registry: &SharedRegistry, streams: usize) -> bool {
+    let deadline = Instant::now() + END_WAIT;
+    loop {
+        let sources = registry.snapshot();
+        if sources.len() >= streams && sources.iter().all(|s| s.closed) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn scale_markdown(args: &CaptureArgs, rows: &[(BenchHooks, ScaleRun)]) -> String {
