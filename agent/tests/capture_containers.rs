@@ -492,3 +492,83 @@ fn a_collection_selecting_a_captured_container_gets_its_lines() {
         agent.log()
     );
 }
+
+/// A container already writing when the agent starts: the agent binds its pipes at
+/// start (from `/proc`), its CRI log supplies what it wrote before, capture what it
+/// wrote after the seam, and every line arrives once.
+#[test]
+fn a_container_running_before_the_agent_is_captured_from_its_bind_on() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pod = harness.run_pod(PodSpec::new("early-writer"));
+    // Bursts of 100 lines with a pause between: about a megabyte a second, long
+    // enough that the agent binds it mid-run and captures most of it.
+    let lines = 150_000;
+    let writer = run(
+        &pod,
+        "writer",
+        &format!(
+            "i=1; while [ $i -le {lines} ]; do j=0; while [ $j -lt 100 ]; do echo \"early $i\"; \
+             i=$((i+1)); j=$((j+1)); done; usleep 5000; done; sleep 1"
+        ),
+    );
+    let log = writer.log_path().to_path_buf();
+    wait_for(
+        Duration::from_secs(20),
+        "the writer's first lines logged",
+        || cri_stream(&log, "stdout").len() > 20_000,
+    );
+    let agent = start_agent(
+        dir.path(),
+        &agent_config(
+            "/var/log/pods/default_early-*/**/*.log",
+            harness.endpoint(),
+            "16MiB",
+        ),
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the seam between log and capture",
+        || {
+            metric(
+                &agent.metrics(),
+                "logtap_capture_seams_total",
+                &[("result", "exact")],
+            ) >= 1.0
+        },
+    );
+    writer.wait_exit(Duration::from_secs(90));
+    let expected: String = (1..=lines).map(|i| format!("early {i}\n")).collect();
+    wait_for_cri(&log, "stdout", &expected);
+    let records = wait_for_stream(&agent, &log, "stdout", &expected);
+    let raw = store_records(&agent.store_dir());
+    assert_eq!(raw.len(), records.len(), "a record was shipped twice");
+    assert!(
+        raw.iter()
+            .all(|r| r["path"] != log.display().to_string().as_str()),
+        "the file source shipped lines of a container capture had bound"
+    );
+    // The log supplied what was written before the bind and the seam's window; the
+    // rest came from the kernel.
+    let metrics = agent.metrics();
+    let from_log = metric(&metrics, "logtap_capture_repaired_bytes_total", &[]);
+    let total = expected.len() as f64;
+    eprintln!(
+        "pre-existing writer: {total} bytes, {from_log} from the CRI log, {} captured",
+        total - from_log
+    );
+    assert!(
+        from_log < total / 2.0,
+        "most of the stream should come from capture\n{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "logtap_capture_unrepairable_bytes_total", &[]),
+        0.0
+    );
+}

@@ -67,6 +67,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::{Usage, mb_per_s, wait_measured, write_results};
 
+#[path = "capture_scale.rs"]
+mod scale;
+
 /// Bytes of every line of the writer's stream, newline included.
 const LINE: usize = 100;
 /// The most content containerd puts into one CRI record; longer lines become `P`
@@ -112,6 +115,19 @@ pub struct CaptureArgs {
     /// which adds two clock reads per run: not for the timing tables).
     #[arg(long)]
     bpf_stats: bool,
+    /// Run the scale scenario only (see `capture_scale`): `--scale-writers` writers
+    /// at once, each held to `--scale-rate-kb` for `--rate-seconds`.
+    #[arg(long)]
+    scale: bool,
+    /// Writers of the scale scenario, each in its own cgroup with its own CRI log.
+    #[arg(long, default_value_t = 200)]
+    scale_writers: usize,
+    /// Each scale writer's rate, in kB/s (10^3 bytes).
+    #[arg(long, default_value_t = 500)]
+    scale_rate_kb: u64,
+    /// The ring buffer of the scale scenario, in MiB.
+    #[arg(long, default_value_t = 16)]
+    scale_ring_mib: u32,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -450,6 +466,9 @@ struct Scenario {
     /// The writer is in a cgroup outside the prefix: what capture costs the rest of the
     /// node (nothing is captured).
     outside: bool,
+    /// Wait for the writer in a blocking `wait4`, without sampling its RSS: many
+    /// writers polled every 2 ms would load the harness (see `capture_scale`).
+    blocking_wait: bool,
 }
 
 fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
@@ -465,6 +484,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             rate: 0,
             ring_bytes: 16 << 20,
             outside: false,
+            blocking_wait: false,
         },
         Scenario {
             name: "100 B lines outside containers, full speed".into(),
@@ -473,6 +493,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             rate: 0,
             ring_bytes: 16 << 20,
             outside: true,
+            blocking_wait: false,
         },
         Scenario {
             name: "4 KiB writes, full speed".into(),
@@ -481,6 +502,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             rate: 0,
             ring_bytes: 16 << 20,
             outside: false,
+            blocking_wait: false,
         },
         Scenario {
             name: format!(
@@ -492,6 +514,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             rate,
             ring_bytes: 16 << 20,
             outside: false,
+            blocking_wait: false,
         },
         Scenario {
             name: format!(
@@ -503,6 +526,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             rate,
             ring_bytes: small,
             outside: false,
+            blocking_wait: false,
         },
         Scenario {
             name: format!(
@@ -514,6 +538,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             rate,
             ring_bytes: 16 << 20,
             outside: false,
+            blocking_wait: false,
         },
         Scenario {
             name: format!(
@@ -525,6 +550,7 @@ fn scenarios(args: &CaptureArgs) -> Vec<Scenario> {
             rate,
             ring_bytes: small,
             outside: false,
+            blocking_wait: false,
         },
     ]
 }
@@ -591,13 +617,44 @@ fn run_writer(
     let writer = cmd.spawn().context("spawning the writer")?;
     // The shim sees the end of its input only when no copy of the pipe is left here.
     drop(cmd);
-    let usage = wait_measured(writer.id() as libc::pid_t, started, None, "the writer")?;
+    let pid = writer.id() as libc::pid_t;
+    let usage = if scenario.blocking_wait {
+        wait_blocking(pid, started)?
+    } else {
+        wait_measured(pid, started, None, "the writer")?
+    };
     let status = shim.wait()?;
     if !status.success() {
         bail!("the shim failed ({status})");
     }
     std::fs::remove_dir(&cgroup).with_context(|| format!("rmdir {}", cgroup.display()))?;
     Ok(WriterRun { usage, started })
+}
+
+/// Waits for the writer `pid` to exit, in one blocking `wait4`.
+fn wait_blocking(pid: libc::pid_t, started: Instant) -> anyhow::Result<Usage> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data written by the kernel; zeroed is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our child; status and ru are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            bail!("wait4: {e}");
+        }
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("the writer failed (wait status {status})");
+    }
+    Ok(Usage {
+        wall: started.elapsed(),
+        cpu: crate::tv(ru.ru_utime) + crate::tv(ru.ru_stime),
+        max_rss_kib: ru.ru_maxrss as u64,
+    })
 }
 
 /// The probes as the stage's feed, keeping their kernel counters when the stage drops
@@ -622,6 +679,10 @@ impl EventFeed for MeasuredProbes {
 
     fn forget(&mut self, cgroup_id: u64) {
         EventFeed::forget(&mut self.probes, cgroup_id);
+    }
+
+    fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> std::io::Result<()> {
+        EventFeed::watch_existing(&mut self.probes, cgroup_id, pid)
     }
 }
 
@@ -670,6 +731,32 @@ struct Verify {
     last_at: Option<Instant>,
 }
 
+impl Verify {
+    /// Checks a package's lines against what came before.
+    fn take(&mut self, batch: &Batch) {
+        for line in &batch.lines {
+            if line.offset > self.next_offset {
+                self.holes += line.offset - self.next_offset;
+            } else if line.offset < self.next_offset {
+                self.overlaps += self.next_offset - line.offset;
+            }
+            self.crc.update(&line.body);
+            let mut len = line.body.len() as u64;
+            if !line.flags.contains(LineFlags::UNTERMINATED) {
+                self.crc.update(b"\n");
+                len += 1;
+            }
+            self.next_offset = line.offset + len;
+            self.delivered += len;
+        }
+        let now = Instant::now();
+        self.last_at = Some(now);
+        if self.done_at.is_none() && self.delivered >= self.expected {
+            self.done_at = Some(now);
+        }
+    }
+}
+
 struct VerifySink(Arc<Mutex<Verify>>);
 
 impl Sink for VerifySink {
@@ -678,27 +765,7 @@ impl Sink for VerifySink {
     }
 
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        let mut v = self.0.lock().expect("not poisoned");
-        for line in &batch.lines {
-            if line.offset > v.next_offset {
-                v.holes += line.offset - v.next_offset;
-            } else if line.offset < v.next_offset {
-                v.overlaps += v.next_offset - line.offset;
-            }
-            v.crc.update(&line.body);
-            let mut len = line.body.len() as u64;
-            if !line.flags.contains(LineFlags::UNTERMINATED) {
-                v.crc.update(b"\n");
-                len += 1;
-            }
-            v.next_offset = line.offset + len;
-            v.delivered += len;
-        }
-        let now = Instant::now();
-        v.last_at = Some(now);
-        if v.done_at.is_none() && v.delivered >= v.expected {
-            v.done_at = Some(now);
-        }
+        self.0.lock().expect("not poisoned").take(batch);
         Ok(())
     }
 
@@ -1207,6 +1274,9 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
     };
     let dir = tmp.path();
     let stats = args.bpf_stats.then(BpfStats::enable).transpose()?;
+    if args.scale {
+        return scale::run(args, &scene, dir, &metrics);
+    }
     let mut bench = Bench {
         args,
         scene: &scene,

@@ -13,6 +13,8 @@
 //!   (tracepoint field offsets; struct member offsets).
 //! - `stream`: a container stream put back in offset order, holes found.
 //! - `cri_log`: the repair path, a stream read back from its CRI log by offset.
+//! - `existing`: containers running when the agent starts, found in `/proc`.
+//! - `seam`: where a running container's CRI log ends and its capture begins.
 //! - `stage`: probe events into the pipeline, holes repaired, streams ended.
 //! - claims ([`Claims`], in `source::claims`): which CRI logs capture ships, so the
 //!   file source leaves them alone.
@@ -27,12 +29,15 @@
 //! `logtap_capture_kernel_bytes_total`, `logtap_capture_ring_dropped_records_total` and
 //! `logtap_capture_ring_dropped_bytes_total` (by `reason`: `ring_full`, `too_large`,
 //! `fault`), `logtap_capture_lost_events_total`. From the stage: records, bytes, gaps,
-//! repaired, unrepairable and spilled bytes, streams and watched containers
+//! repaired, unrepairable and spilled bytes, seams (`logtap_capture_seams_total`), streams
+//! and watched containers
 //! (`docs/operations.md`).
 
 mod btf;
 mod cri_log;
+mod existing;
 pub mod probe;
+mod seam;
 mod spawn;
 mod stage;
 mod stream;

@@ -33,6 +33,10 @@ impl EventFeed for Probes {
             tracing::warn!(cgroup_id, error = %e, "forgetting a removed cgroup in the kernel");
         }
     }
+
+    fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> std::io::Result<()> {
+        Probes::watch_existing(self, cgroup_id, pid).map_err(std::io::Error::other)
+    }
 }
 
 /// Containers as the runtime (CRI) knows them.
@@ -103,9 +107,12 @@ impl CaptureThread {
             Ok(root) => stage.set_cgroup_root(Some(root)),
             // Removal records still end streams; only a lost one goes unnoticed.
             Err(e) => {
-                tracing::warn!(error = %e, "no cgroup v2 mount: a container whose removal record is lost is not noticed")
+                tracing::warn!(error = %e, "no cgroup v2 mount: a container whose removal record is lost is not noticed, and containers running now are read from their CRI logs")
             }
         }
+        // Before the file source starts (the caller starts it after this returns):
+        // the logs of the containers bound here are claimed before it looks.
+        stage.bind_running(Path::new("/proc"));
         let thread = std::thread::Builder::new()
             .name("logtap-capture".into())
             .spawn(move || {

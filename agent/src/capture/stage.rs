@@ -19,11 +19,21 @@
 //! container's cgroup goes away, its streams are compared against the log until the
 //! log stops growing, which also catches holes at the very end of a stream.
 //!
+//! # Containers running before the agent
+//!
+//! Their pipes are bound at start-up ([`CaptureStage::bind_running`], from `/proc`), so
+//! the kernel numbers their streams from 0 at the bind. Their CRI logs ship what came
+//! before (read from the start, or from an earlier run's checkpoint), and capture takes
+//! over at the seam: where the first captured bytes are in the log (see `seam`). Until
+//! the seam is found, captured records wait; a seam that cannot be made exact leaves
+//! the stream on its log.
+//!
 //! # Restart
 //!
 //! Probe state does not outlive the agent, so a stream checkpointed by an earlier run
-//! continues from its CRI log, at its checkpointed stream offset, until the container
-//! run ends: bytes written while the agent was down are read, none twice.
+//! continues from its CRI log, at its checkpointed stream offset: bytes written while
+//! the agent was down are read, none twice. When its container still runs, it is bound
+//! again at start-up and capture takes over at the seam.
 
 use std::collections::HashMap;
 use std::io;
@@ -37,7 +47,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::Claims;
 use super::cri_log::CriStreamReader;
+use super::existing;
 use super::probe::ProbeEvent;
+use super::seam::{Decision, Seam};
 use super::stream::{Run, StreamAssembler};
 use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
@@ -46,8 +58,9 @@ use crate::frame::Stream;
 use crate::metrics::catalogue::{
     CAPTURE_BYTES_TOTAL, CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL,
     CAPTURE_GAPS_TOTAL, CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL,
-    CAPTURE_REPAIRED_BYTES_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAMS,
-    CAPTURE_UNBOUND_RECORDS_TOTAL, CAPTURE_UNREPAIRABLE_BYTES_TOTAL, CAPTURE_WATCHED_CONTAINERS,
+    CAPTURE_REPAIRED_BYTES_TOTAL, CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL,
+    CAPTURE_STREAMS, CAPTURE_UNBOUND_RECORDS_TOTAL, CAPTURE_UNREPAIRABLE_BYTES_TOTAL,
+    CAPTURE_WATCHED_CONTAINERS,
 };
 use crate::pipeline::input::{EndReason, Input, Opening};
 use crate::source::file::FileIdentity;
@@ -84,6 +97,9 @@ pub trait EventFeed: Send {
     ) -> io::Result<usize>;
     /// The cgroup is gone and handled: the kernel may forget it and its streams.
     fn forget(&mut self, cgroup_id: u64);
+    /// Watch a cgroup that existed before the probes, and bind the pipes at fd 1 and
+    /// 2 of its process `pid`, numbered from 0 now.
+    fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> io::Result<()>;
 }
 
 /// What capture needs to know about the container behind a cgroup.
@@ -127,6 +143,25 @@ struct StreamEntry {
     hole_counted: Option<u64>,
     /// Malformed CRI lines already counted in the metric.
     malformed_counted: u64,
+    /// Bound while it ran (at start-up): the seam between its log and capture is
+    /// being looked for, and captured records wait. `None` once decided.
+    seam: Option<Box<PendingSeam>>,
+    /// The stream offset of the kernel's offset 0: B₀ for a stream bound while it
+    /// ran, else 0.
+    base: u64,
+    /// No exact seam: the log is the stream, and captured records are ignored.
+    log_only: bool,
+}
+
+/// A stream bound while it ran, before its seam is known.
+struct PendingSeam {
+    seam: Seam,
+    /// Reads the log from where it ended at the bind (`Seam::log_wanted`).
+    reader: CriStreamReader,
+    /// Captured records by kernel offset, at most `max_pending` bytes (the oldest go
+    /// first: the log has them, and holes are repaired from it).
+    held: std::collections::VecDeque<(u64, Bytes, i64)>,
+    held_bytes: usize,
 }
 
 pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
@@ -346,17 +381,35 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         let cgroup_path = self.cgroups.get(&cgroup_id).cloned().unwrap_or_default();
         let container = self.resolver.resolve(&cgroup_path);
         let log_path = container.as_ref().and_then(|c| c.log_path.clone());
-        let path = stream_path(log_path.as_deref(), &cgroup_path, stream);
+        if log_path.is_none() {
+            tracing::warn!(
+                cgroup = %String::from_utf8_lossy(&cgroup_path),
+                "captured container has no known CRI log: its holes cannot be repaired"
+            );
+        }
+        let id = self.open_source(&cgroup_path, container, stream);
+        self.bound.insert((cgroup_id, stream), id);
+        self.streams.insert(
+            id,
+            StreamEntry::new(stream, Some(cgroup_id), log_path, 0, &self.options),
+        );
+    }
+
+    /// A new source for `stream` of `container`, from stream offset 0; its CRI log
+    /// claimed.
+    fn open_source(
+        &mut self,
+        cgroup_path: &[u8],
+        container: Option<CapturedContainer>,
+        stream: Stream,
+    ) -> SourceId {
+        let log_path = container.as_ref().and_then(|c| c.log_path.clone());
+        let path = stream_path(log_path.as_deref(), cgroup_path, stream);
         let identity = stream_identity(&path);
         let id = SourceId::new_unique(CAPTURE_DEV, identity.inode);
         self.registry.register(id, identity, path.clone(), 0);
         if let Some(log) = &log_path {
             self.claims.claim(log);
-        } else {
-            tracing::warn!(
-                cgroup = %String::from_utf8_lossy(&cgroup_path),
-                "captured container has no known CRI log: its holes cannot be repaired"
-            );
         }
         tracing::debug!(source = %id, path = %path.display(), "capturing stream");
         let info = Arc::new(SourceInfo {
@@ -371,11 +424,106 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             .map(|log| (log, container.as_ref().map(|c| c.id.clone())));
         self.pipeline
             .opened(Opening::stream(info, self.options.source, 0, stream, pod));
-        self.bound.insert((cgroup_id, stream), id);
-        self.streams.insert(
-            id,
-            StreamEntry::new(stream, Some(cgroup_id), log_path, 0, &self.options),
-        );
+        id
+    }
+
+    /// Binds the containers that were running before the agent started (found in
+    /// `proc`, see `existing`): their CRI logs ship what they wrote until the seam,
+    /// capture what follows (see the module docs). A container whose log the file
+    /// source has read in an earlier run stays with the file source (its checkpoint
+    /// is a file offset, not a stream offset).
+    ///
+    /// Called before the file source starts: the logs are claimed before it looks.
+    pub fn bind_running(&mut self, proc: &Path) {
+        let Some(root) = self.cgroup_root.clone() else {
+            return;
+        };
+        for found in existing::running_containers(proc, &root, &self.options.cgroup_prefix) {
+            if self.cgroups.contains_key(&found.cgroup_id) {
+                continue;
+            }
+            let Some(container) = self.resolver.resolve(&found.cgroup_path) else {
+                continue;
+            };
+            let Some(log) = container.log_path.clone() else {
+                continue;
+            };
+            if self.read_by_file_source(&log) {
+                tracing::info!(log = %log.display(), "a running container's log is read by the file source since an earlier run: not captured");
+                continue;
+            }
+            let streams = [Stream::Stdout, Stream::Stderr];
+            // Where each stream ends in the log now: the seam is at or after it.
+            // Read twice, the second read only what came during the first (which
+            // reads the whole log), so the bind follows the last at once.
+            let mut readers = streams.map(|s| CriStreamReader::new(log.clone(), s));
+            let mut lower = [0u64; 2];
+            let mut read_all = || -> io::Result<()> {
+                for (reader, lower) in readers.iter_mut().zip(&mut lower) {
+                    *lower = reader.read(u64::MAX, u64::MAX, &mut Vec::new())?.offset;
+                }
+                Ok(())
+            };
+            if let Err(e) = read_all().and_then(|()| read_all()) {
+                tracing::warn!(log = %log.display(), error = %e, "reading a running container's CRI log: not captured");
+                continue;
+            }
+            if let Err(e) = self.feed.watch_existing(found.cgroup_id, found.pid) {
+                tracing::warn!(pid = found.pid, error = %e, "binding a running container's pipes: not captured");
+                continue;
+            }
+            if cgroup_present(&root, &found.cgroup_path, found.cgroup_id) {
+                self.sighted.insert(found.cgroup_id, None);
+            }
+            self.cgroups
+                .insert(found.cgroup_id, found.cgroup_path.clone());
+            for ((stream, reader), lower) in streams.into_iter().zip(readers).zip(lower) {
+                let fd = proc.join(format!("{}/fd/{}", found.pid, stream_fd(stream)));
+                let window = existing::seam_window(&fd);
+                let id = self.resumed_stream(&log, stream).unwrap_or_else(|| {
+                    self.open_source(&found.cgroup_path, Some(container.clone()), stream)
+                });
+                let entry = self.streams.entry(id).or_insert_with(|| {
+                    StreamEntry::new(stream, None, Some(log.clone()), 0, &self.options)
+                });
+                entry.cgroup = Some(found.cgroup_id);
+                entry.follow_until = Some(u64::MAX);
+                entry.seam = Some(Box::new(PendingSeam {
+                    seam: Seam::new(lower, window),
+                    reader,
+                    held: Default::default(),
+                    held_bytes: 0,
+                }));
+                self.bound.insert((found.cgroup_id, stream), id);
+                tracing::info!(source = %id, log_offset = lower, window, "a running container's stream bound: its log ships it until capture's seam is found");
+            }
+        }
+    }
+
+    /// The stream of `log` resumed from an earlier run's checkpoint, if any.
+    fn resumed_stream(&self, log: &Path, stream: Stream) -> Option<SourceId> {
+        self.streams.iter().find_map(|(id, e)| {
+            (e.cgroup.is_none() && e.stream == stream && e.log_path.as_deref() == Some(log))
+                .then_some(*id)
+        })
+    }
+
+    /// Whether the file source checkpointed a file of `log`'s run (the live log or a
+    /// rotation of it).
+    fn read_by_file_source(&self, log: &Path) -> bool {
+        let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
+            return false;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            e.file_name().as_bytes().starts_with(name.as_bytes())
+                && e.metadata().is_ok_and(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    self.registry.lookup(m.dev(), m.ino()).is_some()
+                })
+        })
     }
 
     fn data(
@@ -387,6 +535,11 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         ktime_ns: u64,
         now: Instant,
     ) {
+        if !self.bound.contains_key(&(cgroup_id, stream)) && self.cgroups.contains_key(&cgroup_id) {
+            // The kernel bound it (it sends its bytes) but the binding record was lost
+            // to a full ring: bound here, from offset 0; holes are repaired from the log.
+            self.bind(cgroup_id, stream);
+        }
         let Some(&id) = self.bound.get(&(cgroup_id, stream)) else {
             metrics::counter!(CAPTURE_UNBOUND_RECORDS_TOTAL).increment(1);
             return;
@@ -398,6 +551,14 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
         };
+        if entry.log_only {
+            return;
+        }
+        if let Some(pending) = &mut entry.seam {
+            pending.hold(offset, bytes, written_ns, self.options.max_pending);
+            return;
+        }
+        let offset = offset + entry.base;
         let a = &mut entry.assembler;
         if offset == a.next_offset() && a.pending_bytes() == 0 {
             // The common case: in order. Staged, so a burst is one chunk.
@@ -441,6 +602,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
 
     /// Holes, spills, endings: the periodic part of a stream's life.
     fn check_stream(&mut self, id: SourceId, now: Instant) {
+        self.look_for_seam(id, now);
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
         };
@@ -498,6 +660,53 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         if self.ended(id, now) {
             self.end(id);
         }
+    }
+
+    /// A stream bound while it ran: reads its log's window, and once the seam is
+    /// known, hands the captured records on from it (see `seam`).
+    fn look_for_seam(&mut self, id: SourceId, now: Instant) {
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let Some(pending) = &mut entry.seam else {
+            return;
+        };
+        let (from, to) = pending.seam.log_wanted();
+        // A stream the container does not write to (often stderr) would otherwise have
+        // its log parsed once more every tick, for nothing.
+        if from < to && pending.seam.has_captured() {
+            let mut runs = Vec::new();
+            if let Err(e) = pending.reader.read(from, to, &mut runs) {
+                tracing::warn!(source = %id, error = %e, "reading the CRI log to find capture's seam");
+            }
+            for run in &runs {
+                pending.seam.push_log(run.offset, &run.bytes);
+            }
+        }
+        let decision = pending.seam.decide();
+        if decision == Decision::Pending {
+            return;
+        }
+        metrics::counter!(CAPTURE_SEAMS_TOTAL, "result" => decision.label()).increment(1);
+        let pending = entry.seam.take().expect("looked at above");
+        let Decision::Exact { base } = decision else {
+            tracing::warn!(source = %id, result = decision.label(), "no exact seam between a running container's log and its capture: the stream stays on its CRI log");
+            entry.log_only = true;
+            return;
+        };
+        tracing::info!(source = %id, base, shipped = entry.assembler.next_offset(), "capture takes over a running container's stream at its seam");
+        entry.base = base;
+        // The log has shipped the stream up to here; capture ships the rest, its holes
+        // repaired from the log as any other stream's.
+        entry.follow_until = None;
+        self.hand_on_staged(id);
+        let entry = self.streams.get_mut(&id).expect("present above");
+        for (offset, bytes, time_ns) in pending.held {
+            entry
+                .assembler
+                .push(offset + base, bytes, time_ns, now, &mut self.runs);
+        }
+        self.hand_on_runs(id);
     }
 
     /// Reads `[from, to)` of the stream from its CRI log into the assembler.
@@ -641,6 +850,10 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         let Some(entry) = self.streams.remove(&id) else {
             return;
         };
+        if entry.seam.is_some() {
+            // Its log shipped all of it.
+            metrics::counter!(CAPTURE_SEAMS_TOTAL, "result" => "unfinished").increment(1);
+        }
         self.pipeline.ended(id, EndReason::Exited);
         // The entry stays (closed), so the next start knows this run's log was
         // shipped by capture and keeps the file source away from it.
@@ -749,6 +962,24 @@ impl StreamEntry {
             log_reach: (0, Instant::now()),
             hole_counted: None,
             malformed_counted: 0,
+            seam: None,
+            base: 0,
+            log_only: false,
+        }
+    }
+}
+
+impl PendingSeam {
+    /// A captured record waits for the seam; the seam search sees it too.
+    fn hold(&mut self, offset: u64, bytes: Bytes, time_ns: i64, max_bytes: usize) {
+        self.seam.push_captured(offset, &bytes);
+        self.held_bytes += bytes.len();
+        self.held.push_back((offset, bytes, time_ns));
+        while self.held_bytes > max_bytes {
+            let Some((_, dropped, _)) = self.held.pop_front() else {
+                break;
+            };
+            self.held_bytes -= dropped.len();
         }
     }
 }
@@ -823,6 +1054,14 @@ fn parse_stream_path(path: &Path) -> Option<(PathBuf, Stream)> {
         return None;
     }
     Some((PathBuf::from(std::ffi::OsStr::from_bytes(log)), stream))
+}
+
+/// The descriptor a container writes `stream` to.
+fn stream_fd(stream: Stream) -> u32 {
+    match stream {
+        Stream::Stderr => 2,
+        _ => 1,
+    }
 }
 
 fn stream_name(stream: Stream) -> &'static str {

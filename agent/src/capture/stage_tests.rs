@@ -72,6 +72,10 @@ impl EventFeed for ScriptFeed {
     fn forget(&mut self, cgroup_id: u64) {
         self.forgotten.push(cgroup_id);
     }
+
+    fn watch_existing(&mut self, _cgroup_id: u64, _pid: u32) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 struct TableResolver {
@@ -421,4 +425,185 @@ fn a_lost_removal_record_is_inferred_from_the_cgroup_directory_gone() {
         "the kernel's entries are forgotten"
     );
     assert!(stage.cgroups.is_empty());
+}
+
+/// A container running before the agent: a fake `/proc` with its init process
+/// (stdout: a real pipe of 4 KiB, so the seam's window is 4 + 192 KiB), its cgroup
+/// directory, and its CRI log holding `before` stdout lines.
+struct Running {
+    _dir: tempfile::TempDir,
+    proc: PathBuf,
+    root: PathBuf,
+    cgroup_id: u64,
+    _pipe: (std::io::PipeReader, std::io::PipeWriter),
+}
+
+impl Running {
+    fn new() -> Running {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (proc, root) = (dir.path().join("proc"), dir.path().join("cgroup"));
+        let cgroup = root.join("kubepods/podu/c9");
+        std::fs::create_dir_all(&cgroup).unwrap();
+        let pid = proc.join("42");
+        std::fs::create_dir_all(pid.join("fd")).unwrap();
+        std::fs::write(pid.join("cgroup"), "0::/kubepods/podu/c9\n").unwrap();
+        let fields = "S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 1 1";
+        std::fs::write(pid.join("stat"), format!("42 (sh) {fields}\n")).unwrap();
+        let pipe = std::io::pipe().unwrap();
+        // SAFETY: a pipe fd this test owns.
+        unsafe { libc::fcntl(pipe.1.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+        for fd in ["1", "2"] {
+            let target = format!("/proc/self/fd/{}", pipe.1.as_raw_fd());
+            std::os::unix::fs::symlink(target, pid.join("fd").join(fd)).unwrap();
+        }
+        Running {
+            cgroup_id: std::fs::metadata(&cgroup).unwrap().ino(),
+            _dir: dir,
+            proc,
+            root,
+            _pipe: pipe,
+        }
+    }
+}
+
+fn numbered_lines(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| format!("line {i}")).collect()
+}
+
+/// `lines` as captured records of stream offsets from `k`, one write each.
+fn captured(cgroup_id: u64, k: u64, lines: &[String]) -> Vec<Scripted> {
+    let mut k = k;
+    lines
+        .iter()
+        .map(|l| {
+            let bytes: &'static [u8] = Box::leak(format!("{l}\n").into_bytes().into_boxed_slice());
+            let record = Scripted::Data(cgroup_id, Stream::Stdout, k, bytes);
+            k += bytes.len() as u64;
+            record
+        })
+        .collect()
+}
+
+fn stream_len(lines: &[String]) -> u64 {
+    lines.iter().map(|l| l.len() as u64 + 1).sum()
+}
+
+#[test]
+fn a_running_container_is_shipped_from_its_log_then_from_capture_at_the_seam() {
+    let fx = Fixture::new();
+    let running = Running::new();
+    let all = numbered_lines(0..30_000);
+    // 1000 lines logged at the bind, 100 more in flight; from line 1100 on the
+    // kernel numbers the stream from 0. The log gets everything but the last 500
+    // lines, which only capture can ship.
+    fx.append_cri(
+        "stdout",
+        &all[..1000].iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(true),
+    };
+    let (mut stage, rx, claims) = fx.stage(ScriptFeed::default(), resolver, fx.registry());
+    stage.set_cgroup_root(Some(running.root.clone()));
+    stage.bind_running(&running.proc);
+    assert!(
+        claims.is_claimed(&fx.log),
+        "the file source must leave the log alone"
+    );
+    fx.append_cri(
+        "stdout",
+        &all[1000..29_500]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    stage
+        .feed
+        .rounds
+        .push_back(captured(running.cgroup_id, 0, &all[1100..]));
+    let got = lines(&mut stage, &rx, all.len());
+    assert_eq!(
+        bodies(&got),
+        all.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let mut offset = 0;
+    for (line, (_, at, _)) in all.iter().zip(&got) {
+        assert_eq!(*at, offset, "{line} at its stream offset");
+        offset += line.len() as u64 + 1;
+    }
+    let entry = stage
+        .streams
+        .values()
+        .find(|e| e.stream == Stream::Stdout)
+        .unwrap();
+    assert_eq!(entry.base, stream_len(&all[..1100]), "the seam is B₀");
+    assert!(entry.seam.is_none() && !entry.log_only);
+}
+
+#[test]
+fn a_running_container_repeating_itself_stays_on_its_log() {
+    let fx = Fixture::new();
+    let running = Running::new();
+    // The same line over and over: the captured bytes fit anywhere in the window.
+    let all: Vec<String> = vec!["ok".to_string(); 80_000];
+    fx.append_cri(
+        "stdout",
+        &all[..1000].iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(true),
+    };
+    let (mut stage, rx, _) = fx.stage(ScriptFeed::default(), resolver, fx.registry());
+    stage.set_cgroup_root(Some(running.root.clone()));
+    stage.bind_running(&running.proc);
+    fx.append_cri(
+        "stdout",
+        &all[1000..79_000]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    // Captured: more than the log holds; none of it may be shipped.
+    stage
+        .feed
+        .rounds
+        .push_back(captured(running.cgroup_id, 0, &all[1100..]));
+    let got = lines(&mut stage, &rx, all.len());
+    assert_eq!(
+        got.len(),
+        79_000,
+        "the log's lines, each once, and nothing captured"
+    );
+    let entry = stage
+        .streams
+        .values()
+        .find(|e| e.stream == Stream::Stdout)
+        .unwrap();
+    assert!(entry.log_only, "no exact seam: the stream stays on its log");
+}
+
+#[test]
+fn a_stream_whose_binding_record_was_lost_is_bound_by_its_first_bytes() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["line1", "line2"]);
+    // A full ring lost the binding record, and the first write's record with it.
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![Scripted::Created(8, "/kubepods/podu/c8")],
+            vec![Scripted::Data(8, Stream::Stdout, 6, b"line2\n")],
+        ]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(true),
+    };
+    let (mut stage, rx, claims) = fx.stage(feed, resolver, fx.registry());
+    let got = lines(&mut stage, &rx, 2);
+    assert_eq!(bodies(&got), ["line1", "line2"]);
+    assert!(claims.is_claimed(&fx.log));
 }

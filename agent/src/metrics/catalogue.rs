@@ -181,6 +181,8 @@ catalogue! {
         "eBPF lifecycle records (stream bound, cgroup created/removed, exec, exit) lost to a full ring";
     CAPTURE_EXITS_INFERRED_TOTAL = "logtap_capture_exits_inferred_total", Counter, Some(Unit::Count),
         "captured cgroups found gone without their removal record (lost to a full ring): their streams were ended";
+    CAPTURE_SEAMS_TOTAL = "logtap_capture_seams_total", Counter, Some(Unit::Count),
+        "Streams of containers running before the agent started, by how capture took over from their CRI log (result: exact, ambiguous, no_match, unfinished)";
     KUBE_PODS_CACHED = "logtap_kube_pods_cached", Gauge, Some(Unit::Count),
         "Pods of this node in the metadata cache, deleted ones in their grace period included";
     KUBE_API_UP = "logtap_kube_api_up", Gauge, Some(Unit::Count),
