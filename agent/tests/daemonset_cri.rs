@@ -207,6 +207,7 @@ fn bytes(quantity: &str) -> i64 {
 /// The CRI container the kubelet makes of `container`.
 fn container_config(
     container: &Container,
+    pod_name: &str,
     host_pid: bool,
     node: &TestNode,
     volumes: &HashMap<String, PathBuf>,
@@ -220,8 +221,11 @@ fn container_config(
                 (Some(v), None) => v.clone(),
                 (None, Some(from)) => {
                     let field = &from.field_ref.as_ref().expect("fieldRef").field_path;
-                    assert_eq!(field, "spec.nodeName", "fieldRef {field}: teach this test");
-                    NODE.to_owned()
+                    match field.as_str() {
+                        "spec.nodeName" => NODE.to_owned(),
+                        "metadata.name" => pod_name.to_owned(),
+                        _ => panic!("fieldRef {field}: teach this test"),
+                    }
                 }
                 _ => panic!("env {}: value or valueFrom", e.name),
             };
@@ -314,6 +318,8 @@ struct AgentPod {
     ports: HashMap<String, i32>,
     /// The port of the ConfigMap's `metrics.listen`, which this node moves.
     config_metrics_port: i32,
+    /// The pod's name, as its `metadata.name` fieldRef gives it (`POD_NAME`).
+    name: String,
 }
 
 fn run_daemonset_pod(harness: &'static CriHarness, node: &TestNode) -> AgentPod {
@@ -348,7 +354,8 @@ fn run_daemonset_pod(harness: &'static CriHarness, node: &TestNode) -> AgentPod 
         .as_ref()
         .and_then(|s| s.privileged)
         == Some(true);
-    let mut spec = PodSpec::new(&format!("{}-{}", ds.metadata.name.clone().unwrap(), NODE));
+    let pod_name = format!("{}-{}", ds.metadata.name.clone().unwrap(), NODE);
+    let mut spec = PodSpec::new(&pod_name);
     spec.namespace = ds.metadata.namespace.clone().unwrap();
     let pod = harness.run_pod_with(spec, |sandbox| {
         let linux = sandbox.linux.as_mut().unwrap();
@@ -358,8 +365,9 @@ fn run_daemonset_pod(harness: &'static CriHarness, node: &TestNode) -> AgentPod 
         security.namespace_options = Some(namespaces(host_pid));
     });
     let volumes = volumes(&pod_spec, &config_map, node);
-    let container_handle =
-        pod.create_container_from(container_config(container, host_pid, node, &volumes));
+    let container_handle = pod.create_container_from(container_config(
+        container, &pod_name, host_pid, node, &volumes,
+    ));
     container_handle.start();
     AgentPod {
         pod,
@@ -384,6 +392,7 @@ fn run_daemonset_pod(harness: &'static CriHarness, node: &TestNode) -> AgentPod 
             let listen = config["metrics"]["listen"].as_str().unwrap().to_owned();
             listen.rsplit(':').next().unwrap().parse().unwrap()
         },
+        name: pod_name,
     }
 }
 
@@ -508,6 +517,20 @@ fn the_daemonset_from_deploy_runs_the_image_and_captures_app_pods() {
         metric(&scrape(), "logtap_capture_up", &[]) == 1.0
     });
     assert!(capturing, "capture not up; agent log:\n{}", agent.log());
+    // The ConfigMap ships the cluster's events: the one agent takes the Lease under
+    // its pod name (POD_NAME from the manifest's fieldRef).
+    let leading = wait_until(Duration::from_secs(30), || {
+        metric(&scrape(), "logtap_events_leader", &[]) == 1.0
+    });
+    assert!(
+        leading,
+        "not the events leader; agent log:\n{}",
+        agent.log()
+    );
+    let lease = api
+        .lease("logtap-system", "logtap-events")
+        .expect("the agent created the events Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], agent.name.as_str());
 
     // An app pod the API knows, writing to both streams.
     let spec = PodSpec::new("ds-app");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResourceExt;
@@ -100,6 +100,8 @@ struct Manifests {
     service_account: ServiceAccount,
     cluster_role: ClusterRole,
     binding: ClusterRoleBinding,
+    lease_role: Role,
+    lease_binding: RoleBinding,
     config_map: ConfigMap,
     service: Service,
     daemon_set: DaemonSet,
@@ -119,14 +121,16 @@ fn manifests() -> Manifests {
     };
     assert_eq!(
         rbac.len(),
-        3,
-        "rbac.yaml: ServiceAccount, ClusterRole, ClusterRoleBinding"
+        5,
+        "rbac.yaml: ServiceAccount, ClusterRole, ClusterRoleBinding, Role, RoleBinding"
     );
     Manifests {
         namespace: typed("namespace.yaml", &one("namespace.yaml")),
         service_account: typed("rbac.yaml", &find("ServiceAccount")),
         cluster_role: typed("rbac.yaml", &find("ClusterRole")),
         binding: typed("rbac.yaml", &find("ClusterRoleBinding")),
+        lease_role: typed("rbac.yaml", &find("Role")),
+        lease_binding: typed("rbac.yaml", &find("RoleBinding")),
         config_map: typed("configmap.yaml", &one("configmap.yaml")),
         service: typed("service.yaml", &one("service.yaml")),
         daemon_set: typed("daemonset.yaml", &one("daemonset.yaml")),
@@ -207,6 +211,109 @@ fn rbac_binds_the_agent_to_what_it_needs() {
         assert!(!allows(group, plural, verb), "{plural} {verb}");
         assert!(!allows("", "pods", verb), "pods {verb}");
     }
+}
+
+/// The ConfigMap ships the cluster's events: the agent may list and watch them, and
+/// keep its Lease — in the Lease's namespace only, by name where the API allows.
+#[test]
+fn the_events_and_their_lease_are_granted_as_the_config_names_them() {
+    let m = manifests();
+    let text = m.config_map.data.as_ref().unwrap()["logtap.yaml"].as_str();
+    let config = Config::parse(text, "configmap.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let events = config
+        .kubernetes_events
+        .as_ref()
+        .expect("the DaemonSet ships events");
+    let env = &m.daemon_set.spec.template.spec.as_ref().unwrap().containers[0].env;
+    assert!(
+        env.iter().flatten().any(|e| e.name == "POD_NAME"
+            && e.value_from
+                .as_ref()
+                .and_then(|f| f.field_ref.as_ref())
+                .is_some_and(|f| f.field_path == "metadata.name")),
+        "POD_NAME names the agent in the Lease"
+    );
+
+    let grants = |rules: &[k8s_openapi::api::rbac::v1::PolicyRule],
+                  group: &str,
+                  resource: &str,
+                  name: Option<&str>,
+                  verb: &str| {
+        rules.iter().any(|r| {
+            let has = |list: &Option<Vec<String>>, x: &str| {
+                list.as_deref().unwrap_or_default().iter().any(|v| v == x)
+            };
+            let names_ok = match (&r.resource_names, name) {
+                (None, _) => true,
+                (Some(names), Some(n)) => names.iter().any(|v| v == n),
+                (Some(_), None) => false,
+            };
+            has(&r.api_groups, group)
+                && has(&r.resources, resource)
+                && names_ok
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    let cluster = m.cluster_role.rules.as_deref().unwrap_or_default();
+    for verb in ["list", "watch"] {
+        assert!(
+            grants(cluster, "events.k8s.io", "events", None, verb),
+            "events {verb}"
+        );
+    }
+    assert!(
+        !grants(cluster, "coordination.k8s.io", "leases", None, "update"),
+        "no cluster-wide leases"
+    );
+
+    assert_eq!(
+        m.lease_role.metadata.namespace.as_deref(),
+        Some(events.lease_namespace.as_str()),
+        "the Role is in the Lease's namespace"
+    );
+    let role = m.lease_role.rules.as_deref().unwrap_or_default();
+    assert!(grants(
+        role,
+        "coordination.k8s.io",
+        "leases",
+        None,
+        "create"
+    ));
+    for verb in ["get", "update"] {
+        assert!(
+            grants(
+                role,
+                "coordination.k8s.io",
+                "leases",
+                Some(&events.lease_name),
+                verb
+            ),
+            "lease {verb}"
+        );
+        assert!(
+            !grants(
+                role,
+                "coordination.k8s.io",
+                "leases",
+                Some("someone-elses-lease"),
+                verb
+            ),
+            "only its own lease: {verb}"
+        );
+    }
+    assert_eq!(m.lease_binding.role_ref.kind, "Role");
+    assert_eq!(
+        m.lease_binding.role_ref.name,
+        name_of(&m.lease_role.metadata)
+    );
+    assert_eq!(
+        m.lease_binding.metadata.namespace,
+        m.lease_role.metadata.namespace
+    );
+    let subjects = m.lease_binding.subjects.as_deref().unwrap_or_default();
+    assert!(subjects.iter().any(|s| s.kind == "ServiceAccount"
+        && s.name == name_of(&m.service_account.metadata)
+        && s.namespace == m.service_account.metadata.namespace));
 }
 
 /// `cargo xtask image` tags `<repository>:<crate version>`: the DaemonSet runs that
