@@ -493,6 +493,93 @@ fn a_collection_selecting_a_captured_container_gets_its_lines() {
     );
 }
 
+/// A container the capture source's selector leaves out (here: it declares its own
+/// collection in its environment, which the DaemonSet's catch-all excludes) is not
+/// captured: the collection that selects it reads its CRI log, and each of its lines
+/// is stored once, by that collection. A container the selector takes is captured.
+#[test]
+fn a_container_its_source_does_not_select_is_left_to_the_collections_that_do() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "checkpoint: {{interval: 200ms}}\n\
+         cri: {{endpoint: \"{endpoint}\"}}\n\
+         sources:\n  - name: pods\n    include: [\"/var/log/pods/default_sel-*/**/*.log\"]\n    format: cri\n    \
+         selector: {{exclude_env: {{'logtap_logs_*': ''}}}}\n    sink: local\n\
+         sinks:\n  local: {{type: store}}\n\
+         env_configs: {{default_sink: local}}\n\
+         capture:\n  enabled: true\n  source: pods\n  cgroup_prefix: \"{prefix}\"\n  ring_size: 16MiB\n",
+        endpoint = harness.endpoint(),
+        prefix = pod_cgroup_prefix(),
+    );
+    let agent = start_agent(dir.path(), &config);
+    let pod = harness.run_pod(PodSpec::new("sel-app"));
+    let script = |word: &str| {
+        format!("i=1; while [ $i -le 500 ]; do echo \"{word} $i\"; i=$((i+1)); done; sleep 1")
+    };
+    let mut declaring = ContainerSpec::shell("declares", &script("env"));
+    declaring.env = [("logtap_logs_app".to_string(), "stdout".to_string())].into();
+    let declaring = pod.start_container(declaring);
+    let plain = run(&pod, "plain", &script("plain"));
+    declaring.wait_exit(Duration::from_secs(30));
+    plain.wait_exit(Duration::from_secs(30));
+
+    // The plain container: captured, once.
+    let expected = numbered("plain ", 1..=500);
+    wait_for_cri(plain.log_path(), "stdout", &expected);
+    wait_for_stream(&agent, plain.log_path(), "stdout", &expected);
+
+    // The declaring one: its collection's, from the CRI log, once; never capture's.
+    let env_log = declaring.log_path().display().to_string();
+    wait_for_cri(declaring.log_path(), "stdout", &numbered("env ", 1..=500));
+    let env_records = || -> Vec<Value> {
+        query_json(&agent.store_dir(), &[])
+            .into_iter()
+            .filter(|r| r["body"].as_str().is_some_and(|b| b.starts_with("env ")))
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the collection's 500 lines",
+        || env_records().len() >= 500,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let records = env_records();
+    let mut numbers: Vec<u32> = records
+        .iter()
+        .map(|r| r["body"].as_str().unwrap()["env ".len()..].parse().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (1..=500).collect::<Vec<_>>(),
+        "each line once; paths: {:?}\nagent log:\n{}",
+        records
+            .iter()
+            .map(|r| r["path"].as_str().unwrap_or_default().to_owned())
+            .collect::<std::collections::BTreeSet<_>>(),
+        agent.log()
+    );
+    for r in &records {
+        assert_eq!(r["path"], env_log.as_str(), "read from the CRI log: {r}");
+        assert_eq!(r["resource"]["logtap.collection"], "app", "{r}");
+    }
+    assert!(
+        metric(
+            &agent.metrics(),
+            "logtap_capture_streams_declined_total",
+            &[]
+        ) >= 1.0,
+        "the declined stream is counted"
+    );
+}
+
 /// A container already writing when the agent starts: the agent binds its pipes at
 /// start (from `/proc`), its CRI log supplies what it wrote before, capture what it
 /// wrote after the seam, and every line arrives once.

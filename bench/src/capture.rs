@@ -705,6 +705,7 @@ impl ContainerResolver for TableResolver {
         Some(CapturedContainer {
             id: String::from_utf8_lossy(name).into_owned(),
             log_path: Some(log.clone()),
+            selected: true,
         })
     }
 

@@ -45,5 +45,5 @@ mod tracefs;
 
 pub use crate::source::claims::{Claim, Claims};
 pub use probe::{DropReason, HookMode, KernelStats, ProbeError, ProbeEvent, ProbeOptions, Probes};
-pub use spawn::CaptureThread;
+pub use spawn::{CaptureResolver, CaptureThread};
 pub use stage::{CaptureStage, CapturedContainer, ContainerResolver, EventFeed};

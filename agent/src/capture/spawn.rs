@@ -18,6 +18,7 @@ use crate::config::CaptureConfig;
 use crate::discovery::{ContainerRegistry, ContainerState};
 use crate::metrics::catalogue::CAPTURE_UP;
 use crate::pipeline::Input;
+use crate::select::{CompiledSelector, ContainerFactsSource, Facts};
 
 impl EventFeed for Probes {
     fn poll(
@@ -39,18 +40,46 @@ impl EventFeed for Probes {
     }
 }
 
-/// Containers as the runtime (CRI) knows them.
-impl ContainerResolver for ContainerRegistry {
+/// Containers as the runtime (CRI) knows them, and whether capture's source config
+/// selects them.
+pub struct CaptureResolver {
+    pub containers: ContainerRegistry,
+    /// The `selector` of capture's source config.
+    pub selector: Option<Arc<CompiledSelector>>,
+    /// What the selector is matched against (the file source's own facts).
+    pub facts: Arc<dyn ContainerFactsSource>,
+}
+
+impl CaptureResolver {
+    /// Whether the selector takes the container writing `log`. Facts not known yet
+    /// (the runtime had not reported it when the resolver asked) count as taken:
+    /// capture was what the container got before selectors mattered to it, and a
+    /// stream left out cannot be taken back later.
+    fn selects(&self, log: &Path) -> bool {
+        let Some(selector) = &self.selector else {
+            return true;
+        };
+        match self.facts.facts(log) {
+            Facts::Known(facts) => selector.matches(&facts),
+            Facts::Pending | Facts::NotContainer => true,
+        }
+    }
+}
+
+impl ContainerResolver for CaptureResolver {
     fn resolve(&mut self, cgroup_path: &[u8]) -> Option<CapturedContainer> {
-        let c = self.by_cgroup_path(cgroup_path)?;
+        let c = self.containers.by_cgroup_path(cgroup_path)?;
+        let selected = c.log_path.as_deref().is_none_or(|log| self.selects(log));
         Some(CapturedContainer {
             id: c.id,
             log_path: c.log_path,
+            selected,
         })
     }
 
     fn is_running(&mut self, log_path: &Path) -> Option<bool> {
-        self.by_log_path(log_path)
+        self.containers
+            .by_log_path(log_path)
             .map(|c| c.state == ContainerState::Running || c.state == ContainerState::Created)
     }
 }
@@ -89,7 +118,7 @@ impl CaptureThread {
         probes: Probes,
         pipeline: impl Input + Send + 'static,
         registry: SharedRegistry,
-        containers: ContainerRegistry,
+        containers: CaptureResolver,
         shutdown: Arc<AtomicBool>,
     ) -> Option<CaptureThread> {
         metrics::gauge!(CAPTURE_UP).set(1.0);

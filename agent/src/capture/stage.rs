@@ -59,8 +59,8 @@ use crate::metrics::catalogue::{
     CAPTURE_BYTES_TOTAL, CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL,
     CAPTURE_GAPS_TOTAL, CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL,
     CAPTURE_REPAIRED_BYTES_TOTAL, CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL,
-    CAPTURE_STREAMS, CAPTURE_UNBOUND_RECORDS_TOTAL, CAPTURE_UNREPAIRABLE_BYTES_TOTAL,
-    CAPTURE_WATCHED_CONTAINERS,
+    CAPTURE_STREAMS, CAPTURE_STREAMS_DECLINED_TOTAL, CAPTURE_UNBOUND_RECORDS_TOTAL,
+    CAPTURE_UNREPAIRABLE_BYTES_TOTAL, CAPTURE_WATCHED_CONTAINERS,
 };
 use crate::pipeline::input::{EndReason, Input, Opening};
 use crate::source::file::FileIdentity;
@@ -109,6 +109,10 @@ pub struct CapturedContainer {
     /// The run's live CRI log (`/var/log/pods/<ns>_<pod>_<uid>/<container>/<n>.log`):
     /// the repair path.
     pub log_path: Option<PathBuf>,
+    /// Whether capture's source config selects the container (its `selector`; true
+    /// without one). One it leaves out is not captured: the configs that select it
+    /// read its CRI log, so its lines are shipped once, by them.
+    pub selected: bool,
 }
 
 /// Container lookups (the container registry, or a table in tests).
@@ -175,6 +179,10 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     /// Paths of the cgroups seen created, by id.
     cgroups: HashMap<u64, Vec<u8>>,
     bound: HashMap<(u64, Stream), SourceId>,
+    /// Streams of containers capture's source does not select: their records are
+    /// ignored (the CRI log is theirs) until the cgroup goes away. Disjoint from
+    /// `bound`.
+    declined: std::collections::HashSet<(u64, Stream)>,
     streams: HashMap<SourceId, StreamEntry>,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to date records by their kernel time.
     realtime_offset_ns: i64,
@@ -212,6 +220,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             claims,
             cgroups: HashMap::new(),
             bound: HashMap::new(),
+            declined: std::collections::HashSet::new(),
             streams: HashMap::new(),
             realtime_offset_ns: realtime_offset_ns(),
             runs: Vec::new(),
@@ -325,6 +334,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             OwnedEvent::Removed { cgroup_id } => {
                 let now = Instant::now();
                 for stream in [Stream::Stdout, Stream::Stderr] {
+                    self.declined.remove(&(*cgroup_id, stream));
                     if let Some(id) = self.bound.remove(&(*cgroup_id, stream))
                         && let Some(entry) = self.streams.get_mut(&id)
                     {
@@ -378,8 +388,21 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         if self.bound.contains_key(&(cgroup_id, stream)) {
             return;
         }
+        if self.declined.contains(&(cgroup_id, stream)) {
+            return;
+        }
         let cgroup_path = self.cgroups.get(&cgroup_id).cloned().unwrap_or_default();
         let container = self.resolver.resolve(&cgroup_path);
+        if container.as_ref().is_some_and(|c| !c.selected) {
+            tracing::debug!(
+                cgroup = %String::from_utf8_lossy(&cgroup_path),
+                ?stream,
+                "capture's source does not select this container: left to its CRI log"
+            );
+            metrics::counter!(CAPTURE_STREAMS_DECLINED_TOTAL).increment(1);
+            self.declined.insert((cgroup_id, stream));
+            return;
+        }
         let log_path = container.as_ref().and_then(|c| c.log_path.clone());
         if log_path.is_none() {
             tracing::warn!(
@@ -445,6 +468,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             let Some(container) = self.resolver.resolve(&found.cgroup_path) else {
                 continue;
             };
+            if !container.selected {
+                continue;
+            }
             let Some(log) = container.log_path.clone() else {
                 continue;
             };
@@ -535,6 +561,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         ktime_ns: u64,
         now: Instant,
     ) {
+        if self.declined.contains(&(cgroup_id, stream)) {
+            return;
+        }
         if !self.bound.contains_key(&(cgroup_id, stream)) && self.cgroups.contains_key(&cgroup_id) {
             // The kernel bound it (it sends its bytes) but the binding record was lost
             // to a full ring: bound here, from offset 0; holes are repaired from the log.

@@ -81,6 +81,7 @@ impl EventFeed for ScriptFeed {
 struct TableResolver {
     log_path: Option<PathBuf>,
     running: Option<bool>,
+    selected: bool,
 }
 
 impl ContainerResolver for TableResolver {
@@ -91,6 +92,7 @@ impl ContainerResolver for TableResolver {
                 .next()?
                 .to_string(),
             log_path: self.log_path.clone(),
+            selected: self.selected,
         })
     }
 
@@ -221,6 +223,7 @@ fn a_hole_in_the_middle_is_repaired_from_the_cri_log() {
     let resolver = TableResolver {
         log_path: Some(fx.log.clone()),
         running: Some(true),
+        selected: true,
     };
     let (mut stage, rx, claims) = fx.stage(feed, resolver, fx.registry());
     let got = lines(&mut stage, &rx, 4);
@@ -266,6 +269,7 @@ fn a_log_that_does_not_line_up_with_the_stream_is_not_used_to_repair() {
     let resolver = TableResolver {
         log_path: Some(fx.log.clone()),
         running: Some(true),
+        selected: true,
     };
     let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
     let got = lines(&mut stage, &rx, 2);
@@ -294,6 +298,7 @@ fn a_hole_at_the_end_is_found_when_the_container_goes_away() {
     let resolver = TableResolver {
         log_path: Some(fx.log.clone()),
         running: Some(false),
+        selected: true,
     };
     let registry = fx.registry();
     let (mut stage, rx, _) = fx.stage(feed, resolver, registry.clone());
@@ -327,6 +332,7 @@ fn a_hole_the_log_cannot_fill_is_given_up_without_gluing_lines() {
     let resolver = TableResolver {
         log_path: None,
         running: Some(true),
+        selected: true,
     };
     let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
     let got = lines(&mut stage, &rx, 2);
@@ -352,6 +358,7 @@ fn a_stream_checkpointed_by_an_earlier_run_continues_from_its_log() {
     let resolver = TableResolver {
         log_path: Some(fx.log.clone()),
         running: Some(true),
+        selected: true,
     };
     let registry = fx.registry();
     let (mut stage, rx, claims) = fx.stage(ScriptFeed::default(), resolver, registry.clone());
@@ -394,6 +401,7 @@ fn a_lost_removal_record_is_inferred_from_the_cgroup_directory_gone() {
     let resolver = TableResolver {
         log_path: Some(fx.log.clone()),
         running: Some(false),
+        selected: true,
     };
     let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
     stage.set_cgroup_root(Some(root.path().to_path_buf()));
@@ -505,6 +513,7 @@ fn a_running_container_is_shipped_from_its_log_then_from_capture_at_the_seam() {
     let resolver = TableResolver {
         log_path: Some(fx.log.clone()),
         running: Some(true),
+        selected: true,
     };
     let (mut stage, rx, claims) = fx.stage(ScriptFeed::default(), resolver, fx.registry());
     stage.set_cgroup_root(Some(running.root.clone()));
@@ -556,6 +565,7 @@ fn a_running_container_repeating_itself_stays_on_its_log() {
     let resolver = TableResolver {
         log_path: Some(fx.log.clone()),
         running: Some(true),
+        selected: true,
     };
     let (mut stage, rx, _) = fx.stage(ScriptFeed::default(), resolver, fx.registry());
     stage.set_cgroup_root(Some(running.root.clone()));
@@ -601,9 +611,48 @@ fn a_stream_whose_binding_record_was_lost_is_bound_by_its_first_bytes() {
     let resolver = TableResolver {
         log_path: Some(fx.log.clone()),
         running: Some(true),
+        selected: true,
     };
     let (mut stage, rx, claims) = fx.stage(feed, resolver, fx.registry());
     let got = lines(&mut stage, &rx, 2);
     assert_eq!(bodies(&got), ["line1", "line2"]);
     assert!(claims.is_claimed(&fx.log));
+}
+
+#[test]
+fn a_container_capture_s_source_does_not_select_is_left_to_its_log() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["line1", "line2"]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(9, "/kubepods/podu/c9"),
+                Scripted::Bound(9, Stream::Stdout),
+            ],
+            vec![
+                Scripted::Data(9, Stream::Stdout, 0, b"line1\n"),
+                Scripted::Data(9, Stream::Stdout, 6, b"line2\n"),
+            ],
+        ]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(true),
+        selected: false,
+    };
+    let (mut stage, rx, claims) = fx.stage(feed, resolver, fx.registry());
+    let got = lines(&mut stage, &rx, 1);
+    assert!(got.is_empty(), "nothing captured: {got:?}");
+    assert!(stage.streams.is_empty() && stage.bound.is_empty());
+    assert_eq!(
+        stage.declined.len(),
+        1,
+        "declined once, not asked again per record"
+    );
+    assert_ne!(
+        claims.decide(&fx.log, None, std::time::SystemTime::now()),
+        crate::capture::Claim::Skip,
+        "the log is not claimed: the configs selecting the container read it"
+    );
 }

@@ -159,6 +159,8 @@ catalogue! {
         "Captured records the capture stage received for bound container streams";
     CAPTURE_BYTES_TOTAL = "logtap_capture_bytes_total", Counter, Some(Unit::Bytes),
         "Captured stream bytes the capture stage received";
+    CAPTURE_STREAMS_DECLINED_TOTAL = "logtap_capture_streams_declined_total", Counter, Some(Unit::Count),
+        "Container streams capture left to their CRI logs because capture's source config does not select the container (another config may)";
     CAPTURE_UNBOUND_RECORDS_TOTAL = "logtap_capture_unbound_records_total", Counter, Some(Unit::Count),
         "Captured records of a stream the stage did not know (its binding event was lost)";
     CAPTURE_GAPS_TOTAL = "logtap_capture_gaps_total", Counter, Some(Unit::Count),

@@ -170,9 +170,17 @@ impl Services {
             return;
         };
         let pipeline = self.pipeline(config, sinks);
-        let resolver = match &self.containers {
+        let containers = match &self.containers {
             Some(r) => r.clone(),
             None => ContainerRegistry::new(None, config.collections.pod_logs.clone()),
+        };
+        let resolver = crate::capture::CaptureResolver {
+            containers,
+            selector: config
+                .sources
+                .get(capture_config.source)
+                .and_then(|s| s.selector.clone()),
+            facts: self.facts.clone(),
         };
         self.capture = CaptureThread::start(
             capture_config,
