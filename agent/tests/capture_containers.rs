@@ -20,7 +20,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::cri::{ContainerHandle, ContainerSpec, CriHarness, PodSpec, read_cri_log};
+use common::cri::{
+    ContainerHandle, ContainerSpec, CriHarness, PodSpec, pod_cgroup_prefix, read_cri_log,
+};
 use common::{Agent, metric, query_json, store_records, wait_for};
 use serde_json::Value;
 
@@ -34,17 +36,6 @@ fn skip_ebpf() -> bool {
         return true;
     }
     false
-}
-
-/// The cgroup v2 path the harness's pods get (below the cgroup this test runs in,
-/// where containerd was started): `<own>/kubepods`.
-fn pod_cgroup_prefix() -> String {
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let own = own
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("a cgroup v2 line in /proc/self/cgroup");
-    format!("{}/kubepods", own.trim_end_matches('/'))
 }
 
 fn agent_config(pod_glob: &str, endpoint: &str, ring: &str) -> String {

@@ -36,7 +36,9 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::cri::{ContainerHandle, ContainerSpec, CriHarness, PodSpec, oci, read_cri_log};
+use common::cri::{
+    ContainerHandle, ContainerSpec, CriHarness, PodSpec, oci, pod_cgroup_prefix, read_cri_log,
+};
 use common::{free_port, http_get_status, metric, query_json};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec as K8sPodSpec, Probe};
@@ -443,16 +445,6 @@ impl AgentPod {
             .map(|(_, _, message)| message + "\n")
             .collect()
     }
-}
-
-/// The pod's cgroup prefix of the harness (see `capture_containers.rs`).
-fn pod_cgroup_prefix() -> String {
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let own = own
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("a cgroup v2 line in /proc/self/cgroup");
-    format!("{}/kubepods", own.trim_end_matches('/'))
 }
 
 /// Pod `default/<name>` on this node as the API serves it, with a label only the API

@@ -754,6 +754,17 @@ fn unmount_under(dir: &Path) {
     }
 }
 
+/// The cgroup v2 path below which the harness's pods get their cgroups (the capture
+/// prefix of tests that capture them): `<this process's cgroup>/kubepods`.
+pub fn pod_cgroup_prefix() -> String {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line in /proc/self/cgroup");
+    format!("{}/kubepods", own.trim_end_matches('/'))
+}
+
 /// Removes `kubepods/besteffort/pod<uid>` (and the parents, when empty) under this
 /// process's cgroup in every hierarchy: the kubelet's job, which containerd leaves.
 fn remove_pod_cgroups(uid: &str) {
