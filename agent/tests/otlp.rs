@@ -8,7 +8,6 @@ mod otlp_receiver;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -531,78 +530,38 @@ fn records_of_many_sources_keep_their_resource() {
     );
 }
 
-/// Fluent Bit v5 (`../shared/peers/fluent-bit`), started with its `opentelemetry`
-/// input on 127.0.0.1, a `file` output, and an `opentelemetry` output to `relay` (its
-/// file output writes record bodies only; what it forwards shows the attributes it
-/// understood).
+/// Fluent Bit v5 (`../shared/peers/fluent-bit`, see `common/fluent_bit.rs`), started
+/// with its `opentelemetry` input on 127.0.0.1, a `file` output, and an
+/// `opentelemetry` output to `relay` (its file output writes record bodies only; what
+/// it forwards shows the attributes it understood).
 struct FluentBit {
-    child: Child,
+    peer: common::fluent_bit::FluentBit,
     port: u16,
     out: PathBuf,
-    _dir: tempfile::TempDir,
+    _out_dir: tempfile::TempDir,
 }
 
 impl FluentBit {
-    /// `$LOGTAP_FLUENT_BIT`, else the project's peer next to the repository
-    /// (`../shared/peers/fluent-bit`), else the workplace's `/work/shared`.
-    fn binary() -> PathBuf {
-        let candidates: Vec<PathBuf> = std::env::var_os("LOGTAP_FLUENT_BIT")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain([
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/fluent-bit"),
-                PathBuf::from("/work/shared/peers/fluent-bit"),
-            ])
-            .collect();
-        let found = candidates.iter().find(|p| p.is_file());
-        assert!(
-            found.is_some(),
-            "the Fluent Bit peer is missing (looked at {candidates:?}; the project's \
-             shared/peers/fluent-bit, see shared/peers/README.md, or set LOGTAP_FLUENT_BIT): \
-             this test needs it as a real OTLP receiver"
-        );
-        found.unwrap().clone()
-    }
-
     fn start(relay: &OtlpReceiver) -> FluentBit {
-        let binary = Self::binary();
-        let dir = tempfile::tempdir().unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
         let port = common::free_port();
-        let out = dir.path().join("out");
-        std::fs::create_dir(&out).unwrap();
-        let conf = dir.path().join("fluent-bit.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[SERVICE]\n    Flush 0.2\n    Log_Level info\n\
-                 [INPUT]\n    Name opentelemetry\n    Listen 127.0.0.1\n    Port {port}\n\
-                 [OUTPUT]\n    Name file\n    Match *\n    Path {}\n    File logs.out\n\
-                 [OUTPUT]\n    Name opentelemetry\n    Match *\n    Host 127.0.0.1\n    Port {}\n\
-                 \x20   logs_uri /v1/logs\n    http2 off\n",
-                out.display(),
-                relay.addr().port(),
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("fluent-bit.log")).unwrap();
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start fluent-bit");
-        let fb = FluentBit {
-            child,
-            port,
-            out: out.join("logs.out"),
-            _dir: dir,
-        };
+        let peer = common::fluent_bit::FluentBit::start(&format!(
+            "[INPUT]\n    Name opentelemetry\n    Listen 127.0.0.1\n    Port {port}\n\
+             [OUTPUT]\n    Name file\n    Match *\n    Path {}\n    File logs.out\n\
+             [OUTPUT]\n    Name opentelemetry\n    Match *\n    Host 127.0.0.1\n    Port {}\n\
+             \x20   logs_uri /v1/logs\n    http2 off\n",
+            out_dir.path().display(),
+            relay.addr().port(),
+        ));
         common::wait_for(WAIT, "fluent-bit listening", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        fb
+        FluentBit {
+            peer,
+            port,
+            out: out_dir.path().join("logs.out"),
+            _out_dir: out_dir,
+        }
     }
 
     fn output(&self) -> String {
@@ -610,14 +569,7 @@ impl FluentBit {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("fluent-bit.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for FluentBit {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.peer.log()
     }
 }
 
