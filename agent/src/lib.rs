@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! inputs, each driving pipeline::Input (opened, data, gap, ended, tick):
-//!   source   files: discover, identify, read via io_uring or pread, follow rotation
+//!   source   files: discover, identify, read via io_uring or pread, follow rotation;
+//!            source::net: syslog (tcp/udp/unix), http (NDJSON) and otlp listeners
 //!   capture  container stdout/stderr from the eBPF probes, holes repaired from CRI logs
 //!   selfmon  the agent's own log events and statistics (source `logtap://self`)
 //!   events   Kubernetes events, by the one agent holding a Lease (source `k8s://events`)
