@@ -217,6 +217,33 @@ impl StreamAssembler {
     }
 }
 
+/// Pushes one stream's data `records` (offset, bytes) through a fresh assembler at
+/// `start`, as the capture stage does, giving up the hole whenever more than
+/// `max_pending` bytes wait behind it and, at the end, everything up to the frontier;
+/// returns the runs handed on (offset, bytes). `pub` for the fuzz target
+/// `fuzz/fuzz_targets/ring_record.rs` only.
+#[doc(hidden)]
+pub fn reassemble(
+    start: u64,
+    max_pending: usize,
+    records: impl IntoIterator<Item = (u64, Bytes)>,
+) -> Vec<(u64, Bytes)> {
+    let now = Instant::now();
+    let mut assembler = StreamAssembler::new(start, max_pending);
+    let mut out = Vec::new();
+    for (offset, bytes) in records {
+        assembler.push(offset, bytes, 0, now, &mut out);
+        if assembler.over_budget()
+            && let Some((_, end)) = assembler.hole()
+        {
+            assembler.skip_to(end, now, &mut out);
+        }
+    }
+    let frontier = assembler.frontier();
+    assembler.skip_to(frontier, now, &mut out);
+    out.into_iter().map(|r| (r.offset, r.bytes)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
