@@ -11,10 +11,14 @@
 //! - `build-ebpf`: builds the eBPF probes (`agent-ebpf/probes`) for `bpfel-unknown-none`
 //!   into `target/bpf/logtap-probes.bpf.o`, which the agent's build script embeds.
 //!   Installs what is missing first (rust-src, bpf-linker) or says exactly what is.
+//! - `fuzz [--seconds N] [TARGET...]`: builds and runs the libFuzzer targets of `fuzz/`
+//!   for N seconds each (nightly and cargo-fuzz installed when missing); `fuzz seeds`
+//!   rewrites their seeds. See `fuzz.rs`.
 //! - `gen-crd`: writes `deploy/crd.yaml` from the `LogCollection` Rust type (a test in
 //!   `agent/tests/deploy_manifests.rs` fails when the file and the type disagree).
 
 mod build_ebpf;
+mod fuzz;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -25,6 +29,9 @@ fn main() -> ExitCode {
     let rest: Vec<String> = args.collect();
     if task.as_deref() == Some("gen-crd") {
         return gen_crd();
+    }
+    if task.as_deref() == Some("fuzz") {
+        return fuzz::main(&rest);
     }
     if task.as_deref() == Some("build-ebpf") {
         return match build_ebpf::run() {
@@ -67,7 +74,9 @@ fn main() -> ExitCode {
             }
         }
         _ => {
-            eprintln!("usage: cargo xtask <ci | build-ebpf | bench [ARGS] | gen-crd>");
+            eprintln!(
+                "usage: cargo xtask <ci | build-ebpf | bench [ARGS] | fuzz [ARGS] | gen-crd>"
+            );
             return ExitCode::from(2);
         }
     };
