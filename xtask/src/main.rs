@@ -11,12 +11,16 @@
 //! - `build-ebpf`: builds the eBPF probes (`agent-ebpf/probes`) for `bpfel-unknown-none`
 //!   into `target/bpf/logtap-probes.bpf.o`, which the agent's build script embeds.
 //!   Installs what is missing first (rust-src, bpf-linker) or says exactly what is.
+//! - `fuzz [--seconds N] [TARGET...]`: builds and runs the libFuzzer targets of `fuzz/`
+//!   for N seconds each (nightly and cargo-fuzz installed when missing); `fuzz seeds`
+//!   rewrites their seeds. See `fuzz.rs`.
 //! - `image [--debug] [--out DIR]`: the agent's OCI image archive without docker
 //!   (`target/image/logtap-<version>.oci.tar`, probes embedded); see `image.rs`.
 //! - `gen-crd`: writes `deploy/crd.yaml` from the `LogCollection` Rust type (a test in
 //!   `agent/tests/deploy_manifests.rs` fails when the file and the type disagree).
 
 mod build_ebpf;
+mod fuzz;
 mod image;
 mod oci;
 
@@ -29,6 +33,9 @@ fn main() -> ExitCode {
     let rest: Vec<String> = args.collect();
     if task.as_deref() == Some("gen-crd") {
         return gen_crd();
+    }
+    if task.as_deref() == Some("fuzz") {
+        return fuzz::main(&rest);
     }
     if task.as_deref() == Some("build-ebpf") {
         return match build_ebpf::run() {
@@ -81,7 +88,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | build-ebpf | bench [ARGS] | gen-crd | image [--debug]>"
+                "usage: cargo xtask <ci | build-ebpf | bench [ARGS] | fuzz [ARGS] | gen-crd | image [--debug]>"
             );
             return ExitCode::from(2);
         }

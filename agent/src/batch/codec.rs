@@ -278,6 +278,14 @@ pub fn compress_at(payload: &[u8], out: &mut Vec<u8>, at: usize) -> usize {
     4 + written.expect("lz4 output buffer sized by get_maximum_output_size")
 }
 
+/// The most a block of `compressed_len` bytes written by [`compress`] can decompress
+/// to: what a size claimed in a header must not exceed before it sizes an allocation.
+pub fn max_decompressed_len(compressed_len: usize) -> usize {
+    compressed_len
+        .saturating_sub(4)
+        .saturating_mul(MAX_LZ4_RATIO)
+}
+
 /// Decompresses a block written by [`compress`] into `out` (cleared first).
 pub fn decompress(compressed: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
     out.clear();
@@ -285,7 +293,7 @@ pub fn decompress(compressed: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError
         .split_first_chunk::<4>()
         .ok_or(CodecError::MissingSize)?;
     let claimed = u32::from_le_bytes(*size) as usize;
-    if claimed > block.len().saturating_mul(MAX_LZ4_RATIO) {
+    if claimed > max_decompressed_len(compressed.len()) {
         return Err(CodecError::ImplausibleSize {
             claimed,
             compressed: compressed.len(),

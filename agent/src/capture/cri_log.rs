@@ -312,6 +312,38 @@ fn family_order(name: &OsString, live: &OsString) -> Option<(u8, Vec<u8>)> {
     Some((0, suffix.to_vec()))
 }
 
+/// What one [`read_ranges`] request got: the runs (offset, bytes) and how far it reached.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ReadBack {
+    pub runs: Vec<(u64, Bytes)>,
+    pub reached: u64,
+    pub at_live_end: bool,
+}
+
+/// Reads `ranges` of `stream` in turn with one [`CriStreamReader`] of the run whose
+/// live log is `log_path`, as the repair path does. `pub` for the fuzz target
+/// `fuzz/fuzz_targets/cri_stream.rs` only.
+#[doc(hidden)]
+pub fn read_ranges(
+    log_path: &Path,
+    stream: Stream,
+    ranges: &[(u64, u64)],
+) -> io::Result<Vec<ReadBack>> {
+    let mut reader = CriStreamReader::new(log_path.to_path_buf(), stream);
+    let mut out = Vec::with_capacity(ranges.len());
+    for &(from, to) in ranges {
+        let mut runs = Vec::new();
+        let reached = reader.read(from, to, &mut runs)?;
+        out.push(ReadBack {
+            runs: runs.into_iter().map(|r| (r.offset, r.bytes)).collect(),
+            reached: reached.offset,
+            at_live_end: reached.at_live_end,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,10 @@ mod stream;
 mod tracefs;
 
 pub use crate::source::claims::{Claim, Claims};
+#[doc(hidden)]
+pub use cri_log::{ReadBack, read_ranges as read_cri_stream};
 pub use probe::{DropReason, HookMode, KernelStats, ProbeError, ProbeEvent, ProbeOptions, Probes};
 pub use spawn::{CaptureResolver, CaptureThread};
 pub use stage::{CaptureStage, CapturedContainer, ContainerResolver, EventFeed};
+#[doc(hidden)]
+pub use stream::reassemble as reassemble_stream;

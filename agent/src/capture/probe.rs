@@ -701,7 +701,9 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 }
 
 /// Decodes one ring record, `None` when it is too short for its kind or of no kind known.
-fn parse(item: &[u8]) -> Option<ProbeEvent<'_>> {
+/// `pub` for the fuzz target `fuzz/fuzz_targets/ring_record.rs` only.
+#[doc(hidden)]
+pub fn parse(item: &[u8]) -> Option<ProbeEvent<'_>> {
     let kind: u32 = read(item)?;
     if kind == KIND_DATA {
         let h: DataHeader = read(item)?;

@@ -342,6 +342,8 @@ pub enum BlockError {
     Codec(#[from] codec::CodecError),
     #[error("payload decompressed to {actual} bytes, header says {expected}")]
     Length { expected: u32, actual: usize },
+    #[error("header claims a {claimed}-byte payload from {compressed} compressed bytes")]
+    Implausible { claimed: u32, compressed: u32 },
 }
 
 /// Reads, checks and decodes one block. `compressed` is a scratch buffer reused
@@ -352,6 +354,14 @@ pub fn read_block(
     compressed: &mut Vec<u8>,
 ) -> Result<Package, BlockError> {
     let h = &meta.header;
+    // The header's CRC vouches for its bits, not their sense: a size lz4 cannot reach
+    // from this many compressed bytes must not size an allocation.
+    if h.uncompressed_len as usize > codec::max_decompressed_len(h.compressed_len as usize) {
+        return Err(BlockError::Implausible {
+            claimed: h.uncompressed_len,
+            compressed: h.compressed_len,
+        });
+    }
     compressed.resize(h.compressed_len as usize, 0);
     file.read_exact_at(compressed, meta.position + HEADER_LEN as u64)?;
     if crc32fast::hash(compressed) != h.payload_crc {

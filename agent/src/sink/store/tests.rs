@@ -1207,3 +1207,42 @@ fn retention_prunes_the_source_table_of_sources_it_no_longer_holds() {
             .all(|r| r["path"].as_str().is_some_and(|p| p.contains("churn-")))
     );
 }
+
+/// Found by the `store_segment` fuzz target: a block whose header (CRCs intact) claims
+/// a 4 GiB payload made `read_block` reserve 4 GiB before decompressing anything. A
+/// claim lz4 cannot meet from the compressed length is refused up front.
+#[test]
+fn a_block_claiming_an_impossible_payload_size_is_refused_before_allocating() {
+    let mut compressed = Vec::new();
+    codec::compress(b"tiny payload", &mut compressed);
+    let header = segment::BlockHeader {
+        compressed_len: compressed.len() as u32,
+        uncompressed_len: u32::MAX,
+        line_count: 1,
+        offset_span: 0,
+        source_id: 1,
+        package_id: 1,
+        first_offset: 0,
+        end_offset: 10,
+        min_ts: T0,
+        max_ts: T0,
+        payload_crc: crc32fast::hash(&compressed),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("00000000000000000000.seg");
+    std::fs::write(&path, [&header.encode()[..], &compressed].concat()).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let len = file.metadata().unwrap().len();
+    let scan = segment::scan_segment(&file, len, segment::ScanMode::VerifyPayloads).unwrap();
+    let block = &scan.blocks[0];
+    let mut scratch = Vec::new();
+    match segment::read_block(&file, block, &mut scratch) {
+        Err(segment::BlockError::Implausible {
+            claimed,
+            compressed: c,
+        }) => {
+            assert_eq!((claimed, c as usize), (u32::MAX, compressed.len()));
+        }
+        other => panic!("{other:?}"),
+    }
+}
