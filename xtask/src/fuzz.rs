@@ -19,7 +19,8 @@ use std::time::Instant;
 mod seeds;
 
 /// Every target in `fuzz/fuzz_targets`, in the order CI runs them.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
+    "config",
     "frame",
     "parse",
     "store_segment",

@@ -158,6 +158,30 @@ pub fn write(dir: &Path) -> Result<(), String> {
     }
     add("ring_record", "records", ring);
 
+    // config: selector (0: the config file; 1: a LogCollection spec), the YAML.
+    add(
+        "config",
+        "default",
+        [&[0][..], logtap::config::DEFAULT_CONFIG_YAML.as_bytes()].concat(),
+    );
+    for (name, text) in [
+        (
+            "java_and_nginx",
+            include_str!("../../../deploy/examples/java-and-nginx.yaml"),
+        ),
+        (
+            "node_default",
+            include_str!("../../../deploy/examples/node-default.yaml"),
+        ),
+    ] {
+        add("config", name, [&[0][..], text.as_bytes()].concat());
+    }
+    add(
+        "config",
+        "collection",
+        [&[1][..], COLLECTION_SPEC.as_bytes()].concat(),
+    );
+
     for (target, name, bytes) in seeds {
         let target_dir = dir.join(target);
         std::fs::create_dir_all(&target_dir)
@@ -168,6 +192,28 @@ pub fn write(dir: &Path) -> Result<(), String> {
     eprintln!("xtask: fuzz seeds written under {}", dir.display());
     Ok(())
 }
+
+/// A `LogCollection` spec as `deploy/examples/collections/checkout-json.yaml` has it,
+/// with a network sink and processors besides.
+const COLLECTION_SPEC: &str = "\
+selector:
+  namespaces: {include: [shop]}
+  pod_name: '^checkout-'
+  include_env: {LOG_FORMAT: json}
+  exclude_labels: {logtap.dev/ignore: ''}
+sources:
+  - name: out
+    input: {type: container_stdout}
+    parser: {type: json}
+    processors:
+      - {type: mask, field: body, pattern: '[0-9]{16}', replacement: '****'}
+      - {type: drop, field: level, pattern: '^debug$'}
+sink:
+  type: kafka
+  brokers: [\"kafka:9092\"]
+  topic: \"logs-{k8s.namespace}\"
+  message_per: package
+";
 
 fn batch(package_id: u64) -> Batch {
     let source = Arc::new(SourceInfo {
