@@ -255,6 +255,15 @@ impl SourceConfig {
             input: None,
         }
     }
+
+    /// A source without files whose records the agent makes itself as JSON lines
+    /// (self-monitoring, Kubernetes events): every member becomes a field.
+    pub fn json_lines(name: &str, sink: &str) -> SourceConfig {
+        SourceConfig {
+            parser: ParserConfig::Json,
+            ..SourceConfig::new(name, Vec::new(), sink)
+        }
+    }
 }
 
 /// Collections declared by containers' environment (the `env_configs:` section; see
@@ -464,6 +473,15 @@ pub struct CaptureConfig {
 }
 
 impl Config {
+    /// This config with `source` as its only source: the config of an input's own
+    /// pipeline (its config 0 is `source`), routed to the same sinks.
+    pub fn with_only_source(&self, source: SourceConfig) -> Config {
+        Config {
+            sources: vec![source],
+            ..self.clone()
+        }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();

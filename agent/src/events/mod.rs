@@ -53,14 +53,14 @@ use kube::runtime::watcher::Event;
 use kube::{Api, Client};
 
 use crate::checkpoint::SharedRegistry;
-use crate::config::{Config, Format, KubernetesEventsConfig, ParserConfig, SourceConfig};
+use crate::config::{Config, KubernetesEventsConfig, SourceConfig};
 use crate::discovery::Resource;
 use crate::discovery::watcher::{Backoff, WatcherConfig, client, list_watch};
 use crate::frame::Stream;
 use crate::metrics::catalogue::{
     EVENTS_LEADER, EVENTS_LEASE_TRANSITIONS_TOTAL, EVENTS_SHIPPED_TOTAL,
 };
-use crate::pipeline::{Content, EndReason, Input, Opening, Pipeline};
+use crate::pipeline::{EndReason, Input, Opening, Pipeline};
 use crate::source::{SourceId, SourceInfo, SourceKind};
 use lease::{LeaseClient, Outcome};
 
@@ -73,21 +73,9 @@ const QUEUE_EVENTS: usize = 10_000;
 /// One rendered event: its JSON line and its last-seen time.
 type Rendered = (Bytes, Option<Timestamp>);
 
-/// The one source config of the events pipeline: JSON lines into `sink`.
-pub fn source_config(config: &KubernetesEventsConfig) -> SourceConfig {
-    SourceConfig {
-        format: Format::Raw,
-        parser: ParserConfig::Json,
-        ..SourceConfig::new(EVENTS_SOURCE, Vec::new(), &config.sink)
-    }
-}
-
 /// The config the events pipeline is built from: `config` with only the events source.
 pub fn pipeline_config(config: &Config, events: &KubernetesEventsConfig) -> Config {
-    Config {
-        sources: vec![source_config(events)],
-        ..config.clone()
-    }
+    config.with_only_source(SourceConfig::json_lines(EVENTS_SOURCE, &events.sink))
 }
 
 /// The newest event time every older shipped event is durable before (see the
@@ -257,16 +245,7 @@ fn ship(
     });
     let id = info.id;
     registry.track(id);
-    pipeline.opened(Opening {
-        info,
-        configs: vec![0],
-        start_offset: 0,
-        predecessor: None,
-        content: Content::Stream {
-            stream: Stream::Stdout,
-            container: None,
-        },
-    });
+    pipeline.opened(Opening::stream(info, 0, 0, Stream::Stdout, None));
     let mut offset = 0u64;
     let mut tracker = ResumeTracker::default();
     let mut take =

@@ -34,10 +34,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer};
 
-use crate::config::{Config, Format, ParserConfig, SelfMonitoringConfig, SourceConfig};
+use crate::config::{Config, SelfMonitoringConfig, SourceConfig};
 use crate::frame::Stream;
 use crate::metrics::catalogue::SELF_EVENTS_DROPPED_TOTAL;
-use crate::pipeline::{Content, EndReason, Input, Opening, Pipeline};
+use crate::pipeline::{EndReason, Input, Opening, Pipeline};
 use crate::source::{SourceId, SourceInfo, SourceKind};
 
 /// The reserved path and config name of the agent's own records.
@@ -159,22 +159,10 @@ pub struct SelfMonitor {
     stop: Arc<AtomicBool>,
 }
 
-/// The one source config of the self-monitoring pipeline: JSON lines into `sink`.
-pub fn source_config(config: &SelfMonitoringConfig) -> SourceConfig {
-    SourceConfig {
-        format: Format::Raw,
-        parser: ParserConfig::Json,
-        ..SourceConfig::new(SELF_SOURCE, Vec::new(), &config.sink)
-    }
-}
-
 /// The config the self-monitoring pipeline is built from: `config` with only the
 /// self source (so the pipeline's config 0 is it, routed to its sink).
 pub fn pipeline_config(config: &Config, selfmon: &SelfMonitoringConfig) -> Config {
-    Config {
-        sources: vec![source_config(selfmon)],
-        ..config.clone()
-    }
+    config.with_only_source(SourceConfig::json_lines(SELF_SOURCE, &selfmon.sink))
 }
 
 impl SelfMonitor {
@@ -234,16 +222,7 @@ fn run(
         config_name: Arc::from(SELF_SOURCE),
     });
     let id = info.id;
-    pipeline.opened(Opening {
-        info,
-        configs: vec![0],
-        start_offset: 0,
-        predecessor: None,
-        content: Content::Stream {
-            stream: Stream::Stdout,
-            container: None,
-        },
-    });
+    pipeline.opened(Opening::stream(info, 0, 0, Stream::Stdout, None));
     let mut offset = 0u64;
     let mut ship = |pipeline: &mut Pipeline, line: Bytes| {
         let len = line.len() as u64;
