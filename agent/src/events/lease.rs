@@ -115,11 +115,7 @@ impl LeaseClient {
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
         }
         if let Some(point) = resume {
-            lease
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(RESUME_ANNOTATION.into(), point.to_string());
+            set_resume(&mut lease, point);
         }
         let written = match decision {
             Decision::Create => self.api.create(&PostParams::default(), &lease).await,
@@ -154,11 +150,7 @@ impl LeaseClient {
         }
         spec.holder_identity = None;
         if let Some(point) = resume {
-            lease
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(RESUME_ANNOTATION.into(), point.to_string());
+            set_resume(&mut lease, point);
         }
         match self
             .api
@@ -170,6 +162,15 @@ impl LeaseClient {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Writes `point` as the Lease's resume point (read back by [`resume_of`]).
+fn set_resume(lease: &mut Lease, point: Timestamp) {
+    lease
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(RESUME_ANNOTATION.into(), point.to_string());
 }
 
 /// The resume point a Lease carries; an unreadable one counts as none (everything
