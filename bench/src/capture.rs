@@ -852,6 +852,18 @@ struct OutsideRun {
     programs: ProgramRuns,
 }
 
+/// The probes as the agent loads them for `config`'s capture section, on `hooks`.
+fn load_probes(config: &Config, hooks: BenchHooks) -> anyhow::Result<Probes> {
+    let options = config.capture.as_ref().context("capture is enabled")?;
+    Probes::load(&ProbeOptions {
+        hooks: hooks.config(),
+        ring_bytes: options.ring_bytes,
+        cgroup_prefix: options.cgroup_prefix.clone(),
+        max_records_per_write: options.max_records_per_write,
+    })
+    .context("loading the probes (built? `cargo xtask build-ebpf`)")
+}
+
 /// Runs the scenario's writer outside the probes' prefix with the probes loaded (no
 /// stage: nothing is captured, which the kernel's counters confirm).
 fn run_outside(
@@ -920,14 +932,8 @@ fn run_with_capture(
         "capture bench",
     )
     .context("the capture bench's config")?;
+    let probes = load_probes(&config, hooks)?;
     let options = config.capture.clone().context("capture is enabled")?;
-    let probes = Probes::load(&ProbeOptions {
-        hooks: hooks.config(),
-        ring_bytes: options.ring_bytes,
-        cgroup_prefix: options.cgroup_prefix.clone(),
-        max_records_per_write: options.max_records_per_write,
-    })
-    .context("loading the probes (built? `cargo xtask build-ebpf`)")?;
     let hook_mode = probes.hook_mode();
     let kernel = Arc::new(Mutex::new(None));
     let programs = Arc::new(Mutex::new(Vec::new()));

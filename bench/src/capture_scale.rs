@@ -243,14 +243,7 @@ fn load(
         "capture scale bench",
     )
     .context("the scale bench's config")?;
-    let options = config.capture.clone().context("capture is enabled")?;
-    let probes = Probes::load(&ProbeOptions {
-        hooks: hooks.config(),
-        ring_bytes: options.ring_bytes,
-        cgroup_prefix: options.cgroup_prefix.clone(),
-        max_records_per_write: options.max_records_per_write,
-    })
-    .context("loading the probes (built? `cargo xtask build-ebpf`)")?;
+    let probes = load_probes(&config, hooks)?;
     Ok((config, probes))
 }
 
