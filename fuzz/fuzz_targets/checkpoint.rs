@@ -11,31 +11,10 @@
 
 #![no_main]
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use logtap::checkpoint::{FileCheckpoint, Registry};
-/// A directory of this process's own (in memory when /dev/shm exists), reused by every
-/// input and removed at exit.
-static DIR: OnceLock<PathBuf> = OnceLock::new();
-
-fn scratch_dir() -> &'static Path {
-    DIR.get_or_init(|| {
-        let base = match Path::new("/dev/shm").is_dir() {
-            true => PathBuf::from("/dev/shm"),
-            false => std::env::temp_dir(),
-        };
-        extern "C" fn remove() {
-            if let Some(dir) = DIR.get() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-        // SAFETY: registers a plain function; libFuzzer ends runs with exit(3).
-        unsafe { libc::atexit(remove) };
-        base.join(format!("logtap-fuzz-checkpoint-{}", std::process::id()))
-    })
-}
+#[path = "common/scratch.rs"]
+mod scratch;
 
 fn sorted(mut entries: Vec<FileCheckpoint>) -> Vec<FileCheckpoint> {
     entries.sort_by_key(|e| (e.identity.dev, e.identity.inode));
@@ -46,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    let dir = scratch_dir();
+    let dir = scratch::dir("checkpoint");
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("fuzz scratch directory");
     let file = match sel & 1 {

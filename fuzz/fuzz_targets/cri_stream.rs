@@ -10,35 +10,14 @@
 
 #![no_main]
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use logtap::capture::read_cri_stream;
 use logtap::frame::Stream;
 
 const HEADER: usize = 1 + 4 * 3;
 
-/// A directory of this process's own (in memory when /dev/shm exists), reused by every
-/// input and removed at exit.
-static DIR: OnceLock<PathBuf> = OnceLock::new();
-
-fn scratch_dir() -> &'static Path {
-    DIR.get_or_init(|| {
-        let base = match Path::new("/dev/shm").is_dir() {
-            true => PathBuf::from("/dev/shm"),
-            false => std::env::temp_dir(),
-        };
-        extern "C" fn remove() {
-            if let Some(dir) = DIR.get() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-        // SAFETY: registers a plain function; libFuzzer ends runs with exit(3).
-        unsafe { libc::atexit(remove) };
-        base.join(format!("logtap-fuzz-cri-{}", std::process::id()))
-    })
-}
+#[path = "common/scratch.rs"]
+mod scratch;
 
 fuzz_target!(|data: &[u8]| {
     let Some((header, log)) = data.split_first_chunk::<HEADER>() else {
@@ -53,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     // Cut points, in eighths of the data: the family is written oldest first.
     let cut1 = log.len() * usize::from((sel >> 1) & 7) / 8;
     let cut2 = cut1 + (log.len() - cut1) * usize::from(sel >> 5) / 8;
-    let dir = scratch_dir();
+    let dir = scratch::dir("cri");
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("fuzz scratch directory");
     let live = dir.join("0.log");
