@@ -561,13 +561,18 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         ktime_ns: u64,
         now: Instant,
     ) {
-        if self.declined.contains(&(cgroup_id, stream)) {
-            return;
-        }
-        if !self.bound.contains_key(&(cgroup_id, stream)) && self.cgroups.contains_key(&cgroup_id) {
-            // The kernel bound it (it sends its bytes) but the binding record was lost
-            // to a full ring: bound here, from offset 0; holes are repaired from the log.
-            self.bind(cgroup_id, stream);
+        if !self.bound.contains_key(&(cgroup_id, stream)) {
+            // Only a record of a stream not bound asks about declined ones: the bound
+            // streams' records (nearly all) pay one lookup, as before.
+            if self.declined.contains(&(cgroup_id, stream)) {
+                return;
+            }
+            if self.cgroups.contains_key(&cgroup_id) {
+                // The kernel bound it (it sends its bytes) but the binding record was
+                // lost to a full ring: bound here, from offset 0; holes are repaired
+                // from the log.
+                self.bind(cgroup_id, stream);
+            }
         }
         let Some(&id) = self.bound.get(&(cgroup_id, stream)) else {
             metrics::counter!(CAPTURE_UNBOUND_RECORDS_TOTAL).increment(1);
