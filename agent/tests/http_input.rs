@@ -6,37 +6,23 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::fluent_bit::FluentBit;
 use common::*;
 
-/// POSTs `body` to `path` on 127.0.0.1:`port` (one request per connection); the
-/// status and the body of the answer.
+/// `method /ingest` with an NDJSON `body`; the status and the answer's body.
 fn request(port: u16, method: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "{method} /ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let (status, body) = http_request(
+        port,
+        method,
+        "/ingest",
+        Some("application/x-ndjson"),
+        body,
+        Duration::from_secs(60),
     )
-    .unwrap();
-    // A server may answer (413) before it read the whole body.
-    let _ = s.write_all(body);
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer).to_string();
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {answer:?}"));
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    .expect("an HTTP answer");
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn ndjson(from: u64, n: u64) -> String {

@@ -244,18 +244,41 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 
 /// The status code and body of `GET path`, or `None` when nothing answered.
 pub fn http_get_status(port: u16, path: &str) -> Option<(u16, String)> {
+    let (status, body) = http_request(port, "GET", path, None, b"", Duration::from_secs(5))?;
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One HTTP/1.1 request on its own connection to 127.0.0.1:`port` (`Connection:
+/// close`, so the answer ends at EOF); the status and the answer's body, or `None`
+/// when nothing answered. Tests speak raw HTTP to see exactly what the agent
+/// answers, including to requests a well-behaved client would not send.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> Option<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    let content = match content_type {
+        Some(kind) => format!("Content-Type: {kind}\r\nContent-Length: {}\r\n", body.len()),
+        None => String::new(),
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{content}Connection: close\r\n\r\n"
     )
     .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let (head, rest) = body.split_once("\r\n\r\n")?;
+    // A server may answer (413) before it read the whole body.
+    let _ = s.write_all(body);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&answer[..head_end]).ok()?;
     let status = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
-    Some((status, rest.to_string()))
+    Some((status, answer[head_end + 4..].to_vec()))
 }
 
 /// The value of a metric series (sum over series whose label set contains every
