@@ -129,8 +129,18 @@ pub struct StreamState {
     pub offset: u64,
     /// 1 = stdout, 2 = stderr (as `logtap::frame::Stream`).
     pub stream: u32,
-    pub _pad: u32,
+    /// Who bound the stream, and so where `offset` 0 is in it: [`ORIGIN_FIRST_EXEC`]
+    /// or [`ORIGIN_RUNNING`]. Written once, at the bind; read by an agent that finds
+    /// the maps pinned by an earlier one.
+    pub origin: u32,
 }
+
+/// [`StreamState::origin`]: bound by the probes at the container's first exec, before
+/// it wrote anything: offset 0 is the stream's first byte.
+pub const ORIGIN_FIRST_EXEC: u32 = 0;
+/// [`StreamState::origin`]: bound by userspace while the container ran: offset 0 is
+/// where the bind found the stream, an offset only the seam with its CRI log places.
+pub const ORIGIN_RUNNING: u32 = 1;
 
 /// The writev hooks' walk over the iovecs of one call.
 #[repr(C)]

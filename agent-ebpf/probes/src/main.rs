@@ -53,8 +53,8 @@ use aya_log_ebpf::{debug, info};
 use logtap_ebpf_common::{
     DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, INO_FILTER_SLOTS, IovWalk,
     KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND,
-    LifecycleRecord, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS, MAX_WATCHED, PATH_CAPACITY,
-    PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD, STAT_BYTES, STAT_DROPPED_BYTES,
+    LifecycleRecord, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS, MAX_WATCHED, ORIGIN_FIRST_EXEC,
+    PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD, STAT_BYTES, STAT_DROPPED_BYTES,
     STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, Stats, StreamKey,
     StreamState, WatchedCgroup, ino_slot,
 };
@@ -775,7 +775,7 @@ fn bind_stream(ctx: &TracePointContext, cgroup_id: u64, fd: u64) {
         cgroup_id,
         offset: 0,
         stream: fd as u32,
-        _pad: 0,
+        origin: ORIGIN_FIRST_EXEC,
     };
     // Before the stream exists: the write hooks look at the filter first.
     if let Some(mark) = LOGTAP_INOS.get_ptr_mut(ino_slot(key.ino)) {

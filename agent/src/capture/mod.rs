@@ -36,6 +36,7 @@
 mod btf;
 mod cri_log;
 mod existing;
+mod pin;
 pub mod probe;
 mod seam;
 mod spawn;
@@ -46,7 +47,9 @@ mod tracefs;
 pub use crate::source::claims::{Claim, Claims};
 #[doc(hidden)]
 pub use cri_log::{ReadBack, read_ranges as read_cri_stream};
-pub use probe::{DropReason, HookMode, KernelStats, ProbeError, ProbeEvent, ProbeOptions, Probes};
+pub use probe::{
+    DropReason, HookMode, KernelStats, Pinning, ProbeError, ProbeEvent, ProbeOptions, Probes,
+};
 pub use spawn::{CaptureResolver, CaptureThread};
 pub use stage::{CaptureStage, CapturedContainer, ContainerResolver, EventFeed};
 #[doc(hidden)]

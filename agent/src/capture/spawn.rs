@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::probe::{ProbeEvent, ProbeOptions, Probes};
+use super::probe::{Pinning, ProbeEvent, ProbeOptions, Probes};
 use super::{CaptureStage, CapturedContainer, Claims, ContainerResolver, EventFeed};
 use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
@@ -100,6 +100,10 @@ impl CaptureThread {
             ring_bytes: options.ring_bytes,
             cgroup_prefix: options.cgroup_prefix.clone(),
             max_records_per_write: options.max_records_per_write,
+            pinning: match &options.pin_dir {
+                Some(dir) => Pinning::Keep(dir.clone()),
+                None => Pinning::Remove(options.configured_pin_dir.clone()),
+            },
         }) {
             Ok(p) => Some(p),
             Err(e) => {
