@@ -650,3 +650,246 @@ fn a_container_running_before_the_agent_is_captured_from_its_bind_on() {
         0.0
     );
 }
+
+/// A bpffs of the test's own for the agents' pins (`capture.pin_dir` below it):
+/// unmounting it at the end drops every pin, detaching the probes an agent left
+/// attached, even when the test fails.
+struct PinFs {
+    dir: tempfile::TempDir,
+}
+
+impl PinFs {
+    fn mount() -> PinFs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings; no mount data.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                path.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount bpffs: {}", std::io::Error::last_os_error());
+        PinFs { dir }
+    }
+
+    fn pin_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("logtap")
+    }
+
+    /// The layouts (stamp directories) pinned now.
+    fn layouts(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.pin_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for PinFs {
+    fn drop(&mut self) {
+        let path = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path this test mounted.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn pinned_config(pod_glob: &str, endpoint: &str, ring: &str, pins: &PinFs, pin: bool) -> String {
+    agent_config(pod_glob, endpoint, ring)
+        + &format!(
+            "  hooks: tracepoint\n  pin: {pin}\n  pin_dir: \"{}\"\n",
+            pins.pin_dir().display()
+        )
+}
+
+/// The numbers of the `tick N` lines shipped for `log`'s stdout, with repeats.
+fn shipped_ticks(agent: &Agent, log: &Path) -> Vec<u32> {
+    let store = agent.store_dir();
+    if !store.exists() {
+        return Vec::new();
+    }
+    let path = format!("{}#stdout", log.display());
+    query_json(&store, &["--raw"])
+        .iter()
+        .filter(|r| r["path"] == path.as_str())
+        .filter_map(|r| r["body"].as_str()?.strip_prefix("tick ")?.parse().ok())
+        .collect()
+}
+
+/// The agent stopped (SIGTERM, as a rolling update does) while a container writes,
+/// with its probes pinned: they go on capturing into the pinned ring, and the next
+/// agent takes them over. Every line arrives exactly once, and not one byte after
+/// the restart is read from the CRI log.
+#[test]
+fn a_restarted_agent_takes_over_its_pinned_probes_and_reads_nothing_from_the_log() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pins = PinFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let config = pinned_config(
+        "/var/log/pods/default_pinned-*/**/*.log",
+        harness.endpoint(),
+        "16MiB",
+        &pins,
+        true,
+    );
+    let mut agent = start_agent(dir.path(), &config);
+    let starts = |agent: &Agent, result| {
+        metric(
+            &agent.metrics(),
+            "logtap_capture_pin_starts_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(starts(&agent, "created"), 1.0);
+    let pod = harness.run_pod(PodSpec::new("pinned-ticker"));
+    let ticker = run(
+        &pod,
+        "ticker",
+        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+    );
+    let log = ticker.log_path().to_path_buf();
+    wait_for(Duration::from_secs(20), "some ticks captured", || {
+        shipped_ticks(&agent, &log).len() > 300
+    });
+    assert!(agent.stop(), "a clean stop\n{}", agent.log());
+    let before = shipped_ticks(&agent, &log).len();
+    // Written while no agent runs: they wait in the pinned ring.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(pins.layouts().len(), 1, "the probes stay pinned");
+
+    let agent = start_agent(dir.path(), &config);
+    assert_eq!(starts(&agent, "reused"), 1.0, "{}", agent.log());
+    ticker.wait_exit(Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "every tick in the store", || {
+        let seen: HashSet<u32> = shipped_ticks(&agent, &log).into_iter().collect();
+        (1..=3000).all(|i| seen.contains(&i))
+    });
+    let mut all = shipped_ticks(&agent, &log);
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=3000).collect::<Vec<_>>(),
+        "each tick exactly once"
+    );
+    let metrics = agent.metrics();
+    eprintln!("pinned restart: {before} ticks before the stop, 3000 in all");
+    assert_eq!(
+        metric(
+            &metrics,
+            "logtap_capture_resumed_streams_total",
+            &[("to", "capture")]
+        ),
+        2.0,
+        "stdout and stderr taken over\n{metrics}"
+    );
+    // The restarted agent read nothing from the log: no repair, no seam, no file.
+    assert_eq!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+    for result in ["exact", "ambiguous", "no_match", "unfinished"] {
+        assert_eq!(
+            metric(
+                &metrics,
+                "logtap_capture_seams_total",
+                &[("result", result)]
+            ),
+            0.0
+        );
+    }
+    assert!(metric(&metrics, "logtap_capture_bytes_total", &[]) > 0.0);
+    assert!(
+        store_records(&agent.store_dir())
+            .iter()
+            .all(|r| r["path"] != log.display().to_string().as_str()),
+        "the file source shipped lines of the captured container"
+    );
+}
+
+/// Pins of another layout (here: another ring size) are not used: the agent removes
+/// them, loads and pins its own, and binds the running container again from its CRI
+/// log and the seam; every line still arrives once. `pin: false` then removes the
+/// pins.
+#[test]
+fn pins_of_another_layout_are_replaced_and_pin_false_removes_them() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pins = PinFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let glob = "/var/log/pods/default_relayout-*/**/*.log";
+    let mut agent = start_agent(
+        dir.path(),
+        &pinned_config(glob, harness.endpoint(), "16MiB", &pins, true),
+    );
+    let pod = harness.run_pod(PodSpec::new("relayout-ticker"));
+    let ticker = run(
+        &pod,
+        "ticker",
+        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+    );
+    let log = ticker.log_path().to_path_buf();
+    wait_for(Duration::from_secs(20), "some ticks captured", || {
+        shipped_ticks(&agent, &log).len() > 300
+    });
+    assert!(agent.stop());
+    let old = pins.layouts();
+    assert_eq!(old.len(), 1);
+
+    let mut agent = start_agent(
+        dir.path(),
+        &pinned_config(glob, harness.endpoint(), "8MiB", &pins, true),
+    );
+    let metrics = agent.metrics();
+    let starts = |metrics: &str, result| {
+        metric(
+            metrics,
+            "logtap_capture_pin_starts_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(starts(&metrics, "layout_changed"), 1.0, "{metrics}");
+    assert_eq!(starts(&metrics, "created"), 1.0, "{metrics}");
+    assert_eq!(starts(&metrics, "reused"), 0.0, "{metrics}");
+    let new = pins.layouts();
+    assert_eq!(new.len(), 1);
+    assert_ne!(new, old, "the old layout's pins are gone");
+    ticker.wait_exit(Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "every tick in the store", || {
+        let seen: HashSet<u32> = shipped_ticks(&agent, &log).into_iter().collect();
+        (1..=3000).all(|i| seen.contains(&i))
+    });
+    let metrics = agent.metrics();
+    assert!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]) > 0.0,
+        "the fallback read the stream from its CRI log\n{metrics}"
+    );
+    assert!(agent.stop());
+
+    let agent = start_agent(
+        dir.path(),
+        &pinned_config(glob, harness.endpoint(), "8MiB", &pins, false),
+    );
+    assert_eq!(starts(&agent.metrics(), "removed"), 1.0);
+    assert!(pins.layouts().is_empty(), "pin: false removes the pins");
+}

@@ -12,13 +12,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::probe::{Pinning, ProbeEvent, ProbeOptions, Probes};
+use super::stage::{PinnedState, PinnedStream};
 use super::{CaptureStage, CapturedContainer, Claims, ContainerResolver, EventFeed};
 use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
 use crate::discovery::{ContainerRegistry, ContainerState};
+use crate::frame::Stream;
 use crate::metrics::catalogue::CAPTURE_UP;
 use crate::pipeline::Input;
 use crate::select::{CompiledSelector, ContainerFactsSource, Facts};
+use logtap_ebpf_common::ORIGIN_RUNNING;
 
 impl EventFeed for Probes {
     fn poll(
@@ -37,6 +40,42 @@ impl EventFeed for Probes {
 
     fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> std::io::Result<()> {
         Probes::watch_existing(self, cgroup_id, pid).map_err(std::io::Error::other)
+    }
+
+    fn pinned(&mut self) -> PinnedState {
+        if !self.reused() {
+            return PinnedState::default();
+        }
+        let read = self.watched_cgroups().and_then(|cgroups| {
+            let streams = self.pinned_streams()?;
+            Ok((cgroups, streams))
+        });
+        let (cgroups, streams) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                // Nothing taken over: running containers are bound again below, from
+                // their logs; the seam places their kernel numbering (which stays the
+                // earlier agent's) or leaves them on their logs.
+                tracing::warn!(error = %e, "reading the pinned probes' streams: none taken over");
+                return PinnedState::default();
+            }
+        };
+        let streams = streams
+            .into_iter()
+            .filter_map(|(_, state)| {
+                Some(PinnedStream {
+                    cgroup_id: state.cgroup_id,
+                    stream: match state.stream {
+                        1 => Stream::Stdout,
+                        2 => Stream::Stderr,
+                        _ => return None,
+                    },
+                    offset: state.offset,
+                    bound_running: state.origin == ORIGIN_RUNNING,
+                })
+            })
+            .collect();
+        PinnedState { cgroups, streams }
     }
 }
 
@@ -144,7 +183,9 @@ impl CaptureThread {
             }
         }
         // Before the file source starts (the caller starts it after this returns):
-        // the logs of the containers bound here are claimed before it looks.
+        // the logs of the containers taken over or bound here are claimed before it
+        // looks.
+        stage.resume_pinned();
         stage.bind_running(Path::new("/proc"));
         let thread = std::thread::Builder::new()
             .name("logtap-capture".into())
