@@ -893,3 +893,90 @@ fn pins_of_another_layout_are_replaced_and_pin_false_removes_them() {
     assert_eq!(starts(&agent.metrics(), "removed"), 1.0);
     assert!(pins.layouts().is_empty(), "pin: false removes the pins");
 }
+
+/// The agent killed (-9) with its probes pinned and a ring far too small for what
+/// the container writes while no agent runs: the next agent takes the probes over;
+/// what the killed agent had read but not made durable, and what the full ring could
+/// not hold (counted as `ring_full`), come from the CRI log. Every line arrives (at
+/// least once: what was shipped after the last checkpoint comes again).
+#[test]
+fn an_agent_killed_with_pinned_probes_repairs_what_the_ring_lost_from_the_log() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pins = PinFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let config = pinned_config(
+        "/var/log/pods/default_pinkill-*/**/*.log",
+        harness.endpoint(),
+        "8KiB",
+        &pins,
+        true,
+    );
+    let mut agent = start_agent(dir.path(), &config);
+    let pod = harness.run_pod(PodSpec::new("pinkill-ticker"));
+    let ticker = run(
+        &pod,
+        "ticker",
+        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+    );
+    let log = ticker.log_path().to_path_buf();
+    wait_for(Duration::from_secs(20), "some ticks captured", || {
+        shipped_ticks(&agent, &log).len() > 300
+    });
+    let dropped = |metrics: &str| {
+        metric(
+            metrics,
+            "logtap_capture_ring_dropped_bytes_total",
+            &[("reason", "ring_full")],
+        )
+    };
+    let dropped_before = dropped(&agent.metrics());
+    agent.kill9();
+    // About a thousand lines: ten times what the ring holds.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let agent = start_agent(dir.path(), &config);
+    let metrics = agent.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "logtap_capture_pin_starts_total",
+            &[("result", "reused")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    ticker.wait_exit(Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "every tick in the store", || {
+        let seen: HashSet<u32> = shipped_ticks(&agent, &log).into_iter().collect();
+        (1..=3000).all(|i| seen.contains(&i))
+    });
+    let metrics = agent.metrics();
+    let duplicates = shipped_ticks(&agent, &log).len() - 3000;
+    eprintln!(
+        "pinned kill: {duplicates} ticks shipped twice, {} bytes dropped by the full ring while no agent read it",
+        dropped(&metrics) - dropped_before
+    );
+    assert!(
+        dropped(&metrics) > dropped_before,
+        "the ring overflowed while no agent read it (the pinned counters go on)\n{metrics}"
+    );
+    assert!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]) > 0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "logtap_capture_unrepairable_bytes_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        duplicates < 1500,
+        "{duplicates} duplicates: more than the checkpoint interval explains"
+    );
+}
