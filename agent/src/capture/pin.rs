@@ -144,18 +144,16 @@ pub fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Removes every pin in `pin_dir`, then the directory (`pin: false`, uninstall).
+/// Removes every pin in `pin_dir` (`pin: false`, uninstall). The directory stays: it
+/// may be a mount point (the DaemonSet mounts the node's `/sys/fs/bpf/logtap` there).
 /// Returns whether there was anything.
 pub fn remove_all(pin_dir: &Path) -> io::Result<bool> {
     let scan = scan(pin_dir, "")?;
-    let found = !scan.stale.is_empty() || pin_dir.exists();
+    let found = !scan.stale.is_empty();
     for path in scan.stale {
         remove(&path)?;
     }
-    match std::fs::remove_dir(pin_dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(found),
-    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -199,7 +197,7 @@ mod tests {
         assert_eq!(found.current, Some(pins.join("aaaa")));
         assert_eq!(found.stale, vec![pins.join("bbbb"), pins.join("stray")]);
         assert!(remove_all(&pins).unwrap());
-        assert!(!pins.exists());
+        assert_eq!(std::fs::read_dir(&pins).unwrap().count(), 0);
         assert!(!remove_all(&pins).unwrap(), "nothing left to remove");
     }
 
