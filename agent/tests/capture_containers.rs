@@ -980,3 +980,100 @@ fn an_agent_killed_with_pinned_probes_repairs_what_the_ring_lost_from_the_log() 
         "{duplicates} duplicates: more than the checkpoint interval explains"
     );
 }
+
+/// A container bound while it ran (at the seam with its CRI log) keeps its place
+/// across a pinned restart: the agent recorded its seam in the pinned maps, so the
+/// next one continues its capture at once, without looking for the seam again and
+/// without reading its log.
+#[test]
+fn a_stream_bound_at_its_seam_continues_across_a_pinned_restart() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pins = PinFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = harness.run_pod(PodSpec::new("pinseam-writer"));
+    // Fast bursts (the seam is found within a second or two), then a slow tail that
+    // outlasts the restart.
+    let (fast, slow) = (30_000, 3_000);
+    let writer = run(
+        &pod,
+        "writer",
+        &format!(
+            "i=1; while [ $i -le {fast} ]; do j=0; while [ $j -lt 100 ]; do echo \"early $i\"; \
+             i=$((i+1)); j=$((j+1)); done; usleep 5000; done; \
+             while [ $i -le {} ]; do echo \"early $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+            fast + slow
+        ),
+    );
+    let log = writer.log_path().to_path_buf();
+    wait_for(
+        Duration::from_secs(20),
+        "the writer's first lines logged",
+        || cri_stream(&log, "stdout").len() > 20_000,
+    );
+    let config = pinned_config(
+        "/var/log/pods/default_pinseam-*/**/*.log",
+        harness.endpoint(),
+        "16MiB",
+        &pins,
+        true,
+    );
+    let mut agent = start_agent(dir.path(), &config);
+    let exact = |agent: &Agent| {
+        metric(
+            &agent.metrics(),
+            "logtap_capture_seams_total",
+            &[("result", "exact")],
+        )
+    };
+    wait_for(Duration::from_secs(30), "the seam", || exact(&agent) >= 1.0);
+    let numbers = |agent: &Agent| -> Vec<u32> {
+        let path = format!("{}#stdout", log.display());
+        query_json(&agent.store_dir(), &["--raw"])
+            .iter()
+            .filter(|r| r["path"] == path.as_str())
+            .filter_map(|r| r["body"].as_str()?.strip_prefix("early ")?.parse().ok())
+            .collect()
+    };
+    wait_for(Duration::from_secs(30), "the slow tail captured", || {
+        numbers(&agent).iter().any(|&n| n > fast + 200)
+    });
+    assert!(agent.stop());
+    std::thread::sleep(Duration::from_millis(700));
+
+    let agent = start_agent(dir.path(), &config);
+    writer.wait_exit(Duration::from_secs(60));
+    let total = fast + slow;
+    wait_for(Duration::from_secs(30), "every line in the store", || {
+        let seen: HashSet<u32> = numbers(&agent).into_iter().collect();
+        (1..=total).all(|i| seen.contains(&i))
+    });
+    let mut all = numbers(&agent);
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=total).collect::<Vec<_>>(),
+        "each line exactly once"
+    );
+    let metrics = agent.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "logtap_capture_resumed_streams_total",
+            &[("to", "capture")]
+        ),
+        1.0,
+        "stdout continues on capture (stderr, never written, had no seam)\n{metrics}"
+    );
+    assert_eq!(exact(&agent), 0.0, "no seam looked for again");
+    assert_eq!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+}

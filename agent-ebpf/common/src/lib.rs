@@ -33,6 +33,12 @@ pub const INO_FILTER_MAP: &str = "LOGTAP_INOS";
 /// not track map memory, see [`IovWalk::walked`]). Used by the one writev program
 /// loaded, which the kernel never runs twice at once on one CPU.
 pub const IOV_SCRATCH_MAP: &str = "LOGTAP_IOVSCR";
+/// [`StreamKey`] → `u64`: for a stream bound while its container ran
+/// ([`ORIGIN_RUNNING`]), its base once userspace found it (the stream offset of the
+/// kernel's offset 0, see the agent's `seam`). Written and read by userspace only; a
+/// map so that it is pinned with the streams and outlives the agent with them: the
+/// next agent continues such a stream without looking for its seam again.
+pub const BASES_MAP: &str = "LOGTAP_BASES";
 /// The read-only global holding the [`ProbeConfig`] (patched at load time).
 pub const CONFIG_GLOBAL: &str = "LOGTAP_CONFIG";
 

@@ -35,7 +35,8 @@ use core::{
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_RING_SIZE,
     },
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
@@ -94,6 +95,12 @@ static LOGTAP_INOS: Array<u32> = Array::with_max_entries(INO_FILTER_SLOTS, 0);
 
 #[map]
 static LOGTAP_IOVSCR: PerCpuArray<IovWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Userspace's (see `BASES_MAP`); no program uses it. Not preallocated: few streams
+/// are bound while their container runs.
+#[map]
+static LOGTAP_BASES: HashMap<StreamKey, u64> =
+    HashMap::with_max_entries(MAX_STREAMS, BPF_F_NO_PREALLOC);
 
 const S_IFMT: u16 = 0o170000;
 const S_IFIFO: u16 = 0o010000;

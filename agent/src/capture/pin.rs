@@ -30,7 +30,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use logtap_ebpf_common::{
-    INO_FILTER_MAP, ProbeConfig, RING_MAP, STATS_MAP, STREAMS_MAP, WATCHED_MAP,
+    BASES_MAP, INO_FILTER_MAP, ProbeConfig, RING_MAP, STATS_MAP, STREAMS_MAP, WATCHED_MAP,
 };
 
 use super::probe::HookMode;
@@ -38,12 +38,13 @@ use crate::config::CaptureHooks;
 
 /// The maps userspace reads or writes, pinned by their names. The others (per-call
 /// scratch, aya-log's buffer) live as long as the pinned programs that use them.
-pub const PINNED_MAPS: [&str; 5] = [
+pub const PINNED_MAPS: [&str; 6] = [
     RING_MAP,
     WATCHED_MAP,
     STREAMS_MAP,
     INO_FILTER_MAP,
     STATS_MAP,
+    BASES_MAP,
 ];
 
 /// The pin of a link: `link_<program>`.

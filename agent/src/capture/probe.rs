@@ -18,11 +18,12 @@ use aya::programs::{FExit, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use logtap_ebpf_common::{
-    CONFIG_GLOBAL, DataHeader, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA,
-    KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT, NUM_DROP_REASONS,
-    NUM_STATS, ORIGIN_RUNNING, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RING_MAP, STAT_BYTES,
-    STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS,
-    STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup, ino_slot,
+    BASES_MAP, CONFIG_GLOBAL, DataHeader, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED,
+    KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT,
+    NUM_DROP_REASONS, NUM_STATS, ORIGIN_RUNNING, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig,
+    RING_MAP, STAT_BYTES, STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS,
+    STAT_SYSCALLS, STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup,
+    ino_slot,
 };
 
 use super::{btf, pin, tracefs};
@@ -267,6 +268,9 @@ pub struct Probes {
     streams: HashMap<MapData, StreamKey, StreamState>,
     ino_filter: Array<MapData, u32>,
     stats: PerCpuArray<MapData, [u64; NUM_STATS]>,
+    /// See `BASES_MAP`. Invariant: every key is a key of `streams` of origin
+    /// `ORIGIN_RUNNING` (removed with it in [`Self::forget`]).
+    bases: HashMap<MapData, StreamKey, u64>,
     hook_mode: HookMode,
     /// Taken over from pins an earlier agent left (nothing was loaded or attached).
     reused: bool,
@@ -283,7 +287,7 @@ pub struct Probes {
 /// The maps userspace reads, the links of the attached programs, and their hooks.
 struct Loaded {
     ebpf: Option<Ebpf>,
-    maps: [MapData; 5],
+    maps: [MapData; 6],
     links: Vec<FdLink>,
     hook_mode: HookMode,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
@@ -326,13 +330,14 @@ impl Probes {
                 0.0
             });
         }
-        let [ring, watched, streams, ino_filter, stats] = loaded.maps;
+        let [ring, watched, streams, ino_filter, stats, bases] = loaded.maps;
         let ring = RingBuf::try_from(Map::RingBuf(ring)).map_err(map_error(RING_MAP))?;
         let watched = HashMap::try_from(Map::HashMap(watched)).map_err(map_error(WATCHED_MAP))?;
         let streams = HashMap::try_from(Map::HashMap(streams)).map_err(map_error(STREAMS_MAP))?;
         let ino_filter =
             Array::try_from(Map::Array(ino_filter)).map_err(map_error(INO_FILTER_MAP))?;
         let stats = PerCpuArray::try_from(Map::PerCpuArray(stats)).map_err(map_error(STATS_MAP))?;
+        let bases = HashMap::try_from(Map::HashMap(bases)).map_err(map_error(BASES_MAP))?;
 
         let epoll = epoll_create()?;
         epoll_add(&epoll, ring.as_raw_fd(), EPOLL_RING)?;
@@ -355,6 +360,7 @@ impl Probes {
             streams,
             ino_filter,
             stats,
+            bases,
             hook_mode,
             reused,
             logger: loaded.logger,
@@ -372,12 +378,52 @@ impl Probes {
         self.reused
     }
 
-    /// The streams the kernel has bound, with the offset of the next byte of each.
-    pub fn pinned_streams(&self) -> Result<Vec<(StreamKey, StreamState)>, ProbeError> {
-        self.streams
+    /// The streams the kernel has bound, with the offset of the next byte of each and,
+    /// for a stream bound while its container ran, its base when it was found
+    /// ([`Self::set_base`]).
+    pub fn pinned_streams(&self) -> Result<Vec<(StreamKey, StreamState, Option<u64>)>, ProbeError> {
+        let streams: Vec<(StreamKey, StreamState)> = self
+            .streams
             .iter()
             .collect::<Result<_, _>>()
-            .map_err(map_error(STREAMS_MAP))
+            .map_err(map_error(STREAMS_MAP))?;
+        streams
+            .into_iter()
+            .map(|(key, state)| {
+                let base = match self.bases.get(&key, 0) {
+                    Ok(base) => Some(base),
+                    Err(MapError::KeyNotFound) => None,
+                    Err(e) => return Err(map_error(BASES_MAP)(e)),
+                };
+                Ok((key, state, base))
+            })
+            .collect()
+    }
+
+    /// Records where the kernel's offset 0 of a stream bound while its container ran
+    /// is in the stream (its seam), so that an agent taking these probes over from
+    /// their pins continues it there.
+    pub fn set_base(
+        &mut self,
+        cgroup_id: u64,
+        stream: Stream,
+        base: u64,
+    ) -> Result<(), ProbeError> {
+        let fd = stream as u32;
+        let mut key = None;
+        for entry in self.streams.iter() {
+            let (k, state) = entry.map_err(map_error(STREAMS_MAP))?;
+            if state.cgroup_id == cgroup_id && state.stream == fd {
+                key = Some(k);
+            }
+        }
+        match key {
+            Some(key) => self
+                .bases
+                .insert(key, base, 0)
+                .map_err(map_error(BASES_MAP)),
+            None => Ok(()),
+        }
     }
 
     /// The cgroups the kernel watches.
@@ -466,6 +512,13 @@ impl Probes {
             }
         }
         for key in keys {
+            // The base first: a base is only ever of a stream in the map.
+            match self.bases.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_error(BASES_MAP)(e)),
+            }
             match self.streams.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(MapError::SyscallError(e))
@@ -654,6 +707,7 @@ fn load_fresh(
         take(STREAMS_MAP)?,
         take(INO_FILTER_MAP)?,
         take(STATS_MAP)?,
+        take(BASES_MAP)?,
     ];
     Ok(Loaded {
         ebpf: Some(ebpf),
@@ -756,6 +810,7 @@ fn open_pins(dir: &Path, hook_mode: HookMode) -> Result<Loaded, String> {
         open(STREAMS_MAP)?,
         open(INO_FILTER_MAP)?,
         open(STATS_MAP)?,
+        open(BASES_MAP)?,
     ];
     Ok(Loaded {
         ebpf: None,

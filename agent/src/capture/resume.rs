@@ -13,9 +13,11 @@
 //! nothing is read from the log. `[R, K)` arrives from the ring; bytes the ring had no
 //! room for while no agent read it are a `ring_full` hole, repaired from the log.
 //!
-//! A stream bound while its container ran (by the seam, see `seam`) is numbered from
-//! that bind; where that is in the stream is known to the earlier agent only, so such
-//! a stream continues on its CRI log (`log_only`), as one with no exact seam does.
+//! A stream bound while its container ran is numbered from that bind; the earlier
+//! agent recorded where that is in the stream (its base, found at the seam, see
+//! `seam`) in a pinned map, and the stream continues as above with that base. One
+//! whose seam was not found before the earlier agent stopped continues on its CRI log
+//! (`log_only`), as one with no exact seam does.
 
 use std::collections::HashSet;
 
@@ -37,8 +39,9 @@ pub struct PinnedStream {
     pub stream: Stream,
     /// The kernel's offset: where the stream's next write goes.
     pub offset: u64,
-    /// Bound while its container ran: offset 0 is where the bind found the stream.
-    pub bound_running: bool,
+    /// The stream offset of the kernel's offset 0: 0 for a stream bound at its first
+    /// exec, the seam's for one bound while it ran; `None`: not known (no seam yet).
+    pub base: Option<u64>,
 }
 
 impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
@@ -97,13 +100,18 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             .or_insert_with(|| StreamEntry::new(pinned.stream, None, log.clone(), 0, options));
         entry.cgroup = Some(pinned.cgroup_id);
         let from = entry.assembler.next_offset();
-        let to = if pinned.bound_running {
-            entry.log_only = true;
-            entry.follow_until = Some(u64::MAX);
-            "log"
-        } else {
-            entry.follow_until = (pinned.offset > from).then_some(pinned.offset);
-            "capture"
+        let to = match pinned.base {
+            None => {
+                entry.log_only = true;
+                entry.follow_until = Some(u64::MAX);
+                "log"
+            }
+            Some(base) => {
+                entry.base = base;
+                let kernel = pinned.offset + base;
+                entry.follow_until = (kernel > from).then_some(kernel);
+                "capture"
+            }
         };
         self.bound.insert(key, id);
         metrics::counter!(CAPTURE_RESUMED_STREAMS_TOTAL, "to" => to).increment(1);

@@ -42,6 +42,14 @@ impl EventFeed for Probes {
         Probes::watch_existing(self, cgroup_id, pid).map_err(std::io::Error::other)
     }
 
+    fn set_base(&mut self, cgroup_id: u64, stream: Stream, base: u64) {
+        if let Err(e) = Probes::set_base(self, cgroup_id, stream, base) {
+            // Only an agent taking these probes over needs it; it then leaves the
+            // stream on its CRI log.
+            tracing::warn!(cgroup_id, error = %e, "recording a stream's seam in the kernel's maps");
+        }
+    }
+
     fn pinned(&mut self) -> PinnedState {
         if !self.reused() {
             return PinnedState::default();
@@ -62,7 +70,7 @@ impl EventFeed for Probes {
         };
         let streams = streams
             .into_iter()
-            .filter_map(|(_, state)| {
+            .filter_map(|(_, state, base)| {
                 Some(PinnedStream {
                     cgroup_id: state.cgroup_id,
                     stream: match state.stream {
@@ -71,7 +79,10 @@ impl EventFeed for Probes {
                         _ => return None,
                     },
                     offset: state.offset,
-                    bound_running: state.origin == ORIGIN_RUNNING,
+                    base: match state.origin {
+                        ORIGIN_RUNNING => base,
+                        _ => Some(0),
+                    },
                 })
             })
             .collect();

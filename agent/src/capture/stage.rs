@@ -107,6 +107,10 @@ pub trait EventFeed: Send {
     fn pinned(&mut self) -> PinnedState {
         PinnedState::default()
     }
+    /// The seam of a stream bound while its container ran was found: `base` is the
+    /// stream offset of the kernel's offset 0 (kept for an agent that takes the
+    /// probes over).
+    fn set_base(&mut self, _cgroup_id: u64, _stream: Stream, _base: u64) {}
 }
 
 /// What capture needs to know about the container behind a cgroup.
@@ -737,6 +741,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         };
         tracing::info!(source = %id, base, shipped = entry.assembler.next_offset(), "capture takes over a running container's stream at its seam");
         entry.base = base;
+        if let Some(cgroup_id) = entry.cgroup {
+            self.feed.set_base(cgroup_id, entry.stream, base);
+        }
         // The log has shipped the stream up to here; capture ships the rest, its holes
         // repaired from the log as any other stream's.
         entry.follow_until = None;
