@@ -789,19 +789,23 @@ fn load_pinned(
     }
 }
 
-/// Opens the maps pinned in `dir`, after checking that every link pin is a link.
+/// Opens the maps and links pinned in `dir`. The links are held open, as a fresh
+/// load holds its own: pins removed while this agent runs (by hand, or by another
+/// agent) detach nothing before it exits.
 fn open_pins(dir: &Path, hook_mode: HookMode) -> Result<Loaded, String> {
     let mut programs: Vec<&str> = LIFECYCLE_PROGRAMS.iter().map(|(n, _, _)| *n).collect();
     match hook_mode {
         HookMode::Fentry => programs.extend(TRAMPOLINE_PROGRAMS.map(|(n, _)| n)),
         HookMode::Tracepoint => programs.push(RAW_TRACEPOINT_PROGRAM.0),
     }
+    let mut links = Vec::new();
     for program in programs {
         let path = pin::link_pin(dir, program);
         let link = PinnedLink::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        FdLink::from(link)
-            .info()
+        let link = FdLink::from(link);
+        link.info()
             .map_err(|e| format!("{}: not a link: {e}", path.display()))?;
+        links.push(link);
     }
     let open = |name: &str| MapData::from_pin(dir.join(name)).map_err(|e| format!("{name}: {e}"));
     let maps = [
@@ -815,8 +819,7 @@ fn open_pins(dir: &Path, hook_mode: HookMode) -> Result<Loaded, String> {
     Ok(Loaded {
         ebpf: None,
         maps,
-        // The pins hold the links.
-        links: Vec::new(),
+        links,
         hook_mode,
         // aya-log reads a buffer its `Ebpf` owns; the pinned programs' diagnostics
         // are not forwarded (they are only debug and info messages).
