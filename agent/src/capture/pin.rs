@@ -25,8 +25,12 @@
 //!   pinning) is removed, never reused.
 //! - At most one stamp directory is in `pin_dir` once an agent has started: every
 //!   other one is removed first, so no two sets of programs capture the same writes.
+//! - One agent at a time uses `pin_dir`: it holds an exclusive `flock(2)` on the
+//!   directory for its whole life (released by the kernel when its process ends, a
+//!   crash included). Two agents reading one ring would each see half the records.
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use logtap_ebpf_common::{
@@ -80,6 +84,18 @@ pub fn layout_stamp(
         }
     }
     format!("{hash:016x}")
+}
+
+/// Makes `pin_dir` if needed and locks it for this process (see the module docs).
+/// `WouldBlock`: another agent holds it.
+pub fn lock(pin_dir: &Path) -> io::Result<OwnedFd> {
+    std::fs::create_dir_all(pin_dir)?;
+    let dir = std::fs::File::open(pin_dir)?;
+    // SAFETY: flock(2) on a file descriptor this function owns.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(dir.into())
 }
 
 /// What `pin_dir` holds for an agent whose stamp is `stamp`.
@@ -200,6 +216,19 @@ mod tests {
         assert!(remove_all(&pins).unwrap());
         assert_eq!(std::fs::read_dir(&pins).unwrap().count(), 0);
         assert!(!remove_all(&pins).unwrap(), "nothing left to remove");
+    }
+
+    #[test]
+    fn one_process_at_a_time_holds_the_pin_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("logtap");
+        let held = lock(&pins).unwrap();
+        // flock(2) locks belong to the open file: a second open is a second holder,
+        // as another agent's would be.
+        let e = lock(&pins).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        drop(held);
+        lock(&pins).unwrap();
     }
 
     #[test]

@@ -282,11 +282,14 @@ pub struct Probes {
     _links: Vec<FdLink>,
     /// `None` when reused from pins.
     ebpf: Option<Ebpf>,
+    /// The lock on the pin directory, held as long as the probes are in use.
+    _pin_lock: Option<OwnedFd>,
 }
 
 /// The maps userspace reads, the links of the attached programs, and their hooks.
 struct Loaded {
     ebpf: Option<Ebpf>,
+    pin_lock: Option<OwnedFd>,
     maps: [MapData; 6],
     links: Vec<FdLink>,
     hook_mode: HookMode,
@@ -305,8 +308,8 @@ impl Probes {
 
         let loaded = match &options.pinning {
             Pinning::Off => load_fresh(object, &config, options, None)?,
-            Pinning::Remove(dir) => {
-                match pin::remove_all(dir) {
+            Pinning::Remove(dir) if dir.exists() => {
+                match pin::lock(dir).and_then(|_lock| pin::remove_all(dir)) {
                     Ok(true) => {
                         metrics::counter!(CAPTURE_PIN_STARTS_TOTAL, "result" => "removed")
                             .increment(1);
@@ -314,11 +317,12 @@ impl Probes {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "removing the probes pinned by an earlier agent: they may still capture beside these")
+                        tracing::warn!(dir = %dir.display(), error = %e, "removing the probes pinned by an earlier agent (is another agent using them?): they may still capture beside these")
                     }
                 }
                 load_fresh(object, &config, options, None)?
             }
+            Pinning::Remove(_) => load_fresh(object, &config, options, None)?,
             Pinning::Keep(dir) => load_pinned(object, &config, options, dir)?,
         };
         let reused = loaded.ebpf.is_none();
@@ -368,6 +372,7 @@ impl Probes {
             stats_exported: None,
             _links: loaded.links,
             ebpf: loaded.ebpf,
+            _pin_lock: loaded.pin_lock,
         })
     }
 
@@ -711,6 +716,7 @@ fn load_fresh(
     ];
     Ok(Loaded {
         ebpf: Some(ebpf),
+        pin_lock: None,
         maps,
         links,
         hook_mode,
@@ -722,6 +728,33 @@ fn load_fresh(
 /// ones when there are none (any other layout there is removed first: see `pin`).
 /// A directory that takes no pins (not bpffs, read-only) leaves the probes unpinned.
 fn load_pinned(
+    object: &[u8],
+    config: &ProbeConfig,
+    options: &ProbeOptions,
+    dir: &Path,
+) -> Result<Loaded, ProbeError> {
+    let count = |result: &'static str| {
+        metrics::counter!(CAPTURE_PIN_STARTS_TOTAL, "result" => result).increment(1);
+    };
+    let lock = match pin::lock(dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            count(if e.kind() == io::ErrorKind::WouldBlock {
+                "locked"
+            } else {
+                "failed"
+            });
+            tracing::warn!(dir = %dir.display(), error = %e, "the pin directory cannot be locked (another agent uses it, or it cannot be made): capture runs unpinned, its pins left alone");
+            return load_fresh(object, config, options, None);
+        }
+    };
+    let mut loaded = load_layout(object, config, options, dir)?;
+    loaded.pin_lock = Some(lock);
+    Ok(loaded)
+}
+
+/// [`load_pinned`] once the directory is locked.
+fn load_layout(
     object: &[u8],
     config: &ProbeConfig,
     options: &ProbeOptions,
@@ -818,6 +851,7 @@ fn open_pins(dir: &Path, hook_mode: HookMode) -> Result<Loaded, String> {
     ];
     Ok(Loaded {
         ebpf: None,
+        pin_lock: None,
         maps,
         links,
         hook_mode,
