@@ -103,11 +103,22 @@ pub fn lock(pin_dir: &Path) -> io::Result<OwnedFd> {
 pub struct Scan {
     /// `<pin_dir>/<stamp>`, when present.
     pub current: Option<PathBuf>,
-    /// Every other entry: layouts of other probes, left-overs.
+    /// Every other layout: other probes' or other settings'.
     pub stale: Vec<PathBuf>,
 }
 
-/// Lists `pin_dir` (absent: nothing pinned).
+/// Whether a name of `pin_dir` is a layout (16 hex digits, see [`layout_stamp`]).
+/// Nothing else there is logtap's: a bpffs root holds the kernel's own
+/// `maps.debug` and `progs.debug`, and an operator may keep other pins beside.
+fn is_layout(name: &std::ffi::OsStr) -> bool {
+    name.len() == 16
+        && name
+            .as_encoded_bytes()
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// Lists the layouts in `pin_dir` (absent: nothing pinned).
 pub fn scan(pin_dir: &Path, stamp: &str) -> io::Result<Scan> {
     let mut scan = Scan::default();
     let entries = match std::fs::read_dir(pin_dir) {
@@ -117,6 +128,9 @@ pub fn scan(pin_dir: &Path, stamp: &str) -> io::Result<Scan> {
     };
     for entry in entries {
         let entry = entry?;
+        if !is_layout(&entry.file_name()) {
+            continue;
+        }
         if entry.file_name() == stamp {
             scan.current = Some(entry.path());
         } else {
@@ -206,15 +220,28 @@ mod tests {
     fn a_scan_tells_the_current_layout_from_stale_ones() {
         let dir = tempfile::tempdir().unwrap();
         let pins = dir.path().join("logtap");
-        assert_eq!(scan(&pins, "aaaa").unwrap(), Scan::default());
-        std::fs::create_dir_all(pins.join("aaaa")).unwrap();
-        std::fs::create_dir_all(pins.join("bbbb")).unwrap();
-        touch(&pins.join("stray"));
-        let found = scan(&pins, "aaaa").unwrap();
-        assert_eq!(found.current, Some(pins.join("aaaa")));
-        assert_eq!(found.stale, vec![pins.join("bbbb"), pins.join("stray")]);
+        let (ours, other) = ("00112233445566aa", "ffeeddccbbaa9988");
+        assert_eq!(scan(&pins, ours).unwrap(), Scan::default());
+        std::fs::create_dir_all(pins.join(ours)).unwrap();
+        std::fs::create_dir_all(pins.join(other)).unwrap();
+        // Not logtap's: the kernel's iterators on a bpffs root, someone else's pins.
+        for name in [
+            "maps.debug",
+            "progs.debug",
+            "00112233445566AA",
+            "0011223344556677x",
+        ] {
+            touch(&pins.join(name));
+        }
+        let found = scan(&pins, ours).unwrap();
+        assert_eq!(found.current, Some(pins.join(ours)));
+        assert_eq!(found.stale, vec![pins.join(other)]);
         assert!(remove_all(&pins).unwrap());
-        assert_eq!(std::fs::read_dir(&pins).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(&pins).unwrap().count(),
+            4,
+            "others' are left"
+        );
         assert!(!remove_all(&pins).unwrap(), "nothing left to remove");
     }
 
