@@ -650,3 +650,436 @@ fn a_container_running_before_the_agent_is_captured_from_its_bind_on() {
         0.0
     );
 }
+
+/// A bpffs of the test's own for the agents' pins (`capture.pin_dir` below it):
+/// unmounting it at the end drops every pin, detaching the probes an agent left
+/// attached, even when the test fails.
+struct PinFs {
+    dir: tempfile::TempDir,
+}
+
+impl PinFs {
+    fn mount() -> PinFs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings; no mount data.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                path.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount bpffs: {}", std::io::Error::last_os_error());
+        PinFs { dir }
+    }
+
+    fn pin_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("logtap")
+    }
+
+    /// The layouts (stamp directories) pinned now.
+    fn layouts(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.pin_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for PinFs {
+    fn drop(&mut self) {
+        let path = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path this test mounted.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn pinned_config(pod_glob: &str, endpoint: &str, ring: &str, pins: &PinFs, pin: bool) -> String {
+    agent_config(pod_glob, endpoint, ring)
+        + &format!(
+            "  hooks: tracepoint\n  pin: {pin}\n  pin_dir: \"{}\"\n",
+            pins.pin_dir().display()
+        )
+}
+
+/// The numbers of the `tick N` lines shipped for `log`'s stdout, with repeats.
+fn shipped_ticks(agent: &Agent, log: &Path) -> Vec<u32> {
+    let store = agent.store_dir();
+    if !store.exists() {
+        return Vec::new();
+    }
+    let path = format!("{}#stdout", log.display());
+    query_json(&store, &["--raw"])
+        .iter()
+        .filter(|r| r["path"] == path.as_str())
+        .filter_map(|r| r["body"].as_str()?.strip_prefix("tick ")?.parse().ok())
+        .collect()
+}
+
+/// The agent stopped (SIGTERM, as a rolling update does) while a container writes,
+/// with its probes pinned: they go on capturing into the pinned ring, and the next
+/// agent takes them over. Every line arrives exactly once, and not one byte after
+/// the restart is read from the CRI log.
+#[test]
+fn a_restarted_agent_takes_over_its_pinned_probes_and_reads_nothing_from_the_log() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pins = PinFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let config = pinned_config(
+        "/var/log/pods/default_pinned-*/**/*.log",
+        harness.endpoint(),
+        "16MiB",
+        &pins,
+        true,
+    );
+    let mut agent = start_agent(dir.path(), &config);
+    let starts = |agent: &Agent, result| {
+        metric(
+            &agent.metrics(),
+            "logtap_capture_pin_starts_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(starts(&agent, "created"), 1.0);
+    let load_seconds =
+        |agent: &Agent| metric(&agent.metrics(), "logtap_capture_probe_load_seconds", &[]);
+    let fresh_load = load_seconds(&agent);
+    let pod = harness.run_pod(PodSpec::new("pinned-ticker"));
+    let ticker = run(
+        &pod,
+        "ticker",
+        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+    );
+    let log = ticker.log_path().to_path_buf();
+    wait_for(Duration::from_secs(20), "some ticks captured", || {
+        shipped_ticks(&agent, &log).len() > 300
+    });
+    assert!(agent.stop(), "a clean stop\n{}", agent.log());
+    let before = shipped_ticks(&agent, &log).len();
+    // Written while no agent runs: they wait in the pinned ring.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(pins.layouts().len(), 1, "the probes stay pinned");
+
+    let agent = start_agent(dir.path(), &config);
+    assert_eq!(starts(&agent, "reused"), 1.0, "{}", agent.log());
+    ticker.wait_exit(Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "every tick in the store", || {
+        let seen: HashSet<u32> = shipped_ticks(&agent, &log).into_iter().collect();
+        (1..=3000).all(|i| seen.contains(&i))
+    });
+    let mut all = shipped_ticks(&agent, &log);
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=3000).collect::<Vec<_>>(),
+        "each tick exactly once"
+    );
+    let metrics = agent.metrics();
+    eprintln!(
+        "pinned restart: {before} ticks before the stop, 3000 in all; probes loaded in {fresh_load:.3} s, taken over in {:.3} s",
+        load_seconds(&agent)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "logtap_capture_resumed_streams_total",
+            &[("to", "capture")]
+        ),
+        2.0,
+        "stdout and stderr taken over\n{metrics}"
+    );
+    // The restarted agent read nothing from the log: no repair, no seam, no file.
+    assert_eq!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+    for result in ["exact", "ambiguous", "no_match", "unfinished"] {
+        assert_eq!(
+            metric(
+                &metrics,
+                "logtap_capture_seams_total",
+                &[("result", result)]
+            ),
+            0.0
+        );
+    }
+    assert!(metric(&metrics, "logtap_capture_bytes_total", &[]) > 0.0);
+    assert!(
+        store_records(&agent.store_dir())
+            .iter()
+            .all(|r| r["path"] != log.display().to_string().as_str()),
+        "the file source shipped lines of the captured container"
+    );
+}
+
+/// Pins of another layout (here: another ring size) are not used: the agent removes
+/// them, loads and pins its own, and binds the running container again from its CRI
+/// log and the seam; every line still arrives once. `pin: false` then removes the
+/// pins.
+#[test]
+fn pins_of_another_layout_are_replaced_and_pin_false_removes_them() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pins = PinFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let glob = "/var/log/pods/default_relayout-*/**/*.log";
+    let mut agent = start_agent(
+        dir.path(),
+        &pinned_config(glob, harness.endpoint(), "16MiB", &pins, true),
+    );
+    let pod = harness.run_pod(PodSpec::new("relayout-ticker"));
+    let ticker = run(
+        &pod,
+        "ticker",
+        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+    );
+    let log = ticker.log_path().to_path_buf();
+    wait_for(Duration::from_secs(20), "some ticks captured", || {
+        shipped_ticks(&agent, &log).len() > 300
+    });
+    assert!(agent.stop());
+    let old = pins.layouts();
+    assert_eq!(old.len(), 1);
+
+    let mut agent = start_agent(
+        dir.path(),
+        &pinned_config(glob, harness.endpoint(), "8MiB", &pins, true),
+    );
+    let metrics = agent.metrics();
+    let starts = |metrics: &str, result| {
+        metric(
+            metrics,
+            "logtap_capture_pin_starts_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(starts(&metrics, "layout_changed"), 1.0, "{metrics}");
+    assert_eq!(starts(&metrics, "created"), 1.0, "{metrics}");
+    assert_eq!(starts(&metrics, "reused"), 0.0, "{metrics}");
+    let new = pins.layouts();
+    assert_eq!(new.len(), 1);
+    assert_ne!(new, old, "the old layout's pins are gone");
+    ticker.wait_exit(Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "every tick in the store", || {
+        let seen: HashSet<u32> = shipped_ticks(&agent, &log).into_iter().collect();
+        (1..=3000).all(|i| seen.contains(&i))
+    });
+    let metrics = agent.metrics();
+    assert!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]) > 0.0,
+        "the fallback read the stream from its CRI log\n{metrics}"
+    );
+    assert!(agent.stop());
+
+    let agent = start_agent(
+        dir.path(),
+        &pinned_config(glob, harness.endpoint(), "8MiB", &pins, false),
+    );
+    assert_eq!(starts(&agent.metrics(), "removed"), 1.0);
+    assert!(pins.layouts().is_empty(), "pin: false removes the pins");
+}
+
+/// The agent killed (-9) with its probes pinned and a ring far too small for what
+/// the container writes while no agent runs: the next agent takes the probes over;
+/// what the killed agent had read but not made durable, and what the full ring could
+/// not hold (counted as `ring_full`), come from the CRI log. Every line arrives (at
+/// least once: what was shipped after the last checkpoint comes again).
+#[test]
+fn an_agent_killed_with_pinned_probes_repairs_what_the_ring_lost_from_the_log() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pins = PinFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let config = pinned_config(
+        "/var/log/pods/default_pinkill-*/**/*.log",
+        harness.endpoint(),
+        "8KiB",
+        &pins,
+        true,
+    );
+    let mut agent = start_agent(dir.path(), &config);
+    let pod = harness.run_pod(PodSpec::new("pinkill-ticker"));
+    let ticker = run(
+        &pod,
+        "ticker",
+        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+    );
+    let log = ticker.log_path().to_path_buf();
+    wait_for(Duration::from_secs(20), "some ticks captured", || {
+        shipped_ticks(&agent, &log).len() > 300
+    });
+    let dropped = |metrics: &str| {
+        metric(
+            metrics,
+            "logtap_capture_ring_dropped_bytes_total",
+            &[("reason", "ring_full")],
+        )
+    };
+    let dropped_before = dropped(&agent.metrics());
+    agent.kill9();
+    // About a thousand lines: ten times what the ring holds.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let agent = start_agent(dir.path(), &config);
+    let metrics = agent.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "logtap_capture_pin_starts_total",
+            &[("result", "reused")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    ticker.wait_exit(Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "every tick in the store", || {
+        let seen: HashSet<u32> = shipped_ticks(&agent, &log).into_iter().collect();
+        (1..=3000).all(|i| seen.contains(&i))
+    });
+    let metrics = agent.metrics();
+    let duplicates = shipped_ticks(&agent, &log).len() - 3000;
+    eprintln!(
+        "pinned kill: {duplicates} ticks shipped twice, {} bytes dropped by the full ring while no agent read it",
+        dropped(&metrics) - dropped_before
+    );
+    assert!(
+        dropped(&metrics) > dropped_before,
+        "the ring overflowed while no agent read it (the pinned counters go on)\n{metrics}"
+    );
+    assert!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]) > 0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "logtap_capture_unrepairable_bytes_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        duplicates < 1500,
+        "{duplicates} duplicates: more than the checkpoint interval explains"
+    );
+}
+
+/// A container bound while it ran (at the seam with its CRI log) keeps its place
+/// across a pinned restart: the agent recorded its seam in the pinned maps, so the
+/// next one continues its capture at once, without looking for the seam again and
+/// without reading its log.
+#[test]
+fn a_stream_bound_at_its_seam_continues_across_a_pinned_restart() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pins = PinFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = harness.run_pod(PodSpec::new("pinseam-writer"));
+    // Fast bursts (the seam is found within a second or two), then a slow tail that
+    // outlasts the restart.
+    let (fast, slow) = (30_000, 3_000);
+    let writer = run(
+        &pod,
+        "writer",
+        &format!(
+            "i=1; while [ $i -le {fast} ]; do j=0; while [ $j -lt 100 ]; do echo \"early $i\"; \
+             i=$((i+1)); j=$((j+1)); done; usleep 5000; done; \
+             while [ $i -le {} ]; do echo \"early $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+            fast + slow
+        ),
+    );
+    let log = writer.log_path().to_path_buf();
+    wait_for(
+        Duration::from_secs(20),
+        "the writer's first lines logged",
+        || cri_stream(&log, "stdout").len() > 20_000,
+    );
+    let config = pinned_config(
+        "/var/log/pods/default_pinseam-*/**/*.log",
+        harness.endpoint(),
+        "16MiB",
+        &pins,
+        true,
+    );
+    let mut agent = start_agent(dir.path(), &config);
+    let exact = |agent: &Agent| {
+        metric(
+            &agent.metrics(),
+            "logtap_capture_seams_total",
+            &[("result", "exact")],
+        )
+    };
+    wait_for(Duration::from_secs(30), "the seam", || exact(&agent) >= 1.0);
+    let numbers = |agent: &Agent| -> Vec<u32> {
+        let path = format!("{}#stdout", log.display());
+        query_json(&agent.store_dir(), &["--raw"])
+            .iter()
+            .filter(|r| r["path"] == path.as_str())
+            .filter_map(|r| r["body"].as_str()?.strip_prefix("early ")?.parse().ok())
+            .collect()
+    };
+    wait_for(Duration::from_secs(30), "the slow tail captured", || {
+        numbers(&agent).iter().any(|&n| n > fast + 200)
+    });
+    assert!(agent.stop());
+    std::thread::sleep(Duration::from_millis(700));
+
+    let agent = start_agent(dir.path(), &config);
+    writer.wait_exit(Duration::from_secs(60));
+    let total = fast + slow;
+    wait_for(Duration::from_secs(30), "every line in the store", || {
+        let seen: HashSet<u32> = numbers(&agent).into_iter().collect();
+        (1..=total).all(|i| seen.contains(&i))
+    });
+    let mut all = numbers(&agent);
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=total).collect::<Vec<_>>(),
+        "each line exactly once"
+    );
+    let metrics = agent.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "logtap_capture_resumed_streams_total",
+            &[("to", "capture")]
+        ),
+        1.0,
+        "stdout continues on capture (stderr, never written, had no seam)\n{metrics}"
+    );
+    assert_eq!(exact(&agent), 0.0, "no seam looked for again");
+    assert_eq!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+}

@@ -9,9 +9,11 @@
 //! restated: image, args, env (`fieldRef`s resolved), volumes and mounts, privileged,
 //! hostPID, read-only root, resources, probes, grace period. Where this machine is not
 //! a cluster node, the differences are explicit and few ([`TestNode`]):
-//! - hostPaths the agent writes (`/var/lib/logtap`) or that belong to this test
-//!   (`/run/containerd/containerd.sock`: the harness's containerd) are mapped to the
-//!   test's own; every other hostPath is the machine's own and must be read-only;
+//! - hostPaths the agent writes (`/var/lib/logtap`; `/sys/fs/bpf/logtap`, capture's
+//!   pins, on a bpffs of the test's own that takes them away at the end) or that
+//!   belong to this test (`/run/containerd/containerd.sock`: the harness's
+//!   containerd) are mapped to the test's own; every other hostPath is the machine's
+//!   own and must be read-only;
 //! - no CNI: pods have the node's network, shared with other tests, so the config's
 //!   `metrics.listen` (`0.0.0.0:9464`) becomes a free port on 127.0.0.1;
 //! - the harness nests pods under its own cgroup, so `capture.cgroup_prefix` is that
@@ -63,6 +65,8 @@ fn manifest<T: serde::de::DeserializeOwned>(file: &str) -> T {
 /// Where this machine differs from a cluster node (see the module docs).
 struct TestNode {
     dir: tempfile::TempDir,
+    /// A bpffs mounted for this test: the node's `/sys/fs/bpf/logtap`.
+    bpf_pins: PathBuf,
     containerd_socket: PathBuf,
     metrics_port: u16,
     api_url: String,
@@ -74,6 +78,7 @@ impl TestNode {
     fn host_path(&self, path: &str, read_only: bool) -> PathBuf {
         match path {
             "/var/lib/logtap" => self.data_dir(),
+            "/sys/fs/bpf/logtap" => self.bpf_pins.clone(),
             "/run/containerd/containerd.sock" => self.containerd_socket.clone(),
             _ => {
                 assert!(
@@ -83,6 +88,25 @@ impl TestNode {
                 PathBuf::from(path)
             }
         }
+    }
+
+    /// Mounts a bpffs for the node's `/sys/fs/bpf/logtap` below `dir`.
+    fn mount_bpf_pins(dir: &Path) -> PathBuf {
+        let path = dir.join("sys-fs-bpf-logtap");
+        std::fs::create_dir_all(&path).unwrap();
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings; no mount data.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c_path.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount bpffs: {}", std::io::Error::last_os_error());
+        path
     }
 
     /// The agent's data directory (hostPath `/var/lib/logtap`).
@@ -134,6 +158,15 @@ impl TestNode {
             ..Default::default()
         };
         (env, mount)
+    }
+}
+
+impl Drop for TestNode {
+    /// The pins go with their bpffs: the probes the agent left attached are detached.
+    fn drop(&mut self) {
+        let c_path = std::ffi::CString::new(self.bpf_pins.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path this test mounted.
+        unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
     }
 }
 
@@ -483,8 +516,10 @@ fn the_daemonset_from_deploy_runs_the_image_and_captures_app_pods() {
         return;
     };
     let api = fake_api::FakeApi::start_new();
+    let dir = tempfile::tempdir().unwrap();
     let node = TestNode {
-        dir: tempfile::tempdir().unwrap(),
+        bpf_pins: TestNode::mount_bpf_pins(dir.path()),
+        dir,
         containerd_socket: PathBuf::from(harness.endpoint().strip_prefix("unix://").unwrap()),
         metrics_port: free_port(),
         api_url: api.url(),
@@ -575,6 +610,25 @@ fn the_daemonset_from_deploy_runs_the_image_and_captures_app_pods() {
 
     let metrics = scrape();
     assert!(metric(&metrics, "logtap_capture_records_total", &[]) > 0.0);
+    // The probes are pinned in the node's /sys/fs/bpf/logtap, through the mount.
+    assert_eq!(
+        metric(
+            &metrics,
+            "logtap_capture_pin_starts_total",
+            &[("result", "created")]
+        ),
+        1.0,
+        "agent log:\n{}",
+        agent.log()
+    );
+    // (A bpffs root also holds the kernel's `maps.debug` and `progs.debug` files.)
+    let pinned: Vec<_> = std::fs::read_dir(&node.bpf_pins)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(pinned.len(), 1, "one layout pinned: {pinned:?}");
     let (status, body) = agent
         .probe(&agent.liveness, &node)
         .expect("liveness answers");

@@ -441,15 +441,16 @@ fn daemonset_is_consistent_with_its_config_and_rbac() {
             .any(|m| m.mount_path.ends_with("containerd.sock"))
     );
     // Only the host paths the agent uses (docs/security.md): not the host root (files
-    // inside containers go through /proc/<pid>/root) nor bpffs (nothing is pinned).
-    // Each is read-only but the data directory and the CRI socket, and none
-    // propagates mounts back to the host.
+    // inside containers go through /proc/<pid>/root), and of bpffs only logtap's own
+    // pin directory. Each is read-only but the data directory, the pin directory and
+    // the CRI socket, and none propagates mounts back to the host.
     let used = [
         "/var/log",
         "/var/lib/logtap",
         "/sys/kernel/tracing",
         "/sys/kernel/debug",
         "/run/containerd/containerd.sock",
+        "/sys/fs/bpf/logtap",
     ];
     for vm in mounts {
         let Some(host) = volumes[vm.name.as_str()].host_path.as_ref() else {
@@ -460,7 +461,11 @@ fn daemonset_is_consistent_with_its_config_and_rbac() {
             "hostPath {} is not used",
             host.path
         );
-        let writable = ["/var/lib/logtap", "/run/containerd/containerd.sock"];
+        let writable = [
+            "/var/lib/logtap",
+            "/run/containerd/containerd.sock",
+            "/sys/fs/bpf/logtap",
+        ];
         assert_eq!(
             vm.read_only,
             (!writable.contains(&host.path.as_str())).then_some(true),
@@ -509,6 +514,21 @@ fn daemonset_is_consistent_with_its_config_and_rbac() {
         .expect("data_dir is mounted");
     assert!(volumes[data_mount.name.as_str()].host_path.is_some());
     assert_ne!(data_mount.read_only, Some(true));
+    // The probes' pins are on the host's bpffs, where they outlive the pod.
+    let capture = config.capture.as_ref().expect("capture is configured");
+    let pin_dir = capture.pin_dir.as_deref().expect("capture.pin is on");
+    let pin_mount = mounts
+        .iter()
+        .find(|m| pin_dir.starts_with(&m.mount_path))
+        .expect("capture.pin_dir is mounted");
+    assert_eq!(
+        volumes[pin_mount.name.as_str()]
+            .host_path
+            .as_ref()
+            .map(|h| h.path.as_str()),
+        Some("/sys/fs/bpf/logtap"),
+        "the pin directory is logtap's own on the node's bpffs"
+    );
     // Every include glob's fixed prefix is on a mount.
     for s in &config.sources {
         for glob in &s.include {

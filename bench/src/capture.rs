@@ -860,6 +860,7 @@ fn load_probes(config: &Config, hooks: BenchHooks) -> anyhow::Result<Probes> {
         ring_bytes: options.ring_bytes,
         cgroup_prefix: options.cgroup_prefix.clone(),
         max_records_per_write: options.max_records_per_write,
+        ..ProbeOptions::default()
     })
     .context("loading the probes (built? `cargo xtask build-ebpf`)")
 }

@@ -33,6 +33,12 @@ pub const INO_FILTER_MAP: &str = "LOGTAP_INOS";
 /// not track map memory, see [`IovWalk::walked`]). Used by the one writev program
 /// loaded, which the kernel never runs twice at once on one CPU.
 pub const IOV_SCRATCH_MAP: &str = "LOGTAP_IOVSCR";
+/// [`StreamKey`] → `u64`: for a stream bound while its container ran
+/// ([`ORIGIN_RUNNING`]), its base once userspace found it (the stream offset of the
+/// kernel's offset 0, see the agent's `seam`). Written and read by userspace only; a
+/// map so that it is pinned with the streams and outlives the agent with them: the
+/// next agent continues such a stream without looking for its seam again.
+pub const BASES_MAP: &str = "LOGTAP_BASES";
 /// The read-only global holding the [`ProbeConfig`] (patched at load time).
 pub const CONFIG_GLOBAL: &str = "LOGTAP_CONFIG";
 
@@ -129,8 +135,18 @@ pub struct StreamState {
     pub offset: u64,
     /// 1 = stdout, 2 = stderr (as `logtap::frame::Stream`).
     pub stream: u32,
-    pub _pad: u32,
+    /// Who bound the stream, and so where `offset` 0 is in it: [`ORIGIN_FIRST_EXEC`]
+    /// or [`ORIGIN_RUNNING`]. Written once, at the bind; read by an agent that finds
+    /// the maps pinned by an earlier one.
+    pub origin: u32,
 }
+
+/// [`StreamState::origin`]: bound by the probes at the container's first exec, before
+/// it wrote anything: offset 0 is the stream's first byte.
+pub const ORIGIN_FIRST_EXEC: u32 = 0;
+/// [`StreamState::origin`]: bound by userspace while the container ran: offset 0 is
+/// where the bind found the stream, an offset only the seam with its CRI log places.
+pub const ORIGIN_RUNNING: u32 = 1;
 
 /// The writev hooks' walk over the iovecs of one call.
 #[repr(C)]

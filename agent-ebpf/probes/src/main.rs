@@ -35,7 +35,8 @@ use core::{
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_RING_SIZE,
     },
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
@@ -53,8 +54,8 @@ use aya_log_ebpf::{debug, info};
 use logtap_ebpf_common::{
     DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, INO_FILTER_SLOTS, IovWalk,
     KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND,
-    LifecycleRecord, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS, MAX_WATCHED, PATH_CAPACITY,
-    PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD, STAT_BYTES, STAT_DROPPED_BYTES,
+    LifecycleRecord, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS, MAX_WATCHED, ORIGIN_FIRST_EXEC,
+    PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD, STAT_BYTES, STAT_DROPPED_BYTES,
     STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, Stats, StreamKey,
     StreamState, WatchedCgroup, ino_slot,
 };
@@ -94,6 +95,12 @@ static LOGTAP_INOS: Array<u32> = Array::with_max_entries(INO_FILTER_SLOTS, 0);
 
 #[map]
 static LOGTAP_IOVSCR: PerCpuArray<IovWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Userspace's (see `BASES_MAP`); no program uses it. Not preallocated: few streams
+/// are bound while their container runs.
+#[map]
+static LOGTAP_BASES: HashMap<StreamKey, u64> =
+    HashMap::with_max_entries(MAX_STREAMS, BPF_F_NO_PREALLOC);
 
 const S_IFMT: u16 = 0o170000;
 const S_IFIFO: u16 = 0o010000;
@@ -775,7 +782,7 @@ fn bind_stream(ctx: &TracePointContext, cgroup_id: u64, fd: u64) {
         cgroup_id,
         offset: 0,
         stream: fd as u32,
-        _pad: 0,
+        origin: ORIGIN_FIRST_EXEC,
     };
     // Before the stream exists: the write hooks look at the filter first.
     if let Some(mark) = LOGTAP_INOS.get_ptr_mut(ino_slot(key.ino)) {

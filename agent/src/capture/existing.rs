@@ -84,6 +84,35 @@ pub fn running_containers(proc: &Path, cgroup_root: &Path, prefix: &str) -> Vec<
     found
 }
 
+/// The paths (below `cgroup_root`, as `/proc` shows them) of the cgroups in `ids`
+/// that exist now strictly below `prefix`: the directory whose inode is the id. For
+/// cgroups the kernel watched before this agent (pinned probes), whose creation it
+/// did not see.
+pub fn cgroup_paths(
+    cgroup_root: &Path,
+    prefix: &str,
+    ids: &std::collections::HashSet<u64>,
+) -> HashMap<u64, Vec<u8>> {
+    let prefix = prefix.trim_end_matches('/');
+    let top = cgroup_root.join(prefix.trim_start_matches('/'));
+    walkdir::WalkDir::new(&top)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_dir())
+        .filter_map(|e| {
+            let id = e.metadata().ok()?.ino();
+            if !ids.contains(&id) {
+                return None;
+            }
+            let relative = e.path().strip_prefix(cgroup_root).ok()?;
+            let mut path = b"/".to_vec();
+            path.extend_from_slice(relative.as_os_str().as_encoded_bytes());
+            Some((id, path))
+        })
+        .collect()
+}
+
 /// The most stream bytes that can have been written before a bind without being in
 /// the CRI log yet (the seam's window, see `seam`): the pipe's capacity, and what
 /// containerd's shim and CRI logger hold between it and the log file — the shim's
@@ -149,6 +178,25 @@ mod tests {
             "a component boundary"
         );
         assert!(!below(b"/system.slice", b"/kubepods"));
+    }
+
+    #[test]
+    fn a_watched_cgroup_is_found_by_its_directory_inode_below_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for cg in ["kubepods/pod1/c1", "kubepods/pod1/c2", "system.slice/s"] {
+            std::fs::create_dir_all(root.join(cg)).unwrap();
+        }
+        let ino = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+        let ids = [ino("kubepods/pod1/c2"), ino("system.slice/s"), 1]
+            .into_iter()
+            .collect();
+        let found = cgroup_paths(root, "/kubepods/", &ids);
+        assert_eq!(
+            found,
+            HashMap::from([(ino("kubepods/pod1/c2"), b"/kubepods/pod1/c2".to_vec())]),
+            "outside the prefix and gone are not found"
+        );
     }
 
     #[test]

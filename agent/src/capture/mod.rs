@@ -15,6 +15,8 @@
 //! - `cri_log`: the repair path, a stream read back from its CRI log by offset.
 //! - `existing`: containers running when the agent starts, found in `/proc`.
 //! - `seam`: where a running container's CRI log ends and its capture begins.
+//! - `pin`: the probes kept in bpffs across agent restarts (layout stamp, the pin
+//!   directory's contents); `resume` (in `stage`): their streams taken over.
 //! - `stage`: probe events into the pipeline, holes repaired, streams ended.
 //! - claims ([`Claims`], in `source::claims`): which CRI logs capture ships, so the
 //!   file source leaves them alone.
@@ -24,18 +26,21 @@
 //! # Metrics
 //!
 //! From the kernel's per-CPU counters, copied on [`Probes::poll`] at most every 100 ms:
-//! `logtap_capture_probe_load_seconds`, `logtap_capture_hook_mode` (set at load),
+//! `logtap_capture_probe_load_seconds`, `logtap_capture_hook_mode`,
+//! `logtap_capture_pin_starts_total` (set at load),
 //! `logtap_capture_kernel_records_total`,
 //! `logtap_capture_kernel_bytes_total`, `logtap_capture_ring_dropped_records_total` and
 //! `logtap_capture_ring_dropped_bytes_total` (by `reason`: `ring_full`, `too_large`,
 //! `fault`), `logtap_capture_lost_events_total`. From the stage: records, bytes, gaps,
 //! repaired, unrepairable and spilled bytes, seams (`logtap_capture_seams_total`), streams
+//! taken over from pins (`logtap_capture_resumed_streams_total`), streams
 //! and watched containers
 //! (`docs/operations.md`).
 
 mod btf;
 mod cri_log;
 mod existing;
+mod pin;
 pub mod probe;
 mod seam;
 mod spawn;
@@ -46,7 +51,9 @@ mod tracefs;
 pub use crate::source::claims::{Claim, Claims};
 #[doc(hidden)]
 pub use cri_log::{ReadBack, read_ranges as read_cri_stream};
-pub use probe::{DropReason, HookMode, KernelStats, ProbeError, ProbeEvent, ProbeOptions, Probes};
+pub use probe::{
+    DropReason, HookMode, KernelStats, Pinning, ProbeError, ProbeEvent, ProbeOptions, Probes,
+};
 pub use spawn::{CaptureResolver, CaptureThread};
 pub use stage::{CaptureStage, CapturedContainer, ContainerResolver, EventFeed};
 #[doc(hidden)]

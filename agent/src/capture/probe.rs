@@ -9,28 +9,30 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{FExit, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use logtap_ebpf_common::{
-    CONFIG_GLOBAL, DataHeader, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA,
-    KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT, NUM_DROP_REASONS,
-    NUM_STATS, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RING_MAP, STAT_BYTES,
-    STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS,
-    STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup, ino_slot,
+    BASES_MAP, CONFIG_GLOBAL, DataHeader, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED,
+    KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT,
+    NUM_DROP_REASONS, NUM_STATS, ORIGIN_RUNNING, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig,
+    RING_MAP, STAT_BYTES, STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS,
+    STAT_SYSCALLS, STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup,
+    ino_slot,
 };
 
-use super::{btf, tracefs};
+use super::{btf, pin, tracefs};
 use crate::config::CaptureHooks;
 use crate::frame::Stream;
 use crate::metrics::catalogue::{
     CAPTURE_HOOK_MODE, CAPTURE_KERNEL_BYTES_TOTAL, CAPTURE_KERNEL_RECORDS_TOTAL,
-    CAPTURE_LOST_EVENTS_TOTAL, CAPTURE_PROBE_LOAD_SECONDS, CAPTURE_RING_DROPPED_BYTES_TOTAL,
-    CAPTURE_RING_DROPPED_RECORDS_TOTAL,
+    CAPTURE_LOST_EVENTS_TOTAL, CAPTURE_PIN_STARTS_TOTAL, CAPTURE_PROBE_LOAD_SECONDS,
+    CAPTURE_RING_DROPPED_BYTES_TOTAL, CAPTURE_RING_DROPPED_RECORDS_TOTAL,
 };
 
 /// The probes' object, built by `cargo xtask build-ebpf` and embedded by `build.rs`.
@@ -80,6 +82,23 @@ pub struct ProbeOptions {
     pub cgroup_prefix: String,
     /// Records per write syscall (1..=16); bytes beyond records × 4 KiB are a counted gap.
     pub max_records_per_write: u32,
+    /// Whether the probes outlive this process (pinned in bpffs). Default: not pinned,
+    /// nothing looked at.
+    pub pinning: Pinning,
+}
+
+/// What the loader does with the pin directory (see `pin`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Pinning {
+    /// Nothing pinned, the directory not looked at (benchmarks, probe tests).
+    #[default]
+    Off,
+    /// Pins left in this directory by an earlier agent are removed, nothing is pinned
+    /// (`capture.pin: false`).
+    Remove(PathBuf),
+    /// The probes are kept pinned in this directory, and reused from it when an
+    /// earlier agent left them there with the same layout.
+    Keep(PathBuf),
 }
 
 impl Default for ProbeOptions {
@@ -89,6 +108,7 @@ impl Default for ProbeOptions {
             ring_bytes: 16 << 20,
             cgroup_prefix: "/kubepods".to_owned(),
             max_records_per_write: MAX_RECORDS_LIMIT,
+            pinning: Pinning::Off,
         }
     }
 }
@@ -117,6 +137,8 @@ pub enum ProbeError {
         #[source]
         source: Box<MapError>,
     },
+    #[error("pinning in {dir}: {detail}")]
+    Pin { dir: PathBuf, detail: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -237,62 +259,74 @@ pub enum ProbeEvent<'a> {
     },
 }
 
-/// The loaded and attached probes. Dropping it detaches them.
+/// The loaded and attached probes. Dropping it detaches them, unless they are pinned
+/// (see `pin`): then they keep capturing into the pinned ring until the next agent
+/// takes them over, or until their pins are removed.
 pub struct Probes {
     ring: RingBuf<MapData>,
     watched: HashMap<MapData, u64, WatchedCgroup>,
     streams: HashMap<MapData, StreamKey, StreamState>,
     ino_filter: Array<MapData, u32>,
     stats: PerCpuArray<MapData, [u64; NUM_STATS]>,
+    /// See `BASES_MAP`. Invariant: every key is a key of `streams` of origin
+    /// `ORIGIN_RUNNING` (removed with it in [`Self::forget`]).
+    bases: HashMap<MapData, StreamKey, u64>,
     hook_mode: HookMode,
+    /// Taken over from pins an earlier agent left (nothing was loaded or attached).
+    reused: bool,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     epoll: OwnedFd,
     stats_exported: Option<Instant>,
-    // Last: the programs stay attached as long as the maps above are in use.
-    _ebpf: Ebpf,
+    // Last: the programs stay attached as long as the maps above are in use. Unpinned
+    // links detach when dropped; pinned ones stay attached.
+    _links: Vec<FdLink>,
+    /// `None` when reused from pins.
+    ebpf: Option<Ebpf>,
+    /// The lock on the pin directory, held as long as the probes are in use.
+    _pin_lock: Option<OwnedFd>,
+}
+
+/// The maps userspace reads, the links of the attached programs, and their hooks.
+struct Loaded {
+    ebpf: Option<Ebpf>,
+    pin_lock: Option<OwnedFd>,
+    maps: [MapData; 6],
+    links: Vec<FdLink>,
+    hook_mode: HookMode,
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Probes {
-    /// Loads the probes and attaches them; sets `logtap_capture_probe_load_seconds`.
+    /// Loads the probes and attaches them, or takes over those an earlier agent left
+    /// pinned with the same layout (`options.pinning`); sets
+    /// `logtap_capture_probe_load_seconds`.
     pub fn load(options: &ProbeOptions) -> Result<Probes, ProbeError> {
         let started = Instant::now();
         let object = OBJECT.ok_or(ProbeError::ObjectMissing)?;
         let config = probe_config(options)?;
         raise_memlock_limit();
 
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(RING_MAP, options.ring_bytes)
-            .override_global(CONFIG_GLOBAL, &config, true)
-            .load(object)
-            .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        let logger = match EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => Some(logger),
-            Err(e) => {
-                tracing::warn!(error = %e, "eBPF diagnostics will not be forwarded");
-                None
-            }
-        };
-        for (name, category, tracepoint) in LIFECYCLE_PROGRAMS {
-            attach_tracepoint(&mut ebpf, name, category, tracepoint)?;
-        }
-        let hook_mode = match options.hooks {
-            CaptureHooks::Tracepoint => {
-                attach_syscall_tracepoints(&mut ebpf)?;
-                HookMode::Tracepoint
-            }
-            CaptureHooks::Auto => match attach_trampolines(&mut ebpf) {
-                Ok(()) => HookMode::Fentry,
-                Err(e) => {
-                    tracing::warn!(
-                        error = %e,
-                        "no BPF trampolines on this kernel: capture's write path uses syscall \
-                         tracepoints, which slow down every syscall of every task on the node"
-                    );
-                    attach_syscall_tracepoints(&mut ebpf)?;
-                    HookMode::Tracepoint
+        let loaded = match &options.pinning {
+            Pinning::Off => load_fresh(object, &config, options, None)?,
+            Pinning::Remove(dir) if dir.exists() => {
+                match pin::lock(dir).and_then(|_lock| pin::remove_all(dir)) {
+                    Ok(true) => {
+                        metrics::counter!(CAPTURE_PIN_STARTS_TOTAL, "result" => "removed")
+                            .increment(1);
+                        tracing::info!(dir = %dir.display(), "capture.pin is off: the probes pinned by an earlier agent were removed");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "removing the probes pinned by an earlier agent (is another agent using them?): they may still capture beside these")
+                    }
                 }
-            },
+                load_fresh(object, &config, options, None)?
+            }
+            Pinning::Remove(_) => load_fresh(object, &config, options, None)?,
+            Pinning::Keep(dir) => load_pinned(object, &config, options, dir)?,
         };
+        let reused = loaded.ebpf.is_none();
+        let hook_mode = loaded.hook_mode;
         for mode in HookMode::ALL {
             metrics::gauge!(CAPTURE_HOOK_MODE, "mode" => mode.as_str()).set(if mode == hook_mode {
                 1.0
@@ -300,20 +334,18 @@ impl Probes {
                 0.0
             });
         }
-        let mut take = |name: &'static str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| ProbeError::Options(format!("the object has no map {name}")))
-        };
-        let ring = RingBuf::try_from(take(RING_MAP)?).map_err(map_error(RING_MAP))?;
-        let watched = HashMap::try_from(take(WATCHED_MAP)?).map_err(map_error(WATCHED_MAP))?;
-        let streams = HashMap::try_from(take(STREAMS_MAP)?).map_err(map_error(STREAMS_MAP))?;
+        let [ring, watched, streams, ino_filter, stats, bases] = loaded.maps;
+        let ring = RingBuf::try_from(Map::RingBuf(ring)).map_err(map_error(RING_MAP))?;
+        let watched = HashMap::try_from(Map::HashMap(watched)).map_err(map_error(WATCHED_MAP))?;
+        let streams = HashMap::try_from(Map::HashMap(streams)).map_err(map_error(STREAMS_MAP))?;
         let ino_filter =
-            Array::try_from(take(INO_FILTER_MAP)?).map_err(map_error(INO_FILTER_MAP))?;
-        let stats = PerCpuArray::try_from(take(STATS_MAP)?).map_err(map_error(STATS_MAP))?;
+            Array::try_from(Map::Array(ino_filter)).map_err(map_error(INO_FILTER_MAP))?;
+        let stats = PerCpuArray::try_from(Map::PerCpuArray(stats)).map_err(map_error(STATS_MAP))?;
+        let bases = HashMap::try_from(Map::HashMap(bases)).map_err(map_error(BASES_MAP))?;
 
         let epoll = epoll_create()?;
         epoll_add(&epoll, ring.as_raw_fd(), EPOLL_RING)?;
-        if let Some(logger) = &logger {
+        if let Some(logger) = &loaded.logger {
             epoll_add(&epoll, logger.as_fd().as_raw_fd(), EPOLL_LOG)?;
         }
         let seconds = started.elapsed().as_secs_f64();
@@ -323,6 +355,7 @@ impl Probes {
             prefix = %options.cgroup_prefix,
             ring_bytes = options.ring_bytes,
             hooks = hook_mode.as_str(),
+            reused,
             "eBPF capture probes attached"
         );
         Ok(Probes {
@@ -331,12 +364,79 @@ impl Probes {
             streams,
             ino_filter,
             stats,
+            bases,
             hook_mode,
-            logger,
+            reused,
+            logger: loaded.logger,
             epoll,
             stats_exported: None,
-            _ebpf: ebpf,
+            _links: loaded.links,
+            ebpf: loaded.ebpf,
+            _pin_lock: loaded.pin_lock,
         })
+    }
+
+    /// Whether these probes were taken over from an earlier agent's pins: their maps
+    /// hold that agent's streams ([`Self::pinned_streams`]), and their ring what was
+    /// written since it stopped reading.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// The streams the kernel has bound, with the offset of the next byte of each and,
+    /// for a stream bound while its container ran, its base when it was found
+    /// ([`Self::set_base`]).
+    pub fn pinned_streams(&self) -> Result<Vec<(StreamKey, StreamState, Option<u64>)>, ProbeError> {
+        let streams: Vec<(StreamKey, StreamState)> = self
+            .streams
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(STREAMS_MAP))?;
+        streams
+            .into_iter()
+            .map(|(key, state)| {
+                let base = match self.bases.get(&key, 0) {
+                    Ok(base) => Some(base),
+                    Err(MapError::KeyNotFound) => None,
+                    Err(e) => return Err(map_error(BASES_MAP)(e)),
+                };
+                Ok((key, state, base))
+            })
+            .collect()
+    }
+
+    /// Records where the kernel's offset 0 of a stream bound while its container ran
+    /// is in the stream (its seam), so that an agent taking these probes over from
+    /// their pins continues it there.
+    pub fn set_base(
+        &mut self,
+        cgroup_id: u64,
+        stream: Stream,
+        base: u64,
+    ) -> Result<(), ProbeError> {
+        let fd = stream as u32;
+        let mut key = None;
+        for entry in self.streams.iter() {
+            let (k, state) = entry.map_err(map_error(STREAMS_MAP))?;
+            if state.cgroup_id == cgroup_id && state.stream == fd {
+                key = Some(k);
+            }
+        }
+        match key {
+            Some(key) => self
+                .bases
+                .insert(key, base, 0)
+                .map_err(map_error(BASES_MAP)),
+            None => Ok(()),
+        }
+    }
+
+    /// The cgroups the kernel watches.
+    pub fn watched_cgroups(&self) -> Result<Vec<u64>, ProbeError> {
+        self.watched
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(WATCHED_MAP))
     }
 
     /// The hooks the write path runs on.
@@ -346,10 +446,12 @@ impl Probes {
 
     /// Each loaded program's runs and the time spent in it, as the kernel counts them
     /// while `kernel.bpf_stats_enabled` is 1 (off by default: it costs two clock reads
-    /// per run). For benchmarks.
+    /// per run). For benchmarks; empty for probes taken over from pins.
     pub fn program_runs(&self) -> Vec<(String, u64, Duration)> {
-        self._ebpf
-            .programs()
+        let Some(ebpf) = &self.ebpf else {
+            return Vec::new();
+        };
+        ebpf.programs()
             .filter_map(|(name, program)| {
                 let info = program.info().ok()?;
                 Some((name.to_owned(), info.run_count(), info.run_time()))
@@ -381,7 +483,7 @@ impl Probes {
                 cgroup_id,
                 offset: 0,
                 stream: fd,
-                _pad: 0,
+                origin: ORIGIN_RUNNING,
             };
             // Before the stream exists: the write hooks look at the filter first.
             self.ino_filter
@@ -415,6 +517,13 @@ impl Probes {
             }
         }
         for key in keys {
+            // The base first: a base is only ever of a stream in the map.
+            match self.bases.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_error(BASES_MAP)(e)),
+            }
             match self.streams.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(MapError::SyscallError(e))
@@ -528,25 +637,285 @@ fn program_error(name: &'static str) -> impl FnOnce(aya::programs::ProgramError)
     }
 }
 
+/// Loads the object and attaches its programs; with `pin`, pins the maps and links in
+/// that (stamp) directory, which must not exist yet.
+fn load_fresh(
+    object: &[u8],
+    config: &ProbeConfig,
+    options: &ProbeOptions,
+    pin: Option<&Path>,
+) -> Result<Loaded, ProbeError> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(RING_MAP, options.ring_bytes)
+        .override_global(CONFIG_GLOBAL, config, true)
+        .load(object)
+        .map_err(|e| ProbeError::Load(Box::new(e)))?;
+    let logger = match EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(logger),
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF diagnostics will not be forwarded");
+            None
+        }
+    };
+    // The maps first: a directory that takes no pin is known before anything is
+    // attached (a link whose pin fails is detached, see `pin_links`).
+    if let Some(dir) = pin {
+        pin_maps(&ebpf, dir)?;
+    }
+    let mut links = Vec::new();
+    for (name, category, tracepoint) in LIFECYCLE_PROGRAMS {
+        links.push((
+            name,
+            attach_tracepoint(&mut ebpf, name, category, tracepoint)?,
+        ));
+    }
+    let hook_mode = match options.hooks {
+        CaptureHooks::Tracepoint => {
+            links.push((
+                RAW_TRACEPOINT_PROGRAM.0,
+                attach_syscall_tracepoints(&mut ebpf)?,
+            ));
+            HookMode::Tracepoint
+        }
+        CaptureHooks::Auto => match attach_trampolines(&mut ebpf) {
+            Ok(trampolines) => {
+                links.extend(trampolines);
+                HookMode::Fentry
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "no BPF trampolines on this kernel: capture's write path uses syscall \
+                     tracepoints, which slow down every syscall of every task on the node"
+                );
+                links.push((
+                    RAW_TRACEPOINT_PROGRAM.0,
+                    attach_syscall_tracepoints(&mut ebpf)?,
+                ));
+                HookMode::Tracepoint
+            }
+        },
+    };
+    let links = match pin {
+        Some(dir) => pin_links(links, dir)?,
+        None => links.into_iter().map(|(_, link)| link).collect(),
+    };
+    let mut take = |name: &'static str| match ebpf.take_map(name) {
+        Some(Map::RingBuf(m) | Map::HashMap(m) | Map::Array(m) | Map::PerCpuArray(m)) => Ok(m),
+        _ => Err(ProbeError::Options(format!(
+            "the object has no map {name} of the expected type"
+        ))),
+    };
+    let maps = [
+        take(RING_MAP)?,
+        take(WATCHED_MAP)?,
+        take(STREAMS_MAP)?,
+        take(INO_FILTER_MAP)?,
+        take(STATS_MAP)?,
+        take(BASES_MAP)?,
+    ];
+    Ok(Loaded {
+        ebpf: Some(ebpf),
+        pin_lock: None,
+        maps,
+        links,
+        hook_mode,
+        logger,
+    })
+}
+
+/// Takes over the probes pinned in `dir` with this layout, or loads and pins fresh
+/// ones when there are none (any other layout there is removed first: see `pin`).
+/// A directory that takes no pins (not bpffs, read-only) leaves the probes unpinned.
+fn load_pinned(
+    object: &[u8],
+    config: &ProbeConfig,
+    options: &ProbeOptions,
+    dir: &Path,
+) -> Result<Loaded, ProbeError> {
+    let count = |result: &'static str| {
+        metrics::counter!(CAPTURE_PIN_STARTS_TOTAL, "result" => result).increment(1);
+    };
+    let lock = match pin::lock(dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            count(if e.kind() == io::ErrorKind::WouldBlock {
+                "locked"
+            } else {
+                "failed"
+            });
+            tracing::warn!(dir = %dir.display(), error = %e, "the pin directory cannot be locked (another agent uses it, or it cannot be made): capture runs unpinned, its pins left alone");
+            return load_fresh(object, config, options, None);
+        }
+    };
+    let mut loaded = load_layout(object, config, options, dir)?;
+    loaded.pin_lock = Some(lock);
+    Ok(loaded)
+}
+
+/// [`load_pinned`] once the directory is locked.
+fn load_layout(
+    object: &[u8],
+    config: &ProbeConfig,
+    options: &ProbeOptions,
+    dir: &Path,
+) -> Result<Loaded, ProbeError> {
+    let count = |result: &'static str| {
+        metrics::counter!(CAPTURE_PIN_STARTS_TOTAL, "result" => result).increment(1);
+    };
+    let stamp = pin::layout_stamp(object, config, options.ring_bytes, options.hooks);
+    let layout = dir.join(&stamp);
+    let scan = pin::scan(dir, &stamp).map_err(|source| ProbeError::Io {
+        context: format!("listing the pin directory {}", dir.display()),
+        source,
+    })?;
+    for stale in &scan.stale {
+        tracing::warn!(pins = %stale.display(), layout = %stamp, "probes pinned by an agent with another layout (other probes or capture settings): removed; capture starts afresh, running containers from their CRI logs");
+        count("layout_changed");
+        if let Err(e) = pin::remove(stale) {
+            tracing::warn!(pins = %stale.display(), error = %e, "removing stale pins: their probes may still capture beside these");
+        }
+    }
+    if scan.current.is_some() {
+        let lifecycle = LIFECYCLE_PROGRAMS.map(|(name, _, _)| name);
+        let trampolines = TRAMPOLINE_PROGRAMS.map(|(name, _)| name);
+        let reused = pin::pinned_hooks(&layout, &lifecycle, &trampolines, RAW_TRACEPOINT_PROGRAM.0)
+            .ok_or_else(|| "a pin is missing".to_owned())
+            .and_then(|mode| open_pins(&layout, mode));
+        match reused {
+            Ok(loaded) => {
+                count("reused");
+                tracing::info!(pins = %layout.display(), "taking over the probes an earlier agent left pinned");
+                return Ok(loaded);
+            }
+            Err(detail) => {
+                count("incomplete");
+                tracing::warn!(pins = %layout.display(), error = %detail, "pinned probes unusable: removed, capture starts afresh");
+                if let Err(e) = pin::remove(&layout) {
+                    return Err(ProbeError::Io {
+                        context: format!("removing unusable pins in {}", layout.display()),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+    let created = std::fs::create_dir_all(&layout).map_err(|e| ProbeError::Pin {
+        dir: layout.clone(),
+        detail: e.to_string(),
+    });
+    match created.and_then(|()| load_fresh(object, config, options, Some(&layout))) {
+        Ok(loaded) => {
+            count("created");
+            Ok(loaded)
+        }
+        Err(ProbeError::Pin { dir, detail }) => {
+            count("failed");
+            tracing::warn!(dir = %dir.display(), error = %detail, "the probes cannot be pinned (is a bpffs mounted there?): capture runs, but a restarted agent starts afresh");
+            let _ = pin::remove(&layout);
+            load_fresh(object, config, options, None)
+        }
+        Err(e) => {
+            let _ = pin::remove(&layout);
+            Err(e)
+        }
+    }
+}
+
+/// Opens the maps and links pinned in `dir`. The links are held open, as a fresh
+/// load holds its own: pins removed while this agent runs (by hand, or by another
+/// agent) detach nothing before it exits.
+fn open_pins(dir: &Path, hook_mode: HookMode) -> Result<Loaded, String> {
+    let mut programs: Vec<&str> = LIFECYCLE_PROGRAMS.iter().map(|(n, _, _)| *n).collect();
+    match hook_mode {
+        HookMode::Fentry => programs.extend(TRAMPOLINE_PROGRAMS.map(|(n, _)| n)),
+        HookMode::Tracepoint => programs.push(RAW_TRACEPOINT_PROGRAM.0),
+    }
+    let mut links = Vec::new();
+    for program in programs {
+        let path = pin::link_pin(dir, program);
+        let link = PinnedLink::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let link = FdLink::from(link);
+        link.info()
+            .map_err(|e| format!("{}: not a link: {e}", path.display()))?;
+        links.push(link);
+    }
+    let open = |name: &str| MapData::from_pin(dir.join(name)).map_err(|e| format!("{name}: {e}"));
+    let maps = [
+        open(RING_MAP)?,
+        open(WATCHED_MAP)?,
+        open(STREAMS_MAP)?,
+        open(INO_FILTER_MAP)?,
+        open(STATS_MAP)?,
+        open(BASES_MAP)?,
+    ];
+    Ok(Loaded {
+        ebpf: None,
+        pin_lock: None,
+        maps,
+        links,
+        hook_mode,
+        // aya-log reads a buffer its `Ebpf` owns; the pinned programs' diagnostics
+        // are not forwarded (they are only debug and info messages).
+        logger: None,
+    })
+}
+
+fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<(), ProbeError> {
+    for name in pin::PINNED_MAPS {
+        let map = ebpf
+            .map(name)
+            .ok_or_else(|| ProbeError::Options(format!("the object has no map {name}")))?;
+        map.pin(dir.join(name)).map_err(|e| ProbeError::Pin {
+            dir: dir.to_owned(),
+            detail: format!("map {name}: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
+/// Pins every link in `dir`. A link whose pin fails is detached (aya drops it): the
+/// error makes the caller load again, unpinned.
+fn pin_links(links: Vec<(&'static str, FdLink)>, dir: &Path) -> Result<Vec<FdLink>, ProbeError> {
+    links
+        .into_iter()
+        .map(|(name, link)| {
+            link.pin(pin::link_pin(dir, name))
+                .map(FdLink::from)
+                .map_err(|e| ProbeError::Pin {
+                    dir: dir.to_owned(),
+                    detail: format!("link of {name}: {e}"),
+                })
+        })
+        .collect()
+}
+
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
     name: &'static str,
     category: &str,
     tracepoint: &str,
-) -> Result<(), ProbeError> {
+) -> Result<FdLink, ProbeError> {
     let program: &mut TracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| ProbeError::Options(format!("the object has no program {name}")))?
         .try_into()
         .map_err(program_error(name))?;
     program.load().map_err(program_error(name))?;
-    program
+    let id = program
         .attach(category, tracepoint)
         .map_err(program_error(name))?;
-    Ok(())
+    let link = program.take_link(id).map_err(program_error(name))?;
+    // A BPF link on 5.15+ (bpf_link_create for perf events), which the write path
+    // needs anyway; older kernels attach with an ioctl, which cannot be pinned.
+    FdLink::try_from(link).map_err(|e| {
+        ProbeError::Options(format!(
+            "{name}: the tracepoint is not attached through a BPF link (kernel before 5.15?): {e}"
+        ))
+    })
 }
 
-fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<FdLink, ProbeError> {
     let (name, tracepoint) = RAW_TRACEPOINT_PROGRAM;
     let program: &mut RawTracePoint = ebpf
         .program_mut(name)
@@ -554,27 +923,34 @@ fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         .try_into()
         .map_err(program_error(name))?;
     program.load().map_err(program_error(name))?;
-    program.attach(tracepoint).map_err(program_error(name))?;
-    Ok(())
+    let id = program.attach(tracepoint).map_err(program_error(name))?;
+    Ok(program.take_link(id).map_err(program_error(name))?.into())
 }
 
 /// Loads and attaches the trampoline programs, all or none: on an error, those already
 /// attached are detached again (the tracepoints then take over, and no write may be
 /// captured twice).
-fn attach_trampolines(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+fn attach_trampolines(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, FdLink)>, ProbeError> {
     let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+    let mut links = Vec::new();
     for (i, (name, function)) in TRAMPOLINE_PROGRAMS.into_iter().enumerate() {
-        if let Err(e) = attach_trampoline(ebpf, &btf, name, function) {
-            for (loaded, _) in &TRAMPOLINE_PROGRAMS[..=i] {
-                if let Some(Ok(program)) = ebpf.program_mut(loaded).map(<&mut FExit>::try_from) {
-                    // Fails only for a program that never loaded: nothing to undo.
-                    let _ = program.unload();
+        match attach_trampoline(ebpf, &btf, name, function) {
+            Ok(link) => links.push((name, link)),
+            Err(e) => {
+                // Dropping a link detaches its program.
+                drop(links);
+                for (loaded, _) in &TRAMPOLINE_PROGRAMS[..=i] {
+                    if let Some(Ok(program)) = ebpf.program_mut(loaded).map(<&mut FExit>::try_from)
+                    {
+                        // Fails only for a program that never loaded: nothing to undo.
+                        let _ = program.unload();
+                    }
                 }
+                return Err(e);
             }
-            return Err(e);
         }
     }
-    Ok(())
+    Ok(links)
 }
 
 fn attach_trampoline(
@@ -582,15 +958,15 @@ fn attach_trampoline(
     btf: &Btf,
     name: &'static str,
     function: &str,
-) -> Result<(), ProbeError> {
+) -> Result<FdLink, ProbeError> {
     let program: &mut FExit = ebpf
         .program_mut(name)
         .ok_or_else(|| ProbeError::Options(format!("the object has no program {name}")))?
         .try_into()
         .map_err(program_error(name))?;
     program.load(function, btf).map_err(program_error(name))?;
-    program.attach().map_err(program_error(name))?;
-    Ok(())
+    let id = program.attach().map_err(program_error(name))?;
+    Ok(program.take_link(id).map_err(program_error(name))?.into())
 }
 
 fn probe_config(options: &ProbeOptions) -> Result<ProbeConfig, ProbeError> {

@@ -11,14 +11,17 @@ use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::probe::{ProbeEvent, ProbeOptions, Probes};
+use super::probe::{Pinning, ProbeEvent, ProbeOptions, Probes};
+use super::stage::{PinnedState, PinnedStream};
 use super::{CaptureStage, CapturedContainer, Claims, ContainerResolver, EventFeed};
 use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
 use crate::discovery::{ContainerRegistry, ContainerState};
+use crate::frame::Stream;
 use crate::metrics::catalogue::CAPTURE_UP;
 use crate::pipeline::Input;
 use crate::select::{CompiledSelector, ContainerFactsSource, Facts};
+use logtap_ebpf_common::ORIGIN_RUNNING;
 
 impl EventFeed for Probes {
     fn poll(
@@ -37,6 +40,53 @@ impl EventFeed for Probes {
 
     fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> std::io::Result<()> {
         Probes::watch_existing(self, cgroup_id, pid).map_err(std::io::Error::other)
+    }
+
+    fn set_base(&mut self, cgroup_id: u64, stream: Stream, base: u64) {
+        if let Err(e) = Probes::set_base(self, cgroup_id, stream, base) {
+            // Only an agent taking these probes over needs it; it then leaves the
+            // stream on its CRI log.
+            tracing::warn!(cgroup_id, error = %e, "recording a stream's seam in the kernel's maps");
+        }
+    }
+
+    fn pinned(&mut self) -> PinnedState {
+        if !self.reused() {
+            return PinnedState::default();
+        }
+        let read = self.watched_cgroups().and_then(|cgroups| {
+            let streams = self.pinned_streams()?;
+            Ok((cgroups, streams))
+        });
+        let (cgroups, streams) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                // Nothing taken over: running containers are bound again below, from
+                // their logs; the seam places their kernel numbering (which stays the
+                // earlier agent's) or leaves them on their logs.
+                tracing::warn!(error = %e, "reading the pinned probes' streams: none taken over");
+                return PinnedState::default();
+            }
+        };
+        let streams = streams
+            .into_iter()
+            .filter_map(|(_, state, base)| {
+                Some(PinnedStream {
+                    cgroup_id: state.cgroup_id,
+                    stream: match state.stream {
+                        1 => Stream::Stdout,
+                        2 => Stream::Stderr,
+                        _ => return None,
+                    },
+                    offset: state.offset,
+                    base: match state.origin {
+                        ORIGIN_RUNNING => base,
+                        _ => Some(0),
+                    },
+                })
+            })
+            .collect();
+        PinnedState { cgroups, streams }
     }
 }
 
@@ -100,6 +150,10 @@ impl CaptureThread {
             ring_bytes: options.ring_bytes,
             cgroup_prefix: options.cgroup_prefix.clone(),
             max_records_per_write: options.max_records_per_write,
+            pinning: match &options.pin_dir {
+                Some(dir) => Pinning::Keep(dir.clone()),
+                None => Pinning::Remove(options.configured_pin_dir.clone()),
+            },
         }) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -140,7 +194,9 @@ impl CaptureThread {
             }
         }
         // Before the file source starts (the caller starts it after this returns):
-        // the logs of the containers bound here are claimed before it looks.
+        // the logs of the containers taken over or bound here are claimed before it
+        // looks.
+        stage.resume_pinned();
         stage.bind_running(Path::new("/proc"));
         let thread = std::thread::Builder::new()
             .name("logtap-capture".into())

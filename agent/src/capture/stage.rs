@@ -30,10 +30,12 @@
 //!
 //! # Restart
 //!
-//! Probe state does not outlive the agent, so a stream checkpointed by an earlier run
-//! continues from its CRI log, at its checkpointed stream offset: bytes written while
-//! the agent was down are read, none twice. When its container still runs, it is bound
-//! again at start-up and capture takes over at the seam.
+//! With pinned probes (`capture.pin`) the kernel's streams outlive the agent: the next
+//! one takes them over where this one stopped ([`CaptureStage::resume_pinned`], see
+//! `resume`). Without, a stream checkpointed by an earlier run continues from its CRI
+//! log, at its checkpointed stream offset: bytes written while the agent was down are
+//! read, none twice. When its container still runs, it is bound again at start-up and
+//! capture takes over at the seam.
 
 use std::collections::HashMap;
 use std::io;
@@ -100,6 +102,15 @@ pub trait EventFeed: Send {
     /// Watch a cgroup that existed before the probes, and bind the pipes at fd 1 and
     /// 2 of its process `pid`, numbered from 0 now.
     fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> io::Result<()>;
+    /// The streams and cgroups of probes taken over from an earlier agent's pins;
+    /// empty for probes loaded afresh.
+    fn pinned(&mut self) -> PinnedState {
+        PinnedState::default()
+    }
+    /// The seam of a stream bound while its container ran was found: `base` is the
+    /// stream offset of the kernel's offset 0 (kept for an agent that takes the
+    /// probes over).
+    fn set_base(&mut self, _cgroup_id: u64, _stream: Stream, _base: u64) {}
 }
 
 /// What capture needs to know about the container behind a cgroup.
@@ -730,6 +741,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         };
         tracing::info!(source = %id, base, shipped = entry.assembler.next_offset(), "capture takes over a running container's stream at its seam");
         entry.base = base;
+        if let Some(cgroup_id) = entry.cgroup {
+            self.feed.set_base(cgroup_id, entry.stream, base);
+        }
         // The log has shipped the stream up to here; capture ships the rest, its holes
         // repaired from the log as any other stream's.
         entry.follow_until = None;
@@ -1123,6 +1137,10 @@ fn stream_identity(path: &Path) -> FileIdentity {
 #[cfg(test)]
 #[path = "stage_tests.rs"]
 mod tests;
+
+#[path = "resume.rs"]
+mod resume;
+pub use resume::{PinnedState, PinnedStream};
 
 fn realtime_offset_ns() -> i64 {
     let read = |clock| {

@@ -470,6 +470,11 @@ pub struct CaptureConfig {
     pub repair_wait: Duration,
     pub claim_wait: Duration,
     pub max_pending: usize,
+    /// The bpffs directory where the probes stay pinned across restarts; `None`:
+    /// `pin: false` (pins an earlier run left in `pin_dir` are removed).
+    pub pin_dir: Option<PathBuf>,
+    /// `pin_dir` as configured, whether or not pinning is on.
+    pub configured_pin_dir: PathBuf,
 }
 
 impl Config {

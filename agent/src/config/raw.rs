@@ -214,6 +214,14 @@ pub struct RawCapture {
     /// from the CRI log instead.
     #[serde(default = "default_max_pending")]
     pub max_pending: String,
+    /// Keep the probes' maps and links pinned in bpffs (`pin_dir`) when the agent
+    /// stops, so a restarted agent continues capture where this one stopped. `false`
+    /// removes pins an earlier run left there.
+    #[serde(default)]
+    pub pin: bool,
+    /// Where the pins are: a directory on a bpffs mount.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: String,
 }
 
 impl Default for RawCapture {
@@ -229,6 +237,8 @@ impl Default for RawCapture {
             repair_wait: default_repair_wait(),
             claim_wait: default_claim_wait(),
             max_pending: default_max_pending(),
+            pin: false,
+            pin_dir: default_pin_dir(),
         }
     }
 }
@@ -487,6 +497,10 @@ fn default_reorder_grace() -> String {
 fn default_repair_wait() -> String {
     "10s".into()
 }
+fn default_pin_dir() -> String {
+    "/sys/fs/bpf/logtap".to_owned()
+}
+
 fn default_claim_wait() -> String {
     "5s".into()
 }

@@ -680,6 +680,39 @@ fn capture_hooks_default_to_auto_and_take_tracepoint_or_nothing_else() {
 }
 
 #[test]
+fn capture_pins_are_off_by_default_and_their_directory_must_be_absolute() {
+    let yaml = |pin: &str| {
+        format!(
+            "sources:\n  - name: pods\n    include: [\"/x/*.log\"]\n    format: cri\nsinks:\n  local: {{type: stdout}}\ncapture:\n  enabled: true\n{pin}"
+        )
+    };
+    let pins = |text: &str| {
+        Config::parse(&yaml(text), "t.yaml").map(|c| {
+            let c = c.capture.unwrap();
+            (c.pin_dir, c.configured_pin_dir)
+        })
+    };
+    let default = PathBuf::from("/sys/fs/bpf/logtap");
+    assert_eq!(pins("").unwrap(), (None, default.clone()));
+    assert_eq!(
+        pins("  pin: true\n").unwrap(),
+        (Some(default.clone()), default)
+    );
+    let elsewhere = PathBuf::from("/sys/fs/bpf");
+    assert_eq!(
+        pins("  pin: true\n  pin_dir: /sys/fs/bpf\n").unwrap(),
+        (Some(elsewhere.clone()), elsewhere)
+    );
+    for bad in ["bpf/logtap", "/", "/sys/fs/bpf/../logtap", ""] {
+        let err = pins(&format!("  pin: true\n  pin_dir: \"{bad}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capture.pin_dir"), "{bad}: {err}");
+        assert!(err.contains("bpffs"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn syslog_inputs_listen_on_tcp_udp_or_unix() {
     let yaml = "sources:\n\
         \x20 - {name: t, type: syslog, listen: \"tcp://127.0.0.1:5514\", max_line_size: 8KiB}\n\

@@ -358,6 +358,21 @@ impl Validator {
                 format!("{}: must be from 1 to 16", raw.max_records_per_write),
             ));
         }
+        let pin_dir = std::path::PathBuf::from(&raw.pin_dir);
+        if !pin_dir.is_absolute()
+            || pin_dir.parent().is_none()
+            || pin_dir
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(self.invalid(
+                "capture.pin_dir",
+                format!(
+                    "{:?}: must be an absolute directory below a bpffs mount (e.g. /sys/fs/bpf/logtap), without `..`",
+                    raw.pin_dir
+                ),
+            ));
+        }
         Ok(Some(CaptureConfig {
             source,
             source_name: sources[source].name.clone(),
@@ -369,6 +384,8 @@ impl Validator {
             repair_wait: self.interval("capture.repair_wait", &raw.repair_wait)?,
             claim_wait: self.duration("capture.claim_wait", &raw.claim_wait)?,
             max_pending: self.size("capture.max_pending", &raw.max_pending)? as usize,
+            pin_dir: raw.pin.then(|| pin_dir.clone()),
+            configured_pin_dir: pin_dir,
         }))
     }
 

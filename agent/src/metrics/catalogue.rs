@@ -185,6 +185,10 @@ catalogue! {
         "captured cgroups found gone without their removal record (lost to a full ring): their streams were ended";
     CAPTURE_SEAMS_TOTAL = "logtap_capture_seams_total", Counter, Some(Unit::Count),
         "Streams of containers running before the agent started, by how capture took over from their CRI log (result: exact, ambiguous, no_match, unfinished)";
+    CAPTURE_PIN_STARTS_TOTAL = "logtap_capture_pin_starts_total", Counter, Some(Unit::Count),
+        "Loads of the probes by what they found in the pin directory (result: reused, created, layout_changed, incomplete, removed, locked, failed)";
+    CAPTURE_RESUMED_STREAMS_TOTAL = "logtap_capture_resumed_streams_total", Counter, Some(Unit::Count),
+        "Streams taken over from the probes' pinned maps at start, by where they continue (to: capture, log)";
     KUBE_PODS_CACHED = "logtap_kube_pods_cached", Gauge, Some(Unit::Count),
         "Pods of this node in the metadata cache, deleted ones in their grace period included";
     KUBE_API_UP = "logtap_kube_api_up", Gauge, Some(Unit::Count),
