@@ -11,6 +11,8 @@
 //!   ([`ProbeEvent`]).
 //! - `tracefs`, `btf`: the load-time facts the probes need from the running kernel
 //!   (tracepoint field offsets; struct member offsets).
+//! - `runs`: the records of one drain of the ring, each stream's consecutive records
+//!   joined into one chunk.
 //! - `stream`: a container stream put back in offset order, holes found.
 //! - `cri_log`: the repair path, a stream read back from its CRI log by offset.
 //! - `existing`: containers running when the agent starts, found in `/proc`.
@@ -37,6 +39,7 @@ mod btf;
 mod cri_log;
 mod existing;
 pub mod probe;
+mod runs;
 mod seam;
 mod spawn;
 mod stage;

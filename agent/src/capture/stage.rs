@@ -49,6 +49,7 @@ use super::Claims;
 use super::cri_log::CriStreamReader;
 use super::existing;
 use super::probe::ProbeEvent;
+use super::runs::{RecordRun, RunGatherer};
 use super::seam::{Decision, Seam};
 use super::stream::{Run, StreamAssembler};
 use crate::checkpoint::SharedRegistry;
@@ -132,7 +133,7 @@ struct StreamEntry {
     /// Read from the log, not used yet (the reader cannot go back).
     read_ahead: Vec<Run>,
     /// Bytes that arrived in order, not handed on yet: one chunk per burst.
-    staged: BytesMut,
+    staged: Staged,
     /// The stream offset of `staged`'s first byte.
     staged_offset: u64,
     staged_time_ns: i64,
@@ -184,6 +185,16 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     /// `bound`.
     declined: std::collections::HashSet<(u64, Stream)>,
     streams: HashMap<SourceId, StreamEntry>,
+    /// The stream of the last run handled and its source: a cache of `bound`
+    /// (runs of one stream tend to follow each other). Cleared whenever an entry
+    /// leaves `bound`.
+    last_bound: Option<((u64, Stream), SourceId)>,
+    /// Ring records of the current poll, gathered into runs.
+    gatherer: RunGatherer,
+    /// The runs of the current poll (kept for its allocation).
+    polled: Vec<RecordRun>,
+    /// Records and bytes of bound streams since the metrics were last updated.
+    counts: RecordCounts,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to date records by their kernel time.
     realtime_offset_ns: i64,
     runs: Vec<Run>,
@@ -222,6 +233,10 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             bound: HashMap::new(),
             declined: std::collections::HashSet::new(),
             streams: HashMap::new(),
+            last_bound: None,
+            gatherer: RunGatherer::default(),
+            polled: Vec::new(),
+            counts: RecordCounts::default(),
             realtime_offset_ns: realtime_offset_ns(),
             runs: Vec::new(),
             last_tick: Instant::now(),
@@ -258,11 +273,10 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
 
     /// One round: events for up to `timeout`, then the periodic checks when due.
     pub fn poll_once(&mut self, timeout: Duration) -> io::Result<()> {
-        // Events borrow the ring buffer: copy them out (data into one arena, so a
-        // record costs no allocation of its own), then handle them.
+        // Events borrow the ring buffer: copy them out, data gathered into runs (see
+        // `runs`: a record costs a compare and a copy), then handle them.
         let mut events: Vec<OwnedEvent> = Vec::new();
-        let mut data: Vec<(u64, Stream, u64, Bytes, u64)> = Vec::new();
-        let mut arena = BytesMut::new();
+        let gatherer = &mut self.gatherer;
         self.feed.poll(timeout, &mut |event| match event {
             ProbeEvent::Data {
                 cgroup_id,
@@ -271,12 +285,11 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 bytes,
                 ktime_ns,
                 ..
-            } => {
-                arena.extend_from_slice(bytes);
-                data.push((cgroup_id, stream, offset, arena.split().freeze(), ktime_ns));
-            }
+            } => gatherer.record(cgroup_id, stream, offset, bytes, ktime_ns),
             other => events.extend(OwnedEvent::from(other)),
         })?;
+        let mut runs = std::mem::take(&mut self.polled);
+        self.gatherer.take(&mut runs);
         let now = Instant::now();
         // Lifecycle events and data keep their relative order only per kind; a stream
         // is bound before its first byte is written, and removed after its last, so
@@ -287,9 +300,11 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         {
             self.lifecycle(e);
         }
-        for (cgroup_id, stream, offset, bytes, ktime_ns) in data {
-            self.data(cgroup_id, stream, offset, bytes, ktime_ns, now);
+        for run in runs.drain(..) {
+            self.data(run, now);
         }
+        self.polled = runs;
+        self.counts.flush();
         for e in events
             .iter()
             .filter(|e| matches!(e, OwnedEvent::Removed { .. }))
@@ -335,6 +350,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 let now = Instant::now();
                 for stream in [Stream::Stdout, Stream::Stderr] {
                     self.declined.remove(&(*cgroup_id, stream));
+                    self.last_bound = None;
                     if let Some(id) = self.bound.remove(&(*cgroup_id, stream))
                         && let Some(entry) = self.streams.get_mut(&id)
                     {
@@ -552,35 +568,29 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         })
     }
 
-    fn data(
-        &mut self,
-        cgroup_id: u64,
-        stream: Stream,
-        offset: u64,
-        bytes: Bytes,
-        ktime_ns: u64,
-        now: Instant,
-    ) {
-        if !self.bound.contains_key(&(cgroup_id, stream)) {
-            // Only a record of a stream not bound asks about declined ones: the bound
-            // streams' records (nearly all) pay one lookup, as before.
-            if self.declined.contains(&(cgroup_id, stream)) {
-                return;
+    /// A run of records of one stream (see `runs`).
+    fn data(&mut self, run: RecordRun, now: Instant) {
+        let RecordRun {
+            cgroup_id,
+            stream,
+            offset,
+            bytes,
+            records,
+            ktime_ns,
+        } = run;
+        let id = match self.last_bound {
+            Some((key, id)) if key == (cgroup_id, stream) => id,
+            _ => {
+                let Some(id) = self.bound_source(cgroup_id, stream, records) else {
+                    return;
+                };
+                self.last_bound = Some(((cgroup_id, stream), id));
+                id
             }
-            if self.cgroups.contains_key(&cgroup_id) {
-                // The kernel bound it (it sends its bytes) but the binding record was
-                // lost to a full ring: bound here, from offset 0; holes are repaired
-                // from the log.
-                self.bind(cgroup_id, stream);
-            }
-        }
-        let Some(&id) = self.bound.get(&(cgroup_id, stream)) else {
-            metrics::counter!(CAPTURE_UNBOUND_RECORDS_TOTAL).increment(1);
-            return;
         };
         let len = bytes.len() as u64;
-        metrics::counter!(CAPTURE_RECORDS_TOTAL).increment(1);
-        metrics::counter!(CAPTURE_BYTES_TOTAL).increment(len);
+        self.counts.records += records;
+        self.counts.bytes += len;
         let written_ns = ktime_ns as i64 + self.realtime_offset_ns;
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
@@ -600,7 +610,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 entry.staged_offset = offset;
                 entry.staged_time_ns = written_ns;
             }
-            entry.staged.extend_from_slice(&bytes);
+            entry.staged.push(bytes);
             a.advance_in_order(len);
             if entry.staged.len() >= STAGE_BYTES {
                 self.hand_on_staged(id);
@@ -615,14 +625,36 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         self.hand_on_runs(id);
     }
 
+    /// The source of a stream's records; `None` when they are not shipped (declined,
+    /// or unbound: counted).
+    fn bound_source(&mut self, cgroup_id: u64, stream: Stream, records: u64) -> Option<SourceId> {
+        if !self.bound.contains_key(&(cgroup_id, stream)) {
+            // Only a record of a stream not bound asks about declined ones: the bound
+            // streams' records (nearly all) pay one lookup, as before.
+            if self.declined.contains(&(cgroup_id, stream)) {
+                return None;
+            }
+            if self.cgroups.contains_key(&cgroup_id) {
+                // The kernel bound it (it sends its bytes) but the binding record was
+                // lost to a full ring: bound here, from offset 0; holes are repaired
+                // from the log.
+                self.bind(cgroup_id, stream);
+            }
+        }
+        let id = self.bound.get(&(cgroup_id, stream)).copied();
+        if id.is_none() {
+            metrics::counter!(CAPTURE_UNBOUND_RECORDS_TOTAL).increment(records);
+        }
+        id
+    }
+
     fn hand_on_staged(&mut self, id: SourceId) {
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
         };
-        if entry.staged.is_empty() {
+        let Some(chunk) = entry.staged.take() else {
             return;
-        }
-        let chunk = entry.staged.split().freeze();
+        };
         let (offset, time) = (entry.staged_offset, entry.staged_time_ns);
         self.pipeline.data(id, offset, chunk, Some(time));
     }
@@ -988,7 +1020,7 @@ impl StreamEntry {
             log_path,
             reader: None,
             read_ahead: Vec::new(),
-            staged: BytesMut::new(),
+            staged: Staged::default(),
             staged_offset: start,
             staged_time_ns: 0,
             follow_until: None,
@@ -1000,6 +1032,70 @@ impl StreamEntry {
             base: 0,
             log_only: false,
         }
+    }
+}
+
+/// In-order bytes of a stream waiting to be handed on as one chunk. A single run is
+/// kept as it came (no copy); only a second run in the same burst copies them into
+/// one buffer.
+#[derive(Default)]
+enum Staged {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Staged {
+    fn is_empty(&self) -> bool {
+        matches!(self, Staged::Empty)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Staged::Empty => 0,
+            Staged::One(b) => b.len(),
+            Staged::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        match self {
+            Staged::Empty => *self = Staged::One(bytes),
+            Staged::One(first) => {
+                let mut many = BytesMut::with_capacity((first.len() + bytes.len()).max(4096));
+                many.extend_from_slice(first);
+                many.extend_from_slice(&bytes);
+                *self = Staged::Many(many);
+            }
+            Staged::Many(many) => many.extend_from_slice(&bytes),
+        }
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        match std::mem::take(self) {
+            Staged::Empty => None,
+            Staged::One(b) => Some(b),
+            Staged::Many(b) => Some(b.freeze()),
+        }
+    }
+}
+
+/// Records and bytes of bound streams, added to the metrics once per poll rather
+/// than once per record (a counter's registry lookup cost more than the record).
+#[derive(Default)]
+struct RecordCounts {
+    records: u64,
+    bytes: u64,
+}
+
+impl RecordCounts {
+    fn flush(&mut self) {
+        if self.records > 0 {
+            metrics::counter!(CAPTURE_RECORDS_TOTAL).increment(self.records);
+            metrics::counter!(CAPTURE_BYTES_TOTAL).increment(self.bytes);
+        }
+        *self = RecordCounts::default();
     }
 }
 
