@@ -115,7 +115,6 @@ fn run_scale(
         rate,
         ring_bytes: args.scale_ring_mib << 20,
         outside: false,
-        blocking_wait: true,
     };
     let data_dir = dir.join(format!("data-scale-{}", hooks.as_str()));
     let (config, probes) = load(args, scene, dir, &data_dir, hooks)?;

@@ -73,6 +73,9 @@ const TICK: Duration = Duration::from_millis(50);
 const END_SETTLE: Duration = Duration::from_millis(300);
 /// A staged chunk is handed on at this size even within one batch of events.
 const STAGE_BYTES: usize = 256 * 1024;
+/// Runs at least this large are handed on as they came rather than joined to the
+/// staged bytes (one copy less; framing a chunk of this size costs no more per line).
+const JOIN_BELOW: usize = 16 * 1024;
 /// Stream bytes one stream reads back from its CRI log per tick: a hole of hundreds
 /// of megabytes (a long ring overflow) is repaired in steps, with memory bounded. Only
 /// the step that reaches the hole's end can be checked against the captured bytes
@@ -605,7 +608,14 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         let offset = offset + entry.base;
         let a = &mut entry.assembler;
         if offset == a.next_offset() && a.pending_bytes() == 0 {
-            // The common case: in order. Staged, so a burst is one chunk.
+            // The common case: in order. Small runs (streams whose records interleave
+            // in the ring) are staged, so a burst is one chunk; a large run is a chunk
+            // of its own, not copied again.
+            if bytes.len() >= JOIN_BELOW && !entry.staged.is_empty() {
+                self.hand_on_staged(id);
+            }
+            let entry = self.streams.get_mut(&id).expect("present above");
+            let a = &mut entry.assembler;
             if entry.staged.is_empty() {
                 entry.staged_offset = offset;
                 entry.staged_time_ns = written_ns;
