@@ -671,6 +671,10 @@ impl EventFeed for MeasuredProbes {
         EventFeed::forget(&mut self.probes, cgroup_id);
     }
 
+    fn decline(&mut self, cgroup_id: u64, stream: logtap::frame::Stream) {
+        EventFeed::decline(&mut self.probes, cgroup_id, stream);
+    }
+
     fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> std::io::Result<()> {
         EventFeed::watch_existing(&mut self.probes, cgroup_id, pid)
     }

@@ -16,6 +16,7 @@ use super::{CaptureStage, CapturedContainer, Claims, ContainerResolver, EventFee
 use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
 use crate::discovery::{ContainerRegistry, ContainerState};
+use crate::frame::Stream;
 use crate::metrics::catalogue::CAPTURE_UP;
 use crate::pipeline::Input;
 use crate::select::{CompiledSelector, ContainerFactsSource, Facts};
@@ -32,6 +33,13 @@ impl EventFeed for Probes {
     fn forget(&mut self, cgroup_id: u64) {
         if let Err(e) = Probes::forget(self, cgroup_id) {
             tracing::warn!(cgroup_id, error = %e, "forgetting a removed cgroup in the kernel");
+        }
+    }
+
+    fn decline(&mut self, cgroup_id: u64, stream: Stream) {
+        if let Err(e) = Probes::forget_stream(self, cgroup_id, stream) {
+            // Only a cost: its records are still dropped in userspace.
+            tracing::warn!(cgroup_id, ?stream, error = %e, "forgetting a declined stream in the kernel");
         }
     }
 

@@ -101,6 +101,9 @@ pub trait EventFeed: Send {
     ) -> io::Result<usize>;
     /// The cgroup is gone and handled: the kernel may forget it and its streams.
     fn forget(&mut self, cgroup_id: u64);
+    /// Capture's source does not select this stream: the kernel may stop copying it
+    /// (its cgroup stays watched, so its removal still comes).
+    fn decline(&mut self, cgroup_id: u64, stream: Stream);
     /// Watch a cgroup that existed before the probes, and bind the pipes at fd 1 and
     /// 2 of its process `pid`, numbered from 0 now.
     fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> io::Result<()>;
@@ -420,6 +423,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             );
             metrics::counter!(CAPTURE_STREAMS_DECLINED_TOTAL).increment(1);
             self.declined.insert((cgroup_id, stream));
+            self.feed.decline(cgroup_id, stream);
             return;
         }
         let log_path = container.as_ref().and_then(|c| c.log_path.clone());

@@ -28,6 +28,7 @@ enum Scripted {
 struct ScriptFeed {
     rounds: VecDeque<Vec<Scripted>>,
     forgotten: Vec<u64>,
+    declined: Vec<(u64, Stream)>,
 }
 
 impl EventFeed for ScriptFeed {
@@ -71,6 +72,10 @@ impl EventFeed for ScriptFeed {
 
     fn forget(&mut self, cgroup_id: u64) {
         self.forgotten.push(cgroup_id);
+    }
+
+    fn decline(&mut self, cgroup_id: u64, stream: Stream) {
+        self.declined.push((cgroup_id, stream));
     }
 
     fn watch_existing(&mut self, _cgroup_id: u64, _pid: u32) -> io::Result<()> {
@@ -649,6 +654,11 @@ fn a_container_capture_s_source_does_not_select_is_left_to_its_log() {
         stage.declined.len(),
         1,
         "declined once, not asked again per record"
+    );
+    assert_eq!(
+        stage.feed.declined,
+        [(9, Stream::Stdout)],
+        "the kernel is told to stop copying the stream"
     );
     assert_ne!(
         claims.decide(&fx.log, None, std::time::SystemTime::now()),
