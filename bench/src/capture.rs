@@ -609,9 +609,8 @@ fn run_writer(
     drop(cmd);
     let pid = writer.id() as libc::pid_t;
     // A blocking `wait4`: sampling the writer's RSS every 2 ms (as the other benches
-    // sample their child's) cost the harness up to 0.4 CPU s per GB of 100-byte lines,
-    // which the capture CPU figure would count as capture's; the writer's RSS is not
-    // reported.
+    // sample their child's) is harness work that the capture CPU figure would count as
+    // capture's, and the writer's RSS is not reported.
     let usage = wait_blocking(pid, started)?;
     let status = shim.wait()?;
     if !status.success() {

@@ -57,10 +57,11 @@ use crate::config::CaptureConfig;
 use crate::discovery::PodLogRef;
 use crate::frame::Stream;
 use crate::metrics::catalogue::{
-    CAPTURE_BYTES_TOTAL, CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL,
-    CAPTURE_GAPS_TOTAL, CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL,
-    CAPTURE_REPAIRED_BYTES_TOTAL, CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL,
-    CAPTURE_STREAMS, CAPTURE_STREAMS_DECLINED_TOTAL, CAPTURE_UNBOUND_RECORDS_TOTAL,
+    CAPTURE_BUDGET_SPILLS_TOTAL, CAPTURE_BUFFERED_BYTES, CAPTURE_BYTES_TOTAL,
+    CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL, CAPTURE_GAPS_TOTAL,
+    CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL, CAPTURE_REPAIRED_BYTES_TOTAL,
+    CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAMS,
+    CAPTURE_STREAMS_DECLINED_TOTAL, CAPTURE_UNBOUND_RECORDS_TOTAL,
     CAPTURE_UNREPAIRABLE_BYTES_TOTAL, CAPTURE_WATCHED_CONTAINERS,
 };
 use crate::pipeline::input::{EndReason, Input, Opening};
@@ -311,6 +312,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         }
         self.polled = runs;
         self.counts.flush();
+        self.keep_budget();
         for e in events
             .iter()
             .filter(|e| matches!(e, OwnedEvent::Removed { .. }))
@@ -639,6 +641,35 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         self.hand_on_runs(id);
     }
 
+    /// Keeps the bytes all streams hold waiting behind holes within `max_buffered`
+    /// (each stream's own bound, `max_pending`, times a node's hundreds of streams is
+    /// far more than the agent's memory): beyond it, the streams holding the most
+    /// spill theirs, which their CRI logs then supply (counted as spilled, then as
+    /// repaired; nothing is lost). Checked after every poll, so the bound is exceeded
+    /// at most by what one poll of the ring brings.
+    fn keep_budget(&mut self) {
+        let mut total: usize = self.streams.values().map(StreamEntry::buffered).sum();
+        if total > self.options.max_buffered {
+            let mut largest: Vec<(usize, SourceId)> = self
+                .streams
+                .iter()
+                .map(|(id, e)| (e.assembler.pending_bytes(), *id))
+                .filter(|&(n, _)| n > 0)
+                .collect();
+            largest.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, id) in largest {
+                if total <= self.options.max_buffered {
+                    break;
+                }
+                if let Some(entry) = self.streams.get_mut(&id) {
+                    total -= entry.spill();
+                    metrics::counter!(CAPTURE_BUDGET_SPILLS_TOTAL).increment(1);
+                }
+            }
+        }
+        metrics::gauge!(CAPTURE_BUFFERED_BYTES).set(total as f64);
+    }
+
     /// The source of a stream's records; `None` when they are not shipped (declined,
     /// or unbound: counted).
     fn bound_source(&mut self, cgroup_id: u64, stream: Stream, records: u64) -> Option<SourceId> {
@@ -709,9 +740,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         if entry.assembler.over_budget() {
             // Too much waits behind a hole the log does not fill yet: let the log be
             // the stream until it caught up with what the kernel sent.
-            let dropped = entry.assembler.drop_pending();
-            entry.follow_until = Some(entry.assembler.frontier());
-            metrics::counter!(CAPTURE_SPILLED_BYTES_TOTAL).increment(dropped as u64);
+            entry.spill();
         }
         if let Some((_, end)) = entry.assembler.hole()
             && entry.assembler.hole_age(now).unwrap_or_default() >= repair_wait
@@ -1020,6 +1049,23 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
 }
 
 impl StreamEntry {
+    /// Bytes this stream holds besides what it hands on at once: waiting behind a
+    /// hole, waiting for the seam, read from the log ahead of use.
+    fn buffered(&self) -> usize {
+        self.assembler.pending_bytes()
+            + self.seam.as_ref().map_or(0, |s| s.held_bytes)
+            + self.read_ahead.iter().map(|r| r.bytes.len()).sum::<usize>()
+    }
+
+    /// Drops the bytes waiting behind the hole and follows the CRI log until it has
+    /// caught up with what the kernel sent; returns the bytes dropped.
+    fn spill(&mut self) -> usize {
+        let dropped = self.assembler.drop_pending();
+        self.follow_until = Some(self.assembler.frontier());
+        metrics::counter!(CAPTURE_SPILLED_BYTES_TOTAL).increment(dropped as u64);
+        dropped
+    }
+
     fn new(
         stream: Stream,
         cgroup: Option<u64>,

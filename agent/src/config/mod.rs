@@ -470,6 +470,9 @@ pub struct CaptureConfig {
     pub repair_wait: Duration,
     pub claim_wait: Duration,
     pub max_pending: usize,
+    /// Bytes every stream together may hold waiting behind holes: beyond it, the
+    /// streams holding the most spill theirs (dropped, read from the CRI log).
+    pub max_buffered: usize,
 }
 
 impl Config {

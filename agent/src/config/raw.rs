@@ -214,6 +214,10 @@ pub struct RawCapture {
     /// from the CRI log instead.
     #[serde(default = "default_max_pending")]
     pub max_pending: String,
+    /// Bytes all streams together may hold waiting behind holes; beyond it the streams
+    /// holding the most drop theirs and read them from the CRI log instead.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered: String,
 }
 
 impl Default for RawCapture {
@@ -229,6 +233,7 @@ impl Default for RawCapture {
             repair_wait: default_repair_wait(),
             claim_wait: default_claim_wait(),
             max_pending: default_max_pending(),
+            max_buffered: default_max_buffered(),
         }
     }
 }
@@ -492,6 +497,9 @@ fn default_claim_wait() -> String {
 }
 fn default_max_pending() -> String {
     "4MiB".into()
+}
+fn default_max_buffered() -> String {
+    "16MiB".into()
 }
 fn default_data_dir() -> String {
     "/var/lib/logtap".into()

@@ -369,6 +369,7 @@ impl Validator {
             repair_wait: self.interval("capture.repair_wait", &raw.repair_wait)?,
             claim_wait: self.duration("capture.claim_wait", &raw.claim_wait)?,
             max_pending: self.size("capture.max_pending", &raw.max_pending)? as usize,
+            max_buffered: self.size("capture.max_buffered", &raw.max_buffered)? as usize,
         }))
     }
 
