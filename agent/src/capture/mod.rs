@@ -31,7 +31,9 @@
 //! `logtap_capture_kernel_bytes_total`, `logtap_capture_ring_dropped_records_total` and
 //! `logtap_capture_ring_dropped_bytes_total` (by `reason`: `ring_full`, `too_large`,
 //! `fault`), `logtap_capture_lost_events_total`. From the stage: records, bytes, gaps,
-//! repaired, unrepairable and spilled bytes, seams (`logtap_capture_seams_total`), streams
+//! repaired, unrepairable and spilled bytes, spills over the node-wide budget
+//! (`logtap_capture_budget_spills_total`, `logtap_capture_buffered_bytes`), seams
+//! (`logtap_capture_seams_total`), streams
 //! and watched containers
 //! (`docs/operations.md`).
 

@@ -15,9 +15,11 @@
 //!
 //! A hole in the offsets that outlives `reorder_grace`, or more bytes waiting behind
 //! a hole than `max_pending`, is repaired from the CRI log ([`CriStreamReader`]). A
-//! hole the log does not fill within `repair_wait` is given up and counted. When the
-//! container's cgroup goes away, its streams are compared against the log until the
-//! log stops growing, which also catches holes at the very end of a stream.
+//! hole the log does not fill within `repair_wait` is given up and counted. Bytes
+//! waiting behind holes are bounded per stream (`max_pending`) and for all streams
+//! together (`max_buffered`, see `keep_budget`). When the container's cgroup goes
+//! away, its streams are compared against the log until the log stops growing, which
+//! also catches holes at the very end of a stream.
 //!
 //! # Containers running before the agent
 //!
