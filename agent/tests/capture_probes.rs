@@ -33,7 +33,7 @@ fn main() {
         workload(&args[2..]);
         return;
     }
-    let tests: [(&str, fn()); 13] = [
+    let tests: [(&str, fn()); 14] = [
         ("small_lines_one_write_each", small_lines_one_write_each),
         ("writes_of_64_kib", writes_of_64_kib),
         ("writev_with_several_iovecs", writev_with_several_iovecs),
@@ -62,6 +62,10 @@ fn main() {
             write_over_64_kib_is_an_exact_too_large_gap,
         ),
         ("forget_stops_capture", forget_stops_capture),
+        (
+            "a_forgotten_stream_is_not_copied_and_its_cgroup_still_ends",
+            a_forgotten_stream_is_not_copied_and_its_cgroup_still_ends,
+        ),
         (
             "writes_through_a_copy_of_stdout_are_captured",
             writes_through_a_copy_of_stdout_are_captured,
@@ -668,6 +672,49 @@ fn forget_stops_capture() {
     assert_eq!(out, b"before\nafter\n");
     assert_identical(&first, Stream::Stdout, b"before\n");
     assert!(after.data[1].is_empty(), "{:?}", after.data[1]);
+}
+
+/// A stream the agent declined (its source does not select the container) is forgotten
+/// in the kernel: its later writes put no byte into the ring, the other stream of the
+/// same cgroup is still captured in full, and the cgroup's removal still comes.
+fn a_forgotten_stream_is_not_copied_and_its_cgroup_still_ends() {
+    let mut scene = Scene::new("forget-stream");
+    let mut probes = Probes::load(&scene.options()).unwrap();
+    let (dir, id) = scene.container("c");
+    let mut cmd = shell("echo before; echo e1 >&2; read go; echo after; echo e2 >&2");
+    cmd.stdin(Stdio::piped());
+    let mut running = spawn_in(&dir, cmd);
+    let mut stdin = running.child.stdin.take().unwrap();
+    let mut first = Captured::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.data[1].is_empty() || first.data[2].is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing captured before forgetting"
+        );
+        probes
+            .poll(Duration::from_millis(20), &mut |e| first.take(id, e))
+            .unwrap();
+    }
+    probes.forget_stream(id, Stream::Stdout).unwrap();
+    let before = probes.kernel_stats().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    let (mut after, out, err) = capture(&mut probes, id, running, true);
+    assert_eq!(out, b"before\nafter\n");
+    assert!(after.data[1].is_empty(), "{:?}", after.data[1]);
+    let copied = probes.kernel_stats().unwrap().bytes - before.bytes;
+    assert_eq!(copied, 3, "only stderr's e2 went into the ring");
+    first.data[2].append(&mut after.data[2]);
+    assert_identical(&first, Stream::Stderr, &err);
+    std::fs::remove_dir(&dir).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while after.removed.is_empty() {
+        assert!(Instant::now() < deadline, "no removal record");
+        probes
+            .poll(Duration::from_millis(20), &mut |e| after.take(id, e))
+            .unwrap();
+    }
 }
 
 /// The stream is the pipe, not an fd number: a write through another descriptor of the

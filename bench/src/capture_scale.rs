@@ -24,6 +24,9 @@ struct ScaleRun {
     wall: Duration,
     cpu: Duration,
     peak_rss_kib: u64,
+    /// The most the stage held waiting behind holes (`logtap_capture_buffered_bytes`,
+    /// sampled every 100 ms): what `capture.max_buffered` bounds.
+    peak_buffered: u64,
     kernel: KernelStats,
     stage: StageCounters,
     delivered: u64,
@@ -63,13 +66,14 @@ pub(super) fn run(
     for &hooks in &args.hooks {
         let run = run_scale(args, scene, dir, metrics, hooks)?;
         eprintln!(
-            "scale ({}): {} of {} streams identical, {:.1} MB/s, peak RSS {} MiB; \
+            "scale ({}): {} of {} streams identical, {:.1} MB/s, peak RSS {} MiB, stage buffered at most {} KiB; \
              {} lifecycle records lost, {} bytes spilled, {} unrepairable, {} of {} bytes handed on",
             hooks.as_str(),
             run.identical,
             run.writers,
             mb_per_s(run.delivered, run.writers_wall),
             run.peak_rss_kib / 1024,
+            run.peak_buffered / 1024,
             run.kernel.lost_events,
             run.stage.spilled,
             run.stage.unrepairable,
@@ -115,7 +119,6 @@ fn run_scale(
         rate,
         ring_bytes: args.scale_ring_mib << 20,
         outside: false,
-        blocking_wait: true,
     };
     let data_dir = dir.join(format!("data-scale-{}", hooks.as_str()));
     let (config, probes) = load(args, scene, dir, &data_dir, hooks)?;
@@ -169,12 +172,29 @@ fn run_scale(
         .spawn(move || stage.run(&stage_stop))?;
 
     let counters_before = StageCounters::read(metrics);
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (metrics, sampling) = (metrics.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0f64;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(metric_sum(
+                    &metrics.render(),
+                    "logtap_capture_buffered_bytes",
+                ));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak as u64
+        })
+    };
     reset_peak_rss();
     let cpu_before = crate::self_cpu();
     let started = Instant::now();
     let (writers_cpu, writers_end) = run_writers(scene, &names, &scenario)?;
     let ended = wait_ended(&registry, writers);
     let wall = started.elapsed();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak_buffered = sampler.join().unwrap_or_default();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     stage
         .join()
@@ -212,6 +232,7 @@ fn run_scale(
         wall,
         cpu,
         peak_rss_kib,
+        peak_buffered,
         kernel,
         stage: stage_counters,
         delivered: streams.values().map(|v| v.delivered).sum(),
@@ -296,8 +317,8 @@ fn wait_ended(registry: &SharedRegistry, streams: usize) -> bool {
 fn scale_markdown(args: &CaptureArgs, rows: &[(BenchHooks, ScaleRun)]) -> String {
     let mut out = format!(
         "Scale: {} writers, each {} kB/s of 100 B lines for {} s (target together: {:.0} MB/s), {} MiB ring\n\n\
-         | hooks | streams identical | MB/s reached | writers' CPU, s | capture CPU, s per GB | peak RSS, MiB | kernel drops, bytes | gaps / repaired bytes | ended |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+         | hooks | streams identical | MB/s reached | writers' CPU, s | capture CPU, s per GB | peak RSS, MiB | stage buffered at most, MiB | kernel drops, bytes | gaps / repaired bytes | ended |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
         args.scale_writers,
         args.scale_rate_kb,
         args.rate_seconds,
@@ -309,7 +330,7 @@ fn scale_markdown(args: &CaptureArgs, rows: &[(BenchHooks, ScaleRun)]) -> String
         let drops: u64 = r.kernel.dropped_bytes.iter().sum();
         let _ = writeln!(
             out,
-            "| {} | {} of {} | {:.1} | {:.1} | {:.2} | {} | {} | {} / {} | {} ({:.1} s) |",
+            "| {} | {} of {} | {:.1} | {:.1} | {:.2} | {} | {:.1} | {} | {} / {} | {} ({:.1} s) |",
             hooks_label(*hooks, r.hook_mode),
             r.identical,
             r.writers,
@@ -317,6 +338,7 @@ fn scale_markdown(args: &CaptureArgs, rows: &[(BenchHooks, ScaleRun)]) -> String
             r.writers_cpu.as_secs_f64(),
             r.cpu.as_secs_f64() / (total as f64 / 1e9),
             r.peak_rss_kib / 1024,
+            r.peak_buffered as f64 / (1 << 20) as f64,
             drops,
             r.stage.gaps,
             r.stage.repaired,

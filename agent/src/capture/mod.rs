@@ -11,6 +11,8 @@
 //!   ([`ProbeEvent`]).
 //! - `tracefs`, `btf`: the load-time facts the probes need from the running kernel
 //!   (tracepoint field offsets; struct member offsets).
+//! - `runs`: the records of one drain of the ring, each stream's consecutive records
+//!   joined into one chunk.
 //! - `stream`: a container stream put back in offset order, holes found.
 //! - `cri_log`: the repair path, a stream read back from its CRI log by offset.
 //! - `existing`: containers running when the agent starts, found in `/proc`.
@@ -32,8 +34,10 @@
 //! `logtap_capture_kernel_bytes_total`, `logtap_capture_ring_dropped_records_total` and
 //! `logtap_capture_ring_dropped_bytes_total` (by `reason`: `ring_full`, `too_large`,
 //! `fault`), `logtap_capture_lost_events_total`. From the stage: records, bytes, gaps,
-//! repaired, unrepairable and spilled bytes, seams (`logtap_capture_seams_total`), streams
-//! taken over from pins (`logtap_capture_resumed_streams_total`), streams
+//! repaired, unrepairable and spilled bytes, spills over the node-wide budget
+//! (`logtap_capture_budget_spills_total`, `logtap_capture_buffered_bytes`), seams
+//! (`logtap_capture_seams_total`), streams taken over from pins
+//! (`logtap_capture_resumed_streams_total`), streams
 //! and watched containers
 //! (`docs/operations.md`).
 
@@ -42,6 +46,7 @@ mod cri_log;
 mod existing;
 mod pin;
 pub mod probe;
+mod runs;
 mod seam;
 mod spawn;
 mod stage;

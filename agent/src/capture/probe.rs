@@ -509,10 +509,25 @@ impl Probes {
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(map_error(WATCHED_MAP)(e)),
         }
+        self.remove_streams(|state| state.cgroup_id == cgroup_id)
+    }
+
+    /// Forget one stream of a cgroup (one capture's source does not select): its writes
+    /// then cost the kernel the stream lookup and are not copied into the ring. The
+    /// cgroup stays watched, so its removal record still comes; a stream already
+    /// forgotten is no error.
+    pub fn forget_stream(&mut self, cgroup_id: u64, stream: Stream) -> Result<(), ProbeError> {
+        let fd = stream as u32;
+        self.remove_streams(|state| state.cgroup_id == cgroup_id && state.stream == fd)
+    }
+
+    /// Removes the registered streams whose state `which` picks (their inode filter
+    /// slots stay set: see `INO_FILTER_MAP`).
+    fn remove_streams(&mut self, which: impl Fn(&StreamState) -> bool) -> Result<(), ProbeError> {
         let mut keys = Vec::with_capacity(2);
         for entry in self.streams.iter() {
             let (key, state) = entry.map_err(map_error(STREAMS_MAP))?;
-            if state.cgroup_id == cgroup_id {
+            if which(&state) {
                 keys.push(key);
             }
         }

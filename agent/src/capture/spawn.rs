@@ -38,6 +38,13 @@ impl EventFeed for Probes {
         }
     }
 
+    fn decline(&mut self, cgroup_id: u64, stream: Stream) {
+        if let Err(e) = Probes::forget_stream(self, cgroup_id, stream) {
+            // Only a cost: its records are still dropped in userspace.
+            tracing::warn!(cgroup_id, ?stream, error = %e, "forgetting a declined stream in the kernel");
+        }
+    }
+
     fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> std::io::Result<()> {
         Probes::watch_existing(self, cgroup_id, pid).map_err(std::io::Error::other)
     }

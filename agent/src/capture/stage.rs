@@ -15,9 +15,11 @@
 //!
 //! A hole in the offsets that outlives `reorder_grace`, or more bytes waiting behind
 //! a hole than `max_pending`, is repaired from the CRI log ([`CriStreamReader`]). A
-//! hole the log does not fill within `repair_wait` is given up and counted. When the
-//! container's cgroup goes away, its streams are compared against the log until the
-//! log stops growing, which also catches holes at the very end of a stream.
+//! hole the log does not fill within `repair_wait` is given up and counted. Bytes
+//! waiting behind holes are bounded per stream (`max_pending`) and for all streams
+//! together (`max_buffered`, see `keep_budget`). When the container's cgroup goes
+//! away, its streams are compared against the log until the log stops growing, which
+//! also catches holes at the very end of a stream.
 //!
 //! # Containers running before the agent
 //!
@@ -51,6 +53,7 @@ use super::Claims;
 use super::cri_log::CriStreamReader;
 use super::existing;
 use super::probe::ProbeEvent;
+use super::runs::{RecordRun, RunGatherer};
 use super::seam::{Decision, Seam};
 use super::stream::{Run, StreamAssembler};
 use crate::checkpoint::SharedRegistry;
@@ -58,10 +61,11 @@ use crate::config::CaptureConfig;
 use crate::discovery::PodLogRef;
 use crate::frame::Stream;
 use crate::metrics::catalogue::{
-    CAPTURE_BYTES_TOTAL, CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL,
-    CAPTURE_GAPS_TOTAL, CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL,
-    CAPTURE_REPAIRED_BYTES_TOTAL, CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL,
-    CAPTURE_STREAMS, CAPTURE_STREAMS_DECLINED_TOTAL, CAPTURE_UNBOUND_RECORDS_TOTAL,
+    CAPTURE_BUDGET_SPILLS_TOTAL, CAPTURE_BUFFERED_BYTES, CAPTURE_BYTES_TOTAL,
+    CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL, CAPTURE_GAPS_TOTAL,
+    CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL, CAPTURE_REPAIRED_BYTES_TOTAL,
+    CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAMS,
+    CAPTURE_STREAMS_DECLINED_TOTAL, CAPTURE_UNBOUND_RECORDS_TOTAL,
     CAPTURE_UNREPAIRABLE_BYTES_TOTAL, CAPTURE_WATCHED_CONTAINERS,
 };
 use crate::pipeline::input::{EndReason, Input, Opening};
@@ -74,6 +78,9 @@ const TICK: Duration = Duration::from_millis(50);
 const END_SETTLE: Duration = Duration::from_millis(300);
 /// A staged chunk is handed on at this size even within one batch of events.
 const STAGE_BYTES: usize = 256 * 1024;
+/// Runs at least this large are handed on as they came rather than joined to the
+/// staged bytes (one copy less; framing a chunk of this size costs no more per line).
+const JOIN_BELOW: usize = 16 * 1024;
 /// Stream bytes one stream reads back from its CRI log per tick: a hole of hundreds
 /// of megabytes (a long ring overflow) is repaired in steps, with memory bounded. Only
 /// the step that reaches the hole's end can be checked against the captured bytes
@@ -99,6 +106,9 @@ pub trait EventFeed: Send {
     ) -> io::Result<usize>;
     /// The cgroup is gone and handled: the kernel may forget it and its streams.
     fn forget(&mut self, cgroup_id: u64);
+    /// Capture's source does not select this stream: the kernel may stop copying it
+    /// (its cgroup stays watched, so its removal still comes).
+    fn decline(&mut self, cgroup_id: u64, stream: Stream);
     /// Watch a cgroup that existed before the probes, and bind the pipes at fd 1 and
     /// 2 of its process `pid`, numbered from 0 now.
     fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> io::Result<()>;
@@ -143,7 +153,7 @@ struct StreamEntry {
     /// Read from the log, not used yet (the reader cannot go back).
     read_ahead: Vec<Run>,
     /// Bytes that arrived in order, not handed on yet: one chunk per burst.
-    staged: BytesMut,
+    staged: Staged,
     /// The stream offset of `staged`'s first byte.
     staged_offset: u64,
     staged_time_ns: i64,
@@ -195,6 +205,16 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     /// `bound`.
     declined: std::collections::HashSet<(u64, Stream)>,
     streams: HashMap<SourceId, StreamEntry>,
+    /// The stream of the last run handled and its source: a cache of `bound`
+    /// (runs of one stream tend to follow each other). Cleared whenever an entry
+    /// leaves `bound`.
+    last_bound: Option<((u64, Stream), SourceId)>,
+    /// Ring records of the current poll, gathered into runs.
+    gatherer: RunGatherer,
+    /// The runs of the current poll (kept for its allocation).
+    polled: Vec<RecordRun>,
+    /// Records and bytes of bound streams since the metrics were last updated.
+    counts: RecordCounts,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to date records by their kernel time.
     realtime_offset_ns: i64,
     runs: Vec<Run>,
@@ -233,6 +253,10 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             bound: HashMap::new(),
             declined: std::collections::HashSet::new(),
             streams: HashMap::new(),
+            last_bound: None,
+            gatherer: RunGatherer::default(),
+            polled: Vec::new(),
+            counts: RecordCounts::default(),
             realtime_offset_ns: realtime_offset_ns(),
             runs: Vec::new(),
             last_tick: Instant::now(),
@@ -269,11 +293,10 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
 
     /// One round: events for up to `timeout`, then the periodic checks when due.
     pub fn poll_once(&mut self, timeout: Duration) -> io::Result<()> {
-        // Events borrow the ring buffer: copy them out (data into one arena, so a
-        // record costs no allocation of its own), then handle them.
+        // Events borrow the ring buffer: copy them out, data gathered into runs (see
+        // `runs`: a record costs a compare and a copy), then handle them.
         let mut events: Vec<OwnedEvent> = Vec::new();
-        let mut data: Vec<(u64, Stream, u64, Bytes, u64)> = Vec::new();
-        let mut arena = BytesMut::new();
+        let gatherer = &mut self.gatherer;
         self.feed.poll(timeout, &mut |event| match event {
             ProbeEvent::Data {
                 cgroup_id,
@@ -282,12 +305,11 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 bytes,
                 ktime_ns,
                 ..
-            } => {
-                arena.extend_from_slice(bytes);
-                data.push((cgroup_id, stream, offset, arena.split().freeze(), ktime_ns));
-            }
+            } => gatherer.record(cgroup_id, stream, offset, bytes, ktime_ns),
             other => events.extend(OwnedEvent::from(other)),
         })?;
+        let mut runs = std::mem::take(&mut self.polled);
+        self.gatherer.take(&mut runs);
         let now = Instant::now();
         // Lifecycle events and data keep their relative order only per kind; a stream
         // is bound before its first byte is written, and removed after its last, so
@@ -298,9 +320,12 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         {
             self.lifecycle(e);
         }
-        for (cgroup_id, stream, offset, bytes, ktime_ns) in data {
-            self.data(cgroup_id, stream, offset, bytes, ktime_ns, now);
+        for run in runs.drain(..) {
+            self.data(run, now);
         }
+        self.polled = runs;
+        self.counts.flush();
+        self.keep_budget();
         for e in events
             .iter()
             .filter(|e| matches!(e, OwnedEvent::Removed { .. }))
@@ -346,6 +371,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 let now = Instant::now();
                 for stream in [Stream::Stdout, Stream::Stderr] {
                     self.declined.remove(&(*cgroup_id, stream));
+                    self.last_bound = None;
                     if let Some(id) = self.bound.remove(&(*cgroup_id, stream))
                         && let Some(entry) = self.streams.get_mut(&id)
                     {
@@ -412,6 +438,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             );
             metrics::counter!(CAPTURE_STREAMS_DECLINED_TOTAL).increment(1);
             self.declined.insert((cgroup_id, stream));
+            self.feed.decline(cgroup_id, stream);
             return;
         }
         let log_path = container.as_ref().and_then(|c| c.log_path.clone());
@@ -563,35 +590,29 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         })
     }
 
-    fn data(
-        &mut self,
-        cgroup_id: u64,
-        stream: Stream,
-        offset: u64,
-        bytes: Bytes,
-        ktime_ns: u64,
-        now: Instant,
-    ) {
-        if !self.bound.contains_key(&(cgroup_id, stream)) {
-            // Only a record of a stream not bound asks about declined ones: the bound
-            // streams' records (nearly all) pay one lookup, as before.
-            if self.declined.contains(&(cgroup_id, stream)) {
-                return;
+    /// A run of records of one stream (see `runs`).
+    fn data(&mut self, run: RecordRun, now: Instant) {
+        let RecordRun {
+            cgroup_id,
+            stream,
+            offset,
+            bytes,
+            records,
+            ktime_ns,
+        } = run;
+        let id = match self.last_bound {
+            Some((key, id)) if key == (cgroup_id, stream) => id,
+            _ => {
+                let Some(id) = self.bound_source(cgroup_id, stream, records) else {
+                    return;
+                };
+                self.last_bound = Some(((cgroup_id, stream), id));
+                id
             }
-            if self.cgroups.contains_key(&cgroup_id) {
-                // The kernel bound it (it sends its bytes) but the binding record was
-                // lost to a full ring: bound here, from offset 0; holes are repaired
-                // from the log.
-                self.bind(cgroup_id, stream);
-            }
-        }
-        let Some(&id) = self.bound.get(&(cgroup_id, stream)) else {
-            metrics::counter!(CAPTURE_UNBOUND_RECORDS_TOTAL).increment(1);
-            return;
         };
         let len = bytes.len() as u64;
-        metrics::counter!(CAPTURE_RECORDS_TOTAL).increment(1);
-        metrics::counter!(CAPTURE_BYTES_TOTAL).increment(len);
+        self.counts.records += records;
+        self.counts.bytes += len;
         let written_ns = ktime_ns as i64 + self.realtime_offset_ns;
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
@@ -606,12 +627,19 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         let offset = offset + entry.base;
         let a = &mut entry.assembler;
         if offset == a.next_offset() && a.pending_bytes() == 0 {
-            // The common case: in order. Staged, so a burst is one chunk.
+            // The common case: in order. Small runs (streams whose records interleave
+            // in the ring) are staged, so a burst is one chunk; a large run is a chunk
+            // of its own, not copied again.
+            if bytes.len() >= JOIN_BELOW && !entry.staged.is_empty() {
+                self.hand_on_staged(id);
+            }
+            let entry = self.streams.get_mut(&id).expect("present above");
+            let a = &mut entry.assembler;
             if entry.staged.is_empty() {
                 entry.staged_offset = offset;
                 entry.staged_time_ns = written_ns;
             }
-            entry.staged.extend_from_slice(&bytes);
+            entry.staged.push(bytes);
             a.advance_in_order(len);
             if entry.staged.len() >= STAGE_BYTES {
                 self.hand_on_staged(id);
@@ -626,14 +654,65 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         self.hand_on_runs(id);
     }
 
+    /// Keeps the bytes all streams hold waiting behind holes within `max_buffered`
+    /// (each stream's own bound, `max_pending`, times a node's hundreds of streams is
+    /// far more than the agent's memory): beyond it, the streams holding the most
+    /// spill theirs, which their CRI logs then supply (counted as spilled, then as
+    /// repaired; nothing is lost). Checked after every poll, so the bound is exceeded
+    /// at most by what one poll of the ring brings.
+    fn keep_budget(&mut self) {
+        let mut total: usize = self.streams.values().map(StreamEntry::buffered).sum();
+        if total > self.options.max_buffered {
+            let mut largest: Vec<(usize, SourceId)> = self
+                .streams
+                .iter()
+                .map(|(id, e)| (e.assembler.pending_bytes(), *id))
+                .filter(|&(n, _)| n > 0)
+                .collect();
+            largest.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, id) in largest {
+                if total <= self.options.max_buffered {
+                    break;
+                }
+                if let Some(entry) = self.streams.get_mut(&id) {
+                    total -= entry.spill();
+                    metrics::counter!(CAPTURE_BUDGET_SPILLS_TOTAL).increment(1);
+                }
+            }
+        }
+        metrics::gauge!(CAPTURE_BUFFERED_BYTES).set(total as f64);
+    }
+
+    /// The source of a stream's records; `None` when they are not shipped (declined,
+    /// or unbound: counted).
+    fn bound_source(&mut self, cgroup_id: u64, stream: Stream, records: u64) -> Option<SourceId> {
+        if !self.bound.contains_key(&(cgroup_id, stream)) {
+            // Only a record of a stream not bound asks about declined ones: the bound
+            // streams' records (nearly all) pay one lookup, as before.
+            if self.declined.contains(&(cgroup_id, stream)) {
+                return None;
+            }
+            if self.cgroups.contains_key(&cgroup_id) {
+                // The kernel bound it (it sends its bytes) but the binding record was
+                // lost to a full ring: bound here, from offset 0; holes are repaired
+                // from the log.
+                self.bind(cgroup_id, stream);
+            }
+        }
+        let id = self.bound.get(&(cgroup_id, stream)).copied();
+        if id.is_none() {
+            metrics::counter!(CAPTURE_UNBOUND_RECORDS_TOTAL).increment(records);
+        }
+        id
+    }
+
     fn hand_on_staged(&mut self, id: SourceId) {
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
         };
-        if entry.staged.is_empty() {
+        let Some(chunk) = entry.staged.take() else {
             return;
-        }
-        let chunk = entry.staged.split().freeze();
+        };
         let (offset, time) = (entry.staged_offset, entry.staged_time_ns);
         self.pipeline.data(id, offset, chunk, Some(time));
     }
@@ -674,9 +753,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         if entry.assembler.over_budget() {
             // Too much waits behind a hole the log does not fill yet: let the log be
             // the stream until it caught up with what the kernel sent.
-            let dropped = entry.assembler.drop_pending();
-            entry.follow_until = Some(entry.assembler.frontier());
-            metrics::counter!(CAPTURE_SPILLED_BYTES_TOTAL).increment(dropped as u64);
+            entry.spill();
         }
         if let Some((_, end)) = entry.assembler.hole()
             && entry.assembler.hole_age(now).unwrap_or_default() >= repair_wait
@@ -988,6 +1065,23 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
 }
 
 impl StreamEntry {
+    /// Bytes this stream holds besides what it hands on at once: waiting behind a
+    /// hole, waiting for the seam, read from the log ahead of use.
+    fn buffered(&self) -> usize {
+        self.assembler.pending_bytes()
+            + self.seam.as_ref().map_or(0, |s| s.held_bytes)
+            + self.read_ahead.iter().map(|r| r.bytes.len()).sum::<usize>()
+    }
+
+    /// Drops the bytes waiting behind the hole and follows the CRI log until it has
+    /// caught up with what the kernel sent; returns the bytes dropped.
+    fn spill(&mut self) -> usize {
+        let dropped = self.assembler.drop_pending();
+        self.follow_until = Some(self.assembler.frontier());
+        metrics::counter!(CAPTURE_SPILLED_BYTES_TOTAL).increment(dropped as u64);
+        dropped
+    }
+
     fn new(
         stream: Stream,
         cgroup: Option<u64>,
@@ -1002,7 +1096,7 @@ impl StreamEntry {
             log_path,
             reader: None,
             read_ahead: Vec::new(),
-            staged: BytesMut::new(),
+            staged: Staged::default(),
             staged_offset: start,
             staged_time_ns: 0,
             follow_until: None,
@@ -1014,6 +1108,70 @@ impl StreamEntry {
             base: 0,
             log_only: false,
         }
+    }
+}
+
+/// In-order bytes of a stream waiting to be handed on as one chunk. A single run is
+/// kept as it came (no copy); only a second run in the same burst copies them into
+/// one buffer.
+#[derive(Default)]
+enum Staged {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Staged {
+    fn is_empty(&self) -> bool {
+        matches!(self, Staged::Empty)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Staged::Empty => 0,
+            Staged::One(b) => b.len(),
+            Staged::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        match self {
+            Staged::Empty => *self = Staged::One(bytes),
+            Staged::One(first) => {
+                let mut many = BytesMut::with_capacity((first.len() + bytes.len()).max(4096));
+                many.extend_from_slice(first);
+                many.extend_from_slice(&bytes);
+                *self = Staged::Many(many);
+            }
+            Staged::Many(many) => many.extend_from_slice(&bytes),
+        }
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        match std::mem::take(self) {
+            Staged::Empty => None,
+            Staged::One(b) => Some(b),
+            Staged::Many(b) => Some(b.freeze()),
+        }
+    }
+}
+
+/// Records and bytes of bound streams, added to the metrics once per poll rather
+/// than once per record (a counter's registry lookup cost more than the record).
+#[derive(Default)]
+struct RecordCounts {
+    records: u64,
+    bytes: u64,
+}
+
+impl RecordCounts {
+    fn flush(&mut self) {
+        if self.records > 0 {
+            metrics::counter!(CAPTURE_RECORDS_TOTAL).increment(self.records);
+            metrics::counter!(CAPTURE_BYTES_TOTAL).increment(self.bytes);
+        }
+        *self = RecordCounts::default();
     }
 }
 

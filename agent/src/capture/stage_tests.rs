@@ -28,6 +28,7 @@ enum Scripted {
 struct ScriptFeed {
     rounds: VecDeque<Vec<Scripted>>,
     forgotten: Vec<u64>,
+    declined: Vec<(u64, Stream)>,
 }
 
 impl EventFeed for ScriptFeed {
@@ -73,6 +74,10 @@ impl EventFeed for ScriptFeed {
         self.forgotten.push(cgroup_id);
     }
 
+    fn decline(&mut self, cgroup_id: u64, stream: Stream) {
+        self.declined.push((cgroup_id, stream));
+    }
+
     fn watch_existing(&mut self, _cgroup_id: u64, _pid: u32) -> io::Result<()> {
         Ok(())
     }
@@ -110,6 +115,11 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_capture("")
+    }
+
+    /// With more `capture` options (`, key: value` each).
+    fn with_capture(options: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let log = dir.path().join("pods/ns_web_uid/app/0.log");
@@ -118,7 +128,7 @@ impl Fixture {
             &format!(
                 "data_dir: {}\nsources:\n  - name: pods\n    include: [\"{}/pods/**/*.log\"]\n    format: cri\n    sink: out\n\
                  batch: {{max_lines: 1}}\nsinks:\n  out: {{type: blackhole}}\n\
-                 capture: {{enabled: true, reorder_grace: 0s, repair_wait: 300ms}}\n",
+                 capture: {{enabled: true, reorder_grace: 0s, repair_wait: 300ms{options}}}\n",
                 data_dir.display(),
                 dir.path().display()
             ),
@@ -650,9 +660,76 @@ fn a_container_capture_s_source_does_not_select_is_left_to_its_log() {
         1,
         "declined once, not asked again per record"
     );
+    assert_eq!(
+        stage.feed.declined,
+        [(9, Stream::Stdout)],
+        "the kernel is told to stop copying the stream"
+    );
     assert_ne!(
         claims.decide(&fx.log, None, std::time::SystemTime::now()),
         crate::capture::Claim::Skip,
         "the log is not claimed: the configs selecting the container read it"
     );
+}
+
+#[test]
+fn over_the_node_wide_budget_the_stream_holding_most_spills_to_its_log() {
+    // 12 bytes wait behind stdout's hole and 5 behind stderr's: 17 over a budget
+    // of 10. Stdout, holding the most, spills; stderr keeps its 5.
+    let fx = Fixture::with_capture(", max_buffered: 10B, max_pending: 1MiB");
+    fx.append_cri("stdout", &["line1", "line2", "line3", "line4"]);
+    fx.append_cri("stderr", &["errA", "errB"]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(7, "/kubepods/podu/c1"),
+                Scripted::Bound(7, Stream::Stdout),
+                Scripted::Bound(7, Stream::Stderr),
+            ],
+            vec![
+                Scripted::Data(7, Stream::Stdout, 0, b"line1\n"),
+                Scripted::Data(7, Stream::Stdout, 12, b"line3\nline4\n"),
+                Scripted::Data(7, Stream::Stderr, 5, b"errB\n"),
+            ],
+        ]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(true),
+        selected: true,
+    };
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    stage.poll_once(Duration::from_millis(5)).unwrap();
+    stage.poll_once(Duration::from_millis(5)).unwrap();
+    let pending = |stage: &CaptureStage<ScriptFeed, TableResolver>, stream| {
+        let entry = stage.streams.values().find(|e| e.stream == stream).unwrap();
+        (
+            entry.assembler.pending_bytes(),
+            entry.follow_until.is_some(),
+        )
+    };
+    assert_eq!(pending(&stage, Stream::Stdout), (0, true), "stdout spilled");
+    assert_eq!(pending(&stage, Stream::Stderr), (5, false), "stderr kept");
+    assert!(
+        stage
+            .streams
+            .values()
+            .map(StreamEntry::buffered)
+            .sum::<usize>()
+            <= 10
+    );
+    // The log supplies what was spilled: every line once, in order.
+    let got = lines(&mut stage, &rx, 6);
+    let of = |stream| {
+        got.iter()
+            .filter(|l| l.0 == stream)
+            .map(|l| (l.1, l.2.as_str()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of(Stream::Stdout),
+        [(0, "line1"), (6, "line2"), (12, "line3"), (18, "line4")]
+    );
+    assert_eq!(of(Stream::Stderr), [(0, "errA"), (5, "errB")]);
 }

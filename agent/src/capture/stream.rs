@@ -187,6 +187,10 @@ impl StreamAssembler {
         match self.pending.get(&offset) {
             Some((existing, _)) if existing.len() >= bytes.len() => {}
             _ => {
+                // Captured bytes are slices of blocks shared by many records (`runs`):
+                // one waiting here would keep its whole block alive. Waiting bytes own
+                // their memory, so `pending_bytes` is what they hold (holes are rare).
+                let bytes = Bytes::copy_from_slice(&bytes);
                 self.pending_bytes += bytes.len();
                 if let Some((old, _)) = self.pending.insert(offset, (bytes, time_ns)) {
                     self.pending_bytes -= old.len();

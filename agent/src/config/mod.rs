@@ -475,6 +475,9 @@ pub struct CaptureConfig {
     pub pin_dir: Option<PathBuf>,
     /// `pin_dir` as configured, whether or not pinning is on.
     pub configured_pin_dir: PathBuf,
+    /// Bytes every stream together may hold waiting behind holes: beyond it, the
+    /// streams holding the most spill theirs (dropped, read from the CRI log).
+    pub max_buffered: usize,
 }
 
 impl Config {

@@ -222,6 +222,10 @@ pub struct RawCapture {
     /// Where the pins are: a directory on a bpffs mount.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: String,
+    /// Bytes all streams together may hold waiting behind holes; beyond it the streams
+    /// holding the most drop theirs and read them from the CRI log instead.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered: String,
 }
 
 impl Default for RawCapture {
@@ -239,6 +243,7 @@ impl Default for RawCapture {
             max_pending: default_max_pending(),
             pin: false,
             pin_dir: default_pin_dir(),
+            max_buffered: default_max_buffered(),
         }
     }
 }
@@ -506,6 +511,9 @@ fn default_claim_wait() -> String {
 }
 fn default_max_pending() -> String {
     "4MiB".into()
+}
+fn default_max_buffered() -> String {
+    "16MiB".into()
 }
 fn default_data_dir() -> String {
     "/var/lib/logtap".into()

@@ -170,7 +170,11 @@ catalogue! {
     CAPTURE_UNREPAIRABLE_BYTES_TOTAL = "logtap_capture_unrepairable_bytes_total", Counter, Some(Unit::Bytes),
         "Stream bytes lost for good: holes the CRI log did not fill within capture.repair_wait";
     CAPTURE_SPILLED_BYTES_TOTAL = "logtap_capture_spilled_bytes_total", Counter, Some(Unit::Bytes),
-        "Captured bytes dropped from a stream's reorder buffer (over capture.max_pending) and read from the CRI log instead";
+        "Captured bytes dropped from a stream's reorder buffer (over capture.max_pending, or capture.max_buffered for all streams) and read from the CRI log instead";
+    CAPTURE_BUDGET_SPILLS_TOTAL = "logtap_capture_budget_spills_total", Counter, Some(Unit::Count),
+        "Streams whose waiting bytes were dropped (and read from the CRI log instead) because all streams together held more than capture.max_buffered";
+    CAPTURE_BUFFERED_BYTES = "logtap_capture_buffered_bytes", Gauge, Some(Unit::Bytes),
+        "Captured bytes the capture stage holds waiting behind holes, over all streams (bounded by capture.max_buffered)";
     CAPTURE_REPAIR_MISMATCHES_TOTAL = "logtap_capture_repair_mismatches_total", Counter, Some(Unit::Count),
         "Holes not repaired because the CRI log did not line up with the captured stream (output by untraced syscalls)";
     CAPTURE_CRI_MALFORMED_LINES_TOTAL = "logtap_capture_cri_malformed_lines_total", Counter, Some(Unit::Count),
