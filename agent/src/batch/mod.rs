@@ -283,7 +283,8 @@ mod tests {
 
     #[test]
     fn dropped_packages_release_their_records_and_keep_few_vectors() {
-        struct Chunk(Arc<()>);
+        /// A chunk's owner; its clone of `alive` says whether the chunk still exists.
+        struct Chunk(#[expect(dead_code, reason = "held for its reference count")] Arc<()>);
         impl AsRef<[u8]> for Chunk {
             fn as_ref(&self) -> &[u8] {
                 b"hello"
