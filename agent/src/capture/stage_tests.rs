@@ -192,8 +192,8 @@ fn lines(
     let start = Instant::now();
     while got.len() < n && start.elapsed() < Duration::from_secs(3) {
         stage.poll_once(Duration::from_millis(5)).unwrap();
-        for batch in rx.try_iter() {
-            for l in batch.lines {
+        for mut batch in rx.try_iter() {
+            for l in std::mem::take(&mut batch.lines) {
                 got.push((
                     l.stream,
                     l.offset,

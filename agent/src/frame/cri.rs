@@ -26,11 +26,26 @@ pub(crate) struct CriHeader {
 /// (a nanosecond timestamp with offset, the stream and the tag take 46 bytes).
 pub(crate) const CRI_ENVELOPE_SLACK: usize = 128;
 
+/// Length of a UTC timestamp with nanoseconds, `2026-11-21T10:45:31.210111144Z`.
+const NANO_UTC_LEN: usize = 30;
+
 /// Parses the envelope; `None` for anything that is not a CRI line. `timestamps` is
 /// the source's cache of the last timestamp minute.
 pub(crate) fn parse_cri(line: &[u8], timestamps: &mut Rfc3339Cache) -> Option<CriHeader> {
-    let ts_end = memchr::memchr(b' ', line)?;
-    let timestamp_ns = timestamps.parse(&line[..ts_end])?;
+    // What containerd and CRI-O write, tried before searching for the first space: a
+    // valid timestamp holds no space, so when these bytes parse, the space after them is
+    // the first one, the one the search would have found.
+    let nano_utc = match line.get(NANO_UTC_LEN) {
+        Some(b' ') => timestamps.parse(&line[..NANO_UTC_LEN]),
+        _ => None,
+    };
+    let (ts_end, timestamp_ns) = match nano_utc {
+        Some(ns) => (NANO_UTC_LEN, ns),
+        None => {
+            let ts_end = memchr::memchr(b' ', line)?;
+            (ts_end, timestamps.parse(&line[..ts_end])?)
+        }
+    };
     let rest = &line[ts_end + 1..];
     let (stream, after_stream) = if rest.starts_with(b"stdout") {
         (Stream::Stdout, 6)
@@ -46,7 +61,11 @@ pub(crate) fn parse_cri(line: &[u8], timestamps: &mut Rfc3339Cache) -> Option<Cr
         _ => return None,
     }
     let field = &line[tag_start..];
-    let field_end = memchr::memchr(b' ', field).unwrap_or(field.len());
+    let field_end = match field {
+        // The usual one-letter tag: no search through the message for its end.
+        [tag, b' ', ..] if *tag != b' ' => 1,
+        _ => memchr::memchr(b' ', field).unwrap_or(field.len()),
+    };
     let tag = &field[..field_end];
     let kind = match memchr::memchr(b':', tag) {
         Some(colon) => &tag[..colon],
@@ -108,6 +127,28 @@ mod tests {
         assert_eq!(
             parse("2026-11-21T12:45:31.210111144+02:00 stdout F x"),
             Some((TS_NS, Stream::Stdout, false, "x"))
+        );
+    }
+
+    #[test]
+    fn other_timestamp_lengths_still_parse() {
+        // Byte 30 is a space, but the first 30 bytes are not a timestamp.
+        assert_eq!(
+            parse("2026-11-21T10:45:31Z stdout F  x"),
+            Some((1_795_257_931_000_000_000, Stream::Stdout, false, " x"))
+        );
+        assert_eq!(
+            parse("2026-11-21T10:45:31.2101111Z stdout F x"),
+            Some((1_795_257_931_210_111_100, Stream::Stdout, false, "x"))
+        );
+        assert_eq!(
+            parse(&format!("{TS}  stdout F x")),
+            None,
+            "two spaces after a nanosecond timestamp, as before"
+        );
+        assert_eq!(
+            parse(&format!("{TS} stdout  x")),
+            Some((TS_NS, Stream::Stdout, false, " x"))
         );
     }
 

@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use super::cri::{CRI_ENVELOPE_SLACK, parse_cri};
 use super::docker::{DOCKER_ENVELOPE_SLACK, DOCKER_MIN_PHYSICAL_LINE, parse_docker};
@@ -367,8 +367,11 @@ impl Decode<'_> {
     ) {
         match parse_cri(&pl.body, self.timestamps) {
             Some(h) => {
-                let message = pl.body.slice(h.message_start..);
                 let flags = physical_flags(&pl) | extra;
+                // Advancing the line's own handle, not slicing a new one: no reference
+                // count taken and dropped on the shared chunk per record.
+                let mut message = pl.body;
+                message.advance(h.message_start);
                 if let Some(line) = reasm.fragment(
                     h.stream,
                     pl.offset,

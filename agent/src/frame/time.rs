@@ -101,6 +101,11 @@ fn combine(minute_secs: i64, s: &[u8]) -> Option<i64> {
     if s[i] == b'.' {
         i += 1;
         let frac_start = i;
+        // Runtimes write nine digits: the first eight are converted at once.
+        if let Some(eight) = s.get(i..i + 8).and_then(eight_digits) {
+            nanos = eight;
+            i += 8;
+        }
         while i < s.len() && s[i].is_ascii_digit() {
             if i - frac_start < 9 {
                 nanos = nanos * 10 + i64::from(s[i] - b'0');
@@ -132,6 +137,26 @@ fn combine(minute_secs: i64, s: &[u8]) -> Option<i64> {
 
     let secs = minute_secs + second - offset_secs;
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// The value of exactly eight ASCII digits, `None` if any byte is not one; converted
+/// as one little-endian word (the first byte is the most significant digit).
+#[inline]
+fn eight_digits(s: &[u8]) -> Option<i64> {
+    const HIGH_NIBBLES: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    let v = u64::from_le_bytes(s.try_into().ok()?);
+    // A digit is 0x30..=0x39: high nibble 3, and still 3 after adding 6. The first test
+    // bounds every byte by 0x3F, so adding 6 carries into no other byte.
+    if v & HIGH_NIBBLES != ZEROS || v.wrapping_add(0x0606_0606_0606_0606) & HIGH_NIBBLES != ZEROS {
+        return None;
+    }
+    let v = v - ZEROS;
+    // Neighbouring digits, then pairs, then quads, combined; no lane overflows.
+    let v = (v * 10 + (v >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let v = (v * 100 + (v >> 16)) & 0x0000_FFFF_0000_FFFF;
+    let v = (v * 10_000 + (v >> 32)) & 0xFFFF_FFFF;
+    Some(v as i64)
 }
 
 /// The value of a run of ASCII digits (callers pass 2 or 4 of them).
@@ -341,7 +366,31 @@ mod tests {
             })
     }
 
+    #[test]
+    fn eight_digits_match_the_digit_loop() {
+        assert_eq!(eight_digits(b"12345678"), Some(12_345_678));
+        assert_eq!(eight_digits(b"00000000"), Some(0));
+        assert_eq!(eight_digits(b"99999999"), Some(99_999_999));
+        assert_eq!(eight_digits(b"1234567"), None, "seven bytes");
+        for bad in [
+            b"1234567:",
+            b"/2345678",
+            b"123 5678",
+            b"1234567\xb9",
+            b"12345\x0067",
+        ] {
+            assert_eq!(eight_digits(bad), None, "{bad:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn eight_digits_agree_with_digits(bytes in prop::array::uniform8(
+            prop_oneof![4 => b'0'..=b'9', 1 => any::<u8>()]
+        )) {
+            prop_assert_eq!(eight_digits(&bytes), digits(&bytes));
+        }
+
         #[test]
         fn cached_parse_equals_uncached(stamps in prop::collection::vec(near_timestamp(), 1..40)) {
             // One cache over the whole sequence, as a framer uses it; repeating each

@@ -40,7 +40,7 @@ fn multiline_record_survives_a_stall_longer_than_its_flush_timeout() {
     let consumer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
         rx.iter()
-            .flat_map(|b| b.lines.into_iter().map(|l| l.body))
+            .flat_map(|mut b| std::mem::take(&mut b.lines).into_iter().map(|l| l.body))
             .collect::<Vec<_>>()
     });
     let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
