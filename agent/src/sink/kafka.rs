@@ -970,6 +970,7 @@ mod tests {
                     max_bytes: 1,
                     segment_bytes: 1,
                     when_full: WhenFull::Block,
+                    compression: SpoolCompression::Lz4,
                 },
                 dead_letter: None,
                 max_window_bytes: 1,
