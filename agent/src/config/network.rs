@@ -19,11 +19,11 @@ pub enum WhenFull {
 /// How a spool stores its packages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SpoolCompression {
-    /// lz4, as the local store: about a fifth of the bytes on disk.
+    /// lz4, as the local store: about a third of the payload's bytes on disk.
     #[default]
     Lz4,
     /// The payload as it is (lz4 literals, the same block format): no compression
-    /// and no decompression on the way out, about five times the bytes on disk.
+    /// and no decompression on the way out, about three times the bytes on disk.
     None,
 }
 

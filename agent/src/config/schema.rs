@@ -246,7 +246,7 @@ pub struct RawSpool {
     /// block (default: reading waits) | drop_oldest (counted).
     #[serde(default = "default_when_full")]
     pub when_full: String,
-    /// lz4 (default) | none: packages as they are, ~5× the disk, less CPU.
+    /// lz4 (default) | none: packages as they are, ~3× the disk, less CPU.
     #[serde(default = "default_spool_compression")]
     pub compression: String,
 }
