@@ -3,7 +3,9 @@
 //! The same templated CRI input ([`Input::CriTemplated`]) goes, in the same run and
 //! interleaved run by run, into
 //! - the local store (the baseline: the file scenarios' `CRI → local store`),
-//! - Kafka: a local `tansu` broker ([`kafka`]), `compression: lz4`,
+//! - Kafka: a local `tansu` broker ([`kafka`]), `compression: lz4`: one message per
+//!   record, `message_per: package`, and that again with the spool's
+//!   `compression: none`,
 //! - OTLP/HTTP: a receiver in the harness process ([`otlp`]), gzip (the sink's
 //!   default) and uncompressed.
 //! - Fluent Bit's `kafka` output into the same kind of broker, as the peer's row: its
