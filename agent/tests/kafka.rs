@@ -15,7 +15,8 @@ use bytes::Bytes;
 use kafka_fixture::{Broker, Msg};
 use logtap::batch::codec::{Package, Record};
 use logtap::config::network::{
-    ForwardConfig, KafkaCompression, KafkaConfig, MessagePer, SpoolConfig, TemplatePart, WhenFull,
+    ForwardConfig, KafkaCompression, KafkaConfig, MessagePer, SpoolCompression, SpoolConfig,
+    TemplatePart, WhenFull,
 };
 use logtap::frame::{LineFlags, Stream};
 use logtap::sink::destination::{Destination, SpooledPackage};
@@ -43,6 +44,7 @@ fn config(broker: &Broker, topic: Vec<TemplatePart>) -> KafkaConfig {
                 max_bytes: 1 << 30,
                 segment_bytes: 1 << 26,
                 when_full: WhenFull::Block,
+                compression: SpoolCompression::Lz4,
             },
             dead_letter: None,
             max_window_bytes: 8 << 20,

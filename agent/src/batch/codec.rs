@@ -278,6 +278,38 @@ pub fn compress_at(payload: &[u8], out: &mut Vec<u8>, at: usize) -> usize {
     4 + written.expect("lz4 output buffer sized by get_maximum_output_size")
 }
 
+/// [`compress_at`]'s block without compressing: the payload as one lz4 sequence of
+/// literals (a token, the literal length in 255-steps, the bytes), which [`decompress`]
+/// — and any lz4 block decoder — reads back unchanged. A network sink's spool uses it
+/// (`spool.compression: none`): lz4's match search is the costliest step of writing
+/// a block, and the forwarder undoes it at once. On disk it is the payload plus one
+/// byte per 255 (0.4%) and 5 bytes.
+pub fn store_at(payload: &[u8], out: &mut Vec<u8>, at: usize) -> usize {
+    assert!(
+        u32::try_from(payload.len()).is_ok(),
+        "payload of {} bytes exceeds the 4 GiB block limit",
+        payload.len()
+    );
+    let n = payload.len();
+    // A literal length of 15 or more is 15 in the token, then bytes of 255 while the
+    // rest is at least 255, then the rest (0..=254).
+    let extra = if n >= 15 { (n - 15) / 255 + 1 } else { 0 };
+    let len = 4 + 1 + extra + n;
+    if out.len() < at + len {
+        out.resize(at + len, 0);
+    }
+    let block = &mut out[at..at + len];
+    block[..4].copy_from_slice(&(n as u32).to_le_bytes());
+    block[4] = (n.min(15) as u8) << 4;
+    if n >= 15 {
+        let rest = n - 15;
+        block[5..4 + extra].fill(255);
+        block[4 + extra] = (rest % 255) as u8;
+    }
+    block[5 + extra..].copy_from_slice(payload);
+    len
+}
+
 /// The most a block of `compressed_len` bytes written by [`compress`] can decompress
 /// to: what a size claimed in a header must not exceed before it sizes an allocation.
 pub fn max_decompressed_len(compressed_len: usize) -> usize {
@@ -668,6 +700,24 @@ mod tests {
             assert_eq!(unzigzag(zigzag(v)), v);
         }
         assert_eq!(zigzag(-1), 1);
+    }
+
+    #[test]
+    fn stored_blocks_decompress_to_their_payload() {
+        // Literal lengths at the edges of lz4's length encoding (15 in the token, then
+        // 255-steps).
+        for len in [0, 1, 14, 15, 16, 269, 270, 271, 524, 525, 100_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            for at in [0, 3] {
+                let mut out = vec![0xaa; at];
+                let n = store_at(&payload, &mut out, at);
+                let extra = if len >= 15 { (len - 15) / 255 + 1 } else { 0 };
+                assert_eq!(n, 4 + 1 + extra + len, "len {len}");
+                let mut back = Vec::new();
+                decompress(&out[at..at + n], &mut back).unwrap();
+                assert_eq!(back, payload, "len {len}");
+            }
+        }
     }
 
     #[test]

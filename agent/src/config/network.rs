@@ -16,6 +16,17 @@ pub enum WhenFull {
     DropOldest,
 }
 
+/// How a spool stores its packages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SpoolCompression {
+    /// lz4, as the local store: about a third of the payload's bytes on disk.
+    #[default]
+    Lz4,
+    /// The payload as it is (lz4 literals, the same block format): no compression
+    /// and no decompression on the way out, about three times the bytes on disk.
+    None,
+}
+
 /// The on-disk spool of one network sink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpoolConfig {
@@ -26,6 +37,7 @@ pub struct SpoolConfig {
     /// A spool segment is sealed (and can be deleted once forwarded) at this size.
     pub segment_bytes: u64,
     pub when_full: WhenFull,
+    pub compression: SpoolCompression,
 }
 
 /// Settings every network sink has besides its protocol's.

@@ -290,7 +290,7 @@ fn container_paths_read_files_inside_the_selected_containers() {
 
 #[test]
 fn network_sinks_parse_with_their_defaults() {
-    let yaml = "data_dir: /d\nsinks:\n  hub:\n    type: kafka\n    brokers: [\"127.0.0.1:9092\"]\n    topic: \"logs-{k8s.namespace}\"\n  otel:\n    type: otlp\n    endpoint: http://collector:4318/\n    headers: {authorization: Bearer x}\n    spool: {max_size: 10MiB, when_full: drop_oldest}\n    dead_letter: /d/otel-rejected.ndjson\n";
+    let yaml = "data_dir: /d\nsinks:\n  hub:\n    type: kafka\n    brokers: [\"127.0.0.1:9092\"]\n    topic: \"logs-{k8s.namespace}\"\n  otel:\n    type: otlp\n    endpoint: http://collector:4318/\n    headers: {authorization: Bearer x}\n    spool: {max_size: 10MiB, when_full: drop_oldest, compression: none}\n    dead_letter: /d/otel-rejected.ndjson\n";
     let c = Config::parse(yaml, "t.yaml").unwrap();
     let SinkConfig::Kafka(k) = &c.sinks["hub"] else {
         panic!("{:?}", c.sinks["hub"]);
@@ -311,6 +311,7 @@ fn network_sinks_parse_with_their_defaults() {
     assert_eq!(k.forward.spool.path, PathBuf::from("/d/spool/hub"));
     assert_eq!(k.forward.spool.max_bytes, 1 << 30);
     assert_eq!(k.forward.spool.when_full, WhenFull::Block);
+    assert_eq!(k.forward.spool.compression, network::SpoolCompression::Lz4);
     assert_eq!(k.forward.dead_letter, None);
     let SinkConfig::Otlp(o) = &c.sinks["otel"] else {
         panic!("{:?}", c.sinks["otel"]);
@@ -320,6 +321,7 @@ fn network_sinks_parse_with_their_defaults() {
     assert_eq!(o.headers["authorization"], "Bearer x");
     assert_eq!(o.forward.spool.max_bytes, 10 << 20);
     assert_eq!(o.forward.spool.when_full, WhenFull::DropOldest);
+    assert_eq!(o.forward.spool.compression, network::SpoolCompression::None);
     assert_eq!(o.forward.spool.path, PathBuf::from("/d/spool/otel"));
 }
 
@@ -349,6 +351,10 @@ fn network_sink_errors_name_the_field() {
         (
             "type: kafka\n    brokers: [\"h:1\"]\n    topic: t\n    spool: {when_full: panic}",
             "sinks.s.spool.when_full",
+        ),
+        (
+            "type: kafka\n    brokers: [\"h:1\"]\n    topic: t\n    spool: {compression: zstd}",
+            "sinks.s.spool.compression",
         ),
         (
             "type: kafka\n    brokers: [\"h:1\"]\n    topic: t\n    spool: {max_size: 1KiB}",

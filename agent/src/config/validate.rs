@@ -950,7 +950,7 @@ impl Validator {
         raw: ForwardFields<'_>,
         data_dir: &Path,
     ) -> Result<network::ForwardConfig, ConfigError> {
-        use network::WhenFull;
+        use network::{SpoolCompression, WhenFull};
         let field = |f: &str| format!("{prefix}.{f}");
         // `sinks.<name>` → the spool directory `<data_dir>/spool/<name>`.
         let name = prefix.rsplit_once("sinks.").map_or(prefix, |(_, n)| n);
@@ -978,6 +978,16 @@ impl Validator {
                 ));
             }
         };
+        let compression = match raw.spool.compression.as_str() {
+            "lz4" => SpoolCompression::Lz4,
+            "none" => SpoolCompression::None,
+            other => {
+                return Err(self.invalid(
+                    &field("spool.compression"),
+                    format!("{other:?}: expected lz4 or none"),
+                ));
+            }
+        };
         let max_window_bytes = match raw.max_request_size {
             Some(t) => self.size(&field("max_request_size"), t)?,
             None => 4 * 1024 * 1024,
@@ -992,6 +1002,7 @@ impl Validator {
                 max_bytes,
                 segment_bytes,
                 when_full,
+                compression,
             },
             dead_letter: raw.dead_letter.map(PathBuf::from),
             max_window_bytes: max_window_bytes.max(1),

@@ -236,8 +236,6 @@ pub struct KafkaDestination {
     package_id_buf: String,
     offset_buf: String,
     records_buf: String,
-    /// One record's JSON line, before it joins a run (`message_per: package`).
-    record_buf: Vec<u8>,
     /// Where each package of the window starts in the attempt's outcomes.
     starts: Vec<usize>,
 }
@@ -269,7 +267,6 @@ impl KafkaDestination {
             package_id_buf: String::new(),
             offset_buf: String::new(),
             records_buf: String::new(),
-            record_buf: Vec::new(),
             starts: Vec::new(),
         })
     }
@@ -319,7 +316,7 @@ impl KafkaDestination {
                     .write_record(&mut self.line, &sp.view(rec), fields, false);
                 self.offset_buf.clear();
                 let _ = write!(self.offset_buf, "{}", rec.offset);
-                let outcome = self.produce_one(base + index, false);
+                let outcome = self.produce_one(base + index, &self.line, false);
                 if let Err(code) = outcome {
                     self.reports().settle_message(index, Outcome::Failed(code));
                 }
@@ -334,45 +331,47 @@ impl KafkaDestination {
     /// of consecutive records, each run's JSON lines one message of at most
     /// `max_value_bytes`. A run's `logtap.offset` is its first record's; a skipped
     /// record (delivered by an earlier attempt) ends the run before it.
+    ///
+    /// Records are rendered straight into `line`, the run's value: the one that does
+    /// not fit is moved to the front once the run before it is produced, so the JSON
+    /// is copied once (by librdkafka), not once more per record.
     fn produce_runs(&mut self, sp: &SpooledPackage, start: usize, base: usize) {
         let retrying = self.last_skipped > 0;
         // (index of the run's first record, records in it); its lines are in `line`.
         let mut run: Option<(usize, usize)> = None;
+        self.line.clear();
         for (r, rec) in sp.package.records.iter().enumerate() {
             let index = start + r;
             if retrying && self.reports().outcomes[index] == Outcome::Skipped {
                 if let Some((first, n)) = run.take() {
-                    self.produce_run(sp, start, first, n, base);
+                    self.produce_run(sp, start, first, n, base, self.line.len());
+                    self.line.clear();
                 }
                 continue;
             }
-            self.record_buf.clear();
+            let mark = self.line.len();
             let fields = rec.fields.iter().map(|(k, v)| (&k[..], &v[..]));
+            // Each line ends in `\n`: exactly the record's own message value.
             self.json
-                .write_record(&mut self.record_buf, &sp.view(rec), fields, false);
-            self.record_buf.push(b'\n');
-            if let Some((first, n)) = run
-                && self.line.len() + self.record_buf.len() > self.max_value_bytes
-            {
-                self.produce_run(sp, start, first, n, base);
-                run = None;
-            }
-            match &mut run {
-                Some((_, n)) => *n += 1,
-                None => {
-                    self.line.clear();
-                    run = Some((index, 1));
+                .write_record(&mut self.line, &sp.view(rec), fields, false);
+            run = match run {
+                Some((first, n)) if self.line.len() > self.max_value_bytes => {
+                    self.produce_run(sp, start, first, n, base, mark);
+                    self.line.drain(..mark);
+                    Some((index, 1))
                 }
-            }
-            self.line.extend_from_slice(&self.record_buf);
+                Some((first, n)) => Some((first, n + 1)),
+                None => Some((index, 1)),
+            };
         }
         if let Some((first, n)) = run {
-            self.produce_run(sp, start, first, n, base);
+            self.produce_run(sp, start, first, n, base, self.line.len());
         }
+        self.line.clear();
     }
 
-    /// Produces the run in `line`: `n` records from index `first` of the attempt (the
-    /// package's records start at `start`).
+    /// Produces the run in `line[..len]`: `n` records from index `first` of the
+    /// attempt (the package's records start at `start`).
     fn produce_run(
         &mut self,
         sp: &SpooledPackage,
@@ -380,6 +379,7 @@ impl KafkaDestination {
         first: usize,
         n: usize,
         base: usize,
+        len: usize,
     ) {
         let first_record = &sp.package.records[first - start];
         self.offset_buf.clear();
@@ -387,17 +387,21 @@ impl KafkaDestination {
         self.records_buf.clear();
         let _ = write!(self.records_buf, "{n}");
         self.reports().run_len[first] = n as u32;
-        if let Err(code) = self.produce_one(base + first, true) {
+        if let Err(code) = self.produce_one(base + first, &self.line[..len], true) {
             self.reports().settle_message(first, Outcome::Failed(code));
         }
-        self.line.clear();
         self.producer.poll(Duration::ZERO);
     }
 
-    /// Hands one message (the buffers' contents) to librdkafka, waiting while its
-    /// queue is full.
+    /// Hands one message (`value`, the other buffers' contents) to librdkafka, waiting
+    /// while its queue is full.
     /// With `with_count`, the message is a run and carries `logtap.records`.
-    fn produce_one(&self, opaque: usize, with_count: bool) -> Result<(), RDKafkaErrorCode> {
+    fn produce_one(
+        &self,
+        opaque: usize,
+        value: &[u8],
+        with_count: bool,
+    ) -> Result<(), RDKafkaErrorCode> {
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(4)
                 .insert(Header {
@@ -420,7 +424,7 @@ impl KafkaDestination {
             }
             let record = BaseRecord::with_opaque_to(&self.topic_buf, opaque)
                 .key(&self.key_buf[..])
-                .payload(&self.line[..])
+                .payload(value)
                 .headers(headers);
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -966,6 +970,7 @@ mod tests {
                     max_bytes: 1,
                     segment_bytes: 1,
                     when_full: WhenFull::Block,
+                    compression: SpoolCompression::Lz4,
                 },
                 dead_letter: None,
                 max_window_bytes: 1,

@@ -56,20 +56,25 @@ impl Msg {
 
     /// A message of `message_per: package` as the messages of one record each that
     /// `message_per: record` would have made: one per JSON line, its `logtap.offset`
-    /// the line's. Checks that the run's header names its first line's offset and
-    /// counts its lines.
+    /// the line's. Checks that the value is NDJSON (each record's own message value,
+    /// back to back), that the run's header names its first line's offset and counts
+    /// its lines.
     pub fn split_run(&self) -> Vec<Msg> {
         let lines: Vec<&[u8]> = self
             .value
+            .strip_suffix(b"\n")
+            .expect("every line ends")
             .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
             .collect();
+        assert!(
+            lines.iter().all(|l| !l.is_empty()),
+            "NDJSON: no blank line between the records"
+        );
         assert_eq!(
             lines.len(),
             self.records(),
             "logtap.records counts the lines"
         );
-        assert_eq!(self.value.last(), Some(&b'\n'), "every line ends");
         lines
             .iter()
             .enumerate()

@@ -3,7 +3,9 @@
 //! The same templated CRI input ([`Input::CriTemplated`]) goes, in the same run and
 //! interleaved run by run, into
 //! - the local store (the baseline: the file scenarios' `CRI → local store`),
-//! - Kafka: a local `tansu` broker ([`kafka`]), `compression: lz4`,
+//! - Kafka: a local `tansu` broker ([`kafka`]), `compression: lz4`: one message per
+//!   record, `message_per: package`, and that again with the spool's
+//!   `compression: none`,
 //! - OTLP/HTTP: a receiver in the harness process ([`otlp`]), gzip (the sink's
 //!   default) and uncompressed.
 //! - Fluent Bit's `kafka` output into the same kind of broker, as the peer's row: its
@@ -85,6 +87,8 @@ enum Dest {
     Kafka {
         /// `message_per: package` instead of one message per record.
         per_package: bool,
+        /// The spool's `compression: none` instead of its default lz4.
+        spool_uncompressed: bool,
     },
     Otlp {
         gzip: bool,
@@ -108,12 +112,26 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "CRI → kafka (tansu, lz4, acks all)",
-            dest: Dest::Kafka { per_package: false },
+            dest: Dest::Kafka {
+                per_package: false,
+                spool_uncompressed: false,
+            },
             target: Some(300),
         },
         Scenario {
             name: "CRI → kafka, `message_per: package` (tansu, lz4, acks all)",
-            dest: Dest::Kafka { per_package: true },
+            dest: Dest::Kafka {
+                per_package: true,
+                spool_uncompressed: false,
+            },
+            target: Some(300),
+        },
+        Scenario {
+            name: "CRI → kafka, `message_per: package`, spool `compression: none` (tansu, lz4, acks all)",
+            dest: Dest::Kafka {
+                per_package: true,
+                spool_uncompressed: true,
+            },
             target: Some(300),
         },
         Scenario {
@@ -253,13 +271,17 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
             run_measured(Command::new("cat").arg(&input).stdout(Stdio::null()))?;
             let sample = match row.dest {
                 Dest::Store => run_store(&logtap, &dir, &input)?,
-                Dest::Kafka { per_package } => run_kafka(
+                Dest::Kafka {
+                    per_package,
+                    spool_uncompressed,
+                } => run_kafka(
                     &logtap,
                     &dir,
                     &input,
                     tansu.as_deref().expect("tansu"),
                     lines,
                     per_package,
+                    spool_uncompressed,
                 )?,
                 Dest::FluentBitKafka => run_fluent_bit_kafka(
                     fluent_bit.as_deref().expect("selected only with a binary"),
@@ -423,6 +445,7 @@ fn run_kafka(
     tansu: &Path,
     lines: u64,
     per_package: bool,
+    spool_uncompressed: bool,
 ) -> anyhow::Result<Sample> {
     let broker_dir = dir.join("tansu");
     let _ = std::fs::remove_dir_all(&broker_dir);
@@ -432,10 +455,15 @@ fn run_kafka(
         dir,
         input,
         &format!(
-            "    type: kafka\n    brokers: [\"{}\"]\n    topic: {}\n    compression: lz4\n    drain_timeout: {DRAIN_TIMEOUT}\n    message_per: {}\n",
+            "    type: kafka\n    brokers: [\"{}\"]\n    topic: {}\n    compression: lz4\n    drain_timeout: {DRAIN_TIMEOUT}\n    message_per: {}\n{}",
             broker.bootstrap(),
             kafka::TOPIC,
             if per_package { "package" } else { "record" },
+            if spool_uncompressed {
+                "    spool: {compression: none}\n"
+            } else {
+                ""
+            },
         ),
     )?;
     let before = broker.cpu()?;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::batch::Batch;
-use crate::config::network::{ForwardConfig, SpoolConfig, WhenFull};
+use crate::config::network::{ForwardConfig, SpoolCompression, SpoolConfig, WhenFull};
 use crate::frame::{Line, LineFlags, Stream};
 use crate::source::{SourceId, SourceInfo, SourceKind};
 
@@ -113,6 +113,7 @@ fn config(dir: &std::path::Path, max_bytes: u64, when_full: WhenFull) -> Forward
             max_bytes,
             segment_bytes: (max_bytes / 4).max(4096),
             when_full,
+            compression: SpoolCompression::Lz4,
         },
         dead_letter: Some(dir.join("dead.ndjson")),
         max_window_bytes: 64 * 1024,
@@ -188,6 +189,55 @@ fn delivers_every_record_once_and_resumes_from_the_cursor() {
     let s = script.lock().unwrap();
     assert_eq!(s.delivered.len(), 403);
     assert_eq!(&s.delivered[400..], &expected(7, 41..=41, 3)[..]);
+}
+
+/// `spool.compression: none` writes blocks of the same format, about as large as their
+/// payloads; a spool is read back whatever the setting it was written with.
+#[test]
+fn an_uncompressed_spool_delivers_everything_and_either_setting_reads_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    let src = source(3);
+    let mut config = config(dir.path(), 64 << 20, WhenFull::Block);
+    let segments = config.spool.path.join("segments");
+    let spooled = || -> u64 {
+        std::fs::read_dir(&segments)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    // The destination is down: what each setting writes stays in the spool.
+    let mut lz4_bytes = 0;
+    for (compression, packages) in [
+        (SpoolCompression::Lz4, 1..=10),
+        (SpoolCompression::None, 11..=20),
+    ] {
+        config.spool.compression = compression;
+        let mut sink =
+            NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+        let before = spooled();
+        for p in packages {
+            sink.write(&batch(&src, p, 50)).unwrap();
+        }
+        sink.flush().unwrap();
+        let written = spooled() - before;
+        let bodies = 10 * 50 * batch(&src, 1, 1).lines[0].body.len() as u64;
+        match compression {
+            SpoolCompression::Lz4 => lz4_bytes = written,
+            SpoolCompression::None => assert!(
+                written > bodies && written > lz4_bytes,
+                "{written} bytes for {bodies} body bytes (lz4: {lz4_bytes})"
+            ),
+        }
+    }
+    // Restarted with lz4 again, the spool forwards the blocks of both settings.
+    config.spool.compression = SpoolCompression::Lz4;
+    script.lock().unwrap().up = true;
+    let sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    wait_until("delivery", || sink.unforwarded() == 0);
+    assert_eq!(sink.stats().corrupt_lines, 0);
+    drop(sink);
+    assert_eq!(script.lock().unwrap().delivered, expected(3, 1..=20, 50));
 }
 
 #[test]

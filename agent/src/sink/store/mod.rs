@@ -135,6 +135,9 @@ pub struct Store {
     stats: StoreStats,
     /// Whether the `logtap_store_*` gauges are this store's (see `without_gauges`).
     gauges: bool,
+    /// Whether payloads are lz4-compressed, or stored as lz4 literals (see
+    /// `without_compression`).
+    compress: bool,
     /// `stored_end` and the source table are pruned of sources the store no longer
     /// holds once they reach this many entries (see `prune_sources`).
     prune_at: usize,
@@ -266,6 +269,7 @@ impl Store {
             last_idle_retention: None,
             stats,
             gauges: true,
+            compress: true,
             prune_at: PRUNE_SLACK,
         };
         store.enforce_retention(SystemTime::now());
@@ -307,6 +311,14 @@ impl Store {
         self
     }
 
+    /// Writes payloads as lz4 literals instead of compressing them
+    /// (`codec::store_at`): a network sink's spool with `compression: none`. The
+    /// blocks are in the same format and read back the same way.
+    pub fn without_compression(mut self) -> Store {
+        self.compress = false;
+        self
+    }
+
     fn publish_gauges(&self) {
         if !self.gauges {
             return;
@@ -325,7 +337,11 @@ impl Store {
         };
         let uncompressed_len = u32::try_from(self.payload_buf.len())
             .map_err(|_| too_big("payload", self.payload_buf.len()))?;
-        let compressed = codec::compress_at(&self.payload_buf, &mut self.block_buf, HEADER_LEN);
+        let compressed = if self.compress {
+            codec::compress_at(&self.payload_buf, &mut self.block_buf, HEADER_LEN)
+        } else {
+            codec::store_at(&self.payload_buf, &mut self.block_buf, HEADER_LEN)
+        };
         let compressed_len =
             u32::try_from(compressed).map_err(|_| too_big("compressed", compressed))?;
         let block_len = HEADER_LEN + compressed;
