@@ -12,7 +12,16 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
     let (object, watch) = match std::env::var_os("LOGTAP_EBPF_OBJ") {
-        Some(path) => (PathBuf::from(&path), PathBuf::from(path)),
+        // Cargo reruns a script on every build while a path it watches is missing:
+        // until the named object exists, its directory is watched instead.
+        Some(path) => {
+            let object = PathBuf::from(path);
+            let dir = match object.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            (object, dir)
+        }
         None => {
             // A directory holding only the object: watching it notices the object's
             // arrival without scanning the whole target directory.

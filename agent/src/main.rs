@@ -31,7 +31,9 @@ enum Command {
         /// Overrides `metrics.listen`; `off` disables the endpoint.
         #[arg(long)]
         metrics_listen: Option<String>,
-        /// Also create `<data_dir>/demo` with sample pod and application logs, and collect it.
+        /// Also create `<data_dir>/demo` with sample pod and application logs, and collect
+        /// it; where eBPF works (root, BTF, probes built), also run a demo workload in a
+        /// cgroup of its own and capture its output from the kernel.
         #[arg(long)]
         demo: bool,
         /// Read every matched file to its end once, ship, checkpoint, and exit.
@@ -123,9 +125,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })?)
                 }
             }
-            if demo {
-                logtap::demo::install(&mut config)?;
-            }
+            let workload = match demo {
+                true => logtap::demo::install(&mut config)?,
+                false => None,
+            };
             logtap::privileges::private_files(&config);
             if let Some(listen) = config.metrics_listen {
                 logtap::metrics::install(
@@ -138,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 signal_hook::flag::register(signal, shutdown.clone())?;
             }
-            let summary = pipeline::run(config, RunOptions { oneshot }, shutdown)?;
+            let summary = pipeline::run(config, RunOptions { oneshot, workload }, shutdown)?;
             tracing::info!(
                 lines = summary.lines,
                 bytes = summary.bytes,

@@ -11,6 +11,9 @@
 //! - `build-ebpf`: builds the eBPF probes (`agent-ebpf/probes`) for `bpfel-unknown-none`
 //!   into `target/bpf/logtap-probes.bpf.o`, which the agent's build script embeds.
 //!   Installs what is missing first (rust-src, bpf-linker) or says exactly what is.
+//! - `demo [--data-dir DIR]`: the README's first command: the probes (when the kernel
+//!   allows), the agent, a one-shot demo run capturing a workload from the kernel
+//!   beside the files, and a query of the store. See `demo.rs`.
 //! - `fuzz [--seconds N] [TARGET...]`: builds and runs the libFuzzer targets of `fuzz/`
 //!   for N seconds each (nightly and cargo-fuzz installed when missing); `fuzz seeds`
 //!   rewrites their seeds. See `fuzz.rs`.
@@ -20,6 +23,7 @@
 //!   `agent/tests/deploy_manifests.rs` fails when the file and the type disagree).
 
 mod build_ebpf;
+mod demo;
 mod fuzz;
 mod image;
 mod oci;
@@ -45,6 +49,16 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("xtask: build-ebpf failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if task.as_deref() == Some("demo") {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        return match demo::run(&root, &rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: demo failed: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -88,7 +102,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | build-ebpf | bench [ARGS] | fuzz [ARGS] | gen-crd | image [--debug]>"
+                "usage: cargo xtask <ci | demo [--data-dir DIR] | build-ebpf | bench [ARGS] | fuzz [ARGS] | gen-crd | image [--debug]>"
             );
             return ExitCode::from(2);
         }

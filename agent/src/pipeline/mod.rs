@@ -37,4 +37,4 @@ mod tests;
 pub use fanout::branch_id;
 pub use input::{Content, EndReason, Input, Opening};
 pub use processor::{Pipeline, Shipped};
-pub use supervisor::{RunOptions, RunSummary, run};
+pub use supervisor::{RunOptions, RunSummary, Workload, run};

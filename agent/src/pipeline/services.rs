@@ -39,6 +39,8 @@ pub(super) struct Services {
     pub registry: SharedRegistry,
     pub shutdown: Arc<AtomicBool>,
     oneshot: bool,
+    /// Whether capture starts even though the run is one-shot (see `RunOptions::workload`).
+    capture_in_oneshot: bool,
     checkpointer: JoinHandle<()>,
     kubernetes: Option<Kubernetes>,
     /// The container registry (CRI, with the pod log directory as fallback).
@@ -122,6 +124,7 @@ impl Services {
             registry,
             shutdown: shutdown.clone(),
             oneshot,
+            capture_in_oneshot: false,
             checkpointer,
             kubernetes,
             containers,
@@ -142,11 +145,26 @@ impl Services {
         })
     }
 
+    /// Lets a one-shot run start capture (see `RunOptions::workload`).
+    pub fn capture_in_oneshot(&mut self) {
+        self.capture_in_oneshot = true;
+    }
+
+    /// Whether capture runs in this run when `config` enables it.
+    fn capture_wanted(&self) -> bool {
+        !self.oneshot || self.capture_in_oneshot
+    }
+
+    /// Whether the capture stage was started and runs.
+    pub fn capture_running(&self) -> bool {
+        self.capture.is_some()
+    }
+
     /// Loads the eBPF probes when `config` (the file's) enables capture and the run
     /// is not one-shot; whether they loaded. Capture starts later, with the sinks
     /// ([`Self::start_capture`]); the capabilities loading needs are dropped between.
     pub fn load_capture(&mut self, config: &Config) -> bool {
-        if let Some(capture_config) = config.capture.as_ref().filter(|_| !self.oneshot) {
+        if let Some(capture_config) = config.capture.as_ref().filter(|_| self.capture_wanted()) {
             self.probes = CaptureThread::load(capture_config);
         }
         self.probes.is_some()
@@ -163,7 +181,7 @@ impl Services {
     /// ends only once every sender of its queue is gone. A collection that selects a
     /// captured container reads its CRI log through the file source (`Claims`).
     pub fn start_capture(&mut self, config: &Config, sinks: &Sinks) {
-        let Some(capture_config) = config.capture.as_ref().filter(|_| !self.oneshot) else {
+        let Some(capture_config) = config.capture.as_ref().filter(|_| self.capture_wanted()) else {
             return;
         };
         let Some(probes) = self.probes.take() else {

@@ -22,10 +22,19 @@ use crate::source::file::StopMode;
 /// before rebuilding anyway (they are then read again: duplicates, not loss).
 const APPLY_ACK_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Debug, Default)]
+/// Work a run does beside capture (`logtap run --demo`'s workload, whose output
+/// capture takes from the kernel); called with whether capture is running.
+pub type Workload = Box<dyn FnOnce(bool) + Send>;
+
+#[derive(Default)]
 pub struct RunOptions {
     /// Read every matched file to EOF once, ship everything, checkpoint, and return.
     pub oneshot: bool,
+    /// Called once capture has started (or failed to), before the files are read.
+    /// With it a one-shot run starts capture too: without, it starts none, since it
+    /// would claim the CRI logs of the running containers and end their streams at
+    /// its stop, leaving their lines to the next run.
+    pub workload: Option<Workload>,
 }
 
 /// What a run did, for the CLI's closing line and for tests.
@@ -56,6 +65,9 @@ pub fn run(
         crate::selfmon::capture_from_now(selfmon);
     }
     let mut services = Services::start(&config, options.oneshot, &shutdown)?;
+    if options.workload.is_some() {
+        services.capture_in_oneshot();
+    }
     let capture_loaded = services.load_capture(&config);
     // Before the sinks: librdkafka's threads block every signal, so they cannot be
     // asked to drop later (see `privileges`).
@@ -73,18 +85,25 @@ pub fn run(
     // there is to read, so it always has work in the health registry's sense.
     let source_beat = crate::metrics::health::global().register("source");
     source_beat.waiting(true);
-    let result = read_generations(&config, &mut services, &mut sinks, &mut summary);
+    let result = read_generations(
+        &config,
+        &mut services,
+        &mut sinks,
+        &mut summary,
+        options.workload,
+    );
     source_beat.stop();
     services.stop(sinks, result).map(|()| summary)
 }
 
-/// Starts the sinks and capture, then reads generation after generation until one
-/// ends for good (shutdown, one-shot end, or an error).
+/// Starts the sinks and capture (and runs `workload`), then reads generation after
+/// generation until one ends for good (shutdown, one-shot end, or an error).
 fn read_generations(
     config: &Config,
     services: &mut Services,
     sinks: &mut Sinks,
     summary: &mut RunSummary,
+    workload: Option<super::Workload>,
 ) -> anyhow::Result<()> {
     // The generation is read before the config it stamps: a change in between
     // makes one rebuild too many, never one too few.
@@ -92,6 +111,9 @@ fn read_generations(
     let mut effective = services.effective(config);
     sinks.reconcile(&effective)?;
     services.start_capture(config, sinks);
+    if let Some(workload) = workload {
+        workload(services.capture_running());
+    }
     services.start_self_monitoring(config, sinks);
     services.start_net_inputs(config, sinks)?;
     services.start_events(config, sinks);

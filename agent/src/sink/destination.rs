@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::batch::codec::{Package, Record};
 use crate::sink::store::render::{self, PackageJson, RecordView};
-use crate::source::SourceInfo;
+use crate::source::{SourceInfo, SourceKind};
 
 /// One package read back from the spool, decoded.
 #[derive(Clone, Debug)]
@@ -57,6 +57,7 @@ impl SpooledPackage {
             offset: record.offset,
             timestamp_ns: record.timestamp_ns,
             stream: record.stream,
+            captured: self.source.kind == SourceKind::Capture,
             flags: record.flags,
             body: &record.body,
             source_fields: &self.package.source_fields,

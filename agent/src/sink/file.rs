@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::batch::Batch;
 use crate::sink::store::render::{PackageJson, RecordView};
 use crate::sink::{Sink, SinkError};
+use crate::source::SourceKind;
 
 /// Rendered bytes held before `write` starts writing them out.
 const BUFFER_BYTES: usize = 256 * 1024;
@@ -131,6 +132,7 @@ pub(crate) fn render_batch(
             offset: l.offset,
             timestamp_ns: l.timestamp_ns,
             stream: l.stream,
+            captured: batch.source.kind == SourceKind::Capture,
             flags: l.flags,
             body: &l.body,
             source_fields: &batch.source_fields,

@@ -48,7 +48,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 
 use crate::batch::codec::Record;
-use crate::source::{SourceId, SourceInfo};
+use crate::source::{SourceId, SourceInfo, SourceKind};
 
 use super::index::{self, OpenSegment};
 use super::render::{self, RecordView};
@@ -644,6 +644,10 @@ impl<'a> Engine<'a> {
             offset: r.offset,
             timestamp_ns: r.timestamp_ns,
             stream: r.stream,
+            captured: self
+                .sources
+                .get(&source_id)
+                .is_some_and(|s| s.kind == SourceKind::Capture),
             flags: r.flags,
             body: &r.body,
             source_fields,

@@ -32,6 +32,9 @@ pub struct RecordView<'a> {
     pub offset: u64,
     pub timestamp_ns: i64,
     pub stream: Stream,
+    /// Whether the record was captured from the kernel by the eBPF probes (its source
+    /// is a captured stream): `[ebpf]` in the text form, `"origin":"ebpf"` in JSON.
+    pub captured: bool,
     pub flags: LineFlags,
     pub body: &'a [u8],
     /// The package's source fields (`Batch::source_fields`): pod, namespace, labels….
@@ -205,7 +208,8 @@ fn write_bytes_member(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 ///  "resource":{"k8s.pod":"web-1","k8s.namespace":"shop",…}}
 /// ```
 ///
-/// `stream` is left out for plain files, `path` for unknown sources, `resource` (the
+/// `origin` (`"ebpf"`) is there only for records captured from the kernel, after
+/// `stream`. `stream` is left out for plain files, `path` for unknown sources, `resource` (the
 /// source fields: pod, namespace, container, labels…) when the source has none. A
 /// body, path or field that is not UTF-8 goes to `body_base64` / `path_base64` /
 /// `fields_base64` / `resource_base64` (there both key and value are base64). `context` marks records that `logtap query
@@ -307,6 +311,9 @@ fn write_json_own<'f>(
         out.extend_from_slice(rec.stream.as_str().as_bytes());
         out.extend_from_slice(b"\",");
     }
+    if rec.captured {
+        out.extend_from_slice(b"\"origin\":\"ebpf\",");
+    }
     out.extend_from_slice(b"\"flags\":[");
     for (i, name) in rec.flags.names().enumerate() {
         if i > 0 {
@@ -394,7 +401,8 @@ pub fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// Appends the text form of a record: `<ts> <path>:<offset> [stream] body\n`, with
+/// Appends the text form of a record: `<ts> <path>:<offset> [stream] [ebpf] body\n`
+/// (`[ebpf]` when it was captured from the kernel), with
 /// `<namespace>/<pod>/<container> ` before the body when the source fields name a pod
 /// (the other source fields are in the JSON form only). Context records use `-`
 /// instead of `:` after the path, as `grep -C` does.
@@ -410,6 +418,9 @@ pub fn write_text_record(out: &mut Vec<u8>, rec: &RecordView<'_>, context: bool)
     let _ = write!(out, "{}{} ", if context { '-' } else { ':' }, rec.offset);
     if rec.stream != Stream::None {
         let _ = write!(out, "[{}] ", rec.stream.as_str());
+    }
+    if rec.captured {
+        out.extend_from_slice(b"[ebpf] ");
     }
     let source_field = |key: &str| {
         rec.source_fields
@@ -480,6 +491,7 @@ mod tests {
             offset: 42,
             timestamp_ns: 0,
             stream: Stream::Stderr,
+            captured: false,
             flags: LineFlags::TRUNCATED | LineFlags::INVALID_UTF8,
             body,
             source_fields: &[],
@@ -624,6 +636,38 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "1970-01-01T00:00:00.000000000Z <source 00000000000000ab>-42 x\n"
         );
+    }
+
+    #[test]
+    fn captured_records_say_so_in_both_forms() {
+        let rec = RecordView {
+            path: Some(Path::new("cgroup:/logtap-demo/w#stdout")),
+            stream: Stream::Stdout,
+            captured: true,
+            flags: LineFlags::empty(),
+            ..view(b"hello")
+        };
+        let mut out = Vec::new();
+        write_text_record(&mut out, &rec, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000000Z cgroup:/logtap-demo/w#stdout:42 [stdout] [ebpf] hello\n"
+        );
+        let mut out = Vec::new();
+        write_json_record(&mut out, &rec, std::iter::empty(), false);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["origin"], "ebpf");
+        // The package form renders the same bytes.
+        let mut pj = PackageJson::default();
+        pj.reset(rec.source_id, rec.path, rec.package_id, &[]);
+        let mut got = Vec::new();
+        pj.write_record(&mut got, &rec, std::iter::empty(), false);
+        assert_eq!(got, out);
+        // Records read from files carry no origin.
+        out.clear();
+        write_json_record(&mut out, &view(b"x"), std::iter::empty(), false);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(v.get("origin").is_none());
     }
 
     fn pairs(list: &[(&'static str, &'static [u8])]) -> Vec<(Bytes, Bytes)> {
