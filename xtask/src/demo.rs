@@ -34,11 +34,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             }
         }
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo build -p logtap");
-    let mut build = Command::new(&cargo);
+    let mut build = crate::nested_cargo();
     build.current_dir(root).args(["build", "-p", "logtap"]);
-    without_package_env(&mut build);
     status(&mut build)?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -66,30 +64,6 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         "xtask: {query:?}\n       ([ebpf]: captured from the kernel; the others were read from files)"
     );
     status(&mut query)
-}
-
-/// `cargo run` hands xtask its package's variables (`CARGO_MANIFEST_DIR`,
-/// `CARGO_PKG_NAME`, ...). A build script that watches one of them (ring's does, with
-/// `rerun-if-env-changed`) would see xtask's values in a cargo run from here and
-/// rebuild, then rebuild again at the next `cargo` typed by hand: the nested cargo
-/// gets the environment a hand-typed one has.
-fn without_package_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if key.starts_with("CARGO_PKG_")
-            || matches!(
-                key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_MANIFEST_LINKS"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-            )
-        {
-            cmd.env_remove(key);
-        }
-    }
 }
 
 /// Why the probes cannot load on this machine, when that is known before building them.

@@ -12,7 +12,6 @@
 //! or `skopeo copy oci-archive:<archive> docker://<registry>/logtap:<version>`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::oci;
 
@@ -40,7 +39,7 @@ pub fn run(args: &[String]) -> Result<PathBuf, String> {
         }
     }
     build_ebpf_object()?;
-    let mut build = nested_cargo();
+    let mut build = crate::nested_cargo();
     build
         .current_dir(&root)
         .args(["build", "-p", "logtap", "--bin", "logtap"]);
@@ -69,32 +68,6 @@ pub fn run(args: &[String]) -> Result<PathBuf, String> {
         archive.display()
     );
     Ok(archive)
-}
-
-/// `cargo`, without the variables `cargo run` set for xtask itself: build scripts that
-/// track them (ring's `rerun-if-env-changed=CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, ...)
-/// would otherwise rerun, and rebuild ring, rustls and kube, whenever the same build
-/// was last made by a plain `cargo build`.
-fn nested_cargo() -> Command {
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || matches!(
-                &*name,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_MANIFEST_LINKS"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "OUT_DIR"
-            )
-        {
-            cargo.env_remove(&*name);
-        }
-    }
-    cargo
 }
 
 /// The image is the capturing agent: without the probes' object the build would

@@ -107,10 +107,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for step in steps {
         eprintln!("xtask: cargo {}", step.join(" "));
-        match Command::new(&cargo).args(&step).status() {
+        match nested_cargo().args(&step).status() {
             Ok(s) if s.success() => {}
             Ok(s) => {
                 eprintln!("xtask: `cargo {}` failed ({s})", step.join(" "));
@@ -137,4 +136,30 @@ fn gen_crd() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo`, without the variables `cargo run` set for xtask itself: build scripts that
+/// track them (ring's `rerun-if-env-changed=CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, ...)
+/// would otherwise rerun, and rebuild ring, rustls and kube, whenever the same build
+/// was last made by a plain `cargo build`.
+pub(crate) fn nested_cargo() -> Command {
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "OUT_DIR"
+            )
+        {
+            cargo.env_remove(&*name);
+        }
+    }
+    cargo
 }
