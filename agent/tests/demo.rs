@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{logtap_bin, query_json};
+use common::{is_root, logtap_bin, query_json};
 use logtap::demo::{CGROUP_PREFIX, WORKLOAD_SOURCE, WORKLOAD_STDOUT_LINES};
 use serde_json::Value;
 
@@ -27,18 +27,6 @@ fn skip_ebpf() -> bool {
         return true;
     }
     false
-}
-
-fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("LOGTAP_TEST_ALLOW_NONROOT").as_deref() == Ok("1") {
-        eprintln!("note: not root; skipping {test} (LOGTAP_TEST_ALLOW_NONROOT=1)");
-        return false;
-    }
-    panic!("{test} must run as root; set LOGTAP_TEST_ALLOW_NONROOT=1 to skip it");
 }
 
 /// A node file (standing in for `/var/log/*.log`) and a config reading it into the

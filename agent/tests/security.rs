@@ -162,21 +162,6 @@ fn fifos_named_like_logs_are_skipped_and_never_block_the_reader() {
 
 const NOBODY: u32 = 65534;
 
-/// These tests need root (to run a command as `nobody`, to see capabilities dropped).
-/// Run as another user they fail, unless `LOGTAP_TEST_ALLOW_NONROOT=1` (then they
-/// print a note and check nothing), as in `bad_input.rs`.
-fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("LOGTAP_TEST_ALLOW_NONROOT").as_deref() == Ok("1") {
-        eprintln!("note: not root; skipping {test} (LOGTAP_TEST_ALLOW_NONROOT=1)");
-        return false;
-    }
-    panic!("{test} must run as root; set LOGTAP_TEST_ALLOW_NONROOT=1 to skip it");
-}
-
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::symlink_metadata(path)

@@ -281,6 +281,22 @@ pub fn http_request(
     Some((status, answer[head_end + 4..].to_vec()))
 }
 
+/// Tests that need root (to run the agent as `nobody`, to load probes, to see
+/// capabilities dropped): `false` (with a note) when not root and
+/// `LOGTAP_TEST_ALLOW_NONROOT=1` lets them skip; a panic when not root otherwise, so a
+/// run that cannot check them never passes silently.
+pub fn is_root(test: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("LOGTAP_TEST_ALLOW_NONROOT").as_deref() == Ok("1") {
+        eprintln!("note: not root; skipping {test} (LOGTAP_TEST_ALLOW_NONROOT=1)");
+        return false;
+    }
+    panic!("{test} must run as root; set LOGTAP_TEST_ALLOW_NONROOT=1 to skip it");
+}
+
 /// The value of a metric series (sum over series whose label set contains every
 /// `labels` pair), or 0 when absent.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
