@@ -311,8 +311,7 @@ impl Probes {
             Pinning::Remove(dir) if dir.exists() => {
                 match pin::lock(dir).and_then(|_lock| pin::remove_all(dir)) {
                     Ok(true) => {
-                        metrics::counter!(CAPTURE_PIN_STARTS_TOTAL, "result" => "removed")
-                            .increment(1);
+                        count_pin_start("removed");
                         tracing::info!(dir = %dir.display(), "capture.pin is off: the probes pinned by an earlier agent were removed");
                     }
                     Ok(false) => {}
@@ -739,6 +738,11 @@ fn load_fresh(
     })
 }
 
+/// One start on pins, by how it went (`logtap_capture_pin_starts_total{result}`).
+fn count_pin_start(result: &'static str) {
+    metrics::counter!(CAPTURE_PIN_STARTS_TOTAL, "result" => result).increment(1);
+}
+
 /// Takes over the probes pinned in `dir` with this layout, or loads and pins fresh
 /// ones when there are none (any other layout there is removed first: see `pin`).
 /// A directory that takes no pins (not bpffs, read-only) leaves the probes unpinned.
@@ -748,13 +752,10 @@ fn load_pinned(
     options: &ProbeOptions,
     dir: &Path,
 ) -> Result<Loaded, ProbeError> {
-    let count = |result: &'static str| {
-        metrics::counter!(CAPTURE_PIN_STARTS_TOTAL, "result" => result).increment(1);
-    };
     let lock = match pin::lock(dir) {
         Ok(lock) => lock,
         Err(e) => {
-            count(if e.kind() == io::ErrorKind::WouldBlock {
+            count_pin_start(if e.kind() == io::ErrorKind::WouldBlock {
                 "locked"
             } else {
                 "failed"
@@ -775,9 +776,6 @@ fn load_layout(
     options: &ProbeOptions,
     dir: &Path,
 ) -> Result<Loaded, ProbeError> {
-    let count = |result: &'static str| {
-        metrics::counter!(CAPTURE_PIN_STARTS_TOTAL, "result" => result).increment(1);
-    };
     let stamp = pin::layout_stamp(object, config, options.ring_bytes, options.hooks);
     let layout = dir.join(&stamp);
     let scan = pin::scan(dir, &stamp).map_err(|source| ProbeError::Io {
@@ -786,7 +784,7 @@ fn load_layout(
     })?;
     for stale in &scan.stale {
         tracing::warn!(pins = %stale.display(), layout = %stamp, "probes pinned by an agent with another layout (other probes or capture settings): removed; capture starts afresh, running containers from their CRI logs");
-        count("layout_changed");
+        count_pin_start("layout_changed");
         if let Err(e) = pin::remove(stale) {
             tracing::warn!(pins = %stale.display(), error = %e, "removing stale pins: their probes may still capture beside these");
         }
@@ -799,12 +797,12 @@ fn load_layout(
             .and_then(|mode| open_pins(&layout, mode));
         match reused {
             Ok(loaded) => {
-                count("reused");
+                count_pin_start("reused");
                 tracing::info!(pins = %layout.display(), "taking over the probes an earlier agent left pinned");
                 return Ok(loaded);
             }
             Err(detail) => {
-                count("incomplete");
+                count_pin_start("incomplete");
                 tracing::warn!(pins = %layout.display(), error = %detail, "pinned probes unusable: removed, capture starts afresh");
                 if let Err(e) = pin::remove(&layout) {
                     return Err(ProbeError::Io {
@@ -821,11 +819,11 @@ fn load_layout(
     });
     match created.and_then(|()| load_fresh(object, config, options, Some(&layout))) {
         Ok(loaded) => {
-            count("created");
+            count_pin_start("created");
             Ok(loaded)
         }
         Err(ProbeError::Pin { dir, detail }) => {
-            count("failed");
+            count_pin_start("failed");
             tracing::warn!(dir = %dir.display(), error = %detail, "the probes cannot be pinned (is a bpffs mounted there?): capture runs, but a restarted agent starts afresh");
             let _ = pin::remove(&layout);
             load_fresh(object, config, options, None)
