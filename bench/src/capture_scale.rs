@@ -172,29 +172,14 @@ fn run_scale(
         .spawn(move || stage.run(&stage_stop))?;
 
     let counters_before = StageCounters::read(metrics);
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (metrics, sampling) = (metrics.clone(), sampling.clone());
-        std::thread::spawn(move || {
-            let mut peak = 0f64;
-            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(metric_sum(
-                    &metrics.render(),
-                    "logtap_capture_buffered_bytes",
-                ));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            peak as u64
-        })
-    };
+    let buffered = PeakSampler::start(metrics.clone(), "logtap_capture_buffered_bytes");
     reset_peak_rss();
     let cpu_before = crate::self_cpu();
     let started = Instant::now();
     let (writers_cpu, writers_end) = run_writers(scene, &names, &scenario)?;
     let ended = wait_ended(&registry, writers);
     let wall = started.elapsed();
-    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let peak_buffered = sampler.join().unwrap_or_default();
+    let peak_buffered = buffered.stop();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     stage
         .join()
@@ -297,6 +282,37 @@ fn run_writers(
         end = Some(end.map_or(ended, |e| e.max(ended)));
     }
     Ok((cpu, end.unwrap_or_else(Instant::now)))
+}
+
+/// The highest value a gauge took while it was sampled (every 100 ms, from the
+/// rendered metrics, as a scrape would see it).
+struct PeakSampler {
+    sampling: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakSampler {
+    fn start(metrics: PrometheusHandle, gauge: &'static str) -> PeakSampler {
+        let sampling = Arc::new(AtomicBool::new(true));
+        let thread = {
+            let sampling = sampling.clone();
+            std::thread::spawn(move || {
+                let mut peak = 0f64;
+                while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(metric_sum(&metrics.render(), gauge));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                peak as u64
+            })
+        };
+        PeakSampler { sampling, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.sampling
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 /// Whether all `streams` ended (their sources closed) within [`END_WAIT`].
