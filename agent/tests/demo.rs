@@ -135,6 +135,18 @@ fn the_demo_captures_its_workload_from_the_kernel_beside_the_files() {
             "{r}"
         );
     }
+    // `--source` selects captured streams by their `cgroup:` path like files by theirs
+    // (a path glob: `*` stops at `/`).
+    let by_source = query_json(
+        &store,
+        &[
+            "--source",
+            &format!("cgroup:{CGROUP_PREFIX}/**"),
+            "demo workload",
+        ],
+    );
+    assert_eq!(by_source.len(), captured.len());
+    assert!(query_json(&store, &["--source", "/**/*.log", "demo workload"]).is_empty());
     // The workload's source config parsed them (JSON).
     assert_eq!(stdout[6]["fields"]["level"], "error");
 
