@@ -114,6 +114,16 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The resolver of a running container that its source selects, logging to the
+    /// fixture's CRI log: what most tests capture.
+    fn running_container(&self) -> TableResolver {
+        TableResolver {
+            log_path: Some(self.log.clone()),
+            running: Some(true),
+            selected: true,
+        }
+    }
+
     fn new() -> Fixture {
         Fixture::with_capture("")
     }
@@ -230,11 +240,7 @@ fn a_hole_in_the_middle_is_repaired_from_the_cri_log() {
         ]),
         ..Default::default()
     };
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(true),
-        selected: true,
-    };
+    let resolver = fx.running_container();
     let (mut stage, rx, claims) = fx.stage(feed, resolver, fx.registry());
     let got = lines(&mut stage, &rx, 4);
     let stdout: Vec<_> = got
@@ -276,11 +282,7 @@ fn a_log_that_does_not_line_up_with_the_stream_is_not_used_to_repair() {
         ]]),
         ..Default::default()
     };
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(true),
-        selected: true,
-    };
+    let resolver = fx.running_container();
     let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
     let got = lines(&mut stage, &rx, 2);
     assert_eq!(
@@ -365,11 +367,7 @@ fn a_stream_checkpointed_by_an_earlier_run_continues_from_its_log() {
         registry.acked(id, 1);
         registry.persist().unwrap();
     }
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(true),
-        selected: true,
-    };
+    let resolver = fx.running_container();
     let registry = fx.registry();
     let (mut stage, rx, claims) = fx.stage(ScriptFeed::default(), resolver, registry.clone());
     assert!(claims.is_claimed(&fx.log));
@@ -520,11 +518,7 @@ fn a_running_container_is_shipped_from_its_log_then_from_capture_at_the_seam() {
         "stdout",
         &all[..1000].iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(true),
-        selected: true,
-    };
+    let resolver = fx.running_container();
     let (mut stage, rx, claims) = fx.stage(ScriptFeed::default(), resolver, fx.registry());
     stage.set_cgroup_root(Some(running.root.clone()));
     stage.bind_running(&running.proc);
@@ -572,11 +566,7 @@ fn a_running_container_repeating_itself_stays_on_its_log() {
         "stdout",
         &all[..1000].iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(true),
-        selected: true,
-    };
+    let resolver = fx.running_container();
     let (mut stage, rx, _) = fx.stage(ScriptFeed::default(), resolver, fx.registry());
     stage.set_cgroup_root(Some(running.root.clone()));
     stage.bind_running(&running.proc);
@@ -618,11 +608,7 @@ fn a_stream_whose_binding_record_was_lost_is_bound_by_its_first_bytes() {
         ]),
         ..Default::default()
     };
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(true),
-        selected: true,
-    };
+    let resolver = fx.running_container();
     let (mut stage, rx, claims) = fx.stage(feed, resolver, fx.registry());
     let got = lines(&mut stage, &rx, 2);
     assert_eq!(bodies(&got), ["line1", "line2"]);
@@ -694,11 +680,7 @@ fn over_the_node_wide_budget_the_stream_holding_most_spills_to_its_log() {
         ]),
         ..Default::default()
     };
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(true),
-        selected: true,
-    };
+    let resolver = fx.running_container();
     let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
     stage.poll_once(Duration::from_millis(5)).unwrap();
     stage.poll_once(Duration::from_millis(5)).unwrap();
