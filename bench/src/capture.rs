@@ -902,6 +902,76 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The capture stage of one bench run and the sink worker behind it, each on its
+/// thread: the stage reads `feed`, its pipeline (the config's sources) ships into
+/// `sink`.
+struct RunningCapture {
+    stop: Arc<AtomicBool>,
+    stage: std::thread::JoinHandle<std::io::Result<()>>,
+    worker: std::thread::JoinHandle<Result<(), SinkError>>,
+}
+
+impl RunningCapture {
+    /// `prepare` sees the stage before its thread starts (the agent's own settings a
+    /// scenario needs).
+    fn start(
+        config: &Config,
+        feed: MeasuredProbes,
+        resolver: TableResolver,
+        registry: &SharedRegistry,
+        sink: Box<dyn Sink>,
+        prepare: impl FnOnce(&mut CaptureStage<MeasuredProbes, TableResolver>),
+    ) -> anyhow::Result<RunningCapture> {
+        let options = config.capture.clone().context("capture is enabled")?;
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let worker = SinkWorker {
+            sink,
+            queue: rx,
+            registry: registry.clone(),
+            flush_interval: Duration::from_millis(200),
+            shutdown: Arc::new(AtomicBool::new(false)),
+        }
+        .spawn("verify")?;
+        let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
+        let pipeline = Pipeline::new(
+            config,
+            Router::new(&config.sources, &queues),
+            registry.clone(),
+        );
+        // The pipeline holds the only sender: the worker ends once the stage is done.
+        drop(queues);
+        let claims = Arc::new(Claims::new(options.source, options.claim_wait));
+        let mut stage =
+            CaptureStage::new(options, feed, resolver, pipeline, registry.clone(), claims);
+        prepare(&mut stage);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stage_stop = stop.clone();
+        let stage = std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || stage.run(&stage_stop))?;
+        Ok(RunningCapture {
+            stop,
+            stage,
+            worker,
+        })
+    }
+
+    /// Stops the stage (its pipeline ships what it holds) and waits for the worker to
+    /// take the last package.
+    fn finish(self) -> anyhow::Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stage
+            .join()
+            .map_err(|_| anyhow::anyhow!("the capture thread panicked"))?
+            .context("the capture stage")?;
+        self.worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sink worker panicked"))?
+            .context("the sink worker")?;
+        Ok(())
+    }
+}
+
 fn run_with_capture(
     scene: &Scene,
     dir: &Path,
@@ -927,7 +997,6 @@ fn run_with_capture(
     )
     .context("the capture bench's config")?;
     let probes = load_probes(&config, hooks)?;
-    let options = config.capture.clone().context("capture is enabled")?;
     let hook_mode = probes.hook_mode();
     let kernel = Arc::new(Mutex::new(None));
     let programs = Arc::new(Mutex::new(Vec::new()));
@@ -941,32 +1010,15 @@ fn run_with_capture(
         expected: scenario.bytes,
         ..Verify::default()
     }));
-    let (tx, rx) = crossbeam_channel::bounded(8);
-    let sink_stop = Arc::new(AtomicBool::new(false));
-    let worker = SinkWorker {
-        sink: Box::new(VerifySink(verify.clone())),
-        queue: rx,
-        registry: registry.clone(),
-        flush_interval: Duration::from_millis(200),
-        shutdown: sink_stop.clone(),
-    }
-    .spawn("verify")?;
-    let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
-    let pipeline = Pipeline::new(
-        &config,
-        Router::new(&config.sources, &queues),
-        registry.clone(),
-    );
-    // The pipeline holds the only sender: the worker ends once the stage is done.
-    drop(queues);
-    let claims = Arc::new(Claims::new(options.source, options.claim_wait));
     let resolver = TableResolver(HashMap::from([(name.as_bytes().to_vec(), log.clone())]));
-    let stage = CaptureStage::new(options, feed, resolver, pipeline, registry.clone(), claims);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stage_stop = stop.clone();
-    let stage = std::thread::Builder::new()
-        .name("capture".into())
-        .spawn(move || stage.run(&stage_stop))?;
+    let running = RunningCapture::start(
+        &config,
+        feed,
+        resolver,
+        &registry,
+        Box::new(VerifySink(verify.clone())),
+        |_| {},
+    )?;
 
     let counters_before = StageCounters::read(metrics);
     reset_peak_rss();
@@ -989,15 +1041,7 @@ fn run_with_capture(
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    stage
-        .join()
-        .map_err(|_| anyhow::anyhow!("the capture thread panicked"))?
-        .context("the capture stage")?;
-    worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("the sink worker panicked"))?
-        .context("the sink worker")?;
+    running.finish()?;
     let cpu = crate::self_cpu() - cpu_before;
     let streaming_cpu = streaming_cpu.unwrap_or(cpu);
     let peak_rss_kib = peak_rss_kib();

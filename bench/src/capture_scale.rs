@@ -122,7 +122,6 @@ fn run_scale(
     };
     let data_dir = dir.join(format!("data-scale-{}", hooks.as_str()));
     let (config, probes) = load(args, scene, dir, &data_dir, hooks)?;
-    let options = config.capture.clone().context("capture is enabled")?;
     let hook_mode = probes.hook_mode();
     let kernel = Arc::new(Mutex::new(None));
     let feed = MeasuredProbes {
@@ -132,23 +131,6 @@ fn run_scale(
     };
     let registry: SharedRegistry = Arc::new(Registry::open(&data_dir.join("checkpoints"))?);
     let verify = Arc::new(Mutex::new(HashMap::new()));
-    let (tx, rx) = crossbeam_channel::bounded(8);
-    let worker = SinkWorker {
-        sink: Box::new(MultiVerifySink(verify.clone())),
-        queue: rx,
-        registry: registry.clone(),
-        flush_interval: Duration::from_millis(200),
-        shutdown: Arc::new(AtomicBool::new(false)),
-    }
-    .spawn("verify")?;
-    let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
-    let pipeline = Pipeline::new(
-        &config,
-        Router::new(&config.sources, &queues),
-        registry.clone(),
-    );
-    drop(queues);
-    let claims = Arc::new(Claims::new(options.source, options.claim_wait));
     let names: Vec<(String, PathBuf)> = (0..writers)
         .map(|i| {
             let name = format!("s{}-{i}", hooks.as_str());
@@ -162,14 +144,15 @@ fn run_scale(
             .map(|(n, l)| (n.as_bytes().to_vec(), l.clone()))
             .collect(),
     );
-    let mut stage = CaptureStage::new(options, feed, resolver, pipeline, registry.clone(), claims);
-    // As the agent does: a writer whose removal record a full ring lost still ends.
-    stage.set_cgroup_root(Probes::cgroup2_root().ok());
-    let stop = Arc::new(AtomicBool::new(false));
-    let stage_stop = stop.clone();
-    let stage = std::thread::Builder::new()
-        .name("capture".into())
-        .spawn(move || stage.run(&stage_stop))?;
+    let running = RunningCapture::start(
+        &config,
+        feed,
+        resolver,
+        &registry,
+        Box::new(MultiVerifySink(verify.clone())),
+        // As the agent does: a writer whose removal record a full ring lost still ends.
+        |stage| stage.set_cgroup_root(Probes::cgroup2_root().ok()),
+    )?;
 
     let counters_before = StageCounters::read(metrics);
     let buffered = PeakSampler::start(metrics.clone(), "logtap_capture_buffered_bytes");
@@ -180,15 +163,7 @@ fn run_scale(
     let ended = wait_ended(&registry, writers);
     let wall = started.elapsed();
     let peak_buffered = buffered.stop();
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    stage
-        .join()
-        .map_err(|_| anyhow::anyhow!("the capture thread panicked"))?
-        .context("the capture stage")?;
-    worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("the sink worker panicked"))?
-        .context("the sink worker")?;
+    running.finish()?;
     let cpu = crate::self_cpu() - cpu_before;
     let peak_rss_kib = peak_rss_kib();
     let stage_counters = StageCounters::read(metrics).since(counters_before);
