@@ -49,6 +49,15 @@ fn agent_config(pod_glob: &str, endpoint: &str, ring: &str) -> String {
     )
 }
 
+/// Waits (up to 30 s) until `shipped` holds every number from 1 to `total`, at least
+/// once each.
+fn wait_for_each(total: u32, what: &str, shipped: impl Fn() -> Vec<u32>) {
+    wait_for(Duration::from_secs(30), what, || {
+        let seen: HashSet<u32> = shipped().into_iter().collect();
+        (1..=total).all(|i| seen.contains(&i))
+    });
+}
+
 fn start_agent(dir: &Path, config: &str) -> Agent {
     let agent = Agent::start(dir, config);
     wait_for(Duration::from_secs(30), "probes loaded", || {
@@ -386,10 +395,7 @@ fn an_agent_killed_mid_stream_resumes_from_the_cri_log_and_loses_nothing() {
     std::thread::sleep(Duration::from_millis(700));
     let agent = Agent::start(dir.path(), &config);
     ticker.wait_exit(Duration::from_secs(30));
-    wait_for(Duration::from_secs(30), "every tick in the store", || {
-        let seen: HashSet<u32> = shipped(&agent).into_iter().collect();
-        (1..=3000).all(|i| seen.contains(&i))
-    });
+    wait_for_each(3000, "every tick in the store", || shipped(&agent));
     let all = shipped(&agent);
     let duplicates = all.len() - 3000;
     eprintln!("restart: 3000 ticks, {duplicates} shipped twice");
@@ -778,9 +784,8 @@ fn a_restarted_agent_takes_over_its_pinned_probes_and_reads_nothing_from_the_log
     let agent = start_agent(dir.path(), &config);
     assert_eq!(starts(&agent, "reused"), 1.0, "{}", agent.log());
     ticker.wait_exit(Duration::from_secs(30));
-    wait_for(Duration::from_secs(30), "every tick in the store", || {
-        let seen: HashSet<u32> = shipped_ticks(&agent, &log).into_iter().collect();
-        (1..=3000).all(|i| seen.contains(&i))
+    wait_for_each(3000, "every tick in the store", || {
+        shipped_ticks(&agent, &log)
     });
     let mut all = shipped_ticks(&agent, &log);
     all.sort_unstable();
@@ -881,9 +886,8 @@ fn pins_of_another_layout_are_replaced_and_pin_false_removes_them() {
     assert_eq!(new.len(), 1);
     assert_ne!(new, old, "the old layout's pins are gone");
     ticker.wait_exit(Duration::from_secs(30));
-    wait_for(Duration::from_secs(30), "every tick in the store", || {
-        let seen: HashSet<u32> = shipped_ticks(&agent, &log).into_iter().collect();
-        (1..=3000).all(|i| seen.contains(&i))
+    wait_for_each(3000, "every tick in the store", || {
+        shipped_ticks(&agent, &log)
     });
     let metrics = agent.metrics();
     assert!(
@@ -958,9 +962,8 @@ fn an_agent_killed_with_pinned_probes_repairs_what_the_ring_lost_from_the_log() 
         "{metrics}"
     );
     ticker.wait_exit(Duration::from_secs(30));
-    wait_for(Duration::from_secs(30), "every tick in the store", || {
-        let seen: HashSet<u32> = shipped_ticks(&agent, &log).into_iter().collect();
-        (1..=3000).all(|i| seen.contains(&i))
+    wait_for_each(3000, "every tick in the store", || {
+        shipped_ticks(&agent, &log)
     });
     let metrics = agent.metrics();
     let duplicates = shipped_ticks(&agent, &log).len() - 3000;
@@ -1055,10 +1058,7 @@ fn a_stream_bound_at_its_seam_continues_across_a_pinned_restart() {
     let agent = start_agent(dir.path(), &config);
     writer.wait_exit(Duration::from_secs(60));
     let total = fast + slow;
-    wait_for(Duration::from_secs(30), "every line in the store", || {
-        let seen: HashSet<u32> = numbers(&agent).into_iter().collect();
-        (1..=total).all(|i| seen.contains(&i))
-    });
+    wait_for_each(total, "every line in the store", || numbers(&agent));
     let mut all = numbers(&agent);
     all.sort_unstable();
     assert_eq!(
