@@ -146,44 +146,8 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Whether `bytes` is ASCII with nothing to escape in a JSON string (no control
-/// character, `"` or `\\`): then it is valid UTF-8 and its JSON string is itself.
-/// Eight bytes at a time: most log lines are plain ASCII, and this one pass replaces
-/// both the UTF-8 check and the byte-by-byte search for bytes to escape.
-fn is_plain_ascii(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A byte of `x` is zero → its high bit in the result (exact when no byte of `x`
-    // has its high bit set, which the first test below already ruled out).
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let x = u64::from_le_bytes(c.try_into().expect("chunks of 8"));
-        // Not ASCII, or a byte below 0x20 (`x - 0x20` borrows into its high bit), or
-        // `"` or `\\`.
-        if x & HIGH != 0
-            || x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0
-            || zero(x ^ (ONES * u64::from(b'"'))) != 0
-            || zero(x ^ (ONES * u64::from(b'\\'))) != 0
-        {
-            return false;
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .all(|&b| b.is_ascii() && !NEEDS_ESCAPE[b as usize])
-}
-
 /// Appends `"name":"<utf8>"`, or `"name_base64":"<base64>"` when `value` is not UTF-8.
 fn write_bytes_member(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    if is_plain_ascii(value) {
-        write_json_str(out, name);
-        out.extend_from_slice(b":\"");
-        out.extend_from_slice(value);
-        out.push(b'"');
-        return;
-    }
     match std::str::from_utf8(value) {
         Ok(s) => {
             write_json_str(out, name);
@@ -535,41 +499,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    proptest::proptest! {
-        /// The plain-ASCII fast path says yes exactly when escaping would change
-        /// nothing, at every alignment.
-        #[test]
-        fn plain_ascii_is_exactly_what_needs_no_escaping(
-            bytes in proptest::collection::vec(proptest::prop_oneof![
-                0x20u8..0x7f, proptest::prelude::any::<u8>(),
-                proptest::prelude::Just(b'"'), proptest::prelude::Just(b'\\'),
-            ], 0..40),
-        ) {
-            let slow = bytes.iter().all(|&b| b.is_ascii() && !NEEDS_ESCAPE[b as usize]);
-            proptest::prop_assert_eq!(is_plain_ascii(&bytes), slow);
-            for start in 0..bytes.len().min(8) {
-                let rest = &bytes[start..];
-                let slow = rest.iter().all(|&b| b.is_ascii() && !NEEDS_ESCAPE[b as usize]);
-                proptest::prop_assert_eq!(is_plain_ascii(rest), slow);
-            }
-        }
-    }
-
-    #[test]
-    fn plain_ascii_edges() {
-        assert!(is_plain_ascii(b""));
-        assert!(is_plain_ascii(b" ~ plain text, 16"));
-        for bad in [0x00, 0x1f, b'"', b'\\', 0x7f + 1, 0xff] {
-            for at in [0, 7, 8, 15, 16] {
-                let mut v = vec![b'a'; 17];
-                v[at] = bad;
-                assert!(!is_plain_ascii(&v), "{bad:#x} at {at}");
-            }
-        }
-        // DEL (0x7f) needs no escaping in JSON.
-        assert!(is_plain_ascii(&[0x7f; 9]));
     }
 
     #[test]
