@@ -75,9 +75,15 @@ fn start_agent(dir: &Path, config: &str) -> Agent {
     // The write path runs on exactly one kind of hooks, and says which.
     let metrics = agent.metrics();
     let mode = |m| metric(&metrics, "logtap_capture_hook_mode", &[("mode", m)]);
-    assert_eq!(mode("fentry") + mode("tracepoint"), 1.0, "{metrics}");
-    if config.contains("hooks: tracepoint") {
-        assert_eq!(mode("tracepoint"), 1.0, "{metrics}");
+    assert_eq!(
+        mode("fentry") + mode("tracepoint") + mode("compat"),
+        1.0,
+        "{metrics}"
+    );
+    for forced in ["tracepoint", "compat"] {
+        if config.contains(&format!("hooks: {forced}\n")) {
+            assert_eq!(mode(forced), 1.0, "{metrics}");
+        }
     }
     agent
 }
@@ -283,6 +289,19 @@ fn containers_are_captured_exactly_once_by_capture() {
 
 #[test]
 fn a_tiny_ring_overflows_and_the_holes_are_repaired_from_the_cri_log() {
+    tiny_ring_holes_are_repaired("ring", "");
+}
+
+/// The same on the write path for kernels 5.8–5.14, forced: its records sit at the
+/// same offsets, so the stage repairs its holes alike.
+#[test]
+fn on_the_compat_hooks_a_tiny_ring_s_holes_are_repaired_from_the_cri_log() {
+    tiny_ring_holes_are_repaired("compat", "  hooks: compat\n");
+}
+
+/// A container flooding a 16 KiB ring (`extra`: more of the capture section): every
+/// line arrives once, the holes repaired from its CRI log.
+fn tiny_ring_holes_are_repaired(pod: &str, extra: &str) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if skip_ebpf() {
         return;
@@ -293,13 +312,13 @@ fn a_tiny_ring_overflows_and_the_holes_are_repaired_from_the_cri_log() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(
         dir.path(),
-        &agent_config(
-            "/var/log/pods/default_ring-*/**/*.log",
+        &(agent_config(
+            &format!("/var/log/pods/default_{pod}-*/**/*.log"),
             harness.endpoint(),
             "16KiB",
-        ),
+        ) + extra),
     );
-    let pod = harness.run_pod(PodSpec::new("ring-flood"));
+    let pod = harness.run_pod(PodSpec::new(&format!("{pod}-flood")));
     // Bursts far larger than 16 KiB, in one-line writes and in stdio-buffered blocks.
     // The pause before exiting lets containerd log the whole output (it loses the
     // tail of a burst when the container exits at once; see the test above): the log

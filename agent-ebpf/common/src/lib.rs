@@ -85,10 +85,10 @@ pub const STAT_BYTES: usize = 2;
 /// Data records not sent, by reason: `STAT_DROPPED_RECORDS + DROP_*`.
 pub const STAT_DROPPED_RECORDS: usize = 3;
 /// Stream bytes not sent (the offset advanced past them), by reason.
-pub const STAT_DROPPED_BYTES: usize = 6;
+pub const STAT_DROPPED_BYTES: usize = 7;
 /// Lifecycle records (bound, created, removed, exec, exit) lost to a full ring.
-pub const STAT_LOST_EVENTS: usize = 9;
-pub const NUM_STATS: usize = 10;
+pub const STAT_LOST_EVENTS: usize = 11;
+pub const NUM_STATS: usize = 12;
 
 /// The ring buffer had no room.
 pub const DROP_RING_FULL: usize = 0;
@@ -96,7 +96,11 @@ pub const DROP_RING_FULL: usize = 0;
 pub const DROP_TOO_LARGE: usize = 1;
 /// Reading the writer's memory failed (page not resident, bad pointer).
 pub const DROP_FAULT: usize = 2;
-pub const NUM_DROP_REASONS: usize = 3;
+/// The write path for kernels before 5.12 (no atomic fetch-add) could not be sure of
+/// the write's offset: another write to the same stream returned at the same instant
+/// on another CPU (see the probes' `sequence_exact`).
+pub const DROP_CONCURRENT: usize = 3;
+pub const NUM_DROP_REASONS: usize = 4;
 
 // The per-reason counter ranges must not overlap each other or run past the array.
 const _: () = assert!(STAT_DROPPED_BYTES == STAT_DROPPED_RECORDS + NUM_DROP_REASONS);
@@ -131,7 +135,8 @@ pub struct StreamKey {
 pub struct StreamState {
     pub cgroup_id: u64,
     /// Bytes accepted by the kernel on this stream so far, advanced with an atomic
-    /// fetch-add when each write returns: the stream offset of the next byte.
+    /// fetch-add when each write returns (an atomic add on kernels before 5.12): the
+    /// stream offset of the next byte. Only ever increased, and only atomically.
     pub offset: u64,
     /// 1 = stdout, 2 = stderr (as `logtap::frame::Stream`).
     pub stream: u32,

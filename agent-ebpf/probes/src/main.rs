@@ -17,6 +17,12 @@
 //!   task of the node on the slow syscall path): a write(v) of a watched cgroup whose
 //!   file is a registered stream is copied, its arguments read from the task's saved
 //!   registers.
+//! - `compat_sys_exit` (the same raw tracepoint, for kernels 5.8–5.14): what
+//!   `raw_sys_exit` does with only what 5.8 has — the arguments read through the
+//!   tracepoint's own `pt_regs` pointer with probe reads (no `bpf_task_pt_regs`, 5.15;
+//!   no `bpf_get_current_task_btf`, 5.11), and the offset taken without `BPF_FETCH`
+//!   (5.12): see [`sequence_exact`]. `agent/src/capture/kernel58.rs` checks its
+//!   instructions and helper calls against 5.8's.
 //!
 //! # Verifier
 //!
@@ -52,12 +58,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, info};
 use logtap_ebpf_common::{
-    DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, INO_FILTER_SLOTS, IovWalk,
-    KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND,
-    LifecycleRecord, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS, MAX_WATCHED, ORIGIN_FIRST_EXEC,
-    PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD, STAT_BYTES, STAT_DROPPED_BYTES,
-    STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, Stats, StreamKey,
-    StreamState, WatchedCgroup, ino_slot,
+    DROP_CONCURRENT, DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, INO_FILTER_SLOTS,
+    IovWalk, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC, KIND_EXIT,
+    KIND_STREAM_BOUND, LifecycleRecord, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS, MAX_WATCHED,
+    ORIGIN_FIRST_EXEC, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD, STAT_BYTES,
+    STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, Stats,
+    StreamKey, StreamState, WatchedCgroup, ino_slot,
 };
 
 /// Patched by the loader (`EbpfLoader::override_global`); lives in `.rodata`, which the
@@ -148,6 +154,24 @@ unsafe fn fetch_add(counter: *mut u64, n: u64) -> u64 {
     v
 }
 
+/// `*counter += n`, atomically, returning nothing: the plain atomic add (`BPF_XADD`),
+/// the only atomic kernels before 5.12 have.
+///
+/// # Safety
+/// `counter` must point into a map value.
+#[inline(always)]
+unsafe fn xadd(counter: *mut u64, n: u64) {
+    // SAFETY: per the caller.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) counter,
+            v = in(reg) n,
+            options(nostack),
+        );
+    }
+}
+
 #[inline(always)]
 fn drop_bytes(st: &mut Stats, reason: usize, records: u64, bytes: u64) {
     st[STAT_DROPPED_RECORDS + reason] += records;
@@ -193,20 +217,35 @@ fn fd_file(fd: u64) -> Result<(StreamKey, u16), i32> {
 /// fault-safe loads, no helper call), probe reads from there on (an element of the fd
 /// array is no longer typed for the verifier). Every helper call counts: this runs in
 /// every write of a watched container.
+///
+/// `PROBED`: for kernels without `bpf_get_current_task_btf` (before 5.11), the walk to
+/// the fd array is probe reads too (4 more helper calls).
 #[inline(always)]
-fn fd_stream_key(fd: u64) -> Result<StreamKey, i32> {
+fn fd_stream_key<const PROBED: bool>(fd: u64) -> Result<StreamKey, i32> {
     let k = config!(kernel);
     // SAFETY: BTF-typed loads are checked by the verifier against the struct layouts and
     // cannot fault; bpf_probe_read_kernel checks every other address.
     unsafe {
-        let task = bpf_get_current_task_btf() as *const u8;
-        let files: *const u8 = read_volatile(task.add(k.task_files as usize).cast());
-        let fdt: *const u8 = read_volatile(files.add(k.files_fdt as usize).cast());
-        let max_fds: u32 = read_volatile(fdt.add(k.fdtable_max_fds as usize).cast());
+        let (fds, max_fds): (*const *const u8, u32) = if !PROBED {
+            let task = bpf_get_current_task_btf() as *const u8;
+            let files: *const u8 = read_volatile(task.add(k.task_files as usize).cast());
+            let fdt: *const u8 = read_volatile(files.add(k.files_fdt as usize).cast());
+            (
+                read_volatile(fdt.add(k.fdtable_fd as usize).cast()),
+                read_volatile(fdt.add(k.fdtable_max_fds as usize).cast()),
+            )
+        } else {
+            let task = bpf_get_current_task() as *const u8;
+            let files: *const u8 = bpf_probe_read_kernel(task.add(k.task_files as usize).cast())?;
+            let fdt: *const u8 = bpf_probe_read_kernel(files.add(k.files_fdt as usize).cast())?;
+            (
+                bpf_probe_read_kernel(fdt.add(k.fdtable_fd as usize).cast())?,
+                bpf_probe_read_kernel(fdt.add(k.fdtable_max_fds as usize).cast())?,
+            )
+        };
         if fd >= max_fds as u64 {
             return Err(-1);
         }
-        let fds: *const *const u8 = read_volatile(fdt.add(k.fdtable_fd as usize).cast());
         let file: *const u8 = bpf_probe_read_kernel(fds.add(fd as usize))?;
         if file.is_null() {
             return Err(-1);
@@ -265,31 +304,93 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
     if status & TS_COMPAT != 0 {
         return 0;
     }
+    let args = || Ok([arg(k.regs_arg0), arg(k.regs_arg1), arg(k.regs_arg2)]);
     if nr == NR_WRITE {
-        let _ = try_sys_exit::<false>(ret, arg(k.regs_arg0), arg(k.regs_arg1), 0);
+        let _ = try_sys_exit::<false, false>(ret, args);
     } else if nr == NR_WRITEV {
-        let _ = try_sys_exit::<true>(ret, arg(k.regs_arg0), arg(k.regs_arg1), arg(k.regs_arg2));
+        let _ = try_sys_exit::<true, false>(ret, args);
     }
     0
 }
 
-/// A write or writev of `ret` > 0 bytes to `fd` from `buf` (writev: `vlen` iovecs).
+/// `raw_syscalls:sys_exit` for kernels 5.8–5.14, where [`raw_sys_exit`] does not load
+/// (`bpf_task_pt_regs` is 5.15, `bpf_get_current_task_btf` 5.11, the fetch-add 5.12):
+/// the same checks and copies with 5.8's helpers and instructions only.
+///
+/// The registers come from the tracepoint's own first argument, the `struct pt_regs *`
+/// the syscall exit passes (the task's saved user registers, the same ones
+/// `bpf_task_pt_regs` returns), read with probe reads: an untyped pointer for the
+/// verifier. The syscall's arguments are still there at its exit (x86-64 keeps them in
+/// the saved registers; only `ax` receives the result), so no enter probe and no
+/// stash are needed either. The offset is taken by [`sequence_exact`].
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn compat_sys_exit(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let ret: i64 = ctx.arg(1);
+    if ret <= 0 {
+        return 0;
+    }
+    let k = config!(kernel);
+    let regs: u64 = ctx.arg(0);
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let arg = |off: u32| unsafe { bpf_probe_read_kernel((regs + off as u64) as *const u64) };
+    let Ok(nr) = arg(k.regs_nr) else {
+        return 0;
+    };
+    if nr != NR_WRITE && nr != NR_WRITEV {
+        return 0;
+    }
+    let args = || {
+        // A 32-bit syscall (ia32 task, or int 0x80) numbers and passes its arguments
+        // otherwise: its 1 and 20 are exit and getpid. Read only for a watched
+        // cgroup's writes (one probe read).
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        let status: u32 = unsafe {
+            let task = bpf_get_current_task() as *const u8;
+            bpf_probe_read_kernel(task.add(k.task_ti_status as usize).cast())?
+        };
+        if status & TS_COMPAT != 0 {
+            return Err(-1);
+        }
+        Ok([arg(k.regs_arg0)?, arg(k.regs_arg1)?, arg(k.regs_arg2)?])
+    };
+    if nr == NR_WRITE {
+        let _ = try_sys_exit::<false, true>(ret, args);
+    } else if nr == NR_WRITEV {
+        let _ = try_sys_exit::<true, true>(ret, args);
+    }
+    0
+}
+
+/// A write or writev of `ret` > 0 bytes; `args` gives its fd, buffer and (writev)
+/// iovec count, read only for a task of a watched cgroup. `COMPAT`: the 5.8 variant
+/// (see [`compat_sys_exit`]).
 #[inline(always)]
-fn try_sys_exit<const WRITEV: bool>(ret: i64, fd: u64, buf: u64, vlen: u64) -> Result<(), i32> {
+fn try_sys_exit<const WRITEV: bool, const COMPAT: bool>(
+    ret: i64,
+    args: impl FnOnce() -> Result<[u64; 3], i32>,
+) -> Result<(), i32> {
     // SAFETY: no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if LOGTAP_WATCHED.get_ptr(&cgroup_id).is_none() {
         return Ok(());
     }
+    let [fd, buf, vlen] = args()?;
     // Any fd: `exec 3>&1` or nginx's `access_log /dev/stdout` write to the stream
     // through another descriptor of the same pipe.
-    let key = fd_stream_key(fd)?;
+    let key = fd_stream_key::<COMPAT>(fd)?;
     let Some(state) = LOGTAP_STREAMS.get_ptr_mut(&key) else {
         // Not the container's stdout/stderr: e.g. `head` in `head | cat`.
         return Ok(());
     };
     let accepted = ret as u64;
-    let Some((st, hdr)) = sequence(state, accepted, bpf_get_current_pid_tgid()) else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let sequenced = if COMPAT {
+        sequence_exact(state, accepted, pid_tgid)
+    } else {
+        sequence(state, accepted, pid_tgid)
+    };
+    let Some((st, hdr)) = sequenced else {
         return Ok(());
     };
     // Each exit program carries only its own copy loop: the verifier walks every path.
@@ -320,25 +421,77 @@ fn sequence(
 ) -> Option<(&'static mut Stats, DataHeader)> {
     // SAFETY: a map value stays valid for the program's run; the offset is only ever
     // changed atomically (here and by concurrent writers on other CPUs).
-    let (offset, cgroup_id, stream) = unsafe {
-        (
-            fetch_add(addr_of_mut!((*state).offset), accepted),
-            (*state).cgroup_id,
-            (*state).stream,
-        )
+    let offset = unsafe { fetch_add(addr_of_mut!((*state).offset), accepted) };
+    let st = stats()?;
+    st[STAT_SYSCALLS] += 1;
+    Some((st, header(state, offset, pid_tgid)))
+}
+
+/// [`sequence`] without `BPF_FETCH` (kernels before 5.12 have only the plain atomic
+/// add): the offset is read, `accepted` added atomically, the offset read again.
+/// `None` when the offset of the bytes is not certain.
+///
+/// # Why the offset is exact or not given at all
+///
+/// Every change of the offset is an atomic add of a positive number (userspace only
+/// ever inserts a stream, at 0). All accesses to one memory location are seen by
+/// every CPU in one order that agrees with each CPU's program order (coherence, which
+/// every architecture the kernel runs on gives, the Linux memory model's rule for a
+/// single location). In that order the first read sees some value `b`, this add comes
+/// after it and the second read sees a value `a` at or after this add. So `a − b` is
+/// the sum of the adds between, this one included: it is exactly `accepted` only if no
+/// other write's add came between, and then the bytes are `b .. b + accepted`. When
+/// another writer's add came between (two writers to one pipe returning at the same
+/// instant on two CPUs) the bytes are somewhere in `b .. a`, which is not enough:
+/// they are not sent, counted as [`DROP_CONCURRENT`], and the offset has still moved
+/// past them, so userspace sees a hole of exactly their length and repairs it from the
+/// CRI log. The other writer's own window may not contain this add: then its offset is
+/// certain and its bytes are sent.
+#[inline(always)]
+fn sequence_exact(
+    state: *mut StreamState,
+    accepted: u64,
+    pid_tgid: u64,
+) -> Option<(&'static mut Stats, DataHeader)> {
+    // SAFETY: a map value stays valid for the program's run; the offset is only ever
+    // changed atomically (here and by concurrent writers on other CPUs). Volatile: the
+    // compiler keeps both reads, on either side of the add.
+    let (before, after) = unsafe {
+        let offset = addr_of_mut!((*state).offset);
+        let before = read_volatile(offset);
+        xadd(offset, accepted);
+        (before, read_volatile(offset))
     };
     let st = stats()?;
     st[STAT_SYSCALLS] += 1;
-    let hdr = DataHeader {
+    if after.wrapping_sub(before) != accepted {
+        drop_bytes(
+            st,
+            DROP_CONCURRENT,
+            accepted.div_ceil(RECORD_PAYLOAD as u64),
+            accepted,
+        );
+        return None;
+    }
+    Some((st, header(state, before, pid_tgid)))
+}
+
+/// The header of the records of a write whose first byte is at `offset` of `state`.
+#[inline(always)]
+fn header(state: *const StreamState, offset: u64, pid_tgid: u64) -> DataHeader {
+    // SAFETY: a map value stays valid for the program's run; these fields are written
+    // once, at the bind.
+    let (cgroup_id, stream) = unsafe { ((*state).cgroup_id, (*state).stream) };
+    DataHeader {
         kind: KIND_DATA,
         stream,
         cgroup_id,
         offset,
+        // SAFETY: no arguments.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         tgid: (pid_tgid >> 32) as u32,
         len: 0,
-    };
-    Some((st, hdr))
+    }
 }
 
 /// The registered stream a `struct file` writes to, if any.

@@ -17,6 +17,8 @@
 //! - `cri_log`: the repair path, a stream read back from its CRI log by offset.
 //! - `existing`: containers running when the agent starts, found in `/proc`.
 //! - `seam`: where a running container's CRI log ends and its capture begins.
+//! - `kernel58` (tests): the compat hooks' programs checked against what Linux 5.8's
+//!   verifier accepts.
 //! - `pin`: the probes kept in bpffs across agent restarts (layout stamp, the pin
 //!   directory's contents); `resume` (in `stage`): their streams taken over.
 //! - `stage`: probe events into the pipeline, holes repaired, streams ended.
@@ -33,7 +35,7 @@
 //! `logtap_capture_kernel_records_total`,
 //! `logtap_capture_kernel_bytes_total`, `logtap_capture_ring_dropped_records_total` and
 //! `logtap_capture_ring_dropped_bytes_total` (by `reason`: `ring_full`, `too_large`,
-//! `fault`), `logtap_capture_lost_events_total`. From the stage: records, bytes, gaps,
+//! `fault`, `concurrent`), `logtap_capture_lost_events_total`. From the stage: records, bytes, gaps,
 //! repaired, unrepairable and spilled bytes, spills over the node-wide budget
 //! (`logtap_capture_budget_spills_total`, `logtap_capture_buffered_bytes`), seams
 //! (`logtap_capture_seams_total`), streams taken over from pins
@@ -44,6 +46,8 @@
 mod btf;
 mod cri_log;
 mod existing;
+#[cfg(test)]
+mod kernel58;
 mod pin;
 pub mod probe;
 mod runs;

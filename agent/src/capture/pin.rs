@@ -75,6 +75,7 @@ pub fn layout_stamp(
     let hooks: &[u8] = match hooks {
         CaptureHooks::Auto => b"auto",
         CaptureHooks::Tracepoint => b"tracepoint",
+        CaptureHooks::Compat => b"compat",
     };
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
     for part in [object, config, &ring_bytes.to_le_bytes(), hooks] {
@@ -142,23 +143,21 @@ pub fn scan(pin_dir: &Path, stamp: &str) -> io::Result<Scan> {
 }
 
 /// The hooks a complete stamp directory's links run on; `None` when a pin is missing.
+/// `write_paths`: the programs of each hook mode's write path, the first complete one
+/// wins (one stamp directory only ever holds one).
 pub fn pinned_hooks(
     dir: &Path,
     lifecycle: &[&str],
-    trampolines: &[&str],
-    tracepoint: &str,
+    write_paths: &[(HookMode, &[&str])],
 ) -> Option<HookMode> {
     let all = |names: &[&str]| names.iter().all(|n| link_pin(dir, n).exists());
     if !PINNED_MAPS.iter().all(|m| dir.join(m).exists()) || !all(lifecycle) {
         return None;
     }
-    if all(trampolines) {
-        Some(HookMode::Fentry)
-    } else if all(&[tracepoint]) {
-        Some(HookMode::Tracepoint)
-    } else {
-        None
-    }
+    write_paths
+        .iter()
+        .find(|(_, programs)| all(programs))
+        .map(|(mode, _)| *mode)
 }
 
 /// Removes a pinned layout (a stamp directory, or a stray pin): its programs are
@@ -211,6 +210,7 @@ mod tests {
             layout_stamp(b"object", &prefixed, 1 << 24, CaptureHooks::Auto),
             layout_stamp(b"object", &config, 1 << 23, CaptureHooks::Auto),
             layout_stamp(b"object", &config, 1 << 24, CaptureHooks::Tracepoint),
+            layout_stamp(b"object", &config, 1 << 24, CaptureHooks::Compat),
         ] {
             assert_ne!(base, other);
         }
@@ -262,30 +262,35 @@ mod tests {
     fn a_layout_missing_a_pin_is_incomplete() {
         let dir = tempfile::tempdir().unwrap();
         let layout = dir.path();
-        let (lifecycle, trampolines) = (["a", "b"], ["w", "v"]);
-        assert_eq!(pinned_hooks(layout, &lifecycle, &trampolines, "t"), None);
+        let lifecycle = ["a", "b"];
+        let write_paths: [(HookMode, &[&str]); 3] = [
+            (HookMode::Fentry, &["w", "v"]),
+            (HookMode::Tracepoint, &["t"]),
+            (HookMode::Compat, &["c"]),
+        ];
+        let hooks = || pinned_hooks(layout, &lifecycle, &write_paths);
+        assert_eq!(hooks(), None);
         for map in PINNED_MAPS {
             touch(&layout.join(map));
         }
-        for program in ["a", "b", "t"] {
+        for program in ["a", "b"] {
             touch(&link_pin(layout, program));
         }
-        assert_eq!(
-            pinned_hooks(layout, &lifecycle, &trampolines, "t"),
-            Some(HookMode::Tracepoint)
-        );
+        assert_eq!(hooks(), None, "no write path");
+        touch(&link_pin(layout, "c"));
+        assert_eq!(hooks(), Some(HookMode::Compat));
+        std::fs::remove_file(link_pin(layout, "c")).unwrap();
+        touch(&link_pin(layout, "t"));
+        assert_eq!(hooks(), Some(HookMode::Tracepoint));
         touch(&link_pin(layout, "w"));
         assert_eq!(
-            pinned_hooks(layout, &lifecycle, &trampolines, "t"),
+            hooks(),
             Some(HookMode::Tracepoint),
             "one trampoline of two is no trampoline path"
         );
         touch(&link_pin(layout, "v"));
-        assert_eq!(
-            pinned_hooks(layout, &lifecycle, &trampolines, "t"),
-            Some(HookMode::Fentry)
-        );
+        assert_eq!(hooks(), Some(HookMode::Fentry));
         std::fs::remove_file(layout.join(STREAMS_MAP)).unwrap();
-        assert_eq!(pinned_hooks(layout, &lifecycle, &trampolines, "t"), None);
+        assert_eq!(hooks(), None);
     }
 }

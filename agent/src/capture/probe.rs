@@ -18,12 +18,12 @@ use aya::programs::{FExit, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use logtap_ebpf_common::{
-    BASES_MAP, CONFIG_GLOBAL, DataHeader, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED,
-    KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT,
-    NUM_DROP_REASONS, NUM_STATS, ORIGIN_RUNNING, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig,
-    RING_MAP, STAT_BYTES, STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS,
-    STAT_SYSCALLS, STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup,
-    ino_slot,
+    BASES_MAP, CONFIG_GLOBAL, DROP_CONCURRENT, DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE,
+    DataHeader, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC,
+    KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT, NUM_DROP_REASONS, NUM_STATS,
+    ORIGIN_RUNNING, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RING_MAP, STAT_BYTES,
+    STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS,
+    STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup, ino_slot,
 };
 
 use super::{btf, pin, tracefs};
@@ -37,12 +37,12 @@ use crate::metrics::catalogue::{
 
 /// The probes' object, built by `cargo xtask build-ebpf` and embedded by `build.rs`.
 #[cfg(logtap_ebpf_obj)]
-static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
+pub(super) static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
     env!("OUT_DIR"),
     "/logtap-probes.bpf.o"
 )));
 #[cfg(not(logtap_ebpf_obj))]
-static OBJECT: Option<&[u8]> = None;
+pub(super) static OBJECT: Option<&[u8]> = None;
 
 /// The lifecycle programs and the tracepoints they attach to. These tracepoints fire
 /// only at cgroup creation and removal, exec and exit: they cost the rest of the node
@@ -65,6 +65,18 @@ const TRAMPOLINE_PROGRAMS: [(&str, &str); 2] = [
 /// The write path on the raw syscall exit tracepoint (program, tracepoint): at every
 /// syscall's exit (its arguments are still in the task's saved registers).
 const RAW_TRACEPOINT_PROGRAM: (&str, &str) = ("raw_sys_exit", "sys_exit");
+
+/// The write path for kernels 5.8–5.14 on the same tracepoint (see [`HookMode::Compat`]).
+const COMPAT_PROGRAM: (&str, &str) = ("compat_sys_exit", "sys_exit");
+
+/// The programs the compat hooks load: everything that must load on a 5.8 kernel
+/// (checked instruction by instruction in `kernel58`).
+#[cfg(test)]
+pub(crate) fn compat_programs() -> Vec<&'static str> {
+    let mut programs: Vec<&str> = LIFECYCLE_PROGRAMS.iter().map(|(n, _, _)| *n).collect();
+    programs.push(COMPAT_PROGRAM.0);
+    programs
+}
 
 const BPF_NOEXIST: u64 = 1;
 const EPOLL_RING: u64 = 0;
@@ -164,20 +176,28 @@ pub enum HookMode {
     /// every task on the node takes the slow path while it is attached, and runs a
     /// few instructions of the program.
     Tracepoint,
+    /// The same tracepoint with the program for kernels 5.8–5.14 (`compat_sys_exit`):
+    /// no helper or instruction newer than 5.8, so a few more probe reads per write,
+    /// and a write whose offset is not certain (another write to its stream returned
+    /// at the same instant) is a hole repaired from the CRI log
+    /// ([`DropReason::Concurrent`]).
+    Compat,
 }
 
 impl HookMode {
-    pub const ALL: [HookMode; 2] = [HookMode::Fentry, HookMode::Tracepoint];
+    pub const ALL: [HookMode; 3] = [HookMode::Fentry, HookMode::Tracepoint, HookMode::Compat];
 
     pub fn as_str(self) -> &'static str {
         match self {
             HookMode::Fentry => "fentry",
             HookMode::Tracepoint => "tracepoint",
+            HookMode::Compat => "compat",
         }
     }
 }
 
 /// Why stream bytes were not captured (the stream offset still advanced past them).
+/// `as usize` is the probes' `DROP_*` index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
     /// The ring buffer had no room (userspace too slow, or the ring too small).
@@ -186,13 +206,25 @@ pub enum DropReason {
     TooLarge,
     /// The writer's buffer could not be read (not resident, bad pointer).
     Fault,
+    /// On the compat hooks (kernels before 5.12), another write to the same stream
+    /// returned at the same instant on another CPU, so the offset of these bytes was
+    /// not certain: they are a hole, repaired from the CRI log.
+    Concurrent,
 }
+
+const _: () = assert!(
+    DropReason::RingFull as usize == DROP_RING_FULL
+        && DropReason::TooLarge as usize == DROP_TOO_LARGE
+        && DropReason::Fault as usize == DROP_FAULT
+        && DropReason::Concurrent as usize == DROP_CONCURRENT
+);
 
 impl DropReason {
     pub const ALL: [DropReason; NUM_DROP_REASONS] = [
         DropReason::RingFull,
         DropReason::TooLarge,
         DropReason::Fault,
+        DropReason::Concurrent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -200,6 +232,7 @@ impl DropReason {
             DropReason::RingFull => "ring_full",
             DropReason::TooLarge => "too_large",
             DropReason::Fault => "fault",
+            DropReason::Concurrent => "concurrent",
         }
     }
 }
@@ -212,9 +245,9 @@ pub struct KernelStats {
     /// Payload bytes sent.
     pub bytes: u64,
     /// Indexed by `DropReason as usize`.
-    pub dropped_records: [u64; 3],
+    pub dropped_records: [u64; NUM_DROP_REASONS],
     /// Indexed by `DropReason as usize`.
-    pub dropped_bytes: [u64; 3],
+    pub dropped_bytes: [u64; NUM_DROP_REASONS],
     /// write/writev syscalls on registered streams.
     pub syscalls: u64,
     /// Lifecycle records (stream bound, cgroup created/removed, exec, exit) lost to a full
@@ -678,38 +711,20 @@ fn load_fresh(
     }
     let mut links = Vec::new();
     for (name, category, tracepoint) in LIFECYCLE_PROGRAMS {
-        links.push((
-            name,
-            attach_tracepoint(&mut ebpf, name, category, tracepoint)?,
-        ));
-    }
-    let hook_mode = match options.hooks {
-        CaptureHooks::Tracepoint => {
-            links.push((
-                RAW_TRACEPOINT_PROGRAM.0,
-                attach_syscall_tracepoints(&mut ebpf)?,
-            ));
-            HookMode::Tracepoint
+        match attach_tracepoint(&mut ebpf, name, category, tracepoint)? {
+            Some(link) => links.push((name, link)),
+            None if pin.is_some() => {
+                return Err(ProbeError::Pin {
+                    dir: pin.unwrap_or(Path::new("")).to_owned(),
+                    detail: "tracepoints are attached without BPF links on this kernel \
+                             (before 5.15): they cannot be pinned"
+                        .to_owned(),
+                });
+            }
+            None => {}
         }
-        CaptureHooks::Auto => match attach_trampolines(&mut ebpf) {
-            Ok(trampolines) => {
-                links.extend(trampolines);
-                HookMode::Fentry
-            }
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    "no BPF trampolines on this kernel: capture's write path uses syscall \
-                     tracepoints, which slow down every syscall of every task on the node"
-                );
-                links.push((
-                    RAW_TRACEPOINT_PROGRAM.0,
-                    attach_syscall_tracepoints(&mut ebpf)?,
-                ));
-                HookMode::Tracepoint
-            }
-        },
-    };
+    }
+    let hook_mode = attach_write_path(&mut ebpf, options.hooks, &mut links)?;
     let links = match pin {
         Some(dir) => pin_links(links, dir)?,
         None => links.into_iter().map(|(_, link)| link).collect(),
@@ -792,7 +807,12 @@ fn load_layout(
     if scan.current.is_some() {
         let lifecycle = LIFECYCLE_PROGRAMS.map(|(name, _, _)| name);
         let trampolines = TRAMPOLINE_PROGRAMS.map(|(name, _)| name);
-        let reused = pin::pinned_hooks(&layout, &lifecycle, &trampolines, RAW_TRACEPOINT_PROGRAM.0)
+        let write_paths: [(HookMode, &[&str]); 3] = [
+            (HookMode::Fentry, &trampolines),
+            (HookMode::Tracepoint, &[RAW_TRACEPOINT_PROGRAM.0]),
+            (HookMode::Compat, &[COMPAT_PROGRAM.0]),
+        ];
+        let reused = pin::pinned_hooks(&layout, &lifecycle, &write_paths)
             .ok_or_else(|| "a pin is missing".to_owned())
             .and_then(|mode| open_pins(&layout, mode));
         match reused {
@@ -843,6 +863,7 @@ fn open_pins(dir: &Path, hook_mode: HookMode) -> Result<Loaded, String> {
     match hook_mode {
         HookMode::Fentry => programs.extend(TRAMPOLINE_PROGRAMS.map(|(n, _)| n)),
         HookMode::Tracepoint => programs.push(RAW_TRACEPOINT_PROGRAM.0),
+        HookMode::Compat => programs.push(COMPAT_PROGRAM.0),
     }
     let mut links = Vec::new();
     for program in programs {
@@ -903,12 +924,14 @@ fn pin_links(links: Vec<(&'static str, FdLink)>, dir: &Path) -> Result<Vec<FdLin
         .collect()
 }
 
+/// Loads and attaches a lifecycle program; its link, unless the kernel attached it
+/// without one (see below).
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
     name: &'static str,
     category: &str,
     tracepoint: &str,
-) -> Result<FdLink, ProbeError> {
+) -> Result<Option<FdLink>, ProbeError> {
     let program: &mut TracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| ProbeError::Options(format!("the object has no program {name}")))?
@@ -918,18 +941,67 @@ fn attach_tracepoint(
     let id = program
         .attach(category, tracepoint)
         .map_err(program_error(name))?;
+    // A BPF link on 5.15+ (bpf_link_create for perf events), which pins need. Older
+    // kernels attach with an ioctl: that attachment stays with the program in the
+    // `Ebpf`, detached when it is dropped, and cannot be pinned.
+    if !aya::features().bpf_perf_link() {
+        return Ok(None);
+    }
     let link = program.take_link(id).map_err(program_error(name))?;
-    // A BPF link on 5.15+ (bpf_link_create for perf events), which the write path
-    // needs anyway; older kernels attach with an ioctl, which cannot be pinned.
-    FdLink::try_from(link).map_err(|e| {
+    FdLink::try_from(link).map(Some).map_err(|e| {
         ProbeError::Options(format!(
-            "{name}: the tracepoint is not attached through a BPF link (kernel before 5.15?): {e}"
+            "{name}: the tracepoint is not attached through a BPF link: {e}"
         ))
     })
 }
 
-fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<FdLink, ProbeError> {
-    let (name, tracepoint) = RAW_TRACEPOINT_PROGRAM;
+/// Attaches the write path `hooks` asks for. `auto` takes the cheapest the kernel
+/// loads: the trampolines, else the raw tracepoint's program (5.15+), else the compat
+/// program (5.8+); each refusal is logged with the kernel's error.
+fn attach_write_path(
+    ebpf: &mut Ebpf,
+    hooks: CaptureHooks,
+    links: &mut Vec<(&'static str, FdLink)>,
+) -> Result<HookMode, ProbeError> {
+    let (program, mode) = match hooks {
+        CaptureHooks::Tracepoint => (RAW_TRACEPOINT_PROGRAM, HookMode::Tracepoint),
+        CaptureHooks::Compat => (COMPAT_PROGRAM, HookMode::Compat),
+        CaptureHooks::Auto => {
+            match attach_trampolines(ebpf) {
+                Ok(trampolines) => {
+                    links.extend(trampolines);
+                    return Ok(HookMode::Fentry);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "no BPF trampolines on this kernel: capture's write path uses syscall \
+                     tracepoints, which slow down every syscall of every task on the node"
+                ),
+            }
+            match attach_raw_tracepoint(ebpf, RAW_TRACEPOINT_PROGRAM) {
+                Ok(link) => {
+                    links.push((RAW_TRACEPOINT_PROGRAM.0, link));
+                    return Ok(HookMode::Tracepoint);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "the syscall tracepoint program does not load on this kernel (before \
+                     5.15?): capture uses the compat program for kernels 5.8-5.14, whose \
+                     writes racing another write to the same stream are repaired from \
+                     the CRI log (logtap_capture_ring_dropped_bytes_total, reason concurrent)"
+                ),
+            }
+            (COMPAT_PROGRAM, HookMode::Compat)
+        }
+    };
+    links.push((program.0, attach_raw_tracepoint(ebpf, program)?));
+    Ok(mode)
+}
+
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    (name, tracepoint): (&'static str, &str),
+) -> Result<FdLink, ProbeError> {
     let program: &mut RawTracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| ProbeError::Options(format!("the object has no program {name}")))?

@@ -79,13 +79,19 @@ pub enum Format {
 #[serde(rename_all = "lowercase")]
 pub enum CaptureHooks {
     /// BPF trampolines (`fexit` on `vfs_write`/`vfs_writev`), which cost a task nothing
-    /// unless it writes; the raw syscall exit tracepoint where the kernel has none.
+    /// unless it writes; the raw syscall exit tracepoint where the kernel has none; the
+    /// compat program on that tracepoint where the kernel is older than 5.15.
     #[default]
     Auto,
     /// The raw syscall exit tracepoint, even where trampolines work: it puts every task of the
     /// node on the slow syscall path. For kernels whose trampolines misbehave, and to
     /// test the fallback.
     Tracepoint,
+    /// The raw syscall exit tracepoint with the program for kernels 5.8–5.14 (no atomic
+    /// fetch-add, no `bpf_task_pt_regs`), which `auto` takes where the others do not
+    /// load: a write racing another write to its stream is repaired from the CRI log.
+    /// Forced, to test it on a newer kernel.
+    Compat,
 }
 
 #[derive(Clone, Debug)]

@@ -198,7 +198,8 @@ pub struct RawCapture {
     #[serde(default = "default_records_per_write")]
     pub max_records_per_write: u32,
     /// Kernel hooks of the write path: `auto` (BPF trampolines, the syscall
-    /// tracepoints where the kernel has none) or `tracepoint` (always the tracepoints).
+    /// tracepoints where the kernel has none, their 5.8 program where it is older than
+    /// 5.15), `tracepoint` (always the tracepoints) or `compat` (always the 5.8 program).
     #[serde(default)]
     pub hooks: super::CaptureHooks,
     /// How long bytes may arrive out of order before a hole is repaired.

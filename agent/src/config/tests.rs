@@ -667,7 +667,7 @@ fn sidecar_mode_names_what_it_cannot_do() {
 }
 
 #[test]
-fn capture_hooks_default_to_auto_and_take_tracepoint_or_nothing_else() {
+fn capture_hooks_default_to_auto_and_take_tracepoint_compat_or_nothing_else() {
     let yaml = |hooks: &str| {
         format!(
             "sources:\n  - name: pods\n    include: [\"/x/*.log\"]\n    format: cri\nsinks:\n  local: {{type: stdout}}\ncapture:\n  enabled: true\n{hooks}"
@@ -680,6 +680,7 @@ fn capture_hooks_default_to_auto_and_take_tracepoint_or_nothing_else() {
         hooks("  hooks: tracepoint\n").unwrap(),
         CaptureHooks::Tracepoint
     );
+    assert_eq!(hooks("  hooks: compat\n").unwrap(), CaptureHooks::Compat);
     let err = hooks("  hooks: kprobe\n").unwrap_err().to_string();
     assert!(err.contains("capture.hooks"), "{err}");
     assert!(err.contains("unknown variant `kprobe`"), "{err}");
