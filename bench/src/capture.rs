@@ -108,7 +108,8 @@ pub struct CaptureArgs {
     #[arg(long)]
     only: Option<String>,
     /// The write hooks measured, each against the same baseline in the same run:
-    /// `auto` (BPF trampolines where the kernel allows them) and/or `tracepoint`.
+    /// `auto` (BPF trampolines where the kernel allows them), `tracepoint` and/or
+    /// `compat` (the tracepoint program for kernels 5.8–5.14).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchHooks::Tracepoint, BenchHooks::Auto])]
     hooks: Vec<BenchHooks>,
     /// Also count each eBPF program's runs and run time (`kernel.bpf_stats_enabled`,
@@ -134,6 +135,7 @@ pub struct CaptureArgs {
 pub enum BenchHooks {
     Auto,
     Tracepoint,
+    Compat,
 }
 
 impl BenchHooks {
@@ -141,6 +143,7 @@ impl BenchHooks {
         match self {
             BenchHooks::Auto => CaptureHooks::Auto,
             BenchHooks::Tracepoint => CaptureHooks::Tracepoint,
+            BenchHooks::Compat => CaptureHooks::Compat,
         }
     }
 
@@ -148,6 +151,7 @@ impl BenchHooks {
         match self {
             BenchHooks::Auto => "auto",
             BenchHooks::Tracepoint => "tracepoint",
+            BenchHooks::Compat => "compat",
         }
     }
 }
