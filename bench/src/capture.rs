@@ -1115,9 +1115,10 @@ impl Row {
         self.capture.kernel.dropped_bytes[DropReason::RingFull as usize]
     }
 
+    /// Every reason but `ring_full`: too large, fault, concurrent (compat hooks).
     fn other_dropped(&self) -> u64 {
-        self.capture.kernel.dropped_bytes[DropReason::TooLarge as usize]
-            + self.capture.kernel.dropped_bytes[DropReason::Fault as usize]
+        let all: u64 = self.capture.kernel.dropped_bytes.iter().sum();
+        all - self.ring_dropped()
     }
 
     fn text(&self) -> String {

@@ -711,17 +711,20 @@ fn load_fresh(
     }
     let mut links = Vec::new();
     for (name, category, tracepoint) in LIFECYCLE_PROGRAMS {
-        match attach_tracepoint(&mut ebpf, name, category, tracepoint)? {
-            Some(link) => links.push((name, link)),
-            None if pin.is_some() => {
+        match (
+            attach_tracepoint(&mut ebpf, name, category, tracepoint)?,
+            pin,
+        ) {
+            (Some(link), _) => links.push((name, link)),
+            (None, Some(dir)) => {
                 return Err(ProbeError::Pin {
-                    dir: pin.unwrap_or(Path::new("")).to_owned(),
+                    dir: dir.to_owned(),
                     detail: "tracepoints are attached without BPF links on this kernel \
                              (before 5.15): they cannot be pinned"
                         .to_owned(),
                 });
             }
-            None => {}
+            (None, None) => {}
         }
     }
     let hook_mode = attach_write_path(&mut ebpf, options.hooks, &mut links)?;
