@@ -1176,6 +1176,7 @@ fn programs_text(programs: &ProgramRuns) -> String {
 fn hooks_label(asked: BenchHooks, got: HookMode) -> String {
     match (asked, got) {
         (BenchHooks::Auto, HookMode::Tracepoint) => "auto → tracepoint".to_owned(),
+        (BenchHooks::Auto, HookMode::Compat) => "auto → compat".to_owned(),
         _ => got.as_str().to_owned(),
     }
 }
