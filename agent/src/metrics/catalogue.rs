@@ -148,11 +148,11 @@ catalogue! {
     CAPTURE_KERNEL_BYTES_TOTAL = "logtap_capture_kernel_bytes_total", Counter, Some(Unit::Bytes),
         "Container stdout/stderr bytes the eBPF probes sent";
     CAPTURE_RING_DROPPED_RECORDS_TOTAL = "logtap_capture_ring_dropped_records_total", Counter, Some(Unit::Count),
-        "eBPF data records not sent, by reason (ring_full, too_large, fault); their bytes are stream gaps";
+        "eBPF data records not sent, by reason (ring_full, too_large, fault, concurrent); their bytes are stream gaps";
     CAPTURE_RING_DROPPED_BYTES_TOTAL = "logtap_capture_ring_dropped_bytes_total", Counter, Some(Unit::Bytes),
-        "Container stream bytes the eBPF probes could not send, by reason (ring_full, too_large, fault)";
+        "Container stream bytes the eBPF probes could not send, by reason (ring_full, too_large, fault, concurrent)";
     CAPTURE_HOOK_MODE = "logtap_capture_hook_mode", Gauge, Some(Unit::Count),
-        "1 for the kernel hooks capture's write path runs on (mode: fentry = BPF trampolines; tracepoint = the raw syscall exit tracepoint, which slows every syscall on the node), 0 for the other";
+        "1 for the kernel hooks capture's write path runs on (mode: fentry = BPF trampolines; tracepoint = the raw syscall exit tracepoint, which slows every syscall on the node; compat = the same tracepoint with the program for kernels 5.8-5.14), 0 for the others";
     CAPTURE_UP = "logtap_capture_up", Gauge, Some(Unit::Count),
         "1 while eBPF capture runs, 0 when the probes could not load (container logs then come from their CRI files)";
     CAPTURE_RECORDS_TOTAL = "logtap_capture_records_total", Counter, Some(Unit::Count),
