@@ -259,9 +259,6 @@ pub enum ProbeEvent<'a> {
     },
 }
 
-/// Record bytes one poll hands on at most (see `Probes::drain`).
-const DRAIN_BYTES: usize = 8 << 20;
-
 /// The loaded and attached probes. Dropping it detaches them, unless they are pinned
 /// (see `pin`): then they keep capturing into the pinned ring until the next agent
 /// takes them over, or until their pins are removed.
@@ -580,18 +577,9 @@ impl Probes {
         Ok(handed)
     }
 
-    /// Hands on the ring's records, at most [`DRAIN_BYTES`] of them: producers that
-    /// refill the ring as fast as it is read would otherwise keep one drain going
-    /// with everything read held by the caller and nothing handed on (200 writers at
-    /// 100 MB/s: 200+ MiB of gathered records in one poll). The rest waits in the
-    /// ring for the next poll, which drains at once.
     fn drain(&mut self, on_event: &mut dyn FnMut(ProbeEvent<'_>)) -> usize {
         let mut handed = 0;
-        let mut bytes = 0;
-        while bytes < DRAIN_BYTES
-            && let Some(item) = self.ring.next()
-        {
-            bytes += item.len();
+        while let Some(item) = self.ring.next() {
             match parse(&item) {
                 Some(event) => {
                     on_event(event);
