@@ -129,6 +129,10 @@ pub struct CaptureArgs {
     /// The ring buffer of the scale scenario, in MiB.
     #[arg(long, default_value_t = 16)]
     scale_ring_mib: u32,
+    /// Count this process's live heap bytes during the scale scenario (a counting
+    /// allocator: two atomic adds per allocation, so not for the CPU figures).
+    #[arg(long)]
+    heap_stats: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

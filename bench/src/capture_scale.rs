@@ -24,6 +24,12 @@ struct ScaleRun {
     wall: Duration,
     cpu: Duration,
     peak_rss_kib: u64,
+    /// The RSS sample (every 50 ms) with the largest RSS, split.
+    rss_at_peak: crate::heap::RssSplit,
+    /// Resident KiB of the ring buffer's mapping at the end (data pages mapped twice).
+    ring_rss_kib: u64,
+    /// The most live heap bytes during the run, when counted (`--heap-stats`).
+    heap_peak: Option<usize>,
     /// The most the stage held waiting behind holes (`logtap_capture_buffered_bytes`,
     /// sampled every 100 ms): what `capture.max_buffered` bounds.
     peak_buffered: u64,
@@ -80,6 +86,24 @@ pub(super) fn run(
             run.delivered,
             run.bytes_each * run.writers as u64,
         );
+        let at = run.rss_at_peak;
+        eprintln!(
+            "scale ({}): RSS at its sampled peak {} MiB = {} anonymous (heap live {}) + {} file-backed; \
+             ring mapping {} MiB resident; heap peak {}",
+            hooks.as_str(),
+            at.rss / 1024,
+            at.anonymous / 1024,
+            match run.heap_peak {
+                Some(_) => format!("{} MiB", at.heap_live / 1024),
+                None => "not counted".into(),
+            },
+            at.file / 1024,
+            run.ring_rss_kib / 1024,
+            match run.heap_peak {
+                Some(p) => format!("{} MiB", p >> 20),
+                None => "not counted (--heap-stats)".into(),
+            },
+        );
         rows.push((hooks, run));
     }
     let table = scale_markdown(args, &rows);
@@ -121,6 +145,9 @@ fn run_scale(
         outside: false,
     };
     let data_dir = dir.join(format!("data-scale-{}", hooks.as_str()));
+    if args.heap_stats {
+        crate::heap::start_counting();
+    }
     let (config, probes) = load(args, scene, dir, &data_dir, hooks)?;
     let hook_mode = probes.hook_mode();
     let kernel = Arc::new(Mutex::new(None));
@@ -157,12 +184,17 @@ fn run_scale(
     let counters_before = StageCounters::read(metrics);
     let buffered = PeakSampler::start(metrics.clone(), "logtap_capture_buffered_bytes");
     reset_peak_rss();
+    crate::heap::reset_peak();
+    let rss = crate::heap::RssSampler::start();
     let cpu_before = crate::self_cpu();
     let started = Instant::now();
     let (writers_cpu, writers_end) = run_writers(scene, &names, &scenario)?;
     let ended = wait_ended(&registry, writers);
     let wall = started.elapsed();
     let peak_buffered = buffered.stop();
+    let rss_at_peak = rss.stop();
+    let ring_rss_kib = crate::heap::mapping_rss_kib("bpf-map");
+    let heap_peak = crate::heap::counting().then(crate::heap::peak);
     running.finish()?;
     let cpu = crate::self_cpu() - cpu_before;
     let peak_rss_kib = peak_rss_kib();
@@ -192,6 +224,9 @@ fn run_scale(
         wall,
         cpu,
         peak_rss_kib,
+        rss_at_peak,
+        ring_rss_kib,
+        heap_peak,
         peak_buffered,
         kernel,
         stage: stage_counters,
@@ -308,8 +343,8 @@ fn wait_ended(registry: &SharedRegistry, streams: usize) -> bool {
 fn scale_markdown(args: &CaptureArgs, rows: &[(BenchHooks, ScaleRun)]) -> String {
     let mut out = format!(
         "Scale: {} writers, each {} kB/s of 100 B lines for {} s (target together: {:.0} MB/s), {} MiB ring\n\n\
-         | hooks | streams identical | MB/s reached | writers' CPU, s | capture CPU, s per GB | peak RSS, MiB | stage buffered at most, MiB | kernel drops, bytes | gaps / repaired bytes | ended |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+         | hooks | streams identical | MB/s reached | writers' CPU, s | capture CPU, s per GB | peak RSS, MiB | RSS at its peak: anon / file (ring), MiB | heap peak, MiB | stage buffered at most, MiB | kernel drops, bytes | gaps / repaired bytes | ended |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
         args.scale_writers,
         args.scale_rate_kb,
         args.rate_seconds,
@@ -321,7 +356,7 @@ fn scale_markdown(args: &CaptureArgs, rows: &[(BenchHooks, ScaleRun)]) -> String
         let drops: u64 = r.kernel.dropped_bytes.iter().sum();
         let _ = writeln!(
             out,
-            "| {} | {} of {} | {:.1} | {:.1} | {:.2} | {} | {:.1} | {} | {} / {} | {} ({:.1} s) |",
+            "| {} | {} of {} | {:.1} | {:.1} | {:.2} | {} | {} / {} ({}) | {} | {:.1} | {} | {} / {} | {} ({:.1} s) |",
             hooks_label(*hooks, r.hook_mode),
             r.identical,
             r.writers,
@@ -329,6 +364,11 @@ fn scale_markdown(args: &CaptureArgs, rows: &[(BenchHooks, ScaleRun)]) -> String
             r.writers_cpu.as_secs_f64(),
             r.cpu.as_secs_f64() / (total as f64 / 1e9),
             r.peak_rss_kib / 1024,
+            r.rss_at_peak.anonymous / 1024,
+            r.rss_at_peak.file / 1024,
+            r.ring_rss_kib / 1024,
+            r.heap_peak
+                .map_or_else(|| "—".to_string(), |p| (p >> 20).to_string()),
             r.peak_buffered as f64 / (1 << 20) as f64,
             drops,
             r.stage.gaps,

@@ -44,6 +44,7 @@
 
 mod capture;
 mod fluentbit;
+mod heap;
 mod lz4;
 mod network;
 
@@ -233,6 +234,10 @@ fn scenarios() -> Vec<Scenario> {
         },
     ]
 }
+
+/// Counts live heap bytes when `capture --heap-stats` asks (see `heap`).
+#[global_allocator]
+static ALLOC: heap::CountingAlloc = heap::CountingAlloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -58,6 +58,9 @@ pub struct Batch {
 static SPARE_LINES: Mutex<Vec<Vec<Line>>> = Mutex::new(Vec::new());
 /// Most line vectors [`SPARE_LINES`] keeps.
 const SPARE_LINE_VECTORS: usize = 4;
+/// The lines a source's first package is sized for (it grows as needed; the next
+/// ones are sized by the last).
+const FIRST_PACKAGE_LINES: usize = 256;
 /// Vectors smaller than this are not worth keeping: malloc serves them from its heap.
 const SPARE_MIN_LINES: usize = 1024;
 
@@ -166,16 +169,28 @@ impl BatchBuilder {
     pub fn push(&mut self, line: Line, now: std::time::Instant) {
         if self.opened_at.is_none() {
             self.opened_at = Some(now);
-            // Sized for the typical package, so pushes don't regrow the vector.
-            let typical = self.limits.max_lines.max(self.last_len + self.last_len / 8);
+            let typical = self.typical_lines();
             if self.lines.capacity() == 0 {
-                self.lines = line_vector(typical.min(16 * 1024));
+                self.lines = line_vector(typical);
             } else {
-                self.lines.reserve(typical.min(16 * 1024));
+                self.lines.reserve(typical);
             }
         }
         self.body_bytes += line.body.len();
         self.lines.push(line);
+    }
+
+    /// The lines a new package is sized for: this source's last package and an
+    /// eighth, so pushes don't regrow the vector; [`FIRST_PACKAGE_LINES`] for a
+    /// source's first. Not `max_lines`: a node's hundreds of slow sources (captured
+    /// container streams) would each hold a vector of 8192 lines (448 KiB) per open
+    /// package, 90 MiB for 200, where their packages hold a few hundred lines.
+    fn typical_lines(&self) -> usize {
+        let typical = match self.last_len {
+            0 => FIRST_PACKAGE_LINES,
+            n => n + n / 8,
+        };
+        typical.min(16 * 1024)
     }
 
     /// Whether a size limit is reached or the oldest record waited `timeout`.
@@ -279,6 +294,25 @@ mod tests {
             b.push(line((130 + i) * 6), now);
         }
         assert_eq!(b.lines.capacity(), reserved, "no regrowth");
+    }
+
+    #[test]
+    fn a_package_is_sized_by_the_last_not_by_max_lines() {
+        // Hundreds of slow sources each hold an open package: a few lines each must
+        // not reserve max_lines (8192 × 56 bytes) apiece. (What is reserved, not the
+        // capacity: a recycled spare vector may be larger.)
+        let mut b = builder(8192);
+        let now = Instant::now();
+        assert_eq!(b.typical_lines(), FIRST_PACKAGE_LINES);
+        for i in 0..40 {
+            b.push(line(i * 6), now);
+        }
+        drop(b.seal(40 * 6));
+        assert_eq!(
+            b.typical_lines(),
+            45,
+            "the last package's 40 lines and an eighth"
+        );
     }
 
     #[test]

@@ -13,6 +13,15 @@
 //! oldest first, holding the file it reads open so a rotation under it loses nothing.
 //! It only moves forward: repairs of one stream are requested in offset order.
 //!
+//! # Memory
+//!
+//! A reader holds no read buffer of its own: every read borrows the one
+//! [`ReadBlock`] of the stage, which reads one log at a time on its thread, so a node
+//! with hundreds of followed logs pays one block, not one per stream. What a read
+//! hands out is copied out of the block: the content of consecutive lines joined into
+//! one run per block (a line is not an allocation of its own), split where the lines'
+//! timestamps are more than [`JOIN_WITHIN_NS`] apart.
+//!
 //! # Performance
 //!
 //! Only holes are read, so the reader costs nothing while capture is complete; a
@@ -33,7 +42,11 @@ use crate::frame::Stream;
 use crate::frame::cri::parse_cri;
 use crate::frame::time::Rfc3339Cache;
 
-const READ_BLOCK: usize = 256 * 1024;
+pub(crate) const READ_BLOCK: usize = 256 * 1024;
+/// Lines are joined into one run while their timestamps are within this of the run's
+/// first (its time is the first line's): the precision of the ring path's runs, which
+/// carry the time of a poll's first record.
+const JOIN_WITHIN_NS: u64 = 50_000_000;
 /// A CRI line is at most the runtime's buffer (16 KiB) plus its envelope; anything
 /// far longer is not a runtime-written line and is skipped rather than buffered.
 const MAX_CRI_LINE: usize = 1 << 20;
@@ -57,12 +70,35 @@ pub(crate) struct CriStreamReader {
     timestamps: Rfc3339Cache,
     /// Lines skipped because they were no CRI line (or absurdly long).
     malformed: u64,
-    /// Empty until the first read, then `READ_BLOCK` long for good: resizing it per
-    /// read zeroed 256 KiB on every look at a followed log (200 streams followed at
-    /// 20 looks a second: a gigabyte a second of memset).
+    /// The content ranges of the lines being joined into one run (kept for its
+    /// allocation): `(start, end)` in the block.
+    spans: Vec<(usize, usize)>,
+}
+
+/// The read buffer [`CriStreamReader`]s borrow for a read; one per stage.
+///
+/// Invariant: empty until the first read, then exactly [`READ_BLOCK`] long for good
+/// (resizing it per read zeroed 256 KiB on every look at a followed log: 200 streams
+/// followed at 20 looks a second were a gigabyte a second of memset). Nothing outside
+/// a read refers to its bytes.
+#[derive(Debug, Default)]
+pub(crate) struct ReadBlock {
     buf: Vec<u8>,
-    /// The bytes of `buf` the last read filled.
-    filled: usize,
+}
+
+impl ReadBlock {
+    fn get(&mut self) -> &mut [u8] {
+        if self.buf.len() != READ_BLOCK {
+            self.buf = vec![0; READ_BLOCK];
+        }
+        &mut self.buf
+    }
+
+    /// Bytes it holds (0 before the first read).
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.buf.capacity()
+    }
 }
 
 /// How far a read got.
@@ -84,8 +120,7 @@ impl CriStreamReader {
             stream_offset: 0,
             timestamps: Rfc3339Cache::default(),
             malformed: 0,
-            buf: Vec::new(),
-            filled: 0,
+            spans: Vec::new(),
         }
     }
 
@@ -100,8 +135,15 @@ impl CriStreamReader {
 
     /// Appends to `out` the stream bytes in `[from, to)` the logs hold now, in order.
     /// Bytes before the reader's position cannot be read again (requests move
-    /// forward); `Reached::offset` tells how far the logs went.
-    pub fn read(&mut self, from: u64, to: u64, out: &mut Vec<Run>) -> io::Result<Reached> {
+    /// forward); `Reached::offset` tells how far the logs went. `block` is only used
+    /// during the call.
+    pub fn read(
+        &mut self,
+        block: &mut ReadBlock,
+        from: u64,
+        to: u64,
+        out: &mut Vec<Run>,
+    ) -> io::Result<Reached> {
         let mut at_live_end = false;
         let mut done = self.stream_offset >= to;
         while !done {
@@ -110,11 +152,8 @@ impl CriStreamReader {
                 break;
             }
             let log = self.current.as_mut().expect("opened above");
-            if self.buf.len() != READ_BLOCK {
-                self.buf = vec![0; READ_BLOCK];
-            }
-            let n = log.file.read_at(&mut self.buf, log.pos)?;
-            self.filled = n;
+            let buf = block.get();
+            let n = log.file.read_at(buf, log.pos)?;
             if n == 0 {
                 if self.is_live()? {
                     at_live_end = true;
@@ -127,7 +166,7 @@ impl CriStreamReader {
                 }
                 continue;
             }
-            let (consumed, reached_to) = self.parse_lines(from, to, out);
+            let (consumed, reached_to) = self.parse_lines(&block.get()[..n], from, to, out);
             done = reached_to;
             let log = self.current.as_mut().expect("still open");
             log.pos += consumed as u64;
@@ -161,18 +200,18 @@ impl CriStreamReader {
     /// Parses the complete lines in `buf`; returns the bytes consumed (whole lines
     /// only, stopping before a line that reaches past `to`) and whether everything
     /// before `to` was handed out.
-    fn parse_lines(&mut self, from: u64, to: u64, out: &mut Vec<Run>) -> (usize, bool) {
+    fn parse_lines(&mut self, buf: &[u8], from: u64, to: u64, out: &mut Vec<Run>) -> (usize, bool) {
         let mut consumed = 0;
         let mut done = false;
-        let block = std::mem::take(&mut self.buf);
-        let buf = &block[..self.filled];
+        // The run being joined: its stream offset and time; its content is `spans`.
+        let mut joining: Option<(u64, i64)> = None;
+        self.spans.clear();
         for end in memchr::memchr_iter(b'\n', buf) {
             if self.stream_offset >= to {
                 done = true;
                 break;
             }
             let line = &buf[consumed..end];
-            let line_with_newline = &buf[consumed..=end];
             if line.len() > MAX_CRI_LINE {
                 self.malformed += 1;
                 consumed = end + 1;
@@ -189,23 +228,23 @@ impl CriStreamReader {
             }
             // P: the content only; F: the content and the newline that ended it,
             // which the file holds right after it.
-            let content = if header.partial {
-                &line[header.message_start.min(line.len())..]
-            } else {
-                &line_with_newline[header.message_start.min(line.len())..]
-            };
+            let content_start = consumed + header.message_start.min(line.len());
+            let content_end = if header.partial { end } else { end + 1 };
             let start = self.stream_offset;
-            let end_offset = start + content.len() as u64;
+            let end_offset = start + (content_end - content_start) as u64;
             let lo = from.max(start);
             let hi = to.min(end_offset);
             if lo < hi {
-                out.push(Run {
-                    offset: lo,
-                    bytes: Bytes::copy_from_slice(
-                        &content[(lo - start) as usize..(hi - start) as usize],
-                    ),
-                    time_ns: header.timestamp_ns,
-                });
+                // Lines of one stream follow each other in offsets: a run only ends
+                // on time (or at the block's end).
+                if joining.is_some_and(|(_, t)| header.timestamp_ns.abs_diff(t) > JOIN_WITHIN_NS) {
+                    self.emit_joined(buf, joining.take(), out);
+                }
+                joining.get_or_insert((lo, header.timestamp_ns));
+                self.spans.push((
+                    content_start + (lo - start) as usize,
+                    content_start + (hi - start) as usize,
+                ));
             }
             if end_offset > to {
                 // Partly wanted: stay at this line, the rest is read next time.
@@ -215,8 +254,26 @@ impl CriStreamReader {
             self.stream_offset = end_offset;
             consumed = end + 1;
         }
-        self.buf = block;
+        self.emit_joined(buf, joining, out);
         (consumed, done || self.stream_offset >= to)
+    }
+
+    /// Copies the joined lines' content (`spans` of `buf`) into one run.
+    fn emit_joined(&mut self, buf: &[u8], run: Option<(u64, i64)>, out: &mut Vec<Run>) {
+        let Some((offset, time_ns)) = run else {
+            return;
+        };
+        let len = self.spans.iter().map(|(a, b)| b - a).sum();
+        let mut bytes = Vec::with_capacity(len);
+        for &(a, b) in &self.spans {
+            bytes.extend_from_slice(&buf[a..b]);
+        }
+        self.spans.clear();
+        out.push(Run {
+            offset,
+            bytes: Bytes::from(bytes),
+            time_ns,
+        });
     }
 
     /// Whether the open file is the one at the live path.
@@ -331,10 +388,11 @@ pub fn read_ranges(
     ranges: &[(u64, u64)],
 ) -> io::Result<Vec<ReadBack>> {
     let mut reader = CriStreamReader::new(log_path.to_path_buf(), stream);
+    let mut block = ReadBlock::default();
     let mut out = Vec::with_capacity(ranges.len());
     for &(from, to) in ranges {
         let mut runs = Vec::new();
-        let reached = reader.read(from, to, &mut runs)?;
+        let reached = reader.read(&mut block, from, to, &mut runs)?;
         out.push(ReadBack {
             runs: runs.into_iter().map(|r| (r.offset, r.bytes)).collect(),
             reached: reached.offset,
@@ -390,7 +448,9 @@ mod tests {
         );
         let mut r = CriStreamReader::new(log.clone(), Stream::Stdout);
         let mut out = Vec::new();
-        let reached = r.read(0, u64::MAX, &mut out).unwrap();
+        let reached = r
+            .read(&mut ReadBlock::default(), 0, u64::MAX, &mut out)
+            .unwrap();
         assert_eq!(text(&out), "one\ntwo\n\n");
         assert_eq!(
             reached,
@@ -401,7 +461,8 @@ mod tests {
         );
         let mut err = CriStreamReader::new(log, Stream::Stderr);
         let mut out = Vec::new();
-        err.read(0, u64::MAX, &mut out).unwrap();
+        err.read(&mut ReadBlock::default(), 0, u64::MAX, &mut out)
+            .unwrap();
         assert_eq!(text(&out), "err\n");
     }
 
@@ -415,12 +476,12 @@ mod tests {
         );
         let mut r = CriStreamReader::new(log, Stream::Stdout);
         let mut out = Vec::new();
-        let reached = r.read(2, 5, &mut out).unwrap();
+        let reached = r.read(&mut ReadBlock::default(), 2, 5, &mut out).unwrap();
         assert_eq!(text(&out), "cde");
         assert_eq!(out[0].offset, 2);
         assert_eq!(reached.offset, 5);
         out.clear();
-        r.read(5, 9, &mut out).unwrap();
+        r.read(&mut ReadBlock::default(), 5, 9, &mut out).unwrap();
         assert_eq!(text(&out), "f\ngh");
         assert_eq!(out[0].offset, 5);
     }
@@ -432,7 +493,12 @@ mod tests {
         write(&log, &[cri("stdout", "F", "first")]);
         let mut r = CriStreamReader::new(log.clone(), Stream::Stdout);
         let mut out = Vec::new();
-        assert_eq!(r.read(0, 3, &mut out).unwrap().offset, 3);
+        assert_eq!(
+            r.read(&mut ReadBlock::default(), 0, 3, &mut out)
+                .unwrap()
+                .offset,
+            3
+        );
         // The kubelet rotates: rename, and the runtime reopens a new live file.
         std::fs::rename(&log, dir.path().join("0.log.20261121-104531")).unwrap();
         write(
@@ -448,14 +514,17 @@ mod tests {
             &dir.path().join("0.log.20261120-000000.gz"),
             &[cri("stdout", "F", "zzz")],
         );
-        let reached = r.read(3, u64::MAX, &mut out).unwrap();
+        let reached = r
+            .read(&mut ReadBlock::default(), 3, u64::MAX, &mut out)
+            .unwrap();
         assert_eq!(text(&out), "first\nsecond\nthird\n");
         assert!(reached.at_live_end);
         assert_eq!(reached.offset, 19);
         // More comes later.
         write(&log, &[cri("stdout", "F", "4")]);
         out.clear();
-        r.read(19, u64::MAX, &mut out).unwrap();
+        r.read(&mut ReadBlock::default(), 19, u64::MAX, &mut out)
+            .unwrap();
         assert_eq!(text(&out), "4\n");
     }
 
@@ -466,12 +535,15 @@ mod tests {
         std::fs::write(&log, format!("{TS} stdout F whole\n{TS} stdout F hal")).unwrap();
         let mut r = CriStreamReader::new(log.clone(), Stream::Stdout);
         let mut out = Vec::new();
-        let reached = r.read(0, u64::MAX, &mut out).unwrap();
+        let reached = r
+            .read(&mut ReadBlock::default(), 0, u64::MAX, &mut out)
+            .unwrap();
         assert_eq!(text(&out), "whole\n");
         assert_eq!(reached.offset, 6);
         write(&log, &["f\n".to_string()]);
         out.clear();
-        r.read(6, u64::MAX, &mut out).unwrap();
+        r.read(&mut ReadBlock::default(), 6, u64::MAX, &mut out)
+            .unwrap();
         assert_eq!(text(&out), "half\n");
     }
 
@@ -484,9 +556,73 @@ mod tests {
         std::fs::write(&log, bytes).unwrap();
         let mut r = CriStreamReader::new(log, Stream::Stdout);
         let mut out = Vec::new();
-        r.read(0, u64::MAX, &mut out).unwrap();
+        r.read(&mut ReadBlock::default(), 0, u64::MAX, &mut out)
+            .unwrap();
         assert_eq!(text(&out), "ok\n");
         assert_eq!(r.malformed_lines(), 1);
+    }
+
+    #[test]
+    fn consecutive_lines_are_one_run_split_where_their_times_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        let later = "2026-11-21T10:45:32.210111144Z";
+        let mut lines: Vec<String> = (0..100)
+            .map(|i| cri("stdout", "F", &format!("l{i}")))
+            .collect();
+        lines.insert(50, cri("stderr", "F", "between"));
+        // A second later: past the joining window, a run of its own.
+        lines.push(format!("{later} stdout F last\n"));
+        write(&log, &lines);
+        let mut r = CriStreamReader::new(log, Stream::Stdout);
+        let mut out = Vec::new();
+        r.read(&mut ReadBlock::default(), 3, u64::MAX, &mut out)
+            .unwrap();
+        let expected: String = (0..100).map(|i| format!("l{i}\n")).collect::<String>() + "last\n";
+        assert_eq!(text(&out), &expected[3..]);
+        assert_eq!(out.len(), 2, "one run per time window, not one per line");
+        assert_eq!(out[0].offset, 3);
+        assert_eq!(out[1].offset, out[0].offset + out[0].bytes.len() as u64);
+        assert_ne!(out[0].time_ns, out[1].time_ns);
+    }
+
+    #[test]
+    fn readers_share_one_block_and_hold_none_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs: Vec<PathBuf> = (0..3)
+            .map(|i| {
+                let log = dir.path().join(format!("c{i}/0.log"));
+                std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+                let lines: Vec<String> = (0..2000)
+                    .map(|n| cri("stdout", "F", &format!("c{i} line {n:0>100}")))
+                    .collect();
+                write(&log, &lines);
+                log
+            })
+            .collect();
+        let mut readers: Vec<_> = logs
+            .iter()
+            .map(|l| CriStreamReader::new(l.clone(), Stream::Stdout))
+            .collect();
+        let mut block = ReadBlock::default();
+        assert_eq!(block.held(), 0);
+        let mut texts = vec![String::new(); 3];
+        // Interleaved in small steps, as the stage repairs many streams per tick.
+        for step in 0..60u64 {
+            for (r, t) in readers.iter_mut().zip(&mut texts) {
+                let mut out = Vec::new();
+                r.read(&mut block, step * 5000, (step + 1) * 5000, &mut out)
+                    .unwrap();
+                t.push_str(&text(&out));
+                assert_eq!(block.held(), READ_BLOCK, "one block, never grown");
+            }
+        }
+        for (i, t) in texts.iter().enumerate() {
+            let expected: String = (0..2000)
+                .map(|n| format!("c{i} line {n:0>100}\n"))
+                .collect();
+            assert_eq!(*t, expected);
+        }
     }
 
     #[test]
@@ -494,7 +630,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = CriStreamReader::new(dir.path().join("gone/0.log"), Stream::Stdout);
         let mut out = Vec::new();
-        let reached = r.read(0, 10, &mut out).unwrap();
+        let reached = r.read(&mut ReadBlock::default(), 0, 10, &mut out).unwrap();
         assert!(out.is_empty());
         assert_eq!(
             reached,

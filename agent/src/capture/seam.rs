@@ -80,6 +80,11 @@ impl Seam {
         }
     }
 
+    /// Bytes it holds: the log's window read so far and the first captured bytes.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.log.capacity() + self.first.as_ref().map_or(0, |(_, b)| b.capacity())
+    }
+
     /// The stream range of the log still to be read, `[from, to)`; empty when read.
     pub(crate) fn log_wanted(&self) -> (u64, u64) {
         let from = self.lower + self.log.len() as u64;

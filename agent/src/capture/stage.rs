@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::Claims;
-use super::cri_log::CriStreamReader;
+use super::cri_log::{CriStreamReader, ReadBlock};
 use super::existing;
 use super::probe::ProbeEvent;
 use super::runs::{RecordRun, RunGatherer};
@@ -81,11 +81,16 @@ const STAGE_BYTES: usize = 256 * 1024;
 /// Runs at least this large are handed on as they came rather than joined to the
 /// staged bytes (one copy less; framing a chunk of this size costs no more per line).
 const JOIN_BELOW: usize = 16 * 1024;
-/// Stream bytes one stream reads back from its CRI log per tick: a hole of hundreds
-/// of megabytes (a long ring overflow) is repaired in steps, with memory bounded. Only
-/// the step that reaches the hole's end can be checked against the captured bytes
-/// after it.
+/// Stream bytes one stream reads back from its CRI log per tick, in steps of
+/// [`REPAIR_STEP_BYTES`]: a hole of hundreds of megabytes (a long ring overflow) is
+/// repaired over many ticks, and one stream's repair does not hold up the others.
 const REPAIR_READ_BYTES: u64 = 8 << 20;
+/// Stream bytes read back from a CRI log at once: each step is handed on to the
+/// pipeline (which ships it or blocks on a full sink queue) before the next is read, so
+/// the repair path holds at most one step besides the shared read block, whatever the
+/// hole's size. Only the step that reaches the hole's end can be checked against the
+/// captured bytes after it.
+const REPAIR_STEP_BYTES: u64 = 256 << 10;
 /// How often ended streams are checked for their CRI log's removal.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// Captured bytes after a hole compared with the CRI log before the hole is repaired.
@@ -218,6 +223,9 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to date records by their kernel time.
     realtime_offset_ns: i64,
     runs: Vec<Run>,
+    /// The read buffer of every CRI log read (repairs, seams, start-up): one at a time,
+    /// on this thread.
+    read_block: ReadBlock,
     last_tick: Instant,
     /// Streams shipped to their end whose CRI log still exists: their claims and
     /// closed checkpoints stay until the kubelet removes the log.
@@ -259,6 +267,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             counts: RecordCounts::default(),
             realtime_offset_ns: realtime_offset_ns(),
             runs: Vec::new(),
+            read_block: ReadBlock::default(),
             last_tick: Instant::now(),
             ended: Vec::new(),
             last_prune: Instant::now(),
@@ -522,9 +531,12 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             // reads the whole log), so the bind follows the last at once.
             let mut readers = streams.map(|s| CriStreamReader::new(log.clone(), s));
             let mut lower = [0u64; 2];
+            let block = &mut self.read_block;
             let mut read_all = || -> io::Result<()> {
                 for (reader, lower) in readers.iter_mut().zip(&mut lower) {
-                    *lower = reader.read(u64::MAX, u64::MAX, &mut Vec::new())?.offset;
+                    *lower = reader
+                        .read(block, u64::MAX, u64::MAX, &mut Vec::new())?
+                        .offset;
                 }
                 Ok(())
             };
@@ -654,12 +666,14 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         self.hand_on_runs(id);
     }
 
-    /// Keeps the bytes all streams hold waiting behind holes within `max_buffered`
-    /// (each stream's own bound, `max_pending`, times a node's hundreds of streams is
-    /// far more than the agent's memory): beyond it, the streams holding the most
-    /// spill theirs, which their CRI logs then supply (counted as spilled, then as
-    /// repaired; nothing is lost). Checked after every poll, so the bound is exceeded
-    /// at most by what one poll of the ring brings.
+    /// Keeps the bytes all streams hold waiting within `max_buffered` (each stream's
+    /// own bound, `max_pending`, times a node's hundreds of streams is far more than
+    /// the agent's memory): beyond it, the streams holding the most behind holes
+    /// spill theirs, then the streams waiting for their seam drop their oldest held
+    /// records; their CRI logs supply both (counted as spilled, then as repaired;
+    /// nothing is lost). Checked after every poll, so the bound is exceeded at most by
+    /// what one poll of the ring brings, and by what cannot be dropped (the seams' log
+    /// windows, bytes read ahead from a log).
     fn keep_budget(&mut self) {
         let mut total: usize = self.streams.values().map(StreamEntry::buffered).sum();
         if total > self.options.max_buffered {
@@ -676,6 +690,26 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 }
                 if let Some(entry) = self.streams.get_mut(&id) {
                     total -= entry.spill();
+                    metrics::counter!(CAPTURE_BUDGET_SPILLS_TOTAL).increment(1);
+                }
+            }
+        }
+        if total > self.options.max_buffered {
+            let mut held: Vec<(usize, SourceId)> = self
+                .streams
+                .iter()
+                .filter_map(|(id, e)| Some((e.seam.as_ref()?.held_bytes, *id)))
+                .filter(|&(n, _)| n > 0)
+                .collect();
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, id) in held {
+                if total <= self.options.max_buffered {
+                    break;
+                }
+                if let Some(pending) = self.streams.get_mut(&id).and_then(|e| e.seam.as_mut()) {
+                    let dropped = pending.shed(total - self.options.max_buffered);
+                    total -= dropped;
+                    metrics::counter!(CAPTURE_SPILLED_BYTES_TOTAL).increment(dropped as u64);
                     metrics::counter!(CAPTURE_BUDGET_SPILLS_TOTAL).increment(1);
                 }
             }
@@ -739,12 +773,12 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 metrics::counter!(CAPTURE_GAPS_TOTAL).increment(1);
             }
             if age >= grace || entry.assembler.over_budget() {
-                self.repair(
-                    id,
-                    start,
-                    end.min(start.saturating_add(REPAIR_READ_BYTES)),
-                    now,
-                );
+                // This hole only: a later one gets its own grace.
+                self.repair_in_steps(id, now, |a| {
+                    a.hole()
+                        .filter(|&(s, _)| s < end)
+                        .map(|(s, e)| (s, e.min(s.saturating_add(REPAIR_STEP_BYTES))))
+                });
             }
         }
         let Some(entry) = self.streams.get_mut(&id) else {
@@ -767,8 +801,13 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             .follow_until
             .is_some_and(|until| entry.assembler.next_offset() < until);
         if following || entry.removed_at.is_some() {
-            let from = entry.assembler.next_offset();
-            self.repair(id, from, from.saturating_add(REPAIR_READ_BYTES), now);
+            let until = entry.follow_until;
+            let removed = entry.removed_at.is_some();
+            self.repair_in_steps(id, now, |a| {
+                let from = a.next_offset();
+                (removed || until.is_some_and(|u| from < u))
+                    .then(|| (from, from.saturating_add(REPAIR_STEP_BYTES)))
+            });
         }
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
@@ -798,7 +837,10 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         // its log parsed once more every tick, for nothing.
         if from < to && pending.seam.has_captured() {
             let mut runs = Vec::new();
-            if let Err(e) = pending.reader.read(from, to, &mut runs) {
+            if let Err(e) = pending
+                .reader
+                .read(&mut self.read_block, from, to, &mut runs)
+            {
                 tracing::warn!(source = %id, error = %e, "reading the CRI log to find capture's seam");
             }
             for run in &runs {
@@ -834,6 +876,37 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         self.hand_on_runs(id);
     }
 
+    /// Repairs in steps of at most [`REPAIR_STEP_BYTES`], each handed on before the
+    /// next is read, up to [`REPAIR_READ_BYTES`] per call: `range` says what the next
+    /// step reads (`None`: done). Stops when a step moves the stream no further (the
+    /// log has no more yet, or a check waits for it).
+    fn repair_in_steps(
+        &mut self,
+        id: SourceId,
+        now: Instant,
+        range: impl Fn(&StreamAssembler) -> Option<(u64, u64)>,
+    ) {
+        let mut budget = REPAIR_READ_BYTES;
+        while budget > 0 {
+            let Some(entry) = self.streams.get(&id) else {
+                return;
+            };
+            let Some((from, to)) = range(&entry.assembler) else {
+                return;
+            };
+            let before = entry.assembler.next_offset();
+            self.repair(id, from, to, now);
+            let Some(entry) = self.streams.get(&id) else {
+                return;
+            };
+            let moved = entry.assembler.next_offset().saturating_sub(before);
+            if moved == 0 {
+                return;
+            }
+            budget = budget.saturating_sub(moved);
+        }
+    }
+
     /// Reads `[from, to)` of the stream from its CRI log into the assembler.
     fn repair(&mut self, id: SourceId, from: u64, to: u64, now: Instant) {
         let Some(entry) = self.streams.get_mut(&id) else {
@@ -858,7 +931,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         let reader = entry
             .reader
             .get_or_insert_with(|| CriStreamReader::new(log_path, entry.stream));
-        match reader.read(read_from, read_to, &mut runs) {
+        match reader.read(&mut self.read_block, read_from, read_to, &mut runs) {
             Ok(reached) => {
                 if reached.offset != entry.log_reach.0 {
                     entry.log_reach = (reached.offset, now);
@@ -1066,10 +1139,14 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
 
 impl StreamEntry {
     /// Bytes this stream holds besides what it hands on at once: waiting behind a
-    /// hole, waiting for the seam, read from the log ahead of use.
+    /// hole, waiting for the seam (held records and the log's window), read from the
+    /// log ahead of use.
     fn buffered(&self) -> usize {
         self.assembler.pending_bytes()
-            + self.seam.as_ref().map_or(0, |s| s.held_bytes)
+            + self
+                .seam
+                .as_ref()
+                .map_or(0, |s| s.held_bytes + s.seam.held_bytes())
             + self.read_ahead.iter().map(|r| r.bytes.len()).sum::<usize>()
     }
 
@@ -1176,17 +1253,31 @@ impl RecordCounts {
 }
 
 impl PendingSeam {
-    /// A captured record waits for the seam; the seam search sees it too.
+    /// A captured record waits for the seam; the seam search sees it too. Held
+    /// records own their bytes (a slice would keep its whole shared block alive).
     fn hold(&mut self, offset: u64, bytes: Bytes, time_ns: i64, max_bytes: usize) {
         self.seam.push_captured(offset, &bytes);
         self.held_bytes += bytes.len();
-        self.held.push_back((offset, bytes, time_ns));
-        while self.held_bytes > max_bytes {
-            let Some((_, dropped, _)) = self.held.pop_front() else {
+        self.held
+            .push_back((offset, Bytes::copy_from_slice(&bytes), time_ns));
+        if self.held_bytes > max_bytes {
+            self.shed(self.held_bytes - max_bytes);
+        }
+    }
+
+    /// Drops at least `bytes` of the held records, oldest first (the log has them,
+    /// and the hole they leave is repaired from it once the seam is known); returns
+    /// how many were dropped.
+    fn shed(&mut self, bytes: usize) -> usize {
+        let mut dropped = 0;
+        while dropped < bytes {
+            let Some((_, record, _)) = self.held.pop_front() else {
                 break;
             };
-            self.held_bytes -= dropped.len();
+            dropped += record.len();
         }
+        self.held_bytes -= dropped;
+        dropped
     }
 }
 

@@ -715,3 +715,147 @@ fn over_the_node_wide_budget_the_stream_holding_most_spills_to_its_log() {
     );
     assert_eq!(of(Stream::Stderr), [(0, "errA"), (5, "errB")]);
 }
+
+#[test]
+fn over_the_node_wide_budget_a_stream_waiting_for_its_seam_drops_its_oldest_held_records() {
+    let fx = Fixture::with_capture(", max_buffered: 64KiB");
+    let running = Running::new();
+    let all = numbered_lines(0..30_000);
+    fx.append_cri(
+        "stdout",
+        &all[..1000].iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let resolver = fx.running_container();
+    let (mut stage, rx, _) = fx.stage(ScriptFeed::default(), resolver, fx.registry());
+    stage.set_cgroup_root(Some(running.root.clone()));
+    stage.bind_running(&running.proc);
+    // 300 KB captured while the log has not reached the seam's window yet: it waits
+    // for the seam, within the node-wide bound.
+    stage
+        .feed
+        .rounds
+        .push_back(captured(running.cgroup_id, 0, &all[1100..]));
+    stage.poll_once(Duration::from_millis(5)).unwrap();
+    let entry = stage
+        .streams
+        .values()
+        .find(|e| e.stream == Stream::Stdout)
+        .unwrap();
+    let held = entry.seam.as_ref().expect("the seam is not decided yet");
+    assert!(
+        held.held_bytes > 0 && held.held_bytes <= 64 << 10,
+        "held {} bytes",
+        held.held_bytes
+    );
+    assert!(
+        stage
+            .streams
+            .values()
+            .map(StreamEntry::buffered)
+            .sum::<usize>()
+            <= 64 << 10
+    );
+    // The newest are kept (only capture may have them); the oldest come from the log.
+    fx.append_cri(
+        "stdout",
+        &all[1000..29_500]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let got = lines(&mut stage, &rx, all.len());
+    assert_eq!(
+        bodies(&got),
+        all.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}
+
+/// The stage's pipeline, recording the size of every chunk handed to it.
+struct Recording {
+    inner: Pipeline,
+    chunks: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl Input for Recording {
+    fn opened(&mut self, opening: Opening) {
+        self.inner.opened(opening);
+    }
+
+    fn data(&mut self, source: SourceId, offset: u64, chunk: Bytes, written_ns: Option<i64>) {
+        self.chunks.lock().unwrap().push(chunk.len());
+        self.inner.data(source, offset, chunk, written_ns);
+    }
+
+    fn gap(&mut self, source: SourceId, offset: u64) {
+        self.inner.gap(source, offset);
+    }
+
+    fn ended(&mut self, source: SourceId, reason: EndReason) {
+        self.inner.ended(source, reason);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.inner.tick(now);
+    }
+}
+
+#[test]
+fn a_large_hole_is_read_back_in_bounded_steps_of_joined_lines() {
+    let fx = Fixture::new();
+    let all: Vec<String> = (0..8000).map(|i| format!("line {i:0>94}")).collect();
+    fx.append_cri(
+        "stdout",
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let first: &'static [u8] = Box::leak(format!("{}\n", all[0]).into_bytes().into_boxed_slice());
+    let last: &'static [u8] = Box::leak(format!("{}\n", all[7999]).into_bytes().into_boxed_slice());
+    let hole_end = stream_len(&all[..7999]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([vec![
+            Scripted::Created(7, "/kubepods/podu/c1"),
+            Scripted::Bound(7, Stream::Stdout),
+            Scripted::Data(7, Stream::Stdout, 0, first),
+            // 800 KB lost in between (a ring overflow): more than three steps.
+            Scripted::Data(7, Stream::Stdout, hole_end, last),
+        ]]),
+        ..Default::default()
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
+    let registry = fx.registry();
+    let chunks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pipeline = Recording {
+        inner: Pipeline::new(
+            &fx.config,
+            Router::new(&fx.config.sources, &queues),
+            registry.clone(),
+        ),
+        chunks: chunks.clone(),
+    };
+    let options = fx.config.capture.clone().unwrap();
+    let claims = Arc::new(Claims::new(options.source, options.claim_wait));
+    let mut stage = CaptureStage::new(
+        options,
+        feed,
+        fx.running_container(),
+        pipeline,
+        registry,
+        claims,
+    );
+    let got = lines(&mut stage, &rx, all.len());
+    assert_eq!(
+        bodies(&got),
+        all.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let chunks = chunks.lock().unwrap();
+    assert!(
+        chunks.iter().all(|&n| n as u64 <= REPAIR_STEP_BYTES),
+        "every step is at most {REPAIR_STEP_BYTES} bytes: {chunks:?}"
+    );
+    assert!(
+        chunks.len() < all.len() / 50,
+        "the log's lines are joined, not handed on one by one: {} chunks",
+        chunks.len()
+    );
+    assert_eq!(chunks.iter().sum::<usize>() as u64, stream_len(&all));
+}

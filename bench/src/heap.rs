@@ -1,0 +1,190 @@
+//! Where a bench process's resident memory goes: the heap's live bytes (a counting
+//! wrapper around the system allocator, off unless `--heap-stats` turned it on) and
+//! the split of the RSS from `/proc/self/smaps_rollup`, sampled while a scenario runs.
+//!
+//! The counter is the harness's own heap profile: the difference between anonymous
+//! RSS and live heap bytes is the allocator's retained free memory (fragmentation,
+//! per-thread arenas) plus the threads' stacks; file-backed RSS is the mapped binary
+//! and the BPF ring buffer's pages.
+//!
+//! # Performance
+//!
+//! Off, an allocation pays one relaxed load of a flag; on, two relaxed atomic adds
+//! (live bytes and, when it grew, the peak): not for the CPU tables.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+pub struct CountingAlloc;
+
+// SAFETY: every call is forwarded to `System` unchanged; the counters only observe.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, forwarded.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, forwarded.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.dealloc(ptr, layout) };
+        shrank(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, forwarded.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            shrank(layout.size());
+            grew(new_size);
+        }
+        p
+    }
+}
+
+fn grew(n: usize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
+        if live > PEAK.load(Ordering::Relaxed) {
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+    }
+}
+
+fn shrank(n: usize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        // Memory allocated before counting started may be freed after: saturate.
+        let _ = LIVE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+            Some(l.saturating_sub(n))
+        });
+    }
+}
+
+/// Starts counting (from zero: what was allocated before is not seen).
+pub fn start_counting() {
+    COUNTING.store(true, Ordering::Relaxed);
+}
+
+pub fn counting() -> bool {
+    COUNTING.load(Ordering::Relaxed)
+}
+
+/// Live heap bytes now (allocated since counting started, not freed).
+pub fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Resets the peak to the live bytes now.
+pub fn reset_peak() {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+pub fn peak() -> usize {
+    PEAK.load(Ordering::Relaxed)
+}
+
+/// This process's resident memory, split (KiB, from `/proc/self/smaps_rollup`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RssSplit {
+    pub rss: u64,
+    pub anonymous: u64,
+    /// Mapped files and shared memory: the binary's pages, the BPF ring buffer's.
+    pub file: u64,
+    /// Live heap bytes at the sample (KiB), when counting.
+    pub heap_live: u64,
+}
+
+impl RssSplit {
+    pub fn now() -> RssSplit {
+        let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let rss = field("Rss:");
+        let anonymous = field("Anonymous:");
+        RssSplit {
+            rss,
+            anonymous,
+            file: rss.saturating_sub(anonymous),
+            heap_live: (live() / 1024) as u64,
+        }
+    }
+}
+
+/// Resident KiB of this process's mappings whose name contains `name` (from
+/// `/proc/self/smaps`: e.g. `bpf-map`, the ring buffer's data pages, mapped twice).
+pub fn mapping_rss_kib(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut total = 0;
+    let mut inside = false;
+    for line in text.lines() {
+        // A mapping's header starts with its address range; its fields follow.
+        let header = line
+            .split_once(' ')
+            .is_some_and(|(range, _)| range.contains('-') && !range.ends_with(':'));
+        if header {
+            inside = line.contains(name);
+        } else if inside && let Some(v) = line.strip_prefix("Rss:") {
+            total += v
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Samples [`RssSplit`] every 50 ms on its own thread; keeps the sample with the
+/// largest RSS.
+pub struct RssSampler {
+    sampling: std::sync::Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<RssSplit>,
+}
+
+impl RssSampler {
+    pub fn start() -> RssSampler {
+        let sampling = std::sync::Arc::new(AtomicBool::new(true));
+        let thread = {
+            let sampling = sampling.clone();
+            std::thread::spawn(move || {
+                let mut top = RssSplit::default();
+                while sampling.load(Ordering::Relaxed) {
+                    let s = RssSplit::now();
+                    if s.rss > top.rss {
+                        top = s;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                top
+            })
+        };
+        RssSampler { sampling, thread }
+    }
+
+    /// The sample with the largest RSS.
+    pub fn stop(self) -> RssSplit {
+        self.sampling.store(false, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
