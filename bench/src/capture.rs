@@ -30,7 +30,9 @@
 //! - capture CPU: this process's `getrusage` (all threads: stage, pipeline, sink
 //!   worker with its CRC) from the writer's start until every byte reached the sink,
 //!   and again until the stream ended (after the cgroup is gone the stage reads the
-//!   CRI log to its end once, which catches holes at the very end of a stream). The
+//!   CRI log to its end once, which catches holes at the very end of a stream); the
+//!   per-run line also gives it until the stage handled the cgroup's removal (before
+//!   that read, which in this bench covers the whole run: [`RemovalCpu`]). The
 //!   writer's and the shim's CPU are theirs (child processes), not counted here. The
 //!   kernel-side cost of the probes is paid inside the writer's syscalls, so it shows
 //!   in the writer's times;
