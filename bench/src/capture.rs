@@ -30,7 +30,9 @@
 //! - capture CPU: this process's `getrusage` (all threads: stage, pipeline, sink
 //!   worker with its CRC) from the writer's start until every byte reached the sink,
 //!   and again until the stream ended (after the cgroup is gone the stage reads the
-//!   CRI log to its end once, which catches holes at the very end of a stream). The
+//!   CRI log to its end once, which catches holes at the very end of a stream); the
+//!   per-run line also gives it until the stage handled the cgroup's removal (before
+//!   that read, which in this bench covers the whole run: [`RemovalCpu`]). The
 //!   writer's and the shim's CPU are theirs (child processes), not counted here. The
 //!   kernel-side cost of the probes is paid inside the writer's syscalls, so it shows
 //!   in the writer's times;
@@ -687,6 +689,41 @@ impl EventFeed for MeasuredProbes {
     }
 }
 
+/// A feed that notes this process's CPU when the stage has handled its cgroup's
+/// removal (`forget`): every record of the stream was read from the ring and handed
+/// to the pipeline by then, and the end-of-stream read of the CRI log has not begun
+/// (the stage does it on a later tick).
+struct RemovalCpu<F> {
+    inner: F,
+    at: Arc<Mutex<Option<Duration>>>,
+}
+
+impl<F: EventFeed> EventFeed for RemovalCpu<F> {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut dyn FnMut(ProbeEvent<'_>),
+    ) -> std::io::Result<usize> {
+        self.inner.poll(timeout, on_event)
+    }
+
+    fn forget(&mut self, cgroup_id: u64) {
+        self.at
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_with(crate::self_cpu);
+        self.inner.forget(cgroup_id);
+    }
+
+    fn decline(&mut self, cgroup_id: u64, stream: logtap::frame::Stream) {
+        self.inner.decline(cgroup_id, stream);
+    }
+
+    fn watch_existing(&mut self, cgroup_id: u64, pid: u32) -> std::io::Result<()> {
+        self.inner.watch_existing(cgroup_id, pid)
+    }
+}
+
 impl Drop for MeasuredProbes {
     fn drop(&mut self) {
         if let Ok(stats) = self.probes.kernel_stats() {
@@ -829,6 +866,10 @@ struct CaptureRun {
     tail: Duration,
     /// This process's CPU until every byte reached the sink.
     streaming_cpu: Duration,
+    /// ... until the stage had handled the cgroup's removal (see [`RemovalCpu`]):
+    /// the stream without the end-of-stream read of its CRI log, which in this bench
+    /// is the whole run.
+    removal_cpu: Option<Duration>,
     /// ... until the stream ended: after the cgroup is gone, the stage reads the CRI
     /// log to its end once to catch holes at the very end of the stream.
     cpu: Duration,
@@ -922,13 +963,13 @@ struct RunningCapture {
 impl RunningCapture {
     /// `prepare` sees the stage before its thread starts (the agent's own settings a
     /// scenario needs).
-    fn start(
+    fn start<F: EventFeed + 'static>(
         config: &Config,
-        feed: MeasuredProbes,
+        feed: F,
         resolver: TableResolver,
         registry: &SharedRegistry,
         sink: Box<dyn Sink>,
-        prepare: impl FnOnce(&mut CaptureStage<MeasuredProbes, TableResolver>),
+        prepare: impl FnOnce(&mut CaptureStage<F, TableResolver>),
     ) -> anyhow::Result<RunningCapture> {
         let options = config.capture.clone().context("capture is enabled")?;
         let (tx, rx) = crossbeam_channel::bounded(8);
@@ -1008,10 +1049,14 @@ fn run_with_capture(
     let hook_mode = probes.hook_mode();
     let kernel = Arc::new(Mutex::new(None));
     let programs = Arc::new(Mutex::new(Vec::new()));
-    let feed = MeasuredProbes {
-        probes,
-        last: kernel.clone(),
-        programs: programs.clone(),
+    let removal_cpu = Arc::new(Mutex::new(None));
+    let feed = RemovalCpu {
+        inner: MeasuredProbes {
+            probes,
+            last: kernel.clone(),
+            programs: programs.clone(),
+        },
+        at: removal_cpu.clone(),
     };
     let registry: SharedRegistry = Arc::new(Registry::open(&data_dir.join("checkpoints"))?);
     let verify = Arc::new(Mutex::new(Verify {
@@ -1052,6 +1097,10 @@ fn run_with_capture(
     running.finish()?;
     let cpu = crate::self_cpu() - cpu_before;
     let streaming_cpu = streaming_cpu.unwrap_or(cpu);
+    let removal_cpu = removal_cpu
+        .lock()
+        .expect("not poisoned")
+        .map(|at| at.saturating_sub(cpu_before));
     let peak_rss_kib = peak_rss_kib();
     let stage_counters = StageCounters::read(metrics).since(counters_before);
     let _ = std::fs::remove_file(&log);
@@ -1069,6 +1118,7 @@ fn run_with_capture(
         wall: last.saturating_duration_since(writer.started),
         tail: last.saturating_duration_since(writer_end),
         streaming_cpu,
+        removal_cpu,
         cpu,
         peak_rss_kib,
         kernel,
@@ -1111,6 +1161,11 @@ impl Row {
         self.capture.streaming_cpu.as_secs_f64() / (self.bytes as f64 / 1e9)
     }
 
+    fn removal_cpu_s_per_gb(&self) -> Option<f64> {
+        let cpu = self.capture.removal_cpu?;
+        Some(cpu.as_secs_f64() / (self.bytes as f64 / 1e9))
+    }
+
     fn end_cpu_s_per_gb(&self) -> f64 {
         self.capture.cpu.as_secs_f64() / (self.bytes as f64 / 1e9)
     }
@@ -1129,7 +1184,7 @@ impl Row {
         let k = &self.capture.kernel;
         let s = &self.capture.stage;
         format!(
-            "{}: writer {:.2} s → {:.2} s with capture (×{:.3}; CPU ×{:.3}); capture {:.0} MB/s, done {:.0} ms after the writer, {:.2} CPU s/GB ({:.2} with the stream's end), {} MiB peak RSS; \
+            "{}: writer {:.2} s → {:.2} s with capture (×{:.3}; CPU ×{:.3}); capture {:.0} MB/s, done {:.0} ms after the writer, {:.2} CPU s/GB ({} until the removal was handled, {:.2} with the stream's end), {} MiB peak RSS; \
              kernel {} records, ring drops {} B, other drops {} B; gaps {:.0}, repaired {:.0} B, spilled {:.0} B, unrepairable {:.0} B; loss {} B{}{}",
             self.name,
             self.base.wall.as_secs_f64(),
@@ -1139,6 +1194,8 @@ impl Row {
             self.capture_mb_s(),
             self.capture.tail.as_secs_f64() * 1e3,
             self.cpu_s_per_gb(),
+            self.removal_cpu_s_per_gb()
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
             self.end_cpu_s_per_gb(),
             self.capture.peak_rss_kib / 1024,
             k.records,

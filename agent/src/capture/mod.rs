@@ -9,6 +9,8 @@
 //!   [`Probes::load`] loads and attaches them, [`Probes::watch_existing`] watches
 //!   cgroups that existed before the agent, [`Probes::poll`] reads the ring buffer
 //!   ([`ProbeEvent`]).
+//! - `ring`: the ring buffer read in bulk, the consumer position published once per
+//!   drain rather than once per record.
 //! - `tracefs`, `btf`: the load-time facts the probes need from the running kernel
 //!   (tracepoint field offsets; struct member offsets).
 //! - `runs`: the records of one drain of the ring, each stream's consecutive records
@@ -50,6 +52,7 @@ mod existing;
 mod kernel58;
 mod pin;
 pub mod probe;
+mod ring;
 mod runs;
 mod seam;
 mod spawn;

@@ -4,7 +4,8 @@
 //!
 //! Blocking: [`Probes::poll`] waits in `epoll_wait(2)` on the ring buffer's fd and on
 //! aya-log's fd, then hands every available record to a callback that borrows it in place
-//! (no copy, no allocation per record). One thread owns a `Probes`.
+//! (no copy, no allocation per record; the ring is read in bulk by `ring`). One thread
+//! owns a `Probes`.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -12,7 +13,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{FExit, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -26,6 +27,7 @@ use logtap_ebpf_common::{
     STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup, ino_slot,
 };
 
+use super::ring::RingReader;
 use super::{btf, pin, tracefs};
 use crate::config::CaptureHooks;
 use crate::frame::Stream;
@@ -296,7 +298,9 @@ pub enum ProbeEvent<'a> {
 /// (see `pin`): then they keep capturing into the pinned ring until the next agent
 /// takes them over, or until their pins are removed.
 pub struct Probes {
-    ring: RingBuf<MapData>,
+    ring: RingReader,
+    /// The ring's map: its fd is polled, and keeps the map alive.
+    _ring_map: MapData,
     watched: HashMap<MapData, u64, WatchedCgroup>,
     streams: HashMap<MapData, StreamKey, StreamState>,
     ino_filter: Array<MapData, u32>,
@@ -367,7 +371,8 @@ impl Probes {
             });
         }
         let [ring, watched, streams, ino_filter, stats, bases] = loaded.maps;
-        let ring = RingBuf::try_from(Map::RingBuf(ring)).map_err(map_error(RING_MAP))?;
+        let ring_map = ring;
+        let ring = ring_reader(&ring_map)?;
         let watched = HashMap::try_from(Map::HashMap(watched)).map_err(map_error(WATCHED_MAP))?;
         let streams = HashMap::try_from(Map::HashMap(streams)).map_err(map_error(STREAMS_MAP))?;
         let ino_filter =
@@ -376,7 +381,7 @@ impl Probes {
         let bases = HashMap::try_from(Map::HashMap(bases)).map_err(map_error(BASES_MAP))?;
 
         let epoll = epoll_create()?;
-        epoll_add(&epoll, ring.as_raw_fd(), EPOLL_RING)?;
+        epoll_add(&epoll, ring_map.fd().as_fd().as_raw_fd(), EPOLL_RING)?;
         if let Some(logger) = &loaded.logger {
             epoll_add(&epoll, logger.as_fd().as_raw_fd(), EPOLL_LOG)?;
         }
@@ -392,6 +397,7 @@ impl Probes {
         );
         Ok(Probes {
             ring,
+            _ring_map: ring_map,
             watched,
             streams,
             ino_filter,
@@ -612,14 +618,20 @@ impl Probes {
 
     fn drain(&mut self, on_event: &mut dyn FnMut(ProbeEvent<'_>)) -> usize {
         let mut handed = 0;
-        while let Some(item) = self.ring.next() {
-            match parse(&item) {
-                Some(event) => {
-                    on_event(event);
-                    handed += 1;
-                }
-                None => tracing::warn!(len = item.len(), "malformed eBPF record skipped"),
+        let drained = self.ring.drain(|item| match parse(item) {
+            Some(event) => {
+                on_event(event);
+                handed += 1;
             }
+            None => tracing::warn!(len = item.len(), "malformed eBPF record skipped"),
+        });
+        if drained.malformed_bytes > 0 {
+            // The kernel's layout broken: the streams' records in those bytes are
+            // holes, repaired from the CRI logs like any other.
+            tracing::warn!(
+                bytes = drained.malformed_bytes,
+                "eBPF ring buffer: a record header past the producer position; skipped"
+            );
         }
         handed
     }
@@ -675,6 +687,22 @@ impl Probes {
             io::Error::new(io::ErrorKind::NotFound, "no cgroup2 file system is mounted")
         })
     }
+}
+
+/// The bulk reader of the ring map (see `ring`), after checking it is one.
+fn ring_reader(map: &MapData) -> Result<RingReader, ProbeError> {
+    let info = map.info().map_err(map_error(RING_MAP))?;
+    if !matches!(info.map_type(), Ok(MapType::RingBuf)) {
+        return Err(ProbeError::Options(format!(
+            "the map {RING_MAP} is no ring buffer"
+        )));
+    }
+    RingReader::new(map.fd().as_fd(), info.max_entries() as usize).map_err(|source| {
+        ProbeError::Io {
+            context: format!("mapping the ring buffer {RING_MAP}"),
+            source,
+        }
+    })
 }
 
 fn program_error(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError {
