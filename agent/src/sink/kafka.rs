@@ -491,6 +491,15 @@ impl Destination for KafkaDestination {
         "kafka"
     }
 
+    fn idle(&mut self) {
+        // A run's value grows to about `max_value_bytes`; the outcomes to a record
+        // per line of a window.
+        self.line = Vec::new();
+        let mut r = self.reports();
+        r.outcomes = Vec::new();
+        r.run_len = Vec::new();
+    }
+
     fn send(&mut self, window: &[SpooledPackage]) -> Result<Delivered, SendError> {
         // A new producer after a failed attempt (see `renew`), or when librdkafka
         // says this one can no longer be used.
