@@ -82,10 +82,12 @@ const UNKNOWN: &str = "unknown";
 const REPORT_MARGIN: Duration = Duration::from_secs(1);
 /// While producing, serve delivery reports every this many messages.
 const POLL_EVERY: usize = 1024;
-/// One wait for delivery reports. `BaseProducer::poll` returns only once its timeout
-/// is over, however many reports came meanwhile, so this is also how late `send` may
-/// notice the window's last report: with 100 ms the forwarder idled up to 100 ms per
-/// window (~4 MiB), which capped a sink near 30–40 MB/s of wall throughput.
+/// How long `send` sleeps when a poll served no delivery report. Not a poll timeout:
+/// `BaseProducer::poll` returns only once its timeout is over, however many reports
+/// came meanwhile (with 100 ms the forwarder idled up to 100 ms per window of ~4 MiB,
+/// which held a sink near 30–40 MB/s of wall throughput), and it spins through the
+/// last millisecond of any timeout (its waits are in whole milliseconds, rounded
+/// down), so short timeouts burn a core. A non-blocking poll and a sleep do neither.
 const REPORT_WAIT: Duration = Duration::from_millis(1);
 
 /// What became of one message of the current attempt.
@@ -459,14 +461,18 @@ impl KafkaDestination {
     /// timeouts).
     fn await_reports(&self, deadline: Instant) {
         loop {
-            if self.reports().pending == 0 {
+            let pending = self.reports().pending;
+            if pending == 0 {
                 return;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 break;
             }
-            self.producer.poll((deadline - now).min(REPORT_WAIT));
+            // Serves at most one event (one event may report many messages).
+            self.producer.poll(Duration::ZERO);
+            if self.reports().pending == pending {
+                std::thread::sleep(REPORT_WAIT);
+            }
         }
         tracing::warn!(
             pending = self.reports().pending,
