@@ -130,4 +130,8 @@ pub trait Destination: Send {
     /// Delivers `window` (one or more packages, in spool order). See the module docs
     /// for what success means. `window` is never empty.
     fn send(&mut self, window: &[SpooledPackage]) -> Result<Delivered, SendError>;
+
+    /// The forwarder has had nothing to send for a while: free what is kept only to
+    /// spare the next window an allocation.
+    fn idle(&mut self) {}
 }

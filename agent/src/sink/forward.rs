@@ -25,10 +25,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use self::buffers::PayloadBuffers;
 use super::destination::{Delivered, Destination, Rejected, SendError, SpooledPackage};
 use super::spool::{self, CursorFile, Shared, Spool, SpooledBlock};
+use super::store::segment::{self, BlockError};
 use super::{Sink, SinkError};
 use crate::batch::Batch;
+use crate::batch::codec::{self, Package};
 use crate::config::network::ForwardConfig;
 use crate::metrics::catalogue::{
     DROPPED_LINES_TOTAL, FORWARD_ACKED_RECORDS_TOTAL, FORWARD_BYTES_TOTAL,
@@ -44,6 +47,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 /// How often an idle forwarder wakes to refresh its age gauge.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// A forwarder with nothing to send for this long frees the buffers it keeps for
+/// the next window (a sink that keeps up with its input is idle between most windows
+/// and keeps them).
+const IDLE_RELEASE: Duration = Duration::from_secs(2);
 
 /// A network sink: the spool the pipeline writes into, and the forwarder thread that
 /// empties it. Dropping it closes the spool and joins the forwarder.
@@ -78,6 +85,12 @@ impl NetworkSink {
             max_window_bytes: config.max_window_bytes,
             max_window_packages: config.max_window_packages.max(1),
             scratch: Vec::new(),
+            // A window's payloads are about `max_window_bytes` (its last package may
+            // go past): twice that covers a window without letting a rare huge
+            // package pin its buffer.
+            payloads: PayloadBuffers::new(
+                usize::try_from(config.max_window_bytes.saturating_mul(2)).unwrap_or(usize::MAX),
+            ),
         };
         let component = format!("forward-{name}");
         let handle = std::thread::Builder::new()
@@ -192,6 +205,8 @@ struct Forwarder {
     max_window_packages: usize,
     /// Compressed-block scratch for reading, reused.
     scratch: Vec<u8>,
+    /// Decompressed payloads, reused window after window.
+    payloads: PayloadBuffers,
 }
 
 /// Why the forwarder stops sending a window.
@@ -217,6 +232,8 @@ impl Forwarder {
                 Ok(delivered) => {
                     self.account(&window, &delivered);
                     self.acknowledge(&blocks);
+                    drop(window);
+                    self.payloads.reclaim();
                 }
                 Err(Stop::Closing) => {
                     // Put the window back: it stays in the spool for the next start.
@@ -235,6 +252,7 @@ impl Forwarder {
     /// Waits for blocks and moves a window of them to `in_flight`. `None`: stop.
     fn take_window(&mut self) -> Option<Vec<SpooledBlock>> {
         let mut state = self.shared.lock();
+        let idle_since = Instant::now();
         loop {
             self.publish_age(state.in_flight.front().or(state.pending.front()));
             health::waiting(!state.pending.is_empty());
@@ -244,6 +262,10 @@ impl Forwarder {
             }
             if state.stop_at.is_some() {
                 return None;
+            }
+            if idle_since.elapsed() >= IDLE_RELEASE {
+                self.payloads.release();
+                self.destination.idle();
             }
             state = self.shared.wait(state, IDLE_WAKE);
         }
@@ -274,7 +296,7 @@ impl Forwarder {
     fn decode(&mut self, blocks: &[SpooledBlock]) -> Vec<SpooledPackage> {
         let mut out = Vec::with_capacity(blocks.len());
         for b in blocks {
-            match super::store::segment::read_block(&b.file, &b.meta(), &mut self.scratch) {
+            match self.read_package(b) {
                 Ok(package) => out.push(SpooledPackage {
                     seq: b.seq,
                     source: b.source.clone(),
@@ -291,6 +313,13 @@ impl Forwarder {
             }
         }
         out
+    }
+
+    /// Reads and decodes one block into a reused payload buffer.
+    fn read_package(&mut self, b: &SpooledBlock) -> Result<Package, BlockError> {
+        let mut payload = self.payloads.take(b.header.uncompressed_len as usize);
+        segment::read_payload(&b.file, &b.meta(), &mut self.scratch, &mut payload)?;
+        Ok(codec::decode_package(&self.payloads.lend(payload))?)
     }
 
     /// Records (without fsync) that the window is about to go out, and counts a
@@ -465,5 +494,6 @@ fn retry_wait(e: &SendError, backoff: Duration) -> Duration {
     }
 }
 
+mod buffers;
 #[cfg(test)]
 mod tests;

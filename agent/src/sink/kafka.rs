@@ -82,6 +82,13 @@ const UNKNOWN: &str = "unknown";
 const REPORT_MARGIN: Duration = Duration::from_secs(1);
 /// While producing, serve delivery reports every this many messages.
 const POLL_EVERY: usize = 1024;
+/// How long `send` sleeps when a poll served no delivery report. Not a poll timeout:
+/// `BaseProducer::poll` returns only once its timeout is over, however many reports
+/// came meanwhile (with 100 ms the forwarder idled up to 100 ms per window of ~4 MiB,
+/// which held a sink near 30–40 MB/s of wall throughput), and it spins through the
+/// last millisecond of any timeout (its waits are in whole milliseconds, rounded
+/// down), so short timeouts burn a core. A non-blocking poll and a sleep do neither.
+const REPORT_WAIT: Duration = Duration::from_millis(1);
 
 /// What became of one message of the current attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -454,15 +461,18 @@ impl KafkaDestination {
     /// timeouts).
     fn await_reports(&self, deadline: Instant) {
         loop {
-            if self.reports().pending == 0 {
+            let pending = self.reports().pending;
+            if pending == 0 {
                 return;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 break;
             }
-            self.producer
-                .poll((deadline - now).min(Duration::from_millis(100)));
+            // Serves at most one event (one event may report many messages).
+            self.producer.poll(Duration::ZERO);
+            if self.reports().pending == pending {
+                std::thread::sleep(REPORT_WAIT);
+            }
         }
         tracing::warn!(
             pending = self.reports().pending,
@@ -489,6 +499,15 @@ impl KafkaDestination {
 impl Destination for KafkaDestination {
     fn kind(&self) -> &'static str {
         "kafka"
+    }
+
+    fn idle(&mut self) {
+        // A run's value grows to about `max_value_bytes`; the outcomes to a record
+        // per line of a window.
+        self.line = Vec::new();
+        let mut r = self.reports();
+        r.outcomes = Vec::new();
+        r.run_len = Vec::new();
     }
 
     fn send(&mut self, window: &[SpooledPackage]) -> Result<Delivered, SendError> {

@@ -353,7 +353,22 @@ pub fn read_block(
     meta: &BlockMeta,
     compressed: &mut Vec<u8>,
 ) -> Result<Package, BlockError> {
+    let mut payload = Vec::new();
+    read_payload(file, meta, compressed, &mut payload)?;
+    Ok(codec::decode_package(&Bytes::from(payload))?)
+}
+
+/// Reads and checks one block and decompresses its payload into `payload` (cleared
+/// first; a caller that reuses it spares an allocation per block). `compressed` is a
+/// scratch buffer reused between calls.
+pub fn read_payload(
+    file: &File,
+    meta: &BlockMeta,
+    compressed: &mut Vec<u8>,
+    payload: &mut Vec<u8>,
+) -> Result<(), BlockError> {
     let h = &meta.header;
+    payload.clear();
     // The header's CRC vouches for its bits, not their sense: a size lz4 cannot reach
     // from this many compressed bytes must not size an allocation.
     if h.uncompressed_len as usize > codec::max_decompressed_len(h.compressed_len as usize) {
@@ -367,13 +382,13 @@ pub fn read_block(
     if crc32fast::hash(compressed) != h.payload_crc {
         return Err(BlockError::Checksum);
     }
-    let mut payload = Vec::with_capacity(h.uncompressed_len as usize);
-    codec::decompress(compressed, &mut payload)?;
+    payload.reserve(h.uncompressed_len as usize);
+    codec::decompress(compressed, payload)?;
     if payload.len() != h.uncompressed_len as usize {
         return Err(BlockError::Length {
             expected: h.uncompressed_len,
             actual: payload.len(),
         });
     }
-    Ok(codec::decode_package(&Bytes::from(payload))?)
+    Ok(())
 }
