@@ -169,12 +169,7 @@ impl BatchBuilder {
     pub fn push(&mut self, line: Line, now: std::time::Instant) {
         if self.opened_at.is_none() {
             self.opened_at = Some(now);
-            let typical = self.typical_lines();
-            if self.lines.capacity() == 0 {
-                self.lines = line_vector(typical);
-            } else {
-                self.lines.reserve(typical);
-            }
+            self.reserve_typical();
         }
         self.body_bytes += line.body.len();
         self.lines.push(line);
@@ -191,6 +186,39 @@ impl BatchBuilder {
             n => n + n / 8,
         };
         typical.min(16 * 1024)
+    }
+
+    /// Sizes the vector of a package about to open for the typical package, so pushes
+    /// don't regrow it.
+    fn reserve_typical(&mut self) {
+        let typical = self.typical_lines();
+        if self.lines.capacity() == 0 {
+            self.lines = line_vector(typical);
+        } else {
+            self.lines.reserve(typical);
+        }
+    }
+
+    /// The package's records, for a stage that appends records to it directly (the
+    /// framer, when nothing parses or filters them: no copy through a scratch vector).
+    /// Call [`appended`](Self::appended) with the length it had before, then.
+    pub fn lines_to_append(&mut self) -> &mut Vec<Line> {
+        if self.opened_at.is_none() {
+            self.reserve_typical();
+        }
+        &mut self.lines
+    }
+
+    /// Accounts for the records appended since the package held `start` of them (see
+    /// [`lines_to_append`](Self::lines_to_append)), as [`push`](Self::push) does for
+    /// one; returns them, for their flags.
+    pub fn appended(&mut self, start: usize, now: std::time::Instant) -> &mut [Line] {
+        let new = &mut self.lines[start..];
+        if !new.is_empty() && self.opened_at.is_none() {
+            self.opened_at = Some(now);
+        }
+        self.body_bytes += new.iter().map(|l| l.body.len()).sum::<usize>();
+        new
     }
 
     /// Whether a size limit is reached or the oldest record waited `timeout`.

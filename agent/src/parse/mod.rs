@@ -136,6 +136,12 @@ impl Parser {
         parsed
     }
 
+    /// Whether this is no parser at all (`parser: none`): records keep their body
+    /// and get no fields; only their UTF-8 validity is checked.
+    pub fn is_none(&self) -> bool {
+        matches!(self.kind, Kind::None)
+    }
+
     /// Whether [`apply_with`](Self::apply_with) makes use of a chunk-level UTF-8
     /// check (the JSON parser validates each body itself).
     pub fn uses_known_utf8(&self) -> bool {

@@ -197,11 +197,10 @@ impl Pipeline {
         let parser = &self.parsers[slot.config];
         let transform = &self.transforms[slot.config];
         let only_stream = self.config.sources[slot.config].stream;
-        let kind = slot.builder.source().kind.as_str();
-        let (mut truncated, mut malformed, mut invalid_utf8, mut parse_failed) =
-            (0u64, 0u64, 0u64, 0u64);
-        let (mut filtered, mut masked) = (0u64, 0u64);
-        let n = self.scratch.len() as u64;
+        let mut counts = Counts {
+            records: self.scratch.len() as u64,
+            ..Counts::default()
+        };
         for mut line in self.scratch.drain(..) {
             if let Some(stream) = slot.stream {
                 line.stream = stream;
@@ -222,24 +221,38 @@ impl Pipeline {
                     .fields_mut()
                     .push(crate::batch::Field { line, key, value });
             }
-            if line.flags != LineFlags::empty() {
-                let f = line.flags;
-                truncated += f.contains(LineFlags::TRUNCATED) as u64;
-                malformed += f.contains(LineFlags::MALFORMED) as u64;
-                invalid_utf8 += f.contains(LineFlags::INVALID_UTF8) as u64;
-                parse_failed += f.contains(LineFlags::PARSE_FAILED) as u64;
-            }
+            counts.flags(line.flags);
             if !transform.is_empty() {
                 let outcome =
                     transform.apply(&mut line, index, slot.builder.fields_mut(), first_field);
-                masked += outcome.masked as u64;
+                counts.masked += outcome.masked as u64;
                 if outcome.dropped {
-                    filtered += 1;
+                    counts.filtered += 1;
                     continue;
                 }
             }
             slot.builder.push(line, now);
         }
+        self.account(source, counts, now);
+    }
+
+    /// Counts what a chunk's records were in the metrics, and ships the slot's package
+    /// if it is due.
+    fn account(&mut self, source: SourceId, counts: Counts, now: Instant) {
+        let Some(slot) = self.slots.get_mut(&source) else {
+            return;
+        };
+        let parser = &self.parsers[slot.config];
+        let kind = slot.builder.source().kind.as_str();
+        let Counts {
+            records: n,
+            truncated,
+            malformed,
+            invalid_utf8,
+            parse_failed,
+            filtered,
+            masked,
+        } = counts;
         self.shipped.lines += n;
         if n > 0 {
             metrics::counter!(LINES_READ_TOTAL, "source_kind" => kind).increment(n);
@@ -420,14 +433,31 @@ impl Pipeline {
         self.shipped.bytes += chunk.len() as u64;
         let now = Instant::now();
         let framer_now = unstalled(now, self.stalled);
+        let parser = &self.parsers[slot.config];
         // One UTF-8 check for the chunk instead of one per line (see `parse`).
-        if self.parsers[slot.config].uses_known_utf8() {
+        if parser.uses_known_utf8() {
             self.chunk_utf8 = Some(Utf8Checked::new(&chunk));
         }
-        slot.framer
-            .push(chunk, written_ns, framer_now, &mut self.scratch);
-        self.absorb(source, now);
-        self.chunk_utf8 = None;
+        // Records that nothing parses, filters or transforms go from the framer
+        // straight into the package: no copy through `scratch`, no per-record call.
+        let direct = parser.is_none()
+            && self.transforms[slot.config].is_empty()
+            && self.config.sources[slot.config].stream.is_none()
+            && self.provided.is_empty();
+        if direct {
+            let lines = slot.builder.lines_to_append();
+            let start = lines.len();
+            slot.framer.push(chunk, written_ns, framer_now, lines);
+            let appended = slot.builder.appended(start, now);
+            let counts = unparsed(appended, slot.stream, self.chunk_utf8.as_ref());
+            self.chunk_utf8 = None;
+            self.account(source, counts, now);
+        } else {
+            slot.framer
+                .push(chunk, written_ns, framer_now, &mut self.scratch);
+            self.absorb(source, now);
+            self.chunk_utf8 = None;
+        }
     }
 
     fn gap_slot(&mut self, source: SourceId, offset: u64) {
@@ -585,6 +615,53 @@ fn with_fields(base: &Arc<SourceFields>, extra: &SourceFields) -> Arc<SourceFiel
     all.extend(base.iter().cloned());
     all.extend(extra.iter().cloned());
     Arc::new(all)
+}
+
+/// What a chunk's records were, for the metrics.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    /// Records framed (before filtering).
+    records: u64,
+    truncated: u64,
+    malformed: u64,
+    invalid_utf8: u64,
+    parse_failed: u64,
+    /// Dropped by a processor.
+    filtered: u64,
+    masked: u64,
+}
+
+impl Counts {
+    #[inline]
+    fn flags(&mut self, f: LineFlags) {
+        if f != LineFlags::empty() {
+            self.truncated += f.contains(LineFlags::TRUNCATED) as u64;
+            self.malformed += f.contains(LineFlags::MALFORMED) as u64;
+            self.invalid_utf8 += f.contains(LineFlags::INVALID_UTF8) as u64;
+            self.parse_failed += f.contains(LineFlags::PARSE_FAILED) as u64;
+        }
+    }
+}
+
+/// The `parser: none` stage over records the framer appended to a package: a captured
+/// stream's tag, and the UTF-8 flag exactly as [`Parser::apply_with`] sets it for no
+/// parser (`utf8` vouches for slices of the checked chunk, the rest is checked here).
+fn unparsed(lines: &mut [Line], stream: Option<Stream>, utf8: Option<&Utf8Checked>) -> Counts {
+    let mut counts = Counts {
+        records: lines.len() as u64,
+        ..Counts::default()
+    };
+    for line in lines {
+        if let Some(stream) = stream {
+            line.stream = stream;
+        }
+        let known = utf8.is_some_and(|c| c.vouches_for(&line.body));
+        if !known && std::str::from_utf8(&line.body).is_err() {
+            line.flags.insert(LineFlags::INVALID_UTF8);
+        }
+        counts.flags(line.flags);
+    }
+    counts
 }
 
 /// The framers' clock: real time minus the time the source thread spent blocked on

@@ -11,6 +11,7 @@ use super::*;
 use crate::checkpoint::{Registry, SharedRegistry};
 use crate::config::Config;
 use crate::enrich::Enricher;
+use crate::frame::LineFlags;
 use crate::route::Router;
 use crate::source::file::FileIdentity;
 
@@ -270,4 +271,92 @@ fn a_configs_own_fields_follow_the_container_fields() {
         assert_eq!(*batch.source_fields, want);
         pipeline.ended(id, EndReason::Shutdown);
     }
+}
+
+/// Records nothing parses or transforms go from the framer straight into the package
+/// (no scratch vector); they must come out as those that take the per-record path:
+/// same bodies, offsets, timestamps and flags (invalid UTF-8 inside the checked
+/// chunk and in a line joined across chunks, truncation, an unterminated tail), same
+/// packages and end offsets. The second config's mask never matches: it only sends
+/// its records through the per-record path.
+#[test]
+fn records_straight_into_packages_match_the_per_record_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(
+        "sources:\n  - name: direct\n    include: [\"/x/*.log\"]\n    max_line_size: 64B\n    sink: a\n  \
+         - name: masked\n    include: [\"/x/*.log\"]\n    max_line_size: 64B\n    \
+         processors: [{type: mask, regex: 'never in the input'}]\n    sink: b\n\
+         batch: {max_lines: 3, timeout: 0s}\nsinks:\n  a: {type: blackhole}\n  b: {type: blackhole}\n",
+        "test",
+    )
+    .unwrap();
+    let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+    let (tx_a, rx_a) = crossbeam_channel::bounded::<crate::batch::Batch>(64);
+    let (tx_b, rx_b) = crossbeam_channel::bounded::<crate::batch::Batch>(64);
+    let queues = BTreeMap::from([(Arc::<str>::from("a"), tx_a), (Arc::<str>::from("b"), tx_b)]);
+    let mut pipeline = Pipeline::new(
+        &config,
+        Router::new(&config.sources, &queues),
+        registry.clone(),
+    );
+    drop(queues);
+    let info = crate::checkpoint::registered_test_source(&registry, 1, "/x/a.log");
+    let file = info.id;
+    pipeline.opened(Opening::file(info, &[0, 1], IDENTITY, 0, None));
+    let chunks: [&[u8]; 4] = [
+        b"one\r\ntw\xc3\xa9 \xff bad\nthis line is longer than sixty-four bytes: the framer keeps its first 64\nspl",
+        b"it \xe2\x82",
+        b"\xac\n\nlast",
+        b" unterminated",
+    ];
+    let mut offset = 0;
+    for chunk in chunks {
+        pipeline.data(file, offset, Bytes::from_static(chunk), Some(7));
+        offset += chunk.len() as u64;
+    }
+    pipeline.ended(file, EndReason::Eof);
+    drop(pipeline);
+    let packages = |rx: crossbeam_channel::Receiver<crate::batch::Batch>| {
+        rx.try_iter()
+            .map(|b| {
+                (
+                    b.package_id,
+                    b.end_offset,
+                    b.lines.clone(),
+                    b.fields.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (direct, masked) = (packages(rx_a), packages(rx_b));
+    assert_eq!(direct, masked);
+    let flags: Vec<_> = direct
+        .iter()
+        .flat_map(|(_, _, lines, _)| lines.iter().map(|l| (l.body.clone(), l.flags)))
+        .collect();
+    let none = LineFlags::empty();
+    assert_eq!(
+        flags,
+        [
+            (Bytes::from_static(b"one"), none),
+            (
+                Bytes::from_static(b"tw\xc3\xa9 \xff bad"),
+                LineFlags::INVALID_UTF8
+            ),
+            (
+                Bytes::from_static(
+                    &b"this line is longer than sixty-four bytes: the framer keeps its first 64"
+                        [..64]
+                ),
+                LineFlags::TRUNCATED
+            ),
+            (Bytes::from_static(b"split \xe2\x82\xac"), none),
+            (Bytes::new(), none),
+            (
+                Bytes::from_static(b"last unterminated"),
+                LineFlags::UNTERMINATED
+            ),
+        ]
+    );
+    assert!(direct.len() > 1, "several packages: {}", direct.len());
 }
