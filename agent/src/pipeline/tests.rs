@@ -23,6 +23,40 @@ const IDENTITY: FileIdentity = FileIdentity {
     fingerprint: 0,
 };
 
+/// A pipeline whose config routes to sinks `a` and `b`, with the file `/x/a.log`
+/// (dev 1, inode 1) registered and opened for every config that includes it.
+struct TwoSinks {
+    registry: SharedRegistry,
+    pipeline: Pipeline,
+    file: crate::source::SourceId,
+    rx_a: crossbeam_channel::Receiver<crate::batch::Batch>,
+    rx_b: crossbeam_channel::Receiver<crate::batch::Batch>,
+}
+
+impl TwoSinks {
+    fn open(config: &Config, dir: &std::path::Path) -> TwoSinks {
+        let registry: SharedRegistry = Arc::new(Registry::open(dir).unwrap());
+        let (tx_a, rx_a) = crossbeam_channel::bounded::<crate::batch::Batch>(64);
+        let (tx_b, rx_b) = crossbeam_channel::bounded::<crate::batch::Batch>(64);
+        let queues = BTreeMap::from([(Arc::<str>::from("a"), tx_a), (Arc::<str>::from("b"), tx_b)]);
+        let mut pipeline = Pipeline::new(
+            config,
+            Router::new(&config.sources, &queues),
+            registry.clone(),
+        );
+        let info = crate::checkpoint::registered_test_source(&registry, 1, "/x/a.log");
+        let file = info.id;
+        pipeline.opened(Opening::file(info, &[0, 1], IDENTITY, 0, None));
+        TwoSinks {
+            registry,
+            pipeline,
+            file,
+            rx_a,
+            rx_b,
+        }
+    }
+}
+
 /// A slow sink must not cut a multiline record in two: the time the source thread
 /// spends blocked on a full queue is not "time without a new line".
 #[test]
@@ -165,20 +199,14 @@ fn a_file_read_by_two_configs_ships_to_both_and_checkpoints_the_slower() {
         "test",
     )
     .unwrap();
-    let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
-    let (tx_a, rx_a) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
-    let (tx_b, rx_b) = crossbeam_channel::bounded::<crate::batch::Batch>(16);
-    let queues = BTreeMap::from([(Arc::<str>::from("a"), tx_a), (Arc::<str>::from("b"), tx_b)]);
-    let mut pipeline = Pipeline::new(
-        &config,
-        Router::new(&config.sources, &queues),
-        registry.clone(),
-    );
-    drop(queues);
-    let info = crate::checkpoint::registered_test_source(&registry, 1, "/x/a.log");
-    let file = info.id;
+    let TwoSinks {
+        registry,
+        mut pipeline,
+        file,
+        rx_a,
+        rx_b,
+    } = TwoSinks::open(&config, dir.path());
     assert!(registry.lookup(1, 1).is_some(), "registered");
-    pipeline.opened(Opening::file(info, &[0, 1], IDENTITY, 0, None));
     let data = b"S one\n  more\nS two\n";
     pipeline.data(file, 0, Bytes::from_static(data), None);
     pipeline.tick(Instant::now());
@@ -290,19 +318,13 @@ fn records_straight_into_packages_match_the_per_record_path() {
         "test",
     )
     .unwrap();
-    let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
-    let (tx_a, rx_a) = crossbeam_channel::bounded::<crate::batch::Batch>(64);
-    let (tx_b, rx_b) = crossbeam_channel::bounded::<crate::batch::Batch>(64);
-    let queues = BTreeMap::from([(Arc::<str>::from("a"), tx_a), (Arc::<str>::from("b"), tx_b)]);
-    let mut pipeline = Pipeline::new(
-        &config,
-        Router::new(&config.sources, &queues),
-        registry.clone(),
-    );
-    drop(queues);
-    let info = crate::checkpoint::registered_test_source(&registry, 1, "/x/a.log");
-    let file = info.id;
-    pipeline.opened(Opening::file(info, &[0, 1], IDENTITY, 0, None));
+    let TwoSinks {
+        mut pipeline,
+        file,
+        rx_a,
+        rx_b,
+        ..
+    } = TwoSinks::open(&config, dir.path());
     let chunks: [&[u8]; 4] = [
         b"one\r\ntw\xc3\xa9 \xff bad\nthis line is longer than sixty-four bytes: the framer keeps its first 64\nspl",
         b"it \xe2\x82",
