@@ -676,8 +676,8 @@ impl EventFeed for MeasuredProbes {
         EventFeed::poll(&mut self.probes, timeout, on_event)
     }
 
-    fn forget(&mut self, cgroup_id: u64) {
-        EventFeed::forget(&mut self.probes, cgroup_id);
+    fn forget(&mut self, cgroup_id: u64) -> Vec<(logtap::frame::Stream, u64)> {
+        EventFeed::forget(&mut self.probes, cgroup_id)
     }
 
     fn decline(&mut self, cgroup_id: u64, stream: logtap::frame::Stream) {
@@ -707,12 +707,12 @@ impl<F: EventFeed> EventFeed for RemovalCpu<F> {
         self.inner.poll(timeout, on_event)
     }
 
-    fn forget(&mut self, cgroup_id: u64) {
+    fn forget(&mut self, cgroup_id: u64) -> Vec<(logtap::frame::Stream, u64)> {
         self.at
             .lock()
             .expect("not poisoned")
             .get_or_insert_with(crate::self_cpu);
-        self.inner.forget(cgroup_id);
+        self.inner.forget(cgroup_id)
     }
 
     fn decline(&mut self, cgroup_id: u64, stream: logtap::frame::Stream) {
