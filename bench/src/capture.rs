@@ -691,8 +691,9 @@ impl EventFeed for MeasuredProbes {
 
 /// A feed that notes this process's CPU when the stage has handled its cgroup's
 /// removal (`forget`): every record of the stream was read from the ring and handed
-/// to the pipeline by then, and the end-of-stream read of the CRI log has not begun
-/// (the stage does it on a later tick).
+/// to the pipeline by then, and the end-of-stream read of the CRI log, when the stream
+/// falls short of the kernel's final offset, has not begun (the stage does it on a
+/// later tick).
 struct RemovalCpu<F> {
     inner: F,
     at: Arc<Mutex<Option<Duration>>>,

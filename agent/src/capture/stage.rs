@@ -18,8 +18,10 @@
 //! hole the log does not fill within `repair_wait` is given up and counted. Bytes
 //! waiting behind holes are bounded per stream (`max_pending`) and for all streams
 //! together (`max_buffered`, see `keep_budget`). When the container's cgroup goes
-//! away, its streams are compared against the log until the log stops growing, which
-//! also catches holes at the very end of a stream.
+//! away, a stream that handed on every byte up to the kernel's final offset for it
+//! ends without reading its log (see `StreamEntry::kernel_end`); the others are read
+//! from the log up to that offset, or, when it is unknown, until the log stops
+//! growing, which catches holes at the very end of a stream.
 //!
 //! # Containers running before the agent
 //!
