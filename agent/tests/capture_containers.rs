@@ -285,6 +285,22 @@ fn containers_are_captured_exactly_once_by_capture() {
         metric(&metrics, "logtap_capture_unrepairable_bytes_total", &[]),
         0.0
     );
+    // A container that ended with every byte captured ends its streams at the kernel's
+    // final offset, without reading its CRI log (big-writes' log even stops short).
+    wait_for(
+        Duration::from_secs(30),
+        "streams ended at the kernel's final offset",
+        || {
+            let ends = |how| {
+                metric(
+                    &agent.metrics(),
+                    "logtap_capture_stream_ends_total",
+                    &[("how", how)],
+                )
+            };
+            ends("kernel_offset") >= 1.0
+        },
+    );
 }
 
 #[test]

@@ -724,7 +724,11 @@ fn forget_stops_capture() {
             .poll(Duration::from_millis(20), &mut |e| first.take(id, e))
             .unwrap();
     }
-    probes.forget(id).unwrap();
+    // What the kernel counted on the stream until now, as `forget` read it: the
+    // stage's end of the stream once its cgroup is gone.
+    let forgotten = probes.forget(id).unwrap();
+    let stdout = forgotten.iter().find(|s| s.stream == 1).map(|s| s.offset);
+    assert_eq!(stdout, Some(b"before\n".len() as u64), "{forgotten:?}");
     stdin.write_all(b"go\n").unwrap();
     drop(stdin);
     let (after, out, _) = capture(&mut probes, id, running, true);

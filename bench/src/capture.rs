@@ -676,8 +676,8 @@ impl EventFeed for MeasuredProbes {
         EventFeed::poll(&mut self.probes, timeout, on_event)
     }
 
-    fn forget(&mut self, cgroup_id: u64) {
-        EventFeed::forget(&mut self.probes, cgroup_id);
+    fn forget(&mut self, cgroup_id: u64) -> Vec<(logtap::frame::Stream, u64)> {
+        EventFeed::forget(&mut self.probes, cgroup_id)
     }
 
     fn decline(&mut self, cgroup_id: u64, stream: logtap::frame::Stream) {
@@ -691,8 +691,9 @@ impl EventFeed for MeasuredProbes {
 
 /// A feed that notes this process's CPU when the stage has handled its cgroup's
 /// removal (`forget`): every record of the stream was read from the ring and handed
-/// to the pipeline by then, and the end-of-stream read of the CRI log has not begun
-/// (the stage does it on a later tick).
+/// to the pipeline by then, and the end-of-stream read of the CRI log, when the stream
+/// falls short of the kernel's final offset, has not begun (the stage does it on a
+/// later tick).
 struct RemovalCpu<F> {
     inner: F,
     at: Arc<Mutex<Option<Duration>>>,
@@ -707,12 +708,12 @@ impl<F: EventFeed> EventFeed for RemovalCpu<F> {
         self.inner.poll(timeout, on_event)
     }
 
-    fn forget(&mut self, cgroup_id: u64) {
+    fn forget(&mut self, cgroup_id: u64) -> Vec<(logtap::frame::Stream, u64)> {
         self.at
             .lock()
             .expect("not poisoned")
             .get_or_insert_with(crate::self_cpu);
-        self.inner.forget(cgroup_id);
+        self.inner.forget(cgroup_id)
     }
 
     fn decline(&mut self, cgroup_id: u64, stream: logtap::frame::Stream) {

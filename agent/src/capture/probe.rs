@@ -540,8 +540,12 @@ impl Probes {
             .map_err(map_error(WATCHED_MAP))
     }
 
-    /// Forget a cgroup and its streams (after CgroupRemoved was handled).
-    pub fn forget(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+    /// Forget a cgroup and its streams (after CgroupRemoved was handled). Returns the
+    /// state each removed stream had when it was read, just before its removal: its
+    /// `offset` is the stream's final one once no task is left in the cgroup (the
+    /// kernel removes a cgroup only then, and a write's bytes are counted when it
+    /// returns).
+    pub fn forget(&mut self, cgroup_id: u64) -> Result<Vec<StreamState>, ProbeError> {
         match self.watched.remove(&cgroup_id) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
@@ -557,19 +561,24 @@ impl Probes {
     pub fn forget_stream(&mut self, cgroup_id: u64, stream: Stream) -> Result<(), ProbeError> {
         let fd = stream as u32;
         self.remove_streams(|state| state.cgroup_id == cgroup_id && state.stream == fd)
+            .map(drop)
     }
 
     /// Removes the registered streams whose state `which` picks (their inode filter
-    /// slots stay set: see `INO_FILTER_MAP`).
-    fn remove_streams(&mut self, which: impl Fn(&StreamState) -> bool) -> Result<(), ProbeError> {
-        let mut keys = Vec::with_capacity(2);
+    /// slots stay set: see `INO_FILTER_MAP`); returns their states as read.
+    fn remove_streams(
+        &mut self,
+        which: impl Fn(&StreamState) -> bool,
+    ) -> Result<Vec<StreamState>, ProbeError> {
+        let mut picked = Vec::with_capacity(2);
         for entry in self.streams.iter() {
             let (key, state) = entry.map_err(map_error(STREAMS_MAP))?;
             if which(&state) {
-                keys.push(key);
+                picked.push((key, state));
             }
         }
-        for key in keys {
+        for (key, _) in &picked {
+            let key = *key;
             // The base first: a base is only ever of a stream in the map.
             match self.bases.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -584,7 +593,7 @@ impl Probes {
                 Err(e) => return Err(map_error(STREAMS_MAP)(e)),
             }
         }
-        Ok(())
+        Ok(picked.into_iter().map(|(_, state)| state).collect())
     }
 
     /// Waits up to `timeout` for records, then hands every available one to `on_event`.

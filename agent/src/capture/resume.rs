@@ -67,7 +67,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 // Gone while no agent ran (or not to be found from here): its
                 // checkpointed streams are read from their logs to their end, and
                 // a removal record still in the ring finds nothing left to do.
-                None => self.feed.forget(cgroup_id),
+                None => {
+                    self.feed.forget(cgroup_id);
+                }
             }
         }
         for stream in pinned.streams {

@@ -21,7 +21,7 @@ use crate::frame::Stream;
 use crate::metrics::catalogue::CAPTURE_UP;
 use crate::pipeline::Input;
 use crate::select::{CompiledSelector, ContainerFactsSource, Facts};
-use logtap_ebpf_common::ORIGIN_RUNNING;
+use logtap_ebpf_common::{ORIGIN_FIRST_EXEC, ORIGIN_RUNNING};
 
 impl EventFeed for Probes {
     fn poll(
@@ -32,9 +32,24 @@ impl EventFeed for Probes {
         Probes::poll(self, timeout, on_event)
     }
 
-    fn forget(&mut self, cgroup_id: u64) {
-        if let Err(e) = Probes::forget(self, cgroup_id) {
-            tracing::warn!(cgroup_id, error = %e, "forgetting a removed cgroup in the kernel");
+    fn forget(&mut self, cgroup_id: u64) -> Vec<(Stream, u64)> {
+        match Probes::forget(self, cgroup_id) {
+            // A stream bound while its container ran is numbered from its bind, not
+            // from its first byte: its end is not known in stream offsets here.
+            Ok(states) => states
+                .into_iter()
+                .filter(|s| s.origin == ORIGIN_FIRST_EXEC)
+                .filter_map(|s| match s.stream {
+                    1 => Some((Stream::Stdout, s.offset)),
+                    2 => Some((Stream::Stderr, s.offset)),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                // The streams' ends are then read from their CRI logs.
+                tracing::warn!(cgroup_id, error = %e, "forgetting a removed cgroup in the kernel");
+                Vec::new()
+            }
         }
     }
 

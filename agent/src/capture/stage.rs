@@ -18,8 +18,10 @@
 //! hole the log does not fill within `repair_wait` is given up and counted. Bytes
 //! waiting behind holes are bounded per stream (`max_pending`) and for all streams
 //! together (`max_buffered`, see `keep_budget`). When the container's cgroup goes
-//! away, its streams are compared against the log until the log stops growing, which
-//! also catches holes at the very end of a stream.
+//! away, a stream that handed on every byte up to the kernel's final offset for it
+//! ends without reading its log (see `StreamEntry::kernel_end`); the others are read
+//! from the log up to that offset, or, when it is unknown, until the log stops
+//! growing, which catches holes at the very end of a stream.
 //!
 //! # Containers running before the agent
 //!
@@ -64,7 +66,7 @@ use crate::metrics::catalogue::{
     CAPTURE_BUDGET_SPILLS_TOTAL, CAPTURE_BUFFERED_BYTES, CAPTURE_BYTES_TOTAL,
     CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL, CAPTURE_GAPS_TOTAL,
     CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL, CAPTURE_REPAIRED_BYTES_TOTAL,
-    CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAMS,
+    CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAM_ENDS_TOTAL, CAPTURE_STREAMS,
     CAPTURE_STREAMS_DECLINED_TOTAL, CAPTURE_UNBOUND_RECORDS_TOTAL,
     CAPTURE_UNREPAIRABLE_BYTES_TOTAL, CAPTURE_WATCHED_CONTAINERS,
 };
@@ -110,7 +112,11 @@ pub trait EventFeed: Send {
         on_event: &mut dyn FnMut(ProbeEvent<'_>),
     ) -> io::Result<usize>;
     /// The cgroup is gone and handled: the kernel may forget it and its streams.
-    fn forget(&mut self, cgroup_id: u64);
+    /// Returns each forgotten stream's final offset, when it is exact and numbered from
+    /// the stream's first byte (bound at the container's first exec): the bytes the
+    /// kernel accepted into the pipe since the bind, read before the stream is
+    /// removed. A stream left out has no known end (see `StreamEntry::kernel_end`).
+    fn forget(&mut self, cgroup_id: u64) -> Vec<(Stream, u64)>;
     /// Capture's source does not select this stream: the kernel may stop copying it
     /// (its cgroup stays watched, so its removal still comes).
     fn decline(&mut self, cgroup_id: u64, stream: Stream);
@@ -181,6 +187,24 @@ struct StreamEntry {
     base: u64,
     /// No exact seam: the log is the stream, and captured records are ignored.
     log_only: bool,
+    /// The kernel's final offset of the stream, read from its map when the cgroup's
+    /// removal was handled (`EventFeed::forget`); `None` while it runs, or when unknown.
+    ///
+    /// Exact for every writer in the container: the kernel removes a cgroup only once
+    /// no task is left in it, so each of their writes had returned, and the probe adds
+    /// a write's length to the offset when it returns, before it reserves the write's
+    /// records. Those records are thus ahead of the removal record in the ring (it is
+    /// reserved later, and the reader stops at a record still being written), and the
+    /// stage handles a poll's removals after its data: when `kernel_end` is set, every
+    /// record of the stream that the ring kept has been pushed. So a stream whose
+    /// `next_offset` reached it, with no hole and nothing pending, has every byte, and
+    /// ends without reading its CRI log; any shortfall (ring-full drops at the end,
+    /// records larger than `max_records_per_write`) is a trailing hole, read from the
+    /// log as before. Not for streams whose numbering came from elsewhere (seam,
+    /// resumed, following their log): there it stays `None`.
+    kernel_end: Option<u64>,
+    /// The CRI log was read after the container's removal, for the stream's tail.
+    tail_read: bool,
 }
 
 /// A stream bound while it ran, before its seam is known.
@@ -378,6 +402,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             OwnedEvent::Bound { cgroup_id, stream } => self.bind(*cgroup_id, *stream),
             OwnedEvent::Removed { cgroup_id } => {
                 let now = Instant::now();
+                // Read before anything else: the final offsets are the kernel's until
+                // the streams leave its map.
+                let finals = self.feed.forget(*cgroup_id);
                 for stream in [Stream::Stdout, Stream::Stderr] {
                     self.declined.remove(&(*cgroup_id, stream));
                     self.last_bound = None;
@@ -386,11 +413,19 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                     {
                         entry.removed_at = Some(now);
                         entry.log_reach.1 = now;
+                        let numbered_by_kernel = entry.base == 0
+                            && entry.seam.is_none()
+                            && !entry.log_only
+                            && entry.follow_until.is_none();
+                        entry.kernel_end = finals
+                            .iter()
+                            .find(|(s, _)| *s == stream)
+                            .map(|&(_, end)| end)
+                            .filter(|_| numbered_by_kernel);
                     }
                 }
                 self.cgroups.remove(cgroup_id);
                 self.sighted.remove(cgroup_id);
-                self.feed.forget(*cgroup_id);
             }
         }
     }
@@ -797,16 +832,29 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
         };
+        if entry.at_kernel_end() {
+            // Every byte the kernel accepted was handed on: the log has nothing more.
+            let how = if entry.tail_read {
+                "log_read"
+            } else {
+                "kernel_offset"
+            };
+            self.end(id, how);
+            return;
+        }
         let following = entry
             .follow_until
             .is_some_and(|until| entry.assembler.next_offset() < until);
         if following || entry.removed_at.is_some() {
             let until = entry.follow_until;
             let removed = entry.removed_at.is_some();
+            entry.tail_read |= removed;
+            // Past the kernel's final offset the log has nothing capture numbered.
+            let end = entry.kernel_end.unwrap_or(u64::MAX);
             self.repair_in_steps(id, now, |a| {
                 let from = a.next_offset();
-                (removed || until.is_some_and(|u| from < u))
-                    .then(|| (from, from.saturating_add(REPAIR_STEP_BYTES)))
+                (from < end && (removed || until.is_some_and(|u| from < u)))
+                    .then(|| (from, from.saturating_add(REPAIR_STEP_BYTES).min(end)))
             });
         }
         let Some(entry) = self.streams.get_mut(&id) else {
@@ -819,7 +867,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             entry.follow_until = None;
         }
         if self.ended(id, now) {
-            self.end(id);
+            self.end(id, "log_read");
         }
     }
 
@@ -1037,10 +1085,20 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             && (entry.log_path.is_none() || entry.log_reach.0 >= entry.assembler.next_offset()))
     }
 
-    fn end(&mut self, id: SourceId) {
+    /// Ends a stream; `how` is the `how` label of `logtap_capture_stream_ends_total`.
+    fn end(&mut self, id: SourceId, how: &'static str) {
         let now = Instant::now();
         if let Some(entry) = self.streams.get(&id)
             && let Some((_, end)) = entry.assembler.hole()
+        {
+            self.give_up(id, end, now);
+        }
+        // Bytes the kernel accepted that neither the ring nor the log supplied in
+        // time: known lost, so counted (after what came before them).
+        self.hand_on_staged(id);
+        if let Some(entry) = self.streams.get(&id)
+            && let Some(end) = entry.kernel_end
+            && end > entry.assembler.next_offset()
         {
             self.give_up(id, end, now);
         }
@@ -1053,6 +1111,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             metrics::counter!(CAPTURE_SEAMS_TOTAL, "result" => "unfinished").increment(1);
         }
         self.pipeline.ended(id, EndReason::Exited);
+        metrics::counter!(CAPTURE_STREAM_ENDS_TOTAL, "how" => how).increment(1);
         // The entry stays (closed), so the next start knows this run's log was
         // shipped by capture and keeps the file source away from it.
         self.registry.mark_closed(id);
@@ -1138,6 +1197,15 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
 }
 
 impl StreamEntry {
+    /// Whether the container is gone and everything up to the kernel's final offset
+    /// was handed on (see `kernel_end`).
+    fn at_kernel_end(&self) -> bool {
+        self.removed_at.is_some()
+            && self.kernel_end == Some(self.assembler.next_offset())
+            && self.assembler.hole().is_none()
+            && self.assembler.pending_bytes() == 0
+    }
+
     /// Bytes this stream holds besides what it hands on at once: waiting behind a
     /// hole, waiting for the seam (held records and the log's window), read from the
     /// log ahead of use.
@@ -1184,6 +1252,8 @@ impl StreamEntry {
             seam: None,
             base: 0,
             log_only: false,
+            kernel_end: None,
+            tail_read: false,
         }
     }
 }

@@ -29,6 +29,8 @@ struct ScriptFeed {
     rounds: VecDeque<Vec<Scripted>>,
     forgotten: Vec<u64>,
     declined: Vec<(u64, Stream)>,
+    /// The kernel's final offsets `forget` reports, by cgroup (none: unknown).
+    finals: HashMap<u64, Vec<(Stream, u64)>>,
 }
 
 impl EventFeed for ScriptFeed {
@@ -70,8 +72,9 @@ impl EventFeed for ScriptFeed {
         Ok(n)
     }
 
-    fn forget(&mut self, cgroup_id: u64) {
+    fn forget(&mut self, cgroup_id: u64) -> Vec<(Stream, u64)> {
         self.forgotten.push(cgroup_id);
+        self.finals.remove(&cgroup_id).unwrap_or_default()
     }
 
     fn decline(&mut self, cgroup_id: u64, stream: Stream) {
@@ -326,6 +329,152 @@ fn a_hole_at_the_end_is_found_when_the_container_goes_away() {
         "the stream of a removed cgroup ends"
     );
     assert_eq!(stage.feed.forgotten, [3]);
+}
+
+/// Polls until every stream ended (or 3 s passed); returns the lines shipped and the
+/// metrics rendered.
+fn until_ended(
+    stage: &mut CaptureStage<ScriptFeed, TableResolver>,
+    rx: &Receiver<Batch>,
+    n: usize,
+) -> (Vec<(Stream, u64, String)>, String) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let got = metrics::with_local_recorder(&recorder, || {
+        let got = lines(stage, rx, n);
+        let start = Instant::now();
+        while !stage.streams.is_empty() && start.elapsed() < Duration::from_secs(3) {
+            stage.poll_once(Duration::from_millis(5)).unwrap();
+        }
+        got
+    });
+    assert!(
+        stage.streams.is_empty(),
+        "the streams of a removed cgroup end"
+    );
+    (got, handle.render())
+}
+
+#[test]
+fn a_stream_that_reached_the_kernel_s_final_offset_ends_without_reading_its_log() {
+    let fx = Fixture::new();
+    // Unreadable as a log: any read of it fails, so a stream that ends cleanly did not
+    // need it (a read would also have failed until `repair_wait`, then ended it as
+    // `log_read`).
+    std::fs::create_dir_all(&fx.log).unwrap();
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(3, "/kubepods/podu/c3"),
+                Scripted::Bound(3, Stream::Stdout),
+                Scripted::Bound(3, Stream::Stderr),
+                Scripted::Data(3, Stream::Stdout, 0, b"first\n"),
+                Scripted::Data(3, Stream::Stdout, 6, b"second\n"),
+            ],
+            vec![Scripted::Removed(3)],
+        ]),
+        // Stderr was never written to.
+        finals: HashMap::from([(3, vec![(Stream::Stdout, 13), (Stream::Stderr, 0)])]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(false),
+        selected: true,
+    };
+    let registry = fx.registry();
+    let (mut stage, rx, _) = fx.stage(feed, resolver, registry.clone());
+    let (got, metrics) = until_ended(&mut stage, &rx, 2);
+    assert_eq!(bodies(&got), ["first", "second"]);
+    assert!(
+        metrics.contains(r#"logtap_capture_stream_ends_total{how="kernel_offset"} 2"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"how="log_read""#), "{metrics}");
+    assert!(
+        !metrics.contains("logtap_capture_unrepairable_bytes_total"),
+        "{metrics}"
+    );
+    assert_eq!(stage.feed.forgotten, [3]);
+}
+
+#[test]
+fn a_trailing_drop_short_of_the_kernel_s_final_offset_is_read_from_the_log() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["first", "second", "lost at the end"]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(3, "/kubepods/podu/c3"),
+                Scripted::Bound(3, Stream::Stdout),
+                Scripted::Bound(3, Stream::Stderr),
+                Scripted::Data(3, Stream::Stdout, 0, b"first\n"),
+                Scripted::Data(3, Stream::Stdout, 6, b"second\n"),
+                // "lost at the end\n" (13..29) was dropped: the ring was full.
+            ],
+            vec![Scripted::Removed(3)],
+        ]),
+        finals: HashMap::from([(3, vec![(Stream::Stdout, 29), (Stream::Stderr, 0)])]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(false),
+        selected: true,
+    };
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    let (got, metrics) = until_ended(&mut stage, &rx, 3);
+    assert_eq!(bodies(&got), ["first", "second", "lost at the end"]);
+    assert_eq!(got[2].1, 13, "at its stream offset");
+    assert!(
+        metrics.contains(r#"logtap_capture_stream_ends_total{how="log_read"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"logtap_capture_stream_ends_total{how="kernel_offset"} 1"#),
+        "stderr, never written to, needs no read: {metrics}"
+    );
+    assert!(
+        metrics.contains("logtap_capture_repaired_bytes_total 16"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_trailing_drop_the_log_does_not_have_is_counted_as_lost() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["first", "second"]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(3, "/kubepods/podu/c3"),
+                Scripted::Bound(3, Stream::Stdout),
+                Scripted::Data(3, Stream::Stdout, 0, b"first\n"),
+                Scripted::Data(3, Stream::Stdout, 6, b"second\n"),
+            ],
+            vec![Scripted::Removed(3)],
+        ]),
+        // 16 bytes after "second" were accepted by the kernel, dropped by the ring,
+        // and never reach the log (a log lost or cut short).
+        finals: HashMap::from([(3, vec![(Stream::Stdout, 29)])]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(false),
+        selected: true,
+    };
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    let (got, metrics) = until_ended(&mut stage, &rx, 2);
+    assert_eq!(bodies(&got), ["first", "second"]);
+    assert!(
+        metrics.contains("logtap_capture_unrepairable_bytes_total 16"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"logtap_capture_stream_ends_total{how="log_read"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -187,6 +187,8 @@ catalogue! {
         "eBPF lifecycle records (stream bound, cgroup created/removed, exec, exit) lost to a full ring";
     CAPTURE_EXITS_INFERRED_TOTAL = "logtap_capture_exits_inferred_total", Counter, Some(Unit::Count),
         "captured cgroups found gone without their removal record (lost to a full ring): their streams were ended";
+    CAPTURE_STREAM_ENDS_TOTAL = "logtap_capture_stream_ends_total", Counter, Some(Unit::Count),
+        "Captured streams ended with their container, by how their end was known (how: kernel_offset, without reading the CRI log; log_read, the log read to its end)";
     CAPTURE_SEAMS_TOTAL = "logtap_capture_seams_total", Counter, Some(Unit::Count),
         "Streams of containers running before the agent started, by how capture took over from their CRI log (result: exact, ambiguous, no_match, unfinished)";
     CAPTURE_PIN_STARTS_TOTAL = "logtap_capture_pin_starts_total", Counter, Some(Unit::Count),
