@@ -295,6 +295,134 @@ fn a_log_that_does_not_line_up_with_the_stream_is_not_used_to_repair() {
     );
 }
 
+/// Two unsynchronised writers: the pipe (so the log) has A, B, C, but the kernel
+/// numbered B before A (offsets are taken when a write returns), and A was dropped.
+/// The log holds B at A's range: filling the hole from it would ship B twice and lose
+/// A silently. The log's bytes before the hole (A) differ from what was handed on (B):
+/// the hole is given up and counted.
+#[test]
+fn a_hole_beside_swapped_writes_is_given_up_not_filled_with_the_other_write() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["first writer", "other writer", "third writer"]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(4, "/kubepods/podu/c4"),
+                Scripted::Bound(4, Stream::Stdout),
+                // B numbered at A's place; A (at 13..26) dropped by the ring.
+                Scripted::Data(4, Stream::Stdout, 0, b"other writer\n"),
+                Scripted::Data(4, Stream::Stdout, 26, b"third writer\n"),
+            ],
+            vec![Scripted::Removed(4)],
+        ]),
+        finals: HashMap::from([(4, vec![(Stream::Stdout, 39)])]),
+        ..Default::default()
+    };
+    let resolver = fx.running_container();
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    let (got, metrics) = until_ended(&mut stage, &rx, 3);
+    assert_eq!(
+        bodies(&got),
+        ["other writer", "third writer"],
+        "nothing shipped twice, nothing put in A's place"
+    );
+    assert!(
+        metrics.contains("logtap_capture_repair_mismatches_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("logtap_capture_unrepairable_bytes_total 13"),
+        "{metrics}"
+    );
+}
+
+/// The check of the bytes before a hole passes where nothing was swapped, also when
+/// what was handed on before the hole came in several in-order runs, one longer than
+/// the bytes kept.
+#[test]
+fn an_ordinary_hole_is_repaired_exactly_with_both_sides_checked() {
+    let fx = Fixture::new();
+    let long = "a line longer than the sixty-four bytes a stream keeps of what it handed on";
+    fx.append_cri("stdout", &[long, "short", "lost", "after"]);
+    let long_nl: &'static [u8] = format!("{long}\n").leak().as_bytes();
+    let n = long_nl.len() as u64;
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(6, "/kubepods/podu/c6"),
+                Scripted::Bound(6, Stream::Stdout),
+                Scripted::Data(6, Stream::Stdout, 0, long_nl),
+                Scripted::Data(6, Stream::Stdout, n, b"short\n"),
+                Scripted::Data(6, Stream::Stdout, n + 11, b"after\n"),
+            ],
+            vec![Scripted::Removed(6)],
+        ]),
+        finals: HashMap::from([(6, vec![(Stream::Stdout, n + 17)])]),
+        ..Default::default()
+    };
+    let resolver = fx.running_container();
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    let (got, metrics) = until_ended(&mut stage, &rx, 4);
+    assert_eq!(bodies(&got), [long, "short", "lost", "after"]);
+    assert!(
+        metrics.contains("logtap_capture_repaired_bytes_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("logtap_capture_repair_mismatches_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("logtap_capture_unrepairable_bytes_total"),
+        "{metrics}"
+    );
+}
+
+/// The log reader only moves forward: after a first repair it stays at the line the
+/// check after that hole read into, past where the next hole's check before would
+/// start. Only the bytes it can still give are compared, and the second hole is
+/// repaired exactly too.
+#[test]
+fn a_hole_the_reader_is_already_past_the_start_of_the_check_before_is_repaired() {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &["alpha", "bravo", "delta", "gamma"]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(8, "/kubepods/podu/c8"),
+                Scripted::Bound(8, Stream::Stdout),
+                Scripted::Data(8, Stream::Stdout, 0, b"alpha\n"),
+                // "bravo" dropped, and the end of "delta": the check after the first hole
+                // reads into "delta" only, so the reader stays at its start (12), past
+                // where the second hole's check before starts (0). It compares the
+                // bytes it can still give, "del".
+                Scripted::Data(8, Stream::Stdout, 12, b"del"),
+                Scripted::Data(8, Stream::Stdout, 18, b"gamma\n"),
+            ],
+            vec![Scripted::Removed(8)],
+        ]),
+        finals: HashMap::from([(8, vec![(Stream::Stdout, 24)])]),
+        ..Default::default()
+    };
+    let resolver = fx.running_container();
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    let (got, metrics) = until_ended(&mut stage, &rx, 4);
+    assert_eq!(bodies(&got), ["alpha", "bravo", "delta", "gamma"]);
+    assert_eq!(got.iter().map(|l| l.1).collect::<Vec<_>>(), [0, 6, 12, 18]);
+    assert!(
+        metrics.contains("logtap_capture_repaired_bytes_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("logtap_capture_repair_mismatches_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("logtap_capture_unrepairable_bytes_total"),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn a_hole_at_the_end_is_found_when_the_container_goes_away() {
     let fx = Fixture::new();
