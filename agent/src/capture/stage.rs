@@ -57,7 +57,7 @@ use super::existing;
 use super::probe::ProbeEvent;
 use super::runs::{RecordRun, RunGatherer};
 use super::seam::{Decision, Seam};
-use super::stream::{Run, StreamAssembler};
+use super::stream::{KEPT_BYTES, Run, StreamAssembler};
 use crate::checkpoint::SharedRegistry;
 use crate::config::CaptureConfig;
 use crate::discovery::PodLogRef;
@@ -95,8 +95,9 @@ const REPAIR_READ_BYTES: u64 = 8 << 20;
 const REPAIR_STEP_BYTES: u64 = 256 << 10;
 /// How often ended streams are checked for their CRI log's removal.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
-/// Captured bytes after a hole compared with the CRI log before the hole is repaired.
-const REPAIR_CHECK_BYTES: usize = 64;
+/// Captured bytes after a hole compared with the CRI log before the hole is repaired
+/// (those before it: the stream's kept bytes, [`KEPT_BYTES`]).
+const REPAIR_CHECK_BYTES: usize = KEPT_BYTES;
 /// How often the directories of watched cgroups are looked at (see `sweep_cgroups`).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a cgroup's directory must have been gone before its removal record is
@@ -686,8 +687,8 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 entry.staged_offset = offset;
                 entry.staged_time_ns = written_ns;
             }
+            a.advance_in_order(&bytes);
             entry.staged.push(bytes);
-            a.advance_in_order(len);
             if entry.staged.len() >= STAGE_BYTES {
                 self.hand_on_staged(id);
             }
@@ -969,13 +970,22 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         // in the log, or the repair would put wrong bytes in.
         let check = entry.assembler.waiting_at(to, REPAIR_CHECK_BYTES);
         let read_to = check.as_ref().map_or(to, |c| to + c.len() as u64);
+        // Writes numbered in another order than the pipe's (see `docs/capture.md`,
+        // Ordering) leave another write's bytes at the hole's range in the log while
+        // those after it still line up: the bytes handed on right before the hole
+        // must read the same in the log too.
+        let kept = match from == entry.assembler.next_offset() {
+            true => entry.assembler.kept().to_vec(),
+            false => Vec::new(),
+        };
         // The reader only moves forward: what it read but could not be used yet waits
         // in `read_ahead`.
         let mut runs = std::mem::take(&mut entry.read_ahead);
+        let check_from = from - kept.len() as u64;
         let read_from = runs
             .last()
-            .map_or(from, |r| r.offset + r.bytes.len() as u64)
-            .max(from);
+            .map_or(check_from, |r| r.offset + r.bytes.len() as u64)
+            .max(check_from);
         let reader = entry
             .reader
             .get_or_insert_with(|| CriStreamReader::new(log_path, entry.stream));
@@ -996,6 +1006,23 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             metrics::counter!(CAPTURE_CRI_MALFORMED_LINES_TOTAL)
                 .increment(malformed - entry.malformed_counted);
             entry.malformed_counted = malformed;
+        }
+        let reach = runs.last().map_or(0, |r| r.offset + r.bytes.len() as u64);
+        if reach <= from {
+            // The log has nothing of the hole yet: keep what it has before it for the
+            // check, next tick.
+            entry.read_ahead = runs;
+            return;
+        }
+        if !kept.ends_with(&log_before(&runs, from, kept.len())) {
+            let end = match entry.assembler.hole() {
+                Some((start, end)) if start == from => end,
+                _ => to.min(reach),
+            };
+            tracing::warn!(source = %id, offset = from, "the CRI log's bytes before a capture hole are not those handed on (writes numbered in another order than the pipe's?): hole not repaired");
+            metrics::counter!(CAPTURE_REPAIR_MISMATCHES_TOTAL).increment(1);
+            self.give_up(id, end, now);
+            return;
         }
         if let Some(check) = check {
             let mut logged = Vec::with_capacity(check.len());
@@ -1451,6 +1478,32 @@ fn stream_identity(path: &Path) -> FileIdentity {
         fingerprint_len: 0,
         fingerprint: 0,
     }
+}
+
+/// The log's bytes in `runs` that end at `from`, contiguously, from at most `max`
+/// before it: what the reader could still give of them (it may be past
+/// `from - max`: the bytes before it were then handed on from the log itself).
+fn log_before(runs: &[Run], from: u64, max: usize) -> Vec<u8> {
+    let start = from - max as u64;
+    let mut got = Vec::with_capacity(max);
+    let mut at = None;
+    for run in runs {
+        let lo = run.offset.max(start);
+        let hi = (run.offset + run.bytes.len() as u64).min(from);
+        if lo >= hi {
+            continue;
+        }
+        if at != Some(lo) {
+            // Not contiguous: only what follows the gap can end at `from`.
+            got.clear();
+        }
+        got.extend_from_slice(&run.bytes[(lo - run.offset) as usize..(hi - run.offset) as usize]);
+        at = Some(hi);
+    }
+    if at != Some(from) {
+        got.clear();
+    }
+    got
 }
 
 #[cfg(test)]

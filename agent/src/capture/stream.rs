@@ -11,6 +11,9 @@
 //! record, or by the repair path reading the container's CRI log — or given up.
 //! Overlapping and duplicate bytes (a repair racing a late record) are trimmed, so
 //! every stream offset is handed on exactly once.
+//!
+//! It also keeps the last [`KEPT_BYTES`] bytes it handed on, for the repair path to
+//! check that the log lines up with the stream just before a hole (see `stage`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,6 +29,9 @@ pub(crate) struct Run {
     pub time_ns: i64,
 }
 
+/// How many of the last bytes handed on a stream keeps (see [`StreamAssembler::kept`]).
+pub(crate) const KEPT_BYTES: usize = 64;
+
 #[derive(Debug)]
 pub(crate) struct StreamAssembler {
     /// The next stream offset to hand on; everything before it was handed on or
@@ -39,6 +45,13 @@ pub(crate) struct StreamAssembler {
     hole_since: Option<Instant>,
     /// The highest stream offset known to exist (end of the furthest byte seen).
     frontier: u64,
+    /// Invariant: `kept[KEPT_BYTES - kept_len..]` are the stream bytes at
+    /// `[next - kept_len, next)`, all handed on. A copy, not a `Bytes`: handed-on
+    /// bytes are slices of read blocks shared by many streams, which one kept slice
+    /// per stream would keep alive. Emptied when a hole is given up (the bytes before
+    /// `next` were never handed on).
+    kept: [u8; KEPT_BYTES],
+    kept_len: u8,
 }
 
 impl StreamAssembler {
@@ -50,6 +63,8 @@ impl StreamAssembler {
             max_pending,
             hole_since: None,
             frontier: start,
+            kept: [0; KEPT_BYTES],
+            kept_len: 0,
         }
     }
 
@@ -78,6 +93,11 @@ impl StreamAssembler {
         (first == offset).then(|| bytes.slice(..bytes.len().min(max)))
     }
 
+    /// The last bytes handed on (up to [`KEPT_BYTES`]), ending at `next_offset`.
+    pub fn kept(&self) -> &[u8] {
+        &self.kept[KEPT_BYTES - self.kept_len as usize..]
+    }
+
     /// How long the current hole has been waiting.
     pub fn hole_age(&self, now: Instant) -> Option<Duration> {
         self.hole_since.map(|t| now.saturating_duration_since(t))
@@ -93,13 +113,14 @@ impl StreamAssembler {
         self.pending_bytes
     }
 
-    /// The caller handed on `len` bytes at `next_offset` itself (the in-order fast
+    /// The caller handed on `bytes` at `next_offset` itself (the in-order fast
     /// path: nothing waits, so nothing can be released).
-    pub fn advance_in_order(&mut self, len: u64) {
+    pub fn advance_in_order(&mut self, bytes: &[u8]) {
         debug_assert!(self.pending.is_empty());
         // Saturating for the same reason as in `push`.
-        self.next = self.next.saturating_add(len);
+        self.next = self.next.saturating_add(bytes.len() as u64);
         self.frontier = self.frontier.max(self.next);
+        self.keep(bytes);
     }
 
     /// Accepts the stream bytes at `offset..offset + bytes.len()`; appends to `out`
@@ -165,6 +186,7 @@ impl StreamAssembler {
             }
         }
         self.next = offset;
+        self.kept_len = 0;
         self.frontier = self.frontier.max(offset);
         self.release(out);
         self.hole_since = self.hole().map(|_| now);
@@ -205,11 +227,21 @@ impl StreamAssembler {
         }
         let offset = self.next;
         self.next += bytes.len() as u64;
+        self.keep(&bytes);
         out.push(Run {
             offset,
             bytes,
             time_ns,
         });
+    }
+
+    /// Appends `bytes` (just handed on) to `kept`: at most [`KEPT_BYTES`] copied per
+    /// run, whatever its length.
+    fn keep(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(KEPT_BYTES);
+        self.kept.copy_within(n.., 0);
+        self.kept[KEPT_BYTES - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+        self.kept_len = (self.kept_len as usize + n).min(KEPT_BYTES) as u8;
     }
 
     /// Hands on waiting bytes that became contiguous.
@@ -330,6 +362,33 @@ mod tests {
         assert_eq!(a.hole(), Some((20, 25)));
         a.push(20, Bytes::from_static(b"12345"), 0, now, &mut out);
         assert_eq!(collect(&out), b"12345tail");
+    }
+
+    #[test]
+    fn the_last_bytes_handed_on_are_kept_until_a_hole_is_given_up() {
+        let mut a = StreamAssembler::new(0, 1 << 20);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        assert_eq!(a.kept(), b"");
+        a.push(0, Bytes::from_static(b"abc"), 0, now, &mut out);
+        a.advance_in_order(b"de");
+        assert_eq!(a.kept(), b"abcde");
+        let long: Vec<u8> = (0..100u8).collect();
+        a.advance_in_order(&long);
+        assert_eq!(a.kept(), &long[100 - KEPT_BYTES..]);
+        // Released waiting bytes are kept too, after what came before them.
+        a.push(108, Bytes::from_static(b"yz"), 0, now, &mut out);
+        a.push(105, Bytes::from_static(b"vwx"), 0, now, &mut out);
+        assert_eq!(a.kept().len(), KEPT_BYTES);
+        assert!(a.kept().ends_with(b"vwxyz"));
+        assert_eq!(a.next_offset(), 110);
+        a.push(120, Bytes::from_static(b"after"), 0, now, &mut out);
+        a.skip_to(120, now, &mut out);
+        assert_eq!(
+            a.kept(),
+            b"after",
+            "bytes before a given-up hole are not kept"
+        );
     }
 
     #[test]
