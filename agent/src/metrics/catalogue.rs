@@ -176,7 +176,7 @@ catalogue! {
     CAPTURE_BUFFERED_BYTES = "logtap_capture_buffered_bytes", Gauge, Some(Unit::Bytes),
         "Captured bytes the capture stage holds waiting behind holes, over all streams (bounded by capture.max_buffered)";
     CAPTURE_REPAIR_MISMATCHES_TOTAL = "logtap_capture_repair_mismatches_total", Counter, Some(Unit::Count),
-        "Holes not repaired because the CRI log did not line up with the captured stream (output by untraced syscalls)";
+        "Holes not repaired because the CRI log did not line up with the captured stream before or after them (output by untraced syscalls, or writes numbered in another order than the pipe's)";
     CAPTURE_CRI_MALFORMED_LINES_TOTAL = "logtap_capture_cri_malformed_lines_total", Counter, Some(Unit::Count),
         "Lines of CRI logs skipped by the repair reader because they were not CRI lines";
     CAPTURE_STREAMS = "logtap_capture_streams", Gauge, Some(Unit::Count),
