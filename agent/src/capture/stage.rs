@@ -1010,7 +1010,8 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         let reach = runs.last().map_or(0, |r| r.offset + r.bytes.len() as u64);
         if reach <= from {
             // The log has nothing of the hole yet: keep what it has before it for the
-            // check, next tick.
+            // check, next tick (no more: a late record may have moved the hole on).
+            runs.retain(|r| r.offset + r.bytes.len() as u64 > check_from);
             entry.read_ahead = runs;
             return;
         }
