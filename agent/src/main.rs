@@ -98,6 +98,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo,
             oneshot,
         } => {
+            let malloc = logtap::malloc::tune();
+            tracing::debug!(?malloc, "glibc malloc thresholds");
             let (text, name) = match &config {
                 Some(path) => (
                     std::fs::read_to_string(path)
