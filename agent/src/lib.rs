@@ -41,7 +41,6 @@ pub mod discovery;
 pub mod enrich;
 pub mod events;
 pub mod frame;
-pub mod malloc;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;

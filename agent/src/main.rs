@@ -98,8 +98,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo,
             oneshot,
         } => {
-            let malloc = logtap::malloc::tune();
-            tracing::debug!(?malloc, "glibc malloc thresholds");
             let (text, name) = match &config {
                 Some(path) => (
                     std::fs::read_to_string(path)
