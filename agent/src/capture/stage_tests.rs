@@ -222,6 +222,23 @@ fn bodies(lines: &[(Stream, u64, String)]) -> Vec<&str> {
     lines.iter().map(|(_, _, b)| b.as_str()).collect()
 }
 
+/// The stage repaired bytes from the log, no check around a hole refused the log, and
+/// nothing was given up.
+fn assert_repaired_cleanly(metrics: &str) {
+    assert!(
+        metrics.contains("logtap_capture_repaired_bytes_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("logtap_capture_repair_mismatches_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("logtap_capture_unrepairable_bytes_total"),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn a_hole_in_the_middle_is_repaired_from_the_cri_log() {
     let fx = Fixture::new();
@@ -368,18 +385,7 @@ fn an_ordinary_hole_is_repaired_exactly_with_both_sides_checked() {
     let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
     let (got, metrics) = until_ended(&mut stage, &rx, 4);
     assert_eq!(bodies(&got), [long, "short", "lost", "after"]);
-    assert!(
-        metrics.contains("logtap_capture_repaired_bytes_total"),
-        "{metrics}"
-    );
-    assert!(
-        !metrics.contains("logtap_capture_repair_mismatches_total"),
-        "{metrics}"
-    );
-    assert!(
-        !metrics.contains("logtap_capture_unrepairable_bytes_total"),
-        "{metrics}"
-    );
+    assert_repaired_cleanly(&metrics);
 }
 
 /// The log reader only moves forward: after a first repair it stays at the line the
@@ -413,18 +419,7 @@ fn a_hole_the_reader_is_already_past_the_start_of_the_check_before_is_repaired()
     let (got, metrics) = until_ended(&mut stage, &rx, 4);
     assert_eq!(bodies(&got), ["alpha", "bravo", "delta", "gamma"]);
     assert_eq!(got.iter().map(|l| l.1).collect::<Vec<_>>(), [0, 6, 12, 18]);
-    assert!(
-        metrics.contains("logtap_capture_repaired_bytes_total"),
-        "{metrics}"
-    );
-    assert!(
-        !metrics.contains("logtap_capture_repair_mismatches_total"),
-        "{metrics}"
-    );
-    assert!(
-        !metrics.contains("logtap_capture_unrepairable_bytes_total"),
-        "{metrics}"
-    );
+    assert_repaired_cleanly(&metrics);
 }
 
 #[test]
