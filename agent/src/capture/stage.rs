@@ -974,9 +974,10 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         // Ordering) leave another write's bytes at the hole's range in the log while
         // those after it still line up: the bytes handed on right before the hole
         // must read the same in the log too.
-        let kept = match from == entry.assembler.next_offset() {
-            true => entry.assembler.kept().to_vec(),
-            false => Vec::new(),
+        let kept = if from == entry.assembler.next_offset() {
+            entry.assembler.kept().to_vec()
+        } else {
+            Vec::new()
         };
         // The reader only moves forward: what it read but could not be used yet waits
         // in `read_ahead`.
