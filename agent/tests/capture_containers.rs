@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use common::bpffs::PinFs;
 use common::cri::{
     ContainerHandle, ContainerSpec, CriHarness, PodSpec, pod_cgroup_prefix, read_cri_log,
 };
@@ -690,58 +691,6 @@ fn a_container_running_before_the_agent_is_captured_from_its_bind_on() {
         metric(&metrics, "logtap_capture_unrepairable_bytes_total", &[]),
         0.0
     );
-}
-
-/// A bpffs of the test's own for the agents' pins (`capture.pin_dir` below it):
-/// unmounting it at the end drops every pin, detaching the probes an agent left
-/// attached, even when the test fails.
-struct PinFs {
-    dir: tempfile::TempDir,
-}
-
-impl PinFs {
-    fn mount() -> PinFs {
-        let dir = tempfile::tempdir().unwrap();
-        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: NUL-terminated strings; no mount data.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                path.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "mount bpffs: {}", std::io::Error::last_os_error());
-        PinFs { dir }
-    }
-
-    fn pin_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("logtap")
-    }
-
-    /// The layouts (stamp directories) pinned now.
-    fn layouts(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.pin_dir())
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for PinFs {
-    fn drop(&mut self) {
-        let path = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a NUL-terminated path this test mounted.
-        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-    }
 }
 
 fn pinned_config(pod_glob: &str, endpoint: &str, ring: &str, pins: &PinFs, pin: bool) -> String {

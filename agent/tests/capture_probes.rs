@@ -25,11 +25,37 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use logtap::capture::{DropReason, HookMode, ProbeEvent, ProbeOptions, Probes};
+use logtap::capture::{DropReason, HookMode, Pinning, ProbeEvent, ProbeOptions, Probes};
 use logtap::config::CaptureHooks;
 use logtap::frame::Stream;
+
+#[path = "common/bpffs.rs"]
+mod bpffs;
+
+/// The records the probes' diagnostics (aya-log) handed to the `log` facade, as
+/// (target, message): the agent's log gets them the same way.
+static PROBE_LOG: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+struct ProbeLog;
+
+impl log::Log for ProbeLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let entry = (record.target().to_owned(), record.args().to_string());
+        PROBE_LOG
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entry);
+    }
+
+    fn flush(&self) {}
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -37,7 +63,9 @@ fn main() {
         workload(&args[2..]);
         return;
     }
-    let tests: [(&str, fn()); 16] = [
+    log::set_logger(&ProbeLog).unwrap();
+    log::set_max_level(log::LevelFilter::Trace);
+    let tests: [(&str, fn()); 17] = [
         ("small_lines_one_write_each", small_lines_one_write_each),
         ("writes_of_64_kib", writes_of_64_kib),
         ("writev_with_several_iovecs", writev_with_several_iovecs),
@@ -89,6 +117,10 @@ fn main() {
         (
             "concurrent_writers_to_one_pipe_get_exact_offsets_or_counted_holes",
             concurrent_writers_to_one_pipe_get_exact_offsets_or_counted_holes,
+        ),
+        (
+            "probes_taken_over_from_their_pins_forward_their_diagnostics",
+            probes_taken_over_from_their_pins_forward_their_diagnostics,
         ),
     ];
     let filter: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
@@ -643,6 +675,51 @@ fn existing_container_is_watched_from_its_pid() {
     assert_eq!(out, b"hello\nagain\n");
     assert_identical(&captured, Stream::Stdout, &out);
     assert_identical(&captured, Stream::Stderr, &err);
+}
+
+/// Probes taken over from the pins an earlier load left forward the programs'
+/// diagnostics (aya-log) as freshly loaded ones do: the exec probe's line for a stream
+/// it binds after the take-over reaches the `log` facade.
+fn probes_taken_over_from_their_pins_forward_their_diagnostics() {
+    let pins = bpffs::PinFs::mount();
+    let mut scene = Scene::new("pinlog");
+    let options = ProbeOptions {
+        pinning: Pinning::Keep(pins.pin_dir()),
+        ..scene.options()
+    };
+    drop(Probes::load(&options).unwrap());
+    assert_eq!(
+        pins.layouts().len(),
+        1,
+        "the first load's probes stay pinned"
+    );
+    let mut probes = Probes::load(&options).unwrap();
+    assert!(probes.reused(), "taken over from the pins");
+    let (dir, id) = scene.container("c");
+    let expected = format!("cgroup {id} stream 1 bound to pipe inode");
+    let logged = || {
+        PROBE_LOG
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(_, message)| message.starts_with(&expected))
+            .cloned()
+    };
+    let (_captured, out, _) = capture(&mut probes, id, spawn_in(&dir, shell("echo hi")), true);
+    assert_eq!(out, b"hi\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while logged().is_none() && Instant::now() < deadline {
+        probes.poll(Duration::from_millis(50), &mut |_| {}).unwrap();
+    }
+    let (target, _) = logged().unwrap_or_else(|| {
+        panic!(
+            "no {expected:?} among the probes' diagnostics: {:?}",
+            PROBE_LOG.lock().unwrap_or_else(|e| e.into_inner())
+        )
+    });
+    assert_eq!(target, "logtap_probes");
+    drop(probes);
+    drop(scene);
 }
 
 fn tiny_ring_overflow_is_an_exact_gap() {

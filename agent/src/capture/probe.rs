@@ -734,13 +734,7 @@ fn load_fresh(
         .override_global(CONFIG_GLOBAL, config, true)
         .load(object)
         .map_err(|e| ProbeError::Load(Box::new(e)))?;
-    let logger = match EbpfLogger::init(&mut ebpf) {
-        Ok(logger) => Some(logger),
-        Err(e) => {
-            tracing::warn!(error = %e, "eBPF diagnostics will not be forwarded");
-            None
-        }
-    };
+    let logger = forwarding(EbpfLogger::init(&mut ebpf));
     // The maps first: a directory that takes no pin is known before anything is
     // attached (a link whose pin fails is detached, see `pin_links`).
     if let Some(dir) = pin {
@@ -791,6 +785,16 @@ fn load_fresh(
         hook_mode,
         logger,
     })
+}
+
+/// The reader of the probes' diagnostics (aya-log's `AYA_LOGS` map); `None`, logged,
+/// when it cannot be had: capture does not depend on it.
+fn forwarding(
+    logger: Result<EbpfLogger<&'static dyn log::Log>, impl std::fmt::Display>,
+) -> Option<EbpfLogger<&'static dyn log::Log>> {
+    logger
+        .inspect_err(|e| tracing::warn!(error = %e, "eBPF diagnostics will not be forwarded"))
+        .ok()
 }
 
 /// One start on pins, by how it went (`logtap_capture_pin_starts_total{result}`).
@@ -923,15 +927,25 @@ fn open_pins(dir: &Path, hook_mode: HookMode) -> Result<Loaded, String> {
         open(STATS_MAP)?,
         open(BASES_MAP)?,
     ];
+    // aya-log's buffer is not pinned: it is found through a pinned program, whose
+    // maps the kernel lists (every program of the object shares the one buffer).
+    // A link holds its program, so the id names the running one.
+    let logger = forwarding(
+        links
+            .first()
+            .ok_or_else(|| "no program is pinned".to_owned())
+            .and_then(|link| link.info().map_err(|e| e.to_string()))
+            .and_then(|info| {
+                EbpfLogger::init_from_id(info.program_id()).map_err(|e| e.to_string())
+            }),
+    );
     Ok(Loaded {
         ebpf: None,
         pin_lock: None,
         maps,
         links,
         hook_mode,
-        // aya-log reads a buffer its `Ebpf` owns; the pinned programs' diagnostics
-        // are not forwarded (they are only debug and info messages).
-        logger: None,
+        logger,
     })
 }
 

@@ -9,6 +9,7 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod bpffs;
 pub mod cri;
 pub mod fluent_bit;
 pub mod node;
