@@ -61,6 +61,12 @@ fn wait_for_each(total: u32, what: &str, shipped: impl Fn() -> Vec<u32>) {
 
 fn start_agent(dir: &Path, config: &str) -> Agent {
     let agent = Agent::start(dir, config);
+    assert_capturing(&agent, config);
+    agent
+}
+
+/// Waits until `agent` captures, then checks what it captures with.
+fn assert_capturing(agent: &Agent, config: &str) {
     wait_for(Duration::from_secs(30), "probes loaded", || {
         metric(&agent.metrics(), "logtap_capture_up", &[]) == 1.0
     });
@@ -86,7 +92,6 @@ fn start_agent(dir: &Path, config: &str) -> Agent {
             assert_eq!(mode(forced), 1.0, "{metrics}");
         }
     }
-    agent
 }
 
 /// The stream text of a container as the runtime logged it: CRI content, plus one
@@ -811,6 +816,120 @@ fn a_restarted_agent_takes_over_its_pinned_probes_and_reads_nothing_from_the_log
     assert!(metric(&metrics, "logtap_capture_bytes_total", &[]) > 0.0);
     assert!(
         store_records(&agent.store_dir())
+            .iter()
+            .all(|r| r["path"] != log.display().to_string().as_str()),
+        "the file source shipped lines of the captured container"
+    );
+}
+
+/// A second agent started while the first still holds the pinned probes (a rollout
+/// with `maxSurge`, a restart racing its predecessor's shutdown) waits for it, ready
+/// and shipping nothing, then takes the probes over once the first stopped: every
+/// line once, not one byte read from the CRI log, the first's checkpoints continued.
+/// One that finds them held past its `pin_wait` captures unpinned beside them,
+/// counted.
+#[test]
+fn a_second_agent_waits_for_the_first_to_stop_and_takes_its_pins_over() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let Some(harness) = CriHarness::start() else {
+        return;
+    };
+    let pins = PinFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let glob = "/var/log/pods/default_pinwait-*/**/*.log";
+    let pinned = |wait: &str| {
+        pinned_config(glob, harness.endpoint(), "16MiB", &pins, true)
+            + &format!("  pin_wait: {wait}\n")
+    };
+    let mut first = start_agent(dir.path(), &pinned("30s"));
+    let pod = harness.run_pod(PodSpec::new("pinwait-ticker"));
+    let ticker = run(
+        &pod,
+        "ticker",
+        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+    );
+    let log = ticker.log_path().to_path_buf();
+    wait_for(Duration::from_secs(20), "some ticks captured", || {
+        shipped_ticks(&first, &log).len() > 300
+    });
+    let starts = |metrics: &str, result| {
+        metric(
+            metrics,
+            "logtap_capture_pin_starts_total",
+            &[("result", result)],
+        )
+    };
+    let waited = |metrics: &str| metric(metrics, "logtap_capture_pin_wait_seconds", &[]);
+
+    // Held past its wait: this one captures unpinned, into a store of its own.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut impatient = start_agent(elsewhere.path(), &pinned("1s"));
+    let metrics = impatient.metrics();
+    assert_eq!(starts(&metrics, "locked"), 1.0, "{metrics}");
+    assert!(waited(&metrics) >= 1.0, "{metrics}");
+    assert!(
+        impatient.log().contains("capture runs unpinned beside it"),
+        "{}",
+        impatient.log()
+    );
+    assert!(impatient.stop());
+    assert_eq!(pins.layouts().len(), 1, "the first agent's pins left alone");
+
+    // On the first one's data directory, as a DaemonSet's next pod is.
+    let second = Agent::start(dir.path(), &pinned("30s"));
+    wait_for(Duration::from_secs(20), "the second agent waiting", || {
+        second
+            .log()
+            .contains("another agent holds the pinned probes: waiting")
+    });
+    // Ready, so that a rollout stops the first; shipping nothing meanwhile.
+    second.wait_ready();
+    std::thread::sleep(Duration::from_millis(500));
+    let metrics = second.metrics();
+    for idle in [
+        "logtap_capture_up",
+        "logtap_capture_bytes_total",
+        "logtap_lines_read_total",
+    ] {
+        assert_eq!(metric(&metrics, idle, &[]), 0.0, "{idle}\n{metrics}");
+    }
+    assert!(first.stop(), "a clean stop\n{}", first.log());
+
+    assert_capturing(&second, &pinned("30s"));
+    let metrics = second.metrics();
+    assert_eq!(starts(&metrics, "reused"), 1.0, "{metrics}");
+    assert!(waited(&metrics) > 0.5, "{metrics}");
+    ticker.wait_exit(Duration::from_secs(30));
+    wait_for_each(3000, "every tick in the store", || {
+        shipped_ticks(&second, &log)
+    });
+    let mut all = shipped_ticks(&second, &log);
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=3000).collect::<Vec<_>>(),
+        "each tick exactly once"
+    );
+    let metrics = second.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "logtap_capture_resumed_streams_total",
+            &[("to", "capture")]
+        ),
+        2.0,
+        "stdout and stderr taken over\n{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]),
+        0.0,
+        "nothing read from the CRI log\n{metrics}"
+    );
+    assert!(
+        store_records(&second.store_dir())
             .iter()
             .all(|r| r["path"] != log.display().to_string().as_str()),
         "the file source shipped lines of the captured container"

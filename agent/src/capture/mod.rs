@@ -33,7 +33,7 @@
 //!
 //! From the kernel's per-CPU counters, copied on [`Probes::poll`] at most every 100 ms:
 //! `logtap_capture_probe_load_seconds`, `logtap_capture_hook_mode`,
-//! `logtap_capture_pin_starts_total` (set at load),
+//! `logtap_capture_pin_starts_total`, `logtap_capture_pin_wait_seconds` (set at load),
 //! `logtap_capture_kernel_records_total`,
 //! `logtap_capture_kernel_bytes_total`, `logtap_capture_ring_dropped_records_total` and
 //! `logtap_capture_ring_dropped_bytes_total` (by `reason`: `ring_full`, `too_large`,
@@ -64,7 +64,8 @@ pub use crate::source::claims::{Claim, Claims};
 #[doc(hidden)]
 pub use cri_log::{ReadBack, read_ranges as read_cri_stream};
 pub use probe::{
-    DropReason, HookMode, KernelStats, Pinning, ProbeError, ProbeEvent, ProbeOptions, Probes,
+    DropReason, HookMode, KernelStats, PinWait, Pinning, ProbeError, ProbeEvent, ProbeOptions,
+    Probes,
 };
 pub use spawn::{CaptureResolver, CaptureThread};
 pub use stage::{CaptureStage, CapturedContainer, ContainerResolver, EventFeed};

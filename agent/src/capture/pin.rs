@@ -28,10 +28,13 @@
 //! - One agent at a time uses `pin_dir`: it holds an exclusive `flock(2)` on the
 //!   directory for its whole life (released by the kernel when its process ends, a
 //!   crash included). Two agents reading one ring would each see half the records.
+//!   An agent that finds it held (a rollout with `maxSurge`, a restart racing its
+//!   predecessor's shutdown) waits for it a bounded time ([`lock_waiting`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use logtap_ebpf_common::{
     BASES_MAP, INO_FILTER_MAP, ProbeConfig, RING_MAP, STATS_MAP, STREAMS_MAP, WATCHED_MAP,
@@ -97,6 +100,47 @@ pub fn lock(pin_dir: &Path) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     Ok(dir.into())
+}
+
+/// How often a held pin directory is tried again: its holder's exit is noticed within
+/// this, and the retries cost nothing that matters.
+const LOCK_RETRY: Duration = Duration::from_millis(100);
+
+/// [`lock`], waiting while another process holds the directory: until it is free,
+/// `limit` passed (`WouldBlock`, the holder still there) or `stop` answers true
+/// (`Interrupted`). `on_wait` is called once, when the wait begins. Returns the lock
+/// and how long it waited.
+pub fn lock_waiting(
+    pin_dir: &Path,
+    limit: Duration,
+    stop: &dyn Fn() -> bool,
+    on_wait: impl FnOnce(),
+) -> io::Result<(OwnedFd, Duration)> {
+    let started = Instant::now();
+    let mut on_wait = Some(on_wait);
+    loop {
+        match lock(pin_dir) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other.map(|lock| (lock, started.elapsed())),
+        }
+        let waited = started.elapsed();
+        if waited >= limit {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("held by another process for {:.1} s", waited.as_secs_f64()),
+            ));
+        }
+        if stop() {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "stopped while waiting for the pin directory",
+            ));
+        }
+        if let Some(on_wait) = on_wait.take() {
+            on_wait();
+        }
+        std::thread::sleep(LOCK_RETRY.min(limit - waited));
+    }
 }
 
 /// What `pin_dir` holds for an agent whose stamp is `stamp`.
@@ -256,6 +300,34 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
         drop(held);
         lock(&pins).unwrap();
+    }
+
+    #[test]
+    fn a_held_directory_is_waited_for_a_bounded_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("logtap");
+        let never = || false;
+        // Free: taken at once, nobody told of a wait.
+        let (held, waited) =
+            lock_waiting(&pins, Duration::ZERO, &never, || panic!("no wait")).unwrap();
+        assert!(waited < Duration::from_secs(1));
+        // Held past the limit: given up, the holder untouched.
+        let mut told = 0;
+        let e = lock_waiting(&pins, Duration::from_millis(250), &never, || told += 1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        assert_eq!(told, 1);
+        // Asked to stop while waiting.
+        let e = lock_waiting(&pins, Duration::from_secs(30), &|| true, || {}).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted, "{e}");
+        // Released by its holder during the wait: taken then.
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let (_lock, waited) = lock_waiting(&pins, Duration::from_secs(30), &never, || {}).unwrap();
+        holder.join().unwrap();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < Duration::from_secs(10), "{waited:?}");
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray};
@@ -33,8 +35,9 @@ use crate::config::CaptureHooks;
 use crate::frame::Stream;
 use crate::metrics::catalogue::{
     CAPTURE_HOOK_MODE, CAPTURE_KERNEL_BYTES_TOTAL, CAPTURE_KERNEL_RECORDS_TOTAL,
-    CAPTURE_LOST_EVENTS_TOTAL, CAPTURE_PIN_STARTS_TOTAL, CAPTURE_PROBE_LOAD_SECONDS,
-    CAPTURE_RING_DROPPED_BYTES_TOTAL, CAPTURE_RING_DROPPED_RECORDS_TOTAL,
+    CAPTURE_LOST_EVENTS_TOTAL, CAPTURE_PIN_STARTS_TOTAL, CAPTURE_PIN_WAIT_SECONDS,
+    CAPTURE_PROBE_LOAD_SECONDS, CAPTURE_RING_DROPPED_BYTES_TOTAL,
+    CAPTURE_RING_DROPPED_RECORDS_TOTAL,
 };
 
 /// The probes' object, built by `cargo xtask build-ebpf` and embedded by `build.rs`.
@@ -99,6 +102,22 @@ pub struct ProbeOptions {
     /// Whether the probes outlive this process (pinned in bpffs). Default: not pinned,
     /// nothing looked at.
     pub pinning: Pinning,
+    /// With [`Pinning::Keep`], how long to wait for a pin directory another agent
+    /// holds. Default: not at all.
+    pub pin_wait: PinWait,
+}
+
+/// How a load with [`Pinning::Keep`] waits for a pin directory another agent holds
+/// (a rollout with `maxSurge`, a restart racing its predecessor's shutdown): it takes
+/// the probes over once that agent stopped; after `limit`, it loads unpinned
+/// probes beside them (`logtap_capture_pin_starts_total{result="locked"}`).
+#[derive(Clone, Debug, Default)]
+pub struct PinWait {
+    pub limit: Duration,
+    /// Set (SIGTERM): the wait ends, the load fails with [`ProbeError::Stopped`].
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Called once when the wait begins.
+    pub on_wait: Option<fn()>,
 }
 
 /// What the loader does with the pin directory (see `pin`).
@@ -123,6 +142,7 @@ impl Default for ProbeOptions {
             cgroup_prefix: "/kubepods".to_owned(),
             max_records_per_write: MAX_RECORDS_LIMIT,
             pinning: Pinning::Off,
+            pin_wait: PinWait::default(),
         }
     }
 }
@@ -151,6 +171,8 @@ pub enum ProbeError {
         #[source]
         source: Box<MapError>,
     },
+    #[error("stopped while waiting for another agent's pinned probes")]
+    Stopped,
     #[error("pinning in {dir}: {detail}")]
     Pin { dir: PathBuf, detail: String },
     #[error("{context}: {source}")]
@@ -319,8 +341,9 @@ pub struct Probes {
     _links: Vec<FdLink>,
     /// `None` when reused from pins.
     ebpf: Option<Ebpf>,
-    /// The lock on the pin directory, held as long as the probes are in use.
-    _pin_lock: Option<OwnedFd>,
+    /// The lock on the pin directory, held as long as the probes are in use (or
+    /// longer: [`Self::take_pin_lock`]).
+    pin_lock: Option<OwnedFd>,
 }
 
 /// The maps userspace reads, the links of the attached programs, and their hooks.
@@ -410,8 +433,16 @@ impl Probes {
             stats_exported: None,
             _links: loaded.links,
             ebpf: loaded.ebpf,
-            _pin_lock: loaded.pin_lock,
+            pin_lock: loaded.pin_lock,
         })
+    }
+
+    /// The lock on the pin directory (see `pin`), for a caller that holds it longer
+    /// than the probes: the agent keeps it until its sinks are closed and its last
+    /// checkpoints written, since the next agent waits for the lock before it reads
+    /// them. `None` when unpinned, or taken already.
+    pub fn take_pin_lock(&mut self) -> Option<OwnedFd> {
+        self.pin_lock.take()
     }
 
     /// Whether these probes were taken over from an earlier agent's pins: their maps
@@ -811,15 +842,39 @@ fn load_pinned(
     options: &ProbeOptions,
     dir: &Path,
 ) -> Result<Loaded, ProbeError> {
-    let lock = match pin::lock(dir) {
-        Ok(lock) => lock,
+    let wait = &options.pin_wait;
+    let stop = || {
+        wait.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    };
+    let on_wait = || {
+        tracing::info!(dir = %dir.display(), limit_seconds = wait.limit.as_secs_f64(), "another agent holds the pinned probes: waiting for it to stop, to take them over");
+        if let Some(on_wait) = wait.on_wait {
+            on_wait();
+        }
+    };
+    let locked = pin::lock_waiting(dir, wait.limit, &stop, on_wait);
+    let waited = match &locked {
+        Ok((_, waited)) => *waited,
+        Err(_) => wait.limit,
+    };
+    metrics::gauge!(CAPTURE_PIN_WAIT_SECONDS).set(waited.as_secs_f64());
+    let lock = match locked {
+        Ok((lock, waited)) => {
+            if !waited.is_zero() {
+                tracing::info!(dir = %dir.display(), waited_seconds = waited.as_secs_f64(), "the other agent stopped: the pin directory is this agent's");
+            }
+            lock
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(ProbeError::Stopped),
         Err(e) => {
             count_pin_start(if e.kind() == io::ErrorKind::WouldBlock {
                 "locked"
             } else {
                 "failed"
             });
-            tracing::warn!(dir = %dir.display(), error = %e, "the pin directory cannot be locked (another agent uses it, or it cannot be made): capture runs unpinned, its pins left alone");
+            tracing::warn!(dir = %dir.display(), error = %e, "the pin directory cannot be locked (another agent still uses it after capture.pin_wait, or it cannot be made): capture runs unpinned beside it, its pins left alone");
             return load_fresh(object, config, options, None);
         }
     };

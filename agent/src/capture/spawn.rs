@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::probe::{Pinning, ProbeEvent, ProbeOptions, Probes};
+use super::probe::{PinWait, Pinning, ProbeError, ProbeEvent, ProbeOptions, Probes};
 use super::stage::{PinnedState, PinnedStream};
 use super::{CaptureStage, CapturedContainer, Claims, ContainerResolver, EventFeed};
 use crate::checkpoint::SharedRegistry;
@@ -166,7 +166,11 @@ impl CaptureThread {
     /// Loads the probes; `None` (logged, `logtap_capture_up` 0) when they cannot load.
     /// Done before the agent drops its capabilities (see [`crate::privileges`]): the
     /// running stage needs none of those loading does.
-    pub fn load(options: &CaptureConfig) -> Option<Probes> {
+    ///
+    /// With pins another agent holds, this waits up to `pin_wait` for it to stop
+    /// (`shutdown` ends the wait: `None`). Meanwhile `/readyz` answers 200: a rollout
+    /// with `maxSurge` stops the old agent only once the new one is ready.
+    pub fn load(options: &CaptureConfig, shutdown: &Arc<AtomicBool>) -> Option<Probes> {
         match Probes::load(&ProbeOptions {
             hooks: options.hooks,
             ring_bytes: options.ring_bytes,
@@ -176,8 +180,17 @@ impl CaptureThread {
                 Some(dir) => Pinning::Keep(dir.clone()),
                 None => Pinning::Remove(options.configured_pin_dir.clone()),
             },
+            pin_wait: PinWait {
+                limit: options.pin_wait,
+                stop: Some(shutdown.clone()),
+                on_wait: Some(|| crate::metrics::health::global().set_ready()),
+            },
         }) {
             Ok(p) => Some(p),
+            Err(ProbeError::Stopped) => {
+                tracing::info!("stopped while waiting for another agent's pinned probes");
+                None
+            }
             Err(e) => {
                 metrics::gauge!(CAPTURE_UP).set(0.0);
                 tracing::error!(error = %e, "eBPF capture unavailable: container logs are read from their CRI log files");

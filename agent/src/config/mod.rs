@@ -481,6 +481,8 @@ pub struct CaptureConfig {
     pub pin_dir: Option<PathBuf>,
     /// `pin_dir` as configured, whether or not pinning is on.
     pub configured_pin_dir: PathBuf,
+    /// How long a starting agent waits for another one holding `pin_dir` to stop.
+    pub pin_wait: Duration,
     /// Bytes every stream together may hold waiting behind holes: beyond it, the
     /// streams holding the most spill theirs (dropped, read from the CRI log).
     pub max_buffered: usize,

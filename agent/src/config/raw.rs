@@ -223,6 +223,10 @@ pub struct RawCapture {
     /// Where the pins are: a directory on a bpffs mount.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: String,
+    /// How long a starting agent waits for another agent that holds `pin_dir` (its
+    /// predecessor, still stopping) before it captures unpinned beside it.
+    #[serde(default = "default_pin_wait")]
+    pub pin_wait: String,
     /// Bytes all streams together may hold waiting behind holes; beyond it the streams
     /// holding the most drop theirs and read them from the CRI log instead.
     #[serde(default = "default_max_buffered")]
@@ -244,6 +248,7 @@ impl Default for RawCapture {
             max_pending: default_max_pending(),
             pin: false,
             pin_dir: default_pin_dir(),
+            pin_wait: default_pin_wait(),
             max_buffered: default_max_buffered(),
         }
     }
@@ -505,6 +510,13 @@ fn default_repair_wait() -> String {
 }
 fn default_pin_dir() -> String {
     "/sys/fs/bpf/logtap".to_owned()
+}
+
+/// More than the DaemonSet's `terminationGracePeriodSeconds` (30 s, after which the
+/// kubelet kills a predecessor that is still draining) and a readiness period (10 s:
+/// a `maxSurge` rollout stops the old agent once the new one is ready).
+fn default_pin_wait() -> String {
+    "45s".into()
 }
 
 fn default_claim_wait() -> String {

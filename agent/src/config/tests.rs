@@ -720,6 +720,25 @@ fn capture_pins_are_off_by_default_and_their_directory_must_be_absolute() {
 }
 
 #[test]
+fn the_wait_for_pins_another_agent_holds_is_bounded_and_named_when_wrong() {
+    let yaml = |wait: &str| {
+        format!(
+            "sources:\n  - name: pods\n    include: [\"/x/*.log\"]\n    format: cri\nsinks:\n  local: {{type: stdout}}\ncapture:\n  enabled: true\n  pin: true\n{wait}"
+        )
+    };
+    let wait =
+        |text: &str| Config::parse(&yaml(text), "t.yaml").map(|c| c.capture.unwrap().pin_wait);
+    assert_eq!(wait("").unwrap(), Duration::from_secs(45));
+    assert_eq!(wait("  pin_wait: 0s\n").unwrap(), Duration::ZERO);
+    assert_eq!(wait("  pin_wait: 2m\n").unwrap(), Duration::from_secs(120));
+    let err = wait("  pin_wait: soon\n").unwrap_err().to_string();
+    assert!(err.contains("capture.pin_wait"), "{err}");
+    let err = wait("  pin_wiat: 10s\n").unwrap_err().to_string();
+    assert!(err.contains("unknown field `pin_wiat`"), "{err}");
+    assert!(err.contains("line 10"), "{err}");
+}
+
+#[test]
 fn syslog_inputs_listen_on_tcp_udp_or_unix() {
     let yaml = "sources:\n\
         \x20 - {name: t, type: syslog, listen: \"tcp://127.0.0.1:5514\", max_line_size: 8KiB}\n\

@@ -386,6 +386,7 @@ impl Validator {
             max_pending: self.size("capture.max_pending", &raw.max_pending)? as usize,
             pin_dir: raw.pin.then(|| pin_dir.clone()),
             configured_pin_dir: pin_dir,
+            pin_wait: self.duration("capture.pin_wait", &raw.pin_wait)?,
             max_buffered: self.size("capture.max_buffered", &raw.max_buffered)? as usize,
         }))
     }

@@ -193,6 +193,8 @@ catalogue! {
         "Streams of containers running before the agent started, by how capture took over from their CRI log (result: exact, ambiguous, no_match, unfinished)";
     CAPTURE_PIN_STARTS_TOTAL = "logtap_capture_pin_starts_total", Counter, Some(Unit::Count),
         "Loads of the probes by what they found in the pin directory (result: reused, created, layout_changed, incomplete, removed, locked, failed)";
+    CAPTURE_PIN_WAIT_SECONDS = "logtap_capture_pin_wait_seconds", Gauge, Some(Unit::Seconds),
+        "Time the probes' load waited at start for another agent to release the pin directory";
     CAPTURE_RESUMED_STREAMS_TOTAL = "logtap_capture_resumed_streams_total", Counter, Some(Unit::Count),
         "Streams taken over from the probes' pinned maps at start, by where they continue (to: capture, log)";
     KUBE_PODS_CACHED = "logtap_kube_pods_cached", Gauge, Some(Unit::Count),

@@ -56,7 +56,7 @@ pub(super) struct Services {
     facts: Arc<dyn ContainerFactsSource>,
     container_list: Option<Arc<dyn ContainerList>>,
     capture: Option<CaptureThread>,
-    /// The probes loaded by [`Services::load_capture`], until capture starts.
+    /// The probes loaded before the services started, until capture starts.
     probes: Option<crate::capture::Probes>,
     self_monitor: Option<SelfMonitor>,
     /// The network inputs' sockets, bound at the start (a port below 1024 needs a
@@ -160,13 +160,11 @@ impl Services {
         self.capture.is_some()
     }
 
-    /// Loads the eBPF probes when `config` (the file's) enables capture and the run
-    /// is not one-shot; whether they loaded. Capture starts later, with the sinks
-    /// ([`Self::start_capture`]); the capabilities loading needs are dropped between.
-    pub fn load_capture(&mut self, config: &Config) -> bool {
-        if let Some(capture_config) = config.capture.as_ref().filter(|_| self.capture_wanted()) {
-            self.probes = CaptureThread::load(capture_config);
-        }
+    /// Keeps the eBPF probes ([`CaptureThread::load`]) until capture starts, with the
+    /// sinks ([`Self::start_capture`]; the capabilities loading needs are dropped
+    /// between); whether there are any.
+    pub fn set_probes(&mut self, probes: Option<crate::capture::Probes>) -> bool {
+        self.probes = probes;
         self.probes.is_some()
     }
 

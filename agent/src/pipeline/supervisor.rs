@@ -64,11 +64,27 @@ pub fn run(
     if let Some(selfmon) = &config.self_monitoring {
         crate::selfmon::capture_from_now(selfmon);
     }
+    // The probes first, before the checkpoints are read: pinned probes another agent
+    // still holds (its rollout or restart racing this start) are waited for, so this
+    // agent continues from the checkpoints that one writes as it stops, and ships
+    // nothing while both run (docs/capture.md, "Two agents at once").
+    let capture_wanted = !options.oneshot || options.workload.is_some();
+    let mut probes = config
+        .capture
+        .as_ref()
+        .filter(|_| capture_wanted)
+        .and_then(|capture| crate::capture::CaptureThread::load(capture, &shutdown));
+    // Held to the end of the run, after the sinks closed and the last checkpoints
+    // were written, not only while the probes are in use: the next agent starts once
+    // it is released.
+    let _pin_lock = probes
+        .as_mut()
+        .and_then(crate::capture::Probes::take_pin_lock);
     let mut services = Services::start(&config, options.oneshot, &shutdown)?;
     if options.workload.is_some() {
         services.capture_in_oneshot();
     }
-    let capture_loaded = services.load_capture(&config);
+    let capture_loaded = services.set_probes(probes);
     // Before the sinks: librdkafka's threads block every signal, so they cannot be
     // asked to drop later (see `privileges`).
     let keep = crate::privileges::steady_state_capabilities(capture_loaded);
