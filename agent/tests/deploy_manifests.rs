@@ -529,6 +529,16 @@ fn daemonset_is_consistent_with_its_config_and_rbac() {
         Some("/sys/fs/bpf/logtap"),
         "the pin directory is logtap's own on the node's bpffs"
     );
+    // The next pod waits for its predecessor's pins longer than the kubelet lets that
+    // one drain after SIGTERM (docs/capture.md, "Two agents at once").
+    let grace = pod
+        .termination_grace_period_seconds
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        capture.pin_wait > std::time::Duration::from_secs(grace.unsigned_abs()),
+        "capture.pin_wait {:?} does not outlast terminationGracePeriodSeconds {grace}",
+        capture.pin_wait
+    );
     // Every include glob's fixed prefix is on a mount.
     for s in &config.sources {
         for glob in &s.include {
