@@ -827,7 +827,7 @@ fn a_restarted_agent_takes_over_its_pinned_probes_and_reads_nothing_from_the_log
 /// and shipping nothing, then takes the probes over once the first stopped: every
 /// line once, not one byte read from the CRI log, the first's checkpoints continued.
 /// One that finds them held past its `pin_wait` captures unpinned beside them,
-/// counted.
+/// counted; one stopped while it waits goes without having loaded anything.
 #[test]
 fn a_second_agent_waits_for_the_first_to_stop_and_takes_its_pins_over() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -877,6 +877,27 @@ fn a_second_agent_waits_for_the_first_to_stop_and_takes_its_pins_over() {
     );
     assert!(impatient.stop());
     assert_eq!(pins.layouts().len(), 1, "the first agent's pins left alone");
+    // Stopped while it waits: it goes without having loaded or taken anything.
+    let aside = tempfile::tempdir().unwrap();
+    let mut stopped = Agent::start(aside.path(), &pinned("30s"));
+    wait_for(Duration::from_secs(20), "the stopped agent waiting", || {
+        stopped
+            .log()
+            .contains("another agent holds the pinned probes: waiting")
+    });
+    assert!(
+        stopped.stop(),
+        "a clean stop while waiting\n{}",
+        stopped.log()
+    );
+    assert!(
+        stopped
+            .log()
+            .contains("stopped while waiting for another agent's pinned probes"),
+        "{}",
+        stopped.log()
+    );
+    assert!(!stopped.log().contains("eBPF capture probes attached"));
 
     // On the first one's data directory, as a DaemonSet's next pod is.
     let second = Agent::start(dir.path(), &pinned("30s"));
