@@ -854,12 +854,9 @@ fn load_pinned(
             on_wait();
         }
     };
+    let started = Instant::now();
     let locked = pin::lock_waiting(dir, wait.limit, &stop, on_wait);
-    let waited = match &locked {
-        Ok((_, waited)) => *waited,
-        Err(_) => wait.limit,
-    };
-    metrics::gauge!(CAPTURE_PIN_WAIT_SECONDS).set(waited.as_secs_f64());
+    metrics::gauge!(CAPTURE_PIN_WAIT_SECONDS).set(started.elapsed().as_secs_f64());
     let lock = match locked {
         Ok((lock, waited)) => {
             if !waited.is_zero() {
