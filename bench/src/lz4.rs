@@ -10,7 +10,14 @@
 //! - the C liblz4 (1.10, through the `lz4` crate): `LZ4_compress_fast` with
 //!   acceleration 1 (its default), 2, 4 and 8,
 //! - larger blocks: four consecutive payloads compressed as one (what a 4 MiB
-//!   `batch.max_size` would give, near enough), with both.
+//!   `batch.max_size` would give, near enough), with both,
+//! - smaller blocks: each payload as consecutive pieces just under 64 KiB (lz4's
+//!   16-bit mode), with both,
+//! - each payload's bodies alone, without the metadata columns, with `lz4_flex`: what
+//!   the columns cost lz4.
+//!
+//! It also reports what the payloads are made of (bytes per input byte, and per record
+//! by column of the payload format), decoded with `codec::decode_package`.
 //!
 //! Each compressed block is decompressed once with the store's own reader
 //! (`codec::decompress`, `lz4_flex`), untimed, and must give the payload back: the C
@@ -60,7 +67,17 @@ enum Compressor {
     Flex,
     /// The C liblz4's `LZ4_compress_fast` with this acceleration.
     C(i32),
+    /// `lz4_flex` over consecutive pieces of [`PIECE`] bytes, each its own block:
+    /// under 64 KiB lz4 keeps 16-bit positions (`lz4_flex`'s small table, the C
+    /// library's `byU16` table of twice the entries).
+    FlexPieces,
+    /// The C liblz4, acceleration 1, over the same pieces.
+    CPieces,
 }
+
+/// The piece size of [`Compressor::FlexPieces`]: the largest input lz4 compresses
+/// with 16-bit positions.
+const PIECE: usize = u16::MAX as usize - 1;
 
 impl Compressor {
     fn name(self) -> String {
@@ -68,7 +85,42 @@ impl Compressor {
             Compressor::Flex => "`lz4_flex` (the store's)".into(),
             Compressor::C(1) => "C liblz4, acceleration 1 (default)".into(),
             Compressor::C(a) => format!("C liblz4, acceleration {a}"),
+            Compressor::FlexPieces => "`lz4_flex`, 64 KiB pieces".into(),
+            Compressor::CPieces => "C liblz4, 64 KiB pieces".into(),
         }
+    }
+
+    /// Compresses `payload` into `out`: one block, or for the piece compressors one
+    /// size-prefixed block per piece, one after the other.
+    fn compress_all(
+        self,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+        table: &mut lz4_flex::block::CompressTable,
+    ) -> anyhow::Result<()> {
+        let whole = match self {
+            Compressor::FlexPieces => Compressor::Flex,
+            Compressor::CPieces => Compressor::C(1),
+            single => return single.compress(payload, out),
+        };
+        out.clear();
+        for piece in payload.chunks(PIECE) {
+            if whole == Compressor::Flex {
+                let bound = 4 + lz4_flex::block::get_maximum_output_size(piece.len());
+                scratch.resize(bound, 0);
+                scratch[..4].copy_from_slice(&(piece.len() as u32).to_le_bytes());
+                let n = lz4_flex::block::compress_into_with_table(piece, &mut scratch[4..], table)?;
+                scratch.truncate(4 + n);
+            } else {
+                whole.compress(piece, scratch)?;
+            }
+            // Each piece's length ahead of it (4 bytes per 64 KiB, counted in the
+            // compressed size), so that the check can find the pieces again.
+            out.extend_from_slice(&(scratch.len() as u32).to_le_bytes());
+            out.extend_from_slice(scratch);
+        }
+        Ok(())
     }
 
     /// Compresses `payload` into `out` (size-prefixed lz4 block, as the store writes).
@@ -88,9 +140,38 @@ impl Compressor {
                 )?;
                 out.truncate(n);
             }
+            Compressor::FlexPieces | Compressor::CPieces => {
+                bail!("{} compresses through compress_all", self.name())
+            }
         }
         Ok(())
     }
+}
+
+/// Decompresses what [`Compressor::compress_all`] wrote, with the store's reader
+/// (`codec::decompress`): one size-prefixed block, or for the piece compressors each
+/// piece's block behind its length.
+fn decompress_all(
+    compressor: Compressor,
+    mut blocks: &[u8],
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    if !matches!(compressor, Compressor::FlexPieces | Compressor::CPieces) {
+        return Ok(codec::decompress(blocks, out)?);
+    }
+    out.clear();
+    let mut piece = Vec::new();
+    while let Some((len, rest)) = blocks.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        let block = rest.get(..len).context("truncated piece")?;
+        codec::decompress(block, &mut piece)?;
+        out.extend_from_slice(&piece);
+        blocks = &rest[len..];
+    }
+    if !blocks.is_empty() {
+        bail!("{} bytes after the last piece", blocks.len());
+    }
+    Ok(())
 }
 
 /// One compressor over one set of payloads.
@@ -117,6 +198,7 @@ pub fn run(args: &Lz4Args) -> anyhow::Result<()> {
         Compressor::C(8),
     ];
     let mut results = Vec::new();
+    let mut shapes = Vec::new();
     for (input, label) in [
         (Input::CriTemplated, "CRI (templated)"),
         (Input::CriWords, "CRI, low-redundancy words"),
@@ -135,9 +217,16 @@ pub fn run(args: &Lz4Args) -> anyhow::Result<()> {
             payloads.len(),
             mean >> 10
         );
+        let (bodies, mut shape) = composition(&payloads)?;
+        shape.input_bytes = input_bytes;
+        eprintln!("{label}: {}", shape.text(input_bytes));
+        shapes.push((label, shape));
+        let pieces = [Compressor::FlexPieces, Compressor::CPieces];
         for (blocks, set, which) in [
             ("store's packages", &payloads, &compressors[..]),
             ("4 packages per block", &merged, &compressors[..2]),
+            ("store's packages", &payloads, &pieces[..]),
+            (BODIES_ONLY, &bodies, &compressors[..1]),
         ] {
             for &compressor in which {
                 let m = measure(compressor, set, args.runs)?;
@@ -155,7 +244,11 @@ pub fn run(args: &Lz4Args) -> anyhow::Result<()> {
             }
         }
     }
-    let table = markdown(&results, args.size_mb, args.runs);
+    let mut table = markdown(&results, args.size_mb, args.runs);
+    table.push('\n');
+    for (label, shape) in &shapes {
+        let _ = writeln!(table, "- {label}: {}", shape.text(shape.input_bytes));
+    }
     println!("{table}");
     if let Some(path) = &args.markdown {
         let results = format!(
@@ -235,6 +328,81 @@ fn segment_payloads(segment: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// The "blocks" of the bodies-only rows.
+const BODIES_ONLY: &str = "bodies only (each package's bodies, no columns)";
+
+/// What the payloads handed to lz4 are made of, per column of the payload format
+/// (`codec`'s module docs).
+#[derive(Debug, Default)]
+struct Shape {
+    input_bytes: u64,
+    records: u64,
+    payload: u64,
+    bodies: u64,
+    offsets: u64,
+    timestamps: u64,
+    body_lens: u64,
+    /// Stream bytes, flags and field counts: one byte each per record here.
+    constant: u64,
+    /// Everything else: versions, counts, source fields, fields.
+    rest: u64,
+}
+
+fn varint_len(v: u64) -> u64 {
+    u64::from((64 - (v | 1).leading_zeros()).div_ceil(7))
+}
+
+impl Shape {
+    fn text(&self, input_bytes: u64) -> String {
+        let per = |n: u64| n as f64 / self.records.max(1) as f64;
+        format!(
+            "{} records; payload {:.3} of the input ({:.1} bytes a record): bodies {:.1}, offset deltas {:.2}, timestamp deltas {:.2}, body lengths {:.2}, streams + flags + field counts {:.2}, the rest {:.2}",
+            self.records,
+            self.payload as f64 / input_bytes.max(1) as f64,
+            per(self.payload),
+            per(self.bodies),
+            per(self.offsets),
+            per(self.timestamps),
+            per(self.body_lens),
+            per(self.constant),
+            per(self.rest),
+        )
+    }
+}
+
+/// Decodes every payload: its shape, and each payload's bodies alone (concatenated).
+fn composition(payloads: &[Vec<u8>]) -> anyhow::Result<(Vec<Vec<u8>>, Shape)> {
+    let mut shape = Shape::default();
+    let mut bodies = Vec::with_capacity(payloads.len());
+    for p in payloads {
+        let package = codec::decode_package(&bytes::Bytes::copy_from_slice(p))?;
+        let mut own = Vec::with_capacity(p.len());
+        let (mut offset, mut timestamp) = (0u64, 0i64);
+        let mut columns = 0;
+        for r in &package.records {
+            own.extend_from_slice(&r.body);
+            let delta = r.timestamp_ns.wrapping_sub(timestamp);
+            let zigzag = ((delta << 1) ^ (delta >> 63)) as u64;
+            let o = varint_len(r.offset.wrapping_sub(offset));
+            let t = varint_len(zigzag);
+            let l = varint_len(r.body.len() as u64);
+            let c = 1 + varint_len(u64::from(r.flags.0)) + varint_len(r.fields.len() as u64);
+            shape.offsets += o;
+            shape.timestamps += t;
+            shape.body_lens += l;
+            shape.constant += c;
+            columns += o + t + l + c;
+            (offset, timestamp) = (r.offset, r.timestamp_ns);
+        }
+        shape.records += package.records.len() as u64;
+        shape.payload += p.len() as u64;
+        shape.bodies += own.len() as u64;
+        shape.rest += p.len() as u64 - own.len() as u64 - columns;
+        bodies.push(own);
+    }
+    Ok((bodies, shape))
+}
+
 /// Compresses every payload `runs` times; returns payload bytes, compressed bytes and
 /// the least CPU time of a pass. Every block is checked to decompress, with the store's
 /// reader, to its payload.
@@ -245,10 +413,12 @@ fn measure(
 ) -> anyhow::Result<(u64, u64, Duration)> {
     let mut out = Vec::new();
     let mut back = Vec::new();
+    let mut scratch = Vec::new();
+    let mut table = lz4_flex::block::CompressTable::default();
     let mut compressed = 0u64;
     for p in payloads {
-        compressor.compress(p, &mut out)?;
-        codec::decompress(&out, &mut back)
+        compressor.compress_all(p, &mut out, &mut scratch, &mut table)?;
+        decompress_all(compressor, &out, &mut back)
             .with_context(|| format!("{} wrote a block lz4_flex cannot read", compressor.name()))?;
         if back != *p {
             bail!("{}: a block did not round-trip", compressor.name());
@@ -259,7 +429,7 @@ fn measure(
     for _ in 0..runs.max(1) {
         let start = thread_cpu();
         for p in payloads {
-            compressor.compress(p, &mut out)?;
+            compressor.compress_all(p, &mut out, &mut scratch, &mut table)?;
             std::hint::black_box(&out);
         }
         best = best.min(thread_cpu().saturating_sub(start));
@@ -344,13 +514,37 @@ mod tests {
         for i in 0..20_000u32 {
             payload.extend_from_slice(format!("line {i} of some log text {}\n", i % 7).as_bytes());
         }
-        for c in [Compressor::Flex, Compressor::C(1), Compressor::C(8)] {
+        let (mut scratch, mut table) = (Vec::new(), lz4_flex::block::CompressTable::default());
+        for c in [
+            Compressor::Flex,
+            Compressor::C(1),
+            Compressor::C(8),
+            Compressor::FlexPieces,
+            Compressor::CPieces,
+        ] {
             let mut out = Vec::new();
-            c.compress(&payload, &mut out).unwrap();
+            c.compress_all(&payload, &mut out, &mut scratch, &mut table)
+                .unwrap();
             assert!(out.len() < payload.len() / 2, "{c:?}");
             let mut back = Vec::new();
-            codec::decompress(&out, &mut back).unwrap();
+            decompress_all(c, &out, &mut back).unwrap();
             assert_eq!(back, payload, "{c:?}");
+        }
+        // The payload is over 64 KiB: the piece compressors wrote several blocks.
+        assert!(payload.len() > 2 * PIECE);
+    }
+
+    #[test]
+    fn varint_lengths_match_leb128() {
+        for (v, len) in [
+            (0, 1),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            (u64::MAX, 10),
+        ] {
+            assert_eq!(varint_len(v), len, "{v}");
         }
     }
 
