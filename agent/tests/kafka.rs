@@ -15,8 +15,8 @@ use bytes::Bytes;
 use kafka_fixture::{Broker, Msg};
 use logtap::batch::codec::{Package, Record};
 use logtap::config::network::{
-    ForwardConfig, KafkaCompression, KafkaConfig, MessagePer, SpoolCompression, SpoolConfig,
-    TemplatePart, WhenFull,
+    ForwardConfig, KafkaCompression, KafkaConfig, KafkaValue, MessagePer, SpoolCompression,
+    SpoolConfig, TemplatePart, WhenFull,
 };
 use logtap::frame::{LineFlags, Stream};
 use logtap::sink::destination::{Destination, SpooledPackage};
@@ -38,6 +38,7 @@ fn config(broker: &Broker, topic: Vec<TemplatePart>) -> KafkaConfig {
         properties: BTreeMap::new(),
         message_timeout: Duration::from_secs(5),
         message_per: MessagePer::Record,
+        value: KafkaValue::Lines,
         forward: ForwardConfig {
             spool: SpoolConfig {
                 path: PathBuf::from("/nonexistent"),
