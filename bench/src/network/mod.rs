@@ -489,7 +489,7 @@ fn run_kafka(
         dir,
         input,
         &format!(
-            "    type: kafka\n    brokers: [\"{}\"]\n    topic: {}\n    compression: lz4\n    drain_timeout: {DRAIN_TIMEOUT}\n    message_per: {}\n    value: {}\n{}",
+            "    type: kafka\n    brokers: [\"{}\"]\n    topic: {}\n    compression: lz4\n    drain_timeout: {DRAIN_TIMEOUT}\n    message_per: {}\n{}{}",
             broker.bootstrap(),
             kafka::TOPIC,
             if setup.per_package {
@@ -497,10 +497,11 @@ fn run_kafka(
             } else {
                 "record"
             },
+            // Only when asked: builds before the field refuse it.
             if setup.package_value {
-                "package"
+                "    value: package\n"
             } else {
-                "lines"
+                ""
             },
             if setup.spool_uncompressed {
                 "    spool: {compression: none}\n"
