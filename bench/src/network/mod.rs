@@ -73,7 +73,8 @@ pub struct NetworkArgs {
     /// `<!-- bench-network:begin -->` and `<!-- bench-network:end -->`).
     #[arg(long)]
     markdown: Option<PathBuf>,
-    /// Only scenarios whose name contains this (the store baseline always runs).
+    /// Only scenarios whose name contains this, or one of several separated by `|`
+    /// (the store baseline always runs).
     #[arg(long)]
     only: Option<String>,
     /// The Fluent Bit binary for its Kafka row (default: $LOGTAP_FLUENT_BIT, then
@@ -247,7 +248,11 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
     let selected: Vec<Scenario> = scenarios()
         .into_iter()
         .filter(|s| {
-            s.dest == Dest::Store || args.only.as_deref().is_none_or(|o| s.name.contains(o))
+            s.dest == Dest::Store
+                || args
+                    .only
+                    .as_deref()
+                    .is_none_or(|o| o.split('|').any(|o| s.name.contains(o)))
         })
         .filter(|s| s.dest != Dest::FluentBitKafka || fluent_bit.is_ok())
         .collect();
