@@ -14,9 +14,9 @@
 //! would hold), or with `value: package` one object that holds what they share once
 //! ([`value`]), cut before `message.max.bytes`; `logtap.offset` is the run's first
 //! record's and `logtap.records` counts its records (`logtap.value: package` marks the
-//! second form). Each outcome then settles the run's
-//! records together ([`Reports::settle_message`]), so everything below (retries,
-//! skipping what an earlier attempt delivered, refusals) works per record either way.
+//! second form). Each outcome then settles the run's records together
+//! ([`Reports::settle_message`]), so everything below (retries, skipping what an
+//! earlier attempt delivered, refusals) works per record either way.
 //!
 //! # Acknowledgement
 //!
@@ -71,6 +71,7 @@ use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
 
 use super::destination::{Delivered, Destination, Rejected, SendError, SpooledPackage};
+use crate::batch::codec::Record;
 use crate::config::network::{KafkaConfig, KafkaValue, MessagePer, TemplatePart};
 use crate::sink::store::render::PackageJson;
 use crate::source::SourceInfo;
@@ -399,7 +400,7 @@ impl KafkaDestination {
     }
 
     /// Appends `rec` (of `sp`) to the run's value in `line`; `first`: it begins it.
-    fn push_record(&mut self, sp: &SpooledPackage, rec: &crate::batch::codec::Record, first: bool) {
+    fn push_record(&mut self, sp: &SpooledPackage, rec: &Record, first: bool) {
         match self.value {
             KafkaValue::Lines => {
                 let fields = rec.fields.iter().map(|(k, v)| (&k[..], &v[..]));
