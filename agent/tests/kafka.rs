@@ -7,6 +7,7 @@ mod common;
 mod kafka_fixture;
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +16,8 @@ use bytes::Bytes;
 use kafka_fixture::{Broker, Msg};
 use logtap::batch::codec::{Package, Record};
 use logtap::config::network::{
-    ForwardConfig, KafkaCompression, KafkaConfig, MessagePer, SpoolCompression, SpoolConfig,
-    TemplatePart, WhenFull,
+    ForwardConfig, KafkaCompression, KafkaConfig, KafkaValue, MessagePer, SpoolCompression,
+    SpoolConfig, TemplatePart, WhenFull,
 };
 use logtap::frame::{LineFlags, Stream};
 use logtap::sink::destination::{Destination, SpooledPackage};
@@ -38,6 +39,7 @@ fn config(broker: &Broker, topic: Vec<TemplatePart>) -> KafkaConfig {
         properties: BTreeMap::new(),
         message_timeout: Duration::from_secs(5),
         message_per: MessagePer::Record,
+        value: KafkaValue::Lines,
         forward: ForwardConfig {
             spool: SpoolConfig {
                 path: PathBuf::from("/nonexistent"),
@@ -319,7 +321,16 @@ fn a_retry_of_package_runs_skips_what_the_failed_attempt_delivered() {
     retry_skips_what_the_failed_attempt_delivered(MessagePer::Package);
 }
 
+#[test]
+fn a_retry_of_package_values_skips_what_the_failed_attempt_delivered() {
+    retry_skips_what_the_failed_attempt_delivered_as(MessagePer::Package, KafkaValue::Package);
+}
+
 fn retry_skips_what_the_failed_attempt_delivered(message_per: MessagePer) {
+    retry_skips_what_the_failed_attempt_delivered_as(message_per, KafkaValue::Lines);
+}
+
+fn retry_skips_what_the_failed_attempt_delivered_as(message_per: MessagePer, value: KafkaValue) {
     let Some(mut broker) = Broker::start() else {
         return;
     };
@@ -331,6 +342,7 @@ fn retry_skips_what_the_failed_attempt_delivered(message_per: MessagePer) {
     let mut cfg = config(&broker, template);
     cfg.message_timeout = Duration::from_secs(3);
     cfg.message_per = message_per;
+    cfg.value = value;
     let mut dest = KafkaDestination::new(&cfg).unwrap();
     let (a, b) = (source(0xa), source(0xb));
     let window = vec![
@@ -362,13 +374,17 @@ fn retry_skips_what_the_failed_attempt_delivered(message_per: MessagePer) {
     assert_eq!(dest.last_skipped(), 0);
 }
 
-/// Messages as one record each: runs of `message_per: package` split into their lines.
+/// Messages as one record each: runs of `message_per: package` split into their lines
+/// or, with `value: package`, their records.
 fn unbatched(msgs: &[Msg]) -> Vec<Msg> {
     msgs.iter()
-        .flat_map(|m| match m.header("logtap.records") {
-            Some(_) => m.split_run(),
-            None => vec![m.clone()],
-        })
+        .flat_map(
+            |m| match (m.header("logtap.records"), m.header("logtap.value")) {
+                (Some(_), Some("package")) => m.split_package(),
+                (Some(_), _) => m.split_run(),
+                (None, _) => vec![m.clone()],
+            },
+        )
         .collect()
 }
 
@@ -417,6 +433,121 @@ fn package_runs_carry_every_record_once_as_json_lines() {
     let mut expected = window.clone();
     expected[4].package.records.remove(5);
     assert_exactly(&expected, &unbatched(&msgs));
+}
+
+/// `value: package`: a consumer decodes each message back to exactly the records sent
+/// — bodies, paths, resource and fields byte for byte, also where they are not UTF-8;
+/// streams, flags, offsets and times — with the headers of its first record. Runs are
+/// cut under the client's size limit, and a record larger than it is refused alone.
+#[test]
+fn package_values_decode_to_exactly_the_records_sent() {
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
+    broker.create_topic("values", 2);
+    let mut cfg = config(&broker, fixed("values"));
+    cfg.message_per = MessagePer::Package;
+    cfg.value = KafkaValue::Package;
+    cfg.properties
+        .insert("message.max.bytes".into(), "20000".into());
+    let mut dest = KafkaDestination::new(&cfg).unwrap();
+    let odd = Arc::new(SourceInfo {
+        id: SourceId(0x0dd),
+        kind: SourceKind::Capture,
+        path: std::ffi::OsStr::from_bytes(b"cgroup:/pods/\xff\"q\"#stdout").into(),
+        config_name: Arc::from("captured"),
+    });
+    let mut window = Vec::new();
+    for (seq, s) in [source(0x3001), odd.clone(), source(0x3002)]
+        .iter()
+        .enumerate()
+    {
+        let mut p = package(seq as u64 + 1, s, Some("shop"), seq as u64, 250);
+        p.package.source_fields.push((
+            Bytes::from_static(b"k8s.pod.label.\xfe"),
+            Bytes::from_static(b"\xff"),
+        ));
+        for (i, r) in p.package.records.iter_mut().enumerate() {
+            r.stream = [Stream::Stdout, Stream::Stdout, Stream::Stderr, Stream::None][i % 4];
+            r.timestamp_ns = 1_700_000_000_123_456_789 - i as i64 * 7_919;
+            match i % 5 {
+                0 => r.body = Bytes::from_static(b"invalid \xc3\x28 utf-8 \"quoted\"\n\t\x01"),
+                1 => r.body = Bytes::new(),
+                2 => r.flags = LineFlags::TRUNCATED | LineFlags::REASSEMBLED,
+                3 => r.fields.push((
+                    Bytes::from_static(b"bin\x80"),
+                    Bytes::from_static(b"\x00\xff"),
+                )),
+                _ => r.body = Bytes::from("héllo 😀 {\"json\": [1, 2]}"),
+            }
+        }
+        window.push(p);
+    }
+    window[1].package.records[100].body = Bytes::from(vec![b'y'; 30_000]);
+    let delivered = dest.send(&window).expect("send");
+    assert_eq!(delivered.rejected.len(), 1, "{delivered:?}");
+    let r = &delivered.rejected[0];
+    assert_eq!(
+        (r.package, r.records.as_deref(), r.reason),
+        (1, Some(&[100][..]), "too_large")
+    );
+
+    let total = 3 * 250 - 1;
+    let msgs = broker.consume_records("values", total, CONSUME);
+    assert!(
+        msgs.iter().all(|m| m.value.len() <= 20_000 - 4096),
+        "values stay under the limit"
+    );
+    assert!(msgs.len() >= 3 * 2, "packages cut into several values");
+    // Per package, in partition order: the values' records back to back.
+    let mut got: BTreeMap<(String, u64), (kafka_fixture::PackageValue, Vec<Record>)> =
+        BTreeMap::new();
+    let mut sorted: Vec<&Msg> = msgs.iter().collect();
+    sorted.sort_by_key(|m| (m.partition, m.offset));
+    for m in sorted {
+        let v = m.package_value();
+        assert_eq!(m.key.as_deref(), Some(v.source_id.as_bytes()));
+        let entry = got
+            .entry((v.source_id.clone(), v.package_id))
+            .or_insert_with(|| (v.clone(), Vec::new()));
+        assert_eq!(
+            (&entry.0.path, &entry.0.resource, &entry.0.origin),
+            (&v.path, &v.resource, &v.origin),
+            "every value of a package says the same of it"
+        );
+        entry.1.extend(v.records);
+    }
+    assert_eq!(got.len(), 3, "{:?}", got.keys());
+    let mut expected = window.clone();
+    expected[1].package.records.remove(100);
+    for sp in &expected {
+        let (v, records) = &got[&(format!("{:016x}", sp.source.id.0), sp.package_id)];
+        assert_eq!(v.path, sp.source.path.as_os_str().as_bytes());
+        let mut resource: Vec<(Vec<u8>, Vec<u8>)> = sp
+            .package
+            .source_fields
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        resource.sort();
+        assert_eq!(v.resource, resource);
+        let captured = sp.source.kind == SourceKind::Capture;
+        assert_eq!(v.origin.as_deref(), captured.then_some("ebpf"));
+        let sent: Vec<Record> = sp
+            .package
+            .records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.fields.sort();
+                r
+            })
+            .collect();
+        assert_eq!(records.len(), sent.len());
+        for (got, sent) in records.iter().zip(&sent) {
+            assert_eq!(got, sent);
+        }
+    }
 }
 
 /// A record over the producer's size limit is refused for good, alone; the rest of its

@@ -91,6 +91,18 @@ pub enum MessagePer {
     Package,
 }
 
+/// The value of a `message_per: package` message (`value:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaValue {
+    /// The run's records as JSON lines, each the `file` sink's object (the default).
+    Lines,
+    /// One JSON object: what the run's records share (source id, path, package id,
+    /// resource, stream) once, then `records`, each with only its own members. About
+    /// half the bytes of `Lines` for container logs, so half the JSON to render and
+    /// for the client to compress (docs/configuration.md has the schema).
+    Package,
+}
+
 /// One part of a topic template: `logs-{k8s.namespace}` is
 /// `[Literal("logs-"), Field("k8s.namespace")]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +151,9 @@ pub struct KafkaConfig {
     pub message_timeout: Duration,
     /// One message per record or per run of a package's records.
     pub message_per: MessagePer,
+    /// What a `message_per: package` message's value looks like; always `Lines` with
+    /// `message_per: record` (the validator refuses `Package` there).
+    pub value: KafkaValue,
     pub forward: ForwardConfig,
 }
 

@@ -171,6 +171,10 @@ pub struct RawKafka {
     /// a package's records, their JSON lines as the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_per: Option<String>,
+    /// With `message_per: package`: `lines` (default), the records' JSON lines; or
+    /// `package`, one object with the shared fields once and a `records` array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     #[serde(default)]
     pub spool: RawSpool,
     /// Records the destination refuses for good are appended here (NDJSON).

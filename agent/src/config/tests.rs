@@ -906,3 +906,51 @@ fn kafka_message_per_takes_record_or_package_and_names_a_typo() {
         "{e}"
     );
 }
+
+#[test]
+fn kafka_value_takes_lines_or_package_and_names_a_typo() {
+    let sink = |extra: &str| {
+        format!(
+            "sinks:\n  hub:\n    type: kafka\n    brokers: [\"127.0.0.1:9092\"]\n    topic: t\n{extra}"
+        )
+    };
+    let kafka = |yaml: &str| {
+        let c = Config::parse(yaml, "t.yaml").unwrap();
+        let SinkConfig::Kafka(k) = &c.sinks["hub"] else {
+            panic!("{:?}", c.sinks["hub"]);
+        };
+        (k.message_per, k.value)
+    };
+    use network::{KafkaValue, MessagePer};
+    assert_eq!(kafka(&sink("")), (MessagePer::Record, KafkaValue::Lines));
+    assert_eq!(
+        kafka(&sink("    message_per: package\n")),
+        (MessagePer::Package, KafkaValue::Lines)
+    );
+    assert_eq!(
+        kafka(&sink("    message_per: package\n    value: package\n")),
+        (MessagePer::Package, KafkaValue::Package)
+    );
+    let err = |extra: &str| {
+        Config::parse(&sink(extra), "t.yaml")
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("    message_per: package\n    value: packge\n");
+    assert!(
+        e.contains("sinks.hub.value") && e.contains("\"packge\": expected lines or package"),
+        "{e}"
+    );
+    let e = err("    value: package\n");
+    assert!(
+        e.contains("sinks.hub.value") && e.contains("needs message_per: package"),
+        "{e}"
+    );
+    // A typo in the field's name: the sink's line (serde reports a field of an
+    // internally tagged enum at the enum's start).
+    let e = err("    message_per: package\n    valeu: package\n");
+    assert!(
+        e.contains("unknown field `valeu`") && e.contains("line 2"),
+        "{e}"
+    );
+}

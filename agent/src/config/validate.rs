@@ -1021,7 +1021,7 @@ impl Validator {
         k: &schema::RawKafka,
         data_dir: &Path,
     ) -> Result<network::KafkaConfig, ConfigError> {
-        use network::{KafkaCompression, KafkaSasl, KafkaTls, MessagePer};
+        use network::{KafkaCompression, KafkaSasl, KafkaTls, KafkaValue, MessagePer};
         let field = |f: &str| format!("{prefix}.{f}");
         if k.brokers.is_empty() {
             return Err(self.invalid(&field("brokers"), "at least one host:port".into()));
@@ -1078,6 +1078,23 @@ impl Validator {
                 ));
             }
         };
+        let value = match k.value.as_deref().unwrap_or("lines") {
+            "lines" => KafkaValue::Lines,
+            "package" if message_per == MessagePer::Package => KafkaValue::Package,
+            "package" => {
+                return Err(self.invalid(
+                    &field("value"),
+                    "package needs message_per: package (a message per record is that record's JSON)"
+                        .into(),
+                ));
+            }
+            other => {
+                return Err(self.invalid(
+                    &field("value"),
+                    format!("{other:?}: expected lines or package"),
+                ));
+            }
+        };
         let sasl = match &k.sasl {
             Some(s) => {
                 if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&s.mechanism.as_str()) {
@@ -1114,6 +1131,7 @@ impl Validator {
             message_timeout: self
                 .kafka_message_timeout(&field("message_timeout"), &k.message_timeout)?,
             message_per,
+            value,
             forward: self.forward(
                 prefix,
                 ForwardFields {

@@ -11,10 +11,12 @@
 //!
 //! With `message_per: package`, consecutive records of a package share one message:
 //! the value is their JSON lines (NDJSON, each line what the record's own message
-//! would hold), cut before `message.max.bytes`; `logtap.offset` is the run's first
-//! record's and `logtap.records` counts its lines. Each outcome then settles the run's
-//! records together ([`Reports::settle_message`]), so everything below (retries,
-//! skipping what an earlier attempt delivered, refusals) works per record either way.
+//! would hold), or with `value: package` one object that holds what they share once
+//! ([`value`]), cut before `message.max.bytes`; `logtap.offset` is the run's first
+//! record's and `logtap.records` counts its records (`logtap.value: package` marks the
+//! second form). Each outcome then settles the run's records together
+//! ([`Reports::settle_message`]), so everything below (retries, skipping what an
+//! earlier attempt delivered, refusals) works per record either way.
 //!
 //! # Acknowledgement
 //!
@@ -53,6 +55,9 @@
 //! headers (`RD_KAFKA_MSG_F_COPY`) and batches per partition (`linger.ms` 5,
 //! `batch.size` 1 MB). The per-message allocations left are librdkafka's own and the
 //! `rdkafka` crate's (the message, its header list, the topic name as a C string).
+//! With `message_per: package` most of the CPU left is the JSON: rendering it and
+//! librdkafka's compression of it. `value: package` writes what a run's records share
+//! once, about half the bytes of the JSON lines for container logs (docs/benchmarks.md).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -66,9 +71,12 @@ use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
 
 use super::destination::{Delivered, Destination, Rejected, SendError, SpooledPackage};
-use crate::config::network::{KafkaConfig, MessagePer, TemplatePart};
+use crate::batch::codec::Record;
+use crate::config::network::{KafkaConfig, KafkaValue, MessagePer, TemplatePart};
 use crate::sink::store::render::PackageJson;
 use crate::source::SourceInfo;
+
+mod value;
 
 /// Kafka's longest legal topic name.
 const MAX_TOPIC_LEN: usize = 249;
@@ -214,6 +222,8 @@ pub struct KafkaDestination {
     key: Option<String>,
     message_timeout: Duration,
     message_per: MessagePer,
+    /// With `message_per: package`: the runs' values as JSON lines or one object.
+    value: KafkaValue,
     /// With `message_per: package`, the largest value a message gets (one record
     /// larger than that is a message of its own, and the client's limit decides).
     max_value_bytes: usize,
@@ -233,10 +243,11 @@ pub struct KafkaDestination {
     /// gets a new producer id and starts its sequences afresh: correct on any broker,
     /// and it costs a reconnect once per failed window.
     renew: bool,
-    /// Reused buffers: the record's JSON (and its package's shared parts), its topic,
-    /// key and header values.
+    /// Reused buffers: the record's JSON or the run's value (and its package's shared
+    /// parts, in the form `value` asks for), its topic, key and header values.
     line: Vec<u8>,
     json: PackageJson,
+    package_value: value::PackageValue,
     topic_buf: String,
     key_buf: Vec<u8>,
     source_id_buf: String,
@@ -261,6 +272,7 @@ impl KafkaDestination {
             key: config.key.clone(),
             message_timeout: config.message_timeout,
             message_per: config.message_per,
+            value: config.value,
             max_value_bytes: max_value_bytes(config),
             next_opaque: 0,
             delivered_before: HashMap::new(),
@@ -268,6 +280,7 @@ impl KafkaDestination {
             renew: false,
             line: Vec::with_capacity(4096),
             json: PackageJson::default(),
+            package_value: value::PackageValue::default(),
             topic_buf: String::new(),
             key_buf: Vec::new(),
             source_id_buf: String::new(),
@@ -305,7 +318,10 @@ impl KafkaDestination {
             let _ = write!(self.source_id_buf, "{:016x}", sp.source.id.0);
             self.package_id_buf.clear();
             let _ = write!(self.package_id_buf, "{}", sp.package_id);
-            sp.reset_json(&mut self.json);
+            match self.value {
+                KafkaValue::Lines => sp.reset_json(&mut self.json),
+                KafkaValue::Package => self.package_value.reset(sp),
+            }
             if self.message_per == MessagePer::Package {
                 self.produce_runs(sp, self.starts[p], base);
                 continue;
@@ -335,36 +351,41 @@ impl KafkaDestination {
     }
 
     /// `message_per: package`: produces the records of `sp` not yet delivered as runs
-    /// of consecutive records, each run's JSON lines one message of at most
+    /// of consecutive records, each run one message whose value is at most
     /// `max_value_bytes`. A run's `logtap.offset` is its first record's; a skipped
     /// record (delivered by an earlier attempt) ends the run before it.
     ///
-    /// Records are rendered straight into `line`, the run's value: the one that does
-    /// not fit is moved to the front once the run before it is produced, so the JSON
-    /// is copied once (by librdkafka), not once more per record.
+    /// Records are rendered straight into `line`, the run's value. The one that does
+    /// not fit is cut off, and rendered again as the first of the next run once the
+    /// run before it is produced (once per message: the JSON is not copied per record).
     fn produce_runs(&mut self, sp: &SpooledPackage, start: usize, base: usize) {
         let retrying = self.last_skipped > 0;
-        // (index of the run's first record, records in it); its lines are in `line`.
+        // (index of the run's first record, records in it); its value is in `line`.
         let mut run: Option<(usize, usize)> = None;
+        let end = match self.value {
+            KafkaValue::Lines => &b""[..],
+            KafkaValue::Package => value::END,
+        };
         self.line.clear();
         for (r, rec) in sp.package.records.iter().enumerate() {
             let index = start + r;
             if retrying && self.reports().outcomes[index] == Outcome::Skipped {
                 if let Some((first, n)) = run.take() {
-                    self.produce_run(sp, start, first, n, base, self.line.len());
+                    self.line.extend_from_slice(end);
+                    self.produce_run(sp, start, first, n, base);
                     self.line.clear();
                 }
                 continue;
             }
             let mark = self.line.len();
-            let fields = rec.fields.iter().map(|(k, v)| (&k[..], &v[..]));
-            // Each line ends in `\n`: exactly the record's own message value.
-            self.json
-                .write_record(&mut self.line, &sp.view(rec), fields, false);
+            self.push_record(sp, rec, run.is_none());
             run = match run {
-                Some((first, n)) if self.line.len() > self.max_value_bytes => {
-                    self.produce_run(sp, start, first, n, base, mark);
-                    self.line.drain(..mark);
+                Some((first, n)) if self.line.len() + end.len() > self.max_value_bytes => {
+                    self.line.truncate(mark);
+                    self.line.extend_from_slice(end);
+                    self.produce_run(sp, start, first, n, base);
+                    self.line.clear();
+                    self.push_record(sp, rec, true);
                     Some((index, 1))
                 }
                 Some((first, n)) => Some((first, n + 1)),
@@ -372,13 +393,27 @@ impl KafkaDestination {
             };
         }
         if let Some((first, n)) = run {
-            self.produce_run(sp, start, first, n, base, self.line.len());
+            self.line.extend_from_slice(end);
+            self.produce_run(sp, start, first, n, base);
         }
         self.line.clear();
     }
 
-    /// Produces the run in `line[..len]`: `n` records from index `first` of the
-    /// attempt (the package's records start at `start`).
+    /// Appends `rec` (of `sp`) to the run's value in `line`; `first`: it begins it.
+    fn push_record(&mut self, sp: &SpooledPackage, rec: &Record, first: bool) {
+        match self.value {
+            KafkaValue::Lines => {
+                let fields = rec.fields.iter().map(|(k, v)| (&k[..], &v[..]));
+                // Each line ends in `\n`: exactly the record's own message value.
+                self.json
+                    .write_record(&mut self.line, &sp.view(rec), fields, false);
+            }
+            KafkaValue::Package => self.package_value.push(&mut self.line, rec, first),
+        }
+    }
+
+    /// Produces the run in `line`: `n` records from index `first` of the attempt (the
+    /// package's records start at `start`).
     fn produce_run(
         &mut self,
         sp: &SpooledPackage,
@@ -386,7 +421,6 @@ impl KafkaDestination {
         first: usize,
         n: usize,
         base: usize,
-        len: usize,
     ) {
         let first_record = &sp.package.records[first - start];
         self.offset_buf.clear();
@@ -394,7 +428,7 @@ impl KafkaDestination {
         self.records_buf.clear();
         let _ = write!(self.records_buf, "{n}");
         self.reports().run_len[first] = n as u32;
-        if let Err(code) = self.produce_one(base + first, &self.line[..len], true) {
+        if let Err(code) = self.produce_one(base + first, &self.line, true) {
             self.reports().settle_message(first, Outcome::Failed(code));
         }
         self.producer.poll(Duration::ZERO);
@@ -402,7 +436,8 @@ impl KafkaDestination {
 
     /// Hands one message (`value`, the other buffers' contents) to librdkafka, waiting
     /// while its queue is full.
-    /// With `with_count`, the message is a run and carries `logtap.records`.
+    /// With `with_count`, the message is a run and carries `logtap.records` (and
+    /// `logtap.value: package` when its value is that object).
     fn produce_one(
         &self,
         opaque: usize,
@@ -410,7 +445,7 @@ impl KafkaDestination {
         with_count: bool,
     ) -> Result<(), RDKafkaErrorCode> {
         loop {
-            let mut headers = OwnedHeaders::new_with_capacity(4)
+            let mut headers = OwnedHeaders::new_with_capacity(5)
                 .insert(Header {
                     key: "logtap.source_id",
                     value: Some(self.source_id_buf.as_str()),
@@ -428,6 +463,12 @@ impl KafkaDestination {
                     key: "logtap.records",
                     value: Some(self.records_buf.as_str()),
                 });
+                if self.value == KafkaValue::Package {
+                    headers = headers.insert(Header {
+                        key: "logtap.value",
+                        value: Some("package"),
+                    });
+                }
             }
             let record = BaseRecord::with_opaque_to(&self.topic_buf, opaque)
                 .key(&self.key_buf[..])
@@ -983,6 +1024,7 @@ mod tests {
             properties: [("linger.ms".to_string(), "50".to_string())].into(),
             message_timeout: Duration::from_secs(30),
             message_per: crate::config::network::MessagePer::Record,
+            value: KafkaValue::Lines,
             forward: ForwardConfig {
                 spool: SpoolConfig {
                     path: "/x".into(),

@@ -24,6 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use logtap::batch::codec::Record;
+use logtap::frame::{LineFlags, Stream};
+use logtap::sink::store::b64;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -104,6 +107,171 @@ impl Msg {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.value).expect("message value is JSON")
     }
+
+    /// A message of `value: package` (its `logtap.value` header says so) decoded as a
+    /// consumer would: the package it came from and its records, bytes as they were
+    /// sent (`…_base64` members decoded). Checks the headers against the value: the
+    /// source and package ids, the first record's offset, the record count.
+    pub fn package_value(&self) -> PackageValue {
+        assert_eq!(self.header("logtap.value"), Some("package"));
+        let v = self.json();
+        let source_id = v["source_id"].as_str().expect("source_id").to_owned();
+        assert_eq!(self.header("logtap.source_id"), Some(source_id.as_str()));
+        let package_id = v["package_id"].as_u64().expect("package_id");
+        assert_eq!(
+            self.header("logtap.package_id"),
+            Some(package_id.to_string().as_str())
+        );
+        let path = bytes_member(&v, "path").expect("path");
+        let mut resource = pairs_member(&v, "resource");
+        resource.sort();
+        let stream = v.get("stream").map_or(Stream::None, stream_of);
+        let records: Vec<Record> = v["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .map(|r| {
+                let mut fields = pairs_member(r, "fields");
+                fields.sort();
+                Record {
+                    offset: r["offset"].as_u64().expect("offset"),
+                    timestamp_ns: r["timestamp_ns"].as_i64().expect("timestamp_ns"),
+                    stream: r.get("stream").map_or(stream, stream_of),
+                    flags: r.get("flags").map_or(LineFlags::empty(), flags_of),
+                    body: bytes_member(r, "body").expect("body").into(),
+                    fields: fields
+                        .into_iter()
+                        .map(|(k, v)| (k.into(), v.into()))
+                        .collect(),
+                }
+            })
+            .collect();
+        assert_eq!(records.len(), self.records(), "logtap.records counts them");
+        assert_eq!(
+            self.header("logtap.offset"),
+            Some(records[0].offset.to_string().as_str()),
+            "logtap.offset is the first record's"
+        );
+        PackageValue {
+            source_id,
+            path,
+            package_id,
+            resource,
+            origin: v
+                .get("origin")
+                .map(|o| o.as_str().expect("origin").to_owned()),
+            records,
+        }
+    }
+
+    /// A message of `value: package` as the messages of one record each that
+    /// `message_per: record` would have made, less their `ts`: each record's members
+    /// with the message's shared ones (a record's `stream` wins, `null` meaning none;
+    /// absent `flags` and `fields` are empty), its `logtap.offset` the record's.
+    pub fn split_package(&self) -> Vec<Msg> {
+        let mut shared = match self.json() {
+            serde_json::Value::Object(m) => m,
+            other => panic!("a package value is an object: {other}"),
+        };
+        let Some(serde_json::Value::Array(records)) = shared.remove("records") else {
+            panic!("a package value has records");
+        };
+        assert_eq!(records.len(), self.records(), "logtap.records counts them");
+        records
+            .into_iter()
+            .map(|r| {
+                let mut full = shared.clone();
+                full.insert("flags".into(), serde_json::json!([]));
+                full.insert("fields".into(), serde_json::json!({}));
+                full.extend(r.as_object().expect("a record is an object").clone());
+                if full.get("stream") == Some(&serde_json::Value::Null) {
+                    full.remove("stream");
+                }
+                let offset = full["offset"].as_u64().expect("offset").to_string();
+                let mut headers: Vec<(String, Vec<u8>)> = self
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        !["logtap.offset", "logtap.records", "logtap.value"].contains(&k.as_str())
+                    })
+                    .cloned()
+                    .collect();
+                headers.push(("logtap.offset".into(), offset.into_bytes()));
+                Msg {
+                    headers,
+                    value: serde_json::to_vec(&full).unwrap(),
+                    ..self.clone()
+                }
+            })
+            .collect()
+    }
+}
+
+/// What a `value: package` message holds, decoded ([`Msg::package_value`]). Field
+/// pairs are sorted: JSON objects keep no order, and pairs that are not UTF-8 sit in
+/// a separate `…_base64` object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackageValue {
+    pub source_id: String,
+    pub path: Vec<u8>,
+    pub package_id: u64,
+    pub resource: Vec<(Vec<u8>, Vec<u8>)>,
+    pub origin: Option<String>,
+    pub records: Vec<Record>,
+}
+
+fn stream_of(v: &serde_json::Value) -> Stream {
+    match v.as_str() {
+        None if v.is_null() => Stream::None,
+        Some("stdout") => Stream::Stdout,
+        Some("stderr") => Stream::Stderr,
+        _ => panic!("stream {v}"),
+    }
+}
+
+fn flags_of(v: &serde_json::Value) -> LineFlags {
+    let mut flags = LineFlags::empty();
+    for name in v.as_array().expect("flags") {
+        let name = name.as_str().expect("a flag is a string");
+        let bit = (0..16)
+            .map(|b| LineFlags(1 << b))
+            .find(|f| f.names().next() == Some(name))
+            .unwrap_or_else(|| panic!("flag {name}"));
+        flags.insert(bit);
+    }
+    flags
+}
+
+/// `name` (UTF-8) or `name_base64` of `v`, as bytes.
+fn bytes_member(v: &serde_json::Value, name: &str) -> Option<Vec<u8>> {
+    if let Some(s) = v.get(name) {
+        return Some(s.as_str().expect("a string").as_bytes().to_vec());
+    }
+    let b64 = v.get(format!("{name}_base64"))?.as_str().expect("base64");
+    Some(b64::decode(b64).expect("valid base64"))
+}
+
+/// The pairs of object `name` (UTF-8) and `name_base64` (both sides base64) of `v`.
+fn pairs_member(v: &serde_json::Value, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Some(m) = v.get(name) {
+        for (k, v) in m.as_object().expect("an object") {
+            out.push((
+                k.as_bytes().to_vec(),
+                v.as_str().expect("a string").as_bytes().to_vec(),
+            ));
+        }
+    }
+    if let Some(m) = v.get(format!("{name}_base64")) {
+        for (k, v) in m.as_object().expect("an object") {
+            let v = v.as_str().expect("base64");
+            out.push((
+                b64::decode(k).expect("base64"),
+                b64::decode(v).expect("base64"),
+            ));
+        }
+    }
+    out
 }
 
 /// Where the tansu binary is, if anywhere.

@@ -55,10 +55,11 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// What the consumer found in the topic.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counted {
-    /// Records read, duplicates included: a message each, or the lines of a
-    /// `message_per: package` run (a message with a `logtap.records` header).
+    /// Records read, duplicates included: a message each, or the records of a
+    /// `message_per: package` run (a message with a `logtap.records` header): its
+    /// lines, or the elements of its `records` with `value: package`.
     pub messages: u64,
-    /// Distinct record offsets — `logtap.offset` headers, or each run line's `offset`
+    /// Distinct record offsets — `logtap.offset` headers, or each run record's `offset`
     /// (the input is one source, so one offset per record): `messages - distinct` are
     /// duplicates.
     pub distinct: u64,
@@ -190,38 +191,20 @@ impl Broker {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     last = Instant::now();
-                    let header = |name: &str| {
-                        m.headers().and_then(|h| {
+                    let headers: Vec<(&str, &[u8])> = m
+                        .headers()
+                        .map(|h| {
                             h.iter()
-                                .find(|h| h.key == name)
-                                .and_then(|h| h.value)
-                                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                                .map(|h| (h.key, h.value.unwrap_or_default()))
+                                .collect()
                         })
-                    };
-                    if header("logtap.records").is_some() {
-                        for line in m.payload().unwrap_or_default().split(|&b| b == b'\n') {
-                            if line.is_empty() {
-                                continue;
-                            }
-                            counted.messages += 1;
-                            let json: serde_json::Value =
-                                serde_json::from_slice(line).context("a run's line is not JSON")?;
-                            match json["offset"].as_u64() {
-                                Some(o) => {
-                                    offsets.insert(o);
-                                }
-                                None => counted.without_offset += 1,
-                            }
-                        }
-                        continue;
-                    }
-                    counted.messages += 1;
-                    match header("logtap.offset") {
-                        Some(o) => {
-                            offsets.insert(o);
-                        }
-                        None => counted.without_offset += 1,
-                    }
+                        .unwrap_or_default();
+                    count_message(
+                        &headers,
+                        m.payload().unwrap_or_default(),
+                        &mut counted,
+                        &mut offsets,
+                    )?;
                 }
                 Some(Err(e)) => bail!("kafka consumer: {e}"),
                 None => {}
@@ -272,6 +255,63 @@ impl Broker {
     }
 }
 
+/// Counts the records of one message and collects their offsets: a message of one
+/// record (its `logtap.offset` header), a run of JSON lines (`logtap.records`, each
+/// line's `offset`), or a `value: package` object (`logtap.value: package`, each
+/// element of its `records`). A run whose records do not match its `logtap.records`
+/// header is an error: the agent would have sent a wrong count.
+fn count_message(
+    headers: &[(&str, &[u8])],
+    payload: &[u8],
+    counted: &mut Counted,
+    offsets: &mut HashSet<u64>,
+) -> anyhow::Result<()> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    };
+    let mut add = |offset: Option<u64>| {
+        counted.messages += 1;
+        match offset {
+            Some(o) => {
+                offsets.insert(o);
+            }
+            None => counted.without_offset += 1,
+        }
+    };
+    let Some(records) = header("logtap.records") else {
+        add(header("logtap.offset").and_then(|o| o.parse().ok()));
+        return Ok(());
+    };
+    let records: usize = records.parse().context("logtap.records is not a number")?;
+    let found = if header("logtap.value") == Some("package") {
+        let value: serde_json::Value =
+            serde_json::from_slice(payload).context("a package value is not JSON")?;
+        let list = value["records"]
+            .as_array()
+            .context("a package value without records")?;
+        for r in list {
+            add(r["offset"].as_u64());
+        }
+        list.len()
+    } else {
+        let mut n = 0;
+        for line in payload.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let json: serde_json::Value =
+                serde_json::from_slice(line).context("a run's line is not JSON")?;
+            add(json["offset"].as_u64());
+            n += 1;
+        }
+        n
+    };
+    if found != records {
+        bail!("a message with logtap.records {records} holds {found} records");
+    }
+    Ok(())
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.stop_inner();
@@ -283,6 +323,42 @@ mod tests {
     use super::*;
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    /// Runs of both value forms count their records and offsets; a wrong
+    /// `logtap.records` fails the count.
+    #[test]
+    fn runs_of_lines_and_package_values_count_each_record() {
+        let (mut counted, mut offsets) = (Counted::default(), HashSet::new());
+        let lines: &[(&str, &[u8])] = &[("logtap.offset", b"1"), ("logtap.records", b"2")];
+        count_message(
+            lines,
+            b"{\"offset\":1}\n{\"offset\":2}\n",
+            &mut counted,
+            &mut offsets,
+        )
+        .unwrap();
+        let package: &[(&str, &[u8])] = &[
+            ("logtap.offset", b"2"),
+            ("logtap.records", b"3"),
+            ("logtap.value", b"package"),
+        ];
+        let value = br#"{"source_id":"01","records":[{"offset":2},{"offset":3},{"body":"x"}]}"#;
+        count_message(package, value, &mut counted, &mut offsets).unwrap();
+        count_message(
+            &[("logtap.offset", b"4")],
+            b"{}",
+            &mut counted,
+            &mut offsets,
+        )
+        .unwrap();
+        assert_eq!(
+            (counted.messages, offsets.len(), counted.without_offset),
+            (6, 4, 1)
+        );
+        let wrong: &[(&str, &[u8])] = &[("logtap.records", b"2"), ("logtap.value", b"package")];
+        let err = count_message(wrong, value, &mut counted, &mut offsets).unwrap_err();
+        assert!(err.to_string().contains("holds 3 records"), "{err}");
+    }
 
     /// The count the benchmark relies on: lz4 batches, headers, a duplicate, a message
     /// without the header; messages and distinct offsets as produced.

@@ -4,7 +4,8 @@
 //! interleaved run by run, into
 //! - the local store (the baseline: the file scenarios' `CRI → local store`),
 //! - Kafka: a local `tansu` broker ([`kafka`]), `compression: lz4`: one message per
-//!   record, `message_per: package`, and that again with the spool's
+//!   record, `message_per: package` with each value form (`value: lines`, the
+//!   default, and `value: package`), and those again with the spool's
 //!   `compression: none`,
 //! - OTLP/HTTP: a receiver in the harness process ([`otlp`]), gzip (the sink's
 //!   default) and uncompressed.
@@ -72,7 +73,8 @@ pub struct NetworkArgs {
     /// `<!-- bench-network:begin -->` and `<!-- bench-network:end -->`).
     #[arg(long)]
     markdown: Option<PathBuf>,
-    /// Only scenarios whose name contains this (the store baseline always runs).
+    /// Only scenarios whose name contains this, or one of several separated by `|`
+    /// (the store baseline always runs).
     #[arg(long)]
     only: Option<String>,
     /// The Fluent Bit binary for its Kafka row (default: $LOGTAP_FLUENT_BIT, then
@@ -89,6 +91,8 @@ enum Dest {
         per_package: bool,
         /// The spool's `compression: none` instead of its default lz4.
         spool_uncompressed: bool,
+        /// `value: package` (with `per_package`) instead of JSON lines.
+        package_value: bool,
     },
     Otlp {
         gzip: bool,
@@ -115,6 +119,7 @@ fn scenarios() -> Vec<Scenario> {
             dest: Dest::Kafka {
                 per_package: false,
                 spool_uncompressed: false,
+                package_value: false,
             },
             target: Some(300),
         },
@@ -123,6 +128,7 @@ fn scenarios() -> Vec<Scenario> {
             dest: Dest::Kafka {
                 per_package: true,
                 spool_uncompressed: false,
+                package_value: false,
             },
             target: Some(300),
         },
@@ -131,6 +137,25 @@ fn scenarios() -> Vec<Scenario> {
             dest: Dest::Kafka {
                 per_package: true,
                 spool_uncompressed: true,
+                package_value: false,
+            },
+            target: Some(300),
+        },
+        Scenario {
+            name: "CRI → kafka, `message_per: package`, `value: package` (tansu, lz4, acks all)",
+            dest: Dest::Kafka {
+                per_package: true,
+                spool_uncompressed: false,
+                package_value: true,
+            },
+            target: Some(300),
+        },
+        Scenario {
+            name: "CRI → kafka, `message_per: package`, `value: package`, spool `compression: none` (tansu, lz4, acks all)",
+            dest: Dest::Kafka {
+                per_package: true,
+                spool_uncompressed: true,
+                package_value: true,
             },
             target: Some(300),
         },
@@ -223,7 +248,11 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
     let selected: Vec<Scenario> = scenarios()
         .into_iter()
         .filter(|s| {
-            s.dest == Dest::Store || args.only.as_deref().is_none_or(|o| s.name.contains(o))
+            s.dest == Dest::Store
+                || args
+                    .only
+                    .as_deref()
+                    .is_none_or(|o| o.split('|').any(|o| s.name.contains(o)))
         })
         .filter(|s| s.dest != Dest::FluentBitKafka || fluent_bit.is_ok())
         .collect();
@@ -274,14 +303,18 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
                 Dest::Kafka {
                     per_package,
                     spool_uncompressed,
+                    package_value,
                 } => run_kafka(
                     &logtap,
                     &dir,
                     &input,
                     tansu.as_deref().expect("tansu"),
                     lines,
-                    per_package,
-                    spool_uncompressed,
+                    KafkaSetup {
+                        per_package,
+                        spool_uncompressed,
+                        package_value,
+                    },
                 )?,
                 Dest::FluentBitKafka => run_fluent_bit_kafka(
                     fluent_bit.as_deref().expect("selected only with a binary"),
@@ -438,14 +471,20 @@ fn run_store(logtap: &Path, dir: &Path, input: &Path) -> anyhow::Result<Sample> 
     })
 }
 
+/// The sink settings a Kafka scenario varies.
+struct KafkaSetup {
+    per_package: bool,
+    spool_uncompressed: bool,
+    package_value: bool,
+}
+
 fn run_kafka(
     logtap: &Path,
     dir: &Path,
     input: &Path,
     tansu: &Path,
     lines: u64,
-    per_package: bool,
-    spool_uncompressed: bool,
+    setup: KafkaSetup,
 ) -> anyhow::Result<Sample> {
     let broker_dir = dir.join("tansu");
     let _ = std::fs::remove_dir_all(&broker_dir);
@@ -455,11 +494,21 @@ fn run_kafka(
         dir,
         input,
         &format!(
-            "    type: kafka\n    brokers: [\"{}\"]\n    topic: {}\n    compression: lz4\n    drain_timeout: {DRAIN_TIMEOUT}\n    message_per: {}\n{}",
+            "    type: kafka\n    brokers: [\"{}\"]\n    topic: {}\n    compression: lz4\n    drain_timeout: {DRAIN_TIMEOUT}\n    message_per: {}\n{}{}",
             broker.bootstrap(),
             kafka::TOPIC,
-            if per_package { "package" } else { "record" },
-            if spool_uncompressed {
+            if setup.per_package {
+                "package"
+            } else {
+                "record"
+            },
+            // Only when asked: builds before the field refuse it.
+            if setup.package_value {
+                "    value: package\n"
+            } else {
+                ""
+            },
+            if setup.spool_uncompressed {
                 "    spool: {compression: none}\n"
             } else {
                 ""

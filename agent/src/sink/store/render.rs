@@ -80,7 +80,7 @@ fn put_digits(slot: &mut [u8], mut n: u64) {
 }
 
 /// Appends `n` in decimal.
-fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -95,7 +95,7 @@ fn write_u64(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// Appends `n` in decimal, with its sign.
-fn write_i64(out: &mut Vec<u8>, n: i64) {
+pub(crate) fn write_i64(out: &mut Vec<u8>, n: i64) {
     if n < 0 {
         out.push(b'-');
     }
@@ -143,7 +143,7 @@ fn find_escape(bytes: &[u8]) -> Option<usize> {
     rest.iter().position(|&b| needs_escape(b)).map(|i| at + i)
 }
 
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -172,7 +172,7 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends `"name":"<utf8>"`, or `"name_base64":"<base64>"` when `value` is not UTF-8.
-fn write_bytes_member(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+pub(crate) fn write_bytes_member(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     match std::str::from_utf8(value) {
         Ok(s) => {
             write_json_str(out, name);
@@ -270,7 +270,7 @@ fn write_json_head(out: &mut Vec<u8>, timestamp_ns: i64) {
 }
 
 /// `"source_id":"<16 hex>","path":"…","package_id":…,`
-fn write_json_package(
+pub(crate) fn write_json_package(
     out: &mut Vec<u8>,
     source_id: SourceId,
     path: Option<&Path>,
@@ -334,7 +334,7 @@ fn write_json_end(out: &mut Vec<u8>, context: bool) {
 
 /// Appends `"name":{"k":"v",…}` for the pairs that are UTF-8, then
 /// `,"name_base64":{"<b64 k>":"<b64 v>",…}` for those that are not (when any).
-fn write_field_object<'f>(
+pub(crate) fn write_field_object<'f>(
     out: &mut Vec<u8>,
     name: &str,
     fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
