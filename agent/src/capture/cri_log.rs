@@ -149,6 +149,8 @@ pub(crate) struct CriStreamReader {
 #[derive(Debug, Default)]
 pub(crate) struct ReadBlock {
     buf: Vec<u8>,
+    /// File bytes read into it so far, by every reader.
+    bytes_read: u64,
 }
 
 impl ReadBlock {
@@ -163,6 +165,12 @@ impl ReadBlock {
     #[cfg(test)]
     pub fn held(&self) -> usize {
         self.buf.capacity()
+    }
+
+    /// File bytes read into it so far.
+    #[cfg(test)]
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
     }
 }
 
@@ -249,6 +257,7 @@ impl CriStreamReader {
             };
             let n = log.file.read_at(&mut block.get()[..want], log.pos)?;
             self.bytes_read += n as u64;
+            block.bytes_read += n as u64;
             if n == 0 {
                 if self.is_live()? {
                     at_live_end = true;
