@@ -216,6 +216,7 @@ impl CriStreamReader {
     }
 
     /// Times the kept position was stale (see the module docs) so far.
+    #[cfg(test)]
     pub fn restarts(&self) -> u64 {
         self.restarts
     }
