@@ -38,9 +38,15 @@
 //!
 //! # Performance
 //!
-//! Only holes are read, so the reader costs nothing while capture is complete; a
-//! first repair late in a container's life scans the log from its start once
-//! (memchr speed), after which the reader stays at the repaired position.
+//! Only holes are read, so the reader costs nothing while capture is complete. A
+//! stream's first read (a repair, or the end read of a stream short of the kernel's
+//! final offset) parses the log from the run's start, since no position is known
+//! before it; every later read starts at the kept position, so a stream's log is
+//! parsed about once over its life, however many holes it has. Between two holes
+//! the reader still parses every line (the captured ones too) to count their
+//! offsets. A read asks the file for about twice the stream bytes it still needs
+//! (at most a block), so a repair step that ends inside a block does not read the
+//! rest of the block twice.
 
 use std::ffi::OsString;
 use std::fs::File;
