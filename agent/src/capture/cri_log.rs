@@ -13,6 +13,20 @@
 //! oldest first, holding the file it reads open so a rotation under it loses nothing.
 //! It only moves forward: repairs of one stream are requested in offset order.
 //!
+//! # The kept position
+//!
+//! Between reads the reader keeps where it stopped: the stream offset at a byte
+//! position of the file it holds open (see [`OpenLog`]), so the next read, whether a
+//! repair, the end of the stream or the follow after a spill, starts there and not at
+//! the run's first byte. The position is checked before it is used: the file must
+//! still be at least that long and hold, right before it, the bytes the reader read
+//! there. A file truncated or rewritten under the reader (`copytruncate`, a file put
+//! in place of the live one) fails the check, and the reader starts again at the
+//! run's first file, stream offset 0, which is exact as long as the run's files hold
+//! the stream from its first byte (a `copytruncate` copy does). A file rotated away
+//! (renamed) keeps its position: the reader holds it open and moves on to the next
+//! file of the family when it reaches its end.
+//!
 //! # Memory
 //!
 //! A reader holds no read buffer of its own: every read borrows the one
@@ -24,9 +38,15 @@
 //!
 //! # Performance
 //!
-//! Only holes are read, so the reader costs nothing while capture is complete; a
-//! first repair late in a container's life scans the log from its start once
-//! (memchr speed), after which the reader stays at the repaired position.
+//! Only holes are read, so the reader costs nothing while capture is complete. A
+//! stream's first read (a repair, or the end read of a stream short of the kernel's
+//! final offset) parses the log from the run's start, since no position is known
+//! before it; every later read starts at the kept position, so a stream's log is
+//! parsed about once over its life, however many holes it has. Between two holes
+//! the reader still parses every line (the captured ones too) to count their
+//! offsets. A read asks the file for about twice the stream bytes it still needs
+//! (at most a block), so a repair step that ends inside a block does not read the
+//! rest of the block twice.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -47,17 +67,61 @@ pub(crate) const READ_BLOCK: usize = 256 * 1024;
 /// first (its time is the first line's): the precision of the ring path's runs, which
 /// carry the time of a poll's first record.
 const JOIN_WITHIN_NS: u64 = 50_000_000;
+/// The least a read asks of the file (see [`file_bytes_for`]).
+const MIN_READ: usize = 16 * 1024;
+
+/// File bytes to read for `stream_bytes` more of the stream: twice as many (the CRI
+/// envelope of a 100-byte line is about 40 bytes) and a few lines more, at most a
+/// block. Too few costs one more read; too many is read again by the next request.
+fn file_bytes_for(stream_bytes: u64) -> usize {
+    (stream_bytes.saturating_mul(2) as usize)
+        .saturating_add(MIN_READ)
+        .min(READ_BLOCK)
+}
+
 /// A CRI line is at most the runtime's buffer (16 KiB) plus its envelope; anything
 /// far longer is not a runtime-written line and is skipped rather than buffered.
 const MAX_CRI_LINE: usize = 1 << 20;
 
+/// Bytes right before a kept position that must read the same when the position is
+/// used again (see [`OpenLog::behind`]).
+const BEHIND_BYTES: usize = 64;
+
+/// The file a reader holds, and its kept position.
+///
+/// Invariant: the reader's `stream_offset` is the stream offset of the byte at `pos`
+/// of this file, `pos` is at a line's start (0, or right after a newline the reader
+/// parsed), and `behind[..behind_len]` are the file's bytes right before `pos` as the
+/// reader read them (fewer than [`BEHIND_BYTES`] only near the file's start). A
+/// position whose file no longer holds them is stale and never used (see
+/// [`CriStreamReader::position_holds`]).
 #[derive(Debug)]
 struct OpenLog {
     file: File,
     inode: u64,
-    name: OsString,
     /// File offset of the first byte not yet parsed into a line.
     pos: u64,
+    behind: [u8; BEHIND_BYTES],
+    behind_len: usize,
+    /// Inodes of the family's files ordered before this one when it was opened: when
+    /// this file is gone from the directory (rotated, then compressed or removed), the
+    /// file after it is the first one not among them.
+    older: Vec<u64>,
+    /// Its first [`BEHIND_BYTES`] bytes, when it had that many when opened.
+    head: Option<[u8; BEHIND_BYTES]>,
+}
+
+impl OpenLog {
+    /// `bytes` were parsed past: the file's bytes at `[pos, pos + bytes.len())`.
+    fn pass(&mut self, bytes: &[u8]) {
+        self.pos += bytes.len() as u64;
+        let n = bytes.len().min(BEHIND_BYTES);
+        let keep = (self.behind_len).min(BEHIND_BYTES - n);
+        self.behind
+            .copy_within(self.behind_len - keep..self.behind_len, 0);
+        self.behind[keep..keep + n].copy_from_slice(&bytes[bytes.len() - n..]);
+        self.behind_len = keep + n;
+    }
 }
 
 #[derive(Debug)]
@@ -73,6 +137,13 @@ pub(crate) struct CriStreamReader {
     /// The content ranges of the lines being joined into one run (kept for its
     /// allocation): `(start, end)` in the block.
     spans: Vec<(usize, usize)>,
+    /// File bytes read so far (what a read costs: a read from the kept position reads
+    /// only what follows it).
+    bytes_read: u64,
+    /// Times the kept position did not hold and the reader started again at the run's
+    /// first file.
+    restarts: u64,
+    restarts_this_read: u32,
 }
 
 /// The read buffer [`CriStreamReader`]s borrow for a read; one per stage.
@@ -84,6 +155,8 @@ pub(crate) struct CriStreamReader {
 #[derive(Debug, Default)]
 pub(crate) struct ReadBlock {
     buf: Vec<u8>,
+    /// File bytes read into it so far, by every reader.
+    bytes_read: u64,
 }
 
 impl ReadBlock {
@@ -98,6 +171,12 @@ impl ReadBlock {
     #[cfg(test)]
     pub fn held(&self) -> usize {
         self.buf.capacity()
+    }
+
+    /// File bytes read into it so far.
+    #[cfg(test)]
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
     }
 }
 
@@ -121,6 +200,9 @@ impl CriStreamReader {
             timestamps: Rfc3339Cache::default(),
             malformed: 0,
             spans: Vec::new(),
+            bytes_read: 0,
+            restarts: 0,
+            restarts_this_read: 0,
         }
     }
 
@@ -131,6 +213,18 @@ impl CriStreamReader {
     /// Lines skipped as not CRI so far.
     pub fn malformed_lines(&self) -> u64 {
         self.malformed
+    }
+
+    /// File bytes read so far.
+    #[cfg(test)]
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// Times the kept position was stale (see the module docs) so far.
+    #[cfg(test)]
+    pub fn restarts(&self) -> u64 {
+        self.restarts
     }
 
     /// Appends to `out` the stream bytes in `[from, to)` the logs hold now, in order.
@@ -144,16 +238,33 @@ impl CriStreamReader {
         to: u64,
         out: &mut Vec<Run>,
     ) -> io::Result<Reached> {
+        self.restarts_this_read = 0;
+        if !self.position_holds()? {
+            self.restart();
+        }
+        let mut from = from;
+        let mut whole_block = false;
         let mut at_live_end = false;
         let mut done = self.stream_offset >= to;
         while !done {
+            // What this read handed out already is not handed out again after a
+            // restart.
+            from = from.max(self.stream_offset);
             if self.current.is_none() && !self.open_next()? {
                 at_live_end = true;
                 break;
             }
             let log = self.current.as_mut().expect("opened above");
-            let buf = block.get();
-            let n = log.file.read_at(buf, log.pos)?;
+            // No more of the file than the rest of the range needs: a repair step
+            // ends inside a block, and the rest of that block would be read again
+            // by the next one.
+            let want = match whole_block {
+                true => READ_BLOCK,
+                false => file_bytes_for(to.saturating_sub(self.stream_offset)),
+            };
+            let n = log.file.read_at(&mut block.get()[..want], log.pos)?;
+            self.bytes_read += n as u64;
+            block.bytes_read += n as u64;
             if n == 0 {
                 if self.is_live()? {
                     at_live_end = true;
@@ -169,11 +280,11 @@ impl CriStreamReader {
             let (consumed, reached_to) = self.parse_lines(&block.get()[..n], from, to, out);
             done = reached_to;
             let log = self.current.as_mut().expect("still open");
-            log.pos += consumed as u64;
+            log.pass(&block.get()[..consumed]);
             if consumed > 0 || done {
                 continue;
             }
-            if n < READ_BLOCK {
+            if n < want {
                 // An unterminated last line: the runtime is mid-write.
                 if self.is_live()? {
                     at_live_end = true;
@@ -187,9 +298,14 @@ impl CriStreamReader {
                 }
                 continue;
             }
+            if want < READ_BLOCK {
+                // A line longer than the read: read it whole.
+                whole_block = true;
+                continue;
+            }
             // A whole block without a newline: not a runtime line; skip past it.
             self.malformed += 1;
-            log.pos += n as u64;
+            log.pass(&block.get()[..n]);
         }
         Ok(Reached {
             offset: if done { to } else { self.stream_offset },
@@ -276,6 +392,30 @@ impl CriStreamReader {
         });
     }
 
+    /// The kept position no longer holds: start again at the run's first file, whose
+    /// first byte is the stream's.
+    fn restart(&mut self) {
+        tracing::warn!(
+            path = %self.log_path.display(),
+            offset = self.stream_offset,
+            "a CRI log was truncated or replaced under its reader: read again from the run's first file"
+        );
+        self.restarts += 1;
+        self.restarts_this_read += 1;
+        self.current = None;
+        self.stream_offset = 0;
+    }
+
+    /// Whether the kept position still holds (see [`OpenLog`]): the open file is at
+    /// least `pos` long and holds, right before `pos`, the bytes the reader read there.
+    /// One `fstat` and one read of [`BEHIND_BYTES`] per read of the log.
+    fn position_holds(&self) -> io::Result<bool> {
+        let Some(log) = &self.current else {
+            return Ok(true);
+        };
+        holds_at(&log.file, log.pos, &log.behind[..log.behind_len])
+    }
+
     /// Whether the open file is the one at the live path.
     fn is_live(&self) -> io::Result<bool> {
         let Some(log) = &self.current else {
@@ -297,11 +437,11 @@ impl CriStreamReader {
             None => family.first(),
             Some(cur) => match family.iter().position(|(_, ino)| *ino == cur.inode) {
                 Some(i) => family.get(i + 1),
-                // Ours is gone from the directory: the first one named after it.
-                None => family.iter().find(|(name, _)| {
-                    family_order(name, &self.live_name())
-                        > family_order(&cur.name, &self.live_name())
-                }),
+                // Ours is gone from the directory (rotated, then compressed or
+                // removed): the first file that was not before it when it was opened.
+                None => family
+                    .iter()
+                    .find(|(_, ino)| !cur.older.contains(ino) && *ino != cur.inode),
             },
         };
         let Some((name, inode)) = next.cloned() else {
@@ -312,11 +452,37 @@ impl CriStreamReader {
         }
         let dir = self.log_path.parent().unwrap_or(Path::new("/"));
         let file = File::open(dir.join(&name))?;
+        // The name may have been rotated onto another file since the listing: the
+        // position is the open file's.
+        let inode = file.metadata()?.ino();
+        let mut head = [0u8; BEHIND_BYTES];
+        let head_len = file.read_at(&mut head, 0)?;
+        // A file that follows ours holds later lines; one that holds what ours held,
+        // at its start and right before our position, is ours again, copied and put
+        // in place of it: the position is not in the files that follow, and the run
+        // is read again from its first file (once per read: no loop between files).
+        if let Some(cur) = &self.current
+            && self.restarts_this_read == 0
+            && head_len == BEHIND_BYTES
+            && cur.head == Some(head)
+            && holds_at(&file, cur.pos, &cur.behind[..cur.behind_len])?
+        {
+            self.restart();
+            return self.open_next();
+        }
+        let older = family
+            .iter()
+            .take_while(|(_, ino)| *ino != inode)
+            .map(|(_, ino)| *ino)
+            .collect();
         self.current = Some(OpenLog {
             file,
             inode,
-            name,
             pos: 0,
+            behind: [0; BEHIND_BYTES],
+            behind_len: 0,
+            older,
+            head: (head_len == BEHIND_BYTES).then_some(head),
         });
         Ok(true)
     }
@@ -350,6 +516,20 @@ impl CriStreamReader {
         }
         files.sort_by_key(|f| family_order(&f.0, &live));
         Ok(files)
+    }
+}
+
+/// Whether `file` is at least `pos` long and holds `behind` right before `pos`.
+fn holds_at(file: &File, pos: u64, behind: &[u8]) -> io::Result<bool> {
+    if file.metadata()?.len() < pos {
+        return Ok(false);
+    }
+    let mut now = [0u8; BEHIND_BYTES];
+    let now = &mut now[..behind.len()];
+    match file.read_exact_at(now, pos - behind.len() as u64) {
+        Ok(()) => Ok(now == behind),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -623,6 +803,165 @@ mod tests {
                 .collect();
             assert_eq!(*t, expected);
         }
+    }
+
+    /// `n` numbered stdout lines of about 100 bytes, from `first`.
+    fn numbered(first: usize, n: usize) -> Vec<String> {
+        (first..first + n)
+            .map(|i| cri("stdout", "F", &format!("line {i:0>90}")))
+            .collect()
+    }
+
+    /// The stream bytes of the lines `numbered(first, n)` carries.
+    fn numbered_text(first: usize, n: usize) -> String {
+        (first..first + n)
+            .map(|i| format!("line {i:0>90}\n"))
+            .collect()
+    }
+
+    /// `read` file bytes are `wanted`, give or take the partial line at the end of
+    /// each block, which the next block reads again.
+    fn assert_reads_only(read: u64, wanted: u64) {
+        let slack = 200 * (wanted / READ_BLOCK as u64 + 3);
+        assert!(
+            (wanted..=wanted + slack).contains(&read),
+            "read {read} file bytes for {wanted} after the kept position"
+        );
+    }
+
+    #[test]
+    fn a_read_after_a_long_log_reads_only_from_the_kept_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        let lines = numbered(0, 20_000);
+        write(&log, &lines);
+        let line_len = numbered_text(0, 1).len() as u64;
+        let mut r = CriStreamReader::new(log.clone(), Stream::Stdout);
+        let mut block = ReadBlock::default();
+        let mut out = Vec::new();
+        // A repair late in the log: parsed from the run's start, once.
+        let at = 19_000 * line_len;
+        r.read(&mut block, at, at + line_len, &mut out).unwrap();
+        assert_eq!(text(&out), numbered_text(19_000, 1));
+        let kept_at: u64 = lines[..19_001].iter().map(|l| l.len() as u64).sum();
+        assert!(r.bytes_read() >= kept_at);
+        // The log grows; the next read (a later hole, the stream's end) reads what
+        // follows the kept position and nothing before it.
+        write(&log, &numbered(20_000, 1000));
+        let file_len = std::fs::metadata(&log).unwrap().len();
+        let before = r.bytes_read();
+        out.clear();
+        let from = 20_500 * line_len;
+        let reached = r.read(&mut block, from, u64::MAX, &mut out).unwrap();
+        assert_eq!(text(&out), numbered_text(20_500, 500));
+        assert_eq!(reached.offset, 21_000 * line_len);
+        assert_reads_only(r.bytes_read() - before, file_len - kept_at);
+        assert_eq!(r.restarts(), 0);
+    }
+
+    #[test]
+    fn a_rotation_between_reads_keeps_the_position_in_the_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        write(&log, &numbered(0, 3000));
+        let line_len = numbered_text(0, 1).len() as u64;
+        let mut r = CriStreamReader::new(log.clone(), Stream::Stdout);
+        let mut block = ReadBlock::default();
+        let mut out = Vec::new();
+        r.read(&mut block, 0, 1000 * line_len, &mut out).unwrap();
+        // More lines, then the kubelet rotates (rename; the runtime opens a new
+        // live file), and the rotated file is even compressed away: the reader holds
+        // it open and reads it to its end, then the files that came after it.
+        write(&log, &numbered(3000, 500));
+        let rotated = dir.path().join("0.log.20261121-104531");
+        std::fs::rename(&log, &rotated).unwrap();
+        write(&log, &numbered(3500, 500));
+        let second = dir.path().join("0.log.20261121-104532");
+        std::fs::rename(&log, &second).unwrap();
+        write(&log, &numbered(4000, 500));
+        std::fs::remove_file(&rotated).unwrap();
+        let read_before = r.bytes_read();
+        out.clear();
+        let reached = r
+            .read(&mut block, 1000 * line_len, u64::MAX, &mut out)
+            .unwrap();
+        assert_eq!(text(&out), numbered_text(1000, 3500));
+        assert_eq!(reached.offset, 4500 * line_len);
+        assert!(reached.at_live_end);
+        let after_kept: u64 = numbered(1000, 3500).iter().map(|l| l.len() as u64).sum();
+        assert_reads_only(r.bytes_read() - read_before, after_kept);
+        assert_eq!(r.restarts(), 0);
+    }
+
+    #[test]
+    fn a_truncated_log_is_not_read_at_its_stale_position_but_from_the_run_s_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        write(&log, &numbered(0, 2000));
+        let line_len = numbered_text(0, 1).len() as u64;
+        let mut r = CriStreamReader::new(log.clone(), Stream::Stdout);
+        let mut block = ReadBlock::default();
+        let mut out = Vec::new();
+        r.read(&mut block, 0, 1500 * line_len, &mut out).unwrap();
+        // `copytruncate`: the log copied aside, the live file truncated in place and
+        // written on (past the kept position: the file is long enough, but the bytes
+        // before the position are others now).
+        std::fs::copy(&log, dir.path().join("0.log.1")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        write(&log, &numbered(2000, 2000));
+        out.clear();
+        let reached = r
+            .read(&mut block, 1500 * line_len, u64::MAX, &mut out)
+            .unwrap();
+        assert_eq!(r.restarts(), 1);
+        assert_eq!(
+            text(&out),
+            numbered_text(1500, 2500),
+            "exact: no line lost or doubled"
+        );
+        assert_eq!(reached.offset, 4000 * line_len);
+    }
+
+    #[test]
+    fn a_log_replaced_by_another_file_is_read_again_from_the_run_s_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        write(&log, &numbered(0, 100));
+        let line_len = numbered_text(0, 1).len() as u64;
+        let mut r = CriStreamReader::new(log.clone(), Stream::Stdout);
+        let mut block = ReadBlock::default();
+        let mut out = Vec::new();
+        r.read(&mut block, 0, 60 * line_len, &mut out).unwrap();
+        // The live log put in place by another file (written aside and renamed over
+        // it) holding the same run and more: the held file is gone from the
+        // directory with nothing after it but the new live file.
+        let aside = dir.path().join("new.tmp");
+        write(&aside, &numbered(0, 150));
+        std::fs::rename(&aside, &log).unwrap();
+        out.clear();
+        let reached = r
+            .read(&mut block, 60 * line_len, u64::MAX, &mut out)
+            .unwrap();
+        assert_eq!(text(&out), numbered_text(60, 90));
+        assert_eq!(reached.offset, 150 * line_len);
+        // And a file truncated below the kept position.
+        std::fs::write(&log, numbered(0, 10).concat()).unwrap();
+        out.clear();
+        let reached = r
+            .read(&mut block, 150 * line_len, u64::MAX, &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        assert_eq!(
+            reached.offset,
+            10 * line_len,
+            "numbered from the run's start again"
+        );
+        assert!(r.restarts() >= 1);
     }
 
     #[test]

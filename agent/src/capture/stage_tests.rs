@@ -783,6 +783,44 @@ fn stream_len(lines: &[String]) -> u64 {
 }
 
 #[test]
+fn the_end_read_after_a_repair_reads_the_log_from_the_kept_position_not_from_its_start() {
+    let fx = Fixture::new();
+    let all = numbered_lines(0..20_000);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    fx.append_cri("stdout", &refs);
+    let file_len = std::fs::metadata(&fx.log).unwrap().len();
+    // Line 5000 dropped in the kernel (repaired in the middle of the run), and the
+    // last line too (read at the end, the stream short of the kernel's final offset).
+    let mut round = vec![
+        Scripted::Created(3, "/kubepods/podu/c3"),
+        Scripted::Bound(3, Stream::Stdout),
+    ];
+    round.extend(captured(3, 0, &all[..5000]));
+    round.extend(captured(3, stream_len(&all[..5001]), &all[5001..19_999]));
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([round, vec![], vec![Scripted::Removed(3)]]),
+        finals: HashMap::from([(3, vec![(Stream::Stdout, stream_len(&all))])]),
+        ..Default::default()
+    };
+    let resolver = TableResolver {
+        log_path: Some(fx.log.clone()),
+        running: Some(false),
+        selected: true,
+    };
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    let (got, metrics) = until_ended(&mut stage, &rx, all.len());
+    assert_eq!(bodies(&got), refs);
+    assert_repaired_cleanly(&metrics);
+    // The repair parsed the log up to line 5000 once; the end read went on from there.
+    // Read from the log's start again, it would have read 5000 lines more.
+    let read = stage.read_block.bytes_read();
+    assert!(
+        read < file_len + file_len / 10,
+        "{read} bytes read for a {file_len}-byte log"
+    );
+}
+
+#[test]
 fn a_running_container_is_shipped_from_its_log_then_from_capture_at_the_seam() {
     let fx = Fixture::new();
     let running = Running::new();
