@@ -86,7 +86,7 @@ impl<K: Copy + Eq + Hash> RepairTurns<K> {
     }
 }
 
-/// A tick's repair budget: bytes the turns moved streams by.
+/// A tick's repair budget: stream bytes the turns read back from the logs.
 #[derive(Debug)]
 pub(crate) struct TickBudget {
     left: u64,
@@ -102,9 +102,14 @@ impl TickBudget {
         self.left > 0
     }
 
-    /// A turn moved its stream on by `bytes`.
-    pub fn spend(&mut self, bytes: u64) {
-        self.left = self.left.saturating_sub(bytes);
+    /// A turn read the step `[from, to)` and moved its stream on by `moved`. Charged:
+    /// the part of the step it moved through, not the bytes that waited behind the
+    /// hole and were released with it (up to `max_pending`, 4 MiB: charged, they
+    /// would use a tick's budget up on a couple of streams and leave the others'
+    /// holes to age towards `repair_wait`); nothing for a step that moved nothing
+    /// (the log has no more yet: the stream's turns end for this tick).
+    pub fn spend(&mut self, from: u64, to: u64, moved: u64) {
+        self.left = self.left.saturating_sub(moved.min(to.saturating_sub(from)));
     }
 }
 
@@ -132,7 +137,7 @@ mod tests {
         {
             let moved = step.min(need[id as usize]);
             need[id as usize] -= moved;
-            budget.spend(moved);
+            budget.spend(0, step, moved);
             served.push(id);
             if need[id as usize] > 0 {
                 turns.want(id);
@@ -191,6 +196,20 @@ mod tests {
         let done: Vec<u64> = need.iter().map(|n| 100 - n).collect();
         let (min, max) = (done.iter().min().unwrap(), done.iter().max().unwrap());
         assert!(max - min <= 10, "shares per stream: {done:?}");
+    }
+
+    #[test]
+    fn a_step_is_charged_what_it_read_not_the_waiting_bytes_it_released() {
+        let mut budget = TickBudget::new(1 << 20);
+        // A 100-byte hole filled, 4 MiB that waited behind it handed on with it.
+        budget.spend(1000, 1100, 100 + (4 << 20));
+        assert!(budget.left());
+        assert_eq!(budget.left, (1 << 20) - 100);
+        // A step the log could not serve yet costs nothing.
+        budget.spend(5000, 5000 + (256 << 10), 0);
+        assert_eq!(budget.left, (1 << 20) - 100);
+        budget.spend(0, 2 << 20, 2 << 20);
+        assert!(!budget.left());
     }
 
     #[test]

@@ -444,7 +444,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 continue;
             };
             let moved = entry.assembler.next_offset().saturating_sub(before);
-            budget.spend(moved);
+            budget.spend(step.from, step.to, moved);
             // A step that moved the stream no further (the log has no more yet, or a
             // check waits for it) ends its turns for this tick.
             if moved > 0 {
