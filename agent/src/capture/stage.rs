@@ -15,7 +15,9 @@
 //!
 //! A hole in the offsets that outlives `reorder_grace`, or more bytes waiting behind
 //! a hole than `max_pending`, is repaired from the CRI log ([`CriStreamReader`]). A
-//! hole the log does not fill within `repair_wait` is given up and counted. Bytes
+//! hole the log does not fill within `repair_wait` is given up and counted. The log
+//! reads of all streams are taken in turns of one step under a node-wide budget per
+//! tick, with the ring drained between them (see `schedule`). Bytes
 //! waiting behind holes are bounded per stream (`max_pending`) and for all streams
 //! together (`max_buffered`, see `keep_budget`). When the container's cgroup goes
 //! away, a stream that handed on every byte up to the kernel's final offset for it
@@ -775,8 +777,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
     /// spill theirs, then the streams waiting for their seam drop their oldest held
     /// records; their CRI logs supply both (counted as spilled, then as repaired;
     /// nothing is lost). Checked after every poll, so the bound is exceeded at most by
-    /// what one poll of the ring brings, and by what cannot be dropped (the seams' log
-    /// windows, bytes read ahead from a log).
+    /// what one poll of the ring brings (at most [`POLL_BYTES`](super::probe::POLL_BYTES)
+    /// of ring), and by what cannot be dropped (the seams' log windows, bytes read
+    /// ahead from a log).
     fn keep_budget(&mut self) {
         let mut total: usize = self.streams.values().map(StreamEntry::buffered).sum();
         if total > self.options.max_buffered {
