@@ -676,6 +676,10 @@ impl EventFeed for MeasuredProbes {
         EventFeed::poll(&mut self.probes, timeout, on_event)
     }
 
+    fn backlog(&self) -> usize {
+        EventFeed::backlog(&self.probes)
+    }
+
     fn forget(&mut self, cgroup_id: u64) -> Vec<(logtap::frame::Stream, u64)> {
         EventFeed::forget(&mut self.probes, cgroup_id)
     }
@@ -706,6 +710,10 @@ impl<F: EventFeed> EventFeed for RemovalCpu<F> {
         on_event: &mut dyn FnMut(ProbeEvent<'_>),
     ) -> std::io::Result<usize> {
         self.inner.poll(timeout, on_event)
+    }
+
+    fn backlog(&self) -> usize {
+        self.inner.backlog()
     }
 
     fn forget(&mut self, cgroup_id: u64) -> Vec<(logtap::frame::Stream, u64)> {

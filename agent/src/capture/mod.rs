@@ -24,6 +24,8 @@
 //! - `pin`: the probes kept in bpffs across agent restarts (layout stamp, the pin
 //!   directory's contents); `resume` (in `stage`): their streams taken over.
 //! - `stage`: probe events into the pipeline, holes repaired, streams ended.
+//! - `schedule`: the stage's repair steps taken in turns, round-robin, under a
+//!   node-wide budget per tick, with the ring drained between them.
 //! - claims ([`Claims`], in `source::claims`): which CRI logs capture ships, so the
 //!   file source leaves them alone.
 //! - `spawn`: the probes loaded and the stage started on its thread, or a logged
@@ -54,6 +56,7 @@ mod pin;
 pub mod probe;
 mod ring;
 mod runs;
+mod schedule;
 mod seam;
 mod spawn;
 mod stage;

@@ -88,6 +88,14 @@ const EPOLL_RING: u64 = 0;
 const EPOLL_LOG: u64 = 1;
 /// Kernel counters are copied into metrics at most this often.
 const STATS_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes of ring one poll reads at most (a quarter of the default 16 MiB ring). What
+/// a poll reads is gathered in memory until the stage has handled the poll, so
+/// without a bound writers refilling the ring as fast as it is read kept one poll
+/// going with every record held (242 MiB of live heap at 200 writers × 500 kB/s,
+/// `docs/benchmarks.md`). What is left waits in the ring for the next poll, which
+/// reads at once; the stage drains the ring between its repair steps too, so the
+/// ring is not starved by them (see `capture::schedule`).
+pub(crate) const POLL_BYTES: usize = 4 << 20;
 
 pub struct ProbeOptions {
     /// Which hooks the write path uses. Default: trampolines where the kernel has them.
@@ -639,8 +647,8 @@ impl Probes {
         Ok(picked.into_iter().map(|(_, state)| state).collect())
     }
 
-    /// Waits up to `timeout` for records, then hands every available one to `on_event`.
-    /// Returns how many records were handed over.
+    /// Waits up to `timeout` for records, then hands the available ones to `on_event`,
+    /// at most [`POLL_BYTES`] of ring. Returns how many records were handed over.
     pub fn poll(
         &mut self,
         timeout: Duration,
@@ -670,7 +678,7 @@ impl Probes {
 
     fn drain(&mut self, on_event: &mut dyn FnMut(ProbeEvent<'_>)) -> usize {
         let mut handed = 0;
-        let drained = self.ring.drain(|item| match parse(item) {
+        let drained = self.ring.drain(POLL_BYTES, |item| match parse(item) {
             Some(event) => {
                 on_event(event);
                 handed += 1;
@@ -686,6 +694,11 @@ impl Probes {
             );
         }
         handed
+    }
+
+    /// Bytes of ring no poll has read yet (one load).
+    pub fn backlog(&self) -> usize {
+        self.ring.unread_bytes()
     }
 
     fn export_stats(&mut self) {

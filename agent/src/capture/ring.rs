@@ -15,9 +15,14 @@
 //!
 //! The map's fd is mapped at two offsets: page 0 is the consumer page (the consumer
 //! position, an `unsigned long`, is the only field userspace writes); from page 1 on,
-//! read-only, the producer page (the producer position) and then the data pages
-//! mapped twice in a row, so a record that wraps around the end of the ring is one
-//! contiguous slice. Positions only grow; a position's byte is at `pos & (size - 1)`.
+//! read-only, the producer page (the producer position) and then the data pages. The
+//! kernel lays the data pages out twice in a row (so a record that wraps around the
+//! end of the ring is one contiguous slice), and lets a mapping take less than all of
+//! that (`ringbuf_map_mmap_kern`: only the consumer page may be writable;
+//! `remap_vmalloc_range` checks that the range lies inside the area). This reader maps
+//! the data pages **once**: every mapped page counts in the agent's RSS (a 16 MiB ring
+//! mapped twice is 32 MiB), and the few records that wrap are copied into a scratch
+//! buffer instead. Positions only grow; a position's byte is at `pos & (size - 1)`.
 //! Each record is an 8-byte header (`u32 len` with [`BUSY_BIT`] while the producer
 //! still writes it and [`DISCARD_BIT`] when it was given up, then `u32 pg_off`, the
 //! kernel's own) followed by `len` bytes, the whole padded to 8 bytes. The producer
@@ -58,6 +63,12 @@ pub(crate) const PUBLISH_BYTES: usize = 64 * 1024;
 pub(crate) struct Drained {
     /// Committed records handed to the callback.
     pub records: usize,
+    /// Bytes of ring the drain moved past (headers, padding and discarded records
+    /// included): at most the drain's `max_bytes`, unless its first record alone is
+    /// larger.
+    pub ring_bytes: usize,
+    /// The drain stopped at `max_bytes` with committed records left in the ring.
+    pub capped: bool,
     /// Bytes of ring skipped because a header made no sense (a length past the
     /// producer position or the ring's size): the kernel broke its layout. Never seen;
     /// the records in them are holes in their streams, repaired like any other.
@@ -70,16 +81,20 @@ pub(crate) struct Drained {
 pub(crate) struct RingReader {
     /// The consumer page, read-write; `None` for memory a test laid out.
     _consumer_map: Option<MmapRaw>,
-    /// The producer page and the data pages twice, read-only.
+    /// The producer page and the data pages once, read-only.
     _producer_map: Option<MmapRaw>,
     consumer: *const AtomicUsize,
     producer: *const AtomicUsize,
-    /// `2 * size` bytes: the data pages, then the same pages again.
+    /// `size` bytes: the data pages, mapped once.
     data: *const u8,
     size: usize,
     /// Our consumer position: the next record's header is at `cons & (size - 1)`.
     cons: usize,
     publish_every: usize,
+    /// A record that wraps around the ring's end, made contiguous. Invariant: holds
+    /// nothing between two callbacks; its capacity is the longest record that
+    /// wrapped (a data record is at most 4 KiB).
+    scratch: Vec<u8>,
 }
 
 // SAFETY: the pointers are into mappings this value owns (or, in tests, memory that
@@ -100,13 +115,14 @@ impl RingReader {
         }
         let raw = fd.as_raw_fd();
         let consumer_map = MmapOptions::new().len(page).map_raw(raw)?;
+        // The data pages once, not the kernel's two copies (see the module docs).
         let producer_map = MmapOptions::new()
             .offset(page as u64)
-            .len(page + 2 * size)
+            .len(page + size)
             .map_raw_read_only(raw)?;
         let consumer = consumer_map.as_ptr().cast::<AtomicUsize>();
         let producer = producer_map.as_ptr().cast::<AtomicUsize>();
-        // SAFETY: `page + 2 * size` bytes are mapped.
+        // SAFETY: `page + size` bytes are mapped.
         let data = unsafe { producer_map.as_ptr().add(page) };
         // SAFETY: page-aligned, mapped, and the kernel's consumer position (acquire:
         // an earlier consumer of a pinned ring may have published it).
@@ -120,18 +136,32 @@ impl RingReader {
             size,
             cons,
             publish_every: PUBLISH_BYTES.min(size / 4),
+            scratch: Vec::new(),
         })
     }
 
+    /// Bytes of ring the producer has reserved and the reader not passed yet
+    /// (committed records or ones still being written): one load, no system call.
+    pub fn unread_bytes(&self) -> usize {
+        // SAFETY: see `drain`.
+        let prod = unsafe { &*self.producer }.load(Ordering::Acquire);
+        prod.wrapping_sub(self.cons).min(self.size)
+    }
+
     /// Hands every committed record to `on_record`, in ring order, until the ring is
-    /// empty or the next record is still being written; skips discarded ones.
-    /// Publishes the consumer position at the end (and every [`PUBLISH_BYTES`]), after
-    /// the records it passes were handed over.
-    pub fn drain(&mut self, mut on_record: impl FnMut(&[u8])) -> Drained {
+    /// empty, the next record is still being written, or the next record would take
+    /// the drain past `max_bytes` of ring (the first record is always handed on);
+    /// skips discarded ones. Publishes the consumer position at the end (and every
+    /// [`PUBLISH_BYTES`]), after the records it passes were handed over.
+    ///
+    /// Without `max_bytes`, writers that refill the ring as fast as it is read keep
+    /// one drain going, and whatever the callback gathers grows with it.
+    pub fn drain(&mut self, max_bytes: usize, mut on_record: impl FnMut(&[u8])) -> Drained {
         let mut drained = Drained::default();
         let mut cons = self.cons;
         let mut published = cons;
-        loop {
+        let mask = self.size - 1;
+        'drain: loop {
             // SAFETY (here and below): the pointers are valid for the reader's life
             // (see the type), the positions are aligned `unsigned long`s.
             let prod = unsafe { &*self.producer }.load(Ordering::Acquire);
@@ -148,13 +178,33 @@ impl RingReader {
                     cons = prod;
                     break;
                 }
+                if drained.ring_bytes > 0 && drained.ring_bytes + total > max_bytes {
+                    drained.capped = true;
+                    break 'drain;
+                }
                 if header & DISCARD_BIT == 0 {
-                    let at = (cons & (self.size - 1)) + HEADER_BYTES;
-                    // SAFETY: at + len ≤ size + size, inside the double mapping;
-                    // committed, and not written again before `cons` passes it.
-                    on_record(unsafe { std::slice::from_raw_parts(self.data.add(at), len) });
+                    // The header never wraps (8 bytes, 8-aligned, in a ring of a
+                    // multiple of 8); the record's bytes may.
+                    let at = ((cons & mask) + HEADER_BYTES) & mask;
+                    let first = len.min(self.size - at);
+                    // SAFETY: at + first ≤ size and len - first < size, inside the
+                    // mapping; committed, and not written again before `cons` passes
+                    // it.
+                    let record = unsafe { std::slice::from_raw_parts(self.data.add(at), first) };
+                    if first == len {
+                        on_record(record);
+                    } else {
+                        // SAFETY: the rest of the same record, at the data pages'
+                        // start (len - first < size).
+                        let rest = unsafe { std::slice::from_raw_parts(self.data, len - first) };
+                        self.scratch.extend_from_slice(record);
+                        self.scratch.extend_from_slice(rest);
+                        on_record(&self.scratch);
+                        self.scratch.clear();
+                    }
                     drained.records += 1;
                 }
+                drained.ring_bytes += total;
                 cons = cons.wrapping_add(total);
                 if cons.wrapping_sub(published) >= self.publish_every {
                     self.publish(cons);
@@ -175,6 +225,9 @@ impl RingReader {
                 break;
             }
         }
+        if cons != published {
+            self.publish(cons);
+        }
         self.cons = cons;
         drained
     }
@@ -182,8 +235,8 @@ impl RingReader {
     /// The header of the record at `pos` (acquire: pairs with the kernel's commit).
     fn header(&self, pos: usize) -> u32 {
         let at = pos & (self.size - 1);
-        // SAFETY: `at` < size and records are 8-aligned, so the header lies in the
-        // first copy of the data pages, aligned.
+        // SAFETY: `at` < size and records are 8-aligned, so the header lies inside
+        // the data pages, aligned.
         unsafe { &*self.data.add(at).cast::<AtomicU32>() }.load(Ordering::Acquire)
     }
 

@@ -196,7 +196,7 @@ impl Writer {
 /// end too.
 fn drain(reader: &mut RingReader) -> (Vec<(u64, usize)>, Drained) {
     let mut got = Vec::new();
-    let drained = reader.drain(|record| {
+    let drained = reader.drain(usize::MAX, |record| {
         let head = u64::from_ne_bytes(record[..8].try_into().unwrap());
         let tail = u64::from_ne_bytes(record[record.len() - 8..].try_into().unwrap());
         assert_eq!(head, tail, "a record reads the same at both ends");
@@ -313,7 +313,7 @@ fn a_long_drain_gives_room_back_while_it_runs() {
         writer.write(m);
     }
     let mut got = Vec::new();
-    reader.drain(|record| {
+    reader.drain(usize::MAX, |record| {
         let m = u64::from_ne_bytes(record[..8].try_into().unwrap());
         got.push(m);
         if m == 3 {
@@ -324,7 +324,7 @@ fn a_long_drain_gives_room_back_while_it_runs() {
     assert_eq!(got, [0, 1, 2, 3, 99]);
 }
 
-/// A ring laid out in memory as the kernel lays it out (positions, data pages twice),
+/// A ring laid out in memory as the reader maps it (positions, the data pages once),
 /// for the cases a real ring cannot be made to show.
 struct FakeRing {
     consumer: Box<AtomicUsize>,
@@ -338,7 +338,7 @@ impl FakeRing {
         FakeRing {
             consumer: Box::new(AtomicUsize::new(0)),
             producer: Box::new(AtomicUsize::new(0)),
-            data: vec![0; 2 * size / 8],
+            data: vec![0; size / 8],
             size,
         }
     }
@@ -353,19 +353,18 @@ impl FakeRing {
             size: self.size,
             cons: self.consumer.load(Ordering::Relaxed),
             publish_every: self.size / 4,
+            scratch: Vec::new(),
         }
     }
 
-    /// Writes bytes at a position, in both copies of the data pages.
+    /// Writes bytes at a position (wrapping around the data pages' end).
     fn put(&mut self, pos: usize, bytes: &[u8]) {
         let size = self.size;
         // SAFETY: the Vec's own bytes.
         let data: &mut [u8] =
-            unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast(), 2 * size) };
+            unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast(), size) };
         for (i, b) in bytes.iter().enumerate() {
-            let at = (pos + i) & (size - 1);
-            data[at] = *b;
-            data[at + size] = *b;
+            data[(pos + i) & (size - 1)] = *b;
         }
     }
 
@@ -389,7 +388,7 @@ fn a_busy_record_ends_the_drain_until_it_is_committed() {
     let busy = ring.record(b"second", BUSY_BIT);
     ring.record(b"third", 0);
     let mut got: Vec<Vec<u8>> = Vec::new();
-    let drained = reader.drain(|r| got.push(r.to_vec()));
+    let drained = reader.drain(usize::MAX, |r| got.push(r.to_vec()));
     assert_eq!(got, [b"first".to_vec()]);
     assert_eq!(drained.records, 1);
     // Published up to the busy record, not past it.
@@ -398,7 +397,7 @@ fn a_busy_record_ends_the_drain_until_it_is_committed() {
     // Committed (BUSY cleared): the rest comes, in order.
     ring.put(busy, &(6u32).to_ne_bytes());
     got.clear();
-    reader.drain(|r| got.push(r.to_vec()));
+    reader.drain(usize::MAX, |r| got.push(r.to_vec()));
     assert_eq!(got, [b"second".to_vec(), b"third".to_vec()]);
     assert_eq!(
         ring.consumer.load(Ordering::Relaxed),
@@ -415,12 +414,102 @@ fn a_header_past_the_producer_position_ends_the_drain_counted_without_a_panic() 
     // The header claims more bytes than the producer has reserved.
     ring.put(bad, &(3000u32).to_ne_bytes());
     let mut got: Vec<Vec<u8>> = Vec::new();
-    let drained = reader.drain(|r| got.push(r.to_vec()));
+    let drained = reader.drain(usize::MAX, |r| got.push(r.to_vec()));
     assert_eq!(got, [b"good".to_vec()]);
     assert_eq!(drained.malformed_bytes, 16);
     // The reader went on past it: the next record is read.
     ring.record(b"after", 0);
     got.clear();
-    reader.drain(|r| got.push(r.to_vec()));
+    reader.drain(usize::MAX, |r| got.push(r.to_vec()));
     assert_eq!(got, [b"after".to_vec()]);
+}
+
+#[test]
+fn records_that_wrap_around_the_single_mapping_come_whole() {
+    let mut ring = FakeRing::new(PAGE);
+    let mut reader = ring.reader();
+    let pattern =
+        |n: usize, seed: u8| -> Vec<u8> { (0..n).map(|i| seed.wrapping_add(i as u8)).collect() };
+    // 8 + 4080 = 4088: the next header is in the ring's last 8 bytes, its record's
+    // bytes at the ring's start.
+    let filler = pattern(4080, 1);
+    ring.record(&filler, 0);
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    reader.drain(usize::MAX, |r| got.push(r.to_vec()));
+    assert!(got == [filler]);
+    let after_header = pattern(20, 2);
+    assert_eq!(ring.record(&after_header, 0) % PAGE, PAGE - HEADER_BYTES);
+    got.clear();
+    reader.drain(usize::MAX, |r| got.push(r.to_vec()));
+    assert!(got == [after_header], "{:?}", got.first());
+    // Its header at 24 of the next lap: 4080 bytes from 32 on cross the ring's end.
+    let across = pattern(4080, 3);
+    ring.record(&across, 0);
+    got.clear();
+    let drained = reader.drain(usize::MAX, |r| got.push(r.to_vec()));
+    assert!(
+        got == [across],
+        "lengths {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        drained,
+        Drained {
+            records: 1,
+            ring_bytes: 4088,
+            ..Default::default()
+        }
+    );
+    assert!(reader.scratch.is_empty(), "the scratch copy is not kept");
+}
+
+#[test]
+fn the_ring_s_data_pages_are_mapped_once() {
+    if skip_ebpf() {
+        return;
+    }
+    let size = 64 * 1024;
+    let ring = ring_map(size);
+    let reader = RingReader::new(ring.as_fd(), size).unwrap();
+    let map = reader._producer_map.as_ref().unwrap();
+    assert_eq!(map.len(), PAGE + size);
+    // The kernel maps every page at mmap time: all of it is resident, once.
+    let start = format!("{:x}-", map.as_ptr() as usize);
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    // The first `Rss:` after the mapping's own line is its.
+    let entry = smaps
+        .lines()
+        .skip_while(|l| !l.starts_with(&start))
+        .find_map(|l| l.strip_prefix("Rss:"))
+        .expect("the mapping is in smaps");
+    let rss_kib: usize = entry.trim().trim_end_matches("kB").trim().parse().unwrap();
+    assert_eq!(rss_kib * 1024, PAGE + size, "resident: {rss_kib} KiB");
+}
+
+#[test]
+fn a_drain_stops_at_its_byte_cap_and_the_next_one_takes_the_rest() {
+    if skip_ebpf() {
+        return;
+    }
+    let ring = ring_map(PAGE);
+    let mut reader = RingReader::new(ring.as_fd(), PAGE).unwrap();
+    let writer = Writer::new(&ring, 1000, false);
+    for m in 0..4 {
+        writer.write(m);
+    }
+    assert_eq!(reader.unread_bytes(), 4 * 1008);
+    let mut got = Vec::new();
+    // Two 1008-byte records fit in 2100 bytes, a third would not.
+    let first = reader.drain(2100, |r| got.push(r[0]));
+    assert_eq!(got, [0, 1]);
+    assert_eq!((first.ring_bytes, first.capped), (2016, true));
+    // The room of what was read is given back at once.
+    writer.write(4);
+    // A record larger than the cap still comes, alone: a drain always moves on.
+    let one = reader.drain(10, |r| got.push(r[0]));
+    assert_eq!((one.records, one.capped), (1, true));
+    let rest = reader.drain(usize::MAX, |r| got.push(r[0]));
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+    assert!(!rest.capped);
+    assert_eq!(reader.unread_bytes(), 0);
 }

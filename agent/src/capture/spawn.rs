@@ -32,6 +32,10 @@ impl EventFeed for Probes {
         Probes::poll(self, timeout, on_event)
     }
 
+    fn backlog(&self) -> usize {
+        Probes::backlog(self)
+    }
+
     fn forget(&mut self, cgroup_id: u64) -> Vec<(Stream, u64)> {
         match Probes::forget(self, cgroup_id) {
             // A stream bound while its container ran is numbered from its bind, not

@@ -15,7 +15,9 @@
 //!
 //! A hole in the offsets that outlives `reorder_grace`, or more bytes waiting behind
 //! a hole than `max_pending`, is repaired from the CRI log ([`CriStreamReader`]). A
-//! hole the log does not fill within `repair_wait` is given up and counted. Bytes
+//! hole the log does not fill within `repair_wait` is given up and counted. The log
+//! reads of all streams are taken in turns of one step under a node-wide budget per
+//! tick, with the ring drained between them (see `schedule`). Bytes
 //! waiting behind holes are bounded per stream (`max_pending`) and for all streams
 //! together (`max_buffered`, see `keep_budget`). When the container's cgroup goes
 //! away, a stream that handed on every byte up to the kernel's final offset for it
@@ -56,6 +58,7 @@ use super::cri_log::{CriStreamReader, ReadBlock};
 use super::existing;
 use super::probe::ProbeEvent;
 use super::runs::{RecordRun, RunGatherer};
+use super::schedule::{RepairTurns, TICK_REPAIR_BYTES, TickBudget, drain_between_bytes};
 use super::seam::{Decision, Seam};
 use super::stream::{KEPT_BYTES, Run, StreamAssembler};
 use crate::checkpoint::SharedRegistry;
@@ -83,11 +86,8 @@ const STAGE_BYTES: usize = 256 * 1024;
 /// Runs at least this large are handed on as they came rather than joined to the
 /// staged bytes (one copy less; framing a chunk of this size costs no more per line).
 const JOIN_BELOW: usize = 16 * 1024;
-/// Stream bytes one stream reads back from its CRI log per tick, in steps of
-/// [`REPAIR_STEP_BYTES`]: a hole of hundreds of megabytes (a long ring overflow) is
-/// repaired over many ticks, and one stream's repair does not hold up the others.
-const REPAIR_READ_BYTES: u64 = 8 << 20;
-/// Stream bytes read back from a CRI log at once: each step is handed on to the
+/// Stream bytes read back from a CRI log at once (one turn, see `schedule`): each
+/// step is handed on to the
 /// pipeline (which ships it or blocks on a full sink queue) before the next is read, so
 /// the repair path holds at most one step besides the shared read block, whatever the
 /// hole's size. Only the step that reaches the hole's end can be checked against the
@@ -106,12 +106,16 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// Where probe events come from: the loaded probes, or a script in tests.
 pub trait EventFeed: Send {
-    /// Waits up to `timeout`, then hands every available event to `on_event`.
+    /// Waits up to `timeout`, then hands the available events to `on_event` (a
+    /// bounded amount: the rest waits for the next poll).
     fn poll(
         &mut self,
         timeout: Duration,
         on_event: &mut dyn FnMut(ProbeEvent<'_>),
     ) -> io::Result<usize>;
+    /// Bytes of events that wait to be polled (the ring's unread part): the stage
+    /// polls between its repair steps when they are many (see `schedule`).
+    fn backlog(&self) -> usize;
     /// The cgroup is gone and handled: the kernel may forget it and its streams.
     /// Returns each forgotten stream's final offset, when it is exact and numbered from
     /// the stream's first byte (bound at the container's first exec): the bytes the
@@ -206,6 +210,10 @@ struct StreamEntry {
     kernel_end: Option<u64>,
     /// The CRI log was read after the container's removal, for the stream's tail.
     tail_read: bool,
+    /// The end of the hole this tick repairs (its `reorder_grace` passed, or too much
+    /// waits behind it), set when the tick looks at the stream: a later hole gets
+    /// its own grace.
+    due_hole_end: Option<u64>,
 }
 
 /// A stream bound while it ran, before its seam is known.
@@ -251,6 +259,9 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     /// The read buffer of every CRI log read (repairs, seams, start-up): one at a time,
     /// on this thread.
     read_block: ReadBlock,
+    /// The streams waiting for a repair step, served round-robin under a node-wide
+    /// budget per tick (see `schedule`). Holds only ids of `streams`.
+    turns: RepairTurns<SourceId>,
     last_tick: Instant,
     /// Streams shipped to their end whose CRI log still exists: their claims and
     /// closed checkpoints stay until the kubelet removes the log.
@@ -293,6 +304,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             realtime_offset_ns: realtime_offset_ns(),
             runs: Vec::new(),
             read_block: ReadBlock::default(),
+            turns: RepairTurns::default(),
             last_tick: Instant::now(),
             ended: Vec::new(),
             last_prune: Instant::now(),
@@ -327,6 +339,17 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
 
     /// One round: events for up to `timeout`, then the periodic checks when due.
     pub fn poll_once(&mut self, timeout: Duration) -> io::Result<()> {
+        let now = self.poll_events(timeout)?;
+        if now.duration_since(self.last_tick) >= TICK {
+            self.last_tick = now;
+            self.tick(now)?;
+        }
+        Ok(())
+    }
+
+    /// One poll of the feed (at most [`POLL_BYTES`](super::probe::POLL_BYTES) of
+    /// ring), its events handled and its data handed on; returns when it was polled.
+    fn poll_events(&mut self, timeout: Duration) -> io::Result<Instant> {
         // Events borrow the ring buffer: copy them out, data gathered into runs (see
         // `runs`: a record costs a compare and a copy), then handle them.
         let mut events: Vec<OwnedEvent> = Vec::new();
@@ -367,25 +390,71 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             self.lifecycle(e);
         }
         let ids: Vec<SourceId> = self.streams.keys().copied().collect();
-        for id in &ids {
-            self.hand_on_staged(*id);
+        for id in ids {
+            self.hand_on_staged(id);
         }
-        if now.duration_since(self.last_tick) >= TICK {
-            self.last_tick = now;
-            for id in ids {
-                self.check_stream(id, now);
+        Ok(now)
+    }
+
+    /// The periodic part: each stream looked at, the repair steps it wants taken in
+    /// turns under the tick's budget (the ring drained between them when it fills),
+    /// then what follows from them (spills, holes given up, streams ended).
+    fn tick(&mut self, now: Instant) -> io::Result<()> {
+        let ids: Vec<SourceId> = self.streams.keys().copied().collect();
+        for &id in &ids {
+            self.check_stream(id, now);
+        }
+        self.take_repair_turns(now)?;
+        for id in ids {
+            self.after_repairs(id, now);
+        }
+        self.pipeline.tick(now);
+        if now.duration_since(self.last_prune) >= PRUNE_INTERVAL {
+            self.last_prune = now;
+            self.prune_ended();
+        }
+        if now.duration_since(self.last_sweep) >= SWEEP_INTERVAL {
+            self.last_sweep = now;
+            self.sweep_cgroups(now);
+        }
+        metrics::gauge!(CAPTURE_STREAMS).set(self.streams.len() as f64);
+        metrics::gauge!(CAPTURE_WATCHED_CONTAINERS).set(self.cgroups.len() as f64);
+        Ok(())
+    }
+
+    /// Repair steps, one per turn, round-robin over the streams that want one, until
+    /// they want no more or the tick's budget ([`TICK_REPAIR_BYTES`] of stream moved
+    /// on, all streams together) is spent; the streams left waiting go first next
+    /// tick. Between two steps the ring is drained when it holds an eighth of its
+    /// size or more, so repairs never leave it to overflow.
+    fn take_repair_turns(&mut self, now: Instant) -> io::Result<()> {
+        let mut budget = TickBudget::new(TICK_REPAIR_BYTES);
+        let drain_at = drain_between_bytes(self.options.ring_bytes);
+        while budget.left()
+            && let Some(id) = self.turns.next()
+        {
+            let Some(entry) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            let Some(step) = entry.next_repair() else {
+                continue;
+            };
+            entry.tail_read |= step.tail;
+            let before = entry.assembler.next_offset();
+            self.repair(id, step.from, step.to, now);
+            let Some(entry) = self.streams.get(&id) else {
+                continue;
+            };
+            let moved = entry.assembler.next_offset().saturating_sub(before);
+            budget.spend(step.from, step.to, moved);
+            // A step that moved the stream no further (the log has no more yet, or a
+            // check waits for it) ends its turns for this tick.
+            if moved > 0 {
+                self.turns.want(id);
             }
-            self.pipeline.tick(now);
-            if now.duration_since(self.last_prune) >= PRUNE_INTERVAL {
-                self.last_prune = now;
-                self.prune_ended();
+            if self.feed.backlog() >= drain_at {
+                self.poll_events(Duration::ZERO)?;
             }
-            if now.duration_since(self.last_sweep) >= SWEEP_INTERVAL {
-                self.last_sweep = now;
-                self.sweep_cgroups(now);
-            }
-            metrics::gauge!(CAPTURE_STREAMS).set(self.streams.len() as f64);
-            metrics::gauge!(CAPTURE_WATCHED_CONTAINERS).set(self.cgroups.len() as f64);
         }
         Ok(())
     }
@@ -708,8 +777,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
     /// spill theirs, then the streams waiting for their seam drop their oldest held
     /// records; their CRI logs supply both (counted as spilled, then as repaired;
     /// nothing is lost). Checked after every poll, so the bound is exceeded at most by
-    /// what one poll of the ring brings, and by what cannot be dropped (the seams' log
-    /// windows, bytes read ahead from a log).
+    /// what one poll of the ring brings (at most [`POLL_BYTES`](super::probe::POLL_BYTES)
+    /// of ring), and by what cannot be dropped (the seams' log windows, bytes read
+    /// ahead from a log).
     fn keep_budget(&mut self) {
         let mut total: usize = self.streams.values().map(StreamEntry::buffered).sum();
         if total > self.options.max_buffered {
@@ -794,39 +864,45 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         }
     }
 
-    /// Holes, spills, endings: the periodic part of a stream's life.
+    /// The periodic look at a stream, before the tick's repairs: its seam, its hole
+    /// counted once past `reorder_grace`, and whether it wants a repair step.
     fn check_stream(&mut self, id: SourceId, now: Instant) {
         self.look_for_seam(id, now);
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
         };
-        let grace = self.options.reorder_grace;
-        let repair_wait = self.options.repair_wait;
+        entry.due_hole_end = None;
         if let Some((start, end)) = entry.assembler.hole() {
             let age = entry.assembler.hole_age(now).unwrap_or_default();
-            if entry.hole_counted != Some(start) && age >= grace {
+            if entry.hole_counted != Some(start) && age >= self.options.reorder_grace {
                 entry.hole_counted = Some(start);
                 metrics::counter!(CAPTURE_GAPS_TOTAL).increment(1);
             }
-            if age >= grace || entry.assembler.over_budget() {
-                // This hole only: a later one gets its own grace.
-                self.repair_in_steps(id, now, |a| {
-                    a.hole()
-                        .filter(|&(s, _)| s < end)
-                        .map(|(s, e)| (s, e.min(s.saturating_add(REPAIR_STEP_BYTES))))
-                });
+            if age >= self.options.reorder_grace || entry.assembler.over_budget() {
+                entry.due_hole_end = Some(end);
             }
         }
+        if entry.next_repair().is_some() {
+            self.turns.want(id);
+        }
+    }
+
+    /// Spills, holes given up, endings: what follows from the tick's repairs. A
+    /// stream still waiting for its turn is not judged yet (nothing is spilled, given
+    /// up or ended before the log was read for it): it goes first next tick.
+    fn after_repairs(&mut self, id: SourceId, now: Instant) {
+        let waiting = self.turns.waiting(&id);
         let Some(entry) = self.streams.get_mut(&id) else {
             return;
         };
-        if entry.assembler.over_budget() {
+        if !waiting && entry.assembler.over_budget() {
             // Too much waits behind a hole the log does not fill yet: let the log be
             // the stream until it caught up with what the kernel sent.
             entry.spill();
         }
-        if let Some((_, end)) = entry.assembler.hole()
-            && entry.assembler.hole_age(now).unwrap_or_default() >= repair_wait
+        if !waiting
+            && let Some((_, end)) = entry.assembler.hole()
+            && entry.assembler.hole_age(now).unwrap_or_default() >= self.options.repair_wait
         {
             self.give_up(id, end, now);
         }
@@ -843,31 +919,13 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             self.end(id, how);
             return;
         }
-        let following = entry
-            .follow_until
-            .is_some_and(|until| entry.assembler.next_offset() < until);
-        if following || entry.removed_at.is_some() {
-            let until = entry.follow_until;
-            let removed = entry.removed_at.is_some();
-            entry.tail_read |= removed;
-            // Past the kernel's final offset the log has nothing capture numbered.
-            let end = entry.kernel_end.unwrap_or(u64::MAX);
-            self.repair_in_steps(id, now, |a| {
-                let from = a.next_offset();
-                (from < end && (removed || until.is_some_and(|u| from < u)))
-                    .then(|| (from, from.saturating_add(REPAIR_STEP_BYTES).min(end)))
-            });
-        }
-        let Some(entry) = self.streams.get_mut(&id) else {
-            return;
-        };
         if let Some(until) = entry.follow_until
             && until != u64::MAX
             && entry.assembler.next_offset() >= until
         {
             entry.follow_until = None;
         }
-        if self.ended(id, now) {
+        if !waiting && self.ended(id, now) {
             self.end(id, "log_read");
         }
     }
@@ -923,37 +981,6 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 .push(offset + base, bytes, time_ns, now, &mut self.runs);
         }
         self.hand_on_runs(id);
-    }
-
-    /// Repairs in steps of at most [`REPAIR_STEP_BYTES`], each handed on before the
-    /// next is read, up to [`REPAIR_READ_BYTES`] per call: `range` says what the next
-    /// step reads (`None`: done). Stops when a step moves the stream no further (the
-    /// log has no more yet, or a check waits for it).
-    fn repair_in_steps(
-        &mut self,
-        id: SourceId,
-        now: Instant,
-        range: impl Fn(&StreamAssembler) -> Option<(u64, u64)>,
-    ) {
-        let mut budget = REPAIR_READ_BYTES;
-        while budget > 0 {
-            let Some(entry) = self.streams.get(&id) else {
-                return;
-            };
-            let Some((from, to)) = range(&entry.assembler) else {
-                return;
-            };
-            let before = entry.assembler.next_offset();
-            self.repair(id, from, to, now);
-            let Some(entry) = self.streams.get(&id) else {
-                return;
-            };
-            let moved = entry.assembler.next_offset().saturating_sub(before);
-            if moved == 0 {
-                return;
-            }
-            budget = budget.saturating_sub(moved);
-        }
     }
 
     /// Reads `[from, to)` of the stream from its CRI log into the assembler.
@@ -1132,6 +1159,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             self.give_up(id, end, now);
         }
         self.hand_on_staged(id);
+        self.turns.remove(&id);
         let Some(entry) = self.streams.remove(&id) else {
             return;
         };
@@ -1225,7 +1253,42 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
     }
 }
 
+/// One repair step of a stream: `[from, to)` read back from its CRI log.
+struct RepairStep {
+    from: u64,
+    to: u64,
+    /// The stream's end, read after its container's removal.
+    tail: bool,
+}
+
 impl StreamEntry {
+    /// The step this stream's next turn reads, at most [`REPAIR_STEP_BYTES`]: first
+    /// the hole due this tick (`due_hole_end`), then, for a stream following its log
+    /// or whose container is gone, from where it stands on (up to the kernel's final
+    /// offset, past which the log has nothing capture numbered).
+    fn next_repair(&self) -> Option<RepairStep> {
+        let a = &self.assembler;
+        if let Some(due_end) = self.due_hole_end
+            && let Some((from, end)) = a.hole().filter(|&(s, _)| s < due_end)
+        {
+            let to = end.min(from.saturating_add(REPAIR_STEP_BYTES));
+            return Some(RepairStep {
+                from,
+                to,
+                tail: false,
+            });
+        }
+        let from = a.next_offset();
+        let removed = self.removed_at.is_some();
+        let following = self.follow_until.is_some_and(|until| from < until);
+        let end = self.kernel_end.unwrap_or(u64::MAX);
+        ((following || removed) && from < end).then(|| RepairStep {
+            from,
+            to: from.saturating_add(REPAIR_STEP_BYTES).min(end),
+            tail: removed,
+        })
+    }
+
     /// Whether the container is gone and everything up to the kernel's final offset
     /// was handed on (see `kernel_end`).
     fn at_kernel_end(&self) -> bool {
@@ -1283,6 +1346,7 @@ impl StreamEntry {
             log_only: false,
             kernel_end: None,
             tail_read: false,
+            due_hole_end: None,
         }
     }
 }

@@ -31,15 +31,24 @@ struct ScriptFeed {
     declined: Vec<(u64, Stream)>,
     /// The kernel's final offsets `forget` reports, by cgroup (none: unknown).
     finals: HashMap<u64, Vec<(Stream, u64)>>,
+    /// Events that arrive while the stage repairs: a backlog as large as the ring,
+    /// handed out only to a poll that does not wait (the stage's drain between two
+    /// repair steps).
+    while_repairing: Vec<Scripted>,
 }
 
 impl EventFeed for ScriptFeed {
     fn poll(
         &mut self,
-        _timeout: Duration,
+        timeout: Duration,
         on_event: &mut dyn FnMut(ProbeEvent<'_>),
     ) -> io::Result<usize> {
-        let Some(round) = self.rounds.pop_front() else {
+        let round = if timeout.is_zero() && !self.while_repairing.is_empty() {
+            Some(std::mem::take(&mut self.while_repairing))
+        } else {
+            self.rounds.pop_front()
+        };
+        let Some(round) = round else {
             std::thread::sleep(Duration::from_millis(5));
             return Ok(0);
         };
@@ -70,6 +79,14 @@ impl EventFeed for ScriptFeed {
             });
         }
         Ok(n)
+    }
+
+    fn backlog(&self) -> usize {
+        if self.while_repairing.is_empty() {
+            0
+        } else {
+            usize::MAX
+        }
     }
 
     fn forget(&mut self, cgroup_id: u64) -> Vec<(Stream, u64)> {
@@ -1084,10 +1101,10 @@ fn over_the_node_wide_budget_a_stream_waiting_for_its_seam_drops_its_oldest_held
     );
 }
 
-/// The stage's pipeline, recording the size of every chunk handed to it.
+/// The stage's pipeline, recording every chunk handed to it: source, offset, length.
 struct Recording {
     inner: Pipeline,
-    chunks: Arc<std::sync::Mutex<Vec<usize>>>,
+    chunks: Arc<std::sync::Mutex<Vec<(SourceId, u64, usize)>>>,
 }
 
 impl Input for Recording {
@@ -1096,7 +1113,10 @@ impl Input for Recording {
     }
 
     fn data(&mut self, source: SourceId, offset: u64, chunk: Bytes, written_ns: Option<i64>) {
-        self.chunks.lock().unwrap().push(chunk.len());
+        self.chunks
+            .lock()
+            .unwrap()
+            .push((source, offset, chunk.len()));
         self.inner.data(source, offset, chunk, written_ns);
     }
 
@@ -1111,6 +1131,41 @@ impl Input for Recording {
     fn tick(&mut self, now: Instant) {
         self.inner.tick(now);
     }
+}
+
+/// A stage whose pipeline records every chunk handed to it.
+#[expect(clippy::type_complexity, reason = "a test fixture's tuple, used twice")]
+fn recording_stage(
+    fx: &Fixture,
+    feed: ScriptFeed,
+) -> (
+    CaptureStage<ScriptFeed, TableResolver>,
+    Receiver<Batch>,
+    Arc<std::sync::Mutex<Vec<(SourceId, u64, usize)>>>,
+) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
+    let registry = fx.registry();
+    let chunks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pipeline = Recording {
+        inner: Pipeline::new(
+            &fx.config,
+            Router::new(&fx.config.sources, &queues),
+            registry.clone(),
+        ),
+        chunks: chunks.clone(),
+    };
+    let options = fx.config.capture.clone().unwrap();
+    let claims = Arc::new(Claims::new(options.source, options.claim_wait));
+    let stage = CaptureStage::new(
+        options,
+        feed,
+        fx.running_container(),
+        pipeline,
+        registry,
+        claims,
+    );
+    (stage, rx, chunks)
 }
 
 #[test]
@@ -1134,34 +1189,13 @@ fn a_large_hole_is_read_back_in_bounded_steps_of_joined_lines() {
         ]]),
         ..Default::default()
     };
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
-    let registry = fx.registry();
-    let chunks = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let pipeline = Recording {
-        inner: Pipeline::new(
-            &fx.config,
-            Router::new(&fx.config.sources, &queues),
-            registry.clone(),
-        ),
-        chunks: chunks.clone(),
-    };
-    let options = fx.config.capture.clone().unwrap();
-    let claims = Arc::new(Claims::new(options.source, options.claim_wait));
-    let mut stage = CaptureStage::new(
-        options,
-        feed,
-        fx.running_container(),
-        pipeline,
-        registry,
-        claims,
-    );
+    let (mut stage, rx, chunks) = recording_stage(&fx, feed);
     let got = lines(&mut stage, &rx, all.len());
     assert_eq!(
         bodies(&got),
         all.iter().map(String::as_str).collect::<Vec<_>>()
     );
-    let chunks = chunks.lock().unwrap();
+    let chunks: Vec<usize> = chunks.lock().unwrap().iter().map(|c| c.2).collect();
     assert!(
         chunks.iter().all(|&n| n as u64 <= REPAIR_STEP_BYTES),
         "every step is at most {REPAIR_STEP_BYTES} bytes: {chunks:?}"
@@ -1172,4 +1206,46 @@ fn a_large_hole_is_read_back_in_bounded_steps_of_joined_lines() {
         chunks.len()
     );
     assert_eq!(chunks.iter().sum::<usize>() as u64, stream_len(&all));
+}
+
+#[test]
+fn the_ring_is_drained_between_two_repair_steps() {
+    let fx = Fixture::new();
+    let all: Vec<String> = (0..8000).map(|i| format!("line {i:0>94}")).collect();
+    fx.append_cri(
+        "stdout",
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let first: &'static [u8] = Box::leak(format!("{}\n", all[0]).into_bytes().into_boxed_slice());
+    let last: &'static [u8] = Box::leak(format!("{}\n", all[7999]).into_bytes().into_boxed_slice());
+    let hole_end = stream_len(&all[..7999]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([vec![
+            Scripted::Created(7, "/kubepods/podu/c1"),
+            Scripted::Bound(7, Stream::Stdout),
+            Scripted::Bound(7, Stream::Stderr),
+            Scripted::Data(7, Stream::Stdout, 0, first),
+            // 800 KB lost: four steps.
+            Scripted::Data(7, Stream::Stdout, hole_end, last),
+        ]]),
+        // The ring fills while the stage repairs.
+        while_repairing: vec![Scripted::Data(7, Stream::Stderr, 0, b"meanwhile\n")],
+        ..Default::default()
+    };
+    let (mut stage, rx, chunks) = recording_stage(&fx, feed);
+    let got = lines(&mut stage, &rx, all.len() + 1);
+    assert_eq!(got.len(), all.len() + 1);
+    let chunks = chunks.lock().unwrap();
+    let stdout = chunks[0].0;
+    let stderr_at = chunks
+        .iter()
+        .position(|c| c.0 != stdout)
+        .expect("the stderr line was handed on");
+    let repaired: Vec<usize> = (0..chunks.len())
+        .filter(|&i| chunks[i].0 == stdout && chunks[i].1 > 0)
+        .collect();
+    assert!(
+        repaired[0] < stderr_at && stderr_at < *repaired.last().unwrap(),
+        "the ring's records came between the hole's steps: {chunks:?}"
+    );
 }
