@@ -583,6 +583,11 @@ fn run_otlp(
     let dest_cpu = crate::self_cpu().saturating_sub(before);
     let got = receiver.take();
     let _ = std::fs::remove_dir_all(&data);
+    eprintln!(
+        "otlp (gzip {gzip}): {} requests, {:.1} MiB on the wire",
+        got.requests,
+        got.wire_bytes as f64 / f64::from(1 << 20)
+    );
     if got.records != lines || got.errors != 0 || got.empty != 0 {
         bail!(
             "otlp: NOT DELIVERED as expected: {lines} input lines, but the receiver decoded {} log records in {} requests ({} refused, {} empty)",
@@ -624,6 +629,11 @@ fn run_fluent_bit_otlp(
     let peer = crate::fluentbit::timed(fluent_bit, setup, dir, input, &output)?;
     let dest_cpu = crate::self_cpu().saturating_sub(before);
     let got = receiver.take();
+    eprintln!(
+        "fluent-bit → otlp (gzip {gzip}): {} requests, {:.1} MiB on the wire",
+        got.requests,
+        got.wire_bytes as f64 / f64::from(1 << 20)
+    );
     if got.records != lines || got.errors != 0 || got.empty != 0 {
         bail!(
             "fluent-bit → otlp: NOT DELIVERED as expected: {lines} input lines, but the receiver decoded {} log records in {} requests ({} refused, {} empty)",
