@@ -108,6 +108,18 @@ impl Dest {
     fn is_fluent_bit(self) -> bool {
         matches!(self, Dest::FluentBitKafka | Dest::FluentBitOtlp { .. })
     }
+
+    /// The logtap scenario a Fluent Bit row is configured like.
+    fn logtap_counterpart(self) -> Option<Dest> {
+        match self {
+            Dest::FluentBitKafka => Some(Dest::Kafka {
+                per_package: false,
+                spool_uncompressed: false,
+            }),
+            Dest::FluentBitOtlp { gzip } => Some(Dest::Otlp { gzip }),
+            _ => None,
+        }
+    }
 }
 
 struct Scenario {
@@ -398,6 +410,24 @@ fn markdown(rows: &[Row], size_mb: u64, runs: usize, lines: u64) -> String {
                 .map_or("— (not counted)".into(), |d| format!("{d} (all)")),
             best.dest_cpu
                 .map_or("—".into(), |c| format!("{:.2}", c.as_secs_f64())),
+        );
+    }
+    // logtap against the peer configured alike, same input, same run.
+    for peer in rows.iter().filter(|r| r.dest.is_fluent_bit()) {
+        let Some(ours) = peer
+            .dest
+            .logtap_counterpart()
+            .and_then(|d| rows.iter().find(|r| r.dest == d))
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "\n{} ÷ {}: **{:.1}×** MB/s per core (best runs), {:.1}× peak RSS.",
+            ours.name,
+            peer.name,
+            ours.per_core(ours.best()) / peer.per_core(peer.best()),
+            ours.best().agent.max_rss_kib as f64 / peer.best().agent.max_rss_kib.max(1) as f64,
         );
     }
     s
