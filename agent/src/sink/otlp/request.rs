@@ -145,7 +145,7 @@ pub(super) struct RequestBuilder {
     body_start: usize,
 }
 
-/// Bytes of the two length varints of a group's framing at most (`u32` lengths).
+/// Bytes of the two length varints of a group's framing at most (lengths below 2^35).
 const MAX_LENGTH_VARINTS: usize = 2 * 5;
 
 impl RequestBuilder {
@@ -213,6 +213,9 @@ impl RequestBuilder {
             encode_key(2, WireType::LengthDelimited, &mut self.header);
             encode_varint(scope_len as u64, &mut self.header);
             message::encode(1, &scope, &mut self.header);
+            // Lengths below 2^35 take at most 5 varint bytes; a request is a window of
+            // at most `max_window_bytes` of bodies, far below.
+            debug_assert!(self.header.len() <= records_at - gap_at);
             let header_at = records_at - self.header.len();
             self.encoded[header_at..records_at].copy_from_slice(&self.header);
             if g == 0 {
