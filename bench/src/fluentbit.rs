@@ -144,6 +144,11 @@ pub enum Output {
     /// Its `kafka` output (librdkafka), as the network bench configures logtap's: lz4,
     /// `acks: all`, idempotent producer.
     Kafka { brokers: String, topic: String },
+    /// Its `opentelemetry` output (OTLP/HTTP, protobuf) to `127.0.0.1:port/v1/logs`,
+    /// as the network bench configures logtap's `otlp` sink: gzip or no compression.
+    /// The record's `log` (the CRI line's message) is the body and its other fields
+    /// (`stream`, `_p`) are attributes, the nearest to logtap's records.
+    Otlp { port: u16, gzip: bool },
 }
 
 impl Output {
@@ -156,16 +161,21 @@ impl Output {
                  rdkafka.compression.codec lz4\n    rdkafka.request.required.acks -1\n    \
                  rdkafka.enable.idempotence true\n"
             ),
+            Output::Otlp { port, gzip } => format!(
+                "[OUTPUT]\n    Name opentelemetry\n    Match *\n    Host 127.0.0.1\n    Port {port}\n    \
+                 Logs_uri /v1/logs\n    Logs_body_key $log\n    Logs_body_key_attributes true\n{}",
+                if *gzip { "    Compress gzip\n" } else { "" }
+            ),
         }
     }
 
     /// The shutdown grace period: the engine stops once no task is pending, so this
-    /// is only an upper bound. The Kafka output gets long enough to hand over what it
-    /// holds (every record is counted at the broker afterwards).
+    /// is only an upper bound. The network outputs get long enough to hand over what
+    /// they hold (every record is counted at the destination afterwards).
     fn grace_s(&self) -> u32 {
         match self {
             Output::Null | Output::Counter => 2,
-            Output::Kafka { .. } => 60,
+            Output::Kafka { .. } | Output::Otlp { .. } => 60,
         }
     }
 }

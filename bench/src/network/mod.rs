@@ -12,6 +12,9 @@
 //! - Fluent Bit's `kafka` output into the same kind of broker, as the peer's row: its
 //!   `tail` input with `multiline.parser cri` ([`crate::fluentbit`]), lz4, `acks` all,
 //!   idempotent; its CPU is Fluent Bit's own (skipped when there is no binary).
+//! - Fluent Bit's `opentelemetry` output into the same receiver, the peer's OTLP rows:
+//!   the same `tail` input, OTLP/HTTP protobuf, gzip and uncompressed as logtap's rows
+//!   (skipped likewise).
 //!
 //! Each is `logtap run --oneshot` with the network sink's `drain_timeout: 10m`: a
 //! oneshot agent closes its sinks at the end of the input, and the forwarder then
@@ -77,7 +80,7 @@ pub struct NetworkArgs {
     /// (the store baseline always runs).
     #[arg(long)]
     only: Option<String>,
-    /// The Fluent Bit binary for its Kafka row (default: $LOGTAP_FLUENT_BIT, then
+    /// The Fluent Bit binary for its Kafka and OTLP rows (default: $LOGTAP_FLUENT_BIT, then
     /// ../shared/peers/fluent-bit, /work/shared/peers/fluent-bit); skipped when absent.
     #[arg(long)]
     fluent_bit: Option<PathBuf>,
@@ -99,6 +102,28 @@ enum Dest {
     },
     /// Fluent Bit (not logtap) into the same broker: the peer's row.
     FluentBitKafka,
+    /// Fluent Bit (not logtap) into the same OTLP receiver: the peer's rows.
+    FluentBitOtlp {
+        gzip: bool,
+    },
+}
+
+impl Dest {
+    fn is_fluent_bit(self) -> bool {
+        matches!(self, Dest::FluentBitKafka | Dest::FluentBitOtlp { .. })
+    }
+
+    /// The logtap scenario a Fluent Bit row is configured like.
+    fn logtap_counterpart(self) -> Option<Dest> {
+        match self {
+            Dest::FluentBitKafka => Some(Dest::Kafka {
+                per_package: false,
+                spool_uncompressed: false,
+            }),
+            Dest::FluentBitOtlp { gzip } => Some(Dest::Otlp { gzip }),
+            _ => None,
+        }
+    }
 }
 
 struct Scenario {
@@ -174,6 +199,16 @@ fn scenarios() -> Vec<Scenario> {
             dest: Dest::Otlp { gzip: false },
             target: None,
         },
+        Scenario {
+            name: "Fluent Bit: CRI → otlp/http (gzip; `multiline.parser cri`, opentelemetry output)",
+            dest: Dest::FluentBitOtlp { gzip: true },
+            target: None,
+        },
+        Scenario {
+            name: "Fluent Bit: CRI → otlp/http (no compression; `multiline.parser cri`, opentelemetry output)",
+            dest: Dest::FluentBitOtlp { gzip: false },
+            target: None,
+        },
     ]
 }
 
@@ -243,7 +278,7 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
     }
     let fluent_bit = crate::fluentbit::binary(args.fluent_bit.as_deref());
     if let Err(missing) = &fluent_bit {
-        eprintln!("{missing}: its Kafka row is skipped");
+        eprintln!("{missing}: its Kafka and OTLP rows are skipped");
     }
     let selected: Vec<Scenario> = scenarios()
         .into_iter()
@@ -254,7 +289,7 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
                     .as_deref()
                     .is_none_or(|o| o.split('|').any(|o| s.name.contains(o)))
         })
-        .filter(|s| s.dest != Dest::FluentBitKafka || fluent_bit.is_ok())
+        .filter(|s| !s.dest.is_fluent_bit() || fluent_bit.is_ok())
         .collect();
     let wants = |f: fn(Dest) -> bool| selected.iter().any(|s| f(s.dest));
     let tansu = if wants(|d| matches!(d, Dest::Kafka { .. } | Dest::FluentBitKafka)) {
@@ -265,7 +300,7 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let receiver = if wants(|d| matches!(d, Dest::Otlp { .. })) {
+    let receiver = if wants(|d| matches!(d, Dest::Otlp { .. } | Dest::FluentBitOtlp { .. })) {
         Some(otlp::Receiver::start(2)?)
     } else {
         None
@@ -321,6 +356,14 @@ pub fn run(args: &NetworkArgs) -> anyhow::Result<()> {
                     &dir,
                     &input,
                     tansu.as_deref().expect("tansu"),
+                    lines,
+                )?,
+                Dest::FluentBitOtlp { gzip } => run_fluent_bit_otlp(
+                    fluent_bit.as_deref().expect("selected only with a binary"),
+                    &dir,
+                    &input,
+                    receiver.as_ref().expect("receiver"),
+                    gzip,
                     lines,
                 )?,
                 Dest::Otlp { gzip } => run_otlp(
@@ -400,6 +443,24 @@ fn markdown(rows: &[Row], size_mb: u64, runs: usize, lines: u64) -> String {
                 .map_or("— (not counted)".into(), |d| format!("{d} (all)")),
             best.dest_cpu
                 .map_or("—".into(), |c| format!("{:.2}", c.as_secs_f64())),
+        );
+    }
+    // logtap against the peer configured alike, same input, same run.
+    for peer in rows.iter().filter(|r| r.dest.is_fluent_bit()) {
+        let Some(ours) = peer
+            .dest
+            .logtap_counterpart()
+            .and_then(|d| rows.iter().find(|r| r.dest == d))
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "\n{} ÷ {}: **{:.1}×** MB/s per core (best runs), {:.1}× peak RSS.",
+            ours.name,
+            peer.name,
+            ours.per_core(ours.best()) / peer.per_core(peer.best()),
+            ours.best().agent.max_rss_kib as f64 / peer.best().agent.max_rss_kib.max(1) as f64,
         );
     }
     s
@@ -601,6 +662,11 @@ fn run_otlp(
     let dest_cpu = crate::self_cpu().saturating_sub(before);
     let got = receiver.take();
     let _ = std::fs::remove_dir_all(&data);
+    eprintln!(
+        "otlp (gzip {gzip}): {} requests, {:.1} MiB on the wire",
+        got.requests,
+        got.wire_bytes as f64 / f64::from(1 << 20)
+    );
     if got.records != lines || got.errors != 0 || got.empty != 0 {
         bail!(
             "otlp: NOT DELIVERED as expected: {lines} input lines, but the receiver decoded {} log records in {} requests ({} refused, {} empty)",
@@ -612,6 +678,52 @@ fn run_otlp(
     }
     Ok(Sample {
         agent,
+        dest_cpu: Some(dest_cpu),
+        delivered: Some(got.records),
+    })
+}
+
+/// Fluent Bit's `tail` (CRI) into its `opentelemetry` output, to the harness's
+/// receiver; the receiver must then have decoded one log record per input line, as for
+/// logtap's rows (Fluent Bit's records carry no offset, so duplicates would show only
+/// as more records than lines).
+fn run_fluent_bit_otlp(
+    fluent_bit: &Path,
+    dir: &Path,
+    input: &Path,
+    receiver: &otlp::Receiver,
+    gzip: bool,
+    lines: u64,
+) -> anyhow::Result<Sample> {
+    let output = crate::fluentbit::Output::Otlp {
+        port: receiver.port(),
+        gzip,
+    };
+    let setup = crate::fluentbit::Setup {
+        input: Input::CriTemplated,
+        durable: false,
+    };
+    let _ = receiver.take();
+    let before = crate::self_cpu();
+    let peer = crate::fluentbit::timed(fluent_bit, setup, dir, input, &output)?;
+    let dest_cpu = crate::self_cpu().saturating_sub(before);
+    let got = receiver.take();
+    eprintln!(
+        "fluent-bit → otlp (gzip {gzip}): {} requests, {:.1} MiB on the wire",
+        got.requests,
+        got.wire_bytes as f64 / f64::from(1 << 20)
+    );
+    if got.records != lines || got.errors != 0 || got.empty != 0 {
+        bail!(
+            "fluent-bit → otlp: NOT DELIVERED as expected: {lines} input lines, but the receiver decoded {} log records in {} requests ({} refused, {} empty)",
+            got.records,
+            got.requests,
+            got.errors,
+            got.empty
+        );
+    }
+    Ok(Sample {
+        agent: peer,
         dest_cpu: Some(dest_cpu),
         delivered: Some(got.records),
     })

@@ -94,6 +94,11 @@ impl Receiver {
         format!("http://{}", self.addr)
     }
 
+    /// The port on 127.0.0.1 (Fluent Bit's `opentelemetry` output takes host and port).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     /// The counts so far, reset to zero.
     pub fn take(&self) -> Received {
         let c = &self.counters;
@@ -243,5 +248,41 @@ mod tests {
             }
         );
         assert_eq!(receiver.take(), Received::default());
+    }
+
+    /// The peer's rows as the benchmark runs them, on a small file: the real Fluent
+    /// Bit's `tail` (CRI) into its `opentelemetry` output must hand this receiver every
+    /// record, gzip or not, in requests it can decode (what makes its CPU seconds
+    /// comparable to logtap's rows).
+    #[test]
+    fn fluent_bit_delivers_every_record_to_the_receiver() {
+        let bin = crate::fluentbit::binary(None).unwrap_or_else(|e| {
+            panic!("{e}: see shared/peers/README.md, or set LOGTAP_FLUENT_BIT")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("cri.log");
+        crate::generate(crate::Input::CriTemplated, &input, 256 << 10).unwrap();
+        let lines = crate::fluentbit::expected_records(crate::Input::CriTemplated, &input).unwrap();
+        assert!(lines > 500, "only {lines} lines");
+        let receiver = Receiver::start(1).unwrap();
+        for gzip in [true, false] {
+            let setup = crate::fluentbit::Setup {
+                input: crate::Input::CriTemplated,
+                durable: false,
+            };
+            let output = crate::fluentbit::Output::Otlp {
+                port: receiver.port(),
+                gzip,
+            };
+            crate::fluentbit::timed(&bin, setup, dir.path(), &input, &output)
+                .unwrap_or_else(|e| panic!("gzip {gzip}: {e:#}"));
+            let got = receiver.take();
+            assert_eq!(
+                (got.records, got.errors, got.empty),
+                (lines, 0, 0),
+                "gzip {gzip}: {got:?}"
+            );
+            assert!(got.requests > 0);
+        }
     }
 }

@@ -102,13 +102,14 @@ const POD_FIELDS: [(&str, &str); 9] = [
 fn build(window: &[SpooledPackage], parts: &[Part]) -> ExportLogsServiceRequest {
     let mut builder = RequestBuilder::default();
     builder.encode(window, parts, 42);
+    let reference = request::request_of(window, parts, 42);
     assert_eq!(
-        builder.encoded,
-        builder.request().encode_to_vec(),
-        "the same bytes as prost's own encoding"
+        builder.body(),
+        reference.encode_to_vec(),
+        "the same bytes as prost's own encoding of the same messages"
     );
-    let decoded = ExportLogsServiceRequest::decode(&builder.encoded[..]).unwrap();
-    assert_eq!(&decoded, builder.request(), "encoding round-trips");
+    let decoded = ExportLogsServiceRequest::decode(builder.body()).unwrap();
+    assert_eq!(decoded, reference, "encoding round-trips");
     decoded
 }
 
@@ -286,7 +287,7 @@ fn reused_records_carry_nothing_over() {
     let mut builder = RequestBuilder::default();
     builder.encode(&first, &request::window_parts(&first), 1);
     builder.encode(&second, &request::window_parts(&second), 2);
-    let decoded = ExportLogsServiceRequest::decode(&builder.encoded[..]).unwrap();
+    let decoded = ExportLogsServiceRequest::decode(builder.body()).unwrap();
     let fresh = build(&second, &request::window_parts(&second));
     // Observed times differ (2 vs 42); everything else is what a fresh build gives.
     let mut decoded_record = decoded.resource_logs[0].scope_logs[0].log_records[0].clone();
@@ -641,4 +642,89 @@ fn retry_after_forms() {
     );
     assert_eq!(parse_retry_after("soon", now), None);
     assert_eq!(parse_retry_after("-3", now), None);
+}
+
+/// Groups big enough that their framing lengths take several varint bytes, and a
+/// resource with many labels: each group's framing is written into the gap before its
+/// records and the unused start of the gap closed, so the request is still exactly
+/// prost's encoding (checked by `build`). A body larger than what the reused record
+/// keeps is encoded whole.
+#[test]
+fn large_groups_are_framed_exactly() {
+    let a = source(0xa, SourceKind::CriFile, "/var/log/pods/a.log");
+    let c = source(0xc, SourceKind::Capture, "");
+    let labels: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("k8s.pod.label.l{i}"), format!("value-{i}")))
+        .collect();
+    let labels: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let records = |n: u64, salt: &str| -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                record(
+                    i * 200,
+                    format!("{salt} line {i} {}", "x".repeat((i % 150) as usize)).as_bytes(),
+                    &[("level", "info")],
+                )
+            })
+            .collect()
+    };
+    let huge = vec![b'y'; 3 * super::request::MAX_KEPT_CAPACITY];
+    let mut with_huge = records(10, "c");
+    with_huge.push(record(99_999, &huge, &[]));
+    let window = [
+        package(1, &a, 1, &labels, records(3000, "a")),
+        package(2, &c, 1, &[("k8s.pod", "c")], with_huge),
+        package(3, &a, 2, &labels, records(2000, "a2")),
+        package(4, &c, 2, &[("k8s.pod", "c2")], records(1, "c2")),
+    ];
+    let request = build(&window, &request::window_parts(&window));
+    let counts: Vec<usize> = request
+        .resource_logs
+        .iter()
+        .map(|r| r.scope_logs[0].log_records.len())
+        .collect();
+    assert_eq!(counts, vec![5000, 11, 1]);
+    // The same builder again, on a part of the window: nothing of the first request
+    // is left in the second.
+    let mut builder = RequestBuilder::default();
+    builder.encode(&window, &request::window_parts(&window), 42);
+    let parts = [Part {
+        package: 3,
+        records: 0..1,
+    }];
+    builder.encode(&window, &parts, 42);
+    assert_eq!(
+        builder.body(),
+        request::request_of(&window, &parts, 42).encode_to_vec()
+    );
+}
+
+/// The reused gzip compressor makes one complete gzip member per request, whatever
+/// the last request was: empty, compressible, incompressible (stored blocks, the
+/// worst case the output buffer is sized for).
+#[test]
+fn gzip_members_are_complete_and_independent() {
+    use std::io::Read;
+    let mut gzip = flate2::Compress::new_gzip(flate2::Compression::fast(), 15);
+    let mut out = Vec::new();
+    let mut noise = Vec::with_capacity(1 << 20);
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    while noise.len() < 1 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    let text = b"a log line that repeats\n".repeat(10_000);
+    for input in [&text[..], &noise[..], &[][..], &text[..100]] {
+        gzip_into(&mut gzip, input, &mut out).unwrap();
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, input);
+    }
 }
