@@ -119,6 +119,7 @@ impl Dest {
             Dest::FluentBitKafka => Some(Dest::Kafka {
                 per_package: false,
                 spool_uncompressed: false,
+                package_value: false,
             }),
             Dest::FluentBitOtlp { gzip } => Some(Dest::Otlp { gzip }),
             _ => None,

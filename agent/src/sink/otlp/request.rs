@@ -162,9 +162,11 @@ impl RequestBuilder {
     ///   (~25,000 in a request of the bench's input: the window copied once more);
     /// - each record's length is computed once (prost's derived `encode` computes the
     ///   length of every nested message again at each level above it);
-    /// - nothing is copied after encoding: a group's records are written after a gap
-    ///   as long as its framing can be, and the framing (whose two lengths are known
-    ///   only then) is written at the end of the gap; the request starts there.
+    /// - the first group is not copied after encoding: its records are written after a
+    ///   gap as long as its framing can be, and the framing (whose two lengths are known
+    ///   only then) is written at the end of the gap; the request starts there. A later
+    ///   group (another source in the same window) is moved back over its gap's unused
+    ///   bytes once, so the groups stay contiguous.
     pub fn encode(&mut self, window: &[SpooledPackage], parts: &[Part], observed_ns: u64) {
         use prost::encoding::{WireType, encode_key, encode_varint, key_len, message};
         self.group(window, parts);
@@ -213,9 +215,15 @@ impl RequestBuilder {
             encode_key(2, WireType::LengthDelimited, &mut self.header);
             encode_varint(scope_len as u64, &mut self.header);
             message::encode(1, &scope, &mut self.header);
-            // Lengths below 2^35 take at most 5 varint bytes; a request is a window of
-            // at most `max_window_bytes` of bodies, far below.
-            debug_assert!(self.header.len() <= records_at - gap_at);
+            // Lengths below 2^35 take at most 5 varint bytes, which the gap allows for;
+            // a window too large for that (a `max_request_size` of tens of GiB) widens
+            // the gap instead of writing over the previous group.
+            let mut records_at = records_at;
+            if let Some(extra) = self.header.len().checked_sub(records_at - gap_at) {
+                self.encoded
+                    .splice(gap_at..gap_at, std::iter::repeat_n(0, extra));
+                records_at += extra;
+            }
             let header_at = records_at - self.header.len();
             self.encoded[header_at..records_at].copy_from_slice(&self.header);
             if g == 0 {
