@@ -772,37 +772,12 @@ fn a_restarted_agent_takes_over_its_pinned_probes_and_reads_nothing_from_the_log
 
     let agent = start_agent(dir.path(), &config);
     assert_eq!(starts(&agent, "reused"), 1.0, "{}", agent.log());
-    ticker.wait_exit(Duration::from_secs(30));
-    wait_for_each(3000, "every tick in the store", || {
-        shipped_ticks(&agent, &log)
-    });
-    let mut all = shipped_ticks(&agent, &log);
-    all.sort_unstable();
-    assert_eq!(
-        all,
-        (1..=3000).collect::<Vec<_>>(),
-        "each tick exactly once"
-    );
-    let metrics = agent.metrics();
+    let metrics = assert_every_tick_once_on_taken_over_probes(&agent, &log, &ticker);
     eprintln!(
         "pinned restart: {before} ticks before the stop, 3000 in all; probes loaded in {fresh_load:.3} s, taken over in {:.3} s",
         load_seconds(&agent)
     );
-    assert_eq!(
-        metric(
-            &metrics,
-            "logtap_capture_resumed_streams_total",
-            &[("to", "capture")]
-        ),
-        2.0,
-        "stdout and stderr taken over\n{metrics}"
-    );
-    // The restarted agent read nothing from the log: no repair, no seam, no file.
-    assert_eq!(
-        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]),
-        0.0,
-        "{metrics}"
-    );
+    // Nor did it bind anything again at a seam.
     for result in ["exact", "ambiguous", "no_match", "unfinished"] {
         assert_eq!(
             metric(
@@ -814,12 +789,50 @@ fn a_restarted_agent_takes_over_its_pinned_probes_and_reads_nothing_from_the_log
         );
     }
     assert!(metric(&metrics, "logtap_capture_bytes_total", &[]) > 0.0);
+}
+
+/// After a take-over of pinned probes: every one of the ticker's 3000 lines shipped
+/// exactly once, both streams resumed on capture, not one byte read back from the CRI
+/// log, and no line of the captured container shipped by the file source. Returns the
+/// agent's metrics.
+fn assert_every_tick_once_on_taken_over_probes(
+    agent: &Agent,
+    log: &Path,
+    ticker: &ContainerHandle,
+) -> String {
+    ticker.wait_exit(Duration::from_secs(30));
+    wait_for_each(3000, "every tick in the store", || {
+        shipped_ticks(agent, log)
+    });
+    let mut all = shipped_ticks(agent, log);
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=3000).collect::<Vec<_>>(),
+        "each tick exactly once"
+    );
+    let metrics = agent.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "logtap_capture_resumed_streams_total",
+            &[("to", "capture")]
+        ),
+        2.0,
+        "stdout and stderr taken over\n{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]),
+        0.0,
+        "nothing read from the CRI log\n{metrics}"
+    );
     assert!(
         store_records(&agent.store_dir())
             .iter()
             .all(|r| r["path"] != log.display().to_string().as_str()),
         "the file source shipped lines of the captured container"
     );
+    metrics
 }
 
 /// A second agent started while the first still holds the pinned probes (a rollout
@@ -923,38 +936,7 @@ fn a_second_agent_waits_for_the_first_to_stop_and_takes_its_pins_over() {
     let metrics = second.metrics();
     assert_eq!(starts(&metrics, "reused"), 1.0, "{metrics}");
     assert!(waited(&metrics) > 0.5, "{metrics}");
-    ticker.wait_exit(Duration::from_secs(30));
-    wait_for_each(3000, "every tick in the store", || {
-        shipped_ticks(&second, &log)
-    });
-    let mut all = shipped_ticks(&second, &log);
-    all.sort_unstable();
-    assert_eq!(
-        all,
-        (1..=3000).collect::<Vec<_>>(),
-        "each tick exactly once"
-    );
-    let metrics = second.metrics();
-    assert_eq!(
-        metric(
-            &metrics,
-            "logtap_capture_resumed_streams_total",
-            &[("to", "capture")]
-        ),
-        2.0,
-        "stdout and stderr taken over\n{metrics}"
-    );
-    assert_eq!(
-        metric(&metrics, "logtap_capture_repaired_bytes_total", &[]),
-        0.0,
-        "nothing read from the CRI log\n{metrics}"
-    );
-    assert!(
-        store_records(&second.store_dir())
-            .iter()
-            .all(|r| r["path"] != log.display().to_string().as_str()),
-        "the file source shipped lines of the captured container"
-    );
+    assert_every_tick_once_on_taken_over_probes(&second, &log, &ticker);
 }
 
 /// Pins of another layout (here: another ring size) are not used: the agent removes
