@@ -1168,17 +1168,44 @@ fn recording_stage(
     (stage, rx, chunks)
 }
 
+/// 8000 lines of 100 bytes in the container's CRI log, of which the ring brought only
+/// the first and the last: a hole of about 800 KB, several repair steps, between them.
+struct LargeHole {
+    all: Vec<String>,
+    first: &'static [u8],
+    last: &'static [u8],
+    /// The stream offset of the last line: where the hole ends.
+    hole_end: u64,
+}
+
+impl LargeHole {
+    fn logged(fx: &Fixture) -> Self {
+        let all: Vec<String> = (0..8000).map(|i| format!("line {i:0>94}")).collect();
+        fx.append_cri(
+            "stdout",
+            &all.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let leak = |line: &str| -> &'static [u8] {
+            Box::leak(format!("{line}\n").into_bytes().into_boxed_slice())
+        };
+        LargeHole {
+            first: leak(&all[0]),
+            last: leak(&all[7999]),
+            hole_end: stream_len(&all[..7999]),
+            all,
+        }
+    }
+}
+
 #[test]
 fn a_large_hole_is_read_back_in_bounded_steps_of_joined_lines() {
     let fx = Fixture::new();
-    let all: Vec<String> = (0..8000).map(|i| format!("line {i:0>94}")).collect();
-    fx.append_cri(
-        "stdout",
-        &all.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let first: &'static [u8] = Box::leak(format!("{}\n", all[0]).into_bytes().into_boxed_slice());
-    let last: &'static [u8] = Box::leak(format!("{}\n", all[7999]).into_bytes().into_boxed_slice());
-    let hole_end = stream_len(&all[..7999]);
+    let LargeHole {
+        all,
+        first,
+        last,
+        hole_end,
+    } = LargeHole::logged(&fx);
     let feed = ScriptFeed {
         rounds: VecDeque::from([vec![
             Scripted::Created(7, "/kubepods/podu/c1"),
@@ -1211,14 +1238,12 @@ fn a_large_hole_is_read_back_in_bounded_steps_of_joined_lines() {
 #[test]
 fn the_ring_is_drained_between_two_repair_steps() {
     let fx = Fixture::new();
-    let all: Vec<String> = (0..8000).map(|i| format!("line {i:0>94}")).collect();
-    fx.append_cri(
-        "stdout",
-        &all.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let first: &'static [u8] = Box::leak(format!("{}\n", all[0]).into_bytes().into_boxed_slice());
-    let last: &'static [u8] = Box::leak(format!("{}\n", all[7999]).into_bytes().into_boxed_slice());
-    let hole_end = stream_len(&all[..7999]);
+    let LargeHole {
+        all,
+        first,
+        last,
+        hole_end,
+    } = LargeHole::logged(&fx);
     let feed = ScriptFeed {
         rounds: VecDeque::from([vec![
             Scripted::Created(7, "/kubepods/podu/c1"),
