@@ -663,25 +663,37 @@ fn run_otlp(
     let dest_cpu = crate::self_cpu().saturating_sub(before);
     let got = receiver.take();
     let _ = std::fs::remove_dir_all(&data);
+    check_otlp_delivery("otlp", gzip, &got, lines)?;
+    Ok(Sample {
+        agent,
+        dest_cpu: Some(dest_cpu),
+        delivered: Some(got.records),
+    })
+}
+
+/// What `who` delivered to the receiver, printed; an error unless the receiver decoded
+/// exactly one log record per input line, refused none and saw no empty request.
+fn check_otlp_delivery(
+    who: &str,
+    gzip: bool,
+    got: &otlp::Received,
+    lines: u64,
+) -> anyhow::Result<()> {
     eprintln!(
-        "otlp (gzip {gzip}): {} requests, {:.1} MiB on the wire",
+        "{who} (gzip {gzip}): {} requests, {:.1} MiB on the wire",
         got.requests,
         got.wire_bytes as f64 / f64::from(1 << 20)
     );
     if got.records != lines || got.errors != 0 || got.empty != 0 {
         bail!(
-            "otlp: NOT DELIVERED as expected: {lines} input lines, but the receiver decoded {} log records in {} requests ({} refused, {} empty)",
+            "{who}: NOT DELIVERED as expected: {lines} input lines, but the receiver decoded {} log records in {} requests ({} refused, {} empty)",
             got.records,
             got.requests,
             got.errors,
             got.empty
         );
     }
-    Ok(Sample {
-        agent,
-        dest_cpu: Some(dest_cpu),
-        delivered: Some(got.records),
-    })
+    Ok(())
 }
 
 /// Fluent Bit's `tail` (CRI) into its `opentelemetry` output, to the harness's
@@ -709,20 +721,7 @@ fn run_fluent_bit_otlp(
     let peer = crate::fluentbit::timed(fluent_bit, setup, dir, input, &output)?;
     let dest_cpu = crate::self_cpu().saturating_sub(before);
     let got = receiver.take();
-    eprintln!(
-        "fluent-bit → otlp (gzip {gzip}): {} requests, {:.1} MiB on the wire",
-        got.requests,
-        got.wire_bytes as f64 / f64::from(1 << 20)
-    );
-    if got.records != lines || got.errors != 0 || got.empty != 0 {
-        bail!(
-            "fluent-bit → otlp: NOT DELIVERED as expected: {lines} input lines, but the receiver decoded {} log records in {} requests ({} refused, {} empty)",
-            got.records,
-            got.requests,
-            got.errors,
-            got.empty
-        );
-    }
+    check_otlp_delivery("fluent-bit → otlp", gzip, &got, lines)?;
     Ok(Sample {
         agent: peer,
         dest_cpu: Some(dest_cpu),
