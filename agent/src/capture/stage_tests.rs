@@ -144,6 +144,14 @@ impl Fixture {
         }
     }
 
+    /// The same container once it has exited (its removal is what the test plays).
+    fn exited_container(&self) -> TableResolver {
+        TableResolver {
+            running: Some(false),
+            ..self.running_container()
+        }
+    }
+
     fn new() -> Fixture {
         Fixture::with_capture("")
     }
@@ -454,11 +462,7 @@ fn a_hole_at_the_end_is_found_when_the_container_goes_away() {
         ]),
         ..Default::default()
     };
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(false),
-        selected: true,
-    };
+    let resolver = fx.exited_container();
     let registry = fx.registry();
     let (mut stage, rx, _) = fx.stage(feed, resolver, registry.clone());
     let got = lines(&mut stage, &rx, 2);
@@ -521,11 +525,7 @@ fn a_stream_that_reached_the_kernel_s_final_offset_ends_without_reading_its_log(
         finals: HashMap::from([(3, vec![(Stream::Stdout, 13), (Stream::Stderr, 0)])]),
         ..Default::default()
     };
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(false),
-        selected: true,
-    };
+    let resolver = fx.exited_container();
     let registry = fx.registry();
     let (mut stage, rx, _) = fx.stage(feed, resolver, registry.clone());
     let (got, metrics) = until_ended(&mut stage, &rx, 2);
@@ -561,11 +561,7 @@ fn a_trailing_drop_short_of_the_kernel_s_final_offset_is_read_from_the_log() {
         finals: HashMap::from([(3, vec![(Stream::Stdout, 29), (Stream::Stderr, 0)])]),
         ..Default::default()
     };
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(false),
-        selected: true,
-    };
+    let resolver = fx.exited_container();
     let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
     let (got, metrics) = until_ended(&mut stage, &rx, 3);
     assert_eq!(bodies(&got), ["first", "second", "lost at the end"]);
@@ -603,11 +599,7 @@ fn a_trailing_drop_the_log_does_not_have_is_counted_as_lost() {
         finals: HashMap::from([(3, vec![(Stream::Stdout, 29)])]),
         ..Default::default()
     };
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(false),
-        selected: true,
-    };
+    let resolver = fx.exited_container();
     let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
     let (got, metrics) = until_ended(&mut stage, &rx, 2);
     assert_eq!(bodies(&got), ["first", "second"]);
@@ -699,11 +691,7 @@ fn a_lost_removal_record_is_inferred_from_the_cgroup_directory_gone() {
         ]]),
         ..Default::default()
     };
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(false),
-        selected: true,
-    };
+    let resolver = fx.exited_container();
     let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
     stage.set_cgroup_root(Some(root.path().to_path_buf()));
     assert_eq!(bodies(&lines(&mut stage, &rx, 1)), ["first"]);
@@ -819,11 +807,7 @@ fn the_end_read_after_a_repair_reads_the_log_from_the_kept_position_not_from_its
         finals: HashMap::from([(3, vec![(Stream::Stdout, stream_len(&all))])]),
         ..Default::default()
     };
-    let resolver = TableResolver {
-        log_path: Some(fx.log.clone()),
-        running: Some(false),
-        selected: true,
-    };
+    let resolver = fx.exited_container();
     let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
     let (got, metrics) = until_ended(&mut stage, &rx, all.len());
     assert_eq!(bodies(&got), refs);
