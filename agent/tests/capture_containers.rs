@@ -200,6 +200,16 @@ fn run(pod: &common::cri::PodHandle, name: &str, script: &str) -> ContainerHandl
     pod.start_container(ContainerSpec::shell(name, script))
 }
 
+/// A container printing "tick 1" to "tick 3000" on stdout, one a millisecond: long
+/// enough for an agent to be stopped, killed or replaced in the middle.
+fn run_ticker(pod: &common::cri::PodHandle) -> ContainerHandle {
+    run(
+        pod,
+        "ticker",
+        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
+    )
+}
+
 #[test]
 fn containers_are_captured_exactly_once_by_capture() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -411,11 +421,7 @@ fn an_agent_killed_mid_stream_resumes_from_the_cri_log_and_loses_nothing() {
     ) + "  hooks: tracepoint\n";
     let mut agent = start_agent(dir.path(), &config);
     let pod = harness.run_pod(PodSpec::new("restart-ticker"));
-    let ticker = run(
-        &pod,
-        "ticker",
-        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
-    );
+    let ticker = run_ticker(&pod);
     let log = ticker.log_path().to_path_buf();
     let shipped = |agent: &Agent| -> Vec<u32> {
         let store = agent.store_dir();
@@ -755,11 +761,7 @@ fn a_restarted_agent_takes_over_its_pinned_probes_and_reads_nothing_from_the_log
         |agent: &Agent| metric(&agent.metrics(), "logtap_capture_probe_load_seconds", &[]);
     let fresh_load = load_seconds(&agent);
     let pod = harness.run_pod(PodSpec::new("pinned-ticker"));
-    let ticker = run(
-        &pod,
-        "ticker",
-        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
-    );
+    let ticker = run_ticker(&pod);
     let log = ticker.log_path().to_path_buf();
     wait_for(Duration::from_secs(20), "some ticks captured", || {
         shipped_ticks(&agent, &log).len() > 300
@@ -859,11 +861,7 @@ fn a_second_agent_waits_for_the_first_to_stop_and_takes_its_pins_over() {
     };
     let mut first = start_agent(dir.path(), &pinned("30s"));
     let pod = harness.run_pod(PodSpec::new("pinwait-ticker"));
-    let ticker = run(
-        &pod,
-        "ticker",
-        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
-    );
+    let ticker = run_ticker(&pod);
     let log = ticker.log_path().to_path_buf();
     wait_for(Duration::from_secs(20), "some ticks captured", || {
         shipped_ticks(&first, &log).len() > 300
@@ -960,11 +958,7 @@ fn pins_of_another_layout_are_replaced_and_pin_false_removes_them() {
         &pinned_config(glob, harness.endpoint(), "16MiB", &pins, true),
     );
     let pod = harness.run_pod(PodSpec::new("relayout-ticker"));
-    let ticker = run(
-        &pod,
-        "ticker",
-        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
-    );
+    let ticker = run_ticker(&pod);
     let log = ticker.log_path().to_path_buf();
     wait_for(Duration::from_secs(20), "some ticks captured", || {
         shipped_ticks(&agent, &log).len() > 300
@@ -1035,11 +1029,7 @@ fn an_agent_killed_with_pinned_probes_repairs_what_the_ring_lost_from_the_log() 
     );
     let mut agent = start_agent(dir.path(), &config);
     let pod = harness.run_pod(PodSpec::new("pinkill-ticker"));
-    let ticker = run(
-        &pod,
-        "ticker",
-        "i=1; while [ $i -le 3000 ]; do echo \"tick $i\"; i=$((i+1)); usleep 1000; done; sleep 1",
-    );
+    let ticker = run_ticker(&pod);
     let log = ticker.log_path().to_path_buf();
     wait_for(Duration::from_secs(20), "some ticks captured", || {
         shipped_ticks(&agent, &log).len() > 300
