@@ -77,7 +77,7 @@ impl PackageValue {
             out.extend_from_slice(&self.head);
             self.stream = rec.stream;
             if rec.stream != Stream::None {
-                write_stream(out, rec.stream);
+                render::write_stream_member(out, rec.stream);
             }
             out.extend_from_slice(b"\"records\":[");
         } else {
@@ -91,19 +91,12 @@ impl PackageValue {
         if rec.stream != self.stream {
             match rec.stream {
                 Stream::None => out.extend_from_slice(b"\"stream\":null,"),
-                stream => write_stream(out, stream),
+                stream => render::write_stream_member(out, stream),
             }
         }
         let mut flags = rec.flags.names().peekable();
         if flags.peek().is_some() {
-            out.extend_from_slice(b"\"flags\":[");
-            for (i, name) in flags.enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                render::write_json_str(out, name);
-            }
-            out.extend_from_slice(b"],");
+            render::write_flags_member(out, flags);
         }
         render::write_bytes_member(out, "body", &rec.body);
         if !rec.fields.is_empty() {
@@ -113,13 +106,6 @@ impl PackageValue {
         }
         out.push(b'}');
     }
-}
-
-/// `"stream":"stdout",`
-fn write_stream(out: &mut Vec<u8>, stream: Stream) {
-    out.extend_from_slice(b"\"stream\":\"");
-    out.extend_from_slice(stream.as_str().as_bytes());
-    out.extend_from_slice(b"\",");
 }
 
 #[cfg(test)]

@@ -296,24 +296,34 @@ fn write_json_own<'f>(
     write_u64(out, rec.offset);
     out.push(b',');
     if rec.stream != Stream::None {
-        out.extend_from_slice(b"\"stream\":\"");
-        out.extend_from_slice(rec.stream.as_str().as_bytes());
-        out.extend_from_slice(b"\",");
+        write_stream_member(out, rec.stream);
     }
     if rec.captured {
         out.extend_from_slice(b"\"origin\":\"ebpf\",");
     }
+    write_flags_member(out, rec.flags.names());
+    write_bytes_member(out, "body", rec.body);
+    out.push(b',');
+    write_field_object(out, "fields", fields);
+}
+
+/// `"stream":"stdout",`
+pub(crate) fn write_stream_member(out: &mut Vec<u8>, stream: Stream) {
+    out.extend_from_slice(b"\"stream\":\"");
+    out.extend_from_slice(stream.as_str().as_bytes());
+    out.extend_from_slice(b"\",");
+}
+
+/// `"flags":["truncated",…],`
+pub(crate) fn write_flags_member<'a>(out: &mut Vec<u8>, names: impl Iterator<Item = &'a str>) {
     out.extend_from_slice(b"\"flags\":[");
-    for (i, name) in rec.flags.names().enumerate() {
+    for (i, name) in names.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         write_json_str(out, name);
     }
     out.extend_from_slice(b"],");
-    write_bytes_member(out, "body", rec.body);
-    out.push(b',');
-    write_field_object(out, "fields", fields);
 }
 
 /// `,"resource":{…}` when the source has fields.
