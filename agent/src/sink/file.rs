@@ -227,6 +227,7 @@ pub(crate) mod tests {
             fields,
             source_fields,
             end_offset: 40,
+            bodies: Vec::new(),
         }
     }
 
