@@ -1,9 +1,9 @@
 //! The wire and storage form of a package: a compact payload, lz4-compressed.
 //!
-//! # Payload format (version 4, columnar, bodies last)
+//! # Payload format (version 3, columnar)
 //!
 //! ```text
-//! payload := version:u8 (=4)
+//! payload := version:u8 (=3)
 //!            source_field_count:varint
 //!            (key_len:varint key value_len:varint value) × source_field_count
 //!                                                  `Batch::source_fields`: fields of
@@ -19,21 +19,16 @@
 //!            flags:varint            × line_count  `LineFlags.0` (at most u16::MAX)
 //!            body_len:varint         × line_count
 //!            field_count:varint      × line_count
+//!            body                    × line_count  concatenated, in line order
 //!            (key_len:varint key value_len:varint value) × Σ field_count, in line order
-//!            body                    × line_count  concatenated, in line order, to the end
 //! varint  := unsigned LEB128, at most 10 bytes
 //! ```
 //!
-//! Everything before the bodies is the payload's *head* ([`encode_head`]); the bodies
-//! are `Batch::bodies`, laid down by the batch stage as each record was added, so the
-//! store compresses them where they lie instead of copying them behind the head.
-//!
-//! Version 3 (still read, no longer written) is version 4 with the bodies before the
-//! fields instead of after them. Version 2 (still read) is version 3 without the source
-//! fields: `version:u8 (=2) line_count:varint …`.
+//! Version 2 (still read, no longer written) is version 3 without the source fields:
+//! `version:u8 (=2) line_count:varint …` as above.
 //!
 //! Offsets of a package increase, so deltas are small; they wrap rather than fail so
-//! that any sequence of lines round-trips. Nothing may follow the last body.
+//! that any sequence of lines round-trips. Nothing may follow the last field.
 //!
 //! Each column holds values of one kind next to each other (streams and flags are
 //! nearly constant, lengths and deltas small), and the bodies form one run of text
@@ -46,18 +41,8 @@
 //!
 //! # Compressed block
 //!
-//! Two forms, told apart by their first four bytes:
-//!
-//! ```text
-//! single := uncompressed_len:u32 lz4_block          (as lz4_flex's compress_prepend_size;
-//!                                                     written before payload version 4)
-//! parts  := 0xFFFFFFFF (uncompressed_len:u32 compressed_len:u32 lz4_block)*
-//! ```
-//!
-//! (u32s little endian). The payload is the concatenation of what the parts decompress
-//! to; the store writes two, the head and the bodies ([`compress_parts_at`]), so that
-//! neither is copied next to the other first. A single block never claims 0xFFFFFFFF
-//! bytes: [`compress_at`] only takes payloads below 4 GiB − 1.
+//! `uncompressed_len:u32 (little endian) lz4_block`, as lz4_flex's
+//! `compress_prepend_size` writes it.
 //!
 //! # Errors
 //!
@@ -67,7 +52,7 @@
 //!
 //! # Performance
 //!
-//! [`encode_head`] reserves the worst-case size once and then only appends: no
+//! [`encode_payload`] reserves the worst-case size once and then only appends: no
 //! allocation per line. [`compress`] reuses a per-thread lz4 hash table (lz4_flex's
 //! plain `compress_into` allocates one per call); [`compress_at`] also lets a caller
 //! keep one output buffer whose bytes are never zeroed again. [`decode_payload`]
@@ -82,16 +67,11 @@ use super::{Batch, Field};
 use crate::frame::{LineFlags, Stream};
 
 /// The payload version this module writes.
-pub const PAYLOAD_VERSION: u8 = 4;
-/// Bodies before the fields; still decoded.
-const PAYLOAD_VERSION_3: u8 = 3;
+pub const PAYLOAD_VERSION: u8 = 3;
 /// Columns without source fields; still decoded.
 const PAYLOAD_VERSION_2: u8 = 2;
 /// The interleaved layout of the first stores; still decoded.
 const PAYLOAD_VERSION_1: u8 = 1;
-
-/// The first four bytes of a compressed block made of parts (see the module docs).
-const PARTS_MARKER: [u8; 4] = u32::MAX.to_le_bytes();
 
 /// Longest LEB128 encoding of a u64.
 const MAX_VARINT_LEN: usize = 10;
@@ -162,23 +142,10 @@ fn unzigzag(v: u64) -> i64 {
     (v >> 1) as i64 ^ -((v & 1) as i64)
 }
 
-/// Encodes a whole payload into `out` (cleared first): [`encode_head`], then the
-/// bodies of `batch.lines`. What a caller without `Batch::bodies` at hand writes; the
-/// store compresses the head and the bodies where they lie instead.
+/// Encodes lines and fields into `out` (the uncompressed payload; `out` is cleared
+/// first). Fields must be grouped by line in line order, as [`Batch::fields`] says; a
+/// field whose `line` is out of order or out of range is not encoded.
 pub fn encode_payload(batch: &Batch, out: &mut Vec<u8>) {
-    let body_len = encode_head(batch, out);
-    out.reserve(body_len);
-    for line in &batch.lines {
-        out.extend_from_slice(&line.body);
-    }
-}
-
-/// Encodes everything of a payload but its bodies into `out` (cleared first); the
-/// payload is this head followed by the bodies of `batch.lines`, concatenated in line
-/// order. Returns the length the bodies must have. Fields must be grouped by line in
-/// line order, as [`Batch::fields`] says; a field whose `line` is out of order or out
-/// of range is not encoded.
-pub fn encode_head(batch: &Batch, out: &mut Vec<u8>) -> usize {
     out.clear();
     // Worst case per line: offset, timestamp, body length and field count varints, the
     // stream byte and a 3-byte flags varint; per field: two length varints.
@@ -193,7 +160,9 @@ pub fn encode_head(batch: &Batch, out: &mut Vec<u8>) -> usize {
             .iter()
             .map(|(k, v)| k.len() + v.len() + 2 * MAX_VARINT_LEN)
             .sum::<usize>();
-    out.reserve(1 + 2 * MAX_VARINT_LEN + batch.lines.len() * per_line + field_bytes);
+    out.reserve(
+        1 + 2 * MAX_VARINT_LEN + batch.body_bytes() + batch.lines.len() * per_line + field_bytes,
+    );
 
     let lines = &batch.lines;
     out.push(PAYLOAD_VERSION);
@@ -222,14 +191,15 @@ pub fn encode_head(batch: &Batch, out: &mut Vec<u8>) -> usize {
     for line in lines {
         put_varint(out, u64::from(line.flags.0));
     }
-    let mut body_len = 0;
     for line in lines {
         put_varint(out, line.body.len() as u64);
-        body_len += line.body.len();
     }
     let mut fields = FieldsByLine::new(&batch.fields);
     for index in 0..lines.len() {
         put_varint(out, fields.next_line(index).len() as u64);
+    }
+    for line in lines {
+        out.extend_from_slice(&line.body);
     }
     let mut fields = FieldsByLine::new(&batch.fields);
     for index in 0..lines.len() {
@@ -240,7 +210,6 @@ pub fn encode_head(batch: &Batch, out: &mut Vec<u8>) -> usize {
             out.extend_from_slice(&field.value);
         }
     }
-    body_len
 }
 
 /// Walks fields grouped by line: the fields of each line index in turn, skipping any
@@ -274,8 +243,8 @@ thread_local! {
 }
 
 /// lz4 block compression of a payload, its uncompressed size prepended (u32 little
-/// endian): a single block. `out` is cleared first; when it already has the capacity,
-/// nothing is allocated.
+/// endian). `out` is cleared first; when it already has the capacity, nothing is
+/// allocated.
 ///
 /// Payloads are bounded by `batch.max_size` (far below 4 GiB); a larger one would not
 /// fit the size prefix and is a bug in the caller.
@@ -290,68 +259,23 @@ pub fn compress(payload: &[u8], out: &mut Vec<u8>) {
 /// buffer for every block pays for zeroing it once, not per block; bytes past the
 /// block are left over from earlier use.
 pub fn compress_at(payload: &[u8], out: &mut Vec<u8>, at: usize) -> usize {
-    let size = block_size_prefix(payload.len());
+    assert!(
+        u32::try_from(payload.len()).is_ok(),
+        "payload of {} bytes exceeds the 4 GiB block limit",
+        payload.len()
+    );
     let needed = at + 4 + get_maximum_output_size(payload.len());
     if out.len() < needed {
         out.resize(needed, 0);
     }
-    out[at..at + 4].copy_from_slice(&size);
-    4 + lz4_into(payload, &mut out[at + 4..needed])
-}
-
-/// A payload's length as a single block's size prefix. [`PARTS_MARKER`] is not one.
-fn block_size_prefix(len: usize) -> [u8; 4] {
-    assert!(
-        u32::try_from(len).is_ok_and(|n| n < u32::MAX),
-        "payload of {len} bytes exceeds the 4 GiB block limit"
-    );
-    (len as u32).to_le_bytes()
-}
-
-/// Compresses `input` into `out` as one lz4 block; `out` must hold lz4_flex's worst
-/// case for it. Returns the bytes written.
-fn lz4_into(input: &[u8], out: &mut [u8]) -> usize {
+    let block = &mut out[at..needed];
+    block[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     let written = COMPRESS_TABLE.with(|table| {
         let mut table = table.borrow_mut();
-        compress_into_with_table(input, out, &mut table)
+        compress_into_with_table(payload, &mut block[4..], &mut table)
     });
-    // The callers size the output with lz4_flex's own worst-case bound.
-    written.expect("lz4 output buffer sized by get_maximum_output_size")
-}
-
-/// A payload given as consecutive parts (the head, then the bodies where the batch
-/// stage laid them down), written to `out[at..]` as a block of parts (see the module
-/// docs), each part compressed on its own, or with `compress` false stored as lz4
-/// literals (see [`store_at`]). Returns the length of the block; `out` is only grown,
-/// as in [`compress_at`].
-pub fn compress_parts_at(parts: &[&[u8]], out: &mut Vec<u8>, at: usize, compress: bool) -> usize {
-    let total = parts.iter().map(|p| p.len()).sum::<usize>();
-    assert!(
-        u32::try_from(total).is_ok() && parts.iter().all(|p| u32::try_from(p.len()).is_ok()),
-        "payload of {total} bytes exceeds the 4 GiB block limit"
-    );
-    let bound = |n: usize| match compress {
-        true => get_maximum_output_size(n),
-        false => literals_len(n),
-    };
-    let needed = at + 4 + parts.iter().map(|p| 8 + bound(p.len())).sum::<usize>();
-    if out.len() < needed {
-        out.resize(needed, 0);
-    }
-    out[at..at + 4].copy_from_slice(&PARTS_MARKER);
-    let mut pos = at + 4;
-    for part in parts {
-        let room = &mut out[pos + 8..pos + 8 + bound(part.len())];
-        let written = match compress {
-            true => lz4_into(part, room),
-            false => literals_into(part, room),
-        };
-        out[pos..pos + 4].copy_from_slice(&(part.len() as u32).to_le_bytes());
-        // At most lz4's bound for a part under 4 GiB: it fits.
-        out[pos + 4..pos + 8].copy_from_slice(&(written as u32).to_le_bytes());
-        pos += 8 + written;
-    }
-    pos - at
+    // The output was sized with lz4_flex's own worst-case bound, so it cannot overflow.
+    4 + written.expect("lz4 output buffer sized by get_maximum_output_size")
 }
 
 /// [`compress_at`]'s block without compressing: the payload as one lz4 sequence of
@@ -361,39 +285,29 @@ pub fn compress_parts_at(parts: &[&[u8]], out: &mut Vec<u8>, at: usize, compress
 /// a block, and the forwarder undoes it at once. On disk it is the payload plus one
 /// byte per 255 (0.4%) and 5 bytes.
 pub fn store_at(payload: &[u8], out: &mut Vec<u8>, at: usize) -> usize {
-    let size = block_size_prefix(payload.len());
-    let len = 4 + literals_len(payload.len());
+    assert!(
+        u32::try_from(payload.len()).is_ok(),
+        "payload of {} bytes exceeds the 4 GiB block limit",
+        payload.len()
+    );
+    let n = payload.len();
+    // A literal length of 15 or more is 15 in the token, then bytes of 255 while the
+    // rest is at least 255, then the rest (0..=254).
+    let extra = if n >= 15 { (n - 15) / 255 + 1 } else { 0 };
+    let len = 4 + 1 + extra + n;
     if out.len() < at + len {
         out.resize(at + len, 0);
     }
-    out[at..at + 4].copy_from_slice(&size);
-    4 + literals_into(payload, &mut out[at + 4..at + len])
-}
-
-/// Bytes of `n` bytes as one lz4 sequence of literals.
-fn literals_len(n: usize) -> usize {
-    1 + literal_length_bytes(n) + n
-}
-
-/// A literal length of 15 or more is 15 in the token, then bytes of 255 while the rest
-/// is at least 255, then the rest (0..=254).
-fn literal_length_bytes(n: usize) -> usize {
-    if n >= 15 { (n - 15) / 255 + 1 } else { 0 }
-}
-
-/// Writes `input` as one lz4 sequence of literals to the start of `out` (at least
-/// [`literals_len`] bytes); returns the bytes written.
-fn literals_into(input: &[u8], out: &mut [u8]) -> usize {
-    let n = input.len();
-    let extra = literal_length_bytes(n);
-    out[0] = (n.min(15) as u8) << 4;
+    let block = &mut out[at..at + len];
+    block[..4].copy_from_slice(&(n as u32).to_le_bytes());
+    block[4] = (n.min(15) as u8) << 4;
     if n >= 15 {
         let rest = n - 15;
-        out[1..extra].fill(255);
-        out[extra] = (rest % 255) as u8;
+        block[5..4 + extra].fill(255);
+        block[4 + extra] = (rest % 255) as u8;
     }
-    out[1 + extra..1 + extra + n].copy_from_slice(input);
-    literals_len(n)
+    block[5 + extra..].copy_from_slice(payload);
+    len
 }
 
 /// The most a block of `compressed_len` bytes written by [`compress`] can decompress
@@ -404,73 +318,41 @@ pub fn max_decompressed_len(compressed_len: usize) -> usize {
         .saturating_mul(MAX_LZ4_RATIO)
 }
 
-/// Decompresses a block of either form (see the module docs) into `out` (cleared
-/// first; cleared again on error).
+/// Decompresses a block written by [`compress`] into `out` (cleared first).
 pub fn decompress(compressed: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
     out.clear();
     let (size, block) = compressed
         .split_first_chunk::<4>()
         .ok_or(CodecError::MissingSize)?;
-    let result = if *size == PARTS_MARKER {
-        decompress_parts(block, out)
-    } else {
-        decompress_part(u32::from_le_bytes(*size), block, out)
-    };
-    result.inspect_err(|_| out.clear())
-}
-
-/// Decompresses each part of a block of parts (behind its marker), appending to `out`.
-fn decompress_parts(mut rest: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
-    while !rest.is_empty() {
-        let (sizes, tail) = rest
-            .split_first_chunk::<8>()
-            .ok_or(CodecError::Truncated("compressed part sizes"))?;
-        let [c0, c1, c2, c3, l0, l1, l2, l3] = *sizes;
-        let claimed = u32::from_le_bytes([c0, c1, c2, c3]);
-        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-        if len > tail.len() {
-            return Err(CodecError::Truncated("compressed part"));
-        }
-        let (block, after) = tail.split_at(len);
-        decompress_part(claimed, block, out)?;
-        rest = after;
-    }
-    Ok(())
-}
-
-/// Appends what the lz4 block `block` decompresses to, which must be `claimed` bytes.
-fn decompress_part(claimed: u32, block: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
-    let claimed = claimed as usize;
-    // As if the block had its own 4-byte size prefix, as a single block has.
-    let compressed = block.len() + 4;
-    if claimed > max_decompressed_len(compressed) {
+    let claimed = u32::from_le_bytes(*size) as usize;
+    if claimed > max_decompressed_len(compressed.len()) {
         return Err(CodecError::ImplausibleSize {
             claimed,
-            compressed,
+            compressed: compressed.len(),
         });
     }
-    let start = out.len();
-    out.resize(start + claimed, 0);
-    let actual = lz4_flex::block::decompress_into(block, &mut out[start..])?;
+    out.resize(claimed, 0);
+    let actual = lz4_flex::block::decompress_into(block, out).inspect_err(|_| out.clear())?;
     if actual != claimed {
+        out.clear();
         return Err(CodecError::SizeMismatch { claimed, actual });
     }
     Ok(())
 }
 
-/// Decodes a payload (version 1 to 4) into its records, dropping the source fields
+/// Decodes a payload (version 1 to 3) into its records, dropping the source fields
 /// (see [`decode_package`]); bodies, keys and values are slices of `payload`.
 pub fn decode_payload(payload: &Bytes) -> Result<Vec<Record>, CodecError> {
     decode_package(payload).map(|p| p.records)
 }
 
-/// Decodes a payload (version 1 to 4) into its source fields and records; bodies, keys
+/// Decodes a payload (version 1 to 3) into its source fields and records; bodies, keys
 /// and values are slices of `payload`.
 pub fn decode_package(payload: &Bytes) -> Result<Package, CodecError> {
     let mut reader = Reader { payload, pos: 0 };
     let version = reader.byte("version").map_err(|_| CodecError::Empty)?;
     let package = match version {
-        PAYLOAD_VERSION | PAYLOAD_VERSION_3 => {
+        PAYLOAD_VERSION => {
             let count = reader.varint("source field count")?;
             // Each field takes at least 2 bytes.
             let mut source_fields = Vec::with_capacity(bounded(count, reader.remaining() / 2));
@@ -479,15 +361,14 @@ pub fn decode_package(payload: &Bytes) -> Result<Package, CodecError> {
                 let value = reader.bytes("source field value")?;
                 source_fields.push((key, value));
             }
-            let bodies_last = version == PAYLOAD_VERSION;
             Package {
                 source_fields,
-                records: decode_columns(&mut reader, bodies_last)?,
+                records: decode_columns(&mut reader)?,
             }
         }
         PAYLOAD_VERSION_2 => Package {
             source_fields: Vec::new(),
-            records: decode_columns(&mut reader, false)?,
+            records: decode_columns(&mut reader)?,
         },
         PAYLOAD_VERSION_1 => Package {
             source_fields: Vec::new(),
@@ -516,9 +397,8 @@ fn flags_of(flags: u64) -> Result<LineFlags, CodecError> {
     ))
 }
 
-/// Versions 2 to 4: one column after the other (see the module docs); the bodies after
-/// the fields when `bodies_last` (version 4), before them otherwise.
-fn decode_columns(reader: &mut Reader<'_>, bodies_last: bool) -> Result<Vec<Record>, CodecError> {
+/// Versions 2 and 3: one column after the other (see the module docs).
+fn decode_columns(reader: &mut Reader<'_>) -> Result<Vec<Record>, CodecError> {
     let count = reader.varint("line count")?;
     // Each line takes at least 6 column bytes: never reserve more than the input holds.
     let capacity = bounded(count, reader.remaining() / 6);
@@ -554,8 +434,8 @@ fn decode_columns(reader: &mut Reader<'_>, bodies_last: bool) -> Result<Vec<Reco
     for _ in 0..records.len() {
         field_counts.push(reader.varint("field count")?);
     }
-    if !bodies_last {
-        decode_bodies(reader, &mut records, &body_lens)?;
+    for (r, &len) in records.iter_mut().zip(&body_lens) {
+        r.body = reader.slice(len, "body")?;
     }
     for (r, &n) in records.iter_mut().zip(&field_counts) {
         // Each field takes at least 2 bytes.
@@ -566,22 +446,7 @@ fn decode_columns(reader: &mut Reader<'_>, bodies_last: bool) -> Result<Vec<Reco
             r.fields.push((key, value));
         }
     }
-    if bodies_last {
-        decode_bodies(reader, &mut records, &body_lens)?;
-    }
     Ok(records)
-}
-
-/// The bodies column: each record's body, `body_lens` long, one after the other.
-fn decode_bodies(
-    reader: &mut Reader<'_>,
-    records: &mut [Record],
-    body_lens: &[u64],
-) -> Result<(), CodecError> {
-    for (r, &len) in records.iter_mut().zip(body_lens) {
-        r.body = reader.slice(len, "body")?;
-    }
-    Ok(())
 }
 
 /// Version 1: every field of a line, line after line.
@@ -700,7 +565,6 @@ mod tests {
             lines,
             fields,
             source_fields: Arc::default(),
-            bodies: Vec::new(),
         }
     }
 
@@ -722,61 +586,9 @@ mod tests {
     /// A version 2 payload of `batch`: version 3 without its (empty) source fields.
     fn encode_payload_v2(batch: &Batch, out: &mut Vec<u8>) {
         assert!(batch.source_fields.is_empty());
-        encode_payload_v3(batch, out);
-        assert_eq!(out[..2], [PAYLOAD_VERSION_3, 0]);
+        encode_payload(batch, out);
+        assert_eq!(out[..2], [PAYLOAD_VERSION, 0]);
         out.splice(..2, [PAYLOAD_VERSION_2]);
-    }
-
-    /// The version 3 encoder (bodies before the fields), as stores wrote it until
-    /// version 4: decoding must keep reading those.
-    fn encode_payload_v3(batch: &Batch, out: &mut Vec<u8>) {
-        out.clear();
-        let lines = &batch.lines;
-        out.push(PAYLOAD_VERSION_3);
-        put_varint(out, batch.source_fields.len() as u64);
-        for (key, value) in batch.source_fields.iter() {
-            put_varint(out, key.len() as u64);
-            out.extend_from_slice(key);
-            put_varint(out, value.len() as u64);
-            out.extend_from_slice(value);
-        }
-        put_varint(out, lines.len() as u64);
-        let mut previous_offset = 0u64;
-        for line in lines {
-            put_varint(out, line.offset.wrapping_sub(previous_offset));
-            previous_offset = line.offset;
-        }
-        let mut previous_timestamp = 0i64;
-        for line in lines {
-            put_varint(
-                out,
-                zigzag(line.timestamp_ns.wrapping_sub(previous_timestamp)),
-            );
-            previous_timestamp = line.timestamp_ns;
-        }
-        out.extend(lines.iter().map(|l| l.stream as u8));
-        for line in lines {
-            put_varint(out, u64::from(line.flags.0));
-        }
-        for line in lines {
-            put_varint(out, line.body.len() as u64);
-        }
-        let mut fields = FieldsByLine::new(&batch.fields);
-        for index in 0..lines.len() {
-            put_varint(out, fields.next_line(index).len() as u64);
-        }
-        for line in lines {
-            out.extend_from_slice(&line.body);
-        }
-        let mut fields = FieldsByLine::new(&batch.fields);
-        for index in 0..lines.len() {
-            for field in fields.next_line(index) {
-                put_varint(out, field.key.len() as u64);
-                out.extend_from_slice(&field.key);
-                put_varint(out, field.value.len() as u64);
-                out.extend_from_slice(&field.value);
-            }
-        }
     }
 
     fn line(offset: u64, timestamp_ns: i64, body: &'static [u8]) -> Line {
@@ -850,27 +662,14 @@ mod tests {
         }
     }
 
-    /// Decodes `batch` after each way of writing it: one block, and a block of parts
-    /// (head and bodies) compressed and stored; all must decompress to one payload.
     fn round_trip(batch: &Batch) -> Vec<Record> {
         let mut payload = Vec::new();
         encode_payload(batch, &mut payload);
-        let mut head = Vec::new();
-        let body_len = encode_head(batch, &mut head);
-        assert_eq!(head.len() + body_len, payload.len());
-        let bodies = &payload[head.len()..];
-        let mut blocks = vec![Vec::new()];
-        compress(&payload, &mut blocks[0]);
-        for compress in [true, false] {
-            let mut block = vec![0xaa; 3];
-            let n = compress_parts_at(&[&head, bodies], &mut block, 3, compress);
-            blocks.push(block[3..3 + n].to_vec());
-        }
+        let mut compressed = Vec::new();
+        compress(&payload, &mut compressed);
         let mut decompressed = Vec::new();
-        for block in &blocks {
-            decompress(block, &mut decompressed).unwrap();
-            assert_eq!(decompressed, payload);
-        }
+        decompress(&compressed, &mut decompressed).unwrap();
+        assert_eq!(decompressed, payload);
         decode_payload(&Bytes::from(decompressed)).unwrap()
     }
 
@@ -1127,7 +926,7 @@ mod tests {
     }
 
     #[test]
-    fn columns_keep_bodies_contiguous_and_last() {
+    fn columns_keep_bodies_contiguous() {
         let b = batch(
             vec![line(10, 5, b"hello "), line(20, 6, b"world")],
             vec![field(0, b"k", b"v")],
@@ -1136,123 +935,8 @@ mod tests {
         encode_payload(&b, &mut payload);
         assert_eq!(
             payload,
-            b"\x04\x00\x02\x0a\x0a\x0a\x02\x01\x01\x00\x00\x06\x05\x01\x00\x01k\x01vhello world"
+            b"\x03\x00\x02\x0a\x0a\x0a\x02\x01\x01\x00\x00\x06\x05\x01\x00hello world\x01k\x01v"
         );
-        let mut head = Vec::new();
-        assert_eq!(encode_head(&b, &mut head), 11);
-        assert_eq!(head, payload[..payload.len() - 11]);
-    }
-
-    #[test]
-    fn version_3_payloads_still_decode() {
-        let b = with_source_fields(
-            batch(
-                vec![line(10, 5, b"hello "), line(20, 6, b"world")],
-                vec![field(0, b"k", b"v")],
-            ),
-            &[("s", "t")],
-        );
-        let mut payload = Vec::new();
-        encode_payload_v3(&b, &mut payload);
-        // The exact bytes version 3 wrote: the bodies before the fields.
-        assert_eq!(
-            payload,
-            b"\x03\x01\x01s\x01t\x02\x0a\x0a\x0a\x02\x01\x01\x00\x00\x06\x05\x01\x00hello world\x01k\x01v"
-        );
-        let package = decode_package(&Bytes::from(payload.clone())).unwrap();
-        assert_eq!(package.source_fields, *b.source_fields);
-        assert_eq!(package.records, expected(&b));
-        for cut in 1..payload.len() {
-            let truncated = Bytes::copy_from_slice(&payload[..cut]);
-            assert!(decode_package(&truncated).is_err(), "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn blocks_of_parts_concatenate_their_parts() {
-        let head = b"head of a payload ".repeat(20);
-        let bodies = b"bodies, bodies, bodies ".repeat(300);
-        let joined = [head.as_slice(), bodies.as_slice()].concat();
-        // Empty parts too: a package of empty bodies has an empty second part.
-        for parts in [
-            vec![head.as_slice(), bodies.as_slice()],
-            vec![head.as_slice(), b""],
-            vec![b"".as_slice()],
-        ] {
-            let expect = parts.concat();
-            for compress in [true, false] {
-                let mut block = Vec::new();
-                let n = compress_parts_at(&parts, &mut block, 0, compress);
-                assert_eq!(block[..4], PARTS_MARKER);
-                let mut out = Vec::new();
-                decompress(&block[..n], &mut out).unwrap();
-                assert_eq!(out, expect, "compress {compress}");
-            }
-        }
-        // The buffer is only grown, and a smaller block after a larger one is exact.
-        let mut block = Vec::new();
-        compress_parts_at(&[&head, &bodies], &mut block, 80, true);
-        let grown = block.len();
-        let n = compress_parts_at(&[b"x", b"y"], &mut block, 80, true);
-        assert_eq!(block.len(), grown);
-        let mut out = Vec::new();
-        decompress(&block[80..80 + n], &mut out).unwrap();
-        assert_eq!(out, b"xy");
-        let n = compress_parts_at(&[&head, &bodies], &mut block, 80, true);
-        decompress(&block[80..80 + n], &mut out).unwrap();
-        assert_eq!(out, joined);
-    }
-
-    #[test]
-    fn corrupt_blocks_of_parts_are_errors() {
-        let head = b"head of a payload ".repeat(20);
-        let bodies = b"bodies, bodies, bodies ".repeat(300);
-        let mut block = Vec::new();
-        let n = compress_parts_at(&[&head, &bodies], &mut block, 0, true);
-        block.truncate(n);
-        // Sizes of the first part: uncompressed at 4, compressed at 8.
-        let first_len = u32::from_le_bytes(block[8..12].try_into().unwrap());
-        let mut out = Vec::new();
-        for cut in 5..block.len() {
-            let result = decompress(&block[..cut], &mut out);
-            if cut == 12 + first_len as usize {
-                // Cut between parts: a shorter payload, which the block header's
-                // length and CRC (and decoding) reject.
-                assert_eq!(out, head);
-                continue;
-            }
-            assert!(result.is_err(), "cut at {cut}");
-            assert!(out.is_empty(), "cleared on error");
-        }
-        for (at, value) in [
-            (4, head.len() as u32 + 1),
-            (4, head.len() as u32 - 1),
-            (4, u32::MAX - 1),
-            (8, first_len + 1),
-            (8, first_len - 1),
-            (8, u32::MAX),
-        ] {
-            let mut bad = block.clone();
-            bad[at..at + 4].copy_from_slice(&value.to_le_bytes());
-            assert!(decompress(&bad, &mut out).is_err(), "{value} at {at}");
-        }
-        assert!(matches!(
-            decompress(b"\xff\xff\xff\xff\x05\x00\x00\x00\x01", &mut out),
-            Err(CodecError::Truncated(_))
-        ));
-        assert!(matches!(
-            decompress(
-                b"\xff\xff\xff\xff\xff\xff\xff\x0f\x01\x00\x00\x00\x00",
-                &mut out
-            ),
-            Err(CodecError::ImplausibleSize { .. })
-        ));
-        // Only the marker: no part, an empty payload, which no version decodes.
-        decompress(b"\xff\xff\xff\xff", &mut out).unwrap();
-        assert!(matches!(
-            decode_payload(&Bytes::from(out.clone())),
-            Err(CodecError::Empty)
-        ));
     }
 
     #[test]
@@ -1286,7 +970,7 @@ mod tests {
         ));
         // A forged size must be rejected before it is allocated.
         assert!(matches!(
-            decompress(b"\xfe\xff\xff\xff\x00", &mut out),
+            decompress(b"\xff\xff\xff\xff\x00", &mut out),
             Err(CodecError::ImplausibleSize { .. })
         ));
 
@@ -1379,18 +1063,15 @@ mod tests {
             let mut v2 = Vec::new();
             encode_payload_v2(&b, &mut v2);
             prop_assert_eq!(decode_payload(&Bytes::from(v2)).unwrap(), expected(&b));
-            let mut v3 = Vec::new();
-            encode_payload_v3(&b, &mut v3);
-            prop_assert_eq!(decode_payload(&Bytes::from(v3)).unwrap(), expected(&b));
 
             let mut b = b;
             b.source_fields = Arc::new(
                 source_fields.into_iter().map(|(k, v)| (Bytes::from(k), Bytes::from(v))).collect(),
             );
             prop_assert_eq!(round_trip(&b), expected(&b));
-            let mut v4 = Vec::new();
-            encode_payload(&b, &mut v4);
-            let package = decode_package(&Bytes::from(v4)).unwrap();
+            let mut v3 = Vec::new();
+            encode_payload(&b, &mut v3);
+            let package = decode_package(&Bytes::from(v3)).unwrap();
             prop_assert_eq!(&package.source_fields, &*b.source_fields);
         }
 
@@ -1414,7 +1095,7 @@ mod tests {
         #[test]
         fn random_payloads_never_panic(
             mut bytes in prop::collection::vec(any::<u8>(), 0..200),
-            version in prop::sample::select(vec![PAYLOAD_VERSION_1, PAYLOAD_VERSION_2, PAYLOAD_VERSION_3, PAYLOAD_VERSION]),
+            version in prop::sample::select(vec![PAYLOAD_VERSION_1, PAYLOAD_VERSION_2, PAYLOAD_VERSION]),
         ) {
             if let Some(first) = bytes.first_mut() {
                 *first = version;
@@ -1425,7 +1106,7 @@ mod tests {
         #[test]
         fn random_blocks_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let mut out = Vec::new();
-            if decompress(&bytes, &mut out).is_ok() && bytes[..4] != PARTS_MARKER {
+            if decompress(&bytes, &mut out).is_ok() {
                 prop_assert_eq!(out.len() as u32, u32::from_le_bytes(bytes[..4].try_into().unwrap()));
             }
         }
@@ -1434,23 +1115,16 @@ mod tests {
         fn mutated_blocks_never_panic(
             payload in prop::collection::vec(any::<u8>(), 0..300),
             flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
-            split in any::<prop::sample::Index>(),
         ) {
-            let mut single = Vec::new();
-            compress(&payload, &mut single);
-            let (head, bodies) = payload.split_at(split.index(payload.len() + 1));
-            let mut parts = Vec::new();
-            let n = compress_parts_at(&[head, bodies], &mut parts, 0, true);
-            parts.truncate(n);
-            for mut compressed in [single, parts] {
-                for &(at, byte) in &flips {
-                    let i = at.index(compressed.len());
-                    compressed[i] = byte;
-                }
-                let mut out = Vec::new();
-                if decompress(&compressed, &mut out).is_ok() {
-                    let _ = decode_payload(&Bytes::from(out));
-                }
+            let mut compressed = Vec::new();
+            compress(&payload, &mut compressed);
+            for (at, byte) in flips {
+                let i = at.index(compressed.len());
+                compressed[i] = byte;
+            }
+            let mut out = Vec::new();
+            if decompress(&compressed, &mut out).is_ok() {
+                let _ = decode_payload(&Bytes::from(out));
             }
         }
     }

@@ -3,10 +3,8 @@
 //! A package holds consecutive records of exactly one source, numbered by a
 //! per-source `package_id` that increases by one per package. Lines are spans into
 //! shared read chunks and parsed fields are spans too, so building a package does no
-//! per-line heap allocation. A package bound for a sink that stores it (the local
-//! store, a network sink's spool) also gets its bodies copied into one buffer as each
-//! record is added ([`Batch::bodies`]). [`codec`] turns a package into its
-//! lz4-compressed wire form (used by the local store and every network sink) and back.
+//! per-line heap allocation. [`codec`] turns a package into its lz4-compressed wire
+//! form (used by the local store and every network sink) and back.
 
 pub mod codec;
 
@@ -48,16 +46,6 @@ pub struct Batch {
     /// Where reading must resume once this package and all earlier ones of the same
     /// source are acknowledged: the offset just past the last record in it.
     pub end_offset: u64,
-    /// The bodies of `lines`, concatenated in line order, when the package was built
-    /// for a sink that stores it ([`BatchBuilder::laying_down_bodies`]); empty
-    /// otherwise. Copied as each record was added, while its read chunk was still in
-    /// the cache: the store compresses them where they lie (see `codec::encode_head`)
-    /// instead of gathering every body from cold chunks on its own thread.
-    ///
-    /// Invariant: empty, or exactly the concatenation of the bodies of `lines` (the
-    /// store checks the length and falls back to gathering the bodies itself; debug
-    /// builds check the bytes). Whoever changes `lines` of a built package clears it.
-    pub bodies: Vec<u8>,
 }
 
 /// The line vectors of dropped packages, for the next packages to fill.
@@ -75,14 +63,6 @@ const SPARE_LINE_VECTORS: usize = 4;
 const FIRST_PACKAGE_LINES: usize = 256;
 /// Vectors smaller than this are not worth keeping: malloc serves them from its heap.
 const SPARE_MIN_LINES: usize = 1024;
-/// The body buffers of dropped packages, for the next packages to fill: for the same
-/// reason, and with the same bounds, as [`SPARE_LINES`] (a package's bodies are about
-/// `batch.max_size`, 1 MiB by default).
-static SPARE_BODIES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-/// The body bytes a source's first package is sized for (then sized by the last).
-const FIRST_PACKAGE_BODY_BYTES: usize = 16 * 1024;
-/// Body buffers smaller than this are not worth keeping.
-const SPARE_MIN_BODY_BYTES: usize = 64 * 1024;
 
 /// An empty vector of at least `capacity` lines, a recycled one when there is one.
 fn line_vector(capacity: usize) -> Vec<Line> {
@@ -92,41 +72,19 @@ fn line_vector(capacity: usize) -> Vec<Line> {
     lines
 }
 
-/// An empty body buffer of at least `capacity` bytes, a recycled one when there is one.
-fn body_vector(capacity: usize) -> Vec<u8> {
-    let spare = SPARE_BODIES.lock().ok().and_then(|mut spare| spare.pop());
-    let mut bodies = spare.unwrap_or_default();
-    bodies.reserve(capacity);
-    bodies
-}
-
-/// Keeps `vector` (emptied) in `spare` if it holds at least `min` items and `spare`
-/// fewer than [`SPARE_LINE_VECTORS`].
-fn keep_spare<T>(spare: &Mutex<Vec<Vec<T>>>, mut vector: Vec<T>, min: usize) {
-    if vector.capacity() < min {
-        return;
-    }
-    // What it holds (for lines: references to read chunks) goes now, outside the lock.
-    vector.clear();
-    if let Ok(mut spare) = spare.lock()
-        && spare.len() < SPARE_LINE_VECTORS
-    {
-        spare.push(vector);
-    }
-}
-
 impl Drop for Batch {
     fn drop(&mut self) {
-        keep_spare(
-            &SPARE_LINES,
-            std::mem::take(&mut self.lines),
-            SPARE_MIN_LINES,
-        );
-        keep_spare(
-            &SPARE_BODIES,
-            std::mem::take(&mut self.bodies),
-            SPARE_MIN_BODY_BYTES,
-        );
+        let mut lines = std::mem::take(&mut self.lines);
+        if lines.capacity() < SPARE_MIN_LINES {
+            return;
+        }
+        // The records (references to read chunks) go now, outside the lock.
+        lines.clear();
+        if let Ok(mut spare) = SPARE_LINES.lock()
+            && spare.len() < SPARE_LINE_VECTORS
+        {
+            spare.push(lines);
+        }
     }
 }
 
@@ -164,13 +122,6 @@ pub struct BatchBuilder {
     /// overshoot `max_lines` by up to a chunk's lines; sizing the next one from the
     /// last saves regrowing (copying) a vector of thousands of lines per package.
     last_len: usize,
-    /// Whether records' bodies are copied into `bodies` as they are added (see
-    /// [`Batch::bodies`]). Invariant: when set, `bodies` is the concatenation of the
-    /// bodies of `lines`; when not, it is empty.
-    lay_down_bodies: bool,
-    bodies: Vec<u8>,
-    /// Body bytes of the last sealed package, to size the next one's `bodies`.
-    last_body_len: usize,
 }
 
 impl BatchBuilder {
@@ -189,20 +140,7 @@ impl BatchBuilder {
             source_fields: Arc::default(),
             limits,
             last_len: 0,
-            lay_down_bodies: false,
-            bodies: Vec::new(),
-            last_body_len: 0,
         }
-    }
-
-    /// Copies each record's body into the package's [`Batch::bodies`] as it is added:
-    /// for a source whose sink stores packages (the local store, a network sink's
-    /// spool), which then compresses them where they lie. Sinks that render records
-    /// one by one (file, stdout, null) would only pay for the copy.
-    pub fn laying_down_bodies(mut self) -> Self {
-        debug_assert!(self.lines.is_empty(), "before the first record");
-        self.lay_down_bodies = true;
-        self
     }
 
     pub fn source(&self) -> &Arc<SourceInfo> {
@@ -234,9 +172,6 @@ impl BatchBuilder {
             self.reserve_typical();
         }
         self.body_bytes += line.body.len();
-        if self.lay_down_bodies {
-            self.bodies.extend_from_slice(&line.body);
-        }
         self.lines.push(line);
     }
 
@@ -253,26 +188,14 @@ impl BatchBuilder {
         typical.min(16 * 1024)
     }
 
-    /// Sizes the vectors of a package about to open for the typical package, so pushes
-    /// don't regrow them.
+    /// Sizes the vector of a package about to open for the typical package, so pushes
+    /// don't regrow it.
     fn reserve_typical(&mut self) {
         let typical = self.typical_lines();
         if self.lines.capacity() == 0 {
             self.lines = line_vector(typical);
         } else {
             self.lines.reserve(typical);
-        }
-        if self.lay_down_bodies {
-            // Like the lines: the last package's bytes and an eighth.
-            let typical = match self.last_body_len {
-                0 => FIRST_PACKAGE_BODY_BYTES,
-                n => n + n / 8,
-            };
-            if self.bodies.capacity() == 0 {
-                self.bodies = body_vector(typical);
-            } else {
-                self.bodies.reserve(typical);
-            }
         }
     }
 
@@ -294,15 +217,7 @@ impl BatchBuilder {
         if !new.is_empty() && self.opened_at.is_none() {
             self.opened_at = Some(now);
         }
-        let added = new.iter().map(|l| l.body.len()).sum::<usize>();
-        self.body_bytes += added;
-        if self.lay_down_bodies {
-            // The chunk these records are slices of was framed just now: still cached.
-            self.bodies.reserve(added);
-            for line in new.iter() {
-                self.bodies.extend_from_slice(&line.body);
-            }
-        }
+        self.body_bytes += new.iter().map(|l| l.body.len()).sum::<usize>();
         new
     }
 
@@ -333,11 +248,9 @@ impl BatchBuilder {
             fields: std::mem::take(&mut self.fields),
             source_fields: self.source_fields.clone(),
             end_offset,
-            bodies: std::mem::take(&mut self.bodies),
         };
         self.next_package_id += 1;
         self.last_len = batch.lines.len();
-        self.last_body_len = batch.bodies.len();
         self.body_bytes = 0;
         self.opened_at = None;
         Some(batch)
@@ -455,65 +368,6 @@ mod tests {
             assert_eq!(Arc::strong_count(&alive), 1);
         }
         let spare = SPARE_LINES.lock().unwrap();
-        assert!(spare.len() <= SPARE_LINE_VECTORS);
-        assert!(spare.iter().all(Vec::is_empty));
-    }
-
-    /// The bodies of `p`'s lines, concatenated: what `Batch::bodies` must be.
-    fn concatenated(p: &Batch) -> Vec<u8> {
-        p.lines
-            .iter()
-            .flat_map(|l| l.body.iter().copied())
-            .collect()
-    }
-
-    #[test]
-    fn bodies_are_laid_down_as_records_are_added_only_when_asked() {
-        let now = Instant::now();
-        let body = |i: u64| Bytes::from(format!("record {i}").repeat(i as usize % 3));
-        for lay_down in [false, true] {
-            let mut b = builder(100);
-            if lay_down {
-                b = b.laying_down_bodies();
-            }
-            for package in 0..3u64 {
-                // One record pushed (the per-record path), then a chunk's worth appended
-                // straight into the package (the framer's path).
-                let mut first = line(package * 100);
-                first.body = body(package);
-                b.push(first, now);
-                let lines = b.lines_to_append();
-                let start = lines.len();
-                lines.extend((1..40).map(|i| Line {
-                    body: body(i),
-                    ..line(package * 100 + i)
-                }));
-                assert_eq!(b.appended(start, now).len(), 39);
-                let p = b.seal(package * 100 + 40).unwrap();
-                match lay_down {
-                    true => assert_eq!(p.bodies, concatenated(&p), "package {package}"),
-                    false => assert!(p.bodies.is_empty()),
-                }
-                assert_eq!(p.body_bytes(), concatenated(&p).len());
-            }
-        }
-    }
-
-    #[test]
-    fn dropped_packages_keep_few_body_buffers() {
-        let now = Instant::now();
-        let body = Bytes::from(vec![b'x'; 100]);
-        for _ in 0..2 * SPARE_LINE_VECTORS {
-            let mut b = builder(1 << 20).laying_down_bodies();
-            for i in 0..(2 * SPARE_MIN_BODY_BYTES / 100) as u64 {
-                let mut l = line(i * 101);
-                l.body = body.clone();
-                b.push(l, now);
-            }
-            let p = b.seal(u64::MAX).unwrap();
-            assert_eq!(p.bodies, concatenated(&p));
-        }
-        let spare = SPARE_BODIES.lock().unwrap();
         assert!(spare.len() <= SPARE_LINE_VECTORS);
         assert!(spare.iter().all(Vec::is_empty));
     }

@@ -360,16 +360,6 @@ impl SinkConfig {
         }
     }
 
-    /// Whether the sink writes packages as store blocks (the store; Kafka and OTLP
-    /// into their spools): its sources lay the bodies of a package down as records are
-    /// added (`BatchBuilder::laying_down_bodies`).
-    pub fn stores_packages(&self) -> bool {
-        matches!(
-            self,
-            SinkConfig::Store { .. } | SinkConfig::Kafka(_) | SinkConfig::Otlp(_)
-        )
-    }
-
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::Store { .. } => "store",

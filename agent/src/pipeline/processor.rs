@@ -17,7 +17,7 @@ use super::fanout::{Fanout, Reader};
 use super::input::{Content, EndReason, Input, Opening};
 use crate::batch::BatchBuilder;
 use crate::checkpoint::SharedRegistry;
-use crate::config::{Config, Format, SinkConfig};
+use crate::config::{Config, Format};
 use crate::discovery::PodLogRef;
 use crate::enrich::{Enricher, SourceEnrichment, SourceFields};
 use crate::frame::{Framer, Line, LineFlags, Stream};
@@ -354,10 +354,6 @@ impl Pipeline {
             self.registry.next_package_id(info.id),
             self.config.batch.clone(),
         );
-        let sink = self.config.sinks.get(&self.config.sources[config].sink);
-        if sink.is_some_and(SinkConfig::stores_packages) {
-            builder = builder.laying_down_bodies();
-        }
         let (enrichment, container, on_board) = match content {
             Content::File { .. } => self.start_file(&info, config),
             Content::Stream { container, .. } => {

@@ -227,7 +227,6 @@ pub(crate) mod tests {
             fields,
             source_fields,
             end_offset: 40,
-            bodies: Vec::new(),
         }
     }
 

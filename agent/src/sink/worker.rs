@@ -280,7 +280,6 @@ mod tests {
                 fields: Vec::new(),
                 source_fields: Default::default(),
                 end_offset: package_id * 10 + 10,
-                bodies: Vec::new(),
             };
             registry.sent(source, package_id, batch.end_offset);
             tx.send(batch).unwrap();
@@ -336,7 +335,6 @@ mod tests {
             fields: Vec::new(),
             source_fields: Default::default(),
             end_offset: 10,
-            bodies: Vec::new(),
         })
         .unwrap();
         let result = handle.join().unwrap();

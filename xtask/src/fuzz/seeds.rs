@@ -112,11 +112,6 @@ pub fn write(dir: &Path) -> Result<(), String> {
         "compressed",
         [&[1][..], &compressed].concat(),
     );
-    add(
-        "store_block",
-        "compressed_parts",
-        [&[1][..], &compressed_parts(3)].concat(),
-    );
 
     // store_segment: selector (1: fix checksums), two blocks as the store writes them.
     let segment = [block(1), block(2)].concat();
@@ -273,7 +268,6 @@ fn batch(package_id: u64) -> Batch {
             ),
         ]),
         end_offset: 140,
-        bodies: Vec::new(),
     }
 }
 
@@ -283,23 +277,12 @@ fn payload(package_id: u64) -> Vec<u8> {
     out
 }
 
-/// The payload's head and bodies compressed as two parts, as the store writes them.
-fn compressed_parts(package_id: u64) -> Vec<u8> {
-    let batch = batch(package_id);
-    let mut head = Vec::new();
-    codec::encode_head(&batch, &mut head);
-    let payload = payload(package_id);
-    let mut compressed = Vec::new();
-    let n = codec::compress_parts_at(&[&head, &payload[head.len()..]], &mut compressed, 0, true);
-    compressed.truncate(n);
-    compressed
-}
-
 /// One block as the store writes it (see `Store::encode_block`).
 fn block(package_id: u64) -> Vec<u8> {
     let batch = batch(package_id);
     let payload = payload(package_id);
-    let compressed = compressed_parts(package_id);
+    let mut compressed = Vec::new();
+    codec::compress(&payload, &mut compressed);
     let header = BlockHeader {
         compressed_len: compressed.len() as u32,
         uncompressed_len: payload.len() as u32,

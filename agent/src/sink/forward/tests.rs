@@ -90,7 +90,6 @@ fn batch(source: &Arc<SourceInfo>, package_id: u64, lines: usize) -> Batch {
         fields: Vec::new(),
         source_fields: Default::default(),
         end_offset: base + lines as u64,
-        bodies: Vec::new(),
     }
 }
 

@@ -119,10 +119,7 @@ pub struct Store {
     sources: SourceLog,
     /// Highest end offset stored per source: a package starting below it is a replay.
     stored_end: HashMap<SourceId, u64>,
-    /// The payload's head (everything but the bodies, see `codec::encode_head`).
-    head_buf: Vec<u8>,
-    /// The bodies of a package that came without `Batch::bodies`, gathered here.
-    bodies_buf: Vec<u8>,
+    payload_buf: Vec<u8>,
     /// The block being written is `block_buf[..block_len]`: header, then the compressed
     /// payload compressed in place behind it. The buffer is never shrunk, so it is
     /// zeroed once, not per block (see `codec::compress_at`).
@@ -263,8 +260,7 @@ impl Store {
             total_bytes,
             sources,
             stored_end,
-            head_buf: Vec::new(),
-            bodies_buf: Vec::new(),
+            payload_buf: Vec::new(),
             block_buf: Vec::new(),
             block_len: 0,
             active_dirty: false,
@@ -315,9 +311,9 @@ impl Store {
         self
     }
 
-    /// Writes payloads as lz4 literals instead of compressing them (see
-    /// `codec::compress_parts_at`): a network sink's spool with `compression: none`.
-    /// The blocks are in the same format and read back the same way.
+    /// Writes payloads as lz4 literals instead of compressing them
+    /// (`codec::store_at`): a network sink's spool with `compression: none`. The
+    /// blocks are in the same format and read back the same way.
     pub fn without_compression(mut self) -> Store {
         self.compress = false;
         self
@@ -331,45 +327,21 @@ impl Store {
         metrics::gauge!(STORE_SEGMENTS).set(self.segments.len() as f64);
     }
 
-    /// Encodes `batch` into `block_buf[..block_len]` (header + compressed payload): the
-    /// payload's head and its bodies compressed as two parts, the bodies where the
-    /// batch stage laid them down (`Batch::bodies`) when it did.
+    /// Encodes `batch` into `block_buf[..block_len]` (header + compressed payload).
     fn encode_block(&mut self, batch: &Batch) -> Result<BlockHeader, SinkError> {
-        let body_len = codec::encode_head(batch, &mut self.head_buf);
-        let bodies = if batch.bodies.len() == body_len {
-            debug_assert!(
-                batch
-                    .bodies
-                    .iter()
-                    .copied()
-                    .eq(batch.lines.iter().flat_map(|l| l.body.iter().copied())),
-                "Batch::bodies is not the bodies of its lines"
-            );
-            &batch.bodies
-        } else {
-            self.bodies_buf.clear();
-            self.bodies_buf.reserve(body_len);
-            for line in &batch.lines {
-                self.bodies_buf.extend_from_slice(&line.body);
-            }
-            &self.bodies_buf
-        };
+        codec::encode_payload(batch, &mut self.payload_buf);
         let too_big = |what: &str, n: usize| {
             SinkError::Rejected(format!(
                 "package {what} of {n} bytes exceeds the 4 GiB block limit"
             ))
         };
-        let payload_len = self.head_buf.len() + bodies.len();
-        let uncompressed_len = u32::try_from(payload_len)
-            .ok()
-            .filter(|&n| n < u32::MAX)
-            .ok_or_else(|| too_big("payload", payload_len))?;
-        let compressed = codec::compress_parts_at(
-            &[&self.head_buf, bodies],
-            &mut self.block_buf,
-            HEADER_LEN,
-            self.compress,
-        );
+        let uncompressed_len = u32::try_from(self.payload_buf.len())
+            .map_err(|_| too_big("payload", self.payload_buf.len()))?;
+        let compressed = if self.compress {
+            codec::compress_at(&self.payload_buf, &mut self.block_buf, HEADER_LEN)
+        } else {
+            codec::store_at(&self.payload_buf, &mut self.block_buf, HEADER_LEN)
+        };
         let compressed_len =
             u32::try_from(compressed).map_err(|_| too_big("compressed", compressed))?;
         let block_len = HEADER_LEN + compressed;

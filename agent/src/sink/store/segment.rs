@@ -21,9 +21,7 @@
 //!     64    8 max timestamp (ns)
 //!     72    4 CRC32 of the compressed payload
 //!     76    4 CRC32 of bytes 0..76 (so it covers the payload CRC too)
-//!     80    . compressed payload: a block of parts (codec::compress_parts_at of the
-//!             payload head, codec::encode_head, and the bodies); blocks written before
-//!             payload version 4 hold one lz4 block (codec::compress)
+//!     80    . compressed payload (codec::compress of codec::encode_payload)
 //! ```
 //!
 //! Records of a CRI package are not always in offset order (see `Batch::lines`): a

@@ -84,7 +84,6 @@ fn batch(
         fields: Vec::new(),
         source_fields: Default::default(),
         end_offset: records.end * 10,
-        bodies: Vec::new(),
     }
 }
 
@@ -911,7 +910,6 @@ fn cri_batch(
         fields: Vec::new(),
         source_fields: Default::default(),
         end_offset,
-        bodies: Vec::new(),
     }
 }
 
@@ -1247,96 +1245,4 @@ fn a_block_claiming_an_impossible_payload_size_is_refused_before_allocating() {
         }
         other => panic!("{other:?}"),
     }
-}
-
-/// Copies the files of `from` (and its subdirectories) into `to`.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// A store the agent wrote before payload version 4 (`testdata/v3`, see its README:
-/// version 3 payloads, each one lz4 block) reads as that agent's own query read it, and
-/// a store opened on it appends blocks of parts (version 4) behind the old ones.
-#[test]
-fn a_store_written_before_version_4_still_reads_and_takes_new_blocks() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sink/store/testdata/v3");
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture.join("store"), dir.path());
-    let expected: Vec<serde_json::Value> = std::fs::read_to_string(fixture.join("expected.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(expected.len(), 3, "the fixture's records");
-    assert_eq!(query_json(dir.path(), &[]), expected);
-
-    let mut store = Store::open(dir.path(), options()).unwrap();
-    let old_blocks = store
-        .segments()
-        .iter()
-        .map(|s| s.blocks.len())
-        .sum::<usize>();
-    let src = source(9, "/var/log/new.log");
-    let mut builder = crate::batch::BatchBuilder::new(
-        src.clone(),
-        0,
-        crate::config::BatchConfig {
-            max_bytes: 1 << 20,
-            max_lines: 100,
-            timeout: Duration::from_secs(1),
-        },
-    )
-    .laying_down_bodies();
-    for line in batch(&src, 0, 0..3, "new").lines.clone() {
-        builder.push(line, std::time::Instant::now());
-    }
-    let laid_down = builder.seal(30).unwrap();
-    assert!(!laid_down.bodies.is_empty());
-    write_all(&mut store, &[laid_down]);
-    drop(store);
-    let all = query_json(dir.path(), &[]);
-    assert_eq!(all[..3], expected, "the old records, unchanged");
-    assert_eq!(bodies(&all[3..]), ["new 0", "new 1", "new 2"]);
-    let store = Store::open(dir.path(), options()).unwrap();
-    assert_eq!(
-        store
-            .segments()
-            .iter()
-            .map(|s| s.blocks.len())
-            .sum::<usize>(),
-        old_blocks + 1
-    );
-}
-
-/// Packages whose bodies the batch stage laid down and packages without them (built
-/// field by field, as these tests do) store the same records.
-#[test]
-fn laid_down_bodies_store_what_gathered_bodies_store() {
-    let src = source(1, "/var/log/a.log");
-    let gathered = batch(&src, 0, 0..50, "record");
-    let mut with_bodies = gathered.clone();
-    with_bodies.bodies = gathered
-        .lines
-        .iter()
-        .flat_map(|l| l.body.iter().copied())
-        .collect();
-    let mut results = Vec::new();
-    for b in [gathered, with_bodies] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), options()).unwrap();
-        write_all(&mut store, &[b]);
-        drop(store);
-        results.push(query_json(dir.path(), &[]));
-    }
-    assert_eq!(results[0].len(), 50);
-    assert_eq!(results[0], results[1]);
 }
