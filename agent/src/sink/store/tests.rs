@@ -1246,3 +1246,57 @@ fn a_block_claiming_an_impossible_payload_size_is_refused_before_allocating() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Copies the files of `from` (and its subdirectories) into `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A store the released agent wrote (`testdata/v3`, see its README: payload version 3,
+/// one lz4 block) reads as that agent's own query read it, and a store opened on it
+/// appends behind the old blocks: what a change of the block or payload format must
+/// keep true.
+#[test]
+fn a_store_written_by_an_earlier_agent_still_reads_and_takes_new_blocks() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sink/store/testdata/v3");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture.join("store"), dir.path());
+    let expected: Vec<serde_json::Value> = std::fs::read_to_string(fixture.join("expected.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(expected.len(), 3, "the fixture's records");
+    assert_eq!(query_json(dir.path(), &[]), expected);
+
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let old_blocks = store
+        .segments()
+        .iter()
+        .map(|s| s.blocks.len())
+        .sum::<usize>();
+    let src = source(9, "/var/log/new.log");
+    write_all(&mut store, &[batch(&src, 0, 0..3, "new")]);
+    drop(store);
+    let all = query_json(dir.path(), &[]);
+    assert_eq!(all[..3], expected, "the old records, unchanged");
+    assert_eq!(bodies(&all[3..]), ["new 0", "new 1", "new 2"]);
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(
+        store
+            .segments()
+            .iter()
+            .map(|s| s.blocks.len())
+            .sum::<usize>(),
+        old_blocks + 1
+    );
+}
