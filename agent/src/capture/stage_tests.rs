@@ -1258,3 +1258,123 @@ fn the_ring_is_drained_between_two_repair_steps() {
         "the ring's records came between the hole's steps: {chunks:?}"
     );
 }
+
+/// Prometheus's recorder, counting the registrations made through it: each
+/// `metrics::counter!` / `gauge!` call is one (a hashed lookup in its registry).
+struct CountingRecorder {
+    inner: metrics_exporter_prometheus::PrometheusRecorder,
+    registrations: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingRecorder {
+    fn new() -> CountingRecorder {
+        CountingRecorder {
+            inner: metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
+            registrations: Default::default(),
+        }
+    }
+
+    fn registrations(&self) -> usize {
+        self.registrations.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.registrations.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl metrics::Recorder for CountingRecorder {
+    fn describe_counter(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.inner.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.inner.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.inner.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &metrics::Key, meta: &metrics::Metadata<'_>) -> metrics::Counter {
+        self.count();
+        self.inner.register_counter(key, meta)
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, meta: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.count();
+        self.inner.register_gauge(key, meta)
+    }
+
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        meta: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        self.count();
+        self.inner.register_histogram(key, meta)
+    }
+}
+
+/// With a small ring the stage polls tens of thousands of times a second: a poll
+/// (and a tick) counts its records, bytes and gauges through handles registered at
+/// their first use, and the pipeline its lines through its source's handles, not
+/// through a registry lookup each time.
+#[test]
+fn polls_and_ticks_count_through_handles_registered_once() {
+    let fx = Fixture::new();
+    let all = numbered_lines(0..300);
+    let mut rounds = VecDeque::from([vec![
+        Scripted::Created(3, "/kubepods/podu/c3"),
+        Scripted::Bound(3, Stream::Stdout),
+    ]]);
+    // One record per poll.
+    rounds.extend(captured(3, 0, &all).into_iter().map(|r| vec![r]));
+    let feed = ScriptFeed {
+        rounds,
+        ..Default::default()
+    };
+    let (mut stage, rx, _) = fx.stage(feed, fx.running_container(), fx.registry());
+    let recorder = CountingRecorder::new();
+    let (got, later) = metrics::with_local_recorder(&recorder, || {
+        let mut got = lines(&mut stage, &rx, 20);
+        let registered = recorder.registrations();
+        assert!(registered > 0, "the first polls register their metrics");
+        got.extend(lines(&mut stage, &rx, all.len() - got.len()));
+        // Ticks too (every 50 ms).
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(200) {
+            stage.poll_once(Duration::from_millis(5)).unwrap();
+        }
+        (got, recorder.registrations() - registered)
+    });
+    assert_eq!(got.len(), all.len());
+    assert_eq!(later, 0, "{later} registry lookups after the first polls");
+    let text = recorder.inner.handle().render();
+    assert!(text.contains("logtap_capture_records_total 300"), "{text}");
+    let bytes = stream_len(&all);
+    assert!(
+        text.contains(&format!("logtap_capture_bytes_total {bytes}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"logtap_lines_read_total{source_kind="capture"} 300"#),
+        "{text}"
+    );
+    assert!(text.contains("logtap_capture_streams 1"), "{text}");
+}
