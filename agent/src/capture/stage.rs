@@ -66,12 +66,11 @@ use crate::config::CaptureConfig;
 use crate::discovery::PodLogRef;
 use crate::frame::Stream;
 use crate::metrics::catalogue::{
-    CAPTURE_BUDGET_SPILLS_TOTAL, CAPTURE_BUFFERED_BYTES, CAPTURE_BYTES_TOTAL,
-    CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL, CAPTURE_GAPS_TOTAL,
-    CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL, CAPTURE_REPAIRED_BYTES_TOTAL,
-    CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAM_ENDS_TOTAL, CAPTURE_STREAMS,
+    CAPTURE_BUDGET_SPILLS_TOTAL, CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL,
+    CAPTURE_GAPS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL, CAPTURE_REPAIRED_BYTES_TOTAL,
+    CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAM_ENDS_TOTAL,
     CAPTURE_STREAMS_DECLINED_TOTAL, CAPTURE_UNBOUND_RECORDS_TOTAL,
-    CAPTURE_UNREPAIRABLE_BYTES_TOTAL, CAPTURE_WATCHED_CONTAINERS,
+    CAPTURE_UNREPAIRABLE_BYTES_TOTAL,
 };
 use crate::pipeline::input::{EndReason, Input, Opening};
 use crate::source::file::FileIdentity;
@@ -253,6 +252,8 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     polled: Vec<RecordRun>,
     /// Records and bytes of bound streams since the metrics were last updated.
     counts: RecordCounts,
+    /// The handles of the metrics counted per poll and per tick.
+    metrics: StageMetrics,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to date records by their kernel time.
     realtime_offset_ns: i64,
     runs: Vec<Run>,
@@ -301,6 +302,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             gatherer: RunGatherer::default(),
             polled: Vec::new(),
             counts: RecordCounts::default(),
+            metrics: StageMetrics::default(),
             realtime_offset_ns: realtime_offset_ns(),
             runs: Vec::new(),
             read_block: ReadBlock::default(),
@@ -381,7 +383,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             self.data(run, now);
         }
         self.polled = runs;
-        self.counts.flush();
+        self.counts.flush(&mut self.metrics);
         self.keep_budget();
         for e in events
             .iter()
@@ -417,8 +419,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             self.last_sweep = now;
             self.sweep_cgroups(now);
         }
-        metrics::gauge!(CAPTURE_STREAMS).set(self.streams.len() as f64);
-        metrics::gauge!(CAPTURE_WATCHED_CONTAINERS).set(self.cgroups.len() as f64);
+        let m = &mut self.metrics;
+        m.streams.get().set(self.streams.len() as f64);
+        m.watched.get().set(self.cgroups.len() as f64);
         Ok(())
     }
 
@@ -820,7 +823,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 }
             }
         }
-        metrics::gauge!(CAPTURE_BUFFERED_BYTES).set(total as f64);
+        self.metrics.buffered.get().set(total as f64);
     }
 
     /// The source of a stream's records; `None` when they are not shipped (declined,
@@ -1398,7 +1401,7 @@ impl Staged {
 }
 
 /// Records and bytes of bound streams, added to the metrics once per poll rather
-/// than once per record (a counter's registry lookup cost more than the record).
+/// than once per record.
 #[derive(Default)]
 struct RecordCounts {
     records: u64,
@@ -1406,10 +1409,10 @@ struct RecordCounts {
 }
 
 impl RecordCounts {
-    fn flush(&mut self) {
+    fn flush(&mut self, metrics: &mut StageMetrics) {
         if self.records > 0 {
-            metrics::counter!(CAPTURE_RECORDS_TOTAL).increment(self.records);
-            metrics::counter!(CAPTURE_BYTES_TOTAL).increment(self.bytes);
+            metrics.records.get().increment(self.records);
+            metrics.bytes.get().increment(self.bytes);
         }
         *self = RecordCounts::default();
     }
@@ -1578,7 +1581,11 @@ mod tests;
 
 #[path = "resume.rs"]
 mod resume;
+
+#[path = "stage_metrics.rs"]
+mod stage_metrics;
 pub use resume::{PinnedState, PinnedStream};
+use stage_metrics::StageMetrics;
 
 fn realtime_offset_ns() -> i64 {
     let read = |clock| {

@@ -1311,7 +1311,11 @@ impl metrics::Recorder for CountingRecorder {
         self.inner.describe_histogram(key, unit, description);
     }
 
-    fn register_counter(&self, key: &metrics::Key, meta: &metrics::Metadata<'_>) -> metrics::Counter {
+    fn register_counter(
+        &self,
+        key: &metrics::Key,
+        meta: &metrics::Metadata<'_>,
+    ) -> metrics::Counter {
         self.count();
         self.inner.register_counter(key, meta)
     }
@@ -1353,8 +1357,12 @@ fn polls_and_ticks_count_through_handles_registered_once() {
     let recorder = CountingRecorder::new();
     let (got, later) = metrics::with_local_recorder(&recorder, || {
         let mut got = lines(&mut stage, &rx, 20);
+        stage.tick(Instant::now()).unwrap();
         let registered = recorder.registrations();
-        assert!(registered > 0, "the first polls register their metrics");
+        assert!(
+            registered > 0,
+            "the first poll and tick register their metrics"
+        );
         got.extend(lines(&mut stage, &rx, all.len() - got.len()));
         // Ticks too (every 50 ms).
         let start = Instant::now();
