@@ -634,24 +634,17 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 continue;
             }
             let streams = [Stream::Stdout, Stream::Stderr];
-            // Where each stream ends in the log now: the seam is at or after it.
-            // Read twice, the second read only what came during the first (which
-            // reads the whole log), so the bind follows the last at once.
-            let mut readers = streams.map(|s| CriStreamReader::new(log.clone(), s));
-            let mut lower = [0u64; 2];
-            let block = &mut self.read_block;
-            let mut read_all = || -> io::Result<()> {
-                for (reader, lower) in readers.iter_mut().zip(&mut lower) {
-                    *lower = reader
-                        .read(block, u64::MAX, u64::MAX, &mut Vec::new())?
-                        .offset;
+            let resumed_at = streams.map(|s| {
+                let id = self.resumed_stream(&log, s)?;
+                Some(self.streams.get(&id)?.assembler.next_offset())
+            });
+            let read = match read_running_log(&mut self.read_block, &log, resumed_at) {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!(log = %log.display(), error = %e, "reading a running container's CRI log: not captured");
+                    continue;
                 }
-                Ok(())
             };
-            if let Err(e) = read_all().and_then(|()| read_all()) {
-                tracing::warn!(log = %log.display(), error = %e, "reading a running container's CRI log: not captured");
-                continue;
-            }
             if let Err(e) = self.feed.watch_existing(found.cgroup_id, found.pid) {
                 tracing::warn!(pid = found.pid, error = %e, "binding a running container's pipes: not captured");
                 continue;
@@ -661,7 +654,13 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             }
             self.cgroups
                 .insert(found.cgroup_id, found.cgroup_path.clone());
-            for ((stream, reader), lower) in streams.into_iter().zip(readers).zip(lower) {
+            let StartupRead {
+                lower,
+                seam_readers,
+                followers,
+            } = read;
+            let each = streams.into_iter().zip(seam_readers).zip(followers);
+            for (((stream, reader), follower), lower) in each.zip(lower) {
                 let fd = proc.join(format!("{}/fd/{}", found.pid, stream_fd(stream)));
                 let window = existing::seam_window(&fd);
                 let id = self.resumed_stream(&log, stream).unwrap_or_else(|| {
@@ -672,6 +671,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 });
                 entry.cgroup = Some(found.cgroup_id);
                 entry.follow_until = Some(u64::MAX);
+                if entry.reader.is_none() {
+                    entry.reader = follower;
+                }
                 entry.seam = Some(Box::new(PendingSeam {
                     seam: Seam::new(lower, window),
                     reader,
@@ -1017,6 +1019,17 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             .last()
             .map_or(check_from, |r| r.offset + r.bytes.len() as u64)
             .max(check_from);
+        // Its first read: from where the other stream's reader of the log stands when
+        // that is not past the bytes this read checks (readers only move forward),
+        // else from the run's first byte.
+        let forked = match entry.reader {
+            None => self.sibling_reader(id, check_from),
+            Some(_) => None,
+        };
+        let entry = self.streams.get_mut(&id).expect("present above");
+        if forked.is_some() {
+            entry.reader = forked;
+        }
         let reader = entry
             .reader
             .get_or_insert_with(|| CriStreamReader::new(log_path, entry.stream));
@@ -1094,6 +1107,25 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             metrics::counter!(CAPTURE_REPAIRED_BYTES_TOTAL).increment(repaired);
         }
         self.hand_on_runs(id);
+    }
+
+    /// A reader of stream `id`'s log forked from the other stream's reader of the same
+    /// log (stdout's for stderr, and the reverse), if that one stands at or before
+    /// `at_most` of this stream: a stream whose log was never read then starts its
+    /// first read there, not at the run's first byte.
+    fn sibling_reader(&self, id: SourceId, at_most: u64) -> Option<CriStreamReader> {
+        let entry = self.streams.get(&id)?;
+        let log = entry.log_path.as_deref()?;
+        let sibling = self
+            .streams
+            .values()
+            .filter(|e| e.stream != entry.stream && e.log_path.as_deref() == Some(log))
+            .find_map(|e| e.reader.as_ref())
+            .filter(|r| r.offset_of(entry.stream) <= at_most)?;
+        sibling
+            .fork(entry.stream)
+            .inspect_err(|e| tracing::debug!(source = %id, error = %e, "forking a CRI log reader: read from the run's start"))
+            .ok()
     }
 
     /// The bytes before `offset` cannot be had: count them and move on.
@@ -1254,6 +1286,54 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             self.streams.insert(id, entry);
         }
     }
+}
+
+/// What the start-up read of a running container's log gives (see
+/// [`read_running_log`]), by stream (stdout, stderr).
+struct StartupRead {
+    /// Where each stream ends in the log: its seam is at or after it.
+    lower: [u64; 2],
+    /// Readers standing at `lower`, for the seams.
+    seam_readers: [CriStreamReader; 2],
+    /// For a stream resumed from a checkpoint: a reader standing at or before it.
+    followers: [Option<CriStreamReader>; 2],
+}
+
+/// Reads a running container's CRI log to its end once for both streams: stdout's
+/// reader counts stderr's offsets as it parses past its lines. Read twice, the second
+/// read only what came during the first (which reads the whole log), so the bind
+/// follows the last at once. A stream resumed from a checkpoint (`resumed_at`) follows
+/// its log from a copy of the reader taken as it passed the checkpoint, rather than
+/// parsing the log up to it once more (stderr's only when stdout's checkpoint is not
+/// past it in the log: the reader cannot go back).
+fn read_running_log(
+    block: &mut ReadBlock,
+    log: &Path,
+    resumed_at: [Option<u64>; 2],
+) -> io::Result<StartupRead> {
+    let mut reader = CriStreamReader::new(log.to_path_buf(), Stream::Stdout);
+    let mut followers = [None, None];
+    if let Some(at) = resumed_at[0] {
+        reader.read(block, u64::MAX, at, &mut Vec::new())?;
+        followers[0] = Some(reader.fork(Stream::Stdout)?);
+    }
+    if let Some(at) = resumed_at[1]
+        && reader.offset_of(Stream::Stderr) <= at
+    {
+        let mut stderr = reader.fork(Stream::Stderr)?;
+        stderr.read(block, u64::MAX, at, &mut Vec::new())?;
+        followers[1] = Some(stderr);
+    }
+    for _ in 0..2 {
+        reader.read(block, u64::MAX, u64::MAX, &mut Vec::new())?;
+    }
+    let lower = [Stream::Stdout, Stream::Stderr].map(|s| reader.offset_of(s));
+    let stderr = reader.fork(Stream::Stderr)?;
+    Ok(StartupRead {
+        lower,
+        seam_readers: [reader, stderr],
+        followers,
+    })
 }
 
 /// One repair step of a stream: `[from, to)` read back from its CRI log.
