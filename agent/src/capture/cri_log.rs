@@ -27,6 +27,10 @@
 //! (renamed) keeps its position: the reader holds it open and moves on to the next
 //! file of the family when it reaches its end.
 //!
+//! Stdout and stderr share the log: a reader counts the other stream's offset too as
+//! it parses past that stream's lines, so a reader of either stream can start where
+//! it stands ([`CriStreamReader::fork`]), with its kept position.
+//!
 //! # Memory
 //!
 //! A reader holds no read buffer of its own: every read borrows the one
@@ -40,9 +44,11 @@
 //!
 //! Only holes are read, so the reader costs nothing while capture is complete. A
 //! stream's first read (a repair, or the end read of a stream short of the kernel's
-//! final offset) parses the log from the run's start, since no position is known
-//! before it; every later read starts at the kept position, so a stream's log is
-//! parsed about once over its life, however many holes it has. Between two holes
+//! final offset) parses the log from the run's start unless a reader of the log
+//! already stands before where it starts (the other stream's, or the start-up read of
+//! a running container: see `stage`), from which it is forked; every later read starts
+//! at the kept position, so a stream's log is parsed about once over its life, however
+//! many holes it has. Between two holes
 //! the reader still parses every line (the captured ones too) to count their
 //! offsets. A read asks the file for about twice the stream bytes it still needs
 //! (at most a block), so a repair step that ends inside a block does not read the
