@@ -27,6 +27,10 @@
 //! (renamed) keeps its position: the reader holds it open and moves on to the next
 //! file of the family when it reaches its end.
 //!
+//! Stdout and stderr share the log: a reader counts the other stream's offset too as
+//! it parses past that stream's lines, so a reader of either stream can start where
+//! it stands ([`CriStreamReader::fork`]), with its kept position.
+//!
 //! # Memory
 //!
 //! A reader holds no read buffer of its own: every read borrows the one
@@ -40,9 +44,11 @@
 //!
 //! Only holes are read, so the reader costs nothing while capture is complete. A
 //! stream's first read (a repair, or the end read of a stream short of the kernel's
-//! final offset) parses the log from the run's start, since no position is known
-//! before it; every later read starts at the kept position, so a stream's log is
-//! parsed about once over its life, however many holes it has. Between two holes
+//! final offset) parses the log from the run's start unless a reader of the log
+//! already stands before where it starts (the other stream's, or the start-up read of
+//! a running container: see `stage`), from which it is forked; every later read starts
+//! at the kept position, so a stream's log is parsed about once over its life, however
+//! many holes it has. Between two holes
 //! the reader still parses every line (the captured ones too) to count their
 //! offsets. A read asks the file for about twice the stream bytes it still needs
 //! (at most a block), so a repair step that ends inside a block does not read the
@@ -90,7 +96,7 @@ const BEHIND_BYTES: usize = 64;
 /// The file a reader holds, and its kept position.
 ///
 /// Invariant: the reader's `stream_offset` is the stream offset of the byte at `pos`
-/// of this file, `pos` is at a line's start (0, or right after a newline the reader
+/// of this file (and its `other_offset` the other stream's), `pos` is at a line's start (0, or right after a newline the reader
 /// parsed), and `behind[..behind_len]` are the file's bytes right before `pos` as the
 /// reader read them (fewer than [`BEHIND_BYTES`] only near the file's start). A
 /// position whose file no longer holds them is stale and never used (see
@@ -131,6 +137,10 @@ pub(crate) struct CriStreamReader {
     current: Option<OpenLog>,
     /// Stream offset at `current.pos`.
     stream_offset: u64,
+    /// The other stream's offset at `current.pos` (stderr's for a stdout reader): its
+    /// lines are parsed past anyway, and counting them lets a reader of that stream
+    /// start here ([`Self::fork`]).
+    other_offset: u64,
     timestamps: Rfc3339Cache,
     /// Lines skipped because they were no CRI line (or absurdly long).
     malformed: u64,
@@ -197,6 +207,7 @@ impl CriStreamReader {
             stream,
             current: None,
             stream_offset: 0,
+            other_offset: 0,
             timestamps: Rfc3339Cache::default(),
             malformed: 0,
             spans: Vec::new(),
@@ -225,6 +236,38 @@ impl CriStreamReader {
     #[cfg(test)]
     pub fn restarts(&self) -> u64 {
         self.restarts
+    }
+
+    /// The offset of `stream` where this reader stands: a [`Self::fork`] for it
+    /// starts there.
+    pub fn offset_of(&self, stream: Stream) -> u64 {
+        match stream == self.stream {
+            true => self.stream_offset,
+            false => self.other_offset,
+        }
+    }
+
+    /// A reader of `stream` (this one's, or the other of stdout and stderr) of the
+    /// same log, standing where this one stands: at [`Self::offset_of`] `stream`, in
+    /// the file it holds, with its kept position (checked before use, like any).
+    /// Its first read does not parse the log from the run's start. Counts (lines
+    /// skipped, bytes read) start at 0.
+    pub fn fork(&self, stream: Stream) -> io::Result<CriStreamReader> {
+        let mut fork = CriStreamReader::new(self.log_path.clone(), stream);
+        fork.stream_offset = self.offset_of(stream);
+        fork.other_offset = self.offset_of(other_stream(stream));
+        if let Some(log) = &self.current {
+            fork.current = Some(OpenLog {
+                file: log.file.try_clone()?,
+                inode: log.inode,
+                pos: log.pos,
+                behind: log.behind,
+                behind_len: log.behind_len,
+                older: log.older.clone(),
+                head: log.head,
+            });
+        }
+        Ok(fork)
     }
 
     /// Appends to `out` the stream bytes in `[from, to)` the logs hold now, in order.
@@ -338,14 +381,17 @@ impl CriStreamReader {
                 consumed = end + 1;
                 continue;
             };
-            if header.stream != self.stream {
-                consumed = end + 1;
-                continue;
-            }
             // P: the content only; F: the content and the newline that ended it,
             // which the file holds right after it.
             let content_start = consumed + header.message_start.min(line.len());
             let content_end = if header.partial { end } else { end + 1 };
+            if header.stream != self.stream {
+                if header.stream == other_stream(self.stream) {
+                    self.other_offset += (content_end - content_start) as u64;
+                }
+                consumed = end + 1;
+                continue;
+            }
             let start = self.stream_offset;
             let end_offset = start + (content_end - content_start) as u64;
             let lo = from.max(start);
@@ -404,6 +450,7 @@ impl CriStreamReader {
         self.restarts_this_read += 1;
         self.current = None;
         self.stream_offset = 0;
+        self.other_offset = 0;
     }
 
     /// Whether the kept position still holds (see [`OpenLog`]): the open file is at
@@ -516,6 +563,14 @@ impl CriStreamReader {
         }
         files.sort_by_key(|f| family_order(&f.0, &live));
         Ok(files)
+    }
+}
+
+/// The other stream of a container's log: stderr for stdout, and the reverse.
+fn other_stream(stream: Stream) -> Stream {
+    match stream {
+        Stream::Stderr => Stream::Stdout,
+        _ => Stream::Stderr,
     }
 }
 
@@ -962,6 +1017,58 @@ mod tests {
             "numbered from the run's start again"
         );
         assert!(r.restarts() >= 1);
+    }
+
+    /// `n` lines of about 100 bytes, every fourth on stderr: `(lines, stdout text,
+    /// stderr text)`.
+    fn interleaved(n: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let (mut lines, mut out, mut err) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let (stream, text) = match i % 4 {
+                3 => ("stderr", &mut err),
+                _ => ("stdout", &mut out),
+            };
+            let content = format!("{stream} {i:0>90}");
+            lines.push(cri(stream, "F", &content));
+            text.push(content + "\n");
+        }
+        (lines, out, err)
+    }
+
+    #[test]
+    fn a_fork_for_the_other_stream_starts_at_the_position_its_sibling_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        let (lines, out, err) = interleaved(20_000);
+        write(&log, &lines);
+        let file_len = std::fs::metadata(&log).unwrap().len();
+        let mut block = ReadBlock::default();
+        // Stdout read (a repair late in the log) up to its line 14 000, which is
+        // the file's line 18 666 (about 93% of it): its reader stays at that line.
+        let at: u64 = out[..14_000].iter().map(|l| l.len() as u64).sum();
+        let mut stdout = CriStreamReader::new(log.clone(), Stream::Stdout);
+        stdout
+            .read(&mut block, at, at + 1, &mut Vec::new())
+            .unwrap();
+        let kept_at: u64 = lines[..18_666].iter().map(|l| l.len() as u64).sum();
+        // Stderr, never read: its first read starts where stdout's reader stands
+        // (after its 4666 lines before the file's line 18 666).
+        let mut stderr = stdout.fork(Stream::Stderr).unwrap();
+        let from: u64 = err[..4700].iter().map(|l| l.len() as u64).sum();
+        let before = block.bytes_read();
+        let mut got = Vec::new();
+        let reached = stderr.read(&mut block, from, u64::MAX, &mut got).unwrap();
+        assert_eq!(text(&got), err[4700..].concat(), "exact, at its offsets");
+        assert_eq!(got[0].offset, from);
+        let stderr_len: u64 = err.iter().map(|l| l.len() as u64).sum();
+        assert_eq!(reached.offset, stderr_len);
+        assert_reads_only(block.bytes_read() - before, file_len - kept_at);
+        // A fork of the same stream goes on like the reader it was forked from.
+        let mut again = stdout.fork(Stream::Stdout).unwrap();
+        let mut got = Vec::new();
+        again.read(&mut block, at, u64::MAX, &mut got).unwrap();
+        assert_eq!(text(&got), out[14_000..].concat());
+        assert_eq!(again.malformed_lines(), 0);
     }
 
     #[test]

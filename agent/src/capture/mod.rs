@@ -23,7 +23,8 @@
 //!   verifier accepts.
 //! - `pin`: the probes kept in bpffs across agent restarts (layout stamp, the pin
 //!   directory's contents); `resume` (in `stage`): their streams taken over.
-//! - `stage`: probe events into the pipeline, holes repaired, streams ended.
+//! - `stage`: probe events into the pipeline, holes repaired, streams ended;
+//!   `stage_metrics` (in `stage`): the handles of its per-poll and per-tick metrics.
 //! - `schedule`: the stage's repair steps taken in turns, round-robin, under a
 //!   node-wide budget per tick, with the ring drained between them.
 //! - claims ([`Claims`], in `source::claims`): which CRI logs capture ships, so the

@@ -66,12 +66,11 @@ use crate::config::CaptureConfig;
 use crate::discovery::PodLogRef;
 use crate::frame::Stream;
 use crate::metrics::catalogue::{
-    CAPTURE_BUDGET_SPILLS_TOTAL, CAPTURE_BUFFERED_BYTES, CAPTURE_BYTES_TOTAL,
-    CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL, CAPTURE_GAPS_TOTAL,
-    CAPTURE_RECORDS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL, CAPTURE_REPAIRED_BYTES_TOTAL,
-    CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAM_ENDS_TOTAL, CAPTURE_STREAMS,
+    CAPTURE_BUDGET_SPILLS_TOTAL, CAPTURE_CRI_MALFORMED_LINES_TOTAL, CAPTURE_EXITS_INFERRED_TOTAL,
+    CAPTURE_GAPS_TOTAL, CAPTURE_REPAIR_MISMATCHES_TOTAL, CAPTURE_REPAIRED_BYTES_TOTAL,
+    CAPTURE_SEAMS_TOTAL, CAPTURE_SPILLED_BYTES_TOTAL, CAPTURE_STREAM_ENDS_TOTAL,
     CAPTURE_STREAMS_DECLINED_TOTAL, CAPTURE_UNBOUND_RECORDS_TOTAL,
-    CAPTURE_UNREPAIRABLE_BYTES_TOTAL, CAPTURE_WATCHED_CONTAINERS,
+    CAPTURE_UNREPAIRABLE_BYTES_TOTAL,
 };
 use crate::pipeline::input::{EndReason, Input, Opening};
 use crate::source::file::FileIdentity;
@@ -253,6 +252,8 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     polled: Vec<RecordRun>,
     /// Records and bytes of bound streams since the metrics were last updated.
     counts: RecordCounts,
+    /// The handles of the metrics counted per poll and per tick.
+    metrics: StageMetrics,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to date records by their kernel time.
     realtime_offset_ns: i64,
     runs: Vec<Run>,
@@ -301,6 +302,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             gatherer: RunGatherer::default(),
             polled: Vec::new(),
             counts: RecordCounts::default(),
+            metrics: StageMetrics::default(),
             realtime_offset_ns: realtime_offset_ns(),
             runs: Vec::new(),
             read_block: ReadBlock::default(),
@@ -381,7 +383,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             self.data(run, now);
         }
         self.polled = runs;
-        self.counts.flush();
+        self.counts.flush(&mut self.metrics);
         self.keep_budget();
         for e in events
             .iter()
@@ -417,8 +419,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             self.last_sweep = now;
             self.sweep_cgroups(now);
         }
-        metrics::gauge!(CAPTURE_STREAMS).set(self.streams.len() as f64);
-        metrics::gauge!(CAPTURE_WATCHED_CONTAINERS).set(self.cgroups.len() as f64);
+        let m = &mut self.metrics;
+        m.streams.get().set(self.streams.len() as f64);
+        m.watched.get().set(self.cgroups.len() as f64);
         Ok(())
     }
 
@@ -631,24 +634,17 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 continue;
             }
             let streams = [Stream::Stdout, Stream::Stderr];
-            // Where each stream ends in the log now: the seam is at or after it.
-            // Read twice, the second read only what came during the first (which
-            // reads the whole log), so the bind follows the last at once.
-            let mut readers = streams.map(|s| CriStreamReader::new(log.clone(), s));
-            let mut lower = [0u64; 2];
-            let block = &mut self.read_block;
-            let mut read_all = || -> io::Result<()> {
-                for (reader, lower) in readers.iter_mut().zip(&mut lower) {
-                    *lower = reader
-                        .read(block, u64::MAX, u64::MAX, &mut Vec::new())?
-                        .offset;
+            let resumed_at = streams.map(|s| {
+                let id = self.resumed_stream(&log, s)?;
+                Some(self.streams.get(&id)?.assembler.next_offset())
+            });
+            let read = match read_running_log(&mut self.read_block, &log, resumed_at) {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!(log = %log.display(), error = %e, "reading a running container's CRI log: not captured");
+                    continue;
                 }
-                Ok(())
             };
-            if let Err(e) = read_all().and_then(|()| read_all()) {
-                tracing::warn!(log = %log.display(), error = %e, "reading a running container's CRI log: not captured");
-                continue;
-            }
             if let Err(e) = self.feed.watch_existing(found.cgroup_id, found.pid) {
                 tracing::warn!(pid = found.pid, error = %e, "binding a running container's pipes: not captured");
                 continue;
@@ -658,7 +654,13 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             }
             self.cgroups
                 .insert(found.cgroup_id, found.cgroup_path.clone());
-            for ((stream, reader), lower) in streams.into_iter().zip(readers).zip(lower) {
+            let StartupRead {
+                lower,
+                seam_readers,
+                followers,
+            } = read;
+            let each = streams.into_iter().zip(seam_readers).zip(followers);
+            for (((stream, reader), follower), lower) in each.zip(lower) {
                 let fd = proc.join(format!("{}/fd/{}", found.pid, stream_fd(stream)));
                 let window = existing::seam_window(&fd);
                 let id = self.resumed_stream(&log, stream).unwrap_or_else(|| {
@@ -669,6 +671,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 });
                 entry.cgroup = Some(found.cgroup_id);
                 entry.follow_until = Some(u64::MAX);
+                if entry.reader.is_none() {
+                    entry.reader = follower;
+                }
                 entry.seam = Some(Box::new(PendingSeam {
                     seam: Seam::new(lower, window),
                     reader,
@@ -820,7 +825,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 }
             }
         }
-        metrics::gauge!(CAPTURE_BUFFERED_BYTES).set(total as f64);
+        self.metrics.buffered.get().set(total as f64);
     }
 
     /// The source of a stream's records; `None` when they are not shipped (declined,
@@ -1014,6 +1019,17 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             .last()
             .map_or(check_from, |r| r.offset + r.bytes.len() as u64)
             .max(check_from);
+        // Its first read: from where the other stream's reader of the log stands when
+        // that is not past the bytes this read checks (readers only move forward),
+        // else from the run's first byte.
+        let forked = match entry.reader {
+            None => self.sibling_reader(id, check_from),
+            Some(_) => None,
+        };
+        let entry = self.streams.get_mut(&id).expect("present above");
+        if forked.is_some() {
+            entry.reader = forked;
+        }
         let reader = entry
             .reader
             .get_or_insert_with(|| CriStreamReader::new(log_path, entry.stream));
@@ -1091,6 +1107,25 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             metrics::counter!(CAPTURE_REPAIRED_BYTES_TOTAL).increment(repaired);
         }
         self.hand_on_runs(id);
+    }
+
+    /// A reader of stream `id`'s log forked from the other stream's reader of the same
+    /// log (stdout's for stderr, and the reverse), if that one stands at or before
+    /// `at_most` of this stream: a stream whose log was never read then starts its
+    /// first read there, not at the run's first byte.
+    fn sibling_reader(&self, id: SourceId, at_most: u64) -> Option<CriStreamReader> {
+        let entry = self.streams.get(&id)?;
+        let log = entry.log_path.as_deref()?;
+        let sibling = self
+            .streams
+            .values()
+            .filter(|e| e.stream != entry.stream && e.log_path.as_deref() == Some(log))
+            .find_map(|e| e.reader.as_ref())
+            .filter(|r| r.offset_of(entry.stream) <= at_most)?;
+        sibling
+            .fork(entry.stream)
+            .inspect_err(|e| tracing::debug!(source = %id, error = %e, "forking a CRI log reader: read from the run's start"))
+            .ok()
     }
 
     /// The bytes before `offset` cannot be had: count them and move on.
@@ -1253,6 +1288,54 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
     }
 }
 
+/// What the start-up read of a running container's log gives (see
+/// [`read_running_log`]), by stream (stdout, stderr).
+struct StartupRead {
+    /// Where each stream ends in the log: its seam is at or after it.
+    lower: [u64; 2],
+    /// Readers standing at `lower`, for the seams.
+    seam_readers: [CriStreamReader; 2],
+    /// For a stream resumed from a checkpoint: a reader standing at or before it.
+    followers: [Option<CriStreamReader>; 2],
+}
+
+/// Reads a running container's CRI log to its end once for both streams: stdout's
+/// reader counts stderr's offsets as it parses past its lines. Read twice, the second
+/// read only what came during the first (which reads the whole log), so the bind
+/// follows the last at once. A stream resumed from a checkpoint (`resumed_at`) follows
+/// its log from a copy of the reader taken as it passed the checkpoint, rather than
+/// parsing the log up to it once more (stderr's only when stdout's checkpoint is not
+/// past it in the log: the reader cannot go back).
+fn read_running_log(
+    block: &mut ReadBlock,
+    log: &Path,
+    resumed_at: [Option<u64>; 2],
+) -> io::Result<StartupRead> {
+    let mut reader = CriStreamReader::new(log.to_path_buf(), Stream::Stdout);
+    let mut followers = [None, None];
+    if let Some(at) = resumed_at[0] {
+        reader.read(block, u64::MAX, at, &mut Vec::new())?;
+        followers[0] = Some(reader.fork(Stream::Stdout)?);
+    }
+    if let Some(at) = resumed_at[1]
+        && reader.offset_of(Stream::Stderr) <= at
+    {
+        let mut stderr = reader.fork(Stream::Stderr)?;
+        stderr.read(block, u64::MAX, at, &mut Vec::new())?;
+        followers[1] = Some(stderr);
+    }
+    for _ in 0..2 {
+        reader.read(block, u64::MAX, u64::MAX, &mut Vec::new())?;
+    }
+    let lower = [Stream::Stdout, Stream::Stderr].map(|s| reader.offset_of(s));
+    let stderr = reader.fork(Stream::Stderr)?;
+    Ok(StartupRead {
+        lower,
+        seam_readers: [reader, stderr],
+        followers,
+    })
+}
+
 /// One repair step of a stream: `[from, to)` read back from its CRI log.
 struct RepairStep {
     from: u64,
@@ -1398,7 +1481,7 @@ impl Staged {
 }
 
 /// Records and bytes of bound streams, added to the metrics once per poll rather
-/// than once per record (a counter's registry lookup cost more than the record).
+/// than once per record.
 #[derive(Default)]
 struct RecordCounts {
     records: u64,
@@ -1406,10 +1489,10 @@ struct RecordCounts {
 }
 
 impl RecordCounts {
-    fn flush(&mut self) {
+    fn flush(&mut self, metrics: &mut StageMetrics) {
         if self.records > 0 {
-            metrics::counter!(CAPTURE_RECORDS_TOTAL).increment(self.records);
-            metrics::counter!(CAPTURE_BYTES_TOTAL).increment(self.bytes);
+            metrics.records.get().increment(self.records);
+            metrics.bytes.get().increment(self.bytes);
         }
         *self = RecordCounts::default();
     }
@@ -1578,7 +1661,11 @@ mod tests;
 
 #[path = "resume.rs"]
 mod resume;
+
+#[path = "stage_metrics.rs"]
+mod stage_metrics;
 pub use resume::{PinnedState, PinnedStream};
+use stage_metrics::StageMetrics;
 
 fn realtime_offset_ns() -> i64 {
     let read = |clock| {

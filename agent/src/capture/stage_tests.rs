@@ -642,16 +642,7 @@ fn a_stream_checkpointed_by_an_earlier_run_continues_from_its_log() {
     let fx = Fixture::new();
     fx.append_cri("stdout", &["shipped before", "written while down"]);
     // An earlier run shipped the first line (6 + 8 = 15 bytes) and checkpointed it.
-    {
-        let registry = fx.registry();
-        let path = stream_path(Some(&fx.log), b"", Stream::Stdout);
-        let identity = stream_identity(&path);
-        let id = SourceId::new_unique(CAPTURE_DEV, identity.inode);
-        registry.register(id, identity, path, 0);
-        registry.sent(id, 1, 15);
-        registry.acked(id, 1);
-        registry.persist().unwrap();
-    }
+    checkpoint_stdout(&fx, 15);
     let resolver = fx.running_container();
     let registry = fx.registry();
     let (mut stage, rx, claims) = fx.stage(ScriptFeed::default(), resolver, registry.clone());
@@ -1256,5 +1247,257 @@ fn the_ring_is_drained_between_two_repair_steps() {
     assert!(
         repaired[0] < stderr_at && stderr_at < *repaired.last().unwrap(),
         "the ring's records came between the hole's steps: {chunks:?}"
+    );
+}
+
+/// Prometheus's recorder, counting the registrations made through it: each
+/// `metrics::counter!` / `gauge!` call is one (a hashed lookup in its registry).
+struct CountingRecorder {
+    inner: metrics_exporter_prometheus::PrometheusRecorder,
+    registrations: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingRecorder {
+    fn new() -> CountingRecorder {
+        CountingRecorder {
+            inner: metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
+            registrations: Default::default(),
+        }
+    }
+
+    fn registrations(&self) -> usize {
+        self.registrations.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.registrations.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl metrics::Recorder for CountingRecorder {
+    fn describe_counter(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.inner.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.inner.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.inner.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(
+        &self,
+        key: &metrics::Key,
+        meta: &metrics::Metadata<'_>,
+    ) -> metrics::Counter {
+        self.count();
+        self.inner.register_counter(key, meta)
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, meta: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.count();
+        self.inner.register_gauge(key, meta)
+    }
+
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        meta: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        self.count();
+        self.inner.register_histogram(key, meta)
+    }
+}
+
+/// With a small ring the stage polls tens of thousands of times a second: a poll
+/// (and a tick) counts its records, bytes and gauges through handles registered at
+/// their first use, and the pipeline its lines through its source's handles, not
+/// through a registry lookup each time.
+#[test]
+fn polls_and_ticks_count_through_handles_registered_once() {
+    let fx = Fixture::new();
+    let all = numbered_lines(0..300);
+    let mut rounds = VecDeque::from([vec![
+        Scripted::Created(3, "/kubepods/podu/c3"),
+        Scripted::Bound(3, Stream::Stdout),
+    ]]);
+    // One record per poll.
+    rounds.extend(captured(3, 0, &all).into_iter().map(|r| vec![r]));
+    let feed = ScriptFeed {
+        rounds,
+        ..Default::default()
+    };
+    let (mut stage, rx, _) = fx.stage(feed, fx.running_container(), fx.registry());
+    let recorder = CountingRecorder::new();
+    let (got, later) = metrics::with_local_recorder(&recorder, || {
+        let mut got = lines(&mut stage, &rx, 20);
+        stage.tick(Instant::now()).unwrap();
+        let registered = recorder.registrations();
+        assert!(
+            registered > 0,
+            "the first poll and tick register their metrics"
+        );
+        got.extend(lines(&mut stage, &rx, all.len() - got.len()));
+        // Ticks too (every 50 ms).
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(200) {
+            stage.poll_once(Duration::from_millis(5)).unwrap();
+        }
+        (got, recorder.registrations() - registered)
+    });
+    assert_eq!(got.len(), all.len());
+    assert_eq!(later, 0, "{later} registry lookups after the first polls");
+    let text = recorder.inner.handle().render();
+    assert!(text.contains("logtap_capture_records_total 300"), "{text}");
+    let bytes = stream_len(&all);
+    assert!(
+        text.contains(&format!("logtap_capture_bytes_total {bytes}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"logtap_lines_read_total{source_kind="capture"} 300"#),
+        "{text}"
+    );
+    assert!(text.contains("logtap_capture_streams 1"), "{text}");
+}
+
+/// Registers, as an earlier run would have, a checkpoint of the fixture's stdout
+/// stream at `offset`.
+fn checkpoint_stdout(fx: &Fixture, offset: u64) {
+    let registry = fx.registry();
+    let path = stream_path(Some(&fx.log), b"", Stream::Stdout);
+    let identity = stream_identity(&path);
+    let id = SourceId::new_unique(CAPTURE_DEV, identity.inode);
+    registry.register(id, identity, path, 0);
+    registry.sent(id, 1, offset);
+    registry.acked(id, 1);
+    registry.persist().unwrap();
+}
+
+/// A running container checkpointed by an earlier run: the start-up read passes the
+/// checkpoint on its way to the log's end, and the stream follows its log from a copy
+/// of that reader taken there, instead of parsing the log up to it once more.
+#[test]
+fn a_running_container_resumed_from_a_checkpoint_follows_its_log_from_the_start_up_read() {
+    let fx = Fixture::new();
+    let running = Running::new();
+    let all = numbered_lines(0..20_000);
+    fx.append_cri(
+        "stdout",
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let file_len = std::fs::metadata(&fx.log).unwrap().len();
+    checkpoint_stdout(&fx, stream_len(&all[..19_000]));
+    let (mut stage, rx, _) = fx.stage(ScriptFeed::default(), fx.running_container(), fx.registry());
+    stage.set_cgroup_root(Some(running.root.clone()));
+    stage.bind_running(&running.proc);
+    let got = lines(&mut stage, &rx, 1000);
+    assert_eq!(
+        bodies(&got),
+        all[19_000..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(got[0].1, stream_len(&all[..19_000]));
+    // One start-up read to the log's end for both streams, then the follows from the
+    // checkpoint on: stdout's, and stderr's (a new source, from its offset 0) forked
+    // from stdout's reader there, no stderr line being before it. Before: a start-up
+    // read and a follow from the run's first byte per stream, four times the log.
+    let read = stage.read_block.bytes_read();
+    assert!(
+        read < file_len + file_len / 5,
+        "{read} bytes read for a {file_len}-byte log"
+    );
+}
+
+/// A stream whose log was never read (stderr, whose last line the ring dropped) has
+/// its end read start where its sibling's reader stands (stdout's, after a repair
+/// late in the log), not at the run's first byte.
+#[test]
+fn a_never_read_stream_s_end_read_starts_where_its_sibling_s_reader_stands() {
+    let fx = Fixture::new();
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&fx.log)
+            .unwrap();
+        for i in 0..20_000 {
+            let (stream, text) = match i % 4 {
+                3 => ("stderr", &mut err),
+                _ => ("stdout", &mut out),
+            };
+            let line = format!("{stream} {i}");
+            writeln!(f, "{TS} {stream} F {line}").unwrap();
+            text.push(line);
+        }
+    }
+    let file_len = std::fs::metadata(&fx.log).unwrap().len();
+    // Stdout's line 14 000 (the file's line 18 666) dropped: repaired from the log.
+    let mut round = vec![
+        Scripted::Created(3, "/kubepods/podu/c3"),
+        Scripted::Bound(3, Stream::Stdout),
+        Scripted::Bound(3, Stream::Stderr),
+    ];
+    round.extend(captured(3, 0, &out[..14_000]));
+    round.extend(captured(3, stream_len(&out[..14_001]), &out[14_001..]));
+    let mut stderr_records = captured(3, 0, &err[..err.len() - 1]);
+    for r in &mut stderr_records {
+        if let Scripted::Data(_, stream, _, _) = r {
+            *stream = Stream::Stderr;
+        }
+    }
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([round]),
+        finals: HashMap::from([(
+            3,
+            vec![
+                (Stream::Stdout, stream_len(&out)),
+                (Stream::Stderr, stream_len(&err)),
+            ],
+        )]),
+        ..Default::default()
+    };
+    let (mut stage, rx, _) = fx.stage(feed, fx.exited_container(), fx.registry());
+    let mut got = lines(&mut stage, &rx, out.len());
+    // Stderr's records, and the container's end, after stdout's repair: a stream's
+    // first read forks from its sibling's reader only where that one stands (in one
+    // tick, the order of the two reads is the streams' order in a map).
+    let rounds = [stderr_records, vec![], vec![Scripted::Removed(3)]];
+    stage.feed.rounds.extend(rounds);
+    let (rest, metrics) = until_ended(&mut stage, &rx, err.len());
+    got.extend(rest);
+    let shipped = |stream| -> Vec<&str> {
+        got.iter()
+            .filter(|l| l.0 == stream)
+            .map(|l| l.2.as_str())
+            .collect()
+    };
+    assert_eq!(shipped(Stream::Stdout), out);
+    assert_eq!(shipped(Stream::Stderr), err);
+    assert_repaired_cleanly(&metrics);
+    // Stdout's repair read 93% of the log; stderr's end read the rest. From the run's
+    // first byte it would have read the whole log once more.
+    let read = stage.read_block.bytes_read();
+    assert!(
+        read < file_len + file_len / 10,
+        "{read} bytes read for a {file_len}-byte log"
     );
 }

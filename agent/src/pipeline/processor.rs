@@ -47,6 +47,19 @@ struct Slot {
     container: Option<PodLogRef>,
     /// Whether it is counted on the match board (files are; captured streams not).
     on_board: bool,
+    /// Its line counters, registered at its first counted chunk.
+    counters: Option<LineCounters>,
+}
+
+/// The counters every chunk adds to, by the slot's labels: handles kept by the slot,
+/// since a `metrics::counter!` with labels is a registry lookup (the key hashed, a
+/// lock), once per chunk: a captured stream with a small ring hands on tens of
+/// thousands of chunks a second.
+struct LineCounters {
+    /// `LINES_READ_TOTAL{source_kind}`.
+    read: metrics::Counter,
+    /// `CONFIG_LINES_TOTAL{config}`.
+    config: metrics::Counter,
 }
 
 /// Counters of what a pipeline shipped, for the run's summary.
@@ -254,8 +267,15 @@ impl Pipeline {
             masked,
         } = counts;
         self.shipped.lines += n;
+        // The config's name as the label: a reference count, no copy.
+        let config = &self.config.sources[slot.config].name;
         if n > 0 {
-            metrics::counter!(LINES_READ_TOTAL, "source_kind" => kind).increment(n);
+            let counters = slot.counters.get_or_insert_with(|| LineCounters {
+                read: metrics::counter!(LINES_READ_TOTAL, "source_kind" => kind),
+                config: metrics::counter!(CONFIG_LINES_TOTAL, "config" => config.clone()),
+            });
+            counters.read.increment(n);
+            counters.config.increment(n);
         }
         if truncated > 0 {
             metrics::counter!(LINES_TRUNCATED_TOTAL, "source_kind" => kind).increment(truncated);
@@ -267,8 +287,6 @@ impl Pipeline {
             metrics::counter!(LINES_INVALID_UTF8_TOTAL, "source_kind" => kind)
                 .increment(invalid_utf8);
         }
-        // The config's name as the label: a reference count, no copy per chunk.
-        let config = &self.config.sources[slot.config].name;
         if parse_failed > 0 {
             metrics::counter!(PARSE_FAILURES_TOTAL, "parser" => parser.kind())
                 .increment(parse_failed);
@@ -276,9 +294,6 @@ impl Pipeline {
                 metrics::counter!(INPUT_PARSE_FAILURES_TOTAL, "input" => config.clone())
                     .increment(parse_failed);
             }
-        }
-        if n > 0 {
-            metrics::counter!(CONFIG_LINES_TOTAL, "config" => config.clone()).increment(n);
         }
         if filtered > 0 {
             metrics::counter!(LINES_FILTERED_TOTAL, "config" => config.clone()).increment(filtered);
@@ -388,6 +403,7 @@ impl Pipeline {
                 enrichment,
                 container,
                 on_board,
+                counters: None,
             },
         );
     }
