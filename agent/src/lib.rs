@@ -41,6 +41,7 @@ pub mod discovery;
 pub mod enrich;
 pub mod events;
 pub mod frame;
+pub mod memory;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;
