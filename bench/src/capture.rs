@@ -131,6 +131,10 @@ pub struct CaptureArgs {
     /// The ring buffer of the scale scenario, in MiB.
     #[arg(long, default_value_t = 16)]
     scale_ring_mib: u32,
+    /// `capture.max_buffered` of the scale scenario, in MiB (the agent's default
+    /// when not given).
+    #[arg(long)]
+    scale_max_buffered_mib: Option<u32>,
     /// Count this process's live heap bytes during the scale scenario (a counting
     /// allocator: two atomic adds per allocation, so not for the CPU figures).
     #[arg(long)]

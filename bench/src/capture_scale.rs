@@ -280,11 +280,14 @@ fn load(
         &format!(
             "data_dir: {}\nmetrics: {{listen: \"\"}}\nsources:\n  - name: pods\n    include: [\"{}/pods/**/*.log\"]\n    format: cri\n    sink: out\n\
              sinks:\n  out: {{type: blackhole}}\n\
-             capture: {{enabled: true, source: pods, cgroup_prefix: \"{}\", ring_size: \"{}MiB\"}}\n",
+             capture: {{enabled: true, source: pods, cgroup_prefix: \"{}\", ring_size: \"{}MiB\"{}}}\n",
             data_dir.display(),
             dir.display(),
             scene.prefix,
             args.scale_ring_mib,
+            args.scale_max_buffered_mib
+                .map(|m| format!(", max_buffered: {m}MiB"))
+                .unwrap_or_default(),
         ),
         "capture scale bench",
     )
