@@ -24,9 +24,10 @@ pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the agent does when capture is enabled (before its threads start): the
 /// trimmer only. Fewer arenas on top of it left the peak RSS where the trimmer alone
-/// did (74 against 76–78 MiB at 200 writers × 500 kB/s), and both of its runs there
-/// were the ones that fell behind (writers' threads, capture and the sink worker
-/// queueing on two arenas' locks); [`limit_arenas`] stays for the bench's comparison.
+/// did (74 against 76 MiB at 200 writers × 500 kB/s, medians of three), and two of
+/// its three runs at each rate fell behind where the trimmer's did not (likely the
+/// harness's writer threads, capture and the sink worker queueing on two arenas'
+/// locks); [`limit_arenas`] stays for the bench's comparison.
 pub fn tune_for_capture() {
     spawn_trimmer();
 }
