@@ -24,7 +24,8 @@
 //! collections: LogCollection objects merged into the effective config (live rebuilds).
 //! config describes all of them (schema -> raw | crd -> validate); metrics observes
 //! them (one catalogue of names); pipeline wires them (supervisor, services, sinks);
-//! privileges keeps the agent's files private and drops what it need not keep.
+//! privileges keeps the agent's files private and drops what it need not keep; memory
+//! hands the allocator's free pages back to the system while capture runs.
 //! top reads a running agent's metrics back as a live view (`logtap top`).
 //! ```
 //!
@@ -41,6 +42,7 @@ pub mod discovery;
 pub mod enrich;
 pub mod events;
 pub mod frame;
+pub mod memory;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;

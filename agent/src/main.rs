@@ -129,6 +129,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 true => logtap::demo::install(&mut config)?,
                 false => None,
             };
+            if config.capture.is_some() {
+                // Before the run's threads start (see `memory`).
+                logtap::memory::tune_for_capture();
+            }
             logtap::privileges::private_files(&config);
             if let Some(listen) = config.metrics_listen {
                 logtap::metrics::install(

@@ -131,10 +131,42 @@ pub struct CaptureArgs {
     /// The ring buffer of the scale scenario, in MiB.
     #[arg(long, default_value_t = 16)]
     scale_ring_mib: u32,
+    /// `capture.max_buffered` of the scale scenario, in MiB (the agent's default
+    /// when not given).
+    #[arg(long)]
+    scale_max_buffered_mib: Option<u32>,
     /// Count this process's live heap bytes during the scale scenario (a counting
     /// allocator: two atomic adds per allocation, so not for the CPU figures).
     #[arg(long)]
     heap_stats: bool,
+    /// glibc's malloc settings for the run: what the agent sets when capture is on
+    /// (`logtap::memory::tune_for_capture`), glibc's defaults, or one remedy alone.
+    #[arg(long, value_enum, default_value_t = MallocSetting::Agent)]
+    malloc: MallocSetting,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MallocSetting {
+    Agent,
+    Glibc,
+    Arenas,
+    Trim,
+}
+
+impl MallocSetting {
+    /// Applies the setting; before any thread starts (an arena, once made, stays).
+    fn apply(self) {
+        match self {
+            MallocSetting::Agent => logtap::memory::tune_for_capture(),
+            MallocSetting::Glibc => {}
+            MallocSetting::Arenas => {
+                logtap::memory::limit_arenas();
+            }
+            MallocSetting::Trim => {
+                logtap::memory::spawn_trimmer();
+            }
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -1376,6 +1408,7 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    args.malloc.apply();
     tracing_subscriber::fmt()
         .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
         .with_writer(std::io::stderr)

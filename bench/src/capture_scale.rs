@@ -26,6 +26,8 @@ struct ScaleRun {
     peak_rss_kib: u64,
     /// The RSS sample (every 50 ms) with the largest RSS, split.
     rss_at_peak: crate::heap::RssSplit,
+    /// glibc's arenas at that sample (`--heap-stats`).
+    arenas_at_peak: Option<crate::heap::Arenas>,
     /// Resident KiB of the ring buffer's mapping at the end (data pages mapped twice).
     ring_rss_kib: u64,
     /// The most live heap bytes during the run, when counted (`--heap-stats`).
@@ -33,6 +35,9 @@ struct ScaleRun {
     /// The most the stage held waiting behind holes (`logtap_capture_buffered_bytes`,
     /// sampled every 100 ms): what `capture.max_buffered` bounds.
     peak_buffered: u64,
+    /// The most the open packages of all streams held (`logtap_open_package_bytes`,
+    /// sampled every 100 ms): what the stage's node-wide package bound keeps.
+    peak_open_packages: u64,
     kernel: KernelStats,
     stage: StageCounters,
     delivered: u64,
@@ -72,14 +77,16 @@ pub(super) fn run(
     for &hooks in &args.hooks {
         let run = run_scale(args, scene, dir, metrics, hooks)?;
         eprintln!(
-            "scale ({}): {} of {} streams identical, {:.1} MB/s, peak RSS {} MiB, stage buffered at most {} KiB; \
+            "scale ({}, malloc {:?}): {} of {} streams identical, {:.1} MB/s, peak RSS {} MiB, stage buffered at most {} KiB, open packages at most {} KiB; \
              {} lifecycle records lost, {} bytes spilled, {} unrepairable, {} of {} bytes handed on",
             hooks.as_str(),
+            args.malloc,
             run.identical,
             run.writers,
             mb_per_s(run.delivered, run.writers_wall),
             run.peak_rss_kib / 1024,
             run.peak_buffered / 1024,
+            run.peak_open_packages / 1024,
             run.kernel.lost_events,
             run.stage.spilled,
             run.stage.unrepairable,
@@ -104,6 +111,25 @@ pub(super) fn run(
                 None => "not counted (--heap-stats)".into(),
             },
         );
+        if let Some(a) = &run.arenas_at_peak {
+            let mut arenas: Vec<_> = a.arenas.iter().enumerate().collect();
+            arenas.sort_by_key(|(_, a)| std::cmp::Reverse(a.from_system));
+            let largest: Vec<String> = arenas
+                .iter()
+                .take(6)
+                .map(|(nr, a)| format!("#{nr} {} ({} free)", a.from_system / 1024, a.free / 1024))
+                .collect();
+            eprintln!(
+                "scale ({}): malloc at the RSS peak: {} arenas holding {} MiB ({} MiB of it free), \
+                 {} MiB mapped on their own; largest arenas, MiB: {}",
+                hooks.as_str(),
+                a.arenas.len(),
+                a.arenas.iter().map(|a| a.from_system).sum::<u64>() / 1024,
+                a.arenas.iter().map(|a| a.free).sum::<u64>() / 1024,
+                a.mmapped / 1024,
+                largest.join(", "),
+            );
+        }
         rows.push((hooks, run));
     }
     let table = scale_markdown(args, &rows);
@@ -183,6 +209,7 @@ fn run_scale(
 
     let counters_before = StageCounters::read(metrics);
     let buffered = PeakSampler::start(metrics.clone(), "logtap_capture_buffered_bytes");
+    let open_packages = PeakSampler::start(metrics.clone(), "logtap_open_package_bytes");
     reset_peak_rss();
     crate::heap::reset_peak();
     let rss = crate::heap::RssSampler::start();
@@ -192,7 +219,8 @@ fn run_scale(
     let ended = wait_ended(&registry, writers);
     let wall = started.elapsed();
     let peak_buffered = buffered.stop();
-    let rss_at_peak = rss.stop();
+    let peak_open_packages = open_packages.stop();
+    let (rss_at_peak, arenas_at_peak) = rss.stop();
     let ring_rss_kib = crate::heap::mapping_rss_kib("bpf-map");
     let heap_peak = crate::heap::counting().then(crate::heap::peak);
     running.finish()?;
@@ -225,9 +253,11 @@ fn run_scale(
         cpu,
         peak_rss_kib,
         rss_at_peak,
+        arenas_at_peak,
         ring_rss_kib,
         heap_peak,
         peak_buffered,
+        peak_open_packages,
         kernel,
         stage: stage_counters,
         delivered: streams.values().map(|v| v.delivered).sum(),
@@ -250,11 +280,14 @@ fn load(
         &format!(
             "data_dir: {}\nmetrics: {{listen: \"\"}}\nsources:\n  - name: pods\n    include: [\"{}/pods/**/*.log\"]\n    format: cri\n    sink: out\n\
              sinks:\n  out: {{type: blackhole}}\n\
-             capture: {{enabled: true, source: pods, cgroup_prefix: \"{}\", ring_size: \"{}MiB\"}}\n",
+             capture: {{enabled: true, source: pods, cgroup_prefix: \"{}\", ring_size: \"{}MiB\"{}}}\n",
             data_dir.display(),
             dir.display(),
             scene.prefix,
             args.scale_ring_mib,
+            args.scale_max_buffered_mib
+                .map(|m| format!(", max_buffered: {m}MiB"))
+                .unwrap_or_default(),
         ),
         "capture scale bench",
     )

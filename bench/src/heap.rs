@@ -155,11 +155,76 @@ pub fn mapping_rss_kib(name: &str) -> u64 {
     total
 }
 
+/// One of glibc's malloc arenas (KiB, from `malloc_info`): what it took from the
+/// system and what of that is free in its bins (kept, not returned).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Arena {
+    pub from_system: u64,
+    pub free: u64,
+}
+
+/// glibc's arenas (the main thread's first; each thread that allocated got one of
+/// its own, up to `M_ARENA_MAX`) and the KiB of chunks it mapped on their own (at or
+/// above its mmap threshold), now. Takes every arena's lock: `--heap-stats` only.
+#[derive(Debug, Clone, Default)]
+pub struct Arenas {
+    pub arenas: Vec<Arena>,
+    pub mmapped: u64,
+}
+
+impl Arenas {
+    pub fn now() -> Arenas {
+        let mut buf: *mut libc::c_char = std::ptr::null_mut();
+        let mut len: libc::size_t = 0;
+        // SAFETY: open_memstream writes the buffer's address and length to the two
+        // locals; the buffer is read after fclose and freed with free, as its manual says.
+        let text = unsafe {
+            let f = libc::open_memstream(&mut buf, &mut len);
+            if f.is_null() {
+                return Arenas::default();
+            }
+            libc::malloc_info(0, f);
+            libc::fclose(f);
+            let text = String::from_utf8_lossy(std::slice::from_raw_parts(buf.cast::<u8>(), len))
+                .into_owned();
+            libc::free(buf.cast());
+            text
+        };
+        Arenas::parse(&text)
+    }
+
+    fn parse(xml: &str) -> Arenas {
+        // The size="…" after `tag` in `text`, in KiB.
+        let size = |text: &str, tag: &str| -> u64 {
+            text.find(tag)
+                .and_then(|at| text[at..].find("size=\"").map(|s| at + s + 6))
+                .and_then(|at| text[at..].split('"').next()?.parse::<u64>().ok())
+                .map_or(0, |b| b / 1024)
+        };
+        let mut parts = xml.split("<heap nr=");
+        parts.next();
+        let mut arenas = Vec::new();
+        let mut rest = "";
+        for part in parts {
+            let (heap, after) = part.split_once("</heap>").unwrap_or((part, ""));
+            arenas.push(Arena {
+                from_system: size(heap, "<system type=\"current\""),
+                free: size(heap, "<total type=\"fast\"") + size(heap, "<total type=\"rest\""),
+            });
+            rest = after;
+        }
+        Arenas {
+            arenas,
+            mmapped: size(rest, "<total type=\"mmap\""),
+        }
+    }
+}
+
 /// Samples [`RssSplit`] every 50 ms on its own thread; keeps the sample with the
-/// largest RSS.
+/// largest RSS, and when the heap is counted, glibc's arenas at that sample.
 pub struct RssSampler {
     sampling: std::sync::Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<RssSplit>,
+    thread: std::thread::JoinHandle<(RssSplit, Option<Arenas>)>,
 }
 
 impl RssSampler {
@@ -168,11 +233,11 @@ impl RssSampler {
         let thread = {
             let sampling = sampling.clone();
             std::thread::spawn(move || {
-                let mut top = RssSplit::default();
+                let mut top = (RssSplit::default(), None);
                 while sampling.load(Ordering::Relaxed) {
                     let s = RssSplit::now();
-                    if s.rss > top.rss {
-                        top = s;
+                    if s.rss > top.0.rss {
+                        top = (s, counting().then(Arenas::now));
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
@@ -182,9 +247,42 @@ impl RssSampler {
         RssSampler { sampling, thread }
     }
 
-    /// The sample with the largest RSS.
-    pub fn stop(self) -> RssSplit {
+    /// The sample with the largest RSS, and the arenas then (`--heap-stats`).
+    pub fn stop(self) -> (RssSplit, Option<Arenas>) {
         self.sampling.store(false, Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malloc_info_is_read_per_arena() {
+        let xml = r#"<malloc version="1">
+<heap nr="0">
+<sizes>
+</sizes>
+<total type="fast" count="2" size="2048"/>
+<total type="rest" count="3" size="10240"/>
+<system type="current" size="1048576"/>
+<system type="max" size="2097152"/>
+</heap>
+<heap nr="1">
+<total type="fast" count="0" size="0"/>
+<total type="rest" count="1" size="4096"/>
+<system type="current" size="135168"/>
+</heap>
+<total type="fast" count="2" size="2048"/>
+<total type="mmap" count="4" size="1048576"/>
+<system type="current" size="1183744"/>
+</malloc>
+"#;
+        let a = Arenas::parse(xml);
+        let sizes: Vec<_> = a.arenas.iter().map(|a| (a.from_system, a.free)).collect();
+        assert_eq!(sizes, [(1024, 12), (132, 4)]);
+        assert_eq!(a.mmapped, 1024);
+        assert!(!Arenas::now().arenas.is_empty(), "this process's own");
     }
 }

@@ -221,6 +221,20 @@ impl BatchBuilder {
         new
     }
 
+    /// The memory the open package holds: its records' bytes (slices of read chunks,
+    /// which they keep alive), the record vector it reserved and its fields. What a
+    /// node-wide bound on open packages counts (see `pipeline::processor::OpenBound`).
+    pub fn held_bytes(&self) -> usize {
+        self.body_bytes
+            + self.lines.capacity() * std::mem::size_of::<Line>()
+            + self.fields.capacity() * std::mem::size_of::<Field>()
+    }
+
+    /// When the open package took its first record; `None` when it has none.
+    pub fn opened_at(&self) -> Option<std::time::Instant> {
+        self.opened_at
+    }
+
     /// Whether a size limit is reached or the oldest record waited `timeout`.
     pub fn is_due(&self, now: std::time::Instant) -> bool {
         !self.lines.is_empty()

@@ -92,6 +92,13 @@ const JOIN_BELOW: usize = 16 * 1024;
 /// hole's size. Only the step that reaches the hole's end can be checked against the
 /// captured bytes after it.
 const REPAIR_STEP_BYTES: u64 = 256 << 10;
+/// What the open packages of all captured streams may hold together (records' bytes
+/// and vectors; see `Input::bound_open_packages`): each stream's package is bounded
+/// by `batch.max_bytes` and `batch.timeout`, which at 200 streams of 0.5 MB/s is
+/// 20 MB of records and the 256 KiB run blocks they are slices of, kept alive. Out
+/// of the agent's 64 MiB: 16 MiB of ring, 16 MiB `max_buffered`, one 4 MiB poll,
+/// the binary's pages and the sink queues leave about this much.
+pub const OPEN_PACKAGE_BYTES: usize = 8 << 20;
 /// How often ended streams are checked for their CRI log's removal.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// Captured bytes after a hole compared with the CRI log before the hole is repaired
@@ -287,6 +294,8 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         registry: SharedRegistry,
         claims: Arc<Claims>,
     ) -> CaptureStage<F, R> {
+        let mut pipeline = pipeline;
+        pipeline.bound_open_packages(OPEN_PACKAGE_BYTES);
         let mut stage = CaptureStage {
             options,
             feed,

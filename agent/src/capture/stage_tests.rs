@@ -1106,6 +1106,47 @@ impl Input for Recording {
     fn tick(&mut self, now: Instant) {
         self.inner.tick(now);
     }
+
+    fn bound_open_packages(&mut self, bytes: usize) {
+        self.inner.bound_open_packages(bytes);
+    }
+}
+
+/// The stage bounds what its streams' open packages hold together, once, before any
+/// stream opens (the bound itself: `pipeline::tests::open_packages_are_bounded_together_oldest_shipped_first`).
+#[test]
+fn the_stage_bounds_its_streams_open_packages_before_any_opens() {
+    /// Remembers the bound asked for, and whether a source had opened before.
+    #[derive(Default)]
+    struct Bound(Arc<std::sync::Mutex<(Option<usize>, bool)>>);
+    impl Input for Bound {
+        fn opened(&mut self, _: Opening) {
+            self.0.lock().unwrap().1 = true;
+        }
+        fn data(&mut self, _: SourceId, _: u64, _: Bytes, _: Option<i64>) {}
+        fn gap(&mut self, _: SourceId, _: u64) {}
+        fn ended(&mut self, _: SourceId, _: EndReason) {}
+        fn tick(&mut self, _: Instant) {}
+        fn bound_open_packages(&mut self, bytes: usize) {
+            let mut seen = self.0.lock().unwrap();
+            assert!(!seen.1, "asked after a source opened");
+            seen.0 = Some(bytes);
+        }
+    }
+    let fx = Fixture::new();
+    let seen = Bound::default();
+    let asked = seen.0.clone();
+    let options = fx.config.capture.clone().unwrap();
+    let claims = Arc::new(Claims::new(options.source, options.claim_wait));
+    let _stage = CaptureStage::new(
+        options,
+        ScriptFeed::default(),
+        fx.running_container(),
+        seen,
+        fx.registry(),
+        claims,
+    );
+    assert_eq!(asked.lock().unwrap().0, Some(OPEN_PACKAGE_BYTES));
 }
 
 /// A stage whose pipeline records every chunk handed to it.

@@ -139,6 +139,10 @@ catalogue! {
         "Packages the local store received again after a restart (at-least-once duplicates)";
     PACKAGES_IN_FLIGHT = "logtap_packages_in_flight", Gauge, Some(Unit::Count),
         "Packages sent to sinks and not yet acknowledged";
+    OPEN_PACKAGE_BYTES = "logtap_open_package_bytes", Gauge, Some(Unit::Bytes),
+        "Memory the open packages of capture's streams hold together (their records' bytes and vectors), bounded node-wide";
+    PACKAGES_SHIPPED_EARLY_TOTAL = "logtap_packages_shipped_early_total", Counter, Some(Unit::Count),
+        "Packages of captured streams shipped before their size or batch.timeout because all open packages together held more than their node-wide bound";
     KUBE_WATCH_ERRORS_TOTAL = "logtap_kube_watch_errors_total", Counter, Some(Unit::Count),
         "Failed Kubernetes API list/watch requests and broken watch streams, by resource";
     CAPTURE_PROBE_LOAD_SECONDS = "logtap_capture_probe_load_seconds", Gauge, Some(Unit::Seconds),

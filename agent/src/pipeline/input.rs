@@ -43,6 +43,12 @@ pub trait Input {
     fn ended(&mut self, source: SourceId, reason: EndReason);
     /// Time passes: time-based flushes (multiline, partial lines, package age).
     fn tick(&mut self, now: Instant);
+    /// Holds at most about `bytes` in all sources' open packages together, shipping
+    /// the oldest early beyond it: for an input of many sources at once (capture's
+    /// hundreds of container streams), where each package's own limits times the
+    /// sources is more than the agent's memory. Called once, before the first source
+    /// opens; an implementation that holds nothing ignores it.
+    fn bound_open_packages(&mut self, _bytes: usize) {}
 }
 
 /// A source that starts: what it is, who reads it, and where.

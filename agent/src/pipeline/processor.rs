@@ -24,7 +24,7 @@ use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::metrics::catalogue::{
     CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, INPUT_PARSE_FAILURES_TOTAL, LINES_FILTERED_TOTAL,
     LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL,
-    LINES_TRUNCATED_TOTAL, PARSE_FAILURES_TOTAL,
+    LINES_TRUNCATED_TOTAL, OPEN_PACKAGE_BYTES, PACKAGES_SHIPPED_EARLY_TOTAL, PARSE_FAILURES_TOTAL,
 };
 use crate::parse::{Parser, Utf8Checked};
 use crate::route::Router;
@@ -60,6 +60,30 @@ struct LineCounters {
     read: metrics::Counter,
     /// `CONFIG_LINES_TOTAL{config}`.
     config: metrics::Counter,
+}
+
+/// A bound on the memory all sources' open packages hold together
+/// ([`Input::bound_open_packages`]; capture's pipeline has one, the others none).
+///
+/// Invariant, whenever no [`Input`] call (or `quiesce`, `seal_all`) is under way:
+/// `held` is the sum of [`BatchBuilder::held_bytes`] over every slot, and `held <=
+/// max` unless what is over it cannot be shipped (a reserved vector with no record
+/// yet). `held` is kept by adding each call's change to the slots of the source it
+/// is about (`data`, `gap`, `ended`: no walk over hundreds of slots per chunk), and
+/// counted again from every slot at each tick
+/// (`pipeline::tests::open_packages_are_bounded_together_oldest_shipped_first`).
+#[derive(Clone, Copy, Debug)]
+struct OpenBound {
+    max: usize,
+    held: usize,
+}
+
+impl OpenBound {
+    /// Where shipping early stops: a quarter below the bound, so the walk and sort
+    /// over every slot happen once per quarter of the bound's bytes, not per chunk.
+    fn low_water(&self) -> usize {
+        self.max - self.max / 4
+    }
 }
 
 /// Counters of what a pipeline shipped, for the run's summary.
@@ -100,6 +124,8 @@ pub struct Pipeline {
     /// Fields the input decoded itself for the one record of the next
     /// [`Pipeline::message_with_fields`] (an OTLP log record's attributes).
     provided: Vec<(Bytes, Bytes)>,
+    /// What all open packages hold together, and its bound; `None`: not bounded.
+    open_bound: Option<OpenBound>,
 }
 
 impl Pipeline {
@@ -129,6 +155,7 @@ impl Pipeline {
             containers: None,
             shipped: Shipped::default(),
             provided: Vec::new(),
+            open_bound: None,
         }
     }
 
@@ -199,6 +226,95 @@ impl Pipeline {
         for id in ids {
             self.ship(id);
         }
+        self.recount_open();
+    }
+
+    /// What the open packages hold together by the bound's count, after checking
+    /// that count against every slot (the bound's invariant); `None` without a bound.
+    #[cfg(test)]
+    pub(super) fn checked_open_bytes(&self) -> Option<usize> {
+        let bound = self.open_bound?;
+        let held: usize = self.slots.values().map(|s| s.builder.held_bytes()).sum();
+        assert_eq!(bound.held, held, "the running count is the slots' sum");
+        Some(held)
+    }
+
+    /// What the open packages of `source` and of its further readers hold, when a
+    /// bound counts it (0 otherwise: nothing to pay for without one).
+    fn held_by(&self, source: SourceId) -> usize {
+        if self.open_bound.is_none() {
+            return 0;
+        }
+        let held = |id| self.slots.get(&id).map_or(0, |s| s.builder.held_bytes());
+        held(source)
+            + self
+                .fanout
+                .branches(source)
+                .iter()
+                .map(|&b| held(b))
+                .sum::<usize>()
+    }
+
+    /// Adds what a call about `source` changed in its packages (`before`: what they
+    /// held when it began) and, over the bound, ships the oldest open packages.
+    fn settle_open(&mut self, source: SourceId, before: usize) {
+        let after = self.held_by(source);
+        let Some(bound) = &mut self.open_bound else {
+            return;
+        };
+        bound.held = (bound.held + after).saturating_sub(before);
+        if bound.held > bound.max {
+            self.ship_oldest();
+        }
+    }
+
+    /// Counts what every open package holds again (each tick, and after calls that
+    /// touch every slot); over the bound, ships the oldest.
+    fn recount_open(&mut self) {
+        let held = self.slots.values().map(|s| s.builder.held_bytes()).sum();
+        let Some(bound) = &mut self.open_bound else {
+            return;
+        };
+        bound.held = held;
+        if bound.held > bound.max {
+            self.ship_oldest();
+        }
+    }
+
+    /// Ships open packages, oldest first, until what they hold together is a quarter
+    /// below the bound. Oldest, not largest: a package's records are slices of read
+    /// chunks that other streams' packages share (capture's runs interleave streams),
+    /// and a chunk is freed when the last package holding a slice of it ships, so what
+    /// stays allocated is what arrived since the oldest open package opened. Shipping
+    /// early only makes a package smaller than its limits would: it is sealed between
+    /// chunks like any other, at its framer's resume offset, and waits for its pod's
+    /// metadata no longer (as a full package does not).
+    fn ship_oldest(&mut self) {
+        let Some(bound) = self.open_bound else {
+            return;
+        };
+        let mut open: Vec<(Instant, SourceId)> = self
+            .slots
+            .iter()
+            .filter_map(|(id, s)| Some((s.builder.opened_at()?, *id)))
+            .collect();
+        open.sort_unstable();
+        let mut held = bound.held;
+        let mut shipped = 0u64;
+        for (_, id) in open {
+            if held <= bound.low_water() {
+                break;
+            }
+            let before = self.slots.get(&id).map_or(0, |s| s.builder.held_bytes());
+            self.ship(id);
+            let after = self.slots.get(&id).map_or(0, |s| s.builder.held_bytes());
+            held = (held + after).saturating_sub(before);
+            shipped += 1;
+        }
+        if let Some(bound) = &mut self.open_bound {
+            bound.held = held;
+        }
+        metrics::counter!(PACKAGES_SHIPPED_EARLY_TOTAL).increment(shipped);
     }
 
     /// Parses the records in `scratch` into the slot's package and ships it if due.
@@ -526,6 +642,10 @@ impl Pipeline {
         ids.clear();
         self.tick_ids = ids;
         self.publish_held();
+        self.recount_open();
+        if let Some(bound) = self.open_bound {
+            metrics::gauge!(OPEN_PACKAGE_BYTES).set(bound.held as f64);
+        }
     }
 
     /// Publishes how many sources hold a package for their pod's metadata.
@@ -566,32 +686,47 @@ impl Input for Pipeline {
 
     fn data(&mut self, source: SourceId, _offset: u64, chunk: Bytes, written_ns: Option<i64>) {
         let written_ns = written_ns.unwrap_or_else(wall_clock_ns);
+        let before = self.held_by(source);
         // Each reader frames the same bytes its own way; the clone is a refcount.
         for branch in self.fanout.branches(source).to_vec() {
             self.data_slot(branch, chunk.clone(), written_ns);
         }
         self.data_slot(source, chunk, written_ns);
+        self.settle_open(source, before);
     }
 
     fn gap(&mut self, source: SourceId, offset: u64) {
+        let before = self.held_by(source);
         for branch in self.fanout.branches(source).to_vec() {
             self.gap_slot(branch, offset);
         }
         self.gap_slot(source, offset);
+        self.settle_open(source, before);
     }
 
     fn ended(&mut self, source: SourceId, reason: EndReason) {
+        let before = self.held_by(source);
         for branch in self.fanout.end(source) {
             self.end_slot(branch, reason);
             self.registry.end_branch(branch);
         }
         self.end_slot(source, reason);
+        // Its slots are gone: what they held leaves the sum.
+        self.settle_open(source, before);
     }
 
     fn tick(&mut self, now: Instant) {
         // The file source's and the capture stage's loops both tick their pipeline.
         crate::metrics::health::progress();
         self.tick_slots(now);
+    }
+
+    fn bound_open_packages(&mut self, bytes: usize) {
+        self.open_bound = Some(OpenBound {
+            max: bytes,
+            held: 0,
+        });
+        self.recount_open();
     }
 }
 

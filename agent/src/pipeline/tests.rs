@@ -382,3 +382,89 @@ fn records_straight_into_packages_match_the_per_record_path() {
     );
     assert!(direct.len() > 1, "several packages: {}", direct.len());
 }
+
+/// Four sources with packages that neither their size nor their age would ship
+/// (`batch` far above what they get), as capture's hundreds of slow streams are: with
+/// a bound on what open packages hold together, the oldest ship early once the sum
+/// passes it, the running count always equals the slots' sum, and every line still
+/// arrives once, in order. Without a bound nothing ships before the sources end.
+#[test]
+fn open_packages_are_bounded_together_oldest_shipped_first() {
+    const SOURCES: u64 = 4;
+    let run = |bound: Option<usize>| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            "sources:\n  - name: app\n    include: [\"/x/*.log\"]\n    sink: out\n\
+             batch: {max_lines: 100000, max_size: 64MiB, timeout: 1h}\n\
+             sinks:\n  out: {type: blackhole}\n",
+            "test",
+        )
+        .unwrap();
+        let registry: SharedRegistry = Arc::new(Registry::open(dir.path()).unwrap());
+        let (tx, rx) = crossbeam_channel::bounded::<crate::batch::Batch>(64);
+        let queues = BTreeMap::from([(Arc::<str>::from("out"), tx)]);
+        let mut pipeline = Pipeline::new(
+            &config,
+            Router::new(&config.sources, &queues),
+            registry.clone(),
+        );
+        if let Some(bytes) = bound {
+            pipeline.bound_open_packages(bytes);
+        }
+        let ids: Vec<_> = (1..=SOURCES)
+            .map(|n| {
+                let info =
+                    crate::checkpoint::registered_test_source(&registry, n, &format!("/x/{n}.log"));
+                let id = info.id;
+                let identity = FileIdentity {
+                    inode: n,
+                    ..IDENTITY
+                };
+                pipeline.opened(Opening::file(info, &[0], identity, 0, None));
+                id
+            })
+            .collect();
+        // 100 lines of 100 bytes per source, one source after the other: each open
+        // package holds 10 kB of records and its vector (256 lines reserved).
+        let chunk = Bytes::from("x".repeat(99) + "\n").repeat(100);
+        let mut early = Vec::new();
+        for &id in &ids {
+            std::thread::sleep(Duration::from_millis(2)); // distinct opening times
+            pipeline.data(id, 0, Bytes::from(chunk.clone()), None);
+            if let Some(max) = bound {
+                let held = pipeline.checked_open_bytes().unwrap();
+                assert!(held <= max, "{held} held over the bound {max}");
+            }
+            early.extend(rx.try_iter());
+        }
+        // A tick counts every slot again: the same sum.
+        pipeline.tick(Instant::now());
+        let held = pipeline.checked_open_bytes();
+        for &id in &ids {
+            pipeline.ended(id, EndReason::Eof);
+        }
+        assert_eq!(pipeline.checked_open_bytes(), bound.map(|_| 0));
+        let rest: Vec<_> = rx.try_iter().collect();
+        let all = early.iter().chain(&rest);
+        let mut sources: Vec<_> = all.clone().map(|b| b.source.id).collect();
+        sources.sort();
+        assert_eq!(sources, ids, "one package per source");
+        assert!(
+            all.into_iter()
+                .all(|b| b.lines.len() == 100 && b.end_offset == 10_000),
+            "every line once"
+        );
+        let early: Vec<_> = early.iter().map(|b| b.source.id).collect();
+        (early, held, ids)
+    };
+
+    // Each open package holds 10,000 bytes of records and 256 × 56 of vector: three
+    // pass 64 KiB, and shipping the oldest brings the sum a quarter below it.
+    let (early, held, ids) = run(Some(64 << 10));
+    assert_eq!(early, [ids[0], ids[1]], "the oldest, in order");
+    assert!(held.is_some_and(|h| h <= 48 << 10), "{held:?}");
+
+    let (early, held, _) = run(None);
+    assert!(early.is_empty(), "no bound: nothing ships early");
+    assert_eq!(held, None);
+}
