@@ -3,7 +3,7 @@
 //!
 //! # Performance
 //!
-//! `metrics::counter!(NAME)` looks its key up in the recorder's registry on every call
+//! A `metrics::counter!` call looks its key up in the recorder's registry on every call
 //! (the key hashed, a lock, an `Arc` cloned and dropped). The stage polls once per
 //! wakeup of the probes, tens of thousands of times a second with a small ring, and
 //! those lookups were about a tenth of the capture thread. So these metrics are counted

@@ -126,6 +126,9 @@ pub struct Pipeline {
     provided: Vec<(Bytes, Bytes)>,
     /// What all open packages hold together, and its bound; `None`: not bounded.
     open_bound: Option<OpenBound>,
+    /// The gauge of `open_bound.held`, set every tick: registered at its first use, so
+    /// a tick does not look its key up in the recorder's registry.
+    open_bytes_gauge: Option<metrics::Gauge>,
 }
 
 impl Pipeline {
@@ -156,6 +159,7 @@ impl Pipeline {
             shipped: Shipped::default(),
             provided: Vec::new(),
             open_bound: None,
+            open_bytes_gauge: None,
         }
     }
 
@@ -644,7 +648,9 @@ impl Pipeline {
         self.publish_held();
         self.recount_open();
         if let Some(bound) = self.open_bound {
-            metrics::gauge!(OPEN_PACKAGE_BYTES).set(bound.held as f64);
+            self.open_bytes_gauge
+                .get_or_insert_with(|| metrics::gauge!(OPEN_PACKAGE_BYTES))
+                .set(bound.held as f64);
         }
     }
 
