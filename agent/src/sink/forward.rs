@@ -252,6 +252,25 @@ impl Sink for NetworkSink {
         Ok(())
     }
     fn idle(&mut self) -> Result<(), SinkError> {
+        // No package came to spill the hand-off of a failing destination: do it now.
+        let spilled = {
+            let mut state = self.shared.lock();
+            if state.handoff.behind {
+                state.handoff.spill()
+            } else {
+                Vec::new()
+            }
+        };
+        if !spilled.is_empty() {
+            self.taken[2].increment(spilled.len() as u64);
+            tracing::info!(sink = %self.name, packages = spilled.len(),
+                "destination failing: spilling the packages handed over in memory to the spool");
+            self.spilling.extend(spilled);
+        }
+        if !self.spilling.is_empty() {
+            self.spill()?;
+            self.flush()?;
+        }
         self.spool.idle()
     }
 }
@@ -551,11 +570,15 @@ impl Forwarder {
                 .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(delivered) => {
+                    self.shared.lock().handoff.behind = false;
                     health::note(None);
                     metrics::gauge!(FORWARD_DESTINATION_UP, "sink" => sink.clone()).set(1.0);
                     return Ok(delivered);
                 }
                 Err(e) => {
+                    if handed {
+                        self.shared.lock().handoff.behind = true;
+                    }
                     health::note(Some("destination_down"));
                     metrics::gauge!(FORWARD_DESTINATION_UP, "sink" => sink.clone()).set(0.0);
                     self.shared.lock().stats.retries += 1;

@@ -16,7 +16,8 @@
 //!
 //! # Spilling
 //!
-//! When the writer gives up waiting for room, it *spills*: it takes every hand-off
+//! When the writer gives up waiting for room, or the forwarder's last attempt from
+//! memory failed (`behind`), it *spills*: it takes every hand-off
 //! package not yet acknowledged — the queued ones, and copies of those the forwarder
 //! is sending (marked `spilled`) — and writes them to the spool, oldest first, before
 //! the package that did not fit. The forwarder drops a window whose packages were
@@ -71,6 +72,11 @@ pub struct Handoff {
     /// Where the forwarder acknowledges the packages it delivered; set by the first
     /// package handed over.
     pub acks: Option<SharedRegistry>,
+    /// The last attempt to send a window from memory failed (the destination is down
+    /// or refusing): the writer spills at once instead of waiting for room, and also
+    /// when no package comes ([`crate::sink::Sink::idle`]), so packages never wait in
+    /// memory, unacknowledged, for the destination's return.
+    pub behind: bool,
 }
 
 impl std::fmt::Debug for Handoff {
