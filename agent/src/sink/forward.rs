@@ -229,6 +229,8 @@ impl Sink for NetworkSink {
     fn kind(&self) -> &'static str {
         self.kind
     }
+    /// Always the spool; the sink worker calls [`Sink::offer`], which may hand the
+    /// package over in memory instead.
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         self.spool.write(batch)
     }

@@ -24,6 +24,10 @@
 //! - The forwarder ([`super::forward`]) takes windows of published blocks, sends them
 //!   to the destination and, on its acknowledgement, moves the cursor.
 //!
+//! A package reaches the spool only when the forwarder is behind: while it keeps up,
+//! the network sink hands packages to it in memory ([`super::handoff`], whose
+//! invariants [`State::check`] also checks).
+//!
 //! # Invariants (of [`State`], checked in the tests)
 //!
 //! 1. `in_flight` and `pending` hold increasing positions, every one of `in_flight`
