@@ -208,8 +208,8 @@ impl SinkWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::Registry;
     use crate::checkpoint::registered_test_source;
+    use crate::checkpoint::{Registry, SharedRegistry};
     use crate::frame::{Line, LineFlags, Stream};
     use bytes::Bytes;
     use std::sync::Mutex;
@@ -348,5 +348,64 @@ mod tests {
             Some(0),
             "nothing acknowledged"
         );
+    }
+
+    /// A sink that takes over the acknowledgement of package 2 (as a network sink
+    /// handing it over in memory does) and never gives it.
+    struct KeepsTwo;
+
+    impl Sink for KeepsTwo {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn write(&mut self, _batch: &Batch) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn offer(&mut self, batch: &Batch, _acks: &SharedRegistry) -> Result<Accepted, SinkError> {
+            Ok(if batch.package_id == 2 {
+                Accepted::BySink
+            } else {
+                Accepted::AtFlush
+            })
+        }
+        fn flush(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_package_the_sink_acknowledges_itself_is_not_acknowledged_at_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::open(dir.path()).unwrap());
+        let info = registered_test_source(&registry, 4, "/z");
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let worker = SinkWorker {
+            sink: Box::new(KeepsTwo),
+            queue: rx,
+            registry: registry.clone(),
+            flush_interval: Duration::from_millis(20),
+            shutdown: Arc::new(AtomicBool::new(false)),
+        };
+        let handle = worker.spawn("test").unwrap();
+        for package_id in 1..=3u64 {
+            registry.sent(info.id, package_id, package_id * 10);
+            tx.send(Batch {
+                source: info.clone(),
+                package_id,
+                lines: Vec::new(),
+                fields: Vec::new(),
+                source_fields: Default::default(),
+                end_offset: package_id * 10,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        handle.join().unwrap().unwrap();
+        // 1 and 3 were flushed; 2 is the sink's to acknowledge, so the checkpoint
+        // stops before it.
+        assert_eq!(registry.acked_offset(info.id), Some(10));
+        assert_eq!(registry.in_flight(), 2);
+        registry.acked(info.id, 2);
+        assert_eq!(registry.acked_offset(info.id), Some(30));
     }
 }
