@@ -447,6 +447,20 @@ mod tests {
     }
 
     #[test]
+    fn integers_are_written_as_display_writes_them() {
+        for n in [0, 1, 9, 10, 4_294_967_296, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for n in [i64::MIN, -1_700_000_000_000_000_000, -1, 0, i64::MAX] {
+            let mut out = Vec::new();
+            write_i64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
     fn rfc3339_known_values() {
         assert_eq!(ts(0), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(
