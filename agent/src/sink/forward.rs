@@ -158,7 +158,7 @@ impl NetworkSink {
     /// Hands `batch` to the forwarder in memory if the spool has no backlog and the
     /// hand-off has room within [`SPILL_AFTER`]. When it does not, takes the hand-off's
     /// unacknowledged packages into `spilling` and returns false.
-    fn hand_over(&mut self, batch: &Batch, acks: &SharedRegistry) -> bool {
+    fn hand_over(&mut self, batch: &Arc<Batch>, acks: &SharedRegistry) -> bool {
         if !self.spilling.is_empty() || self.spool.has_unflushed() {
             return false;
         }
@@ -176,7 +176,7 @@ impl NetworkSink {
             {
                 let seq = self.spool.take_seq();
                 state.handoff.acks.get_or_insert_with(|| acks.clone());
-                state.handoff.push(seq, Arc::new(batch.clone()));
+                state.handoff.push(seq, batch.clone());
                 debug_assert_eq!(state.check(), Ok(()));
                 drop(state);
                 self.shared.notify();
@@ -234,7 +234,7 @@ impl Sink for NetworkSink {
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         self.spool.write(batch)
     }
-    fn offer(&mut self, batch: &Batch, acks: &SharedRegistry) -> Result<Accepted, SinkError> {
+    fn offer(&mut self, batch: &Arc<Batch>, acks: &SharedRegistry) -> Result<Accepted, SinkError> {
         self.acks.get_or_insert_with(|| acks.clone());
         if self.hand_over(batch, acks) {
             return Ok(Accepted::BySink);

@@ -22,6 +22,8 @@ pub mod store;
 pub(crate) mod test_fs;
 pub mod worker;
 
+use std::sync::Arc;
+
 use crate::batch::Batch;
 use crate::checkpoint::SharedRegistry;
 
@@ -61,8 +63,9 @@ pub trait Sink: Send {
     /// Accept one package. It need not be durable until `flush` returns.
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError>;
     /// What the sink worker calls: accept one package, and say who acknowledges it.
-    /// By default `write`, acknowledged at the next flush.
-    fn offer(&mut self, batch: &Batch, _acks: &SharedRegistry) -> Result<Accepted, SinkError> {
+    /// By default `write`, acknowledged at the next flush. (Shared, so a sink may keep
+    /// the package without copying it.)
+    fn offer(&mut self, batch: &Arc<Batch>, _acks: &SharedRegistry) -> Result<Accepted, SinkError> {
         self.write(batch).map(|()| Accepted::AtFlush)
     }
     /// Make every package written so far durable. A failure whose retry could

@@ -82,6 +82,7 @@ impl SinkWorker {
             match self.queue.recv_deadline(next_flush) {
                 Ok(batch) => {
                     health::waiting(true);
+                    let batch = Arc::new(batch);
                     let accepted = self.write(&batch)?;
                     health::progress();
                     if let Some(accepted) = accepted {
@@ -123,7 +124,7 @@ impl SinkWorker {
 
     /// Writes one package, retrying transient errors. Returns who acknowledges it
     /// (rejected for good and counted: at the next flush), `None` when nobody does.
-    fn write(&mut self, batch: &Batch) -> Result<Option<Accepted>, SinkError> {
+    fn write(&mut self, batch: &Arc<Batch>) -> Result<Option<Accepted>, SinkError> {
         // A failure is logged and counted inside; shipping anyway keeps at-least-once
         // (only recognising copies after a crash would suffer).
         let _ = self.registry.ensure_durable(batch.source.id);
@@ -361,7 +362,11 @@ mod tests {
         fn write(&mut self, _batch: &Batch) -> Result<(), SinkError> {
             Ok(())
         }
-        fn offer(&mut self, batch: &Batch, _acks: &SharedRegistry) -> Result<Accepted, SinkError> {
+        fn offer(
+            &mut self,
+            batch: &Arc<Batch>,
+            _acks: &SharedRegistry,
+        ) -> Result<Accepted, SinkError> {
             Ok(if batch.package_id == 2 {
                 Accepted::BySink
             } else {

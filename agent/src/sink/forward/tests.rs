@@ -479,7 +479,9 @@ impl Worker {
     fn offer(&mut self, sink: &mut NetworkSink, batch: &Batch) {
         self.registry
             .sent(batch.source.id, batch.package_id, batch.end_offset);
-        let accepted = sink.offer(batch, &self.registry).unwrap();
+        let accepted = sink
+            .offer(&Arc::new(batch.clone()), &self.registry)
+            .unwrap();
         if accepted == super::Accepted::AtFlush {
             self.at_flush.push((batch.source.id, batch.package_id));
         }
