@@ -423,9 +423,10 @@ impl Forwarder {
         let (done, acks) = {
             let mut state = self.shared.lock();
             let done = state.handoff.finish(window.len());
+            // Their spooled copies go out again: after this success, or after a failed
+            // attempt that may have delivered part of them.
             let replayed = done.iter().filter(|h| h.spilled).count() as u64;
-            if outcome.is_ok() && replayed > 0 {
-                // Their spooled copies go out again.
+            if !matches!(outcome, Err(Stop::Closing)) && replayed > 0 {
                 state.stats.replayed_packages += replayed;
                 metrics::counter!(FORWARD_REPLAYED_PACKAGES_TOTAL, "sink" => self.name.to_string())
                     .increment(replayed);

@@ -21,9 +21,10 @@
 //! package not yet acknowledged — the queued ones, and copies of those the forwarder
 //! is sending (marked `spilled`) — and writes them to the spool, oldest first, before
 //! the package that did not fit. The forwarder drops a window whose packages were
-//! spilled as soon as one attempt fails (the spool has them); if the attempt succeeds
-//! after all, their spooled copies are sent again later, counted as replays
-//! (`logtap_forward_replayed_packages_total`): duplicates are bounded by one window.
+//! spilled as soon as one attempt fails (the spool has them). Their spooled copies
+//! are sent again, counted as replays (`logtap_forward_replayed_packages_total`):
+//! the failed attempt may have delivered part of them, or an attempt under way
+//! succeeded after all. Duplicates are bounded by one window.
 //!
 //! # Invariants (of [`Handoff`] with the spool's `State`, checked by `State::check`)
 //!

@@ -616,7 +616,10 @@ fn an_outage_spills_to_the_spool_in_order_and_delivers_everything_once() {
 
     script.lock().unwrap().up = true;
     wait_until("delivery", || sink.unforwarded() == 0);
-    assert_eq!(sink.stats().replayed_packages, 0);
+    // The window from memory that failed is sent again from the spool, counted as
+    // possibly duplicated (here it was not: every attempt failed whole).
+    let replayed = sink.stats().replayed_packages;
+    assert!((1..=8).contains(&replayed), "{replayed}");
     assert_eq!(sink.stats().dropped_lines + sink.stats().rejected_lines, 0);
     // The spool is sent: memory again.
     worker.offer(&mut sink, &batch(&a, 31, 20));
