@@ -423,13 +423,22 @@ impl Forwarder {
         let (done, acks) = {
             let mut state = self.shared.lock();
             let done = state.handoff.finish(window.len());
-            // Their spooled copies go out again: after this success, or after a failed
-            // attempt that may have delivered part of them.
-            let replayed = done.iter().filter(|h| h.spilled).count() as u64;
-            if !matches!(outcome, Err(Stop::Closing)) && replayed > 0 {
-                state.stats.replayed_packages += replayed;
-                metrics::counter!(FORWARD_REPLAYED_PACKAGES_TOTAL, "sink" => self.name.to_string())
-                    .increment(replayed);
+            let spilled = done.iter().filter(|h| h.spilled);
+            match outcome {
+                // Delivered: their spooled copies are skipped.
+                Ok(_) => state
+                    .handoff
+                    .delivered_spilled
+                    .extend(spilled.map(|h| (h.batch.source.id, h.batch.package_id))),
+                // Their spooled copies go out again, and the failed attempt may have
+                // delivered part of them.
+                Err(Stop::Spilled) => {
+                    let replayed = spilled.count() as u64;
+                    state.stats.replayed_packages += replayed;
+                    metrics::counter!(FORWARD_REPLAYED_PACKAGES_TOTAL, "sink" => self.name.to_string())
+                        .increment(replayed);
+                }
+                Err(Stop::Closing) => {}
             }
             (done, state.handoff.acks.clone())
         };
@@ -502,9 +511,17 @@ impl Forwarder {
 
     /// Reads and decodes the blocks. A block that fails its CRC or does not decode is
     /// damage on the node's disk: counted (`spool_corrupt`) and skipped.
+    /// Spooled copies of packages the destination acknowledged from memory are
+    /// skipped (see [`super::handoff`]).
     fn decode(&mut self, blocks: &[SpooledBlock]) -> Vec<SpooledPackage> {
         let mut out = Vec::with_capacity(blocks.len());
+        let mut skip = std::mem::take(&mut self.shared.lock().handoff.delivered_spilled);
         for b in blocks {
+            let id = (SourceId(b.header.source_id), b.header.package_id);
+            if let Some(i) = skip.iter().position(|s| *s == id) {
+                skip.swap_remove(i);
+                continue;
+            }
             match self.read_package(b) {
                 Ok(package) => out.push(SpooledPackage {
                     seq: b.seq,
@@ -520,6 +537,12 @@ impl Forwarder {
                         lines = b.header.line_count, "spool: damaged block skipped");
                 }
             }
+        }
+        if !skip.is_empty() {
+            // Copies not reached yet (not published or beyond this window).
+            let mut state = self.shared.lock();
+            skip.append(&mut state.handoff.delivered_spilled);
+            state.handoff.delivered_spilled = skip;
         }
         out
     }

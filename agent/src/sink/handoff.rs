@@ -21,10 +21,11 @@
 //! package not yet acknowledged — the queued ones, and copies of those the forwarder
 //! is sending (marked `spilled`) — and writes them to the spool, oldest first, before
 //! the package that did not fit. The forwarder drops a window whose packages were
-//! spilled as soon as one attempt fails (the spool has them). Their spooled copies
-//! are sent again, counted as replays (`logtap_forward_replayed_packages_total`):
-//! the failed attempt may have delivered part of them, or an attempt under way
-//! succeeded after all. Duplicates are bounded by one window.
+//! spilled as soon as one attempt fails (the spool has them); their spooled copies
+//! are sent again, counted as replays (`logtap_forward_replayed_packages_total`: the
+//! failed attempt may have delivered part of them, so duplicates are bounded by one
+//! window). If the attempt under way succeeds after all (a slow destination, not a
+//! failing one), their spooled copies are skipped (`delivered_spilled`): no duplicate.
 //!
 //! # Invariants (of [`Handoff`] with the spool's `State`, checked by `State::check`)
 //!
@@ -43,13 +44,14 @@ use crate::batch::Batch;
 use crate::batch::codec::{Package, Record};
 use crate::checkpoint::SharedRegistry;
 use crate::sink::destination::SpooledPackage;
+use crate::source::SourceId;
 
 /// How long the writer waits for room in a full hand-off before it spills to the
 /// spool. Longer than a window's send on a working destination (tens of
-/// milliseconds), so a destination that keeps up paces the reading like a local sink
-/// does, without a detour through the disk; short enough that an outage costs the
-/// reading one second before the spool takes over.
-pub const SPILL_AFTER: Duration = Duration::from_secs(1);
+/// milliseconds; a second on a loaded node), so a destination that keeps up paces the
+/// reading like a local sink does, without a detour through the disk. A failing
+/// destination does not cost this wait: its first failure spills (`behind`).
+pub const SPILL_AFTER: Duration = Duration::from_secs(2);
 
 /// One package handed over in memory.
 #[derive(Debug)]
@@ -78,6 +80,9 @@ pub struct Handoff {
     /// when no package comes ([`crate::sink::Sink::idle`]), so packages never wait in
     /// memory, unacknowledged, for the destination's return.
     pub behind: bool,
+    /// Spilled packages (source, package id) the destination acknowledged from
+    /// memory after all: the forwarder skips their spooled copies. At most a window.
+    pub delivered_spilled: Vec<(SourceId, u64)>,
 }
 
 impl std::fmt::Debug for Handoff {

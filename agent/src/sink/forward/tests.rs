@@ -24,6 +24,8 @@ struct Script {
     delivered: Vec<(u64, u64, u64)>,
     /// Every send attempt's first seq, in order.
     attempts: Vec<u64>,
+    /// The next attempt takes this long (then this is cleared).
+    slow_once: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -34,6 +36,10 @@ impl Destination for Scripted {
         "scripted"
     }
     fn send(&mut self, window: &[SpooledPackage]) -> Result<Delivered, SendError> {
+        let slow = self.0.lock().unwrap().slow_once.take();
+        if let Some(wait) = slow {
+            std::thread::sleep(wait);
+        }
         let mut s = self.0.lock().unwrap();
         s.attempts.push(window[0].seq);
         if !s.up {
@@ -636,4 +642,41 @@ fn an_outage_spills_to_the_spool_in_order_and_delivers_everything_once() {
         );
     }
     assert_eq!(delivered.len(), 61 * 20);
+}
+
+/// A destination slower than the hand-off's patience but not failing: the writer
+/// spills, the window under way is acknowledged after all, and its spooled copies are
+/// skipped: every record once, in order, nothing counted as replayed.
+#[test]
+fn a_slow_window_spilled_and_then_acknowledged_is_not_sent_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script {
+        up: true,
+        slow_once: Some(handoff::SPILL_AFTER + Duration::from_millis(500)),
+        ..Script::default()
+    }));
+    let config = config(dir.path(), 64 << 20, WhenFull::Block);
+    let mut worker = Worker::new(dir.path());
+    let src = crate::checkpoint::registered_test_source(&worker.registry, 41, "/var/log/a");
+    let mut sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    worker.offer(&mut sink, &batch(&src, 1, 10));
+    wait_until("the slow attempt", || {
+        script.lock().unwrap().slow_once.is_none()
+    });
+    for p in 2..=12 {
+        worker.offer(&mut sink, &batch(&src, p, 10));
+    }
+    worker.flush(&mut sink);
+    let (memory, spooled) = worker.paths();
+    assert_eq!(memory, (1..=9).collect::<Vec<_>>(), "one window waits");
+    assert_eq!(spooled, (10..=12).collect::<Vec<_>>());
+    wait_until("delivery", || sink.unforwarded() == 0);
+    let end = batch(&src, 12, 10).end_offset;
+    wait_until("the acknowledgements", || {
+        worker.registry.acked_offset(src.id) == Some(end)
+    });
+    assert_eq!(sink.stats().replayed_packages, 0);
+    assert!(sink.shared.lock().handoff.delivered_spilled.is_empty());
+    drop(sink);
+    assert_eq!(script.lock().unwrap().delivered, expected(41, 1..=12, 10));
 }
