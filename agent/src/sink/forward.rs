@@ -1,14 +1,16 @@
 //! The forwarder: the thread that moves a network sink's packages to its destination.
 //!
-//! While it keeps up, the packages come to it in memory ([`super::handoff`]: never
+//! While it keeps up, packages come to it in memory ([`super::handoff`]: never
 //! written to the spool, acknowledged to their sources once the destination has
-//! them); behind, from the spool. From the spool, it takes a window of durable blocks from the spool (at most
-//! `max_window_packages` packages and `max_window_bytes` body bytes), decodes them,
-//! hands them to the [`Destination`] and, once the destination acknowledged or refused
-//! every record, moves the spool cursor past them (fsynced) — only then may the spool
-//! delete them. A window that fails is sent again, the same window, after a capped
-//! exponential backoff (at least what the destination asked for with `Retry-After`),
-//! for as long as it takes: an outage fills the spool, not memory, and reading goes on.
+//! them, a window at a time). Behind, it takes a window of durable blocks from the
+//! spool (at most `max_window_packages` packages and `max_window_bytes` body bytes),
+//! decodes them, hands them to the [`Destination`] and, once the destination
+//! acknowledged or refused every record, moves the spool cursor past them (fsynced) —
+//! only then may the spool delete them. A window that fails is sent again, the same
+//! window, after a capped exponential backoff (at least what the destination asked for
+//! with `Retry-After`), for as long as it takes — except a window from memory, which
+//! the writer spills to the spool meanwhile: an outage fills the spool, not memory,
+//! and reading goes on.
 //!
 //! Records refused for good are counted by reason
 //! (`logtap_forward_rejected_records_total`, and `logtap_dropped_lines_total{reason=
@@ -166,8 +168,13 @@ impl NetworkSink {
         let deadline = Instant::now() + SPILL_AFTER;
         let mut state = self.shared.lock();
         loop {
-            // Something older in the spool, or a drain under way: the spool.
-            if !state.pending.is_empty() || !state.in_flight.is_empty() || state.stop_at.is_some() {
+            // Something older in the spool, a drain under way, or a destination that
+            // fails: the spool.
+            if !state.pending.is_empty()
+                || !state.in_flight.is_empty()
+                || state.stop_at.is_some()
+                || state.handoff.behind
+            {
                 break;
             }
             if state

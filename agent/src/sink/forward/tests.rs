@@ -680,3 +680,34 @@ fn a_slow_window_spilled_and_then_acknowledged_is_not_sent_twice() {
     drop(sink);
     assert_eq!(script.lock().unwrap().delivered, expected(41, 1..=12, 10));
 }
+
+/// Once an attempt from memory failed, the next package goes to the spool at once,
+/// with the one waiting in memory: packages do not wait in memory, unacknowledged, for
+/// a destination that is down.
+#[test]
+fn after_a_failed_attempt_new_packages_go_to_the_spool_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    let config = config(dir.path(), 64 << 20, WhenFull::Block);
+    let mut worker = Worker::new(dir.path());
+    let src = crate::checkpoint::registered_test_source(&worker.registry, 51, "/var/log/a");
+    let mut sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
+    worker.offer(&mut sink, &batch(&src, 1, 10));
+    wait_until("a failed attempt", || {
+        !script.lock().unwrap().attempts.is_empty()
+    });
+    let started = Instant::now();
+    worker.offer(&mut sink, &batch(&src, 2, 10));
+    assert!(started.elapsed() < handoff::SPILL_AFTER, "no wait for room");
+    assert_eq!(worker.paths(), (vec![1], vec![2]));
+    worker.flush(&mut sink);
+    // Package 1 was spilled with it: both are durable, both checkpointed.
+    assert_eq!(
+        worker.registry.acked_offset(src.id),
+        Some(batch(&src, 2, 10).end_offset)
+    );
+    script.lock().unwrap().up = true;
+    wait_until("delivery", || sink.unforwarded() == 0);
+    drop(sink);
+    assert_eq!(script.lock().unwrap().delivered, expected(51, 1..=2, 10));
+}
