@@ -1,6 +1,8 @@
 //! A network sink's spool with the real agent and a real OTLP/HTTP receiver: a full
 //! spool blocks reading or drops the oldest packages, as configured, with exact counts;
-//! a kill -9 while the destination is down loses nothing from the spool.
+//! a kill -9 while the destination is down loses nothing from the spool, nor while
+//! packages are handed to the forwarder in memory; an outage moves new packages from
+//! memory to the spool and every line arrives once, in order.
 
 mod common;
 #[path = "common/otlp.rs"]
@@ -21,7 +23,7 @@ fn config(logs: &Path, endpoint: &str, spool: &str) -> String {
         "batch: {{max_size: 16KiB}}\n\
          sources:\n  - name: app\n    include: [\"{}/*.log\"]\n    sink: otel\n\
          sinks:\n  otel:\n    type: otlp\n    endpoint: {endpoint}\n    compression: none\n    \
-         max_request_size: 64KiB\n    spool: {spool}\n",
+         max_request_size: 64KiB\n    timeout: 10m\n    spool: {spool}\n",
         logs.display()
     )
 }
@@ -215,4 +217,156 @@ fn kill9_while_the_destination_is_down_loses_nothing_from_the_spool() {
         "nothing re-read from the file"
     );
     assert_eq!(duplicates, 0, "the first run's sends were all refused");
+}
+
+fn packages(m: &str, path: &str) -> f64 {
+    metric(
+        m,
+        "logtap_forward_packages_total",
+        &[("sink", "otel"), ("path", path)],
+    )
+}
+
+/// Packages handed over in memory are acknowledged to their source only by the
+/// destination: killed while the destination holds the request, the agent reads them
+/// again from the file after the restart, and every line arrives.
+#[test]
+fn kill9_while_packages_are_handed_over_in_memory_loses_nothing() {
+    const FEW: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let receiver = OtlpReceiver::start();
+    // Longer than the test: the first request is never answered.
+    receiver.script([Reply::Delay(Duration::from_secs(600))]);
+    let config = config(&logs, &receiver.endpoint(), "{max_size: 64MiB}");
+    let mut agent = Agent::start(&dir.path().join("data"), &config);
+    write_lines_at_rate(&logs.join("app.log"), FEW, 10_000_000, |_, _| {});
+    wait_for(WAIT, "every line read and handed over", || {
+        let m = agent.metrics();
+        metric(&m, "logtap_read_lag_bytes", &[]) == 0.0
+            && metric(&m, "logtap_lines_read_total", &[]) == FEW as f64
+            && packages(&m, "memory") >= 1.0
+            && metric(&m, "logtap_checkpoint_writes_total", &[]) >= 2.0
+    });
+    std::thread::sleep(Duration::from_millis(1500)); // one more checkpoint interval
+    let m = agent.metrics();
+    assert_eq!(packages(&m, "spool") + packages(&m, "spilled"), 0.0);
+    assert_eq!(metric(&m, "logtap_spool_bytes", &[("sink", "otel")]), 0.0);
+    assert!(
+        metric(&m, "logtap_packages_in_flight", &[]) >= 1.0,
+        "not acknowledged before the destination answers"
+    );
+    agent.kill9();
+    assert!(delivered(&receiver).is_empty());
+
+    receiver.clear_script();
+    let mut agent = Agent::start(&dir.path().join("data"), &config);
+    wait_for(WAIT, "every line delivered after the restart", || {
+        delivered(&receiver).len() as u64 == FEW
+    });
+    let m = agent.metrics();
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    assert_eq!(
+        metric(&m, "logtap_lines_read_total", &[]),
+        FEW as f64,
+        "the checkpoint had not advanced: everything was read again"
+    );
+    let counts = delivered(&receiver);
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (0..FEW).collect::<Vec<_>>()
+    );
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "the first run delivered nothing"
+    );
+}
+
+/// While the destination keeps up nothing is spooled; an outage moves the packages in
+/// memory and every new one to the spool; after the recovery every line arrives once,
+/// in order, and packages go in memory again once the spool is sent.
+#[test]
+fn an_outage_moves_new_packages_to_the_spool_and_every_line_arrives_once_in_order() {
+    const PART: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let receiver = OtlpReceiver::start();
+    let config = config(&logs, &receiver.endpoint(), "{max_size: 64MiB}");
+    let mut agent = Agent::start(&dir.path().join("data"), &config);
+    let log = logs.join("app.log");
+    let lines = |receiver: &OtlpReceiver| delivered(receiver).len() as u64;
+
+    write_lines_at_rate(&log, PART, 100_000, |_, _| {});
+    wait_for(WAIT, "the first part delivered", || {
+        lines(&receiver) == PART
+    });
+    let m = agent.metrics();
+    assert!(packages(&m, "memory") >= 1.0);
+    assert_eq!(packages(&m, "spool") + packages(&m, "spilled"), 0.0);
+    assert_eq!(metric(&m, "logtap_spool_bytes", &[("sink", "otel")]), 0.0);
+
+    receiver.script((0..10_000).map(|_| Reply::retry_after(503, "1")));
+    // `write_lines_at_rate` numbers from 0: the second part's lines are told apart by
+    // their position in the file, so write it with its own numbers.
+    append_lines(&log, PART..2 * PART);
+    wait_for(WAIT, "the second part spooled", || {
+        let m = agent.metrics();
+        metric(&m, "logtap_read_lag_bytes", &[]) == 0.0
+            && metric(&m, "logtap_packages_in_flight", &[]) == 0.0
+            && packages(&m, "spool") >= 1.0
+    });
+    assert_eq!(
+        lines(&receiver),
+        PART,
+        "nothing delivered during the outage"
+    );
+
+    receiver.clear_script();
+    wait_for(WAIT, "the second part delivered", || {
+        lines(&receiver) == 2 * PART
+    });
+    let memory_before = packages(&agent.metrics(), "memory");
+    append_lines(&log, 2 * PART..2 * PART + 1_000);
+    wait_for(WAIT, "the last lines delivered", || {
+        lines(&receiver) == 2 * PART + 1_000
+    });
+    let m = agent.metrics();
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    assert!(
+        packages(&m, "memory") > memory_before,
+        "memory again once the spool is sent"
+    );
+    let seqs: Vec<u64> = receiver
+        .accepted_bodies()
+        .iter()
+        .map(|b| seq_of(b).unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..2 * PART + 1_000).collect::<Vec<_>>(),
+        "once each, in order"
+    );
+    assert_eq!(metric(&m, "logtap_dropped_lines_total", &[]), 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            "logtap_forward_acked_records_total",
+            &[("sink", "otel")]
+        ),
+        (2 * PART + 1_000) as f64
+    );
+}
+
+/// Appends the test lines numbered `seqs` at once.
+fn append_lines(path: &Path, seqs: std::ops::Range<u64>) {
+    use std::io::Write;
+    let mut text = String::new();
+    for seq in seqs {
+        text.push_str(&rate_line(seq));
+        text.push('\n');
+    }
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
 }

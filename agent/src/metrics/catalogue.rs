@@ -248,7 +248,9 @@ catalogue! {
     FORWARD_DEAD_LETTER_ERRORS_TOTAL = "logtap_forward_dead_letter_errors_total", Counter, Some(Unit::Count),
         "Refused records that could not be written to the dead-letter file (still counted as rejected), by sink";
     FORWARD_REPLAYED_PACKAGES_TOTAL = "logtap_forward_replayed_packages_total", Counter, Some(Unit::Count),
-        "Packages sent again after a restart that may already be at the destination, by sink";
+        "Packages sent again that may already be at the destination (after a restart, or spilled to the spool while the destination was taking them from memory), by sink";
+    FORWARD_PACKAGES_TOTAL = "logtap_forward_packages_total", Counter, Some(Unit::Count),
+        "Packages a network sink took, by sink and path (memory: handed to the forwarder without touching the spool; spool: written to the spool; spilled: taken in memory, then also written to the spool when the forwarder fell behind)";
     FORWARD_REQUEST_SECONDS = "logtap_forward_request_seconds", Histogram, Some(Unit::Seconds),
         "Duration of one window's send, until every record was acknowledged, by sink";
     FORWARD_RETRIES_TOTAL = "logtap_forward_retries_total", Counter, Some(Unit::Count),

@@ -1,12 +1,16 @@
-//! The forwarder: the thread that moves a network sink's spool to its destination.
+//! The forwarder: the thread that moves a network sink's packages to its destination.
 //!
-//! It takes a window of durable blocks from the spool (at most
-//! `max_window_packages` packages and `max_window_bytes` body bytes), decodes them,
-//! hands them to the [`Destination`] and, once the destination acknowledged or refused
-//! every record, moves the spool cursor past them (fsynced) — only then may the spool
-//! delete them. A window that fails is sent again, the same window, after a capped
-//! exponential backoff (at least what the destination asked for with `Retry-After`),
-//! for as long as it takes: an outage fills the spool, not memory, and reading goes on.
+//! While it keeps up, packages come to it in memory ([`super::handoff`]: never
+//! written to the spool, acknowledged to their sources once the destination has
+//! them, a window at a time). Behind, it takes a window of durable blocks from the
+//! spool (at most `max_window_packages` packages and `max_window_bytes` body bytes),
+//! decodes them, hands them to the [`Destination`] and, once the destination
+//! acknowledged or refused every record, moves the spool cursor past them (fsynced) —
+//! only then may the spool delete them. A window that fails is sent again, the same
+//! window, after a capped exponential backoff (at least what the destination asked for
+//! with `Retry-After`), for as long as it takes — except a window from memory, which
+//! the writer spills to the spool meanwhile: an outage fills the spool, not memory,
+//! and reading goes on.
 //!
 //! Records refused for good are counted by reason
 //! (`logtap_forward_rejected_records_total`, and `logtap_dropped_lines_total{reason=
@@ -18,6 +22,7 @@
 //! spool until it is empty or `drain_timeout` passed, then stops: what remains is in
 //! the spool and forwarded after the restart.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,19 +32,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use self::buffers::PayloadBuffers;
 use super::destination::{Delivered, Destination, Rejected, SendError, SpooledPackage};
+use super::handoff::{self, SPILL_AFTER};
 use super::spool::{self, CursorFile, Shared, Spool, SpooledBlock};
 use super::store::segment::{self, BlockError};
-use super::{Sink, SinkError};
+use super::{Accepted, Sink, SinkError};
 use crate::batch::Batch;
 use crate::batch::codec::{self, Package};
+use crate::checkpoint::SharedRegistry;
 use crate::config::network::ForwardConfig;
 use crate::metrics::catalogue::{
     DROPPED_LINES_TOTAL, FORWARD_ACKED_RECORDS_TOTAL, FORWARD_BYTES_TOTAL,
-    FORWARD_DEAD_LETTER_ERRORS_TOTAL, FORWARD_DESTINATION_UP, FORWARD_RECORDS_TOTAL,
-    FORWARD_REJECTED_RECORDS_TOTAL, FORWARD_REPLAYED_PACKAGES_TOTAL, FORWARD_REQUEST_SECONDS,
-    FORWARD_RETRIES_TOTAL, SPOOL_CURSOR_ERRORS_TOTAL, SPOOL_OLDEST_UNFORWARDED_SECONDS,
+    FORWARD_DEAD_LETTER_ERRORS_TOTAL, FORWARD_DESTINATION_UP, FORWARD_PACKAGES_TOTAL,
+    FORWARD_RECORDS_TOTAL, FORWARD_REJECTED_RECORDS_TOTAL, FORWARD_REPLAYED_PACKAGES_TOTAL,
+    FORWARD_REQUEST_SECONDS, FORWARD_RETRIES_TOTAL, SPOOL_CURSOR_ERRORS_TOTAL,
+    SPOOL_OLDEST_UNFORWARDED_SECONDS,
 };
 use crate::metrics::health;
+use crate::source::SourceId;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -55,11 +64,23 @@ const IDLE_RELEASE: Duration = Duration::from_secs(2);
 /// A network sink: the spool the pipeline writes into, and the forwarder thread that
 /// empties it. Dropping it closes the spool and joins the forwarder.
 pub struct NetworkSink {
+    name: Arc<str>,
     spool: Spool,
     shared: Arc<Shared>,
     drain_timeout: Duration,
     kind: &'static str,
     forwarder: Option<JoinHandle<()>>,
+    /// What the hand-off holds at most: a window (see [`handoff::Handoff::has_room`]).
+    max_window_bytes: u64,
+    max_window_packages: usize,
+    /// Hand-off packages taken back to be written to the spool, oldest first (kept
+    /// here until written, so a failed write loses none of them).
+    spilling: VecDeque<Arc<Batch>>,
+    /// Spilled packages written to the spool: acknowledged at its next flush.
+    spilled_unflushed: Vec<(SourceId, u64)>,
+    acks: Option<SharedRegistry>,
+    /// `logtap_forward_packages_total` by path: memory, spool, spilled.
+    taken: [metrics::Counter; 3],
 }
 
 impl NetworkSink {
@@ -92,6 +113,9 @@ impl NetworkSink {
                 usize::try_from(config.max_window_bytes.saturating_mul(2)).unwrap_or(usize::MAX),
             ),
         };
+        let taken = ["memory", "spool", "spilled"].map(|path| {
+            metrics::counter!(FORWARD_PACKAGES_TOTAL, "sink" => name.to_string(), "path" => path)
+        });
         let component = format!("forward-{name}");
         let handle = std::thread::Builder::new()
             .name(format!("forward-{name}"))
@@ -101,11 +125,18 @@ impl NetworkSink {
                 beat.stop();
             })?;
         Ok(NetworkSink {
+            name,
             spool,
             shared,
             drain_timeout: config.drain_timeout,
             kind,
             forwarder: Some(handle),
+            max_window_bytes: config.max_window_bytes,
+            max_window_packages: config.max_window_packages.max(1),
+            spilling: VecDeque::new(),
+            spilled_unflushed: Vec::new(),
+            acks: None,
+            taken,
         })
     }
 }
@@ -116,10 +147,88 @@ impl NetworkSink {
         self.shared.lock().stats
     }
 
-    /// Blocks durable in the spool and not yet acknowledged by the destination.
+    /// Packages not yet acknowledged by the destination: blocks durable in the spool,
+    /// and packages handed over in memory.
     pub fn unforwarded(&self) -> usize {
         let state = self.shared.lock();
-        state.pending.len() + state.in_flight.len()
+        state.pending.len()
+            + state.in_flight.len()
+            + state.handoff.queued.len()
+            + state.handoff.in_flight.len()
+    }
+
+    /// Hands `batch` to the forwarder in memory if the spool has no backlog and the
+    /// hand-off has room within [`SPILL_AFTER`]. When it does not, takes the hand-off's
+    /// unacknowledged packages into `spilling` and returns false.
+    fn hand_over(&mut self, batch: &Arc<Batch>, acks: &SharedRegistry) -> bool {
+        if !self.spilling.is_empty() || self.spool.has_unflushed() {
+            return false;
+        }
+        let bytes = batch.body_bytes() as u64;
+        let deadline = Instant::now() + SPILL_AFTER;
+        let mut state = self.shared.lock();
+        loop {
+            // Something older in the spool, a drain under way, or a destination that
+            // fails: the spool.
+            if !state.pending.is_empty()
+                || !state.in_flight.is_empty()
+                || state.stop_at.is_some()
+                || state.handoff.behind
+            {
+                break;
+            }
+            if state
+                .handoff
+                .has_room(bytes, self.max_window_packages, self.max_window_bytes)
+            {
+                let seq = self.spool.take_seq();
+                state.handoff.acks.get_or_insert_with(|| acks.clone());
+                state.handoff.push(seq, batch.clone());
+                debug_assert_eq!(state.check(), Ok(()));
+                drop(state);
+                self.shared.notify();
+                self.taken[0].increment(1);
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self.shared.wait(state, deadline - now);
+        }
+        let spilled = state.handoff.spill();
+        drop(state);
+        self.taken[2].increment(spilled.len() as u64);
+        if !spilled.is_empty() {
+            tracing::info!(sink = %self.name, packages = spilled.len(),
+                "forwarder behind: spilling the packages handed over in memory to the spool");
+        }
+        self.spilling.extend(spilled);
+        false
+    }
+
+    /// Writes the packages taken back from the hand-off to the spool, oldest first.
+    fn spill(&mut self) -> Result<(), SinkError> {
+        while let Some(batch) = self.spilling.front() {
+            match self.spool.write(batch) {
+                Ok(()) => self
+                    .spilled_unflushed
+                    .push((batch.source.id, batch.package_id)),
+                // As the sink worker does with a package refused for good.
+                Err(SinkError::Rejected(reason)) => {
+                    metrics::counter!(DROPPED_LINES_TOTAL, "reason" => "sink_rejected")
+                        .increment(batch.lines.len() as u64);
+                    tracing::error!(sink = self.kind, source = %batch.source.id,
+                        package = batch.package_id, %reason, "spool rejected package; dropped");
+                    if let Some(acks) = &self.acks {
+                        acks.acked(batch.source.id, batch.package_id);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            self.spilling.pop_front();
+        }
+        Ok(())
     }
 }
 
@@ -127,13 +236,50 @@ impl Sink for NetworkSink {
     fn kind(&self) -> &'static str {
         self.kind
     }
+    /// Always the spool; the sink worker calls [`Sink::offer`], which may hand the
+    /// package over in memory instead.
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         self.spool.write(batch)
     }
+    fn offer(&mut self, batch: &Arc<Batch>, acks: &SharedRegistry) -> Result<Accepted, SinkError> {
+        self.acks.get_or_insert_with(|| acks.clone());
+        if self.hand_over(batch, acks) {
+            return Ok(Accepted::BySink);
+        }
+        self.spill()?;
+        self.spool.write(batch)?;
+        self.taken[1].increment(1);
+        Ok(Accepted::AtFlush)
+    }
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.spool.flush()
+        self.spool.flush()?;
+        if let Some(acks) = &self.acks {
+            for (source, package_id) in self.spilled_unflushed.drain(..) {
+                acks.acked(source, package_id);
+            }
+        }
+        Ok(())
     }
     fn idle(&mut self) -> Result<(), SinkError> {
+        // No package came to spill the hand-off of a failing destination: do it now.
+        let spilled = {
+            let mut state = self.shared.lock();
+            if state.handoff.behind {
+                state.handoff.spill()
+            } else {
+                Vec::new()
+            }
+        };
+        if !spilled.is_empty() {
+            self.taken[2].increment(spilled.len() as u64);
+            tracing::info!(sink = %self.name, packages = spilled.len(),
+                "destination failing: spilling the packages handed over in memory to the spool");
+            self.spilling.extend(spilled);
+        }
+        if !self.spilling.is_empty() {
+            self.spill()?;
+            self.flush()?;
+        }
         self.spool.idle()
     }
 }
@@ -213,51 +359,123 @@ struct Forwarder {
 enum Stop {
     /// The spool closed and the drain deadline passed.
     Closing,
+    /// A window from memory failed and the writer spilled it: the spool sends it.
+    Spilled,
+}
+
+/// A window the forwarder took.
+enum Taken {
+    Spool(Vec<SpooledBlock>),
+    /// From the hand-off: (seq, package), oldest first.
+    Memory(Vec<(u64, Arc<Batch>)>),
 }
 
 impl Forwarder {
     fn run(mut self) {
         loop {
-            let Some(blocks) = self.take_window() else {
+            let more = match self.take_window() {
+                None => false,
+                Some(Taken::Spool(blocks)) => self.forward_spooled(blocks),
+                Some(Taken::Memory(packages)) => self.forward_handed(packages),
+            };
+            if !more {
                 break;
-            };
-            let window = self.decode(&blocks);
-            let outcome = if window.is_empty() {
-                Ok(Delivered::default())
-            } else {
-                self.mark_sent(&blocks);
-                self.send_until_acknowledged(&window)
-            };
-            match outcome {
-                Ok(delivered) => {
-                    self.account(&window, &delivered);
-                    self.acknowledge(&blocks);
-                    drop(window);
-                    self.payloads.reclaim();
-                }
-                Err(Stop::Closing) => {
-                    // Put the window back: it stays in the spool for the next start.
-                    let mut state = self.shared.lock();
-                    for b in blocks.into_iter().rev() {
-                        state.in_flight.pop_back();
-                        state.pending.push_front(b);
-                    }
-                    break;
-                }
             }
         }
         tracing::debug!(sink = %self.name, "forwarder stopped");
     }
 
-    /// Waits for blocks and moves a window of them to `in_flight`. `None`: stop.
-    fn take_window(&mut self) -> Option<Vec<SpooledBlock>> {
+    /// Sends a window of spooled blocks; false when the forwarder must stop.
+    fn forward_spooled(&mut self, blocks: Vec<SpooledBlock>) -> bool {
+        let window = self.decode(&blocks);
+        let outcome = if window.is_empty() {
+            Ok(Delivered::default())
+        } else {
+            self.mark_sent(&blocks);
+            self.send_until_acknowledged(&window, false)
+        };
+        match outcome {
+            Ok(delivered) => {
+                self.account(&window, &delivered);
+                self.acknowledge(&blocks);
+                drop(window);
+                self.payloads.reclaim();
+                true
+            }
+            Err(_) => {
+                // Put the window back: it stays in the spool for the next start.
+                let mut state = self.shared.lock();
+                for b in blocks.into_iter().rev() {
+                    state.in_flight.pop_back();
+                    state.pending.push_front(b);
+                }
+                false
+            }
+        }
+    }
+
+    /// Sends a window handed over in memory and, once the destination has it,
+    /// acknowledges its packages to their sources; false when the forwarder must stop
+    /// (what it did not deliver is read again after the restart).
+    fn forward_handed(&mut self, packages: Vec<(u64, Arc<Batch>)>) -> bool {
+        let window: Vec<SpooledPackage> = packages
+            .iter()
+            .map(|(seq, batch)| handoff::to_spooled(*seq, batch))
+            .collect();
+        drop(packages);
+        let outcome = self.send_until_acknowledged(&window, true);
+        if let Ok(delivered) = &outcome {
+            self.account(&window, delivered);
+        }
+        let (done, acks) = {
+            let mut state = self.shared.lock();
+            let done = state.handoff.finish(window.len());
+            let spilled = done.iter().filter(|h| h.spilled);
+            match outcome {
+                // Delivered: their spooled copies are skipped.
+                Ok(_) => state
+                    .handoff
+                    .delivered_spilled
+                    .extend(spilled.map(|h| (h.batch.source.id, h.batch.package_id))),
+                // Their spooled copies go out again, and the failed attempt may have
+                // delivered part of them.
+                Err(Stop::Spilled) => {
+                    let replayed = spilled.count() as u64;
+                    state.stats.replayed_packages += replayed;
+                    metrics::counter!(FORWARD_REPLAYED_PACKAGES_TOTAL, "sink" => self.name.to_string())
+                        .increment(replayed);
+                }
+                Err(Stop::Closing) => {}
+            }
+            (done, state.handoff.acks.clone())
+        };
+        self.shared.notify();
+        match outcome {
+            Ok(_) => {
+                if let Some(acks) = acks {
+                    for h in &done {
+                        acks.acked(h.batch.source.id, h.batch.package_id);
+                    }
+                }
+                true
+            }
+            Err(Stop::Spilled) => true,
+            Err(Stop::Closing) => false,
+        }
+    }
+
+    /// Waits for packages and takes a window of them: the hand-off's first (it holds
+    /// packages only while the spool has no backlog), else spooled blocks, moved to
+    /// `in_flight`. `None`: stop.
+    fn take_window(&mut self) -> Option<Taken> {
         let mut state = self.shared.lock();
         let idle_since = Instant::now();
         loop {
             self.publish_age(state.in_flight.front().or(state.pending.front()));
-            health::waiting(!state.pending.is_empty());
+            let work = !state.pending.is_empty() || !state.handoff.queued.is_empty();
+            health::waiting(work);
             health::progress();
-            if !state.pending.is_empty() {
+            if work {
                 break;
             }
             if state.stop_at.is_some() {
@@ -271,6 +489,13 @@ impl Forwarder {
         }
         if state.stop_at.is_some_and(|t| Instant::now() >= t) {
             return None;
+        }
+        if !state.handoff.queued.is_empty() {
+            let taken = state.handoff.take();
+            drop(state);
+            // A writer may be waiting for room.
+            self.shared.notify();
+            return Some(Taken::Memory(taken));
         }
         let mut window = Vec::new();
         let mut bytes = 0u64;
@@ -288,14 +513,22 @@ impl Forwarder {
             state.in_flight.push_back(b.clone());
             window.push(b);
         }
-        Some(window)
+        Some(Taken::Spool(window))
     }
 
     /// Reads and decodes the blocks. A block that fails its CRC or does not decode is
     /// damage on the node's disk: counted (`spool_corrupt`) and skipped.
+    /// Spooled copies of packages the destination acknowledged from memory are
+    /// skipped (see [`super::handoff`]).
     fn decode(&mut self, blocks: &[SpooledBlock]) -> Vec<SpooledPackage> {
         let mut out = Vec::with_capacity(blocks.len());
+        let mut skip = std::mem::take(&mut self.shared.lock().handoff.delivered_spilled);
         for b in blocks {
+            let id = (SourceId(b.header.source_id), b.header.package_id);
+            if let Some(i) = skip.iter().position(|s| *s == id) {
+                skip.swap_remove(i);
+                continue;
+            }
             match self.read_package(b) {
                 Ok(package) => out.push(SpooledPackage {
                     seq: b.seq,
@@ -311,6 +544,12 @@ impl Forwarder {
                         lines = b.header.line_count, "spool: damaged block skipped");
                 }
             }
+        }
+        if !skip.is_empty() {
+            // Copies not reached yet (not published or beyond this window).
+            let mut state = self.shared.lock();
+            skip.append(&mut state.handoff.delivered_spilled);
+            state.handoff.delivered_spilled = skip;
         }
         out
     }
@@ -343,7 +582,13 @@ impl Forwarder {
         }
     }
 
-    fn send_until_acknowledged(&mut self, window: &[SpooledPackage]) -> Result<Delivered, Stop> {
+    /// Sends `window` until the destination took it. `handed`: it came from memory,
+    /// and is given up once the writer spilled it (the spool then sends it).
+    fn send_until_acknowledged(
+        &mut self,
+        window: &[SpooledPackage],
+        handed: bool,
+    ) -> Result<Delivered, Stop> {
         let sink = self.name.to_string();
         let records: u64 = window.iter().map(|p| p.package.records.len() as u64).sum();
         let bytes: u64 = window.iter().map(SpooledPackage::body_bytes).sum();
@@ -358,19 +603,30 @@ impl Forwarder {
                 .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(delivered) => {
+                    self.shared.lock().handoff.behind = false;
                     health::note(None);
                     metrics::gauge!(FORWARD_DESTINATION_UP, "sink" => sink.clone()).set(1.0);
                     return Ok(delivered);
                 }
                 Err(e) => {
+                    if handed {
+                        self.shared.lock().handoff.behind = true;
+                    }
                     health::note(Some("destination_down"));
                     metrics::gauge!(FORWARD_DESTINATION_UP, "sink" => sink.clone()).set(0.0);
                     self.shared.lock().stats.retries += 1;
                     metrics::counter!(FORWARD_RETRIES_TOTAL, "sink" => sink.clone(), "reason" => e.reason)
                         .increment(1);
+                    if handed
+                        && (self.shared.lock().handoff.in_flight.front()).is_some_and(|h| h.spilled)
+                    {
+                        tracing::warn!(sink = %self.name, destination = self.destination.kind(),
+                            error = %e, "forwarding failed; the window was spilled, the spool sends it");
+                        return Err(Stop::Spilled);
+                    }
                     let wait = retry_wait(&e, backoff);
                     tracing::warn!(sink = %self.name, destination = self.destination.kind(),
-                        error = %e, retry_in = ?wait, "forwarding failed; the window stays in the spool");
+                        error = %e, retry_in = ?wait, "forwarding failed; the window is kept and sent again");
                     health::parked(|| self.sleep_unless_closing(wait))?;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }

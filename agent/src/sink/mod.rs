@@ -3,11 +3,15 @@
 //! A sink is driven by one [`worker`] thread. `write` hands it a package; `flush`
 //! makes everything written so far durable (fsync, broker acknowledgement). Only after
 //! a successful `flush` does the worker acknowledge the packages to the checkpointer:
-//! a checkpoint is never durable ahead of the data it points past.
+//! a checkpoint is never durable ahead of the data it points past. A sink may instead
+//! take a package's acknowledgement over ([`Sink::offer`], [`Accepted::BySink`]): a
+//! network sink handing a package to its forwarder in memory acknowledges it once the
+//! destination did.
 
 pub mod destination;
 pub mod file;
 pub mod forward;
+pub mod handoff;
 pub mod kafka;
 pub mod null;
 pub mod otlp;
@@ -18,7 +22,10 @@ pub mod store;
 pub(crate) mod test_fs;
 pub mod worker;
 
+use std::sync::Arc;
+
 use crate::batch::Batch;
+use crate::checkpoint::SharedRegistry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -37,6 +44,17 @@ pub enum SinkError {
     Io(#[from] std::io::Error),
 }
 
+/// Who acknowledges a package [`Sink::offer`] accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// The sink worker, after the next successful `flush` (as for `write`).
+    AtFlush,
+    /// The sink itself, through the registry it was given, once the package is safe
+    /// wherever it went (a network destination's acknowledgement). It may never be:
+    /// then the package is read again after a restart.
+    BySink,
+}
+
 /// A destination for packages. Implementations do blocking I/O: they run on their
 /// own thread (see [`worker`]), never inside an async task.
 pub trait Sink: Send {
@@ -44,6 +62,12 @@ pub trait Sink: Send {
     fn kind(&self) -> &'static str;
     /// Accept one package. It need not be durable until `flush` returns.
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError>;
+    /// What the sink worker calls: accept one package, and say who acknowledges it.
+    /// By default `write`, acknowledged at the next flush. (Shared, so a sink may keep
+    /// the package without copying it.)
+    fn offer(&mut self, batch: &Arc<Batch>, _acks: &SharedRegistry) -> Result<Accepted, SinkError> {
+        self.write(batch).map(|()| Accepted::AtFlush)
+    }
     /// Make every package written so far durable. A failure whose retry could
     /// falsely succeed (fsync) must be reported as [`SinkError::Fatal`].
     fn flush(&mut self) -> Result<(), SinkError>;

@@ -24,6 +24,10 @@
 //! - The forwarder ([`super::forward`]) takes windows of published blocks, sends them
 //!   to the destination and, on its acknowledgement, moves the cursor.
 //!
+//! A package reaches the spool only when the forwarder is behind: while it keeps up,
+//! the network sink hands packages to it in memory ([`super::handoff`], whose
+//! invariants [`State::check`] also checks).
+//!
 //! # Invariants (of [`State`], checked in the tests)
 //!
 //! 1. `in_flight` and `pending` hold increasing positions, every one of `in_flight`
@@ -58,6 +62,7 @@ use crate::metrics::catalogue::{
     DROPPED_LINES_TOTAL, SPOOL_BYTES, SPOOL_CURSOR_CORRUPT_TOTAL, SPOOL_DROPPED_PACKAGES_TOTAL,
     SPOOL_FULL_TOTAL,
 };
+use crate::sink::handoff::Handoff;
 use crate::sink::store::segment::BlockHeader;
 use crate::sink::store::{Store, StoreOptions};
 use crate::sink::{Sink, SinkError};
@@ -135,6 +140,8 @@ pub struct State {
     pub stop_at: Option<Instant>,
     /// What this spool lost or repeated since it opened (also exported as metrics).
     pub stats: SpoolStats,
+    /// Packages handed to the forwarder in memory, not spooled (see [`super::handoff`]).
+    pub handoff: Handoff,
 }
 
 /// Counters of one spool since it opened, for tests and diagnostics.
@@ -147,7 +154,8 @@ pub struct SpoolStats {
     pub corrupt_lines: u64,
     /// Records the destination refused for good.
     pub rejected_lines: u64,
-    /// Packages sent again after a restart that may already be at the destination.
+    /// Packages sent again after a restart that may already be at the destination, or
+    /// spilled while in flight in memory and delivered from there too.
     pub replayed_packages: u64,
     /// Windows sent again after a failed attempt.
     pub retries: u64,
@@ -162,8 +170,16 @@ impl State {
             .map_or(self.published_end, |b| b.at)
     }
 
-    /// Checks invariant 1; for tests and debug assertions.
+    /// Checks invariant 1, and the hand-off's ([`super::handoff`]); for tests and debug
+    /// assertions.
     pub fn check(&self) -> Result<(), String> {
+        self.handoff.check()?;
+        if (!self.pending.is_empty() || !self.in_flight.is_empty())
+            && (!self.handoff.queued.is_empty()
+                || self.handoff.in_flight.iter().any(|h| !h.spilled))
+        {
+            return Err("packages in memory that are newer than the spool's backlog".into());
+        }
         let blocks: Vec<(SpoolPos, u64)> = self
             .in_flight
             .iter()
@@ -514,6 +530,18 @@ impl Spool {
     fn publish_gauges(&self) {
         metrics::gauge!(SPOOL_BYTES, "sink" => self.name.to_string())
             .set(self.store.total_bytes() as f64);
+    }
+
+    /// The next package's place in the sink's sequence, for one handed over in memory
+    /// (spooled blocks take theirs in `write`).
+    pub fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq - 1
+    }
+
+    /// Blocks written and not yet flushed (not yet the forwarder's to see).
+    pub fn has_unflushed(&self) -> bool {
+        !self.unflushed.is_empty()
     }
 
     /// Tells the forwarder to drain until `deadline` and stop.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::{Sink, SinkError};
+use super::{Accepted, Sink, SinkError};
 use crate::batch::Batch;
 use crate::checkpoint::SharedRegistry;
 use crate::metrics::catalogue::{
@@ -46,6 +46,8 @@ struct Written {
     source: SourceId,
     package_id: u64,
     lines: usize,
+    /// False when the sink acknowledges it itself ([`Accepted::BySink`]).
+    ack_at_flush: bool,
 }
 
 impl SinkWorker {
@@ -80,13 +82,15 @@ impl SinkWorker {
             match self.queue.recv_deadline(next_flush) {
                 Ok(batch) => {
                     health::waiting(true);
-                    let written_ok = self.write(&batch)?;
+                    let batch = Arc::new(batch);
+                    let accepted = self.write(&batch)?;
                     health::progress();
-                    if written_ok {
+                    if let Some(accepted) = accepted {
                         written.push(Written {
                             source: batch.source.id,
                             package_id: batch.package_id,
                             lines: batch.lines.len(),
+                            ack_at_flush: accepted == Accepted::AtFlush,
                         });
                     } else {
                         // Not written and not acknowledged: read again after a restart.
@@ -118,17 +122,17 @@ impl SinkWorker {
         }
     }
 
-    /// Writes one package, retrying transient errors. Returns whether it should be
-    /// acknowledged at the next flush (written, or rejected for good and counted).
-    fn write(&mut self, batch: &Batch) -> Result<bool, SinkError> {
+    /// Writes one package, retrying transient errors. Returns who acknowledges it
+    /// (rejected for good and counted: at the next flush), `None` when nobody does.
+    fn write(&mut self, batch: &Arc<Batch>) -> Result<Option<Accepted>, SinkError> {
         // A failure is logged and counted inside; shipping anyway keeps at-least-once
         // (only recognising copies after a crash would suffer).
         let _ = self.registry.ensure_durable(batch.source.id);
         let kind = self.sink.kind();
         let mut backoff = BACKOFF_START;
         loop {
-            match self.sink.write(batch) {
-                Ok(()) => return Ok(true),
+            match self.sink.offer(batch, &self.registry) {
+                Ok(accepted) => return Ok(Some(accepted)),
                 Err(SinkError::Fatal(reason)) => return Err(self.fatal(reason)),
                 Err(SinkError::Rejected(reason)) => {
                     metrics::counter!(SINK_ERRORS_TOTAL, "sink" => kind, "kind" => "rejected")
@@ -137,14 +141,14 @@ impl SinkWorker {
                         .increment(batch.lines.len() as u64);
                     tracing::error!(sink = kind, source = %batch.source.id, package = batch.package_id,
                         %reason, "sink rejected package; dropped");
-                    return Ok(true);
+                    return Ok(Some(Accepted::AtFlush));
                 }
                 Err(e) => {
                     metrics::counter!(SINK_ERRORS_TOTAL, "sink" => kind, "kind" => "transient")
                         .increment(1);
                     if self.shutdown.load(Ordering::Relaxed) {
                         tracing::warn!(sink = kind, error = %e, "giving up at shutdown; package will be re-read");
-                        return Ok(false);
+                        return Ok(None);
                     }
                     tracing::warn!(sink = kind, error = %e, retry_in = ?backoff, "sink write failed");
                     std::thread::sleep(backoff);
@@ -185,7 +189,7 @@ impl SinkWorker {
         let lines: usize = written.iter().map(|w| w.lines).sum();
         metrics::counter!(SINK_PACKAGES_TOTAL, "sink" => kind).increment(written.len() as u64);
         metrics::counter!(SINK_LINES_TOTAL, "sink" => kind).increment(lines as u64);
-        for w in written.drain(..) {
+        for w in written.drain(..).filter(|w| w.ack_at_flush) {
             self.registry.acked(w.source, w.package_id);
         }
         Ok(())
@@ -205,8 +209,8 @@ impl SinkWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::Registry;
     use crate::checkpoint::registered_test_source;
+    use crate::checkpoint::{Registry, SharedRegistry};
     use crate::frame::{Line, LineFlags, Stream};
     use bytes::Bytes;
     use std::sync::Mutex;
@@ -345,5 +349,68 @@ mod tests {
             Some(0),
             "nothing acknowledged"
         );
+    }
+
+    /// A sink that takes over the acknowledgement of package 2 (as a network sink
+    /// handing it over in memory does) and never gives it.
+    struct KeepsTwo;
+
+    impl Sink for KeepsTwo {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn write(&mut self, _batch: &Batch) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn offer(
+            &mut self,
+            batch: &Arc<Batch>,
+            _acks: &SharedRegistry,
+        ) -> Result<Accepted, SinkError> {
+            Ok(if batch.package_id == 2 {
+                Accepted::BySink
+            } else {
+                Accepted::AtFlush
+            })
+        }
+        fn flush(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_package_the_sink_acknowledges_itself_is_not_acknowledged_at_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::open(dir.path()).unwrap());
+        let info = registered_test_source(&registry, 4, "/z");
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let worker = SinkWorker {
+            sink: Box::new(KeepsTwo),
+            queue: rx,
+            registry: registry.clone(),
+            flush_interval: Duration::from_millis(20),
+            shutdown: Arc::new(AtomicBool::new(false)),
+        };
+        let handle = worker.spawn("test").unwrap();
+        for package_id in 1..=3u64 {
+            registry.sent(info.id, package_id, package_id * 10);
+            tx.send(Batch {
+                source: info.clone(),
+                package_id,
+                lines: Vec::new(),
+                fields: Vec::new(),
+                source_fields: Default::default(),
+                end_offset: package_id * 10,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        handle.join().unwrap().unwrap();
+        // 1 and 3 were flushed; 2 is the sink's to acknowledge, so the checkpoint
+        // stops before it.
+        assert_eq!(registry.acked_offset(info.id), Some(10));
+        assert_eq!(registry.in_flight(), 2);
+        registry.acked(info.id, 2);
+        assert_eq!(registry.acked_offset(info.id), Some(30));
     }
 }
