@@ -22,11 +22,12 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use logtap_ebpf_common::{
     BASES_MAP, CONFIG_GLOBAL, DROP_CONCURRENT, DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE,
-    DataHeader, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC,
-    KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT, NUM_DROP_REASONS, NUM_STATS,
-    ORIGIN_RUNNING, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RING_MAP, STAT_BYTES,
-    STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS,
-    STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup, ino_slot,
+    DataHeader, GROUP_DEAD_UNKNOWN, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED,
+    KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT,
+    NUM_DROP_REASONS, NUM_STATS, ORIGIN_RUNNING, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig,
+    RING_MAP, STAT_BYTES, STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS,
+    STAT_SYSCALLS, STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup,
+    ino_slot,
 };
 
 use super::ring::RingReader;
@@ -320,7 +321,9 @@ pub enum ProbeEvent<'a> {
     Exit {
         cgroup_id: u64,
         tgid: u32,
-        group_dead: bool,
+        /// Whether the last thread of the process exited; `None` where the kernel's
+        /// tracepoint does not say (5.10).
+        group_dead: Option<bool>,
     },
 }
 
@@ -1335,7 +1338,10 @@ pub fn parse(item: &[u8]) -> Option<ProbeEvent<'_>> {
         KIND_EXIT => ProbeEvent::Exit {
             cgroup_id: r.cgroup_id,
             tgid: r.tgid,
-            group_dead: r.group_dead != 0,
+            group_dead: match r.group_dead {
+                GROUP_DEAD_UNKNOWN => None,
+                dead => Some(dead != 0),
+            },
         },
         _ => return None,
     })
