@@ -957,6 +957,14 @@ fn load_layout(
             }
         }
     }
+    // Before 5.15 tracepoints are attached without BPF links, which cannot be pinned:
+    // known before anything is loaded, so the probes are loaded once, unpinned (not
+    // pinned maps first, removed again when the first tracepoint has no link).
+    if !aya::features().bpf_perf_link() {
+        count_pin_start("failed");
+        tracing::warn!(dir = %dir.display(), "tracepoints are attached without BPF links on this kernel (before 5.15): the probes cannot be pinned; capture runs, but a restarted agent starts afresh");
+        return load_fresh(object, config, options, None);
+    }
     let created = std::fs::create_dir_all(&layout).map_err(|e| ProbeError::Pin {
         dir: layout.clone(),
         detail: e.to_string(),
