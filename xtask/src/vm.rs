@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 /// A kernel the VM can boot: Debian's package of it, pinned to one version so that a
 /// run is repeatable (and the cache never stale).
+#[derive(Debug)]
 struct Kernel {
     name: &'static str,
     suite: &'static str,
@@ -58,6 +59,7 @@ const BUSYBOX: &str = "/bin/busybox";
 /// The line `/init` prints with the tests' exit status.
 const STATUS_LINE: &str = "logtap-vm-test: exit status ";
 
+#[derive(Debug)]
 struct Options {
     kernel: &'static Kernel,
     timeout: Duration,
@@ -533,6 +535,10 @@ mod tests {
         assert_eq!(o.tests, ["writev"]);
         assert!(args(&["--kernel", "4.19"]).unwrap_err().contains("5.10"));
         assert!(args(&["--timeout"]).is_err());
+        assert_eq!(args(&[]).unwrap().accel, Accel::Auto);
+        assert_eq!(args(&["--accel", "tcg"]).unwrap().accel, Accel::Tcg);
+        assert_eq!(Accel::Kvm.resolve(), Accel::Kvm, "forced");
+        assert!(args(&["--accel", "hvf"]).is_err());
         assert!(args(&["--verbose"]).is_err());
     }
 
