@@ -118,19 +118,20 @@ print fmt: \"fd: 0x%08lx\", ((unsigned long)(REC->fd))
         assert_eq!(field_offset("garbage\n;;;\nfield:", "fd"), None);
     }
 
-    /// `sched_process_exit` on Debian bullseye's 5.10 (`cargo xtask vm-test`), which
-    /// refused to load the probes while `group_dead` was required, and on 6.18.
+    /// `sched_process_exit`'s format on Debian bullseye's 5.10 (copied from its tracefs
+    /// in `cargo xtask vm-test`), where the probes did not load while `group_dead` was
+    /// required, and with 6.18's `group_dead` added.
     #[test]
     fn an_exit_tracepoint_without_group_dead_is_not_an_error() {
         const EXIT_5_10: &str = "name: sched_process_exit
-ID: 283
+ID: 312
 format:
 \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
 \tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
 \tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
 \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
 
-\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;
+\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:1;
 \tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;
 \tfield:int prio;\toffset:28;\tsize:4;\tsigned:1;
 
