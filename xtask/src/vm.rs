@@ -1,6 +1,6 @@
-//! `cargo xtask vm-test [--kernel 5.10] [--timeout SECS] [TEST...]`: the eBPF capture
-//! tests (`agent/tests/capture_probes.rs`) on another kernel than this machine's, in a
-//! KVM virtual machine, with `LOGTAP_EXPECT_HOOKS` set to the hooks that kernel must
+//! `cargo xtask vm-test [--kernel 5.10] [--accel auto|kvm|tcg] [--timeout SECS] [TEST...]`:
+//! the eBPF capture tests (`agent/tests/capture_probes.rs`) on another kernel than this
+//! machine's, in a QEMU virtual machine, with `LOGTAP_EXPECT_HOOKS` set to the hooks that kernel must
 //! get (`compat` on 5.10: no trampolines' `bpf_get_func_ret`, no `bpf_task_pt_regs`).
 //!
 //! 1. The kernel: Debian's package for it (bullseye's 5.10 LTS), fetched once with
@@ -12,17 +12,19 @@
 //! 3. An initramfs (`target/vm/initramfs.cpio`, uncompressed: the kernel unpacks it
 //!    as it is): busybox-static as `/bin/sh` and every tool the tests run
 //!    (`seq`, `head`, `cat`, `sleep`), the test binary and the libraries `ldd` names
-//!    for it, and an `/init` that mounts what the probes read (proc, sysfs, tracefs,
-//!    cgroup2, bpffs, a tmpfs for the tests' temporary directories), runs the tests and
+//!    for it, and an `/init` that mounts what the probes read (proc, sysfs, devtmpfs,
+//!    tracefs, cgroup2, bpffs, a tmpfs for the tests' temporary directories), runs the tests and
 //!    prints their exit status on a line of its own.
-//! 4. `qemu-system-x86_64 -enable-kvm`, 2 CPUs (the racing-writers test pins threads
-//!    to both), 2 GiB, the serial console copied to `target/vm/console.log` and to
+//! 4. `qemu-system-x86_64` on KVM, or on QEMU's emulation (TCG) where `/dev/kvm` is
+//!    missing or cannot boot a stock kernel (see [`Accel::resolve`]), 2 CPUs (the
+//!    racing-writers test pins threads to both), 2 GiB, the serial console copied to `target/vm/console.log` and to
 //!    stderr as it comes, killed after the timeout.
 //! 5. The verdict from the console: the status line `/init` printed, else a failure
 //!    (the VM died, or timed out). Non-zero exit on anything but the tests' success.
 //!
-//! Needs `/dev/kvm`, `qemu-system-x86_64` (Debian: `qemu-system-x86`), `busybox-static`
-//! and the Debian archive (only for the first run's fetch).
+//! Run as root, as CI does (tried only so: apt's fetch, `/dev/kvm`). Needs
+//! `qemu-system-x86_64` (Debian: `qemu-system-x86`), `busybox-static`, and the Debian
+//! archive for the first run's fetch.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
