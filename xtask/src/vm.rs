@@ -13,12 +13,12 @@
 //!    as it is): busybox-static as `/bin/sh` and every tool the tests run
 //!    (`seq`, `head`, `cat`, `sleep`), the test binary and the libraries `ldd` names
 //!    for it, and an `/init` that mounts what the probes read (proc, sysfs, devtmpfs,
-//!    tracefs, cgroup2, bpffs, a tmpfs for the tests' temporary directories), runs the tests and
-//!    prints their exit status on a line of its own.
+//!    tracefs, cgroup2, bpffs, a tmpfs for the tests' temporary directories), runs the
+//!    tests and prints their exit status on a line of its own.
 //! 4. `qemu-system-x86_64` on KVM, or on QEMU's emulation (TCG) where `/dev/kvm` is
 //!    missing or cannot boot a stock kernel (see [`Accel::resolve`]), 2 CPUs (the
-//!    racing-writers test pins threads to both), 2 GiB, the serial console copied to `target/vm/console.log` and to
-//!    stderr as it comes, killed after the timeout.
+//!    racing-writers test pins threads to both), 2 GiB, the serial console copied to
+//!    `target/vm/console.log` and to stderr as it comes, killed after the timeout.
 //! 5. The verdict from the console: the status line `/init` printed, else a failure
 //!    (the VM died, or timed out). Non-zero exit on anything but the tests' success.
 //!
