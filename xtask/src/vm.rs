@@ -332,7 +332,7 @@ mount -t tmpfs tmpfs /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
-echo "logtap-vm-test: kernel $(uname -r), $(nproc) CPUs, BTF: $(ls /sys/kernel/btf/vmlinux 2>&1)"
+echo "logtap-vm-test: kernel $(uname -r), $(nproc) CPUs, BTF: $(ls /sys/kernel/btf/vmlinux 2>&1), RLIMIT_MEMLOCK $(ulimit -l) KiB"
 cd /tmp
 RUST_BACKTRACE=1 LOGTAP_EXPECT_HOOKS={expect_hooks} /capture_probes {tests}
 echo "{STATUS_LINE}$?"
