@@ -19,6 +19,9 @@
 //!   rewrites their seeds. See `fuzz.rs`.
 //! - `image [--debug] [--out DIR]`: the agent's OCI image archive without docker
 //!   (`target/image/logtap-<version>.oci.tar`, probes embedded); see `image.rs`.
+//! - `vm-test [--kernel 5.10] [--timeout SECS] [TEST...]`: the eBPF capture tests
+//!   (`capture_probes`) in a KVM virtual machine on Debian's 5.10 LTS kernel, where
+//!   the probes must load the compat hooks; see `vm.rs`.
 //! - `gen-crd`: writes `deploy/crd.yaml` from the `LogCollection` Rust type (a test in
 //!   `agent/tests/deploy_manifests.rs` fails when the file and the type disagree).
 
@@ -27,6 +30,7 @@ mod demo;
 mod fuzz;
 mod image;
 mod oci;
+mod vm;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -72,6 +76,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if task.as_deref() == Some("vm-test") {
+        return match vm::run(&rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: vm-test failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let steps: Vec<Vec<&str>> = match task.as_deref() {
         Some("ci") => vec![
             vec!["fmt", "--all", "--check"],
@@ -102,7 +115,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | demo [--data-dir DIR] | build-ebpf | bench [ARGS] | fuzz [ARGS] | gen-crd | image [--debug]>"
+                "usage: cargo xtask <ci | demo [--data-dir DIR] | build-ebpf | bench [ARGS] | fuzz [ARGS] | gen-crd | image [--debug] | vm-test [ARGS]>"
             );
             return ExitCode::from(2);
         }

@@ -319,8 +319,9 @@ pub fn shared_libraries(binary: &Path) -> io::Result<Vec<PathBuf>> {
         .output()
         .map_err(|e| io::Error::new(e.kind(), format!("run ldd: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    // A static binary: `ldd` says so and fails.
-    if text.contains("not a dynamic executable") || text.contains("statically linked") {
+    // A static binary: `ldd` says so (glibc's on stderr) and fails.
+    let said = |s: &str| text.contains(s) || String::from_utf8_lossy(&out.stderr).contains(s);
+    if said("not a dynamic executable") || said("statically linked") {
         return Ok(Vec::new());
     }
     if !out.status.success() {

@@ -199,7 +199,8 @@ pub struct LifecycleRecord {
     pub ktime_ns: u64,
     /// `KIND_EXEC`, `KIND_EXIT`: the process.
     pub tgid: u32,
-    /// `KIND_EXIT`: 1 when the last thread of the process exited.
+    /// `KIND_EXIT`: 1 when the last thread of the process exited, 0 when not,
+    /// [`GROUP_DEAD_UNKNOWN`] when the kernel's tracepoint does not say.
     pub group_dead: u32,
     /// `KIND_STREAM_BOUND`: the stream's pipe inode.
     pub key: StreamKey,
@@ -209,6 +210,10 @@ pub struct LifecycleRecord {
     /// `KIND_CGROUP_*`: the cgroup path below the cgroup2 root; `KIND_EXEC`: the file.
     pub path: [u8; PATH_CAPACITY],
 }
+
+/// `LifecycleRecord::group_dead` of a kernel whose `sched_process_exit` has no
+/// `group_dead` field (5.10 has none; 6.18 has it).
+pub const GROUP_DEAD_UNKNOWN: u32 = 2;
 
 /// Byte offsets of tracepoint fields, from `events/<category>/<name>/format`.
 #[repr(C)]
@@ -221,6 +226,8 @@ pub struct TracepointOffsets {
     pub rmdir_id: u32,
     pub rmdir_path: u32,
     pub exec_filename: u32,
+    /// 0 when the kernel's `sched_process_exit` has no `group_dead` field (offset 0 is
+    /// `common_type`, never a field of the event's own).
     pub exit_group_dead: u32,
 }
 

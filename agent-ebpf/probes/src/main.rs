@@ -58,12 +58,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, info};
 use logtap_ebpf_common::{
-    DROP_CONCURRENT, DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, INO_FILTER_SLOTS,
-    IovWalk, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC, KIND_EXIT,
-    KIND_STREAM_BOUND, LifecycleRecord, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS, MAX_WATCHED,
-    ORIGIN_FIRST_EXEC, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD, STAT_BYTES,
-    STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS, Stats,
-    StreamKey, StreamState, WatchedCgroup, ino_slot,
+    DROP_CONCURRENT, DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE, DataHeader, GROUP_DEAD_UNKNOWN,
+    INO_FILTER_SLOTS, IovWalk, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC,
+    KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_IOVECS, MAX_RECORDS_LIMIT, MAX_STREAMS,
+    MAX_WATCHED, ORIGIN_FIRST_EXEC, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RECORD_PAYLOAD,
+    STAT_BYTES, STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS,
+    STAT_SYSCALLS, Stats, StreamKey, StreamState, WatchedCgroup, ino_slot,
 };
 
 /// Patched by the loader (`EbpfLoader::override_global`); lives in `.rodata`, which the
@@ -969,9 +969,14 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if LOGTAP_WATCHED.get_ptr(&cgroup_id).is_none() {
         return 0;
     }
-    let group_dead: u8 = unsafe { ctx.read_at(config!(tp.exit_group_dead) as usize) }.unwrap_or(0);
+    let offset = config!(tp.exit_group_dead);
+    let group_dead = if offset == 0 {
+        GROUP_DEAD_UNKNOWN
+    } else {
+        u32::from(unsafe { ctx.read_at::<u8>(offset as usize) }.unwrap_or(0))
+    };
     if let Some(mut entry) = lifecycle(KIND_EXIT, cgroup_id) {
-        unsafe { addr_of_mut!((*entry.as_mut_ptr()).group_dead).write(group_dead as u32) };
+        unsafe { addr_of_mut!((*entry.as_mut_ptr()).group_dead).write(group_dead) };
         entry.submit(0);
     }
     0

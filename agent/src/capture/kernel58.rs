@@ -14,7 +14,8 @@
 //!
 //! What this does not prove: that 5.8's verifier, less able than today's, accepts the
 //! programs' bounds and loops. The same programs pass this kernel's verifier in the
-//! `capture_probes` tests; no 5.8 kernel has run them (see docs/capture.md).
+//! `capture_probes` tests, and 5.10's (`cargo xtask vm-test`); no 5.8 kernel has run
+//! them (see docs/capture.md).
 
 use aya_obj::generated::{BPF_ATOMIC, BPF_CALL, BPF_JMP, BPF_PSEUDO_CALL, BPF_STX, bpf_insn};
 use aya_obj::{Object, ProgramSection};

@@ -22,11 +22,12 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use logtap_ebpf_common::{
     BASES_MAP, CONFIG_GLOBAL, DROP_CONCURRENT, DROP_FAULT, DROP_RING_FULL, DROP_TOO_LARGE,
-    DataHeader, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED, KIND_DATA, KIND_EXEC,
-    KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT, NUM_DROP_REASONS, NUM_STATS,
-    ORIGIN_RUNNING, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig, RING_MAP, STAT_BYTES,
-    STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS, STAT_SYSCALLS,
-    STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup, ino_slot,
+    DataHeader, GROUP_DEAD_UNKNOWN, INO_FILTER_MAP, KIND_CGROUP_CREATED, KIND_CGROUP_REMOVED,
+    KIND_DATA, KIND_EXEC, KIND_EXIT, KIND_STREAM_BOUND, LifecycleRecord, MAX_RECORDS_LIMIT,
+    NUM_DROP_REASONS, NUM_STATS, ORIGIN_RUNNING, PATH_CAPACITY, PREFIX_CAPACITY, ProbeConfig,
+    RING_MAP, STAT_BYTES, STAT_DROPPED_BYTES, STAT_DROPPED_RECORDS, STAT_LOST_EVENTS, STAT_RECORDS,
+    STAT_SYSCALLS, STATS_MAP, STREAMS_MAP, StreamKey, StreamState, WATCHED_MAP, WatchedCgroup,
+    ino_slot,
 };
 
 use super::ring::RingReader;
@@ -320,7 +321,9 @@ pub enum ProbeEvent<'a> {
     Exit {
         cgroup_id: u64,
         tgid: u32,
-        group_dead: bool,
+        /// Whether the last thread of the process exited; `None` where the kernel's
+        /// tracepoint does not say (5.10).
+        group_dead: Option<bool>,
     },
 }
 
@@ -954,6 +957,14 @@ fn load_layout(
             }
         }
     }
+    // Before 5.15 tracepoints are attached without BPF links, which cannot be pinned:
+    // known before anything is loaded, so the probes are loaded once, unpinned (not
+    // pinned maps first, removed again when the first tracepoint has no link).
+    if !aya::features().bpf_perf_link() {
+        count_pin_start("failed");
+        tracing::warn!(dir = %dir.display(), "tracepoints are attached without BPF links on this kernel (before 5.15): the probes cannot be pinned; capture runs, but a restarted agent starts afresh");
+        return load_fresh(object, config, options, None);
+    }
     let created = std::fs::create_dir_all(&layout).map_err(|e| ProbeError::Pin {
         dir: layout.clone(),
         detail: e.to_string(),
@@ -1335,7 +1346,10 @@ pub fn parse(item: &[u8]) -> Option<ProbeEvent<'_>> {
         KIND_EXIT => ProbeEvent::Exit {
             cgroup_id: r.cgroup_id,
             tgid: r.tgid,
-            group_dead: r.group_dead != 0,
+            group_dead: match r.group_dead {
+                GROUP_DEAD_UNKNOWN => None,
+                dead => Some(dead != 0),
+            },
         },
         _ => return None,
     })
