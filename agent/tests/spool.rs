@@ -39,6 +39,17 @@ fn delivered(receiver: &OtlpReceiver) -> BTreeMap<u64, u32> {
     counts
 }
 
+/// Lines `0..lines` reached the receiver, each exactly once (`why` says why twice
+/// would be wrong here).
+fn assert_each_line_once(receiver: &OtlpReceiver, lines: u64, why: &str) {
+    let counts = delivered(receiver);
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (0..lines).collect::<Vec<_>>()
+    );
+    assert!(counts.values().all(|&c| c == 1), "{why}");
+}
+
 /// An agent shipping [`LINES`] lines, written at once, to a receiver that is down
 /// (503, long enough for them to fill a 256 KiB spool) with the sink's `spool`.
 struct Outage {
@@ -104,15 +115,7 @@ fn a_full_spool_blocks_reading_until_the_destination_returns() {
     });
     let m = agent.metrics();
     assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
-    let counts = delivered(&receiver);
-    assert_eq!(
-        counts.keys().copied().collect::<Vec<_>>(),
-        (0..LINES).collect::<Vec<_>>()
-    );
-    assert!(
-        counts.values().all(|&c| c == 1),
-        "no line twice without a restart"
-    );
+    assert_each_line_once(&receiver, LINES, "no line twice without a restart");
     assert_eq!(metric(&m, "logtap_dropped_lines_total", &[]), 0.0);
     assert_eq!(
         metric(
@@ -272,15 +275,7 @@ fn kill9_while_packages_are_handed_over_in_memory_loses_nothing() {
         FEW as f64,
         "the checkpoint had not advanced: everything was read again"
     );
-    let counts = delivered(&receiver);
-    assert_eq!(
-        counts.keys().copied().collect::<Vec<_>>(),
-        (0..FEW).collect::<Vec<_>>()
-    );
-    assert!(
-        counts.values().all(|&c| c == 1),
-        "the first run delivered nothing"
-    );
+    assert_each_line_once(&receiver, FEW, "the first run delivered nothing");
 }
 
 /// While the destination keeps up nothing is spooled; an outage moves the packages in
