@@ -94,18 +94,7 @@ impl TestNode {
     fn mount_bpf_pins(dir: &Path) -> PathBuf {
         let path = dir.join("sys-fs-bpf-logtap");
         std::fs::create_dir_all(&path).unwrap();
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: NUL-terminated strings; no mount data.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                c_path.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "mount bpffs: {}", std::io::Error::last_os_error());
+        common::bpffs::mount_bpffs(&path);
         path
     }
 
@@ -164,9 +153,7 @@ impl TestNode {
 impl Drop for TestNode {
     /// The pins go with their bpffs: the probes the agent left attached are detached.
     fn drop(&mut self) {
-        let c_path = std::ffi::CString::new(self.bpf_pins.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a NUL-terminated path this test mounted.
-        unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+        common::bpffs::unmount_bpffs(&self.bpf_pins);
     }
 }
 
