@@ -9,7 +9,7 @@ mod common;
 mod otlp_receiver;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -50,43 +50,61 @@ fn assert_each_line_once(receiver: &OtlpReceiver, lines: u64, why: &str) {
     assert!(counts.values().all(|&c| c == 1), "{why}");
 }
 
+/// A directory of logs, a receiver, and the config shipping those logs to it with the
+/// sink's `spool`; the agent's data directory sits beside the logs.
+struct Setup {
+    /// Keeps the logs and the agent's data directory for the whole test.
+    dir: tempfile::TempDir,
+    logs: PathBuf,
+    receiver: OtlpReceiver,
+    config: String,
+}
+
+impl Setup {
+    fn new(spool: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let receiver = OtlpReceiver::start();
+        let config = config(&logs, &receiver.endpoint(), spool);
+        Setup {
+            dir,
+            logs,
+            receiver,
+            config,
+        }
+    }
+
+    /// An agent on this setup's data directory: a restart continues where the last
+    /// one's checkpoints and spool left off.
+    fn start_agent(&self) -> Agent {
+        Agent::start(&self.dir.path().join("data"), &self.config)
+    }
+}
+
 /// An agent shipping [`LINES`] lines, written at once, to a receiver that is down
 /// (503, long enough for them to fill a 256 KiB spool) with the sink's `spool`.
 struct Outage {
-    dir: tempfile::TempDir,
-    receiver: OtlpReceiver,
-    config: String,
+    setup: Setup,
     agent: Agent,
 }
 
 impl Outage {
     fn start(spool: &str) -> Outage {
-        let dir = tempfile::tempdir().unwrap();
-        let logs = dir.path().join("logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let receiver = OtlpReceiver::start();
-        receiver.script((0..10_000).map(|_| Reply::retry_after(503, "1")));
-        let config = config(&logs, &receiver.endpoint(), spool);
-        let agent = Agent::start(&dir.path().join("data"), &config);
-        write_lines_at_rate(&logs.join("app.log"), LINES, 10_000_000, |_, _| {});
-        Outage {
-            dir,
-            receiver,
-            config,
-            agent,
-        }
+        let setup = Setup::new(spool);
+        setup
+            .receiver
+            .script((0..10_000).map(|_| Reply::retry_after(503, "1")));
+        let agent = setup.start_agent();
+        write_lines_at_rate(&setup.logs.join("app.log"), LINES, 10_000_000, |_, _| {});
+        Outage { setup, agent }
     }
 }
 
 #[test]
 fn a_full_spool_blocks_reading_until_the_destination_returns() {
-    // `_dir` keeps the logs and the agent's data directory for the whole test.
-    let Outage {
-        dir: _dir,
-        receiver,
-        mut agent,
-        ..
-    } = Outage::start("{max_size: 256KiB, when_full: block}");
+    let Outage { setup, mut agent } = Outage::start("{max_size: 256KiB, when_full: block}");
+    let receiver = &setup.receiver;
     wait_for(WAIT, "a full spool and a failed attempt", || {
         let m = agent.metrics();
         metric(&m, "logtap_spool_full_total", &[("sink", "otel")]) >= 1.0
@@ -111,11 +129,11 @@ fn a_full_spool_blocks_reading_until_the_destination_returns() {
 
     receiver.clear_script();
     wait_for(WAIT, "every line delivered", || {
-        delivered(&receiver).len() as u64 == LINES
+        delivered(receiver).len() as u64 == LINES
     });
     let m = agent.metrics();
     assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
-    assert_each_line_once(&receiver, LINES, "no line twice without a restart");
+    assert_each_line_once(receiver, LINES, "no line twice without a restart");
     assert_eq!(metric(&m, "logtap_dropped_lines_total", &[]), 0.0);
     assert_eq!(
         metric(
@@ -136,13 +154,8 @@ fn a_full_spool_blocks_reading_until_the_destination_returns() {
 
 #[test]
 fn drop_oldest_keeps_reading_and_counts_exactly_what_it_dropped() {
-    // `_dir` keeps the logs and the agent's data directory for the whole test.
-    let Outage {
-        dir: _dir,
-        receiver,
-        mut agent,
-        ..
-    } = Outage::start("{max_size: 256KiB, when_full: drop_oldest}");
+    let Outage { setup, mut agent } = Outage::start("{max_size: 256KiB, when_full: drop_oldest}");
+    let receiver = &setup.receiver;
     // Reading never waits: every line reaches the spool (or is dropped from it).
     wait_for(WAIT, "every line in the spool", || {
         let m = agent.metrics();
@@ -162,10 +175,10 @@ fn drop_oldest_keeps_reading_and_counts_exactly_what_it_dropped() {
             "logtap_spool_oldest_unforwarded_seconds",
             &[("sink", "otel")],
         ) == 0.0
-            && delivered(&receiver).len() as u64 + dropped as u64 >= LINES
+            && delivered(receiver).len() as u64 + dropped as u64 >= LINES
     });
     assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
-    let counts = delivered(&receiver);
+    let counts = delivered(receiver);
     assert!(
         counts.values().all(|&c| c == 1),
         "no line twice without a restart"
@@ -183,12 +196,8 @@ fn drop_oldest_keeps_reading_and_counts_exactly_what_it_dropped() {
 
 #[test]
 fn kill9_while_the_destination_is_down_loses_nothing_from_the_spool() {
-    let Outage {
-        dir,
-        receiver,
-        config,
-        mut agent,
-    } = Outage::start("{max_size: 64MiB}");
+    let Outage { setup, mut agent } = Outage::start("{max_size: 64MiB}");
+    let receiver = &setup.receiver;
     wait_for(WAIT, "every line spooled and checkpointed", || {
         let m = agent.metrics();
         metric(&m, "logtap_read_lag_bytes", &[]) == 0.0
@@ -198,18 +207,18 @@ fn kill9_while_the_destination_is_down_loses_nothing_from_the_spool() {
     std::thread::sleep(Duration::from_millis(1500)); // one more checkpoint interval
     agent.kill9();
     assert!(
-        delivered(&receiver).is_empty(),
+        delivered(receiver).is_empty(),
         "nothing delivered before the kill"
     );
 
     receiver.clear_script();
-    let mut agent = Agent::start(&dir.path().join("data"), &config);
+    let mut agent = setup.start_agent();
     wait_for(WAIT, "every line delivered after the restart", || {
-        delivered(&receiver).len() as u64 == LINES
+        delivered(receiver).len() as u64 == LINES
     });
     let m = agent.metrics();
     assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
-    let counts = delivered(&receiver);
+    let counts = delivered(receiver);
     let duplicates: u64 = counts.values().map(|&c| u64::from(c) - 1).sum();
     println!("duplicates after the restart: {duplicates}");
     assert_eq!(counts.len() as u64, LINES);
@@ -236,15 +245,12 @@ fn packages(m: &str, path: &str) -> f64 {
 #[test]
 fn kill9_while_packages_are_handed_over_in_memory_loses_nothing() {
     const FEW: u64 = 1_000;
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let receiver = OtlpReceiver::start();
+    let setup = Setup::new("{max_size: 64MiB}");
+    let receiver = &setup.receiver;
     // Longer than the test: the first request is never answered.
     receiver.script([Reply::Delay(Duration::from_secs(600))]);
-    let config = config(&logs, &receiver.endpoint(), "{max_size: 64MiB}");
-    let mut agent = Agent::start(&dir.path().join("data"), &config);
-    write_lines_at_rate(&logs.join("app.log"), FEW, 10_000_000, |_, _| {});
+    let mut agent = setup.start_agent();
+    write_lines_at_rate(&setup.logs.join("app.log"), FEW, 10_000_000, |_, _| {});
     wait_for(WAIT, "every line read and handed over", || {
         let m = agent.metrics();
         metric(&m, "logtap_read_lag_bytes", &[]) == 0.0
@@ -261,12 +267,12 @@ fn kill9_while_packages_are_handed_over_in_memory_loses_nothing() {
         "not acknowledged before the destination answers"
     );
     agent.kill9();
-    assert!(delivered(&receiver).is_empty());
+    assert!(delivered(receiver).is_empty());
 
     receiver.clear_script();
-    let mut agent = Agent::start(&dir.path().join("data"), &config);
+    let mut agent = setup.start_agent();
     wait_for(WAIT, "every line delivered after the restart", || {
-        delivered(&receiver).len() as u64 == FEW
+        delivered(receiver).len() as u64 == FEW
     });
     let m = agent.metrics();
     assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
@@ -275,7 +281,7 @@ fn kill9_while_packages_are_handed_over_in_memory_loses_nothing() {
         FEW as f64,
         "the checkpoint had not advanced: everything was read again"
     );
-    assert_each_line_once(&receiver, FEW, "the first run delivered nothing");
+    assert_each_line_once(receiver, FEW, "the first run delivered nothing");
 }
 
 /// While the destination keeps up nothing is spooled; an outage moves the packages in
@@ -284,19 +290,14 @@ fn kill9_while_packages_are_handed_over_in_memory_loses_nothing() {
 #[test]
 fn an_outage_moves_new_packages_to_the_spool_and_every_line_arrives_once_in_order() {
     const PART: u64 = 20_000;
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let receiver = OtlpReceiver::start();
-    let config = config(&logs, &receiver.endpoint(), "{max_size: 64MiB}");
-    let mut agent = Agent::start(&dir.path().join("data"), &config);
-    let log = logs.join("app.log");
+    let setup = Setup::new("{max_size: 64MiB}");
+    let receiver = &setup.receiver;
+    let mut agent = setup.start_agent();
+    let log = setup.logs.join("app.log");
     let lines = |receiver: &OtlpReceiver| delivered(receiver).len() as u64;
 
     write_lines_at_rate(&log, PART, 100_000, |_, _| {});
-    wait_for(WAIT, "the first part delivered", || {
-        lines(&receiver) == PART
-    });
+    wait_for(WAIT, "the first part delivered", || lines(receiver) == PART);
     let m = agent.metrics();
     assert!(packages(&m, "memory") >= 1.0);
     assert_eq!(packages(&m, "spool") + packages(&m, "spilled"), 0.0);
@@ -312,20 +313,16 @@ fn an_outage_moves_new_packages_to_the_spool_and_every_line_arrives_once_in_orde
             && metric(&m, "logtap_packages_in_flight", &[]) == 0.0
             && packages(&m, "spool") >= 1.0
     });
-    assert_eq!(
-        lines(&receiver),
-        PART,
-        "nothing delivered during the outage"
-    );
+    assert_eq!(lines(receiver), PART, "nothing delivered during the outage");
 
     receiver.clear_script();
     wait_for(WAIT, "the second part delivered", || {
-        lines(&receiver) == 2 * PART
+        lines(receiver) == 2 * PART
     });
     let memory_before = packages(&agent.metrics(), "memory");
     append_lines(&log, 2 * PART..2 * PART + 1_000);
     wait_for(WAIT, "the last lines delivered", || {
-        lines(&receiver) == 2 * PART + 1_000
+        lines(receiver) == 2 * PART + 1_000
     });
     let m = agent.metrics();
     assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
