@@ -198,13 +198,20 @@ impl NetworkSink {
         }
         let spilled = state.handoff.spill();
         drop(state);
-        self.taken[2].increment(spilled.len() as u64);
-        if !spilled.is_empty() {
-            tracing::info!(sink = %self.name, packages = spilled.len(),
-                "forwarder behind: spilling the packages handed over in memory to the spool");
-        }
-        self.spilling.extend(spilled);
+        self.take_back(spilled, "forwarder behind");
         false
+    }
+
+    /// Queues the packages taken back from the hand-off (`why`: the forwarder is
+    /// behind, or the destination fails) to be written to the spool by [`Self::spill`].
+    fn take_back(&mut self, spilled: Vec<Arc<Batch>>, why: &'static str) {
+        if spilled.is_empty() {
+            return;
+        }
+        self.taken[2].increment(spilled.len() as u64);
+        tracing::info!(sink = %self.name, packages = spilled.len(),
+            "{why}: spilling the packages handed over in memory to the spool");
+        self.spilling.extend(spilled);
     }
 
     /// Writes the packages taken back from the hand-off to the spool, oldest first.
@@ -270,12 +277,7 @@ impl Sink for NetworkSink {
                 Vec::new()
             }
         };
-        if !spilled.is_empty() {
-            self.taken[2].increment(spilled.len() as u64);
-            tracing::info!(sink = %self.name, packages = spilled.len(),
-                "destination failing: spilling the packages handed over in memory to the spool");
-            self.spilling.extend(spilled);
-        }
+        self.take_back(spilled, "destination failing");
         if !self.spilling.is_empty() {
             self.spill()?;
             self.flush()?;
