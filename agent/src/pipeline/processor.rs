@@ -238,7 +238,7 @@ impl Pipeline {
     #[cfg(test)]
     pub(super) fn checked_open_bytes(&self) -> Option<usize> {
         let bound = self.open_bound?;
-        let held: usize = self.slots.values().map(|s| s.builder.held_bytes()).sum();
+        let held = self.held_in_all();
         assert_eq!(bound.held, held, "the running count is the slots' sum");
         Some(held)
     }
@@ -249,14 +249,25 @@ impl Pipeline {
         if self.open_bound.is_none() {
             return 0;
         }
-        let held = |id| self.slots.get(&id).map_or(0, |s| s.builder.held_bytes());
-        held(source)
+        self.held_in(source)
             + self
                 .fanout
                 .branches(source)
                 .iter()
-                .map(|&b| held(b))
+                .map(|&b| self.held_in(b))
                 .sum::<usize>()
+    }
+
+    /// What the open package of `source` holds (0 without a slot).
+    fn held_in(&self, source: SourceId) -> usize {
+        self.slots
+            .get(&source)
+            .map_or(0, |s| s.builder.held_bytes())
+    }
+
+    /// What every open package holds, counted from the slots.
+    fn held_in_all(&self) -> usize {
+        self.slots.values().map(|s| s.builder.held_bytes()).sum()
     }
 
     /// Adds what a call about `source` changed in its packages (`before`: what they
@@ -275,7 +286,7 @@ impl Pipeline {
     /// Counts what every open package holds again (each tick, and after calls that
     /// touch every slot); over the bound, ships the oldest.
     fn recount_open(&mut self) {
-        let held = self.slots.values().map(|s| s.builder.held_bytes()).sum();
+        let held = self.held_in_all();
         let Some(bound) = &mut self.open_bound else {
             return;
         };
@@ -309,9 +320,9 @@ impl Pipeline {
             if held <= bound.low_water() {
                 break;
             }
-            let before = self.slots.get(&id).map_or(0, |s| s.builder.held_bytes());
+            let before = self.held_in(id);
             self.ship(id);
-            let after = self.slots.get(&id).map_or(0, |s| s.builder.held_bytes());
+            let after = self.held_in(id);
             held = (held + after).saturating_sub(before);
             shipped += 1;
         }
