@@ -45,6 +45,21 @@ enum Command {
     /// A live view of a running agent from its metrics endpoint: rates, lag, errors,
     /// spool, capture, drops, health (one plain snapshot when stdout is not a terminal).
     Top(logtap::top::TopArgs),
+    /// Remove the eBPF probes that `capture.pin` keeps attached in bpffs after the agent
+    /// exits (uninstalling, or capture turned off): detaches them and frees their ring.
+    /// Refuses while an agent holds them.
+    Unpin {
+        /// Config file (YAML) whose `capture.pin_dir` to clear; without it, the embedded
+        /// default's.
+        #[arg(long, short, env = "LOGTAP_CONFIG")]
+        config: Option<PathBuf>,
+        /// The pin directory, instead of the config's `capture.pin_dir`.
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// How long to wait for an agent that holds the pins to stop, e.g. `30s`.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Validate a config file; errors name the field and the line.
     CheckConfig { file: PathBuf },
     /// Print the embedded default config.
@@ -98,17 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo,
             oneshot,
         } => {
-            let (text, name) = match &config {
-                Some(path) => (
-                    std::fs::read_to_string(path)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-                    path.display().to_string(),
-                ),
-                None => (
-                    logtap::config::DEFAULT_CONFIG_YAML.to_string(),
-                    "<embedded default>".to_string(),
-                ),
-            };
+            let (text, name) = config_text(config.as_deref())?;
             let mut raw = Config::parse_raw(&text, &name)?;
             if let Some(dir) = data_dir {
                 raw.data_dir = dir.display().to_string();
@@ -167,6 +172,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             logtap::top::run(&args, terminal, &mut stdout.lock())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Unpin {
+            config,
+            pin_dir,
+            wait,
+        } => {
+            let pin_dir = match pin_dir {
+                Some(dir) => dir,
+                None => {
+                    let (text, name) = config_text(config.as_deref())?;
+                    // The raw config alone: the rest of it need not be valid to unpin.
+                    PathBuf::from(Config::parse_raw(&text, &name)?.capture.pin_dir)
+                }
+            };
+            let removed = logtap::capture::unpin(&pin_dir, wait).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e} (an agent still holds the pins: stop it first, or wait with --wait; \
+                     `fuser -v {}` names it)",
+                    pin_dir.display(),
+                    pin_dir.display()
+                )
+            })?;
+            match removed.len() {
+                0 => println!("nothing pinned in {}", pin_dir.display()),
+                n => println!(
+                    "removed {n} pinned probe layout(s) from {}: their programs are detached",
+                    pin_dir.display()
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!(
@@ -205,4 +240,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The text of `--config` (or the embedded default) and the name errors give it.
+fn config_text(path: Option<&std::path::Path>) -> anyhow::Result<(String, String)> {
+    Ok(match path {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (
+            logtap::config::DEFAULT_CONFIG_YAML.to_string(),
+            "<embedded default>".to_string(),
+        ),
+    })
 }

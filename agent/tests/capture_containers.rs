@@ -837,6 +837,58 @@ fn assert_every_tick_once_on_taken_over_probes(
     metrics
 }
 
+/// `logtap unpin` (uninstalling): refused while an agent holds the pins, then removes
+/// what the stopped agent left attached, and the probes go with their pins (the ring
+/// map they write is freed once nothing holds it). Needs no containers.
+#[test]
+fn unpin_detaches_the_probes_a_stopped_agent_left_pinned() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_ebpf() {
+        return;
+    }
+    let pins = PinFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let no_runtime = dir.path().join("no-containerd.sock");
+    let config = pinned_config(
+        "/var/log/pods/default_unpin-*/**/*.log",
+        &format!("unix://{}", no_runtime.display()),
+        "1MiB",
+        &pins,
+        true,
+    );
+    let mut agent = start_agent(dir.path(), &config);
+    let pin_dir = pins.pin_dir().display().to_string();
+    let unpin = || {
+        let out = std::process::Command::new(common::logtap_bin())
+            .args(["unpin", "--pin-dir", &pin_dir])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = unpin();
+    assert!(!ok, "unpinned under a running agent: {text}");
+    assert!(text.contains("an agent still holds the pins"), "{text}");
+    assert_eq!(pins.layouts().len(), 1, "the agent's pins left alone");
+
+    assert!(agent.stop(), "a clean stop\n{}", agent.log());
+    let layout = pins.pin_dir().join(&pins.layouts()[0]);
+    let ring = aya::maps::MapInfo::from_pin(layout.join(logtap_ebpf_common::RING_MAP))
+        .expect("the stopped agent's ring stays pinned")
+        .id();
+    let (ok, text) = unpin();
+    assert!(ok, "{text}");
+    assert!(text.contains("removed 1 pinned probe layout(s)"), "{text}");
+    assert!(pins.layouts().is_empty());
+    // The kernel frees a map once its last holder is gone, after an RCU grace period.
+    wait_for(Duration::from_secs(10), "the ring map freed", || {
+        aya::maps::MapInfo::from_id(ring).is_err()
+    });
+    let (ok, text) = unpin();
+    assert!(ok && text.contains("nothing pinned"), "{text}");
+}
+
 /// A second agent started while the first still holds the pinned probes (a rollout
 /// with `maxSurge`, a restart racing its predecessor's shutdown) waits for it, ready
 /// and shipping nothing, then takes the probes over once the first stopped: every

@@ -67,6 +67,7 @@ mod tracefs;
 pub use crate::source::claims::{Claim, Claims};
 #[doc(hidden)]
 pub use cri_log::{ReadBack, read_ranges as read_cri_stream};
+pub use pin::unpin;
 pub use probe::{
     DropReason, HookMode, KernelStats, PinWait, Pinning, ProbeError, ProbeEvent, ProbeOptions,
     Probes,

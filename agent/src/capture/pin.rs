@@ -220,14 +220,28 @@ pub fn remove(path: &Path) -> io::Result<()> {
 
 /// Removes every pin in `pin_dir` (`pin: false`, uninstall). The directory stays: it
 /// may be a mount point (the DaemonSet mounts the node's `/sys/fs/bpf/logtap` there).
-/// Returns whether there was anything.
-pub fn remove_all(pin_dir: &Path) -> io::Result<bool> {
-    let scan = scan(pin_dir, "")?;
-    let found = !scan.stale.is_empty();
-    for path in scan.stale {
-        remove(&path)?;
+/// Returns the layouts removed.
+pub fn remove_all(pin_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let layouts = scan(pin_dir, "")?.stale;
+    for path in &layouts {
+        remove(path)?;
     }
-    Ok(found)
+    Ok(layouts)
+}
+
+/// Removes every pinned layout in `pin_dir` for the operator (`logtap unpin`:
+/// uninstalling, or capture turned off), which detaches their programs and frees the
+/// ring. Takes the directory's lock first, waiting up to `wait` for an agent that
+/// holds it (`WouldBlock` past it): an agent holds its links open, so removing its
+/// pins under it would detach nothing until it exits and would make it load afresh
+/// next time. A missing `pin_dir` has nothing pinned (it is not created). Returns the
+/// layouts removed.
+pub fn unpin(pin_dir: &Path, wait: Duration) -> io::Result<Vec<PathBuf>> {
+    if !pin_dir.try_exists()? {
+        return Ok(Vec::new());
+    }
+    let (_lock, _) = lock_waiting(pin_dir, wait, &|| false, || {})?;
+    remove_all(pin_dir)
 }
 
 #[cfg(test)]
@@ -280,13 +294,19 @@ mod tests {
         let found = scan(&pins, ours).unwrap();
         assert_eq!(found.current, Some(pins.join(ours)));
         assert_eq!(found.stale, vec![pins.join(other)]);
-        assert!(remove_all(&pins).unwrap());
+        assert_eq!(
+            remove_all(&pins).unwrap(),
+            vec![pins.join(ours), pins.join(other)]
+        );
         assert_eq!(
             std::fs::read_dir(&pins).unwrap().count(),
             4,
             "others' are left"
         );
-        assert!(!remove_all(&pins).unwrap(), "nothing left to remove");
+        assert!(
+            remove_all(&pins).unwrap().is_empty(),
+            "nothing left to remove"
+        );
     }
 
     #[test]
@@ -364,5 +384,30 @@ mod tests {
         assert_eq!(hooks(), Some(HookMode::Fentry));
         std::fs::remove_file(layout.join(STREAMS_MAP)).unwrap();
         assert_eq!(hooks(), None);
+    }
+
+    #[test]
+    fn unpin_removes_every_layout_once_no_agent_holds_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = dir.path().join("logtap");
+        assert_eq!(unpin(&pins, Duration::ZERO).unwrap(), Vec::<PathBuf>::new());
+        assert!(!pins.exists(), "a missing directory is not created");
+        let (a, b) = ("00112233445566aa", "ffeeddccbbaa9988");
+        for layout in [a, b] {
+            std::fs::create_dir_all(pins.join(layout)).unwrap();
+            touch(&link_pin(&pins.join(layout), "raw_sys_exit"));
+        }
+        touch(&pins.join("someone-elses-pin"));
+        let agent = lock(&pins).unwrap();
+        let e = unpin(&pins, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        assert_eq!(scan(&pins, "").unwrap().stale.len(), 2, "left to the agent");
+        drop(agent);
+        assert_eq!(
+            unpin(&pins, Duration::ZERO).unwrap(),
+            vec![pins.join(a), pins.join(b)]
+        );
+        assert!(scan(&pins, "").unwrap().stale.is_empty());
+        assert!(pins.join("someone-elses-pin").exists(), "not logtap's");
     }
 }

@@ -381,11 +381,11 @@ impl Probes {
             Pinning::Off => load_fresh(object, &config, options, None)?,
             Pinning::Remove(dir) if dir.exists() => {
                 match pin::lock(dir).and_then(|_lock| pin::remove_all(dir)) {
-                    Ok(true) => {
+                    Ok(removed) if !removed.is_empty() => {
                         count_pin_start("removed");
                         tracing::info!(dir = %dir.display(), "capture.pin is off: the probes pinned by an earlier agent were removed");
                     }
-                    Ok(false) => {}
+                    Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(dir = %dir.display(), error = %e, "removing the probes pinned by an earlier agent (is another agent using them?): they may still capture beside these")
                     }
