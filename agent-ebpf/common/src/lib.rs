@@ -229,6 +229,10 @@ pub struct TracepointOffsets {
     /// 0 when the kernel's `sched_process_exit` has no `group_dead` field (offset 0 is
     /// `common_type`, never a field of the event's own).
     pub exit_group_dead: u32,
+    /// Bytes of `cgroup_mkdir`'s and `cgroup_rmdir`'s `id`: 8 (`u64`), or 4 where the
+    /// kernel keeps it an `int` (Ubuntu's 5.11), which holds the id's low 32 bits: the
+    /// whole id until a node has made 2^32 cgroups.
+    pub cgroup_id_size: u32,
 }
 
 /// Byte offsets of kernel struct members, from `/sys/kernel/btf/vmlinux`, for the walk
@@ -283,6 +287,7 @@ impl ProbeConfig {
             rmdir_path: 0,
             exec_filename: 0,
             exit_group_dead: 0,
+            cgroup_id_size: 8,
         },
         kernel: KernelOffsets {
             task_files: 0,

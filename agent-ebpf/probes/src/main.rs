@@ -820,7 +820,7 @@ fn try_cgroup_mkdir(ctx: &TracePointContext) -> Result<(), i32> {
     if root != 0 {
         return Ok(());
     }
-    let cgroup_id: u64 = unsafe { ctx.read_at(config!(tp.mkdir_id) as usize)? };
+    let cgroup_id = read_cgroup_id(ctx, config!(tp.mkdir_id))?;
     if !under_prefix(ctx, config!(tp.mkdir_path)) {
         return Ok(());
     }
@@ -832,6 +832,19 @@ fn try_cgroup_mkdir(ctx: &TracePointContext) -> Result<(), i32> {
     }
     debug!(ctx, "watching new cgroup {}", cgroup_id);
     Ok(())
+}
+
+/// The cgroup tracepoints' `id` at `offset`: a `u64`, or an `int` on kernels that
+/// keep it one (`tp.cgroup_id_size`), where reading 8 bytes would take the next
+/// field (`level`) as the id's upper half.
+#[inline(always)]
+fn read_cgroup_id(ctx: &TracePointContext, offset: u32) -> Result<u64, i32> {
+    if config!(tp.cgroup_id_size) == 4 {
+        let low: u32 = unsafe { ctx.read_at(offset as usize)? };
+        Ok(u64::from(low))
+    } else {
+        unsafe { ctx.read_at(offset as usize) }
+    }
 }
 
 /// Whether the `__data_loc` path at `loc_off` is strictly below the configured prefix.
@@ -879,7 +892,7 @@ fn try_cgroup_rmdir(ctx: &TracePointContext) -> Result<(), i32> {
     if root != 0 {
         return Ok(());
     }
-    let cgroup_id: u64 = unsafe { ctx.read_at(config!(tp.rmdir_id) as usize)? };
+    let cgroup_id = read_cgroup_id(ctx, config!(tp.rmdir_id))?;
     if LOGTAP_WATCHED.remove(&cgroup_id).is_err() {
         return Ok(());
     }

@@ -42,6 +42,11 @@ pub fn tracefs_root() -> Result<PathBuf, String> {
 
 /// Byte offset of `field` in a tracepoint `format` file's text.
 pub fn field_offset(format: &str, field: &str) -> Option<u32> {
+    field_layout(format, field).map(|(offset, _)| offset)
+}
+
+/// Byte offset and size of `field` in a tracepoint `format` file's text.
+fn field_layout(format: &str, field: &str) -> Option<(u32, u32)> {
     // "\tfield:const char * buf;\toffset:24;\tsize:8;\tsigned:0;"
     format.lines().find_map(|line| {
         let mut parts = line.trim().split(';');
@@ -51,27 +56,43 @@ pub fn field_offset(format: &str, field: &str) -> Option<u32> {
         if name != field {
             return None;
         }
-        parts
-            .map(str::trim)
-            .find_map(|p| p.strip_prefix("offset:"))?
-            .parse()
-            .ok()
+        let value = |key: &str| -> Option<u32> {
+            parts
+                .clone()
+                .map(str::trim)
+                .find_map(|p| p.strip_prefix(key))?
+                .parse()
+                .ok()
+        };
+        Some((value("offset:")?, value("size:")?))
     })
+}
+
+/// The size of the cgroup tracepoints' `id` field, which must be the same in both
+/// formats and 4 or 8 bytes (see `TracepointOffsets::cgroup_id_size`).
+fn cgroup_id_size(mkdir: &str, rmdir: &str) -> Result<u32, String> {
+    let size = |format: &str| field_layout(format, "id").map(|(_, size)| size);
+    match (size(mkdir), size(rmdir)) {
+        (Some(a), Some(b)) if a == b && (a == 4 || a == 8) => Ok(a),
+        other => Err(format!(
+            "cgroup_mkdir/cgroup_rmdir: an `id` field of {other:?} bytes (the probes read 4 or 8, the same in both)"
+        )),
+    }
 }
 
 /// Reads the offsets of every field the probes use. `sched_process_exit`'s
 /// `group_dead` may be absent (5.10 has no such field): its offset is then 0, and the
 /// probe reports an exit's `group_dead` as unknown.
 pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, String> {
-    let offset = |category: &str, name: &str, field: &str| -> Result<u32, String> {
+    let format = |category: &str, name: &str| -> Result<String, String> {
         let path = root.join("events").join(category).join(name).join("format");
-        let format =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        field_offset(&format, field).ok_or_else(|| format!("{}: no field {field}", path.display()))
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
     };
-    let exit_format = root.join("events/sched/sched_process_exit/format");
-    let exit_format = std::fs::read_to_string(&exit_format)
-        .map_err(|e| format!("{}: {e}", exit_format.display()))?;
+    let offset = |category: &str, name: &str, field: &str| -> Result<u32, String> {
+        field_offset(&format(category, name)?, field)
+            .ok_or_else(|| format!("events/{category}/{name}/format: no field {field}"))
+    };
+    let exit_format = format("sched", "sched_process_exit")?;
     Ok(TracepointOffsets {
         mkdir_root: offset("cgroup", "cgroup_mkdir", "root")?,
         mkdir_id: offset("cgroup", "cgroup_mkdir", "id")?,
@@ -81,6 +102,10 @@ pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, String> {
         rmdir_path: offset("cgroup", "cgroup_rmdir", "path")?,
         exec_filename: offset("sched", "sched_process_exec", "filename")?,
         exit_group_dead: exit_group_dead_offset(&exit_format),
+        cgroup_id_size: cgroup_id_size(
+            &format("cgroup", "cgroup_mkdir")?,
+            &format("cgroup", "cgroup_rmdir")?,
+        )?,
     })
 }
 
@@ -145,6 +170,41 @@ print fmt: \"comm=%s pid=%d prio=%d\", REC->comm, REC->pid, REC->prio
         assert_eq!(exit_group_dead_offset(&with), 32);
     }
 
+    /// `cgroup_mkdir`'s format on Ubuntu's 5.11 (copied from its tracefs in `cargo
+    /// xtask vm-test --kernel 5.11`), whose `id` is an `int`: read as 8 bytes it took
+    /// `level` as its upper half, and no cgroup was ever watched.
+    #[test]
+    fn a_cgroup_id_field_of_four_bytes_is_read_as_four() {
+        const MKDIR_5_11: &str = "name: cgroup_mkdir
+ID: 432
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int root;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:int id;\toffset:12;\tsize:4;\tsigned:1;
+\tfield:int level;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:__data_loc char[] path;\toffset:20;\tsize:4;\tsigned:1;
+";
+        assert_eq!(field_layout(MKDIR_5_11, "id"), Some((12, 4)));
+        assert_eq!(cgroup_id_size(MKDIR_5_11, MKDIR_5_11), Ok(4));
+        let wide = MKDIR_5_11
+            .replace("int id;\toffset:12;\tsize:4", "u64 id;\toffset:16;\tsize:8")
+            .replace("int level;\toffset:16", "int level;\toffset:12");
+        assert_eq!(field_layout(&wide, "id"), Some((16, 8)));
+        assert_eq!(cgroup_id_size(&wide, &wide), Ok(8));
+        let e = cgroup_id_size(MKDIR_5_11, &wide).unwrap_err();
+        assert!(e.contains("the same in both"), "{e}");
+        let odd = MKDIR_5_11.replace(
+            "int id;\toffset:12;\tsize:4",
+            "short id;\toffset:12;\tsize:2",
+        );
+        assert!(cgroup_id_size(&odd, &odd).is_err());
+        assert!(cgroup_id_size("garbage", "garbage").is_err());
+    }
+
     #[test]
     fn the_running_kernel_has_every_field_the_probes_read() {
         if std::env::var("LOGTAP_SKIP_EBPF_TESTS").as_deref() == Ok("1") {
@@ -155,5 +215,6 @@ print fmt: \"comm=%s pid=%d prio=%d\", REC->comm, REC->pid, REC->prio
         let tp = tracepoint_offsets(&root).unwrap();
         assert!(tp.exec_filename > 0, "{tp:?}");
         assert!(tp.mkdir_path > tp.mkdir_id, "{tp:?}");
+        assert!(matches!(tp.cgroup_id_size, 4 | 8), "{tp:?}");
     }
 }
