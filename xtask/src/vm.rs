@@ -1,12 +1,13 @@
-//! `cargo xtask vm-test [--kernel 5.10] [--accel auto|kvm|tcg] [--timeout SECS] [TEST...]`:
-//! the eBPF capture tests (`agent/tests/capture_probes.rs`) on another kernel than this
-//! machine's, in a QEMU virtual machine, with `LOGTAP_EXPECT_HOOKS` set to the hooks that kernel must
-//! get (`compat` on 5.10: no trampolines' `bpf_get_func_ret`, no `bpf_task_pt_regs`).
+//! `cargo xtask vm-test [--kernel 5.10|5.11] [--accel auto|kvm|tcg] [--timeout SECS] [TEST...]`:
+//! the eBPF capture tests (`agent/tests/capture_probes.rs`) on other kernels than this
+//! machine's (each of [`KERNELS`], or the one named), one QEMU virtual machine after the
+//! other, with `LOGTAP_EXPECT_HOOKS` set to the hooks that kernel must get (`compat` on
+//! 5.10 and 5.11: no trampolines' `bpf_get_func_ret`, no `bpf_task_pt_regs`).
 //!
-//! 1. The kernel: Debian's package for it (bullseye's 5.10 LTS), fetched once with
-//!    apt's own client into a private apt directory (signatures checked against the
-//!    host's Debian keyring), its `vmlinuz` kept in `target/vm/<kernel>/`, the package
-//!    deleted.
+//! 1. The kernel: a distribution's package for it (Debian bullseye's 5.10 LTS, Ubuntu
+//!    20.04's 5.11), fetched once with apt's own client (signatures or a pinned hash
+//!    checked, see [`Archive`]), its `vmlinuz` kept in `target/vm/<kernel>/`, the
+//!    package deleted.
 //! 2. The test binary: `cargo test -p logtap --test capture_probes --no-run` (the dev
 //!    profile, the one CI builds), its path from cargo's JSON messages.
 //! 3. An initramfs (`target/vm/initramfs.cpio`, uncompressed: the kernel unpacks it
@@ -18,7 +19,8 @@
 //! 4. `qemu-system-x86_64` on KVM, or on QEMU's emulation (TCG) where `/dev/kvm` is
 //!    missing or cannot boot a stock kernel (see [`Accel::resolve`]), 2 CPUs (the
 //!    racing-writers test pins threads to both), 2 GiB, the serial console copied to
-//!    `target/vm/console.log` and to stderr as it comes, killed after the timeout.
+//!    `target/vm/console-<kernel>.log` and to stderr as it comes, killed after the
+//!    timeout.
 //! 5. The verdict from the console: the status line `/init` printed, else a failure
 //!    (the VM died, or timed out). Non-zero exit on anything but the tests' success.
 //!
@@ -31,12 +33,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A kernel the VM can boot: Debian's package of it, pinned to one version so that a
-/// run is repeatable (and the cache never stale).
+/// A kernel the VM can boot: a distribution's package of it, pinned to one version so
+/// that a run is repeatable (and the cache never stale).
 #[derive(Debug)]
 struct Kernel {
     name: &'static str,
-    suite: &'static str,
+    archive: Archive,
     package: &'static str,
     version: &'static str,
     /// Its path in the package.
@@ -45,16 +47,49 @@ struct Kernel {
     expect_hooks: &'static str,
 }
 
-const KERNELS: [Kernel; 1] = [Kernel {
-    name: "5.10",
-    suite: "bullseye",
-    // The unsigned image: the same kernel as the signed one, without the EFI
-    // signature (and without its dependency on the signing template).
-    package: "linux-image-5.10.0-32-amd64-unsigned",
-    version: "5.10.223-1",
-    vmlinuz: "./boot/vmlinuz-5.10.0-32-amd64",
-    expect_hooks: "compat",
-}];
+/// Where a kernel's package comes from, and how it is checked.
+#[derive(Debug)]
+enum Archive {
+    /// Debian's: apt in a private directory, the suite's signatures checked against the
+    /// host's Debian keyring.
+    Debian { suite: &'static str },
+    /// Ubuntu's (`https://archive.ubuntu.com/ubuntu/<path>`): the host has no Ubuntu
+    /// keyring, so apt's downloader fetches the package alone over HTTPS and checks
+    /// it against the SHA-256 pinned here, taken from the suite's `Packages.gz`, whose
+    /// own hash was checked against its `InRelease` (both fetched over HTTPS).
+    Ubuntu {
+        path: &'static str,
+        sha256: &'static str,
+    },
+}
+
+const KERNELS: [Kernel; 2] = [
+    Kernel {
+        name: "5.10",
+        archive: Archive::Debian { suite: "bullseye" },
+        // The unsigned image: the same kernel as the signed one, without the EFI
+        // signature (and without its dependency on the signing template).
+        package: "linux-image-5.10.0-32-amd64-unsigned",
+        version: "5.10.223-1",
+        vmlinuz: "./boot/vmlinuz-5.10.0-32-amd64",
+        expect_hooks: "compat",
+    },
+    // The oldest kernel with BTF (`CONFIG_DEBUG_INFO_BTF=y`, which capture needs) that
+    // a package archive still serves: Ubuntu 20.04's hardware-enablement 5.11 (its
+    // 5.8 is built without BTF; 20.10's, with it, is no longer served). Before 5.12's
+    // atomic fetch-add and 5.15's `bpf_task_pt_regs`: the compat hooks' kernel.
+    Kernel {
+        name: "5.11",
+        archive: Archive::Ubuntu {
+            path: "pool/main/l/linux-hwe-5.11/linux-image-unsigned-5.11.0-46-generic_5.11.0-46.51~20.04.1_amd64.deb",
+            sha256: "ec091b7781d6118cf15eb860b6c7c3f5a3953f1730501a02879461ac662968c6",
+        },
+        package: "linux-image-unsigned-5.11.0-46-generic",
+        version: "5.11.0-46.51~20.04.1",
+        vmlinuz: "./boot/vmlinuz-5.11.0-46-generic",
+        expect_hooks: "compat",
+    },
+];
 
 /// Where busybox-static puts its binary on Debian.
 const BUSYBOX: &str = "/bin/busybox";
@@ -63,7 +98,8 @@ const STATUS_LINE: &str = "logtap-vm-test: exit status ";
 
 #[derive(Debug)]
 struct Options {
-    kernel: &'static Kernel,
+    /// Every kernel of [`KERNELS`] unless `--kernel` names one.
+    kernels: Vec<&'static Kernel>,
     timeout: Duration,
     accel: Accel,
     tests: Vec<String>,
@@ -115,7 +151,7 @@ impl Accel {
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let usage = "usage: cargo xtask vm-test [--kernel 5.10] [--accel auto|kvm|tcg] [--timeout SECS] [TEST...]";
     let mut options = Options {
-        kernel: &KERNELS[0],
+        kernels: KERNELS.iter().collect(),
         timeout: Duration::from_secs(900),
         accel: Accel::Auto,
         tests: Vec::new(),
@@ -125,10 +161,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         match arg.as_str() {
             "--kernel" => {
                 let name = args.next().ok_or(usage)?;
-                options.kernel = KERNELS.iter().find(|k| k.name == name).ok_or_else(|| {
+                let kernel = KERNELS.iter().find(|k| k.name == name).ok_or_else(|| {
                     let known: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
                     format!("no kernel {name:?} (known: {known:?})")
                 })?;
+                options.kernels = vec![kernel];
             }
             "--accel" => {
                 options.accel = match args.next().map(String::as_str) {
@@ -159,13 +196,35 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let cache = target.join("vm");
-    let vmlinuz = fetch_kernel(options.kernel, &cache.join(options.kernel.name))?;
     let tests = build_tests(root)?;
+    let mut failed = Vec::new();
+    for kernel in &options.kernels {
+        eprintln!("xtask: vm-test on {}", kernel.name);
+        if let Err(e) = run_on(kernel, &options, &tests, &cache, accel) {
+            eprintln!("xtask: vm-test on {} failed: {e}", kernel.name);
+            failed.push(format!("{}: {e}", kernel.name));
+        }
+    }
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(failed.join("; ")),
+    }
+}
+
+/// The tests on one kernel: its VM booted with the test binary `tests`.
+fn run_on(
+    kernel: &Kernel,
+    options: &Options,
+    tests: &Path,
+    cache: &Path,
+    accel: Accel,
+) -> Result<(), String> {
+    let vmlinuz = fetch_kernel(kernel, &cache.join(kernel.name))?;
     let initramfs = cache.join("initramfs.cpio");
-    let init = init_script(options.kernel.expect_hooks, &options.tests);
-    write_initramfs(&initramfs, &tests, &init)
+    let init = init_script(kernel.expect_hooks, &options.tests);
+    write_initramfs(&initramfs, tests, &init)
         .map_err(|e| format!("initramfs {}: {e}", initramfs.display()))?;
-    let console = cache.join("console.log");
+    let console = cache.join(format!("console-{}.log", kernel.name));
     let log = boot(&vmlinuz, &initramfs, &console, accel, options.timeout);
     // The initramfs holds a copy of the test binary: not worth keeping.
     let _ = std::fs::remove_file(&initramfs);
@@ -181,6 +240,37 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> Result<PathBuf, String> {
         return Ok(vmlinuz);
     }
     let apt = dir.join("apt");
+    eprintln!("xtask: fetching {} {}", kernel.package, kernel.version);
+    let deb = match kernel.archive {
+        Archive::Debian { suite } => fetch_debian(kernel, suite, &apt)?,
+        Archive::Ubuntu { path, sha256 } => fetch_checked(path, sha256, &apt)?,
+    };
+    extract(&deb, kernel.vmlinuz, &vmlinuz)?;
+    // The package (10–55 MB) and the index: only the kernel is kept.
+    std::fs::remove_dir_all(&apt).map_err(|e| format!("{}: {e}", apt.display()))?;
+    Ok(vmlinuz)
+}
+
+/// Downloads `https://archive.ubuntu.com/ubuntu/<path>` into `dir` with apt's own
+/// downloader, which refuses it unless its SHA-256 is `sha256`.
+fn fetch_checked(path: &str, sha256: &str, dir: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let deb = dir.join(name);
+    let mut download = Command::new("/usr/lib/apt/apt-helper");
+    download
+        // The download lands in a directory that apt's sandbox user may not write.
+        .args(["-o", "APT::Sandbox::User=root", "download-file"])
+        .arg(format!("https://archive.ubuntu.com/ubuntu/{path}"))
+        .arg(&deb)
+        .arg(format!("SHA256:{sha256}"));
+    status(&mut download)?;
+    Ok(deb)
+}
+
+/// Downloads the package of `kernel` from Debian's `suite` with apt in a private
+/// directory `apt`, its signatures checked against the host's keyring.
+fn fetch_debian(kernel: &Kernel, suite: &str, apt: &Path) -> Result<PathBuf, String> {
     for sub in [
         "lists/partial",
         "cache/archives/partial",
@@ -191,7 +281,7 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> Result<PathBuf, String> {
     let sources = apt.join("etc/sources.list");
     std::fs::write(
         &sources,
-        format!("deb http://deb.debian.org/debian {} main\n", kernel.suite),
+        format!("deb http://deb.debian.org/debian {suite} main\n"),
     )
     .map_err(|e| format!("{}: {e}", sources.display()))?;
     // apt with nothing of the host's but its keyring and configuration: its own source
@@ -214,10 +304,9 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> Result<PathBuf, String> {
         ] {
             apt_get.arg("-o").arg(option);
         }
-        apt_get.current_dir(&apt);
+        apt_get.current_dir(apt);
         apt_get
     };
-    eprintln!("xtask: fetching {} {}", kernel.package, kernel.version);
     let mut update = private("apt-get");
     update.args(["-q", "update"]);
     status(&mut update)?;
@@ -226,15 +315,11 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> Result<PathBuf, String> {
         .args(["-q", "download"])
         .arg(format!("{}={}", kernel.package, kernel.version));
     status(&mut download)?;
-    let deb = apt.join(format!(
+    Ok(apt.join(format!(
         "{}_{}_amd64.deb",
         kernel.package,
         kernel.version.replace(':', "%3a")
-    ));
-    extract(&deb, kernel.vmlinuz, &vmlinuz)?;
-    // The package (55 MB) and the index: only the kernel is kept.
-    std::fs::remove_dir_all(&apt).map_err(|e| format!("{}: {e}", apt.display()))?;
-    Ok(vmlinuz)
+    )))
 }
 
 /// Copies the file `member` of the package `deb` to `to` (through a temporary file, so
@@ -533,8 +618,10 @@ mod tests {
     fn arguments() {
         let args = |a: &[&str]| parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         let o = args(&["--timeout", "60", "writev"]).unwrap();
-        assert_eq!((o.kernel.name, o.timeout.as_secs()), ("5.10", 60));
+        let names = |o: &Options| o.kernels.iter().map(|k| k.name).collect::<Vec<_>>();
+        assert_eq!((names(&o), o.timeout.as_secs()), (vec!["5.10", "5.11"], 60));
         assert_eq!(o.tests, ["writev"]);
+        assert_eq!(names(&args(&["--kernel", "5.11"]).unwrap()), ["5.11"]);
         assert!(args(&["--kernel", "4.19"]).unwrap_err().contains("5.10"));
         assert!(args(&["--timeout"]).is_err());
         assert_eq!(args(&[]).unwrap().accel, Accel::Auto);
