@@ -19,9 +19,9 @@
 //!   rewrites their seeds. See `fuzz.rs`.
 //! - `image [--debug] [--out DIR]`: the agent's OCI image archive without docker
 //!   (`target/image/logtap-<version>.oci.tar`, probes embedded); see `image.rs`.
-//! - `vm-test [--kernel 5.10|5.11] [--timeout SECS] [TEST...]`: the eBPF capture tests
+//! - `vm-test [--kernel 5.10|5.11|5.13] [--timeout SECS] [TEST...]`: the eBPF capture tests
 //!   (`capture_probes`) in a virtual machine (KVM, else QEMU's emulation) on Debian's
-//!   5.10 and Ubuntu's 5.11 kernels, where the probes must load the compat hooks; see
+//!   5.10 and Ubuntu's 5.11 and 5.13 kernels, where the probes must load the compat hooks; see
 //!   `vm.rs`.
 //! - `gen-crd`: writes `deploy/crd.yaml` from the `LogCollection` Rust type (a test in
 //!   `agent/tests/deploy_manifests.rs` fails when the file and the type disagree).

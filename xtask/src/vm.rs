@@ -1,11 +1,11 @@
-//! `cargo xtask vm-test [--kernel 5.10|5.11] [--accel auto|kvm|tcg] [--timeout SECS] [TEST...]`:
+//! `cargo xtask vm-test [--kernel 5.10|5.11|5.13] [--accel auto|kvm|tcg] [--timeout SECS] [TEST...]`:
 //! the eBPF capture tests (`agent/tests/capture_probes.rs`) on other kernels than this
 //! machine's (each of [`KERNELS`], or the one named), one QEMU virtual machine after the
 //! other, with `LOGTAP_EXPECT_HOOKS` set to the hooks that kernel must get (`compat` on
-//! 5.10 and 5.11: no trampolines' `bpf_get_func_ret`, no `bpf_task_pt_regs`).
+//! 5.10, 5.11 and 5.13: no trampolines' `bpf_get_func_ret`, no `bpf_task_pt_regs`).
 //!
 //! 1. The kernel: a distribution's package for it (Debian bullseye's 5.10 LTS, Ubuntu
-//!    20.04's 5.11), fetched once with apt's own client (signatures or a pinned hash
+//!    20.04's 5.11 and 5.13), fetched once with apt's own client (signatures or a pinned hash
 //!    checked, see [`Archive`]), its `vmlinuz` kept in `target/vm/<kernel>/`, the
 //!    package deleted.
 //! 2. The test binary: `cargo test -p logtap --test capture_probes --no-run` (the dev
@@ -63,7 +63,7 @@ enum Archive {
     },
 }
 
-const KERNELS: [Kernel; 2] = [
+const KERNELS: [Kernel; 3] = [
     Kernel {
         name: "5.10",
         archive: Archive::Debian { suite: "bullseye" },
@@ -87,6 +87,19 @@ const KERNELS: [Kernel; 2] = [
         package: "linux-image-unsigned-5.11.0-46-generic",
         version: "5.11.0-46.51~20.04.1",
         vmlinuz: "./boot/vmlinuz-5.11.0-46-generic",
+        expect_hooks: "compat",
+    },
+    // Past 5.12's atomic fetch-add, before 5.15's `bpf_task_pt_regs`: still the compat
+    // hooks, on a newer verifier.
+    Kernel {
+        name: "5.13",
+        archive: Archive::Ubuntu {
+            path: "pool/main/l/linux-hwe-5.13/linux-image-unsigned-5.13.0-52-generic_5.13.0-52.59~20.04.1_amd64.deb",
+            sha256: "27182e23c7587d1f60edc68a5277f13459acc663bb8539f677c7979cb525d0fa",
+        },
+        package: "linux-image-unsigned-5.13.0-52-generic",
+        version: "5.13.0-52.59~20.04.1",
+        vmlinuz: "./boot/vmlinuz-5.13.0-52-generic",
         expect_hooks: "compat",
     },
 ];
@@ -619,7 +632,10 @@ mod tests {
         let args = |a: &[&str]| parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         let o = args(&["--timeout", "60", "writev"]).unwrap();
         let names = |o: &Options| o.kernels.iter().map(|k| k.name).collect::<Vec<_>>();
-        assert_eq!((names(&o), o.timeout.as_secs()), (vec!["5.10", "5.11"], 60));
+        assert_eq!(
+            (names(&o), o.timeout.as_secs()),
+            (vec!["5.10", "5.11", "5.13"], 60)
+        );
         assert_eq!(o.tests, ["writev"]);
         assert_eq!(names(&args(&["--kernel", "5.11"]).unwrap()), ["5.11"]);
         assert!(args(&["--kernel", "4.19"]).unwrap_err().contains("5.10"));
