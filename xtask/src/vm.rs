@@ -1,32 +1,36 @@
 //! `cargo xtask vm-test [--kernel 5.10|5.11|5.13] [--accel auto|kvm|tcg] [--timeout SECS] [TEST...]`:
-//! the eBPF capture tests (`agent/tests/capture_probes.rs`) on other kernels than this
-//! machine's (each of [`KERNELS`], or the one named), one QEMU virtual machine after the
-//! other, with `LOGTAP_EXPECT_HOOKS` set to the hooks that kernel must get (`compat` on
-//! 5.10, 5.11 and 5.13: no trampolines' `bpf_get_func_ret`, no `bpf_task_pt_regs`).
+//! the eBPF capture tests (`agent/tests/capture_probes.rs`), then the agent as a whole
+//! (`agent/tests/demo.rs`), on other kernels than this machine's (each of [`KERNELS`],
+//! or the one named), one QEMU virtual machine after the other, with
+//! `LOGTAP_EXPECT_HOOKS` set to the hooks that kernel must get (`compat` on 5.10, 5.11
+//! and 5.13: no trampolines' `bpf_get_func_ret`, no `bpf_task_pt_regs`). Test names
+//! select tests of `capture_probes` and leave the agent's out.
 //!
 //! 1. The kernel: a distribution's package for it (Debian bullseye's 5.10 LTS, Ubuntu
-//!    20.04's 5.11 and 5.13), fetched once with apt's own client (signatures or a pinned hash
-//!    checked, see [`Archive`]), its `vmlinuz` kept in `target/vm/<kernel>/`, the
-//!    package deleted.
-//! 2. The test binary: `cargo test -p logtap --test capture_probes --no-run` (the dev
-//!    profile, the one CI builds), its path from cargo's JSON messages.
+//!    20.04's 5.11 and 5.13), fetched once with apt's own client (signatures or a
+//!    pinned hash checked, see [`Archive`]), its `vmlinuz` kept in
+//!    `target/vm/<kernel>/`, the package deleted.
+//! 2. The test binaries: `cargo test -p logtap --test capture_probes --test demo
+//!    --no-run` (the dev profile, the one CI builds), their paths and the agent's from
+//!    cargo's JSON messages.
 //! 3. An initramfs (`target/vm/initramfs.cpio`, uncompressed: the kernel unpacks it
 //!    as it is): busybox-static as `/bin/sh` and every tool the tests run
-//!    (`seq`, `head`, `cat`, `sleep`), the test binary and the libraries `ldd` names
-//!    for it, and an `/init` that mounts what the probes read (proc, sysfs, devtmpfs,
-//!    tracefs, cgroup2, bpffs, a tmpfs for the tests' temporary directories), runs the
-//!    tests and prints their exit status on a line of its own.
+//!    (`seq`, `head`, `cat`, `sleep`), the test binaries, the agent at the absolute
+//!    path `demo` runs it from, the libraries `ldd` names for them, and an `/init` that
+//!    mounts what the probes read (proc, sysfs, devtmpfs, tracefs, cgroup2, bpffs, a
+//!    tmpfs for the tests' temporary directories), runs the tests and prints each
+//!    binary's exit status on a line of its own.
 //! 4. `qemu-system-x86_64` on KVM, or on QEMU's emulation (TCG) where `/dev/kvm` is
 //!    missing or cannot boot a stock kernel (see [`Accel::resolve`]), 2 CPUs (the
 //!    racing-writers test pins threads to both), 2 GiB, the serial console copied to
 //!    `target/vm/console-<kernel>.log` and to stderr as it comes, killed after the
 //!    timeout.
-//! 5. The verdict from the console: the status line `/init` printed, else a failure
+//! 5. The verdict from the console: the status lines `/init` printed, else a failure
 //!    (the VM died, or timed out). Non-zero exit on anything but the tests' success.
 //!
 //! Run as root, as CI does (tried only so: apt's fetch, `/dev/kvm`). Needs
-//! `qemu-system-x86_64` (Debian: `qemu-system-x86`), `busybox-static`, and the Debian
-//! archive for the first run's fetch.
+//! `qemu-system-x86_64` (Debian: `qemu-system-x86`), `busybox-static`,
+//! `ca-certificates`, and the archives for the first run's fetches.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -106,8 +110,10 @@ const KERNELS: [Kernel; 3] = [
 
 /// Where busybox-static puts its binary on Debian.
 const BUSYBOX: &str = "/bin/busybox";
-/// The line `/init` prints with the tests' exit status.
+/// The line `/init` prints with the probes' tests' exit status.
 const STATUS_LINE: &str = "logtap-vm-test: exit status ";
+/// The line `/init` prints with the agent's test's exit status (the demo, end to end).
+const AGENT_STATUS_LINE: &str = "logtap-vm-test: agent exit status ";
 
 #[derive(Debug)]
 struct Options {
@@ -224,18 +230,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// The tests on one kernel: its VM booted with the test binary `tests`.
+/// The tests on one kernel: its VM booted with the binaries `tests`.
 fn run_on(
     kernel: &Kernel,
     options: &Options,
-    tests: &Path,
+    tests: &Tests,
     cache: &Path,
     accel: Accel,
 ) -> Result<(), String> {
     let vmlinuz = fetch_kernel(kernel, &cache.join(kernel.name))?;
     let initramfs = cache.join("initramfs.cpio");
     let init = init_script(kernel.expect_hooks, &options.tests);
-    write_initramfs(&initramfs, tests, &init)
+    write_initramfs(&initramfs, &tests.files(), &init)
         .map_err(|e| format!("initramfs {}: {e}", initramfs.display()))?;
     let console = cache.join(format!("console-{}.log", kernel.name));
     let log = boot(&vmlinuz, &initramfs, &console, accel, options.timeout);
@@ -243,7 +249,7 @@ fn run_on(
     let _ = std::fs::remove_file(&initramfs);
     let log = log?;
     eprintln!("xtask: console log in {}", console.display());
-    verdict(&log)
+    verdict(&log, options.tests.is_empty())
 }
 
 /// The kernel's `vmlinuz`, from `dir` or else fetched into it.
@@ -378,8 +384,34 @@ fn extract(deb: &Path, member: &str, to: &Path) -> Result<(), String> {
     std::fs::rename(&partial, to).map_err(|e| format!("{}: {e}", to.display()))
 }
 
-/// Builds the `capture_probes` test binary and returns its path.
-fn build_tests(root: &Path) -> Result<PathBuf, String> {
+/// What the VM runs, built as CI builds it (the dev profile).
+struct Tests {
+    /// `agent/tests/capture_probes.rs`: the probes and the capture stage.
+    capture_probes: PathBuf,
+    /// `agent/tests/demo.rs`: the agent as a whole, the README's demo end to end.
+    demo: PathBuf,
+    /// The agent, which `demo` runs from the absolute path cargo built it at.
+    logtap: PathBuf,
+}
+
+impl Tests {
+    /// Each binary and where the initramfs holds it.
+    fn files(&self) -> Vec<(String, PathBuf)> {
+        let at_its_path = self
+            .logtap
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_owned();
+        vec![
+            ("capture_probes".into(), self.capture_probes.clone()),
+            ("demo".into(), self.demo.clone()),
+            (at_its_path, self.logtap.clone()),
+        ]
+    }
+}
+
+/// Builds the test binaries (and the agent they run) and returns their paths.
+fn build_tests(root: &Path) -> Result<Tests, String> {
     let mut cargo = crate::nested_cargo();
     cargo.current_dir(root).args([
         "test",
@@ -387,6 +419,8 @@ fn build_tests(root: &Path) -> Result<PathBuf, String> {
         "logtap",
         "--test",
         "capture_probes",
+        "--test",
+        "demo",
         "--no-run",
         "--message-format=json-render-diagnostics",
     ]);
@@ -398,7 +432,13 @@ fn build_tests(root: &Path) -> Result<PathBuf, String> {
     if !out.status.success() {
         return Err(format!("building the tests failed ({})", out.status));
     }
-    test_executable(&String::from_utf8_lossy(&out.stdout), "capture_probes")
+    let messages = String::from_utf8_lossy(&out.stdout);
+    Ok(Tests {
+        capture_probes: test_executable(&messages, "capture_probes")?,
+        demo: test_executable(&messages, "demo")?,
+        // The library target is named `logtap` too: it has no executable.
+        logtap: test_executable(&messages, "logtap")?,
+    })
 }
 
 /// The executable of the test target `name` in cargo's JSON messages.
@@ -413,8 +453,16 @@ fn test_executable(messages: &str, name: &str) -> Result<PathBuf, String> {
 
 /// The VM's `/init`: mounts what the probes and tests read, runs the tests, prints
 /// their status (the verdict) and powers off. `/bin/busybox --install` makes the
-/// applets the tests run (`seq`, `head`, `cat`, `sleep`).
+/// applets the tests run (`seq`, `head`, `cat`, `sleep`). With no test named, the
+/// agent's test runs after the probes' (it needs the loopback up for the agent's
+/// metrics endpoint).
 fn init_script(expect_hooks: &str, tests: &[String]) -> String {
+    let agent = match tests.is_empty() {
+        true => format!(
+            "ip link set lo up\nRUST_BACKTRACE=1 /demo --test-threads=1\necho \"{AGENT_STATUS_LINE}$?\"\n"
+        ),
+        false => String::new(),
+    };
     let tests: Vec<String> = tests.iter().map(|t| shell_quote(t)).collect();
     format!(
         r#"#!/bin/sh
@@ -434,7 +482,7 @@ echo "logtap-vm-test: kernel $(uname -r), $(nproc) CPUs, BTF: $(ls /sys/kernel/b
 cd /tmp
 RUST_BACKTRACE=1 LOGTAP_EXPECT_HOOKS={expect_hooks} /capture_probes {tests}
 echo "{STATUS_LINE}$?"
-poweroff -f
+{agent}poweroff -f
 "#,
         tests = tests.join(" ")
     )
@@ -445,9 +493,10 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The initramfs: `/init`, busybox as `/bin/sh`, the test binary as `/capture_probes`
-/// and its libraries at the paths `ldd` names, with every directory above them.
-fn write_initramfs(path: &Path, tests: &Path, init: &str) -> std::io::Result<()> {
+/// The initramfs: `/init`, busybox as `/bin/sh`, each binary of `binaries` (its name in
+/// the image, its path here) and their libraries at the paths `ldd` names, with every
+/// directory above them.
+fn write_initramfs(path: &Path, binaries: &[(String, PathBuf)], init: &str) -> std::io::Result<()> {
     if !crate::oci::shared_libraries(Path::new(BUSYBOX))
         .map(|libs| libs.is_empty())
         .unwrap_or(false)
@@ -456,13 +505,15 @@ fn write_initramfs(path: &Path, tests: &Path, init: &str) -> std::io::Result<()>
             "{BUSYBOX} is missing or not static: apt-get install busybox-static"
         )));
     }
-    let mut files: Vec<(String, PathBuf)> = vec![
-        ("bin/busybox".into(), BUSYBOX.into()),
-        ("capture_probes".into(), tests.to_owned()),
-    ];
-    for lib in crate::oci::shared_libraries(tests)? {
-        let name = lib.to_string_lossy().trim_start_matches('/').to_owned();
-        files.push((name, lib));
+    let mut files: Vec<(String, PathBuf)> = vec![("bin/busybox".into(), BUSYBOX.into())];
+    files.extend(binaries.iter().cloned());
+    for (_, binary) in binaries {
+        for lib in crate::oci::shared_libraries(binary)? {
+            let name = lib.to_string_lossy().trim_start_matches('/').to_owned();
+            if !files.iter().any(|(n, _)| *n == name) {
+                files.push((name, lib));
+            }
+        }
     }
     let mut dirs: Vec<String> = ["proc", "sys", "dev", "tmp", "bin"]
         .map(String::from)
@@ -574,27 +625,50 @@ fn boot(
     Ok(log)
 }
 
-/// The tests' verdict from the console: their status line, which `/init` prints after
-/// them (not a line the tests could print: it is the shell's `$?`).
-fn verdict(console: &str) -> Result<(), String> {
-    let status = console
+/// The tests' verdict from the console: their status lines, which `/init` prints after
+/// them (not lines the tests could print: they are the shell's `$?`); the agent's
+/// only `with_agent` (no test named).
+fn verdict(console: &str, with_agent: bool) -> Result<(), String> {
+    let last = |prefix: &str| {
+        console
+            .lines()
+            .rev()
+            .find_map(|l| l.trim_end().strip_prefix(prefix))
+    };
+    // Matched first: the probes' status line is a prefix of it.
+    let agent = last(AGENT_STATUS_LINE);
+    let probes = console
         .lines()
         .rev()
-        .find_map(|l| l.trim_end().strip_prefix(STATUS_LINE));
-    let summary = console
+        .map(str::trim_end)
+        .filter(|l| !l.starts_with(AGENT_STATUS_LINE))
+        .find_map(|l| l.strip_prefix(STATUS_LINE));
+    let summaries: Vec<&str> = console
         .lines()
-        .rev()
-        .find(|l| l.starts_with("test result:"))
-        .map_or("no test summary", str::trim_end);
-    match status {
-        Some("0") => {
+        .filter(|l| l.starts_with("test result:"))
+        .map(str::trim_end)
+        .collect();
+    let summary = match summaries.is_empty() {
+        true => "no test summary".to_owned(),
+        false => summaries.join("; "),
+    };
+    match (probes, agent) {
+        (None, _) => Err(format!(
+            "the VM stopped before the probes' tests ended (no status line): {summary}"
+        )),
+        (Some(code), _) if code != "0" => Err(format!(
+            "the probes' tests failed (exit status {code}): {summary}"
+        )),
+        (Some(_), None) if with_agent => Err(format!(
+            "the VM stopped before the agent's test ended (no status line): {summary}"
+        )),
+        (Some(_), Some(code)) if code != "0" => Err(format!(
+            "the agent's test failed (exit status {code}): {summary}"
+        )),
+        _ => {
             eprintln!("xtask: vm-test passed: {summary}");
             Ok(())
         }
-        Some(code) => Err(format!("the tests failed (exit status {code}): {summary}")),
-        None => Err(format!(
-            "the VM stopped before the tests ended (no status line): {summary}"
-        )),
     }
 }
 
@@ -617,14 +691,30 @@ mod tests {
     fn the_verdict_is_the_status_line_of_init() {
         let passed =
             "boot\r\ntest result: ok. 17 passed; 0 failed\r\nlogtap-vm-test: exit status 0\r\n";
-        assert_eq!(verdict(passed), Ok(()));
+        assert_eq!(verdict(passed, false), Ok(()));
         let failed =
             "test result: FAILED. 15 passed; 2 failed\r\nlogtap-vm-test: exit status 101\r\n";
-        let e = verdict(failed).unwrap_err();
+        let e = verdict(failed, false).unwrap_err();
         assert!(e.contains("101") && e.contains("2 failed"), "{e}");
         // A kernel panic before the end: no status line, whatever was printed before.
         let died = "test result: ok. 17 passed; 0 failed\r\nKernel panic - not syncing\r\n";
-        assert!(verdict(died).unwrap_err().contains("no status line"));
+        assert!(verdict(died, false).unwrap_err().contains("no status line"));
+        // The agent's test after the probes': it must have ended, and well.
+        assert!(
+            verdict(passed, true)
+                .unwrap_err()
+                .contains("agent's test ended")
+        );
+        let both = format!(
+            "{passed}test result: ok. 2 passed; 0 failed\r\nlogtap-vm-test: agent exit status 0\r\n"
+        );
+        assert_eq!(verdict(&both, true), Ok(()));
+        let agent_failed = both.replace("agent exit status 0", "agent exit status 101");
+        let e = verdict(&agent_failed, true).unwrap_err();
+        assert!(e.contains("agent's test failed (exit status 101)"), "{e}");
+        let probes_failed = both.replace("exit status 0\r\ntest", "exit status 101\r\ntest");
+        let e = verdict(&probes_failed, true).unwrap_err();
+        assert!(e.contains("probes' tests failed (exit status 101)"), "{e}");
     }
 
     #[test]
@@ -652,6 +742,14 @@ mod tests {
         let init = init_script("compat", &["a b".into(), "it's".into()]);
         assert!(
             init.contains("LOGTAP_EXPECT_HOOKS=compat /capture_probes 'a b' 'it'\\''s'\n"),
+            "{init}"
+        );
+        assert!(!init.contains("/demo"), "tests named: the probes' alone");
+        let init = init_script("compat", &[]);
+        assert!(
+            init.contains(&format!(
+                "/demo --test-threads=1\necho \"{AGENT_STATUS_LINE}$?\""
+            )),
             "{init}"
         );
     }
@@ -685,7 +783,12 @@ mod tests {
         let archive = dir.join("initramfs.cpio");
         // A small dynamic binary in the place of the tests.
         let tests = Path::new("/usr/bin/true");
-        write_initramfs(&archive, tests, "#!/bin/sh\n").unwrap();
+        write_initramfs(
+            &archive,
+            &[("capture_probes".into(), tests.into())],
+            "#!/bin/sh\n",
+        )
+        .unwrap();
         let mut reader = std::fs::File::open(&archive).unwrap();
         let mut entries = Vec::new();
         loop {
