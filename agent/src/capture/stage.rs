@@ -1016,7 +1016,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         // those after it still line up: the bytes handed on right before the hole
         // must read the same in the log too.
         let kept = if from == entry.assembler.next_offset() {
-            entry.assembler.kept().to_vec()
+            entry.assembler.kept()
         } else {
             Vec::new()
         };

@@ -382,6 +382,54 @@ fn a_hole_beside_swapped_writes_is_given_up_not_filled_with_the_other_write() {
     );
 }
 
+/// The same swap with lines that differ only more than 64 bytes before their end (a
+/// logger's padded or suffixed lines: the racing-writers test's end in 88 dots). The
+/// check before the hole must still tell A from B.
+#[test]
+fn a_hole_beside_swapped_writes_with_a_common_long_tail_is_given_up() {
+    let fx = Fixture::new();
+    let tail = ".".repeat(120);
+    let [first, other, third] =
+        ["first writer", "other writer", "third writer"].map(|w| format!("{w} {tail}"));
+    fx.append_cri("stdout", &[&first, &other, &third]);
+    let n = first.len() as u64 + 1;
+    let line = |s: &str| -> &'static [u8] { format!("{s}\n").leak().as_bytes() };
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Created(5, "/kubepods/podu/c5"),
+                Scripted::Bound(5, Stream::Stdout),
+                // B numbered at A's place; A (at n..2n) dropped by the ring.
+                Scripted::Data(5, Stream::Stdout, 0, line(&other)),
+                Scripted::Data(5, Stream::Stdout, 2 * n, line(&third)),
+            ],
+            vec![Scripted::Removed(5)],
+        ]),
+        finals: HashMap::from([(5, vec![(Stream::Stdout, 3 * n)])]),
+        ..Default::default()
+    };
+    let resolver = fx.running_container();
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    let (got, metrics) = until_ended(&mut stage, &rx, 2);
+    assert!(
+        rx.try_iter().all(|b| b.lines.is_empty()),
+        "nothing shipped after the stream's two lines"
+    );
+    assert_eq!(
+        bodies(&got),
+        [other.as_str(), third.as_str()],
+        "nothing shipped twice, nothing put in A's place"
+    );
+    assert!(
+        metrics.contains("logtap_capture_repair_mismatches_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("logtap_capture_unrepairable_bytes_total {n}")),
+        "{metrics}"
+    );
+}
+
 /// The check of the bytes before a hole passes where nothing was swapped, also when
 /// what was handed on before the hole came in several in-order runs, one longer than
 /// the bytes kept.

@@ -29,8 +29,10 @@ pub(crate) struct Run {
     pub time_ns: i64,
 }
 
-/// How many of the last bytes handed on a stream keeps (see [`StreamAssembler::kept`]).
-pub(crate) const KEPT_BYTES: usize = 64;
+/// How many of the last bytes handed on a stream keeps (see [`StreamAssembler::kept`]):
+/// enough to tell apart two log lines that differ only well before their end (padded
+/// or suffixed lines, whose last 64 bytes are often the same).
+pub(crate) const KEPT_BYTES: usize = 512;
 
 #[derive(Debug)]
 pub(crate) struct StreamAssembler {
@@ -45,13 +47,16 @@ pub(crate) struct StreamAssembler {
     hole_since: Option<Instant>,
     /// The highest stream offset known to exist (end of the furthest byte seen).
     frontier: u64,
-    /// Invariant: `kept[KEPT_BYTES - kept_len..]` are the stream bytes at
-    /// `[next - kept_len, next)`, all handed on. A copy, not a `Bytes`: handed-on
-    /// bytes are slices of read blocks shared by many streams, which one kept slice
-    /// per stream would keep alive. Emptied when a hole is given up (the bytes before
-    /// `next` were never handed on).
+    /// Invariant: the `kept_len` bytes of this ring that end just before `kept_end`
+    /// (wrapping) are the stream bytes at `[next - kept_len, next)`, all handed on. A
+    /// ring, so that a short run costs a copy of itself, not of the window. A copy,
+    /// not a `Bytes`: handed-on bytes are slices of read blocks shared by many
+    /// streams, which one kept slice per stream would keep alive. Emptied when a hole
+    /// is given up (the bytes before `next` were never handed on).
     kept: [u8; KEPT_BYTES],
-    kept_len: u8,
+    /// Where the next kept byte goes, `< KEPT_BYTES`.
+    kept_end: u16,
+    kept_len: u16,
 }
 
 impl StreamAssembler {
@@ -64,6 +69,7 @@ impl StreamAssembler {
             hole_since: None,
             frontier: start,
             kept: [0; KEPT_BYTES],
+            kept_end: 0,
             kept_len: 0,
         }
     }
@@ -94,8 +100,12 @@ impl StreamAssembler {
     }
 
     /// The last bytes handed on (up to [`KEPT_BYTES`]), ending at `next_offset`.
-    pub fn kept(&self) -> &[u8] {
-        &self.kept[KEPT_BYTES - self.kept_len as usize..]
+    pub fn kept(&self) -> Vec<u8> {
+        let (end, len) = (self.kept_end as usize, self.kept_len as usize);
+        match end.checked_sub(len) {
+            Some(start) => self.kept[start..end].to_vec(),
+            None => [&self.kept[KEPT_BYTES - (len - end)..], &self.kept[..end]].concat(),
+        }
     }
 
     /// How long the current hole has been waiting.
@@ -187,6 +197,7 @@ impl StreamAssembler {
         }
         self.next = offset;
         self.kept_len = 0;
+        self.kept_end = 0;
         self.frontier = self.frontier.max(offset);
         self.release(out);
         self.hole_since = self.hole().map(|_| now);
@@ -238,10 +249,13 @@ impl StreamAssembler {
     /// Appends `bytes` (just handed on) to `kept`: at most [`KEPT_BYTES`] copied per
     /// run, whatever its length.
     fn keep(&mut self, bytes: &[u8]) {
-        let n = bytes.len().min(KEPT_BYTES);
-        self.kept.copy_within(n.., 0);
-        self.kept[KEPT_BYTES - n..].copy_from_slice(&bytes[bytes.len() - n..]);
-        self.kept_len = (self.kept_len as usize + n).min(KEPT_BYTES) as u8;
+        let tail = &bytes[bytes.len() - bytes.len().min(KEPT_BYTES)..];
+        let end = self.kept_end as usize;
+        let first = tail.len().min(KEPT_BYTES - end);
+        self.kept[end..end + first].copy_from_slice(&tail[..first]);
+        self.kept[..tail.len() - first].copy_from_slice(&tail[first..]);
+        self.kept_end = ((end + tail.len()) % KEPT_BYTES) as u16;
+        self.kept_len = (self.kept_len as usize + tail.len()).min(KEPT_BYTES) as u16;
     }
 
     /// Hands on waiting bytes that became contiguous.
@@ -373,22 +387,40 @@ mod tests {
         a.push(0, Bytes::from_static(b"abc"), 0, now, &mut out);
         a.advance_in_order(b"de");
         assert_eq!(a.kept(), b"abcde");
-        let long: Vec<u8> = (0..100u8).collect();
+        let long: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
         a.advance_in_order(&long);
-        assert_eq!(a.kept(), &long[100 - KEPT_BYTES..]);
+        assert_eq!(a.kept(), &long[1000 - KEPT_BYTES..]);
         // Released waiting bytes are kept too, after what came before them.
-        a.push(108, Bytes::from_static(b"yz"), 0, now, &mut out);
-        a.push(105, Bytes::from_static(b"vwx"), 0, now, &mut out);
+        a.push(1008, Bytes::from_static(b"yz"), 0, now, &mut out);
+        a.push(1005, Bytes::from_static(b"vwx"), 0, now, &mut out);
         assert_eq!(a.kept().len(), KEPT_BYTES);
         assert!(a.kept().ends_with(b"vwxyz"));
-        assert_eq!(a.next_offset(), 110);
-        a.push(120, Bytes::from_static(b"after"), 0, now, &mut out);
-        a.skip_to(120, now, &mut out);
+        assert_eq!(a.next_offset(), 1010);
+        a.push(1020, Bytes::from_static(b"after"), 0, now, &mut out);
+        a.skip_to(1020, now, &mut out);
         assert_eq!(
             a.kept(),
             b"after",
             "bytes before a given-up hole are not kept"
         );
+    }
+
+    /// The kept window is a ring: whatever the runs' lengths (shorter and longer than
+    /// the window, wrapping its end), it holds the last bytes handed on, in order.
+    #[test]
+    fn the_kept_window_is_the_tail_of_everything_handed_on_across_wraps() {
+        let mut a = StreamAssembler::new(0, 1 << 20);
+        let mut all = Vec::new();
+        let mut seed = 7u32;
+        for round in 0..400u32 {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let len = (seed >> 16) as usize % (KEPT_BYTES + 200) + 1;
+            let run: Vec<u8> = (0..len).map(|i| (round as usize * 31 + i) as u8).collect();
+            a.advance_in_order(&run);
+            all.extend_from_slice(&run);
+            let tail = &all[all.len() - all.len().min(KEPT_BYTES)..];
+            assert_eq!(a.kept(), tail, "after run {round} of {len} bytes");
+        }
     }
 
     #[test]
