@@ -112,54 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metrics_listen,
             demo,
             oneshot,
-        } => {
-            let (text, name) = config_text(config.as_deref())?;
-            let mut raw = Config::parse_raw(&text, &name)?;
-            if let Some(dir) = data_dir {
-                raw.data_dir = dir.display().to_string();
-            }
-            let mut config = Config::from_raw(raw, &name)?;
-            match metrics_listen.as_deref() {
-                None => {}
-                Some("off") => config.metrics_listen = None,
-                Some(addr) => {
-                    config.metrics_listen = Some(addr.parse().map_err(|e| {
-                        anyhow::anyhow!(
-                            "--metrics-listen {addr:?}: {e} (expected HOST:PORT or off)"
-                        )
-                    })?)
-                }
-            }
-            let workload = match demo {
-                true => logtap::demo::install(&mut config)?,
-                false => None,
-            };
-            if config.capture.is_some() {
-                // Before the run's threads start (see `memory`).
-                logtap::memory::tune_for_capture();
-            }
-            logtap::privileges::private_files(&config);
-            if let Some(listen) = config.metrics_listen {
-                logtap::metrics::install(
-                    listen,
-                    config.metrics_bearer_token.clone(),
-                    config.metrics_tls.clone(),
-                )?;
-            }
-            let shutdown = Arc::new(AtomicBool::new(false));
-            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-                signal_hook::flag::register(signal, shutdown.clone())?;
-            }
-            let summary = pipeline::run(config, RunOptions { oneshot, workload }, shutdown)?;
-            tracing::info!(
-                lines = summary.lines,
-                bytes = summary.bytes,
-                packages = summary.packages,
-                backend = summary.read_backend,
-                "logtap stopped"
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run_agent(config, data_dir, metrics_listen, demo, oneshot),
         Command::Query(args) => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -176,32 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             pin_dir,
             wait,
-        } => {
-            let pin_dir = match pin_dir {
-                Some(dir) => dir,
-                None => {
-                    let (text, name) = config_text(config.as_deref())?;
-                    // The raw config alone: the rest of it need not be valid to unpin.
-                    PathBuf::from(Config::parse_raw(&text, &name)?.capture.pin_dir)
-                }
-            };
-            let removed = logtap::capture::unpin(&pin_dir, wait).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: {e} (an agent still holds the pins: stop it first, or wait with --wait; \
-                     `fuser -v {}` names it)",
-                    pin_dir.display(),
-                    pin_dir.display()
-                )
-            })?;
-            match removed.len() {
-                0 => println!("nothing pinned in {}", pin_dir.display()),
-                n => println!(
-                    "removed {n} pinned probe layout(s) from {}: their programs are detached",
-                    pin_dir.display()
-                ),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => unpin(config, pin_dir, wait),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!(
@@ -255,4 +183,91 @@ fn config_text(path: Option<&std::path::Path>) -> anyhow::Result<(String, String
             "<embedded default>".to_string(),
         ),
     })
+}
+
+/// `logtap run`: the agent, until a signal (or the end of the files, `--oneshot`).
+fn run_agent(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    metrics_listen: Option<String>,
+    demo: bool,
+    oneshot: bool,
+) -> anyhow::Result<ExitCode> {
+    let (text, name) = config_text(config.as_deref())?;
+    let mut raw = Config::parse_raw(&text, &name)?;
+    if let Some(dir) = data_dir {
+        raw.data_dir = dir.display().to_string();
+    }
+    let mut config = Config::from_raw(raw, &name)?;
+    match metrics_listen.as_deref() {
+        None => {}
+        Some("off") => config.metrics_listen = None,
+        Some(addr) => {
+            config.metrics_listen = Some(addr.parse().map_err(|e| {
+                anyhow::anyhow!("--metrics-listen {addr:?}: {e} (expected HOST:PORT or off)")
+            })?)
+        }
+    }
+    let workload = match demo {
+        true => logtap::demo::install(&mut config)?,
+        false => None,
+    };
+    if config.capture.is_some() {
+        // Before the run's threads start (see `memory`).
+        logtap::memory::tune_for_capture();
+    }
+    logtap::privileges::private_files(&config);
+    if let Some(listen) = config.metrics_listen {
+        logtap::metrics::install(
+            listen,
+            config.metrics_bearer_token.clone(),
+            config.metrics_tls.clone(),
+        )?;
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, shutdown.clone())?;
+    }
+    let summary = pipeline::run(config, RunOptions { oneshot, workload }, shutdown)?;
+    tracing::info!(
+        lines = summary.lines,
+        bytes = summary.bytes,
+        packages = summary.packages,
+        backend = summary.read_backend,
+        "logtap stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `logtap unpin`: removes the probes' pins from `pin_dir`, or the config's.
+fn unpin(
+    config: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    wait: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let pin_dir = match pin_dir {
+        Some(dir) => dir,
+        None => {
+            let (text, name) = config_text(config.as_deref())?;
+            // The raw config alone: the rest of it need not be valid to unpin.
+            PathBuf::from(Config::parse_raw(&text, &name)?.capture.pin_dir)
+        }
+    };
+    let removed = logtap::capture::unpin(&pin_dir, wait).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => anyhow::anyhow!(
+            "{}: {e}: an agent still holds the pins; stop it first, or wait with --wait \
+             (`fuser -v {}` names it)",
+            pin_dir.display(),
+            pin_dir.display()
+        ),
+        _ => anyhow::anyhow!("{}: {e}", pin_dir.display()),
+    })?;
+    match removed.len() {
+        0 => println!("nothing pinned in {}", pin_dir.display()),
+        n => println!(
+            "removed {n} pinned probe layout(s) from {}: their programs are detached",
+            pin_dir.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
