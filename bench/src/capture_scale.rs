@@ -7,7 +7,9 @@
 //! machine that cannot keep up shows a lower rate, not loss), every stream checked
 //! byte for byte (offsets without holes or overlaps, CRC-32 of what was handed on),
 //! the kernel's drops, the stage's repairs, this process's CPU per GB (stage,
-//! pipeline, verifying sink) and its peak RSS (`VmHWM`: the ring buffer's pages
+//! pipeline, verifying sink, and the harness's own threads: split by thread, since
+//! starting and waiting for 400 processes costs this process more than capture does)
+//! and its peak RSS (`VmHWM`: the ring buffer's pages
 //! included). No baseline run: what one writer pays is the other scenarios' measure.
 
 use super::*;
