@@ -4,8 +4,9 @@
 //! Why: the map is keyed by pipe (inode and device), and a cgroup's streams were found
 //! by walking all of it, two syscalls per entry. When 200 containers ended together
 //! that was 200 walks of up to 400 entries: 160 000 syscalls, a third of the capture
-//! thread's time at 200 × 100 kB/s (`docs/benchmarks.md`, "The per-stream fixed
-//! cost").
+//! thread's samples in a `perf` profile at 200 × 100 kB/s, 9% of its CPU at the median
+//! without `perf` (`docs/benchmarks.md`, "The per-stream fixed cost"); it grows with
+//! the square of the streams ending together.
 //!
 //! Where the keys come from: a walk of the map, the kernel's binding records (which
 //! carry the key), and the streams userspace binds itself. A binding record the ring
