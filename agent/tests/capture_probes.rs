@@ -65,7 +65,7 @@ fn main() {
     }
     log::set_logger(&ProbeLog).unwrap();
     log::set_max_level(log::LevelFilter::Trace);
-    let tests: [(&str, fn()); 17] = [
+    let tests: [(&str, fn()); 18] = [
         ("small_lines_one_write_each", small_lines_one_write_each),
         ("writes_of_64_kib", writes_of_64_kib),
         ("writev_with_several_iovecs", writev_with_several_iovecs),
@@ -94,6 +94,10 @@ fn main() {
             write_over_64_kib_is_an_exact_too_large_gap,
         ),
         ("forget_stops_capture", forget_stops_capture),
+        (
+            "forget_finds_streams_bound_before_and_after_the_first_walk",
+            forget_finds_streams_bound_before_and_after_the_first_walk,
+        ),
         (
             "a_forgotten_stream_is_not_copied_and_its_cgroup_still_ends",
             a_forgotten_stream_is_not_copied_and_its_cgroup_still_ends,
@@ -839,6 +843,41 @@ fn forget_stops_capture() {
     assert_eq!(out, b"before\nafter\n");
     assert_identical(&first, Stream::Stdout, b"before\n");
     assert!(after.data[1].is_empty(), "{:?}", after.data[1]);
+}
+
+/// `forget` finds a cgroup's streams by their keys once the kernel's map was walked
+/// (the first `forget` walks it): the final offsets it returns are the kernel's for a
+/// cgroup bound before that walk (its keys from the walk) and for one bound after it
+/// (its key from the binding record), and a cgroup forgotten already has none left.
+fn forget_finds_streams_bound_before_and_after_the_first_walk() {
+    let mut scene = Scene::new("forget-keys");
+    let mut probes = Probes::load(&scene.options()).unwrap();
+    let run = |scene: &mut Scene, probes: &mut Probes, name: &str, line: &str| {
+        let (dir, id) = scene.container(name);
+        let (captured, out, _) = capture(
+            probes,
+            id,
+            spawn_in(&dir, shell(&format!("echo {line}"))),
+            true,
+        );
+        assert_eq!(out, format!("{line}\n").as_bytes());
+        assert_identical(&captured, Stream::Stdout, &out);
+        id
+    };
+    let first = run(&mut scene, &mut probes, "a", "one");
+    let second = run(&mut scene, &mut probes, "b", "second");
+    let forgotten = probes.forget(first).unwrap();
+    let end = forgotten.iter().find(|s| s.stream == 1).map(|s| s.offset);
+    assert_eq!(end, Some(4), "walked: {forgotten:?}");
+    let forgotten = probes.forget(second).unwrap();
+    let end = forgotten.iter().find(|s| s.stream == 1).map(|s| s.offset);
+    assert_eq!(end, Some(7), "by the walk's keys: {forgotten:?}");
+    let third = run(&mut scene, &mut probes, "c", "third!");
+    let forgotten = probes.forget(third).unwrap();
+    let end = forgotten.iter().find(|s| s.stream == 1).map(|s| s.offset);
+    assert_eq!(end, Some(7), "by the binding record's key: {forgotten:?}");
+    assert_eq!(probes.forget(third).unwrap(), []);
+    assert_eq!(probes.kernel_stats().unwrap().lost_events, 0);
 }
 
 /// A stream the agent declined (its source does not select the container) is forgotten

@@ -7,7 +7,9 @@
 //! machine that cannot keep up shows a lower rate, not loss), every stream checked
 //! byte for byte (offsets without holes or overlaps, CRC-32 of what was handed on),
 //! the kernel's drops, the stage's repairs, this process's CPU per GB (stage,
-//! pipeline, verifying sink) and its peak RSS (`VmHWM`: the ring buffer's pages
+//! pipeline, verifying sink, and the harness's own threads: split by thread, since
+//! starting and waiting for 400 processes costs this process more than capture does)
+//! and its peak RSS (`VmHWM`: the ring buffer's pages
 //! included). No baseline run: what one writer pays is the other scenarios' measure.
 
 use super::*;
@@ -23,6 +25,12 @@ struct ScaleRun {
     /// From the first writer's start to every stream ended.
     wall: Duration,
     cpu: Duration,
+    /// Of `cpu`: the stage's thread (probes read, streams, repairs, the pipeline's
+    /// framing and packages: the agent's capture) and the sink worker's (the harness's
+    /// verifying sink); the rest is the harness (its 200 threads starting and waiting
+    /// for the writers, its samplers).
+    stage_cpu: Duration,
+    sink_cpu: Duration,
     peak_rss_kib: u64,
     /// The RSS sample (every 50 ms) with the largest RSS, split.
     rss_at_peak: crate::heap::RssSplit,
@@ -213,6 +221,7 @@ fn run_scale(
     reset_peak_rss();
     crate::heap::reset_peak();
     let rss = crate::heap::RssSampler::start();
+    let threads_before = threads_cpu();
     let cpu_before = crate::self_cpu();
     let started = Instant::now();
     let (writers_cpu, writers_end) = run_writers(scene, &names, &scenario)?;
@@ -223,6 +232,12 @@ fn run_scale(
     let (rss_at_peak, arenas_at_peak) = rss.stop();
     let ring_rss_kib = crate::heap::mapping_rss_kib("bpf-map");
     let heap_peak = crate::heap::counting().then(crate::heap::peak);
+    let threads_after = threads_cpu();
+    let spent = |thread: &str| {
+        let of = |m: &HashMap<String, Duration>| m.get(thread).copied().unwrap_or_default();
+        of(&threads_after).saturating_sub(of(&threads_before))
+    };
+    let (stage_cpu, sink_cpu) = (spent(STAGE_THREAD), spent(SINK_THREAD));
     running.finish()?;
     let cpu = crate::self_cpu() - cpu_before;
     let peak_rss_kib = peak_rss_kib();
@@ -251,6 +266,8 @@ fn run_scale(
         writers_cpu,
         wall,
         cpu,
+        stage_cpu,
+        sink_cpu,
         peak_rss_kib,
         rss_at_peak,
         arenas_at_peak,
@@ -358,6 +375,37 @@ impl PeakSampler {
     }
 }
 
+/// The capture stage's thread and the verifying sink's worker, by name.
+const STAGE_THREAD: &str = "capture";
+const SINK_THREAD: &str = "sink-verify";
+
+/// The CPU time of this process's threads alive now, summed by thread name
+/// (`/proc/self/task/*/comm`; `schedstat`'s first field, nanoseconds on a CPU).
+fn threads_cpu() -> HashMap<String, Duration> {
+    let mut by_name: HashMap<String, Duration> = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(comm), Ok(schedstat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let Some(ns) = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        *by_name.entry(comm.trim_end().to_owned()).or_default() += Duration::from_nanos(ns);
+    }
+    by_name
+}
+
 /// Whether all `streams` ended (their sources closed) within [`END_WAIT`].
 fn wait_ended(registry: &SharedRegistry, streams: usize) -> bool {
     let deadline = Instant::now() + END_WAIT;
@@ -376,8 +424,8 @@ fn wait_ended(registry: &SharedRegistry, streams: usize) -> bool {
 fn scale_markdown(args: &CaptureArgs, rows: &[(BenchHooks, ScaleRun)]) -> String {
     let mut out = format!(
         "Scale: {} writers, each {} kB/s of 100 B lines for {} s (target together: {:.0} MB/s), {} MiB ring\n\n\
-         | hooks | streams identical | MB/s reached | writers' CPU, s | capture CPU, s per GB | peak RSS, MiB | RSS at its peak: anon / file (ring), MiB | heap peak, MiB | stage buffered at most, MiB | kernel drops, bytes | gaps / repaired bytes | ended |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+         | hooks | streams identical | MB/s reached | writers' CPU, s | capture CPU, s per GB | … stage thread / verifying sink / harness, s per GB | peak RSS, MiB | RSS at its peak: anon / file (ring), MiB | heap peak, MiB | stage buffered at most, MiB | kernel drops, bytes | gaps / repaired bytes | ended |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
         args.scale_writers,
         args.scale_rate_kb,
         args.rate_seconds,
@@ -385,17 +433,20 @@ fn scale_markdown(args: &CaptureArgs, rows: &[(BenchHooks, ScaleRun)]) -> String
         args.scale_ring_mib,
     );
     for (hooks, r) in rows {
-        let total = r.bytes_each * r.writers as u64;
+        let gb = (r.bytes_each * r.writers as u64) as f64 / 1e9;
         let drops: u64 = r.kernel.dropped_bytes.iter().sum();
         let _ = writeln!(
             out,
-            "| {} | {} of {} | {:.1} | {:.1} | {:.2} | {} | {} / {} ({}) | {} | {:.1} | {} | {} / {} | {} ({:.1} s) |",
+            "| {} | {} of {} | {:.1} | {:.1} | {:.2} | {:.2} / {:.2} / {:.2} | {} | {} / {} ({}) | {} | {:.1} | {} | {} / {} | {} ({:.1} s) |",
             hooks_label(*hooks, r.hook_mode),
             r.identical,
             r.writers,
             mb_per_s(r.delivered, r.writers_wall),
             r.writers_cpu.as_secs_f64(),
-            r.cpu.as_secs_f64() / (total as f64 / 1e9),
+            r.cpu.as_secs_f64() / gb,
+            r.stage_cpu.as_secs_f64() / gb,
+            r.sink_cpu.as_secs_f64() / gb,
+            r.cpu.saturating_sub(r.stage_cpu + r.sink_cpu).as_secs_f64() / gb,
             r.peak_rss_kib / 1024,
             r.rss_at_peak.anonymous / 1024,
             r.rss_at_peak.file / 1024,

@@ -16,6 +16,8 @@
 //! - `runs`: the records of one drain of the ring, each stream's consecutive records
 //!   joined into one chunk.
 //! - `stream`: a container stream put back in offset order, holes found.
+//! - `stream_keys`: the kernel's stream map's keys by cgroup, so that a cgroup's
+//!   streams are looked up when it is forgotten, not found by walking the map.
 //! - `cri_log`: the repair path, a stream read back from its CRI log by offset.
 //! - `existing`: containers running when the agent starts, found in `/proc`.
 //! - `seam`: where a running container's CRI log ends and its capture begins.
@@ -62,6 +64,7 @@ mod seam;
 mod spawn;
 mod stage;
 mod stream;
+mod stream_keys;
 mod tracefs;
 
 pub use crate::source::claims::{Claim, Claims};

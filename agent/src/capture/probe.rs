@@ -31,6 +31,7 @@ use logtap_ebpf_common::{
 };
 
 use super::ring::RingReader;
+use super::stream_keys::StreamKeys;
 use super::{btf, pin, tracefs};
 use crate::config::CaptureHooks;
 use crate::frame::Stream;
@@ -341,6 +342,9 @@ pub struct Probes {
     /// See `BASES_MAP`. Invariant: every key is a key of `streams` of origin
     /// `ORIGIN_RUNNING` (removed with it in [`Self::forget`]).
     bases: HashMap<MapData, StreamKey, u64>,
+    /// `streams`' keys by cgroup, so that a cgroup's streams are looked up rather
+    /// than found by walking the map (see `stream_keys`).
+    keys: StreamKeys,
     hook_mode: HookMode,
     /// Taken over from pins an earlier agent left (nothing was loaded or attached).
     reused: bool,
@@ -449,6 +453,7 @@ impl Probes {
             ino_filter,
             stats,
             bases,
+            keys: StreamKeys::default(),
             hook_mode,
             reused,
             logger: loaded.logger,
@@ -507,13 +512,11 @@ impl Probes {
         base: u64,
     ) -> Result<(), ProbeError> {
         let fd = stream as u32;
-        let mut key = None;
-        for entry in self.streams.iter() {
-            let (k, state) = entry.map_err(map_error(STREAMS_MAP))?;
-            if state.cgroup_id == cgroup_id && state.stream == fd {
-                key = Some(k);
-            }
-        }
+        let key = self
+            .streams_of(cgroup_id)?
+            .into_iter()
+            .find(|(_, state)| state.stream == fd)
+            .map(|(key, _)| key);
         match key {
             Some(key) => self
                 .bases
@@ -587,6 +590,7 @@ impl Probes {
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(map_error(STREAMS_MAP)(e)),
             }
+            self.keys.bound(cgroup_id, key);
         }
         let watched = WatchedCgroup { bound: 1, _pad: 0 };
         self.watched
@@ -605,7 +609,7 @@ impl Probes {
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(map_error(WATCHED_MAP)(e)),
         }
-        self.remove_streams(|state| state.cgroup_id == cgroup_id)
+        self.remove_streams(cgroup_id, |_| true)
     }
 
     /// Forget one stream of a cgroup (one capture's source does not select): its writes
@@ -614,23 +618,59 @@ impl Probes {
     /// forgotten is no error.
     pub fn forget_stream(&mut self, cgroup_id: u64, stream: Stream) -> Result<(), ProbeError> {
         let fd = stream as u32;
-        self.remove_streams(|state| state.cgroup_id == cgroup_id && state.stream == fd)
+        self.remove_streams(cgroup_id, |state| state.stream == fd)
             .map(drop)
     }
 
-    /// Removes the registered streams whose state `which` picks (their inode filter
-    /// slots stay set: see `INO_FILTER_MAP`); returns their states as read.
-    fn remove_streams(
-        &mut self,
-        which: impl Fn(&StreamState) -> bool,
-    ) -> Result<Vec<StreamState>, ProbeError> {
-        let mut picked = Vec::with_capacity(2);
-        for entry in self.streams.iter() {
-            let (key, state) = entry.map_err(map_error(STREAMS_MAP))?;
-            if which(&state) {
-                picked.push((key, state));
+    /// The streams the kernel's map holds for `cgroup_id`, with their states as read:
+    /// looked up by the keys known for it, or found by a walk of the whole map when
+    /// those may be incomplete (see `stream_keys`).
+    fn streams_of(&mut self, cgroup_id: u64) -> Result<Vec<(StreamKey, StreamState)>, ProbeError> {
+        // Read before the walk: a binding record lost during it counts as lost since.
+        let lost_events = self.kernel_stats()?.lost_events;
+        let known = self
+            .keys
+            .of(cgroup_id, lost_events)
+            .map(<[StreamKey]>::to_vec);
+        let Some(keys) = known else {
+            let entries: Vec<(StreamKey, StreamState)> = self
+                .streams
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(map_error(STREAMS_MAP))?;
+            self.keys
+                .walked(entries.iter().map(|(k, s)| (*k, s.cgroup_id)), lost_events);
+            return Ok(entries
+                .into_iter()
+                .filter(|(_, state)| state.cgroup_id == cgroup_id)
+                .collect());
+        };
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.streams.get(&key, 0) {
+                Ok(state) if state.cgroup_id == cgroup_id => found.push((key, state)),
+                // Gone, or its pipe's inode now another cgroup's stream.
+                Ok(_) | Err(MapError::KeyNotFound) => self.keys.remove(cgroup_id, &key),
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    self.keys.remove(cgroup_id, &key)
+                }
+                Err(e) => return Err(map_error(STREAMS_MAP)(e)),
             }
         }
+        Ok(found)
+    }
+
+    /// Removes `cgroup_id`'s registered streams whose state `which` picks (their inode
+    /// filter slots stay set: see `INO_FILTER_MAP`); returns their states as read.
+    fn remove_streams(
+        &mut self,
+        cgroup_id: u64,
+        which: impl Fn(&StreamState) -> bool,
+    ) -> Result<Vec<StreamState>, ProbeError> {
+        let mut picked = self.streams_of(cgroup_id)?;
+        picked.retain(|(_, state)| which(state));
         for (key, _) in &picked {
             let key = *key;
             // The base first: a base is only ever of a stream in the map.
@@ -646,6 +686,7 @@ impl Probes {
                     if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(map_error(STREAMS_MAP)(e)),
             }
+            self.keys.remove(cgroup_id, &key);
         }
         Ok(picked.into_iter().map(|(_, state)| state).collect())
     }
@@ -681,8 +722,14 @@ impl Probes {
 
     fn drain(&mut self, on_event: &mut dyn FnMut(ProbeEvent<'_>)) -> usize {
         let mut handed = 0;
+        let keys = &mut self.keys;
         let drained = self.ring.drain(POLL_BYTES, |item| match parse(item) {
             Some(event) => {
+                if let ProbeEvent::StreamBound { cgroup_id, .. } = event
+                    && let Some(record) = read::<LifecycleRecord>(item)
+                {
+                    keys.bound(cgroup_id, record.key);
+                }
                 on_event(event);
                 handed += 1;
             }
