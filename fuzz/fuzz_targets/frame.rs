@@ -57,7 +57,7 @@ impl Setup {
         let mut out = Vec::new();
         let now = Instant::now();
         for c in chunks {
-            f.push(Bytes::copy_from_slice(c), READ_NS, now, &mut out);
+            f.push(&Bytes::copy_from_slice(c), READ_NS, now, &mut out);
             let resume = f.resume_offset();
             assert!(
                 (BASE..=BASE + len as u64).contains(&resume),
