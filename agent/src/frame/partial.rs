@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::{Body, Line, LineFlags, Stream};
 
@@ -200,6 +200,8 @@ impl Reassembler {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn b(s: &str) -> Bytes {

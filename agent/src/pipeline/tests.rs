@@ -346,6 +346,7 @@ fn records_straight_into_packages_match_the_per_record_path() {
     let packages = |rx: crossbeam_channel::Receiver<crate::batch::Batch>| {
         rx.try_iter()
             .map(|b| {
+                b.check_spans();
                 // Bodies resolved: one pipeline's are spans, the other's owned.
                 let lines: Vec<crate::frame::Line> = b
                     .lines
