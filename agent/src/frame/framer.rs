@@ -116,8 +116,9 @@ impl Framer {
     }
 
     /// Feeds the next chunk (contiguous with the previous one). Complete records are
-    /// appended to `out`, spans of `chunk` at index 0 (see the module's "Spans"). `read_time_ns` (ns since the Unix epoch) is the timestamp of
-    /// raw and malformed lines; `now` dates lines for the multiline timeout.
+    /// appended to `out`, spans of `chunk` at index 0 (see the module's "Spans").
+    /// `read_time_ns` (ns since the Unix epoch) is the timestamp of raw and malformed
+    /// lines; `now` dates lines for the multiline timeout.
     pub fn push(&mut self, chunk: &Bytes, read_time_ns: i64, now: Instant, out: &mut Vec<Line>) {
         if !self.backlog.is_empty() {
             out.append(&mut self.backlog);
@@ -145,7 +146,7 @@ impl Framer {
             chunks,
         };
         match multiline {
-            None => decode.chunk(splitter, reassembler, &mut Direct(out)),
+            None => decode.chunk(splitter, reassembler, &mut Direct(out), chunk),
             Some(ml) => {
                 let mut grouped = Grouped {
                     ml,
@@ -153,7 +154,7 @@ impl Framer {
                     out,
                     chunks,
                 };
-                decode.chunk(splitter, reassembler, &mut grouped)
+                decode.chunk(splitter, reassembler, &mut grouped, chunk)
             }
         }
     }
@@ -351,9 +352,9 @@ impl Decode<'_> {
         splitter: &mut LineSplitter,
         reasm: &mut Reassembler,
         emit: &mut E,
+        chunk: &Bytes,
     ) {
         let none = LineFlags::empty();
-        let chunk = &self.chunks[0];
         match self.format {
             Format::Raw => splitter.split(chunk, |pl| self.raw(pl, none, emit)),
             Format::Cri => splitter.split(chunk, |pl| self.cri(pl, none, reasm, emit)),
@@ -407,6 +408,8 @@ impl Decode<'_> {
             Some(h) => {
                 let flags = physical_flags(&pl) | extra;
                 let text = &bytes[h.message_start.min(bytes.len())..];
+                // A span's clone copies three numbers; only a line that straddled
+                // chunks (owned) takes a reference count here.
                 let mut message = pl.body.clone();
                 message.advance(h.message_start);
                 if let Some(line) = reasm.fragment(
