@@ -820,7 +820,7 @@ impl Verify {
             } else if line.offset < self.next_offset {
                 self.overlaps += self.next_offset - line.offset;
             }
-            self.crc.update(&line.body);
+            self.crc.update(batch.body(line));
             let mut len = line.body.len() as u64;
             if !line.flags.contains(LineFlags::UNTERMINATED) {
                 self.crc.update(b"\n");

@@ -199,7 +199,7 @@ pub fn encode_payload(batch: &Batch, out: &mut Vec<u8>) {
         put_varint(out, fields.next_line(index).len() as u64);
     }
     for line in lines {
-        out.extend_from_slice(&line.body);
+        out.extend_from_slice(batch.body(line));
     }
     let mut fields = FieldsByLine::new(&batch.fields);
     for index in 0..lines.len() {
@@ -563,6 +563,7 @@ mod tests {
                 .last()
                 .map_or(0, |l| l.offset + l.body.len() as u64 + 1),
             lines,
+            chunks: Vec::new(),
             fields,
             source_fields: Arc::default(),
         }
@@ -597,7 +598,7 @@ mod tests {
             timestamp_ns,
             stream: Stream::Stdout,
             flags: LineFlags::empty(),
-            body: Bytes::from_static(body),
+            body: Bytes::from_static(body).into(),
         }
     }
 
@@ -619,7 +620,7 @@ mod tests {
                     timestamp_ns: l.timestamp_ns,
                     stream: l.stream,
                     flags: l.flags,
-                    body: l.body.clone(),
+                    body: batch.body_owned(l),
                     fields: batch
                         .fields_of(i)
                         .iter()
@@ -650,7 +651,7 @@ mod tests {
             out.push(line.stream as u8);
             put_varint(out, u64::from(line.flags.0));
             put_varint(out, line.body.len() as u64);
-            out.extend_from_slice(&line.body);
+            out.extend_from_slice(batch.body(line));
             let line_fields = fields.next_line(index);
             put_varint(out, line_fields.len() as u64);
             for field in line_fields {
@@ -1033,7 +1034,7 @@ mod tests {
                     timestamp_ns,
                     stream: Stream::from_u8(stream),
                     flags: LineFlags(flags),
-                    body: Bytes::from(body),
+                    body: Bytes::from(body).into(),
                 };
                 (line, fields)
             })

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::enrich::SourceFields;
-use crate::frame::Line;
+use crate::frame::{Body, Line};
 use crate::source::SourceInfo;
 
 /// A parsed field of one line: `key = value`, both spans (the key is usually a
@@ -27,10 +27,16 @@ pub struct Field {
 }
 
 /// One package: consecutive records of one source.
+///
+/// Invariants (checked by [`Batch::check_spans`] in tests): every [`Body::Span`] of
+/// `lines` lies inside `chunks[its chunk]`, and every chunk is used by a span (a
+/// package keeps alive only the chunks its records are in).
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub source: Arc<SourceInfo>,
     pub package_id: u64,
+    /// The read chunks the records' spans index, each once.
+    pub chunks: Vec<Bytes>,
     /// Records in the order they completed: source order, except that a record
     /// reassembled from CRI/docker partials (or grouped by multiline) of one stream
     /// comes where it completed, after records of the other stream that completed
@@ -72,6 +78,18 @@ fn line_vector(capacity: usize) -> Vec<Line> {
     lines
 }
 
+/// The index of `chunk` in a package's `chunks`, added if it is not the last one
+/// (records come chunk after chunk: an earlier one never comes again).
+#[inline]
+fn chunk_index(chunks: &mut Vec<Bytes>, chunk: &Bytes) -> u32 {
+    // The same bytes: a live chunk's range is not another chunk's.
+    let same = |c: &Bytes| c.as_ptr() == chunk.as_ptr() && c.len() == chunk.len();
+    if !chunks.last().is_some_and(same) {
+        chunks.push(chunk.clone());
+    }
+    (chunks.len() - 1) as u32
+}
+
 impl Drop for Batch {
     fn drop(&mut self) {
         let mut lines = std::mem::take(&mut self.lines);
@@ -94,6 +112,35 @@ impl Batch {
         self.lines.iter().map(|l| l.body.len()).sum()
     }
 
+    /// The body of `line`, one of this package's records.
+    #[inline]
+    pub fn body<'a>(&'a self, line: &'a Line) -> &'a [u8] {
+        line.body.get(&self.chunks)
+    }
+
+    /// The body of `line` as a `Bytes` of its own (a slice of its chunk: one reference
+    /// count), for a destination that needs ownership.
+    pub fn body_owned(&self, line: &Line) -> Bytes {
+        line.body.to_bytes(&self.chunks)
+    }
+
+    /// Panics unless the invariants written on [`Batch`] hold.
+    #[cfg(test)]
+    pub fn check_spans(&self) {
+        let mut used = vec![false; self.chunks.len()];
+        for line in &self.lines {
+            if let Body::Span { chunk, start, len } = line.body {
+                let c = &self.chunks[chunk as usize];
+                assert!(
+                    start as usize + len as usize <= c.len(),
+                    "{line:?} past its chunk"
+                );
+                used[chunk as usize] = true;
+            }
+        }
+        assert!(used.iter().all(|&u| u), "a chunk no span uses");
+    }
+
     /// The fields of line `index` (fields are grouped by line, so this is a range).
     pub fn fields_of(&self, index: usize) -> &[Field] {
         let index = index as u32;
@@ -113,6 +160,9 @@ pub struct BatchBuilder {
     source: Arc<SourceInfo>,
     next_package_id: u64,
     lines: Vec<Line>,
+    /// The chunks `lines`' spans index (see [`Batch`]'s invariants): a chunk is added
+    /// when the first span of it is, so consecutive records of one chunk share it.
+    chunks: Vec<Bytes>,
     fields: Vec<Field>,
     body_bytes: usize,
     opened_at: Option<std::time::Instant>,
@@ -134,6 +184,7 @@ impl BatchBuilder {
             source,
             next_package_id: first_package_id,
             lines: Vec::new(),
+            chunks: Vec::new(),
             fields: Vec::new(),
             body_bytes: 0,
             opened_at: None,
@@ -166,12 +217,17 @@ impl BatchBuilder {
         &mut self.fields
     }
 
-    pub fn push(&mut self, line: Line, now: std::time::Instant) {
+    /// Adds a record; its span, if it is one, is of `chunk` (out of
+    /// [`Framer::push`](crate::frame::Framer::push)).
+    pub fn push(&mut self, mut line: Line, chunk: &Bytes, now: std::time::Instant) {
         if self.opened_at.is_none() {
             self.opened_at = Some(now);
             self.reserve_typical();
         }
         self.body_bytes += line.body.len();
+        if let Body::Span { chunk: index, .. } = &mut line.body {
+            *index = chunk_index(&mut self.chunks, chunk);
+        }
         self.lines.push(line);
     }
 
@@ -210,15 +266,34 @@ impl BatchBuilder {
     }
 
     /// Accounts for the records appended since the package held `start` of them (see
-    /// [`lines_to_append`](Self::lines_to_append)), as [`push`](Self::push) does for
-    /// one; returns them, for their flags.
-    pub fn appended(&mut self, start: usize, now: std::time::Instant) -> &mut [Line] {
-        let new = &mut self.lines[start..];
-        if !new.is_empty() && self.opened_at.is_none() {
+    /// [`lines_to_append`](Self::lines_to_append)), their spans of `chunk`, as
+    /// [`push`](Self::push) does for one; returns them, for their flags.
+    pub fn appended(
+        &mut self,
+        start: usize,
+        chunk: &Bytes,
+        now: std::time::Instant,
+    ) -> &mut [Line] {
+        if self.lines.len() > start && self.opened_at.is_none() {
             self.opened_at = Some(now);
         }
-        self.body_bytes += new.iter().map(|l| l.body.len()).sum::<usize>();
-        new
+        let mut index = None;
+        let mut bytes = 0;
+        for line in &mut self.lines[start..] {
+            bytes += line.body.len();
+            if let Body::Span { chunk: i, .. } = &mut line.body {
+                *i = match index {
+                    Some(i) => i,
+                    None => {
+                        let i = chunk_index(&mut self.chunks, chunk);
+                        index = Some(i);
+                        i
+                    }
+                };
+            }
+        }
+        self.body_bytes += bytes;
+        &mut self.lines[start..]
     }
 
     /// The memory the open package holds: its records' bytes (slices of read chunks,
@@ -259,6 +334,7 @@ impl BatchBuilder {
             source: self.source.clone(),
             package_id: self.next_package_id,
             lines: std::mem::take(&mut self.lines),
+            chunks: std::mem::take(&mut self.chunks),
             fields: std::mem::take(&mut self.fields),
             source_fields: self.source_fields.clone(),
             end_offset,
@@ -299,7 +375,7 @@ mod tests {
             timestamp_ns: 0,
             stream: Stream::None,
             flags: LineFlags::empty(),
-            body: Bytes::from_static(b"hello"),
+            body: Bytes::from_static(b"hello").into(),
         }
     }
 
@@ -308,15 +384,15 @@ mod tests {
         let mut b = builder(2);
         let t0 = Instant::now();
         assert!(b.seal(0).is_none());
-        b.push(line(0), t0);
+        b.push(line(0), &Bytes::new(), t0);
         assert!(!b.is_due(t0));
         assert!(b.is_due(t0 + Duration::from_millis(60)));
-        b.push(line(6), t0);
+        b.push(line(6), &Bytes::new(), t0);
         assert!(b.is_due(t0));
         let p = b.seal(12).unwrap();
         assert_eq!((p.package_id, p.end_offset, p.lines.len()), (5, 12, 2));
         assert_eq!(p.body_bytes(), 10);
-        b.push(line(12), t0);
+        b.push(line(12), &Bytes::new(), t0);
         assert_eq!(b.seal(18).unwrap().package_id, 6);
     }
 
@@ -326,14 +402,14 @@ mod tests {
         let now = Instant::now();
         // Sealing happens between chunks, so a package may hold more than max_lines.
         for i in 0..130 {
-            b.push(line(i * 6), now);
+            b.push(line(i * 6), &Bytes::new(), now);
         }
         assert_eq!(b.seal(130 * 6).unwrap().lines.len(), 130);
-        b.push(line(130 * 6), now);
+        b.push(line(130 * 6), &Bytes::new(), now);
         let reserved = b.lines.capacity();
         assert!(reserved >= 130, "{reserved}");
         for i in 1..130 {
-            b.push(line((130 + i) * 6), now);
+            b.push(line((130 + i) * 6), &Bytes::new(), now);
         }
         assert_eq!(b.lines.capacity(), reserved, "no regrowth");
     }
@@ -347,7 +423,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(b.typical_lines(), FIRST_PACKAGE_LINES);
         for i in 0..40 {
-            b.push(line(i * 6), now);
+            b.push(line(i * 6), &Bytes::new(), now);
         }
         drop(b.seal(40 * 6));
         assert_eq!(
@@ -373,8 +449,12 @@ mod tests {
             let chunk = Bytes::from_owner(Chunk(Arc::clone(&alive)));
             for i in 0..2 * SPARE_MIN_LINES as u64 {
                 let mut l = line(i * 6);
-                l.body = chunk.clone();
-                b.push(l, now);
+                l.body = Body::Span {
+                    chunk: 0,
+                    start: 0,
+                    len: 5,
+                };
+                b.push(l, &chunk, now);
             }
             drop(chunk);
             drop(b.seal(u64::MAX));
@@ -384,6 +464,40 @@ mod tests {
         let spare = SPARE_LINES.lock().unwrap();
         assert!(spare.len() <= SPARE_LINE_VECTORS);
         assert!(spare.iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_package_holds_each_chunk_its_spans_use_once() {
+        let mut b = builder(100);
+        let now = Instant::now();
+        let chunks = [
+            Bytes::from_static(b"one\ntwo\n"),
+            Bytes::from_static(b"three\n"),
+        ];
+        let span = |start, len| {
+            let mut l = line(0);
+            l.body = Body::Span {
+                chunk: 0,
+                start,
+                len,
+            };
+            l
+        };
+        b.push(span(0, 3), &chunks[0], now);
+        b.push(line(1), &chunks[0], now);
+        b.push(span(4, 3), &chunks[0], now);
+        // A chunk none of whose records is a span (a straddling line's) is not held.
+        b.push(line(2), &Bytes::from_static(b"unused"), now);
+        let start = b.lines_to_append().len();
+        b.lines_to_append().push(span(0, 5));
+        b.appended(start, &chunks[1], now);
+        let p = b.seal(100).unwrap();
+        p.check_spans();
+        assert_eq!(p.chunks, chunks);
+        let bodies: Vec<&[u8]> = p.lines.iter().map(|l| p.body(l)).collect();
+        assert_eq!(bodies, [&b"one"[..], b"hello", b"two", b"hello", b"three"]);
+        assert_eq!(p.body_owned(&p.lines[4]), "three");
+        assert_eq!(p.body_bytes(), 3 + 5 + 3 + 5 + 5);
     }
 
     #[test]
@@ -400,7 +514,7 @@ mod tests {
                     value: Bytes::from(format!("v{i}")),
                 });
             }
-            b.push(line(i as u64 * 6), now);
+            b.push(line(i as u64 * 6), &Bytes::new(), now);
         }
         let p = b.seal(18).unwrap();
         assert_eq!(p.fields_of(0)[0].value, Bytes::from("v0"));

@@ -231,11 +231,11 @@ fn lines(
     while got.len() < n && start.elapsed() < Duration::from_secs(3) {
         stage.poll_once(Duration::from_millis(5)).unwrap();
         for mut batch in rx.try_iter() {
-            for l in std::mem::take(&mut batch.lines) {
+            for l in &std::mem::take(&mut batch.lines) {
                 got.push((
                     l.stream,
                     l.offset,
-                    String::from_utf8_lossy(&l.body).into_owned(),
+                    String::from_utf8_lossy(batch.body(l)).into_owned(),
                 ));
             }
         }

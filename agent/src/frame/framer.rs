@@ -20,12 +20,19 @@
 //! # Performance
 //!
 //! The format and whether multiline is configured are dispatched once per chunk; the
-//! per-line loop of each combination is monomorphized. No clock reads and no
-//! allocation per line: single-fragment records are slices of the chunk.
+//! per-line loop of each combination is monomorphized. No clock reads, no allocation
+//! and no reference count per line: single-fragment records are spans of the chunk.
+//!
+//! # Spans
+//!
+//! Records appended by [`Framer::push`] are [`Body::Span`]s of the chunk pushed (chunk
+//! index 0) or bodies of their own; every other call appends only bodies of their own
+//! (what the framer keeps past a push — an unterminated line, partials, multiline
+//! groups, the backlog — is owned).
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
 use super::cri::{CRI_ENVELOPE_SLACK, parse_cri};
 use super::docker::{DOCKER_ENVELOPE_SLACK, DOCKER_MIN_PHYSICAL_LINE, parse_docker};
@@ -33,7 +40,7 @@ use super::lines::{LineSplitter, PhysicalLine};
 use super::multiline::{Group, Multiline, groups_into_lines};
 use super::partial::{Pending, Reassembler, Slots};
 use super::time::Rfc3339Cache;
-use super::{Line, LineFlags, Stream};
+use super::{Body, Line, LineFlags, NO_CHUNKS, Stream};
 use crate::config::{Format, MultilineConfig};
 
 pub struct Framer {
@@ -109,9 +116,10 @@ impl Framer {
     }
 
     /// Feeds the next chunk (contiguous with the previous one). Complete records are
-    /// appended to `out`. `read_time_ns` (ns since the Unix epoch) is the timestamp of
-    /// raw and malformed lines; `now` dates lines for the multiline timeout.
-    pub fn push(&mut self, chunk: Bytes, read_time_ns: i64, now: Instant, out: &mut Vec<Line>) {
+    /// appended to `out`, spans of `chunk` at index 0 (see the module's "Spans").
+    /// `read_time_ns` (ns since the Unix epoch) is the timestamp of raw and malformed
+    /// lines; `now` dates lines for the multiline timeout.
+    pub fn push(&mut self, chunk: &Bytes, read_time_ns: i64, now: Instant, out: &mut Vec<Line>) {
         if !self.backlog.is_empty() {
             out.append(&mut self.backlog);
         }
@@ -129,15 +137,25 @@ impl Framer {
             timestamps,
             ..
         } = self;
+        let chunks = std::slice::from_ref(chunk);
         let mut decode = Decode {
             format: *format,
             max: *max_line_bytes,
             read_time_ns,
             timestamps,
+            chunks,
         };
         match multiline {
             None => decode.chunk(splitter, reassembler, &mut Direct(out), chunk),
-            Some(ml) => decode.chunk(splitter, reassembler, &mut Grouped { ml, now, out }, chunk),
+            Some(ml) => {
+                let mut grouped = Grouped {
+                    ml,
+                    now,
+                    out,
+                    chunks,
+                };
+                decode.chunk(splitter, reassembler, &mut grouped, chunk)
+            }
         }
     }
 
@@ -159,7 +177,13 @@ impl Framer {
             match &mut self.multiline {
                 None => self.reassembler.flush_idle(cutoff, |l| out.push(l)),
                 Some(ml) => {
-                    let mut grouped = Grouped { ml, now, out };
+                    let chunks = NO_CHUNKS;
+                    let mut grouped = Grouped {
+                        ml,
+                        now,
+                        out,
+                        chunks,
+                    };
                     self.reassembler.flush_idle(cutoff, |l| grouped.record(l));
                 }
             }
@@ -182,18 +206,27 @@ impl Framer {
             timestamps,
             ..
         } = self;
+        // The unterminated line is owned: no chunk to resolve spans in.
+        let chunks = NO_CHUNKS;
         let mut decode = Decode {
             format: *format,
             max: *max_line_bytes,
             read_time_ns: *last_read_time_ns,
             timestamps,
+            chunks,
         };
         let tail = splitter.take_unterminated();
         match multiline {
             None => decode.finish(tail, reassembler, &mut Direct(out)),
             Some(ml) => {
                 let now = *last_now;
-                decode.finish(tail, reassembler, &mut Grouped { ml, now, out });
+                let mut grouped = Grouped {
+                    ml,
+                    now,
+                    out,
+                    chunks,
+                };
+                decode.finish(tail, reassembler, &mut grouped);
                 ml.flush_all(out);
             }
         }
@@ -287,11 +320,14 @@ struct Grouped<'a> {
     ml: &'a mut Multiline,
     now: Instant,
     out: &'a mut Vec<Line>,
+    /// What the records' spans index (grouping keeps records past the push).
+    chunks: &'a [Bytes],
 }
 
 impl Emit for Grouped<'_> {
     #[inline]
-    fn record(&mut self, line: Line) {
+    fn record(&mut self, mut line: Line) {
+        line.body.make_owned(self.chunks);
         self.ml.push(line, self.now, self.out);
     }
     #[inline]
@@ -305,6 +341,8 @@ struct Decode<'a> {
     max: usize,
     read_time_ns: i64,
     timestamps: &'a mut Rfc3339Cache,
+    /// What the physical lines' spans index: the chunk pushed, or none.
+    chunks: &'a [Bytes],
 }
 
 impl Decode<'_> {
@@ -314,7 +352,7 @@ impl Decode<'_> {
         splitter: &mut LineSplitter,
         reasm: &mut Reassembler,
         emit: &mut E,
-        chunk: Bytes,
+        chunk: &Bytes,
     ) {
         let none = LineFlags::empty();
         match self.format {
@@ -365,12 +403,14 @@ impl Decode<'_> {
         reasm: &mut Reassembler,
         emit: &mut E,
     ) {
-        match parse_cri(&pl.body, self.timestamps) {
+        let bytes = pl.body.get(self.chunks);
+        match parse_cri(bytes, self.timestamps) {
             Some(h) => {
                 let flags = physical_flags(&pl) | extra;
-                // Advancing the line's own handle, not slicing a new one: no reference
-                // count taken and dropped on the shared chunk per record.
-                let mut message = pl.body;
+                let text = &bytes[h.message_start.min(bytes.len())..];
+                // A span's clone copies three numbers; only a line that straddled
+                // chunks (owned) takes a reference count here.
+                let mut message = pl.body.clone();
                 message.advance(h.message_start);
                 if let Some(line) = reasm.fragment(
                     h.stream,
@@ -378,6 +418,7 @@ impl Decode<'_> {
                     h.timestamp_ns,
                     flags,
                     message,
+                    text,
                     !h.partial,
                 ) {
                     emit.record(line);
@@ -395,15 +436,20 @@ impl Decode<'_> {
         reasm: &mut Reassembler,
         emit: &mut E,
     ) {
-        match parse_docker(&pl.body) {
+        // Docker's JSON lines are decoded into bytes of their own (escapes), from a
+        // `Bytes` of the line (one reference count per line: not a hot path).
+        let line = pl.body.to_bytes(self.chunks);
+        match parse_docker(&line) {
             Some(d) => {
                 let flags = physical_flags(&pl) | extra;
+                let text = d.message.clone();
                 if let Some(line) = reasm.fragment(
                     d.stream,
                     pl.offset,
                     d.timestamp_ns,
                     flags,
-                    d.message,
+                    Body::Owned(d.message),
+                    &text,
                     !d.partial,
                 ) {
                     emit.record(line);

@@ -1,7 +1,8 @@
 //! Physical line splitting: `\n`-terminated spans of contiguous chunks.
 //!
-//! A line wholly inside a chunk is a `Bytes::slice` of it (a refcount, no copy). Only a
-//! line straddling chunks is copied, once, into the carry-over buffer. `\n` and a `\r`
+//! A line wholly inside a chunk is a [`Body::Span`] of it (offsets: no copy, no
+//! reference count). Only a line straddling chunks is copied, once, into the
+//! carry-over buffer. `\n` and a `\r`
 //! just before it are stripped.
 //!
 //! # Memory
@@ -19,13 +20,16 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::Body;
+
 /// One physical line of the source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PhysicalLine {
     /// Source offset of the line's first byte.
     pub offset: u64,
-    /// The line without terminator, at most `cap` bytes.
-    pub body: Bytes,
+    /// The line without terminator, at most `cap` bytes: a span of the chunk being
+    /// split (chunk index 0), or owned.
+    pub body: Body,
     /// The line was longer than `cap`; `body` holds its first `cap` bytes.
     pub truncated: bool,
 }
@@ -67,13 +71,16 @@ impl LineSplitter {
     }
 
     /// Splits `chunk` (contiguous with the previous one) and hands every line it
-    /// completes to `emit`, in order.
+    /// completes to `emit`, in order: spans of `chunk` where they lie inside it.
     #[inline]
-    pub fn split(&mut self, chunk: Bytes, mut emit: impl FnMut(PhysicalLine)) {
+    pub fn split(&mut self, chunk: &Bytes, mut emit: impl FnMut(PhysicalLine)) {
         let base = self.next_offset;
         self.next_offset += chunk.len() as u64;
-        let bytes: &[u8] = &chunk;
+        let bytes: &[u8] = chunk;
         let mut line_begin = 0usize;
+        // Spans count in u32: a chunk past 4 GiB (none is read that large) gives
+        // lines of their own.
+        let spans = chunk.len() <= u32::MAX as usize;
 
         if self.line_start < base {
             // A line began in an earlier chunk: finish it first.
@@ -102,9 +109,18 @@ impl LineSplitter {
             if truncated {
                 end = line_begin + cap;
             }
+            let body = if spans {
+                Body::Span {
+                    chunk: 0,
+                    start: line_begin as u32,
+                    len: (end - line_begin) as u32,
+                }
+            } else {
+                Body::Owned(chunk.slice(line_begin..end))
+            };
             emit(PhysicalLine {
                 offset: base + line_begin as u64,
-                body: chunk.slice(line_begin..end),
+                body,
                 truncated,
             });
             line_begin = nl + 1;
@@ -117,9 +133,9 @@ impl LineSplitter {
     }
 
     /// `chunk` as one line whatever it holds (an already framed message), its first
-    /// `cap` bytes kept. Call only with no unterminated line pending (a splitter used
-    /// for messages alone never has one).
-    pub fn whole(&mut self, mut chunk: Bytes) -> PhysicalLine {
+    /// `cap` bytes kept, as a span of it. Call only with no unterminated line pending
+    /// (a splitter used for messages alone never has one).
+    pub fn whole(&mut self, chunk: &Bytes) -> PhysicalLine {
         debug_assert_eq!(
             self.line_start, self.next_offset,
             "whole() after a partial line"
@@ -128,10 +144,18 @@ impl LineSplitter {
         self.next_offset += chunk.len() as u64;
         self.line_start = self.next_offset;
         let truncated = chunk.len() > self.cap;
-        chunk.truncate(self.cap);
+        let len = chunk.len().min(self.cap);
+        let body = match u32::try_from(len) {
+            Ok(len) => Body::Span {
+                chunk: 0,
+                start: 0,
+                len,
+            },
+            Err(_) => Body::Owned(chunk.slice(..len)),
+        };
         PhysicalLine {
             offset,
-            body: chunk,
+            body,
             truncated,
         }
     }
@@ -147,7 +171,7 @@ impl LineSplitter {
         body.truncate(self.cap);
         let line = PhysicalLine {
             offset: self.line_start,
-            body,
+            body: Body::Owned(body),
             truncated,
         };
         self.line_start = self.next_offset;
@@ -178,7 +202,7 @@ impl LineSplitter {
         body.truncate(self.cap);
         PhysicalLine {
             offset: self.line_start,
-            body,
+            body: Body::Owned(body),
             truncated,
         }
     }
@@ -192,15 +216,22 @@ mod tests {
         let mut s = LineSplitter::new(cap, 1000);
         let mut out = Vec::new();
         for c in chunks {
-            s.split(Bytes::copy_from_slice(c), |l| out.push(l));
+            let chunk = Bytes::copy_from_slice(c);
+            s.split(&chunk, |l| out.push(owned(l, &chunk)));
         }
         (out, s)
+    }
+
+    /// `l` with its span resolved in `chunk`, to compare with expected bytes.
+    fn owned(mut l: PhysicalLine, chunk: &Bytes) -> PhysicalLine {
+        l.body.make_owned(std::slice::from_ref(chunk));
+        l
     }
 
     fn line(offset: u64, body: &[u8], truncated: bool) -> PhysicalLine {
         PhysicalLine {
             offset,
-            body: Bytes::copy_from_slice(body),
+            body: Body::Owned(Bytes::copy_from_slice(body)),
             truncated,
         }
     }
@@ -235,15 +266,17 @@ mod tests {
     }
 
     #[test]
-    fn lines_inside_a_chunk_are_slices_of_it() {
+    fn lines_inside_a_chunk_are_spans_of_it() {
         let chunk = Bytes::from_static(b"first\nsecond\n");
         let mut s = LineSplitter::new(64, 0);
         let mut out = Vec::new();
-        s.split(chunk.clone(), |l| out.push(l));
-        let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
-        for l in &out {
-            assert!(range.contains(&(l.body.as_ptr() as usize)), "copied: {l:?}");
-        }
+        s.split(&chunk, |l| out.push(l.body));
+        let span = |start, len| Body::Span {
+            chunk: 0,
+            start,
+            len,
+        };
+        assert_eq!(out, [span(0, 5), span(6, 6)]);
     }
 
     #[test]
@@ -285,13 +318,14 @@ mod tests {
         let mut out = Vec::new();
         let piece = Bytes::from(vec![b'x'; 64 * 1024]);
         for _ in 0..160 {
-            s.split(piece.clone(), |l| out.push(l));
+            s.split(&piece, |l| out.push(owned(l, &piece)));
             assert!(s.buffered() <= cap + 1);
             assert!(s.partial.capacity() <= 4 * cap, "{}", s.partial.capacity());
         }
         assert!(out.is_empty());
         assert_eq!(s.pending_start(), 0);
-        s.split(Bytes::from_static(b"tail\nnext\n"), |l| out.push(l));
+        let tail = Bytes::from_static(b"tail\nnext\n");
+        s.split(&tail, |l| out.push(owned(l, &tail)));
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].body.len(), cap);
         assert!(out[0].truncated);

@@ -11,7 +11,9 @@
 //!
 //! # Memory
 //!
-//! A one-line record is held as the slice it is. Lines are joined (with `\n`) into a
+//! Records reach grouping with bodies of their own (the framer makes a span owned
+//! first: a group outlives the chunk that was pushed), so spans here never need their
+//! chunk. A one-line record is held as the slice it is. Lines are joined (with `\n`) into a
 //! buffer bounded by `max_line_bytes`; further lines still belong to the record but
 //! their bytes are dropped and the record is flagged TRUNCATED.
 
@@ -21,7 +23,7 @@ use bytes::{BufMut, BytesMut};
 use regex::bytes::Regex;
 
 use super::partial::Slots;
-use super::{Line, LineFlags};
+use super::{Body, Line, LineFlags, NO_CHUNKS};
 use crate::config::MultilineConfig;
 
 /// An open record.
@@ -39,23 +41,23 @@ pub(crate) struct Group {
 impl Group {
     fn append(&mut self, line: &Line, max: usize) {
         let first = &mut self.first;
+        let body = line.body.get(NO_CHUNKS);
         let joined = self.joined.get_or_insert_with(|| {
-            let mut buf =
-                BytesMut::with_capacity((first.body.len() + 1 + line.body.len()).min(max));
-            buf.extend_from_slice(&first.body);
+            let mut buf = BytesMut::with_capacity((first.body.len() + 1 + body.len()).min(max));
+            buf.extend_from_slice(first.body.get(NO_CHUNKS));
             buf
         });
         first.flags.insert(line.flags);
         let room = max.saturating_sub(joined.len());
-        if line.body.len() < room {
+        if body.len() < room {
             joined.put_u8(b'\n');
-            joined.extend_from_slice(&line.body);
+            joined.extend_from_slice(body);
         } else {
             first.flags.insert(LineFlags::TRUNCATED);
             // No dangling separator when not one byte of the line fits.
             if room > 1 {
                 joined.put_u8(b'\n');
-                joined.extend_from_slice(&line.body[..room - 1]);
+                joined.extend_from_slice(&body[..room - 1]);
             }
         }
         self.lines += 1;
@@ -64,7 +66,7 @@ impl Group {
     fn into_line(self) -> Line {
         let mut line = self.first;
         if let Some(joined) = self.joined {
-            line.body = joined.freeze();
+            line.body = Body::Owned(joined.freeze());
         }
         if self.lines > 1 {
             line.flags.insert(LineFlags::MULTILINE);
@@ -92,9 +94,13 @@ impl Multiline {
         &self.config.start
     }
 
-    /// Feeds one (decoded) line; completed records go to `out`.
+    /// Feeds one (decoded) line, its body owned; completed records go to `out`.
     pub fn push(&mut self, line: Line, now: Instant, out: &mut Vec<Line>) {
-        let starts = self.start().is_match(&line.body);
+        debug_assert!(
+            matches!(line.body, Body::Owned(_)),
+            "a span reached grouping"
+        );
+        let starts = self.start().is_match(line.body.get(NO_CHUNKS));
         let max_lines = self.config.max_lines;
         let slot = &mut self.groups[line.stream as usize];
         if starts {
@@ -206,14 +212,14 @@ mod tests {
             timestamp_ns: offset as i64 * 10,
             stream,
             flags: LineFlags::empty(),
-            body: Bytes::copy_from_slice(body.as_bytes()),
+            body: Bytes::copy_from_slice(body.as_bytes()).into(),
         }
     }
 
     fn bodies(lines: &[Line]) -> Vec<&str> {
         lines
             .iter()
-            .map(|l| std::str::from_utf8(&l.body).unwrap())
+            .map(|l| std::str::from_utf8(l.body.get(NO_CHUNKS)).unwrap())
             .collect()
     }
 

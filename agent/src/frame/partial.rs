@@ -2,16 +2,16 @@
 //! docker pieces without `\n`), independently per stream: stdout and stderr fragments
 //! may interleave.
 //!
-//! A message in one fragment — nearly all of them — is passed through as the slice it
+//! A message in one fragment — nearly all of them — is passed through as the span it
 //! already is. Only a multi-fragment message is copied, into a buffer bounded by
 //! `max_line_bytes`; fragments past the bound are counted as consumed but dropped,
 //! and the record is flagged [`LineFlags::TRUNCATED`].
 
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
-use super::{Line, LineFlags, Stream};
+use super::{Body, Line, LineFlags, Stream};
 
 /// A message whose closing fragment has not been seen yet.
 #[derive(Clone, Debug)]
@@ -48,7 +48,7 @@ impl Pending {
             timestamp_ns: self.timestamp_ns,
             stream,
             flags,
-            body: self.body.freeze(),
+            body: Body::Owned(self.body.freeze()),
         }
     }
 }
@@ -96,7 +96,12 @@ impl Reassembler {
     }
 
     /// Feeds one fragment; returns the record it completes, if `last`.
-    /// `flags` are those of the fragment's physical line (e.g. TRUNCATED).
+    /// `flags` are those of the fragment's physical line (e.g. TRUNCATED); `bytes` are
+    /// `message`'s bytes (a span resolved), what a multi-fragment message copies.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one fragment's fields, passed apart on the hot path rather than built into a struct per line"
+    )]
     #[inline]
     pub fn fragment(
         &mut self,
@@ -104,7 +109,8 @@ impl Reassembler {
         offset: u64,
         timestamp_ns: i64,
         flags: LineFlags,
-        message: Bytes,
+        message: Body,
+        bytes: &[u8],
         last: bool,
     ) -> Option<Line> {
         let slot = &mut self.pending[stream as usize];
@@ -128,11 +134,11 @@ impl Reassembler {
                     offset,
                     timestamp_ns,
                     flags,
-                    body: BytesMut::with_capacity(message.len().min(self.max)),
+                    body: BytesMut::with_capacity(bytes.len().min(self.max)),
                     fragments: 1,
                     last_at: self.now,
                 };
-                pending.append(&message, self.max);
+                pending.append(bytes, self.max);
                 *slot = Some(pending);
                 None
             }
@@ -140,7 +146,7 @@ impl Reassembler {
                 pending.flags.insert(flags);
                 pending.fragments += 1;
                 pending.last_at = self.now;
-                pending.append(&message, self.max);
+                pending.append(bytes, self.max);
                 if last {
                     slot.take().map(|p| p.into_line(stream))
                 } else {
@@ -194,20 +200,60 @@ impl Reassembler {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
+    /// One fragment of bytes of its own.
+    fn frag(
+        r: &mut Reassembler,
+        stream: Stream,
+        offset: u64,
+        timestamp_ns: i64,
+        flags: LineFlags,
+        message: Bytes,
+        last: bool,
+    ) -> Option<Line> {
+        let bytes = message.clone();
+        r.fragment(
+            stream,
+            offset,
+            timestamp_ns,
+            flags,
+            message.into(),
+            &bytes,
+            last,
+        )
+    }
+
+    fn text(line: &Line) -> &[u8] {
+        line.body.get(super::super::NO_CHUNKS)
+    }
+
     #[test]
     fn single_fragment_is_passed_through_uncopied() {
         let mut r = Reassembler::new(64);
-        let msg = Bytes::from_static(b"whole");
+        let span = Body::Span {
+            chunk: 0,
+            start: 3,
+            len: 5,
+        };
         let line = r
-            .fragment(Stream::Stdout, 7, 1, LineFlags::empty(), msg.clone(), true)
+            .fragment(
+                Stream::Stdout,
+                7,
+                1,
+                LineFlags::empty(),
+                span.clone(),
+                b"whole",
+                true,
+            )
             .unwrap();
-        assert_eq!(line.body.as_ptr(), msg.as_ptr());
+        assert_eq!(line.body, span);
         assert_eq!(line.flags, LineFlags::empty());
         assert_eq!((line.offset, line.timestamp_ns), (7, 1));
     }
@@ -216,32 +262,19 @@ mod tests {
     fn streams_reassemble_independently() {
         let mut r = Reassembler::new(64);
         let f = LineFlags::empty();
-        assert!(
-            r.fragment(Stream::Stdout, 0, 10, f, b("out-a "), false)
-                .is_none()
-        );
-        assert!(
-            r.fragment(Stream::Stderr, 10, 20, f, b("err-a "), false)
-                .is_none()
-        );
-        assert!(
-            r.fragment(Stream::Stdout, 20, 30, f, b("out-b "), false)
-                .is_none()
-        );
+        assert!(frag(&mut r, Stream::Stdout, 0, 10, f, b("out-a "), false).is_none());
+        assert!(frag(&mut r, Stream::Stderr, 10, 20, f, b("err-a "), false).is_none());
+        assert!(frag(&mut r, Stream::Stdout, 20, 30, f, b("out-b "), false).is_none());
         assert_eq!(r.oldest_offset(), Some(0));
-        let err = r
-            .fragment(Stream::Stderr, 30, 40, f, b("err-b"), true)
-            .unwrap();
-        assert_eq!(&err.body[..], b"err-a err-b");
+        let err = frag(&mut r, Stream::Stderr, 30, 40, f, b("err-b"), true).unwrap();
+        assert_eq!(text(&err), b"err-a err-b");
         assert_eq!(
             (err.offset, err.timestamp_ns, err.stream),
             (10, 20, Stream::Stderr)
         );
         assert_eq!(err.flags, LineFlags::REASSEMBLED);
-        let out = r
-            .fragment(Stream::Stdout, 40, 50, f, b("out-c"), true)
-            .unwrap();
-        assert_eq!(&out.body[..], b"out-a out-b out-c");
+        let out = frag(&mut r, Stream::Stdout, 40, 50, f, b("out-c"), true).unwrap();
+        assert_eq!(text(&out), b"out-a out-b out-c");
         assert_eq!((out.offset, out.timestamp_ns), (0, 10));
         assert_eq!(r.oldest_offset(), None);
     }
@@ -250,16 +283,14 @@ mod tests {
     fn reassembled_message_is_bounded() {
         let mut r = Reassembler::new(8);
         let f = LineFlags::empty();
-        r.fragment(Stream::Stdout, 0, 0, f, b("12345"), false);
-        r.fragment(Stream::Stdout, 1, 0, f, b("67890"), false);
-        r.fragment(Stream::Stdout, 2, 0, f, b("abcdefghijk"), false);
-        let line = r.fragment(Stream::Stdout, 3, 0, f, b("end"), true).unwrap();
-        assert_eq!(&line.body[..], b"12345678");
+        frag(&mut r, Stream::Stdout, 0, 0, f, b("12345"), false);
+        frag(&mut r, Stream::Stdout, 1, 0, f, b("67890"), false);
+        frag(&mut r, Stream::Stdout, 2, 0, f, b("abcdefghijk"), false);
+        let line = frag(&mut r, Stream::Stdout, 3, 0, f, b("end"), true).unwrap();
+        assert_eq!(text(&line), b"12345678");
         assert_eq!(line.flags, LineFlags::TRUNCATED | LineFlags::REASSEMBLED);
-        let long = r
-            .fragment(Stream::Stdout, 4, 0, f, b("0123456789"), true)
-            .unwrap();
-        assert_eq!(&long.body[..], b"01234567");
+        let long = frag(&mut r, Stream::Stdout, 4, 0, f, b("0123456789"), true).unwrap();
+        assert_eq!(text(&long), b"01234567");
         assert_eq!(long.flags, LineFlags::TRUNCATED);
     }
 
@@ -267,15 +298,15 @@ mod tests {
     fn drain_flags_unterminated_oldest_first() {
         let mut r = Reassembler::new(64);
         let f = LineFlags::empty();
-        r.fragment(Stream::Stderr, 5, 0, f, b("e"), false);
-        r.fragment(Stream::Stdout, 9, 0, f, b("o1"), false);
-        r.fragment(Stream::Stdout, 12, 0, f, b("o2"), false);
+        frag(&mut r, Stream::Stderr, 5, 0, f, b("e"), false);
+        frag(&mut r, Stream::Stdout, 9, 0, f, b("o1"), false);
+        frag(&mut r, Stream::Stdout, 12, 0, f, b("o2"), false);
         let mut out = Vec::new();
         r.drain(|l| out.push(l));
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].offset, &out[0].body[..]), (5, &b"e"[..]));
+        assert_eq!((out[0].offset, text(&out[0])), (5, &b"e"[..]));
         assert_eq!(out[0].flags, LineFlags::UNTERMINATED);
-        assert_eq!((out[1].offset, &out[1].body[..]), (9, &b"o1o2"[..]));
+        assert_eq!((out[1].offset, text(&out[1])), (9, &b"o1o2"[..]));
         assert_eq!(
             out[1].flags,
             LineFlags::UNTERMINATED | LineFlags::REASSEMBLED
@@ -287,15 +318,13 @@ mod tests {
     fn accepted_carry_precedes_existing_fragments() {
         let f = LineFlags::empty();
         let mut old = Reassembler::new(64);
-        old.fragment(Stream::Stdout, 500, 1, f, b("carried "), false);
+        frag(&mut old, Stream::Stdout, 500, 1, f, b("carried "), false);
         let mut new = Reassembler::new(64);
-        new.fragment(Stream::Stdout, 0, 2, f, b("early "), false);
+        frag(&mut new, Stream::Stdout, 0, 2, f, b("early "), false);
         new.accept(old.take_all(), 0);
         assert_eq!(old.oldest_offset(), None);
-        let line = new
-            .fragment(Stream::Stdout, 10, 3, f, b("end"), true)
-            .unwrap();
-        assert_eq!(&line.body[..], b"carried early end");
+        let line = frag(&mut new, Stream::Stdout, 10, 3, f, b("end"), true).unwrap();
+        assert_eq!(text(&line), b"carried early end");
         assert_eq!((line.offset, line.timestamp_ns), (0, 1));
         assert!(line.flags.contains(LineFlags::REASSEMBLED));
     }

@@ -22,6 +22,15 @@ fn ml(start: &str, max_lines: usize) -> Option<MultilineConfig> {
     })
 }
 
+/// [`Framer::push`], the records' spans made owned to compare them with expected bytes.
+fn push(f: &mut Framer, chunk: Bytes, read_time_ns: i64, now: Instant, out: &mut Vec<Line>) {
+    let start = out.len();
+    f.push(&chunk, read_time_ns, now, out);
+    for line in &mut out[start..] {
+        line.body.make_owned(std::slice::from_ref(&chunk));
+    }
+}
+
 /// Pushes `chunks` then finishes; returns (records before finish, all records).
 fn frame(
     format: Format,
@@ -34,7 +43,7 @@ fn frame(
     let mut out = Vec::new();
     let now = Instant::now();
     for c in chunks {
-        f.push(Bytes::copy_from_slice(c), READ_NS, now, &mut out);
+        push(&mut f, Bytes::copy_from_slice(c), READ_NS, now, &mut out);
     }
     let pushed = out.clone();
     f.finish(&mut out);
@@ -42,7 +51,7 @@ fn frame(
 }
 
 fn bodies(lines: &[Line]) -> Vec<&[u8]> {
-    lines.iter().map(|l| &l.body[..]).collect()
+    lines.iter().map(|l| l.body.get(NO_CHUNKS)).collect()
 }
 
 fn rec(offset: u64, ts: i64, stream: Stream, flags: LineFlags, body: &[u8]) -> Line {
@@ -51,7 +60,7 @@ fn rec(offset: u64, ts: i64, stream: Stream, flags: LineFlags, body: &[u8]) -> L
         timestamp_ns: ts,
         stream,
         flags,
-        body: Bytes::copy_from_slice(body),
+        body: Bytes::copy_from_slice(body).into(),
     }
 }
 
@@ -101,15 +110,20 @@ fn raw_lines_offsets_and_timestamps() {
 }
 
 #[test]
-fn raw_lines_are_slices_of_the_chunk() {
+fn raw_lines_are_spans_of_the_chunk() {
     let chunk = Bytes::from(b"alpha\nbeta\ngamma\n".to_vec());
     let mut f = Framer::new(Format::Raw, 64, None, 0);
     let mut out = Vec::new();
-    f.push(chunk.clone(), READ_NS, Instant::now(), &mut out);
-    let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
-    assert_eq!(out.len(), 3);
-    for l in &out {
-        assert!(range.contains(&(l.body.as_ptr() as usize)));
+    f.push(&chunk, READ_NS, Instant::now(), &mut out);
+    let spans: Vec<Body> = out.into_iter().map(|l| l.body).collect();
+    assert_eq!(spans, [span(0, 5), span(6, 4), span(11, 5)]);
+}
+
+fn span(start: u32, len: u32) -> Body {
+    Body::Span {
+        chunk: 0,
+        start,
+        len,
     }
 }
 
@@ -119,14 +133,20 @@ fn resume_offset_tracks_the_unterminated_line() {
     let mut out = Vec::new();
     let now = Instant::now();
     assert_eq!(f.resume_offset(), 1000);
-    f.push(Bytes::from_static(b"ab\ncd"), READ_NS, now, &mut out);
+    push(
+        &mut f,
+        Bytes::from_static(b"ab\ncd"),
+        READ_NS,
+        now,
+        &mut out,
+    );
     assert_eq!(f.resume_offset(), 1003);
-    f.push(Bytes::from_static(b"ef"), READ_NS, now, &mut out);
+    push(&mut f, Bytes::from_static(b"ef"), READ_NS, now, &mut out);
     assert_eq!(f.resume_offset(), 1003);
-    f.push(Bytes::from_static(b"\n"), READ_NS, now, &mut out);
+    push(&mut f, Bytes::from_static(b"\n"), READ_NS, now, &mut out);
     assert_eq!(f.resume_offset(), 1008);
     assert_eq!(bodies(&out), [&b"ab"[..], b"cdef"]);
-    f.push(Bytes::from_static(b"tail"), READ_NS, now, &mut out);
+    push(&mut f, Bytes::from_static(b"tail"), READ_NS, now, &mut out);
     f.finish(&mut out);
     assert_eq!(f.resume_offset(), 1012);
 }
@@ -137,14 +157,26 @@ fn ten_megabyte_line_is_truncated_in_bounded_memory() {
     let mut f = Framer::new(Format::Raw, max, None, 0);
     let mut out = Vec::new();
     let now = Instant::now();
-    f.push(Bytes::from_static(b"before\n"), READ_NS, now, &mut out);
+    push(
+        &mut f,
+        Bytes::from_static(b"before\n"),
+        READ_NS,
+        now,
+        &mut out,
+    );
     let piece = Bytes::from(vec![b'x'; 256 * 1024]);
     for _ in 0..40 {
-        f.push(piece.clone(), READ_NS, now, &mut out);
+        push(&mut f, piece.clone(), READ_NS, now, &mut out);
         assert!(f.buffered_line_bytes() <= max + 1);
     }
     assert_eq!(f.resume_offset(), 7);
-    f.push(Bytes::from_static(b"y\r\nafter\n"), READ_NS, now, &mut out);
+    push(
+        &mut f,
+        Bytes::from_static(b"y\r\nafter\n"),
+        READ_NS,
+        now,
+        &mut out,
+    );
     assert_eq!(out.len(), 3);
     assert_eq!(out[1].offset, 7);
     assert_eq!(out[1].body.len(), max);
@@ -163,7 +195,7 @@ fn ten_megabyte_line_is_truncated_in_bounded_memory() {
     let mut big = vec![b'z'; 3 * max];
     big.push(b'\n');
     out.clear();
-    f.push(Bytes::from(big), READ_NS, now, &mut out);
+    push(&mut f, Bytes::from(big), READ_NS, now, &mut out);
     assert_eq!(
         (out[0].body.len(), out[0].flags),
         (max, LineFlags::TRUNCATED)
@@ -187,14 +219,14 @@ fn invalid_utf8_and_nul_pass_through() {
 // ---------------------------------------------------------------- CRI
 
 #[test]
-fn cri_full_record_is_a_slice() {
+fn cri_full_record_is_a_span() {
     let chunk = Bytes::from(cri("stdout", "F", "hello").into_bytes());
     let mut f = Framer::new(Format::Cri, 64, None, 0);
     let mut out = Vec::new();
-    f.push(chunk.clone(), READ_NS, Instant::now(), &mut out);
-    assert_eq!(out, vec![rec(0, TS_NS, Stream::Stdout, NONE, b"hello")]);
-    let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
-    assert!(range.contains(&(out[0].body.as_ptr() as usize)));
+    f.push(&chunk, READ_NS, Instant::now(), &mut out);
+    let mut expected = rec(0, TS_NS, Stream::Stdout, NONE, b"");
+    expected.body = span(TS.len() as u32 + 10, 5);
+    assert_eq!(out, vec![expected]);
 }
 
 #[test]
@@ -221,7 +253,7 @@ fn cri_partials_reassemble_per_stream() {
     let now = Instant::now();
     // One byte at a time: every line straddles chunks.
     for (i, b) in input.bytes().enumerate() {
-        f.push(Bytes::copy_from_slice(&[b]), READ_NS, now, &mut out);
+        push(&mut f, Bytes::copy_from_slice(&[b]), READ_NS, now, &mut out);
         if i + 1 == (offsets[4] as usize) {
             assert_eq!(f.resume_offset(), offsets[0], "stdout P still open");
         }
@@ -288,9 +320,12 @@ fn cri_malformed_lines_are_kept_raw() {
         assert_eq!(l.flags, LineFlags::MALFORMED);
         assert_eq!((l.stream, l.timestamp_ns), (Stream::None, READ_NS));
     }
-    assert_eq!(&out[0].body[..], b"2026-13-01T00:00:00Z stdout F bad month");
-    assert_eq!(&out[3].body[..], b"\0\x01binary");
-    assert_eq!(&out[4].body[..], b"");
+    assert_eq!(
+        out[0].body.get(NO_CHUNKS),
+        b"2026-13-01T00:00:00Z stdout F bad month"
+    );
+    assert_eq!(out[3].body.get(NO_CHUNKS), b"\0\x01binary");
+    assert_eq!(out[4].body.get(NO_CHUNKS), b"");
     assert_eq!(
         out[5],
         rec(
@@ -326,8 +361,8 @@ fn cri_reassembled_message_truncated_at_max() {
         (out[0].stream, out[0].flags),
         (Stream::Stderr, LineFlags::TRUNCATED)
     );
-    assert_eq!(&out[0].body[..], &huge.as_bytes()[..100]);
-    assert_eq!(&out[1].body[..], b"next");
+    assert_eq!(out[0].body.get(NO_CHUNKS), &huge.as_bytes()[..100]);
+    assert_eq!(out[1].body.get(NO_CHUNKS), b"next");
 }
 
 #[test]
@@ -392,9 +427,12 @@ fn docker_message_without_escapes_is_a_slice() {
     let chunk = Bytes::from(docker("stdout", "plain\n").into_bytes());
     let mut f = Framer::new(Format::Docker, 64, None, 0);
     let mut out = Vec::new();
-    f.push(chunk.clone(), READ_NS, Instant::now(), &mut out);
+    push(&mut f, chunk.clone(), READ_NS, Instant::now(), &mut out);
     let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
-    assert!(range.contains(&(out[0].body.as_ptr() as usize)));
+    let Body::Owned(body) = &out[0].body else {
+        panic!("docker messages are owned")
+    };
+    assert!(range.contains(&(body.as_ptr() as usize)));
 }
 
 #[test]
@@ -433,12 +471,12 @@ fn java_stack_trace_is_two_records() {
     assert_eq!(pushed.len(), 1);
     assert_eq!(all.len(), 2);
     assert_eq!(
-        &all[0].body[..],
+        all[0].body.get(NO_CHUNKS),
         &JAVA[..JAVA.len() - "2026-11-21 10:45:32 INFO next\n".len() - 1]
     );
     assert_eq!(all[0].flags, LineFlags::MULTILINE);
     assert_eq!(all[0].offset, 0);
-    assert_eq!(&all[1].body[..], b"2026-11-21 10:45:32 INFO next");
+    assert_eq!(all[1].body.get(NO_CHUNKS), b"2026-11-21 10:45:32 INFO next");
     assert_eq!(all[1].flags, NONE);
     for size in 1..JAVA.len() {
         let chunks: Vec<&[u8]> = JAVA.chunks(size).collect();
@@ -452,7 +490,8 @@ fn multiline_resume_offset_is_the_open_record() {
     let mut f = Framer::new(Format::Raw, 1024, ml(r"^\d", 100), 0);
     let mut out = Vec::new();
     let now = Instant::now();
-    f.push(
+    push(
+        &mut f,
         Bytes::from_static(b"pre\n1 a\n b\n c\n2 x"),
         READ_NS,
         now,
@@ -460,7 +499,7 @@ fn multiline_resume_offset_is_the_open_record() {
     );
     assert_eq!(bodies(&out), [&b"pre"[..]]);
     assert_eq!(f.resume_offset(), 4);
-    f.push(Bytes::from_static(b"\n"), READ_NS, now, &mut out);
+    push(&mut f, Bytes::from_static(b"\n"), READ_NS, now, &mut out);
     assert_eq!(bodies(&out), [&b"pre"[..], b"1 a\n b\n c"]);
     assert_eq!(f.resume_offset(), 14);
 }
@@ -470,7 +509,8 @@ fn multiline_flush_timeout_through_framer() {
     let mut f = Framer::new(Format::Raw, 1024, ml(r"^S", 100), 0);
     let mut out = Vec::new();
     let t0 = Instant::now();
-    f.push(
+    push(
+        &mut f,
         Bytes::from_static(b"S start\n more\n"),
         READ_NS,
         t0,
@@ -530,7 +570,8 @@ fn cri_partial_continues_in_the_rotated_successor() {
         cri("stdout", "P", "first half, "),
     ]
     .concat();
-    old.push(
+    push(
+        &mut old,
         Bytes::from(old_input.clone().into_bytes()),
         READ_NS,
         now,
@@ -550,7 +591,8 @@ fn cri_partial_continues_in_the_rotated_successor() {
     let mut new = Framer::new(Format::Cri, 1024, None, 0);
     new.accept_carry(carry);
     assert_eq!(new.resume_offset(), 0);
-    new.push(
+    push(
+        &mut new,
         Bytes::from(cri("stdout", "F", "second half").into_bytes()),
         READ_NS,
         now,
@@ -573,7 +615,8 @@ fn multiline_record_continues_in_the_rotated_successor() {
     let now = Instant::now();
     let mut out = Vec::new();
     let mut old = Framer::new(Format::Raw, 1024, ml("^S", 100), 0);
-    old.push(
+    push(
+        &mut old,
         Bytes::from_static(b"S trace\n at x\n"),
         READ_NS,
         now,
@@ -586,7 +629,8 @@ fn multiline_record_continues_in_the_rotated_successor() {
     let mut new = Framer::new(Format::Raw, 1024, ml("^S", 100), 7);
     new.accept_carry(carry);
     assert_eq!(new.resume_offset(), 7);
-    new.push(
+    push(
+        &mut new,
         Bytes::from_static(b" at y\nS next\n"),
         READ_NS,
         now,
@@ -602,7 +646,8 @@ fn carry_into_a_framer_without_multiline_is_emitted() {
     let now = Instant::now();
     let mut out = Vec::new();
     let mut old = Framer::new(Format::Raw, 1024, ml("^S", 100), 0);
-    old.push(
+    push(
+        &mut old,
         Bytes::from_static(b"S trace\n at x\n"),
         READ_NS,
         now,
@@ -612,7 +657,13 @@ fn carry_into_a_framer_without_multiline_is_emitted() {
     let mut new = Framer::new(Format::Raw, 1024, None, 50);
     new.accept_carry(carry);
     assert_eq!(new.resume_offset(), 50);
-    new.push(Bytes::from_static(b"plain\n"), READ_NS, now, &mut out);
+    push(
+        &mut new,
+        Bytes::from_static(b"plain\n"),
+        READ_NS,
+        now,
+        &mut out,
+    );
     assert_eq!(bodies(&out), [&b"S trace\n at x"[..], b"plain"]);
     assert_eq!(new.resume_offset(), 56);
 }
@@ -657,7 +708,13 @@ fn check_chunking_and_resume(
     let mut emitted = Vec::new();
     let now = Instant::now();
     for c in chunks {
-        f.push(Bytes::copy_from_slice(c), READ_NS, now, &mut emitted);
+        push(
+            &mut f,
+            Bytes::copy_from_slice(c),
+            READ_NS,
+            now,
+            &mut emitted,
+        );
         let resume = f.resume_offset();
         prop_assert!(resume >= BASE && resume <= BASE + input.len() as u64);
         let (_, rest) = frame(
@@ -894,7 +951,7 @@ fn a_partial_with_no_closing_fragment_is_flushed_after_the_timeout() {
     let first = cri("stdout", "F", "before");
     let partial = cri("stdout", "P", "last words");
     let input = format!("{first}{partial}");
-    f.push(Bytes::from(input.clone()), READ_NS, t0, &mut out);
+    push(&mut f, Bytes::from(input.clone()), READ_NS, t0, &mut out);
     assert_eq!(bodies(&out), vec![&b"before"[..]]);
     assert_eq!(f.resume_offset(), first.len() as u64);
 
@@ -911,7 +968,8 @@ fn a_partial_with_no_closing_fragment_is_flushed_after_the_timeout() {
     );
 
     let late = cri("stdout", "F", " after all");
-    f.push(
+    push(
+        &mut f,
         Bytes::from(late),
         READ_NS,
         t0 + Duration::from_secs(3),
@@ -927,8 +985,15 @@ fn a_partial_waits_for_its_closing_fragment_within_the_timeout() {
         Framer::new(Format::Cri, 1024, None, 0).with_partial_timeout(Duration::from_secs(2));
     let mut out = Vec::new();
     let t0 = Instant::now();
-    f.push(Bytes::from(cri("stdout", "P", "a ")), READ_NS, t0, &mut out);
-    f.push(
+    push(
+        &mut f,
+        Bytes::from(cri("stdout", "P", "a ")),
+        READ_NS,
+        t0,
+        &mut out,
+    );
+    push(
+        &mut f,
         Bytes::from(cri("stdout", "P", "b ")),
         READ_NS,
         t0 + Duration::from_millis(1500),
@@ -937,7 +1002,8 @@ fn a_partial_waits_for_its_closing_fragment_within_the_timeout() {
     // 3 s after the first fragment, 1.5 s after the last: not idle long enough.
     f.flush_idle(t0 + Duration::from_millis(3000), &mut out);
     assert!(out.is_empty());
-    f.push(
+    push(
+        &mut f,
         Bytes::from(cri("stdout", "F", "c")),
         READ_NS,
         t0 + Duration::from_millis(3100),
@@ -969,7 +1035,8 @@ fn a_message_is_one_record_whatever_it_holds_and_is_cut_at_the_cap() {
         .collect();
     assert_eq!(truncated, [true, false, true, false]);
     let mut f = Framer::new(Format::Message, 8, None, 0);
-    f.push(
+    push(
+        &mut f,
         Bytes::from_static(b"abc"),
         READ_NS,
         Instant::now(),

@@ -90,22 +90,33 @@ impl Parser {
     /// Always validates the body's UTF-8: invalid UTF-8 sets [`LineFlags::INVALID_UTF8`]
     /// and the body stays bytes (parsers other than JSON still run on the bytes). On a
     /// parse failure sets [`LineFlags::PARSE_FAILED`], pushes no field, leaves the body
-    /// raw and returns `false`. [`ParserConfig::None`] only validates UTF-8.
+    /// raw and returns `false`. [`ParserConfig::None`] only validates UTF-8. The body
+    /// is owned (a test's line); see [`apply_with`](Self::apply_with) for spans.
     pub fn apply(&self, line: &mut Line, index: u32, fields: &mut Vec<Field>) -> bool {
-        self.apply_with(line, index, fields, false)
+        self.apply_with(line, crate::frame::NO_CHUNKS, index, fields, false)
     }
 
     /// [`apply`](Self::apply) for a body already known to be valid UTF-8 when
     /// `known_utf8` (from [`Utf8Checked::vouches_for`]); `false` means "not known",
-    /// and the body is checked here.
+    /// and the body is checked here. A span body is of `chunks`; a parser that finds
+    /// fields gets the body as a `Bytes` of its own (one reference count per record,
+    /// what its fields' slices need anyway), `parser: none` only reads the bytes.
     pub fn apply_with(
         &self,
         line: &mut Line,
+        chunks: &[Bytes],
         index: u32,
         fields: &mut Vec<Field>,
         known_utf8: bool,
     ) -> bool {
-        let body = &line.body;
+        if let Kind::None = self.kind {
+            let valid_utf8 = known_utf8 || std::str::from_utf8(line.body.get(chunks)).is_ok();
+            if !valid_utf8 {
+                line.flags.insert(LineFlags::INVALID_UTF8);
+            }
+            return true;
+        }
+        let body = &line.body.to_bytes(chunks);
         let start = fields.len();
         // JSON text is UTF-8 by definition (RFC 8259 §8.1): invalid bytes cannot parse.
         // That parser needs the `&str` anyway, so its bodies are always checked here.

@@ -20,7 +20,7 @@ use crate::checkpoint::SharedRegistry;
 use crate::config::{Config, Format};
 use crate::discovery::PodLogRef;
 use crate::enrich::{Enricher, SourceEnrichment, SourceFields};
-use crate::frame::{Framer, Line, LineFlags, Stream};
+use crate::frame::{Body, Framer, Line, LineFlags, Stream};
 use crate::metrics::catalogue::{
     CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, INPUT_PARSE_FAILURES_TOTAL, LINES_FILTERED_TOTAL,
     LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL,
@@ -219,7 +219,7 @@ impl Pipeline {
             if let Some(slot) = self.slots.get_mut(&id) {
                 slot.framer.flush_expired(far, &mut self.scratch);
             }
-            self.absorb(id, Instant::now());
+            self.absorb(id, &Bytes::new(), Instant::now());
         }
         self.seal_all();
     }
@@ -332,8 +332,9 @@ impl Pipeline {
         metrics::counter!(PACKAGES_SHIPPED_EARLY_TOTAL).increment(shipped);
     }
 
-    /// Parses the records in `scratch` into the slot's package and ships it if due.
-    fn absorb(&mut self, source: SourceId, now: Instant) {
+    /// Parses the records in `scratch` (their spans of `chunk`, the one pushed) into the
+    /// slot's package and ships it if due.
+    fn absorb(&mut self, source: SourceId, chunk: &Bytes, now: Instant) {
         let Some(slot) = self.slots.get_mut(&source) else {
             self.scratch.clear();
             return;
@@ -353,12 +354,19 @@ impl Pipeline {
                 continue;
             }
             let index = slot.builder.next_index();
+            let chunks = std::slice::from_ref(chunk);
             let known_utf8 = self
                 .chunk_utf8
                 .as_ref()
-                .is_some_and(|c| c.vouches_for(&line.body));
+                .is_some_and(|c| c.vouches_for(line.body.get(chunks)));
             let first_field = slot.builder.fields_mut().len();
-            parser.apply_with(&mut line, index, slot.builder.fields_mut(), known_utf8);
+            parser.apply_with(
+                &mut line,
+                chunks,
+                index,
+                slot.builder.fields_mut(),
+                known_utf8,
+            );
             for (key, value) in self.provided.drain(..) {
                 let line = index;
                 slot.builder
@@ -367,15 +375,15 @@ impl Pipeline {
             }
             counts.flags(line.flags);
             if !transform.is_empty() {
-                let outcome =
-                    transform.apply(&mut line, index, slot.builder.fields_mut(), first_field);
+                let fields = slot.builder.fields_mut();
+                let outcome = transform.apply(&mut line, chunks, index, fields, first_field);
                 counts.masked += outcome.masked as u64;
                 if outcome.dropped {
                     counts.filtered += 1;
                     continue;
                 }
             }
-            slot.builder.push(line, now);
+            slot.builder.push(line, chunk, now);
         }
         self.account(source, counts, now);
     }
@@ -594,15 +602,15 @@ impl Pipeline {
         if direct {
             let lines = slot.builder.lines_to_append();
             let start = lines.len();
-            slot.framer.push(chunk, written_ns, framer_now, lines);
-            let appended = slot.builder.appended(start, now);
-            let counts = unparsed(appended, slot.stream, self.chunk_utf8.as_ref());
+            slot.framer.push(&chunk, written_ns, framer_now, lines);
+            let appended = slot.builder.appended(start, &chunk, now);
+            let counts = unparsed(appended, &chunk, slot.stream, self.chunk_utf8.as_ref());
             self.chunk_utf8 = None;
             self.account(source, counts, now);
         } else {
             slot.framer
-                .push(chunk, written_ns, framer_now, &mut self.scratch);
-            self.absorb(source, now);
+                .push(&chunk, written_ns, framer_now, &mut self.scratch);
+            self.absorb(source, &chunk, now);
             self.chunk_utf8 = None;
         }
     }
@@ -612,7 +620,7 @@ impl Pipeline {
             return;
         };
         slot.framer.finish(&mut self.scratch);
-        self.absorb(source, Instant::now());
+        self.absorb(source, &Bytes::new(), Instant::now());
         let Some(slot) = self.slots.get(&source) else {
             return;
         };
@@ -636,7 +644,7 @@ impl Pipeline {
                 // The source is done: its unterminated last line is a record now.
                 slot.framer.finish(&mut self.scratch);
             }
-            self.absorb(source, now);
+            self.absorb(source, &Bytes::new(), now);
             self.ship(source);
         }
         self.slots.remove(&source);
@@ -652,7 +660,7 @@ impl Pipeline {
                 slot.framer.flush_idle(framer_now, &mut self.scratch);
             }
             // Ships the package if its timeout passed, even when nothing new came.
-            self.absorb(id, now);
+            self.absorb(id, &Bytes::new(), now);
         }
         ids.clear();
         self.tick_ids = ids;
@@ -814,7 +822,13 @@ impl Counts {
 /// The `parser: none` stage over records the framer appended to a package: a captured
 /// stream's tag, and the UTF-8 flag exactly as [`Parser::apply_with`] sets it for no
 /// parser (`utf8` vouches for slices of the checked chunk, the rest is checked here).
-fn unparsed(lines: &mut [Line], stream: Option<Stream>, utf8: Option<&Utf8Checked>) -> Counts {
+/// `chunk` is the package's chunk the records' spans index, if any is.
+fn unparsed(
+    lines: &mut [Line],
+    chunk: &Bytes,
+    stream: Option<Stream>,
+    utf8: Option<&Utf8Checked>,
+) -> Counts {
     let mut counts = Counts {
         records: lines.len() as u64,
         ..Counts::default()
@@ -823,8 +837,16 @@ fn unparsed(lines: &mut [Line], stream: Option<Stream>, utf8: Option<&Utf8Checke
         if let Some(stream) = stream {
             line.stream = stream;
         }
-        let known = utf8.is_some_and(|c| c.vouches_for(&line.body));
-        if !known && std::str::from_utf8(&line.body).is_err() {
+        // Spans index the package's chunks; only `chunk` can be among these records'.
+        let body = match &line.body {
+            Body::Span { start, len, .. } => {
+                let start = *start as usize;
+                chunk.get(start..start + *len as usize).unwrap_or_default()
+            }
+            Body::Owned(b) => b,
+        };
+        let known = utf8.is_some_and(|c| c.vouches_for(body));
+        if !known && std::str::from_utf8(body).is_err() {
             line.flags.insert(LineFlags::INVALID_UTF8);
         }
         counts.flags(line.flags);

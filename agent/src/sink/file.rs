@@ -134,7 +134,7 @@ pub(crate) fn render_batch(
             stream: l.stream,
             captured: batch.source.kind == SourceKind::Capture,
             flags: l.flags,
-            body: &l.body,
+            body: batch.body(l),
             source_fields: &batch.source_fields,
         };
         let fields = batch
@@ -198,14 +198,14 @@ pub(crate) mod tests {
                 timestamp_ns: 1_000,
                 stream: Stream::Stdout,
                 flags: LineFlags::empty(),
-                body: Bytes::from_static(b"hello \"world\""),
+                body: Bytes::from_static(b"hello \"world\"").into(),
             },
             Line {
                 offset: 20,
                 timestamp_ns: 2_000,
                 stream: Stream::Stderr,
                 flags: LineFlags::INVALID_UTF8,
-                body: Bytes::from_static(b"bad \xff byte"),
+                body: Bytes::from_static(b"bad \xff byte").into(),
             },
         ];
         let fields = vec![Field {
@@ -221,6 +221,7 @@ pub(crate) mod tests {
             ),
         ]);
         Batch {
+            chunks: Vec::new(),
             source,
             package_id: 3,
             lines,
@@ -312,7 +313,7 @@ mod disk_full_tests {
             timestamp_ns: 3_000,
             stream: Stream::Stdout,
             flags: LineFlags::empty(),
-            body: bytes::Bytes::from(vec![b'a'; 600 * 1024]),
+            body: bytes::Bytes::from(vec![b'a'; 600 * 1024]).into(),
         };
         let filler = fs.fill_leaving(64 * 1024);
         let mut filler = Some(filler);

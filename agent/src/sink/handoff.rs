@@ -182,7 +182,7 @@ pub fn to_spooled(seq: u64, batch: &Batch) -> SpooledPackage {
                 timestamp_ns: line.timestamp_ns,
                 stream: line.stream,
                 flags: line.flags,
-                body: line.body.clone(),
+                body: batch.body_owned(line),
                 fields: own,
             }
         })
@@ -209,6 +209,7 @@ mod tests {
 
     fn batch(package_id: u64) -> Batch {
         Batch {
+            chunks: Vec::new(),
             source: Arc::new(SourceInfo {
                 id: SourceId(5),
                 kind: SourceKind::File,
@@ -226,7 +227,7 @@ mod tests {
                         Stream::Stderr
                     },
                     flags: LineFlags::empty(),
-                    body: Bytes::from(format!("line {i}")),
+                    body: Bytes::from(format!("line {i}")).into(),
                 })
                 .collect(),
             fields: vec![

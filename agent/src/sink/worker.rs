@@ -272,6 +272,7 @@ mod tests {
         let handle = worker.spawn("test").unwrap();
         for package_id in 1..=4u64 {
             let batch = Batch {
+                chunks: Vec::new(),
                 source: info.clone(),
                 package_id,
                 lines: vec![Line {
@@ -279,7 +280,7 @@ mod tests {
                     timestamp_ns: 0,
                     stream: Stream::None,
                     flags: LineFlags::empty(),
-                    body: Bytes::from_static(b"x"),
+                    body: Bytes::from_static(b"x").into(),
                 }],
                 fields: Vec::new(),
                 source_fields: Default::default(),
@@ -333,6 +334,7 @@ mod tests {
         let handle = worker.spawn("test").unwrap();
         registry.sent(source, 1, 10);
         tx.send(Batch {
+            chunks: Vec::new(),
             source: info,
             package_id: 1,
             lines: Vec::new(),
@@ -395,6 +397,7 @@ mod tests {
         for package_id in 1..=3u64 {
             registry.sent(info.id, package_id, package_id * 10);
             tx.send(Batch {
+                chunks: Vec::new(),
                 source: info.clone(),
                 package_id,
                 lines: Vec::new(),

@@ -138,19 +138,22 @@ impl Transform {
     }
 
     /// Runs the steps on `line`, whose fields are `fields[start..]` (tagged `index`).
-    /// A dropped record's fields are truncated away again.
+    /// A dropped record's fields are truncated away again. The body is made owned
+    /// first (a span of `chunks`): steps slice it into fields and rewrite it.
     pub fn apply(
         &self,
         line: &mut Line,
+        chunks: &[Bytes],
         index: u32,
         fields: &mut Vec<Field>,
         start: usize,
     ) -> Outcome {
         let mut outcome = Outcome::default();
+        let body = line.body.make_owned(chunks);
         for step in &self.steps {
             match step {
                 Step::Filter { keep, target, test } => {
-                    let matched = value(line, fields, start, target).is_some_and(|v| match test {
+                    let matched = value(body, fields, start, target).is_some_and(|v| match test {
                         ValueTest::Regex(re) => re.is_match(v),
                         ValueTest::Equals(expected) => v == expected.as_ref(),
                     });
@@ -176,7 +179,7 @@ impl Transform {
                     };
                     match target {
                         Target::Body => {
-                            mask(&mut line.body);
+                            mask(body);
                             fields[start..].iter_mut().for_each(|f| mask(&mut f.value));
                         }
                         Target::Field(name) => fields[start..]
@@ -215,7 +218,7 @@ impl Transform {
                     regex,
                     groups,
                 } => {
-                    let Some(source) = owned_value(line, fields, start, target) else {
+                    let Some(source) = owned_value(body, fields, start, target) else {
                         continue;
                     };
                     let Some(caps) = regex.captures(&source) else {
@@ -239,13 +242,13 @@ impl Transform {
 
 /// The bytes `target` names in this record: the body, or the last field of the name.
 fn value<'a>(
-    line: &'a Line,
+    body: &'a Bytes,
     fields: &'a [Field],
     start: usize,
     target: &Target,
 ) -> Option<&'a [u8]> {
     match target {
-        Target::Body => Some(&line.body),
+        Target::Body => Some(body),
         Target::Field(name) => fields[start..]
             .iter()
             .rev()
@@ -255,9 +258,9 @@ fn value<'a>(
 }
 
 /// Like [`value`], as a `Bytes` whose slices are spans (no copy).
-fn owned_value(line: &Line, fields: &[Field], start: usize, target: &Target) -> Option<Bytes> {
+fn owned_value(body: &Bytes, fields: &[Field], start: usize, target: &Target) -> Option<Bytes> {
     match target {
-        Target::Body => Some(line.body.clone()),
+        Target::Body => Some(body.clone()),
         Target::Field(name) => fields[start..]
             .iter()
             .rev()

@@ -44,10 +44,10 @@ fn run(stages: &(Parser, Transform), body: &str) -> Option<(String, Vec<(String,
         timestamp_ns: 0,
         stream: Stream::Stdout,
         flags: LineFlags::empty(),
-        body: Bytes::copy_from_slice(body.as_bytes()),
+        body: Bytes::copy_from_slice(body.as_bytes()).into(),
     };
     parser.apply(&mut line, 1, &mut fields);
-    let outcome = transform.apply(&mut line, 1, &mut fields, 1);
+    let outcome = transform.apply(&mut line, crate::frame::NO_CHUNKS, 1, &mut fields, 1);
     assert_eq!(
         fields[0], earlier,
         "an earlier record's fields are untouched"
@@ -59,7 +59,7 @@ fn run(stages: &(Parser, Transform), body: &str) -> Option<(String, Vec<(String,
     }
     let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
     Some((
-        text(&line.body),
+        text(&line.body.to_bytes(crate::frame::NO_CHUNKS)),
         fields[1..]
             .iter()
             .map(|f| (text(&f.key), text(&f.value)))
@@ -120,10 +120,10 @@ fn mask_keeps_invalid_utf8_around_its_matches() {
         timestamp_ns: 0,
         stream: Stream::Stdout,
         flags: LineFlags::empty(),
-        body: Bytes::from_static(b"\xff\xfe pin=1234 \xc3"),
+        body: Bytes::from_static(b"\xff\xfe pin=1234 \xc3").into(),
     };
     parser.apply(&mut line, 0, &mut fields);
-    let outcome = transform.apply(&mut line, 0, &mut fields, 0);
+    let outcome = transform.apply(&mut line, crate::frame::NO_CHUNKS, 0, &mut fields, 0);
     assert_eq!(
         outcome,
         Outcome {
@@ -131,7 +131,10 @@ fn mask_keeps_invalid_utf8_around_its_matches() {
             masked: true
         }
     );
-    assert_eq!(line.body.as_ref(), b"\xff\xfe **** \xc3");
+    assert_eq!(
+        line.body.get(crate::frame::NO_CHUNKS),
+        b"\xff\xfe **** \xc3"
+    );
     assert!(line.flags.contains(LineFlags::INVALID_UTF8));
 }
 
@@ -165,14 +168,17 @@ fn fields_are_added_renamed_removed_and_extracted_in_order() {
         timestamp_ns: 0,
         stream: Stream::Stdout,
         flags: LineFlags::empty(),
-        body: Bytes::from_static(b"plain id=42"),
+        body: Bytes::from_static(b"plain id=42").into(),
     };
     let mut fields = Vec::new();
     parser.apply(&mut line, 0, &mut fields);
-    transform.apply(&mut line, 0, &mut fields, 0);
+    transform.apply(&mut line, crate::frame::NO_CHUNKS, 0, &mut fields, 0);
     assert_eq!(fields.len(), 1);
     assert_eq!(fields[0].value.as_ref(), b"42");
-    assert_eq!(fields[0].value.as_ptr(), line.body[9..].as_ptr());
+    assert_eq!(
+        fields[0].value.as_ptr(),
+        line.body.get(crate::frame::NO_CHUNKS)[9..].as_ptr()
+    );
 }
 
 #[test]

@@ -227,11 +227,12 @@ fn batch(package_id: u64) -> Batch {
         timestamp_ns: 1_763_721_931_210_111_144 + offset as i64,
         stream: Stream::Stdout,
         flags,
-        body: Bytes::from_static(body),
+        body: Bytes::from_static(body).into(),
     };
     Batch {
         source,
         package_id,
+        chunks: Vec::new(),
         lines: vec![
             line(
                 0,

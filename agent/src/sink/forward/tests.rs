@@ -82,6 +82,7 @@ fn source(id: u64) -> Arc<SourceInfo> {
 fn batch(source: &Arc<SourceInfo>, package_id: u64, lines: usize) -> Batch {
     let base = package_id * 1000;
     Batch {
+        chunks: Vec::new(),
         source: source.clone(),
         package_id,
         lines: (0..lines)
@@ -90,7 +91,8 @@ fn batch(source: &Arc<SourceInfo>, package_id: u64, lines: usize) -> Batch {
                 timestamp_ns: 1_700_000_000_000_000_000,
                 stream: Stream::None,
                 flags: LineFlags::empty(),
-                body: Bytes::from(format!("{package_id:06}-{i:04}-{}", noise(base + i as u64))),
+                body: Bytes::from(format!("{package_id:06}-{i:04}-{}", noise(base + i as u64)))
+                    .into(),
             })
             .collect(),
         fields: Vec::new(),

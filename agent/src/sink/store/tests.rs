@@ -74,10 +74,11 @@ fn batch(
             timestamp_ns: T0 + i as i64 * 1_000_000_000,
             stream: Stream::Stdout,
             flags: LineFlags::empty(),
-            body: Bytes::from(format!("{prefix} {i}")),
+            body: Bytes::from(format!("{prefix} {i}")).into(),
         })
         .collect();
     Batch {
+        chunks: Vec::new(),
         source: src.clone(),
         package_id,
         lines,
@@ -183,7 +184,7 @@ fn keyword_field_time_source_limit_and_tail_filters() {
     let a = source(1, "/var/log/a.log");
     let b = source(2, "/var/log/pods/ns_web_1/web/0.log");
     let mut mixed = batch(&b, 0, 0..4, "GET /index");
-    mixed.lines[2].body = Bytes::from_static(b"POST /Login failed");
+    mixed.lines[2].body = Bytes::from_static(b"POST /Login failed").into();
     mixed.fields = vec![
         Field {
             line: 2,
@@ -362,7 +363,7 @@ fn context_groups_that_touch_are_merged() {
     let mut store = Store::open(dir.path(), options()).unwrap();
     let mut p = batch(&a, 0, 0..12, "plain");
     for i in [2usize, 5, 10] {
-        p.lines[i].body = Bytes::from(format!("HIT {i}"));
+        p.lines[i].body = Bytes::from(format!("HIT {i}")).into();
     }
     write_all(&mut store, &[p]);
     let text = query(dir.path(), &["HIT", "-C", "1"]);
@@ -702,7 +703,7 @@ fn invalid_utf8_round_trips_and_displays_escaped() {
     let a = source(1, "/a");
     let mut b = batch(&a, 0, 0..1, "x");
     let raw: &[u8] = b"caf\xc3\xa9 \xff\xfe\x00 end";
-    b.lines[0].body = Bytes::from_static(raw);
+    b.lines[0].body = Bytes::from_static(raw).into();
     b.lines[0].flags = LineFlags::INVALID_UTF8;
     let mut store = Store::open(dir.path(), options()).unwrap();
     write_all(&mut store, &[b]);
@@ -736,7 +737,7 @@ fn ten_megabyte_body_round_trips() {
     }
     body.extend_from_slice(b"NEEDLE");
     let mut b = batch(&a, 0, 0..2, "x");
-    b.lines[1].body = Bytes::from(body.clone());
+    b.lines[1].body = Bytes::from(body.clone()).into();
     b.end_offset = 10 + body.len() as u64 + 1;
     let mut store = Store::open(dir.path(), options()).unwrap();
     write_all(&mut store, &[b]);
@@ -895,6 +896,7 @@ fn cri_batch(
     end_offset: u64,
 ) -> Batch {
     Batch {
+        chunks: Vec::new(),
         source: src.clone(),
         package_id,
         lines: records
@@ -904,7 +906,7 @@ fn cri_batch(
                 timestamp_ns: T0 + offset as i64,
                 stream,
                 flags: LineFlags::empty(),
-                body: Bytes::from(body.to_owned()),
+                body: Bytes::from(body.to_owned()).into(),
             })
             .collect(),
         fields: Vec::new(),
@@ -1013,7 +1015,7 @@ fn disk_full_mid_write_leaves_store_readable_and_writable() {
             x as u8
         })
         .collect();
-    big.lines[0].body = Bytes::from(noise.clone());
+    big.lines[0].body = Bytes::from(noise.clone()).into();
     assert!(store.write(&big).is_err(), "the disk is full");
     std::fs::remove_file(&filler).unwrap();
     write_all(&mut store, &[big, batch(&src, 3, 4..6, "after")]);
@@ -1138,7 +1140,7 @@ fn retention_keeps_min_free_space_on_the_disk() {
                 x as u8
             })
             .collect();
-        b.lines[0].body = Bytes::from(noise);
+        b.lines[0].body = Bytes::from(noise).into();
         store
             .write(&b)
             .unwrap_or_else(|e| panic!("package {p}: {e}"));
