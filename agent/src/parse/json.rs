@@ -105,7 +105,16 @@ fn key_bytes(body: &Bytes, key: &[u8]) -> Bytes {
 ///
 /// `text` must be valid UTF-8 (only ASCII bytes are looked at).
 fn scan_flat(text: &[u8], mut member: impl FnMut(Range<usize>, Range<usize>)) -> Option<()> {
-    let mut s = Scanner { text, pos: 0 };
+    // JSON allows control characters only between tokens (tab, line feed, carriage
+    // return), never in strings. A line with none at all (almost every log line) needs
+    // no check per string: one pass over the line, without early exit, so it compiles
+    // to vector compares.
+    let controls = text.iter().fold(false, |found, &b| found | (b < 0x20));
+    let mut s = Scanner {
+        text,
+        pos: 0,
+        controls,
+    };
     s.whitespace();
     s.expect(b'{')?;
     s.whitespace();
@@ -139,6 +148,8 @@ fn scan_flat(text: &[u8], mut member: impl FnMut(Range<usize>, Range<usize>)) ->
 struct Scanner<'a> {
     text: &'a [u8],
     pos: usize,
+    /// The text has bytes below 0x20 somewhere: strings must be checked for them.
+    controls: bool,
 }
 
 impl Scanner<'_> {
@@ -169,10 +180,7 @@ impl Scanner<'_> {
         let start = self.pos;
         let len = memchr::memchr2(b'"', b'\\', &self.text[start..])?;
         let content = start..start + len;
-        // A fold, not `any`: no early exit, so it compiles to vector compares.
-        let control = self.text[content.clone()]
-            .iter()
-            .fold(false, |found, &b| found | (b < 0x20));
+        let control = self.controls && self.text[content.clone()].iter().any(|&b| b < 0x20);
         self.pos = content.end;
         (!control && self.eat(b'"')).then_some(content)
     }
