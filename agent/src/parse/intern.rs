@@ -116,7 +116,8 @@ mod tests {
     #[test]
     fn equal_keys_share_one_static_copy() {
         let a = key(b"level").unwrap();
-        let b = key(&b"level".to_vec()).unwrap();
+        let copy = String::from("level");
+        let b = key(copy.as_bytes()).unwrap();
         assert_eq!(a, b"level");
         assert!(std::ptr::eq(a, b));
         // From another thread (another cache), the same copy.
