@@ -15,7 +15,7 @@
 //! # Performance
 //!
 //! Two paths with one result. Most log lines are flat objects whose strings have no
-//! escapes: [`scan_flat`] reads exactly those (about twenty lines of grammar) and
+//! escapes: [`scan_flat`] reads exactly those (four kinds of token) and
 //! hands back spans; anything else — an escape, a nested value, a control character,
 //! a malformed number, trailing text — makes it give up, and serde_json parses the
 //! line from the start. The fast path only accepts text whose fields are spans of the
