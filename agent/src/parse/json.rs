@@ -14,25 +14,220 @@
 //!
 //! # Performance
 //!
+//! Two paths with one result. Most log lines are flat objects whose strings have no
+//! escapes: [`scan_flat`] reads exactly those (four kinds of token) and
+//! hands back spans; anything else — an escape, a nested value, a control character,
+//! a malformed number, trailing text — makes it give up, and serde_json parses the
+//! line from the start. The fast path only accepts text whose fields are spans of the
+//! body either way, so the two agree by construction; `scan_flat_agrees_with_serde`
+//! and the `parse` fuzz target check it on arbitrary and near-miss input.
+//!
 //! serde_json reads the object with a visitor that borrows from the body: a key or
 //! string value without escapes, a number, or an already compact nested value is a
 //! slice of the body. Only escaped strings and non-compact nested values allocate. No
 //! map is built per line.
+//!
+//! Every value that is a span of the body costs an atomic increment of the read
+//! chunk's reference count here and a decrement where the package is dropped (on the
+//! sink's thread: the count's cache line moves between cores). Keys, which repeat
+//! from line to line, are therefore interned as static slices ([`intern`]): cloning
+//! and dropping those touches no count. Before both changes, serde_json and the
+//! reference counts took about 40% and 33% of the JSON → null scenario's CPU
+//! (`docs/benchmarks.md`, "JSON parsing").
 
 use std::fmt;
+use std::ops::Range;
 
 use bytes::Bytes;
 use serde::Deserializer as _;
 use serde::de::{DeserializeSeed, Error as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::intern;
 use super::span_of;
 use crate::batch::Field;
 
-/// Parses `text` (the body, already validated as UTF-8) into fields of line `index`.
+/// Parses `body` (already known to be valid UTF-8) into fields of line `index`.
 /// Returns `false` if it is not exactly one JSON object; fields pushed before the
 /// failure are left for the caller to truncate.
-pub(super) fn parse(body: &Bytes, text: &str, index: u32, fields: &mut Vec<Field>) -> bool {
+pub(super) fn parse(body: &Bytes, index: u32, fields: &mut Vec<Field>) -> bool {
+    let start = fields.len();
+    let flat = scan_flat(body, |key, value| {
+        fields.push(Field {
+            line: index,
+            key: key_bytes(body, &body[key]),
+            value: body.slice(value),
+        });
+    });
+    if flat.is_some() {
+        return true;
+    }
+    fields.truncate(start);
+    std::str::from_utf8(body).is_ok_and(|text| parse_serde(body, text, index, fields))
+}
+
+/// The fields of `body` by the fast path (`None` where it gives up) and by serde_json
+/// alone (`None` where the body is not one object), for tests and the fuzz target
+/// that check the two agree. Both `None` when `body` is not UTF-8.
+#[doc(hidden)]
+pub fn both_paths(body: &Bytes) -> (Option<Vec<Field>>, Option<Vec<Field>>) {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return (None, None);
+    };
+    let mut flat = Vec::new();
+    let flat = scan_flat(body, |key, value| {
+        flat.push(Field {
+            line: 0,
+            key: body.slice(key),
+            value: body.slice(value),
+        });
+    })
+    .map(|()| flat);
+    let mut serde = Vec::new();
+    let serde = parse_serde(body, text, 0, &mut serde).then_some(serde);
+    (flat, serde)
+}
+
+/// A key as a static interned slice when it can be (no reference count to touch),
+/// else as a span of the body (or a copy, for a key that is not a view of it).
+fn key_bytes(body: &Bytes, key: &[u8]) -> Bytes {
+    match intern::key(key) {
+        Some(key) => Bytes::from_static(key),
+        None => span_of(body, key),
+    }
+}
+
+/// Reads `text` as one flat JSON object whose keys and string values have no escapes,
+/// calling `member(key, value)` with the ranges of each member's key (between the
+/// quotes) and value (a string's content between the quotes; a number's or literal's
+/// text), in order. `None` as soon as the text is anything else, valid JSON or not —
+/// with members already reported, which the caller discards.
+///
+/// `text` must be valid UTF-8 (only ASCII bytes are looked at).
+fn scan_flat(text: &[u8], mut member: impl FnMut(Range<usize>, Range<usize>)) -> Option<()> {
+    // JSON allows control characters only between tokens (tab, line feed, carriage
+    // return), never in strings. A line with none at all (almost every log line) needs
+    // no check per string: one pass over the line, without early exit, so it compiles
+    // to vector compares.
+    let controls = text.iter().fold(false, |found, &b| found | (b < 0x20));
+    let mut s = Scanner {
+        text,
+        pos: 0,
+        controls,
+    };
+    s.whitespace();
+    s.expect(b'{')?;
+    s.whitespace();
+    if !s.eat(b'}') {
+        loop {
+            let key = s.string()?;
+            s.whitespace();
+            s.expect(b':')?;
+            s.whitespace();
+            let value = match s.peek()? {
+                b'"' => s.string()?,
+                b'-' | b'0'..=b'9' => s.number()?,
+                b't' => s.literal(b"true")?,
+                b'f' => s.literal(b"false")?,
+                b'n' => s.literal(b"null")?,
+                _ => return None,
+            };
+            member(key, value);
+            s.whitespace();
+            if s.eat(b'}') {
+                break;
+            }
+            s.expect(b',')?;
+            s.whitespace();
+        }
+    }
+    s.whitespace();
+    (s.pos == text.len()).then_some(())
+}
+
+struct Scanner<'a> {
+    text: &'a [u8],
+    pos: usize,
+    /// The text has bytes below 0x20 somewhere: strings must be checked for them.
+    controls: bool,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.pos).copied()
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        let found = self.peek() == Some(b);
+        self.pos += usize::from(found);
+        found
+    }
+
+    fn expect(&mut self, b: u8) -> Option<()> {
+        self.eat(b).then_some(())
+    }
+
+    fn whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// A string with neither escapes nor control characters (serde_json rejects the
+    /// latter): the range of its content.
+    fn string(&mut self) -> Option<Range<usize>> {
+        self.expect(b'"')?;
+        let start = self.pos;
+        let len = memchr::memchr2(b'"', b'\\', &self.text[start..])?;
+        let content = start..start + len;
+        let control = self.controls && self.text[content.clone()].iter().any(|&b| b < 0x20);
+        self.pos = content.end;
+        (!control && self.eat(b'"')).then_some(content)
+    }
+
+    /// A number as RFC 8259 writes it: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Option<Range<usize>> {
+        let start = self.pos;
+        self.eat(b'-');
+        match self.peek()? {
+            b'0' => self.pos += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.eat(b'.') {
+            self.digits1()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            let _ = self.eat(b'+') || self.eat(b'-');
+            self.digits1()?;
+        }
+        Some(start..self.pos)
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    fn digits1(&mut self) -> Option<()> {
+        let start = self.pos;
+        self.digits();
+        (self.pos > start).then_some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<Range<usize>> {
+        let start = self.pos;
+        self.text[start..].starts_with(word).then(|| {
+            self.pos += word.len();
+            start..self.pos
+        })
+    }
+}
+
+/// The general path: serde_json reads `text` (the body as `&str`).
+fn parse_serde(body: &Bytes, text: &str, index: u32, fields: &mut Vec<Field>) -> bool {
     let mut de = serde_json::Deserializer::from_str(text);
     let visitor = ObjectVisitor {
         body,
@@ -92,7 +287,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Bytes, E> {
-        Ok(span_of(self.body, v.as_bytes()))
+        Ok(key_bytes(self.body, v.as_bytes()))
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Bytes, E> {
@@ -171,9 +366,8 @@ mod tests {
 
     fn fields_of(body: &'static str) -> Option<Vec<(String, String)>> {
         let body = Bytes::from_static(body.as_bytes());
-        let text = std::str::from_utf8(&body).unwrap();
         let mut fields = Vec::new();
-        if !parse(&body, text, 7, &mut fields) {
+        if !parse(&body, 7, &mut fields) {
             return None;
         }
         assert!(fields.iter().all(|f| f.line == 7));
@@ -238,15 +432,143 @@ mod tests {
     }
 
     #[test]
-    fn unescaped_values_are_spans_of_the_body() {
-        let body = Bytes::from_static(br#"{"key":"value","n":12,"o":{"a":1}}"#);
-        let text = std::str::from_utf8(&body).unwrap();
-        let mut fields = Vec::new();
-        assert!(parse(&body, text, 0, &mut fields));
-        let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
-        for f in &fields {
-            assert!(range.contains(&(f.key.as_ptr() as usize)), "{f:?}");
-            assert!(range.contains(&(f.value.as_ptr() as usize)), "{f:?}");
+    fn unescaped_values_are_spans_of_the_body_and_keys_are_interned() {
+        // The flat fast path, and serde_json's (a nested value).
+        for text in [
+            r#"{"key":"value","n":12,"t":true}"#,
+            r#"{"key":"value","n":12,"o":{"a":1}}"#,
+        ] {
+            let body = Bytes::from(text.as_bytes().to_vec());
+            let mut fields = Vec::new();
+            assert!(parse(&body, 0, &mut fields));
+            let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
+            for f in &fields {
+                assert!(range.contains(&(f.value.as_ptr() as usize)), "{f:?}");
+                let interned = intern::key(&f.key).expect("a short key is interned");
+                assert_eq!(f.key.as_ptr(), interned.as_ptr(), "{f:?}");
+            }
+        }
+    }
+
+    /// Lines the flat fast path must read, and lines it must leave to serde_json.
+    const FLAT: &[&str] = &[
+        "{}",
+        " { } ",
+        r#"{"ts":"2026-11-21T10:00:01.000000001Z","level":"info","seq":1,"latency_ms":33,"msg":"a b c"}"#,
+        "{\"a\" :\t\"x\" ,\r\n\"b\": -0.5e+10 , \"c\":0,\"d\":false,\"e\":null,\"f\":1E3}",
+        r#"{"a":"1","a":"2"}"#,
+        r#"{"":""}"#,
+        "{\"é€😀\":\"\u{7f}ü\"}",
+        r#"{"n":123456789012345678901234567890.5e-999}"#,
+    ];
+    const NOT_FLAT: &[&str] = &[
+        r#"{"a":"x\"y"}"#,
+        r#"{"a\u0041":1}"#,
+        r#"{"o":{}}"#,
+        r#"{"a":[1]}"#,
+        "{\"a\":\"tab\there\"}",
+        r#"{"n":01}"#,
+        r#"{"n":1.}"#,
+        r#"{"n":.5}"#,
+        r#"{"n":-}"#,
+        r#"{"n":1e}"#,
+        r#"{"n":+1}"#,
+        r#"{"t":tru}"#,
+        r#"{"t":truex}"#,
+        r#"{"a":1,}"#,
+        r#"{"a":1"b":2}"#,
+        r#"{"a":1} x"#,
+        r#"{"a":1}{}"#,
+        r#"{a:1}"#,
+        r#"["a"]"#,
+        r#"{"a":1"#,
+        r#"{"a""#,
+        "",
+        "{\"a\":1}\u{c}",
+    ];
+
+    #[test]
+    fn scan_flat_agrees_with_serde() {
+        for &text in FLAT.iter().chain(NOT_FLAT) {
+            let body = Bytes::from_static(text.as_bytes());
+            let (flat, serde) = both_paths(&body);
+            assert_eq!(flat.is_some(), FLAT.contains(&text), "{text:?}");
+            if let Some(flat) = flat {
+                assert_eq!(Some(flat), serde, "{text:?}");
+            }
+        }
+    }
+
+    /// Text made of JSON's pieces, most of it near-misses of a flat object.
+    fn json_ish() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let pieces = prop::sample::select(vec![
+            &b"{"[..],
+            b"}",
+            b"[",
+            b"]",
+            b"\"",
+            b"\"k\"",
+            b"\"k\":",
+            b":",
+            b",",
+            b" ",
+            b"\t",
+            b"\n",
+            b"\x0c",
+            b"\\",
+            b"\\n",
+            b"\\u00e9",
+            b"\\ud800",
+            b"-",
+            b"0",
+            b"12",
+            b".",
+            b"5",
+            b"e",
+            b"E+",
+            b"-3",
+            b"true",
+            b"fals",
+            b"null",
+            b"\x01",
+            b"\x7f",
+            "é".as_bytes(),
+            b"x",
+        ]);
+        prop::collection::vec(pieces, 0..24).prop_map(|p| p.concat())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scan_flat_agrees_with_serde_on_near_misses(text in json_ish()) {
+            let body = Bytes::from(text);
+            if let (Some(flat), serde) = both_paths(&body) {
+                proptest::prop_assert_eq!(Some(flat), serde);
+            }
+        }
+
+        #[test]
+        fn scan_flat_reads_flat_objects(
+            members in proptest::collection::vec(("[a-z_é]{0,6}", "[ -!#-\\[\\]-~é]{0,12}", 0..3u8), 0..6)
+        ) {
+            let mut text = String::from("{");
+            for (i, (k, v, kind)) in members.iter().enumerate() {
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                let value = match kind {
+                    0 => format!("\"{v}\""),
+                    1 => format!("{}", v.len() as f64 * -1.5),
+                    _ => "null".to_owned(),
+                };
+                text.push_str(&format!("\"{k}\" : {value}"));
+            }
+            text.push('}');
+            let body = Bytes::from(text);
+            let (flat, serde) = both_paths(&body);
+            proptest::prop_assert!(flat.is_some(), "{:?}", body);
+            proptest::prop_assert_eq!(flat, serde);
         }
     }
 

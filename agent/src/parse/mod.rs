@@ -29,12 +29,14 @@
 //! lines) is still checked on its own, so the flag is the same either way.
 //!
 //! Field keys are `Bytes` built once per parser (or `from_static`), so cloning one is a
-//! reference count at most. Values are slices of the body whenever the text appears in
+//! reference count at most; JSON keys, read from each body, are interned as static
+//! slices ([`intern`]) for the same reason. Values are slices of the body whenever the text appears in
 //! it verbatim; a copy is made only when the value must be decoded (a JSON string with
 //! escapes, a CSV field with doubled quotes, a nested JSON value that was not compact).
 
 pub mod access_log;
 pub mod delimiter;
+mod intern;
 pub mod json;
 pub mod regex;
 pub mod syslog;
@@ -118,19 +120,11 @@ impl Parser {
         }
         let body = &line.body.to_bytes(chunks);
         let start = fields.len();
-        // JSON text is UTF-8 by definition (RFC 8259 §8.1): invalid bytes cannot parse.
-        // That parser needs the `&str` anyway, so its bodies are always checked here.
-        let json_text = match self.kind {
-            Kind::Json => std::str::from_utf8(body).ok(),
-            _ => None,
-        };
-        let valid_utf8 = match self.kind {
-            Kind::Json => json_text.is_some(),
-            _ => known_utf8 || std::str::from_utf8(body).is_ok(),
-        };
+        let valid_utf8 = known_utf8 || std::str::from_utf8(body).is_ok();
         let parsed = match &self.kind {
             Kind::None => true,
-            Kind::Json => json_text.is_some_and(|text| json::parse(body, text, index, fields)),
+            // JSON text is UTF-8 by definition (RFC 8259 §8.1): invalid bytes cannot parse.
+            Kind::Json => valid_utf8 && json::parse(body, index, fields),
             Kind::Regex(parser) => parser.parse(body, index, fields),
             Kind::Delimiter(parser) => parser.parse(body, index, fields),
             Kind::Access(preset) => preset.parse(body, index, fields),
@@ -154,9 +148,10 @@ impl Parser {
     }
 
     /// Whether [`apply_with`](Self::apply_with) makes use of a chunk-level UTF-8
-    /// check (the JSON parser validates each body itself).
+    /// check. Every parser does now (JSON too: its fast path reads bytes, and only
+    /// its serde_json fallback checks the body again); kept for the callers that ask.
     pub fn uses_known_utf8(&self) -> bool {
-        !matches!(self.kind, Kind::Json)
+        true
     }
 
     /// Bounded label value for metrics: "none", "json", "regex", "delimiter", "nginx",

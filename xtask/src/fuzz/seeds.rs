@@ -85,6 +85,16 @@ pub fn write(dir: &Path) -> Result<(), String> {
         ]
         .concat(),
     );
+    // A flat object: the JSON parser's fast path (escape-free strings, numbers, literals).
+    add(
+        "parse",
+        "json_flat",
+        [
+            &[0][..],
+            br#"{"ts":"2026-11-21T10:00:01.000000001Z","level":"info","seq":1,"latency_ms":-0.5e3,"ok":true,"msg":"a b c"}"#,
+        ]
+        .concat(),
+    );
     add("parse", "regex", [&[1][..], b"info all good"].concat());
     add(
         "parse",
