@@ -147,13 +147,6 @@ impl Parser {
         matches!(self.kind, Kind::None)
     }
 
-    /// Whether [`apply_with`](Self::apply_with) makes use of a chunk-level UTF-8
-    /// check. Every parser does now (JSON too: its fast path reads bytes, and only
-    /// its serde_json fallback checks the body again); kept for the callers that ask.
-    pub fn uses_known_utf8(&self) -> bool {
-        true
-    }
-
     /// Bounded label value for metrics: "none", "json", "regex", "delimiter", "nginx",
     /// "apache", "syslog".
     pub fn kind(&self) -> &'static str {

@@ -589,10 +589,9 @@ impl Pipeline {
         let now = Instant::now();
         let framer_now = unstalled(now, self.stalled);
         let parser = &self.parsers[slot.config];
-        // One UTF-8 check for the chunk instead of one per line (see `parse`).
-        if parser.uses_known_utf8() {
-            self.chunk_utf8 = Some(Utf8Checked::new(&chunk));
-        }
+        // One UTF-8 check for the chunk instead of one per line: every parser, JSON's
+        // too, takes a line the chunk's check vouches for as valid (see `parse`).
+        self.chunk_utf8 = Some(Utf8Checked::new(&chunk));
         // Records that nothing parses, filters or transforms go from the framer
         // straight into the package: no copy through `scratch`, no per-record call.
         let direct = parser.is_none()
