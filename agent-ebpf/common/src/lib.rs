@@ -341,9 +341,9 @@ mod tests {
             size_of::<LifecycleRecord>(),
             4 + 4 + 8 + 8 + 4 + 4 + 16 + 4 + 4 + PATH_CAPACITY
         );
-        assert_eq!(size_of::<TracepointOffsets>(), 8 * 4);
+        assert_eq!(size_of::<TracepointOffsets>(), 9 * 4);
         assert_eq!(size_of::<KernelOffsets>(), 14 * 4);
-        assert_eq!(size_of::<ProbeConfig>(), 32 + 56 + 8 + PREFIX_CAPACITY);
+        assert_eq!(size_of::<ProbeConfig>(), 36 + 56 + 8 + PREFIX_CAPACITY);
     }
 
     #[test]
