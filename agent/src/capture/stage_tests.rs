@@ -344,42 +344,7 @@ fn a_log_that_does_not_line_up_with_the_stream_is_not_used_to_repair() {
 /// the hole is given up and counted.
 #[test]
 fn a_hole_beside_swapped_writes_is_given_up_not_filled_with_the_other_write() {
-    let fx = Fixture::new();
-    fx.append_cri("stdout", &["first writer", "other writer", "third writer"]);
-    let feed = ScriptFeed {
-        rounds: VecDeque::from([
-            vec![
-                Scripted::Created(4, "/kubepods/podu/c4"),
-                Scripted::Bound(4, Stream::Stdout),
-                // B numbered at A's place; A (at 13..26) dropped by the ring.
-                Scripted::Data(4, Stream::Stdout, 0, b"other writer\n"),
-                Scripted::Data(4, Stream::Stdout, 26, b"third writer\n"),
-            ],
-            vec![Scripted::Removed(4)],
-        ]),
-        finals: HashMap::from([(4, vec![(Stream::Stdout, 39)])]),
-        ..Default::default()
-    };
-    let resolver = fx.running_container();
-    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
-    let (got, metrics) = until_ended(&mut stage, &rx, 2);
-    assert!(
-        rx.try_iter().all(|b| b.lines.is_empty()),
-        "nothing shipped after the stream's two lines"
-    );
-    assert_eq!(
-        bodies(&got),
-        ["other writer", "third writer"],
-        "nothing shipped twice, nothing put in A's place"
-    );
-    assert!(
-        metrics.contains("logtap_capture_repair_mismatches_total 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("logtap_capture_unrepairable_bytes_total 13"),
-        "{metrics}"
-    );
+    assert_a_swap_is_given_up(4, ["first writer", "other writer", "third writer"]);
 }
 
 /// The same swap with lines that differ only more than 64 bytes before their end (a
@@ -387,25 +352,32 @@ fn a_hole_beside_swapped_writes_is_given_up_not_filled_with_the_other_write() {
 /// check before the hole must still tell A from B.
 #[test]
 fn a_hole_beside_swapped_writes_with_a_common_long_tail_is_given_up() {
-    let fx = Fixture::new();
     let tail = ".".repeat(120);
-    let [first, other, third] =
-        ["first writer", "other writer", "third writer"].map(|w| format!("{w} {tail}"));
-    fx.append_cri("stdout", &[&first, &other, &third]);
-    let n = first.len() as u64 + 1;
+    let [a, b, c] = ["first writer", "other writer", "third writer"].map(|w| format!("{w} {tail}"));
+    assert_a_swap_is_given_up(5, [&a, &b, &c]);
+}
+
+/// Container `id` wrote the lines `[a, b, c]` (of one length) to its log in that
+/// order; the kernel numbered `b` at `a`'s place and dropped `a`. Only `b` and `c` are
+/// shipped, once each, and `a`'s bytes are counted as unrepairable.
+fn assert_a_swap_is_given_up(id: u64, [a, b, c]: [&str; 3]) {
+    let fx = Fixture::new();
+    fx.append_cri("stdout", &[a, b, c]);
+    let n = a.len() as u64 + 1;
     let line = |s: &str| -> &'static [u8] { format!("{s}\n").leak().as_bytes() };
+    let cgroup: &'static str = format!("/kubepods/podu/c{id}").leak();
     let feed = ScriptFeed {
         rounds: VecDeque::from([
             vec![
-                Scripted::Created(5, "/kubepods/podu/c5"),
-                Scripted::Bound(5, Stream::Stdout),
+                Scripted::Created(id, cgroup),
+                Scripted::Bound(id, Stream::Stdout),
                 // B numbered at A's place; A (at n..2n) dropped by the ring.
-                Scripted::Data(5, Stream::Stdout, 0, line(&other)),
-                Scripted::Data(5, Stream::Stdout, 2 * n, line(&third)),
+                Scripted::Data(id, Stream::Stdout, 0, line(b)),
+                Scripted::Data(id, Stream::Stdout, 2 * n, line(c)),
             ],
-            vec![Scripted::Removed(5)],
+            vec![Scripted::Removed(id)],
         ]),
-        finals: HashMap::from([(5, vec![(Stream::Stdout, 3 * n)])]),
+        finals: HashMap::from([(id, vec![(Stream::Stdout, 3 * n)])]),
         ..Default::default()
     };
     let resolver = fx.running_container();
@@ -417,7 +389,7 @@ fn a_hole_beside_swapped_writes_with_a_common_long_tail_is_given_up() {
     );
     assert_eq!(
         bodies(&got),
-        [other.as_str(), third.as_str()],
+        [b, c],
         "nothing shipped twice, nothing put in A's place"
     );
     assert!(
