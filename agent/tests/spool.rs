@@ -80,6 +80,20 @@ impl Setup {
     fn start_agent(&self) -> Agent {
         Agent::start(&self.dir.path().join("data"), &self.config)
     }
+
+    /// After a kill: the receiver answers everything again, a new agent runs on this
+    /// setup until `lines` distinct lines were delivered and stops cleanly. Returns its
+    /// metrics from before the stop.
+    fn restart_until_delivered(&self, lines: u64) -> String {
+        self.receiver.clear_script();
+        let mut agent = self.start_agent();
+        wait_for(WAIT, "every line delivered after the restart", || {
+            delivered(&self.receiver).len() as u64 == lines
+        });
+        let m = agent.metrics();
+        assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+        m
+    }
 }
 
 /// An agent shipping [`LINES`] lines, written at once, to a receiver that is down
@@ -211,13 +225,7 @@ fn kill9_while_the_destination_is_down_loses_nothing_from_the_spool() {
         "nothing delivered before the kill"
     );
 
-    receiver.clear_script();
-    let mut agent = setup.start_agent();
-    wait_for(WAIT, "every line delivered after the restart", || {
-        delivered(receiver).len() as u64 == LINES
-    });
-    let m = agent.metrics();
-    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let m = setup.restart_until_delivered(LINES);
     let counts = delivered(receiver);
     let duplicates: u64 = counts.values().map(|&c| u64::from(c) - 1).sum();
     println!("duplicates after the restart: {duplicates}");
@@ -269,13 +277,7 @@ fn kill9_while_packages_are_handed_over_in_memory_loses_nothing() {
     agent.kill9();
     assert!(delivered(receiver).is_empty());
 
-    receiver.clear_script();
-    let mut agent = setup.start_agent();
-    wait_for(WAIT, "every line delivered after the restart", || {
-        delivered(receiver).len() as u64 == FEW
-    });
-    let m = agent.metrics();
-    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.log());
+    let m = setup.restart_until_delivered(FEW);
     assert_eq!(
         metric(&m, "logtap_lines_read_total", &[]),
         FEW as f64,
