@@ -84,28 +84,30 @@ fn cgroup_id_size(mkdir: &str, rmdir: &str) -> Result<u32, String> {
 /// `group_dead` may be absent (5.10 has no such field): its offset is then 0, and the
 /// probe reports an exit's `group_dead` as unknown.
 pub fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, String> {
-    let format = |category: &str, name: &str| -> Result<String, String> {
-        let path = root.join("events").join(category).join(name).join("format");
-        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    // Each format file read once, named in errors by its path below `events/`.
+    let format = |event: &str| -> Result<(String, String), String> {
+        let path = root.join("events").join(event).join("format");
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok((format!("events/{event}/format"), text))
     };
-    let offset = |category: &str, name: &str, field: &str| -> Result<u32, String> {
-        field_offset(&format(category, name)?, field)
-            .ok_or_else(|| format!("events/{category}/{name}/format: no field {field}"))
+    let offset = |(name, text): &(String, String), field: &str| -> Result<u32, String> {
+        field_offset(text, field).ok_or_else(|| format!("{name}: no field {field}"))
     };
-    let exit_format = format("sched", "sched_process_exit")?;
+    let mkdir = format("cgroup/cgroup_mkdir")?;
+    let rmdir = format("cgroup/cgroup_rmdir")?;
+    let exec = format("sched/sched_process_exec")?;
+    let (_, exit) = format("sched/sched_process_exit")?;
     Ok(TracepointOffsets {
-        mkdir_root: offset("cgroup", "cgroup_mkdir", "root")?,
-        mkdir_id: offset("cgroup", "cgroup_mkdir", "id")?,
-        mkdir_path: offset("cgroup", "cgroup_mkdir", "path")?,
-        rmdir_root: offset("cgroup", "cgroup_rmdir", "root")?,
-        rmdir_id: offset("cgroup", "cgroup_rmdir", "id")?,
-        rmdir_path: offset("cgroup", "cgroup_rmdir", "path")?,
-        exec_filename: offset("sched", "sched_process_exec", "filename")?,
-        exit_group_dead: exit_group_dead_offset(&exit_format),
-        cgroup_id_size: cgroup_id_size(
-            &format("cgroup", "cgroup_mkdir")?,
-            &format("cgroup", "cgroup_rmdir")?,
-        )?,
+        mkdir_root: offset(&mkdir, "root")?,
+        mkdir_id: offset(&mkdir, "id")?,
+        mkdir_path: offset(&mkdir, "path")?,
+        rmdir_root: offset(&rmdir, "root")?,
+        rmdir_id: offset(&rmdir, "id")?,
+        rmdir_path: offset(&rmdir, "path")?,
+        exec_filename: offset(&exec, "filename")?,
+        exit_group_dead: exit_group_dead_offset(&exit),
+        cgroup_id_size: cgroup_id_size(&mkdir.1, &rmdir.1)?,
     })
 }
 
