@@ -635,14 +635,8 @@ fn verdict(console: &str, with_agent: bool) -> Result<(), String> {
             .rev()
             .find_map(|l| l.trim_end().strip_prefix(prefix))
     };
-    // Matched first: the probes' status line is a prefix of it.
+    let probes = last(STATUS_LINE);
     let agent = last(AGENT_STATUS_LINE);
-    let probes = console
-        .lines()
-        .rev()
-        .map(str::trim_end)
-        .filter(|l| !l.starts_with(AGENT_STATUS_LINE))
-        .find_map(|l| l.strip_prefix(STATUS_LINE));
     let summaries: Vec<&str> = console
         .lines()
         .filter(|l| l.starts_with("test result:"))
