@@ -141,41 +141,40 @@ impl Body {
         self.len() == 0
     }
 
-    /// The bytes, a span resolved in `chunks`. A span outside them (which the
-    /// invariants of `Framer::push` and `Batch` rule out) reads as empty.
+    /// A span's chunk in `chunks` and its range there; `None` for a span outside
+    /// them (which the invariants of `Framer::push` and `Batch` rule out).
+    #[inline]
+    fn span_in(
+        chunks: &[Bytes],
+        chunk: u32,
+        start: u32,
+        len: u32,
+    ) -> Option<(&Bytes, std::ops::Range<usize>)> {
+        let range = start as usize..start as usize + len as usize;
+        let found = chunks.get(chunk as usize).filter(|c| range.end <= c.len());
+        debug_assert!(found.is_some(), "span outside its chunk");
+        found.map(|c| (c, range))
+    }
+
+    /// The bytes, a span resolved in `chunks`. A span outside them reads as empty.
     #[inline]
     pub fn get<'a>(&'a self, chunks: &'a [Bytes]) -> &'a [u8] {
-        match self {
+        match *self {
             Body::Span { chunk, start, len } => {
-                let (start, len) = (*start as usize, *len as usize);
-                debug_assert!(
-                    chunks
-                        .get(*chunk as usize)
-                        .is_some_and(|c| start + len <= c.len()),
-                    "span outside its chunk"
-                );
-                chunks
-                    .get(*chunk as usize)
-                    .and_then(|c| c.get(start..start + len))
-                    .unwrap_or_default()
+                Body::span_in(chunks, chunk, start, len).map_or(&[][..], |(c, range)| &c[range])
             }
-            Body::Owned(b) => b,
+            Body::Owned(ref b) => b,
         }
     }
 
     /// The bytes as a `Bytes` of their own: a span is sliced out of its chunk (one
     /// reference count), for a destination that needs ownership.
     pub fn to_bytes(&self, chunks: &[Bytes]) -> Bytes {
-        match self {
-            Body::Span { chunk, start, len } => {
-                let (start, len) = (*start as usize, *len as usize);
-                chunks
-                    .get(*chunk as usize)
-                    .filter(|c| start + len <= c.len())
-                    .map(|c| c.slice(start..start + len))
-                    .unwrap_or_default()
-            }
-            Body::Owned(b) => b.clone(),
+        match *self {
+            Body::Span { chunk, start, len } => Body::span_in(chunks, chunk, start, len)
+                .map(|(c, range)| c.slice(range))
+                .unwrap_or_default(),
+            Body::Owned(ref b) => b.clone(),
         }
     }
 
