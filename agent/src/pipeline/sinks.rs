@@ -21,10 +21,29 @@ use crate::route::Router;
 use crate::sink::SinkError;
 use crate::sink::worker::SinkWorker;
 
-/// Packages a sink's queue holds before the readers block. Each package pins the read
-/// chunks its records point into, so this bounds memory (8 × ~1 MiB packages keeps
-/// the agent near 32 MiB RSS at full speed; more queue buys no throughput).
-const SINK_QUEUE_PACKAGES: usize = 8;
+/// The body bytes a sink's queue holds before the readers block, in whole packages of
+/// `batch.max_size`: 2 packages at the default 1 MiB, 8 of 256 KiB; never fewer than
+/// one nor more than [`SINK_QUEUE_MAX_PACKAGES`].
+///
+/// Each queued package pins the read chunks its records point into, so this bounds
+/// memory; it is a byte budget, not a count, because what it also bounds is the data in
+/// flight between the source thread and the sink's: the sink's payload copy and lz4
+/// read bodies the source thread wrote a queue ago, and a queue longer than the CPU's
+/// caches makes both read from memory. Eight 1 MiB packages (the count this replaced)
+/// cost the store path 5% more CPU per GB than two (`docs/benchmarks.md`, "The sink
+/// queue in bytes"); more queue buys no throughput, since a sink slower than its
+/// sources keeps any queue full.
+const SINK_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+
+/// The most packages a sink's queue holds, however small they are: the count the
+/// queue had before it had a byte budget, so small packages see the backpressure
+/// they always did (a package also costs its line vector and a wake-up of the sink).
+const SINK_QUEUE_MAX_PACKAGES: usize = 8;
+
+/// Packages of `package_bytes` (the `batch.max_size`) that fit [`SINK_QUEUE_BYTES`].
+fn sink_queue_packages(package_bytes: usize) -> usize {
+    (SINK_QUEUE_BYTES / package_bytes.max(1)).clamp(1, SINK_QUEUE_MAX_PACKAGES)
+}
 /// Upper bound on how long written packages wait for their flush (and acknowledgement).
 const SINK_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -81,7 +100,7 @@ impl Sinks {
             }
             let sink = crate::sink::open(name, sink_config)
                 .with_context(|| format!("opening sink {name:?}"))?;
-            let (tx, rx) = crossbeam_channel::bounded(SINK_QUEUE_PACKAGES);
+            let (tx, rx) = crossbeam_channel::bounded(sink_queue_packages(config.batch.max_bytes));
             let worker = SinkWorker {
                 sink,
                 queue: rx,
@@ -118,5 +137,21 @@ impl Sinks {
             self.join(&name, r);
         }
         self.failure
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sink_queue_holds_about_its_byte_budget_in_whole_packages() {
+        assert_eq!(sink_queue_packages(1024 * 1024), 2);
+        assert_eq!(sink_queue_packages(256 * 1024), 8);
+        // Packages larger than the budget: one still fits, or nothing could be sent.
+        assert_eq!(sink_queue_packages(16 * 1024 * 1024), 1);
+        // Small packages keep the count they always had.
+        assert_eq!(sink_queue_packages(16 * 1024), SINK_QUEUE_MAX_PACKAGES);
+        assert_eq!(sink_queue_packages(0), SINK_QUEUE_MAX_PACKAGES);
     }
 }
