@@ -99,8 +99,10 @@ const REPAIR_STEP_BYTES: u64 = 256 << 10;
 /// of the agent's 64 MiB: the ring (16 MiB by default, resident from the start: it
 /// is part of the budget), 4 MiB `max_buffered`, one 4 MiB poll, the binary's pages
 /// (about 10 MiB), the sink queues and what the allocator holds between two trims
-/// leave about this much.
-pub const OPEN_PACKAGE_BYTES: usize = 8 << 20;
+/// (up to about as much again as the heap's live bytes: `docs/benchmarks.md`,
+/// "Scale") leave about this much. 8 MiB until 2026-12-07: full in every run at
+/// 200 × 0.5 MB/s, and 64–66 MiB of RSS there with `max_buffered` at 4 MiB.
+pub const OPEN_PACKAGE_BYTES: usize = 4 << 20;
 /// How often ended streams are checked for their CRI log's removal.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// Captured bytes after a hole compared with the CRI log before the hole is repaired
@@ -579,11 +581,17 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             return;
         }
         let ids = std::mem::take(&mut self.unknown_cgroups);
+        self.last_lookup = Some(now);
+        self.look_up_cgroups(&ids);
+    }
+
+    /// Looks for the cgroups `ids` below the prefix by their ids; those found are
+    /// known from now on (see `find_lost_cgroups`).
+    fn look_up_cgroups(&mut self, ids: &std::collections::HashSet<u64>) {
         let Some(root) = &self.cgroup_root else {
             return;
         };
-        self.last_lookup = Some(now);
-        let found = existing::cgroup_paths(root, &self.options.cgroup_prefix, &ids);
+        let found = existing::cgroup_paths(root, &self.options.cgroup_prefix, ids);
         for (cgroup_id, path) in found {
             tracing::info!(
                 cgroup_id,
@@ -602,6 +610,12 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         }
         if self.declined.contains(&(cgroup_id, stream)) {
             return;
+        }
+        if !self.cgroups.contains_key(&cgroup_id) {
+            // Its creation record was lost to a full ring, its binding record was not:
+            // looked for now, or the stream would be bound to no container and no CRI
+            // log (its holes unrepairable; seen at 200 writers × 500 kB/s).
+            self.look_up_cgroups(&std::collections::HashSet::from([cgroup_id]));
         }
         let cgroup_path = self.cgroups.get(&cgroup_id).cloned().unwrap_or_default();
         let container = self.resolver.resolve(&cgroup_path);
