@@ -1101,7 +1101,7 @@ fn a_hole_whose_start_the_log_keeps_moving_is_not_given_up_after_repair_wait() {
 /// directory's inode): found, its stream is bound by its next records, and the
 /// bytes dropped before (counted as unbound) are read back from its CRI log. Before,
 /// its records were all dropped as unbound (at 200 writers × 500 kB/s on a loaded
-/// machine, up to 29 of 200 writers were never captured).
+/// machine, up to 93 of 200 writers were never captured).
 #[test]
 fn a_cgroup_whose_creation_record_was_lost_is_found_by_its_id_and_captured() {
     let fx = Fixture::new();
