@@ -57,14 +57,19 @@ pub fn limit_arenas() -> bool {
 /// runs until the process exits. Each call takes every arena's lock for as long as
 /// it walks its free chunks.
 pub fn spawn_trimmer() -> Option<std::thread::JoinHandle<()>> {
+    spawn_trimmer_every(TRIM_INTERVAL)
+}
+
+/// [`spawn_trimmer`] at another interval (the bench's `--trim-interval-ms`).
+pub fn spawn_trimmer_every(interval: Duration) -> Option<std::thread::JoinHandle<()>> {
     if operator_tuned() || !cfg!(target_env = "gnu") {
         return None;
     }
     std::thread::Builder::new()
         .name("malloc-trim".into())
-        .spawn(|| {
+        .spawn(move || {
             loop {
-                std::thread::sleep(TRIM_INTERVAL);
+                std::thread::sleep(interval);
                 trim();
             }
         })

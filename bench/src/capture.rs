@@ -143,6 +143,10 @@ pub struct CaptureArgs {
     /// (`logtap::memory::tune_for_capture`), glibc's defaults, or one remedy alone.
     #[arg(long, value_enum, default_value_t = MallocSetting::Agent)]
     malloc: MallocSetting,
+    /// With `--malloc agent` or `trim`: the trimmer's interval, in ms (the agent's,
+    /// `logtap::memory::TRIM_INTERVAL`, when not given).
+    #[arg(long)]
+    trim_interval_ms: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,14 +159,18 @@ pub enum MallocSetting {
 
 impl MallocSetting {
     /// Applies the setting; before any thread starts (an arena, once made, stays).
-    fn apply(self) {
-        match self {
-            MallocSetting::Agent => logtap::memory::tune_for_capture(),
-            MallocSetting::Glibc => {}
-            MallocSetting::Arenas => {
+    /// `trim_every`: the trimmer's interval instead of the agent's.
+    fn apply(self, trim_every: Option<Duration>) {
+        match (self, trim_every) {
+            (MallocSetting::Agent | MallocSetting::Trim, Some(every)) => {
+                logtap::memory::spawn_trimmer_every(every);
+            }
+            (MallocSetting::Agent, None) => logtap::memory::tune_for_capture(),
+            (MallocSetting::Glibc, _) => {}
+            (MallocSetting::Arenas, _) => {
                 logtap::memory::limit_arenas();
             }
-            MallocSetting::Trim => {
+            (MallocSetting::Trim, None) => {
                 logtap::memory::spawn_trimmer();
             }
         }
@@ -1408,7 +1416,8 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    args.malloc.apply();
+    args.malloc
+        .apply(args.trim_interval_ms.map(Duration::from_millis));
     tracing_subscriber::fmt()
         .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
         .with_writer(std::io::stderr)

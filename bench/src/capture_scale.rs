@@ -34,8 +34,9 @@ struct ScaleRun {
     peak_rss_kib: u64,
     /// The RSS sample (every 50 ms) with the largest RSS, split.
     rss_at_peak: crate::heap::RssSplit,
-    /// glibc's arenas at that sample (`--heap-stats`).
-    arenas_at_peak: Option<crate::heap::Arenas>,
+    /// glibc's arenas and the anonymous RSS by kind of mapping at that sample
+    /// (`--heap-stats`).
+    arenas_at_peak: Option<(crate::heap::Arenas, crate::heap::AnonSplit)>,
     /// Resident KiB of the ring buffer's mapping at the end (data pages mapped twice).
     ring_rss_kib: u64,
     /// The most live heap bytes during the run, when counted (`--heap-stats`).
@@ -119,7 +120,7 @@ pub(super) fn run(
                 None => "not counted (--heap-stats)".into(),
             },
         );
-        if let Some(a) = &run.arenas_at_peak {
+        if let Some((a, anon)) = &run.arenas_at_peak {
             let mut arenas: Vec<_> = a.arenas.iter().enumerate().collect();
             arenas.sort_by_key(|(_, a)| std::cmp::Reverse(a.from_system));
             let largest: Vec<String> = arenas
@@ -136,6 +137,16 @@ pub(super) fn run(
                 a.arenas.iter().map(|a| a.free).sum::<u64>() / 1024,
                 a.mmapped / 1024,
                 largest.join(", "),
+            );
+            eprintln!(
+                "scale ({}): anonymous at the RSS peak, MiB: main arena {:.1}, other arenas {:.1}, \
+                 {} thread stacks {:.1}, other mappings (chunks mapped alone) {:.1}",
+                hooks.as_str(),
+                anon.main_arena as f64 / 1024.0,
+                anon.arenas as f64 / 1024.0,
+                anon.stack_count,
+                anon.stacks as f64 / 1024.0,
+                anon.other as f64 / 1024.0,
             );
         }
         rows.push((hooks, run));

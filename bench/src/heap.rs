@@ -220,11 +220,93 @@ impl Arenas {
     }
 }
 
+/// Where this process's anonymous RSS is, by kind of mapping (KiB, from
+/// `/proc/self/smaps`), told apart by how glibc maps them: the main arena is
+/// `[heap]`; another arena is a read-write mapping at a 64 MiB boundary (its
+/// `HEAP_MAX_SIZE` alignment) with its unused, inaccessible rest right after it; a
+/// thread's stack is a read-write mapping right after its inaccessible guard page;
+/// the rest is chunks mapped on their own (at or above the mmap threshold) and what
+/// other code mapped. A heuristic of layout, not a record of who allocated: for
+/// `--heap-stats` runs, to tell the allocator's share from the threads'.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnonSplit {
+    pub main_arena: u64,
+    pub arenas: u64,
+    pub stacks: u64,
+    /// Thread stacks with any resident page.
+    pub stack_count: u32,
+    pub other: u64,
+}
+
+impl AnonSplit {
+    pub fn now() -> AnonSplit {
+        AnonSplit::parse(&std::fs::read_to_string("/proc/self/smaps").unwrap_or_default())
+    }
+
+    fn parse(smaps: &str) -> AnonSplit {
+        struct Vma<'a> {
+            start: u64,
+            end: u64,
+            perms: &'a str,
+            name: &'a str,
+            anonymous: u64,
+        }
+        let mut vmas: Vec<Vma> = Vec::new();
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or("");
+            if let Some((lo, hi)) = first.split_once('-')
+                && let (Ok(start), Ok(end)) =
+                    (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+            {
+                let perms = fields.next().unwrap_or("");
+                // offset, device, inode, then the name if any.
+                let name = fields.nth(3).unwrap_or("");
+                vmas.push(Vma {
+                    start,
+                    end,
+                    perms,
+                    name,
+                    anonymous: 0,
+                });
+            } else if first == "Anonymous:"
+                && let Some(vma) = vmas.last_mut()
+            {
+                vma.anonymous = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+        let mut split = AnonSplit::default();
+        const ARENA_ALIGN: u64 = 64 << 20;
+        for (i, vma) in vmas.iter().enumerate() {
+            if vma.anonymous == 0 {
+                continue;
+            }
+            let inaccessible = |v: Option<&Vma>| v.is_some_and(|v| v.perms.starts_with("---p"));
+            let before = i.checked_sub(1).and_then(|j| vmas.get(j));
+            let after = vmas.get(i + 1);
+            if vma.name == "[heap]" {
+                split.main_arena += vma.anonymous;
+            } else if vma.start % ARENA_ALIGN == 0
+                && inaccessible(after)
+                && after.is_some_and(|a| a.start == vma.end)
+            {
+                split.arenas += vma.anonymous;
+            } else if inaccessible(before) && before.is_some_and(|b| b.end == vma.start) {
+                split.stacks += vma.anonymous;
+                split.stack_count += 1;
+            } else {
+                split.other += vma.anonymous;
+            }
+        }
+        split
+    }
+}
+
 /// Samples [`RssSplit`] every 50 ms on its own thread; keeps the sample with the
 /// largest RSS, and when the heap is counted, glibc's arenas at that sample.
 pub struct RssSampler {
     sampling: std::sync::Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(RssSplit, Option<Arenas>)>,
+    thread: std::thread::JoinHandle<(RssSplit, Option<(Arenas, AnonSplit)>)>,
 }
 
 impl RssSampler {
@@ -237,7 +319,7 @@ impl RssSampler {
                 while sampling.load(Ordering::Relaxed) {
                     let s = RssSplit::now();
                     if s.rss > top.0.rss {
-                        top = (s, counting().then(Arenas::now));
+                        top = (s, counting().then(|| (Arenas::now(), AnonSplit::now())));
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
@@ -247,8 +329,9 @@ impl RssSampler {
         RssSampler { sampling, thread }
     }
 
-    /// The sample with the largest RSS, and the arenas then (`--heap-stats`).
-    pub fn stop(self) -> (RssSplit, Option<Arenas>) {
+    /// The sample with the largest RSS, and the arenas and the anonymous RSS's split
+    /// then (`--heap-stats`).
+    pub fn stop(self) -> (RssSplit, Option<(Arenas, AnonSplit)>) {
         self.sampling.store(false, Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
@@ -284,5 +367,33 @@ mod tests {
         assert_eq!(sizes, [(1024, 12), (132, 4)]);
         assert_eq!(a.mmapped, 1024);
         assert!(!Arenas::now().arenas.is_empty(), "this process's own");
+    }
+
+    #[test]
+    fn anonymous_memory_is_split_by_the_kind_of_mapping() {
+        let smaps = "\
+55d0a0000000-55d0a0400000 rw-p 00000000 00:00 0                          [heap]
+Rss:                4096 kB
+Anonymous:          4000 kB
+7f0004000000-7f0004800000 rw-p 00000000 00:00 0 
+Anonymous:          8192 kB
+7f0004800000-7f0008000000 ---p 00000000 00:00 0 
+Anonymous:             0 kB
+7f1000000000-7f1000001000 ---p 00000000 00:00 0 
+Anonymous:             0 kB
+7f1000001000-7f1000200000 rw-p 00000000 00:00 0 
+Anonymous:            24 kB
+7f2000000000-7f2000100000 rw-p 00000000 00:00 0 
+Anonymous:           512 kB
+7f3000000000-7f3000100000 r--p 00000000 08:01 1234                       /usr/bin/x
+Anonymous:             4 kB
+";
+        let s = AnonSplit::parse(smaps);
+        assert_eq!(
+            (s.main_arena, s.arenas, s.stacks, s.stack_count, s.other),
+            (4000, 8192, 24, 1, 516)
+        );
+        let own = AnonSplit::now();
+        assert!(own.main_arena + own.arenas + own.stacks + own.other > 0);
     }
 }

@@ -96,14 +96,21 @@ const REPAIR_STEP_BYTES: u64 = 256 << 10;
 /// and vectors; see `Input::bound_open_packages`): each stream's package is bounded
 /// by `batch.max_bytes` and `batch.timeout`, which at 200 streams of 0.5 MB/s is
 /// 20 MB of records and the 256 KiB run blocks they are slices of, kept alive. Out
-/// of the agent's 64 MiB: 16 MiB of ring, 16 MiB `max_buffered`, one 4 MiB poll,
-/// the binary's pages and the sink queues leave about this much.
-pub const OPEN_PACKAGE_BYTES: usize = 8 << 20;
+/// of the agent's 64 MiB: the ring (16 MiB by default, resident from the start: it
+/// is part of the budget), 4 MiB `max_buffered`, one 4 MiB poll, the binary's pages
+/// (about 10 MiB), the sink queues and what the allocator holds between two trims
+/// (up to about as much again as the heap's live bytes: `docs/benchmarks.md`,
+/// "Scale") leave about this much. 8 MiB until 2026-12-07: full in every run at
+/// 200 × 0.5 MB/s, and 64–66 MiB of RSS there with `max_buffered` at 4 MiB.
+pub const OPEN_PACKAGE_BYTES: usize = 4 << 20;
 /// How often ended streams are checked for their CRI log's removal.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// Captured bytes after a hole compared with the CRI log before the hole is repaired
 /// (those before it: the stream's kept bytes, [`KEPT_BYTES`]).
 const REPAIR_CHECK_BYTES: usize = KEPT_BYTES;
+/// How often at most the prefix's cgroups are walked for cgroups whose creation
+/// record was lost (see `find_lost_cgroups`).
+const LOOKUP_INTERVAL: Duration = Duration::from_millis(200);
 /// How often the directories of watched cgroups are looked at (see `sweep_cgroups`).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a cgroup's directory must have been gone before its removal record is
@@ -283,6 +290,10 @@ pub struct CaptureStage<F: EventFeed, R: ContainerResolver> {
     /// be taken as gone: in another cgroup namespace the paths do not resolve at all.
     sighted: HashMap<u64, Option<Instant>>,
     last_sweep: Instant,
+    /// Cgroups whose records came while their creation record never did (lost to a
+    /// full ring): looked for below the prefix by `find_lost_cgroups`.
+    unknown_cgroups: std::collections::HashSet<u64>,
+    last_lookup: Option<Instant>,
 }
 
 impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
@@ -322,6 +333,8 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
             cgroup_root: None,
             sighted: HashMap::new(),
             last_sweep: Instant::now(),
+            unknown_cgroups: Default::default(),
+            last_lookup: None,
         };
         stage.resume_checkpointed();
         stage
@@ -411,6 +424,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
     /// turns under the tick's budget (the ring drained between them when it fills),
     /// then what follows from them (spills, holes given up, streams ended).
     fn tick(&mut self, now: Instant) -> io::Result<()> {
+        self.find_lost_cgroups(now);
         let ids: Vec<SourceId> = self.streams.keys().copied().collect();
         for &id in &ids {
             self.check_stream(id, now);
@@ -546,6 +560,49 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         }
     }
 
+    /// Cgroups whose records came without their creation record (a full ring lost
+    /// it, and often the binding records too): the kernel copies only the writes of
+    /// cgroups it watches, which are below the prefix, so each is looked for there by
+    /// its directory's inode (its id), and once found is known as if its creation
+    /// record had come. Its streams are then bound by their next records, from
+    /// offset 0: the records dropped before (counted in
+    /// `logtap_capture_unbound_records_total`) are a hole, read back from the CRI
+    /// log. Before, such a container was never captured (its log was left to the file
+    /// source after `claim_wait`). One walk of the prefix's directories for all
+    /// cgroups waiting, at most once per [`LOOKUP_INTERVAL`]; one not found (gone
+    /// already, or outside the agent's cgroup namespace) is looked for again only
+    /// when more of its records come.
+    fn find_lost_cgroups(&mut self, now: Instant) {
+        if self.unknown_cgroups.is_empty()
+            || self
+                .last_lookup
+                .is_some_and(|t| now.duration_since(t) < LOOKUP_INTERVAL)
+        {
+            return;
+        }
+        let ids = std::mem::take(&mut self.unknown_cgroups);
+        self.last_lookup = Some(now);
+        self.look_up_cgroups(&ids);
+    }
+
+    /// Looks for the cgroups `ids` below the prefix by their ids; those found are
+    /// known from now on (see `find_lost_cgroups`).
+    fn look_up_cgroups(&mut self, ids: &std::collections::HashSet<u64>) {
+        let Some(root) = &self.cgroup_root else {
+            return;
+        };
+        let found = existing::cgroup_paths(root, &self.options.cgroup_prefix, ids);
+        for (cgroup_id, path) in found {
+            tracing::info!(
+                cgroup_id,
+                cgroup = %String::from_utf8_lossy(&path),
+                "a captured cgroup's creation record never came (ring buffer full?): found by its id"
+            );
+            self.sighted.insert(cgroup_id, None);
+            self.cgroups.insert(cgroup_id, path);
+        }
+    }
+
     /// The kernel bound a stream of a new container: it becomes a source.
     fn bind(&mut self, cgroup_id: u64, stream: Stream) {
         if self.bound.contains_key(&(cgroup_id, stream)) {
@@ -553,6 +610,12 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         }
         if self.declined.contains(&(cgroup_id, stream)) {
             return;
+        }
+        if !self.cgroups.contains_key(&cgroup_id) {
+            // Its creation record was lost to a full ring, its binding record was not:
+            // looked for now, or the stream would be bound to no container and no CRI
+            // log (its holes unrepairable; seen at 200 writers × 500 kB/s).
+            self.look_up_cgroups(&std::collections::HashSet::from([cgroup_id]));
         }
         let cgroup_path = self.cgroups.get(&cgroup_id).cloned().unwrap_or_default();
         let container = self.resolver.resolve(&cgroup_path);
@@ -851,6 +914,9 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
                 // lost to a full ring: bound here, from offset 0; holes are repaired
                 // from the log.
                 self.bind(cgroup_id, stream);
+            } else if self.cgroup_root.is_some() {
+                // Its creation record was lost too: looked for at the next tick.
+                self.unknown_cgroups.insert(cgroup_id);
             }
         }
         let id = self.bound.get(&(cgroup_id, stream)).copied();
@@ -916,7 +982,7 @@ impl<F: EventFeed, R: ContainerResolver> CaptureStage<F, R> {
         }
         if !waiting
             && let Some((_, end)) = entry.assembler.hole()
-            && entry.assembler.hole_age(now).unwrap_or_default() >= self.options.repair_wait
+            && entry.assembler.hole_stalled(now).unwrap_or_default() >= self.options.repair_wait
         {
             self.give_up(id, end, now);
         }

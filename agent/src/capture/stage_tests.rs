@@ -1042,6 +1042,149 @@ fn over_the_node_wide_budget_the_stream_holding_most_spills_to_its_log() {
     assert_eq!(of(Stream::Stderr), [(0, "errA"), (5, "errB")]);
 }
 
+/// A stream whose log runs behind its ring records for longer than `repair_wait`
+/// (300 ms here), every third line captured and the rest dropped (a ring that
+/// overflows), so a hole stays open all along while the log, one line at a time,
+/// moves its start on: none of it is given up. Found at 200 writers × 500 kB/s
+/// with a smaller `max_buffered`: the hole was aged from when the first one opened,
+/// so a stream that stayed behind its ring lost bytes its log was still delivering.
+#[test]
+fn a_hole_whose_start_the_log_keeps_moving_is_not_given_up_after_repair_wait() {
+    let fx = Fixture::new();
+    let all = numbered_lines(0..60);
+    let at = |k: usize| stream_len(&all[..k]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([vec![
+            Scripted::Created(7, "/kubepods/podu/c1"),
+            Scripted::Bound(7, Stream::Stdout),
+        ]]),
+        ..Default::default()
+    };
+    let resolver = fx.running_container();
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let started = Instant::now();
+    let got = metrics::with_local_recorder(&recorder, || {
+        stage.poll_once(Duration::from_millis(5)).unwrap();
+        for i in 0..all.len() {
+            // The ring is six lines ahead of the log, and keeps every third line.
+            let ahead = i + 6;
+            if ahead < all.len() && ahead % 3 == 0 {
+                let round = captured(7, at(ahead), &all[ahead..=ahead]);
+                stage.feed.rounds.push_back(round);
+            }
+            fx.append_cri("stdout", &[all[i].as_str()]);
+            stage.poll_once(Duration::from_millis(5)).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The last line captured too: the hole before it is the stream's last.
+        let last = all.len() - 1;
+        let round = captured(7, at(last), &all[last..]);
+        stage.feed.rounds.push_back(round);
+        lines(&mut stage, &rx, all.len())
+    });
+    assert!(
+        started.elapsed() > Duration::from_millis(600),
+        "the log stayed behind for twice `repair_wait`"
+    );
+    assert_eq!(
+        bodies(&got),
+        all.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_repaired_cleanly(&handle.render());
+}
+
+/// A container whose creation and binding records a full ring lost: its records
+/// name a cgroup the stage never heard of. The kernel copies only the writes of
+/// cgroups it watches, below the prefix, so it is looked for there by its id (its
+/// directory's inode): found, its stream is bound by its next records, and the
+/// bytes dropped before (counted as unbound) are read back from its CRI log. Before,
+/// its records were all dropped as unbound (at 200 writers × 500 kB/s on a loaded
+/// machine, up to 93 of 200 writers were never captured).
+#[test]
+fn a_cgroup_whose_creation_record_was_lost_is_found_by_its_id_and_captured() {
+    let fx = Fixture::new();
+    let running = Running::new();
+    let id = running.cgroup_id;
+    let all = numbered_lines(0..20);
+    fx.append_cri(
+        "stdout",
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([captured(id, 0, &all[..10])]),
+        finals: HashMap::from([(id, vec![(Stream::Stdout, stream_len(&all))])]),
+        ..Default::default()
+    };
+    let resolver = fx.running_container();
+    let (mut stage, rx, _) = fx.stage(feed, resolver, fx.registry());
+    stage.set_cgroup_root(Some(running.root.clone()));
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        stage.poll_once(Duration::from_millis(5)).unwrap();
+        assert!(stage.streams.is_empty(), "nothing known of the cgroup yet");
+        // The next tick looks it up.
+        std::thread::sleep(Duration::from_millis(60));
+        stage.poll_once(Duration::from_millis(5)).unwrap();
+    });
+    assert_eq!(
+        stage.cgroups.get(&id).map(Vec::as_slice),
+        Some(b"/kubepods/podu/c9".as_slice())
+    );
+    let more = captured(id, stream_len(&all[..10]), &all[10..]);
+    stage.feed.rounds.push_back(more);
+    stage.feed.rounds.push_back(vec![Scripted::Removed(id)]);
+    let (got, metrics) = until_ended(&mut stage, &rx, all.len());
+    assert_eq!(
+        bodies(&got),
+        all.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_repaired_cleanly(&metrics);
+    assert!(
+        handle
+            .render()
+            .contains("logtap_capture_unbound_records_total 10"),
+        "{}",
+        handle.render()
+    );
+}
+
+/// The binding record of a container whose creation record was lost: the cgroup is
+/// looked for at once, so the stream is bound to its container and its CRI log (its
+/// holes repairable), not to a cgroup with no path. Seen at 200 writers × 500 kB/s:
+/// two streams bound to no log, 3.3 MB given up.
+#[test]
+fn a_binding_record_without_its_creation_record_finds_the_cgroup_by_its_id() {
+    let fx = Fixture::new();
+    let running = Running::new();
+    let id = running.cgroup_id;
+    fx.append_cri("stdout", &["line1", "line2", "line3"]);
+    let feed = ScriptFeed {
+        rounds: VecDeque::from([
+            vec![
+                Scripted::Bound(id, Stream::Stdout),
+                Scripted::Data(id, Stream::Stdout, 0, b"line1\n"),
+                Scripted::Data(id, Stream::Stdout, 12, b"line3\n"),
+            ],
+            vec![Scripted::Removed(id)],
+        ]),
+        finals: HashMap::from([(id, vec![(Stream::Stdout, 18)])]),
+        ..Default::default()
+    };
+    let (mut stage, rx, _) = fx.stage(feed, fx.running_container(), fx.registry());
+    stage.set_cgroup_root(Some(running.root.clone()));
+    stage.poll_once(Duration::from_millis(5)).unwrap();
+    assert_eq!(
+        stage.cgroups.get(&id).map(Vec::as_slice),
+        Some(b"/kubepods/podu/c9".as_slice())
+    );
+    let (got, metrics) = until_ended(&mut stage, &rx, 3);
+    assert_eq!(bodies(&got), ["line1", "line2", "line3"]);
+    assert_repaired_cleanly(&metrics);
+}
+
 #[test]
 fn over_the_node_wide_budget_a_stream_waiting_for_its_seam_drops_its_oldest_held_records() {
     let fx = Fixture::with_capture(", max_buffered: 64KiB");

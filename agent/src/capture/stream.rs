@@ -43,8 +43,12 @@ pub(crate) struct StreamAssembler {
     pending: BTreeMap<u64, (Bytes, i64)>,
     pending_bytes: usize,
     max_pending: usize,
-    /// Since when the hole at `next` has been waiting.
+    /// Since when a hole at `next` has been waiting (its start may have moved since):
+    /// set when bytes first wait past `next`, `None` whenever nothing waits.
     hole_since: Option<Instant>,
+    /// When the hole's start last moved (or the hole opened): how long none of its
+    /// bytes came. `Some` exactly when `hole_since` is.
+    stalled_since: Option<Instant>,
     /// The highest stream offset known to exist (end of the furthest byte seen).
     frontier: u64,
     /// Invariant: the `kept_len` bytes of this ring that end just before `kept_end`
@@ -67,6 +71,7 @@ impl StreamAssembler {
             pending_bytes: 0,
             max_pending,
             hole_since: None,
+            stalled_since: None,
             frontier: start,
             kept: [0; KEPT_BYTES],
             kept_end: 0,
@@ -108,9 +113,17 @@ impl StreamAssembler {
         }
     }
 
-    /// How long the current hole has been waiting.
+    /// How long the current hole has been waiting (since it opened, its start moved
+    /// or not): what `reorder_grace` is measured against.
     pub fn hole_age(&self, now: Instant) -> Option<Duration> {
         self.hole_since.map(|t| now.saturating_duration_since(t))
+    }
+
+    /// How long none of the current hole's bytes came (since it opened or its start
+    /// last moved): what `repair_wait` is measured against, so a hole read back in
+    /// steps is not given up while each step moves it.
+    pub fn hole_stalled(&self, now: Instant) -> Option<Duration> {
+        self.stalled_since.map(|t| now.saturating_duration_since(t))
     }
 
     /// Whether more bytes wait behind the hole than the bound allows: the caller
@@ -127,6 +140,7 @@ impl StreamAssembler {
     /// path: nothing waits, so nothing can be released).
     pub fn advance_in_order(&mut self, bytes: &[u8]) {
         debug_assert!(self.pending.is_empty());
+        (self.hole_since, self.stalled_since) = (None, None);
         // Saturating for the same reason as in `push`.
         self.next = self.next.saturating_add(bytes.len() as u64);
         self.frontier = self.frontier.max(self.next);
@@ -163,9 +177,10 @@ impl StreamAssembler {
         let bytes = bytes.slice((self.next - offset) as usize..);
         self.emit(bytes, time_ns, out);
         self.release(out);
-        self.hole_since = match self.hole() {
-            Some(_) => self.hole_since.or(Some(now)),
-            None => None,
+        // `next` moved: a hole left is one that moved (or a new one).
+        (self.hole_since, self.stalled_since) = match self.hole() {
+            Some(_) => (self.hole_since.or(Some(now)), Some(now)),
+            None => (None, None),
         };
     }
 
@@ -201,6 +216,7 @@ impl StreamAssembler {
         self.frontier = self.frontier.max(offset);
         self.release(out);
         self.hole_since = self.hole().map(|_| now);
+        self.stalled_since = self.hole_since;
         skipped
     }
 
@@ -210,12 +226,15 @@ impl StreamAssembler {
         let dropped = self.pending_bytes;
         self.pending.clear();
         self.pending_bytes = 0;
+        // No hole is left: the next one (records arriving past `next` later) is aged
+        // from its own start.
+        (self.hole_since, self.stalled_since) = (None, None);
         dropped
     }
 
     fn wait(&mut self, offset: u64, bytes: Bytes, time_ns: i64, now: Instant) {
         if self.hole_since.is_none() {
-            self.hole_since = Some(now);
+            (self.hole_since, self.stalled_since) = (Some(now), Some(now));
         }
         match self.pending.get(&offset) {
             Some((existing, _)) if existing.len() >= bytes.len() => {}
@@ -436,6 +455,65 @@ mod tests {
         assert_eq!(a.pending_bytes(), 0);
         assert_eq!(a.frontier(), 15);
         assert!(a.hole().is_none());
+    }
+
+    /// Found at 200 writers × 500 kB/s with a smaller `max_buffered`: dropping the
+    /// waiting bytes left the hole's start time behind, so the next hole of the
+    /// stream (after it caught up, or its log followed for a while) was as old as
+    /// the first one at once: past `repair_wait`, given up before its first repair.
+    #[test]
+    fn a_hole_after_the_waiting_bytes_were_dropped_is_aged_from_its_own_start() {
+        let mut a = StreamAssembler::new(0, 1 << 20);
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        a.push(10, Bytes::from_static(b"late"), 0, t0, &mut out);
+        assert_eq!(a.drop_pending(), 4);
+        assert_eq!(a.hole_age(t0 + Duration::from_secs(1)), None);
+        assert_eq!(a.hole_stalled(t0 + Duration::from_secs(1)), None);
+        // Caught up in order (the stage's fast path), then a new hole 20 s later.
+        a.advance_in_order(&[b'x'; 14]);
+        let t1 = t0 + Duration::from_secs(20);
+        a.push(30, Bytes::from_static(b"next"), 0, t1, &mut out);
+        assert_eq!(a.hole(), Some((14, 30)));
+        assert_eq!(a.hole_age(t1), Some(Duration::ZERO));
+        assert_eq!(a.hole_stalled(t1), Some(Duration::ZERO));
+        // The same after a drop with no catching up in between: records that arrive
+        // past the hole later start its clocks then.
+        a.drop_pending();
+        let t2 = t1 + Duration::from_secs(20);
+        a.push(40, Bytes::from_static(b"more"), 0, t2, &mut out);
+        assert_eq!(a.hole_age(t2), Some(Duration::ZERO));
+    }
+
+    /// A hole read back from the log in steps moves its start at every step: its
+    /// age (for `reorder_grace`) counts from when it opened, but how long it has
+    /// stalled (for `repair_wait`) from the last step that moved it.
+    #[test]
+    fn a_hole_that_moves_has_stalled_only_since_its_last_move() {
+        let mut a = StreamAssembler::new(0, 1 << 20);
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        a.push(100, Bytes::from_static(b"after"), 0, t0, &mut out);
+        let t1 = t0 + Duration::from_secs(8);
+        a.push(0, Bytes::from(vec![b'a'; 50]), 0, t1, &mut out);
+        assert_eq!(a.hole(), Some((50, 100)));
+        let t2 = t1 + Duration::from_secs(3);
+        assert_eq!(a.hole_age(t2), Some(Duration::from_secs(11)));
+        assert_eq!(a.hole_stalled(t2), Some(Duration::from_secs(3)));
+        // Bytes past the hole's start move nothing.
+        a.push(60, Bytes::from_static(b"mid"), 0, t2, &mut out);
+        assert_eq!(
+            a.hole_stalled(t2 + Duration::from_secs(1)),
+            Some(Duration::from_secs(4))
+        );
+        // A hole given up and one left behind it: both clocks start again.
+        a.skip_to(60, t2, &mut out);
+        assert_eq!(a.hole(), Some((63, 100)));
+        assert_eq!(a.hole_age(t2), Some(Duration::ZERO));
+        assert_eq!(a.hole_stalled(t2), Some(Duration::ZERO));
+        a.push(63, Bytes::from(vec![b'b'; 37]), 0, t2, &mut out);
+        assert_eq!(a.hole(), None);
+        assert_eq!((a.hole_age(t2), a.hole_stalled(t2)), (None, None));
     }
 
     proptest! {
