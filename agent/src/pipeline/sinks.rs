@@ -44,6 +44,7 @@ const SINK_QUEUE_MAX_PACKAGES: usize = 8;
 fn sink_queue_packages(package_bytes: usize) -> usize {
     (SINK_QUEUE_BYTES / package_bytes.max(1)).clamp(1, SINK_QUEUE_MAX_PACKAGES)
 }
+
 /// Upper bound on how long written packages wait for their flush (and acknowledgement).
 const SINK_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
