@@ -30,7 +30,7 @@ use crate::sink::worker::SinkWorker;
 /// flight between the source thread and the sink's: the sink's payload copy and lz4
 /// read bodies the source thread wrote a queue ago, and a queue longer than the CPU's
 /// caches makes both read from memory. Eight 1 MiB packages (the count this replaced)
-/// cost the store path 5% more CPU per GB than two (`docs/benchmarks.md`, "The sink
+/// cost the store path 5–8% more CPU per GB than two (`docs/benchmarks.md`, "The sink
 /// queue in bytes"); more queue buys no throughput, since a sink slower than its
 /// sources keeps any queue full.
 const SINK_QUEUE_BYTES: usize = 2 * 1024 * 1024;
