@@ -154,7 +154,8 @@ impl Framer {
                     out,
                     chunks,
                 };
-                decode.chunk(splitter, reassembler, &mut grouped, chunk)
+                decode.chunk(splitter, reassembler, &mut grouped, chunk);
+                ml.detach(chunks);
             }
         }
     }
@@ -326,9 +327,8 @@ struct Grouped<'a> {
 
 impl Emit for Grouped<'_> {
     #[inline]
-    fn record(&mut self, mut line: Line) {
-        line.body.make_owned(self.chunks);
-        self.ml.push(line, self.now, self.out);
+    fn record(&mut self, line: Line) {
+        self.ml.push(line, self.chunks, self.now, self.out);
     }
     #[inline]
     fn malformed(&mut self, line: Line) {

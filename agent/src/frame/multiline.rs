@@ -9,21 +9,30 @@
 //! timeout) is a record of its own: the grouping depends only on the open record, so
 //! re-reading from [`super::Framer::resume_offset`] groups lines exactly as before.
 //!
-//! # Memory
+//! # Memory and copies
 //!
-//! Records reach grouping with bodies of their own (the framer makes a span owned
-//! first: a group outlives the chunk that was pushed), so spans here never need their
-//! chunk. A one-line record is held as the slice it is. Lines are joined (with `\n`) into a
+//! Lines reach grouping as the framer decoded them: spans of the chunk being pushed or
+//! bodies of their own. While the push lasts, a record is the span of its first line,
+//! and a following line that lies right behind it in the same chunk, one `\n` between
+//! them (a raw file's stack trace), only lengthens that span: no copy, no reference
+//! count, whatever the number of lines. A line that does not (a CRI envelope between
+//! them, a `\r\n`, another chunk) is copied: the lines are joined (with `\n`) into a
 //! buffer bounded by `max_line_bytes`; further lines still belong to the record but
-//! their bytes are dropped and the record is flagged TRUNCATED.
+//! their bytes are dropped and the record is flagged TRUNCATED. A span is the same
+//! bytes as that joined buffer would be, so which form a record takes is invisible.
+//!
+//! Invariant: between pushes every open record's body is its own
+//! ([`Multiline::detach`] at the end of each push): an open record outlives the chunk
+//! pushed, and what reads it later (`flush_*`, `take_all`) has no chunks to resolve a
+//! span in.
 
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use regex::bytes::Regex;
 
 use super::partial::Slots;
-use super::{Body, Line, LineFlags, NO_CHUNKS};
+use super::{Body, Line, LineFlags};
 use crate::config::MultilineConfig;
 
 /// An open record.
@@ -39,15 +48,24 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    fn append(&mut self, line: &Line, max: usize) {
+    fn append(&mut self, line: &Line, chunks: &[Bytes], max: usize) {
         let first = &mut self.first;
-        let body = line.body.get(NO_CHUNKS);
-        let joined = self.joined.get_or_insert_with(|| {
-            let mut buf = BytesMut::with_capacity((first.body.len() + 1 + body.len()).min(max));
-            buf.extend_from_slice(first.body.get(NO_CHUNKS));
-            buf
-        });
         first.flags.insert(line.flags);
+        self.lines += 1;
+        if self.joined.is_none() && extend_in_chunk(&mut first.body, &line.body, chunks, max) {
+            return;
+        }
+        let body = line.body.get(chunks);
+        let joined = match &mut self.joined {
+            Some(joined) => joined,
+            None => {
+                let mut buf = BytesMut::with_capacity((first.body.len() + 1 + body.len()).min(max));
+                buf.extend_from_slice(first.body.get(chunks));
+                // The joined buffer is the record's body from here on (`into_line`).
+                first.body = Body::Owned(Bytes::new());
+                self.joined.insert(buf)
+            }
+        };
         let room = max.saturating_sub(joined.len());
         if body.len() < room {
             joined.put_u8(b'\n');
@@ -60,7 +78,6 @@ impl Group {
                 joined.extend_from_slice(&body[..room - 1]);
             }
         }
-        self.lines += 1;
     }
 
     fn into_line(self) -> Line {
@@ -73,6 +90,35 @@ impl Group {
         }
         line
     }
+}
+
+/// Lengthens the span `record` over `next` when `next` lies right behind it in the
+/// same chunk with one `\n` between them, so that the span reads exactly as the two
+/// joined by `\n`, and the result stays within `max`. Returns whether it did.
+fn extend_in_chunk(record: &mut Body, next: &Body, chunks: &[Bytes], max: usize) -> bool {
+    let (
+        Body::Span { chunk, start, len },
+        &Body::Span {
+            chunk: next_chunk,
+            start: next_start,
+            len: next_len,
+        },
+    ) = (&mut *record, next)
+    else {
+        return false;
+    };
+    let gap = *start as usize + *len as usize;
+    let end = next_start as usize + next_len as usize;
+    let contiguous = *chunk == next_chunk
+        && next_start as usize == gap + 1
+        && chunks
+            .get(*chunk as usize)
+            .is_some_and(|c| end <= c.len() && c[gap] == b'\n');
+    if !contiguous || end - *start as usize > max {
+        return false;
+    }
+    *len = (end - *start as usize) as u32;
+    true
 }
 
 pub(crate) struct Multiline {
@@ -94,13 +140,11 @@ impl Multiline {
         &self.config.start
     }
 
-    /// Feeds one (decoded) line, its body owned; completed records go to `out`.
-    pub fn push(&mut self, line: Line, now: Instant, out: &mut Vec<Line>) {
-        debug_assert!(
-            matches!(line.body, Body::Owned(_)),
-            "a span reached grouping"
-        );
-        let starts = self.start().is_match(line.body.get(NO_CHUNKS));
+    /// Feeds one (decoded) line, a span of `chunks` or a body of its own; completed
+    /// records go to `out`, spans of `chunks` or bodies of their own. Call
+    /// [`detach`](Self::detach) before `chunks` go.
+    pub fn push(&mut self, line: Line, chunks: &[Bytes], now: Instant, out: &mut Vec<Line>) {
+        let starts = self.start().is_match(line.body.get(chunks));
         let max_lines = self.config.max_lines;
         let slot = &mut self.groups[line.stream as usize];
         if starts {
@@ -118,7 +162,7 @@ impl Multiline {
                 });
             }
         } else if let Some(group) = slot {
-            group.append(&line, self.max_bytes);
+            group.append(&line, chunks, self.max_bytes);
             group.last_at = now;
             if group.lines >= max_lines {
                 out.push(slot.take().expect("just matched").into_line());
@@ -126,6 +170,24 @@ impl Multiline {
         } else {
             out.push(line);
         }
+    }
+
+    /// Gives every open record a body of its own (at most one reference count each):
+    /// the end of a push, before its `chunks` go (the module's invariant).
+    pub fn detach(&mut self, chunks: &[Bytes]) {
+        for group in self.groups.iter_mut().flatten() {
+            group.first.body.make_owned(chunks);
+        }
+    }
+
+    fn assert_detached(&self) {
+        debug_assert!(
+            self.groups
+                .iter()
+                .flatten()
+                .all(|g| matches!(g.first.body, Body::Owned(_))),
+            "an open record still a span between pushes"
+        );
     }
 
     /// Emits every record whose last line is at least `flush_timeout` old.
@@ -140,6 +202,7 @@ impl Multiline {
     }
 
     fn flush_where(&mut self, out: &mut Vec<Line>, due: impl Fn(&Group) -> bool) {
+        self.assert_detached();
         let mut ready: [Option<Group>; 3] = [None, None, None];
         for (slot, r) in self.groups.iter_mut().zip(&mut ready) {
             if slot.as_ref().is_some_and(&due) {
@@ -156,6 +219,7 @@ impl Multiline {
     }
 
     pub fn take_all(&mut self) -> Slots<Group> {
+        self.assert_detached();
         std::mem::take(&mut self.groups)
     }
 
@@ -196,6 +260,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::frame::NO_CHUNKS;
     use crate::frame::Stream;
 
     fn config(start: &str, max_lines: usize) -> MultilineConfig {
@@ -232,7 +297,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            m.push(line(i as u64, Stream::None, text), now, &mut out);
+            m.push(line(i as u64, Stream::None, text), NO_CHUNKS, now, &mut out);
         }
         assert_eq!(bodies(&out), ["orphan", "1 start\n  cont\n  cont2"]);
         assert_eq!(out[0].flags, LineFlags::empty());
@@ -250,7 +315,7 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         for (i, text) in ["S", "a", "b", "c", "d", "S2"].into_iter().enumerate() {
-            m.push(line(i as u64, Stream::None, text), now, &mut out);
+            m.push(line(i as u64, Stream::None, text), NO_CHUNKS, now, &mut out);
         }
         assert_eq!(bodies(&out), ["S\na\nb", "c", "d"]);
         assert_eq!(m.oldest_offset(), Some(5));
@@ -261,7 +326,12 @@ mod tests {
         let mut m = Multiline::new(config(r"^S", 1), 1024);
         let mut out = Vec::new();
         for (i, text) in ["S", "a", "S"].into_iter().enumerate() {
-            m.push(line(i as u64, Stream::None, text), Instant::now(), &mut out);
+            m.push(
+                line(i as u64, Stream::None, text),
+                NO_CHUNKS,
+                Instant::now(),
+                &mut out,
+            );
         }
         assert_eq!(bodies(&out), ["S", "a", "S"]);
         assert_eq!(m.oldest_offset(), None);
@@ -272,11 +342,11 @@ mod tests {
         let mut m = Multiline::new(config(r"^S", 100), 1024);
         let now = Instant::now();
         let mut out = Vec::new();
-        m.push(line(0, Stream::Stdout, "S out"), now, &mut out);
-        m.push(line(1, Stream::Stderr, "S err"), now, &mut out);
-        m.push(line(2, Stream::Stdout, " o1"), now, &mut out);
-        m.push(line(3, Stream::Stderr, " e1"), now, &mut out);
-        m.push(line(4, Stream::Stderr, "S err2"), now, &mut out);
+        m.push(line(0, Stream::Stdout, "S out"), NO_CHUNKS, now, &mut out);
+        m.push(line(1, Stream::Stderr, "S err"), NO_CHUNKS, now, &mut out);
+        m.push(line(2, Stream::Stdout, " o1"), NO_CHUNKS, now, &mut out);
+        m.push(line(3, Stream::Stderr, " e1"), NO_CHUNKS, now, &mut out);
+        m.push(line(4, Stream::Stderr, "S err2"), NO_CHUNKS, now, &mut out);
         assert_eq!(bodies(&out), ["S err\n e1"]);
         assert_eq!(out[0].stream, Stream::Stderr);
         m.flush_all(&mut out);
@@ -288,9 +358,10 @@ mod tests {
         let mut m = Multiline::new(config(r"^S", 100), 1024);
         let t0 = Instant::now();
         let mut out = Vec::new();
-        m.push(line(0, Stream::None, "S"), t0, &mut out);
+        m.push(line(0, Stream::None, "S"), NO_CHUNKS, t0, &mut out);
         m.push(
             line(1, Stream::None, " a"),
+            NO_CHUNKS,
             t0 + Duration::from_millis(900),
             &mut out,
         );
@@ -301,6 +372,7 @@ mod tests {
         // A continuation after the flush is a record of its own.
         m.push(
             line(2, Stream::None, " late"),
+            NO_CHUNKS,
             t0 + Duration::from_secs(3),
             &mut out,
         );
@@ -313,14 +385,14 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         for (i, text) in ["S1234", "abc", "def", "ghi", "S"].into_iter().enumerate() {
-            m.push(line(i as u64, Stream::None, text), now, &mut out);
+            m.push(line(i as u64, Stream::None, text), NO_CHUNKS, now, &mut out);
         }
         assert_eq!(bodies(&out), ["S1234\nabc"]);
         assert_eq!(out[0].flags, LineFlags::MULTILINE | LineFlags::TRUNCATED);
 
         let mut m = Multiline::new(config(r"^S", 100), 10);
         for (i, text) in ["S12", "abcdefgh", "S"].into_iter().enumerate() {
-            m.push(line(i as u64, Stream::None, text), now, &mut out);
+            m.push(line(i as u64, Stream::None, text), NO_CHUNKS, now, &mut out);
         }
         assert_eq!(bodies(&out[1..]), ["S12\nabcdef"]);
         assert_eq!(out[1].body.len(), 10);
@@ -332,10 +404,102 @@ mod tests {
         let mut out = Vec::new();
         let mut cont = line(1, Stream::None, " x");
         cont.flags = LineFlags::REASSEMBLED;
-        m.push(line(0, Stream::None, "S"), Instant::now(), &mut out);
-        m.push(cont, Instant::now(), &mut out);
+        m.push(
+            line(0, Stream::None, "S"),
+            NO_CHUNKS,
+            Instant::now(),
+            &mut out,
+        );
+        m.push(cont, NO_CHUNKS, Instant::now(), &mut out);
         m.flush_all(&mut out);
         assert_eq!(out[0].flags, LineFlags::REASSEMBLED | LineFlags::MULTILINE);
+    }
+
+    /// The spans of a raw chunk's lines, as the framer hands them out (`\n` and a `\r`
+    /// before it stripped).
+    fn spans_of(chunk: &Bytes) -> Vec<Line> {
+        let mut lines = Vec::new();
+        let mut start = 0;
+        for (i, _) in chunk.iter().enumerate().filter(|(_, b)| **b == b'\n') {
+            let end = if i > start && chunk[i - 1] == b'\r' {
+                i - 1
+            } else {
+                i
+            };
+            lines.push(Line {
+                offset: start as u64,
+                timestamp_ns: 0,
+                stream: Stream::None,
+                flags: LineFlags::empty(),
+                body: Body::Span {
+                    chunk: 0,
+                    start: start as u32,
+                    len: (end - start) as u32,
+                },
+            });
+            start = i + 1;
+        }
+        lines
+    }
+
+    #[test]
+    fn lines_right_behind_each_other_in_the_chunk_are_one_span_not_a_copy() {
+        let chunk = Bytes::from_static(b"S1\n a\n b\nS2\n c\r\n d\nS3\n e\n");
+        let chunks = std::slice::from_ref(&chunk);
+        let mut m = Multiline::new(config(r"^S", 100), 1024);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for line in spans_of(&chunk) {
+            m.push(line, chunks, now, &mut out);
+        }
+        let texts: Vec<&[u8]> = out.iter().map(|l| l.body.get(chunks)).collect();
+        assert_eq!(texts, [&b"S1\n a\n b"[..], b"S2\n c\n d"]);
+        // Three lines, two `\n` between them in the chunk: one span.
+        assert_eq!(
+            out[0].body,
+            Body::Span {
+                chunk: 0,
+                start: 0,
+                len: 8
+            }
+        );
+        // A `\r\n` in the chunk: the record is not the chunk's bytes, so it is joined.
+        assert!(matches!(out[1].body, Body::Owned(_)));
+        assert!(out.iter().all(|l| l.flags == LineFlags::MULTILINE));
+
+        // The open record outlives the push: it takes a body of its own.
+        m.detach(chunks);
+        m.assert_detached();
+        drop(out);
+        let mut out = Vec::new();
+        m.flush_all(&mut out);
+        assert_eq!(bodies(&out), ["S3\n e"]);
+    }
+
+    #[test]
+    fn a_span_stops_growing_at_the_bound_and_the_record_is_cut_as_when_copied() {
+        let chunk = Bytes::from_static(b"S1234\nabc\ndef\nghi\nS\n");
+        let chunks = std::slice::from_ref(&chunk);
+        let now = Instant::now();
+        let (mut spans, mut copies) = (Vec::new(), Vec::new());
+        let mut m = Multiline::new(config(r"^S", 100), 12);
+        for line in spans_of(&chunk) {
+            m.push(line, chunks, now, &mut spans);
+        }
+        let mut m = Multiline::new(config(r"^S", 100), 12);
+        for mut line in spans_of(&chunk) {
+            line.body.make_owned(chunks);
+            m.push(line, NO_CHUNKS, now, &mut copies);
+        }
+        let texts = |lines: &[Line]| -> Vec<(Vec<u8>, LineFlags)> {
+            lines
+                .iter()
+                .map(|l| (l.body.get(chunks).to_vec(), l.flags))
+                .collect()
+        };
+        assert_eq!(texts(&spans), texts(&copies));
+        assert_eq!(spans[0].body.get(chunks), b"S1234\nabc\nde");
+        assert_eq!(spans[0].flags, LineFlags::MULTILINE | LineFlags::TRUNCATED);
     }
 
     #[test]
@@ -343,21 +507,26 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         let mut old = Multiline::new(config(r"^S", 100), 1024);
-        old.push(line(700, Stream::Stdout, "S old"), now, &mut out);
-        old.push(line(710, Stream::Stderr, "S err"), now, &mut out);
+        old.push(line(700, Stream::Stdout, "S old"), NO_CHUNKS, now, &mut out);
+        old.push(line(710, Stream::Stderr, "S err"), NO_CHUNKS, now, &mut out);
         let mut new = Multiline::new(config(r"^S", 100), 1024);
-        new.push(line(2, Stream::Stderr, "S new err"), now, &mut out);
+        new.push(
+            line(2, Stream::Stderr, "S new err"),
+            NO_CHUNKS,
+            now,
+            &mut out,
+        );
         let complete = new.accept(old.take_all(), 0);
         assert_eq!(bodies(&complete), ["S err"]);
         assert_eq!(complete[0].offset, 0);
-        new.push(line(5, Stream::Stdout, " cont"), now, &mut out);
+        new.push(line(5, Stream::Stdout, " cont"), NO_CHUNKS, now, &mut out);
         new.flush_all(&mut out);
         assert_eq!(bodies(&out), ["S old\n cont", "S new err"]);
         assert_eq!(out[0].offset, 0);
 
         let mut old = Multiline::new(config(r"^S", 100), 1024);
-        old.push(line(700, Stream::Stdout, "S old"), now, &mut out);
-        old.push(line(701, Stream::Stdout, " c"), now, &mut out);
+        old.push(line(700, Stream::Stdout, "S old"), NO_CHUNKS, now, &mut out);
+        old.push(line(701, Stream::Stdout, " c"), NO_CHUNKS, now, &mut out);
         let lines = groups_into_lines(old.take_all(), 3);
         assert_eq!(bodies(&lines), ["S old\n c"]);
         assert_eq!(lines[0].offset, 3);
