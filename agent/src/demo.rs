@@ -109,7 +109,9 @@ pub fn install(config: &mut Config) -> anyhow::Result<Option<Workload>> {
             Format::Raw,
             ParserConfig::None,
             Some(MultilineConfig {
-                start: regex::bytes::Regex::new(r"^\d{4}-\d{2}-\d{2}").expect("valid regex"),
+                start: regex::bytes::Regex::new(r"^\d{4}-\d{2}-\d{2}")
+                    .expect("valid regex")
+                    .into(),
                 flush_timeout: Duration::from_secs(1),
                 max_lines: 500,
             }),

@@ -15,8 +15,10 @@ pub mod network;
 pub mod raw;
 pub mod schema;
 mod sidecar;
+mod start_pattern;
 mod validate;
 
+pub use start_pattern::StartPattern;
 pub(crate) use validate::Validator;
 
 use std::collections::BTreeMap;
@@ -97,7 +99,7 @@ pub enum CaptureHooks {
 #[derive(Clone, Debug)]
 pub struct MultilineConfig {
     /// A line matching this starts a new record; other lines continue the current one.
-    pub start: Regex,
+    pub start: StartPattern,
     /// A record with no new line for this long is emitted as is.
     pub flush_timeout: Duration,
     /// A record is emitted when it reaches this many lines (bounds memory).

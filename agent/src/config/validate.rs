@@ -569,7 +569,7 @@ impl Validator {
             return Err(self.invalid(&field("max_lines"), "must be at least 1".into()));
         }
         Ok(Some(MultilineConfig {
-            start,
+            start: start.into(),
             flush_timeout,
             max_lines: m.max_lines,
         }))

@@ -29,11 +29,10 @@
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use regex::bytes::Regex;
 
 use super::partial::Slots;
 use super::{Body, Line, LineFlags};
-use crate::config::MultilineConfig;
+use crate::config::{MultilineConfig, StartPattern};
 
 /// An open record.
 #[derive(Clone, Debug)]
@@ -136,7 +135,7 @@ impl Multiline {
         }
     }
 
-    fn start(&self) -> &Regex {
+    fn start(&self) -> &StartPattern {
         &self.config.start
     }
 
@@ -265,7 +264,7 @@ mod tests {
 
     fn config(start: &str, max_lines: usize) -> MultilineConfig {
         MultilineConfig {
-            start: Regex::new(start).unwrap(),
+            start: regex::bytes::Regex::new(start).unwrap().into(),
             flush_timeout: Duration::from_secs(1),
             max_lines,
         }

@@ -16,7 +16,7 @@ const TS_NS: i64 = 1_795_257_931_210_111_144;
 
 fn ml(start: &str, max_lines: usize) -> Option<MultilineConfig> {
     Some(MultilineConfig {
-        start: Regex::new(start).unwrap(),
+        start: Regex::new(start).unwrap().into(),
         flush_timeout: Duration::from_secs(1),
         max_lines,
     })
