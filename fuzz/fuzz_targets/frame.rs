@@ -35,7 +35,7 @@ impl Setup {
         let max = [8, 64, 1024, 16 * 1024][usize::from((sel >> 2) & 3)];
         let multiline = (sel & 0x10 != 0).then(|| MultilineConfig {
             // A Java-style start: a line not beginning with blank space.
-            start: Regex::new(r"^\S").expect("valid"),
+            start: Regex::new(r"^\S").expect("valid").into(),
             flush_timeout: Duration::from_secs(5),
             max_lines: usize::from(sel >> 5) + 1,
         });
