@@ -113,11 +113,17 @@ fn extend_in_chunk(record: &mut Body, next: &Body, chunks: &[Bytes], max: usize)
         && chunks
             .get(*chunk as usize)
             .is_some_and(|c| end <= c.len() && c[gap] == b'\n');
-    if !contiguous || end - *start as usize > max {
+    if !contiguous {
         return false;
     }
-    *len = (end - *start as usize) as u32;
-    true
+    // `next` lies behind the record, so its end is past the record's start.
+    match u32::try_from(end - *start as usize) {
+        Ok(joined_len) if joined_len as usize <= max => {
+            *len = joined_len;
+            true
+        }
+        _ => false,
+    }
 }
 
 pub(crate) struct Multiline {
