@@ -83,6 +83,9 @@ const SPARE_LINE_VECTORS: usize = 4;
 const FIRST_PACKAGE_LINES: usize = 256;
 /// Vectors smaller than this are not worth keeping: malloc serves them from its heap.
 const SPARE_MIN_LINES: usize = 1024;
+/// Most fields a package's vector is sized for ahead (4.5 MiB); a package with more
+/// grows its vector as it fills.
+const MAX_RESERVED_FIELDS: usize = 64 * 1024;
 
 /// An empty vector of at least `capacity` lines, a recycled one when there is one.
 fn line_vector(capacity: usize) -> Vec<Line> {
@@ -214,6 +217,9 @@ pub struct BatchBuilder {
     /// overshoot `max_lines` by up to a chunk's lines; sizing the next one from the
     /// last saves regrowing (copying) a vector of thousands of lines per package.
     last_len: usize,
+    /// Fields of the last sealed package, sizing the next one's for the same reason
+    /// (a JSON package of 8192 lines has some 40,000 fields of 72 bytes).
+    last_fields: usize,
 }
 
 impl BatchBuilder {
@@ -233,6 +239,7 @@ impl BatchBuilder {
             source_fields: Arc::default(),
             limits,
             last_len: 0,
+            last_fields: 0,
         }
     }
 
@@ -301,8 +308,16 @@ impl BatchBuilder {
         typical.min(16 * 1024)
     }
 
-    /// Sizes the vector of a package about to open for the typical package, so pushes
-    /// don't regrow it.
+    /// The fields a new package is sized for: the last package's and an eighth, at
+    /// most [`MAX_RESERVED_FIELDS`]; none after a package without fields.
+    fn typical_fields(&self) -> usize {
+        let n = self.last_fields;
+        (n + n / 8).min(MAX_RESERVED_FIELDS)
+    }
+
+    /// Sizes the vectors of a package about to open for the typical package, so pushes
+    /// don't regrow them (regrowing the fields' copied them: 3–10% of the samples of
+    /// a JSON → null profile).
     fn reserve_typical(&mut self) {
         let typical = self.typical_lines();
         if self.lines.capacity() == 0 {
@@ -310,6 +325,7 @@ impl BatchBuilder {
         } else {
             self.lines.reserve(typical);
         }
+        self.fields.reserve(self.typical_fields());
     }
 
     /// The package's records, for a stage that appends records to it directly (the
@@ -398,6 +414,7 @@ impl BatchBuilder {
         };
         self.next_package_id += 1;
         self.last_len = batch.lines.len();
+        self.last_fields = batch.fields.len();
         self.body_bytes = 0;
         self.opened_at = None;
         Some(batch)
@@ -469,6 +486,38 @@ mod tests {
             b.push(line((130 + i) * 6), &Bytes::new(), now);
         }
         assert_eq!(b.lines.capacity(), reserved, "no regrowth");
+    }
+
+    #[test]
+    fn a_package_s_fields_are_sized_by_the_last_package_s() {
+        let mut b = builder(100);
+        let now = Instant::now();
+        let package = |b: &mut BatchBuilder, lines: u64| {
+            for i in 0..lines {
+                for _ in 0..3 {
+                    let line = b.next_index();
+                    b.fields_mut().push(Field {
+                        line,
+                        key: Bytes::from_static(b"k"),
+                        value: Bytes::from_static(b"v").into(),
+                    });
+                }
+                b.push(line(i * 6), &Bytes::new(), now);
+            }
+        };
+        package(&mut b, 130);
+        assert_eq!(b.seal(130 * 6).unwrap().fields.len(), 390);
+        assert_eq!(b.typical_fields(), 390 + 390 / 8);
+        package(&mut b, 1);
+        let reserved = b.fields.capacity();
+        assert!(reserved >= 390, "{reserved}");
+        package(&mut b, 129);
+        assert_eq!(b.fields.capacity(), reserved, "no regrowth");
+        // A package without fields reserves none for the next.
+        drop(b.seal(0));
+        b.push(line(0), &Bytes::new(), now);
+        drop(b.seal(6));
+        assert_eq!(b.typical_fields(), 0);
     }
 
     #[test]
