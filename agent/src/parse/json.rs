@@ -27,12 +27,12 @@
 //! slice of the body. Only escaped strings and non-compact nested values allocate. No
 //! map is built per line.
 //!
-//! A value that were a `Bytes` slice of the body would cost an atomic increment of
-//! the read chunk's reference count here and a decrement where the package is dropped
-//! (on the sink's thread: the count's cache line moves between cores). Values are
-//! therefore spans of the chunk (a [`Body::Span`], see [`Text`]) when the body is one,
-//! and keys, which repeat from line to line, are interned as static slices
-//! ([`intern`]): making, cloning and dropping either touches no count. Before the
+//! A `Bytes` slice of the body per value would cost an atomic increment of the read
+//! chunk's reference count here and a decrement where the package is dropped (on the
+//! sink's thread: the count's cache line moves between cores). Values are therefore
+//! spans of the chunk (a [`Body::Span`], see [`Text`]) when the body is one, and keys,
+//! which repeat from line to line, are interned as static slices ([`intern`]): making,
+//! cloning and dropping either touches no count. Before the
 //! first changes, serde_json and the reference counts took about 40% and 33% of the
 //! JSON → null scenario's CPU (`docs/benchmarks.md`, "JSON parsing", and "JSON field
 //! values as spans").
@@ -92,7 +92,8 @@ pub fn both_paths(body: &Bytes) -> (Option<Vec<Field>>, Option<Vec<Field>>) {
 }
 
 /// A key as a static interned slice when it can be (no reference count to touch),
-/// else as a span of the body (or a copy, for a key that is not a view of it).
+/// else as a slice of the body's chunk (one count; a copy, for a key that is not a
+/// view of the body).
 fn key_bytes(body: &Text, key: &[u8]) -> Bytes {
     match intern::key(key) {
         Some(key) => Bytes::from_static(key),
