@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
     let earlier = Field {
         line: INDEX - 1,
         key: Bytes::from_static(b"k"),
-        value: Bytes::from_static(b"v"),
+        value: Bytes::from_static(b"v").into(),
     };
 
     let mut checked = line(body);

@@ -206,8 +206,9 @@ pub fn encode_payload(batch: &Batch, out: &mut Vec<u8>) {
         for field in fields.next_line(index) {
             put_varint(out, field.key.len() as u64);
             out.extend_from_slice(&field.key);
-            put_varint(out, field.value.len() as u64);
-            out.extend_from_slice(&field.value);
+            let value = batch.value(field);
+            put_varint(out, value.len() as u64);
+            out.extend_from_slice(value);
         }
     }
 }
@@ -606,7 +607,7 @@ mod tests {
         Field {
             line,
             key: Bytes::from_static(key),
-            value: Bytes::from_static(value),
+            value: Bytes::from_static(value).into(),
         }
     }
 
@@ -624,7 +625,7 @@ mod tests {
                     fields: batch
                         .fields_of(i)
                         .iter()
-                        .map(|f| (f.key.clone(), f.value.clone()))
+                        .map(|f| (f.key.clone(), batch.value_owned(f)))
                         .collect(),
                 }
             })
@@ -657,8 +658,9 @@ mod tests {
             for field in line_fields {
                 put_varint(out, field.key.len() as u64);
                 out.extend_from_slice(&field.key);
-                put_varint(out, field.value.len() as u64);
-                out.extend_from_slice(&field.value);
+                let value = batch.value(field);
+                put_varint(out, value.len() as u64);
+                out.extend_from_slice(value);
             }
         }
     }
@@ -1054,7 +1056,7 @@ mod tests {
             for (i, (line, line_fields)) in lines.into_iter().enumerate() {
                 batch_lines.push(line);
                 for (key, value) in line_fields {
-                    fields.push(Field { line: i as u32, key: Bytes::from(key), value: Bytes::from(value) });
+                    fields.push(Field { line: i as u32, key: Bytes::from(key), value: Bytes::from(value).into() });
                 }
             }
             let b = batch(batch_lines, fields);
@@ -1083,7 +1085,7 @@ mod tests {
             for (i, (line, line_fields)) in lines.into_iter().enumerate() {
                 batch_lines.push(line);
                 for (key, value) in line_fields {
-                    fields.push(Field { line: i as u32, key: Bytes::from(key), value: Bytes::from(value) });
+                    fields.push(Field { line: i as u32, key: Bytes::from(key), value: Bytes::from(value).into() });
                 }
             }
             let b = batch(batch_lines, fields);

@@ -16,21 +16,35 @@ use crate::enrich::SourceFields;
 use crate::frame::{Body, Line};
 use crate::source::SourceInfo;
 
-/// A parsed field of one line: `key = value`, both spans (the key is usually a
-/// `Bytes::from_static` name or a slice of the line itself).
+/// A parsed field of one line: `key = value`.
+///
+/// The key is a `Bytes` that costs no reference count in the common case (a parser's
+/// `from_static` name or an interned JSON key). The value is a [`Body`], read with
+/// [`Batch::value`]: where a parser found the text verbatim in a body that is a span,
+/// a span of the same chunk, so a record's fields, like its body, cost no reference
+/// count to make, package or drop (`docs/benchmarks.md`, "JSON field values as
+/// spans"); else bytes of its own (decoded text, a processor's rewrite, a body of its
+/// own's slice).
+///
+/// Invariant: a span value indexes the same chunks as the bodies beside it and lies
+/// inside its chunk. Out of [`Parser::apply_with`](crate::parse::Parser::apply_with)
+/// (and through `transform`) those are the `chunks` it was given; once
+/// [`BatchBuilder::push`] took the field's line, they are the package's
+/// [`Batch::chunks`] (checked by [`Batch::check_spans`] in tests).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field {
     /// Index of the line in [`Batch::lines`] this field belongs to.
     pub line: u32,
     pub key: Bytes,
-    pub value: Bytes,
+    pub value: Body,
 }
 
 /// One package: consecutive records of one source.
 ///
 /// Invariants (checked by [`Batch::check_spans`] in tests): every [`Body::Span`] of
-/// `lines` lies inside `chunks[its chunk]`, and every chunk is used by a span (a
-/// package keeps alive only the chunks its records are in).
+/// `lines` and of `fields`' values lies inside `chunks[its chunk]`, and every chunk
+/// is used by a span (a package keeps alive only the chunks its records are in).
+/// Fields are grouped by line in line order, each of a line the package has.
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub source: Arc<SourceInfo>,
@@ -69,6 +83,9 @@ const SPARE_LINE_VECTORS: usize = 4;
 const FIRST_PACKAGE_LINES: usize = 256;
 /// Vectors smaller than this are not worth keeping: malloc serves them from its heap.
 const SPARE_MIN_LINES: usize = 1024;
+/// Most fields a package's vector is sized for ahead (4.5 MiB); a package with more
+/// grows its vector as it fills.
+const MAX_RESERVED_FIELDS: usize = 64 * 1024;
 
 /// An empty vector of at least `capacity` lines, a recycled one when there is one.
 fn line_vector(capacity: usize) -> Vec<Line> {
@@ -124,21 +141,49 @@ impl Batch {
         line.body.to_bytes(&self.chunks)
     }
 
+    /// The value of `field`, one of this package's fields.
+    #[inline]
+    pub fn value<'a>(&'a self, field: &'a Field) -> &'a [u8] {
+        field.value.get(&self.chunks)
+    }
+
+    /// The value of `field` as a `Bytes` of its own (a span is sliced out of its
+    /// chunk: one reference count), for a destination that needs ownership.
+    pub fn value_owned(&self, field: &Field) -> Bytes {
+        field.value.to_bytes(&self.chunks)
+    }
+
     /// Panics unless the invariants written on [`Batch`] hold.
     #[cfg(test)]
     pub fn check_spans(&self) {
         let mut used = vec![false; self.chunks.len()];
-        for line in &self.lines {
-            if let Body::Span { chunk, start, len } = line.body {
+        let mut check = |body: &Body, what: &dyn std::fmt::Debug| {
+            if let Body::Span { chunk, start, len } = *body {
                 let c = &self.chunks[chunk as usize];
                 assert!(
                     start as usize + len as usize <= c.len(),
-                    "{line:?} past its chunk"
+                    "{what:?} past its chunk"
                 );
                 used[chunk as usize] = true;
             }
+        };
+        for line in &self.lines {
+            check(&line.body, line);
+        }
+        for field in &self.fields {
+            check(&field.value, field);
         }
         assert!(used.iter().all(|&u| u), "a chunk no span uses");
+        assert!(
+            self.fields.is_sorted_by_key(|f| f.line),
+            "fields not grouped by line in line order"
+        );
+        assert!(
+            self.fields
+                .last()
+                .is_none_or(|f| (f.line as usize) < self.lines.len()),
+            "a field of no line"
+        );
     }
 
     /// The fields of line `index` (fields are grouped by line, so this is a range).
@@ -172,6 +217,9 @@ pub struct BatchBuilder {
     /// overshoot `max_lines` by up to a chunk's lines; sizing the next one from the
     /// last saves regrowing (copying) a vector of thousands of lines per package.
     last_len: usize,
+    /// Fields of the last sealed package, sizing the next one's for the same reason
+    /// (a JSON package of 8192 lines has some 40,000 fields of 72 bytes).
+    last_fields: usize,
 }
 
 impl BatchBuilder {
@@ -191,6 +239,7 @@ impl BatchBuilder {
             source_fields: Arc::default(),
             limits,
             last_len: 0,
+            last_fields: 0,
         }
     }
 
@@ -212,21 +261,36 @@ impl BatchBuilder {
         self.lines.len() as u32
     }
 
-    /// Where parsers append the fields of the line about to be pushed.
+    /// Where parsers append the fields of the line about to be pushed. Their span
+    /// values are of the chunk [`push`](Self::push) is then given with the line.
     pub fn fields_mut(&mut self) -> &mut Vec<Field> {
         &mut self.fields
     }
 
     /// Adds a record; its span, if it is one, is of `chunk` (out of
-    /// [`Framer::push`](crate::frame::Framer::push)).
+    /// [`Framer::push`](crate::frame::Framer::push)), and so are the span values of
+    /// its fields, already appended with [`fields_mut`](Self::fields_mut).
     pub fn push(&mut self, mut line: Line, chunk: &Bytes, now: std::time::Instant) {
         if self.opened_at.is_none() {
             self.opened_at = Some(now);
             self.reserve_typical();
         }
         self.body_bytes += line.body.len();
+        let line_index = self.lines.len() as u32;
+        let mut in_package = None;
+        let mut index_of_chunk =
+            |chunks: &mut Vec<Bytes>| *in_package.get_or_insert_with(|| chunk_index(chunks, chunk));
         if let Body::Span { chunk: index, .. } = &mut line.body {
-            *index = chunk_index(&mut self.chunks, chunk);
+            *index = index_of_chunk(&mut self.chunks);
+        }
+        // The line's fields are the last ones (fields are grouped by line).
+        for field in self.fields.iter_mut().rev() {
+            if field.line != line_index {
+                break;
+            }
+            if let Body::Span { chunk: index, .. } = &mut field.value {
+                *index = index_of_chunk(&mut self.chunks);
+            }
         }
         self.lines.push(line);
     }
@@ -244,8 +308,16 @@ impl BatchBuilder {
         typical.min(16 * 1024)
     }
 
-    /// Sizes the vector of a package about to open for the typical package, so pushes
-    /// don't regrow it.
+    /// The fields a new package is sized for: the last package's and an eighth, at
+    /// most [`MAX_RESERVED_FIELDS`]; none after a package without fields.
+    fn typical_fields(&self) -> usize {
+        let n = self.last_fields;
+        (n + n / 8).min(MAX_RESERVED_FIELDS)
+    }
+
+    /// Sizes the vectors of a package about to open for the typical package, so pushes
+    /// don't regrow them (regrowing the fields' copied them: 3–10% of the samples of
+    /// a JSON → null profile).
     fn reserve_typical(&mut self) {
         let typical = self.typical_lines();
         if self.lines.capacity() == 0 {
@@ -253,6 +325,7 @@ impl BatchBuilder {
         } else {
             self.lines.reserve(typical);
         }
+        self.fields.reserve(self.typical_fields());
     }
 
     /// The package's records, for a stage that appends records to it directly (the
@@ -341,6 +414,7 @@ impl BatchBuilder {
         };
         self.next_package_id += 1;
         self.last_len = batch.lines.len();
+        self.last_fields = batch.fields.len();
         self.body_bytes = 0;
         self.opened_at = None;
         Some(batch)
@@ -412,6 +486,38 @@ mod tests {
             b.push(line((130 + i) * 6), &Bytes::new(), now);
         }
         assert_eq!(b.lines.capacity(), reserved, "no regrowth");
+    }
+
+    #[test]
+    fn a_package_s_fields_are_sized_by_the_last_package_s() {
+        let mut b = builder(100);
+        let now = Instant::now();
+        let package = |b: &mut BatchBuilder, lines: u64| {
+            for i in 0..lines {
+                for _ in 0..3 {
+                    let line = b.next_index();
+                    b.fields_mut().push(Field {
+                        line,
+                        key: Bytes::from_static(b"k"),
+                        value: Bytes::from_static(b"v").into(),
+                    });
+                }
+                b.push(line(i * 6), &Bytes::new(), now);
+            }
+        };
+        package(&mut b, 130);
+        assert_eq!(b.seal(130 * 6).unwrap().fields.len(), 390);
+        assert_eq!(b.typical_fields(), 390 + 390 / 8);
+        package(&mut b, 1);
+        let reserved = b.fields.capacity();
+        assert!(reserved >= 390, "{reserved}");
+        package(&mut b, 129);
+        assert_eq!(b.fields.capacity(), reserved, "no regrowth");
+        // A package without fields reserves none for the next.
+        drop(b.seal(0));
+        b.push(line(0), &Bytes::new(), now);
+        drop(b.seal(6));
+        assert_eq!(b.typical_fields(), 0);
     }
 
     #[test]
@@ -500,6 +606,72 @@ mod tests {
         assert_eq!(p.body_bytes(), 3 + 5 + 3 + 5 + 5);
     }
 
+    /// Field values that are spans of the pushed chunk come out as spans of the
+    /// package's copy of it, whatever the body is; [`Batch::value`] reads them.
+    #[test]
+    fn field_spans_are_of_the_package_s_chunks() {
+        let mut b = builder(100);
+        let now = Instant::now();
+        let chunks = [
+            Bytes::from_static(b"{\"a\":\"x\"}\n"),
+            Bytes::from_static(b"{\"a\":\"yz\"}\n"),
+            Bytes::from_static(b"only a field"),
+        ];
+        let span = |start, len| Body::Span {
+            chunk: 0,
+            start,
+            len,
+        };
+        let field = |line, value| Field {
+            line,
+            key: Bytes::from_static(b"a"),
+            value,
+        };
+        for (i, chunk) in chunks[..2].iter().enumerate() {
+            let index = b.next_index();
+            b.fields_mut().push(field(index, span(6, 1 + i as u32)));
+            b.fields_mut()
+                .push(field(index, Bytes::from_static(b"own").into()));
+            let mut l = line(0);
+            l.body = span(0, 9 + i as u32);
+            b.push(l, chunk, now);
+        }
+        // A body of its own (a processor's rewrite) whose field is still a span.
+        let index = b.next_index();
+        b.fields_mut().push(field(index, span(5, 7)));
+        b.push(line(0), &chunks[2], now);
+        let p = b.seal(100).unwrap();
+        p.check_spans();
+        assert_eq!(p.chunks, chunks);
+        let values: Vec<&[u8]> = p.fields.iter().map(|f| p.value(f)).collect();
+        assert_eq!(values, [&b"x"[..], b"own", b"yz", b"own", b"a field"]);
+        let chunk_of = |f: &Field| match f.value {
+            Body::Span { chunk, .. } => Some(chunk),
+            Body::Owned(_) => None,
+        };
+        let indexes: Vec<_> = p.fields.iter().map(chunk_of).collect();
+        assert_eq!(indexes, [Some(0), None, Some(1), None, Some(2)]);
+        assert_eq!(p.value_owned(&p.fields[2]), "yz");
+    }
+
+    #[test]
+    #[should_panic(expected = "past its chunk")]
+    fn check_spans_catches_a_field_span_past_its_chunk() {
+        let mut b = builder(100);
+        let chunk = Bytes::from_static(b"short");
+        b.fields_mut().push(Field {
+            line: 0,
+            key: Bytes::from_static(b"k"),
+            value: Body::Span {
+                chunk: 0,
+                start: 2,
+                len: 4,
+            },
+        });
+        b.push(line(0), &chunk, Instant::now());
+        b.seal(5).unwrap().check_spans();
+    }
+
     #[test]
     fn fields_of_returns_each_lines_fields() {
         let mut b = builder(10);
@@ -511,14 +683,14 @@ mod tests {
                 b.fields_mut().push(Field {
                     line: idx,
                     key: Bytes::from_static(b"k"),
-                    value: Bytes::from(format!("v{i}")),
+                    value: Bytes::from(format!("v{i}")).into(),
                 });
             }
             b.push(line(i as u64 * 6), &Bytes::new(), now);
         }
         let p = b.seal(18).unwrap();
-        assert_eq!(p.fields_of(0)[0].value, Bytes::from("v0"));
+        assert_eq!(p.value(&p.fields_of(0)[0]), b"v0");
         assert!(p.fields_of(1).is_empty());
-        assert_eq!(p.fields_of(2)[0].value, Bytes::from("v2"));
+        assert_eq!(p.value(&p.fields_of(2)[0]), b"v2");
     }
 }

@@ -112,6 +112,9 @@ impl std::ops::BitOr for LineFlags {
 /// its `chunks`. Bodies that are not one slice of one chunk are [`Body::Owned`]:
 /// straddling lines, reassembled partials, multiline groups, docker messages,
 /// processors' rewrites, and records a framer keeps past the push that read them.
+///
+/// A parsed field's value is a `Body` too ([`crate::batch::Field`]): a span of the
+/// chunk its record's body was a span of, resolved in the same chunks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
     /// `len` bytes at `start` of chunk `chunk`. Invariant: `start + len` is within
@@ -144,7 +147,7 @@ impl Body {
     /// A span's chunk in `chunks` and its range there; `None` for a span outside
     /// them (which the invariants of `Framer::push` and `Batch` rule out).
     #[inline]
-    fn span_in(
+    pub(crate) fn span_in(
         chunks: &[Bytes],
         chunk: u32,
         start: u32,

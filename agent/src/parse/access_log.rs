@@ -37,6 +37,7 @@
 use bytes::Bytes;
 use memchr::{memchr, memchr2};
 
+use super::Text;
 use crate::batch::Field;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +82,7 @@ const APACHE: Names = Names {
 };
 
 impl Preset {
-    pub(super) fn parse(self, body: &Bytes, index: u32, fields: &mut Vec<Field>) -> bool {
+    pub(super) fn parse(self, body: &Text, index: u32, fields: &mut Vec<Field>) -> bool {
         let names = match self {
             Preset::Nginx => &NGINX,
             Preset::Apache => &APACHE,
@@ -92,7 +93,7 @@ impl Preset {
 
 /// Reads the line; `None` as soon as it departs from the format (fields pushed until
 /// then are truncated by the caller).
-fn scan(body: &Bytes, names: &Names, index: u32, fields: &mut Vec<Field>) -> Option<()> {
+fn scan(body: &Text, names: &Names, index: u32, fields: &mut Vec<Field>) -> Option<()> {
     let mut cursor = Cursor { body, pos: 0 };
     let mut push = |name: &'static str, (start, end): (usize, usize)| {
         fields.push(Field {
@@ -222,11 +223,12 @@ impl Cursor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::NO_CHUNKS;
 
     fn run(preset: Preset, body: &[u8]) -> Option<Vec<(&'static str, String)>> {
         let body = Bytes::copy_from_slice(body);
         let mut fields = Vec::new();
-        if !preset.parse(&body, 9, &mut fields) {
+        if !preset.parse(&Text::owned(&body), 9, &mut fields) {
             return None;
         }
         Some(
@@ -236,7 +238,10 @@ mod tests {
                     assert_eq!(f.line, 9);
                     let key: &'static str =
                         Box::leak(String::from_utf8(f.key.to_vec()).unwrap().into_boxed_str());
-                    (key, String::from_utf8_lossy(&f.value).into_owned())
+                    (
+                        key,
+                        String::from_utf8_lossy(f.value.get(NO_CHUNKS)).into_owned(),
+                    )
                 })
                 .collect(),
         )
@@ -346,12 +351,12 @@ mod tests {
     fn values_are_spans_of_the_body() {
         let body = Bytes::from_static(NGINX_LINE);
         let mut fields = Vec::new();
-        assert!(Preset::Nginx.parse(&body, 0, &mut fields));
+        assert!(Preset::Nginx.parse(&Text::owned(&body), 0, &mut fields));
         let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len() + 1;
         assert!(
             fields
                 .iter()
-                .all(|f| range.contains(&(f.value.as_ptr() as usize)))
+                .all(|f| range.contains(&(f.value.get(NO_CHUNKS).as_ptr() as usize)))
         );
     }
 }

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memchr::memchr;
 
+use super::Text;
 use crate::batch::Field;
+use crate::frame::Body;
 
 #[derive(Debug)]
 pub struct DelimiterParser {
@@ -57,7 +59,7 @@ impl DelimiterParser {
         }
     }
 
-    pub(super) fn parse(&self, body: &Bytes, index: u32, fields: &mut Vec<Field>) -> bool {
+    pub(super) fn parse(&self, body: &Text, index: u32, fields: &mut Vec<Field>) -> bool {
         if body.is_empty() || self.columns.is_empty() {
             return false;
         }
@@ -79,7 +81,7 @@ impl DelimiterParser {
                 key: key.clone(),
                 value: match value {
                     Value::Span(s, e) => body.slice(s..e),
-                    Value::Decoded(v) => Bytes::from(v),
+                    Value::Decoded(v) => Body::Owned(Bytes::from(v)),
                 },
             });
             pos = next;
@@ -141,6 +143,7 @@ fn quoted(body: &[u8], start: usize, quote: u8) -> Option<(Value, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::NO_CHUNKS;
     use proptest::prelude::*;
 
     fn parser(delimiter: u8, quote: Option<u8>, columns: &[&str]) -> DelimiterParser {
@@ -151,13 +154,18 @@ mod tests {
     fn run(p: &DelimiterParser, body: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
         let body = Bytes::copy_from_slice(body);
         let mut fields = Vec::new();
-        if !p.parse(&body, 1, &mut fields) {
+        if !p.parse(&Text::owned(&body), 1, &mut fields) {
             return None;
         }
         Some(
             fields
                 .into_iter()
-                .map(|f| (String::from_utf8(f.key.to_vec()).unwrap(), f.value.to_vec()))
+                .map(|f| {
+                    (
+                        String::from_utf8(f.key.to_vec()).unwrap(),
+                        f.value.get(NO_CHUNKS).to_vec(),
+                    )
+                })
                 .collect(),
         )
     }
@@ -239,10 +247,10 @@ mod tests {
         let p = parser(b',', Some(b'"'), &["a", "b"]);
         let body = Bytes::from_static(b"plain,\"quoted\"");
         let mut fields = Vec::new();
-        assert!(p.parse(&body, 0, &mut fields));
+        assert!(p.parse(&Text::owned(&body), 0, &mut fields));
         let base = body.as_ptr() as usize;
-        assert_eq!(fields[0].value.as_ptr() as usize, base);
-        assert_eq!(fields[1].value.as_ptr() as usize, base + 7);
+        assert_eq!(fields[0].value.get(NO_CHUNKS).as_ptr() as usize, base);
+        assert_eq!(fields[1].value.get(NO_CHUNKS).as_ptr() as usize, base + 7);
     }
 
     fn csv_encode(values: &[Vec<u8>]) -> Vec<u8> {

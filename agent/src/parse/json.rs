@@ -27,13 +27,15 @@
 //! slice of the body. Only escaped strings and non-compact nested values allocate. No
 //! map is built per line.
 //!
-//! Every value that is a span of the body costs an atomic increment of the read
+//! A `Bytes` slice of the body per value would cost an atomic increment of the read
 //! chunk's reference count here and a decrement where the package is dropped (on the
-//! sink's thread: the count's cache line moves between cores). Keys, which repeat
-//! from line to line, are therefore interned as static slices ([`intern`]): cloning
-//! and dropping those touches no count. Before both changes, serde_json and the
-//! reference counts took about 40% and 33% of the JSON → null scenario's CPU
-//! (`docs/benchmarks.md`, "JSON parsing").
+//! sink's thread: the count's cache line moves between cores). Values are therefore
+//! spans of the chunk (a [`Body::Span`], see [`Text`]) when the body is one, and keys,
+//! which repeat from line to line, are interned as static slices ([`intern`]): making,
+//! cloning and dropping either touches no count. Before the
+//! first changes, serde_json and the reference counts took about 40% and 33% of the
+//! JSON → null scenario's CPU (`docs/benchmarks.md`, "JSON parsing", and "JSON field
+//! values as spans").
 
 use std::fmt;
 use std::ops::Range;
@@ -43,14 +45,14 @@ use serde::Deserializer as _;
 use serde::de::{DeserializeSeed, Error as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::intern;
-use super::span_of;
+use super::{Text, bytes_of, intern, span_of};
 use crate::batch::Field;
+use crate::frame::Body;
 
 /// Parses `body` (already known to be valid UTF-8) into fields of line `index`.
 /// Returns `false` if it is not exactly one JSON object; fields pushed before the
 /// failure are left for the caller to truncate.
-pub(super) fn parse(body: &Bytes, index: u32, fields: &mut Vec<Field>) -> bool {
+pub(super) fn parse(body: &Text, index: u32, fields: &mut Vec<Field>) -> bool {
     let start = fields.len();
     let flat = scan_flat(body, |key, value| {
         fields.push(Field {
@@ -74,11 +76,12 @@ pub fn both_paths(body: &Bytes) -> (Option<Vec<Field>>, Option<Vec<Field>>) {
     let Ok(text) = std::str::from_utf8(body) else {
         return (None, None);
     };
+    let body = &Text::owned(body);
     let mut flat = Vec::new();
     let flat = scan_flat(body, |key, value| {
         flat.push(Field {
             line: 0,
-            key: body.slice(key),
+            key: body.slice_bytes(key),
             value: body.slice(value),
         });
     })
@@ -89,11 +92,12 @@ pub fn both_paths(body: &Bytes) -> (Option<Vec<Field>>, Option<Vec<Field>>) {
 }
 
 /// A key as a static interned slice when it can be (no reference count to touch),
-/// else as a span of the body (or a copy, for a key that is not a view of it).
-fn key_bytes(body: &Bytes, key: &[u8]) -> Bytes {
+/// else as a slice of the body's chunk (one count; a copy, for a key that is not a
+/// view of the body).
+fn key_bytes(body: &Text, key: &[u8]) -> Bytes {
     match intern::key(key) {
         Some(key) => Bytes::from_static(key),
-        None => span_of(body, key),
+        None => bytes_of(body, key),
     }
 }
 
@@ -227,7 +231,7 @@ impl Scanner<'_> {
 }
 
 /// The general path: serde_json reads `text` (the body as `&str`).
-fn parse_serde(body: &Bytes, text: &str, index: u32, fields: &mut Vec<Field>) -> bool {
+fn parse_serde(body: &Text, text: &str, index: u32, fields: &mut Vec<Field>) -> bool {
     let mut de = serde_json::Deserializer::from_str(text);
     let visitor = ObjectVisitor {
         body,
@@ -238,7 +242,7 @@ fn parse_serde(body: &Bytes, text: &str, index: u32, fields: &mut Vec<Field>) ->
 }
 
 struct ObjectVisitor<'a> {
-    body: &'a Bytes,
+    body: &'a Text<'a>,
     index: u32,
     fields: &'a mut Vec<Field>,
 }
@@ -268,7 +272,7 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
 /// Reads a key as a span of the body when it has no escapes (serde_json then hands out
 /// a borrowed `&str`), else as an unescaped copy.
 struct KeySeed<'a> {
-    body: &'a Bytes,
+    body: &'a Text<'a>,
 }
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
@@ -298,7 +302,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 /// The field value for one member's raw JSON text (already validated by serde_json,
 /// without surrounding whitespace). `None` only for a string whose escapes do not
 /// decode to Unicode (a lone surrogate such as `"\ud800"`).
-fn value_bytes(body: &Bytes, raw: &str) -> Option<Bytes> {
+fn value_bytes(body: &Text, raw: &str) -> Option<Body> {
     let bytes = raw.as_bytes();
     match bytes.first() {
         Some(b'"') => {
@@ -306,14 +310,16 @@ fn value_bytes(body: &Bytes, raw: &str) -> Option<Bytes> {
                 // No escapes: the string's content is the text between the quotes.
                 Some(span_of(body, &bytes[1..bytes.len() - 1]))
             } else {
-                serde_json::from_str::<String>(raw).ok().map(Bytes::from)
+                serde_json::from_str::<String>(raw)
+                    .ok()
+                    .map(|s| Body::Owned(Bytes::from(s)))
             }
         }
         Some(b'{' | b'[') => {
             if is_compact(bytes) {
                 Some(span_of(body, bytes))
             } else {
-                Some(Bytes::from(compact(bytes)))
+                Some(Body::Owned(Bytes::from(compact(bytes))))
             }
         }
         _ => Some(span_of(body, bytes)),
@@ -363,11 +369,12 @@ fn compact(json: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::NO_CHUNKS;
 
     fn fields_of(body: &'static str) -> Option<Vec<(String, String)>> {
         let body = Bytes::from_static(body.as_bytes());
         let mut fields = Vec::new();
-        if !parse(&body, 7, &mut fields) {
+        if !parse(&Text::owned(&body), 7, &mut fields) {
             return None;
         }
         assert!(fields.iter().all(|f| f.line == 7));
@@ -377,7 +384,7 @@ mod tests {
                 .map(|f| {
                     (
                         String::from_utf8(f.key.to_vec()).unwrap(),
-                        String::from_utf8(f.value.to_vec()).unwrap(),
+                        String::from_utf8(f.value.get(NO_CHUNKS).to_vec()).unwrap(),
                     )
                 })
                 .collect(),
@@ -440,10 +447,13 @@ mod tests {
         ] {
             let body = Bytes::from(text.as_bytes().to_vec());
             let mut fields = Vec::new();
-            assert!(parse(&body, 0, &mut fields));
+            assert!(parse(&Text::owned(&body), 0, &mut fields));
             let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
             for f in &fields {
-                assert!(range.contains(&(f.value.as_ptr() as usize)), "{f:?}");
+                assert!(
+                    range.contains(&(f.value.get(NO_CHUNKS).as_ptr() as usize)),
+                    "{f:?}"
+                );
                 let interned = intern::key(&f.key).expect("a short key is interned");
                 assert_eq!(f.key.as_ptr(), interned.as_ptr(), "{f:?}");
             }

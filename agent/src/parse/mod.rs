@@ -30,9 +30,12 @@
 //!
 //! Field keys are `Bytes` built once per parser (or `from_static`), so cloning one is a
 //! reference count at most; JSON keys, read from each body, are interned as static
-//! slices ([`intern`]) for the same reason. Values are slices of the body whenever the text appears in
-//! it verbatim; a copy is made only when the value must be decoded (a JSON string with
-//! escapes, a CSV field with doubled quotes, a nested JSON value that was not compact).
+//! slices ([`intern`]) for the same reason. Values are slices of the body whenever the
+//! text appears in it verbatim ([`Text::slice`]): for a body that is a span of a read
+//! chunk, a span of the same chunk, which costs no reference count (for a body of its
+//! own, a slice of it: one). A copy is made only when the value must be decoded (a JSON
+//! string with escapes, a CSV field with doubled quotes, a nested JSON value that was
+//! not compact).
 
 pub mod access_log;
 pub mod delimiter;
@@ -41,11 +44,13 @@ pub mod json;
 pub mod regex;
 pub mod syslog;
 
+use std::ops::{Deref, Range};
+
 use bytes::Bytes;
 
 use crate::batch::Field;
 use crate::config::ParserConfig;
-use crate::frame::{Line, LineFlags};
+use crate::frame::{Body, Line, LineFlags};
 
 /// The parse stage of one source.
 #[derive(Debug)]
@@ -100,9 +105,8 @@ impl Parser {
 
     /// [`apply`](Self::apply) for a body already known to be valid UTF-8 when
     /// `known_utf8` (from [`Utf8Checked::vouches_for`]); `false` means "not known",
-    /// and the body is checked here. A span body is of `chunks`; a parser that finds
-    /// fields gets the body as a `Bytes` of its own (one reference count per record,
-    /// what its fields' slices need anyway), `parser: none` only reads the bytes.
+    /// and the body is checked here. A span body is of `chunks`, and so are the span
+    /// values of the fields pushed (see [`Text`]): no reference count per record.
     pub fn apply_with(
         &self,
         line: &mut Line,
@@ -118,7 +122,7 @@ impl Parser {
             }
             return true;
         }
-        let body = &line.body.to_bytes(chunks);
+        let body = &Text::of(&line.body, chunks);
         let start = fields.len();
         let valid_utf8 = known_utf8 || std::str::from_utf8(body).is_ok();
         let parsed = match &self.kind {
@@ -214,20 +218,125 @@ impl Utf8Checked {
     }
 }
 
-/// `part` as a slice of `body` when it lies inside it (no copy), else a copy.
+/// The body a parser reads (its bytes, by `Deref`) and makes field values of.
+///
+/// A value that is a range of the body is made by [`slice`](Self::slice): for a body
+/// that is a span of a read chunk, a [`Body::Span`] of the same chunk, resolved in the
+/// same chunks as the body (the package holds the chunk once, a field costs no
+/// reference count); for a body of its own, a slice of it (one reference count).
+#[derive(Debug)]
+pub struct Text<'a> {
+    bytes: &'a [u8],
+    whence: Whence<'a>,
+}
+
+/// Where a [`Text`]'s bytes are.
+#[derive(Debug)]
+enum Whence<'a> {
+    /// `bytes` is `chunk[start..]`, and `chunk` is number `index` of the chunks the
+    /// body's span is resolved in.
+    Span {
+        chunk: &'a Bytes,
+        index: u32,
+        start: u32,
+    },
+    /// `bytes` is all of these.
+    Owned(&'a Bytes),
+}
+
+impl<'a> Text<'a> {
+    /// `body`, a span resolved in `chunks` (read as empty if outside them, which the
+    /// invariants of `Framer::push` and `Batch` rule out).
+    pub fn of(body: &'a Body, chunks: &'a [Bytes]) -> Text<'a> {
+        static EMPTY: Bytes = Bytes::new();
+        match *body {
+            Body::Span { chunk, start, len } => match Body::span_in(chunks, chunk, start, len) {
+                Some((bytes, range)) => Text {
+                    bytes: &bytes[range],
+                    whence: Whence::Span {
+                        chunk: bytes,
+                        index: chunk,
+                        start,
+                    },
+                },
+                None => Text::owned(&EMPTY),
+            },
+            Body::Owned(ref bytes) => Text::owned(bytes),
+        }
+    }
+
+    /// A body of its own.
+    pub fn owned(bytes: &'a Bytes) -> Text<'a> {
+        Text {
+            bytes,
+            whence: Whence::Owned(bytes),
+        }
+    }
+
+    /// The field value of `range` of the body (clamped to it).
+    #[inline]
+    pub fn slice(&self, range: Range<usize>) -> Body {
+        let end = range.end.min(self.bytes.len());
+        let range = range.start.min(end)..end;
+        match self.whence {
+            // The body's span has a `u32` start and length, so these fit.
+            Whence::Span { index, start, .. } => Body::Span {
+                chunk: index,
+                start: start + range.start as u32,
+                len: range.len() as u32,
+            },
+            Whence::Owned(bytes) => Body::Owned(bytes.slice(range)),
+        }
+    }
+
+    /// `range` of the body (clamped to it) as a `Bytes` of its own: a slice of its
+    /// chunk or of the body (one reference count), for a field key.
+    pub fn slice_bytes(&self, range: Range<usize>) -> Bytes {
+        let end = range.end.min(self.bytes.len());
+        let range = range.start.min(end)..end;
+        match self.whence {
+            Whence::Span { chunk, start, .. } => {
+                let start = start as usize;
+                chunk.slice(start + range.start..start + range.end)
+            }
+            Whence::Owned(bytes) => bytes.slice(range),
+        }
+    }
+
+    /// Where `part` lies in the body, if it is a view of it.
+    fn range_of(&self, part: &[u8]) -> Option<Range<usize>> {
+        let offset = (part.as_ptr() as usize).checked_sub(self.bytes.as_ptr() as usize)?;
+        (offset + part.len() <= self.bytes.len()).then(|| offset..offset + part.len())
+    }
+}
+
+impl Deref for Text<'_> {
+    type Target = [u8];
+
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+/// `part` as a value sliced out of `body` when it lies inside it (no copy), else a copy.
 ///
 /// Parsers that get `&str`/`&[u8]` views from a library (serde_json) use this to turn
 /// them back into spans; the copy fallback only guards against a library handing back
-/// text that is not a view of the input, which would otherwise be a panic in
-/// `Bytes::slice_ref`.
-fn span_of(body: &Bytes, part: &[u8]) -> Bytes {
-    let base = body.as_ptr() as usize;
-    let start = part.as_ptr() as usize;
-    match start.checked_sub(base) {
-        Some(offset) if offset + part.len() <= body.len() => {
-            body.slice(offset..offset + part.len())
-        }
-        _ => Bytes::copy_from_slice(part),
+/// text that is not a view of the input, which would otherwise be a span of the wrong
+/// bytes.
+fn span_of(body: &Text, part: &[u8]) -> Body {
+    match body.range_of(part) {
+        Some(range) => body.slice(range),
+        None => Body::Owned(Bytes::copy_from_slice(part)),
+    }
+}
+
+/// [`span_of`] as a `Bytes` of its own (a field key).
+fn bytes_of(body: &Text, part: &[u8]) -> Bytes {
+    match body.range_of(part) {
+        Some(range) => body.slice_bytes(range),
+        None => Bytes::copy_from_slice(part),
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use ::regex::bytes::{CaptureLocations, Regex};
 use bytes::Bytes;
 
+use super::Text;
 use crate::batch::Field;
 
 #[derive(Debug)]
@@ -41,7 +42,7 @@ impl RegexParser {
         }
     }
 
-    pub(super) fn parse(&self, body: &Bytes, index: u32, fields: &mut Vec<Field>) -> bool {
+    pub(super) fn parse(&self, body: &Text, index: u32, fields: &mut Vec<Field>) -> bool {
         let mut fresh;
         let mut guard = self.slots.try_lock().ok();
         let slots = match guard.as_deref_mut() {
@@ -70,12 +71,13 @@ impl RegexParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::NO_CHUNKS;
 
     fn run(pattern: &str, body: &'static [u8]) -> Option<Vec<(&'static str, Vec<u8>)>> {
         let parser = RegexParser::new(Regex::new(pattern).unwrap());
         let body = Bytes::from_static(body);
         let mut fields = Vec::new();
-        if !parser.parse(&body, 3, &mut fields) {
+        if !parser.parse(&Text::owned(&body), 3, &mut fields) {
             return None;
         }
         Some(
@@ -89,7 +91,7 @@ mod tests {
                         b"code" => "code",
                         other => panic!("unexpected key {other:?}"),
                     };
-                    (key, f.value.to_vec())
+                    (key, f.value.get(NO_CHUNKS).to_vec())
                 })
                 .collect(),
         )
@@ -141,8 +143,8 @@ mod tests {
         let held = parser.slots.lock().unwrap();
         let body = Bytes::from_static(b"hello");
         let mut fields = Vec::new();
-        assert!(parser.parse(&body, 0, &mut fields));
-        assert_eq!(&fields[0].value[..], b"hello");
+        assert!(parser.parse(&Text::owned(&body), 0, &mut fields));
+        assert_eq!(fields[0].value.get(NO_CHUNKS), b"hello");
         drop(held);
     }
 }

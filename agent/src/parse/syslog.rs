@@ -26,7 +26,9 @@
 
 use bytes::Bytes;
 
+use super::Text;
 use crate::batch::Field;
+use crate::frame::Body;
 
 const FACILITIES: [&str; 24] = [
     "kern",
@@ -65,7 +67,7 @@ const MONTHS: [&[u8; 3]; 12] = [
 
 /// Parses `body` into fields of line `index`; `false` when it is not syslog (fields
 /// pushed before the failure are left for the caller to truncate).
-pub(super) fn parse(body: &Bytes, index: u32, fields: &mut Vec<Field>) -> bool {
+pub(super) fn parse(body: &Text, index: u32, fields: &mut Vec<Field>) -> bool {
     let mut out = Out {
         body,
         index,
@@ -87,9 +89,9 @@ pub(super) fn parse(body: &Bytes, index: u32, fields: &mut Vec<Field>) -> bool {
     }
 }
 
-/// Where fields go: spans of `body` become slices of it.
+/// Where fields go: ranges of `body` become values sliced out of it ([`Text::slice`]).
 struct Out<'a> {
-    body: &'a Bytes,
+    body: &'a Text<'a>,
     index: u32,
     fields: &'a mut Vec<Field>,
 }
@@ -98,7 +100,7 @@ impl Out<'_> {
     fn keyword(&mut self, key: &'static str, value: &'static str) {
         self.push(
             Bytes::from_static(key.as_bytes()),
-            Bytes::from_static(value.as_bytes()),
+            Body::Owned(Bytes::from_static(value.as_bytes())),
         );
     }
 
@@ -112,7 +114,7 @@ impl Out<'_> {
         self.push(Bytes::from_static(key.as_bytes()), value);
     }
 
-    fn push(&mut self, key: Bytes, value: Bytes) {
+    fn push(&mut self, key: Bytes, value: Body) {
         self.fields.push(Field {
             line: self.index,
             key,
@@ -232,7 +234,7 @@ fn sd_name(body: &[u8], start: usize, end: usize) -> Option<usize> {
 
 /// A PARAM-VALUE from `start` (after the opening quote) to its closing quote:
 /// the value (a slice when it has no escapes) and where the parameter ends.
-fn sd_value(body: &Bytes, start: usize, end: usize) -> Option<(Bytes, usize)> {
+fn sd_value(body: &Text, start: usize, end: usize) -> Option<(Body, usize)> {
     let mut unescaped: Option<Vec<u8>> = None;
     let mut at = start;
     let mut copied_to = start;
@@ -243,7 +245,7 @@ fn sd_value(body: &Bytes, start: usize, end: usize) -> Option<(Bytes, usize)> {
                     None => body.slice(start..at),
                     Some(mut v) => {
                         v.extend_from_slice(&body[copied_to..at]);
-                        Bytes::from(v)
+                        Body::Owned(Bytes::from(v))
                     }
                 };
                 return Some((value, at + 1));
@@ -368,16 +370,20 @@ fn bsd_timestamp(text: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::NO_CHUNKS;
 
     fn fields_of(body: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
         let body = Bytes::copy_from_slice(body);
         let mut fields = Vec::new();
-        parse(&body, 7, &mut fields).then(|| {
+        parse(&Text::owned(&body), 7, &mut fields).then(|| {
             fields
                 .into_iter()
                 .map(|f| {
                     assert_eq!(f.line, 7);
-                    (String::from_utf8(f.key.to_vec()).unwrap(), f.value.to_vec())
+                    (
+                        String::from_utf8(f.key.to_vec()).unwrap(),
+                        f.value.get(NO_CHUNKS).to_vec(),
+                    )
                 })
                 .collect()
         })

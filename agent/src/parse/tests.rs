@@ -7,7 +7,7 @@ use regex::bytes::Regex;
 use super::{Parser, Utf8Checked};
 use crate::batch::Field;
 use crate::config::ParserConfig;
-use crate::frame::{Line, LineFlags, Stream};
+use crate::frame::{Line, LineFlags, NO_CHUNKS, Stream};
 
 fn line(body: &[u8]) -> Line {
     Line {
@@ -45,7 +45,7 @@ fn kinds(parser: &Parser, body: &[u8]) -> (bool, LineFlags, Vec<Field>) {
     let earlier = Field {
         line: 0,
         key: Bytes::from_static(b"k"),
-        value: Bytes::from_static(b"v"),
+        value: Bytes::from_static(b"v").into(),
     };
     let mut fields = vec![earlier.clone()];
     let ok = parser.apply(&mut l, 1, &mut fields);
@@ -164,7 +164,7 @@ fn invalid_utf8_is_flagged_and_kept_as_bytes() {
     let (ok, flags, fields) = kinds(&nginx, body);
     assert!(ok);
     assert_eq!(flags, LineFlags::INVALID_UTF8);
-    assert_eq!(&fields[4].value[..], b"/\xff");
+    assert_eq!(fields[4].value.get(NO_CHUNKS), b"/\xff");
 }
 
 #[test]
@@ -363,7 +363,7 @@ proptest! {
         prop_assert!(ok);
         prop_assert_eq!(flags, LineFlags::empty());
         let got: Vec<(Vec<u8>, Vec<u8>)> =
-            fields.iter().map(|f| (f.key.to_vec(), f.value.to_vec())).collect();
+            fields.iter().map(|f| (f.key.to_vec(), f.value.get(NO_CHUNKS).to_vec())).collect();
         let want: Vec<(Vec<u8>, Vec<u8>)> = members
             .iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
@@ -377,7 +377,7 @@ proptest! {
         let parser = Parser::new(&ParserConfig::Json);
         let (ok, _, fields) = kinds(&parser, pretty.as_bytes());
         prop_assert!(ok);
-        let text = std::str::from_utf8(&fields[0].value).unwrap();
+        let text = std::str::from_utf8(fields[0].value.get(NO_CHUNKS)).unwrap();
         if let serde_json::Value::String(s) = &value {
             prop_assert_eq!(text, s.as_str());
         } else {
@@ -405,4 +405,152 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
                 .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
+}
+
+/// Every parser, on a body that is a span of a read chunk (chunk 1 of two, not at its
+/// start), finds the fields it finds on the same bytes of its own, and its values of
+/// text found verbatim are spans of that chunk inside the body: no reference count.
+#[test]
+fn a_span_body_gets_the_same_fields_as_spans_of_its_chunk() {
+    let cases: [(ParserConfig, &[u8]); 6] = [
+        (
+            ParserConfig::Json,
+            br#"{"level":"info","n":12,"msg":"a \"quoted\" word","o":{"k": 1},"unusual key":"x"}"#,
+        ),
+        (
+            ParserConfig::Json,
+            br#"{"ts":"2026-12-07T07:00:00Z","level":"warn","seq":7,"latency_ms":1.5,"msg":"m"}"#,
+        ),
+        (
+            ParserConfig::Regex(Regex::new(r"^(?P<level>\w+) (?P<msg>.*)$").unwrap()),
+            b"info all good",
+        ),
+        (
+            ParserConfig::Delimiter {
+                delimiter: b',',
+                quote: Some(b'"'),
+                columns: vec![Arc::from("a"), Arc::from("b"), Arc::from("c")],
+            },
+            br#"1,"two ""2""",3,4"#,
+        ),
+        (
+            ParserConfig::Nginx,
+            br#"1.2.3.4 - - [t] "GET / HTTP/1.1" 200 1 "-" "curl/8""#,
+        ),
+        (
+            ParserConfig::Syslog,
+            br#"<165>1 2003-10-11T22:14:15.003Z host app 1 ID47 [ex@1 a="x\"y" b="z"] message"#,
+        ),
+    ];
+    for (config, body) in cases {
+        let parser = Parser::new(&config);
+        let chunk = Bytes::from([&b"earlier line\n"[..], body, b"\nlater"].concat());
+        let chunks = [Bytes::from_static(b"another chunk"), chunk];
+        let start = 13;
+        let mut spanned = Line {
+            body: crate::frame::Body::Span {
+                chunk: 1,
+                start: start as u32,
+                len: body.len() as u32,
+            },
+            ..line(b"")
+        };
+        let mut span_fields = Vec::new();
+        assert!(parser.apply_with(&mut spanned, &chunks, 3, &mut span_fields, false));
+        let (ok, flags, owned_fields) = kinds(&parser, body);
+        assert!(ok, "{}", parser.kind());
+        assert_eq!(spanned.flags, flags);
+        let resolved = |fields: &[Field], chunks: &[Bytes]| -> Vec<(Bytes, Vec<u8>)> {
+            let pairs = fields
+                .iter()
+                .map(|f| (f.key.clone(), f.value.get(chunks).to_vec()));
+            pairs.collect()
+        };
+        assert_eq!(
+            resolved(&span_fields, &chunks),
+            resolved(&owned_fields, NO_CHUNKS),
+            "{}",
+            parser.kind()
+        );
+        let mut spans = 0;
+        for f in &span_fields {
+            assert_eq!(f.line, 3);
+            if let crate::frame::Body::Span {
+                chunk,
+                start: s,
+                len,
+            } = f.value
+            {
+                assert_eq!(chunk, 1, "{f:?}");
+                let range = s as usize..(s + len) as usize;
+                assert!(
+                    range.start >= start && range.end <= start + body.len(),
+                    "{f:?}"
+                );
+                spans += 1;
+            }
+        }
+        assert!(spans >= 2, "{}: {span_fields:?}", parser.kind());
+        // Only decoded text (escapes, doubled quotes, a nested value with spaces) and
+        // a parser's own constants are bytes of their own.
+        let owned: Vec<&[u8]> = span_fields
+            .iter()
+            .filter_map(|f| match &f.value {
+                crate::frame::Body::Owned(b) => Some(&b[..]),
+                crate::frame::Body::Span { .. } => None,
+            })
+            .collect();
+        let expected: &[&[u8]] = match parser.kind() {
+            "json" if body.starts_with(br#"{"level""#) => &[br#"a "quoted" word"#, br#"{"k":1}"#],
+            "delimiter" => &[br#"two "2""#],
+            "syslog" => &[b"local4", b"notice", b"rfc5424", br#"x"y"#],
+            _ => &[],
+        };
+        assert_eq!(owned, expected, "{}", parser.kind());
+    }
+}
+
+/// A span body and the same bytes of its own parse alike, whatever the bytes.
+fn check_span_and_owned_agree(body: &[u8]) -> Result<(), TestCaseError> {
+    let chunks = [Bytes::from([&b"ab"[..], body, b"c"].concat())];
+    for config in all_configs().into_iter().chain([ParserConfig::Syslog]) {
+        let parser = Parser::new(&config);
+        let mut spanned = Line {
+            body: crate::frame::Body::Span {
+                chunk: 0,
+                start: 2,
+                len: body.len() as u32,
+            },
+            ..line(b"")
+        };
+        let mut span_fields = Vec::new();
+        let ok = parser.apply_with(&mut spanned, &chunks, 0, &mut span_fields, false);
+        let mut owned = line(body);
+        let mut owned_fields = Vec::new();
+        prop_assert_eq!(ok, parser.apply(&mut owned, 0, &mut owned_fields));
+        prop_assert_eq!(spanned.flags, owned.flags);
+        prop_assert_eq!(span_fields.len(), owned_fields.len());
+        for (s, o) in span_fields.iter().zip(&owned_fields) {
+            prop_assert_eq!(&s.key, &o.key);
+            prop_assert_eq!(s.value.get(&chunks), o.value.get(NO_CHUNKS));
+            if let crate::frame::Body::Span { start, len, .. } = s.value {
+                prop_assert!(start >= 2 && (start + len) as usize <= 2 + body.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn span_and_owned_bodies_parse_alike(body in near_miss_bytes()) {
+        check_span_and_owned_agree(&body)?;
+    }
+
+    #[test]
+    fn span_and_owned_bodies_parse_alike_on_arbitrary_bytes(
+        body in prop::collection::vec(any::<u8>(), 0..200),
+    ) {
+        check_span_and_owned_agree(&body)?;
+    }
 }

@@ -369,9 +369,11 @@ impl Pipeline {
             );
             for (key, value) in self.provided.drain(..) {
                 let line = index;
-                slot.builder
-                    .fields_mut()
-                    .push(crate::batch::Field { line, key, value });
+                slot.builder.fields_mut().push(crate::batch::Field {
+                    line,
+                    key,
+                    value: value.into(),
+                });
             }
             counts.flags(line.flags);
             if !transform.is_empty() {

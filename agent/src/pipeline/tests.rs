@@ -397,6 +397,77 @@ fn records_straight_into_packages_match_the_per_record_path() {
     assert!(direct.len() > 1, "several packages: {}", direct.len());
 }
 
+/// Parsed JSON fields in packages of several chunks: values read in place are spans
+/// of the package's chunks (one straddling line's are slices of its own copy), the
+/// package's invariants hold, and a `mask` that rewrites a value makes just that
+/// value bytes of its own, the other values staying spans.
+#[test]
+fn parsed_field_values_are_spans_of_the_package_s_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(
+        "sources:\n  - name: direct\n    include: [\"/x/*.log\"]\n    parser: {type: json}\n    sink: a\n  \
+         - name: masked\n    include: [\"/x/*.log\"]\n    parser: {type: json}\n    \
+         processors: [{type: mask, regex: 'secret'}]\n    sink: b\n\
+         batch: {max_lines: 100, timeout: 1h}\nsinks:\n  a: {type: blackhole}\n  b: {type: blackhole}\n",
+        "test",
+    )
+    .unwrap();
+    let TwoSinks {
+        mut pipeline,
+        file,
+        rx_a,
+        rx_b,
+        ..
+    } = TwoSinks::open(&config, dir.path());
+    let chunks: [&[u8]; 3] = [
+        b"{\"level\":\"info\",\"seq\":1}\n{\"msg\":\"a secret\",\"seq\":2}\n{\"level\":\"wa",
+        b"rn\",\"seq\":3}\nnot json\n",
+        b"{\"level\":\"error\",\"o\":{\"k\": 1}}\n",
+    ];
+    let mut offset = 0;
+    for chunk in chunks {
+        pipeline.data(file, offset, Bytes::from_static(chunk), Some(7));
+        offset += chunk.len() as u64;
+    }
+    pipeline.ended(file, EndReason::Eof);
+    drop(pipeline);
+    let fields = |rx: crossbeam_channel::Receiver<crate::batch::Batch>| {
+        let mut all = Vec::new();
+        for b in rx.try_iter() {
+            b.check_spans();
+            for f in &b.fields {
+                let chunk = match f.value {
+                    crate::frame::Body::Span { chunk, .. } => Some(chunk),
+                    crate::frame::Body::Owned(_) => None,
+                };
+                let text = |v: &[u8]| String::from_utf8(v.to_vec()).unwrap();
+                all.push((f.line, text(&f.key), text(b.value(f)), chunk));
+            }
+        }
+        all
+    };
+    let row = |line, key: &str, value: &str, chunk| (line, key.to_owned(), value.to_owned(), chunk);
+    assert_eq!(
+        fields(rx_a),
+        [
+            row(0, "level", "info", Some(0)),
+            row(0, "seq", "1", Some(0)),
+            row(1, "msg", "a secret", Some(0)),
+            row(1, "seq", "2", Some(0)),
+            // Straddles two chunks: the body is a copy, its fields slices of it.
+            row(2, "level", "warn", None),
+            row(2, "seq", "3", None),
+            row(4, "level", "error", Some(2)),
+            row(4, "o", "{\"k\":1}", None),
+        ]
+    );
+    let masked = fields(rx_b);
+    assert_eq!(masked[2], row(1, "msg", "a ****", None));
+    assert_eq!(masked[3], row(1, "seq", "2", Some(0)));
+    // Chunk 1 has no span there (its one record's body was made a copy), so 2 is 1.
+    assert_eq!(masked[6], row(4, "level", "error", Some(1)));
+}
+
 /// Four sources with packages that neither their size nor their age would ship
 /// (`batch` far above what they get), as capture's hundreds of slow streams are: with
 /// a bound on what open packages hold together, the oldest ship early once the sum

@@ -140,7 +140,7 @@ pub(crate) fn render_batch(
         let fields = batch
             .fields_of(i)
             .iter()
-            .map(|f| (&f.key[..], &f.value[..]));
+            .map(|f| (&f.key[..], batch.value(f)));
         json.write_record(line, &view, fields, false);
         sink(line)?;
     }
@@ -211,7 +211,7 @@ pub(crate) mod tests {
         let fields = vec![Field {
             line: 1,
             key: Bytes::from_static(b"level"),
-            value: Bytes::from_static(b"error"),
+            value: Bytes::from_static(b"error").into(),
         }];
         let source_fields = Arc::new(vec![
             (Bytes::from_static(b"k8s.pod"), Bytes::from_static(b"pod")),

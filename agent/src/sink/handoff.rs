@@ -174,7 +174,7 @@ pub fn to_spooled(seq: u64, batch: &Batch) -> SpooledPackage {
             // order is skipped, as the spool's encoder does.
             while let Some(f) = fields.next_if(|f| f.line as usize <= i) {
                 if f.line as usize == i {
-                    own.push((f.key.clone(), f.value.clone()));
+                    own.push((f.key.clone(), batch.value_owned(f)));
                 }
             }
             Record {
@@ -234,17 +234,17 @@ mod tests {
                 Field {
                     line: 1,
                     key: Bytes::from_static(b"level"),
-                    value: Bytes::from_static(b"info"),
+                    value: Bytes::from_static(b"info").into(),
                 },
                 Field {
                     line: 1,
                     key: Bytes::from_static(b"msg"),
-                    value: Bytes::from_static(b"x"),
+                    value: Bytes::from_static(b"x").into(),
                 },
                 Field {
                     line: 3,
                     key: Bytes::from_static(b"level"),
-                    value: Bytes::from_static(b"warn"),
+                    value: Bytes::from_static(b"warn").into(),
                 },
             ],
             source_fields: Arc::new(vec![(

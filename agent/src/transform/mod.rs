@@ -26,13 +26,15 @@
 //! # Cost
 //!
 //! A source without processors pays one branch per record. Field values and captures
-//! are spans of the body (no copy); a `mask` copies only the records it changes.
+//! are spans of the body (no copy); a `mask` copies only the records it changes. The
+//! body is made a `Bytes` of its own (one reference count); a field value only when
+//! a `mask` rewrites it.
 
 use bytes::Bytes;
 
 use crate::batch::Field;
 use crate::config::{ProcessorConfig, ValueTest};
-use crate::frame::Line;
+use crate::frame::{Body, Line};
 
 /// The processors of one source, ready to run.
 #[derive(Debug, Default)]
@@ -139,7 +141,8 @@ impl Transform {
 
     /// Runs the steps on `line`, whose fields are `fields[start..]` (tagged `index`).
     /// A dropped record's fields are truncated away again. The body is made owned
-    /// first (a span of `chunks`): steps slice it into fields and rewrite it.
+    /// first (a span of `chunks`): steps slice it into fields and rewrite it. Field
+    /// values that are spans are of `chunks` too, and stay spans unless rewritten.
     pub fn apply(
         &self,
         line: &mut Line,
@@ -153,10 +156,11 @@ impl Transform {
         for step in &self.steps {
             match step {
                 Step::Filter { keep, target, test } => {
-                    let matched = value(body, fields, start, target).is_some_and(|v| match test {
-                        ValueTest::Regex(re) => re.is_match(v),
-                        ValueTest::Equals(expected) => v == expected.as_ref(),
-                    });
+                    let matched =
+                        value(body, chunks, fields, start, target).is_some_and(|v| match test {
+                            ValueTest::Regex(re) => re.is_match(v),
+                            ValueTest::Equals(expected) => v == expected.as_ref(),
+                        });
                     if matched != *keep {
                         fields.truncate(start);
                         outcome.dropped = true;
@@ -169,23 +173,33 @@ impl Transform {
                     replacement,
                 } => {
                     let mut masked = false;
-                    let mut mask = |bytes: &mut Bytes| {
-                        if let std::borrow::Cow::Owned(new) =
-                            regex.replace_all(bytes, replacement.as_ref())
-                        {
-                            *bytes = Bytes::from(new);
-                            masked = true;
+                    // The rewritten value, a `Bytes` of its own, if a match was replaced.
+                    let mut mask =
+                        |bytes: &[u8]| match regex.replace_all(bytes, replacement.as_ref()) {
+                            std::borrow::Cow::Owned(new) => {
+                                masked = true;
+                                Some(Bytes::from(new))
+                            }
+                            std::borrow::Cow::Borrowed(_) => None,
+                        };
+                    let mut mask_value = |value: &mut Body| {
+                        if let Some(new) = mask(value.get(chunks)) {
+                            *value = Body::Owned(new);
                         }
                     };
                     match target {
                         Target::Body => {
-                            mask(body);
-                            fields[start..].iter_mut().for_each(|f| mask(&mut f.value));
+                            fields[start..]
+                                .iter_mut()
+                                .for_each(|f| mask_value(&mut f.value));
+                            if let Some(new) = mask(body) {
+                                *body = new;
+                            }
                         }
                         Target::Field(name) => fields[start..]
                             .iter_mut()
                             .filter(|f| f.key == name)
-                            .for_each(|f| mask(&mut f.value)),
+                            .for_each(|f| mask_value(&mut f.value)),
                     }
                     outcome.masked |= masked;
                 }
@@ -193,7 +207,7 @@ impl Transform {
                     fields.extend(pairs.iter().map(|(k, v)| Field {
                         line: index,
                         key: k.clone(),
-                        value: v.clone(),
+                        value: Body::Owned(v.clone()),
                     }));
                 }
                 Step::RenameFields(pairs) => {
@@ -218,7 +232,7 @@ impl Transform {
                     regex,
                     groups,
                 } => {
-                    let Some(source) = owned_value(body, fields, start, target) else {
+                    let Some(source) = owned_value(body, chunks, fields, start, target) else {
                         continue;
                     };
                     let Some(caps) = regex.captures(&source) else {
@@ -229,7 +243,7 @@ impl Transform {
                             fields.push(Field {
                                 line: index,
                                 key: name.clone(),
-                                value: source.slice(m.range()),
+                                value: Body::Owned(source.slice(m.range())),
                             });
                         }
                     }
@@ -241,8 +255,10 @@ impl Transform {
 }
 
 /// The bytes `target` names in this record: the body, or the last field of the name.
+/// Field values that are spans are of `chunks`.
 fn value<'a>(
     body: &'a Bytes,
+    chunks: &'a [Bytes],
     fields: &'a [Field],
     start: usize,
     target: &Target,
@@ -253,19 +269,26 @@ fn value<'a>(
             .iter()
             .rev()
             .find(|f| f.key == name)
-            .map(|f| f.value.as_ref()),
+            .map(|f| f.value.get(chunks)),
     }
 }
 
-/// Like [`value`], as a `Bytes` whose slices are spans (no copy).
-fn owned_value(body: &Bytes, fields: &[Field], start: usize, target: &Target) -> Option<Bytes> {
+/// Like [`value`], as a `Bytes` whose slices are spans (no copy; a field's span is
+/// sliced out of its chunk: one reference count).
+fn owned_value(
+    body: &Bytes,
+    chunks: &[Bytes],
+    fields: &[Field],
+    start: usize,
+    target: &Target,
+) -> Option<Bytes> {
     match target {
         Target::Body => Some(body.clone()),
         Target::Field(name) => fields[start..]
             .iter()
             .rev()
             .find(|f| f.key == name)
-            .map(|f| f.value.clone()),
+            .map(|f| f.value.to_bytes(chunks)),
     }
 }
 

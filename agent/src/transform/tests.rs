@@ -3,7 +3,7 @@ use bytes::Bytes;
 use super::{Outcome, Transform};
 use crate::batch::Field;
 use crate::config::{Config, ParserConfig};
-use crate::frame::{Line, LineFlags, Stream};
+use crate::frame::{Line, LineFlags, NO_CHUNKS, Stream};
 use crate::parse::Parser;
 
 /// The parser and processors of a one-source config whose source has `processors`
@@ -36,7 +36,7 @@ fn run(stages: &(Parser, Transform), body: &str) -> Option<(String, Vec<(String,
     let earlier = Field {
         line: 0,
         key: Bytes::from_static(b"earlier"),
-        value: Bytes::from_static(b"record"),
+        value: Bytes::from_static(b"record").into(),
     };
     let mut fields = vec![earlier.clone()];
     let mut line = Line {
@@ -57,12 +57,12 @@ fn run(stages: &(Parser, Transform), body: &str) -> Option<(String, Vec<(String,
         assert_eq!(fields.len(), 1, "a dropped record leaves no field");
         return None;
     }
-    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Some((
         text(&line.body.to_bytes(crate::frame::NO_CHUNKS)),
         fields[1..]
             .iter()
-            .map(|f| (text(&f.key), text(&f.value)))
+            .map(|f| (text(&f.key), text(f.value.get(NO_CHUNKS))))
             .collect(),
     ))
 }
@@ -174,9 +174,9 @@ fn fields_are_added_renamed_removed_and_extracted_in_order() {
     parser.apply(&mut line, 0, &mut fields);
     transform.apply(&mut line, crate::frame::NO_CHUNKS, 0, &mut fields, 0);
     assert_eq!(fields.len(), 1);
-    assert_eq!(fields[0].value.as_ref(), b"42");
+    assert_eq!(fields[0].value.get(NO_CHUNKS), b"42");
     assert_eq!(
-        fields[0].value.as_ptr(),
+        fields[0].value.get(NO_CHUNKS).as_ptr(),
         line.body.get(crate::frame::NO_CHUNKS)[9..].as_ptr()
     );
 }

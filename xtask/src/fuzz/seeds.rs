@@ -260,12 +260,12 @@ fn batch(package_id: u64) -> Batch {
             Field {
                 line: 0,
                 key: Bytes::from_static(b"level"),
-                value: Bytes::from_static(b"info"),
+                value: Bytes::from_static(b"info").into(),
             },
             Field {
                 line: 0,
                 key: Bytes::from_static(b"msg"),
-                value: Bytes::from_static(b"started"),
+                value: Bytes::from_static(b"started").into(),
             },
         ],
         source_fields: Arc::new(vec![

@@ -116,17 +116,17 @@ fn packages_round_trip_through_reopen_with_fields_and_order() {
         Field {
             line: 0,
             key: Bytes::from_static(b"level"),
-            value: Bytes::from_static(b"info"),
+            value: Bytes::from_static(b"info").into(),
         },
         Field {
             line: 1,
             key: Bytes::from_static(b"level"),
-            value: Bytes::from_static(b"error"),
+            value: Bytes::from_static(b"error").into(),
         },
         Field {
             line: 1,
             key: Bytes::from_static(b"code"),
-            value: Bytes::from_static(b"500"),
+            value: Bytes::from_static(b"500").into(),
         },
     ];
     {
@@ -189,12 +189,12 @@ fn keyword_field_time_source_limit_and_tail_filters() {
         Field {
             line: 2,
             key: Bytes::from_static(b"status"),
-            value: Bytes::from_static(b"401"),
+            value: Bytes::from_static(b"401").into(),
         },
         Field {
             line: 3,
             key: Bytes::from_static(b"status"),
-            value: Bytes::from_static(b"4011"),
+            value: Bytes::from_static(b"4011").into(),
         },
     ];
     let mut store = Store::open(dir.path(), options()).unwrap();
@@ -761,7 +761,7 @@ fn package_of_ten_thousand_lines_round_trips() {
         .map(|i| Field {
             line: i,
             key: Bytes::from_static(b"k"),
-            value: Bytes::from(i.to_string()),
+            value: Bytes::from(i.to_string()).into(),
         })
         .collect();
     let mut store = Store::open(dir.path(), options()).unwrap();
