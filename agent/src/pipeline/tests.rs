@@ -306,6 +306,21 @@ fn a_configs_own_fields_follow_the_container_fields() {
     }
 }
 
+/// Feeds `chunks` as one file's data, in order, then ends the file and drops the
+/// pipeline (its open packages are sealed and sent).
+fn feed_to_the_end(
+    mut pipeline: Pipeline,
+    file: crate::source::SourceId,
+    chunks: &[&'static [u8]],
+) {
+    let mut offset = 0;
+    for chunk in chunks {
+        pipeline.data(file, offset, Bytes::from_static(chunk), Some(7));
+        offset += chunk.len() as u64;
+    }
+    pipeline.ended(file, EndReason::Eof);
+}
+
 /// Records nothing parses or transforms go from the framer straight into the package
 /// (no scratch vector); they must come out as those that take the per-record path:
 /// same bodies, offsets, timestamps and flags (invalid UTF-8 inside the checked
@@ -324,7 +339,7 @@ fn records_straight_into_packages_match_the_per_record_path() {
     )
     .unwrap();
     let TwoSinks {
-        mut pipeline,
+        pipeline,
         file,
         rx_a,
         rx_b,
@@ -336,13 +351,7 @@ fn records_straight_into_packages_match_the_per_record_path() {
         b"\xac\n\nlast",
         b" unterminated",
     ];
-    let mut offset = 0;
-    for chunk in chunks {
-        pipeline.data(file, offset, Bytes::from_static(chunk), Some(7));
-        offset += chunk.len() as u64;
-    }
-    pipeline.ended(file, EndReason::Eof);
-    drop(pipeline);
+    feed_to_the_end(pipeline, file, &chunks);
     let packages = |rx: crossbeam_channel::Receiver<crate::batch::Batch>| {
         rx.try_iter()
             .map(|b| {
@@ -413,7 +422,7 @@ fn parsed_field_values_are_spans_of_the_package_s_chunks() {
     )
     .unwrap();
     let TwoSinks {
-        mut pipeline,
+        pipeline,
         file,
         rx_a,
         rx_b,
@@ -424,13 +433,7 @@ fn parsed_field_values_are_spans_of_the_package_s_chunks() {
         b"rn\",\"seq\":3}\nnot json\n",
         b"{\"level\":\"error\",\"o\":{\"k\": 1}}\n",
     ];
-    let mut offset = 0;
-    for chunk in chunks {
-        pipeline.data(file, offset, Bytes::from_static(chunk), Some(7));
-        offset += chunk.len() as u64;
-    }
-    pipeline.ended(file, EndReason::Eof);
-    drop(pipeline);
+    feed_to_the_end(pipeline, file, &chunks);
     let fields = |rx: crossbeam_channel::Receiver<crate::batch::Batch>| {
         let mut all = Vec::new();
         for b in rx.try_iter() {
