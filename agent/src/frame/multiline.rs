@@ -37,9 +37,11 @@ use crate::config::{MultilineConfig, StartPattern};
 /// An open record.
 #[derive(Clone, Debug)]
 pub(crate) struct Group {
-    /// The first line; its body is replaced by the joined body when emitted.
+    /// The first line. Its body is the record's while no line had to be copied (a
+    /// span lengthened over the lines right behind it, see "Memory and copies"), then
+    /// empty: `joined` is the record's body from there on.
     pub first: Line,
-    /// The joined body once a second line arrived.
+    /// The joined body, once a line could not lengthen the span.
     joined: Option<BytesMut>,
     lines: usize,
     /// When the last line was added (the `now` of the push that brought it).
