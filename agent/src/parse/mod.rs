@@ -276,8 +276,7 @@ impl<'a> Text<'a> {
     /// The field value of `range` of the body (clamped to it).
     #[inline]
     pub fn slice(&self, range: Range<usize>) -> Body {
-        let end = range.end.min(self.bytes.len());
-        let range = range.start.min(end)..end;
+        let range = self.clamp(range);
         match self.whence {
             // The body's span has a `u32` start and length, so these fit.
             Whence::Span { index, start, .. } => Body::Span {
@@ -292,8 +291,7 @@ impl<'a> Text<'a> {
     /// `range` of the body (clamped to it) as a `Bytes` of its own: a slice of its
     /// chunk or of the body (one reference count), for a field key.
     pub fn slice_bytes(&self, range: Range<usize>) -> Bytes {
-        let end = range.end.min(self.bytes.len());
-        let range = range.start.min(end)..end;
+        let range = self.clamp(range);
         match self.whence {
             Whence::Span { chunk, start, .. } => {
                 let start = start as usize;
@@ -301,6 +299,13 @@ impl<'a> Text<'a> {
             }
             Whence::Owned(bytes) => bytes.slice(range),
         }
+    }
+
+    /// `range` cut to the body's bytes (an empty range at its end when past them).
+    #[inline]
+    fn clamp(&self, range: Range<usize>) -> Range<usize> {
+        let end = range.end.min(self.bytes.len());
+        range.start.min(end)..end
     }
 
     /// Where `part` lies in the body, if it is a view of it.
