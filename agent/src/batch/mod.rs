@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::enrich::SourceFields;
-use crate::frame::{Body, Line};
+use crate::frame::{Body, Line, LineFlags, Stream};
 use crate::source::SourceInfo;
 
 /// A parsed field of one line: `key = value`.
@@ -340,33 +340,45 @@ impl BatchBuilder {
 
     /// Accounts for the records appended since the package held `start` of them (see
     /// [`lines_to_append`](Self::lines_to_append)), their spans of `chunk`, as
-    /// [`push`](Self::push) does for one; returns them, for their flags.
+    /// [`push`](Self::push) does for one, and hands each record's body, stream and
+    /// flags to `each` in the same pass: a second walk over a chunk's thousands of
+    /// records cost a few percent of plain → null.
+    #[inline]
     pub fn appended(
         &mut self,
         start: usize,
         chunk: &Bytes,
         now: std::time::Instant,
-    ) -> &mut [Line] {
+        mut each: impl FnMut(&[u8], &mut Stream, &mut LineFlags),
+    ) {
         if self.lines.len() > start && self.opened_at.is_none() {
             self.opened_at = Some(now);
         }
         let mut index = None;
         let mut bytes = 0;
         for line in &mut self.lines[start..] {
-            bytes += line.body.len();
-            if let Body::Span { chunk: i, .. } = &mut line.body {
-                *i = match index {
-                    Some(i) => i,
-                    None => {
-                        let i = chunk_index(&mut self.chunks, chunk);
-                        index = Some(i);
-                        i
-                    }
-                };
-            }
+            let Line {
+                body,
+                stream,
+                flags,
+                ..
+            } = line;
+            let body: &[u8] = match body {
+                Body::Span {
+                    chunk: i,
+                    start,
+                    len,
+                } => {
+                    *i = *index.get_or_insert_with(|| chunk_index(&mut self.chunks, chunk));
+                    let start = *start as usize;
+                    chunk.get(start..start + *len as usize).unwrap_or_default()
+                }
+                Body::Owned(b) => b,
+            };
+            bytes += body.len();
+            each(body, stream, flags);
         }
         self.body_bytes += bytes;
-        &mut self.lines[start..]
     }
 
     /// The memory the open package holds: its records' bytes (slices of read chunks,
@@ -596,7 +608,7 @@ mod tests {
         b.push(line(2), &Bytes::from_static(b"unused"), now);
         let start = b.lines_to_append().len();
         b.lines_to_append().push(span(0, 5));
-        b.appended(start, &chunks[1], now);
+        b.appended(start, &chunks[1], now, |_, _, _| {});
         let p = b.seal(100).unwrap();
         p.check_spans();
         assert_eq!(p.chunks, chunks);

@@ -20,7 +20,7 @@ use crate::checkpoint::SharedRegistry;
 use crate::config::{Config, Format};
 use crate::discovery::PodLogRef;
 use crate::enrich::{Enricher, SourceEnrichment, SourceFields};
-use crate::frame::{Body, Framer, Line, LineFlags, Stream};
+use crate::frame::{Framer, Line, LineFlags, Stream};
 use crate::metrics::catalogue::{
     CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, INPUT_PARSE_FAILURES_TOTAL, LINES_FILTERED_TOTAL,
     LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL,
@@ -604,8 +604,13 @@ impl Pipeline {
             let lines = slot.builder.lines_to_append();
             let start = lines.len();
             slot.framer.push(&chunk, written_ns, framer_now, lines);
-            let appended = slot.builder.appended(start, &chunk, now);
-            let counts = unparsed(appended, &chunk, slot.stream, self.chunk_utf8.as_ref());
+            let mut counts = Counts::default();
+            let utf8 = self.chunk_utf8.as_ref();
+            let tag = slot.stream;
+            slot.builder
+                .appended(start, &chunk, now, |body, stream, flags| {
+                    unparsed(body, stream, flags, tag, utf8, &mut counts)
+                });
             self.chunk_utf8 = None;
             self.account(source, counts, now);
         } else {
@@ -820,39 +825,27 @@ impl Counts {
     }
 }
 
-/// The `parser: none` stage over records the framer appended to a package: a captured
+/// The `parser: none` stage over a record the framer appended to a package: a captured
 /// stream's tag, and the UTF-8 flag exactly as [`Parser::apply_with`] sets it for no
 /// parser (`utf8` vouches for slices of the checked chunk, the rest is checked here).
-/// `chunk` is the package's chunk the records' spans index, if any is.
+#[inline(always)]
 fn unparsed(
-    lines: &mut [Line],
-    chunk: &Bytes,
-    stream: Option<Stream>,
+    body: &[u8],
+    stream: &mut Stream,
+    flags: &mut LineFlags,
+    tag: Option<Stream>,
     utf8: Option<&Utf8Checked>,
-) -> Counts {
-    let mut counts = Counts {
-        records: lines.len() as u64,
-        ..Counts::default()
-    };
-    for line in lines {
-        if let Some(stream) = stream {
-            line.stream = stream;
-        }
-        // Spans index the package's chunks; only `chunk` can be among these records'.
-        let body = match &line.body {
-            Body::Span { start, len, .. } => {
-                let start = *start as usize;
-                chunk.get(start..start + *len as usize).unwrap_or_default()
-            }
-            Body::Owned(b) => b,
-        };
-        let known = utf8.is_some_and(|c| c.vouches_for(body));
-        if !known && std::str::from_utf8(body).is_err() {
-            line.flags.insert(LineFlags::INVALID_UTF8);
-        }
-        counts.flags(line.flags);
+    counts: &mut Counts,
+) {
+    counts.records += 1;
+    if let Some(tag) = tag {
+        *stream = tag;
     }
-    counts
+    let known = utf8.is_some_and(|c| c.vouches_for(body));
+    if !known && std::str::from_utf8(body).is_err() {
+        flags.insert(LineFlags::INVALID_UTF8);
+    }
+    counts.flags(*flags);
 }
 
 /// The framers' clock: real time minus the time the source thread spent blocked on
