@@ -97,34 +97,17 @@ impl LineSplitter {
             }
         }
 
-        let cap = self.cap;
-        let scan_from = line_begin;
-        for rel in memchr::memchr_iter(b'\n', &bytes[scan_from..]) {
-            let nl = scan_from + rel;
-            let mut end = nl;
-            if end > line_begin && bytes[end - 1] == b'\r' {
-                end -= 1;
-            }
-            let truncated = end - line_begin > cap;
-            if truncated {
-                end = line_begin + cap;
-            }
-            let body = if spans {
-                Body::Span {
-                    chunk: 0,
-                    start: line_begin as u32,
-                    len: (end - line_begin) as u32,
-                }
-            } else {
-                Body::Owned(chunk.slice(line_begin..end))
-            };
-            emit(PhysicalLine {
-                offset: base + line_begin as u64,
-                body,
-                truncated,
-            });
-            line_begin = nl + 1;
-        }
+        let rest = &bytes[line_begin..];
+        let whole = Whole {
+            chunk,
+            base,
+            cap: self.cap,
+            spans,
+        };
+        line_begin = match newline_avx2() {
+            Some(avx2) => whole.lines(avx2.iter(rest), line_begin, &mut emit),
+            None => whole.lines(memchr::memchr_iter(b'\n', rest), line_begin, &mut emit),
+        };
 
         self.line_start = base + line_begin as u64;
         if line_begin < bytes.len() {
@@ -206,6 +189,75 @@ impl LineSplitter {
             truncated,
         }
     }
+}
+
+/// What a chunk's complete lines are cut from.
+struct Whole<'a> {
+    chunk: &'a Bytes,
+    /// Source offset of the chunk's first byte.
+    base: u64,
+    cap: usize,
+    /// Lines may be spans of the chunk (it is under 4 GiB).
+    spans: bool,
+}
+
+impl Whole<'_> {
+    /// Emits the line ending at each `\n` of `newlines` (positions relative to
+    /// `line_begin`, where the first line starts); returns where the line after the
+    /// last one starts. Generic over the searcher, so each gets its own loop.
+    #[inline(always)]
+    fn lines(
+        &self,
+        newlines: impl Iterator<Item = usize>,
+        mut line_begin: usize,
+        emit: &mut impl FnMut(PhysicalLine),
+    ) -> usize {
+        let bytes: &[u8] = self.chunk;
+        let scan_from = line_begin;
+        for rel in newlines {
+            let nl = scan_from + rel;
+            let mut end = nl;
+            if end > line_begin && bytes[end - 1] == b'\r' {
+                end -= 1;
+            }
+            let truncated = end - line_begin > self.cap;
+            if truncated {
+                end = line_begin + self.cap;
+            }
+            let body = if self.spans {
+                Body::Span {
+                    chunk: 0,
+                    start: line_begin as u32,
+                    len: (end - line_begin) as u32,
+                }
+            } else {
+                Body::Owned(self.chunk.slice(line_begin..end))
+            };
+            emit(PhysicalLine {
+                offset: self.base + line_begin as u64,
+                body,
+                truncated,
+            });
+            line_begin = nl + 1;
+        }
+        line_begin
+    }
+}
+
+/// memchr's AVX2 searcher for `\n`, where the CPU has AVX2: taken once per chunk, where
+/// `memchr_iter` resolves its CPU dispatch again for every line, a call more per line
+/// than the search itself (log lines are short).
+#[cfg(target_arch = "x86_64")]
+fn newline_avx2() -> Option<&'static memchr::arch::x86_64::avx2::memchr::One> {
+    use memchr::arch::x86_64::avx2::memchr::One;
+    static AVX2: std::sync::OnceLock<Option<One>> = std::sync::OnceLock::new();
+    AVX2.get_or_init(|| One::new(b'\n')).as_ref()
+}
+
+/// No AVX2 outside x86_64: `memchr_iter` picks the searcher there.
+#[cfg(not(target_arch = "x86_64"))]
+fn newline_avx2() -> Option<&'static memchr::arch::all::memchr::One> {
+    None
 }
 
 #[cfg(test)]
@@ -344,6 +396,37 @@ mod tests {
 
         let (_, mut s) = split_all(4, &[b"x\n"]);
         assert_eq!(s.take_unterminated(), None);
+    }
+
+    /// The AVX2 searcher (where the CPU has it) and `memchr_iter` cut the same lines,
+    /// at every length around the searcher's 32- and 64-byte steps.
+    #[test]
+    fn both_newline_searchers_cut_the_same_lines() {
+        let mut text = Vec::new();
+        for i in 0..400usize {
+            text.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, i % 97));
+            text.extend_from_slice(if i % 3 == 0 { b"\r\n" } else { b"\n" });
+        }
+        let chunk = Bytes::from(text);
+        let whole = Whole {
+            chunk: &chunk,
+            base: 7,
+            cap: 64,
+            spans: true,
+        };
+        for from in [0, 1, 31, 32, 33, 63, 64, 65] {
+            let rest = &chunk[from..];
+            let mut generic = Vec::new();
+            let end = whole.lines(memchr::memchr_iter(b'\n', rest), from, &mut |l| {
+                generic.push(l)
+            });
+            assert_eq!(generic.len(), rest.iter().filter(|&&b| b == b'\n').count());
+            if let Some(avx2) = newline_avx2() {
+                let mut fast = Vec::new();
+                let fast_end = whole.lines(avx2.iter(rest), from, &mut |l| fast.push(l));
+                assert_eq!((fast, fast_end), (generic, end), "from {from}");
+            }
+        }
     }
 
     #[test]
