@@ -98,11 +98,15 @@ impl Reassembler {
     /// Feeds one fragment; returns the record it completes, if `last`.
     /// `flags` are those of the fragment's physical line (e.g. TRUNCATED); `bytes` are
     /// `message`'s bytes (a span resolved), what a multi-fragment message copies.
+    ///
+    /// The common case, a whole message with nothing pending on its stream, is
+    /// decided here, inlined into the decoder: as one out-of-line call, `message`
+    /// and the record went through memory twice per line (2% of CRI → null's CPU).
     #[expect(
         clippy::too_many_arguments,
         reason = "one fragment's fields, passed apart on the hot path rather than built into a struct per line"
     )]
-    #[inline]
+    #[inline(always)]
     pub fn fragment(
         &mut self,
         stream: Stream,
@@ -113,23 +117,39 @@ impl Reassembler {
         bytes: &[u8],
         last: bool,
     ) -> Option<Line> {
+        if last && self.pending[stream as usize].is_none() {
+            let mut line = Line {
+                offset,
+                timestamp_ns,
+                stream,
+                flags,
+                body: message,
+            };
+            if line.body.len() > self.max {
+                line.body.truncate(self.max);
+                line.flags.insert(LineFlags::TRUNCATED);
+            }
+            return Some(line);
+        }
+        self.fragment_of_many(stream, offset, timestamp_ns, flags, bytes, last)
+    }
+
+    /// [`fragment`](Self::fragment) for a message of several fragments: the first
+    /// opens it, the others are copied onto it, the last completes it.
+    #[inline(never)]
+    fn fragment_of_many(
+        &mut self,
+        stream: Stream,
+        offset: u64,
+        timestamp_ns: i64,
+        flags: LineFlags,
+        bytes: &[u8],
+        last: bool,
+    ) -> Option<Line> {
         let slot = &mut self.pending[stream as usize];
         match slot {
-            None if last => {
-                let mut line = Line {
-                    offset,
-                    timestamp_ns,
-                    stream,
-                    flags,
-                    body: message,
-                };
-                if line.body.len() > self.max {
-                    line.body.truncate(self.max);
-                    line.flags.insert(LineFlags::TRUNCATED);
-                }
-                Some(line)
-            }
             None => {
+                debug_assert!(!last, "a whole message is `fragment`'s to return");
                 let mut pending = Pending {
                     offset,
                     timestamp_ns,
