@@ -16,7 +16,7 @@ use bytes::Bytes;
 use kafka_fixture::{Broker, Msg};
 use logtap::batch::codec::{Package, Record};
 use logtap::config::network::{
-    ForwardConfig, KafkaCompression, KafkaConfig, KafkaValue, MessagePer, SpoolCompression,
+    ForwardConfig, KafkaCompression, KafkaConfig, KafkaValue, MessagePer, BlockCompression,
     SpoolConfig, TemplatePart, WhenFull,
 };
 use logtap::frame::{LineFlags, Stream};
@@ -46,7 +46,7 @@ fn config(broker: &Broker, topic: Vec<TemplatePart>) -> KafkaConfig {
                 max_bytes: 1 << 30,
                 segment_bytes: 1 << 26,
                 when_full: WhenFull::Block,
-                compression: SpoolCompression::Lz4,
+                compression: BlockCompression::Lz4,
             },
             dead_letter: None,
             max_window_bytes: 8 << 20,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use logtap::batch::codec::{Package, Record};
 use logtap::config::network::{
-    ForwardConfig, OtlpCompression, OtlpConfig, SpoolCompression, SpoolConfig, WhenFull,
+    ForwardConfig, OtlpCompression, OtlpConfig, BlockCompression, SpoolConfig, WhenFull,
 };
 use logtap::frame::{LineFlags, Stream};
 use logtap::sink::destination::{Delivered, Destination, Rejected, SpooledPackage};
@@ -37,7 +37,7 @@ fn config(endpoint: &str) -> OtlpConfig {
                 max_bytes: 1 << 30,
                 segment_bytes: 1 << 26,
                 when_full: WhenFull::Block,
-                compression: SpoolCompression::Lz4,
+                compression: BlockCompression::Lz4,
             },
             dead_letter: None,
             max_window_bytes: 4 << 20,

@@ -130,13 +130,19 @@ struct Scenario {
     source_yaml: &'static str,
     /// Into the local store (else the blackhole sink).
     store: bool,
+    /// The store's blocks as they are (`compression: none`), not lz4.
+    uncompressed: bool,
     /// Fluent Bit runs it too (it has no equivalent of every logtap setting).
     peer: bool,
 }
 
 impl Scenario {
     fn sink_yaml(&self) -> &'static str {
-        if self.store { STORE } else { BLACKHOLE }
+        match (self.store, self.uncompressed) {
+            (true, false) => STORE,
+            (true, true) => STORE_UNCOMPRESSED,
+            (false, _) => BLACKHOLE,
+        }
     }
 
     /// Fluent Bit's nearest equivalent.
@@ -162,6 +168,8 @@ const BLACKHOLE: &str = "  out:\n    type: blackhole\n";
 /// Retention off (`min_free: 0`): on a shared machine with a full disk the store would
 /// delete its oldest segments while it writes (and measure deleting).
 const STORE: &str = "  out:\n    type: store\n    max_size: 100GiB\n    min_free: \"0\"\n";
+const STORE_UNCOMPRESSED: &str =
+    "  out:\n    type: store\n    max_size: 100GiB\n    min_free: \"0\"\n    compression: none\n";
 
 fn scenarios() -> Vec<Scenario> {
     vec![
@@ -172,6 +180,7 @@ fn scenarios() -> Vec<Scenario> {
             target: Some(3000),
             source_yaml: "    format: raw\n",
             store: false,
+            uncompressed: false,
             peer: true,
         },
         Scenario {
@@ -180,6 +189,7 @@ fn scenarios() -> Vec<Scenario> {
             target: Some(3000),
             source_yaml: "    format: raw\n",
             store: false,
+            uncompressed: false,
             peer: true,
         },
         Scenario {
@@ -188,6 +198,7 @@ fn scenarios() -> Vec<Scenario> {
             target: None,
             source_yaml: "    format: cri\n",
             store: false,
+            uncompressed: false,
             peer: true,
         },
         Scenario {
@@ -196,7 +207,20 @@ fn scenarios() -> Vec<Scenario> {
             target: Some(800),
             source_yaml: "    format: cri\n",
             store: true,
+            uncompressed: false,
             peer: true,
+        },
+        Scenario {
+            name: "CRI → local store, `compression: none` (checkpoints)",
+            input: Input::CriTemplated,
+            // Issue 15's bar is for lz4; this row is what the store path costs without it.
+            target: None,
+            source_yaml: "    format: cri\n",
+            store: true,
+            uncompressed: true,
+            // Fluent Bit's filesystem buffering does not compress either: its row is the
+            // lz4 one's.
+            peer: false,
         },
         Scenario {
             name: "CRI → local store, two mask processors",
@@ -207,6 +231,7 @@ fn scenarios() -> Vec<Scenario> {
                 - {type: mask, regex: '\\b\\d{1,3}(?:\\.\\d{1,3}){3}\\b', replacement: x.x.x.x}\n      \
                 - {type: mask, regex: '\\b[0-9a-f]{16,}\\b', replacement: '<id>'}\n",
             store: true,
+            uncompressed: false,
             peer: false,
         },
         Scenario {
@@ -215,6 +240,7 @@ fn scenarios() -> Vec<Scenario> {
             target: None,
             source_yaml: "    format: cri\n",
             store: true,
+            uncompressed: false,
             peer: true,
         },
         Scenario {
@@ -223,6 +249,7 @@ fn scenarios() -> Vec<Scenario> {
             target: None,
             source_yaml: "    format: raw\n    parser: {type: json}\n",
             store: false,
+            uncompressed: false,
             peer: true,
         },
         Scenario {
@@ -231,6 +258,7 @@ fn scenarios() -> Vec<Scenario> {
             target: None,
             source_yaml: "    format: raw\n    multiline: {start: '^\\d{4}-\\d{2}-\\d{2} '}\n",
             store: false,
+            uncompressed: false,
             peer: true,
         },
     ]

@@ -336,6 +336,8 @@ pub enum SinkConfig {
         max_bytes: u64,
         max_age: Option<Duration>,
         min_free: MinFree,
+        /// The store's blocks as a spool's are (`compression`, default lz4).
+        compression: network::BlockCompression,
     },
     /// Newline-delimited JSON appended to a file.
     File { path: PathBuf },

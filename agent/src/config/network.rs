@@ -16,10 +16,10 @@ pub enum WhenFull {
     DropOldest,
 }
 
-/// How a spool stores its packages.
+/// How a local store or a spool writes its packages' blocks (`compression`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SpoolCompression {
-    /// lz4, as the local store: about a third of the payload's bytes on disk.
+pub enum BlockCompression {
+    /// lz4: about a third of the payload's bytes on disk.
     #[default]
     Lz4,
     /// The payload as it is (lz4 literals, the same block format): no compression
@@ -37,7 +37,7 @@ pub struct SpoolConfig {
     /// A spool segment is sealed (and can be deleted once forwarded) at this size.
     pub segment_bytes: u64,
     pub when_full: WhenFull,
-    pub compression: SpoolCompression,
+    pub compression: BlockCompression,
 }
 
 /// Settings every network sink has besides its protocol's.

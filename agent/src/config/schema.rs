@@ -118,6 +118,9 @@ pub enum RawSink {
         /// Free space kept on the store's disk: oldest segments go first (`10%`, `2GiB`, `0` off).
         #[serde(default = "default_min_free")]
         min_free: String,
+        /// store: lz4 (default) | none; kafka: none | lz4 | zstd | gzip | snappy (default lz4); otlp: none | gzip (default gzip).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compression: Option<String>,
     },
     File {
         #[schemars(schema_with = "sink_path_schema")]
@@ -148,7 +151,7 @@ pub struct RawKafka {
     /// The source field whose value keys messages (default: the source id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// kafka: none | lz4 | zstd | gzip | snappy (default lz4); otlp: none | gzip (default gzip).
+    /// store: lz4 (default) | none; kafka: none | lz4 | zstd | gzip | snappy (default lz4); otlp: none | gzip (default gzip).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
     /// `all` (default) or `1`.
@@ -215,7 +218,7 @@ pub struct RawKafkaSasl {
 pub struct RawOtlp {
     /// `http://host:4318`: logs are posted to `<endpoint>/v1/logs`.
     pub endpoint: String,
-    /// kafka: none | lz4 | zstd | gzip | snappy (default lz4); otlp: none | gzip (default gzip).
+    /// store: lz4 (default) | none; kafka: none | lz4 | zstd | gzip | snappy (default lz4); otlp: none | gzip (default gzip).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
     /// Extra request headers.

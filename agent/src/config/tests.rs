@@ -311,7 +311,7 @@ fn network_sinks_parse_with_their_defaults() {
     assert_eq!(k.forward.spool.path, PathBuf::from("/d/spool/hub"));
     assert_eq!(k.forward.spool.max_bytes, 1 << 30);
     assert_eq!(k.forward.spool.when_full, WhenFull::Block);
-    assert_eq!(k.forward.spool.compression, network::SpoolCompression::Lz4);
+    assert_eq!(k.forward.spool.compression, network::BlockCompression::Lz4);
     assert_eq!(k.forward.dead_letter, None);
     let SinkConfig::Otlp(o) = &c.sinks["otel"] else {
         panic!("{:?}", c.sinks["otel"]);
@@ -321,7 +321,7 @@ fn network_sinks_parse_with_their_defaults() {
     assert_eq!(o.headers["authorization"], "Bearer x");
     assert_eq!(o.forward.spool.max_bytes, 10 << 20);
     assert_eq!(o.forward.spool.when_full, WhenFull::DropOldest);
-    assert_eq!(o.forward.spool.compression, network::SpoolCompression::None);
+    assert_eq!(o.forward.spool.compression, network::BlockCompression::None);
     assert_eq!(o.forward.spool.path, PathBuf::from("/d/spool/otel"));
 }
 
@@ -373,12 +373,26 @@ fn network_sink_errors_name_the_field() {
             "type: otlp\n    endpoint: http://c:4318\n    spool: {pth: /x}",
             "pth",
         ),
+        ("type: store\n    compression: zstd", "sinks.s.compression"),
     ];
     for (sink, field) in cases {
         let yaml = format!("sinks:\n  s:\n    {sink}\n");
         let err = Config::parse(&yaml, "t.yaml").unwrap_err().to_string();
         assert!(err.contains(field), "{sink}: {err}");
     }
+}
+
+/// A store compresses with lz4 unless told `compression: none`.
+#[test]
+fn store_compression_defaults_to_lz4() {
+    let yaml = "data_dir: /d\nsinks:\n  a: {type: store}\n  b: {type: store, path: /b, compression: none}\n";
+    let c = Config::parse(yaml, "t.yaml").unwrap();
+    let compression = |name: &str| match &c.sinks[name] {
+        SinkConfig::Store { compression, .. } => *compression,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(compression("a"), network::BlockCompression::Lz4);
+    assert_eq!(compression("b"), network::BlockCompression::None);
 }
 
 #[test]

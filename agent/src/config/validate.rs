@@ -905,6 +905,19 @@ impl Validator {
         })
     }
 
+    /// A store's or spool's `compression`: `lz4` or `none`.
+    fn block_compression(
+        &self,
+        field: &str,
+        value: &str,
+    ) -> Result<network::BlockCompression, ConfigError> {
+        match value {
+            "lz4" => Ok(network::BlockCompression::Lz4),
+            "none" => Ok(network::BlockCompression::None),
+            other => Err(self.invalid(field, format!("{other:?}: expected lz4 or none"))),
+        }
+    }
+
     /// `data_dir` places a store that names no path.
     pub(crate) fn sink(
         &self,
@@ -920,8 +933,13 @@ impl Validator {
                 max_size,
                 max_age,
                 min_free,
+                compression,
             } => SinkConfig::Store {
                 min_free: self.min_free(&field("min_free"), min_free)?,
+                compression: self.block_compression(
+                    &field("compression"),
+                    compression.as_deref().unwrap_or("lz4"),
+                )?,
                 path: path
                     .as_ref()
                     .map(PathBuf::from)
@@ -951,7 +969,7 @@ impl Validator {
         raw: ForwardFields<'_>,
         data_dir: &Path,
     ) -> Result<network::ForwardConfig, ConfigError> {
-        use network::{SpoolCompression, WhenFull};
+        use network::WhenFull;
         let field = |f: &str| format!("{prefix}.{f}");
         // `sinks.<name>` → the spool directory `<data_dir>/spool/<name>`.
         let name = prefix.rsplit_once("sinks.").map_or(prefix, |(_, n)| n);
@@ -979,16 +997,8 @@ impl Validator {
                 ));
             }
         };
-        let compression = match raw.spool.compression.as_str() {
-            "lz4" => SpoolCompression::Lz4,
-            "none" => SpoolCompression::None,
-            other => {
-                return Err(self.invalid(
-                    &field("spool.compression"),
-                    format!("{other:?}: expected lz4 or none"),
-                ));
-            }
-        };
+        let compression =
+            self.block_compression(&field("spool.compression"), &raw.spool.compression)?;
         let max_window_bytes = match raw.max_request_size {
             Some(t) => self.size(&field("max_request_size"), t)?,
             None => 4 * 1024 * 1024,

@@ -1031,7 +1031,7 @@ mod tests {
                     max_bytes: 1,
                     segment_bytes: 1,
                     when_full: WhenFull::Block,
-                    compression: SpoolCompression::Lz4,
+                    compression: BlockCompression::Lz4,
                 },
                 dead_letter: None,
                 max_window_bytes: 1,

@@ -86,6 +86,7 @@ pub fn fsync_failed(e: std::io::Error) -> SinkError {
 /// Opens the sink a config entry describes; `name` is its key under `sinks:`.
 pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     use crate::config::SinkConfig;
+    use crate::config::network::BlockCompression;
     Ok(match config {
         SinkConfig::Store {
             path,
@@ -93,8 +94,9 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
             max_bytes,
             max_age,
             min_free,
-        } => Box::new(
-            store::Store::open(
+            compression,
+        } => {
+            let store = store::Store::open(
                 path,
                 store::StoreOptions {
                     segment_bytes: *segment_bytes,
@@ -103,8 +105,12 @@ pub fn open(name: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn Si
                     min_free: *min_free,
                 },
             )
-            .map_err(|e| SinkError::Transient(e.to_string()))?,
-        ),
+            .map_err(|e| SinkError::Transient(e.to_string()))?;
+            Box::new(match compression {
+                BlockCompression::Lz4 => store,
+                BlockCompression::None => store.without_compression(),
+            })
+        }
         SinkConfig::File { path } => Box::new(file::FileSink::open(path)?),
         SinkConfig::Stdout => Box::new(stdout::StdoutSink::new()),
         SinkConfig::Null => Box::new(null::NullSink::new()),

@@ -57,7 +57,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::batch::Batch;
-use crate::config::network::{SpoolCompression, SpoolConfig, WhenFull};
+use crate::config::network::{BlockCompression, SpoolConfig, WhenFull};
 use crate::metrics::catalogue::{
     DROPPED_LINES_TOTAL, SPOOL_BYTES, SPOOL_CURSOR_CORRUPT_TOTAL, SPOOL_DROPPED_PACKAGES_TOTAL,
     SPOOL_FULL_TOTAL,
@@ -325,8 +325,8 @@ impl Spool {
         // Blocks say nothing about their compression (both kinds decode the same
         // way), so a spool written with either setting is read with the other.
         let store = match config.compression {
-            SpoolCompression::Lz4 => store,
-            SpoolCompression::None => store.without_compression(),
+            BlockCompression::Lz4 => store,
+            BlockCompression::None => store.without_compression(),
         };
         let cursor = read_cursor(&config.path);
         let shared = Arc::new(Shared::default());

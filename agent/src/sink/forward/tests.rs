@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::batch::Batch;
-use crate::config::network::{ForwardConfig, SpoolCompression, SpoolConfig, WhenFull};
+use crate::config::network::{ForwardConfig, BlockCompression, SpoolConfig, WhenFull};
 use crate::frame::{Line, LineFlags, Stream};
 use crate::source::{SourceId, SourceInfo, SourceKind};
 
@@ -121,7 +121,7 @@ fn config(dir: &std::path::Path, max_bytes: u64, when_full: WhenFull) -> Forward
             max_bytes,
             segment_bytes: (max_bytes / 4).max(4096),
             when_full,
-            compression: SpoolCompression::Lz4,
+            compression: BlockCompression::Lz4,
         },
         dead_letter: Some(dir.join("dead.ndjson")),
         max_window_bytes: 64 * 1024,
@@ -217,8 +217,8 @@ fn an_uncompressed_spool_delivers_everything_and_either_setting_reads_the_other(
     // The destination is down: what each setting writes stays in the spool.
     let mut lz4_bytes = 0;
     for (compression, packages) in [
-        (SpoolCompression::Lz4, 1..=10),
-        (SpoolCompression::None, 11..=20),
+        (BlockCompression::Lz4, 1..=10),
+        (BlockCompression::None, 11..=20),
     ] {
         config.spool.compression = compression;
         let mut sink =
@@ -231,15 +231,15 @@ fn an_uncompressed_spool_delivers_everything_and_either_setting_reads_the_other(
         let written = spooled() - before;
         let bodies = 10 * 50 * batch(&src, 1, 1).lines[0].body.len() as u64;
         match compression {
-            SpoolCompression::Lz4 => lz4_bytes = written,
-            SpoolCompression::None => assert!(
+            BlockCompression::Lz4 => lz4_bytes = written,
+            BlockCompression::None => assert!(
                 written > bodies && written > lz4_bytes,
                 "{written} bytes for {bodies} body bytes (lz4: {lz4_bytes})"
             ),
         }
     }
     // Restarted with lz4 again, the spool forwards the blocks of both settings.
-    config.spool.compression = SpoolCompression::Lz4;
+    config.spool.compression = BlockCompression::Lz4;
     script.lock().unwrap().up = true;
     let sink = NetworkSink::start("t", &config, Box::new(Scripted(script.clone()))).unwrap();
     wait_until("delivery", || sink.unforwarded() == 0);

@@ -485,7 +485,7 @@ fn config(endpoint: &str) -> OtlpConfig {
                 max_bytes: 1 << 20,
                 segment_bytes: 1 << 16,
                 when_full: WhenFull::Block,
-                compression: crate::config::network::SpoolCompression::Lz4,
+                compression: crate::config::network::BlockCompression::Lz4,
             },
             dead_letter: None,
             max_window_bytes: 1 << 20,

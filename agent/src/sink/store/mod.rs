@@ -312,8 +312,8 @@ impl Store {
     }
 
     /// Writes payloads as lz4 literals instead of compressing them
-    /// (`codec::store_at`): a network sink's spool with `compression: none`. The
-    /// blocks are in the same format and read back the same way.
+    /// (`codec::store_at`): `compression: none` of a local store or a network sink's
+    /// spool. The blocks are in the same format and read back the same way.
     pub fn without_compression(mut self) -> Store {
         self.compress = false;
         self

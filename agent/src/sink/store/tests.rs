@@ -1302,3 +1302,32 @@ fn a_store_written_by_an_earlier_agent_still_reads_and_takes_new_blocks() {
         old_blocks + 1
     );
 }
+
+/// `compression: none` writes blocks in the same format, lz4 literals: they take the
+/// payload's bytes on disk, lz4's a fraction of them, and both read back the same.
+#[test]
+fn uncompressed_blocks_read_back_as_compressed_ones_do() {
+    let src = source(1, "/var/log/a.log");
+    // Repetitive bodies: lz4 shrinks them many times over.
+    let packages = [batch(&src, 0, 0..2000, "GET /api/v1/items 200 OK")];
+    let mut sizes = Vec::new();
+    let mut results = Vec::new();
+    for compress in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options()).unwrap();
+        let mut store = if compress {
+            store
+        } else {
+            store.without_compression()
+        };
+        write_all(&mut store, &packages);
+        sizes.push(store.total_bytes);
+        drop(store);
+        results.push(query_json(dir.path(), &["GET", "--limit", "0"]));
+    }
+    let payload: usize = packages[0].lines.iter().map(|l| l.body.len()).sum();
+    assert!(sizes[0] * 4 < payload as u64, "lz4: {sizes:?} for {payload}");
+    assert!(sizes[1] > payload as u64, "none: {sizes:?} for {payload}");
+    assert_eq!(results[0].len(), 2000);
+    assert_eq!(results[0], results[1]);
+}
