@@ -16,7 +16,7 @@ use bytes::Bytes;
 use kafka_fixture::{Broker, Msg};
 use logtap::batch::codec::{Package, Record};
 use logtap::config::network::{
-    ForwardConfig, KafkaCompression, KafkaConfig, KafkaValue, MessagePer, BlockCompression,
+    BlockCompression, ForwardConfig, KafkaCompression, KafkaConfig, KafkaValue, MessagePer,
     SpoolConfig, TemplatePart, WhenFull,
 };
 use logtap::frame::{LineFlags, Stream};

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use logtap::batch::codec::{Package, Record};
 use logtap::config::network::{
-    ForwardConfig, OtlpCompression, OtlpConfig, BlockCompression, SpoolConfig, WhenFull,
+    BlockCompression, ForwardConfig, OtlpCompression, OtlpConfig, SpoolConfig, WhenFull,
 };
 use logtap::frame::{LineFlags, Stream};
 use logtap::sink::destination::{Delivered, Destination, Rejected, SpooledPackage};

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::batch::Batch;
-use crate::config::network::{ForwardConfig, BlockCompression, SpoolConfig, WhenFull};
+use crate::config::network::{BlockCompression, ForwardConfig, SpoolConfig, WhenFull};
 use crate::frame::{Line, LineFlags, Stream};
 use crate::source::{SourceId, SourceInfo, SourceKind};
 

@@ -1326,7 +1326,10 @@ fn uncompressed_blocks_read_back_as_compressed_ones_do() {
         results.push(query_json(dir.path(), &["GET", "--limit", "0"]));
     }
     let payload: usize = packages[0].lines.iter().map(|l| l.body.len()).sum();
-    assert!(sizes[0] * 4 < payload as u64, "lz4: {sizes:?} for {payload}");
+    assert!(
+        sizes[0] * 4 < payload as u64,
+        "lz4: {sizes:?} for {payload}"
+    );
     assert!(sizes[1] > payload as u64, "none: {sizes:?} for {payload}");
     assert_eq!(results[0].len(), 2000);
     assert_eq!(results[0], results[1]);
