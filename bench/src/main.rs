@@ -128,20 +128,17 @@ struct Scenario {
     target: Option<u32>,
     /// `sources[0]` settings, as YAML.
     source_yaml: &'static str,
-    /// Into the local store (else the blackhole sink).
-    store: bool,
-    /// The store's blocks as they are (`compression: none`), not lz4.
-    uncompressed: bool,
+    sink: Sink,
     /// Fluent Bit runs it too (it has no equivalent of every logtap setting).
     peer: bool,
 }
 
 impl Scenario {
     fn sink_yaml(&self) -> &'static str {
-        match (self.store, self.uncompressed) {
-            (true, false) => STORE,
-            (true, true) => STORE_UNCOMPRESSED,
-            (false, _) => BLACKHOLE,
+        match self.sink {
+            Sink::Blackhole => BLACKHOLE,
+            Sink::Store => STORE,
+            Sink::StoreUncompressed => STORE_UNCOMPRESSED,
         }
     }
 
@@ -149,9 +146,19 @@ impl Scenario {
     fn fluent_bit(&self) -> fluentbit::Setup {
         fluentbit::Setup {
             input: self.input,
-            durable: self.store,
+            durable: self.sink != Sink::Blackhole,
         }
     }
+}
+
+/// Where a scenario's records go.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sink {
+    Blackhole,
+    /// The local store, lz4 (its default).
+    Store,
+    /// The local store with `compression: none`: its blocks as they are.
+    StoreUncompressed,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -179,8 +186,7 @@ fn scenarios() -> Vec<Scenario> {
             // Issue 15's bars: plain → null 3 GB/s per core, CRI → store 800.
             target: Some(3000),
             source_yaml: "    format: raw\n",
-            store: false,
-            uncompressed: false,
+            sink: Sink::Blackhole,
             peer: true,
         },
         Scenario {
@@ -188,8 +194,7 @@ fn scenarios() -> Vec<Scenario> {
             input: Input::Plain500,
             target: Some(3000),
             source_yaml: "    format: raw\n",
-            store: false,
-            uncompressed: false,
+            sink: Sink::Blackhole,
             peer: true,
         },
         Scenario {
@@ -197,8 +202,7 @@ fn scenarios() -> Vec<Scenario> {
             input: Input::CriTemplated,
             target: None,
             source_yaml: "    format: cri\n",
-            store: false,
-            uncompressed: false,
+            sink: Sink::Blackhole,
             peer: true,
         },
         Scenario {
@@ -206,8 +210,7 @@ fn scenarios() -> Vec<Scenario> {
             input: Input::CriTemplated,
             target: Some(800),
             source_yaml: "    format: cri\n",
-            store: true,
-            uncompressed: false,
+            sink: Sink::Store,
             peer: true,
         },
         Scenario {
@@ -216,8 +219,7 @@ fn scenarios() -> Vec<Scenario> {
             // Issue 15's bar is for lz4; this row is what the store path costs without it.
             target: None,
             source_yaml: "    format: cri\n",
-            store: true,
-            uncompressed: true,
+            sink: Sink::StoreUncompressed,
             // Fluent Bit's filesystem buffering does not compress either: its row is the
             // lz4 one's.
             peer: false,
@@ -230,8 +232,7 @@ fn scenarios() -> Vec<Scenario> {
             source_yaml: "    format: cri\n    processors:\n      \
                 - {type: mask, regex: '\\b\\d{1,3}(?:\\.\\d{1,3}){3}\\b', replacement: x.x.x.x}\n      \
                 - {type: mask, regex: '\\b[0-9a-f]{16,}\\b', replacement: '<id>'}\n",
-            store: true,
-            uncompressed: false,
+            sink: Sink::Store,
             peer: false,
         },
         Scenario {
@@ -239,8 +240,7 @@ fn scenarios() -> Vec<Scenario> {
             input: Input::CriWords,
             target: None,
             source_yaml: "    format: cri\n",
-            store: true,
-            uncompressed: false,
+            sink: Sink::Store,
             peer: true,
         },
         Scenario {
@@ -248,8 +248,7 @@ fn scenarios() -> Vec<Scenario> {
             input: Input::Json,
             target: None,
             source_yaml: "    format: raw\n    parser: {type: json}\n",
-            store: false,
-            uncompressed: false,
+            sink: Sink::Blackhole,
             peer: true,
         },
         Scenario {
@@ -257,8 +256,7 @@ fn scenarios() -> Vec<Scenario> {
             input: Input::JavaMultiline,
             target: None,
             source_yaml: "    format: raw\n    multiline: {start: '^\\d{4}-\\d{2}-\\d{2} '}\n",
-            store: false,
-            uncompressed: false,
+            sink: Sink::Blackhole,
             peer: true,
         },
     ]
