@@ -31,9 +31,9 @@
 //! everything, so it duplicates nothing; a rebuild re-reads what its sinks did not
 //! acknowledge in time).
 //!
-//! The case budget is fixed (`LOGTAP_MODEL_CASES`, default 12) and the generator's
-//! seed too, so CI runs the same histories every time; set `LOGTAP_MODEL_SEED` to
-//! explore others.
+//! The case budget is fixed (`LOGTAP_MODEL_CASES`, default 12, split between two
+//! tests that run side by side) and the generator's seeds too, so CI runs the same
+//! histories every time; set `LOGTAP_MODEL_SEED` to explore others.
 
 mod common;
 #[path = "../src/discovery/watcher/fake_api.rs"]
@@ -454,10 +454,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[test]
-fn generated_rotation_and_restart_histories_lose_only_what_the_agent_never_saw() {
-    let cases = env_u64("LOGTAP_MODEL_CASES", 12) as u32;
-    let seed = env_u64("LOGTAP_MODEL_SEED", 0x6c6f_6774_6170);
+/// The histories of shard `shard` of [`SHARDS`]: `LOGTAP_MODEL_CASES` split between
+/// the shards, each with its own seed, so the shards run side by side (each case is
+/// seconds of an agent mostly waiting on the clock: one test of 12 cases was the
+/// longest step of CI's test run, 144 s).
+fn histories_of_shard(shard: u64) {
+    let cases = env_u64("LOGTAP_MODEL_CASES", 12).div_ceil(SHARDS) as u32;
+    let seed = env_u64("LOGTAP_MODEL_SEED", 0x6c6f_6774_6170) + shard;
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let mut runner = TestRunner::new_with_rng(
@@ -474,7 +477,7 @@ fn generated_rotation_and_restart_histories_lose_only_what_the_agent_never_saw()
     let case = std::sync::atomic::AtomicU32::new(0);
     let result = runner.run(&histories, |ops| {
         let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        println!("case {case}: {ops:?}");
+        println!("shard {shard} case {case}: {ops:?}");
         let dir = tempfile::tempdir().unwrap();
         let mut world = World::new(dir.path());
         // The agent runs from the start; the history may stop and restart it.
@@ -487,6 +490,19 @@ fn generated_rotation_and_restart_histories_lose_only_what_the_agent_never_saw()
         Ok(())
     });
     if let Err(e) = result {
-        panic!("{e}");
+        panic!("shard {shard} (seed {seed}): {e}");
     }
+}
+
+/// How many tests the generated histories are split between.
+const SHARDS: u64 = 2;
+
+#[test]
+fn generated_rotation_and_restart_histories_lose_only_what_the_agent_never_saw() {
+    histories_of_shard(0);
+}
+
+#[test]
+fn generated_histories_second_shard() {
+    histories_of_shard(1);
 }
