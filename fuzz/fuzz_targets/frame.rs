@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use logtap::config::{Format, MultilineConfig};
-use logtap::frame::{Framer, Line, LineFlags};
+use logtap::frame::{Body, Framed, Framer, LineFlags, Record};
 use regex::bytes::Regex;
 
 const BASE: u64 = 1_000;
@@ -52,18 +52,14 @@ impl Setup {
 
     /// Frames `chunks` and finishes; returns the records and the resume offset seen
     /// after the last push.
-    fn run<'a>(&self, chunks: impl Iterator<Item = &'a [u8]>, len: usize) -> (Vec<Line>, u64) {
+    fn run<'a>(&self, chunks: impl Iterator<Item = &'a [u8]>, len: usize) -> (Vec<Record>, u64) {
         let mut f = self.framer(BASE);
         let mut out = Vec::new();
         let now = Instant::now();
         for c in chunks {
             let chunk = Bytes::copy_from_slice(c);
-            let start = out.len();
-            f.push(&chunk, READ_NS, now, &mut out);
             // Spans of different chunkings differ; their bytes must not.
-            for line in &mut out[start..] {
-                line.body.make_owned(std::slice::from_ref(&chunk));
-            }
+            collect(&mut out, |o| f.push(&chunk, READ_NS, now, o));
             let resume = f.resume_offset();
             assert!(
                 (BASE..=BASE + len as u64).contains(&resume),
@@ -72,13 +68,13 @@ impl Setup {
             );
         }
         let resume = f.resume_offset();
-        f.finish(&mut out);
+        collect(&mut out, |o| f.finish(o));
         (out, resume)
     }
 
     /// `cuts`: places the input was cut other than at a newline (each may split a
     /// physical line in two).
-    fn check_bounds(&self, lines: &[Line], input: &[u8], cuts: usize) {
+    fn check_bounds(&self, lines: &[Record], input: &[u8], cuts: usize) {
         let physical = input.split(|&b| b == b'\n').count() + cuts;
         assert!(
             lines.len() <= physical,
@@ -98,6 +94,19 @@ impl Setup {
             );
         }
     }
+}
+
+/// Runs one framer call into `out`, its lines made records of their own bodies.
+fn collect(out: &mut Vec<Record>, call: impl FnOnce(&mut logtap::frame::Out)) {
+    let mut framed = Framed::default();
+    call(&mut framed.out());
+    out.extend(framed.lines.iter().map(|l| Record {
+        offset: l.offset,
+        timestamp_ns: l.timestamp_ns,
+        stream: l.stream,
+        flags: l.flags,
+        body: Body::Owned(l.body.to_bytes(&framed.chunks)),
+    }));
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -122,18 +131,18 @@ fuzz_target!(|data: &[u8]| {
     let mut old = setup
         .framer(BASE)
         .with_partial_timeout(Duration::from_secs(1));
-    old.push(&Bytes::copy_from_slice(first), READ_NS, now, &mut out);
+    collect(&mut out, |o| old.push(&Bytes::copy_from_slice(first), READ_NS, now, o));
     let carry = old.take_carry();
-    old.finish(&mut out);
+    collect(&mut out, |o| old.finish(o));
     let mut new = setup.framer(0).with_partial_timeout(Duration::from_secs(1));
     if let Some(carry) = carry {
         new.accept_carry(carry);
     }
     for (i, c) in second.chunks(usize::from(chunk) + 1).enumerate() {
         let later = now + Duration::from_secs(i as u64);
-        new.push(&Bytes::copy_from_slice(c), READ_NS, later, &mut out);
-        new.flush_idle(later, &mut out);
+        collect(&mut out, |o| new.push(&Bytes::copy_from_slice(c), READ_NS, later, o));
+        collect(&mut out, |o| new.flush_idle(later, o));
     }
-    new.finish(&mut out);
+    collect(&mut out, |o| new.finish(o));
     setup.check_bounds(&out, input, 1);
 });

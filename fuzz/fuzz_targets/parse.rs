@@ -15,7 +15,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use logtap::batch::Field;
 use logtap::config::ParserConfig;
-use logtap::frame::{Line, LineFlags, Stream};
+use logtap::frame::{Line, LineFlags, Record, Span, Stream};
 use logtap::parse::Parser;
 use regex::bytes::Regex;
 
@@ -56,8 +56,8 @@ static PARSERS: LazyLock<Vec<Parser>> = LazyLock::new(|| {
 
 const INDEX: u32 = 7;
 
-fn line(body: &[u8]) -> Line {
-    Line {
+fn line(body: &[u8]) -> Record {
+    Record {
         offset: 0,
         timestamp_ns: 0,
         stream: Stream::None,
@@ -99,15 +99,28 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Some(flat), serde, "the fast path and serde_json disagree");
     }
 
-    let mut vouched = line(body);
+    // The same body as a framed line, a span of its chunk, vouched for when valid.
+    let chunks = [Bytes::copy_from_slice(body)];
+    let mut vouched = Line {
+        offset: 0,
+        timestamp_ns: 0,
+        body: Span {
+            chunk: 0,
+            start: 0,
+            len: body.len() as u32,
+        },
+        stream: Stream::None,
+        flags: LineFlags::empty(),
+    };
     let mut vouched_fields = vec![earlier];
-    parser.apply_with(
-        &mut vouched,
-        logtap::frame::NO_CHUNKS,
-        INDEX,
-        &mut vouched_fields,
-        utf8,
+    parser.apply_with(&mut vouched, &chunks, INDEX, &mut vouched_fields, utf8);
+    assert_eq!(vouched.flags, checked.flags);
+    let resolved = |fields: &[Field], chunks: &[Bytes]| -> Vec<(Bytes, Vec<u8>)> {
+        let pairs = fields.iter().map(|f| (f.key.clone(), f.value.get(chunks).to_vec()));
+        pairs.collect()
+    };
+    assert_eq!(
+        resolved(&vouched_fields, &chunks),
+        resolved(&fields, logtap::frame::NO_CHUNKS)
     );
-    assert_eq!(vouched, checked);
-    assert_eq!(vouched_fields, fields);
 });

@@ -548,10 +548,11 @@ mod tests {
 
     use super::*;
     use crate::batch::Field;
-    use crate::frame::Line;
+    use crate::frame;
     use crate::source::{SourceId, SourceInfo, SourceKind};
 
-    fn batch(lines: Vec<Line>, fields: Vec<Field>) -> Batch {
+    fn batch(lines: Vec<frame::Record>, fields: Vec<Field>) -> Batch {
+        let (chunks, lines) = Batch::pack(lines);
         Batch {
             source: Arc::new(SourceInfo {
                 id: SourceId(1),
@@ -564,7 +565,7 @@ mod tests {
                 .last()
                 .map_or(0, |l| l.offset + l.body.len() as u64 + 1),
             lines,
-            chunks: Vec::new(),
+            chunks,
             fields,
             source_fields: Arc::default(),
         }
@@ -593,8 +594,8 @@ mod tests {
         out.splice(..2, [PAYLOAD_VERSION_2]);
     }
 
-    fn line(offset: u64, timestamp_ns: i64, body: &'static [u8]) -> Line {
-        Line {
+    fn line(offset: u64, timestamp_ns: i64, body: &'static [u8]) -> frame::Record {
+        frame::Record {
             offset,
             timestamp_ns,
             stream: Stream::Stdout,
@@ -835,7 +836,7 @@ mod tests {
 
     #[test]
     fn encode_reserves_once_and_reuses_the_buffer() {
-        let lines: Vec<Line> = (0..1000)
+        let lines: Vec<frame::Record> = (0..1000)
             .map(|i| line(i * 101, i as i64, &[b'x'; 100]))
             .collect();
         let b = batch(lines, vec![]);
@@ -1013,7 +1014,7 @@ mod tests {
     }
 
     /// A line and the `(key, value)` pairs of its fields.
-    type LineWithFields = (Line, Vec<(Vec<u8>, Vec<u8>)>);
+    type LineWithFields = (frame::Record, Vec<(Vec<u8>, Vec<u8>)>);
 
     fn arbitrary_line() -> impl Strategy<Value = LineWithFields> {
         (
@@ -1031,7 +1032,7 @@ mod tests {
             ),
         )
             .prop_map(|(offset, timestamp_ns, stream, flags, body, fields)| {
-                let line = Line {
+                let line = frame::Record {
                     offset,
                     timestamp_ns,
                     stream: Stream::from_u8(stream),

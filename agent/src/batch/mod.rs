@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::enrich::SourceFields;
-use crate::frame::{Body, Line, LineFlags, Stream};
+use crate::frame::{Body, Line, LineFlags, Span, Stream};
 use crate::source::SourceInfo;
 
 /// A parsed field of one line: `key = value`.
@@ -41,15 +41,17 @@ pub struct Field {
 
 /// One package: consecutive records of one source.
 ///
-/// Invariants (checked by [`Batch::check_spans`] in tests): every [`Body::Span`] of
-/// `lines` and of `fields`' values lies inside `chunks[its chunk]`, and every chunk
-/// is used by a span (a package keeps alive only the chunks its records are in).
-/// Fields are grouped by line in line order, each of a line the package has.
+/// Invariants (checked by [`Batch::check_spans`] in tests): every line's [`Span`] but
+/// [`Span::EMPTY`], and every [`Body::Span`] of `fields`' values, lies inside
+/// `chunks[its chunk]`, and every chunk is used by one (a package keeps alive only the
+/// chunks its records are in). Fields are grouped by line in line order, each of a
+/// line the package has.
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub source: Arc<SourceInfo>,
     pub package_id: u64,
-    /// The read chunks the records' spans index, each once.
+    /// What the records' and fields' spans index: the read chunks, each once, and the
+    /// bodies that are bytes of their own, one chunk each.
     pub chunks: Vec<Bytes>,
     /// Records in the order they completed: source order, except that a record
     /// reassembled from CRI/docker partials (or grouped by multiline) of one stream
@@ -70,7 +72,7 @@ pub struct Batch {
 
 /// The line vectors of dropped packages, for the next packages to fill.
 ///
-/// A package's vector of thousands of lines (56 bytes each) is larger than malloc's
+/// A package's vector of thousands of lines (32 bytes each) is larger than malloc's
 /// mmap threshold, and it is freed on the sink's thread: a fresh one per package cost
 /// a page fault and a page clear per 4 KiB, about 2% of the CPU of the store path. At
 /// most [`SPARE_LINE_VECTORS`] empty vectors wait here, each no larger than a package
@@ -95,16 +97,65 @@ fn line_vector(capacity: usize) -> Vec<Line> {
     lines
 }
 
-/// The index of `chunk` in a package's `chunks`, added if it is not the last one
-/// (records come chunk after chunk: an earlier one never comes again).
+/// Whether `a` and `b` are the same bytes: a live chunk's range is not another's.
 #[inline]
-fn chunk_index(chunks: &mut Vec<Bytes>, chunk: &Bytes) -> u32 {
-    // The same bytes: a live chunk's range is not another chunk's.
-    let same = |c: &Bytes| c.as_ptr() == chunk.as_ptr() && c.len() == chunk.len();
-    if !chunks.last().is_some_and(same) {
-        chunks.push(chunk.clone());
+fn same_chunk(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
+/// Moves the chunks a framer's lines use into a package's `chunks`: the read chunk
+/// (index 0 of the framer's) once however many spans of it come — lines come chunk
+/// after chunk, so an earlier read chunk never comes again — and each body of its own
+/// (every later index) as a chunk of its own, taken out of the framer's list.
+struct ChunkMover<'a> {
+    chunks: &'a mut Vec<Bytes>,
+    /// The index in `chunks` of the read chunk added last.
+    read: &'a mut Option<u32>,
+}
+
+impl ChunkMover<'_> {
+    /// The index in the package of chunk `index` of `from` (the framer's list): the
+    /// read chunk, added if it is not the current one; a body of its own, moved.
+    /// `moved` remembers bodies already moved for this line (a field may be a span of
+    /// its line's body).
+    #[inline]
+    fn index(&mut self, index: u32, from: &mut [Bytes], moved: &mut Vec<(u32, u32)>) -> u32 {
+        if index == 0 {
+            let Some(read) = from.first() else {
+                debug_assert!(false, "a span of no chunk");
+                return u32::MAX;
+            };
+            return self.read_chunk(read);
+        }
+        if let Some(&(_, to)) = moved.iter().find(|(i, _)| *i == index) {
+            return to;
+        }
+        let Some(bytes) = from.get_mut(index as usize) else {
+            debug_assert!(false, "a span of no chunk");
+            return u32::MAX;
+        };
+        self.chunks.push(std::mem::take(bytes));
+        let to = (self.chunks.len() - 1) as u32;
+        moved.push((index, to));
+        to
     }
-    (chunks.len() - 1) as u32
+
+    /// The index of read chunk `chunk`, added if it is not the current one.
+    #[inline]
+    fn read_chunk(&mut self, chunk: &Bytes) -> u32 {
+        if let Some(i) = *self.read
+            && self
+                .chunks
+                .get(i as usize)
+                .is_some_and(|c| same_chunk(c, chunk))
+        {
+            return i;
+        }
+        self.chunks.push(chunk.clone());
+        let i = (self.chunks.len() - 1) as u32;
+        *self.read = Some(i);
+        i
+    }
 }
 
 impl Drop for Batch {
@@ -113,7 +164,7 @@ impl Drop for Batch {
         if lines.capacity() < SPARE_MIN_LINES {
             return;
         }
-        // The records (references to read chunks) go now, outside the lock.
+        // Lines own nothing (the chunks do): clearing them visits none.
         lines.clear();
         if let Ok(mut spare) = SPARE_LINES.lock()
             && spare.len() < SPARE_LINE_VECTORS
@@ -131,7 +182,7 @@ impl Batch {
 
     /// The body of `line`, one of this package's records.
     #[inline]
-    pub fn body<'a>(&'a self, line: &'a Line) -> &'a [u8] {
+    pub fn body(&self, line: &Line) -> &[u8] {
         line.body.get(&self.chunks)
     }
 
@@ -139,6 +190,37 @@ impl Batch {
     /// count), for a destination that needs ownership.
     pub fn body_owned(&self, line: &Line) -> Bytes {
         line.body.to_bytes(&self.chunks)
+    }
+
+    /// The lines and chunks of a package holding `records`, their bodies each a
+    /// chunk of its own (for tests that build packages).
+    #[cfg(test)]
+    pub fn pack(records: Vec<crate::frame::Record>) -> (Vec<Bytes>, Vec<Line>) {
+        let mut chunks = Vec::new();
+        let lines = records
+            .into_iter()
+            .map(|r| Line {
+                offset: r.offset,
+                timestamp_ns: r.timestamp_ns,
+                stream: r.stream,
+                flags: r.flags,
+                body: crate::frame::own(&mut chunks, r.body.to_bytes(crate::frame::NO_CHUNKS)),
+            })
+            .collect();
+        (chunks, lines)
+    }
+
+    /// This package holding `records` instead (see [`pack`](Self::pack)).
+    #[cfg(test)]
+    pub fn with_lines(mut self, records: Vec<crate::frame::Record>) -> Batch {
+        (self.chunks, self.lines) = Batch::pack(records);
+        self
+    }
+
+    /// Replaces the body of line `index` with bytes of their own (for tests).
+    #[cfg(test)]
+    pub fn set_body(&mut self, index: usize, body: Bytes) {
+        self.lines[index].body = crate::frame::own(&mut self.chunks, body);
     }
 
     /// The value of `field`, one of this package's fields.
@@ -167,8 +249,8 @@ impl Batch {
                 used[chunk as usize] = true;
             }
         };
-        for line in &self.lines {
-            check(&line.body, line);
+        for line in self.lines.iter().filter(|l| l.body != Span::EMPTY) {
+            check(&line.body.as_body(), line);
         }
         for field in &self.fields {
             check(&field.value, field);
@@ -205,9 +287,14 @@ pub struct BatchBuilder {
     source: Arc<SourceInfo>,
     next_package_id: u64,
     lines: Vec<Line>,
-    /// The chunks `lines`' spans index (see [`Batch`]'s invariants): a chunk is added
-    /// when the first span of it is, so consecutive records of one chunk share it.
+    /// The chunks `lines`' spans index (see [`Batch`]'s invariants): a read chunk is
+    /// added when the first span of it is, so consecutive records of one chunk share
+    /// it; a body of its own when its line is.
     chunks: Vec<Bytes>,
+    /// The index in `chunks` of the read chunk added last (see [`ChunkMover`]).
+    read_chunk: Option<u32>,
+    /// Reused by `push`: the bodies of their own moved for the line being pushed.
+    moved: Vec<(u32, u32)>,
     fields: Vec<Field>,
     body_bytes: usize,
     opened_at: Option<std::time::Instant>,
@@ -233,6 +320,8 @@ impl BatchBuilder {
             next_package_id: first_package_id,
             lines: Vec::new(),
             chunks: Vec::new(),
+            read_chunk: None,
+            moved: Vec::new(),
             fields: Vec::new(),
             body_bytes: 0,
             opened_at: None,
@@ -267,21 +356,23 @@ impl BatchBuilder {
         &mut self.fields
     }
 
-    /// Adds a record; its span, if it is one, is of `chunk` (out of
-    /// [`Framer::push`](crate::frame::Framer::push)), and so are the span values of
-    /// its fields, already appended with [`fields_mut`](Self::fields_mut).
-    pub fn push(&mut self, mut line: Line, chunk: &Bytes, now: std::time::Instant) {
+    /// Adds a record; its body's span, and those of its fields' values, already
+    /// appended with [`fields_mut`](Self::fields_mut), are of `chunks` (a framer's
+    /// [`Out::chunks`](crate::frame::Out)): the chunks they use move into the package.
+    pub fn push(&mut self, mut line: Line, chunks: &mut [Bytes], now: std::time::Instant) {
         if self.opened_at.is_none() {
             self.opened_at = Some(now);
             self.reserve_typical();
         }
         self.body_bytes += line.body.len();
         let line_index = self.lines.len() as u32;
-        let mut in_package = None;
-        let mut index_of_chunk =
-            |chunks: &mut Vec<Bytes>| *in_package.get_or_insert_with(|| chunk_index(chunks, chunk));
-        if let Body::Span { chunk: index, .. } = &mut line.body {
-            *index = index_of_chunk(&mut self.chunks);
+        let mut mover = ChunkMover {
+            chunks: &mut self.chunks,
+            read: &mut self.read_chunk,
+        };
+        self.moved.clear();
+        if line.body != Span::EMPTY {
+            line.body.chunk = mover.index(line.body.chunk, chunks, &mut self.moved);
         }
         // The line's fields are the last ones (fields are grouped by line).
         for field in self.fields.iter_mut().rev() {
@@ -289,7 +380,7 @@ impl BatchBuilder {
                 break;
             }
             if let Body::Span { chunk: index, .. } = &mut field.value {
-                *index = index_of_chunk(&mut self.chunks);
+                *index = mover.index(*index, chunks, &mut self.moved);
             }
         }
         self.lines.push(line);
@@ -329,8 +420,8 @@ impl BatchBuilder {
     }
 
     /// The package's records, for a stage that appends records to it directly (the
-    /// framer, when nothing parses or filters them: no copy through a scratch vector).
-    /// Call [`appended`](Self::appended) with the length it had before, then.
+    /// framer, when nothing parses or filters them: no copy through a scratch
+    /// vector). Call [`appended`](Self::appended) with the length it had before, then.
     pub fn lines_to_append(&mut self) -> &mut Vec<Line> {
         if self.opened_at.is_none() {
             self.reserve_typical();
@@ -339,21 +430,24 @@ impl BatchBuilder {
     }
 
     /// Accounts for the records appended since the package held `start` of them (see
-    /// [`lines_to_append`](Self::lines_to_append)), their spans of `chunk`, as
-    /// [`push`](Self::push) does for one, and hands each record's body, stream and
-    /// flags to `each` in the same pass: a second walk over a chunk's thousands of
-    /// records cost a few percent of plain → null.
+    /// [`lines_to_append`](Self::lines_to_append)), their spans of `chunks` (the
+    /// framer's), as [`push`](Self::push) does for one, and hands each record's
+    /// body, stream and flags to `each` in the same pass: a second walk over a
+    /// chunk's thousands of records cost a few percent of plain → null.
     #[inline]
     pub fn appended(
         &mut self,
         start: usize,
-        chunk: &Bytes,
+        chunks: &mut [Bytes],
         now: std::time::Instant,
         mut each: impl FnMut(&[u8], &mut Stream, &mut LineFlags),
     ) {
         if self.lines.len() > start && self.opened_at.is_none() {
             self.opened_at = Some(now);
         }
+        let Some((read, owned)) = chunks.split_first_mut() else {
+            return;
+        };
         let mut index = None;
         let mut bytes = 0;
         for line in &mut self.lines[start..] {
@@ -363,20 +457,39 @@ impl BatchBuilder {
                 flags,
                 ..
             } = line;
-            let body: &[u8] = match body {
-                Body::Span {
-                    chunk: i,
-                    start,
-                    len,
-                } => {
-                    *i = *index.get_or_insert_with(|| chunk_index(&mut self.chunks, chunk));
-                    let start = *start as usize;
-                    chunk.get(start..start + *len as usize).unwrap_or_default()
+            let text: &[u8] = match body.chunk {
+                0 => {
+                    let start = body.start as usize;
+                    let text = read.get(start..start + body.len()).unwrap_or_default();
+                    body.chunk = *index.get_or_insert_with(|| {
+                        ChunkMover {
+                            chunks: &mut self.chunks,
+                            read: &mut self.read_chunk,
+                        }
+                        .read_chunk(read)
+                    });
+                    text
                 }
-                Body::Owned(b) => b,
+                _ if body.len == 0 => {
+                    *body = Span::EMPTY;
+                    &[]
+                }
+                // A body of its own: moved as its line's chunk (each is one line's).
+                own => match owned.get_mut(own as usize - 1) {
+                    Some(bytes) => {
+                        self.chunks.push(std::mem::take(bytes));
+                        body.chunk = (self.chunks.len() - 1) as u32;
+                        self.chunks.last().map_or(&[][..], |b| &b[..])
+                    }
+                    None => {
+                        debug_assert!(false, "a span of no chunk");
+                        *body = Span::EMPTY;
+                        &[]
+                    }
+                },
             };
-            bytes += body.len();
-            each(body, stream, flags);
+            bytes += text.len();
+            each(text, stream, flags);
         }
         self.body_bytes += bytes;
     }
@@ -424,6 +537,7 @@ impl BatchBuilder {
             source_fields: self.source_fields.clone(),
             end_offset,
         };
+        self.read_chunk = None;
         self.next_package_id += 1;
         self.last_len = batch.lines.len();
         self.last_fields = batch.fields.len();
@@ -455,14 +569,24 @@ mod tests {
         BatchBuilder::new(info, 5, limits)
     }
 
+    /// A line whose body is chunk 1 of [`hello`]'s: a body of its own.
     fn line(offset: u64) -> Line {
         Line {
             offset,
             timestamp_ns: 0,
             stream: Stream::None,
             flags: LineFlags::empty(),
-            body: Bytes::from_static(b"hello").into(),
+            body: Span {
+                chunk: 1,
+                start: 0,
+                len: 5,
+            },
         }
+    }
+
+    /// A framer's chunks for one [`line`]: an empty read chunk and the body.
+    fn hello() -> [Bytes; 2] {
+        [Bytes::new(), Bytes::from_static(b"hello")]
     }
 
     #[test]
@@ -470,15 +594,15 @@ mod tests {
         let mut b = builder(2);
         let t0 = Instant::now();
         assert!(b.seal(0).is_none());
-        b.push(line(0), &Bytes::new(), t0);
+        b.push(line(0), &mut hello(), t0);
         assert!(!b.is_due(t0));
         assert!(b.is_due(t0 + Duration::from_millis(60)));
-        b.push(line(6), &Bytes::new(), t0);
+        b.push(line(6), &mut hello(), t0);
         assert!(b.is_due(t0));
         let p = b.seal(12).unwrap();
         assert_eq!((p.package_id, p.end_offset, p.lines.len()), (5, 12, 2));
         assert_eq!(p.body_bytes(), 10);
-        b.push(line(12), &Bytes::new(), t0);
+        b.push(line(12), &mut hello(), t0);
         assert_eq!(b.seal(18).unwrap().package_id, 6);
     }
 
@@ -488,14 +612,14 @@ mod tests {
         let now = Instant::now();
         // Sealing happens between chunks, so a package may hold more than max_lines.
         for i in 0..130 {
-            b.push(line(i * 6), &Bytes::new(), now);
+            b.push(line(i * 6), &mut hello(), now);
         }
         assert_eq!(b.seal(130 * 6).unwrap().lines.len(), 130);
-        b.push(line(130 * 6), &Bytes::new(), now);
+        b.push(line(130 * 6), &mut hello(), now);
         let reserved = b.lines.capacity();
         assert!(reserved >= 130, "{reserved}");
         for i in 1..130 {
-            b.push(line((130 + i) * 6), &Bytes::new(), now);
+            b.push(line((130 + i) * 6), &mut hello(), now);
         }
         assert_eq!(b.lines.capacity(), reserved, "no regrowth");
     }
@@ -514,7 +638,7 @@ mod tests {
                         value: Bytes::from_static(b"v").into(),
                     });
                 }
-                b.push(line(i * 6), &Bytes::new(), now);
+                b.push(line(i * 6), &mut hello(), now);
             }
         };
         package(&mut b, 130);
@@ -527,7 +651,7 @@ mod tests {
         assert_eq!(b.fields.capacity(), reserved, "no regrowth");
         // A package without fields reserves none for the next.
         drop(b.seal(0));
-        b.push(line(0), &Bytes::new(), now);
+        b.push(line(0), &mut hello(), now);
         drop(b.seal(6));
         assert_eq!(b.typical_fields(), 0);
     }
@@ -541,7 +665,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(b.typical_lines(), FIRST_PACKAGE_LINES);
         for i in 0..40 {
-            b.push(line(i * 6), &Bytes::new(), now);
+            b.push(line(i * 6), &mut hello(), now);
         }
         drop(b.seal(40 * 6));
         assert_eq!(
@@ -567,12 +691,8 @@ mod tests {
             let chunk = Bytes::from_owner(Chunk(Arc::clone(&alive)));
             for i in 0..2 * SPARE_MIN_LINES as u64 {
                 let mut l = line(i * 6);
-                l.body = Body::Span {
-                    chunk: 0,
-                    start: 0,
-                    len: 5,
-                };
-                b.push(l, &chunk, now);
+                l.body.chunk = 0;
+                b.push(l, &mut [chunk.clone()], now);
             }
             drop(chunk);
             drop(b.seal(u64::MAX));
@@ -594,28 +714,43 @@ mod tests {
         ];
         let span = |start, len| {
             let mut l = line(0);
-            l.body = Body::Span {
+            l.body = Span {
                 chunk: 0,
                 start,
                 len,
             };
             l
         };
-        b.push(span(0, 3), &chunks[0], now);
-        b.push(line(1), &chunks[0], now);
-        b.push(span(4, 3), &chunks[0], now);
+        let hello = Bytes::from_static(b"hello");
+        // A framer's chunks: the read chunk, then a body of its own.
+        let mut framed = [chunks[0].clone(), hello.clone()];
+        b.push(span(0, 3), &mut framed, now);
+        b.push(line(1), &mut framed, now);
+        b.push(span(4, 3), &mut framed, now);
         // A chunk none of whose records is a span (a straddling line's) is not held.
-        b.push(line(2), &Bytes::from_static(b"unused"), now);
+        b.push(
+            line(2),
+            &mut [Bytes::from_static(b"unused"), hello.clone()],
+            now,
+        );
+        // Appended by a framer: a span of the chunk and a body of its own.
         let start = b.lines_to_append().len();
-        b.lines_to_append().push(span(0, 5));
-        b.appended(start, &chunks[1], now, |_, _, _| {});
+        b.lines_to_append().extend([span(0, 5), line(3)]);
+        let mut framed = [chunks[1].clone(), hello.clone()];
+        b.appended(start, &mut framed, now, |_, _, _| {});
         let p = b.seal(100).unwrap();
         p.check_spans();
-        assert_eq!(p.chunks, chunks);
+        // The read chunks once each, each body of its own a chunk, in the order their
+        // lines came.
+        let expected = [&chunks[0], &hello, &hello, &chunks[1], &hello];
+        assert_eq!(p.chunks.iter().collect::<Vec<_>>(), expected);
         let bodies: Vec<&[u8]> = p.lines.iter().map(|l| p.body(l)).collect();
-        assert_eq!(bodies, [&b"one"[..], b"hello", b"two", b"hello", b"three"]);
+        assert_eq!(
+            bodies,
+            [&b"one"[..], b"hello", b"two", b"hello", b"three", b"hello"]
+        );
         assert_eq!(p.body_owned(&p.lines[4]), "three");
-        assert_eq!(p.body_bytes(), 3 + 5 + 3 + 5 + 5);
+        assert_eq!(p.body_bytes(), 3 + 5 + 3 + 5 + 5 + 5);
     }
 
     /// Field values that are spans of the pushed chunk come out as spans of the
@@ -645,16 +780,28 @@ mod tests {
             b.fields_mut()
                 .push(field(index, Bytes::from_static(b"own").into()));
             let mut l = line(0);
-            l.body = span(0, 9 + i as u32);
-            b.push(l, chunk, now);
+            l.body = Span {
+                chunk: 0,
+                start: 0,
+                len: 9 + i as u32,
+            };
+            b.push(l, &mut [chunk.clone()], now);
         }
         // A body of its own (a processor's rewrite) whose field is still a span.
         let index = b.next_index();
         b.fields_mut().push(field(index, span(5, 7)));
-        b.push(line(0), &chunks[2], now);
+        b.push(
+            line(0),
+            &mut [chunks[2].clone(), Bytes::from_static(b"hello")],
+            now,
+        );
         let p = b.seal(100).unwrap();
         p.check_spans();
-        assert_eq!(p.chunks, chunks);
+        // The body's chunk comes before its fields' read chunk: a line's body moves
+        // first.
+        let hello = Bytes::from_static(b"hello");
+        let expected = [&chunks[0], &chunks[1], &hello, &chunks[2]];
+        assert_eq!(p.chunks.iter().collect::<Vec<_>>(), expected);
         let values: Vec<&[u8]> = p.fields.iter().map(|f| p.value(f)).collect();
         assert_eq!(values, [&b"x"[..], b"own", b"yz", b"own", b"a field"]);
         let chunk_of = |f: &Field| match f.value {
@@ -662,7 +809,7 @@ mod tests {
             Body::Owned(_) => None,
         };
         let indexes: Vec<_> = p.fields.iter().map(chunk_of).collect();
-        assert_eq!(indexes, [Some(0), None, Some(1), None, Some(2)]);
+        assert_eq!(indexes, [Some(0), None, Some(1), None, Some(3)]);
         assert_eq!(p.value_owned(&p.fields[2]), "yz");
     }
 
@@ -680,7 +827,11 @@ mod tests {
                 len: 4,
             },
         });
-        b.push(line(0), &chunk, Instant::now());
+        b.push(
+            line(0),
+            &mut [chunk, Bytes::from_static(b"hello")],
+            Instant::now(),
+        );
         b.seal(5).unwrap().check_spans();
     }
 
@@ -698,7 +849,7 @@ mod tests {
                     value: Bytes::from(format!("v{i}")).into(),
                 });
             }
-            b.push(line(i as u64 * 6), &Bytes::new(), now);
+            b.push(line(i as u64 * 6), &mut hello(), now);
         }
         let p = b.seal(18).unwrap();
         assert_eq!(p.value(&p.fields_of(0)[0]), b"v0");

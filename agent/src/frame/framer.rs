@@ -25,10 +25,12 @@
 //!
 //! # Spans
 //!
-//! Records appended by [`Framer::push`] are [`Body::Span`]s of the chunk pushed (chunk
-//! index 0) or bodies of their own; every other call appends only bodies of their own
-//! (what the framer keeps past a push — an unterminated line, partials, multiline
-//! groups, the backlog — is owned).
+//! Lines appended by [`Framer::push`] are spans of the chunk pushed (chunk index 0 of
+//! the [`Out`]) or of bodies of their own (the chunks after it); every other call
+//! appends only bodies of their own (what the framer keeps past a push — an
+//! unterminated line, partials, multiline groups, the backlog — is owned). Within the
+//! framer a record is a [`Record`], its body a [`Body`]; it becomes a 32-byte
+//! [`Line`](super::Line) as it leaves ([`Out::emit`]).
 
 use std::time::{Duration, Instant};
 
@@ -40,7 +42,7 @@ use super::lines::{LineSplitter, PhysicalLine};
 use super::multiline::{Group, Multiline, groups_into_lines};
 use super::partial::{Pending, Reassembler, Slots};
 use super::time::Rfc3339Cache;
-use super::{Body, Line, LineFlags, NO_CHUNKS, Stream};
+use super::{Body, LineFlags, NO_CHUNKS, Out, Record, Stream};
 use crate::config::{Format, MultilineConfig};
 
 pub struct Framer {
@@ -52,7 +54,9 @@ pub struct Framer {
     timestamps: Rfc3339Cache,
     /// Records completed by `accept_carry` (which has no `out`), emitted by the next
     /// call that has one.
-    backlog: Vec<Line>,
+    backlog: Vec<Record>,
+    /// Reused: what multiline grouping completed, on its way to `out`.
+    grouped: Vec<Record>,
     /// Of the latest push: used for what `finish` emits.
     last_read_time_ns: i64,
     last_now: Instant,
@@ -102,6 +106,7 @@ impl Framer {
             multiline: multiline.map(|m| Multiline::new(m, max_line_bytes)),
             timestamps: Rfc3339Cache::default(),
             backlog: Vec::new(),
+            grouped: Vec::new(),
             last_read_time_ns: 0,
             last_now: Instant::now(),
             partial_timeout: None,
@@ -119,15 +124,16 @@ impl Framer {
     /// appended to `out`, spans of `chunk` at index 0 (see the module's "Spans").
     /// `read_time_ns` (ns since the Unix epoch) is the timestamp of raw and malformed
     /// lines; `now` dates lines for the multiline timeout.
-    pub fn push(&mut self, chunk: &Bytes, read_time_ns: i64, now: Instant, out: &mut Vec<Line>) {
-        if !self.backlog.is_empty() {
-            out.append(&mut self.backlog);
+    pub fn push(&mut self, chunk: &Bytes, read_time_ns: i64, now: Instant, out: &mut Out) {
+        out.begin(chunk);
+        for record in self.backlog.drain(..) {
+            out.emit(record);
         }
         self.last_read_time_ns = read_time_ns;
         self.last_now = now;
         self.reassembler.set_now(now);
         // A guess (lines of ~128 bytes) bounded so one huge chunk cannot reserve much.
-        out.reserve((chunk.len() / 128 + 1).min(8192));
+        out.lines.reserve((chunk.len() / 128 + 1).min(8192));
         let Framer {
             format,
             max_line_bytes,
@@ -135,6 +141,7 @@ impl Framer {
             reassembler,
             multiline,
             timestamps,
+            grouped,
             ..
         } = self;
         let chunks = std::slice::from_ref(chunk);
@@ -148,54 +155,68 @@ impl Framer {
         match multiline {
             None => decode.chunk(splitter, reassembler, &mut Direct(out), chunk),
             Some(ml) => {
-                let mut grouped = Grouped {
+                let mut emit = Grouped {
                     ml,
                     now,
-                    out,
+                    out: grouped,
                     chunks,
                 };
-                decode.chunk(splitter, reassembler, &mut grouped, chunk);
+                decode.chunk(splitter, reassembler, &mut emit, chunk);
                 ml.detach(chunks);
+                emit_all(grouped, out);
             }
         }
     }
 
     /// Emits multiline records whose last line is older than the flush timeout.
     /// Incomplete CRI/docker messages stay (see [`flush_idle`](Self::flush_idle)).
-    pub fn flush_expired(&mut self, now: Instant, out: &mut Vec<Line>) {
-        out.append(&mut self.backlog);
+    pub fn flush_expired(&mut self, now: Instant, out: &mut Out) {
+        out.begin(&Bytes::new());
+        self.flush_expired_records(now);
+        emit_all(&mut self.grouped, out);
+    }
+
+    /// [`flush_expired`](Self::flush_expired) into `self.grouped`.
+    fn flush_expired_records(&mut self, now: Instant) {
+        self.grouped.append(&mut self.backlog);
         if let Some(ml) = &mut self.multiline {
-            ml.flush_expired(now, out);
+            ml.flush_expired(now, &mut self.grouped);
         }
     }
 
     /// What time alone completes, on the periodic tick: incomplete messages idle for
     /// the partial timeout (flagged UNTERMINATED), then
     /// [`flush_expired`](Self::flush_expired).
-    pub fn flush_idle(&mut self, now: Instant, out: &mut Vec<Line>) {
-        out.append(&mut self.backlog);
+    pub fn flush_idle(&mut self, now: Instant, out: &mut Out) {
+        out.begin(&Bytes::new());
+        let grouped = &mut self.grouped;
+        grouped.append(&mut self.backlog);
         if let Some(cutoff) = self.partial_timeout.and_then(|t| now.checked_sub(t)) {
             match &mut self.multiline {
-                None => self.reassembler.flush_idle(cutoff, |l| out.push(l)),
+                None => self.reassembler.flush_idle(cutoff, |l| grouped.push(l)),
                 Some(ml) => {
                     let chunks = NO_CHUNKS;
-                    let mut grouped = Grouped {
+                    let mut emit = Grouped {
                         ml,
                         now,
-                        out,
+                        out: grouped,
                         chunks,
                     };
-                    self.reassembler.flush_idle(cutoff, |l| grouped.record(l));
+                    self.reassembler.flush_idle(cutoff, |l| emit.record(l));
                 }
             }
         }
-        self.flush_expired(now, out);
+        self.flush_expired_records(now);
+        emit_all(&mut self.grouped, out);
     }
 
     /// The source ended: emits every pending record. An unterminated last line and a
     /// message whose closing fragment never came are flagged UNTERMINATED.
-    pub fn finish(&mut self, out: &mut Vec<Line>) {
-        out.append(&mut self.backlog);
+    pub fn finish(&mut self, out: &mut Out) {
+        out.begin(&Bytes::new());
+        for record in self.backlog.drain(..) {
+            out.emit(record);
+        }
         let Framer {
             format,
             max_line_bytes,
@@ -205,6 +226,7 @@ impl Framer {
             last_read_time_ns,
             last_now,
             timestamps,
+            grouped,
             ..
         } = self;
         // The unterminated line is owned: no chunk to resolve spans in.
@@ -221,14 +243,15 @@ impl Framer {
             None => decode.finish(tail, reassembler, &mut Direct(out)),
             Some(ml) => {
                 let now = *last_now;
-                let mut grouped = Grouped {
+                let mut emit = Grouped {
                     ml,
                     now,
-                    out,
+                    out: grouped,
                     chunks,
                 };
-                decode.finish(tail, reassembler, &mut grouped);
-                ml.flush_all(out);
+                decode.finish(tail, reassembler, &mut emit);
+                ml.flush_all(grouped);
+                emit_all(grouped, out);
             }
         }
     }
@@ -299,39 +322,46 @@ impl Framer {
 
 /// Where decoded records go: straight out, or through multiline grouping.
 trait Emit {
-    fn record(&mut self, line: Line);
+    fn record(&mut self, line: Record);
     /// MALFORMED lines bypass grouping.
-    fn malformed(&mut self, line: Line);
+    fn malformed(&mut self, line: Record);
 }
 
-struct Direct<'a>(&'a mut Vec<Line>);
+struct Direct<'a, 'b>(&'a mut Out<'b>);
 
-impl Emit for Direct<'_> {
+impl Emit for Direct<'_, '_> {
     #[inline(always)]
-    fn record(&mut self, line: Line) {
-        self.0.push(line);
+    fn record(&mut self, line: Record) {
+        self.0.emit(line);
     }
     #[inline]
-    fn malformed(&mut self, line: Line) {
-        self.0.push(line);
+    fn malformed(&mut self, line: Record) {
+        self.0.emit(line);
+    }
+}
+
+/// Emits (and empties) `records`.
+fn emit_all(records: &mut Vec<Record>, out: &mut Out) {
+    for record in records.drain(..) {
+        out.emit(record);
     }
 }
 
 struct Grouped<'a> {
     ml: &'a mut Multiline,
     now: Instant,
-    out: &'a mut Vec<Line>,
+    out: &'a mut Vec<Record>,
     /// What the records' spans index (grouping keeps records past the push).
     chunks: &'a [Bytes],
 }
 
 impl Emit for Grouped<'_> {
     #[inline]
-    fn record(&mut self, line: Line) {
+    fn record(&mut self, line: Record) {
         self.ml.push(line, self.chunks, self.now, self.out);
     }
     #[inline]
-    fn malformed(&mut self, line: Line) {
+    fn malformed(&mut self, line: Record) {
         self.out.push(line);
     }
 }
@@ -386,7 +416,7 @@ impl Decode<'_> {
 
     #[inline(always)]
     fn raw<E: Emit>(&self, pl: PhysicalLine, extra: LineFlags, emit: &mut E) {
-        emit.record(Line {
+        emit.record(Record {
             offset: pl.offset,
             timestamp_ns: self.read_time_ns,
             stream: Stream::None,
@@ -460,13 +490,13 @@ impl Decode<'_> {
     }
 
     /// The whole physical line, kept raw (bounded by `max_line_bytes`).
-    fn malformed(&self, mut pl: PhysicalLine, extra: LineFlags) -> Line {
+    fn malformed(&self, mut pl: PhysicalLine, extra: LineFlags) -> Record {
         let mut flags = physical_flags(&pl) | extra | LineFlags::MALFORMED;
         if pl.body.len() > self.max {
             pl.body.truncate(self.max);
             flags.insert(LineFlags::TRUNCATED);
         }
-        Line {
+        Record {
             offset: pl.offset,
             timestamp_ns: self.read_time_ns,
             stream: Stream::None,

@@ -1,8 +1,10 @@
 //! Framing: turning chunks of bytes into lines.
 //!
-//! Lines are spans ([`Body::Span`]: offsets, no reference count) into the chunks the
-//! reader produced: splitting never allocates and never touches a chunk's reference
-//! count per line. Stages here, wired per source by [`Framer`]: line
+//! Lines are spans ([`Span`]: offsets, no reference count) into the chunks the reader
+//! produced: splitting never allocates and never touches a chunk's reference count per
+//! line. A body that is not one slice of one chunk becomes a chunk of its own beside
+//! them ([`Out`]), so a [`Line`] is always 32 bytes with nothing to drop. Stages here,
+//! wired per source by [`Framer`]: line
 //! splitting with `memchr` (`lines`), CRI and docker json-file decoding (`cri`,
 //! `docker`, timestamps in `time`) with partial-line reassembly (`partial`), and
 //! multiline grouping (`multiline`).
@@ -101,20 +103,22 @@ impl std::ops::BitOr for LineFlags {
     }
 }
 
-/// The bytes of a record: a span of a read chunk, or bytes of its own.
+/// The bytes of a record while it is framed ([`Record`]), and of a parsed field's
+/// value: a span of a chunk, or bytes of its own.
 ///
 /// A span names its chunk by index, so it holds no reference count: a package holds
 /// each chunk its records use once ([`crate::batch::Batch::chunks`]), and a record
 /// costs no atomic operation when it is framed, packaged or dropped (a quarter of the
 /// CPU of plain lines → null when each record was a `Bytes`, see
-/// `docs/benchmarks.md`). Which chunks the index counts in depends on where the record
-/// is: out of [`Framer::push`] it is `0`, the chunk pushed; in a package, an index into
-/// its `chunks`. Bodies that are not one slice of one chunk are [`Body::Owned`]:
-/// straddling lines, reassembled partials, multiline groups, docker messages,
-/// processors' rewrites, and records a framer keeps past the push that read them.
+/// `docs/benchmarks.md`). Which chunks the index counts in depends on where it is:
+/// in the framer it is `0`, the chunk pushed; out of it, an index into the [`Out`]'s
+/// chunks; in a package, into its `chunks`. Inside the framer, bodies that are not one
+/// slice of one chunk are [`Body::Owned`]: straddling lines, reassembled partials,
+/// multiline groups, docker messages, and records a framer keeps past the push that
+/// read them; each becomes a chunk of its own when its record leaves ([`Out::emit`]).
 ///
-/// A parsed field's value is a `Body` too ([`crate::batch::Field`]): a span of the
-/// chunk its record's body was a span of, resolved in the same chunks.
+/// A parsed field's value ([`crate::batch::Field`]) is a span of the chunk its line's
+/// body is a span of, resolved in the same chunks, or bytes of its own (decoded text).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
     /// `len` bytes at `start` of chunk `chunk`. Invariant: `start + len` is within
@@ -222,8 +226,85 @@ impl From<Bytes> for Body {
     }
 }
 
-/// One log record: a span of its source plus what framing learned about it.
+/// A record while it is framed: its body a span of the chunk pushed or bytes of its own
+/// (what the framer keeps past a push, reassembles or groups). What the framer emits
+/// is a [`Line`], into an [`Out`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp_ns: i64,
+    pub stream: Stream,
+    pub flags: LineFlags,
+    pub body: Body,
+}
+
+/// `len` bytes at `start` of chunk `chunk` of a list of chunks: a [`Line`]'s body.
+/// An empty span names no chunk ([`Span::EMPTY`]). Which list depends on where the
+/// line is: out of the framer, its [`Out::chunks`]; in a package, its
+/// [`crate::batch::Batch::chunks`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub chunk: u32,
+    pub start: u32,
+    pub len: u32,
+}
+
+impl Span {
+    /// No bytes, in no chunk: an empty body needs no chunk to be held.
+    pub const EMPTY: Span = Span {
+        chunk: u32::MAX,
+        start: 0,
+        len: 0,
+    };
+
+    #[inline]
+    pub fn len(self) -> usize {
+        self.len as usize
+    }
+
+    #[inline]
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes, resolved in `chunks`; a span outside them (which the invariants of
+    /// [`Out`] and of a package rule out) reads as empty.
+    #[inline]
+    pub fn get(self, chunks: &[Bytes]) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        Body::span_in(chunks, self.chunk, self.start, self.len).map_or(&[][..], |(c, r)| &c[r])
+    }
+
+    /// The bytes as a `Bytes` of their own (a slice of their chunk: one reference
+    /// count), for a destination that needs ownership.
+    pub fn to_bytes(self, chunks: &[Bytes]) -> Bytes {
+        if self.len == 0 {
+            return Bytes::new();
+        }
+        Body::span_in(chunks, self.chunk, self.start, self.len)
+            .map(|(c, range)| c.slice(range))
+            .unwrap_or_default()
+    }
+
+    /// The same bytes as a [`Body`] span (a parsed field's value is one).
+    #[inline]
+    pub fn as_body(self) -> Body {
+        Body::Span {
+            chunk: self.chunk,
+            start: self.start,
+            len: self.len,
+        }
+    }
+}
+
+/// One log record: a span of its source plus what framing learned about it.
+///
+/// 32 bytes and no destructor: the body is a [`Span`] of a list of chunks held beside
+/// the lines (a package's thousands of lines are written once by the input's thread,
+/// read once by a sink's, and dropping them visits none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Line {
     /// Byte offset in the source of the first byte of this record (for CRI: of the
     /// first CRI line that contributed to it).
@@ -231,10 +312,100 @@ pub struct Line {
     /// Nanoseconds since the Unix epoch: the runtime's timestamp (CRI, docker) or,
     /// for plain files, the time the chunk was read.
     pub timestamp_ns: i64,
+    /// The message, without terminator and without the CRI/docker envelope.
+    pub body: Span,
     pub stream: Stream,
     pub flags: LineFlags,
-    /// The message, without terminator and without the CRI/docker envelope.
-    pub body: Body,
+}
+
+const _: () = assert!(std::mem::size_of::<Line>() == 32);
+const _: () = assert!(!std::mem::needs_drop::<Line>());
+
+/// Where a [`Framer`] call puts the lines it completes: appended to `lines`, their
+/// spans of `chunks`.
+///
+/// Each call begins `chunks` anew: index 0 is the chunk pushed (an empty one for calls
+/// without a chunk), then each body of its own, one chunk each, in the order their
+/// lines came. So the lines a call appended must be taken (with their chunks) before
+/// the next call: [`crate::batch::BatchBuilder`] does, line by line or all at once.
+pub struct Out<'a> {
+    pub lines: &'a mut Vec<Line>,
+    pub chunks: &'a mut Vec<Bytes>,
+}
+
+impl Out<'_> {
+    /// Begins a framer call whose spans are of `chunk`.
+    pub(crate) fn begin(&mut self, chunk: &Bytes) {
+        self.chunks.clear();
+        self.chunks.push(chunk.clone());
+    }
+
+    /// Appends `record` as a line: a span of the chunk pushed stays one, a body of its
+    /// own becomes a chunk of its own.
+    #[inline(always)]
+    pub(crate) fn emit(&mut self, record: Record) {
+        let Record {
+            offset,
+            timestamp_ns,
+            stream,
+            flags,
+            body,
+        } = record;
+        let body = match body {
+            Body::Span { chunk, start, len } => Span { chunk, start, len },
+            Body::Owned(bytes) => self.own(bytes),
+        };
+        self.lines.push(Line {
+            offset,
+            timestamp_ns,
+            body,
+            stream,
+            flags,
+        });
+    }
+
+    /// `bytes` as a chunk of their own.
+    #[inline(never)]
+    pub(crate) fn own(&mut self, bytes: Bytes) -> Span {
+        own(self.chunks, bytes)
+    }
+}
+
+/// `bytes` as a chunk of their own, added to `chunks`: how a stage that rewrites a
+/// line's body gives it its new one.
+pub fn own(chunks: &mut Vec<Bytes>, bytes: Bytes) -> Span {
+    if bytes.is_empty() {
+        return Span::EMPTY;
+    }
+    let len = bytes.len().min(u32::MAX as usize) as u32;
+    chunks.push(bytes);
+    Span {
+        chunk: (chunks.len() - 1) as u32,
+        start: 0,
+        len,
+    }
+}
+
+/// Lines and the chunks their spans index, owned: what a [`Framer`] call gives, for
+/// tests and stages that keep it.
+#[derive(Debug, Default)]
+pub struct Framed {
+    pub lines: Vec<Line>,
+    pub chunks: Vec<Bytes>,
+}
+
+impl Framed {
+    pub fn out(&mut self) -> Out<'_> {
+        Out {
+            lines: &mut self.lines,
+            chunks: &mut self.chunks,
+        }
+    }
+
+    /// The body of `line`, one of these lines.
+    pub fn body(&self, line: &Line) -> &[u8] {
+        line.body.get(&self.chunks)
+    }
 }
 
 #[cfg(test)]

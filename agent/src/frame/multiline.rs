@@ -31,7 +31,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::partial::Slots;
-use super::{Body, Line, LineFlags};
+use super::{Body, LineFlags, Record};
 use crate::config::{MultilineConfig, StartPattern};
 
 /// An open record.
@@ -40,7 +40,7 @@ pub(crate) struct Group {
     /// The first line. Its body is the record's while no line had to be copied (a
     /// span lengthened over the lines right behind it, see "Memory and copies"), then
     /// empty: `joined` is the record's body from there on.
-    pub first: Line,
+    pub first: Record,
     /// The joined body, once a line could not lengthen the span.
     joined: Option<BytesMut>,
     lines: usize,
@@ -49,7 +49,7 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    fn append(&mut self, line: &Line, chunks: &[Bytes], max: usize) {
+    fn append(&mut self, line: &Record, chunks: &[Bytes], max: usize) {
         let first = &mut self.first;
         first.flags.insert(line.flags);
         self.lines += 1;
@@ -62,7 +62,7 @@ impl Group {
             None => {
                 let mut buf = BytesMut::with_capacity((first.body.len() + 1 + body.len()).min(max));
                 buf.extend_from_slice(first.body.get(chunks));
-                // The joined buffer is the record's body from here on (`into_line`).
+                // The joined buffer is the record's body from here on (`into_record`).
                 first.body = Body::Owned(Bytes::new());
                 self.joined.insert(buf)
             }
@@ -81,7 +81,7 @@ impl Group {
         }
     }
 
-    fn into_line(self) -> Line {
+    fn into_record(self) -> Record {
         let mut line = self.first;
         if let Some(joined) = self.joined {
             line.body = Body::Owned(joined.freeze());
@@ -150,13 +150,13 @@ impl Multiline {
     /// Feeds one (decoded) line, a span of `chunks` or a body of its own; completed
     /// records go to `out`, spans of `chunks` or bodies of their own. Call
     /// [`detach`](Self::detach) before `chunks` go.
-    pub fn push(&mut self, line: Line, chunks: &[Bytes], now: Instant, out: &mut Vec<Line>) {
+    pub fn push(&mut self, line: Record, chunks: &[Bytes], now: Instant, out: &mut Vec<Record>) {
         let starts = self.start().is_match(line.body.get(chunks));
         let max_lines = self.config.max_lines;
         let slot = &mut self.groups[line.stream as usize];
         if starts {
             if let Some(done) = slot.take() {
-                out.push(done.into_line());
+                out.push(done.into_record());
             }
             if max_lines <= 1 {
                 out.push(line);
@@ -172,7 +172,7 @@ impl Multiline {
             group.append(&line, chunks, self.max_bytes);
             group.last_at = now;
             if group.lines >= max_lines {
-                out.push(slot.take().expect("just matched").into_line());
+                out.push(slot.take().expect("just matched").into_record());
             }
         } else {
             out.push(line);
@@ -198,17 +198,17 @@ impl Multiline {
     }
 
     /// Emits every record whose last line is at least `flush_timeout` old.
-    pub fn flush_expired(&mut self, now: Instant, out: &mut Vec<Line>) {
+    pub fn flush_expired(&mut self, now: Instant, out: &mut Vec<Record>) {
         let timeout = self.config.flush_timeout;
         self.flush_where(out, |g| now.saturating_duration_since(g.last_at) >= timeout);
     }
 
     /// Emits every open record (the source ended), oldest first.
-    pub fn flush_all(&mut self, out: &mut Vec<Line>) {
+    pub fn flush_all(&mut self, out: &mut Vec<Record>) {
         self.flush_where(out, |_| true);
     }
 
-    fn flush_where(&mut self, out: &mut Vec<Line>, due: impl Fn(&Group) -> bool) {
+    fn flush_where(&mut self, out: &mut Vec<Record>, due: impl Fn(&Group) -> bool) {
         self.assert_detached();
         let mut ready: [Option<Group>; 3] = [None, None, None];
         for (slot, r) in self.groups.iter_mut().zip(&mut ready) {
@@ -218,7 +218,7 @@ impl Multiline {
         }
         let mut ready: Vec<Group> = ready.into_iter().flatten().collect();
         ready.sort_by_key(|g| g.first.offset);
-        out.extend(ready.into_iter().map(Group::into_line));
+        out.extend(ready.into_iter().map(Group::into_record));
     }
 
     pub fn oldest_offset(&self) -> Option<u64> {
@@ -233,13 +233,13 @@ impl Multiline {
     /// Installs carried open records, rebased to `offset`. A carried record whose
     /// stream already has an open record (which began with a start line) is complete:
     /// it is returned to be emitted as is.
-    pub fn accept(&mut self, carried: Slots<Group>, offset: u64) -> Vec<Line> {
+    pub fn accept(&mut self, carried: Slots<Group>, offset: u64) -> Vec<Record> {
         let mut complete = Vec::new();
         for (slot, carried) in self.groups.iter_mut().zip(carried) {
             let Some(mut carried) = carried else { continue };
             carried.first.offset = offset;
             if slot.is_some() {
-                complete.push(carried.into_line());
+                complete.push(carried.into_record());
             } else {
                 *slot = Some(carried);
             }
@@ -249,13 +249,13 @@ impl Multiline {
 }
 
 /// Turns carried groups into records for a framer without multiline grouping.
-pub(crate) fn groups_into_lines(groups: Slots<Group>, offset: u64) -> Vec<Line> {
+pub(crate) fn groups_into_lines(groups: Slots<Group>, offset: u64) -> Vec<Record> {
     groups
         .into_iter()
         .flatten()
         .map(|mut g| {
             g.first.offset = offset;
-            g.into_line()
+            g.into_record()
         })
         .collect()
 }
@@ -278,8 +278,8 @@ mod tests {
         }
     }
 
-    fn line(offset: u64, stream: Stream, body: &str) -> Line {
-        Line {
+    fn line(offset: u64, stream: Stream, body: &str) -> Record {
+        Record {
             offset,
             timestamp_ns: offset as i64 * 10,
             stream,
@@ -288,7 +288,7 @@ mod tests {
         }
     }
 
-    fn bodies(lines: &[Line]) -> Vec<&str> {
+    fn bodies(lines: &[Record]) -> Vec<&str> {
         lines
             .iter()
             .map(|l| std::str::from_utf8(l.body.get(NO_CHUNKS)).unwrap())
@@ -424,7 +424,7 @@ mod tests {
 
     /// The spans of a raw chunk's lines, as the framer hands them out (`\n` and a `\r`
     /// before it stripped).
-    fn spans_of(chunk: &Bytes) -> Vec<Line> {
+    fn spans_of(chunk: &Bytes) -> Vec<Record> {
         let mut lines = Vec::new();
         let mut start = 0;
         for (i, _) in chunk.iter().enumerate().filter(|(_, b)| **b == b'\n') {
@@ -433,7 +433,7 @@ mod tests {
             } else {
                 i
             };
-            lines.push(Line {
+            lines.push(Record {
                 offset: start as u64,
                 timestamp_ns: 0,
                 stream: Stream::None,
@@ -498,7 +498,7 @@ mod tests {
             line.body.make_owned(chunks);
             m.push(line, NO_CHUNKS, now, &mut copies);
         }
-        let texts = |lines: &[Line]| -> Vec<(Vec<u8>, LineFlags)> {
+        let texts = |lines: &[Record]| -> Vec<(Vec<u8>, LineFlags)> {
             lines
                 .iter()
                 .map(|l| (l.body.get(chunks).to_vec(), l.flags))

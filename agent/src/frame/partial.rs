@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::{Body, Line, LineFlags, Stream};
+use super::{Body, LineFlags, Record, Stream};
 
 /// A message whose closing fragment has not been seen yet.
 #[derive(Clone, Debug)]
@@ -38,12 +38,12 @@ impl Pending {
         }
     }
 
-    fn into_line(self, stream: Stream) -> Line {
+    fn into_record(self, stream: Stream) -> Record {
         let mut flags = self.flags;
         if self.fragments > 1 {
             flags.insert(LineFlags::REASSEMBLED);
         }
-        Line {
+        Record {
             offset: self.offset,
             timestamp_ns: self.timestamp_ns,
             stream,
@@ -80,7 +80,7 @@ impl Reassembler {
     /// Emits, flagged UNTERMINATED, every incomplete message whose last fragment came
     /// at or before `cutoff`: its stream stopped mid-line (a container that exited
     /// after a last line without a newline), and no closing fragment is coming.
-    pub fn flush_idle(&mut self, cutoff: Instant, mut emit: impl FnMut(Line)) {
+    pub fn flush_idle(&mut self, cutoff: Instant, mut emit: impl FnMut(Record)) {
         let mut idle: Vec<(Stream, Pending)> = Vec::new();
         for (i, slot) in self.pending.iter_mut().enumerate() {
             if slot.as_ref().is_some_and(|p| p.last_at <= cutoff) {
@@ -91,7 +91,7 @@ impl Reassembler {
         idle.sort_by_key(|(_, p)| p.offset);
         for (stream, mut p) in idle {
             p.flags.insert(LineFlags::UNTERMINATED);
-            emit(p.into_line(stream));
+            emit(p.into_record(stream));
         }
     }
 
@@ -116,9 +116,9 @@ impl Reassembler {
         message: Body,
         bytes: &[u8],
         last: bool,
-    ) -> Option<Line> {
+    ) -> Option<Record> {
         if last && self.pending[stream as usize].is_none() {
-            let mut line = Line {
+            let mut line = Record {
                 offset,
                 timestamp_ns,
                 stream,
@@ -145,7 +145,7 @@ impl Reassembler {
         flags: LineFlags,
         bytes: &[u8],
         last: bool,
-    ) -> Option<Line> {
+    ) -> Option<Record> {
         let slot = &mut self.pending[stream as usize];
         match slot {
             None => {
@@ -168,7 +168,7 @@ impl Reassembler {
                 pending.last_at = self.now;
                 pending.append(bytes, self.max);
                 if last {
-                    slot.take().map(|p| p.into_line(stream))
+                    slot.take().map(|p| p.into_record(stream))
                 } else {
                     None
                 }
@@ -183,7 +183,7 @@ impl Reassembler {
 
     /// Every incomplete message as a record (the source ended), oldest first,
     /// flagged UNTERMINATED: its closing fragment never came.
-    pub fn drain(&mut self, mut emit: impl FnMut(Line)) {
+    pub fn drain(&mut self, mut emit: impl FnMut(Record)) {
         let mut taken: Vec<(Stream, Pending)> = Vec::new();
         for (i, slot) in self.pending.iter_mut().enumerate() {
             if let Some(p) = slot.take() {
@@ -193,7 +193,7 @@ impl Reassembler {
         taken.sort_by_key(|(_, p)| p.offset);
         for (stream, mut p) in taken {
             p.flags.insert(LineFlags::UNTERMINATED);
-            emit(p.into_line(stream));
+            emit(p.into_record(stream));
         }
     }
 
@@ -237,7 +237,7 @@ mod tests {
         flags: LineFlags,
         message: Bytes,
         last: bool,
-    ) -> Option<Line> {
+    ) -> Option<Record> {
         let bytes = message.clone();
         r.fragment(
             stream,
@@ -250,7 +250,7 @@ mod tests {
         )
     }
 
-    fn text(line: &Line) -> &[u8] {
+    fn text(line: &Record) -> &[u8] {
         line.body.get(super::super::NO_CHUNKS)
     }
 

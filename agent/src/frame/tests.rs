@@ -22,13 +22,48 @@ fn ml(start: &str, max_lines: usize) -> Option<MultilineConfig> {
     })
 }
 
-/// [`Framer::push`], the records' spans made owned to compare them with expected bytes.
-fn push(f: &mut Framer, chunk: Bytes, read_time_ns: i64, now: Instant, out: &mut Vec<Line>) {
-    let start = out.len();
-    f.push(&chunk, read_time_ns, now, out);
-    for line in &mut out[start..] {
-        line.body.make_owned(std::slice::from_ref(&chunk));
-    }
+/// [`Framer::push`], the lines made records of their own bodies to compare them with
+/// expected bytes.
+fn push(f: &mut Framer, chunk: Bytes, read_time_ns: i64, now: Instant, out: &mut Vec<Record>) {
+    let mut framed = Framed::default();
+    f.push(&chunk, read_time_ns, now, &mut framed.out());
+    out.extend(records(framed));
+}
+
+/// [`Framer::finish`] into `out`, as [`push`] does.
+fn finish(f: &mut Framer, out: &mut Vec<Record>) {
+    let mut framed = Framed::default();
+    f.finish(&mut framed.out());
+    out.extend(records(framed));
+}
+
+/// [`Framer::flush_expired`] into `out`, as [`push`] does.
+fn flush_expired(f: &mut Framer, now: Instant, out: &mut Vec<Record>) {
+    let mut framed = Framed::default();
+    f.flush_expired(now, &mut framed.out());
+    out.extend(records(framed));
+}
+
+/// [`Framer::flush_idle`] into `out`, as [`push`] does.
+fn flush_idle(f: &mut Framer, now: Instant, out: &mut Vec<Record>) {
+    let mut framed = Framed::default();
+    f.flush_idle(now, &mut framed.out());
+    out.extend(records(framed));
+}
+
+/// The lines of `framed` as records whose bodies are bytes of their own.
+fn records(framed: Framed) -> Vec<Record> {
+    framed
+        .lines
+        .iter()
+        .map(|l| Record {
+            offset: l.offset,
+            timestamp_ns: l.timestamp_ns,
+            stream: l.stream,
+            flags: l.flags,
+            body: Body::Owned(l.body.to_bytes(&framed.chunks)),
+        })
+        .collect()
 }
 
 /// Pushes `chunks` then finishes; returns (records before finish, all records).
@@ -38,7 +73,7 @@ fn frame(
     multiline: Option<MultilineConfig>,
     start: u64,
     chunks: &[&[u8]],
-) -> (Vec<Line>, Vec<Line>) {
+) -> (Vec<Record>, Vec<Record>) {
     let mut f = Framer::new(format, max, multiline, start);
     let mut out = Vec::new();
     let now = Instant::now();
@@ -46,16 +81,16 @@ fn frame(
         push(&mut f, Bytes::copy_from_slice(c), READ_NS, now, &mut out);
     }
     let pushed = out.clone();
-    f.finish(&mut out);
+    finish(&mut f, &mut out);
     (pushed, out)
 }
 
-fn bodies(lines: &[Line]) -> Vec<&[u8]> {
+fn bodies(lines: &[Record]) -> Vec<&[u8]> {
     lines.iter().map(|l| l.body.get(NO_CHUNKS)).collect()
 }
 
-fn rec(offset: u64, ts: i64, stream: Stream, flags: LineFlags, body: &[u8]) -> Line {
-    Line {
+fn rec(offset: u64, ts: i64, stream: Stream, flags: LineFlags, body: &[u8]) -> Record {
+    Record {
         offset,
         timestamp_ns: ts,
         stream,
@@ -113,14 +148,14 @@ fn raw_lines_offsets_and_timestamps() {
 fn raw_lines_are_spans_of_the_chunk() {
     let chunk = Bytes::from(b"alpha\nbeta\ngamma\n".to_vec());
     let mut f = Framer::new(Format::Raw, 64, None, 0);
-    let mut out = Vec::new();
-    f.push(&chunk, READ_NS, Instant::now(), &mut out);
-    let spans: Vec<Body> = out.into_iter().map(|l| l.body).collect();
+    let mut out = Framed::default();
+    f.push(&chunk, READ_NS, Instant::now(), &mut out.out());
+    let spans: Vec<Span> = out.lines.iter().map(|l| l.body).collect();
     assert_eq!(spans, [span(0, 5), span(6, 4), span(11, 5)]);
 }
 
-fn span(start: u32, len: u32) -> Body {
-    Body::Span {
+fn span(start: u32, len: u32) -> Span {
+    Span {
         chunk: 0,
         start,
         len,
@@ -147,7 +182,7 @@ fn resume_offset_tracks_the_unterminated_line() {
     assert_eq!(f.resume_offset(), 1008);
     assert_eq!(bodies(&out), [&b"ab"[..], b"cdef"]);
     push(&mut f, Bytes::from_static(b"tail"), READ_NS, now, &mut out);
-    f.finish(&mut out);
+    finish(&mut f, &mut out);
     assert_eq!(f.resume_offset(), 1012);
 }
 
@@ -222,11 +257,16 @@ fn invalid_utf8_and_nul_pass_through() {
 fn cri_full_record_is_a_span() {
     let chunk = Bytes::from(cri("stdout", "F", "hello").into_bytes());
     let mut f = Framer::new(Format::Cri, 64, None, 0);
-    let mut out = Vec::new();
-    f.push(&chunk, READ_NS, Instant::now(), &mut out);
-    let mut expected = rec(0, TS_NS, Stream::Stdout, NONE, b"");
-    expected.body = span(TS.len() as u32 + 10, 5);
-    assert_eq!(out, vec![expected]);
+    let mut out = Framed::default();
+    f.push(&chunk, READ_NS, Instant::now(), &mut out.out());
+    let expected = Line {
+        offset: 0,
+        timestamp_ns: TS_NS,
+        body: span(TS.len() as u32 + 10, 5),
+        stream: Stream::Stdout,
+        flags: NONE,
+    };
+    assert_eq!(out.lines, vec![expected]);
 }
 
 #[test]
@@ -516,10 +556,10 @@ fn multiline_flush_timeout_through_framer() {
         t0,
         &mut out,
     );
-    f.flush_expired(t0 + Duration::from_millis(999), &mut out);
+    flush_expired(&mut f, t0 + Duration::from_millis(999), &mut out);
     assert!(out.is_empty());
     assert_eq!(f.resume_offset(), 0);
-    f.flush_expired(t0 + Duration::from_secs(1), &mut out);
+    flush_expired(&mut f, t0 + Duration::from_secs(1), &mut out);
     assert_eq!(bodies(&out), [&b"S start\n more"[..]]);
     assert_eq!(f.resume_offset(), 14);
 }
@@ -584,7 +624,7 @@ fn cri_partial_continues_in_the_rotated_successor() {
         cri("stdout", "F", "done").len() as u64
     );
     assert_eq!(old.resume_offset(), old_input.len() as u64);
-    old.finish(&mut out);
+    finish(&mut old, &mut out);
     assert_eq!(bodies(&out), [&b"done"[..]]);
     assert!(old.take_carry().is_none());
 
@@ -623,7 +663,7 @@ fn multiline_record_continues_in_the_rotated_successor() {
         &mut out,
     );
     let carry = old.take_carry().unwrap();
-    old.finish(&mut out);
+    finish(&mut old, &mut out);
     assert!(out.is_empty());
 
     let mut new = Framer::new(Format::Raw, 1024, ml("^S", 100), 7);
@@ -724,7 +764,7 @@ fn check_chunking_and_resume(
             resume,
             &[&input[(resume - BASE) as usize..]],
         );
-        let combined: Vec<Line> = if exact {
+        let combined: Vec<Record> = if exact {
             emitted.iter().chain(&rest).cloned().collect()
         } else {
             let seen: std::collections::HashSet<u64> = emitted.iter().map(|l| l.offset).collect();
@@ -760,7 +800,7 @@ fn raw_input() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// The raw framing model: split at `\n`, strip one `\r`, cut at `max`.
-fn raw_model(input: &[u8], max: usize, base: u64) -> Vec<Line> {
+fn raw_model(input: &[u8], max: usize, base: u64) -> Vec<Record> {
     let mut out = Vec::new();
     let mut offset = base;
     for piece in input.split_inclusive(|&b| b == b'\n') {
@@ -955,9 +995,9 @@ fn a_partial_with_no_closing_fragment_is_flushed_after_the_timeout() {
     assert_eq!(bodies(&out), vec![&b"before"[..]]);
     assert_eq!(f.resume_offset(), first.len() as u64);
 
-    f.flush_idle(t0 + Duration::from_millis(1900), &mut out);
+    flush_idle(&mut f, t0 + Duration::from_millis(1900), &mut out);
     assert_eq!(out.len(), 1, "not yet");
-    f.flush_idle(t0 + Duration::from_millis(2100), &mut out);
+    flush_idle(&mut f, t0 + Duration::from_millis(2100), &mut out);
     assert_eq!(bodies(&out), vec![&b"before"[..], &b"last words"[..]]);
     assert!(out[1].flags.contains(LineFlags::UNTERMINATED));
     assert_eq!(out[1].offset, first.len() as u64);
@@ -1000,7 +1040,7 @@ fn a_partial_waits_for_its_closing_fragment_within_the_timeout() {
         &mut out,
     );
     // 3 s after the first fragment, 1.5 s after the last: not idle long enough.
-    f.flush_idle(t0 + Duration::from_millis(3000), &mut out);
+    flush_idle(&mut f, t0 + Duration::from_millis(3000), &mut out);
     assert!(out.is_empty());
     push(
         &mut f,

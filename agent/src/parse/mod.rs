@@ -50,7 +50,7 @@ use bytes::Bytes;
 
 use crate::batch::Field;
 use crate::config::ParserConfig;
-use crate::frame::{Body, Line, LineFlags};
+use crate::frame::{Body, Line, LineFlags, Record, Span};
 
 /// The parse stage of one source.
 #[derive(Debug)]
@@ -92,21 +92,23 @@ impl Parser {
         Parser { kind }
     }
 
-    /// Parses `line.body`; pushes its fields (with `Field.line = index`) onto `fields`.
+    /// Parses `record.body`; pushes its fields (with `Field.line = index`) onto
+    /// `fields`.
     ///
     /// Always validates the body's UTF-8: invalid UTF-8 sets [`LineFlags::INVALID_UTF8`]
     /// and the body stays bytes (parsers other than JSON still run on the bytes). On a
     /// parse failure sets [`LineFlags::PARSE_FAILED`], pushes no field, leaves the body
     /// raw and returns `false`. [`ParserConfig::None`] only validates UTF-8. The body
-    /// is owned (a test's line); see [`apply_with`](Self::apply_with) for spans.
-    pub fn apply(&self, line: &mut Line, index: u32, fields: &mut Vec<Field>) -> bool {
-        self.apply_with(line, crate::frame::NO_CHUNKS, index, fields, false)
+    /// is owned (a test's record); see [`apply_with`](Self::apply_with) for lines.
+    pub fn apply(&self, record: &mut Record, index: u32, fields: &mut Vec<Field>) -> bool {
+        let body = &Text::of(&record.body, crate::frame::NO_CHUNKS);
+        self.parse(body, &mut record.flags, index, fields, false)
     }
 
-    /// [`apply`](Self::apply) for a body already known to be valid UTF-8 when
-    /// `known_utf8` (from [`Utf8Checked::vouches_for`]); `false` means "not known",
-    /// and the body is checked here. A span body is of `chunks`, and so are the span
-    /// values of the fields pushed (see [`Text`]): no reference count per record.
+    /// [`apply`](Self::apply) for a framed line, whose body is a span of `chunks`, and
+    /// so are the span values of the fields pushed (see [`Text`]): no reference count
+    /// per record. The body is already known to be valid UTF-8 when `known_utf8` (from
+    /// [`Utf8Checked::vouches_for`]); `false` means "not known", and it is checked here.
     pub fn apply_with(
         &self,
         line: &mut Line,
@@ -122,7 +124,18 @@ impl Parser {
             }
             return true;
         }
-        let body = &Text::of(&line.body, chunks);
+        let body = &Text::of_span(line.body, chunks);
+        self.parse(body, &mut line.flags, index, fields, known_utf8)
+    }
+
+    fn parse(
+        &self,
+        body: &Text,
+        flags: &mut LineFlags,
+        index: u32,
+        fields: &mut Vec<Field>,
+        known_utf8: bool,
+    ) -> bool {
         let start = fields.len();
         let valid_utf8 = known_utf8 || std::str::from_utf8(body).is_ok();
         let parsed = match &self.kind {
@@ -135,12 +148,12 @@ impl Parser {
             Kind::Syslog => syslog::parse(body, index, fields),
         };
         if !valid_utf8 {
-            line.flags.insert(LineFlags::INVALID_UTF8);
+            flags.insert(LineFlags::INVALID_UTF8);
         }
         if !parsed {
             // A parser may have pushed some fields before finding the line malformed.
             fields.truncate(start);
-            line.flags.insert(LineFlags::PARSE_FAILED);
+            flags.insert(LineFlags::PARSE_FAILED);
         }
         parsed
     }
@@ -262,6 +275,25 @@ impl<'a> Text<'a> {
                 None => Text::owned(&EMPTY),
             },
             Body::Owned(ref bytes) => Text::owned(bytes),
+        }
+    }
+
+    /// A line's body, a span of `chunks` (its own chunk, for a body of its own).
+    pub fn of_span(span: Span, chunks: &'a [Bytes]) -> Text<'a> {
+        static EMPTY: Bytes = Bytes::new();
+        if span.len == 0 {
+            return Text::owned(&EMPTY);
+        }
+        match Body::span_in(chunks, span.chunk, span.start, span.len) {
+            Some((bytes, range)) => Text {
+                bytes: &bytes[range],
+                whence: Whence::Span {
+                    chunk: bytes,
+                    index: span.chunk,
+                    start: span.start,
+                },
+            },
+            _ => Text::owned(&EMPTY),
         }
     }
 

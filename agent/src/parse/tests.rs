@@ -7,15 +7,26 @@ use regex::bytes::Regex;
 use super::{Parser, Utf8Checked};
 use crate::batch::Field;
 use crate::config::ParserConfig;
-use crate::frame::{Line, LineFlags, NO_CHUNKS, Stream};
+use crate::frame::{Line, LineFlags, NO_CHUNKS, Record, Span, Stream};
 
-fn line(body: &[u8]) -> Line {
-    Line {
+fn line(body: &[u8]) -> Record {
+    Record {
         offset: 0,
         timestamp_ns: 0,
         stream: Stream::Stdout,
         flags: LineFlags::empty(),
         body: Bytes::copy_from_slice(body).into(),
+    }
+}
+
+/// A framed line whose body is `len` bytes at `start` of chunk `chunk`.
+fn span_line(chunk: u32, start: u32, len: u32) -> Line {
+    Line {
+        offset: 0,
+        timestamp_ns: 0,
+        body: Span { chunk, start, len },
+        stream: Stream::Stdout,
+        flags: LineFlags::empty(),
     }
 }
 
@@ -237,15 +248,8 @@ fn apply_with_a_chunk_check_flags_like_apply() {
     for config in all_configs() {
         let parser = Parser::new(&config);
         for range in [0..7, 8..17, 18..23, 18..22] {
-            let mut with = Line {
-                body: crate::frame::Body::Span {
-                    chunk: 0,
-                    start: range.start as u32,
-                    len: range.len() as u32,
-                },
-                ..line(b"")
-            };
-            let mut without = Line {
+            let mut with = span_line(0, range.start as u32, range.len() as u32);
+            let mut without = Record {
                 body: chunk.slice(range.clone()).into(),
                 ..line(b"")
             };
@@ -447,14 +451,7 @@ fn a_span_body_gets_the_same_fields_as_spans_of_its_chunk() {
         let chunk = Bytes::from([&b"earlier line\n"[..], body, b"\nlater"].concat());
         let chunks = [Bytes::from_static(b"another chunk"), chunk];
         let start = 13;
-        let mut spanned = Line {
-            body: crate::frame::Body::Span {
-                chunk: 1,
-                start: start as u32,
-                len: body.len() as u32,
-            },
-            ..line(b"")
-        };
+        let mut spanned = span_line(1, start as u32, body.len() as u32);
         let mut span_fields = Vec::new();
         assert!(parser.apply_with(&mut spanned, &chunks, 3, &mut span_fields, false));
         let (ok, flags, owned_fields) = kinds(&parser, body);
@@ -515,14 +512,7 @@ fn check_span_and_owned_agree(body: &[u8]) -> Result<(), TestCaseError> {
     let chunks = [Bytes::from([&b"ab"[..], body, b"c"].concat())];
     for config in all_configs().into_iter().chain([ParserConfig::Syslog]) {
         let parser = Parser::new(&config);
-        let mut spanned = Line {
-            body: crate::frame::Body::Span {
-                chunk: 0,
-                start: 2,
-                len: body.len() as u32,
-            },
-            ..line(b"")
-        };
+        let mut spanned = span_line(0, 2, body.len() as u32);
         let mut span_fields = Vec::new();
         let ok = parser.apply_with(&mut spanned, &chunks, 0, &mut span_fields, false);
         let mut owned = line(body);

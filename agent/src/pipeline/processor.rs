@@ -20,7 +20,7 @@ use crate::checkpoint::SharedRegistry;
 use crate::config::{Config, Format};
 use crate::discovery::PodLogRef;
 use crate::enrich::{Enricher, SourceEnrichment, SourceFields};
-use crate::frame::{Framer, Line, LineFlags, Stream};
+use crate::frame::{Framer, Line, LineFlags, Out, Stream};
 use crate::metrics::catalogue::{
     CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, INPUT_PARSE_FAILURES_TOTAL, LINES_FILTERED_TOTAL,
     LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL,
@@ -107,6 +107,9 @@ pub struct Pipeline {
     fanout: Fanout,
     /// Reused between chunks: framed records on their way into a package.
     scratch: Vec<Line>,
+    /// What the framer's lines (in `scratch` or appended to a package) are spans of,
+    /// until the package takes them (see [`Out`]).
+    scratch_chunks: Vec<Bytes>,
     /// The UTF-8 check of the chunk whose records are in `scratch`, if it was done.
     chunk_utf8: Option<Utf8Checked>,
     /// Reused by `tick`: the sources to visit.
@@ -150,6 +153,7 @@ impl Pipeline {
             slots: HashMap::new(),
             fanout: Fanout::default(),
             scratch: Vec::new(),
+            scratch_chunks: Vec::new(),
             chunk_utf8: None,
             tick_ids: Vec::new(),
             stalled: Duration::ZERO,
@@ -217,9 +221,15 @@ impl Pipeline {
         let ids: Vec<SourceId> = self.slots.keys().copied().collect();
         for id in ids {
             if let Some(slot) = self.slots.get_mut(&id) {
-                slot.framer.flush_expired(far, &mut self.scratch);
+                slot.framer.flush_expired(
+                    far,
+                    &mut Out {
+                        lines: &mut self.scratch,
+                        chunks: &mut self.scratch_chunks,
+                    },
+                );
             }
-            self.absorb(id, &Bytes::new(), Instant::now());
+            self.absorb(id, Instant::now());
         }
         self.seal_all();
     }
@@ -332,11 +342,12 @@ impl Pipeline {
         metrics::counter!(PACKAGES_SHIPPED_EARLY_TOTAL).increment(shipped);
     }
 
-    /// Parses the records in `scratch` (their spans of `chunk`, the one pushed) into the
-    /// slot's package and ships it if due.
-    fn absorb(&mut self, source: SourceId, chunk: &Bytes, now: Instant) {
+    /// Parses the records in `scratch` (their spans of `scratch_chunks`) into the slot's
+    /// package and ships it if due.
+    fn absorb(&mut self, source: SourceId, now: Instant) {
         let Some(slot) = self.slots.get_mut(&source) else {
             self.scratch.clear();
+            self.scratch_chunks.clear();
             return;
         };
         let parser = &self.parsers[slot.config];
@@ -354,7 +365,7 @@ impl Pipeline {
                 continue;
             }
             let index = slot.builder.next_index();
-            let chunks = std::slice::from_ref(chunk);
+            let chunks = &mut self.scratch_chunks;
             let known_utf8 = self
                 .chunk_utf8
                 .as_ref()
@@ -385,8 +396,10 @@ impl Pipeline {
                     continue;
                 }
             }
-            slot.builder.push(line, chunk, now);
+            slot.builder.push(line, chunks, now);
         }
+        // Chunks of filtered lines, and the read chunk's reference, go now.
+        self.scratch_chunks.clear();
         self.account(source, counts, now);
     }
 
@@ -603,20 +616,31 @@ impl Pipeline {
         if direct {
             let lines = slot.builder.lines_to_append();
             let start = lines.len();
-            slot.framer.push(&chunk, written_ns, framer_now, lines);
+            let chunks = &mut self.scratch_chunks;
+            slot.framer
+                .push(&chunk, written_ns, framer_now, &mut Out { lines, chunks });
             let mut counts = Counts::default();
             let utf8 = self.chunk_utf8.as_ref();
             let tag = slot.stream;
             slot.builder
-                .appended(start, &chunk, now, |body, stream, flags| {
+                .appended(start, chunks, now, |body, stream, flags| {
                     unparsed(body, stream, flags, tag, utf8, &mut counts)
                 });
+            // What the package did not take (the read chunk's reference) goes now.
+            chunks.clear();
             self.chunk_utf8 = None;
             self.account(source, counts, now);
         } else {
-            slot.framer
-                .push(&chunk, written_ns, framer_now, &mut self.scratch);
-            self.absorb(source, &chunk, now);
+            slot.framer.push(
+                &chunk,
+                written_ns,
+                framer_now,
+                &mut Out {
+                    lines: &mut self.scratch,
+                    chunks: &mut self.scratch_chunks,
+                },
+            );
+            self.absorb(source, now);
             self.chunk_utf8 = None;
         }
     }
@@ -625,8 +649,11 @@ impl Pipeline {
         let Some(slot) = self.slots.get_mut(&source) else {
             return;
         };
-        slot.framer.finish(&mut self.scratch);
-        self.absorb(source, &Bytes::new(), Instant::now());
+        slot.framer.finish(&mut Out {
+            lines: &mut self.scratch,
+            chunks: &mut self.scratch_chunks,
+        });
+        self.absorb(source, Instant::now());
         let Some(slot) = self.slots.get(&source) else {
             return;
         };
@@ -648,9 +675,12 @@ impl Pipeline {
             }
             if reason != EndReason::Shutdown {
                 // The source is done: its unterminated last line is a record now.
-                slot.framer.finish(&mut self.scratch);
+                slot.framer.finish(&mut Out {
+                    lines: &mut self.scratch,
+                    chunks: &mut self.scratch_chunks,
+                });
             }
-            self.absorb(source, &Bytes::new(), now);
+            self.absorb(source, now);
             self.ship(source);
         }
         self.slots.remove(&source);
@@ -663,10 +693,16 @@ impl Pipeline {
         let framer_now = unstalled(now, self.stalled);
         for &id in &ids {
             if let Some(slot) = self.slots.get_mut(&id) {
-                slot.framer.flush_idle(framer_now, &mut self.scratch);
+                slot.framer.flush_idle(
+                    framer_now,
+                    &mut Out {
+                        lines: &mut self.scratch,
+                        chunks: &mut self.scratch_chunks,
+                    },
+                );
             }
             // Ships the package if its timeout passed, even when nothing new came.
-            self.absorb(id, &Bytes::new(), now);
+            self.absorb(id, now);
         }
         ids.clear();
         self.tick_ids = ids;

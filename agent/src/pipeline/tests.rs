@@ -357,12 +357,15 @@ fn records_straight_into_packages_match_the_per_record_path() {
             .map(|b| {
                 b.check_spans();
                 // Bodies resolved: one pipeline's are spans, the other's owned.
-                let lines: Vec<crate::frame::Line> = b
+                let lines: Vec<crate::frame::Record> = b
                     .lines
                     .iter()
-                    .map(|l| crate::frame::Line {
+                    .map(|l| crate::frame::Record {
+                        offset: l.offset,
+                        timestamp_ns: l.timestamp_ns,
+                        stream: l.stream,
+                        flags: l.flags,
                         body: b.body_owned(l).into(),
-                        ..l.clone()
                     })
                     .collect();
                 (b.package_id, b.end_offset, lines, b.fields.clone())
@@ -457,18 +460,22 @@ fn parsed_field_values_are_spans_of_the_package_s_chunks() {
             row(0, "seq", "1", Some(0)),
             row(1, "msg", "a secret", Some(0)),
             row(1, "seq", "2", Some(0)),
-            // Straddles two chunks: the body is a copy, its fields slices of it.
-            row(2, "level", "warn", None),
-            row(2, "seq", "3", None),
-            row(4, "level", "error", Some(2)),
+            // Straddles two chunks: the body is a copy, a chunk of its own in the
+            // package (1), and its fields are spans of it.
+            row(2, "level", "warn", Some(1)),
+            row(2, "seq", "3", Some(1)),
+            // The second read chunk is 2 (the `not json` line), the third 3.
+            row(4, "level", "error", Some(3)),
             row(4, "o", "{\"k\":1}", None),
         ]
     );
     let masked = fields(rx_b);
     assert_eq!(masked[2], row(1, "msg", "a ****", None));
     assert_eq!(masked[3], row(1, "seq", "2", Some(0)));
-    // Chunk 1 has no span there (its one record's body was made a copy), so 2 is 1.
-    assert_eq!(masked[6], row(4, "level", "error", Some(1)));
+    // Only the rewritten body is a new chunk (1), before the straddling line's copy
+    // (2) and the second and third read chunks (3, 4): a body the mask leaves as it
+    // was stays a span of its chunk.
+    assert_eq!(masked[6], row(4, "level", "error", Some(4)));
 }
 
 /// Four sources with packages that neither their size nor their age would ship

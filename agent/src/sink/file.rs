@@ -182,7 +182,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::batch::Field;
-    use crate::frame::{Line, LineFlags, Stream};
+    use crate::frame::{LineFlags, Record, Stream};
     use crate::source::{SourceId, SourceInfo, SourceKind};
 
     pub(crate) fn sample_batch() -> Batch {
@@ -193,14 +193,14 @@ pub(crate) mod tests {
             config_name: Arc::from("pods"),
         });
         let lines = vec![
-            Line {
+            Record {
                 offset: 0,
                 timestamp_ns: 1_000,
                 stream: Stream::Stdout,
                 flags: LineFlags::empty(),
                 body: Bytes::from_static(b"hello \"world\"").into(),
             },
-            Line {
+            Record {
                 offset: 20,
                 timestamp_ns: 2_000,
                 stream: Stream::Stderr,
@@ -220,8 +220,9 @@ pub(crate) mod tests {
                 Bytes::from_static(b"ns"),
             ),
         ]);
+        let (chunks, lines) = Batch::pack(lines);
         Batch {
-            chunks: Vec::new(),
+            chunks,
             source,
             package_id: 3,
             lines,
@@ -290,7 +291,7 @@ pub(crate) mod tests {
 #[cfg(test)]
 mod disk_full_tests {
     use super::*;
-    use crate::frame::{Line, LineFlags, Stream};
+    use crate::frame::{LineFlags, Stream};
 
     /// A record larger than the write buffer, hitting a full disk: retried the way
     /// the sink worker does (write until accepted, then flush until durable), it
@@ -308,13 +309,11 @@ mod disk_full_tests {
         let mut big = tests::sample_batch();
         big.lines.truncate(1);
         big.fields.clear();
-        big.lines[0] = Line {
-            offset: 40,
-            timestamp_ns: 3_000,
-            stream: Stream::Stdout,
-            flags: LineFlags::empty(),
-            body: bytes::Bytes::from(vec![b'a'; 600 * 1024]).into(),
-        };
+        big.lines[0].offset = 40;
+        big.lines[0].timestamp_ns = 3_000;
+        big.lines[0].stream = Stream::Stdout;
+        big.lines[0].flags = LineFlags::empty();
+        big.set_body(0, bytes::Bytes::from(vec![b'a'; 600 * 1024]));
         let filler = fs.fill_leaving(64 * 1024);
         let mut filler = Some(filler);
         let mut make_room = || {

@@ -203,7 +203,7 @@ mod tests {
     use super::*;
     use crate::batch::Field;
     use crate::batch::codec;
-    use crate::frame::{Line, LineFlags, Stream};
+    use crate::frame::{LineFlags, Record, Stream};
     use crate::source::{SourceId, SourceInfo, SourceKind};
     use bytes::Bytes;
 
@@ -217,19 +217,7 @@ mod tests {
                 config_name: Arc::from("c"),
             }),
             package_id,
-            lines: (0..4u64)
-                .map(|i| Line {
-                    offset: 100 * package_id + i,
-                    timestamp_ns: 1_700_000_000_000_000_000 + i as i64,
-                    stream: if i % 2 == 0 {
-                        Stream::Stdout
-                    } else {
-                        Stream::Stderr
-                    },
-                    flags: LineFlags::empty(),
-                    body: Bytes::from(format!("line {i}")).into(),
-                })
-                .collect(),
+            lines: Vec::new(),
             fields: vec![
                 Field {
                     line: 1,
@@ -253,6 +241,21 @@ mod tests {
             )]),
             end_offset: 100 * package_id + 4,
         }
+        .with_lines(
+            (0..4u64)
+                .map(|i| Record {
+                    offset: 100 * package_id + i,
+                    timestamp_ns: 1_700_000_000_000_000_000 + i as i64,
+                    stream: if i % 2 == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    },
+                    flags: LineFlags::empty(),
+                    body: Bytes::from(format!("line {i}")).into(),
+                })
+                .collect(),
+        )
     }
 
     /// The destination must not be able to tell a handed-over package from a spooled

@@ -211,7 +211,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::registered_test_source;
     use crate::checkpoint::{Registry, SharedRegistry};
-    use crate::frame::{Line, LineFlags, Stream};
+    use crate::frame::{LineFlags, Record, Stream};
     use bytes::Bytes;
     use std::sync::Mutex;
 
@@ -275,17 +275,18 @@ mod tests {
                 chunks: Vec::new(),
                 source: info.clone(),
                 package_id,
-                lines: vec![Line {
-                    offset: package_id * 10,
-                    timestamp_ns: 0,
-                    stream: Stream::None,
-                    flags: LineFlags::empty(),
-                    body: Bytes::from_static(b"x").into(),
-                }],
+                lines: Vec::new(),
                 fields: Vec::new(),
                 source_fields: Default::default(),
                 end_offset: package_id * 10 + 10,
-            };
+            }
+            .with_lines(vec![Record {
+                offset: package_id * 10,
+                timestamp_ns: 0,
+                stream: Stream::None,
+                flags: LineFlags::empty(),
+                body: Bytes::from_static(b"x").into(),
+            }]);
             registry.sent(source, package_id, batch.end_offset);
             tx.send(batch).unwrap();
         }

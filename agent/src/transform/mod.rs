@@ -140,19 +140,40 @@ impl Transform {
     }
 
     /// Runs the steps on `line`, whose fields are `fields[start..]` (tagged `index`).
-    /// A dropped record's fields are truncated away again. The body is made owned
-    /// first (a span of `chunks`): steps slice it into fields and rewrite it. Field
-    /// values that are spans are of `chunks` too, and stay spans unless rewritten.
+    /// A dropped record's fields are truncated away again. The body (a span of
+    /// `chunks`) is taken as a `Bytes` (one reference count): steps slice it into
+    /// fields and rewrite it; a rewritten body becomes a chunk of its own, added to
+    /// `chunks`. Field values that are spans are of `chunks` too, and stay spans
+    /// unless rewritten.
     pub fn apply(
         &self,
         line: &mut Line,
+        chunks: &mut Vec<Bytes>,
+        index: u32,
+        fields: &mut Vec<Field>,
+        start: usize,
+    ) -> Outcome {
+        let mut body = line.body.to_bytes(chunks);
+        let mut rewritten = false;
+        let outcome = self.run(&mut body, &mut rewritten, chunks, index, fields, start);
+        if rewritten && !outcome.dropped {
+            line.body = crate::frame::own(chunks, body);
+        }
+        outcome
+    }
+
+    /// The steps of [`apply`](Self::apply) over `body`, `rewritten` set when a step
+    /// replaced it.
+    fn run(
+        &self,
+        body: &mut Bytes,
+        rewritten: &mut bool,
         chunks: &[Bytes],
         index: u32,
         fields: &mut Vec<Field>,
         start: usize,
     ) -> Outcome {
         let mut outcome = Outcome::default();
-        let body = line.body.make_owned(chunks);
         for step in &self.steps {
             match step {
                 Step::Filter { keep, target, test } => {
@@ -194,6 +215,7 @@ impl Transform {
                                 .for_each(|f| mask_value(&mut f.value));
                             if let Some(new) = mask(body) {
                                 *body = new;
+                                *rewritten = true;
                             }
                         }
                         Target::Field(name) => fields[start..]

@@ -3,7 +3,7 @@ use bytes::Bytes;
 use super::{Outcome, Transform};
 use crate::batch::Field;
 use crate::config::{Config, ParserConfig};
-use crate::frame::{Line, LineFlags, NO_CHUNKS, Stream};
+use crate::frame::{Line, LineFlags, Span, Stream};
 use crate::parse::Parser;
 
 /// The parser and processors of a one-source config whose source has `processors`
@@ -39,15 +39,9 @@ fn run(stages: &(Parser, Transform), body: &str) -> Option<(String, Vec<(String,
         value: Bytes::from_static(b"record").into(),
     };
     let mut fields = vec![earlier.clone()];
-    let mut line = Line {
-        offset: 0,
-        timestamp_ns: 0,
-        stream: Stream::Stdout,
-        flags: LineFlags::empty(),
-        body: Bytes::copy_from_slice(body.as_bytes()).into(),
-    };
-    parser.apply(&mut line, 1, &mut fields);
-    let outcome = transform.apply(&mut line, crate::frame::NO_CHUNKS, 1, &mut fields, 1);
+    let (mut line, mut chunks) = framed(body.as_bytes());
+    parser.apply_with(&mut line, &chunks, 1, &mut fields, false);
+    let outcome = transform.apply(&mut line, &mut chunks, 1, &mut fields, 1);
     assert_eq!(
         fields[0], earlier,
         "an earlier record's fields are untouched"
@@ -59,12 +53,28 @@ fn run(stages: &(Parser, Transform), body: &str) -> Option<(String, Vec<(String,
     }
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Some((
-        text(&line.body.to_bytes(crate::frame::NO_CHUNKS)),
+        text(&line.body.to_bytes(&chunks)),
         fields[1..]
             .iter()
-            .map(|f| (text(&f.key), text(f.value.get(NO_CHUNKS))))
+            .map(|f| (text(&f.key), text(f.value.get(&chunks))))
             .collect(),
     ))
+}
+
+/// A framed line whose body is all of the one chunk returned beside it.
+fn framed(body: &[u8]) -> (Line, Vec<Bytes>) {
+    let line = Line {
+        offset: 0,
+        timestamp_ns: 0,
+        stream: Stream::Stdout,
+        flags: LineFlags::empty(),
+        body: Span {
+            chunk: 0,
+            start: 0,
+            len: body.len() as u32,
+        },
+    };
+    (line, vec![Bytes::copy_from_slice(body)])
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -115,15 +125,9 @@ fn mask_replaces_in_the_body_and_every_field_the_parser_copied_it_into() {
 fn mask_keeps_invalid_utf8_around_its_matches() {
     let (parser, transform) = stages("{type: json}", "[{type: mask, regex: 'pin=\\d+'}]");
     let mut fields = Vec::new();
-    let mut line = Line {
-        offset: 0,
-        timestamp_ns: 0,
-        stream: Stream::Stdout,
-        flags: LineFlags::empty(),
-        body: Bytes::from_static(b"\xff\xfe pin=1234 \xc3").into(),
-    };
-    parser.apply(&mut line, 0, &mut fields);
-    let outcome = transform.apply(&mut line, crate::frame::NO_CHUNKS, 0, &mut fields, 0);
+    let (mut line, mut chunks) = framed(b"\xff\xfe pin=1234 \xc3");
+    parser.apply_with(&mut line, &chunks, 0, &mut fields, false);
+    let outcome = transform.apply(&mut line, &mut chunks, 0, &mut fields, 0);
     assert_eq!(
         outcome,
         Outcome {
@@ -131,10 +135,7 @@ fn mask_keeps_invalid_utf8_around_its_matches() {
             masked: true
         }
     );
-    assert_eq!(
-        line.body.get(crate::frame::NO_CHUNKS),
-        b"\xff\xfe **** \xc3"
-    );
+    assert_eq!(line.body.get(&chunks), b"\xff\xfe **** \xc3");
     assert!(line.flags.contains(LineFlags::INVALID_UTF8));
 }
 
@@ -163,21 +164,15 @@ fn fields_are_added_renamed_removed_and_extracted_in_order() {
         "{type: json}",
         "[{type: extract, regex: 'id=(?P<id>\\d+)'}]",
     );
-    let mut line = Line {
-        offset: 0,
-        timestamp_ns: 0,
-        stream: Stream::Stdout,
-        flags: LineFlags::empty(),
-        body: Bytes::from_static(b"plain id=42").into(),
-    };
+    let (mut line, mut chunks) = framed(b"plain id=42");
     let mut fields = Vec::new();
-    parser.apply(&mut line, 0, &mut fields);
-    transform.apply(&mut line, crate::frame::NO_CHUNKS, 0, &mut fields, 0);
+    parser.apply_with(&mut line, &chunks, 0, &mut fields, false);
+    transform.apply(&mut line, &mut chunks, 0, &mut fields, 0);
     assert_eq!(fields.len(), 1);
-    assert_eq!(fields[0].value.get(NO_CHUNKS), b"42");
+    assert_eq!(fields[0].value.get(&chunks), b"42");
     assert_eq!(
-        fields[0].value.get(NO_CHUNKS).as_ptr(),
-        line.body.get(crate::frame::NO_CHUNKS)[9..].as_ptr()
+        fields[0].value.get(&chunks).as_ptr(),
+        line.body.get(&chunks)[9..].as_ptr()
     );
 }
 

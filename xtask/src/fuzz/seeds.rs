@@ -232,30 +232,33 @@ fn batch(package_id: u64) -> Batch {
         path: "/var/log/pods/ns_pod_uid/app/0.log".into(),
         config_name: Arc::from("default"),
     });
-    let line = |offset: u64, flags: LineFlags, body: &'static [u8]| Line {
+    // Each body a chunk of its own, as a framer gives bodies it copied.
+    let mut chunks = Vec::new();
+    let mut line = |offset: u64, flags: LineFlags, body: &'static [u8]| Line {
         offset,
         timestamp_ns: 1_763_721_931_210_111_144 + offset as i64,
         stream: Stream::Stdout,
         flags,
-        body: Bytes::from_static(body).into(),
+        body: logtap::frame::own(&mut chunks, Bytes::from_static(body)),
     };
+    let lines = vec![
+        line(
+            0,
+            LineFlags::empty(),
+            br#"{"level":"info","msg":"started"}"#,
+        ),
+        line(
+            80,
+            LineFlags::REASSEMBLED | LineFlags::TRUNCATED,
+            b"a long one",
+        ),
+        line(120, LineFlags::INVALID_UTF8, b"\xff\xfe"),
+    ];
     Batch {
         source,
         package_id,
-        chunks: Vec::new(),
-        lines: vec![
-            line(
-                0,
-                LineFlags::empty(),
-                br#"{"level":"info","msg":"started"}"#,
-            ),
-            line(
-                80,
-                LineFlags::REASSEMBLED | LineFlags::TRUNCATED,
-                b"a long one",
-            ),
-            line(120, LineFlags::INVALID_UTF8, b"\xff\xfe"),
-        ],
+        chunks,
+        lines,
         fields: vec![
             Field {
                 line: 0,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::*;
 use crate::batch::Batch;
 use crate::config::network::{BlockCompression, ForwardConfig, SpoolConfig, WhenFull};
-use crate::frame::{Line, LineFlags, Stream};
+use crate::frame::{LineFlags, Record, Stream};
 use crate::source::{SourceId, SourceInfo, SourceKind};
 
 /// What the scripted destination does and what it received.
@@ -85,8 +85,14 @@ fn batch(source: &Arc<SourceInfo>, package_id: u64, lines: usize) -> Batch {
         chunks: Vec::new(),
         source: source.clone(),
         package_id,
-        lines: (0..lines)
-            .map(|i| Line {
+        lines: Vec::new(),
+        fields: Vec::new(),
+        source_fields: Default::default(),
+        end_offset: base + lines as u64,
+    }
+    .with_lines(
+        (0..lines)
+            .map(|i| Record {
                 offset: base + i as u64,
                 timestamp_ns: 1_700_000_000_000_000_000,
                 stream: Stream::None,
@@ -95,10 +101,7 @@ fn batch(source: &Arc<SourceInfo>, package_id: u64, lines: usize) -> Batch {
                     .into(),
             })
             .collect(),
-        fields: Vec::new(),
-        source_fields: Default::default(),
-        end_offset: base + lines as u64,
-    }
+    )
 }
 
 /// 88 characters lz4 cannot shrink much, so spool sizes are real.

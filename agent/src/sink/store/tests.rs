@@ -14,7 +14,7 @@ use super::query::{QueryArgs, run_query};
 use super::segment::HEADER_LEN;
 use super::*;
 use crate::batch::Field;
-use crate::frame::{Line, LineFlags, Stream};
+use crate::frame::{LineFlags, Record, Stream};
 use crate::source::{SourceInfo, SourceKind};
 
 #[derive(clap::Parser)]
@@ -69,7 +69,7 @@ fn batch(
 ) -> Batch {
     let lines = records
         .clone()
-        .map(|i| Line {
+        .map(|i| Record {
             offset: i * 10,
             timestamp_ns: T0 + i as i64 * 1_000_000_000,
             stream: Stream::Stdout,
@@ -77,8 +77,9 @@ fn batch(
             body: Bytes::from(format!("{prefix} {i}")).into(),
         })
         .collect();
+    let (chunks, lines) = Batch::pack(lines);
     Batch {
-        chunks: Vec::new(),
+        chunks,
         source: src.clone(),
         package_id,
         lines,
@@ -184,7 +185,7 @@ fn keyword_field_time_source_limit_and_tail_filters() {
     let a = source(1, "/var/log/a.log");
     let b = source(2, "/var/log/pods/ns_web_1/web/0.log");
     let mut mixed = batch(&b, 0, 0..4, "GET /index");
-    mixed.lines[2].body = Bytes::from_static(b"POST /Login failed").into();
+    mixed.set_body(2, Bytes::from_static(b"POST /Login failed"));
     mixed.fields = vec![
         Field {
             line: 2,
@@ -363,7 +364,7 @@ fn context_groups_that_touch_are_merged() {
     let mut store = Store::open(dir.path(), options()).unwrap();
     let mut p = batch(&a, 0, 0..12, "plain");
     for i in [2usize, 5, 10] {
-        p.lines[i].body = Bytes::from(format!("HIT {i}")).into();
+        p.set_body(i, Bytes::from(format!("HIT {i}")));
     }
     write_all(&mut store, &[p]);
     let text = query(dir.path(), &["HIT", "-C", "1"]);
@@ -703,7 +704,7 @@ fn invalid_utf8_round_trips_and_displays_escaped() {
     let a = source(1, "/a");
     let mut b = batch(&a, 0, 0..1, "x");
     let raw: &[u8] = b"caf\xc3\xa9 \xff\xfe\x00 end";
-    b.lines[0].body = Bytes::from_static(raw).into();
+    b.set_body(0, Bytes::from_static(raw));
     b.lines[0].flags = LineFlags::INVALID_UTF8;
     let mut store = Store::open(dir.path(), options()).unwrap();
     write_all(&mut store, &[b]);
@@ -737,7 +738,7 @@ fn ten_megabyte_body_round_trips() {
     }
     body.extend_from_slice(b"NEEDLE");
     let mut b = batch(&a, 0, 0..2, "x");
-    b.lines[1].body = Bytes::from(body.clone()).into();
+    b.set_body(1, Bytes::from(body.clone()));
     b.end_offset = 10 + body.len() as u64 + 1;
     let mut store = Store::open(dir.path(), options()).unwrap();
     write_all(&mut store, &[b]);
@@ -899,9 +900,15 @@ fn cri_batch(
         chunks: Vec::new(),
         source: src.clone(),
         package_id,
-        lines: records
+        lines: Vec::new(),
+        fields: Vec::new(),
+        source_fields: Default::default(),
+        end_offset,
+    }
+    .with_lines(
+        records
             .iter()
-            .map(|&(offset, stream, body)| Line {
+            .map(|&(offset, stream, body)| Record {
                 offset,
                 timestamp_ns: T0 + offset as i64,
                 stream,
@@ -909,10 +916,7 @@ fn cri_batch(
                 body: Bytes::from(body.to_owned()).into(),
             })
             .collect(),
-        fields: Vec::new(),
-        source_fields: Default::default(),
-        end_offset,
-    }
+    )
 }
 
 /// The packages of one CRI file while a stderr record (started at 50 by a `P`
@@ -1015,7 +1019,7 @@ fn disk_full_mid_write_leaves_store_readable_and_writable() {
             x as u8
         })
         .collect();
-    big.lines[0].body = Bytes::from(noise.clone()).into();
+    big.set_body(0, Bytes::from(noise.clone()));
     assert!(store.write(&big).is_err(), "the disk is full");
     std::fs::remove_file(&filler).unwrap();
     write_all(&mut store, &[big, batch(&src, 3, 4..6, "after")]);
@@ -1140,7 +1144,7 @@ fn retention_keeps_min_free_space_on_the_disk() {
                 x as u8
             })
             .collect();
-        b.lines[0].body = Bytes::from(noise).into();
+        b.set_body(0, Bytes::from(noise));
         store
             .write(&b)
             .unwrap_or_else(|e| panic!("package {p}: {e}"));
