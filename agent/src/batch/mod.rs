@@ -389,8 +389,8 @@ impl BatchBuilder {
     /// The lines a new package is sized for: this source's last package and an
     /// eighth, so pushes don't regrow the vector; [`FIRST_PACKAGE_LINES`] for a
     /// source's first. Not `max_lines`: a node's hundreds of slow sources (captured
-    /// container streams) would each hold a vector of 8192 lines (448 KiB) per open
-    /// package, 90 MiB for 200, where their packages hold a few hundred lines.
+    /// container streams) would each hold a vector of 8192 lines (256 KiB) per open
+    /// package, 50 MiB for 200, where their packages hold a few hundred lines.
     fn typical_lines(&self) -> usize {
         let typical = match self.last_len {
             0 => FIRST_PACKAGE_LINES,
@@ -659,7 +659,7 @@ mod tests {
     #[test]
     fn a_package_is_sized_by_the_last_not_by_max_lines() {
         // Hundreds of slow sources each hold an open package: a few lines each must
-        // not reserve max_lines (8192 × 56 bytes) apiece. (What is reserved, not the
+        // not reserve max_lines (8192 × 32 bytes) apiece. (What is reserved, not the
         // capacity: a recycled spare vector may be larger.)
         let mut b = builder(8192);
         let now = Instant::now();

@@ -553,8 +553,9 @@ fn open_packages_are_bounded_together_oldest_shipped_first() {
         (early, held, ids)
     };
 
-    // Each open package holds 10,000 bytes of records and 256 × 56 of vector: three
-    // pass 64 KiB, and shipping the oldest brings the sum a quarter below it.
+    // Each open package holds 10,000 bytes of records and 256 × 32 of vector (18,192):
+    // the fourth passes 64 KiB, and shipping the oldest two brings the sum a quarter
+    // below it.
     let (early, held, ids) = run(Some(64 << 10));
     assert_eq!(early, [ids[0], ids[1]], "the oldest, in order");
     assert!(held.is_some_and(|h| h <= 48 << 10), "{held:?}");
