@@ -131,7 +131,9 @@ fuzz_target!(|data: &[u8]| {
     let mut old = setup
         .framer(BASE)
         .with_partial_timeout(Duration::from_secs(1));
-    collect(&mut out, |o| old.push(&Bytes::copy_from_slice(first), READ_NS, now, o));
+    collect(&mut out, |o| {
+        old.push(&Bytes::copy_from_slice(first), READ_NS, now, o)
+    });
     let carry = old.take_carry();
     collect(&mut out, |o| old.finish(o));
     let mut new = setup.framer(0).with_partial_timeout(Duration::from_secs(1));
@@ -140,7 +142,9 @@ fuzz_target!(|data: &[u8]| {
     }
     for (i, c) in second.chunks(usize::from(chunk) + 1).enumerate() {
         let later = now + Duration::from_secs(i as u64);
-        collect(&mut out, |o| new.push(&Bytes::copy_from_slice(c), READ_NS, later, o));
+        collect(&mut out, |o| {
+            new.push(&Bytes::copy_from_slice(c), READ_NS, later, o)
+        });
         collect(&mut out, |o| new.flush_idle(later, o));
     }
     collect(&mut out, |o| new.finish(o));

@@ -116,7 +116,9 @@ fuzz_target!(|data: &[u8]| {
     parser.apply_with(&mut vouched, &chunks, INDEX, &mut vouched_fields, utf8);
     assert_eq!(vouched.flags, checked.flags);
     let resolved = |fields: &[Field], chunks: &[Bytes]| -> Vec<(Bytes, Vec<u8>)> {
-        let pairs = fields.iter().map(|f| (f.key.clone(), f.value.get(chunks).to_vec()));
+        let pairs = fields
+            .iter()
+            .map(|f| (f.key.clone(), f.value.get(chunks).to_vec()));
         pairs.collect()
     };
     assert_eq!(
