@@ -387,7 +387,7 @@ pub fn own(chunks: &mut Vec<Bytes>, bytes: Bytes) -> Span {
 }
 
 /// Lines and the chunks their spans index, owned: what a [`Framer`] call gives, for
-/// tests and stages that keep it.
+/// the stage that takes the lines one by one (parsing) and for tests.
 #[derive(Debug, Default)]
 pub struct Framed {
     pub lines: Vec<Line>,
@@ -405,6 +405,12 @@ impl Framed {
     /// The body of `line`, one of these lines.
     pub fn body(&self, line: &Line) -> &[u8] {
         line.body.get(&self.chunks)
+    }
+
+    /// Drops the lines and the chunks.
+    pub fn clear(&mut self) {
+        self.lines.clear();
+        self.chunks.clear();
     }
 }
 

@@ -20,7 +20,7 @@ use crate::checkpoint::SharedRegistry;
 use crate::config::{Config, Format};
 use crate::discovery::PodLogRef;
 use crate::enrich::{Enricher, SourceEnrichment, SourceFields};
-use crate::frame::{Framer, Line, LineFlags, Out, Stream};
+use crate::frame::{Framed, Framer, LineFlags, Out, Stream};
 use crate::metrics::catalogue::{
     CONFIG_LINES_TOTAL, ENRICH_HELD_PACKAGES, INPUT_PARSE_FAILURES_TOTAL, LINES_FILTERED_TOTAL,
     LINES_INVALID_UTF8_TOTAL, LINES_MALFORMED_TOTAL, LINES_MASKED_TOTAL, LINES_READ_TOTAL,
@@ -105,11 +105,10 @@ pub struct Pipeline {
     slots: HashMap<SourceId, Slot>,
     /// The further readers of files several configs read.
     fanout: Fanout,
-    /// Reused between chunks: framed records on their way into a package.
-    scratch: Vec<Line>,
-    /// What the framer's lines (in `scratch` or appended to a package) are spans of,
-    /// until the package takes them (see [`Out`]).
-    scratch_chunks: Vec<Bytes>,
+    /// Reused between chunks: framed records on their way into a package, and the
+    /// chunks their spans index (those of lines the framer appends to a package
+    /// directly too), until the package takes them (see [`Out`]).
+    scratch: Framed,
     /// The UTF-8 check of the chunk whose records are in `scratch`, if it was done.
     chunk_utf8: Option<Utf8Checked>,
     /// Reused by `tick`: the sources to visit.
@@ -152,8 +151,7 @@ impl Pipeline {
             registry,
             slots: HashMap::new(),
             fanout: Fanout::default(),
-            scratch: Vec::new(),
-            scratch_chunks: Vec::new(),
+            scratch: Framed::default(),
             chunk_utf8: None,
             tick_ids: Vec::new(),
             stalled: Duration::ZERO,
@@ -221,13 +219,7 @@ impl Pipeline {
         let ids: Vec<SourceId> = self.slots.keys().copied().collect();
         for id in ids {
             if let Some(slot) = self.slots.get_mut(&id) {
-                slot.framer.flush_expired(
-                    far,
-                    &mut Out {
-                        lines: &mut self.scratch,
-                        chunks: &mut self.scratch_chunks,
-                    },
-                );
+                slot.framer.flush_expired(far, &mut self.scratch.out());
             }
             self.absorb(id, Instant::now());
         }
@@ -342,22 +334,21 @@ impl Pipeline {
         metrics::counter!(PACKAGES_SHIPPED_EARLY_TOTAL).increment(shipped);
     }
 
-    /// Parses the records in `scratch` (their spans of `scratch_chunks`) into the slot's
-    /// package and ships it if due.
+    /// Parses the records in `scratch` into the slot's package and ships it if due.
     fn absorb(&mut self, source: SourceId, now: Instant) {
         let Some(slot) = self.slots.get_mut(&source) else {
             self.scratch.clear();
-            self.scratch_chunks.clear();
             return;
         };
         let parser = &self.parsers[slot.config];
         let transform = &self.transforms[slot.config];
         let only_stream = self.config.sources[slot.config].stream;
         let mut counts = Counts {
-            records: self.scratch.len() as u64,
+            records: self.scratch.lines.len() as u64,
             ..Counts::default()
         };
-        for mut line in self.scratch.drain(..) {
+        let Framed { lines, chunks } = &mut self.scratch;
+        for mut line in lines.drain(..) {
             if let Some(stream) = slot.stream {
                 line.stream = stream;
             }
@@ -365,7 +356,6 @@ impl Pipeline {
                 continue;
             }
             let index = slot.builder.next_index();
-            let chunks = &mut self.scratch_chunks;
             let known_utf8 = self
                 .chunk_utf8
                 .as_ref()
@@ -399,7 +389,7 @@ impl Pipeline {
             slot.builder.push(line, chunks, now);
         }
         // Chunks of filtered lines, and the read chunk's reference, go now.
-        self.scratch_chunks.clear();
+        chunks.clear();
         self.account(source, counts, now);
     }
 
@@ -616,7 +606,7 @@ impl Pipeline {
         if direct {
             let lines = slot.builder.lines_to_append();
             let start = lines.len();
-            let chunks = &mut self.scratch_chunks;
+            let chunks = &mut self.scratch.chunks;
             slot.framer
                 .push(&chunk, written_ns, framer_now, &mut Out { lines, chunks });
             let mut counts = Counts::default();
@@ -631,15 +621,8 @@ impl Pipeline {
             self.chunk_utf8 = None;
             self.account(source, counts, now);
         } else {
-            slot.framer.push(
-                &chunk,
-                written_ns,
-                framer_now,
-                &mut Out {
-                    lines: &mut self.scratch,
-                    chunks: &mut self.scratch_chunks,
-                },
-            );
+            slot.framer
+                .push(&chunk, written_ns, framer_now, &mut self.scratch.out());
             self.absorb(source, now);
             self.chunk_utf8 = None;
         }
@@ -649,10 +632,7 @@ impl Pipeline {
         let Some(slot) = self.slots.get_mut(&source) else {
             return;
         };
-        slot.framer.finish(&mut Out {
-            lines: &mut self.scratch,
-            chunks: &mut self.scratch_chunks,
-        });
+        slot.framer.finish(&mut self.scratch.out());
         self.absorb(source, Instant::now());
         let Some(slot) = self.slots.get(&source) else {
             return;
@@ -675,10 +655,7 @@ impl Pipeline {
             }
             if reason != EndReason::Shutdown {
                 // The source is done: its unterminated last line is a record now.
-                slot.framer.finish(&mut Out {
-                    lines: &mut self.scratch,
-                    chunks: &mut self.scratch_chunks,
-                });
+                slot.framer.finish(&mut self.scratch.out());
             }
             self.absorb(source, now);
             self.ship(source);
@@ -693,13 +670,7 @@ impl Pipeline {
         let framer_now = unstalled(now, self.stalled);
         for &id in &ids {
             if let Some(slot) = self.slots.get_mut(&id) {
-                slot.framer.flush_idle(
-                    framer_now,
-                    &mut Out {
-                        lines: &mut self.scratch,
-                        chunks: &mut self.scratch_chunks,
-                    },
-                );
+                slot.framer.flush_idle(framer_now, &mut self.scratch.out());
             }
             // Ships the package if its timeout passed, even when nothing new came.
             self.absorb(id, now);
