@@ -55,7 +55,8 @@ pub struct Framer {
     /// Records completed by `accept_carry` (which has no `out`), emitted by the next
     /// call that has one.
     backlog: Vec<Record>,
-    /// Reused: what multiline grouping completed, on its way to `out`.
+    /// Reused: records a call completed outside the direct path (multiline groups,
+    /// partials flushed by time, the backlog), on their way to `out`.
     grouped: Vec<Record>,
     /// Of the latest push: used for what `finish` emits.
     last_read_time_ns: i64,
