@@ -134,10 +134,16 @@ impl ChunkMover<'_> {
             debug_assert!(false, "a span of no chunk");
             return u32::MAX;
         };
-        self.chunks.push(std::mem::take(bytes));
-        let to = (self.chunks.len() - 1) as u32;
+        let to = self.take(bytes);
         moved.push((index, to));
         to
+    }
+
+    /// The index in the package of a body of its own, taken out of the framer's list.
+    #[inline]
+    fn take(&mut self, bytes: &mut Bytes) -> u32 {
+        self.chunks.push(std::mem::take(bytes));
+        (self.chunks.len() - 1) as u32
     }
 
     /// The index of read chunk `chunk`, added if it is not the current one.
@@ -250,7 +256,8 @@ impl Batch {
             }
         };
         for line in self.lines.iter().filter(|l| l.body != Span::EMPTY) {
-            check(&line.body.as_body(), line);
+            let Span { chunk, start, len } = line.body;
+            check(&Body::Span { chunk, start, len }, line);
         }
         for field in &self.fields {
             check(&field.value, field);
@@ -477,8 +484,11 @@ impl BatchBuilder {
                 // A body of its own: moved as its line's chunk (each is one line's).
                 own => match owned.get_mut(own as usize - 1) {
                     Some(bytes) => {
-                        self.chunks.push(std::mem::take(bytes));
-                        body.chunk = (self.chunks.len() - 1) as u32;
+                        let mut mover = ChunkMover {
+                            chunks: &mut self.chunks,
+                            read: &mut self.read_chunk,
+                        };
+                        body.chunk = mover.take(bytes);
                         self.chunks.last().map_or(&[][..], |b| &b[..])
                     }
                     None => {

@@ -167,9 +167,7 @@ impl Body {
     #[inline]
     pub fn get<'a>(&'a self, chunks: &'a [Bytes]) -> &'a [u8] {
         match *self {
-            Body::Span { chunk, start, len } => {
-                Body::span_in(chunks, chunk, start, len).map_or(&[][..], |(c, range)| &c[range])
-            }
+            Body::Span { chunk, start, len } => Span { chunk, start, len }.get(chunks),
             Body::Owned(ref b) => b,
         }
     }
@@ -178,9 +176,7 @@ impl Body {
     /// reference count), for a destination that needs ownership.
     pub fn to_bytes(&self, chunks: &[Bytes]) -> Bytes {
         match *self {
-            Body::Span { chunk, start, len } => Body::span_in(chunks, chunk, start, len)
-                .map(|(c, range)| c.slice(range))
-                .unwrap_or_default(),
+            Body::Span { chunk, start, len } => Span { chunk, start, len }.to_bytes(chunks),
             Body::Owned(ref b) => b.clone(),
         }
     }
@@ -287,16 +283,6 @@ impl Span {
             .map(|(c, range)| c.slice(range))
             .unwrap_or_default()
     }
-
-    /// The same bytes as a [`Body`] span (a parsed field's value is one).
-    #[inline]
-    pub fn as_body(self) -> Body {
-        Body::Span {
-            chunk: self.chunk,
-            start: self.start,
-            len: self.len,
-        }
-    }
 }
 
 /// One log record: a span of its source plus what framing learned about it.
@@ -400,11 +386,6 @@ impl Framed {
             lines: &mut self.lines,
             chunks: &mut self.chunks,
         }
-    }
-
-    /// The body of `line`, one of these lines.
-    pub fn body(&self, line: &Line) -> &[u8] {
-        line.body.get(&self.chunks)
     }
 
     /// Drops the lines and the chunks.

@@ -261,19 +261,8 @@ impl<'a> Text<'a> {
     /// `body`, a span resolved in `chunks` (read as empty if outside them, which the
     /// invariants of `Framer::push` and `Batch` rule out).
     pub fn of(body: &'a Body, chunks: &'a [Bytes]) -> Text<'a> {
-        static EMPTY: Bytes = Bytes::new();
         match *body {
-            Body::Span { chunk, start, len } => match Body::span_in(chunks, chunk, start, len) {
-                Some((bytes, range)) => Text {
-                    bytes: &bytes[range],
-                    whence: Whence::Span {
-                        chunk: bytes,
-                        index: chunk,
-                        start,
-                    },
-                },
-                None => Text::owned(&EMPTY),
-            },
+            Body::Span { chunk, start, len } => Text::of_span(Span { chunk, start, len }, chunks),
             Body::Owned(ref bytes) => Text::owned(bytes),
         }
     }
@@ -281,7 +270,7 @@ impl<'a> Text<'a> {
     /// A line's body, a span of `chunks` (its own chunk, for a body of its own).
     pub fn of_span(span: Span, chunks: &'a [Bytes]) -> Text<'a> {
         static EMPTY: Bytes = Bytes::new();
-        if span.len == 0 {
+        if span == Span::EMPTY {
             return Text::owned(&EMPTY);
         }
         match Body::span_in(chunks, span.chunk, span.start, span.len) {
